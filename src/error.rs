@@ -1,0 +1,42 @@
+//! The library's error type: one enum wrapping each module's typed errors,
+//! every variant carrying the file, field or flag it is about.
+
+use std::path::PathBuf;
+
+use crate::cache::CacheError;
+use crate::data::DataError;
+
+/// Any error the distill library returns.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Data(#[from] DataError),
+    #[error(transparent)]
+    Cache(#[from] CacheError),
+    #[error("model spec '{spec}': {message}")]
+    Spec { spec: String, message: String },
+    #[error("{path}: {message}")]
+    Model { path: PathBuf, message: String },
+    #[error("invalid value for {flag}: {message}")]
+    Config { flag: String, message: String },
+    #[error("{context}: {message}")]
+    Training { context: String, message: String },
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("compute device: {0}")]
+    Device(String),
+}
+
+/// Shorthand for results carrying [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    /// Wraps an I/O error with the path it happened on.
+    pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        Error::Io { path: path.into(), source }
+    }
+}

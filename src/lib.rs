@@ -1,0 +1,26 @@
+//! distill: offline knowledge distillation.
+//!
+//! The teacher runs **once** (phase one, [`cache`]): its temperature-softened
+//! log-probabilities are written to compressed, checksummed, memory-mapped
+//! shards. Students are then trained (phase two, [`train`]) by streaming those
+//! shards, mixing hard labels and soft labels, as many times, for as many
+//! student architectures, temperatures and loss weights as wanted.
+//!
+//! Modules, one per concept:
+//! - [`data`]: datasets (IDX, `.npy`, safetensors), fingerprints, batching.
+//! - [`cache`]: the teacher-output cache: encodings, shard format, writer, reader.
+//! - [`model`]: run-time model specs, the dfdx network and its parameter store,
+//!   safetensors I/O with PyTorch names.
+//! - [`train`]: optimizers, losses, the training loop, evaluation, checkpoints.
+//! - [`report`]: model cards, metrics files and plots.
+//!
+//! The `distill` binary (`src/main.rs`) only parses arguments and calls these.
+
+pub mod cache;
+pub mod data;
+pub mod error;
+pub mod model;
+pub mod report;
+pub mod train;
+
+pub use error::{Error, Result};

@@ -1,0 +1,2 @@
+//! The `distill` command line: parses arguments and calls the library.
+fn main() {}

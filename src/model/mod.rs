@@ -1,0 +1,1 @@
+//! Models from run-time specs.
