@@ -1,1 +1,11 @@
-//! Models from run-time specs.
+//! Models from run-time specs: parsing ([`spec`]), the dfdx network and its
+//! parameter store ([`network`]), convolution and pooling ops ([`ops`]), and
+//! safetensors I/O with PyTorch names and layouts ([`io`]).
+
+pub mod network;
+pub mod ops;
+pub mod spec;
+
+pub use network::{Network, Param, ParamKind, ParamValue};
+pub use ops::Backend;
+pub use spec::{Layer, ModelSpec};

@@ -1,0 +1,456 @@
+//! Convolution and pooling building blocks on stable dfdx.
+//!
+//! dfdx 0.13 has `conv2d`/`pool2d` only behind its `nightly` feature, so the
+//! network builds them itself. Images travel as a matrix of pixel rows,
+//! `(batch * height * width, channels)` (channels-last), which turns both
+//! operations into row gathers:
+//! - [`Backend::im2col`] forms, for each output pixel, the 3x3 neighbourhood
+//!   (zero padding 1) as one row of `9 * channels` values, column
+//!   `tap * channels + c` with `tap = 3 * dy + dx`; a `matmul` with the weight
+//!   then is the convolution.
+//! - [`Backend::max_pool2`] takes the maximum over each 2x2 window (stride 2,
+//!   odd sizes floored).
+//!
+//! Two implementations: on the CPU, custom ops with hand-written backward
+//! passes (tight loops over contiguous memory, parallel over images with
+//! rayon); on any other dfdx device, the same maths from dfdx's `gather`,
+//! broadcast multiply and `max` ops, which have kernels everywhere. Tests check
+//! both against each other and against finite differences.
+
+use std::any::{Any, TypeId};
+use std::cell::RefCell;
+use std::collections::HashMap;
+
+use dfdx::prelude::*;
+use dfdx::tensor::Gradients;
+use rayon::prelude::*;
+
+/// Geometry of a batch of channels-last images.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ImageGeom {
+    pub batch: usize,
+    pub channels: usize,
+    pub height: usize,
+    pub width: usize,
+}
+
+impl ImageGeom {
+    /// Number of pixel rows, `batch * height * width`.
+    pub fn rows(&self) -> usize {
+        self.batch * self.height * self.width
+    }
+
+    /// The geometry after a 2x2 stride-2 pool.
+    pub fn pooled(&self) -> ImageGeom {
+        ImageGeom {
+            height: self.height / 2,
+            width: self.width / 2,
+            ..*self
+        }
+    }
+}
+
+/// Matrix tensor with run-time dimensions.
+pub type Matrix<D, T = NoneTape> = Tensor<(usize, usize), f32, D, T>;
+
+/// The device-specific pieces the network needs beyond dfdx's own ops.
+pub trait Backend: Device<f32> + Clone + Send + Sync + 'static {
+    /// Patches for a 3x3, padding-1 convolution: `(rows, C)` to `(rows, 9C)`.
+    fn im2col<T: Tape<f32, Self>>(&self, x: Matrix<Self, T>, geom: ImageGeom) -> Matrix<Self, T>;
+    /// 2x2 stride-2 max-pool: `(rows, C)` to `(rows / 4, C)` (floored sizes).
+    fn max_pool2<T: Tape<f32, Self>>(&self, x: Matrix<Self, T>, geom: ImageGeom) -> Matrix<Self, T>;
+    /// Human-readable device name.
+    fn describe(&self) -> String;
+}
+
+impl Backend for Cpu {
+    fn im2col<T: Tape<f32, Self>>(&self, x: Matrix<Self, T>, geom: ImageGeom) -> Matrix<Self, T> {
+        im2col_cpu(self, x, geom)
+    }
+    fn max_pool2<T: Tape<f32, Self>>(&self, x: Matrix<Self, T>, geom: ImageGeom) -> Matrix<Self, T> {
+        max_pool2_cpu(self, x, geom)
+    }
+    fn describe(&self) -> String {
+        format!("cpu ({} threads)", rayon::current_num_threads())
+    }
+}
+
+#[cfg(feature = "cuda")]
+impl Backend for Cuda {
+    fn im2col<T: Tape<f32, Self>>(&self, x: Matrix<Self, T>, geom: ImageGeom) -> Matrix<Self, T> {
+        im2col_gather(self, x, geom)
+    }
+    fn max_pool2<T: Tape<f32, Self>>(&self, x: Matrix<Self, T>, geom: ImageGeom) -> Matrix<Self, T> {
+        max_pool2_gather(self, x, geom)
+    }
+    fn describe(&self) -> String {
+        "cuda:0".to_string()
+    }
+}
+
+fn im2col_cpu<T: Tape<f32, Cpu>>(dev: &Cpu, x: Matrix<Cpu, T>, g: ImageGeom) -> Matrix<Cpu, T> {
+    let (x, mut tape) = x.split_tape();
+    let c = g.channels;
+    let (h, w) = (g.height, g.width);
+    let img_in = h * w * c;
+    let img_out = h * w * 9 * c;
+    let src_vec = x.as_vec();
+    let src = src_vec.as_slice();
+    let mut out = vec![0f32; g.rows() * 9 * c];
+    out.par_chunks_mut(img_out)
+        .zip(src.par_chunks(img_in))
+        .for_each(|(dst, img)| {
+            for y in 0..h {
+                for xx in 0..w {
+                    let row = &mut dst[(y * w + xx) * 9 * c..(y * w + xx + 1) * 9 * c];
+                    for dy in 0..3 {
+                        let sy = y as isize + dy as isize - 1;
+                        if sy < 0 || sy >= h as isize {
+                            continue;
+                        }
+                        for dx in 0..3 {
+                            let sx = xx as isize + dx as isize - 1;
+                            if sx < 0 || sx >= w as isize {
+                                continue;
+                            }
+                            let s = (sy as usize * w + sx as usize) * c;
+                            let tap = dy * 3 + dx;
+                            row[tap * c..(tap + 1) * c].copy_from_slice(&img[s..s + c]);
+                        }
+                    }
+                }
+            }
+        });
+    let out = dev.tensor_from_vec(out, (g.rows(), 9 * c));
+    let x_ghost = x.ghost();
+    let out_ghost = out.ghost();
+    tape.add_backward_op(move |grads: &mut Gradients<f32, Cpu>| {
+        let mut acc = vec![0f32; g.rows() * c];
+        {
+            let g_out: &[f32] = grads.get_or_alloc_mut(&out_ghost)?.as_slice();
+            acc.par_chunks_mut(img_in)
+                .zip(g_out.par_chunks(img_out))
+                .for_each(|(gi, go)| {
+                    for y in 0..h {
+                        for xx in 0..w {
+                            let row = &go[(y * w + xx) * 9 * c..(y * w + xx + 1) * 9 * c];
+                            for dy in 0..3 {
+                                let sy = y as isize + dy as isize - 1;
+                                if sy < 0 || sy >= h as isize {
+                                    continue;
+                                }
+                                for dx in 0..3 {
+                                    let sx = xx as isize + dx as isize - 1;
+                                    if sx < 0 || sx >= w as isize {
+                                        continue;
+                                    }
+                                    let s = (sy as usize * w + sx as usize) * c;
+                                    let tap = dy * 3 + dx;
+                                    for (a, b) in gi[s..s + c].iter_mut().zip(&row[tap * c..(tap + 1) * c]) {
+                                        *a += *b;
+                                    }
+                                }
+                            }
+                        }
+                    }
+                });
+        }
+        let g_in = grads.get_or_alloc_mut(&x_ghost)?;
+        for (a, b) in g_in.iter_mut().zip(&acc) {
+            *a += *b;
+        }
+        Ok(())
+    });
+    out.put_tape(tape)
+}
+
+fn max_pool2_cpu<T: Tape<f32, Cpu>>(dev: &Cpu, x: Matrix<Cpu, T>, g: ImageGeom) -> Matrix<Cpu, T> {
+    let (x, mut tape) = x.split_tape();
+    let c = g.channels;
+    let (h, w) = (g.height, g.width);
+    let (ho, wo) = (h / 2, w / 2);
+    let src_vec = x.as_vec();
+    let src = src_vec.as_slice();
+    let rows_out = g.batch * ho * wo;
+    let mut out = vec![0f32; rows_out * c];
+    // For each output value, the offset (within its image) of the input that won.
+    let mut arg = vec![0u32; rows_out * c];
+    out.par_chunks_mut(ho * wo * c)
+        .zip(arg.par_chunks_mut(ho * wo * c))
+        .zip(src.par_chunks(h * w * c))
+        .for_each(|((dst, am), img)| {
+            for y in 0..ho {
+                for xx in 0..wo {
+                    let o = (y * wo + xx) * c;
+                    let base = [
+                        (2 * y * w + 2 * xx) * c,
+                        (2 * y * w + 2 * xx + 1) * c,
+                        ((2 * y + 1) * w + 2 * xx) * c,
+                        ((2 * y + 1) * w + 2 * xx + 1) * c,
+                    ];
+                    for ch in 0..c {
+                        let mut best = base[0] + ch;
+                        for b in &base[1..] {
+                            if img[b + ch] > img[best] {
+                                best = b + ch;
+                            }
+                        }
+                        dst[o + ch] = img[best];
+                        am[o + ch] = best as u32;
+                    }
+                }
+            }
+        });
+    let out = dev.tensor_from_vec(out, (rows_out, c));
+    let x_ghost = x.ghost();
+    let out_ghost = out.ghost();
+    tape.add_backward_op(move |grads: &mut Gradients<f32, Cpu>| {
+        let mut acc = vec![0f32; g.rows() * c];
+        {
+            let g_out: &[f32] = grads.get_or_alloc_mut(&out_ghost)?.as_slice();
+            acc.par_chunks_mut(h * w * c)
+                .zip(g_out.par_chunks(ho * wo * c))
+                .zip(arg.par_chunks(ho * wo * c))
+                .for_each(|((gi, go), am)| {
+                    for (gv, &a) in go.iter().zip(am) {
+                        gi[a as usize] += *gv;
+                    }
+                });
+        }
+        let g_in = grads.get_or_alloc_mut(&x_ghost)?;
+        for (a, b) in g_in.iter_mut().zip(&acc) {
+            *a += *b;
+        }
+        Ok(())
+    });
+    out.put_tape(tape)
+}
+
+/// Index and mask tensors of the gather path, built once per geometry.
+struct GatherPlan<D: Storage<f32> + Storage<usize>> {
+    idx: Tensor<(usize,), usize, D>,
+    mask: Option<Tensor<(usize,), f32, D>>,
+}
+
+type PlanKey = (TypeId, ImageGeom, bool);
+
+thread_local! {
+    /// Gather plans by device type and geometry: a training run reuses a few.
+    static PLANS: RefCell<HashMap<PlanKey, Box<dyn Any>>> = RefCell::new(HashMap::new());
+}
+
+fn cached_plan<D: Backend>(
+    dev: &D,
+    geom: ImageGeom,
+    pool: bool,
+) -> (Tensor<(usize,), usize, D>, Option<Tensor<(usize,), f32, D>>) {
+    let key = (TypeId::of::<D>(), geom, pool);
+    PLANS.with(|plans| {
+        let mut map = plans.borrow_mut();
+        if let Some(plan) = map.get(&key).and_then(|b| b.downcast_ref::<GatherPlan<D>>()) {
+            return (plan.idx.clone(), plan.mask.clone());
+        }
+        let plan = if pool { pool_plan(dev, geom) } else { im2col_plan(dev, geom) };
+        let out = (plan.idx.clone(), plan.mask.clone());
+        if map.len() > 64 {
+            map.clear();
+        }
+        map.insert(key, Box::new(plan));
+        out
+    })
+}
+
+fn im2col_plan<D: Backend>(dev: &D, g: ImageGeom) -> GatherPlan<D> {
+    let (h, w) = (g.height, g.width);
+    let mut idx = Vec::with_capacity(g.rows() * 9);
+    let mut mask = Vec::with_capacity(g.rows() * 9);
+    for b in 0..g.batch {
+        for y in 0..h {
+            for x in 0..w {
+                for dy in 0..3 {
+                    for dx in 0..3 {
+                        let sy = y as isize + dy as isize - 1;
+                        let sx = x as isize + dx as isize - 1;
+                        if sy < 0 || sy >= h as isize || sx < 0 || sx >= w as isize {
+                            idx.push(0);
+                            mask.push(0.0);
+                        } else {
+                            idx.push(b * h * w + sy as usize * w + sx as usize);
+                            mask.push(1.0);
+                        }
+                    }
+                }
+            }
+        }
+    }
+    let n = idx.len();
+    GatherPlan {
+        idx: dev.tensor_from_vec(idx, (n,)),
+        mask: Some(dev.tensor_from_vec(mask, (n,))),
+    }
+}
+
+fn pool_plan<D: Backend>(dev: &D, g: ImageGeom) -> GatherPlan<D> {
+    let (h, w) = (g.height, g.width);
+    let (ho, wo) = (h / 2, w / 2);
+    let mut idx = Vec::with_capacity(g.batch * ho * wo * 4);
+    for b in 0..g.batch {
+        for y in 0..ho {
+            for x in 0..wo {
+                for (dy, dx) in [(0, 0), (0, 1), (1, 0), (1, 1)] {
+                    idx.push(b * h * w + (2 * y + dy) * w + 2 * x + dx);
+                }
+            }
+        }
+    }
+    let n = idx.len();
+    GatherPlan {
+        idx: dev.tensor_from_vec(idx, (n,)),
+        mask: None,
+    }
+}
+
+/// [`Backend::im2col`] from dfdx's `gather`, a broadcast multiply by the
+/// padding mask, and a reshape: works on every dfdx device.
+pub fn im2col_gather<D: Backend, T: Tape<f32, D>>(dev: &D, x: Matrix<D, T>, g: ImageGeom) -> Matrix<D, T>
+{
+    let (idx, mask) = cached_plan(dev, g, false);
+    let c = g.channels;
+    let n = g.rows() * 9;
+    let patches: Matrix<D, T> = x.gather(idx);
+    let patches = match mask {
+        Some(m) => patches * m.broadcast_like::<_, Axis<1>>(&(n, c)),
+        None => patches,
+    };
+    patches.reshape_like(&(g.rows(), 9 * c))
+}
+
+/// [`Backend::max_pool2`] from dfdx's `gather`, a reshape and `max`.
+pub fn max_pool2_gather<D: Backend, T: Tape<f32, D>>(dev: &D, x: Matrix<D, T>, g: ImageGeom) -> Matrix<D, T>
+{
+    let (idx, _) = cached_plan(dev, g, true);
+    let c = g.channels;
+    let rows_out = g.pooled().rows();
+    let windows: Matrix<D, T> = x.gather(idx);
+    let windows: Tensor<(usize, usize, usize), f32, D, T> = windows.reshape_like(&(rows_out, 4, c));
+    windows.max::<(usize, usize), Axis<1>>()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::{Rng, SeedableRng};
+
+    fn random(dev: &Cpu, rows: usize, cols: usize, seed: u64) -> Matrix<Cpu> {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+        let v: Vec<f32> = (0..rows * cols).map(|_| rng.gen_range(-1.0..1.0)).collect();
+        dev.tensor_from_vec(v, (rows, cols))
+    }
+
+    fn close(a: &[f32], b: &[f32], tol: f32) {
+        assert_eq!(a.len(), b.len());
+        for (i, (x, y)) in a.iter().zip(b).enumerate() {
+            assert!((x - y).abs() <= tol * (1.0 + x.abs().max(y.abs())), "at {i}: {x} vs {y}");
+        }
+    }
+
+    const GEOMS: [ImageGeom; 3] = [
+        ImageGeom { batch: 2, channels: 3, height: 5, width: 4 },
+        ImageGeom { batch: 1, channels: 1, height: 7, width: 7 },
+        ImageGeom { batch: 3, channels: 2, height: 2, width: 3 },
+    ];
+
+    #[test]
+    fn im2col_cpu_matches_gather_forward_and_backward() {
+        let dev = Cpu::seed_from_u64(0);
+        for g in GEOMS {
+            let x = random(&dev, g.rows(), g.channels, 1);
+            let weights = random(&dev, g.rows(), 9 * g.channels, 2);
+            let a = dev.im2col(x.clone(), g);
+            let b = im2col_gather(&dev, x.clone(), g);
+            close(&a.as_vec(), &b.as_vec(), 0.0);
+            // Backward: d/dx sum(im2col(x) * W) for both implementations.
+            let ga = (dev.im2col(x.leaky_trace(), g) * weights.clone()).sum::<Rank0, _>().backward();
+            let gb = (im2col_gather(&dev, x.leaky_trace(), g) * weights.clone()).sum::<Rank0, _>().backward();
+            close(&ga.get(&x).as_vec(), &gb.get(&x).as_vec(), 1e-6);
+        }
+    }
+
+    #[test]
+    fn im2col_known_values() {
+        // 1 image, 1 channel, 2x2 pixels [[1,2],[3,4]]; the patch of pixel (0,0)
+        // sees zero padding above and left: taps (1,1)=1, (1,2)=2, (2,1)=3, (2,2)=4.
+        let dev = Cpu::seed_from_u64(0);
+        let x = dev.tensor_from_vec(vec![1.0, 2.0, 3.0, 4.0], (4, 1));
+        let g = ImageGeom { batch: 1, channels: 1, height: 2, width: 2 };
+        let p = dev.im2col(x, g).as_vec();
+        assert_eq!(&p[0..9], &[0.0, 0.0, 0.0, 0.0, 1.0, 2.0, 0.0, 3.0, 4.0]);
+        assert_eq!(&p[27..36], &[1.0, 2.0, 0.0, 3.0, 4.0, 0.0, 0.0, 0.0, 0.0]);
+    }
+
+    #[test]
+    fn max_pool_cpu_matches_gather() {
+        let dev = Cpu::seed_from_u64(0);
+        for g in GEOMS {
+            let x = random(&dev, g.rows(), g.channels, 3);
+            let out_rows = g.pooled().rows();
+            let weights = random(&dev, out_rows, g.channels, 4);
+            let a = dev.max_pool2(x.clone(), g);
+            let b = max_pool2_gather(&dev, x.clone(), g);
+            close(&a.as_vec(), &b.as_vec(), 0.0);
+            let ga = (dev.max_pool2(x.leaky_trace(), g) * weights.clone()).sum::<Rank0, _>().backward();
+            let gb = (max_pool2_gather(&dev, x.leaky_trace(), g) * weights.clone()).sum::<Rank0, _>().backward();
+            close(&ga.get(&x).as_vec(), &gb.get(&x).as_vec(), 1e-6);
+        }
+    }
+
+    /// Central finite differences of f(x) = sum(op(x) * W) against the
+    /// hand-written backward pass.
+    fn finite_difference_check(op: &dyn Fn(Matrix<Cpu, OwnedTape<f32, Cpu>>) -> Matrix<Cpu, OwnedTape<f32, Cpu>>, op0: &dyn Fn(Matrix<Cpu>) -> Matrix<Cpu>, rows: usize, cols: usize, out_shape: (usize, usize)) {
+        let dev = Cpu::seed_from_u64(0);
+        let x = random(&dev, rows, cols, 5);
+        let w = random(&dev, out_shape.0, out_shape.1, 6);
+        let grads = (op(x.leaky_trace()) * w.clone()).sum::<Rank0, _>().backward();
+        let analytic = grads.get(&x).as_vec();
+        let base = x.as_vec();
+        let eps = 1e-3f32;
+        for i in (0..base.len()).step_by(3) {
+            let f = |delta: f32| {
+                let mut v = base.clone();
+                v[i] += delta;
+                let xt = dev.tensor_from_vec(v, (rows, cols));
+                (op0(xt) * w.clone()).sum::<Rank0, _>().array()
+            };
+            let numeric = (f(eps) - f(-eps)) / (2.0 * eps);
+            assert!((numeric - analytic[i]).abs() < 2e-2, "grad {i}: numeric {numeric} analytic {}", analytic[i]);
+        }
+    }
+
+    #[test]
+    fn im2col_gradient_matches_finite_differences() {
+        let g = GEOMS[0];
+        let dev = Cpu::seed_from_u64(0);
+        let d2 = dev.clone();
+        finite_difference_check(
+            &move |x| dev.im2col(x, g),
+            &move |x| d2.im2col(x, g),
+            g.rows(),
+            g.channels,
+            (g.rows(), 9 * g.channels),
+        );
+    }
+
+    #[test]
+    fn max_pool_gradient_matches_finite_differences() {
+        let g = GEOMS[1];
+        let dev = Cpu::seed_from_u64(0);
+        let d2 = dev.clone();
+        finite_difference_check(
+            &move |x| dev.max_pool2(x, g),
+            &move |x| d2.max_pool2(x, g),
+            g.rows(),
+            g.channels,
+            (g.pooled().rows(), g.channels),
+        );
+    }
+}

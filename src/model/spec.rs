@@ -1,0 +1,497 @@
+//! Model specs: the run-time strings that describe a student or a teacher.
+//!
+//! Two families:
+//! - `mlp:784-1200-1200-10`: fully connected layers, ReLU between them. The
+//!   first number is the input width, the last the number of classes.
+//! - `cnn:c32-p-c64-p-f128-10`: `cN` is a 3x3 convolution with N output
+//!   channels (stride 1, zero padding 1) followed by ReLU, `p` a 2x2 max-pool
+//!   with stride 2 (odd sizes are floored, as PyTorch does), `fN` a fully
+//!   connected layer with ReLU, and the last bare number the class count. The
+//!   input is 1x28x28 unless the spec starts with `iCxHxW`, as in
+//!   `cnn:i3x32x32-c32-p-10`.
+//!
+//! A parsed [`ModelSpec`] resolves every layer's shape, so it can count
+//! parameters and forward FLOPs and name each tensor as PyTorch would
+//! (`layers.{k}.weight`, where `k` counts ReLU, pooling and flatten modules of
+//! the equivalent `nn.Sequential` too).
+
+use std::fmt;
+use std::str::FromStr;
+
+use crate::error::{Error, Result};
+
+/// The largest width, channel count or input side a spec may name; keeps
+/// parameter counts and allocations far from overflow.
+const MAX_DIM: usize = 1 << 20;
+/// The largest parameter count a spec may describe (4 G floats = 16 GiB).
+const MAX_PARAMS: u64 = 1 << 32;
+
+/// One layer of a resolved model.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Layer {
+    /// 3x3 convolution, stride 1, padding 1, then ReLU. Input and output are
+    /// `height x width` images.
+    Conv {
+        in_channels: usize,
+        out_channels: usize,
+        height: usize,
+        width: usize,
+    },
+    /// 2x2 max-pool, stride 2, from `height x width` to half of each (floored).
+    MaxPool {
+        channels: usize,
+        height: usize,
+        width: usize,
+    },
+    /// Fully connected layer, followed by ReLU unless it is the last layer.
+    /// `from_image` is `Some((channels, height, width))` when it is the first
+    /// dense layer after convolutions (its input is a flattened image).
+    Dense {
+        inputs: usize,
+        outputs: usize,
+        relu: bool,
+        from_image: Option<(usize, usize, usize)>,
+    },
+}
+
+impl Layer {
+    /// Number of learnable parameters (weights and biases).
+    pub fn param_count(&self) -> u64 {
+        match *self {
+            Layer::Conv {
+                in_channels,
+                out_channels,
+                ..
+            } => (out_channels * in_channels * 9 + out_channels) as u64,
+            Layer::MaxPool { .. } => 0,
+            Layer::Dense {
+                inputs, outputs, ..
+            } => (inputs * outputs + outputs) as u64,
+        }
+    }
+
+    /// Forward FLOPs per sample, counting a multiply-add as two.
+    pub fn flops(&self) -> u64 {
+        match *self {
+            Layer::Conv {
+                in_channels,
+                out_channels,
+                height,
+                width,
+            } => 2 * (height * width * out_channels * in_channels * 9) as u64,
+            Layer::MaxPool {
+                channels,
+                height,
+                width,
+            } => ((height / 2) * (width / 2) * channels * 3) as u64,
+            Layer::Dense {
+                inputs, outputs, ..
+            } => 2 * (inputs * outputs) as u64,
+        }
+    }
+
+    /// Whether the layer owns a weight and a bias.
+    pub fn has_params(&self) -> bool {
+        !matches!(self, Layer::MaxPool { .. })
+    }
+}
+
+/// A parsed, fully resolved model spec.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ModelSpec {
+    text: String,
+    input: (usize, usize, usize),
+    layers: Vec<Layer>,
+}
+
+impl ModelSpec {
+    /// Parses a spec string. Errors name the spec and the offending token.
+    pub fn parse(text: &str) -> Result<Self> {
+        let err = |message: String| Error::Spec {
+            spec: text.to_string(),
+            message,
+        };
+        let (family, body) = text
+            .split_once(':')
+            .ok_or_else(|| err("expected 'mlp:...' or 'cnn:...'".into()))?;
+        let tokens: Vec<&str> = body.split('-').map(str::trim).collect();
+        if tokens.iter().any(|t| t.is_empty()) {
+            return Err(err("empty layer between '-' separators".into()));
+        }
+        let spec = match family.trim() {
+            "mlp" => Self::parse_mlp(text, &tokens)?,
+            "cnn" => Self::parse_cnn(text, &tokens)?,
+            other => return Err(err(format!("unknown family '{other}' (use mlp or cnn)"))),
+        };
+        let params = spec.param_count();
+        if params > MAX_PARAMS {
+            return Err(err(format!(
+                "{params} parameters is more than the supported {MAX_PARAMS}"
+            )));
+        }
+        Ok(spec)
+    }
+
+    fn parse_mlp(text: &str, tokens: &[&str]) -> Result<Self> {
+        if tokens.len() < 2 {
+            return Err(Error::Spec {
+                spec: text.into(),
+                message: "an mlp needs at least an input width and a class count".into(),
+            });
+        }
+        let dims = tokens
+            .iter()
+            .map(|t| parse_dim(text, t, t))
+            .collect::<Result<Vec<_>>>()?;
+        let n = dims.len();
+        let layers = dims
+            .windows(2)
+            .enumerate()
+            .map(|(i, w)| Layer::Dense {
+                inputs: w[0],
+                outputs: w[1],
+                relu: i + 2 < n,
+                from_image: None,
+            })
+            .collect();
+        Ok(ModelSpec {
+            text: text.to_string(),
+            input: (1, 1, dims[0]),
+            layers,
+        })
+    }
+
+    fn parse_cnn(text: &str, tokens: &[&str]) -> Result<Self> {
+        let err = |message: String| Error::Spec {
+            spec: text.to_string(),
+            message,
+        };
+        let mut rest = tokens;
+        let mut input = (1usize, 28usize, 28usize);
+        if let Some(first) = rest.first() {
+            if let Some(dims) = first.strip_prefix('i') {
+                let parts: Vec<&str> = dims.split('x').collect();
+                if parts.len() != 3 {
+                    return Err(err(format!(
+                        "input '{first}' must be iCxHxW, for example i1x28x28"
+                    )));
+                }
+                input = (
+                    parse_dim(text, first, parts[0])?,
+                    parse_dim(text, first, parts[1])?,
+                    parse_dim(text, first, parts[2])?,
+                );
+                rest = &rest[1..];
+            }
+        }
+        let Some((last, body)) = rest.split_last() else {
+            return Err(err("a cnn needs at least a class count".into()));
+        };
+        let classes = parse_dim(text, last, last)
+            .map_err(|_| err(format!("the last layer '{last}' must be the class count, a number")))?;
+        let (mut c, mut h, mut w) = input;
+        let mut flat: Option<usize> = None;
+        let mut layers = Vec::new();
+        for tok in body {
+            if let Some(n) = tok.strip_prefix('c') {
+                if flat.is_some() {
+                    return Err(err(format!("convolution '{tok}' after a dense layer")));
+                }
+                let out = parse_dim(text, tok, n)?;
+                layers.push(Layer::Conv {
+                    in_channels: c,
+                    out_channels: out,
+                    height: h,
+                    width: w,
+                });
+                c = out;
+            } else if *tok == "p" {
+                if flat.is_some() {
+                    return Err(err("pooling 'p' after a dense layer".into()));
+                }
+                if h < 2 || w < 2 {
+                    return Err(err(format!("pooling 'p' on a {h}x{w} image leaves nothing")));
+                }
+                layers.push(Layer::MaxPool {
+                    channels: c,
+                    height: h,
+                    width: w,
+                });
+                h /= 2;
+                w /= 2;
+            } else if let Some(n) = tok.strip_prefix('f') {
+                let out = parse_dim(text, tok, n)?;
+                let (inputs, from_image) = match flat {
+                    Some(f) => (f, None),
+                    None => (c * h * w, Some((c, h, w))),
+                };
+                layers.push(Layer::Dense {
+                    inputs,
+                    outputs: out,
+                    relu: true,
+                    from_image,
+                });
+                flat = Some(out);
+            } else {
+                return Err(err(format!(
+                    "unknown layer '{tok}' (use cN, p, fN, and a final class count)"
+                )));
+            }
+        }
+        let (inputs, from_image) = match flat {
+            Some(f) => (f, None),
+            None => (c * h * w, Some((c, h, w))),
+        };
+        layers.push(Layer::Dense {
+            inputs,
+            outputs: classes,
+            relu: false,
+            from_image,
+        });
+        Ok(ModelSpec {
+            text: text.to_string(),
+            input,
+            layers,
+        })
+    }
+
+    /// The spec as written.
+    pub fn as_str(&self) -> &str {
+        &self.text
+    }
+
+    /// Input shape (channels, height, width); an MLP's is (1, 1, width).
+    pub fn input_shape(&self) -> (usize, usize, usize) {
+        self.input
+    }
+
+    /// Number of input features per sample.
+    pub fn input_len(&self) -> usize {
+        self.input.0 * self.input.1 * self.input.2
+    }
+
+    /// Number of output classes.
+    pub fn num_classes(&self) -> usize {
+        match self.layers.last() {
+            Some(Layer::Dense { outputs, .. }) => *outputs,
+            _ => 0,
+        }
+    }
+
+    /// The resolved layers, in order.
+    pub fn layers(&self) -> &[Layer] {
+        &self.layers
+    }
+
+    /// Whether any layer is a convolution.
+    pub fn is_convolutional(&self) -> bool {
+        self.layers.iter().any(|l| matches!(l, Layer::Conv { .. }))
+    }
+
+    /// Total learnable parameters.
+    pub fn param_count(&self) -> u64 {
+        self.layers.iter().map(Layer::param_count).sum()
+    }
+
+    /// Forward FLOPs per sample (multiply-add = 2).
+    pub fn flops(&self) -> u64 {
+        self.layers.iter().map(Layer::flops).sum()
+    }
+
+    /// PyTorch `nn.Sequential` index of each layer (ReLU, pooling and
+    /// flatten modules take indices too), aligned with [`Self::layers`].
+    pub fn torch_indices(&self) -> Vec<usize> {
+        let mut k = 0;
+        let mut out = Vec::with_capacity(self.layers.len());
+        for layer in &self.layers {
+            match layer {
+                Layer::Conv { .. } => {
+                    out.push(k);
+                    k += 2; // Conv2d, ReLU
+                }
+                Layer::MaxPool { .. } => {
+                    out.push(k);
+                    k += 1;
+                }
+                Layer::Dense {
+                    relu, from_image, ..
+                } => {
+                    if from_image.is_some() && self.is_convolutional() {
+                        k += 1; // Flatten
+                    }
+                    out.push(k);
+                    k += if *relu { 2 } else { 1 };
+                }
+            }
+        }
+        out
+    }
+
+    /// The equivalent PyTorch module, for users who load the weights there.
+    pub fn torch_code(&self) -> String {
+        let mut parts = Vec::new();
+        for layer in &self.layers {
+            match *layer {
+                Layer::Conv {
+                    in_channels,
+                    out_channels,
+                    ..
+                } => {
+                    parts.push(format!("nn.Conv2d({in_channels}, {out_channels}, 3, padding=1)"));
+                    parts.push("nn.ReLU()".into());
+                }
+                Layer::MaxPool { .. } => parts.push("nn.MaxPool2d(2)".into()),
+                Layer::Dense {
+                    inputs,
+                    outputs,
+                    relu,
+                    from_image,
+                } => {
+                    if from_image.is_some() && self.is_convolutional() {
+                        parts.push("nn.Flatten()".into());
+                    }
+                    parts.push(format!("nn.Linear({inputs}, {outputs})"));
+                    if relu {
+                        parts.push("nn.ReLU()".into());
+                    }
+                }
+            }
+        }
+        format!("layers = nn.Sequential({})", parts.join(", "))
+    }
+
+    /// A multi-line description: one row per layer with shapes, parameters
+    /// and FLOPs, then totals.
+    pub fn describe(&self) -> String {
+        let mut s = String::new();
+        let (c, h, w) = self.input;
+        s.push_str(&format!("model {}\n", self.text));
+        s.push_str(&format!("input {c}x{h}x{w}\n"));
+        s.push_str(&format!(
+            "{:<8} {:<34} {:>12} {:>14}\n",
+            "layer", "shape", "parameters", "FLOPs/sample"
+        ));
+        for (idx, layer) in self.torch_indices().iter().zip(&self.layers) {
+            let shape = match *layer {
+                Layer::Conv {
+                    in_channels,
+                    out_channels,
+                    height,
+                    width,
+                } => format!("conv3x3 {in_channels}->{out_channels} @{height}x{width} +relu"),
+                Layer::MaxPool {
+                    channels,
+                    height,
+                    width,
+                } => format!("maxpool2 {channels}ch {height}x{width}->{}x{}", height / 2, width / 2),
+                Layer::Dense {
+                    inputs,
+                    outputs,
+                    relu,
+                    ..
+                } => format!("linear {inputs}->{outputs}{}", if relu { " +relu" } else { "" }),
+            };
+            s.push_str(&format!(
+                "{:<8} {:<34} {:>12} {:>14}\n",
+                format!("layers.{idx}"),
+                shape,
+                layer.param_count(),
+                layer.flops()
+            ));
+        }
+        s.push_str(&format!(
+            "total parameters {}\nforward FLOPs per sample {}\n",
+            self.param_count(),
+            self.flops()
+        ));
+        s
+    }
+}
+
+impl fmt::Display for ModelSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.text)
+    }
+}
+
+impl FromStr for ModelSpec {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        ModelSpec::parse(s)
+    }
+}
+
+fn parse_dim(spec: &str, token: &str, digits: &str) -> Result<usize> {
+    let value: usize = digits.parse().map_err(|_| Error::Spec {
+        spec: spec.to_string(),
+        message: format!("'{token}': '{digits}' is not a positive whole number"),
+    })?;
+    if value == 0 || value > MAX_DIM {
+        return Err(Error::Spec {
+            spec: spec.to_string(),
+            message: format!("'{token}': {value} must be between 1 and {MAX_DIM}"),
+        });
+    }
+    Ok(value)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mlp_parameter_count_matches_pytorch() {
+        // sum(p.numel() for p in nn.Sequential(nn.Linear(784,128), nn.ReLU(),
+        //     nn.Linear(128,10)).parameters()) == 101770
+        let spec = ModelSpec::parse("mlp:784-128-10").unwrap();
+        assert_eq!(spec.param_count(), 101_770);
+        assert_eq!(spec.num_classes(), 10);
+        assert_eq!(spec.torch_indices(), vec![0, 2]);
+        // 784-1200-1200-10 (Hinton's teacher): 2,395,210 parameters.
+        let big = ModelSpec::parse("mlp:784-1200-1200-10").unwrap();
+        assert_eq!(big.param_count(), 2_395_210);
+        assert_eq!(big.flops(), 2 * (784 * 1200 + 1200 * 1200 + 1200 * 10));
+    }
+
+    #[test]
+    fn cnn_shapes_and_torch_names() {
+        let spec = ModelSpec::parse("cnn:c32-p-c64-p-f128-10").unwrap();
+        // Conv(1,32): 320; Conv(32,64): 18496; Linear(3136,128): 401536; Linear(128,10): 1290.
+        assert_eq!(spec.param_count(), 320 + 18_496 + 401_536 + 1_290);
+        // Sequential: 0 conv, 1 relu, 2 pool, 3 conv, 4 relu, 5 pool, 6 flatten,
+        // 7 linear, 8 relu, 9 linear
+        assert_eq!(spec.torch_indices(), vec![0, 2, 3, 5, 7, 9]);
+        match spec.layers()[4] {
+            Layer::Dense {
+                inputs, from_image, ..
+            } => {
+                assert_eq!(inputs, 64 * 7 * 7);
+                assert_eq!(from_image, Some((64, 7, 7)));
+            }
+            ref other => panic!("expected dense, got {other:?}"),
+        }
+        let odd = ModelSpec::parse("cnn:i3x15x15-c8-p-p-4").unwrap();
+        assert_eq!(odd.input_shape(), (3, 15, 15));
+        assert_eq!(odd.layers().last().copied().map(|l| l.param_count()), Some((8 * 3 * 3 + 1) * 4));
+    }
+
+    #[test]
+    fn bad_specs_name_the_token() {
+        for (spec, needle) in [
+            ("mlp:784", "at least"),
+            ("mlp:784-x-10", "'x'"),
+            ("mlp:784-0-10", "between 1"),
+            ("rnn:1-2", "unknown family"),
+            ("cnn:c32-q-10", "unknown layer 'q'"),
+            ("cnn:c32-f10-c3-10", "after a dense"),
+            ("cnn:i1x1x1-p-10", "leaves nothing"),
+            ("cnn:c32-p", "class count"),
+            ("mlp784-10", "expected"),
+            ("mlp:784--10", "empty"),
+        ] {
+            let err = ModelSpec::parse(spec).unwrap_err().to_string();
+            assert!(err.contains(needle), "{spec}: {err}");
+            assert!(err.contains(spec), "{spec}: {err}");
+        }
+    }
+}
