@@ -2,6 +2,7 @@
 //! parameter store ([`network`]), convolution and pooling ops ([`ops`]), and
 //! safetensors I/O with PyTorch names and layouts ([`io`]).
 
+pub mod io;
 pub mod network;
 pub mod ops;
 pub mod spec;

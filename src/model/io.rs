@@ -1,0 +1,405 @@
+//! Weights on disk: safetensors files with PyTorch `state_dict` names and
+//! layouts, so `model.load_state_dict(safetensors.torch.load_file(...))`
+//! works on the module printed by [`ModelSpec::torch_code`].
+//!
+//! Layout conversions (the store's layouts are described in
+//! [`crate::model::network`]):
+//! - conv weight: store `[out, 9*in]` (column `tap*in + c`) to PyTorch
+//!   `[out, in, 3, 3]`;
+//! - first dense layer after convolutions: store columns in (h, w, c) order to
+//!   PyTorch's flatten order (c, h, w);
+//! - everything else is already PyTorch's layout.
+//!
+//! Files are written to a temporary name in the same directory, synced and
+//! renamed, so a crash never leaves a half-written weights file behind.
+
+use std::collections::HashMap;
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use safetensors::tensor::{Dtype, SafeTensors, TensorView};
+use xxhash_rust::xxh3::Xxh3;
+
+use super::network::{Network, ParamValue};
+use super::ops::Backend;
+use super::spec::{Layer, ModelSpec};
+use crate::error::{Error, Result};
+
+/// Metadata key holding the model spec inside a weights file.
+pub const SPEC_KEY: &str = "distill.spec";
+
+/// Largest weights file read (guards allocations on hostile input).
+const MAX_WEIGHTS_BYTES: u64 = 16 << 30;
+
+/// A named f32 tensor in PyTorch layout, on the host.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HostTensor {
+    pub name: String,
+    pub shape: Vec<usize>,
+    pub data: Vec<f32>,
+}
+
+/// Converts one parameter from the store's layout to PyTorch's.
+fn to_torch(spec: &ModelSpec, layer: usize, is_weight: bool, value: &[f32], dims: &[usize]) -> (Vec<usize>, Vec<f32>) {
+    if !is_weight {
+        return (dims.to_vec(), value.to_vec());
+    }
+    match spec.layers()[layer] {
+        Layer::Conv {
+            in_channels: cin,
+            out_channels: cout,
+            ..
+        } => {
+            let mut out = vec![0f32; value.len()];
+            for o in 0..cout {
+                for c in 0..cin {
+                    for tap in 0..9 {
+                        out[((o * cin) + c) * 9 + tap] = value[o * 9 * cin + tap * cin + c];
+                    }
+                }
+            }
+            (vec![cout, cin, 3, 3], out)
+        }
+        Layer::Dense {
+            inputs,
+            outputs,
+            from_image: Some((c, h, w)),
+            ..
+        } if spec.is_convolutional() => {
+            let mut out = vec![0f32; value.len()];
+            for o in 0..outputs {
+                for ch in 0..c {
+                    for p in 0..h * w {
+                        out[o * inputs + ch * h * w + p] = value[o * inputs + p * c + ch];
+                    }
+                }
+            }
+            (dims.to_vec(), out)
+        }
+        _ => (dims.to_vec(), value.to_vec()),
+    }
+}
+
+/// Converts one parameter from PyTorch's layout to the store's.
+fn from_torch(spec: &ModelSpec, layer: usize, is_weight: bool, value: &[f32]) -> Vec<f32> {
+    if !is_weight {
+        return value.to_vec();
+    }
+    match spec.layers()[layer] {
+        Layer::Conv {
+            in_channels: cin,
+            out_channels: cout,
+            ..
+        } => {
+            let mut out = vec![0f32; value.len()];
+            for o in 0..cout {
+                for c in 0..cin {
+                    for tap in 0..9 {
+                        out[o * 9 * cin + tap * cin + c] = value[((o * cin) + c) * 9 + tap];
+                    }
+                }
+            }
+            out
+        }
+        Layer::Dense {
+            inputs,
+            outputs,
+            from_image: Some((c, h, w)),
+            ..
+        } if spec.is_convolutional() => {
+            let mut out = vec![0f32; value.len()];
+            for o in 0..outputs {
+                for ch in 0..c {
+                    for p in 0..h * w {
+                        out[o * inputs + p * c + ch] = value[o * inputs + ch * h * w + p];
+                    }
+                }
+            }
+            out
+        }
+        _ => value.to_vec(),
+    }
+}
+
+/// The expected PyTorch shape of each parameter, by name.
+pub fn torch_shapes(spec: &ModelSpec) -> Vec<(String, Vec<usize>)> {
+    let mut out = Vec::new();
+    for (idx, layer) in spec.torch_indices().iter().zip(spec.layers()) {
+        match *layer {
+            Layer::Conv {
+                in_channels,
+                out_channels,
+                ..
+            } => {
+                out.push((format!("layers.{idx}.weight"), vec![out_channels, in_channels, 3, 3]));
+                out.push((format!("layers.{idx}.bias"), vec![out_channels]));
+            }
+            Layer::Dense {
+                inputs, outputs, ..
+            } => {
+                out.push((format!("layers.{idx}.weight"), vec![outputs, inputs]));
+                out.push((format!("layers.{idx}.bias"), vec![outputs]));
+            }
+            Layer::MaxPool { .. } => {}
+        }
+    }
+    out
+}
+
+impl<D: Backend> Network<D> {
+    /// The parameters in PyTorch layout, on the host.
+    pub fn to_host(&self) -> Vec<HostTensor> {
+        self.params()
+            .iter()
+            .map(|p| {
+                let (shape, data) = to_torch(
+                    self.spec(),
+                    p.layer,
+                    p.kind == super::ParamKind::Weight,
+                    &p.value.to_vec(),
+                    &p.value.dims(),
+                );
+                HostTensor {
+                    name: p.name.clone(),
+                    shape,
+                    data,
+                }
+            })
+            .collect()
+    }
+
+    /// Overwrites the parameters from tensors in PyTorch layout. Every
+    /// parameter must be present with its exact shape; `source` names the
+    /// file in errors.
+    pub fn load_host(&mut self, tensors: &[HostTensor], source: &Path) -> Result<()> {
+        let by_name: HashMap<&str, &HostTensor> = tensors.iter().map(|t| (t.name.as_str(), t)).collect();
+        let expected = torch_shapes(self.spec());
+        let spec = self.spec().clone();
+        for ((name, shape), param) in expected.iter().zip(self.params_mut()) {
+            let t = by_name.get(name.as_str()).ok_or_else(|| Error::Model {
+                path: source.to_path_buf(),
+                message: format!("tensor '{name}' is missing (spec {spec} needs it with shape {shape:?})"),
+            })?;
+            if &t.shape != shape {
+                return Err(Error::Model {
+                    path: source.to_path_buf(),
+                    message: format!(
+                        "tensor '{name}' has shape {:?}, but spec {spec} needs {shape:?}",
+                        t.shape
+                    ),
+                });
+            }
+            if let Some(i) = t.data.iter().position(|v| !v.is_finite()) {
+                return Err(Error::Model {
+                    path: source.to_path_buf(),
+                    message: format!("tensor '{name}' holds a non-finite value at element {i}"),
+                });
+            }
+            let values = from_torch(&spec, param.layer, param.kind == super::ParamKind::Weight, &t.data);
+            param.value.copy_from(&values);
+        }
+        Ok(())
+    }
+
+    /// A content fingerprint of the spec and weights (xxh3-128, hex): the
+    /// same weights give the same fingerprint however they were saved.
+    pub fn fingerprint(&self) -> String {
+        let mut h = Xxh3::new();
+        h.update(self.spec().as_str().as_bytes());
+        for p in self.params() {
+            h.update(p.name.as_bytes());
+            for v in p.value.to_vec() {
+                h.update(&v.to_le_bytes());
+            }
+        }
+        format!("{:032x}", h.digest128())
+    }
+}
+
+/// Writes tensors (and string metadata) to a safetensors file atomically.
+pub fn write_safetensors(path: &Path, tensors: &[HostTensor], metadata: HashMap<String, String>) -> Result<()> {
+    let bytes: Vec<Vec<u8>> = tensors
+        .iter()
+        .map(|t| t.data.iter().flat_map(|v| v.to_le_bytes()).collect())
+        .collect();
+    let views = tensors
+        .iter()
+        .zip(&bytes)
+        .map(|(t, b)| {
+            TensorView::new(Dtype::F32, t.shape.clone(), b)
+                .map(|v| (t.name.clone(), v))
+                .map_err(|e| Error::Model {
+                    path: path.to_path_buf(),
+                    message: format!("tensor '{}': {e}", t.name),
+                })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let buf = safetensors::tensor::serialize(views, &Some(metadata)).map_err(|e| Error::Model {
+        path: path.to_path_buf(),
+        message: format!("cannot serialise: {e}"),
+    })?;
+    atomic_write(path, &buf)
+}
+
+/// Reads every f32 tensor and the metadata of a safetensors file. Errors
+/// name the file and the tensor.
+pub fn read_safetensors(path: &Path) -> Result<(HashMap<String, String>, Vec<HostTensor>)> {
+    let len = fs::metadata(path).map_err(|e| Error::io(path, e))?.len();
+    if len > MAX_WEIGHTS_BYTES {
+        return Err(Error::Model {
+            path: path.to_path_buf(),
+            message: format!("{len} bytes is larger than the {MAX_WEIGHTS_BYTES}-byte limit"),
+        });
+    }
+    let buf = fs::read(path).map_err(|e| Error::io(path, e))?;
+    let st = SafeTensors::deserialize(&buf).map_err(|e| Error::Model {
+        path: path.to_path_buf(),
+        message: format!("not a valid safetensors file: {e}"),
+    })?;
+    let (_, header) = SafeTensors::read_metadata(&buf).map_err(|e| Error::Model {
+        path: path.to_path_buf(),
+        message: format!("not a valid safetensors file: {e}"),
+    })?;
+    let metadata = header.metadata().clone().unwrap_or_default();
+    let mut out = Vec::new();
+    let mut names: Vec<String> = st.names().into_iter().cloned().collect();
+    names.sort();
+    for name in names {
+        let view = st.tensor(&name).map_err(|e| Error::Model {
+            path: path.to_path_buf(),
+            message: format!("tensor '{name}': {e}"),
+        })?;
+        if view.dtype() != Dtype::F32 {
+            return Err(Error::Model {
+                path: path.to_path_buf(),
+                message: format!("tensor '{name}' is {:?}; distill reads float32 weights", view.dtype()),
+            });
+        }
+        let data = view
+            .data()
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect();
+        out.push(HostTensor {
+            name,
+            shape: view.shape().to_vec(),
+            data,
+        });
+    }
+    Ok((metadata, out))
+}
+
+/// Saves a network's weights, recording its spec in the file's metadata.
+pub fn save_weights<D: Backend>(net: &Network<D>, path: &Path) -> Result<()> {
+    let mut meta = HashMap::new();
+    meta.insert(SPEC_KEY.to_string(), net.spec().as_str().to_string());
+    meta.insert("format".to_string(), "pt".to_string());
+    write_safetensors(path, &net.to_host(), meta)
+}
+
+/// Loads a weights file into a new network. The spec comes from `spec`
+/// when given, else from the file's metadata.
+pub fn load_weights<D: Backend>(path: &Path, spec: Option<&ModelSpec>, device: D) -> Result<Network<D>> {
+    let (meta, tensors) = read_safetensors(path)?;
+    let spec = match (spec, meta.get(SPEC_KEY)) {
+        (Some(s), _) => s.clone(),
+        (None, Some(text)) => ModelSpec::parse(text)?,
+        (None, None) => {
+            return Err(Error::Model {
+                path: path.to_path_buf(),
+                message: format!("no '{SPEC_KEY}' metadata; pass the model spec explicitly"),
+            })
+        }
+    };
+    let mut net = Network::new(spec, device, 0);
+    net.load_host(&tensors, path)?;
+    Ok(net)
+}
+
+/// Writes `bytes` to `path` through a temporary file in the same directory,
+/// synced and renamed into place.
+pub fn atomic_write(path: &Path, bytes: &[u8]) -> Result<()> {
+    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let tmp: PathBuf = dir.join(format!(".{name}.{}.tmp", std::process::id()));
+    let result = (|| {
+        let mut f = fs::File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        fs::rename(&tmp, path)?;
+        if let Ok(d) = fs::File::open(dir) {
+            let _ = d.sync_all();
+        }
+        Ok(())
+    })();
+    result.map_err(|e| {
+        let _ = fs::remove_file(&tmp);
+        Error::io(path, e)
+    })
+}
+
+/// Returns the values of a parameter as stored (for tests and tools).
+pub fn param_values<D: Backend>(value: &ParamValue<D>) -> Vec<f32> {
+    value.to_vec()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use dfdx::prelude::*;
+
+    #[test]
+    fn round_trip_preserves_outputs_and_torch_layout() {
+        let dev = Cpu::seed_from_u64(0);
+        let dir = tempfile::tempdir().unwrap();
+        for text in ["mlp:10-6-3", "cnn:i2x5x4-c3-p-f5-4"] {
+            let spec = ModelSpec::parse(text).unwrap();
+            let net = Network::new(spec.clone(), dev.clone(), 11);
+            let path = dir.path().join("m.safetensors");
+            save_weights(&net, &path).unwrap();
+            let back = load_weights(&path, None, dev.clone()).unwrap();
+            let x: Vec<f32> = (0..2 * spec.input_len()).map(|i| (i % 5) as f32 * 0.3).collect();
+            assert_eq!(net.predict(x.clone(), 2).as_vec(), back.predict(x, 2).as_vec());
+            assert_eq!(net.fingerprint(), back.fingerprint());
+            let (meta, tensors) = read_safetensors(&path).unwrap();
+            assert_eq!(meta.get(SPEC_KEY).map(String::as_str), Some(text));
+            let shapes: Vec<(String, Vec<usize>)> = tensors.iter().map(|t| (t.name.clone(), t.shape.clone())).collect();
+            let mut expected = torch_shapes(&spec);
+            expected.sort();
+            assert_eq!(shapes, expected);
+        }
+    }
+
+    #[test]
+    fn conv_weight_layout_is_pytorch_order() {
+        // Store column tap*in + c maps to PyTorch [o][c][dy][dx].
+        let dev = Cpu::seed_from_u64(0);
+        let spec = ModelSpec::parse("cnn:i2x3x3-c1-2").unwrap();
+        let mut net = Network::new(spec, dev, 0);
+        let vals: Vec<f32> = (0..18).map(|i| i as f32).collect();
+        net.params_mut()[0].value.copy_from(&vals);
+        let host = net.to_host();
+        assert_eq!(host[0].shape, vec![1, 2, 3, 3]);
+        // PyTorch element [0][c=1][tap=4] is store column 4*2+1 = 9.
+        assert_eq!(host[0].data[9 + 4], 9.0);
+        assert_eq!(host[0].data[4], 8.0);
+    }
+
+    #[test]
+    fn wrong_shapes_and_missing_tensors_are_named() {
+        let dev = Cpu::seed_from_u64(0);
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("m.safetensors");
+        save_weights(&Network::new(ModelSpec::parse("mlp:4-3-2").unwrap(), dev.clone(), 0), &path).unwrap();
+        let other = ModelSpec::parse("mlp:4-5-2").unwrap();
+        let err = load_weights(&path, Some(&other), dev.clone()).err().unwrap().to_string();
+        assert!(err.contains("layers.0.weight") && err.contains("[3, 4]"), "{err}");
+        let deeper = ModelSpec::parse("mlp:4-3-3-2").unwrap();
+        let err = load_weights(&path, Some(&deeper), dev.clone()).err().unwrap().to_string();
+        assert!(err.contains("missing") || err.contains("shape"), "{err}");
+        fs::write(&path, b"not a safetensors file").unwrap();
+        let err = load_weights(&path, None, dev).err().unwrap().to_string();
+        assert!(err.contains("m.safetensors") && err.contains("not a valid"), "{err}");
+    }
+}
