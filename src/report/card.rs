@@ -1,0 +1,165 @@
+//! Model cards (`model.json`) and per-epoch metrics (`metrics.jsonl`).
+//!
+//! The card records what a person needs to trust and reproduce a model: the
+//! spec, its size and cost, the data (with fingerprints), the cache it was
+//! distilled from, every hyperparameter, the result and the command.
+
+use std::path::{Path, PathBuf};
+
+use crate::cache::CacheReader;
+use crate::data::Dataset;
+use crate::error::{Error, Result};
+use crate::model::{Backend, Network};
+use crate::train::eval::EvalResult;
+use crate::train::trainer::{RunOptions, TrainConfig};
+
+/// One epoch's figures, one JSON line each in `metrics.jsonl`.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct EpochMetrics {
+    pub epoch: usize,
+    pub train_loss: f64,
+    pub test_loss: Option<f64>,
+    pub test_accuracy: Option<f64>,
+    /// Fraction of test samples where student and teacher agree on the class.
+    pub teacher_agreement: Option<f64>,
+    pub lr: f64,
+    pub epoch_seconds: f64,
+    pub train_samples_per_sec: f64,
+}
+
+impl EpochMetrics {
+    /// A one-line human summary.
+    pub fn summary_line(&self, epochs: usize) -> String {
+        let mut s = format!(
+            "epoch {}/{}  train loss {:.4}",
+            self.epoch, epochs, self.train_loss
+        );
+        if let Some(l) = self.test_loss {
+            s.push_str(&format!("  test loss {l:.4}"));
+        }
+        if let Some(a) = self.test_accuracy {
+            s.push_str(&format!("  test acc {:.2}%", 100.0 * a));
+        }
+        if let Some(a) = self.teacher_agreement {
+            s.push_str(&format!("  teacher agreement {:.2}%", 100.0 * a));
+        }
+        s.push_str(&format!(
+            "  {:.1}s  {:.0} samples/s",
+            self.epoch_seconds, self.train_samples_per_sec
+        ));
+        s
+    }
+}
+
+/// Which cache a model was distilled from.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct CacheRef {
+    pub path: PathBuf,
+    pub id: String,
+    pub teacher_spec: String,
+    pub teacher_fingerprint: String,
+    pub temperature: f32,
+    pub encoding: String,
+}
+
+impl CacheRef {
+    /// Describes an open cache.
+    pub fn from_reader(reader: &CacheReader, dir: &Path) -> Self {
+        let m = reader.manifest();
+        CacheRef {
+            path: dir.to_path_buf(),
+            id: m.id.clone(),
+            teacher_spec: m.teacher.spec.clone(),
+            teacher_fingerprint: m.teacher.fingerprint.clone(),
+            temperature: reader.temperature(),
+            encoding: reader.encoding().to_string(),
+        }
+    }
+}
+
+/// The data a model was trained and tested on.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct DataRef {
+    pub dir: PathBuf,
+    pub train_fingerprint: String,
+    pub train_samples: usize,
+    pub test_fingerprint: Option<String>,
+    pub test_samples: Option<usize>,
+}
+
+/// `model.json`.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct ModelCard {
+    pub spec: String,
+    pub parameters: u64,
+    pub flops_per_sample: u64,
+    pub weights_fingerprint: String,
+    pub data: Option<DataRef>,
+    pub config: Option<TrainConfig>,
+    pub cache: Option<CacheRef>,
+    pub test_accuracy: Option<f64>,
+    pub test_loss: Option<f64>,
+    pub teacher_agreement: Option<f64>,
+    pub train_seconds: f64,
+    pub command: String,
+    pub pytorch: String,
+    pub distill_version: String,
+}
+
+impl ModelCard {
+    /// Builds the card of a finished run.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new<D: Backend>(
+        net: &Network<D>,
+        cfg: &TrainConfig,
+        opts: &RunOptions,
+        train: &Dataset,
+        test: Option<&Dataset>,
+        cache: Option<CacheRef>,
+        eval: Option<&EvalResult>,
+        teacher_agreement: Option<f64>,
+        train_seconds: f64,
+    ) -> Self {
+        let spec = net.spec();
+        ModelCard {
+            spec: spec.to_string(),
+            parameters: spec.param_count(),
+            flops_per_sample: spec.flops(),
+            weights_fingerprint: net.fingerprint(),
+            data: Some(DataRef {
+                dir: opts.data_dir.clone(),
+                train_fingerprint: train.fingerprint().0.clone(),
+                train_samples: train.len(),
+                test_fingerprint: test.map(|t| t.fingerprint().0.clone()),
+                test_samples: test.map(Dataset::len),
+            }),
+            config: Some(cfg.clone()),
+            cache,
+            test_accuracy: eval.and_then(|e| e.accuracy),
+            test_loss: eval.and_then(|e| e.loss),
+            teacher_agreement,
+            train_seconds,
+            command: opts.command.clone(),
+            pytorch: spec.torch_code(),
+            distill_version: env!("CARGO_PKG_VERSION").to_string(),
+        }
+    }
+
+    /// Writes the card as pretty JSON, atomically.
+    pub fn save(&self, path: &Path) -> Result<()> {
+        let text = serde_json::to_string_pretty(self).map_err(|e| Error::Model {
+            path: path.to_path_buf(),
+            message: format!("cannot serialise the card: {e}"),
+        })?;
+        crate::model::io::atomic_write(path, text.as_bytes())
+    }
+
+    /// Reads a card.
+    pub fn load(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        serde_json::from_str(&text).map_err(|e| Error::Model {
+            path: path.to_path_buf(),
+            message: format!("not a distill model card: {e}"),
+        })
+    }
+}

@@ -1,0 +1,114 @@
+//! Evaluation: accuracy, loss, agreement with a teacher, and throughput of a
+//! network on a dataset.
+
+use std::time::Instant;
+
+use dfdx::prelude::*;
+
+use crate::data::Dataset;
+use crate::error::{Error, Result};
+use crate::model::{Backend, Network};
+
+use super::loss::argmax_rows;
+
+/// What an evaluation measured.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct EvalResult {
+    pub samples: usize,
+    /// Top-1 accuracy against the labels (None for unlabelled data).
+    pub accuracy: Option<f64>,
+    /// Mean cross-entropy against the labels.
+    pub loss: Option<f64>,
+    /// Inference throughput over the whole pass.
+    pub samples_per_sec: f64,
+    /// Predicted class per sample.
+    #[serde(skip)]
+    pub predictions: Vec<u32>,
+}
+
+impl EvalResult {
+    /// Fraction of samples where the prediction equals `other`'s (e.g. the
+    /// teacher's argmax).
+    pub fn agreement(&self, other: &[u32]) -> Option<f64> {
+        if other.len() != self.predictions.len() || other.is_empty() {
+            return None;
+        }
+        let same = self.predictions.iter().zip(other).filter(|(a, b)| a == b).count();
+        Some(same as f64 / other.len() as f64)
+    }
+}
+
+/// Checks that a network can read a dataset: same input size, and labels
+/// within its classes.
+pub fn check_compatible<D: Backend>(net: &Network<D>, data: &Dataset) -> Result<()> {
+    let spec = net.spec();
+    if data.sample_len() != spec.input_len() {
+        let [c, h, w] = data.sample_shape();
+        return Err(Error::Spec {
+            spec: spec.to_string(),
+            message: format!(
+                "takes {} inputs per sample, but {} has {c}x{h}x{w} = {} (split {})",
+                spec.input_len(),
+                data.source().display(),
+                data.sample_len(),
+                data.split()
+            ),
+        });
+    }
+    if let Some(k) = data.num_classes() {
+        if k > spec.num_classes() {
+            return Err(Error::Spec {
+                spec: spec.to_string(),
+                message: format!(
+                    "has {} outputs, but {} holds labels up to {}",
+                    spec.num_classes(),
+                    data.source().display(),
+                    k - 1
+                ),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Runs the network over every sample (in order, batches of `batch`).
+pub fn evaluate<D: Backend>(net: &Network<D>, data: &Dataset, batch: usize) -> Result<EvalResult> {
+    check_compatible(net, data)?;
+    let n = data.len();
+    let classes = net.spec().num_classes();
+    let batch = batch.max(1);
+    let mut predictions = Vec::with_capacity(n);
+    let mut loss_sum = 0f64;
+    let mut correct = 0usize;
+    let mut buf = vec![0f32; batch * data.sample_len()];
+    let labels = data.labels();
+    let start = Instant::now();
+    let mut first = 0;
+    while first < n {
+        let b = batch.min(n - first);
+        let idx: Vec<usize> = (first..first + b).collect();
+        data.fill_inputs(&idx, &mut buf[..b * data.sample_len()]);
+        let logits = net.predict(buf[..b * data.sample_len()].to_vec(), b);
+        let lsm = logits.log_softmax::<Axis<1>>().as_vec();
+        let pred = argmax_rows(&lsm, classes);
+        if let Some(y) = labels {
+            for (i, &p) in pred.iter().enumerate() {
+                let yi = y[first + i] as usize;
+                loss_sum -= lsm[i * classes + yi] as f64;
+                if p as usize == yi {
+                    correct += 1;
+                }
+            }
+        }
+        predictions.extend(pred);
+        first += b;
+    }
+    let secs = start.elapsed().as_secs_f64().max(1e-9);
+    Ok(EvalResult {
+        samples: n,
+        accuracy: labels.map(|_| correct as f64 / n.max(1) as f64),
+        loss: labels.map(|_| loss_sum / n.max(1) as f64),
+        samples_per_sec: n as f64 / secs,
+        predictions,
+    })
+}

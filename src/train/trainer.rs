@@ -1,0 +1,553 @@
+//! The training loop: hard-label training (the baseline, and the way to train
+//! a teacher) and distillation that streams a teacher-output cache.
+//!
+//! Data flow of one epoch:
+//!
+//! ```text
+//!  loader thread                                      training thread
+//!  epoch order (seed, epoch) ──► batch indices
+//!  cache reader: decode targets ─┐                    upload ─► forward ─► loss
+//!  dataset: fill inputs ─────────┴─► bounded channel ─► backward ─► optimizer update
+//! ```
+//!
+//! The loader runs ahead by a few batches, so the step does not wait on
+//! decoding. Every run is deterministic on the CPU for a given seed, and a
+//! checkpoint (weights, optimizer state, epoch, position in the epoch order,
+//! partial epoch sums) lets `--resume` finish with the same weights as an
+//! uninterrupted run.
+
+use std::collections::HashMap;
+use std::fs;
+use std::io::{IsTerminal, Write};
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use std::time::Instant;
+
+use dfdx::prelude::*;
+use dfdx::tensor::Gradients;
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use rand::seq::SliceRandom;
+use rand::SeedableRng;
+
+use crate::cache::{CacheReader, EpochPlan};
+use crate::data::Dataset;
+use crate::error::{Error, Result};
+use crate::model::io::{read_safetensors, write_safetensors, HostTensor, SPEC_KEY};
+use crate::model::{Backend, ModelSpec, Network};
+use crate::report::card::{CacheRef, EpochMetrics, ModelCard};
+
+use super::eval::{check_compatible, evaluate, EvalResult};
+use super::loss::{loss, LossConfig, LossKind, Targets};
+use super::optim::{Optimizer, OptimizerConfig};
+
+/// Everything that defines a training run.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct TrainConfig {
+    pub spec: String,
+    pub epochs: usize,
+    pub batch_size: usize,
+    pub seed: u64,
+    pub optimizer: OptimizerConfig,
+    pub loss: LossConfig,
+    /// Blocks per shuffle window when streaming a cache.
+    pub window_blocks: usize,
+    /// Approximate re-tempering of a top-k cache (see FORMAT.md).
+    pub allow_topk_retemper: bool,
+}
+
+impl TrainConfig {
+    /// Checks every field; errors name the flag.
+    pub fn validate(&self) -> Result<ModelSpec> {
+        let spec = ModelSpec::parse(&self.spec)?;
+        if self.epochs == 0 {
+            return Err(Error::Config {
+                flag: "--epochs".into(),
+                message: "must be at least 1".into(),
+            });
+        }
+        if self.batch_size == 0 || self.batch_size > 1 << 20 {
+            return Err(Error::Config {
+                flag: "--batch".into(),
+                message: format!("{} must be between 1 and {}", self.batch_size, 1 << 20),
+            });
+        }
+        self.optimizer.validate()?;
+        self.loss.validate()?;
+        Ok(spec)
+    }
+}
+
+/// Options of a run that do not change its result.
+#[derive(Debug, Clone, Default)]
+pub struct RunOptions {
+    /// Write a checkpoint every this many steps (and at each epoch's end).
+    pub checkpoint_every: Option<u64>,
+    /// Continue from `out/checkpoint.safetensors` if present.
+    pub resume: bool,
+    /// No progress bar.
+    pub quiet: bool,
+    /// Stop after this many steps (for tests that simulate a crash).
+    pub stop_after_steps: Option<u64>,
+    /// The command line, recorded in the card.
+    pub command: String,
+    /// Data directory, recorded in the card.
+    pub data_dir: PathBuf,
+    /// Start from these weights instead of random ones.
+    pub init: Option<Vec<HostTensor>>,
+}
+
+/// What the loop reads.
+pub struct TrainSources<'a> {
+    pub train: &'a Dataset,
+    pub test: Option<&'a Dataset>,
+    /// Teacher outputs for the training split (distillation).
+    pub cache: Option<&'a CacheReader>,
+    pub cache_dir: Option<PathBuf>,
+    /// Teacher argmax on the test split, for agreement figures.
+    pub teacher_test_predictions: Option<Vec<u32>>,
+}
+
+/// The outcome of a run.
+pub struct TrainOutcome<D: Backend> {
+    pub network: Network<D>,
+    pub card: ModelCard,
+    pub metrics: Vec<EpochMetrics>,
+    /// False when stopped early by `stop_after_steps`.
+    pub finished: bool,
+}
+
+struct Batch {
+    indices: Vec<usize>,
+    inputs: Vec<f32>,
+    labels: Option<Vec<u32>>,
+    logprobs: Option<Vec<f32>>,
+}
+
+/// The hard-label epoch order: a permutation of all samples from (seed, epoch).
+pub fn shuffled_order(n: usize, seed: u64, epoch: u64) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..n).collect();
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed ^ epoch.wrapping_mul(0x9E37_79B9_7F4A_7C15));
+    order.shuffle(&mut rng);
+    order
+}
+
+const CHECKPOINT: &str = "checkpoint.safetensors";
+
+/// Checks that a cache and a dataset belong together and fit the loss.
+pub fn check_cache(cache: &CacheReader, train: &Dataset, spec: &ModelSpec, loss_cfg: &LossConfig) -> Result<()> {
+    cache.check_pairing(&train.fingerprint().0, train.len() as u64, train.num_classes())?;
+    if cache.num_classes() != spec.num_classes() {
+        return Err(Error::Config {
+            flag: "--student".into(),
+            message: format!(
+                "the student {} has {} outputs but the cache holds {} classes",
+                spec,
+                spec.num_classes(),
+                cache.num_classes()
+            ),
+        });
+    }
+    if loss_cfg.needs_labels() && !cache.has_labels() && train.labels().is_none() {
+        return Err(Error::Config {
+            flag: "--alpha".into(),
+            message: format!(
+                "alpha {} mixes in hard labels, but the data is unlabelled: use --alpha 0 or --loss pseudo",
+                loss_cfg.alpha
+            ),
+        });
+    }
+    if loss_cfg.kind == LossKind::Mse && cache.encoding().to_string().starts_with("topk") {
+        return Err(Error::Config {
+            flag: "--loss".into(),
+            message: "logit matching (mse) needs a dense cache (f32, f16 or q8); this one is top-k".into(),
+        });
+    }
+    Ok(())
+}
+
+/// Trains a network. With `sources.cache` the teacher's outputs come from the
+/// cache; without it only labels are used (the loss must then be plain
+/// cross-entropy, `alpha = 1`).
+pub fn train<D: Backend>(
+    device: D,
+    cfg: &TrainConfig,
+    sources: &TrainSources<'_>,
+    out_dir: &Path,
+    opts: &RunOptions,
+) -> Result<TrainOutcome<D>> {
+    let spec = cfg.validate()?;
+    let train = sources.train;
+    if train.is_empty() {
+        return Err(Error::Config {
+            flag: "--data".into(),
+            message: format!("{} holds no training samples", train.source().display()),
+        });
+    }
+    let mut net = Network::new(spec.clone(), device.clone(), cfg.seed);
+    check_compatible(&net, train)?;
+    if let Some(init) = &opts.init {
+        net.load_host(init, Path::new("--init-from"))?;
+    }
+    match sources.cache {
+        Some(cache) => check_cache(cache, train, &spec, &cfg.loss)?,
+        None => {
+            if cfg.loss.needs_teacher() {
+                return Err(Error::Config {
+                    flag: "--cache".into(),
+                    message: format!(
+                        "the {} loss with alpha {} needs the teacher's outputs: pass --cache",
+                        cfg.loss.kind, cfg.loss.alpha
+                    ),
+                });
+            }
+            if train.labels().is_none() {
+                return Err(Error::Config {
+                    flag: "--data".into(),
+                    message: format!(
+                        "{} has no labels; train from a teacher cache with --alpha 0 or --loss pseudo",
+                        train.source().display()
+                    ),
+                });
+            }
+        }
+    }
+    fs::create_dir_all(out_dir).map_err(|e| Error::io(out_dir, e))?;
+    let n = train.len();
+    let steps_per_epoch = n.div_ceil(cfg.batch_size) as u64;
+    let total_steps = steps_per_epoch * cfg.epochs as u64;
+    let mut opt = Optimizer::new(cfg.optimizer, total_steps);
+
+    // Resume.
+    let mut start_epoch = 0usize;
+    let mut start_pos = 0usize;
+    let mut partial = (0f64, 0usize);
+    let mut metrics: Vec<EpochMetrics> = Vec::new();
+    let mut train_seconds = 0f64;
+    let ckpt_path = out_dir.join(CHECKPOINT);
+    if opts.resume && ckpt_path.exists() {
+        let ck = load_checkpoint(&ckpt_path, cfg, &mut net, &mut opt)?;
+        start_epoch = ck.epoch;
+        start_pos = ck.position;
+        partial = (ck.loss_sum, ck.loss_count);
+        metrics = ck.metrics;
+        train_seconds = ck.train_seconds;
+    }
+    let metrics_path = out_dir.join("metrics.jsonl");
+    write_metrics(&metrics_path, &metrics)?;
+
+    let show = !opts.quiet && std::io::stderr().is_terminal();
+    let classes = spec.num_classes();
+    let mut finished = true;
+    let mut last_eval: Option<EvalResult> = None;
+    'epochs: for epoch in start_epoch..cfg.epochs {
+        let epoch_start = Instant::now();
+        let first = if epoch == start_epoch { start_pos } else { 0 };
+        let (mut loss_sum, mut loss_count) = if epoch == start_epoch { partial } else { (0.0, 0) };
+        let bar = progress_bar(show, (n - first) as u64, epoch, cfg.epochs);
+        let mut position = first;
+        let mut stop = false;
+        let result: Result<()> = std::thread::scope(|scope| {
+            let (tx, rx) = mpsc::sync_channel::<Result<Batch>>(4);
+            scope.spawn(move || produce_batches(tx, cfg, sources, epoch as u64, first));
+            for batch in rx {
+                let batch = batch?;
+                let b = batch.indices.len();
+                let x = device.tensor_from_vec(batch.inputs, (b, spec.input_len()));
+                let logits = net.forward(x.traced(Gradients::leaky()));
+                let targets = Targets {
+                    classes,
+                    labels: batch.labels.as_deref(),
+                    teacher_logprobs: batch.logprobs.as_deref(),
+                };
+                let l = loss(&cfg.loss, logits, &targets)?;
+                let value = l.array();
+                if !value.is_finite() {
+                    return Err(Error::Training {
+                        context: format!("epoch {} step {}", epoch + 1, opt.step() + 1),
+                        message: format!("the loss became {value}; lower --lr or check the cache"),
+                    });
+                }
+                let mut grads = l.backward();
+                opt.update(&mut net, &mut grads)?;
+                loss_sum += value as f64 * b as f64;
+                loss_count += b;
+                position += b;
+                bar.inc(b as u64);
+                let step = opt.step();
+                if opts.stop_after_steps == Some(step) {
+                    stop = true;
+                }
+                let due = opts.checkpoint_every.is_some_and(|k| k > 0 && step % k == 0);
+                if due || stop {
+                    let elapsed = train_seconds + epoch_start.elapsed().as_secs_f64();
+                    save_checkpoint(&ckpt_path, cfg, &net, &opt, epoch, position, (loss_sum, loss_count), &metrics, elapsed)?;
+                }
+                if stop {
+                    break;
+                }
+            }
+            Ok(())
+        });
+        bar.finish_and_clear();
+        result?;
+        if stop && position < n {
+            finished = false;
+            break 'epochs;
+        }
+        let epoch_secs = epoch_start.elapsed().as_secs_f64();
+        train_seconds += epoch_secs;
+        let eval = match sources.test {
+            Some(test) => Some(evaluate(&net, test, 1000)?),
+            None => None,
+        };
+        let m = EpochMetrics {
+            epoch: epoch + 1,
+            train_loss: loss_sum / loss_count.max(1) as f64,
+            test_loss: eval.as_ref().and_then(|e| e.loss),
+            test_accuracy: eval.as_ref().and_then(|e| e.accuracy),
+            teacher_agreement: match (&eval, &sources.teacher_test_predictions) {
+                (Some(e), Some(t)) => e.agreement(t),
+                _ => None,
+            },
+            lr: cfg.optimizer.lr_at(opt.step(), total_steps),
+            epoch_seconds: epoch_secs,
+            train_samples_per_sec: (n - first) as f64 / epoch_secs.max(1e-9),
+        };
+        if !opts.quiet {
+            eprintln!("{}", m.summary_line(cfg.epochs));
+        }
+        metrics.push(m);
+        write_metrics(&metrics_path, &metrics)?;
+        last_eval = eval;
+        if opts.checkpoint_every.is_some() || opts.resume {
+            save_checkpoint(&ckpt_path, cfg, &net, &opt, epoch + 1, 0, (0.0, 0), &metrics, train_seconds)?;
+        }
+        if stop {
+            finished = epoch + 1 == cfg.epochs;
+            break;
+        }
+    }
+
+    let cache_ref = match (sources.cache, &sources.cache_dir) {
+        (Some(c), Some(dir)) => Some(CacheRef::from_reader(c, dir)),
+        _ => None,
+    };
+    let card = ModelCard::new(
+        &net,
+        cfg,
+        opts,
+        train,
+        sources.test,
+        cache_ref,
+        last_eval.as_ref(),
+        metrics.last().and_then(|m| m.teacher_agreement),
+        train_seconds,
+    );
+    if finished {
+        crate::model::io::save_weights(&net, &out_dir.join("model.safetensors"))?;
+        card.save(&out_dir.join("model.json"))?;
+        let _ = crate::report::plot::training_curves(&out_dir.join("curves.png"), &metrics, None, None);
+        if ckpt_path.exists() {
+            let _ = fs::remove_file(&ckpt_path);
+        }
+    }
+    Ok(TrainOutcome {
+        network: net,
+        card,
+        metrics,
+        finished,
+    })
+}
+
+fn progress_bar(show: bool, len: u64, epoch: usize, epochs: usize) -> ProgressBar {
+    if !show {
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::with_draw_target(Some(len), ProgressDrawTarget::stderr());
+    let style = ProgressStyle::with_template(
+        "{prefix} [{bar:30}] {pos}/{len} samples  {per_sec}  eta {eta}",
+    )
+    .unwrap_or_else(|_| ProgressStyle::default_bar())
+    .progress_chars("=> ");
+    bar.set_style(style);
+    bar.set_prefix(format!("epoch {}/{}", epoch + 1, epochs));
+    bar
+}
+
+/// The loader: walks the epoch order from `first`, decodes targets from the
+/// cache (if any), fills inputs, and sends batches until the receiver hangs up.
+fn produce_batches(tx: mpsc::SyncSender<Result<Batch>>, cfg: &TrainConfig, sources: &TrainSources<'_>, epoch: u64, first: usize) {
+    let train = sources.train;
+    let len = train.sample_len();
+    let labels = train.labels();
+    let make = |indices: Vec<usize>, cache_labels: Option<Vec<u32>>, logprobs: Option<Vec<f32>>| {
+        let mut inputs = vec![0f32; indices.len() * len];
+        train.fill_inputs(&indices, &mut inputs);
+        let labels = labels
+            .map(|y| indices.iter().map(|&i| y[i]).collect())
+            .or(cache_labels);
+        Batch {
+            indices,
+            inputs,
+            labels,
+            logprobs,
+        }
+    };
+    match sources.cache {
+        None => {
+            let order = shuffled_order(train.len(), cfg.seed, epoch);
+            for chunk in order[first.min(order.len())..].chunks(cfg.batch_size) {
+                if tx.send(Ok(make(chunk.to_vec(), None, None))).is_err() {
+                    return;
+                }
+            }
+        }
+        Some(cache) => {
+            let plan = EpochPlan {
+                seed: cfg.seed,
+                epoch,
+                start: first as u64,
+                batch_size: cfg.batch_size,
+                window_blocks: cfg.window_blocks,
+                temperature: cfg.loss.temperature,
+                allow_topk_retemper: cfg.allow_topk_retemper,
+                drop_last: false,
+            };
+            let batches = match cache.epoch_batches(plan) {
+                Ok(b) => b,
+                Err(e) => {
+                    let _ = tx.send(Err(e.into()));
+                    return;
+                }
+            };
+            for tb in batches {
+                let msg = tb.map_err(Error::from).map(|tb| {
+                    let idx: Vec<usize> = tb.indices.iter().map(|&i| i as usize).collect();
+                    make(idx, tb.labels, Some(tb.logprobs))
+                });
+                let failed = msg.is_err();
+                if tx.send(msg).is_err() || failed {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+fn write_metrics(path: &Path, metrics: &[EpochMetrics]) -> Result<()> {
+    let mut s = String::new();
+    for m in metrics {
+        s.push_str(&serde_json::to_string(m).unwrap_or_default());
+        s.push('\n');
+    }
+    crate::model::io::atomic_write(path, s.as_bytes())
+}
+
+struct Checkpoint {
+    epoch: usize,
+    position: usize,
+    loss_sum: f64,
+    loss_count: usize,
+    metrics: Vec<EpochMetrics>,
+    train_seconds: f64,
+}
+
+#[allow(clippy::too_many_arguments)]
+fn save_checkpoint<D: Backend>(
+    path: &Path,
+    cfg: &TrainConfig,
+    net: &Network<D>,
+    opt: &Optimizer<D>,
+    epoch: usize,
+    position: usize,
+    partial: (f64, usize),
+    metrics: &[EpochMetrics],
+    train_seconds: f64,
+) -> Result<()> {
+    let mut tensors: Vec<HostTensor> = net
+        .params()
+        .iter()
+        .map(|p| HostTensor {
+            name: p.name.clone(),
+            shape: p.value.dims(),
+            data: p.value.to_vec(),
+        })
+        .collect();
+    for (p, (s1, s2)) in net.params().iter().zip(opt.state_to_host(net)) {
+        for (slot, data) in [("slot1", s1), ("slot2", s2)] {
+            if !data.is_empty() {
+                tensors.push(HostTensor {
+                    name: format!("optimizer.{slot}.{}", p.name),
+                    shape: vec![data.len()],
+                    data,
+                });
+            }
+        }
+    }
+    let mut meta = HashMap::new();
+    meta.insert(SPEC_KEY.into(), net.spec().to_string());
+    meta.insert("config".into(), serde_json::to_string(cfg).unwrap_or_default());
+    meta.insert("epoch".into(), epoch.to_string());
+    meta.insert("position".into(), position.to_string());
+    meta.insert("step".into(), opt.step().to_string());
+    meta.insert("loss_sum".into(), format!("{:e}", partial.0));
+    meta.insert("loss_count".into(), partial.1.to_string());
+    meta.insert("train_seconds".into(), train_seconds.to_string());
+    meta.insert("metrics".into(), serde_json::to_string(metrics).unwrap_or_default());
+    write_safetensors(path, &tensors, meta)
+}
+
+fn load_checkpoint<D: Backend>(path: &Path, cfg: &TrainConfig, net: &mut Network<D>, opt: &mut Optimizer<D>) -> Result<Checkpoint> {
+    let (meta, tensors) = read_safetensors(path)?;
+    let bad = |message: String| Error::Model {
+        path: path.to_path_buf(),
+        message,
+    };
+    let saved_cfg = meta.get("config").ok_or_else(|| bad("no 'config' metadata: not a distill checkpoint".into()))?;
+    let ours = serde_json::to_string(cfg).unwrap_or_default();
+    if saved_cfg != &ours {
+        return Err(bad(format!(
+            "was written by a run with other settings ({saved_cfg}); resume with the same flags or choose another --out"
+        )));
+    }
+    let field = |k: &str| -> Result<&String> { meta.get(k).ok_or_else(|| bad(format!("metadata '{k}' is missing"))) };
+    let num = |k: &str| -> Result<u64> { field(k)?.parse::<u64>().map_err(|_| bad(format!("metadata '{k}' is not a number"))) };
+    let by_name: HashMap<&str, &HostTensor> = tensors.iter().map(|t| (t.name.as_str(), t)).collect();
+    // Weights are stored in the network's own layout.
+    for p in net.params_mut() {
+        let t = by_name.get(p.name.as_str()).ok_or_else(|| bad(format!("tensor '{}' is missing", p.name)))?;
+        if t.data.len() != p.value.len() {
+            return Err(bad(format!("tensor '{}' has {} values, expected {}", p.name, t.data.len(), p.value.len())));
+        }
+        p.value.copy_from(&t.data);
+    }
+    let state: Vec<(Vec<f32>, Vec<f32>)> = net
+        .params()
+        .iter()
+        .map(|p| {
+            let get = |slot: &str| {
+                by_name
+                    .get(format!("optimizer.{slot}.{}", p.name).as_str())
+                    .map(|t| t.data.clone())
+                    .unwrap_or_default()
+            };
+            (get("slot1"), get("slot2"))
+        })
+        .collect();
+    opt.restore_state(net, &state, num("step")?)?;
+    let metrics: Vec<EpochMetrics> =
+        serde_json::from_str(field("metrics")?).map_err(|e| bad(format!("metadata 'metrics': {e}")))?;
+    Ok(Checkpoint {
+        epoch: num("epoch")? as usize,
+        position: num("position")? as usize,
+        loss_sum: field("loss_sum")?.parse().map_err(|_| bad("metadata 'loss_sum' is not a number".into()))?,
+        loss_count: num("loss_count")? as usize,
+        metrics,
+        train_seconds: field("train_seconds")?.parse().unwrap_or(0.0),
+    })
+}
+
+/// Appends one line to a writer, ignoring a closed pipe.
+pub fn print_line(mut w: impl Write, line: &str) {
+    let _ = writeln!(w, "{line}");
+}
