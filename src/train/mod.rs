@@ -1,6 +1,8 @@
-//! Training: optimizers ([`optim`]), losses ([`loss`]), batches and the loader
-//! thread ([`loader`]), evaluation ([`eval`]) and the training loop
+//! Training: optimizers ([`optim`]), losses ([`loss`]), evaluation
+//! ([`eval`]) and the training loop with its loader thread and checkpoints
 //! ([`trainer`]).
 
-pub mod optim;
+pub mod eval;
 pub mod loss;
+pub mod optim;
+pub mod trainer;

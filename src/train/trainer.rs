@@ -41,7 +41,7 @@ use super::loss::{loss, LossConfig, LossKind, Targets};
 use super::optim::{Optimizer, OptimizerConfig};
 
 /// Everything that defines a training run.
-#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct TrainConfig {
     pub spec: String,
     pub epochs: usize,
@@ -260,7 +260,7 @@ pub fn train<D: Backend>(
                     teacher_logprobs: batch.logprobs.as_deref(),
                 };
                 let l = loss(&cfg.loss, logits, &targets)?;
-                let value = l.array();
+                let value = l.as_vec().first().copied().unwrap_or(f32::NAN);
                 if !value.is_finite() {
                     return Err(Error::Training {
                         context: format!("epoch {} step {}", epoch + 1, opt.step() + 1),

@@ -1,0 +1,42 @@
+# distill: offline knowledge distillation. `make train-student` runs the main
+# job on Fashion-MNIST (fetching the data and building the teacher cache as
+# needed); `make test` runs the test suite.
+
+CARGO        ?= cargo
+BIN          := target/release/distill
+DATA         ?= data/fashion-mnist
+SMALL_DATA   := data/fashion-mnist-small
+TEACHER_SPEC ?= cnn:c32-p-c64-p-f128-10
+TEACHER      ?= data/teachers/fashion-cnn
+CACHES       ?= data/caches
+T            ?= 4
+ALPHA        ?= 0.5
+LOSS         ?= kd
+ENCODING     ?= f16
+STUDENT      ?= mlp:784-128-10
+EPOCHS       ?= 15
+SEED         ?= 0
+RUNS         ?= runs
+CACHE_DIR     = $(CACHES)/fashion-T$(T)-$(ENCODING)
+
+.PHONY: all build data teacher cache train-student baseline test stress bench clean-runs
+
+all: build
+
+build: $(BIN)
+
+$(BIN): Cargo.toml $(shell find src -name '*.rs')
+	$(CARGO) build --release
+
+# Fashion-MNIST from the Debian package dataset-fashion-mnist (idempotent).
+data: $(DATA)/train-images-idx3-ubyte.gz
+
+$(DATA)/train-images-idx3-ubyte.gz:
+	bash data/fetch-fashion-mnist.sh $(DATA)
+
+# Trains the default CNN teacher; its weights and card are committed under
+# data/teachers/, so a fresh machine never needs to run this.
+teacher: $(BIN) data
+	$(BIN) train --data $(DATA) --student $(TEACHER_SPEC) --epochs 12 --batch 128 \
+	  --optimizer adam --lr 1e-3 --schedule cosine --seed 0 --out $(TEACHER)
+	$(BIN) eval --model $(TEACHER) --data $(DATA)

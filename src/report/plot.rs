@@ -1,0 +1,185 @@
+//! PNG plots drawn with plotters. The DejaVu Sans font is compiled in and
+//! registered with plotters' `ab_glyph` renderer, so text renders on machines
+//! without any system fonts.
+
+use std::path::Path;
+use std::sync::Once;
+
+use plotters::prelude::*;
+use plotters::style::{register_font, FontStyle};
+
+use crate::error::{Error, Result};
+
+use super::card::EpochMetrics;
+
+static FONT: &[u8] = include_bytes!("fonts/DejaVuSans.ttf");
+static REGISTER: Once = Once::new();
+
+fn ensure_font() {
+    REGISTER.call_once(|| {
+        // The embedded font is a valid TrueType file; registration only fails
+        // on invalid bytes, in which case text is simply not drawn.
+        let _ = register_font("sans-serif", FontStyle::Normal, FONT);
+    });
+}
+
+fn plot_err(path: &Path, e: impl std::fmt::Display) -> Error {
+    Error::Model {
+        path: path.to_path_buf(),
+        message: format!("cannot draw the plot: {e}"),
+    }
+}
+
+/// Training curves: loss (train, test) and test accuracy per epoch, with an
+/// optional hard-label baseline's accuracy curve and the teacher's accuracy
+/// as a horizontal line.
+pub fn training_curves(
+    path: &Path,
+    metrics: &[EpochMetrics],
+    baseline: Option<&[EpochMetrics]>,
+    teacher_accuracy: Option<f64>,
+) -> Result<()> {
+    if metrics.is_empty() {
+        return Ok(());
+    }
+    ensure_font();
+    let root = BitMapBackend::new(path, (1200, 500)).into_drawing_area();
+    root.fill(&WHITE).map_err(|e| plot_err(path, e))?;
+    let (left, right) = root.split_horizontally(600);
+    let epochs = metrics.len().max(baseline.map_or(0, |b| b.len())) as f64;
+
+    // Loss panel.
+    let losses: Vec<f64> = metrics
+        .iter()
+        .flat_map(|m| [Some(m.train_loss), m.test_loss])
+        .flatten()
+        .chain(baseline.into_iter().flatten().flat_map(|m| [Some(m.train_loss), m.test_loss]).flatten())
+        .collect();
+    let max_loss = losses.iter().cloned().fold(0.0, f64::max).max(1e-6) * 1.05;
+    let mut chart = ChartBuilder::on(&left)
+        .caption("Loss per epoch", ("sans-serif", 22))
+        .margin(15)
+        .x_label_area_size(45)
+        .y_label_area_size(60)
+        .build_cartesian_2d(0.5..epochs + 0.5, 0.0..max_loss)
+        .map_err(|e| plot_err(path, e))?;
+    chart
+        .configure_mesh()
+        .x_desc("epoch")
+        .y_desc("loss (nats per sample)")
+        .label_style(("sans-serif", 15))
+        .draw()
+        .map_err(|e| plot_err(path, e))?;
+    let series: Vec<(&str, Vec<(f64, f64)>, RGBColor)> = vec![
+        ("student train loss", metrics.iter().map(|m| (m.epoch as f64, m.train_loss)).collect(), BLUE),
+        (
+            "student test loss (CE)",
+            metrics.iter().filter_map(|m| m.test_loss.map(|l| (m.epoch as f64, l))).collect(),
+            RGBColor(0, 150, 0),
+        ),
+        (
+            "baseline test loss (CE)",
+            baseline.into_iter().flatten().filter_map(|m| m.test_loss.map(|l| (m.epoch as f64, l))).collect(),
+            RGBColor(200, 100, 0),
+        ),
+    ];
+    for (name, pts, color) in series {
+        if pts.is_empty() {
+            continue;
+        }
+        chart
+            .draw_series(LineSeries::new(pts.clone(), color.stroke_width(2)))
+            .map_err(|e| plot_err(path, e))?
+            .label(name)
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2)));
+        chart
+            .draw_series(pts.into_iter().map(|p| Circle::new(p, 3, color.filled())))
+            .map_err(|e| plot_err(path, e))?;
+    }
+    chart
+        .configure_series_labels()
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .label_font(("sans-serif", 14))
+        .position(SeriesLabelPosition::UpperRight)
+        .draw()
+        .map_err(|e| plot_err(path, e))?;
+
+    // Accuracy panel.
+    let accs: Vec<f64> = metrics
+        .iter()
+        .filter_map(|m| m.test_accuracy)
+        .chain(baseline.into_iter().flatten().filter_map(|m| m.test_accuracy))
+        .chain(teacher_accuracy)
+        .map(|a| 100.0 * a)
+        .collect();
+    if !accs.is_empty() {
+        let lo = accs.iter().cloned().fold(100.0, f64::min);
+        let hi = accs.iter().cloned().fold(0.0, f64::max);
+        let pad = ((hi - lo) * 0.15).max(0.5);
+        let mut chart = ChartBuilder::on(&right)
+            .caption("Test accuracy per epoch", ("sans-serif", 22))
+            .margin(15)
+            .x_label_area_size(45)
+            .y_label_area_size(60)
+            .build_cartesian_2d(0.5..epochs + 0.5, (lo - pad).max(0.0)..(hi + pad).min(100.0))
+            .map_err(|e| plot_err(path, e))?;
+        chart
+            .configure_mesh()
+            .x_desc("epoch")
+            .y_desc("test accuracy (%)")
+            .label_style(("sans-serif", 15))
+            .draw()
+            .map_err(|e| plot_err(path, e))?;
+        let series: Vec<(&str, Vec<(f64, f64)>, RGBColor)> = vec![
+            (
+                "student",
+                metrics.iter().filter_map(|m| m.test_accuracy.map(|a| (m.epoch as f64, 100.0 * a))).collect(),
+                BLUE,
+            ),
+            (
+                "hard-label baseline",
+                baseline
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|m| m.test_accuracy.map(|a| (m.epoch as f64, 100.0 * a)))
+                    .collect(),
+                RGBColor(200, 100, 0),
+            ),
+        ];
+        for (name, pts, color) in series {
+            if pts.is_empty() {
+                continue;
+            }
+            chart
+                .draw_series(LineSeries::new(pts.clone(), color.stroke_width(2)))
+                .map_err(|e| plot_err(path, e))?
+                .label(name)
+                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2)));
+            chart
+                .draw_series(pts.into_iter().map(|p| Circle::new(p, 3, color.filled())))
+                .map_err(|e| plot_err(path, e))?;
+        }
+        if let Some(t) = teacher_accuracy {
+            let color = RGBColor(150, 0, 150);
+            chart
+                .draw_series(LineSeries::new(
+                    vec![(0.5, 100.0 * t), (epochs + 0.5, 100.0 * t)],
+                    color.stroke_width(2),
+                ))
+                .map_err(|e| plot_err(path, e))?
+                .label(format!("teacher ({:.2}%)", 100.0 * t))
+                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2)));
+        }
+        chart
+            .configure_series_labels()
+            .background_style(WHITE.mix(0.8))
+            .border_style(BLACK)
+            .label_font(("sans-serif", 14))
+            .position(SeriesLabelPosition::LowerRight)
+            .draw()
+            .map_err(|e| plot_err(path, e))?;
+    }
+    root.present().map_err(|e| plot_err(path, e))?;
+    Ok(())
+}
