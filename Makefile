@@ -40,3 +40,35 @@ teacher: $(BIN) data
 	$(BIN) train --data $(DATA) --student $(TEACHER_SPEC) --epochs 12 --batch 128 \
 	  --optimizer adam --lr 1e-3 --schedule cosine --seed 0 --out $(TEACHER)
 	$(BIN) eval --model $(TEACHER) --data $(DATA)
+
+# Phase one: the teacher's outputs on both splits, once.
+cache: $(CACHE_DIR)/train/manifest.json $(CACHE_DIR)/test/manifest.json
+
+$(CACHE_DIR)/%/manifest.json: $(BIN) | data
+	$(BIN) cache build --teacher $(TEACHER) --data $(DATA) --split $* -T $(T) \
+	  --encoding $(ENCODING) --out $(CACHE_DIR)/$*
+
+STUDENT_TAG = $(subst :,-,$(STUDENT))
+
+# Phase two: the default student distilled from the cache.
+train-student: cache
+	$(BIN) train --data $(DATA) --student $(STUDENT) --cache $(CACHE_DIR)/train \
+	  --test-cache $(CACHE_DIR)/test --loss $(LOSS) -T $(T) --alpha $(ALPHA) \
+	  --epochs $(EPOCHS) --seed $(SEED) --out $(RUNS)/$(STUDENT_TAG)-kd-T$(T)-a$(ALPHA)-s$(SEED)
+
+# The same student on hard labels only, same epochs, optimizer and seed.
+baseline: $(BIN) data
+	$(BIN) train --data $(DATA) --student $(STUDENT) --epochs $(EPOCHS) --seed $(SEED) \
+	  --out $(RUNS)/$(STUDENT_TAG)-baseline-s$(SEED)
+
+test:
+	$(CARGO) test --locked
+	$(CARGO) check --locked --benches
+
+bench: $(BIN) data
+	$(CARGO) bench --bench model
+	$(CARGO) bench --bench cache
+	$(CARGO) bench --bench distill
+
+clean-runs:
+	rm -rf $(RUNS)

@@ -13,6 +13,7 @@
 //!   safetensors I/O with PyTorch names.
 //! - [`train`]: optimizers, losses, the training loop, evaluation, checkpoints.
 //! - [`report`]: model cards, metrics files and plots.
+//! - [`teacher`]: running a teacher over a dataset into a cache.
 //!
 //! The `distill` binary (`src/main.rs`) only parses arguments and calls these.
 
@@ -21,6 +22,7 @@ pub mod data;
 pub mod error;
 pub mod model;
 pub mod report;
+pub mod teacher;
 pub mod train;
 
 pub use error::{Error, Result};

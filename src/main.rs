@@ -99,6 +99,10 @@ struct TrainArgs {
     /// Teacher-output cache of the training split (distillation).
     #[arg(long)]
     cache: Option<PathBuf>,
+    /// Run this teacher model on every batch instead of reading a cache
+    /// (online distillation; slower, kept for comparison).
+    #[arg(long, conflicts_with = "cache")]
+    online_teacher: Option<PathBuf>,
     /// Teacher-output cache of the test split, for student-teacher agreement.
     #[arg(long)]
     test_cache: Option<PathBuf>,
@@ -184,7 +188,7 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(cli: Cli) -> anyhow::Result<()> {
+fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Model {
             command: ModelCommand::Info { spec },
@@ -219,13 +223,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     Ok(())
 }
 
-enum Dispatch {
+pub(crate) enum Dispatch {
     Train(TrainArgs),
     Eval(EvalArgs),
+    CacheBuild(cli_cache::BuildArgs),
 }
 
 /// Runs a command on the device named by `--device`.
-fn with_device(name: &str, what: Dispatch) -> Result<()> {
+pub(crate) fn with_device(name: &str, what: Dispatch) -> Result<()> {
     match name {
         "cpu" => dispatch(dfdx::prelude::Cpu::default(), what),
         "cuda" => {
@@ -256,6 +261,7 @@ fn dispatch<D: Backend>(dev: D, what: Dispatch) -> Result<()> {
     match what {
         Dispatch::Train(args) => train(dev, args),
         Dispatch::Eval(args) => eval(dev, args),
+        Dispatch::CacheBuild(args) => cli_cache::build(dev, args),
     }
 }
 
@@ -276,7 +282,7 @@ fn train<D: Backend>(dev: D, a: TrainArgs) -> Result<()> {
             momentum: a.momentum,
             schedule: a.schedule.parse::<Schedule>()?,
         },
-        loss: if a.cache.is_some() {
+        loss: if a.cache.is_some() || a.online_teacher.is_some() {
             LossConfig {
                 kind: a.loss.parse::<LossKind>()?,
                 alpha: a.alpha,
@@ -323,12 +329,17 @@ fn train<D: Backend>(dev: D, a: TrainArgs) -> Result<()> {
         }
         _ => None,
     };
+    let online = match &a.online_teacher {
+        Some(dir) => Some(load_model(dir, dev.clone())?),
+        None => None,
+    };
     let sources = TrainSources {
         train: &train_ds,
         test: test_ds.as_ref(),
         cache: cache.as_ref(),
         cache_dir: a.cache.clone(),
         teacher_test_predictions,
+        online_teacher: online.as_ref(),
     };
     let opts = RunOptions {
         checkpoint_every: a.checkpoint_every,

@@ -97,7 +97,7 @@ pub struct RunOptions {
 }
 
 /// What the loop reads.
-pub struct TrainSources<'a> {
+pub struct TrainSources<'a, D: Backend> {
     pub train: &'a Dataset,
     pub test: Option<&'a Dataset>,
     /// Teacher outputs for the training split (distillation).
@@ -105,6 +105,9 @@ pub struct TrainSources<'a> {
     pub cache_dir: Option<PathBuf>,
     /// Teacher argmax on the test split, for agreement figures.
     pub teacher_test_predictions: Option<Vec<u32>>,
+    /// A teacher run on every batch instead of a cache ("online"
+    /// distillation, what distill exists to avoid; kept for comparison).
+    pub online_teacher: Option<&'a Network<D>>,
 }
 
 /// The outcome of a run.
@@ -171,7 +174,7 @@ pub fn check_cache(cache: &CacheReader, train: &Dataset, spec: &ModelSpec, loss_
 pub fn train<D: Backend>(
     device: D,
     cfg: &TrainConfig,
-    sources: &TrainSources<'_>,
+    sources: &TrainSources<'_, D>,
     out_dir: &Path,
     opts: &RunOptions,
 ) -> Result<TrainOutcome<D>> {
@@ -188,8 +191,17 @@ pub fn train<D: Backend>(
     if let Some(init) = &opts.init {
         net.load_host(init, Path::new("--init-from"))?;
     }
+    if let Some(t) = sources.online_teacher {
+        if t.spec().num_classes() != spec.num_classes() || t.spec().input_len() != spec.input_len() {
+            return Err(Error::Config {
+                flag: "--teacher".into(),
+                message: format!("teacher {} and student {} disagree on inputs or classes", t.spec(), spec),
+            });
+        }
+    }
     match sources.cache {
         Some(cache) => check_cache(cache, train, &spec, &cfg.loss)?,
+        None if sources.online_teacher.is_some() => {}
         None => {
             if cfg.loss.needs_teacher() {
                 return Err(Error::Config {
@@ -253,11 +265,15 @@ pub fn train<D: Backend>(
                 let batch = batch?;
                 let b = batch.indices.len();
                 let x = device.tensor_from_vec(batch.inputs, (b, spec.input_len()));
+                let online: Option<Vec<f32>> = sources.online_teacher.map(|t| {
+                    let z = t.forward(x.clone()) * (1.0 / cfg.loss.temperature);
+                    z.log_softmax::<Axis<1>>().as_vec()
+                });
                 let logits = net.forward(x.traced(Gradients::leaky()));
                 let targets = Targets {
                     classes,
                     labels: batch.labels.as_deref(),
-                    teacher_logprobs: batch.logprobs.as_deref(),
+                    teacher_logprobs: batch.logprobs.as_deref().or(online.as_deref()),
                 };
                 let l = loss(&cfg.loss, logits, &targets)?;
                 let value = l.as_vec().first().copied().unwrap_or(f32::NAN);
@@ -376,7 +392,13 @@ fn progress_bar(show: bool, len: u64, epoch: usize, epochs: usize) -> ProgressBa
 
 /// The loader: walks the epoch order from `first`, decodes targets from the
 /// cache (if any), fills inputs, and sends batches until the receiver hangs up.
-fn produce_batches(tx: mpsc::SyncSender<Result<Batch>>, cfg: &TrainConfig, sources: &TrainSources<'_>, epoch: u64, first: usize) {
+fn produce_batches<D: Backend>(
+    tx: mpsc::SyncSender<Result<Batch>>,
+    cfg: &TrainConfig,
+    sources: &TrainSources<'_, D>,
+    epoch: u64,
+    first: usize,
+) {
     let train = sources.train;
     let len = train.sample_len();
     let labels = train.labels();

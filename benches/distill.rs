@@ -1,0 +1,114 @@
+//! What distillation costs end to end, side by side in one run:
+//! - an epoch of hard-label training, an epoch of KD from the cache, and an
+//!   epoch of KD with the teacher run online on every batch (same student,
+//!   optimizer, batch and data);
+//! - a cache build against the teacher's forward pass alone.
+//!
+//! Uses `data/fashion-mnist` when present (`make data`), else the committed
+//! subset, and the committed teacher. `cargo bench --bench distill`.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use dfdx::prelude::*;
+use distill::cache::{CacheReader, Encoding, WriterOptions};
+use distill::data::{Dataset, Split};
+use distill::model::io::load_weights;
+use distill::teacher::{build_cache, forward_only, BuildOptions};
+use distill::train::loss::{LossConfig, LossKind};
+use distill::train::optim::{OptimizerConfig, OptimizerKind, Schedule};
+use distill::train::trainer::{train, RunOptions, TrainConfig, TrainSources};
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn dataset(limit: usize) -> Dataset {
+    let full = root().join("data/fashion-mnist");
+    let dir = if full.join("train-images-idx3-ubyte.gz").exists() { full } else { root().join("data/fashion-mnist-small") };
+    let ds = Dataset::open(&dir, Split::Train).expect("dataset");
+    eprintln!("bench data: {} ({} samples, using {})", dir.display(), ds.len(), limit.min(ds.len()));
+    ds.head(limit)
+}
+
+fn build_opts(t: f32, overwrite: bool) -> BuildOptions {
+    BuildOptions {
+        temperature: t,
+        encoding: Encoding::F16,
+        writer: WriterOptions { overwrite, ..WriterOptions::default() },
+        batch: 500,
+        teacher_source: "data/teachers/fashion-cnn".into(),
+        progress: false,
+    }
+}
+
+fn config(loss: LossConfig) -> TrainConfig {
+    TrainConfig {
+        spec: "mlp:784-128-10".into(),
+        epochs: 1,
+        batch_size: 128,
+        seed: 0,
+        optimizer: OptimizerConfig { kind: OptimizerKind::Adam, lr: 1e-3, weight_decay: 0.0, momentum: 0.0, schedule: Schedule::Constant },
+        loss,
+        window_blocks: 8,
+        allow_topk_retemper: false,
+    }
+}
+
+fn epochs(c: &mut Criterion) {
+    let dev = Cpu::default();
+    let data = dataset(20_000);
+    let teacher = load_weights(&root().join("data/teachers/fashion-cnn/model.safetensors"), None, dev.clone()).expect("committed teacher");
+    let tmp = tempfile::tempdir().unwrap();
+    let cache_dir = tmp.path().join("cache");
+    build_cache(&teacher, &data, &cache_dir, &build_opts(4.0, false)).expect("cache build");
+    // SAFETY: the cache was just written by this process and nothing modifies it.
+    let cache = unsafe { CacheReader::open(&cache_dir) }.expect("open cache");
+    let opts = RunOptions { quiet: true, ..RunOptions::default() };
+    let out = tmp.path().join("run");
+    let kd = LossConfig { kind: LossKind::Kd, alpha: 0.5, temperature: 4.0 };
+
+    let mut group = c.benchmark_group("epoch_mlp_784_128_10");
+    group.throughput(Throughput::Elements(data.len() as u64));
+    group.sample_size(10);
+    group.measurement_time(Duration::from_secs(20));
+    let run = |cfg: &TrainConfig, sources: &TrainSources<'_, Cpu>| {
+        train(dev.clone(), cfg, sources, &out, &opts).expect("train");
+    };
+    let none = TrainSources { train: &data, test: None, cache: None, cache_dir: None, teacher_test_predictions: None, online_teacher: None };
+    group.bench_function("hard_labels", |b| b.iter(|| run(&config(LossConfig::hard_labels()), &none)));
+    let cached = TrainSources { cache: Some(&cache), cache_dir: Some(cache_dir.clone()), ..none_like(&data) };
+    group.bench_function("kd_from_cache", |b| b.iter(|| run(&config(kd), &cached)));
+    let online = TrainSources { online_teacher: Some(&teacher), ..none_like(&data) };
+    group.bench_function("kd_online_teacher", |b| b.iter(|| run(&config(kd), &online)));
+    group.finish();
+
+    // Cache build against the teacher's forward pass alone.
+    let small = data.head(5_000);
+    let mut group = c.benchmark_group("cache_build_5000");
+    group.throughput(Throughput::Elements(small.len() as u64));
+    group.sample_size(10);
+    group.bench_function("teacher_forward_only", |b| b.iter(|| forward_only(&teacher, &small, 500).unwrap()));
+    let dir = tmp.path().join("build");
+    group.bench_function("cache_build_f16", |b| {
+        b.iter_custom(|iters| {
+            let mut total = Duration::ZERO;
+            for _ in 0..iters {
+                let _ = std::fs::remove_dir_all(&dir);
+                let start = Instant::now();
+                build_cache(&teacher, &small, Path::new(&dir), &build_opts(4.0, true)).unwrap();
+                total += start.elapsed();
+            }
+            total
+        })
+    });
+    group.finish();
+}
+
+fn none_like(data: &Dataset) -> TrainSources<'_, Cpu> {
+    TrainSources { train: data, test: None, cache: None, cache_dir: None, teacher_test_predictions: None, online_teacher: None }
+}
+
+criterion_group!(benches, epochs);
+criterion_main!(benches);

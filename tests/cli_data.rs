@@ -1,0 +1,70 @@
+//! Malformed datasets reach the user as clear errors naming the file, with
+//! exit code 2 and no panic.
+
+use std::fs;
+use std::io::Write;
+
+use crate::util::*;
+
+fn idx_images(n: u32, rows: u32, cols: u32, payload: usize) -> Vec<u8> {
+    let mut v = vec![0, 0, 8, 3];
+    for d in [n, rows, cols] {
+        v.extend_from_slice(&d.to_be_bytes());
+    }
+    v.extend(std::iter::repeat(7u8).take(payload));
+    v
+}
+
+fn idx_labels(n: u32, payload: usize) -> Vec<u8> {
+    let mut v = vec![0, 0, 8, 1];
+    v.extend_from_slice(&n.to_be_bytes());
+    v.extend(std::iter::repeat(1u8).take(payload));
+    v
+}
+
+fn write(dir: &std::path::Path, name: &str, bytes: &[u8]) {
+    fs::File::create(dir.join(name)).unwrap().write_all(bytes).unwrap();
+}
+
+#[test]
+fn data_info_on_the_committed_subset() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = ok(dir.path(), &["data", "info", "--data", &s(&small_data())]);
+    assert!(out.contains("train: 2000 samples of 1x28x28, 10 classes"), "{out}");
+    assert!(out.contains("test: 1000 samples of 1x28x28, 10 classes"), "{out}");
+}
+
+#[test]
+fn malformed_idx_files_are_named_in_errors() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("d");
+    fs::create_dir(&data).unwrap();
+    let d = s(&data);
+    let train = |extra: &[&str]| {
+        let mut a = vec!["train", "--data", d.as_str(), "--student", "mlp:16-4-3", "--epochs", "1", "--out", "o", "-q"];
+        a.extend_from_slice(extra);
+        a
+    };
+    // Truncated images.
+    write(&data, "train-images-idx3-ubyte", &idx_images(10, 4, 4, 100));
+    write(&data, "train-labels-idx1-ubyte", &idx_labels(10, 10));
+    fails(tmp.path(), &train(&[]), &["train-images-idx3-ubyte"]);
+    // Wrong magic.
+    let mut bad = idx_images(10, 4, 4, 160);
+    bad[3] = 9;
+    write(&data, "train-images-idx3-ubyte", &bad);
+    fails(tmp.path(), &train(&[]), &["train-images-idx3-ubyte", "magic"]);
+    // Label count mismatch.
+    write(&data, "train-images-idx3-ubyte", &idx_images(10, 4, 4, 160));
+    write(&data, "train-labels-idx1-ubyte", &idx_labels(9, 9));
+    fails(tmp.path(), &train(&[]), &["train-labels-idx1-ubyte"]);
+    // A valid set trains.
+    write(&data, "train-labels-idx1-ubyte", &idx_labels(10, 10));
+    ok(tmp.path(), &train(&[]));
+    // Garbled .npy.
+    let npy = tmp.path().join("n");
+    fs::create_dir(&npy).unwrap();
+    write(&npy, "train-images.npy", b"\x93NUMPY\x01\x00garbage");
+    let n = s(&npy);
+    fails(tmp.path(), &["train", "--data", &n, "--student", "mlp:16-3", "--out", "o", "-q"], &["train-images.npy"]);
+}

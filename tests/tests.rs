@@ -1,0 +1,9 @@
+//! End-to-end tests: each runs the real `distill` binary in a temporary
+//! directory on the committed Fashion-MNIST subset or on generated data.
+
+mod util;
+
+mod cli_cache;
+mod cli_data;
+mod cli_model;
+mod cli_train;

@@ -1,0 +1,71 @@
+//! Helpers shared by the end-to-end tests.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+/// The committed 2,000/1,000-image Fashion-MNIST subset.
+pub fn small_data() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("data/fashion-mnist-small")
+}
+
+/// The committed teacher.
+pub fn teacher_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("data/teachers/fashion-cnn")
+}
+
+/// Runs `distill` with `args` in `cwd`.
+pub fn distill(cwd: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_distill"))
+        .args(args)
+        .current_dir(cwd)
+        .output()
+        .expect("the distill binary runs")
+}
+
+/// Runs `distill` and asserts success; returns stdout.
+pub fn ok(cwd: &Path, args: &[&str]) -> String {
+    let out = distill(cwd, args);
+    assert!(
+        out.status.success(),
+        "distill {args:?} failed ({:?}):\nstdout: {}\nstderr: {}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Runs `distill`, asserts exit code 2 and that stderr mentions every needle;
+/// returns stderr.
+pub fn fails(cwd: &Path, args: &[&str], needles: &[&str]) -> String {
+    let out = distill(cwd, args);
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(2), "distill {args:?} should fail with 2; stderr: {stderr}");
+    assert!(!stderr.contains("panicked"), "distill {args:?} panicked: {stderr}");
+    for n in needles {
+        assert!(stderr.contains(n), "distill {args:?}: stderr lacks '{n}':\n{stderr}");
+    }
+    stderr
+}
+
+/// A string path.
+pub fn s(p: &Path) -> String {
+    p.to_string_lossy().into_owned()
+}
+
+/// Writes a C-order `.npy` file (version 1.0) with the given dtype descr
+/// (e.g. `|u1`, `<f4`) and shape.
+pub fn write_npy(path: &Path, descr: &str, shape: &[usize], data: &[u8]) {
+    let dims: Vec<String> = shape.iter().map(|d| d.to_string()).collect();
+    let shape_txt = if dims.len() == 1 { format!("({},)", dims[0]) } else { format!("({})", dims.join(", ")) };
+    let mut header = format!("{{'descr': '{descr}', 'fortran_order': False, 'shape': {shape_txt}, }}");
+    while (10 + header.len() + 1) % 64 != 0 {
+        header.push(' ');
+    }
+    header.push('\n');
+    let mut bytes = b"\x93NUMPY\x01\x00".to_vec();
+    bytes.extend_from_slice(&(header.len() as u16).to_le_bytes());
+    bytes.extend_from_slice(header.as_bytes());
+    bytes.extend_from_slice(data);
+    std::fs::write(path, bytes).unwrap();
+}
