@@ -3,7 +3,7 @@
 //! | encoding | payload bytes per record | decoded error |
 //! |---|---|---|
 //! | `f32` | `4C` | none (bit-exact) |
-//! | `f16` | `2C` | relative 2^-11 per log-probability |
+//! | `f16` | `4 + 2C` | gap to the row maximum in f16 (relative 2^-11) + an f32 offset; rows sum to one exactly |
 //! | `q8` | `8 + C` | gap to the row maximum in 8 bits (square-root or linear scale per record, clamped 16 + ln C nats down); rows sum to one exactly |
 //! | `topk:K` | `4 + 4K + wK` (w = 2 when C <= 65536, else 4) | the other C-K classes share the remaining mass uniformly |
 //!
@@ -103,7 +103,7 @@ impl Encoding {
     pub fn payload_bytes(self, classes: usize) -> usize {
         match self {
             Encoding::F32 => 4 * classes,
-            Encoding::F16 => 2 * classes,
+            Encoding::F16 => 4 + 2 * classes,
             Encoding::Q8 => 8 + classes,
             Encoding::TopK(k) => 4 + k as usize * (4 + id_width(classes)),
         }
@@ -207,10 +207,21 @@ impl Codec {
                 }
             }
             Encoding::F16 => {
+                // Gaps below the row maximum in f16 (relative precision is best
+                // near the maximum, where the mass is) plus an f32 offset that
+                // makes the decoded row sum to one exactly, so rounding costs
+                // second-order, not first-order, KL.
+                let hi = lp.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                let start = out.len();
+                out.extend_from_slice(&[0u8; 4]);
+                let mut sum = 0.0f32;
                 for &v in lp {
-                    let h = f16::from_f32(v.max(f16::MIN.to_f32()));
+                    let h = f16::from_f32((hi - v).min(f16::MAX.to_f32()));
                     out.extend_from_slice(&h.to_bits().to_le_bytes());
+                    sum += (-h.to_f32()).exp();
                 }
+                let offset = -sum.ln();
+                out[start..start + 4].copy_from_slice(&offset.to_le_bytes());
             }
             Encoding::Q8 => {
                 // Two candidate 8-bit codes for the gap d = hi - lp (clamped to the
@@ -311,15 +322,22 @@ impl Codec {
                 }
             }
             Encoding::F16 => {
-                // SAFETY: any bit pattern is a valid u16; alignment is checked by align_to.
-                let (pre, mid, post) = unsafe { payload.align_to::<u16>() };
-                if cfg!(target_endian = "little") && pre.is_empty() && post.is_empty() {
-                    use half::slice::{HalfBitsSliceExt, HalfFloatSliceExt};
-                    let halves: &[f16] = mid.reinterpret_cast();
-                    halves.convert_to_f32_slice(out);
-                } else {
-                    for (o, b) in out.iter_mut().zip(payload.chunks_exact(2)) {
-                        *o = f16::from_bits(u16::from_le_bytes([b[0], b[1]])).to_f32();
+                use half::slice::{HalfBitsSliceExt, HalfFloatSliceExt};
+                for (o, rec) in out.chunks_exact_mut(c).zip(payload.chunks_exact(self.payload)) {
+                    let offset = f32::from_le_bytes([rec[0], rec[1], rec[2], rec[3]]);
+                    let gaps = &rec[4..];
+                    // SAFETY: any bit pattern is a valid u16; alignment is checked by align_to.
+                    let (pre, mid, post) = unsafe { gaps.align_to::<u16>() };
+                    if cfg!(target_endian = "little") && pre.is_empty() && post.is_empty() {
+                        let halves: &[f16] = mid.reinterpret_cast();
+                        halves.convert_to_f32_slice(o);
+                    } else {
+                        for (o, b) in o.iter_mut().zip(gaps.chunks_exact(2)) {
+                            *o = f16::from_bits(u16::from_le_bytes([b[0], b[1]])).to_f32();
+                        }
+                    }
+                    for v in o.iter_mut() {
+                        *v = offset - *v;
                     }
                 }
             }
@@ -502,9 +520,16 @@ pub(crate) mod tests {
         fn f16_roundtrip_within_bound((c, logits) in rows_strategy(), t in 0.5f32..8.0) {
             let lp = lp_of(&logits, c, t);
             let dec = roundtrip(Encoding::F16, &lp, c);
-            for (a, b) in lp.iter().zip(&dec) {
-                // f16 has an 11-bit significand: relative error <= 2^-11, plus subnormal floor.
-                prop_assert!((a - b).abs() <= a.abs() * 4.9e-4 + 1e-7, "{a} vs {b}");
+            for (e, d) in lp.chunks_exact(c).zip(dec.chunks_exact(c)) {
+                let s: f32 = d.iter().map(|v| v.exp()).sum();
+                prop_assert!((s - 1.0).abs() < 1e-4, "sum {s}");
+                let hi = e.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                let dhi = d.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                for (&a, &b) in e.iter().zip(d) {
+                    // The gap to the maximum is stored with an 11-bit significand: relative error <= 2^-11.
+                    let gap = hi - a;
+                    prop_assert!((gap - (dhi - b)).abs() <= gap * 4.9e-4 + 1e-6, "{a} vs {b}");
+                }
             }
         }
 
