@@ -87,7 +87,9 @@ impl Encoding {
     /// Checks that this encoding can store `classes` classes; the message says what to change.
     pub fn check_classes(self, classes: usize) -> std::result::Result<(), String> {
         if classes == 0 || classes > MAX_CLASSES {
-            return Err(format!("number of classes {classes} is outside 1..={MAX_CLASSES}"));
+            return Err(format!(
+                "number of classes {classes} is outside 1..={MAX_CLASSES}"
+            ));
         }
         if let Encoding::TopK(k) = self {
             if k == 0 || k as usize >= classes {
@@ -194,7 +196,12 @@ impl Codec {
             Encoding::TopK(k) => (classes.saturating_sub(k as usize).max(1) as f32).ln(),
             _ => 0.0,
         };
-        Codec { enc, classes, payload: enc.payload_bytes(classes), ln_tail_classes }
+        Codec {
+            enc,
+            classes,
+            payload: enc.payload_bytes(classes),
+            ln_tail_classes,
+        }
     }
 
     /// Appends the payload of one record (`lp` = `classes` finite log-probs).
@@ -277,12 +284,19 @@ impl Codec {
                 let order = &mut scratch.order;
                 order.clear();
                 order.extend(0..self.classes as u32);
-                let cmp = |a: &u32, b: &u32| lp[*b as usize].total_cmp(&lp[*a as usize]).then(a.cmp(b));
+                let cmp =
+                    |a: &u32, b: &u32| lp[*b as usize].total_cmp(&lp[*a as usize]).then(a.cmp(b));
                 order.select_nth_unstable_by(k - 1, cmp);
                 order[..k].sort_unstable_by(cmp);
                 // The remaining mass, computed from the tail itself (no 1 - sum cancellation).
-                let tail_max = order[k..].iter().map(|&i| lp[i as usize]).fold(f32::NEG_INFINITY, f32::max);
-                let tail_sum: f32 = order[k..].iter().map(|&i| (lp[i as usize] - tail_max).exp()).sum();
+                let tail_max = order[k..]
+                    .iter()
+                    .map(|&i| lp[i as usize])
+                    .fold(f32::NEG_INFINITY, f32::max);
+                let tail_sum: f32 = order[k..]
+                    .iter()
+                    .map(|&i| (lp[i as usize] - tail_max).exp())
+                    .sum();
                 let log_rest = tail_max + tail_sum.ln();
                 out.extend_from_slice(&log_rest.to_le_bytes());
                 for &i in &order[..k] {
@@ -307,7 +321,11 @@ impl Codec {
         let c = self.classes;
         let rows = out.len() / c;
         if payload.len() != rows * self.payload || out.len() != rows * c {
-            return Err(format!("payload holds {} bytes, expected {} for {rows} records", payload.len(), rows * self.payload));
+            return Err(format!(
+                "payload holds {} bytes, expected {} for {rows} records",
+                payload.len(),
+                rows * self.payload
+            ));
         }
         match self.enc {
             Encoding::F32 => {
@@ -323,7 +341,10 @@ impl Codec {
             }
             Encoding::F16 => {
                 use half::slice::{HalfBitsSliceExt, HalfFloatSliceExt};
-                for (o, rec) in out.chunks_exact_mut(c).zip(payload.chunks_exact(self.payload)) {
+                for (o, rec) in out
+                    .chunks_exact_mut(c)
+                    .zip(payload.chunks_exact(self.payload))
+                {
                     let offset = f32::from_le_bytes([rec[0], rec[1], rec[2], rec[3]]);
                     let gaps = &rec[4..];
                     // SAFETY: any bit pattern is a valid u16; alignment is checked by align_to.
@@ -342,7 +363,10 @@ impl Codec {
                 }
             }
             Encoding::Q8 => {
-                for (o, rec) in out.chunks_exact_mut(c).zip(payload.chunks_exact(self.payload)) {
+                for (o, rec) in out
+                    .chunks_exact_mut(c)
+                    .zip(payload.chunks_exact(self.payload))
+                {
                     let offset = f32::from_le_bytes([rec[0], rec[1], rec[2], rec[3]]);
                     let scale = f32::from_le_bytes([rec[4], rec[5], rec[6], rec[7]]);
                     if scale < 0.0 {
@@ -360,21 +384,34 @@ impl Codec {
             Encoding::TopK(k) => {
                 let k = k as usize;
                 let wide = id_width(c) == 4;
-                for (row, (o, rec)) in out.chunks_exact_mut(c).zip(payload.chunks_exact(self.payload)).enumerate() {
+                for (row, (o, rec)) in out
+                    .chunks_exact_mut(c)
+                    .zip(payload.chunks_exact(self.payload))
+                    .enumerate()
+                {
                     let log_rest = f32::from_le_bytes([rec[0], rec[1], rec[2], rec[3]]);
                     o.fill(log_rest - self.ln_tail_classes);
                     let vals = &rec[4..4 + 4 * k];
                     let ids = &rec[4 + 4 * k..];
                     for j in 0..k {
                         let id = if wide {
-                            u32::from_le_bytes([ids[4 * j], ids[4 * j + 1], ids[4 * j + 2], ids[4 * j + 3]]) as usize
+                            u32::from_le_bytes([
+                                ids[4 * j],
+                                ids[4 * j + 1],
+                                ids[4 * j + 2],
+                                ids[4 * j + 3],
+                            ]) as usize
                         } else {
                             u16::from_le_bytes([ids[2 * j], ids[2 * j + 1]]) as usize
                         };
                         let v = &vals[4 * j..4 * j + 4];
                         match o.get_mut(id) {
                             Some(slot) => *slot = f32::from_le_bytes([v[0], v[1], v[2], v[3]]),
-                            None => return Err(format!("record {row} names class {id}, but the cache has {c} classes")),
+                            None => {
+                                return Err(format!(
+                                    "record {row} names class {id}, but the cache has {c} classes"
+                                ))
+                            }
                         }
                     }
                 }
@@ -501,10 +538,13 @@ pub(crate) mod tests {
 
     fn rows_strategy() -> impl Strategy<Value = (usize, Vec<f32>)> {
         (2usize..40).prop_flat_map(|c| {
-            (Just(c), prop::collection::vec(-30.0f32..30.0, c..=c * 6).prop_map(move |mut v| {
-                v.truncate(v.len() / c * c);
-                v
-            }))
+            (
+                Just(c),
+                prop::collection::vec(-30.0f32..30.0, c..=c * 6).prop_map(move |mut v| {
+                    v.truncate(v.len() / c * c);
+                    v
+                }),
+            )
         })
     }
 
@@ -613,7 +653,11 @@ pub(crate) mod tests {
         for (e, d) in lp.chunks_exact(c).zip(out.chunks_exact_mut(c)) {
             let hi = e.iter().copied().fold(f32::NEG_INFINITY, f32::max);
             let full = hi - e.iter().copied().fold(f32::INFINITY, f32::min);
-            let r = if variant == "naive" { full } else { full.min(q8_window(c)) };
+            let r = if variant == "naive" {
+                full
+            } else {
+                full.min(q8_window(c))
+            };
             for (o, &v) in d.iter_mut().zip(e) {
                 let g = (hi - v).min(r);
                 *o = match variant {
@@ -650,7 +694,10 @@ pub(crate) mod tests {
                 eprintln!(
                     "q8 C={c} T={t}: mean KL adaptive {adaptive:.3e} (top1 {top1:.4}), sqrt-only {sqrt:.3e}, linear-only {lin:.3e}, naive full-range linear {naive:.3e}"
                 );
-                assert!(adaptive <= sqrt.min(lin) * 1.02, "adaptive {adaptive} sqrt {sqrt} linear {lin}");
+                assert!(
+                    adaptive <= sqrt.min(lin) * 1.02,
+                    "adaptive {adaptive} sqrt {sqrt} linear {lin}"
+                );
                 assert!(adaptive <= naive, "adaptive {adaptive} naive {naive}");
             }
         }
@@ -662,7 +709,12 @@ pub(crate) mod tests {
         for c in [10usize, 1000] {
             let n = if c == 10 { 20_000 } else { 2_000 };
             let lp = lp_of(&teacher_logits(n, c, 11), c, 4.0);
-            for enc in [Encoding::F32, Encoding::F16, Encoding::Q8, Encoding::TopK(if c == 10 { 3 } else { 20 })] {
+            for enc in [
+                Encoding::F32,
+                Encoding::F16,
+                Encoding::Q8,
+                Encoding::TopK(if c == 10 { 3 } else { 20 }),
+            ] {
                 let dec = roundtrip(enc, &lp, c);
                 let (mean, max, top1) = fidelity(&lp, &dec, c);
                 eprintln!("fidelity C={c} {enc}: mean KL {mean:.3e} max KL {max:.3e} top1 {top1:.4} payload {} B", enc.payload_bytes(c));

@@ -160,11 +160,17 @@ pub fn parse_shard(path: &Path, bytes: &[u8]) -> Result<(ShardHeader, Vec<BlockE
     let bad = |loc: &str, msg: String| CacheError::corrupt(path, loc, msg);
     let len = bytes.len() as u64;
     if bytes.len() < HEADER_BYTES {
-        return Err(bad("header", format!("file is {len} bytes, shorter than the {HEADER_BYTES}-byte shard header")));
+        return Err(bad(
+            "header",
+            format!("file is {len} bytes, shorter than the {HEADER_BYTES}-byte shard header"),
+        ));
     }
     let h = &bytes[..HEADER_BYTES];
     if h[0..8] != MAGIC {
-        return Err(bad("header", "bad magic bytes: this is not a distill cache shard".into()));
+        return Err(bad(
+            "header",
+            "bad magic bytes: this is not a distill cache shard".into(),
+        ));
     }
     let version = u32_at(h, 8);
     if !(FORMAT_VERSION_OLDEST_SUPPORTED..=FORMAT_VERSION_CURRENT).contains(&version) {
@@ -183,16 +189,28 @@ pub fn parse_shard(path: &Path, bytes: &[u8]) -> Result<(ShardHeader, Vec<BlockE
     let stored = u64_at(h, 120);
     let actual = xxh3_64(&h[..120]);
     if stored != actual {
-        return Err(bad("header", format!("header checksum mismatch (stored {stored:016x}, computed {actual:016x})")));
+        return Err(bad(
+            "header",
+            format!("header checksum mismatch (stored {stored:016x}, computed {actual:016x})"),
+        ));
     }
     let (tag, k) = (u16_at(h, 12), u16_at(h, 14));
-    let encoding =
-        Encoding::from_tag(tag, k).ok_or_else(|| bad("header field encoding", format!("unknown encoding tag {tag} with k {k}")))?;
+    let encoding = Encoding::from_tag(tag, k).ok_or_else(|| {
+        bad(
+            "header field encoding",
+            format!("unknown encoding tag {tag} with k {k}"),
+        )
+    })?;
     let classes = u32_at(h, 16);
-    encoding.check_classes(classes as usize).map_err(|m| bad("header field classes", m))?;
+    encoding
+        .check_classes(classes as usize)
+        .map_err(|m| bad("header field classes", m))?;
     let flags = u32_at(h, 20);
     if flags > 1 {
-        return Err(bad("header field flags", format!("unknown flag bits {flags:#x}")));
+        return Err(bad(
+            "header field flags",
+            format!("unknown flag bits {flags:#x}"),
+        ));
     }
     if h[104..120].iter().any(|&x| x != 0) {
         return Err(bad("header", "reserved bytes 104..120 are not zero".into()));
@@ -218,12 +236,18 @@ pub fn parse_shard(path: &Path, bytes: &[u8]) -> Result<(ShardHeader, Vec<BlockE
         },
     };
     if !(header.temperature.is_finite() && header.temperature > 0.0) {
-        return Err(bad("header field temperature", format!("{} is not a positive finite number", header.temperature)));
+        return Err(bad(
+            "header field temperature",
+            format!("{} is not a positive finite number", header.temperature),
+        ));
     }
     if header.records_per_block == 0 || header.records_per_block > MAX_RECORDS_PER_BLOCK {
         return Err(bad(
             "header field records_per_block",
-            format!("{} is outside 1..={MAX_RECORDS_PER_BLOCK}", header.records_per_block),
+            format!(
+                "{} is outside 1..={MAX_RECORDS_PER_BLOCK}",
+                header.records_per_block
+            ),
         ));
     }
     if header.records == 0 {
@@ -232,7 +256,12 @@ pub fn parse_shard(path: &Path, bytes: &[u8]) -> Result<(ShardHeader, Vec<BlockE
     header
         .first_sample
         .checked_add(header.records)
-        .ok_or_else(|| bad("header field records", "first_sample + records overflows".into()))?;
+        .ok_or_else(|| {
+            bad(
+                "header field records",
+                "first_sample + records overflows".into(),
+            )
+        })?;
     let want_blocks = header.records.div_ceil(header.records_per_block as u64);
     if header.blocks as u64 != want_blocks || header.blocks > MAX_BLOCKS_PER_SHARD {
         return Err(bad(
@@ -246,14 +275,23 @@ pub fn parse_shard(path: &Path, bytes: &[u8]) -> Result<(ShardHeader, Vec<BlockE
     let index_len = header.blocks as u64 * INDEX_ENTRY_BYTES as u64; // <= 2^20 * 48, no overflow
     let index_end = HEADER_BYTES as u64 + index_len;
     if index_end > len {
-        return Err(bad("block index", format!("index of {} entries ends at byte {index_end}, past the end of the {len}-byte file", header.blocks)));
+        return Err(bad(
+            "block index",
+            format!(
+                "index of {} entries ends at byte {index_end}, past the end of the {len}-byte file",
+                header.blocks
+            ),
+        ));
     }
     let index = &bytes[HEADER_BYTES..index_end as usize];
     let actual = xxh3_64(index);
     if actual != header.index_checksum {
         return Err(bad(
             "block index",
-            format!("index checksum mismatch (stored {:016x}, computed {actual:016x})", header.index_checksum),
+            format!(
+                "index checksum mismatch (stored {:016x}, computed {actual:016x})",
+                header.index_checksum
+            ),
         ));
     }
     let record_bytes = header.record_bytes() as u64;
@@ -278,17 +316,29 @@ pub fn parse_shard(path: &Path, bytes: &[u8]) -> Result<(ShardHeader, Vec<BlockE
         if entry.first_record != first || entry.record_count as u64 != count {
             return Err(bad(
                 &loc,
-                format!("covers records {}+{}, expected {first}+{count}", entry.first_record, entry.record_count),
+                format!(
+                    "covers records {}+{}, expected {first}+{count}",
+                    entry.first_record, entry.record_count
+                ),
             ));
         }
         if entry.offset != pos {
-            return Err(bad(&loc, format!("starts at byte {}, expected {pos} (blocks must tile the file)", entry.offset)));
+            return Err(bad(
+                &loc,
+                format!(
+                    "starts at byte {}, expected {pos} (blocks must tile the file)",
+                    entry.offset
+                ),
+            ));
         }
         let raw = count * record_bytes; // <= 2^20 * (12 + 4 * 2^24 + ...) fits in u64
         if entry.raw_len != raw || raw > MAX_BLOCK_RAW_BYTES {
             return Err(bad(
                 &loc,
-                format!("raw length {} bytes, expected {raw} (at most {MAX_BLOCK_RAW_BYTES})", entry.raw_len),
+                format!(
+                    "raw length {} bytes, expected {raw} (at most {MAX_BLOCK_RAW_BYTES})",
+                    entry.raw_len
+                ),
             ));
         }
         if entry.compressed_len == 0 {
@@ -298,8 +348,18 @@ pub fn parse_shard(path: &Path, bytes: &[u8]) -> Result<(ShardHeader, Vec<BlockE
             .offset
             .checked_add(entry.compressed_len)
             .filter(|&e| e <= len)
-            .ok_or_else(|| bad(&loc, format!("block of {} bytes at {} runs past the end of the {len}-byte file", entry.compressed_len, entry.offset)))?;
-        let next = align_up(end).filter(|&n| n <= len).ok_or_else(|| bad(&loc, "block padding runs past the end of the file".into()))?;
+            .ok_or_else(|| {
+                bad(
+                    &loc,
+                    format!(
+                        "block of {} bytes at {} runs past the end of the {len}-byte file",
+                        entry.compressed_len, entry.offset
+                    ),
+                )
+            })?;
+        let next = align_up(end)
+            .filter(|&n| n <= len)
+            .ok_or_else(|| bad(&loc, "block padding runs past the end of the file".into()))?;
         if bytes[end as usize..next as usize].iter().any(|&b| b != 0) {
             return Err(bad(&loc, "padding after the block is not zero".into()));
         }
@@ -377,7 +437,9 @@ mod tests {
             for bit in 0..8 {
                 let mut c = b.clone();
                 c[byte] ^= 1 << bit;
-                let err = parse_shard(Path::new("shard-x.dsc"), &c).unwrap_err().to_string();
+                let err = parse_shard(Path::new("shard-x.dsc"), &c)
+                    .unwrap_err()
+                    .to_string();
                 assert!(err.starts_with("shard-x.dsc:"), "{err}");
             }
         }
@@ -391,7 +453,10 @@ mod tests {
         }
         let mut c = b.clone();
         c.extend_from_slice(&[0; 8]);
-        assert!(parse_shard(Path::new("s"), &c).unwrap_err().to_string().contains("trailing"));
+        assert!(parse_shard(Path::new("s"), &c)
+            .unwrap_err()
+            .to_string()
+            .contains("trailing"));
     }
 
     #[test]

@@ -125,7 +125,9 @@ pub fn is_plain_file_name(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= 255
         && !name.starts_with('.')
-        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-')
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-')
 }
 
 impl Manifest {
@@ -151,10 +153,19 @@ impl Manifest {
     pub fn parse(path: &Path, bytes: &[u8]) -> Result<Manifest> {
         let bad = |loc: &str, msg: String| CacheError::corrupt(path, loc, msg);
         if bytes.len() as u64 > MAX_MANIFEST_BYTES {
-            return Err(bad("manifest", format!("{} bytes is over the {MAX_MANIFEST_BYTES}-byte limit", bytes.len())));
+            return Err(bad(
+                "manifest",
+                format!(
+                    "{} bytes is over the {MAX_MANIFEST_BYTES}-byte limit",
+                    bytes.len()
+                ),
+            ));
         }
-        let v: VersionOnly = serde_json::from_slice(bytes).map_err(|e| bad("manifest", format!("not valid JSON: {e}")))?;
-        let version = v.format_version.ok_or_else(|| bad("manifest", "missing field format_version".into()))?;
+        let v: VersionOnly = serde_json::from_slice(bytes)
+            .map_err(|e| bad("manifest", format!("not valid JSON: {e}")))?;
+        let version = v
+            .format_version
+            .ok_or_else(|| bad("manifest", "missing field format_version".into()))?;
         if !(FORMAT_VERSION_OLDEST_SUPPORTED..=FORMAT_VERSION_CURRENT).contains(&version) {
             return Err(CacheError::UnsupportedVersion {
                 path: path.to_path_buf(),
@@ -168,7 +179,8 @@ impl Manifest {
                 },
             });
         }
-        let m: Manifest = serde_json::from_slice(bytes).map_err(|e| bad("manifest", format!("invalid: {e}")))?;
+        let m: Manifest =
+            serde_json::from_slice(bytes).map_err(|e| bad("manifest", format!("invalid: {e}")))?;
         m.validate(path)?;
         Ok(m)
     }
@@ -177,15 +189,29 @@ impl Manifest {
     pub fn validate(&self, path: &Path) -> Result<()> {
         let bad = |loc: String, msg: String| CacheError::corrupt(path, loc, msg);
         let classes = usize::try_from(self.num_classes).unwrap_or(usize::MAX);
-        self.encoding.check_classes(classes).map_err(|m| bad("field num_classes".into(), m))?;
+        self.encoding
+            .check_classes(classes)
+            .map_err(|m| bad("field num_classes".into(), m))?;
         if !(self.temperature.is_finite() && self.temperature > 0.0) {
-            return Err(bad("field temperature".into(), format!("{} is not a positive finite number", self.temperature)));
+            return Err(bad(
+                "field temperature".into(),
+                format!("{} is not a positive finite number", self.temperature),
+            ));
         }
         if self.dataset.num_samples == 0 {
-            return Err(bad("field dataset.num_samples".into(), "cache holds no samples".into()));
+            return Err(bad(
+                "field dataset.num_samples".into(),
+                "cache holds no samples".into(),
+            ));
         }
         if self.shards.is_empty() || self.shards.len() > MAX_SHARDS {
-            return Err(bad("field shards".into(), format!("{} shards listed, expected 1..={MAX_SHARDS}", self.shards.len())));
+            return Err(bad(
+                "field shards".into(),
+                format!(
+                    "{} shards listed, expected 1..={MAX_SHARDS}",
+                    self.shards.len()
+                ),
+            ));
         }
         let mut next = 0u64;
         let mut seen = std::collections::HashSet::new();
@@ -206,21 +232,32 @@ impl Manifest {
                     format!("covers samples {}+{}, expected to start at {next} with at least one sample", s.first_sample, s.num_samples),
                 ));
             }
-            next = next.checked_add(s.num_samples).ok_or_else(|| bad(format!("shard {i}"), "sample count overflows".into()))?;
+            next = next
+                .checked_add(s.num_samples)
+                .ok_or_else(|| bad(format!("shard {i}"), "sample count overflows".into()))?;
             if s.xxh3.len() != 16 || !s.xxh3.bytes().all(|b| b.is_ascii_hexdigit()) {
-                return Err(bad(format!("shard {i} ({})", s.file), format!("xxh3 {:?} is not 16 hex digits", s.xxh3)));
+                return Err(bad(
+                    format!("shard {i} ({})", s.file),
+                    format!("xxh3 {:?} is not 16 hex digits", s.xxh3),
+                ));
             }
         }
         if self.id != self.compute_id() {
             return Err(bad(
                 "field id".into(),
-                format!("content does not match the id {:?} (the manifest was edited or damaged)", self.id),
+                format!(
+                    "content does not match the id {:?} (the manifest was edited or damaged)",
+                    self.id
+                ),
             ));
         }
         if next != self.dataset.num_samples {
             return Err(bad(
                 "field shards".into(),
-                format!("shards cover {next} samples but dataset.num_samples is {}", self.dataset.num_samples),
+                format!(
+                    "shards cover {next} samples but dataset.num_samples is {}",
+                    self.dataset.num_samples
+                ),
             ));
         }
         Ok(())
@@ -237,8 +274,16 @@ pub(crate) mod tests {
             format_version: FORMAT_VERSION_CURRENT,
             id: String::new(),
             tool_version: "0.1.0".into(),
-            teacher: TeacherInfo { spec: "mlp".into(), fingerprint: "t".into(), source: "t.safetensors".into() },
-            dataset: DatasetInfo { fingerprint: "d".into(), split: "train".into(), num_samples: 10 },
+            teacher: TeacherInfo {
+                spec: "mlp".into(),
+                fingerprint: "t".into(),
+                source: "t.safetensors".into(),
+            },
+            dataset: DatasetInfo {
+                fingerprint: "d".into(),
+                split: "train".into(),
+                num_samples: 10,
+            },
             num_classes: 10,
             has_labels: true,
             temperature: 4.0,
@@ -246,11 +291,31 @@ pub(crate) mod tests {
             zstd_level: 3,
             records_per_block: 4,
             records_per_shard: 8,
-            fidelity: Fidelity { mean_kl: 1e-4, max_kl: 1e-3, top1_agreement: 1.0, bytes_per_sample: 20.0 },
-            teacher_stats: TeacherStats { accuracy: Some(0.9), mean_entropy: 1.0 },
+            fidelity: Fidelity {
+                mean_kl: 1e-4,
+                max_kl: 1e-3,
+                top1_agreement: 1.0,
+                bytes_per_sample: 20.0,
+            },
+            teacher_stats: TeacherStats {
+                accuracy: Some(0.9),
+                mean_entropy: 1.0,
+            },
             shards: vec![
-                ShardEntry { file: "a.dsc".into(), first_sample: 0, num_samples: 8, bytes: 100, xxh3: "0123456789abcdef".into() },
-                ShardEntry { file: "b.dsc".into(), first_sample: 8, num_samples: 2, bytes: 100, xxh3: "0123456789abcdef".into() },
+                ShardEntry {
+                    file: "a.dsc".into(),
+                    first_sample: 0,
+                    num_samples: 8,
+                    bytes: 100,
+                    xxh3: "0123456789abcdef".into(),
+                },
+                ShardEntry {
+                    file: "b.dsc".into(),
+                    first_sample: 8,
+                    num_samples: 2,
+                    bytes: 100,
+                    xxh3: "0123456789abcdef".into(),
+                },
             ],
         };
         m.id = m.compute_id();
@@ -273,11 +338,22 @@ pub(crate) mod tests {
 
     #[test]
     fn refuses_path_names() {
-        for name in ["../x", "..", "a/b", "/etc/passwd", "a\\b", ".hidden", "", "x\0y"] {
+        for name in [
+            "../x",
+            "..",
+            "a/b",
+            "/etc/passwd",
+            "a\\b",
+            ".hidden",
+            "",
+            "x\0y",
+        ] {
             let mut m = sample();
             m.shards[0].file = name.into();
             let json = m.to_json().unwrap();
-            let e = Manifest::parse(Path::new("manifest.json"), &json).unwrap_err().to_string();
+            let e = Manifest::parse(Path::new("manifest.json"), &json)
+                .unwrap_err()
+                .to_string();
             assert!(e.contains("not a plain file name"), "{name}: {e}");
         }
     }
@@ -286,13 +362,22 @@ pub(crate) mod tests {
     fn refuses_bad_ranges_versions_unknown_fields() {
         let mut m = sample();
         m.shards[1].first_sample = 9;
-        assert!(Manifest::parse(Path::new("m"), &m.to_json().unwrap()).unwrap_err().to_string().contains("shard 1"));
+        assert!(Manifest::parse(Path::new("m"), &m.to_json().unwrap())
+            .unwrap_err()
+            .to_string()
+            .contains("shard 1"));
         let mut m = sample();
         m.format_version = 7;
-        assert!(Manifest::parse(Path::new("m"), &m.to_json().unwrap()).unwrap_err().to_string().contains("upgrade distill"));
-        let mut v: serde_json::Value = serde_json::from_slice(&sample().to_json().unwrap()).unwrap();
+        assert!(Manifest::parse(Path::new("m"), &m.to_json().unwrap())
+            .unwrap_err()
+            .to_string()
+            .contains("upgrade distill"));
+        let mut v: serde_json::Value =
+            serde_json::from_slice(&sample().to_json().unwrap()).unwrap();
         v["surprise"] = serde_json::json!(1);
-        let e = Manifest::parse(Path::new("m"), &serde_json::to_vec(&v).unwrap()).unwrap_err().to_string();
+        let e = Manifest::parse(Path::new("m"), &serde_json::to_vec(&v).unwrap())
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("surprise"), "{e}");
     }
 

@@ -49,7 +49,9 @@ use std::path::PathBuf;
 
 pub use encoding::Encoding;
 pub use manifest::{DatasetInfo, Fidelity, Manifest, ShardEntry, TeacherInfo, TeacherStats};
-pub use reader::{CacheReader, CacheStats, DecodedTargets, EpochBatches, EpochPlan, TargetBatch, VerifyReport};
+pub use reader::{
+    CacheReader, CacheStats, DecodedTargets, EpochBatches, EpochPlan, TargetBatch, VerifyReport,
+};
 pub use writer::{import_logits, CacheMeta, CacheWriter, WriterOptions};
 
 /// Errors from building, opening, verifying or reading a cache.
@@ -68,39 +70,88 @@ pub enum CacheError {
     },
     /// Bytes on disk that do not follow FORMAT.md (damaged or not a cache file).
     #[error("{path}: {location}: {message}; the cache is damaged: rebuild it (distill cache build) or restore it from a copy")]
-    Corrupt { path: PathBuf, location: String, message: String },
+    Corrupt {
+        path: PathBuf,
+        location: String,
+        message: String,
+    },
     /// A shard or manifest written by a format version this build cannot read.
     #[error("{path}: format version {found} is not supported (this build reads versions {oldest} to {current}); {advice}")]
-    UnsupportedVersion { path: PathBuf, found: u32, oldest: u32, current: u32, advice: &'static str },
+    UnsupportedVersion {
+        path: PathBuf,
+        found: u32,
+        oldest: u32,
+        current: u32,
+        advice: &'static str,
+    },
     /// The cache was built for other data than the caller's.
     #[error("{path}: cache does not match the data: {field} is {cached} in the cache but {given} here; rebuild the cache for this dataset or pass the dataset it was built from")]
-    Mismatch { path: PathBuf, field: &'static str, cached: String, given: String },
+    Mismatch {
+        path: PathBuf,
+        field: &'static str,
+        cached: String,
+        given: String,
+    },
     /// An existing (finished or unfinished) cache in the directory was built with other settings.
     #[error("{path}: this directory holds a cache built with a different {field} ({existing} there, {requested} requested); use another directory, rerun with the same settings, or set overwrite to replace it")]
-    SettingsDiffer { path: PathBuf, field: &'static str, existing: String, requested: String },
+    SettingsDiffer {
+        path: PathBuf,
+        field: &'static str,
+        existing: String,
+        requested: String,
+    },
     /// A second writer tried to build into a directory that is being written.
     #[error("{path}: another process is writing this cache (the lock is held); wait for it to finish or use another directory")]
     Locked { path: PathBuf },
     /// A non-finite input value.
     #[error("{what} {row}, class {class}: value is {value}; teacher outputs must be finite (check the teacher for overflow or a too-small temperature)")]
-    NonFinite { what: &'static str, row: u64, class: usize, value: f32 },
+    NonFinite {
+        what: &'static str,
+        row: u64,
+        class: usize,
+        value: f32,
+    },
     /// Caller input that breaks an API contract (lengths, order, ranges).
     #[error("{what}: {message}")]
     InvalidInput { what: String, message: String },
     /// Top-k caches hold the teacher at one temperature only.
     #[error("{path}: cache stores top-{k} log-probabilities at T={stored}, which cannot be re-tempered exactly to T={requested}; use T={stored}, rebuild the cache with a dense encoding (f32/f16/q8), or allow the approximation (allow_topk_retemper)")]
-    TopKRetemper { path: PathBuf, k: u16, stored: f32, requested: f32 },
+    TopKRetemper {
+        path: PathBuf,
+        k: u16,
+        stored: f32,
+        requested: f32,
+    },
 }
 
 impl CacheError {
-    pub(crate) fn io(path: impl Into<PathBuf>, action: &'static str, source: std::io::Error) -> Self {
-        CacheError::Io { path: path.into(), action, source }
+    pub(crate) fn io(
+        path: impl Into<PathBuf>,
+        action: &'static str,
+        source: std::io::Error,
+    ) -> Self {
+        CacheError::Io {
+            path: path.into(),
+            action,
+            source,
+        }
     }
-    pub(crate) fn corrupt(path: impl Into<PathBuf>, location: impl Into<String>, message: impl Into<String>) -> Self {
-        CacheError::Corrupt { path: path.into(), location: location.into(), message: message.into() }
+    pub(crate) fn corrupt(
+        path: impl Into<PathBuf>,
+        location: impl Into<String>,
+        message: impl Into<String>,
+    ) -> Self {
+        CacheError::Corrupt {
+            path: path.into(),
+            location: location.into(),
+            message: message.into(),
+        }
     }
     pub(crate) fn input(what: impl Into<String>, message: impl Into<String>) -> Self {
-        CacheError::InvalidInput { what: what.into(), message: message.into() }
+        CacheError::InvalidInput {
+            what: what.into(),
+            message: message.into(),
+        }
     }
 }
 
@@ -112,12 +163,23 @@ pub type Result<T, E = CacheError> = std::result::Result<T, E>;
 /// `logits` and `out` hold rows of `classes` values. Non-finite logits (or a
 /// temperature so small that `logits / T` overflows) are reported with the
 /// row and class; nothing is written past the failing row's start.
-pub fn log_softmax_tempered(logits: &[f32], classes: usize, temperature: f32, out: &mut [f32]) -> Result<()> {
+pub fn log_softmax_tempered(
+    logits: &[f32],
+    classes: usize,
+    temperature: f32,
+    out: &mut [f32],
+) -> Result<()> {
     if classes == 0 {
-        return Err(CacheError::input("log_softmax_tempered", "classes must be at least 1"));
+        return Err(CacheError::input(
+            "log_softmax_tempered",
+            "classes must be at least 1",
+        ));
     }
     if !(temperature.is_finite() && temperature > 0.0) {
-        return Err(CacheError::input("temperature", format!("{temperature} is not a positive finite number")));
+        return Err(CacheError::input(
+            "temperature",
+            format!("{temperature} is not a positive finite number"),
+        ));
     }
     if logits.len() % classes != 0 || out.len() != logits.len() {
         return Err(CacheError::input(
@@ -130,12 +192,21 @@ pub fn log_softmax_tempered(logits: &[f32], classes: usize, temperature: f32, ou
         ));
     }
     let inv_t = 1.0 / temperature;
-    for (row, (x, o)) in logits.chunks_exact(classes).zip(out.chunks_exact_mut(classes)).enumerate() {
+    for (row, (x, o)) in logits
+        .chunks_exact(classes)
+        .zip(out.chunks_exact_mut(classes))
+        .enumerate()
+    {
         let mut max = f32::NEG_INFINITY;
         for (c, &v) in x.iter().enumerate() {
             let s = v * inv_t;
             if !s.is_finite() {
-                return Err(CacheError::NonFinite { what: "logits row", row: row as u64, class: c, value: v });
+                return Err(CacheError::NonFinite {
+                    what: "logits row",
+                    row: row as u64,
+                    class: c,
+                    value: v,
+                });
             }
             max = max.max(s);
         }
@@ -184,11 +255,22 @@ mod tests {
     #[test]
     fn log_softmax_reports_non_finite_row() {
         let mut out = [0.0f32; 6];
-        let err = log_softmax_tempered(&[0.0, 1.0, 2.0, 0.0, f32::NAN, 1.0], 3, 1.0, &mut out).unwrap_err();
+        let err = log_softmax_tempered(&[0.0, 1.0, 2.0, 0.0, f32::NAN, 1.0], 3, 1.0, &mut out)
+            .unwrap_err();
         let msg = err.to_string();
         assert!(msg.contains("row 1") && msg.contains("class 1"), "{msg}");
         let err = log_softmax_tempered(&[1e30, 0.0, 0.0], 3, 1e-10, &mut out[..3]).unwrap_err();
-        assert!(matches!(err, CacheError::NonFinite { row: 0, class: 0, .. }), "{err}");
+        assert!(
+            matches!(
+                err,
+                CacheError::NonFinite {
+                    row: 0,
+                    class: 0,
+                    ..
+                }
+            ),
+            "{err}"
+        );
         assert!(log_softmax_tempered(&[1.0], 1, 0.0, &mut out[..1]).is_err());
     }
 

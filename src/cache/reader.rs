@@ -76,7 +76,11 @@ pub struct VerifyReport {
 
 impl fmt::Display for VerifyReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "ok: {} shards, {} blocks, {} samples, {} bytes checked", self.shards, self.blocks, self.samples, self.bytes)
+        write!(
+            f,
+            "ok: {} shards, {} blocks, {} samples, {} bytes checked",
+            self.shards, self.blocks, self.samples, self.bytes
+        )
     }
 }
 
@@ -105,16 +109,36 @@ impl fmt::Display for CacheStats {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(f, "cache {}", self.id)?;
         writeln!(f, "  teacher        {}", self.teacher_spec)?;
-        writeln!(f, "  samples        {} ({} split), {} classes", self.samples, self.dataset_split, self.classes)?;
+        writeln!(
+            f,
+            "  samples        {} ({} split), {} classes",
+            self.samples, self.dataset_split, self.classes
+        )?;
         writeln!(f, "  temperature    {}", self.temperature)?;
         writeln!(f, "  encoding       {}", self.encoding)?;
-        writeln!(f, "  on disk        {} bytes in {} shards, {} blocks", self.bytes_on_disk, self.shards, self.blocks)?;
-        writeln!(f, "  bytes/sample   {:.2} ({:.2}x smaller than f32 logits)", self.bytes_per_sample, self.compression_ratio)?;
+        writeln!(
+            f,
+            "  on disk        {} bytes in {} shards, {} blocks",
+            self.bytes_on_disk, self.shards, self.blocks
+        )?;
+        writeln!(
+            f,
+            "  bytes/sample   {:.2} ({:.2}x smaller than f32 logits)",
+            self.bytes_per_sample, self.compression_ratio
+        )?;
         match self.teacher_accuracy {
-            Some(a) => writeln!(f, "  teacher acc.   {:.2}% (top-1 vs stored labels)", a * 100.0)?,
+            Some(a) => writeln!(
+                f,
+                "  teacher acc.   {:.2}% (top-1 vs stored labels)",
+                a * 100.0
+            )?,
             None => writeln!(f, "  teacher acc.   n/a (unlabelled)")?,
         }
-        writeln!(f, "  mean entropy   {:.4} nats at T={}", self.mean_entropy, self.temperature)?;
+        writeln!(
+            f,
+            "  mean entropy   {:.4} nats at T={}",
+            self.mean_entropy, self.temperature
+        )?;
         write!(
             f,
             "  fidelity       mean KL {:.3e}, max KL {:.3e}, top-1 agreement {:.4}%",
@@ -190,9 +214,16 @@ impl CacheReader {
                 CacheError::io(&mpath, "open", e)
             }
         })?;
-        let mlen = mfile.metadata().map_err(|e| CacheError::io(&mpath, "stat", e))?.len();
+        let mlen = mfile
+            .metadata()
+            .map_err(|e| CacheError::io(&mpath, "stat", e))?
+            .len();
         if mlen > MAX_MANIFEST_BYTES {
-            return Err(CacheError::corrupt(&mpath, "manifest", format!("{mlen} bytes is over the {MAX_MANIFEST_BYTES}-byte limit")));
+            return Err(CacheError::corrupt(
+                &mpath,
+                "manifest",
+                format!("{mlen} bytes is over the {MAX_MANIFEST_BYTES}-byte limit"),
+            ));
         }
         let bytes = std::fs::read(&mpath).map_err(|e| CacheError::io(&mpath, "read", e))?;
         let manifest = Manifest::parse(&mpath, &bytes)?;
@@ -205,34 +236,58 @@ impl CacheReader {
             let path = dir.join(&entry.file);
             let file = File::open(&path).map_err(|e| {
                 if e.kind() == std::io::ErrorKind::NotFound {
-                    CacheError::corrupt(&path, format!("shard {si}"), "file listed in manifest.json is missing")
+                    CacheError::corrupt(
+                        &path,
+                        format!("shard {si}"),
+                        "file listed in manifest.json is missing",
+                    )
                 } else {
                     CacheError::io(&path, "open", e)
                 }
             })?;
-            let len = file.metadata().map_err(|e| CacheError::io(&path, "stat", e))?.len();
+            let len = file
+                .metadata()
+                .map_err(|e| CacheError::io(&path, "stat", e))?
+                .len();
             if len != entry.bytes || len < HEADER_BYTES as u64 {
                 return Err(CacheError::corrupt(
                     &path,
                     format!("shard {si}"),
-                    format!("file is {len} bytes but manifest.json says {} (truncated or replaced)", entry.bytes),
+                    format!(
+                        "file is {len} bytes but manifest.json says {} (truncated or replaced)",
+                        entry.bytes
+                    ),
                 ));
             }
             // SAFETY: the caller guarantees the file is not modified while mapped (see `# Safety`).
-            let map = unsafe { Mmap::map(&file) }.map_err(|e| CacheError::io(&path, "memory-map", e))?;
+            let map =
+                unsafe { Mmap::map(&file) }.map_err(|e| CacheError::io(&path, "memory-map", e))?;
             let (header, entries) = parse_shard(&path, &map)?;
             let m = &manifest;
-            let mismatch = if header.first_sample != entry.first_sample || header.records != entry.num_samples {
+            let mismatch = if header.first_sample != entry.first_sample
+                || header.records != entry.num_samples
+            {
                 Some(format!(
                     "holds samples {}+{}, manifest.json says {}+{}",
                     header.first_sample, header.records, entry.first_sample, entry.num_samples
                 ))
             } else if header.encoding != m.encoding || header.classes as u64 != m.num_classes {
-                Some(format!("holds {} with {} classes, manifest.json says {} with {}", header.encoding, header.classes, m.encoding, m.num_classes))
-            } else if header.temperature.to_bits() != m.temperature.to_bits() || header.has_labels != m.has_labels {
-                Some(format!("temperature {} / labels {} differ from manifest.json", header.temperature, header.has_labels))
+                Some(format!(
+                    "holds {} with {} classes, manifest.json says {} with {}",
+                    header.encoding, header.classes, m.encoding, m.num_classes
+                ))
+            } else if header.temperature.to_bits() != m.temperature.to_bits()
+                || header.has_labels != m.has_labels
+            {
+                Some(format!(
+                    "temperature {} / labels {} differ from manifest.json",
+                    header.temperature, header.has_labels
+                ))
             } else if header.records_per_block != m.records_per_block {
-                Some(format!("{} records per block, manifest.json says {}", header.records_per_block, m.records_per_block))
+                Some(format!(
+                    "{} records per block, manifest.json says {}",
+                    header.records_per_block, m.records_per_block
+                ))
             } else {
                 None
             };
@@ -247,9 +302,20 @@ impl CacheReader {
                     count: b.record_count as usize,
                 });
             }
-            shards.push(Shard { path, map, header, blocks: entries });
+            shards.push(Shard {
+                path,
+                map,
+                header,
+                blocks: entries,
+            });
         }
-        Ok(CacheReader { dir: dir.to_path_buf(), manifest, codec, shards, blocks })
+        Ok(CacheReader {
+            dir: dir.to_path_buf(),
+            manifest,
+            codec,
+            shards,
+            blocks,
+        })
     }
 
     /// The validated manifest.
@@ -286,14 +352,22 @@ impl CacheReader {
     }
 
     /// Refuses to pair the cache with other data, naming what differs.
-    pub fn check_pairing(&self, dataset_fingerprint: &str, num_samples: u64, num_classes: Option<usize>) -> Result<()> {
+    pub fn check_pairing(
+        &self,
+        dataset_fingerprint: &str,
+        num_samples: u64,
+        num_classes: Option<usize>,
+    ) -> Result<()> {
         let d = &self.manifest.dataset;
         let path = self.dir.join(MANIFEST_FILE);
         if d.fingerprint != dataset_fingerprint {
             return Err(CacheError::Mismatch {
                 path,
                 field: "dataset fingerprint",
-                cached: format!("{} (split '{}', {} samples)", d.fingerprint, d.split, d.num_samples),
+                cached: format!(
+                    "{} (split '{}', {} samples)",
+                    d.fingerprint, d.split, d.num_samples
+                ),
                 given: dataset_fingerprint.to_string(),
             });
         }
@@ -321,7 +395,10 @@ impl CacheReader {
     /// Whether decoding at `t` needs re-tempering; refuses what cannot be done.
     fn retemper_needed(&self, t: f32, allow_topk: bool) -> Result<bool> {
         if !(t.is_finite() && t > 0.0) {
-            return Err(CacheError::input("temperature", format!("{t} is not a positive finite number")));
+            return Err(CacheError::input(
+                "temperature",
+                format!("{t} is not a positive finite number"),
+            ));
         }
         let stored = self.temperature();
         if t.to_bits() == stored.to_bits() {
@@ -329,7 +406,12 @@ impl CacheReader {
         }
         if let Encoding::TopK(k) = self.encoding() {
             if !allow_topk {
-                return Err(CacheError::TopKRetemper { path: self.dir.join(MANIFEST_FILE), k, stored, requested: t });
+                return Err(CacheError::TopKRetemper {
+                    path: self.dir.join(MANIFEST_FILE),
+                    k,
+                    stored,
+                    requested: t,
+                });
             }
         }
         Ok(true)
@@ -343,10 +425,14 @@ impl CacheReader {
         let loc = || format!("block {}", gb.block);
         let bad = |msg: String| CacheError::corrupt(&shard.path, loc(), msg);
         // Offsets were validated against the file length on open.
-        let data = &shard.map[entry.offset as usize..(entry.offset + entry.compressed_len) as usize];
+        let data =
+            &shard.map[entry.offset as usize..(entry.offset + entry.compressed_len) as usize];
         let sum = xxh3_64(data);
         if sum != entry.checksum {
-            return Err(bad(format!("checksum mismatch (stored {:016x}, computed {sum:016x})", entry.checksum)));
+            return Err(bad(format!(
+                "checksum mismatch (stored {:016x}, computed {sum:016x})",
+                entry.checksum
+            )));
         }
         let n = gb.count;
         let c = self.codec.classes;
@@ -355,7 +441,10 @@ impl CacheReader {
             let mut s = s.borrow_mut();
             let Scratch { buf, dctx } = &mut *s;
             if dctx.is_none() {
-                *dctx = Some(zstd::bulk::Decompressor::new().map_err(|e| bad(format!("cannot create zstd context: {e}")))?);
+                *dctx = Some(
+                    zstd::bulk::Decompressor::new()
+                        .map_err(|e| bad(format!("cannot create zstd context: {e}")))?,
+                );
             }
             let words = raw_len.div_ceil(8);
             if buf.len() < words {
@@ -363,11 +452,18 @@ impl CacheReader {
             }
             // SAFETY: u8 has alignment 1 and no invalid bit patterns; the slice
             // covers `raw_len <= words * 8` bytes of `buf`'s allocation.
-            let raw: &mut [u8] = unsafe { std::slice::from_raw_parts_mut(buf.as_mut_ptr().cast::<u8>(), raw_len) };
-            let dctx = dctx.as_mut().ok_or_else(|| bad("zstd context missing".into()))?;
-            let got = dctx.decompress_to_buffer(data, raw).map_err(|e| bad(format!("zstd decompression failed: {e}")))?;
+            let raw: &mut [u8] =
+                unsafe { std::slice::from_raw_parts_mut(buf.as_mut_ptr().cast::<u8>(), raw_len) };
+            let dctx = dctx
+                .as_mut()
+                .ok_or_else(|| bad("zstd context missing".into()))?;
+            let got = dctx
+                .decompress_to_buffer(data, raw)
+                .map_err(|e| bad(format!("zstd decompression failed: {e}")))?;
             if got != raw_len {
-                return Err(bad(format!("decompressed to {got} bytes, expected {raw_len}")));
+                return Err(bad(format!(
+                    "decompressed to {got} bytes, expected {raw_len}"
+                )));
             }
             let raw: &[u8] = raw;
             let (idx_col, rest) = raw.split_at(8 * n);
@@ -375,7 +471,10 @@ impl CacheReader {
             for (i, (o, b)) in o.idx.iter_mut().zip(idx_col.chunks_exact(8)).enumerate() {
                 let v = u64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]);
                 if v != gb.first_sample + i as u64 {
-                    return Err(bad(format!("record {i} is sample {v}, expected {}", gb.first_sample + i as u64)));
+                    return Err(bad(format!(
+                        "record {i} is sample {v}, expected {}",
+                        gb.first_sample + i as u64
+                    )));
                 }
                 *o = v;
             }
@@ -398,7 +497,9 @@ impl CacheReader {
                 }
             }
             if let Some(v) = bad_label {
-                return Err(bad(format!("label {v} is invalid for a cache with {c} classes (labelled: {labelled})")));
+                return Err(bad(format!(
+                    "label {v} is invalid for a cache with {c} classes (labelled: {labelled})"
+                )));
             }
             self.codec.decode_rows(payload, o.lp).map_err(bad)
         })?;
@@ -433,37 +534,67 @@ impl CacheReader {
             };
             let (p, rp) = std::mem::take(&mut lp).split_at_mut(n * c);
             lp = rp;
-            outs.push(BlockOut { g, idx: i, labels: l, lp: p });
+            outs.push(BlockOut {
+                g,
+                idx: i,
+                labels: l,
+                lp: p,
+            });
         }
-        outs.into_par_iter().with_max_len(1).try_for_each(|o| self.decode_block(o, retemper_to))
+        outs.into_par_iter()
+            .with_max_len(1)
+            .try_for_each(|o| self.decode_block(o, retemper_to))
     }
 
     fn outputs(&self, rows: usize) -> Result<(Vec<u64>, Option<Vec<u32>>, Vec<f32>)> {
-        let total = rows.checked_mul(self.codec.classes).ok_or_else(|| CacheError::input("read", "output size overflows"))?;
-        Ok((vec![0; rows], self.has_labels().then(|| vec![0; rows]), vec![0.0; total]))
+        let total = rows
+            .checked_mul(self.codec.classes)
+            .ok_or_else(|| CacheError::input("read", "output size overflows"))?;
+        Ok((
+            vec![0; rows],
+            self.has_labels().then(|| vec![0; rows]),
+            vec![0.0; total],
+        ))
     }
 
     /// Decodes every record into (labels, dense log-probs at temperature `t`),
     /// in sample order, in parallel over blocks.
     pub fn read_all(&self, t: f32, allow_topk_retemper: bool) -> Result<DecodedTargets> {
         let re = self.retemper_needed(t, allow_topk_retemper)?.then_some(t);
-        let rows = usize::try_from(self.len()).map_err(|_| CacheError::input("read_all", "cache too large for this platform"))?;
+        let rows = usize::try_from(self.len())
+            .map_err(|_| CacheError::input("read_all", "cache too large for this platform"))?;
         let (mut idx, mut labels, mut lp) = self.outputs(rows)?;
         let all: Vec<usize> = (0..self.blocks.len()).collect();
         self.decode_blocks(&all, re, &mut idx, labels.as_deref_mut(), &mut lp)?;
-        Ok(DecodedTargets { indices: idx, labels, logprobs: lp })
+        Ok(DecodedTargets {
+            indices: idx,
+            labels,
+            logprobs: lp,
+        })
     }
 
     /// Global block holding `sample` (< len).
     fn block_of(&self, sample: u64) -> usize {
-        self.blocks.partition_point(|b| b.first_sample + b.count as u64 <= sample)
+        self.blocks
+            .partition_point(|b| b.first_sample + b.count as u64 <= sample)
     }
 
     /// Decodes the given samples (any order, repeats allowed), decoding each needed block once.
-    pub fn read_samples(&self, indices: &[u64], t: f32, allow_topk_retemper: bool) -> Result<DecodedTargets> {
+    pub fn read_samples(
+        &self,
+        indices: &[u64],
+        t: f32,
+        allow_topk_retemper: bool,
+    ) -> Result<DecodedTargets> {
         let re = self.retemper_needed(t, allow_topk_retemper)?.then_some(t);
         if let Some(&bad) = indices.iter().find(|&&i| i >= self.len()) {
-            return Err(CacheError::input("read_samples", format!("sample {bad} is out of range: the cache holds {} samples", self.len())));
+            return Err(CacheError::input(
+                "read_samples",
+                format!(
+                    "sample {bad} is out of range: the cache holds {} samples",
+                    self.len()
+                ),
+            ));
         }
         let c = self.codec.classes;
         let mut need: Vec<usize> = indices.iter().map(|&i| self.block_of(i)).collect();
@@ -490,11 +621,21 @@ impl CacheReader {
             }
             lp[k * c..(k + 1) * c].copy_from_slice(&blp[row * c..(row + 1) * c]);
         }
-        Ok(DecodedTargets { indices: idx, labels, logprobs: lp })
+        Ok(DecodedTargets {
+            indices: idx,
+            labels,
+            logprobs: lp,
+        })
     }
 
     fn spans(&self) -> Vec<BlockSpan> {
-        self.blocks.iter().map(|b| BlockSpan { first_sample: b.first_sample, count: b.count as u64 }).collect()
+        self.blocks
+            .iter()
+            .map(|b| BlockSpan {
+                first_sample: b.first_sample,
+                count: b.count as u64,
+            })
+            .collect()
     }
 
     /// The exact sample order [`epoch_batches`](Self::epoch_batches) follows for `(seed, epoch, window_blocks)`.
@@ -515,22 +656,43 @@ impl CacheReader {
             return Err(CacheError::input("window_blocks", "must be at least 1"));
         }
         if plan.start > self.len() {
-            return Err(CacheError::input("start", format!("position {} is past the end of the {}-sample epoch", plan.start, self.len())));
+            return Err(CacheError::input(
+                "start",
+                format!(
+                    "position {} is past the end of the {}-sample epoch",
+                    plan.start,
+                    self.len()
+                ),
+            ));
         }
-        let retemper_to = self.retemper_needed(plan.temperature, plan.allow_topk_retemper)?.then_some(plan.temperature);
+        let retemper_to = self
+            .retemper_needed(plan.temperature, plan.allow_topk_retemper)?
+            .then_some(plan.temperature);
         let perm = block_permutation(self.blocks.len(), plan.seed, plan.epoch);
-        let windows: Vec<Vec<usize>> = perm.chunks(plan.window_blocks).map(|w| w.to_vec()).collect();
+        let windows: Vec<Vec<usize>> = perm
+            .chunks(plan.window_blocks)
+            .map(|w| w.to_vec())
+            .collect();
         for w in &windows {
             let rows: usize = w.iter().map(|&g| self.blocks[g].count).sum();
             if rows > u32::MAX as usize {
-                return Err(CacheError::input("window_blocks", format!("{} blocks hold {rows} samples, over 2^32; use fewer", plan.window_blocks)));
+                return Err(CacheError::input(
+                    "window_blocks",
+                    format!(
+                        "{} blocks hold {rows} samples, over 2^32; use fewer",
+                        plan.window_blocks
+                    ),
+                ));
             }
         }
         // Skip whole windows before `start` without decoding or shuffling them.
         let mut first_window = 0;
         let mut skipped = 0u64;
         while first_window < windows.len() {
-            let rows: u64 = windows[first_window].iter().map(|&g| self.blocks[g].count as u64).sum();
+            let rows: u64 = windows[first_window]
+                .iter()
+                .map(|&g| self.blocks[g].count as u64)
+                .sum();
             if skipped + rows > plan.start {
                 break;
             }
@@ -561,14 +723,25 @@ impl CacheReader {
     /// file and block.
     pub fn verify(&self) -> Result<VerifyReport> {
         let c = self.codec.classes;
-        (0..self.blocks.len()).into_par_iter().with_max_len(1).try_for_each(|g| {
-            let n = self.blocks[g].count;
-            let mut idx = vec![0u64; n];
-            let mut labels = vec![0u32; if self.has_labels() { n } else { 0 }];
-            let mut lp = vec![0.0f32; n * c];
-            let l = self.has_labels().then_some(&mut labels[..]);
-            self.decode_block(BlockOut { g, idx: &mut idx, labels: l, lp: &mut lp }, None)
-        })?;
+        (0..self.blocks.len())
+            .into_par_iter()
+            .with_max_len(1)
+            .try_for_each(|g| {
+                let n = self.blocks[g].count;
+                let mut idx = vec![0u64; n];
+                let mut labels = vec![0u32; if self.has_labels() { n } else { 0 }];
+                let mut lp = vec![0.0f32; n * c];
+                let l = self.has_labels().then_some(&mut labels[..]);
+                self.decode_block(
+                    BlockOut {
+                        g,
+                        idx: &mut idx,
+                        labels: l,
+                        lp: &mut lp,
+                    },
+                    None,
+                )
+            })?;
         self.shards.par_iter().zip(&self.manifest.shards).enumerate().try_for_each(|(si, (s, e))| {
             let sum = format!("{:016x}", xxh3_64(&s.map));
             if sum != e.xxh3 {
@@ -654,10 +827,21 @@ impl EpochBatches<'_> {
         if r.has_labels() {
             labels.resize(rows, 0);
         }
-        let res = r.decode_blocks(w, self.retemper_to, &mut self.idx, r.has_labels().then_some(&mut labels[..]), &mut self.lp);
+        let res = r.decode_blocks(
+            w,
+            self.retemper_to,
+            &mut self.idx,
+            r.has_labels().then_some(&mut labels[..]),
+            &mut self.lp,
+        );
         self.labels = Some(labels);
         res?;
-        self.order = window_positions(rows, self.plan.seed, self.plan.epoch, self.next_window as u64);
+        self.order = window_positions(
+            rows,
+            self.plan.seed,
+            self.plan.epoch,
+            self.next_window as u64,
+        );
         self.cursor = std::mem::take(&mut self.skip_in_window);
         self.next_window += 1;
         Ok(())
@@ -698,7 +882,9 @@ impl Iterator for EpochBatches<'_> {
                 if let (Some(l), Some(src)) = (batch.labels.as_mut(), self.labels.as_ref()) {
                     l.push(src[p]);
                 }
-                batch.logprobs.extend_from_slice(&self.lp[p * c..(p + 1) * c]);
+                batch
+                    .logprobs
+                    .extend_from_slice(&self.lp[p * c..(p + 1) * c]);
             }
             self.cursor += take;
         }

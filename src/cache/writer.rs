@@ -29,10 +29,13 @@ use xxhash_rust::xxh3::{xxh3_64, Xxh3};
 
 use super::encoding::{row_fidelity, Codec, Encoding};
 use super::format::{
-    align_up, parse_shard, raw_record_bytes, BlockEntry, ShardHeader, ShardStats, FORMAT_VERSION_CURRENT, HEADER_BYTES,
-    INDEX_ENTRY_BYTES, MAX_BLOCKS_PER_SHARD, MAX_BLOCK_RAW_BYTES, MAX_RECORDS_PER_BLOCK,
+    align_up, parse_shard, raw_record_bytes, BlockEntry, ShardHeader, ShardStats,
+    FORMAT_VERSION_CURRENT, HEADER_BYTES, INDEX_ENTRY_BYTES, MAX_BLOCKS_PER_SHARD,
+    MAX_BLOCK_RAW_BYTES, MAX_RECORDS_PER_BLOCK,
 };
-use super::manifest::{DatasetInfo, Fidelity, Manifest, ShardEntry, TeacherInfo, TeacherStats, MANIFEST_FILE};
+use super::manifest::{
+    DatasetInfo, Fidelity, Manifest, ShardEntry, TeacherInfo, TeacherStats, MANIFEST_FILE,
+};
 use super::{log_softmax_tempered, CacheError, Result};
 
 /// Name of the lock file held while writing.
@@ -58,7 +61,10 @@ pub struct CacheMeta {
 pub struct WriterOptions {
     /// Target shard size, measured on decompressed records (compressed shards are smaller).
     pub shard_target_bytes: u64,
-    /// Records per compressed block (the unit of checksums, decoding and shuffling).
+    /// Records per compressed block (the unit of checksums, decoding and
+    /// shuffling). 0 (the default) picks about 1 MiB of decompressed records
+    /// per block, at most 4096 records: large enough for zstd and for parallel
+    /// decoding, small enough for random access and shuffle windows.
     pub records_per_block: u32,
     /// zstd level (1..=22; negative levels are faster).
     pub zstd_level: i32,
@@ -69,7 +75,12 @@ pub struct WriterOptions {
 
 impl Default for WriterOptions {
     fn default() -> Self {
-        WriterOptions { shard_target_bytes: 64 << 20, records_per_block: 4096, zstd_level: 3, overwrite: false }
+        WriterOptions {
+            shard_target_bytes: 64 << 20,
+            records_per_block: 0,
+            zstd_level: 3,
+            overwrite: false,
+        }
     }
 }
 
@@ -91,7 +102,10 @@ struct BuildSpec {
 
 impl BuildSpec {
     fn key(&self) -> String {
-        format!("{:016x}", xxh3_64(&serde_json::to_vec(self).unwrap_or_default()))
+        format!(
+            "{:016x}",
+            xxh3_64(&serde_json::to_vec(self).unwrap_or_default())
+        )
     }
 
     fn from_manifest(m: &Manifest) -> BuildSpec {
@@ -112,20 +126,76 @@ impl BuildSpec {
     /// The first field that differs, as (name, self, other).
     fn first_difference(&self, o: &BuildSpec) -> Option<(&'static str, String, String)> {
         let fields: [(&'static str, String, String); 14] = [
-            ("format version", self.format_version.to_string(), o.format_version.to_string()),
-            ("teacher spec", self.teacher.spec.clone(), o.teacher.spec.clone()),
-            ("teacher fingerprint", self.teacher.fingerprint.clone(), o.teacher.fingerprint.clone()),
-            ("teacher source", self.teacher.source.clone(), o.teacher.source.clone()),
-            ("dataset fingerprint", self.dataset.fingerprint.clone(), o.dataset.fingerprint.clone()),
-            ("dataset split", self.dataset.split.clone(), o.dataset.split.clone()),
-            ("sample count", self.dataset.num_samples.to_string(), o.dataset.num_samples.to_string()),
-            ("number of classes", self.num_classes.to_string(), o.num_classes.to_string()),
-            ("labels", self.has_labels.to_string(), o.has_labels.to_string()),
-            ("temperature", self.temperature.to_string(), o.temperature.to_string()),
-            ("encoding", self.encoding.to_string(), o.encoding.to_string()),
-            ("zstd level", self.zstd_level.to_string(), o.zstd_level.to_string()),
-            ("records per block", self.records_per_block.to_string(), o.records_per_block.to_string()),
-            ("records per shard", self.records_per_shard.to_string(), o.records_per_shard.to_string()),
+            (
+                "format version",
+                self.format_version.to_string(),
+                o.format_version.to_string(),
+            ),
+            (
+                "teacher spec",
+                self.teacher.spec.clone(),
+                o.teacher.spec.clone(),
+            ),
+            (
+                "teacher fingerprint",
+                self.teacher.fingerprint.clone(),
+                o.teacher.fingerprint.clone(),
+            ),
+            (
+                "teacher source",
+                self.teacher.source.clone(),
+                o.teacher.source.clone(),
+            ),
+            (
+                "dataset fingerprint",
+                self.dataset.fingerprint.clone(),
+                o.dataset.fingerprint.clone(),
+            ),
+            (
+                "dataset split",
+                self.dataset.split.clone(),
+                o.dataset.split.clone(),
+            ),
+            (
+                "sample count",
+                self.dataset.num_samples.to_string(),
+                o.dataset.num_samples.to_string(),
+            ),
+            (
+                "number of classes",
+                self.num_classes.to_string(),
+                o.num_classes.to_string(),
+            ),
+            (
+                "labels",
+                self.has_labels.to_string(),
+                o.has_labels.to_string(),
+            ),
+            (
+                "temperature",
+                self.temperature.to_string(),
+                o.temperature.to_string(),
+            ),
+            (
+                "encoding",
+                self.encoding.to_string(),
+                o.encoding.to_string(),
+            ),
+            (
+                "zstd level",
+                self.zstd_level.to_string(),
+                o.zstd_level.to_string(),
+            ),
+            (
+                "records per block",
+                self.records_per_block.to_string(),
+                o.records_per_block.to_string(),
+            ),
+            (
+                "records per shard",
+                self.records_per_shard.to_string(),
+                o.records_per_shard.to_string(),
+            ),
         ];
         fields.into_iter().find(|(_, a, b)| a != b)
     }
@@ -175,7 +245,9 @@ pub struct CacheWriter {
 fn fsync_dir(dir: &Path) -> Result<()> {
     #[cfg(unix)]
     {
-        File::open(dir).and_then(|f| f.sync_all()).map_err(|e| CacheError::io(dir, "sync directory", e))?;
+        File::open(dir)
+            .and_then(|f| f.sync_all())
+            .map_err(|e| CacheError::io(dir, "sync directory", e))?;
     }
     #[cfg(not(unix))]
     let _ = dir;
@@ -187,7 +259,8 @@ fn atomic_write(dir: &Path, name: &str, bytes: &[u8]) -> Result<()> {
     let tmp = dir.join(format!("{name}.tmp"));
     let dst = dir.join(name);
     let mut f = File::create(&tmp).map_err(|e| CacheError::io(&tmp, "create", e))?;
-    f.write_all(bytes).map_err(|e| CacheError::io(&tmp, "write", e))?;
+    f.write_all(bytes)
+        .map_err(|e| CacheError::io(&tmp, "write", e))?;
     f.sync_all().map_err(|e| CacheError::io(&tmp, "sync", e))?;
     drop(f);
     fs::rename(&tmp, &dst).map_err(|e| CacheError::io(&dst, "rename temp file onto", e))?;
@@ -209,24 +282,46 @@ impl CacheWriter {
     ///
     /// Refuses a directory holding a cache (finished or not) built with other
     /// settings unless `opts.overwrite`; refuses while another writer holds the lock.
-    pub fn create_or_resume(dir: &Path, meta: CacheMeta, opts: WriterOptions) -> Result<CacheWriter> {
-        meta.encoding.check_classes(meta.num_classes).map_err(|m| CacheError::input("cache meta", m))?;
+    pub fn create_or_resume(
+        dir: &Path,
+        meta: CacheMeta,
+        opts: WriterOptions,
+    ) -> Result<CacheWriter> {
+        meta.encoding
+            .check_classes(meta.num_classes)
+            .map_err(|m| CacheError::input("cache meta", m))?;
         if !(meta.temperature.is_finite() && meta.temperature > 0.0) {
-            return Err(CacheError::input("temperature", format!("{} is not a positive finite number", meta.temperature)));
+            return Err(CacheError::input(
+                "temperature",
+                format!("{} is not a positive finite number", meta.temperature),
+            ));
         }
         if meta.dataset.num_samples == 0 {
-            return Err(CacheError::input("dataset.num_samples", "the dataset has no samples; nothing to cache"));
+            return Err(CacheError::input(
+                "dataset.num_samples",
+                "the dataset has no samples; nothing to cache",
+            ));
         }
-        if opts.records_per_block == 0 || opts.records_per_block > MAX_RECORDS_PER_BLOCK {
+        let rec = raw_record_bytes(meta.encoding, meta.num_classes) as u64;
+        let mut opts = opts;
+        if opts.records_per_block == 0 {
+            opts.records_per_block = ((1u64 << 20) / rec).clamp(1, 4096) as u32;
+        }
+        if opts.records_per_block > MAX_RECORDS_PER_BLOCK {
             return Err(CacheError::input(
                 "records_per_block",
-                format!("{} is outside 1..={MAX_RECORDS_PER_BLOCK}", opts.records_per_block),
+                format!(
+                    "{} is outside 1..={MAX_RECORDS_PER_BLOCK}",
+                    opts.records_per_block
+                ),
             ));
         }
         if !(-7..=22).contains(&opts.zstd_level) {
-            return Err(CacheError::input("zstd_level", format!("{} is outside -7..=22", opts.zstd_level)));
+            return Err(CacheError::input(
+                "zstd_level",
+                format!("{} is outside -7..=22", opts.zstd_level),
+            ));
         }
-        let rec = raw_record_bytes(meta.encoding, meta.num_classes) as u64;
         if opts.records_per_block as u64 * rec > MAX_BLOCK_RAW_BYTES {
             return Err(CacheError::input(
                 "records_per_block",
@@ -234,7 +329,8 @@ impl CacheWriter {
             ));
         }
         let rpb = opts.records_per_block as u64;
-        let blocks_per_shard = (opts.shard_target_bytes / (rpb * rec)).clamp(1, MAX_BLOCKS_PER_SHARD as u64);
+        let blocks_per_shard =
+            (opts.shard_target_bytes / (rpb * rec)).clamp(1, MAX_BLOCKS_PER_SHARD as u64);
         let spec = BuildSpec {
             format_version: FORMAT_VERSION_CURRENT,
             teacher: meta.teacher.clone(),
@@ -259,7 +355,9 @@ impl CacheWriter {
             .open(&lock_path)
             .map_err(|e| CacheError::io(&lock_path, "open lock file", e))?;
         if lock.try_lock_exclusive().is_err() {
-            return Err(CacheError::Locked { path: dir.to_path_buf() });
+            return Err(CacheError::Locked {
+                path: dir.to_path_buf(),
+            });
         }
 
         // A committed cache with other settings is protected unless overwrite.
@@ -267,22 +365,37 @@ impl CacheWriter {
         if mpath.exists() && !opts.overwrite {
             let bytes = fs::read(&mpath).map_err(|e| CacheError::io(&mpath, "read", e))?;
             let m = Manifest::parse(&mpath, &bytes)?;
-            if let Some((field, existing, requested)) = BuildSpec::from_manifest(&m).first_difference(&spec) {
-                return Err(CacheError::SettingsDiffer { path: dir.to_path_buf(), field, existing, requested });
+            if let Some((field, existing, requested)) =
+                BuildSpec::from_manifest(&m).first_difference(&spec)
+            {
+                return Err(CacheError::SettingsDiffer {
+                    path: dir.to_path_buf(),
+                    field,
+                    existing,
+                    requested,
+                });
             }
         }
         // So is an unfinished build with other settings.
         let bpath = dir.join(BUILD_FILE);
-        let previous: Option<BuildSpec> = fs::read(&bpath).ok().and_then(|b| serde_json::from_slice(&b).ok());
+        let previous: Option<BuildSpec> = fs::read(&bpath)
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok());
         if let Some(prev) = &previous {
             if !opts.overwrite {
                 if let Some((field, existing, requested)) = prev.first_difference(&spec) {
-                    return Err(CacheError::SettingsDiffer { path: dir.to_path_buf(), field, existing, requested });
+                    return Err(CacheError::SettingsDiffer {
+                        path: dir.to_path_buf(),
+                        field,
+                        existing,
+                        requested,
+                    });
                 }
             }
         }
         if previous.as_ref() != Some(&spec) {
-            let json = serde_json::to_vec_pretty(&spec).map_err(|e| CacheError::input("build.json", e.to_string()))?;
+            let json = serde_json::to_vec_pretty(&spec)
+                .map_err(|e| CacheError::input("build.json", e.to_string()))?;
             atomic_write(dir, BUILD_FILE, &json)?;
         }
 
@@ -308,12 +421,17 @@ impl CacheWriter {
 
     /// Deletes temp files, keeps the longest run of valid shards of this build, deletes the rest of its shards.
     fn recover(&mut self) -> Result<()> {
-        let entries = fs::read_dir(&self.dir).map_err(|e| CacheError::io(&self.dir, "list directory", e))?;
+        let entries =
+            fs::read_dir(&self.dir).map_err(|e| CacheError::io(&self.dir, "list directory", e))?;
         let mut ours = Vec::new();
         for entry in entries {
             let entry = entry.map_err(|e| CacheError::io(&self.dir, "list directory", e))?;
             let name = entry.file_name().to_string_lossy().into_owned();
-            if name.ends_with(".tmp") && (name.starts_with("shard-") || name.starts_with(MANIFEST_FILE) || name.starts_with(BUILD_FILE)) {
+            if name.ends_with(".tmp")
+                && (name.starts_with("shard-")
+                    || name.starts_with(MANIFEST_FILE)
+                    || name.starts_with(BUILD_FILE))
+            {
                 let p = entry.path();
                 fs::remove_file(&p).map_err(|e| CacheError::io(&p, "remove partial file", e))?;
             } else if name.starts_with(&format!("shard-{}-", self.key)) && name.ends_with(".dsc") {
@@ -333,7 +451,8 @@ impl CacheWriter {
                 None => break,
             }
         }
-        let keep: std::collections::HashSet<String> = self.done.iter().map(|d| d.entry.file.clone()).collect();
+        let keep: std::collections::HashSet<String> =
+            self.done.iter().map(|d| d.entry.file.clone()).collect();
         for name in ours.into_iter().filter(|n| !keep.contains(n)) {
             let p = self.dir.join(&name);
             fs::remove_file(&p).map_err(|e| CacheError::io(&p, "remove incomplete shard", e))?;
@@ -382,7 +501,12 @@ impl CacheWriter {
     /// `first_index..first_index + rows`, in order. `labels` must be given
     /// exactly when the cache has labels. Rejects non-finite or unnormalised
     /// rows naming the sample, and gaps or repeats in the sample order.
-    pub fn push_batch(&mut self, first_index: u64, labels: Option<&[u32]>, logprobs: &[f32]) -> Result<()> {
+    pub fn push_batch(
+        &mut self,
+        first_index: u64,
+        labels: Option<&[u32]>,
+        logprobs: &[f32],
+    ) -> Result<()> {
         let c = self.codec.classes;
         if first_index != self.next {
             return Err(CacheError::input(
@@ -396,7 +520,10 @@ impl CacheWriter {
         if logprobs.len() % c != 0 {
             return Err(CacheError::input(
                 "push_batch",
-                format!("{} log-probabilities is not a whole number of rows of {c} classes", logprobs.len()),
+                format!(
+                    "{} log-probabilities is not a whole number of rows of {c} classes",
+                    logprobs.len()
+                ),
             ));
         }
         let rows = logprobs.len() / c;
@@ -416,14 +543,23 @@ impl CacheWriter {
                 }
             }
             (Some(l), true) => {
-                return Err(CacheError::input("push_batch", format!("{} labels for {rows} rows", l.len())));
+                return Err(CacheError::input(
+                    "push_batch",
+                    format!("{} labels for {rows} rows", l.len()),
+                ));
             }
             (None, false) => {}
             (Some(_), false) => {
-                return Err(CacheError::input("push_batch", "labels given, but the cache was created with has_labels = false"))
+                return Err(CacheError::input(
+                    "push_batch",
+                    "labels given, but the cache was created with has_labels = false",
+                ))
             }
             (None, true) => {
-                return Err(CacheError::input("push_batch", "no labels given, but the cache was created with has_labels = true"))
+                return Err(CacheError::input(
+                    "push_batch",
+                    "no labels given, but the cache was created with has_labels = true",
+                ))
             }
         }
 
@@ -486,14 +622,18 @@ impl CacheWriter {
     }
 
     fn shard_first(&self) -> u64 {
-        self.done.last().map_or(0, |d| d.entry.first_sample + d.entry.num_samples)
+        self.done
+            .last()
+            .map_or(0, |d| d.entry.first_sample + d.entry.num_samples)
     }
 
     /// Dispatches a full block; writes a full shard.
     fn maybe_flush(&mut self) -> Result<()> {
         let in_shard = self.next - self.shard_first();
         let shard_full = in_shard == self.spec.records_per_shard || self.next == self.num_samples;
-        if self.idx.len() == self.spec.records_per_block as usize || (shard_full && !self.idx.is_empty()) {
+        if self.idx.len() == self.spec.records_per_block as usize
+            || (shard_full && !self.idx.is_empty())
+        {
             self.dispatch_block();
         }
         if shard_full && !self.pending.is_empty() {
@@ -521,7 +661,11 @@ impl CacheWriter {
         rayon::spawn(move || {
             let _ = tx.send(zstd::bulk::compress(&raw, level).map_err(|e| e.to_string()));
         });
-        self.pending.push(PendingBlock { records: n as u32, raw_len, rx });
+        self.pending.push(PendingBlock {
+            records: n as u32,
+            raw_len,
+            rx,
+        });
     }
 
     fn write_shard(&mut self) -> Result<()> {
@@ -531,11 +675,17 @@ impl CacheWriter {
         let first_sample = self.shard_first();
         let mut blocks = Vec::with_capacity(self.pending.len());
         for (i, p) in self.pending.drain(..).enumerate() {
-            let data = p
-                .rx
-                .recv()
-                .map_err(|_| CacheError::input(format!("{name} block {i}"), "compression task was lost"))?
-                .map_err(|m| CacheError::input(format!("{name} block {i}"), format!("zstd compression failed: {m}")))?;
+            let data =
+                p.rx.recv()
+                    .map_err(|_| {
+                        CacheError::input(format!("{name} block {i}"), "compression task was lost")
+                    })?
+                    .map_err(|m| {
+                        CacheError::input(
+                            format!("{name} block {i}"),
+                            format!("zstd compression failed: {m}"),
+                        )
+                    })?;
             blocks.push((data, p.records, p.raw_len));
         }
         let index_end = (HEADER_BYTES + blocks.len() * INDEX_ENTRY_BYTES) as u64;
@@ -575,7 +725,8 @@ impl CacheWriter {
         let mut hasher = Xxh3::new();
         let mut put = |bytes: &[u8]| -> Result<()> {
             hasher.update(bytes);
-            out.write_all(bytes).map_err(|e| CacheError::io(&tmp, "write", e))
+            out.write_all(bytes)
+                .map_err(|e| CacheError::io(&tmp, "write", e))
         };
         put(&header.to_bytes())?;
         put(&index)?;
@@ -584,8 +735,11 @@ impl CacheWriter {
             let pad = (8 - data.len() % 8) % 8;
             put(&[0u8; 8][..pad])?;
         }
-        let file = out.into_inner().map_err(|e| CacheError::io(&tmp, "write", e.into_error()))?;
-        file.sync_all().map_err(|e| CacheError::io(&tmp, "sync", e))?;
+        let file = out
+            .into_inner()
+            .map_err(|e| CacheError::io(&tmp, "write", e.into_error()))?;
+        file.sync_all()
+            .map_err(|e| CacheError::io(&tmp, "sync", e))?;
         drop(file);
         fs::rename(&tmp, &path).map_err(|e| CacheError::io(&path, "rename temp file onto", e))?;
         fsync_dir(&self.dir)?;
@@ -665,13 +819,15 @@ impl CacheWriter {
         atomic_write(&self.dir, MANIFEST_FILE, &m.to_json()?)?;
 
         // Committed. Clean up what the new manifest does not reference.
-        let keep: std::collections::HashSet<&str> = m.shards.iter().map(|s| s.file.as_str()).collect();
+        let keep: std::collections::HashSet<&str> =
+            m.shards.iter().map(|s| s.file.as_str()).collect();
         if let Ok(entries) = fs::read_dir(&self.dir) {
             for entry in entries.flatten() {
                 let name = entry.file_name().to_string_lossy().into_owned();
                 if is_shard_file(&name) && !keep.contains(name.as_str()) {
                     let p = entry.path();
-                    fs::remove_file(&p).map_err(|e| CacheError::io(&p, "remove replaced shard", e))?;
+                    fs::remove_file(&p)
+                        .map_err(|e| CacheError::io(&p, "remove replaced shard", e))?;
                 }
             }
         }
@@ -688,19 +844,31 @@ impl CacheWriter {
 /// Builds a cache from raw teacher logits `[N, C]` (row-major, `N` =
 /// `meta.dataset.num_samples`): `log_softmax(logits / T)` then the writer.
 /// Resumes an interrupted import like [`CacheWriter::create_or_resume`].
-pub fn import_logits(dir: &Path, meta: CacheMeta, opts: WriterOptions, logits: &[f32], labels: Option<&[u32]>) -> Result<Manifest> {
+pub fn import_logits(
+    dir: &Path,
+    meta: CacheMeta,
+    opts: WriterOptions,
+    logits: &[f32],
+    labels: Option<&[u32]>,
+) -> Result<Manifest> {
     let c = meta.num_classes;
     let n = meta.dataset.num_samples;
     let want = usize::try_from(n).ok().and_then(|n| n.checked_mul(c));
     if c == 0 || want != Some(logits.len()) {
         return Err(CacheError::input(
             "import_logits",
-            format!("{} logits given, expected {n} samples x {c} classes", logits.len()),
+            format!(
+                "{} logits given, expected {n} samples x {c} classes",
+                logits.len()
+            ),
         ));
     }
     if let Some(l) = labels {
         if l.len() as u64 != n {
-            return Err(CacheError::input("import_logits", format!("{} labels given for {n} samples", l.len())));
+            return Err(CacheError::input(
+                "import_logits",
+                format!("{} labels given for {n} samples", l.len()),
+            ));
         }
     }
     let t = meta.temperature;
@@ -719,7 +887,9 @@ pub fn import_logits(dir: &Path, meta: CacheMeta, opts: WriterOptions, logits: &
             .enumerate()
             .map(|(i, (x, o))| {
                 log_softmax_tempered(x, c, t, o).map_err(|e| match e {
-                    CacheError::NonFinite { row, class, value, .. } => CacheError::NonFinite {
+                    CacheError::NonFinite {
+                        row, class, value, ..
+                    } => CacheError::NonFinite {
                         what: "logits of sample",
                         row: (start + i * 256) as u64 + row,
                         class,
