@@ -29,8 +29,16 @@ fn teacher_lp(n: usize, c: usize, t: f32) -> Vec<f32> {
 
 fn meta(n: u64, c: usize, enc: Encoding) -> CacheMeta {
     CacheMeta {
-        teacher: TeacherInfo { spec: "bench".into(), fingerprint: "t".into(), source: "synthetic".into() },
-        dataset: DatasetInfo { fingerprint: "d".into(), split: "train".into(), num_samples: n },
+        teacher: TeacherInfo {
+            spec: "bench".into(),
+            fingerprint: "t".into(),
+            source: "synthetic".into(),
+        },
+        dataset: DatasetInfo {
+            fingerprint: "d".into(),
+            split: "train".into(),
+            num_samples: n,
+        },
         num_classes: c,
         has_labels: true,
         temperature: 4.0,
@@ -40,19 +48,27 @@ fn meta(n: u64, c: usize, enc: Encoding) -> CacheMeta {
 
 fn write(dir: &Path, lp: &[f32], labels: &[u32], c: usize, enc: Encoding) -> Manifest {
     let n = labels.len();
-    let mut w = CacheWriter::create_or_resume(dir, meta(n as u64, c, enc), WriterOptions::default()).expect("create");
+    let mut w =
+        CacheWriter::create_or_resume(dir, meta(n as u64, c, enc), WriterOptions::default())
+            .expect("create");
     let batch = 8192;
     let mut s = 0;
     while s < n {
         let e = (s + batch).min(n);
-        w.push_batch(s as u64, Some(&labels[s..e]), &lp[s * c..e * c]).expect("push");
+        w.push_batch(s as u64, Some(&labels[s..e]), &lp[s * c..e * c])
+            .expect("push");
         s = e;
     }
     w.finish().expect("finish")
 }
 
 fn encodings(c: usize) -> [Encoding; 4] {
-    [Encoding::F32, Encoding::F16, Encoding::Q8, Encoding::TopK(if c == 10 { 3 } else { 20 })]
+    [
+        Encoding::F32,
+        Encoding::F16,
+        Encoding::Q8,
+        Encoding::TopK(if c == 10 { 3 } else { 20 }),
+    ]
 }
 
 fn bench_classes(cr: &mut Criterion, c: usize, n: usize, n_write: usize) {
@@ -76,7 +92,9 @@ fn bench_classes(cr: &mut Criterion, c: usize, n: usize, n_write: usize) {
 
     let mut g = cr.benchmark_group(format!("decode_c{c}"));
     g.throughput(Throughput::Elements(n as u64));
-    g.sample_size(10).warm_up_time(Duration::from_millis(500)).measurement_time(Duration::from_secs(3));
+    g.sample_size(10)
+        .warm_up_time(Duration::from_millis(500))
+        .measurement_time(Duration::from_secs(3));
     let mut dst = vec![0.0f32; n * c];
     g.bench_function("memcpy_f32", |b| {
         b.iter(|| {
@@ -85,7 +103,9 @@ fn bench_classes(cr: &mut Criterion, c: usize, n: usize, n_write: usize) {
         })
     });
     for (enc, r) in &readers {
-        g.bench_function(format!("read_all/{enc}"), |b| b.iter(|| black_box(r.read_all(4.0, false).expect("read"))));
+        g.bench_function(format!("read_all/{enc}"), |b| {
+            b.iter(|| black_box(r.read_all(4.0, false).expect("read")))
+        });
         g.bench_function(format!("epoch_batches/{enc}"), |b| {
             b.iter(|| {
                 let plan = EpochPlan {
@@ -107,18 +127,30 @@ fn bench_classes(cr: &mut Criterion, c: usize, n: usize, n_write: usize) {
         });
     }
     if let Some((_, r)) = readers.iter().find(|(e, _)| *e == Encoding::F32) {
-        g.bench_function("read_all/f32 retemper T=2", |b| b.iter(|| black_box(r.read_all(2.0, false).expect("read"))));
+        g.bench_function("read_all/f32 retemper T=2", |b| {
+            b.iter(|| black_box(r.read_all(2.0, false).expect("read")))
+        });
     }
     g.finish();
 
     let mut g = cr.benchmark_group(format!("write_c{c}"));
     g.throughput(Throughput::Elements(n_write as u64));
-    g.sample_size(10).warm_up_time(Duration::from_millis(500)).measurement_time(Duration::from_secs(3));
+    g.sample_size(10)
+        .warm_up_time(Duration::from_millis(500))
+        .measurement_time(Duration::from_secs(3));
     for enc in encodings(c) {
         g.bench_function(format!("push+finish/{enc}"), |b| {
             b.iter_batched(
                 || tempfile::tempdir().expect("tempdir"),
-                |d| black_box(write(d.path(), &lp[..n_write * c], &labels[..n_write], c, enc)),
+                |d| {
+                    black_box(write(
+                        d.path(),
+                        &lp[..n_write * c],
+                        &labels[..n_write],
+                        c,
+                        enc,
+                    ))
+                },
                 BatchSize::PerIteration,
             )
         });
