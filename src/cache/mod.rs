@@ -29,8 +29,11 @@
 //! let logits = [1.0f32, 2.0, 3.0, 0.5, 0.1, -1.0];
 //! let mut lp = vec![0.0; 6];
 //! log_softmax_tempered(&logits, 3, 4.0, &mut lp)?;
-//! w.push_batch(w.resume_from(), Some(&[2, 0]), &lp[w.resume_from() as usize * 3..])?;
+//! let start = w.resume_from() as usize; // > 0 when resuming an interrupted build
+//! let labels = [2u32, 0];
+//! w.push_batch(start as u64, Some(&labels[start..]), &lp[start * 3..])?;
 //! let manifest = w.finish()?;
+//! println!("mean KL {:.2e}", manifest.fidelity.mean_kl);
 //! // SAFETY: nothing modifies the cache files while `reader` is alive.
 //! let reader = unsafe { CacheReader::open(dir)? };
 //! reader.check_pairing("cd34", 2, Some(3))?;

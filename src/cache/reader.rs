@@ -149,6 +149,9 @@ impl fmt::Display for CacheStats {
     }
 }
 
+/// Zeroed (indices, labels, log-probs) buffers.
+type Outputs = (Vec<u64>, Option<Vec<u32>>, Vec<f32>);
+
 struct Shard {
     path: PathBuf,
     map: Mmap,
@@ -174,7 +177,7 @@ pub struct CacheReader {
 }
 
 thread_local! {
-    static SCRATCH: RefCell<Scratch> = RefCell::new(Scratch { buf: Vec::new(), dctx: None });
+    static SCRATCH: RefCell<Scratch> = const { RefCell::new(Scratch { buf: Vec::new(), dctx: None }) };
 }
 
 struct Scratch {
@@ -546,7 +549,7 @@ impl CacheReader {
             .try_for_each(|o| self.decode_block(o, retemper_to))
     }
 
-    fn outputs(&self, rows: usize) -> Result<(Vec<u64>, Option<Vec<u32>>, Vec<f32>)> {
+    fn outputs(&self, rows: usize) -> Result<Outputs> {
         let total = rows
             .checked_mul(self.codec.classes)
             .ok_or_else(|| CacheError::input("read", "output size overflows"))?;

@@ -285,7 +285,7 @@ fn epoch_order_permutation_deterministic_resumable() {
         // Resuming at p yields the suffix.
         for p in [0u64, 1, 31, 32, 47, 48, 150, 299, 300] {
             let it = r.epoch_batches(plan(9, 2, p, 32, w)).unwrap();
-            let rest: Vec<u64> = it.map(|b| b.unwrap().indices).flatten().collect();
+            let rest: Vec<u64> = it.flat_map(|b| b.unwrap().indices).collect();
             assert_eq!(rest, order[p as usize..], "W={w} p={p}");
         }
         // position() tracks what was served.
