@@ -1,8 +1,286 @@
 //! The teacher-output cache (phase one): encodings, shard format, writer, reader.
+//!
+//! The teacher runs once over a dataset; its log-probabilities at temperature
+//! `T` are written by [`CacheWriter`] into immutable, zstd-compressed,
+//! checksummed shard files plus a `manifest.json` that is written last and is
+//! the commit point. Students are then trained by streaming the cache with
+//! [`CacheReader`] (memory-mapped, decoded in parallel, deterministic shuffled
+//! epochs resumable mid-epoch). The byte layout is specified in `FORMAT.md`.
+//!
+//! Submodules, one per concept:
+//! - [`encoding`]: how one record's log-probabilities are stored (`f32`, `f16`,
+//!   `q8`, `topk:K`), decoding and re-tempering.
+//! - [`format`]: the shard byte layout, header, block index, limits.
+//! - [`manifest`]: `manifest.json` (serde) and its validation.
+//! - [`writer`]: building (and resuming) a cache.
+//! - [`reader`]: opening, verifying, decoding and streaming a cache.
+//! - [`order`]: the deterministic epoch order.
+//!
+//! ```no_run
+//! use distill::cache::*;
+//! # fn main() -> Result<(), CacheError> {
+//! let dir = std::path::Path::new("cache/mnist-t4");
+//! let meta = CacheMeta {
+//!     teacher: TeacherInfo { spec: "mlp:784-1200-1200-10".into(), fingerprint: "ab12".into(), source: "teacher.safetensors".into() },
+//!     dataset: DatasetInfo { fingerprint: "cd34".into(), split: "train".into(), num_samples: 2 },
+//!     num_classes: 3, has_labels: true, temperature: 4.0, encoding: Encoding::Q8,
+//! };
+//! let mut w = CacheWriter::create_or_resume(dir, meta, WriterOptions::default())?;
+//! let logits = [1.0f32, 2.0, 3.0, 0.5, 0.1, -1.0];
+//! let mut lp = vec![0.0; 6];
+//! log_softmax_tempered(&logits, 3, 4.0, &mut lp)?;
+//! let start = w.resume_from() as usize; // > 0 when resuming an interrupted build
+//! let labels = [2u32, 0];
+//! w.push_batch(start as u64, Some(&labels[start..]), &lp[start * 3..])?;
+//! let manifest = w.finish()?;
+//! println!("mean KL {:.2e}", manifest.fidelity.mean_kl);
+//! // SAFETY: nothing modifies the cache files while `reader` is alive.
+//! let reader = unsafe { CacheReader::open(dir)? };
+//! reader.check_pairing("cd34", 2, Some(3))?;
+//! let all = reader.read_all(4.0, false)?;
+//! # Ok(()) }
+//! ```
+
+pub mod encoding;
+pub mod format;
+pub mod manifest;
+pub mod order;
+pub mod reader;
+pub mod writer;
+
+use std::path::PathBuf;
+
+pub use encoding::Encoding;
+pub use manifest::{DatasetInfo, Fidelity, Manifest, ShardEntry, TeacherInfo, TeacherStats};
+pub use reader::{
+    CacheReader, CacheStats, DecodedTargets, EpochBatches, EpochPlan, TargetBatch, VerifyReport,
+};
+pub use writer::{import_logits, CacheMeta, CacheWriter, WriterOptions};
 
 /// Errors from building, opening, verifying or reading a cache.
+///
+/// Every message names the file (and shard, block or field where there is
+/// one), says what is wrong, and what to do about it.
 #[derive(Debug, thiserror::Error)]
 pub enum CacheError {
-    #[error("{path}: {message}")]
-    Invalid { path: std::path::PathBuf, message: String },
+    /// An operating-system error on a file or directory.
+    #[error("{path}: cannot {action}: {source}")]
+    Io {
+        path: PathBuf,
+        action: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+    /// Bytes on disk that do not follow FORMAT.md (damaged or not a cache file).
+    #[error("{path}: {location}: {message}; the cache is damaged: rebuild it (distill cache build) or restore it from a copy")]
+    Corrupt {
+        path: PathBuf,
+        location: String,
+        message: String,
+    },
+    /// A shard or manifest written by a format version this build cannot read.
+    #[error("{path}: format version {found} is not supported (this build reads versions {oldest} to {current}); {advice}")]
+    UnsupportedVersion {
+        path: PathBuf,
+        found: u32,
+        oldest: u32,
+        current: u32,
+        advice: &'static str,
+    },
+    /// The cache was built for other data than the caller's.
+    #[error("{path}: cache does not match the data: {field} is {cached} in the cache but {given} here; rebuild the cache for this dataset or pass the dataset it was built from")]
+    Mismatch {
+        path: PathBuf,
+        field: &'static str,
+        cached: String,
+        given: String,
+    },
+    /// An existing (finished or unfinished) cache in the directory was built with other settings.
+    #[error("{path}: this directory holds a cache built with a different {field} ({existing} there, {requested} requested); use another directory, rerun with the same settings, or set overwrite to replace it")]
+    SettingsDiffer {
+        path: PathBuf,
+        field: &'static str,
+        existing: String,
+        requested: String,
+    },
+    /// A second writer tried to build into a directory that is being written.
+    #[error("{path}: another process is writing this cache (the lock is held); wait for it to finish or use another directory")]
+    Locked { path: PathBuf },
+    /// A non-finite input value.
+    #[error("{what} {row}, class {class}: value is {value}; teacher outputs must be finite (check the teacher for overflow or a too-small temperature)")]
+    NonFinite {
+        what: &'static str,
+        row: u64,
+        class: usize,
+        value: f32,
+    },
+    /// Caller input that breaks an API contract (lengths, order, ranges).
+    #[error("{what}: {message}")]
+    InvalidInput { what: String, message: String },
+    /// Top-k caches hold the teacher at one temperature only.
+    #[error("{path}: cache stores top-{k} log-probabilities at T={stored}, which cannot be re-tempered exactly to T={requested}; use T={stored}, rebuild the cache with a dense encoding (f32/f16/q8), or allow the approximation (allow_topk_retemper)")]
+    TopKRetemper {
+        path: PathBuf,
+        k: u16,
+        stored: f32,
+        requested: f32,
+    },
+}
+
+impl CacheError {
+    pub(crate) fn io(
+        path: impl Into<PathBuf>,
+        action: &'static str,
+        source: std::io::Error,
+    ) -> Self {
+        CacheError::Io {
+            path: path.into(),
+            action,
+            source,
+        }
+    }
+    pub(crate) fn corrupt(
+        path: impl Into<PathBuf>,
+        location: impl Into<String>,
+        message: impl Into<String>,
+    ) -> Self {
+        CacheError::Corrupt {
+            path: path.into(),
+            location: location.into(),
+            message: message.into(),
+        }
+    }
+    pub(crate) fn input(what: impl Into<String>, message: impl Into<String>) -> Self {
+        CacheError::InvalidInput {
+            what: what.into(),
+            message: message.into(),
+        }
+    }
+}
+
+/// Shorthand for results carrying [`CacheError`].
+pub type Result<T, E = CacheError> = std::result::Result<T, E>;
+
+/// Row-wise, numerically stable `log_softmax(logits / temperature)`.
+///
+/// `logits` and `out` hold rows of `classes` values. Non-finite logits (or a
+/// temperature so small that `logits / T` overflows) are reported with the
+/// row and class; nothing is written past the failing row's start.
+pub fn log_softmax_tempered(
+    logits: &[f32],
+    classes: usize,
+    temperature: f32,
+    out: &mut [f32],
+) -> Result<()> {
+    if classes == 0 {
+        return Err(CacheError::input(
+            "log_softmax_tempered",
+            "classes must be at least 1",
+        ));
+    }
+    if !(temperature.is_finite() && temperature > 0.0) {
+        return Err(CacheError::input(
+            "temperature",
+            format!("{temperature} is not a positive finite number"),
+        ));
+    }
+    if logits.len() % classes != 0 || out.len() != logits.len() {
+        return Err(CacheError::input(
+            "log_softmax_tempered",
+            format!(
+                "logits hold {} values and out {} values; both must be the same whole number of rows of {classes} classes",
+                logits.len(),
+                out.len()
+            ),
+        ));
+    }
+    let inv_t = 1.0 / temperature;
+    for (row, (x, o)) in logits
+        .chunks_exact(classes)
+        .zip(out.chunks_exact_mut(classes))
+        .enumerate()
+    {
+        let mut max = f32::NEG_INFINITY;
+        for (c, &v) in x.iter().enumerate() {
+            let s = v * inv_t;
+            if !s.is_finite() {
+                return Err(CacheError::NonFinite {
+                    what: "logits row",
+                    row: row as u64,
+                    class: c,
+                    value: v,
+                });
+            }
+            max = max.max(s);
+        }
+        let mut sum = 0.0f32;
+        for (o, &v) in o.iter_mut().zip(x) {
+            let s = v * inv_t - max;
+            *o = s;
+            sum += s.exp();
+        }
+        let lse = sum.ln();
+        for o in o.iter_mut() {
+            *o -= lse;
+        }
+    }
+    Ok(())
+}
+
+/// `log(sum(exp(x)))`, stable; `-inf` for an empty slice.
+#[cfg(test)]
+pub(crate) fn logsumexp(x: &[f32]) -> f32 {
+    let max = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    if !max.is_finite() {
+        return max;
+    }
+    let sum: f32 = x.iter().map(|&v| (v - max).exp()).sum();
+    max + sum.ln()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn log_softmax_matches_reference() {
+        // Reference (python): x = [0.5, 1, 1.5] (= [1, 2, 3] / T, T = 2)
+        //   l = max(x) + math.log(sum(math.exp(v - max(x)) for v in x)); [v - l for v in x]
+        // -> [-1.6802696706417346, -1.1802696706417346, -0.6802696706417346]
+        let mut out = [0.0f32; 3];
+        log_softmax_tempered(&[1.0, 2.0, 3.0], 3, 2.0, &mut out).unwrap();
+        let want = [-1.680_269_7f32, -1.180_269_7, -0.680_269_7];
+        for (a, b) in out.iter().zip(want) {
+            assert!((a - b).abs() < 1e-5, "{out:?}");
+        }
+    }
+
+    #[test]
+    fn log_softmax_reports_non_finite_row() {
+        let mut out = [0.0f32; 6];
+        let err = log_softmax_tempered(&[0.0, 1.0, 2.0, 0.0, f32::NAN, 1.0], 3, 1.0, &mut out)
+            .unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.contains("row 1") && msg.contains("class 1"), "{msg}");
+        let err = log_softmax_tempered(&[1e30, 0.0, 0.0], 3, 1e-10, &mut out[..3]).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                CacheError::NonFinite {
+                    row: 0,
+                    class: 0,
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        assert!(log_softmax_tempered(&[1.0], 1, 0.0, &mut out[..1]).is_err());
+    }
+
+    #[test]
+    fn log_softmax_stable_for_large_logits() {
+        let mut out = [0.0f32; 2];
+        log_softmax_tempered(&[1e30, 1e30], 2, 1.0, &mut out).unwrap();
+        assert!((out[0] + std::f32::consts::LN_2).abs() < 1e-6);
+    }
 }

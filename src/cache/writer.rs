@@ -1,0 +1,907 @@
+//! Building a cache: [`CacheWriter`] (streaming, resumable) and [`import_logits`].
+//!
+//! Protocol (FORMAT.md, "Commit protocol"): an exclusive lock file is held
+//! for the writer's lifetime; `build.json` records the settings of the build
+//! in progress; each shard is written to `NAME.tmp`, fsynced and renamed
+//! (shards are immutable once named); `manifest.json` is written last the
+//! same way and the directory fsynced: that rename is the commit point. Only
+//! after it are shards that the new manifest does not list removed, so a
+//! failed rebuild never destroys a committed cache.
+//!
+//! Shard boundaries depend only on the settings (records per shard is derived
+//! from the target size and the raw record size), and each shard's build
+//! statistics live in its header, so an interrupted build that is resumed
+//! produces a cache byte-identical to an uninterrupted one.
+//!
+//! Cost: rows are validated, encoded and measured in parallel (rayon); full
+//! blocks are compressed on the rayon pool while the caller runs the teacher
+//! on the next batch, and only joined when their shard is written.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+
+use fs2::FileExt;
+use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
+use xxhash_rust::xxh3::{xxh3_64, Xxh3};
+
+use super::encoding::{row_fidelity, Codec, Encoding};
+use super::format::{
+    align_up, parse_shard, raw_record_bytes, BlockEntry, ShardHeader, ShardStats,
+    FORMAT_VERSION_CURRENT, HEADER_BYTES, INDEX_ENTRY_BYTES, MAX_BLOCKS_PER_SHARD,
+    MAX_BLOCK_RAW_BYTES, MAX_RECORDS_PER_BLOCK,
+};
+use super::manifest::{
+    DatasetInfo, Fidelity, Manifest, ShardEntry, TeacherInfo, TeacherStats, MANIFEST_FILE,
+};
+use super::{log_softmax_tempered, CacheError, Result};
+
+/// Name of the lock file held while writing.
+pub const LOCK_FILE: &str = ".lock";
+/// Name of the in-progress build description.
+pub const BUILD_FILE: &str = "build.json";
+
+/// What the cache holds: the teacher, the data and the stored representation.
+#[derive(Clone, Debug, PartialEq)]
+pub struct CacheMeta {
+    pub teacher: TeacherInfo,
+    pub dataset: DatasetInfo,
+    pub num_classes: usize,
+    /// Whether `push_batch` receives labels.
+    pub has_labels: bool,
+    /// Temperature T of the log-probabilities passed to `push_batch`.
+    pub temperature: f32,
+    pub encoding: Encoding,
+}
+
+/// How the cache is laid out and what the writer may do to an existing one.
+#[derive(Clone, Debug, PartialEq)]
+pub struct WriterOptions {
+    /// Target shard size, measured on decompressed records (compressed shards are smaller).
+    pub shard_target_bytes: u64,
+    /// Records per compressed block (the unit of checksums, decoding and
+    /// shuffling). 0 (the default) picks about 1 MiB of decompressed records
+    /// per block, at most 4096 records: large enough for zstd and for parallel
+    /// decoding, small enough for random access and shuffle windows.
+    pub records_per_block: u32,
+    /// zstd level (1..=22; negative levels are faster).
+    pub zstd_level: i32,
+    /// Replace a cache (finished or not) built with other settings in the same directory.
+    /// The old cache stays readable until the new manifest is committed.
+    pub overwrite: bool,
+}
+
+impl Default for WriterOptions {
+    fn default() -> Self {
+        WriterOptions {
+            shard_target_bytes: 64 << 20,
+            records_per_block: 0,
+            zstd_level: 3,
+            overwrite: false,
+        }
+    }
+}
+
+/// Everything that determines the cache's bytes; hashed into shard names.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BuildSpec {
+    format_version: u32,
+    teacher: TeacherInfo,
+    dataset: DatasetInfo,
+    num_classes: u64,
+    has_labels: bool,
+    temperature: f32,
+    encoding: Encoding,
+    zstd_level: i32,
+    records_per_block: u32,
+    records_per_shard: u64,
+}
+
+impl BuildSpec {
+    fn key(&self) -> String {
+        format!(
+            "{:016x}",
+            xxh3_64(&serde_json::to_vec(self).unwrap_or_default())
+        )
+    }
+
+    fn from_manifest(m: &Manifest) -> BuildSpec {
+        BuildSpec {
+            format_version: m.format_version,
+            teacher: m.teacher.clone(),
+            dataset: m.dataset.clone(),
+            num_classes: m.num_classes,
+            has_labels: m.has_labels,
+            temperature: m.temperature,
+            encoding: m.encoding,
+            zstd_level: m.zstd_level,
+            records_per_block: m.records_per_block,
+            records_per_shard: m.records_per_shard,
+        }
+    }
+
+    /// The first field that differs, as (name, self, other).
+    fn first_difference(&self, o: &BuildSpec) -> Option<(&'static str, String, String)> {
+        let fields: [(&'static str, String, String); 14] = [
+            (
+                "format version",
+                self.format_version.to_string(),
+                o.format_version.to_string(),
+            ),
+            (
+                "teacher spec",
+                self.teacher.spec.clone(),
+                o.teacher.spec.clone(),
+            ),
+            (
+                "teacher fingerprint",
+                self.teacher.fingerprint.clone(),
+                o.teacher.fingerprint.clone(),
+            ),
+            (
+                "teacher source",
+                self.teacher.source.clone(),
+                o.teacher.source.clone(),
+            ),
+            (
+                "dataset fingerprint",
+                self.dataset.fingerprint.clone(),
+                o.dataset.fingerprint.clone(),
+            ),
+            (
+                "dataset split",
+                self.dataset.split.clone(),
+                o.dataset.split.clone(),
+            ),
+            (
+                "sample count",
+                self.dataset.num_samples.to_string(),
+                o.dataset.num_samples.to_string(),
+            ),
+            (
+                "number of classes",
+                self.num_classes.to_string(),
+                o.num_classes.to_string(),
+            ),
+            (
+                "labels",
+                self.has_labels.to_string(),
+                o.has_labels.to_string(),
+            ),
+            (
+                "temperature",
+                self.temperature.to_string(),
+                o.temperature.to_string(),
+            ),
+            (
+                "encoding",
+                self.encoding.to_string(),
+                o.encoding.to_string(),
+            ),
+            (
+                "zstd level",
+                self.zstd_level.to_string(),
+                o.zstd_level.to_string(),
+            ),
+            (
+                "records per block",
+                self.records_per_block.to_string(),
+                o.records_per_block.to_string(),
+            ),
+            (
+                "records per shard",
+                self.records_per_shard.to_string(),
+                o.records_per_shard.to_string(),
+            ),
+        ];
+        fields.into_iter().find(|(_, a, b)| a != b)
+    }
+}
+
+/// Per-row results of validation + encoding + measurement.
+#[derive(Clone, Copy)]
+struct RowStat {
+    kl: f64,
+    agree: bool,
+    entropy: f64,
+    correct: bool,
+}
+
+struct PendingBlock {
+    records: u32,
+    raw_len: u64,
+    rx: mpsc::Receiver<std::result::Result<Vec<u8>, String>>,
+}
+
+struct Done {
+    entry: ShardEntry,
+    stats: ShardStats,
+}
+
+/// Streams the teacher's log-probabilities into a cache directory.
+pub struct CacheWriter {
+    dir: PathBuf,
+    spec: BuildSpec,
+    key: String,
+    codec: Codec,
+    num_samples: u64,
+    done: Vec<Done>,
+    resume_from: u64,
+    next: u64,
+    // Current shard.
+    stats: ShardStats,
+    pending: Vec<PendingBlock>,
+    // Current block, columnar.
+    idx: Vec<u64>,
+    labels: Vec<u32>,
+    payload: Vec<u8>,
+    // Held for the writer's lifetime; unlocked when dropped.
+    _lock: File,
+}
+
+fn fsync_dir(dir: &Path) -> Result<()> {
+    #[cfg(unix)]
+    {
+        File::open(dir)
+            .and_then(|f| f.sync_all())
+            .map_err(|e| CacheError::io(dir, "sync directory", e))?;
+    }
+    #[cfg(not(unix))]
+    let _ = dir;
+    Ok(())
+}
+
+/// Writes `bytes` to `dir/name` atomically: temp file, fsync, rename, fsync dir.
+fn atomic_write(dir: &Path, name: &str, bytes: &[u8]) -> Result<()> {
+    let tmp = dir.join(format!("{name}.tmp"));
+    let dst = dir.join(name);
+    let mut f = File::create(&tmp).map_err(|e| CacheError::io(&tmp, "create", e))?;
+    f.write_all(bytes)
+        .map_err(|e| CacheError::io(&tmp, "write", e))?;
+    f.sync_all().map_err(|e| CacheError::io(&tmp, "sync", e))?;
+    drop(f);
+    fs::rename(&tmp, &dst).map_err(|e| CacheError::io(&dst, "rename temp file onto", e))?;
+    fsync_dir(dir)
+}
+
+fn shard_name(key: &str, n: usize) -> String {
+    format!("shard-{key}-{n:06}.dsc")
+}
+
+fn is_shard_file(name: &str) -> bool {
+    name.starts_with("shard-") && name.ends_with(".dsc")
+}
+
+impl CacheWriter {
+    /// Opens `dir` for building (creating it), taking the lock, keeping any
+    /// complete shards of an interrupted build with the same settings
+    /// (verified by checksum) and deleting partial temp files.
+    ///
+    /// Refuses a directory holding a cache (finished or not) built with other
+    /// settings unless `opts.overwrite`; refuses while another writer holds the lock.
+    pub fn create_or_resume(
+        dir: &Path,
+        meta: CacheMeta,
+        opts: WriterOptions,
+    ) -> Result<CacheWriter> {
+        meta.encoding
+            .check_classes(meta.num_classes)
+            .map_err(|m| CacheError::input("cache meta", m))?;
+        if !(meta.temperature.is_finite() && meta.temperature > 0.0) {
+            return Err(CacheError::input(
+                "temperature",
+                format!("{} is not a positive finite number", meta.temperature),
+            ));
+        }
+        if meta.dataset.num_samples == 0 {
+            return Err(CacheError::input(
+                "dataset.num_samples",
+                "the dataset has no samples; nothing to cache",
+            ));
+        }
+        let rec = raw_record_bytes(meta.encoding, meta.num_classes) as u64;
+        let mut opts = opts;
+        if opts.records_per_block == 0 {
+            opts.records_per_block = ((1u64 << 20) / rec).clamp(1, 4096) as u32;
+        }
+        if opts.records_per_block > MAX_RECORDS_PER_BLOCK {
+            return Err(CacheError::input(
+                "records_per_block",
+                format!(
+                    "{} is outside 1..={MAX_RECORDS_PER_BLOCK}",
+                    opts.records_per_block
+                ),
+            ));
+        }
+        if !(-7..=22).contains(&opts.zstd_level) {
+            return Err(CacheError::input(
+                "zstd_level",
+                format!("{} is outside -7..=22", opts.zstd_level),
+            ));
+        }
+        if opts.records_per_block as u64 * rec > MAX_BLOCK_RAW_BYTES {
+            return Err(CacheError::input(
+                "records_per_block",
+                format!("{} records of {rec} bytes exceed the {MAX_BLOCK_RAW_BYTES}-byte block limit; use fewer", opts.records_per_block),
+            ));
+        }
+        let rpb = opts.records_per_block as u64;
+        let blocks_per_shard =
+            (opts.shard_target_bytes / (rpb * rec)).clamp(1, MAX_BLOCKS_PER_SHARD as u64);
+        let spec = BuildSpec {
+            format_version: FORMAT_VERSION_CURRENT,
+            teacher: meta.teacher.clone(),
+            dataset: meta.dataset.clone(),
+            num_classes: meta.num_classes as u64,
+            has_labels: meta.has_labels,
+            temperature: meta.temperature,
+            encoding: meta.encoding,
+            zstd_level: opts.zstd_level,
+            records_per_block: opts.records_per_block,
+            records_per_shard: blocks_per_shard * rpb,
+        };
+        let key = spec.key();
+
+        fs::create_dir_all(dir).map_err(|e| CacheError::io(dir, "create directory", e))?;
+        let lock_path = dir.join(LOCK_FILE);
+        let lock = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .read(true)
+            .write(true)
+            .open(&lock_path)
+            .map_err(|e| CacheError::io(&lock_path, "open lock file", e))?;
+        if lock.try_lock_exclusive().is_err() {
+            return Err(CacheError::Locked {
+                path: dir.to_path_buf(),
+            });
+        }
+
+        // A committed cache with other settings is protected unless overwrite.
+        let mpath = dir.join(MANIFEST_FILE);
+        if mpath.exists() && !opts.overwrite {
+            let bytes = fs::read(&mpath).map_err(|e| CacheError::io(&mpath, "read", e))?;
+            let m = Manifest::parse(&mpath, &bytes)?;
+            if let Some((field, existing, requested)) =
+                BuildSpec::from_manifest(&m).first_difference(&spec)
+            {
+                return Err(CacheError::SettingsDiffer {
+                    path: dir.to_path_buf(),
+                    field,
+                    existing,
+                    requested,
+                });
+            }
+        }
+        // So is an unfinished build with other settings.
+        let bpath = dir.join(BUILD_FILE);
+        let previous: Option<BuildSpec> = fs::read(&bpath)
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok());
+        if let Some(prev) = &previous {
+            if !opts.overwrite {
+                if let Some((field, existing, requested)) = prev.first_difference(&spec) {
+                    return Err(CacheError::SettingsDiffer {
+                        path: dir.to_path_buf(),
+                        field,
+                        existing,
+                        requested,
+                    });
+                }
+            }
+        }
+        if previous.as_ref() != Some(&spec) {
+            let json = serde_json::to_vec_pretty(&spec)
+                .map_err(|e| CacheError::input("build.json", e.to_string()))?;
+            atomic_write(dir, BUILD_FILE, &json)?;
+        }
+
+        let mut w = CacheWriter {
+            dir: dir.to_path_buf(),
+            codec: Codec::new(meta.encoding, meta.num_classes),
+            num_samples: meta.dataset.num_samples,
+            spec,
+            key,
+            done: Vec::new(),
+            resume_from: 0,
+            next: 0,
+            stats: ShardStats::default(),
+            pending: Vec::new(),
+            idx: Vec::new(),
+            labels: Vec::new(),
+            payload: Vec::new(),
+            _lock: lock,
+        };
+        w.recover()?;
+        Ok(w)
+    }
+
+    /// Deletes temp files, keeps the longest run of valid shards of this build, deletes the rest of its shards.
+    fn recover(&mut self) -> Result<()> {
+        let entries =
+            fs::read_dir(&self.dir).map_err(|e| CacheError::io(&self.dir, "list directory", e))?;
+        let mut ours = Vec::new();
+        for entry in entries {
+            let entry = entry.map_err(|e| CacheError::io(&self.dir, "list directory", e))?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if name.ends_with(".tmp")
+                && (name.starts_with("shard-")
+                    || name.starts_with(MANIFEST_FILE)
+                    || name.starts_with(BUILD_FILE))
+            {
+                let p = entry.path();
+                fs::remove_file(&p).map_err(|e| CacheError::io(&p, "remove partial file", e))?;
+            } else if name.starts_with(&format!("shard-{}-", self.key)) && name.ends_with(".dsc") {
+                ours.push(name);
+            }
+        }
+        let mut n = 0;
+        while self.resume_from < self.num_samples {
+            let name = shard_name(&self.key, n);
+            let path = self.dir.join(&name);
+            match self.check_existing_shard(&path, &name) {
+                Some(done) => {
+                    self.resume_from += done.entry.num_samples;
+                    self.done.push(done);
+                    n += 1;
+                }
+                None => break,
+            }
+        }
+        let keep: std::collections::HashSet<String> =
+            self.done.iter().map(|d| d.entry.file.clone()).collect();
+        for name in ours.into_iter().filter(|n| !keep.contains(n)) {
+            let p = self.dir.join(&name);
+            fs::remove_file(&p).map_err(|e| CacheError::io(&p, "remove incomplete shard", e))?;
+        }
+        self.next = self.resume_from;
+        Ok(())
+    }
+
+    /// A shard left by an earlier run is kept only if it is exactly what this build would write
+    /// (structure, settings, range and every block checksum).
+    fn check_existing_shard(&self, path: &Path, name: &str) -> Option<Done> {
+        let bytes = fs::read(path).ok()?;
+        let (h, blocks) = parse_shard(path, &bytes).ok()?;
+        let s = &self.spec;
+        let want_records = (self.num_samples - self.resume_from).min(s.records_per_shard);
+        let ok = h.first_sample == self.resume_from
+            && h.records == want_records
+            && h.encoding == s.encoding
+            && h.classes as u64 == s.num_classes
+            && h.has_labels == s.has_labels
+            && h.temperature.to_bits() == s.temperature.to_bits()
+            && h.zstd_level == s.zstd_level
+            && h.records_per_block == s.records_per_block
+            && blocks.iter().all(|b| {
+                let start = b.offset as usize;
+                xxh3_64(&bytes[start..start + b.compressed_len as usize]) == b.checksum
+            });
+        ok.then(|| Done {
+            entry: ShardEntry {
+                file: name.to_string(),
+                first_sample: h.first_sample,
+                num_samples: h.records,
+                bytes: bytes.len() as u64,
+                xxh3: format!("{:016x}", xxh3_64(&bytes)),
+            },
+            stats: h.stats,
+        })
+    }
+
+    /// First sample index not yet in a complete shard: the caller starts feeding here.
+    pub fn resume_from(&self) -> u64 {
+        self.resume_from
+    }
+
+    /// Appends rows of `C` log-probabilities at temperature T for samples
+    /// `first_index..first_index + rows`, in order. `labels` must be given
+    /// exactly when the cache has labels. Rejects non-finite or unnormalised
+    /// rows naming the sample, and gaps or repeats in the sample order.
+    pub fn push_batch(
+        &mut self,
+        first_index: u64,
+        labels: Option<&[u32]>,
+        logprobs: &[f32],
+    ) -> Result<()> {
+        let c = self.codec.classes;
+        if first_index != self.next {
+            return Err(CacheError::input(
+                "push_batch",
+                format!(
+                    "batch starts at sample {first_index}, but the next sample expected is {} (samples must arrive in order, starting at resume_from() = {})",
+                    self.next, self.resume_from
+                ),
+            ));
+        }
+        if logprobs.len() % c != 0 {
+            return Err(CacheError::input(
+                "push_batch",
+                format!(
+                    "{} log-probabilities is not a whole number of rows of {c} classes",
+                    logprobs.len()
+                ),
+            ));
+        }
+        let rows = logprobs.len() / c;
+        let end = first_index.checked_add(rows as u64).filter(|&e| e <= self.num_samples).ok_or_else(|| {
+            CacheError::input(
+                "push_batch",
+                format!("batch of {rows} rows from sample {first_index} goes past the dataset's {} samples", self.num_samples),
+            )
+        })?;
+        match (labels, self.spec.has_labels) {
+            (Some(l), true) if l.len() == rows => {
+                if let Some((i, &bad)) = l.iter().enumerate().find(|(_, &v)| v as usize >= c) {
+                    return Err(CacheError::input(
+                        format!("label of sample {}", first_index + i as u64),
+                        format!("{bad} is not a class id below {c}"),
+                    ));
+                }
+            }
+            (Some(l), true) => {
+                return Err(CacheError::input(
+                    "push_batch",
+                    format!("{} labels for {rows} rows", l.len()),
+                ));
+            }
+            (None, false) => {}
+            (Some(_), false) => {
+                return Err(CacheError::input(
+                    "push_batch",
+                    "labels given, but the cache was created with has_labels = false",
+                ))
+            }
+            (None, true) => {
+                return Err(CacheError::input(
+                    "push_batch",
+                    "no labels given, but the cache was created with has_labels = true",
+                ))
+            }
+        }
+
+        // Validate, encode and measure in parallel; combine in order (deterministic).
+        const CHUNK: usize = 512;
+        let codec = &self.codec;
+        let results: Vec<Result<(Vec<u8>, Vec<RowStat>)>> = logprobs
+            .par_chunks(CHUNK * c)
+            .enumerate()
+            .map(|(ci, chunk)| {
+                let mut bytes = Vec::with_capacity(chunk.len() / c * codec.payload);
+                let mut stats = Vec::with_capacity(chunk.len() / c);
+                let mut scratch = super::encoding::EncodeScratch::default();
+                let mut dec = vec![0.0f32; c];
+                for (r, row) in chunk.chunks_exact(c).enumerate() {
+                    let local = ci * CHUNK + r;
+                    let sample = first_index + local as u64;
+                    if let Some((class, &value)) = row.iter().enumerate().find(|(_, v)| !v.is_finite()) {
+                        return Err(CacheError::NonFinite { what: "sample", row: sample, class, value });
+                    }
+                    let mass: f64 = row.iter().map(|&v| (v as f64).exp()).sum();
+                    if (mass - 1.0).abs() > 1e-3 {
+                        return Err(CacheError::input(
+                            format!("sample {sample}"),
+                            format!("probabilities sum to {mass}, not 1: pass log-probabilities log_softmax(logits / T) (see log_softmax_tempered), not raw logits"),
+                        ));
+                    }
+                    let start = bytes.len();
+                    codec.encode_row(row, &mut bytes, &mut scratch);
+                    codec.decode_rows(&bytes[start..], &mut dec).map_err(|m| CacheError::input(format!("sample {sample}"), m))?;
+                    let (kl, agree, entropy) = row_fidelity(row, &dec);
+                    let correct = labels.is_some_and(|l| super::encoding::argmax(row) == l[local] as usize);
+                    stats.push(RowStat { kl, agree, entropy, correct });
+                }
+                Ok((bytes, stats))
+            })
+            .collect();
+
+        let pb = codec.payload;
+        let mut row = 0usize;
+        for r in results {
+            let (bytes, stats) = r?;
+            for (j, st) in stats.iter().enumerate() {
+                let sample = first_index + row as u64;
+                self.idx.push(sample);
+                self.labels.push(labels.map_or(u32::MAX, |l| l[row]));
+                self.payload.extend_from_slice(&bytes[j * pb..(j + 1) * pb]);
+                self.stats.sum_kl += st.kl;
+                self.stats.max_kl = self.stats.max_kl.max(st.kl);
+                self.stats.top1_agree += st.agree as u64;
+                self.stats.correct += st.correct as u64;
+                self.stats.sum_entropy += st.entropy;
+                self.next = sample + 1;
+                row += 1;
+                self.maybe_flush()?;
+            }
+        }
+        debug_assert_eq!(self.next, end);
+        Ok(())
+    }
+
+    fn shard_first(&self) -> u64 {
+        self.done
+            .last()
+            .map_or(0, |d| d.entry.first_sample + d.entry.num_samples)
+    }
+
+    /// Dispatches a full block; writes a full shard.
+    fn maybe_flush(&mut self) -> Result<()> {
+        let in_shard = self.next - self.shard_first();
+        let shard_full = in_shard == self.spec.records_per_shard || self.next == self.num_samples;
+        if self.idx.len() == self.spec.records_per_block as usize
+            || (shard_full && !self.idx.is_empty())
+        {
+            self.dispatch_block();
+        }
+        if shard_full && !self.pending.is_empty() {
+            self.write_shard()?;
+        }
+        Ok(())
+    }
+
+    fn dispatch_block(&mut self) {
+        let n = self.idx.len();
+        let mut raw = Vec::with_capacity(n * 12 + self.payload.len());
+        for i in &self.idx {
+            raw.extend_from_slice(&i.to_le_bytes());
+        }
+        for l in &self.labels {
+            raw.extend_from_slice(&l.to_le_bytes());
+        }
+        raw.extend_from_slice(&self.payload);
+        self.idx.clear();
+        self.labels.clear();
+        self.payload.clear();
+        let level = self.spec.zstd_level;
+        let (tx, rx) = mpsc::channel();
+        let raw_len = raw.len() as u64;
+        rayon::spawn(move || {
+            let _ = tx.send(zstd::bulk::compress(&raw, level).map_err(|e| e.to_string()));
+        });
+        self.pending.push(PendingBlock {
+            records: n as u32,
+            raw_len,
+            rx,
+        });
+    }
+
+    fn write_shard(&mut self) -> Result<()> {
+        let n = self.done.len();
+        let name = shard_name(&self.key, n);
+        let path = self.dir.join(&name);
+        let first_sample = self.shard_first();
+        let mut blocks = Vec::with_capacity(self.pending.len());
+        for (i, p) in self.pending.drain(..).enumerate() {
+            let data =
+                p.rx.recv()
+                    .map_err(|_| {
+                        CacheError::input(format!("{name} block {i}"), "compression task was lost")
+                    })?
+                    .map_err(|m| {
+                        CacheError::input(
+                            format!("{name} block {i}"),
+                            format!("zstd compression failed: {m}"),
+                        )
+                    })?;
+            blocks.push((data, p.records, p.raw_len));
+        }
+        let index_end = (HEADER_BYTES + blocks.len() * INDEX_ENTRY_BYTES) as u64;
+        let mut pos = index_end;
+        let mut index = Vec::with_capacity(blocks.len() * INDEX_ENTRY_BYTES);
+        let mut first_record = 0u64;
+        for (data, records, raw_len) in &blocks {
+            let e = BlockEntry {
+                offset: pos,
+                compressed_len: data.len() as u64,
+                raw_len: *raw_len,
+                first_record,
+                record_count: *records,
+                checksum: xxh3_64(data),
+            };
+            index.extend_from_slice(&e.to_bytes());
+            first_record += *records as u64;
+            pos = align_up(pos + data.len() as u64).unwrap_or(u64::MAX);
+        }
+        let header = ShardHeader {
+            version: FORMAT_VERSION_CURRENT,
+            encoding: self.spec.encoding,
+            classes: self.spec.num_classes as u32,
+            has_labels: self.spec.has_labels,
+            first_sample,
+            records: first_record,
+            blocks: blocks.len() as u32,
+            records_per_block: self.spec.records_per_block,
+            temperature: self.spec.temperature,
+            zstd_level: self.spec.zstd_level,
+            index_checksum: xxh3_64(&index),
+            stats: self.stats,
+        };
+        let tmp = self.dir.join(format!("{name}.tmp"));
+        let file = File::create(&tmp).map_err(|e| CacheError::io(&tmp, "create", e))?;
+        let mut out = BufWriter::with_capacity(1 << 20, file);
+        let mut hasher = Xxh3::new();
+        let mut put = |bytes: &[u8]| -> Result<()> {
+            hasher.update(bytes);
+            out.write_all(bytes)
+                .map_err(|e| CacheError::io(&tmp, "write", e))
+        };
+        put(&header.to_bytes())?;
+        put(&index)?;
+        for (data, _, _) in &blocks {
+            put(data)?;
+            let pad = (8 - data.len() % 8) % 8;
+            put(&[0u8; 8][..pad])?;
+        }
+        let file = out
+            .into_inner()
+            .map_err(|e| CacheError::io(&tmp, "write", e.into_error()))?;
+        file.sync_all()
+            .map_err(|e| CacheError::io(&tmp, "sync", e))?;
+        drop(file);
+        fs::rename(&tmp, &path).map_err(|e| CacheError::io(&path, "rename temp file onto", e))?;
+        fsync_dir(&self.dir)?;
+        self.done.push(Done {
+            entry: ShardEntry {
+                file: name,
+                first_sample,
+                num_samples: first_record,
+                bytes: pos,
+                xxh3: format!("{:016x}", hasher.digest()),
+            },
+            stats: self.stats,
+        });
+        self.stats = ShardStats::default();
+        Ok(())
+    }
+
+    /// Writes the remaining shard and commits the manifest; returns it.
+    /// Afterwards removes shards of replaced builds and `build.json`.
+    pub fn finish(mut self) -> Result<Manifest> {
+        if self.next != self.num_samples {
+            return Err(CacheError::input(
+                "finish",
+                format!(
+                    "only {} of {} samples were pushed; push samples {}.. before finishing (the complete shards are kept for a rerun)",
+                    self.next, self.num_samples, self.next
+                ),
+            ));
+        }
+        if !self.idx.is_empty() {
+            self.dispatch_block();
+        }
+        if !self.pending.is_empty() {
+            self.write_shard()?;
+        }
+        let n = self.num_samples as f64;
+        let total_bytes: u64 = self.done.iter().map(|d| d.entry.bytes).sum();
+        let mut sum_kl = 0.0;
+        let mut max_kl = 0.0f64;
+        let (mut agree, mut correct, mut entropy) = (0u64, 0u64, 0.0f64);
+        for d in &self.done {
+            sum_kl += d.stats.sum_kl;
+            max_kl = max_kl.max(d.stats.max_kl);
+            agree += d.stats.top1_agree;
+            correct += d.stats.correct;
+            entropy += d.stats.sum_entropy;
+        }
+        let s = &self.spec;
+        let mut m = Manifest {
+            format_version: FORMAT_VERSION_CURRENT,
+            id: String::new(),
+            tool_version: env!("CARGO_PKG_VERSION").to_string(),
+            teacher: s.teacher.clone(),
+            dataset: s.dataset.clone(),
+            num_classes: s.num_classes,
+            has_labels: s.has_labels,
+            temperature: s.temperature,
+            encoding: s.encoding,
+            zstd_level: s.zstd_level,
+            records_per_block: s.records_per_block,
+            records_per_shard: s.records_per_shard,
+            fidelity: Fidelity {
+                mean_kl: sum_kl / n,
+                max_kl,
+                top1_agreement: agree as f64 / n,
+                bytes_per_sample: total_bytes as f64 / n,
+            },
+            teacher_stats: TeacherStats {
+                accuracy: s.has_labels.then(|| correct as f64 / n),
+                mean_entropy: entropy / n,
+            },
+            shards: self.done.iter().map(|d| d.entry.clone()).collect(),
+        };
+        m.id = m.compute_id();
+        let mpath = self.dir.join(MANIFEST_FILE);
+        m.validate(&mpath)?;
+        atomic_write(&self.dir, MANIFEST_FILE, &m.to_json()?)?;
+
+        // Committed. Clean up what the new manifest does not reference.
+        let keep: std::collections::HashSet<&str> =
+            m.shards.iter().map(|s| s.file.as_str()).collect();
+        if let Ok(entries) = fs::read_dir(&self.dir) {
+            for entry in entries.flatten() {
+                let name = entry.file_name().to_string_lossy().into_owned();
+                if is_shard_file(&name) && !keep.contains(name.as_str()) {
+                    let p = entry.path();
+                    fs::remove_file(&p)
+                        .map_err(|e| CacheError::io(&p, "remove replaced shard", e))?;
+                }
+            }
+        }
+        let bpath = self.dir.join(BUILD_FILE);
+        match fs::remove_file(&bpath) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(CacheError::io(&bpath, "remove", e)),
+        }
+        Ok(m)
+    }
+}
+
+/// Builds a cache from raw teacher logits `[N, C]` (row-major, `N` =
+/// `meta.dataset.num_samples`): `log_softmax(logits / T)` then the writer.
+/// Resumes an interrupted import like [`CacheWriter::create_or_resume`].
+pub fn import_logits(
+    dir: &Path,
+    meta: CacheMeta,
+    opts: WriterOptions,
+    logits: &[f32],
+    labels: Option<&[u32]>,
+) -> Result<Manifest> {
+    let c = meta.num_classes;
+    let n = meta.dataset.num_samples;
+    let want = usize::try_from(n).ok().and_then(|n| n.checked_mul(c));
+    if c == 0 || want != Some(logits.len()) {
+        return Err(CacheError::input(
+            "import_logits",
+            format!(
+                "{} logits given, expected {n} samples x {c} classes",
+                logits.len()
+            ),
+        ));
+    }
+    if let Some(l) = labels {
+        if l.len() as u64 != n {
+            return Err(CacheError::input(
+                "import_logits",
+                format!("{} labels given for {n} samples", l.len()),
+            ));
+        }
+    }
+    let t = meta.temperature;
+    let mut w = CacheWriter::create_or_resume(dir, meta, opts)?;
+    const ROWS: usize = 16_384;
+    let mut lp = vec![0.0f32; ROWS * c];
+    let mut start = w.resume_from() as usize;
+    while start < n as usize {
+        let end = (start + ROWS).min(n as usize);
+        let x = &logits[start * c..end * c];
+        let out = &mut lp[..x.len()];
+        // 256-row tasks; report the first bad row globally.
+        let res: Vec<Result<()>> = x
+            .par_chunks(256 * c)
+            .zip(out.par_chunks_mut(256 * c))
+            .enumerate()
+            .map(|(i, (x, o))| {
+                log_softmax_tempered(x, c, t, o).map_err(|e| match e {
+                    CacheError::NonFinite {
+                        row, class, value, ..
+                    } => CacheError::NonFinite {
+                        what: "logits of sample",
+                        row: (start + i * 256) as u64 + row,
+                        class,
+                        value,
+                    },
+                    other => other,
+                })
+            })
+            .collect();
+        res.into_iter().collect::<Result<()>>()?;
+        w.push_batch(start as u64, labels.map(|l| &l[start..end]), out)?;
+        start = end;
+    }
+    w.finish()
+}
