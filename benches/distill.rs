@@ -26,9 +26,18 @@ fn root() -> PathBuf {
 
 fn dataset(limit: usize) -> Dataset {
     let full = root().join("data/fashion-mnist");
-    let dir = if full.join("train-images-idx3-ubyte.gz").exists() { full } else { root().join("data/fashion-mnist-small") };
+    let dir = if full.join("train-images-idx3-ubyte.gz").exists() {
+        full
+    } else {
+        root().join("data/fashion-mnist-small")
+    };
     let ds = Dataset::open(&dir, Split::Train).expect("dataset");
-    eprintln!("bench data: {} ({} samples, using {})", dir.display(), ds.len(), limit.min(ds.len()));
+    eprintln!(
+        "bench data: {} ({} samples, using {})",
+        dir.display(),
+        ds.len(),
+        limit.min(ds.len())
+    );
     ds.head(limit)
 }
 
@@ -36,7 +45,10 @@ fn build_opts(t: f32, overwrite: bool) -> BuildOptions {
     BuildOptions {
         temperature: t,
         encoding: Encoding::F16,
-        writer: WriterOptions { overwrite, ..WriterOptions::default() },
+        writer: WriterOptions {
+            overwrite,
+            ..WriterOptions::default()
+        },
         batch: 500,
         teacher_source: "data/teachers/fashion-cnn".into(),
         progress: false,
@@ -49,7 +61,13 @@ fn config(loss: LossConfig) -> TrainConfig {
         epochs: 1,
         batch_size: 128,
         seed: 0,
-        optimizer: OptimizerConfig { kind: OptimizerKind::Adam, lr: 1e-3, weight_decay: 0.0, momentum: 0.0, schedule: Schedule::Constant },
+        optimizer: OptimizerConfig {
+            kind: OptimizerKind::Adam,
+            lr: 1e-3,
+            weight_decay: 0.0,
+            momentum: 0.0,
+            schedule: Schedule::Constant,
+        },
         loss,
         window_blocks: 8,
         allow_topk_retemper: false,
@@ -59,15 +77,27 @@ fn config(loss: LossConfig) -> TrainConfig {
 fn epochs(c: &mut Criterion) {
     let dev = Cpu::default();
     let data = dataset(20_000);
-    let teacher = load_weights(&root().join("data/teachers/fashion-cnn/model.safetensors"), None, dev.clone()).expect("committed teacher");
+    let teacher = load_weights(
+        &root().join("data/teachers/fashion-cnn/model.safetensors"),
+        None,
+        dev.clone(),
+    )
+    .expect("committed teacher");
     let tmp = tempfile::tempdir().unwrap();
     let cache_dir = tmp.path().join("cache");
     build_cache(&teacher, &data, &cache_dir, &build_opts(4.0, false)).expect("cache build");
     // SAFETY: the cache was just written by this process and nothing modifies it.
     let cache = unsafe { CacheReader::open(&cache_dir) }.expect("open cache");
-    let opts = RunOptions { quiet: true, ..RunOptions::default() };
+    let opts = RunOptions {
+        quiet: true,
+        ..RunOptions::default()
+    };
     let out = tmp.path().join("run");
-    let kd = LossConfig { kind: LossKind::Kd, alpha: 0.5, temperature: 4.0 };
+    let kd = LossConfig {
+        kind: LossKind::Kd,
+        alpha: 0.5,
+        temperature: 4.0,
+    };
 
     let mut group = c.benchmark_group("epoch_mlp_784_128_10");
     group.throughput(Throughput::Elements(data.len() as u64));
@@ -76,12 +106,30 @@ fn epochs(c: &mut Criterion) {
     let run = |cfg: &TrainConfig, sources: &TrainSources<'_, Cpu>| {
         train(dev.clone(), cfg, sources, &out, &opts).expect("train");
     };
-    let none = TrainSources { train: &data, test: None, cache: None, cache_dir: None, teacher_test_predictions: None, online_teacher: None };
-    group.bench_function("hard_labels", |b| b.iter(|| run(&config(LossConfig::hard_labels()), &none)));
-    let cached = TrainSources { cache: Some(&cache), cache_dir: Some(cache_dir.clone()), ..none_like(&data) };
+    let none = TrainSources {
+        train: &data,
+        test: None,
+        cache: None,
+        cache_dir: None,
+        teacher_test_predictions: None,
+        online_teacher: None,
+    };
+    group.bench_function("hard_labels", |b| {
+        b.iter(|| run(&config(LossConfig::hard_labels()), &none))
+    });
+    let cached = TrainSources {
+        cache: Some(&cache),
+        cache_dir: Some(cache_dir.clone()),
+        ..none_like(&data)
+    };
     group.bench_function("kd_from_cache", |b| b.iter(|| run(&config(kd), &cached)));
-    let online = TrainSources { online_teacher: Some(&teacher), ..none_like(&data) };
-    group.bench_function("kd_online_teacher", |b| b.iter(|| run(&config(kd), &online)));
+    let online = TrainSources {
+        online_teacher: Some(&teacher),
+        ..none_like(&data)
+    };
+    group.bench_function("kd_online_teacher", |b| {
+        b.iter(|| run(&config(kd), &online))
+    });
     group.finish();
 
     // Cache build against the teacher's forward pass alone.
@@ -89,7 +137,9 @@ fn epochs(c: &mut Criterion) {
     let mut group = c.benchmark_group("cache_build_5000");
     group.throughput(Throughput::Elements(small.len() as u64));
     group.sample_size(10);
-    group.bench_function("teacher_forward_only", |b| b.iter(|| forward_only(&teacher, &small, 500).unwrap()));
+    group.bench_function("teacher_forward_only", |b| {
+        b.iter(|| forward_only(&teacher, &small, 500).unwrap())
+    });
     let dir = tmp.path().join("build");
     group.bench_function("cache_build_f16", |b| {
         b.iter_custom(|iters| {
@@ -107,7 +157,14 @@ fn epochs(c: &mut Criterion) {
 }
 
 fn none_like(data: &Dataset) -> TrainSources<'_, Cpu> {
-    TrainSources { train: data, test: None, cache: None, cache_dir: None, teacher_test_predictions: None, online_teacher: None }
+    TrainSources {
+        train: data,
+        test: None,
+        cache: None,
+        cache_dir: None,
+        teacher_test_predictions: None,
+        online_teacher: None,
+    }
 }
 
 criterion_group!(benches, epochs);

@@ -27,7 +27,13 @@ fn labels(seed: u64) -> Vec<u32> {
     (0..BATCH).map(|_| rng.gen_range(0..10)).collect()
 }
 
-type ConstMlp = (Linear<784, 800>, ReLU, Linear<800, 800>, ReLU, Linear<800, 10>);
+type ConstMlp = (
+    Linear<784, 800>,
+    ReLU,
+    Linear<800, 800>,
+    ReLU,
+    Linear<800, 10>,
+);
 
 fn train_step(c: &mut Criterion) {
     let dev = Cpu::seed_from_u64(0);
@@ -54,7 +60,11 @@ fn train_step(c: &mut Criterion) {
         b.iter(|| {
             let x = dev.tensor_from_vec(x_host.clone(), (BATCH, 784));
             let logits = net.forward(x.traced(Gradients::leaky()));
-            let t = Targets { classes: 10, labels: Some(&y_host), teacher_logprobs: None };
+            let t = Targets {
+                classes: 10,
+                labels: Some(&y_host),
+                teacher_logprobs: None,
+            };
             let l = loss(&hard, logits, &t).unwrap();
             let mut grads = l.backward();
             opt.update(&mut net, &mut grads).unwrap();
@@ -68,8 +78,10 @@ fn train_step(c: &mut Criterion) {
     let y_onehot = distill::train::loss::one_hot(&y_host, 10);
     group.bench_function("const_generic", |b| {
         b.iter(|| {
-            let x: Tensor<Rank2<BATCH, 784>, f32, Cpu> = dev.tensor_from_vec(x_host.clone(), (Const, Const));
-            let y: Tensor<Rank2<BATCH, 10>, f32, Cpu> = dev.tensor_from_vec(y_onehot.clone(), (Const, Const));
+            let x: Tensor<Rank2<BATCH, 784>, f32, Cpu> =
+                dev.tensor_from_vec(x_host.clone(), (Const, Const));
+            let y: Tensor<Rank2<BATCH, 10>, f32, Cpu> =
+                dev.tensor_from_vec(y_onehot.clone(), (Const, Const));
             let g = std::mem::replace(&mut grads, Gradients::leaky());
             let logits = model.forward_mut(x.traced(g));
             let l = cross_entropy_with_logits_loss(logits, y);
@@ -87,7 +99,9 @@ fn train_step(c: &mut Criterion) {
     let bm = dev.tensor_from_vec(inputs(n * n, 4), (n, n));
     group.throughput(Throughput::Elements((2 * n * n * n) as u64));
     group.sample_size(20);
-    group.bench_function("matmul_1024_f32", |b| b.iter(|| a.clone().matmul(bm.clone())));
+    group.bench_function("matmul_1024_f32", |b| {
+        b.iter(|| a.clone().matmul(bm.clone()))
+    });
     group.finish();
     eprintln!("train step FLOPs (fwd+bwd = 3x forward): {flops_per_step}");
 }

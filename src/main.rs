@@ -207,7 +207,8 @@ fn run(cli: Cli) -> Result<()> {
                         println!(
                             "{split}: {} samples of {c}x{h}x{w}, {} classes, fingerprint {} ({})",
                             ds.len(),
-                            ds.num_classes().map_or("no labels".to_string(), |k| k.to_string()),
+                            ds.num_classes()
+                                .map_or("no labels".to_string(), |k| k.to_string()),
                             ds.fingerprint(),
                             ds.source().display()
                         );
@@ -244,9 +245,10 @@ pub(crate) fn with_device(name: &str, what: Dispatch) -> Result<()> {
             {
                 Err(Error::Config {
                     flag: "--device".into(),
-                    message: "cuda: this binary was built without the `cuda` feature; rebuild with \
+                    message:
+                        "cuda: this binary was built without the `cuda` feature; rebuild with \
                               `cargo build --release --features cuda` (see README.md)"
-                        .into(),
+                            .into(),
                 })
             }
         }
@@ -371,12 +373,23 @@ fn train<D: Backend>(dev: D, a: TrainArgs) -> Result<()> {
     }
     let outcome = trainer::train(dev, &cfg, &sources, &a.out, &opts)?;
     if !outcome.finished {
-        println!("stopped after {} steps; checkpoint in {}", a.stop_after_steps.unwrap_or(0), a.out.display());
+        println!(
+            "stopped after {} steps; checkpoint in {}",
+            a.stop_after_steps.unwrap_or(0),
+            a.out.display()
+        );
         return Ok(());
     }
     match outcome.card.test_accuracy {
-        Some(acc) => println!("final test accuracy {:.2}% ({})", 100.0 * acc, a.out.display()),
-        None => println!("trained; no labelled test split to evaluate ({})", a.out.display()),
+        Some(acc) => println!(
+            "final test accuracy {:.2}% ({})",
+            100.0 * acc,
+            a.out.display()
+        ),
+        None => println!(
+            "trained; no labelled test split to evaluate ({})",
+            a.out.display()
+        ),
     }
     Ok(())
 }
@@ -407,7 +420,8 @@ fn eval<D: Backend>(dev: D, a: EvalArgs) -> Result<()> {
         println!(
             "{:<40} {:>9} {:>8} {:>11} {:>12} {:>12.0}",
             m.display().to_string(),
-            r.accuracy.map_or("-".into(), |x| format!("{:.2}%", 100.0 * x)),
+            r.accuracy
+                .map_or("-".into(), |x| format!("{:.2}%", 100.0 * x)),
             r.loss.map_or("-".into(), |x| format!("{x:.4}")),
             net.spec().param_count(),
             net.spec().flops(),

@@ -8,7 +8,10 @@
 use std::path::Path;
 use std::time::Instant;
 
-use crate::cache::{log_softmax_tempered, CacheMeta, CacheWriter, DatasetInfo, Encoding, Manifest, TeacherInfo, WriterOptions};
+use crate::cache::{
+    log_softmax_tempered, CacheMeta, CacheWriter, DatasetInfo, Encoding, Manifest, TeacherInfo,
+    WriterOptions,
+};
 use crate::data::Dataset;
 use crate::error::{Error, Result};
 use crate::model::{Backend, Network};
@@ -38,7 +41,11 @@ pub struct BuildReport {
 }
 
 /// The manifest metadata for `teacher` over `data`.
-pub fn cache_meta<D: Backend>(teacher: &Network<D>, data: &Dataset, opts: &BuildOptions) -> CacheMeta {
+pub fn cache_meta<D: Backend>(
+    teacher: &Network<D>,
+    data: &Dataset,
+    opts: &BuildOptions,
+) -> CacheMeta {
     CacheMeta {
         teacher: TeacherInfo {
             spec: teacher.spec().to_string(),
@@ -59,7 +66,12 @@ pub fn cache_meta<D: Backend>(teacher: &Network<D>, data: &Dataset, opts: &Build
 
 /// Runs `teacher` over every sample of `data` and writes the cache at `dir`
 /// (resuming a build that was interrupted).
-pub fn build_cache<D: Backend>(teacher: &Network<D>, data: &Dataset, dir: &Path, opts: &BuildOptions) -> Result<BuildReport> {
+pub fn build_cache<D: Backend>(
+    teacher: &Network<D>,
+    data: &Dataset,
+    dir: &Path,
+    opts: &BuildOptions,
+) -> Result<BuildReport> {
     check_compatible(teacher, data)?;
     if opts.batch == 0 {
         return Err(Error::Config {
@@ -69,7 +81,8 @@ pub fn build_cache<D: Backend>(teacher: &Network<D>, data: &Dataset, dir: &Path,
     }
     let classes = teacher.spec().num_classes();
     let start = Instant::now();
-    let mut writer = CacheWriter::create_or_resume(dir, cache_meta(teacher, data, opts), opts.writer.clone())?;
+    let mut writer =
+        CacheWriter::create_or_resume(dir, cache_meta(teacher, data, opts), opts.writer.clone())?;
     let first = writer.resume_from() as usize;
     if first > 0 && opts.progress {
         eprintln!("resuming: {first} samples already in complete shards");
@@ -85,10 +98,16 @@ pub fn build_cache<D: Backend>(teacher: &Network<D>, data: &Dataset, dir: &Path,
         let idx: Vec<usize> = (pos..pos + b).collect();
         data.fill_inputs(&idx, &mut inputs[..b * len]);
         let logits = teacher.predict(inputs[..b * len].to_vec(), b).as_vec();
-        log_softmax_tempered(&logits, classes, opts.temperature, &mut lp[..b * classes]).map_err(|e| Error::Training {
-            context: format!("teacher {} on samples {pos}..{}", opts.teacher_source, pos + b),
-            message: e.to_string(),
-        })?;
+        log_softmax_tempered(&logits, classes, opts.temperature, &mut lp[..b * classes]).map_err(
+            |e| Error::Training {
+                context: format!(
+                    "teacher {} on samples {pos}..{}",
+                    opts.teacher_source,
+                    pos + b
+                ),
+                message: e.to_string(),
+            },
+        )?;
         let labels = data.labels().map(|y| &y[pos..pos + b]);
         writer.push_batch(pos as u64, labels, &lp[..b * classes])?;
         pos += b;

@@ -9,8 +9,21 @@ fn build(cwd: &std::path::Path, split: &str, enc: &str, out: &str, extra: &[&str
     let data = s(&small_data());
     let teacher = s(&teacher_dir());
     let mut a = vec![
-        "cache", "build", "--teacher", teacher.as_str(), "--data", data.as_str(), "--split", split, "-T", "4", "--encoding", enc, "--out",
-        out, "-q",
+        "cache",
+        "build",
+        "--teacher",
+        teacher.as_str(),
+        "--data",
+        data.as_str(),
+        "--split",
+        split,
+        "-T",
+        "4",
+        "--encoding",
+        enc,
+        "--out",
+        out,
+        "-q",
     ];
     a.extend_from_slice(extra);
     ok(cwd, &a)
@@ -19,13 +32,21 @@ fn build(cwd: &std::path::Path, split: &str, enc: &str, out: &str, extra: &[&str
 #[test]
 fn build_inspect_verify_and_detect_a_flipped_bit() {
     let tmp = tempfile::tempdir().unwrap();
-    let out = build(tmp.path(), "train", "f32", "c32", &["--block-records", "256", "--shard-kib", "32"]);
+    let out = build(
+        tmp.path(),
+        "train",
+        "f32",
+        "c32",
+        &["--block-records", "256", "--shard-kib", "32"],
+    );
     assert!(out.contains("2000 samples"), "{out}");
     let inspect = ok(tmp.path(), &["cache", "inspect", "c32"]);
     assert!(inspect.contains("2000"), "{inspect}");
     ok(tmp.path(), &["cache", "verify", "c32"]);
     // Several shards: flip one bit in the middle of the second shard.
-    let manifest: serde_json::Value = serde_json::from_str(&fs::read_to_string(tmp.path().join("c32/manifest.json")).unwrap()).unwrap();
+    let manifest: serde_json::Value =
+        serde_json::from_str(&fs::read_to_string(tmp.path().join("c32/manifest.json")).unwrap())
+            .unwrap();
     let shards = manifest["shards"].as_array().unwrap();
     assert!(shards.len() >= 2, "expected several shards: {manifest}");
     let name = shards[1]["file"].as_str().unwrap().to_string();
@@ -45,17 +66,36 @@ fn encodings_report_fidelity_and_rebuild_is_byte_identical() {
     let tmp = tempfile::tempdir().unwrap();
     for enc in ["f32", "f16", "q8", "topk:3"] {
         let out = build(tmp.path(), "test", enc, enc, &[]);
-        assert!(out.contains("bytes/sample") && out.contains("top-1 agreement"), "{out}");
+        assert!(
+            out.contains("bytes/sample") && out.contains("top-1 agreement"),
+            "{out}"
+        );
     }
     build(tmp.path(), "test", "f16", "again", &[]);
     for f in ["manifest.json"] {
-        assert_eq!(fs::read(tmp.path().join("f16").join(f)).unwrap(), fs::read(tmp.path().join("again").join(f)).unwrap());
+        assert_eq!(
+            fs::read(tmp.path().join("f16").join(f)).unwrap(),
+            fs::read(tmp.path().join("again").join(f)).unwrap()
+        );
     }
 }
 
 fn train<'a>(data: &'a str, cache: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
     let mut a = vec![
-        "train", "--data", data, "--student", "mlp:784-32-10", "--cache", cache, "--epochs", "1", "--batch", "64", "--out", "run", "-q",
+        "train",
+        "--data",
+        data,
+        "--student",
+        "mlp:784-32-10",
+        "--cache",
+        cache,
+        "--epochs",
+        "1",
+        "--batch",
+        "64",
+        "--out",
+        "run",
+        "-q",
     ];
     a.extend_from_slice(extra);
     a
@@ -68,14 +108,39 @@ fn distillation_runs_and_pairing_is_checked() {
     build(tmp.path(), "train", "f16", "train-cache", &[]);
     build(tmp.path(), "test", "f16", "test-cache", &[]);
     for (loss, alpha) in [("kd", "0.5"), ("kd", "0"), ("mse", "0.5"), ("pseudo", "0")] {
-        let out = ok(tmp.path(), &train(&data, "train-cache", &["--loss", loss, "--alpha", alpha, "-T", "2", "--test-cache", "test-cache"]));
+        let out = ok(
+            tmp.path(),
+            &train(
+                &data,
+                "train-cache",
+                &[
+                    "--loss",
+                    loss,
+                    "--alpha",
+                    alpha,
+                    "-T",
+                    "2",
+                    "--test-cache",
+                    "test-cache",
+                ],
+            ),
+        );
         assert!(out.contains("final test accuracy"), "{out}");
     }
-    let card: serde_json::Value = serde_json::from_str(&fs::read_to_string(tmp.path().join("run/model.json")).unwrap()).unwrap();
-    assert!(card["cache"]["id"].as_str().is_some_and(|s| !s.is_empty()), "{card}");
+    let card: serde_json::Value =
+        serde_json::from_str(&fs::read_to_string(tmp.path().join("run/model.json")).unwrap())
+            .unwrap();
+    assert!(
+        card["cache"]["id"].as_str().is_some_and(|s| !s.is_empty()),
+        "{card}"
+    );
     assert!(card["teacher_agreement"].as_f64().is_some(), "{card}");
     // A cache of the test split paired with the training data.
-    fails(tmp.path(), &train(&data, "test-cache", &["--alpha", "0.5"]), &["test-cache"]);
+    fails(
+        tmp.path(),
+        &train(&data, "test-cache", &["--alpha", "0.5"]),
+        &["test-cache"],
+    );
     // A student whose outputs differ from the cache's classes.
     let mut a = train(&data, "train-cache", &["--alpha", "0.5"]);
     a[4] = "mlp:784-32-12";
@@ -92,8 +157,27 @@ fn unlabelled_data_trains_only_on_teacher_outputs() {
     write_npy(&dir.join("train-images.npy"), "|u1", &[n, 784], &pixels);
     let d = s(&dir);
     let teacher = s(&teacher_dir());
-    ok(tmp.path(), &["cache", "build", "--teacher", &teacher, "--data", &d, "-T", "4", "--out", "u-cache", "-q"]);
-    fails(tmp.path(), &train(&d, "u-cache", &["--alpha", "0.5"]), &["--alpha", "unlabelled"]);
+    ok(
+        tmp.path(),
+        &[
+            "cache",
+            "build",
+            "--teacher",
+            &teacher,
+            "--data",
+            &d,
+            "-T",
+            "4",
+            "--out",
+            "u-cache",
+            "-q",
+        ],
+    );
+    fails(
+        tmp.path(),
+        &train(&d, "u-cache", &["--alpha", "0.5"]),
+        &["--alpha", "unlabelled"],
+    );
     ok(tmp.path(), &train(&d, "u-cache", &["--alpha", "0"]));
     ok(tmp.path(), &train(&d, "u-cache", &["--loss", "pseudo"]));
 }
@@ -103,22 +187,102 @@ fn import_of_logits_and_bad_values() {
     let tmp = tempfile::tempdir().unwrap();
     let data = s(&small_data());
     let n = 1000;
-    let logits: Vec<f32> = (0..n * 10).map(|i| ((i * 7) % 13) as f32 * 0.5 - 3.0).collect();
+    let logits: Vec<f32> = (0..n * 10)
+        .map(|i| ((i * 7) % 13) as f32 * 0.5 - 3.0)
+        .collect();
     let bytes: Vec<u8> = logits.iter().flat_map(|v| v.to_le_bytes()).collect();
     write_npy(&tmp.path().join("logits.npy"), "<f4", &[n, 10], &bytes);
-    let out = ok(tmp.path(), &["cache", "import", "--logits", "logits.npy", "--data", &data, "--split", "test", "-T", "2", "--out", "imp", "--encoding", "f32"]);
+    let out = ok(
+        tmp.path(),
+        &[
+            "cache",
+            "import",
+            "--logits",
+            "logits.npy",
+            "--data",
+            &data,
+            "--split",
+            "test",
+            "-T",
+            "2",
+            "--out",
+            "imp",
+            "--encoding",
+            "f32",
+        ],
+    );
     assert!(out.contains("1000 samples"), "{out}");
     ok(tmp.path(), &["cache", "verify", "imp"]);
     // Wrong row count for the training split.
-    fails(tmp.path(), &["cache", "import", "--logits", "logits.npy", "--data", &data, "--split", "train", "-T", "2", "--out", "imp2"], &["logits.npy", "1000 rows"]);
+    fails(
+        tmp.path(),
+        &[
+            "cache",
+            "import",
+            "--logits",
+            "logits.npy",
+            "--data",
+            &data,
+            "--split",
+            "train",
+            "-T",
+            "2",
+            "--out",
+            "imp2",
+        ],
+        &["logits.npy", "1000 rows"],
+    );
     // NaN logits are refused, naming the file.
     let mut bad = logits.clone();
     bad[55] = f32::NAN;
     let bytes: Vec<u8> = bad.iter().flat_map(|v| v.to_le_bytes()).collect();
     write_npy(&tmp.path().join("nan.npy"), "<f4", &[n, 10], &bytes);
-    fails(tmp.path(), &["cache", "import", "--logits", "nan.npy", "--data", &data, "--split", "test", "-T", "2", "--out", "imp3"], &["nan.npy"]);
+    fails(
+        tmp.path(),
+        &[
+            "cache", "import", "--logits", "nan.npy", "--data", &data, "--split", "test", "-T",
+            "2", "--out", "imp3",
+        ],
+        &["nan.npy"],
+    );
     assert!(!tmp.path().join("imp3/manifest.json").exists());
     // Bad flags.
-    fails(tmp.path(), &["cache", "import", "--logits", "logits.npy", "--data", &data, "--split", "test", "-T", "0", "--out", "x"], &["--temperature"]);
-    fails(tmp.path(), &["cache", "import", "--logits", "logits.npy", "--data", &data, "--split", "test", "-T", "2", "--encoding", "q4", "--out", "x"], &["--encoding"]);
+    fails(
+        tmp.path(),
+        &[
+            "cache",
+            "import",
+            "--logits",
+            "logits.npy",
+            "--data",
+            &data,
+            "--split",
+            "test",
+            "-T",
+            "0",
+            "--out",
+            "x",
+        ],
+        &["--temperature"],
+    );
+    fails(
+        tmp.path(),
+        &[
+            "cache",
+            "import",
+            "--logits",
+            "logits.npy",
+            "--data",
+            &data,
+            "--split",
+            "test",
+            "-T",
+            "2",
+            "--encoding",
+            "q4",
+            "--out",
+            "x",
+        ],
+        &["--encoding"],
+    );
 }

@@ -11,5 +11,9 @@ fn model_info_reports_pytorch_parameter_counts() {
     let out = ok(dir.path(), &["model", "info", "cnn:c32-p-c64-p-f128-10"]);
     assert!(out.contains("total parameters 421642"), "{out}");
     assert!(out.contains("nn.Conv2d(1, 32, 3, padding=1)"), "{out}");
-    fails(dir.path(), &["model", "info", "cnn:c32-x-10"], &["cnn:c32-x-10", "unknown layer 'x'"]);
+    fails(
+        dir.path(),
+        &["model", "info", "cnn:c32-x-10"],
+        &["cnn:c32-x-10", "unknown layer 'x'"],
+    );
 }

@@ -7,7 +7,20 @@ use crate::util::*;
 
 fn train_args<'a>(data: &'a str, out: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
     let mut a = vec![
-        "train", "--data", data, "--student", "mlp:784-32-10", "--epochs", "2", "--batch", "64", "--seed", "3", "--out", out, "-q",
+        "train",
+        "--data",
+        data,
+        "--student",
+        "mlp:784-32-10",
+        "--epochs",
+        "2",
+        "--batch",
+        "64",
+        "--seed",
+        "3",
+        "--out",
+        out,
+        "-q",
     ];
     a.extend_from_slice(extra);
     a
@@ -20,19 +33,34 @@ fn hard_label_training_writes_model_card_metrics_and_plot() {
     let out = ok(tmp.path(), &train_args(&data, "run", &[]));
     assert!(out.contains("final test accuracy"), "{out}");
     let run = tmp.path().join("run");
-    for f in ["model.safetensors", "model.json", "metrics.jsonl", "curves.png"] {
+    for f in [
+        "model.safetensors",
+        "model.json",
+        "metrics.jsonl",
+        "curves.png",
+    ] {
         assert!(run.join(f).exists(), "{f} missing");
     }
-    let card: serde_json::Value = serde_json::from_str(&fs::read_to_string(run.join("model.json")).unwrap()).unwrap();
+    let card: serde_json::Value =
+        serde_json::from_str(&fs::read_to_string(run.join("model.json")).unwrap()).unwrap();
     assert_eq!(card["spec"], "mlp:784-32-10");
     assert_eq!(card["parameters"], 784 * 32 + 32 + 32 * 10 + 10);
     let acc = card["test_accuracy"].as_f64().unwrap();
     // 2,000 training images, 2 epochs: well above chance (10%).
     assert!(acc > 0.6, "accuracy {acc}");
-    assert_eq!(fs::read_to_string(run.join("metrics.jsonl")).unwrap().lines().count(), 2);
+    assert_eq!(
+        fs::read_to_string(run.join("metrics.jsonl"))
+            .unwrap()
+            .lines()
+            .count(),
+        2
+    );
     // eval reports the same accuracy as the card.
     let eval = ok(tmp.path(), &["eval", "--model", "run", "--data", &data]);
-    assert!(eval.contains(&format!("{:.2}%", 100.0 * acc)), "{eval} vs {acc}");
+    assert!(
+        eval.contains(&format!("{:.2}%", 100.0 * acc)),
+        "{eval} vs {acc}"
+    );
 }
 
 #[test]
@@ -42,43 +70,128 @@ fn same_seed_same_weights_and_resume_matches_uninterrupted_run() {
     ok(tmp.path(), &train_args(&data, "a", &[]));
     ok(tmp.path(), &train_args(&data, "b", &[]));
     let a = fs::read(tmp.path().join("a/model.safetensors")).unwrap();
-    assert_eq!(a, fs::read(tmp.path().join("b/model.safetensors")).unwrap(), "same seed, different weights");
+    assert_eq!(
+        a,
+        fs::read(tmp.path().join("b/model.safetensors")).unwrap(),
+        "same seed, different weights"
+    );
     // Killed mid-epoch (after 40 of the 64 steps), then resumed.
-    let out = ok(tmp.path(), &train_args(&data, "c", &["--checkpoint-every", "7", "--stop-after-steps", "40"]));
+    let out = ok(
+        tmp.path(),
+        &train_args(
+            &data,
+            "c",
+            &["--checkpoint-every", "7", "--stop-after-steps", "40"],
+        ),
+    );
     assert!(out.contains("stopped after 40 steps"), "{out}");
     assert!(tmp.path().join("c/checkpoint.safetensors").exists());
     assert!(!tmp.path().join("c/model.safetensors").exists());
-    ok(tmp.path(), &train_args(&data, "c", &["--checkpoint-every", "7", "--resume"]));
-    assert_eq!(a, fs::read(tmp.path().join("c/model.safetensors")).unwrap(), "resumed run differs");
+    ok(
+        tmp.path(),
+        &train_args(&data, "c", &["--checkpoint-every", "7", "--resume"]),
+    );
     assert_eq!(
-        fs::read_to_string(tmp.path().join("a/metrics.jsonl")).unwrap().lines().count(),
-        fs::read_to_string(tmp.path().join("c/metrics.jsonl")).unwrap().lines().count()
+        a,
+        fs::read(tmp.path().join("c/model.safetensors")).unwrap(),
+        "resumed run differs"
+    );
+    assert_eq!(
+        fs::read_to_string(tmp.path().join("a/metrics.jsonl"))
+            .unwrap()
+            .lines()
+            .count(),
+        fs::read_to_string(tmp.path().join("c/metrics.jsonl"))
+            .unwrap()
+            .lines()
+            .count()
     );
     // Resuming with other settings is refused.
-    ok(tmp.path(), &train_args(&data, "d", &["--checkpoint-every", "7", "--stop-after-steps", "5"]));
-    fails(tmp.path(), &train_args(&data, "d", &["--resume", "--lr", "0.01"]), &["checkpoint.safetensors", "other settings"]);
+    ok(
+        tmp.path(),
+        &train_args(
+            &data,
+            "d",
+            &["--checkpoint-every", "7", "--stop-after-steps", "5"],
+        ),
+    );
+    fails(
+        tmp.path(),
+        &train_args(&data, "d", &["--resume", "--lr", "0.01"]),
+        &["checkpoint.safetensors", "other settings"],
+    );
 }
 
 #[test]
 fn bad_flags_name_the_flag() {
     let tmp = tempfile::tempdir().unwrap();
     let data = s(&small_data());
-    fails(tmp.path(), &train_args(&data, "o", &["--lr", "-1"]), &["--lr"]);
-    fails(tmp.path(), &train_args(&data, "o", &["--optimizer", "lion"]), &["--optimizer", "lion"]);
-    fails(tmp.path(), &train_args(&data, "o", &["--epochs", "0"]), &["--epochs"]);
-    fails(tmp.path(), &train_args(&data, "o", &["--alpha", "0.5"]), &["--cache"]);
-    fails(tmp.path(), &train_args(&data, "o", &["--device", "tpu"]), &["--device", "tpu"]);
-    #[cfg(not(feature = "cuda"))]
-    fails(tmp.path(), &train_args(&data, "o", &["--device", "cuda"]), &["--device", "cuda", "feature"]);
+    fails(tmp.path(), &train_args(&data, "o", &["--lr=-1"]), &["--lr"]);
     fails(
         tmp.path(),
-        &["train", "--data", &data, "--student", "mlp:100-10", "--out", "o", "-q"],
+        &train_args(&data, "o", &["--optimizer", "lion"]),
+        &["--optimizer", "lion"],
+    );
+    fails(
+        tmp.path(),
+        &train_args(&data, "o", &["--epochs", "0"]),
+        &["--epochs"],
+    );
+    fails(
+        tmp.path(),
+        &train_args(&data, "o", &["--alpha", "0.5"]),
+        &["--cache"],
+    );
+    fails(
+        tmp.path(),
+        &train_args(&data, "o", &["--device", "tpu"]),
+        &["--device", "tpu"],
+    );
+    #[cfg(not(feature = "cuda"))]
+    fails(
+        tmp.path(),
+        &train_args(&data, "o", &["--device", "cuda"]),
+        &["--device", "cuda", "feature"],
+    );
+    fails(
+        tmp.path(),
+        &[
+            "train",
+            "--data",
+            &data,
+            "--student",
+            "mlp:100-10",
+            "--out",
+            "o",
+            "-q",
+        ],
         &["mlp:100-10", "784"],
     );
     fails(
         tmp.path(),
-        &["train", "--data", &data, "--student", "mlp:784-5", "--out", "o", "-q"],
+        &[
+            "train",
+            "--data",
+            &data,
+            "--student",
+            "mlp:784-5",
+            "--out",
+            "o",
+            "-q",
+        ],
         &["mlp:784-5", "labels up to 9"],
     );
-    fails(tmp.path(), &["train", "--data", "nowhere", "--student", "mlp:784-10", "--out", "o"], &["nowhere"]);
+    fails(
+        tmp.path(),
+        &[
+            "train",
+            "--data",
+            "nowhere",
+            "--student",
+            "mlp:784-10",
+            "--out",
+            "o",
+        ],
+        &["nowhere"],
+    );
 }

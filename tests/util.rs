@@ -40,10 +40,20 @@ pub fn ok(cwd: &Path, args: &[&str]) -> String {
 pub fn fails(cwd: &Path, args: &[&str], needles: &[&str]) -> String {
     let out = distill(cwd, args);
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert_eq!(out.status.code(), Some(2), "distill {args:?} should fail with 2; stderr: {stderr}");
-    assert!(!stderr.contains("panicked"), "distill {args:?} panicked: {stderr}");
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "distill {args:?} should fail with 2; stderr: {stderr}"
+    );
+    assert!(
+        !stderr.contains("panicked"),
+        "distill {args:?} panicked: {stderr}"
+    );
     for n in needles {
-        assert!(stderr.contains(n), "distill {args:?}: stderr lacks '{n}':\n{stderr}");
+        assert!(
+            stderr.contains(n),
+            "distill {args:?}: stderr lacks '{n}':\n{stderr}"
+        );
     }
     stderr
 }
@@ -57,8 +67,13 @@ pub fn s(p: &Path) -> String {
 /// (e.g. `|u1`, `<f4`) and shape.
 pub fn write_npy(path: &Path, descr: &str, shape: &[usize], data: &[u8]) {
     let dims: Vec<String> = shape.iter().map(|d| d.to_string()).collect();
-    let shape_txt = if dims.len() == 1 { format!("({},)", dims[0]) } else { format!("({})", dims.join(", ")) };
-    let mut header = format!("{{'descr': '{descr}', 'fortran_order': False, 'shape': {shape_txt}, }}");
+    let shape_txt = if dims.len() == 1 {
+        format!("({},)", dims[0])
+    } else {
+        format!("({})", dims.join(", "))
+    };
+    let mut header =
+        format!("{{'descr': '{descr}', 'fortran_order': False, 'shape': {shape_txt}, }}");
     while (10 + header.len() + 1) % 64 != 0 {
         header.push(' ');
     }

@@ -41,7 +41,13 @@ pub struct HostTensor {
 }
 
 /// Converts one parameter from the store's layout to PyTorch's.
-fn to_torch(spec: &ModelSpec, layer: usize, is_weight: bool, value: &[f32], dims: &[usize]) -> (Vec<usize>, Vec<f32>) {
+fn to_torch(
+    spec: &ModelSpec,
+    layer: usize,
+    is_weight: bool,
+    value: &[f32],
+    dims: &[usize],
+) -> (Vec<usize>, Vec<f32>) {
     if !is_weight {
         return (dims.to_vec(), value.to_vec());
     }
@@ -132,7 +138,10 @@ pub fn torch_shapes(spec: &ModelSpec) -> Vec<(String, Vec<usize>)> {
                 out_channels,
                 ..
             } => {
-                out.push((format!("layers.{idx}.weight"), vec![out_channels, in_channels, 3, 3]));
+                out.push((
+                    format!("layers.{idx}.weight"),
+                    vec![out_channels, in_channels, 3, 3],
+                ));
                 out.push((format!("layers.{idx}.bias"), vec![out_channels]));
             }
             Layer::Dense {
@@ -173,13 +182,16 @@ impl<D: Backend> Network<D> {
     /// parameter must be present with its exact shape; `source` names the
     /// file in errors.
     pub fn load_host(&mut self, tensors: &[HostTensor], source: &Path) -> Result<()> {
-        let by_name: HashMap<&str, &HostTensor> = tensors.iter().map(|t| (t.name.as_str(), t)).collect();
+        let by_name: HashMap<&str, &HostTensor> =
+            tensors.iter().map(|t| (t.name.as_str(), t)).collect();
         let expected = torch_shapes(self.spec());
         let spec = self.spec().clone();
         for ((name, shape), param) in expected.iter().zip(self.params_mut()) {
             let t = by_name.get(name.as_str()).ok_or_else(|| Error::Model {
                 path: source.to_path_buf(),
-                message: format!("tensor '{name}' is missing (spec {spec} needs it with shape {shape:?})"),
+                message: format!(
+                    "tensor '{name}' is missing (spec {spec} needs it with shape {shape:?})"
+                ),
             })?;
             if &t.shape != shape {
                 return Err(Error::Model {
@@ -196,7 +208,12 @@ impl<D: Backend> Network<D> {
                     message: format!("tensor '{name}' holds a non-finite value at element {i}"),
                 });
             }
-            let values = from_torch(&spec, param.layer, param.kind == super::ParamKind::Weight, &t.data);
+            let values = from_torch(
+                &spec,
+                param.layer,
+                param.kind == super::ParamKind::Weight,
+                &t.data,
+            );
             param.value.copy_from(&values);
         }
         Ok(())
@@ -218,7 +235,11 @@ impl<D: Backend> Network<D> {
 }
 
 /// Writes tensors (and string metadata) to a safetensors file atomically.
-pub fn write_safetensors(path: &Path, tensors: &[HostTensor], metadata: HashMap<String, String>) -> Result<()> {
+pub fn write_safetensors(
+    path: &Path,
+    tensors: &[HostTensor],
+    metadata: HashMap<String, String>,
+) -> Result<()> {
     let bytes: Vec<Vec<u8>> = tensors
         .iter()
         .map(|t| t.data.iter().flat_map(|v| v.to_le_bytes()).collect())
@@ -273,7 +294,10 @@ pub fn read_safetensors(path: &Path) -> Result<(HashMap<String, String>, Vec<Hos
         if view.dtype() != Dtype::F32 {
             return Err(Error::Model {
                 path: path.to_path_buf(),
-                message: format!("tensor '{name}' is {:?}; distill reads float32 weights", view.dtype()),
+                message: format!(
+                    "tensor '{name}' is {:?}; distill reads float32 weights",
+                    view.dtype()
+                ),
             });
         }
         let data = view
@@ -292,15 +316,20 @@ pub fn read_safetensors(path: &Path) -> Result<(HashMap<String, String>, Vec<Hos
 
 /// Saves a network's weights, recording its spec in the file's metadata.
 pub fn save_weights<D: Backend>(net: &Network<D>, path: &Path) -> Result<()> {
+    // One metadata key only: the safetensors crate writes metadata in
+    // HashMap order, and the same weights must give the same bytes.
     let mut meta = HashMap::new();
     meta.insert(SPEC_KEY.to_string(), net.spec().as_str().to_string());
-    meta.insert("format".to_string(), "pt".to_string());
     write_safetensors(path, &net.to_host(), meta)
 }
 
 /// Loads a weights file into a new network. The spec comes from `spec`
 /// when given, else from the file's metadata.
-pub fn load_weights<D: Backend>(path: &Path, spec: Option<&ModelSpec>, device: D) -> Result<Network<D>> {
+pub fn load_weights<D: Backend>(
+    path: &Path,
+    spec: Option<&ModelSpec>,
+    device: D,
+) -> Result<Network<D>> {
     let (meta, tensors) = read_safetensors(path)?;
     let spec = match (spec, meta.get(SPEC_KEY)) {
         (Some(s), _) => s.clone(),
@@ -320,8 +349,14 @@ pub fn load_weights<D: Backend>(path: &Path, spec: Option<&ModelSpec>, device: D
 /// Writes `bytes` to `path` through a temporary file in the same directory,
 /// synced and renamed into place.
 pub fn atomic_write(path: &Path, bytes: &[u8]) -> Result<()> {
-    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
     let tmp: PathBuf = dir.join(format!(".{name}.{}.tmp", std::process::id()));
     let result = (|| {
         let mut f = fs::File::create(&tmp)?;
@@ -359,12 +394,20 @@ mod tests {
             let path = dir.path().join("m.safetensors");
             save_weights(&net, &path).unwrap();
             let back = load_weights(&path, None, dev.clone()).unwrap();
-            let x: Vec<f32> = (0..2 * spec.input_len()).map(|i| (i % 5) as f32 * 0.3).collect();
-            assert_eq!(net.predict(x.clone(), 2).as_vec(), back.predict(x, 2).as_vec());
+            let x: Vec<f32> = (0..2 * spec.input_len())
+                .map(|i| (i % 5) as f32 * 0.3)
+                .collect();
+            assert_eq!(
+                net.predict(x.clone(), 2).as_vec(),
+                back.predict(x, 2).as_vec()
+            );
             assert_eq!(net.fingerprint(), back.fingerprint());
             let (meta, tensors) = read_safetensors(&path).unwrap();
             assert_eq!(meta.get(SPEC_KEY).map(String::as_str), Some(text));
-            let shapes: Vec<(String, Vec<usize>)> = tensors.iter().map(|t| (t.name.clone(), t.shape.clone())).collect();
+            let shapes: Vec<(String, Vec<usize>)> = tensors
+                .iter()
+                .map(|t| (t.name.clone(), t.shape.clone()))
+                .collect();
             let mut expected = torch_shapes(&spec);
             expected.sort();
             assert_eq!(shapes, expected);
@@ -391,15 +434,31 @@ mod tests {
         let dev = Cpu::seed_from_u64(0);
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("m.safetensors");
-        save_weights(&Network::new(ModelSpec::parse("mlp:4-3-2").unwrap(), dev.clone(), 0), &path).unwrap();
+        save_weights(
+            &Network::new(ModelSpec::parse("mlp:4-3-2").unwrap(), dev.clone(), 0),
+            &path,
+        )
+        .unwrap();
         let other = ModelSpec::parse("mlp:4-5-2").unwrap();
-        let err = load_weights(&path, Some(&other), dev.clone()).err().unwrap().to_string();
-        assert!(err.contains("layers.0.weight") && err.contains("[3, 4]"), "{err}");
+        let err = load_weights(&path, Some(&other), dev.clone())
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(
+            err.contains("layers.0.weight") && err.contains("[3, 4]"),
+            "{err}"
+        );
         let deeper = ModelSpec::parse("mlp:4-3-3-2").unwrap();
-        let err = load_weights(&path, Some(&deeper), dev.clone()).err().unwrap().to_string();
+        let err = load_weights(&path, Some(&deeper), dev.clone())
+            .err()
+            .unwrap()
+            .to_string();
         assert!(err.contains("missing") || err.contains("shape"), "{err}");
         fs::write(&path, b"not a safetensors file").unwrap();
         let err = load_weights(&path, None, dev).err().unwrap().to_string();
-        assert!(err.contains("m.safetensors") && err.contains("not a valid"), "{err}");
+        assert!(
+            err.contains("m.safetensors") && err.contains("not a valid"),
+            "{err}"
+        );
     }
 }

@@ -124,7 +124,9 @@ impl<D: Backend> Network<D> {
                 }
             };
             let bound = 1.0 / (cols as f32).sqrt();
-            let w: Vec<f32> = (0..rows * cols).map(|_| rng.gen_range(-bound..bound)).collect();
+            let w: Vec<f32> = (0..rows * cols)
+                .map(|_| rng.gen_range(-bound..bound))
+                .collect();
             let b: Vec<f32> = (0..rows).map(|_| rng.gen_range(-bound..bound)).collect();
             weight_of_layer.push(Some(params.len()));
             params.push(Param {
@@ -168,7 +170,10 @@ impl<D: Backend> Network<D> {
         &mut self.params
     }
 
-    fn weight_bias(&self, layer: usize) -> (&Tensor<(usize, usize), f32, D>, &Tensor<(usize,), f32, D>) {
+    fn weight_bias(
+        &self,
+        layer: usize,
+    ) -> (&Tensor<(usize, usize), f32, D>, &Tensor<(usize,), f32, D>) {
         let wi = self.weight_of_layer[layer].unwrap_or(0);
         match (&self.params[wi].value, &self.params[wi + 1].value) {
             (ParamValue::Matrix(w), ParamValue::Vector(b)) => (w, b),
@@ -188,8 +193,10 @@ impl<D: Backend> Network<D> {
             x = if c0 == 1 {
                 x.reshape_like(&(batch * h0 * w0, 1))
             } else {
-                let t: Tensor<(usize, usize, usize), f32, D, T> = x.reshape_like(&(batch, c0, h0 * w0));
-                t.permute::<_, Axes3<0, 2, 1>>().reshape_like(&(batch * h0 * w0, c0))
+                let t: Tensor<(usize, usize, usize), f32, D, T> =
+                    x.reshape_like(&(batch, c0, h0 * w0));
+                t.permute::<_, Axes3<0, 2, 1>>()
+                    .reshape_like(&(batch * h0 * w0, c0))
             };
         }
         for (li, layer) in self.spec.layers().iter().enumerate() {
@@ -251,7 +258,9 @@ impl<D: Backend> Network<D> {
 
     /// Logits for a host batch, without a tape.
     pub fn predict(&self, inputs: Vec<f32>, batch: usize) -> Matrix<D> {
-        let x = self.device.tensor_from_vec(inputs, (batch, self.spec.input_len()));
+        let x = self
+            .device
+            .tensor_from_vec(inputs, (batch, self.spec.input_len()));
         self.forward(x)
     }
 }
@@ -286,7 +295,9 @@ mod tests {
         let spec = ModelSpec::parse("cnn:i2x4x3-c3-5").unwrap();
         let net = Network::new(spec, dev.clone(), 3);
         let (c, h, w) = (2usize, 4usize, 3usize);
-        let x: Vec<f32> = (0..c * h * w).map(|i| ((i * 7) % 11) as f32 / 11.0 - 0.4).collect();
+        let x: Vec<f32> = (0..c * h * w)
+            .map(|i| ((i * 7) % 11) as f32 / 11.0 - 0.4)
+            .collect();
         let conv_w = net.params()[0].value.to_vec(); // [3, 9*2], column tap*2 + ch
         let conv_b = net.params()[1].value.to_vec();
         let fc_w = net.params()[2].value.to_vec(); // [5, 4*3*3] in (h, w, c) order

@@ -58,7 +58,8 @@ pub trait Backend: Device<f32> + Clone + Send + Sync + 'static {
     /// Patches for a 3x3, padding-1 convolution: `(rows, C)` to `(rows, 9C)`.
     fn im2col<T: Tape<f32, Self>>(&self, x: Matrix<Self, T>, geom: ImageGeom) -> Matrix<Self, T>;
     /// 2x2 stride-2 max-pool: `(rows, C)` to `(rows / 4, C)` (floored sizes).
-    fn max_pool2<T: Tape<f32, Self>>(&self, x: Matrix<Self, T>, geom: ImageGeom) -> Matrix<Self, T>;
+    fn max_pool2<T: Tape<f32, Self>>(&self, x: Matrix<Self, T>, geom: ImageGeom)
+        -> Matrix<Self, T>;
     /// Human-readable device name.
     fn describe(&self) -> String;
 }
@@ -67,7 +68,11 @@ impl Backend for Cpu {
     fn im2col<T: Tape<f32, Self>>(&self, x: Matrix<Self, T>, geom: ImageGeom) -> Matrix<Self, T> {
         im2col_cpu(self, x, geom)
     }
-    fn max_pool2<T: Tape<f32, Self>>(&self, x: Matrix<Self, T>, geom: ImageGeom) -> Matrix<Self, T> {
+    fn max_pool2<T: Tape<f32, Self>>(
+        &self,
+        x: Matrix<Self, T>,
+        geom: ImageGeom,
+    ) -> Matrix<Self, T> {
         max_pool2_cpu(self, x, geom)
     }
     fn describe(&self) -> String {
@@ -80,7 +85,11 @@ impl Backend for Cuda {
     fn im2col<T: Tape<f32, Self>>(&self, x: Matrix<Self, T>, geom: ImageGeom) -> Matrix<Self, T> {
         im2col_gather(self, x, geom)
     }
-    fn max_pool2<T: Tape<f32, Self>>(&self, x: Matrix<Self, T>, geom: ImageGeom) -> Matrix<Self, T> {
+    fn max_pool2<T: Tape<f32, Self>>(
+        &self,
+        x: Matrix<Self, T>,
+        geom: ImageGeom,
+    ) -> Matrix<Self, T> {
         max_pool2_gather(self, x, geom)
     }
     fn describe(&self) -> String {
@@ -94,7 +103,10 @@ fn im2col_cpu<T: Tape<f32, Cpu>>(dev: &Cpu, x: Matrix<Cpu, T>, g: ImageGeom) -> 
     let (h, w) = (g.height, g.width);
     let img_in = h * w * c;
     let img_out = h * w * 9 * c;
-    let src_vec = x.as_vec();
+    // `copy_into` is a plain memcpy (`as_vec` walks an index iterator); the
+    // tensor is the contiguous output of the previous op.
+    let mut src_vec = vec![0f32; x.shape().num_elements()];
+    x.copy_into(&mut src_vec);
     let src = src_vec.as_slice();
     let mut out = vec![0f32; g.rows() * 9 * c];
     out.par_chunks_mut(img_out)
@@ -146,7 +158,9 @@ fn im2col_cpu<T: Tape<f32, Cpu>>(dev: &Cpu, x: Matrix<Cpu, T>, g: ImageGeom) -> 
                                     }
                                     let s = (sy as usize * w + sx as usize) * c;
                                     let tap = dy * 3 + dx;
-                                    for (a, b) in gi[s..s + c].iter_mut().zip(&row[tap * c..(tap + 1) * c]) {
+                                    for (a, b) in
+                                        gi[s..s + c].iter_mut().zip(&row[tap * c..(tap + 1) * c])
+                                    {
                                         *a += *b;
                                     }
                                 }
@@ -169,7 +183,10 @@ fn max_pool2_cpu<T: Tape<f32, Cpu>>(dev: &Cpu, x: Matrix<Cpu, T>, g: ImageGeom) 
     let c = g.channels;
     let (h, w) = (g.height, g.width);
     let (ho, wo) = (h / 2, w / 2);
-    let src_vec = x.as_vec();
+    // `copy_into` is a plain memcpy (`as_vec` walks an index iterator); the
+    // tensor is the contiguous output of the previous op.
+    let mut src_vec = vec![0f32; x.shape().num_elements()];
+    x.copy_into(&mut src_vec);
     let src = src_vec.as_slice();
     let rows_out = g.batch * ho * wo;
     let mut out = vec![0f32; rows_out * c];
@@ -247,10 +264,17 @@ fn cached_plan<D: Backend>(
     let key = (TypeId::of::<D>(), geom, pool);
     PLANS.with(|plans| {
         let mut map = plans.borrow_mut();
-        if let Some(plan) = map.get(&key).and_then(|b| b.downcast_ref::<GatherPlan<D>>()) {
+        if let Some(plan) = map
+            .get(&key)
+            .and_then(|b| b.downcast_ref::<GatherPlan<D>>())
+        {
             return (plan.idx.clone(), plan.mask.clone());
         }
-        let plan = if pool { pool_plan(dev, geom) } else { im2col_plan(dev, geom) };
+        let plan = if pool {
+            pool_plan(dev, geom)
+        } else {
+            im2col_plan(dev, geom)
+        };
         let out = (plan.idx.clone(), plan.mask.clone());
         if map.len() > 64 {
             map.clear();
@@ -312,8 +336,11 @@ fn pool_plan<D: Backend>(dev: &D, g: ImageGeom) -> GatherPlan<D> {
 
 /// [`Backend::im2col`] from dfdx's `gather`, a broadcast multiply by the
 /// padding mask, and a reshape: works on every dfdx device.
-pub fn im2col_gather<D: Backend, T: Tape<f32, D>>(dev: &D, x: Matrix<D, T>, g: ImageGeom) -> Matrix<D, T>
-{
+pub fn im2col_gather<D: Backend, T: Tape<f32, D>>(
+    dev: &D,
+    x: Matrix<D, T>,
+    g: ImageGeom,
+) -> Matrix<D, T> {
     let (idx, mask) = cached_plan(dev, g, false);
     let c = g.channels;
     let n = g.rows() * 9;
@@ -326,8 +353,11 @@ pub fn im2col_gather<D: Backend, T: Tape<f32, D>>(dev: &D, x: Matrix<D, T>, g: I
 }
 
 /// [`Backend::max_pool2`] from dfdx's `gather`, a reshape and `max`.
-pub fn max_pool2_gather<D: Backend, T: Tape<f32, D>>(dev: &D, x: Matrix<D, T>, g: ImageGeom) -> Matrix<D, T>
-{
+pub fn max_pool2_gather<D: Backend, T: Tape<f32, D>>(
+    dev: &D,
+    x: Matrix<D, T>,
+    g: ImageGeom,
+) -> Matrix<D, T> {
     let (idx, _) = cached_plan(dev, g, true);
     let c = g.channels;
     let rows_out = g.pooled().rows();
@@ -350,14 +380,32 @@ mod tests {
     fn close(a: &[f32], b: &[f32], tol: f32) {
         assert_eq!(a.len(), b.len());
         for (i, (x, y)) in a.iter().zip(b).enumerate() {
-            assert!((x - y).abs() <= tol * (1.0 + x.abs().max(y.abs())), "at {i}: {x} vs {y}");
+            assert!(
+                (x - y).abs() <= tol * (1.0 + x.abs().max(y.abs())),
+                "at {i}: {x} vs {y}"
+            );
         }
     }
 
     const GEOMS: [ImageGeom; 3] = [
-        ImageGeom { batch: 2, channels: 3, height: 5, width: 4 },
-        ImageGeom { batch: 1, channels: 1, height: 7, width: 7 },
-        ImageGeom { batch: 3, channels: 2, height: 2, width: 3 },
+        ImageGeom {
+            batch: 2,
+            channels: 3,
+            height: 5,
+            width: 4,
+        },
+        ImageGeom {
+            batch: 1,
+            channels: 1,
+            height: 7,
+            width: 7,
+        },
+        ImageGeom {
+            batch: 3,
+            channels: 2,
+            height: 2,
+            width: 3,
+        },
     ];
 
     #[test]
@@ -370,8 +418,12 @@ mod tests {
             let b = im2col_gather(&dev, x.clone(), g);
             close(&a.as_vec(), &b.as_vec(), 0.0);
             // Backward: d/dx sum(im2col(x) * W) for both implementations.
-            let ga = (dev.im2col(x.leaky_trace(), g) * weights.clone()).sum::<Rank0, _>().backward();
-            let gb = (im2col_gather(&dev, x.leaky_trace(), g) * weights.clone()).sum::<Rank0, _>().backward();
+            let ga = (dev.im2col(x.leaky_trace(), g) * weights.clone())
+                .sum::<Rank0, _>()
+                .backward();
+            let gb = (im2col_gather(&dev, x.leaky_trace(), g) * weights.clone())
+                .sum::<Rank0, _>()
+                .backward();
             close(&ga.get(&x).as_vec(), &gb.get(&x).as_vec(), 1e-6);
         }
     }
@@ -382,7 +434,12 @@ mod tests {
         // sees zero padding above and left: taps (1,1)=1, (1,2)=2, (2,1)=3, (2,2)=4.
         let dev = Cpu::seed_from_u64(0);
         let x = dev.tensor_from_vec(vec![1.0, 2.0, 3.0, 4.0], (4, 1));
-        let g = ImageGeom { batch: 1, channels: 1, height: 2, width: 2 };
+        let g = ImageGeom {
+            batch: 1,
+            channels: 1,
+            height: 2,
+            width: 2,
+        };
         let p = dev.im2col(x, g).as_vec();
         assert_eq!(&p[0..9], &[0.0, 0.0, 0.0, 0.0, 1.0, 2.0, 0.0, 3.0, 4.0]);
         assert_eq!(&p[27..36], &[1.0, 2.0, 0.0, 3.0, 4.0, 0.0, 0.0, 0.0, 0.0]);
@@ -398,19 +455,31 @@ mod tests {
             let a = dev.max_pool2(x.clone(), g);
             let b = max_pool2_gather(&dev, x.clone(), g);
             close(&a.as_vec(), &b.as_vec(), 0.0);
-            let ga = (dev.max_pool2(x.leaky_trace(), g) * weights.clone()).sum::<Rank0, _>().backward();
-            let gb = (max_pool2_gather(&dev, x.leaky_trace(), g) * weights.clone()).sum::<Rank0, _>().backward();
+            let ga = (dev.max_pool2(x.leaky_trace(), g) * weights.clone())
+                .sum::<Rank0, _>()
+                .backward();
+            let gb = (max_pool2_gather(&dev, x.leaky_trace(), g) * weights.clone())
+                .sum::<Rank0, _>()
+                .backward();
             close(&ga.get(&x).as_vec(), &gb.get(&x).as_vec(), 1e-6);
         }
     }
 
     /// Central finite differences of f(x) = sum(op(x) * W) against the
     /// hand-written backward pass.
-    fn finite_difference_check(op: &dyn Fn(Matrix<Cpu, OwnedTape<f32, Cpu>>) -> Matrix<Cpu, OwnedTape<f32, Cpu>>, op0: &dyn Fn(Matrix<Cpu>) -> Matrix<Cpu>, rows: usize, cols: usize, out_shape: (usize, usize)) {
+    fn finite_difference_check(
+        op: &dyn Fn(Matrix<Cpu, OwnedTape<f32, Cpu>>) -> Matrix<Cpu, OwnedTape<f32, Cpu>>,
+        op0: &dyn Fn(Matrix<Cpu>) -> Matrix<Cpu>,
+        rows: usize,
+        cols: usize,
+        out_shape: (usize, usize),
+    ) {
         let dev = Cpu::seed_from_u64(0);
         let x = random(&dev, rows, cols, 5);
         let w = random(&dev, out_shape.0, out_shape.1, 6);
-        let grads = (op(x.leaky_trace()) * w.clone()).sum::<Rank0, _>().backward();
+        let grads = (op(x.leaky_trace()) * w.clone())
+            .sum::<Rank0, _>()
+            .backward();
         let analytic = grads.get(&x).as_vec();
         let base = x.as_vec();
         let eps = 1e-3f32;
@@ -422,7 +491,11 @@ mod tests {
                 (op0(xt) * w.clone()).sum::<Rank0, _>().array()
             };
             let numeric = (f(eps) - f(-eps)) / (2.0 * eps);
-            assert!((numeric - analytic[i]).abs() < 2e-2, "grad {i}: numeric {numeric} analytic {}", analytic[i]);
+            assert!(
+                (numeric - analytic[i]).abs() < 2e-2,
+                "grad {i}: numeric {numeric} analytic {}",
+                analytic[i]
+            );
         }
     }
 

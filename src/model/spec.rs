@@ -187,8 +187,11 @@ impl ModelSpec {
         let Some((last, body)) = rest.split_last() else {
             return Err(err("a cnn needs at least a class count".into()));
         };
-        let classes = parse_dim(text, last, last)
-            .map_err(|_| err(format!("the last layer '{last}' must be the class count, a number")))?;
+        let classes = parse_dim(text, last, last).map_err(|_| {
+            err(format!(
+                "the last layer '{last}' must be the class count, a number"
+            ))
+        })?;
         let (mut c, mut h, mut w) = input;
         let mut flat: Option<usize> = None;
         let mut layers = Vec::new();
@@ -210,7 +213,9 @@ impl ModelSpec {
                     return Err(err("pooling 'p' after a dense layer".into()));
                 }
                 if h < 2 || w < 2 {
-                    return Err(err(format!("pooling 'p' on a {h}x{w} image leaves nothing")));
+                    return Err(err(format!(
+                        "pooling 'p' on a {h}x{w} image leaves nothing"
+                    )));
                 }
                 layers.push(Layer::MaxPool {
                     channels: c,
@@ -337,7 +342,9 @@ impl ModelSpec {
                     out_channels,
                     ..
                 } => {
-                    parts.push(format!("nn.Conv2d({in_channels}, {out_channels}, 3, padding=1)"));
+                    parts.push(format!(
+                        "nn.Conv2d({in_channels}, {out_channels}, 3, padding=1)"
+                    ));
                     parts.push("nn.ReLU()".into());
                 }
                 Layer::MaxPool { .. } => parts.push("nn.MaxPool2d(2)".into()),
@@ -383,13 +390,20 @@ impl ModelSpec {
                     channels,
                     height,
                     width,
-                } => format!("maxpool2 {channels}ch {height}x{width}->{}x{}", height / 2, width / 2),
+                } => format!(
+                    "maxpool2 {channels}ch {height}x{width}->{}x{}",
+                    height / 2,
+                    width / 2
+                ),
                 Layer::Dense {
                     inputs,
                     outputs,
                     relu,
                     ..
-                } => format!("linear {inputs}->{outputs}{}", if relu { " +relu" } else { "" }),
+                } => format!(
+                    "linear {inputs}->{outputs}{}",
+                    if relu { " +relu" } else { "" }
+                ),
             };
             s.push_str(&format!(
                 "{:<8} {:<34} {:>12} {:>14}\n",
@@ -472,7 +486,10 @@ mod tests {
         }
         let odd = ModelSpec::parse("cnn:i3x15x15-c8-p-p-4").unwrap();
         assert_eq!(odd.input_shape(), (3, 15, 15));
-        assert_eq!(odd.layers().last().copied().map(|l| l.param_count()), Some((8 * 3 * 3 + 1) * 4));
+        assert_eq!(
+            odd.layers().last().copied().map(|l| l.param_count()),
+            Some((8 * 3 * 3 + 1) * 4)
+        );
     }
 
     #[test]

@@ -53,7 +53,13 @@ pub fn training_curves(
         .iter()
         .flat_map(|m| [Some(m.train_loss), m.test_loss])
         .flatten()
-        .chain(baseline.into_iter().flatten().flat_map(|m| [Some(m.train_loss), m.test_loss]).flatten())
+        .chain(
+            baseline
+                .into_iter()
+                .flatten()
+                .flat_map(|m| [Some(m.train_loss), m.test_loss])
+                .flatten(),
+        )
         .collect();
     let max_loss = losses.iter().cloned().fold(0.0, f64::max).max(1e-6) * 1.05;
     let mut chart = ChartBuilder::on(&left)
@@ -71,15 +77,29 @@ pub fn training_curves(
         .draw()
         .map_err(|e| plot_err(path, e))?;
     let series: Vec<(&str, Vec<(f64, f64)>, RGBColor)> = vec![
-        ("student train loss", metrics.iter().map(|m| (m.epoch as f64, m.train_loss)).collect(), BLUE),
+        (
+            "student train loss",
+            metrics
+                .iter()
+                .map(|m| (m.epoch as f64, m.train_loss))
+                .collect(),
+            BLUE,
+        ),
         (
             "student test loss (CE)",
-            metrics.iter().filter_map(|m| m.test_loss.map(|l| (m.epoch as f64, l))).collect(),
+            metrics
+                .iter()
+                .filter_map(|m| m.test_loss.map(|l| (m.epoch as f64, l)))
+                .collect(),
             RGBColor(0, 150, 0),
         ),
         (
             "baseline test loss (CE)",
-            baseline.into_iter().flatten().filter_map(|m| m.test_loss.map(|l| (m.epoch as f64, l))).collect(),
+            baseline
+                .into_iter()
+                .flatten()
+                .filter_map(|m| m.test_loss.map(|l| (m.epoch as f64, l)))
+                .collect(),
             RGBColor(200, 100, 0),
         ),
     ];
@@ -91,7 +111,9 @@ pub fn training_curves(
             .draw_series(LineSeries::new(pts.clone(), color.stroke_width(2)))
             .map_err(|e| plot_err(path, e))?
             .label(name)
-            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2)));
+            .legend(move |(x, y)| {
+                PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2))
+            });
         chart
             .draw_series(pts.into_iter().map(|p| Circle::new(p, 3, color.filled())))
             .map_err(|e| plot_err(path, e))?;
@@ -109,7 +131,12 @@ pub fn training_curves(
     let accs: Vec<f64> = metrics
         .iter()
         .filter_map(|m| m.test_accuracy)
-        .chain(baseline.into_iter().flatten().filter_map(|m| m.test_accuracy))
+        .chain(
+            baseline
+                .into_iter()
+                .flatten()
+                .filter_map(|m| m.test_accuracy),
+        )
         .chain(teacher_accuracy)
         .map(|a| 100.0 * a)
         .collect();
@@ -122,7 +149,10 @@ pub fn training_curves(
             .margin(15)
             .x_label_area_size(45)
             .y_label_area_size(60)
-            .build_cartesian_2d(0.5..epochs + 0.5, (lo - pad).max(0.0)..(hi + pad).min(100.0))
+            .build_cartesian_2d(
+                0.5..epochs + 0.5,
+                (lo - pad).max(0.0)..(hi + pad).min(100.0),
+            )
             .map_err(|e| plot_err(path, e))?;
         chart
             .configure_mesh()
@@ -134,7 +164,10 @@ pub fn training_curves(
         let series: Vec<(&str, Vec<(f64, f64)>, RGBColor)> = vec![
             (
                 "student",
-                metrics.iter().filter_map(|m| m.test_accuracy.map(|a| (m.epoch as f64, 100.0 * a))).collect(),
+                metrics
+                    .iter()
+                    .filter_map(|m| m.test_accuracy.map(|a| (m.epoch as f64, 100.0 * a)))
+                    .collect(),
                 BLUE,
             ),
             (
@@ -155,7 +188,9 @@ pub fn training_curves(
                 .draw_series(LineSeries::new(pts.clone(), color.stroke_width(2)))
                 .map_err(|e| plot_err(path, e))?
                 .label(name)
-                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2)));
+                .legend(move |(x, y)| {
+                    PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2))
+                });
             chart
                 .draw_series(pts.into_iter().map(|p| Circle::new(p, 3, color.filled())))
                 .map_err(|e| plot_err(path, e))?;
@@ -169,7 +204,9 @@ pub fn training_curves(
                 ))
                 .map_err(|e| plot_err(path, e))?
                 .label(format!("teacher ({:.2}%)", 100.0 * t))
-                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2)));
+                .legend(move |(x, y)| {
+                    PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2))
+                });
         }
         chart
             .configure_series_labels()

@@ -33,7 +33,12 @@ impl EvalResult {
         if other.len() != self.predictions.len() || other.is_empty() {
             return None;
         }
-        let same = self.predictions.iter().zip(other).filter(|(a, b)| a == b).count();
+        let same = self
+            .predictions
+            .iter()
+            .zip(other)
+            .filter(|(a, b)| a == b)
+            .count();
         Some(same as f64 / other.len() as f64)
     }
 }

@@ -163,7 +163,9 @@ pub fn loss<D: Backend, T: Tape<f32, D>>(
         (logits.log_softmax::<Axis<1>>() * y).sum::<Rank0, _>() * (-inv_b)
     };
     if cfg.kind == LossKind::Pseudo {
-        let lp = targets.teacher_logprobs.ok_or_else(|| missing("teacher outputs"))?;
+        let lp = targets
+            .teacher_logprobs
+            .ok_or_else(|| missing("teacher outputs"))?;
         return Ok(cross_entropy(logits, &argmax_rows(lp, classes)));
     }
     let hard_w = cfg.alpha;
@@ -185,7 +187,9 @@ pub fn loss<D: Backend, T: Tape<f32, D>>(
     };
     let soft = match soft_branch {
         Some(l) => {
-            let lp = targets.teacher_logprobs.ok_or_else(|| missing("teacher outputs"))?;
+            let lp = targets
+                .teacher_logprobs
+                .ok_or_else(|| missing("teacher outputs"))?;
             let t = cfg.temperature;
             Some(match cfg.kind {
                 LossKind::Kd => {
@@ -193,7 +197,11 @@ pub fn loss<D: Backend, T: Tape<f32, D>>(
                     // constant of the batch, added on the host so the reported loss
                     // is the true KL.
                     let p: Vec<f32> = lp.iter().map(|v| v.exp()).collect();
-                    let entropy_term: f32 = p.iter().zip(lp).map(|(p, l)| if *p > 0.0 { p * l } else { 0.0 }).sum();
+                    let entropy_term: f32 = p
+                        .iter()
+                        .zip(lp)
+                        .map(|(p, l)| if *p > 0.0 { p * l } else { 0.0 })
+                        .sum();
                     let p = dev.tensor_from_vec(p, (batch, classes));
                     let cross = (l * (1.0 / t)).log_softmax::<Axis<1>>() * p;
                     let kl = (cross.sum::<Rank0, _>() * (-inv_b)) + entropy_term * inv_b;
@@ -259,15 +267,34 @@ mod tests {
             }
         }
         let expected = alpha * ce / 2.0 + (1.0 - alpha) * t * t * kl / 2.0;
-        let cfg = LossConfig { kind: LossKind::Kd, alpha, temperature: t };
+        let cfg = LossConfig {
+            kind: LossKind::Kd,
+            alpha,
+            temperature: t,
+        };
         let logits = dev.tensor_from_vec(s.to_vec(), (2, 3));
-        let targets = Targets { classes: 3, labels: Some(&labels), teacher_logprobs: Some(&lp) };
+        let targets = Targets {
+            classes: 3,
+            labels: Some(&labels),
+            teacher_logprobs: Some(&lp),
+        };
         let got = loss(&cfg, logits.clone(), &targets).unwrap().array();
         assert!((got - expected).abs() < 1e-5, "{got} vs {expected}");
         // alpha = 1 is plain cross-entropy; alpha = 0 pure KD.
-        let hard = loss(&LossConfig { alpha: 1.0, ..cfg }, logits.clone(), &targets).unwrap().array();
+        let hard = loss(&LossConfig { alpha: 1.0, ..cfg }, logits.clone(), &targets)
+            .unwrap()
+            .array();
         assert!((hard - ce / 2.0).abs() < 1e-5);
-        let soft = loss(&LossConfig { alpha: 0.0, ..cfg }, logits.clone(), &Targets { labels: None, ..targets }).unwrap().array();
+        let soft = loss(
+            &LossConfig { alpha: 0.0, ..cfg },
+            logits.clone(),
+            &Targets {
+                labels: None,
+                ..targets
+            },
+        )
+        .unwrap()
+        .array();
         assert!((soft - t * t * kl / 2.0).abs() < 1e-5);
     }
 
@@ -279,9 +306,19 @@ mod tests {
         let lp = log_softmax(&[2.0, 0.0, -1.0], 4.0);
         let t = 4.0;
         let logits = dev.tensor_from_vec(s.clone(), (1, 3));
-        let cfg = LossConfig { kind: LossKind::Kd, alpha: 0.0, temperature: t };
-        let targets = Targets { classes: 3, labels: None, teacher_logprobs: Some(&lp) };
-        let g = loss(&cfg, logits.clone().traced(Gradients::leaky()), &targets).unwrap().backward();
+        let cfg = LossConfig {
+            kind: LossKind::Kd,
+            alpha: 0.0,
+            temperature: t,
+        };
+        let targets = Targets {
+            classes: 3,
+            labels: None,
+            teacher_logprobs: Some(&lp),
+        };
+        let g = loss(&cfg, logits.clone().traced(Gradients::leaky()), &targets)
+            .unwrap()
+            .backward();
         let got = g.get(&logits).as_vec();
         let q = log_softmax(&s, t);
         for c in 0..3 {
@@ -298,13 +335,29 @@ mod tests {
         let t = 2.0;
         let lp: Vec<f32> = z.chunks(2).flat_map(|r| log_softmax(r, t)).collect();
         // Centred teacher logits: [1, -1], [-1, 1]; mse = mean((s - zc)^2) = (0+0+1+1)/4.
-        let cfg = LossConfig { kind: LossKind::Mse, alpha: 0.0, temperature: t };
-        let targets = Targets { classes: 2, labels: None, teacher_logprobs: Some(&lp) };
-        let got = loss(&cfg, dev.tensor_from_vec(s.clone(), (2, 2)), &targets).unwrap().array();
+        let cfg = LossConfig {
+            kind: LossKind::Mse,
+            alpha: 0.0,
+            temperature: t,
+        };
+        let targets = Targets {
+            classes: 2,
+            labels: None,
+            teacher_logprobs: Some(&lp),
+        };
+        let got = loss(&cfg, dev.tensor_from_vec(s.clone(), (2, 2)), &targets)
+            .unwrap()
+            .array();
         assert!((got - 0.5).abs() < 1e-5, "{got}");
         // Pseudo-labels: teacher argmax [0, 1]; CE of s against them.
-        let cfg = LossConfig { kind: LossKind::Pseudo, alpha: 0.0, temperature: t };
-        let got = loss(&cfg, dev.tensor_from_vec(s.clone(), (2, 2)), &targets).unwrap().array();
+        let cfg = LossConfig {
+            kind: LossKind::Pseudo,
+            alpha: 0.0,
+            temperature: t,
+        };
+        let got = loss(&cfg, dev.tensor_from_vec(s.clone(), (2, 2)), &targets)
+            .unwrap()
+            .array();
         let expected = -(log_softmax(&s[0..2], 1.0)[0] + log_softmax(&s[2..4], 1.0)[1]) / 2.0;
         assert!((got - expected).abs() < 1e-5);
     }
@@ -312,12 +365,34 @@ mod tests {
     #[test]
     fn missing_targets_and_bad_flags_are_clear() {
         let dev = Cpu::seed_from_u64(0);
-        let cfg = LossConfig { kind: LossKind::Kd, alpha: 0.5, temperature: 2.0 };
-        let targets = Targets { classes: 2, labels: None, teacher_logprobs: Some(&[-0.1, -2.0]) };
-        let err = loss(&cfg, dev.tensor_from_vec(vec![0.0, 1.0], (1, 2)), &targets).err().unwrap();
+        let cfg = LossConfig {
+            kind: LossKind::Kd,
+            alpha: 0.5,
+            temperature: 2.0,
+        };
+        let targets = Targets {
+            classes: 2,
+            labels: None,
+            teacher_logprobs: Some(&[-0.1, -2.0]),
+        };
+        let err = loss(&cfg, dev.tensor_from_vec(vec![0.0, 1.0], (1, 2)), &targets)
+            .err()
+            .unwrap();
         assert!(err.to_string().contains("labels"), "{err}");
-        for (alpha, t, flag) in [(1.5, 2.0, "--alpha"), (-0.1, 2.0, "--alpha"), (0.5, 0.0, "--temperature"), (0.5, -1.0, "--temperature"), (0.5, f32::NAN, "--temperature")] {
-            let e = LossConfig { kind: LossKind::Kd, alpha, temperature: t }.validate().unwrap_err();
+        for (alpha, t, flag) in [
+            (1.5, 2.0, "--alpha"),
+            (-0.1, 2.0, "--alpha"),
+            (0.5, 0.0, "--temperature"),
+            (0.5, -1.0, "--temperature"),
+            (0.5, f32::NAN, "--temperature"),
+        ] {
+            let e = LossConfig {
+                kind: LossKind::Kd,
+                alpha,
+                temperature: t,
+            }
+            .validate()
+            .unwrap_err();
             assert!(e.to_string().contains(flag), "{e}");
         }
     }

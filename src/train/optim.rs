@@ -102,7 +102,10 @@ impl OptimizerConfig {
             return bad("--lr", format!("{} must be a positive number", self.lr));
         }
         if !(self.weight_decay.is_finite() && self.weight_decay >= 0.0) {
-            return bad("--weight-decay", format!("{} must be zero or positive", self.weight_decay));
+            return bad(
+                "--weight-decay",
+                format!("{} must be zero or positive", self.weight_decay),
+            );
         }
         if !(0.0..1.0).contains(&self.momentum) {
             return bad("--momentum", format!("{} must be in [0, 1)", self.momentum));
@@ -187,7 +190,8 @@ impl<D: Backend> Optimizer<D> {
             OptimizerKind::Sgd => {
                 let cfg = SgdConfig {
                     lr,
-                    momentum: (self.cfg.momentum > 0.0).then_some(Momentum::Classic(self.cfg.momentum)),
+                    momentum: (self.cfg.momentum > 0.0)
+                        .then_some(Momentum::Classic(self.cfg.momentum)),
                     weight_decay: (wd > 0.0).then_some(WeightDecay::L2(wd)),
                 };
                 cfg.try_update(param, m, g)
@@ -239,7 +243,12 @@ impl<D: Backend> Optimizer<D> {
     /// a backward pass does: the gradient of `sum(p * s)` with respect to `p`
     /// is exactly `s` (a product with 1.0 and a sum with 0.0 are exact in
     /// IEEE arithmetic), so each slot map is rebuilt from such a pass.
-    pub fn restore_state(&mut self, net: &Network<D>, state: &[(Vec<f32>, Vec<f32>)], step: u64) -> Result<()> {
+    pub fn restore_state(
+        &mut self,
+        net: &Network<D>,
+        state: &[(Vec<f32>, Vec<f32>)],
+        step: u64,
+    ) -> Result<()> {
         if state.len() != net.params().len() {
             return Err(Error::Training {
                 context: "checkpoint".into(),
@@ -259,7 +268,11 @@ impl<D: Backend> Optimizer<D> {
                 if s.len() != n && !s.is_empty() {
                     Err(Error::Training {
                         context: "checkpoint".into(),
-                        message: format!("optimizer {which} of '{}' has {} values, expected {n}", p.name, s.len()),
+                        message: format!(
+                            "optimizer {which} of '{}' has {} values, expected {n}",
+                            p.name,
+                            s.len()
+                        ),
                     })
                 } else {
                     Ok(())
@@ -350,12 +363,19 @@ mod tests {
         let mut grads = y.backward();
         opt.update(&mut net, &mut grads).unwrap();
         let w = net.params()[0].value.to_vec();
-        assert!((w[0] - 0.9).abs() < 1e-6 && (w[1] + 1.1).abs() < 1e-6, "{w:?}");
+        assert!(
+            (w[0] - 0.9).abs() < 1e-6 && (w[1] + 1.1).abs() < 1e-6,
+            "{w:?}"
+        );
     }
 
     #[test]
     fn restored_state_continues_identically() {
-        for kind in [OptimizerKind::Sgd, OptimizerKind::Adam, OptimizerKind::AdamW] {
+        for kind in [
+            OptimizerKind::Sgd,
+            OptimizerKind::Adam,
+            OptimizerKind::AdamW,
+        ] {
             let dev = Cpu::seed_from_u64(0);
             let spec = ModelSpec::parse("mlp:6-5-3").unwrap();
             let mut a = Network::new(spec.clone(), dev.clone(), 1);
@@ -363,9 +383,12 @@ mod tests {
             train_steps(&mut a, &mut opt_a, 3);
             // Snapshot, restore into a fresh network and optimizer.
             let mut b = Network::new(spec, dev.clone(), 99);
-            b.load_host(&a.to_host(), std::path::Path::new("mem")).unwrap();
+            b.load_host(&a.to_host(), std::path::Path::new("mem"))
+                .unwrap();
             let mut opt_b = Optimizer::new(cfg(kind), 10);
-            opt_b.restore_state(&b, &opt_a.state_to_host(&a), opt_a.step()).unwrap();
+            opt_b
+                .restore_state(&b, &opt_a.state_to_host(&a), opt_a.step())
+                .unwrap();
             train_steps(&mut a, &mut opt_a, 3);
             train_steps(&mut b, &mut opt_b, 3);
             let wa: Vec<Vec<f32>> = a.params().iter().map(|p| p.value.to_vec()).collect();
@@ -382,6 +405,10 @@ mod tests {
         let mut c = cfg(OptimizerKind::Adam);
         c.momentum = 1.5;
         assert!(c.validate().unwrap_err().to_string().contains("--momentum"));
-        assert!("rmsprop".parse::<OptimizerKind>().unwrap_err().to_string().contains("--optimizer"));
+        assert!("rmsprop"
+            .parse::<OptimizerKind>()
+            .unwrap_err()
+            .to_string()
+            .contains("--optimizer"));
     }
 }

@@ -129,7 +129,8 @@ struct Batch {
 /// The hard-label epoch order: a permutation of all samples from (seed, epoch).
 pub fn shuffled_order(n: usize, seed: u64, epoch: u64) -> Vec<usize> {
     let mut order: Vec<usize> = (0..n).collect();
-    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed ^ epoch.wrapping_mul(0x9E37_79B9_7F4A_7C15));
+    let mut rng =
+        rand_chacha::ChaCha8Rng::seed_from_u64(seed ^ epoch.wrapping_mul(0x9E37_79B9_7F4A_7C15));
     order.shuffle(&mut rng);
     order
 }
@@ -137,8 +138,17 @@ pub fn shuffled_order(n: usize, seed: u64, epoch: u64) -> Vec<usize> {
 const CHECKPOINT: &str = "checkpoint.safetensors";
 
 /// Checks that a cache and a dataset belong together and fit the loss.
-pub fn check_cache(cache: &CacheReader, train: &Dataset, spec: &ModelSpec, loss_cfg: &LossConfig) -> Result<()> {
-    cache.check_pairing(&train.fingerprint().0, train.len() as u64, train.num_classes())?;
+pub fn check_cache(
+    cache: &CacheReader,
+    train: &Dataset,
+    spec: &ModelSpec,
+    loss_cfg: &LossConfig,
+) -> Result<()> {
+    cache.check_pairing(
+        &train.fingerprint().0,
+        train.len() as u64,
+        train.num_classes(),
+    )?;
     if cache.num_classes() != spec.num_classes() {
         return Err(Error::Config {
             flag: "--student".into(),
@@ -162,7 +172,8 @@ pub fn check_cache(cache: &CacheReader, train: &Dataset, spec: &ModelSpec, loss_
     if loss_cfg.kind == LossKind::Mse && cache.encoding().to_string().starts_with("topk") {
         return Err(Error::Config {
             flag: "--loss".into(),
-            message: "logit matching (mse) needs a dense cache (f32, f16 or q8); this one is top-k".into(),
+            message: "logit matching (mse) needs a dense cache (f32, f16 or q8); this one is top-k"
+                .into(),
         });
     }
     Ok(())
@@ -192,10 +203,15 @@ pub fn train<D: Backend>(
         net.load_host(init, Path::new("--init-from"))?;
     }
     if let Some(t) = sources.online_teacher {
-        if t.spec().num_classes() != spec.num_classes() || t.spec().input_len() != spec.input_len() {
+        if t.spec().num_classes() != spec.num_classes() || t.spec().input_len() != spec.input_len()
+        {
             return Err(Error::Config {
                 flag: "--teacher".into(),
-                message: format!("teacher {} and student {} disagree on inputs or classes", t.spec(), spec),
+                message: format!(
+                    "teacher {} and student {} disagree on inputs or classes",
+                    t.spec(),
+                    spec
+                ),
             });
         }
     }
@@ -254,7 +270,11 @@ pub fn train<D: Backend>(
     'epochs: for epoch in start_epoch..cfg.epochs {
         let epoch_start = Instant::now();
         let first = if epoch == start_epoch { start_pos } else { 0 };
-        let (mut loss_sum, mut loss_count) = if epoch == start_epoch { partial } else { (0.0, 0) };
+        let (mut loss_sum, mut loss_count) = if epoch == start_epoch {
+            partial
+        } else {
+            (0.0, 0)
+        };
         let bar = progress_bar(show, (n - first) as u64, epoch, cfg.epochs);
         let mut position = first;
         let mut stop = false;
@@ -293,10 +313,22 @@ pub fn train<D: Backend>(
                 if opts.stop_after_steps == Some(step) {
                     stop = true;
                 }
-                let due = opts.checkpoint_every.is_some_and(|k| k > 0 && step % k == 0);
+                let due = opts
+                    .checkpoint_every
+                    .is_some_and(|k| k > 0 && step % k == 0);
                 if due || stop {
                     let elapsed = train_seconds + epoch_start.elapsed().as_secs_f64();
-                    save_checkpoint(&ckpt_path, cfg, &net, &opt, epoch, position, (loss_sum, loss_count), &metrics, elapsed)?;
+                    save_checkpoint(
+                        &ckpt_path,
+                        cfg,
+                        &net,
+                        &opt,
+                        epoch,
+                        position,
+                        (loss_sum, loss_count),
+                        &metrics,
+                        elapsed,
+                    )?;
                 }
                 if stop {
                     break;
@@ -336,7 +368,17 @@ pub fn train<D: Backend>(
         write_metrics(&metrics_path, &metrics)?;
         last_eval = eval;
         if opts.checkpoint_every.is_some() || opts.resume {
-            save_checkpoint(&ckpt_path, cfg, &net, &opt, epoch + 1, 0, (0.0, 0), &metrics, train_seconds)?;
+            save_checkpoint(
+                &ckpt_path,
+                cfg,
+                &net,
+                &opt,
+                epoch + 1,
+                0,
+                (0.0, 0),
+                &metrics,
+                train_seconds,
+            )?;
         }
         if stop {
             finished = epoch + 1 == cfg.epochs;
@@ -362,7 +404,8 @@ pub fn train<D: Backend>(
     if finished {
         crate::model::io::save_weights(&net, &out_dir.join("model.safetensors"))?;
         card.save(&out_dir.join("model.json"))?;
-        let _ = crate::report::plot::training_curves(&out_dir.join("curves.png"), &metrics, None, None);
+        let _ =
+            crate::report::plot::training_curves(&out_dir.join("curves.png"), &metrics, None, None);
         if ckpt_path.exists() {
             let _ = fs::remove_file(&ckpt_path);
         }
@@ -508,38 +551,66 @@ fn save_checkpoint<D: Backend>(
     }
     let mut meta = HashMap::new();
     meta.insert(SPEC_KEY.into(), net.spec().to_string());
-    meta.insert("config".into(), serde_json::to_string(cfg).unwrap_or_default());
+    meta.insert(
+        "config".into(),
+        serde_json::to_string(cfg).unwrap_or_default(),
+    );
     meta.insert("epoch".into(), epoch.to_string());
     meta.insert("position".into(), position.to_string());
     meta.insert("step".into(), opt.step().to_string());
     meta.insert("loss_sum".into(), format!("{:e}", partial.0));
     meta.insert("loss_count".into(), partial.1.to_string());
     meta.insert("train_seconds".into(), train_seconds.to_string());
-    meta.insert("metrics".into(), serde_json::to_string(metrics).unwrap_or_default());
+    meta.insert(
+        "metrics".into(),
+        serde_json::to_string(metrics).unwrap_or_default(),
+    );
     write_safetensors(path, &tensors, meta)
 }
 
-fn load_checkpoint<D: Backend>(path: &Path, cfg: &TrainConfig, net: &mut Network<D>, opt: &mut Optimizer<D>) -> Result<Checkpoint> {
+fn load_checkpoint<D: Backend>(
+    path: &Path,
+    cfg: &TrainConfig,
+    net: &mut Network<D>,
+    opt: &mut Optimizer<D>,
+) -> Result<Checkpoint> {
     let (meta, tensors) = read_safetensors(path)?;
     let bad = |message: String| Error::Model {
         path: path.to_path_buf(),
         message,
     };
-    let saved_cfg = meta.get("config").ok_or_else(|| bad("no 'config' metadata: not a distill checkpoint".into()))?;
+    let saved_cfg = meta
+        .get("config")
+        .ok_or_else(|| bad("no 'config' metadata: not a distill checkpoint".into()))?;
     let ours = serde_json::to_string(cfg).unwrap_or_default();
     if saved_cfg != &ours {
         return Err(bad(format!(
             "was written by a run with other settings ({saved_cfg}); resume with the same flags or choose another --out"
         )));
     }
-    let field = |k: &str| -> Result<&String> { meta.get(k).ok_or_else(|| bad(format!("metadata '{k}' is missing"))) };
-    let num = |k: &str| -> Result<u64> { field(k)?.parse::<u64>().map_err(|_| bad(format!("metadata '{k}' is not a number"))) };
-    let by_name: HashMap<&str, &HostTensor> = tensors.iter().map(|t| (t.name.as_str(), t)).collect();
+    let field = |k: &str| -> Result<&String> {
+        meta.get(k)
+            .ok_or_else(|| bad(format!("metadata '{k}' is missing")))
+    };
+    let num = |k: &str| -> Result<u64> {
+        field(k)?
+            .parse::<u64>()
+            .map_err(|_| bad(format!("metadata '{k}' is not a number")))
+    };
+    let by_name: HashMap<&str, &HostTensor> =
+        tensors.iter().map(|t| (t.name.as_str(), t)).collect();
     // Weights are stored in the network's own layout.
     for p in net.params_mut() {
-        let t = by_name.get(p.name.as_str()).ok_or_else(|| bad(format!("tensor '{}' is missing", p.name)))?;
+        let t = by_name
+            .get(p.name.as_str())
+            .ok_or_else(|| bad(format!("tensor '{}' is missing", p.name)))?;
         if t.data.len() != p.value.len() {
-            return Err(bad(format!("tensor '{}' has {} values, expected {}", p.name, t.data.len(), p.value.len())));
+            return Err(bad(format!(
+                "tensor '{}' has {} values, expected {}",
+                p.name,
+                t.data.len(),
+                p.value.len()
+            )));
         }
         p.value.copy_from(&t.data);
     }
@@ -557,12 +628,14 @@ fn load_checkpoint<D: Backend>(path: &Path, cfg: &TrainConfig, net: &mut Network
         })
         .collect();
     opt.restore_state(net, &state, num("step")?)?;
-    let metrics: Vec<EpochMetrics> =
-        serde_json::from_str(field("metrics")?).map_err(|e| bad(format!("metadata 'metrics': {e}")))?;
+    let metrics: Vec<EpochMetrics> = serde_json::from_str(field("metrics")?)
+        .map_err(|e| bad(format!("metadata 'metrics': {e}")))?;
     Ok(Checkpoint {
         epoch: num("epoch")? as usize,
         position: num("position")? as usize,
-        loss_sum: field("loss_sum")?.parse().map_err(|_| bad("metadata 'loss_sum' is not a number".into()))?,
+        loss_sum: field("loss_sum")?
+            .parse()
+            .map_err(|_| bad("metadata 'loss_sum' is not a number".into()))?,
         loss_count: num("loss_count")? as usize,
         metrics,
         train_seconds: field("train_seconds")?.parse().unwrap_or(0.0),

@@ -1,0 +1,283 @@
+//! `distill cache build|import|inspect|verify`: phase one on the command line.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use clap::{Args, Subcommand};
+use distill::cache::{CacheMeta, CacheReader, DatasetInfo, Encoding, TeacherInfo, WriterOptions};
+use distill::data::{read_float_matrix, Dataset, Split};
+use distill::error::{Error, Result};
+use distill::model::Backend;
+use distill::teacher::{build_cache, BuildOptions};
+use distill::train::loss::argmax_rows;
+use xxhash_rust::xxh3::xxh3_128;
+
+use crate::DeviceArgs;
+
+#[derive(Subcommand)]
+pub enum CacheCommand {
+    /// Run a teacher over a dataset split once and write its outputs.
+    Build(BuildArgs),
+    /// Build a cache from teacher logits computed elsewhere (.npy or safetensors, [N, C]).
+    Import(ImportArgs),
+    /// Print a cache's manifest in human terms.
+    Inspect {
+        /// Cache directory.
+        cache: PathBuf,
+    },
+    /// Check every checksum; exits 2 naming the shard and block on a mismatch.
+    Verify {
+        /// Cache directory.
+        cache: PathBuf,
+    },
+}
+
+#[derive(Args, Clone)]
+pub struct StorageArgs {
+    /// Temperature T of the stored log-probabilities.
+    #[arg(long, alias = "t", short = 'T')]
+    temperature: f32,
+    /// f32, f16, q8 or topk:K.
+    #[arg(long, default_value = "f16")]
+    encoding: String,
+    /// Output cache directory.
+    #[arg(long)]
+    out: PathBuf,
+    /// Target shard size in KiB (default 64 MiB).
+    #[arg(long, default_value_t = 65536)]
+    shard_kib: u64,
+    /// Records per compressed block (0: automatic, about 1 MiB of records).
+    #[arg(long, default_value_t = 0)]
+    block_records: u32,
+    /// zstd compression level.
+    #[arg(long, default_value_t = 3)]
+    zstd_level: i32,
+    /// Replace an existing cache built with other settings.
+    #[arg(long)]
+    overwrite: bool,
+    /// No progress lines.
+    #[arg(long, short)]
+    quiet: bool,
+}
+
+#[derive(Args)]
+pub struct BuildArgs {
+    /// Teacher model directory (model.safetensors + model.json).
+    #[arg(long)]
+    teacher: PathBuf,
+    /// Dataset directory.
+    #[arg(long)]
+    data: PathBuf,
+    /// train or test.
+    #[arg(long, default_value = "train")]
+    split: String,
+    /// Teacher batch size.
+    #[arg(long, default_value_t = 500)]
+    batch: usize,
+    #[command(flatten)]
+    storage: StorageArgs,
+    #[command(flatten)]
+    device: DeviceArgs,
+}
+
+#[derive(Args)]
+pub struct ImportArgs {
+    /// Raw teacher logits, [N, C] float (.npy or .safetensors).
+    #[arg(long)]
+    logits: PathBuf,
+    /// Tensor name inside a safetensors file (default: its only tensor).
+    #[arg(long)]
+    tensor: Option<String>,
+    /// A description of the teacher, recorded in the manifest.
+    #[arg(long, default_value = "imported")]
+    teacher_spec: String,
+    /// Dataset directory the logits were computed on.
+    #[arg(long)]
+    data: PathBuf,
+    /// train or test.
+    #[arg(long, default_value = "train")]
+    split: String,
+    #[command(flatten)]
+    storage: StorageArgs,
+}
+
+pub fn run(cmd: CacheCommand) -> Result<()> {
+    match cmd {
+        CacheCommand::Build(a) => {
+            let dev = a.device.device.clone();
+            crate::with_device(&dev, crate::Dispatch::CacheBuild(a))
+        }
+        CacheCommand::Import(a) => import(a),
+        CacheCommand::Inspect { cache } => {
+            let reader = open_cache(&cache)?;
+            println!("cache {}", cache.display());
+            println!("{}", reader.stats());
+            Ok(())
+        }
+        CacheCommand::Verify { cache } => {
+            let reader = open_cache(&cache)?;
+            let report = reader.verify()?;
+            println!(
+                "ok: {} shards, {} blocks, {} samples, {} bytes verified ({})",
+                report.shards,
+                report.blocks,
+                report.samples,
+                report.bytes,
+                cache.display()
+            );
+            Ok(())
+        }
+    }
+}
+
+/// Opens a cache for reading.
+pub fn open_cache(dir: &Path) -> Result<CacheReader> {
+    // SAFETY: shards are immutable once written (written to a temporary name,
+    // synced, renamed) and distill never modifies or truncates them; the
+    // contract that no other program does so while distill runs is stated in
+    // FORMAT.md. Every block's checksum is checked before it is decoded.
+    Ok(unsafe { CacheReader::open(dir) }?)
+}
+
+/// The teacher's argmax on a (test) split, from its cache.
+pub fn teacher_predictions(cache: &CacheReader, data: &Dataset) -> Result<Vec<u32>> {
+    cache.check_pairing(&data.fingerprint().0, data.len() as u64, data.num_classes())?;
+    let all = cache.read_all(cache.temperature(), true)?;
+    Ok(argmax_rows(&all.logprobs, cache.num_classes()))
+}
+
+fn parse_split(s: &str) -> Result<Split> {
+    s.parse().map_err(|_| Error::Config {
+        flag: "--split".into(),
+        message: format!("'{s}' is not one of train, test"),
+    })
+}
+
+fn storage(a: &StorageArgs) -> Result<(Encoding, WriterOptions)> {
+    let encoding: Encoding = a.encoding.parse().map_err(|e| Error::Config {
+        flag: "--encoding".into(),
+        message: format!("{e}"),
+    })?;
+    if !(a.temperature.is_finite() && a.temperature > 0.0 && a.temperature <= 1000.0) {
+        return Err(Error::Config {
+            flag: "--temperature".into(),
+            message: format!("{} must be a number in (0, 1000]", a.temperature),
+        });
+    }
+    if a.shard_kib == 0 || a.shard_kib > 1 << 24 {
+        return Err(Error::Config {
+            flag: "--shard-kib".into(),
+            message: format!("{} must be between 1 and {}", a.shard_kib, 1 << 24),
+        });
+    }
+    let opts = WriterOptions {
+        shard_target_bytes: a.shard_kib << 10,
+        records_per_block: a.block_records,
+        zstd_level: a.zstd_level,
+        overwrite: a.overwrite,
+        ..WriterOptions::default()
+    };
+    Ok((encoding, opts))
+}
+
+fn report(manifest: &distill::cache::Manifest, dir: &Path, secs: f64, quiet: bool) {
+    let f = &manifest.fidelity;
+    println!(
+        "cache {} ({} samples, {} classes, T {}, {}): {:.1} bytes/sample, mean KL(exact || decoded) {:.3e}, max {:.3e}, top-1 agreement {:.4}%, {:.1}s",
+        dir.display(),
+        manifest.dataset.num_samples,
+        manifest.num_classes,
+        manifest.temperature,
+        manifest.encoding,
+        f.bytes_per_sample,
+        f.mean_kl,
+        f.max_kl,
+        100.0 * f.top1_agreement,
+        secs
+    );
+    if !quiet {
+        if let Some(acc) = manifest.teacher_stats.accuracy {
+            eprintln!(
+                "teacher accuracy against the stored labels: {:.2}%",
+                100.0 * acc
+            );
+        }
+    }
+}
+
+/// `distill cache build` on a device.
+pub fn build<D: Backend>(dev: D, a: BuildArgs) -> Result<()> {
+    let (encoding, writer) = storage(&a.storage)?;
+    let split = parse_split(&a.split)?;
+    let data = Dataset::open(&a.data, split)?;
+    let teacher = crate::load_model(&a.teacher, dev)?;
+    let opts = BuildOptions {
+        temperature: a.storage.temperature,
+        encoding,
+        writer,
+        batch: a.batch,
+        teacher_source: a.teacher.display().to_string(),
+        progress: !a.storage.quiet,
+    };
+    let r = build_cache(&teacher, &data, &a.storage.out, &opts)?;
+    report(&r.manifest, &a.storage.out, r.seconds, a.storage.quiet);
+    Ok(())
+}
+
+fn import(a: ImportArgs) -> Result<()> {
+    let (encoding, opts) = storage(&a.storage)?;
+    let split = parse_split(&a.split)?;
+    let data = Dataset::open(&a.data, split)?;
+    let (rows, cols, logits) = read_float_matrix(&a.logits, a.tensor.as_deref())?;
+    if rows != data.len() {
+        return Err(Error::Config {
+            flag: "--logits".into(),
+            message: format!(
+                "{} has {rows} rows but {} ({}) has {} samples",
+                a.logits.display(),
+                data.source().display(),
+                split,
+                data.len()
+            ),
+        });
+    }
+    if let Some(k) = data.num_classes() {
+        if k > cols {
+            return Err(Error::Config {
+                flag: "--logits".into(),
+                message: format!(
+                    "{} has {cols} columns (classes) but the labels go up to {}",
+                    a.logits.display(),
+                    k - 1
+                ),
+            });
+        }
+    }
+    let bytes: Vec<u8> = logits.iter().flat_map(|v| v.to_le_bytes()).collect();
+    let meta = CacheMeta {
+        teacher: TeacherInfo {
+            spec: a.teacher_spec.clone(),
+            fingerprint: format!("{:032x}", xxh3_128(&bytes)),
+            source: a.logits.display().to_string(),
+        },
+        dataset: DatasetInfo {
+            fingerprint: data.fingerprint().0.clone(),
+            split: split.to_string(),
+            num_samples: data.len() as u64,
+        },
+        num_classes: cols,
+        has_labels: data.labels().is_some(),
+        temperature: a.storage.temperature,
+        encoding,
+    };
+    let start = Instant::now();
+    let manifest =
+        distill::cache::import_logits(&a.storage.out, meta, opts, &logits, data.labels())?;
+    report(
+        &manifest,
+        &a.storage.out,
+        start.elapsed().as_secs_f64(),
+        a.storage.quiet,
+    );
+    Ok(())
+}
