@@ -103,6 +103,9 @@ struct TrainArgs {
     /// (online distillation; slower, kept for comparison).
     #[arg(long, conflicts_with = "cache")]
     online_teacher: Option<PathBuf>,
+    /// A finished hard-label run of the same student, drawn in curves.png.
+    #[arg(long)]
+    baseline_run: Option<PathBuf>,
     /// Teacher-output cache of the test split, for student-teacher agreement.
     #[arg(long)]
     test_cache: Option<PathBuf>,
@@ -318,9 +321,11 @@ fn train<D: Backend>(dev: D, a: TrainArgs) -> Result<()> {
         Some(dir) => Some(cli_cache::open_cache(dir)?),
         None => None,
     };
+    let mut teacher_accuracy = None;
     let teacher_test_predictions = match (&a.test_cache, &test_ds) {
         (Some(dir), Some(test)) => {
             let tc = cli_cache::open_cache(dir)?;
+            teacher_accuracy = tc.manifest().teacher_stats.accuracy;
             Some(cli_cache::teacher_predictions(&tc, test)?)
         }
         (Some(_), None) => {
@@ -351,6 +356,11 @@ fn train<D: Backend>(dev: D, a: TrainArgs) -> Result<()> {
         command: command_line(),
         data_dir: a.data.clone(),
         init: None,
+        baseline_metrics: match &a.baseline_run {
+            Some(dir) => Some(distill::report::card::read_metrics(&dir.join("metrics.jsonl"))?),
+            None => None,
+        },
+        teacher_accuracy,
     };
     if !a.quiet {
         eprintln!(

@@ -51,6 +51,21 @@ impl EpochMetrics {
     }
 }
 
+/// Reads a run's `metrics.jsonl`.
+pub fn read_metrics(path: &Path) -> Result<Vec<EpochMetrics>> {
+    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    text.lines()
+        .filter(|l| !l.trim().is_empty())
+        .enumerate()
+        .map(|(i, l)| {
+            serde_json::from_str(l).map_err(|e| Error::Model {
+                path: path.to_path_buf(),
+                message: format!("line {}: not an epoch metrics record: {e}", i + 1),
+            })
+        })
+        .collect()
+}
+
 /// Which cache a model was distilled from.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct CacheRef {

@@ -73,6 +73,7 @@ pub fn training_curves(
         .configure_mesh()
         .x_desc("epoch")
         .y_desc("loss (nats per sample)")
+        .x_label_formatter(&|x| format!("{x:.0}"))
         .label_style(("sans-serif", 15))
         .draw()
         .map_err(|e| plot_err(path, e))?;
@@ -158,6 +159,7 @@ pub fn training_curves(
             .configure_mesh()
             .x_desc("epoch")
             .y_desc("test accuracy (%)")
+            .x_label_formatter(&|x| format!("{x:.0}"))
             .label_style(("sans-serif", 15))
             .draw()
             .map_err(|e| plot_err(path, e))?;

@@ -94,6 +94,10 @@ pub struct RunOptions {
     pub data_dir: PathBuf,
     /// Start from these weights instead of random ones.
     pub init: Option<Vec<HostTensor>>,
+    /// A hard-label baseline's per-epoch metrics, drawn in `curves.png`.
+    pub baseline_metrics: Option<Vec<EpochMetrics>>,
+    /// The teacher's test accuracy, drawn in `curves.png`.
+    pub teacher_accuracy: Option<f64>,
 }
 
 /// What the loop reads.
@@ -404,8 +408,12 @@ pub fn train<D: Backend>(
     if finished {
         crate::model::io::save_weights(&net, &out_dir.join("model.safetensors"))?;
         card.save(&out_dir.join("model.json"))?;
-        let _ =
-            crate::report::plot::training_curves(&out_dir.join("curves.png"), &metrics, None, None);
+        crate::report::plot::training_curves(
+            &out_dir.join("curves.png"),
+            &metrics,
+            opts.baseline_metrics.as_deref(),
+            opts.teacher_accuracy,
+        )?;
         if ckpt_path.exists() {
             let _ = fs::remove_file(&ckpt_path);
         }
