@@ -48,7 +48,7 @@ teacher: $(BIN) data
 # Phase one: the teacher's outputs on both splits, once.
 cache: $(CACHE_DIR)/train/manifest.json $(CACHE_DIR)/test/manifest.json
 
-$(CACHE_DIR)/%/manifest.json: $(BIN) | data
+$(CACHE_DIR)/%/manifest.json: | $(BIN) data
 	$(BIN) cache build --teacher $(TEACHER) --data $(DATA) --split $* -T $(CACHE_T) \
 	  --encoding $(ENCODING) --out $(CACHE_DIR)/$*
 
