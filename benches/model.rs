@@ -92,11 +92,62 @@ fn train_step(c: &mut Criterion) {
     });
     group.finish();
 
-    // The limit: one large matmul on the same device, in the same run.
-    let mut group = c.benchmark_group("matmul_limit");
+    // Interleaved rounds (robust to load drift on a shared machine): 10 steps
+    // of each variant and one 1024^3 matmul per round, medians printed.
     let n = 1024;
     let a = dev.tensor_from_vec(inputs(n * n, 3), (n, n));
     let bm = dev.tensor_from_vec(inputs(n * n, 4), (n, n));
+    let (mut t_rt, mut t_cg, mut t_mm) = (Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..9 {
+        let t = std::time::Instant::now();
+        for _ in 0..10 {
+            let x = dev.tensor_from_vec(x_host.clone(), (BATCH, 784));
+            let logits = net.forward(x.traced(Gradients::leaky()));
+            let tg = Targets {
+                classes: 10,
+                labels: Some(&y_host),
+                teacher_logprobs: None,
+            };
+            let mut grads = loss(&hard, logits, &tg).unwrap().backward();
+            opt.update(&mut net, &mut grads).unwrap();
+        }
+        t_rt.push(t.elapsed().as_secs_f64() / 10.0);
+        let t = std::time::Instant::now();
+        for _ in 0..10 {
+            let x: Tensor<Rank2<BATCH, 784>, f32, Cpu> =
+                dev.tensor_from_vec(x_host.clone(), (Const, Const));
+            let y: Tensor<Rank2<BATCH, 10>, f32, Cpu> =
+                dev.tensor_from_vec(y_onehot.clone(), (Const, Const));
+            let g = std::mem::replace(&mut grads, Gradients::leaky());
+            let l = cross_entropy_with_logits_loss(model.forward_mut(x.traced(g)), y);
+            grads = l.backward();
+            adam.update(&mut model, &grads).unwrap();
+            model.zero_grads(&mut grads);
+        }
+        t_cg.push(t.elapsed().as_secs_f64() / 10.0);
+        let t = std::time::Instant::now();
+        let c = a.clone().matmul(bm.clone());
+        std::hint::black_box(&c);
+        t_mm.push(t.elapsed().as_secs_f64());
+    }
+    for v in [&mut t_rt, &mut t_cg, &mut t_mm] {
+        v.sort_by(f64::total_cmp);
+    }
+    let (rt, cg, mm) = (t_rt[4], t_cg[4], t_mm[4]);
+    eprintln!(
+        "interleaved medians: run-time spec {:.2} ms/step ({:.0} samples/s, {:.1} GFLOP/s), const-generic {:.2} ms/step ({:.0} samples/s, {:.1} GFLOP/s), ratio {:.3}; matmul 1024^3 {:.1} GFLOP/s",
+        rt * 1e3,
+        BATCH as f64 / rt,
+        flops_per_step as f64 / rt / 1e9,
+        cg * 1e3,
+        BATCH as f64 / cg,
+        flops_per_step as f64 / cg / 1e9,
+        rt / cg,
+        2.0 * (n * n * n) as f64 / mm / 1e9
+    );
+
+    // The limit: one large matmul on the same device, in the same run.
+    let mut group = c.benchmark_group("matmul_limit");
     group.throughput(Throughput::Elements((2 * n * n * n) as u64));
     group.sample_size(20);
     group.bench_function("matmul_1024_f32", |b| {

@@ -357,7 +357,9 @@ fn train<D: Backend>(dev: D, a: TrainArgs) -> Result<()> {
         data_dir: a.data.clone(),
         init: None,
         baseline_metrics: match &a.baseline_run {
-            Some(dir) => Some(distill::report::card::read_metrics(&dir.join("metrics.jsonl"))?),
+            Some(dir) => Some(distill::report::card::read_metrics(
+                &dir.join("metrics.jsonl"),
+            )?),
             None => None,
         },
         teacher_accuracy,

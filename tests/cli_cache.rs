@@ -286,3 +286,54 @@ fn import_of_logits_and_bad_values() {
         &["--encoding"],
     );
 }
+
+#[test]
+fn online_teacher_matches_cached_distillation_closely() {
+    // The same KD run with the teacher run on every batch ("online") and
+    // read from an exact f32 cache: the targets agree to float rounding, so
+    // the accuracies agree closely.
+    let tmp = tempfile::tempdir().unwrap();
+    let data = s(&small_data());
+    let teacher = s(&teacher_dir());
+    build(tmp.path(), "train", "f32", "exact", &[]);
+    let acc = |dir: &str| -> f64 {
+        let card: serde_json::Value = serde_json::from_str(
+            &fs::read_to_string(tmp.path().join(dir).join("model.json")).unwrap(),
+        )
+        .unwrap();
+        card["test_accuracy"].as_f64().unwrap()
+    };
+    let base = [
+        "train",
+        "--data",
+        data.as_str(),
+        "--student",
+        "mlp:784-32-10",
+        "--epochs",
+        "2",
+        "--alpha",
+        "0.5",
+        "-T",
+        "4",
+        "-q",
+    ];
+    let mut cached = base.to_vec();
+    cached.extend_from_slice(&["--cache", "exact", "--out", "cached"]);
+    ok(tmp.path(), &cached);
+    let mut online = base.to_vec();
+    online.extend_from_slice(&["--online-teacher", teacher.as_str(), "--out", "online"]);
+    ok(tmp.path(), &online);
+    assert!(
+        (acc("cached") - acc("online")).abs() < 0.02,
+        "{} vs {}",
+        acc("cached"),
+        acc("online")
+    );
+    // A baseline run's curves can be drawn beside a student's.
+    let mut with_baseline = cached.clone();
+    let n = with_baseline.len();
+    with_baseline[n - 1] = "cached2";
+    with_baseline.extend_from_slice(&["--baseline-run", "online"]);
+    ok(tmp.path(), &with_baseline);
+    assert!(tmp.path().join("cached2/curves.png").exists());
+}
