@@ -163,7 +163,10 @@ fn check_corrupted(
             region.file
         );
         if region.kind == Kind::Block {
-            assert!(e.contains("block"), "{what}: error does not name the block: {e}");
+            assert!(
+                e.contains("block"),
+                "{what}: error does not name the block: {e}"
+            );
         }
     };
     let r = match open(dir) {
@@ -236,7 +239,11 @@ fn corruption_campaign_every_flip_and_truncation_is_detected() {
         let regs = regions(&dir, &m);
         shards_seen += m.shards.len();
         blocks_seen += regs.iter().filter(|r| r.kind == Kind::Block).count();
-        assert!(m.shards.len() >= 5, "want many shards, got {}", m.shards.len());
+        assert!(
+            m.shards.len() >= 5,
+            "want many shards, got {}",
+            m.shards.len()
+        );
         for trial in 0..trials / encs.len() {
             let kind = [Kind::Header, Kind::Index, Kind::Block, Kind::Manifest][trial % 4];
             let of_kind: Vec<&Region> = regs.iter().filter(|r| r.kind == kind).collect();
@@ -301,7 +308,14 @@ fn corruption_campaign_every_flip_and_truncation_is_detected() {
                 kind: Kind::Manifest,
                 block: 0,
             };
-            check_corrupted(&dir, &pristine, &m, &reg, &format!("manifest cut {cut}"), &mut trunc);
+            check_corrupted(
+                &dir,
+                &pristine,
+                &m,
+                &reg,
+                &format!("manifest cut {cut}"),
+                &mut trunc,
+            );
         }
         fs::write(&mpath, &morig).unwrap();
         open(&dir).unwrap().verify().unwrap();
@@ -332,8 +346,11 @@ fn corruption_campaign_every_flip_and_truncation_is_detected() {
         "truncation: {} cases, detected at open {}, at read {}, by verify only {}",
         trunc.tried, trunc.at_open, trunc.at_read, trunc.by_verify_only
     );
-    assert!(total.tried >= 1000 || !cfg!(debug_assertions) || trials < 1000);
-    assert_eq!(trunc.tried, trunc.at_open + trunc.at_read + trunc.by_verify_only);
+    assert!(total.tried >= 1000);
+    assert_eq!(
+        trunc.tried,
+        trunc.at_open + trunc.at_read + trunc.by_verify_only
+    );
 }
 
 /// Writes `m` (recomputing its id) as the cache's manifest.
@@ -511,7 +528,10 @@ fn manifest_paths_cannot_escape_the_cache_directory() {
         mm.shards[0].file = name.clone();
         write_manifest(&dir, &mut mm);
         let e = open(&dir).err().unwrap_or_else(|| panic!("{name} opened"));
-        assert!(e.to_string().contains("not a plain file name"), "{name}: {e}");
+        assert!(
+            e.to_string().contains("not a plain file name"),
+            "{name}: {e}"
+        );
     }
 }
 
@@ -651,13 +671,11 @@ fn weights_with_a_huge_spec_are_refused_before_allocating() {
     let hlen = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
     let header = String::from_utf8(bytes[8..8 + hlen].to_vec()).unwrap();
     let huge = "mlp:1048576-4000-10";
-    let pad = "mlp:16-3-2".len();
     let mut new_header = header.replace("\"mlp:16-3-2\"", &format!("\"{huge}\""));
     // Keep the header a multiple of 8 by trimming trailing spaces if present, else pad.
     while (new_header.len() - hlen) % 8 != 0 {
         new_header.push(' ');
     }
-    let _ = pad;
     let mut out = (new_header.len() as u64).to_le_bytes().to_vec();
     out.extend_from_slice(new_header.as_bytes());
     out.extend_from_slice(&bytes[8 + hlen..]);
