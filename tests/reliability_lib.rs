@@ -544,7 +544,10 @@ fn s(p: &Path) -> String {
 #[test]
 fn hostile_data_and_weights_files_give_errors_never_panics() {
     let n = cases(1500, 45_000);
-    let tmp = tempfile::tempdir().unwrap();
+    // Many small files: prefer memory (/dev/shm) over a shared disk.
+    let tmp = tempfile::tempdir_in("/dev/shm")
+        .or_else(|_| tempfile::tempdir())
+        .unwrap();
     let mut rng = ChaCha8Rng::seed_from_u64(5);
     // Valid seeds: a tiny IDX dataset (raw and gzip), npy files, a weights file.
     let ds = Dataset::from_u8(
