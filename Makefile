@@ -80,6 +80,11 @@ test:
 	$(CARGO) test --locked
 	$(CARGO) check --locked --benches
 
+# The long reliability campaign (issue 7): more kill points, corruptions and
+# fuzz cases; prints its figures (see RELIABILITY.md).
+stress:
+	DISTILL_STRESS=1 $(CARGO) test --locked --test tests -- reliability --nocapture
+
 bench: $(BIN) data
 	$(CARGO) bench --bench model
 	$(CARGO) bench --bench cache

@@ -7,3 +7,5 @@ mod cli_cache;
 mod cli_data;
 mod cli_model;
 mod cli_train;
+mod reliability_cli;
+mod reliability_lib;

@@ -341,6 +341,30 @@ pub fn load_weights<D: Backend>(
             })
         }
     };
+    // Check names and shapes before allocating: the spec may come from the
+    // file itself, and a small file must not make us allocate a huge network.
+    for (name, shape) in torch_shapes(&spec) {
+        match tensors.iter().find(|t| t.name == name) {
+            Some(t) if t.shape == shape => {}
+            Some(t) => {
+                return Err(Error::Model {
+                    path: path.to_path_buf(),
+                    message: format!(
+                        "tensor '{name}' has shape {:?}, but spec {spec} needs {shape:?}",
+                        t.shape
+                    ),
+                })
+            }
+            None => {
+                return Err(Error::Model {
+                    path: path.to_path_buf(),
+                    message: format!(
+                        "tensor '{name}' is missing (spec {spec} needs it with shape {shape:?})"
+                    ),
+                })
+            }
+        }
+    }
     let mut net = Network::new(spec, device, 0);
     net.load_host(&tensors, path)?;
     Ok(net)

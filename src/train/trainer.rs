@@ -256,8 +256,10 @@ pub fn train<D: Backend>(
     let mut metrics: Vec<EpochMetrics> = Vec::new();
     let mut train_seconds = 0f64;
     let ckpt_path = out_dir.join(CHECKPOINT);
+    // The cache's content id: a checkpoint resumes only on the same teacher outputs.
+    let cache_id = sources.cache.map_or("", |c| c.manifest().id.as_str());
     if opts.resume && ckpt_path.exists() {
-        let ck = load_checkpoint(&ckpt_path, cfg, &mut net, &mut opt)?;
+        let ck = load_checkpoint(&ckpt_path, cfg, cache_id, &mut net, &mut opt)?;
         start_epoch = ck.epoch;
         start_pos = ck.position;
         partial = (ck.loss_sum, ck.loss_count);
@@ -325,6 +327,7 @@ pub fn train<D: Backend>(
                     save_checkpoint(
                         &ckpt_path,
                         cfg,
+                        cache_id,
                         &net,
                         &opt,
                         epoch,
@@ -375,6 +378,7 @@ pub fn train<D: Backend>(
             save_checkpoint(
                 &ckpt_path,
                 cfg,
+                cache_id,
                 &net,
                 &opt,
                 epoch + 1,
@@ -529,6 +533,7 @@ struct Checkpoint {
 fn save_checkpoint<D: Backend>(
     path: &Path,
     cfg: &TrainConfig,
+    cache_id: &str,
     net: &Network<D>,
     opt: &Optimizer<D>,
     epoch: usize,
@@ -563,6 +568,7 @@ fn save_checkpoint<D: Backend>(
         "config".into(),
         serde_json::to_string(cfg).unwrap_or_default(),
     );
+    meta.insert("cache_id".into(), cache_id.to_string());
     meta.insert("epoch".into(), epoch.to_string());
     meta.insert("position".into(), position.to_string());
     meta.insert("step".into(), opt.step().to_string());
@@ -579,6 +585,7 @@ fn save_checkpoint<D: Backend>(
 fn load_checkpoint<D: Backend>(
     path: &Path,
     cfg: &TrainConfig,
+    cache_id: &str,
     net: &mut Network<D>,
     opt: &mut Optimizer<D>,
 ) -> Result<Checkpoint> {
@@ -594,6 +601,12 @@ fn load_checkpoint<D: Backend>(
     if saved_cfg != &ours {
         return Err(bad(format!(
             "was written by a run with other settings ({saved_cfg}); resume with the same flags or choose another --out"
+        )));
+    }
+    let saved_cache = meta.get("cache_id").map_or("", |s| s.as_str());
+    if saved_cache != cache_id {
+        return Err(bad(format!(
+            "was written while training from cache '{saved_cache}', but the cache given now is '{cache_id}' (replaced or rebuilt); resume with the same cache or choose another --out"
         )));
     }
     let field = |k: &str| -> Result<&String> {

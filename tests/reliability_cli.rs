@@ -1,0 +1,869 @@
+//! Reliability end to end, with the real binary: `kill -9` during
+//! `cache build` and `train` (the rerun ends byte-identical), environment
+//! faults (disk full, read-only directory, a second writer, a cache replaced
+//! under a running trainer), concurrent trainers, numbers at the edges, and
+//! CLI spot checks of corruption.
+//!
+//! Tests that need root and `mount` skip with a note on stderr where those are
+//! unavailable. `DISTILL_STRESS=1` (`make stress`) runs the long variants.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+use crate::reliability_lib::cases;
+use crate::util::*;
+
+fn spawn(cwd: &Path, args: &[&str]) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_distill"))
+        .args(args)
+        .current_dir(cwd)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn distill")
+}
+
+/// Every file of a directory (recursively) by relative path, with its bytes.
+fn snapshot(dir: &Path) -> BTreeMap<String, Vec<u8>> {
+    let mut out = BTreeMap::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                let rel = p.strip_prefix(dir).unwrap().to_string_lossy().into_owned();
+                out.insert(rel, fs::read(&p).unwrap());
+            }
+        }
+    }
+    out
+}
+
+fn assert_same_files(a: &Path, b: &Path, what: &str) {
+    let (x, y) = (snapshot(a), snapshot(b));
+    assert_eq!(
+        x.keys().collect::<Vec<_>>(),
+        y.keys().collect::<Vec<_>>(),
+        "{what}: different file sets"
+    );
+    for (k, v) in &x {
+        assert!(v == &y[k], "{what}: {k} differs");
+    }
+}
+
+fn build_args<'a>(data: &'a str, teacher: &'a str, out: &'a str) -> Vec<&'a str> {
+    vec![
+        "cache",
+        "build",
+        "--teacher",
+        teacher,
+        "--data",
+        data,
+        "--split",
+        "test",
+        "-T",
+        "4",
+        "--encoding",
+        "f32",
+        "--shard-kib",
+        "16",
+        "--block-records",
+        "64",
+        "--batch",
+        "100",
+        "--out",
+        out,
+        "-q",
+    ]
+}
+
+/// `kill -9` at random points of `cache build`, rerun to completion: verify
+/// passes and every file equals an uninterrupted build's, byte for byte.
+#[test]
+fn kill_during_cache_build_then_rerun_is_byte_identical() {
+    let kills = cases(20, 120);
+    let tmp = tempfile::tempdir().unwrap();
+    let (data, teacher) = (s(&small_data()), s(&teacher_dir()));
+    let t0 = Instant::now();
+    ok(tmp.path(), &build_args(&data, &teacher, "ref"));
+    let full = t0.elapsed();
+    let mut rng = ChaCha8Rng::seed_from_u64(11);
+    let mut killed_mid = 0;
+    let mut committed_seen = 0;
+    let mut attempts = 0;
+    // Count only kills that land while the build runs.
+    while killed_mid < kills && attempts < 4 * kills {
+        attempts += 1;
+        let delay = full.mul_f64(rng.gen_range(0.0..0.6));
+        let mut child = spawn(tmp.path(), &build_args(&data, &teacher, "crash"));
+        std::thread::sleep(delay);
+        if child.try_wait().unwrap().is_none() {
+            killed_mid += 1;
+        }
+        child.kill().ok(); // SIGKILL
+        child.wait().unwrap();
+        // Whatever the kill point, a manifest that exists describes a whole cache.
+        if tmp.path().join("crash/manifest.json").exists() {
+            committed_seen += 1;
+            ok(tmp.path(), &["cache", "verify", "crash"]);
+            // Finished: start over so the next kill lands in a build again.
+            fs::remove_dir_all(tmp.path().join("crash")).unwrap();
+        }
+    }
+    ok(tmp.path(), &build_args(&data, &teacher, "crash"));
+    ok(tmp.path(), &["cache", "verify", "crash"]);
+    assert_same_files(
+        &tmp.path().join("ref"),
+        &tmp.path().join("crash"),
+        "killed build",
+    );
+    eprintln!(
+        "crash build: {attempts} kill -9 at random delays in 0..0.6x of a {:.2}s build ({killed_mid} while running, manifest present {committed_seen} times, all verified); rerun byte-identical",
+        full.as_secs_f64()
+    );
+}
+
+/// A synthetic teacher cache of the committed subset's training split (fast: no teacher run).
+fn import_cache(cwd: &Path, out: &str) {
+    let data = s(&small_data());
+    let n = 2000;
+    let mut rng = ChaCha8Rng::seed_from_u64(3);
+    let logits: Vec<f32> = (0..n * 10).map(|_| rng.gen_range(-4.0f32..4.0)).collect();
+    let bytes: Vec<u8> = logits.iter().flat_map(|v| v.to_le_bytes()).collect();
+    write_npy(&cwd.join("logits.npy"), "<f4", &[n, 10], &bytes);
+    ok(
+        cwd,
+        &[
+            "cache",
+            "import",
+            "--logits",
+            "logits.npy",
+            "--data",
+            &data,
+            "--split",
+            "train",
+            "-T",
+            "4",
+            "--encoding",
+            "f16",
+            "--shard-kib",
+            "16",
+            "--block-records",
+            "64",
+            "--out",
+            out,
+            "-q",
+        ],
+    );
+}
+
+fn train_args<'a>(data: &'a str, cache: &'a str, out: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
+    let mut a = vec![
+        "train",
+        "--data",
+        data,
+        "--student",
+        "mlp:784-32-10",
+        "--cache",
+        cache,
+        "--alpha",
+        "0.5",
+        "-T",
+        "4",
+        "--epochs",
+        "3",
+        "--batch",
+        "64",
+        "--seed",
+        "5",
+        "--out",
+        out,
+        "-q",
+    ];
+    a.extend_from_slice(extra);
+    a
+}
+
+/// `kill -9` at random points of `train --checkpoint-every N`, then
+/// `--resume`: the final weights equal an uninterrupted run's.
+#[test]
+fn kill_during_train_then_resume_gives_identical_weights() {
+    let kills = cases(8, 40);
+    let tmp = tempfile::tempdir().unwrap();
+    let data = s(&small_data());
+    import_cache(tmp.path(), "cache");
+    let t0 = Instant::now();
+    ok(tmp.path(), &train_args(&data, "cache", "ref", &[]));
+    let full = t0.elapsed();
+    let want = fs::read(tmp.path().join("ref/model.safetensors")).unwrap();
+    let mut rng = ChaCha8Rng::seed_from_u64(12);
+    let mut killed_mid = 0;
+    for _ in 0..kills {
+        let delay = full.mul_f64(rng.gen_range(0.05..1.0));
+        let mut child = spawn(
+            tmp.path(),
+            &train_args(
+                &data,
+                "cache",
+                "run",
+                &["--checkpoint-every", "4", "--resume"],
+            ),
+        );
+        std::thread::sleep(delay);
+        if child.try_wait().unwrap().is_none() {
+            killed_mid += 1;
+        }
+        child.kill().ok();
+        child.wait().unwrap();
+    }
+    ok(
+        tmp.path(),
+        &train_args(
+            &data,
+            "cache",
+            "run",
+            &["--checkpoint-every", "4", "--resume"],
+        ),
+    );
+    let got = fs::read(tmp.path().join("run/model.safetensors")).unwrap();
+    assert!(
+        got == want,
+        "resumed weights differ from the uninterrupted run"
+    );
+    eprintln!(
+        "crash train: {kills} kill -9 at random delays in a {:.2}s run ({killed_mid} while running); --resume byte-identical",
+        full.as_secs_f64()
+    );
+}
+
+/// Several trainers reading one cache at once get the weights of one alone.
+#[test]
+fn concurrent_trainers_on_one_cache_match_a_lone_trainer() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = s(&small_data());
+    import_cache(tmp.path(), "cache");
+    ok(tmp.path(), &train_args(&data, "cache", "alone", &[]));
+    let want = fs::read(tmp.path().join("alone/model.safetensors")).unwrap();
+    let outs: Vec<String> = (0..3).map(|i| format!("par{i}")).collect();
+    let children: Vec<Child> = outs
+        .iter()
+        .map(|o| spawn(tmp.path(), &train_args(&data, "cache", o, &[])))
+        .collect();
+    for mut c in children {
+        assert!(c.wait().unwrap().success());
+    }
+    for o in &outs {
+        let got = fs::read(tmp.path().join(o).join("model.safetensors")).unwrap();
+        assert!(got == want, "{o} differs from the lone run");
+    }
+}
+
+/// A cache deleted, then rebuilt differently, while a trainer has it mapped:
+/// the trainer finishes on the files it opened (same weights as an undisturbed
+/// run), and the new cache is what the next open sees.
+#[test]
+fn cache_replaced_under_a_running_trainer() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = s(&small_data());
+    import_cache(tmp.path(), "cache");
+    ok(tmp.path(), &train_args(&data, "cache", "ref", &[]));
+    let want = fs::read(tmp.path().join("ref/model.safetensors")).unwrap();
+    // A checkpoint taken on this cache, to resume after the replacement.
+    ok(
+        tmp.path(),
+        &train_args(
+            &data,
+            "cache",
+            "ck",
+            &["--checkpoint-every", "4", "--stop-after-steps", "10"],
+        ),
+    );
+    let child = Command::new(env!("CARGO_BIN_EXE_distill"))
+        .args(train_args(&data, "cache", "run", &[]))
+        .current_dir(tmp.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    // Replace it: delete every file, then build another cache (other T) in its place.
+    fs::remove_dir_all(tmp.path().join("cache")).unwrap();
+    let logits = tmp.path().join("logits.npy");
+    ok(
+        tmp.path(),
+        &[
+            "cache",
+            "import",
+            "--logits",
+            &s(&logits),
+            "--data",
+            &data,
+            "--split",
+            "train",
+            "-T",
+            "2",
+            "--out",
+            "cache",
+            "-q",
+        ],
+    );
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let got = fs::read(tmp.path().join("run/model.safetensors")).unwrap();
+    assert!(
+        got == want,
+        "a trainer whose cache was replaced changed weights"
+    );
+    // Resuming the checkpoint on the replaced cache is refused.
+    fails(
+        tmp.path(),
+        &train_args(
+            &data,
+            "cache",
+            "ck",
+            &["--checkpoint-every", "4", "--resume"],
+        ),
+        &["checkpoint.safetensors", "replaced or rebuilt"],
+    );
+    let inspect = ok(tmp.path(), &["cache", "inspect", "cache"]);
+    assert!(inspect.contains("temperature    2"), "{inspect}");
+    // A manifest swapped in from another cache is refused at the next open.
+    import_cache(tmp.path(), "other");
+    fs::copy(
+        tmp.path().join("other/manifest.json"),
+        tmp.path().join("cache/manifest.json"),
+    )
+    .unwrap();
+    fails(tmp.path(), &["cache", "verify", "cache"], &["cache/"]);
+    fails(
+        tmp.path(),
+        &train_args(&data, "cache", "run2", &[]),
+        &["cache/"],
+    );
+}
+
+/// The lock: a second writer is refused with a clear message, and two racing
+/// builds end with one correct cache.
+#[test]
+fn second_writer_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = s(&small_data());
+    let n = 1000;
+    let logits: Vec<u8> = (0..n * 10)
+        .flat_map(|i| (((i * 7) % 11) as f32 - 5.0).to_le_bytes())
+        .collect();
+    write_npy(&tmp.path().join("l.npy"), "<f4", &[n, 10], &logits);
+    let imp = |out: &'static str| -> Vec<String> {
+        [
+            "cache", "import", "--logits", "l.npy", "--data", &data, "--split", "test", "-T", "2",
+            "--out", out, "-q",
+        ]
+        .iter()
+        .map(|x| x.to_string())
+        .collect()
+    };
+    // Hold the lock as another writer would.
+    fs::create_dir_all(tmp.path().join("c")).unwrap();
+    let lock = fs::File::create(tmp.path().join("c/.lock")).unwrap();
+    fs2::FileExt::try_lock_exclusive(&lock).unwrap();
+    let a = imp("c");
+    let a: Vec<&str> = a.iter().map(|x| x.as_str()).collect();
+    fails(tmp.path(), &a, &["another process is writing this cache"]);
+    assert!(!tmp.path().join("c/manifest.json").exists());
+    fs2::FileExt::unlock(&lock).unwrap();
+    ok(tmp.path(), &a);
+    // Two racing writers.
+    let b = imp("race");
+    let b: Vec<&str> = b.iter().map(|x| x.as_str()).collect();
+    let kids: Vec<Child> = (0..2)
+        .map(|_| {
+            Command::new(env!("CARGO_BIN_EXE_distill"))
+                .args(&b)
+                .current_dir(tmp.path())
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for k in kids {
+        let o = k.wait_with_output().unwrap();
+        if !o.status.success() {
+            let e = String::from_utf8_lossy(&o.stderr);
+            assert!(e.contains("another process is writing"), "{e}");
+        }
+    }
+    ok(tmp.path(), &["cache", "verify", "race"]);
+    assert_same_files(
+        &tmp.path().join("c"),
+        &tmp.path().join("race"),
+        "raced build",
+    );
+}
+
+/// A tmpfs of `kib` KiB mounted at `dir`, unmounted on drop; None (with a
+/// note) where mounting is not possible.
+struct Tmpfs(std::path::PathBuf);
+
+impl Tmpfs {
+    fn mount(dir: &Path, kib: u64) -> Option<Tmpfs> {
+        fs::create_dir_all(dir).ok()?;
+        let st = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={kib}k"), "tmpfs"])
+            .arg(dir)
+            .stderr(Stdio::null())
+            .status();
+        match st {
+            Ok(s) if s.success() => Some(Tmpfs(dir.to_path_buf())),
+            _ => {
+                eprintln!("note: cannot mount a tmpfs (needs root and mount); skipping this part");
+                None
+            }
+        }
+    }
+    fn remount(&self, opt: &str) -> bool {
+        Command::new("mount")
+            .args(["-o", &format!("remount,{opt}")])
+            .arg(&self.0)
+            .status()
+            .is_ok_and(|s| s.success())
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+    }
+}
+
+fn import_args(logits: &str, data: &str, split: &str, enc: &str, out: &str) -> Vec<String> {
+    // f32 shards are large (one 104 KB shard for the training split), q8 small.
+    let kib = if enc == "f32" { "1024" } else { "16" };
+    [
+        "cache",
+        "import",
+        "--logits",
+        logits,
+        "--data",
+        data,
+        "--split",
+        split,
+        "-T",
+        "4",
+        "--encoding",
+        enc,
+        "--shard-kib",
+        kib,
+        "--block-records",
+        "64",
+        "--out",
+        out,
+        "-q",
+        "--overwrite",
+    ]
+    .iter()
+    .map(|x| x.to_string())
+    .collect()
+}
+
+fn strs(v: &[String]) -> Vec<&str> {
+    v.iter().map(|x| x.as_str()).collect()
+}
+
+/// Disk full (tmpfs, and RLIMIT_FSIZE without root) and a read-only output
+/// directory: a clear error, and the earlier committed cache is untouched.
+#[test]
+fn disk_full_and_read_only_leave_the_committed_cache_intact() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = s(&small_data());
+    let mut rng = ChaCha8Rng::seed_from_u64(4);
+    for (name, n) in [("train.npy", 2000usize), ("test.npy", 1000)] {
+        let l: Vec<u8> = (0..n * 10)
+            .flat_map(|_| rng.gen_range(-4.0f32..4.0).to_le_bytes())
+            .collect();
+        write_npy(&tmp.path().join(name), "<f4", &[n, 10], &l);
+    }
+    let train_npy = s(&tmp.path().join("train.npy"));
+    let test_npy = s(&tmp.path().join("test.npy"));
+    let mut faults = 0;
+
+    // RLIMIT_FSIZE: the child gets EFBIG (SIGXFSZ ignored) past 24 KiB per file.
+    ok(
+        tmp.path(),
+        &strs(&import_args(&test_npy, &data, "test", "q8", "lim")),
+    );
+    let before = snapshot(&tmp.path().join("lim"));
+    let big = import_args(&train_npy, &data, "train", "f32", "lim");
+    let script = "trap '' XFSZ; ulimit -f 48; exec \"$0\" \"$@\"";
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg(script)
+        .arg(env!("CARGO_BIN_EXE_distill"))
+        .args(&big)
+        .current_dir(tmp.path())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("File too large") && !err.contains("panicked"),
+        "{err}"
+    );
+    ok(tmp.path(), &["cache", "verify", "lim"]);
+    let after = snapshot(&tmp.path().join("lim"));
+    for (k, v) in &before {
+        if k != "build.json" {
+            assert!(after.get(k) == Some(v), "file-size limit: {k} changed");
+        }
+    }
+    faults += 1;
+
+    // A small tmpfs: the disk fills while building.
+    let mnt = tmp.path().join("mnt");
+    if let Some(fsys) = Tmpfs::mount(&mnt, 96) {
+        let out_dir = s(&mnt.join("c"));
+        ok(
+            tmp.path(),
+            &strs(&import_args(&test_npy, &data, "test", "q8", &out_dir)),
+        );
+        let before = snapshot(&mnt.join("c"));
+        fails(
+            tmp.path(),
+            &strs(&import_args(&train_npy, &data, "train", "f32", &out_dir)),
+            &["No space left on device"],
+        );
+        ok(tmp.path(), &["cache", "verify", &out_dir]);
+        let after = snapshot(&mnt.join("c"));
+        for (k, v) in &before {
+            assert!(after.get(k) == Some(v), "disk full: {k} changed");
+        }
+        faults += 1;
+        // Read-only: the same rebuild is refused, the cache untouched.
+        // Clean the failed build's leftovers first (a rerun would resume them).
+        let _ = Command::new("sh")
+            .arg("-c")
+            .arg(format!("rm -f {out_dir}/*.tmp"))
+            .status();
+        assert!(fsys.remount("ro"), "remount ro");
+        let before = snapshot(&mnt.join("c"));
+        fails(
+            tmp.path(),
+            &strs(&import_args(&train_npy, &data, "train", "f32", &out_dir)),
+            &["Read-only file system"],
+        );
+        let new_dir = s(&mnt.join("new"));
+        fails(
+            tmp.path(),
+            &strs(&import_args(&test_npy, &data, "test", "q8", &new_dir)),
+            &["Read-only file system"],
+        );
+        ok(tmp.path(), &["cache", "verify", &out_dir]);
+        assert_eq!(before, snapshot(&mnt.join("c")), "read-only: cache changed");
+        faults += 2;
+        // Training that cannot write its output directory fails clearly too.
+        fails(
+            tmp.path(),
+            &[
+                "train",
+                "--data",
+                &data,
+                "--student",
+                "mlp:784-8-10",
+                "--epochs",
+                "1",
+                "--out",
+                &s(&mnt.join("run")),
+                "-q",
+            ],
+            &["Read-only file system"],
+        );
+        faults += 1;
+        assert!(fsys.remount("rw"));
+    }
+    eprintln!("environment faults injected: {faults} (plus the lock and replacement tests)");
+}
+
+fn import_one(cwd: &Path, logits: &[f32], n: usize, t: &str, out: &str) -> std::process::Output {
+    let bytes: Vec<u8> = logits.iter().flat_map(|v| v.to_le_bytes()).collect();
+    write_npy(&cwd.join(format!("{out}.npy")), "<f4", &[n, 10], &bytes);
+    let data = s(&small_data());
+    distill(
+        cwd,
+        &[
+            "cache",
+            "import",
+            "--logits",
+            &format!("{out}.npy"),
+            "--data",
+            &data,
+            "--split",
+            "test",
+            "-T",
+            t,
+            "--encoding",
+            "f16",
+            "--out",
+            out,
+            "-q",
+        ],
+    )
+}
+
+/// Teacher logits at the edges, temperatures and alphas out of range, empty
+/// and one-sample datasets, a batch larger than the dataset.
+#[test]
+fn numbers_at_the_edges() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cwd = tmp.path();
+    let data = s(&small_data());
+    let n = 1000;
+    // +-1e30: a valid, (nearly) one-hot cache whose decoded rows are finite and normalised.
+    let huge: Vec<f32> = (0..n * 10)
+        .map(|i| if i % 10 == (i / 10) % 10 { 1e30 } else { -1e30 })
+        .collect();
+    for enc_case in ["huge"] {
+        let o = import_one(cwd, &huge, n, "4", enc_case);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        ok(cwd, &["cache", "verify", enc_case]);
+    }
+    // SAFETY: nothing modifies the cache while it is open.
+    let r = unsafe { distill::cache::CacheReader::open(&cwd.join("huge")) }.unwrap();
+    for t in [4.0f32, 1.0, 20.0] {
+        let all = r.read_all(t, false).unwrap();
+        for (row, lp) in all.logprobs.chunks(10).enumerate() {
+            assert!(lp.iter().all(|v| v.is_finite()), "row {row}: {lp:?}");
+            let mass: f64 = lp.iter().map(|&v| (v as f64).exp()).sum();
+            assert!((mass - 1.0).abs() < 1e-3, "row {row}: mass {mass}");
+            assert_eq!(
+                distill::train::loss::argmax_rows(lp, 10)[0] as usize,
+                row % 10
+            );
+        }
+    }
+    // All equal: uniform.
+    let o = import_one(cwd, &vec![3.5; n * 10], n, "4", "flat");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let r = unsafe { distill::cache::CacheReader::open(&cwd.join("flat")) }.unwrap();
+    let all = r.read_all(4.0, false).unwrap();
+    assert!(all.logprobs.iter().all(|&v| (v + 10f32.ln()).abs() < 1e-3));
+    // NaN and infinity: refused, naming the file.
+    for (name, v) in [("nan", f32::NAN), ("inf", f32::INFINITY)] {
+        let mut l = vec![0.0f32; n * 10];
+        l[123] = v;
+        let o = import_one(cwd, &l, n, "4", name);
+        assert_eq!(o.status.code(), Some(2));
+        let e = String::from_utf8_lossy(&o.stderr);
+        assert!(
+            e.contains(&format!("{name}.npy")) && !e.contains("panicked"),
+            "{e}"
+        );
+        assert!(!cwd.join(name).join("manifest.json").exists());
+    }
+    // Temperatures 0, negative, huge, non-finite: refused with the flag named.
+    for t in ["0", "-1", "1e30", "inf", "NaN"] {
+        let o = import_one(cwd, &huge, n, t, "badt");
+        assert_eq!(o.status.code(), Some(2), "T={t}");
+        let e = String::from_utf8_lossy(&o.stderr);
+        assert!(e.contains("--temperature"), "T={t}: {e}");
+    }
+    // Tiny T: 1e30 / 1e-9 overflows f32: a clear error, not inf/NaN targets.
+    let o = import_one(cwd, &huge, n, "1e-9", "tiny");
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("finite"));
+
+    // Training: flags out of range are refused naming the flag.
+    import_cache(cwd, "trc");
+    let base = |extra: &[&str]| -> Vec<String> {
+        let mut v: Vec<String> = [
+            "train",
+            "--data",
+            &data,
+            "--student",
+            "mlp:784-8-10",
+            "--epochs",
+            "1",
+            "--out",
+            "run",
+            "-q",
+            "--cache",
+            "trc",
+        ]
+        .iter()
+        .map(|x| x.to_string())
+        .collect();
+        v.extend(extra.iter().map(|x| x.to_string()));
+        v
+    };
+    for (extra, flag) in [
+        (&["--alpha=-0.1"][..], "--alpha"),
+        (&["--alpha", "1.5"][..], "--alpha"),
+        (&["--alpha", "NaN"][..], "--alpha"),
+        (&["-T", "0"][..], "--temperature"),
+        (&["--temperature=-2"][..], "--temperature"),
+        (&["-T", "inf"][..], "--temperature"),
+        (&["--batch", "0"][..], "--batch"),
+        (&["--epochs", "0"][..], "--epochs"),
+    ] {
+        let a = base(extra);
+        let a: Vec<&str> = a.iter().map(|x| x.as_str()).collect();
+        let e = fails(cwd, &a, &[]);
+        assert!(
+            e.contains(flag) || e.contains(&flag.replace("--", "")),
+            "{extra:?}: {e}"
+        );
+    }
+
+    // Datasets: empty, one sample (batch larger than the dataset), and a batch
+    // larger than the committed subset.
+    let empty = cwd.join("empty");
+    fs::create_dir_all(&empty).unwrap();
+    write_npy(&empty.join("train-images.npy"), "|u1", &[0, 28, 28], &[]);
+    write_npy(&empty.join("train-labels.npy"), "|u1", &[0], &[]);
+    write_npy(&empty.join("test-images.npy"), "|u1", &[0, 28, 28], &[]);
+    write_npy(&empty.join("test-labels.npy"), "|u1", &[0], &[]);
+    let e = fails(
+        cwd,
+        &[
+            "train",
+            "--data",
+            "empty",
+            "--student",
+            "mlp:784-8-10",
+            "--out",
+            "r0",
+            "-q",
+        ],
+        &["empty"],
+    );
+    eprintln!("empty dataset: {}", e.trim());
+    let one = cwd.join("one");
+    fs::create_dir_all(&one).unwrap();
+    for split in ["train", "test"] {
+        write_npy(
+            &one.join(format!("{split}-images.npy")),
+            "|u1",
+            &[1, 28, 28],
+            &[9u8; 784],
+        );
+        write_npy(&one.join(format!("{split}-labels.npy")), "|u1", &[1], &[9]);
+    }
+    ok(
+        cwd,
+        &[
+            "train",
+            "--data",
+            "one",
+            "--student",
+            "mlp:784-8-10",
+            "--epochs",
+            "2",
+            "--batch",
+            "64",
+            "--out",
+            "r1",
+            "-q",
+        ],
+    );
+    let l: Vec<u8> = (0..10).flat_map(|i| (i as f32).to_le_bytes()).collect();
+    write_npy(&cwd.join("one.npy"), "<f4", &[1, 10], &l);
+    ok(
+        cwd,
+        &[
+            "cache", "import", "--logits", "one.npy", "--data", "one", "--split", "train", "-T",
+            "2", "--out", "c1", "-q",
+        ],
+    );
+    ok(cwd, &["cache", "verify", "c1"]);
+    ok(
+        cwd,
+        &[
+            "train",
+            "--data",
+            "one",
+            "--student",
+            "mlp:784-8-10",
+            "--epochs",
+            "2",
+            "--cache",
+            "c1",
+            "--alpha",
+            "0.5",
+            "--out",
+            "r2",
+            "-q",
+        ],
+    );
+    let card: serde_json::Value =
+        serde_json::from_str(&fs::read_to_string(cwd.join("r2/model.json")).unwrap()).unwrap();
+    assert!(card["test_accuracy"].as_f64().is_some(), "{card}");
+    ok(
+        cwd,
+        &[
+            "train",
+            "--data",
+            &data,
+            "--student",
+            "mlp:784-8-10",
+            "--epochs",
+            "1",
+            "--batch",
+            "5000",
+            "--out",
+            "r3",
+            "-q",
+        ],
+    );
+}
+
+/// CLI spot checks of the corruption campaign: a flipped bit in a block, the
+/// header, the index and the manifest, and a truncated shard, each named.
+#[test]
+fn cli_reports_corruption_naming_file_and_block() {
+    let tmp = tempfile::tempdir().unwrap();
+    import_cache(tmp.path(), "c");
+    let m: serde_json::Value =
+        serde_json::from_slice(&fs::read(tmp.path().join("c/manifest.json")).unwrap()).unwrap();
+    let shard = m["shards"][1]["file"].as_str().unwrap().to_string();
+    let p = tmp.path().join("c").join(&shard);
+    let orig = fs::read(&p).unwrap();
+    let index_end = 128 + 48 * u32::from_le_bytes(orig[40..44].try_into().unwrap()) as usize;
+    for (at, needle) in [
+        (index_end + 9, "block 0"),
+        (orig.len() - 9, "block"),
+        (20, "header"),
+        (140, "block index"),
+    ] {
+        let mut b = orig.clone();
+        b[at] ^= 0x10;
+        fs::write(&p, &b).unwrap();
+        fails(tmp.path(), &["cache", "verify", "c"], &[&shard, needle]);
+    }
+    fs::write(&p, &orig[..index_end]).unwrap();
+    fails(
+        tmp.path(),
+        &["cache", "verify", "c"],
+        &[&shard, "truncated"],
+    );
+    fs::write(&p, &orig).unwrap();
+    let mp = tmp.path().join("c/manifest.json");
+    let mo = fs::read(&mp).unwrap();
+    let mut mb = mo.clone();
+    let at = mb.iter().position(|&c| c == b'"').unwrap() + 40;
+    mb[at] ^= 0x01;
+    fs::write(&mp, &mb).unwrap();
+    fails(tmp.path(), &["cache", "verify", "c"], &["manifest.json"]);
+    fs::write(&mp, &mo).unwrap();
+    ok(tmp.path(), &["cache", "verify", "c"]);
+}
