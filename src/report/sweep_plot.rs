@@ -99,6 +99,7 @@ pub fn accuracy_vs_parameters(
         .map_err(e)?;
     chart
         .configure_mesh()
+        .x_labels(12)
         .x_desc("parameters (count, log scale)")
         .y_desc("test accuracy (%)")
         .x_label_formatter(&|x| short_count(*x))
