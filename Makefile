@@ -23,7 +23,7 @@ SEED         ?= 0
 RUNS         ?= runs
 CACHE_DIR     = $(CACHES)/fashion-T$(CACHE_T)-$(ENCODING)
 
-.PHONY: all build data teacher cache train-student baseline test stress bench clean-runs
+.PHONY: all build data teacher cache train-student baseline sweep test stress bench clean-runs
 
 all: build
 
@@ -75,6 +75,22 @@ baseline: $(BIN) data
 
 $(BASELINE_RUN)/model.json: | $(BIN) data
 	$(MAKE) baseline
+
+# Many students from the one cache: every (T, alpha) plus a hard-label
+# baseline per student; report.md, results.csv and plots in $(SWEEP_OUT).
+# Rerunning skips finished runs and resumes a killed one.
+SWEEP_STUDENTS ?= mlp:784-32-10,mlp:784-128-10,mlp:784-512-512-10,cnn:c8-p-c16-p-10
+SWEEP_TEMPS    ?= 1,4
+SWEEP_ALPHAS   ?= 0.1,0.5
+SWEEP_EPOCHS   ?= 3
+SWEEP_JOBS     ?= 1
+SWEEP_OUT      ?= $(RUNS)/sweep
+
+sweep: cache
+	$(BIN) sweep --cache $(CACHE_DIR)/train --test-cache $(CACHE_DIR)/test --data $(DATA) \
+	  --teacher $(TEACHER) --students $(SWEEP_STUDENTS) --temperatures $(SWEEP_TEMPS) \
+	  --alphas $(SWEEP_ALPHAS) --baseline --epochs $(SWEEP_EPOCHS) --seed $(SEED) \
+	  --jobs $(SWEEP_JOBS) --out $(SWEEP_OUT)
 
 test:
 	$(CARGO) test --locked

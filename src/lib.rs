@@ -14,6 +14,8 @@
 //! - [`train`]: optimizers, losses, the training loop, evaluation, checkpoints.
 //! - [`report`]: model cards, metrics files and plots.
 //! - [`teacher`]: running a teacher over a dataset into a cache.
+//! - [`sweep`]: many students against one cache, skipping finished runs, and
+//!   the report (table, CSV, plots) rebuilt from their cards.
 //!
 //! The `distill` binary (`src/main.rs`) only parses arguments and calls these.
 
@@ -22,6 +24,7 @@ pub mod data;
 pub mod error;
 pub mod model;
 pub mod report;
+pub mod sweep;
 pub mod teacher;
 pub mod train;
 

@@ -14,6 +14,7 @@ use distill::train::optim::{OptimizerConfig, OptimizerKind, Schedule};
 use distill::train::trainer::{self, RunOptions, TrainConfig, TrainSources};
 
 mod cli_cache;
+mod cli_sweep;
 
 /// Training allocates and frees the same large buffers (image patches, their
 /// gradients) every step. glibc serves those with fresh `mmap`s and returns
@@ -60,6 +61,9 @@ enum Command {
         #[command(subcommand)]
         command: cli_cache::CacheCommand,
     },
+    /// Train many students from one cache (every T and alpha, with
+    /// baselines) and write a report comparing them.
+    Sweep(Box<cli_sweep::SweepArgs>),
 }
 
 #[derive(Subcommand)]
@@ -223,6 +227,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Train(args) => with_device(&args.device.device.clone(), Dispatch::Train(args))?,
         Command::Eval(args) => with_device(&args.device.device.clone(), Dispatch::Eval(args))?,
         Command::Cache { command } => cli_cache::run(command)?,
+        Command::Sweep(args) => cli_sweep::run(*args)?,
     }
     Ok(())
 }

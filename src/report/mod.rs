@@ -1,4 +1,6 @@
-//! Reports: model cards and metrics files ([`card`]) and PNG plots ([`plot`]).
+//! Reports: model cards and metrics files ([`card`]), PNG plots ([`plot`]),
+//! and the plots of a sweep ([`sweep_plot`]).
 
 pub mod card;
 pub mod plot;
+pub mod sweep_plot;

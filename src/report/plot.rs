@@ -15,7 +15,7 @@ use super::card::EpochMetrics;
 static FONT: &[u8] = include_bytes!("fonts/DejaVuSans.ttf");
 static REGISTER: Once = Once::new();
 
-fn ensure_font() {
+pub(crate) fn ensure_font() {
     REGISTER.call_once(|| {
         // The embedded font is a valid TrueType file; registration only fails
         // on invalid bytes, in which case text is simply not drawn.
@@ -23,7 +23,7 @@ fn ensure_font() {
     });
 }
 
-fn plot_err(path: &Path, e: impl std::fmt::Display) -> Error {
+pub(crate) fn plot_err(path: &Path, e: impl std::fmt::Display) -> Error {
     Error::Model {
         path: path.to_path_buf(),
         message: format!("cannot draw the plot: {e}"),
