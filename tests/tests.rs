@@ -6,4 +6,5 @@ mod util;
 mod cli_cache;
 mod cli_data;
 mod cli_model;
+mod cli_prune;
 mod cli_train;

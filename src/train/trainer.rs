@@ -34,6 +34,7 @@ use crate::data::Dataset;
 use crate::error::{Error, Result};
 use crate::model::io::{read_safetensors, write_safetensors, HostTensor, SPEC_KEY};
 use crate::model::{Backend, ModelSpec, Network};
+use crate::prune::{StoreMasks, MASK_FILE};
 use crate::report::card::{CacheRef, EpochMetrics, ModelCard};
 
 use super::eval::{check_compatible, evaluate, EvalResult};
@@ -94,6 +95,10 @@ pub struct RunOptions {
     pub data_dir: PathBuf,
     /// Start from these weights instead of random ones.
     pub init: Option<Vec<HostTensor>>,
+    /// Pruning masks (PyTorch layout, named after their weights): masked
+    /// weights are zeroed at the start and after every step, and the masks
+    /// are saved as `mask.safetensors` beside the model.
+    pub masks: Option<Vec<HostTensor>>,
 }
 
 /// What the loop reads.
@@ -202,6 +207,13 @@ pub fn train<D: Backend>(
     if let Some(init) = &opts.init {
         net.load_host(init, Path::new("--init-from"))?;
     }
+    let masks = match &opts.masks {
+        Some(m) => Some(StoreMasks::new(&net, m, Path::new(MASK_FILE))?),
+        None => None,
+    };
+    if let Some(m) = &masks {
+        m.apply(&mut net);
+    }
     if let Some(t) = sources.online_teacher {
         if t.spec().num_classes() != spec.num_classes() || t.spec().input_len() != spec.input_len()
         {
@@ -254,6 +266,9 @@ pub fn train<D: Backend>(
     let ckpt_path = out_dir.join(CHECKPOINT);
     if opts.resume && ckpt_path.exists() {
         let ck = load_checkpoint(&ckpt_path, cfg, &mut net, &mut opt)?;
+        if let Some(m) = &masks {
+            m.apply(&mut net);
+        }
         start_epoch = ck.epoch;
         start_pos = ck.position;
         partial = (ck.loss_sum, ck.loss_count);
@@ -305,6 +320,9 @@ pub fn train<D: Backend>(
                 }
                 let mut grads = l.backward();
                 opt.update(&mut net, &mut grads)?;
+                if let Some(m) = &masks {
+                    m.apply(&mut net);
+                }
                 loss_sum += value as f64 * b as f64;
                 loss_count += b;
                 position += b;
@@ -403,6 +421,14 @@ pub fn train<D: Backend>(
     );
     if finished {
         crate::model::io::save_weights(&net, &out_dir.join("model.safetensors"))?;
+        if let Some(m) = &opts.masks {
+            let mut meta = HashMap::new();
+            meta.insert(SPEC_KEY.to_string(), net.spec().as_str().to_string());
+            write_safetensors(&out_dir.join(MASK_FILE), m, meta)?;
+        } else if out_dir.join(MASK_FILE).exists() {
+            // A stale mask from an earlier run would be picked up with these weights.
+            let _ = fs::remove_file(out_dir.join(MASK_FILE));
+        }
         card.save(&out_dir.join("model.json"))?;
         let _ =
             crate::report::plot::training_curves(&out_dir.join("curves.png"), &metrics, None, None);
