@@ -707,8 +707,12 @@ impl StoreMasks {
         for (pi, mask) in &self.entries {
             let p = &mut params[*pi];
             let mut v = p.value.to_vec();
+            // Assign rather than multiply: -w * 0 is -0.0, and a pruned
+            // weight must be exactly +0.0 (as written by `unstructured`).
             for (x, m) in v.iter_mut().zip(mask) {
-                *x *= m;
+                if *m == 0.0 {
+                    *x = 0.0;
+                }
             }
             p.value.copy_from(&v);
         }
