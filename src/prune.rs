@@ -217,10 +217,10 @@ pub fn transfer(
         return Err(spec_err(
             student_spec,
             format!(
-                "has {} layers but the teacher {teacher_spec} has {} (its layer {} has no counterpart); parameter transfer needs the same depth",
+                "has {} layers but the teacher {teacher_spec} has {} (its layer layers.{} has no counterpart); parameter transfer needs the same depth",
                 sl.len(),
                 tl.len(),
-                format!("layers.{}", teacher_spec.torch_indices()[sl.len()])
+                teacher_spec.torch_indices()[sl.len()]
             ),
         ));
     }
