@@ -12,6 +12,8 @@
 //! - [`model`]: run-time model specs, the dfdx network and its parameter store,
 //!   safetensors I/O with PyTorch names.
 //! - [`train`]: optimizers, losses, the training loop, evaluation, checkpoints.
+//! - [`prune`]: parameter transfer from a teacher, structured and
+//!   unstructured pruning, masks.
 //! - [`report`]: model cards, metrics files and plots.
 //! - [`teacher`]: running a teacher over a dataset into a cache.
 //! - [`sweep`]: many students against one cache, skipping finished runs, and
@@ -23,6 +25,7 @@ pub mod cache;
 pub mod data;
 pub mod error;
 pub mod model;
+pub mod prune;
 pub mod report;
 pub mod sweep;
 pub mod teacher;

@@ -14,6 +14,7 @@ use distill::train::optim::{OptimizerConfig, OptimizerKind, Schedule};
 use distill::train::trainer::{self, RunOptions, TrainConfig, TrainSources};
 
 mod cli_cache;
+mod cli_prune;
 mod cli_sweep;
 
 /// Training allocates and frees the same large buffers (image patches, their
@@ -64,6 +65,8 @@ enum Command {
     /// Train many students from one cache (every T and alpha, with
     /// baselines) and write a report comparing them.
     Sweep(Box<cli_sweep::SweepArgs>),
+    /// Prune a model: l1-unstructured (masks) or l1-structured (a smaller spec).
+    Prune(cli_prune::PruneArgs),
 }
 
 #[derive(Subcommand)]
@@ -97,9 +100,15 @@ struct TrainArgs {
     /// Dataset directory (train and test splits).
     #[arg(long)]
     data: PathBuf,
-    /// Model spec of the student, e.g. mlp:784-128-10.
-    #[arg(long, alias = "model-spec")]
-    student: String,
+    /// Model spec of the student, e.g. mlp:784-128-10 (default with
+    /// --init-from: the spec of that model).
+    #[arg(long, alias = "model-spec", required_unless_present = "init_from")]
+    student: Option<String>,
+    /// Start from this model's weights (a teacher or a pruned model): equal
+    /// tensors are copied, narrower layers keep the highest-L1 units; its
+    /// mask.safetensors, if any, is kept fixed during training.
+    #[arg(long)]
+    init_from: Option<PathBuf>,
     /// Teacher-output cache of the training split (distillation).
     #[arg(long)]
     cache: Option<PathBuf>,
@@ -228,6 +237,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Eval(args) => with_device(&args.device.device.clone(), Dispatch::Eval(args))?,
         Command::Cache { command } => cli_cache::run(command)?,
         Command::Sweep(args) => cli_sweep::run(*args)?,
+        Command::Prune(args) => cli_prune::run(args)?,
     }
     Ok(())
 }
@@ -280,8 +290,27 @@ fn command_line() -> String {
 }
 
 fn train<D: Backend>(dev: D, a: TrainArgs) -> Result<()> {
+    let init = match &a.init_from {
+        Some(dir) => Some(cli_prune::init_from(
+            dir,
+            a.student.as_deref(),
+            a.seed,
+            a.quiet,
+        )?),
+        None => None,
+    };
+    let student = match (&a.student, &init) {
+        (Some(s), _) => s.clone(),
+        (None, Some(i)) => i.spec.clone(),
+        (None, None) => {
+            return Err(Error::Config {
+                flag: "--student".into(),
+                message: "a model spec is required (or --init-from DIR)".into(),
+            })
+        }
+    };
     let cfg = TrainConfig {
-        spec: a.student.clone(),
+        spec: student,
         epochs: a.epochs,
         batch_size: a.batch,
         seed: a.seed,
@@ -360,7 +389,8 @@ fn train<D: Backend>(dev: D, a: TrainArgs) -> Result<()> {
         stop_after_steps: a.stop_after_steps,
         command: command_line(),
         data_dir: a.data.clone(),
-        init: None,
+        init: init.as_ref().map(|i| i.tensors.clone()),
+        masks: init.and_then(|i| i.masks),
         baseline_metrics: match &a.baseline_run {
             Some(dir) => Some(distill::report::card::read_metrics(
                 &dir.join("metrics.jsonl"),
@@ -427,23 +457,5 @@ fn eval<D: Backend>(dev: D, a: EvalArgs) -> Result<()> {
         message: format!("'{}' is not one of train, test", a.split),
     })?;
     let data = Dataset::open(&a.data, split)?;
-    println!(
-        "{:<40} {:>9} {:>8} {:>11} {:>12} {:>12}",
-        "model", "accuracy", "loss", "parameters", "FLOPs", "samples/s"
-    );
-    for m in &a.model {
-        let net = load_model(m, dev.clone())?;
-        let r = distill::train::eval::evaluate(&net, &data, a.batch)?;
-        println!(
-            "{:<40} {:>9} {:>8} {:>11} {:>12} {:>12.0}",
-            m.display().to_string(),
-            r.accuracy
-                .map_or("-".into(), |x| format!("{:.2}%", 100.0 * x)),
-            r.loss.map_or("-".into(), |x| format!("{x:.4}")),
-            net.spec().param_count(),
-            net.spec().flops(),
-            r.samples_per_sec
-        );
-    }
-    Ok(())
+    cli_prune::eval_table(dev, &a.model, &data, a.batch)
 }

@@ -502,7 +502,7 @@ fn train_one<D: Backend>(
         stop_after_steps: None,
         command: format!("{command} (run {})", run.name),
         data_dir: cfg.data.clone(),
-        init: None,
+        ..RunOptions::default()
     };
     let outcome = trainer::train(
         device,

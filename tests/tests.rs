@@ -6,6 +6,7 @@ mod util;
 mod cli_cache;
 mod cli_data;
 mod cli_model;
+mod cli_prune;
 mod cli_sweep;
 mod cli_train;
 mod reliability_cli;

@@ -87,8 +87,9 @@ fn to_torch(
     }
 }
 
-/// Converts one parameter from PyTorch's layout to the store's.
-fn from_torch(spec: &ModelSpec, layer: usize, is_weight: bool, value: &[f32]) -> Vec<f32> {
+/// Converts one parameter from PyTorch's layout to the store's (also used
+/// for pruning masks, which share their weight's layout).
+pub fn from_torch(spec: &ModelSpec, layer: usize, is_weight: bool, value: &[f32]) -> Vec<f32> {
     if !is_weight {
         return value.to_vec();
     }

@@ -34,6 +34,7 @@ use crate::data::Dataset;
 use crate::error::{Error, Result};
 use crate::model::io::{read_safetensors, write_safetensors, HostTensor, SPEC_KEY};
 use crate::model::{Backend, ModelSpec, Network};
+use crate::prune::{StoreMasks, MASK_FILE};
 use crate::report::card::{CacheRef, EpochMetrics, ModelCard};
 
 use super::eval::{check_compatible, evaluate, EvalResult};
@@ -98,6 +99,10 @@ pub struct RunOptions {
     pub baseline_metrics: Option<Vec<EpochMetrics>>,
     /// The teacher's test accuracy, drawn in `curves.png`.
     pub teacher_accuracy: Option<f64>,
+    /// Pruning masks (PyTorch layout, named after their weights): masked
+    /// weights are zeroed at the start and after every step, and the masks
+    /// are saved as `mask.safetensors` beside the model.
+    pub masks: Option<Vec<HostTensor>>,
 }
 
 /// What the loop reads.
@@ -206,6 +211,13 @@ pub fn train<D: Backend>(
     if let Some(init) = &opts.init {
         net.load_host(init, Path::new("--init-from"))?;
     }
+    let masks = match &opts.masks {
+        Some(m) => Some(StoreMasks::new(&net, m, Path::new(MASK_FILE))?),
+        None => None,
+    };
+    if let Some(m) = &masks {
+        m.apply(&mut net);
+    }
     if let Some(t) = sources.online_teacher {
         if t.spec().num_classes() != spec.num_classes() || t.spec().input_len() != spec.input_len()
         {
@@ -260,6 +272,9 @@ pub fn train<D: Backend>(
     let cache_id = sources.cache.map_or("", |c| c.manifest().id.as_str());
     if opts.resume && ckpt_path.exists() {
         let ck = load_checkpoint(&ckpt_path, cfg, cache_id, &mut net, &mut opt)?;
+        if let Some(m) = &masks {
+            m.apply(&mut net);
+        }
         start_epoch = ck.epoch;
         start_pos = ck.position;
         partial = (ck.loss_sum, ck.loss_count);
@@ -311,6 +326,9 @@ pub fn train<D: Backend>(
                 }
                 let mut grads = l.backward();
                 opt.update(&mut net, &mut grads)?;
+                if let Some(m) = &masks {
+                    m.apply(&mut net);
+                }
                 loss_sum += value as f64 * b as f64;
                 loss_count += b;
                 position += b;
@@ -411,6 +429,14 @@ pub fn train<D: Backend>(
     );
     if finished {
         crate::model::io::save_weights(&net, &out_dir.join("model.safetensors"))?;
+        if let Some(m) = &opts.masks {
+            let mut meta = HashMap::new();
+            meta.insert(SPEC_KEY.to_string(), net.spec().as_str().to_string());
+            write_safetensors(&out_dir.join(MASK_FILE), m, meta)?;
+        } else if out_dir.join(MASK_FILE).exists() {
+            // A stale mask from an earlier run would be picked up with these weights.
+            let _ = fs::remove_file(out_dir.join(MASK_FILE));
+        }
         card.save(&out_dir.join("model.json"))?;
         crate::report::plot::training_curves(
             &out_dir.join("curves.png"),
