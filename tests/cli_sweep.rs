@@ -299,3 +299,108 @@ fn sweep_flags_are_validated_before_work() {
         &["--config", "studentz"],
     );
 }
+
+/// `kill -9` a sweep at random points; every rerun retrains no finished run
+/// (their files are untouched) and the final runs equal an uninterrupted
+/// sweep's byte for byte.
+#[test]
+fn killed_sweep_reruns_only_missing_runs() {
+    use std::process::{Command, Stdio};
+    use std::time::{Duration, Instant};
+    let tmp = tempfile::tempdir().unwrap();
+    let cwd = tmp.path();
+    build_caches(cwd);
+    let data = s(&small_data());
+    fs::write(
+        cwd.join("sweep.toml"),
+        format!(
+            "cache = \"cache-train\"\ndata = {data:?}\n\
+             students = [\"mlp:784-16-10\", \"mlp:784-24-10\"]\ntemperatures = [2]\n\
+             alphas = [0.5]\nbaseline = true\nepochs = 2\nbatch = 64\nseed = 0\n\
+             checkpoint-every = 5\nout = \"sweep\"\n"
+        ),
+    )
+    .unwrap();
+    let start = Instant::now();
+    sweep(cwd, &["--out", "reference", "-q"]);
+    let full = start.elapsed();
+    let finished = |out: &str| -> HashMap<String, std::time::SystemTime> {
+        let mut m = HashMap::new();
+        if let Ok(entries) = fs::read_dir(cwd.join(out).join("runs")) {
+            for e in entries.flatten() {
+                if let Ok(meta) = fs::metadata(e.path().join("model.safetensors")) {
+                    if e.path().join("model.json").exists() {
+                        m.insert(
+                            e.file_name().to_string_lossy().into_owned(),
+                            meta.modified().unwrap(),
+                        );
+                    }
+                }
+            }
+        }
+        m
+    };
+    let mut seed = 0x5eed_u64;
+    let mut kills = 0;
+    for _ in 0..12 {
+        let before = finished("killed");
+        if before.len() == 4 {
+            break;
+        }
+        let mut child = Command::new(env!("CARGO_BIN_EXE_distill"))
+            .args(["sweep", "--config", "sweep.toml", "--out", "killed", "-q"])
+            .current_dir(cwd)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        seed = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        let frac = (seed >> 33) as f64 / (1u64 << 31) as f64;
+        std::thread::sleep(
+            full.mul_f64(0.05 + 0.25 * frac)
+                .min(Duration::from_secs(20)),
+        );
+        if child.try_wait().unwrap().is_none() {
+            child.kill().unwrap(); // SIGKILL
+            kills += 1;
+        }
+        let _ = child.wait();
+        // Runs finished before this attempt were not rewritten by it.
+        let after = finished("killed");
+        for (name, t) in &before {
+            assert_eq!(
+                after.get(name),
+                Some(t),
+                "finished run {name} was retrained"
+            );
+        }
+    }
+    assert!(kills >= 1, "no kill landed mid-sweep");
+    let before = finished("killed");
+    sweep(cwd, &["--out", "killed", "-q"]);
+    let after = finished("killed");
+    for (name, t) in &before {
+        assert_eq!(
+            after.get(name),
+            Some(t),
+            "finished run {name} was retrained"
+        );
+    }
+    assert_eq!(after.len(), 4);
+    for name in after.keys() {
+        let a = fs::read(
+            cwd.join("reference/runs")
+                .join(name)
+                .join("model.safetensors"),
+        )
+        .unwrap();
+        let b = fs::read(cwd.join("killed/runs").join(name).join("model.safetensors")).unwrap();
+        assert!(a == b, "run {name} differs from the uninterrupted sweep");
+    }
+    eprintln!(
+        "sweep killed {kills} times; {} runs were already finished at the last rerun",
+        before.len()
+    );
+}
