@@ -504,7 +504,17 @@ impl CacheReader {
                     "label {v} is invalid for a cache with {c} classes (labelled: {labelled})"
                 )));
             }
-            self.codec.decode_rows(payload, o.lp).map_err(bad)
+            self.codec.decode_rows(payload, o.lp).map_err(bad)?;
+            // The writer refuses non-finite values, so one here means a shard
+            // forged with valid checksums: never hand it to a trainer.
+            if let Some(i) = o.lp.iter().position(|v| !v.is_finite()) {
+                return Err(bad(format!(
+                    "record {} decodes to a non-finite log-probability ({})",
+                    i / c,
+                    o.lp[i]
+                )));
+            }
+            Ok(())
         })?;
         if let Some(t) = retemper_to {
             retemper_rows(o.lp, c, self.temperature(), t);
