@@ -30,6 +30,37 @@ pub(crate) fn plot_err(path: &Path, e: impl std::fmt::Display) -> Error {
     }
 }
 
+type Chart<'a> = ChartContext<
+    'a,
+    BitMapBackend<'a>,
+    Cartesian2d<plotters::coord::types::RangedCoordf64, plotters::coord::types::RangedCoordf64>,
+>;
+
+/// Draws each named series as a line with point markers and a legend entry;
+/// empty series are skipped.
+fn draw_lines(
+    chart: &mut Chart<'_>,
+    series: Vec<(&str, Vec<(f64, f64)>, RGBColor)>,
+    path: &Path,
+) -> Result<()> {
+    for (name, pts, color) in series {
+        if pts.is_empty() {
+            continue;
+        }
+        chart
+            .draw_series(LineSeries::new(pts.clone(), color.stroke_width(2)))
+            .map_err(|e| plot_err(path, e))?
+            .label(name)
+            .legend(move |(x, y)| {
+                PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2))
+            });
+        chart
+            .draw_series(pts.into_iter().map(|p| Circle::new(p, 3, color.filled())))
+            .map_err(|e| plot_err(path, e))?;
+    }
+    Ok(())
+}
+
 /// Training curves: loss (train, test) and test accuracy per epoch, with an
 /// optional hard-label baseline's accuracy curve and the teacher's accuracy
 /// as a horizontal line.
@@ -104,21 +135,7 @@ pub fn training_curves(
             RGBColor(200, 100, 0),
         ),
     ];
-    for (name, pts, color) in series {
-        if pts.is_empty() {
-            continue;
-        }
-        chart
-            .draw_series(LineSeries::new(pts.clone(), color.stroke_width(2)))
-            .map_err(|e| plot_err(path, e))?
-            .label(name)
-            .legend(move |(x, y)| {
-                PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2))
-            });
-        chart
-            .draw_series(pts.into_iter().map(|p| Circle::new(p, 3, color.filled())))
-            .map_err(|e| plot_err(path, e))?;
-    }
+    draw_lines(&mut chart, series, path)?;
     chart
         .configure_series_labels()
         .background_style(WHITE.mix(0.8))
@@ -182,21 +199,7 @@ pub fn training_curves(
                 RGBColor(200, 100, 0),
             ),
         ];
-        for (name, pts, color) in series {
-            if pts.is_empty() {
-                continue;
-            }
-            chart
-                .draw_series(LineSeries::new(pts.clone(), color.stroke_width(2)))
-                .map_err(|e| plot_err(path, e))?
-                .label(name)
-                .legend(move |(x, y)| {
-                    PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2))
-                });
-            chart
-                .draw_series(pts.into_iter().map(|p| Circle::new(p, 3, color.filled())))
-                .map_err(|e| plot_err(path, e))?;
-        }
+        draw_lines(&mut chart, series, path)?;
         if let Some(t) = teacher_accuracy {
             let color = RGBColor(150, 0, 150);
             chart
