@@ -40,6 +40,51 @@ pub struct HostTensor {
     pub data: Vec<f32>,
 }
 
+/// For weights whose layouts differ, `perm[store_index] = torch_index`;
+/// `None` where the store already holds PyTorch's layout. Both conversions
+/// below are this one mapping, applied as a gather or a scatter.
+fn torch_permutation(spec: &ModelSpec, layer: usize, is_weight: bool) -> Option<Vec<usize>> {
+    if !is_weight {
+        return None;
+    }
+    match spec.layers()[layer] {
+        Layer::Conv {
+            in_channels: cin,
+            out_channels: cout,
+            ..
+        } => {
+            // store [o][tap][c] -> torch [o][c][tap]
+            let mut perm = vec![0usize; cout * cin * 9];
+            for o in 0..cout {
+                for c in 0..cin {
+                    for tap in 0..9 {
+                        perm[o * 9 * cin + tap * cin + c] = (o * cin + c) * 9 + tap;
+                    }
+                }
+            }
+            Some(perm)
+        }
+        Layer::Dense {
+            inputs,
+            outputs,
+            from_image: Some((c, h, w)),
+            ..
+        } if spec.is_convolutional() => {
+            // store columns (h, w, c) -> torch flatten order (c, h, w)
+            let mut perm = vec![0usize; outputs * inputs];
+            for o in 0..outputs {
+                for ch in 0..c {
+                    for p in 0..h * w {
+                        perm[o * inputs + p * c + ch] = o * inputs + ch * h * w + p;
+                    }
+                }
+            }
+            Some(perm)
+        }
+        _ => None,
+    }
+}
+
 /// Converts one parameter from the store's layout to PyTorch's.
 fn to_torch(
     spec: &ModelSpec,
@@ -48,84 +93,32 @@ fn to_torch(
     value: &[f32],
     dims: &[usize],
 ) -> (Vec<usize>, Vec<f32>) {
-    if !is_weight {
-        return (dims.to_vec(), value.to_vec());
-    }
-    match spec.layers()[layer] {
+    let shape = match spec.layers()[layer] {
         Layer::Conv {
-            in_channels: cin,
-            out_channels: cout,
+            in_channels,
+            out_channels,
             ..
-        } => {
+        } if is_weight => vec![out_channels, in_channels, 3, 3],
+        _ => dims.to_vec(),
+    };
+    match torch_permutation(spec, layer, is_weight) {
+        Some(perm) => {
             let mut out = vec![0f32; value.len()];
-            for o in 0..cout {
-                for c in 0..cin {
-                    for tap in 0..9 {
-                        out[((o * cin) + c) * 9 + tap] = value[o * 9 * cin + tap * cin + c];
-                    }
-                }
+            for (s, &t) in perm.iter().enumerate() {
+                out[t] = value[s];
             }
-            (vec![cout, cin, 3, 3], out)
+            (shape, out)
         }
-        Layer::Dense {
-            inputs,
-            outputs,
-            from_image: Some((c, h, w)),
-            ..
-        } if spec.is_convolutional() => {
-            let mut out = vec![0f32; value.len()];
-            for o in 0..outputs {
-                for ch in 0..c {
-                    for p in 0..h * w {
-                        out[o * inputs + ch * h * w + p] = value[o * inputs + p * c + ch];
-                    }
-                }
-            }
-            (dims.to_vec(), out)
-        }
-        _ => (dims.to_vec(), value.to_vec()),
+        None => (shape, value.to_vec()),
     }
 }
 
 /// Converts one parameter from PyTorch's layout to the store's (also used
 /// for pruning masks, which share their weight's layout).
 pub fn from_torch(spec: &ModelSpec, layer: usize, is_weight: bool, value: &[f32]) -> Vec<f32> {
-    if !is_weight {
-        return value.to_vec();
-    }
-    match spec.layers()[layer] {
-        Layer::Conv {
-            in_channels: cin,
-            out_channels: cout,
-            ..
-        } => {
-            let mut out = vec![0f32; value.len()];
-            for o in 0..cout {
-                for c in 0..cin {
-                    for tap in 0..9 {
-                        out[o * 9 * cin + tap * cin + c] = value[((o * cin) + c) * 9 + tap];
-                    }
-                }
-            }
-            out
-        }
-        Layer::Dense {
-            inputs,
-            outputs,
-            from_image: Some((c, h, w)),
-            ..
-        } if spec.is_convolutional() => {
-            let mut out = vec![0f32; value.len()];
-            for o in 0..outputs {
-                for ch in 0..c {
-                    for p in 0..h * w {
-                        out[o * inputs + p * c + ch] = value[o * inputs + ch * h * w + p];
-                    }
-                }
-            }
-            out
-        }
-        _ => value.to_vec(),
+    match torch_permutation(spec, layer, is_weight) {
+        Some(perm) => perm.iter().map(|&t| value[t]).collect(),
+        None => value.to_vec(),
     }
 }
 
