@@ -212,6 +212,11 @@ pub fn run(a: PruneArgs) -> Result<()> {
         });
     }
     let (spec, weights) = read_model(&a.model)?;
+    let old_masks = read_masks(&a.model)?;
+    if let Some(m) = &old_masks {
+        let file = weights_file(&a.model).with_file_name(MASK_FILE);
+        prune::StoreMasks::new(&Network::new(spec.clone(), Cpu::default(), 0), m, &file)?;
+    }
     let sel = match &a.layers {
         Some(text) => LayerSelection::parse(text, &spec)?,
         None => LayerSelection::All,
@@ -227,7 +232,7 @@ pub fn run(a: PruneArgs) -> Result<()> {
             let mut masks = prune::unstructured(&spec, &mut w, a.sparsity, &sel, a.global)?;
             // An earlier mask stays in force (its zeros are the smallest weights,
             // so usually already included).
-            if let Some(old) = read_masks(&a.model)? {
+            if let Some(old) = old_masks {
                 for o in old {
                     match masks.iter_mut().find(|m| m.name == o.name) {
                         Some(m) if m.data.len() == o.data.len() => {
@@ -240,14 +245,34 @@ pub fn run(a: PruneArgs) -> Result<()> {
                     }
                 }
             }
+            for m in &masks {
+                if let Some(t) = w.iter_mut().find(|t| t.name == m.name) {
+                    for (x, keep) in t.data.iter_mut().zip(&m.data) {
+                        if *keep == 0.0 {
+                            *x = 0.0;
+                        }
+                    }
+                }
+            }
             (spec.clone(), w, Some(masks))
         }
         Method::Structured => {
-            let (small, w, report) = prune::structured(&spec, &weights, a.sparsity, &sel)?;
+            let small = prune::structured(&spec, &weights, old_masks.as_deref(), a.sparsity, &sel)?;
             if !a.quiet {
-                eprintln!("structured pruning {spec} -> {small}:\n{report}");
+                eprintln!(
+                    "structured pruning {spec} -> {}:\n{}",
+                    small.spec, small.report
+                );
+                if let Some(m) = &small.masks {
+                    let total: usize = m.iter().map(|t| t.data.len()).sum();
+                    let kept = prune::count_nonzero(m);
+                    eprintln!(
+                        "  the source's mask is carried over: {} of {total} remaining weights stay pruned",
+                        total as u64 - kept
+                    );
+                }
             }
-            (small, w, None)
+            (small.spec, small.weights, small.masks)
         }
     };
     fs::create_dir_all(&a.out).map_err(|e| Error::io(&a.out, e))?;

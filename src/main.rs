@@ -9,6 +9,7 @@ use clap::{Args, Parser, Subcommand};
 use distill::data::{Dataset, Split};
 use distill::error::{Error, Result};
 use distill::model::{Backend, ModelSpec, Network};
+use distill::prune::schedule::GradualSchedule;
 use distill::train::loss::{LossConfig, LossKind};
 use distill::train::optim::{OptimizerConfig, OptimizerKind, Schedule};
 use distill::train::trainer::{self, RunOptions, TrainConfig, TrainSources};
@@ -106,9 +107,17 @@ struct TrainArgs {
     student: Option<String>,
     /// Start from this model's weights (a teacher or a pruned model): equal
     /// tensors are copied, narrower layers keep the highest-L1 units; its
-    /// mask.safetensors, if any, is kept fixed during training.
+    /// mask.safetensors, if any, stays in force during training (only
+    /// --prune-schedule grows it).
     #[arg(long)]
     init_from: Option<PathBuf>,
+    /// Gradual magnitude pruning while training (Zhu and Gupta 2017):
+    /// final=S[,start=F][,end=F][,every=N][,global]. Sparsity rises along a
+    /// cubic from the start mask's (0 without one) to S between fractions F
+    /// of the run, masks updated every N steps (defaults start=0, end=0.75,
+    /// every=100, per-layer thresholds; global: one threshold).
+    #[arg(long)]
+    prune_schedule: Option<String>,
     /// Teacher-output cache of the training split (distillation).
     #[arg(long)]
     cache: Option<PathBuf>,
@@ -347,6 +356,10 @@ fn train<D: Backend>(dev: D, a: TrainArgs) -> Result<()> {
         },
         window_blocks: a.window_blocks.max(1),
         allow_topk_retemper: a.allow_topk_retemper,
+        prune_schedule: match &a.prune_schedule {
+            Some(text) => Some(GradualSchedule::parse(text)?),
+            None => None,
+        },
     };
     cfg.validate()?;
     let train_ds = Dataset::open(&a.data, Split::Train)?;

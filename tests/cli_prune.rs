@@ -305,3 +305,194 @@ fn bad_prune_and_init_flags_are_named() {
     );
     assert!(!tmp.path().join("y").exists() && !tmp.path().join("z").exists());
 }
+
+/// Zeros per mask tensor, by name.
+fn zeros(masks: &[distill::model::io::HostTensor]) -> Vec<(String, usize, usize)> {
+    masks
+        .iter()
+        .map(|m| {
+            let z = m.data.iter().filter(|v| **v == 0.0).count();
+            (m.name.clone(), z, m.data.len())
+        })
+        .collect()
+}
+
+#[test]
+fn gradual_pruning_reaches_its_sparsity_and_resumes_exactly() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = s(&small_data());
+    // 2,000 samples at batch 64: 32 steps per epoch, 64 in all; the ramp
+    // ends at step 48, in the second epoch.
+    let args = |out: &'static str, extra: &[&'static str]| {
+        let mut a = vec![
+            "train",
+            "--data",
+            &data,
+            "--student",
+            "mlp:784-64-10",
+            "--epochs",
+            "2",
+            "--batch",
+            "64",
+            "--prune-schedule",
+            "final=0.75,end=0.75,every=4",
+            "--out",
+            out,
+        ];
+        a.extend_from_slice(extra);
+        a
+    };
+    ok(tmp.path(), &args("a", &[]));
+    let masks = tensors(&tmp.path().join("a/mask.safetensors"));
+    let weights = tensors(&tmp.path().join("a/model.safetensors"));
+    // Per-layer thresholds: round(0.75 * n) zeros in each weight.
+    assert_eq!(
+        zeros(&masks),
+        vec![
+            ("layers.0.weight".to_string(), 37_632, 50_176),
+            ("layers.2.weight".to_string(), 480, 640),
+        ]
+    );
+    for m in &masks {
+        let w = weights.iter().find(|t| t.name == m.name).unwrap();
+        for (keep, x) in m.data.iter().zip(&w.data) {
+            assert_eq!(*keep == 0.0, x.to_bits() == 0.0f32.to_bits(), "{}", m.name);
+        }
+    }
+    // The sparsity rises during the first epoch and is final in the second.
+    let metrics: Vec<serde_json::Value> = fs::read_to_string(tmp.path().join("a/metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let sparsity: Vec<f64> = metrics
+        .iter()
+        .map(|m| m["weight_sparsity"].as_f64().unwrap())
+        .collect();
+    assert!(sparsity[0] > 0.3 && sparsity[0] < 0.74, "{sparsity:?}");
+    assert!((sparsity[1] - 0.75).abs() < 1e-3, "{sparsity:?}");
+    let card = fs::read_to_string(tmp.path().join("a/model.json")).unwrap();
+    assert!(card.contains("prune_schedule"), "{card}");
+    // Killed between mask updates, then resumed: the same weights and mask.
+    ok(
+        tmp.path(),
+        &args(
+            "b",
+            &["--checkpoint-every", "5", "--stop-after-steps", "23"],
+        ),
+    );
+    ok(
+        tmp.path(),
+        &args("b", &["--checkpoint-every", "5", "--resume"]),
+    );
+    for f in ["model.safetensors", "mask.safetensors"] {
+        assert_eq!(
+            fs::read(tmp.path().join("a").join(f)).unwrap(),
+            fs::read(tmp.path().join("b").join(f)).unwrap(),
+            "{f} of the resumed run differs"
+        );
+    }
+    // Continuing from a pruned model: its mask is the start and stays in force.
+    ok(
+        tmp.path(),
+        &[
+            "train",
+            "--data",
+            &data,
+            "--init-from",
+            "a",
+            "--epochs",
+            "1",
+            "--batch",
+            "64",
+            "--prune-schedule",
+            "final=0.9,global,every=8",
+            "--out",
+            "c",
+        ],
+    );
+    let more = tensors(&tmp.path().join("c/mask.safetensors"));
+    for (a, b) in masks.iter().zip(&more) {
+        for (x, y) in a.data.iter().zip(&b.data) {
+            assert!(*y <= *x, "{}: a pruned weight came back", a.name);
+        }
+    }
+    let total: usize = more.iter().map(|m| m.data.len()).sum();
+    let z: usize = zeros(&more).iter().map(|(_, z, _)| z).sum();
+    assert_eq!(z, (0.9 * total as f64).round() as usize);
+    // Bad schedules name the flag.
+    fails(
+        tmp.path(),
+        &[
+            "train",
+            "--data",
+            &data,
+            "--student",
+            "mlp:784-64-10",
+            "--prune-schedule",
+            "final=1.2",
+            "--out",
+            "bad",
+        ],
+        &["--prune-schedule", "final=1.2", "[0, 1)"],
+    );
+    fails(
+        tmp.path(),
+        &[
+            "train",
+            "--data",
+            &data,
+            "--student",
+            "mlp:784-64-10",
+            "--prune-schedule",
+            "end=0.5",
+            "--out",
+            "bad",
+        ],
+        &["--prune-schedule", "final=S"],
+    );
+    assert!(!tmp.path().join("bad").exists());
+}
+
+#[test]
+fn structured_pruning_of_a_masked_model_keeps_its_mask() {
+    let tmp = tempfile::tempdir().unwrap();
+    let teacher = s(&teacher_dir());
+    let prune = |model: &str, method: &str, out: &str| {
+        ok(
+            tmp.path(),
+            &[
+                "prune",
+                "--model",
+                model,
+                "--method",
+                method,
+                "--sparsity",
+                "0.5",
+                "--out",
+                out,
+                "-q",
+            ],
+        )
+    };
+    prune(&teacher, "l1-unstructured", "u50");
+    prune("u50", "l1-structured", "u50s50");
+    let masks = tensors(&tmp.path().join("u50s50/mask.safetensors"));
+    let weights = tensors(&tmp.path().join("u50s50/model.safetensors"));
+    assert_eq!(masks.len(), 4);
+    let mut masked = 0;
+    for m in &masks {
+        let w = weights.iter().find(|t| t.name == m.name).unwrap();
+        assert_eq!(m.shape, w.shape, "{}", m.name);
+        for (keep, x) in m.data.iter().zip(&w.data) {
+            if *keep == 0.0 {
+                assert_eq!(x.to_bits(), 0.0f32.to_bits(), "{}", m.name);
+                masked += 1;
+            }
+        }
+    }
+    // The kept units are the largest ones, whose weights survived the first
+    // pruning more often than not: some, but fewer than half, are masked.
+    let total: usize = masks.iter().map(|m| m.data.len()).sum();
+    assert!(masked > 0 && masked * 2 < total, "{masked} of {total}");
+}

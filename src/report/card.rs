@@ -25,6 +25,9 @@ pub struct EpochMetrics {
     pub lr: f64,
     pub epoch_seconds: f64,
     pub train_samples_per_sec: f64,
+    /// Fraction of the weights held at zero by pruning masks (runs with masks).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub weight_sparsity: Option<f64>,
 }
 
 impl EpochMetrics {
@@ -42,6 +45,9 @@ impl EpochMetrics {
         }
         if let Some(a) = self.teacher_agreement {
             s.push_str(&format!("  teacher agreement {:.2}%", 100.0 * a));
+        }
+        if let Some(z) = self.weight_sparsity {
+            s.push_str(&format!("  sparsity {:.1}%", 100.0 * z));
         }
         s.push_str(&format!(
             "  {:.1}s  {:.0} samples/s",

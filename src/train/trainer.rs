@@ -33,7 +33,8 @@ use crate::cache::{CacheReader, EpochPlan};
 use crate::data::Dataset;
 use crate::error::{Error, Result};
 use crate::model::io::{read_safetensors, write_safetensors, HostTensor, SPEC_KEY};
-use crate::model::{Backend, ModelSpec, Network};
+use crate::model::{Backend, ModelSpec, Network, ParamKind};
+use crate::prune::schedule::{update_masks, GradualSchedule};
 use crate::prune::{StoreMasks, MASK_FILE};
 use crate::report::card::{CacheRef, EpochMetrics, ModelCard};
 
@@ -54,6 +55,9 @@ pub struct TrainConfig {
     pub window_blocks: usize,
     /// Approximate re-tempering of a top-k cache (see FORMAT.md).
     pub allow_topk_retemper: bool,
+    /// Gradual magnitude pruning during the run (`--prune-schedule`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prune_schedule: Option<GradualSchedule>,
 }
 
 impl TrainConfig {
@@ -74,6 +78,9 @@ impl TrainConfig {
         }
         self.optimizer.validate()?;
         self.loss.validate()?;
+        if let Some(s) = &self.prune_schedule {
+            s.validate()?;
+        }
         Ok(spec)
     }
 }
@@ -101,7 +108,9 @@ pub struct RunOptions {
     pub teacher_accuracy: Option<f64>,
     /// Pruning masks (PyTorch layout, named after their weights): masked
     /// weights are zeroed at the start and after every step, and the masks
-    /// are saved as `mask.safetensors` beside the model.
+    /// are saved as `mask.safetensors` beside the model. With a
+    /// [`TrainConfig::prune_schedule`] they are the starting masks, which
+    /// the schedule only grows.
     pub masks: Option<Vec<HostTensor>>,
 }
 
@@ -211,13 +220,32 @@ pub fn train<D: Backend>(
     if let Some(init) = &opts.init {
         net.load_host(init, Path::new("--init-from"))?;
     }
-    let masks = match &opts.masks {
+    let mut current_masks: Option<Vec<HostTensor>> = opts.masks.clone();
+    let mut masks = match &current_masks {
         Some(m) => Some(StoreMasks::new(&net, m, Path::new(MASK_FILE))?),
         None => None,
     };
     if let Some(m) = &masks {
         m.apply(&mut net);
     }
+    // The sparsity a schedule starts from: the starting masks' zeros among
+    // all weights.
+    let weight_count: usize = net
+        .params()
+        .iter()
+        .filter(|p| p.kind == ParamKind::Weight)
+        .map(|p| p.value.len())
+        .sum();
+    let sparsity_of = |m: &Option<Vec<HostTensor>>| -> Option<f64> {
+        m.as_ref().map(|m| {
+            let zeros: usize = m
+                .iter()
+                .map(|t| t.data.iter().filter(|v| **v == 0.0).count())
+                .sum();
+            zeros as f64 / weight_count.max(1) as f64
+        })
+    };
+    let initial_sparsity = sparsity_of(&opts.masks).unwrap_or(0.0);
     if let Some(t) = sources.online_teacher {
         if t.spec().num_classes() != spec.num_classes() || t.spec().input_len() != spec.input_len()
         {
@@ -270,11 +298,20 @@ pub fn train<D: Backend>(
     let ckpt_path = out_dir.join(CHECKPOINT);
     // The cache's content id: a checkpoint resumes only on the same teacher outputs.
     let cache_id = sources.cache.map_or("", |c| c.manifest().id.as_str());
+    let mut resumed = false;
     if opts.resume && ckpt_path.exists() {
         let ck = load_checkpoint(&ckpt_path, cfg, cache_id, &mut net, &mut opt)?;
+        if ck.masks.is_some() {
+            masks = match &ck.masks {
+                Some(m) => Some(StoreMasks::new(&net, m, &ckpt_path)?),
+                None => None,
+            };
+            current_masks = ck.masks;
+        }
         if let Some(m) = &masks {
             m.apply(&mut net);
         }
+        resumed = true;
         start_epoch = ck.epoch;
         start_pos = ck.position;
         partial = (ck.loss_sum, ck.loss_count);
@@ -283,6 +320,31 @@ pub fn train<D: Backend>(
     }
     let metrics_path = out_dir.join("metrics.jsonl");
     write_metrics(&metrics_path, &metrics)?;
+    // Gradual pruning: after `step` optimizer steps, raise the masks to the
+    // schedule's sparsity if an update is due.
+    let schedule_update = |step: u64,
+                           net: &mut Network<D>,
+                           current: &mut Option<Vec<HostTensor>>,
+                           store: &mut Option<StoreMasks>|
+     -> Result<()> {
+        let Some(s) = &cfg.prune_schedule else {
+            return Ok(());
+        };
+        if !s.is_update_step(step, total_steps) {
+            return Ok(());
+        }
+        let target = s.sparsity_at(step, total_steps, initial_sparsity);
+        let mut host = net.to_host();
+        let new = update_masks(&spec, &mut host, current.as_deref(), target, s.global)?;
+        let m = StoreMasks::new(net, &new, Path::new("--prune-schedule"))?;
+        m.apply(net);
+        *store = Some(m);
+        *current = Some(new);
+        Ok(())
+    };
+    if !resumed {
+        schedule_update(0, &mut net, &mut current_masks, &mut masks)?;
+    }
 
     let show = !opts.quiet && std::io::stderr().is_terminal();
     let classes = spec.num_classes();
@@ -329,6 +391,7 @@ pub fn train<D: Backend>(
                 if let Some(m) = &masks {
                     m.apply(&mut net);
                 }
+                schedule_update(opt.step(), &mut net, &mut current_masks, &mut masks)?;
                 loss_sum += value as f64 * b as f64;
                 loss_count += b;
                 position += b;
@@ -353,6 +416,7 @@ pub fn train<D: Backend>(
                         (loss_sum, loss_count),
                         &metrics,
                         elapsed,
+                        current_masks.as_deref(),
                     )?;
                 }
                 if stop {
@@ -385,6 +449,7 @@ pub fn train<D: Backend>(
             lr: cfg.optimizer.lr_at(opt.step(), total_steps),
             epoch_seconds: epoch_secs,
             train_samples_per_sec: (n - first) as f64 / epoch_secs.max(1e-9),
+            weight_sparsity: sparsity_of(&current_masks),
         };
         if !opts.quiet {
             eprintln!("{}", m.summary_line(cfg.epochs));
@@ -404,6 +469,7 @@ pub fn train<D: Backend>(
                 (0.0, 0),
                 &metrics,
                 train_seconds,
+                current_masks.as_deref(),
             )?;
         }
         if stop {
@@ -429,7 +495,7 @@ pub fn train<D: Backend>(
     );
     if finished {
         crate::model::io::save_weights(&net, &out_dir.join("model.safetensors"))?;
-        if let Some(m) = &opts.masks {
+        if let Some(m) = &current_masks {
             let mut meta = HashMap::new();
             meta.insert(SPEC_KEY.to_string(), net.spec().as_str().to_string());
             write_safetensors(&out_dir.join(MASK_FILE), m, meta)?;
@@ -546,7 +612,12 @@ fn write_metrics(path: &Path, metrics: &[EpochMetrics]) -> Result<()> {
     crate::model::io::atomic_write(path, s.as_bytes())
 }
 
+/// Prefix of the pruning masks' tensors in a checkpoint.
+const MASK_PREFIX: &str = "mask.";
+
 struct Checkpoint {
+    /// The masks in force when it was written (PyTorch layout), if any.
+    masks: Option<Vec<HostTensor>>,
     epoch: usize,
     position: usize,
     loss_sum: f64,
@@ -567,6 +638,7 @@ fn save_checkpoint<D: Backend>(
     partial: (f64, usize),
     metrics: &[EpochMetrics],
     train_seconds: f64,
+    masks: Option<&[HostTensor]>,
 ) -> Result<()> {
     let mut tensors: Vec<HostTensor> = net
         .params()
@@ -587,6 +659,13 @@ fn save_checkpoint<D: Backend>(
                 });
             }
         }
+    }
+    for m in masks.unwrap_or_default() {
+        tensors.push(HostTensor {
+            name: format!("{MASK_PREFIX}{}", m.name),
+            shape: m.shape.clone(),
+            data: m.data.clone(),
+        });
     }
     let mut meta = HashMap::new();
     meta.insert(SPEC_KEY.into(), net.spec().to_string());
@@ -677,7 +756,18 @@ fn load_checkpoint<D: Backend>(
     opt.restore_state(net, &state, num("step")?)?;
     let metrics: Vec<EpochMetrics> = serde_json::from_str(field("metrics")?)
         .map_err(|e| bad(format!("metadata 'metrics': {e}")))?;
+    let masks: Vec<HostTensor> = tensors
+        .iter()
+        .filter_map(|t| {
+            t.name.strip_prefix(MASK_PREFIX).map(|name| HostTensor {
+                name: name.to_string(),
+                shape: t.shape.clone(),
+                data: t.data.clone(),
+            })
+        })
+        .collect();
     Ok(Checkpoint {
+        masks: (!masks.is_empty()).then_some(masks),
         epoch: num("epoch")? as usize,
         position: num("position")? as usize,
         loss_sum: field("loss_sum")?

@@ -18,7 +18,8 @@
 //!   their random initialisation.
 //! - [`structured`] is `transfer` to a narrower spec made by [`pruned_spec`]:
 //!   a physically smaller model with fewer FLOPs. The output layer's units
-//!   (the classes) are never removed.
+//!   (the classes) are never removed. A mask of an earlier unstructured
+//!   pruning is sliced along with the weights and stays in force.
 //! - [`unstructured`] zeroes the smallest-magnitude weights per tensor or
 //!   globally and returns 0/1 masks.
 //! - [`StoreMasks`] applies masks to a [`Network`] after every optimizer step
@@ -41,12 +42,13 @@
 //! # fn main() -> distill::Result<()> {
 //! let (_, teacher) = read_safetensors("data/teachers/fashion-cnn/model.safetensors".as_ref())?;
 //! let spec = ModelSpec::parse("cnn:c32-p-c64-p-f128-10")?;
-//! let (small, weights, report) = structured(&spec, &teacher, 0.5, &LayerSelection::All)?;
-//! assert_eq!(small.as_str(), "cnn:c16-p-c32-p-f64-10");
-//! # let _ = (weights, report);
+//! let small = structured(&spec, &teacher, None, 0.5, &LayerSelection::All)?;
+//! assert_eq!(small.spec.as_str(), "cnn:c16-p-c32-p-f64-10");
 //! # Ok(())
 //! # }
 //! ```
+
+pub mod schedule;
 
 use std::collections::HashMap;
 use std::fmt;
@@ -174,6 +176,55 @@ pub fn transfer(
     student_spec: &ModelSpec,
     student: &mut [HostTensor],
 ) -> Result<TransferReport> {
+    transfer_with_masks(teacher_spec, teacher, None, student_spec, student).map(|(r, _)| r)
+}
+
+/// Copies the selected outputs (`out_map`) and inputs (`cols`, `taps` values
+/// each) of one layer's tensor from `src` (teacher layout, `t_cols` values
+/// per unit) into `dst` (`s_cols` per unit); a bias has one value per unit.
+/// Returns how many values were filled.
+#[allow(clippy::too_many_arguments)]
+fn copy_units(
+    src: &[f32],
+    dst: &mut [f32],
+    out_map: &[Option<usize>],
+    cols: &[Option<usize>],
+    taps: usize,
+    t_cols: usize,
+    s_cols: usize,
+    is_weight: bool,
+) -> usize {
+    let mut filled = 0usize;
+    for (so, to) in out_map.iter().enumerate() {
+        let Some(to) = *to else { continue };
+        if !is_weight {
+            dst[so] = src[to];
+            filled += 1;
+            continue;
+        }
+        for (sc, tc) in cols.iter().enumerate() {
+            let Some(tc) = *tc else { continue };
+            for tap in 0..taps {
+                dst[so * s_cols + sc * taps + tap] = src[to * t_cols + tc * taps + tap];
+            }
+            filled += taps;
+        }
+    }
+    filled
+}
+
+/// [`transfer`] that also carries the teacher's pruning masks (0/1 tensors
+/// named after their weights) through the same unit selection: the returned
+/// masks have the student's shapes and mask exactly the values whose source
+/// was masked (values left random are unmasked).
+pub fn transfer_with_masks(
+    teacher_spec: &ModelSpec,
+    teacher: &[HostTensor],
+    teacher_masks: Option<&[HostTensor]>,
+    student_spec: &ModelSpec,
+    student: &mut [HostTensor],
+) -> Result<(TransferReport, Option<Vec<HostTensor>>)> {
+    let mut student_masks: Option<Vec<HostTensor>> = teacher_masks.map(|_| Vec::new());
     if teacher_spec.input_shape() != student_spec.input_shape() {
         return Err(spec_err(
             student_spec,
@@ -358,22 +409,38 @@ pub fn transfer(
                 ));
             }
             let t = if is_w { tw } else { tb };
-            let mut filled = 0usize;
-            for (so, to) in out_map.iter().enumerate() {
-                let Some(to) = *to else { continue };
-                if !is_w {
-                    st.data[so] = t.data[to];
-                    filled += 1;
-                    continue;
+            let filled = copy_units(
+                &t.data,
+                &mut st.data,
+                &out_map,
+                &cols,
+                taps,
+                t_cols,
+                s_cols,
+                is_w,
+            );
+            let t_mask = teacher_masks.and_then(|ms| ms.iter().find(|m| is_w && m.name == t.name));
+            if let (Some(tm), Some(out)) = (t_mask, student_masks.as_mut()) {
+                if tm.data.len() != t.data.len() {
+                    return Err(spec_err(
+                        teacher_spec,
+                        format!(
+                            "mask '{}' has {} values, its weight {}",
+                            tm.name,
+                            tm.data.len(),
+                            t.data.len()
+                        ),
+                    ));
                 }
-                for (sc, tc) in cols.iter().enumerate() {
-                    let Some(tc) = *tc else { continue };
-                    for tap in 0..taps {
-                        st.data[so * s_cols + sc * taps + tap] =
-                            t.data[to * t_cols + tc * taps + tap];
-                    }
-                    filled += taps;
-                }
+                let mut data = vec![1.0; st.data.len()];
+                copy_units(
+                    &tm.data, &mut data, &out_map, &cols, taps, t_cols, s_cols, true,
+                );
+                out.push(HostTensor {
+                    name: name.clone(),
+                    shape: st.shape.clone(),
+                    data,
+                });
             }
             let total = st.data.len();
             let fill = if filled == 0 {
@@ -399,7 +466,7 @@ pub fn transfer(
         }
         in_map = out_map;
     }
-    Ok(report)
+    Ok((report, student_masks))
 }
 
 /// Which layers a pruning method touches.
@@ -528,15 +595,29 @@ pub fn pruned_spec(spec: &ModelSpec, sparsity: f64, sel: &LayerSelection) -> Res
     ModelSpec::parse(&text)
 }
 
+/// The result of [`structured`].
+#[derive(Debug, Clone)]
+pub struct StructuredPrune {
+    /// The smaller spec.
+    pub spec: ModelSpec,
+    /// Its weights (PyTorch layout).
+    pub weights: Vec<HostTensor>,
+    /// The source model's masks carried to the smaller shapes, if it had any.
+    pub masks: Option<Vec<HostTensor>>,
+    pub report: TransferReport,
+}
+
 /// Structured L1 pruning: removes `sparsity` of the units/channels of each
 /// selected hidden layer (lowest L1 norm first) and the matching inputs of
-/// the next layer. Returns the smaller spec, its weights and the report.
+/// the next layer. A model already pruned unstructured keeps its mask: the
+/// mask is sliced like the weights, so its surviving zeros stay pruned.
 pub fn structured(
     spec: &ModelSpec,
     weights: &[HostTensor],
+    masks: Option<&[HostTensor]>,
     sparsity: f64,
     sel: &LayerSelection,
-) -> Result<(ModelSpec, Vec<HostTensor>, TransferReport)> {
+) -> Result<StructuredPrune> {
     let small = pruned_spec(spec, sparsity, sel)?;
     let mut out: Vec<HostTensor> = torch_shapes(&small)
         .into_iter()
@@ -546,8 +627,22 @@ pub fn structured(
             shape,
         })
         .collect();
-    let report = transfer(spec, weights, &small, &mut out)?;
-    Ok((small, out, report))
+    let (report, masks) = transfer_with_masks(spec, weights, masks, &small, &mut out)?;
+    for m in masks.iter().flatten() {
+        if let Some(t) = out.iter_mut().find(|t| t.name == m.name) {
+            for (x, keep) in t.data.iter_mut().zip(&m.data) {
+                if *keep == 0.0 {
+                    *x = 0.0;
+                }
+            }
+        }
+    }
+    Ok(StructuredPrune {
+        spec: small,
+        weights: out,
+        masks,
+        report,
+    })
 }
 
 /// Unstructured L1 (magnitude) pruning of the weights (not biases) of the
@@ -735,6 +830,47 @@ mod tests {
                 }
             })
             .collect()
+    }
+
+    #[test]
+    fn structured_pruning_slices_a_mask_like_its_weights() {
+        // mlp:3-4-2 with units 1 and 3 the largest (as below); the mask
+        // prunes weight (1, 2) of layer 0 and column 3 of the output row 0.
+        let spec = ModelSpec::parse("mlp:3-4-2").unwrap();
+        let mut w = host(&spec, |_, i| i as f32);
+        w[0].data = vec![0.1, 0.1, 0.1, 5.0, -5.0, 0.0, 0.0, 0.2, 0.0, -3.0, 3.0, 3.0];
+        w[2].data = vec![0.0, 1.0, 2.0, 0.0, 10.0, 11.0, 12.0, 13.0];
+        let mut m0 = vec![1.0; 12];
+        m0[5] = 0.0; // unit 1, input 2
+        m0[0] = 0.0; // unit 0 (removed with its unit)
+        let mut m2 = vec![1.0; 8];
+        m2[3] = 0.0; // output 0, hidden unit 3
+        let masks = vec![
+            HostTensor {
+                name: "layers.0.weight".into(),
+                shape: vec![4, 3],
+                data: m0,
+            },
+            HostTensor {
+                name: "layers.2.weight".into(),
+                shape: vec![2, 4],
+                data: m2,
+            },
+        ];
+        let out = structured(&spec, &w, Some(&masks), 0.5, &LayerSelection::All).unwrap();
+        assert_eq!(out.spec.as_str(), "mlp:3-2-2");
+        let sm = out.masks.unwrap();
+        // Kept units 1 and 3: rows [1, 1, 0] and [1, 1, 1].
+        assert_eq!(sm[0].shape, vec![2, 3]);
+        assert_eq!(sm[0].data, vec![1.0, 1.0, 0.0, 1.0, 1.0, 1.0]);
+        // Output layer columns 1 and 3: row 0 = [1, 0], row 1 = [1, 1].
+        assert_eq!(sm[1].shape, vec![2, 2]);
+        assert_eq!(sm[1].data, vec![1.0, 0.0, 1.0, 1.0]);
+        assert_eq!(out.weights[0].data, vec![5.0, -5.0, 0.0, -3.0, 3.0, 3.0]);
+        assert_eq!(out.weights[2].data, vec![1.0, 0.0, 11.0, 13.0]);
+        // Without a mask there is none.
+        let plain = structured(&spec, &w, None, 0.5, &LayerSelection::All).unwrap();
+        assert!(plain.masks.is_none());
     }
 
     #[test]
