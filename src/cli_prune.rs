@@ -229,31 +229,15 @@ pub fn run(a: PruneArgs) -> Result<()> {
     let (new_spec, new_weights, masks) = match method {
         Method::Unstructured => {
             let mut w = weights.clone();
-            let mut masks = prune::unstructured(&spec, &mut w, a.sparsity, &sel, a.global)?;
-            // An earlier mask stays in force (its zeros are the smallest weights,
-            // so usually already included).
-            if let Some(old) = old_masks {
-                for o in old {
-                    match masks.iter_mut().find(|m| m.name == o.name) {
-                        Some(m) if m.data.len() == o.data.len() => {
-                            for (x, y) in m.data.iter_mut().zip(&o.data) {
-                                *x *= y;
-                            }
-                        }
-                        Some(_) => {}
-                        None => masks.push(o),
-                    }
-                }
-            }
-            for m in &masks {
-                if let Some(t) = w.iter_mut().find(|t| t.name == m.name) {
-                    for (x, keep) in t.data.iter_mut().zip(&m.data) {
-                        if *keep == 0.0 {
-                            *x = 0.0;
-                        }
-                    }
-                }
-            }
+            // An earlier mask stays in force.
+            let masks = prune::grow_masks(
+                &spec,
+                &mut w,
+                old_masks.as_deref(),
+                a.sparsity,
+                &sel,
+                a.global,
+            )?;
             (spec.clone(), w, Some(masks))
         }
         Method::Structured => {

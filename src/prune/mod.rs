@@ -628,14 +628,8 @@ pub fn structured(
         })
         .collect();
     let (report, masks) = transfer_with_masks(spec, weights, masks, &small, &mut out)?;
-    for m in masks.iter().flatten() {
-        if let Some(t) = out.iter_mut().find(|t| t.name == m.name) {
-            for (x, keep) in t.data.iter_mut().zip(&m.data) {
-                if *keep == 0.0 {
-                    *x = 0.0;
-                }
-            }
-        }
+    if let Some(m) = &masks {
+        zero_masked(&mut out, m);
     }
     Ok(StructuredPrune {
         spec: small,
@@ -707,6 +701,50 @@ pub fn unstructured(
         }
     }
     Ok(masks)
+}
+
+/// Unstructured pruning on top of existing masks: masks the
+/// smallest-magnitude weights of the selected layers up to `sparsity` (per
+/// layer, or with `global` one threshold), keeps every zero of `current`
+/// (masks only grow; masks of unselected layers are kept as they are) and
+/// zeroes the masked weights. Returns one mask per weight that has one.
+pub fn grow_masks(
+    spec: &ModelSpec,
+    weights: &mut [HostTensor],
+    current: Option<&[HostTensor]>,
+    sparsity: f64,
+    sel: &LayerSelection,
+    global: bool,
+) -> Result<Vec<HostTensor>> {
+    // The current zeros first, so that they sort first.
+    if let Some(cur) = current {
+        zero_masked(weights, cur);
+    }
+    let mut masks = unstructured(spec, weights, sparsity, sel, global)?;
+    if let Some(cur) = current {
+        // 0/1 masks: zeroing the new one where the old is 0 is their union.
+        zero_masked(&mut masks, cur);
+        for c in cur {
+            if !masks.iter().any(|m| m.name == c.name) {
+                masks.push(c.clone());
+            }
+        }
+    }
+    Ok(masks)
+}
+
+/// Sets every weight whose mask entry is 0 to exactly +0.0 (host tensors,
+/// matched by name; a mask without its weight is skipped).
+pub fn zero_masked(weights: &mut [HostTensor], masks: &[HostTensor]) {
+    for m in masks {
+        if let Some(t) = weights.iter_mut().find(|t| t.name == m.name) {
+            for (x, keep) in t.data.iter_mut().zip(&m.data) {
+                if *keep == 0.0 {
+                    *x = 0.0;
+                }
+            }
+        }
+    }
 }
 
 /// Non-zero values among all tensors.

@@ -20,9 +20,6 @@
 
 use crate::error::{Error, Result};
 use crate::model::io::HostTensor;
-use crate::model::ModelSpec;
-
-use super::{unstructured, LayerSelection};
 
 /// A gradual (cubic) magnitude-pruning schedule over one training run.
 #[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -172,48 +169,12 @@ pub fn mask_sparsity(masks: &[HostTensor]) -> f64 {
     zeros as f64 / total as f64
 }
 
-/// One mask update: masks the smallest-magnitude weights of `weights`
-/// (PyTorch layout) up to `sparsity`, per layer or globally, keeps every
-/// zero of `current` (masks only grow) and zeroes the masked weights.
-/// Returns the new masks, one per weight with its name and shape.
-pub fn update_masks(
-    spec: &ModelSpec,
-    weights: &mut [HostTensor],
-    current: Option<&[HostTensor]>,
-    sparsity: f64,
-    global: bool,
-) -> Result<Vec<HostTensor>> {
-    // Apply the current mask first, so its zeros sort first.
-    if let Some(cur) = current {
-        for m in cur {
-            if let Some(t) = weights.iter_mut().find(|t| t.name == m.name) {
-                for (x, keep) in t.data.iter_mut().zip(&m.data) {
-                    if *keep == 0.0 {
-                        *x = 0.0;
-                    }
-                }
-            }
-        }
-    }
-    let mut masks = unstructured(spec, weights, sparsity, &LayerSelection::All, global)?;
-    if let Some(cur) = current {
-        for m in &mut masks {
-            if let Some(c) = cur.iter().find(|c| c.name == m.name) {
-                for (x, keep) in m.data.iter_mut().zip(&c.data) {
-                    if *keep == 0.0 {
-                        *x = 0.0;
-                    }
-                }
-            }
-        }
-    }
-    Ok(masks)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::model::io::torch_shapes;
+    use crate::model::ModelSpec;
+    use crate::prune::{grow_masks, LayerSelection};
 
     #[test]
     fn parses_defaults_and_every_key() {
@@ -308,12 +269,12 @@ mod tests {
             .collect();
         // Mask the largest weight of layer 0 first: it must stay masked.
         let mut first = w.clone();
-        let m1 = update_masks(&spec, &mut first, None, 0.25, false).unwrap();
+        let m1 = grow_masks(&spec, &mut first, None, 0.25, &LayerSelection::All, false).unwrap();
         // Per layer: round(12 * 0.25) = 3 and round(6 * 0.25) = 2 zeros.
         assert_eq!(mask_sparsity(&m1), 5.0 / 18.0);
         let mut cur = m1.clone();
         cur[0].data[11] = 0.0;
-        let m2 = update_masks(&spec, &mut w, Some(&cur), 0.5, false).unwrap();
+        let m2 = grow_masks(&spec, &mut w, Some(&cur), 0.5, &LayerSelection::All, false).unwrap();
         assert_eq!(m2[0].data[11], 0.0, "an earlier mask stays in force");
         for (m, t) in m2
             .iter()

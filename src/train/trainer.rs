@@ -34,8 +34,8 @@ use crate::data::Dataset;
 use crate::error::{Error, Result};
 use crate::model::io::{read_safetensors, write_safetensors, HostTensor, SPEC_KEY};
 use crate::model::{Backend, ModelSpec, Network, ParamKind};
-use crate::prune::schedule::{update_masks, GradualSchedule};
-use crate::prune::{StoreMasks, MASK_FILE};
+use crate::prune::schedule::GradualSchedule;
+use crate::prune::{grow_masks, LayerSelection, StoreMasks, MASK_FILE};
 use crate::report::card::{CacheRef, EpochMetrics, ModelCard};
 
 use super::eval::{check_compatible, evaluate, EvalResult};
@@ -335,7 +335,14 @@ pub fn train<D: Backend>(
         }
         let target = s.sparsity_at(step, total_steps, initial_sparsity);
         let mut host = net.to_host();
-        let new = update_masks(&spec, &mut host, current.as_deref(), target, s.global)?;
+        let new = grow_masks(
+            &spec,
+            &mut host,
+            current.as_deref(),
+            target,
+            &LayerSelection::All,
+            s.global,
+        )?;
         let m = StoreMasks::new(net, &new, Path::new("--prune-schedule"))?;
         m.apply(net);
         *store = Some(m);
