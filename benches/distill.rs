@@ -71,6 +71,7 @@ fn config(loss: LossConfig) -> TrainConfig {
         loss,
         window_blocks: 8,
         allow_topk_retemper: false,
+        augment: None,
         prune_schedule: None,
     }
 }

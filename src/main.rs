@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
+use distill::data::augment::Augment;
 use distill::data::{Dataset, Split};
 use distill::error::{Error, Result};
 use distill::model::{Backend, ModelSpec, Network};
@@ -118,6 +119,12 @@ struct TrainArgs {
     /// every=100, per-layer thresholds; global: one threshold).
     #[arg(long)]
     prune_schedule: Option<String>,
+    /// Augment the training images: flip, shift=N or flip,shift=N (random
+    /// mirror and translation by up to N pixels, drawn per seed, epoch and
+    /// sample). With distillation the teacher must see the same images:
+    /// use --online-teacher.
+    #[arg(long)]
+    augment: Option<String>,
     /// Teacher-output cache of the training split (distillation).
     #[arg(long)]
     cache: Option<PathBuf>,
@@ -356,6 +363,10 @@ fn train<D: Backend>(dev: D, a: TrainArgs) -> Result<()> {
         },
         window_blocks: a.window_blocks.max(1),
         allow_topk_retemper: a.allow_topk_retemper,
+        augment: match &a.augment {
+            Some(text) => Some(Augment::parse(text)?),
+            None => None,
+        },
         prune_schedule: match &a.prune_schedule {
             Some(text) => Some(GradualSchedule::parse(text)?),
             None => None,

@@ -231,6 +231,7 @@ pub fn plan(cfg: &SweepConfig) -> Result<Vec<PlannedRun>> {
             loss: LossConfig::hard_labels(),
             window_blocks: cfg.window_blocks.max(1),
             allow_topk_retemper: false,
+            augment: None,
             prune_schedule: None,
         };
         let mut kinds = Vec::new();

@@ -195,3 +195,94 @@ fn bad_flags_name_the_flag() {
         &["nowhere"],
     );
 }
+
+#[test]
+fn augmentation_is_deterministic_recorded_and_refused_with_a_plain_cache() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = s(&small_data());
+    let aug = ["--augment", "flip,shift=2"];
+    ok(tmp.path(), &train_args(&data, "a", &aug));
+    ok(tmp.path(), &train_args(&data, "b", &aug));
+    ok(tmp.path(), &train_args(&data, "plain", &[]));
+    let w = |d: &str| fs::read(tmp.path().join(d).join("model.safetensors")).unwrap();
+    assert_eq!(w("a"), w("b"), "same seed and augmentation, other weights");
+    assert_ne!(w("a"), w("plain"), "the augmentation changed nothing");
+    let card: serde_json::Value =
+        serde_json::from_str(&fs::read_to_string(tmp.path().join("a/model.json")).unwrap())
+            .unwrap();
+    let cfg = card.to_string();
+    assert!(
+        cfg.contains("\"augment\"") && cfg.contains("\"shift\":2"),
+        "{cfg}"
+    );
+    // Resumed mid-epoch: the same images, the same weights.
+    ok(
+        tmp.path(),
+        &train_args(
+            &data,
+            "c",
+            &[
+                &aug[..],
+                &["--checkpoint-every", "9", "--stop-after-steps", "41"],
+            ]
+            .concat(),
+        ),
+    );
+    ok(
+        tmp.path(),
+        &train_args(
+            &data,
+            "c",
+            &[&aug[..], &["--checkpoint-every", "9", "--resume"]].concat(),
+        ),
+    );
+    assert_eq!(w("a"), w("c"), "resumed augmented run differs");
+    // Online distillation sees the augmented batch, teacher and student alike.
+    let teacher = s(&teacher_dir());
+    ok(
+        tmp.path(),
+        &train_args(
+            &data,
+            "online",
+            &[
+                &aug[..],
+                &["--online-teacher", &teacher, "--alpha", "0.5", "-T", "4"],
+            ]
+            .concat(),
+        ),
+    );
+    // A cache of unaugmented images holds no targets for augmented ones.
+    ok(
+        tmp.path(),
+        &[
+            "cache",
+            "build",
+            "--teacher",
+            &teacher,
+            "--data",
+            &data,
+            "--split",
+            "train",
+            "-T",
+            "4",
+            "--out",
+            "cache",
+            "-q",
+        ],
+    );
+    fails(
+        tmp.path(),
+        &train_args(
+            &data,
+            "x",
+            &[&aug[..], &["--cache", "cache", "--alpha", "0.5"]].concat(),
+        ),
+        &["--augment", "unaugmented", "--online-teacher"],
+    );
+    fails(
+        tmp.path(),
+        &train_args(&data, "x", &["--augment", "rotate"]),
+        &["--augment", "rotate"],
+    );
+    assert!(!tmp.path().join("x").exists());
+}

@@ -31,6 +31,7 @@
 //! ```
 
 mod arrays;
+pub mod augment;
 mod elem;
 mod fingerprint;
 mod idx;

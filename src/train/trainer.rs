@@ -30,6 +30,7 @@ use rand::seq::SliceRandom;
 use rand::SeedableRng;
 
 use crate::cache::{CacheReader, EpochPlan};
+use crate::data::augment::Augment;
 use crate::data::Dataset;
 use crate::error::{Error, Result};
 use crate::model::io::{read_safetensors, write_safetensors, HostTensor, SPEC_KEY};
@@ -55,6 +56,10 @@ pub struct TrainConfig {
     pub window_blocks: usize,
     /// Approximate re-tempering of a top-k cache (see FORMAT.md).
     pub allow_topk_retemper: bool,
+    /// Random flips/shifts of the training inputs, drawn from (seed, epoch,
+    /// sample) (`--augment`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub augment: Option<Augment>,
     /// Gradual magnitude pruning during the run (`--prune-schedule`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub prune_schedule: Option<GradualSchedule>,
@@ -217,6 +222,18 @@ pub fn train<D: Backend>(
     }
     let mut net = Network::new(spec.clone(), device.clone(), cfg.seed);
     check_compatible(&net, train)?;
+    if let Some(a) = &cfg.augment {
+        a.check_shape(train.sample_shape())?;
+        if let (Some(_), Some(dir)) = (sources.cache, &sources.cache_dir) {
+            return Err(Error::Config {
+                flag: "--augment".into(),
+                message: format!(
+                    "{} holds the teacher's outputs for the unaugmented images, which are not valid targets for flipped or shifted ones; distil with augmentation from --online-teacher",
+                    dir.display()
+                ),
+            });
+        }
+    }
     if let Some(init) = &opts.init {
         net.load_host(init, Path::new("--init-from"))?;
     }
@@ -559,6 +576,9 @@ fn produce_batches<D: Backend>(
     let make = |indices: Vec<usize>, cache_labels: Option<Vec<u32>>, logprobs: Option<Vec<f32>>| {
         let mut inputs = vec![0f32; indices.len() * len];
         train.fill_inputs(&indices, &mut inputs);
+        if let Some(a) = &cfg.augment {
+            a.apply_batch(cfg.seed, epoch, &indices, train.sample_shape(), &mut inputs);
+        }
         let labels = labels
             .map(|y| indices.iter().map(|&i| y[i]).collect())
             .or(cache_labels);
