@@ -38,6 +38,7 @@ fn meta(n: u64, c: usize, enc: Encoding) -> CacheMeta {
             fingerprint: "d".into(),
             split: "train".into(),
             num_samples: n,
+            view: None,
         },
         num_classes: c,
         has_labels: true,

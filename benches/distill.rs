@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use dfdx::prelude::*;
-use distill::cache::{CacheReader, Encoding, WriterOptions};
+use distill::cache::{CacheReader, CacheViews, Encoding, WriterOptions};
 use distill::data::{Dataset, Split};
 use distill::model::io::load_weights;
 use distill::teacher::{build_cache, forward_only, BuildOptions};
@@ -52,6 +52,7 @@ fn build_opts(t: f32, overwrite: bool) -> BuildOptions {
         batch: 500,
         teacher_source: "data/teachers/fashion-cnn".into(),
         progress: false,
+        view: None,
     }
 }
 
@@ -89,7 +90,7 @@ fn epochs(c: &mut Criterion) {
     let cache_dir = tmp.path().join("cache");
     build_cache(&teacher, &data, &cache_dir, &build_opts(4.0, false)).expect("cache build");
     // SAFETY: the cache was just written by this process and nothing modifies it.
-    let cache = unsafe { CacheReader::open(&cache_dir) }.expect("open cache");
+    let cache = CacheViews::from(unsafe { CacheReader::open(&cache_dir) }.expect("open cache"));
     let opts = RunOptions {
         quiet: true,
         ..RunOptions::default()

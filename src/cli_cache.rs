@@ -4,7 +4,11 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use clap::{Args, Subcommand};
-use distill::cache::{CacheMeta, CacheReader, DatasetInfo, Encoding, TeacherInfo, WriterOptions};
+use distill::cache::views::view_dir;
+use distill::cache::{
+    CacheMeta, CacheReader, CacheViews, DatasetInfo, Encoding, TeacherInfo, ViewInfo, WriterOptions,
+};
+use distill::data::augment::Augment;
 use distill::data::{read_float_matrix, Dataset, Split};
 use distill::error::{Error, Result};
 use distill::model::Backend;
@@ -74,6 +78,18 @@ pub struct BuildArgs {
     /// Teacher batch size.
     #[arg(long, default_value_t = 500)]
     batch: usize,
+    /// Run the teacher on augmented images: flip, shift=N or flip,shift=N.
+    /// Writes a view set: OUT/view-0 ... OUT/view-{K-1}, one cache per view;
+    /// `train --cache OUT` then shows the student the same augmented image
+    /// the teacher saw, view `epoch % K` in each epoch.
+    #[arg(long)]
+    augment: Option<String>,
+    /// Number of augmented views (with --augment).
+    #[arg(long, default_value_t = 1)]
+    views: u64,
+    /// Seed of the augmentation draws (with --augment).
+    #[arg(long, default_value_t = 0)]
+    augment_seed: u64,
     #[command(flatten)]
     storage: StorageArgs,
     #[command(flatten)]
@@ -109,25 +125,51 @@ pub fn run(cmd: CacheCommand) -> Result<()> {
         }
         CacheCommand::Import(a) => import(a),
         CacheCommand::Inspect { cache } => {
-            let reader = open_cache(&cache)?;
-            println!("cache {}", cache.display());
-            println!("{}", reader.stats());
+            let set = open_views(&cache)?;
+            if let Some(v) = set.view_info() {
+                println!(
+                    "view set {}: {} views of augment {} (seed {})",
+                    cache.display(),
+                    v.views,
+                    v.augment,
+                    v.seed
+                );
+            }
+            for (k, reader) in set.views().iter().enumerate() {
+                match set.view_info() {
+                    Some(_) => println!("view {k}: {}", view_dir(&cache, k as u64).display()),
+                    None => println!("cache {}", cache.display()),
+                }
+                println!("{}", reader.stats());
+            }
             Ok(())
         }
         CacheCommand::Verify { cache } => {
-            let reader = open_cache(&cache)?;
-            let report = reader.verify()?;
-            println!(
-                "ok: {} shards, {} blocks, {} samples, {} bytes verified ({})",
-                report.shards,
-                report.blocks,
-                report.samples,
-                report.bytes,
-                cache.display()
-            );
+            let set = open_views(&cache)?;
+            for (k, reader) in set.views().iter().enumerate() {
+                let report = reader.verify()?;
+                let dir = match set.view_info() {
+                    Some(_) => view_dir(&cache, k as u64),
+                    None => cache.clone(),
+                };
+                println!(
+                    "ok: {} shards, {} blocks, {} samples, {} bytes verified ({})",
+                    report.shards,
+                    report.blocks,
+                    report.samples,
+                    report.bytes,
+                    dir.display()
+                );
+            }
             Ok(())
         }
     }
+}
+
+/// Opens a cache or a view set of augmented caches for reading.
+pub fn open_views(dir: &Path) -> Result<CacheViews> {
+    // SAFETY: as in `open_cache`.
+    Ok(unsafe { CacheViews::open(dir) }?)
 }
 
 /// Opens a cache for reading.
@@ -210,17 +252,63 @@ pub fn build<D: Backend>(dev: D, a: BuildArgs) -> Result<()> {
     let (encoding, writer) = storage(&a.storage)?;
     let split = parse_split(&a.split)?;
     let data = Dataset::open(&a.data, split)?;
+    let augment = match &a.augment {
+        Some(text) => {
+            let aug = Augment::parse(text)?;
+            aug.check_shape(data.sample_shape())?;
+            Some(aug)
+        }
+        None => None,
+    };
+    if a.views == 0 || (augment.is_none() && a.views != 1) {
+        return Err(Error::Config {
+            flag: "--views".into(),
+            message: format!(
+                "{} views: give --augment with --views K (K >= 1); without augmentation there is one view, the plain images",
+                a.views
+            ),
+        });
+    }
     let teacher = crate::load_model(&a.teacher, dev)?;
-    let opts = BuildOptions {
+    let mut opts = BuildOptions {
         temperature: a.storage.temperature,
         encoding,
         writer,
         batch: a.batch,
         teacher_source: a.teacher.display().to_string(),
         progress: !a.storage.quiet,
+        view: None,
     };
-    let r = build_cache(&teacher, &data, &a.storage.out, &opts)?;
-    report(&r.manifest, &a.storage.out, r.seconds, a.storage.quiet);
+    let Some(aug) = augment else {
+        let r = build_cache(&teacher, &data, &a.storage.out, &opts)?;
+        report(&r.manifest, &a.storage.out, r.seconds, a.storage.quiet);
+        return Ok(());
+    };
+    if a.storage
+        .out
+        .join(distill::cache::manifest::MANIFEST_FILE)
+        .exists()
+        && !a.storage.overwrite
+    {
+        return Err(Error::Config {
+            flag: "--out".into(),
+            message: format!(
+                "{} holds a cache of the plain images; write the view set elsewhere",
+                a.storage.out.display()
+            ),
+        });
+    }
+    for v in 0..a.views {
+        opts.view = Some(ViewInfo {
+            augment: aug.to_string(),
+            seed: a.augment_seed,
+            view: v,
+            views: a.views,
+        });
+        let dir = view_dir(&a.storage.out, v);
+        let r = build_cache(&teacher, &data, &dir, &opts)?;
+        report(&r.manifest, &dir, r.seconds, a.storage.quiet);
+    }
     Ok(())
 }
 
@@ -264,6 +352,7 @@ fn import(a: ImportArgs) -> Result<()> {
             fingerprint: data.fingerprint().0.clone(),
             split: split.to_string(),
             num_samples: data.len() as u64,
+            view: None,
         },
         num_classes: cols,
         has_labels: data.labels().is_some(),

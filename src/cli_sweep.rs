@@ -270,7 +270,7 @@ fn sweep_on<D: Backend>(dev: D, cfg: &SweepConfig, quiet: bool) -> Result<()> {
     let runs = plan(cfg)?;
     let train = Dataset::open(&cfg.data, Split::Train)?;
     let test = Dataset::open(&cfg.data, Split::Test).ok();
-    let cache = crate::cli_cache::open_cache(&cfg.cache)?;
+    let cache = crate::cli_cache::open_views(&cfg.cache)?;
     let test_cache = match &cfg.test_cache {
         Some(dir) => Some(crate::cli_cache::open_cache(dir)?),
         None => None,
@@ -285,7 +285,7 @@ fn sweep_on<D: Backend>(dev: D, cfg: &SweepConfig, quiet: bool) -> Result<()> {
         }
         _ => None,
     };
-    let teacher_path = teacher_dir(cfg, &cache);
+    let teacher_path = teacher_dir(cfg, cache.first());
     let teacher = match &teacher_path {
         Some(p) => Some(crate::load_model(p, dev.clone())?),
         None => None,
@@ -328,12 +328,12 @@ fn sweep_on<D: Backend>(dev: D, cfg: &SweepConfig, quiet: bool) -> Result<()> {
     };
     let savings = timing.as_ref().map(|t| Savings::new(t, &results));
     let teacher_summary = teacher_summary(
-        &cache,
+        cache.first(),
         test_cache.as_ref(),
         test.as_ref(),
         teacher_path.as_deref(),
     );
-    let m = cache.manifest();
+    let m = cache.first().manifest();
     let ctx = ReportContext {
         cfg,
         teacher: teacher_summary.as_ref(),

@@ -376,7 +376,7 @@ fn train<D: Backend>(dev: D, a: TrainArgs) -> Result<()> {
     let train_ds = Dataset::open(&a.data, Split::Train)?;
     let test_ds = Dataset::open(&a.data, Split::Test).ok();
     let cache = match &a.cache {
-        Some(dir) => Some(cli_cache::open_cache(dir)?),
+        Some(dir) => Some(cli_cache::open_views(dir)?),
         None => None,
     };
     let mut teacher_accuracy = None;

@@ -43,7 +43,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::Instant;
 
-use crate::cache::CacheReader;
+use crate::cache::CacheViews;
 use crate::data::Dataset;
 use crate::error::{Error, Result};
 use crate::model::{Backend, ModelSpec, Network};
@@ -342,7 +342,8 @@ pub fn run_state(run: &PlannedRun, dir: &Path, expect: &Expect<'_>) -> Result<Ru
 pub struct SweepInputs<'a> {
     pub train: &'a Dataset,
     pub test: Option<&'a Dataset>,
-    pub cache: &'a CacheReader,
+    /// The training cache (one cache, or a set of augmented views).
+    pub cache: &'a CacheViews,
     /// Teacher argmax on the test split (from the test cache), for agreement.
     pub teacher_test_predictions: Option<Vec<u32>>,
 }
@@ -383,9 +384,10 @@ pub fn run_sweep<D: Backend>(
     quiet: bool,
 ) -> Result<SweepSummary> {
     let start = Instant::now();
+    let cache_id = inputs.cache.id();
     let expect = Expect {
         train_fingerprint: &inputs.train.fingerprint().0,
-        cache_id: &inputs.cache.manifest().id,
+        cache_id: &cache_id,
     };
     // Check every run's directory before training anything.
     let states: Vec<RunState> = runs
@@ -394,7 +396,7 @@ pub fn run_sweep<D: Backend>(
         .collect::<Result<_>>()?;
     for r in runs {
         trainer::check_cache(
-            inputs.cache,
+            inputs.cache.first(),
             inputs.train,
             &ModelSpec::parse(&r.student)?,
             &r.config.loss,

@@ -10,8 +10,9 @@ use std::time::Instant;
 
 use crate::cache::{
     log_softmax_tempered, CacheMeta, CacheWriter, DatasetInfo, Encoding, Manifest, TeacherInfo,
-    WriterOptions,
+    ViewInfo, WriterOptions,
 };
+use crate::data::augment::Augment;
 use crate::data::Dataset;
 use crate::error::{Error, Result};
 use crate::model::{Backend, Network};
@@ -29,6 +30,9 @@ pub struct BuildOptions {
     pub teacher_source: String,
     /// Print progress lines to stderr.
     pub progress: bool,
+    /// Run the teacher on this augmented view of each sample instead of
+    /// the plain image (recorded in the manifest).
+    pub view: Option<ViewInfo>,
 }
 
 /// What a build did.
@@ -56,6 +60,7 @@ pub fn cache_meta<D: Backend>(
             fingerprint: data.fingerprint().0.clone(),
             split: data.split().to_string(),
             num_samples: data.len() as u64,
+            view: opts.view.clone(),
         },
         num_classes: teacher.spec().num_classes(),
         has_labels: data.labels().is_some(),
@@ -79,6 +84,14 @@ pub fn build_cache<D: Backend>(
             message: "must be at least 1".into(),
         });
     }
+    let augment = match &opts.view {
+        Some(v) => {
+            let a = Augment::parse(&v.augment)?;
+            a.check_shape(data.sample_shape())?;
+            Some((a, v.seed, v.view))
+        }
+        None => None,
+    };
     let classes = teacher.spec().num_classes();
     let start = Instant::now();
     let mut writer =
@@ -97,6 +110,15 @@ pub fn build_cache<D: Backend>(
         let b = opts.batch.min(n - pos);
         let idx: Vec<usize> = (pos..pos + b).collect();
         data.fill_inputs(&idx, &mut inputs[..b * len]);
+        if let Some((a, seed, view)) = &augment {
+            a.apply_batch(
+                *seed,
+                *view,
+                &idx,
+                data.sample_shape(),
+                &mut inputs[..b * len],
+            );
+        }
         let logits = teacher.predict(inputs[..b * len].to_vec(), b).as_vec();
         log_softmax_tempered(&logits, classes, opts.temperature, &mut lp[..b * classes]).map_err(
             |e| Error::Training {

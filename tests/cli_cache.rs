@@ -337,3 +337,168 @@ fn online_teacher_matches_cached_distillation_closely() {
     ok(tmp.path(), &with_baseline);
     assert!(tmp.path().join("cached2/curves.png").exists());
 }
+
+#[test]
+fn augmented_view_sets_hold_the_teachers_outputs_on_the_views_the_student_sees() {
+    use dfdx::prelude::*;
+    use distill::cache::{log_softmax_tempered, CacheViews};
+    use distill::data::augment::Augment;
+    use distill::data::{Dataset, Split};
+    use distill::train::trainer::{epoch_augmentation, TrainConfig};
+
+    let tmp = tempfile::tempdir().unwrap();
+    let data = s(&small_data());
+    let aug = [
+        "--augment",
+        "flip,shift=2",
+        "--views",
+        "2",
+        "--augment-seed",
+        "5",
+    ];
+    build(tmp.path(), "train", "f32", "set", &aug);
+    build(tmp.path(), "train", "f32", "plain", &[]);
+    for v in 0..2 {
+        assert!(tmp
+            .path()
+            .join(format!("set/view-{v}/manifest.json"))
+            .exists());
+    }
+    // The stored outputs are the teacher's on the augmented images.
+    let teacher = distill::model::io::load_weights(
+        &teacher_dir().join("model.safetensors"),
+        None,
+        Cpu::default(),
+    )
+    .unwrap();
+    let train = Dataset::open(&small_data(), Split::Train).unwrap();
+    let set = unsafe { CacheViews::open(&tmp.path().join("set")) }.unwrap();
+    let plain = unsafe { CacheViews::open(&tmp.path().join("plain")) }.unwrap();
+    assert_eq!(set.views().len(), 2);
+    assert_ne!(set.id(), plain.id());
+    let a = Augment::parse("flip,shift=2").unwrap();
+    let idx = [0usize, 7, 1999];
+    let mut changed = 0;
+    for v in 0..2u64 {
+        let mut x = vec![0f32; idx.len() * train.sample_len()];
+        train.fill_inputs(&idx, &mut x);
+        a.apply_batch(5, v, &idx, train.sample_shape(), &mut x);
+        let logits = teacher.predict(x, idx.len()).as_vec();
+        let mut want = vec![0f32; logits.len()];
+        log_softmax_tempered(&logits, 10, 4.0, &mut want).unwrap();
+        let ids: Vec<u64> = idx.iter().map(|&i| i as u64).collect();
+        let got = set.views()[v as usize]
+            .read_samples(&ids, 4.0, false)
+            .unwrap();
+        let base = plain.first().read_samples(&ids, 4.0, false).unwrap();
+        for (k, (g, w)) in got.logprobs.iter().zip(&want).enumerate() {
+            assert!((g - w).abs() < 1e-4, "view {v} value {k}: {g} vs {w}");
+            if (base.logprobs[k] - w).abs() > 1e-3 {
+                changed += 1;
+            }
+        }
+    }
+    assert!(changed > 10, "the views look like the plain images");
+    // The trainer shows epoch e the view e % 2, under the set's seed.
+    let cfg: TrainConfig = serde_json::from_value(serde_json::json!({
+        "spec": "mlp:784-32-10", "epochs": 3, "batch_size": 64, "seed": 1,
+        "optimizer": {"kind": "adam", "lr": 0.001, "weight_decay": 0.0, "momentum": 0.9, "schedule": "cosine"},
+        "loss": {"kind": "kd", "alpha": 0.5, "temperature": 4.0},
+        "window_blocks": 8, "allow_topk_retemper": false
+    }))
+    .unwrap();
+    for e in 0..4u64 {
+        let (got, seed, view) = epoch_augmentation(&cfg, Some(&set), e).unwrap().unwrap();
+        assert_eq!((got, seed, view), (a, 5, e % 2));
+    }
+    assert!(epoch_augmentation(&cfg, Some(&plain), 0).unwrap().is_none());
+
+    // End to end: inspect, verify, train; the card names the set.
+    let t = |cache: &'static str, out: &'static str, extra: &[&'static str]| {
+        let mut a = vec![
+            "train",
+            "--data",
+            &data,
+            "--student",
+            "mlp:784-32-10",
+            "--cache",
+            cache,
+            "--epochs",
+            "1",
+            "--batch",
+            "64",
+            "--alpha",
+            "0.5",
+            "--out",
+            out,
+            "-q",
+        ];
+        a.extend_from_slice(extra);
+        a
+    };
+    let inspect = ok(tmp.path(), &["cache", "inspect", "set"]);
+    assert!(
+        inspect.contains("2 views of augment flip,shift=2 (seed 5)"),
+        "{inspect}"
+    );
+    let verify = ok(tmp.path(), &["cache", "verify", "set"]);
+    assert_eq!(verify.matches("ok:").count(), 2, "{verify}");
+    ok(tmp.path(), &t("set", "s", &[]));
+    let card: serde_json::Value =
+        serde_json::from_str(&fs::read_to_string(tmp.path().join("s/model.json")).unwrap())
+            .unwrap();
+    assert_eq!(card["cache"]["views"], 2);
+    assert_eq!(card["cache"]["id"], set.id());
+    // Errors: another augmentation, one view of a set, a missing view,
+    // views without augmentation.
+    fails(
+        tmp.path(),
+        &t("set", "x", &["--augment", "shift=1"]),
+        &["--augment", "differs", "flip,shift=2"],
+    );
+    fails(
+        tmp.path(),
+        &t("set/view-1", "x", &[]),
+        &["view-1", "the set's directory"],
+    );
+    fs::rename(tmp.path().join("set/view-1"), tmp.path().join("set/old")).unwrap();
+    fails(
+        tmp.path(),
+        &t("set", "x", &[]),
+        &["view-1", "missing", "rerun the build"],
+    );
+    let e = distill(
+        tmp.path(),
+        &[
+            "cache",
+            "build",
+            "--teacher",
+            &s(&teacher_dir()),
+            "--data",
+            &data,
+            "-T",
+            "4",
+            "--views",
+            "3",
+            "--out",
+            "y",
+        ],
+    );
+    let err = String::from_utf8_lossy(&e.stderr);
+    assert!(
+        err.contains("--views") && err.contains("--augment"),
+        "{err}"
+    );
+    assert!(!tmp.path().join("x").exists() && !tmp.path().join("y").exists());
+    // An edited view record is caught by the manifest's content id.
+    fs::rename(tmp.path().join("set/old"), tmp.path().join("set/view-1")).unwrap();
+    let m = tmp.path().join("set/view-1/manifest.json");
+    let text = fs::read_to_string(&m).unwrap();
+    assert!(text.contains("\"view\": 1"), "{text}");
+    fs::write(&m, text.replace("\"view\": 1", "\"view\": 0")).unwrap();
+    fails(
+        tmp.path(),
+        &t("set", "x", &[]),
+        &["view-1/manifest.json", "id"],
+    );
+}

@@ -57,6 +57,7 @@ fn build_cache(dir: &Path, enc: Encoding, n: usize) -> Manifest {
             fingerprint: "d0".into(),
             split: "train".into(),
             num_samples: n as u64,
+            view: None,
         },
         num_classes: C,
         has_labels: true,

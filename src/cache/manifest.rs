@@ -50,6 +50,24 @@ pub struct DatasetInfo {
     pub split: String,
     /// Number of samples; the cache holds samples `0..num_samples`.
     pub num_samples: u64,
+    /// Set when the teacher saw augmented images: which view of each
+    /// sample the outputs belong to (absent for the plain images).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub view: Option<ViewInfo>,
+}
+
+/// One augmented view of a dataset: sample `i` was shown to the teacher as
+/// [`crate::data::augment::Augment::params`]`(seed, view, i)` of `augment`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ViewInfo {
+    /// The augmentation spec (`flip,shift=2`).
+    pub augment: String,
+    pub seed: u64,
+    /// View number, `0..views`.
+    pub view: u64,
+    /// How many views the set this cache belongs to has.
+    pub views: u64,
 }
 
 /// How close the stored targets are to the teacher's exact outputs, measured while writing.
@@ -204,6 +222,17 @@ impl Manifest {
                 "cache holds no samples".into(),
             ));
         }
+        if let Some(v) = &self.dataset.view {
+            if let Err(e) = crate::data::augment::Augment::parse(&v.augment) {
+                return Err(bad("field dataset.view.augment".into(), e.to_string()));
+            }
+            if v.view >= v.views {
+                return Err(bad(
+                    "field dataset.view".into(),
+                    format!("view {} of {} views", v.view, v.views),
+                ));
+            }
+        }
         if self.shards.is_empty() || self.shards.len() > MAX_SHARDS {
             return Err(bad(
                 "field shards".into(),
@@ -283,6 +312,7 @@ pub(crate) mod tests {
                 fingerprint: "d".into(),
                 split: "train".into(),
                 num_samples: 10,
+                view: None,
             },
             num_classes: 10,
             has_labels: true,

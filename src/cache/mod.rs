@@ -22,7 +22,7 @@
 //! let dir = std::path::Path::new("cache/mnist-t4");
 //! let meta = CacheMeta {
 //!     teacher: TeacherInfo { spec: "mlp:784-1200-1200-10".into(), fingerprint: "ab12".into(), source: "teacher.safetensors".into() },
-//!     dataset: DatasetInfo { fingerprint: "cd34".into(), split: "train".into(), num_samples: 2 },
+//!     dataset: DatasetInfo { fingerprint: "cd34".into(), split: "train".into(), num_samples: 2, view: None },
 //!     num_classes: 3, has_labels: true, temperature: 4.0, encoding: Encoding::Q8,
 //! };
 //! let mut w = CacheWriter::create_or_resume(dir, meta, WriterOptions::default())?;
@@ -46,15 +46,19 @@ pub mod format;
 pub mod manifest;
 pub mod order;
 pub mod reader;
+pub mod views;
 pub mod writer;
 
 use std::path::PathBuf;
 
 pub use encoding::Encoding;
-pub use manifest::{DatasetInfo, Fidelity, Manifest, ShardEntry, TeacherInfo, TeacherStats};
+pub use manifest::{
+    DatasetInfo, Fidelity, Manifest, ShardEntry, TeacherInfo, TeacherStats, ViewInfo,
+};
 pub use reader::{
     CacheReader, CacheStats, DecodedTargets, EpochBatches, EpochPlan, TargetBatch, VerifyReport,
 };
+pub use views::CacheViews;
 pub use writer::{import_logits, CacheMeta, CacheWriter, WriterOptions};
 
 /// Errors from building, opening, verifying or reading a cache.

@@ -125,7 +125,7 @@ impl BuildSpec {
 
     /// The first field that differs, as (name, self, other).
     fn first_difference(&self, o: &BuildSpec) -> Option<(&'static str, String, String)> {
-        let fields: [(&'static str, String, String); 14] = [
+        let fields: [(&'static str, String, String); 15] = [
             (
                 "format version",
                 self.format_version.to_string(),
@@ -160,6 +160,11 @@ impl BuildSpec {
                 "sample count",
                 self.dataset.num_samples.to_string(),
                 o.dataset.num_samples.to_string(),
+            ),
+            (
+                "augmented view",
+                format!("{:?}", self.dataset.view),
+                format!("{:?}", o.dataset.view),
             ),
             (
                 "number of classes",

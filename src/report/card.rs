@@ -6,7 +6,7 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::cache::CacheReader;
+use crate::cache::{CacheReader, CacheViews};
 use crate::data::Dataset;
 use crate::error::{Error, Result};
 use crate::model::{Backend, Network};
@@ -81,9 +81,25 @@ pub struct CacheRef {
     pub teacher_fingerprint: String,
     pub temperature: f32,
     pub encoding: String,
+    /// For a set of augmented views: how many, and the augmentation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub views: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub augment: Option<String>,
 }
 
 impl CacheRef {
+    /// Describes an open cache or view set (`id` is the set's).
+    pub fn from_views(set: &CacheViews, dir: &Path) -> Self {
+        let mut r = Self::from_reader(set.first(), dir);
+        r.id = set.id();
+        if let Some(v) = set.view_info() {
+            r.views = Some(v.views);
+            r.augment = Some(format!("{} (seed {})", v.augment, v.seed));
+        }
+        r
+    }
+
     /// Describes an open cache.
     pub fn from_reader(reader: &CacheReader, dir: &Path) -> Self {
         let m = reader.manifest();
@@ -94,6 +110,8 @@ impl CacheRef {
             teacher_fingerprint: m.teacher.fingerprint.clone(),
             temperature: reader.temperature(),
             encoding: reader.encoding().to_string(),
+            views: None,
+            augment: None,
         }
     }
 }

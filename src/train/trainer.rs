@@ -29,7 +29,7 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
 
-use crate::cache::{CacheReader, EpochPlan};
+use crate::cache::{CacheReader, CacheViews, EpochPlan};
 use crate::data::augment::Augment;
 use crate::data::Dataset;
 use crate::error::{Error, Result};
@@ -123,8 +123,9 @@ pub struct RunOptions {
 pub struct TrainSources<'a, D: Backend> {
     pub train: &'a Dataset,
     pub test: Option<&'a Dataset>,
-    /// Teacher outputs for the training split (distillation).
-    pub cache: Option<&'a CacheReader>,
+    /// Teacher outputs for the training split (distillation): one cache, or
+    /// a set of augmented views read in turn (view `epoch % K`).
+    pub cache: Option<&'a CacheViews>,
     pub cache_dir: Option<PathBuf>,
     /// Teacher argmax on the test split, for agreement figures.
     pub teacher_test_predictions: Option<Vec<u32>>,
@@ -224,14 +225,23 @@ pub fn train<D: Backend>(
     check_compatible(&net, train)?;
     if let Some(a) = &cfg.augment {
         a.check_shape(train.sample_shape())?;
-        if let (Some(_), Some(dir)) = (sources.cache, &sources.cache_dir) {
-            return Err(Error::Config {
-                flag: "--augment".into(),
-                message: format!(
-                    "{} holds the teacher's outputs for the unaugmented images, which are not valid targets for flipped or shifted ones; distil with augmentation from --online-teacher",
-                    dir.display()
-                ),
-            });
+        if let Some(c) = sources.cache {
+            let cached = c.view_info().map(|v| v.augment.as_str());
+            if cached != Some(a.to_string().as_str()) {
+                return Err(Error::Config {
+                    flag: "--augment".into(),
+                    message: match cached {
+                        None => format!(
+                            "{} holds the teacher's outputs for the unaugmented images, which are not valid targets for flipped or shifted ones; build a view set (cache build --augment {a} --views K) or distil from --online-teacher",
+                            c.dir().display()
+                        ),
+                        Some(other) => format!(
+                            "{a} differs from the augmentation {other} of the view set {}; omit --augment to use the cache's",
+                            c.dir().display()
+                        ),
+                    },
+                });
+            }
         }
     }
     if let Some(init) = &opts.init {
@@ -277,7 +287,7 @@ pub fn train<D: Backend>(
         }
     }
     match sources.cache {
-        Some(cache) => check_cache(cache, train, &spec, &cfg.loss)?,
+        Some(cache) => check_cache(cache.first(), train, &spec, &cfg.loss)?,
         None if sources.online_teacher.is_some() => {}
         None => {
             if cfg.loss.needs_teacher() {
@@ -314,7 +324,8 @@ pub fn train<D: Backend>(
     let mut train_seconds = 0f64;
     let ckpt_path = out_dir.join(CHECKPOINT);
     // The cache's content id: a checkpoint resumes only on the same teacher outputs.
-    let cache_id = sources.cache.map_or("", |c| c.manifest().id.as_str());
+    let cache_id = sources.cache.map_or(String::new(), |c| c.id());
+    let cache_id = cache_id.as_str();
     let mut resumed = false;
     if opts.resume && ckpt_path.exists() {
         let ck = load_checkpoint(&ckpt_path, cfg, cache_id, &mut net, &mut opt)?;
@@ -503,7 +514,7 @@ pub fn train<D: Backend>(
     }
 
     let cache_ref = match (sources.cache, &sources.cache_dir) {
-        (Some(c), Some(dir)) => Some(CacheRef::from_reader(c, dir)),
+        (Some(c), Some(dir)) => Some(CacheRef::from_views(c, dir)),
         _ => None,
     };
     let card = ModelCard::new(
@@ -561,6 +572,22 @@ fn progress_bar(show: bool, len: u64, epoch: usize, epochs: usize) -> ProgressBa
     bar
 }
 
+/// How the training inputs of `epoch` are augmented, as (augmentation,
+/// seed, view) for [`Augment::apply_batch`]: with a set of augmented views,
+/// the view the teacher saw (`epoch % K`, the set's seed); else with
+/// `--augment`, a fresh view per epoch under the run's seed; else none.
+pub fn epoch_augmentation(
+    cfg: &TrainConfig,
+    cache: Option<&CacheViews>,
+    epoch: u64,
+) -> Result<Option<(Augment, u64, u64)>> {
+    let view = cache.and_then(|c| c.for_epoch(epoch).manifest().dataset.view.as_ref());
+    Ok(match view {
+        Some(v) => Some((Augment::parse(&v.augment)?, v.seed, v.view)),
+        None => cfg.augment.map(|a| (a, cfg.seed, epoch)),
+    })
+}
+
 /// The loader: walks the epoch order from `first`, decodes targets from the
 /// cache (if any), fills inputs, and sends batches until the receiver hangs up.
 fn produce_batches<D: Backend>(
@@ -573,11 +600,19 @@ fn produce_batches<D: Backend>(
     let train = sources.train;
     let len = train.sample_len();
     let labels = train.labels();
+    let reader = sources.cache.map(|c| c.for_epoch(epoch));
+    let augment = match epoch_augmentation(cfg, sources.cache, epoch) {
+        Ok(a) => a,
+        Err(e) => {
+            let _ = tx.send(Err(e));
+            return;
+        }
+    };
     let make = |indices: Vec<usize>, cache_labels: Option<Vec<u32>>, logprobs: Option<Vec<f32>>| {
         let mut inputs = vec![0f32; indices.len() * len];
         train.fill_inputs(&indices, &mut inputs);
-        if let Some(a) = &cfg.augment {
-            a.apply_batch(cfg.seed, epoch, &indices, train.sample_shape(), &mut inputs);
+        if let Some((a, seed, view)) = &augment {
+            a.apply_batch(*seed, *view, &indices, train.sample_shape(), &mut inputs);
         }
         let labels = labels
             .map(|y| indices.iter().map(|&i| y[i]).collect())
@@ -589,7 +624,7 @@ fn produce_batches<D: Backend>(
             logprobs,
         }
     };
-    match sources.cache {
+    match reader {
         None => {
             let order = shuffled_order(train.len(), cfg.seed, epoch);
             for chunk in order[first.min(order.len())..].chunks(cfg.batch_size) {

@@ -21,6 +21,7 @@ fn meta(n: u64, c: usize, enc: Encoding, labels: bool) -> CacheMeta {
             fingerprint: "data-fp".into(),
             split: "train".into(),
             num_samples: n,
+            view: None,
         },
         num_classes: c,
         has_labels: labels,
