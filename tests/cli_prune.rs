@@ -420,6 +420,42 @@ fn gradual_pruning_reaches_its_sparsity_and_resumes_exactly() {
     let total: usize = more.iter().map(|m| m.data.len()).sum();
     let z: usize = zeros(&more).iter().map(|(_, z, _)| z).sum();
     assert_eq!(z, (0.9 * total as f64).round() as usize);
+    // Per layer, each layer ramps from its own starting sparsity: from c's
+    // mask (layer 0 above 90%, layer 2 below), final=0.8 raises layer 2 to
+    // 80% and leaves layer 0 as it was.
+    let by_name = |m: &[distill::model::io::HostTensor], n: &str| {
+        zeros(m)
+            .into_iter()
+            .find(|(name, _, _)| name == n)
+            .unwrap()
+            .1
+    };
+    assert!(by_name(&more, "layers.0.weight") > 45_158);
+    assert!(by_name(&more, "layers.2.weight") < 512);
+    ok(
+        tmp.path(),
+        &[
+            "train",
+            "--data",
+            &data,
+            "--init-from",
+            "c",
+            "--epochs",
+            "1",
+            "--batch",
+            "64",
+            "--prune-schedule",
+            "final=0.8,every=8",
+            "--out",
+            "d",
+        ],
+    );
+    let last = tensors(&tmp.path().join("d/mask.safetensors"));
+    assert_eq!(
+        by_name(&last, "layers.0.weight"),
+        by_name(&more, "layers.0.weight")
+    );
+    assert_eq!(by_name(&last, "layers.2.weight"), 512);
     // Bad schedules name the flag.
     fails(
         tmp.path(),

@@ -12,8 +12,9 @@
 //! little at a time; after `t1` the mask is fixed and training fine-tunes.
 //!
 //! `s_i` is the sparsity the run starts with (that of the `--init-from`
-//! model's mask, else 0). Masks only grow: a weight once pruned stays at
-//! zero. The schedule is written on the command line as
+//! model's mask, else 0): each layer's own with per-layer thresholds (each
+//! layer ramps from where it is), all weights' together with `global`.
+//! Masks only grow: a weight once pruned stays at zero. The schedule is written on the command line as
 //! `final=0.9,start=0,end=0.75,every=100,global` (see
 //! [`GradualSchedule::parse`]); `start` and `end` are fractions of the run's
 //! optimizer steps.

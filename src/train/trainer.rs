@@ -350,6 +350,32 @@ pub fn train<D: Backend>(
     write_metrics(&metrics_path, &metrics)?;
     // Gradual pruning: after `step` optimizer steps, raise the masks to the
     // schedule's sparsity if an update is due.
+    // The starting sparsity of each layer with weights (index into the
+    // spec's layers, fraction of its weights masked at the start).
+    let layer_start: Vec<(usize, f64)> = {
+        let idx = spec.torch_indices();
+        spec.layers()
+            .iter()
+            .enumerate()
+            .filter(|(_, l)| l.has_params())
+            .map(|(li, _)| {
+                let name = format!("layers.{}.weight", idx[li]);
+                let start = opts
+                    .masks
+                    .iter()
+                    .flatten()
+                    .find(|m| m.name == name)
+                    .map_or(0.0, |m| {
+                        let zeros = m.data.iter().filter(|v| **v == 0.0).count();
+                        zeros as f64 / m.data.len().max(1) as f64
+                    });
+                (li, start)
+            })
+            .collect()
+    };
+    // Gradual pruning: after `step` optimizer steps, raise the masks to the
+    // schedule's sparsity if an update is due: one ramp over all weights
+    // (global), or one per layer from that layer's own starting sparsity.
     let schedule_update = |step: u64,
                            net: &mut Network<D>,
                            current: &mut Option<Vec<HostTensor>>,
@@ -361,16 +387,34 @@ pub fn train<D: Backend>(
         if !s.is_update_step(step, total_steps) {
             return Ok(());
         }
-        let target = s.sparsity_at(step, total_steps, initial_sparsity);
         let mut host = net.to_host();
-        let new = grow_masks(
-            &spec,
-            &mut host,
-            current.as_deref(),
-            target,
-            &LayerSelection::All,
-            s.global,
-        )?;
+        let mut new = current.clone();
+        if s.global {
+            let target = s.sparsity_at(step, total_steps, initial_sparsity);
+            new = Some(grow_masks(
+                &spec,
+                &mut host,
+                new.as_deref(),
+                target,
+                &LayerSelection::All,
+                true,
+            )?);
+        } else {
+            for &(li, start) in &layer_start {
+                let target = s.sparsity_at(step, total_steps, start);
+                new = Some(grow_masks(
+                    &spec,
+                    &mut host,
+                    new.as_deref(),
+                    target,
+                    &LayerSelection::Some(vec![li]),
+                    false,
+                )?);
+            }
+        }
+        let Some(new) = new else {
+            return Ok(());
+        };
         let m = StoreMasks::new(net, &new, Path::new("--prune-schedule"))?;
         m.apply(net);
         *store = Some(m);
