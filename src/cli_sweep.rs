@@ -339,8 +339,14 @@ fn sweep_on<D: Backend>(dev: D, cfg: &SweepConfig, quiet: bool) -> Result<()> {
         teacher: teacher_summary.as_ref(),
         savings: savings.as_ref(),
         cache_description: format!(
-            "{} teacher outputs at T {}, {} encoding",
-            m.teacher.spec, m.temperature, m.encoding
+            "{} teacher outputs at T {}, {} encoding{}",
+            m.teacher.spec,
+            m.temperature,
+            m.encoding,
+            match cache.view_info() {
+                Some(v) => format!(", {} augmented views ({})", v.views, v.augment),
+                None => String::new(),
+            }
         ),
     };
     let files = write_report(&results, &ctx)?;
