@@ -457,36 +457,29 @@ fn gradual_pruning_reaches_its_sparsity_and_resumes_exactly() {
     );
     assert_eq!(by_name(&last, "layers.2.weight"), 512);
     // Bad schedules name the flag.
-    fails(
-        tmp.path(),
-        &[
-            "train",
-            "--data",
-            &data,
-            "--student",
-            "mlp:784-64-10",
-            "--prune-schedule",
+    for (schedule, needles) in [
+        (
             "final=1.2",
-            "--out",
-            "bad",
-        ],
-        &["--prune-schedule", "final=1.2", "[0, 1)"],
-    );
-    fails(
-        tmp.path(),
-        &[
-            "train",
-            "--data",
-            &data,
-            "--student",
-            "mlp:784-64-10",
-            "--prune-schedule",
-            "end=0.5",
-            "--out",
-            "bad",
-        ],
-        &["--prune-schedule", "final=S"],
-    );
+            &["--prune-schedule", "final=1.2", "[0, 1)"][..],
+        ),
+        ("end=0.5", &["--prune-schedule", "final=S"][..]),
+    ] {
+        fails(
+            tmp.path(),
+            &[
+                "train",
+                "--data",
+                &data,
+                "--student",
+                "mlp:784-64-10",
+                "--prune-schedule",
+                schedule,
+                "--out",
+                "bad",
+            ],
+            needles,
+        );
+    }
     assert!(!tmp.path().join("bad").exists());
 }
 

@@ -9,8 +9,8 @@
 //! (`view-{v}`), each a complete cache whose `manifest.json` names its view
 //! in `dataset.view` (FORMAT.md). [`CacheViews::open`] accepts either a
 //! single cache directory (one view, no augmentation) or a view set; it
-//! checks that every view is present, finished, and of the same teacher,
-//! data, temperature, encoding and augmentation. The trainer reads view
+//! checks that every view is present, finished, and built with the same
+//! settings (teacher, data, temperature, encoding, layout, augmentation). The trainer reads view
 //! `epoch % K` in epoch `epoch`.
 
 use std::path::{Path, PathBuf};
@@ -18,6 +18,7 @@ use std::path::{Path, PathBuf};
 use xxhash_rust::xxh3::xxh3_128;
 
 use super::manifest::MANIFEST_FILE;
+use super::writer::first_setting_difference;
 use super::{CacheError, CacheReader, Result, ViewInfo};
 
 /// Name of the directory of view `v` inside a view set.
@@ -119,35 +120,10 @@ impl CacheViews {
                     format!("{want:?} expected"),
                 ));
             }
-            let pairs = [
-                (
-                    "teacher",
-                    format!("{:?}", m.teacher),
-                    format!("{:?}", m0.teacher),
-                ),
-                (
-                    "dataset fingerprint",
-                    m.dataset.fingerprint.clone(),
-                    m0.dataset.fingerprint.clone(),
-                ),
-                (
-                    "sample count",
-                    m.dataset.num_samples.to_string(),
-                    m0.dataset.num_samples.to_string(),
-                ),
-                (
-                    "temperature",
-                    m.temperature.to_string(),
-                    m0.temperature.to_string(),
-                ),
-                ("encoding", m.encoding.to_string(), m0.encoding.to_string()),
-                (
-                    "labels",
-                    m.has_labels.to_string(),
-                    m0.has_labels.to_string(),
-                ),
-            ];
-            if let Some((field, a, b)) = pairs.into_iter().find(|(_, a, b)| a != b) {
+            // Every other build setting must be view 0's.
+            let mut same_view = m.clone();
+            same_view.dataset.view = m0.dataset.view.clone();
+            if let Some((field, a, b)) = first_setting_difference(&same_view, m0) {
                 return Err(differs(field, a, b));
             }
         }

@@ -100,6 +100,16 @@ struct BuildSpec {
     records_per_shard: u64,
 }
 
+/// The first build setting (teacher, dataset, classes, labels, T, encoding,
+/// layout) in which two manifests differ, as (name, in `a`, in `b`); the
+/// check a resumed build applies, for callers that pair caches.
+pub fn first_setting_difference(
+    a: &Manifest,
+    b: &Manifest,
+) -> Option<(&'static str, String, String)> {
+    BuildSpec::from_manifest(a).first_difference(&BuildSpec::from_manifest(b))
+}
+
 impl BuildSpec {
     fn key(&self) -> String {
         format!(
