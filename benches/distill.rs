@@ -114,11 +114,7 @@ fn epochs(c: &mut Criterion) {
         ..RunOptions::default()
     };
     let out = tmp.path().join("run");
-    let kd = LossConfig {
-        kind: LossKind::Kd,
-        alpha: 0.5,
-        temperature: 4.0,
-    };
+    let kd = LossConfig::new(LossKind::Kd, 0.5, 4.0);
 
     // Interleaved A/B rounds first: on a shared machine, load drifts over the
     // seconds criterion spends on one variant; alternating epochs makes the

@@ -11,7 +11,7 @@ use distill::data::{Dataset, Split};
 use distill::error::{Error, Result};
 use distill::model::{Backend, ModelSpec, Network};
 use distill::prune::schedule::GradualSchedule;
-use distill::train::loss::{LossConfig, LossKind};
+use distill::train::loss::{DkdWeights, LossConfig, LossKind, TeacherErrors};
 use distill::train::optim::{OptimizerConfig, OptimizerKind, Schedule};
 use distill::train::trainer::{self, RunOptions, TrainConfig, TrainSources};
 
@@ -144,9 +144,17 @@ struct TrainArgs {
     /// Weight of the hard-label loss; 1 - alpha goes to the soft loss.
     #[arg(long, default_value_t = 1.0)]
     alpha: f32,
-    /// Soft loss: kd (KL at temperature T), mse (logit matching), pseudo (teacher argmax as label).
+    /// Soft loss: kd (KL at temperature T), dkd (decoupled KD), mse (logit
+    /// matching), pseudo (teacher argmax as label).
     #[arg(long, default_value = "kd")]
     loss: String,
+    /// Weights TCKD,NCKD of --loss dkd.
+    #[arg(long, default_value = "1,8")]
+    dkd_weights: String,
+    /// Where the teacher's top class is not the label: keep its outputs, or
+    /// swap the two classes' probabilities.
+    #[arg(long, default_value = "keep")]
+    teacher_errors: String,
     #[arg(long, default_value_t = 10)]
     epochs: usize,
     #[arg(long, default_value_t = 128)]
@@ -339,16 +347,12 @@ fn train<D: Backend>(dev: D, a: TrainArgs) -> Result<()> {
         },
         loss: if a.cache.is_some() || a.online_teacher.is_some() {
             LossConfig {
-                kind: a.loss.parse::<LossKind>()?,
-                alpha: a.alpha,
-                temperature: a.t,
+                teacher_errors: a.teacher_errors.parse::<TeacherErrors>()?,
+                dkd_weights: a.dkd_weights.parse::<DkdWeights>()?,
+                ..LossConfig::new(a.loss.parse::<LossKind>()?, a.alpha, a.t)
             }
         } else {
-            let l = LossConfig {
-                kind: a.loss.parse::<LossKind>()?,
-                alpha: a.alpha,
-                temperature: a.t,
-            };
+            let l = LossConfig::new(a.loss.parse::<LossKind>()?, a.alpha, a.t);
             l.validate()?;
             if l.needs_teacher() {
                 return Err(Error::Config {
@@ -432,11 +436,24 @@ fn train<D: Backend>(dev: D, a: TrainArgs) -> Result<()> {
             train_ds.len(),
             match &a.cache {
                 Some(c) => format!(
-                    "distilling from {} (loss {}, T {}, alpha {})",
+                    "distilling from {} (loss {}{}, T {}, alpha {}{})",
                     c.display(),
                     cfg.loss.kind,
+                    if cfg.loss.kind == LossKind::Dkd {
+                        format!(
+                            " {},{}",
+                            cfg.loss.dkd_weights.target, cfg.loss.dkd_weights.non_target
+                        )
+                    } else {
+                        String::new()
+                    },
                     cfg.loss.temperature,
-                    cfg.loss.alpha
+                    cfg.loss.alpha,
+                    if cfg.loss.teacher_errors == TeacherErrors::Swap {
+                        ", teacher errors swapped"
+                    } else {
+                        ""
+                    }
                 ),
                 None => "hard labels only".to_string(),
             }

@@ -246,11 +246,7 @@ pub fn plan(cfg: &SweepConfig) -> Result<Vec<PlannedRun>> {
         for kind in kinds {
             let mut config = base.clone();
             if let RunKind::Distilled { temperature, alpha } = kind {
-                config.loss = LossConfig {
-                    kind: cfg.loss,
-                    alpha,
-                    temperature,
-                };
+                config.loss = LossConfig::new(cfg.loss, alpha, temperature);
             }
             config.validate()?;
             let name = run_name(&student, kind, cfg.loss);

@@ -107,7 +107,15 @@ fn distillation_runs_and_pairing_is_checked() {
     let data = s(&small_data());
     build(tmp.path(), "train", "f16", "train-cache", &[]);
     build(tmp.path(), "test", "f16", "test-cache", &[]);
-    for (loss, alpha) in [("kd", "0.5"), ("kd", "0"), ("mse", "0.5"), ("pseudo", "0")] {
+    for (loss, alpha, errors) in [
+        ("kd", "0.5", "keep"),
+        ("kd", "0", "keep"),
+        ("kd", "0.5", "swap"),
+        ("dkd", "0", "swap"),
+        ("mse", "0.5", "keep"),
+        ("dkd", "0.5", "keep"),
+        ("pseudo", "0", "keep"),
+    ] {
         let out = ok(
             tmp.path(),
             &train(
@@ -118,6 +126,8 @@ fn distillation_runs_and_pairing_is_checked() {
                     loss,
                     "--alpha",
                     alpha,
+                    "--teacher-errors",
+                    errors,
                     "-T",
                     "2",
                     "--test-cache",
@@ -126,7 +136,30 @@ fn distillation_runs_and_pairing_is_checked() {
             ),
         );
         assert!(out.contains("final test accuracy"), "{out}");
+        let card: serde_json::Value =
+            serde_json::from_str(&fs::read_to_string(tmp.path().join("run/model.json")).unwrap())
+                .unwrap();
+        assert_eq!(card["config"]["loss"]["kind"], loss, "{card}");
+        assert_eq!(card["config"]["loss"]["teacher_errors"], errors, "{card}");
     }
+    fails(
+        tmp.path(),
+        &train(
+            &data,
+            "train-cache",
+            &["--loss", "dkd", "--alpha", "0.5", "--dkd-weights", "1"],
+        ),
+        &["--dkd-weights", "TCKD,NCKD"],
+    );
+    fails(
+        tmp.path(),
+        &train(
+            &data,
+            "train-cache",
+            &["--alpha", "0.5", "--teacher-errors", "fix"],
+        ),
+        &["--teacher-errors", "fix"],
+    );
     let card: serde_json::Value =
         serde_json::from_str(&fs::read_to_string(tmp.path().join("run/model.json")).unwrap())
             .unwrap();
@@ -178,6 +211,17 @@ fn unlabelled_data_trains_only_on_teacher_outputs() {
         &train(&d, "u-cache", &["--alpha", "0.5"]),
         &["--alpha", "unlabelled"],
     );
+    for (extra, names) in [
+        (["--loss", "dkd"], ["--loss", "unlabelled"]),
+        (
+            ["--teacher-errors", "swap"],
+            ["--teacher-errors", "unlabelled"],
+        ),
+    ] {
+        let mut a = train(&d, "u-cache", &["--alpha", "0"]);
+        a.extend_from_slice(&extra);
+        fails(tmp.path(), &a, &names);
+    }
     ok(tmp.path(), &train(&d, "u-cache", &["--alpha", "0"]));
     ok(tmp.path(), &train(&d, "u-cache", &["--loss", "pseudo"]));
 }

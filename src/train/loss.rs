@@ -13,6 +13,19 @@
 //!   the student learns zero-mean logits (which changes no probability).
 //! - [`LossKind::Pseudo`]: cross-entropy against the teacher's argmax, the way
 //!   unlabelled data is used.
+//! - [`LossKind::Dkd`]: decoupled KD (Zhao et al., CVPR 2022),
+//!   `alpha * CE(y, s) + (1 - alpha) * T^2 * (a * TCKD + b * NCKD)`. Hinton's
+//!   KL splits exactly into `TCKD + (1 - p_t) * NCKD`, where TCKD is the binary
+//!   KL between teacher and student on "target class or not" and NCKD the KL
+//!   between their distributions over the non-target classes. A confident
+//!   teacher (`p_t` near 1) thus silences the non-target "dark knowledge" in
+//!   plain KD; DKD weighs the two parts freely (`a`, `b` from
+//!   [`DkdWeights`], 1 and 8 by default as in the paper). It needs labels.
+//!
+//! [`TeacherErrors::Swap`] corrects the teacher where its top class is not the
+//! label by swapping the probabilities of the two classes (the "knowledge
+//! adjustment" of Wen et al. 2019), so the soft targets never point at a wrong
+//! class while keeping the teacher's ranking of the rest.
 //!
 //! `alpha = 1` is plain training (the soft branch is not even computed) and
 //! `alpha = 0` pure distillation (the hard branch is skipped).
@@ -33,6 +46,7 @@ pub enum LossKind {
     Kd,
     Mse,
     Pseudo,
+    Dkd,
 }
 
 impl FromStr for LossKind {
@@ -42,9 +56,10 @@ impl FromStr for LossKind {
             "kd" => Ok(Self::Kd),
             "mse" => Ok(Self::Mse),
             "pseudo" => Ok(Self::Pseudo),
+            "dkd" => Ok(Self::Dkd),
             other => Err(Error::Config {
                 flag: "--loss".into(),
-                message: format!("'{other}' is not one of kd, mse, pseudo"),
+                message: format!("'{other}' is not one of kd, dkd, mse, pseudo"),
             }),
         }
     }
@@ -56,6 +71,83 @@ impl fmt::Display for LossKind {
             Self::Kd => "kd",
             Self::Mse => "mse",
             Self::Pseudo => "pseudo",
+            Self::Dkd => "dkd",
+        })
+    }
+}
+
+/// What the soft targets do where the teacher's top class is not the label.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TeacherErrors {
+    /// Use the teacher's outputs as they are.
+    #[default]
+    Keep,
+    /// Swap the probabilities of the teacher's top class and the label.
+    Swap,
+}
+
+impl FromStr for TeacherErrors {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "keep" => Ok(Self::Keep),
+            "swap" => Ok(Self::Swap),
+            other => Err(Error::Config {
+                flag: "--teacher-errors".into(),
+                message: format!("'{other}' is not one of keep, swap"),
+            }),
+        }
+    }
+}
+
+impl fmt::Display for TeacherErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Keep => "keep",
+            Self::Swap => "swap",
+        })
+    }
+}
+
+/// Weights of decoupled KD's two parts: `target` (TCKD) and `non_target` (NCKD).
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct DkdWeights {
+    pub target: f32,
+    pub non_target: f32,
+}
+
+impl Default for DkdWeights {
+    /// The paper's setting: TCKD 1, NCKD 8.
+    fn default() -> Self {
+        DkdWeights {
+            target: 1.0,
+            non_target: 8.0,
+        }
+    }
+}
+
+impl FromStr for DkdWeights {
+    type Err = Error;
+    /// `A,B`: the TCKD and NCKD weights, both finite and >= 0.
+    fn from_str(s: &str) -> Result<Self> {
+        let bad = |message: String| Error::Config {
+            flag: "--dkd-weights".into(),
+            message,
+        };
+        let (a, b) = s
+            .split_once(',')
+            .ok_or_else(|| bad(format!("'{s}' is not of the form TCKD,NCKD (e.g. 1,8)")))?;
+        let parse = |v: &str| {
+            v.trim()
+                .parse::<f32>()
+                .ok()
+                .filter(|w| w.is_finite() && *w >= 0.0)
+                .ok_or_else(|| bad(format!("'{v}' in '{s}' is not a finite weight >= 0")))
+        };
+        Ok(DkdWeights {
+            target: parse(a)?,
+            non_target: parse(b)?,
         })
     }
 }
@@ -68,15 +160,28 @@ pub struct LossConfig {
     pub alpha: f32,
     /// Distillation temperature T (the student's; the cache is re-tempered to it).
     pub temperature: f32,
+    /// Correction of the teacher's wrong answers (needs labels).
+    #[serde(default)]
+    pub teacher_errors: TeacherErrors,
+    /// Weights of [`LossKind::Dkd`]'s two parts (unused by the other losses).
+    #[serde(default)]
+    pub dkd_weights: DkdWeights,
 }
 
 impl LossConfig {
     /// Plain hard-label training.
     pub fn hard_labels() -> Self {
+        Self::new(LossKind::Kd, 1.0, 1.0)
+    }
+
+    /// A loss with the default teacher handling and DKD weights.
+    pub fn new(kind: LossKind, alpha: f32, temperature: f32) -> Self {
         LossConfig {
-            kind: LossKind::Kd,
-            alpha: 1.0,
-            temperature: 1.0,
+            kind,
+            alpha,
+            temperature,
+            teacher_errors: TeacherErrors::Keep,
+            dkd_weights: DkdWeights::default(),
         }
     }
 
@@ -94,6 +199,23 @@ impl LossConfig {
                 message: format!("{} must be a number in (0, 1000]", self.temperature),
             });
         }
+        let w = self.dkd_weights;
+        if !(w.target.is_finite()
+            && w.non_target.is_finite()
+            && w.target >= 0.0
+            && w.non_target >= 0.0)
+        {
+            return Err(Error::Config {
+                flag: "--dkd-weights".into(),
+                message: format!("{},{} must be finite weights >= 0", w.target, w.non_target),
+            });
+        }
+        if self.teacher_errors == TeacherErrors::Swap && self.kind == LossKind::Pseudo {
+            return Err(Error::Config {
+                flag: "--teacher-errors".into(),
+                message: "swap corrects soft targets with the labels; pseudo-labels replace the labels, so the two do not combine".into(),
+            });
+        }
         Ok(())
     }
 
@@ -104,7 +226,10 @@ impl LossConfig {
 
     /// Whether the loss reads the dataset's labels.
     pub fn needs_labels(&self) -> bool {
-        self.kind != LossKind::Pseudo && self.alpha > 0.0
+        self.kind != LossKind::Pseudo
+            && (self.alpha > 0.0
+                || (self.alpha < 1.0
+                    && (self.kind == LossKind::Dkd || self.teacher_errors == TeacherErrors::Swap)))
     }
 }
 
@@ -190,6 +315,14 @@ pub fn loss<D: Backend, T: Tape<f32, D>>(
             let lp = targets
                 .teacher_logprobs
                 .ok_or_else(|| missing("teacher outputs"))?;
+            let swapped;
+            let lp = if cfg.teacher_errors == TeacherErrors::Swap {
+                let labels = targets.labels.ok_or_else(|| missing("labels"))?;
+                swapped = swap_teacher_errors(lp, labels, classes);
+                &swapped[..]
+            } else {
+                lp
+            };
             let t = cfg.temperature;
             Some(match cfg.kind {
                 LossKind::Kd => {
@@ -216,6 +349,19 @@ pub fn loss<D: Backend, T: Tape<f32, D>>(
                     let z = dev.tensor_from_vec(z, (batch, classes));
                     (l - z).square().mean::<Rank0, _>() * soft_w
                 }
+                LossKind::Dkd => {
+                    let labels = targets.labels.ok_or_else(|| missing("labels"))?;
+                    let w = dkd_host_weights(lp, labels, classes, cfg.dkd_weights);
+                    let scaled = l * (1.0 / t);
+                    let masked = scaled.with_empty_tape()
+                        + dev.tensor_from_vec(w.target_mask, (batch, classes));
+                    let ls = scaled.log_softmax::<Axis<1>>()
+                        * dev.tensor_from_vec(w.on_logprobs, (batch, classes));
+                    let ls_nt = masked.log_softmax::<Axis<1>>()
+                        * dev.tensor_from_vec(w.on_non_target_logprobs, (batch, classes));
+                    let cross = ls.sum::<Rank0, _>() + ls_nt.sum::<Rank0, _>();
+                    (cross * (-inv_b) + w.constant * inv_b) * (soft_w * t * t)
+                }
                 LossKind::Pseudo => unreachable!("handled above"),
             })
         }
@@ -227,6 +373,96 @@ pub fn loss<D: Backend, T: Tape<f32, D>>(
         (None, Some(s)) => s,
         (None, None) => unreachable!("alpha in [0, 1] leaves one branch"),
     })
+}
+
+/// The teacher's log-probabilities with, in every row whose top class is not
+/// the label, the values of the top class and the label swapped.
+pub fn swap_teacher_errors(logprobs: &[f32], labels: &[u32], classes: usize) -> Vec<f32> {
+    let mut out = logprobs.to_vec();
+    let top = argmax_rows(logprobs, classes);
+    for ((row, &y), &k) in out.chunks_exact_mut(classes).zip(labels).zip(&top) {
+        if (y as usize) < classes && y != k {
+            row.swap(y as usize, k as usize);
+        }
+    }
+    out
+}
+
+/// Host-side constants of one DKD batch. With `ls = log_softmax(s / T)` and
+/// `ls_nt = log_softmax(s / T + target_mask)` (the student's log-distribution
+/// over the non-target classes; the mask pushes the target's logit to -1e4),
+/// the loss is `-(sum(ls * on_logprobs) + sum(ls_nt * on_non_target_logprobs))
+/// / batch + constant / batch`, times `T^2`.
+///
+/// The student's `log(1 - q_t)` is `ls_j - ls_nt_j` for any non-target `j`;
+/// spreading it evenly over the non-target columns keeps every term a plain
+/// weighted sum of the two log-softmaxes, stable even when `q_t` rounds to 1.
+struct DkdHostWeights {
+    target_mask: Vec<f32>,
+    on_logprobs: Vec<f32>,
+    on_non_target_logprobs: Vec<f32>,
+    constant: f32,
+}
+
+fn log_sum_exp(values: impl Iterator<Item = f32> + Clone) -> f32 {
+    let m = values.clone().fold(f32::NEG_INFINITY, f32::max);
+    if m == f32::NEG_INFINITY {
+        return m;
+    }
+    m + values.map(|v| (v - m).exp()).sum::<f32>().ln()
+}
+
+fn dkd_host_weights(
+    logprobs: &[f32],
+    labels: &[u32],
+    classes: usize,
+    w: DkdWeights,
+) -> DkdHostWeights {
+    let n = logprobs.len();
+    let mut target_mask = vec![0f32; n];
+    let mut on_logprobs = vec![0f32; n];
+    let mut on_non_target_logprobs = vec![0f32; n];
+    let mut constant = 0f32;
+    let spread = 1.0 / (classes.saturating_sub(1).max(1)) as f32;
+    let xlogx = |p: f32, logp: f32| if p > 0.0 { p * logp } else { 0.0 };
+    for (r, (row, &y)) in logprobs.chunks_exact(classes).zip(labels).enumerate() {
+        let y = y as usize;
+        if y >= classes {
+            continue;
+        }
+        let base = r * classes;
+        let log_pt = row[y];
+        let pt = log_pt.exp();
+        // log(1 - p_t) from the non-target log-probabilities, stable near p_t = 1.
+        let log_rest = log_sum_exp(
+            row.iter()
+                .enumerate()
+                .filter(|(j, _)| *j != y)
+                .map(|(_, v)| *v),
+        );
+        let rest = log_rest.exp();
+        // TCKD: KL([p_t, 1 - p_t] || [q_t, 1 - q_t]).
+        on_logprobs[base + y] = w.target * pt;
+        constant += w.target * (xlogx(pt, log_pt) + xlogx(rest, log_rest));
+        target_mask[base + y] = -1e4;
+        for j in (0..classes).filter(|j| *j != y) {
+            on_logprobs[base + j] = w.target * rest * spread;
+            on_non_target_logprobs[base + j] = -w.target * rest * spread;
+            // NCKD: KL(p_hat || q_hat) over the non-target classes.
+            if log_rest > f32::NEG_INFINITY {
+                let log_hat = row[j] - log_rest;
+                let hat = log_hat.exp();
+                on_non_target_logprobs[base + j] += w.non_target * hat;
+                constant += w.non_target * xlogx(hat, log_hat);
+            }
+        }
+    }
+    DkdHostWeights {
+        target_mask,
+        on_logprobs,
+        on_non_target_logprobs,
+        constant,
+    }
 }
 
 #[cfg(test)]
@@ -267,11 +503,7 @@ mod tests {
             }
         }
         let expected = alpha * ce / 2.0 + (1.0 - alpha) * t * t * kl / 2.0;
-        let cfg = LossConfig {
-            kind: LossKind::Kd,
-            alpha,
-            temperature: t,
-        };
+        let cfg = LossConfig::new(LossKind::Kd, alpha, t);
         let logits = dev.tensor_from_vec(s.to_vec(), (2, 3));
         let targets = Targets {
             classes: 3,
@@ -306,11 +538,7 @@ mod tests {
         let lp = log_softmax(&[2.0, 0.0, -1.0], 4.0);
         let t = 4.0;
         let logits = dev.tensor_from_vec(s.clone(), (1, 3));
-        let cfg = LossConfig {
-            kind: LossKind::Kd,
-            alpha: 0.0,
-            temperature: t,
-        };
+        let cfg = LossConfig::new(LossKind::Kd, 0.0, t);
         let targets = Targets {
             classes: 3,
             labels: None,
@@ -335,11 +563,7 @@ mod tests {
         let t = 2.0;
         let lp: Vec<f32> = z.chunks(2).flat_map(|r| log_softmax(r, t)).collect();
         // Centred teacher logits: [1, -1], [-1, 1]; mse = mean((s - zc)^2) = (0+0+1+1)/4.
-        let cfg = LossConfig {
-            kind: LossKind::Mse,
-            alpha: 0.0,
-            temperature: t,
-        };
+        let cfg = LossConfig::new(LossKind::Mse, 0.0, t);
         let targets = Targets {
             classes: 2,
             labels: None,
@@ -350,11 +574,7 @@ mod tests {
             .array();
         assert!((got - 0.5).abs() < 1e-5, "{got}");
         // Pseudo-labels: teacher argmax [0, 1]; CE of s against them.
-        let cfg = LossConfig {
-            kind: LossKind::Pseudo,
-            alpha: 0.0,
-            temperature: t,
-        };
+        let cfg = LossConfig::new(LossKind::Pseudo, 0.0, t);
         let got = loss(&cfg, dev.tensor_from_vec(s.clone(), (2, 2)), &targets)
             .unwrap()
             .array();
@@ -365,11 +585,7 @@ mod tests {
     #[test]
     fn missing_targets_and_bad_flags_are_clear() {
         let dev = Cpu::seed_from_u64(0);
-        let cfg = LossConfig {
-            kind: LossKind::Kd,
-            alpha: 0.5,
-            temperature: 2.0,
-        };
+        let cfg = LossConfig::new(LossKind::Kd, 0.5, 2.0);
         let targets = Targets {
             classes: 2,
             labels: None,
@@ -386,14 +602,219 @@ mod tests {
             (0.5, -1.0, "--temperature"),
             (0.5, f32::NAN, "--temperature"),
         ] {
-            let e = LossConfig {
-                kind: LossKind::Kd,
-                alpha,
-                temperature: t,
-            }
-            .validate()
-            .unwrap_err();
+            let e = LossConfig::new(LossKind::Kd, alpha, t)
+                .validate()
+                .unwrap_err();
             assert!(e.to_string().contains(flag), "{e}");
         }
+    }
+
+    /// DKD from its definition: binary KL on "target or not" plus KL over the
+    /// renormalised non-target classes, computed naively in f64.
+    fn dkd_reference(s: &[f32], lp: &[f32], y: usize, t: f32, a: f32, b: f32) -> f64 {
+        let q: Vec<f64> = log_softmax(s, t)
+            .iter()
+            .map(|v| (*v as f64).exp())
+            .collect();
+        let p: Vec<f64> = lp.iter().map(|v| (*v as f64).exp()).collect();
+        let (pt, qt) = (p[y], q[y]);
+        let tckd = pt * (pt / qt).ln() + (1.0 - pt) * ((1.0 - pt) / (1.0 - qt)).ln();
+        let mut nckd = 0.0;
+        for j in (0..s.len()).filter(|j| *j != y) {
+            let (ph, qh) = (p[j] / (1.0 - pt), q[j] / (1.0 - qt));
+            nckd += ph * (ph / qh).ln();
+        }
+        (t * t) as f64 * (a as f64 * tckd + b as f64 * nckd)
+    }
+
+    #[test]
+    fn dkd_matches_its_definition_and_splits_kd() {
+        let dev = Cpu::seed_from_u64(0);
+        let s = [1.0f32, 2.0, 0.5, -0.3, 0.1, -1.0, 2.0, 0.7];
+        let z = [0.5f32, 3.0, 0.0, 1.0, 0.0, 0.2, 4.0, -1.0];
+        let labels = [1u32, 3];
+        let t = 2.0;
+        let lp: Vec<f32> = z.chunks(4).flat_map(|r| log_softmax(r, t)).collect();
+        let targets = Targets {
+            classes: 4,
+            labels: Some(&labels),
+            teacher_logprobs: Some(&lp),
+        };
+        let (a, b) = (1.5f32, 8.0f32);
+        let cfg = LossConfig {
+            dkd_weights: DkdWeights {
+                target: a,
+                non_target: b,
+            },
+            ..LossConfig::new(LossKind::Dkd, 0.0, t)
+        };
+        let got = loss(&cfg, dev.tensor_from_vec(s.to_vec(), (2, 4)), &targets)
+            .unwrap()
+            .array();
+        let expected = (dkd_reference(&s[..4], &lp[..4], 1, t, a, b)
+            + dkd_reference(&s[4..], &lp[4..], 3, t, a, b))
+            / 2.0;
+        assert!((got as f64 - expected).abs() < 1e-4, "{got} vs {expected}");
+        // Plain KD is TCKD + (1 - p_t) NCKD: for one row, DKD with those
+        // weights gives the KD loss, value and gradient.
+        let row = &lp[4..];
+        let pt = row[3].exp();
+        let one = Targets {
+            classes: 4,
+            labels: Some(&labels[1..]),
+            teacher_logprobs: Some(row),
+        };
+        let dkd_cfg = LossConfig {
+            dkd_weights: DkdWeights {
+                target: 1.0,
+                non_target: 1.0 - pt,
+            },
+            ..cfg
+        };
+        let x = dev.tensor_from_vec(s[4..].to_vec(), (1, 4));
+        let d = loss(&dkd_cfg, x.clone().traced(Gradients::leaky()), &one).unwrap();
+        let k = loss(
+            &LossConfig::new(LossKind::Kd, 0.0, t),
+            x.clone().traced(Gradients::leaky()),
+            &one,
+        )
+        .unwrap();
+        assert!(
+            (d.array() - k.array()).abs() < 1e-5,
+            "{} vs {}",
+            d.array(),
+            k.array()
+        );
+        let (gd, gk) = (d.backward().get(&x).as_vec(), k.backward().get(&x).as_vec());
+        for (u, v) in gd.iter().zip(&gk) {
+            assert!((u - v).abs() < 1e-5, "{gd:?} vs {gk:?}");
+        }
+    }
+
+    #[test]
+    fn dkd_gradient_matches_finite_differences_and_stays_finite() {
+        let dev = Cpu::seed_from_u64(0);
+        let lp = log_softmax(&[0.2, 2.5, -1.0, 0.4], 4.0);
+        let labels = [1u32];
+        let targets = Targets {
+            classes: 4,
+            labels: Some(&labels),
+            teacher_logprobs: Some(&lp),
+        };
+        let cfg = LossConfig::new(LossKind::Dkd, 0.3, 4.0);
+        let s = vec![0.3f32, -0.2, 1.1, 0.0];
+        let value = |s: &[f32]| {
+            loss(&cfg, dev.tensor_from_vec(s.to_vec(), (1, 4)), &targets)
+                .unwrap()
+                .array()
+        };
+        let x = dev.tensor_from_vec(s.clone(), (1, 4));
+        let g = loss(&cfg, x.clone().traced(Gradients::leaky()), &targets)
+            .unwrap()
+            .backward()
+            .get(&x)
+            .as_vec();
+        for c in 0..4 {
+            let h = 1e-2;
+            let (mut up, mut down) = (s.clone(), s.clone());
+            up[c] += h;
+            down[c] -= h;
+            let numeric = (value(&up) - value(&down)) / (2.0 * h);
+            assert!(
+                (g[c] - numeric).abs() < 2e-3,
+                "class {c}: {} vs {numeric}",
+                g[c]
+            );
+        }
+        // A student certain of the target (q_t rounds to 1 in f32) and a
+        // teacher certain of it (p_t = 1) still give finite values.
+        let sure = [-200.0f32, 200.0, -200.0, -200.0];
+        let teacher_sure = [f32::NEG_INFINITY, 0.0, f32::NEG_INFINITY, f32::NEG_INFINITY];
+        for lp in [&lp[..], &teacher_sure[..]] {
+            let targets = Targets {
+                classes: 4,
+                labels: Some(&labels),
+                teacher_logprobs: Some(lp),
+            };
+            let x = dev.tensor_from_vec(sure.to_vec(), (1, 4));
+            let l = loss(&cfg, x.clone().traced(Gradients::leaky()), &targets).unwrap();
+            assert!(l.array().is_finite(), "{}", l.array());
+            assert!(l.backward().get(&x).as_vec().iter().all(|v| v.is_finite()));
+        }
+    }
+
+    #[test]
+    fn swap_moves_the_teacher_mass_to_the_label_only_where_it_is_wrong() {
+        let lp = [-0.1f32, -2.0, -3.0, -2.5, -0.2, -1.9];
+        // Row 0: top class 0, label 2 -> swap classes 0 and 2. Row 1: right.
+        let out = swap_teacher_errors(&lp, &[2, 1], 3);
+        assert_eq!(out, vec![-3.0, -2.0, -0.1, -2.5, -0.2, -1.9]);
+        // The KD loss with swap equals the KD loss against the swapped rows.
+        let dev = Cpu::seed_from_u64(0);
+        let s = dev.tensor_from_vec(vec![0.5f32, 0.1, -0.4, 0.0, 1.0, 0.3], (2, 3));
+        let cfg = LossConfig {
+            teacher_errors: TeacherErrors::Swap,
+            ..LossConfig::new(LossKind::Kd, 0.0, 2.0)
+        };
+        let labels = [2u32, 1];
+        let with_swap = loss(
+            &cfg,
+            s.clone(),
+            &Targets {
+                classes: 3,
+                labels: Some(&labels),
+                teacher_logprobs: Some(&lp),
+            },
+        )
+        .unwrap()
+        .array();
+        let by_hand = loss(
+            &LossConfig::new(LossKind::Kd, 0.0, 2.0),
+            s,
+            &Targets {
+                classes: 3,
+                labels: None,
+                teacher_logprobs: Some(&out),
+            },
+        )
+        .unwrap()
+        .array();
+        assert_eq!(with_swap, by_hand);
+        assert!(cfg.needs_labels());
+        assert!(!LossConfig::new(LossKind::Kd, 0.0, 2.0).needs_labels());
+        assert!(LossConfig::new(LossKind::Dkd, 0.0, 2.0).needs_labels());
+    }
+
+    #[test]
+    fn dkd_and_swap_flags_are_checked() {
+        for (text, ok) in [
+            ("1,8", true),
+            (" 0.5 , 2", true),
+            ("1", false),
+            ("1,x", false),
+            ("-1,8", false),
+            ("1,inf", false),
+        ] {
+            let r = text.parse::<DkdWeights>();
+            assert_eq!(r.is_ok(), ok, "{text}");
+            if let Err(e) = r {
+                assert!(e.to_string().contains("--dkd-weights"), "{e}");
+            }
+        }
+        let e = "fix".parse::<TeacherErrors>().unwrap_err();
+        assert!(e.to_string().contains("--teacher-errors"), "{e}");
+        let e = "dkdx".parse::<LossKind>().unwrap_err();
+        assert!(e.to_string().contains("dkd"), "{e}");
+        let e = LossConfig {
+            teacher_errors: TeacherErrors::Swap,
+            ..LossConfig::new(LossKind::Pseudo, 0.0, 1.0)
+        }
+        .validate()
+        .unwrap_err();
+        assert!(e.to_string().contains("--teacher-errors"), "{e}");
+        // Old model cards and checkpoints, written before these fields, still load.
+        let old: LossConfig =
+            serde_json::from_str(r#"{"kind":"kd","alpha":0.5,"temperature":4.0}"#).unwrap();
+        assert_eq!(old, LossConfig::new(LossKind::Kd, 0.5, 4.0));
     }
 }

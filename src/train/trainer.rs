@@ -185,12 +185,24 @@ pub fn check_cache(
         });
     }
     if loss_cfg.needs_labels() && !cache.has_labels() && train.labels().is_none() {
-        return Err(Error::Config {
-            flag: "--alpha".into(),
-            message: format!(
-                "alpha {} mixes in hard labels, but the data is unlabelled: use --alpha 0 or --loss pseudo",
-                loss_cfg.alpha
-            ),
+        return Err(if loss_cfg.alpha > 0.0 {
+            Error::Config {
+                flag: "--alpha".into(),
+                message: format!(
+                    "alpha {} mixes in hard labels, but the data is unlabelled: use --alpha 0 or --loss pseudo",
+                    loss_cfg.alpha
+                ),
+            }
+        } else if loss_cfg.kind == LossKind::Dkd {
+            Error::Config {
+                flag: "--loss".into(),
+                message: "dkd splits the teacher's outputs at the label's class, but the data is unlabelled: use --loss kd or pseudo".into(),
+            }
+        } else {
+            Error::Config {
+                flag: "--teacher-errors".into(),
+                message: "swap corrects the teacher with the labels, but the data is unlabelled: use --teacher-errors keep".into(),
+            }
         });
     }
     if loss_cfg.kind == LossKind::Mse && cache.encoding().to_string().starts_with("topk") {
