@@ -8,25 +8,8 @@ use crate::util::*;
 fn build(cwd: &std::path::Path, split: &str, enc: &str, out: &str, extra: &[&str]) -> String {
     let data = s(&small_data());
     let teacher = s(&teacher_dir());
-    let mut a = vec![
-        "cache",
-        "build",
-        "--teacher",
-        teacher.as_str(),
-        "--data",
-        data.as_str(),
-        "--split",
-        split,
-        "-T",
-        "4",
-        "--encoding",
-        enc,
-        "--out",
-        out,
-        "-q",
-    ];
-    a.extend_from_slice(extra);
-    ok(cwd, &a)
+    let flags = [&["--split", split, "--encoding", enc, "-q"][..], extra].concat();
+    ok(cwd, &cache_build_args(&teacher, &data, out, &flags))
 }
 
 #[test]
@@ -80,25 +63,14 @@ fn encodings_report_fidelity_and_rebuild_is_byte_identical() {
     }
 }
 
-fn train<'a>(data: &'a str, cache: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
-    let mut a = vec![
-        "train",
-        "--data",
-        data,
-        "--student",
-        "mlp:784-32-10",
-        "--cache",
-        cache,
-        "--epochs",
-        "1",
-        "--batch",
-        "64",
-        "--out",
-        "run",
-        "-q",
-    ];
-    a.extend_from_slice(extra);
-    a
+/// One quiet epoch of the small MLP distilled from `cache` into `out`.
+fn distil_args<'a>(data: &'a str, cache: &'a str, out: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
+    let flags = [
+        &["--cache", cache, "--epochs", "1", "--batch", "64", "-q"][..],
+        extra,
+    ]
+    .concat();
+    train_args(data, "mlp:784-32-10", out, &flags)
 }
 
 #[test]
@@ -118,9 +90,10 @@ fn distillation_runs_and_pairing_is_checked() {
     ] {
         let out = ok(
             tmp.path(),
-            &train(
+            &distil_args(
                 &data,
                 "train-cache",
+                "run",
                 &[
                     "--loss",
                     loss,
@@ -136,33 +109,27 @@ fn distillation_runs_and_pairing_is_checked() {
             ),
         );
         assert!(out.contains("final test accuracy"), "{out}");
-        let card: serde_json::Value =
-            serde_json::from_str(&fs::read_to_string(tmp.path().join("run/model.json")).unwrap())
-                .unwrap();
+        let card = model_card(&tmp.path().join("run"));
         assert_eq!(card["config"]["loss"]["kind"], loss, "{card}");
         assert_eq!(card["config"]["loss"]["teacher_errors"], errors, "{card}");
     }
-    fails(
-        tmp.path(),
-        &train(
-            &data,
-            "train-cache",
-            &["--loss", "dkd", "--alpha", "0.5", "--dkd-weights", "1"],
+    for (extra, needles) in [
+        (
+            &["--loss", "dkd", "--alpha", "0.5", "--dkd-weights", "1"][..],
+            ["--dkd-weights", "TCKD,NCKD"],
         ),
-        &["--dkd-weights", "TCKD,NCKD"],
-    );
-    fails(
-        tmp.path(),
-        &train(
-            &data,
-            "train-cache",
-            &["--alpha", "0.5", "--teacher-errors", "fix"],
+        (
+            &["--alpha", "0.5", "--teacher-errors", "fix"][..],
+            ["--teacher-errors", "fix"],
         ),
-        &["--teacher-errors", "fix"],
-    );
-    let card: serde_json::Value =
-        serde_json::from_str(&fs::read_to_string(tmp.path().join("run/model.json")).unwrap())
-            .unwrap();
+    ] {
+        fails(
+            tmp.path(),
+            &distil_args(&data, "train-cache", "run", extra),
+            &needles,
+        );
+    }
+    let card = model_card(&tmp.path().join("run"));
     assert!(
         card["cache"]["id"].as_str().is_some_and(|s| !s.is_empty()),
         "{card}"
@@ -171,12 +138,12 @@ fn distillation_runs_and_pairing_is_checked() {
     // A cache of the test split paired with the training data.
     fails(
         tmp.path(),
-        &train(&data, "test-cache", &["--alpha", "0.5"]),
+        &distil_args(&data, "test-cache", "run", &["--alpha", "0.5"]),
         &["test-cache"],
     );
     // A student whose outputs differ from the cache's classes.
-    let mut a = train(&data, "train-cache", &["--alpha", "0.5"]);
-    a[4] = "mlp:784-32-12";
+    let mut a = distil_args(&data, "train-cache", "run", &["--alpha", "0.5"]);
+    a[4] = "mlp:784-32-12"; // the student
     fails(tmp.path(), &a, &["12", "10 classes"]);
 }
 
@@ -192,23 +159,11 @@ fn unlabelled_data_trains_only_on_teacher_outputs() {
     let teacher = s(&teacher_dir());
     ok(
         tmp.path(),
-        &[
-            "cache",
-            "build",
-            "--teacher",
-            &teacher,
-            "--data",
-            &d,
-            "-T",
-            "4",
-            "--out",
-            "u-cache",
-            "-q",
-        ],
+        &cache_build_args(&teacher, &d, "u-cache", &["-q"]),
     );
     fails(
         tmp.path(),
-        &train(&d, "u-cache", &["--alpha", "0.5"]),
+        &distil_args(&d, "u-cache", "run", &["--alpha", "0.5"]),
         &["--alpha", "unlabelled"],
     );
     for (extra, names) in [
@@ -218,12 +173,18 @@ fn unlabelled_data_trains_only_on_teacher_outputs() {
             ["--teacher-errors", "unlabelled"],
         ),
     ] {
-        let mut a = train(&d, "u-cache", &["--alpha", "0"]);
+        let mut a = distil_args(&d, "u-cache", "run", &["--alpha", "0"]);
         a.extend_from_slice(&extra);
         fails(tmp.path(), &a, &names);
     }
-    ok(tmp.path(), &train(&d, "u-cache", &["--alpha", "0"]));
-    ok(tmp.path(), &train(&d, "u-cache", &["--loss", "pseudo"]));
+    ok(
+        tmp.path(),
+        &distil_args(&d, "u-cache", "run", &["--alpha", "0"]),
+    );
+    ok(
+        tmp.path(),
+        &distil_args(&d, "u-cache", "run", &["--loss", "pseudo"]),
+    );
 }
 
 #[test]
@@ -238,42 +199,21 @@ fn import_of_logits_and_bad_values() {
     write_npy(&tmp.path().join("logits.npy"), "<f4", &[n, 10], &bytes);
     let out = ok(
         tmp.path(),
-        &[
-            "cache",
-            "import",
-            "--logits",
+        &cache_import_args(
             "logits.npy",
-            "--data",
             &data,
-            "--split",
             "test",
-            "-T",
             "2",
-            "--out",
             "imp",
-            "--encoding",
-            "f32",
-        ],
+            &["--encoding", "f32"],
+        ),
     );
     assert!(out.contains("1000 samples"), "{out}");
     ok(tmp.path(), &["cache", "verify", "imp"]);
     // Wrong row count for the training split.
     fails(
         tmp.path(),
-        &[
-            "cache",
-            "import",
-            "--logits",
-            "logits.npy",
-            "--data",
-            &data,
-            "--split",
-            "train",
-            "-T",
-            "2",
-            "--out",
-            "imp2",
-        ],
+        &cache_import_args("logits.npy", &data, "train", "2", "imp2", &[]),
         &["logits.npy", "1000 rows"],
     );
     // NaN logits are refused, naming the file.
@@ -283,50 +223,19 @@ fn import_of_logits_and_bad_values() {
     write_npy(&tmp.path().join("nan.npy"), "<f4", &[n, 10], &bytes);
     fails(
         tmp.path(),
-        &[
-            "cache", "import", "--logits", "nan.npy", "--data", &data, "--split", "test", "-T",
-            "2", "--out", "imp3",
-        ],
+        &cache_import_args("nan.npy", &data, "test", "2", "imp3", &[]),
         &["nan.npy"],
     );
     assert!(!tmp.path().join("imp3/manifest.json").exists());
     // Bad flags.
     fails(
         tmp.path(),
-        &[
-            "cache",
-            "import",
-            "--logits",
-            "logits.npy",
-            "--data",
-            &data,
-            "--split",
-            "test",
-            "-T",
-            "0",
-            "--out",
-            "x",
-        ],
+        &cache_import_args("logits.npy", &data, "test", "0", "x", &[]),
         &["--temperature"],
     );
     fails(
         tmp.path(),
-        &[
-            "cache",
-            "import",
-            "--logits",
-            "logits.npy",
-            "--data",
-            &data,
-            "--split",
-            "test",
-            "-T",
-            "2",
-            "--encoding",
-            "q4",
-            "--out",
-            "x",
-        ],
+        &cache_import_args("logits.npy", &data, "test", "2", "x", &["--encoding", "q4"]),
         &["--encoding"],
     );
 }
@@ -340,33 +249,20 @@ fn online_teacher_matches_cached_distillation_closely() {
     let data = s(&small_data());
     let teacher = s(&teacher_dir());
     build(tmp.path(), "train", "f32", "exact", &[]);
-    let acc = |dir: &str| -> f64 {
-        let card: serde_json::Value = serde_json::from_str(
-            &fs::read_to_string(tmp.path().join(dir).join("model.json")).unwrap(),
-        )
-        .unwrap();
-        card["test_accuracy"].as_f64().unwrap()
+    let acc = |dir: &str| {
+        model_card(&tmp.path().join(dir))["test_accuracy"]
+            .as_f64()
+            .unwrap()
     };
-    let base = [
-        "train",
-        "--data",
-        data.as_str(),
-        "--student",
-        "mlp:784-32-10",
-        "--epochs",
-        "2",
-        "--alpha",
-        "0.5",
-        "-T",
-        "4",
-        "-q",
-    ];
-    let mut cached = base.to_vec();
-    cached.extend_from_slice(&["--cache", "exact", "--out", "cached"]);
-    ok(tmp.path(), &cached);
-    let mut online = base.to_vec();
-    online.extend_from_slice(&["--online-teacher", teacher.as_str(), "--out", "online"]);
-    ok(tmp.path(), &online);
+    let run = |out, extra: &[&str]| {
+        let base = ["--epochs", "2", "--alpha", "0.5", "-T", "4", "-q"];
+        ok(
+            tmp.path(),
+            &train_args(&data, "mlp:784-32-10", out, &[&base[..], extra].concat()),
+        )
+    };
+    run("cached", &["--cache", "exact"]);
+    run("online", &["--online-teacher", teacher.as_str()]);
     assert!(
         (acc("cached") - acc("online")).abs() < 0.02,
         "{} vs {}",
@@ -374,11 +270,7 @@ fn online_teacher_matches_cached_distillation_closely() {
         acc("online")
     );
     // A baseline run's curves can be drawn beside a student's.
-    let mut with_baseline = cached.clone();
-    let n = with_baseline.len();
-    with_baseline[n - 1] = "cached2";
-    with_baseline.extend_from_slice(&["--baseline-run", "online"]);
-    ok(tmp.path(), &with_baseline);
+    run("cached2", &["--cache", "exact", "--baseline-run", "online"]);
     assert!(tmp.path().join("cached2/curves.png").exists());
 }
 
@@ -459,26 +351,12 @@ fn augmented_view_sets_hold_the_teachers_outputs_on_the_views_the_student_sees()
 
     // End to end: inspect, verify, train; the card names the set.
     let t = |cache: &'static str, out: &'static str, extra: &[&'static str]| {
-        let mut a = vec![
-            "train",
-            "--data",
+        distil_args(
             &data,
-            "--student",
-            "mlp:784-32-10",
-            "--cache",
             cache,
-            "--epochs",
-            "1",
-            "--batch",
-            "64",
-            "--alpha",
-            "0.5",
-            "--out",
             out,
-            "-q",
-        ];
-        a.extend_from_slice(extra);
-        a
+            &[&["--alpha", "0.5"][..], extra].concat(),
+        )
     };
     let inspect = ok(tmp.path(), &["cache", "inspect", "set"]);
     assert!(
@@ -488,9 +366,7 @@ fn augmented_view_sets_hold_the_teachers_outputs_on_the_views_the_student_sees()
     let verify = ok(tmp.path(), &["cache", "verify", "set"]);
     assert_eq!(verify.matches("ok:").count(), 2, "{verify}");
     ok(tmp.path(), &t("set", "s", &[]));
-    let card: serde_json::Value =
-        serde_json::from_str(&fs::read_to_string(tmp.path().join("s/model.json")).unwrap())
-            .unwrap();
+    let card = model_card(&tmp.path().join("s"));
     assert_eq!(card["cache"]["views"], 2);
     assert_eq!(card["cache"]["id"], set.id());
     // Errors: another augmentation, one view of a set, a missing view,
@@ -513,20 +389,7 @@ fn augmented_view_sets_hold_the_teachers_outputs_on_the_views_the_student_sees()
     );
     let e = distill(
         tmp.path(),
-        &[
-            "cache",
-            "build",
-            "--teacher",
-            &s(&teacher_dir()),
-            "--data",
-            &data,
-            "-T",
-            "4",
-            "--views",
-            "3",
-            "--out",
-            "y",
-        ],
+        &cache_build_args(&s(&teacher_dir()), &data, "y", &["--views", "3"]),
     );
     let err = String::from_utf8_lossy(&e.stderr);
     assert!(

@@ -6,10 +6,6 @@ use std::io::Write;
 
 use crate::util::*;
 
-fn refs(v: &[String]) -> Vec<&str> {
-    v.iter().map(String::as_str).collect()
-}
-
 fn idx_images(n: u32, rows: u32, cols: u32, payload: usize) -> Vec<u8> {
     let mut v = vec![0, 0, 8, 3];
     for d in [n, rows, cols] {
@@ -53,45 +49,23 @@ fn malformed_idx_files_are_named_in_errors() {
     let data = tmp.path().join("d");
     fs::create_dir(&data).unwrap();
     let d = s(&data);
-    let train = |extra: &[&'static str]| -> Vec<String> {
-        let mut a: Vec<String> = [
-            "train",
-            "--data",
-            d.as_str(),
-            "--student",
-            "mlp:16-4-3",
-            "--epochs",
-            "1",
-            "--out",
-            "o",
-            "-q",
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
-        a.extend(extra.iter().map(|s| s.to_string()));
-        a
-    };
+    let train = train_args(&d, "mlp:16-4-3", "o", &["--epochs", "1", "-q"]);
     // Truncated images.
     write(&data, "train-images-idx3-ubyte", &idx_images(10, 4, 4, 100));
     write(&data, "train-labels-idx1-ubyte", &idx_labels(10, 10));
-    fails(tmp.path(), &refs(&train(&[])), &["train-images-idx3-ubyte"]);
+    fails(tmp.path(), &train, &["train-images-idx3-ubyte"]);
     // Wrong magic.
     let mut bad = idx_images(10, 4, 4, 160);
     bad[3] = 9;
     write(&data, "train-images-idx3-ubyte", &bad);
-    fails(
-        tmp.path(),
-        &refs(&train(&[])),
-        &["train-images-idx3-ubyte", "magic"],
-    );
+    fails(tmp.path(), &train, &["train-images-idx3-ubyte", "magic"]);
     // Label count mismatch.
     write(&data, "train-images-idx3-ubyte", &idx_images(10, 4, 4, 160));
     write(&data, "train-labels-idx1-ubyte", &idx_labels(9, 9));
-    fails(tmp.path(), &refs(&train(&[])), &["train-labels-idx1-ubyte"]);
+    fails(tmp.path(), &train, &["train-labels-idx1-ubyte"]);
     // A valid set trains.
     write(&data, "train-labels-idx1-ubyte", &idx_labels(10, 10));
-    ok(tmp.path(), &refs(&train(&[])));
+    ok(tmp.path(), &train);
     // Garbled .npy.
     let npy = tmp.path().join("n");
     fs::create_dir(&npy).unwrap();
@@ -99,16 +73,7 @@ fn malformed_idx_files_are_named_in_errors() {
     let n = s(&npy);
     fails(
         tmp.path(),
-        &[
-            "train",
-            "--data",
-            &n,
-            "--student",
-            "mlp:16-3",
-            "--out",
-            "o",
-            "-q",
-        ],
+        &train_args(&n, "mlp:16-3", "o", &["-q"]),
         &["train-images.npy"],
     );
 }

@@ -12,6 +12,54 @@ fn tensors(path: &std::path::Path) -> Vec<distill::model::io::HostTensor> {
     read_safetensors(path).unwrap().1
 }
 
+/// `prune` of `model` by `method` to `sparsity` into `out`, then `extra`.
+fn prune_args<'a>(
+    model: &'a str,
+    method: &'a str,
+    sparsity: &'a str,
+    out: &'a str,
+    extra: &[&'a str],
+) -> Vec<&'a str> {
+    let mut a = vec![
+        "prune",
+        "--model",
+        model,
+        "--method",
+        method,
+        "--sparsity",
+        sparsity,
+        "--out",
+        out,
+    ];
+    a.extend_from_slice(extra);
+    a
+}
+
+/// One epoch at batch 64 continuing from the model in `init` (no
+/// `--student`: its spec comes from `init`) into `out`, then `extra`.
+fn fine_tune_args<'a>(
+    data: &'a str,
+    init: &'a str,
+    out: &'a str,
+    extra: &[&'a str],
+) -> Vec<&'a str> {
+    let mut a = vec![
+        "train",
+        "--data",
+        data,
+        "--init-from",
+        init,
+        "--epochs",
+        "1",
+        "--batch",
+        "64",
+        "--out",
+        out,
+    ];
+    a.extend_from_slice(extra);
+    a
+}
+
 #[test]
 fn structured_pruning_gives_a_smaller_model_that_evaluates() {
     let tmp = tempfile::tempdir().unwrap();
@@ -19,20 +67,13 @@ fn structured_pruning_gives_a_smaller_model_that_evaluates() {
     let teacher = s(&teacher_dir());
     let out = ok(
         tmp.path(),
-        &[
-            "prune",
-            "--model",
+        &prune_args(
             &teacher,
-            "--method",
             "l1-structured",
-            "--sparsity",
             "0.5",
-            "--data",
-            &data,
-            "--out",
             "p50",
-            "-q",
-        ],
+            &["--data", &data, "-q"],
+        ),
     );
     assert!(out.contains("cnn:c16-p-c32-p-f64-10"), "{out}");
     assert!(out.contains("test accuracy"), "{out}");
@@ -66,18 +107,7 @@ fn unstructured_masks_stay_exactly_zero_through_fine_tuning() {
     let teacher = s(&teacher_dir());
     let out = ok(
         tmp.path(),
-        &[
-            "prune",
-            "--model",
-            &teacher,
-            "--method",
-            "l1-unstructured",
-            "--sparsity",
-            "0.9",
-            "--out",
-            "u90",
-            "-q",
-        ],
+        &prune_args(&teacher, "l1-unstructured", "0.9", "u90", &["-q"]),
     );
     assert!(out.contains("non-zero parameters"), "{out}");
     let masks = tensors(&tmp.path().join("u90/mask.safetensors"));
@@ -86,25 +116,19 @@ fn unstructured_masks_stay_exactly_zero_through_fine_tuning() {
     // if masks were not applied.
     let run = distill(
         tmp.path(),
-        &[
-            "train",
-            "--data",
+        &fine_tune_args(
             &data,
-            "--init-from",
             "u90",
-            "--epochs",
-            "1",
-            "--batch",
-            "64",
-            "--optimizer",
-            "adamw",
-            "--weight-decay",
-            "0.05",
-            "--lr",
-            "1e-3",
-            "--out",
             "ft",
-        ],
+            &[
+                "--optimizer",
+                "adamw",
+                "--weight-decay",
+                "0.05",
+                "--lr",
+                "1e-3",
+            ],
+        ),
     );
     let stderr = String::from_utf8_lossy(&run.stderr);
     assert!(run.status.success(), "{stderr}");
@@ -134,46 +158,23 @@ fn hybrid_distillation_starts_from_sliced_teacher_weights() {
     let teacher = s(&teacher_dir());
     ok(
         tmp.path(),
-        &[
-            "cache",
-            "build",
-            "--teacher",
+        &cache_build_args(
             &teacher,
-            "--data",
             &data,
-            "--split",
-            "train",
-            "-T",
-            "4",
-            "--encoding",
-            "f16",
-            "--out",
             "cache",
-            "-q",
-        ],
+            &["--split", "train", "--encoding", "f16", "-q"],
+        ),
     );
     let args = |out: &'static str, init: bool| {
-        let mut a = vec![
-            "train",
-            "--data",
+        let mut a = train_args(
             &data,
-            "--student",
             "cnn:c8-p-c16-p-f32-10",
-            "--cache",
-            "cache",
-            "--alpha",
-            "0.5",
-            "-T",
-            "4",
-            "--epochs",
-            "1",
-            "--batch",
-            "64",
-            "--lr",
-            "3e-4",
-            "--out",
             out,
-        ];
+            &[
+                "--cache", "cache", "--alpha", "0.5", "-T", "4", "--epochs", "1", "--batch", "64",
+                "--lr", "3e-4",
+            ],
+        );
         if init {
             a.extend_from_slice(&["--init-from", &teacher]);
         }
@@ -190,12 +191,10 @@ fn hybrid_distillation_starts_from_sliced_teacher_weights() {
         stderr.contains("layers.9.weight") && stderr.contains("sliced"),
         "{stderr}"
     );
-    let card = |dir: &str| -> f64 {
-        let v: serde_json::Value = serde_json::from_str(
-            &fs::read_to_string(tmp.path().join(dir).join("model.json")).unwrap(),
-        )
-        .unwrap();
-        v["test_accuracy"].as_f64().unwrap()
+    let card = |dir: &str| {
+        model_card(&tmp.path().join(dir))["test_accuracy"]
+            .as_f64()
+            .unwrap()
     };
     ok(tmp.path(), &args("plain", false));
     // One epoch at a small learning rate: the teacher's filters are a far
@@ -270,17 +269,7 @@ fn bad_prune_and_init_flags_are_named() {
     // A student of another depth / layer types.
     fails(
         tmp.path(),
-        &[
-            "train",
-            "--data",
-            &data,
-            "--init-from",
-            &teacher,
-            "--student",
-            "cnn:c32-p-f128-10",
-            "--out",
-            "y",
-        ],
+        &train_args(&data, "cnn:c32-p-f128-10", "y", &["--init-from", &teacher]),
         &["--init-from", "layers.4", "linear", "convolution"],
     );
     // A masked model initialises only its own spec.
@@ -290,17 +279,7 @@ fn bad_prune_and_init_flags_are_named() {
     );
     fails(
         tmp.path(),
-        &[
-            "train",
-            "--data",
-            &data,
-            "--init-from",
-            "x",
-            "--student",
-            "cnn:c16-p-c64-p-f128-10",
-            "--out",
-            "z",
-        ],
+        &train_args(&data, "cnn:c16-p-c64-p-f128-10", "z", &["--init-from", "x"]),
         &["--init-from", "mask"],
     );
     assert!(!tmp.path().join("y").exists() && !tmp.path().join("z").exists());
@@ -324,23 +303,20 @@ fn gradual_pruning_reaches_its_sparsity_and_resumes_exactly() {
     // 2,000 samples at batch 64: 32 steps per epoch, 64 in all; the ramp
     // ends at step 48, in the second epoch.
     let args = |out: &'static str, extra: &[&'static str]| {
-        let mut a = vec![
-            "train",
-            "--data",
-            &data,
-            "--student",
-            "mlp:784-64-10",
+        let settings = [
             "--epochs",
             "2",
             "--batch",
             "64",
             "--prune-schedule",
             "final=0.75,end=0.75,every=4",
-            "--out",
-            out,
         ];
-        a.extend_from_slice(extra);
-        a
+        train_args(
+            &data,
+            "mlp:784-64-10",
+            out,
+            &[&settings[..], extra].concat(),
+        )
     };
     ok(tmp.path(), &args("a", &[]));
     let masks = tensors(&tmp.path().join("a/mask.safetensors"));
@@ -395,21 +371,12 @@ fn gradual_pruning_reaches_its_sparsity_and_resumes_exactly() {
     // Continuing from a pruned model: its mask is the start and stays in force.
     ok(
         tmp.path(),
-        &[
-            "train",
-            "--data",
+        &fine_tune_args(
             &data,
-            "--init-from",
             "a",
-            "--epochs",
-            "1",
-            "--batch",
-            "64",
-            "--prune-schedule",
-            "final=0.9,global,every=8",
-            "--out",
             "c",
-        ],
+            &["--prune-schedule", "final=0.9,global,every=8"],
+        ),
     );
     let more = tensors(&tmp.path().join("c/mask.safetensors"));
     for (a, b) in masks.iter().zip(&more) {
@@ -434,21 +401,7 @@ fn gradual_pruning_reaches_its_sparsity_and_resumes_exactly() {
     assert!(by_name(&more, "layers.2.weight") < 512);
     ok(
         tmp.path(),
-        &[
-            "train",
-            "--data",
-            &data,
-            "--init-from",
-            "c",
-            "--epochs",
-            "1",
-            "--batch",
-            "64",
-            "--prune-schedule",
-            "final=0.8,every=8",
-            "--out",
-            "d",
-        ],
+        &fine_tune_args(&data, "c", "d", &["--prune-schedule", "final=0.8,every=8"]),
     );
     let last = tensors(&tmp.path().join("d/mask.safetensors"));
     assert_eq!(
@@ -466,17 +419,12 @@ fn gradual_pruning_reaches_its_sparsity_and_resumes_exactly() {
     ] {
         fails(
             tmp.path(),
-            &[
-                "train",
-                "--data",
+            &train_args(
                 &data,
-                "--student",
                 "mlp:784-64-10",
-                "--prune-schedule",
-                schedule,
-                "--out",
                 "bad",
-            ],
+                &["--prune-schedule", schedule],
+            ),
             needles,
         );
     }
@@ -488,21 +436,7 @@ fn structured_pruning_of_a_masked_model_keeps_its_mask() {
     let tmp = tempfile::tempdir().unwrap();
     let teacher = s(&teacher_dir());
     let prune = |model: &str, method: &str, out: &str| {
-        ok(
-            tmp.path(),
-            &[
-                "prune",
-                "--model",
-                model,
-                "--method",
-                method,
-                "--sparsity",
-                "0.5",
-                "--out",
-                out,
-                "-q",
-            ],
-        )
+        ok(tmp.path(), &prune_args(model, method, "0.5", out, &["-q"]))
     };
     prune(&teacher, "l1-unstructured", "u50");
     prune("u50", "l1-structured", "u50s50");

@@ -8,33 +8,30 @@ use std::path::Path;
 
 use crate::util::*;
 
-fn build_caches(cwd: &Path) {
+/// A directory holding the caches `cache-train` and `cache-test` and a
+/// `sweep.toml` of one alpha with a baseline at batch 64, seed 0 and a
+/// checkpoint every 5 steps into `sweep`, plus `settings`.
+fn sweep_dir(settings: &str) -> tempfile::TempDir {
+    let tmp = tempfile::tempdir().unwrap();
     let data = s(&small_data());
     let teacher = s(&teacher_dir());
     for split in ["train", "test"] {
+        let out = format!("cache-{split}");
         ok(
-            cwd,
-            &[
-                "cache",
-                "build",
-                "--teacher",
-                &teacher,
-                "--data",
-                &data,
-                "--split",
-                split,
-                "-T",
-                "4",
-                "--out",
-                &format!("cache-{split}"),
-                "-q",
-            ],
+            tmp.path(),
+            &cache_build_args(&teacher, &data, &out, &["--split", split, "-q"]),
         );
     }
-}
-
-fn card(dir: &Path) -> serde_json::Value {
-    serde_json::from_str(&fs::read_to_string(dir.join("model.json")).unwrap()).unwrap()
+    fs::write(
+        tmp.path().join("sweep.toml"),
+        format!(
+            "cache = \"cache-train\"\ndata = {data:?}\n{settings}\
+             alphas = [0.5]\nbaseline = true\nbatch = 64\nseed = 0\n\
+             checkpoint-every = 5\nout = \"sweep\"\n"
+        ),
+    )
+    .unwrap();
+    tmp
 }
 
 /// Runs the sweep; returns (stdout, stderr).
@@ -53,72 +50,47 @@ fn sweep(cwd: &Path, extra: &[&str]) -> (String, String) {
 
 #[test]
 fn tiny_sweep_report_agrees_with_cards_and_reruns_skip_finished_runs() {
-    let tmp = tempfile::tempdir().unwrap();
+    let tmp = sweep_dir(
+        "test-cache = \"cache-test\"\nstudents = [\"mlp:784-16-10\", \"mlp:784-32-10\"]\n\
+         temperatures = [1, 4]\nepochs = 1\n",
+    );
     let cwd = tmp.path();
-    build_caches(cwd);
     let data = s(&small_data());
-    fs::write(
-        cwd.join("sweep.toml"),
-        format!(
-            "cache = \"cache-train\"\ntest-cache = \"cache-test\"\ndata = {data:?}\n\
-             students = [\"mlp:784-16-10\", \"mlp:784-32-10\"]\ntemperatures = [1, 4]\n\
-             alphas = [0.5]\nbaseline = true\nepochs = 1\nbatch = 64\nseed = 0\n\
-             checkpoint-every = 5\nout = \"sweep\"\n"
-        ),
-    )
-    .unwrap();
     let runs = cwd.join("sweep/runs");
 
     // One run finished beforehand by `distill train` with the same settings,
     // one killed after 10 of its 32 steps.
+    let settings = ["--epochs", "1", "--batch", "64", "--seed", "0", "-q"];
     ok(
         cwd,
-        &[
-            "train",
-            "--data",
+        &train_args(
             &data,
-            "--student",
             "mlp:784-16-10",
-            "--epochs",
-            "1",
-            "--batch",
-            "64",
-            "--seed",
-            "0",
-            "--out",
             "sweep/runs/mlp-784-16-10_baseline",
-            "-q",
-        ],
+            &settings,
+        ),
     );
     let before = fs::read(runs.join("mlp-784-16-10_baseline/model.json")).unwrap();
+    let kd = [
+        "--cache",
+        "cache-train",
+        "-T",
+        "4",
+        "--alpha",
+        "0.5",
+        "--checkpoint-every",
+        "5",
+        "--stop-after-steps",
+        "10",
+    ];
     let stopped = ok(
         cwd,
-        &[
-            "train",
-            "--data",
+        &train_args(
             &data,
-            "--student",
             "mlp:784-32-10",
-            "--cache",
-            "cache-train",
-            "-T",
-            "4",
-            "--alpha",
-            "0.5",
-            "--epochs",
-            "1",
-            "--batch",
-            "64",
-            "--seed",
-            "0",
-            "--checkpoint-every",
-            "5",
-            "--stop-after-steps",
-            "10",
-            "--out",
             "sweep/runs/mlp-784-32-10_kd-T4-a0.5",
-            "-q",
-        ],
+            &[&settings[..], &kd].concat(),
+        ),
     );
     assert!(stopped.contains("stopped after 10 steps"), "{stopped}");
 
@@ -158,7 +130,7 @@ fn tiny_sweep_report_agrees_with_cards_and_reruns_skip_finished_runs() {
             assert!(dir.join(f).exists(), "{name}/{f} missing");
         }
         assert!(!dir.join("checkpoint.safetensors").exists());
-        let c = card(&dir);
+        let c = model_card(&dir);
         let acc = c["test_accuracy"].as_f64().unwrap();
         assert_eq!(row["test_accuracy"].parse::<f64>().unwrap(), acc, "{name}");
         assert_eq!(row["student"], c["spec"].as_str().unwrap());
@@ -258,34 +230,15 @@ fn tiny_sweep_report_agrees_with_cards_and_reruns_skip_finished_runs() {
 fn sweep_flags_are_validated_before_work() {
     let tmp = tempfile::tempdir().unwrap();
     let data = s(&small_data());
+    let run = ["--data", &data, "--out", "o", "--students", "mlp:784-16-10"];
     fails(
         tmp.path(),
-        &[
-            "sweep",
-            "--data",
-            &data,
-            "--out",
-            "o",
-            "--students",
-            "mlp:784-16-10",
-        ],
+        &[&["sweep"][..], &run].concat(),
         &["--cache", "required"],
     );
     fails(
         tmp.path(),
-        &[
-            "sweep",
-            "--cache",
-            "c",
-            "--data",
-            &data,
-            "--out",
-            "o",
-            "--students",
-            "mlp:784-16-10",
-            "--alphas",
-            "0.5,2",
-        ],
+        &[&["sweep", "--cache", "c"][..], &run, &["--alphas", "0.5,2"]].concat(),
         &["--alphas", "2 must be in [0, 1]"],
     );
     fs::write(
@@ -305,26 +258,15 @@ fn sweep_flags_are_validated_before_work() {
 /// sweep's byte for byte.
 #[test]
 fn killed_sweep_reruns_only_missing_runs() {
-    use std::process::{Command, Stdio};
-    use std::time::{Duration, Instant};
-    let tmp = tempfile::tempdir().unwrap();
+    use std::time::{Duration, Instant, SystemTime};
+    let tmp = sweep_dir(
+        "students = [\"mlp:784-16-10\", \"mlp:784-24-10\"]\ntemperatures = [2]\nepochs = 2\n",
+    );
     let cwd = tmp.path();
-    build_caches(cwd);
-    let data = s(&small_data());
-    fs::write(
-        cwd.join("sweep.toml"),
-        format!(
-            "cache = \"cache-train\"\ndata = {data:?}\n\
-             students = [\"mlp:784-16-10\", \"mlp:784-24-10\"]\ntemperatures = [2]\n\
-             alphas = [0.5]\nbaseline = true\nepochs = 2\nbatch = 64\nseed = 0\n\
-             checkpoint-every = 5\nout = \"sweep\"\n"
-        ),
-    )
-    .unwrap();
     let start = Instant::now();
     sweep(cwd, &["--out", "reference", "-q"]);
     let full = start.elapsed();
-    let finished = |out: &str| -> HashMap<String, std::time::SystemTime> {
+    let finished = |out: &str| -> HashMap<String, SystemTime> {
         let mut m = HashMap::new();
         if let Ok(entries) = fs::read_dir(cwd.join(out).join("runs")) {
             for e in entries.flatten() {
@@ -340,6 +282,16 @@ fn killed_sweep_reruns_only_missing_runs() {
         }
         m
     };
+    // Runs finished before an attempt are not rewritten by it.
+    let untouched = |before: &HashMap<String, SystemTime>, after: &HashMap<String, SystemTime>| {
+        for (name, t) in before {
+            assert_eq!(
+                after.get(name),
+                Some(t),
+                "finished run {name} was retrained"
+            );
+        }
+    };
     let mut seed = 0x5eed_u64;
     let mut kills = 0;
     for _ in 0..12 {
@@ -347,13 +299,10 @@ fn killed_sweep_reruns_only_missing_runs() {
         if before.len() == 4 {
             break;
         }
-        let mut child = Command::new(env!("CARGO_BIN_EXE_distill"))
-            .args(["sweep", "--config", "sweep.toml", "--out", "killed", "-q"])
-            .current_dir(cwd)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
+        let mut child = spawn(
+            cwd,
+            &["sweep", "--config", "sweep.toml", "--out", "killed", "-q"],
+        );
         seed = seed
             .wrapping_mul(6364136223846793005)
             .wrapping_add(1442695040888963407);
@@ -367,27 +316,13 @@ fn killed_sweep_reruns_only_missing_runs() {
             kills += 1;
         }
         let _ = child.wait();
-        // Runs finished before this attempt were not rewritten by it.
-        let after = finished("killed");
-        for (name, t) in &before {
-            assert_eq!(
-                after.get(name),
-                Some(t),
-                "finished run {name} was retrained"
-            );
-        }
+        untouched(&before, &finished("killed"));
     }
     assert!(kills >= 1, "no kill landed mid-sweep");
     let before = finished("killed");
     sweep(cwd, &["--out", "killed", "-q"]);
     let after = finished("killed");
-    for (name, t) in &before {
-        assert_eq!(
-            after.get(name),
-            Some(t),
-            "finished run {name} was retrained"
-        );
-    }
+    untouched(&before, &after);
     assert_eq!(after.len(), 4);
     for name in after.keys() {
         let a = fs::read(

@@ -5,32 +5,17 @@ use std::fs;
 
 use crate::util::*;
 
-fn train_args<'a>(data: &'a str, out: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
-    let mut a = vec![
-        "train",
-        "--data",
-        data,
-        "--student",
-        "mlp:784-32-10",
-        "--epochs",
-        "2",
-        "--batch",
-        "64",
-        "--seed",
-        "3",
-        "--out",
-        out,
-        "-q",
-    ];
-    a.extend_from_slice(extra);
-    a
+/// Two quiet, seeded epochs of the small MLP into `out`, then `extra`.
+fn mlp_args<'a>(data: &'a str, out: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
+    let settings = ["--epochs", "2", "--batch", "64", "--seed", "3", "-q"];
+    train_args(data, "mlp:784-32-10", out, &[&settings[..], extra].concat())
 }
 
 #[test]
 fn hard_label_training_writes_model_card_metrics_and_plot() {
     let tmp = tempfile::tempdir().unwrap();
     let data = s(&small_data());
-    let out = ok(tmp.path(), &train_args(&data, "run", &[]));
+    let out = ok(tmp.path(), &mlp_args(&data, "run", &[]));
     assert!(out.contains("final test accuracy"), "{out}");
     let run = tmp.path().join("run");
     for f in [
@@ -41,8 +26,7 @@ fn hard_label_training_writes_model_card_metrics_and_plot() {
     ] {
         assert!(run.join(f).exists(), "{f} missing");
     }
-    let card: serde_json::Value =
-        serde_json::from_str(&fs::read_to_string(run.join("model.json")).unwrap()).unwrap();
+    let card = model_card(&run);
     assert_eq!(card["spec"], "mlp:784-32-10");
     assert_eq!(card["parameters"], 784 * 32 + 32 + 32 * 10 + 10);
     let acc = card["test_accuracy"].as_f64().unwrap();
@@ -67,8 +51,8 @@ fn hard_label_training_writes_model_card_metrics_and_plot() {
 fn same_seed_same_weights_and_resume_matches_uninterrupted_run() {
     let tmp = tempfile::tempdir().unwrap();
     let data = s(&small_data());
-    ok(tmp.path(), &train_args(&data, "a", &[]));
-    ok(tmp.path(), &train_args(&data, "b", &[]));
+    ok(tmp.path(), &mlp_args(&data, "a", &[]));
+    ok(tmp.path(), &mlp_args(&data, "b", &[]));
     let a = fs::read(tmp.path().join("a/model.safetensors")).unwrap();
     assert_eq!(
         a,
@@ -78,7 +62,7 @@ fn same_seed_same_weights_and_resume_matches_uninterrupted_run() {
     // Killed mid-epoch (after 40 of the 64 steps), then resumed.
     let out = ok(
         tmp.path(),
-        &train_args(
+        &mlp_args(
             &data,
             "c",
             &["--checkpoint-every", "7", "--stop-after-steps", "40"],
@@ -89,7 +73,7 @@ fn same_seed_same_weights_and_resume_matches_uninterrupted_run() {
     assert!(!tmp.path().join("c/model.safetensors").exists());
     ok(
         tmp.path(),
-        &train_args(&data, "c", &["--checkpoint-every", "7", "--resume"]),
+        &mlp_args(&data, "c", &["--checkpoint-every", "7", "--resume"]),
     );
     assert_eq!(
         a,
@@ -109,7 +93,7 @@ fn same_seed_same_weights_and_resume_matches_uninterrupted_run() {
     // Resuming with other settings is refused.
     ok(
         tmp.path(),
-        &train_args(
+        &mlp_args(
             &data,
             "d",
             &["--checkpoint-every", "7", "--stop-after-steps", "5"],
@@ -117,7 +101,7 @@ fn same_seed_same_weights_and_resume_matches_uninterrupted_run() {
     );
     fails(
         tmp.path(),
-        &train_args(&data, "d", &["--resume", "--lr", "0.01"]),
+        &mlp_args(&data, "d", &["--resume", "--lr", "0.01"]),
         &["checkpoint.safetensors", "other settings"],
     );
 }
@@ -126,72 +110,46 @@ fn same_seed_same_weights_and_resume_matches_uninterrupted_run() {
 fn bad_flags_name_the_flag() {
     let tmp = tempfile::tempdir().unwrap();
     let data = s(&small_data());
-    fails(tmp.path(), &train_args(&data, "o", &["--lr=-1"]), &["--lr"]);
+    fails(tmp.path(), &mlp_args(&data, "o", &["--lr=-1"]), &["--lr"]);
     fails(
         tmp.path(),
-        &train_args(&data, "o", &["--optimizer", "lion"]),
+        &mlp_args(&data, "o", &["--optimizer", "lion"]),
         &["--optimizer", "lion"],
     );
     fails(
         tmp.path(),
-        &train_args(&data, "o", &["--epochs", "0"]),
+        &mlp_args(&data, "o", &["--epochs", "0"]),
         &["--epochs"],
     );
     fails(
         tmp.path(),
-        &train_args(&data, "o", &["--alpha", "0.5"]),
+        &mlp_args(&data, "o", &["--alpha", "0.5"]),
         &["--cache"],
     );
     fails(
         tmp.path(),
-        &train_args(&data, "o", &["--device", "tpu"]),
+        &mlp_args(&data, "o", &["--device", "tpu"]),
         &["--device", "tpu"],
     );
     #[cfg(not(feature = "cuda"))]
     fails(
         tmp.path(),
-        &train_args(&data, "o", &["--device", "cuda"]),
+        &mlp_args(&data, "o", &["--device", "cuda"]),
         &["--device", "cuda", "feature"],
     );
     fails(
         tmp.path(),
-        &[
-            "train",
-            "--data",
-            &data,
-            "--student",
-            "mlp:100-10",
-            "--out",
-            "o",
-            "-q",
-        ],
+        &train_args(&data, "mlp:100-10", "o", &["-q"]),
         &["mlp:100-10", "784"],
     );
     fails(
         tmp.path(),
-        &[
-            "train",
-            "--data",
-            &data,
-            "--student",
-            "mlp:784-5",
-            "--out",
-            "o",
-            "-q",
-        ],
+        &train_args(&data, "mlp:784-5", "o", &["-q"]),
         &["mlp:784-5", "labels up to 9"],
     );
     fails(
         tmp.path(),
-        &[
-            "train",
-            "--data",
-            "nowhere",
-            "--student",
-            "mlp:784-10",
-            "--out",
-            "o",
-        ],
+        &train_args("nowhere", "mlp:784-10", "o", &[]),
         &["nowhere"],
     );
 }
@@ -201,16 +159,13 @@ fn augmentation_is_deterministic_recorded_and_refused_with_a_plain_cache() {
     let tmp = tempfile::tempdir().unwrap();
     let data = s(&small_data());
     let aug = ["--augment", "flip,shift=2"];
-    ok(tmp.path(), &train_args(&data, "a", &aug));
-    ok(tmp.path(), &train_args(&data, "b", &aug));
-    ok(tmp.path(), &train_args(&data, "plain", &[]));
+    ok(tmp.path(), &mlp_args(&data, "a", &aug));
+    ok(tmp.path(), &mlp_args(&data, "b", &aug));
+    ok(tmp.path(), &mlp_args(&data, "plain", &[]));
     let w = |d: &str| fs::read(tmp.path().join(d).join("model.safetensors")).unwrap();
     assert_eq!(w("a"), w("b"), "same seed and augmentation, other weights");
     assert_ne!(w("a"), w("plain"), "the augmentation changed nothing");
-    let card: serde_json::Value =
-        serde_json::from_str(&fs::read_to_string(tmp.path().join("a/model.json")).unwrap())
-            .unwrap();
-    let cfg = card.to_string();
+    let cfg = model_card(&tmp.path().join("a")).to_string();
     assert!(
         cfg.contains("\"augment\"") && cfg.contains("\"shift\":2"),
         "{cfg}"
@@ -218,7 +173,7 @@ fn augmentation_is_deterministic_recorded_and_refused_with_a_plain_cache() {
     // Resumed mid-epoch: the same images, the same weights.
     ok(
         tmp.path(),
-        &train_args(
+        &mlp_args(
             &data,
             "c",
             &[
@@ -230,7 +185,7 @@ fn augmentation_is_deterministic_recorded_and_refused_with_a_plain_cache() {
     );
     ok(
         tmp.path(),
-        &train_args(
+        &mlp_args(
             &data,
             "c",
             &[&aug[..], &["--checkpoint-every", "9", "--resume"]].concat(),
@@ -241,7 +196,7 @@ fn augmentation_is_deterministic_recorded_and_refused_with_a_plain_cache() {
     let teacher = s(&teacher_dir());
     ok(
         tmp.path(),
-        &train_args(
+        &mlp_args(
             &data,
             "online",
             &[
@@ -254,25 +209,11 @@ fn augmentation_is_deterministic_recorded_and_refused_with_a_plain_cache() {
     // A cache of unaugmented images holds no targets for augmented ones.
     ok(
         tmp.path(),
-        &[
-            "cache",
-            "build",
-            "--teacher",
-            &teacher,
-            "--data",
-            &data,
-            "--split",
-            "train",
-            "-T",
-            "4",
-            "--out",
-            "cache",
-            "-q",
-        ],
+        &cache_build_args(&teacher, &data, "cache", &["--split", "train", "-q"]),
     );
     fails(
         tmp.path(),
-        &train_args(
+        &mlp_args(
             &data,
             "x",
             &[&aug[..], &["--cache", "cache", "--alpha", "0.5"]].concat(),
@@ -281,7 +222,7 @@ fn augmentation_is_deterministic_recorded_and_refused_with_a_plain_cache() {
     );
     fails(
         tmp.path(),
-        &train_args(&data, "x", &["--augment", "rotate"]),
+        &mlp_args(&data, "x", &["--augment", "rotate"]),
         &["--augment", "rotate"],
     );
     assert!(!tmp.path().join("x").exists());

@@ -19,16 +19,6 @@ use rand_chacha::ChaCha8Rng;
 use crate::reliability_lib::cases;
 use crate::util::*;
 
-fn spawn(cwd: &Path, args: &[&str]) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_distill"))
-        .args(args)
-        .current_dir(cwd)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn distill")
-}
-
 /// Every file of a directory (recursively) by relative path, with its bytes.
 fn snapshot(dir: &Path) -> BTreeMap<String, Vec<u8>> {
     let mut out = BTreeMap::new();
@@ -60,17 +50,9 @@ fn assert_same_files(a: &Path, b: &Path, what: &str) {
 }
 
 fn build_args<'a>(data: &'a str, teacher: &'a str, out: &'a str) -> Vec<&'a str> {
-    vec![
-        "cache",
-        "build",
-        "--teacher",
-        teacher,
-        "--data",
-        data,
+    let flags = [
         "--split",
         "test",
-        "-T",
-        "4",
         "--encoding",
         "f32",
         "--shard-kib",
@@ -79,10 +61,9 @@ fn build_args<'a>(data: &'a str, teacher: &'a str, out: &'a str) -> Vec<&'a str>
         "64",
         "--batch",
         "100",
-        "--out",
-        out,
         "-q",
-    ]
+    ];
+    cache_build_args(teacher, data, out, &flags)
 }
 
 /// `kill -9` at random points of `cache build`, rerun to completion: verify
@@ -139,57 +120,40 @@ fn import_cache(cwd: &Path, out: &str) {
     let logits: Vec<f32> = (0..n * 10).map(|_| rng.gen_range(-4.0f32..4.0)).collect();
     let bytes: Vec<u8> = logits.iter().flat_map(|v| v.to_le_bytes()).collect();
     write_npy(&cwd.join("logits.npy"), "<f4", &[n, 10], &bytes);
+    let flags = [
+        "--encoding",
+        "f16",
+        "--shard-kib",
+        "16",
+        "--block-records",
+        "64",
+        "-q",
+    ];
     ok(
         cwd,
-        &[
-            "cache",
-            "import",
-            "--logits",
-            "logits.npy",
-            "--data",
-            &data,
-            "--split",
-            "train",
-            "-T",
-            "4",
-            "--encoding",
-            "f16",
-            "--shard-kib",
-            "16",
-            "--block-records",
-            "64",
-            "--out",
-            out,
-            "-q",
-        ],
+        &cache_import_args("logits.npy", &data, "train", "4", out, &flags),
     );
 }
 
-fn train_args<'a>(data: &'a str, cache: &'a str, out: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
-    let mut a = vec![
-        "train",
-        "--data",
+/// Three quiet, seeded epochs of the small MLP distilled from `cache` into
+/// `out`, then `extra`.
+fn kd_args<'a>(data: &'a str, cache: &'a str, out: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
+    let kd = ["--cache", cache, "--alpha", "0.5", "-T", "4"];
+    let settings = ["--epochs", "3", "--batch", "64", "--seed", "5", "-q"];
+    train_args(
         data,
-        "--student",
         "mlp:784-32-10",
-        "--cache",
-        cache,
-        "--alpha",
-        "0.5",
-        "-T",
-        "4",
-        "--epochs",
-        "3",
-        "--batch",
-        "64",
-        "--seed",
-        "5",
-        "--out",
         out,
-        "-q",
-    ];
-    a.extend_from_slice(extra);
-    a
+        &[&kd[..], &settings, extra].concat(),
+    )
+}
+
+/// The synthetic cache `cache` and an undisturbed run on it into `out`;
+/// returns the run's weights.
+fn cache_and_reference_run(cwd: &Path, data: &str, out: &str) -> Vec<u8> {
+    import_cache(cwd, "cache");
+    ok(cwd, &kd_args(data, "cache", out, &[]));
+    fs::read(cwd.join(out).join("model.safetensors")).unwrap()
 }
 
 /// `kill -9` at random points of `train --checkpoint-every N`, then
@@ -201,22 +165,20 @@ fn kill_during_train_then_resume_gives_identical_weights() {
     let data = s(&small_data());
     import_cache(tmp.path(), "cache");
     let t0 = Instant::now();
-    ok(tmp.path(), &train_args(&data, "cache", "ref", &[]));
+    ok(tmp.path(), &kd_args(&data, "cache", "ref", &[]));
     let full = t0.elapsed();
     let want = fs::read(tmp.path().join("ref/model.safetensors")).unwrap();
+    let resume = kd_args(
+        &data,
+        "cache",
+        "run",
+        &["--checkpoint-every", "4", "--resume"],
+    );
     let mut rng = ChaCha8Rng::seed_from_u64(12);
     let mut killed_mid = 0;
     for _ in 0..kills {
         let delay = full.mul_f64(rng.gen_range(0.05..1.0));
-        let mut child = spawn(
-            tmp.path(),
-            &train_args(
-                &data,
-                "cache",
-                "run",
-                &["--checkpoint-every", "4", "--resume"],
-            ),
-        );
+        let mut child = spawn(tmp.path(), &resume);
         std::thread::sleep(delay);
         if child.try_wait().unwrap().is_none() {
             killed_mid += 1;
@@ -224,15 +186,7 @@ fn kill_during_train_then_resume_gives_identical_weights() {
         child.kill().ok();
         child.wait().unwrap();
     }
-    ok(
-        tmp.path(),
-        &train_args(
-            &data,
-            "cache",
-            "run",
-            &["--checkpoint-every", "4", "--resume"],
-        ),
-    );
+    ok(tmp.path(), &resume);
     let got = fs::read(tmp.path().join("run/model.safetensors")).unwrap();
     assert!(
         got == want,
@@ -249,13 +203,11 @@ fn kill_during_train_then_resume_gives_identical_weights() {
 fn concurrent_trainers_on_one_cache_match_a_lone_trainer() {
     let tmp = tempfile::tempdir().unwrap();
     let data = s(&small_data());
-    import_cache(tmp.path(), "cache");
-    ok(tmp.path(), &train_args(&data, "cache", "alone", &[]));
-    let want = fs::read(tmp.path().join("alone/model.safetensors")).unwrap();
+    let want = cache_and_reference_run(tmp.path(), &data, "alone");
     let outs: Vec<String> = (0..3).map(|i| format!("par{i}")).collect();
     let children: Vec<Child> = outs
         .iter()
-        .map(|o| spawn(tmp.path(), &train_args(&data, "cache", o, &[])))
+        .map(|o| spawn(tmp.path(), &kd_args(&data, "cache", o, &[])))
         .collect();
     for mut c in children {
         assert!(c.wait().unwrap().success());
@@ -273,13 +225,11 @@ fn concurrent_trainers_on_one_cache_match_a_lone_trainer() {
 fn cache_replaced_under_a_running_trainer() {
     let tmp = tempfile::tempdir().unwrap();
     let data = s(&small_data());
-    import_cache(tmp.path(), "cache");
-    ok(tmp.path(), &train_args(&data, "cache", "ref", &[]));
-    let want = fs::read(tmp.path().join("ref/model.safetensors")).unwrap();
+    let want = cache_and_reference_run(tmp.path(), &data, "ref");
     // A checkpoint taken on this cache, to resume after the replacement.
     ok(
         tmp.path(),
-        &train_args(
+        &kd_args(
             &data,
             "cache",
             "ck",
@@ -287,7 +237,7 @@ fn cache_replaced_under_a_running_trainer() {
         ),
     );
     let child = Command::new(env!("CARGO_BIN_EXE_distill"))
-        .args(train_args(&data, "cache", "run", &[]))
+        .args(kd_args(&data, "cache", "run", &[]))
         .current_dir(tmp.path())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -299,21 +249,7 @@ fn cache_replaced_under_a_running_trainer() {
     let logits = tmp.path().join("logits.npy");
     ok(
         tmp.path(),
-        &[
-            "cache",
-            "import",
-            "--logits",
-            &s(&logits),
-            "--data",
-            &data,
-            "--split",
-            "train",
-            "-T",
-            "2",
-            "--out",
-            "cache",
-            "-q",
-        ],
+        &cache_import_args(&s(&logits), &data, "train", "2", "cache", &["-q"]),
     );
     let out = child.wait_with_output().unwrap();
     assert!(
@@ -329,7 +265,7 @@ fn cache_replaced_under_a_running_trainer() {
     // Resuming the checkpoint on the replaced cache is refused.
     fails(
         tmp.path(),
-        &train_args(
+        &kd_args(
             &data,
             "cache",
             "ck",
@@ -349,7 +285,7 @@ fn cache_replaced_under_a_running_trainer() {
     fails(tmp.path(), &["cache", "verify", "cache"], &["cache/"]);
     fails(
         tmp.path(),
-        &train_args(&data, "cache", "run2", &[]),
+        &kd_args(&data, "cache", "run2", &[]),
         &["cache/"],
     );
 }
@@ -365,28 +301,18 @@ fn second_writer_is_refused() {
         .flat_map(|i| (((i * 7) % 11) as f32 - 5.0).to_le_bytes())
         .collect();
     write_npy(&tmp.path().join("l.npy"), "<f4", &[n, 10], &logits);
-    let imp = |out: &'static str| -> Vec<String> {
-        [
-            "cache", "import", "--logits", "l.npy", "--data", &data, "--split", "test", "-T", "2",
-            "--out", out, "-q",
-        ]
-        .iter()
-        .map(|x| x.to_string())
-        .collect()
-    };
+    let imp = |out: &'static str| cache_import_args("l.npy", &data, "test", "2", out, &["-q"]);
     // Hold the lock as another writer would.
     fs::create_dir_all(tmp.path().join("c")).unwrap();
     let lock = fs::File::create(tmp.path().join("c/.lock")).unwrap();
     fs2::FileExt::try_lock_exclusive(&lock).unwrap();
     let a = imp("c");
-    let a: Vec<&str> = a.iter().map(|x| x.as_str()).collect();
     fails(tmp.path(), &a, &["another process is writing this cache"]);
     assert!(!tmp.path().join("c/manifest.json").exists());
     fs2::FileExt::unlock(&lock).unwrap();
     ok(tmp.path(), &a);
     // Two racing writers.
     let b = imp("race");
-    let b: Vec<&str> = b.iter().map(|x| x.as_str()).collect();
     let kids: Vec<Child> = (0..2)
         .map(|_| {
             Command::new(env!("CARGO_BIN_EXE_distill"))
@@ -448,38 +374,26 @@ impl Drop for Tmpfs {
     }
 }
 
-fn import_args(logits: &str, data: &str, split: &str, enc: &str, out: &str) -> Vec<String> {
+fn import_args<'a>(
+    logits: &'a str,
+    data: &'a str,
+    split: &'a str,
+    enc: &'a str,
+    out: &'a str,
+) -> Vec<&'a str> {
     // f32 shards are large (one 104 KB shard for the training split), q8 small.
     let kib = if enc == "f32" { "1024" } else { "16" };
-    [
-        "cache",
-        "import",
-        "--logits",
-        logits,
-        "--data",
-        data,
-        "--split",
-        split,
-        "-T",
-        "4",
+    let flags = [
         "--encoding",
         enc,
         "--shard-kib",
         kib,
         "--block-records",
         "64",
-        "--out",
-        out,
         "-q",
         "--overwrite",
-    ]
-    .iter()
-    .map(|x| x.to_string())
-    .collect()
-}
-
-fn strs(v: &[String]) -> Vec<&str> {
-    v.iter().map(|x| x.as_str()).collect()
+    ];
+    cache_import_args(logits, data, split, "4", out, &flags)
 }
 
 /// Disk full (tmpfs, and RLIMIT_FSIZE without root) and a read-only output
@@ -502,7 +416,7 @@ fn disk_full_and_read_only_leave_the_committed_cache_intact() {
     // RLIMIT_FSIZE: the child gets EFBIG (SIGXFSZ ignored) past 24 KiB per file.
     ok(
         tmp.path(),
-        &strs(&import_args(&test_npy, &data, "test", "q8", "lim")),
+        &import_args(&test_npy, &data, "test", "q8", "lim"),
     );
     let before = snapshot(&tmp.path().join("lim"));
     let big = import_args(&train_npy, &data, "train", "f32", "lim");
@@ -534,16 +448,13 @@ fn disk_full_and_read_only_leave_the_committed_cache_intact() {
     let mnt = tmp.path().join("mnt");
     if let Some(fsys) = Tmpfs::mount(&mnt, 96) {
         let out_dir = s(&mnt.join("c"));
+        let rebuild = import_args(&train_npy, &data, "train", "f32", &out_dir);
         ok(
             tmp.path(),
-            &strs(&import_args(&test_npy, &data, "test", "q8", &out_dir)),
+            &import_args(&test_npy, &data, "test", "q8", &out_dir),
         );
         let before = snapshot(&mnt.join("c"));
-        fails(
-            tmp.path(),
-            &strs(&import_args(&train_npy, &data, "train", "f32", &out_dir)),
-            &["No space left on device"],
-        );
+        fails(tmp.path(), &rebuild, &["No space left on device"]);
         ok(tmp.path(), &["cache", "verify", &out_dir]);
         let after = snapshot(&mnt.join("c"));
         for (k, v) in &before {
@@ -558,15 +469,11 @@ fn disk_full_and_read_only_leave_the_committed_cache_intact() {
             .status();
         assert!(fsys.remount("ro"), "remount ro");
         let before = snapshot(&mnt.join("c"));
-        fails(
-            tmp.path(),
-            &strs(&import_args(&train_npy, &data, "train", "f32", &out_dir)),
-            &["Read-only file system"],
-        );
+        fails(tmp.path(), &rebuild, &["Read-only file system"]);
         let new_dir = s(&mnt.join("new"));
         fails(
             tmp.path(),
-            &strs(&import_args(&test_npy, &data, "test", "q8", &new_dir)),
+            &import_args(&test_npy, &data, "test", "q8", &new_dir),
             &["Read-only file system"],
         );
         ok(tmp.path(), &["cache", "verify", &out_dir]);
@@ -575,18 +482,12 @@ fn disk_full_and_read_only_leave_the_committed_cache_intact() {
         // Training that cannot write its output directory fails clearly too.
         fails(
             tmp.path(),
-            &[
-                "train",
-                "--data",
+            &train_args(
                 &data,
-                "--student",
                 "mlp:784-8-10",
-                "--epochs",
-                "1",
-                "--out",
                 &s(&mnt.join("run")),
-                "-q",
-            ],
+                &["--epochs", "1", "-q"],
+            ),
             &["Read-only file system"],
         );
         faults += 1;
@@ -599,25 +500,10 @@ fn import_one(cwd: &Path, logits: &[f32], n: usize, t: &str, out: &str) -> std::
     let bytes: Vec<u8> = logits.iter().flat_map(|v| v.to_le_bytes()).collect();
     write_npy(&cwd.join(format!("{out}.npy")), "<f4", &[n, 10], &bytes);
     let data = s(&small_data());
+    let logits = format!("{out}.npy");
     distill(
         cwd,
-        &[
-            "cache",
-            "import",
-            "--logits",
-            &format!("{out}.npy"),
-            "--data",
-            &data,
-            "--split",
-            "test",
-            "-T",
-            t,
-            "--encoding",
-            "f16",
-            "--out",
-            out,
-            "-q",
-        ],
+        &cache_import_args(&logits, &data, "test", t, out, &["--encoding", "f16", "-q"]),
     )
 }
 
@@ -685,26 +571,9 @@ fn numbers_at_the_edges() {
 
     // Training: flags out of range are refused naming the flag.
     import_cache(cwd, "trc");
-    let base = |extra: &[&str]| -> Vec<String> {
-        let mut v: Vec<String> = [
-            "train",
-            "--data",
-            &data,
-            "--student",
-            "mlp:784-8-10",
-            "--epochs",
-            "1",
-            "--out",
-            "run",
-            "-q",
-            "--cache",
-            "trc",
-        ]
-        .iter()
-        .map(|x| x.to_string())
-        .collect();
-        v.extend(extra.iter().map(|x| x.to_string()));
-        v
+    let base = |extra: &[&'static str]| {
+        let flags = [&["--epochs", "1", "-q", "--cache", "trc"][..], extra].concat();
+        train_args(&data, "mlp:784-8-10", "run", &flags)
     };
     for (extra, flag) in [
         (&["--alpha=-0.1"][..], "--alpha"),
@@ -716,9 +585,7 @@ fn numbers_at_the_edges() {
         (&["--batch", "0"][..], "--batch"),
         (&["--epochs", "0"][..], "--epochs"),
     ] {
-        let a = base(extra);
-        let a: Vec<&str> = a.iter().map(|x| x.as_str()).collect();
-        let e = fails(cwd, &a, &[]);
+        let e = fails(cwd, &base(extra), &[]);
         assert!(
             e.contains(flag) || e.contains(&flag.replace("--", "")),
             "{extra:?}: {e}"
@@ -735,16 +602,7 @@ fn numbers_at_the_edges() {
     write_npy(&empty.join("test-labels.npy"), "|u1", &[0], &[]);
     let e = fails(
         cwd,
-        &[
-            "train",
-            "--data",
-            "empty",
-            "--student",
-            "mlp:784-8-10",
-            "--out",
-            "r0",
-            "-q",
-        ],
+        &train_args("empty", "mlp:784-8-10", "r0", &["-q"]),
         &["empty"],
     );
     eprintln!("empty dataset: {}", e.trim());
@@ -761,69 +619,32 @@ fn numbers_at_the_edges() {
     }
     ok(
         cwd,
-        &[
-            "train",
-            "--data",
+        &train_args(
             "one",
-            "--student",
             "mlp:784-8-10",
-            "--epochs",
-            "2",
-            "--batch",
-            "64",
-            "--out",
             "r1",
-            "-q",
-        ],
+            &["--epochs", "2", "--batch", "64", "-q"],
+        ),
     );
     let l: Vec<u8> = (0..10).flat_map(|i| (i as f32).to_le_bytes()).collect();
     write_npy(&cwd.join("one.npy"), "<f4", &[1, 10], &l);
     ok(
         cwd,
-        &[
-            "cache", "import", "--logits", "one.npy", "--data", "one", "--split", "train", "-T",
-            "2", "--out", "c1", "-q",
-        ],
+        &cache_import_args("one.npy", "one", "train", "2", "c1", &["-q"]),
     );
     ok(cwd, &["cache", "verify", "c1"]);
-    ok(
-        cwd,
-        &[
-            "train",
-            "--data",
-            "one",
-            "--student",
-            "mlp:784-8-10",
-            "--epochs",
-            "2",
-            "--cache",
-            "c1",
-            "--alpha",
-            "0.5",
-            "--out",
-            "r2",
-            "-q",
-        ],
-    );
-    let card: serde_json::Value =
-        serde_json::from_str(&fs::read_to_string(cwd.join("r2/model.json")).unwrap()).unwrap();
+    let kd = ["--epochs", "2", "--cache", "c1", "--alpha", "0.5", "-q"];
+    ok(cwd, &train_args("one", "mlp:784-8-10", "r2", &kd));
+    let card = model_card(&cwd.join("r2"));
     assert!(card["test_accuracy"].as_f64().is_some(), "{card}");
     ok(
         cwd,
-        &[
-            "train",
-            "--data",
+        &train_args(
             &data,
-            "--student",
             "mlp:784-8-10",
-            "--epochs",
-            "1",
-            "--batch",
-            "5000",
-            "--out",
             "r3",
-            "-q",
-        ],
+            &["--epochs", "1", "--batch", "5000", "-q"],
+        ),
     );
 }
 

@@ -1,7 +1,8 @@
 //! Helpers shared by the end-to-end tests.
 
+use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::{Child, Command, Output, Stdio};
 
 /// The committed 2,000/1,000-image Fashion-MNIST subset.
 pub fn small_data() -> PathBuf {
@@ -56,6 +57,77 @@ pub fn fails(cwd: &Path, args: &[&str], needles: &[&str]) -> String {
         );
     }
     stderr
+}
+
+/// Starts `distill` with `args` in `cwd`, its output discarded.
+pub fn spawn(cwd: &Path, args: &[&str]) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_distill"))
+        .args(args)
+        .current_dir(cwd)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn distill")
+}
+
+/// The model card (`model.json`) of a run directory.
+pub fn model_card(run: &Path) -> serde_json::Value {
+    serde_json::from_str(&fs::read_to_string(run.join("model.json")).unwrap()).unwrap()
+}
+
+/// `cache build` of `teacher` on `data` at T = 4 into `out`, then `extra`
+/// (the split, the encoding, `-q`, ...).
+pub fn cache_build_args<'a>(
+    teacher: &'a str,
+    data: &'a str,
+    out: &'a str,
+    extra: &[&'a str],
+) -> Vec<&'a str> {
+    let mut a = vec![
+        "cache",
+        "build",
+        "--teacher",
+        teacher,
+        "--data",
+        data,
+        "-T",
+        "4",
+        "--out",
+        out,
+    ];
+    a.extend_from_slice(extra);
+    a
+}
+
+/// `cache import` of the `logits` file for `split` of `data` at temperature
+/// `t` into `out`, then `extra` (the encoding, `-q`, ...).
+pub fn cache_import_args<'a>(
+    logits: &'a str,
+    data: &'a str,
+    split: &'a str,
+    t: &'a str,
+    out: &'a str,
+    extra: &[&'a str],
+) -> Vec<&'a str> {
+    let mut a = vec![
+        "cache", "import", "--logits", logits, "--data", data, "--split", split, "-T", t, "--out",
+        out,
+    ];
+    a.extend_from_slice(extra);
+    a
+}
+
+/// `train` of `student` on `data` into `out`, then `extra` (epochs, cache,
+/// `-q`, ...).
+pub fn train_args<'a>(
+    data: &'a str,
+    student: &'a str,
+    out: &'a str,
+    extra: &[&'a str],
+) -> Vec<&'a str> {
+    let mut a = vec!["train", "--data", data, "--student", student, "--out", out];
+    a.extend_from_slice(extra);
+    a
 }
 
 /// A string path.
