@@ -17,3 +17,34 @@ fn model_info_reports_pytorch_parameter_counts() {
         &["cnn:c32-x-10", "unknown layer 'x'"],
     );
 }
+
+#[test]
+fn both_committed_teachers_load_and_evaluate() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = s(&small_data());
+    let long = teacher_dir().with_file_name("fashion-cnn-long");
+    for teacher in [teacher_dir(), long] {
+        let card = model_card(&teacher);
+        assert_eq!(card["spec"], "cnn:c32-p-c64-p-f128-10", "{card}");
+        let recorded = card["test_accuracy"].as_f64().unwrap();
+        assert!(recorded > 0.92, "{}: {recorded}", teacher.display());
+        // On the committed 1,000-image test subset both stay close to their
+        // full-test accuracy.
+        let out = ok(
+            dir.path(),
+            &["eval", "--model", &s(&teacher), "--data", &data],
+        );
+        let row = out
+            .lines()
+            .find(|l| l.contains(teacher.file_name().unwrap().to_str().unwrap()))
+            .unwrap_or_else(|| panic!("{out}"));
+        let pct: f64 = row
+            .split_whitespace()
+            .find_map(|w| w.strip_suffix('%').and_then(|v| v.parse().ok()))
+            .unwrap_or_else(|| panic!("{row}"));
+        assert!(
+            (pct / 100.0 - recorded).abs() < 0.03,
+            "{row} vs card {recorded}"
+        );
+    }
+}
