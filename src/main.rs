@@ -345,25 +345,27 @@ fn train<D: Backend>(dev: D, a: TrainArgs) -> Result<()> {
             momentum: a.momentum,
             schedule: a.schedule.parse::<Schedule>()?,
         },
-        loss: if a.cache.is_some() || a.online_teacher.is_some() {
-            LossConfig {
+        loss: {
+            let l = LossConfig {
                 teacher_errors: a.teacher_errors.parse::<TeacherErrors>()?,
                 dkd_weights: a.dkd_weights.parse::<DkdWeights>()?,
                 ..LossConfig::new(a.loss.parse::<LossKind>()?, a.alpha, a.t)
+            };
+            if a.cache.is_some() || a.online_teacher.is_some() {
+                l
+            } else {
+                l.validate()?;
+                if l.needs_teacher() {
+                    return Err(Error::Config {
+                        flag: "--cache".into(),
+                        message: format!(
+                            "--alpha {} / --loss {} need the teacher's outputs: pass --cache DIR (built by `distill cache build`)",
+                            a.alpha, a.loss
+                        ),
+                    });
+                }
+                LossConfig::hard_labels()
             }
-        } else {
-            let l = LossConfig::new(a.loss.parse::<LossKind>()?, a.alpha, a.t);
-            l.validate()?;
-            if l.needs_teacher() {
-                return Err(Error::Config {
-                    flag: "--cache".into(),
-                    message: format!(
-                        "--alpha {} / --loss {} need the teacher's outputs: pass --cache DIR (built by `distill cache build`)",
-                        a.alpha, a.loss
-                    ),
-                });
-            }
-            LossConfig::hard_labels()
         },
         window_blocks: a.window_blocks.max(1),
         allow_topk_retemper: a.allow_topk_retemper,

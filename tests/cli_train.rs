@@ -111,6 +111,17 @@ fn bad_flags_name_the_flag() {
     let tmp = tempfile::tempdir().unwrap();
     let data = s(&small_data());
     fails(tmp.path(), &mlp_args(&data, "o", &["--lr=-1"]), &["--lr"]);
+    // Loss flags are checked without a cache too.
+    fails(
+        tmp.path(),
+        &mlp_args(&data, "o", &["--teacher-errors", "fix"]),
+        &["--teacher-errors", "fix"],
+    );
+    fails(
+        tmp.path(),
+        &mlp_args(&data, "o", &["--dkd-weights", "8"]),
+        &["--dkd-weights"],
+    );
     fails(
         tmp.path(),
         &mlp_args(&data, "o", &["--optimizer", "lion"]),

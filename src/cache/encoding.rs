@@ -672,7 +672,7 @@ pub(crate) mod tests {
                     }
                 };
             }
-            let l = crate::cache::logsumexp(d);
+            let l = crate::cache::logsumexp(d.iter().copied());
             d.iter_mut().for_each(|v| *v -= l);
         }
         out

@@ -231,14 +231,13 @@ pub fn log_softmax_tempered(
     Ok(())
 }
 
-/// `log(sum(exp(x)))`, stable; `-inf` for an empty slice.
-#[cfg(test)]
-pub(crate) fn logsumexp(x: &[f32]) -> f32 {
-    let max = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+/// `log(sum(exp(x)))`, stable; `-inf` for no values (or all `-inf`).
+pub(crate) fn logsumexp(x: impl Iterator<Item = f32> + Clone) -> f32 {
+    let max = x.clone().fold(f32::NEG_INFINITY, f32::max);
     if !max.is_finite() {
         return max;
     }
-    let sum: f32 = x.iter().map(|&v| (v - max).exp()).sum();
+    let sum: f32 = x.map(|v| (v - max).exp()).sum();
     max + sum.ln()
 }
 

@@ -404,14 +404,6 @@ struct DkdHostWeights {
     constant: f32,
 }
 
-fn log_sum_exp(values: impl Iterator<Item = f32> + Clone) -> f32 {
-    let m = values.clone().fold(f32::NEG_INFINITY, f32::max);
-    if m == f32::NEG_INFINITY {
-        return m;
-    }
-    m + values.map(|v| (v - m).exp()).sum::<f32>().ln()
-}
-
 fn dkd_host_weights(
     logprobs: &[f32],
     labels: &[u32],
@@ -434,7 +426,7 @@ fn dkd_host_weights(
         let log_pt = row[y];
         let pt = log_pt.exp();
         // log(1 - p_t) from the non-target log-probabilities, stable near p_t = 1.
-        let log_rest = log_sum_exp(
+        let log_rest = crate::cache::logsumexp(
             row.iter()
                 .enumerate()
                 .filter(|(j, _)| *j != y)
