@@ -226,10 +226,12 @@ impl LossConfig {
 
     /// Whether the loss reads the dataset's labels.
     pub fn needs_labels(&self) -> bool {
-        self.kind != LossKind::Pseudo
-            && (self.alpha > 0.0
-                || (self.alpha < 1.0
-                    && (self.kind == LossKind::Dkd || self.teacher_errors == TeacherErrors::Swap)))
+        if self.kind == LossKind::Pseudo {
+            return false;
+        }
+        let soft_term_reads_labels =
+            self.kind == LossKind::Dkd || self.teacher_errors == TeacherErrors::Swap;
+        self.alpha > 0.0 || (self.alpha < 1.0 && soft_term_reads_labels)
     }
 }
 
