@@ -519,11 +519,9 @@ fn numbers_at_the_edges() {
     let huge: Vec<f32> = (0..n * 10)
         .map(|i| if i % 10 == (i / 10) % 10 { 1e30 } else { -1e30 })
         .collect();
-    for enc_case in ["huge"] {
-        let o = import_one(cwd, &huge, n, "4", enc_case);
-        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-        ok(cwd, &["cache", "verify", enc_case]);
-    }
+    let o = import_one(cwd, &huge, n, "4", "huge");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    ok(cwd, &["cache", "verify", "huge"]);
     // SAFETY: nothing modifies the cache while it is open.
     let r = unsafe { distill::cache::CacheReader::open(&cwd.join("huge")) }.unwrap();
     for t in [4.0f32, 1.0, 20.0] {

@@ -604,7 +604,7 @@ fn hostile_data_and_weights_files_give_errors_never_panics() {
         mutate(&mut rng, &mut b);
         fs::write(&seeds[k].0, &b).unwrap();
         if let Ok(d) = Dataset::open(dir, Split::Test) {
-            assert!(d.len() > 0);
+            assert!(!d.is_empty());
         }
         fs::write(&seeds[k].0, &seeds[k].1).unwrap();
         counts[0] += 1;
