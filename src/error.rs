@@ -17,8 +17,8 @@ pub enum Error {
     Spec { spec: String, message: String },
     #[error("{path}: {message}")]
     Model { path: PathBuf, message: String },
-    #[error("invalid value for {flag}: {message}")]
-    Config { flag: String, message: String },
+    #[error("invalid value for {field}: {message}")]
+    Config { field: String, message: String },
     #[error("{context}: {message}")]
     Training { context: String, message: String },
     #[error("{path}: {source}")]

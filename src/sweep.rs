@@ -122,7 +122,7 @@ impl SweepConfig {
     /// Checks every field; errors name the flag.
     pub fn validate(&self) -> Result<()> {
         let cfg_err = |flag: &str, message: String| Error::Config {
-            flag: flag.into(),
+            field: flag.into(),
             message,
         };
         if self.students.is_empty() {
@@ -317,7 +317,7 @@ pub fn run_state(run: &PlannedRun, dir: &Path, expect: &Expect<'_>) -> Result<Ru
         };
         if let Some(why) = mismatch {
             return Err(Error::Config {
-                flag: "--out".into(),
+                field: "--out".into(),
                 message: format!(
                     "{} holds a finished run with other settings ({why}); remove that directory or choose another --out",
                     dir.display()

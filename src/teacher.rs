@@ -80,7 +80,7 @@ pub fn build_cache<D: Backend>(
     check_compatible(teacher, data)?;
     if opts.batch == 0 {
         return Err(Error::Config {
-            flag: "--batch".into(),
+            field: "--batch".into(),
             message: "must be at least 1".into(),
         });
     }

@@ -9,5 +9,6 @@ mod cli_model;
 mod cli_prune;
 mod cli_sweep;
 mod cli_train;
+mod layers;
 mod reliability_cli;
 mod reliability_lib;

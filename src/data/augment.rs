@@ -48,7 +48,7 @@ impl Augment {
     /// Parses `flip`, `shift=N` or both, comma-separated.
     pub fn parse(text: &str) -> Result<Self> {
         let err = |message: String| Error::Config {
-            flag: FLAG.into(),
+            field: FLAG.into(),
             message,
         };
         let mut a = Augment {
@@ -97,7 +97,7 @@ impl Augment {
         let [_, h, w] = shape;
         if h < 2 || w < 2 || (self.shift as usize) >= h.min(w) {
             return Err(Error::Config {
-                flag: FLAG.into(),
+                field: FLAG.into(),
                 message: format!(
                     "samples of shape {shape:?} are not images this augmentation fits (flat features cannot be flipped or shifted)"
                 ),

@@ -58,7 +58,7 @@ use crate::model::io::{torch_shapes, HostTensor};
 use crate::model::{Backend, Layer, ModelSpec, Network, ParamKind};
 
 /// File name of the masks saved beside `model.safetensors`.
-pub const MASK_FILE: &str = "mask.safetensors";
+pub use crate::model::dir::MASK_FILE;
 
 /// How one student tensor was filled by [`transfer`].
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -505,7 +505,7 @@ impl LayerSelection {
                 Some(p) => out.push(p),
                 None => {
                     return Err(Error::Config {
-                        flag: "--layers".into(),
+                        field: "--layers".into(),
                         message: format!(
                             "'{name}' is not a layer with weights in {spec}; use some of {}",
                             valid.join(", ")
@@ -516,7 +516,7 @@ impl LayerSelection {
         }
         if out.is_empty() {
             return Err(Error::Config {
-                flag: "--layers".into(),
+                field: "--layers".into(),
                 message: format!("names no layer; use some of {}", valid.join(", ")),
             });
         }
@@ -536,7 +536,7 @@ impl LayerSelection {
 fn check_sparsity(sparsity: f64) -> Result<()> {
     if !(sparsity.is_finite() && (0.0..1.0).contains(&sparsity)) {
         return Err(Error::Config {
-            flag: "--sparsity".into(),
+            field: "--sparsity".into(),
             message: format!("{sparsity} must be in [0, 1) (0.5 removes half)"),
         });
     }
@@ -553,7 +553,7 @@ pub fn pruned_spec(spec: &ModelSpec, sparsity: f64, sel: &LayerSelection) -> Res
     if let LayerSelection::Some(v) = sel {
         if v.contains(&last) {
             return Err(Error::Config {
-                flag: "--layers".into(),
+                field: "--layers".into(),
                 message: format!(
                     "layers.{} is the output layer: its units are the classes and cannot be removed",
                     spec.torch_indices()[last]

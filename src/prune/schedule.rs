@@ -41,7 +41,7 @@ const FLAG: &str = "--prune-schedule";
 
 fn flag_err(message: String) -> Error {
     Error::Config {
-        flag: FLAG.into(),
+        field: FLAG.into(),
         message,
     }
 }

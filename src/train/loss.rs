@@ -58,7 +58,7 @@ impl FromStr for LossKind {
             "pseudo" => Ok(Self::Pseudo),
             "dkd" => Ok(Self::Dkd),
             other => Err(Error::Config {
-                flag: "--loss".into(),
+                field: "--loss".into(),
                 message: format!("'{other}' is not one of kd, dkd, mse, pseudo"),
             }),
         }
@@ -94,7 +94,7 @@ impl FromStr for TeacherErrors {
             "keep" => Ok(Self::Keep),
             "swap" => Ok(Self::Swap),
             other => Err(Error::Config {
-                flag: "--teacher-errors".into(),
+                field: "--teacher-errors".into(),
                 message: format!("'{other}' is not one of keep, swap"),
             }),
         }
@@ -132,7 +132,7 @@ impl FromStr for DkdWeights {
     /// `A,B`: the TCKD and NCKD weights, both finite and >= 0.
     fn from_str(s: &str) -> Result<Self> {
         let bad = |message: String| Error::Config {
-            flag: "--dkd-weights".into(),
+            field: "--dkd-weights".into(),
             message,
         };
         let (a, b) = s
@@ -189,13 +189,13 @@ impl LossConfig {
     pub fn validate(&self) -> Result<()> {
         if !(self.alpha.is_finite() && (0.0..=1.0).contains(&self.alpha)) {
             return Err(Error::Config {
-                flag: "--alpha".into(),
+                field: "--alpha".into(),
                 message: format!("{} must be in [0, 1]", self.alpha),
             });
         }
         if !(self.temperature.is_finite() && self.temperature > 0.0 && self.temperature <= 1000.0) {
             return Err(Error::Config {
-                flag: "--temperature".into(),
+                field: "--temperature".into(),
                 message: format!("{} must be a number in (0, 1000]", self.temperature),
             });
         }
@@ -206,13 +206,13 @@ impl LossConfig {
             && w.non_target >= 0.0)
         {
             return Err(Error::Config {
-                flag: "--dkd-weights".into(),
+                field: "--dkd-weights".into(),
                 message: format!("{},{} must be finite weights >= 0", w.target, w.non_target),
             });
         }
         if self.teacher_errors == TeacherErrors::Swap && self.kind == LossKind::Pseudo {
             return Err(Error::Config {
-                flag: "--teacher-errors".into(),
+                field: "--teacher-errors".into(),
                 message: "swap corrects soft targets with the labels; pseudo-labels replace the labels, so the two do not combine".into(),
             });
         }

@@ -38,7 +38,7 @@ impl FromStr for OptimizerKind {
             "adam" => Ok(Self::Adam),
             "adamw" => Ok(Self::AdamW),
             other => Err(Error::Config {
-                flag: "--optimizer".into(),
+                field: "--optimizer".into(),
                 message: format!("'{other}' is not one of sgd, adam, adamw"),
             }),
         }
@@ -71,7 +71,7 @@ impl FromStr for Schedule {
             "constant" => Ok(Self::Constant),
             "cosine" => Ok(Self::Cosine),
             other => Err(Error::Config {
-                flag: "--schedule".into(),
+                field: "--schedule".into(),
                 message: format!("'{other}' is not one of constant, cosine"),
             }),
         }
@@ -94,7 +94,7 @@ impl OptimizerConfig {
     pub fn validate(&self) -> Result<()> {
         let bad = |flag: &str, message: String| {
             Err(Error::Config {
-                flag: flag.into(),
+                field: flag.into(),
                 message,
             })
         };

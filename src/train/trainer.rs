@@ -71,13 +71,13 @@ impl TrainConfig {
         let spec = ModelSpec::parse(&self.spec)?;
         if self.epochs == 0 {
             return Err(Error::Config {
-                flag: "--epochs".into(),
+                field: "--epochs".into(),
                 message: "must be at least 1".into(),
             });
         }
         if self.batch_size == 0 || self.batch_size > 1 << 20 {
             return Err(Error::Config {
-                flag: "--batch".into(),
+                field: "--batch".into(),
                 message: format!("{} must be between 1 and {}", self.batch_size, 1 << 20),
             });
         }
@@ -175,7 +175,7 @@ pub fn check_cache(
     )?;
     if cache.num_classes() != spec.num_classes() {
         return Err(Error::Config {
-            flag: "--student".into(),
+            field: "--student".into(),
             message: format!(
                 "the student {} has {} outputs but the cache holds {} classes",
                 spec,
@@ -187,7 +187,7 @@ pub fn check_cache(
     if loss_cfg.needs_labels() && !cache.has_labels() && train.labels().is_none() {
         return Err(if loss_cfg.alpha > 0.0 {
             Error::Config {
-                flag: "--alpha".into(),
+                field: "--alpha".into(),
                 message: format!(
                     "alpha {} mixes in hard labels, but the data is unlabelled: use --alpha 0 or --loss pseudo",
                     loss_cfg.alpha
@@ -195,19 +195,19 @@ pub fn check_cache(
             }
         } else if loss_cfg.kind == LossKind::Dkd {
             Error::Config {
-                flag: "--loss".into(),
+                field: "--loss".into(),
                 message: "dkd splits the teacher's outputs at the label's class, but the data is unlabelled: use --loss kd or pseudo".into(),
             }
         } else {
             Error::Config {
-                flag: "--teacher-errors".into(),
+                field: "--teacher-errors".into(),
                 message: "swap corrects the teacher with the labels, but the data is unlabelled: use --teacher-errors keep".into(),
             }
         });
     }
     if loss_cfg.kind == LossKind::Mse && cache.encoding().to_string().starts_with("topk") {
         return Err(Error::Config {
-            flag: "--loss".into(),
+            field: "--loss".into(),
             message: "logit matching (mse) needs a dense cache (f32, f16 or q8); this one is top-k"
                 .into(),
         });
@@ -229,7 +229,7 @@ pub fn train<D: Backend>(
     let train = sources.train;
     if train.is_empty() {
         return Err(Error::Config {
-            flag: "--data".into(),
+            field: "--data".into(),
             message: format!("{} holds no training samples", train.source().display()),
         });
     }
@@ -241,7 +241,7 @@ pub fn train<D: Backend>(
             let cached = c.view_info().map(|v| v.augment.as_str());
             if cached != Some(a.to_string().as_str()) {
                 return Err(Error::Config {
-                    flag: "--augment".into(),
+                    field: "--augment".into(),
                     message: match cached {
                         None => format!(
                             "{} holds the teacher's outputs for the unaugmented images, which are not valid targets for flipped or shifted ones; build a view set (cache build --augment {a} --views K) or distil from --online-teacher",
@@ -289,7 +289,7 @@ pub fn train<D: Backend>(
         if t.spec().num_classes() != spec.num_classes() || t.spec().input_len() != spec.input_len()
         {
             return Err(Error::Config {
-                flag: "--teacher".into(),
+                field: "--teacher".into(),
                 message: format!(
                     "teacher {} and student {} disagree on inputs or classes",
                     t.spec(),
@@ -304,7 +304,7 @@ pub fn train<D: Backend>(
         None => {
             if cfg.loss.needs_teacher() {
                 return Err(Error::Config {
-                    flag: "--cache".into(),
+                    field: "--cache".into(),
                     message: format!(
                         "the {} loss with alpha {} needs the teacher's outputs: pass --cache",
                         cfg.loss.kind, cfg.loss.alpha
@@ -313,7 +313,7 @@ pub fn train<D: Backend>(
             }
             if train.labels().is_none() {
                 return Err(Error::Config {
-                    flag: "--data".into(),
+                    field: "--data".into(),
                     message: format!(
                         "{} has no labels; train from a teacher cache with --alpha 0 or --loss pseudo",
                         train.source().display()

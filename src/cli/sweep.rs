@@ -21,7 +21,10 @@ use distill::sweep::{
 use distill::train::loss::LossKind;
 use distill::train::optim::{OptimizerKind, Schedule};
 
-use crate::DeviceArgs;
+use super::device::DeviceArgs;
+
+/// Config fields whose flag is not their name (see [`super::name_flags`]).
+pub const RENAMES: &[(&str, &str)] = &[];
 
 #[derive(Args)]
 pub struct SweepArgs {
@@ -129,7 +132,7 @@ struct SweepFile {
 fn read_file(path: &Path) -> Result<SweepFile> {
     let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
     let mut f: SweepFile = toml::from_str(&text).map_err(|e| Error::Config {
-        flag: "--config".into(),
+        field: "--config".into(),
         message: format!("{}: {e}", path.display()),
     })?;
     let base = path.parent().unwrap_or(Path::new("."));
@@ -152,7 +155,7 @@ fn read_file(path: &Path) -> Result<SweepFile> {
 
 fn required(v: Option<PathBuf>, flag: &str) -> Result<PathBuf> {
     v.ok_or_else(|| Error::Config {
-        flag: flag.into(),
+        field: flag.into(),
         message: "is required (on the command line or in --config)".into(),
     })
 }
@@ -239,7 +242,7 @@ pub fn run(a: SweepArgs) -> Result<()> {
             #[cfg(not(feature = "cuda"))]
             {
                 Err(Error::Config {
-                    flag: "--device".into(),
+                    field: "--device".into(),
                     message: "cuda: this binary was built without the `cuda` feature; rebuild \
                               with `cargo build --release --features cuda` (see README.md)"
                         .into(),
@@ -247,7 +250,7 @@ pub fn run(a: SweepArgs) -> Result<()> {
             }
         }
         other => Err(Error::Config {
-            flag: "--device".into(),
+            field: "--device".into(),
             message: format!("'{other}' is not one of cpu, cuda"),
         }),
     }
@@ -270,16 +273,16 @@ fn sweep_on<D: Backend>(dev: D, cfg: &SweepConfig, quiet: bool) -> Result<()> {
     let runs = plan(cfg)?;
     let train = Dataset::open(&cfg.data, Split::Train)?;
     let test = Dataset::open(&cfg.data, Split::Test).ok();
-    let cache = crate::cli_cache::open_views(&cfg.cache)?;
+    let cache = super::cache::open_views(&cfg.cache)?;
     let test_cache = match &cfg.test_cache {
-        Some(dir) => Some(crate::cli_cache::open_cache(dir)?),
+        Some(dir) => Some(super::cache::open_cache(dir)?),
         None => None,
     };
     let teacher_test_predictions = match (&test_cache, &test) {
-        (Some(tc), Some(t)) => Some(crate::cli_cache::teacher_predictions(tc, t)?),
+        (Some(tc), Some(t)) => Some(super::cache::teacher_predictions(tc, t)?),
         (Some(_), None) => {
             return Err(Error::Config {
-                flag: "--test-cache".into(),
+                field: "--test-cache".into(),
                 message: format!("{} has no test split to pair it with", cfg.data.display()),
             })
         }
@@ -287,7 +290,7 @@ fn sweep_on<D: Backend>(dev: D, cfg: &SweepConfig, quiet: bool) -> Result<()> {
     };
     let teacher_path = teacher_dir(cfg, cache.first());
     let teacher = match &teacher_path {
-        Some(p) => Some(crate::load_model(p, dev.clone())?),
+        Some(p) => Some(super::load_model(p, dev.clone())?),
         None => None,
     };
     if !quiet {
@@ -311,7 +314,7 @@ fn sweep_on<D: Backend>(dev: D, cfg: &SweepConfig, quiet: bool) -> Result<()> {
         cfg,
         &runs,
         &inputs,
-        &crate::command_line(),
+        &super::command_line(),
         quiet,
     )?;
 

@@ -16,7 +16,10 @@ use distill::teacher::{build_cache, BuildOptions};
 use distill::train::loss::argmax_rows;
 use xxhash_rust::xxh3::xxh3_128;
 
-use crate::DeviceArgs;
+use super::device::DeviceArgs;
+
+/// Config fields whose flag is not their name (see [`super::name_flags`]).
+pub const RENAMES: &[(&str, &str)] = &[];
 
 #[derive(Subcommand)]
 pub enum CacheCommand {
@@ -121,7 +124,7 @@ pub fn run(cmd: CacheCommand) -> Result<()> {
     match cmd {
         CacheCommand::Build(a) => {
             let dev = a.device.device.clone();
-            crate::with_device(&dev, crate::Dispatch::CacheBuild(a))
+            super::device::with_device(&dev, super::device::Dispatch::CacheBuild(a))
         }
         CacheCommand::Import(a) => import(a),
         CacheCommand::Inspect { cache } => {
@@ -190,25 +193,25 @@ pub fn teacher_predictions(cache: &CacheReader, data: &Dataset) -> Result<Vec<u3
 
 fn parse_split(s: &str) -> Result<Split> {
     s.parse().map_err(|_| Error::Config {
-        flag: "--split".into(),
+        field: "--split".into(),
         message: format!("'{s}' is not one of train, test"),
     })
 }
 
 fn storage(a: &StorageArgs) -> Result<(Encoding, WriterOptions)> {
     let encoding: Encoding = a.encoding.parse().map_err(|e| Error::Config {
-        flag: "--encoding".into(),
+        field: "--encoding".into(),
         message: format!("{e}"),
     })?;
     if !(a.temperature.is_finite() && a.temperature > 0.0 && a.temperature <= 1000.0) {
         return Err(Error::Config {
-            flag: "--temperature".into(),
+            field: "--temperature".into(),
             message: format!("{} must be a number in (0, 1000]", a.temperature),
         });
     }
     if a.shard_kib == 0 || a.shard_kib > 1 << 24 {
         return Err(Error::Config {
-            flag: "--shard-kib".into(),
+            field: "--shard-kib".into(),
             message: format!("{} must be between 1 and {}", a.shard_kib, 1 << 24),
         });
     }
@@ -262,14 +265,14 @@ pub fn build<D: Backend>(dev: D, a: BuildArgs) -> Result<()> {
     };
     if a.views == 0 || (augment.is_none() && a.views != 1) {
         return Err(Error::Config {
-            flag: "--views".into(),
+            field: "--views".into(),
             message: format!(
                 "{} views: give --augment with --views K (K >= 1); without augmentation there is one view, the plain images",
                 a.views
             ),
         });
     }
-    let teacher = crate::load_model(&a.teacher, dev)?;
+    let teacher = super::load_model(&a.teacher, dev)?;
     let mut opts = BuildOptions {
         temperature: a.storage.temperature,
         encoding,
@@ -291,7 +294,7 @@ pub fn build<D: Backend>(dev: D, a: BuildArgs) -> Result<()> {
         && !a.storage.overwrite
     {
         return Err(Error::Config {
-            flag: "--out".into(),
+            field: "--out".into(),
             message: format!(
                 "{} holds a cache of the plain images; write the view set elsewhere",
                 a.storage.out.display()
@@ -319,7 +322,7 @@ fn import(a: ImportArgs) -> Result<()> {
     let (rows, cols, logits) = read_float_matrix(&a.logits, a.tensor.as_deref())?;
     if rows != data.len() {
         return Err(Error::Config {
-            flag: "--logits".into(),
+            field: "--logits".into(),
             message: format!(
                 "{} has {rows} rows but {} ({}) has {} samples",
                 a.logits.display(),
@@ -332,7 +335,7 @@ fn import(a: ImportArgs) -> Result<()> {
     if let Some(k) = data.num_classes() {
         if k > cols {
             return Err(Error::Config {
-                flag: "--logits".into(),
+                field: "--logits".into(),
                 message: format!(
                     "{} has {cols} columns (classes) but the labels go up to {}",
                     a.logits.display(),

@@ -18,6 +18,9 @@ use distill::model::io::{read_safetensors, write_safetensors, HostTensor, SPEC_K
 use distill::model::{Backend, ModelSpec, Network};
 use distill::prune::{self, LayerSelection, MASK_FILE};
 
+/// Config fields whose flag is not their name (see [`super::name_flags`]).
+pub const RENAMES: &[(&str, &str)] = &[];
+
 /// `distill prune`.
 #[derive(Args)]
 pub struct PruneArgs {
@@ -108,14 +111,14 @@ pub fn init_from(dir: &Path, student: Option<&str>, seed: u64, quiet: bool) -> R
     let mut tensors = Network::new(s_spec.clone(), Cpu::default(), seed).to_host();
     let report =
         prune::transfer(&t_spec, &teacher, &s_spec, &mut tensors).map_err(|e| Error::Config {
-            flag: "--init-from".into(),
+            field: "--init-from".into(),
             message: format!("{}: {e}", dir.display()),
         })?;
     let masks = read_masks(dir)?;
     if let Some(m) = &masks {
         if s_spec != t_spec {
             return Err(Error::Config {
-                flag: "--init-from".into(),
+                field: "--init-from".into(),
                 message: format!(
                     "{} holds a pruning mask for {t_spec}; a masked model initialises only the same spec (omit --student)",
                     dir.display()
@@ -194,20 +197,20 @@ pub fn run(a: PruneArgs) -> Result<()> {
         "l1-structured" => Method::Structured,
         other => {
             return Err(Error::Config {
-                flag: "--method".into(),
+                field: "--method".into(),
                 message: format!("'{other}' is not one of l1-unstructured, l1-structured"),
             })
         }
     };
     if !(a.sparsity.is_finite() && (0.0..1.0).contains(&a.sparsity)) {
         return Err(Error::Config {
-            flag: "--sparsity".into(),
+            field: "--sparsity".into(),
             message: format!("{} must be in [0, 1) (0.5 removes half)", a.sparsity),
         });
     }
     if a.global && method == Method::Structured {
         return Err(Error::Config {
-            flag: "--global".into(),
+            field: "--global".into(),
             message: "applies to l1-unstructured only".into(),
         });
     }
@@ -362,7 +365,7 @@ pub fn eval_table<D: Backend>(
     );
     for m in models {
         let file = weights_file(m);
-        let net = crate::load_model(m, dev.clone())?;
+        let net = super::load_model(m, dev.clone())?;
         let r = distill::train::eval::evaluate(&net, data, batch)?;
         let nonzero = prune::count_nonzero(&net.to_host());
         let bytes = fs::metadata(&file).map_err(|e| Error::io(&file, e))?.len();

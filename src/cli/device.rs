@@ -1,0 +1,55 @@
+//! The one place that opens a compute device and runs a command on it.
+
+use clap::Args;
+use distill::error::{Error, Result};
+use distill::model::Backend;
+
+#[derive(Args, Clone)]
+pub struct DeviceArgs {
+    /// Compute device: cpu, or cuda (needs a binary built with --features cuda).
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+}
+
+pub(crate) enum Dispatch {
+    Train(super::train::TrainArgs),
+    Eval(super::eval::EvalArgs),
+    CacheBuild(super::cache::BuildArgs),
+}
+
+/// Runs a command on the device named by `--device`.
+pub(crate) fn with_device(name: &str, what: Dispatch) -> Result<()> {
+    match name {
+        "cpu" => dispatch(dfdx::prelude::Cpu::default(), what),
+        "cuda" => {
+            #[cfg(feature = "cuda")]
+            {
+                let dev = dfdx::prelude::Cuda::try_build(0, 0)
+                    .map_err(|e| Error::Device(format!("cannot open cuda:0: {e:?}")))?;
+                dispatch(dev, what)
+            }
+            #[cfg(not(feature = "cuda"))]
+            {
+                Err(Error::Config {
+                    field: "--device".into(),
+                    message:
+                        "cuda: this binary was built without the `cuda` feature; rebuild with \
+                              `cargo build --release --features cuda` (see README.md)"
+                            .into(),
+                })
+            }
+        }
+        other => Err(Error::Config {
+            field: "--device".into(),
+            message: format!("'{other}' is not one of cpu, cuda"),
+        }),
+    }
+}
+
+fn dispatch<D: Backend>(dev: D, what: Dispatch) -> Result<()> {
+    match what {
+        Dispatch::Train(args) => super::train::train(dev, args),
+        Dispatch::Eval(args) => super::eval::eval(dev, args),
+        Dispatch::CacheBuild(args) => super::cache::build(dev, args),
+    }
+}

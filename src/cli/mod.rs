@@ -1,0 +1,151 @@
+//! The `distill` command line: parses arguments, validates them into the
+//! library's typed configs, and calls the library. One file per verb;
+//! `device.rs` is the one place that opens a compute device.
+
+use std::process::ExitCode;
+
+use std::path::Path;
+
+use clap::{Parser, Subcommand};
+use distill::error::Result;
+use distill::model::{Backend, ModelDir, Network};
+
+mod cache;
+mod data;
+mod device;
+mod eval;
+mod model;
+mod prune;
+mod sweep;
+mod train;
+
+/// Offline knowledge distillation: run the teacher once, cache its soft
+/// labels, train many students from the cache.
+#[derive(Parser)]
+#[command(name = "distill", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Train a model on hard labels, or distil it from a teacher cache.
+    Train(train::TrainArgs),
+    /// Evaluate one or more models on a dataset split.
+    Eval(eval::EvalArgs),
+    /// Model specs: `distill model info SPEC`.
+    Model {
+        #[command(subcommand)]
+        command: model::ModelCommand,
+    },
+    /// Datasets: `distill data info --data DIR`.
+    Data {
+        #[command(subcommand)]
+        command: data::DataCommand,
+    },
+    /// The teacher-output cache: build, import, inspect, verify.
+    Cache {
+        #[command(subcommand)]
+        command: cache::CacheCommand,
+    },
+    /// Train many students from one cache (every T and alpha, with
+    /// baselines) and write a report comparing them.
+    Sweep(Box<sweep::SweepArgs>),
+    /// Prune a model: l1-unstructured (masks) or l1-structured (a smaller spec).
+    Prune(prune::PruneArgs),
+}
+
+/// Parses the command line, runs it, and maps an error to exit code 2.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    use device::{with_device, Dispatch};
+    match cli.command {
+        Command::Model { command } => {
+            model::run(command).map_err(|e| name_flags(e, model::RENAMES))
+        }
+        Command::Data { command } => data::run(command).map_err(|e| name_flags(e, data::RENAMES)),
+        Command::Train(args) => with_device(&args.device.device.clone(), Dispatch::Train(args))
+            .map_err(|e| name_flags(e, train::RENAMES)),
+        Command::Eval(args) => with_device(&args.device.device.clone(), Dispatch::Eval(args))
+            .map_err(|e| name_flags(e, eval::RENAMES)),
+        Command::Cache { command } => {
+            cache::run(command).map_err(|e| name_flags(e, cache::RENAMES))
+        }
+        Command::Sweep(args) => sweep::run(*args).map_err(|e| name_flags(e, sweep::RENAMES)),
+        Command::Prune(args) => prune::run(args).map_err(|e| name_flags(e, prune::RENAMES)),
+    }
+}
+
+/// The command line as typed, recorded in model cards.
+pub fn command_line() -> String {
+    std::env::args().collect::<Vec<_>>().join(" ")
+}
+
+/// Loads a model directory (or a .safetensors file).
+pub fn load_model<D: Backend>(path: &Path, dev: D) -> Result<Network<D>> {
+    ModelDir::new(path).load(dev)
+}
+
+/// Renames the config field in a library error to the flag that sets it.
+///
+/// Library errors name the typed config's fields (`loss.alpha`,
+/// `batch_size`); a command-line user wants the flag. By convention a field's
+/// last path segment is its flag (`loss.alpha` -> `--alpha`, `weight_decay`
+/// -> `--weight-decay`); `renames` lists the fields whose flag is spelled
+/// otherwise, as `(field, flag)`.
+pub fn name_flags(e: distill::Error, renames: &[(&str, &str)]) -> distill::Error {
+    match e {
+        distill::Error::Config { field, message } => {
+            let flag = match renames.iter().find(|(f, _)| *f == field) {
+                Some((_, flag)) => flag.to_string(),
+                None if field.starts_with('-') => field,
+                None => {
+                    let last = field.rsplit('.').next().unwrap_or(&field);
+                    format!("--{}", last.replace('_', "-"))
+                }
+            };
+            distill::Error::Config {
+                field: flag,
+                message,
+            }
+        }
+        other => other,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::name_flags;
+
+    #[test]
+    fn fields_become_flags() {
+        let e = |field: &str| distill::Error::Config {
+            field: field.into(),
+            message: "m".into(),
+        };
+        let renames = [("batch_size", "--batch")];
+        assert_eq!(
+            name_flags(e("loss.alpha"), &renames).to_string(),
+            "invalid value for --alpha: m"
+        );
+        assert_eq!(
+            name_flags(e("optimizer.weight_decay"), &renames).to_string(),
+            "invalid value for --weight-decay: m"
+        );
+        assert_eq!(
+            name_flags(e("batch_size"), &renames).to_string(),
+            "invalid value for --batch: m"
+        );
+    }
+}

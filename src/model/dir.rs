@@ -1,0 +1,127 @@
+//! A model directory's layout: the one place that knows its file names.
+//!
+//! `distill train`, `distill prune` and `distill sweep` write a directory per
+//! model:
+//!
+//! | file | what |
+//! |---|---|
+//! | `model.safetensors` | the weights, PyTorch `state_dict` names and layouts |
+//! | `mask.safetensors` | pruning masks (1 keeps, 0 prunes), when the model has them |
+//! | `model.json` | the model card: spec, settings, accuracy, timings |
+//! | `metrics.jsonl` | one line of metrics per epoch |
+//! | `curves.png` | training curves |
+//! | `checkpoint.safetensors` | the state a killed run resumes from |
+//! | `prune.json` | what `distill prune` did |
+//!
+//! Anywhere a model is read, a path may also name a `.safetensors` file
+//! directly; the other files are then looked up beside it.
+
+use std::path::{Path, PathBuf};
+
+use super::network::Network;
+use super::ops::Backend;
+use crate::error::Result;
+
+/// The weights file's name inside a model directory.
+pub const WEIGHTS_FILE: &str = "model.safetensors";
+/// The masks file's name inside a model directory.
+pub const MASK_FILE: &str = "mask.safetensors";
+
+/// A model directory (which need not exist yet).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ModelDir {
+    dir: PathBuf,
+    weights: PathBuf,
+}
+
+impl ModelDir {
+    /// A model directory, or the directory of a weights file given directly.
+    pub fn new(path: impl AsRef<Path>) -> ModelDir {
+        let path = path.as_ref();
+        if path.extension().is_some_and(|e| e == "safetensors") && !path.is_dir() {
+            let dir = path
+                .parent()
+                .filter(|p| !p.as_os_str().is_empty())
+                .unwrap_or(Path::new("."))
+                .to_path_buf();
+            ModelDir {
+                dir,
+                weights: path.to_path_buf(),
+            }
+        } else {
+            ModelDir {
+                dir: path.to_path_buf(),
+                weights: path.join(WEIGHTS_FILE),
+            }
+        }
+    }
+
+    /// The directory itself.
+    pub fn path(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The weights file.
+    pub fn weights(&self) -> &Path {
+        &self.weights
+    }
+
+    /// The pruning masks file.
+    pub fn masks(&self) -> PathBuf {
+        self.dir.join(MASK_FILE)
+    }
+
+    /// The model card.
+    pub fn card(&self) -> PathBuf {
+        self.dir.join("model.json")
+    }
+
+    /// The per-epoch metrics.
+    pub fn metrics(&self) -> PathBuf {
+        self.dir.join("metrics.jsonl")
+    }
+
+    /// The training-curves plot.
+    pub fn curves(&self) -> PathBuf {
+        self.dir.join("curves.png")
+    }
+
+    /// The checkpoint a killed run resumes from.
+    pub fn checkpoint(&self) -> PathBuf {
+        self.dir.join("checkpoint.safetensors")
+    }
+
+    /// What `distill prune` did to make this model.
+    pub fn prune_report(&self) -> PathBuf {
+        self.dir.join("prune.json")
+    }
+
+    /// Whether finished weights are there.
+    pub fn has_weights(&self) -> bool {
+        self.weights.is_file()
+    }
+
+    /// Loads the network from the weights file (its spec is inside it).
+    pub fn load<D: Backend>(&self, device: D) -> Result<Network<D>> {
+        super::io::load_weights(&self.weights, None, device)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_directory_or_a_weights_file() {
+        let d = ModelDir::new("runs/a");
+        assert_eq!(d.weights(), Path::new("runs/a/model.safetensors"));
+        assert_eq!(d.masks(), Path::new("runs/a/mask.safetensors"));
+        assert_eq!(d.card(), Path::new("runs/a/model.json"));
+        let f = ModelDir::new("runs/b/pruned.safetensors");
+        assert_eq!(f.path(), Path::new("runs/b"));
+        assert_eq!(f.weights(), Path::new("runs/b/pruned.safetensors"));
+        assert_eq!(f.masks(), Path::new("runs/b/mask.safetensors"));
+        let bare = ModelDir::new("w.safetensors");
+        assert_eq!(bare.path(), Path::new("."));
+    }
+}
