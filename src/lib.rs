@@ -14,6 +14,7 @@
 //! - [`train`]: optimizers, losses, the training loop, evaluation, checkpoints.
 //! - [`prune`]: parameter transfer from a teacher, structured and
 //!   unstructured pruning, masks.
+//! - [`numeric`]: log-softmax at a temperature, logsumexp, argmax (one tie rule).
 //! - [`report`]: model cards, metrics files and plots.
 //! - [`teacher`]: running a teacher over a dataset into a cache.
 //! - [`sweep`]: many students against one cache, skipping finished runs, and
@@ -25,6 +26,7 @@ pub mod cache;
 pub mod data;
 pub mod error;
 pub mod model;
+pub mod numeric;
 pub mod prune;
 pub mod report;
 pub mod sweep;

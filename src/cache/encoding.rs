@@ -440,16 +440,7 @@ pub(crate) fn retemper_rows(out: &mut [f32], classes: usize, stored: f32, wanted
     }
 }
 
-/// Index of the largest value (first on ties).
-pub(crate) fn argmax(x: &[f32]) -> usize {
-    let mut best = 0;
-    for (i, &v) in x.iter().enumerate() {
-        if v > x[best] {
-            best = i;
-        }
-    }
-    best
-}
+pub(crate) use crate::numeric::argmax;
 
 /// Per-record fidelity of a decoded row against the exact one:
 /// (KL(exact || decoded) in nats, same top-1 class, entropy of exact in nats).
@@ -672,7 +663,7 @@ pub(crate) mod tests {
                     }
                 };
             }
-            let l = crate::cache::logsumexp(d.iter().copied());
+            let l = crate::numeric::logsumexp(d.iter().copied());
             d.iter_mut().for_each(|v| *v -= l);
         }
         out

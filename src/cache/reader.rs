@@ -570,6 +570,18 @@ impl CacheReader {
         ))
     }
 
+    /// The teacher's top class for every sample of `data` (checked to be
+    /// the data this cache was built on), with the tie rule of
+    /// [`crate::numeric::argmax`].
+    pub fn teacher_predictions(&self, data: &crate::data::Dataset) -> Result<Vec<u32>> {
+        self.check_pairing(&data.fingerprint().0, data.len() as u64, data.num_classes())?;
+        let all = self.read_all(self.temperature(), true)?;
+        Ok(crate::numeric::argmax_rows(
+            &all.logprobs,
+            self.num_classes(),
+        ))
+    }
+
     /// Decodes every record into (labels, dense log-probs at temperature `t`),
     /// in sample order, in parallel over blocks.
     pub fn read_all(&self, t: f32, allow_topk_retemper: bool) -> Result<DecodedTargets> {

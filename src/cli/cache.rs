@@ -13,7 +13,6 @@ use distill::data::{read_float_matrix, Dataset, Split};
 use distill::error::{Error, Result};
 use distill::model::Backend;
 use distill::teacher::{build_cache, BuildOptions};
-use distill::train::loss::argmax_rows;
 use xxhash_rust::xxh3::xxh3_128;
 
 use super::device::DeviceArgs;
@@ -186,9 +185,7 @@ pub fn open_cache(dir: &Path) -> Result<CacheReader> {
 
 /// The teacher's argmax on a (test) split, from its cache.
 pub fn teacher_predictions(cache: &CacheReader, data: &Dataset) -> Result<Vec<u32>> {
-    cache.check_pairing(&data.fingerprint().0, data.len() as u64, data.num_classes())?;
-    let all = cache.read_all(cache.temperature(), true)?;
-    Ok(argmax_rows(&all.logprobs, cache.num_classes()))
+    Ok(cache.teacher_predictions(data)?)
 }
 
 fn parse_split(s: &str) -> Result<Split> {

@@ -255,21 +255,7 @@ pub fn one_hot(labels: &[u32], classes: usize) -> Vec<f32> {
     v
 }
 
-/// Row-wise argmax.
-pub fn argmax_rows(values: &[f32], classes: usize) -> Vec<u32> {
-    values
-        .chunks_exact(classes)
-        .map(|row| {
-            let mut best = 0;
-            for (j, v) in row.iter().enumerate() {
-                if *v > row[best] {
-                    best = j;
-                }
-            }
-            best as u32
-        })
-        .collect()
-}
+pub use crate::numeric::argmax_rows;
 
 /// Builds the loss for a batch of student logits. Returns the scalar loss
 /// tensor (with the tape) for the backward pass.
@@ -428,7 +414,7 @@ fn dkd_host_weights(
         let log_pt = row[y];
         let pt = log_pt.exp();
         // log(1 - p_t) from the non-target log-probabilities, stable near p_t = 1.
-        let log_rest = crate::cache::logsumexp(
+        let log_rest = crate::numeric::logsumexp(
             row.iter()
                 .enumerate()
                 .filter(|(j, _)| *j != y)

@@ -1,0 +1,172 @@
+//! Numerics shared by both phases: row-wise `log_softmax` at a temperature,
+//! `logsumexp`, and `argmax` with one tie rule (the first maximum wins).
+//!
+//! The cache writer, the online teacher, the losses and evaluation all call
+//! these, so a cached target, an online target, the cache's teacher accuracy
+//! and eval's agreement are computed the same way.
+
+/// An input these functions cannot compute on.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum NumericError {
+    /// A non-finite value (or one that overflows once divided by T).
+    #[error("row {row}, class {class}: value is {value}, not finite")]
+    NonFinite { row: u64, class: usize, value: f32 },
+    /// Lengths, class counts or temperatures that break the contract.
+    #[error("{what}: {message}")]
+    Invalid { what: &'static str, message: String },
+}
+
+/// Row-wise, numerically stable `log_softmax(logits / temperature)`.
+///
+/// `logits` and `out` hold rows of `classes` values. Non-finite logits (or a
+/// temperature so small that `logits / T` overflows) are reported with the
+/// row and class; nothing is written past the failing row's start.
+pub fn log_softmax_tempered(
+    logits: &[f32],
+    classes: usize,
+    temperature: f32,
+    out: &mut [f32],
+) -> Result<(), NumericError> {
+    if classes == 0 {
+        return Err(NumericError::Invalid {
+            what: "log_softmax_tempered",
+            message: "classes must be at least 1".into(),
+        });
+    }
+    if !(temperature.is_finite() && temperature > 0.0) {
+        return Err(NumericError::Invalid {
+            what: "temperature",
+            message: format!("{temperature} is not a positive finite number"),
+        });
+    }
+    if logits.len() % classes != 0 || out.len() != logits.len() {
+        return Err(NumericError::Invalid {
+            what: "log_softmax_tempered",
+            message: format!(
+                "logits hold {} values and out {} values; both must be the same whole number of rows of {classes} classes",
+                logits.len(),
+                out.len()
+            ),
+        });
+    }
+    let inv_t = 1.0 / temperature;
+    for (row, (x, o)) in logits
+        .chunks_exact(classes)
+        .zip(out.chunks_exact_mut(classes))
+        .enumerate()
+    {
+        let mut max = f32::NEG_INFINITY;
+        for (c, &v) in x.iter().enumerate() {
+            let s = v * inv_t;
+            if !s.is_finite() {
+                return Err(NumericError::NonFinite {
+                    row: row as u64,
+                    class: c,
+                    value: v,
+                });
+            }
+            max = max.max(s);
+        }
+        let mut sum = 0.0f32;
+        for (o, &v) in o.iter_mut().zip(x) {
+            let s = v * inv_t - max;
+            *o = s;
+            sum += s.exp();
+        }
+        let lse = sum.ln();
+        for o in o.iter_mut() {
+            *o -= lse;
+        }
+    }
+    Ok(())
+}
+
+/// `log(sum(exp(x)))`, stable; `-inf` for no values (or all `-inf`).
+pub fn logsumexp(x: impl Iterator<Item = f32> + Clone) -> f32 {
+    let max = x.clone().fold(f32::NEG_INFINITY, f32::max);
+    if !max.is_finite() {
+        return max;
+    }
+    let sum: f32 = x.map(|v| (v - max).exp()).sum();
+    max + sum.ln()
+}
+
+/// Index of the largest value; the first one on ties (0 for an empty row).
+pub fn argmax(x: &[f32]) -> usize {
+    let mut best = 0;
+    for (i, &v) in x.iter().enumerate() {
+        if v > x[best] {
+            best = i;
+        }
+    }
+    best
+}
+
+/// [`argmax`] of each row of `classes` values.
+pub fn argmax_rows(values: &[f32], classes: usize) -> Vec<u32> {
+    values
+        .chunks_exact(classes.max(1))
+        .map(|row| argmax(row) as u32)
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn log_softmax_matches_reference() {
+        // Reference (python): x = [0.5, 1, 1.5] (= [1, 2, 3] / T, T = 2)
+        //   l = max(x) + math.log(sum(math.exp(v - max(x)) for v in x)); [v - l for v in x]
+        // -> [-1.6802696706417346, -1.1802696706417346, -0.6802696706417346]
+        let mut out = [0.0f32; 3];
+        log_softmax_tempered(&[1.0, 2.0, 3.0], 3, 2.0, &mut out).unwrap();
+        let want = [-1.680_269_7f32, -1.180_269_7, -0.680_269_7];
+        for (a, b) in out.iter().zip(want) {
+            assert!((a - b).abs() < 1e-5, "{out:?}");
+        }
+    }
+
+    #[test]
+    fn log_softmax_reports_non_finite_row() {
+        let mut out = [0.0f32; 6];
+        let err = log_softmax_tempered(&[0.0, 1.0, 2.0, 0.0, f32::NAN, 1.0], 3, 1.0, &mut out)
+            .unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.contains("row 1") && msg.contains("class 1"), "{msg}");
+        let err = log_softmax_tempered(&[1e30, 0.0, 0.0], 3, 1e-10, &mut out[..3]).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                NumericError::NonFinite {
+                    row: 0,
+                    class: 0,
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        assert!(log_softmax_tempered(&[1.0], 1, 0.0, &mut out[..1]).is_err());
+    }
+
+    #[test]
+    fn log_softmax_stable_for_large_logits() {
+        let mut out = [0.0f32; 2];
+        log_softmax_tempered(&[1e30, 1e30], 2, 1.0, &mut out).unwrap();
+        assert!((out[0] + std::f32::consts::LN_2).abs() < 1e-6);
+    }
+}
+
+#[cfg(test)]
+mod argmax_tests {
+    use super::*;
+
+    #[test]
+    fn first_maximum_wins_ties() {
+        assert_eq!(argmax(&[1.0, 3.0, 3.0, 2.0]), 1);
+        assert_eq!(argmax(&[]), 0);
+        assert_eq!(argmax_rows(&[0.0, 0.0, 1.0, 2.0, 2.0, 0.0], 3), vec![0, 1]);
+        assert_eq!(logsumexp([0.0f32, 0.0].into_iter()), std::f32::consts::LN_2);
+        assert_eq!(logsumexp(std::iter::empty::<f32>()), f32::NEG_INFINITY);
+    }
+}
