@@ -50,7 +50,7 @@ fn build_opts(t: f32, overwrite: bool) -> BuildOptions {
             overwrite,
             ..WriterOptions::default()
         },
-        batch: 500,
+        batch_size: 500,
         teacher_source: "data/teachers/fashion-cnn".into(),
         progress: false,
         view: None,

@@ -4,13 +4,24 @@
 //! The cache module knows nothing of models; this module joins the two: it
 //! feeds batches of inputs to the teacher, turns logits into log-probabilities
 //! at temperature T, and pushes them to a [`CacheWriter`] in sample order.
+//!
+//! - [`build_cache`]: one cache of a split (plain images, or one augmented view);
+//! - [`build_view_set`]: a set of caches, one per augmented view;
+//! - [`import_logits_file`]: a cache from logits computed elsewhere (an
+//!   external teacher), read from `.npy` or safetensors;
+//! - [`teacher_targets`]: the function every teacher target goes through,
+//!   used here and by the trainer's online teacher, so the two agree.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
+use xxhash_rust::xxh3::xxh3_128;
+
+use crate::cache::manifest::MANIFEST_FILE;
+use crate::cache::views::view_dir;
 use crate::cache::{
-    log_softmax_tempered, CacheMeta, CacheWriter, DatasetInfo, Encoding, Manifest, TeacherInfo,
-    ViewInfo, WriterOptions,
+    import_logits, log_softmax_tempered, CacheMeta, CacheWriter, DatasetInfo, Encoding, Manifest,
+    TeacherInfo, ViewInfo, WriterOptions,
 };
 use crate::data::augment::Augment;
 use crate::data::Dataset;
@@ -25,7 +36,7 @@ pub struct BuildOptions {
     pub encoding: Encoding,
     pub writer: WriterOptions,
     /// Teacher batch size.
-    pub batch: usize,
+    pub batch_size: usize,
     /// Where the teacher came from (recorded in the manifest).
     pub teacher_source: String,
     /// Print progress lines to stderr.
@@ -78,9 +89,9 @@ pub fn build_cache<D: Backend>(
     opts: &BuildOptions,
 ) -> Result<BuildReport> {
     check_compatible(teacher, data)?;
-    if opts.batch == 0 {
+    if opts.batch_size == 0 {
         return Err(Error::Config {
-            field: "--batch".into(),
+            field: "batch_size".into(),
             message: "must be at least 1".into(),
         });
     }
@@ -102,12 +113,12 @@ pub fn build_cache<D: Backend>(
     }
     let n = data.len();
     let len = data.sample_len();
-    let mut inputs = vec![0f32; opts.batch * len];
-    let mut lp = vec![0f32; opts.batch * classes];
+    let mut inputs = vec![0f32; opts.batch_size * len];
+    let mut lp = vec![0f32; opts.batch_size * classes];
     let mut pos = first;
     let mut last_report = Instant::now();
     while pos < n {
-        let b = opts.batch.min(n - pos);
+        let b = opts.batch_size.min(n - pos);
         let idx: Vec<usize> = (pos..pos + b).collect();
         data.fill_inputs(&idx, &mut inputs[..b * len]);
         if let Some((a, seed, view)) = &augment {
@@ -119,17 +130,21 @@ pub fn build_cache<D: Backend>(
                 &mut inputs[..b * len],
             );
         }
-        let logits = teacher.predict(inputs[..b * len].to_vec(), b).as_vec();
-        log_softmax_tempered(&logits, classes, opts.temperature, &mut lp[..b * classes]).map_err(
-            |e| Error::Training {
-                context: format!(
-                    "teacher {} on samples {pos}..{}",
-                    opts.teacher_source,
-                    pos + b
-                ),
-                message: e.to_string(),
-            },
-        )?;
+        teacher_targets(
+            teacher,
+            &inputs[..b * len],
+            b,
+            opts.temperature,
+            &mut lp[..b * classes],
+        )
+        .map_err(|e| Error::Training {
+            context: format!(
+                "teacher {} on samples {pos}..{}",
+                opts.teacher_source,
+                pos + b
+            ),
+            message: e.to_string(),
+        })?;
         let labels = data.labels().map(|y| &y[pos..pos + b]);
         writer.push_batch(pos as u64, labels, &lp[..b * classes])?;
         pos += b;
@@ -145,6 +160,144 @@ pub fn build_cache<D: Backend>(
         resumed_from: first as u64,
         seconds: start.elapsed().as_secs_f64(),
     })
+}
+
+/// The teacher's targets for a batch: `log_softmax(teacher(inputs) / T)`
+/// per row, written to `out` (`batch * classes` values). Phase one's cache
+/// records and the online teacher's targets both come from here.
+pub fn teacher_targets<D: Backend>(
+    teacher: &Network<D>,
+    inputs: &[f32],
+    batch: usize,
+    temperature: f32,
+    out: &mut [f32],
+) -> std::result::Result<(), crate::cache::CacheError> {
+    let logits = teacher.predict(inputs.to_vec(), batch).as_vec();
+    log_softmax_tempered(&logits, teacher.spec().num_classes(), temperature, out)
+}
+
+/// A set of augmented views of a split: `views` caches, view `v` holding the
+/// teacher's outputs on `augment` drawn from `(seed, v, sample)`.
+#[derive(Debug, Clone)]
+pub struct ViewSetSpec {
+    pub augment: Augment,
+    pub seed: u64,
+    pub views: u64,
+}
+
+/// Builds a view set at `out` (`out/view-0` .. `out/view-{K-1}`), resuming
+/// any view an interrupted build left; `on_view` hears of each finished view.
+/// Refuses a directory that holds a cache of the plain images unless the
+/// writer options allow overwriting.
+pub fn build_view_set<D: Backend>(
+    teacher: &Network<D>,
+    data: &Dataset,
+    out: &Path,
+    opts: &BuildOptions,
+    set: &ViewSetSpec,
+    mut on_view: impl FnMut(&Path, &BuildReport),
+) -> Result<()> {
+    set.augment.check_shape(data.sample_shape())?;
+    if set.views == 0 {
+        return Err(Error::Config {
+            field: "views".into(),
+            message: "a view set needs at least one view".into(),
+        });
+    }
+    if out.join(MANIFEST_FILE).exists() && !opts.writer.overwrite {
+        return Err(Error::Config {
+            field: "out".into(),
+            message: format!(
+                "{} holds a cache of the plain images; write the view set elsewhere",
+                out.display()
+            ),
+        });
+    }
+    let mut opts = opts.clone();
+    for v in 0..set.views {
+        opts.view = Some(ViewInfo {
+            augment: set.augment.to_string(),
+            seed: set.seed,
+            view: v,
+            views: set.views,
+        });
+        let dir = view_dir(out, v);
+        let report = build_cache(teacher, data, &dir, &opts)?;
+        on_view(&dir, &report);
+    }
+    Ok(())
+}
+
+/// Where an external teacher's logits are and what to record of them.
+#[derive(Debug, Clone)]
+pub struct LogitsImport {
+    /// `[N, C]` float logits, `.npy` or safetensors.
+    pub logits: PathBuf,
+    /// The tensor's name inside a safetensors file (default: its only one).
+    pub tensor: Option<String>,
+    /// A description of the teacher, recorded in the manifest.
+    pub teacher_spec: String,
+}
+
+/// Builds a cache at `out` from logits an external teacher computed on
+/// `data`, checked to have one row per sample and a column per class.
+pub fn import_logits_file(
+    import: &LogitsImport,
+    data: &Dataset,
+    out: &Path,
+    opts: &BuildOptions,
+) -> Result<Manifest> {
+    let path = &import.logits;
+    let (rows, cols, logits) = crate::data::read_float_matrix(path, import.tensor.as_deref())?;
+    if rows != data.len() {
+        return Err(Error::Config {
+            field: "logits".into(),
+            message: format!(
+                "{} has {rows} rows but {} ({}) has {} samples",
+                path.display(),
+                data.source().display(),
+                data.split(),
+                data.len()
+            ),
+        });
+    }
+    if let Some(k) = data.num_classes() {
+        if k > cols {
+            return Err(Error::Config {
+                field: "logits".into(),
+                message: format!(
+                    "{} has {cols} columns (classes) but the labels go up to {}",
+                    path.display(),
+                    k - 1
+                ),
+            });
+        }
+    }
+    let bytes: Vec<u8> = logits.iter().flat_map(|v| v.to_le_bytes()).collect();
+    let meta = CacheMeta {
+        teacher: TeacherInfo {
+            spec: import.teacher_spec.clone(),
+            fingerprint: format!("{:032x}", xxh3_128(&bytes)),
+            source: path.display().to_string(),
+        },
+        dataset: DatasetInfo {
+            fingerprint: data.fingerprint().0.clone(),
+            split: data.split().to_string(),
+            num_samples: data.len() as u64,
+            view: None,
+        },
+        num_classes: cols,
+        has_labels: data.labels().is_some(),
+        temperature: opts.temperature,
+        encoding: opts.encoding,
+    };
+    Ok(import_logits(
+        out,
+        meta,
+        opts.writer.clone(),
+        &logits,
+        data.labels(),
+    )?)
 }
 
 /// The teacher's forward pass alone over `data` (inputs filled, logits

@@ -5,20 +5,19 @@ use std::time::Instant;
 
 use clap::{Args, Subcommand};
 use distill::cache::views::view_dir;
-use distill::cache::{
-    CacheMeta, CacheReader, CacheViews, DatasetInfo, Encoding, TeacherInfo, ViewInfo, WriterOptions,
-};
+use distill::cache::{CacheReader, CacheViews, Encoding, WriterOptions};
 use distill::data::augment::Augment;
-use distill::data::{read_float_matrix, Dataset, Split};
+use distill::data::{Dataset, Split};
 use distill::error::{Error, Result};
 use distill::model::Backend;
-use distill::teacher::{build_cache, BuildOptions};
-use xxhash_rust::xxh3::xxh3_128;
+use distill::teacher::{
+    build_cache, build_view_set, import_logits_file, BuildOptions, LogitsImport, ViewSetSpec,
+};
 
 use super::device::DeviceArgs;
 
 /// Config fields whose flag is not their name (see [`super::name_flags`]).
-pub const RENAMES: &[(&str, &str)] = &[];
+pub const RENAMES: &[(&str, &str)] = &[("batch_size", "--batch")];
 
 #[derive(Subcommand)]
 pub enum CacheCommand {
@@ -195,7 +194,8 @@ fn parse_split(s: &str) -> Result<Split> {
     })
 }
 
-fn storage(a: &StorageArgs) -> Result<(Encoding, WriterOptions)> {
+/// The storage flags as the library's build options.
+fn build_options(a: &StorageArgs, batch_size: usize, source: String) -> Result<BuildOptions> {
     let encoding: Encoding = a.encoding.parse().map_err(|e| Error::Config {
         field: "--encoding".into(),
         message: format!("{e}"),
@@ -212,14 +212,22 @@ fn storage(a: &StorageArgs) -> Result<(Encoding, WriterOptions)> {
             message: format!("{} must be between 1 and {}", a.shard_kib, 1 << 24),
         });
     }
-    let opts = WriterOptions {
+    let writer = WriterOptions {
         shard_target_bytes: a.shard_kib << 10,
         records_per_block: a.block_records,
         zstd_level: a.zstd_level,
         overwrite: a.overwrite,
         ..WriterOptions::default()
     };
-    Ok((encoding, opts))
+    Ok(BuildOptions {
+        temperature: a.temperature,
+        encoding,
+        writer,
+        batch_size,
+        teacher_source: source,
+        progress: !a.quiet,
+        view: None,
+    })
 }
 
 fn report(manifest: &distill::cache::Manifest, dir: &Path, secs: f64, quiet: bool) {
@@ -249,17 +257,9 @@ fn report(manifest: &distill::cache::Manifest, dir: &Path, secs: f64, quiet: boo
 
 /// `distill cache build` on a device.
 pub fn build<D: Backend>(dev: D, a: BuildArgs) -> Result<()> {
-    let (encoding, writer) = storage(&a.storage)?;
     let split = parse_split(&a.split)?;
-    let data = Dataset::open(&a.data, split)?;
-    let augment = match &a.augment {
-        Some(text) => {
-            let aug = Augment::parse(text)?;
-            aug.check_shape(data.sample_shape())?;
-            Some(aug)
-        }
-        None => None,
-    };
+    let opts = build_options(&a.storage, a.batch, a.teacher.display().to_string())?;
+    let augment = a.augment.as_deref().map(Augment::parse).transpose()?;
     if a.views == 0 || (augment.is_none() && a.views != 1) {
         return Err(Error::Config {
             field: "--views".into(),
@@ -269,99 +269,39 @@ pub fn build<D: Backend>(dev: D, a: BuildArgs) -> Result<()> {
             ),
         });
     }
+    let data = Dataset::open(&a.data, split)?;
     let teacher = super::load_model(&a.teacher, dev)?;
-    let mut opts = BuildOptions {
-        temperature: a.storage.temperature,
-        encoding,
-        writer,
-        batch: a.batch,
-        teacher_source: a.teacher.display().to_string(),
-        progress: !a.storage.quiet,
-        view: None,
-    };
-    let Some(aug) = augment else {
-        let r = build_cache(&teacher, &data, &a.storage.out, &opts)?;
-        report(&r.manifest, &a.storage.out, r.seconds, a.storage.quiet);
-        return Ok(());
-    };
-    if a.storage
-        .out
-        .join(distill::cache::manifest::MANIFEST_FILE)
-        .exists()
-        && !a.storage.overwrite
-    {
-        return Err(Error::Config {
-            field: "--out".into(),
-            message: format!(
-                "{} holds a cache of the plain images; write the view set elsewhere",
-                a.storage.out.display()
-            ),
-        });
-    }
-    for v in 0..a.views {
-        opts.view = Some(ViewInfo {
-            augment: aug.to_string(),
-            seed: a.augment_seed,
-            view: v,
-            views: a.views,
-        });
-        let dir = view_dir(&a.storage.out, v);
-        let r = build_cache(&teacher, &data, &dir, &opts)?;
-        report(&r.manifest, &dir, r.seconds, a.storage.quiet);
+    let quiet = a.storage.quiet;
+    match augment {
+        None => {
+            let r = build_cache(&teacher, &data, &a.storage.out, &opts)?;
+            report(&r.manifest, &a.storage.out, r.seconds, quiet);
+        }
+        Some(augment) => {
+            let set = ViewSetSpec {
+                augment,
+                seed: a.augment_seed,
+                views: a.views,
+            };
+            build_view_set(&teacher, &data, &a.storage.out, &opts, &set, |dir, r| {
+                report(&r.manifest, dir, r.seconds, quiet)
+            })?;
+        }
     }
     Ok(())
 }
 
 fn import(a: ImportArgs) -> Result<()> {
-    let (encoding, opts) = storage(&a.storage)?;
     let split = parse_split(&a.split)?;
+    let opts = build_options(&a.storage, 1, a.logits.display().to_string())?;
     let data = Dataset::open(&a.data, split)?;
-    let (rows, cols, logits) = read_float_matrix(&a.logits, a.tensor.as_deref())?;
-    if rows != data.len() {
-        return Err(Error::Config {
-            field: "--logits".into(),
-            message: format!(
-                "{} has {rows} rows but {} ({}) has {} samples",
-                a.logits.display(),
-                data.source().display(),
-                split,
-                data.len()
-            ),
-        });
-    }
-    if let Some(k) = data.num_classes() {
-        if k > cols {
-            return Err(Error::Config {
-                field: "--logits".into(),
-                message: format!(
-                    "{} has {cols} columns (classes) but the labels go up to {}",
-                    a.logits.display(),
-                    k - 1
-                ),
-            });
-        }
-    }
-    let bytes: Vec<u8> = logits.iter().flat_map(|v| v.to_le_bytes()).collect();
-    let meta = CacheMeta {
-        teacher: TeacherInfo {
-            spec: a.teacher_spec.clone(),
-            fingerprint: format!("{:032x}", xxh3_128(&bytes)),
-            source: a.logits.display().to_string(),
-        },
-        dataset: DatasetInfo {
-            fingerprint: data.fingerprint().0.clone(),
-            split: split.to_string(),
-            num_samples: data.len() as u64,
-            view: None,
-        },
-        num_classes: cols,
-        has_labels: data.labels().is_some(),
-        temperature: a.storage.temperature,
-        encoding,
+    let what = LogitsImport {
+        logits: a.logits.clone(),
+        tensor: a.tensor.clone(),
+        teacher_spec: a.teacher_spec.clone(),
     };
     let start = Instant::now();
-    let manifest =
-        distill::cache::import_logits(&a.storage.out, meta, opts, &logits, data.labels())?;
+    let manifest = import_logits_file(&what, &data, &a.storage.out, &opts)?;
     report(
         &manifest,
         &a.storage.out,

@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use std::path::Path;
 
 use clap::{Parser, Subcommand};
+use distill::data::DataError;
 use distill::error::Result;
 use distill::model::{Backend, ModelDir, Network};
 
@@ -105,21 +106,20 @@ pub fn load_model<D: Backend>(path: &Path, dev: D) -> Result<Network<D>> {
 /// -> `--weight-decay`); `renames` lists the fields whose flag is spelled
 /// otherwise, as `(field, flag)`.
 pub fn name_flags(e: distill::Error, renames: &[(&str, &str)]) -> distill::Error {
-    match e {
-        distill::Error::Config { field, message } => {
-            let flag = match renames.iter().find(|(f, _)| *f == field) {
-                Some((_, flag)) => flag.to_string(),
-                None if field.starts_with('-') => field,
-                None => {
-                    let last = field.rsplit('.').next().unwrap_or(&field);
-                    format!("--{}", last.replace('_', "-"))
-                }
-            };
-            distill::Error::Config {
-                field: flag,
-                message,
-            }
+    let flag_of = |field: String| match renames.iter().find(|(f, _)| *f == field) {
+        Some((_, flag)) => flag.to_string(),
+        None if field.starts_with('-') => field,
+        None => {
+            let last = field.rsplit('.').next().unwrap_or(&field);
+            format!("--{}", last.replace('_', "-"))
         }
+    };
+    match e {
+        distill::Error::Config { field, message }
+        | distill::Error::Data(DataError::Setting { field, message }) => distill::Error::Config {
+            field: flag_of(field),
+            message,
+        },
         other => other,
     }
 }

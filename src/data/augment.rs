@@ -19,7 +19,9 @@ use std::fmt;
 
 use xxhash_rust::xxh3::xxh3_64;
 
-use crate::error::{Error, Result};
+use super::DataError;
+
+type Result<T, E = DataError> = std::result::Result<T, E>;
 
 /// Which augmentations to draw.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -40,15 +42,16 @@ pub struct ViewParams {
     pub dy: i32,
 }
 
-const FLAG: &str = "--augment";
+/// The config field augmentation settings come from (`TrainConfig::augment`).
+const FIELD: &str = "augment";
 /// Largest shift accepted: more than this erases a 28x28 item.
 pub const MAX_SHIFT: u32 = 8;
 
 impl Augment {
     /// Parses `flip`, `shift=N` or both, comma-separated.
     pub fn parse(text: &str) -> Result<Self> {
-        let err = |message: String| Error::Config {
-            field: FLAG.into(),
+        let err = |message: String| DataError::Setting {
+            field: FIELD.into(),
             message,
         };
         let mut a = Augment {
@@ -96,8 +99,8 @@ impl Augment {
     pub fn check_shape(&self, shape: [usize; 3]) -> Result<()> {
         let [_, h, w] = shape;
         if h < 2 || w < 2 || (self.shift as usize) >= h.min(w) {
-            return Err(Error::Config {
-                field: FLAG.into(),
+            return Err(DataError::Setting {
+                field: FIELD.into(),
                 message: format!(
                     "samples of shape {shape:?} are not images this augmentation fits (flat features cannot be flipped or shifted)"
                 ),
@@ -203,7 +206,7 @@ mod tests {
             ("shift=9", "more than 8"),
         ] {
             let e = Augment::parse(t).unwrap_err().to_string();
-            assert!(e.contains("--augment") && e.contains(needle), "{t}: {e}");
+            assert!(e.contains("augment") && e.contains(needle), "{t}: {e}");
         }
     }
 

@@ -152,6 +152,10 @@ pub enum DataError {
     /// The dataset holds no samples.
     #[error("{}: {field}: holds no samples (N = 0); a dataset needs at least one sample", path.display())]
     Empty { path: PathBuf, field: String },
+    /// A setting of a data transform (augmentation) that cannot be used;
+    /// `field` is the config field it came from.
+    #[error("invalid value for {field}: {message}")]
+    Setting { field: String, message: String },
     /// A split name that is neither `train` nor `test`.
     #[error("unknown split '{0}': expected 'train' or 'test'")]
     UnknownSplit(String),
