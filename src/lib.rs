@@ -15,6 +15,7 @@
 //! - [`prune`]: parameter transfer from a teacher, structured and
 //!   unstructured pruning, masks.
 //! - [`numeric`]: log-softmax at a temperature, logsumexp, argmax (one tie rule).
+//! - [`fsutil`]: atomic file replacement and directory syncs.
 //! - [`report`]: model cards, metrics files and plots.
 //! - [`teacher`]: running a teacher over a dataset into a cache.
 //! - [`sweep`]: many students against one cache, skipping finished runs, and
@@ -25,6 +26,7 @@
 pub mod cache;
 pub mod data;
 pub mod error;
+pub mod fsutil;
 pub mod model;
 pub mod numeric;
 pub mod prune;

@@ -154,6 +154,25 @@ fn f64_at(b: &[u8], at: usize) -> f64 {
     f64::from_bits(u64_at(b, at))
 }
 
+/// Refuses a format version (of a shard or a manifest at `path`) outside
+/// `FORMAT_VERSION_OLDEST_SUPPORTED..=FORMAT_VERSION_CURRENT`, with advice.
+pub(crate) fn check_version(path: &Path, version: u32) -> Result<()> {
+    if (FORMAT_VERSION_OLDEST_SUPPORTED..=FORMAT_VERSION_CURRENT).contains(&version) {
+        return Ok(());
+    }
+    Err(CacheError::UnsupportedVersion {
+        path: path.to_path_buf(),
+        found: version,
+        oldest: FORMAT_VERSION_OLDEST_SUPPORTED,
+        current: FORMAT_VERSION_CURRENT,
+        advice: if version > FORMAT_VERSION_CURRENT {
+            "upgrade distill to read this cache"
+        } else {
+            "rebuild the cache with this version of distill"
+        },
+    })
+}
+
 /// Parses and validates a whole shard's header and block index (not the
 /// block contents: each block's checksum is checked when it is decoded).
 pub fn parse_shard(path: &Path, bytes: &[u8]) -> Result<(ShardHeader, Vec<BlockEntry>)> {
@@ -173,19 +192,7 @@ pub fn parse_shard(path: &Path, bytes: &[u8]) -> Result<(ShardHeader, Vec<BlockE
         ));
     }
     let version = u32_at(h, 8);
-    if !(FORMAT_VERSION_OLDEST_SUPPORTED..=FORMAT_VERSION_CURRENT).contains(&version) {
-        return Err(CacheError::UnsupportedVersion {
-            path: path.to_path_buf(),
-            found: version,
-            oldest: FORMAT_VERSION_OLDEST_SUPPORTED,
-            current: FORMAT_VERSION_CURRENT,
-            advice: if version > FORMAT_VERSION_CURRENT {
-                "upgrade distill to read this cache"
-            } else {
-                "rebuild the cache with this version of distill"
-            },
-        });
-    }
+    check_version(path, version)?;
     let stored = u64_at(h, 120);
     let actual = xxh3_64(&h[..120]);
     if stored != actual {

@@ -18,7 +18,8 @@ use serde::{Deserialize, Serialize};
 use xxhash_rust::xxh3::xxh3_128;
 
 use super::encoding::Encoding;
-use super::format::{FORMAT_VERSION_CURRENT, FORMAT_VERSION_OLDEST_SUPPORTED};
+#[cfg(test)]
+use super::format::FORMAT_VERSION_CURRENT;
 use super::{CacheError, Result};
 
 /// File name of the manifest inside a cache directory.
@@ -184,19 +185,7 @@ impl Manifest {
         let version = v
             .format_version
             .ok_or_else(|| bad("manifest", "missing field format_version".into()))?;
-        if !(FORMAT_VERSION_OLDEST_SUPPORTED..=FORMAT_VERSION_CURRENT).contains(&version) {
-            return Err(CacheError::UnsupportedVersion {
-                path: path.to_path_buf(),
-                found: version,
-                oldest: FORMAT_VERSION_OLDEST_SUPPORTED,
-                current: FORMAT_VERSION_CURRENT,
-                advice: if version > FORMAT_VERSION_CURRENT {
-                    "upgrade distill to read this cache"
-                } else {
-                    "rebuild the cache with this version of distill"
-                },
-            });
-        }
+        super::format::check_version(path, version)?;
         let m: Manifest =
             serde_json::from_slice(bytes).map_err(|e| bad("manifest", format!("invalid: {e}")))?;
         m.validate(path)?;

@@ -165,6 +165,16 @@ impl CacheError {
 /// Shorthand for results carrying [`CacheError`].
 pub type Result<T, E = CacheError> = std::result::Result<T, E>;
 
+impl From<crate::fsutil::FsError> for CacheError {
+    fn from(e: crate::fsutil::FsError) -> Self {
+        CacheError::Io {
+            path: e.path,
+            action: e.action,
+            source: e.source,
+        }
+    }
+}
+
 impl From<crate::numeric::NumericError> for CacheError {
     fn from(e: crate::numeric::NumericError) -> Self {
         use crate::numeric::NumericError;

@@ -258,28 +258,12 @@ pub struct CacheWriter {
 }
 
 fn fsync_dir(dir: &Path) -> Result<()> {
-    #[cfg(unix)]
-    {
-        File::open(dir)
-            .and_then(|f| f.sync_all())
-            .map_err(|e| CacheError::io(dir, "sync directory", e))?;
-    }
-    #[cfg(not(unix))]
-    let _ = dir;
-    Ok(())
+    Ok(crate::fsutil::fsync_dir(dir)?)
 }
 
-/// Writes `bytes` to `dir/name` atomically: temp file, fsync, rename, fsync dir.
+/// Writes `bytes` to `dir/name` atomically ([`crate::fsutil::atomic_write`]).
 fn atomic_write(dir: &Path, name: &str, bytes: &[u8]) -> Result<()> {
-    let tmp = dir.join(format!("{name}.tmp"));
-    let dst = dir.join(name);
-    let mut f = File::create(&tmp).map_err(|e| CacheError::io(&tmp, "create", e))?;
-    f.write_all(bytes)
-        .map_err(|e| CacheError::io(&tmp, "write", e))?;
-    f.sync_all().map_err(|e| CacheError::io(&tmp, "sync", e))?;
-    drop(f);
-    fs::rename(&tmp, &dst).map_err(|e| CacheError::io(&dst, "rename temp file onto", e))?;
-    fsync_dir(dir)
+    Ok(crate::fsutil::atomic_write(&dir.join(name), bytes)?)
 }
 
 fn shard_name(key: &str, n: usize) -> String {

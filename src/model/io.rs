@@ -15,8 +15,7 @@
 
 use std::collections::HashMap;
 use std::fs;
-use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use safetensors::tensor::{Dtype, SafeTensors, TensorView};
 use xxhash_rust::xxh3::Xxh3;
@@ -364,32 +363,9 @@ pub fn load_weights<D: Backend>(
     Ok(net)
 }
 
-/// Writes `bytes` to `path` through a temporary file in the same directory,
-/// synced and renamed into place.
+/// Writes `bytes` to `path` atomically ([`crate::fsutil::atomic_write`]).
 pub fn atomic_write(path: &Path, bytes: &[u8]) -> Result<()> {
-    let dir = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let tmp: PathBuf = dir.join(format!(".{name}.{}.tmp", std::process::id()));
-    let result = (|| {
-        let mut f = fs::File::create(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        fs::rename(&tmp, path)?;
-        if let Ok(d) = fs::File::open(dir) {
-            let _ = d.sync_all();
-        }
-        Ok(())
-    })();
-    result.map_err(|e| {
-        let _ = fs::remove_file(&tmp);
-        Error::io(path, e)
-    })
+    Ok(crate::fsutil::atomic_write(path, bytes)?)
 }
 
 /// Returns the values of a parameter as stored (for tests and tools).

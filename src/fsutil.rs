@@ -1,0 +1,105 @@
+//! File-system steps that keep data safe: [`atomic_write`] (temporary file,
+//! fsync, rename, fsync of the directory) and [`fsync_dir`].
+//!
+//! Every file distill replaces in place (a cache manifest, build settings,
+//! weights, cards, reports) goes through [`atomic_write`], so a crash leaves
+//! either the old file or the new one, never a torn one.
+
+use std::fs::{self, File};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+/// An operating-system error, with the file and the step that failed.
+#[derive(Debug, thiserror::Error)]
+#[error("{}: cannot {action}: {source}", path.display())]
+pub struct FsError {
+    pub path: PathBuf,
+    pub action: &'static str,
+    #[source]
+    pub source: std::io::Error,
+}
+
+fn fs_err<'a>(path: &'a Path, action: &'static str) -> impl FnOnce(std::io::Error) -> FsError + 'a {
+    move |source| FsError {
+        path: path.to_path_buf(),
+        action,
+        source,
+    }
+}
+
+/// Syncs a directory, so a rename inside it survives a crash (no-op where
+/// directories cannot be opened for syncing).
+pub fn fsync_dir(dir: &Path) -> Result<(), FsError> {
+    #[cfg(unix)]
+    File::open(dir)
+        .and_then(|f| f.sync_all())
+        .map_err(fs_err(dir, "sync directory"))?;
+    #[cfg(not(unix))]
+    let _ = dir;
+    Ok(())
+}
+
+/// Writes `bytes` to `path` through a temporary file in the same directory
+/// (`.NAME.PID.tmp`), synced, renamed into place, and the directory synced.
+/// On failure the temporary file is removed and `path` is left as it was.
+pub fn atomic_write(path: &Path, bytes: &[u8]) -> Result<(), FsError> {
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
+    let result = (|| {
+        let mut f = File::create(&tmp).map_err(fs_err(&tmp, "create"))?;
+        f.write_all(bytes).map_err(fs_err(&tmp, "write"))?;
+        f.sync_all().map_err(fs_err(&tmp, "sync"))?;
+        drop(f);
+        fs::rename(&tmp, path).map_err(fs_err(path, "rename temp file onto"))?;
+        fsync_dir(dir)
+    })();
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn replaces_the_file_and_leaves_no_temporary() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a.json");
+        atomic_write(&path, b"one").unwrap();
+        atomic_write(&path, b"two").unwrap();
+        assert_eq!(fs::read(&path).unwrap(), b"two");
+        let names: Vec<_> = fs::read_dir(dir.path()).unwrap().collect();
+        assert_eq!(names.len(), 1, "{names:?}");
+    }
+
+    #[test]
+    fn a_failed_write_names_the_file_and_keeps_the_old_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a.json");
+        atomic_write(&path, b"old").unwrap();
+        // A directory in the way of the rename.
+        let blocked = dir.path().join("sub");
+        fs::create_dir(&blocked).unwrap();
+        fs::write(blocked.join("x"), b"x").unwrap();
+        let e = atomic_write(&blocked, b"new").unwrap_err();
+        assert!(e.to_string().contains("sub"), "{e}");
+        assert_eq!(fs::read(&path).unwrap(), b"old");
+        let tmps = fs::read_dir(dir.path())
+            .unwrap()
+            .filter(|e| {
+                e.as_ref()
+                    .is_ok_and(|e| e.file_name().to_string_lossy().ends_with(".tmp"))
+            })
+            .count();
+        assert_eq!(tmps, 0);
+    }
+}
