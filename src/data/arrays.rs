@@ -16,7 +16,8 @@ use safetensors::{Dtype, SafeTensors};
 
 use super::elem::{extend_f32, labels_to_u32, Elem};
 use super::{
-    check_finite, check_label_count, npy, sample_shape_of, DataError, Dataset, Inputs, Split,
+    check_finite, check_label_count, npy, sample_shape_of, DataError, Dataset, DatasetFormat,
+    Found, Inputs, Split,
 };
 
 /// The largest safetensors header accepted (the crate's own limit).
@@ -202,6 +203,20 @@ pub(super) fn from_bytes(bytes: &[u8], path: &Path, split: Split) -> Result<Data
         path.to_path_buf(),
     ))
 }
+
+/// safetensors: `{split}.safetensors` with tensor `images` (+ optional `labels`).
+pub(super) const FORMAT: DatasetFormat = DatasetFormat {
+    name: "safetensors",
+    find: |dir, split| {
+        let images = dir.join(format!("{split}.safetensors"));
+        images.is_file().then_some(Found {
+            images,
+            labels: None,
+        })
+    },
+    looked_for: |dir, split| vec![dir.join(format!("{split}.safetensors"))],
+    open: |found, split| open(&found.images, split),
+};
 
 /// Opens `{split}.safetensors`.
 pub(super) fn open(path: &Path, split: Split) -> Result<Dataset, DataError> {

@@ -20,7 +20,9 @@ use flate2::read::MultiGzDecoder;
 use flate2::write::GzEncoder;
 use flate2::Compression;
 
-use super::{check_label_count, DataError, Dataset, Inputs, Split};
+use super::{
+    check_label_count, first_file, DataError, Dataset, DatasetFormat, Found, Inputs, Split,
+};
 
 /// Magic of u8 image files (`[N, H, W]`).
 pub const IMAGES_MAGIC: u32 = 0x0000_0803;
@@ -232,6 +234,36 @@ fn parse<R: Read>(
         }
     }
     Ok(IdxArray { dims, data })
+}
+
+/// IDX files with Fashion-MNIST/MNIST names: `train-images-idx3-ubyte[.gz]` +
+/// `train-labels-idx1-ubyte[.gz]` (`t10k-` for test); the uncompressed file
+/// wins when both exist.
+pub(super) const FORMAT: DatasetFormat = DatasetFormat {
+    name: "idx",
+    find: |dir, split| {
+        let [images, images_gz, labels, labels_gz] = candidates(dir, split);
+        let images = first_file(&[&images, &images_gz])?;
+        Some(Found {
+            images,
+            labels: first_file(&[&labels, &labels_gz]),
+        })
+    },
+    looked_for: |dir, split| {
+        let [images, images_gz, ..] = candidates(dir, split);
+        vec![images, images_gz]
+    },
+    open: |found, split| open(&found.images, found.labels.as_deref(), split),
+};
+
+fn candidates(dir: &Path, split: Split) -> [PathBuf; 4] {
+    let (img, lab) = split.idx_file_names();
+    [
+        dir.join(&img),
+        dir.join(format!("{img}.gz")),
+        dir.join(&lab),
+        dir.join(format!("{lab}.gz")),
+    ]
 }
 
 /// Opens an IDX images file and, when given, its labels file.

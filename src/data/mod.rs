@@ -295,8 +295,32 @@ impl fmt::Debug for Dataset {
     }
 }
 
+/// A dataset file format: how to find a split's files in a directory and
+/// how to open them. Adding a format is a new file that defines one of these
+/// and one line in [`FORMATS`].
+pub(crate) struct DatasetFormat {
+    /// The format's name, for docs and messages.
+    #[allow(dead_code)]
+    pub name: &'static str,
+    /// The split's files in `dir` when they exist (images first).
+    pub find: fn(dir: &Path, split: Split) -> Option<Found>,
+    /// The files it looks for, named in the error when no format matches.
+    pub looked_for: fn(dir: &Path, split: Split) -> Vec<PathBuf>,
+    /// Opens and validates the files `find` returned.
+    pub open: fn(found: &Found, split: Split) -> Result<Dataset, DataError>,
+}
+
+/// The files of one split that a [`DatasetFormat`] found.
+pub(crate) struct Found {
+    pub images: PathBuf,
+    pub labels: Option<PathBuf>,
+}
+
+/// The registered formats, tried in this order by [`Dataset::open`].
+const FORMATS: &[DatasetFormat] = &[idx::FORMAT, npy::FORMAT, arrays::FORMAT];
+
 /// Returns the first of `candidates` that is a regular file.
-fn first_file(candidates: &[&PathBuf]) -> Option<PathBuf> {
+pub(crate) fn first_file(candidates: &[&PathBuf]) -> Option<PathBuf> {
     candidates
         .iter()
         .find(|p| p.is_file())
@@ -315,30 +339,18 @@ impl Dataset {
     ///
     /// If none is found, the error lists exactly which files were looked for.
     pub fn open(dir: &Path, split: Split) -> Result<Dataset, DataError> {
-        let (img_name, lab_name) = split.idx_file_names();
-        let idx_images = dir.join(&img_name);
-        let idx_images_gz = dir.join(format!("{img_name}.gz"));
-        let idx_labels = dir.join(&lab_name);
-        let idx_labels_gz = dir.join(format!("{lab_name}.gz"));
-        let npy_images = dir.join(format!("{split}-images.npy"));
-        let npy_labels = dir.join(format!("{split}-labels.npy"));
-        let st = dir.join(format!("{split}.safetensors"));
-
-        if let Some(images) = first_file(&[&idx_images, &idx_images_gz]) {
-            let labels = first_file(&[&idx_labels, &idx_labels_gz]);
-            return idx::open(&images, labels.as_deref(), split);
-        }
-        if npy_images.is_file() {
-            let labels = first_file(&[&npy_labels]);
-            return npy::open(&npy_images, labels.as_deref(), split);
-        }
-        if st.is_file() {
-            return arrays::open(&st, split);
+        for format in FORMATS {
+            if let Some(found) = (format.find)(dir, split) {
+                return (format.open)(&found, split);
+            }
         }
         Err(DataError::NotFound {
             dir: dir.to_path_buf(),
             split,
-            looked_for: vec![idx_images, idx_images_gz, npy_images, st],
+            looked_for: FORMATS
+                .iter()
+                .flat_map(|f| (f.looked_for)(dir, split))
+                .collect(),
         })
     }
 

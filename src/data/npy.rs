@@ -13,7 +13,10 @@ use std::io::{self, Read};
 use std::path::Path;
 
 use super::elem::{extend_f32, labels_to_u32, Elem};
-use super::{check_finite, check_label_count, sample_shape_of, DataError, Dataset, Inputs, Split};
+use super::{
+    check_finite, check_label_count, first_file, sample_shape_of, DataError, Dataset,
+    DatasetFormat, Found, Inputs, Split,
+};
 
 /// The largest `.npy` header accepted (numpy itself writes well under 1 KiB).
 pub const MAX_HEADER_LEN: usize = 64 * 1024;
@@ -440,6 +443,20 @@ pub(super) fn read_images<R: Read>(
     };
     Ok((n, shape, inputs))
 }
+
+/// NumPy arrays: `{split}-images.npy` (+ optional `{split}-labels.npy`).
+pub(super) const FORMAT: DatasetFormat = DatasetFormat {
+    name: "npy",
+    find: |dir, split| {
+        let images = dir.join(format!("{split}-images.npy"));
+        images.is_file().then(|| Found {
+            images,
+            labels: first_file(&[&dir.join(format!("{split}-labels.npy"))]),
+        })
+    },
+    looked_for: |dir, split| vec![dir.join(format!("{split}-images.npy"))],
+    open: |found, split| open(&found.images, found.labels.as_deref(), split),
+};
 
 /// Opens `{split}-images.npy` and, when given, `{split}-labels.npy`.
 pub(super) fn open(
