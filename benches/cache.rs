@@ -68,7 +68,7 @@ fn encodings(c: usize) -> [Encoding; 4] {
         Encoding::F32,
         Encoding::F16,
         Encoding::Q8,
-        Encoding::TopK(if c == 10 { 3 } else { 20 }),
+        Encoding::top_k(if c == 10 { 3 } else { 20 }),
     ]
 }
 

@@ -222,7 +222,7 @@ fn corruption_campaign_every_flip_and_truncation_is_detected() {
     let encs = [
         Encoding::F16,
         Encoding::Q8,
-        Encoding::TopK(3),
+        Encoding::top_k(3),
         Encoding::F32,
     ];
     let mut tallies: Vec<(Kind, Tally)> = [Kind::Header, Kind::Index, Kind::Block, Kind::Manifest]

@@ -11,7 +11,7 @@ use std::path::Path;
 
 use xxhash_rust::xxh3::xxh3_64;
 
-use super::encoding::Encoding;
+use super::codec::Encoding;
 use super::{CacheError, Result};
 
 /// The first eight bytes of every shard.
@@ -97,7 +97,7 @@ impl ShardHeader {
         b[0..8].copy_from_slice(&MAGIC);
         b[8..12].copy_from_slice(&self.version.to_le_bytes());
         b[12..14].copy_from_slice(&self.encoding.tag().to_le_bytes());
-        b[14..16].copy_from_slice(&self.encoding.k().to_le_bytes());
+        b[14..16].copy_from_slice(&self.encoding.param().to_le_bytes());
         b[16..20].copy_from_slice(&self.classes.to_le_bytes());
         b[20..24].copy_from_slice(&(self.has_labels as u32).to_le_bytes());
         b[24..32].copy_from_slice(&self.first_sample.to_le_bytes());

@@ -17,7 +17,7 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 use xxhash_rust::xxh3::xxh3_128;
 
-use super::encoding::Encoding;
+use super::codec::Encoding;
 #[cfg(test)]
 use super::format::FORMAT_VERSION_CURRENT;
 use super::{CacheError, Result};

@@ -8,7 +8,7 @@
 //! epochs resumable mid-epoch). The byte layout is specified in `FORMAT.md`.
 //!
 //! Submodules, one per concept:
-//! - [`encoding`]: how one record's log-probabilities are stored (`f32`, `f16`,
+//! - [`codec`]: how one record's log-probabilities are stored (`f32`, `f16`,
 //!   `q8`, `topk:K`), decoding and re-tempering.
 //! - [`format`]: the shard byte layout, header, block index, limits.
 //! - [`manifest`]: `manifest.json` (serde) and its validation.
@@ -41,7 +41,7 @@
 //! # Ok(()) }
 //! ```
 
-pub mod encoding;
+pub mod codec;
 pub mod format;
 pub mod manifest;
 pub mod order;
@@ -51,7 +51,7 @@ pub mod writer;
 
 use std::path::PathBuf;
 
-pub use encoding::Encoding;
+pub use codec::Encoding;
 pub use manifest::{
     DatasetInfo, Fidelity, Manifest, ShardEntry, TeacherInfo, TeacherStats, ViewInfo,
 };
@@ -122,10 +122,11 @@ pub enum CacheError {
     #[error("{what}: {message}")]
     InvalidInput { what: String, message: String },
     /// Top-k caches hold the teacher at one temperature only.
-    #[error("{path}: cache stores top-{k} log-probabilities at T={stored}, which cannot be re-tempered exactly to T={requested}; use T={stored}, rebuild the cache with a dense encoding (f32/f16/q8), or allow the approximation (allow_topk_retemper)")]
+    #[error("{path}: cache stores {stored_values} log-probabilities at T={stored}, which cannot be re-tempered exactly to T={requested}; use T={stored}, rebuild the cache with a dense encoding (f32/f16/q8), or allow the approximation (allow_topk_retemper)")]
     TopKRetemper {
         path: PathBuf,
-        k: u16,
+        /// What the records hold (`top-5`).
+        stored_values: String,
         stored: f32,
         requested: f32,
     },

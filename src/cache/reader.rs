@@ -18,7 +18,7 @@ use memmap2::Mmap;
 use rayon::prelude::*;
 use xxhash_rust::xxh3::xxh3_64;
 
-use super::encoding::{retemper_rows, Codec, Encoding};
+use super::codec::{retemper_rows, Codec, Encoding};
 use super::format::{parse_shard, BlockEntry, ShardHeader, HEADER_BYTES};
 use super::manifest::{Fidelity, Manifest, MANIFEST_FILE, MAX_MANIFEST_BYTES};
 use super::order::{block_permutation, epoch_order, window_positions, BlockSpan};
@@ -407,15 +407,14 @@ impl CacheReader {
         if t.to_bits() == stored.to_bits() {
             return Ok(false);
         }
-        if let Encoding::TopK(k) = self.encoding() {
-            if !allow_topk {
-                return Err(CacheError::TopKRetemper {
-                    path: self.dir.join(MANIFEST_FILE),
-                    k,
-                    stored,
-                    requested: t,
-                });
-            }
+        let encoding = self.encoding();
+        if !encoding.is_dense() && !allow_topk {
+            return Err(CacheError::TopKRetemper {
+                path: self.dir.join(MANIFEST_FILE),
+                stored_values: encoding.describe(),
+                stored,
+                requested: t,
+            });
         }
         Ok(true)
     }

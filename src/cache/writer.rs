@@ -27,7 +27,7 @@ use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 use xxhash_rust::xxh3::{xxh3_64, Xxh3};
 
-use super::encoding::{row_fidelity, Codec, Encoding};
+use super::codec::{row_fidelity, Codec, Encoding};
 use super::format::{
     align_up, parse_shard, raw_record_bytes, BlockEntry, ShardHeader, ShardStats,
     FORMAT_VERSION_CURRENT, HEADER_BYTES, INDEX_ENTRY_BYTES, MAX_BLOCKS_PER_SHARD,
@@ -571,7 +571,7 @@ impl CacheWriter {
             .map(|(ci, chunk)| {
                 let mut bytes = Vec::with_capacity(chunk.len() / c * codec.payload);
                 let mut stats = Vec::with_capacity(chunk.len() / c);
-                let mut scratch = super::encoding::EncodeScratch::default();
+                let mut scratch = super::codec::EncodeScratch::default();
                 let mut dec = vec![0.0f32; c];
                 for (r, row) in chunk.chunks_exact(c).enumerate() {
                     let local = ci * CHUNK + r;
@@ -590,7 +590,7 @@ impl CacheWriter {
                     codec.encode_row(row, &mut bytes, &mut scratch);
                     codec.decode_rows(&bytes[start..], &mut dec).map_err(|m| CacheError::input(format!("sample {sample}"), m))?;
                     let (kl, agree, entropy) = row_fidelity(row, &dec);
-                    let correct = labels.is_some_and(|l| super::encoding::argmax(row) == l[local] as usize);
+                    let correct = labels.is_some_and(|l| super::codec::argmax(row) == l[local] as usize);
                     stats.push(RowStat { kl, agree, entropy, correct });
                 }
                 Ok((bytes, stats))

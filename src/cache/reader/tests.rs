@@ -5,7 +5,7 @@ use std::fs;
 use std::path::Path;
 
 use super::*;
-use crate::cache::encoding::tests::{lp_of, teacher_logits};
+use crate::cache::codec::tests::{lp_of, teacher_logits};
 use crate::cache::{
     import_logits, CacheMeta, CacheWriter, DatasetInfo, TeacherInfo, WriterOptions,
 };
@@ -111,7 +111,7 @@ fn roundtrip_every_encoding_several_shards_and_blocks() {
         Encoding::F32,
         Encoding::F16,
         Encoding::Q8,
-        Encoding::TopK(3),
+        Encoding::top_k(3),
     ] {
         let dir = tempfile::tempdir().unwrap();
         let b = build(dir.path(), 300, c, enc);
@@ -133,7 +133,7 @@ fn roundtrip_every_encoding_several_shards_and_blocks() {
                 .zip(&b.lp)
                 .all(|(a, b)| a.to_bits() == b.to_bits()));
         } else {
-            let (mean, _, top1) = crate::cache::encoding::tests::fidelity(&b.lp, &all.logprobs, c);
+            let (mean, _, top1) = crate::cache::codec::tests::fidelity(&b.lp, &all.logprobs, c);
             assert!(mean < 0.05 && top1 > 0.99, "{enc}: {mean} {top1}");
             assert!(
                 (mean - b.manifest.fidelity.mean_kl).abs() < 1e-6,
@@ -218,7 +218,7 @@ fn retempering_dense_exact_topk_refused_unless_allowed() {
         }
     }
     let dir = tempfile::tempdir().unwrap();
-    build(dir.path(), n as u64, c, Encoding::TopK(3));
+    build(dir.path(), n as u64, c, Encoding::top_k(3));
     let r = open(dir.path()).unwrap();
     let e = r.read_all(2.0, false).unwrap_err().to_string();
     assert!(
@@ -523,13 +523,13 @@ fn interrupted_build_resumes_to_byte_identical_cache() {
     let c = 10;
     let n = 300u64;
     let whole = tempfile::tempdir().unwrap();
-    let b = build(whole.path(), n, c, Encoding::TopK(3));
+    let b = build(whole.path(), n, c, Encoding::top_k(3));
 
     let dir = tempfile::tempdir().unwrap();
     {
         let mut w = CacheWriter::create_or_resume(
             dir.path(),
-            meta(n, c, Encoding::TopK(3), true),
+            meta(n, c, Encoding::top_k(3), true),
             small_opts(),
         )
         .unwrap();
@@ -556,7 +556,7 @@ fn interrupted_build_resumes_to_byte_identical_cache() {
     assert_eq!(names.len(), complete.len(), "{names:?}");
     let mut w = CacheWriter::create_or_resume(
         dir.path(),
-        meta(n, c, Encoding::TopK(3), true),
+        meta(n, c, Encoding::top_k(3), true),
         small_opts(),
     )
     .unwrap();
@@ -575,7 +575,7 @@ fn interrupted_build_resumes_to_byte_identical_cache() {
     {
         let mut w = CacheWriter::create_or_resume(
             dir2.path(),
-            meta(n, c, Encoding::TopK(3), true),
+            meta(n, c, Encoding::top_k(3), true),
             small_opts(),
         )
         .unwrap();
@@ -587,7 +587,7 @@ fn interrupted_build_resumes_to_byte_identical_cache() {
     flip(&second, len - 12);
     let w = CacheWriter::create_or_resume(
         dir2.path(),
-        meta(n, c, Encoding::TopK(3), true),
+        meta(n, c, Encoding::top_k(3), true),
         small_opts(),
     )
     .unwrap();
@@ -675,7 +675,7 @@ fn fidelity_report() {
             Encoding::F32,
             Encoding::F16,
             Encoding::Q8,
-            Encoding::TopK(k),
+            Encoding::top_k(k),
         ] {
             let dir = tempfile::tempdir().unwrap();
             let m = build_with(dir.path(), n, c, enc, WriterOptions::default(), 4096).manifest;

@@ -1,0 +1,312 @@
+//! Record codecs: how one sample's `C` log-probabilities are stored.
+//!
+//! | encoding | payload bytes per record | decoded error | file |
+//! |---|---|---|---|
+//! | `f32` | `4C` | none (bit-exact) | [`f32`](self::f32) |
+//! | `f16` | `4 + 2C` | gap to the row maximum in f16 (relative 2^-11) + an f32 offset; rows sum to one exactly | [`f16`](self::f16) |
+//! | `q8` | `8 + C` | gap to the row maximum in 8 bits (square-root or linear scale per record, clamped 16 + ln C nats down); rows sum to one exactly | [`q8`] |
+//! | `topk:K` | `4 + 4K + wK` (w = 2 when C <= 65536, else 4) | the other C-K classes share the remaining mass uniformly | [`topk`] |
+//!
+//! Every record also carries its sample index (u64) and label (u32) in the
+//! block's columns; see `FORMAT.md`. Decoding always produces dense
+//! log-probabilities for all `C` classes, written straight into the caller's
+//! buffer, optionally re-tempered to another temperature.
+//!
+//! **Adding an encoding**: a new file here implementing [`RecordCodec`] with
+//! an unused tag, one line in [`CODECS`], its byte layout in FORMAT.md, and a
+//! golden cache under `tests/golden/`. [`Encoding`] (what manifests, headers
+//! and the command line name) finds the codec through that table.
+
+use std::fmt;
+use std::str::FromStr;
+
+use super::{CacheError, Result};
+
+pub mod f16;
+pub mod f32;
+pub mod q8;
+#[cfg(test)]
+pub(crate) mod tests;
+pub mod topk;
+
+pub use q8::q8_window;
+pub use topk::id_width;
+
+/// One record encoding. Implementations are stateless; `param` is the
+/// encoding's parameter (`K` of `topk:K`; 0 for codecs without one).
+pub(crate) trait RecordCodec: Sync {
+    /// The on-disk tag (FORMAT.md, shard header field `encoding`); unique.
+    fn tag(&self) -> u16;
+    /// The name in manifests and on the command line (`f16`, `topk`).
+    fn name(&self) -> &'static str;
+    /// Whether the name carries a parameter (`topk:K`).
+    fn takes_param(&self) -> bool {
+        false
+    }
+    /// True when every class is stored, so re-tempering is exact.
+    fn is_dense(&self) -> bool {
+        true
+    }
+    /// How messages describe what is stored (`top-5`).
+    fn describe(&self, param: u16) -> String {
+        let _ = param;
+        self.name().to_string()
+    }
+    /// Checks `classes` beyond the common bounds; the message says what to change.
+    fn check_classes(&self, param: u16, classes: usize) -> std::result::Result<(), String> {
+        let _ = (param, classes);
+        Ok(())
+    }
+    /// Payload bytes per record for `classes` classes.
+    fn payload_bytes(&self, param: u16, classes: usize) -> usize;
+    /// Appends the payload of one record (`lp`: one row of finite log-probabilities).
+    fn encode_row(&self, param: u16, lp: &[f32], out: &mut Vec<u8>, scratch: &mut EncodeScratch);
+    /// Decodes whole records (`payload` holds exactly `out.len() / classes`
+    /// of them) into `out`. The message describes bad content.
+    fn decode_rows(
+        &self,
+        param: u16,
+        classes: usize,
+        payload: &[u8],
+        out: &mut [f32],
+    ) -> std::result::Result<(), String>;
+}
+
+/// The registered codecs: the one place an encoding is added.
+const CODECS: &[&dyn RecordCodec] = &[
+    &f32::F32Codec,
+    &f16::F16Codec,
+    &q8::Q8Codec,
+    &topk::TopKCodec,
+];
+
+fn codec_by_tag(tag: u16) -> Option<&'static dyn RecordCodec> {
+    CODECS.iter().copied().find(|c| c.tag() == tag)
+}
+
+/// How log-probabilities are stored: a registered codec and its parameter.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Encoding {
+    tag: u16,
+    param: u16,
+}
+
+/// Largest number of classes a cache may hold (a hostile-header bound).
+pub const MAX_CLASSES: usize = 1 << 24;
+
+impl Encoding {
+    /// 32-bit floats, exact.
+    pub const F32: Encoding = Encoding { tag: 0, param: 0 };
+    /// 16-bit gaps below the row maximum.
+    pub const F16: Encoding = Encoding { tag: 1, param: 0 };
+    /// 8-bit gaps with a per-record scale and offset.
+    pub const Q8: Encoding = Encoding { tag: 2, param: 0 };
+
+    /// The `k` most probable classes exactly plus the remaining mass.
+    pub const fn top_k(k: u16) -> Encoding {
+        Encoding { tag: 3, param: k }
+    }
+
+    fn codec(self) -> &'static dyn RecordCodec {
+        // Every Encoding is built from a registered tag (constants above,
+        // from_tag, parse), so the lookup cannot fail.
+        codec_by_tag(self.tag).unwrap_or(CODECS[0])
+    }
+
+    /// The on-disk tag (FORMAT.md, header field `encoding`).
+    pub fn tag(self) -> u16 {
+        self.tag
+    }
+
+    /// The encoding's parameter (header field `topk_k`; 0 when it has none).
+    pub fn param(self) -> u16 {
+        self.param
+    }
+
+    /// Inverse of [`tag`](Self::tag) / [`param`](Self::param); `None` for
+    /// unknown tags and parameters a codec does not take.
+    pub fn from_tag(tag: u16, param: u16) -> Option<Encoding> {
+        let codec = codec_by_tag(tag)?;
+        (codec.takes_param() == (param > 0)).then_some(Encoding { tag, param })
+    }
+
+    /// True when every class is stored, so re-tempering is exact.
+    pub fn is_dense(self) -> bool {
+        self.codec().is_dense()
+    }
+
+    /// What messages call the stored values (`f16`, `top-5`).
+    pub fn describe(self) -> String {
+        self.codec().describe(self.param)
+    }
+
+    /// Checks that this encoding can store `classes` classes; the message says what to change.
+    pub fn check_classes(self, classes: usize) -> std::result::Result<(), String> {
+        if classes == 0 || classes > MAX_CLASSES {
+            return Err(format!(
+                "number of classes {classes} is outside 1..={MAX_CLASSES}"
+            ));
+        }
+        self.codec().check_classes(self.param, classes)
+    }
+
+    /// Payload bytes per record for `classes` classes (excluding index and label).
+    pub fn payload_bytes(self, classes: usize) -> usize {
+        self.codec().payload_bytes(self.param, classes)
+    }
+}
+
+impl fmt::Display for Encoding {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let codec = self.codec();
+        if codec.takes_param() {
+            write!(f, "{}:{}", codec.name(), self.param)
+        } else {
+            f.write_str(codec.name())
+        }
+    }
+}
+
+impl FromStr for Encoding {
+    type Err = CacheError;
+    fn from_str(s: &str) -> Result<Self> {
+        let bad = || {
+            let names: Vec<String> = CODECS
+                .iter()
+                .map(|c| {
+                    if c.takes_param() {
+                        format!("{}:K (K between 1 and 65535)", c.name())
+                    } else {
+                        c.name().to_string()
+                    }
+                })
+                .collect();
+            CacheError::input(
+                "encoding",
+                format!("'{s}' is not an encoding; use one of {}", names.join(", ")),
+            )
+        };
+        let (name, param) = match s.split_once(':') {
+            Some((name, p)) => (name, Some(p)),
+            None => (s, None),
+        };
+        let codec = CODECS.iter().find(|c| c.name() == name).ok_or_else(bad)?;
+        let param = match (codec.takes_param(), param) {
+            (false, None) => 0,
+            (true, Some(p)) => match p.parse::<u16>() {
+                Ok(k) if k > 0 => k,
+                _ => return Err(bad()),
+            },
+            _ => return Err(bad()),
+        };
+        Ok(Encoding {
+            tag: codec.tag(),
+            param,
+        })
+    }
+}
+
+impl serde::Serialize for Encoding {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Encoding {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// Reusable buffers for [`Codec::encode_row`].
+#[derive(Default)]
+pub(crate) struct EncodeScratch {
+    order: Vec<u32>,
+    q: Vec<u8>,
+}
+
+/// Encodes and decodes records of one (encoding, classes) pair.
+#[derive(Clone, Copy)]
+pub(crate) struct Codec {
+    pub enc: Encoding,
+    pub classes: usize,
+    pub payload: usize,
+    imp: &'static dyn RecordCodec,
+}
+
+impl fmt::Debug for Codec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Codec")
+            .field("enc", &self.enc)
+            .field("classes", &self.classes)
+            .finish()
+    }
+}
+
+impl Codec {
+    pub fn new(enc: Encoding, classes: usize) -> Codec {
+        Codec {
+            enc,
+            classes,
+            payload: enc.payload_bytes(classes),
+            imp: enc.codec(),
+        }
+    }
+
+    /// Appends the payload of one record (`lp` = `classes` finite log-probs).
+    pub fn encode_row(&self, lp: &[f32], out: &mut Vec<u8>, scratch: &mut EncodeScratch) {
+        debug_assert_eq!(lp.len(), self.classes);
+        self.imp.encode_row(self.enc.param, lp, out, scratch)
+    }
+
+    /// Decodes `rows` records' payloads into `out` (`rows * classes` values)
+    /// at the stored temperature. The error message describes bad content
+    /// (the caller adds file and block).
+    pub fn decode_rows(&self, payload: &[u8], out: &mut [f32]) -> std::result::Result<(), String> {
+        let c = self.classes;
+        let rows = out.len() / c;
+        if payload.len() != rows * self.payload || out.len() != rows * c {
+            return Err(format!(
+                "payload holds {} bytes, expected {} for {rows} records",
+                payload.len(),
+                rows * self.payload
+            ));
+        }
+        self.imp.decode_rows(self.enc.param, c, payload, out)
+    }
+}
+
+/// Re-tempers dense rows in place from `stored` to `wanted` temperature:
+/// `lp' = lp·T/T' - logsumexp(lp·T/T')`, exact for dense log-probabilities
+/// (the stored normaliser becomes a constant shift).
+pub(crate) fn retemper_rows(out: &mut [f32], classes: usize, stored: f32, wanted: f32) {
+    let ratio = stored / wanted;
+    for row in out.chunks_exact_mut(classes) {
+        let mut max = f32::NEG_INFINITY;
+        for v in row.iter_mut() {
+            *v *= ratio;
+            max = max.max(*v);
+        }
+        let sum: f32 = row.iter().map(|&v| (v - max).exp()).sum();
+        let lse = max + sum.ln();
+        for v in row.iter_mut() {
+            *v -= lse;
+        }
+    }
+}
+
+pub(crate) use crate::numeric::argmax;
+
+/// Per-record fidelity of a decoded row against the exact one:
+/// (KL(exact || decoded) in nats, same top-1 class, entropy of exact in nats).
+pub(crate) fn row_fidelity(exact: &[f32], decoded: &[f32]) -> (f64, bool, f64) {
+    let mut kl = 0.0f64;
+    let mut ent = 0.0f64;
+    for (&p_lp, &q_lp) in exact.iter().zip(decoded) {
+        let p = (p_lp as f64).exp();
+        kl += p * (p_lp as f64 - q_lp as f64);
+        ent -= p * p_lp as f64;
+    }
+    (kl.max(0.0), argmax(exact) == argmax(decoded), ent)
+}
