@@ -11,13 +11,14 @@
 //! updates, so the surviving weights compensate for the removed ones a
 //! little at a time; after `t1` the mask is fixed and training fine-tunes.
 //!
-//! `s_i` is the sparsity the run starts with (that of the `--init-from`
-//! model's mask, else 0): each layer's own with per-layer thresholds (each
+//! `s_i` is the sparsity the run starts with (that of the starting model's
+//! mask, else 0): each layer's own with per-layer thresholds (each
 //! layer ramps from where it is), all weights' together with `global`.
-//! Masks only grow: a weight once pruned stays at zero. The schedule is written on the command line as
-//! `final=0.9,start=0,end=0.75,every=100,global` (see
+//! Masks only grow: a weight once pruned stays at zero. The schedule is
+//! written as `final=0.9,start=0,end=0.75,every=100,global` (see
 //! [`GradualSchedule::parse`]); `start` and `end` are fractions of the run's
-//! optimizer steps.
+//! optimizer steps. Errors name the `prune_schedule` field of the training
+//! config.
 
 use crate::error::{Error, Result};
 use crate::model::io::HostTensor;
@@ -37,11 +38,12 @@ pub struct GradualSchedule {
     pub global: bool,
 }
 
-const FLAG: &str = "--prune-schedule";
+/// The training config's field that holds a schedule, named in errors.
+const FIELD: &str = "prune_schedule";
 
-fn flag_err(message: String) -> Error {
+fn field_err(message: String) -> Error {
     Error::Config {
-        field: FLAG.into(),
+        field: FIELD.into(),
         message,
     }
 }
@@ -64,9 +66,9 @@ impl GradualSchedule {
                 None => (item, None),
             };
             let number = |v: Option<&str>| -> Result<f64> {
-                let v = v.ok_or_else(|| flag_err(format!("'{key}' needs a value: {key}=...")))?;
+                let v = v.ok_or_else(|| field_err(format!("'{key}' needs a value: {key}=...")))?;
                 v.parse::<f64>()
-                    .map_err(|_| flag_err(format!("{key}={v}: not a number")))
+                    .map_err(|_| field_err(format!("{key}={v}: not a number")))
             };
             match key {
                 "final" => final_sparsity = Some(number(value)?),
@@ -74,14 +76,14 @@ impl GradualSchedule {
                 "end" => s.end = number(value)?,
                 "every" => {
                     let v =
-                        value.ok_or_else(|| flag_err("'every' needs a value: every=N".into()))?;
-                    s.every = v
-                        .parse::<u64>()
-                        .map_err(|_| flag_err(format!("every={v}: not a whole number of steps")))?;
+                        value.ok_or_else(|| field_err("'every' needs a value: every=N".into()))?;
+                    s.every = v.parse::<u64>().map_err(|_| {
+                        field_err(format!("every={v}: not a whole number of steps"))
+                    })?;
                 }
                 "global" if value.is_none() => s.global = true,
                 _ => {
-                    return Err(flag_err(format!(
+                    return Err(field_err(format!(
                         "unknown item '{item}'; expected final=S, start=F, end=F, every=N, global \
                          (e.g. final=0.9,end=0.75,global)"
                     )))
@@ -89,7 +91,7 @@ impl GradualSchedule {
             }
         }
         s.final_sparsity = final_sparsity.ok_or_else(|| {
-            flag_err(format!(
+            field_err(format!(
                 "'{text}' does not say the final sparsity: add final=S (e.g. final=0.9)"
             ))
         })?;
@@ -97,29 +99,29 @@ impl GradualSchedule {
         Ok(s)
     }
 
-    /// Checks every field; errors name the flag.
+    /// Checks every field; errors name the `prune_schedule` field.
     pub fn validate(&self) -> Result<()> {
         if !(self.final_sparsity.is_finite() && (0.0..1.0).contains(&self.final_sparsity)) {
-            return Err(flag_err(format!(
+            return Err(field_err(format!(
                 "final={} must be in [0, 1)",
                 self.final_sparsity
             )));
         }
         for (k, v) in [("start", self.start), ("end", self.end)] {
             if !(v.is_finite() && (0.0..=1.0).contains(&v)) {
-                return Err(flag_err(format!(
+                return Err(field_err(format!(
                     "{k}={v} must be a fraction of the run in [0, 1]"
                 )));
             }
         }
         if self.start > self.end {
-            return Err(flag_err(format!(
+            return Err(field_err(format!(
                 "start={} comes after end={}",
                 self.start, self.end
             )));
         }
         if self.every == 0 {
-            return Err(flag_err(
+            return Err(field_err(
                 "every=0: masks are updated every N >= 1 steps".into(),
             ));
         }
@@ -195,7 +197,7 @@ mod tests {
     }
 
     #[test]
-    fn bad_schedules_name_the_flag_and_the_item() {
+    fn bad_schedules_name_the_field_and_the_item() {
         for (text, needle) in [
             ("start=0", "final=S"),
             ("final=1", "final=1 must be in [0, 1)"),
@@ -211,7 +213,10 @@ mod tests {
             ("final=0.5,global=1", "unknown item"),
         ] {
             let e = GradualSchedule::parse(text).unwrap_err().to_string();
-            assert!(e.contains("--prune-schedule"), "{text}: {e}");
+            assert!(
+                e.contains("invalid value for prune_schedule:"),
+                "{text}: {e}"
+            );
             assert!(e.contains(needle), "{text}: {e}");
         }
     }

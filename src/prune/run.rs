@@ -1,0 +1,284 @@
+//! One pruning run as `distill prune` does it, as a library call: a typed
+//! [`PruneConfig`] in; a pruned model directory out (weights, masks and
+//! `prune.json`, each written atomically); the numbers before and after
+//! ([`PruneRun`]) back for the caller to print.
+//!
+//! Test accuracy is measured by the caller's function (`distill` passes
+//! `train::compare::test_accuracy`): evaluation sits above pruning in the
+//! layers.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+use dfdx::prelude::Cpu;
+
+use super::accounting::Summary;
+use super::io::{read_model, write_model};
+use super::masks::{check_masks, grow_masks, read_masks, MaskCount};
+use super::selection::{check_sparsity, LayerSelection};
+use super::structured::structured;
+use super::transfer::TransferReport;
+use crate::data::{Dataset, Split};
+use crate::error::{Error, Result};
+use crate::model::io::{atomic_write, HostTensor};
+use crate::model::{ModelDir, ModelSpec, Network};
+
+/// How to prune.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Method {
+    /// `l1-unstructured`: zero the smallest weights, keep a mask.
+    Unstructured,
+    /// `l1-structured`: remove whole units/channels, a smaller spec.
+    Structured,
+}
+
+impl Method {
+    /// The method's name, as written in `prune.json`.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Method::Unstructured => "l1-unstructured",
+            Method::Structured => "l1-structured",
+        }
+    }
+}
+
+impl fmt::Display for Method {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for Method {
+    type Err = Error;
+
+    /// Parses a method name; errors name the `method` field.
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "l1-unstructured" => Ok(Method::Unstructured),
+            "l1-structured" => Ok(Method::Structured),
+            other => Err(Error::Config {
+                field: "method".into(),
+                message: format!("'{other}' is not one of l1-unstructured, l1-structured"),
+            }),
+        }
+    }
+}
+
+/// What to prune and where to put the result.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PruneConfig {
+    /// The model directory (or weights file) to prune; a mask beside it
+    /// stays in force.
+    pub model: PathBuf,
+    pub method: Method,
+    /// Fraction to remove, in [0, 1): of each selected layer's weights
+    /// (unstructured; of all of them with `global`), or of each selected
+    /// hidden layer's units/channels (structured).
+    pub sparsity: f64,
+    /// Layers to prune, e.g. `layers.0,layers.3` (None: all with weights;
+    /// structured never prunes the output layer).
+    pub layers: Option<String>,
+    /// Unstructured only: one magnitude threshold over all selected layers.
+    pub global: bool,
+    /// The output model directory.
+    pub out: PathBuf,
+    /// A dataset directory whose test split measures accuracy before and after.
+    pub data: Option<PathBuf>,
+    /// The command line, recorded in `prune.json`.
+    pub command: String,
+}
+
+impl PruneConfig {
+    /// Checks the fields that need no files; errors name the field.
+    pub fn validate(&self) -> Result<()> {
+        check_sparsity(self.sparsity)?;
+        if self.global && self.method == Method::Structured {
+            return Err(Error::Config {
+                field: "global".into(),
+                message: "applies to l1-unstructured only".into(),
+            });
+        }
+        Ok(())
+    }
+}
+
+/// What [`prune_model`] did.
+#[derive(Debug, Clone)]
+pub struct PruneRun {
+    /// The source model's spec.
+    pub source_spec: ModelSpec,
+    /// The pruned model's spec (smaller after structured pruning).
+    pub spec: ModelSpec,
+    /// The source model's numbers.
+    pub before: Summary,
+    /// The pruned model's numbers.
+    pub after: Summary,
+    /// Structured pruning: how each tensor of the smaller model was filled.
+    pub report: Option<TransferReport>,
+    /// Structured pruning of a masked model: the carried mask's zeros.
+    pub carried_mask: Option<MaskCount>,
+    /// Where the pruned model was written.
+    pub out: ModelDir,
+}
+
+/// Prunes the model of `cfg.model` into `cfg.out` and records what was done
+/// in `prune.json` there. `accuracy` measures a network on the test split
+/// of `cfg.data`, when given.
+pub fn prune_model<F>(cfg: &PruneConfig, accuracy: F) -> Result<PruneRun>
+where
+    F: Fn(&Network<Cpu>, &Dataset) -> Result<Option<f64>>,
+{
+    cfg.validate()?;
+    let source = ModelDir::new(&cfg.model);
+    let (spec, weights) = read_model(&source)?;
+    let old_masks = read_masks(&source)?;
+    if let Some(m) = &old_masks {
+        check_masks(&spec, m, &source.masks())?;
+    }
+    let sel = match &cfg.layers {
+        Some(text) => LayerSelection::parse(text, &spec)?,
+        None => LayerSelection::All,
+    };
+    let test = match &cfg.data {
+        Some(dir) => Some(Dataset::open(dir, Split::Test)?),
+        None => None,
+    };
+    let measure = |spec: &ModelSpec, tensors: &[HostTensor], file: &Path| -> Result<Summary> {
+        let acc = match &test {
+            Some(d) => {
+                let mut net = Network::new(spec.clone(), Cpu::default(), 0);
+                net.load_host(tensors, file)?;
+                accuracy(&net, d)?
+            }
+            None => None,
+        };
+        Summary::of(spec, tensors, file, acc)
+    };
+    let before = measure(&spec, &weights, source.weights())?;
+    let (new_spec, new_weights, masks, report) = match cfg.method {
+        Method::Unstructured => {
+            let mut w = weights.clone();
+            // An earlier mask stays in force.
+            let masks = grow_masks(
+                &spec,
+                &mut w,
+                old_masks.as_deref(),
+                cfg.sparsity,
+                &sel,
+                cfg.global,
+            )?;
+            (spec.clone(), w, Some(masks), None)
+        }
+        Method::Structured => {
+            let small = structured(&spec, &weights, old_masks.as_deref(), cfg.sparsity, &sel)?;
+            (small.spec, small.weights, small.masks, Some(small.report))
+        }
+    };
+    let out = write_model(&cfg.out, &new_spec, &new_weights, masks.as_deref())?;
+    let after = measure(&new_spec, &new_weights, out.weights())?;
+    let run = PruneRun {
+        carried_mask: match cfg.method {
+            Method::Structured => masks.as_deref().map(MaskCount::of),
+            Method::Unstructured => None,
+        },
+        source_spec: spec,
+        spec: new_spec,
+        before,
+        after,
+        report,
+        out,
+    };
+    write_record(cfg, &run)?;
+    Ok(run)
+}
+
+/// Writes `prune.json`: the config, the source and the numbers after.
+fn write_record(cfg: &PruneConfig, run: &PruneRun) -> Result<()> {
+    let record = serde_json::json!({
+        "source": cfg.model.display().to_string(),
+        "source_spec": run.source_spec.to_string(),
+        "method": cfg.method.as_str(),
+        "sparsity": cfg.sparsity,
+        "layers": cfg.layers,
+        "global": cfg.global,
+        "spec": run.spec.to_string(),
+        "parameters": run.after.params,
+        "nonzero": run.after.nonzero,
+        "flops_per_sample": run.after.flops,
+        "nonzero_flops_per_sample": run.after.nz_flops,
+        "test_accuracy_before": run.before.accuracy,
+        "test_accuracy_after": run.after.accuracy,
+        "command": cfg.command,
+    });
+    let text = serde_json::to_string_pretty(&record).unwrap_or_default();
+    atomic_write(&run.out.prune_report(), text.as_bytes())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::io::write_model;
+    use super::super::test_util::host;
+    use super::*;
+
+    fn config(model: &Path, method: Method, out: &Path) -> PruneConfig {
+        PruneConfig {
+            model: model.to_path_buf(),
+            method,
+            sparsity: 0.5,
+            layers: None,
+            global: false,
+            out: out.to_path_buf(),
+            data: None,
+            command: "test".into(),
+        }
+    }
+
+    #[test]
+    fn prunes_into_a_model_directory_with_its_record() {
+        let tmp = tempfile::tempdir().unwrap();
+        let spec = ModelSpec::parse("mlp:3-4-2").unwrap();
+        let w = host(&spec, |_, i| 1.0 + i as f32);
+        write_model(&tmp.path().join("m"), &spec, &w, None).unwrap();
+        let no_accuracy = |_: &Network<Cpu>, _: &Dataset| -> Result<Option<f64>> { Ok(None) };
+        let cfg = config(
+            &tmp.path().join("m"),
+            Method::Unstructured,
+            &tmp.path().join("u"),
+        );
+        let u = prune_model(&cfg, no_accuracy).unwrap();
+        assert_eq!(u.spec, spec);
+        assert_eq!(u.after.nonzero, u.before.nonzero - 10);
+        assert!(u.out.masks().exists() && u.carried_mask.is_none());
+        let cfg = config(
+            &tmp.path().join("u"),
+            Method::Structured,
+            &tmp.path().join("s"),
+        );
+        let s = prune_model(&cfg, no_accuracy).unwrap();
+        assert_eq!(s.spec.as_str(), "mlp:3-2-2");
+        assert!(s.carried_mask.is_some() && s.report.is_some());
+        let record: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(s.out.prune_report()).unwrap()).unwrap();
+        assert_eq!(record["method"], "l1-structured");
+        assert_eq!(record["source_spec"], "mlp:3-4-2");
+        assert_eq!(record["test_accuracy_after"], serde_json::Value::Null);
+        // Errors name the config's fields.
+        let mut bad = config(
+            &tmp.path().join("m"),
+            Method::Structured,
+            &tmp.path().join("x"),
+        );
+        bad.global = true;
+        let field = |e: Error| match e {
+            Error::Config { field, .. } => field,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(field(prune_model(&bad, no_accuracy).unwrap_err()), "global");
+        bad.global = false;
+        bad.layers = Some("layers.2".into());
+        assert_eq!(field(prune_model(&bad, no_accuracy).unwrap_err()), "layers");
+        assert_eq!(field("l2".parse::<Method>().unwrap_err()), "method");
+        assert!(!tmp.path().join("x").exists());
+    }
+}

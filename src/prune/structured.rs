@@ -1,0 +1,194 @@
+//! Structured L1 pruning: whole units (rows) or conv channels removed, a
+//! physically smaller model with fewer FLOPs. [`pruned_spec`] narrows the
+//! spec; [`structured`] is a [`transfer`](super::transfer()) to it, which
+//! keeps the units with the highest L1 norm. The output layer's units (the
+//! classes) are never removed. A mask of an earlier unstructured pruning is
+//! sliced along with the weights and stays in force.
+
+use super::masks::zero_masked;
+use super::selection::{check_sparsity, LayerSelection};
+use super::transfer::{transfer_with_masks, TransferReport};
+use crate::error::{Error, Result};
+use crate::model::io::{torch_shapes, HostTensor};
+use crate::model::{Layer, ModelSpec};
+
+/// The spec with each selected hidden layer's width (units or channels)
+/// reduced to `round(width * (1 - sparsity))` (at least 1). The output
+/// layer is never narrowed.
+pub fn pruned_spec(spec: &ModelSpec, sparsity: f64, sel: &LayerSelection) -> Result<ModelSpec> {
+    check_sparsity(sparsity)?;
+    let layers = spec.layers();
+    let last = layers.len() - 1;
+    if let LayerSelection::Some(v) = sel {
+        if v.contains(&last) {
+            return Err(Error::Config {
+                field: "layers".into(),
+                message: format!(
+                    "layers.{} is the output layer: its units are the classes and cannot be removed",
+                    spec.torch_indices()[last]
+                ),
+            });
+        }
+    }
+    let keep = |n: usize, li: usize| -> usize {
+        if li != last && sel.contains(li) {
+            (((n as f64) * (1.0 - sparsity)).round() as usize).clamp(1, n)
+        } else {
+            n
+        }
+    };
+    let text = if spec.as_str().trim_start().starts_with("mlp") {
+        let mut dims = vec![spec.input_len().to_string()];
+        for (li, l) in layers.iter().enumerate() {
+            if let Layer::Dense { outputs, .. } = *l {
+                dims.push(keep(outputs, li).to_string());
+            }
+        }
+        format!("mlp:{}", dims.join("-"))
+    } else {
+        let mut toks = Vec::new();
+        let (c, h, w) = spec.input_shape();
+        if (c, h, w) != (1, 28, 28) {
+            toks.push(format!("i{c}x{h}x{w}"));
+        }
+        for (li, l) in layers.iter().enumerate() {
+            toks.push(match *l {
+                Layer::Conv { out_channels, .. } => format!("c{}", keep(out_channels, li)),
+                Layer::MaxPool { .. } => "p".into(),
+                Layer::Dense { outputs, .. } if li == last => outputs.to_string(),
+                Layer::Dense { outputs, .. } => format!("f{}", keep(outputs, li)),
+            });
+        }
+        format!("cnn:{}", toks.join("-"))
+    };
+    ModelSpec::parse(&text)
+}
+
+/// The result of [`structured`].
+#[derive(Debug, Clone)]
+pub struct StructuredPrune {
+    /// The smaller spec.
+    pub spec: ModelSpec,
+    /// Its weights (PyTorch layout).
+    pub weights: Vec<HostTensor>,
+    /// The source model's masks carried to the smaller shapes, if it had any.
+    pub masks: Option<Vec<HostTensor>>,
+    pub report: TransferReport,
+}
+
+/// Structured L1 pruning: removes `sparsity` of the units/channels of each
+/// selected hidden layer (lowest L1 norm first) and the matching inputs of
+/// the next layer. A model already pruned unstructured keeps its mask: the
+/// mask is sliced like the weights, so its surviving zeros stay pruned.
+pub fn structured(
+    spec: &ModelSpec,
+    weights: &[HostTensor],
+    masks: Option<&[HostTensor]>,
+    sparsity: f64,
+    sel: &LayerSelection,
+) -> Result<StructuredPrune> {
+    let small = pruned_spec(spec, sparsity, sel)?;
+    let mut out: Vec<HostTensor> = torch_shapes(&small)
+        .into_iter()
+        .map(|(name, shape)| HostTensor {
+            data: vec![0.0; shape.iter().product()],
+            name,
+            shape,
+        })
+        .collect();
+    let (report, masks) = transfer_with_masks(spec, weights, masks, &small, &mut out)?;
+    if let Some(m) = &masks {
+        zero_masked(&mut out, m);
+    }
+    Ok(StructuredPrune {
+        spec: small,
+        weights: out,
+        masks,
+        report,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::test_util::host;
+    use super::*;
+
+    #[test]
+    fn structured_pruning_slices_a_mask_like_its_weights() {
+        // mlp:3-4-2 with units 1 and 3 the largest (as below); the mask
+        // prunes weight (1, 2) of layer 0 and column 3 of the output row 0.
+        let spec = ModelSpec::parse("mlp:3-4-2").unwrap();
+        let mut w = host(&spec, |_, i| i as f32);
+        w[0].data = vec![0.1, 0.1, 0.1, 5.0, -5.0, 0.0, 0.0, 0.2, 0.0, -3.0, 3.0, 3.0];
+        w[2].data = vec![0.0, 1.0, 2.0, 0.0, 10.0, 11.0, 12.0, 13.0];
+        let mut m0 = vec![1.0; 12];
+        m0[5] = 0.0; // unit 1, input 2
+        m0[0] = 0.0; // unit 0 (removed with its unit)
+        let mut m2 = vec![1.0; 8];
+        m2[3] = 0.0; // output 0, hidden unit 3
+        let masks = vec![
+            HostTensor {
+                name: "layers.0.weight".into(),
+                shape: vec![4, 3],
+                data: m0,
+            },
+            HostTensor {
+                name: "layers.2.weight".into(),
+                shape: vec![2, 4],
+                data: m2,
+            },
+        ];
+        let out = structured(&spec, &w, Some(&masks), 0.5, &LayerSelection::All).unwrap();
+        assert_eq!(out.spec.as_str(), "mlp:3-2-2");
+        let sm = out.masks.unwrap();
+        // Kept units 1 and 3: rows [1, 1, 0] and [1, 1, 1].
+        assert_eq!(sm[0].shape, vec![2, 3]);
+        assert_eq!(sm[0].data, vec![1.0, 1.0, 0.0, 1.0, 1.0, 1.0]);
+        // Output layer columns 1 and 3: row 0 = [1, 0], row 1 = [1, 1].
+        assert_eq!(sm[1].shape, vec![2, 2]);
+        assert_eq!(sm[1].data, vec![1.0, 0.0, 1.0, 1.0]);
+        assert_eq!(out.weights[0].data, vec![5.0, -5.0, 0.0, -3.0, 3.0, 3.0]);
+        assert_eq!(out.weights[2].data, vec![1.0, 0.0, 11.0, 13.0]);
+        // Without a mask there is none.
+        let plain = structured(&spec, &w, None, 0.5, &LayerSelection::All).unwrap();
+        assert!(plain.masks.is_none());
+    }
+
+    #[test]
+    fn pruned_spec_halves_hidden_layers_only() {
+        let spec = ModelSpec::parse("cnn:c32-p-c64-p-f128-10").unwrap();
+        let all = pruned_spec(&spec, 0.5, &LayerSelection::All).unwrap();
+        assert_eq!(all.as_str(), "cnn:c16-p-c32-p-f64-10");
+        let some = LayerSelection::parse("layers.3", &spec).unwrap();
+        assert_eq!(
+            pruned_spec(&spec, 0.5, &some).unwrap().as_str(),
+            "cnn:c32-p-c32-p-f128-10"
+        );
+        let err = LayerSelection::parse("layers.2", &spec)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("invalid value for layers:") && err.contains("layers.0, layers.3"),
+            "{err}"
+        );
+        let out = LayerSelection::parse("layers.9", &spec).unwrap();
+        let err = pruned_spec(&spec, 0.5, &out).unwrap_err().to_string();
+        assert!(
+            err.contains("invalid value for layers:") && err.contains("output layer"),
+            "{err}"
+        );
+        for s in [1.0, -0.1, f64::NAN] {
+            let err = pruned_spec(&spec, s, &LayerSelection::All)
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("invalid value for sparsity:"), "{err}");
+        }
+        let mlp = ModelSpec::parse("mlp:784-100-10").unwrap();
+        assert_eq!(
+            pruned_spec(&mlp, 0.25, &LayerSelection::All)
+                .unwrap()
+                .as_str(),
+            "mlp:784-75-10"
+        );
+    }
+}
