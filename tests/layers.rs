@@ -29,7 +29,6 @@ const KNOWN: &[(&str, &str)] = &[
     ("data", "error"),
     ("report", "train"),
     ("report", "sweep"),
-    ("teacher", "train"),
 ];
 
 fn layer_of(module: &str) -> Option<usize> {

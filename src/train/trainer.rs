@@ -33,13 +33,14 @@ use crate::cache::{CacheReader, CacheViews, EpochPlan};
 use crate::data::augment::Augment;
 use crate::data::Dataset;
 use crate::error::{Error, Result};
+use crate::model::compat::check_compatible;
 use crate::model::io::{read_safetensors, write_safetensors, HostTensor, SPEC_KEY};
 use crate::model::{Backend, ModelSpec, Network, ParamKind};
 use crate::prune::schedule::GradualSchedule;
 use crate::prune::{grow_masks, LayerSelection, StoreMasks, MASK_FILE};
 use crate::report::card::{CacheRef, EpochMetrics, ModelCard};
 
-use super::eval::{check_compatible, evaluate, EvalResult};
+use super::eval::{evaluate, EvalResult};
 use super::loss::{loss, LossConfig, LossKind, Targets};
 use super::optim::{Optimizer, OptimizerConfig};
 
