@@ -16,7 +16,10 @@ use super::device::DeviceArgs;
 use super::{cache as cli_cache, command_line, load_model, prune as cli_prune};
 
 /// Config fields whose flag is not their name (see [`super::name_flags`]).
-pub const RENAMES: &[(&str, &str)] = &[];
+pub const RENAMES: &[(&str, &str)] = &[
+    ("loss.kind", "--loss"),
+    ("optimizer.kind", "--optimizer"),
+];
 
 #[derive(Args)]
 pub struct TrainArgs {
