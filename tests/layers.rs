@@ -27,7 +27,6 @@ const LAYERS: &[&[&str]] = &[
 /// Empty once the refactor lands.
 const KNOWN: &[(&str, &str)] = &[
     ("data", "error"),
-    ("report", "train"),
     ("report", "sweep"),
 ];
 
