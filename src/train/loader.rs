@@ -234,3 +234,269 @@ impl Iterator for Batches<'_> {
         Some(item)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! The loader against the teacher itself: a cache built by the committed
+    //! teacher on the committed Fashion-MNIST subset, then every batch's
+    //! targets compared with `log_softmax(teacher(inputs) / T)` of exactly
+    //! that batch's inputs, so a target that drifts from its image (a shifted
+    //! row, a wrong view, a wrong resume position) fails.
+    //!
+    //! Tolerance, f16 (the default encoding): a row is stored as gaps
+    //! `g_c = max(lp) - lp_c` in f16 (relative error <= 2^-11) plus an offset
+    //! recomputed over the rounded gaps (off by at most the largest gap's
+    //! error), so each value is within `2^-10 * max_c g_c`; 1e-4 more covers
+    //! the teacher's own float noise between batch compositions. Re-tempered
+    //! from T to T' (`T/T' * lp` renormalised), the bound grows by `2 T/T'`.
+
+    use std::path::{Path, PathBuf};
+
+    use dfdx::prelude::*;
+
+    use super::*;
+    use crate::cache::views::view_dir;
+    use crate::cache::{
+        log_softmax_tempered, CacheReader, CacheViews, Encoding, ViewInfo, WriterOptions,
+    };
+    use crate::data::Split;
+    use crate::model::{ModelDir, Network};
+    use crate::teacher::{build_cache, BuildOptions};
+    use crate::train::loss::{LossConfig, LossKind};
+
+    /// Samples used: not a multiple of the batch, of the block or of a window.
+    const N: usize = 517;
+    const BATCH: usize = 64;
+    /// Records per block, and blocks per shuffle window: several windows.
+    const BLOCK: u32 = 32;
+    const WINDOW: usize = 3;
+    /// The cache's temperature.
+    const T: f32 = 4.0;
+
+    fn root() -> PathBuf {
+        PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+    }
+
+    fn teacher() -> Network<Cpu> {
+        ModelDir::new(root().join("data/teachers/fashion-cnn"))
+            .load(Cpu::default())
+            .expect("the committed teacher loads")
+    }
+
+    fn data() -> Dataset {
+        Dataset::open(&root().join("data/fashion-mnist-small"), Split::Train)
+            .expect("the committed subset opens")
+            .head(N)
+    }
+
+    fn build(teacher: &Network<Cpu>, data: &Dataset, dir: &Path, view: Option<ViewInfo>) {
+        let opts = BuildOptions {
+            temperature: T,
+            encoding: Encoding::F16,
+            writer: WriterOptions {
+                records_per_block: BLOCK,
+                ..WriterOptions::default()
+            },
+            batch: 100,
+            teacher_source: "data/teachers/fashion-cnn".into(),
+            progress: false,
+            view,
+        };
+        build_cache(teacher, data, dir, &opts).expect("cache build");
+    }
+
+    fn config(temperature: f32) -> TrainConfig {
+        TrainConfig {
+            spec: "mlp:784-32-10".into(),
+            batch_size: BATCH,
+            seed: 3,
+            window_blocks: WINDOW,
+            loss: LossConfig::new(LossKind::Kd, 0.5, temperature),
+            ..TrainConfig::default()
+        }
+    }
+
+    /// Asserts that `batch`'s targets are the teacher's outputs at `t` on
+    /// its inputs, within the f16 bound (see the module doc).
+    fn assert_targets(teacher: &Network<Cpu>, batch: &Batch, t: f32, what: &str) {
+        let b = batch.indices.len();
+        let logits = teacher.predict(batch.inputs.clone(), b).as_vec();
+        let classes = logits.len() / b;
+        let mut stored = vec![0f32; logits.len()];
+        log_softmax_tempered(&logits, classes, T, &mut stored).unwrap();
+        let mut want = vec![0f32; logits.len()];
+        log_softmax_tempered(&logits, classes, t, &mut want).unwrap();
+        let got = batch.logprobs.as_ref().expect("a cache batch has targets");
+        assert_eq!(got.len(), want.len(), "{what}");
+        for (r, &i) in batch.indices.iter().enumerate() {
+            let row = r * classes..(r + 1) * classes;
+            let s = &stored[row.clone()];
+            let hi = s.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            let max_gap = s.iter().map(|v| hi - v).fold(0f32, f32::max);
+            let retempered = if t == T { 1.0 } else { 2.0 * T / t };
+            let tol = retempered * 2f32.powi(-10) * max_gap + 1e-4;
+            for (c, (g, w)) in got[row.clone()].iter().zip(&want[row]).enumerate() {
+                assert!(
+                    (g - w).abs() <= tol,
+                    "{what}: sample {i} class {c}: loaded {g}, teacher {w} (tolerance {tol})"
+                );
+            }
+        }
+    }
+
+    /// Asserts a whole epoch from `first`: batch sizes (the last one partial),
+    /// labels, and targets; returns the indices in the order served.
+    fn walk(
+        loader: &Loader<'_>,
+        teacher: &Network<Cpu>,
+        epoch: u64,
+        first: usize,
+        t: f32,
+    ) -> Vec<usize> {
+        let batches: Vec<Batch> = loader
+            .batches(epoch, first)
+            .unwrap()
+            .collect::<Result<_>>()
+            .unwrap();
+        let rest = N - first;
+        assert_eq!(
+            batches.len(),
+            rest.div_ceil(BATCH),
+            "epoch {epoch} from {first}"
+        );
+        let labels = loader.train.labels().unwrap();
+        for (k, b) in batches.iter().enumerate() {
+            let want = if k + 1 < batches.len() {
+                BATCH
+            } else {
+                rest - k * BATCH
+            };
+            assert_eq!(b.indices.len(), want, "epoch {epoch} batch {k}");
+            let y: Vec<u32> = b.indices.iter().map(|&i| labels[i]).collect();
+            assert_eq!(b.labels.as_deref(), Some(&y[..]));
+            assert_targets(
+                teacher,
+                b,
+                t,
+                &format!("epoch {epoch} from {first} batch {k}"),
+            );
+        }
+        batches.into_iter().flat_map(|b| b.indices).collect()
+    }
+
+    #[test]
+    fn every_batch_holds_the_teachers_outputs_on_exactly_its_inputs() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (teacher, data) = (teacher(), data());
+        build(&teacher, &data, &tmp.path().join("c"), None);
+        // SAFETY: written above by this test; nothing modifies it.
+        let cache = CacheViews::from(unsafe { CacheReader::open(&tmp.path().join("c")) }.unwrap());
+        let cfg = config(T);
+        let loader = Loader::new(&data, Some(&cache), &cfg);
+
+        // A whole epoch: the windowed shuffle, each sample once, the last
+        // batch partial (517 = 8 * 64 + 5).
+        let order = walk(&loader, &teacher, 0, 0, T);
+        let want: Vec<usize> = cache
+            .first()
+            .epoch_order(cfg.seed, 0, WINDOW)
+            .into_iter()
+            .map(|i| i as usize)
+            .collect();
+        assert_eq!(order, want, "the order is the cache's windowed shuffle");
+        let mut sorted = order.clone();
+        sorted.sort_unstable();
+        assert_eq!(sorted, (0..N).collect::<Vec<_>>());
+        assert_ne!(order, sorted, "the epoch is shuffled");
+        let next = walk(&loader, &teacher, 1, 0, T);
+        assert_ne!(order, next, "each epoch has its own order");
+
+        // Resumed mid-epoch, mid-window and off a batch boundary: the rest of
+        // the same order, batched from the resume position.
+        let resumed = walk(&loader, &teacher, 1, 200, T);
+        assert_eq!(resumed, next[200..]);
+
+        // The loader thread serves the very same batches.
+        let direct: Vec<Batch> = loader
+            .batches(1, 200)
+            .unwrap()
+            .map(|b| b.unwrap())
+            .collect();
+        let threaded: Vec<Batch> = std::thread::scope(|s| {
+            loader
+                .spawn(s, 1, 200)
+                .into_iter()
+                .map(|b| b.unwrap())
+                .collect()
+        });
+        assert_eq!(direct, threaded);
+
+        // Re-tempered to T = 1, the default for students of a T = 4 cache.
+        let cold = config(1.0);
+        let loader = Loader::new(&data, Some(&cache), &cold);
+        walk(&loader, &teacher, 0, 0, 1.0);
+    }
+
+    #[test]
+    fn a_view_set_serves_the_view_the_teacher_saw_with_its_augmented_inputs() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (teacher, data) = (teacher(), data());
+        let set = tmp.path().join("set");
+        for v in 0..2 {
+            let view = ViewInfo {
+                augment: "flip,shift=2".into(),
+                seed: 5,
+                view: v,
+                views: 2,
+            };
+            build(&teacher, &data, &view_dir(&set, v), Some(view));
+        }
+        // SAFETY: written above by this test; nothing modifies it.
+        let views = unsafe { CacheViews::open(&set) }.unwrap();
+        let cfg = config(T);
+        let loader = Loader::new(&data, Some(&views), &cfg);
+        for epoch in 0..3 {
+            walk(&loader, &teacher, epoch, 0, T);
+        }
+        // The inputs are augmented (else the teacher check above would be
+        // comparing plain images with plain outputs).
+        let b = loader.batches(1, 0).unwrap().next().unwrap().unwrap();
+        let mut plain = vec![0f32; b.inputs.len()];
+        data.fill_inputs(&b.indices, &mut plain);
+        assert_ne!(b.inputs, plain);
+        walk(&loader, &teacher, 1, 333, T);
+    }
+
+    #[test]
+    fn without_a_cache_an_epoch_is_a_permutation_from_any_position() {
+        let data = data();
+        let cfg = TrainConfig {
+            augment: Some(Augment::parse("flip").unwrap()),
+            ..config(T)
+        };
+        let loader = Loader::new(&data, None, &cfg);
+        let all: Vec<Batch> = loader.batches(2, 0).unwrap().map(|b| b.unwrap()).collect();
+        let order: Vec<usize> = all.iter().flat_map(|b| b.indices.clone()).collect();
+        assert_eq!(order, shuffled_order(N, cfg.seed, 2));
+        assert_eq!(all.last().map(|b| b.indices.len()), Some(N % BATCH));
+        for b in &all {
+            assert!(b.logprobs.is_none());
+            let mut x = vec![0f32; b.inputs.len()];
+            data.fill_inputs(&b.indices, &mut x);
+            Augment::parse("flip").unwrap().apply_batch(
+                cfg.seed,
+                2,
+                &b.indices,
+                data.sample_shape(),
+                &mut x,
+            );
+            assert_eq!(b.inputs, x);
+        }
+        let rest: Vec<usize> = loader
+            .batches(2, 100)
+            .unwrap()
+            .flat_map(|b| b.unwrap().indices)
+            .collect();
+        assert_eq!(rest, order[100..]);
+    }
+}
