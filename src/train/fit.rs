@@ -11,7 +11,7 @@
 //! curves into the run's [`ModelDir`].
 //!
 //! Every run is deterministic on the CPU for a given seed, and a
-//! [`checkpoint`](super::checkpoint) (weights, optimizer state, epoch,
+//! [`checkpoint`] (weights, optimizer state, epoch,
 //! position in the epoch order, partial epoch sums) lets a resumed run
 //! finish with the same weights as an uninterrupted one.
 
