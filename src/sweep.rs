@@ -47,7 +47,7 @@ use crate::cache::CacheViews;
 use crate::data::Dataset;
 use crate::error::{Error, Result};
 use crate::model::{Backend, ModelSpec, Network};
-use crate::report::card::ModelCard;
+use crate::train::card::ModelCard;
 use crate::train::loss::{LossConfig, LossKind};
 use crate::train::optim::{OptimizerConfig, OptimizerKind, Schedule};
 use crate::train::trainer::{self, RunOptions, TrainConfig, TrainSources};

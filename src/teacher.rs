@@ -26,8 +26,8 @@ use crate::cache::{
 use crate::data::augment::Augment;
 use crate::data::Dataset;
 use crate::error::{Error, Result};
+use crate::model::compat::check_compatible;
 use crate::model::{Backend, Network};
-use crate::train::eval::check_compatible;
 
 /// How to build a cache from a teacher.
 #[derive(Debug, Clone)]

@@ -27,9 +27,7 @@ const LAYERS: &[&[&str]] = &[
 /// Empty once the refactor lands.
 const KNOWN: &[(&str, &str)] = &[
     ("data", "error"),
-    ("report", "train"),
     ("report", "sweep"),
-    ("teacher", "train"),
 ];
 
 fn layer_of(module: &str) -> Option<usize> {

@@ -13,11 +13,11 @@ use distill::cache::CacheReader;
 use distill::data::{Dataset, Split};
 use distill::error::{Error, Result};
 use distill::model::{Backend, ModelSpec};
-use distill::report::card::ModelCard;
 use distill::sweep::{
     collect_results, plan, run_sweep, teacher_forward_timing, write_report, ReportContext, Savings,
     SweepConfig, SweepInputs, TeacherSummary,
 };
+use distill::train::card::ModelCard;
 use distill::train::loss::LossKind;
 use distill::train::optim::{OptimizerKind, Schedule};
 

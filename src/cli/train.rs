@@ -4,19 +4,24 @@ use std::path::PathBuf;
 
 use clap::Args;
 use distill::data::augment::Augment;
-use distill::data::{Dataset, Split};
 use distill::error::{Error, Result};
-use distill::model::{Backend, ModelSpec};
+use distill::model::{Backend, ModelDir, ModelSpec};
 use distill::prune::schedule::GradualSchedule;
 use distill::train::loss::{DkdWeights, LossConfig, LossKind, TeacherErrors};
+use distill::train::metrics::read_metrics;
 use distill::train::optim::{OptimizerConfig, OptimizerKind, Schedule};
-use distill::train::trainer::{self, RunOptions, TrainConfig, TrainSources};
+use distill::train::{RunOptions, SourcePaths, TrainConfig};
 
 use super::device::DeviceArgs;
-use super::{cache as cli_cache, command_line, load_model, prune as cli_prune};
+use super::{command_line, prune as cli_prune};
 
 /// Config fields whose flag is not their name (see [`super::name_flags`]).
-pub const RENAMES: &[(&str, &str)] = &[];
+pub const RENAMES: &[(&str, &str)] = &[
+    ("spec", "--student"),
+    ("batch_size", "--batch"),
+    ("loss.kind", "--loss"),
+    ("optimizer.kind", "--optimizer"),
+];
 
 #[derive(Args)]
 pub struct TrainArgs {
@@ -60,40 +65,40 @@ pub struct TrainArgs {
     #[arg(long)]
     test_cache: Option<PathBuf>,
     /// Distillation temperature (the cache is re-tempered to it).
-    #[arg(long, alias = "temperature", short = 'T', default_value_t = 4.0)]
+    #[arg(long, alias = "temperature", short = 'T', default_value_t = TrainConfig::default().loss.temperature)]
     t: f32,
     /// Weight of the hard-label loss; 1 - alpha goes to the soft loss.
-    #[arg(long, default_value_t = 1.0)]
+    #[arg(long, default_value_t = TrainConfig::default().loss.alpha)]
     alpha: f32,
     /// Soft loss: kd (KL at temperature T), dkd (decoupled KD), mse (logit
     /// matching), pseudo (teacher argmax as label).
-    #[arg(long, default_value = "kd")]
+    #[arg(long, default_value_t = TrainConfig::default().loss.kind.to_string())]
     loss: String,
     /// Weights TCKD,NCKD of --loss dkd.
-    #[arg(long, default_value = "1,8")]
+    #[arg(long, default_value_t = TrainConfig::default().loss.dkd_weights.to_string())]
     dkd_weights: String,
     /// Where the teacher's top class is not the label: keep its outputs, or
     /// swap the two classes' probabilities.
-    #[arg(long, default_value = "keep")]
+    #[arg(long, default_value_t = TrainConfig::default().loss.teacher_errors.to_string())]
     teacher_errors: String,
-    #[arg(long, default_value_t = 10)]
+    #[arg(long, default_value_t = TrainConfig::default().epochs)]
     epochs: usize,
-    #[arg(long, default_value_t = 128)]
+    #[arg(long, default_value_t = TrainConfig::default().batch_size)]
     batch: usize,
     /// sgd, adam or adamw.
-    #[arg(long, default_value = "adam")]
+    #[arg(long, default_value_t = TrainConfig::default().optimizer.kind.to_string())]
     optimizer: String,
-    #[arg(long, default_value_t = 1e-3)]
+    #[arg(long, default_value_t = TrainConfig::default().optimizer.lr)]
     lr: f64,
-    #[arg(long, default_value_t = 0.0)]
+    #[arg(long, default_value_t = TrainConfig::default().optimizer.weight_decay)]
     weight_decay: f64,
     /// SGD momentum.
-    #[arg(long, default_value_t = 0.9)]
+    #[arg(long, default_value_t = TrainConfig::default().optimizer.momentum)]
     momentum: f64,
     /// constant or cosine.
-    #[arg(long, default_value = "cosine")]
+    #[arg(long, default_value_t = TrainConfig::default().optimizer.schedule.to_string())]
     schedule: String,
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = TrainConfig::default().seed)]
     seed: u64,
     /// Output directory (model.safetensors, model.json, metrics.jsonl, curves.png).
     #[arg(long)]
@@ -108,7 +113,7 @@ pub struct TrainArgs {
     #[arg(long, hide = true)]
     stop_after_steps: Option<u64>,
     /// Blocks per shuffle window when streaming the cache.
-    #[arg(long, default_value_t = 8)]
+    #[arg(long, default_value_t = TrainConfig::default().window_blocks)]
     window_blocks: usize,
     /// Allow approximate re-tempering of a top-k cache.
     #[arg(long)]
@@ -120,7 +125,12 @@ pub struct TrainArgs {
     pub device: DeviceArgs,
 }
 
+/// Runs `distill train`; errors name flags (see [`fields_as_flags`]).
 pub fn train<D: Backend>(dev: D, a: TrainArgs) -> Result<()> {
+    run(dev, a).map_err(fields_as_flags)
+}
+
+fn run<D: Backend>(dev: D, a: TrainArgs) -> Result<()> {
     let init = match &a.init_from {
         Some(dir) => Some(cli_prune::init_from(
             dir,
@@ -130,95 +140,14 @@ pub fn train<D: Backend>(dev: D, a: TrainArgs) -> Result<()> {
         )?),
         None => None,
     };
-    let student = match (&a.student, &init) {
-        (Some(s), _) => s.clone(),
-        (None, Some(i)) => i.spec.clone(),
-        (None, None) => {
-            return Err(Error::Config {
-                field: "--student".into(),
-                message: "a model spec is required (or --init-from DIR)".into(),
-            })
-        }
+    let cfg = config(&a, init.as_ref().map(|i| i.spec.as_str()))?;
+    let paths = SourcePaths {
+        data: a.data.clone(),
+        cache: a.cache.clone(),
+        test_cache: a.test_cache.clone(),
+        online_teacher: a.online_teacher.clone(),
     };
-    let cfg = TrainConfig {
-        spec: student,
-        epochs: a.epochs,
-        batch_size: a.batch,
-        seed: a.seed,
-        optimizer: OptimizerConfig {
-            kind: a.optimizer.parse::<OptimizerKind>()?,
-            lr: a.lr,
-            weight_decay: a.weight_decay,
-            momentum: a.momentum,
-            schedule: a.schedule.parse::<Schedule>()?,
-        },
-        loss: {
-            let l = LossConfig {
-                teacher_errors: a.teacher_errors.parse::<TeacherErrors>()?,
-                dkd_weights: a.dkd_weights.parse::<DkdWeights>()?,
-                ..LossConfig::new(a.loss.parse::<LossKind>()?, a.alpha, a.t)
-            };
-            if a.cache.is_some() || a.online_teacher.is_some() {
-                l
-            } else {
-                l.validate()?;
-                if l.needs_teacher() {
-                    return Err(Error::Config {
-                        field: "--cache".into(),
-                        message: format!(
-                            "--alpha {} / --loss {} need the teacher's outputs: pass --cache DIR (built by `distill cache build`)",
-                            a.alpha, a.loss
-                        ),
-                    });
-                }
-                LossConfig::hard_labels()
-            }
-        },
-        window_blocks: a.window_blocks.max(1),
-        allow_topk_retemper: a.allow_topk_retemper,
-        augment: match &a.augment {
-            Some(text) => Some(Augment::parse(text)?),
-            None => None,
-        },
-        prune_schedule: match &a.prune_schedule {
-            Some(text) => Some(GradualSchedule::parse(text)?),
-            None => None,
-        },
-    };
-    cfg.validate()?;
-    let train_ds = Dataset::open(&a.data, Split::Train)?;
-    let test_ds = Dataset::open(&a.data, Split::Test).ok();
-    let cache = match &a.cache {
-        Some(dir) => Some(cli_cache::open_views(dir)?),
-        None => None,
-    };
-    let mut teacher_accuracy = None;
-    let teacher_test_predictions = match (&a.test_cache, &test_ds) {
-        (Some(dir), Some(test)) => {
-            let tc = cli_cache::open_cache(dir)?;
-            teacher_accuracy = tc.manifest().teacher_stats.accuracy;
-            Some(cli_cache::teacher_predictions(&tc, test)?)
-        }
-        (Some(_), None) => {
-            return Err(Error::Config {
-                field: "--test-cache".into(),
-                message: format!("{} has no test split to pair it with", a.data.display()),
-            })
-        }
-        _ => None,
-    };
-    let online = match &a.online_teacher {
-        Some(dir) => Some(load_model(dir, dev.clone())?),
-        None => None,
-    };
-    let sources = TrainSources {
-        train: &train_ds,
-        test: test_ds.as_ref(),
-        cache: cache.as_ref(),
-        cache_dir: a.cache.clone(),
-        teacher_test_predictions,
-        online_teacher: online.as_ref(),
-    };
+    let opened = paths.open(dev.clone())?;
     let opts = RunOptions {
         checkpoint_every: a.checkpoint_every,
         resume: a.resume,
@@ -227,14 +156,13 @@ pub fn train<D: Backend>(dev: D, a: TrainArgs) -> Result<()> {
         command: command_line(),
         data_dir: a.data.clone(),
         init: init.as_ref().map(|i| i.tensors.clone()),
+        init_source: a.init_from.clone(),
         masks: init.and_then(|i| i.masks),
         baseline_metrics: match &a.baseline_run {
-            Some(dir) => Some(distill::report::card::read_metrics(
-                &dir.join("metrics.jsonl"),
-            )?),
+            Some(dir) => Some(read_metrics(&ModelDir::new(dir).metrics())?),
             None => None,
         },
-        teacher_accuracy,
+        teacher_accuracy: opened.teacher_accuracy,
     };
     if !a.quiet {
         eprintln!(
@@ -242,33 +170,18 @@ pub fn train<D: Backend>(dev: D, a: TrainArgs) -> Result<()> {
             cfg.spec,
             ModelSpec::parse(&cfg.spec)?.param_count(),
             dev.describe(),
-            train_ds.len(),
+            opened.train.len(),
             match &a.cache {
                 Some(c) => format!(
-                    "distilling from {} (loss {}{}, T {}, alpha {}{})",
+                    "distilling from {} ({})",
                     c.display(),
-                    cfg.loss.kind,
-                    if cfg.loss.kind == LossKind::Dkd {
-                        format!(
-                            " {},{}",
-                            cfg.loss.dkd_weights.target, cfg.loss.dkd_weights.non_target
-                        )
-                    } else {
-                        String::new()
-                    },
-                    cfg.loss.temperature,
-                    cfg.loss.alpha,
-                    if cfg.loss.teacher_errors == TeacherErrors::Swap {
-                        ", teacher errors swapped"
-                    } else {
-                        ""
-                    }
+                    describe_loss(&cfg.loss)
                 ),
                 None => "hard labels only".to_string(),
             }
         );
     }
-    let outcome = trainer::train(dev, &cfg, &sources, &a.out, &opts)?;
+    let outcome = distill::train::train(dev, &cfg, &opened.sources(), &a.out, &opts)?;
     if !outcome.finished {
         println!(
             "stopped after {} steps; checkpoint in {}",
@@ -289,4 +202,166 @@ pub fn train<D: Backend>(dev: D, a: TrainArgs) -> Result<()> {
         ),
     }
     Ok(())
+}
+
+/// The run's config from the flags; `init_spec` is the spec of the
+/// `--init-from` model, the default student.
+fn config(a: &TrainArgs, init_spec: Option<&str>) -> Result<TrainConfig> {
+    let spec = match (&a.student, init_spec) {
+        (Some(s), _) => s.clone(),
+        (None, Some(s)) => s.to_string(),
+        (None, None) => {
+            return Err(Error::Config {
+                field: "--student".into(),
+                message: "a model spec is required (or --init-from DIR)".into(),
+            })
+        }
+    };
+    let cfg = TrainConfig {
+        spec,
+        epochs: a.epochs,
+        batch_size: a.batch,
+        seed: a.seed,
+        optimizer: OptimizerConfig {
+            kind: a.optimizer.parse::<OptimizerKind>()?,
+            lr: a.lr,
+            weight_decay: a.weight_decay,
+            momentum: a.momentum,
+            schedule: a.schedule.parse::<Schedule>()?,
+        },
+        loss: loss_config(a)?,
+        window_blocks: a.window_blocks.max(1),
+        allow_topk_retemper: a.allow_topk_retemper,
+        augment: match &a.augment {
+            Some(text) => Some(Augment::parse(text)?),
+            None => None,
+        },
+        prune_schedule: match &a.prune_schedule {
+            Some(text) => Some(GradualSchedule::parse(text)?),
+            None => None,
+        },
+    };
+    cfg.validate()?;
+    Ok(cfg)
+}
+
+/// The loss flags; without a teacher (no --cache, no --online-teacher) they
+/// must ask for hard labels only, and the run records plain hard-label
+/// training whatever -T says.
+fn loss_config(a: &TrainArgs) -> Result<LossConfig> {
+    let l = LossConfig {
+        teacher_errors: a.teacher_errors.parse::<TeacherErrors>()?,
+        dkd_weights: a.dkd_weights.parse::<DkdWeights>()?,
+        ..LossConfig::new(a.loss.parse::<LossKind>()?, a.alpha, a.t)
+    };
+    if a.cache.is_some() || a.online_teacher.is_some() {
+        return Ok(l);
+    }
+    l.validate()?;
+    if l.needs_teacher() {
+        return Err(Error::Config {
+            field: "--cache".into(),
+            message: format!(
+                "--alpha {} / --loss {} need the teacher's outputs: pass --cache DIR (built by `distill cache build`)",
+                a.alpha, a.loss
+            ),
+        });
+    }
+    Ok(LossConfig::hard_labels())
+}
+
+/// The loss in the start line, e.g. `loss kd, T 4, alpha 0.5`.
+fn describe_loss(l: &LossConfig) -> String {
+    format!(
+        "loss {}{}, T {}, alpha {}{}",
+        l.kind,
+        if l.kind == LossKind::Dkd {
+            format!(" {},{}", l.dkd_weights.target, l.dkd_weights.non_target)
+        } else {
+            String::new()
+        },
+        l.temperature,
+        l.alpha,
+        if l.teacher_errors == TeacherErrors::Swap {
+            ", teacher errors swapped"
+        } else {
+            ""
+        }
+    )
+}
+
+/// Library messages write the fields a user should change in backticks
+/// (`loss.alpha`); on the command line they read as the flags that set
+/// them, named as [`super::name_flags`] names an error's field.
+fn fields_as_flags(e: Error) -> Error {
+    match e {
+        Error::Config { field, message } => Error::Config {
+            field,
+            message: flags_in(&message),
+        },
+        Error::Training { context, message } => Error::Training {
+            context,
+            message: flags_in(&message),
+        },
+        other => other,
+    }
+}
+
+/// `message` with each backticked field name replaced by its flag.
+fn flags_in(message: &str) -> String {
+    let is_field = |s: &str| {
+        !s.is_empty()
+            && s.chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '.')
+    };
+    let mut out = String::with_capacity(message.len());
+    let mut rest = message;
+    while let Some(i) = rest.find('`') {
+        let after = &rest[i + 1..];
+        match after.find('`') {
+            Some(j) if is_field(&after[..j]) => {
+                out.push_str(&rest[..i]);
+                let named = super::name_flags(
+                    Error::Config {
+                        field: after[..j].to_string(),
+                        message: String::new(),
+                    },
+                    RENAMES,
+                );
+                match named {
+                    Error::Config { field, .. } => out.push_str(&field),
+                    _ => out.push_str(&after[..j]),
+                }
+                rest = &after[j + 1..];
+            }
+            _ => {
+                out.push_str(&rest[..=i]);
+                rest = after;
+            }
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::flags_in;
+
+    #[test]
+    fn backticked_fields_read_as_flags() {
+        assert_eq!(
+            flags_in("use `loss.alpha` 0 or `loss.kind` pseudo"),
+            "use --alpha 0 or --loss pseudo"
+        );
+        assert_eq!(
+            flags_in("distil from a teacher run on every batch (`online_teacher`)"),
+            "distil from a teacher run on every batch (--online-teacher)"
+        );
+        // Code that is not a field name, and a lone backtick, stay as they are.
+        assert_eq!(
+            flags_in("run `distill cache build` or ` here"),
+            "run `distill cache build` or ` here"
+        );
+    }
 }

@@ -3,6 +3,7 @@
 //! safetensors I/O with PyTorch names and layouts ([`io`]), and a model
 //! directory's layout ([`dir`]).
 
+pub mod compat;
 pub mod dir;
 pub mod io;
 pub mod network;

@@ -1,6 +1,6 @@
-//! Reports: model cards and metrics files ([`card`]), PNG plots ([`plot`]),
-//! and the plots of a sweep ([`sweep_plot`]).
+//! Reports: PNG plots of a training run ([`plot`]) and of a sweep
+//! ([`sweep_plot`]). Model cards and metrics files belong to training
+//! (`train::card`, `train::metrics`).
 
-pub mod card;
 pub mod plot;
 pub mod sweep_plot;

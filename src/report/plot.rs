@@ -10,7 +10,15 @@ use plotters::style::{register_font, FontStyle};
 
 use crate::error::{Error, Result};
 
-use super::card::EpochMetrics;
+/// One epoch's point on the training curves (the trainer's per-epoch
+/// metrics, as far as the plot needs them).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct CurvePoint {
+    pub epoch: usize,
+    pub train_loss: f64,
+    pub test_loss: Option<f64>,
+    pub test_accuracy: Option<f64>,
+}
 
 static FONT: &[u8] = include_bytes!("fonts/DejaVuSans.ttf");
 static REGISTER: Once = Once::new();
@@ -66,8 +74,8 @@ fn draw_lines(
 /// as a horizontal line.
 pub fn training_curves(
     path: &Path,
-    metrics: &[EpochMetrics],
-    baseline: Option<&[EpochMetrics]>,
+    metrics: &[CurvePoint],
+    baseline: Option<&[CurvePoint]>,
     teacher_accuracy: Option<f64>,
 ) -> Result<()> {
     if metrics.is_empty() {
@@ -78,8 +86,22 @@ pub fn training_curves(
     root.fill(&WHITE).map_err(|e| plot_err(path, e))?;
     let (left, right) = root.split_horizontally(600);
     let epochs = metrics.len().max(baseline.map_or(0, |b| b.len())) as f64;
+    loss_panel(&left, path, metrics, baseline, epochs)?;
+    accuracy_panel(&right, path, metrics, baseline, teacher_accuracy, epochs)?;
+    root.present().map_err(|e| plot_err(path, e))?;
+    Ok(())
+}
 
-    // Loss panel.
+type Area<'a> = DrawingArea<BitMapBackend<'a>, plotters::coord::Shift>;
+
+/// The left panel: train and test loss per epoch, and the baseline's test loss.
+fn loss_panel(
+    area: &Area<'_>,
+    path: &Path,
+    metrics: &[CurvePoint],
+    baseline: Option<&[CurvePoint]>,
+    epochs: f64,
+) -> Result<()> {
     let losses: Vec<f64> = metrics
         .iter()
         .flat_map(|m| [Some(m.train_loss), m.test_loss])
@@ -93,7 +115,7 @@ pub fn training_curves(
         )
         .collect();
     let max_loss = losses.iter().cloned().fold(0.0, f64::max).max(1e-6) * 1.05;
-    let mut chart = ChartBuilder::on(&left)
+    let mut chart = ChartBuilder::on(area)
         .caption("Loss per epoch", ("sans-serif", 22))
         .margin(15)
         .x_label_area_size(45)
@@ -144,8 +166,19 @@ pub fn training_curves(
         .position(SeriesLabelPosition::UpperRight)
         .draw()
         .map_err(|e| plot_err(path, e))?;
+    Ok(())
+}
 
-    // Accuracy panel.
+/// The right panel: test accuracy per epoch of the student and the
+/// baseline, and the teacher's as a horizontal line.
+fn accuracy_panel(
+    area: &Area<'_>,
+    path: &Path,
+    metrics: &[CurvePoint],
+    baseline: Option<&[CurvePoint]>,
+    teacher_accuracy: Option<f64>,
+    epochs: f64,
+) -> Result<()> {
     let accs: Vec<f64> = metrics
         .iter()
         .filter_map(|m| m.test_accuracy)
@@ -162,7 +195,7 @@ pub fn training_curves(
         let lo = accs.iter().cloned().fold(100.0, f64::min);
         let hi = accs.iter().cloned().fold(0.0, f64::max);
         let pad = ((hi - lo) * 0.15).max(0.5);
-        let mut chart = ChartBuilder::on(&right)
+        let mut chart = ChartBuilder::on(area)
             .caption("Test accuracy per epoch", ("sans-serif", 22))
             .margin(15)
             .x_label_area_size(45)
@@ -222,6 +255,5 @@ pub fn training_curves(
             .draw()
             .map_err(|e| plot_err(path, e))?;
     }
-    root.present().map_err(|e| plot_err(path, e))?;
     Ok(())
 }

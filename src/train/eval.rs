@@ -6,7 +6,8 @@ use std::time::Instant;
 use dfdx::prelude::*;
 
 use crate::data::Dataset;
-use crate::error::{Error, Result};
+use crate::error::Result;
+use crate::model::compat::check_compatible;
 use crate::model::{Backend, Network};
 
 use super::loss::argmax_rows;
@@ -41,39 +42,6 @@ impl EvalResult {
             .count();
         Some(same as f64 / other.len() as f64)
     }
-}
-
-/// Checks that a network can read a dataset: same input size, and labels
-/// within its classes.
-pub fn check_compatible<D: Backend>(net: &Network<D>, data: &Dataset) -> Result<()> {
-    let spec = net.spec();
-    if data.sample_len() != spec.input_len() {
-        let [c, h, w] = data.sample_shape();
-        return Err(Error::Spec {
-            spec: spec.to_string(),
-            message: format!(
-                "takes {} inputs per sample, but {} has {c}x{h}x{w} = {} (split {})",
-                spec.input_len(),
-                data.source().display(),
-                data.sample_len(),
-                data.split()
-            ),
-        });
-    }
-    if let Some(k) = data.num_classes() {
-        if k > spec.num_classes() {
-            return Err(Error::Spec {
-                spec: spec.to_string(),
-                message: format!(
-                    "has {} outputs, but {} holds labels up to {}",
-                    spec.num_classes(),
-                    data.source().display(),
-                    k - 1
-                ),
-            });
-        }
-    }
-    Ok(())
 }
 
 /// Runs the network over every sample (in order, batches of `batch`).

@@ -58,7 +58,7 @@ impl FromStr for LossKind {
             "pseudo" => Ok(Self::Pseudo),
             "dkd" => Ok(Self::Dkd),
             other => Err(Error::Config {
-                field: "--loss".into(),
+                field: "loss.kind".into(),
                 message: format!("'{other}' is not one of kd, dkd, mse, pseudo"),
             }),
         }
@@ -94,7 +94,7 @@ impl FromStr for TeacherErrors {
             "keep" => Ok(Self::Keep),
             "swap" => Ok(Self::Swap),
             other => Err(Error::Config {
-                field: "--teacher-errors".into(),
+                field: "loss.teacher_errors".into(),
                 message: format!("'{other}' is not one of keep, swap"),
             }),
         }
@@ -132,7 +132,7 @@ impl FromStr for DkdWeights {
     /// `A,B`: the TCKD and NCKD weights, both finite and >= 0.
     fn from_str(s: &str) -> Result<Self> {
         let bad = |message: String| Error::Config {
-            field: "--dkd-weights".into(),
+            field: "loss.dkd_weights".into(),
             message,
         };
         let (a, b) = s
@@ -152,6 +152,13 @@ impl FromStr for DkdWeights {
     }
 }
 
+impl fmt::Display for DkdWeights {
+    /// `A,B`, the form [`FromStr`] reads.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{},{}", self.target, self.non_target)
+    }
+}
+
 /// The objective of a run.
 #[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct LossConfig {
@@ -166,6 +173,14 @@ pub struct LossConfig {
     /// Weights of [`LossKind::Dkd`]'s two parts (unused by the other losses).
     #[serde(default)]
     pub dkd_weights: DkdWeights,
+}
+
+impl Default for LossConfig {
+    /// Hard labels only (`alpha` 1) at the usual distillation temperature
+    /// 4, so that lowering `alpha` is all a distillation run needs.
+    fn default() -> Self {
+        Self::new(LossKind::Kd, 1.0, 4.0)
+    }
 }
 
 impl LossConfig {
@@ -185,17 +200,17 @@ impl LossConfig {
         }
     }
 
-    /// Checks ranges; errors name the flag.
+    /// Checks ranges; errors name the field.
     pub fn validate(&self) -> Result<()> {
         if !(self.alpha.is_finite() && (0.0..=1.0).contains(&self.alpha)) {
             return Err(Error::Config {
-                field: "--alpha".into(),
+                field: "loss.alpha".into(),
                 message: format!("{} must be in [0, 1]", self.alpha),
             });
         }
         if !(self.temperature.is_finite() && self.temperature > 0.0 && self.temperature <= 1000.0) {
             return Err(Error::Config {
-                field: "--temperature".into(),
+                field: "loss.temperature".into(),
                 message: format!("{} must be a number in (0, 1000]", self.temperature),
             });
         }
@@ -206,13 +221,13 @@ impl LossConfig {
             && w.non_target >= 0.0)
         {
             return Err(Error::Config {
-                field: "--dkd-weights".into(),
+                field: "loss.dkd_weights".into(),
                 message: format!("{},{} must be finite weights >= 0", w.target, w.non_target),
             });
         }
         if self.teacher_errors == TeacherErrors::Swap && self.kind == LossKind::Pseudo {
             return Err(Error::Config {
-                field: "--teacher-errors".into(),
+                field: "loss.teacher_errors".into(),
                 message: "swap corrects soft targets with the labels; pseudo-labels replace the labels, so the two do not combine".into(),
             });
         }
@@ -563,7 +578,7 @@ mod tests {
     }
 
     #[test]
-    fn missing_targets_and_bad_flags_are_clear() {
+    fn missing_targets_and_bad_settings_are_clear() {
         let dev = Cpu::seed_from_u64(0);
         let cfg = LossConfig::new(LossKind::Kd, 0.5, 2.0);
         let targets = Targets {
@@ -575,17 +590,17 @@ mod tests {
             .err()
             .unwrap();
         assert!(err.to_string().contains("labels"), "{err}");
-        for (alpha, t, flag) in [
-            (1.5, 2.0, "--alpha"),
-            (-0.1, 2.0, "--alpha"),
-            (0.5, 0.0, "--temperature"),
-            (0.5, -1.0, "--temperature"),
-            (0.5, f32::NAN, "--temperature"),
+        for (alpha, t, field) in [
+            (1.5, 2.0, "loss.alpha"),
+            (-0.1, 2.0, "loss.alpha"),
+            (0.5, 0.0, "loss.temperature"),
+            (0.5, -1.0, "loss.temperature"),
+            (0.5, f32::NAN, "loss.temperature"),
         ] {
             let e = LossConfig::new(LossKind::Kd, alpha, t)
                 .validate()
                 .unwrap_err();
-            assert!(e.to_string().contains(flag), "{e}");
+            assert!(e.to_string().contains(field), "{e}");
         }
     }
 
@@ -766,7 +781,7 @@ mod tests {
     }
 
     #[test]
-    fn dkd_and_swap_flags_are_checked() {
+    fn dkd_and_swap_settings_are_checked() {
         for (text, ok) in [
             ("1,8", true),
             (" 0.5 , 2", true),
@@ -778,11 +793,11 @@ mod tests {
             let r = text.parse::<DkdWeights>();
             assert_eq!(r.is_ok(), ok, "{text}");
             if let Err(e) = r {
-                assert!(e.to_string().contains("--dkd-weights"), "{e}");
+                assert!(e.to_string().contains("loss.dkd_weights"), "{e}");
             }
         }
         let e = "fix".parse::<TeacherErrors>().unwrap_err();
-        assert!(e.to_string().contains("--teacher-errors"), "{e}");
+        assert!(e.to_string().contains("loss.teacher_errors"), "{e}");
         let e = "dkdx".parse::<LossKind>().unwrap_err();
         assert!(e.to_string().contains("dkd"), "{e}");
         let e = LossConfig {
@@ -791,7 +806,7 @@ mod tests {
         }
         .validate()
         .unwrap_err();
-        assert!(e.to_string().contains("--teacher-errors"), "{e}");
+        assert!(e.to_string().contains("loss.teacher_errors"), "{e}");
         // Old model cards and checkpoints, written before these fields, still load.
         let old: LossConfig =
             serde_json::from_str(r#"{"kind":"kd","alpha":0.5,"temperature":4.0}"#).unwrap();

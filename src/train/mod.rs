@@ -1,9 +1,38 @@
-//! Training: optimizers ([`optim`]), losses ([`loss`]), evaluation
-//! ([`eval`]) and the training loop with its loader thread and checkpoints
-//! ([`trainer`]).
+//! Training (phase two): a student learns from hard labels, from a
+//! teacher-output cache, or from a teacher run online.
+//!
+//! One file per concept:
+//! - [`config`]: what defines a run ([`TrainConfig`], with the defaults)
+//!   and the options that do not change its result ([`RunOptions`]);
+//! - [`sources`]: what a run reads ([`TrainSources`]), opened from paths,
+//!   and checked against the config;
+//! - [`fit`]: the loop ([`train`]);
+//! - [`loader`]: the loader thread that produces host batches in the
+//!   run's deterministic order;
+//! - [`checkpoint`]: the state a killed run resumes from;
+//! - [`pruning`]: masks in force and the gradual-pruning hook;
+//! - [`loss`], [`optim`]: the objectives and the optimizers;
+//! - [`eval`]: accuracy, loss and agreement on a dataset;
+//! - [`compare`]: one row per model for `distill eval` and `distill prune`
+//!   (accuracy, size, FLOPs, throughput, latency);
+//! - [`metrics`], [`card`]: `metrics.jsonl` and `model.json`.
+//!
+//! [`trainer`] keeps the paths of the types from before the split.
 
+pub mod card;
+pub mod checkpoint;
 pub mod compare;
+pub mod config;
 pub mod eval;
+pub mod fit;
+pub mod loader;
 pub mod loss;
+pub mod metrics;
 pub mod optim;
+pub mod pruning;
+pub mod sources;
 pub mod trainer;
+
+pub use config::{RunOptions, TrainConfig};
+pub use fit::{train, TrainOutcome};
+pub use sources::{SourcePaths, TrainSources};

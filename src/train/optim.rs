@@ -38,7 +38,7 @@ impl FromStr for OptimizerKind {
             "adam" => Ok(Self::Adam),
             "adamw" => Ok(Self::AdamW),
             other => Err(Error::Config {
-                field: "--optimizer".into(),
+                field: "optimizer.kind".into(),
                 message: format!("'{other}' is not one of sgd, adam, adamw"),
             }),
         }
@@ -71,10 +71,19 @@ impl FromStr for Schedule {
             "constant" => Ok(Self::Constant),
             "cosine" => Ok(Self::Cosine),
             other => Err(Error::Config {
-                field: "--schedule".into(),
+                field: "optimizer.schedule".into(),
                 message: format!("'{other}' is not one of constant, cosine"),
             }),
         }
+    }
+}
+
+impl fmt::Display for Schedule {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Constant => "constant",
+            Self::Cosine => "cosine",
+        })
     }
 }
 
@@ -89,26 +98,46 @@ pub struct OptimizerConfig {
     pub schedule: Schedule,
 }
 
+impl Default for OptimizerConfig {
+    /// Adam at learning rate 1e-3 with a cosine schedule and no weight
+    /// decay (momentum 0.9 applies to SGD only).
+    fn default() -> Self {
+        OptimizerConfig {
+            kind: OptimizerKind::Adam,
+            lr: 1e-3,
+            weight_decay: 0.0,
+            momentum: 0.9,
+            schedule: Schedule::Cosine,
+        }
+    }
+}
+
 impl OptimizerConfig {
-    /// Checks ranges; errors name the flag.
+    /// Checks ranges; errors name the field.
     pub fn validate(&self) -> Result<()> {
-        let bad = |flag: &str, message: String| {
+        let bad = |field: &str, message: String| {
             Err(Error::Config {
-                field: flag.into(),
+                field: field.into(),
                 message,
             })
         };
         if !(self.lr.is_finite() && self.lr > 0.0) {
-            return bad("--lr", format!("{} must be a positive number", self.lr));
+            return bad(
+                "optimizer.lr",
+                format!("{} must be a positive number", self.lr),
+            );
         }
         if !(self.weight_decay.is_finite() && self.weight_decay >= 0.0) {
             return bad(
-                "--weight-decay",
+                "optimizer.weight_decay",
                 format!("{} must be zero or positive", self.weight_decay),
             );
         }
         if !(0.0..1.0).contains(&self.momentum) {
-            return bad("--momentum", format!("{} must be in [0, 1)", self.momentum));
+            return bad(
+                "optimizer.momentum",
+                format!("{} must be in [0, 1)", self.momentum),
+            );
         }
         Ok(())
     }
@@ -398,17 +427,25 @@ mod tests {
     }
 
     #[test]
-    fn bad_hyperparameters_name_the_flag() {
+    fn bad_hyperparameters_name_the_field() {
         let mut c = cfg(OptimizerKind::Adam);
         c.lr = -1.0;
-        assert!(c.validate().unwrap_err().to_string().contains("--lr"));
+        assert!(c
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("optimizer.lr"));
         let mut c = cfg(OptimizerKind::Adam);
         c.momentum = 1.5;
-        assert!(c.validate().unwrap_err().to_string().contains("--momentum"));
+        assert!(c
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("optimizer.momentum"));
         assert!("rmsprop"
             .parse::<OptimizerKind>()
             .unwrap_err()
             .to_string()
-            .contains("--optimizer"));
+            .contains("optimizer.kind"));
     }
 }

@@ -1,0 +1,228 @@
+//! The checkpoint a killed run resumes from (`checkpoint.safetensors` in the
+//! run's directory, see [`ModelDir::checkpoint`](crate::model::ModelDir::checkpoint)).
+//!
+//! One safetensors file holds everything an uninterrupted run would still
+//! have in memory, so that resuming finishes with the same weights:
+//!
+//! | what | where |
+//! |---|---|
+//! | weights, the network's own layout | tensors named as the network's parameters |
+//! | optimizer state | tensors `optimizer.slot1.NAME`, `optimizer.slot2.NAME` |
+//! | pruning masks in force | tensors `mask.NAME` (PyTorch layout) |
+//! | the spec | metadata `__spec__` |
+//! | the run's config, as JSON | metadata `config` |
+//! | the cache's content id | metadata `cache_id` (empty without a cache) |
+//! | epoch, position in its order, optimizer step | metadata `epoch`, `position`, `step` |
+//! | the epoch's partial loss sum and count | metadata `loss_sum`, `loss_count` |
+//! | finished epochs' metrics, training time | metadata `metrics`, `train_seconds` |
+//!
+//! A checkpoint resumes only the same run: [`load`] refuses one written with
+//! another config or from another cache (a replaced or rebuilt cache has
+//! another id).
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use crate::error::{Error, Result};
+use crate::model::io::{read_safetensors, write_safetensors, HostTensor, SPEC_KEY};
+use crate::model::{Backend, Network};
+
+use super::config::TrainConfig;
+use super::metrics::EpochMetrics;
+use super::optim::Optimizer;
+
+/// Prefix of the pruning masks' tensors in a checkpoint.
+const MASK_PREFIX: &str = "mask.";
+
+/// Where a run stands: what a checkpoint records besides the tensors and
+/// the finished epochs' metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct Progress {
+    /// The epoch under way (0-based); the number of finished epochs.
+    pub epoch: usize,
+    /// Samples of the epoch's order already trained on.
+    pub position: usize,
+    /// The epoch's loss summed over those samples, and their count.
+    pub loss_sum: f64,
+    pub loss_count: usize,
+    /// Training time so far, seconds.
+    pub train_seconds: f64,
+}
+
+/// A checkpoint read back.
+pub struct Checkpoint {
+    pub progress: Progress,
+    /// The finished epochs' metrics.
+    pub metrics: Vec<EpochMetrics>,
+    /// The masks in force when it was written (PyTorch layout), if any.
+    pub masks: Option<Vec<HostTensor>>,
+}
+
+/// Which run a checkpoint belongs to: its config and the cache's content id.
+#[derive(Clone, Copy)]
+pub struct RunIdentity<'a> {
+    pub cfg: &'a TrainConfig,
+    pub cache_id: &'a str,
+}
+
+/// Writes a checkpoint (atomically: a killed write leaves the previous one).
+pub fn save<D: Backend>(
+    path: &Path,
+    run: RunIdentity<'_>,
+    net: &Network<D>,
+    opt: &Optimizer<D>,
+    progress: Progress,
+    metrics: &[EpochMetrics],
+    masks: Option<&[HostTensor]>,
+) -> Result<()> {
+    let mut tensors: Vec<HostTensor> = net
+        .params()
+        .iter()
+        .map(|p| HostTensor {
+            name: p.name.clone(),
+            shape: p.value.dims(),
+            data: p.value.to_vec(),
+        })
+        .collect();
+    for (p, (s1, s2)) in net.params().iter().zip(opt.state_to_host(net)) {
+        for (slot, data) in [("slot1", s1), ("slot2", s2)] {
+            if !data.is_empty() {
+                tensors.push(HostTensor {
+                    name: format!("optimizer.{slot}.{}", p.name),
+                    shape: vec![data.len()],
+                    data,
+                });
+            }
+        }
+    }
+    for m in masks.unwrap_or_default() {
+        tensors.push(HostTensor {
+            name: format!("{MASK_PREFIX}{}", m.name),
+            shape: m.shape.clone(),
+            data: m.data.clone(),
+        });
+    }
+    let mut meta = HashMap::new();
+    meta.insert(SPEC_KEY.into(), net.spec().to_string());
+    meta.insert(
+        "config".into(),
+        serde_json::to_string(run.cfg).unwrap_or_default(),
+    );
+    meta.insert("cache_id".into(), run.cache_id.to_string());
+    meta.insert("epoch".into(), progress.epoch.to_string());
+    meta.insert("position".into(), progress.position.to_string());
+    meta.insert("step".into(), opt.step().to_string());
+    meta.insert("loss_sum".into(), format!("{:e}", progress.loss_sum));
+    meta.insert("loss_count".into(), progress.loss_count.to_string());
+    meta.insert("train_seconds".into(), progress.train_seconds.to_string());
+    meta.insert(
+        "metrics".into(),
+        serde_json::to_string(metrics).unwrap_or_default(),
+    );
+    write_safetensors(path, &tensors, meta)
+}
+
+/// Reads a checkpoint of the same run into `net` and `opt`; refuses one of
+/// another run (config or cache).
+pub fn load<D: Backend>(
+    path: &Path,
+    run: RunIdentity<'_>,
+    net: &mut Network<D>,
+    opt: &mut Optimizer<D>,
+) -> Result<Checkpoint> {
+    let (meta, tensors) = read_safetensors(path)?;
+    let bad = |message: String| Error::Model {
+        path: path.to_path_buf(),
+        message,
+    };
+    check_identity(&meta, run).map_err(bad)?;
+    let field = |k: &str| -> Result<&String> {
+        meta.get(k)
+            .ok_or_else(|| bad(format!("metadata '{k}' is missing")))
+    };
+    let num = |k: &str| -> Result<u64> {
+        field(k)?
+            .parse::<u64>()
+            .map_err(|_| bad(format!("metadata '{k}' is not a number")))
+    };
+    let by_name: HashMap<&str, &HostTensor> =
+        tensors.iter().map(|t| (t.name.as_str(), t)).collect();
+    // Weights are stored in the network's own layout.
+    for p in net.params_mut() {
+        let t = by_name
+            .get(p.name.as_str())
+            .ok_or_else(|| bad(format!("tensor '{}' is missing", p.name)))?;
+        if t.data.len() != p.value.len() {
+            return Err(bad(format!(
+                "tensor '{}' has {} values, expected {}",
+                p.name,
+                t.data.len(),
+                p.value.len()
+            )));
+        }
+        p.value.copy_from(&t.data);
+    }
+    let state: Vec<(Vec<f32>, Vec<f32>)> = net
+        .params()
+        .iter()
+        .map(|p| {
+            let get = |slot: &str| {
+                by_name
+                    .get(format!("optimizer.{slot}.{}", p.name).as_str())
+                    .map(|t| t.data.clone())
+                    .unwrap_or_default()
+            };
+            (get("slot1"), get("slot2"))
+        })
+        .collect();
+    opt.restore_state(net, &state, num("step")?)?;
+    let metrics: Vec<EpochMetrics> = serde_json::from_str(field("metrics")?)
+        .map_err(|e| bad(format!("metadata 'metrics': {e}")))?;
+    let masks: Vec<HostTensor> = tensors
+        .iter()
+        .filter_map(|t| {
+            t.name.strip_prefix(MASK_PREFIX).map(|name| HostTensor {
+                name: name.to_string(),
+                shape: t.shape.clone(),
+                data: t.data.clone(),
+            })
+        })
+        .collect();
+    Ok(Checkpoint {
+        masks: (!masks.is_empty()).then_some(masks),
+        metrics,
+        progress: Progress {
+            epoch: num("epoch")? as usize,
+            position: num("position")? as usize,
+            loss_sum: field("loss_sum")?
+                .parse()
+                .map_err(|_| bad("metadata 'loss_sum' is not a number".into()))?,
+            loss_count: num("loss_count")? as usize,
+            train_seconds: field("train_seconds")?.parse().unwrap_or(0.0),
+        },
+    })
+}
+
+/// Whether a checkpoint's metadata names this run; the reason if not.
+fn check_identity(
+    meta: &HashMap<String, String>,
+    run: RunIdentity<'_>,
+) -> std::result::Result<(), String> {
+    let saved_cfg = meta
+        .get("config")
+        .ok_or("no 'config' metadata: not a distill checkpoint")?;
+    let ours = serde_json::to_string(run.cfg).unwrap_or_default();
+    if saved_cfg != &ours {
+        return Err(format!(
+            "was written by a run with other settings ({saved_cfg}); resume with the same settings or train into another directory"
+        ));
+    }
+    let saved_cache = meta.get("cache_id").map_or("", |s| s.as_str());
+    if saved_cache != run.cache_id {
+        return Err(format!(
+            "was written while training from cache '{saved_cache}', but the cache given now is '{}' (replaced or rebuilt); resume with the same cache or train into another directory",
+            run.cache_id
+        ));
+    }
+    Ok(())
+}

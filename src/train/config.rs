@@ -1,0 +1,166 @@
+//! What defines a training run ([`TrainConfig`], recorded in the model card
+//! and the checkpoint) and the options that do not change its result
+//! ([`RunOptions`]).
+//!
+//! The defaults of every hyperparameter live here, in the `Default` impls
+//! (with those of [`OptimizerConfig`] and [`LossConfig`]); the command line
+//! shows and uses the same numbers. Errors name the config's fields
+//! (`epochs`, `batch_size`, `loss.alpha`, ...), never a command-line flag.
+
+use std::path::PathBuf;
+
+use crate::data::augment::Augment;
+use crate::error::{Error, Result};
+use crate::model::io::HostTensor;
+use crate::model::ModelSpec;
+use crate::prune::schedule::GradualSchedule;
+
+use super::loss::LossConfig;
+use super::metrics::EpochMetrics;
+use super::optim::OptimizerConfig;
+
+/// The largest batch a run accepts.
+pub const MAX_BATCH_SIZE: usize = 1 << 20;
+
+/// Everything that defines a training run.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct TrainConfig {
+    pub spec: String,
+    pub epochs: usize,
+    pub batch_size: usize,
+    pub seed: u64,
+    pub optimizer: OptimizerConfig,
+    pub loss: LossConfig,
+    /// Blocks per shuffle window when streaming a cache.
+    pub window_blocks: usize,
+    /// Approximate re-tempering of a top-k cache (see FORMAT.md).
+    pub allow_topk_retemper: bool,
+    /// Random flips/shifts of the training inputs, drawn from (seed, epoch,
+    /// sample).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub augment: Option<Augment>,
+    /// Gradual magnitude pruning during the run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prune_schedule: Option<GradualSchedule>,
+}
+
+impl Default for TrainConfig {
+    /// The defaults of a run. `spec` is empty: every run names its model.
+    fn default() -> Self {
+        TrainConfig {
+            spec: String::new(),
+            epochs: 10,
+            batch_size: 128,
+            seed: 0,
+            optimizer: OptimizerConfig::default(),
+            loss: LossConfig::default(),
+            window_blocks: 8,
+            allow_topk_retemper: false,
+            augment: None,
+            prune_schedule: None,
+        }
+    }
+}
+
+impl TrainConfig {
+    /// Checks every field; errors name the field. Returns the parsed spec.
+    pub fn validate(&self) -> Result<ModelSpec> {
+        let spec = ModelSpec::parse(&self.spec)?;
+        if self.epochs == 0 {
+            return Err(Error::Config {
+                field: "epochs".into(),
+                message: "must be at least 1".into(),
+            });
+        }
+        if self.batch_size == 0 || self.batch_size > MAX_BATCH_SIZE {
+            return Err(Error::Config {
+                field: "batch_size".into(),
+                message: format!("{} must be between 1 and {MAX_BATCH_SIZE}", self.batch_size),
+            });
+        }
+        self.optimizer.validate()?;
+        self.loss.validate()?;
+        if let Some(s) = &self.prune_schedule {
+            s.validate()?;
+        }
+        Ok(spec)
+    }
+}
+
+/// Options of a run that do not change its result.
+#[derive(Debug, Clone, Default)]
+pub struct RunOptions {
+    /// Write a checkpoint every this many steps (and at each epoch's end).
+    pub checkpoint_every: Option<u64>,
+    /// Continue from the output directory's checkpoint if present.
+    pub resume: bool,
+    /// No progress bar.
+    pub quiet: bool,
+    /// Stop after this many steps (for tests that simulate a crash).
+    pub stop_after_steps: Option<u64>,
+    /// The command line, recorded in the card.
+    pub command: String,
+    /// Data directory, recorded in the card.
+    pub data_dir: PathBuf,
+    /// Start from these weights instead of random ones.
+    pub init: Option<Vec<HostTensor>>,
+    /// The model directory `init` and `masks` were read from, named in
+    /// errors about them.
+    pub init_source: Option<PathBuf>,
+    /// A hard-label baseline's per-epoch metrics, drawn in `curves.png`.
+    pub baseline_metrics: Option<Vec<EpochMetrics>>,
+    /// The teacher's test accuracy, drawn in `curves.png`.
+    pub teacher_accuracy: Option<f64>,
+    /// Pruning masks (PyTorch layout, named after their weights): masked
+    /// weights are zeroed at the start and after every step, and the masks
+    /// are saved as `mask.safetensors` beside the model. With a
+    /// [`TrainConfig::prune_schedule`] they are the starting masks, which
+    /// the schedule only grows.
+    pub masks: Option<Vec<HostTensor>>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_defaults_are_valid_once_a_spec_is_named() {
+        let cfg = TrainConfig {
+            spec: "mlp:784-32-10".into(),
+            ..TrainConfig::default()
+        };
+        assert!(cfg.validate().is_ok());
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        let base = TrainConfig {
+            spec: "mlp:784-32-10".into(),
+            ..TrainConfig::default()
+        };
+        let field = |cfg: TrainConfig| match cfg.validate() {
+            Err(Error::Config { field, .. }) => field,
+            other => panic!("expected a config error, got {other:?}"),
+        };
+        assert_eq!(
+            field(TrainConfig {
+                epochs: 0,
+                ..base.clone()
+            }),
+            "epochs"
+        );
+        assert_eq!(
+            field(TrainConfig {
+                batch_size: 0,
+                ..base.clone()
+            }),
+            "batch_size"
+        );
+        let mut c = base.clone();
+        c.loss.alpha = 2.0;
+        assert_eq!(field(c), "loss.alpha");
+        let mut c = base;
+        c.optimizer.lr = 0.0;
+        assert_eq!(field(c), "optimizer.lr");
+    }
+}

@@ -1,0 +1,439 @@
+//! The training loop: hard-label training (the baseline, and the way to train
+//! a teacher) and distillation that streams a teacher-output cache.
+//!
+//! [`train`] checks the sources against the config, builds the network
+//! (random, or from given weights and masks), resumes from a checkpoint if
+//! asked, then runs epoch after epoch: the [`loader`](super::loader) thread
+//! produces host batches, this thread uploads each one and takes one
+//! optimizer step, and the [`pruning`](super::pruning) hook keeps the masks.
+//! After each epoch it evaluates on the test split and appends to
+//! `metrics.jsonl`; a finished run writes the weights, masks, card and
+//! curves into the run's [`ModelDir`].
+//!
+//! Every run is deterministic on the CPU for a given seed, and a
+//! [`checkpoint`] (weights, optimizer state, epoch,
+//! position in the epoch order, partial epoch sums) lets a resumed run
+//! finish with the same weights as an uninterrupted one.
+
+use std::collections::HashMap;
+use std::fs;
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use dfdx::prelude::*;
+use dfdx::tensor::Gradients;
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+
+use crate::error::{Error, Result};
+use crate::model::io::{save_weights, write_safetensors, SPEC_KEY};
+use crate::model::{Backend, ModelDir, ModelSpec, Network};
+use crate::report::plot::training_curves;
+
+use super::card::{CacheRef, ModelCard};
+use super::checkpoint::{self, Progress, RunIdentity};
+use super::config::{RunOptions, TrainConfig};
+use super::eval::{evaluate, EvalResult};
+use super::loader::{Batch, Loader};
+use super::loss::{loss, Targets};
+use super::metrics::{curve_points, write_metrics, EpochMetrics};
+use super::optim::Optimizer;
+use super::pruning::Pruning;
+use super::sources::TrainSources;
+
+/// Batch size of the evaluation after each epoch.
+const EVAL_BATCH: usize = 1000;
+
+/// The outcome of a run.
+pub struct TrainOutcome<D: Backend> {
+    pub network: Network<D>,
+    pub card: ModelCard,
+    pub metrics: Vec<EpochMetrics>,
+    /// False when stopped early by `stop_after_steps`.
+    pub finished: bool,
+}
+
+/// Trains a network into `out_dir`. With `sources.cache` the teacher's
+/// outputs come from the cache; without it only labels are used (the loss
+/// must then be plain cross-entropy, `alpha = 1`), unless a teacher runs
+/// online.
+pub fn train<D: Backend>(
+    device: D,
+    cfg: &TrainConfig,
+    sources: &TrainSources<'_, D>,
+    out_dir: &Path,
+    opts: &RunOptions,
+) -> Result<TrainOutcome<D>> {
+    let spec = cfg.validate()?;
+    sources.check(cfg, &spec)?;
+    let mut run = Run::start(device, cfg, spec, sources, out_dir, opts)?;
+    let finished = run.epochs()?;
+    run.finish(finished)
+}
+
+/// The state of a run between steps.
+struct Run<'a, D: Backend> {
+    device: D,
+    cfg: &'a TrainConfig,
+    spec: ModelSpec,
+    sources: &'a TrainSources<'a, D>,
+    opts: &'a RunOptions,
+    dir: ModelDir,
+    net: Network<D>,
+    opt: Optimizer<D>,
+    pruning: Pruning,
+    total_steps: u64,
+    /// The cache's content id: a checkpoint resumes only on the same
+    /// teacher outputs.
+    cache_id: String,
+    /// Where the run stands at the start of the next epoch (or, right after
+    /// a resume, within it).
+    progress: Progress,
+    metrics: Vec<EpochMetrics>,
+    last_eval: Option<EvalResult>,
+    show_progress: bool,
+}
+
+/// What one pass over (the rest of) an epoch did.
+struct Pass {
+    position: usize,
+    loss_sum: f64,
+    loss_count: usize,
+    /// Stopped by `stop_after_steps`.
+    stopped: bool,
+}
+
+impl<'a, D: Backend> Run<'a, D> {
+    /// Builds the network and optimizer, creates the run's directory, and
+    /// resumes from its checkpoint if asked and present.
+    fn start(
+        device: D,
+        cfg: &'a TrainConfig,
+        spec: ModelSpec,
+        sources: &'a TrainSources<'a, D>,
+        out_dir: &Path,
+        opts: &'a RunOptions,
+    ) -> Result<Self> {
+        let mut net = Network::new(spec.clone(), device.clone(), cfg.seed);
+        let init_dir = opts.init_source.as_ref().map(ModelDir::new);
+        if let Some(init) = &opts.init {
+            let source = init_dir.as_ref().map_or_else(
+                || PathBuf::from("the initial weights"),
+                |d| d.weights().to_path_buf(),
+            );
+            net.load_host(init, &source)?;
+        }
+        let n = sources.train.len();
+        let total_steps = n.div_ceil(cfg.batch_size) as u64 * cfg.epochs as u64;
+        let mask_source = init_dir
+            .as_ref()
+            .map_or_else(|| PathBuf::from("the starting masks"), ModelDir::masks);
+        let pruning = Pruning::new(
+            &net,
+            cfg.prune_schedule,
+            total_steps,
+            opts.masks.clone(),
+            &mask_source,
+        )?;
+        pruning.apply(&mut net);
+        fs::create_dir_all(out_dir).map_err(|e| Error::io(out_dir, e))?;
+        let mut run = Run {
+            device,
+            cfg,
+            spec,
+            sources,
+            opts,
+            dir: ModelDir::new(out_dir),
+            net,
+            opt: Optimizer::new(cfg.optimizer, total_steps),
+            pruning,
+            total_steps,
+            cache_id: sources.cache.map_or(String::new(), |c| c.id()),
+            progress: Progress::default(),
+            metrics: Vec::new(),
+            last_eval: None,
+            show_progress: !opts.quiet && std::io::stderr().is_terminal(),
+        };
+        let resumed = run.resume()?;
+        write_metrics(&run.dir.metrics(), &run.metrics)?;
+        if !resumed {
+            let masks = run.dir.masks();
+            run.pruning.after_step(0, &mut run.net, &masks)?;
+        }
+        Ok(run)
+    }
+
+    /// Continues from the checkpoint if asked and present; whether it did.
+    fn resume(&mut self) -> Result<bool> {
+        let path = self.dir.checkpoint();
+        if !(self.opts.resume && path.exists()) {
+            return Ok(false);
+        }
+        let identity = RunIdentity {
+            cfg: self.cfg,
+            cache_id: &self.cache_id,
+        };
+        let ck = checkpoint::load(&path, identity, &mut self.net, &mut self.opt)?;
+        if let Some(m) = ck.masks {
+            self.pruning.restore(&self.net, m, &path)?;
+        }
+        self.pruning.apply(&mut self.net);
+        self.progress = ck.progress;
+        self.metrics = ck.metrics;
+        Ok(true)
+    }
+
+    /// Runs the remaining epochs; false when stopped before the last one
+    /// ended.
+    fn epochs(&mut self) -> Result<bool> {
+        let start = self.progress;
+        for epoch in start.epoch..self.cfg.epochs {
+            let epoch_start = Instant::now();
+            let (first, partial) = if epoch == start.epoch {
+                (start.position, (start.loss_sum, start.loss_count))
+            } else {
+                (0, (0.0, 0))
+            };
+            let pass = self.pass(epoch, first, partial, epoch_start)?;
+            if pass.stopped && pass.position < self.sources.train.len() {
+                return Ok(false);
+            }
+            self.end_epoch(epoch, first, &pass, epoch_start)?;
+            if pass.stopped {
+                return Ok(epoch + 1 == self.cfg.epochs);
+            }
+        }
+        Ok(true)
+    }
+
+    /// Trains on epoch `epoch` from position `first` (with the loss sums of
+    /// the samples before it) to its end or to `stop_after_steps`, writing
+    /// checkpoints when due.
+    fn pass(
+        &mut self,
+        epoch: usize,
+        first: usize,
+        partial: (f64, usize),
+        epoch_start: Instant,
+    ) -> Result<Pass> {
+        let n = self.sources.train.len();
+        let bar = progress_bar(
+            self.show_progress,
+            (n - first) as u64,
+            epoch,
+            self.cfg.epochs,
+        );
+        let mut pass = Pass {
+            position: first,
+            loss_sum: partial.0,
+            loss_count: partial.1,
+            stopped: false,
+        };
+        let loader = Loader::new(self.sources.train, self.sources.cache, self.cfg);
+        let result = std::thread::scope(|scope| -> Result<()> {
+            for batch in loader.spawn(scope, epoch as u64, first) {
+                let batch = batch?;
+                let b = batch.indices.len();
+                let value = self.step(batch, epoch)?;
+                pass.loss_sum += value as f64 * b as f64;
+                pass.loss_count += b;
+                pass.position += b;
+                bar.inc(b as u64);
+                let step = self.opt.step();
+                pass.stopped = self.opts.stop_after_steps == Some(step);
+                let due = self
+                    .opts
+                    .checkpoint_every
+                    .is_some_and(|k| k > 0 && step % k == 0);
+                if due || pass.stopped {
+                    let progress = Progress {
+                        epoch,
+                        position: pass.position,
+                        loss_sum: pass.loss_sum,
+                        loss_count: pass.loss_count,
+                        train_seconds: self.progress.train_seconds
+                            + epoch_start.elapsed().as_secs_f64(),
+                    };
+                    self.save_checkpoint(progress)?;
+                }
+                if pass.stopped {
+                    break;
+                }
+            }
+            Ok(())
+        });
+        bar.finish_and_clear();
+        result?;
+        Ok(pass)
+    }
+
+    /// One optimizer step on one batch; returns the batch's mean loss.
+    fn step(&mut self, batch: Batch, epoch: usize) -> Result<f32> {
+        let b = batch.indices.len();
+        let x = self
+            .device
+            .tensor_from_vec(batch.inputs, (b, self.spec.input_len()));
+        let online: Option<Vec<f32>> = self.sources.online_teacher.map(|t| {
+            let z = t.forward(x.clone()) * (1.0 / self.cfg.loss.temperature);
+            z.log_softmax::<Axis<1>>().as_vec()
+        });
+        let logits = self.net.forward(x.traced(Gradients::leaky()));
+        let targets = Targets {
+            classes: self.spec.num_classes(),
+            labels: batch.labels.as_deref(),
+            teacher_logprobs: batch.logprobs.as_deref().or(online.as_deref()),
+        };
+        let l = loss(&self.cfg.loss, logits, &targets)?;
+        let value = l.as_vec().first().copied().unwrap_or(f32::NAN);
+        if !value.is_finite() {
+            return Err(Error::Training {
+                context: format!("epoch {} step {}", epoch + 1, self.opt.step() + 1),
+                message: format!(
+                    "the loss became {value}; lower `optimizer.lr` or check the cache"
+                ),
+            });
+        }
+        let mut grads = l.backward();
+        self.opt.update(&mut self.net, &mut grads)?;
+        self.pruning.apply(&mut self.net);
+        let masks = self.dir.masks();
+        self.pruning
+            .after_step(self.opt.step(), &mut self.net, &masks)?;
+        Ok(value)
+    }
+
+    /// After a whole epoch: evaluates, records and prints its metrics, and
+    /// writes a checkpoint at the epoch boundary when checkpoints are on.
+    fn end_epoch(
+        &mut self,
+        epoch: usize,
+        first: usize,
+        pass: &Pass,
+        epoch_start: Instant,
+    ) -> Result<()> {
+        let epoch_secs = epoch_start.elapsed().as_secs_f64();
+        self.progress.train_seconds += epoch_secs;
+        let eval = match self.sources.test {
+            Some(test) => Some(evaluate(&self.net, test, EVAL_BATCH)?),
+            None => None,
+        };
+        let m = EpochMetrics {
+            epoch: epoch + 1,
+            train_loss: pass.loss_sum / pass.loss_count.max(1) as f64,
+            test_loss: eval.as_ref().and_then(|e| e.loss),
+            test_accuracy: eval.as_ref().and_then(|e| e.accuracy),
+            teacher_agreement: match (&eval, &self.sources.teacher_test_predictions) {
+                (Some(e), Some(t)) => e.agreement(t),
+                _ => None,
+            },
+            lr: self.cfg.optimizer.lr_at(self.opt.step(), self.total_steps),
+            epoch_seconds: epoch_secs,
+            train_samples_per_sec: (self.sources.train.len() - first) as f64 / epoch_secs.max(1e-9),
+            weight_sparsity: self.pruning.sparsity(),
+        };
+        if !self.opts.quiet {
+            eprintln!("{}", m.summary_line(self.cfg.epochs));
+        }
+        self.metrics.push(m);
+        write_metrics(&self.dir.metrics(), &self.metrics)?;
+        self.last_eval = eval;
+        self.progress = Progress {
+            epoch: epoch + 1,
+            position: 0,
+            loss_sum: 0.0,
+            loss_count: 0,
+            train_seconds: self.progress.train_seconds,
+        };
+        if self.opts.checkpoint_every.is_some() || self.opts.resume {
+            self.save_checkpoint(self.progress)?;
+        }
+        Ok(())
+    }
+
+    fn save_checkpoint(&self, progress: Progress) -> Result<()> {
+        let identity = RunIdentity {
+            cfg: self.cfg,
+            cache_id: &self.cache_id,
+        };
+        checkpoint::save(
+            &self.dir.checkpoint(),
+            identity,
+            &self.net,
+            &self.opt,
+            progress,
+            &self.metrics,
+            self.pruning.masks(),
+        )
+    }
+
+    /// The card of the run; a finished run's files.
+    fn finish(self, finished: bool) -> Result<TrainOutcome<D>> {
+        let sources = self.sources;
+        let cache_ref = match (sources.cache, &sources.cache_dir) {
+            (Some(c), Some(dir)) => Some(CacheRef::from_views(c, dir)),
+            _ => None,
+        };
+        let card = ModelCard::new(
+            &self.net,
+            self.cfg,
+            self.opts,
+            sources.train,
+            sources.test,
+            cache_ref,
+            self.last_eval.as_ref(),
+            self.metrics.last().and_then(|m| m.teacher_agreement),
+            self.progress.train_seconds,
+        );
+        if finished {
+            self.write_outputs(&card)?;
+        }
+        Ok(TrainOutcome {
+            network: self.net,
+            card,
+            metrics: self.metrics,
+            finished,
+        })
+    }
+
+    /// Writes a finished run's weights, masks, card and curves, and removes
+    /// its checkpoint.
+    fn write_outputs(&self, card: &ModelCard) -> Result<()> {
+        let dir = &self.dir;
+        save_weights(&self.net, dir.weights())?;
+        if let Some(m) = self.pruning.masks() {
+            let mut meta = HashMap::new();
+            meta.insert(SPEC_KEY.to_string(), self.net.spec().as_str().to_string());
+            write_safetensors(&dir.masks(), m, meta)?;
+        } else if dir.masks().exists() {
+            // A stale mask from an earlier run would be picked up with these weights.
+            let _ = fs::remove_file(dir.masks());
+        }
+        card.save(&dir.card())?;
+        let baseline = self.opts.baseline_metrics.as_deref().map(curve_points);
+        training_curves(
+            &dir.curves(),
+            &curve_points(&self.metrics),
+            baseline.as_deref(),
+            self.opts.teacher_accuracy,
+        )?;
+        if dir.checkpoint().exists() {
+            let _ = fs::remove_file(dir.checkpoint());
+        }
+        Ok(())
+    }
+}
+
+fn progress_bar(show: bool, len: u64, epoch: usize, epochs: usize) -> ProgressBar {
+    if !show {
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::with_draw_target(Some(len), ProgressDrawTarget::stderr());
+    let style = ProgressStyle::with_template(
+        "{prefix} [{bar:30}] {pos}/{len} samples  {per_sec}  eta {eta}",
+    )
+    .unwrap_or_else(|_| ProgressStyle::default_bar())
+    .progress_chars("=> ");
+    bar.set_style(style);
+    bar.set_prefix(format!("epoch {}/{}", epoch + 1, epochs));
+    bar
+}

@@ -1,0 +1,90 @@
+//! Per-epoch metrics: the record of one epoch ([`EpochMetrics`]), its
+//! one-line summary, and the `metrics.jsonl` file a run writes after every
+//! epoch and a plot or a later run reads back ([`read_metrics`]).
+
+use std::path::Path;
+
+use crate::error::{Error, Result};
+use crate::report::plot::CurvePoint;
+
+/// One epoch's figures, one JSON line each in `metrics.jsonl`.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct EpochMetrics {
+    pub epoch: usize,
+    pub train_loss: f64,
+    pub test_loss: Option<f64>,
+    pub test_accuracy: Option<f64>,
+    /// Fraction of test samples where student and teacher agree on the class.
+    pub teacher_agreement: Option<f64>,
+    pub lr: f64,
+    pub epoch_seconds: f64,
+    pub train_samples_per_sec: f64,
+    /// Fraction of the weights held at zero by pruning masks (runs with masks).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub weight_sparsity: Option<f64>,
+}
+
+impl EpochMetrics {
+    /// A one-line human summary.
+    pub fn summary_line(&self, epochs: usize) -> String {
+        let mut s = format!(
+            "epoch {}/{}  train loss {:.4}",
+            self.epoch, epochs, self.train_loss
+        );
+        if let Some(l) = self.test_loss {
+            s.push_str(&format!("  test loss {l:.4}"));
+        }
+        if let Some(a) = self.test_accuracy {
+            s.push_str(&format!("  test acc {:.2}%", 100.0 * a));
+        }
+        if let Some(a) = self.teacher_agreement {
+            s.push_str(&format!("  teacher agreement {:.2}%", 100.0 * a));
+        }
+        if let Some(z) = self.weight_sparsity {
+            s.push_str(&format!("  sparsity {:.1}%", 100.0 * z));
+        }
+        s.push_str(&format!(
+            "  {:.1}s  {:.0} samples/s",
+            self.epoch_seconds, self.train_samples_per_sec
+        ));
+        s
+    }
+}
+
+/// Reads a run's `metrics.jsonl`.
+pub fn read_metrics(path: &Path) -> Result<Vec<EpochMetrics>> {
+    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    text.lines()
+        .filter(|l| !l.trim().is_empty())
+        .enumerate()
+        .map(|(i, l)| {
+            serde_json::from_str(l).map_err(|e| Error::Model {
+                path: path.to_path_buf(),
+                message: format!("line {}: not an epoch metrics record: {e}", i + 1),
+            })
+        })
+        .collect()
+}
+
+/// Writes a run's `metrics.jsonl` (one JSON line per epoch), atomically.
+pub fn write_metrics(path: &Path, metrics: &[EpochMetrics]) -> Result<()> {
+    let mut s = String::new();
+    for m in metrics {
+        s.push_str(&serde_json::to_string(m).unwrap_or_default());
+        s.push('\n');
+    }
+    crate::model::io::atomic_write(path, s.as_bytes())
+}
+
+/// The points of the training-curves plot, one per epoch.
+pub fn curve_points(metrics: &[EpochMetrics]) -> Vec<CurvePoint> {
+    metrics
+        .iter()
+        .map(|m| CurvePoint {
+            epoch: m.epoch,
+            train_loss: m.train_loss,
+            test_loss: m.test_loss,
+            test_accuracy: m.test_accuracy,
+        })
+        .collect()
+}

@@ -1,0 +1,183 @@
+//! Pruning during a run: the masks in force, and the gradual-pruning policy
+//! hook that grows them along a schedule.
+//!
+//! A run may start from masks (a pruned model): masked weights are zeroed
+//! at the start and after every optimizer step. With a
+//! [`GradualSchedule`] the masks grow after `step` optimizer steps whenever
+//! an update is due, to the schedule's sparsity: one ramp over all weights
+//! (`global`), or one per layer from that layer's own starting sparsity.
+//! The loop calls [`Pruning::after_step`] after each step; the masks in
+//! force go into checkpoints and, at the end, beside the model.
+
+use std::path::Path;
+
+use crate::error::Result;
+use crate::model::io::HostTensor;
+use crate::model::{Backend, ModelSpec, Network, ParamKind};
+use crate::prune::schedule::GradualSchedule;
+use crate::prune::{grow_masks, LayerSelection, StoreMasks};
+
+/// The masks of a run and the schedule that grows them.
+pub struct Pruning {
+    spec: ModelSpec,
+    schedule: Option<GradualSchedule>,
+    total_steps: u64,
+    /// All weights (not biases) of the network, for the sparsity figure.
+    weight_count: usize,
+    /// The starting masks' zeros among all weights.
+    initial_sparsity: f64,
+    /// Each layer with weights: its index into the spec's layers, and the
+    /// fraction of its weights masked at the start.
+    layer_start: Vec<(usize, f64)>,
+    /// The masks in force, PyTorch layout.
+    current: Option<Vec<HostTensor>>,
+    /// The same masks in the network's layout.
+    store: Option<StoreMasks>,
+}
+
+impl Pruning {
+    /// The pruning state at the start of a run of `total_steps` steps:
+    /// the starting `masks` (read from `source`, named in errors) and the
+    /// config's schedule, if any. Does not touch the weights.
+    pub fn new<D: Backend>(
+        net: &Network<D>,
+        schedule: Option<GradualSchedule>,
+        total_steps: u64,
+        masks: Option<Vec<HostTensor>>,
+        source: &Path,
+    ) -> Result<Self> {
+        let spec = net.spec().clone();
+        let weight_count = net
+            .params()
+            .iter()
+            .filter(|p| p.kind == ParamKind::Weight)
+            .map(|p| p.value.len())
+            .sum();
+        let store = match &masks {
+            Some(m) => Some(StoreMasks::new(net, m, source)?),
+            None => None,
+        };
+        let layer_start = layer_start(&spec, masks.as_deref());
+        let mut p = Pruning {
+            spec,
+            schedule,
+            total_steps,
+            weight_count,
+            initial_sparsity: 0.0,
+            layer_start,
+            current: masks,
+            store,
+        };
+        p.initial_sparsity = p.sparsity().unwrap_or(0.0);
+        Ok(p)
+    }
+
+    /// Zeroes the masked weights.
+    pub fn apply<D: Backend>(&self, net: &mut Network<D>) {
+        if let Some(m) = &self.store {
+            m.apply(net);
+        }
+    }
+
+    /// Puts `masks` in force (from a checkpoint, read from `source`). The
+    /// schedule still ramps from the starting masks' sparsity.
+    pub fn restore<D: Backend>(
+        &mut self,
+        net: &Network<D>,
+        masks: Vec<HostTensor>,
+        source: &Path,
+    ) -> Result<()> {
+        self.store = Some(StoreMasks::new(net, &masks, source)?);
+        self.current = Some(masks);
+        Ok(())
+    }
+
+    /// The masks in force, PyTorch layout.
+    pub fn masks(&self) -> Option<&[HostTensor]> {
+        self.current.as_deref()
+    }
+
+    /// Fraction of all weights held at zero by the masks in force.
+    pub fn sparsity(&self) -> Option<f64> {
+        self.current.as_ref().map(|m| {
+            let zeros: usize = m
+                .iter()
+                .map(|t| t.data.iter().filter(|v| **v == 0.0).count())
+                .sum();
+            zeros as f64 / self.weight_count.max(1) as f64
+        })
+    }
+
+    /// The policy hook, called after `step` optimizer steps (and with 0
+    /// before the first): raises the masks to the schedule's sparsity if an
+    /// update is due, and applies them. `source` names the masks in errors.
+    pub fn after_step<D: Backend>(
+        &mut self,
+        step: u64,
+        net: &mut Network<D>,
+        source: &Path,
+    ) -> Result<()> {
+        let Some(s) = &self.schedule else {
+            return Ok(());
+        };
+        if !s.is_update_step(step, self.total_steps) {
+            return Ok(());
+        }
+        let mut host = net.to_host();
+        let mut new = self.current.clone();
+        if s.global {
+            let target = s.sparsity_at(step, self.total_steps, self.initial_sparsity);
+            new = Some(grow_masks(
+                &self.spec,
+                &mut host,
+                new.as_deref(),
+                target,
+                &LayerSelection::All,
+                true,
+            )?);
+        } else {
+            for &(li, start) in &self.layer_start {
+                let target = s.sparsity_at(step, self.total_steps, start);
+                new = Some(grow_masks(
+                    &self.spec,
+                    &mut host,
+                    new.as_deref(),
+                    target,
+                    &LayerSelection::Some(vec![li]),
+                    false,
+                )?);
+            }
+        }
+        let Some(new) = new else {
+            return Ok(());
+        };
+        let m = StoreMasks::new(net, &new, source)?;
+        m.apply(net);
+        self.store = Some(m);
+        self.current = Some(new);
+        Ok(())
+    }
+}
+
+/// The starting sparsity of each layer with weights: (index into the spec's
+/// layers, fraction of its weights masked by `masks`).
+fn layer_start(spec: &ModelSpec, masks: Option<&[HostTensor]>) -> Vec<(usize, f64)> {
+    let idx = spec.torch_indices();
+    spec.layers()
+        .iter()
+        .enumerate()
+        .filter(|(_, l)| l.has_params())
+        .map(|(li, _)| {
+            let name = format!("layers.{}.weight", idx[li]);
+            let start = masks
+                .into_iter()
+                .flatten()
+                .find(|m| m.name == name)
+                .map_or(0.0, |m| {
+                    let zeros = m.data.iter().filter(|v| **v == 0.0).count();
+                    zeros as f64 / m.data.len().max(1) as f64
+                });
+            (li, start)
+        })
+        .collect()
+}

@@ -1,0 +1,288 @@
+//! What a run reads ([`TrainSources`]): the training and test splits, the
+//! teacher's outputs (a cache, a set of augmented views, or a teacher run
+//! online), and the teacher's test predictions; how they are opened from
+//! their paths ([`SourcePaths::open`]); and the checks that they fit each
+//! other and the run's config before any work starts.
+//!
+//! Errors name the config's fields (`spec`, `loss.alpha`, `augment`) or the
+//! sources' (`data`, `cache`, `test_cache`, `online_teacher`). A message
+//! that points at another field to change writes its name in backticks.
+
+use std::path::{Path, PathBuf};
+
+use crate::cache::{CacheReader, CacheViews};
+use crate::data::{Dataset, Split};
+use crate::error::{Error, Result};
+use crate::model::compat::check_spec_compatible;
+use crate::model::{Backend, ModelDir, ModelSpec, Network};
+
+use super::config::TrainConfig;
+use super::loss::{argmax_rows, LossConfig, LossKind};
+
+/// What the loop reads.
+pub struct TrainSources<'a, D: Backend> {
+    pub train: &'a Dataset,
+    pub test: Option<&'a Dataset>,
+    /// Teacher outputs for the training split (distillation): one cache, or
+    /// a set of augmented views read in turn (view `epoch % K`).
+    pub cache: Option<&'a CacheViews>,
+    pub cache_dir: Option<PathBuf>,
+    /// Teacher argmax on the test split, for agreement figures.
+    pub teacher_test_predictions: Option<Vec<u32>>,
+    /// A teacher run on every batch instead of a cache ("online"
+    /// distillation, what distill exists to avoid; kept for comparison).
+    pub online_teacher: Option<&'a Network<D>>,
+}
+
+/// Where a run's sources are.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct SourcePaths {
+    /// Dataset directory: the train split, and the test split if present.
+    pub data: PathBuf,
+    /// Teacher-output cache (or view set) of the training split.
+    pub cache: Option<PathBuf>,
+    /// Teacher-output cache of the test split (agreement, teacher accuracy).
+    pub test_cache: Option<PathBuf>,
+    /// A model directory to run as the teacher on every batch.
+    pub online_teacher: Option<PathBuf>,
+}
+
+/// The sources of a run, opened; [`OpenSources::sources`] lends them to
+/// [`train`](super::fit::train).
+pub struct OpenSources<D: Backend> {
+    pub train: Dataset,
+    pub test: Option<Dataset>,
+    pub cache: Option<CacheViews>,
+    pub cache_dir: Option<PathBuf>,
+    pub teacher_test_predictions: Option<Vec<u32>>,
+    /// The teacher's test accuracy, from the test cache's manifest.
+    pub teacher_accuracy: Option<f64>,
+    pub online_teacher: Option<Network<D>>,
+}
+
+impl SourcePaths {
+    /// Opens the datasets and caches and loads the online teacher on
+    /// `device`. A missing test split is no error (there is then nothing to
+    /// evaluate on), unless a test cache is given.
+    pub fn open<D: Backend>(&self, device: D) -> Result<OpenSources<D>> {
+        let train = Dataset::open(&self.data, Split::Train)?;
+        let test = Dataset::open(&self.data, Split::Test).ok();
+        let cache = match &self.cache {
+            Some(dir) => Some(open_views(dir)?),
+            None => None,
+        };
+        let (teacher_test_predictions, teacher_accuracy) = match (&self.test_cache, &test) {
+            (Some(dir), Some(test)) => {
+                let tc = open_cache(dir)?;
+                let accuracy = tc.manifest().teacher_stats.accuracy;
+                (Some(teacher_predictions(&tc, test)?), accuracy)
+            }
+            (Some(_), None) => {
+                return Err(Error::Config {
+                    field: "test_cache".into(),
+                    message: format!("{} has no test split to pair it with", self.data.display()),
+                })
+            }
+            (None, _) => (None, None),
+        };
+        let online_teacher = match &self.online_teacher {
+            Some(dir) => Some(ModelDir::new(dir).load(device)?),
+            None => None,
+        };
+        Ok(OpenSources {
+            train,
+            test,
+            cache,
+            cache_dir: self.cache.clone(),
+            teacher_test_predictions,
+            teacher_accuracy,
+            online_teacher,
+        })
+    }
+}
+
+impl<D: Backend> OpenSources<D> {
+    /// The sources, borrowed for a run.
+    pub fn sources(&self) -> TrainSources<'_, D> {
+        TrainSources {
+            train: &self.train,
+            test: self.test.as_ref(),
+            cache: self.cache.as_ref(),
+            cache_dir: self.cache_dir.clone(),
+            teacher_test_predictions: self.teacher_test_predictions.clone(),
+            online_teacher: self.online_teacher.as_ref(),
+        }
+    }
+}
+
+/// Opens a cache or a set of augmented views for reading.
+pub fn open_views(dir: &Path) -> Result<CacheViews> {
+    // SAFETY: as in `open_cache`.
+    Ok(unsafe { CacheViews::open(dir) }?)
+}
+
+/// Opens a cache for reading.
+pub fn open_cache(dir: &Path) -> Result<CacheReader> {
+    // SAFETY: shards are immutable once written (written to a temporary name,
+    // synced, renamed) and distill never modifies or truncates them; the
+    // contract that no other program does so while distill runs is stated in
+    // FORMAT.md. Every block's checksum is checked before it is decoded.
+    Ok(unsafe { CacheReader::open(dir) }?)
+}
+
+/// The teacher's argmax on a (test) split, from its cache.
+pub fn teacher_predictions(cache: &CacheReader, data: &Dataset) -> Result<Vec<u32>> {
+    cache.check_pairing(&data.fingerprint().0, data.len() as u64, data.num_classes())?;
+    let all = cache.read_all(cache.temperature(), true)?;
+    Ok(argmax_rows(&all.logprobs, cache.num_classes()))
+}
+
+/// Checks that a cache and a dataset belong together and fit the loss.
+pub fn check_cache(
+    cache: &CacheReader,
+    train: &Dataset,
+    spec: &ModelSpec,
+    loss_cfg: &LossConfig,
+) -> Result<()> {
+    cache.check_pairing(
+        &train.fingerprint().0,
+        train.len() as u64,
+        train.num_classes(),
+    )?;
+    if cache.num_classes() != spec.num_classes() {
+        return Err(Error::Config {
+            field: "spec".into(),
+            message: format!(
+                "the student {} has {} outputs but the cache holds {} classes",
+                spec,
+                spec.num_classes(),
+                cache.num_classes()
+            ),
+        });
+    }
+    if loss_cfg.needs_labels() && !cache.has_labels() && train.labels().is_none() {
+        return Err(unlabelled(loss_cfg));
+    }
+    if loss_cfg.kind == LossKind::Mse && cache.encoding().to_string().starts_with("topk") {
+        return Err(Error::Config {
+            field: "loss.kind".into(),
+            message: "logit matching (mse) needs a dense cache (f32, f16 or q8); this one is top-k"
+                .into(),
+        });
+    }
+    Ok(())
+}
+
+/// The error for a loss that reads labels the data does not have.
+fn unlabelled(loss_cfg: &LossConfig) -> Error {
+    let (field, message) = if loss_cfg.alpha > 0.0 {
+        (
+            "loss.alpha",
+            format!(
+                "alpha {} mixes in hard labels, but the data is unlabelled: use `loss.alpha` 0 or `loss.kind` pseudo",
+                loss_cfg.alpha
+            ),
+        )
+    } else if loss_cfg.kind == LossKind::Dkd {
+        (
+            "loss.kind",
+            "dkd splits the teacher's outputs at the label's class, but the data is unlabelled: use `loss.kind` kd or pseudo".into(),
+        )
+    } else {
+        (
+            "loss.teacher_errors",
+            "swap corrects the teacher with the labels, but the data is unlabelled: use `loss.teacher_errors` keep".into(),
+        )
+    };
+    Error::Config {
+        field: field.into(),
+        message,
+    }
+}
+
+impl<D: Backend> TrainSources<'_, D> {
+    /// Checks the sources against the run's config and the student's
+    /// `spec` before anything is trained or written.
+    pub fn check(&self, cfg: &TrainConfig, spec: &ModelSpec) -> Result<()> {
+        let train = self.train;
+        if train.is_empty() {
+            return Err(Error::Config {
+                field: "data".into(),
+                message: format!("{} holds no training samples", train.source().display()),
+            });
+        }
+        check_spec_compatible(spec, train)?;
+        self.check_augment(cfg, train)?;
+        if let Some(t) = self.online_teacher {
+            if t.spec().num_classes() != spec.num_classes()
+                || t.spec().input_len() != spec.input_len()
+            {
+                return Err(Error::Config {
+                    field: "online_teacher".into(),
+                    message: format!(
+                        "teacher {} and student {} disagree on inputs or classes",
+                        t.spec(),
+                        spec
+                    ),
+                });
+            }
+        }
+        match self.cache {
+            Some(cache) => check_cache(cache.first(), train, spec, &cfg.loss),
+            None if self.online_teacher.is_some() => Ok(()),
+            None => check_hard_labels(cfg, train),
+        }
+    }
+
+    /// An augmented run reads targets for the augmented images: from a view
+    /// set built with the same augmentation, or from an online teacher.
+    fn check_augment(&self, cfg: &TrainConfig, train: &Dataset) -> Result<()> {
+        let Some(a) = &cfg.augment else {
+            return Ok(());
+        };
+        a.check_shape(train.sample_shape())?;
+        let Some(c) = self.cache else {
+            return Ok(());
+        };
+        let cached = c.view_info().map(|v| v.augment.as_str());
+        if cached == Some(a.to_string().as_str()) {
+            return Ok(());
+        }
+        Err(Error::Config {
+            field: "augment".into(),
+            message: match cached {
+                None => format!(
+                    "{} holds the teacher's outputs for the unaugmented images, which are not valid targets for flipped or shifted ones; build a view set of the cache with augmentation {a} (several views) or distil from a teacher run on every batch (`online_teacher`)",
+                    c.dir().display()
+                ),
+                Some(other) => format!(
+                    "{a} differs from the augmentation {other} of the view set {}; leave `augment` unset to use the cache's",
+                    c.dir().display()
+                ),
+            },
+        })
+    }
+}
+
+/// Without any teacher the loss must be plain cross-entropy on labels.
+fn check_hard_labels(cfg: &TrainConfig, train: &Dataset) -> Result<()> {
+    if cfg.loss.needs_teacher() {
+        return Err(Error::Config {
+            field: "cache".into(),
+            message: format!(
+                "the {} loss with alpha {} needs the teacher's outputs: give a cache of them",
+                cfg.loss.kind, cfg.loss.alpha
+            ),
+        });
+    }
+    if train.labels().is_none() {
+        return Err(Error::Config {
+            field: "data".into(),
+            message: format!(
+                "{} has no labels; train from a teacher cache with `loss.alpha` 0 or `loss.kind` pseudo",
+                train.source().display()
+            ),
+        });
+    }
+    Ok(())
+}
