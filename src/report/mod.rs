@@ -1,6 +1,4 @@
-//! Reports: model cards and metrics files ([`card`]), PNG plots ([`plot`]),
-//! and the plots of a sweep ([`sweep_plot`]).
+//! Reports: model cards and metrics files ([`card`]) and PNG plots ([`plot`]).
 
 pub mod card;
 pub mod plot;
-pub mod sweep_plot;
