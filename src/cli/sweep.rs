@@ -16,15 +16,19 @@ use distill::model::{Backend, ModelSpec};
 use distill::report::card::ModelCard;
 use distill::sweep::{
     collect_results, plan, run_sweep, teacher_forward_timing, write_report, ReportContext, Savings,
-    SweepConfig, SweepInputs, TeacherSummary,
+    SweepConfig, SweepInputs, SweepSettings, TeacherSummary,
 };
-use distill::train::loss::LossKind;
-use distill::train::optim::{OptimizerKind, Schedule};
 
 use super::device::DeviceArgs;
 
 /// Config fields whose flag is not their name (see [`super::name_flags`]).
-pub const RENAMES: &[(&str, &str)] = &[];
+pub const RENAMES: &[(&str, &str)] = &[
+    ("batch_size", "--batch"),
+    ("optimizer.kind", "--optimizer"),
+    ("loss.kind", "--loss"),
+    ("loss.alpha", "--alphas"),
+    ("loss.temperature", "--temperatures"),
+];
 
 #[derive(Args)]
 pub struct SweepArgs {
@@ -102,134 +106,38 @@ pub struct SweepArgs {
     device: DeviceArgs,
 }
 
-/// The TOML file: every key optional, the flags' names.
-#[derive(serde::Deserialize, Default)]
-#[serde(deny_unknown_fields, rename_all = "kebab-case")]
-struct SweepFile {
-    cache: Option<PathBuf>,
-    test_cache: Option<PathBuf>,
-    data: Option<PathBuf>,
-    teacher: Option<PathBuf>,
-    students: Option<Vec<String>>,
-    temperatures: Option<Vec<f32>>,
-    alphas: Option<Vec<f32>>,
-    baseline: Option<bool>,
-    loss: Option<String>,
-    epochs: Option<usize>,
-    batch: Option<usize>,
-    optimizer: Option<String>,
-    lr: Option<f64>,
-    weight_decay: Option<f64>,
-    momentum: Option<f64>,
-    schedule: Option<String>,
-    seed: Option<u64>,
-    jobs: Option<usize>,
-    checkpoint_every: Option<u64>,
-    window_blocks: Option<usize>,
-    out: Option<PathBuf>,
-}
-
-fn read_file(path: &Path) -> Result<SweepFile> {
-    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-    let mut f: SweepFile = toml::from_str(&text).map_err(|e| Error::Config {
-        field: "--config".into(),
-        message: format!("{}: {e}", path.display()),
-    })?;
-    let base = path.parent().unwrap_or(Path::new("."));
-    for p in [
-        &mut f.cache,
-        &mut f.test_cache,
-        &mut f.data,
-        &mut f.teacher,
-        &mut f.out,
-    ]
-    .into_iter()
-    .flatten()
-    {
-        if p.is_relative() {
-            *p = base.join(&*p);
-        }
+/// The settings the flags give (a flag not given is `None`).
+fn settings(a: &SweepArgs) -> SweepSettings {
+    let list = |v: &Vec<String>| (!v.is_empty()).then(|| v.clone());
+    let nums = |v: &Vec<f32>| (!v.is_empty()).then(|| v.clone());
+    SweepSettings {
+        cache: a.cache.clone(),
+        test_cache: a.test_cache.clone(),
+        data: a.data.clone(),
+        teacher: a.teacher.clone(),
+        students: list(&a.students),
+        temperatures: nums(&a.temperatures),
+        alphas: nums(&a.alphas),
+        baseline: a.baseline.then_some(true),
+        loss: a.loss.clone(),
+        epochs: a.epochs,
+        batch: a.batch,
+        optimizer: a.optimizer.clone(),
+        lr: a.lr,
+        weight_decay: a.weight_decay,
+        momentum: a.momentum,
+        schedule: a.schedule.clone(),
+        seed: a.seed,
+        jobs: a.jobs,
+        checkpoint_every: a.checkpoint_every,
+        window_blocks: a.window_blocks,
+        out: a.out.clone(),
     }
-    Ok(f)
-}
-
-fn required(v: Option<PathBuf>, flag: &str) -> Result<PathBuf> {
-    v.ok_or_else(|| Error::Config {
-        field: flag.into(),
-        message: "is required (on the command line or in --config)".into(),
-    })
-}
-
-/// Merges the flags over the file over the defaults.
-fn config(a: &SweepArgs) -> Result<SweepConfig> {
-    let f = match &a.config {
-        Some(p) => read_file(p)?,
-        None => SweepFile::default(),
-    };
-    let mut cfg = SweepConfig::new(
-        required(a.cache.clone().or(f.cache), "--cache")?,
-        required(a.data.clone().or(f.data), "--data")?,
-        required(a.out.clone().or(f.out), "--out")?,
-    );
-    cfg.test_cache = a.test_cache.clone().or(f.test_cache);
-    cfg.teacher = a.teacher.clone().or(f.teacher);
-    let list = |flag: &Vec<String>, file: Option<Vec<String>>| {
-        if flag.is_empty() {
-            file.unwrap_or_default()
-        } else {
-            flag.clone()
-        }
-    };
-    cfg.students = list(&a.students, f.students)
-        .into_iter()
-        .map(|s| s.trim().to_string())
-        .filter(|s| !s.is_empty())
-        .collect();
-    if !a.temperatures.is_empty() {
-        cfg.temperatures = a.temperatures.clone();
-    } else if let Some(t) = f.temperatures {
-        cfg.temperatures = t;
-    }
-    if !a.alphas.is_empty() {
-        cfg.alphas = a.alphas.clone();
-    } else if let Some(x) = f.alphas {
-        cfg.alphas = x;
-    }
-    cfg.baseline = a.baseline || f.baseline.unwrap_or(false);
-    if let Some(l) = a.loss.clone().or(f.loss) {
-        cfg.loss = l.parse::<LossKind>()?;
-    }
-    cfg.epochs = a.epochs.or(f.epochs).unwrap_or(cfg.epochs);
-    cfg.batch_size = a.batch.or(f.batch).unwrap_or(cfg.batch_size);
-    if let Some(o) = a.optimizer.clone().or(f.optimizer) {
-        cfg.optimizer.kind = o.parse::<OptimizerKind>()?;
-    }
-    if let Some(s) = a.schedule.clone().or(f.schedule) {
-        cfg.optimizer.schedule = s.parse::<Schedule>()?;
-    }
-    cfg.optimizer.lr = a.lr.or(f.lr).unwrap_or(cfg.optimizer.lr);
-    cfg.optimizer.weight_decay = a
-        .weight_decay
-        .or(f.weight_decay)
-        .unwrap_or(cfg.optimizer.weight_decay);
-    cfg.optimizer.momentum = a.momentum.or(f.momentum).unwrap_or(cfg.optimizer.momentum);
-    cfg.seed = a.seed.or(f.seed).unwrap_or(cfg.seed);
-    cfg.jobs = a.jobs.or(f.jobs).unwrap_or(cfg.jobs);
-    cfg.checkpoint_every = a
-        .checkpoint_every
-        .or(f.checkpoint_every)
-        .unwrap_or(cfg.checkpoint_every);
-    cfg.window_blocks = a
-        .window_blocks
-        .or(f.window_blocks)
-        .unwrap_or(cfg.window_blocks);
-    cfg.validate()?;
-    Ok(cfg)
 }
 
 /// `distill sweep`.
 pub fn run(a: SweepArgs) -> Result<()> {
-    let cfg = config(&a)?;
+    let cfg = SweepConfig::resolve(settings(&a), a.config.as_deref())?;
     match a.device.device.as_str() {
         "cpu" => sweep_on(dfdx::prelude::Cpu::default(), &cfg, a.quiet),
         "cuda" => {
@@ -282,7 +190,7 @@ fn sweep_on<D: Backend>(dev: D, cfg: &SweepConfig, quiet: bool) -> Result<()> {
         (Some(tc), Some(t)) => Some(super::cache::teacher_predictions(tc, t)?),
         (Some(_), None) => {
             return Err(Error::Config {
-                field: "--test-cache".into(),
+                field: "test_cache".into(),
                 message: format!("{} has no test split to pair it with", cfg.data.display()),
             })
         }

@@ -49,7 +49,7 @@ mod results;
 mod run;
 mod teacher;
 
-pub use config::SweepConfig;
+pub use config::{key_of, SweepConfig, SweepSettings};
 pub use plan::{plan, run_dir, run_name, PlannedRun, RunKind, RUNS_DIR};
 pub use report::{
     group_digits, pct, report_markdown, results_csv, write_report, ReportContext, CSV_HEADER,

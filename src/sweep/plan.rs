@@ -72,18 +72,7 @@ pub fn plan(cfg: &SweepConfig) -> Result<Vec<PlannedRun>> {
         // The canonical spelling, so `mlp:784-32-10` and a spaced variant
         // name the same run.
         let student = ModelSpec::parse(&student)?.to_string();
-        let base = TrainConfig {
-            spec: student.clone(),
-            epochs: cfg.epochs,
-            batch_size: cfg.batch_size,
-            seed: cfg.seed,
-            optimizer: cfg.optimizer,
-            loss: LossConfig::hard_labels(),
-            window_blocks: cfg.window_blocks.max(1),
-            allow_topk_retemper: false,
-            augment: None,
-            prune_schedule: None,
-        };
+        let base = cfg.train_config(&student);
         let mut kinds = Vec::new();
         if cfg.baseline {
             kinds.push(RunKind::Baseline);

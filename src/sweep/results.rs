@@ -6,6 +6,7 @@ use std::path::Path;
 
 use super::plan::{run_dir, PlannedRun, RunKind};
 use crate::error::{Error, Result};
+use crate::model::ModelDir;
 use crate::report::card::ModelCard;
 
 /// One run's figures, read from its `model.json`.
@@ -62,7 +63,7 @@ impl RunResult {
 pub fn collect_results(out: &Path, runs: &[PlannedRun]) -> Result<Vec<RunResult>> {
     let mut results = Vec::new();
     for r in runs {
-        let path = run_dir(out, r).join("model.json");
+        let path = ModelDir::new(run_dir(out, r)).card();
         if !path.exists() {
             continue;
         }

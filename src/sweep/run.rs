@@ -12,7 +12,7 @@ use super::plan::{run_dir, PlannedRun, RunKind};
 use crate::cache::CacheViews;
 use crate::data::Dataset;
 use crate::error::{Error, Result};
-use crate::model::{Backend, ModelSpec};
+use crate::model::{Backend, ModelDir, ModelSpec};
 use crate::report::card::ModelCard;
 use crate::train::trainer::{self, RunOptions, TrainSources};
 
@@ -38,7 +38,8 @@ pub struct Expect<'a> {
 /// belongs to another run (other settings, data or cache) is an error: the
 /// sweep never overwrites a result it did not make.
 pub fn run_state(run: &PlannedRun, dir: &Path, expect: &Expect<'_>) -> Result<RunState> {
-    let card_path = dir.join("model.json");
+    let model = ModelDir::new(dir);
+    let card_path = model.card();
     if card_path.exists() {
         let card = ModelCard::load(&card_path)?;
         let mismatch = if card.config.as_ref() != Some(&run.config) {
@@ -64,18 +65,18 @@ pub fn run_state(run: &PlannedRun, dir: &Path, expect: &Expect<'_>) -> Result<Ru
         };
         if let Some(why) = mismatch {
             return Err(Error::Config {
-                field: "--out".into(),
+                field: "out".into(),
                 message: format!(
-                    "{} holds a finished run with other settings ({why}); remove that directory or choose another --out",
+                    "{} holds a finished run with other settings ({why}); remove that directory or choose another output folder",
                     dir.display()
                 ),
             });
         }
-        if dir.join("model.safetensors").exists() {
+        if model.weights().exists() {
             return Ok(RunState::Finished(Box::new(card)));
         }
     }
-    if dir.join("checkpoint.safetensors").exists() {
+    if model.checkpoint().exists() {
         return Ok(RunState::Partial);
     }
     Ok(RunState::New)
