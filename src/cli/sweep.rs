@@ -1,25 +1,18 @@
 //! `distill sweep`: many students against one teacher cache, then a report.
 //!
 //! Flags and a TOML file (`--config sweep.toml`, the same keys as the flags,
-//! e.g. `students = ["mlp:784-32-10"]`, `test-cache = "..."`) are merged,
-//! flags winning, and validated into a [`SweepConfig`] before any work
-//! starts. Relative paths in the TOML file are relative to the file.
+//! e.g. `students = ["mlp:784-32-10"]`, `test-cache = "..."`) are merged by
+//! the library ([`SweepConfig::resolve`]), flags winning, and validated
+//! before any work starts; the device dispatch then runs
+//! [`distill::sweep::run_and_report`], and [`print`] shows what it did.
 
-use std::path::{Path, PathBuf};
-use std::time::Instant;
+use std::path::PathBuf;
 
 use clap::Args;
-use distill::cache::CacheReader;
-use distill::data::{Dataset, Split};
-use distill::error::{Error, Result};
-use distill::model::{Backend, ModelSpec};
-use distill::report::card::ModelCard;
-use distill::sweep::{
-    collect_results, plan, run_sweep, teacher_forward_timing, write_report, ReportContext, Savings,
-    SweepConfig, SweepInputs, SweepSettings, TeacherSummary,
-};
+use distill::error::Result;
+use distill::sweep::{SweepConfig, SweepDone, SweepSettings};
 
-use super::device::DeviceArgs;
+use super::device::{with_device, DeviceArgs, Dispatch};
 
 /// Config fields whose flag is not their name (see [`super::name_flags`]).
 pub const RENAMES: &[(&str, &str)] = &[
@@ -106,6 +99,22 @@ pub struct SweepArgs {
     device: DeviceArgs,
 }
 
+/// A validated sweep, ready for a device.
+pub(crate) struct SweepJob {
+    pub config: SweepConfig,
+    pub quiet: bool,
+}
+
+/// `distill sweep`.
+pub fn run(a: SweepArgs) -> Result<()> {
+    let config = SweepConfig::resolve(settings(&a), a.config.as_deref())?;
+    let job = SweepJob {
+        config,
+        quiet: a.quiet,
+    };
+    with_device(&a.device.device, Dispatch::Sweep(Box::new(job)))
+}
+
 /// The settings the flags give (a flag not given is `None`).
 fn settings(a: &SweepArgs) -> SweepSettings {
     let list = |v: &Vec<String>| (!v.is_empty()).then(|| v.clone());
@@ -135,184 +144,16 @@ fn settings(a: &SweepArgs) -> SweepSettings {
     }
 }
 
-/// `distill sweep`.
-pub fn run(a: SweepArgs) -> Result<()> {
-    let cfg = SweepConfig::resolve(settings(&a), a.config.as_deref())?;
-    match a.device.device.as_str() {
-        "cpu" => sweep_on(dfdx::prelude::Cpu::default(), &cfg, a.quiet),
-        "cuda" => {
-            #[cfg(feature = "cuda")]
-            {
-                let dev = dfdx::prelude::Cuda::try_build(0, 0)
-                    .map_err(|e| Error::Device(format!("cannot open cuda:0: {e:?}")))?;
-                sweep_on(dev, &cfg, a.quiet)
-            }
-            #[cfg(not(feature = "cuda"))]
-            {
-                Err(Error::Config {
-                    field: "--device".into(),
-                    message: "cuda: this binary was built without the `cuda` feature; rebuild \
-                              with `cargo build --release --features cuda` (see README.md)"
-                        .into(),
-                })
-            }
-        }
-        other => Err(Error::Config {
-            field: "--device".into(),
-            message: format!("'{other}' is not one of cpu, cuda"),
-        }),
-    }
-}
-
-/// The teacher directory: `--teacher`, else the cache's recorded source if
-/// it still holds weights.
-fn teacher_dir(cfg: &SweepConfig, cache: &CacheReader) -> Option<PathBuf> {
-    match &cfg.teacher {
-        Some(t) => Some(t.clone()),
-        None => {
-            let p = PathBuf::from(&cache.manifest().teacher.source);
-            p.join("model.safetensors").exists().then_some(p)
-        }
-    }
-}
-
-fn sweep_on<D: Backend>(dev: D, cfg: &SweepConfig, quiet: bool) -> Result<()> {
-    let start = Instant::now();
-    let runs = plan(cfg)?;
-    let train = Dataset::open(&cfg.data, Split::Train)?;
-    let test = Dataset::open(&cfg.data, Split::Test).ok();
-    let cache = super::cache::open_views(&cfg.cache)?;
-    let test_cache = match &cfg.test_cache {
-        Some(dir) => Some(super::cache::open_cache(dir)?),
-        None => None,
-    };
-    let teacher_test_predictions = match (&test_cache, &test) {
-        (Some(tc), Some(t)) => Some(super::cache::teacher_predictions(tc, t)?),
-        (Some(_), None) => {
-            return Err(Error::Config {
-                field: "test_cache".into(),
-                message: format!("{} has no test split to pair it with", cfg.data.display()),
-            })
-        }
-        _ => None,
-    };
-    let teacher_path = teacher_dir(cfg, cache.first());
-    let teacher = match &teacher_path {
-        Some(p) => Some(super::load_model(p, dev.clone())?),
-        None => None,
-    };
-    if !quiet {
-        eprintln!(
-            "sweep: {} runs ({} students) from {} on {} into {}",
-            runs.len(),
-            cfg.students.len(),
-            cfg.cache.display(),
-            dev.describe(),
-            cfg.out.display()
-        );
-    }
-    let inputs = SweepInputs {
-        train: &train,
-        test: test.as_ref(),
-        cache: &cache,
-        teacher_test_predictions,
-    };
-    let summary = run_sweep(
-        dev.clone(),
-        cfg,
-        &runs,
-        &inputs,
-        &super::command_line(),
-        quiet,
-    )?;
-
-    // The report, from the cards.
-    let results = collect_results(&cfg.out, &runs)?;
-    let timing = match &teacher {
-        Some(t) => Some(teacher_forward_timing(
-            t,
-            &train,
-            &cfg.out,
-            &dev.describe(),
-        )?),
-        None => None,
-    };
-    let savings = timing.as_ref().map(|t| Savings::new(t, &results));
-    let teacher_summary = teacher_summary(
-        cache.first(),
-        test_cache.as_ref(),
-        test.as_ref(),
-        teacher_path.as_deref(),
-    );
-    let m = cache.first().manifest();
-    let ctx = ReportContext {
-        cfg,
-        teacher: teacher_summary.as_ref(),
-        savings: savings.as_ref(),
-        cache_description: format!(
-            "{} teacher outputs at T {}, {} encoding{}",
-            m.teacher.spec,
-            m.temperature,
-            m.encoding,
-            match cache.view_info() {
-                Some(v) => format!(", {} augmented views ({})", v.views, v.augment),
-                None => String::new(),
-            }
-        ),
-    };
-    let files = write_report(&results, &ctx)?;
+/// What a finished sweep prints: the counts, then the report's files.
+pub(crate) fn print(done: &SweepDone) {
     println!(
         "sweep: {} runs, {} trained, {} already finished, in {:.1}s",
-        runs.len(),
-        summary.trained(),
-        runs.len() - summary.trained(),
-        start.elapsed().as_secs_f64()
+        done.runs,
+        done.trained,
+        done.runs - done.trained,
+        done.seconds
     );
-    for f in files {
+    for f in &done.files {
         println!("{}", f.display());
     }
-    Ok(())
-}
-
-fn teacher_summary(
-    cache: &CacheReader,
-    test_cache: Option<&CacheReader>,
-    test: Option<&Dataset>,
-    teacher_path: Option<&Path>,
-) -> Option<TeacherSummary> {
-    let spec = ModelSpec::parse(&cache.manifest().teacher.spec).ok()?;
-    let card = teacher_path.and_then(|p| ModelCard::load(&p.join("model.json")).ok());
-    let from_test_cache = test_cache.and_then(|tc| {
-        tc.manifest().teacher_stats.accuracy.map(|a| {
-            (
-                a,
-                format!("on this test split, from {}", tc.dir().display()),
-            )
-        })
-    });
-    let from_card = card.as_ref().and_then(|c| {
-        let same_test = match (c.data.as_ref(), test) {
-            (Some(d), Some(t)) => d.test_fingerprint.as_deref() == Some(t.fingerprint().0.as_str()),
-            _ => false,
-        };
-        c.test_accuracy.map(|a| {
-            let on = if same_test {
-                "on this test split"
-            } else {
-                "on its own test data, not this test split"
-            };
-            (a, format!("{on}, from the teacher's card"))
-        })
-    });
-    let (accuracy, accuracy_source) = match from_test_cache.or(from_card) {
-        Some((a, s)) => (Some(a), s),
-        None => (None, "accuracy unknown: pass --test-cache".to_string()),
-    };
-    Some(TeacherSummary {
-        spec: spec.to_string(),
-        parameters: spec.param_count(),
-        flops_per_sample: spec.flops(),
-        accuracy,
-        accuracy_source,
-    })
 }

@@ -1,16 +1,20 @@
 //! A sweep's report, rebuilt from the runs' cards every time: `report.md`
 //! ([`report_markdown`]), `results.csv` ([`results_csv`]) and the two plots
-//! ([`super::plot`]), written by [`write_report`].
+//! ([`super::plot`]), written by [`write_report`]; [`report_sweep`] gathers
+//! what they state besides the runs.
 
 use std::fmt::Write as _;
 use std::fs;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use super::config::SweepConfig;
-use super::plan::{RunKind, RUNS_DIR};
-use super::results::{by_student, RunResult, StudentRow};
-use super::teacher::{Savings, TeacherSummary};
+use super::plan::{PlannedRun, RunKind, RUNS_DIR};
+use super::results::{by_student, collect_results, RunResult, StudentRow};
+use super::run::OpenInputs;
+use super::teacher::{teacher_forward_timing, teacher_summary, Savings, TeacherSummary};
+use crate::cache::CacheViews;
 use crate::error::{Error, Result};
+use crate::model::{Backend, Network};
 
 /// Accuracy as the report prints it: a percentage with two decimals.
 pub fn pct(x: Option<f64>) -> String {
@@ -274,6 +278,59 @@ pub fn write_report(results: &[RunResult], ctx: &ReportContext<'_>) -> Result<Ve
     let temps = out.join(TEMPERATURE_PNG);
     super::plot::accuracy_vs_temperature(&temps, results)?;
     Ok(vec![md, csv, pareto, temps])
+}
+
+/// Reads the cards of `runs` and writes the report: with the teacher
+/// (its directory and network), its forward pass over the training split is
+/// timed on `device_name` (once; a rerun reuses the timing) for what the
+/// cache saved.
+pub fn report_sweep<D: Backend>(
+    cfg: &SweepConfig,
+    runs: &[PlannedRun],
+    open: &OpenInputs,
+    teacher: Option<(&Path, &Network<D>)>,
+    device_name: &str,
+) -> Result<Vec<PathBuf>> {
+    let results = collect_results(&cfg.out, runs)?;
+    let timing = match teacher {
+        Some((_, net)) => Some(teacher_forward_timing(
+            net,
+            &open.train,
+            &cfg.out,
+            device_name,
+        )?),
+        None => None,
+    };
+    let savings = timing.as_ref().map(|t| Savings::new(t, &results));
+    let teacher_summary = teacher_summary(
+        open.cache.first(),
+        open.test_cache.as_ref(),
+        open.test.as_ref(),
+        teacher.map(|(dir, _)| dir),
+    );
+    let ctx = ReportContext {
+        cfg,
+        teacher: teacher_summary.as_ref(),
+        savings: savings.as_ref(),
+        cache_description: cache_description(&open.cache),
+    };
+    write_report(&results, &ctx)
+}
+
+/// The cache as the report describes it: the teacher, T, the encoding and
+/// any augmented views.
+pub fn cache_description(cache: &CacheViews) -> String {
+    let m = cache.first().manifest();
+    format!(
+        "{} teacher outputs at T {}, {} encoding{}",
+        m.teacher.spec,
+        m.temperature,
+        m.encoding,
+        match cache.view_info() {
+            Some(v) => format!(", {} augmented views ({})", v.views, v.augment),
+            None => String::new(),
+        }
+    )
 }
 
 #[cfg(test)]

@@ -1,16 +1,19 @@
-//! Running a plan: which runs are finished, partial or new on disk
-//! ([`run_state`]), and training the rest `jobs` at a time from one open
-//! cache ([`run_sweep`]).
+//! Running a sweep: which runs are finished, partial or new on disk
+//! ([`run_state`]), training the rest `jobs` at a time from one open cache
+//! ([`run_sweep`]), and the whole sweep on a device, from opening its inputs
+//! to writing its report ([`run_and_report`]).
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::Instant;
 
 use super::config::SweepConfig;
-use super::plan::{run_dir, PlannedRun, RunKind};
-use crate::cache::CacheViews;
-use crate::data::Dataset;
+use super::plan::{plan, run_dir, PlannedRun, RunKind};
+use super::report::report_sweep;
+use super::teacher::teacher_dir;
+use crate::cache::{CacheReader, CacheViews};
+use crate::data::{Dataset, Split};
 use crate::error::{Error, Result};
 use crate::model::{Backend, ModelDir, ModelSpec};
 use crate::report::card::ModelCard;
@@ -80,6 +83,120 @@ pub fn run_state(run: &PlannedRun, dir: &Path, expect: &Expect<'_>) -> Result<Ru
         return Ok(RunState::Partial);
     }
     Ok(RunState::New)
+}
+
+/// What [`run_and_report`] did.
+#[derive(Debug, Clone)]
+pub struct SweepDone {
+    /// Runs in the plan.
+    pub runs: usize,
+    /// Runs trained now (the others had finished earlier).
+    pub trained: usize,
+    pub seconds: f64,
+    /// The report's files.
+    pub files: Vec<PathBuf>,
+}
+
+/// A whole sweep on `device`: plans it, opens the data, the caches and the
+/// teacher, trains every run not finished yet, and writes the report from
+/// the runs' cards. `command` is recorded in each card; progress lines go to
+/// stderr unless `quiet`.
+pub fn run_and_report<D: Backend>(
+    device: D,
+    cfg: &SweepConfig,
+    command: &str,
+    quiet: bool,
+) -> Result<SweepDone> {
+    let start = Instant::now();
+    let runs = plan(cfg)?;
+    let open = OpenInputs::open(cfg)?;
+    let teacher_path = teacher_dir(cfg, open.cache.first());
+    let teacher = match &teacher_path {
+        Some(p) => Some(ModelDir::new(p).load(device.clone())?),
+        None => None,
+    };
+    if !quiet {
+        eprintln!(
+            "sweep: {} runs ({} students) from {} on {} into {}",
+            runs.len(),
+            cfg.students.len(),
+            cfg.cache.display(),
+            device.describe(),
+            cfg.out.display()
+        );
+    }
+    let summary = run_sweep(device.clone(), cfg, &runs, &open.inputs(), command, quiet)?;
+    let files = report_sweep(
+        cfg,
+        &runs,
+        &open,
+        teacher_path.as_deref().zip(teacher.as_ref()),
+        &device.describe(),
+    )?;
+    Ok(SweepDone {
+        runs: runs.len(),
+        trained: summary.trained(),
+        seconds: start.elapsed().as_secs_f64(),
+        files,
+    })
+}
+
+/// A sweep's data and caches, open.
+pub struct OpenInputs {
+    pub train: Dataset,
+    /// The test split, where the data has one.
+    pub test: Option<Dataset>,
+    /// The training cache (one cache, or a set of augmented views).
+    pub cache: CacheViews,
+    pub test_cache: Option<CacheReader>,
+    /// Teacher argmax on the test split (from the test cache), for agreement.
+    pub teacher_test_predictions: Option<Vec<u32>>,
+}
+
+impl OpenInputs {
+    /// Opens the data, the training cache and the test cache of `cfg`.
+    pub fn open(cfg: &SweepConfig) -> Result<OpenInputs> {
+        let train = Dataset::open(&cfg.data, Split::Train)?;
+        let test = Dataset::open(&cfg.data, Split::Test).ok();
+        // SAFETY: shards are immutable once written (written to a temporary
+        // name, synced, renamed) and distill never modifies or truncates
+        // them; the contract that no other program does so while distill
+        // runs is stated in FORMAT.md. Every block's checksum is checked
+        // before it is decoded.
+        let cache = unsafe { CacheViews::open(&cfg.cache) }?;
+        let test_cache = match &cfg.test_cache {
+            // SAFETY: as above.
+            Some(dir) => Some(unsafe { CacheReader::open(dir) }?),
+            None => None,
+        };
+        let teacher_test_predictions = match (&test_cache, &test) {
+            (Some(tc), Some(t)) => Some(tc.teacher_predictions(t)?),
+            (Some(_), None) => {
+                return Err(Error::Config {
+                    field: "test_cache".into(),
+                    message: format!("{} has no test split to pair it with", cfg.data.display()),
+                })
+            }
+            _ => None,
+        };
+        Ok(OpenInputs {
+            train,
+            test,
+            cache,
+            test_cache,
+            teacher_test_predictions,
+        })
+    }
+
+    /// What every run reads.
+    pub fn inputs(&self) -> SweepInputs<'_> {
+        SweepInputs {
+            train: &self.train,
+            test: self.test.as_ref(),
+            cache: &self.cache,
+            teacher_test_predictions: self.teacher_test_predictions.clone(),
+        }
+    }
 }
 
 /// The open inputs a sweep reads, shared by every run.

@@ -1,17 +1,21 @@
-//! The teacher as a sweep's report shows it: its size and accuracy
-//! ([`TeacherSummary`]), the time of its forward pass over the training split
+//! The teacher as a sweep's report shows it: where its weights are
+//! ([`teacher_dir`]), its size and accuracy ([`TeacherSummary`],
+//! [`teacher_summary`]), the time of its forward pass over the training split
 //! ([`teacher_forward_timing`], measured once and kept in the output folder),
 //! and what the cache saved against online distillation ([`Savings`]).
 
 use std::fs;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
+use super::config::SweepConfig;
 use super::plan::RunKind;
 use super::results::RunResult;
+use crate::cache::CacheReader;
 use crate::data::Dataset;
 use crate::error::{Error, Result};
-use crate::model::{Backend, Network};
+use crate::model::{Backend, ModelDir, ModelSpec, Network};
+use crate::report::card::ModelCard;
 
 /// The teacher forward-pass timing, kept so a rerun need not measure it again.
 pub const TEACHER_TIMING_FILE: &str = "teacher-forward.json";
@@ -110,4 +114,63 @@ impl Savings {
     pub fn online_seconds(&self) -> f64 {
         self.forward_seconds * self.distilled_epochs as f64
     }
+}
+
+/// The teacher's model directory: the config's `teacher`, else the cache's
+/// recorded source if that is a directory that still holds weights.
+pub fn teacher_dir(cfg: &SweepConfig, cache: &CacheReader) -> Option<PathBuf> {
+    match &cfg.teacher {
+        Some(t) => Some(t.clone()),
+        None => {
+            let p = PathBuf::from(&cache.manifest().teacher.source);
+            (p.is_dir() && ModelDir::new(&p).has_weights()).then_some(p)
+        }
+    }
+}
+
+/// The teacher's spec (from the cache), size, and test accuracy: from the
+/// test cache, else from the teacher's card (saying whether that was
+/// measured on this test split). `None` if the cache's teacher spec does
+/// not parse (a cache imported from logits).
+pub fn teacher_summary(
+    cache: &CacheReader,
+    test_cache: Option<&CacheReader>,
+    test: Option<&Dataset>,
+    teacher_path: Option<&Path>,
+) -> Option<TeacherSummary> {
+    let spec = ModelSpec::parse(&cache.manifest().teacher.spec).ok()?;
+    let card = teacher_path.and_then(|p| ModelCard::load(&ModelDir::new(p).card()).ok());
+    let from_test_cache = test_cache.and_then(|tc| {
+        tc.manifest().teacher_stats.accuracy.map(|a| {
+            (
+                a,
+                format!("on this test split, from {}", tc.dir().display()),
+            )
+        })
+    });
+    let from_card = card.as_ref().and_then(|c| {
+        let same_test = match (c.data.as_ref(), test) {
+            (Some(d), Some(t)) => d.test_fingerprint.as_deref() == Some(t.fingerprint().0.as_str()),
+            _ => false,
+        };
+        c.test_accuracy.map(|a| {
+            let on = if same_test {
+                "on this test split"
+            } else {
+                "on its own test data, not this test split"
+            };
+            (a, format!("{on}, from the teacher's card"))
+        })
+    });
+    let (accuracy, accuracy_source) = match from_test_cache.or(from_card) {
+        Some((a, s)) => (Some(a), s),
+        None => (None, "accuracy unknown: pass --test-cache".to_string()),
+    };
+    Some(TeacherSummary {
+        spec: spec.to_string(),
+        parameters: spec.param_count(),
+        flops_per_sample: spec.flops(),
+        accuracy,
+        accuracy_source,
+    })
 }
