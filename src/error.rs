@@ -19,6 +19,13 @@ pub enum Error {
     Model { path: PathBuf, message: String },
     #[error("invalid value for {field}: {message}")]
     Config { field: String, message: String },
+    /// A setting of a configuration file (a sweep's TOML file), by its key.
+    #[error("{}: {}{message}", path.display(), key.as_ref().map(|k| format!("key `{k}`: ")).unwrap_or_default())]
+    ConfigFile {
+        path: PathBuf,
+        key: Option<String>,
+        message: String,
+    },
     #[error("{context}: {message}")]
     Training { context: String, message: String },
     #[error("{path}: {source}")]

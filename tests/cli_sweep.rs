@@ -246,10 +246,21 @@ fn sweep_flags_are_validated_before_work() {
         "studentz = [\"mlp:784-16-10\"]\n",
     )
     .unwrap();
+    // A sweep.toml error names the file and the key, not a flag.
     fails(
         tmp.path(),
         &["sweep", "--config", "bad.toml"],
-        &["--config", "studentz"],
+        &["bad.toml: key `studentz`"],
+    );
+    fs::write(
+        tmp.path().join("sweep.toml"),
+        format!("cache = \"c\"\ndata = {data:?}\nout = \"o\"\nstudents = [\"mlp:784-16-10\"]\nalphas = [1.5]\n"),
+    )
+    .unwrap();
+    fails(
+        tmp.path(),
+        &["sweep", "--config", "sweep.toml"],
+        &["sweep.toml: key `alphas`: 1.5 must be in [0, 1]"],
     );
 }
 

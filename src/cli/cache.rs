@@ -5,7 +5,7 @@ use std::time::Instant;
 
 use clap::{Args, Subcommand};
 use distill::cache::views::view_dir;
-use distill::cache::{CacheReader, CacheViews, Encoding, WriterOptions};
+use distill::cache::{Encoding, WriterOptions};
 use distill::data::augment::Augment;
 use distill::data::{Dataset, Split};
 use distill::error::{Error, Result};
@@ -13,6 +13,7 @@ use distill::model::Backend;
 use distill::teacher::{
     build_cache, build_view_set, import_logits_file, BuildOptions, LogitsImport, ViewSetSpec,
 };
+use distill::train::sources::open_views;
 
 use super::device::DeviceArgs;
 
@@ -165,26 +166,6 @@ pub fn run(cmd: CacheCommand) -> Result<()> {
             Ok(())
         }
     }
-}
-
-/// Opens a cache or a view set of augmented caches for reading.
-pub fn open_views(dir: &Path) -> Result<CacheViews> {
-    // SAFETY: as in `open_cache`.
-    Ok(unsafe { CacheViews::open(dir) }?)
-}
-
-/// Opens a cache for reading.
-pub fn open_cache(dir: &Path) -> Result<CacheReader> {
-    // SAFETY: shards are immutable once written (written to a temporary name,
-    // synced, renamed) and distill never modifies or truncates them; the
-    // contract that no other program does so while distill runs is stated in
-    // FORMAT.md. Every block's checksum is checked before it is decoded.
-    Ok(unsafe { CacheReader::open(dir) }?)
-}
-
-/// The teacher's argmax on a (test) split, from its cache.
-pub fn teacher_predictions(cache: &CacheReader, data: &Dataset) -> Result<Vec<u32>> {
-    Ok(cache.teacher_predictions(data)?)
 }
 
 fn parse_split(s: &str) -> Result<Split> {

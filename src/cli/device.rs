@@ -15,6 +15,7 @@ pub(crate) enum Dispatch {
     Train(super::train::TrainArgs),
     Eval(super::eval::EvalArgs),
     CacheBuild(super::cache::BuildArgs),
+    Sweep(Box<super::sweep::SweepJob>),
 }
 
 /// Runs a command on the device named by `--device`.
@@ -51,5 +52,9 @@ fn dispatch<D: Backend>(dev: D, what: Dispatch) -> Result<()> {
         Dispatch::Train(args) => super::train::train(dev, args),
         Dispatch::Eval(args) => super::eval::eval(dev, args),
         Dispatch::CacheBuild(args) => super::cache::build(dev, args),
+        Dispatch::Sweep(job) => {
+            distill::sweep::run_and_report(dev, &job.config, &super::command_line(), job.quiet)
+                .map(|done| super::sweep::print(&done))
+        }
     }
 }

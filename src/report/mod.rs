@@ -1,6 +1,5 @@
-//! Reports: PNG plots of a training run ([`plot`]) and of a sweep
-//! ([`sweep_plot`]). Model cards and metrics files belong to training
-//! (`train::card`, `train::metrics`).
+//! Reports: PNG plots of a training run ([`plot`]). Model cards and metrics
+//! files belong to training (`train::card`, `train::metrics`); sweep plots to
+//! the sweep (`sweep::plot`).
 
 pub mod plot;
-pub mod sweep_plot;

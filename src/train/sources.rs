@@ -17,7 +17,7 @@ use crate::model::compat::check_spec_compatible;
 use crate::model::{Backend, ModelDir, ModelSpec, Network};
 
 use super::config::TrainConfig;
-use super::loss::{argmax_rows, LossConfig, LossKind};
+use super::loss::{LossConfig, LossKind};
 
 /// What the loop reads.
 pub struct TrainSources<'a, D: Backend> {
@@ -75,7 +75,7 @@ impl SourcePaths {
             (Some(dir), Some(test)) => {
                 let tc = open_cache(dir)?;
                 let accuracy = tc.manifest().teacher_stats.accuracy;
-                (Some(teacher_predictions(&tc, test)?), accuracy)
+                (Some(tc.teacher_predictions(test)?), accuracy)
             }
             (Some(_), None) => {
                 return Err(Error::Config {
@@ -128,13 +128,6 @@ pub fn open_cache(dir: &Path) -> Result<CacheReader> {
     // contract that no other program does so while distill runs is stated in
     // FORMAT.md. Every block's checksum is checked before it is decoded.
     Ok(unsafe { CacheReader::open(dir) }?)
-}
-
-/// The teacher's argmax on a (test) split, from its cache.
-pub fn teacher_predictions(cache: &CacheReader, data: &Dataset) -> Result<Vec<u32>> {
-    cache.check_pairing(&data.fingerprint().0, data.len() as u64, data.num_classes())?;
-    let all = cache.read_all(cache.temperature(), true)?;
-    Ok(argmax_rows(&all.logprobs, cache.num_classes()))
 }
 
 /// Checks that a cache and a dataset belong together and fit the loss.

@@ -1,16 +1,25 @@
 //! The plots of a sweep report, drawn from the runs' cards
-//! ([`crate::sweep::RunResult`]): test accuracy against parameter count (log
+//! ([`super::RunResult`]): test accuracy against parameter count (log
 //! scale, with the Pareto front and the teacher as a reference line), and test
 //! accuracy against the distillation temperature, one panel per alpha.
 
 use std::path::Path;
 
+use plotters::coord::combinators::LogCoord;
+use plotters::coord::types::RangedCoordf64;
+use plotters::coord::Shift;
 use plotters::prelude::*;
 
+use super::plan::RunKind;
+use super::report::group_digits;
+use super::results::{pareto_front, RunResult};
+use super::teacher::TeacherSummary;
 use crate::error::Result;
-use crate::sweep::{group_digits, pareto_front, RunKind, RunResult, TeacherSummary};
+use crate::report::plot::{ensure_font, plot_err};
 
-use super::plot::{ensure_font, plot_err};
+/// The chart of accuracy against parameters.
+type ParamChart<'a, 'b> =
+    ChartContext<'a, BitMapBackend<'b>, Cartesian2d<LogCoord<f64>, RangedCoordf64>>;
 
 const BASELINE_COLOR: RGBColor = RGBColor(214, 110, 0);
 const DISTILLED_COLOR: RGBColor = RGBColor(31, 90, 200);
@@ -109,34 +118,66 @@ pub fn accuracy_vs_parameters(
         .light_line_style(WHITE.mix(0.0))
         .draw()
         .map_err(e)?;
-
     if let (Some(t), Some(acc)) = (teacher, teacher_acc) {
-        chart
-            .draw_series(DashedLineSeries::new(
-                vec![(x0, acc), (x1, acc)],
-                10,
-                6,
-                TEACHER_COLOR.stroke_width(2),
-            ))
-            .map_err(e)?
-            .label(format!(
-                "teacher {} ({:.2}%, {} parameters)",
-                t.spec,
-                acc,
-                group_digits(t.parameters)
-            ))
-            .legend(|(x, y)| {
-                PathElement::new(vec![(x, y), (x + 24, y)], TEACHER_COLOR.stroke_width(2))
-            });
-        chart
-            .draw_series(std::iter::once(TriangleMarker::new(
-                (t.parameters as f64, acc),
-                8,
-                TEACHER_COLOR.filled(),
-            )))
-            .map_err(e)?;
+        draw_teacher(&mut chart, path, t, acc, (x0, x1))?;
     }
+    draw_front(&mut chart, path, results)?;
+    draw_runs(&mut chart, path, &pts)?;
+    chart
+        .configure_series_labels()
+        .background_style(WHITE.mix(0.9))
+        .border_style(BLACK)
+        .label_font(("sans-serif", 16))
+        .position(SeriesLabelPosition::UpperLeft)
+        .draw()
+        .map_err(e)?;
+    root.present().map_err(e)?;
+    Ok(())
+}
 
+/// The teacher: a dashed line at its accuracy across the chart and a
+/// triangle at its size.
+fn draw_teacher<'a, 'b: 'a>(
+    chart: &mut ParamChart<'a, 'b>,
+    path: &Path,
+    t: &TeacherSummary,
+    acc: f64,
+    (x0, x1): (f64, f64),
+) -> Result<()> {
+    let e = |err| plot_err(path, err);
+    chart
+        .draw_series(DashedLineSeries::new(
+            vec![(x0, acc), (x1, acc)],
+            10,
+            6,
+            TEACHER_COLOR.stroke_width(2),
+        ))
+        .map_err(e)?
+        .label(format!(
+            "teacher {} ({:.2}%, {} parameters)",
+            t.spec,
+            acc,
+            group_digits(t.parameters)
+        ))
+        .legend(|(x, y)| {
+            PathElement::new(vec![(x, y), (x + 24, y)], TEACHER_COLOR.stroke_width(2))
+        });
+    chart
+        .draw_series(std::iter::once(TriangleMarker::new(
+            (t.parameters as f64, acc),
+            8,
+            TEACHER_COLOR.filled(),
+        )))
+        .map_err(e)?;
+    Ok(())
+}
+
+/// The Pareto front through the best run of each size.
+fn draw_front<'a, 'b: 'a>(
+    chart: &mut ParamChart<'a, 'b>,
+    path: &Path,
+    results: &[RunResult],
+) -> Result<()> {
     let front: Vec<(f64, f64)> = pareto_front(results)
         .into_iter()
         .map(|(p, a)| (p as f64, 100.0 * a))
@@ -146,7 +187,7 @@ pub fn accuracy_vs_parameters(
             front.clone(),
             FRONT_COLOR.mix(0.7).stroke_width(3),
         ))
-        .map_err(e)?
+        .map_err(|err| plot_err(path, err))?
         .label("Pareto front (best run of each size)")
         .legend(|(x, y)| {
             PathElement::new(
@@ -154,7 +195,17 @@ pub fn accuracy_vs_parameters(
                 FRONT_COLOR.mix(0.7).stroke_width(3),
             )
         });
+    Ok(())
+}
 
+/// Every run as a point (circles distilled, squares baselines), and each
+/// student's spec under its lowest point.
+fn draw_runs<'a, 'b: 'a>(
+    chart: &mut ParamChart<'a, 'b>,
+    path: &Path,
+    pts: &[(f64, f64, &RunResult)],
+) -> Result<()> {
+    let e = |err| plot_err(path, err);
     let distilled: Vec<(f64, f64)> = pts
         .iter()
         .filter(|p| matches!(p.2.kind, RunKind::Distilled { .. }))
@@ -191,10 +242,8 @@ pub fn accuracy_vs_parameters(
                 )
             });
     }
-
-    // Each student's spec under its lowest point.
     let mut students: Vec<(&str, f64, f64)> = Vec::new();
-    for &(x, y, r) in &pts {
+    for &(x, y, r) in pts {
         match students.iter_mut().find(|s| s.0 == r.student) {
             Some(s) => s.2 = s.2.min(y),
             None => students.push((&r.student, x, y)),
@@ -211,16 +260,6 @@ pub fn accuracy_vs_parameters(
                 )
         }))
         .map_err(e)?;
-
-    chart
-        .configure_series_labels()
-        .background_style(WHITE.mix(0.9))
-        .border_style(BLACK)
-        .label_font(("sans-serif", 16))
-        .position(SeriesLabelPosition::UpperLeft)
-        .draw()
-        .map_err(e)?;
-    root.present().map_err(e)?;
     Ok(())
 }
 
@@ -269,8 +308,35 @@ pub fn accuracy_vs_temperature(path: &Path, results: &[RunResult]) -> Result<()>
     let tmax = temps.iter().cloned().fold(0.0, f32::max) as f64;
     let pad = ((tmax - tmin) * 0.1).max(0.5);
     let (x0, x1) = ((tmin - pad).max(0.0), tmax + pad);
-    for (panel, &alpha) in panels.iter().zip(&alphas) {
-        let mut chart = ChartBuilder::on(panel)
+    let panel = Panel {
+        path,
+        results,
+        students: &students,
+        x: (x0, x1),
+        y: (y0, y1),
+    };
+    for (area, &alpha) in panels.iter().zip(&alphas) {
+        panel.draw(area, alpha)?;
+    }
+    root.present().map_err(e)?;
+    Ok(())
+}
+
+/// What every panel of the temperature plot shares.
+struct Panel<'a> {
+    path: &'a Path,
+    results: &'a [RunResult],
+    students: &'a [&'a str],
+    x: (f64, f64),
+    y: (f64, f64),
+}
+
+impl Panel<'_> {
+    /// The panel of one alpha: a line per student, its baseline dashed.
+    fn draw(&self, area: &DrawingArea<BitMapBackend<'_>, Shift>, alpha: f32) -> Result<()> {
+        let e = |err| plot_err(self.path, err);
+        let ((x0, x1), (y0, y1)) = (self.x, self.y);
+        let mut chart = ChartBuilder::on(area)
             .caption(
                 format!("alpha = {alpha} (weight of the hard-label loss)"),
                 ("sans-serif", 18),
@@ -291,56 +357,9 @@ pub fn accuracy_vs_temperature(path: &Path, results: &[RunResult]) -> Result<()>
             .light_line_style(WHITE.mix(0.0))
             .draw()
             .map_err(e)?;
-        for (i, student) in students.iter().enumerate() {
+        for (i, student) in self.students.iter().enumerate() {
             let color = PALETTE[i % PALETTE.len()];
-            let mut line: Vec<(f64, f64)> = results
-                .iter()
-                .filter(|r| r.student == *student)
-                .filter_map(|r| match (r.kind, r.test_accuracy) {
-                    (
-                        RunKind::Distilled {
-                            temperature,
-                            alpha: a,
-                        },
-                        Some(acc),
-                    ) if a == alpha => Some((temperature as f64, 100.0 * acc)),
-                    _ => None,
-                })
-                .collect();
-            line.sort_by(|a, b| a.0.total_cmp(&b.0));
-            if !line.is_empty() {
-                chart
-                    .draw_series(LineSeries::new(line.clone(), color.stroke_width(2)))
-                    .map_err(e)?
-                    .label(format!("{student} distilled"))
-                    .legend(move |(x, y)| {
-                        PathElement::new(vec![(x, y), (x + 24, y)], color.stroke_width(2))
-                    });
-                chart
-                    .draw_series(line.iter().map(|&p| Circle::new(p, 4, color.filled())))
-                    .map_err(e)?;
-            }
-            let base = results.iter().find_map(|r| {
-                (r.student == *student && r.kind == RunKind::Baseline)
-                    .then_some(r.test_accuracy)
-                    .flatten()
-            });
-            if let Some(b) = base {
-                chart
-                    .draw_series(DashedLineSeries::new(
-                        vec![(x0, 100.0 * b), (x1, 100.0 * b)],
-                        8,
-                        6,
-                        color.stroke_width(1),
-                    ))
-                    .map_err(e)?
-                    .label(format!("{student} baseline (dashed)"))
-                    .legend(move |(x, y)| {
-                        EmptyElement::at((x, y))
-                            + PathElement::new(vec![(0, 0), (8, 0)], color.stroke_width(1))
-                            + PathElement::new(vec![(14, 0), (24, 0)], color.stroke_width(1))
-                    });
-            }
+            self.student(&mut chart, student, alpha, color)?;
         }
         chart
             .configure_series_labels()
@@ -350,9 +369,74 @@ pub fn accuracy_vs_temperature(path: &Path, results: &[RunResult]) -> Result<()>
             .position(SeriesLabelPosition::UpperLeft)
             .draw()
             .map_err(e)?;
+        Ok(())
     }
-    root.present().map_err(e)?;
-    Ok(())
+
+    /// One student's distilled runs at `alpha` against T, and its baseline.
+    fn student<'a, 'b: 'a>(
+        &self,
+        chart: &mut ChartContext<
+            'a,
+            BitMapBackend<'b>,
+            Cartesian2d<RangedCoordf64, RangedCoordf64>,
+        >,
+        student: &str,
+        alpha: f32,
+        color: RGBColor,
+    ) -> Result<()> {
+        let e = |err| plot_err(self.path, err);
+        let (x0, x1) = self.x;
+        let mut line: Vec<(f64, f64)> = self
+            .results
+            .iter()
+            .filter(|r| r.student == *student)
+            .filter_map(|r| match (r.kind, r.test_accuracy) {
+                (
+                    RunKind::Distilled {
+                        temperature,
+                        alpha: a,
+                    },
+                    Some(acc),
+                ) if a == alpha => Some((temperature as f64, 100.0 * acc)),
+                _ => None,
+            })
+            .collect();
+        line.sort_by(|a, b| a.0.total_cmp(&b.0));
+        if !line.is_empty() {
+            chart
+                .draw_series(LineSeries::new(line.clone(), color.stroke_width(2)))
+                .map_err(e)?
+                .label(format!("{student} distilled"))
+                .legend(move |(x, y)| {
+                    PathElement::new(vec![(x, y), (x + 24, y)], color.stroke_width(2))
+                });
+            chart
+                .draw_series(line.iter().map(|&p| Circle::new(p, 4, color.filled())))
+                .map_err(e)?;
+        }
+        let base = self.results.iter().find_map(|r| {
+            (r.student == *student && r.kind == RunKind::Baseline)
+                .then_some(r.test_accuracy)
+                .flatten()
+        });
+        if let Some(b) = base {
+            chart
+                .draw_series(DashedLineSeries::new(
+                    vec![(x0, 100.0 * b), (x1, 100.0 * b)],
+                    8,
+                    6,
+                    color.stroke_width(1),
+                ))
+                .map_err(e)?
+                .label(format!("{student} baseline (dashed)"))
+                .legend(move |(x, y)| {
+                    EmptyElement::at((x, y))
+                        + PathElement::new(vec![(0, 0), (8, 0)], color.stroke_width(1))
+                        + PathElement::new(vec![(14, 0), (24, 0)], color.stroke_width(1))
+                });
+        }
+        Ok(())
+    }
 }
 
 #[cfg(test)]

@@ -1,0 +1,504 @@
+//! What defines a sweep: [`SweepConfig`], its defaults and its validation,
+//! and the [`SweepSettings`] it is resolved from.
+//!
+//! A config names the caches, the data, the students, the temperatures and
+//! loss weights, and the training settings every run shares; [`super::plan`]
+//! expands it into runs. Its errors name its fields (`alphas`,
+//! `checkpoint_every`, `optimizer.lr`).
+//!
+//! Settings come from a TOML file (`sweep.toml`) and from the command line,
+//! with the same names: every key is optional, `students = ["mlp:784-32-10"]`,
+//! `test-cache = "..."`, `batch = 64`. [`SweepConfig::resolve`] lays the
+//! command line's settings over the file's over the defaults. A bad value
+//! that came from the file is reported with the file and its key
+//! (`sweep.toml: key `alphas`: 1.5 must be in [0, 1]`); relative paths in the
+//! file are relative to the file.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::error::{Error, Result};
+use crate::model::ModelSpec;
+use crate::train::loss::{LossConfig, LossKind};
+use crate::train::optim::{OptimizerConfig, OptimizerKind, Schedule};
+use crate::train::trainer::TrainConfig;
+
+/// Everything that defines a sweep.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SweepConfig {
+    /// Teacher-output cache of the training split.
+    pub cache: PathBuf,
+    /// Teacher-output cache of the test split (student-teacher agreement).
+    pub test_cache: Option<PathBuf>,
+    /// Dataset directory.
+    pub data: PathBuf,
+    /// Teacher model directory, for its accuracy and forward-pass timing
+    /// (default: the cache manifest's teacher source, if that directory exists).
+    pub teacher: Option<PathBuf>,
+    pub students: Vec<String>,
+    pub temperatures: Vec<f32>,
+    pub alphas: Vec<f32>,
+    /// Also train each student on hard labels alone.
+    pub baseline: bool,
+    pub loss: LossKind,
+    pub epochs: usize,
+    pub batch_size: usize,
+    pub seed: u64,
+    pub optimizer: OptimizerConfig,
+    pub window_blocks: usize,
+    /// Runs trained at the same time.
+    pub jobs: usize,
+    /// Checkpoint every this many steps (and at each epoch's end).
+    pub checkpoint_every: u64,
+    /// Output folder: `runs/NAME/` per run, the report at the top.
+    pub out: PathBuf,
+}
+
+impl SweepConfig {
+    /// The defaults of `distill sweep` (the same as `distill train`'s), with
+    /// no students yet.
+    pub fn new(cache: PathBuf, data: PathBuf, out: PathBuf) -> Self {
+        SweepConfig {
+            cache,
+            test_cache: None,
+            data,
+            teacher: None,
+            students: Vec::new(),
+            temperatures: vec![4.0],
+            alphas: vec![0.5],
+            baseline: false,
+            loss: LossKind::Kd,
+            epochs: 10,
+            batch_size: 128,
+            seed: 0,
+            optimizer: OptimizerConfig {
+                kind: OptimizerKind::Adam,
+                lr: 1e-3,
+                weight_decay: 0.0,
+                momentum: 0.9,
+                schedule: Schedule::Cosine,
+            },
+            window_blocks: 8,
+            jobs: 1,
+            checkpoint_every: 200,
+            out,
+        }
+    }
+
+    /// Checks every field; errors name the field.
+    pub fn validate(&self) -> Result<()> {
+        let cfg_err = |field: &str, message: String| Error::Config {
+            field: field.into(),
+            message,
+        };
+        if self.students.is_empty() {
+            return Err(cfg_err("students", "name at least one model spec".into()));
+        }
+        for s in &self.students {
+            ModelSpec::parse(s)?;
+        }
+        if self.temperatures.is_empty() {
+            return Err(cfg_err("temperatures", "name at least one".into()));
+        }
+        if self.alphas.is_empty() {
+            return Err(cfg_err("alphas", "name at least one".into()));
+        }
+        for &t in &self.temperatures {
+            if !(t.is_finite() && t > 0.0 && t <= 1000.0) {
+                return Err(cfg_err(
+                    "temperatures",
+                    format!("{t} must be a number in (0, 1000]"),
+                ));
+            }
+        }
+        for &a in &self.alphas {
+            if !(a.is_finite() && (0.0..=1.0).contains(&a)) {
+                return Err(cfg_err("alphas", format!("{a} must be in [0, 1]")));
+            }
+        }
+        if self.jobs == 0 || self.jobs > 256 {
+            return Err(cfg_err(
+                "jobs",
+                format!("{} must be between 1 and 256", self.jobs),
+            ));
+        }
+        if self.checkpoint_every == 0 {
+            return Err(cfg_err("checkpoint_every", "must be at least 1".into()));
+        }
+        // The settings every run shares (epochs, batch, optimizer).
+        for s in &self.students {
+            self.train_config(s).validate()?;
+        }
+        Ok(())
+    }
+
+    /// The training config of `student`'s hard-label baseline; a distilled
+    /// run differs only in its loss.
+    pub fn train_config(&self, student: &str) -> TrainConfig {
+        TrainConfig {
+            spec: student.to_string(),
+            epochs: self.epochs,
+            batch_size: self.batch_size,
+            seed: self.seed,
+            optimizer: self.optimizer,
+            loss: LossConfig::hard_labels(),
+            window_blocks: self.window_blocks.max(1),
+            allow_topk_retemper: false,
+            augment: None,
+            prune_schedule: None,
+        }
+    }
+
+    /// The config of `flags` (the command line's settings) laid over those
+    /// of the TOML file at `file`, over the defaults; validated.
+    ///
+    /// An error about a value the file set (and the flags did not) names
+    /// the file and its key ([`Error::ConfigFile`]); any other names the
+    /// config field ([`Error::Config`]).
+    pub fn resolve(flags: SweepSettings, file: Option<&Path>) -> Result<SweepConfig> {
+        let Some(path) = file else {
+            return flags.into_config();
+        };
+        let from_file = SweepSettings::read(path)?;
+        flags
+            .clone()
+            .over(from_file.clone())
+            .into_config()
+            .map_err(|e| blame(e, &flags, path, &from_file))
+    }
+}
+
+/// A sweep's settings as a TOML file or the command line gives them, every
+/// one optional. The TOML keys are the field names in kebab case, which are
+/// also the flags' names.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct SweepSettings {
+    pub cache: Option<PathBuf>,
+    pub test_cache: Option<PathBuf>,
+    pub data: Option<PathBuf>,
+    pub teacher: Option<PathBuf>,
+    pub students: Option<Vec<String>>,
+    pub temperatures: Option<Vec<f32>>,
+    pub alphas: Option<Vec<f32>>,
+    pub baseline: Option<bool>,
+    /// kd, dkd, mse or pseudo.
+    pub loss: Option<String>,
+    pub epochs: Option<usize>,
+    pub batch: Option<usize>,
+    /// sgd, adam or adamw.
+    pub optimizer: Option<String>,
+    pub lr: Option<f64>,
+    pub weight_decay: Option<f64>,
+    pub momentum: Option<f64>,
+    /// constant or cosine.
+    pub schedule: Option<String>,
+    pub seed: Option<u64>,
+    pub jobs: Option<usize>,
+    pub checkpoint_every: Option<u64>,
+    pub window_blocks: Option<usize>,
+    pub out: Option<PathBuf>,
+}
+
+/// Config fields whose TOML key is not their last segment with `_` as `-`.
+const KEY_RENAMES: &[(&str, &str)] = &[
+    ("batch_size", "batch"),
+    ("optimizer.kind", "optimizer"),
+    ("loss.kind", "loss"),
+    ("loss.alpha", "alphas"),
+    ("loss.temperature", "temperatures"),
+];
+
+/// The TOML key that sets a config field (`checkpoint_every` ->
+/// `checkpoint-every`, `optimizer.lr` -> `lr`, `batch_size` -> `batch`).
+pub fn key_of(field: &str) -> String {
+    if let Some((_, key)) = KEY_RENAMES.iter().find(|(f, _)| *f == field) {
+        return key.to_string();
+    }
+    let field = field.trim_start_matches('-');
+    field.rsplit('.').next().unwrap_or(field).replace('_', "-")
+}
+
+impl SweepSettings {
+    /// Reads a TOML file of settings. Relative paths in it are made relative
+    /// to the file's directory. Errors name the file and, where one is at
+    /// fault, the key.
+    pub fn read(path: &Path) -> Result<SweepSettings> {
+        let text = fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        let err = |key: Option<&str>, message: &str| Error::ConfigFile {
+            path: path.to_path_buf(),
+            key: key.map(str::to_string),
+            message: message.trim_end().to_string(),
+        };
+        let table: toml::Table = toml::from_str(&text).map_err(|e| err(None, &e.to_string()))?;
+        // One key at a time first, so that an unknown key or a value of the
+        // wrong type is reported with its key.
+        for (key, value) in &table {
+            let one: toml::Table = [(key.clone(), value.clone())].into_iter().collect();
+            SweepSettings::deserialize(one).map_err(|e| err(Some(key), e.message()))?;
+        }
+        let mut s = SweepSettings::deserialize(table).map_err(|e| err(None, e.message()))?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        for p in [
+            &mut s.cache,
+            &mut s.test_cache,
+            &mut s.data,
+            &mut s.teacher,
+            &mut s.out,
+        ]
+        .into_iter()
+        .flatten()
+        {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        }
+        Ok(s)
+    }
+
+    /// These settings, with `lower`'s filling the ones these leave unset.
+    pub fn over(self, lower: SweepSettings) -> SweepSettings {
+        SweepSettings {
+            cache: self.cache.or(lower.cache),
+            test_cache: self.test_cache.or(lower.test_cache),
+            data: self.data.or(lower.data),
+            teacher: self.teacher.or(lower.teacher),
+            students: self.students.or(lower.students),
+            temperatures: self.temperatures.or(lower.temperatures),
+            alphas: self.alphas.or(lower.alphas),
+            baseline: self.baseline.or(lower.baseline),
+            loss: self.loss.or(lower.loss),
+            epochs: self.epochs.or(lower.epochs),
+            batch: self.batch.or(lower.batch),
+            optimizer: self.optimizer.or(lower.optimizer),
+            lr: self.lr.or(lower.lr),
+            weight_decay: self.weight_decay.or(lower.weight_decay),
+            momentum: self.momentum.or(lower.momentum),
+            schedule: self.schedule.or(lower.schedule),
+            seed: self.seed.or(lower.seed),
+            jobs: self.jobs.or(lower.jobs),
+            checkpoint_every: self.checkpoint_every.or(lower.checkpoint_every),
+            window_blocks: self.window_blocks.or(lower.window_blocks),
+            out: self.out.or(lower.out),
+        }
+    }
+
+    /// Whether the setting of TOML key `key` is given.
+    pub fn sets(&self, key: &str) -> bool {
+        let given = [
+            ("cache", self.cache.is_some()),
+            ("test-cache", self.test_cache.is_some()),
+            ("data", self.data.is_some()),
+            ("teacher", self.teacher.is_some()),
+            ("students", self.students.is_some()),
+            ("temperatures", self.temperatures.is_some()),
+            ("alphas", self.alphas.is_some()),
+            ("baseline", self.baseline.is_some()),
+            ("loss", self.loss.is_some()),
+            ("epochs", self.epochs.is_some()),
+            ("batch", self.batch.is_some()),
+            ("optimizer", self.optimizer.is_some()),
+            ("lr", self.lr.is_some()),
+            ("weight-decay", self.weight_decay.is_some()),
+            ("momentum", self.momentum.is_some()),
+            ("schedule", self.schedule.is_some()),
+            ("seed", self.seed.is_some()),
+            ("jobs", self.jobs.is_some()),
+            ("checkpoint-every", self.checkpoint_every.is_some()),
+            ("window-blocks", self.window_blocks.is_some()),
+            ("out", self.out.is_some()),
+        ];
+        given.iter().any(|&(k, set)| k == key && set)
+    }
+
+    /// The config these settings give over the defaults, validated.
+    fn into_config(self) -> Result<SweepConfig> {
+        let required = |v: Option<PathBuf>, field: &str| {
+            v.ok_or_else(|| Error::Config {
+                field: field.into(),
+                message: "is required (on the command line or in the sweep's TOML file)".into(),
+            })
+        };
+        let mut cfg = SweepConfig::new(
+            required(self.cache, "cache")?,
+            required(self.data, "data")?,
+            required(self.out, "out")?,
+        );
+        cfg.test_cache = self.test_cache;
+        cfg.teacher = self.teacher;
+        cfg.students = self
+            .students
+            .unwrap_or_default()
+            .into_iter()
+            .map(|s| s.trim().to_string())
+            .filter(|s| !s.is_empty())
+            .collect();
+        cfg.temperatures = self.temperatures.unwrap_or(cfg.temperatures);
+        cfg.alphas = self.alphas.unwrap_or(cfg.alphas);
+        cfg.baseline = self.baseline.unwrap_or(false);
+        if let Some(l) = self.loss {
+            cfg.loss = l.parse::<LossKind>().map_err(|e| for_field(e, "loss"))?;
+        }
+        cfg.epochs = self.epochs.unwrap_or(cfg.epochs);
+        cfg.batch_size = self.batch.unwrap_or(cfg.batch_size);
+        let o = &mut cfg.optimizer;
+        if let Some(k) = self.optimizer {
+            o.kind = k.parse().map_err(|e| for_field(e, "optimizer.kind"))?;
+        }
+        if let Some(s) = self.schedule {
+            o.schedule = s.parse().map_err(|e| for_field(e, "optimizer.schedule"))?;
+        }
+        o.lr = self.lr.unwrap_or(o.lr);
+        o.weight_decay = self.weight_decay.unwrap_or(o.weight_decay);
+        o.momentum = self.momentum.unwrap_or(o.momentum);
+        cfg.seed = self.seed.unwrap_or(cfg.seed);
+        cfg.jobs = self.jobs.unwrap_or(cfg.jobs);
+        cfg.checkpoint_every = self.checkpoint_every.unwrap_or(cfg.checkpoint_every);
+        cfg.window_blocks = self.window_blocks.unwrap_or(cfg.window_blocks);
+        cfg.validate()?;
+        Ok(cfg)
+    }
+}
+
+/// A config error about `field` (a value parsed for it).
+fn for_field(e: Error, field: &str) -> Error {
+    match e {
+        Error::Config { message, .. } => Error::Config {
+            field: field.into(),
+            message,
+        },
+        other => other,
+    }
+}
+
+/// Puts an error about a value the file set, and the flags did not, in the
+/// file's terms: its path and key.
+fn blame(e: Error, flags: &SweepSettings, path: &Path, from_file: &SweepSettings) -> Error {
+    let key = match &e {
+        Error::Config { field, .. } => key_of(field),
+        Error::Spec { .. } => "students".to_string(),
+        _ => return e,
+    };
+    if !from_file.sets(&key) || flags.sets(&key) {
+        return e;
+    }
+    let message = match e {
+        Error::Config { message, .. } => message,
+        other => other.to_string(),
+    };
+    Error::ConfigFile {
+        path: path.to_path_buf(),
+        key: Some(key),
+        message,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::plan::plan;
+    use super::super::plan::tests::cfg;
+    use super::*;
+
+    fn field(e: Error) -> String {
+        match e {
+            Error::Config { field, .. } => field,
+            other => panic!("not a config error: {other}"),
+        }
+    }
+
+    #[test]
+    fn bad_values_are_refused_naming_the_field() {
+        let mut c = cfg();
+        c.alphas = vec![1.5];
+        assert_eq!(field(plan(&c).unwrap_err()), "alphas");
+        let mut c = cfg();
+        c.students.clear();
+        assert_eq!(field(plan(&c).unwrap_err()), "students");
+        let mut c = cfg();
+        c.jobs = 0;
+        assert_eq!(field(plan(&c).unwrap_err()), "jobs");
+        let mut c = cfg();
+        c.checkpoint_every = 0;
+        assert_eq!(field(c.validate().unwrap_err()), "checkpoint_every");
+        assert_eq!(key_of("checkpoint_every"), "checkpoint-every");
+        assert_eq!(key_of("optimizer.weight_decay"), "weight-decay");
+        assert_eq!(key_of("batch_size"), "batch");
+    }
+
+    /// A sweep file in a temporary directory with `extra` lines.
+    fn file(extra: &str) -> (tempfile::TempDir, PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sweep.toml");
+        let text = format!("cache = \"c\"\ndata = \"d\"\nout = \"o\"\n{extra}");
+        fs::write(&path, text).unwrap();
+        (dir, path)
+    }
+
+    #[test]
+    fn the_file_lies_under_the_flags_and_its_paths_under_its_directory() {
+        let (dir, path) = file("students = [\"mlp:784-16-10\"]\nalphas = [0.25]\nbatch = 32\n");
+        let flags = SweepSettings {
+            batch: Some(64),
+            ..SweepSettings::default()
+        };
+        let c = SweepConfig::resolve(flags, Some(&path)).unwrap();
+        assert_eq!(c.alphas, vec![0.25]);
+        assert_eq!(c.batch_size, 64);
+        assert_eq!(c.students, vec!["mlp:784-16-10".to_string()]);
+        assert_eq!(c.cache, dir.path().join("c"));
+    }
+
+    #[test]
+    fn errors_from_the_file_name_the_file_and_key() {
+        let (_dir, path) = file("students = [\"mlp:784-16-10\"]\nalphas = [1.5]\n");
+        let e = SweepConfig::resolve(SweepSettings::default(), Some(&path)).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            format!("{}: key `alphas`: 1.5 must be in [0, 1]", path.display())
+        );
+        // The same value given as a flag is the flag's error: the field.
+        let flags = SweepSettings {
+            alphas: Some(vec![2.0]),
+            ..SweepSettings::default()
+        };
+        let e = SweepConfig::resolve(flags, Some(&path)).unwrap_err();
+        assert_eq!(field(e), "alphas");
+        let (_dir, path) = file("students = [\"mlp:784-16-10\"]\nepochs = 0\n");
+        let e = SweepConfig::resolve(SweepSettings::default(), Some(&path)).unwrap_err();
+        assert!(e.to_string().contains("key `epochs`"), "{e}");
+        let (_dir, path) = file("studentz = [\"mlp:784-16-10\"]\n");
+        let e = SweepConfig::resolve(SweepSettings::default(), Some(&path)).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("sweep.toml: key `studentz`: unknown field"),
+            "{e}"
+        );
+        let (_dir, path) = file("alphas = \"x\"\n");
+        let e = SweepConfig::resolve(SweepSettings::default(), Some(&path)).unwrap_err();
+        assert!(e.to_string().contains("key `alphas`: invalid type"), "{e}");
+    }
+
+    #[test]
+    fn every_key_is_read_and_known() {
+        let (_dir, path) = file(
+            "test-cache = \"t\"\nteacher = \"m\"\nstudents = [\"mlp:784-16-10\"]\n\
+             temperatures = [2]\nalphas = [0.5]\nbaseline = true\nloss = \"mse\"\nepochs = 2\n\
+             batch = 8\noptimizer = \"sgd\"\nlr = 0.1\nweight-decay = 0.01\nmomentum = 0.5\n\
+             schedule = \"constant\"\nseed = 3\njobs = 2\ncheckpoint-every = 7\n\
+             window-blocks = 4\n",
+        );
+        let s = SweepSettings::read(&path).unwrap();
+        let text = fs::read_to_string(&path).unwrap();
+        for line in text.lines() {
+            let key = line.split(" = ").next().unwrap();
+            assert!(s.sets(key), "{key}");
+        }
+        assert!(!s.sets("studentz"));
+        let c = SweepConfig::resolve(SweepSettings::default(), Some(&path)).unwrap();
+        assert_eq!(c.optimizer.kind, OptimizerKind::Sgd);
+        assert_eq!(c.optimizer.schedule, Schedule::Constant);
+        assert_eq!((c.jobs, c.checkpoint_every, c.window_blocks), (2, 7, 4));
+    }
+}

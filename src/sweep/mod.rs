@@ -1,0 +1,81 @@
+//! Sweeps: many students trained against **one** teacher cache, and the
+//! report that compares them.
+//!
+//! A sweep is the reason to cache a teacher. [`SweepConfig`] names the
+//! students, temperatures and loss weights; [`plan`] expands it into one
+//! [`PlannedRun`] per (student, T, alpha), plus each student's hard-label
+//! baseline, each with its own directory under `OUT/runs/`. [`run_sweep`]
+//! trains them one after another or several at once, all streaming the same
+//! open [`CacheReader`](crate::cache::CacheReader). A run whose `model.json` exists and records the same
+//! config, data and cache is finished and is skipped, and an interrupted run
+//! continues from its checkpoint, so rerunning a killed sweep only does the
+//! work that is left.
+//!
+//! The report ([`collect_results`], [`write_report`]) is rebuilt from the
+//! runs' own `model.json` cards every time, so `report.md`, `results.csv` and
+//! the plots always agree with them. [`run_and_report`] does all of it on a
+//! device, from a config that [`SweepConfig::resolve`] builds from a
+//! `sweep.toml` file and the command line's settings:
+//!
+//! ```text
+//!  SweepConfig ─► plan ─► [PlannedRun] ─► run_sweep (skip finished, resume partial)
+//!                                             │ OUT/runs/NAME/model.json
+//!                                             ▼
+//!        collect_results ─► [RunResult] ─► write_report: report.md, results.csv, *.png
+//! ```
+//!
+//! ```no_run
+//! # fn main() -> distill::Result<()> {
+//! use distill::sweep::{plan, SweepConfig};
+//! let mut cfg = SweepConfig::new("caches/train".into(), "data/fashion-mnist".into(), "runs/sweep".into());
+//! cfg.students = vec!["mlp:784-32-10".into(), "mlp:784-128-10".into()];
+//! cfg.temperatures = vec![1.0, 4.0];
+//! cfg.alphas = vec![0.1, 0.5];
+//! cfg.baseline = true;
+//! let runs = plan(&cfg)?;
+//! assert_eq!(runs.len(), 2 * (1 + 2 * 2));
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! A whole sweep from a `sweep.toml` file, with one setting overridden:
+//!
+//! ```no_run
+//! # fn main() -> distill::Result<()> {
+//! use distill::sweep::{run_and_report, SweepConfig, SweepSettings};
+//! let overrides = SweepSettings { epochs: Some(3), ..SweepSettings::default() };
+//! let cfg = SweepConfig::resolve(overrides, Some("sweep.toml".as_ref()))?;
+//! let done = run_and_report(dfdx::prelude::Cpu::default(), &cfg, "example", false)?;
+//! println!("{} runs, {} trained: {:?}", done.runs, done.trained, done.files);
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! One file per concept: [`SweepConfig`] (`config.rs`), the plan
+//! (`plan.rs`), running it (`run.rs`), the results read from the cards
+//! (`results.rs`), the teacher's figures (`teacher.rs`), the report
+//! (`report.rs`) and its plots ([`plot`]).
+
+mod config;
+mod plan;
+pub mod plot;
+mod report;
+mod results;
+mod run;
+mod teacher;
+
+pub use config::{key_of, SweepConfig, SweepSettings};
+pub use plan::{plan, run_dir, run_name, PlannedRun, RunKind, RUNS_DIR};
+pub use report::{
+    cache_description, group_digits, pct, report_markdown, report_sweep, results_csv, write_report,
+    ReportContext, CSV_HEADER, PARETO_PNG, REPORT_MD, RESULTS_CSV, TEMPERATURE_PNG,
+};
+pub use results::{by_student, collect_results, pareto_front, RunResult, StudentRow};
+pub use run::{
+    run_and_report, run_state, run_sweep, Expect, OpenInputs, RunOutcome, RunState, SweepDone,
+    SweepInputs, SweepSummary,
+};
+pub use teacher::{
+    teacher_dir, teacher_forward_timing, teacher_summary, Savings, TeacherSummary, TeacherTiming,
+    TEACHER_TIMING_FILE,
+};

@@ -1,0 +1,381 @@
+//! Running a sweep: which runs are finished, partial or new on disk
+//! ([`run_state`]), training the rest `jobs` at a time from one open cache
+//! ([`run_sweep`]), and the whole sweep on a device, from opening its inputs
+//! to writing its report ([`run_and_report`]).
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Mutex;
+use std::time::Instant;
+
+use super::config::SweepConfig;
+use super::plan::{plan, run_dir, PlannedRun, RunKind};
+use super::report::report_sweep;
+use super::teacher::teacher_dir;
+use crate::cache::{CacheReader, CacheViews};
+use crate::data::{Dataset, Split};
+use crate::error::{Error, Result};
+use crate::model::{Backend, ModelDir, ModelSpec};
+use crate::train::card::ModelCard;
+use crate::train::sources::{open_cache, open_views};
+use crate::train::trainer::{self, RunOptions, TrainSources};
+
+/// Where a run stands on disk.
+#[derive(Debug, Clone, PartialEq)]
+pub enum RunState {
+    /// `model.json` and `model.safetensors` exist and the card matches the run.
+    Finished(Box<ModelCard>),
+    /// A checkpoint is there: training continues from it.
+    Partial,
+    /// Nothing yet.
+    New,
+}
+
+/// What a finished run must have been trained on to count as this run.
+pub struct Expect<'a> {
+    pub train_fingerprint: &'a str,
+    /// The cache id, for distilled runs.
+    pub cache_id: &'a str,
+}
+
+/// Decides whether `run` is finished, partial or new in `dir`. A card that
+/// belongs to another run (other settings, data or cache) is an error: the
+/// sweep never overwrites a result it did not make.
+pub fn run_state(run: &PlannedRun, dir: &Path, expect: &Expect<'_>) -> Result<RunState> {
+    let model = ModelDir::new(dir);
+    let card_path = model.card();
+    if card_path.exists() {
+        let card = ModelCard::load(&card_path)?;
+        let mismatch = if card.config.as_ref() != Some(&run.config) {
+            Some(format!(
+                "its config is {}, this sweep's is {}",
+                card.config
+                    .as_ref()
+                    .and_then(|c| serde_json::to_string(c).ok())
+                    .unwrap_or_else(|| "missing".into()),
+                serde_json::to_string(&run.config).unwrap_or_default()
+            ))
+        } else if card.data.as_ref().map(|d| d.train_fingerprint.as_str())
+            != Some(expect.train_fingerprint)
+        {
+            Some("it was trained on other data".into())
+        } else {
+            let want = match run.kind {
+                RunKind::Baseline => None,
+                RunKind::Distilled { .. } => Some(expect.cache_id),
+            };
+            (card.cache.as_ref().map(|c| c.id.as_str()) != want)
+                .then(|| "it was distilled from another cache (or none)".to_string())
+        };
+        if let Some(why) = mismatch {
+            return Err(Error::Config {
+                field: "out".into(),
+                message: format!(
+                    "{} holds a finished run with other settings ({why}); remove that directory or choose another output folder",
+                    dir.display()
+                ),
+            });
+        }
+        if model.weights().exists() {
+            return Ok(RunState::Finished(Box::new(card)));
+        }
+    }
+    if model.checkpoint().exists() {
+        return Ok(RunState::Partial);
+    }
+    Ok(RunState::New)
+}
+
+/// What [`run_and_report`] did.
+#[derive(Debug, Clone)]
+pub struct SweepDone {
+    /// Runs in the plan.
+    pub runs: usize,
+    /// Runs trained now (the others had finished earlier).
+    pub trained: usize,
+    pub seconds: f64,
+    /// The report's files.
+    pub files: Vec<PathBuf>,
+}
+
+/// A whole sweep on `device`: plans it, opens the data, the caches and the
+/// teacher, trains every run not finished yet, and writes the report from
+/// the runs' cards. `command` is recorded in each card; progress lines go to
+/// stderr unless `quiet`.
+pub fn run_and_report<D: Backend>(
+    device: D,
+    cfg: &SweepConfig,
+    command: &str,
+    quiet: bool,
+) -> Result<SweepDone> {
+    let start = Instant::now();
+    let runs = plan(cfg)?;
+    let open = OpenInputs::open(cfg)?;
+    let teacher_path = teacher_dir(cfg, open.cache.first());
+    let teacher = match &teacher_path {
+        Some(p) => Some(ModelDir::new(p).load(device.clone())?),
+        None => None,
+    };
+    if !quiet {
+        eprintln!(
+            "sweep: {} runs ({} students) from {} on {} into {}",
+            runs.len(),
+            cfg.students.len(),
+            cfg.cache.display(),
+            device.describe(),
+            cfg.out.display()
+        );
+    }
+    let summary = run_sweep(device.clone(), cfg, &runs, &open.inputs(), command, quiet)?;
+    let files = report_sweep(
+        cfg,
+        &runs,
+        &open,
+        teacher_path.as_deref().zip(teacher.as_ref()),
+        &device.describe(),
+    )?;
+    Ok(SweepDone {
+        runs: runs.len(),
+        trained: summary.trained(),
+        seconds: start.elapsed().as_secs_f64(),
+        files,
+    })
+}
+
+/// A sweep's data and caches, open.
+pub struct OpenInputs {
+    pub train: Dataset,
+    /// The test split, where the data has one.
+    pub test: Option<Dataset>,
+    /// The training cache (one cache, or a set of augmented views).
+    pub cache: CacheViews,
+    pub test_cache: Option<CacheReader>,
+    /// Teacher argmax on the test split (from the test cache), for agreement.
+    pub teacher_test_predictions: Option<Vec<u32>>,
+}
+
+impl OpenInputs {
+    /// Opens the data, the training cache and the test cache of `cfg`.
+    pub fn open(cfg: &SweepConfig) -> Result<OpenInputs> {
+        let train = Dataset::open(&cfg.data, Split::Train)?;
+        let test = Dataset::open(&cfg.data, Split::Test).ok();
+        let cache = open_views(&cfg.cache)?;
+        let test_cache = cfg.test_cache.as_deref().map(open_cache).transpose()?;
+        let teacher_test_predictions = match (&test_cache, &test) {
+            (Some(tc), Some(t)) => Some(tc.teacher_predictions(t)?),
+            (Some(_), None) => {
+                return Err(Error::Config {
+                    field: "test_cache".into(),
+                    message: format!("{} has no test split to pair it with", cfg.data.display()),
+                })
+            }
+            _ => None,
+        };
+        Ok(OpenInputs {
+            train,
+            test,
+            cache,
+            test_cache,
+            teacher_test_predictions,
+        })
+    }
+
+    /// What every run reads.
+    pub fn inputs(&self) -> SweepInputs<'_> {
+        SweepInputs {
+            train: &self.train,
+            test: self.test.as_ref(),
+            cache: &self.cache,
+            teacher_test_predictions: self.teacher_test_predictions.clone(),
+        }
+    }
+}
+
+/// The open inputs a sweep reads, shared by every run.
+pub struct SweepInputs<'a> {
+    pub train: &'a Dataset,
+    pub test: Option<&'a Dataset>,
+    /// The training cache (one cache, or a set of augmented views).
+    pub cache: &'a CacheViews,
+    /// Teacher argmax on the test split (from the test cache), for agreement.
+    pub teacher_test_predictions: Option<Vec<u32>>,
+}
+
+/// What happened to one run.
+#[derive(Debug, Clone, PartialEq)]
+pub enum RunOutcome {
+    Skipped,
+    Trained { seconds: f64, resumed: bool },
+}
+
+/// What [`run_sweep`] did.
+#[derive(Debug, Clone)]
+pub struct SweepSummary {
+    pub runs: Vec<(PlannedRun, RunOutcome)>,
+    pub seconds: f64,
+}
+
+impl SweepSummary {
+    /// How many runs were trained (not skipped).
+    pub fn trained(&self) -> usize {
+        self.runs
+            .iter()
+            .filter(|(_, o)| matches!(o, RunOutcome::Trained { .. }))
+            .count()
+    }
+}
+
+/// Trains every run of the plan that is not finished, `cfg.jobs` at a time,
+/// all from the one open cache. Progress lines go to stderr unless `quiet`.
+/// The first failing run stops the sweep (runs already started finish).
+pub fn run_sweep<D: Backend>(
+    device: D,
+    cfg: &SweepConfig,
+    runs: &[PlannedRun],
+    inputs: &SweepInputs<'_>,
+    command: &str,
+    quiet: bool,
+) -> Result<SweepSummary> {
+    let start = Instant::now();
+    let cache_id = inputs.cache.id();
+    let expect = Expect {
+        train_fingerprint: &inputs.train.fingerprint().0,
+        cache_id: &cache_id,
+    };
+    // Check every run's directory before training anything.
+    let states: Vec<RunState> = runs
+        .iter()
+        .map(|r| run_state(r, &run_dir(&cfg.out, r), &expect))
+        .collect::<Result<_>>()?;
+    for r in runs {
+        trainer::check_cache(
+            inputs.cache.first(),
+            inputs.train,
+            &ModelSpec::parse(&r.student)?,
+            &r.config.loss,
+        )?;
+    }
+    let total = runs.len();
+    let next = AtomicUsize::new(0);
+    let done = AtomicUsize::new(0);
+    let failed = AtomicBool::new(false);
+    let outcomes: Mutex<Vec<Option<Result<RunOutcome>>>> =
+        Mutex::new((0..total).map(|_| None).collect());
+    let jobs = cfg.jobs.min(total.max(1));
+    std::thread::scope(|scope| {
+        for _ in 0..jobs {
+            scope.spawn(|| loop {
+                if failed.load(Ordering::SeqCst) {
+                    return;
+                }
+                let i = next.fetch_add(1, Ordering::SeqCst);
+                if i >= total {
+                    return;
+                }
+                let run = &runs[i];
+                let result = match &states[i] {
+                    RunState::Finished(_) => Ok(RunOutcome::Skipped),
+                    state => train_one(
+                        device.clone(),
+                        cfg,
+                        run,
+                        inputs,
+                        command,
+                        quiet || jobs > 1,
+                        *state == RunState::Partial,
+                    ),
+                };
+                let k = done.fetch_add(1, Ordering::SeqCst) + 1;
+                if !quiet {
+                    eprintln!("[{k}/{total}] {}", progress_line(run, &result));
+                }
+                if result.is_err() {
+                    failed.store(true, Ordering::SeqCst);
+                }
+                if let Ok(mut slots) = outcomes.lock() {
+                    slots[i] = Some(result);
+                }
+            });
+        }
+    });
+    let slots = outcomes.into_inner().map_err(|_| Error::Training {
+        context: "sweep".into(),
+        message: "a run panicked".into(),
+    })?;
+    let mut done_runs = Vec::new();
+    for (run, slot) in runs.iter().zip(slots) {
+        match slot {
+            Some(Ok(o)) => done_runs.push((run.clone(), o)),
+            Some(Err(e)) => {
+                return Err(Error::Training {
+                    context: format!("sweep run {}", run.name),
+                    message: format!("{e}"),
+                })
+            }
+            None => {}
+        }
+    }
+    Ok(SweepSummary {
+        runs: done_runs,
+        seconds: start.elapsed().as_secs_f64(),
+    })
+}
+
+fn progress_line(run: &PlannedRun, result: &Result<RunOutcome>) -> String {
+    match result {
+        Ok(RunOutcome::Skipped) => format!("{}: finished earlier, skipped", run.name),
+        Ok(RunOutcome::Trained { seconds, resumed }) => format!(
+            "{}: trained in {seconds:.1}s{}",
+            run.name,
+            if *resumed { " (resumed)" } else { "" }
+        ),
+        Err(e) => format!("{}: failed: {e}", run.name),
+    }
+}
+
+fn train_one<D: Backend>(
+    device: D,
+    cfg: &SweepConfig,
+    run: &PlannedRun,
+    inputs: &SweepInputs<'_>,
+    command: &str,
+    quiet: bool,
+    resumed: bool,
+) -> Result<RunOutcome> {
+    let start = Instant::now();
+    let distilled = matches!(run.kind, RunKind::Distilled { .. });
+    let sources = TrainSources::<D> {
+        train: inputs.train,
+        test: inputs.test,
+        cache: distilled.then_some(inputs.cache),
+        cache_dir: distilled.then(|| cfg.cache.clone()),
+        teacher_test_predictions: inputs.teacher_test_predictions.clone(),
+        online_teacher: None,
+    };
+    let opts = RunOptions {
+        checkpoint_every: Some(cfg.checkpoint_every),
+        resume: true,
+        quiet,
+        stop_after_steps: None,
+        command: format!("{command} (run {})", run.name),
+        data_dir: cfg.data.clone(),
+        ..RunOptions::default()
+    };
+    let outcome = trainer::train(
+        device,
+        &run.config,
+        &sources,
+        &run_dir(&cfg.out, run),
+        &opts,
+    )?;
+    if !outcome.finished {
+        return Err(Error::Training {
+            context: run.name.clone(),
+            message: "stopped before the last epoch".into(),
+        });
+    }
+    Ok(RunOutcome::Trained {
+        seconds: start.elapsed().as_secs_f64(),
+        resumed,
+    })
+}
