@@ -12,3 +12,4 @@ mod cli_train;
 mod layers;
 mod reliability_cli;
 mod reliability_lib;
+mod torch_reference;
