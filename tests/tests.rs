@@ -9,6 +9,7 @@ mod cli_model;
 mod cli_prune;
 mod cli_sweep;
 mod cli_train;
+mod compat;
 mod layers;
 mod reliability_cli;
 mod reliability_lib;
