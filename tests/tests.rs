@@ -13,4 +13,5 @@ mod compat;
 mod layers;
 mod reliability_cli;
 mod reliability_lib;
+mod retemper;
 mod torch_reference;
