@@ -206,8 +206,13 @@ fn cache_and_reference_run(cwd: &Path, data: &str, out: &str) -> Vec<u8> {
 /// `kill -9` at random points of `train --checkpoint-every N`, then
 /// `--resume`: the final weights equal an uninterrupted run's. Kills
 /// continue until enough of them landed while the run was going and the
-/// last one left an unfinished run (a checkpoint, no weights), so the last
-/// `--resume` continues from a checkpoint rather than training afresh.
+/// last one left an unfinished run (a checkpoint, no weights) past its
+/// second epoch. The last `--resume` must continue from that checkpoint,
+/// not train afresh: the metrics of the epochs finished before the kill
+/// (wall-clock timings included, which no fresh run reproduces) come back
+/// unchanged. (The epoch just finished may be missing from the checkpoint
+/// if the kill fell between the metrics line and the checkpoint, so all
+/// but the last line are compared.)
 #[test]
 fn kill_during_train_then_resume_gives_identical_weights() {
     let kills = cases(8, 40);
@@ -225,8 +230,13 @@ fn kill_during_train_then_resume_gives_identical_weights() {
         &["--checkpoint-every", "4", "--resume"],
     );
     let run = tmp.path().join("run");
-    let unfinished =
-        || run.join("checkpoint.safetensors").exists() && !run.join("model.safetensors").exists();
+    let metrics = run.join("metrics.jsonl");
+    let epochs_done = || fs::read_to_string(&metrics).map_or(0, |t| t.lines().count());
+    let unfinished = || {
+        run.join("checkpoint.safetensors").exists()
+            && !run.join("model.safetensors").exists()
+            && epochs_done() >= 2
+    };
     let mut rng = ChaCha8Rng::seed_from_u64(12);
     let mut killed_mid = 0;
     let mut attempts = 0;
@@ -249,10 +259,18 @@ fn kill_during_train_then_resume_gives_identical_weights() {
     }
     assert!(
         killed_mid >= kills && unfinished(),
-        "{killed_mid} of {attempts} kills landed while training ran (wanted {kills}); checkpoint without weights before the last resume: {}",
+        "{killed_mid} of {attempts} kills landed while training ran (wanted {kills}); checkpoint without weights past epoch 2 before the last resume: {}",
         unfinished()
     );
+    let before = fs::read_to_string(&metrics).unwrap();
+    let kept: Vec<&str> = before.lines().collect();
+    let kept = &kept[..kept.len() - 1];
     ok(tmp.path(), &resume);
+    let after = fs::read_to_string(&metrics).unwrap();
+    assert!(
+        after.lines().take(kept.len()).eq(kept.iter().copied()),
+        "the last --resume did not continue from the checkpoint: the finished epochs' metrics changed\nbefore:\n{before}\nafter:\n{after}"
+    );
     let got = fs::read(run.join("model.safetensors")).unwrap();
     assert!(
         got == want,
