@@ -85,8 +85,10 @@ fn complete_shards(dir: &Path) -> Vec<String> {
 /// passes and every file equals an uninterrupted build's, byte for byte.
 /// Kills continue until enough of them landed while the build ran and the
 /// last one left an unfinished build (`build.json`, no manifest) holding
-/// complete shards, so the rerun resumes rather than builds afresh; the
-/// rerun keeps those shard files (same inode) instead of rewriting them.
+/// complete shards, so the rerun resumes rather than builds afresh: it says
+/// so ("resuming: N samples already in complete shards") and keeps those
+/// shard files untouched (same inode and modification time) instead of
+/// rewriting them.
 #[test]
 fn kill_during_cache_build_then_rerun_is_byte_identical() {
     use std::os::unix::fs::MetadataExt;
@@ -132,29 +134,44 @@ fn kill_during_cache_build_then_rerun_is_byte_identical() {
     // The state the rerun starts from: unfinished, with complete shards.
     assert!(!crash.join("manifest.json").exists());
     assert!(crash.join("build.json").exists());
-    let kept: Vec<(String, u64)> = complete_shards(&crash)
+    let identity = |n: &str| {
+        fs::metadata(crash.join(n))
+            .ok()
+            .map(|m| (m.ino(), m.modified().unwrap()))
+    };
+    let kept: Vec<(String, _)> = complete_shards(&crash)
         .into_iter()
         .map(|n| {
-            let ino = fs::metadata(crash.join(&n)).unwrap().ino();
-            (n, ino)
+            let id = identity(&n);
+            (n, id)
         })
         .collect();
-    ok(tmp.path(), &build_args(&data, &teacher, "crash"));
+    // The rerun without -q, to hear whether it resumes.
+    let mut rerun = build_args(&data, &teacher, "crash");
+    rerun.retain(|a| *a != "-q");
+    let out = distill(tmp.path(), &rerun);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let resumed_from: u64 = stderr
+        .lines()
+        .find_map(|l| l.strip_prefix("resuming: "))
+        .and_then(|r| r.split_whitespace().next()?.parse().ok())
+        .unwrap_or_else(|| panic!("the rerun did not resume the unfinished build:\n{stderr}"));
+    assert!(resumed_from > 0, "{stderr}");
     ok(tmp.path(), &["cache", "verify", "crash"]);
     assert_same_files(&tmp.path().join("ref"), &crash, "killed build");
-    let still: Vec<&String> = kept
+    let rewritten: Vec<&String> = kept
         .iter()
-        .filter(|(n, ino)| fs::metadata(crash.join(n)).is_ok_and(|m| m.ino() == *ino))
+        .filter(|(n, id)| identity(n) != *id)
         .map(|(n, _)| n)
         .collect();
     assert!(
-        !still.is_empty(),
-        "the rerun rewrote every shard of the unfinished build instead of resuming ({kept:?})"
+        rewritten.is_empty(),
+        "the rerun rewrote shards of the unfinished build instead of keeping them: {rewritten:?}"
     );
     eprintln!(
-        "crash build: {attempts} kill -9 at random delays in 0..0.6x of a {:.2}s build ({killed_mid} while running, manifest present {committed_seen} times, all verified); rerun resumed keeping {} of {} shards, byte-identical",
+        "crash build: {attempts} kill -9 at random delays in 0..0.6x of a {:.2}s build ({killed_mid} while running, manifest present {committed_seen} times, all verified); rerun resumed from sample {resumed_from} keeping {} shards, byte-identical",
         full.as_secs_f64(),
-        still.len(),
         kept.len()
     );
 }

@@ -78,20 +78,34 @@ fn top_level_args(s: &str) -> Vec<&str> {
 }
 
 /// The `state_dict` PyTorch gives the printed module, as name -> shape:
-/// reads the one accepted form,
-/// `model = nn.Sequential(OrderedDict(NAME=nn.Sequential(M0, M1, ...)))`,
-/// and names parameters as `nn.Module.state_dict` does: the child's name,
-/// the index in the inner `nn.Sequential` (every module takes one, ReLU,
-/// pooling and flatten too), then `weight`/`bias`.
+/// reads `model = nn.Sequential(OrderedDict(NAME=nn.Sequential(M0, M1, ...)))`
+/// (or a bare `x = nn.Sequential(M0, ...)`) and names parameters as
+/// `nn.Module.state_dict` does: the child's name if any, the index in the
+/// inner `nn.Sequential` (every module takes one, ReLU, pooling and flatten
+/// too), then `weight`/`bias`.
 fn torch_state_dict(code: &str) -> BTreeMap<String, Vec<usize>> {
-    let rest = code
+    // `NAME = nn.Sequential(M0, ...)` (the form before the fix) gives keys
+    // without a child name, so a return to it fails on the keys.
+    let (prefix, inner) = match code
         .strip_prefix("model = nn.Sequential(OrderedDict(")
         .and_then(|r| r.strip_suffix(")))"))
-        .unwrap_or_else(|| panic!("unexpected module form: {code}"));
-    let (child, inner) = rest.split_once('=').unwrap();
+    {
+        Some(rest) => {
+            let (child, inner) = rest.split_once('=').unwrap();
+            (format!("{child}."), inner)
+        }
+        None => {
+            let rhs = code.split_once(" = ").map(|(_, r)| r);
+            let inner = rhs.and_then(|r| r.strip_suffix(')'));
+            (
+                String::new(),
+                inner.unwrap_or_else(|| panic!("unexpected module form: {code}")),
+            )
+        }
+    };
     let inner = inner
         .strip_prefix("nn.Sequential(")
-        .unwrap_or_else(|| panic!("{code}"));
+        .unwrap_or_else(|| panic!("unexpected module form: {code}"));
     let mut keys = BTreeMap::new();
     for (i, module) in top_level_args(inner).into_iter().enumerate() {
         let (name, args) = module.split_once('(').unwrap();
@@ -107,8 +121,8 @@ fn torch_state_dict(code: &str) -> BTreeMap<String, Vec<usize>> {
             other => panic!("unknown module {other} in {code}"),
         };
         if let Some((w, b)) = params {
-            keys.insert(format!("{child}.{i}.weight"), w);
-            keys.insert(format!("{child}.{i}.bias"), vec![b]);
+            keys.insert(format!("{prefix}{i}.weight"), w);
+            keys.insert(format!("{prefix}{i}.bias"), vec![b]);
         }
     }
     keys
