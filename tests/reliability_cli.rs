@@ -469,11 +469,17 @@ fn second_writer_is_refused() {
 }
 
 /// Says loudly that a fault could not be injected, so a skipped fault test
-/// is never mistaken for a passed one; under CI (`CI=true`) it fails the
-/// test instead, since CI must run the fault tests (as root, as here).
+/// is never mistaken for a passed one: straight to the process's stderr,
+/// which the test harness does not capture (`eprintln!` output of a passing
+/// test is hidden). Under CI (`CI=true`) it fails the test instead, since CI
+/// must run the fault tests (as root with mount(8)).
 fn fault_unavailable(what: &str) {
+    use std::io::Write;
     let line = "!".repeat(78);
-    eprintln!("\n{line}\nFAULT NOT INJECTED: {what}.\nRun the tests as root with mount(8) to inject it.\n{line}\n");
+    let _ = writeln!(
+        std::io::stderr(),
+        "\n{line}\nFAULT NOT INJECTED: {what}.\nRun the tests as root with mount(8) to inject it.\n{line}\n"
+    );
     let ci = std::env::var("CI").is_ok_and(|v| v == "true" || v == "1");
     assert!(!ci, "CI=true and a fault could not be injected: {what}");
 }
