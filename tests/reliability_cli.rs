@@ -366,7 +366,11 @@ fn cache_replaced_under_a_running_trainer() {
     // Hold the trainer mid-run while its cache is replaced.
     let pid = child.id() as libc::pid_t;
     // SAFETY: signals to our own child, which has not been waited for.
-    assert_eq!(unsafe { libc::kill(pid, libc::SIGSTOP) }, 0);
+    assert_eq!(
+        unsafe { libc::kill(pid, libc::SIGSTOP) },
+        0,
+        "the trainer exited before its cache could be replaced"
+    );
     assert!(
         child.try_wait().unwrap().is_none() && checkpoint.exists(),
         "the trainer finished before its cache could be replaced"
