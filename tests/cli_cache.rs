@@ -72,12 +72,12 @@ fn distil_args<'a>(data: &'a str, cache: &'a str, out: &'a str, extra: &[&'a str
 }
 
 /// The loss of one batch in f64, written from the formulas in the docs of
-/// `src/train/loss.rs` (not from its code): `alpha * CE(y, s) + (1 - alpha)
-/// * soft`, soft being KD's `T^2 KL(p_T || softmax(s / T))`, MSE's
-/// `mean((s - z)^2)` with `z = T lp_T` centred per row, or DKD's `T^2 (TCKD +
-/// 8 NCKD)`; pseudo is CE against the teacher's argmax. `swap` exchanges
-/// the teacher's top class and the label where they differ. Means over the
-/// batch.
+/// `src/train/loss.rs` (not from its code):
+/// `alpha * CE(y, s) + (1 - alpha) * soft`, soft being KD's
+/// `T^2 KL(p_T || softmax(s / T))`, MSE's `mean((s - z)^2)` with
+/// `z = T lp_T` centred per row, or DKD's `T^2 (TCKD + 8 NCKD)`; pseudo is
+/// CE against the teacher's argmax. `swap` exchanges the teacher's top
+/// class and the label where they differ. Means over the batch.
 #[allow(clippy::too_many_arguments)]
 fn reference_loss(
     kind: &str,
