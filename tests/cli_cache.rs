@@ -71,12 +71,126 @@ fn distil_args<'a>(data: &'a str, cache: &'a str, out: &'a str, extra: &[&'a str
     train_args(data, "mlp:784-32-10", out, &flags)
 }
 
+/// The loss of one batch in f64, written from the formulas in the docs of
+/// `src/train/loss.rs` (not from its code):
+/// `alpha * CE(y, s) + (1 - alpha) * soft`, soft being KD's
+/// `T^2 KL(p_T || softmax(s / T))`, MSE's `mean((s - z)^2)` with
+/// `z = T lp_T` centred per row, or DKD's `T^2 (TCKD + 8 NCKD)`; pseudo is
+/// CE against the teacher's argmax. `swap` exchanges the teacher's top
+/// class and the label where they differ. Means over the batch.
+#[allow(clippy::too_many_arguments)]
+fn reference_loss(
+    kind: &str,
+    alpha: f64,
+    swap: bool,
+    t: f64,
+    student: &[f32],
+    teacher: &[f32],
+    labels: &[u32],
+    c: usize,
+) -> f64 {
+    let log_softmax = |x: &[f64]| -> Vec<f64> {
+        let m = x.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+        let lse = m + x.iter().map(|v| (v - m).exp()).sum::<f64>().ln();
+        x.iter().map(|v| v - lse).collect()
+    };
+    let argmax = |x: &[f64]| {
+        let mut best = 0;
+        for (j, v) in x.iter().enumerate() {
+            if *v > x[best] {
+                best = j;
+            }
+        }
+        best
+    };
+    let rows = labels.len();
+    let mut total = 0.0;
+    for i in 0..rows {
+        let s: Vec<f64> = student[i * c..][..c].iter().map(|&v| v as f64).collect();
+        let mut lp: Vec<f64> = teacher[i * c..][..c].iter().map(|&v| v as f64).collect();
+        let y = labels[i] as usize;
+        let ls = log_softmax(&s);
+        if kind == "pseudo" {
+            total += -ls[argmax(&lp)];
+            continue;
+        }
+        if swap && argmax(&lp) != y {
+            let k = argmax(&lp);
+            lp.swap(y, k);
+        }
+        let ce = -ls[y];
+        let st: Vec<f64> = s.iter().map(|v| v / t).collect();
+        let lq = log_softmax(&st);
+        let soft = match kind {
+            "kd" => t * t * (0..c).map(|j| lp[j].exp() * (lp[j] - lq[j])).sum::<f64>(),
+            "mse" => {
+                let z: Vec<f64> = lp.iter().map(|v| v * t).collect();
+                let mean = z.iter().sum::<f64>() / c as f64;
+                (0..c).map(|j| (s[j] - (z[j] - mean)).powi(2)).sum::<f64>() / c as f64
+            }
+            "dkd" => {
+                let (pt, qt) = (lp[y].exp(), lq[y].exp());
+                let tckd = pt * (pt / qt).ln() + (1.0 - pt) * ((1.0 - pt) / (1.0 - qt)).ln();
+                let nckd: f64 = (0..c)
+                    .filter(|&j| j != y)
+                    .map(|j| {
+                        let p = lp[j].exp() / (1.0 - pt);
+                        let q = lq[j].exp() / (1.0 - qt);
+                        p * (p / q).ln()
+                    })
+                    .sum();
+                t * t * (tckd + 8.0 * nckd)
+            }
+            other => panic!("no reference for {other}"),
+        };
+        total += match alpha {
+            a if a >= 1.0 => ce,
+            a if a <= 0.0 => soft,
+            a => a * ce + (1.0 - a) * soft,
+        };
+    }
+    total / rows as f64
+}
+
+/// Every loss combination trains, and the loss it reports is the loss of
+/// its formula: one epoch from known initial weights at a learning rate so
+/// small (1e-12) that the weights do not move, so the epoch's train loss is
+/// the mean loss of those weights over every batch of the cache's shuffled
+/// epoch, with targets re-tempered from T = 4 to T = 2, computed here from
+/// the formulas over the whole training set. A wrong formula, weight,
+/// temperature or swap, or targets paired with other images, changes it.
 #[test]
 fn distillation_runs_and_pairing_is_checked() {
+    use distill::cache::CacheReader;
+    use distill::data::{Dataset, Split};
+    use distill::model::io::{load_weights, save_weights};
+    use distill::model::{ModelSpec, Network};
+
     let tmp = tempfile::tempdir().unwrap();
     let data = s(&small_data());
     build(tmp.path(), "train", "f16", "train-cache", &[]);
     build(tmp.path(), "test", "f16", "test-cache", &[]);
+    let spec = ModelSpec::parse("mlp:784-32-10").unwrap();
+    let dev = dfdx::prelude::Cpu::default();
+    let init = tmp.path().join("init");
+    fs::create_dir_all(&init).unwrap();
+    save_weights(
+        &Network::new(spec, dev.clone(), 42),
+        &init.join("model.safetensors"),
+    )
+    .unwrap();
+    let student = load_weights(&init.join("model.safetensors"), None, dev).unwrap();
+    let train = Dataset::open(&small_data(), Split::Train).unwrap();
+    let n = train.len();
+    let all: Vec<usize> = (0..n).collect();
+    let mut x = vec![0f32; n * train.sample_len()];
+    train.fill_inputs(&all, &mut x);
+    let logits = student.predict(x, n).as_vec();
+    let labels = train.labels().unwrap().to_vec();
+    // SAFETY: the cache was built above and nothing modifies it.
+    let cache = unsafe { CacheReader::open(&tmp.path().join("train-cache")) }.unwrap();
+    let teacher = cache.read_all(2.0, false).unwrap().logprobs;
+    let mut seen = Vec::new();
     for (loss, alpha, errors) in [
         ("kd", "0.5", "keep"),
         ("kd", "0", "keep"),
@@ -86,30 +200,66 @@ fn distillation_runs_and_pairing_is_checked() {
         ("dkd", "0.5", "keep"),
         ("pseudo", "0", "keep"),
     ] {
+        let flags = [
+            "--cache",
+            "train-cache",
+            "--init-from",
+            "init",
+            "--epochs",
+            "1",
+            "--batch",
+            "100",
+            "--lr",
+            "1e-12",
+            "-q",
+            "--loss",
+            loss,
+            "--alpha",
+            alpha,
+            "--teacher-errors",
+            errors,
+            "-T",
+            "2",
+            "--test-cache",
+            "test-cache",
+        ];
         let out = ok(
             tmp.path(),
-            &distil_args(
-                &data,
-                "train-cache",
-                "run",
-                &[
-                    "--loss",
-                    loss,
-                    "--alpha",
-                    alpha,
-                    "--teacher-errors",
-                    errors,
-                    "-T",
-                    "2",
-                    "--test-cache",
-                    "test-cache",
-                ],
-            ),
+            &train_args(&data, "mlp:784-32-10", "run", &flags),
         );
         assert!(out.contains("final test accuracy"), "{out}");
         let card = model_card(&tmp.path().join("run"));
         assert_eq!(card["config"]["loss"]["kind"], loss, "{card}");
         assert_eq!(card["config"]["loss"]["teacher_errors"], errors, "{card}");
+        let metrics = fs::read_to_string(tmp.path().join("run/metrics.jsonl")).unwrap();
+        let first: serde_json::Value =
+            serde_json::from_str(metrics.lines().next().unwrap()).unwrap();
+        let got = first["train_loss"].as_f64().unwrap();
+        let want = reference_loss(
+            loss,
+            alpha.parse().unwrap(),
+            errors == "swap",
+            2.0,
+            &logits,
+            &teacher,
+            &labels,
+            10,
+        );
+        // f32 arithmetic over batches of 100 (DKD sums its host constant in
+        // f32 over cancelling terms); swapping the few wrong rows of KD
+        // moves the loss by 2.6e-5 of itself.
+        let tol = if loss == "dkd" { 3e-5 } else { 2e-6 };
+        assert!(
+            (got - want).abs() <= tol * want.abs(),
+            "{loss} alpha {alpha} {errors}: train loss {got}, formula {want}"
+        );
+        seen.push(got);
+    }
+    // The combinations are not one loss under seven names.
+    for (i, a) in seen.iter().enumerate() {
+        for b in &seen[i + 1..] {
+            assert!((a - b).abs() > 1e-5, "{seen:?}");
+        }
     }
     for (extra, needles) in [
         (

@@ -504,6 +504,109 @@ fn hostile_cache_bytes_give_errors_never_panics() {
     );
 }
 
+/// Forged non-finite log-probabilities: a shard whose records decode to NaN
+/// or an infinity, re-sealed with every checksum (and the manifest) valid,
+/// so only the reader's own check stands between it and a trainer. The
+/// writer refuses such values, so only a hostile or broken writer makes
+/// one. Every read path refuses the block, naming the shard and block; the
+/// other blocks stay readable.
+#[test]
+fn forged_non_finite_logprobs_are_refused() {
+    let f16_inf = half::f16::INFINITY.to_bits().to_le_bytes();
+    let f16_nan = half::f16::NAN.to_bits().to_le_bytes();
+    let nan = f32::NAN.to_le_bytes();
+    let inf = f32::INFINITY.to_le_bytes();
+    let neg_inf = f32::NEG_INFINITY.to_le_bytes();
+    // (encoding, byte offset in the record's payload, forged bytes): the
+    // payload's leading f32 (value of class 0, offset, or log_rest) and a
+    // value inside the row.
+    let cases: Vec<(Encoding, usize, Vec<u8>)> = vec![
+        (Encoding::F32, 0, nan.to_vec()),
+        (Encoding::F32, 4 * 3, inf.to_vec()),
+        (Encoding::F32, 4 * 9, neg_inf.to_vec()),
+        (Encoding::F16, 0, nan.to_vec()),
+        (Encoding::F16, 0, neg_inf.to_vec()),
+        (Encoding::F16, 4 + 2 * 5, f16_inf.to_vec()),
+        (Encoding::F16, 4 + 2 * 2, f16_nan.to_vec()),
+        (Encoding::Q8, 0, inf.to_vec()),
+        (Encoding::Q8, 4, nan.to_vec()),
+        (Encoding::TopK(3), 0, nan.to_vec()),
+        (Encoding::TopK(3), 4 + 4, neg_inf.to_vec()),
+    ];
+    let tmp = tempfile::tempdir().unwrap();
+    let n = 300;
+    let (bad_block, bad_record) = (1usize, 5usize);
+    for (enc, at, forged) in cases {
+        let what = format!("{enc} payload byte {at} = {forged:02x?}");
+        let dir = tmp.path().join(format!("c-{enc}-{at}").replace(':', ""));
+        let m = build_cache(&dir, enc, n);
+        let shard_path = dir.join(&m.shards[0].file);
+        let shard = fs::read(&shard_path).unwrap();
+        let (h, entries) = parse_shard(&shard_path, &shard).unwrap();
+        let mut blocks: Vec<(Vec<u8>, BlockEntry)> = entries
+            .iter()
+            .map(|e| {
+                (
+                    shard[e.offset as usize..(e.offset + e.compressed_len) as usize].to_vec(),
+                    *e,
+                )
+            })
+            .collect();
+        assert!(blocks.len() > bad_block, "{what}: too few blocks");
+        let e = blocks[bad_block].1;
+        let mut raw = zstd::bulk::decompress(&blocks[bad_block].0, e.raw_len as usize).unwrap();
+        let count = e.record_count as usize;
+        let payload = (raw.len() - 12 * count) / count;
+        let start = 12 * count + bad_record * payload + at;
+        raw[start..start + forged.len()].copy_from_slice(&forged);
+        blocks[bad_block].0 = zstd::bulk::compress(&raw, 3).unwrap();
+        let bytes = seal_shard(&h, &blocks);
+        fs::write(&shard_path, &bytes).unwrap();
+        let mut mm = m.clone();
+        mm.shards[0].bytes = bytes.len() as u64;
+        mm.shards[0].xxh3 = format!("{:016x}", xxh3_64(&bytes));
+        write_manifest(&dir, &mut mm);
+
+        // Open checks headers and the index only: the forgery passes it.
+        let r = open(&dir).unwrap_or_else(|e| panic!("{what}: {e}"));
+        let bad_sample = h.first_sample + e.first_record + bad_record as u64;
+        let refused = |res: distill::cache::Result<DecodedTargets>, path: &str| {
+            let msg = match res {
+                Ok(_) => panic!("{what}: {path} returned the forged record"),
+                Err(e) => e.to_string(),
+            };
+            assert!(
+                msg.contains("non-finite log-probability")
+                    && msg.contains(&m.shards[0].file)
+                    && msg.contains(&format!("block {bad_block}")),
+                "{what}: {path}: {msg}"
+            );
+        };
+        refused(r.read_all(T, false), "read_all");
+        // Re-tempering must not launder the value either.
+        refused(r.read_all(1.0, true), "read_all at T=1");
+        refused(r.read_samples(&[bad_sample], T, false), "read_samples");
+        let plan = distill::cache::EpochPlan {
+            seed: 1,
+            epoch: 0,
+            start: 0,
+            batch_size: 50,
+            window_blocks: 2,
+            temperature: T,
+            allow_topk_retemper: true,
+            drop_last: false,
+        };
+        let streamed: distill::cache::Result<Vec<DecodedTargets>> =
+            r.epoch_batches(plan).unwrap().collect();
+        refused(streamed.map(|_| DecodedTargets::default()), "epoch_batches");
+        let v = r.verify().map(|_| DecodedTargets::default());
+        refused(v, "verify");
+        // A sample in an untouched block still decodes.
+        let fine = r.read_samples(&[0], T, false).unwrap();
+        assert!(fine.logprobs.iter().all(|v| v.is_finite()), "{what}");
+    }
+}
+
 /// Manifest shard paths cannot leave the cache directory, even with a valid id.
 #[test]
 fn manifest_paths_cannot_escape_the_cache_directory() {

@@ -1,5 +1,8 @@
-//! End-to-end tests: each runs the real `distill` binary in a temporary
-//! directory on the committed Fashion-MNIST subset or on generated data.
+//! End-to-end tests: most run the real `distill` binary in a temporary
+//! directory on the committed Fashion-MNIST subset or on generated data;
+//! `compat` opens the committed golden caches of every format version, and
+//! `torch_reference` compares with numbers PyTorch computed
+//! (`scripts/torch_reference.py`).
 
 mod util;
 
@@ -9,6 +12,9 @@ mod cli_model;
 mod cli_prune;
 mod cli_sweep;
 mod cli_train;
+mod compat;
 mod layers;
 mod reliability_cli;
 mod reliability_lib;
+mod retemper;
+mod torch_reference;

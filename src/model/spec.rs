@@ -332,7 +332,13 @@ impl ModelSpec {
         out
     }
 
-    /// The equivalent PyTorch module, for users who load the weights there.
+    /// The equivalent PyTorch module, for users who load the weights there:
+    /// one line of Python that binds `model`, an `nn.Sequential` whose only
+    /// child is named `layers`, so its `state_dict` keys are exactly the
+    /// file's (`layers.{k}.weight`, see [`Self::torch_indices`]) and
+    /// `model.load_state_dict(safetensors.torch.load_file("model.safetensors"))`
+    /// loads a weights file strictly. Needs `from collections import
+    /// OrderedDict` and `from torch import nn`.
     pub fn torch_code(&self) -> String {
         let mut parts = Vec::new();
         for layer in &self.layers {
@@ -364,7 +370,10 @@ impl ModelSpec {
                 }
             }
         }
-        format!("layers = nn.Sequential({})", parts.join(", "))
+        format!(
+            "model = nn.Sequential(OrderedDict(layers=nn.Sequential({})))",
+            parts.join(", ")
+        )
     }
 
     /// A multi-line description: one row per layer with shapes, parameters
@@ -489,6 +498,21 @@ mod tests {
         assert_eq!(
             odd.layers().last().copied().map(|l| l.param_count()),
             Some((8 * 3 * 3 + 1) * 4)
+        );
+    }
+
+    #[test]
+    fn torch_code_names_its_child_as_the_weights_files_do() {
+        // state_dict keys of this module: layers.0.weight, layers.0.bias,
+        // layers.2.weight, layers.2.bias (torch_indices above); the
+        // end-to-end check against written files is tests/torch_reference.rs.
+        assert_eq!(
+            ModelSpec::parse("mlp:784-128-10").unwrap().torch_code(),
+            "model = nn.Sequential(OrderedDict(layers=nn.Sequential(nn.Linear(784, 128), nn.ReLU(), nn.Linear(128, 10))))"
+        );
+        assert_eq!(
+            ModelSpec::parse("cnn:i2x4x6-c3-p-f4-5").unwrap().torch_code(),
+            "model = nn.Sequential(OrderedDict(layers=nn.Sequential(nn.Conv2d(2, 3, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(), nn.Linear(18, 4), nn.ReLU(), nn.Linear(4, 5))))"
         );
     }
 
