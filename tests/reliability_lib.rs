@@ -530,8 +530,8 @@ fn forged_non_finite_logprobs_are_refused() {
         (Encoding::F16, 4 + 2 * 2, f16_nan.to_vec()),
         (Encoding::Q8, 0, inf.to_vec()),
         (Encoding::Q8, 4, nan.to_vec()),
-        (Encoding::TopK(3), 0, nan.to_vec()),
-        (Encoding::TopK(3), 4 + 4, neg_inf.to_vec()),
+        (Encoding::top_k(3), 0, nan.to_vec()),
+        (Encoding::top_k(3), 4 + 4, neg_inf.to_vec()),
     ];
     let tmp = tempfile::tempdir().unwrap();
     let n = 300;
