@@ -23,10 +23,6 @@ const LAYERS: &[&[&str]] = &[
     &["sweep"],
 ];
 
-/// Arrows against the order that are being taken out, as (module, import).
-/// Empty once the refactor lands.
-const KNOWN: &[(&str, &str)] = &[("data", "error")];
-
 fn layer_of(module: &str) -> Option<usize> {
     LAYERS.iter().position(|l| l.contains(&module))
 }
@@ -118,7 +114,7 @@ fn imports_point_down_the_layers() {
         };
         let text = fs::read_to_string(file).expect("source is readable");
         for dep in crate_imports(&text) {
-            if dep == module || KNOWN.contains(&(module.as_str(), dep.as_str())) {
+            if dep == module {
                 continue;
             }
             match layer_of(&dep) {
