@@ -20,7 +20,7 @@ use distill::data::{Dataset, Split};
 use distill::model::io::load_weights;
 use distill::teacher::{build_cache, forward_only, BuildOptions};
 use distill::train::loss::{LossConfig, LossKind};
-use distill::train::optim::{OptimizerConfig, OptimizerKind, Schedule};
+use distill::train::optim::{OptimizerConfig, Schedule};
 use distill::train::trainer::{train, RunOptions, TrainConfig, TrainSources};
 
 fn root() -> PathBuf {
@@ -63,20 +63,12 @@ fn config(loss: LossConfig) -> TrainConfig {
     TrainConfig {
         spec: "mlp:784-128-10".into(),
         epochs: 1,
-        batch_size: 128,
-        seed: 0,
         optimizer: OptimizerConfig {
-            kind: OptimizerKind::Adam,
-            lr: 1e-3,
-            weight_decay: 0.0,
-            momentum: 0.0,
             schedule: Schedule::Constant,
+            ..OptimizerConfig::default()
         },
         loss,
-        window_blocks: 8,
-        allow_topk_retemper: false,
-        augment: None,
-        prune_schedule: None,
+        ..TrainConfig::default()
     }
 }
 

@@ -22,7 +22,7 @@ use serde::Deserialize;
 use crate::error::{Error, Result};
 use crate::model::ModelSpec;
 use crate::train::loss::{LossConfig, LossKind};
-use crate::train::optim::{OptimizerConfig, OptimizerKind, Schedule};
+use crate::train::optim::OptimizerConfig;
 use crate::train::trainer::TrainConfig;
 
 /// Everything that defines a sweep.
@@ -60,27 +60,23 @@ impl SweepConfig {
     /// The defaults of `distill sweep` (the same as `distill train`'s), with
     /// no students yet.
     pub fn new(cache: PathBuf, data: PathBuf, out: PathBuf) -> Self {
+        let train = TrainConfig::default();
         SweepConfig {
             cache,
             test_cache: None,
             data,
             teacher: None,
             students: Vec::new(),
-            temperatures: vec![4.0],
+            temperatures: vec![train.loss.temperature],
+            // A sweep distils: half the weight on the soft loss unless told.
             alphas: vec![0.5],
             baseline: false,
-            loss: LossKind::Kd,
-            epochs: 10,
-            batch_size: 128,
-            seed: 0,
-            optimizer: OptimizerConfig {
-                kind: OptimizerKind::Adam,
-                lr: 1e-3,
-                weight_decay: 0.0,
-                momentum: 0.9,
-                schedule: Schedule::Cosine,
-            },
-            window_blocks: 8,
+            loss: train.loss.kind,
+            epochs: train.epochs,
+            batch_size: train.batch_size,
+            seed: train.seed,
+            optimizer: train.optimizer,
+            window_blocks: train.window_blocks,
             jobs: 1,
             checkpoint_every: 200,
             out,
@@ -400,6 +396,7 @@ mod tests {
     use super::super::plan::plan;
     use super::super::plan::tests::cfg;
     use super::*;
+    use crate::train::optim::{OptimizerKind, Schedule};
 
     fn field(e: Error) -> String {
         match e {

@@ -15,6 +15,7 @@
 //! position in the epoch order, partial epoch sums) lets a resumed run
 //! finish with the same weights as an uninterrupted one.
 
+use crate::teacher::teacher_targets;
 use std::collections::HashMap;
 use std::fs;
 use std::io::IsTerminal;
@@ -270,13 +271,28 @@ impl<'a, D: Backend> Run<'a, D> {
     /// One optimizer step on one batch; returns the batch's mean loss.
     fn step(&mut self, batch: Batch, epoch: usize) -> Result<f32> {
         let b = batch.indices.len();
+        // The online teacher's targets come from the function the cache
+        // writer uses, so online and cached distillation see the same numbers.
+        let online = match self.sources.online_teacher {
+            Some(t) => {
+                let mut lp = vec![0f32; b * self.spec.num_classes()];
+                teacher_targets(t, &batch.inputs, b, self.cfg.loss.temperature, &mut lp).map_err(
+                    |e| Error::Training {
+                        context: format!(
+                            "online teacher, epoch {} step {}",
+                            epoch + 1,
+                            self.opt.step() + 1
+                        ),
+                        message: e.to_string(),
+                    },
+                )?;
+                Some(lp)
+            }
+            None => None,
+        };
         let x = self
             .device
             .tensor_from_vec(batch.inputs, (b, self.spec.input_len()));
-        let online: Option<Vec<f32>> = self.sources.online_teacher.map(|t| {
-            let z = t.forward(x.clone()) * (1.0 / self.cfg.loss.temperature);
-            z.log_softmax::<Axis<1>>().as_vec()
-        });
         let logits = self.net.forward(x.traced(Gradients::leaky()));
         let targets = Targets {
             classes: self.spec.num_classes(),
