@@ -24,10 +24,7 @@ impl RecordCodec for F16Codec {
         4 + 2 * classes
     }
 
-    fn encode_row(&self, param: u16, lp: &[f32], out: &mut Vec<u8>, scratch: &mut EncodeScratch) {
-        let _ = (param, &scratch);
-        let classes = lp.len();
-        let _ = classes;
+    fn encode_row(&self, _param: u16, lp: &[f32], out: &mut Vec<u8>, _scratch: &mut EncodeScratch) {
         // Gaps below the row maximum in f16 (relative precision is best
         // near the maximum, where the mass is) plus an f32 offset that
         // makes the decoded row sum to one exactly, so rounding costs
@@ -52,9 +49,7 @@ impl RecordCodec for F16Codec {
         payload: &[u8],
         out: &mut [f32],
     ) -> Result<(), String> {
-        let _ = param;
         let (c, record) = (classes, self.payload_bytes(param, classes));
-        let _ = (c, record);
         use half::slice::{HalfBitsSliceExt, HalfFloatSliceExt};
         for (o, rec) in out.chunks_exact_mut(c).zip(payload.chunks_exact(record)) {
             let offset = f32::from_le_bytes([rec[0], rec[1], rec[2], rec[3]]);

@@ -20,10 +20,7 @@ impl RecordCodec for F32Codec {
         4 * classes
     }
 
-    fn encode_row(&self, param: u16, lp: &[f32], out: &mut Vec<u8>, scratch: &mut EncodeScratch) {
-        let _ = (param, &scratch);
-        let classes = lp.len();
-        let _ = classes;
+    fn encode_row(&self, _param: u16, lp: &[f32], out: &mut Vec<u8>, _scratch: &mut EncodeScratch) {
         for v in lp {
             out.extend_from_slice(&v.to_le_bytes());
         }
@@ -31,14 +28,11 @@ impl RecordCodec for F32Codec {
 
     fn decode_rows(
         &self,
-        param: u16,
-        classes: usize,
+        _param: u16,
+        _classes: usize,
         payload: &[u8],
         out: &mut [f32],
     ) -> Result<(), String> {
-        let _ = param;
-        let (c, record) = (classes, self.payload_bytes(param, classes));
-        let _ = (c, record);
         // SAFETY: any bit pattern is a valid f32; alignment is checked by align_to.
         let (pre, mid, post) = unsafe { payload.align_to::<f32>() };
         if cfg!(target_endian = "little") && pre.is_empty() && post.is_empty() {

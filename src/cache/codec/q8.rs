@@ -34,10 +34,8 @@ impl RecordCodec for Q8Codec {
         8 + classes
     }
 
-    fn encode_row(&self, param: u16, lp: &[f32], out: &mut Vec<u8>, scratch: &mut EncodeScratch) {
-        let _ = (param, &scratch);
+    fn encode_row(&self, _param: u16, lp: &[f32], out: &mut Vec<u8>, scratch: &mut EncodeScratch) {
         let classes = lp.len();
-        let _ = classes;
         // Two candidate 8-bit codes for the gap d = hi - lp (clamped to the
         // window): square-root domain (fine near the maximum, where the mass
         // is) and linear (better for flat, high-temperature rows). Keep the
@@ -94,9 +92,7 @@ impl RecordCodec for Q8Codec {
         payload: &[u8],
         out: &mut [f32],
     ) -> Result<(), String> {
-        let _ = param;
         let (c, record) = (classes, self.payload_bytes(param, classes));
-        let _ = (c, record);
         for (o, rec) in out.chunks_exact_mut(c).zip(payload.chunks_exact(record)) {
             let offset = f32::from_le_bytes([rec[0], rec[1], rec[2], rec[3]]);
             let scale = f32::from_le_bytes([rec[4], rec[5], rec[6], rec[7]]);

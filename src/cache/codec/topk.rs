@@ -46,9 +46,7 @@ impl RecordCodec for TopKCodec {
     }
 
     fn encode_row(&self, param: u16, lp: &[f32], out: &mut Vec<u8>, scratch: &mut EncodeScratch) {
-        let _ = (param, &scratch);
         let classes = lp.len();
-        let _ = classes;
         let k = param;
         let k = k as usize;
         let order = &mut scratch.order;
@@ -88,9 +86,7 @@ impl RecordCodec for TopKCodec {
         payload: &[u8],
         out: &mut [f32],
     ) -> Result<(), String> {
-        let _ = param;
         let (c, record) = (classes, self.payload_bytes(param, classes));
-        let _ = (c, record);
         let k = param;
         let ln_tail_classes = (classes.saturating_sub(k as usize).max(1) as f32).ln();
         let k = k as usize;
