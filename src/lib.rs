@@ -11,17 +11,20 @@
 //! - [`cache`]: the teacher-output cache: encodings, shard format, writer, reader.
 //! - [`model`]: run-time model specs, the dfdx network and its parameter store,
 //!   safetensors I/O with PyTorch names.
-//! - [`train`]: optimizers, losses, the training loop, evaluation, checkpoints.
+//! - [`train`]: the training loop, its loader, optimizers, losses,
+//!   evaluation, checkpoints, metrics and model cards.
 //! - [`prune`]: parameter transfer from a teacher, structured and
 //!   unstructured pruning, masks.
 //! - [`numeric`]: log-softmax at a temperature, logsumexp, argmax (one tie rule).
 //! - [`fsutil`]: atomic file replacement and directory syncs.
-//! - [`report`]: model cards, metrics files and plots.
+//! - [`report`]: training-curve plots.
 //! - [`teacher`]: running a teacher over a dataset into a cache.
 //! - [`sweep`]: many students against one cache, skipping finished runs, and
 //!   the report (table, CSV, plots) rebuilt from their cards.
 //!
-//! The `distill` binary (`src/main.rs`) only parses arguments and calls these.
+//! Imports point down the layers written in ARCHITECTURE.md (checked by
+//! `tests/layers.rs`). The `distill` binary (`src/main.rs`, `src/cli/`) only
+//! parses arguments, calls these, and names flags in their errors.
 
 pub mod cache;
 pub mod data;

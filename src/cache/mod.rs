@@ -10,7 +10,7 @@
 //! Submodules, one per concept:
 //! - [`codec`]: how one record's log-probabilities are stored (`f32`, `f16`,
 //!   `q8`, `topk:K`), decoding and re-tempering.
-//! - [`format`]: the shard byte layout, header, block index, limits.
+//! - [`format`](mod@format): the shard byte layout, header, block index, limits.
 //! - [`manifest`]: `manifest.json` (serde) and its validation.
 //! - [`writer`]: building (and resuming) a cache.
 //! - [`reader`]: opening, verifying, decoding and streaming a cache.

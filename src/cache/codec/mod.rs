@@ -2,18 +2,18 @@
 //!
 //! | encoding | payload bytes per record | decoded error | file |
 //! |---|---|---|---|
-//! | `f32` | `4C` | none (bit-exact) | [`f32`](self::f32) |
-//! | `f16` | `4 + 2C` | gap to the row maximum in f16 (relative 2^-11) + an f32 offset; rows sum to one exactly | [`f16`](self::f16) |
-//! | `q8` | `8 + C` | gap to the row maximum in 8 bits (square-root or linear scale per record, clamped 16 + ln C nats down); rows sum to one exactly | [`q8`] |
-//! | `topk:K` | `4 + 4K + wK` (w = 2 when C <= 65536, else 4) | the other C-K classes share the remaining mass uniformly | [`topk`] |
+//! | `f32` | `4C` | none (bit-exact) | `f32.rs` |
+//! | `f16` | `4 + 2C` | gap to the row maximum in f16 (relative 2^-11) + an f32 offset; rows sum to one exactly | `f16.rs` |
+//! | `q8` | `8 + C` | gap to the row maximum in 8 bits (square-root or linear scale per record, clamped 16 + ln C nats down); rows sum to one exactly | `q8.rs` |
+//! | `topk:K` | `4 + 4K + wK` (w = 2 when C <= 65536, else 4) | the other C-K classes share the remaining mass uniformly | `topk.rs` |
 //!
 //! Every record also carries its sample index (u64) and label (u32) in the
 //! block's columns; see `FORMAT.md`. Decoding always produces dense
 //! log-probabilities for all `C` classes, written straight into the caller's
 //! buffer, optionally re-tempered to another temperature.
 //!
-//! **Adding an encoding**: a new file here implementing [`RecordCodec`] with
-//! an unused tag, one line in [`CODECS`], its byte layout in FORMAT.md, and a
+//! **Adding an encoding**: a new file here implementing `RecordCodec` with
+//! an unused tag, one line in `CODECS`, its byte layout in FORMAT.md, and a
 //! golden cache under `tests/golden/`. [`Encoding`] (what manifests, headers
 //! and the command line name) finds the codec through that table.
 
