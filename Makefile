@@ -23,7 +23,7 @@ SEED         ?= 0
 RUNS         ?= runs
 CACHE_DIR     = $(CACHES)/fashion-T$(CACHE_T)-$(ENCODING)
 
-.PHONY: all build data teacher teacher-long cache train-student baseline sweep test stress bench clean-runs
+.PHONY: all build build-cuda gpu-bundle gpu-check data teacher teacher-long cache train-student baseline sweep test stress bench clean-runs
 
 all: build
 
@@ -35,6 +35,27 @@ $(BIN): FORCE
 	$(CARGO) build --release
 
 FORCE:
+
+# The `cuda` feature, in its own target directory (target/cuda) so the CPU
+# build's cache survives. Needs a CUDA 12 or 13 toolkit; on a machine without
+# one, ../shared/tools/cuda-env.sh assembles CUDA 13.0 from PyPI wheels
+# (see README.md, "GPU").
+CUDA_ENV ?= ../shared/tools/cuda-env.sh
+build-cuda:
+	$(CARGO) fetch --locked
+	bash -c 'if [ -f "$(CUDA_ENV)" ] && ! command -v nvcc >/dev/null; then source "$(CUDA_ENV)" || exit 1; fi; \
+	  CARGO_TARGET_DIR=target/cuda $(CARGO) build --release --locked --features cuda'
+
+# Copies the cuda binary into .gpu/ (git-ignored; it travels with a checkout
+# to a GPU machine), where scripts/gpu-check.sh looks for it.
+gpu-bundle:
+	mkdir -p .gpu && cp target/cuda/release/distill .gpu/distill
+
+# On a GPU machine, without Rust: the ops against the CPU, cache build ->
+# train-student on cuda beside cpu, and the step benchmark; the report goes
+# to gpu-check/report.txt (BENCHMARKS.md records what it said).
+gpu-check:
+	bash scripts/gpu-check.sh
 
 # Fashion-MNIST from the Debian package dataset-fashion-mnist (idempotent).
 data: $(DATA)/train-images-idx3-ubyte.gz

@@ -16,6 +16,7 @@ pub(crate) enum Dispatch {
     Eval(super::eval::EvalArgs),
     CacheBuild(super::cache::BuildArgs),
     Sweep(Box<super::sweep::SweepJob>),
+    CheckDevice,
 }
 
 /// Runs a command on the device named by `--device`.
@@ -52,9 +53,38 @@ fn dispatch<D: Backend>(dev: D, what: Dispatch) -> Result<()> {
         Dispatch::Train(args) => super::train::train(dev, args),
         Dispatch::Eval(args) => super::eval::eval(dev, args),
         Dispatch::CacheBuild(args) => super::cache::build(dev, args),
+        Dispatch::CheckDevice => check_device(&dev),
         Dispatch::Sweep(job) => {
             distill::sweep::run_and_report(dev, &job.config, &super::command_line(), job.quiet)
                 .map(|done| super::sweep::print(&done))
         }
     }
+}
+
+/// Prints each op check against the CPU; an error when any fails.
+fn check_device<D: Backend>(dev: &D) -> Result<()> {
+    let checks = distill::train::device_check::check_device(dev)?;
+    println!("device check: {} against cpu", dev.describe());
+    for c in &checks {
+        println!(
+            "{:<4} {:<40} max rel diff {:.2e} (tolerance {:.0e})",
+            if c.passed() { "ok" } else { "FAIL" },
+            c.what,
+            c.max_rel_diff,
+            c.tolerance
+        );
+    }
+    let failed = checks.iter().filter(|c| !c.passed()).count();
+    println!(
+        "device check: {} of {} agree with the cpu",
+        checks.len() - failed,
+        checks.len()
+    );
+    if failed > 0 {
+        return Err(Error::Device(format!(
+            "{failed} of {} checks differ from the cpu",
+            checks.len()
+        )));
+    }
+    Ok(())
 }

@@ -55,6 +55,10 @@ enum Command {
     Sweep(Box<sweep::SweepArgs>),
     /// Prune a model: l1-unstructured (masks) or l1-structured (a smaller spec).
     Prune(prune::PruneArgs),
+    /// Compare a compute device's ops and gradients with the CPU's (exit 2
+    /// on a mismatch); `make gpu-check` runs it with `--device cuda`.
+    #[command(hide = true)]
+    CheckDevice(device::DeviceArgs),
 }
 
 /// Parses the command line, runs it, and maps an error to exit code 2.
@@ -85,6 +89,7 @@ fn run(cli: Cli) -> Result<()> {
         }
         Command::Sweep(args) => sweep::run(*args).map_err(|e| name_flags(e, sweep::RENAMES)),
         Command::Prune(args) => prune::run(args).map_err(|e| name_flags(e, prune::RENAMES)),
+        Command::CheckDevice(args) => with_device(&args.device, Dispatch::CheckDevice),
     }
 }
 

@@ -54,7 +54,7 @@ impl ImageGeom {
 pub type Matrix<D, T = NoneTape> = Tensor<(usize, usize), f32, D, T>;
 
 /// The device-specific pieces the network needs beyond dfdx's own ops.
-pub trait Backend: Device<f32> + Clone + Send + Sync + 'static {
+pub trait Backend: Device<f32> + Clone + 'static {
     /// Patches for a 3x3, padding-1 convolution: `(rows, C)` to `(rows, 9C)`.
     fn im2col<T: Tape<f32, Self>>(&self, x: Matrix<Self, T>, geom: ImageGeom) -> Matrix<Self, T>;
     /// 2x2 stride-2 max-pool: `(rows, C)` to `(rows / 4, C)` (floored sizes).
@@ -62,6 +62,12 @@ pub trait Backend: Device<f32> + Clone + Send + Sync + 'static {
         -> Matrix<Self, T>;
     /// Human-readable device name.
     fn describe(&self) -> String;
+    /// Opens this kind of device afresh (the first of its kind). A device
+    /// handle need not cross threads (CUDA's holds a stream), so a worker
+    /// thread opens its own with this instead of borrowing one.
+    fn open_default() -> Result<Self, String>
+    where
+        Self: Sized;
 }
 
 impl Backend for Cpu {
@@ -77,6 +83,9 @@ impl Backend for Cpu {
     }
     fn describe(&self) -> String {
         format!("cpu ({} threads)", rayon::current_num_threads())
+    }
+    fn open_default() -> Result<Self, String> {
+        Ok(Cpu::default())
     }
 }
 
@@ -94,6 +103,9 @@ impl Backend for Cuda {
     }
     fn describe(&self) -> String {
         "cuda:0".to_string()
+    }
+    fn open_default() -> Result<Self, String> {
+        Cuda::try_build(0, 0).map_err(|e| format!("cannot open cuda:0: {e:?}"))
     }
 }
 

@@ -126,7 +126,7 @@ pub fn run_and_report<D: Backend>(
             cfg.out.display()
         );
     }
-    let summary = run_sweep(device.clone(), cfg, &runs, &open.inputs(), command, quiet)?;
+    let summary = run_sweep::<D>(cfg, &runs, &open.inputs(), command, quiet)?;
     let files = report_sweep(
         cfg,
         &runs,
@@ -228,8 +228,9 @@ impl SweepSummary {
 /// Trains every run of the plan that is not finished, `cfg.jobs` at a time,
 /// all from the one open cache. Progress lines go to stderr unless `quiet`.
 /// The first failing run stops the sweep (runs already started finish).
+/// Each worker thread opens its own device ([`Backend::open_default`]): only
+/// host data is shared between them.
 pub fn run_sweep<D: Backend>(
-    device: D,
     cfg: &SweepConfig,
     runs: &[PlannedRun],
     inputs: &SweepInputs<'_>,
@@ -275,15 +276,17 @@ pub fn run_sweep<D: Backend>(
                 let run = &runs[i];
                 let result = match &states[i] {
                     RunState::Finished(_) => Ok(RunOutcome::Skipped),
-                    state => train_one(
-                        device.clone(),
-                        cfg,
-                        run,
-                        inputs,
-                        command,
-                        quiet || jobs > 1,
-                        *state == RunState::Partial,
-                    ),
+                    state => D::open_default().map_err(Error::Device).and_then(|device| {
+                        train_one(
+                            device,
+                            cfg,
+                            run,
+                            inputs,
+                            command,
+                            quiet || jobs > 1,
+                            *state == RunState::Partial,
+                        )
+                    }),
                 };
                 let k = done.fetch_add(1, Ordering::SeqCst) + 1;
                 if !quiet {

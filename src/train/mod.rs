@@ -13,6 +13,7 @@
 //! - [`pruning`]: masks in force and the gradual-pruning hook;
 //! - [`loss`], [`optim`]: the objectives and the optimizers;
 //! - [`eval`]: accuracy, loss and agreement on a dataset;
+//! - [`device_check`]: a compute device checked against the CPU, op by op;
 //! - [`compare`]: one row per model for `distill eval` and `distill prune`
 //!   (accuracy, size, FLOPs, throughput, latency);
 //! - [`metrics`], [`card`]: `metrics.jsonl` and `model.json`.
@@ -23,6 +24,7 @@ pub mod card;
 pub mod checkpoint;
 pub mod compare;
 pub mod config;
+pub mod device_check;
 pub mod eval;
 pub mod fit;
 pub mod loader;

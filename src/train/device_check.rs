@@ -1,0 +1,197 @@
+//! A compute device checked against the CPU, op by op: what `make gpu-check`
+//! runs on a GPU machine (`distill check-device --device cuda`).
+//!
+//! Every check feeds the same host inputs (fixed seeds) to the device under
+//! test and to dfdx's CPU device, and compares outputs and gradients:
+//! - the 3x3 patch op (`im2col`) and 2x2 max-pool: forward, and the input
+//!   gradient of `sum(op(x) * W)` for a random `W`;
+//! - whole networks (an MLP and a CNN): logits, and every parameter's
+//!   gradient of the distillation loss (alpha 0.5, T 4) against fixed labels
+//!   and teacher log-probabilities.
+//!
+//! A check passes when `|device - cpu| <= tol * (1 + |cpu|)` everywhere; the
+//! tolerances allow for a different summation order (cuBLAS, atomics).
+
+use dfdx::prelude::*;
+use dfdx::tensor::Gradients;
+use rand::{Rng, SeedableRng};
+
+use super::loss::{loss, LossConfig, LossKind, Targets};
+use crate::error::Result;
+use crate::model::ops::{ImageGeom, Matrix};
+use crate::model::{Backend, ModelSpec, Network, ParamValue};
+
+/// One comparison of a device against the CPU.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OpCheck {
+    /// What was compared, e.g. `im2col 2x3x5x4 grad`.
+    pub what: String,
+    /// The largest `|device - cpu| / (1 + |cpu|)`.
+    pub max_rel_diff: f32,
+    /// The largest difference allowed.
+    pub tolerance: f32,
+}
+
+impl OpCheck {
+    /// Whether the device agreed with the CPU within the tolerance.
+    pub fn passed(&self) -> bool {
+        self.max_rel_diff <= self.tolerance
+    }
+
+    fn new(what: String, device: &[f32], cpu: &[f32], tolerance: f32) -> OpCheck {
+        let max_rel_diff = if device.len() != cpu.len() {
+            f32::INFINITY
+        } else {
+            device
+                .iter()
+                .zip(cpu)
+                .map(|(d, c)| {
+                    let r = (d - c).abs() / (1.0 + c.abs());
+                    if r.is_nan() {
+                        f32::INFINITY
+                    } else {
+                        r
+                    }
+                })
+                .fold(0.0, f32::max)
+        };
+        OpCheck {
+            what,
+            max_rel_diff,
+            tolerance,
+        }
+    }
+}
+
+fn random(n: usize, seed: u64) -> Vec<f32> {
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    (0..n).map(|_| rng.gen_range(-1.0..1.0)).collect()
+}
+
+/// Output and input gradient of one image op on `dev`, from host inputs.
+fn image_op<D: Backend>(
+    dev: &D,
+    pool: bool,
+    g: ImageGeom,
+    x: &[f32],
+    w: &[f32],
+) -> (Vec<f32>, Vec<f32>) {
+    let xt: Matrix<D> = dev.tensor_from_vec(x.to_vec(), (g.rows(), g.channels));
+    let apply = |t: Matrix<D, OwnedTape<f32, D>>| {
+        if pool {
+            dev.max_pool2(t, g)
+        } else {
+            dev.im2col(t, g)
+        }
+    };
+    let out = apply(xt.leaky_trace());
+    let shape = *out.shape();
+    let values = out.retaped::<NoneTape>().as_vec();
+    let wt: Matrix<D> = dev.tensor_from_vec(w[..shape.0 * shape.1].to_vec(), shape);
+    let grads = (apply(xt.leaky_trace()) * wt).sum::<Rank0, _>().backward();
+    (values, grads.get(&xt).as_vec())
+}
+
+/// Logits and parameter gradients of `spec` (weights from `seed`) on a batch.
+fn network_pass<D: Backend>(
+    dev: &D,
+    spec: &ModelSpec,
+    inputs: &[f32],
+    batch: usize,
+    targets: &Targets<'_>,
+) -> Result<(Vec<f32>, Vec<Vec<f32>>)> {
+    let net = Network::new(spec.clone(), dev.clone(), 7);
+    let x: Matrix<D> = dev.tensor_from_vec(inputs.to_vec(), (batch, spec.input_len()));
+    let logits = net.forward(x.clone()).as_vec();
+    let cfg = LossConfig::new(LossKind::Kd, 0.5, 4.0);
+    let l = loss(&cfg, net.forward(x.traced(Gradients::leaky())), targets)?;
+    let grads = l.backward();
+    let per_param = net
+        .params()
+        .iter()
+        .map(|p| match &p.value {
+            ParamValue::Matrix(t) => grads.get(t).as_vec(),
+            ParamValue::Vector(t) => grads.get(t).as_vec(),
+        })
+        .collect();
+    Ok((logits, per_param))
+}
+
+/// Runs every check on `dev` against the CPU.
+pub fn check_device<D: Backend>(dev: &D) -> Result<Vec<OpCheck>> {
+    let cpu = Cpu::default();
+    let mut checks = Vec::new();
+    let geoms = [
+        ImageGeom {
+            batch: 2,
+            channels: 3,
+            height: 5,
+            width: 4,
+        },
+        ImageGeom {
+            batch: 4,
+            channels: 16,
+            height: 14,
+            width: 14,
+        },
+    ];
+    for g in geoms {
+        let x = random(g.rows() * g.channels, 1);
+        let w = random(g.rows() * 9 * g.channels, 2);
+        for (pool, name) in [(false, "im2col"), (true, "max_pool2")] {
+            let (dv, dg) = image_op(dev, pool, g, &x, &w);
+            let (cv, cg) = image_op(&cpu, pool, g, &x, &w);
+            let shape = format!("{}x{}x{}x{}", g.batch, g.channels, g.height, g.width);
+            checks.push(OpCheck::new(format!("{name} {shape} out"), &dv, &cv, 0.0));
+            checks.push(OpCheck::new(format!("{name} {shape} grad"), &dg, &cg, 1e-5));
+        }
+    }
+    let batch = 16;
+    for text in ["mlp:784-128-10", "cnn:c8-p-c16-p-10"] {
+        let spec = ModelSpec::parse(text)?;
+        let classes = spec.num_classes();
+        let inputs: Vec<f32> = random(batch * spec.input_len(), 3)
+            .into_iter()
+            .map(|v| 0.5 + 0.5 * v)
+            .collect();
+        let labels: Vec<u32> = (0..batch as u32).map(|i| i % classes as u32).collect();
+        let mut teacher = vec![0f32; batch * classes];
+        crate::numeric::log_softmax_tempered(
+            &random(batch * classes, 4),
+            classes,
+            1.0,
+            &mut teacher,
+        )
+        .map_err(crate::cache::CacheError::from)?;
+        let targets = Targets {
+            classes,
+            labels: Some(&labels),
+            teacher_logprobs: Some(&teacher),
+        };
+        let (dl, dg) = network_pass(dev, &spec, &inputs, batch, &targets)?;
+        let (cl, cg) = network_pass(&cpu, &spec, &inputs, batch, &targets)?;
+        checks.push(OpCheck::new(format!("{text} logits"), &dl, &cl, 1e-4));
+        for (i, (d, c)) in dg.iter().zip(&cg).enumerate() {
+            checks.push(OpCheck::new(format!("{text} param {i} grad"), d, c, 1e-4));
+        }
+    }
+    Ok(checks)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_cpu_agrees_with_itself_and_a_wrong_value_is_caught() {
+        let checks = check_device(&Cpu::default()).unwrap();
+        assert!(checks.len() >= 8 + 2 * 5, "{}", checks.len());
+        for c in &checks {
+            assert!(c.passed(), "{c:?}");
+        }
+        let off = OpCheck::new("x".into(), &[1.0, 2.01], &[1.0, 2.0], 1e-4);
+        assert!(!off.passed());
+        let nan = OpCheck::new("x".into(), &[f32::NAN], &[1.0], 1e-4);
+        assert!(!nan.passed());
+    }
+}
