@@ -14,6 +14,7 @@ mod cli_sweep;
 mod cli_train;
 mod compat;
 mod layers;
+mod regression;
 mod reliability_cli;
 mod reliability_lib;
 mod retemper;

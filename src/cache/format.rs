@@ -176,6 +176,16 @@ pub(crate) fn check_version(path: &Path, version: u32) -> Result<()> {
 /// Parses and validates a whole shard's header and block index (not the
 /// block contents: each block's checksum is checked when it is decoded).
 pub fn parse_shard(path: &Path, bytes: &[u8]) -> Result<(ShardHeader, Vec<BlockEntry>)> {
+    let header = parse_header(path, bytes)?;
+    check_header_counts(path, &header)?;
+    let entries = parse_block_index(path, bytes, &header)?;
+    Ok((header, entries))
+}
+
+/// Reads the fixed header: length, magic, version, checksum, then the
+/// fields whose values are checked on their own (encoding, classes, flags,
+/// reserved bytes).
+fn parse_header(path: &Path, bytes: &[u8]) -> Result<ShardHeader> {
     let bad = |loc: &str, msg: String| CacheError::corrupt(path, loc, msg);
     let len = bytes.len() as u64;
     if bytes.len() < HEADER_BYTES {
@@ -222,7 +232,7 @@ pub fn parse_shard(path: &Path, bytes: &[u8]) -> Result<(ShardHeader, Vec<BlockE
     if h[104..120].iter().any(|&x| x != 0) {
         return Err(bad("header", "reserved bytes 104..120 are not zero".into()));
     }
-    let header = ShardHeader {
+    Ok(ShardHeader {
         version,
         encoding,
         classes,
@@ -241,7 +251,13 @@ pub fn parse_shard(path: &Path, bytes: &[u8]) -> Result<(ShardHeader, Vec<BlockE
             correct: u64_at(h, 88),
             sum_entropy: f64_at(h, 96),
         },
-    };
+    })
+}
+
+/// Checks the header fields that depend on each other: temperature,
+/// records per block, records, and the block count they imply.
+fn check_header_counts(path: &Path, header: &ShardHeader) -> Result<()> {
+    let bad = |loc: &str, msg: String| CacheError::corrupt(path, loc, msg);
     if !(header.temperature.is_finite() && header.temperature > 0.0) {
         return Err(bad(
             "header field temperature",
@@ -279,6 +295,14 @@ pub fn parse_shard(path: &Path, bytes: &[u8]) -> Result<(ShardHeader, Vec<BlockE
             ),
         ));
     }
+    Ok(())
+}
+
+/// Reads the block index after a validated header: its bounds and checksum,
+/// then each entry in turn; the blocks must tile the rest of the file.
+fn parse_block_index(path: &Path, bytes: &[u8], header: &ShardHeader) -> Result<Vec<BlockEntry>> {
+    let bad = |loc: &str, msg: String| CacheError::corrupt(path, loc, msg);
+    let len = bytes.len() as u64;
     let index_len = header.blocks as u64 * INDEX_ENTRY_BYTES as u64; // <= 2^20 * 48, no overflow
     let index_end = HEADER_BYTES as u64 + index_len;
     if index_end > len {
@@ -301,82 +325,86 @@ pub fn parse_shard(path: &Path, bytes: &[u8]) -> Result<(ShardHeader, Vec<BlockE
             ),
         ));
     }
-    let record_bytes = header.record_bytes() as u64;
     let mut entries = Vec::with_capacity(header.blocks as usize);
     let mut pos = index_end; // a multiple of 8: 128 + 48n
     for i in 0..header.blocks as usize {
         let e = &index[i * INDEX_ENTRY_BYTES..(i + 1) * INDEX_ENTRY_BYTES];
-        let loc = format!("block index entry {i}");
-        let entry = BlockEntry {
-            offset: u64_at(e, 0),
-            compressed_len: u64_at(e, 8),
-            raw_len: u64_at(e, 16),
-            first_record: u64_at(e, 24),
-            record_count: u32_at(e, 32),
-            checksum: u64_at(e, 40),
-        };
-        if u32_at(e, 36) != 0 {
-            return Err(bad(&loc, "reserved bytes are not zero".into()));
-        }
-        let first = i as u64 * header.records_per_block as u64;
-        let count = (header.records - first).min(header.records_per_block as u64);
-        if entry.first_record != first || entry.record_count as u64 != count {
-            return Err(bad(
-                &loc,
-                format!(
-                    "covers records {}+{}, expected {first}+{count}",
-                    entry.first_record, entry.record_count
-                ),
-            ));
-        }
-        if entry.offset != pos {
-            return Err(bad(
-                &loc,
-                format!(
-                    "starts at byte {}, expected {pos} (blocks must tile the file)",
-                    entry.offset
-                ),
-            ));
-        }
-        let raw = count * record_bytes; // <= 2^20 * (12 + 4 * 2^24 + ...) fits in u64
-        if entry.raw_len != raw || raw > MAX_BLOCK_RAW_BYTES {
-            return Err(bad(
-                &loc,
-                format!(
-                    "raw length {} bytes, expected {raw} (at most {MAX_BLOCK_RAW_BYTES})",
-                    entry.raw_len
-                ),
-            ));
-        }
-        if entry.compressed_len == 0 {
-            return Err(bad(&loc, "compressed length is zero".into()));
-        }
-        let end = entry
-            .offset
-            .checked_add(entry.compressed_len)
-            .filter(|&e| e <= len)
-            .ok_or_else(|| {
-                bad(
-                    &loc,
-                    format!(
-                        "block of {} bytes at {} runs past the end of the {len}-byte file",
-                        entry.compressed_len, entry.offset
-                    ),
-                )
-            })?;
-        let next = align_up(end)
-            .filter(|&n| n <= len)
-            .ok_or_else(|| bad(&loc, "block padding runs past the end of the file".into()))?;
-        if bytes[end as usize..next as usize].iter().any(|&b| b != 0) {
-            return Err(bad(&loc, "padding after the block is not zero".into()));
-        }
+        let (entry, next) = parse_block_entry(path, bytes, header, i, e, pos)?;
         pos = next;
         entries.push(entry);
     }
     if pos != len {
         return Err(bad("file", format!("file is {len} bytes but its blocks end at byte {pos} (truncated or trailing bytes)")));
     }
-    Ok((header, entries))
+    Ok(entries)
+}
+
+/// Decodes index entry `i` (bytes `e`) and checks what it covers: reserved
+/// bytes, its records, its start at `pos`, its lengths and its zero padding.
+/// Returns the entry and the offset where the next block must start.
+fn parse_block_entry(
+    path: &Path,
+    bytes: &[u8],
+    header: &ShardHeader,
+    i: usize,
+    e: &[u8],
+    pos: u64,
+) -> Result<(BlockEntry, u64)> {
+    let loc = format!("block index entry {i}");
+    let bad = |msg: String| CacheError::corrupt(path, &loc, msg);
+    let len = bytes.len() as u64;
+    let entry = BlockEntry {
+        offset: u64_at(e, 0),
+        compressed_len: u64_at(e, 8),
+        raw_len: u64_at(e, 16),
+        first_record: u64_at(e, 24),
+        record_count: u32_at(e, 32),
+        checksum: u64_at(e, 40),
+    };
+    if u32_at(e, 36) != 0 {
+        return Err(bad("reserved bytes are not zero".into()));
+    }
+    let first = i as u64 * header.records_per_block as u64;
+    let count = (header.records - first).min(header.records_per_block as u64);
+    if entry.first_record != first || entry.record_count as u64 != count {
+        return Err(bad(format!(
+            "covers records {}+{}, expected {first}+{count}",
+            entry.first_record, entry.record_count
+        )));
+    }
+    if entry.offset != pos {
+        return Err(bad(format!(
+            "starts at byte {}, expected {pos} (blocks must tile the file)",
+            entry.offset
+        )));
+    }
+    let raw = count * header.record_bytes() as u64; // <= 2^20 * (12 + 4 * 2^24 + ...) fits in u64
+    if entry.raw_len != raw || raw > MAX_BLOCK_RAW_BYTES {
+        return Err(bad(format!(
+            "raw length {} bytes, expected {raw} (at most {MAX_BLOCK_RAW_BYTES})",
+            entry.raw_len
+        )));
+    }
+    if entry.compressed_len == 0 {
+        return Err(bad("compressed length is zero".into()));
+    }
+    let end = entry
+        .offset
+        .checked_add(entry.compressed_len)
+        .filter(|&e| e <= len)
+        .ok_or_else(|| {
+            bad(format!(
+                "block of {} bytes at {} runs past the end of the {len}-byte file",
+                entry.compressed_len, entry.offset
+            ))
+        })?;
+    let next = align_up(end)
+        .filter(|&n| n <= len)
+        .ok_or_else(|| bad("block padding runs past the end of the file".into()))?;
+    if bytes[end as usize..next as usize].iter().any(|&b| b != 0) {
+        return Err(bad("padding after the block is not zero".into()));
+    }
+    Ok((entry, next))
 }
 
 #[cfg(test)]

@@ -111,6 +111,64 @@ pub fn first_setting_difference(
 }
 
 impl BuildSpec {
+    /// Validates the build's settings and derives its layout: records per
+    /// block (0 picks about 1 MiB of records, at most 4096) and per shard.
+    fn plan(meta: &CacheMeta, opts: &WriterOptions) -> Result<BuildSpec> {
+        meta.encoding
+            .check_classes(meta.num_classes)
+            .map_err(|m| CacheError::input("cache meta", m))?;
+        if !(meta.temperature.is_finite() && meta.temperature > 0.0) {
+            return Err(CacheError::input(
+                "temperature",
+                format!("{} is not a positive finite number", meta.temperature),
+            ));
+        }
+        if meta.dataset.num_samples == 0 {
+            return Err(CacheError::input(
+                "dataset.num_samples",
+                "the dataset has no samples; nothing to cache",
+            ));
+        }
+        let rec = raw_record_bytes(meta.encoding, meta.num_classes) as u64;
+        let mut records_per_block = opts.records_per_block;
+        if records_per_block == 0 {
+            records_per_block = ((1u64 << 20) / rec).clamp(1, 4096) as u32;
+        }
+        if records_per_block > MAX_RECORDS_PER_BLOCK {
+            return Err(CacheError::input(
+                "records_per_block",
+                format!("{records_per_block} is outside 1..={MAX_RECORDS_PER_BLOCK}"),
+            ));
+        }
+        if !(-7..=22).contains(&opts.zstd_level) {
+            return Err(CacheError::input(
+                "zstd_level",
+                format!("{} is outside -7..=22", opts.zstd_level),
+            ));
+        }
+        if records_per_block as u64 * rec > MAX_BLOCK_RAW_BYTES {
+            return Err(CacheError::input(
+                "records_per_block",
+                format!("{records_per_block} records of {rec} bytes exceed the {MAX_BLOCK_RAW_BYTES}-byte block limit; use fewer"),
+            ));
+        }
+        let rpb = records_per_block as u64;
+        let blocks_per_shard =
+            (opts.shard_target_bytes / (rpb * rec)).clamp(1, MAX_BLOCKS_PER_SHARD as u64);
+        Ok(BuildSpec {
+            format_version: FORMAT_VERSION_CURRENT,
+            teacher: meta.teacher.clone(),
+            dataset: meta.dataset.clone(),
+            num_classes: meta.num_classes as u64,
+            has_labels: meta.has_labels,
+            temperature: meta.temperature,
+            encoding: meta.encoding,
+            zstd_level: opts.zstd_level,
+            records_per_block,
+            records_per_shard: blocks_per_shard * rpb,
+        })
+    }
+
     fn key(&self) -> String {
         format!(
             "{:016x}",
@@ -274,6 +332,70 @@ fn is_shard_file(name: &str) -> bool {
     name.starts_with("shard-") && name.ends_with(".dsc")
 }
 
+/// Creates `dir` and takes its exclusive lock, held by the returned file.
+fn lock_dir(dir: &Path) -> Result<File> {
+    fs::create_dir_all(dir).map_err(|e| CacheError::io(dir, "create directory", e))?;
+    let lock_path = dir.join(LOCK_FILE);
+    let lock = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .read(true)
+        .write(true)
+        .open(&lock_path)
+        .map_err(|e| CacheError::io(&lock_path, "open lock file", e))?;
+    if lock.try_lock_exclusive().is_err() {
+        return Err(CacheError::Locked {
+            path: dir.to_path_buf(),
+        });
+    }
+    Ok(lock)
+}
+
+/// Claims the locked `dir` for the build `spec`: refuses a committed cache
+/// or an unfinished build with other settings unless `overwrite`, then
+/// records `spec` in `build.json` (rewritten only when it changed).
+fn claim_dir(dir: &Path, spec: &BuildSpec, overwrite: bool) -> Result<()> {
+    // A committed cache with other settings is protected unless overwrite.
+    let mpath = dir.join(MANIFEST_FILE);
+    if mpath.exists() && !overwrite {
+        let bytes = fs::read(&mpath).map_err(|e| CacheError::io(&mpath, "read", e))?;
+        let m = Manifest::parse(&mpath, &bytes)?;
+        if let Some((field, existing, requested)) =
+            BuildSpec::from_manifest(&m).first_difference(spec)
+        {
+            return Err(CacheError::SettingsDiffer {
+                path: dir.to_path_buf(),
+                field,
+                existing,
+                requested,
+            });
+        }
+    }
+    // So is an unfinished build with other settings.
+    let bpath = dir.join(BUILD_FILE);
+    let previous: Option<BuildSpec> = fs::read(&bpath)
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok());
+    if let Some(prev) = &previous {
+        if !overwrite {
+            if let Some((field, existing, requested)) = prev.first_difference(spec) {
+                return Err(CacheError::SettingsDiffer {
+                    path: dir.to_path_buf(),
+                    field,
+                    existing,
+                    requested,
+                });
+            }
+        }
+    }
+    if previous.as_ref() != Some(spec) {
+        let json = serde_json::to_vec_pretty(spec)
+            .map_err(|e| CacheError::input("build.json", e.to_string()))?;
+        atomic_write(dir, BUILD_FILE, &json)?;
+    }
+    Ok(())
+}
+
 impl CacheWriter {
     /// Opens `dir` for building (creating it), taking the lock, keeping any
     /// complete shards of an interrupted build with the same settings
@@ -286,118 +408,10 @@ impl CacheWriter {
         meta: CacheMeta,
         opts: WriterOptions,
     ) -> Result<CacheWriter> {
-        meta.encoding
-            .check_classes(meta.num_classes)
-            .map_err(|m| CacheError::input("cache meta", m))?;
-        if !(meta.temperature.is_finite() && meta.temperature > 0.0) {
-            return Err(CacheError::input(
-                "temperature",
-                format!("{} is not a positive finite number", meta.temperature),
-            ));
-        }
-        if meta.dataset.num_samples == 0 {
-            return Err(CacheError::input(
-                "dataset.num_samples",
-                "the dataset has no samples; nothing to cache",
-            ));
-        }
-        let rec = raw_record_bytes(meta.encoding, meta.num_classes) as u64;
-        let mut opts = opts;
-        if opts.records_per_block == 0 {
-            opts.records_per_block = ((1u64 << 20) / rec).clamp(1, 4096) as u32;
-        }
-        if opts.records_per_block > MAX_RECORDS_PER_BLOCK {
-            return Err(CacheError::input(
-                "records_per_block",
-                format!(
-                    "{} is outside 1..={MAX_RECORDS_PER_BLOCK}",
-                    opts.records_per_block
-                ),
-            ));
-        }
-        if !(-7..=22).contains(&opts.zstd_level) {
-            return Err(CacheError::input(
-                "zstd_level",
-                format!("{} is outside -7..=22", opts.zstd_level),
-            ));
-        }
-        if opts.records_per_block as u64 * rec > MAX_BLOCK_RAW_BYTES {
-            return Err(CacheError::input(
-                "records_per_block",
-                format!("{} records of {rec} bytes exceed the {MAX_BLOCK_RAW_BYTES}-byte block limit; use fewer", opts.records_per_block),
-            ));
-        }
-        let rpb = opts.records_per_block as u64;
-        let blocks_per_shard =
-            (opts.shard_target_bytes / (rpb * rec)).clamp(1, MAX_BLOCKS_PER_SHARD as u64);
-        let spec = BuildSpec {
-            format_version: FORMAT_VERSION_CURRENT,
-            teacher: meta.teacher.clone(),
-            dataset: meta.dataset.clone(),
-            num_classes: meta.num_classes as u64,
-            has_labels: meta.has_labels,
-            temperature: meta.temperature,
-            encoding: meta.encoding,
-            zstd_level: opts.zstd_level,
-            records_per_block: opts.records_per_block,
-            records_per_shard: blocks_per_shard * rpb,
-        };
+        let spec = BuildSpec::plan(&meta, &opts)?;
         let key = spec.key();
-
-        fs::create_dir_all(dir).map_err(|e| CacheError::io(dir, "create directory", e))?;
-        let lock_path = dir.join(LOCK_FILE);
-        let lock = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .read(true)
-            .write(true)
-            .open(&lock_path)
-            .map_err(|e| CacheError::io(&lock_path, "open lock file", e))?;
-        if lock.try_lock_exclusive().is_err() {
-            return Err(CacheError::Locked {
-                path: dir.to_path_buf(),
-            });
-        }
-
-        // A committed cache with other settings is protected unless overwrite.
-        let mpath = dir.join(MANIFEST_FILE);
-        if mpath.exists() && !opts.overwrite {
-            let bytes = fs::read(&mpath).map_err(|e| CacheError::io(&mpath, "read", e))?;
-            let m = Manifest::parse(&mpath, &bytes)?;
-            if let Some((field, existing, requested)) =
-                BuildSpec::from_manifest(&m).first_difference(&spec)
-            {
-                return Err(CacheError::SettingsDiffer {
-                    path: dir.to_path_buf(),
-                    field,
-                    existing,
-                    requested,
-                });
-            }
-        }
-        // So is an unfinished build with other settings.
-        let bpath = dir.join(BUILD_FILE);
-        let previous: Option<BuildSpec> = fs::read(&bpath)
-            .ok()
-            .and_then(|b| serde_json::from_slice(&b).ok());
-        if let Some(prev) = &previous {
-            if !opts.overwrite {
-                if let Some((field, existing, requested)) = prev.first_difference(&spec) {
-                    return Err(CacheError::SettingsDiffer {
-                        path: dir.to_path_buf(),
-                        field,
-                        existing,
-                        requested,
-                    });
-                }
-            }
-        }
-        if previous.as_ref() != Some(&spec) {
-            let json = serde_json::to_vec_pretty(&spec)
-                .map_err(|e| CacheError::input("build.json", e.to_string()))?;
-            atomic_write(dir, BUILD_FILE, &json)?;
-        }
-
+        let lock = lock_dir(dir)?;
+        claim_dir(dir, &spec, opts.overwrite)?;
         let mut w = CacheWriter {
             dir: dir.to_path_buf(),
             codec: Codec::new(meta.encoding, meta.num_classes),

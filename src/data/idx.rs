@@ -120,25 +120,60 @@ fn parse<R: Read>(
     field: &str,
     ndim: u8,
 ) -> Result<IdxArray, DataError> {
-    let read_err = |source| DataError::Read {
-        path: path.to_path_buf(),
-        field: field.to_string(),
-        source,
-    };
-    let format = |what: &str, message: String| DataError::Format {
-        path: path.to_path_buf(),
-        field: format!("{field}: {what}"),
-        message,
-    };
+    let src = Source { path, field };
+    let dims = read_dims(&mut r, src, ndim)?;
+    let header_len = (4 + 4 * usize::from(ndim)) as u64;
+    let expected = payload_len(&dims, header_len, raw_len, cap, file_len, src)?;
+    let data = read_payload(r, expected, raw_len, cap, src)?;
+    Ok(IdxArray { dims, data })
+}
+
+/// The file and field an IDX stream is read for, named by its errors.
+#[derive(Clone, Copy)]
+struct Source<'a> {
+    path: &'a Path,
+    field: &'a str,
+}
+
+impl Source<'_> {
+    fn read_err(self, source: io::Error) -> DataError {
+        DataError::Read {
+            path: self.path.to_path_buf(),
+            field: self.field.to_string(),
+            source,
+        }
+    }
+
+    fn format(self, what: &str, message: String) -> DataError {
+        DataError::Format {
+            path: self.path.to_path_buf(),
+            field: format!("{}: {what}", self.field),
+            message,
+        }
+    }
+
+    fn length(self, expected: u64, actual: u64) -> DataError {
+        DataError::Length {
+            path: self.path.to_path_buf(),
+            field: self.field.to_string(),
+            expected,
+            actual,
+        }
+    }
+}
+
+/// Reads the header (magic, then `ndim` big-endian dimensions) and returns
+/// the dimensions, all non-zero.
+fn read_dims(r: &mut impl Read, src: Source, ndim: u8) -> Result<Vec<usize>, DataError> {
     let header_len = 4 + 4 * usize::from(ndim);
     let mut header = vec![0u8; header_len];
-    let got = read_full(&mut r, &mut header).map_err(read_err)?;
+    let got = read_full(r, &mut header).map_err(|e| src.read_err(e))?;
     let want_magic = 0x0800 | u32::from(ndim);
     if got >= 4 {
         let magic = u32::from_be_bytes([header[0], header[1], header[2], header[3]]);
         if magic != want_magic {
             let kind = if ndim == 3 { "images" } else { "labels" };
-            return Err(format(
+            return Err(src.format(
                 "magic",
                 format!(
                     "found 0x{magic:08x}, expected 0x{want_magic:08x} (u8 {kind}, {ndim} dimensions); \
@@ -148,7 +183,7 @@ fn parse<R: Read>(
         }
     }
     if got < header_len {
-        return Err(format(
+        return Err(src.format(
             "header",
             format!(
                 "holds {got} bytes, an idx header with {ndim} dimensions needs {header_len}; the file is truncated"
@@ -161,41 +196,49 @@ fn parse<R: Read>(
         .collect();
     if dims[0] == 0 {
         return Err(DataError::Empty {
-            path: path.to_path_buf(),
-            field: field.to_string(),
+            path: src.path.to_path_buf(),
+            field: src.field.to_string(),
         });
     }
     if dims.contains(&0) {
-        return Err(format(
+        return Err(src.format(
             "dims",
             format!("dimensions {dims:?} contain a zero; the header is corrupt"),
         ));
     }
+    Ok(dims)
+}
+
+/// The payload size `dims` imply, checked against the exact stream length
+/// (`raw_len`, uncompressed files) or against `cap` (gzip files).
+fn payload_len(
+    dims: &[usize],
+    header_len: u64,
+    raw_len: Option<u64>,
+    cap: u64,
+    file_len: u64,
+    src: Source,
+) -> Result<u64, DataError> {
     // Each dim is below 2^32 and there are at most 3: the product fits u128,
     // and anything above u64 is corrupt.
     let expected = dims
         .iter()
         .try_fold(1u64, |a, &d| a.checked_mul(d as u64))
         .ok_or_else(|| {
-            format(
+            src.format(
                 "dims",
                 format!("dimensions {dims:?} overflow; the header is corrupt"),
             )
         })?;
     match raw_len {
         Some(total) => {
-            let actual = total.saturating_sub(header_len as u64);
+            let actual = total.saturating_sub(header_len);
             if actual != expected {
-                return Err(DataError::Length {
-                    path: path.to_path_buf(),
-                    field: field.to_string(),
-                    expected,
-                    actual,
-                });
+                return Err(src.length(expected, actual));
             }
         }
         None if expected > cap => {
-            return Err(format(
+            return Err(src.format(
                 "dims",
                 format!(
                     "dimensions {dims:?} imply {expected} bytes, more than a {file_len}-byte gzip file can hold \
@@ -205,35 +248,37 @@ fn parse<R: Read>(
         }
         None => {}
     }
+    Ok(expected)
+}
+
+/// Reads exactly `expected` payload bytes; a gzip stream (no `raw_len`) must
+/// also end right there.
+fn read_payload<R: Read>(
+    mut r: R,
+    expected: u64,
+    raw_len: Option<u64>,
+    cap: u64,
+    src: Source,
+) -> Result<Vec<u8>, DataError> {
     let expected_usize = usize::try_from(expected)
-        .map_err(|_| format("dims", format!("{expected} bytes do not fit in memory")))?;
+        .map_err(|_| src.format("dims", format!("{expected} bytes do not fit in memory")))?;
     // Bounded: by the real file size (raw) or by what the compressed size allows (gzip).
     let mut data = Vec::with_capacity(expected_usize);
     (&mut r)
         .take(expected)
         .read_to_end(&mut data)
-        .map_err(read_err)?;
+        .map_err(|e| src.read_err(e))?;
     if (data.len() as u64) < expected {
-        return Err(DataError::Length {
-            path: path.to_path_buf(),
-            field: field.to_string(),
-            expected,
-            actual: data.len() as u64,
-        });
+        return Err(src.length(expected, data.len() as u64));
     }
     if raw_len.is_none() {
-        let extra =
-            io::copy(&mut r.take(cap.saturating_add(1)), &mut io::sink()).map_err(read_err)?;
+        let extra = io::copy(&mut r.take(cap.saturating_add(1)), &mut io::sink())
+            .map_err(|e| src.read_err(e))?;
         if extra > 0 {
-            return Err(DataError::Length {
-                path: path.to_path_buf(),
-                field: field.to_string(),
-                expected,
-                actual: expected + extra,
-            });
+            return Err(src.length(expected, expected + extra));
         }
     }
-    Ok(IdxArray { dims, data })
+    Ok(data)
 }
 
 /// IDX files with Fashion-MNIST/MNIST names: `train-images-idx3-ubyte[.gz]` +

@@ -219,131 +219,162 @@ enum Value {
 /// are strings; values are strings, True/False, tuples of integers, or
 /// (for structured dtypes) a list, which is skipped.
 fn parse_dict(text: &str) -> Result<Vec<(String, Value)>, String> {
-    let b = text.as_bytes();
-    let mut i = 0;
-    let ws = |i: &mut usize| {
-        while *i < b.len() && (b[*i] as char).is_ascii_whitespace() {
-            *i += 1;
+    let mut p = DictParser { text, i: 0 };
+    p.ws();
+    p.expect(b'{')?;
+    let mut out = Vec::new();
+    loop {
+        p.ws();
+        if p.peek() == Some(b'}') {
+            p.i += 1;
+            break;
         }
-    };
-    let expect = |i: &mut usize, c: u8| -> Result<(), String> {
-        if *i < b.len() && b[*i] == c {
-            *i += 1;
+        let key = p.string()?;
+        p.ws();
+        p.expect(b':')?;
+        p.ws();
+        let value = p.value()?;
+        out.push((key, value));
+        p.ws();
+        match p.peek() {
+            Some(b',') => p.i += 1,
+            Some(b'}') => {}
+            _ => return Err(format!("expected ',' or '}}' at offset {}", p.i)),
+        }
+    }
+    p.ws();
+    if p.i != text.len() {
+        return Err(format!("unexpected text after the dict at offset {}", p.i));
+    }
+    Ok(out)
+}
+
+/// A cursor over the header dict's text; errors name the byte offset.
+struct DictParser<'a> {
+    text: &'a str,
+    i: usize,
+}
+
+impl DictParser<'_> {
+    fn peek(&self) -> Option<u8> {
+        self.text.as_bytes().get(self.i).copied()
+    }
+
+    fn ws(&mut self) {
+        while self.peek().is_some_and(|c| c.is_ascii_whitespace()) {
+            self.i += 1;
+        }
+    }
+
+    fn expect(&mut self, c: u8) -> Result<(), String> {
+        if self.peek() == Some(c) {
+            self.i += 1;
             Ok(())
         } else {
-            Err(format!("expected '{}' at offset {}", c as char, *i))
+            Err(format!("expected '{}' at offset {}", c as char, self.i))
         }
-    };
-    let string = |i: &mut usize| -> Result<String, String> {
-        let q = *b.get(*i).ok_or("unexpected end")?;
+    }
+
+    /// A quoted string, either quote, no escapes.
+    fn string(&mut self) -> Result<String, String> {
+        let b = self.text.as_bytes();
+        let q = self.peek().ok_or("unexpected end")?;
         if q != b'\'' && q != b'"' {
-            return Err(format!("expected a string at offset {}", *i));
+            return Err(format!("expected a string at offset {}", self.i));
         }
-        let start = *i + 1;
+        let start = self.i + 1;
         let len = b[start..]
             .iter()
             .position(|&c| c == q)
             .ok_or("unterminated string")?;
-        *i = start + len + 1;
-        Ok(text[start..start + len].to_string())
-    };
-    ws(&mut i);
-    expect(&mut i, b'{')?;
-    let mut out = Vec::new();
-    loop {
-        ws(&mut i);
-        if i < b.len() && b[i] == b'}' {
-            i += 1;
-            break;
-        }
-        let key = string(&mut i)?;
-        ws(&mut i);
-        expect(&mut i, b':')?;
-        ws(&mut i);
-        let value = match b.get(i) {
-            Some(b'\'') | Some(b'"') => Value::Str(string(&mut i)?),
-            Some(b'T') if text[i..].starts_with("True") => {
-                i += 4;
+        self.i = start + len + 1;
+        Ok(self.text[start..start + len].to_string())
+    }
+
+    fn value(&mut self) -> Result<Value, String> {
+        Ok(match self.peek() {
+            Some(b'\'') | Some(b'"') => Value::Str(self.string()?),
+            Some(b'T') if self.text[self.i..].starts_with("True") => {
+                self.i += 4;
                 Value::Bool(true)
             }
-            Some(b'F') if text[i..].starts_with("False") => {
-                i += 5;
+            Some(b'F') if self.text[self.i..].starts_with("False") => {
+                self.i += 5;
                 Value::Bool(false)
             }
             Some(b'(') => {
-                i += 1;
-                let mut dims = Vec::new();
-                loop {
-                    ws(&mut i);
-                    match b.get(i) {
-                        Some(b')') => {
-                            i += 1;
-                            break;
-                        }
-                        Some(c) if c.is_ascii_digit() => {
-                            let start = i;
-                            while i < b.len() && b[i].is_ascii_digit() {
-                                i += 1;
-                            }
-                            // Python 2 era writers appended 'L' to longs.
-                            let d: usize = text[start..i]
-                                .parse()
-                                .map_err(|_| format!("dimension {} too large", &text[start..i]))?;
-                            if b.get(i) == Some(&b'L') {
-                                i += 1;
-                            }
-                            dims.push(d);
-                            ws(&mut i);
-                            match b.get(i) {
-                                Some(b',') => i += 1,
-                                Some(b')') => {}
-                                _ => {
-                                    return Err(format!(
-                                        "expected ',' or ')' in shape at offset {i}"
-                                    ))
-                                }
-                            }
-                        }
-                        _ => return Err(format!("expected a dimension at offset {i}")),
-                    }
-                }
-                Value::Tuple(dims)
+                self.i += 1;
+                Value::Tuple(self.tuple_rest()?)
             }
             Some(b'[') => {
-                // Skip a (possibly nested) list: structured dtype descriptions.
-                let mut depth = 0usize;
-                loop {
-                    match b.get(i) {
-                        None => return Err("unterminated list".into()),
-                        Some(b'[') | Some(b'(') => depth += 1,
-                        Some(b']') | Some(b')') => {
-                            depth -= 1;
-                            if depth == 0 {
-                                i += 1;
-                                break;
-                            }
-                        }
-                        _ => {}
-                    }
-                    i += 1;
-                }
+                self.skip_list()?;
                 Value::Other
             }
-            _ => return Err(format!("unsupported value at offset {i}")),
-        };
-        out.push((key, value));
-        ws(&mut i);
-        match b.get(i) {
-            Some(b',') => i += 1,
-            Some(b'}') => {}
-            _ => return Err(format!("expected ',' or '}}' at offset {i}")),
+            _ => return Err(format!("unsupported value at offset {}", self.i)),
+        })
+    }
+
+    /// The dimensions of a shape tuple, after its '('.
+    fn tuple_rest(&mut self) -> Result<Vec<usize>, String> {
+        let b = self.text.as_bytes();
+        let mut dims = Vec::new();
+        loop {
+            self.ws();
+            match self.peek() {
+                Some(b')') => {
+                    self.i += 1;
+                    return Ok(dims);
+                }
+                Some(c) if c.is_ascii_digit() => {
+                    let start = self.i;
+                    while self.i < b.len() && b[self.i].is_ascii_digit() {
+                        self.i += 1;
+                    }
+                    let digits = &self.text[start..self.i];
+                    let d: usize = digits
+                        .parse()
+                        .map_err(|_| format!("dimension {digits} too large"))?;
+                    // Python 2 era writers appended 'L' to longs.
+                    if self.peek() == Some(b'L') {
+                        self.i += 1;
+                    }
+                    dims.push(d);
+                    self.ws();
+                    match self.peek() {
+                        Some(b',') => self.i += 1,
+                        Some(b')') => {}
+                        _ => {
+                            return Err(format!(
+                                "expected ',' or ')' in shape at offset {}",
+                                self.i
+                            ))
+                        }
+                    }
+                }
+                _ => return Err(format!("expected a dimension at offset {}", self.i)),
+            }
         }
     }
-    ws(&mut i);
-    if i != b.len() {
-        return Err(format!("unexpected text after the dict at offset {i}"));
+
+    /// Skips a (possibly nested) list: structured dtype descriptions.
+    fn skip_list(&mut self) -> Result<(), String> {
+        let mut depth = 0usize;
+        loop {
+            match self.peek() {
+                None => return Err("unterminated list".into()),
+                Some(b'[') | Some(b'(') => depth += 1,
+                Some(b']') | Some(b')') => {
+                    depth -= 1;
+                    if depth == 0 {
+                        self.i += 1;
+                        return Ok(());
+                    }
+                }
+                _ => {}
+            }
+            self.i += 1;
+        }
     }
-    Ok(out)
 }
 
 /// Reads the data of an image or matrix array: u8 kept as bytes, floats

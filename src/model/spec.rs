@@ -57,36 +57,47 @@ pub enum Layer {
 impl Layer {
     /// Number of learnable parameters (weights and biases).
     pub fn param_count(&self) -> u64 {
+        self.checked_param_count().unwrap_or(u64::MAX)
+    }
+
+    /// Forward FLOPs per sample, counting a multiply-add as two.
+    pub fn flops(&self) -> u64 {
+        self.checked_flops().unwrap_or(u64::MAX)
+    }
+
+    /// [`Self::param_count`], `None` where it overflows u64 (only a spec
+    /// that [`ModelSpec::parse`] refuses gets there).
+    fn checked_param_count(&self) -> Option<u64> {
         match *self {
             Layer::Conv {
                 in_channels,
                 out_channels,
                 ..
-            } => (out_channels * in_channels * 9 + out_channels) as u64,
-            Layer::MaxPool { .. } => 0,
+            } => product(&[out_channels, in_channels, 9])?.checked_add(out_channels as u64),
+            Layer::MaxPool { .. } => Some(0),
             Layer::Dense {
                 inputs, outputs, ..
-            } => (inputs * outputs + outputs) as u64,
+            } => product(&[inputs, outputs])?.checked_add(outputs as u64),
         }
     }
 
-    /// Forward FLOPs per sample, counting a multiply-add as two.
-    pub fn flops(&self) -> u64 {
+    /// [`Self::flops`], `None` where it overflows u64.
+    fn checked_flops(&self) -> Option<u64> {
         match *self {
             Layer::Conv {
                 in_channels,
                 out_channels,
                 height,
                 width,
-            } => 2 * (height * width * out_channels * in_channels * 9) as u64,
+            } => product(&[2, height, width, out_channels, in_channels, 9]),
             Layer::MaxPool {
                 channels,
                 height,
                 width,
-            } => ((height / 2) * (width / 2) * channels * 3) as u64,
+            } => product(&[height / 2, width / 2, channels, 3]),
             Layer::Dense {
                 inputs, outputs, ..
-            } => 2 * (inputs * outputs) as u64,
+            } => product(&[2, inputs, outputs]),
         }
     }
 
@@ -123,11 +134,31 @@ impl ModelSpec {
             "cnn" => Self::parse_cnn(text, &tokens)?,
             other => return Err(err(format!("unknown family '{other}' (use mlp or cnn)"))),
         };
-        let params = spec.param_count();
-        if params > MAX_PARAMS {
-            return Err(err(format!(
-                "{params} parameters is more than the supported {MAX_PARAMS}"
-            )));
+        let params = spec
+            .layers
+            .iter()
+            .try_fold(0u64, |sum, l| sum.checked_add(l.checked_param_count()?));
+        match params {
+            Some(params) if params <= MAX_PARAMS => {}
+            Some(params) => {
+                return Err(err(format!(
+                    "{params} parameters is more than the supported {MAX_PARAMS}"
+                )))
+            }
+            None => {
+                return Err(err(format!(
+                    "the parameter count overflows; at most {MAX_PARAMS} parameters are supported"
+                )))
+            }
+        }
+        let flops = spec
+            .layers
+            .iter()
+            .try_fold(0u64, |sum, l| sum.checked_add(l.checked_flops()?));
+        if flops.is_none() {
+            return Err(err(
+                "the forward FLOPs per sample overflow a 64-bit count; use smaller images or fewer channels".into(),
+            ));
         }
         Ok(spec)
     }
@@ -288,9 +319,16 @@ impl ModelSpec {
         &self.layers
     }
 
-    /// Whether any layer is a convolution.
+    /// Whether the network works on images, as a CNN: it has a convolution
+    /// or a pooling layer. Then images travel channels-last through those
+    /// layers and the first dense layer flattens them: an `nn.Flatten` in
+    /// PyTorch and a (channel, height, width) column order in the weights
+    /// file. A `cnn:` spec with neither (`cnn:10`) is a dense network on the
+    /// flat image, as an `mlp:` is.
     pub fn is_convolutional(&self) -> bool {
-        self.layers.iter().any(|l| matches!(l, Layer::Conv { .. }))
+        self.layers
+            .iter()
+            .any(|l| matches!(l, Layer::Conv { .. } | Layer::MaxPool { .. }))
     }
 
     /// Total learnable parameters.
@@ -444,6 +482,11 @@ impl FromStr for ModelSpec {
     }
 }
 
+/// The product of `dims` in u64, `None` on overflow.
+fn product(dims: &[usize]) -> Option<u64> {
+    dims.iter().try_fold(1u64, |a, &d| a.checked_mul(d as u64))
+}
+
 fn parse_dim(spec: &str, token: &str, digits: &str) -> Result<usize> {
     let value: usize = digits.parse().map_err(|_| Error::Spec {
         spec: spec.to_string(),
@@ -514,6 +557,74 @@ mod tests {
             ModelSpec::parse("cnn:i2x4x6-c3-p-f4-5").unwrap().torch_code(),
             "model = nn.Sequential(OrderedDict(layers=nn.Sequential(nn.Conv2d(2, 3, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(), nn.Linear(18, 4), nn.ReLU(), nn.Linear(4, 5))))"
         );
+    }
+
+    #[test]
+    fn pooling_without_convolution_flattens_like_a_cnn() {
+        // Regression: `cnn:p-10` was treated as a dense network on the raw
+        // input, so the forward pass fed the pooled image to the linear layer
+        // unflattened (a dfdx matmul shape panic) and the PyTorch module
+        // lacked its nn.Flatten.
+        let spec = ModelSpec::parse("cnn:p-10").unwrap();
+        assert!(spec.is_convolutional());
+        // Sequential: 0 pool, 1 flatten, 2 linear
+        assert_eq!(spec.torch_indices(), vec![0, 2]);
+        assert_eq!(
+            spec.torch_code(),
+            "model = nn.Sequential(OrderedDict(layers=nn.Sequential(nn.MaxPool2d(2), nn.Flatten(), nn.Linear(196, 10))))"
+        );
+        // A cnn without spatial layers stays a dense network on the flat
+        // image, named and printed as before.
+        let dense = ModelSpec::parse("cnn:10").unwrap();
+        assert!(!dense.is_convolutional());
+        assert_eq!(dense.torch_indices(), vec![0]);
+        assert_eq!(
+            dense.torch_code(),
+            ModelSpec::parse("mlp:784-10").unwrap().torch_code()
+        );
+    }
+
+    #[test]
+    fn degenerate_specs_run_forward_or_are_refused() {
+        use crate::model::network::Network;
+        use dfdx::prelude::Cpu;
+        let dev: Cpu = Default::default();
+        for text in [
+            "cnn:p-10",
+            "cnn:i3x7x5-p-4",
+            "cnn:i2x6x6-p-f5-3",
+            "cnn:p-p-p-p-10",
+            "cnn:10",
+            "cnn:i3x4x4-10",
+            "cnn:f8-10",
+            "cnn:i1x1x1-c2-3",
+            "mlp:784-10",
+        ] {
+            let spec = ModelSpec::parse(text).unwrap();
+            let (n, classes) = (spec.input_len(), spec.num_classes());
+            let net = Network::new(spec, dev.clone(), 1);
+            let x: Vec<f32> = (0..2 * n).map(|i| (i % 13) as f32 / 13.0).collect();
+            let y = net.predict(x, 2).as_vec();
+            assert_eq!(y.len(), 2 * classes, "{text}");
+            assert!(y.iter().all(|v| v.is_finite()), "{text}");
+        }
+        for (text, needle) in [
+            ("cnn:p-p-p-p-p-10", "leaves nothing"),
+            ("mlp:10", "at least"),
+            ("cnn:i1048576x1048576x1048576-1048576", "overflows"),
+            (
+                "cnn:i1048576x1048576x1048576-f1048576-f1048576-10",
+                "overflows",
+            ),
+            (
+                "cnn:i1x1048576x1048576-c1024-c1024-p-p-p-p-p-p-p-p-p-p-p-p-p-p-p-p-p-p-p-p-10",
+                "FLOPs",
+            ),
+        ] {
+            let err = ModelSpec::parse(text).unwrap_err().to_string();
+            assert!(err.contains(needle), "{text}: {err}");
+            assert!(err.contains(text), "{text}: {err}");
+        }
     }
 
     #[test]
