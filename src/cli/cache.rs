@@ -198,7 +198,6 @@ fn build_options(a: &StorageArgs, batch_size: usize, source: String) -> Result<B
         records_per_block: a.block_records,
         zstd_level: a.zstd_level,
         overwrite: a.overwrite,
-        ..WriterOptions::default()
     };
     Ok(BuildOptions {
         temperature: a.temperature,

@@ -12,7 +12,7 @@ pub struct DeviceArgs {
 }
 
 pub(crate) enum Dispatch {
-    Train(super::train::TrainArgs),
+    Train(Box<super::train::TrainArgs>),
     Eval(super::eval::EvalArgs),
     CacheBuild(super::cache::BuildArgs),
     Sweep(Box<super::sweep::SweepJob>),
@@ -50,7 +50,7 @@ pub(crate) fn with_device(name: &str, what: Dispatch) -> Result<()> {
 
 fn dispatch<D: Backend>(dev: D, what: Dispatch) -> Result<()> {
     match what {
-        Dispatch::Train(args) => super::train::train(dev, args),
+        Dispatch::Train(args) => super::train::train(dev, *args),
         Dispatch::Eval(args) => super::eval::eval(dev, args),
         Dispatch::CacheBuild(args) => super::cache::build(dev, args),
         Dispatch::CheckDevice => check_device(&dev),

@@ -32,7 +32,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Train a model on hard labels, or distil it from a teacher cache.
-    Train(train::TrainArgs),
+    Train(Box<train::TrainArgs>),
     /// Evaluate one or more models on a dataset split.
     Eval(eval::EvalArgs),
     /// Model specs: `distill model info SPEC`.
