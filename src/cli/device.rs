@@ -36,7 +36,7 @@ pub(crate) fn with_device(name: &str, what: Dispatch) -> Result<()> {
                     field: "--device".into(),
                     message:
                         "cuda: this binary was built without the `cuda` feature; rebuild with \
-                              `cargo build --release --features cuda` (see README.md)"
+                              `make build-cuda` (see README.md, \"GPU\")"
                             .into(),
                 })
             }
