@@ -75,8 +75,8 @@ pub struct BuildArgs {
     #[arg(long)]
     data: PathBuf,
     /// train or test.
-    #[arg(long, default_value = "train")]
-    split: String,
+    #[arg(long, default_value = "train", value_parser = super::parse_split)]
+    split: Split,
     /// Teacher batch size.
     #[arg(long, default_value_t = 500)]
     batch: usize,
@@ -113,8 +113,8 @@ pub struct ImportArgs {
     #[arg(long)]
     data: PathBuf,
     /// train or test.
-    #[arg(long, default_value = "train")]
-    split: String,
+    #[arg(long, default_value = "train", value_parser = super::parse_split)]
+    split: Split,
     #[command(flatten)]
     storage: StorageArgs,
 }
@@ -166,13 +166,6 @@ pub fn run(cmd: CacheCommand) -> Result<()> {
             Ok(())
         }
     }
-}
-
-fn parse_split(s: &str) -> Result<Split> {
-    s.parse().map_err(|_| Error::Config {
-        field: "--split".into(),
-        message: format!("'{s}' is not one of train, test"),
-    })
 }
 
 /// The storage flags as the library's build options.
@@ -237,7 +230,7 @@ fn report(manifest: &distill::cache::Manifest, dir: &Path, secs: f64, quiet: boo
 
 /// `distill cache build` on a device.
 pub fn build<D: Backend>(dev: D, a: BuildArgs) -> Result<()> {
-    let split = parse_split(&a.split)?;
+    let split = a.split;
     let opts = build_options(&a.storage, a.batch, a.teacher.display().to_string())?;
     let augment = a.augment.as_deref().map(Augment::parse).transpose()?;
     if a.views == 0 || (augment.is_none() && a.views != 1) {
@@ -272,7 +265,7 @@ pub fn build<D: Backend>(dev: D, a: BuildArgs) -> Result<()> {
 }
 
 fn import(a: ImportArgs) -> Result<()> {
-    let split = parse_split(&a.split)?;
+    let split = a.split;
     let opts = build_options(&a.storage, 1, a.logits.display().to_string())?;
     let data = Dataset::open(&a.data, split)?;
     let what = LogitsImport {

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use clap::Args;
 use distill::data::{Dataset, Split};
-use distill::error::{Error, Result};
+use distill::error::Result;
 use distill::model::Backend;
 
 use super::device::DeviceArgs;
@@ -21,8 +21,8 @@ pub struct EvalArgs {
     #[arg(long)]
     data: PathBuf,
     /// train or test.
-    #[arg(long, default_value = "test")]
-    split: String,
+    #[arg(long, default_value = "test", value_parser = super::parse_split)]
+    split: Split,
     #[arg(long, default_value_t = 1000)]
     batch: usize,
     #[command(flatten)]
@@ -30,10 +30,6 @@ pub struct EvalArgs {
 }
 
 pub fn eval<D: Backend>(dev: D, a: EvalArgs) -> Result<()> {
-    let split: Split = a.split.parse().map_err(|_| Error::Config {
-        field: "--split".into(),
-        message: format!("'{}' is not one of train, test", a.split),
-    })?;
-    let data = Dataset::open(&a.data, split)?;
+    let data = Dataset::open(&a.data, a.split)?;
     super::prune::eval_table(dev, &a.model, &data, a.batch)
 }

@@ -93,6 +93,12 @@ fn run(cli: Cli) -> Result<()> {
     }
 }
 
+/// `--split`: train or test (clap reports a bad value naming the flag).
+pub fn parse_split(s: &str) -> std::result::Result<distill::data::Split, String> {
+    s.parse()
+        .map_err(|_| format!("'{s}' is not one of train, test"))
+}
+
 /// The command line as typed, recorded in model cards.
 pub fn command_line() -> String {
     std::env::args().collect::<Vec<_>>().join(" ")
