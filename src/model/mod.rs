@@ -6,6 +6,7 @@
 pub mod compat;
 pub mod dir;
 pub mod io;
+pub mod kernels;
 pub mod network;
 pub mod ops;
 pub mod spec;

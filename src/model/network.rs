@@ -16,11 +16,14 @@
 //! The forward pass takes a batch as `(batch, input_len)` rows in the
 //! dataset's (channel, height, width) order and returns `(batch, classes)`
 //! logits; it is generic over the tape, so the same code serves training
-//! (`OwnedTape`) and inference (`NoneTape`).
+//! (`OwnedTape`) and inference (`NoneTape`). Affine layers (dense, and a
+//! convolution's patch matmul) go through [`Backend::linear`]; the first one
+//! computes no gradient for the network's input, which nothing reads.
 
 use dfdx::prelude::*;
 use rand::{Rng, SeedableRng};
 
+use super::kernels::LinearOpts;
 use super::ops::{Backend, ImageGeom, Matrix};
 use super::spec::{Layer, ModelSpec};
 
@@ -215,9 +218,11 @@ impl<D: Backend> Network<D> {
                     };
                     let patches = self.device.im2col(x, geom);
                     let (w, b) = self.weight_bias(li);
-                    let y = patches.matmul(w.clone().permute());
-                    let shape = *y.shape();
-                    (y + b.clone().broadcast_like::<_, Axis<0>>(&shape)).relu()
+                    let opts = LinearOpts {
+                        relu: true,
+                        input_grad: li > 0,
+                    };
+                    self.device.linear(patches, w, b, opts)
                 }
                 Layer::MaxPool {
                     channels,
@@ -242,14 +247,11 @@ impl<D: Backend> Network<D> {
                         x = x.reshape_like(&(batch, inputs));
                     }
                     let (w, b) = self.weight_bias(li);
-                    let y = x.matmul(w.clone().permute());
-                    let shape = *y.shape();
-                    let y = y + b.clone().broadcast_like::<_, Axis<0>>(&shape);
-                    if relu {
-                        y.relu()
-                    } else {
-                        y
-                    }
+                    let opts = LinearOpts {
+                        relu,
+                        input_grad: li > 0,
+                    };
+                    self.device.linear(x, w, b, opts)
                 }
             };
         }

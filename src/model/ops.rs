@@ -25,6 +25,8 @@ use dfdx::prelude::*;
 use dfdx::tensor::Gradients;
 use rayon::prelude::*;
 
+use super::kernels::{self, LinearOpts};
+
 /// Geometry of a batch of channels-last images.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct ImageGeom {
@@ -60,6 +62,15 @@ pub trait Backend: Device<f32> + Clone + 'static {
     /// 2x2 stride-2 max-pool: `(rows, C)` to `(rows / 4, C)` (floored sizes).
     fn max_pool2<T: Tape<f32, Self>>(&self, x: Matrix<Self, T>, geom: ImageGeom)
         -> Matrix<Self, T>;
+    /// An affine layer, `relu?(x W^T + b)` for `x: (batch, in)`,
+    /// `w: (out, in)`, `b: (out,)` (see [`kernels`]).
+    fn linear<T: Tape<f32, Self>>(
+        &self,
+        x: Matrix<Self, T>,
+        w: &Matrix<Self>,
+        b: &Tensor<(usize,), f32, Self>,
+        opts: LinearOpts,
+    ) -> Matrix<Self, T>;
     /// Human-readable device name.
     fn describe(&self) -> String;
     /// Opens this kind of device afresh (the first of its kind). A device
@@ -81,6 +92,15 @@ impl Backend for Cpu {
     ) -> Matrix<Self, T> {
         max_pool2_cpu(self, x, geom)
     }
+    fn linear<T: Tape<f32, Self>>(
+        &self,
+        x: Matrix<Self, T>,
+        w: &Matrix<Self>,
+        b: &Tensor<(usize,), f32, Self>,
+        opts: LinearOpts,
+    ) -> Matrix<Self, T> {
+        kernels::linear_cpu(self, x, w, b, opts)
+    }
     fn describe(&self) -> String {
         format!("cpu ({} threads)", rayon::current_num_threads())
     }
@@ -100,6 +120,15 @@ impl Backend for Cuda {
         geom: ImageGeom,
     ) -> Matrix<Self, T> {
         max_pool2_gather(self, x, geom)
+    }
+    fn linear<T: Tape<f32, Self>>(
+        &self,
+        x: Matrix<Self, T>,
+        w: &Matrix<Self>,
+        b: &Tensor<(usize,), f32, Self>,
+        opts: LinearOpts,
+    ) -> Matrix<Self, T> {
+        kernels::linear_generic(x, w, b, opts)
     }
     fn describe(&self) -> String {
         "cuda:0".to_string()

@@ -1,0 +1,383 @@
+//! The layers' matmuls on the CPU through a fast gemm kernel.
+//!
+//! dfdx 0.13 multiplies matrices with the `gemm` crate 0.15, which on stable
+//! Rust never uses AVX-512. [`linear_cpu`] is a dfdx op (forward plus a
+//! hand-written backward on the tape, like the convolution's `im2col`) that
+//! calls `gemm` 0.19 instead, whose `x86-v4` kernels are picked at run time
+//! where the CPU has AVX-512, with the AVX2/FMA ones as the fallback. It is
+//! the whole affine layer `y = relu?(x W^T + b)`:
+//! - forward: the output starts as the bias rows and gemm accumulates
+//!   `x W^T` into it; the optional ReLU is applied in place;
+//! - backward: with `g` the output gradient (masked by the ReLU),
+//!   `dX += g W`, `dW += g^T X` (both gemm, accumulated in place into the
+//!   gradients), `db += colsum g`.
+//!
+//! [`crate::model::Backend::linear`] routes here on the CPU; other devices use
+//! [`linear_generic`], the same maths from dfdx's `matmul` (cuBLAS on CUDA).
+//!
+//! Determinism: gemm splits the output into tiles among the threads and each
+//! tile sums over the inner dimension in a fixed order, so a given thread
+//! count gives the same bits on every run; the bias column sums run
+//! sequentially.
+
+use dfdx::prelude::*;
+use dfdx::tensor::Gradients;
+
+use super::ops::Matrix;
+
+/// What [`crate::model::Backend::linear`] computes besides `x W^T + b`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LinearOpts {
+    /// Apply a ReLU to the output.
+    pub relu: bool,
+    /// Compute the gradient of the input. The network's raw input needs none,
+    /// which saves one of the three products of the first layer's backward.
+    /// Only the CPU op honours it; others always compute it.
+    pub input_grad: bool,
+}
+
+/// A read-only matrix operand: element `(i, j)` at `i * row_stride + j * col_stride`.
+#[derive(Clone, Copy)]
+struct Operand<'a> {
+    data: &'a [f32],
+    row_stride: usize,
+    col_stride: usize,
+}
+
+impl<'a> Operand<'a> {
+    /// A row-major matrix with `cols` columns.
+    fn rows(data: &'a [f32], cols: usize) -> Self {
+        Operand {
+            data,
+            row_stride: cols,
+            col_stride: 1,
+        }
+    }
+
+    /// The transpose of a row-major matrix with `cols` columns.
+    fn transposed(data: &'a [f32], cols: usize) -> Self {
+        Operand {
+            data,
+            row_stride: 1,
+            col_stride: cols,
+        }
+    }
+
+    /// Whether every element of a `rows x cols` view lies inside `data`.
+    fn covers(&self, rows: usize, cols: usize) -> bool {
+        rows == 0
+            || cols == 0
+            || (rows - 1) * self.row_stride + (cols - 1) * self.col_stride < self.data.len()
+    }
+}
+
+/// `dst += a b` for `a` of `m x k`, `b` of `k x n` and a row-major `m x n` `dst`.
+fn gemm_acc(m: usize, n: usize, k: usize, dst: &mut [f32], a: Operand, b: Operand) {
+    assert!(
+        dst.len() == m * n && a.covers(m, k) && b.covers(k, n),
+        "gemm operands do not match {m}x{k} times {k}x{n}"
+    );
+    if m == 0 || n == 0 || k == 0 {
+        return;
+    }
+    // SAFETY: the assert above keeps every index gemm forms, `i * rs + j * cs`
+    // over the stated extents, inside the slices; `dst` is a unique borrow, so
+    // it aliases neither operand.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            1,
+            n as isize,
+            true,
+            a.data.as_ptr(),
+            a.col_stride as isize,
+            a.row_stride as isize,
+            b.data.as_ptr(),
+            b.col_stride as isize,
+            b.row_stride as isize,
+            1.0,
+            1.0,
+            false,
+            false,
+            false,
+            gemm::Parallelism::Rayon(rayon::current_num_threads()),
+        )
+    }
+}
+
+/// The values of a contiguous tensor (the output of a previous op or a
+/// parameter), by a plain copy.
+fn host_copy<S: Shape, T>(t: &Tensor<S, f32, Cpu, T>) -> Vec<f32> {
+    let mut v = vec![0f32; t.shape().num_elements()];
+    t.copy_into(&mut v);
+    v
+}
+
+/// `relu?(x W^T + b)` for `x: (batch, in)`, `w: (out, in)`, `b: (out,)`,
+/// with the backward pass on `x`'s tape (gradients for `w` and `b` too).
+/// `x` must be contiguous, as every op of the network leaves it.
+pub fn linear_cpu<T: Tape<f32, Cpu>>(
+    dev: &Cpu,
+    x: Matrix<Cpu, T>,
+    w: &Matrix<Cpu>,
+    b: &Tensor<(usize,), f32, Cpu>,
+    opts: LinearOpts,
+) -> Matrix<Cpu, T> {
+    let (x, mut tape) = x.split_tape();
+    let (batch, inputs) = *x.shape();
+    let outputs = w.shape().0;
+    assert!(
+        w.shape().1 == inputs && b.shape().0 == outputs,
+        "linear: input {batch}x{inputs}, weight {:?}, bias {:?}",
+        w.shape(),
+        b.shape()
+    );
+    let xs = host_copy(&x);
+    let ws = host_copy(w);
+    let mut out = Vec::with_capacity(batch * outputs);
+    let bias = host_copy(b);
+    for _ in 0..batch {
+        out.extend_from_slice(&bias);
+    }
+    gemm_acc(
+        batch,
+        outputs,
+        inputs,
+        &mut out,
+        Operand::rows(&xs, inputs),
+        Operand::transposed(&ws, inputs),
+    );
+    if opts.relu {
+        out.iter_mut().for_each(|v| *v = v.max(0.0));
+    }
+    // With a ReLU the backward masks the gradient by where the output is
+    // positive; inference (no tape) needs no mask.
+    let mask: Option<Vec<bool>> =
+        (opts.relu && T::OWNS_TAPE).then(|| out.iter().map(|v| *v > 0.0).collect());
+    let out = dev.tensor_from_vec(out, (batch, outputs));
+    let (x_ghost, w_ghost, b_ghost, out_ghost) = (x.ghost(), w.ghost(), b.ghost(), out.ghost());
+    tape.add_backward_op(move |grads: &mut Gradients<f32, Cpu>| {
+        let mut g: Vec<f32> = grads.get_or_alloc_mut(&out_ghost)?.to_vec();
+        if let Some(mask) = &mask {
+            for (v, keep) in g.iter_mut().zip(mask) {
+                if !keep {
+                    *v = 0.0;
+                }
+            }
+        }
+        if opts.input_grad {
+            let gx: &mut [f32] = grads.get_or_alloc_mut(&x_ghost)?;
+            gemm_acc(
+                batch,
+                inputs,
+                outputs,
+                gx,
+                Operand::rows(&g, outputs),
+                Operand::rows(&ws, inputs),
+            );
+        }
+        let gw: &mut [f32] = grads.get_or_alloc_mut(&w_ghost)?;
+        gemm_acc(
+            outputs,
+            inputs,
+            batch,
+            gw,
+            Operand::transposed(&g, outputs),
+            Operand::rows(&xs, inputs),
+        );
+        let gb: &mut [f32] = grads.get_or_alloc_mut(&b_ghost)?;
+        for row in g.chunks_exact(outputs) {
+            for (a, v) in gb.iter_mut().zip(row) {
+                *a += *v;
+            }
+        }
+        Ok(())
+    });
+    out.put_tape(tape)
+}
+
+/// [`linear_cpu`]'s maths from dfdx's `matmul`, broadcast add and `relu`:
+/// works on every dfdx device (cuBLAS on CUDA). Computes the input gradient
+/// whatever `opts.input_grad` says.
+pub fn linear_generic<D, T>(
+    x: Matrix<D, T>,
+    w: &Matrix<D>,
+    b: &Tensor<(usize,), f32, D>,
+    opts: LinearOpts,
+) -> Matrix<D, T>
+where
+    D: Device<f32>,
+    T: Tape<f32, D>,
+{
+    let y = x.matmul(w.clone().permute());
+    let shape = *y.shape();
+    let y = y + b.clone().broadcast_like::<_, Axis<0>>(&shape);
+    if opts.relu {
+        y.relu()
+    } else {
+        y
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::{Rng, SeedableRng};
+
+    fn random<S: Shape>(dev: &Cpu, shape: S, seed: u64) -> Tensor<S, f32, Cpu> {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+        let n = shape.num_elements();
+        let v: Vec<f32> = (0..n).map(|_| rng.gen_range(-1.0..1.0)).collect();
+        dev.tensor_from_vec(v, shape)
+    }
+
+    fn close(a: &[f32], b: &[f32], tol: f32) {
+        assert_eq!(a.len(), b.len());
+        for (i, (x, y)) in a.iter().zip(b).enumerate() {
+            assert!(
+                (x - y).abs() <= tol * (1.0 + x.abs().max(y.abs())),
+                "at {i}: {x} vs {y}"
+            );
+        }
+    }
+
+    /// Output and the gradients (x, w, b) of sum(linear(x) * r).
+    fn pass(
+        cpu_op: bool,
+        (batch, inputs, outputs): (usize, usize, usize),
+        opts: LinearOpts,
+    ) -> [Vec<f32>; 4] {
+        let dev = Cpu::seed_from_u64(0);
+        let x = random(&dev, (batch, inputs), 1);
+        let w = random(&dev, (outputs, inputs), 2);
+        let b = random(&dev, (outputs,), 3);
+        let r = random(&dev, (batch, outputs), 4);
+        let apply = |x: Matrix<Cpu, OwnedTape<f32, Cpu>>| {
+            if cpu_op {
+                linear_cpu(&dev, x, &w, &b, opts)
+            } else {
+                linear_generic(x, &w, &b, opts)
+            }
+        };
+        let y = apply(x.leaky_trace());
+        let values = y.retaped::<NoneTape>().as_vec();
+        let grads = (apply(x.leaky_trace()) * r).sum::<Rank0, _>().backward();
+        // Without an input gradient, none is recorded (`get` would panic).
+        let gx = match opts.input_grad {
+            true => grads.get(&x).as_vec(),
+            false => Vec::new(),
+        };
+        [values, gx, grads.get(&w).as_vec(), grads.get(&b).as_vec()]
+    }
+
+    const SHAPES: [(usize, usize, usize); 4] = [(3, 5, 4), (1, 1, 1), (17, 33, 9), (64, 70, 130)];
+
+    #[test]
+    fn linear_cpu_matches_dfdx_matmul() {
+        for shape in SHAPES {
+            for relu in [false, true] {
+                let opts = LinearOpts {
+                    relu,
+                    input_grad: true,
+                };
+                let ours = pass(true, shape, opts);
+                let theirs = pass(false, shape, opts);
+                for (a, b) in ours.iter().zip(&theirs) {
+                    close(a, b, 1e-5);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn linear_cpu_without_input_grad_records_none() {
+        let opts = LinearOpts {
+            relu: true,
+            input_grad: false,
+        };
+        let [_, gx, gw, gb] = pass(true, SHAPES[2], opts);
+        let full = pass(false, SHAPES[2], opts);
+        assert!(gx.is_empty());
+        close(&gw, &full[2], 1e-5);
+        close(&gb, &full[3], 1e-5);
+    }
+
+    #[test]
+    fn linear_cpu_is_deterministic() {
+        let opts = LinearOpts {
+            relu: true,
+            input_grad: true,
+        };
+        assert_eq!(pass(true, SHAPES[3], opts), pass(true, SHAPES[3], opts));
+    }
+
+    #[test]
+    fn linear_known_values() {
+        // [[1, 2]] W^T + b with W = [[1, 0], [1, -1], [0, 3]], b = [0.5, 0, -10]:
+        // [1.5, -1, -4]; the ReLU zeroes the last two.
+        let dev = Cpu::seed_from_u64(0);
+        let x = dev.tensor_from_vec(vec![1.0, 2.0], (1, 2));
+        let w = dev.tensor_from_vec(vec![1.0, 0.0, 1.0, -1.0, 0.0, 3.0], (3, 2));
+        let b = dev.tensor_from_vec(vec![0.5, 0.0, -10.0], (3,));
+        let mut opts = LinearOpts {
+            relu: false,
+            input_grad: true,
+        };
+        let y = linear_cpu(&dev, x.clone(), &w, &b, opts).as_vec();
+        assert_eq!(y, vec![1.5, -1.0, -4.0]);
+        opts.relu = true;
+        let y = linear_cpu(&dev, x, &w, &b, opts).as_vec();
+        assert_eq!(y, vec![1.5, 0.0, 0.0]);
+    }
+
+    #[test]
+    fn linear_gradients_match_finite_differences() {
+        let (batch, inputs, outputs) = (4, 6, 5);
+        let dev = Cpu::seed_from_u64(0);
+        let x = random(&dev, (batch, inputs), 11);
+        let w = random(&dev, (outputs, inputs), 12);
+        let b = random(&dev, (outputs,), 13);
+        let r = random(&dev, (batch, outputs), 14);
+        // No ReLU: its kink makes finite differences unreliable; the ReLU's
+        // mask is checked against dfdx above.
+        let opts = LinearOpts {
+            relu: false,
+            input_grad: true,
+        };
+        let grads = (linear_cpu(&dev, x.leaky_trace(), &w, &b, opts) * r.clone())
+            .sum::<Rank0, _>()
+            .backward();
+        let f = |x: &Matrix<Cpu>, w: &Matrix<Cpu>, b: &Tensor<(usize,), f32, Cpu>| {
+            (linear_cpu(&dev, x.clone(), w, b, opts) * r.clone())
+                .sum::<Rank0, _>()
+                .array()
+        };
+        let eps = 1e-2f32;
+        let check = |analytic: Vec<f32>, numeric: &dyn Fn(usize, f32) -> f32| {
+            for (i, a) in analytic.iter().enumerate() {
+                let n = (numeric(i, eps) - numeric(i, -eps)) / (2.0 * eps);
+                assert!((n - a).abs() < 1e-2, "grad {i}: numeric {n} analytic {a}");
+            }
+        };
+        let nudge = |base: Vec<f32>, i: usize, d: f32| {
+            let mut v = base;
+            v[i] += d;
+            v
+        };
+        check(grads.get(&x).as_vec(), &|i, d| {
+            let xv = dev.tensor_from_vec(nudge(x.as_vec(), i, d), (batch, inputs));
+            f(&xv, &w, &b)
+        });
+        check(grads.get(&w).as_vec(), &|i, d| {
+            let wv = dev.tensor_from_vec(nudge(w.as_vec(), i, d), (outputs, inputs));
+            f(&x, &wv, &b)
+        });
+        check(grads.get(&b).as_vec(), &|i, d| {
+            let bv = dev.tensor_from_vec(nudge(b.as_vec(), i, d), (outputs,));
+            f(&x, &w, &bv)
+        });
+    }
+}
