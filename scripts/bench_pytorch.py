@@ -286,8 +286,13 @@ def main():
                                     kd_cache if kind == "kd" else None)
                 times[r][side].append(n / s)
                 print(f"  {r:9} {side:7} {n / s:10,.0f} samples/s ({s:.2f}s)", flush=True)
+        # The table so far, so an interrupted run still leaves its medians.
+        write_table(a, d, times, peaks, teacher_flops, rnd + 1, final=rnd + 1 == a.rounds)
     shutil.rmtree(os.path.join(work, "cache-round"), ignore_errors=True)
 
+
+def write_table(a, d, times, peaks, teacher_flops, done, final):
+    """Medians over the rounds done; prints the table when final."""
     peak = max(peaks)
     rows = []
     for r in a.rows:
@@ -302,7 +307,8 @@ def main():
         rows.append(f"| {label} | {pts:,.0f} | {ds:,.0f} | {ds / pts:.2f} | {gf:.1f} | {100 * gf / peak:.1f}% |")
     when = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     head = [
-        f"{when}; torch {torch.__version__}; {a.threads} threads each; {a.rounds} alternated rounds, medians;",
+        f"{when}; torch {torch.__version__}; {a.threads} threads each; "
+        f"{done} of {a.rounds} alternated rounds, medians;",
         f"PyTorch {a.matmul_n}^3 f32 matmul: best {peak:.1f} GFLOP/s (per round: "
         + ", ".join(f"{p:.1f}" for p in peaks) + ")",
         "",
@@ -310,13 +316,14 @@ def main():
         "|---|---:|---:|---:|---:|---:|",
     ]
     table = "\n".join(head + rows) + "\n"
-    print()
-    print(table)
     with open(os.path.join(a.out, "table.md"), "w") as f:
         f.write(table)
     with open(os.path.join(a.out, "raw.json"), "w") as f:
         json.dump({"samples_per_sec": times, "matmul_gflops": peaks, "args": vars(a)}, f, indent=1)
-    print(f"wrote {os.path.join(a.out, 'table.md')}")
+    if final:
+        print()
+        print(table)
+        print(f"wrote {os.path.join(a.out, 'table.md')}")
 
 
 if __name__ == "__main__":
