@@ -23,7 +23,7 @@ SEED         ?= 0
 RUNS         ?= runs
 CACHE_DIR     = $(CACHES)/fashion-T$(CACHE_T)-$(ENCODING)
 
-.PHONY: all build build-cuda gpu-bundle gpu-check data teacher teacher-long cache train-student baseline sweep test stress bench clean-runs
+.PHONY: all build build-cuda gpu-bundle gpu-check data teacher teacher-long cache train-student baseline sweep test stress bench bench-pytorch clean-runs
 
 all: build
 
@@ -137,6 +137,31 @@ bench: $(BIN) data
 	$(CARGO) bench --bench model
 	$(CARGO) bench --bench cache
 	$(CARGO) bench --bench distill
+
+# distill beside PyTorch on the CPU (scripts/bench_pytorch.py): every
+# student row and the teacher forward, alternated for BENCH_ROUNDS rounds,
+# medians, BENCH_THREADS threads each; the table goes to
+# $(BENCH_OUT)/table.md (BENCHMARKS.md, "Side by side with PyTorch").
+# PyTorch is installed from PyPI into the git-ignored $(BENCH_VENV); give
+# PYTHON=/path/to/python to use an existing environment with torch, numpy
+# and safetensors instead. BENCH_ROWS=mlp128,cnn8 runs some rows only.
+# Not part of `make test`; distill never depends on PyTorch.
+BENCH_VENV    ?= .venv-bench
+PYTHON        ?= $(BENCH_VENV)/bin/python
+BENCH_ROUNDS  ?= 3
+BENCH_THREADS ?= 2
+BENCH_ROWS    ?=
+BENCH_OUT     ?= $(RUNS)/bench-pytorch
+
+bench-pytorch: $(BIN) data $(if $(filter $(BENCH_VENV)/bin/python,$(PYTHON)),$(BENCH_VENV)/.installed)
+	$(PYTHON) scripts/bench_pytorch.py --bin $(BIN) --data $(DATA) --teacher $(TEACHER) \
+	  --rounds $(BENCH_ROUNDS) --threads $(BENCH_THREADS) --out $(BENCH_OUT) \
+	  $(if $(BENCH_ROWS),--rows $(BENCH_ROWS))
+
+$(BENCH_VENV)/.installed:
+	python3 -m venv $(BENCH_VENV)
+	$(BENCH_VENV)/bin/pip install torch numpy safetensors
+	touch $@
 
 clean-runs:
 	rm -rf $(RUNS)
