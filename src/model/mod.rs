@@ -1,7 +1,8 @@
 //! Models from run-time specs: parsing ([`spec`]), the dfdx network and its
-//! parameter store ([`network`]), convolution and pooling ops ([`ops`]), and
-//! safetensors I/O with PyTorch names and layouts ([`io`]), and a model
-//! directory's layout ([`dir`]).
+//! parameter store ([`network`]), the device ops behind [`Backend`]
+//! (convolution and pooling in [`ops`], matmuls in [`kernels`]), safetensors
+//! I/O with PyTorch names and layouts ([`io`]), a model directory's layout
+//! ([`dir`]) and a spec checked against a dataset ([`compat`]).
 
 pub mod compat;
 pub mod dir;
