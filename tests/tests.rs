@@ -13,6 +13,7 @@ mod cli_prune;
 mod cli_sweep;
 mod cli_train;
 mod compat;
+mod determinism;
 mod layers;
 mod regression;
 mod reliability_cli;

@@ -38,7 +38,7 @@ pub struct LinearOpts {
 
 /// A read-only matrix operand: element `(i, j)` at `i * row_stride + j * col_stride`.
 #[derive(Clone, Copy)]
-struct Operand<'a> {
+pub(super) struct Operand<'a> {
     data: &'a [f32],
     row_stride: usize,
     col_stride: usize,
@@ -46,7 +46,7 @@ struct Operand<'a> {
 
 impl<'a> Operand<'a> {
     /// A row-major matrix with `cols` columns.
-    fn rows(data: &'a [f32], cols: usize) -> Self {
+    pub(super) fn rows(data: &'a [f32], cols: usize) -> Self {
         Operand {
             data,
             row_stride: cols,
@@ -55,7 +55,7 @@ impl<'a> Operand<'a> {
     }
 
     /// The transpose of a row-major matrix with `cols` columns.
-    fn transposed(data: &'a [f32], cols: usize) -> Self {
+    pub(super) fn transposed(data: &'a [f32], cols: usize) -> Self {
         Operand {
             data,
             row_stride: 1,
@@ -71,8 +71,23 @@ impl<'a> Operand<'a> {
     }
 }
 
-/// `dst += a b` for `a` of `m x k`, `b` of `k x n` and a row-major `m x n` `dst`.
+/// `dst += a b` for `a` of `m x k`, `b` of `k x n` and a row-major `m x n`
+/// `dst`, on all of rayon's threads.
 fn gemm_acc(m: usize, n: usize, k: usize, dst: &mut [f32], a: Operand, b: Operand) {
+    gemm_acc_with(m, n, k, dst, a, b, true)
+}
+
+/// [`gemm_acc`] on the calling thread alone when `parallel` is false (for
+/// callers that already split the work among rayon's threads).
+pub(super) fn gemm_acc_with(
+    m: usize,
+    n: usize,
+    k: usize,
+    dst: &mut [f32],
+    a: Operand,
+    b: Operand,
+    parallel: bool,
+) {
     assert!(
         dst.len() == m * n && a.covers(m, k) && b.covers(k, n),
         "gemm operands do not match {m}x{k} times {k}x{n}"
@@ -103,14 +118,17 @@ fn gemm_acc(m: usize, n: usize, k: usize, dst: &mut [f32], a: Operand, b: Operan
             false,
             false,
             false,
-            gemm::Parallelism::Rayon(rayon::current_num_threads()),
+            match parallel {
+                true => gemm::Parallelism::Rayon(rayon::current_num_threads()),
+                false => gemm::Parallelism::None,
+            },
         )
     }
 }
 
 /// The values of a contiguous tensor (the output of a previous op or a
 /// parameter), by a plain copy.
-fn host_copy<S: Shape, T>(t: &Tensor<S, f32, Cpu, T>) -> Vec<f32> {
+pub(super) fn host_copy<S: Shape, T>(t: &Tensor<S, f32, Cpu, T>) -> Vec<f32> {
     let mut v = vec![0f32; t.shape().num_elements()];
     t.copy_into(&mut v);
     v

@@ -1,10 +1,12 @@
 //! Models from run-time specs: parsing ([`spec`]), the dfdx network and its
 //! parameter store ([`network`]), the device ops behind [`Backend`]
-//! (convolution and pooling in [`ops`], matmuls in [`kernels`]), safetensors
+//! (patches and pooling in [`ops`], the fused convolution block in [`conv`],
+//! matmuls in [`kernels`]), safetensors
 //! I/O with PyTorch names and layouts ([`io`]), a model directory's layout
 //! ([`dir`]) and a spec checked against a dataset ([`compat`]).
 
 pub mod compat;
+pub mod conv;
 pub mod dir;
 pub mod io;
 pub mod kernels;

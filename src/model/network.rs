@@ -16,13 +16,15 @@
 //! The forward pass takes a batch as `(batch, input_len)` rows in the
 //! dataset's (channel, height, width) order and returns `(batch, classes)`
 //! logits; it is generic over the tape, so the same code serves training
-//! (`OwnedTape`) and inference (`NoneTape`). Affine layers (dense, and a
-//! convolution's patch matmul) go through [`Backend::linear`]; the first one
-//! computes no gradient for the network's input, which nothing reads.
+//! (`OwnedTape`) and inference (`NoneTape`). Dense layers go through
+//! [`Backend::linear`], convolutions (with the max-pool that follows, if any)
+//! through [`Backend::conv3x3`]; the first layer computes no gradient for the
+//! network's input, which nothing reads.
 
 use dfdx::prelude::*;
 use rand::{Rng, SeedableRng};
 
+use super::conv::ConvOpts;
 use super::kernels::LinearOpts;
 use super::ops::{Backend, ImageGeom, Matrix};
 use super::spec::{Layer, ModelSpec};
@@ -202,8 +204,10 @@ impl<D: Backend> Network<D> {
                     .reshape_like(&(batch * h0 * w0, c0))
             };
         }
-        for (li, layer) in self.spec.layers().iter().enumerate() {
-            x = match *layer {
+        let layers = self.spec.layers();
+        let mut li = 0;
+        while li < layers.len() {
+            x = match layers[li] {
                 Layer::Conv {
                     in_channels,
                     height,
@@ -216,13 +220,16 @@ impl<D: Backend> Network<D> {
                         height,
                         width,
                     };
-                    let patches = self.device.im2col(x, geom);
+                    // A pool right after the convolution runs inside its op.
+                    let pool = matches!(layers.get(li + 1), Some(Layer::MaxPool { .. }));
                     let (w, b) = self.weight_bias(li);
-                    let opts = LinearOpts {
-                        relu: true,
+                    let opts = ConvOpts {
+                        pool,
                         input_grad: li > 0,
                     };
-                    self.device.linear(patches, w, b, opts)
+                    let y = self.device.conv3x3(x, w, b, geom, opts);
+                    li += usize::from(pool);
+                    y
                 }
                 Layer::MaxPool {
                     channels,
@@ -254,6 +261,7 @@ impl<D: Backend> Network<D> {
                     self.device.linear(x, w, b, opts)
                 }
             };
+            li += 1;
         }
         x
     }

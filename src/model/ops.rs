@@ -25,6 +25,7 @@ use dfdx::prelude::*;
 use dfdx::tensor::Gradients;
 use rayon::prelude::*;
 
+use super::conv::{self, ConvOpts};
 use super::kernels::{self, LinearOpts};
 
 /// Geometry of a batch of channels-last images.
@@ -71,6 +72,16 @@ pub trait Backend: Device<f32> + Clone + 'static {
         b: &Tensor<(usize,), f32, Self>,
         opts: LinearOpts,
     ) -> Matrix<Self, T>;
+    /// The convolution block `pool?(relu(conv3x3(x) + b))` for channels-last
+    /// `x` of geometry `geom`, `w: (out, 9 * in)`, `b: (out,)` (see [`conv`]).
+    fn conv3x3<T: Tape<f32, Self>>(
+        &self,
+        x: Matrix<Self, T>,
+        w: &Matrix<Self>,
+        b: &Tensor<(usize,), f32, Self>,
+        geom: ImageGeom,
+        opts: ConvOpts,
+    ) -> Matrix<Self, T>;
     /// Human-readable device name.
     fn describe(&self) -> String;
     /// Opens this kind of device afresh (the first of its kind). A device
@@ -101,6 +112,16 @@ impl Backend for Cpu {
     ) -> Matrix<Self, T> {
         kernels::linear_cpu(self, x, w, b, opts)
     }
+    fn conv3x3<T: Tape<f32, Self>>(
+        &self,
+        x: Matrix<Self, T>,
+        w: &Matrix<Self>,
+        b: &Tensor<(usize,), f32, Self>,
+        geom: ImageGeom,
+        opts: ConvOpts,
+    ) -> Matrix<Self, T> {
+        conv::conv3x3_cpu(self, x, w, b, geom, opts)
+    }
     fn describe(&self) -> String {
         format!("cpu ({} threads)", rayon::current_num_threads())
     }
@@ -129,6 +150,16 @@ impl Backend for Cuda {
         opts: LinearOpts,
     ) -> Matrix<Self, T> {
         kernels::linear_generic(x, w, b, opts)
+    }
+    fn conv3x3<T: Tape<f32, Self>>(
+        &self,
+        x: Matrix<Self, T>,
+        w: &Matrix<Self>,
+        b: &Tensor<(usize,), f32, Self>,
+        geom: ImageGeom,
+        opts: ConvOpts,
+    ) -> Matrix<Self, T> {
+        conv::conv3x3_generic(self, x, w, b, geom, opts)
     }
     fn describe(&self) -> String {
         "cuda:0".to_string()

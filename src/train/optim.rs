@@ -8,12 +8,14 @@
 //! read back as tensors for checkpoints ([`Optimizer::state_to_host`]) and
 //! restored exactly ([`Optimizer::restore_state`]).
 
+use std::any::Any;
 use std::fmt;
 use std::str::FromStr;
 
 use dfdx::optim::{AdamConfig, Momentum, SgdConfig, WeightDecay};
 use dfdx::prelude::*;
-use dfdx::tensor::Gradients;
+use dfdx::tensor::{CpuError, Gradients};
+use rayon::prelude::*;
 
 use crate::error::{Error, Result};
 use crate::model::{Backend, Network, ParamValue};
@@ -190,54 +192,47 @@ impl<D: Backend> Optimizer<D> {
 
     /// Applies one update to every parameter from `grads` (which the caller
     /// then drops: a fresh gradient map is made each step).
+    ///
+    /// On the CPU the parameters are updated in parallel, each tensor by
+    /// dfdx's kernel on one thread, so the bits do not depend on the thread
+    /// count; elsewhere one after another.
     pub fn update(&mut self, net: &mut Network<D>, grads: &mut Gradients<f32, D>) -> Result<()> {
         let lr = self.cfg.lr_at(self.step, self.total_steps);
         self.step += 1;
         let t = self.step as i32;
-        let wd = self.cfg.weight_decay;
+        if let Some(cpu) = (self as &mut dyn Any).downcast_mut::<Optimizer<Cpu>>() {
+            let net = (net as &mut dyn Any).downcast_mut::<Network<Cpu>>();
+            let grads = (grads as &mut dyn Any).downcast_mut::<Gradients<f32, Cpu>>();
+            if let (Some(net), Some(grads)) = (net, grads) {
+                return cpu.update_in_parallel(net, grads, lr, t);
+            }
+        }
+        let cfg = self.cfg.clone();
         for p in net.params_mut() {
             let res = match &mut p.value {
-                ParamValue::Matrix(w) => self.update_one(w, grads, lr, t, wd),
-                ParamValue::Vector(b) => self.update_one(b, grads, lr, t, wd),
+                ParamValue::Matrix(w) => self.update_one(&cfg, w, grads, lr, t),
+                ParamValue::Vector(b) => self.update_one(&cfg, b, grads, lr, t),
             };
-            res.map_err(|e| Error::Device(format!("optimizer update of '{}': {e:?}", p.name)))?;
+            res.map_err(|e| update_failed(&p.name, e))?;
         }
         Ok(())
     }
 
     fn update_one<S: Shape>(
         &mut self,
+        cfg: &OptimizerConfig,
         param: &mut Tensor<S, f32, D>,
         grads: &mut Gradients<f32, D>,
         lr: f64,
         t: i32,
-        wd: f64,
     ) -> std::result::Result<(), D::Err> {
         let g = grads.get_or_alloc_mut(param)?;
         let m = self.slot1.get_or_alloc_mut(param)?;
-        match self.cfg.kind {
-            OptimizerKind::Sgd => {
-                let cfg = SgdConfig {
-                    lr,
-                    momentum: (self.cfg.momentum > 0.0)
-                        .then_some(Momentum::Classic(self.cfg.momentum)),
-                    weight_decay: (wd > 0.0).then_some(WeightDecay::L2(wd)),
-                };
-                cfg.try_update(param, m, g)
-            }
+        match cfg.kind {
+            OptimizerKind::Sgd => apply_rule(cfg, lr, t, param, g, m, None),
             OptimizerKind::Adam | OptimizerKind::AdamW => {
                 let v = self.slot2.get_or_alloc_mut(param)?;
-                let decay = match self.cfg.kind {
-                    OptimizerKind::AdamW => WeightDecay::Decoupled(wd),
-                    _ => WeightDecay::L2(wd),
-                };
-                let cfg = AdamConfig {
-                    lr,
-                    betas: [0.9, 0.999],
-                    eps: 1e-8,
-                    weight_decay: (wd > 0.0).then_some(decay),
-                };
-                cfg.try_update(t, param, m, v, g)
+                apply_rule(cfg, lr, t, param, g, m, Some(v))
             }
         }
     }
@@ -339,6 +334,127 @@ impl<D: Backend> Optimizer<D> {
         self.step = step;
         Ok(())
     }
+}
+
+/// A host buffer of the CPU device (a gradient or a state slot).
+type CpuVec = <Cpu as Storage<f32>>::Vec;
+
+impl Optimizer<Cpu> {
+    /// [`Optimizer::update`] on the CPU: each parameter's gradient and state
+    /// buffers are moved out of their maps (no copy), the tensors are updated
+    /// in parallel, and the state buffers are moved back.
+    fn update_in_parallel(
+        &mut self,
+        net: &mut Network<Cpu>,
+        grads: &mut Gradients<f32, Cpu>,
+        lr: f64,
+        t: i32,
+    ) -> Result<()> {
+        let dev = net.device().clone();
+        let adam = self.cfg.kind != OptimizerKind::Sgd;
+        let mut work: Vec<(CpuVec, CpuVec, Option<CpuVec>)> = Vec::new();
+        for p in net.params() {
+            let taken = (|| -> std::result::Result<_, CpuError> {
+                let g = take_slot(&dev, grads, &p.value)?;
+                let m = take_slot(&dev, &mut self.slot1, &p.value)?;
+                let v = match adam {
+                    true => Some(take_slot(&dev, &mut self.slot2, &p.value)?),
+                    false => None,
+                };
+                Ok((g, m, v))
+            })();
+            work.push(taken.map_err(|e| update_failed(&p.name, e))?);
+        }
+        let cfg = &self.cfg;
+        net.params_mut()
+            .par_iter_mut()
+            .zip(work.par_iter_mut())
+            .try_for_each(|(p, (g, m, v))| {
+                let res = match &mut p.value {
+                    ParamValue::Matrix(w) => apply_rule(cfg, lr, t, w, g, m, v.as_mut()),
+                    ParamValue::Vector(b) => apply_rule(cfg, lr, t, b, g, m, v.as_mut()),
+                };
+                res.map_err(|e| update_failed(&p.name, e))
+            })?;
+        for (p, (_, m, v)) in net.params().iter().zip(work) {
+            put_slot(&mut self.slot1, &p.value, m).map_err(|e| update_failed(&p.name, e))?;
+            if let Some(v) = v {
+                put_slot(&mut self.slot2, &p.value, v).map_err(|e| update_failed(&p.name, e))?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Moves the buffer of `param`'s entry out of `map` (allocating a zeroed one
+/// first if the entry is new), leaving an empty one.
+fn take_slot(
+    dev: &Cpu,
+    map: &mut Gradients<f32, Cpu>,
+    param: &ParamValue<Cpu>,
+) -> std::result::Result<CpuVec, CpuError> {
+    let empty = dev.try_alloc_len(0)?;
+    let slot = match param {
+        ParamValue::Matrix(w) => map.get_or_alloc_mut(w)?,
+        ParamValue::Vector(b) => map.get_or_alloc_mut(b)?,
+    };
+    Ok(std::mem::replace(slot, empty))
+}
+
+/// Puts a buffer taken by [`take_slot`] back into `param`'s entry.
+fn put_slot(
+    map: &mut Gradients<f32, Cpu>,
+    param: &ParamValue<Cpu>,
+    buf: CpuVec,
+) -> std::result::Result<(), CpuError> {
+    let slot = match param {
+        ParamValue::Matrix(w) => map.get_or_alloc_mut(w)?,
+        ParamValue::Vector(b) => map.get_or_alloc_mut(b)?,
+    };
+    *slot = buf;
+    Ok(())
+}
+
+/// One update of `param` by the configured rule with dfdx's fused kernel;
+/// `v` (the second moment) is required by Adam and AdamW.
+fn apply_rule<S: Shape, D: Backend>(
+    cfg: &OptimizerConfig,
+    lr: f64,
+    t: i32,
+    param: &mut Tensor<S, f32, D>,
+    g: &<D as Storage<f32>>::Vec,
+    m: &mut <D as Storage<f32>>::Vec,
+    v: Option<&mut <D as Storage<f32>>::Vec>,
+) -> std::result::Result<(), D::Err> {
+    let wd = cfg.weight_decay;
+    match (cfg.kind, v) {
+        (OptimizerKind::Sgd, _) => {
+            let sgd = SgdConfig {
+                lr,
+                momentum: (cfg.momentum > 0.0).then_some(Momentum::Classic(cfg.momentum)),
+                weight_decay: (wd > 0.0).then_some(WeightDecay::L2(wd)),
+            };
+            sgd.try_update(param, m, g)
+        }
+        (kind, Some(v)) => {
+            let decay = match kind {
+                OptimizerKind::AdamW => WeightDecay::Decoupled(wd),
+                _ => WeightDecay::L2(wd),
+            };
+            let adam = AdamConfig {
+                lr,
+                betas: [0.9, 0.999],
+                eps: 1e-8,
+                weight_decay: (wd > 0.0).then_some(decay),
+            };
+            adam.try_update(t, param, m, v, g)
+        }
+        (_, None) => unreachable!("Adam is always given its second moment"),
+    }
+}
+
+fn update_failed(name: &str, e: impl fmt::Debug) -> Error {
+    Error::Device(format!("optimizer update of '{name}': {e:?}"))
 }
 
 #[cfg(test)]
