@@ -50,6 +50,25 @@ const CHUNK_PATCH_FLOATS: usize = 128 * 1024;
 /// The per-output-value code of a pooled output whose ReLU was off.
 const RELU_OFF: u8 = u8::MAX;
 
+/// Calls `$f::<N>` with the channel count `$c` as a constant for the common
+/// counts (so the compiler turns the short per-pixel copies and loops into
+/// fixed-size vector code instead of calls to `memcpy`), else `$f::<0>`,
+/// which reads it at run time; the arguments follow.
+macro_rules! with_channels {
+    ($c:expr, $f:ident, $($arg:expr),*) => {
+        match $c {
+            1 => $f::<1>($($arg),*),
+            3 => $f::<3>($($arg),*),
+            4 => $f::<4>($($arg),*),
+            8 => $f::<8>($($arg),*),
+            16 => $f::<16>($($arg),*),
+            32 => $f::<32>($($arg),*),
+            64 => $f::<64>($($arg),*),
+            _ => $f::<0>($($arg),*),
+        }
+    };
+}
+
 /// Images per chunk: a function of the geometry alone (never the thread
 /// count), so the sums of partial gradients are the same on every machine.
 fn images_per_chunk(g: &ImageGeom) -> usize {
@@ -79,6 +98,12 @@ fn with_scratch<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
 /// `h x w x c` images in `src` into `dst`, one row of `9c` values per pixel,
 /// column `tap * c + channel` with `tap = 3 dy + dx`.
 fn fill_patches(src: &[f32], h: usize, w: usize, c: usize, dst: &mut [f32]) {
+    with_channels!(c, fill_patches_for, src, h, w, c, dst)
+}
+
+/// [`fill_patches`] for `C` channels (`C == 0`: `c` at run time).
+fn fill_patches_for<const C: usize>(src: &[f32], h: usize, w: usize, c: usize, dst: &mut [f32]) {
+    let c = if C == 0 { c } else { C };
     let k = 9 * c;
     for (img, out) in src
         .chunks_exact(h * w * c)
@@ -129,6 +154,12 @@ fn fill_patches(src: &[f32], h: usize, w: usize, c: usize, dst: &mut [f32]) {
 /// The adjoint of [`fill_patches`]: adds each patch value back onto the pixel
 /// it was copied from (`gx += col2im(dpatches)`).
 fn add_patches(dpatches: &[f32], h: usize, w: usize, c: usize, gx: &mut [f32]) {
+    with_channels!(c, add_patches_for, dpatches, h, w, c, gx)
+}
+
+/// [`add_patches`] for `C` channels (`C == 0`: `c` at run time).
+fn add_patches_for<const C: usize>(dpatches: &[f32], h: usize, w: usize, c: usize, gx: &mut [f32]) {
+    let c = if C == 0 { c } else { C };
     let k = 9 * c;
     for (img, rows) in gx
         .chunks_exact_mut(h * w * c)
@@ -171,7 +202,15 @@ struct Plan {
     /// Images per chunk.
     per: usize,
     pool: bool,
+    /// A chunk's conv output (and its gradient) is stored channel-major,
+    /// `o x rows`, rather than pixel-major, `rows x o`.
+    channel_major: bool,
 }
+
+/// Below this many output channels a chunk's conv output is channel-major:
+/// gemm's kernels run along the destination's long side, which is then the
+/// pixels; with many channels the pixel-major layout pools and copies faster.
+const CHANNEL_MAJOR_BELOW: usize = 32;
 
 impl Plan {
     fn k(&self) -> usize {
@@ -187,65 +226,118 @@ impl Plan {
     fn images(&self, ci: usize) -> usize {
         self.per.min(self.g.batch - ci * self.per)
     }
+    /// Strides `(pixel, channel)` of a chunk's conv buffer of `rows` pixels.
+    fn strides(&self, rows: usize) -> (usize, usize) {
+        match self.channel_major {
+            true => (1, rows),
+            false => (self.o, 1),
+        }
+    }
+    /// A chunk's conv buffer as the `rows x o` matrix it holds.
+    fn conv_view<'a>(&self, buf: &'a [f32], rows: usize) -> Operand<'a> {
+        match self.channel_major {
+            true => Operand::transposed(buf, rows),
+            false => Operand::rows(buf, self.o),
+        }
+    }
 }
 
 /// Pools one chunk's ReLU'd conv output (`n` images of `h x w x o`) into
 /// `dst` and records the winning window position per output value.
 fn pool_chunk(p: &Plan, n: usize, conv: &[f32], dst: &mut [f32], code: &mut [u8]) {
-    let (h, w, o) = (p.g.height, p.g.width, p.o);
+    with_channels!(p.o, pool_chunk_for, p, n, conv, dst, code)
+}
+
+/// [`pool_chunk`] for `O` output channels (`O == 0`: `p.o` at run time).
+fn pool_chunk_for<const O: usize>(
+    p: &Plan,
+    n: usize,
+    conv: &[f32],
+    dst: &mut [f32],
+    code: &mut [u8],
+) {
+    let (h, w) = (p.g.height, p.g.width);
+    let o = if O == 0 { p.o } else { O };
     let (ho, wo) = (h / 2, w / 2);
+    let (ps, cs) = p.strides(n * h * w);
     for i in 0..n {
-        let img = &conv[i * h * w * o..][..h * w * o];
         for y in 0..ho {
             for x in 0..wo {
-                let base = [
-                    (2 * y * w + 2 * x) * o,
-                    (2 * y * w + 2 * x + 1) * o,
-                    ((2 * y + 1) * w + 2 * x) * o,
-                    ((2 * y + 1) * w + 2 * x + 1) * o,
-                ];
+                let top = i * h * w + 2 * y * w + 2 * x;
+                // The window in the unfused pool's order.
+                let at = [top, top + 1, top + w, top + w + 1].map(|px| px * ps);
                 let od = ((i * ho + y) * wo + x) * o;
-                for ch in 0..o {
-                    // First maximum wins, as in the unfused pool.
-                    let (mut best, mut value) = (0u8, img[base[0] + ch]);
-                    for (q, b) in base.iter().enumerate().skip(1) {
-                        if img[b + ch] > value {
-                            best = q as u8;
-                            value = img[b + ch];
-                        }
+                let (dst, code) = (&mut dst[od..][..o], &mut code[od..][..o]);
+                let window = |ch: usize| at.map(|a| conv[a + ch * cs]);
+                if cs == 1 {
+                    // Pixel-major: the four pixels' channels are contiguous.
+                    let q = at.map(|a| &conv[a..][..o]);
+                    for ch in 0..o {
+                        (dst[ch], code[ch]) = pool_window([q[0][ch], q[1][ch], q[2][ch], q[3][ch]]);
                     }
-                    dst[od + ch] = value;
-                    code[od + ch] = if value > 0.0 { best } else { RELU_OFF };
+                } else {
+                    for ch in 0..o {
+                        (dst[ch], code[ch]) = pool_window(window(ch));
+                    }
                 }
             }
         }
     }
 }
 
+/// The maximum of a window and its code: the position that won (the first
+/// maximum wins, as in the unfused pool), or [`RELU_OFF`].
+#[inline(always)]
+fn pool_window(q: [f32; 4]) -> (f32, u8) {
+    let (mut best, mut value) = (0u8, q[0]);
+    for (k, v) in q.iter().enumerate().skip(1) {
+        if *v > value {
+            best = k as u8;
+            value = *v;
+        }
+    }
+    (value, if value > 0.0 { best } else { RELU_OFF })
+}
+
 /// The gradient of one chunk's conv output (`n * h * w x o`) from the
 /// gradient of its (pooled) output and the forward's codes.
 fn conv_grad_chunk(p: &Plan, n: usize, g_out: &[f32], code: &[u8], gconv: &mut [f32]) {
+    with_channels!(p.o, conv_grad_chunk_for, p, n, g_out, code, gconv)
+}
+
+/// [`conv_grad_chunk`] for `O` output channels (`O == 0`: `p.o` at run time).
+fn conv_grad_chunk_for<const O: usize>(
+    p: &Plan,
+    n: usize,
+    g_out: &[f32],
+    code: &[u8],
+    gconv: &mut [f32],
+) {
+    let (h, w) = (p.g.height, p.g.width);
+    let o = if O == 0 { p.o } else { O };
+    let (ps, cs) = p.strides(n * h * w);
     if !p.pool {
-        for ((d, g), c) in gconv.iter_mut().zip(g_out).zip(code) {
-            *d = if *c != 0 { *g } else { 0.0 };
+        for px in 0..n * h * w {
+            let (code, g_out) = (&code[px * o..][..o], &g_out[px * o..][..o]);
+            for ch in 0..o {
+                gconv[px * ps + ch * cs] = if code[ch] != 0 { g_out[ch] } else { 0.0 };
+            }
         }
         return;
     }
     gconv.fill(0.0);
-    let (h, w, o) = (p.g.height, p.g.width, p.o);
     let (ho, wo) = (h / 2, w / 2);
     for i in 0..n {
         for y in 0..ho {
             for x in 0..wo {
                 let od = ((i * ho + y) * wo + x) * o;
+                let (code, g_out) = (&code[od..][..o], &g_out[od..][..o]);
+                let top = i * h * w + 2 * y * w + 2 * x;
+                let at = [top, top + 1, top + w, top + w + 1].map(|px| px * ps);
                 for ch in 0..o {
-                    let q = code[od + ch];
-                    if q == RELU_OFF {
-                        continue;
+                    if let Some(a) = at.get(code[ch] as usize) {
+                        gconv[a + ch * cs] = g_out[ch];
                     }
-                    let (dy, dx) = (q as usize / 2, q as usize % 2);
-                    let pixel = i * h * w + (2 * y + dy) * w + 2 * x + dx;
-                    gconv[pixel * o + ch] = g_out[od + ch];
                 }
             }
         }
@@ -280,6 +372,7 @@ pub fn conv3x3_cpu<T: Tape<f32, Cpu>>(
         out_hw: out_g.height * out_g.width,
         per: images_per_chunk(&g),
         pool: opts.pool,
+        channel_major: o < CHANNEL_MAJOR_BELOW,
     };
     let out_len = g.batch * p.out_hw * o;
     if out_len == 0 || g.rows() == 0 {
@@ -299,18 +392,36 @@ pub fn conv3x3_cpu<T: Tape<f32, Cpu>>(
             with_scratch(rows * (k + o), |s| {
                 let (patches, conv) = s.split_at_mut(rows * k);
                 fill_patches(src, g.height, g.width, c, patches);
-                for r in conv.chunks_exact_mut(o) {
-                    r.copy_from_slice(&bias);
+                if p.channel_major {
+                    // `o x rows` = W patches^T.
+                    for (plane, b) in conv.chunks_exact_mut(rows).zip(&bias) {
+                        plane.fill(*b);
+                    }
+                    let (wa, pt) = (Operand::rows(&ws, k), Operand::transposed(patches, k));
+                    gemm_acc_with(o, rows, k, conv, wa, pt, false);
+                } else {
+                    // `rows x o` = patches W^T.
+                    for r in conv.chunks_exact_mut(o) {
+                        r.copy_from_slice(&bias);
+                    }
+                    let (pa, wt) = (Operand::rows(patches, k), Operand::transposed(&ws, k));
+                    gemm_acc_with(rows, o, k, conv, pa, wt, false);
                 }
-                let (a, bt) = (Operand::rows(patches, k), Operand::transposed(&ws, k));
-                gemm_acc_with(rows, o, k, conv, a, bt, false);
                 conv.iter_mut().for_each(|v| *v = v.max(0.0));
                 if p.pool {
                     pool_chunk(&p, n, conv, dst, code);
                 } else {
-                    dst.copy_from_slice(conv);
-                    for (c, v) in code.iter_mut().zip(conv.iter()) {
-                        *c = u8::from(*v > 0.0);
+                    let (ps, cs) = p.strides(rows);
+                    for (px, (dst, code)) in dst
+                        .chunks_exact_mut(o)
+                        .zip(code.chunks_exact_mut(o))
+                        .enumerate()
+                    {
+                        for ch in 0..o {
+                            let v = conv[px * ps + ch * cs];
+                            dst[ch] = v;
+                            code[ch] = u8::from(v > 0.0);
+                        }
                     }
                 }
             });
@@ -349,18 +460,19 @@ pub fn conv3x3_cpu<T: Tape<f32, Cpu>>(
                     let (gconv, dpatches) = rest.split_at_mut(rows * o);
                     conv_grad_chunk(&p, n, &g_out[span.clone()], &code[span], gconv);
                     fill_patches(src, g.height, g.width, c, patches);
+                    let view = p.conv_view(gconv, rows);
                     let (pw, pb) = part.split_at_mut(o * k);
-                    let (gt, pa) = (Operand::transposed(gconv, o), Operand::rows(patches, k));
-                    gemm_acc_with(o, k, rows, pw, gt, pa, false);
-                    for r in gconv.chunks_exact(o) {
-                        for (a, v) in pb.iter_mut().zip(r) {
-                            *a += *v;
+                    gemm_acc_with(o, k, rows, pw, view.t(), Operand::rows(patches, k), false);
+                    let (ps, cs) = p.strides(rows);
+                    for px in 0..rows {
+                        for (ch, b) in pb.iter_mut().enumerate() {
+                            *b += gconv[px * ps + ch * cs];
                         }
                     }
                     if let Some(gx) = gx {
                         dpatches.fill(0.0);
-                        let (ga, wb) = (Operand::rows(gconv, o), Operand::rows(&ws, k));
-                        gemm_acc_with(rows, k, o, dpatches, ga, wb, false);
+                        let wb = Operand::rows(&ws, k);
+                        gemm_acc_with(rows, k, o, dpatches, view, wb, false);
                         add_patches(dpatches, g.height, g.width, c, gx);
                     }
                 });
@@ -465,12 +577,14 @@ mod tests {
     #[test]
     fn fused_conv_matches_the_unfused_ops() {
         // Odd sizes (floored pools), one pixel wide, several chunks (the
-        // 28x28x8 batch spans more than one), one channel.
+        // 28x28x8 batch spans more than one), one channel, both layouts.
         let cases = [
             (geom(2, 3, 5, 4), 4),
             (geom(3, 1, 7, 7), 2),
             (geom(1, 2, 1, 3), 3),
             (geom(40, 8, 28, 28), 5),
+            // Enough output channels for the pixel-major layout.
+            (geom(3, 2, 6, 5), CHANNEL_MAJOR_BELOW + 1),
         ];
         for (g, o) in cases {
             for pool in [false, true] {

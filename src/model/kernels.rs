@@ -63,6 +63,15 @@ impl<'a> Operand<'a> {
         }
     }
 
+    /// The transpose of this view.
+    pub(super) fn t(self) -> Self {
+        Operand {
+            row_stride: self.col_stride,
+            col_stride: self.row_stride,
+            ..self
+        }
+    }
+
     /// Whether every element of a `rows x cols` view lies inside `data`.
     fn covers(&self, rows: usize, cols: usize) -> bool {
         rows == 0

@@ -207,7 +207,7 @@ impl<D: Backend> Optimizer<D> {
                 return cpu.update_in_parallel(net, grads, lr, t);
             }
         }
-        let cfg = self.cfg.clone();
+        let cfg = self.cfg;
         for p in net.params_mut() {
             let res = match &mut p.value {
                 ParamValue::Matrix(w) => self.update_one(&cfg, w, grads, lr, t),
