@@ -1,0 +1,341 @@
+//! Parts of a cache: one build cut into `N` contiguous, shard-aligned
+//! sample ranges, each built alone (a Slurm array task, a Kubernetes
+//! indexed pod) and merged afterwards (`merge.rs`).
+//!
+//! A cache's shard boundaries depend only on its settings ([`BuildSpec`]),
+//! so part `K` of `N` is simply shards `floor(K·S/N) .. floor((K+1)·S/N)` of
+//! the `S` shards a single build would write, with the same names and bytes.
+//! A part is built by [`CacheWriter::create_or_resume_part`] into a
+//! directory of its own (by convention `OUT/part-K-of-N`, [`part_dir`]) with
+//! the writer's whole protocol (lock, `build.json`, resume); its commit
+//! point is `part.json` ([`PartManifest`], FORMAT.md "Parts and merge")
+//! instead of `manifest.json`, so a part can never be opened as a cache.
+//!
+//! [`CacheWriter::create_or_resume_part`]: super::CacheWriter::create_or_resume_part
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use xxhash_rust::xxh3::xxh3_128;
+
+use super::format::{check_version, MAX_RECORDS_PER_BLOCK};
+use super::manifest::{is_plain_file_name, ShardEntry, MAX_MANIFEST_BYTES, MAX_SHARDS};
+use super::settings::BuildSpec;
+use super::{CacheError, Result};
+
+/// File name of a part's manifest inside its directory (its commit point).
+pub const PART_FILE: &str = "part.json";
+
+/// Part `index` of `count` (written `K/N`), `index < count`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PartSpec {
+    pub index: u64,
+    pub count: u64,
+}
+
+impl PartSpec {
+    /// Part `index` of `count`; refuses `count == 0` and `index >= count`.
+    pub fn new(index: u64, count: u64) -> std::result::Result<PartSpec, String> {
+        if count == 0 {
+            return Err("a cache is cut into at least 1 part".into());
+        }
+        if index >= count {
+            return Err(format!(
+                "part {index} of {count} does not exist: parts are numbered 0 to {}",
+                count - 1
+            ));
+        }
+        Ok(PartSpec { index, count })
+    }
+
+    /// The directory name of this part: `part-K-of-N`.
+    pub fn dir_name(&self) -> String {
+        format!("part-{}-of-{}", self.index, self.count)
+    }
+}
+
+impl fmt::Display for PartSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.index, self.count)
+    }
+}
+
+/// Where part `part` of a build whose parts go to `parent` is written:
+/// `parent/part-K-of-N`.
+pub fn part_dir(parent: &Path, part: PartSpec) -> PathBuf {
+    parent.join(part.dir_name())
+}
+
+/// The shards and samples one part (or a whole build) covers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PartRange {
+    /// Index of the first shard (in the whole cache's numbering).
+    pub first_shard: u64,
+    /// One past the last shard.
+    pub end_shard: u64,
+    pub first_sample: u64,
+    /// One past the last sample.
+    pub end_sample: u64,
+}
+
+impl PartRange {
+    /// Everything: the range of a single build.
+    pub fn whole(spec: &BuildSpec) -> PartRange {
+        PartRange {
+            first_shard: 0,
+            end_shard: spec.num_shards(),
+            first_sample: 0,
+            end_sample: spec.dataset.num_samples,
+        }
+    }
+
+    /// The range of `part` of the build `spec`: shards
+    /// `floor(K·S/N) .. floor((K+1)·S/N)`. Refuses more parts than shards
+    /// (a part would be empty), with what to do.
+    pub fn of(spec: &BuildSpec, part: PartSpec) -> std::result::Result<PartRange, String> {
+        PartSpec::new(part.index, part.count)?;
+        let shards = spec.num_shards();
+        if part.count > shards {
+            return Err(format!(
+                "{} parts, but this cache has only {shards} shards of {} samples: use at most {shards} parts, or smaller shards",
+                part.count, spec.records_per_shard
+            ));
+        }
+        let cut = |k: u64| (k as u128 * shards as u128 / part.count as u128) as u64;
+        let (first_shard, end_shard) = (cut(part.index), cut(part.index + 1));
+        let rps = spec.records_per_shard;
+        Ok(PartRange {
+            first_shard,
+            end_shard,
+            first_sample: first_shard.saturating_mul(rps),
+            end_sample: end_shard.saturating_mul(rps).min(spec.dataset.num_samples),
+        })
+    }
+
+    /// `a..b` of samples, for messages.
+    pub fn samples(&self) -> String {
+        format!("samples {}..{}", self.first_sample, self.end_sample)
+    }
+}
+
+/// The content of `part.json`: one committed part of a cache.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PartManifest {
+    pub format_version: u32,
+    /// xxh3-128 of this manifest's compact JSON with `id` and
+    /// `tool_version` blanked: the content's identity and checksum.
+    pub id: String,
+    /// Version of distill that wrote it, informational.
+    pub tool_version: String,
+    /// The whole build's settings, with `part` set to this part.
+    pub settings: BuildSpec,
+    /// `settings.key()`: the build key in the shard names.
+    pub build_key: String,
+    /// Index of this part's first shard in the whole cache.
+    pub first_shard: u64,
+    pub first_sample: u64,
+    pub num_samples: u64,
+    /// This part's shards, as the whole cache's manifest will list them.
+    pub shards: Vec<ShardEntry>,
+}
+
+impl PartManifest {
+    /// Which part this is.
+    pub fn part(&self) -> PartSpec {
+        self.settings
+            .part
+            .unwrap_or(PartSpec { index: 0, count: 1 })
+    }
+
+    /// The shards and samples this part covers.
+    pub fn range(&self) -> PartRange {
+        PartRange {
+            first_shard: self.first_shard,
+            end_shard: self.first_shard + self.shards.len() as u64,
+            first_sample: self.first_sample,
+            end_sample: self.first_sample + self.num_samples,
+        }
+    }
+
+    /// The content id (see [`PartManifest::id`]).
+    pub fn compute_id(&self) -> String {
+        let mut m = self.clone();
+        m.id = String::new();
+        m.tool_version = String::new();
+        // Serialising plain structs and finite floats cannot fail.
+        let bytes = serde_json::to_vec(&m).unwrap_or_default();
+        format!("{:032x}", xxh3_128(&bytes))
+    }
+
+    /// Pretty JSON with a trailing newline, as written to disk.
+    pub fn to_json(&self) -> Result<Vec<u8>> {
+        let mut v = serde_json::to_vec_pretty(self)
+            .map_err(|e| CacheError::input(PART_FILE, format!("cannot serialise: {e}")))?;
+        v.push(b'\n');
+        Ok(v)
+    }
+
+    /// Reads and validates `dir/part.json`.
+    pub fn read(dir: &Path) -> Result<PartManifest> {
+        let path = dir.join(PART_FILE);
+        let len = std::fs::metadata(&path)
+            .map_err(|e| CacheError::io(&path, "read", e))?
+            .len();
+        if len > MAX_MANIFEST_BYTES {
+            return Err(CacheError::corrupt(
+                &path,
+                "part manifest",
+                format!("{len} bytes is over the {MAX_MANIFEST_BYTES}-byte limit"),
+            ));
+        }
+        let bytes = std::fs::read(&path).map_err(|e| CacheError::io(&path, "read", e))?;
+        PartManifest::parse(&path, &bytes)
+    }
+
+    /// Parses and validates part manifest bytes read from `path` (hostile
+    /// input: size bound, version first, unknown fields refused).
+    pub fn parse(path: &Path, bytes: &[u8]) -> Result<PartManifest> {
+        let bad = |msg: String| CacheError::corrupt(path, "part manifest", msg);
+        if bytes.len() as u64 > MAX_MANIFEST_BYTES {
+            return Err(bad(format!(
+                "{} bytes is over the {MAX_MANIFEST_BYTES}-byte limit",
+                bytes.len()
+            )));
+        }
+        #[derive(Deserialize)]
+        struct VersionOnly {
+            format_version: Option<u32>,
+        }
+        let v: VersionOnly =
+            serde_json::from_slice(bytes).map_err(|e| bad(format!("not valid JSON: {e}")))?;
+        let version = v
+            .format_version
+            .ok_or_else(|| bad("missing field format_version".into()))?;
+        check_version(path, version)?;
+        let m: PartManifest =
+            serde_json::from_slice(bytes).map_err(|e| bad(format!("invalid: {e}")))?;
+        m.validate(path)?;
+        Ok(m)
+    }
+
+    /// Structural checks: the settings, the part's range as the settings
+    /// imply it, shard names and ranges, and the id.
+    pub fn validate(&self, path: &Path) -> Result<()> {
+        let bad = |loc: String, msg: String| CacheError::corrupt(path, loc, msg);
+        let field = |name: &str| format!("field {name}");
+        if self.id != self.compute_id() {
+            return Err(bad(
+                field("id"),
+                format!(
+                    "content does not match the id {:?} (the part manifest was edited or damaged)",
+                    self.id
+                ),
+            ));
+        }
+        let s = &self.settings;
+        let Some(part) = s.part else {
+            return Err(bad(field("settings.part"), "is absent".into()));
+        };
+        PartSpec::new(part.index, part.count).map_err(|m| bad(field("settings.part"), m))?;
+        s.encoding
+            .check_classes(usize::try_from(s.num_classes).unwrap_or(usize::MAX))
+            .map_err(|m| bad(field("settings.num_classes"), m))?;
+        if !(s.temperature.is_finite() && s.temperature > 0.0) {
+            return Err(bad(
+                field("settings.temperature"),
+                format!("{} is not a positive finite number", s.temperature),
+            ));
+        }
+        let rpb = s.records_per_block as u64;
+        if rpb == 0
+            || s.records_per_block > MAX_RECORDS_PER_BLOCK
+            || s.records_per_shard == 0
+            || s.records_per_shard % rpb != 0
+            || s.dataset.num_samples == 0
+        {
+            return Err(bad(
+                field("settings"),
+                format!(
+                    "{} samples, {} records per block, {} per shard is not a layout a build writes",
+                    s.dataset.num_samples, s.records_per_block, s.records_per_shard
+                ),
+            ));
+        }
+        if self.build_key != s.key() {
+            return Err(bad(
+                field("build_key"),
+                format!(
+                    "{:?} is not the key of the settings ({})",
+                    self.build_key,
+                    s.key()
+                ),
+            ));
+        }
+        let range = PartRange::of(s, part).map_err(|m| bad(field("settings.part"), m))?;
+        if (self.first_shard, self.first_sample, self.num_samples)
+            != (
+                range.first_shard,
+                range.first_sample,
+                range.end_sample - range.first_sample,
+            )
+        {
+            return Err(bad(
+                field("first_shard"),
+                format!(
+                    "part {part} covers shards {}.. and samples {}+{} here, but shards {}.. and {} by its settings",
+                    self.first_shard, self.first_sample, self.num_samples, range.first_shard, range.samples()
+                ),
+            ));
+        }
+        self.validate_shards(path, &range)
+    }
+
+    /// The listed shards are exactly the range's, named as a single build
+    /// names them, each holding its full share of samples.
+    fn validate_shards(&self, path: &Path, range: &PartRange) -> Result<()> {
+        let want = range.end_shard - range.first_shard;
+        if self.shards.len() as u64 != want || self.shards.len() > MAX_SHARDS {
+            return Err(CacheError::corrupt(
+                path,
+                "field shards",
+                format!("{} shards listed, expected {want}", self.shards.len()),
+            ));
+        }
+        let mut next = range.first_sample;
+        for (i, e) in self.shards.iter().enumerate() {
+            let n = range.first_shard + i as u64;
+            let loc = format!("shard {n} ({})", e.file);
+            let name = self.settings.shard_name(n);
+            if !is_plain_file_name(&e.file) || e.file != name {
+                return Err(CacheError::corrupt(
+                    path,
+                    loc,
+                    format!("file name should be {name}"),
+                ));
+            }
+            let records = (range.end_sample - next).min(self.settings.records_per_shard);
+            if e.first_sample != next || e.num_samples != records {
+                return Err(CacheError::corrupt(
+                    path,
+                    loc,
+                    format!(
+                        "covers samples {}+{}, expected {next}+{records}",
+                        e.first_sample, e.num_samples
+                    ),
+                ));
+            }
+            if e.xxh3.len() != 16 || !e.xxh3.bytes().all(|b| b.is_ascii_hexdigit()) {
+                return Err(CacheError::corrupt(
+                    path,
+                    loc,
+                    format!("xxh3 {:?} is not 16 hex digits", e.xxh3),
+                ));
+            }
+            next += records;
+        }
+        Ok(())
+    }
+}
