@@ -424,7 +424,7 @@ enum Placed {
 /// checked copy (temp file, fsync, rename) where linking fails. A file of
 /// that name already there with the right bytes is kept; any other is
 /// replaced (no committed manifest lists it: [`commit_plan`] checks that).
-fn place(src: &Path, dir: &Path, e: &ShardEntry) -> Result<Placed> {
+fn place(src: &Path, dir: &Path, e: &ShardEntry, links: bool) -> Result<Placed> {
     use std::os::unix::fs::MetadataExt;
     let dst = dir.join(&e.file);
     if let Ok(md) = fs::metadata(&dst) {
@@ -439,7 +439,7 @@ fn place(src: &Path, dir: &Path, e: &ShardEntry) -> Result<Placed> {
         }
         fs::remove_file(&dst).map_err(|err| CacheError::io(&dst, "remove stale shard", err))?;
     }
-    if fs::hard_link(src, &dst).is_ok() {
+    if links && fs::hard_link(src, &dst).is_ok() {
         return Ok(Placed::Linked);
     }
     let bytes = fs::read(src).map_err(|err| CacheError::io(src, "read", err))?;
@@ -462,7 +462,7 @@ fn place(src: &Path, dir: &Path, e: &ShardEntry) -> Result<Placed> {
 
 /// Writes a checked plan into `out` and commits it; returns (linked,
 /// copied, kept) or `None` when `out` already holds exactly this cache.
-fn commit_plan(plan: &Plan, out: &Path) -> Result<Option<(usize, usize, usize)>> {
+fn commit_plan(plan: &Plan, out: &Path, links: bool) -> Result<Option<(usize, usize, usize)>> {
     let outs = shown(out);
     if out.join(PART_FILE).exists() {
         return Err(refuse(
@@ -517,7 +517,7 @@ fn commit_plan(plan: &Plan, out: &Path) -> Result<Option<(usize, usize, usize)>>
     }
     let (mut linked, mut copied, mut kept) = (0, 0, 0);
     for (dir, done) in &plan.shards {
-        match place(&dir.join(&done.entry.file), out, &done.entry)? {
+        match place(&dir.join(&done.entry.file), out, &done.entry, links)? {
             Placed::Linked => linked += 1,
             Placed::Copied => copied += 1,
             Placed::Kept => kept += 1,
@@ -539,6 +539,12 @@ fn commit_plan(plan: &Plan, out: &Path) -> Result<Option<(usize, usize, usize)>>
 /// or damaged parts, naming the part and what is wrong, and an `out`
 /// holding any other cache; nothing is written before every check passed.
 pub fn merge_parts(parts: &[PathBuf], out: &Path) -> Result<MergeReport> {
+    merge_parts_with(parts, out, true)
+}
+
+/// [`merge_parts`], copying every shard when `links` is false (as it does
+/// where the file system cannot link).
+pub(crate) fn merge_parts_with(parts: &[PathBuf], out: &Path, links: bool) -> Result<MergeReport> {
     let first = parts
         .first()
         .ok_or_else(|| refuse("merge", "no part directories given"))?;
@@ -556,7 +562,7 @@ pub fn merge_parts(parts: &[PathBuf], out: &Path) -> Result<MergeReport> {
         already_merged: 0,
     };
     for (dir, plan) in plans {
-        match commit_plan(&plan, &dir)? {
+        match commit_plan(&plan, &dir, links)? {
             Some((l, c, k)) => {
                 report.linked += l;
                 report.copied += c;
@@ -627,3 +633,6 @@ fn plan_views(parts: &[PathBuf], out: &Path, k: u64) -> Result<Vec<(PathBuf, Pla
     }
     Ok(plans)
 }
+
+#[cfg(test)]
+mod tests;

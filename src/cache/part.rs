@@ -339,3 +339,202 @@ impl PartManifest {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cache::codec::Encoding;
+    use crate::cache::manifest::{DatasetInfo, TeacherInfo};
+    use crate::cache::writer::{CacheMeta, WriterOptions};
+    use proptest::prelude::*;
+
+    /// Settings of `n` samples of 10 classes, f32, 16 records per block, 48 per shard.
+    fn spec(n: u64) -> BuildSpec {
+        let meta = CacheMeta {
+            teacher: TeacherInfo {
+                spec: "mlp:8-10".into(),
+                fingerprint: "t".into(),
+                source: "t.safetensors".into(),
+            },
+            dataset: DatasetInfo {
+                fingerprint: "d".into(),
+                split: "train".into(),
+                num_samples: n,
+                view: None,
+            },
+            num_classes: 10,
+            has_labels: true,
+            temperature: 4.0,
+            encoding: Encoding::F32,
+        };
+        let opts = WriterOptions {
+            shard_target_bytes: 3 * 16 * 52,
+            records_per_block: 16,
+            ..WriterOptions::default()
+        };
+        BuildSpec::plan(&meta, &opts).unwrap()
+    }
+
+    /// A valid part manifest of part `part` of `n` samples (shard bytes made up).
+    fn sample(n: u64, part: PartSpec) -> PartManifest {
+        let mut settings = spec(n);
+        settings.part = Some(part);
+        let r = PartRange::of(&settings, part).unwrap();
+        let rps = settings.records_per_shard;
+        let mut m = PartManifest {
+            format_version: crate::cache::format::FORMAT_VERSION_CURRENT,
+            id: String::new(),
+            tool_version: "0.1.0".into(),
+            build_key: settings.key(),
+            first_shard: r.first_shard,
+            first_sample: r.first_sample,
+            num_samples: r.end_sample - r.first_sample,
+            shards: (r.first_shard..r.end_shard)
+                .map(|s| ShardEntry {
+                    file: settings.shard_name(s),
+                    first_sample: s * rps,
+                    num_samples: rps.min(n - s * rps),
+                    bytes: 100,
+                    xxh3: "0123456789abcdef".into(),
+                })
+                .collect(),
+            settings,
+        };
+        m.id = m.compute_id();
+        m
+    }
+
+    #[test]
+    fn part_specs_and_their_directories() {
+        assert!(PartSpec::new(0, 0).unwrap_err().contains("at least 1"));
+        assert!(PartSpec::new(3, 3).unwrap_err().contains("0 to 2"));
+        let p = PartSpec::new(2, 8).unwrap();
+        assert_eq!(p.to_string(), "2/8");
+        assert_eq!(
+            part_dir(Path::new("parts"), p),
+            Path::new("parts/part-2-of-8")
+        );
+        // More parts than shards: refused with the most that works.
+        let e = PartRange::of(&spec(100), PartSpec { index: 0, count: 4 }).unwrap_err();
+        assert!(
+            e.contains("only 3 shards") && e.contains("at most 3 parts"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn shard_names_do_not_depend_on_the_part() {
+        let whole = spec(300);
+        let mut part = whole.clone();
+        part.part = Some(PartSpec { index: 1, count: 2 });
+        assert_eq!(part.key(), whole.key());
+        assert_eq!(part.shard_name(4), whole.shard_name(4));
+        assert_eq!(
+            whole.shard_name(4),
+            format!("shard-{}-000004.dsc", whole.key())
+        );
+        // And build.json of a whole build is as before: no `part` field.
+        assert!(!serde_json::to_string(&whole).unwrap().contains("part"));
+    }
+
+    proptest! {
+        /// Whatever the sizes, the parts of a cut tile every shard and sample
+        /// exactly once, in order, each part at least one shard.
+        #[test]
+        fn parts_tile_the_shards(shards in 1u64..300, short in 0u64..48, count_pick in 0u64..1000) {
+            let n = shards * 48 - short.min(47);
+            let s = spec(n);
+            prop_assert_eq!(s.num_shards(), shards);
+            let count = 1 + count_pick % shards;
+            let mut next = (0u64, 0u64);
+            for k in 0..count {
+                let r = PartRange::of(&s, PartSpec { index: k, count }).unwrap();
+                prop_assert_eq!((r.first_shard, r.first_sample), next);
+                prop_assert!(r.end_shard > r.first_shard && r.end_sample > r.first_sample);
+                next = (r.end_shard, r.end_sample);
+            }
+            prop_assert_eq!(next, (shards, n));
+        }
+
+        #[test]
+        fn random_and_truncated_part_manifests_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..400), cut in 0usize..4000) {
+            prop_assert!(PartManifest::parse(Path::new("part.json"), &bytes).is_err());
+            let json = sample(300, PartSpec { index: 1, count: 3 }).to_json().unwrap();
+            let c = cut.min(json.len() - 2);
+            prop_assert!(PartManifest::parse(Path::new("part.json"), &json[..c]).is_err());
+        }
+    }
+
+    #[test]
+    fn valid_part_manifest_round_trips() {
+        let m = sample(300, PartSpec { index: 1, count: 3 });
+        let back = PartManifest::parse(Path::new("part.json"), &m.to_json().unwrap()).unwrap();
+        assert_eq!(back, m);
+        assert_eq!(back.part(), PartSpec { index: 1, count: 3 });
+        assert_eq!(back.range(), PartRange::of(&m.settings, m.part()).unwrap());
+    }
+
+    /// Edits re-sealed with a recomputed id (so only the structural checks
+    /// can catch them) are refused, naming what is wrong.
+    #[test]
+    fn resealed_edits_are_refused() {
+        type Edit = fn(&mut PartManifest);
+        let edits: [(&str, Edit, &str); 9] = [
+            (
+                "shard renamed",
+                |m| m.shards[0].file = "shard-0000000000000000-000002.dsc".into(),
+                "file name should be",
+            ),
+            (
+                "path in name",
+                |m| m.shards[0].file = "../x.dsc".into(),
+                "file name should be",
+            ),
+            (
+                "range moved",
+                |m| m.shards[1].first_sample += 1,
+                "covers samples",
+            ),
+            (
+                "shard dropped",
+                |m| {
+                    m.shards.pop();
+                },
+                "shards listed",
+            ),
+            ("first shard", |m| m.first_shard += 1, "by its settings"),
+            (
+                "part index",
+                |m| m.settings.part = Some(PartSpec { index: 2, count: 3 }),
+                "by its settings",
+            ),
+            ("no part", |m| m.settings.part = None, "settings.part"),
+            (
+                "build key",
+                |m| m.build_key = "0123456789abcdef".into(),
+                "build_key",
+            ),
+            (
+                "bad checksum",
+                |m| m.shards[0].xxh3 = "xyz".into(),
+                "16 hex digits",
+            ),
+        ];
+        for (what, edit, needle) in edits {
+            let mut m = sample(300, PartSpec { index: 1, count: 3 });
+            edit(&mut m);
+            m.id = m.compute_id();
+            let e = PartManifest::parse(Path::new("part.json"), &m.to_json().unwrap())
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(needle) && e.contains("part.json"), "{what}: {e}");
+        }
+        // Without re-sealing, any content edit is an id mismatch.
+        let mut m = sample(300, PartSpec { index: 1, count: 3 });
+        m.num_samples += 1;
+        let e = PartManifest::parse(Path::new("part.json"), &m.to_json().unwrap())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("field id"), "{e}");
+    }
+}
