@@ -98,8 +98,9 @@ impl PartRange {
         PartSpec::new(part.index, part.count)?;
         let shards = spec.num_shards();
         if part.count > shards {
+            let plural = if shards == 1 { "" } else { "s" };
             return Err(format!(
-                "{} parts, but this cache has only {shards} shards of {} samples: use at most {shards} parts, or smaller shards",
+                "{} parts, but this cache has only {shards} shard{plural} (of up to {} samples each): use at most {shards} part{plural}, or smaller shards",
                 part.count, spec.records_per_shard
             ));
         }
