@@ -494,7 +494,8 @@ fn part_index_errors_name_the_flag_and_the_variable() {
         assert_eq!(out.status.code(), Some(2));
         String::from_utf8_lossy(&out.stderr).into_owned()
     };
-    let cases: [(&str, &[(&str, &str)], &[&str]); 7] = [
+    type Vars<'a> = &'a [(&'a str, &'a str)];
+    let cases: [(&str, Vars, &[&str]); 7] = [
         (
             "auto/3",
             &[],

@@ -254,7 +254,7 @@ impl PartManifest {
         if rpb == 0
             || s.records_per_block > MAX_RECORDS_PER_BLOCK
             || s.records_per_shard == 0
-            || s.records_per_shard % rpb != 0
+            || !s.records_per_shard.is_multiple_of(rpb)
             || s.dataset.num_samples == 0
         {
             return Err(bad(

@@ -422,7 +422,8 @@ fn damaged_parts_are_refused_naming_the_part_and_the_shard() {
             fs::write(p, b).unwrap();
         }
     };
-    let cases: Vec<(&str, Box<dyn FnOnce(&Path)>, &str)> = vec![
+    type Damage = Box<dyn FnOnce(&Path)>;
+    let cases: Vec<(&str, Damage, &str)> = vec![
         ("header byte", Box::new(flip(shard.clone(), 20)), "damaged"),
         ("index byte", Box::new(flip(shard.clone(), 140)), "damaged"),
         (
