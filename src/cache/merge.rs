@@ -38,7 +38,9 @@ use super::manifest::{Manifest, ShardEntry, MANIFEST_FILE};
 use super::part::{part_dir, PartManifest, PartRange, PartSpec, PART_FILE};
 use super::settings::BuildSpec;
 use super::views::view_dir;
-use super::writer::{claim_dir, commit, lock_dir, manifest_of, Done, BUILD_FILE, LOCK_FILE};
+use super::writer::{
+    claim_dir, commit, lock_dir, lock_unsupported, manifest_of, Done, BUILD_FILE, LOCK_FILE,
+};
 use super::{CacheError, Result};
 
 /// What a merge did.
@@ -104,13 +106,14 @@ fn lock_shared(dir: &Path) -> Result<Option<File>> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(CacheError::io(&path, "open lock file", e)),
     };
-    if file.try_lock_shared().is_err() {
-        return Err(refuse(
+    match file.try_lock_shared() {
+        Ok(()) => Ok(Some(file)),
+        Err(std::fs::TryLockError::WouldBlock) => Err(refuse(
             shown(dir),
             "is being built (another process holds its lock); wait for its build to finish",
-        ));
+        )),
+        Err(std::fs::TryLockError::Error(e)) => Err(lock_unsupported(&path, e)),
     }
-    Ok(Some(file))
 }
 
 /// Opens one part: what is wrong with a directory that is not a committed

@@ -158,12 +158,23 @@ pub(crate) fn lock_dir(dir: &Path) -> Result<File> {
         .write(true)
         .open(&lock_path)
         .map_err(|e| CacheError::io(&lock_path, "open lock file", e))?;
-    if lock.try_lock_exclusive().is_err() {
-        return Err(CacheError::Locked {
+    match lock.try_lock_exclusive() {
+        Ok(()) => Ok(lock),
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Err(CacheError::Locked {
             path: dir.to_path_buf(),
-        });
+        }),
+        Err(e) => Err(lock_unsupported(&lock_path, e)),
     }
-    Ok(lock)
+}
+
+/// A lock that failed for another reason than another holder: the file
+/// system does not lock (FORMAT.md and docs/shared-filesystems.md say
+/// what a shared file system must provide).
+pub(crate) fn lock_unsupported(lock_path: &Path, e: std::io::Error) -> CacheError {
+    CacheError::input(
+        lock_path.display().to_string(),
+        format!("cannot take the lock: {e}; the file system does not support flock locks (e.g. Lustre mounted with noflock, NFS mounted with nolock or without a lock manager): mount it with locks, see docs/shared-filesystems.md"),
+    )
 }
 
 /// Claims the locked `dir` for the build `spec`: refuses a committed cache

@@ -504,7 +504,9 @@ fn bit_flips_in_parts_are_detected() {
         .filter(|k| k != LOCK_FILE)
         .collect();
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(16);
-    let flips = 200;
+    // `make stress` (DISTILL_STRESS=1) runs ten times as many.
+    let stress = std::env::var_os("DISTILL_STRESS").is_some_and(|v| v != "0");
+    let flips = if stress { 2000 } else { 200 };
     let (mut detected, mut benign) = (0, 0);
     for _ in 0..flips {
         let name = files[rng.gen_range(0..files.len())].clone();
