@@ -702,3 +702,77 @@ fn hostile_merges_are_refused_naming_the_part_untouched() {
         cases.len()
     );
 }
+
+/// A view set built in parts (`--augment --views 2 --part K/2`: each part
+/// holds its range of every view) merges into the view set a single build
+/// writes, file for file, and `cache verify` checks a part on its own.
+#[test]
+fn view_set_parts_merge_to_a_single_view_set_build() {
+    let tmp = tempfile::tempdir().unwrap();
+    let t = tmp.path();
+    let (teacher, data) = (s(&teacher_dir()), s(&small_data()));
+    let args = |out: &'static str, part: Option<&'static str>| {
+        let mut a: Vec<String> = cache_build_args(
+            &teacher,
+            &data,
+            out,
+            &[
+                "--split",
+                "test",
+                "--encoding",
+                "f16",
+                "--batch",
+                "100",
+                "-q",
+            ],
+        )
+        .iter()
+        .map(|x| x.to_string())
+        .collect();
+        a.extend(
+            [
+                "--augment",
+                "flip,shift=1",
+                "--views",
+                "2",
+                "--shard-kib",
+                "8",
+                "--block-records",
+                "64",
+            ]
+            .map(String::from),
+        );
+        if let Some(p) = part {
+            a.extend(["--part".to_string(), p.to_string()]);
+        }
+        a
+    };
+    let run: Vec<Vec<String>> = vec![
+        args("single", None),
+        args("parts", Some("0/2")),
+        args("parts", Some("1/2")),
+    ];
+    let children: Vec<Child> = run
+        .iter()
+        .map(|a| spawn(t, &a.iter().map(String::as_str).collect::<Vec<_>>()))
+        .collect();
+    for mut c in children {
+        assert!(c.wait().unwrap().success());
+    }
+    let verified = ok(t, &["cache", "verify", "parts/part-1-of-2"]);
+    assert_eq!(verified.matches("ok: part 1/2").count(), 2, "{verified}");
+    ok(
+        t,
+        &[
+            "cache",
+            "merge",
+            "parts/part-0-of-2",
+            "parts/part-1-of-2",
+            "--out",
+            "merged",
+        ],
+    );
+    let verified = ok(t, &["cache", "verify", "merged"]);
+    assert_eq!(verified.matches("ok: ").count(), 2, "{verified}");
+    assert_eq!(tree(&t.join("merged")), tree(&t.join("single")));
+}
