@@ -384,14 +384,15 @@ fn check_coverage(parts: &[OpenPart], spec: &BuildSpec) -> Result<()> {
             format!("missing: no part directory given holds samples {a}..{b} (shards {from}..{to} of {total}); build the missing part with the same settings and merge again"),
         )
     };
+    // `next`: the first shard not yet covered; `cover`: the part reaching it.
     let mut next = 0u64;
-    let mut prev: Option<&OpenPart> = None;
+    let mut cover: Option<&OpenPart> = None;
     for p in &order {
         let r = p.manifest.range();
         if r.first_shard > next {
             return Err(missing(next, r.first_shard));
         }
-        if let (true, Some(q)) = (r.first_shard < next, prev) {
+        if let (true, Some(q)) = (r.first_shard < next, cover) {
             let q_range = q.manifest.range();
             let end = r.end_sample.min(q_range.end_sample);
             return Err(refuse(
@@ -407,8 +408,10 @@ fn check_coverage(parts: &[OpenPart], spec: &BuildSpec) -> Result<()> {
                 ),
             ));
         }
-        next = next.max(r.end_shard);
-        prev = Some(p);
+        if r.end_shard > next {
+            next = r.end_shard;
+            cover = Some(p);
+        }
     }
     if next < total {
         return Err(missing(next, total));
