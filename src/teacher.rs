@@ -7,6 +7,9 @@
 //!
 //! - [`build_cache`]: one cache of a split (plain images, or one augmented view);
 //! - [`build_view_set`]: a set of caches, one per augmented view;
+//! - [`build_cache_part`], [`build_view_set_part`]: part `K` of `N` of
+//!   either (a contiguous, shard-aligned range of samples; one task of a
+//!   scheduler's array), joined by `cache::merge::merge_parts`;
 //! - [`import_logits_file`]: a cache from logits computed elsewhere (an
 //!   external teacher), read from `.npy` or safetensors;
 //! - [`teacher_targets`]: the function every teacher target goes through,
@@ -20,8 +23,8 @@ use xxhash_rust::xxh3::xxh3_128;
 use crate::cache::manifest::MANIFEST_FILE;
 use crate::cache::views::view_dir;
 use crate::cache::{
-    import_logits, log_softmax_tempered, CacheMeta, CacheWriter, DatasetInfo, Encoding, Manifest,
-    TeacherInfo, ViewInfo, WriterOptions,
+    import_logits, log_softmax_tempered, BuildSpec, CacheMeta, CacheWriter, DatasetInfo, Encoding,
+    Manifest, PartManifest, PartRange, PartSpec, TeacherInfo, ViewInfo, WriterOptions,
 };
 use crate::data::augment::Augment;
 use crate::data::Dataset;
@@ -88,6 +91,67 @@ pub fn build_cache<D: Backend>(
     dir: &Path,
     opts: &BuildOptions,
 ) -> Result<BuildReport> {
+    check_build(teacher, data, opts)?;
+    let start = Instant::now();
+    let mut writer =
+        CacheWriter::create_or_resume(dir, cache_meta(teacher, data, opts), opts.writer.clone())?;
+    let resumed_from = run_teacher(teacher, data, &mut writer, opts)?;
+    let manifest = writer.finish()?;
+    Ok(BuildReport {
+        manifest,
+        resumed_from,
+        seconds: start.elapsed().as_secs_f64(),
+    })
+}
+
+/// What a build of one part did.
+#[derive(Debug, Clone)]
+pub struct PartBuildReport {
+    /// The committed part (its `part.json`).
+    pub part: PartManifest,
+    /// Samples already present from an interrupted build of this part.
+    pub resumed_from: u64,
+    pub seconds: f64,
+}
+
+/// Runs `teacher` over part `part` of `data` (a contiguous, shard-aligned
+/// range of samples: [`PartRange::of`]) and writes that part at `dir`,
+/// resuming a build of it that was interrupted. The shards are those a
+/// whole build would write for that range, byte for byte;
+/// `cache::merge::merge_parts` joins the parts. Refuses more parts than the
+/// cache has shards (field `part`).
+pub fn build_cache_part<D: Backend>(
+    teacher: &Network<D>,
+    data: &Dataset,
+    dir: &Path,
+    opts: &BuildOptions,
+    part: PartSpec,
+) -> Result<PartBuildReport> {
+    check_build(teacher, data, opts)?;
+    let meta = cache_meta(teacher, data, opts);
+    let spec = BuildSpec::plan(&meta, &opts.writer)?;
+    PartRange::of(&spec, part).map_err(|message| Error::Config {
+        field: "part".into(),
+        message,
+    })?;
+    let start = Instant::now();
+    let mut writer = CacheWriter::create_or_resume_part(dir, meta, opts.writer.clone(), part)?;
+    let resumed_from = run_teacher(teacher, data, &mut writer, opts)?;
+    let part = writer.finish_part()?;
+    Ok(PartBuildReport {
+        part,
+        resumed_from,
+        seconds: start.elapsed().as_secs_f64(),
+    })
+}
+
+/// What every build checks before it starts: the teacher fits the data, the
+/// batch size, the augmentation against the sample shape.
+fn check_build<D: Backend>(
+    teacher: &Network<D>,
+    data: &Dataset,
+    opts: &BuildOptions,
+) -> Result<()> {
     check_compatible(teacher, data)?;
     if opts.batch_size == 0 {
         return Err(Error::Config {
@@ -95,31 +159,55 @@ pub fn build_cache<D: Backend>(
             message: "must be at least 1".into(),
         });
     }
+    if let Some(v) = &opts.view {
+        Augment::parse(&v.augment)?.check_shape(data.sample_shape())?;
+    }
+    Ok(())
+}
+
+/// Feeds the writer's range of samples (from where it resumes) through the
+/// teacher in batches; returns the sample it resumed from.
+///
+/// Batches lie on one grid for every build of a cache, `[j·B, (j+1)·B)`
+/// over the whole dataset, whatever sample a build starts or ends at: a
+/// part (or a resumed build) that starts inside a batch runs the teacher on
+/// that whole batch and keeps only its own rows. A sample is thus always
+/// computed in the same batch, and kernels whose rounding depends on the
+/// batch's size cannot make a part or a resumed build differ from a single
+/// build in the last bit.
+fn run_teacher<D: Backend>(
+    teacher: &Network<D>,
+    data: &Dataset,
+    writer: &mut CacheWriter,
+    opts: &BuildOptions,
+) -> Result<u64> {
     let augment = match &opts.view {
-        Some(v) => {
-            let a = Augment::parse(&v.augment)?;
-            a.check_shape(data.sample_shape())?;
-            Some((a, v.seed, v.view))
-        }
+        Some(v) => Some((Augment::parse(&v.augment)?, v.seed, v.view)),
         None => None,
     };
     let classes = teacher.spec().num_classes();
     let start = Instant::now();
-    let mut writer =
-        CacheWriter::create_or_resume(dir, cache_meta(teacher, data, opts), opts.writer.clone())?;
     let first = writer.resume_from() as usize;
-    if first > 0 && opts.progress {
-        eprintln!("resuming: {first} samples already in complete shards");
+    let range = writer.range();
+    if first as u64 > range.first_sample && opts.progress {
+        eprintln!(
+            "resuming: {} samples already in complete shards",
+            first as u64 - range.first_sample
+        );
     }
-    let n = data.len();
+    let end = range.end_sample as usize;
+    let batch = opts.batch_size;
     let len = data.sample_len();
-    let mut inputs = vec![0f32; opts.batch_size * len];
-    let mut lp = vec![0f32; opts.batch_size * classes];
+    let mut inputs = vec![0f32; batch * len];
+    let mut lp = vec![0f32; batch * classes];
     let mut pos = first;
     let mut last_report = Instant::now();
-    while pos < n {
-        let b = opts.batch_size.min(n - pos);
-        let idx: Vec<usize> = (pos..pos + b).collect();
+    while pos < end {
+        // The grid batch holding `pos`, whole; rows `pos..keep_end` of it are ours.
+        let batch_start = pos / batch * batch;
+        let b = batch.min(data.len() - batch_start);
+        let keep_end = (batch_start + b).min(end);
+        let idx: Vec<usize> = (batch_start..batch_start + b).collect();
         data.fill_inputs(&idx, &mut inputs[..b * len]);
         if let Some((a, seed, view)) = &augment {
             a.apply_batch(
@@ -139,27 +227,27 @@ pub fn build_cache<D: Backend>(
         )
         .map_err(|e| Error::Training {
             context: format!(
-                "teacher {} on samples {pos}..{}",
+                "teacher {} on samples {batch_start}..{}",
                 opts.teacher_source,
-                pos + b
+                batch_start + b
             ),
             message: e.to_string(),
         })?;
-        let labels = data.labels().map(|y| &y[pos..pos + b]);
-        writer.push_batch(pos as u64, labels, &lp[..b * classes])?;
-        pos += b;
+        let rows = (pos - batch_start)..(keep_end - batch_start);
+        let labels = data.labels().map(|y| &y[pos..keep_end]);
+        writer.push_batch(
+            pos as u64,
+            labels,
+            &lp[rows.start * classes..rows.end * classes],
+        )?;
+        pos = keep_end;
         if opts.progress && last_report.elapsed().as_secs_f64() > 5.0 {
             let rate = (pos - first) as f64 / start.elapsed().as_secs_f64();
-            eprintln!("{pos}/{n} samples, {rate:.0} samples/s");
+            eprintln!("{pos}/{end} samples, {rate:.0} samples/s");
             last_report = Instant::now();
         }
     }
-    let manifest = writer.finish()?;
-    Ok(BuildReport {
-        manifest,
-        resumed_from: first as u64,
-        seconds: start.elapsed().as_secs_f64(),
-    })
+    Ok(first as u64)
 }
 
 /// The teacher's targets for a batch: `log_softmax(teacher(inputs) / T)`
@@ -197,6 +285,43 @@ pub fn build_view_set<D: Backend>(
     set: &ViewSetSpec,
     mut on_view: impl FnMut(&Path, &BuildReport),
 ) -> Result<()> {
+    check_view_set(data, out, opts, set)?;
+    for v in 0..set.views {
+        let dir = view_dir(out, v);
+        let report = build_cache(teacher, data, &dir, &view_options(opts, set, v))?;
+        on_view(&dir, &report);
+    }
+    Ok(())
+}
+
+/// Part `part` of every view of a view set, at `dir` (`dir/view-0` ..
+/// `dir/view-{K-1}`, each one part of that view's cache, as
+/// [`build_cache_part`]); `cache::merge::merge_parts` joins the parts
+/// into a view set.
+pub fn build_view_set_part<D: Backend>(
+    teacher: &Network<D>,
+    data: &Dataset,
+    dir: &Path,
+    opts: &BuildOptions,
+    set: &ViewSetSpec,
+    part: PartSpec,
+    mut on_view: impl FnMut(&Path, &PartBuildReport),
+) -> Result<()> {
+    check_view_set(data, dir, opts, set)?;
+    for v in 0..set.views {
+        let view = view_dir(dir, v);
+        let report = build_cache_part(teacher, data, &view, &view_options(opts, set, v), part)?;
+        on_view(&view, &report);
+    }
+    Ok(())
+}
+
+fn check_view_set(
+    data: &Dataset,
+    out: &Path,
+    opts: &BuildOptions,
+    set: &ViewSetSpec,
+) -> Result<()> {
     set.augment.check_shape(data.sample_shape())?;
     if set.views == 0 {
         return Err(Error::Config {
@@ -213,19 +338,20 @@ pub fn build_view_set<D: Backend>(
             ),
         });
     }
-    let mut opts = opts.clone();
-    for v in 0..set.views {
-        opts.view = Some(ViewInfo {
+    Ok(())
+}
+
+/// The build options of view `v` of `set`.
+fn view_options(opts: &BuildOptions, set: &ViewSetSpec, v: u64) -> BuildOptions {
+    BuildOptions {
+        view: Some(ViewInfo {
             augment: set.augment.to_string(),
             seed: set.seed,
             view: v,
             views: set.views,
-        });
-        let dir = view_dir(out, v);
-        let report = build_cache(teacher, data, &dir, &opts)?;
-        on_view(&dir, &report);
+        }),
+        ..opts.clone()
     }
-    Ok(())
 }
 
 /// Where an external teacher's logits are and what to record of them.

@@ -15,6 +15,9 @@
 //! - [`writer`]: building (and resuming) a cache.
 //! - [`reader`]: opening, verifying, decoding and streaming a cache.
 //! - [`order`]: the deterministic epoch order.
+//! - [`settings`]: a build's settings, its build key and shard names.
+//! - [`part`]: one part of a build cut into shard-aligned ranges, `part.json`.
+//! - [`merge`]: joining the parts of a build into one cache.
 //!
 //! ```no_run
 //! use distill::cache::*;
@@ -44,8 +47,11 @@
 pub mod codec;
 pub mod format;
 pub mod manifest;
+pub mod merge;
 pub mod order;
+pub mod part;
 pub mod reader;
+pub mod settings;
 pub mod views;
 pub mod writer;
 
@@ -55,9 +61,11 @@ pub use codec::Encoding;
 pub use manifest::{
     DatasetInfo, Fidelity, Manifest, ShardEntry, TeacherInfo, TeacherStats, ViewInfo,
 };
+pub use part::{PartManifest, PartRange, PartSpec};
 pub use reader::{
     CacheReader, CacheStats, DecodedTargets, EpochBatches, EpochPlan, TargetBatch, VerifyReport,
 };
+pub use settings::BuildSpec;
 pub use views::CacheViews;
 pub use writer::{import_logits, CacheMeta, CacheWriter, WriterOptions};
 
@@ -107,6 +115,11 @@ pub enum CacheError {
         existing: String,
         requested: String,
     },
+    /// Parts that cannot be merged (missing, duplicated, overlapping,
+    /// foreign, unfinished or damaged), or an output that must not be
+    /// touched; `what` names the part (its directory) or the output.
+    #[error("{what}: cannot merge: {message}")]
+    Merge { what: String, message: String },
     /// A second writer tried to build into a directory that is being written.
     #[error("{path}: another process is writing this cache (the lock is held); wait for it to finish or use another directory")]
     Locked { path: PathBuf },

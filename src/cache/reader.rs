@@ -22,6 +22,7 @@ use super::codec::{retemper_rows, Codec, Encoding};
 use super::format::{parse_shard, BlockEntry, ShardHeader, HEADER_BYTES};
 use super::manifest::{Fidelity, Manifest, MANIFEST_FILE, MAX_MANIFEST_BYTES};
 use super::order::{block_permutation, epoch_order, window_positions, BlockSpan};
+use super::part::PART_FILE;
 use super::{CacheError, Result};
 
 /// Decoded targets: sample indices, labels (when the cache has them) and
@@ -208,7 +209,12 @@ impl CacheReader {
     pub unsafe fn open(dir: &Path) -> Result<CacheReader> {
         let mpath = dir.join(MANIFEST_FILE);
         let mfile = File::open(&mpath).map_err(|e| {
-            if e.kind() == std::io::ErrorKind::NotFound {
+            if e.kind() == std::io::ErrorKind::NotFound && dir.join(PART_FILE).exists() {
+                CacheError::input(
+                    dir.display().to_string(),
+                    "holds one part of a cache (part.json), not a whole cache: merge the parts into one cache (distill cache merge) and use that",
+                )
+            } else if e.kind() == std::io::ErrorKind::NotFound {
                 CacheError::input(
                     mpath.display().to_string(),
                     "no manifest.json: this is not a cache directory, or its build never finished (rerun the build to resume it)",

@@ -8,6 +8,11 @@
 //! after it are shards that the new manifest does not list removed, so a
 //! failed rebuild never destroys a committed cache.
 //!
+//! A writer made by [`CacheWriter::create_or_resume_part`] builds one part
+//! of a cache (`part.rs`): only its range of samples and shards, under the
+//! same names and with the same bytes, committed by `part.json` instead of
+//! `manifest.json`; `merge.rs` joins the parts.
+//!
 //! Shard boundaries depend only on the settings (records per shard is derived
 //! from the target size and the raw record size), and each shard's build
 //! statistics live in its header, so an interrupted build that is resumed
@@ -24,18 +29,19 @@ use std::sync::mpsc;
 
 use fs2::FileExt;
 use rayon::prelude::*;
-use serde::{Deserialize, Serialize};
 use xxhash_rust::xxh3::{xxh3_64, Xxh3};
 
 use super::codec::{row_fidelity, Codec, Encoding};
 use super::format::{
-    align_up, parse_shard, raw_record_bytes, BlockEntry, ShardHeader, ShardStats,
-    FORMAT_VERSION_CURRENT, HEADER_BYTES, INDEX_ENTRY_BYTES, MAX_BLOCKS_PER_SHARD,
-    MAX_BLOCK_RAW_BYTES, MAX_RECORDS_PER_BLOCK,
+    align_up, parse_shard, BlockEntry, ShardHeader, ShardStats, FORMAT_VERSION_CURRENT,
+    HEADER_BYTES, INDEX_ENTRY_BYTES,
 };
 use super::manifest::{
     DatasetInfo, Fidelity, Manifest, ShardEntry, TeacherInfo, TeacherStats, MANIFEST_FILE,
 };
+use super::part::{PartManifest, PartRange, PartSpec, PART_FILE};
+pub use super::settings::first_setting_difference;
+use super::settings::BuildSpec;
 use super::{log_softmax_tempered, CacheError, Result};
 
 /// Name of the lock file held while writing.
@@ -84,196 +90,6 @@ impl Default for WriterOptions {
     }
 }
 
-/// Everything that determines the cache's bytes; hashed into shard names.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct BuildSpec {
-    format_version: u32,
-    teacher: TeacherInfo,
-    dataset: DatasetInfo,
-    num_classes: u64,
-    has_labels: bool,
-    temperature: f32,
-    encoding: Encoding,
-    zstd_level: i32,
-    records_per_block: u32,
-    records_per_shard: u64,
-}
-
-/// The first build setting (teacher, dataset, classes, labels, T, encoding,
-/// layout) in which two manifests differ, as (name, in `a`, in `b`); the
-/// check a resumed build applies, for callers that pair caches.
-pub fn first_setting_difference(
-    a: &Manifest,
-    b: &Manifest,
-) -> Option<(&'static str, String, String)> {
-    BuildSpec::from_manifest(a).first_difference(&BuildSpec::from_manifest(b))
-}
-
-impl BuildSpec {
-    /// Validates the build's settings and derives its layout: records per
-    /// block (0 picks about 1 MiB of records, at most 4096) and per shard.
-    fn plan(meta: &CacheMeta, opts: &WriterOptions) -> Result<BuildSpec> {
-        meta.encoding
-            .check_classes(meta.num_classes)
-            .map_err(|m| CacheError::input("cache meta", m))?;
-        if !(meta.temperature.is_finite() && meta.temperature > 0.0) {
-            return Err(CacheError::input(
-                "temperature",
-                format!("{} is not a positive finite number", meta.temperature),
-            ));
-        }
-        if meta.dataset.num_samples == 0 {
-            return Err(CacheError::input(
-                "dataset.num_samples",
-                "the dataset has no samples; nothing to cache",
-            ));
-        }
-        let rec = raw_record_bytes(meta.encoding, meta.num_classes) as u64;
-        let mut records_per_block = opts.records_per_block;
-        if records_per_block == 0 {
-            records_per_block = ((1u64 << 20) / rec).clamp(1, 4096) as u32;
-        }
-        if records_per_block > MAX_RECORDS_PER_BLOCK {
-            return Err(CacheError::input(
-                "records_per_block",
-                format!("{records_per_block} is outside 1..={MAX_RECORDS_PER_BLOCK}"),
-            ));
-        }
-        if !(-7..=22).contains(&opts.zstd_level) {
-            return Err(CacheError::input(
-                "zstd_level",
-                format!("{} is outside -7..=22", opts.zstd_level),
-            ));
-        }
-        if records_per_block as u64 * rec > MAX_BLOCK_RAW_BYTES {
-            return Err(CacheError::input(
-                "records_per_block",
-                format!("{records_per_block} records of {rec} bytes exceed the {MAX_BLOCK_RAW_BYTES}-byte block limit; use fewer"),
-            ));
-        }
-        let rpb = records_per_block as u64;
-        let blocks_per_shard =
-            (opts.shard_target_bytes / (rpb * rec)).clamp(1, MAX_BLOCKS_PER_SHARD as u64);
-        Ok(BuildSpec {
-            format_version: FORMAT_VERSION_CURRENT,
-            teacher: meta.teacher.clone(),
-            dataset: meta.dataset.clone(),
-            num_classes: meta.num_classes as u64,
-            has_labels: meta.has_labels,
-            temperature: meta.temperature,
-            encoding: meta.encoding,
-            zstd_level: opts.zstd_level,
-            records_per_block,
-            records_per_shard: blocks_per_shard * rpb,
-        })
-    }
-
-    fn key(&self) -> String {
-        format!(
-            "{:016x}",
-            xxh3_64(&serde_json::to_vec(self).unwrap_or_default())
-        )
-    }
-
-    fn from_manifest(m: &Manifest) -> BuildSpec {
-        BuildSpec {
-            format_version: m.format_version,
-            teacher: m.teacher.clone(),
-            dataset: m.dataset.clone(),
-            num_classes: m.num_classes,
-            has_labels: m.has_labels,
-            temperature: m.temperature,
-            encoding: m.encoding,
-            zstd_level: m.zstd_level,
-            records_per_block: m.records_per_block,
-            records_per_shard: m.records_per_shard,
-        }
-    }
-
-    /// The first field that differs, as (name, self, other).
-    fn first_difference(&self, o: &BuildSpec) -> Option<(&'static str, String, String)> {
-        let fields: [(&'static str, String, String); 15] = [
-            (
-                "format version",
-                self.format_version.to_string(),
-                o.format_version.to_string(),
-            ),
-            (
-                "teacher spec",
-                self.teacher.spec.clone(),
-                o.teacher.spec.clone(),
-            ),
-            (
-                "teacher fingerprint",
-                self.teacher.fingerprint.clone(),
-                o.teacher.fingerprint.clone(),
-            ),
-            (
-                "teacher source",
-                self.teacher.source.clone(),
-                o.teacher.source.clone(),
-            ),
-            (
-                "dataset fingerprint",
-                self.dataset.fingerprint.clone(),
-                o.dataset.fingerprint.clone(),
-            ),
-            (
-                "dataset split",
-                self.dataset.split.clone(),
-                o.dataset.split.clone(),
-            ),
-            (
-                "sample count",
-                self.dataset.num_samples.to_string(),
-                o.dataset.num_samples.to_string(),
-            ),
-            (
-                "augmented view",
-                format!("{:?}", self.dataset.view),
-                format!("{:?}", o.dataset.view),
-            ),
-            (
-                "number of classes",
-                self.num_classes.to_string(),
-                o.num_classes.to_string(),
-            ),
-            (
-                "labels",
-                self.has_labels.to_string(),
-                o.has_labels.to_string(),
-            ),
-            (
-                "temperature",
-                self.temperature.to_string(),
-                o.temperature.to_string(),
-            ),
-            (
-                "encoding",
-                self.encoding.to_string(),
-                o.encoding.to_string(),
-            ),
-            (
-                "zstd level",
-                self.zstd_level.to_string(),
-                o.zstd_level.to_string(),
-            ),
-            (
-                "records per block",
-                self.records_per_block.to_string(),
-                o.records_per_block.to_string(),
-            ),
-            (
-                "records per shard",
-                self.records_per_shard.to_string(),
-                o.records_per_shard.to_string(),
-            ),
-        ];
-        fields.into_iter().find(|(_, a, b)| a != b)
-    }
-}
-
 /// Per-row results of validation + encoding + measurement.
 #[derive(Clone, Copy)]
 struct RowStat {
@@ -289,9 +105,10 @@ struct PendingBlock {
     rx: mpsc::Receiver<std::result::Result<Vec<u8>, String>>,
 }
 
-struct Done {
-    entry: ShardEntry,
-    stats: ShardStats,
+/// A complete shard: its manifest entry and the statistics in its header.
+pub(crate) struct Done {
+    pub(crate) entry: ShardEntry,
+    pub(crate) stats: ShardStats,
 }
 
 /// Streams the teacher's log-probabilities into a cache directory.
@@ -301,6 +118,8 @@ pub struct CacheWriter {
     key: String,
     codec: Codec,
     num_samples: u64,
+    /// What this writer builds: everything, or one part's shards and samples.
+    range: PartRange,
     done: Vec<Done>,
     resume_from: u64,
     next: u64,
@@ -324,16 +143,12 @@ fn atomic_write(dir: &Path, name: &str, bytes: &[u8]) -> Result<()> {
     Ok(crate::fsutil::atomic_write(&dir.join(name), bytes)?)
 }
 
-fn shard_name(key: &str, n: usize) -> String {
-    format!("shard-{key}-{n:06}.dsc")
-}
-
 fn is_shard_file(name: &str) -> bool {
     name.starts_with("shard-") && name.ends_with(".dsc")
 }
 
 /// Creates `dir` and takes its exclusive lock, held by the returned file.
-fn lock_dir(dir: &Path) -> Result<File> {
+pub(crate) fn lock_dir(dir: &Path) -> Result<File> {
     fs::create_dir_all(dir).map_err(|e| CacheError::io(dir, "create directory", e))?;
     let lock_path = dir.join(LOCK_FILE);
     let lock = OpenOptions::new()
@@ -343,48 +158,72 @@ fn lock_dir(dir: &Path) -> Result<File> {
         .write(true)
         .open(&lock_path)
         .map_err(|e| CacheError::io(&lock_path, "open lock file", e))?;
-    if lock.try_lock_exclusive().is_err() {
-        return Err(CacheError::Locked {
+    match lock.try_lock_exclusive() {
+        Ok(()) => Ok(lock),
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Err(CacheError::Locked {
             path: dir.to_path_buf(),
-        });
+        }),
+        Err(e) => Err(lock_unsupported(&lock_path, e)),
     }
-    Ok(lock)
+}
+
+/// A lock that failed for another reason than another holder: the file
+/// system does not lock (FORMAT.md and docs/shared-filesystems.md say
+/// what a shared file system must provide).
+pub(crate) fn lock_unsupported(lock_path: &Path, e: std::io::Error) -> CacheError {
+    CacheError::input(
+        lock_path.display().to_string(),
+        format!("cannot take the lock: {e}; the file system does not support flock locks (e.g. Lustre mounted with noflock, NFS mounted with nolock or without a lock manager): mount it with locks, see docs/shared-filesystems.md"),
+    )
 }
 
 /// Claims the locked `dir` for the build `spec`: refuses a committed cache
-/// or an unfinished build with other settings unless `overwrite`, then
-/// records `spec` in `build.json` (rewritten only when it changed).
-fn claim_dir(dir: &Path, spec: &BuildSpec, overwrite: bool) -> Result<()> {
-    // A committed cache with other settings is protected unless overwrite.
+/// or part, or an unfinished build, with other settings unless `overwrite`,
+/// then records `spec` in `build.json` (rewritten only when it changed).
+///
+/// A directory is a whole cache or one part, for good: a build of another
+/// part (or of the whole) in it is refused even with `overwrite`, because
+/// the shards such a build shares names with would be deleted before the
+/// new build commits.
+pub(crate) fn claim_dir(dir: &Path, spec: &BuildSpec, overwrite: bool) -> Result<()> {
+    let differ = |field, existing, requested| CacheError::SettingsDiffer {
+        path: dir.to_path_buf(),
+        field,
+        existing,
+        requested,
+    };
+    // What is committed here: a cache, or a part. A damaged one is an
+    // error unless it is to be overwritten anyway.
     let mpath = dir.join(MANIFEST_FILE);
-    if mpath.exists() && !overwrite {
-        let bytes = fs::read(&mpath).map_err(|e| CacheError::io(&mpath, "read", e))?;
-        let m = Manifest::parse(&mpath, &bytes)?;
-        if let Some((field, existing, requested)) =
-            BuildSpec::from_manifest(&m).first_difference(spec)
-        {
-            return Err(CacheError::SettingsDiffer {
-                path: dir.to_path_buf(),
-                field,
-                existing,
-                requested,
-            });
+    let read_committed = || -> Result<Option<BuildSpec>> {
+        if mpath.exists() {
+            let bytes = fs::read(&mpath).map_err(|e| CacheError::io(&mpath, "read", e))?;
+            Ok(Some(BuildSpec::from_manifest(&Manifest::parse(
+                &mpath, &bytes,
+            )?)))
+        } else if dir.join(PART_FILE).exists() {
+            Ok(Some(PartManifest::read(dir)?.settings))
+        } else {
+            Ok(None)
         }
-    }
-    // So is an unfinished build with other settings.
+    };
+    let committed = match read_committed() {
+        Err(_) if overwrite => None,
+        other => other?,
+    };
+    // And what is unfinished.
     let bpath = dir.join(BUILD_FILE);
     let previous: Option<BuildSpec> = fs::read(&bpath)
         .ok()
         .and_then(|b| serde_json::from_slice(&b).ok());
-    if let Some(prev) = &previous {
+    for (what, existing) in [("committed", &committed), ("unfinished", &previous)] {
+        let Some(existing) = existing else { continue };
+        if existing.part != spec.part {
+            return Err(wrong_part(dir, what, existing.part, spec.part));
+        }
         if !overwrite {
-            if let Some((field, existing, requested)) = prev.first_difference(spec) {
-                return Err(CacheError::SettingsDiffer {
-                    path: dir.to_path_buf(),
-                    field,
-                    existing,
-                    requested,
-                });
+            if let Some((field, a, b)) = existing.first_difference(spec) {
+                return Err(differ(field, a, b));
             }
         }
     }
@@ -394,6 +233,28 @@ fn claim_dir(dir: &Path, spec: &BuildSpec, overwrite: bool) -> Result<()> {
         atomic_write(dir, BUILD_FILE, &json)?;
     }
     Ok(())
+}
+
+/// The error for a build of `requested` in a directory holding `existing`.
+fn wrong_part(
+    dir: &Path,
+    what: &str,
+    existing: Option<PartSpec>,
+    requested: Option<PartSpec>,
+) -> CacheError {
+    let name = |p: Option<PartSpec>| {
+        p.map_or("a whole cache".to_string(), |p| {
+            format!("part {p} of a cache")
+        })
+    };
+    CacheError::input(
+        dir.display().to_string(),
+        format!(
+            "holds {} ({what}), not {}: each part, and the whole cache, is built in a directory of its own; use another directory",
+            name(existing),
+            name(requested)
+        ),
+    )
 }
 
 impl CacheWriter {
@@ -408,7 +269,36 @@ impl CacheWriter {
         meta: CacheMeta,
         opts: WriterOptions,
     ) -> Result<CacheWriter> {
-        let spec = BuildSpec::plan(&meta, &opts)?;
+        Self::open(dir, meta, opts, None)
+    }
+
+    /// Opens `dir` for building part `part` of the cache `meta` describes:
+    /// only samples `range().first_sample .. range().end_sample`, in shards
+    /// named and laid out as a single build's. Resumes like
+    /// [`CacheWriter::create_or_resume`]; [`CacheWriter::finish_part`]
+    /// commits it. Refuses more parts than the cache has shards, and a
+    /// directory holding another part or a whole cache.
+    pub fn create_or_resume_part(
+        dir: &Path,
+        meta: CacheMeta,
+        opts: WriterOptions,
+        part: PartSpec,
+    ) -> Result<CacheWriter> {
+        Self::open(dir, meta, opts, Some(part))
+    }
+
+    fn open(
+        dir: &Path,
+        meta: CacheMeta,
+        opts: WriterOptions,
+        part: Option<PartSpec>,
+    ) -> Result<CacheWriter> {
+        let mut spec = BuildSpec::plan(&meta, &opts)?;
+        let range = match part {
+            None => PartRange::whole(&spec),
+            Some(p) => PartRange::of(&spec, p).map_err(|m| CacheError::input("part", m))?,
+        };
+        spec.part = part;
         let key = spec.key();
         let lock = lock_dir(dir)?;
         claim_dir(dir, &spec, opts.overwrite)?;
@@ -416,6 +306,7 @@ impl CacheWriter {
             dir: dir.to_path_buf(),
             codec: Codec::new(meta.encoding, meta.num_classes),
             num_samples: meta.dataset.num_samples,
+            range,
             spec,
             key,
             done: Vec::new(),
@@ -451,9 +342,10 @@ impl CacheWriter {
                 ours.push(name);
             }
         }
-        let mut n = 0;
-        while self.resume_from < self.num_samples {
-            let name = shard_name(&self.key, n);
+        self.resume_from = self.range.first_sample;
+        let mut n = self.range.first_shard;
+        while self.resume_from < self.range.end_sample {
+            let name = self.spec.shard_name(n);
             let path = self.dir.join(&name);
             match self.check_existing_shard(&path, &name) {
                 Some(done) => {
@@ -480,7 +372,7 @@ impl CacheWriter {
         let bytes = fs::read(path).ok()?;
         let (h, blocks) = parse_shard(path, &bytes).ok()?;
         let s = &self.spec;
-        let want_records = (self.num_samples - self.resume_from).min(s.records_per_shard);
+        let want_records = (self.range.end_sample - self.resume_from).min(s.records_per_shard);
         let ok = h.first_sample == self.resume_from
             && h.records == want_records
             && h.encoding == s.encoding
@@ -508,6 +400,11 @@ impl CacheWriter {
     /// First sample index not yet in a complete shard: the caller starts feeding here.
     pub fn resume_from(&self) -> u64 {
         self.resume_from
+    }
+
+    /// The shards and samples this writer builds (all of them, or a part's).
+    pub fn range(&self) -> PartRange {
+        self.range
     }
 
     /// Appends rows of `C` log-probabilities at temperature T for samples
@@ -540,12 +437,19 @@ impl CacheWriter {
             ));
         }
         let rows = logprobs.len() / c;
-        let end = first_index.checked_add(rows as u64).filter(|&e| e <= self.num_samples).ok_or_else(|| {
-            CacheError::input(
-                "push_batch",
-                format!("batch of {rows} rows from sample {first_index} goes past the dataset's {} samples", self.num_samples),
-            )
-        })?;
+        let end = first_index
+            .checked_add(rows as u64)
+            .filter(|&e| e <= self.range.end_sample)
+            .ok_or_else(|| {
+                let what = match self.spec.part {
+                    None => format!("the dataset's {} samples", self.num_samples),
+                    Some(p) => format!("part {p}, which ends at sample {}", self.range.end_sample),
+                };
+                CacheError::input(
+                    "push_batch",
+                    format!("batch of {rows} rows from sample {first_index} goes past {what}"),
+                )
+            })?;
         match (labels, self.spec.has_labels) {
             (Some(l), true) if l.len() == rows => {
                 if let Some((i, &bad)) = l.iter().enumerate().find(|(_, &v)| v as usize >= c) {
@@ -635,15 +539,16 @@ impl CacheWriter {
     }
 
     fn shard_first(&self) -> u64 {
-        self.done
-            .last()
-            .map_or(0, |d| d.entry.first_sample + d.entry.num_samples)
+        self.done.last().map_or(self.range.first_sample, |d| {
+            d.entry.first_sample + d.entry.num_samples
+        })
     }
 
     /// Dispatches a full block; writes a full shard.
     fn maybe_flush(&mut self) -> Result<()> {
         let in_shard = self.next - self.shard_first();
-        let shard_full = in_shard == self.spec.records_per_shard || self.next == self.num_samples;
+        let shard_full =
+            in_shard == self.spec.records_per_shard || self.next == self.range.end_sample;
         if self.idx.len() == self.spec.records_per_block as usize
             || (shard_full && !self.idx.is_empty())
         {
@@ -682,8 +587,9 @@ impl CacheWriter {
     }
 
     fn write_shard(&mut self) -> Result<()> {
-        let n = self.done.len();
-        let name = shard_name(&self.key, n);
+        let name = self
+            .spec
+            .shard_name(self.range.first_shard + self.done.len() as u64);
         let path = self.dir.join(&name);
         let first_sample = self.shard_first();
         let mut blocks = Vec::with_capacity(self.pending.len());
@@ -772,13 +678,66 @@ impl CacheWriter {
 
     /// Writes the remaining shard and commits the manifest; returns it.
     /// Afterwards removes shards of replaced builds and `build.json`.
+    /// Refuses a part's writer (see [`CacheWriter::finish_part`]).
     pub fn finish(mut self) -> Result<Manifest> {
-        if self.next != self.num_samples {
+        if let Some(p) = self.spec.part {
+            return Err(CacheError::input(
+                "finish",
+                format!("this writer builds part {p} of a cache, committed by finish_part"),
+            ));
+        }
+        self.seal()?;
+        let m = manifest_of(&self.spec, &self.done)?;
+        m.validate(&self.dir.join(MANIFEST_FILE))?;
+        commit(&self.dir, MANIFEST_FILE, &m.to_json()?, &m.shards)?;
+        Ok(m)
+    }
+
+    /// Writes the part's remaining shard and commits `part.json`; returns
+    /// it. Afterwards removes shards of replaced builds and `build.json`.
+    pub fn finish_part(mut self) -> Result<PartManifest> {
+        if self.spec.part.is_none() {
+            return Err(CacheError::input(
+                "finish_part",
+                "this writer builds a whole cache, committed by finish",
+            ));
+        }
+        self.seal()?;
+        let mut m = PartManifest {
+            format_version: FORMAT_VERSION_CURRENT,
+            id: String::new(),
+            tool_version: env!("CARGO_PKG_VERSION").to_string(),
+            settings: self.spec.clone(),
+            build_key: self.key.clone(),
+            first_shard: self.range.first_shard,
+            first_sample: self.range.first_sample,
+            num_samples: self.range.end_sample - self.range.first_sample,
+            shards: self.done.iter().map(|d| d.entry.clone()).collect(),
+        };
+        m.id = m.compute_id();
+        m.validate(&self.dir.join(PART_FILE))?;
+        commit(&self.dir, PART_FILE, &m.to_json()?, &m.shards)?;
+        Ok(m)
+    }
+
+    /// Checks that every sample of the range was pushed and writes the last shard.
+    fn seal(&mut self) -> Result<()> {
+        if self.next != self.range.end_sample {
+            let pushed = match self.spec.part {
+                None => format!(
+                    "only {} of {} samples were pushed",
+                    self.next, self.num_samples
+                ),
+                Some(p) => format!(
+                    "part {p} holds samples {}..{}, but only those before {} were pushed",
+                    self.range.first_sample, self.range.end_sample, self.next
+                ),
+            };
             return Err(CacheError::input(
                 "finish",
                 format!(
-                    "only {} of {} samples were pushed; push samples {}.. before finishing (the complete shards are kept for a rerun)",
-                    self.next, self.num_samples, self.next
+                    "{pushed}; push samples {}.. before finishing (the complete shards are kept for a rerun)",
+                    self.next
                 ),
             ));
         }
@@ -788,69 +747,78 @@ impl CacheWriter {
         if !self.pending.is_empty() {
             self.write_shard()?;
         }
-        let n = self.num_samples as f64;
-        let total_bytes: u64 = self.done.iter().map(|d| d.entry.bytes).sum();
-        let mut sum_kl = 0.0;
-        let mut max_kl = 0.0f64;
-        let (mut agree, mut correct, mut entropy) = (0u64, 0u64, 0.0f64);
-        for d in &self.done {
-            sum_kl += d.stats.sum_kl;
-            max_kl = max_kl.max(d.stats.max_kl);
-            agree += d.stats.top1_agree;
-            correct += d.stats.correct;
-            entropy += d.stats.sum_entropy;
-        }
-        let s = &self.spec;
-        let mut m = Manifest {
-            format_version: FORMAT_VERSION_CURRENT,
-            id: String::new(),
-            tool_version: env!("CARGO_PKG_VERSION").to_string(),
-            teacher: s.teacher.clone(),
-            dataset: s.dataset.clone(),
-            num_classes: s.num_classes,
-            has_labels: s.has_labels,
-            temperature: s.temperature,
-            encoding: s.encoding,
-            zstd_level: s.zstd_level,
-            records_per_block: s.records_per_block,
-            records_per_shard: s.records_per_shard,
-            fidelity: Fidelity {
-                mean_kl: sum_kl / n,
-                max_kl,
-                top1_agreement: agree as f64 / n,
-                bytes_per_sample: total_bytes as f64 / n,
-            },
-            teacher_stats: TeacherStats {
-                accuracy: s.has_labels.then(|| correct as f64 / n),
-                mean_entropy: entropy / n,
-            },
-            shards: self.done.iter().map(|d| d.entry.clone()).collect(),
-        };
-        m.id = m.compute_id();
-        let mpath = self.dir.join(MANIFEST_FILE);
-        m.validate(&mpath)?;
-        atomic_write(&self.dir, MANIFEST_FILE, &m.to_json()?)?;
+        Ok(())
+    }
+}
 
-        // Committed. Clean up what the new manifest does not reference.
-        let keep: std::collections::HashSet<&str> =
-            m.shards.iter().map(|s| s.file.as_str()).collect();
-        if let Ok(entries) = fs::read_dir(&self.dir) {
-            for entry in entries.flatten() {
-                let name = entry.file_name().to_string_lossy().into_owned();
-                if is_shard_file(&name) && !keep.contains(name.as_str()) {
-                    let p = entry.path();
-                    fs::remove_file(&p)
-                        .map_err(|e| CacheError::io(&p, "remove replaced shard", e))?;
-                }
+/// The manifest of the whole cache `spec` made of the complete shards
+/// `done` (in order, every sample once): fidelity and teacher statistics
+/// summed from the shards' header statistics in shard order, so a build, a
+/// resumed build and a merge of parts produce the same bytes.
+pub(crate) fn manifest_of(spec: &BuildSpec, done: &[Done]) -> Result<Manifest> {
+    let n = spec.dataset.num_samples as f64;
+    let total_bytes: u64 = done.iter().map(|d| d.entry.bytes).sum();
+    let mut sum_kl = 0.0;
+    let mut max_kl = 0.0f64;
+    let (mut agree, mut correct, mut entropy) = (0u64, 0u64, 0.0f64);
+    for d in done {
+        sum_kl += d.stats.sum_kl;
+        max_kl = max_kl.max(d.stats.max_kl);
+        agree += d.stats.top1_agree;
+        correct += d.stats.correct;
+        entropy += d.stats.sum_entropy;
+    }
+    let s = spec;
+    let mut m = Manifest {
+        format_version: FORMAT_VERSION_CURRENT,
+        id: String::new(),
+        tool_version: env!("CARGO_PKG_VERSION").to_string(),
+        teacher: s.teacher.clone(),
+        dataset: s.dataset.clone(),
+        num_classes: s.num_classes,
+        has_labels: s.has_labels,
+        temperature: s.temperature,
+        encoding: s.encoding,
+        zstd_level: s.zstd_level,
+        records_per_block: s.records_per_block,
+        records_per_shard: s.records_per_shard,
+        fidelity: Fidelity {
+            mean_kl: sum_kl / n,
+            max_kl,
+            top1_agreement: agree as f64 / n,
+            bytes_per_sample: total_bytes as f64 / n,
+        },
+        teacher_stats: TeacherStats {
+            accuracy: s.has_labels.then(|| correct as f64 / n),
+            mean_entropy: entropy / n,
+        },
+        shards: done.iter().map(|d| d.entry.clone()).collect(),
+    };
+    m.id = m.compute_id();
+    Ok(m)
+}
+
+/// The commit point and what follows it: writes `file` (the manifest, or a
+/// part's manifest) atomically into the locked `dir`, then removes the
+/// shard files it does not list (a replaced build's) and `build.json`.
+pub(crate) fn commit(dir: &Path, file: &str, bytes: &[u8], shards: &[ShardEntry]) -> Result<()> {
+    atomic_write(dir, file, bytes)?;
+    // Committed. Clean up what the new manifest does not reference.
+    let keep: std::collections::HashSet<&str> = shards.iter().map(|s| s.file.as_str()).collect();
+    if let Ok(entries) = fs::read_dir(dir) {
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if is_shard_file(&name) && !keep.contains(name.as_str()) {
+                let p = entry.path();
+                fs::remove_file(&p).map_err(|e| CacheError::io(&p, "remove replaced shard", e))?;
             }
         }
-        let bpath = self.dir.join(BUILD_FILE);
-        match fs::remove_file(&bpath) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(CacheError::io(&bpath, "remove", e)),
-        }
-        Ok(m)
+    }
+    let bpath = dir.join(BUILD_FILE);
+    match fs::remove_file(&bpath) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(CacheError::io(&bpath, "remove", e)),
     }
 }
 

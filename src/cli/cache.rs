@@ -1,17 +1,24 @@
-//! `distill cache build|import|inspect|verify`: phase one on the command line.
+//! `distill cache build|import|merge|inspect|verify`: phase one on the command line.
+//!
+//! `build --part K/N` (or `auto/N`, the index from a scheduler's array
+//! variable) builds one part of a cache into `OUT/part-K-of-N`; `merge`
+//! joins the parts; `verify` checks a cache or a part.
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use clap::{Args, Subcommand};
+use distill::cache::merge::{is_part_dir, merge_parts, verify_part};
+use distill::cache::part::part_dir;
 use distill::cache::views::view_dir;
-use distill::cache::{Encoding, WriterOptions};
+use distill::cache::{Encoding, PartSpec, WriterOptions};
 use distill::data::augment::Augment;
 use distill::data::{Dataset, Split};
 use distill::error::{Error, Result};
 use distill::model::Backend;
 use distill::teacher::{
-    build_cache, build_view_set, import_logits_file, BuildOptions, LogitsImport, ViewSetSpec,
+    build_cache, build_cache_part, build_view_set, build_view_set_part, import_logits_file,
+    BuildOptions, LogitsImport, PartBuildReport, ViewSetSpec,
 };
 use distill::train::sources::open_views;
 
@@ -26,6 +33,10 @@ pub enum CacheCommand {
     Build(BuildArgs),
     /// Build a cache from teacher logits computed elsewhere (.npy or safetensors, [N, C]).
     Import(ImportArgs),
+    /// Join the parts of a build (`cache build --part K/N`) into one cache:
+    /// checks every part and shard, hard-links (or copies) the shards and
+    /// commits one manifest; the result equals a single build byte for byte.
+    Merge(MergeArgs),
     /// Print a cache's manifest in human terms.
     Inspect {
         /// Cache directory.
@@ -33,7 +44,7 @@ pub enum CacheCommand {
     },
     /// Check every checksum; exits 2 naming the shard and block on a mismatch.
     Verify {
-        /// Cache directory.
+        /// Cache directory (or the directory of one part of a build).
         cache: PathBuf,
     },
 }
@@ -92,10 +103,29 @@ pub struct BuildArgs {
     /// Seed of the augmentation draws (with --augment).
     #[arg(long, default_value_t = 0)]
     augment_seed: u64,
+    /// Build only part K of N (K = 0..N-1): a contiguous range of whole
+    /// shards, written to OUT/part-K-of-N; `cache merge` joins the parts.
+    /// auto/N takes K from SLURM_ARRAY_TASK_ID (a Slurm job array) or
+    /// JOB_COMPLETION_INDEX (a Kubernetes Indexed Job).
+    #[arg(long, value_name = "K/N")]
+    part: Option<String>,
     #[command(flatten)]
     storage: StorageArgs,
     #[command(flatten)]
     device: DeviceArgs,
+}
+
+#[derive(Args)]
+pub struct MergeArgs {
+    /// The part directories (OUT/part-K-of-N of `cache build --part`), in any order.
+    #[arg(required = true, value_name = "PART_DIR")]
+    parts: Vec<PathBuf>,
+    /// Where the merged cache goes (a new or empty directory).
+    #[arg(long)]
+    out: PathBuf,
+    /// Only the summary line.
+    #[arg(long, short)]
+    quiet: bool,
 }
 
 #[derive(Args)]
@@ -126,6 +156,7 @@ pub fn run(cmd: CacheCommand) -> Result<()> {
             super::device::with_device(&dev, super::device::Dispatch::CacheBuild(a))
         }
         CacheCommand::Import(a) => import(a),
+        CacheCommand::Merge(a) => merge(a),
         CacheCommand::Inspect { cache } => {
             let set = open_views(&cache)?;
             if let Some(v) = set.view_info() {
@@ -143,6 +174,22 @@ pub fn run(cmd: CacheCommand) -> Result<()> {
                     None => println!("cache {}", cache.display()),
                 }
                 println!("{}", reader.stats());
+            }
+            Ok(())
+        }
+        CacheCommand::Verify { cache } if is_part_dir(&cache) => {
+            for r in verify_part(&cache)? {
+                println!(
+                    "ok: part {} (samples {}..{}, shards {}..{}), {} blocks, {} bytes verified ({})",
+                    r.part,
+                    r.range.first_sample,
+                    r.range.end_sample,
+                    r.range.first_shard,
+                    r.range.end_shard,
+                    r.blocks,
+                    r.bytes,
+                    r.dir.display()
+                );
             }
             Ok(())
         }
@@ -242,9 +289,34 @@ pub fn build<D: Backend>(dev: D, a: BuildArgs) -> Result<()> {
             ),
         });
     }
+    let part = a.part.as_deref().map(parse_part).transpose()?;
     let data = Dataset::open(&a.data, split)?;
     let teacher = super::load_model(&a.teacher, dev)?;
     let quiet = a.storage.quiet;
+    if let Some(part) = part {
+        let dir = part_dir(&a.storage.out, part);
+        let on_part = |dir: &Path, r: &PartBuildReport| report_part(r, dir);
+        match augment {
+            None => on_part(&dir, &build_cache_part(&teacher, &data, &dir, &opts, part)?),
+            Some(augment) => {
+                let set = ViewSetSpec {
+                    augment,
+                    seed: a.augment_seed,
+                    views: a.views,
+                };
+                build_view_set_part(&teacher, &data, &dir, &opts, &set, part, on_part)?;
+            }
+        }
+        if !quiet {
+            eprintln!(
+                "when all {} parts are built: distill cache merge {}/part-*-of-{} --out CACHE",
+                part.count,
+                a.storage.out.display(),
+                part.count
+            );
+        }
+        return Ok(());
+    }
     match augment {
         None => {
             let r = build_cache(&teacher, &data, &a.storage.out, &opts)?;
@@ -260,6 +332,121 @@ pub fn build<D: Backend>(dev: D, a: BuildArgs) -> Result<()> {
                 report(&r.manifest, dir, r.seconds, quiet)
             })?;
         }
+    }
+    Ok(())
+}
+
+/// `--part K/N` or `auto/N` (K from the scheduler's array variable).
+fn parse_part(s: &str) -> Result<PartSpec> {
+    let bad = |message: String| Error::Config {
+        field: "--part".into(),
+        message,
+    };
+    let (k, n) = s
+        .split_once('/')
+        .ok_or_else(|| bad(format!("'{s}' is not K/N or auto/N (e.g. 3/8)")))?;
+    let count: u64 = n
+        .parse()
+        .map_err(|_| bad(format!("'{n}' in '{s}' is not a number of parts")))?;
+    let index = if k == "auto" {
+        part_index_from_env(count).map_err(bad)?
+    } else {
+        k.parse()
+            .map_err(|_| bad(format!("'{k}' in '{s}' is not a part index or auto")))?
+    };
+    PartSpec::new(index, count).map_err(bad)
+}
+
+/// The array variables `--part auto/N` reads, with how to set the range right.
+const PART_INDEX_VARS: [(&str, &str); 2] = [
+    (
+        "SLURM_ARRAY_TASK_ID",
+        "submit the array as --array=0-{last}",
+    ),
+    (
+        "JOB_COMPLETION_INDEX",
+        "give the Indexed Job completions: {count}",
+    ),
+];
+
+/// The part index from SLURM_ARRAY_TASK_ID or JOB_COMPLETION_INDEX.
+fn part_index_from_env(count: u64) -> std::result::Result<u64, String> {
+    let mut found: Option<(&str, u64)> = None;
+    for (var, advice) in PART_INDEX_VARS {
+        let Ok(value) = std::env::var(var) else {
+            continue;
+        };
+        let index: u64 = value.trim().parse().map_err(|_| {
+            format!(
+                "auto/{count} reads the part index from {var}, which is '{value}', not a number"
+            )
+        })?;
+        if index >= count {
+            let advice = advice
+                .replace("{last}", &count.saturating_sub(1).to_string())
+                .replace("{count}", &count.to_string());
+            return Err(format!(
+                "{var} is {index}, but there are {count} parts (indices 0 to {}); {advice}",
+                count.saturating_sub(1)
+            ));
+        }
+        if let Some((other, i)) = found {
+            if i != index {
+                return Err(format!(
+                    "{other} is {i} but {var} is {index}; unset the one that does not belong to this job"
+                ));
+            }
+        }
+        found = Some((var, index));
+    }
+    found.map(|(_, i)| i).ok_or_else(|| {
+        format!(
+            "auto/{count} reads the part index from SLURM_ARRAY_TASK_ID (a Slurm job array) or JOB_COMPLETION_INDEX (a Kubernetes Indexed Job), and neither is set; give the index as K/{count}"
+        )
+    })
+}
+
+fn report_part(r: &PartBuildReport, dir: &Path) {
+    let range = r.part.range();
+    let bytes: u64 = r.part.shards.iter().map(|s| s.bytes).sum();
+    println!(
+        "part {} of cache {} (samples {}..{}, shards {}..{} of {}): {} shards, {} bytes, {:.1}s",
+        r.part.part(),
+        dir.display(),
+        range.first_sample,
+        range.end_sample,
+        range.first_shard,
+        range.end_shard,
+        r.part.settings.num_shards(),
+        r.part.shards.len(),
+        bytes,
+        r.seconds
+    );
+}
+
+fn merge(a: MergeArgs) -> Result<()> {
+    let start = Instant::now();
+    let r = merge_parts(&a.parts, &a.out)?;
+    let secs = start.elapsed().as_secs_f64();
+    if r.already_merged == r.caches.len() {
+        println!(
+            "{} already holds the merge of these {} parts; nothing to do",
+            a.out.display(),
+            r.parts
+        );
+        return Ok(());
+    }
+    println!(
+        "merged {} parts into {}: {} shards ({} linked, {} copied, {} already there)",
+        r.parts,
+        a.out.display(),
+        r.shards,
+        r.linked,
+        r.copied,
+        r.kept
+    );
+    for (dir, manifest) in &r.caches {
+        report(manifest, dir, secs, a.quiet);
     }
     Ok(())
 }
