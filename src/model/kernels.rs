@@ -22,6 +22,7 @@
 
 use dfdx::prelude::*;
 use dfdx::tensor::Gradients;
+use rayon::prelude::*;
 
 use super::ops::Matrix;
 
@@ -186,14 +187,20 @@ pub fn linear_cpu<T: Tape<f32, Cpu>>(
         (opts.relu && T::OWNS_TAPE).then(|| out.iter().map(|v| *v > 0.0).collect());
     let out = dev.tensor_from_vec(out, (batch, outputs));
     let (x_ghost, w_ghost, b_ghost, out_ghost) = (x.ghost(), w.ghost(), b.ghost(), out.ghost());
+    let dev = dev.clone();
     tape.add_backward_op(move |grads: &mut Gradients<f32, Cpu>| {
-        let mut g: Vec<f32> = grads.get_or_alloc_mut(&out_ghost)?.to_vec();
+        // This op made `out`, so every reader of its gradient has run: take
+        // the buffer instead of copying it.
+        let empty = dev.try_alloc_len(0)?;
+        let mut g = std::mem::replace(grads.get_or_alloc_mut(&out_ghost)?, empty);
         if let Some(mask) = &mask {
-            for (v, keep) in g.iter_mut().zip(mask) {
-                if !keep {
-                    *v = 0.0;
-                }
-            }
+            g.par_chunks_mut(outputs)
+                .zip(mask.par_chunks(outputs))
+                .for_each(|(row, keep)| {
+                    for (v, k) in row.iter_mut().zip(keep) {
+                        *v = if *k { *v } else { 0.0 };
+                    }
+                });
         }
         if opts.input_grad {
             let gx: &mut [f32] = grads.get_or_alloc_mut(&x_ghost)?;
