@@ -436,24 +436,56 @@ mod tests {
     }
 
     #[test]
-    fn random_bytes_never_panic() {
+    fn random_mutated_and_truncated_files_never_panic() {
         let tmp = tempfile::tempdir().unwrap();
+        let d = tmp.path();
         let mut state = 0x9E37_79B9_7F4A_7C15u64;
-        for len in [1usize, 2, 3073, 3074, 6146, 6147, 9219] {
-            let bytes: Vec<u8> = (0..len)
-                .map(|_| {
-                    state ^= state << 13;
-                    state ^= state >> 7;
-                    state ^= state << 17;
-                    state as u8
-                })
-                .collect();
-            write(tmp.path(), "test.bin", &bytes);
-            write(tmp.path(), CIFAR10_TEST, &bytes);
-            // test_batch.bin is found first; either way, no panic.
-            let _ = open(tmp.path(), Split::Test);
-            fs::remove_file(tmp.path().join(CIFAR10_TEST)).unwrap();
-            let _ = open(tmp.path(), Split::Test);
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        let mut cases = 0;
+        // Random files of lengths around one and two records of either variant.
+        for len in [1usize, 2, 3073, 3074, 6146, 6147, 6148, 9219] {
+            let bytes: Vec<u8> = (0..len).map(|_| next() as u8).collect();
+            for name in ["test.bin", CIFAR10_TEST] {
+                write(d, name, &bytes);
+                let _ = open(d, Split::Test);
+                cases += 1;
+            }
+            fs::remove_file(d.join(CIFAR10_TEST)).unwrap();
         }
+        // Valid two-record files with random bytes changed, cut or appended.
+        for variant in [&[3u8][..], &[3u8, 42][..]] {
+            let name = if variant.len() == 1 {
+                CIFAR10_TEST
+            } else {
+                "test.bin"
+            };
+            let valid = records(&[(variant, 1), (variant, 2)]);
+            for _ in 0..150 {
+                let mut bytes = valid.clone();
+                match next() % 3 {
+                    0 => {
+                        for _ in 0..1 + next() % 4 {
+                            let i = (next() as usize) % bytes.len();
+                            bytes[i] = next() as u8;
+                        }
+                    }
+                    1 => bytes.truncate((next() as usize) % bytes.len()),
+                    _ => bytes.extend((0..1 + next() % 5000).map(|_| next() as u8)),
+                }
+                write(d, name, &bytes);
+                if let Ok(ds) = open(d, Split::Test) {
+                    assert_eq!(ds.sample_shape(), SHAPE);
+                    assert!(ds.labels().unwrap().iter().all(|&l| l < 100));
+                }
+                cases += 1;
+            }
+            fs::remove_file(d.join(name)).unwrap();
+        }
+        assert_eq!(cases, 316);
     }
 }
