@@ -625,7 +625,7 @@ fn check_options(
         path: DataOptions::path(dir),
         field: field.to_string(),
         message: format!(
-            "'{value}' is set, but the dataset in {} is {} files, which {reader}; remove the option",
+            "'{value}' is set (in this file, or by a flag over it), but the dataset in {} is {} files, which {reader}; remove the option",
             dir.display(),
             format.name
         ),
