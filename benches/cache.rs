@@ -33,6 +33,7 @@ fn meta(n: u64, c: usize, enc: Encoding) -> CacheMeta {
             spec: "bench".into(),
             fingerprint: "t".into(),
             source: "synthetic".into(),
+            normalization: None,
         },
         dataset: DatasetInfo {
             fingerprint: "d".into(),

@@ -69,6 +69,7 @@ pub fn cache_meta<D: Backend>(
             spec: teacher.spec().to_string(),
             fingerprint: teacher.fingerprint(),
             source: opts.teacher_source.clone(),
+            normalization: teacher.normalization().cloned(),
         },
         dataset: DatasetInfo {
             fingerprint: data.fingerprint().0.clone(),
@@ -405,6 +406,7 @@ pub fn import_logits_file(
             spec: import.teacher_spec.clone(),
             fingerprint: format!("{:032x}", xxh3_128(&bytes)),
             source: path.display().to_string(),
+            normalization: None,
         },
         dataset: DatasetInfo {
             fingerprint: data.fingerprint().0.clone(),

@@ -103,6 +103,7 @@ fn write_golden_cache() {
                 spec: "mlp:10-10".into(),
                 fingerprint: "golden-teacher".into(),
                 source: "tests/compat.rs".into(),
+                normalization: None,
             },
             dataset: DatasetInfo {
                 fingerprint: "golden-data".into(),

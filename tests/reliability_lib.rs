@@ -52,6 +52,7 @@ fn build_cache(dir: &Path, enc: Encoding, n: usize) -> Manifest {
             spec: "synthetic".into(),
             fingerprint: "t0".into(),
             source: "seeded".into(),
+            normalization: None,
         },
         dataset: DatasetInfo {
             fingerprint: "d0".into(),

@@ -44,6 +44,7 @@ fn f16_cache(dir: &std::path::Path, z: &[f32]) -> CacheReader {
             spec: "mlp:10-10".into(),
             fingerprint: "t".into(),
             source: "t".into(),
+            normalization: None,
         },
         dataset: DatasetInfo {
             fingerprint: "d".into(),

@@ -8,6 +8,7 @@ mod util;
 
 mod cli_cache;
 mod cli_cache_parts;
+mod cli_cifar;
 mod cli_data;
 mod cli_model;
 mod cli_prune;

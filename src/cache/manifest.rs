@@ -39,6 +39,9 @@ pub struct TeacherInfo {
     pub fingerprint: String,
     /// Where the weights came from (path or URL), informational.
     pub source: String,
+    /// The input normalisation the teacher applied (absent: none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub normalization: Option<crate::data::Normalization>,
 }
 
 /// The data the teacher was run on.
@@ -296,6 +299,7 @@ pub(crate) mod tests {
                 spec: "mlp".into(),
                 fingerprint: "t".into(),
                 source: "t.safetensors".into(),
+                normalization: None,
             },
             dataset: DatasetInfo {
                 fingerprint: "d".into(),

@@ -24,7 +24,7 @@
 //! # fn main() -> Result<(), CacheError> {
 //! let dir = std::path::Path::new("cache/mnist-t4");
 //! let meta = CacheMeta {
-//!     teacher: TeacherInfo { spec: "mlp:784-1200-1200-10".into(), fingerprint: "ab12".into(), source: "teacher.safetensors".into() },
+//!     teacher: TeacherInfo { spec: "mlp:784-1200-1200-10".into(), fingerprint: "ab12".into(), source: "teacher.safetensors".into(), normalization: None },
 //!     dataset: DatasetInfo { fingerprint: "cd34".into(), split: "train".into(), num_samples: 2, view: None },
 //!     num_classes: 3, has_labels: true, temperature: 4.0, encoding: Encoding::Q8,
 //! };

@@ -173,6 +173,13 @@ pub fn run(cmd: CacheCommand) -> Result<()> {
                     Some(_) => println!("view {k}: {}", view_dir(&cache, k as u64).display()),
                     None => println!("cache {}", cache.display()),
                 }
+                if let Some(n) = &reader.manifest().teacher.normalization {
+                    println!(
+                        "teacher input normalisation: mean {:?}, std {:?}",
+                        n.mean(),
+                        n.std()
+                    );
+                }
                 println!("{}", reader.stats());
             }
             Ok(())

@@ -1,9 +1,9 @@
-//! `distill data`: describe a dataset directory.
+//! `distill data`: describe a dataset directory, and record how it is read.
 
 use std::path::PathBuf;
 
-use clap::Subcommand;
-use distill::data::{Dataset, Split};
+use clap::{Args, Subcommand};
+use distill::data::{DataError, DataOptions, Dataset, Split};
 use distill::error::Result;
 
 /// Config fields whose flag is not their name (see [`super::name_flags`]).
@@ -13,16 +13,94 @@ pub const RENAMES: &[(&str, &str)] = &[];
 pub enum DataCommand {
     /// Print each split's size, shape, classes and fingerprint.
     Info {
-        /// Dataset directory (IDX, .npy or safetensors files).
+        /// Dataset directory (IDX, .npy, safetensors or CIFAR binary files).
         #[arg(long)]
         data: PathBuf,
+        /// Read it with these options instead of its distill-data.toml's.
+        #[command(flatten)]
+        options: OptionArgs,
+    },
+    /// Record how every command reads a dataset directory: writes
+    /// DIR/distill-data.toml with exactly the options given (none given:
+    /// removes it), after checking that the splits open with them.
+    Configure {
+        /// Dataset directory.
+        #[arg(long)]
+        data: PathBuf,
+        #[command(flatten)]
+        options: OptionArgs,
     },
 }
 
+#[derive(Args)]
+pub struct OptionArgs {
+    /// Axis order of 4-D .npy/safetensors images: nchw (the default) or
+    /// nhwc ([N, H, W, C], converted on read).
+    #[arg(long)]
+    layout: Option<String>,
+    /// CIFAR-100's labels: fine (100 classes, the default) or coarse (20).
+    #[arg(long)]
+    labels: Option<String>,
+}
+
+impl OptionArgs {
+    fn parse(&self) -> Result<DataOptions> {
+        Ok(DataOptions {
+            layout: self.layout.as_deref().map(str::parse).transpose()?,
+            labels: self.labels.as_deref().map(str::parse).transpose()?,
+        })
+    }
+}
+
 pub fn run(command: DataCommand) -> Result<()> {
-    let DataCommand::Info { data } = command;
-    for split in [Split::Train, Split::Test] {
-        match Dataset::open(&data, split) {
+    match command {
+        DataCommand::Info { data, options } => {
+            let options = DataOptions::load(&data)?.overlaid(&options.parse()?);
+            describe(&data, &options);
+            Ok(())
+        }
+        DataCommand::Configure { data, options } => {
+            let options = options.parse()?;
+            let opened = Split::ALL.map(|split| Dataset::open_with(&data, split, &options));
+            if opened
+                .iter()
+                .all(|r| matches!(r, Err(DataError::NotFound { .. })))
+            {
+                let [train, _] = opened;
+                train?;
+            } else {
+                for r in opened {
+                    match r {
+                        Ok(_) | Err(DataError::NotFound { .. }) => {}
+                        Err(e) => return Err(e.into()),
+                    }
+                }
+            }
+            options.save(&data)?;
+            if options == DataOptions::default() {
+                println!(
+                    "{}: every option at its default (no options file)",
+                    data.display()
+                );
+            } else {
+                println!("wrote {}", DataOptions::path(&data).display());
+            }
+            describe(&data, &options);
+            Ok(())
+        }
+    }
+}
+
+/// Prints the options in force and each split as read with them.
+fn describe(data: &std::path::Path, options: &DataOptions) {
+    if let Some(l) = options.layout {
+        println!("layout: {l}");
+    }
+    if let Some(l) = options.labels {
+        println!("labels: {l}");
+    }
+    for split in Split::ALL {
+        match Dataset::open_with(data, split, options) {
             Ok(ds) => {
                 let [c, h, w] = ds.sample_shape();
                 println!(
@@ -37,5 +115,4 @@ pub fn run(command: DataCommand) -> Result<()> {
             Err(e) => println!("{split}: {e}"),
         }
     }
-    Ok(())
 }

@@ -51,6 +51,12 @@ pub struct TrainArgs {
     /// use --online-teacher.
     #[arg(long)]
     augment: Option<String>,
+    /// Input normalisation, stored with the model and applied at the start
+    /// of its forward pass: auto (per-channel mean and std of the training
+    /// split; with --init-from, the starting model's own), none, or
+    /// MEANS/STDS per channel, e.g. 0.4914,0.4822,0.4465/0.247,0.2435,0.2616.
+    #[arg(long, default_value_t = TrainConfig::default().normalize.to_string())]
+    normalize: String,
     /// Teacher-output cache of the training split (distillation).
     #[arg(long)]
     cache: Option<PathBuf>,
@@ -156,6 +162,7 @@ fn run<D: Backend>(dev: D, a: TrainArgs) -> Result<()> {
         command: command_line(),
         data_dir: a.data.clone(),
         init: init.as_ref().map(|i| i.tensors.clone()),
+        init_normalization: init.as_ref().and_then(|i| i.normalization.clone()),
         init_source: a.init_from.clone(),
         masks: init.and_then(|i| i.masks),
         baseline_metrics: match &a.baseline_run {
@@ -168,7 +175,7 @@ fn run<D: Backend>(dev: D, a: TrainArgs) -> Result<()> {
         eprintln!(
             "training {} ({} parameters) on {} with {} samples, {}",
             cfg.spec,
-            ModelSpec::parse(&cfg.spec)?.param_count(),
+            ModelSpec::parse_for_input(&cfg.spec, opened.train.sample_shape())?.param_count(),
             dev.describe(),
             opened.train.len(),
             match &a.cache {
@@ -240,6 +247,7 @@ fn config(a: &TrainArgs, init_spec: Option<&str>) -> Result<TrainConfig> {
             Some(text) => Some(GradualSchedule::parse(text)?),
             None => None,
         },
+        normalize: a.normalize.parse()?,
     };
     cfg.validate()?;
     Ok(cfg)

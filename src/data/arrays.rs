@@ -17,7 +17,7 @@ use safetensors::{Dtype, SafeTensors};
 use super::elem::{extend_f32, labels_to_u32, Elem};
 use super::{
     check_finite, check_label_count, npy, sample_shape_of, DataError, Dataset, DatasetFormat,
-    Found, Inputs, Split,
+    Found, Inputs, Layout, Split,
 };
 
 /// The largest safetensors header accepted (the crate's own limit).
@@ -143,7 +143,12 @@ fn float_data(
 }
 
 /// Builds a dataset from parsed safetensors bytes.
-pub(super) fn from_bytes(bytes: &[u8], path: &Path, split: Split) -> Result<Dataset, DataError> {
+pub(super) fn from_bytes(
+    bytes: &[u8],
+    path: &Path,
+    split: Split,
+    layout: Layout,
+) -> Result<Dataset, DataError> {
     let st = parse(bytes, path)?;
     let Some(images) = tensor(&st, "images", path)? else {
         let mut names: Vec<_> = st.names().into_iter().cloned().collect();
@@ -157,7 +162,7 @@ pub(super) fn from_bytes(bytes: &[u8], path: &Path, split: Split) -> Result<Data
             ),
         ));
     };
-    let (n, shape) = sample_shape_of(path, "images", images.shape())?;
+    let (n, shape) = sample_shape_of(path, "images", images.shape(), layout)?;
     let inputs = match images.dtype() {
         Dtype::U8 => Inputs::U8(images.data().to_vec()),
         _ => Inputs::F32(float_data(
@@ -167,7 +172,8 @@ pub(super) fn from_bytes(bytes: &[u8], path: &Path, split: Split) -> Result<Data
             shape.iter().product(),
             "U8, F16, BF16, F32 or F64",
         )?),
-    };
+    }
+    .in_layout(layout, n, shape);
     let labels = match tensor(&st, "labels", path)? {
         None => None,
         Some(view) => {
@@ -215,17 +221,19 @@ pub(super) const FORMAT: DatasetFormat = DatasetFormat {
         })
     },
     looked_for: |dir, split| vec![dir.join(format!("{split}.safetensors"))],
-    open: |found, split| open(&found.images, split),
+    open: |found, split, options| open(&found.images, split, options.layout()),
+    reads_layout: true,
+    reads_labels: false,
 };
 
-/// Opens `{split}.safetensors`.
-pub(super) fn open(path: &Path, split: Split) -> Result<Dataset, DataError> {
+/// Opens `{split}.safetensors`, its images stored in `layout`.
+pub(super) fn open(path: &Path, split: Split, layout: Layout) -> Result<Dataset, DataError> {
     let bytes = fs::read(path).map_err(|source| DataError::Read {
         path: path.to_path_buf(),
         field: "safetensors file".into(),
         source,
     })?;
-    from_bytes(&bytes, path, split)
+    from_bytes(&bytes, path, split, layout)
 }
 
 /// Reads a `[N, C]` float matrix from safetensors bytes: the tensor `name`, or
@@ -337,7 +345,7 @@ mod tests {
     }
 
     fn open_mem(b: &[u8]) -> Result<Dataset, DataError> {
-        from_bytes(b, Path::new("d.safetensors"), Split::Train)
+        from_bytes(b, Path::new("d.safetensors"), Split::Train, Layout::Nchw)
     }
 
     #[test]

@@ -1,5 +1,6 @@
-//! Input augmentation for image datasets: random horizontal flips and
-//! translations, the ones that keep a Fashion-MNIST item what it is.
+//! Input augmentation for image datasets: random horizontal flips,
+//! translations and padded crops, the ones that keep a Fashion-MNIST item
+//! or a CIFAR image what it is.
 //!
 //! Every augmented image is a pure function of `(seed, view, sample)`: the
 //! flip and the shift are drawn from an xxh3 hash of the three numbers, never
@@ -12,8 +13,16 @@
 //!   the teacher on the augmented batch (`--online-teacher`) or reads a cache
 //!   built from the same views (`cache build --augment`).
 //!
-//! The spec is written `flip`, `shift=2` or `flip,shift=2` (`--augment`).
-//! Shifted-in pixels are 0 (the background of Fashion-MNIST).
+//! The spec is written `flip`, `shift=2`, `flip,shift=2`, or the CIFAR
+//! augmentation `crop=4,flip` (`--augment`). Shifted-in pixels are 0 (the
+//! background of Fashion-MNIST, black in an RGB image), in every channel.
+//!
+//! `crop=P` is torchvision's `RandomCrop(size, padding=P)`: the image is
+//! padded with P zero pixels on every side and the original size is cut
+//! out at an offset drawn uniformly from `0..=2P` in each direction, then
+//! (with `flip`) mirrored, as `RandomHorizontalFlip` after it would. A crop
+//! moves the content as a shift of the same size does, so the two are not
+//! combined.
 
 use std::fmt;
 
@@ -31,6 +40,14 @@ pub struct Augment {
     /// Translate by up to this many pixels in each direction (uniform in
     /// `-shift..=shift` for x and y independently).
     pub shift: u32,
+    /// Pad by this many zero pixels on each side and crop the original size
+    /// at a uniform offset (0 = no crop).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub crop: u32,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 /// The augmentation drawn for one image.
@@ -44,11 +61,12 @@ pub struct ViewParams {
 
 /// The config field augmentation settings come from (`TrainConfig::augment`).
 const FIELD: &str = "augment";
-/// Largest shift accepted: more than this erases a 28x28 item.
+/// Largest shift or crop padding accepted: more than this erases a 28x28 item.
 pub const MAX_SHIFT: u32 = 8;
 
 impl Augment {
-    /// Parses `flip`, `shift=N` or both, comma-separated.
+    /// Parses `flip`, `shift=N`, `crop=N` (not both of the last two),
+    /// comma-separated.
     pub fn parse(text: &str) -> Result<Self> {
         let err = |message: String| DataError::Setting {
             field: FIELD.into(),
@@ -57,34 +75,43 @@ impl Augment {
         let mut a = Augment {
             flip: false,
             shift: 0,
+            crop: 0,
         };
         let mut any = false;
         for item in text.split(',').map(str::trim).filter(|t| !t.is_empty()) {
             any = true;
             match item.split_once('=') {
                 None if item == "flip" => a.flip = true,
-                Some((k, v)) if k.trim() == "shift" => {
-                    a.shift = v
+                Some((k, v)) if k.trim() == "shift" || k.trim() == "crop" => {
+                    let k = k.trim();
+                    let n = v
                         .trim()
                         .parse::<u32>()
-                        .map_err(|_| err(format!("shift={v}: not a whole number of pixels")))?;
-                    if a.shift > MAX_SHIFT {
-                        return Err(err(format!(
-                            "shift={} is more than {MAX_SHIFT} pixels",
-                            a.shift
-                        )));
+                        .map_err(|_| err(format!("{k}={v}: not a whole number of pixels")))?;
+                    if n > MAX_SHIFT {
+                        return Err(err(format!("{k}={n} is more than {MAX_SHIFT} pixels")));
+                    }
+                    if k == "shift" {
+                        a.shift = n;
+                    } else {
+                        a.crop = n;
                     }
                 }
                 _ => {
                     return Err(err(format!(
-                        "unknown item '{item}'; expected flip and/or shift=N (e.g. flip,shift=2)"
+                        "unknown item '{item}'; expected flip, shift=N or crop=N (e.g. flip,shift=2 or crop=4,flip)"
                     )))
                 }
             }
         }
+        if a.shift > 0 && a.crop > 0 {
+            return Err(err(format!(
+                "'{text}' both shifts and crops; a padded crop moves the image as a shift does, use one"
+            )));
+        }
         if !any || a.is_identity() {
             return Err(err(format!(
-                "'{text}' augments nothing; use flip, shift=N (N >= 1) or both"
+                "'{text}' augments nothing; use flip, shift=N or crop=N (N >= 1), or flip with one of them"
             )));
         }
         Ok(a)
@@ -92,13 +119,13 @@ impl Augment {
 
     /// Whether it leaves every image unchanged.
     pub fn is_identity(&self) -> bool {
-        !self.flip && self.shift == 0
+        !self.flip && self.shift == 0 && self.crop == 0
     }
 
     /// Checks that images of `shape` (C, H, W) can be augmented.
     pub fn check_shape(&self, shape: [usize; 3]) -> Result<()> {
         let [_, h, w] = shape;
-        if h < 2 || w < 2 || (self.shift as usize) >= h.min(w) {
+        if h < 2 || w < 2 || (self.shift.max(self.crop) as usize) >= h.min(w) {
             return Err(DataError::Setting {
                 field: FIELD.into(),
                 message: format!(
@@ -109,19 +136,36 @@ impl Augment {
         Ok(())
     }
 
-    /// The flip and shift of image `sample` in view `view` under `seed`.
+    /// The flip and shift (or crop) of image `sample` in view `view` under
+    /// `seed`: a pure function of the three numbers.
     pub fn params(&self, seed: u64, view: u64, sample: u64) -> ViewParams {
         let mut key = [0u8; 24];
         key[..8].copy_from_slice(&seed.to_le_bytes());
         key[8..16].copy_from_slice(&view.to_le_bytes());
         key[16..].copy_from_slice(&sample.to_le_bytes());
         let h = xxh3_64(&key);
-        let span = 2 * self.shift as u64 + 1;
-        let draw = |bits: u64| (bits % span) as i32 - self.shift as i32;
-        ViewParams {
-            flip: self.flip && h & 1 == 1,
-            dx: draw((h >> 1) & 0xFFFF),
-            dy: draw((h >> 17) & 0xFFFF),
+        let flip = self.flip && h & 1 == 1;
+        let reach = self.shift.max(self.crop);
+        let span = 2 * reach as u64 + 1;
+        // An offset in 0..=2*reach for each direction.
+        let draw = |bits: u64| (bits % span) as i32;
+        let (ox, oy) = (draw((h >> 1) & 0xFFFF), draw((h >> 17) & 0xFFFF));
+        let r = reach as i32;
+        if self.crop > 0 {
+            // Cut at (ox, oy) from the padded image: pixel (x, y) is source
+            // pixel (x + ox - r, y + oy - r), mirrored afterwards; `apply`
+            // mirrors first, so the mirrored crop moves the other way.
+            ViewParams {
+                flip,
+                dx: if flip { ox - r } else { r - ox },
+                dy: r - oy,
+            }
+        } else {
+            ViewParams {
+                flip,
+                dx: ox - r,
+                dy: oy - r,
+            }
         }
     }
 
@@ -169,12 +213,20 @@ impl Augment {
 }
 
 impl fmt::Display for Augment {
+    /// The items in the order they act: a flip before a shift, a crop
+    /// before a flip.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match (self.flip, self.shift) {
-            (true, 0) => write!(f, "flip"),
-            (true, s) => write!(f, "flip,shift={s}"),
-            (false, s) => write!(f, "shift={s}"),
+        let mut items = Vec::new();
+        if self.crop > 0 {
+            items.push(format!("crop={}", self.crop));
         }
+        if self.flip {
+            items.push("flip".to_string());
+        }
+        if self.shift > 0 {
+            items.push(format!("shift={}", self.shift));
+        }
+        f.write_str(&items.join(","))
     }
 }
 
@@ -192,7 +244,8 @@ mod tests {
             Augment::parse("flip,shift=2").unwrap(),
             Augment {
                 flip: true,
-                shift: 2
+                shift: 2,
+                crop: 0
             }
         );
         for t in ["flip", "shift=3", "flip,shift=1"] {
@@ -293,5 +346,143 @@ mod tests {
         }
         assert!(a.check_shape([1, 1, 784]).is_err());
         assert!(a.check_shape([1, 28, 28]).is_ok());
+    }
+
+    /// torchvision's `RandomCrop(size, padding=p)` then
+    /// `RandomHorizontalFlip`, written out: pad every channel with `p` zeros,
+    /// cut the original size at `(ox, oy)`, mirror if `flip`.
+    fn padded_crop(
+        src: &[f32],
+        [c, h, w]: [usize; 3],
+        p: usize,
+        ox: usize,
+        oy: usize,
+        flip: bool,
+    ) -> Vec<f32> {
+        let (ph, pw) = (h + 2 * p, w + 2 * p);
+        let mut padded = vec![0f32; c * ph * pw];
+        for ch in 0..c {
+            for y in 0..h {
+                for x in 0..w {
+                    padded[ch * ph * pw + (y + p) * pw + x + p] = src[ch * h * w + y * w + x];
+                }
+            }
+        }
+        let mut out = vec![0f32; c * h * w];
+        for ch in 0..c {
+            for y in 0..h {
+                for x in 0..w {
+                    let cx = if flip { w - 1 - x } else { x };
+                    out[ch * h * w + y * w + x] = padded[ch * ph * pw + (y + oy) * pw + cx + ox];
+                }
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn crop_parses_prints_and_refuses_a_shift_beside_it() {
+        let a = Augment::parse("crop=4,flip").unwrap();
+        assert_eq!(
+            a,
+            Augment {
+                flip: true,
+                shift: 0,
+                crop: 4
+            }
+        );
+        assert_eq!(Augment::parse("flip, crop=4").unwrap(), a);
+        for t in ["crop=4,flip", "crop=2"] {
+            assert_eq!(Augment::parse(t).unwrap().to_string(), t);
+        }
+        for (t, needle) in [
+            ("crop=0", "augments nothing"),
+            ("crop=9", "crop=9 is more than 8"),
+            ("crop=x", "crop=x: not a whole number"),
+            ("shift=1,crop=4", "both shifts and crops"),
+        ] {
+            let e = Augment::parse(t).unwrap_err().to_string();
+            assert!(e.contains("augment") && e.contains(needle), "{t}: {e}");
+        }
+        // Configs written before crops existed read back; a crop is recorded.
+        let old: Augment = serde_json::from_str(r#"{"flip":true,"shift":2}"#).unwrap();
+        assert_eq!(old, Augment::parse("flip,shift=2").unwrap());
+        assert_eq!(
+            serde_json::to_string(&old).unwrap(),
+            r#"{"flip":true,"shift":2}"#
+        );
+        let json = serde_json::to_string(&a).unwrap();
+        assert_eq!(serde_json::from_str::<Augment>(&json).unwrap(), a);
+        assert!(a.check_shape([3, 32, 32]).is_ok());
+        assert!(a.check_shape([3, 4, 4]).is_err());
+    }
+
+    #[test]
+    fn crops_are_pure_functions_of_seed_view_and_sample_within_bounds() {
+        let a = Augment::parse("crop=4,flip").unwrap();
+        assert_eq!(a.params(7, 3, 11), a.params(7, 3, 11));
+        let mut flips = 0;
+        let mut offsets = std::collections::HashSet::new();
+        for s in 0..4000u64 {
+            let p = a.params(1, 0, s);
+            assert!(p.dx.abs() <= 4 && p.dy.abs() <= 4, "{p:?}");
+            flips += p.flip as u32;
+            let ox = if p.flip { p.dx + 4 } else { 4 - p.dx };
+            offsets.insert((ox, 4 - p.dy));
+        }
+        assert!((1800..2200).contains(&flips), "{flips} flips of 4000");
+        assert_eq!(offsets.len(), 81, "every offset in 0..=8 x 0..=8 occurs");
+        assert!(offsets
+            .iter()
+            .all(|&(x, y)| (0..=8).contains(&x) && (0..=8).contains(&y)));
+        let differ = |f: &dyn Fn(u64) -> (ViewParams, ViewParams)| {
+            (0..200u64)
+                .filter(|&s| {
+                    let (p, q) = f(s);
+                    p != q
+                })
+                .count()
+        };
+        assert!(
+            differ(&|s| (a.params(1, 0, s), a.params(1, 1, s))) > 150,
+            "views differ"
+        );
+        assert!(
+            differ(&|s| (a.params(1, 0, s), a.params(2, 0, s))) > 150,
+            "seeds differ"
+        );
+        assert!(
+            differ(&|s| (a.params(1, 0, s), a.params(1, 0, s + 1))) > 150,
+            "samples differ"
+        );
+    }
+
+    #[test]
+    fn a_crop_of_an_rgb_image_is_torchvisions_padded_crop_then_flip() {
+        let a = Augment::parse("crop=4,flip").unwrap();
+        let shape = [3, 8, 6];
+        // Distinct values in every channel: 1 + index, so a zero is padding.
+        let src: Vec<f32> = (0..3 * 8 * 6).map(|i| 1.0 + i as f32).collect();
+        let mut dst = vec![0f32; src.len()];
+        let mut seen_flip = [false; 2];
+        for s in 0..64u64 {
+            let p = a.params(9, 2, s);
+            seen_flip[p.flip as usize] = true;
+            let ox = if p.flip { p.dx + 4 } else { 4 - p.dx };
+            let oy = 4 - p.dy;
+            Augment::apply(p, shape, &src, &mut dst);
+            let want = padded_crop(&src, shape, 4, ox as usize, oy as usize, p.flip);
+            assert_eq!(dst, want, "sample {s}: {p:?}");
+            // Every channel moved the same way: zeros at the same pixels.
+            let zeros = |ch: usize| -> Vec<bool> {
+                dst[ch * 48..(ch + 1) * 48]
+                    .iter()
+                    .map(|&v| v == 0.0)
+                    .collect()
+            };
+            assert_eq!(zeros(0), zeros(1));
+            assert_eq!(zeros(0), zeros(2));
+        }
+        assert_eq!(seen_flip, [true, true]);
     }
 }

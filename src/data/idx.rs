@@ -298,7 +298,9 @@ pub(super) const FORMAT: DatasetFormat = DatasetFormat {
         let [images, images_gz, ..] = candidates(dir, split);
         vec![images, images_gz]
     },
-    open: |found, split| open(&found.images, found.labels.as_deref(), split),
+    open: |found, split, _| open(&found.images, found.labels.as_deref(), split),
+    reads_layout: false,
+    reads_labels: false,
 };
 
 fn candidates(dir: &Path, split: Split) -> [PathBuf; 4] {

@@ -1,7 +1,8 @@
 //! Datasets: the inputs and labels a teacher or a student is run on.
 //!
 //! This module owns reading datasets from disk (Fashion-MNIST style IDX files,
-//! NumPy `.npy` arrays and safetensors files), validating them as hostile input,
+//! NumPy `.npy` arrays, safetensors files and CIFAR-10/100 binary files, read
+//! as the directory's options say: [`options`]), validating them as hostile input,
 //! fingerprinting their content, and filling `f32` input batches on the training
 //! hot path. Everything here is CPU-only and independent of the model code.
 //!
@@ -32,10 +33,13 @@
 
 mod arrays;
 pub mod augment;
+mod cifar;
 mod elem;
 mod fingerprint;
 mod idx;
+pub mod normalize;
 mod npy;
+pub mod options;
 
 #[cfg(test)]
 mod tests;
@@ -46,6 +50,8 @@ use std::str::FromStr;
 
 pub use arrays::read_float_matrix;
 pub use idx::write_idx;
+pub use normalize::{Normalization, NormalizeSetting};
+pub use options::{DataOptions, LabelSet, Layout, OPTIONS_FILE};
 
 /// The largest number of classes a labels file may imply (largest label + 1).
 /// A larger label is almost certainly corrupt data, and would size the model's
@@ -79,7 +85,7 @@ pub enum DataError {
     },
     /// No supported dataset files were found for a split.
     #[error(
-        "no {split} split found in {}: looked for {}; for Fashion-MNIST run `data/fetch-fashion-mnist.sh {}`",
+        "no {split} split found in {}: looked for {}; for Fashion-MNIST run `data/fetch-fashion-mnist.sh {}`, for CIFAR unpack its binary version there (README.md)",
         dir.display(), join_paths(.looked_for), dir.display()
     )]
     NotFound {
@@ -300,14 +306,17 @@ impl fmt::Debug for Dataset {
 /// and one line in [`FORMATS`].
 pub(crate) struct DatasetFormat {
     /// The format's name, for docs and messages.
-    #[allow(dead_code)]
     pub name: &'static str,
     /// The split's files in `dir` when they exist (images first).
     pub find: fn(dir: &Path, split: Split) -> Option<Found>,
     /// The files it looks for, named in the error when no format matches.
     pub looked_for: fn(dir: &Path, split: Split) -> Vec<PathBuf>,
-    /// Opens and validates the files `find` returned.
-    pub open: fn(found: &Found, split: Split) -> Result<Dataset, DataError>,
+    /// Opens and validates the files `find` returned, as `options` say.
+    pub open: fn(found: &Found, split: Split, options: &DataOptions) -> Result<Dataset, DataError>,
+    /// Whether it reads [`DataOptions::layout`] (image arrays).
+    pub reads_layout: bool,
+    /// Whether it reads [`DataOptions::labels`] (CIFAR-100).
+    pub reads_labels: bool,
 }
 
 /// The files of one split that a [`DatasetFormat`] found.
@@ -317,7 +326,13 @@ pub(crate) struct Found {
 }
 
 /// The registered formats, tried in this order by [`Dataset::open`].
-const FORMATS: &[DatasetFormat] = &[idx::FORMAT, npy::FORMAT, arrays::FORMAT];
+const FORMATS: &[DatasetFormat] = &[
+    idx::FORMAT,
+    npy::FORMAT,
+    arrays::FORMAT,
+    cifar::FORMAT_10,
+    cifar::FORMAT_100,
+];
 
 /// Returns the first of `candidates` that is a regular file.
 pub(crate) fn first_file(candidates: &[&PathBuf]) -> Option<PathBuf> {
@@ -328,7 +343,9 @@ pub(crate) fn first_file(candidates: &[&PathBuf]) -> Option<PathBuf> {
 }
 
 impl Dataset {
-    /// Opens split `split` of the dataset in directory `dir`. Auto-detects, in this order:
+    /// Opens split `split` of the dataset in directory `dir`, read as the
+    /// directory's options file says ([`DataOptions::load`]; defaults
+    /// without one). Auto-detects, in this order:
     /// 1. IDX (Fashion-MNIST/MNIST names): `train-images-idx3-ubyte[.gz]` +
     ///    `train-labels-idx1-ubyte[.gz]`, `t10k-images-idx3-ubyte[.gz]` +
     ///    `t10k-labels-idx1-ubyte[.gz]` for test (the uncompressed file wins when
@@ -336,12 +353,29 @@ impl Dataset {
     ///    file means unlabelled data.
     /// 2. NumPy: `{split}-images.npy` (+ optional `{split}-labels.npy`).
     /// 3. safetensors: `{split}.safetensors` with tensor `images` (+ optional `labels`).
+    /// 4. CIFAR-10 binary: `data_batch_1.bin` .. `data_batch_5.bin` (train),
+    ///    `test_batch.bin` (test).
+    /// 5. CIFAR-100 binary: `train.bin`, `test.bin`.
     ///
-    /// If none is found, the error lists exactly which files were looked for.
+    /// Image arrays of rank 4 are `[N, C, H, W]`, or `[N, H, W, C]` with the
+    /// option `layout = "nhwc"` (converted on read). If none is found, the
+    /// error lists exactly which files were looked for.
     pub fn open(dir: &Path, split: Split) -> Result<Dataset, DataError> {
+        Dataset::open_with(dir, split, &DataOptions::load(dir)?)
+    }
+
+    /// [`Dataset::open`] with the given options instead of the directory's
+    /// options file. An option set that the detected format does not read
+    /// is refused.
+    pub fn open_with(
+        dir: &Path,
+        split: Split,
+        options: &DataOptions,
+    ) -> Result<Dataset, DataError> {
         for format in FORMATS {
             if let Some(found) = (format.find)(dir, split) {
-                return (format.open)(&found, split);
+                check_options(dir, format, options)?;
+                return (format.open)(&found, split, options);
             }
         }
         Err(DataError::NotFound {
@@ -580,6 +614,38 @@ impl Dataset {
     }
 }
 
+/// Refuses an option that `format` would not read: it would silently do nothing.
+fn check_options(
+    dir: &Path,
+    format: &DatasetFormat,
+    options: &DataOptions,
+) -> Result<(), DataError> {
+    let refuse = |field: &str, value: String, reader: &str| {
+        DataError::Format {
+        path: DataOptions::path(dir),
+        field: field.to_string(),
+        message: format!(
+            "'{value}' is set (in this file, or by a flag over it), but the dataset in {} is {} files, which {reader}; remove the option",
+            dir.display(),
+            format.name
+        ),
+    }
+    };
+    match (options.layout, options.labels) {
+        (Some(l), _) if !format.reads_layout => Err(refuse(
+            "layout",
+            l.to_string(),
+            "have no axis order to choose (only .npy and safetensors image arrays do)",
+        )),
+        (_, Some(l)) if !format.reads_labels => Err(refuse(
+            "labels",
+            l.to_string(),
+            "hold one label per sample (only CIFAR-100 has fine and coarse ones)",
+        )),
+        _ => Ok(()),
+    }
+}
+
 /// C*H*W, or `None` if a dimension is zero or the product overflows.
 fn checked_sample_len(shape: &[usize; 3]) -> Option<usize> {
     if shape.contains(&0) {
@@ -588,22 +654,36 @@ fn checked_sample_len(shape: &[usize; 3]) -> Option<usize> {
     shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d))
 }
 
-/// Maps an array shape `[N, ...]` of rank 2..=4 to `(N, [C, H, W])`.
+/// Maps an array shape `[N, ...]` of rank 2..=4 to `(N, [C, H, W])`; a
+/// rank-4 shape is `[N, C, H, W]`, or `[N, H, W, C]` under [`Layout::Nhwc`]
+/// (which needs rank 4).
 fn sample_shape_of(
     path: &Path,
     field: &str,
     dims: &[usize],
+    layout: Layout,
 ) -> Result<(usize, [usize; 3]), DataError> {
-    let shape = match *dims {
-        [n, f] => (n, [1, 1, f]),
-        [n, h, w] => (n, [1, h, w]),
-        [n, c, h, w] => (n, [c, h, w]),
+    let shape = match (dims, layout) {
+        (&[n, c, h, w], Layout::Nchw) => (n, [c, h, w]),
+        (&[n, h, w, c], Layout::Nhwc) => (n, [c, h, w]),
+        (&[n, f], Layout::Nchw) => (n, [1, 1, f]),
+        (&[n, h, w], Layout::Nchw) => (n, [1, h, w]),
+        (_, Layout::Nhwc) => {
+            return Err(DataError::Format {
+                path: path.to_path_buf(),
+                field: field.to_string(),
+                message: format!(
+                    "shape {dims:?} has rank {}, but the layout nhwc (the directory's {OPTIONS_FILE}) needs 4-D images [N, H, W, C]",
+                    dims.len()
+                ),
+            })
+        }
         _ => {
             return Err(DataError::Format {
                 path: path.to_path_buf(),
                 field: field.to_string(),
                 message: format!(
-                    "shape {dims:?} has rank {}; expected [N, F], [N, H, W] or [N, C, H, W]",
+                    "shape {dims:?} has rank {}; expected [N, F], [N, H, W] or [N, C, H, W] ([N, H, W, C] with layout nhwc)",
                     dims.len()
                 ),
             })
@@ -623,6 +703,36 @@ fn sample_shape_of(
         });
     }
     Ok(shape)
+}
+
+/// Reorders `n` images from (height, width, channel) to (channel, height,
+/// width) order: the conversion of an NHWC array on read.
+fn nhwc_to_nchw<T: Copy + Default>(data: &[T], n: usize, [c, h, w]: [usize; 3]) -> Vec<T> {
+    let len = c * h * w;
+    let mut out = vec![T::default(); data.len()];
+    for (src, dst) in data
+        .chunks_exact(len)
+        .zip(out.chunks_exact_mut(len))
+        .take(n)
+    {
+        for (p, pixel) in src.chunks_exact(c).enumerate() {
+            for (ch, &v) in pixel.iter().enumerate() {
+                dst[ch * h * w + p] = v;
+            }
+        }
+    }
+    out
+}
+
+impl Inputs {
+    /// [`nhwc_to_nchw`] of these inputs when `layout` is NHWC.
+    fn in_layout(self, layout: Layout, n: usize, shape: [usize; 3]) -> Inputs {
+        match (layout, self) {
+            (Layout::Nchw, inputs) => inputs,
+            (Layout::Nhwc, Inputs::U8(v)) => Inputs::U8(nhwc_to_nchw(&v, n, shape)),
+            (Layout::Nhwc, Inputs::F32(v)) => Inputs::F32(nhwc_to_nchw(&v, n, shape)),
+        }
+    }
 }
 
 /// Fails on the first NaN or infinite value, naming its index and row.

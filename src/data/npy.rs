@@ -15,7 +15,7 @@ use std::path::Path;
 use super::elem::{extend_f32, labels_to_u32, Elem};
 use super::{
     check_finite, check_label_count, first_file, sample_shape_of, DataError, Dataset,
-    DatasetFormat, Found, Inputs, Split,
+    DatasetFormat, Found, Inputs, Layout, Split,
 };
 
 /// The largest `.npy` header accepted (numpy itself writes well under 1 KiB).
@@ -458,21 +458,23 @@ pub(super) fn read_labels<R: Read>(
     labels_to_u32(path, field, header.elem, header.big_endian, &bytes)
 }
 
-/// Reads an images array into `(N, sample shape, inputs)`.
+/// Reads an images array stored in `layout` into `(N, sample shape,
+/// inputs)`, the inputs in (channel, height, width) order.
 pub(super) fn read_images<R: Read>(
     r: &mut R,
     total_len: u64,
     path: &Path,
+    layout: Layout,
 ) -> Result<(usize, [usize; 3], Inputs), DataError> {
     let field = "images";
     let header = read_header(r, total_len, path, field)?;
-    let (n, shape) = sample_shape_of(path, field, &header.shape)?;
+    let (n, shape) = sample_shape_of(path, field, &header.shape, layout)?;
     let row_len = header.count / n;
     let inputs = match read_data(r, &header, path, field, row_len, true)? {
         Array::U8(v) => Inputs::U8(v),
         Array::F32(v) => Inputs::F32(v),
     };
-    Ok((n, shape, inputs))
+    Ok((n, shape, inputs.in_layout(layout, n, shape)))
 }
 
 /// NumPy arrays: `{split}-images.npy` (+ optional `{split}-labels.npy`).
@@ -486,17 +488,28 @@ pub(super) const FORMAT: DatasetFormat = DatasetFormat {
         })
     },
     looked_for: |dir, split| vec![dir.join(format!("{split}-images.npy"))],
-    open: |found, split| open(&found.images, found.labels.as_deref(), split),
+    open: |found, split, options| {
+        open(
+            &found.images,
+            found.labels.as_deref(),
+            split,
+            options.layout(),
+        )
+    },
+    reads_layout: true,
+    reads_labels: false,
 };
 
-/// Opens `{split}-images.npy` and, when given, `{split}-labels.npy`.
+/// Opens `{split}-images.npy` (stored in `layout`) and, when given,
+/// `{split}-labels.npy`.
 pub(super) fn open(
     images: &Path,
     labels: Option<&Path>,
     split: Split,
+    layout: Layout,
 ) -> Result<Dataset, DataError> {
     let (mut r, len) = open_file(images, "images")?;
-    let (n, shape, inputs) = read_images(&mut r, len, images)?;
+    let (n, shape, inputs) = read_images(&mut r, len, images, layout)?;
     let labels = match labels {
         Some(lpath) => {
             let (mut r, len) = open_file(lpath, "labels")?;
@@ -602,7 +615,12 @@ pub(super) mod tests {
     }
 
     fn images_mem(b: &[u8]) -> Result<(usize, [usize; 3], Inputs), DataError> {
-        read_images(&mut Cursor::new(b), b.len() as u64, Path::new("x.npy"))
+        read_images(
+            &mut Cursor::new(b),
+            b.len() as u64,
+            Path::new("x.npy"),
+            Layout::Nchw,
+        )
     }
 
     fn labels_mem(b: &[u8]) -> Result<Vec<u32>, DataError> {

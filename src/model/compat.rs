@@ -1,5 +1,6 @@
-//! Whether a network can read a dataset: the same input size per sample, and
-//! labels within its classes.
+//! Whether a network can read a dataset: the same input size per sample
+//! (and, for a convolutional network on images, the same channels, height
+//! and width), and labels within its classes.
 //!
 //! Both phases ask this before they run a network over data: the teacher
 //! before it fills a cache (phase one), the trainer and evaluation before
@@ -20,6 +21,11 @@ pub fn check_compatible<D: Backend>(net: &Network<D>, data: &Dataset) -> Result<
 
 /// [`check_compatible`] for a network yet to be built from `spec`.
 pub fn check_spec_compatible(spec: &ModelSpec, data: &Dataset) -> Result<()> {
+    check_len(spec, data)?;
+    check_shape_and_classes(spec, data)
+}
+
+fn check_len(spec: &ModelSpec, data: &Dataset) -> Result<()> {
     if data.sample_len() != spec.input_len() {
         let [c, h, w] = data.sample_shape();
         return Err(Error::Spec {
@@ -29,6 +35,25 @@ pub fn check_spec_compatible(spec: &ModelSpec, data: &Dataset) -> Result<()> {
                 spec.input_len(),
                 data.source().display(),
                 data.sample_len(),
+                data.split()
+            ),
+        });
+    }
+    Ok(())
+}
+
+fn check_shape_and_classes(spec: &ModelSpec, data: &Dataset) -> Result<()> {
+    let (c, h, w) = spec.input_shape();
+    let [dc, dh, dw] = data.sample_shape();
+    // Flat samples of the right length are read as the spec's images.
+    let flat = dc == 1 && dh == 1;
+    if spec.is_convolutional() && !flat && (c, h, w) != (dc, dh, dw) {
+        return Err(Error::Spec {
+            spec: spec.to_string(),
+            message: format!(
+                "reads {c}x{h}x{w} images, but {} holds {dc}x{dh}x{dw} images (split {}); \
+                 start the spec with i{dc}x{dh}x{dw}, or name no input and it follows the data",
+                data.source().display(),
                 data.split()
             ),
         });
@@ -47,4 +72,43 @@ pub fn check_spec_compatible(spec: &ModelSpec, data: &Dataset) -> Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::data::Split;
+
+    fn images(shape: [usize; 3]) -> Dataset {
+        let len: usize = shape.iter().product();
+        Dataset::from_u8(shape, vec![1; 2 * len], Some(vec![0, 1]), Split::Train).unwrap()
+    }
+
+    #[test]
+    fn a_convolutional_spec_must_match_the_images_channels_and_size() {
+        let ok = |spec: &str, shape| {
+            check_spec_compatible(&ModelSpec::parse(spec).unwrap(), &images(shape))
+        };
+        assert!(ok("cnn:i3x8x8-c4-p-2", [3, 8, 8]).is_ok());
+        assert!(
+            ok("cnn:c4-p-2", [1, 1, 784]).is_ok(),
+            "flat data of the right length"
+        );
+        assert!(
+            ok("mlp:192-2", [3, 8, 8]).is_ok(),
+            "a dense network reads any shape"
+        );
+        // Same length, other channels: 3x8x8 = 12x4x4.
+        let e = ok("cnn:i3x8x8-c4-p-2", [12, 4, 4]).unwrap_err().to_string();
+        assert!(
+            e.contains("reads 3x8x8 images") && e.contains("12x4x4"),
+            "{e}"
+        );
+        let e = ok("cnn:c4-p-2", [3, 32, 32]).unwrap_err().to_string();
+        assert!(e.contains("inputs per sample"), "{e}");
+        assert!(
+            ok("cnn:i3x8x8-c4-p-1", [3, 8, 8]).is_err(),
+            "labels up to 1"
+        );
+    }
 }

@@ -10,16 +10,22 @@
 //!   PyTorch's flatten order (c, h, w);
 //! - everything else is already PyTorch's layout.
 //!
+//! The metadata holds the spec ([`SPEC_KEY`]) and, for a model that
+//! normalises its inputs, the normalisation
+//! ([`NORMALIZE_KEY`](super::input_norm::NORMALIZE_KEY)); its keys are
+//! written in sorted order, so the same model gives the same bytes.
+//!
 //! Files are written to a temporary name in the same directory, synced and
 //! renamed, so a crash never leaves a half-written weights file behind.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fs;
 use std::path::Path;
 
 use safetensors::tensor::{Dtype, SafeTensors, TensorView};
 use xxhash_rust::xxh3::Xxh3;
 
+use super::input_norm::{self, NORMALIZE_KEY};
 use super::network::{Network, ParamValue};
 use super::ops::Backend;
 use super::spec::{Layer, ModelSpec};
@@ -212,11 +218,18 @@ impl<D: Backend> Network<D> {
         Ok(())
     }
 
-    /// A content fingerprint of the spec and weights (xxh3-128, hex): the
-    /// same weights give the same fingerprint however they were saved.
+    /// A content fingerprint of the spec, the input normalisation (when
+    /// there is one) and the weights (xxh3-128, hex): the same model gives
+    /// the same fingerprint however it was saved.
     pub fn fingerprint(&self) -> String {
         let mut h = Xxh3::new();
         h.update(self.spec().as_str().as_bytes());
+        if let Some(n) = self.normalization() {
+            h.update(NORMALIZE_KEY.as_bytes());
+            for v in n.mean().iter().chain(n.std()) {
+                h.update(&v.to_le_bytes());
+            }
+        }
         for p in self.params() {
             h.update(p.name.as_bytes());
             for v in p.value.to_vec() {
@@ -249,11 +262,36 @@ pub fn write_safetensors(
                 })
         })
         .collect::<Result<Vec<_>>>()?;
-    let buf = safetensors::tensor::serialize(views, &Some(metadata)).map_err(|e| Error::Model {
-        path: path.to_path_buf(),
-        message: format!("cannot serialise: {e}"),
+    let mut buf = safetensors::tensor::serialize(views, &Some(metadata.clone())).map_err(|e| {
+        Error::Model {
+            path: path.to_path_buf(),
+            message: format!("cannot serialise: {e}"),
+        }
     })?;
+    sort_metadata(&mut buf, &metadata);
     atomic_write(path, &buf)
+}
+
+/// Rewrites the `__metadata__` object of serialised safetensors bytes with
+/// its keys sorted. The crate writes a `HashMap` in its (random) iteration
+/// order; the sorted object has the same length, so nothing else moves.
+/// Leaves the bytes alone if they are not laid out as expected.
+fn sort_metadata(buf: &mut [u8], metadata: &HashMap<String, String>) {
+    const PREFIX: &[u8] = b"{\"__metadata__\":";
+    let (Ok(as_written), Ok(sorted)) = (
+        serde_json::to_string(metadata),
+        serde_json::to_string(&metadata.iter().collect::<BTreeMap<_, _>>()),
+    ) else {
+        return;
+    };
+    let start = 8 + PREFIX.len();
+    let end = start + as_written.len();
+    if buf.get(8..start) == Some(PREFIX)
+        && buf.get(start..end) == Some(as_written.as_bytes())
+        && sorted.len() == as_written.len()
+    {
+        buf[start..end].copy_from_slice(sorted.as_bytes());
+    }
 }
 
 /// Reads every f32 tensor and the metadata of a safetensors file. Errors
@@ -307,13 +345,30 @@ pub fn read_safetensors(path: &Path) -> Result<(HashMap<String, String>, Vec<Hos
     Ok((metadata, out))
 }
 
-/// Saves a network's weights, recording its spec in the file's metadata.
+/// Saves a network's weights, recording its spec and its input
+/// normalisation (when it has one) in the file's metadata.
 pub fn save_weights<D: Backend>(net: &Network<D>, path: &Path) -> Result<()> {
-    // One metadata key only: the safetensors crate writes metadata in
-    // HashMap order, and the same weights must give the same bytes.
     let mut meta = HashMap::new();
     meta.insert(SPEC_KEY.to_string(), net.spec().as_str().to_string());
+    if let Some(n) = net.normalization() {
+        meta.insert(NORMALIZE_KEY.to_string(), input_norm::to_metadata(n));
+    }
     write_safetensors(path, &net.to_host(), meta)
+}
+
+/// The input normalisation recorded in a weights file's metadata (`None`
+/// when it has none: the identity); errors name the file.
+pub fn stored_normalization(
+    meta: &HashMap<String, String>,
+    path: &Path,
+) -> Result<Option<crate::data::Normalization>> {
+    meta.get(NORMALIZE_KEY)
+        .map(|text| input_norm::from_metadata(text))
+        .transpose()
+        .map_err(|message| Error::Model {
+            path: path.to_path_buf(),
+            message,
+        })
 }
 
 /// Loads a weights file into a new network. The spec comes from `spec`
@@ -358,8 +413,14 @@ pub fn load_weights<D: Backend>(
             }
         }
     }
+    let normalization = stored_normalization(&meta, path)?;
     let mut net = Network::new(spec, device, 0);
     net.load_host(&tensors, path)?;
+    net.set_normalization(normalization)
+        .map_err(|message| Error::Model {
+            path: path.to_path_buf(),
+            message,
+        })?;
     Ok(net)
 }
 
@@ -454,5 +515,97 @@ mod tests {
             err.contains("m.safetensors") && err.contains("not a valid"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn normalisation_is_stored_with_the_weights_and_read_back() {
+        use crate::data::Normalization;
+        let dev = Cpu::seed_from_u64(0);
+        let dir = tempfile::tempdir().unwrap();
+        let spec = ModelSpec::parse("cnn:i3x4x4-c2-p-3").unwrap();
+        let mut net = Network::new(spec.clone(), dev.clone(), 5);
+        let plain_fingerprint = net.fingerprint();
+        let x: Vec<f32> = (0..2 * 48).map(|i| (i % 11) as f32 / 11.0).collect();
+        let plain = net.predict(x.clone(), 2).as_vec();
+        let stats: Normalization = "0.5,0.4,0.3/0.25,0.2,0.1".parse().unwrap();
+        net.set_normalization(Some(stats.clone())).unwrap();
+        assert_ne!(net.fingerprint(), plain_fingerprint);
+        // The forward pass is the plain network on the normalised inputs.
+        let mut normalised = x.clone();
+        stats.apply(48, &mut normalised);
+        let got = net.predict(x.clone(), 2).as_vec();
+        let mut reference = Network::new(spec, dev.clone(), 5);
+        reference.set_normalization(None).unwrap();
+        assert_eq!(got, reference.predict(normalised, 2).as_vec());
+        assert_ne!(got, plain);
+        // Saved and loaded: the same outputs and fingerprint, the same
+        // bytes every time (two metadata keys, written sorted).
+        let path = dir.path().join("m.safetensors");
+        save_weights(&net, &path).unwrap();
+        let bytes = fs::read(&path).unwrap();
+        for _ in 0..8 {
+            save_weights(&net, &path).unwrap();
+            assert_eq!(fs::read(&path).unwrap(), bytes);
+        }
+        let header = String::from_utf8_lossy(&bytes[8..200]).to_string();
+        let (n, s) = (
+            header.find(NORMALIZE_KEY).unwrap(),
+            header.find(SPEC_KEY).unwrap(),
+        );
+        assert!(n < s, "sorted keys: {header}");
+        let back = load_weights(&path, None, dev.clone()).unwrap();
+        assert_eq!(back.normalization(), Some(&stats));
+        assert_eq!(back.fingerprint(), net.fingerprint());
+        assert_eq!(back.predict(x, 2).as_vec(), got);
+        // A bad value names the file and the key.
+        let (mut meta, tensors) = read_safetensors(&path).unwrap();
+        meta.insert(NORMALIZE_KEY.into(), r#"{"mean":[0.5],"std":[1]}"#.into());
+        write_safetensors(&path, &tensors, meta.clone()).unwrap();
+        let e = load_weights(&path, None, dev.clone())
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(
+            e.contains("m.safetensors") && e.contains("1 channels"),
+            "{e}"
+        );
+        meta.insert(NORMALIZE_KEY.into(), "{".into());
+        write_safetensors(&path, &tensors, meta).unwrap();
+        let e = load_weights(&path, None, dev).err().unwrap().to_string();
+        assert!(
+            e.contains("m.safetensors") && e.contains(NORMALIZE_KEY),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn the_committed_teachers_load_without_normalisation_and_unchanged() {
+        let dev = Cpu::seed_from_u64(0);
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("data/teachers");
+        for name in ["fashion-cnn", "fashion-cnn-long"] {
+            let file = root.join(name).join("model.safetensors");
+            let net = load_weights(&file, None, dev.clone()).unwrap();
+            assert_eq!(net.normalization(), None, "{name}");
+            // The fingerprint its card recorded when it was trained.
+            let card: serde_json::Value = serde_json::from_str(
+                &fs::read_to_string(root.join(name).join("model.json")).unwrap(),
+            )
+            .unwrap();
+            assert_eq!(
+                card["weights_fingerprint"].as_str(),
+                Some(net.fingerprint().as_str()),
+                "{name}"
+            );
+            // The same logits as the bare parameters give.
+            let (_, tensors) = read_safetensors(&file).unwrap();
+            let mut bare = Network::new(net.spec().clone(), dev.clone(), 0);
+            bare.load_host(&tensors, &file).unwrap();
+            let x: Vec<f32> = (0..3 * 784).map(|i| (i % 255) as f32 / 255.0).collect();
+            assert_eq!(
+                net.predict(x.clone(), 3).as_vec(),
+                bare.predict(x, 3).as_vec(),
+                "{name}"
+            );
+        }
     }
 }

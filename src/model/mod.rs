@@ -1,13 +1,15 @@
 //! Models from run-time specs: parsing ([`spec`]), the dfdx network and its
 //! parameter store ([`network`]), the device ops behind [`Backend`]
 //! (patches and pooling in [`ops`], the fused convolution block in [`conv`],
-//! matmuls in [`kernels`]), safetensors
-//! I/O with PyTorch names and layouts ([`io`]), a model directory's layout
+//! matmuls in [`kernels`]), safetensors I/O with PyTorch names and layouts
+//! ([`io`]), the input normalisation stored with a model ([`input_norm`]), a
+//! model directory's layout
 //! ([`dir`]) and a spec checked against a dataset ([`compat`]).
 
 pub mod compat;
 pub mod conv;
 pub mod dir;
+pub mod input_norm;
 pub mod io;
 pub mod kernels;
 pub mod network;

@@ -14,7 +14,8 @@
 //! - conv weight `[out, 9 * in]`, column `tap * in + c` with `tap = 3*dy + dx`.
 //!
 //! The forward pass takes a batch as `(batch, input_len)` rows in the
-//! dataset's (channel, height, width) order and returns `(batch, classes)`
+//! dataset's (channel, height, width) order, applies the network's input
+//! normalisation if it has one ([`super::input_norm`]), and returns `(batch, classes)`
 //! logits; it is generic over the tape, so the same code serves training
 //! (`OwnedTape`) and inference (`NoneTape`). Dense layers go through
 //! [`Backend::linear`], convolutions (with the max-pool that follows, if any)
@@ -25,9 +26,11 @@ use dfdx::prelude::*;
 use rand::{Rng, SeedableRng};
 
 use super::conv::ConvOpts;
+use super::input_norm::InputNorm;
 use super::kernels::LinearOpts;
 use super::ops::{Backend, ImageGeom, Matrix};
 use super::spec::{Layer, ModelSpec};
+use crate::data::Normalization;
 
 /// The value of one learnable tensor.
 #[derive(Clone, Debug)]
@@ -102,6 +105,8 @@ pub struct Network<D: Backend> {
     params: Vec<Param<D>>,
     /// For each layer, the index of its weight in `params` (bias follows).
     weight_of_layer: Vec<Option<usize>>,
+    /// Applied to the inputs first; `None` is the identity.
+    input_norm: Option<InputNorm<D>>,
 }
 
 impl<D: Backend> Network<D> {
@@ -152,7 +157,23 @@ impl<D: Backend> Network<D> {
             device,
             params,
             weight_of_layer,
+            input_norm: None,
         }
+    }
+
+    /// The input normalisation, if the network has one.
+    pub fn normalization(&self) -> Option<&Normalization> {
+        self.input_norm.as_ref().map(InputNorm::stats)
+    }
+
+    /// Sets (or with `None` removes) the input normalisation; the error
+    /// says why it does not fit the spec's input.
+    pub fn set_normalization(&mut self, stats: Option<Normalization>) -> Result<(), String> {
+        self.input_norm = match stats {
+            Some(s) => Some(InputNorm::new(s, &self.spec, &self.device)?),
+            None => None,
+        };
+        Ok(())
     }
 
     /// The spec this network was built from.
@@ -192,7 +213,10 @@ impl<D: Backend> Network<D> {
     pub fn forward<T: Tape<f32, D>>(&self, x: Matrix<D, T>) -> Matrix<D, T> {
         let batch = x.shape().0;
         let (c0, h0, w0) = self.spec.input_shape();
-        let mut x = x;
+        let mut x = match &self.input_norm {
+            Some(n) => n.apply(x),
+            None => x,
+        };
         // Images travel channels-last; a single-channel image is already so.
         if self.spec.is_convolutional() {
             x = if c0 == 1 {

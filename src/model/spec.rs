@@ -163,6 +163,25 @@ impl ModelSpec {
         Ok(spec)
     }
 
+    /// Parses `text` for samples of `shape` (channels, height, width): a
+    /// `cnn:` spec that does not name its input (`iCxHxW`) reads images of
+    /// the data's shape, so on 3x32x32 data `cnn:c32-p-10` is
+    /// `cnn:i3x32x32-c32-p-10`, the text it then has (and is saved with).
+    /// Flat data (`[1, 1, F]`), data of the default 1x28x28, and every
+    /// other spec parse as [`Self::parse`] does.
+    pub fn parse_for_input(text: &str, shape: [usize; 3]) -> Result<Self> {
+        let [c, h, w] = shape;
+        if let Some((family, body)) = text.split_once(':') {
+            let body = body.trim_start();
+            let names_input = body.starts_with('i');
+            if family.trim() == "cnn" && !names_input && h > 1 && w > 1 && (c, h, w) != (1, 28, 28)
+            {
+                return Self::parse(&format!("cnn:i{c}x{h}x{w}-{body}"));
+            }
+        }
+        Self::parse(text)
+    }
+
     fn parse_mlp(text: &str, tokens: &[&str]) -> Result<Self> {
         if tokens.len() < 2 {
             return Err(Error::Spec {
@@ -625,6 +644,27 @@ mod tests {
             assert!(err.contains(needle), "{text}: {err}");
             assert!(err.contains(text), "{text}: {err}");
         }
+    }
+
+    #[test]
+    fn a_cnn_without_an_input_follows_the_data() {
+        let rgb = ModelSpec::parse_for_input("cnn:c8-p-10", [3, 32, 32]).unwrap();
+        assert_eq!(rgb.as_str(), "cnn:i3x32x32-c8-p-10");
+        assert_eq!(rgb.input_shape(), (3, 32, 32));
+        assert_eq!(rgb.param_count(), (8 * 3 * 9 + 8) + (8 * 16 * 16 * 10 + 10));
+        // Named inputs, MLPs, flat data and the default shape are left alone.
+        for (text, shape) in [
+            ("cnn:i1x28x28-c8-10", [3, 32, 32]),
+            ("mlp:3072-10", [3, 32, 32]),
+            ("cnn:c8-10", [1, 1, 784]),
+            ("cnn:c8-10", [1, 28, 28]),
+        ] {
+            let spec = ModelSpec::parse_for_input(text, shape).unwrap();
+            assert_eq!(spec, ModelSpec::parse(text).unwrap(), "{text}");
+        }
+        let gray = ModelSpec::parse_for_input("cnn:c4-p-5", [1, 8, 6]).unwrap();
+        assert_eq!(gray.as_str(), "cnn:i1x8x6-c4-p-5");
+        assert!(ModelSpec::parse_for_input("cnn:c4-q-5", [3, 8, 8]).is_err());
     }
 
     #[test]

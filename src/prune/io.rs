@@ -1,7 +1,9 @@
 //! A model directory as host tensors, for pruning and parameter transfer:
 //! [`read_model`] (the spec from the weights' metadata, the tensors checked
-//! against it) and [`write_model`] (weights and masks). File names come from
-//! [`ModelDir`].
+//! against it; [`read_model_normalized`] with the input normalisation) and
+//! [`write_model`] (weights, normalisation and masks). Pruning and transfer
+//! change layers, never the input, so a model's normalisation passes through
+//! unchanged. File names come from [`ModelDir`].
 
 use std::collections::HashMap;
 use std::fs;
@@ -10,15 +12,27 @@ use std::path::Path;
 use dfdx::prelude::Cpu;
 
 use super::masks::write_masks;
+use crate::data::Normalization;
 use crate::error::{Error, Result};
-use crate::model::io::{read_safetensors, write_safetensors, HostTensor, SPEC_KEY};
+use crate::model::input_norm::{self, NORMALIZE_KEY};
+use crate::model::io::{
+    read_safetensors, stored_normalization, write_safetensors, HostTensor, SPEC_KEY,
+};
 use crate::model::{ModelDir, ModelSpec, Network};
 
 /// Reads a model's spec and tensors (PyTorch layout, in the network's
 /// parameter order), checking names and shapes against the spec.
 pub fn read_model(dir: &ModelDir) -> Result<(ModelSpec, Vec<HostTensor>)> {
+    read_model_normalized(dir).map(|(spec, tensors, _)| (spec, tensors))
+}
+
+/// [`read_model`], and the model's input normalisation (`None`: it has none).
+pub fn read_model_normalized(
+    dir: &ModelDir,
+) -> Result<(ModelSpec, Vec<HostTensor>, Option<Normalization>)> {
     let file = dir.weights();
     let (meta, tensors) = read_safetensors(file)?;
+    let normalization = stored_normalization(&meta, file)?;
     let text = meta.get(SPEC_KEY).ok_or_else(|| Error::Model {
         path: file.to_path_buf(),
         message: format!("no '{SPEC_KEY}' metadata: not a distill model"),
@@ -27,16 +41,23 @@ pub fn read_model(dir: &ModelDir) -> Result<(ModelSpec, Vec<HostTensor>)> {
     // Validates names and shapes against the spec.
     let mut net = Network::new(spec.clone(), Cpu::default(), 0);
     net.load_host(&tensors, file)?;
-    Ok((spec, net.to_host()))
+    net.set_normalization(normalization.clone())
+        .map_err(|message| Error::Model {
+            path: file.to_path_buf(),
+            message,
+        })?;
+    Ok((spec, net.to_host(), normalization))
 }
 
 /// Writes a model into the directory `out` (created if needed): its weights
-/// with the spec in the metadata, and its masks, or no mask file when it
-/// has none. Returns the directory's layout.
+/// with the spec and the input normalisation (if any) in the metadata, and
+/// its masks, or no mask file when it has none. Returns the directory's
+/// layout.
 pub fn write_model(
     out: &Path,
     spec: &ModelSpec,
     weights: &[HostTensor],
+    normalization: Option<&Normalization>,
     masks: Option<&[HostTensor]>,
 ) -> Result<ModelDir> {
     fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
@@ -45,6 +66,9 @@ pub fn write_model(
     let dir = ModelDir::new(out);
     let mut meta = HashMap::new();
     meta.insert(SPEC_KEY.to_string(), spec.to_string());
+    if let Some(n) = normalization {
+        meta.insert(NORMALIZE_KEY.to_string(), input_norm::to_metadata(n));
+    }
     write_safetensors(dir.weights(), weights, meta)?;
     write_masks(&dir, spec, masks)?;
     Ok(dir)
@@ -60,9 +84,13 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let spec = ModelSpec::parse("mlp:3-4-2").unwrap();
         let w = host(&spec, |_, i| i as f32);
-        let dir = write_model(&tmp.path().join("m"), &spec, &w, None).unwrap();
+        let dir = write_model(&tmp.path().join("m"), &spec, &w, None, None).unwrap();
         assert!(dir.has_weights() && !dir.masks().exists());
-        assert_eq!(read_model(&dir).unwrap(), (spec, w));
+        assert_eq!(read_model(&dir).unwrap(), (spec.clone(), w.clone()));
+        assert_eq!(read_model_normalized(&dir).unwrap().2, None);
+        let n: Normalization = "0.5/0.25".parse().unwrap();
+        let dir = write_model(&tmp.path().join("n"), &spec, &w, Some(&n), None).unwrap();
+        assert_eq!(read_model_normalized(&dir).unwrap(), (spec, w, Some(n)));
         let err = read_model(&ModelDir::new(tmp.path())).unwrap_err();
         assert!(err.to_string().contains("model.safetensors"), "{err}");
     }

@@ -14,7 +14,7 @@ use std::str::FromStr;
 use dfdx::prelude::Cpu;
 
 use super::accounting::Summary;
-use super::io::{read_model, write_model};
+use super::io::{read_model_normalized, write_model};
 use super::masks::{check_masks, grow_masks, read_masks, MaskCount};
 use super::selection::{check_sparsity, LayerSelection};
 use super::structured::structured;
@@ -131,7 +131,7 @@ where
 {
     cfg.validate()?;
     let source = ModelDir::new(&cfg.model);
-    let (spec, weights) = read_model(&source)?;
+    let (spec, weights, normalization) = read_model_normalized(&source)?;
     let old_masks = read_masks(&source)?;
     if let Some(m) = &old_masks {
         check_masks(&spec, m, &source.masks())?;
@@ -149,6 +149,11 @@ where
             Some(d) => {
                 let mut net = Network::new(spec.clone(), Cpu::default(), 0);
                 net.load_host(tensors, file)?;
+                net.set_normalization(normalization.clone())
+                    .map_err(|message| Error::Model {
+                        path: file.to_path_buf(),
+                        message,
+                    })?;
                 accuracy(&net, d)?
             }
             None => None,
@@ -175,7 +180,13 @@ where
             (small.spec, small.weights, small.masks, Some(small.report))
         }
     };
-    let out = write_model(&cfg.out, &new_spec, &new_weights, masks.as_deref())?;
+    let out = write_model(
+        &cfg.out,
+        &new_spec,
+        &new_weights,
+        normalization.as_ref(),
+        masks.as_deref(),
+    )?;
     let after = measure(&new_spec, &new_weights, out.weights())?;
     let run = PruneRun {
         carried_mask: match cfg.method {
@@ -239,7 +250,7 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let spec = ModelSpec::parse("mlp:3-4-2").unwrap();
         let w = host(&spec, |_, i| 1.0 + i as f32);
-        write_model(&tmp.path().join("m"), &spec, &w, None).unwrap();
+        write_model(&tmp.path().join("m"), &spec, &w, None, None).unwrap();
         let no_accuracy = |_: &Network<Cpu>, _: &Dataset| -> Result<Option<f64>> { Ok(None) };
         let cfg = config(
             &tmp.path().join("m"),

@@ -21,9 +21,10 @@ use std::path::Path;
 
 use dfdx::prelude::Cpu;
 
-use super::io::read_model;
+use super::io::read_model_normalized;
 use super::masks::read_masks;
 use super::spec_err;
+use crate::data::Normalization;
 use crate::error::{Error, Result};
 use crate::model::io::{torch_shapes, HostTensor};
 use crate::model::{Layer, ModelDir, ModelSpec, Network};
@@ -465,6 +466,9 @@ pub struct InitFrom {
     pub spec: String,
     /// The source model's spec.
     pub source_spec: ModelSpec,
+    /// The source model's input normalisation (`None`: it has none), which
+    /// a student that keeps `normalize` at `auto` keeps.
+    pub normalization: Option<Normalization>,
     /// The student's initial weights, PyTorch layout.
     pub tensors: Vec<HostTensor>,
     /// The source model's pruning masks, to keep fixed while training.
@@ -480,9 +484,11 @@ pub struct InitFrom {
 /// initialises only its own spec. Errors name the `init_from` field.
 pub fn init_from(dir: &Path, student: Option<&str>, seed: u64) -> Result<InitFrom> {
     let source = ModelDir::new(dir);
-    let (t_spec, teacher) = read_model(&source)?;
+    let (t_spec, teacher, normalization) = read_model_normalized(&source)?;
+    let (c, h, w) = t_spec.input_shape();
     let s_spec = match student {
-        Some(s) => ModelSpec::parse(s)?,
+        // A cnn student that names no input reads the source's images.
+        Some(s) => ModelSpec::parse_for_input(s, [c, h, w])?,
         None => t_spec.clone(),
     };
     // The same initialisation the trainer would draw, for what stays random.
@@ -508,6 +514,7 @@ pub fn init_from(dir: &Path, student: Option<&str>, seed: u64) -> Result<InitFro
     Ok(InitFrom {
         spec: s_spec.to_string(),
         source_spec: t_spec,
+        normalization,
         tensors,
         masks,
         report,
@@ -623,7 +630,7 @@ mod tests {
         let mut mask = host(&spec, |_, _| 1.0);
         mask.retain(|t| t.name == "layers.0.weight");
         mask[0].data[0] = 0.0;
-        super::super::io::write_model(tmp.path(), &spec, &weights, Some(&mask)).unwrap();
+        super::super::io::write_model(tmp.path(), &spec, &weights, None, Some(&mask)).unwrap();
         let init = init_from(tmp.path(), None, 7).unwrap();
         assert_eq!(init.spec, "mlp:3-4-2");
         assert_eq!(init.tensors, weights);

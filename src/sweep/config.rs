@@ -144,6 +144,7 @@ impl SweepConfig {
             allow_topk_retemper: false,
             augment: None,
             prune_schedule: None,
+            normalize: TrainConfig::default().normalize,
         }
     }
 

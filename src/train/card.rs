@@ -9,8 +9,9 @@
 use std::path::{Path, PathBuf};
 
 use crate::cache::{CacheReader, CacheViews};
-use crate::data::Dataset;
+use crate::data::{Dataset, Normalization};
 use crate::error::{Error, Result};
+use crate::model::input_norm;
 use crate::model::{Backend, Network};
 
 use super::config::{RunOptions, TrainConfig};
@@ -77,6 +78,9 @@ pub struct ModelCard {
     pub parameters: u64,
     pub flops_per_sample: u64,
     pub weights_fingerprint: String,
+    /// The input normalisation the model applies (absent: none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub normalization: Option<Normalization>,
     pub data: Option<DataRef>,
     pub config: Option<TrainConfig>,
     pub cache: Option<CacheRef>,
@@ -109,6 +113,7 @@ impl ModelCard {
             parameters: spec.param_count(),
             flops_per_sample: spec.flops(),
             weights_fingerprint: net.fingerprint(),
+            normalization: net.normalization().cloned(),
             data: Some(DataRef {
                 dir: opts.data_dir.clone(),
                 train_fingerprint: train.fingerprint().0.clone(),
@@ -123,7 +128,7 @@ impl ModelCard {
             teacher_agreement,
             train_seconds,
             command: opts.command.clone(),
-            pytorch: spec.torch_code(),
+            pytorch: input_norm::torch_code(spec, net.normalization()),
             distill_version: env!("CARGO_PKG_VERSION").to_string(),
         }
     }

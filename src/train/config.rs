@@ -10,6 +10,7 @@
 use std::path::PathBuf;
 
 use crate::data::augment::Augment;
+use crate::data::{Normalization, NormalizeSetting};
 use crate::error::{Error, Result};
 use crate::model::io::HostTensor;
 use crate::model::ModelSpec;
@@ -42,6 +43,15 @@ pub struct TrainConfig {
     /// Gradual magnitude pruning during the run.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub prune_schedule: Option<GradualSchedule>,
+    /// The model's input normalisation: `auto` (measured on the training
+    /// split, or the starting model's with `init`), `none`, or given
+    /// values. A config recorded before the field existed had none.
+    #[serde(default = "no_normalization")]
+    pub normalize: NormalizeSetting,
+}
+
+fn no_normalization() -> NormalizeSetting {
+    NormalizeSetting::Off
 }
 
 impl Default for TrainConfig {
@@ -58,6 +68,7 @@ impl Default for TrainConfig {
             allow_topk_retemper: false,
             augment: None,
             prune_schedule: None,
+            normalize: NormalizeSetting::Auto,
         }
     }
 }
@@ -104,6 +115,9 @@ pub struct RunOptions {
     pub data_dir: PathBuf,
     /// Start from these weights instead of random ones.
     pub init: Option<Vec<HostTensor>>,
+    /// The input normalisation of the model `init` came from (`None`: it
+    /// had none), which [`NormalizeSetting::Auto`] keeps.
+    pub init_normalization: Option<Normalization>,
     /// The model directory `init` and `masks` were read from, named in
     /// errors about them.
     pub init_source: Option<PathBuf>,

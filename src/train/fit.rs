@@ -65,7 +65,8 @@ pub fn train<D: Backend>(
     out_dir: &Path,
     opts: &RunOptions,
 ) -> Result<TrainOutcome<D>> {
-    let spec = cfg.validate()?;
+    cfg.validate()?;
+    let spec = ModelSpec::parse_for_input(&cfg.spec, sources.train.sample_shape())?;
     sources.check(cfg, &spec)?;
     let mut run = Run::start(device, cfg, spec, sources, out_dir, opts)?;
     let finished = run.epochs()?;
@@ -124,6 +125,13 @@ impl<'a, D: Backend> Run<'a, D> {
             );
             net.load_host(init, &source)?;
         }
+        let start = opts.init.as_ref().map(|_| opts.init_normalization.as_ref());
+        let normalization = cfg.normalize.resolve(sources.train, start)?;
+        net.set_normalization(normalization)
+            .map_err(|message| Error::Config {
+                field: "normalize".into(),
+                message,
+            })?;
         let n = sources.train.len();
         let total_steps = n.div_ceil(cfg.batch_size) as u64 * cfg.epochs as u64;
         let mask_source = init_dir
