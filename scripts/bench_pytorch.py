@@ -150,7 +150,9 @@ class Distill:
         a = self.a
         cmd = [a.bin, "train", "--data", a.data, "--student", spec, "--epochs", "1",
                "--batch", str(a.batch), "--optimizer", "adam", "--lr", str(a.lr),
-               "--schedule", "constant", "--seed", str(a.seed), "--quiet", "--out", out_dir]
+               "--schedule", "constant", "--seed", str(a.seed), "--quiet", "--out", out_dir,
+               # The recipe is pixels / 255 for both sides.
+               "--normalize", "none"]
         if cache:
             cmd += ["--cache", cache, "-T", str(a.temperature), "--alpha", str(a.alpha)]
         run(cmd, self.env)
