@@ -356,6 +356,7 @@ mod tests {
                 spec: "mlp:8-10".into(),
                 fingerprint: "t".into(),
                 source: "t.safetensors".into(),
+                normalization: None,
             },
             dataset: DatasetInfo {
                 fingerprint: "d".into(),

@@ -5,6 +5,8 @@
 //! test and to dfdx's CPU device, and compares outputs and gradients:
 //! - the 3x3 patch op (`im2col`) and 2x2 max-pool: forward, and the input
 //!   gradient of `sum(op(x) * W)` for a random `W`;
+//! - the convolution block (`conv3x3`, with and without its pool): forward,
+//!   and the gradients of the input, weight and bias of `sum(op(x) * R)`;
 //! - whole networks (an MLP and a CNN): logits, and every parameter's
 //!   gradient of the distillation loss (alpha 0.5, T 4) against fixed labels
 //!   and teacher log-probabilities.
@@ -18,6 +20,7 @@ use rand::{Rng, SeedableRng};
 
 use super::loss::{loss, LossConfig, LossKind, Targets};
 use crate::error::Result;
+use crate::model::conv::ConvOpts;
 use crate::model::ops::{ImageGeom, Matrix};
 use crate::model::{Backend, ModelSpec, Network, ParamValue};
 
@@ -92,6 +95,32 @@ fn image_op<D: Backend>(
     (values, grads.get(&xt).as_vec())
 }
 
+/// Output and the gradients (input, weight, bias) of the convolution block
+/// on `dev`, from host inputs, with `o` output channels.
+fn conv_op<D: Backend>(dev: &D, pool: bool, g: ImageGeom, o: usize) -> [Vec<f32>; 4] {
+    let x: Matrix<D> =
+        dev.tensor_from_vec(random(g.rows() * g.channels, 5), (g.rows(), g.channels));
+    let w: Matrix<D> = dev.tensor_from_vec(random(o * 9 * g.channels, 6), (o, 9 * g.channels));
+    let b = dev.tensor_from_vec(random(o, 7), (o,));
+    let opts = ConvOpts {
+        pool,
+        input_grad: true,
+    };
+    let out = dev.conv3x3(x.leaky_trace(), &w, &b, g, opts);
+    let shape = *out.shape();
+    let values = out.retaped::<NoneTape>().as_vec();
+    let r: Matrix<D> = dev.tensor_from_vec(random(shape.0 * shape.1, 8), shape);
+    let grads = (dev.conv3x3(x.leaky_trace(), &w, &b, g, opts) * r)
+        .sum::<Rank0, _>()
+        .backward();
+    [
+        values,
+        grads.get(&x).as_vec(),
+        grads.get(&w).as_vec(),
+        grads.get(&b).as_vec(),
+    ]
+}
+
 /// Logits and parameter gradients of `spec` (weights from `seed`) on a batch.
 fn network_pass<D: Backend>(
     dev: &D,
@@ -145,6 +174,18 @@ pub fn check_device<D: Backend>(dev: &D) -> Result<Vec<OpCheck>> {
             checks.push(OpCheck::new(format!("{name} {shape} out"), &dv, &cv, 0.0));
             checks.push(OpCheck::new(format!("{name} {shape} grad"), &dg, &cg, 1e-5));
         }
+        for pool in [false, true] {
+            let name = if pool { "conv3x3+pool" } else { "conv3x3" };
+            let shape = format!("{}x{}x{}x{}", g.batch, g.channels, g.height, g.width);
+            let device = conv_op(dev, pool, g, 8);
+            let host = conv_op(&cpu, pool, g, 8);
+            for (part, (d, c)) in ["out", "grad x", "grad w", "grad b"]
+                .iter()
+                .zip(device.iter().zip(&host))
+            {
+                checks.push(OpCheck::new(format!("{name} {shape} {part}"), d, c, 1e-4));
+            }
+        }
     }
     let batch = 16;
     for text in ["mlp:784-128-10", "cnn:c8-p-c16-p-10"] {
@@ -185,7 +226,7 @@ mod tests {
     #[test]
     fn the_cpu_agrees_with_itself_and_a_wrong_value_is_caught() {
         let checks = check_device(&Cpu::default()).unwrap();
-        assert!(checks.len() >= 8 + 2 * 5, "{}", checks.len());
+        assert!(checks.len() >= 8 + 16 + 2 * 5, "{}", checks.len());
         for c in &checks {
             assert!(c.passed(), "{c:?}");
         }

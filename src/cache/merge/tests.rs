@@ -21,6 +21,7 @@ fn meta(n: u64, enc: Encoding, labels: bool) -> CacheMeta {
             spec: "mlp:8-10".into(),
             fingerprint: "teacher-fp".into(),
             source: "teacher.safetensors".into(),
+            normalization: None,
         },
         dataset: DatasetInfo {
             fingerprint: "data-fp".into(),
