@@ -45,10 +45,12 @@ pub struct SweepArgs {
     /// Student model specs, comma-separated.
     #[arg(long, value_delimiter = ',')]
     students: Vec<String>,
-    /// Distillation temperatures, comma-separated (default 4).
+    /// Distillation temperatures, comma-separated (default: `distill
+    /// train`'s with a cache, chosen on validation).
     #[arg(long, value_delimiter = ',')]
     temperatures: Vec<f32>,
-    /// Hard-label loss weights, comma-separated (default 0.5).
+    /// Hard-label loss weights, comma-separated (default: `distill train`'s
+    /// with a cache, chosen on validation; 1 is the baseline's, see --baseline).
     #[arg(long, value_delimiter = ',')]
     alphas: Vec<f32>,
     /// Also train each student on hard labels alone, once.
@@ -89,6 +91,10 @@ pub struct SweepArgs {
     /// Blocks per shuffle window when streaming the cache (default 8).
     #[arg(long)]
     window_blocks: Option<usize>,
+    /// Fraction of the training split every run holds out for validation,
+    /// on which the report chooses T, alpha and the epoch (default 0.1).
+    #[arg(long)]
+    val_fraction: Option<f64>,
     /// Output folder: runs/NAME/ per run, report.md, results.csv, plots.
     #[arg(long)]
     out: Option<PathBuf>,
@@ -140,6 +146,7 @@ fn settings(a: &SweepArgs) -> SweepSettings {
         jobs: a.jobs,
         checkpoint_every: a.checkpoint_every,
         window_blocks: a.window_blocks,
+        val_fraction: a.val_fraction,
         out: a.out.clone(),
     }
 }

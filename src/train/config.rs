@@ -18,9 +18,27 @@ use crate::prune::schedule::GradualSchedule;
 use super::loss::LossConfig;
 use super::metrics::EpochMetrics;
 use super::optim::OptimizerConfig;
+use super::validation::check_fraction;
+#[cfg(doc)]
+use super::validation::ValidationSplit;
 
 /// The largest batch a run accepts.
 pub const MAX_BATCH_SIZE: usize = 1 << 20;
+
+/// The hard-label weight of a distillation run that names none (`distill
+/// train --cache` without `--alpha`), chosen on validation: README.md,
+/// "Defaults that distil", has the grid and its figures. ([`LossConfig`]'s
+/// own default, alpha 1, is hard labels only: the loss of a run without a
+/// teacher.)
+pub const DISTILL_ALPHA: f32 = 0.1;
+
+/// The temperature of a distillation run that names none, chosen on
+/// validation with [`DISTILL_ALPHA`].
+pub const DISTILL_TEMPERATURE: f32 = 1.0;
+
+/// The fraction of the training split a run holds out for validation
+/// unless told otherwise.
+pub const DEFAULT_VAL_FRACTION: f64 = 0.1;
 
 /// Everything that defines a training run.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -42,6 +60,11 @@ pub struct TrainConfig {
     /// Gradual magnitude pruning during the run.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub prune_schedule: Option<GradualSchedule>,
+    /// Fraction of the training split held out for validation, drawn from
+    /// the seed ([`ValidationSplit`]); 0 trains on every sample. Cards
+    /// written before the split existed read as 0, which they were.
+    #[serde(default)]
+    pub val_fraction: f64,
 }
 
 impl Default for TrainConfig {
@@ -58,6 +81,7 @@ impl Default for TrainConfig {
             allow_topk_retemper: false,
             augment: None,
             prune_schedule: None,
+            val_fraction: DEFAULT_VAL_FRACTION,
         }
     }
 }
@@ -80,6 +104,7 @@ impl TrainConfig {
         }
         self.optimizer.validate()?;
         self.loss.validate()?;
+        check_fraction(self.val_fraction)?;
         if let Some(s) = &self.prune_schedule {
             s.validate()?;
         }
