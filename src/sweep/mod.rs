@@ -70,10 +70,13 @@ pub use report::{
     cache_description, group_digits, pct, report_markdown, report_sweep, results_csv, write_report,
     ReportContext, CSV_HEADER, PARETO_PNG, REPORT_MD, RESULTS_CSV, TEMPERATURE_PNG,
 };
-pub use results::{by_student, collect_results, pareto_front, RunResult, StudentRow};
+pub use results::{
+    by_student, choose, chosen_results, collect_results, pareto_front, Choice, CurveEpoch,
+    RunResult, StudentRow,
+};
 pub use run::{
-    run_and_report, run_state, run_sweep, Expect, OpenInputs, RunOutcome, RunState, SweepDone,
-    SweepInputs, SweepSummary,
+    report_only, run_and_report, run_only, run_state, run_sweep, Expect, OpenInputs, RunOutcome,
+    RunState, SweepDone, SweepInputs, SweepSummary,
 };
 pub use teacher::{
     teacher_dir, teacher_forward_timing, teacher_summary, Savings, TeacherSummary, TeacherTiming,
