@@ -3,8 +3,8 @@
 //! are chosen without looking at the test split.
 //!
 //! The split is a pure function of `(seed, n, fraction)`:
-//! `round(fraction * n)` samples (at least one when `fraction > 0`) are
-//! held out, namely the first ones of a permutation of `0..n` drawn from
+//! `round(fraction * n)` samples (but never all: at most `n - 1`) are held
+//! out, namely the first ones of a permutation of `0..n` drawn from
 //! the run's seed (ChaCha8 seeded with `seed ^ VALIDATION_SALT`). The same
 //! seed and dataset size always hold out the same samples, whatever the
 //! cache, the loss or the machine, so a resumed run, a baseline and a
@@ -47,14 +47,6 @@ impl ValidationSplit {
     pub fn new(fraction: f64, seed: u64, n: usize) -> Result<Self> {
         check_fraction(fraction)?;
         let count = held_out_count(fraction, n);
-        if count > 0 && count >= n {
-            return Err(Error::Config {
-                field: "val_fraction".into(),
-                message: format!(
-                    "{fraction} of {n} training samples holds out {count}, leaving none to train on"
-                ),
-            });
-        }
         let mut held_out = vec![false; n];
         let mut indices = Vec::new();
         if count > 0 {
@@ -104,12 +96,12 @@ impl ValidationSplit {
     }
 }
 
-/// `round(fraction * n)`, at least 1 when `fraction > 0` and `n > 0`.
+/// `round(fraction * n)`, at most `n - 1` (one sample always trains).
 pub fn held_out_count(fraction: f64, n: usize) -> usize {
-    if fraction <= 0.0 || n == 0 {
+    if fraction.is_nan() || fraction <= 0.0 || n < 2 {
         return 0;
     }
-    ((fraction * n as f64).round() as usize).max(1)
+    ((fraction * n as f64).round() as usize).min(n - 1)
 }
 
 /// Checks a validation fraction: in `[0, MAX_VAL_FRACTION]`.
@@ -166,7 +158,10 @@ mod tests {
         let s = ValidationSplit::new(0.0, 1, 10).unwrap();
         assert!(s.is_empty());
         assert_eq!(s, ValidationSplit::none(10));
-        assert_eq!(held_out_count(0.1, 3), 1);
+        assert_eq!(held_out_count(0.1, 5), 1);
+        assert_eq!(held_out_count(0.1, 4), 0);
+        assert_eq!(held_out_count(0.9, 2), 1);
+        assert_eq!(held_out_count(0.1, 1), 0);
         assert_eq!(held_out_count(0.1, 0), 0);
         for bad in [-0.1, 0.95, f64::NAN, f64::INFINITY] {
             match ValidationSplit::new(bad, 0, 10) {
@@ -174,12 +169,9 @@ mod tests {
                 other => panic!("{bad}: {other:?}"),
             }
         }
-        match ValidationSplit::new(0.5, 0, 1) {
-            Err(Error::Config { field, message }) => {
-                assert_eq!(field, "val_fraction");
-                assert!(message.contains("none to train on"), "{message}");
-            }
-            other => panic!("{other:?}"),
-        }
+        // One sample always trains.
+        let tiny = ValidationSplit::new(0.9, 0, 2).unwrap();
+        assert_eq!((tiny.len(), tiny.train_len()), (1, 1));
+        assert!(ValidationSplit::new(0.5, 0, 1).unwrap().is_empty());
     }
 }
