@@ -68,7 +68,7 @@ pub struct TrainArgs {
     test_cache: Option<PathBuf>,
     /// Distillation temperature (the cache is re-tempered to it). Default
     /// with --cache or --online-teacher: the one chosen on validation
-    /// (README, "Defaults that distil").
+    /// (README, "Validation, and defaults that distil").
     #[arg(long, short = 'T', alias = "t")]
     temperature: Option<f32>,
     /// Weight of the hard-label loss; 1 - alpha goes to the soft loss.
@@ -177,36 +177,9 @@ fn run<D: Backend>(dev: D, a: TrainArgs) -> Result<()> {
         teacher_accuracy: opened.teacher_accuracy,
     };
     if !a.quiet {
-        let n = opened.train.len();
-        let held_out = held_out_count(cfg.val_fraction, n);
-        let defaults = if a.alpha.is_none() && a.temperature.is_none() {
-            ", the defaults chosen on validation"
-        } else {
-            ""
-        };
         eprintln!(
-            "training {} ({} parameters) on {} with {} samples{}, {}",
-            cfg.spec,
-            ModelSpec::parse(&cfg.spec)?.param_count(),
-            dev.describe(),
-            n - held_out.min(n),
-            match held_out {
-                0 => String::new(),
-                v => format!(" ({v} more held out for validation)"),
-            },
-            match (&a.cache, &a.online_teacher) {
-                (Some(c), _) => format!(
-                    "distilling from {} ({}{defaults})",
-                    c.display(),
-                    describe_loss(&cfg.loss)
-                ),
-                (None, Some(t)) => format!(
-                    "distilling from the teacher {} run on every batch ({}{defaults})",
-                    t.display(),
-                    describe_loss(&cfg.loss)
-                ),
-                (None, None) => "hard labels only".to_string(),
-            }
+            "{}",
+            start_line(&a, &cfg, opened.train.len(), &dev.describe())?
         );
     }
     let outcome = distill::train::train(dev, &cfg, &opened.sources(), &a.out, &opts)?;
@@ -230,6 +203,40 @@ fn run<D: Backend>(dev: D, a: TrainArgs) -> Result<()> {
         ),
     }
     Ok(())
+}
+
+/// The run's first line: the student, the device, the samples trained (and
+/// held out), and what it learns from, with the loss weights.
+fn start_line(a: &TrainArgs, cfg: &TrainConfig, n: usize, device: &str) -> Result<String> {
+    let held_out = held_out_count(cfg.val_fraction, n);
+    let defaults = if a.alpha.is_none() && a.temperature.is_none() {
+        ", the defaults chosen on validation"
+    } else {
+        ""
+    };
+    Ok(format!(
+        "training {} ({} parameters) on {device} with {} samples{}, {}",
+        cfg.spec,
+        ModelSpec::parse(&cfg.spec)?.param_count(),
+        n - held_out.min(n),
+        match held_out {
+            0 => String::new(),
+            v => format!(" ({v} more held out for validation)"),
+        },
+        match (&a.cache, &a.online_teacher) {
+            (Some(c), _) => format!(
+                "distilling from {} ({}{defaults})",
+                c.display(),
+                describe_loss(&cfg.loss)
+            ),
+            (None, Some(t)) => format!(
+                "distilling from the teacher {} run on every batch ({}{defaults})",
+                t.display(),
+                describe_loss(&cfg.loss)
+            ),
+            (None, None) => "hard labels only".to_string(),
+        }
+    ))
 }
 
 /// The run's config from the flags; `init_spec` is the spec of the

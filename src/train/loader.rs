@@ -245,7 +245,7 @@ enum Order<'a> {
     /// validation split, the trained rows not yet served.
     Cache {
         batches: EpochBatches<'a>,
-        pending: Option<TargetBatch>,
+        pending: Option<Box<TargetBatch>>,
     },
 }
 
@@ -254,7 +254,7 @@ enum Order<'a> {
 /// `None` at the end of the epoch.
 fn next_trained_rows(
     batches: &mut EpochBatches<'_>,
-    pending: &mut Option<TargetBatch>,
+    pending: &mut Option<Box<TargetBatch>>,
     batch_size: usize,
     trains: impl Fn(usize) -> bool,
 ) -> Option<std::result::Result<TargetBatch, crate::cache::CacheError>> {
@@ -269,10 +269,12 @@ fn next_trained_rows(
             Some(Ok(tb)) => tb,
         };
         let classes = tb.logprobs.len() / tb.indices.len().max(1);
-        let acc = pending.get_or_insert_with(|| TargetBatch {
-            indices: Vec::with_capacity(batch_size),
-            labels: tb.labels.as_ref().map(|_| Vec::with_capacity(batch_size)),
-            logprobs: Vec::with_capacity(batch_size * classes),
+        let acc = pending.get_or_insert_with(|| {
+            Box::new(TargetBatch {
+                indices: Vec::with_capacity(batch_size),
+                labels: tb.labels.as_ref().map(|_| Vec::with_capacity(batch_size)),
+                logprobs: Vec::with_capacity(batch_size * classes),
+            })
         });
         for (r, &i) in tb.indices.iter().enumerate() {
             if !trains(i as usize) {
@@ -286,7 +288,7 @@ fn next_trained_rows(
                 .extend_from_slice(&tb.logprobs[r * classes..(r + 1) * classes]);
         }
     }
-    let mut all = pending.take()?;
+    let mut all = *pending.take()?;
     if all.indices.is_empty() {
         return None;
     }
@@ -297,7 +299,7 @@ fn next_trained_rows(
             labels: all.labels.as_mut().map(|y| y.split_off(batch_size)),
             logprobs: all.logprobs.split_off(batch_size * classes),
         };
-        *pending = Some(rest);
+        *pending = Some(Box::new(rest));
     }
     Some(Ok(all))
 }
