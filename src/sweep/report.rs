@@ -365,16 +365,17 @@ fn savings(s: &mut String, savings: Option<&Savings>) {
             let _ = writeln!(
                 s,
                 "The teacher's forward pass over the {} training samples takes {:.1} s on this machine; the cache pays it once. \
-                 Online distillation runs the teacher on every batch of every epoch: over these {} distilled runs ({} epochs in all) \
+                 Online distillation runs the teacher on every batch of every epoch ({} trained samples each): over these {} distilled runs ({} epochs in all) \
                  that is {:.1} s ({:.1} min) of teacher forward time, {:.0}x the one pass. \
                  (Baselines need no teacher. Building the cache also compresses and writes the shards; `distill cache build` reports its own time.)\n",
                 sv.samples,
                 sv.forward_seconds,
+                sv.trained_samples,
                 sv.distilled_runs,
                 sv.distilled_epochs,
                 sv.online_seconds(),
                 sv.online_seconds() / 60.0,
-                sv.distilled_epochs as f64
+                sv.online_seconds() / sv.forward_seconds.max(1e-9)
             );
         }
         None => {
