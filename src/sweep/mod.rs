@@ -12,8 +12,17 @@
 //! work that is left.
 //!
 //! The report ([`collect_results`], [`write_report`]) is rebuilt from the
-//! runs' own `model.json` cards every time, so `report.md`, `results.csv` and
-//! the plots always agree with them. [`run_and_report`] does all of it on a
+//! runs' own `model.json` cards and curves every time, so `report.md`,
+//! `results.csv` and the plots always agree with them. Every run holds out
+//! the same validation split; the report chooses T, alpha and the epoch per
+//! student on it ([`choose`]) and states test accuracy for the chosen
+//! settings only.
+//!
+//! On a scheduler a sweep is a job array: the plan's order gives each run a
+//! stable index, [`run_only`] trains one index (writing only that run's
+//! directory) and [`report_only`] writes the report of whatever has
+//! finished, naming the missing runs (`examples/slurm/sweep.sbatch`,
+//! `examples/kubernetes/sweep-job.yaml`). [`run_and_report`] does all of it on a
 //! device, from a config that [`SweepConfig::resolve`] builds from a
 //! `sweep.toml` file and the command line's settings:
 //!
