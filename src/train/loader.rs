@@ -156,7 +156,7 @@ impl<'a> Loader<'a> {
                     _ => first,
                 };
                 Order::Cache {
-                    batches: cache.epoch_batches(EpochPlan {
+                    batches: Box::new(cache.epoch_batches(EpochPlan {
                         seed: self.cfg.seed,
                         epoch,
                         start: start as u64,
@@ -165,7 +165,7 @@ impl<'a> Loader<'a> {
                         temperature: self.cfg.loss.temperature,
                         allow_topk_retemper: self.cfg.allow_topk_retemper,
                         drop_last: false,
-                    })?,
+                    })?),
                     pending: None,
                 }
             }
@@ -244,8 +244,8 @@ enum Order<'a> {
     /// The cache's windowed shuffle, decoding targets as it goes; with a
     /// validation split, the trained rows not yet served.
     Cache {
-        batches: EpochBatches<'a>,
-        pending: Option<Box<TargetBatch>>,
+        batches: Box<EpochBatches<'a>>,
+        pending: Option<TargetBatch>,
     },
 }
 
@@ -254,7 +254,7 @@ enum Order<'a> {
 /// `None` at the end of the epoch.
 fn next_trained_rows(
     batches: &mut EpochBatches<'_>,
-    pending: &mut Option<Box<TargetBatch>>,
+    pending: &mut Option<TargetBatch>,
     batch_size: usize,
     trains: impl Fn(usize) -> bool,
 ) -> Option<std::result::Result<TargetBatch, crate::cache::CacheError>> {
@@ -269,12 +269,10 @@ fn next_trained_rows(
             Some(Ok(tb)) => tb,
         };
         let classes = tb.logprobs.len() / tb.indices.len().max(1);
-        let acc = pending.get_or_insert_with(|| {
-            Box::new(TargetBatch {
-                indices: Vec::with_capacity(batch_size),
-                labels: tb.labels.as_ref().map(|_| Vec::with_capacity(batch_size)),
-                logprobs: Vec::with_capacity(batch_size * classes),
-            })
+        let acc = pending.get_or_insert_with(|| TargetBatch {
+            indices: Vec::with_capacity(batch_size),
+            labels: tb.labels.as_ref().map(|_| Vec::with_capacity(batch_size)),
+            logprobs: Vec::with_capacity(batch_size * classes),
         });
         for (r, &i) in tb.indices.iter().enumerate() {
             if !trains(i as usize) {
@@ -288,7 +286,7 @@ fn next_trained_rows(
                 .extend_from_slice(&tb.logprobs[r * classes..(r + 1) * classes]);
         }
     }
-    let mut all = *pending.take()?;
+    let mut all = pending.take()?;
     if all.indices.is_empty() {
         return None;
     }
@@ -299,7 +297,7 @@ fn next_trained_rows(
             labels: all.labels.as_mut().map(|y| y.split_off(batch_size)),
             logprobs: all.logprobs.split_off(batch_size * classes),
         };
-        *pending = Some(Box::new(rest));
+        *pending = Some(rest);
     }
     Some(Ok(all))
 }
