@@ -10,8 +10,9 @@ TEACHER_SPEC ?= cnn:c32-p-c64-p-f128-10
 TEACHER      ?= data/teachers/fashion-cnn
 CACHES       ?= data/caches
 # The cache stores log-probabilities at CACHE_T=4; students distil at T
-# (re-tempered exactly from the dense cache). T and ALPHA default to the best
-# of the grid in BENCHMARKS.md.
+# (re-tempered exactly from the dense cache). T and ALPHA are the defaults
+# of `distill train --cache`, chosen on validation (README.md, "Validation,
+# and defaults that distil"; every run holds out 10% of the training split).
 CACHE_T      ?= 4
 T            ?= 1
 ALPHA        ?= 0.1

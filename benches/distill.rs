@@ -68,6 +68,8 @@ fn config(loss: LossConfig) -> TrainConfig {
             ..OptimizerConfig::default()
         },
         loss,
+        // Every sample trains, as before the validation split existed.
+        val_fraction: 0.0,
         ..TrainConfig::default()
     }
 }

@@ -222,6 +222,9 @@ fn distillation_runs_and_pairing_is_checked() {
             "2",
             "--test-cache",
             "test-cache",
+            // The formula is summed over the whole training set.
+            "--val-fraction",
+            "0",
         ];
         let out = ok(
             tmp.path(),

@@ -59,7 +59,8 @@ fn tiny_sweep_report_agrees_with_cards_and_reruns_skip_finished_runs() {
     let runs = cwd.join("sweep/runs");
 
     // One run finished beforehand by `distill train` with the same settings,
-    // one killed after 10 of its 32 steps.
+    // one killed after 10 of its 29 steps (1,800 of the 2,000 samples train;
+    // 200 are the validation split).
     let settings = ["--epochs", "1", "--batch", "64", "--seed", "0", "-q"];
     ok(
         cwd,
@@ -162,28 +163,47 @@ fn tiny_sweep_report_agrees_with_cards_and_reruns_skip_finished_runs() {
                 loss["alpha"].as_f64().unwrap()
             );
         }
-        // ... and so does the report, row by row.
+        // Every run holds out the same 200 samples and records its
+        // validation accuracy, in the card and the CSV.
+        let val = c["val_accuracy"].as_f64().unwrap();
+        assert_eq!(row["val_accuracy"].parse::<f64>().unwrap(), val, "{name}");
+        assert_eq!(c["data"]["val_samples"], 200, "{name}");
+        assert_eq!(row["val_samples"], "200");
+        // ... and so does the report, row by row: validation figures for
+        // every run, test accuracy for the chosen ones only.
         let line = report
             .lines()
             .find(|l| l.starts_with(&format!("| `{name}` |")))
             .unwrap_or_else(|| panic!("report has no row for {name}:\n{report}"));
         assert!(
-            line.contains(&format!("{:.2}%", 100.0 * acc)),
-            "{line} vs {acc}"
+            line.contains(&format!("{:.2}%", 100.0 * val)),
+            "{line} vs {val}"
+        );
+        assert_eq!(
+            line.contains(&format!("{:.2}%** (chosen", 100.0 * acc)),
+            row["chosen"] == "yes",
+            "{line}"
         );
     }
-    // The summary row of each student carries its baseline and best run.
+    // The summary row of each student carries its baseline and the
+    // distilled run chosen on validation (the first of the best), with
+    // their test accuracy.
     for student in ["mlp:784-16-10", "mlp:784-32-10"] {
         let mine: Vec<&HashMap<&str, &str>> =
             rows.iter().filter(|r| r["student"] == student).collect();
         let base: f64 = mine.iter().find(|r| r["kind"] == "baseline").unwrap()["test_accuracy"]
             .parse()
             .unwrap();
-        let best = mine
-            .iter()
-            .filter(|r| r["kind"] == "distilled")
-            .map(|r| r["test_accuracy"].parse::<f64>().unwrap())
-            .fold(0.0, f64::max);
+        let mut chosen: Option<&HashMap<&str, &str>> = None;
+        for r in mine.iter().filter(|r| r["kind"] == "distilled") {
+            let v: f64 = r["val_accuracy"].parse().unwrap();
+            if chosen.is_none_or(|c| v > c["val_accuracy"].parse::<f64>().unwrap()) {
+                chosen = Some(r);
+            }
+        }
+        let chosen = chosen.unwrap();
+        assert_eq!(chosen["chosen"], "yes");
+        let best: f64 = chosen["test_accuracy"].parse().unwrap();
         let line = report
             .lines()
             .find(|l| l.starts_with(&format!("| `{student}` |")))
@@ -194,7 +214,16 @@ fn tiny_sweep_report_agrees_with_cards_and_reruns_skip_finished_runs() {
             line.contains(&format!("{:+.2} pt", 100.0 * (best - base))),
             "{line}"
         );
+        let t = chosen["temperature"];
+        assert!(
+            report.contains(&format!("- `{student}`: distilled at **T {t}, alpha 0.5, epoch 1 of 1** (selected on validation")),
+            "{report}"
+        );
     }
+    assert!(
+        report.contains("Settings are chosen on validation"),
+        "{report}"
+    );
     assert!(report.contains("What the cache saved"), "{report}");
     assert!(report.contains("4 epochs in all"), "{report}");
     for png in ["accuracy-vs-parameters.png", "accuracy-vs-temperature.png"] {
@@ -348,5 +377,325 @@ fn killed_sweep_reruns_only_missing_runs() {
     eprintln!(
         "sweep killed {kills} times; {} runs were already finished at the last rerun",
         before.len()
+    );
+}
+
+/// `text` with every timing (a number followed by ` s`, `s` or ` min`)
+/// replaced by `#`: what differs between two runs of the same sweep.
+fn mask_timings(text: &str) -> String {
+    let chars: Vec<char> = text.chars().collect();
+    let mut out = String::new();
+    let mut i = 0;
+    while i < chars.len() {
+        let starts_number =
+            chars[i].is_ascii_digit() && (i == 0 || !chars[i - 1].is_ascii_alphanumeric());
+        if starts_number {
+            let mut j = i;
+            while j < chars.len() && (chars[j].is_ascii_digit() || chars[j] == '.') {
+                j += 1;
+            }
+            let rest: String = chars[j..chars.len().min(j + 5)].iter().collect();
+            let unit = ["s ", "s)", "s,", "s.", " s ", " s)", " s,", " s.", " min"]
+                .iter()
+                .any(|u| rest.starts_with(u));
+            if unit {
+                out.push('#');
+                i = j;
+                continue;
+            }
+            out.extend(&chars[i..j]);
+            i = j;
+            continue;
+        }
+        out.push(chars[i]);
+        i += 1;
+    }
+    out
+}
+
+/// `results.csv` without its `train_seconds` column.
+fn csv_without_timings(text: &str) -> String {
+    let header: Vec<&str> = text.lines().next().unwrap().split(',').collect();
+    let col = header.iter().position(|h| *h == "train_seconds").unwrap();
+    text.lines()
+        .map(|l| {
+            let mut f: Vec<&str> = l.split(',').collect();
+            f.remove(col);
+            f.join(",")
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// The body of each `- |` block scalar of a YAML file (the containers'
+/// scripts), dedented.
+fn yaml_scripts(text: &str) -> Vec<String> {
+    let lines: Vec<&str> = text.lines().collect();
+    let mut scripts = Vec::new();
+    for (i, line) in lines.iter().enumerate() {
+        if line.trim() != "- |" {
+            continue;
+        }
+        let indent = line.len() - line.trim_start().len();
+        let body: Vec<&str> = lines[i + 1..]
+            .iter()
+            .take_while(|l| l.trim().is_empty() || l.len() - l.trim_start().len() > indent)
+            .map(|l| l.trim())
+            .collect();
+        scripts.push(body.join("\n"));
+    }
+    scripts
+}
+
+/// A sweep run as a scheduler array: `--plan` lists stable indices, every
+/// index runs as its own process, all at once, through the bodies of
+/// examples/slurm/sweep.sbatch (SLURM_ARRAY_TASK_ID) and
+/// examples/kubernetes/sweep-job.yaml (JOB_COMPLETION_INDEX), and
+/// `--report` then writes the report a plain `distill sweep` writes (timings
+/// aside); before the last index has run, the report names it as missing.
+#[test]
+fn a_sweep_runs_as_a_scheduler_array_and_reports_like_a_plain_sweep() {
+    use std::process::{Command, Stdio};
+    let settings = "test-cache = \"cache-test\"\nstudents = [\"mlp:784-16-10\"]\n\
+                    temperatures = [1, 4]\nepochs = 2\n";
+    let tmp = sweep_dir(settings);
+    let cwd = tmp.path();
+    let toml = fs::read_to_string(cwd.join("sweep.toml")).unwrap();
+    for out in ["slurm", "k8s"] {
+        fs::write(
+            cwd.join(format!("{out}.toml")),
+            toml.replace("out = \"sweep\"", &format!("out = \"{out}\"")),
+        )
+        .unwrap();
+    }
+    sweep(cwd, &["-q"]);
+
+    let plan = ok(cwd, &["sweep", "--config", "sweep.toml", "--plan"]);
+    let names: Vec<&str> = plan
+        .lines()
+        .enumerate()
+        .map(|(i, l)| {
+            let (index, name) = l.split_once('\t').unwrap();
+            assert_eq!(index, i.to_string(), "{plan}");
+            name
+        })
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "mlp-784-16-10_baseline",
+            "mlp-784-16-10_kd-T1-a0.5",
+            "mlp-784-16-10_kd-T4-a0.5"
+        ]
+    );
+    assert_eq!(
+        ok(cwd, &["sweep", "--config", "slurm.toml", "--plan", "-q"]),
+        plan,
+        "the same settings, the same indices"
+    );
+
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let sbatch = root.join("examples/slurm/sweep.sbatch");
+    let yaml = fs::read_to_string(root.join("examples/kubernetes/sweep-job.yaml")).unwrap();
+    assert!(yaml.contains("completionMode: Indexed"), "{yaml}");
+    let scripts = yaml_scripts(&yaml);
+    assert_eq!(scripts.len(), 2, "{scripts:?}");
+    assert!(scripts[0].contains("--only auto") && scripts[1].contains("--report"));
+    // One array task of either scheduler, as a process.
+    let task = |out: &str, index: usize| {
+        let mut c = Command::new("bash");
+        if out == "slurm" {
+            c.arg(&sbatch)
+                .arg("task")
+                .env_remove("JOB_COMPLETION_INDEX")
+                .env("SLURM_ARRAY_TASK_ID", index.to_string());
+        } else {
+            c.args(["-c", &scripts[0]])
+                .env_remove("SLURM_ARRAY_TASK_ID")
+                .env("JOB_COMPLETION_INDEX", index.to_string());
+        }
+        c.current_dir(cwd)
+            .env("DISTILL", env!("CARGO_BIN_EXE_distill"))
+            .env("SWEEP_CONFIG", format!("{out}.toml"))
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        c
+    };
+    let report = |out: &str| {
+        let mut c = if out == "slurm" {
+            let mut c = Command::new("bash");
+            c.arg(&sbatch).arg("report");
+            c
+        } else {
+            let mut c = Command::new("bash");
+            c.args(["-c", &scripts[1]]);
+            c
+        };
+        let o = c
+            .current_dir(cwd)
+            .env("DISTILL", env!("CARGO_BIN_EXE_distill"))
+            .env("SWEEP_CONFIG", format!("{out}.toml"))
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&o.stdout).into_owned();
+        assert!(
+            o.status.success(),
+            "{out} report: {stdout}{}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        stdout
+    };
+    for out in ["slurm", "k8s"] {
+        // Kubernetes: every index but the last first, then the report.
+        let last = if out == "k8s" {
+            names.len() - 1
+        } else {
+            names.len()
+        };
+        let children: Vec<_> = (0..last).map(|i| task(out, i).spawn().unwrap()).collect();
+        for (i, child) in children.into_iter().enumerate() {
+            let o = child.wait_with_output().unwrap();
+            let stdout = String::from_utf8_lossy(&o.stdout);
+            assert!(
+                o.status.success() && stdout.contains(&format!("sweep run {i} ({})", names[i])),
+                "{out} task {i}: {stdout}{}",
+                String::from_utf8_lossy(&o.stderr)
+            );
+        }
+        if last < names.len() {
+            let printed = report(out);
+            assert!(
+                printed.contains("2 of 3 runs finished, 1 missing")
+                    && printed.contains(&format!("missing: {last}\t{}", names[last])),
+                "{printed}"
+            );
+            let md = fs::read_to_string(cwd.join(out).join("report.md")).unwrap();
+            assert!(
+                md.contains("## Missing runs")
+                    && md.contains(&format!("| {last} | `{}` |", names[last])),
+                "{md}"
+            );
+            assert!(
+                !md.lines()
+                    .any(|l| l.starts_with(&format!("| `{}` |", names[last]))),
+                "{md}"
+            );
+            let again = task(out, last).output().unwrap();
+            assert!(again.status.success());
+            // A rerun of a finished index trains nothing.
+            let rerun = task(out, last).output().unwrap();
+            assert!(String::from_utf8_lossy(&rerun.stdout).contains("finished earlier"));
+        }
+        let printed = report(out);
+        assert!(
+            printed.contains("3 of 3 runs finished, 0 missing"),
+            "{printed}"
+        );
+        for f in ["report.md", "results.csv"] {
+            let plain = fs::read_to_string(cwd.join("sweep").join(f)).unwrap();
+            let array = fs::read_to_string(cwd.join(out).join(f)).unwrap();
+            if f == "report.md" {
+                assert_eq!(mask_timings(&array), mask_timings(&plain), "{out} {f}");
+            } else {
+                assert_eq!(
+                    csv_without_timings(&array),
+                    csv_without_timings(&plain),
+                    "{out} {f}"
+                );
+            }
+        }
+        for png in ["accuracy-vs-parameters.png", "accuracy-vs-temperature.png"] {
+            assert_eq!(
+                fs::read(cwd.join(out).join(png)).unwrap(),
+                fs::read(cwd.join("sweep").join(png)).unwrap(),
+                "{out} {png}"
+            );
+        }
+    }
+
+    // Bad indices are refused naming the flag, before any work.
+    fails(
+        cwd,
+        &["sweep", "--config", "sweep.toml", "--only", "3"],
+        &["--only", "index 3 is outside the plan, which has 3 runs"],
+    );
+    let unset = Command::new(env!("CARGO_BIN_EXE_distill"))
+        .args(["sweep", "--config", "sweep.toml", "--only", "auto"])
+        .current_dir(cwd)
+        .env_remove("SLURM_ARRAY_TASK_ID")
+        .env_remove("JOB_COMPLETION_INDEX")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&unset.stderr);
+    assert_eq!(unset.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("--only") && err.contains("neither is set"),
+        "{err}"
+    );
+}
+
+/// `sweep.sbatch submit` submits an array over exactly the plan's indices
+/// and a report job that waits for it (afterok), here with a stand-in
+/// `sbatch` that records its arguments.
+#[test]
+fn the_slurm_script_submits_an_array_over_the_plan_and_a_dependent_report() {
+    use std::os::unix::fs::PermissionsExt;
+    let tmp = tempfile::tempdir().unwrap();
+    let cwd = tmp.path();
+    let data = s(&small_data());
+    fs::write(
+        cwd.join("sweep.toml"),
+        format!(
+            "cache = \"c\"\ndata = {data:?}\nout = \"o\"\n\
+             students = [\"mlp:784-16-10\", \"mlp:784-24-10\"]\ntemperatures = [1, 2]\nbaseline = true\n"
+        ),
+    )
+    .unwrap();
+    let bin = cwd.join("bin");
+    fs::create_dir_all(&bin).unwrap();
+    let fake = bin.join("sbatch");
+    fs::write(
+        &fake,
+        "#!/bin/sh\necho \"$@\" >> \"$SBATCH_LOG\"\nn=$(wc -l < \"$SBATCH_LOG\")\necho \"100$n;cluster\"\n",
+    )
+    .unwrap();
+    fs::set_permissions(&fake, fs::Permissions::from_mode(0o755)).unwrap();
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let path = format!(
+        "{}:{}",
+        bin.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let o = std::process::Command::new("bash")
+        .arg(root.join("examples/slurm/sweep.sbatch"))
+        .arg("submit")
+        .current_dir(cwd)
+        .env("PATH", path)
+        .env("DISTILL", env!("CARGO_BIN_EXE_distill"))
+        .env("SBATCH_LOG", cwd.join("sbatch.log"))
+        .env("MAX_PARALLEL", "3")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        o.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    // 2 students x (baseline + 2 temperatures x 1 alpha) = 6 runs.
+    assert!(
+        stdout.contains("submitted 6 runs as job array 1001"),
+        "{stdout}"
+    );
+    let log = fs::read_to_string(cwd.join("sbatch.log")).unwrap();
+    let calls: Vec<&str> = log.lines().collect();
+    assert_eq!(calls.len(), 2, "{log}");
+    assert!(
+        calls[0].starts_with("--parsable --array=0-5%3 ") && calls[0].ends_with(" task"),
+        "{log}"
+    );
+    assert!(
+        calls[1].contains("--dependency=afterok:1001 ") && calls[1].ends_with(" report"),
+        "{log}"
     );
 }

@@ -238,3 +238,181 @@ fn augmentation_is_deterministic_recorded_and_refused_with_a_plain_cache() {
     );
     assert!(!tmp.path().join("x").exists());
 }
+
+/// The validation split: the card and every epoch's metrics carry its
+/// figures, its size follows --val-fraction, the same seed holds out the
+/// same samples (so a distilled run resumed mid-epoch from a cache ends
+/// with the same weights), and 0 trains on every sample.
+#[test]
+fn a_validation_split_is_held_out_recorded_and_resumable() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = s(&small_data());
+    let teacher = s(&teacher_dir());
+    ok(
+        tmp.path(),
+        &cache_build_args(&teacher, &data, "cache", &["--split", "train", "-q"]),
+    );
+    let kd = ["--cache", "cache", "--alpha", "0.5", "-T", "2"];
+    ok(tmp.path(), &mlp_args(&data, "a", &kd));
+    let card = model_card(&tmp.path().join("a"));
+    assert_eq!(card["config"]["val_fraction"], 0.1);
+    assert_eq!(card["data"]["val_samples"], 200);
+    assert_eq!(card["data"]["train_samples"], 2000);
+    let val = card["val_accuracy"].as_f64().unwrap();
+    assert!(val > 0.5, "{card}");
+    assert!(card["val_loss"].as_f64().unwrap() > 0.0);
+    let best = card["best_val_epoch"].as_u64().unwrap();
+    assert!((1..=2).contains(&best), "{card}");
+    let metrics = fs::read_to_string(tmp.path().join("a/metrics.jsonl")).unwrap();
+    let epochs: Vec<serde_json::Value> = metrics
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(epochs.len(), 2);
+    for m in &epochs {
+        assert!(m["val_accuracy"].as_f64().is_some() && m["val_loss"].as_f64().is_some());
+    }
+    assert_eq!(epochs[1]["val_accuracy"].as_f64(), Some(val));
+    assert_eq!(
+        card["best_val_epoch_test_accuracy"],
+        epochs[best as usize - 1]["test_accuracy"]
+    );
+
+    // Killed mid-epoch after 20 of the 2 x 29 steps (1,800 trained samples
+    // in batches of 64), then resumed: the same weights.
+    ok(
+        tmp.path(),
+        &mlp_args(
+            &data,
+            "b",
+            &[
+                &kd[..],
+                &["--checkpoint-every", "3", "--stop-after-steps", "20"],
+            ]
+            .concat(),
+        ),
+    );
+    ok(
+        tmp.path(),
+        &mlp_args(
+            &data,
+            "b",
+            &[&kd[..], &["--checkpoint-every", "3", "--resume"]].concat(),
+        ),
+    );
+    let w = |d: &str| fs::read(tmp.path().join(d).join("model.safetensors")).unwrap();
+    assert_eq!(
+        w("a"),
+        w("b"),
+        "resumed run with a validation split differs"
+    );
+
+    // Another fraction: another split, other weights; 0: no split, no
+    // validation figures, every sample trained.
+    ok(
+        tmp.path(),
+        &mlp_args(&data, "c", &[&kd[..], &["--val-fraction", "0.25"]].concat()),
+    );
+    assert_eq!(
+        model_card(&tmp.path().join("c"))["data"]["val_samples"],
+        500
+    );
+    ok(
+        tmp.path(),
+        &mlp_args(&data, "d", &[&kd[..], &["--val-fraction", "0"]].concat()),
+    );
+    let d = model_card(&tmp.path().join("d"));
+    assert!(d["data"].get("val_samples").is_none(), "{d}");
+    assert!(d.get("val_accuracy").is_none(), "{d}");
+    assert_ne!(w("a"), w("d"));
+    let first: serde_json::Value = serde_json::from_str(
+        fs::read_to_string(tmp.path().join("d/metrics.jsonl"))
+            .unwrap()
+            .lines()
+            .next()
+            .unwrap(),
+    )
+    .unwrap();
+    assert!(first.get("val_accuracy").is_none(), "{first}");
+    fails(
+        tmp.path(),
+        &mlp_args(&data, "x", &["--val-fraction", "1.5"]),
+        &["--val-fraction", "1.5"],
+    );
+    assert!(!tmp.path().join("x").exists());
+}
+
+/// With a teacher, alpha and T default to the distillation defaults (the
+/// run distils, and says so); alpha 1 with a teacher is refused, since it
+/// would never read it; `--temperature` is the long flag, `-T` and the old
+/// `--t` still work.
+#[test]
+fn defaults_distil_and_a_teacher_left_unread_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = s(&small_data());
+    let teacher = s(&teacher_dir());
+    ok(
+        tmp.path(),
+        &cache_build_args(&teacher, &data, "cache", &["--split", "train", "-q"]),
+    );
+    let one_epoch = |out: &'static str, extra: &[&'static str]| {
+        let settings = ["--epochs", "1", "--batch", "64", "--seed", "3"];
+        let args = train_args(
+            &data,
+            "mlp:784-32-10",
+            out,
+            &[&settings[..], &["--cache", "cache"], extra].concat(),
+        );
+        let run = distill(tmp.path(), &args);
+        assert!(
+            run.status.success(),
+            "{}",
+            String::from_utf8_lossy(&run.stderr)
+        );
+        String::from_utf8_lossy(&run.stderr).into_owned()
+    };
+    let err = one_epoch("default", &[]);
+    let first = err.lines().next().unwrap();
+    let loss = &model_card(&tmp.path().join("default"))["config"]["loss"];
+    let (alpha, t) = (
+        loss["alpha"].as_f64().unwrap(),
+        loss["temperature"].as_f64().unwrap(),
+    );
+    assert!(alpha < 1.0, "the default with a cache distils: {loss}");
+    assert!(
+        first.contains("distilling from cache")
+            && first.contains(&format!("T {t}, alpha {alpha}"))
+            && first.contains("the defaults chosen on validation")
+            && first.contains("1800 samples (200 more held out for validation)"),
+        "{first}"
+    );
+    // The three spellings of the temperature set the same field.
+    for (out, flag) in [("long", "--temperature"), ("short", "-T"), ("old", "--t")] {
+        one_epoch(out, &[flag, "3", "-q"]);
+        let card = model_card(&tmp.path().join(out));
+        assert_eq!(card["config"]["loss"]["temperature"], 3.0, "{flag}");
+        assert_eq!(
+            card["config"]["loss"]["alpha"].as_f64(),
+            Some(alpha),
+            "{flag}"
+        );
+    }
+    let help = ok(tmp.path(), &["train", "--help"]);
+    assert!(
+        help.contains("--temperature") && !help.contains("--t "),
+        "{help}"
+    );
+    // Alpha 1 with a teacher trains on labels alone: refused, naming the
+    // flags, before anything is written.
+    fails(
+        tmp.path(),
+        &mlp_args(&data, "x", &["--cache", "cache", "--alpha", "1"]),
+        &["--alpha", "never be read", "--cache"],
+    );
+    fails(
+        tmp.path(),
+        &mlp_args(&data, "x", &["--online-teacher", &teacher, "--alpha", "1"]),
+        &["--alpha", "online teacher", "--online-teacher"],
+    );
+    assert!(!tmp.path().join("x").exists());
+}

@@ -54,10 +54,7 @@ fn dispatch<D: Backend>(dev: D, what: Dispatch) -> Result<()> {
         Dispatch::Eval(args) => super::eval::eval(dev, args),
         Dispatch::CacheBuild(args) => super::cache::build(dev, args),
         Dispatch::CheckDevice => check_device(&dev),
-        Dispatch::Sweep(job) => {
-            distill::sweep::run_and_report(dev, &job.config, &super::command_line(), job.quiet)
-                .map(|done| super::sweep::print(&done))
-        }
+        Dispatch::Sweep(job) => super::sweep::run_job(dev, *job),
     }
 }
 

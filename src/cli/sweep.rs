@@ -3,16 +3,25 @@
 //! Flags and a TOML file (`--config sweep.toml`, the same keys as the flags,
 //! e.g. `students = ["mlp:784-32-10"]`, `test-cache = "..."`) are merged by
 //! the library ([`SweepConfig::resolve`]), flags winning, and validated
-//! before any work starts; the device dispatch then runs
-//! [`distill::sweep::run_and_report`], and [`print`] shows what it did.
+//! before any work starts; the device dispatch then runs [`run_job`]: the
+//! whole sweep ([`distill::sweep::run_and_report`]), or, on a scheduler,
+//! one run of the plan (`--only I`, or `--only auto` reading the array
+//! index from `SLURM_ARRAY_TASK_ID` or `JOB_COMPLETION_INDEX`) or the
+//! report of what has finished (`--report`). `--plan` lists the runs with
+//! their indices and needs no device.
 
 use std::path::PathBuf;
 
 use clap::Args;
-use distill::error::Result;
-use distill::sweep::{SweepConfig, SweepDone, SweepSettings};
+use distill::error::{Error, Result};
+use distill::model::Backend;
+use distill::sweep::{plan, RunOutcome, SweepConfig, SweepDone, SweepSettings};
 
 use super::device::{with_device, DeviceArgs, Dispatch};
+
+/// The environment variables `--only auto` reads, in order: a Slurm job
+/// array's task index, a Kubernetes Indexed Job's completion index.
+pub const INDEX_VARIABLES: [&str; 2] = ["SLURM_ARRAY_TASK_ID", "JOB_COMPLETION_INDEX"];
 
 /// Config fields whose flag is not their name (see [`super::name_flags`]).
 pub const RENAMES: &[(&str, &str)] = &[
@@ -22,6 +31,30 @@ pub const RENAMES: &[(&str, &str)] = &[
     ("loss.alpha", "--alphas"),
     ("loss.temperature", "--temperatures"),
 ];
+
+#[cfg(test)]
+mod tests {
+    use super::parse_only;
+
+    #[test]
+    fn only_reads_a_number_or_the_schedulers_index() {
+        let none = |_: &str| None;
+        assert_eq!(parse_only("3", none).unwrap(), 3);
+        let slurm = |k: &str| (k == "SLURM_ARRAY_TASK_ID").then(|| "7".to_string());
+        assert_eq!(parse_only("auto", slurm).unwrap(), 7);
+        let k8s = |k: &str| (k == "JOB_COMPLETION_INDEX").then(|| "2".to_string());
+        assert_eq!(parse_only("auto", k8s).unwrap(), 2);
+        let e = parse_only("auto", none).unwrap_err().to_string();
+        assert!(
+            e.contains("--only") && e.contains("SLURM_ARRAY_TASK_ID or JOB_COMPLETION_INDEX"),
+            "{e}"
+        );
+        let bad = |k: &str| (k == "JOB_COMPLETION_INDEX").then(|| "x1".to_string());
+        let e = parse_only("auto", bad).unwrap_err().to_string();
+        assert!(e.contains("JOB_COMPLETION_INDEX=x1"), "{e}");
+        assert!(parse_only("-1", none).is_err());
+    }
+}
 
 #[derive(Args)]
 pub struct SweepArgs {
@@ -45,10 +78,12 @@ pub struct SweepArgs {
     /// Student model specs, comma-separated.
     #[arg(long, value_delimiter = ',')]
     students: Vec<String>,
-    /// Distillation temperatures, comma-separated (default 4).
+    /// Distillation temperatures, comma-separated (default: `distill
+    /// train`'s with a cache, chosen on validation).
     #[arg(long, value_delimiter = ',')]
     temperatures: Vec<f32>,
-    /// Hard-label loss weights, comma-separated (default 0.5).
+    /// Hard-label loss weights, comma-separated (default: `distill train`'s
+    /// with a cache, chosen on validation; 1 is the baseline's, see --baseline).
     #[arg(long, value_delimiter = ',')]
     alphas: Vec<f32>,
     /// Also train each student on hard labels alone, once.
@@ -89,9 +124,26 @@ pub struct SweepArgs {
     /// Blocks per shuffle window when streaming the cache (default 8).
     #[arg(long)]
     window_blocks: Option<usize>,
+    /// Fraction of the training split every run holds out for validation,
+    /// on which the report chooses T, alpha and the epoch (default 0.1).
+    #[arg(long)]
+    val_fraction: Option<f64>,
     /// Output folder: runs/NAME/ per run, report.md, results.csv, plots.
     #[arg(long)]
     out: Option<PathBuf>,
+    /// List the runs of the plan, one per line as INDEX<TAB>NAME (the
+    /// same settings always give the same indices), and exit.
+    #[arg(long, conflicts_with_all = ["only", "report"])]
+    plan: bool,
+    /// Train only the run of this plan index (one task of a scheduler
+    /// array), or `auto`: the index in SLURM_ARRAY_TASK_ID or
+    /// JOB_COMPLETION_INDEX. Writes only that run's directory; no report.
+    #[arg(long, conflicts_with = "report")]
+    only: Option<String>,
+    /// Write report.md, results.csv and the plots from the runs that have
+    /// finished, naming the missing ones; trains nothing.
+    #[arg(long)]
+    report: bool,
     /// No progress lines.
     #[arg(long, short)]
     quiet: bool,
@@ -99,20 +151,111 @@ pub struct SweepArgs {
     device: DeviceArgs,
 }
 
+/// What a sweep command does.
+pub(crate) enum SweepMode {
+    /// Every run, then the report.
+    All,
+    /// The run of one plan index.
+    Only(usize),
+    /// The report of the finished runs.
+    Report,
+}
+
 /// A validated sweep, ready for a device.
 pub(crate) struct SweepJob {
     pub config: SweepConfig,
+    pub mode: SweepMode,
     pub quiet: bool,
 }
 
 /// `distill sweep`.
 pub fn run(a: SweepArgs) -> Result<()> {
     let config = SweepConfig::resolve(settings(&a), a.config.as_deref())?;
+    if a.plan {
+        return print_plan(&config, a.quiet);
+    }
+    let mode = match (&a.only, a.report) {
+        (Some(only), _) => SweepMode::Only(parse_only(only, |k| std::env::var(k).ok())?),
+        (None, true) => SweepMode::Report,
+        (None, false) => SweepMode::All,
+    };
     let job = SweepJob {
         config,
+        mode,
         quiet: a.quiet,
     };
     with_device(&a.device.device, Dispatch::Sweep(Box::new(job)))
+}
+
+/// `--plan`: one line per run, INDEX<TAB>NAME, on stdout.
+fn print_plan(config: &SweepConfig, quiet: bool) -> Result<()> {
+    let runs = plan(config)?;
+    if !quiet {
+        eprintln!(
+            "sweep plan: {} runs, indices 0 to {} (`--only INDEX` runs one; `--report` writes the report)",
+            runs.len(),
+            runs.len().saturating_sub(1)
+        );
+    }
+    for (i, r) in runs.iter().enumerate() {
+        println!("{i}\t{}", r.name);
+    }
+    Ok(())
+}
+
+/// The index `--only` names: a number, or `auto` for the first of
+/// [`INDEX_VARIABLES`] that `var` finds set.
+fn parse_only(text: &str, var: impl Fn(&str) -> Option<String>) -> Result<usize> {
+    let bad = |message: String| Error::Config {
+        field: "--only".into(),
+        message,
+    };
+    let (value, source) = match text.trim() {
+        "auto" => {
+            let found = INDEX_VARIABLES
+                .iter()
+                .find_map(|k| var(k).map(|v| (v, format!("{k}={}", var(k).unwrap_or_default()))));
+            found.ok_or_else(|| {
+                bad(format!(
+                    "auto reads the array index from {}, and neither is set; give the index itself (`distill sweep --plan` lists them)",
+                    INDEX_VARIABLES.join(" or ")
+                ))
+            })?
+        }
+        other => (other.to_string(), format!("'{other}'")),
+    };
+    value.trim().parse::<usize>().map_err(|_| {
+        bad(format!(
+            "{source} is not a run index (a whole number from 0; `distill sweep --plan` lists them)"
+        ))
+    })
+}
+
+/// Runs a sweep job on `dev`: the whole sweep, one run, or the report.
+pub(crate) fn run_job<D: Backend>(dev: D, job: SweepJob) -> Result<()> {
+    let command = super::command_line();
+    match job.mode {
+        SweepMode::All => distill::sweep::run_and_report(dev, &job.config, &command, job.quiet)
+            .map(|done| print(&done)),
+        SweepMode::Only(index) => {
+            let (run, outcome) =
+                distill::sweep::run_only::<D>(&job.config, index, &command, job.quiet)?;
+            match outcome {
+                RunOutcome::Skipped => {
+                    println!("sweep run {index} ({}): finished earlier", run.name)
+                }
+                RunOutcome::Trained { seconds, resumed } => println!(
+                    "sweep run {index} ({}): trained in {seconds:.1}s{}",
+                    run.name,
+                    if resumed { " (resumed)" } else { "" }
+                ),
+            }
+            Ok(())
+        }
+        SweepMode::Report => {
+            distill::sweep::report_only(dev, &job.config).map(|done| print_report(&done))
+        }
+    }
 }
 
 /// The settings the flags give (a flag not given is `None`).
@@ -140,7 +283,25 @@ fn settings(a: &SweepArgs) -> SweepSettings {
         jobs: a.jobs,
         checkpoint_every: a.checkpoint_every,
         window_blocks: a.window_blocks,
+        val_fraction: a.val_fraction,
         out: a.out.clone(),
+    }
+}
+
+/// What `--report` prints: the finished and missing runs, then the
+/// report's files.
+fn print_report(done: &SweepDone) {
+    println!(
+        "sweep report: {} of {} runs finished, {} missing",
+        done.runs - done.missing.len(),
+        done.runs,
+        done.missing.len()
+    );
+    for (i, name) in &done.missing {
+        println!("missing: {i}\t{name}");
+    }
+    for f in &done.files {
+        println!("{}", f.display());
     }
 }
 

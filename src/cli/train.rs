@@ -4,12 +4,15 @@ use std::path::PathBuf;
 
 use clap::Args;
 use distill::data::augment::Augment;
+use distill::data::Dataset;
 use distill::error::{Error, Result};
 use distill::model::{Backend, ModelDir, ModelSpec};
 use distill::prune::schedule::GradualSchedule;
+use distill::train::config::{DISTILL_ALPHA, DISTILL_TEMPERATURE};
 use distill::train::loss::{DkdWeights, LossConfig, LossKind, TeacherErrors};
 use distill::train::metrics::read_metrics;
 use distill::train::optim::{OptimizerConfig, OptimizerKind, Schedule};
+use distill::train::validation::held_out_count;
 use distill::train::{RunOptions, SourcePaths, TrainConfig};
 
 use super::device::DeviceArgs;
@@ -70,12 +73,17 @@ pub struct TrainArgs {
     /// Teacher-output cache of the test split, for student-teacher agreement.
     #[arg(long)]
     test_cache: Option<PathBuf>,
-    /// Distillation temperature (the cache is re-tempered to it).
-    #[arg(long, alias = "temperature", short = 'T', default_value_t = TrainConfig::default().loss.temperature)]
-    t: f32,
+    /// Distillation temperature (the cache is re-tempered to it). Default
+    /// with --cache or --online-teacher: the one chosen on validation
+    /// (README, "Validation, and defaults that distil").
+    #[arg(long, short = 'T', alias = "t")]
+    temperature: Option<f32>,
     /// Weight of the hard-label loss; 1 - alpha goes to the soft loss.
-    #[arg(long, default_value_t = TrainConfig::default().loss.alpha)]
-    alpha: f32,
+    /// Default with --cache or --online-teacher: the one chosen on
+    /// validation; 1 (labels only, which leaves the teacher unread) is
+    /// refused there. Without a teacher only 1 is allowed.
+    #[arg(long)]
+    alpha: Option<f32>,
     /// Soft loss: kd (KL at temperature T), dkd (decoupled KD), mse (logit
     /// matching), pseudo (teacher argmax as label).
     #[arg(long, default_value_t = TrainConfig::default().loss.kind.to_string())]
@@ -106,6 +114,11 @@ pub struct TrainArgs {
     schedule: String,
     #[arg(long, default_value_t = TrainConfig::default().seed)]
     seed: u64,
+    /// Fraction of the training split held out for validation: drawn from
+    /// --seed, never trained on, evaluated after every epoch (metrics,
+    /// card, curves). 0 trains on every sample.
+    #[arg(long, default_value_t = TrainConfig::default().val_fraction)]
+    val_fraction: f64,
     /// Output directory (model.safetensors, model.json, metrics.jsonl, curves.png).
     #[arg(long)]
     out: PathBuf,
@@ -172,21 +185,7 @@ fn run<D: Backend>(dev: D, a: TrainArgs) -> Result<()> {
         teacher_accuracy: opened.teacher_accuracy,
     };
     if !a.quiet {
-        eprintln!(
-            "training {} ({} parameters) on {} with {} samples, {}",
-            cfg.spec,
-            ModelSpec::parse_for_input(&cfg.spec, opened.train.sample_shape())?.param_count(),
-            dev.describe(),
-            opened.train.len(),
-            match &a.cache {
-                Some(c) => format!(
-                    "distilling from {} ({})",
-                    c.display(),
-                    describe_loss(&cfg.loss)
-                ),
-                None => "hard labels only".to_string(),
-            }
-        );
+        eprintln!("{}", start_line(&a, &cfg, &opened.train, &dev.describe())?);
     }
     let outcome = distill::train::train(dev, &cfg, &opened.sources(), &a.out, &opts)?;
     if !outcome.finished {
@@ -209,6 +208,41 @@ fn run<D: Backend>(dev: D, a: TrainArgs) -> Result<()> {
         ),
     }
     Ok(())
+}
+
+/// The run's first line: the student, the device, the samples trained (and
+/// held out), and what it learns from, with the loss weights.
+fn start_line(a: &TrainArgs, cfg: &TrainConfig, train: &Dataset, device: &str) -> Result<String> {
+    let n = train.len();
+    let held_out = held_out_count(cfg.val_fraction, n);
+    let defaults = if a.alpha.is_none() && a.temperature.is_none() {
+        ", the defaults chosen on validation"
+    } else {
+        ""
+    };
+    Ok(format!(
+        "training {} ({} parameters) on {device} with {} samples{}, {}",
+        cfg.spec,
+        ModelSpec::parse_for_input(&cfg.spec, train.sample_shape())?.param_count(),
+        n - held_out.min(n),
+        match held_out {
+            0 => String::new(),
+            v => format!(" ({v} more held out for validation)"),
+        },
+        match (&a.cache, &a.online_teacher) {
+            (Some(c), _) => format!(
+                "distilling from {} ({}{defaults})",
+                c.display(),
+                describe_loss(&cfg.loss)
+            ),
+            (None, Some(t)) => format!(
+                "distilling from the teacher {} run on every batch ({}{defaults})",
+                t.display(),
+                describe_loss(&cfg.loss)
+            ),
+            (None, None) => "hard labels only".to_string(),
+        }
+    ))
 }
 
 /// The run's config from the flags; `init_spec` is the spec of the
@@ -248,21 +282,34 @@ fn config(a: &TrainArgs, init_spec: Option<&str>) -> Result<TrainConfig> {
             None => None,
         },
         normalize: a.normalize.parse()?,
+        val_fraction: a.val_fraction,
     };
     cfg.validate()?;
     Ok(cfg)
 }
 
-/// The loss flags; without a teacher (no --cache, no --online-teacher) they
-/// must ask for hard labels only, and the run records plain hard-label
-/// training whatever -T says.
+/// The loss flags. With a teacher (--cache or --online-teacher) an alpha or
+/// T not given takes the distillation default ([`DISTILL_ALPHA`],
+/// [`DISTILL_TEMPERATURE`]); without one they must ask for hard labels
+/// only, and the run records plain hard-label training whatever -T says.
 fn loss_config(a: &TrainArgs) -> Result<LossConfig> {
+    let teacher = a.cache.is_some() || a.online_teacher.is_some();
+    let plain = TrainConfig::default().loss;
+    let (alpha, temperature) = match teacher {
+        true => (DISTILL_ALPHA, DISTILL_TEMPERATURE),
+        false => (plain.alpha, plain.temperature),
+    };
+    let alpha = a.alpha.unwrap_or(alpha);
     let l = LossConfig {
         teacher_errors: a.teacher_errors.parse::<TeacherErrors>()?,
         dkd_weights: a.dkd_weights.parse::<DkdWeights>()?,
-        ..LossConfig::new(a.loss.parse::<LossKind>()?, a.alpha, a.t)
+        ..LossConfig::new(
+            a.loss.parse::<LossKind>()?,
+            alpha,
+            a.temperature.unwrap_or(temperature),
+        )
     };
-    if a.cache.is_some() || a.online_teacher.is_some() {
+    if teacher {
         return Ok(l);
     }
     l.validate()?;
@@ -271,7 +318,7 @@ fn loss_config(a: &TrainArgs) -> Result<LossConfig> {
             field: "--cache".into(),
             message: format!(
                 "--alpha {} / --loss {} need the teacher's outputs: pass --cache DIR (built by `distill cache build`)",
-                a.alpha, a.loss
+                alpha, a.loss
             ),
         });
     }

@@ -18,6 +18,9 @@ pub struct CurvePoint {
     pub train_loss: f64,
     pub test_loss: Option<f64>,
     pub test_accuracy: Option<f64>,
+    /// On the run's validation split (held out of the training split).
+    pub val_loss: Option<f64>,
+    pub val_accuracy: Option<f64>,
 }
 
 static FONT: &[u8] = include_bytes!("fonts/DejaVuSans.ttf");
@@ -69,9 +72,9 @@ fn draw_lines(
     Ok(())
 }
 
-/// Training curves: loss (train, test) and test accuracy per epoch, with an
-/// optional hard-label baseline's accuracy curve and the teacher's accuracy
-/// as a horizontal line.
+/// Training curves: loss (train, validation, test) and accuracy
+/// (validation, test) per epoch, with an optional hard-label baseline's
+/// curves and the teacher's accuracy as a horizontal line.
 pub fn training_curves(
     path: &Path,
     metrics: &[CurvePoint],
@@ -104,7 +107,7 @@ fn loss_panel(
 ) -> Result<()> {
     let losses: Vec<f64> = metrics
         .iter()
-        .flat_map(|m| [Some(m.train_loss), m.test_loss])
+        .flat_map(|m| [Some(m.train_loss), m.test_loss, m.val_loss])
         .flatten()
         .chain(
             baseline
@@ -148,6 +151,14 @@ fn loss_panel(
             RGBColor(0, 150, 0),
         ),
         (
+            "student validation loss (CE)",
+            metrics
+                .iter()
+                .filter_map(|m| m.val_loss.map(|l| (m.epoch as f64, l)))
+                .collect(),
+            RGBColor(0, 170, 170),
+        ),
+        (
             "baseline test loss (CE)",
             baseline
                 .into_iter()
@@ -169,8 +180,8 @@ fn loss_panel(
     Ok(())
 }
 
-/// The right panel: test accuracy per epoch of the student and the
-/// baseline, and the teacher's as a horizontal line.
+/// The right panel: test (and validation) accuracy per epoch of the
+/// student and the baseline, and the teacher's as a horizontal line.
 fn accuracy_panel(
     area: &Area<'_>,
     path: &Path,
@@ -181,12 +192,14 @@ fn accuracy_panel(
 ) -> Result<()> {
     let accs: Vec<f64> = metrics
         .iter()
-        .filter_map(|m| m.test_accuracy)
+        .flat_map(|m| [m.test_accuracy, m.val_accuracy])
+        .flatten()
         .chain(
             baseline
                 .into_iter()
                 .flatten()
-                .filter_map(|m| m.test_accuracy),
+                .flat_map(|m| [m.test_accuracy, m.val_accuracy])
+                .flatten(),
         )
         .chain(teacher_accuracy)
         .map(|a| 100.0 * a)
@@ -196,7 +209,7 @@ fn accuracy_panel(
         let hi = accs.iter().cloned().fold(0.0, f64::max);
         let pad = ((hi - lo) * 0.15).max(0.5);
         let mut chart = ChartBuilder::on(area)
-            .caption("Test accuracy per epoch", ("sans-serif", 22))
+            .caption("Accuracy per epoch", ("sans-serif", 22))
             .margin(15)
             .x_label_area_size(45)
             .y_label_area_size(60)
@@ -208,14 +221,31 @@ fn accuracy_panel(
         chart
             .configure_mesh()
             .x_desc("epoch")
-            .y_desc("test accuracy (%)")
+            .y_desc("accuracy (%)")
             .x_label_formatter(&|x| format!("{x:.0}"))
             .label_style(("sans-serif", 15))
             .draw()
             .map_err(|e| plot_err(path, e))?;
+        let val = |points: Option<&[CurvePoint]>| -> Vec<(f64, f64)> {
+            points
+                .into_iter()
+                .flatten()
+                .filter_map(|m| m.val_accuracy.map(|a| (m.epoch as f64, 100.0 * a)))
+                .collect()
+        };
         let series: Vec<(&str, Vec<(f64, f64)>, RGBColor)> = vec![
             (
-                "student",
+                "student validation",
+                val(Some(metrics)),
+                RGBColor(0, 170, 170),
+            ),
+            (
+                "hard-label baseline validation",
+                val(baseline),
+                RGBColor(230, 170, 60),
+            ),
+            (
+                "student test",
                 metrics
                     .iter()
                     .filter_map(|m| m.test_accuracy.map(|a| (m.epoch as f64, 100.0 * a)))
@@ -223,7 +253,7 @@ fn accuracy_panel(
                 BLUE,
             ),
             (
-                "hard-label baseline",
+                "hard-label baseline test",
                 baseline
                     .into_iter()
                     .flatten()

@@ -21,6 +21,7 @@ use serde::Deserialize;
 
 use crate::error::{Error, Result};
 use crate::model::ModelSpec;
+use crate::train::config::{DISTILL_ALPHA, DISTILL_TEMPERATURE};
 use crate::train::loss::{LossConfig, LossKind};
 use crate::train::optim::OptimizerConfig;
 use crate::train::trainer::TrainConfig;
@@ -52,6 +53,9 @@ pub struct SweepConfig {
     pub jobs: usize,
     /// Checkpoint every this many steps (and at each epoch's end).
     pub checkpoint_every: u64,
+    /// Fraction of the training split every run holds out for validation
+    /// (the same samples in every run of a seed); settings are chosen on it.
+    pub val_fraction: f64,
     /// Output folder: `runs/NAME/` per run, the report at the top.
     pub out: PathBuf,
 }
@@ -67,9 +71,10 @@ impl SweepConfig {
             data,
             teacher: None,
             students: Vec::new(),
-            temperatures: vec![train.loss.temperature],
-            // A sweep distils: half the weight on the soft loss unless told.
-            alphas: vec![0.5],
+            // A sweep distils: the defaults of `distill train --cache`,
+            // chosen on validation, unless told.
+            temperatures: vec![DISTILL_TEMPERATURE],
+            alphas: vec![DISTILL_ALPHA],
             baseline: false,
             loss: train.loss.kind,
             epochs: train.epochs,
@@ -79,6 +84,7 @@ impl SweepConfig {
             window_blocks: train.window_blocks,
             jobs: 1,
             checkpoint_every: 200,
+            val_fraction: train.val_fraction,
             out,
         }
     }
@@ -113,6 +119,12 @@ impl SweepConfig {
             if !(a.is_finite() && (0.0..=1.0).contains(&a)) {
                 return Err(cfg_err("alphas", format!("{a} must be in [0, 1]")));
             }
+            if a == 1.0 && self.loss != LossKind::Pseudo {
+                return Err(cfg_err(
+                    "alphas",
+                    "1 trains on hard labels only and never reads the cache; the hard-label run is `baseline`".into(),
+                ));
+            }
         }
         if self.jobs == 0 || self.jobs > 256 {
             return Err(cfg_err(
@@ -145,6 +157,7 @@ impl SweepConfig {
             augment: None,
             prune_schedule: None,
             normalize: TrainConfig::default().normalize,
+            val_fraction: self.val_fraction,
         }
     }
 
@@ -196,6 +209,7 @@ pub struct SweepSettings {
     pub jobs: Option<usize>,
     pub checkpoint_every: Option<u64>,
     pub window_blocks: Option<usize>,
+    pub val_fraction: Option<f64>,
     pub out: Option<PathBuf>,
 }
 
@@ -278,6 +292,7 @@ impl SweepSettings {
             jobs: self.jobs.or(lower.jobs),
             checkpoint_every: self.checkpoint_every.or(lower.checkpoint_every),
             window_blocks: self.window_blocks.or(lower.window_blocks),
+            val_fraction: self.val_fraction.or(lower.val_fraction),
             out: self.out.or(lower.out),
         }
     }
@@ -305,6 +320,7 @@ impl SweepSettings {
             ("jobs", self.jobs.is_some()),
             ("checkpoint-every", self.checkpoint_every.is_some()),
             ("window-blocks", self.window_blocks.is_some()),
+            ("val-fraction", self.val_fraction.is_some()),
             ("out", self.out.is_some()),
         ];
         given.iter().any(|&(k, set)| k == key && set)
@@ -354,6 +370,7 @@ impl SweepSettings {
         cfg.jobs = self.jobs.unwrap_or(cfg.jobs);
         cfg.checkpoint_every = self.checkpoint_every.unwrap_or(cfg.checkpoint_every);
         cfg.window_blocks = self.window_blocks.unwrap_or(cfg.window_blocks);
+        cfg.val_fraction = self.val_fraction.unwrap_or(cfg.val_fraction);
         cfg.validate()?;
         Ok(cfg)
     }
@@ -485,7 +502,7 @@ mod tests {
              temperatures = [2]\nalphas = [0.5]\nbaseline = true\nloss = \"mse\"\nepochs = 2\n\
              batch = 8\noptimizer = \"sgd\"\nlr = 0.1\nweight-decay = 0.01\nmomentum = 0.5\n\
              schedule = \"constant\"\nseed = 3\njobs = 2\ncheckpoint-every = 7\n\
-             window-blocks = 4\n",
+             window-blocks = 4\nval-fraction = 0.2\n",
         );
         let s = SweepSettings::read(&path).unwrap();
         let text = fs::read_to_string(&path).unwrap();

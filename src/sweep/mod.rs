@@ -12,8 +12,17 @@
 //! work that is left.
 //!
 //! The report ([`collect_results`], [`write_report`]) is rebuilt from the
-//! runs' own `model.json` cards every time, so `report.md`, `results.csv` and
-//! the plots always agree with them. [`run_and_report`] does all of it on a
+//! runs' own `model.json` cards and curves every time, so `report.md`,
+//! `results.csv` and the plots always agree with them. Every run holds out
+//! the same validation split; the report chooses T, alpha and the epoch per
+//! student on it ([`choose`]) and states test accuracy for the chosen
+//! settings only.
+//!
+//! On a scheduler a sweep is a job array: the plan's order gives each run a
+//! stable index, [`run_only`] trains one index (writing only that run's
+//! directory) and [`report_only`] writes the report of whatever has
+//! finished, naming the missing runs (`examples/slurm/sweep.sbatch`,
+//! `examples/kubernetes/sweep-job.yaml`). [`run_and_report`] does all of it on a
 //! device, from a config that [`SweepConfig::resolve`] builds from a
 //! `sweep.toml` file and the command line's settings:
 //!
@@ -70,10 +79,13 @@ pub use report::{
     cache_description, group_digits, pct, report_markdown, report_sweep, results_csv, write_report,
     ReportContext, CSV_HEADER, PARETO_PNG, REPORT_MD, RESULTS_CSV, TEMPERATURE_PNG,
 };
-pub use results::{by_student, collect_results, pareto_front, RunResult, StudentRow};
+pub use results::{
+    by_student, choose, chosen_results, collect_results, pareto_front, Choice, CurveEpoch,
+    RunResult, StudentRow,
+};
 pub use run::{
-    run_and_report, run_state, run_sweep, Expect, OpenInputs, RunOutcome, RunState, SweepDone,
-    SweepInputs, SweepSummary,
+    report_only, run_and_report, run_only, run_state, run_sweep, Expect, OpenInputs, RunOutcome,
+    RunState, SweepDone, SweepInputs, SweepSummary,
 };
 pub use teacher::{
     teacher_dir, teacher_forward_timing, teacher_summary, Savings, TeacherSummary, TeacherTiming,

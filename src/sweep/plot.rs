@@ -1,7 +1,8 @@
 //! The plots of a sweep report, drawn from the runs' cards
-//! ([`super::RunResult`]): test accuracy against parameter count (log
-//! scale, with the Pareto front and the teacher as a reference line), and test
-//! accuracy against the distillation temperature, one panel per alpha.
+//! ([`super::RunResult`]): test accuracy of the settings chosen on
+//! validation against parameter count (log scale, with the Pareto front and
+//! the teacher as a reference line), and validation accuracy against the
+//! distillation temperature, one panel per alpha.
 
 use std::path::Path;
 
@@ -219,7 +220,7 @@ fn draw_runs<'a, 'b: 'a>(
                     .map(|&p| Circle::new(p, 5, DISTILLED_COLOR.mix(0.75).filled())),
             )
             .map_err(e)?
-            .label("distilled from the cache (one point per T, alpha)")
+            .label("distilled from the cache (setting chosen on validation)")
             .legend(|(x, y)| Circle::new((x + 12, y), 5, DISTILLED_COLOR.filled()));
     }
     let baselines: Vec<(f64, f64)> = pts
@@ -263,10 +264,22 @@ fn draw_runs<'a, 'b: 'a>(
     Ok(())
 }
 
-/// Test accuracy against the distillation temperature T, one panel per alpha,
-/// one line per student, with each student's hard-label baseline dashed in
-/// the same colour.
+/// The accuracy the temperature plot shows for a run: the validation
+/// accuracy of its best epoch, or its test accuracy where no run has a
+/// validation split.
+fn plotted(r: &RunResult, on_val: bool) -> Option<f64> {
+    match on_val {
+        true => r.best_epoch().and_then(|b| b.val_accuracy),
+        false => r.test_accuracy,
+    }
+}
+
+/// Validation accuracy (each run's best epoch) against the distillation
+/// temperature T, one panel per alpha, one line per student, with each
+/// student's hard-label baseline dashed in the same colour: the figures
+/// the settings are chosen on. Without validation splits, test accuracy.
 pub fn accuracy_vs_temperature(path: &Path, results: &[RunResult]) -> Result<()> {
+    let on_val = results.iter().any(|r| r.val_accuracy.is_some());
     let mut alphas: Vec<f32> = Vec::new();
     let mut temps: Vec<f32> = Vec::new();
     let mut students: Vec<&str> = Vec::new();
@@ -294,14 +307,18 @@ pub fn accuracy_vs_temperature(path: &Path, results: &[RunResult]) -> Result<()>
     root.fill(&WHITE).map_err(e)?;
     let root = root
         .titled(
-            "Test accuracy against distillation temperature",
+            if on_val {
+                "Validation accuracy (best epoch) against distillation temperature"
+            } else {
+                "Test accuracy against distillation temperature"
+            },
             ("sans-serif", 26),
         )
         .map_err(e)?;
     let panels = root.split_evenly((1, alphas.len()));
     let accs: Vec<f64> = results
         .iter()
-        .filter_map(|r| r.test_accuracy.map(|a| 100.0 * a))
+        .filter_map(|r| plotted(r, on_val).map(|a| 100.0 * a))
         .collect();
     let (y0, y1) = acc_range(&accs, 0.25 + 0.12 * students.len() as f64);
     let tmin = temps.iter().cloned().fold(f32::MAX, f32::min) as f64;
@@ -314,6 +331,7 @@ pub fn accuracy_vs_temperature(path: &Path, results: &[RunResult]) -> Result<()>
         students: &students,
         x: (x0, x1),
         y: (y0, y1),
+        on_val,
     };
     for (area, &alpha) in panels.iter().zip(&alphas) {
         panel.draw(area, alpha)?;
@@ -329,6 +347,8 @@ struct Panel<'a> {
     students: &'a [&'a str],
     x: (f64, f64),
     y: (f64, f64),
+    /// Validation accuracy (else test accuracy) on the y axis.
+    on_val: bool,
 }
 
 impl Panel<'_> {
@@ -349,7 +369,11 @@ impl Panel<'_> {
         chart
             .configure_mesh()
             .x_desc("temperature T (dimensionless)")
-            .y_desc("test accuracy (%)")
+            .y_desc(if self.on_val {
+                "validation accuracy (%)"
+            } else {
+                "test accuracy (%)"
+            })
             .y_label_formatter(&|y| format!("{y:.1}"))
             .x_label_formatter(&|x| format!("{x}"))
             .label_style(("sans-serif", 15))
@@ -390,7 +414,7 @@ impl Panel<'_> {
             .results
             .iter()
             .filter(|r| r.student == *student)
-            .filter_map(|r| match (r.kind, r.test_accuracy) {
+            .filter_map(|r| match (r.kind, plotted(r, self.on_val)) {
                 (
                     RunKind::Distilled {
                         temperature,
@@ -416,7 +440,7 @@ impl Panel<'_> {
         }
         let base = self.results.iter().find_map(|r| {
             (r.student == *student && r.kind == RunKind::Baseline)
-                .then_some(r.test_accuracy)
+                .then_some(plotted(r, self.on_val))
                 .flatten()
         });
         if let Some(b) = base {

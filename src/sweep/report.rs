@@ -1,7 +1,14 @@
-//! A sweep's report, rebuilt from the runs' cards every time: `report.md`
-//! ([`report_markdown`]), `results.csv` ([`results_csv`]) and the two plots
-//! ([`super::plot`]), written by [`write_report`]; [`report_sweep`] gathers
-//! what they state besides the runs.
+//! A sweep's report, rebuilt from the runs' cards and curves every time:
+//! `report.md` ([`report_markdown`]), `results.csv` ([`results_csv`]) and
+//! the two plots ([`super::plot`]), written by [`write_report`];
+//! [`report_sweep`] gathers what they state besides the runs.
+//!
+//! The report names, per student, the setting chosen on validation
+//! ([`super::choose`]) and states test accuracy for the chosen settings
+//! only; every run's validation figures are in its tables and in
+//! `results.csv` (which, as the raw record of the cards, also keeps each
+//! run's last-epoch test accuracy). Runs of the plan that have not finished
+//! are listed as missing.
 
 use std::fmt::Write as _;
 use std::fs;
@@ -9,7 +16,7 @@ use std::path::{Path, PathBuf};
 
 use super::config::SweepConfig;
 use super::plan::{PlannedRun, RunKind, RUNS_DIR};
-use super::results::{by_student, collect_results, RunResult, StudentRow};
+use super::results::{by_student, chosen_results, collect_results, Choice, RunResult, StudentRow};
 use super::run::OpenInputs;
 use super::teacher::{teacher_forward_timing, teacher_summary, Savings, TeacherSummary};
 use crate::cache::CacheViews;
@@ -50,12 +57,23 @@ fn csv_field(s: &str) -> String {
 }
 
 /// The header of `results.csv`.
-pub const CSV_HEADER: &str = "run,student,parameters,flops_per_sample,kind,temperature,alpha,epochs,seed,test_accuracy,test_loss,teacher_agreement,train_seconds,cache_id";
+pub const CSV_HEADER: &str = "run,student,parameters,flops_per_sample,kind,temperature,alpha,epochs,seed,test_accuracy,test_loss,teacher_agreement,train_seconds,cache_id,val_samples,val_accuracy,val_loss,best_val_epoch,best_val_accuracy,best_val_epoch_test_accuracy,chosen";
 
-/// `results.csv`: one row per run; numbers as the cards hold them, empty
-/// fields where a card has none.
+/// `results.csv`: one row per run; numbers as the cards and curves hold
+/// them, empty fields where they have none. The `val_*` columns are the
+/// last epoch's validation figures, `best_val_*` those of the epoch
+/// validation chooses within the run, and `chosen` is `yes` on the runs the
+/// report states for their student: the chosen distilled run and the
+/// baseline.
 pub fn results_csv(results: &[RunResult]) -> String {
     let opt = |x: Option<f64>| x.map_or(String::new(), |v| v.to_string());
+    let rows = by_student(results);
+    let chosen: Vec<&str> = rows
+        .iter()
+        .flat_map(|r| [r.chosen(), r.chosen_baseline()])
+        .flatten()
+        .map(|c| c.run.name.as_str())
+        .collect();
     let mut s = String::from(CSV_HEADER);
     s.push('\n');
     for r in results {
@@ -65,6 +83,7 @@ pub fn results_csv(results: &[RunResult]) -> String {
                 ("distilled", temperature.to_string(), alpha.to_string())
             }
         };
+        let best = r.best_epoch();
         let fields = [
             csv_field(&r.name),
             csv_field(&r.student),
@@ -80,6 +99,17 @@ pub fn results_csv(results: &[RunResult]) -> String {
             opt(r.teacher_agreement),
             r.train_seconds.to_string(),
             csv_field(r.cache_id.as_deref().unwrap_or("")),
+            r.val_samples.map_or(String::new(), |v| v.to_string()),
+            opt(r.val_accuracy),
+            opt(r.val_loss),
+            best.map_or(String::new(), |b| b.epoch.to_string()),
+            opt(best.and_then(|b| b.val_accuracy)),
+            opt(best.and_then(|b| b.test_accuracy)),
+            if chosen.contains(&r.name.as_str()) {
+                "yes".to_string()
+            } else {
+                String::new()
+            },
         ];
         s.push_str(&fields.join(","));
         s.push('\n');
@@ -100,12 +130,15 @@ pub struct ReportContext<'a> {
     pub savings: Option<&'a Savings>,
     /// The cache id and encoding, e.g. "f16, T 4".
     pub cache_description: String,
+    /// Runs of the plan not finished: (plan index, name).
+    pub missing: &'a [(usize, String)],
 }
 
 /// `report.md`.
 pub fn report_markdown(results: &[RunResult], ctx: &ReportContext<'_>) -> String {
     let mut s = String::new();
     intro(&mut s, results, ctx);
+    missing(&mut s, ctx.missing);
     let rows = by_student(results);
     summary(&mut s, &rows);
     for row in &rows {
@@ -148,23 +181,94 @@ fn intro(s: &mut String, results: &[RunResult], ctx: &ReportContext<'_>) {
             t.accuracy_source
         );
     }
-    let _ = writeln!(
-        s,
-        "Accuracies are on the test split; gain is the best distilled run minus the hard-label baseline, in percentage points. Train time sums all of a student's runs.\n"
-    );
+    let val_samples = results.iter().find_map(|r| r.val_samples);
+    match val_samples {
+        Some(v) => {
+            let _ = writeln!(
+                s,
+                "Settings are chosen on validation: every run holds out the same {} training samples (val-fraction {}, drawn from the seed) and never trains on them. \
+                 For each student the distilled setting (T, alpha and the epoch) with the best validation accuracy is chosen, and the baseline's epoch likewise; \
+                 test accuracy is stated for the chosen settings only, measured after the chosen epoch. \
+                 Gain is the chosen distilled run's test accuracy minus the chosen baseline's, in percentage points. Train time sums all of a student's runs.\n",
+                v, cfg.val_fraction
+            );
+        }
+        None => {
+            let _ = writeln!(
+                s,
+                "No run holds out a validation split (val-fraction 0), so the settings below are chosen on the **test** split, which flatters them; rerun with a validation split to choose honestly. \
+                 Gain is the chosen distilled run's test accuracy minus the baseline's, in percentage points. Train time sums all of a student's runs.\n"
+            );
+        }
+    }
 }
 
-/// The summary table, one row per student, and the two plots.
-fn summary(s: &mut String, rows: &[StudentRow<'_>]) {
-    let _ = writeln!(s, "## Summary\n");
+/// The runs of the plan that have not finished, if any.
+fn missing(s: &mut String, missing: &[(usize, String)]) {
+    if missing.is_empty() {
+        return;
+    }
     let _ = writeln!(
         s,
-        "| student | parameters | FLOPs/sample | baseline | best distilled | gain | best T | best alpha | train time |"
+        "## Missing runs\n\nNot finished when this report was written, and left out of every table below: {} of the plan's runs. `distill sweep --only INDEX` runs one; `distill sweep --report` rewrites this report.\n",
+        missing.len()
     );
-    let _ = writeln!(s, "|---|---:|---:|---:|---:|---:|---:|---:|---:|");
+    let _ = writeln!(s, "| index | run |\n|---:|---|");
+    for (i, name) in missing {
+        let _ = writeln!(s, "| {i} | `{name}` |");
+    }
+    let _ = writeln!(s);
+}
+
+/// "T 4, alpha 0.5, epoch 3 of 3" for a chosen distilled run.
+fn setting(c: &Choice<'_>) -> String {
+    let epoch = format!("epoch {} of {}", c.epoch, c.run.epochs);
+    match c.run.kind {
+        RunKind::Distilled { temperature, alpha } => {
+            format!("T {temperature}, alpha {alpha}, {epoch}")
+        }
+        RunKind::Baseline => epoch,
+    }
+}
+
+/// The headline per student (the chosen setting, named) and the summary
+/// table, one row per student, and the two plots.
+fn summary(s: &mut String, rows: &[StudentRow<'_>]) {
+    let _ = writeln!(s, "## Summary\n");
     for row in rows {
-        let best = row.best();
-        let (bt, ba) = match best.map(|b| b.kind) {
+        let (chosen, base) = (row.chosen(), row.chosen_baseline());
+        let Some(c) = chosen else { continue };
+        let how = if c.on_test {
+            "selected on the test split".to_string()
+        } else {
+            format!("selected on validation, {}", pct(c.val_accuracy))
+        };
+        let _ = writeln!(
+            s,
+            "- `{}`: distilled at **{}** ({how}): **{}** test{}.",
+            row.student,
+            setting(&c),
+            pct(c.test_accuracy),
+            match base {
+                Some(b) => format!(
+                    " against the baseline's {} ({}), {}",
+                    pct(b.test_accuracy),
+                    setting(&b),
+                    gain(c.test_accuracy, b.test_accuracy)
+                ),
+                None => String::new(),
+            }
+        );
+    }
+    let _ = writeln!(s);
+    let _ = writeln!(
+        s,
+        "| student | parameters | FLOPs/sample | baseline | chosen distilled | gain | chosen T | chosen alpha | chosen epoch | validation (baseline / distilled) | train time |"
+    );
+    let _ = writeln!(s, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    for row in rows {
+        let (chosen, base) = (row.chosen(), row.chosen_baseline());
+        let (bt, ba) = match chosen.map(|c| c.run.kind) {
             Some(RunKind::Distilled { temperature, alpha }) => {
                 (temperature.to_string(), alpha.to_string())
             }
@@ -172,18 +276,21 @@ fn summary(s: &mut String, rows: &[StudentRow<'_>]) {
         };
         let _ = writeln!(
             s,
-            "| `{}` | {} | {} | {} | {} | {} | {} | {} | {:.0} s |",
+            "| `{}` | {} | {} | {} | {} | {} | {} | {} | {} | {} / {} | {:.0} s |",
             row.student,
             group_digits(row.parameters),
             group_digits(row.flops_per_sample),
-            pct(row.baseline.and_then(|b| b.test_accuracy)),
-            pct(best.and_then(|b| b.test_accuracy)),
+            pct(base.and_then(|b| b.test_accuracy)),
+            pct(chosen.and_then(|c| c.test_accuracy)),
             gain(
-                best.and_then(|b| b.test_accuracy),
-                row.baseline.and_then(|b| b.test_accuracy)
+                chosen.and_then(|c| c.test_accuracy),
+                base.and_then(|b| b.test_accuracy)
             ),
             bt,
             ba,
+            chosen.map_or("-".into(), |c| c.epoch.to_string()),
+            pct(base.and_then(|b| b.val_accuracy)),
+            pct(chosen.and_then(|c| c.val_accuracy)),
             row.train_seconds()
         );
     }
@@ -191,9 +298,14 @@ fn summary(s: &mut String, rows: &[StudentRow<'_>]) {
     let _ = writeln!(s, "![accuracy against temperature]({TEMPERATURE_PNG})\n");
 }
 
-/// A student's section: every run against its baseline.
+/// A student's section: every run's validation figures, the test accuracy
+/// of the chosen ones.
 fn student_section(s: &mut String, row: &StudentRow<'_>) {
-    let base = row.baseline.and_then(|b| b.test_accuracy);
+    let chosen: Vec<Choice<'_>> = [row.chosen_baseline(), row.chosen()]
+        .into_iter()
+        .flatten()
+        .collect();
+    let base_val = row.chosen_baseline().and_then(|b| b.val_accuracy);
     let _ = writeln!(
         s,
         "## `{}`\n\n{} parameters, {} FLOPs per sample.\n",
@@ -203,9 +315,9 @@ fn student_section(s: &mut String, row: &StudentRow<'_>) {
     );
     let _ = writeln!(
         s,
-        "| run | T | alpha | test accuracy | gain over baseline | teacher agreement | train time |"
+        "| run | T | alpha | best validation epoch | validation accuracy | over the baseline's | last-epoch validation | test accuracy (chosen only) | teacher agreement | train time |"
     );
-    let _ = writeln!(s, "|---|---:|---:|---:|---:|---:|---:|");
+    let _ = writeln!(s, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     for r in row
         .baseline
         .into_iter()
@@ -217,18 +329,27 @@ fn student_section(s: &mut String, row: &StudentRow<'_>) {
                 (temperature.to_string(), alpha.to_string())
             }
         };
+        let best = r.best_epoch();
         let g = match r.kind {
             RunKind::Baseline => "-".to_string(),
-            RunKind::Distilled { .. } => gain(r.test_accuracy, base),
+            RunKind::Distilled { .. } => gain(best.and_then(|b| b.val_accuracy), base_val),
         };
+        let pick = chosen.iter().find(|c| c.run.name == r.name);
         let _ = writeln!(
             s,
-            "| `{}` | {} | {} | {} | {} | {} | {:.1} s |",
+            "| `{}` | {} | {} | {} | {} | {} | {} | {} | {} | {:.1} s |",
             r.name,
             t,
             a,
-            pct(r.test_accuracy),
+            best.filter(|b| b.val_accuracy.is_some())
+                .map_or("-".into(), |b| b.epoch.to_string()),
+            pct(best.and_then(|b| b.val_accuracy)),
             g,
+            pct(r.val_accuracy),
+            match pick {
+                Some(c) => format!("**{}** (chosen, epoch {})", pct(c.test_accuracy), c.epoch),
+                None => "-".to_string(),
+            },
             pct(r.teacher_agreement),
             r.train_seconds
         );
@@ -244,16 +365,17 @@ fn savings(s: &mut String, savings: Option<&Savings>) {
             let _ = writeln!(
                 s,
                 "The teacher's forward pass over the {} training samples takes {:.1} s on this machine; the cache pays it once. \
-                 Online distillation runs the teacher on every batch of every epoch: over these {} distilled runs ({} epochs in all) \
+                 Online distillation runs the teacher on every batch of every epoch ({} trained samples each): over these {} distilled runs ({} epochs in all) \
                  that is {:.1} s ({:.1} min) of teacher forward time, {:.0}x the one pass. \
                  (Baselines need no teacher. Building the cache also compresses and writes the shards; `distill cache build` reports its own time.)\n",
                 sv.samples,
                 sv.forward_seconds,
+                sv.trained_samples,
                 sv.distilled_runs,
                 sv.distilled_epochs,
                 sv.online_seconds(),
                 sv.online_seconds() / 60.0,
-                sv.distilled_epochs as f64
+                sv.online_seconds() / sv.forward_seconds.max(1e-9)
             );
         }
         None => {
@@ -265,7 +387,9 @@ fn savings(s: &mut String, savings: Option<&Savings>) {
     }
 }
 
-/// Writes `report.md`, `results.csv` and the two plots into `cfg.out`.
+/// Writes `report.md`, `results.csv` and the two plots into `cfg.out`,
+/// each atomically (drawn or written under a temporary name, then renamed),
+/// so a reader never sees half a file.
 pub fn write_report(results: &[RunResult], ctx: &ReportContext<'_>) -> Result<Vec<PathBuf>> {
     let out = &ctx.cfg.out;
     fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
@@ -274,19 +398,52 @@ pub fn write_report(results: &[RunResult], ctx: &ReportContext<'_>) -> Result<Ve
     let csv = out.join(RESULTS_CSV);
     crate::model::io::atomic_write(&csv, results_csv(results).as_bytes())?;
     let pareto = out.join(PARETO_PNG);
-    super::plot::accuracy_vs_parameters(&pareto, results, ctx.teacher)?;
+    let chosen = chosen_results(results);
+    atomic_plot(&pareto, |tmp| {
+        super::plot::accuracy_vs_parameters(tmp, &chosen, ctx.teacher)
+    })?;
     let temps = out.join(TEMPERATURE_PNG);
-    super::plot::accuracy_vs_temperature(&temps, results)?;
+    atomic_plot(&temps, |tmp| {
+        super::plot::accuracy_vs_temperature(tmp, results)
+    })?;
     Ok(vec![md, csv, pareto, temps])
 }
 
-/// Reads the cards of `runs` and writes the report: with the teacher
+/// Draws a plot into a temporary file beside `path` (named `.NAME.PID.png`,
+/// so the encoder still sees a PNG) and renames it onto `path`. A plot with
+/// nothing to draw writes no file.
+fn atomic_plot(path: &Path, draw: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let name = path
+        .file_stem()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp = dir.join(format!(".{name}.{}.png", std::process::id()));
+    let result = draw(&tmp).and_then(|()| {
+        if !tmp.exists() {
+            return Ok(());
+        }
+        fs::File::open(&tmp)
+            .and_then(|f| f.sync_all())
+            .and_then(|()| fs::rename(&tmp, path))
+            .map_err(|e| Error::io(path, e))?;
+        Ok(crate::fsutil::fsync_dir(dir)?)
+    });
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    result
+}
+
+/// Reads the cards of `runs` (the finished ones; `missing` names the others)
+/// and writes the report: with the teacher
 /// (its directory and network), its forward pass over the training split is
 /// timed on `device_name` (once; a rerun reuses the timing) for what the
 /// cache saved.
 pub fn report_sweep<D: Backend>(
     cfg: &SweepConfig,
     runs: &[PlannedRun],
+    missing: &[(usize, String)],
     open: &OpenInputs,
     teacher: Option<(&Path, &Network<D>)>,
     device_name: &str,
@@ -313,6 +470,7 @@ pub fn report_sweep<D: Backend>(
         teacher: teacher_summary.as_ref(),
         savings: savings.as_ref(),
         cache_description: cache_description(&open.cache),
+        missing,
     };
     write_report(&results, &ctx)
 }

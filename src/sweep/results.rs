@@ -1,6 +1,15 @@
-//! A sweep's results, read back from the runs' own `model.json` cards:
-//! [`RunResult`] per run, grouped per student ([`by_student`]), and the
+//! A sweep's results, read back from the runs' own `model.json` cards and
+//! `metrics.jsonl` curves: [`RunResult`] per run, grouped per student
+//! ([`by_student`]), the setting chosen on validation ([`choose`]), and the
 //! Pareto front of size against accuracy.
+//!
+//! **Choosing on validation.** Every epoch of every run is a candidate
+//! (T, alpha, epoch) with the validation accuracy measured after it; the
+//! chosen one has the highest, the earliest epoch and then the first run in
+//! plan order winning ties. Its test accuracy, measured after that same
+//! epoch, is the figure the report states. The baseline's epoch is chosen
+//! the same way. Runs without a validation split (`val-fraction` 0) are
+//! chosen on the test split instead, and [`Choice::on_test`] says so.
 
 use std::path::Path;
 
@@ -8,6 +17,15 @@ use super::plan::{run_dir, PlannedRun, RunKind};
 use crate::error::{Error, Result};
 use crate::model::ModelDir;
 use crate::train::card::ModelCard;
+use crate::train::metrics::read_metrics;
+
+/// One epoch of a run's curve: the accuracies measured after it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct CurveEpoch {
+    pub epoch: usize,
+    pub val_accuracy: Option<f64>,
+    pub test_accuracy: Option<f64>,
+}
 
 /// One run's figures, read from its `model.json`.
 #[derive(Debug, Clone, PartialEq)]
@@ -24,6 +42,13 @@ pub struct RunResult {
     pub teacher_agreement: Option<f64>,
     pub train_seconds: f64,
     pub cache_id: Option<String>,
+    /// Validation samples, and the last epoch's validation figures.
+    pub val_samples: Option<usize>,
+    pub val_accuracy: Option<f64>,
+    pub val_loss: Option<f64>,
+    /// Per epoch (from `metrics.jsonl`; the last epoch only where that
+    /// file is missing).
+    pub curve: Vec<CurveEpoch>,
 }
 
 impl RunResult {
@@ -54,21 +79,107 @@ impl RunResult {
             teacher_agreement: card.teacher_agreement,
             train_seconds: card.train_seconds,
             cache_id: card.cache.as_ref().map(|c| c.id.clone()),
+            val_samples: card.data.as_ref().and_then(|d| d.val_samples),
+            val_accuracy: card.val_accuracy,
+            val_loss: card.val_loss,
+            curve: vec![CurveEpoch {
+                epoch: config.epochs,
+                val_accuracy: card.val_accuracy,
+                test_accuracy: card.test_accuracy,
+            }],
         })
+    }
+
+    /// The epoch validation chooses in this run, with its figures.
+    pub fn best_epoch(&self) -> Option<CurveEpoch> {
+        choose_point(std::iter::once(self)).map(|(_, p, _)| p)
     }
 }
 
-/// Reads the card of every finished run of the plan, in plan order; runs
-/// without a card are left out.
+/// The setting chosen among some runs: the run, the epoch, and the figures
+/// measured after that epoch.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Choice<'a> {
+    pub run: &'a RunResult,
+    pub epoch: usize,
+    pub val_accuracy: Option<f64>,
+    pub test_accuracy: Option<f64>,
+    /// No candidate had a validation figure: chosen on the test split.
+    pub on_test: bool,
+}
+
+impl Choice<'_> {
+    /// Whether the chosen epoch is the run's last (its saved weights).
+    pub fn is_last_epoch(&self) -> bool {
+        self.epoch == self.run.epochs
+    }
+}
+
+/// The best (run, epoch) of `runs` on validation (see the module doc), and
+/// whether it had to be chosen on the test split.
+fn choose_point<'a>(
+    runs: impl Iterator<Item = &'a RunResult> + Clone,
+) -> Option<(&'a RunResult, CurveEpoch, bool)> {
+    let any_val = runs
+        .clone()
+        .any(|r| r.curve.iter().any(|p| p.val_accuracy.is_some()));
+    let score = |p: &CurveEpoch| match any_val {
+        true => p.val_accuracy,
+        false => p.test_accuracy,
+    };
+    let mut best: Option<(&RunResult, CurveEpoch, f64)> = None;
+    for r in runs {
+        for p in &r.curve {
+            let Some(acc) = score(p) else { continue };
+            let better = match &best {
+                None => true,
+                Some((_, b, top)) => acc > *top || (acc == *top && p.epoch < b.epoch),
+            };
+            if better {
+                best = Some((r, *p, acc));
+            }
+        }
+    }
+    best.map(|(r, p, _)| (r, p, !any_val))
+}
+
+/// The setting validation chooses among `runs` (see the module doc).
+pub fn choose<'a>(runs: impl Iterator<Item = &'a RunResult> + Clone) -> Option<Choice<'a>> {
+    choose_point(runs).map(|(run, p, on_test)| Choice {
+        run,
+        epoch: p.epoch,
+        val_accuracy: p.val_accuracy,
+        test_accuracy: p.test_accuracy,
+        on_test,
+    })
+}
+
+/// Reads the card and curve of every finished run of the plan, in plan
+/// order; runs without a card (missing or unfinished) are left out.
 pub fn collect_results(out: &Path, runs: &[PlannedRun]) -> Result<Vec<RunResult>> {
     let mut results = Vec::new();
     for r in runs {
-        let path = ModelDir::new(run_dir(out, r)).card();
+        let dir = ModelDir::new(run_dir(out, r));
+        let path = dir.card();
         if !path.exists() {
             continue;
         }
         let card = ModelCard::load(&path)?;
-        results.push(RunResult::from_card(&r.name, &card, &path)?);
+        let mut result = RunResult::from_card(&r.name, &card, &path)?;
+        if dir.metrics().exists() {
+            let curve: Vec<CurveEpoch> = read_metrics(&dir.metrics())?
+                .iter()
+                .map(|m| CurveEpoch {
+                    epoch: m.epoch,
+                    val_accuracy: m.val_accuracy,
+                    test_accuracy: m.test_accuracy,
+                })
+                .collect();
+            if !curve.is_empty() {
+                result.curve = curve;
+            }
+        }
+        results.push(result);
     }
     Ok(results)
 }
@@ -82,17 +193,15 @@ pub struct StudentRow<'a> {
     pub distilled: Vec<&'a RunResult>,
 }
 
-impl StudentRow<'_> {
-    /// The distilled run with the best test accuracy.
-    pub fn best(&self) -> Option<&RunResult> {
-        self.distilled
-            .iter()
-            .copied()
-            .filter(|r| r.test_accuracy.is_some())
-            .max_by(|a, b| {
-                let (x, y) = (a.test_accuracy, b.test_accuracy);
-                x.partial_cmp(&y).unwrap_or(std::cmp::Ordering::Equal)
-            })
+impl<'a> StudentRow<'a> {
+    /// The distilled setting (T, alpha, epoch) chosen on validation.
+    pub fn chosen(&self) -> Option<Choice<'a>> {
+        choose(self.distilled.iter().copied())
+    }
+
+    /// The baseline's epoch chosen on validation.
+    pub fn chosen_baseline(&self) -> Option<Choice<'a>> {
+        choose(self.baseline.into_iter())
     }
 
     /// Total training time of all the student's runs.
@@ -125,6 +234,22 @@ pub fn by_student(results: &[RunResult]) -> Vec<StudentRow<'_>> {
         }
     }
     rows
+}
+
+/// Per student, the chosen baseline and the chosen distilled run, each as
+/// its result with the test accuracy of the chosen epoch: what the report's
+/// headline and size plot show.
+pub fn chosen_results(results: &[RunResult]) -> Vec<RunResult> {
+    let mut out = Vec::new();
+    for row in by_student(results) {
+        for c in [row.chosen_baseline(), row.chosen()].into_iter().flatten() {
+            out.push(RunResult {
+                test_accuracy: c.test_accuracy,
+                ..c.run.clone()
+            });
+        }
+    }
+    out
 }
 
 /// The students on the Pareto front of (parameters, accuracy): each is more
@@ -174,6 +299,14 @@ pub(crate) mod tests {
             teacher_agreement: None,
             train_seconds: 1.0,
             cache_id: None,
+            val_samples: None,
+            val_accuracy: None,
+            val_loss: None,
+            curve: vec![CurveEpoch {
+                epoch: 3,
+                val_accuracy: None,
+                test_accuracy: Some(acc),
+            }],
         }
     }
 
@@ -201,6 +334,54 @@ pub(crate) mod tests {
         );
         let rows = by_student(&r);
         assert_eq!(rows.len(), 4);
-        assert_eq!(rows[0].best().and_then(|b| b.test_accuracy), Some(0.82));
+        // No validation figures: chosen on the test split, and said so.
+        let c = rows[0].chosen().unwrap();
+        assert_eq!((c.test_accuracy, c.on_test), (Some(0.82), true));
+    }
+
+    /// A distilled run of `a` at `t` with per-epoch (validation, test)
+    /// accuracies.
+    fn curved(t: f32, points: &[(f64, f64)]) -> RunResult {
+        let kind = RunKind::Distilled {
+            temperature: t,
+            alpha: 0.5,
+        };
+        let mut r = result("a", 100, kind, points.last().unwrap().1);
+        r.epochs = points.len();
+        r.curve = points
+            .iter()
+            .enumerate()
+            .map(|(i, &(v, t))| CurveEpoch {
+                epoch: i + 1,
+                val_accuracy: Some(v),
+                test_accuracy: Some(t),
+            })
+            .collect();
+        r
+    }
+
+    #[test]
+    fn validation_chooses_the_setting_and_epoch_and_test_is_read_there() {
+        // T 1 has the best test accuracy, T 4 the best validation accuracy
+        // (at its second epoch, tied with its third).
+        let runs = [
+            curved(1.0, &[(0.70, 0.75), (0.80, 0.90)]),
+            curved(4.0, &[(0.75, 0.70), (0.85, 0.78), (0.85, 0.79)]),
+            curved(2.0, &[(0.85, 0.60)]),
+        ];
+        let c = choose(runs.iter()).unwrap();
+        assert_eq!(c.run.kind, runs[2].kind, "earliest epoch wins a tie");
+        let c = choose(runs[..2].iter()).unwrap();
+        assert_eq!(c.run.name, runs[1].name);
+        assert_eq!(
+            (c.epoch, c.val_accuracy, c.test_accuracy),
+            (2, Some(0.85), Some(0.78))
+        );
+        assert!(!c.on_test && !c.is_last_epoch());
+        assert_eq!(runs[0].best_epoch().map(|p| p.epoch), Some(2));
+        // The chosen results carry the chosen epoch's test accuracy.
+        let chosen = chosen_results(&runs[..2]);
+        assert_eq!(chosen.len(), 1);
+        assert_eq!(chosen[0].test_accuracy, Some(0.78));
     }
 }

@@ -2,6 +2,12 @@
 //! ([`run_state`]), training the rest `jobs` at a time from one open cache
 //! ([`run_sweep`]), and the whole sweep on a device, from opening its inputs
 //! to writing its report ([`run_and_report`]).
+//!
+//! On a scheduler the same sweep is an array: [`plan`]'s order gives every
+//! run a stable index, [`run_only`] trains the run of one index (one array
+//! task, writing only its own `runs/NAME/` directory, so any number of them
+//! may share one output folder), and [`report_only`] writes the report from
+//! whatever has finished, naming the runs still missing.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -86,7 +92,7 @@ pub fn run_state(run: &PlannedRun, dir: &Path, expect: &Expect<'_>) -> Result<Ru
     Ok(RunState::New)
 }
 
-/// What [`run_and_report`] did.
+/// What [`run_and_report`] or [`report_only`] did.
 #[derive(Debug, Clone)]
 pub struct SweepDone {
     /// Runs in the plan.
@@ -96,6 +102,9 @@ pub struct SweepDone {
     pub seconds: f64,
     /// The report's files.
     pub files: Vec<PathBuf>,
+    /// Runs of the plan not finished when the report was written: (index,
+    /// name).
+    pub missing: Vec<(usize, String)>,
 }
 
 /// A whole sweep on `device`: plans it, opens the data, the caches and the
@@ -111,11 +120,6 @@ pub fn run_and_report<D: Backend>(
     let start = Instant::now();
     let runs = plan(cfg)?;
     let open = OpenInputs::open(cfg)?;
-    let teacher_path = teacher_dir(cfg, open.cache.first());
-    let teacher = match &teacher_path {
-        Some(p) => Some(ModelDir::new(p).load(device.clone())?),
-        None => None,
-    };
     if !quiet {
         eprintln!(
             "sweep: {} runs ({} students) from {} on {} into {}",
@@ -127,18 +131,101 @@ pub fn run_and_report<D: Backend>(
         );
     }
     let summary = run_sweep::<D>(cfg, &runs, &open.inputs(), command, quiet)?;
+    let mut done = write_sweep_report(device, cfg, &runs, &open)?;
+    done.trained = summary.trained();
+    done.seconds = start.elapsed().as_secs_f64();
+    Ok(done)
+}
+
+/// The run of plan index `index` alone (one task of a scheduler array):
+/// trained unless finished, resumed from its checkpoint if partial. Writes
+/// only the run's own directory; the report is [`report_only`]'s. An index
+/// outside the plan is an error naming the field `only`.
+pub fn run_only<D: Backend>(
+    cfg: &SweepConfig,
+    index: usize,
+    command: &str,
+    quiet: bool,
+) -> Result<(PlannedRun, RunOutcome)> {
+    let runs = plan(cfg)?;
+    let run = runs.get(index).ok_or_else(|| Error::Config {
+        field: "only".into(),
+        message: format!(
+            "index {index} is outside the plan, which has {} runs (indices 0 to {}); `distill sweep --plan` lists them",
+            runs.len(),
+            runs.len().saturating_sub(1)
+        ),
+    })?;
+    let open = OpenInputs::open(cfg)?;
+    let one = [run.clone()];
+    let single = SweepConfig {
+        jobs: 1,
+        ..cfg.clone()
+    };
+    let summary = run_sweep::<D>(&single, &one, &open.inputs(), command, quiet)?;
+    let outcome = summary
+        .runs
+        .into_iter()
+        .next()
+        .map(|(_, o)| o)
+        .unwrap_or(RunOutcome::Skipped);
+    Ok((run.clone(), outcome))
+}
+
+/// The report of whatever runs of the plan have finished (the array's last
+/// job): the same `report.md`, `results.csv` and plots as [`run_and_report`]
+/// writes, with the runs still missing named in the report and returned.
+/// Trains nothing. A run directory holding another run's card is an error,
+/// as for a sweep.
+pub fn report_only<D: Backend>(device: D, cfg: &SweepConfig) -> Result<SweepDone> {
+    let start = Instant::now();
+    let runs = plan(cfg)?;
+    let open = OpenInputs::open(cfg)?;
+    let mut done = write_sweep_report(device, cfg, &runs, &open)?;
+    done.seconds = start.elapsed().as_secs_f64();
+    Ok(done)
+}
+
+/// Writes the report of the finished runs among `runs`; the others are
+/// missing.
+fn write_sweep_report<D: Backend>(
+    device: D,
+    cfg: &SweepConfig,
+    runs: &[PlannedRun],
+    open: &OpenInputs,
+) -> Result<SweepDone> {
+    let cache_id = open.cache.id();
+    let expect = Expect {
+        train_fingerprint: &open.train.fingerprint().0,
+        cache_id: &cache_id,
+    };
+    let mut finished = Vec::new();
+    let mut missing = Vec::new();
+    for (i, r) in runs.iter().enumerate() {
+        match run_state(r, &run_dir(&cfg.out, r), &expect)? {
+            RunState::Finished(_) => finished.push(r.clone()),
+            _ => missing.push((i, r.name.clone())),
+        }
+    }
+    let teacher_path = teacher_dir(cfg, open.cache.first());
+    let teacher = match &teacher_path {
+        Some(p) => Some(ModelDir::new(p).load(device.clone())?),
+        None => None,
+    };
     let files = report_sweep(
         cfg,
-        &runs,
-        &open,
+        &finished,
+        &missing,
+        open,
         teacher_path.as_deref().zip(teacher.as_ref()),
         &device.describe(),
     )?;
     Ok(SweepDone {
         runs: runs.len(),
-        trained: summary.trained(),
-        seconds: start.elapsed().as_secs_f64(),
+        trained: 0,
+        seconds: 0.0,
         files,
+        missing,
     })
 }
 

@@ -93,6 +93,9 @@ pub struct Savings {
     pub distilled_runs: usize,
     /// Epochs summed over the distilled runs.
     pub distilled_epochs: usize,
+    /// Samples an epoch trains on: the training split less the validation
+    /// split (which online distillation never runs the teacher on).
+    pub trained_samples: usize,
 }
 
 impl Savings {
@@ -107,12 +110,19 @@ impl Savings {
             samples: timing.samples,
             distilled_runs: distilled.len(),
             distilled_epochs: distilled.iter().map(|r| r.epochs).sum(),
+            trained_samples: timing.samples
+                - distilled
+                    .first()
+                    .and_then(|r| r.val_samples)
+                    .unwrap_or(0)
+                    .min(timing.samples),
         }
     }
 
     /// The teacher forward time online distillation would have spent.
     pub fn online_seconds(&self) -> f64 {
-        self.forward_seconds * self.distilled_epochs as f64
+        let per_epoch = self.trained_samples as f64 / self.samples.max(1) as f64;
+        self.forward_seconds * per_epoch * self.distilled_epochs as f64
     }
 }
 

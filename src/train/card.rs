@@ -1,8 +1,10 @@
 //! Model cards (`model.json`).
 //!
 //! The card records what a person needs to trust and reproduce a model: the
-//! spec, its size and cost, the data (with fingerprints), the cache it was
-//! distilled from, every hyperparameter, the result and the command. The
+//! spec, its size and cost, the data (with fingerprints and the size of the
+//! validation split held out of training), the cache it was distilled
+//! from, every hyperparameter, the result (test and validation figures, and
+//! the epoch validation would have chosen) and the command. The
 //! training loop writes it when a run finishes; the sweep and `distill eval`
 //! read it back.
 
@@ -16,6 +18,7 @@ use crate::model::{Backend, Network};
 
 use super::config::{RunOptions, TrainConfig};
 use super::eval::EvalResult;
+use super::metrics::{best_val_epoch, EpochMetrics};
 
 /// Which cache a model was distilled from.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -69,6 +72,9 @@ pub struct DataRef {
     pub train_samples: usize,
     pub test_fingerprint: Option<String>,
     pub test_samples: Option<usize>,
+    /// Training samples held out for validation (never trained on).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub val_samples: Option<usize>,
 }
 
 /// `model.json`.
@@ -86,6 +92,17 @@ pub struct ModelCard {
     pub cache: Option<CacheRef>,
     pub test_accuracy: Option<f64>,
     pub test_loss: Option<f64>,
+    /// The last epoch's accuracy and loss on the validation split.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub val_accuracy: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub val_loss: Option<f64>,
+    /// The epoch with the best validation accuracy (1-based), and the
+    /// test accuracy measured after it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub best_val_epoch: Option<usize>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub best_val_epoch_test_accuracy: Option<f64>,
     pub teacher_agreement: Option<f64>,
     pub train_seconds: f64,
     pub command: String,
@@ -120,17 +137,40 @@ impl ModelCard {
                 train_samples: train.len(),
                 test_fingerprint: test.map(|t| t.fingerprint().0.clone()),
                 test_samples: test.map(Dataset::len),
+                val_samples: None,
             }),
             config: Some(cfg.clone()),
             cache,
             test_accuracy: eval.and_then(|e| e.accuracy),
             test_loss: eval.and_then(|e| e.loss),
+            val_accuracy: None,
+            val_loss: None,
+            best_val_epoch: None,
+            best_val_epoch_test_accuracy: None,
             teacher_agreement,
             train_seconds,
             command: opts.command.clone(),
             pytorch: input_norm::torch_code(spec, net.normalization()),
             distill_version: env!("CARGO_PKG_VERSION").to_string(),
         }
+    }
+
+    /// Records the validation split's size (none when 0) and its figures
+    /// from the run's per-epoch metrics: the last epoch's and the best one.
+    pub fn with_validation(mut self, samples: usize, metrics: &[EpochMetrics]) -> Self {
+        if samples == 0 {
+            return self;
+        }
+        if let Some(d) = self.data.as_mut() {
+            d.val_samples = Some(samples);
+        }
+        let last = metrics.last();
+        self.val_accuracy = last.and_then(|m| m.val_accuracy);
+        self.val_loss = last.and_then(|m| m.val_loss);
+        let best = best_val_epoch(metrics);
+        self.best_val_epoch = best.map(|m| m.epoch);
+        self.best_val_epoch_test_accuracy = best.and_then(|m| m.test_accuracy);
+        self
     }
 
     /// Writes the card as pretty JSON, atomically.

@@ -19,9 +19,27 @@ use crate::prune::schedule::GradualSchedule;
 use super::loss::LossConfig;
 use super::metrics::EpochMetrics;
 use super::optim::OptimizerConfig;
+use super::validation::check_fraction;
+#[cfg(doc)]
+use super::validation::ValidationSplit;
 
 /// The largest batch a run accepts.
 pub const MAX_BATCH_SIZE: usize = 1 << 20;
+
+/// The hard-label weight of a distillation run that names none (`distill
+/// train --cache` without `--alpha`), chosen on validation: README.md,
+/// "Defaults that distil", has the grid and its figures. ([`LossConfig`]'s
+/// own default, alpha 1, is hard labels only: the loss of a run without a
+/// teacher.)
+pub const DISTILL_ALPHA: f32 = 0.1;
+
+/// The temperature of a distillation run that names none, chosen on
+/// validation with [`DISTILL_ALPHA`].
+pub const DISTILL_TEMPERATURE: f32 = 1.0;
+
+/// The fraction of the training split a run holds out for validation
+/// unless told otherwise.
+pub const DEFAULT_VAL_FRACTION: f64 = 0.1;
 
 /// Everything that defines a training run.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -48,6 +66,11 @@ pub struct TrainConfig {
     /// values. A config recorded before the field existed had none.
     #[serde(default = "no_normalization")]
     pub normalize: NormalizeSetting,
+    /// Fraction of the training split held out for validation, drawn from
+    /// the seed ([`ValidationSplit`]); 0 trains on every sample. Cards
+    /// written before the split existed read as 0, which they were.
+    #[serde(default)]
+    pub val_fraction: f64,
 }
 
 fn no_normalization() -> NormalizeSetting {
@@ -69,6 +92,7 @@ impl Default for TrainConfig {
             augment: None,
             prune_schedule: None,
             normalize: NormalizeSetting::Auto,
+            val_fraction: DEFAULT_VAL_FRACTION,
         }
     }
 }
@@ -91,6 +115,7 @@ impl TrainConfig {
         }
         self.optimizer.validate()?;
         self.loss.validate()?;
+        check_fraction(self.val_fraction)?;
         if let Some(s) = &self.prune_schedule {
             s.validate()?;
         }

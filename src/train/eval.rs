@@ -1,5 +1,6 @@
 //! Evaluation: accuracy, loss, agreement with a teacher, and throughput of a
-//! network on a dataset.
+//! network on a dataset ([`evaluate`]) or on some of its samples
+//! ([`evaluate_samples`], a run's validation split).
 
 use std::time::Instant;
 
@@ -46,8 +47,21 @@ impl EvalResult {
 
 /// Runs the network over every sample (in order, batches of `batch`).
 pub fn evaluate<D: Backend>(net: &Network<D>, data: &Dataset, batch: usize) -> Result<EvalResult> {
+    let all: Vec<usize> = (0..data.len()).collect();
+    evaluate_samples(net, data, &all, batch)
+}
+
+/// Runs the network over the samples `indices` of `data` (in that order,
+/// batches of `batch`), e.g. a run's validation split; `predictions` follow
+/// `indices`.
+pub fn evaluate_samples<D: Backend>(
+    net: &Network<D>,
+    data: &Dataset,
+    indices: &[usize],
+    batch: usize,
+) -> Result<EvalResult> {
     check_compatible(net, data)?;
-    let n = data.len();
+    let n = indices.len();
     let classes = net.spec().num_classes();
     let batch = batch.max(1);
     let mut predictions = Vec::with_capacity(n);
@@ -56,17 +70,15 @@ pub fn evaluate<D: Backend>(net: &Network<D>, data: &Dataset, batch: usize) -> R
     let mut buf = vec![0f32; batch * data.sample_len()];
     let labels = data.labels();
     let start = Instant::now();
-    let mut first = 0;
-    while first < n {
-        let b = batch.min(n - first);
-        let idx: Vec<usize> = (first..first + b).collect();
-        data.fill_inputs(&idx, &mut buf[..b * data.sample_len()]);
+    for idx in indices.chunks(batch) {
+        let b = idx.len();
+        data.fill_inputs(idx, &mut buf[..b * data.sample_len()]);
         let logits = net.predict(buf[..b * data.sample_len()].to_vec(), b);
         let lsm = logits.log_softmax::<Axis<1>>().as_vec();
         let pred = argmax_rows(&lsm, classes);
         if let Some(y) = labels {
             for (i, &p) in pred.iter().enumerate() {
-                let yi = y[first + i] as usize;
+                let yi = y[idx[i]] as usize;
                 loss_sum -= lsm[i * classes + yi] as f64;
                 if p as usize == yi {
                     correct += 1;
@@ -74,7 +86,6 @@ pub fn evaluate<D: Backend>(net: &Network<D>, data: &Dataset, batch: usize) -> R
             }
         }
         predictions.extend(pred);
-        first += b;
     }
     let secs = start.elapsed().as_secs_f64().max(1e-9);
     Ok(EvalResult {

@@ -6,7 +6,9 @@
 //! asked, then runs epoch after epoch: the [`loader`](super::loader) thread
 //! produces host batches, this thread uploads each one and takes one
 //! optimizer step, and the [`pruning`](super::pruning) hook keeps the masks.
-//! After each epoch it evaluates on the test split and appends to
+//! The run's [validation split](super::validation) (a fraction of the
+//! training split drawn from the seed) is never trained on. After each
+//! epoch it evaluates on the validation and test splits and appends to
 //! `metrics.jsonl`; a finished run writes the weights, masks, card and
 //! curves into the run's [`ModelDir`].
 //!
@@ -20,6 +22,7 @@ use std::collections::HashMap;
 use std::fs;
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Instant;
 
 use dfdx::prelude::*;
@@ -34,13 +37,14 @@ use crate::report::plot::training_curves;
 use super::card::{CacheRef, ModelCard};
 use super::checkpoint::{self, Progress, RunIdentity};
 use super::config::{RunOptions, TrainConfig};
-use super::eval::{evaluate, EvalResult};
+use super::eval::{evaluate, evaluate_samples, EvalResult};
 use super::loader::{Batch, Loader};
 use super::loss::{loss, Targets};
 use super::metrics::{curve_points, write_metrics, EpochMetrics};
 use super::optim::Optimizer;
 use super::pruning::Pruning;
 use super::sources::TrainSources;
+use super::validation::ValidationSplit;
 
 /// Batch size of the evaluation after each epoch.
 const EVAL_BATCH: usize = 1000;
@@ -84,6 +88,8 @@ struct Run<'a, D: Backend> {
     net: Network<D>,
     opt: Optimizer<D>,
     pruning: Pruning,
+    /// The samples held out of training, evaluated after each epoch.
+    validation: Arc<ValidationSplit>,
     total_steps: u64,
     /// The cache's content id: a checkpoint resumes only on the same
     /// teacher outputs.
@@ -132,7 +138,8 @@ impl<'a, D: Backend> Run<'a, D> {
                 field: "normalize".into(),
                 message,
             })?;
-        let n = sources.train.len();
+        let validation = ValidationSplit::new(cfg.val_fraction, cfg.seed, sources.train.len())?;
+        let n = validation.train_len();
         let total_steps = n.div_ceil(cfg.batch_size) as u64 * cfg.epochs as u64;
         let mask_source = init_dir
             .as_ref()
@@ -156,6 +163,7 @@ impl<'a, D: Backend> Run<'a, D> {
             net,
             opt: Optimizer::new(cfg.optimizer, total_steps),
             pruning,
+            validation: Arc::new(validation),
             total_steps,
             cache_id: sources.cache.map_or(String::new(), |c| c.id()),
             progress: Progress::default(),
@@ -204,7 +212,7 @@ impl<'a, D: Backend> Run<'a, D> {
                 (0, (0.0, 0))
             };
             let pass = self.pass(epoch, first, partial, epoch_start)?;
-            if pass.stopped && pass.position < self.sources.train.len() {
+            if pass.stopped && pass.position < self.validation.train_len() {
                 return Ok(false);
             }
             self.end_epoch(epoch, first, &pass, epoch_start)?;
@@ -225,7 +233,7 @@ impl<'a, D: Backend> Run<'a, D> {
         partial: (f64, usize),
         epoch_start: Instant,
     ) -> Result<Pass> {
-        let n = self.sources.train.len();
+        let n = self.validation.train_len();
         let bar = progress_bar(
             self.show_progress,
             (n - first) as u64,
@@ -238,7 +246,9 @@ impl<'a, D: Backend> Run<'a, D> {
             loss_count: partial.1,
             stopped: false,
         };
-        let loader = Loader::new(self.sources.train, self.sources.cache, self.cfg);
+        let validation = Arc::clone(&self.validation);
+        let loader =
+            Loader::new(self.sources.train, self.sources.cache, self.cfg).holding_out(&validation);
         let result = std::thread::scope(|scope| -> Result<()> {
             for batch in loader.spawn(scope, epoch as u64, first) {
                 let batch = batch?;
@@ -341,18 +351,30 @@ impl<'a, D: Backend> Run<'a, D> {
             Some(test) => Some(evaluate(&self.net, test, EVAL_BATCH)?),
             None => None,
         };
+        let val = match self.validation.is_empty() {
+            true => None,
+            false => Some(evaluate_samples(
+                &self.net,
+                self.sources.train,
+                self.validation.indices(),
+                EVAL_BATCH,
+            )?),
+        };
         let m = EpochMetrics {
             epoch: epoch + 1,
             train_loss: pass.loss_sum / pass.loss_count.max(1) as f64,
             test_loss: eval.as_ref().and_then(|e| e.loss),
             test_accuracy: eval.as_ref().and_then(|e| e.accuracy),
+            val_loss: val.as_ref().and_then(|e| e.loss),
+            val_accuracy: val.as_ref().and_then(|e| e.accuracy),
             teacher_agreement: match (&eval, &self.sources.teacher_test_predictions) {
                 (Some(e), Some(t)) => e.agreement(t),
                 _ => None,
             },
             lr: self.cfg.optimizer.lr_at(self.opt.step(), self.total_steps),
             epoch_seconds: epoch_secs,
-            train_samples_per_sec: (self.sources.train.len() - first) as f64 / epoch_secs.max(1e-9),
+            train_samples_per_sec: (self.validation.train_len() - first) as f64
+                / epoch_secs.max(1e-9),
             weight_sparsity: self.pruning.sparsity(),
         };
         if !self.opts.quiet {
@@ -407,7 +429,8 @@ impl<'a, D: Backend> Run<'a, D> {
             self.last_eval.as_ref(),
             self.metrics.last().and_then(|m| m.teacher_agreement),
             self.progress.train_seconds,
-        );
+        )
+        .with_validation(self.validation.len(), &self.metrics);
         if finished {
             self.write_outputs(&card)?;
         }

@@ -19,6 +19,12 @@
 //! start at any position of the epoch, which is how a resumed run continues
 //! mid-epoch. With a set of augmented views, epoch `e` reads view `e % K`
 //! and augments the inputs exactly as the teacher saw them.
+//!
+//! A run's [validation split](super::validation) is skipped: its samples
+//! are dropped from either order (the cache still holds their records), the
+//! rest are batched in the same order, and a position counts trained
+//! samples only. Without a split the batches are exactly those of the
+//! orders above.
 
 use std::sync::mpsc;
 use std::thread::Scope;
@@ -26,12 +32,13 @@ use std::thread::Scope;
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
 
-use crate::cache::{CacheViews, EpochBatches, EpochPlan};
+use crate::cache::{CacheViews, EpochBatches, EpochPlan, TargetBatch};
 use crate::data::augment::Augment;
 use crate::data::Dataset;
 use crate::error::{Error, Result};
 
 use super::config::TrainConfig;
+use super::validation::ValidationSplit;
 
 /// How many batches the loader thread runs ahead of the training step.
 pub const PREFETCH: usize = 4;
@@ -57,6 +64,8 @@ pub struct Loader<'a> {
     train: &'a Dataset,
     cache: Option<&'a CacheViews>,
     cfg: &'a TrainConfig,
+    /// Samples never trained on.
+    validation: Option<&'a ValidationSplit>,
 }
 
 // The loader must be movable to its thread whatever the compute device.
@@ -94,31 +103,72 @@ pub fn epoch_augmentation(
 impl<'a> Loader<'a> {
     /// A loader over the training split and, for distillation, its cache.
     pub fn new(train: &'a Dataset, cache: Option<&'a CacheViews>, cfg: &'a TrainConfig) -> Self {
-        Loader { train, cache, cfg }
+        Loader {
+            train,
+            cache,
+            cfg,
+            validation: None,
+        }
     }
 
-    /// The batches of `epoch` from position `first` of its order on. The
-    /// last batch holds what is left (it may be smaller than the batch size).
+    /// The same loader, skipping the samples `validation` holds out.
+    pub fn holding_out(self, validation: &'a ValidationSplit) -> Self {
+        Loader {
+            validation: (!validation.is_empty()).then_some(validation),
+            ..self
+        }
+    }
+
+    /// Whether sample `i` trains.
+    fn trains(&self, i: usize) -> bool {
+        self.validation.is_none_or(|v| !v.holds_out(i))
+    }
+
+    /// The batches of `epoch` from position `first` of its order (counting
+    /// trained samples only) on. The last batch holds what is left (it may
+    /// be smaller than the batch size).
     pub fn batches(&self, epoch: u64, first: usize) -> Result<Batches<'a>> {
         let augment = epoch_augmentation(self.cfg, self.cache, epoch)?;
         let order = match self.cache.map(|c| c.for_epoch(epoch)) {
             None => {
-                let order = shuffled_order(self.train.len(), self.cfg.seed, epoch);
+                let mut order = shuffled_order(self.train.len(), self.cfg.seed, epoch);
+                if self.validation.is_some() {
+                    order.retain(|&i| self.trains(i));
+                }
                 Order::Shuffled {
                     next: first.min(order.len()),
                     order,
                 }
             }
-            Some(cache) => Order::Cache(cache.epoch_batches(EpochPlan {
-                seed: self.cfg.seed,
-                epoch,
-                start: first as u64,
-                batch_size: self.cfg.batch_size,
-                window_blocks: self.cfg.window_blocks,
-                temperature: self.cfg.loss.temperature,
-                allow_topk_retemper: self.cfg.allow_topk_retemper,
-                drop_last: false,
-            })?),
+            Some(cache) => {
+                // The position in the cache's order of the `first`-th
+                // trained sample: held-out samples before it count there.
+                let start = match self.validation {
+                    Some(_) if first > 0 => {
+                        let order = cache.epoch_order(self.cfg.seed, epoch, self.cfg.window_blocks);
+                        order
+                            .iter()
+                            .enumerate()
+                            .filter(|(_, &i)| self.trains(i as usize))
+                            .nth(first)
+                            .map_or(order.len(), |(p, _)| p)
+                    }
+                    _ => first,
+                };
+                Order::Cache {
+                    batches: Box::new(cache.epoch_batches(EpochPlan {
+                        seed: self.cfg.seed,
+                        epoch,
+                        start: start as u64,
+                        batch_size: self.cfg.batch_size,
+                        window_blocks: self.cfg.window_blocks,
+                        temperature: self.cfg.loss.temperature,
+                        allow_topk_retemper: self.cfg.allow_topk_retemper,
+                        drop_last: false,
+                    })?),
+                    pending: None,
+                }
+            }
         };
         Ok(Batches {
             loader: *self,
@@ -189,10 +239,67 @@ impl<'a> Loader<'a> {
 
 /// Where an epoch's sample order comes from.
 enum Order<'a> {
-    /// Hard labels: a permutation of all samples, and the next position.
+    /// Hard labels: a permutation of the trained samples, and the next position.
     Shuffled { order: Vec<usize>, next: usize },
-    /// The cache's windowed shuffle, decoding targets as it goes.
-    Cache(EpochBatches<'a>),
+    /// The cache's windowed shuffle, decoding targets as it goes; with a
+    /// validation split, the trained rows not yet served.
+    Cache {
+        batches: Box<EpochBatches<'a>>,
+        pending: Option<TargetBatch>,
+    },
+}
+
+/// The next batch of up to `batch_size` trained rows from the cache's
+/// stream: its batches with held-out rows dropped, joined and cut again.
+/// `None` at the end of the epoch.
+fn next_trained_rows(
+    batches: &mut EpochBatches<'_>,
+    pending: &mut Option<TargetBatch>,
+    batch_size: usize,
+    trains: impl Fn(usize) -> bool,
+) -> Option<std::result::Result<TargetBatch, crate::cache::CacheError>> {
+    loop {
+        let have = pending.as_ref().map_or(0, |p| p.indices.len());
+        if have >= batch_size {
+            break;
+        }
+        let tb = match batches.next() {
+            None => break,
+            Some(Err(e)) => return Some(Err(e)),
+            Some(Ok(tb)) => tb,
+        };
+        let classes = tb.logprobs.len() / tb.indices.len().max(1);
+        let acc = pending.get_or_insert_with(|| TargetBatch {
+            indices: Vec::with_capacity(batch_size),
+            labels: tb.labels.as_ref().map(|_| Vec::with_capacity(batch_size)),
+            logprobs: Vec::with_capacity(batch_size * classes),
+        });
+        for (r, &i) in tb.indices.iter().enumerate() {
+            if !trains(i as usize) {
+                continue;
+            }
+            acc.indices.push(i);
+            if let (Some(out), Some(y)) = (acc.labels.as_mut(), tb.labels.as_ref()) {
+                out.push(y[r]);
+            }
+            acc.logprobs
+                .extend_from_slice(&tb.logprobs[r * classes..(r + 1) * classes]);
+        }
+    }
+    let mut all = pending.take()?;
+    if all.indices.is_empty() {
+        return None;
+    }
+    if all.indices.len() > batch_size {
+        let classes = all.logprobs.len() / all.indices.len();
+        let rest = TargetBatch {
+            indices: all.indices.split_off(batch_size),
+            labels: all.labels.as_mut().map(|y| y.split_off(batch_size)),
+            logprobs: all.logprobs.split_off(batch_size * classes),
+        };
+        *pending = Some(rest);
+    }
+    Some(Ok(all))
 }
 
 /// One epoch's batches; see [`Loader::batches`]. Ends after the first error.
@@ -220,15 +327,27 @@ impl Iterator for Batches<'_> {
                 *next = end;
                 Ok(self.loader.batch(&self.augment, indices, None, None))
             }
-            Order::Cache(batches) => match batches.next()? {
-                Ok(tb) => {
-                    let indices = tb.indices.iter().map(|&i| i as usize).collect();
-                    Ok(self
-                        .loader
-                        .batch(&self.augment, indices, tb.labels, Some(tb.logprobs)))
+            Order::Cache { batches, pending } => {
+                let next = match self.loader.validation {
+                    // Without a split the cache's batches are the run's.
+                    None => batches.next(),
+                    Some(_) => {
+                        let loader = self.loader;
+                        next_trained_rows(batches, pending, loader.cfg.batch_size, |i| {
+                            loader.trains(i)
+                        })
+                    }
+                };
+                match next? {
+                    Ok(tb) => {
+                        let indices = tb.indices.iter().map(|&i| i as usize).collect();
+                        Ok(self
+                            .loader
+                            .batch(&self.augment, indices, tb.labels, Some(tb.logprobs)))
+                    }
+                    Err(e) => Err(Error::from(e)),
                 }
-                Err(e) => Err(Error::from(e)),
-            },
+            }
         };
         self.failed = item.is_err();
         Some(item)
@@ -465,6 +584,66 @@ mod tests {
         data.fill_inputs(&b.indices, &mut plain);
         assert_ne!(b.inputs, plain);
         walk(&loader, &teacher, 1, 333, T);
+    }
+
+    #[test]
+    fn a_validation_split_is_never_served_and_the_rest_keeps_the_order() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (teacher, data) = (teacher(), data());
+        build(&teacher, &data, &tmp.path().join("c"), None);
+        // SAFETY: written above by this test; nothing modifies it.
+        let cache = CacheViews::from(unsafe { CacheReader::open(&tmp.path().join("c")) }.unwrap());
+        let cfg = config(T);
+        let split = ValidationSplit::new(0.2, cfg.seed, N).unwrap();
+        let trained = split.train_len();
+        assert_eq!(trained, N - 103);
+        for with_cache in [true, false] {
+            let loader = Loader::new(&data, with_cache.then_some(&cache), &cfg).holding_out(&split);
+            let full = match with_cache {
+                true => cache
+                    .first()
+                    .epoch_order(cfg.seed, 1, WINDOW)
+                    .into_iter()
+                    .map(|i| i as usize)
+                    .collect(),
+                false => shuffled_order(N, cfg.seed, 1),
+            };
+            let want: Vec<usize> = full.into_iter().filter(|&i| !split.holds_out(i)).collect();
+            let batches: Vec<Batch> = loader.batches(1, 0).unwrap().map(|b| b.unwrap()).collect();
+            // Whole batches but the last, the order of the whole split less
+            // the held-out samples, each trained sample once.
+            assert_eq!(batches.len(), trained.div_ceil(BATCH));
+            for b in &batches[..batches.len() - 1] {
+                assert_eq!(b.indices.len(), BATCH);
+            }
+            let order: Vec<usize> = batches.iter().flat_map(|b| b.indices.clone()).collect();
+            assert_eq!(order, want, "cache {with_cache}");
+            let labels = data.labels().unwrap();
+            for (k, b) in batches.iter().enumerate() {
+                let y: Vec<u32> = b.indices.iter().map(|&i| labels[i]).collect();
+                assert_eq!(b.labels.as_deref(), Some(&y[..]));
+                if with_cache {
+                    assert_targets(&teacher, b, T, &format!("batch {k} with a split"));
+                }
+            }
+            // Resumed at a trained position (one held out lies before it in
+            // the cache's order): the rest of the same order.
+            for first in [BATCH, 3 * BATCH + 7] {
+                let rest: Vec<usize> = loader
+                    .batches(1, first)
+                    .unwrap()
+                    .flat_map(|b| b.unwrap().indices)
+                    .collect();
+                assert_eq!(rest, want[first..], "cache {with_cache} from {first}");
+            }
+        }
+        // An empty split changes nothing.
+        let none = ValidationSplit::none(N);
+        let loader = Loader::new(&data, Some(&cache), &cfg).holding_out(&none);
+        let plain = Loader::new(&data, Some(&cache), &cfg);
+        let a: Vec<Batch> = loader.batches(0, 0).unwrap().map(|b| b.unwrap()).collect();
+        let b: Vec<Batch> = plain.batches(0, 0).unwrap().map(|b| b.unwrap()).collect();
+        assert_eq!(a, b);
     }
 
     #[test]

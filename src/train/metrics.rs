@@ -1,6 +1,8 @@
 //! Per-epoch metrics: the record of one epoch ([`EpochMetrics`]), its
-//! one-line summary, and the `metrics.jsonl` file a run writes after every
-//! epoch and a plot or a later run reads back ([`read_metrics`]).
+//! one-line summary, the epoch a run would stop at when epochs are chosen
+//! on validation ([`best_val_epoch`]), and the `metrics.jsonl` file a run
+//! writes after every epoch and a plot or a later run reads back
+//! ([`read_metrics`]).
 
 use std::path::Path;
 
@@ -14,6 +16,12 @@ pub struct EpochMetrics {
     pub train_loss: f64,
     pub test_loss: Option<f64>,
     pub test_accuracy: Option<f64>,
+    /// Cross-entropy and accuracy on the run's validation split (samples
+    /// held out of the training split); absent without one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub val_loss: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub val_accuracy: Option<f64>,
     /// Fraction of test samples where student and teacher agree on the class.
     pub teacher_agreement: Option<f64>,
     pub lr: f64,
@@ -31,6 +39,9 @@ impl EpochMetrics {
             "epoch {}/{}  train loss {:.4}",
             self.epoch, epochs, self.train_loss
         );
+        if let Some(a) = self.val_accuracy {
+            s.push_str(&format!("  val acc {:.2}%", 100.0 * a));
+        }
         if let Some(l) = self.test_loss {
             s.push_str(&format!("  test loss {l:.4}"));
         }
@@ -49,6 +60,20 @@ impl EpochMetrics {
         ));
         s
     }
+}
+
+/// The epoch with the best validation accuracy (the earliest of equals),
+/// if any epoch has one: the epoch a run would be stopped at when epochs
+/// are chosen on validation.
+pub fn best_val_epoch(metrics: &[EpochMetrics]) -> Option<&EpochMetrics> {
+    let mut best: Option<&EpochMetrics> = None;
+    for m in metrics {
+        let Some(a) = m.val_accuracy else { continue };
+        if best.and_then(|b| b.val_accuracy).is_none_or(|b| a > b) {
+            best = Some(m);
+        }
+    }
+    best
 }
 
 /// Reads a run's `metrics.jsonl`.
@@ -85,6 +110,8 @@ pub fn curve_points(metrics: &[EpochMetrics]) -> Vec<CurvePoint> {
             train_loss: m.train_loss,
             test_loss: m.test_loss,
             test_accuracy: m.test_accuracy,
+            val_loss: m.val_loss,
+            val_accuracy: m.val_accuracy,
         })
         .collect()
 }

@@ -9,6 +9,8 @@
 //! - [`fit`]: the loop ([`train`]);
 //! - [`loader`]: the loader thread that produces host batches in the
 //!   run's deterministic order;
+//! - [`validation`]: the samples a run holds out of training to choose
+//!   settings on;
 //! - [`checkpoint`]: the state a killed run resumes from;
 //! - [`pruning`]: masks in force and the gradual-pruning hook;
 //! - [`loss`], [`optim`]: the objectives and the optimizers;
@@ -34,6 +36,7 @@ pub mod optim;
 pub mod pruning;
 pub mod sources;
 pub mod trainer;
+pub mod validation;
 
 pub use config::{RunOptions, TrainConfig};
 pub use fit::{train, TrainOutcome};

@@ -4,6 +4,9 @@
 //! their paths ([`SourcePaths::open`]); and the checks that they fit each
 //! other and the run's config before any work starts.
 //!
+//! A teacher given to a loss that never reads it (alpha 1) is refused, so
+//! that no run that looks like distillation trains on labels alone.
+//!
 //! Errors name the config's fields (`spec`, `loss.alpha`, `augment`) or the
 //! sources' (`data`, `cache`, `test_cache`, `online_teacher`). A message
 //! that points at another field to change writes its name in backticks.
@@ -16,7 +19,7 @@ use crate::error::{Error, Result};
 use crate::model::compat::check_spec_compatible;
 use crate::model::{Backend, ModelDir, ModelSpec, Network};
 
-use super::config::TrainConfig;
+use super::config::{TrainConfig, DISTILL_ALPHA};
 use super::loss::{LossConfig, LossKind};
 
 /// What the loop reads.
@@ -220,6 +223,9 @@ impl<D: Backend> TrainSources<'_, D> {
                 });
             }
         }
+        if (self.cache.is_some() || self.online_teacher.is_some()) && !cfg.loss.needs_teacher() {
+            return Err(teacher_unused(self, cfg));
+        }
         match self.cache {
             Some(cache) => check_cache(cache.first(), train, spec, &cfg.loss),
             None if self.online_teacher.is_some() => Ok(()),
@@ -254,6 +260,23 @@ impl<D: Backend> TrainSources<'_, D> {
                 ),
             },
         })
+    }
+}
+
+/// The error for a teacher given to a loss that never reads it (alpha 1 of
+/// kd, dkd or mse): such a run would train on hard labels alone while
+/// looking like distillation.
+fn teacher_unused<D: Backend>(sources: &TrainSources<'_, D>, cfg: &TrainConfig) -> Error {
+    let (what, field) = match &sources.cache_dir {
+        Some(dir) => (format!("the cache {}", dir.display()), "cache"),
+        None => ("the online teacher".to_string(), "online_teacher"),
+    };
+    Error::Config {
+        field: "loss.alpha".into(),
+        message: format!(
+            "{} puts all the weight on the hard labels, so {what} would never be read; lower `loss.alpha` to distil (the default with a teacher is {DISTILL_ALPHA}), or leave out `{field}` to train on hard labels",
+            cfg.loss.alpha
+        ),
     }
 }
 
