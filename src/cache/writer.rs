@@ -331,10 +331,14 @@ impl CacheWriter {
         for entry in entries {
             let entry = entry.map_err(|e| CacheError::io(&self.dir, "list directory", e))?;
             let name = entry.file_name().to_string_lossy().into_owned();
+            // Shards are written to `NAME.tmp`, `fsutil::atomic_write` files
+            // to `.NAME.PID.tmp`.
+            let bare = name.strip_prefix('.').unwrap_or(&name);
             if name.ends_with(".tmp")
-                && (name.starts_with("shard-")
-                    || name.starts_with(MANIFEST_FILE)
-                    || name.starts_with(BUILD_FILE))
+                && (bare.starts_with("shard-")
+                    || bare.starts_with(MANIFEST_FILE)
+                    || bare.starts_with(super::part::PART_FILE)
+                    || bare.starts_with(BUILD_FILE))
             {
                 let p = entry.path();
                 fs::remove_file(&p).map_err(|e| CacheError::io(&p, "remove partial file", e))?;

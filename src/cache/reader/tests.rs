@@ -693,3 +693,27 @@ fn fidelity_report() {
         }
     }
 }
+
+#[test]
+fn resume_removes_temporary_files_of_a_killed_writer() {
+    // A build killed while `fsutil::atomic_write` wrote `build.json` (or the
+    // manifest) leaves `.NAME.PID.tmp`; one killed mid-shard leaves
+    // `shard-...tmp`. The rerun removes them; other files stay.
+    let dir = tempfile::tempdir().unwrap();
+    let left = [
+        ".build.json.4242.tmp",
+        ".manifest.json.4242.tmp",
+        ".part.json.4242.tmp",
+        "shard-0000000000000000-000000.dsc.tmp",
+    ];
+    for name in left {
+        fs::write(dir.path().join(name), b"partial").unwrap();
+    }
+    fs::write(dir.path().join("notes.tmp"), b"the user's").unwrap();
+    let built = build(dir.path(), 40, 5, Encoding::F16);
+    assert_eq!(built.manifest.dataset.num_samples, 40);
+    for name in left {
+        assert!(!dir.path().join(name).exists(), "{name} left behind");
+    }
+    assert!(dir.path().join("notes.tmp").exists());
+}
