@@ -520,25 +520,8 @@ pub fn conv3x3_generic<D: Backend, T: Tape<f32, D>>(
 
 #[cfg(test)]
 mod tests {
+    use super::super::kernels::tests::{close, random};
     use super::*;
-    use rand::{Rng, SeedableRng};
-
-    fn random<S: Shape>(dev: &Cpu, shape: S, seed: u64) -> Tensor<S, f32, Cpu> {
-        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
-        let n = shape.num_elements();
-        let v: Vec<f32> = (0..n).map(|_| rng.gen_range(-1.0..1.0)).collect();
-        dev.tensor_from_vec(v, shape)
-    }
-
-    fn close(a: &[f32], b: &[f32], tol: f32) {
-        assert_eq!(a.len(), b.len());
-        for (i, (x, y)) in a.iter().zip(b).enumerate() {
-            assert!(
-                (x - y).abs() <= tol * (1.0 + x.abs().max(y.abs())),
-                "at {i}: {x} vs {y}"
-            );
-        }
-    }
 
     /// Output and gradients (x, w, b) of sum(conv(x) * r), fused or generic.
     fn pass(fused: bool, g: ImageGeom, o: usize, opts: ConvOpts) -> [Vec<f32>; 4] {

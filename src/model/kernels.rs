@@ -257,18 +257,24 @@ where
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use rand::{Rng, SeedableRng};
 
-    fn random<S: Shape>(dev: &Cpu, shape: S, seed: u64) -> Tensor<S, f32, Cpu> {
+    /// Uniform values in [-1, 1) from a seeded generator (shared with the conv tests).
+    pub(in crate::model) fn random<S: Shape>(
+        dev: &Cpu,
+        shape: S,
+        seed: u64,
+    ) -> Tensor<S, f32, Cpu> {
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
         let n = shape.num_elements();
         let v: Vec<f32> = (0..n).map(|_| rng.gen_range(-1.0..1.0)).collect();
         dev.tensor_from_vec(v, shape)
     }
 
-    fn close(a: &[f32], b: &[f32], tol: f32) {
+    /// Asserts `|a - b| <= tol * (1 + max(|a|, |b|))` everywhere.
+    pub(in crate::model) fn close(a: &[f32], b: &[f32], tol: f32) {
         assert_eq!(a.len(), b.len());
         for (i, (x, y)) in a.iter().zip(b).enumerate() {
             assert!(
