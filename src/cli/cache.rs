@@ -1,4 +1,5 @@
-//! `distill cache build|import|inspect|verify`: phase one on the command line.
+//! `distill cache build|import|inspect|verify`: phase one on the command line
+//! (`import --view-set` builds a view set from an external teacher's logits).
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -11,7 +12,8 @@ use distill::data::{Dataset, Split};
 use distill::error::{Error, Result};
 use distill::model::Backend;
 use distill::teacher::{
-    build_cache, build_view_set, import_logits_file, BuildOptions, LogitsImport, ViewSetSpec,
+    build_cache, build_view_set, import_logits_file, import_view_set, BuildOptions, LogitsImport,
+    ViewSetSpec,
 };
 use distill::train::sources::open_views;
 
@@ -100,9 +102,22 @@ pub struct BuildArgs {
 
 #[derive(Args)]
 pub struct ImportArgs {
-    /// Raw teacher logits, [N, C] float (.npy or .safetensors).
-    #[arg(long)]
-    logits: PathBuf,
+    /// Raw teacher logits, [N, C] float (.npy or .safetensors); with
+    /// --view-set, one file per view in view order (repeat the flag). A .npy
+    /// file is memory-mapped while it is read: do not change it meanwhile.
+    #[arg(long, required = true)]
+    logits: Vec<PathBuf>,
+    /// Build a view set (OUT/view-0 ...) from one logits file per view of
+    /// the images `distill views export` wrote with the same --augment,
+    /// --augment-seed and --views (the number of --logits files).
+    #[arg(long, requires = "augment")]
+    view_set: bool,
+    /// The augmentation the views were drawn with (with --view-set).
+    #[arg(long, requires = "view_set")]
+    augment: Option<String>,
+    /// Seed of the augmentation draws (with --view-set).
+    #[arg(long, default_value_t = 0)]
+    augment_seed: u64,
     /// Tensor name inside a safetensors file (default: its only tensor).
     #[arg(long)]
     tensor: Option<String>,
@@ -266,15 +281,41 @@ pub fn build<D: Backend>(dev: D, a: BuildArgs) -> Result<()> {
 
 fn import(a: ImportArgs) -> Result<()> {
     let split = a.split;
-    let opts = build_options(&a.storage, 1, a.logits.display().to_string())?;
+    let opts = build_options(&a.storage, 1, String::new())?;
     let data = Dataset::open(&a.data, split)?;
-    let what = LogitsImport {
-        logits: a.logits.clone(),
-        tensor: a.tensor.clone(),
-        teacher_spec: a.teacher_spec.clone(),
-    };
+    let what: Vec<LogitsImport> = (a.logits.iter())
+        .map(|logits| LogitsImport {
+            logits: logits.clone(),
+            tensor: a.tensor.clone(),
+            teacher_spec: a.teacher_spec.clone(),
+        })
+        .collect();
     let start = Instant::now();
-    let manifest = import_logits_file(&what, &data, &a.storage.out, &opts)?;
+    if let (true, Some(augment)) = (a.view_set, &a.augment) {
+        let set = ViewSetSpec {
+            augment: Augment::parse(augment)?,
+            seed: a.augment_seed,
+            views: what.len() as u64,
+        };
+        let quiet = a.storage.quiet;
+        // SAFETY: the logits files are not modified during the import (--logits' help).
+        return unsafe {
+            import_view_set(&what, &data, &a.storage.out, &opts, &set, |dir, m| {
+                report(m, dir, start.elapsed().as_secs_f64(), quiet)
+            })
+        };
+    }
+    let [what] = &what[..] else {
+        return Err(Error::Config {
+            field: "--logits".into(),
+            message: format!(
+                "{} files given; one builds a cache, several need --view-set",
+                what.len()
+            ),
+        });
+    };
+    // SAFETY: the logits file is not modified during the import (--logits' help).
+    let manifest = unsafe { import_logits_file(what, &data, &a.storage.out, &opts) }?;
     report(
         &manifest,
         &a.storage.out,

@@ -46,6 +46,7 @@ use std::str::FromStr;
 
 pub use arrays::read_float_matrix;
 pub use idx::write_idx;
+pub use npy::{matrix_layout, MatrixLayout};
 
 /// The largest number of classes a labels file may imply (largest label + 1).
 /// A larger label is almost certainly corrupt data, and would size the model's
