@@ -12,6 +12,7 @@ mod cli_model;
 mod cli_prune;
 mod cli_sweep;
 mod cli_train;
+mod cli_views;
 mod compat;
 mod layers;
 mod regression;
