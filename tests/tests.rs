@@ -19,4 +19,5 @@ mod regression;
 mod reliability_cli;
 mod reliability_lib;
 mod retemper;
+mod sampled_kd;
 mod torch_reference;
