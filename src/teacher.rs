@@ -314,6 +314,11 @@ impl LogitsRows {
         }
     }
 
+    /// `Some` for a `.npy` file of little-endian f32 values.
+    fn as_f32_le(&self) -> Option<&LogitsRows> {
+        matches!(self, LogitsRows::Npy { layout, .. } if layout.is_f32_le()).then_some(self)
+    }
+
     /// Rows per step of a streamed pass: about [`IMPORT_WINDOW_BYTES`] of f32.
     fn step(&self) -> usize {
         (IMPORT_WINDOW_BYTES / (4 * self.cols())).max(1)
@@ -331,18 +336,8 @@ impl LogitsRows {
                 out.extend_from_slice(&values[start * cols..end * cols]);
             }
             LogitsRows::Npy { path, file, layout } => {
-                let row_bytes = layout.cols * layout.elem_size();
-                let offset = layout.data_offset + (start * row_bytes) as u64;
-                // SAFETY: the caller keeps the file unmodified while mapped;
-                // the window lies inside the data section, whose length the
-                // header check matched against the file's.
-                let map = unsafe {
-                    memmap2::MmapOptions::new()
-                        .offset(offset)
-                        .len((end - start) * row_bytes)
-                        .map(file)
-                }
-                .map_err(|e| Error::io(path, e))?;
+                // SAFETY: forwarded from the caller.
+                let map = unsafe { map_npy_rows(path, file, layout, start, end) }?;
                 layout.extend_f32(&map, out);
             }
         }
@@ -362,15 +357,48 @@ impl LogitsRows {
         let mut start = 0;
         while start < self.rows() {
             let end = (start + self.step()).min(self.rows());
-            // SAFETY: forwarded from the caller.
-            unsafe { self.read_rows(start, end, &mut rows) }?;
-            bytes.clear();
-            bytes.extend(rows.iter().flat_map(|v| v.to_le_bytes()));
-            hasher.update(&bytes);
+            if let Some(LogitsRows::Npy { path, file, layout }) = self.as_f32_le() {
+                // The file's bytes are the values' f32 little-endian bytes.
+                // SAFETY: forwarded from the caller.
+                hasher.update(&unsafe { map_npy_rows(path, file, layout, start, end) }?);
+            } else {
+                // SAFETY: forwarded from the caller.
+                unsafe { self.read_rows(start, end, &mut rows) }?;
+                bytes.clear();
+                bytes.extend(rows.iter().flat_map(|v| v.to_le_bytes()));
+                hasher.update(&bytes);
+            }
             start = end;
         }
         Ok(format!("{:032x}", hasher.digest128()))
     }
+}
+
+/// The data-section bytes of rows `start..end` of a `.npy` file, mapped and
+/// read ahead (`MAP_POPULATE`: one fault per window, not per page).
+///
+/// # Safety
+/// The file must not be truncated or modified while the map lives.
+unsafe fn map_npy_rows(
+    path: &Path,
+    file: &std::fs::File,
+    layout: &crate::data::MatrixLayout,
+    start: usize,
+    end: usize,
+) -> Result<memmap2::Mmap> {
+    let row_bytes = layout.cols * layout.elem_size();
+    let offset = layout.data_offset + (start * row_bytes) as u64;
+    // SAFETY: the caller keeps the file unmodified while mapped; the window
+    // lies inside the data section, whose length the header check matched
+    // against the file's.
+    unsafe {
+        memmap2::MmapOptions::new()
+            .offset(offset)
+            .len((end - start) * row_bytes)
+            .populate()
+            .map(file)
+    }
+    .map_err(|e| Error::io(path, e))
 }
 
 /// Checks that a logits matrix of `rows` x `cols` fits `data`.
@@ -424,17 +452,25 @@ unsafe fn write_logits_cache(
         // SAFETY: forwarded from the caller.
         unsafe { rows.read_rows(start, end, &mut x) }?;
         let lp = &mut lp[..x.len()];
-        log_softmax_tempered(&x, c, t, lp).map_err(|e| match e {
-            crate::cache::CacheError::NonFinite {
-                row, class, value, ..
-            } => crate::cache::CacheError::NonFinite {
-                what: "logits of sample",
-                row: start as u64 + row,
-                class,
-                value,
-            },
-            other => other,
-        })?;
+        // 256-row tasks in parallel; the first bad row is named by its sample.
+        use rayon::prelude::*;
+        x.par_chunks(256 * c)
+            .zip(lp.par_chunks_mut(256 * c))
+            .enumerate()
+            .map(|(i, (x, o))| {
+                log_softmax_tempered(x, c, t, o).map_err(|e| match e {
+                    crate::cache::CacheError::NonFinite {
+                        row, class, value, ..
+                    } => crate::cache::CacheError::NonFinite {
+                        what: "logits of sample",
+                        row: (start + i * 256) as u64 + row,
+                        class,
+                        value,
+                    },
+                    other => other,
+                })
+            })
+            .collect::<std::result::Result<Vec<()>, _>>()?;
         writer.push_batch(start as u64, data.labels().map(|l| &l[start..end]), lp)?;
         start = end;
     }

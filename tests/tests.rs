@@ -13,6 +13,7 @@ mod cli_prune;
 mod cli_sweep;
 mod cli_train;
 mod cli_views;
+mod codec_fidelity;
 mod compat;
 mod layers;
 mod regression;

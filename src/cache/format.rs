@@ -9,7 +9,8 @@
 //!
 //! Format versions: 1 stores a block's index and label columns as plain
 //! little-endian integers; 2 stores them as byte planes
-//! ([`shuffle_columns`]: about 1.6 bytes per sample less after zstd) and adds the
+//! ([`shuffle_columns`]: 1.2 to 1.9 bytes per sample less after zstd on
+//! the Fashion-MNIST teacher's caches) and adds the
 //! codecs whose [`Encoding::since_version`] is 2. The writer writes
 //! [`FORMAT_VERSION_CURRENT`]; the reader reads every version from
 //! [`FORMAT_VERSION_OLDEST_SUPPORTED`] and undoes the shuffle by the shard's

@@ -583,6 +583,11 @@ impl MatrixLayout {
     pub fn extend_f32(&self, bytes: &[u8], out: &mut Vec<f32>) {
         extend_f32(self.elem, self.big_endian, bytes, out)
     }
+
+    /// Whether the data section is little-endian f32: its bytes are the values.
+    pub fn is_f32_le(&self) -> bool {
+        self.elem == Elem::F32 && !self.big_endian
+    }
 }
 
 /// Reads and checks the header of the 2-D float `.npy` matrix at `path`.

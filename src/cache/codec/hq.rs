@@ -21,7 +21,9 @@
 //! also keeps a class that rounds to 0 from decoding to zero mass.
 //!
 //! On the real Fashion-MNIST teacher at T = 4, `hq:32` stores 60,000 rows in
-//! about 6.7 bytes each at a mean KL of 8.8e-4 (FORMAT.md, "Fidelity measured").
+//! 6.1 bytes each (f16: 21.3) at a mean KL of 8.8e-4, and a student trained
+//! from it ends within 0.05 points of one trained from f16 (FORMAT.md,
+//! "Fidelity measured").
 
 use super::{EncodeScratch, RecordCodec};
 
