@@ -584,7 +584,7 @@ mod tests {
         b[120..128].copy_from_slice(&sum.to_le_bytes());
         let e = parse_shard(Path::new("s"), &b).err().map(|e| e.to_string());
         // (The block raw lengths were computed for q8, so only the index may differ.)
-        assert!(e.map_or(true, |e| e.contains("raw length")));
+        assert!(e.is_none_or(|e| e.contains("raw length")));
     }
 
     #[test]

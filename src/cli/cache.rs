@@ -45,7 +45,7 @@ pub struct StorageArgs {
     /// Temperature T of the stored log-probabilities.
     #[arg(long, alias = "t", short = 'T')]
     temperature: f32,
-    /// f32, f16, q8 or topk:K.
+    /// f32, f16, q8, hq:N, topk:K, topkp:K, sampled:S or sampled:K+S (FORMAT.md).
     #[arg(long, default_value = "f16")]
     encoding: String,
     /// Output cache directory.

@@ -158,7 +158,7 @@ impl RecordCodec for SampledCodec {
             None => (0, text.parse::<usize>().ok()?),
         };
         ((1..=MAX_DRAWS).contains(&draws) && top <= MAX_DRAWS)
-            .then(|| ((top as u16) << 8) | draws as u16)
+            .then_some(((top as u16) << 8) | draws as u16)
     }
 
     fn format_param(&self, param: u16) -> String {
