@@ -220,8 +220,13 @@ fn build_options(a: &StorageArgs, batch_size: usize, source: String) -> Result<B
 
 fn report(manifest: &distill::cache::Manifest, dir: &Path, secs: f64, quiet: bool) {
     let f = &manifest.fidelity;
+    // A sparse record's forward KL is infinite; the writer records the reverse one.
+    let kl = match manifest.encoding.is_sparse() {
+        true => "KL(decoded || exact)",
+        false => "KL(exact || decoded)",
+    };
     println!(
-        "cache {} ({} samples, {} classes, T {}, {}): {:.1} bytes/sample, mean KL(exact || decoded) {:.3e}, max {:.3e}, top-1 agreement {:.4}%, {:.1}s",
+        "cache {} ({} samples, {} classes, T {}, {}): {:.1} bytes/sample, mean {kl} {:.3e}, max {:.3e}, top-1 agreement {:.4}%, {:.1}s",
         dir.display(),
         manifest.dataset.num_samples,
         manifest.num_classes,

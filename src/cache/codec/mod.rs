@@ -72,6 +72,10 @@ pub(crate) trait RecordCodec: Sync {
     fn is_dense(&self) -> bool {
         true
     }
+    /// True when decoded rows may give classes no mass ([`ABSENT_LOGPROB`]).
+    fn is_sparse(&self) -> bool {
+        false
+    }
     /// How messages describe what is stored (`top-5`).
     fn describe(&self, param: u16) -> String {
         let _ = param;
@@ -189,6 +193,12 @@ impl Encoding {
     /// True when every class is stored, so re-tempering is exact.
     pub fn is_dense(self) -> bool {
         self.codec().is_dense()
+    }
+
+    /// True when decoded rows may give classes no mass ([`ABSENT_LOGPROB`]),
+    /// so the writer's KL is the reverse one (`sampled`).
+    pub fn is_sparse(self) -> bool {
+        self.codec().is_sparse()
     }
 
     /// The first format version that can hold this encoding.

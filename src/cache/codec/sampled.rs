@@ -152,6 +152,10 @@ impl RecordCodec for SampledCodec {
         false
     }
 
+    fn is_sparse(&self) -> bool {
+        true
+    }
+
     fn parse_param(&self, text: &str) -> Option<u16> {
         let (top, draws) = match text.split_once('+') {
             Some((k, s)) => (k.parse::<usize>().ok()?, s.parse::<usize>().ok()?),

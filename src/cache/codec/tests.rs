@@ -309,6 +309,8 @@ fn parse_and_display_v2_codecs() {
     assert!(Encoding::top_k_packed(10).check_classes(10).is_err());
     assert!(Encoding::hq(32).is_dense());
     assert!(!Encoding::sampled(0, 3).is_dense() && !Encoding::top_k_packed(3).is_dense());
+    assert!(Encoding::sampled(0, 3).is_sparse());
+    assert!(!Encoding::top_k_packed(3).is_sparse() && !Encoding::hq(8).is_sparse());
     assert_eq!(Encoding::Q8.since_version(), 1);
 }
 
