@@ -8,7 +8,10 @@
 //! - [`build_cache`]: one cache of a split (plain images, or one augmented view);
 //! - [`build_view_set`]: a set of caches, one per augmented view;
 //! - [`import_logits_file`]: a cache from logits computed elsewhere (an
-//!   external teacher), read from `.npy` or safetensors;
+//!   external teacher), read from `.npy` (streamed through memory-mapped
+//!   windows) or safetensors;
+//! - [`export_views`] / [`import_view_set`]: the images of a view set for an
+//!   external teacher, and the view set from its K logit files;
 //! - [`teacher_targets`]: the function every teacher target goes through,
 //!   used here and by the trainer's online teacher, so the two agree.
 
@@ -346,24 +349,44 @@ impl LogitsRows {
 
     /// xxh3-128 of every value's f32 little-endian bytes, in one streamed
     /// pass (the value of `xxh3_128` over the whole matrix, so an import's
-    /// fingerprint does not depend on how it was read).
+    /// fingerprint does not depend on how it was read). Refuses a
+    /// non-finite value, naming `path` and the value's row, before anything
+    /// is written.
     ///
     /// # Safety
     /// As [`LogitsRows::read_rows`].
-    unsafe fn fingerprint(&self) -> Result<String> {
+    unsafe fn fingerprint(&self, path: &Path) -> Result<String> {
         let mut hasher = xxhash_rust::xxh3::Xxh3::new();
         let mut rows = Vec::new();
         let mut bytes = Vec::new();
         let mut start = 0;
+        let cols = self.cols();
+        let non_finite = |index: usize, value: f32| {
+            Error::Data(crate::data::DataError::NonFinite {
+                path: path.to_path_buf(),
+                field: "matrix".into(),
+                index,
+                row: index / cols,
+                value,
+            })
+        };
         while start < self.rows() {
             let end = (start + self.step()).min(self.rows());
             if let Some(LogitsRows::Npy { path, file, layout }) = self.as_f32_le() {
                 // The file's bytes are the values' f32 little-endian bytes.
                 // SAFETY: forwarded from the caller.
-                hasher.update(&unsafe { map_npy_rows(path, file, layout, start, end) }?);
+                let map = unsafe { map_npy_rows(path, file, layout, start, end) }?;
+                let value = |b: &[u8]| f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+                if let Some(i) = map.chunks_exact(4).position(|b| !value(b).is_finite()) {
+                    return Err(non_finite(start * cols + i, value(&map[4 * i..])));
+                }
+                hasher.update(&map);
             } else {
                 // SAFETY: forwarded from the caller.
                 unsafe { self.read_rows(start, end, &mut rows) }?;
+                if let Some(i) = rows.iter().position(|v| !v.is_finite()) {
+                    return Err(non_finite(start * cols + i, rows[i]));
+                }
                 bytes.clear();
                 bytes.extend(rows.iter().flat_map(|v| v.to_le_bytes()));
                 hasher.update(&bytes);
@@ -496,7 +519,7 @@ pub unsafe fn import_logits_file(
     let rows = LogitsRows::open(&import.logits, import.tensor.as_deref())?;
     check_logits_shape(&import.logits, rows.rows(), rows.cols(), data)?;
     // SAFETY: forwarded from the caller.
-    let fingerprint = unsafe { rows.fingerprint() }?;
+    let fingerprint = unsafe { rows.fingerprint(&import.logits) }?;
     let meta = imported_meta(
         import,
         fingerprint,
@@ -597,7 +620,7 @@ pub unsafe fn import_view_set(
             });
         }
         // SAFETY: forwarded from the caller.
-        prints.push(unsafe { rows.fingerprint() }?);
+        prints.push(unsafe { rows.fingerprint(&f.logits) }?);
         opened.push(rows);
     }
     let fingerprint = format!("{:032x}", xxh3_128(prints.join(",").as_bytes()));
@@ -899,7 +922,7 @@ mod external_teacher_tests {
         }
         .unwrap_err()
         .to_string();
-        assert!(e.contains("sample 257") && e.contains("class 3"), "{e}");
+        assert!(e.contains("nan.npy") && e.contains("257"), "{e}");
         let short = tmp.path().join("short.npy");
         npy(&short, "<f4", &[n - 1, c], &vec![0u8; (n - 1) * c * 4]);
         let import = LogitsImport {

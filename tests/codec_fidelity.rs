@@ -178,3 +178,49 @@ fn fidelity_table_synthetic() {
         }
     }
 }
+
+/// End to end on the command line: a `sampled` cache imported from logits
+/// trains a student at its stored temperature; at another temperature, or
+/// with logit matching, the run is refused before it starts, naming the flag.
+#[test]
+fn sampled_cache_trains_and_refuses_what_it_cannot_do() {
+    use crate::util::*;
+    let tmp = tempfile::tempdir().unwrap();
+    let (logits, _) = synthetic(2000, 10, 3);
+    let bytes: Vec<u8> = logits.iter().flat_map(|v| v.to_le_bytes()).collect();
+    let file = tmp.path().join("logits.npy");
+    write_npy(&file, "<f4", &[2000, 10], &bytes);
+    let (f, data) = (s(&file), s(&small_data()));
+    let printed = ok(
+        tmp.path(),
+        &cache_import_args(
+            &f,
+            &data,
+            "train",
+            "1",
+            "c",
+            &["--encoding", "sampled:1+3", "-q"],
+        ),
+    );
+    assert!(printed.contains("KL(decoded || exact)"), "{printed}");
+    ok(tmp.path(), &["cache", "verify", "c"]);
+    let run = |t: &'static str, loss: &'static str, out: &'static str| {
+        train_args(
+            &data,
+            "mlp:784-16-10",
+            out,
+            &[
+                "--cache", "c", "-T", t, "--alpha", "0.5", "--loss", loss, "--epochs", "1", "-q",
+            ],
+        )
+    };
+    ok(tmp.path(), &run("1", "kd", "kd"));
+    let card = model_card(&tmp.path().join("kd"));
+    assert_eq!(card["cache"]["encoding"], "sampled:1+3", "{card}");
+    fails(tmp.path(), &run("4", "kd", "t4"), &["re-tempered", "T=1"]);
+    fails(
+        tmp.path(),
+        &run("1", "mse", "mse"),
+        &["--loss", "dense cache"],
+    );
+}
