@@ -11,7 +11,10 @@
 //!   either (a contiguous, shard-aligned range of samples; one task of a
 //!   scheduler's array), joined by `cache::merge::merge_parts`;
 //! - [`import_logits_file`]: a cache from logits computed elsewhere (an
-//!   external teacher), read from `.npy` or safetensors;
+//!   external teacher), read from `.npy` (streamed through memory-mapped
+//!   windows) or safetensors;
+//! - [`export_views`] / [`import_view_set`]: the images of a view set for an
+//!   external teacher, and the view set from its K logit files;
 //! - [`teacher_targets`]: the function every teacher target goes through,
 //!   used here and by the trainer's online teacher, so the two agree.
 
@@ -23,8 +26,8 @@ use xxhash_rust::xxh3::xxh3_128;
 use crate::cache::manifest::MANIFEST_FILE;
 use crate::cache::views::view_dir;
 use crate::cache::{
-    import_logits, log_softmax_tempered, BuildSpec, CacheMeta, CacheWriter, DatasetInfo, Encoding,
-    Manifest, PartManifest, PartRange, PartSpec, TeacherInfo, ViewInfo, WriterOptions,
+    log_softmax_tempered, BuildSpec, CacheMeta, CacheWriter, DatasetInfo, Encoding, Manifest,
+    PartManifest, PartRange, PartSpec, TeacherInfo, ViewInfo, WriterOptions,
 };
 use crate::data::augment::Augment;
 use crate::data::Dataset;
@@ -366,16 +369,190 @@ pub struct LogitsImport {
     pub teacher_spec: String,
 }
 
-/// Builds a cache at `out` from logits an external teacher computed on
-/// `data`, checked to have one row per sample and a column per class.
-pub fn import_logits_file(
-    import: &LogitsImport,
-    data: &Dataset,
-    out: &Path,
-    opts: &BuildOptions,
-) -> Result<Manifest> {
-    let path = &import.logits;
-    let (rows, cols, logits) = crate::data::read_float_matrix(path, import.tensor.as_deref())?;
+/// The teacher's forward pass alone over `data` (inputs filled, logits
+/// copied back to the host, nothing written): the floor a cache build is
+/// measured against.
+pub fn forward_only<D: Backend>(teacher: &Network<D>, data: &Dataset, batch: usize) -> Result<f64> {
+    check_compatible(teacher, data)?;
+    let len = data.sample_len();
+    let mut inputs = vec![0f32; batch * len];
+    let mut checksum = 0f64;
+    let mut pos = 0;
+    while pos < data.len() {
+        let b = batch.min(data.len() - pos);
+        let idx: Vec<usize> = (pos..pos + b).collect();
+        data.fill_inputs(&idx, &mut inputs[..b * len]);
+        let logits = teacher.predict(inputs[..b * len].to_vec(), b).as_vec();
+        checksum += logits[0] as f64;
+        pos += b;
+    }
+    Ok(checksum)
+}
+
+// ---- External teachers: logit imports (streamed) and view sets ----
+
+/// Rows of logits read for an import: a `.npy` matrix read through
+/// memory-mapped windows of its data section, or a safetensors tensor read
+/// whole (safetensors imports are not streamed; use `.npy` for large ones).
+enum LogitsRows {
+    Npy {
+        path: PathBuf,
+        file: std::fs::File,
+        layout: crate::data::MatrixLayout,
+    },
+    Whole {
+        cols: usize,
+        values: Vec<f32>,
+    },
+}
+
+/// Bytes of a `.npy` file mapped at a time (and of the f32 rows converted
+/// from it); tests use a small window so that small files take many.
+const IMPORT_WINDOW_BYTES: usize = if cfg!(test) { 4096 } else { 16 << 20 };
+
+impl LogitsRows {
+    fn open(path: &Path, tensor: Option<&str>) -> Result<LogitsRows> {
+        let mut magic = [0u8; 6];
+        let is_npy = std::fs::File::open(path)
+            .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut magic))
+            .is_ok()
+            && &magic == b"\x93NUMPY";
+        if !is_npy {
+            let (_, cols, values) = crate::data::read_float_matrix(path, tensor)?;
+            return Ok(LogitsRows::Whole { cols, values });
+        }
+        let layout = crate::data::matrix_layout(path)?;
+        let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+        Ok(LogitsRows::Npy {
+            path: path.to_path_buf(),
+            file,
+            layout,
+        })
+    }
+
+    fn rows(&self) -> usize {
+        match self {
+            LogitsRows::Npy { layout, .. } => layout.rows,
+            LogitsRows::Whole { cols, values } => values.len() / cols,
+        }
+    }
+
+    fn cols(&self) -> usize {
+        match self {
+            LogitsRows::Npy { layout, .. } => layout.cols,
+            LogitsRows::Whole { cols, .. } => *cols,
+        }
+    }
+
+    /// `Some` for a `.npy` file of little-endian f32 values.
+    fn as_f32_le(&self) -> Option<&LogitsRows> {
+        matches!(self, LogitsRows::Npy { layout, .. } if layout.is_f32_le()).then_some(self)
+    }
+
+    /// Rows per step of a streamed pass: about [`IMPORT_WINDOW_BYTES`] of f32.
+    fn step(&self) -> usize {
+        (IMPORT_WINDOW_BYTES / (4 * self.cols())).max(1)
+    }
+
+    /// Rows `start..end` as f32, into `out` (cleared first).
+    ///
+    /// # Safety
+    /// The `.npy` file is memory-mapped: it must not be truncated or
+    /// modified while mapped (here, for the duration of this call).
+    unsafe fn read_rows(&self, start: usize, end: usize, out: &mut Vec<f32>) -> Result<()> {
+        out.clear();
+        match self {
+            LogitsRows::Whole { cols, values } => {
+                out.extend_from_slice(&values[start * cols..end * cols]);
+            }
+            LogitsRows::Npy { path, file, layout } => {
+                // SAFETY: forwarded from the caller.
+                let map = unsafe { map_npy_rows(path, file, layout, start, end) }?;
+                layout.extend_f32(&map, out);
+            }
+        }
+        Ok(())
+    }
+
+    /// xxh3-128 of every value's f32 little-endian bytes, in one streamed
+    /// pass (the value of `xxh3_128` over the whole matrix, so an import's
+    /// fingerprint does not depend on how it was read). Refuses a
+    /// non-finite value, naming `path` and the value's row, before anything
+    /// is written.
+    ///
+    /// # Safety
+    /// As [`LogitsRows::read_rows`].
+    unsafe fn fingerprint(&self, path: &Path) -> Result<String> {
+        let mut hasher = xxhash_rust::xxh3::Xxh3::new();
+        let mut rows = Vec::new();
+        let mut bytes = Vec::new();
+        let mut start = 0;
+        let cols = self.cols();
+        let non_finite = |index: usize, value: f32| {
+            Error::Data(crate::data::DataError::NonFinite {
+                path: path.to_path_buf(),
+                field: "matrix".into(),
+                index,
+                row: index / cols,
+                value,
+            })
+        };
+        while start < self.rows() {
+            let end = (start + self.step()).min(self.rows());
+            if let Some(LogitsRows::Npy { path, file, layout }) = self.as_f32_le() {
+                // The file's bytes are the values' f32 little-endian bytes.
+                // SAFETY: forwarded from the caller.
+                let map = unsafe { map_npy_rows(path, file, layout, start, end) }?;
+                let value = |b: &[u8]| f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+                if let Some(i) = map.chunks_exact(4).position(|b| !value(b).is_finite()) {
+                    return Err(non_finite(start * cols + i, value(&map[4 * i..])));
+                }
+                hasher.update(&map);
+            } else {
+                // SAFETY: forwarded from the caller.
+                unsafe { self.read_rows(start, end, &mut rows) }?;
+                if let Some(i) = rows.iter().position(|v| !v.is_finite()) {
+                    return Err(non_finite(start * cols + i, rows[i]));
+                }
+                bytes.clear();
+                bytes.extend(rows.iter().flat_map(|v| v.to_le_bytes()));
+                hasher.update(&bytes);
+            }
+            start = end;
+        }
+        Ok(format!("{:032x}", hasher.digest128()))
+    }
+}
+
+/// The data-section bytes of rows `start..end` of a `.npy` file, mapped and
+/// read ahead (`MAP_POPULATE`: one fault per window, not per page).
+///
+/// # Safety
+/// The file must not be truncated or modified while the map lives.
+unsafe fn map_npy_rows(
+    path: &Path,
+    file: &std::fs::File,
+    layout: &crate::data::MatrixLayout,
+    start: usize,
+    end: usize,
+) -> Result<memmap2::Mmap> {
+    let row_bytes = layout.cols * layout.elem_size();
+    let offset = layout.data_offset + (start * row_bytes) as u64;
+    // SAFETY: the caller keeps the file unmodified while mapped; the window
+    // lies inside the data section, whose length the header check matched
+    // against the file's.
+    unsafe {
+        memmap2::MmapOptions::new()
+            .offset(offset)
+            .len((end - start) * row_bytes)
+            .populate()
+            .map(file)
+    }
+    .map_err(|e| Error::io(path, e))
+}
+
+/// Checks that a logits matrix of `rows` x `cols` fits `data`.
+fn check_logits_shape(path: &Path, rows: usize, cols: usize, data: &Dataset) -> Result<()> {
     if rows != data.len() {
         return Err(Error::Config {
             field: "logits".into(),
@@ -400,50 +577,582 @@ pub fn import_logits_file(
             });
         }
     }
-    let bytes: Vec<u8> = logits.iter().flat_map(|v| v.to_le_bytes()).collect();
-    let meta = CacheMeta {
+    Ok(())
+}
+
+/// Streams `rows` into a cache at `out` described by `meta`, resuming an
+/// interrupted import: windows of rows, `log_softmax(logits / T)`, the writer.
+///
+/// # Safety
+/// As [`LogitsRows::read_rows`].
+unsafe fn write_logits_cache(
+    rows: &LogitsRows,
+    meta: CacheMeta,
+    data: &Dataset,
+    out: &Path,
+    opts: &BuildOptions,
+) -> Result<Manifest> {
+    let (n, c, t) = (rows.rows(), rows.cols(), meta.temperature);
+    let mut writer = CacheWriter::create_or_resume(out, meta, opts.writer.clone())?;
+    let mut x = Vec::with_capacity(rows.step() * c);
+    let mut lp = vec![0f32; rows.step() * c];
+    let mut start = writer.resume_from() as usize;
+    while start < n {
+        let end = (start + rows.step()).min(n);
+        // SAFETY: forwarded from the caller.
+        unsafe { rows.read_rows(start, end, &mut x) }?;
+        let lp = &mut lp[..x.len()];
+        // 256-row tasks in parallel; the first bad row is named by its sample.
+        use rayon::prelude::*;
+        x.par_chunks(256 * c)
+            .zip(lp.par_chunks_mut(256 * c))
+            .enumerate()
+            .map(|(i, (x, o))| {
+                log_softmax_tempered(x, c, t, o).map_err(|e| match e {
+                    crate::cache::CacheError::NonFinite {
+                        row, class, value, ..
+                    } => crate::cache::CacheError::NonFinite {
+                        what: "logits of sample",
+                        row: (start + i * 256) as u64 + row,
+                        class,
+                        value,
+                    },
+                    other => other,
+                })
+            })
+            .collect::<std::result::Result<Vec<()>, _>>()?;
+        writer.push_batch(start as u64, data.labels().map(|l| &l[start..end]), lp)?;
+        start = end;
+    }
+    Ok(writer.finish()?)
+}
+
+/// Builds a cache at `out` from logits an external teacher computed on
+/// `data` (one row per sample, a column per class). `.npy` logits are read
+/// in memory-mapped windows of about 16 MiB and streamed to the writer, so
+/// an import of any size holds a few windows, not the matrix (a 1M x 1,000
+/// f32 import peaks at a few hundred MB; FORMAT.md). With `opts.view` the
+/// cache is that view of a view set (see [`import_view_set`]).
+///
+/// # Safety
+/// The `.npy` file is memory-mapped: it must not be truncated or modified
+/// while the import runs (doing so is undefined behaviour, at best a SIGBUS).
+pub unsafe fn import_logits_file(
+    import: &LogitsImport,
+    data: &Dataset,
+    out: &Path,
+    opts: &BuildOptions,
+) -> Result<Manifest> {
+    let rows = LogitsRows::open(&import.logits, import.tensor.as_deref())?;
+    check_logits_shape(&import.logits, rows.rows(), rows.cols(), data)?;
+    // SAFETY: forwarded from the caller.
+    let fingerprint = unsafe { rows.fingerprint(&import.logits) }?;
+    let meta = imported_meta(
+        import,
+        fingerprint,
+        import.logits.display().to_string(),
+        &rows,
+        data,
+        opts,
+    );
+    // SAFETY: forwarded from the caller.
+    unsafe { write_logits_cache(&rows, meta, data, out, opts) }
+}
+
+/// The manifest metadata of an imported cache.
+fn imported_meta(
+    import: &LogitsImport,
+    fingerprint: String,
+    source: String,
+    rows: &LogitsRows,
+    data: &Dataset,
+    opts: &BuildOptions,
+) -> CacheMeta {
+    CacheMeta {
         teacher: TeacherInfo {
             spec: import.teacher_spec.clone(),
-            fingerprint: format!("{:032x}", xxh3_128(&bytes)),
-            source: path.display().to_string(),
+            fingerprint,
+            source,
             normalization: None,
         },
         dataset: DatasetInfo {
             fingerprint: data.fingerprint().0.clone(),
             split: data.split().to_string(),
             num_samples: data.len() as u64,
-            view: None,
+            view: opts.view.clone(),
         },
-        num_classes: cols,
+        num_classes: rows.cols(),
         has_labels: data.labels().is_some(),
         temperature: opts.temperature,
         encoding: opts.encoding,
-    };
-    Ok(import_logits(
-        out,
-        meta,
-        opts.writer.clone(),
-        &logits,
-        data.labels(),
-    )?)
+    }
 }
 
-/// The teacher's forward pass alone over `data` (inputs filled, logits
-/// copied back to the host, nothing written): the floor a cache build is
-/// measured against.
-pub fn forward_only<D: Backend>(teacher: &Network<D>, data: &Dataset, batch: usize) -> Result<f64> {
-    check_compatible(teacher, data)?;
+/// Builds a view set at `out` (`out/view-0` .. `out/view-{K-1}`) from K
+/// logit files, file `v` holding an external teacher's logits on view `v`
+/// of `set` (the images [`export_views`] writes). Every view records the
+/// same teacher: fingerprint xxh3-128 of the files' logit fingerprints
+/// joined by commas, source the files' paths, so the set opens as one
+/// build (`CacheViews`). Resumes like [`build_view_set`]; `on_view` hears
+/// of each finished view.
+///
+/// # Safety
+/// As [`import_logits_file`], for every file.
+pub unsafe fn import_view_set(
+    files: &[LogitsImport],
+    data: &Dataset,
+    out: &Path,
+    opts: &BuildOptions,
+    set: &ViewSetSpec,
+    mut on_view: impl FnMut(&Path, &Manifest),
+) -> Result<()> {
+    set.augment.check_shape(data.sample_shape())?;
+    if files.is_empty() || files.len() as u64 != set.views {
+        return Err(Error::Config {
+            field: "logits".into(),
+            message: format!(
+                "a view set of {} views needs one logits file per view, in view order; {} given",
+                set.views,
+                files.len()
+            ),
+        });
+    }
+    if out.join(MANIFEST_FILE).exists() && !opts.writer.overwrite {
+        return Err(Error::Config {
+            field: "out".into(),
+            message: format!(
+                "{} holds a cache of the plain images; write the view set elsewhere",
+                out.display()
+            ),
+        });
+    }
+    let mut opened = Vec::with_capacity(files.len());
+    let mut prints = Vec::with_capacity(files.len());
+    for f in files {
+        let rows = LogitsRows::open(&f.logits, f.tensor.as_deref())?;
+        check_logits_shape(&f.logits, rows.rows(), rows.cols(), data)?;
+        if rows.cols()
+            != opened
+                .first()
+                .map_or(rows.cols(), |r: &LogitsRows| r.cols())
+        {
+            return Err(Error::Config {
+                field: "logits".into(),
+                message: format!(
+                    "{} has {} columns but {} has {}; every view needs the same classes",
+                    f.logits.display(),
+                    rows.cols(),
+                    files[0].logits.display(),
+                    opened[0].cols()
+                ),
+            });
+        }
+        // SAFETY: forwarded from the caller.
+        prints.push(unsafe { rows.fingerprint(&f.logits) }?);
+        opened.push(rows);
+    }
+    let fingerprint = format!("{:032x}", xxh3_128(prints.join(",").as_bytes()));
+    let sources: Vec<String> = files
+        .iter()
+        .map(|f| f.logits.display().to_string())
+        .collect();
+    let mut opts = opts.clone();
+    for (v, rows) in opened.iter().enumerate() {
+        opts.view = Some(ViewInfo {
+            augment: set.augment.to_string(),
+            seed: set.seed,
+            view: v as u64,
+            views: set.views,
+        });
+        let meta = imported_meta(
+            &files[v],
+            fingerprint.clone(),
+            sources.join(","),
+            rows,
+            data,
+            &opts,
+        );
+        let dir = view_dir(out, v as u64);
+        // SAFETY: forwarded from the caller.
+        let manifest = unsafe { write_logits_cache(rows, meta, data, &dir, &opts) }?;
+        on_view(&dir, &manifest);
+    }
+    Ok(())
+}
+
+/// The file [`export_views`] writes view `v`'s images to.
+pub fn view_images_file(dir: &Path, v: u64) -> PathBuf {
+    dir.join(format!("view-{v}-images.npy"))
+}
+
+/// The `.npy` (format 1.0) header of a C-order little-endian f32 array.
+fn npy_f32_header(shape: &[usize]) -> Vec<u8> {
+    let dims: Vec<String> = shape.iter().map(|d| d.to_string()).collect();
+    let mut dict = format!(
+        "{{'descr': '<f4', 'fortran_order': False, 'shape': ({}{}), }}",
+        dims.join(", "),
+        if shape.len() == 1 { "," } else { "" }
+    );
+    // numpy pads the header with spaces and a newline to a multiple of 64.
+    while (10 + dict.len() + 1) % 64 != 0 {
+        dict.push(' ');
+    }
+    dict.push('\n');
+    let mut out = b"\x93NUMPY\x01\x00".to_vec();
+    out.extend_from_slice(&(dict.len() as u16).to_le_bytes());
+    out.extend_from_slice(dict.as_bytes());
+    out
+}
+
+/// Writes, for every view `v` of `set`, the images a view-set cache's view
+/// `v` holds the teacher's outputs on: `out/view-{v}-images.npy`, f32
+/// `[N, C, H, W]` in sample order, exactly the inputs [`build_view_set`]
+/// gives the teacher (the dataset's inputs, `Dataset::fill_inputs`, drawn
+/// through `Augment::apply_batch` from `(seed, v, sample)`). An external
+/// teacher run on file `v` in order yields the logits file `v` that
+/// [`import_view_set`] takes. Each file is written to a temporary name,
+/// synced and renamed, batch by batch (`batch` samples held at a time).
+/// Returns the files written.
+pub fn export_views(
+    data: &Dataset,
+    set: &ViewSetSpec,
+    out: &Path,
+    batch: usize,
+    mut on_view: impl FnMut(&Path),
+) -> Result<Vec<PathBuf>> {
+    use std::io::Write;
+    set.augment.check_shape(data.sample_shape())?;
+    if set.views == 0 {
+        return Err(Error::Config {
+            field: "views".into(),
+            message: "a view set needs at least one view".into(),
+        });
+    }
+    if batch == 0 {
+        return Err(Error::Config {
+            field: "batch_size".into(),
+            message: "must be at least 1".into(),
+        });
+    }
+    std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
+    let shape = data.sample_shape();
     let len = data.sample_len();
     let mut inputs = vec![0f32; batch * len];
-    let mut checksum = 0f64;
-    let mut pos = 0;
-    while pos < data.len() {
-        let b = batch.min(data.len() - pos);
-        let idx: Vec<usize> = (pos..pos + b).collect();
-        data.fill_inputs(&idx, &mut inputs[..b * len]);
-        let logits = teacher.predict(inputs[..b * len].to_vec(), b).as_vec();
-        checksum += logits[0] as f64;
-        pos += b;
+    let mut bytes = Vec::with_capacity(batch * len * 4);
+    let mut files = Vec::new();
+    for v in 0..set.views {
+        let path = view_images_file(out, v);
+        let tmp = out.join(format!(".view-{v}-images.npy.{}.tmp", std::process::id()));
+        let written = (|| -> std::io::Result<()> {
+            let mut w = std::io::BufWriter::new(std::fs::File::create(&tmp)?);
+            w.write_all(&npy_f32_header(&[data.len(), shape[0], shape[1], shape[2]]))?;
+            let mut pos = 0;
+            while pos < data.len() {
+                let b = batch.min(data.len() - pos);
+                let idx: Vec<usize> = (pos..pos + b).collect();
+                let x = &mut inputs[..b * len];
+                data.fill_inputs(&idx, x);
+                set.augment.apply_batch(set.seed, v, &idx, shape, x);
+                bytes.clear();
+                bytes.extend(x.iter().flat_map(|v| v.to_le_bytes()));
+                w.write_all(&bytes)?;
+                pos += b;
+            }
+            w.into_inner().map_err(|e| e.into_error())?.sync_all()?;
+            std::fs::rename(&tmp, &path)
+        })();
+        if let Err(e) = written {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(Error::io(&path, e));
+        }
+        crate::fsutil::fsync_dir(out)?;
+        on_view(&path);
+        files.push(path);
     }
-    Ok(checksum)
+    Ok(files)
+}
+
+#[cfg(test)]
+mod external_teacher_tests {
+    use super::*;
+    use crate::cache::{import_logits, CacheReader};
+    use crate::data::Split;
+
+    fn npy(path: &Path, descr: &str, shape: &[usize], data: &[u8]) {
+        let mut bytes = npy_f32_header(shape);
+        // The header writer is for '<f4'; other dtypes patch the descr in place.
+        let at = bytes.windows(3).position(|w| w == b"<f4").unwrap_or(0);
+        bytes[at..at + 3].copy_from_slice(descr.as_bytes());
+        bytes.extend_from_slice(data);
+        std::fs::write(path, bytes).unwrap();
+    }
+
+    fn logits(n: usize, c: usize) -> Vec<f32> {
+        (0..n * c)
+            .map(|i| {
+                ((i * 7919 % 1013) as f32 / 101.0 - 5.0)
+                    * if i % c == i / c % c { 3.0 } else { 1.0 }
+            })
+            .collect()
+    }
+
+    fn options(enc: Encoding) -> BuildOptions {
+        BuildOptions {
+            temperature: 2.0,
+            encoding: enc,
+            writer: WriterOptions {
+                shard_target_bytes: 8 << 10,
+                records_per_block: 64,
+                ..WriterOptions::default()
+            },
+            batch_size: 1,
+            teacher_source: String::new(),
+            progress: false,
+            view: None,
+        }
+    }
+
+    fn dataset(n: usize, c: usize) -> Dataset {
+        let labels = (0..n as u32).map(|i| i % c as u32).collect();
+        Dataset::from_u8(
+            [1, 2, 2],
+            (0..n * 4).map(|i| (i % 251) as u8).collect(),
+            Some(labels),
+            Split::Train,
+        )
+        .unwrap()
+    }
+
+    /// The streamed `.npy` import (many 4 KiB windows here) writes the cache
+    /// the in-memory import writes, byte for byte, fingerprint included, from
+    /// f32, f64 and big-endian f16 files.
+    #[test]
+    fn streamed_npy_import_equals_the_in_memory_import() {
+        let (n, c) = (700usize, 13usize);
+        let z = logits(n, c);
+        let data = dataset(n, c);
+        let tmp = tempfile::tempdir().unwrap();
+        let f32_bytes: Vec<u8> = z.iter().flat_map(|v| v.to_le_bytes()).collect();
+        let f64_bytes: Vec<u8> = z.iter().flat_map(|&v| (v as f64).to_le_bytes()).collect();
+        let f16_z: Vec<f32> = z.iter().map(|&v| half::f16::from_f32(v).to_f32()).collect();
+        let f16_bytes: Vec<u8> = z
+            .iter()
+            .flat_map(|&v| half::f16::from_f32(v).to_be_bytes())
+            .collect();
+        for (name, descr, bytes, values) in [
+            ("f4", "<f4", &f32_bytes, &z),
+            ("f8", "<f8", &f64_bytes, &z),
+            ("f2", ">f2", &f16_bytes, &f16_z),
+        ] {
+            let file = tmp.path().join(format!("{name}.npy"));
+            npy(&file, descr, &[n, c], bytes);
+            let import = LogitsImport {
+                logits: file.clone(),
+                tensor: None,
+                teacher_spec: "ext".into(),
+            };
+            let opts = options(Encoding::F16);
+            let streamed = tmp.path().join(format!("streamed-{name}"));
+            // SAFETY: the file is written above and not touched again.
+            let m = unsafe { import_logits_file(&import, &data, &streamed, &opts) }.unwrap();
+            let mut meta = imported_meta(
+                &import,
+                String::new(),
+                file.display().to_string(),
+                &LogitsRows::Whole {
+                    cols: c,
+                    values: Vec::new(),
+                },
+                &data,
+                &opts,
+            );
+            meta.teacher.fingerprint = {
+                let b: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+                format!("{:032x}", xxh3_128(&b))
+            };
+            let whole = tmp.path().join(format!("whole-{name}"));
+            let m2 =
+                import_logits(&whole, meta, opts.writer.clone(), values, data.labels()).unwrap();
+            assert_eq!(m, m2, "{name}");
+            assert!(m.shards.len() > 1, "{name}: {} shards", m.shards.len());
+            for s in &m.shards {
+                assert_eq!(
+                    std::fs::read(streamed.join(&s.file)).unwrap(),
+                    std::fs::read(whole.join(&s.file)).unwrap()
+                );
+            }
+        }
+    }
+
+    /// A streamed import interrupted after some shards resumes to the same cache.
+    #[test]
+    fn streamed_import_resumes() {
+        let (n, c) = (500usize, 10usize);
+        let z = logits(n, c);
+        let data = dataset(n, c);
+        let tmp = tempfile::tempdir().unwrap();
+        let file = tmp.path().join("l.npy");
+        npy(
+            &file,
+            "<f4",
+            &[n, c],
+            &z.iter().flat_map(|v| v.to_le_bytes()).collect::<Vec<u8>>(),
+        );
+        let import = LogitsImport {
+            logits: file,
+            tensor: None,
+            teacher_spec: "ext".into(),
+        };
+        let opts = options(Encoding::hq(32));
+        let once = tmp.path().join("once");
+        // SAFETY: the file is not modified during the imports.
+        let m = unsafe { import_logits_file(&import, &data, &once, &opts) }.unwrap();
+        let twice = tmp.path().join("twice");
+        let m1 = unsafe { import_logits_file(&import, &data, &twice, &opts) }.unwrap();
+        // Drop the manifest and the last shard: an import killed before its commit.
+        std::fs::remove_file(twice.join(MANIFEST_FILE)).unwrap();
+        std::fs::remove_file(twice.join(&m1.shards.last().unwrap().file)).unwrap();
+        let m2 = unsafe { import_logits_file(&import, &data, &twice, &opts) }.unwrap();
+        assert_eq!(m, m2);
+        // SAFETY: written above, read only.
+        let r = unsafe { CacheReader::open(&twice) }.unwrap();
+        assert_eq!(r.verify().unwrap().samples, n as u64);
+    }
+
+    /// Non-finite logits and mismatched shapes are refused with the sample or file named.
+    #[test]
+    fn bad_logit_files_are_refused() {
+        let (n, c) = (300usize, 10usize);
+        let mut z = logits(n, c);
+        z[257 * c + 3] = f32::NAN;
+        let data = dataset(n, c);
+        let tmp = tempfile::tempdir().unwrap();
+        let file = tmp.path().join("nan.npy");
+        npy(
+            &file,
+            "<f4",
+            &[n, c],
+            &z.iter().flat_map(|v| v.to_le_bytes()).collect::<Vec<u8>>(),
+        );
+        let import = LogitsImport {
+            logits: file,
+            tensor: None,
+            teacher_spec: "ext".into(),
+        };
+        // SAFETY: not modified during the import.
+        let e = unsafe {
+            import_logits_file(
+                &import,
+                &data,
+                &tmp.path().join("a"),
+                &options(Encoding::F16),
+            )
+        }
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("nan.npy") && e.contains("257"), "{e}");
+        let short = tmp.path().join("short.npy");
+        npy(&short, "<f4", &[n - 1, c], &vec![0u8; (n - 1) * c * 4]);
+        let import = LogitsImport {
+            logits: short,
+            tensor: None,
+            teacher_spec: "ext".into(),
+        };
+        let e = unsafe {
+            import_logits_file(
+                &import,
+                &data,
+                &tmp.path().join("b"),
+                &options(Encoding::F16),
+            )
+        }
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("short.npy") && e.contains("299 rows"), "{e}");
+    }
+
+    /// K files become a view set that opens as one build; a wrong count is refused.
+    #[test]
+    fn view_set_import_opens_as_a_set() {
+        let (n, c) = (200usize, 10usize);
+        let data = dataset(n, c);
+        let tmp = tempfile::tempdir().unwrap();
+        let files: Vec<LogitsImport> = (0..3)
+            .map(|v| {
+                let z: Vec<f32> = logits(n, c)
+                    .iter()
+                    .map(|x| x + v as f32 * 0.1 * x.sin())
+                    .collect();
+                let f = tmp.path().join(format!("view-{v}.npy"));
+                npy(
+                    &f,
+                    "<f4",
+                    &[n, c],
+                    &z.iter().flat_map(|v| v.to_le_bytes()).collect::<Vec<u8>>(),
+                );
+                LogitsImport {
+                    logits: f,
+                    tensor: None,
+                    teacher_spec: "ext".into(),
+                }
+            })
+            .collect();
+        let set = ViewSetSpec {
+            augment: Augment::parse("flip").unwrap(),
+            seed: 3,
+            views: 3,
+        };
+        let out = tmp.path().join("set");
+        let mut seen = Vec::new();
+        // SAFETY: the files are not modified during the import.
+        unsafe {
+            import_view_set(
+                &files,
+                &data,
+                &out,
+                &options(Encoding::F16),
+                &set,
+                |d, _| seen.push(d.to_path_buf()),
+            )
+        }
+        .unwrap();
+        assert_eq!(seen.len(), 3);
+        // SAFETY: written above, read only.
+        let views = unsafe { crate::cache::CacheViews::open(&out) }.unwrap();
+        assert_eq!(views.views().len(), 3);
+        let info = views.view_info().unwrap();
+        assert_eq!(
+            (info.augment.as_str(), info.seed, info.views),
+            ("flip", 3, 3)
+        );
+        let short = ViewSetSpec { views: 2, ..set };
+        let e = unsafe {
+            import_view_set(
+                &files,
+                &data,
+                &tmp.path().join("x"),
+                &options(Encoding::F16),
+                &short,
+                |_, _| {},
+            )
+        }
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("one logits file per view"), "{e}");
+    }
+
+    #[test]
+    fn npy_header_is_numpys() {
+        let h = npy_f32_header(&[3, 1, 28, 28]);
+        assert_eq!(h.len() % 64, 0);
+        let text = std::str::from_utf8(&h[10..]).unwrap();
+        assert!(
+            text.starts_with("{'descr': '<f4', 'fortran_order': False, 'shape': (3, 1, 28, 28), }"),
+            "{text}"
+        );
+        assert!(text.ends_with('\n'));
+        assert!(std::str::from_utf8(&npy_f32_header(&[5])[10..])
+            .unwrap()
+            .contains("(5,)"));
+    }
 }

@@ -6,6 +6,15 @@
 //! zero padding; the last block's padding ends the file. Everything here
 //! treats bytes as hostile: sizes are bounded, arithmetic is checked, and the
 //! blocks must tile the file exactly.
+//!
+//! Format versions: 1 stores a block's index and label columns as plain
+//! little-endian integers; 2 stores them as byte planes
+//! ([`shuffle_columns`]: 1.2 to 1.9 bytes per sample less after zstd on
+//! the Fashion-MNIST teacher's caches) and adds the
+//! codecs whose [`Encoding::since_version`] is 2. The writer writes
+//! [`FORMAT_VERSION_CURRENT`]; the reader reads every version from
+//! [`FORMAT_VERSION_OLDEST_SUPPORTED`] and undoes the shuffle by the shard's
+//! own version ([`unshuffle_columns`]).
 
 use std::path::Path;
 
@@ -17,7 +26,10 @@ use super::{CacheError, Result};
 /// The first eight bytes of every shard.
 pub const MAGIC: [u8; 8] = *b"DSTLSHRD";
 /// The format version this build writes (shards and manifest).
-pub const FORMAT_VERSION_CURRENT: u32 = 1;
+pub const FORMAT_VERSION_CURRENT: u32 = 2;
+/// The first format version whose blocks hold byte-plane shuffled index and
+/// label columns ([`shuffle_columns`]).
+pub const FORMAT_VERSION_SHUFFLED_COLUMNS: u32 = 2;
 /// The oldest format version this build still reads.
 pub const FORMAT_VERSION_OLDEST_SUPPORTED: u32 = 1;
 /// Size of the fixed shard header.
@@ -36,6 +48,45 @@ pub const MAX_BLOCK_RAW_BYTES: u64 = 1 << 30;
 /// Bytes of one record in a decompressed block: index (8) + label (4) + payload.
 pub fn raw_record_bytes(enc: Encoding, classes: usize) -> usize {
     12 + enc.payload_bytes(classes)
+}
+
+/// Bytes of a block's index (u64) and label (u32) columns per record.
+pub const COLUMN_BYTES: usize = 12;
+
+/// Rearranges the index (`n` x u64) and label (`n` x u32) columns at the
+/// start of a raw block (`cols`, exactly `12 n` bytes, plain little-endian)
+/// into byte planes: byte `b` of every index, for `b` = 0..8, then byte `b`
+/// of every label, for `b` = 0..4. The index column is an arithmetic
+/// sequence and labels are small, so most planes are constant and zstd
+/// stores them in a few bytes (the Blosc shuffle). Format version 2 and later.
+pub fn shuffle_columns(cols: &mut [u8], n: usize) {
+    debug_assert_eq!(cols.len(), COLUMN_BYTES * n);
+    let plain = cols.to_vec();
+    for (width, start) in [(8usize, 0usize), (4, 8 * n)] {
+        for i in 0..n {
+            for b in 0..width {
+                cols[start + b * n + i] = plain[start + width * i + b];
+            }
+        }
+    }
+}
+
+/// Inverse of [`shuffle_columns`]: byte planes back to plain little-endian columns.
+pub fn unshuffle_columns(cols: &mut [u8], n: usize) {
+    debug_assert_eq!(cols.len(), COLUMN_BYTES * n);
+    let planes = cols.to_vec();
+    for (width, start) in [(8usize, 0usize), (4, 8 * n)] {
+        for i in 0..n {
+            for b in 0..width {
+                cols[start + width * i + b] = planes[start + b * n + i];
+            }
+        }
+    }
+}
+
+/// Whether a shard of format `version` stores shuffled columns.
+pub fn has_shuffled_columns(version: u32) -> bool {
+    version >= FORMAT_VERSION_SHUFFLED_COLUMNS
 }
 
 /// Rounds `x` up to the next multiple of [`ALIGN`]; `None` on overflow.
@@ -116,6 +167,11 @@ impl ShardHeader {
         let sum = xxh3_64(&b[..120]);
         b[120..128].copy_from_slice(&sum.to_le_bytes());
         b
+    }
+
+    /// Whether this shard's blocks hold shuffled index and label columns.
+    pub fn has_shuffled_columns(&self) -> bool {
+        has_shuffled_columns(self.version)
     }
 
     /// Bytes of one decompressed record.
@@ -218,6 +274,15 @@ fn parse_header(path: &Path, bytes: &[u8]) -> Result<ShardHeader> {
             format!("unknown encoding tag {tag} with k {k}"),
         )
     })?;
+    if encoding.since_version() > version {
+        return Err(bad(
+            "header field encoding",
+            format!(
+                "encoding {encoding} needs format version {} or later, but the shard is version {version}",
+                encoding.since_version()
+            ),
+        ));
+    }
     let classes = u32_at(h, 16);
     encoding
         .check_classes(classes as usize)
@@ -502,8 +567,57 @@ mod tests {
         assert!(e.contains("upgrade distill"), "{e}");
     }
 
+    #[test]
+    fn refuses_a_new_encoding_in_an_old_version() {
+        let mut b = sample_shard();
+        b[8..12].copy_from_slice(&1u32.to_le_bytes());
+        // hq:32 (tag 4) exists from version 2 on.
+        b[12..14].copy_from_slice(&4u16.to_le_bytes());
+        b[14..16].copy_from_slice(&32u16.to_le_bytes());
+        let sum = xxh3_64(&b[..120]);
+        b[120..128].copy_from_slice(&sum.to_le_bytes());
+        let e = parse_shard(Path::new("s"), &b).unwrap_err().to_string();
+        assert!(e.contains("needs format version 2"), "{e}");
+        // The same header at version 2 parses.
+        b[8..12].copy_from_slice(&2u32.to_le_bytes());
+        let sum = xxh3_64(&b[..120]);
+        b[120..128].copy_from_slice(&sum.to_le_bytes());
+        let e = parse_shard(Path::new("s"), &b).err().map(|e| e.to_string());
+        // (The block raw lengths were computed for q8, so only the index may differ.)
+        assert!(e.is_none_or(|e| e.contains("raw length")));
+    }
+
+    #[test]
+    fn shuffled_columns_are_byte_planes() {
+        let n = 3;
+        let mut cols = Vec::new();
+        for i in 0..n as u64 {
+            cols.extend_from_slice(&(0x0102_0304_0506_0700 + i).to_le_bytes());
+        }
+        for l in [7u32, 8, 9] {
+            cols.extend_from_slice(&l.to_le_bytes());
+        }
+        let plain = cols.clone();
+        shuffle_columns(&mut cols, n);
+        assert_eq!(&cols[..3], &[0, 1, 2]); // byte 0 of each index
+        assert_eq!(&cols[3..6], &[7, 7, 7]); // byte 1
+        assert_eq!(&cols[24..27], &[7, 8, 9]); // byte 0 of each label
+        assert_eq!(&cols[27..36], &[0; 9]);
+        unshuffle_columns(&mut cols, n);
+        assert_eq!(cols, plain);
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(400))]
+        #[test]
+        fn column_shuffle_round_trips(n in 0usize..40, seed in any::<u64>()) {
+            let mut cols: Vec<u8> = (0..12 * n).map(|i| (seed.wrapping_mul(i as u64 + 1) >> 13) as u8).collect();
+            let plain = cols.clone();
+            shuffle_columns(&mut cols, n);
+            unshuffle_columns(&mut cols, n);
+            prop_assert_eq!(cols, plain);
+        }
+
         #[test]
         fn random_bytes_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..600)) {
             prop_assert!(parse_shard(Path::new("s"), &bytes).is_err());

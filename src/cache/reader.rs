@@ -19,7 +19,9 @@ use rayon::prelude::*;
 use xxhash_rust::xxh3::xxh3_64;
 
 use super::codec::{retemper_rows, Codec, Encoding};
-use super::format::{parse_shard, BlockEntry, ShardHeader, HEADER_BYTES};
+use super::format::{
+    parse_shard, unshuffle_columns, BlockEntry, ShardHeader, COLUMN_BYTES, HEADER_BYTES,
+};
 use super::manifest::{Fidelity, Manifest, MANIFEST_FILE, MAX_MANIFEST_BYTES};
 use super::order::{block_permutation, epoch_order, window_positions, BlockSpan};
 use super::part::PART_FILE;
@@ -280,6 +282,11 @@ impl CacheReader {
                     "holds samples {}+{}, manifest.json says {}+{}",
                     header.first_sample, header.records, entry.first_sample, entry.num_samples
                 ))
+            } else if header.version != m.format_version {
+                Some(format!(
+                    "is format version {}, manifest.json says {}",
+                    header.version, m.format_version
+                ))
             } else if header.encoding != m.encoding || header.classes as u64 != m.num_classes {
                 Some(format!(
                     "holds {} with {} classes, manifest.json says {} with {}",
@@ -472,6 +479,9 @@ impl CacheReader {
                 return Err(bad(format!(
                     "decompressed to {got} bytes, expected {raw_len}"
                 )));
+            }
+            if shard.header.has_shuffled_columns() {
+                unshuffle_columns(&mut raw[..COLUMN_BYTES * n], n);
             }
             let raw: &[u8] = raw;
             let (idx_col, rest) = raw.split_at(8 * n);

@@ -573,6 +573,7 @@ impl CacheWriter {
         for l in &self.labels {
             raw.extend_from_slice(&l.to_le_bytes());
         }
+        super::format::shuffle_columns(&mut raw, n);
         raw.extend_from_slice(&self.payload);
         self.idx.clear();
         self.labels.clear();

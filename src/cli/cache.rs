@@ -2,7 +2,8 @@
 //!
 //! `build --part K/N` (or `auto/N`, the index from a scheduler's array
 //! variable) builds one part of a cache into `OUT/part-K-of-N`; `merge`
-//! joins the parts; `verify` checks a cache or a part.
+//! joins the parts; `verify` checks a cache or a part; `import --view-set`
+//! builds a view set from an external teacher's logits.
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -18,7 +19,7 @@ use distill::error::{Error, Result};
 use distill::model::Backend;
 use distill::teacher::{
     build_cache, build_cache_part, build_view_set, build_view_set_part, import_logits_file,
-    BuildOptions, LogitsImport, PartBuildReport, ViewSetSpec,
+    import_view_set, BuildOptions, LogitsImport, PartBuildReport, ViewSetSpec,
 };
 use distill::train::sources::open_views;
 
@@ -54,7 +55,7 @@ pub struct StorageArgs {
     /// Temperature T of the stored log-probabilities.
     #[arg(long, alias = "t", short = 'T')]
     temperature: f32,
-    /// f32, f16, q8 or topk:K.
+    /// f32, f16, q8, hq:N, topk:K, topkp:K, sampled:S or sampled:K+S (FORMAT.md).
     #[arg(long, default_value = "f16")]
     encoding: String,
     /// Output cache directory.
@@ -130,9 +131,22 @@ pub struct MergeArgs {
 
 #[derive(Args)]
 pub struct ImportArgs {
-    /// Raw teacher logits, [N, C] float (.npy or .safetensors).
-    #[arg(long)]
-    logits: PathBuf,
+    /// Raw teacher logits, [N, C] float (.npy or .safetensors); with
+    /// --view-set, one file per view in view order (repeat the flag). A .npy
+    /// file is memory-mapped while it is read: do not change it meanwhile.
+    #[arg(long, required = true)]
+    logits: Vec<PathBuf>,
+    /// Build a view set (OUT/view-0 ...) from one logits file per view of
+    /// the images `distill views export` wrote with the same --augment,
+    /// --augment-seed and --views (the number of --logits files).
+    #[arg(long, requires = "augment")]
+    view_set: bool,
+    /// The augmentation the views were drawn with (with --view-set).
+    #[arg(long, requires = "view_set")]
+    augment: Option<String>,
+    /// Seed of the augmentation draws (with --view-set).
+    #[arg(long, default_value_t = 0)]
+    augment_seed: u64,
     /// Tensor name inside a safetensors file (default: its only tensor).
     #[arg(long)]
     tensor: Option<String>,
@@ -259,8 +273,13 @@ fn build_options(a: &StorageArgs, batch_size: usize, source: String) -> Result<B
 
 fn report(manifest: &distill::cache::Manifest, dir: &Path, secs: f64, quiet: bool) {
     let f = &manifest.fidelity;
+    // A sparse record's forward KL is infinite; the writer records the reverse one.
+    let kl = match manifest.encoding.is_sparse() {
+        true => "KL(decoded || exact)",
+        false => "KL(exact || decoded)",
+    };
     println!(
-        "cache {} ({} samples, {} classes, T {}, {}): {:.1} bytes/sample, mean KL(exact || decoded) {:.3e}, max {:.3e}, top-1 agreement {:.4}%, {:.1}s",
+        "cache {} ({} samples, {} classes, T {}, {}): {:.1} bytes/sample, mean {kl} {:.3e}, max {:.3e}, top-1 agreement {:.4}%, {:.1}s",
         dir.display(),
         manifest.dataset.num_samples,
         manifest.num_classes,
@@ -460,15 +479,41 @@ fn merge(a: MergeArgs) -> Result<()> {
 
 fn import(a: ImportArgs) -> Result<()> {
     let split = a.split;
-    let opts = build_options(&a.storage, 1, a.logits.display().to_string())?;
+    let opts = build_options(&a.storage, 1, String::new())?;
     let data = Dataset::open(&a.data, split)?;
-    let what = LogitsImport {
-        logits: a.logits.clone(),
-        tensor: a.tensor.clone(),
-        teacher_spec: a.teacher_spec.clone(),
-    };
+    let what: Vec<LogitsImport> = (a.logits.iter())
+        .map(|logits| LogitsImport {
+            logits: logits.clone(),
+            tensor: a.tensor.clone(),
+            teacher_spec: a.teacher_spec.clone(),
+        })
+        .collect();
     let start = Instant::now();
-    let manifest = import_logits_file(&what, &data, &a.storage.out, &opts)?;
+    if let (true, Some(augment)) = (a.view_set, &a.augment) {
+        let set = ViewSetSpec {
+            augment: Augment::parse(augment)?,
+            seed: a.augment_seed,
+            views: what.len() as u64,
+        };
+        let quiet = a.storage.quiet;
+        // SAFETY: the logits files are not modified during the import (--logits' help).
+        return unsafe {
+            import_view_set(&what, &data, &a.storage.out, &opts, &set, |dir, m| {
+                report(m, dir, start.elapsed().as_secs_f64(), quiet)
+            })
+        };
+    }
+    let [what] = &what[..] else {
+        return Err(Error::Config {
+            field: "--logits".into(),
+            message: format!(
+                "{} files given; one builds a cache, several need --view-set",
+                what.len()
+            ),
+        });
+    };
+    // SAFETY: the logits file is not modified during the import (--logits' help).
+    let manifest = unsafe { import_logits_file(what, &data, &a.storage.out, &opts) }?;
     report(
         &manifest,
         &a.storage.out,

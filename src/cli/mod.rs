@@ -19,6 +19,7 @@ mod model;
 mod prune;
 mod sweep;
 mod train;
+mod views;
 
 /// Offline knowledge distillation: run the teacher once, cache its soft
 /// labels, train many students from the cache.
@@ -55,6 +56,11 @@ enum Command {
     Sweep(Box<sweep::SweepArgs>),
     /// Prune a model: l1-unstructured (masks) or l1-structured (a smaller spec).
     Prune(prune::PruneArgs),
+    /// Augmented views for an external teacher: `distill views export`.
+    Views {
+        #[command(subcommand)]
+        command: views::ViewsCommand,
+    },
     /// Compare a compute device's ops and gradients with the CPU's (exit 2
     /// on a mismatch); `make gpu-check` runs it with `--device cuda`.
     #[command(hide = true)]
@@ -89,6 +95,9 @@ fn run(cli: Cli) -> Result<()> {
         }
         Command::Sweep(args) => sweep::run(*args).map_err(|e| name_flags(e, sweep::RENAMES)),
         Command::Prune(args) => prune::run(args).map_err(|e| name_flags(e, prune::RENAMES)),
+        Command::Views { command } => {
+            views::run(command).map_err(|e| name_flags(e, views::RENAMES))
+        }
         Command::CheckDevice(args) => with_device(&args.device, Dispatch::CheckDevice),
     }
 }

@@ -51,6 +51,7 @@ use std::str::FromStr;
 pub use arrays::read_float_matrix;
 pub use idx::write_idx;
 pub use normalize::{Normalization, NormalizeSetting};
+pub use npy::{matrix_layout, MatrixLayout};
 pub use options::{DataOptions, LabelSet, Layout, OPTIONS_FILE};
 
 /// The largest number of classes a labels file may imply (largest label + 1).

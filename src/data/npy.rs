@@ -534,6 +534,21 @@ pub(super) fn read_matrix(path: &Path) -> Result<(usize, usize, Vec<f32>), DataE
     let field = "matrix";
     let (mut r, len) = open_file(path, field)?;
     let header = read_header(&mut r, len, path, field)?;
+    let (rows, cols) = matrix_dims(path, field, &header)?;
+    match read_data(&mut r, &header, path, field, cols, false)? {
+        Array::F32(v) => Ok((rows, cols, v)),
+        // read_data refuses u8 when allow_u8 is false.
+        Array::U8(_) => Err(DataError::Dtype {
+            path: path.to_path_buf(),
+            field: field.into(),
+            dtype: header.descr,
+            expected: "f2, f4 or f8 (float16/32/64)",
+        }),
+    }
+}
+
+/// The `[rows, cols]` of a matrix header: 2-D and not empty.
+fn matrix_dims(path: &Path, field: &str, header: &Header) -> Result<(usize, usize), DataError> {
     let (rows, cols) = match *header.shape {
         [rows, cols] => (rows, cols),
         _ => {
@@ -553,16 +568,62 @@ pub(super) fn read_matrix(path: &Path) -> Result<(usize, usize, Vec<f32>), DataE
             field: format!("{field} of shape [{rows}, {cols}]"),
         });
     }
-    match read_data(&mut r, &header, path, field, cols, false)? {
-        Array::F32(v) => Ok((rows, cols, v)),
-        // read_data refuses u8 when allow_u8 is false.
-        Array::U8(_) => Err(DataError::Dtype {
+    Ok((rows, cols))
+}
+
+/// Where a 2-D float `.npy` matrix's values are, for a reader that streams
+/// its rows (memory-mapped windows of the data section) instead of loading
+/// it: the header is checked as [`read_float_matrix`](super::read_float_matrix)
+/// checks it, and nothing past the header is read here.
+#[derive(Debug, Clone)]
+pub struct MatrixLayout {
+    pub rows: usize,
+    pub cols: usize,
+    /// Byte offset of the data section (row-major, `rows * cols` elements).
+    pub data_offset: u64,
+    elem: Elem,
+    big_endian: bool,
+}
+
+impl MatrixLayout {
+    /// Bytes per element.
+    pub fn elem_size(&self) -> usize {
+        self.elem.size()
+    }
+
+    /// Appends the values of the whole elements in `bytes` (a slice of the
+    /// data section) to `out` as f32.
+    pub fn extend_f32(&self, bytes: &[u8], out: &mut Vec<f32>) {
+        extend_f32(self.elem, self.big_endian, bytes, out)
+    }
+
+    /// Whether the data section is little-endian f32: its bytes are the values.
+    pub fn is_f32_le(&self) -> bool {
+        self.elem == Elem::F32 && !self.big_endian
+    }
+}
+
+/// Reads and checks the header of the 2-D float `.npy` matrix at `path`.
+pub fn matrix_layout(path: &Path) -> Result<MatrixLayout, DataError> {
+    let field = "matrix";
+    let (mut r, len) = open_file(path, field)?;
+    let header = read_header(&mut r, len, path, field)?;
+    let (rows, cols) = matrix_dims(path, field, &header)?;
+    if !header.elem.is_float() {
+        return Err(DataError::Dtype {
             path: path.to_path_buf(),
             field: field.into(),
             dtype: header.descr,
             expected: "f2, f4 or f8 (float16/32/64)",
-        }),
+        });
     }
+    Ok(MatrixLayout {
+        rows,
+        cols,
+        data_offset: header.data_offset,
+        elem: header.elem,
+        big_endian: header.big_endian,
+    })
 }
 
 #[cfg(test)]

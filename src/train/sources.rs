@@ -159,11 +159,13 @@ pub fn check_cache(
     if loss_cfg.needs_labels() && !cache.has_labels() && train.labels().is_none() {
         return Err(unlabelled(loss_cfg));
     }
-    if loss_cfg.kind == LossKind::Mse && cache.encoding().to_string().starts_with("topk") {
+    if loss_cfg.kind == LossKind::Mse && !cache.encoding().is_dense() {
         return Err(Error::Config {
             field: "loss.kind".into(),
-            message: "logit matching (mse) needs a dense cache (f32, f16 or q8); this one is top-k"
-                .into(),
+            message: format!(
+                "logit matching (mse) needs a dense cache (f32, f16, q8 or hq:N); this one is {}",
+                cache.encoding().describe()
+            ),
         });
     }
     Ok(())

@@ -6,11 +6,16 @@
 //! | `f16` | `4 + 2C` | gap to the row maximum in f16 (relative 2^-11) + an f32 offset; rows sum to one exactly | `f16.rs` |
 //! | `q8` | `8 + C` | gap to the row maximum in 8 bits (square-root or linear scale per record, clamped 16 + ln C nats down); rows sum to one exactly | `q8.rs` |
 //! | `topk:K` | `4 + 4K + wK` (w = 2 when C <= 65536, else 4) | the other C-K classes share the remaining mass uniformly | `topk.rs` |
+//! | `hq:N` (v2) | `C` | `sqrt(p/p_max)` in N uniform steps, one byte per class, entropy-coded by zstd; rows sum to one | `hq.rs` |
+//! | `topkp:K` (v2) | `8 + 2(K-1) + ceil(K·b/8)`, b = ceil(log2 C) | as `topk`, with f16 gaps and ids packed in b bits | `topkp.rs` |
+//! | `sampled:K+S` (v2) | `4K + ceil((K+S)·b/8)` | top K exact, the rest as S systematic draws: an unbiased estimate of the row; unsampled classes have zero mass | `sampled.rs` |
 //!
 //! Every record also carries its sample index (u64) and label (u32) in the
 //! block's columns; see `FORMAT.md`. Decoding always produces dense
 //! log-probabilities for all `C` classes, written straight into the caller's
-//! buffer, optionally re-tempered to another temperature.
+//! buffer, optionally re-tempered to another temperature. A sparse codec
+//! (`sampled`) writes [`ABSENT_LOGPROB`] for a class with no mass.
+//! `bits.rs` packs class ids for the codecs that store them.
 //!
 //! **Adding an encoding**: a new file here implementing `RecordCodec` with
 //! an unused tag, one line in `CODECS`, its byte layout in FORMAT.md, and a
@@ -22,12 +27,16 @@ use std::str::FromStr;
 
 use super::{CacheError, Result};
 
+pub mod bits;
 pub mod f16;
 pub mod f32;
+pub mod hq;
 pub mod q8;
+pub mod sampled;
 #[cfg(test)]
 pub(crate) mod tests;
 pub mod topk;
+pub mod topkp;
 
 pub use q8::q8_window;
 pub use topk::id_width;
@@ -39,13 +48,33 @@ pub(crate) trait RecordCodec: Sync {
     fn tag(&self) -> u16;
     /// The name in manifests and on the command line (`f16`, `topk`).
     fn name(&self) -> &'static str;
+    /// The first format version that has this codec (FORMAT.md, "Version policy").
+    fn since_version(&self) -> u32 {
+        1
+    }
     /// Whether the name carries a parameter (`topk:K`).
     fn takes_param(&self) -> bool {
         false
     }
+    /// The parameter written after the colon, if valid (default: 1..=65535).
+    fn parse_param(&self, text: &str) -> Option<u16> {
+        text.parse::<u16>().ok().filter(|&k| k > 0)
+    }
+    /// How the parameter is written after the colon.
+    fn format_param(&self, param: u16) -> String {
+        param.to_string()
+    }
+    /// The name with its parameter, as messages list it.
+    fn param_syntax(&self) -> String {
+        format!("{}:K (K between 1 and 65535)", self.name())
+    }
     /// True when every class is stored, so re-tempering is exact.
     fn is_dense(&self) -> bool {
         true
+    }
+    /// True when decoded rows may give classes no mass ([`ABSENT_LOGPROB`]).
+    fn is_sparse(&self) -> bool {
+        false
     }
     /// How messages describe what is stored (`top-5`).
     fn describe(&self, param: u16) -> String {
@@ -78,7 +107,16 @@ const CODECS: &[&dyn RecordCodec] = &[
     &f16::F16Codec,
     &q8::Q8Codec,
     &topk::TopKCodec,
+    &hq::HqCodec,
+    &topkp::TopKPackedCodec,
+    &sampled::SampledCodec,
 ];
+
+/// The log-probability a sparse codec decodes a class with no mass to: finite
+/// (readers refuse non-finite values) and far enough down that `exp` is
+/// exactly 0, so the KD loss's `p · log q` terms for it vanish, even after
+/// re-tempering by a factor of up to 10^8.
+pub const ABSENT_LOGPROB: f32 = -1e30;
 
 fn codec_by_tag(tag: u16) -> Option<&'static dyn RecordCodec> {
     CODECS.iter().copied().find(|c| c.tag() == tag)
@@ -105,6 +143,28 @@ impl Encoding {
     /// The `k` most probable classes exactly plus the remaining mass.
     pub const fn top_k(k: u16) -> Encoding {
         Encoding { tag: 3, param: k }
+    }
+
+    /// `sqrt(p/p_max)` in `levels` steps, one byte per class (`hq:N`, `levels` in 1..=255).
+    pub const fn hq(levels: u16) -> Encoding {
+        Encoding {
+            tag: 4,
+            param: levels,
+        }
+    }
+
+    /// `topk:K` with ids packed in `ceil(log2 C)` bits and f16 gaps (`topkp:K`).
+    pub const fn top_k_packed(k: u16) -> Encoding {
+        Encoding { tag: 5, param: k }
+    }
+
+    /// The top `top` classes exactly plus `draws` (>= 1) systematic draws
+    /// from the rest (`sampled:K+S`; both at most 255).
+    pub const fn sampled(top: u8, draws: u8) -> Encoding {
+        Encoding {
+            tag: 6,
+            param: ((top as u16) << 8) | draws as u16,
+        }
     }
 
     fn codec(self) -> &'static dyn RecordCodec {
@@ -135,6 +195,17 @@ impl Encoding {
         self.codec().is_dense()
     }
 
+    /// True when decoded rows may give classes no mass ([`ABSENT_LOGPROB`]),
+    /// so the writer's KL is the reverse one (`sampled`).
+    pub fn is_sparse(self) -> bool {
+        self.codec().is_sparse()
+    }
+
+    /// The first format version that can hold this encoding.
+    pub fn since_version(self) -> u32 {
+        self.codec().since_version()
+    }
+
     /// What messages call the stored values (`f16`, `top-5`).
     pub fn describe(self) -> String {
         self.codec().describe(self.param)
@@ -160,7 +231,7 @@ impl fmt::Display for Encoding {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let codec = self.codec();
         if codec.takes_param() {
-            write!(f, "{}:{}", codec.name(), self.param)
+            write!(f, "{}:{}", codec.name(), codec.format_param(self.param))
         } else {
             f.write_str(codec.name())
         }
@@ -175,7 +246,7 @@ impl FromStr for Encoding {
                 .iter()
                 .map(|c| {
                     if c.takes_param() {
-                        format!("{}:K (K between 1 and 65535)", c.name())
+                        c.param_syntax()
                     } else {
                         c.name().to_string()
                     }
@@ -193,10 +264,7 @@ impl FromStr for Encoding {
         let codec = CODECS.iter().find(|c| c.name() == name).ok_or_else(bad)?;
         let param = match (codec.takes_param(), param) {
             (false, None) => 0,
-            (true, Some(p)) => match p.parse::<u16>() {
-                Ok(k) if k > 0 => k,
-                _ => return Err(bad()),
-            },
+            (true, Some(p)) => codec.parse_param(p).ok_or_else(bad)?,
             _ => return Err(bad()),
         };
         Ok(Encoding {
@@ -299,14 +367,27 @@ pub(crate) fn retemper_rows(out: &mut [f32], classes: usize, stored: f32, wanted
 pub(crate) use crate::numeric::argmax;
 
 /// Per-record fidelity of a decoded row against the exact one:
-/// (KL(exact || decoded) in nats, same top-1 class, entropy of exact in nats).
+/// (KL in nats, same top-1 class, entropy of exact in nats).
+///
+/// The KL is KL(exact || decoded), except for a sparse row (a `sampled`
+/// record, which gives some classes of the exact row no mass): that KL is
+/// infinite, so it is KL(decoded || exact) there, the KD loss such a target
+/// gives a student equal to the teacher, less the target's entropy.
 pub(crate) fn row_fidelity(exact: &[f32], decoded: &[f32]) -> (f64, bool, f64) {
     let mut kl = 0.0f64;
+    let mut reverse = 0.0f64;
     let mut ent = 0.0f64;
+    let mut sparse = false;
     for (&p_lp, &q_lp) in exact.iter().zip(decoded) {
         let p = (p_lp as f64).exp();
+        let q = (q_lp as f64).exp();
+        sparse |= q == 0.0 && p > 0.0;
         kl += p * (p_lp as f64 - q_lp as f64);
+        if q > 0.0 {
+            reverse += q * (q_lp as f64 - p_lp as f64);
+        }
         ent -= p * p_lp as f64;
     }
+    let kl = if sparse { reverse } else { kl };
     (kl.max(0.0), argmax(exact) == argmax(decoded), ent)
 }

@@ -260,3 +260,254 @@ fn fidelity_table() {
         }
     }
 }
+
+// ---- Format version 2 codecs: hq, topkp, sampled ----
+
+#[test]
+fn parse_and_display_v2_codecs() {
+    for s in [
+        "hq:1",
+        "hq:32",
+        "hq:255",
+        "topkp:20",
+        "sampled:3",
+        "sampled:1+3",
+        "sampled:255+255",
+        "sampled:0+12",
+    ] {
+        let e: Encoding = s.parse().unwrap();
+        let shown = e.to_string();
+        assert_eq!(shown, s.replace("sampled:0+", "sampled:"), "{s}");
+        assert_eq!(shown.parse::<Encoding>().unwrap(), e);
+        assert_eq!(e.since_version(), 2, "{s}");
+        assert_eq!(Encoding::from_tag(e.tag(), e.param()), Some(e));
+    }
+    for s in [
+        "hq:0",
+        "hq:256",
+        "hq",
+        "topkp:0",
+        "sampled:0",
+        "sampled:1+0",
+        "sampled:256",
+        "sampled:+3",
+        "sampled:1+",
+        "sampled:300+3",
+        "sampled:-1+3",
+    ] {
+        let e = s.parse::<Encoding>().unwrap_err().to_string();
+        assert!(
+            e.contains("not an encoding") && e.contains("sampled:K+S"),
+            "{s}: {e}"
+        );
+    }
+    assert_eq!(Encoding::sampled(1, 3).to_string(), "sampled:1+3");
+    assert_eq!(Encoding::hq(32).to_string(), "hq:32");
+    assert!(Encoding::hq(300).check_classes(10).is_err());
+    assert!(Encoding::sampled(10, 3).check_classes(10).is_err());
+    assert!(Encoding::sampled(9, 3).check_classes(10).is_ok());
+    assert!(Encoding::top_k_packed(10).check_classes(10).is_err());
+    assert!(Encoding::hq(32).is_dense());
+    assert!(!Encoding::sampled(0, 3).is_dense() && !Encoding::top_k_packed(3).is_dense());
+    assert!(Encoding::sampled(0, 3).is_sparse());
+    assert!(!Encoding::top_k_packed(3).is_sparse() && !Encoding::hq(8).is_sparse());
+    assert_eq!(Encoding::Q8.since_version(), 1);
+}
+
+#[test]
+fn payload_sizes_pack_ids() {
+    assert_eq!(Encoding::hq(32).payload_bytes(10), 10);
+    // sampled:3 at 10 classes: three 4-bit ids.
+    assert_eq!(Encoding::sampled(0, 3).payload_bytes(10), 2);
+    assert_eq!(Encoding::sampled(1, 3).payload_bytes(10), 4 + 2);
+    assert_eq!(Encoding::sampled(0, 24).payload_bytes(1000), 30);
+    assert_eq!(Encoding::sampled(0, 24).payload_bytes(128_000), 51);
+    assert_eq!(
+        Encoding::top_k_packed(20).payload_bytes(32_000),
+        8 + 38 + 38
+    );
+    assert_eq!(
+        Encoding::top_k_packed(20).payload_bytes(128_000),
+        8 + 38 + 43
+    );
+}
+
+proptest! {
+    #[test]
+    fn hq_roundtrip_within_bound((c, logits) in rows_strategy(), t in 0.5f32..8.0, levels in 1u16..=255) {
+        let lp = lp_of(&logits, c, t);
+        let dec = roundtrip(Encoding::hq(levels), &lp, c);
+        let n = levels as f32;
+        for (e, d) in lp.chunks_exact(c).zip(dec.chunks_exact(c)) {
+            let s: f64 = d.iter().map(|&v| (v as f64).exp()).sum();
+            prop_assert!((s - 1.0).abs() < 1e-5, "sum {s}");
+            let hi = e.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            let dhi = d.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            for (&a, &b) in e.iter().zip(d) {
+                // sqrt(p/p_max) is stored within half a step, plus the
+                // reconstruction's sqrt(1/12)/N lift of small codes.
+                let u = ((a - hi) * 0.5).exp();
+                let z = ((b - dhi) * 0.5).exp();
+                prop_assert!((u - z).abs() <= (0.5 + 0.2887) / n + 1e-5, "u {u} decoded {z} at N {n}");
+            }
+            let (kl, _, _) = row_fidelity(e, d);
+            prop_assert!(kl <= 2.0 * (c as f64 - 1.0) / (n as f64 * n as f64) + 1e-6, "KL {kl} at N {n}, C {c}");
+        }
+    }
+
+    #[test]
+    fn topkp_roundtrip_within_bound((c, logits) in rows_strategy(), t in 0.5f32..8.0, kf in 0.0f64..1.0) {
+        let k = (1 + ((c - 1) as f64 * kf) as usize).min(c - 1) as u16;
+        let lp = lp_of(&logits, c, t);
+        let dec = roundtrip(Encoding::top_k_packed(k), &lp, c);
+        let exact_topk = roundtrip(Encoding::top_k(k), &lp, c);
+        for (e, (d, x)) in lp.chunks_exact(c).zip(dec.chunks_exact(c).zip(exact_topk.chunks_exact(c))) {
+            let s: f64 = d.iter().map(|&v| (v as f64).exp()).sum();
+            prop_assert!((s - 1.0).abs() < 1e-5, "sum {s}");
+            let hi = e.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            // The same classes as topk, each within the f16 gap's rounding.
+            for (j, (&a, &b)) in x.iter().zip(d).enumerate() {
+                let gap = hi - e[j];
+                prop_assert!((a - b).abs() <= gap * 4.9e-4 + 2e-4, "class {j}: topk {a} topkp {b}");
+            }
+        }
+    }
+
+    #[test]
+    fn sampled_decodes_to_floor_or_ceil_counts((c, logits) in rows_strategy(), t in 0.5f32..8.0, kf in 0.0f64..1.0, s in 1u8..40) {
+        let k = ((c - 1) as f64 * kf) as u8;
+        let lp = lp_of(&logits, c, t);
+        let dec = roundtrip(Encoding::sampled(k, s), &lp, c);
+        for (e, d) in lp.chunks_exact(c).zip(dec.chunks_exact(c)) {
+            let mass: f64 = d.iter().map(|&v| (v as f64).exp()).sum();
+            prop_assert!((mass - 1.0).abs() < 1e-5, "mass {mass}");
+            let mut order = Vec::new();
+            let log_rest = topk::select_top_k(e, k as usize, &mut order);
+            for &i in &order[..k as usize] {
+                prop_assert_eq!(e[i as usize].to_bits(), d[i as usize].to_bits());
+            }
+            // Each other class holds n/S of the rest, n the floor or the ceiling of S·w.
+            let rest = (log_rest as f64).exp();
+            let top_mass: f64 = order[..k as usize].iter().map(|&i| (e[i as usize] as f64).exp()).sum();
+            let r = 1.0 - top_mass;
+            if r < 1e-9 {
+                // The rest is below what 1 − Σ top resolves: it decodes to (next to) no mass.
+                continue;
+            }
+            let mut draws = 0.0;
+            for &i in &order[k as usize..] {
+                let w = (e[i as usize] as f64).exp() / rest;
+                let n = if d[i as usize] == ABSENT_LOGPROB { 0.0 } else { (d[i as usize] as f64).exp() / r * s as f64 };
+                prop_assert!((n - n.round()).abs() < 1e-3 * s as f64, "count {n}");
+                let sw = s as f64 * w;
+                prop_assert!(n.round() >= (sw - 1e-6).floor(), "count {n} below the floor of {sw}");
+                prop_assert!(n.round() <= (sw + 1e-6).ceil(), "count {n} above the ceiling of {sw}");
+                draws += n.round();
+            }
+            prop_assert_eq!(draws, s as f64);
+        }
+    }
+
+    /// Random payload bytes: every codec's decoder errs or decodes, never panics.
+    #[test]
+    fn hostile_payloads_never_panic(
+        which in 0usize..7, c in 1usize..300, param in any::<u16>(),
+        bytes in prop::collection::vec(any::<u8>(), 0..2000), rows in 1usize..4,
+    ) {
+        let enc = [
+            Encoding::F32, Encoding::F16, Encoding::Q8, Encoding::top_k(param % 50 + 1),
+            Encoding::hq(param % 255 + 1), Encoding::top_k_packed(param % 50 + 1),
+            Encoding::sampled((param >> 8) as u8 % 40, (param as u8).max(1)),
+        ][which];
+        if enc.check_classes(c).is_ok() {
+            let codec = Codec::new(enc, c);
+            let mut payload = bytes;
+            payload.resize(rows * codec.payload, 0x5A);
+            let mut out = vec![0.0f32; rows * c];
+            let _ = codec.decode_rows(&payload, &mut out);
+        }
+    }
+}
+
+#[test]
+fn hostile_v2_records_are_refused_with_reasons() {
+    let err = |enc: Encoding, c: usize, bytes: &[u8]| {
+        let mut out = vec![0.0; c];
+        Codec::new(enc, c).decode_rows(bytes, &mut out).unwrap_err()
+    };
+    // hq: a code above N.
+    let mut b = vec![0u8; 10];
+    b[3] = 33;
+    assert!(err(Encoding::hq(32), 10, &b).contains("code 33"));
+    // sampled:1+2 at 10 classes: value, then ids 4 bits each.
+    let rec = |v: f32, ids: [u32; 3]| {
+        let mut b = v.to_le_bytes().to_vec();
+        bits::pack(ids, 4, &mut b);
+        b
+    };
+    assert!(
+        err(Encoding::sampled(1, 2), 10, &rec(0.5, [1, 2, 3])).contains("not a log-probability")
+    );
+    assert!(err(Encoding::sampled(1, 2), 10, &rec(-0.5, [1, 1, 3])).contains("top classes"));
+    assert!(err(Encoding::sampled(1, 2), 10, &rec(-0.5, [1, 4, 3])).contains("ascending"));
+    assert!(err(Encoding::sampled(1, 2), 10, &rec(-0.5, [1, 4, 12])).contains("class 12"));
+    let ok = rec(-0.5, [1, 3, 4]);
+    let mut out = vec![0.0; 10];
+    Codec::new(Encoding::sampled(1, 2), 10)
+        .decode_rows(&ok, &mut out)
+        .unwrap();
+    let r = 1.0 - (-0.5f64).exp();
+    assert_eq!(out[1], -0.5);
+    assert!((out[3] as f64 - (r / 2.0).ln()).abs() < 1e-6);
+    assert_eq!(out[0], ABSENT_LOGPROB);
+    // topkp: a repeated id.
+    let mut b = (-2.0f32).to_le_bytes().to_vec();
+    b.extend_from_slice(&(-0.2f32).to_le_bytes());
+    b.extend_from_slice(&half::f16::from_f32(1.0).to_bits().to_le_bytes());
+    bits::pack([5, 5], 4, &mut b);
+    assert!(err(Encoding::top_k_packed(2), 10, &b).contains("repeats class 5"));
+}
+
+/// The sampled estimate averaged over a fine grid of the draw's offset `U`
+/// is the teacher's row: systematic draws are unbiased class by class.
+#[test]
+fn sampled_average_over_offsets_is_the_row() {
+    for (c, k, s) in [
+        (10usize, 0usize, 3usize),
+        (10, 1, 3),
+        (1000, 0, 24),
+        (1000, 2, 12),
+    ] {
+        let lp = lp_of(&teacher_logits(3, c, 5), c, 2.0);
+        for row in lp.chunks_exact(c) {
+            let grid = 4000;
+            let mut mean = vec![0.0f64; c];
+            let mut out = vec![0.0f32; c];
+            for j in 0..grid {
+                sampled::sampled_row(row, k, s, (j as f64 + 0.5) / grid as f64, &mut out).unwrap();
+                for (m, &v) in mean.iter_mut().zip(&out) {
+                    *m += (v as f64).exp() / grid as f64;
+                }
+            }
+            let worst = mean
+                .iter()
+                .zip(row)
+                .map(|(m, &e)| (m - (e as f64).exp()).abs())
+                .fold(0.0, f64::max);
+            // A grid of M offsets pins each class's mean within 1/M of its share.
+            assert!(
+                worst <= 1.0 / grid as f64 + 1e-6,
+                "C={c} K={k} S={s}: worst {worst}"
+            );
+        }
+    }
+}
+
+#[test]
+fn sparse_rows_report_the_reverse_kl() {
+    let exact = [(0.5f32).ln(), (0.3f32).ln(), (0.2f32).ln()];
+    let decoded = [0.0f32, ABSENT_LOGPROB, ABSENT_LOGPROB];
+    let (kl, agree, _) = row_fidelity(&exact, &decoded);
+    assert!((kl - (1.0f64 / 0.5).ln()).abs() < 1e-6, "{kl}");
+    assert!(agree);
+}

@@ -47,24 +47,9 @@ impl RecordCodec for TopKCodec {
 
     fn encode_row(&self, param: u16, lp: &[f32], out: &mut Vec<u8>, scratch: &mut EncodeScratch) {
         let classes = lp.len();
-        let k = param;
-        let k = k as usize;
-        let order = &mut scratch.order;
-        order.clear();
-        order.extend(0..classes as u32);
-        let cmp = |a: &u32, b: &u32| lp[*b as usize].total_cmp(&lp[*a as usize]).then(a.cmp(b));
-        order.select_nth_unstable_by(k - 1, cmp);
-        order[..k].sort_unstable_by(cmp);
-        // The remaining mass, computed from the tail itself (no 1 - sum cancellation).
-        let tail_max = order[k..]
-            .iter()
-            .map(|&i| lp[i as usize])
-            .fold(f32::NEG_INFINITY, f32::max);
-        let tail_sum: f32 = order[k..]
-            .iter()
-            .map(|&i| (lp[i as usize] - tail_max).exp())
-            .sum();
-        let log_rest = tail_max + tail_sum.ln();
+        let k = param as usize;
+        let log_rest = select_top_k(lp, k, &mut scratch.order);
+        let order = &scratch.order;
         out.extend_from_slice(&log_rest.to_le_bytes());
         for &i in &order[..k] {
             out.extend_from_slice(&lp[i as usize].to_le_bytes());
@@ -120,6 +105,34 @@ impl RecordCodec for TopKCodec {
         }
         Ok(())
     }
+}
+
+/// Puts the `k` most probable classes of `lp` (ties: lower id first) in
+/// decreasing probability at the front of `order` (which then holds every
+/// class id) and returns `log Σ p` over the others, computed from the tail
+/// itself (no `1 − Σ` cancellation); `-inf` when `k` covers every class.
+/// Shared by the codecs that keep the top classes (`topk`, `topkp`, `sampled`).
+pub(super) fn select_top_k(lp: &[f32], k: usize, order: &mut Vec<u32>) -> f32 {
+    order.clear();
+    order.extend(0..lp.len() as u32);
+    let cmp = |a: &u32, b: &u32| lp[*b as usize].total_cmp(&lp[*a as usize]).then(a.cmp(b));
+    if k > 0 && k < lp.len() {
+        order.select_nth_unstable_by(k - 1, cmp);
+    }
+    let k = k.min(lp.len());
+    order[..k].sort_unstable_by(cmp);
+    let tail_max = order[k..]
+        .iter()
+        .map(|&i| lp[i as usize])
+        .fold(f32::NEG_INFINITY, f32::max);
+    if tail_max == f32::NEG_INFINITY {
+        return f32::NEG_INFINITY;
+    }
+    let tail_sum: f32 = order[k..]
+        .iter()
+        .map(|&i| (lp[i as usize] - tail_max).exp())
+        .sum();
+    tail_max + tail_sum.ln()
 }
 
 /// Bytes per stored class id in a top-k record.

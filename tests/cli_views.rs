@@ -1,0 +1,355 @@
+//! An external teacher's round trip: `distill views export` writes the
+//! images of a view set, the teacher's logits come back through `distill
+//! cache import --view-set`, and the view set equals the one `distill cache
+//! build --augment` writes with distill's own teacher, within the encoding's
+//! error. distill's teacher stands in for the external one here (its logits
+//! computed through the library on the exported files); the PyTorch version
+//! (`examples/pytorch_teacher.py`) runs when PyTorch is installed.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use distill::cache::CacheViews;
+use distill::data::augment::Augment;
+use distill::data::{Dataset, Split};
+
+use crate::util::*;
+
+const AUG: [&str; 4] = ["--augment", "flip,shift=2", "--augment-seed", "5"];
+/// The round trips run on the committed test split (1,000 images) to stay quick.
+const SPLIT: [&str; 2] = ["--split", "test"];
+
+/// An f32 `.npy` as `views export` writes it: (shape, values).
+fn read_f32_npy(path: &Path) -> (Vec<usize>, Vec<f32>) {
+    let b = fs::read(path).unwrap();
+    assert_eq!(&b[..8], b"\x93NUMPY\x01\x00", "{}", path.display());
+    let hlen = u16::from_le_bytes([b[8], b[9]]) as usize;
+    let header = std::str::from_utf8(&b[10..10 + hlen]).unwrap();
+    assert!(
+        header.contains("'descr': '<f4'") && header.contains("'fortran_order': False"),
+        "{header}"
+    );
+    let dims = header
+        .split("'shape': (")
+        .nth(1)
+        .unwrap()
+        .split(')')
+        .next()
+        .unwrap();
+    let shape: Vec<usize> = dims
+        .split(',')
+        .filter_map(|d| d.trim().parse().ok())
+        .collect();
+    let values = b[10 + hlen..]
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect();
+    (shape, values)
+}
+
+fn export(cwd: &Path, views: &str, out: &str, split: &[&str]) -> String {
+    let data = s(&small_data());
+    let mut args = vec![
+        "views", "export", "--data", &data, "--views", views, "--out", out,
+    ];
+    args.extend(AUG);
+    args.extend(split);
+    ok(cwd, &args)
+}
+
+/// Each exported file holds, in sample order, the dataset's images drawn
+/// through the view's augmentation: what `cache build --augment` shows the teacher.
+#[test]
+fn exported_views_are_the_images_of_the_view_set() {
+    let tmp = tempfile::tempdir().unwrap();
+    let printed = export(tmp.path(), "2", "views", &[]);
+    assert!(printed.contains("view-1-images.npy"), "{printed}");
+    let train = Dataset::open(&small_data(), Split::Train).unwrap();
+    let a = Augment::parse("flip,shift=2").unwrap();
+    let n = train.len();
+    let all: Vec<usize> = (0..n).collect();
+    let mut differ = 0;
+    let mut plain = vec![0f32; n * train.sample_len()];
+    train.fill_inputs(&all, &mut plain);
+    for v in 0..2u64 {
+        let (shape, got) = read_f32_npy(&tmp.path().join(format!("views/view-{v}-images.npy")));
+        assert_eq!(shape, [n, 1, 28, 28]);
+        let mut want = plain.clone();
+        a.apply_batch(5, v, &all, train.sample_shape(), &mut want);
+        assert!(
+            got == want,
+            "view {v} differs from fill_inputs + Augment::apply_batch"
+        );
+        differ += (got != plain) as usize;
+    }
+    assert_eq!(differ, 2, "the views must be augmented");
+    // Nothing but the K files (no temporary left behind).
+    let names: Vec<String> = fs::read_dir(tmp.path().join("views"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(names.len(), 2, "{names:?}");
+}
+
+/// Writes `[N, C]` f32 logits as `.npy`.
+fn write_logits(path: &Path, n: usize, c: usize, logits: &[f32]) {
+    let bytes: Vec<u8> = logits.iter().flat_map(|v| v.to_le_bytes()).collect();
+    write_npy(path, "<f4", &[n, c], &bytes);
+}
+
+/// Decoded view sets, view by view, agree within `tol(exact)` per value.
+fn assert_same_views(a: &Path, b: &Path, t: f32, tol: impl Fn(f32, f32) -> f32) {
+    // SAFETY: both sets were written by this test and are only read.
+    let (a, b) = unsafe { (CacheViews::open(a).unwrap(), CacheViews::open(b).unwrap()) };
+    assert_eq!(a.views().len(), b.views().len());
+    assert_eq!(a.view_info(), b.view_info());
+    for (v, (ra, rb)) in a.views().iter().zip(b.views()).enumerate() {
+        let (da, db) = (
+            ra.read_all(t, false).unwrap(),
+            rb.read_all(t, false).unwrap(),
+        );
+        assert_eq!(da.labels, db.labels);
+        let c = ra.num_classes();
+        for (row, (x, y)) in da
+            .logprobs
+            .chunks_exact(c)
+            .zip(db.logprobs.chunks_exact(c))
+            .enumerate()
+        {
+            let hi = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            for (&p, &q) in x.iter().zip(y) {
+                assert!(
+                    (p - q).abs() <= tol(hi, p),
+                    "view {v} row {row}: {p} vs {q}"
+                );
+            }
+        }
+    }
+}
+
+/// One hq:32 step at log-probability `p` below the top `hi`, in log space:
+/// `sqrt(p/p_max)` may move by 1/32 (plus the zero code's floor).
+fn hq_step(hi: f32, p: f32) -> f32 {
+    let u = ((p - hi) * 0.5).exp();
+    let lower = (u - 1.0 / 32.0).max(1.0 / (32.0 * 12f32.sqrt()));
+    2.0 * (u / lower).ln() + 1e-3
+}
+
+/// Export, distill's teacher on the exported files as an external teacher,
+/// import: the view set equals the one distill builds itself (f32: to the
+/// float rounding of a different batch size; hq:32: within one of its steps).
+#[test]
+fn view_set_round_trip_equals_the_one_distill_builds() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (data, teacher) = (s(&small_data()), s(&teacher_dir()));
+    export(tmp.path(), "2", "views", &SPLIT);
+    let model = distill::model::io::load_weights(
+        &teacher_dir().join("model.safetensors"),
+        None,
+        dfdx::prelude::Cpu::default(),
+    )
+    .unwrap();
+    let mut logit_args: Vec<String> = Vec::new();
+    for v in 0..2 {
+        let (shape, images) = read_f32_npy(&tmp.path().join(format!("views/view-{v}-images.npy")));
+        let logits = model.predict(images, shape[0]).as_vec();
+        let file = tmp.path().join(format!("view-{v}-logits.npy"));
+        write_logits(&file, shape[0], 10, &logits);
+        logit_args.extend(["--logits".into(), s(&file)]);
+    }
+    for enc in ["f32", "hq:32"] {
+        let built = format!("built-{}", enc.replace(':', "-"));
+        let mut args = vec![
+            "cache",
+            "build",
+            "--teacher",
+            &teacher,
+            "--data",
+            &data,
+            "-T",
+            "4",
+            "--encoding",
+            enc,
+            "--out",
+            &built,
+            "--views",
+            "2",
+            "-q",
+        ];
+        args.extend(AUG);
+        args.extend(SPLIT);
+        ok(tmp.path(), &args);
+        let imported = format!("imported-{}", enc.replace(':', "-"));
+        let mut args = vec![
+            "cache",
+            "import",
+            "--view-set",
+            "--data",
+            &data,
+            "-T",
+            "4",
+            "--encoding",
+            enc,
+            "--out",
+            &imported,
+            "-q",
+        ];
+        args.extend(AUG);
+        args.extend(SPLIT);
+        args.extend(logit_args.iter().map(String::as_str));
+        let printed = ok(tmp.path(), &args);
+        assert!(printed.contains("view-1"), "{printed}");
+        // hq:32 rounds sqrt(p/p_max) to 1/32 steps: two logits that differ
+        // in the last bits may round to neighbouring codes, so compare in
+        // that domain (one step) rather than in log space.
+        let tol: &dyn Fn(f32, f32) -> f32 = if enc == "f32" { &|_, _| 2e-4 } else { &hq_step };
+        assert_same_views(
+            &tmp.path().join(&built),
+            &tmp.path().join(&imported),
+            4.0,
+            tol,
+        );
+    }
+}
+
+/// Bad imports are refused with the flag or file named, nothing written.
+#[test]
+fn view_set_import_refuses_bad_input() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = s(&small_data());
+    let good = tmp.path().join("good.npy");
+    write_logits(&good, 2000, 10, &vec![0.5; 2000 * 10]);
+    let short = tmp.path().join("short.npy");
+    write_logits(&short, 1999, 10, &vec![0.5; 1999 * 10]);
+    let (g, sh) = (s(&good), s(&short));
+    let base = [
+        "cache", "import", "--data", &data, "-T", "4", "--out", "set",
+    ];
+    // Several files without --view-set.
+    let mut a = base.to_vec();
+    a.extend(["--logits", &g, "--logits", &g]);
+    fails(tmp.path(), &a, &["--logits", "--view-set"]);
+    // --view-set needs --augment (clap's usage error).
+    let mut a = base.to_vec();
+    a.extend(["--view-set", "--logits", &g]);
+    fails(tmp.path(), &a, &["--augment"]);
+    // A view's file with the wrong number of rows is named.
+    let mut a = base.to_vec();
+    a.extend(["--view-set", "--logits", &g, "--logits", &sh]);
+    a.extend(AUG);
+    fails(tmp.path(), &a, &["short.npy", "1999 rows"]);
+    assert!(
+        !tmp.path().join("set/view-0").exists(),
+        "nothing is written before every file is checked"
+    );
+    // views export: no views, or an augmentation the data cannot take.
+    let out = s(&tmp.path().join("v"));
+    let mut a = vec![
+        "views", "export", "--data", &data, "--views", "0", "--out", &out,
+    ];
+    a.extend(AUG);
+    fails(tmp.path(), &a, &["--views"]);
+    fails(
+        tmp.path(),
+        &[
+            "views",
+            "export",
+            "--data",
+            &data,
+            "--augment",
+            "shift=40",
+            "--out",
+            &out,
+        ],
+        &["--augment"],
+    );
+}
+
+/// A Python with PyTorch: `DISTILL_TORCH_PYTHON`, else the venv the
+/// reference scripts use, else `python3`; `None` when none imports torch.
+fn torch_python() -> Option<PathBuf> {
+    let candidates = [
+        std::env::var_os("DISTILL_TORCH_PYTHON").map(PathBuf::from),
+        Some(PathBuf::from("/work/venv-torch/bin/python")),
+        Some(PathBuf::from("python3")),
+    ];
+    candidates.into_iter().flatten().find(|py| {
+        Command::new(py)
+            .args(["-c", "import torch, numpy, safetensors"])
+            .output()
+            .is_ok_and(|o| o.status.success())
+    })
+}
+
+/// `examples/pytorch_teacher.py`: PyTorch runs the teacher on the exported
+/// views; the view set it imports equals distill's own within f16's error
+/// (PyTorch's and distill's float arithmetic differ in the last bits).
+#[test]
+fn pytorch_teacher_example_round_trip() {
+    let Some(python) = torch_python() else {
+        eprintln!(
+            "skipped: no python with torch, numpy and safetensors (set DISTILL_TORCH_PYTHON)"
+        );
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let (data, teacher) = (s(&small_data()), s(&teacher_dir()));
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/pytorch_teacher.py");
+    let out = Command::new(&python)
+        .arg(&script)
+        .args([
+            "--distill",
+            env!("CARGO_BIN_EXE_distill"),
+            "--data",
+            &data,
+            "--teacher",
+            &teacher,
+        ])
+        .args([
+            "--augment",
+            "flip,shift=2",
+            "--augment-seed",
+            "5",
+            "--views",
+            "2",
+            "--encoding",
+            "f16",
+        ])
+        .args(["--split", "test", "--out", &s(&tmp.path().join("pt"))])
+        .env("OMP_NUM_THREADS", "1")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut args = vec![
+        "cache",
+        "build",
+        "--teacher",
+        &teacher,
+        "--data",
+        &data,
+        "-T",
+        "4",
+        "--encoding",
+        "f16",
+        "--out",
+        "built",
+        "--views",
+        "2",
+        "-q",
+    ];
+    args.extend(AUG);
+    args.extend(SPLIT);
+    ok(tmp.path(), &args);
+    assert_same_views(
+        &tmp.path().join("built"),
+        &tmp.path().join("pt/cache"),
+        4.0,
+        |hi, p| 2.0 * (hi - p) / 2048.0 + 1e-3,
+    );
+}
