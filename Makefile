@@ -24,7 +24,7 @@ SEED         ?= 0
 RUNS         ?= runs
 CACHE_DIR     = $(CACHES)/fashion-T$(CACHE_T)-$(ENCODING)
 
-.PHONY: all build build-cuda gpu-bundle gpu-check data teacher teacher-long cache train-student baseline sweep test stress bench bench-pytorch clean-runs
+.PHONY: distill-best all build build-cuda gpu-bundle gpu-check data teacher teacher-long cache train-student baseline sweep test stress bench bench-pytorch clean-runs
 
 all: build
 
@@ -124,6 +124,57 @@ sweep: cache
 	  --teacher $(TEACHER) --students $(SWEEP_STUDENTS) --temperatures $(SWEEP_TEMPS) \
 	  --alphas $(SWEEP_ALPHAS) --baseline --epochs $(SWEEP_EPOCHS) --seed $(SEED) \
 	  --jobs $(SWEEP_JOBS) --out $(SWEEP_OUT)
+
+# The headline recipe (README.md, "Results"): the long teacher's caches,
+# built as needed, then for each of BEST_SEEDS the student distilled at
+# BEST_T / BEST_ALPHA for BEST_EPOCHS and its hard-label baselines trained as
+# long with the same optimizer and normalisation (plain, and augmented with
+# BEST_BASE_AUGMENT); the means over the seeds at the end. With BEST_AUGMENT
+# the student distils from a view set of that augmentation (BEST_VIEWS
+# views) and both its augmented baseline and its views use it. Finished runs
+# are kept, so a rerun only prints the table. Settings come from validation
+# (README.md); e.g. `make distill-best STUDENT=cnn:c8-p-c16-p-10 BEST_EPOCHS=30`.
+comma := ,
+BEST_TEACHER      ?= $(TEACHER_LONG)
+BEST_EPOCHS       ?= 60
+BEST_T            ?= 1
+BEST_ALPHA        ?= 0.1
+BEST_SEEDS        ?= 0 1 2
+BEST_AUGMENT      ?=
+BEST_VIEWS        ?= 16
+BEST_BASE_AUGMENT ?= $(if $(BEST_AUGMENT),$(BEST_AUGMENT),flip$(comma)shift=2)
+BEST_CACHES       ?= $(CACHES)/best-$(notdir $(BEST_TEACHER))-T$(CACHE_T)-$(ENCODING)
+BEST_OUT          ?= $(RUNS)/best
+BEST_VIEW_SET      = $(BEST_CACHES)/views-$(subst =,,$(subst $(comma),-,$(BEST_AUGMENT)))-k$(BEST_VIEWS)
+BEST_TRAIN         = $(if $(BEST_AUGMENT),$(BEST_VIEW_SET),$(BEST_CACHES)/train)
+BEST_RUN           = $(BEST_OUT)/$(STUDENT_TAG)-e$(BEST_EPOCHS)
+BEST_KD_RUN        = $(BEST_RUN)-kd-T$(BEST_T)-a$(BEST_ALPHA)$(if $(BEST_AUGMENT),-views-$(subst =,,$(subst $(comma),-,$(BEST_AUGMENT)))-k$(BEST_VIEWS))
+
+distill-best: | $(BIN) data
+	$(MAKE) $(BEST_CACHES)/test/manifest.json
+	$(if $(BEST_AUGMENT),$(MAKE) $(BEST_VIEW_SET)/view-0/manifest.json,$(MAKE) $(BEST_CACHES)/train/manifest.json)
+	set -e; for s in $(BEST_SEEDS); do \
+	  [ -f $(BEST_RUN)-baseline-s$$s/model.json ] || $(BIN) train --data $(DATA) \
+	    --student $(STUDENT) --epochs $(BEST_EPOCHS) --seed $$s --out $(BEST_RUN)-baseline-s$$s; \
+	  [ -f $(BEST_RUN)-baseline-aug-s$$s/model.json ] || $(BIN) train --data $(DATA) \
+	    --student $(STUDENT) --epochs $(BEST_EPOCHS) --seed $$s --augment $(BEST_BASE_AUGMENT) \
+	    --out $(BEST_RUN)-baseline-aug-s$$s; \
+	  [ -f $(BEST_KD_RUN)-s$$s/model.json ] || $(BIN) train --data $(DATA) \
+	    --student $(STUDENT) --epochs $(BEST_EPOCHS) --seed $$s --cache $(BEST_TRAIN) \
+	    --test-cache $(BEST_CACHES)/test -T $(BEST_T) --alpha $(BEST_ALPHA) \
+	    --out $(BEST_KD_RUN)-s$$s; \
+	done
+	sh scripts/summarize_runs.sh $(foreach s,$(BEST_SEEDS),$(BEST_RUN)-baseline-s$(s)) \
+	  $(foreach s,$(BEST_SEEDS),$(BEST_RUN)-baseline-aug-s$(s)) \
+	  $(foreach s,$(BEST_SEEDS),$(BEST_KD_RUN)-s$(s))
+
+$(BEST_CACHES)/%/manifest.json: | $(BIN) data
+	$(BIN) cache build --teacher $(BEST_TEACHER) --data $(DATA) --split $* -T $(CACHE_T) \
+	  --encoding $(ENCODING) --out $(BEST_CACHES)/$*
+
+$(BEST_VIEW_SET)/view-0/manifest.json: | $(BIN) data
+	$(BIN) cache build --teacher $(BEST_TEACHER) --data $(DATA) --split train -T $(CACHE_T) \
+	  --encoding $(ENCODING) --augment $(BEST_AUGMENT) --views $(BEST_VIEWS) --out $(BEST_VIEW_SET)
 
 test:
 	$(CARGO) test --locked
