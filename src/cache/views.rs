@@ -120,12 +120,11 @@ impl ViewSetSummary {
         let clean = self.clean_agreement?;
         let (worst, worst_agreement) = bad.iter().copied().min_by(|a, b| a.1.total_cmp(&b.1))?;
         Some(format!(
-            "the teacher agrees with the labels on {:.1}% of the images of {} of the {} views of {} (mean over all views {:.1}%, worst view {worst} {:.1}%) against {:.1}% on the plain images: more than {UNREADABLE_POINTS} points lower, so these views teach the teacher's confusion; use a milder augmentation or a teacher trained with it",
-            100.0 * mean(bad.iter().map(|b| b.1)).unwrap_or(0.0),
+            "on {} of the {} views of {} the teacher agrees with the labels on {:.1}% of the images (mean over those views; worst, view {worst}: {:.1}%) against {:.1}% on the plain images: more than {UNREADABLE_POINTS} points lower, so these views teach the teacher's confusion; use a milder augmentation or a teacher trained with it",
             bad.len(),
             self.views,
             self.augment,
-            100.0 * self.mean_agreement().unwrap_or(0.0),
+            100.0 * mean(bad.iter().map(|b| b.1)).unwrap_or(0.0),
             100.0 * worst_agreement,
             100.0 * clean,
         ))
@@ -374,5 +373,91 @@ impl CacheViews {
             .map(|r| r.manifest().id.as_str())
             .collect();
         format!("{:032x}", xxh3_128(joined.join(",").as_bytes()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn summary(clean: Option<f64>, agreements: &[f64]) -> ViewSetSummary {
+        ViewSetSummary {
+            augment: "flip,mixup=0.2".into(),
+            seed: 2,
+            views: agreements.len() as u64,
+            clean_agreement: clean,
+            clean_seconds: clean.map(|_| 0.5),
+            view_stats: agreements
+                .iter()
+                .enumerate()
+                .map(|(v, &a)| ViewStats {
+                    view: v as u64,
+                    agreement: Some(a),
+                    bytes_per_sample: 20.0 + v as f64,
+                    build_seconds: Some(1.0),
+                })
+                .collect(),
+        }
+    }
+
+    fn info(views: u64) -> ViewInfo {
+        ViewInfo {
+            augment: "flip,mixup=0.2".into(),
+            seed: 2,
+            view: 0,
+            views,
+        }
+    }
+
+    #[test]
+    fn costs_and_the_warning_come_from_the_views() {
+        let s = summary(Some(0.95), &[0.93, 0.80, 0.89]);
+        assert_eq!(s.bytes_per_sample_per_view(), 21.0);
+        assert_eq!(s.build_seconds(), Some(3.5));
+        assert_eq!(s.unreadable_views(), vec![(1, 0.80), (2, 0.89)]);
+        let w = s.agreement_warning().unwrap();
+        for needle in ["on 2 of the 3 views", "84.5%", "view 1: 80.0%", "95.0%"] {
+            assert!(w.contains(needle), "{needle}: {w}");
+        }
+        // Within 5 points, or without a clean agreement: no warning.
+        assert!(summary(Some(0.95), &[0.93, 0.91])
+            .agreement_warning()
+            .is_none());
+        assert!(summary(None, &[0.1]).agreement_warning().is_none());
+        let imported = ViewSetSummary {
+            view_stats: vec![ViewStats {
+                build_seconds: None,
+                ..summary(None, &[0.5]).view_stats[0].clone()
+            }],
+            ..summary(None, &[0.5])
+        };
+        assert_eq!(imported.build_seconds(), None);
+        assert!(imported.describe().contains("unrecorded time"));
+    }
+
+    #[test]
+    fn the_summary_round_trips_and_bad_ones_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(ViewSetSummary::read(dir.path(), &info(2)).unwrap(), None);
+        let s = summary(Some(0.9), &[0.7, 0.8]);
+        s.write(dir.path()).unwrap();
+        assert_eq!(
+            ViewSetSummary::read(dir.path(), &info(2)).unwrap(),
+            Some(s.clone())
+        );
+        let e = ViewSetSummary::read(dir.path(), &info(3)).unwrap_err();
+        assert!(e.to_string().contains("views.json"), "{e}");
+        let mut bad = s.clone();
+        bad.view_stats[1].agreement = Some(1.5);
+        bad.write(dir.path()).unwrap();
+        let e = ViewSetSummary::read(dir.path(), &info(2)).unwrap_err();
+        assert!(e.to_string().contains("agreements in [0, 1]"), "{e}");
+        let mut bad = s.clone();
+        bad.view_stats.swap(0, 1);
+        bad.write(dir.path()).unwrap();
+        assert!(ViewSetSummary::read(dir.path(), &info(2)).is_err());
+        std::fs::write(dir.path().join(SUMMARY_FILE), b"{\"augment\": 1}").unwrap();
+        let e = ViewSetSummary::read(dir.path(), &info(2)).unwrap_err();
+        assert!(e.to_string().contains("invalid"), "{e}");
     }
 }
