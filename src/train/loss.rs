@@ -28,9 +28,10 @@
 //! class while keeping the teacher's ranking of the rest.
 //!
 //! Mixed images (mixup, cutmix: [`crate::data::mix`]) come with a
-//! [`LabelMix`]: the hard-label term's target is then `lambda * onehot(y_i)
-//! + (1 - lambda) * onehot(y_partner)` ([`loss_mixed`]); the soft terms read
-//! the teacher's output on the mixed image, as they read it on any other.
+//! [`LabelMix`]: the hard-label term's target is then the mixed row
+//! `lambda * onehot(y_i) + (1 - lambda) * onehot(y_partner)`
+//! ([`loss_mixed`]); the soft terms read the teacher's output on the mixed
+//! image, as they read it on any other.
 //!
 //! `alpha = 1` is plain training (the soft branch is not even computed) and
 //! `alpha = 0` pure distillation (the hard branch is skipped).
