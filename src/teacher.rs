@@ -6,7 +6,9 @@
 //! at temperature T, and pushes them to a [`CacheWriter`] in sample order.
 //!
 //! - [`build_cache`]: one cache of a split (plain images, or one augmented view);
-//! - [`build_view_set`]: a set of caches, one per augmented view;
+//! - [`build_view_set`]: a set of caches, one per augmented view, with its
+//!   summary (`views.json`: cost per view, the teacher's agreement with the
+//!   labels on each view and on the plain images);
 //! - [`build_cache_part`], [`build_view_set_part`]: part `K` of `N` of
 //!   either (a contiguous, shard-aligned range of samples; one task of a
 //!   scheduler's array), joined by `cache::merge::merge_parts`;
@@ -24,10 +26,10 @@ use std::time::Instant;
 use xxhash_rust::xxh3::xxh3_128;
 
 use crate::cache::manifest::MANIFEST_FILE;
-use crate::cache::views::view_dir;
+use crate::cache::views::{view_dir, ViewSetSummary, ViewStats};
 use crate::cache::{
-    log_softmax_tempered, BuildSpec, CacheMeta, CacheWriter, DatasetInfo, Encoding, Manifest,
-    PartManifest, PartRange, PartSpec, TeacherInfo, ViewInfo, WriterOptions,
+    log_softmax_tempered, BuildSpec, CacheMeta, CacheReader, CacheWriter, DatasetInfo, Encoding,
+    Manifest, PartManifest, PartRange, PartSpec, TeacherInfo, ViewInfo, WriterOptions,
 };
 use crate::data::augment::Augment;
 use crate::data::Dataset;
@@ -212,15 +214,11 @@ fn run_teacher<D: Backend>(
         let b = batch.min(data.len() - batch_start);
         let keep_end = (batch_start + b).min(end);
         let idx: Vec<usize> = (batch_start..batch_start + b).collect();
-        data.fill_inputs(&idx, &mut inputs[..b * len]);
-        if let Some((a, seed, view)) = &augment {
-            a.apply_batch(
-                *seed,
-                *view,
-                &idx,
-                data.sample_shape(),
-                &mut inputs[..b * len],
-            );
+        match &augment {
+            Some((a, seed, view)) => {
+                a.fill_batch(data, *seed, *view, &idx, &mut inputs[..b * len]);
+            }
+            None => data.fill_inputs(&idx, &mut inputs[..b * len]),
         }
         teacher_targets(
             teacher,
@@ -280,7 +278,10 @@ pub struct ViewSetSpec {
 /// Builds a view set at `out` (`out/view-0` .. `out/view-{K-1}`), resuming
 /// any view an interrupted build left; `on_view` hears of each finished view.
 /// Refuses a directory that holds a cache of the plain images unless the
-/// writer options allow overwriting.
+/// writer options allow overwriting. Last, it runs the teacher over the
+/// plain images and writes the set's summary (`out/views.json`: each
+/// view's bytes per sample, build time and agreement with the labels,
+/// beside the plain images' agreement), which it returns.
 pub fn build_view_set<D: Backend>(
     teacher: &Network<D>,
     data: &Dataset,
@@ -288,14 +289,106 @@ pub fn build_view_set<D: Backend>(
     opts: &BuildOptions,
     set: &ViewSetSpec,
     mut on_view: impl FnMut(&Path, &BuildReport),
-) -> Result<()> {
+) -> Result<ViewSetSummary> {
     check_view_set(data, out, opts, set)?;
+    let info = view_options(opts, set, 0).view;
+    // Build times of views finished by an earlier, interrupted run.
+    let earlier = info
+        .as_ref()
+        .and_then(|i| ViewSetSummary::read(out, i).ok().flatten());
+    let mut view_stats = Vec::with_capacity(set.views as usize);
     for v in 0..set.views {
         let dir = view_dir(out, v);
         let report = build_cache(teacher, data, &dir, &view_options(opts, set, v))?;
         on_view(&dir, &report);
+        let already_built = report.resumed_from == data.len() as u64;
+        let build_seconds = match (already_built, &earlier) {
+            (true, Some(e)) => e.view_stats.get(v as usize).and_then(|s| s.build_seconds),
+            _ => Some(report.seconds),
+        };
+        view_stats.push(ViewStats {
+            view: v,
+            agreement: view_agreement(&dir, data, set, v)?,
+            bytes_per_sample: report.manifest.fidelity.bytes_per_sample,
+            build_seconds,
+        });
     }
-    Ok(())
+    let start = Instant::now();
+    let clean_agreement = clean_agreement(teacher, data, opts.batch_size)?;
+    let summary = ViewSetSummary {
+        augment: set.augment.to_string(),
+        seed: set.seed,
+        views: set.views,
+        clean_agreement,
+        clean_seconds: clean_agreement.map(|_| start.elapsed().as_secs_f64()),
+        view_stats,
+    };
+    summary.write(out)?;
+    Ok(summary)
+}
+
+/// The teacher's top-1 agreement with the labels on the plain images of
+/// `data` (`None` when unlabelled).
+pub fn clean_agreement<D: Backend>(
+    teacher: &Network<D>,
+    data: &Dataset,
+    batch: usize,
+) -> Result<Option<f64>> {
+    let Some(labels) = data.labels() else {
+        return Ok(None);
+    };
+    check_compatible(teacher, data)?;
+    let (len, classes, batch) = (
+        data.sample_len(),
+        teacher.spec().num_classes(),
+        batch.max(1),
+    );
+    let mut inputs = vec![0f32; batch * len];
+    let mut hits = 0usize;
+    let mut pos = 0;
+    while pos < data.len() {
+        let b = batch.min(data.len() - pos);
+        let idx: Vec<usize> = (pos..pos + b).collect();
+        data.fill_inputs(&idx, &mut inputs[..b * len]);
+        let logits = teacher.predict(inputs[..b * len].to_vec(), b).as_vec();
+        let top = crate::numeric::argmax_rows(&logits, classes);
+        hits += top
+            .iter()
+            .zip(&labels[pos..pos + b])
+            .filter(|(k, y)| k == y)
+            .count();
+        pos += b;
+    }
+    Ok(Some(hits as f64 / data.len().max(1) as f64))
+}
+
+/// The label a teacher should name on view `v` of sample `i`: its own, or
+/// for a mixed image whose partner dominates (weight above 1/2), the
+/// partner's.
+pub fn dominant_label(data: &Dataset, labels: &[u32], set: &ViewSetSpec, v: u64, i: usize) -> u32 {
+    match set.augment.mix_params(data, set.seed, v, i) {
+        Some(p) if !p.own_label_dominates() => labels[p.partner],
+        _ => labels[i],
+    }
+}
+
+/// The teacher's top-1 agreement with the labels on view `v` of `set`,
+/// read back from the view's finished cache at `dir` (mixed images count
+/// against their dominant label; `None` when unlabelled).
+fn view_agreement(dir: &Path, data: &Dataset, set: &ViewSetSpec, v: u64) -> Result<Option<f64>> {
+    let Some(labels) = data.labels() else {
+        return Ok(None);
+    };
+    // SAFETY: the view was committed by this build; distill never modifies
+    // a committed shard, and nothing else writes the set while it builds.
+    let reader = unsafe { CacheReader::open(dir) }?;
+    let top = reader.teacher_predictions(data)?;
+    let hits = top
+        .iter()
+        .enumerate()
+        .filter(|&(i, &k)| k == dominant_label(data, labels, set, v, i))
+        .count();
+    Ok(Some(hits as f64 / data.len().max(1) as f64))
 }
 
 /// Part `part` of every view of a view set, at `dir` (`dir/view-0` ..
@@ -705,7 +798,7 @@ pub unsafe fn import_view_set(
     opts: &BuildOptions,
     set: &ViewSetSpec,
     mut on_view: impl FnMut(&Path, &Manifest),
-) -> Result<()> {
+) -> Result<ViewSetSummary> {
     set.augment.check_shape(data.sample_shape())?;
     if files.is_empty() || files.len() as u64 != set.views {
         return Err(Error::Config {
@@ -757,6 +850,7 @@ pub unsafe fn import_view_set(
         .map(|f| f.logits.display().to_string())
         .collect();
     let mut opts = opts.clone();
+    let mut view_stats = Vec::with_capacity(opened.len());
     for (v, rows) in opened.iter().enumerate() {
         opts.view = Some(ViewInfo {
             augment: set.augment.to_string(),
@@ -776,8 +870,25 @@ pub unsafe fn import_view_set(
         // SAFETY: forwarded from the caller.
         let manifest = unsafe { write_logits_cache(rows, meta, data, &dir, &opts) }?;
         on_view(&dir, &manifest);
+        view_stats.push(ViewStats {
+            view: v as u64,
+            agreement: view_agreement(&dir, data, set, v as u64)?,
+            bytes_per_sample: manifest.fidelity.bytes_per_sample,
+            build_seconds: None,
+        });
     }
-    Ok(())
+    // The external teacher's plain-image outputs are not given: no clean
+    // agreement, so no warning can compare with it.
+    let summary = ViewSetSummary {
+        augment: set.augment.to_string(),
+        seed: set.seed,
+        views: set.views,
+        clean_agreement: None,
+        clean_seconds: None,
+        view_stats,
+    };
+    summary.write(out)?;
+    Ok(summary)
 }
 
 /// The file [`export_views`] writes view `v`'s images to.
@@ -807,8 +918,9 @@ fn npy_f32_header(shape: &[usize]) -> Vec<u8> {
 /// Writes, for every view `v` of `set`, the images a view-set cache's view
 /// `v` holds the teacher's outputs on: `out/view-{v}-images.npy`, f32
 /// `[N, C, H, W]` in sample order, exactly the inputs [`build_view_set`]
-/// gives the teacher (the dataset's inputs, `Dataset::fill_inputs`, drawn
-/// through `Augment::apply_batch` from `(seed, v, sample)`). An external
+/// gives the teacher (`Augment::fill_batch`: the dataset's inputs drawn
+/// through the geometric view of `(seed, v, sample)` and, with mixup or
+/// cutmix, mixed with the partner's view). An external
 /// teacher run on file `v` in order yields the logits file `v` that
 /// [`import_view_set`] takes. Each file is written to a temporary name,
 /// synced and renamed, batch by batch (`batch` samples held at a time).
@@ -851,8 +963,7 @@ pub fn export_views(
                 let b = batch.min(data.len() - pos);
                 let idx: Vec<usize> = (pos..pos + b).collect();
                 let x = &mut inputs[..b * len];
-                data.fill_inputs(&idx, x);
-                set.augment.apply_batch(set.seed, v, &idx, shape, x);
+                set.augment.fill_batch(data, set.seed, v, &idx, x);
                 bytes.clear();
                 bytes.extend(x.iter().flat_map(|v| v.to_le_bytes()));
                 w.write_all(&bytes)?;

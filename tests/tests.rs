@@ -10,6 +10,7 @@ mod cli_cache;
 mod cli_cache_parts;
 mod cli_cifar;
 mod cli_data;
+mod cli_mix;
 mod cli_model;
 mod cli_prune;
 mod cli_sweep;

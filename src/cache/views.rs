@@ -12,9 +12,18 @@
 //! checks that every view is present, finished, and built with the same
 //! settings (teacher, data, temperature, encoding, layout, augmentation). The trainer reads view
 //! `epoch % K` in epoch `epoch`.
+//!
+//! A set built or imported by this version also holds `views.json`, a
+//! [`ViewSetSummary`] written after its last view: what the set cost
+//! (bytes per sample of each view, each view's build time) and how well
+//! the teacher reads the views (its agreement with the labels on each view
+//! beside its agreement on the plain images). It is informational and
+//! optional: sets without it open as before, and it is not part of the
+//! set's id (build times differ between two builds of the same set).
 
 use std::path::{Path, PathBuf};
 
+use serde::{Deserialize, Serialize};
 use xxhash_rust::xxh3::xxh3_128;
 
 use super::manifest::MANIFEST_FILE;
@@ -26,10 +35,197 @@ pub fn view_dir(set: &Path, v: u64) -> PathBuf {
     set.join(format!("view-{v}"))
 }
 
+/// File name of a view set's summary, beside its `view-N` directories.
+pub const SUMMARY_FILE: &str = "views.json";
+/// Largest summary accepted (a few hundred bytes per view).
+const MAX_SUMMARY_BYTES: u64 = 16 << 20;
+/// How far (in percentage points) a view's agreement with the labels may
+/// fall below the plain images' before the set is said to teach noise.
+pub const UNREADABLE_POINTS: f64 = 5.0;
+
+/// What a view set cost and how well its teacher reads its views
+/// (`views.json`; FORMAT.md, "View sets").
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ViewSetSummary {
+    /// The augmentation spec, seed and view count of the set.
+    pub augment: String,
+    pub seed: u64,
+    pub views: u64,
+    /// The teacher's top-1 agreement with the labels on the plain
+    /// (unaugmented) images; absent for unlabelled data or an imported set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub clean_agreement: Option<f64>,
+    /// Seconds the plain-image pass for `clean_agreement` took.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub clean_seconds: Option<f64>,
+    /// One entry per view, in view order.
+    pub view_stats: Vec<ViewStats>,
+}
+
+/// One view of a [`ViewSetSummary`].
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ViewStats {
+    pub view: u64,
+    /// The teacher's top-1 agreement with the labels on this view's images
+    /// (for mixed images, with each image's dominant label); absent when
+    /// unlabelled.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agreement: Option<f64>,
+    /// Compressed bytes on disk per sample of this view (its manifest's
+    /// `fidelity.bytes_per_sample`).
+    pub bytes_per_sample: f64,
+    /// Seconds the build of this view took (the run that finished it;
+    /// absent for an imported view).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub build_seconds: Option<f64>,
+}
+
+impl ViewSetSummary {
+    /// Mean over views of the bytes per sample: the disk cost of one view.
+    pub fn bytes_per_sample_per_view(&self) -> f64 {
+        mean(self.view_stats.iter().map(|v| v.bytes_per_sample)).unwrap_or(0.0)
+    }
+
+    /// Total build seconds of the views (and of the plain-image pass), if
+    /// every view records one.
+    pub fn build_seconds(&self) -> Option<f64> {
+        let views: Option<Vec<f64>> = self.view_stats.iter().map(|v| v.build_seconds).collect();
+        views.map(|v| v.iter().sum::<f64>() + self.clean_seconds.unwrap_or(0.0))
+    }
+
+    /// Mean over views of the teacher's agreement with the labels.
+    pub fn mean_agreement(&self) -> Option<f64> {
+        mean(self.view_stats.iter().filter_map(|v| v.agreement))
+    }
+
+    /// The views whose agreement lies more than [`UNREADABLE_POINTS`]
+    /// below the clean agreement, as (view, agreement).
+    pub fn unreadable_views(&self) -> Vec<(u64, f64)> {
+        let Some(clean) = self.clean_agreement else {
+            return Vec::new();
+        };
+        self.view_stats
+            .iter()
+            .filter_map(|v| Some((v.view, v.agreement?)))
+            .filter(|(_, a)| 100.0 * (clean - a) > UNREADABLE_POINTS)
+            .collect()
+    }
+
+    /// A warning when the teacher cannot read some views (more than
+    /// [`UNREADABLE_POINTS`] below its clean agreement), with both numbers.
+    pub fn agreement_warning(&self) -> Option<String> {
+        let bad = self.unreadable_views();
+        let clean = self.clean_agreement?;
+        let (worst, worst_agreement) = bad.iter().copied().min_by(|a, b| a.1.total_cmp(&b.1))?;
+        Some(format!(
+            "on {} of the {} views of {} the teacher agrees with the labels on {:.1}% of the images (mean over those views; worst, view {worst}: {:.1}%) against {:.1}% on the plain images: more than {UNREADABLE_POINTS} points lower, so these views teach the teacher's confusion; use a milder augmentation or a teacher trained with it",
+            bad.len(),
+            self.views,
+            self.augment,
+            100.0 * mean(bad.iter().map(|b| b.1)).unwrap_or(0.0),
+            100.0 * worst_agreement,
+            100.0 * clean,
+        ))
+    }
+
+    /// Human lines for `cache inspect`.
+    pub fn describe(&self) -> String {
+        let pct =
+            |a: Option<f64>| a.map_or("unknown".to_string(), |a| format!("{:.2}%", 100.0 * a));
+        let mut out = format!(
+            "views cost {:.1} bytes/sample/view ({:.1} bytes/sample in all), built in {}\nteacher agreement with the labels: {} on the plain images, {} mean over views",
+            self.bytes_per_sample_per_view(),
+            self.view_stats.iter().map(|v| v.bytes_per_sample).sum::<f64>(),
+            self.build_seconds()
+                .map_or("an unrecorded time (imported)".to_string(), |s| format!("{s:.1}s")),
+            pct(self.clean_agreement),
+            pct(self.mean_agreement()),
+        );
+        for v in &self.view_stats {
+            out.push_str(&format!(
+                "\n  view {}: agreement {}, {:.1} bytes/sample{}",
+                v.view,
+                pct(v.agreement),
+                v.bytes_per_sample,
+                v.build_seconds
+                    .map_or(String::new(), |s| format!(", built in {s:.1}s"))
+            ));
+        }
+        out
+    }
+
+    /// Writes the summary to `set/views.json` atomically.
+    pub fn write(&self, set: &Path) -> Result<()> {
+        let mut bytes = serde_json::to_vec_pretty(self)
+            .map_err(|e| CacheError::input(SUMMARY_FILE, format!("cannot serialise: {e}")))?;
+        bytes.push(b'\n');
+        Ok(crate::fsutil::atomic_write(
+            &set.join(SUMMARY_FILE),
+            &bytes,
+        )?)
+    }
+
+    /// Reads `set/views.json` (`None` when absent), checked against `info`,
+    /// the set's views.
+    pub fn read(set: &Path, info: &ViewInfo) -> Result<Option<ViewSetSummary>> {
+        let path = set.join(SUMMARY_FILE);
+        let bad = |m: String| CacheError::corrupt(&path, "views.json", m);
+        let len = match std::fs::metadata(&path) {
+            Ok(m) => m.len(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(CacheError::io(&path, "stat", e)),
+        };
+        if len > MAX_SUMMARY_BYTES {
+            return Err(bad(format!(
+                "{len} bytes is over the {MAX_SUMMARY_BYTES}-byte limit"
+            )));
+        }
+        let bytes = std::fs::read(&path).map_err(|e| CacheError::io(&path, "read", e))?;
+        let s: ViewSetSummary = serde_json::from_slice(&bytes).map_err(|e| {
+            bad(format!(
+                "invalid: {e} (delete it to open the set without it)"
+            ))
+        })?;
+        let fraction = |a: Option<f64>| a.is_none_or(|a| a.is_finite() && (0.0..=1.0).contains(&a));
+        let seconds = |a: Option<f64>| a.is_none_or(|a| a.is_finite() && a >= 0.0);
+        if (s.augment.as_str(), s.seed, s.views) != (info.augment.as_str(), info.seed, info.views) {
+            return Err(bad(format!(
+                "describes views of {} (seed {}, {} views) but the set holds {} (seed {}, {} views); delete it or rebuild the set",
+                s.augment, s.seed, s.views, info.augment, info.seed, info.views
+            )));
+        }
+        let well_formed = s.view_stats.len() as u64 == s.views
+            && s.view_stats.iter().enumerate().all(|(v, st)| {
+                st.view == v as u64
+                    && fraction(st.agreement)
+                    && seconds(st.build_seconds)
+                    && st.bytes_per_sample.is_finite()
+                    && st.bytes_per_sample >= 0.0
+            })
+            && fraction(s.clean_agreement)
+            && seconds(s.clean_seconds);
+        if !well_formed {
+            return Err(bad(
+                "view_stats must list views 0..views in order, agreements in [0, 1], sizes and seconds finite and >= 0 (delete it to open the set without it)"
+                    .into(),
+            ));
+        }
+        Ok(Some(s))
+    }
+}
+
+fn mean(values: impl Iterator<Item = f64>) -> Option<f64> {
+    let (sum, n) = values.fold((0.0, 0usize), |(s, n), v| (s + v, n + 1));
+    (n > 0).then(|| sum / n as f64)
+}
+
 /// One cache, or the caches of all views of an augmented view set.
 pub struct CacheViews {
     dir: PathBuf,
     views: Vec<CacheReader>,
+    summary: Option<ViewSetSummary>,
 }
 
 impl From<CacheReader> for CacheViews {
@@ -38,6 +234,7 @@ impl From<CacheReader> for CacheViews {
         CacheViews {
             dir: reader.dir().to_path_buf(),
             views: vec![reader],
+            summary: None,
         }
     }
 }
@@ -65,6 +262,7 @@ impl CacheViews {
             return Ok(CacheViews {
                 dir: dir.to_path_buf(),
                 views: vec![single],
+                summary: None,
             });
         }
         let first = CacheReader::open(&view_dir(dir, 0))?;
@@ -88,9 +286,11 @@ impl CacheViews {
             }
             views.push(CacheReader::open(&path)?);
         }
+        let summary = ViewSetSummary::read(dir, &info)?;
         let set = CacheViews {
             dir: dir.to_path_buf(),
             views,
+            summary,
         };
         set.check_consistent(&info)?;
         Ok(set)
@@ -156,6 +356,11 @@ impl CacheViews {
         self.views[0].manifest().dataset.view.as_ref()
     }
 
+    /// The set's `views.json` (`None` for a plain cache or a set without one).
+    pub fn summary(&self) -> Option<&ViewSetSummary> {
+        self.summary.as_ref()
+    }
+
     /// The content id: the manifest's for one cache, a hash of all views'
     /// ids for a set.
     pub fn id(&self) -> String {
@@ -168,5 +373,91 @@ impl CacheViews {
             .map(|r| r.manifest().id.as_str())
             .collect();
         format!("{:032x}", xxh3_128(joined.join(",").as_bytes()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn summary(clean: Option<f64>, agreements: &[f64]) -> ViewSetSummary {
+        ViewSetSummary {
+            augment: "flip,mixup=0.2".into(),
+            seed: 2,
+            views: agreements.len() as u64,
+            clean_agreement: clean,
+            clean_seconds: clean.map(|_| 0.5),
+            view_stats: agreements
+                .iter()
+                .enumerate()
+                .map(|(v, &a)| ViewStats {
+                    view: v as u64,
+                    agreement: Some(a),
+                    bytes_per_sample: 20.0 + v as f64,
+                    build_seconds: Some(1.0),
+                })
+                .collect(),
+        }
+    }
+
+    fn info(views: u64) -> ViewInfo {
+        ViewInfo {
+            augment: "flip,mixup=0.2".into(),
+            seed: 2,
+            view: 0,
+            views,
+        }
+    }
+
+    #[test]
+    fn costs_and_the_warning_come_from_the_views() {
+        let s = summary(Some(0.95), &[0.93, 0.80, 0.89]);
+        assert_eq!(s.bytes_per_sample_per_view(), 21.0);
+        assert_eq!(s.build_seconds(), Some(3.5));
+        assert_eq!(s.unreadable_views(), vec![(1, 0.80), (2, 0.89)]);
+        let w = s.agreement_warning().unwrap();
+        for needle in ["on 2 of the 3 views", "84.5%", "view 1: 80.0%", "95.0%"] {
+            assert!(w.contains(needle), "{needle}: {w}");
+        }
+        // Within 5 points, or without a clean agreement: no warning.
+        assert!(summary(Some(0.95), &[0.93, 0.91])
+            .agreement_warning()
+            .is_none());
+        assert!(summary(None, &[0.1]).agreement_warning().is_none());
+        let imported = ViewSetSummary {
+            view_stats: vec![ViewStats {
+                build_seconds: None,
+                ..summary(None, &[0.5]).view_stats[0].clone()
+            }],
+            ..summary(None, &[0.5])
+        };
+        assert_eq!(imported.build_seconds(), None);
+        assert!(imported.describe().contains("unrecorded time"));
+    }
+
+    #[test]
+    fn the_summary_round_trips_and_bad_ones_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(ViewSetSummary::read(dir.path(), &info(2)).unwrap(), None);
+        let s = summary(Some(0.9), &[0.7, 0.8]);
+        s.write(dir.path()).unwrap();
+        assert_eq!(
+            ViewSetSummary::read(dir.path(), &info(2)).unwrap(),
+            Some(s.clone())
+        );
+        let e = ViewSetSummary::read(dir.path(), &info(3)).unwrap_err();
+        assert!(e.to_string().contains("views.json"), "{e}");
+        let mut bad = s.clone();
+        bad.view_stats[1].agreement = Some(1.5);
+        bad.write(dir.path()).unwrap();
+        let e = ViewSetSummary::read(dir.path(), &info(2)).unwrap_err();
+        assert!(e.to_string().contains("agreements in [0, 1]"), "{e}");
+        let mut bad = s.clone();
+        bad.view_stats.swap(0, 1);
+        bad.write(dir.path()).unwrap();
+        assert!(ViewSetSummary::read(dir.path(), &info(2)).is_err());
+        std::fs::write(dir.path().join(SUMMARY_FILE), b"{\"augment\": 1}").unwrap();
+        let e = ViewSetSummary::read(dir.path(), &info(2)).unwrap_err();
+        assert!(e.to_string().contains("invalid"), "{e}");
     }
 }

@@ -11,7 +11,7 @@ use std::time::Instant;
 use clap::{Args, Subcommand};
 use distill::cache::merge::{is_part_dir, merge_parts, verify_part};
 use distill::cache::part::part_dir;
-use distill::cache::views::view_dir;
+use distill::cache::views::{view_dir, ViewSetSummary};
 use distill::cache::{Encoding, PartSpec, WriterOptions};
 use distill::data::augment::Augment;
 use distill::data::{Dataset, Split};
@@ -92,7 +92,9 @@ pub struct BuildArgs {
     /// Teacher batch size.
     #[arg(long, default_value_t = 500)]
     batch: usize,
-    /// Run the teacher on augmented images: flip, shift=N or flip,shift=N.
+    /// Run the teacher on augmented images: flip, shift=N, crop=N, mixup=A,
+    /// cutmix=A, comma-separated (e.g. flip,shift=2,mixup=0.2; README,
+    /// "Augmentation").
     /// Writes a view set: OUT/view-0 ... OUT/view-{K-1}, one cache per view;
     /// `train --cache OUT` then shows the student the same augmented image
     /// the teacher saw, view `epoch % K` in each epoch.
@@ -195,6 +197,12 @@ pub fn run(cmd: CacheCommand) -> Result<()> {
                     );
                 }
                 println!("{}", reader.stats());
+            }
+            if let Some(summary) = set.summary() {
+                println!("{}", summary.describe());
+                if let Some(w) = summary.agreement_warning() {
+                    println!("warning: {w}");
+                }
             }
             Ok(())
         }
@@ -354,12 +362,35 @@ pub fn build<D: Backend>(dev: D, a: BuildArgs) -> Result<()> {
                 seed: a.augment_seed,
                 views: a.views,
             };
-            build_view_set(&teacher, &data, &a.storage.out, &opts, &set, |dir, r| {
-                report(&r.manifest, dir, r.seconds, quiet)
-            })?;
+            let summary =
+                build_view_set(&teacher, &data, &a.storage.out, &opts, &set, |dir, r| {
+                    report(&r.manifest, dir, r.seconds, quiet)
+                })?;
+            report_view_set(&summary, &a.storage.out);
         }
     }
     Ok(())
+}
+
+/// The cost and readability of a view set, and the warning when its
+/// teacher cannot read its views.
+fn report_view_set(summary: &ViewSetSummary, out: &Path) {
+    let pct = |a: Option<f64>| a.map_or("unknown".to_string(), |a| format!("{:.2}%", 100.0 * a));
+    println!(
+        "view set {} ({} views of {}): {:.1} bytes/sample/view, {}; teacher agreement with the labels {} on the plain images, {} mean over views",
+        out.display(),
+        summary.views,
+        summary.augment,
+        summary.bytes_per_sample_per_view(),
+        summary
+            .build_seconds()
+            .map_or("imported".to_string(), |s| format!("built in {s:.1}s")),
+        pct(summary.clean_agreement),
+        pct(summary.mean_agreement()),
+    );
+    if let Some(w) = summary.agreement_warning() {
+        eprintln!("warning: {w}");
+    }
 }
 
 /// `--part K/N` or `auto/N` (K from the scheduler's array variable).
@@ -497,11 +528,13 @@ fn import(a: ImportArgs) -> Result<()> {
         };
         let quiet = a.storage.quiet;
         // SAFETY: the logits files are not modified during the import (--logits' help).
-        return unsafe {
+        let summary = unsafe {
             import_view_set(&what, &data, &a.storage.out, &opts, &set, |dir, m| {
                 report(m, dir, start.elapsed().as_secs_f64(), quiet)
             })
-        };
+        }?;
+        report_view_set(&summary, &a.storage.out);
+        return Ok(());
     }
     let [what] = &what[..] else {
         return Err(Error::Config {

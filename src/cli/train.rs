@@ -48,10 +48,13 @@ pub struct TrainArgs {
     /// every=100, per-layer thresholds; global: one threshold).
     #[arg(long)]
     prune_schedule: Option<String>,
-    /// Augment the training images: flip, shift=N or flip,shift=N (random
-    /// mirror and translation by up to N pixels, drawn per seed, epoch and
-    /// sample). With distillation the teacher must see the same images:
-    /// use --online-teacher.
+    /// Augment the training images: flip, shift=N, crop=N, mixup=A,
+    /// cutmix=A, comma-separated (random mirror, translation by up to N
+    /// pixels, padded crop, mixing with a partner sample at a Beta(A, A)
+    /// weight; drawn per seed, epoch and sample). With distillation the
+    /// teacher must see the same images: a view set built with the same
+    /// augmentation (the cache's is used when this is left out), or
+    /// --online-teacher.
     #[arg(long)]
     augment: Option<String>,
     /// Input normalisation, stored with the model and applied at the start
@@ -186,6 +189,10 @@ fn run<D: Backend>(dev: D, a: TrainArgs) -> Result<()> {
     };
     if !a.quiet {
         eprintln!("{}", start_line(&a, &cfg, &opened.train, &dev.describe())?);
+    }
+    let summary = opened.cache.as_ref().and_then(|c| c.summary());
+    if let Some(w) = summary.and_then(|s| s.agreement_warning()) {
+        eprintln!("warning: {w}");
     }
     let outcome = distill::train::train(dev, &cfg, &opened.sources(), &a.out, &opts)?;
     if !outcome.finished {

@@ -17,6 +17,13 @@
 //! augmentation `crop=4,flip` (`--augment`). Shifted-in pixels are 0 (the
 //! background of Fashion-MNIST, black in an RGB image), in every channel.
 //!
+//! `mixup=A` and `cutmix=A` (with or without the geometric items, e.g.
+//! `flip,shift=2,mixup=0.2`) mix each image with a partner sample, both
+//! drawn from the same hash ([`super::mix`]); [`Augment::fill_batch`]
+//! fetches the partner's image from the dataset, so it is the one function
+//! the teacher's view-set build, `views export` and the training loader
+//! call.
+//!
 //! `crop=P` is torchvision's `RandomCrop(size, padding=P)`: the image is
 //! padded with P zero pixels on every side and the original size is cut
 //! out at an offset drawn uniformly from `0..=2P` in each direction, then
@@ -28,12 +35,13 @@ use std::fmt;
 
 use xxhash_rust::xxh3::xxh3_64;
 
-use super::DataError;
+use super::mix::{Mix, MixParams, MAX_MIX_ALPHA};
+use super::{DataError, Dataset};
 
 type Result<T, E = DataError> = std::result::Result<T, E>;
 
 /// Which augmentations to draw.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Augment {
     /// Mirror left-right with probability 1/2.
     pub flip: bool,
@@ -44,6 +52,9 @@ pub struct Augment {
     /// at a uniform offset (0 = no crop).
     #[serde(default, skip_serializing_if = "is_zero")]
     pub crop: u32,
+    /// Mix each image with a partner sample (mixup or cutmix).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mix: Option<Mix>,
 }
 
 fn is_zero(n: &u32) -> bool {
@@ -66,7 +77,7 @@ pub const MAX_SHIFT: u32 = 8;
 
 impl Augment {
     /// Parses `flip`, `shift=N`, `crop=N` (not both of the last two),
-    /// comma-separated.
+    /// `mixup=A` or `cutmix=A` (one of them), comma-separated.
     pub fn parse(text: &str) -> Result<Self> {
         let err = |message: String| DataError::Setting {
             field: FIELD.into(),
@@ -76,16 +87,15 @@ impl Augment {
             flip: false,
             shift: 0,
             crop: 0,
+            mix: None,
         };
         let mut any = false;
         for item in text.split(',').map(str::trim).filter(|t| !t.is_empty()) {
             any = true;
-            match item.split_once('=') {
+            match item.split_once('=').map(|(k, v)| (k.trim(), v.trim())) {
                 None if item == "flip" => a.flip = true,
-                Some((k, v)) if k.trim() == "shift" || k.trim() == "crop" => {
-                    let k = k.trim();
+                Some((k, v)) if k == "shift" || k == "crop" => {
                     let n = v
-                        .trim()
                         .parse::<u32>()
                         .map_err(|_| err(format!("{k}={v}: not a whole number of pixels")))?;
                     if n > MAX_SHIFT {
@@ -97,9 +107,29 @@ impl Augment {
                         a.crop = n;
                     }
                 }
+                Some((k, v)) if k == "mixup" || k == "cutmix" => {
+                    let alpha = v
+                        .parse::<f32>()
+                        .ok()
+                        .filter(|x| x.is_finite() && *x > 0.0 && *x <= MAX_MIX_ALPHA)
+                        .ok_or_else(|| {
+                            err(format!(
+                                "{k}={v}: the Beta(a, a) parameter a must be a number in (0, {MAX_MIX_ALPHA}] (e.g. {k}=0.2)"
+                            ))
+                        })?;
+                    if a.mix.is_some() {
+                        return Err(err(format!(
+                            "'{text}' mixes twice; use one of mixup=A or cutmix=A"
+                        )));
+                    }
+                    a.mix = Some(match k {
+                        "mixup" => Mix::Mixup { alpha },
+                        _ => Mix::Cutmix { alpha },
+                    });
+                }
                 _ => {
                     return Err(err(format!(
-                        "unknown item '{item}'; expected flip, shift=N or crop=N (e.g. flip,shift=2 or crop=4,flip)"
+                        "unknown item '{item}'; expected flip, shift=N, crop=N, mixup=A or cutmix=A (e.g. flip,shift=2 or crop=4,flip or flip,mixup=0.2)"
                     )))
                 }
             }
@@ -111,7 +141,7 @@ impl Augment {
         }
         if !any || a.is_identity() {
             return Err(err(format!(
-                "'{text}' augments nothing; use flip, shift=N or crop=N (N >= 1), or flip with one of them"
+                "'{text}' augments nothing; use flip, shift=N or crop=N (N >= 1), mixup=A or cutmix=A, or several"
             )));
         }
         Ok(a)
@@ -119,17 +149,23 @@ impl Augment {
 
     /// Whether it leaves every image unchanged.
     pub fn is_identity(&self) -> bool {
+        self.is_geometric_identity() && self.mix.is_none()
+    }
+
+    /// Whether it moves no pixel of an image (it may still mix images).
+    fn is_geometric_identity(&self) -> bool {
         !self.flip && self.shift == 0 && self.crop == 0
     }
 
     /// Checks that images of `shape` (C, H, W) can be augmented.
     pub fn check_shape(&self, shape: [usize; 3]) -> Result<()> {
         let [_, h, w] = shape;
-        if h < 2 || w < 2 || (self.shift.max(self.crop) as usize) >= h.min(w) {
+        let moves = !self.is_geometric_identity() || self.mix.is_some_and(|m| m.needs_images());
+        if moves && (h < 2 || w < 2 || (self.shift.max(self.crop) as usize) >= h.min(w)) {
             return Err(DataError::Setting {
                 field: FIELD.into(),
                 message: format!(
-                    "samples of shape {shape:?} are not images this augmentation fits (flat features cannot be flipped or shifted)"
+                    "samples of shape {shape:?} are not images this augmentation fits (flat features cannot be flipped, shifted or cut; mixup=A can mix them)"
                 ),
             });
         }
@@ -202,6 +238,9 @@ impl Augment {
         shape: [usize; 3],
         inputs: &mut [f32],
     ) {
+        if self.is_geometric_identity() {
+            return;
+        }
         let len = shape.iter().product::<usize>().max(1);
         let mut tmp = vec![0f32; len];
         for (&i, x) in indices.iter().zip(inputs.chunks_exact_mut(len)) {
@@ -209,6 +248,63 @@ impl Augment {
             tmp.copy_from_slice(x);
             Self::apply(p, shape, &tmp, x);
         }
+    }
+}
+
+/// The mixing of a batch's rows (`None` without `mixup` or `cutmix`).
+pub type BatchMixing = Option<Vec<MixParams>>;
+
+impl Augment {
+    /// The mixing drawn for `sample` of `data` in `view` under `seed`
+    /// (`None` without `mixup` or `cutmix`).
+    pub fn mix_params(
+        &self,
+        data: &Dataset,
+        seed: u64,
+        view: u64,
+        sample: usize,
+    ) -> Option<MixParams> {
+        self.mix
+            .map(|m| m.params(seed, view, sample as u64, data.len(), data.sample_shape()))
+    }
+
+    /// The inputs of samples `indices` of `data` in view `view` under
+    /// `seed`, into `out` (`indices.len() * sample_len` values): each
+    /// sample's image in its geometric view, then, with `mixup` or
+    /// `cutmix`, mixed with its partner's image in the partner's own
+    /// geometric view. Returns the rows' mixing. Every row is a pure
+    /// function of `(data, seed, view, sample)`, whatever else the batch
+    /// holds: the teacher's build, `views export` and the loader call this
+    /// one function, so a cached target belongs to the image a student sees.
+    pub fn fill_batch(
+        &self,
+        data: &Dataset,
+        seed: u64,
+        view: u64,
+        indices: &[usize],
+        out: &mut [f32],
+    ) -> BatchMixing {
+        let shape = data.sample_shape();
+        data.fill_inputs(indices, out);
+        self.apply_batch(seed, view, indices, shape, out);
+        let mix = self.mix?;
+        let params: Vec<MixParams> = indices
+            .iter()
+            .map(|&i| mix.params(seed, view, i as u64, data.len(), shape))
+            .collect();
+        let partners: Vec<usize> = params.iter().map(|p| p.partner).collect();
+        let mut other = vec![0f32; out.len()];
+        data.fill_inputs(&partners, &mut other);
+        self.apply_batch(seed, view, &partners, shape, &mut other);
+        let len = data.sample_len().max(1);
+        for ((p, x), y) in params
+            .iter()
+            .zip(out.chunks_exact_mut(len))
+            .zip(other.chunks_exact(len))
+        {
+            Mix::blend(p, shape, x, y);
+        }
+        Some(params)
     }
 }
 
@@ -225,6 +321,9 @@ impl fmt::Display for Augment {
         }
         if self.shift > 0 {
             items.push(format!("shift={}", self.shift));
+        }
+        if let Some(m) = self.mix {
+            items.push(m.to_string());
         }
         f.write_str(&items.join(","))
     }
@@ -245,7 +344,8 @@ mod tests {
             Augment {
                 flip: true,
                 shift: 2,
-                crop: 0
+                crop: 0,
+                mix: None,
             }
         );
         for t in ["flip", "shift=3", "flip,shift=1"] {
@@ -388,7 +488,8 @@ mod tests {
             Augment {
                 flip: true,
                 shift: 0,
-                crop: 4
+                crop: 4,
+                mix: None,
             }
         );
         assert_eq!(Augment::parse("flip, crop=4").unwrap(), a);
@@ -484,5 +585,100 @@ mod tests {
             assert_eq!(zeros(0), zeros(2));
         }
         assert_eq!(seen_flip, [true, true]);
+    }
+
+    #[test]
+    fn mixup_and_cutmix_parse_print_and_are_checked() {
+        let a = Augment::parse("flip,shift=2,mixup=0.2").unwrap();
+        assert_eq!(a.mix, Some(Mix::Mixup { alpha: 0.2 }));
+        assert!(a.flip && a.shift == 2);
+        for t in [
+            "flip,shift=2,mixup=0.2",
+            "cutmix=1",
+            "crop=4,flip,cutmix=0.5",
+            "mixup=0.4",
+        ] {
+            assert_eq!(Augment::parse(t).unwrap().to_string(), t);
+        }
+        assert_eq!(
+            Augment::parse(" mixup = 1.0 ").unwrap().to_string(),
+            "mixup=1"
+        );
+        for (t, needle) in [
+            ("mixup=0", "must be a number in (0, 100]"),
+            ("cutmix=-1", "must be a number in (0, 100]"),
+            ("mixup=x", "mixup=x"),
+            ("mixup=nan", "must be a number"),
+            ("mixup=0.2,cutmix=1", "mixes twice"),
+            ("mixup", "unknown item 'mixup'"),
+        ] {
+            let e = Augment::parse(t).unwrap_err().to_string();
+            assert!(e.contains("augment") && e.contains(needle), "{t}: {e}");
+        }
+        // Mixup blends flat features; cutmix and moves need images.
+        let flat = [1, 1, 784];
+        assert!(Augment::parse("mixup=0.2")
+            .unwrap()
+            .check_shape(flat)
+            .is_ok());
+        assert!(Augment::parse("cutmix=1")
+            .unwrap()
+            .check_shape(flat)
+            .is_err());
+        assert!(Augment::parse("flip,mixup=1")
+            .unwrap()
+            .check_shape(flat)
+            .is_err());
+        // Configs record the mix and read back; old ones read as unmixed.
+        let json = serde_json::to_string(&a).unwrap();
+        assert_eq!(serde_json::from_str::<Augment>(&json).unwrap(), a);
+        assert!(!serde_json::to_string(&Augment::parse("flip").unwrap())
+            .unwrap()
+            .contains("mix"));
+    }
+
+    fn small_data(n: usize) -> Dataset {
+        let labels = (0..n as u32).map(|i| i % 10).collect();
+        Dataset::from_u8(
+            [1, 6, 5],
+            (0..n * 30).map(|i| ((i * 37) % 251) as u8).collect(),
+            Some(labels),
+            super::super::Split::Train,
+        )
+        .unwrap()
+    }
+
+    /// A mixed row is its own geometric view blended with its partner's
+    /// geometric view, the same in any batch.
+    #[test]
+    fn fill_batch_mixes_each_row_with_its_partners_view() {
+        let data = small_data(40);
+        let shape = data.sample_shape();
+        for spec in ["flip,shift=1,mixup=0.5", "flip,cutmix=1", "shift=2"] {
+            let a = Augment::parse(spec).unwrap();
+            let idx = [3usize, 17, 3, 39, 0];
+            let mut out = vec![0f32; idx.len() * 30];
+            let mix = a.fill_batch(&data, 9, 4, &idx, &mut out);
+            assert_eq!(mix.is_some(), a.mix.is_some(), "{spec}");
+            for (r, &i) in idx.iter().enumerate() {
+                let mut own = vec![0f32; 30];
+                data.fill_inputs(&[i], &mut own);
+                a.apply_batch(9, 4, &[i], shape, &mut own);
+                if let Some(m) = a.mix {
+                    let p = m.params(9, 4, i as u64, 40, shape);
+                    assert_eq!(mix.as_ref().unwrap()[r], p);
+                    assert_ne!(p.partner, i);
+                    let mut other = vec![0f32; 30];
+                    data.fill_inputs(&[p.partner], &mut other);
+                    a.apply_batch(9, 4, &[p.partner], shape, &mut other);
+                    Mix::blend(&p, shape, &mut own, &other);
+                }
+                assert_eq!(out[r * 30..(r + 1) * 30], own[..], "{spec} row {r}");
+                // Alone in a batch, the same row.
+                let mut alone = vec![0f32; 30];
+                a.fill_batch(&data, 9, 4, &[i], &mut alone);
+                assert_eq!(alone, own);
+            }
+        }
     }
 }

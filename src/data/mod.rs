@@ -37,6 +37,7 @@ mod cifar;
 mod elem;
 mod fingerprint;
 mod idx;
+pub mod mix;
 pub mod normalize;
 mod npy;
 pub mod options;

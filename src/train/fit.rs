@@ -39,7 +39,7 @@ use super::checkpoint::{self, Progress, RunIdentity};
 use super::config::{RunOptions, TrainConfig};
 use super::eval::{evaluate, evaluate_samples, EvalResult};
 use super::loader::{Batch, Loader};
-use super::loss::{loss, Targets};
+use super::loss::{loss_mixed, Targets};
 use super::metrics::{curve_points, write_metrics, EpochMetrics};
 use super::optim::Optimizer;
 use super::pruning::Pruning;
@@ -317,7 +317,7 @@ impl<'a, D: Backend> Run<'a, D> {
             labels: batch.labels.as_deref(),
             teacher_logprobs: batch.logprobs.as_deref().or(online.as_deref()),
         };
-        let l = loss(&self.cfg.loss, logits, &targets)?;
+        let l = loss_mixed(&self.cfg.loss, logits, &targets, batch.mix.as_ref())?;
         let value = l.as_vec().first().copied().unwrap_or(f32::NAN);
         if !value.is_finite() {
             return Err(Error::Training {

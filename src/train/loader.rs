@@ -20,11 +20,19 @@
 //! mid-epoch. With a set of augmented views, epoch `e` reads view `e % K`
 //! and augments the inputs exactly as the teacher saw them.
 //!
+//! With `mixup` or `cutmix` in the augmentation each image is mixed with a
+//! partner sample drawn from `(seed, view, sample)` (the function the
+//! teacher's build calls, [`Augment::fill_batch`]), and the batch carries
+//! the label mixing ([`LabelMix`]) for the hard-label term.
+//!
 //! A run's [validation split](super::validation) is skipped: its samples
 //! are dropped from either order (the cache still holds their records), the
 //! rest are batched in the same order, and a position counts trained
 //! samples only. Without a split the batches are exactly those of the
-//! orders above.
+//! orders above. In a mixed epoch a sample whose partner is held out is
+//! skipped too: its image shows a validation sample (and a cached target
+//! of it cannot be recomputed without that sample), so validation stays
+//! unseen.
 
 use std::sync::mpsc;
 use std::thread::Scope;
@@ -38,6 +46,7 @@ use crate::data::Dataset;
 use crate::error::{Error, Result};
 
 use super::config::TrainConfig;
+use super::loss::LabelMix;
 use super::validation::ValidationSplit;
 
 /// How many batches the loader thread runs ahead of the training step.
@@ -56,6 +65,9 @@ pub struct Batch {
     /// The teacher's log-probabilities at the run's temperature, from the
     /// cache (distillation from a cache), `indices.len() * classes` values.
     pub logprobs: Option<Vec<f32>>,
+    /// The partners' labels and the mixing weights of mixed images
+    /// (`mixup`, `cutmix`; `None` when unmixed or unlabelled).
+    pub mix: Option<LabelMix>,
 }
 
 /// What the loader reads: host data only, so it may cross threads.
@@ -124,6 +136,20 @@ impl<'a> Loader<'a> {
         self.validation.is_none_or(|v| !v.holds_out(i))
     }
 
+    /// Whether sample `i` trains in an epoch augmented by `augment`: it is
+    /// not held out, nor (in a mixed epoch) is its partner.
+    fn trains_in(&self, augment: &Option<(Augment, u64, u64)>, i: usize) -> bool {
+        if !self.trains(i) {
+            return false;
+        }
+        match augment {
+            Some((a, seed, view)) if self.validation.is_some() => a
+                .mix_params(self.train, *seed, *view, i)
+                .is_none_or(|p| self.trains(p.partner)),
+            _ => true,
+        }
+    }
+
     /// The batches of `epoch` from position `first` of its order (counting
     /// trained samples only) on. The last batch holds what is left (it may
     /// be smaller than the batch size).
@@ -133,7 +159,7 @@ impl<'a> Loader<'a> {
             None => {
                 let mut order = shuffled_order(self.train.len(), self.cfg.seed, epoch);
                 if self.validation.is_some() {
-                    order.retain(|&i| self.trains(i));
+                    order.retain(|&i| self.trains_in(&augment, i));
                 }
                 Order::Shuffled {
                     next: first.min(order.len()),
@@ -149,7 +175,7 @@ impl<'a> Loader<'a> {
                         order
                             .iter()
                             .enumerate()
-                            .filter(|(_, &i)| self.trains(i as usize))
+                            .filter(|(_, &i)| self.trains_in(&augment, i as usize))
                             .nth(first)
                             .map_or(order.len(), |(p, _)| p)
                     }
@@ -220,19 +246,34 @@ impl<'a> Loader<'a> {
     ) -> Batch {
         let train = self.train;
         let mut inputs = vec![0f32; indices.len() * train.sample_len()];
-        train.fill_inputs(&indices, &mut inputs);
-        if let Some((a, seed, view)) = augment {
-            a.apply_batch(*seed, *view, &indices, train.sample_shape(), &mut inputs);
-        }
+        let mixing = match augment {
+            Some((a, seed, view)) => a.fill_batch(train, *seed, *view, &indices, &mut inputs),
+            None => {
+                train.fill_inputs(&indices, &mut inputs);
+                None
+            }
+        };
+        // A mixed image's hard target needs its partner's label, which
+        // only the dataset holds: cache labels alone would be wrong targets
+        // for it, so a mixed batch of unlabelled data has none.
+        let mixed = mixing.is_some();
+        let mix = match (mixing, train.labels()) {
+            (Some(params), Some(y)) => Some(LabelMix {
+                partner_labels: params.iter().map(|p| y[p.partner]).collect(),
+                lambdas: params.iter().map(|p| p.lambda).collect(),
+            }),
+            _ => None,
+        };
         let labels = train
             .labels()
             .map(|y| indices.iter().map(|&i| y[i]).collect())
-            .or(cache_labels);
+            .or(cache_labels.filter(|_| !mixed));
         Batch {
             indices,
             inputs,
             labels,
             logprobs,
+            mix,
         }
     }
 }
@@ -332,9 +373,9 @@ impl Iterator for Batches<'_> {
                     // Without a split the cache's batches are the run's.
                     None => batches.next(),
                     Some(_) => {
-                        let loader = self.loader;
+                        let (loader, augment) = (self.loader, &self.augment);
                         next_trained_rows(batches, pending, loader.cfg.batch_size, |i| {
-                            loader.trains(i)
+                            loader.trains_in(augment, i)
                         })
                     }
                 };
@@ -584,6 +625,113 @@ mod tests {
         data.fill_inputs(&b.indices, &mut plain);
         assert_ne!(b.inputs, plain);
         walk(&loader, &teacher, 1, 333, T);
+    }
+
+    /// The round trip of a mixed view set: `build_view_set` runs the
+    /// teacher on mixed images (mixup with flips and shifts, cutmix), and
+    /// every batch the loader serves holds the teacher's outputs on exactly
+    /// the mixed inputs it recreates, with the partners' labels and
+    /// weights for label mixing; the set's summary records each view.
+    #[test]
+    fn a_mixed_view_set_serves_the_teachers_outputs_on_the_recreated_mixed_images() {
+        use crate::data::mix::Mix;
+        use crate::teacher::{build_view_set, ViewSetSpec};
+        let tmp = tempfile::tempdir().unwrap();
+        let (teacher, data) = (teacher(), data());
+        for (k, spec) in ["flip,shift=1,mixup=0.4", "cutmix=1"].iter().enumerate() {
+            let set = tmp.path().join(format!("set-{k}"));
+            let opts = BuildOptions {
+                temperature: T,
+                encoding: Encoding::F16,
+                writer: WriterOptions {
+                    records_per_block: BLOCK,
+                    ..WriterOptions::default()
+                },
+                batch_size: 100,
+                teacher_source: "data/teachers/fashion-cnn".into(),
+                progress: false,
+                view: None,
+            };
+            let augment = Augment::parse(spec).unwrap();
+            let vs = ViewSetSpec {
+                augment,
+                seed: 11,
+                views: 2,
+            };
+            let summary = build_view_set(&teacher, &data, &set, &opts, &vs, |_, _| {}).unwrap();
+            // SAFETY: written above by this test; nothing modifies it.
+            let views = unsafe { CacheViews::open(&set) }.unwrap();
+            assert_eq!(views.summary(), Some(&summary));
+            assert_eq!(summary.view_stats.len(), 2);
+            assert!(summary.clean_agreement.unwrap() > 0.8, "{summary:?}");
+            for v in &summary.view_stats {
+                assert!(v.bytes_per_sample > 0.0 && v.build_seconds.unwrap() > 0.0);
+                assert!((0.0..=1.0).contains(&v.agreement.unwrap()));
+            }
+            let cfg = config(T);
+            let loader = Loader::new(&data, Some(&views), &cfg);
+            for epoch in 0..3 {
+                walk(&loader, &teacher, epoch, 0, T);
+            }
+            walk(&loader, &teacher, 1, 130, T);
+            // The batch carries each row's partner label and weight, as
+            // the mixing function draws them for the epoch's view.
+            let b = loader.batches(3, 0).unwrap().next().unwrap().unwrap();
+            let mix = b
+                .mix
+                .as_ref()
+                .expect("a mixed batch carries its label mixing");
+            let labels = data.labels().unwrap();
+            let mut lambdas = Vec::new();
+            for (r, &i) in b.indices.iter().enumerate() {
+                let p = augment.mix_params(&data, 11, 1, i).unwrap();
+                assert_ne!(p.partner, i);
+                assert_eq!(mix.partner_labels[r], labels[p.partner]);
+                assert_eq!(mix.lambdas[r], p.lambda);
+                lambdas.push(p.lambda);
+            }
+            let mut plain = vec![0f32; b.inputs.len()];
+            data.fill_inputs(&b.indices, &mut plain);
+            assert_ne!(b.inputs, plain);
+            if matches!(augment.mix, Some(Mix::Cutmix { .. })) {
+                assert!(lambdas.iter().any(|&l| l < 1.0));
+            }
+        }
+    }
+
+    /// In a mixed epoch with a validation split, a sample whose partner is
+    /// held out is skipped (its image would show a validation sample);
+    /// the rest keep their order, from any position.
+    #[test]
+    fn a_mixed_epoch_never_shows_a_held_out_sample() {
+        let data = data();
+        let cfg = TrainConfig {
+            augment: Some(Augment::parse("mixup=0.2").unwrap()),
+            ..config(T)
+        };
+        let split = ValidationSplit::new(0.2, cfg.seed, N).unwrap();
+        let loader = Loader::new(&data, None, &cfg).holding_out(&split);
+        let a = cfg.augment.unwrap();
+        let want: Vec<usize> = shuffled_order(N, cfg.seed, 2)
+            .into_iter()
+            .filter(|&i| {
+                !split.holds_out(i)
+                    && !split.holds_out(a.mix_params(&data, cfg.seed, 2, i).unwrap().partner)
+            })
+            .collect();
+        assert!(want.len() < split.train_len() && want.len() > split.train_len() * 7 / 10);
+        let batches: Vec<Batch> = loader.batches(2, 0).unwrap().map(|b| b.unwrap()).collect();
+        let order: Vec<usize> = batches.iter().flat_map(|b| b.indices.clone()).collect();
+        assert_eq!(order, want);
+        for b in &batches {
+            assert_eq!(b.mix.as_ref().unwrap().lambdas.len(), b.indices.len());
+        }
+        let rest: Vec<usize> = loader
+            .batches(2, 70)
+            .unwrap()
+            .flat_map(|b| b.unwrap().indices)
+            .collect();
+        assert_eq!(rest, want[70..]);
     }
 
     #[test]

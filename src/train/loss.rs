@@ -27,6 +27,12 @@
 //! adjustment" of Wen et al. 2019), so the soft targets never point at a wrong
 //! class while keeping the teacher's ranking of the rest.
 //!
+//! Mixed images (mixup, cutmix: [`crate::data::mix`]) come with a
+//! [`LabelMix`]: the hard-label term's target is then the mixed row
+//! `lambda * onehot(y_i) + (1 - lambda) * onehot(y_partner)`
+//! ([`loss_mixed`]); the soft terms read the teacher's output on the mixed
+//! image, as they read it on any other.
+//!
 //! `alpha = 1` is plain training (the soft branch is not even computed) and
 //! `alpha = 0` pure distillation (the hard branch is skipped).
 
@@ -270,6 +276,48 @@ pub fn one_hot(labels: &[u32], classes: usize) -> Vec<f32> {
     v
 }
 
+/// The label mixing of a batch of mixed images (mixup, cutmix): row `r`'s
+/// hard-label target is `lambdas[r] * onehot(y_r) + (1 - lambdas[r]) *
+/// onehot(partner_labels[r])`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LabelMix {
+    pub partner_labels: Vec<u32>,
+    pub lambdas: Vec<f32>,
+}
+
+impl LabelMix {
+    /// The mixed one-hot rows for `labels` (the rows' own labels).
+    pub fn target_rows(&self, labels: &[u32], classes: usize) -> Vec<f32> {
+        let mut v = vec![0f32; labels.len() * classes];
+        for (r, ((&y, &z), &l)) in labels
+            .iter()
+            .zip(&self.partner_labels)
+            .zip(&self.lambdas)
+            .enumerate()
+        {
+            let row = &mut v[r * classes..(r + 1) * classes];
+            if (y as usize) < classes {
+                row[y as usize] += l;
+            }
+            if (z as usize) < classes {
+                row[z as usize] += 1.0 - l;
+            }
+        }
+        v
+    }
+
+    /// Each row's dominant label: its own where `lambda >= 1/2`, else the
+    /// partner's (the class a teacher should see in the mixed image).
+    pub fn dominant(&self, labels: &[u32]) -> Vec<u32> {
+        labels
+            .iter()
+            .zip(&self.partner_labels)
+            .zip(&self.lambdas)
+            .map(|((&y, &z), &l)| if l >= 0.5 { y } else { z })
+            .collect()
+    }
+}
+
 pub use crate::numeric::argmax_rows;
 
 /// Builds the loss for a batch of student logits. Returns the scalar loss
@@ -279,6 +327,38 @@ pub fn loss<D: Backend, T: Tape<f32, D>>(
     logits: Matrix<D, T>,
     targets: &Targets<'_>,
 ) -> Result<Tensor<Rank0, f32, D, T>> {
+    loss_mixed(cfg, logits, targets, None)
+}
+
+/// [`loss`] for a batch of mixed images: the hard-label term's targets are
+/// `mix`'s mixed one-hot rows, and the soft terms that read a label (DKD's
+/// target class, `swap`) read each row's dominant label. With `mix` `None`
+/// it is [`loss`], the same operations.
+pub fn loss_mixed<D: Backend, T: Tape<f32, D>>(
+    cfg: &LossConfig,
+    logits: Matrix<D, T>,
+    targets: &Targets<'_>,
+    mix: Option<&LabelMix>,
+) -> Result<Tensor<Rank0, f32, D, T>> {
+    let dominant = match (mix, targets.labels) {
+        (Some(m), Some(y)) if m.lambdas.len() == y.len() && m.partner_labels.len() == y.len() => {
+            Some(m.dominant(y))
+        }
+        (Some(m), Some(y)) => {
+            return Err(Error::Training {
+                context: "loss".into(),
+                message: format!(
+                    "a batch of {} labels has {} mixing weights and {} partner labels; a mixed image needs its own label and its partner's",
+                    y.len(),
+                    m.lambdas.len(),
+                    m.partner_labels.len()
+                ),
+            })
+        }
+        // Without labels only the soft terms run, and they need none.
+        (_, None) | (None, _) => None,
+    };
+    let soft_labels = dominant.as_deref().or(targets.labels);
     let dev = logits.device().clone();
     let (batch, classes) = *logits.shape();
     let missing = |what: &str| Error::Training {
@@ -286,10 +366,12 @@ pub fn loss<D: Backend, T: Tape<f32, D>>(
         message: format!("the {} loss needs {what}, which this batch lacks", cfg.kind),
     };
     let inv_b = 1.0 / batch as f32;
-    let cross_entropy = |logits: Matrix<D, T>, labels: &[u32]| {
-        let y = dev.tensor_from_vec(one_hot(labels, classes), (batch, classes));
+    let cross_entropy_rows = |logits: Matrix<D, T>, rows: Vec<f32>| {
+        let y = dev.tensor_from_vec(rows, (batch, classes));
         (logits.log_softmax::<Axis<1>>() * y).sum::<Rank0, _>() * (-inv_b)
     };
+    let cross_entropy =
+        |logits: Matrix<D, T>, labels: &[u32]| cross_entropy_rows(logits, one_hot(labels, classes));
     if cfg.kind == LossKind::Pseudo {
         let lp = targets
             .teacher_logprobs
@@ -309,7 +391,11 @@ pub fn loss<D: Backend, T: Tape<f32, D>>(
     let hard = match hard_branch {
         Some(l) => {
             let labels = targets.labels.ok_or_else(|| missing("labels"))?;
-            Some(cross_entropy(l, labels) * hard_w)
+            let rows = match mix {
+                Some(m) => m.target_rows(labels, classes),
+                None => one_hot(labels, classes),
+            };
+            Some(cross_entropy_rows(l, rows) * hard_w)
         }
         None => None,
     };
@@ -320,7 +406,7 @@ pub fn loss<D: Backend, T: Tape<f32, D>>(
                 .ok_or_else(|| missing("teacher outputs"))?;
             let swapped;
             let lp = if cfg.teacher_errors == TeacherErrors::Swap {
-                let labels = targets.labels.ok_or_else(|| missing("labels"))?;
+                let labels = soft_labels.ok_or_else(|| missing("labels"))?;
                 swapped = swap_teacher_errors(lp, labels, classes);
                 &swapped[..]
             } else {
@@ -353,7 +439,7 @@ pub fn loss<D: Backend, T: Tape<f32, D>>(
                     (l - z).square().mean::<Rank0, _>() * soft_w
                 }
                 LossKind::Dkd => {
-                    let labels = targets.labels.ok_or_else(|| missing("labels"))?;
+                    let labels = soft_labels.ok_or_else(|| missing("labels"))?;
                     let w = dkd_host_weights(lp, labels, classes, cfg.dkd_weights);
                     let scaled = l * (1.0 / t);
                     let masked = scaled.with_empty_tape()
@@ -811,5 +897,115 @@ mod tests {
         let old: LossConfig =
             serde_json::from_str(r#"{"kind":"kd","alpha":0.5,"temperature":4.0}"#).unwrap();
         assert_eq!(old, LossConfig::new(LossKind::Kd, 0.5, 4.0));
+    }
+
+    // Reference for label mixing (mixup's loss, Zhang et al. 2018):
+    //   ce_mix = lam * F.cross_entropy(s, y, reduction="none")
+    //          + (1 - lam) * F.cross_entropy(s, y_partner, reduction="none")
+    //   loss = alpha * ce_mix.mean() + (1 - alpha) * T*T * kl_batchmean
+    #[test]
+    fn mixed_labels_match_the_reference_and_leave_pure_kd_alone() {
+        let dev = Cpu::seed_from_u64(0);
+        let s = [1.0f32, 2.0, 0.5, 0.1, -1.0, 2.0];
+        let z = [0.5f32, 3.0, 0.0, 0.0, 0.0, 4.0];
+        let (t, alpha) = (2.0f32, 0.3f32);
+        let lp: Vec<f32> = z.chunks(3).flat_map(|r| log_softmax(r, t)).collect();
+        let labels = [1u32, 2];
+        let mix = LabelMix {
+            partner_labels: vec![0, 1],
+            lambdas: vec![0.7, 0.2],
+        };
+        let (mut ce, mut kl) = (0.0f32, 0.0f32);
+        for r in 0..2 {
+            let ls = log_softmax(&s[r * 3..r * 3 + 3], 1.0);
+            let l = mix.lambdas[r];
+            ce -= l * ls[labels[r] as usize] + (1.0 - l) * ls[mix.partner_labels[r] as usize];
+            let lst = log_softmax(&s[r * 3..r * 3 + 3], t);
+            for c in 0..3 {
+                let p = lp[r * 3 + c].exp();
+                kl += p * (lp[r * 3 + c] - lst[c]);
+            }
+        }
+        let expected = alpha * ce / 2.0 + (1.0 - alpha) * t * t * kl / 2.0;
+        let targets = Targets {
+            classes: 3,
+            labels: Some(&labels),
+            teacher_logprobs: Some(&lp),
+        };
+        let logits = dev.tensor_from_vec(s.to_vec(), (2, 3));
+        let cfg = LossConfig::new(LossKind::Kd, alpha, t);
+        let got = loss_mixed(&cfg, logits.clone(), &targets, Some(&mix))
+            .unwrap()
+            .array();
+        assert!((got - expected).abs() < 1e-5, "{got} vs {expected}");
+        // Hard labels alone: the mixed cross-entropy; its gradient is
+        // softmax(s) - the mixed target, per row, over the batch.
+        let hard = LossConfig { alpha: 1.0, ..cfg };
+        let l = loss_mixed(
+            &hard,
+            logits.clone().traced(Gradients::leaky()),
+            &targets,
+            Some(&mix),
+        )
+        .unwrap();
+        assert!((l.array() - ce / 2.0).abs() < 1e-5);
+        let g = l.backward().get(&logits).as_vec();
+        let rows = mix.target_rows(&labels, 3);
+        assert_eq!(rows, vec![0.3, 0.7, 0.0, 0.0, 0.8, 0.2]);
+        for r in 0..2 {
+            let q = log_softmax(&s[r * 3..r * 3 + 3], 1.0);
+            for c in 0..3 {
+                let want = (q[c].exp() - rows[r * 3 + c]) / 2.0;
+                assert!((g[r * 3 + c] - want).abs() < 1e-5, "{g:?}");
+            }
+        }
+        // lambda 1 is the unmixed loss; pure distillation (alpha 0) reads
+        // no label, mixed or not.
+        let ones = LabelMix {
+            partner_labels: vec![0, 0],
+            lambdas: vec![1.0, 1.0],
+        };
+        let plain = loss(&cfg, logits.clone(), &targets).unwrap().array();
+        let one = loss_mixed(&cfg, logits.clone(), &targets, Some(&ones))
+            .unwrap()
+            .array();
+        assert!((plain - one).abs() < 1e-6);
+        let pure = LossConfig { alpha: 0.0, ..cfg };
+        let unlabelled = Targets {
+            labels: None,
+            ..targets
+        };
+        let a = loss_mixed(&pure, logits.clone(), &unlabelled, Some(&mix))
+            .unwrap()
+            .array();
+        let b = loss(&pure, logits.clone(), &unlabelled).unwrap().array();
+        assert_eq!(a, b);
+        // DKD's target class is the dominant label: row 1's partner (1).
+        assert_eq!(mix.dominant(&labels), vec![1, 1]);
+        let dkd = LossConfig::new(LossKind::Dkd, 0.0, t);
+        let dominant = [1u32, 1];
+        let by_hand = loss(
+            &dkd,
+            logits.clone(),
+            &Targets {
+                labels: Some(&dominant),
+                ..targets
+            },
+        )
+        .unwrap()
+        .array();
+        let mixed = loss_mixed(&dkd, logits.clone(), &targets, Some(&mix))
+            .unwrap()
+            .array();
+        assert_eq!(mixed, by_hand);
+        // A mix of the wrong length is refused.
+        let short = LabelMix {
+            partner_labels: vec![0],
+            lambdas: vec![0.5],
+        };
+        let e = loss_mixed(&cfg, logits, &targets, Some(&short))
+            .err()
+            .unwrap();
+        assert!(e.to_string().contains("mixing weights"), "{e}");
     }
 }
