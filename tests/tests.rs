@@ -17,6 +17,7 @@ mod cli_train;
 mod compat;
 mod determinism;
 mod layers;
+mod pytorch_golden;
 mod regression;
 mod reliability_cli;
 mod reliability_lib;

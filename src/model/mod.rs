@@ -12,11 +12,14 @@ pub mod dir;
 pub mod input_norm;
 pub mod io;
 pub mod kernels;
+pub mod layers;
 pub mod network;
 pub mod ops;
+pub mod pytorch;
 pub mod spec;
 
 pub use dir::ModelDir;
-pub use network::{Network, Param, ParamKind, ParamValue};
+pub use layers::Layer;
+pub use network::{Buffer, Network, Param, ParamKind, ParamValue};
 pub use ops::Backend;
-pub use spec::{Layer, ModelSpec};
+pub use spec::ModelSpec;

@@ -40,8 +40,8 @@ pub fn pruned_spec(spec: &ModelSpec, sparsity: f64, sel: &LayerSelection) -> Res
     let text = if spec.as_str().trim_start().starts_with("mlp") {
         let mut dims = vec![spec.input_len().to_string()];
         for (li, l) in layers.iter().enumerate() {
-            if let Layer::Dense { outputs, .. } = *l {
-                dims.push(keep(outputs, li).to_string());
+            if let Layer::Dense(d) = l {
+                dims.push(keep(d.outputs, li).to_string());
             }
         }
         format!("mlp:{}", dims.join("-"))
@@ -52,11 +52,20 @@ pub fn pruned_spec(spec: &ModelSpec, sparsity: f64, sel: &LayerSelection) -> Res
             toks.push(format!("i{c}x{h}x{w}"));
         }
         for (li, l) in layers.iter().enumerate() {
-            toks.push(match *l {
-                Layer::Conv { out_channels, .. } => format!("c{}", keep(out_channels, li)),
-                Layer::MaxPool { .. } => "p".into(),
-                Layer::Dense { outputs, .. } if li == last => outputs.to_string(),
-                Layer::Dense { outputs, .. } => format!("f{}", keep(outputs, li)),
+            toks.push(match l {
+                Layer::Conv(c) if c.is_fused() => format!("c{}", keep(c.out_channels, li)),
+                Layer::MaxPool(_) => "p".into(),
+                Layer::Dense(d) if li == last => d.outputs.to_string(),
+                Layer::Dense(d) => format!("f{}", keep(d.outputs, li)),
+                other => {
+                    return Err(super::spec_err(
+                        spec,
+                        format!(
+                            "structured pruning does not handle a {} yet",
+                            other.describe()
+                        ),
+                    ))
+                }
             });
         }
         format!("cnn:{}", toks.join("-"))

@@ -88,9 +88,13 @@ impl fmt::Display for TransferReport {
 
 fn kind_name(layer: &Layer) -> &'static str {
     match layer {
-        Layer::Conv { .. } => "a 3x3 convolution",
-        Layer::MaxPool { .. } => "a max-pool",
-        Layer::Dense { .. } => "a linear layer",
+        Layer::Conv(_) => "a convolution",
+        Layer::MaxPool(_) => "a max-pool",
+        Layer::Dense(_) => "a linear layer",
+        Layer::BatchNorm(_) => "a batch norm",
+        Layer::Residual(_) => "a residual block",
+        Layer::GlobalAvgPool(_) => "a global average pool",
+        Layer::Dropout(_) => "a dropout",
     }
 }
 
@@ -194,6 +198,23 @@ fn check_transferable(teacher_spec: &ModelSpec, student_spec: &ModelSpec) -> Res
         ));
     }
     let (tl, sl) = (teacher_spec.layers(), student_spec.layers());
+    for (spec, layers) in [(teacher_spec, tl), (student_spec, sl)] {
+        let plain = |l: &Layer| match l {
+            Layer::Conv(c) => c.is_fused(),
+            Layer::MaxPool(_) | Layer::Dense(_) => true,
+            _ => false,
+        };
+        if let Some(l) = layers.iter().find(|l| !plain(l)) {
+            return Err(spec_err(
+                student_spec,
+                format!(
+                    "parameter transfer from {teacher_spec} does not handle {} ({}) of {spec} yet",
+                    kind_name(l),
+                    l.describe()
+                ),
+            ));
+        }
+    }
     let s_idx = student_spec.torch_indices();
     for (i, s) in sl.iter().enumerate() {
         let name = format!("layers.{}", s_idx[i]);
@@ -261,33 +282,13 @@ fn layer_plan(
     torch_index: usize,
 ) -> Result<Option<LayerPlan>> {
     let plan = match (teacher, student) {
-        (
-            Layer::Conv {
-                out_channels: to, ..
-            },
-            Layer::Conv {
-                in_channels: si,
-                out_channels: so,
-                ..
-            },
-        ) => {
-            debug_assert_eq!(in_map.len(), *si);
-            (*to, *so, in_map.to_vec(), 9)
+        (Layer::Conv(t), Layer::Conv(s)) => {
+            debug_assert_eq!(in_map.len(), s.in_channels);
+            (t.out_channels, s.out_channels, in_map.to_vec(), 9)
         }
-        (
-            Layer::Dense {
-                outputs: to,
-                from_image: t_img,
-                ..
-            },
-            Layer::Dense {
-                outputs: so,
-                inputs: s_in,
-                from_image: s_img,
-                ..
-            },
-        ) => {
-            let cols = match (t_img, s_img) {
+        (Layer::Dense(t), Layer::Dense(s)) => {
+            let (to, so, s_in) = (&t.outputs, &s.outputs, &s.inputs);
+            let cols = match (t.from_image, s.from_image) {
                 (Some((_, th, tw)), Some((sc, sh, sw))) if student_spec.is_convolutional() => {
                     if (th, tw) != (sh, sw) {
                         return Err(spec_err(
