@@ -12,6 +12,7 @@ mod cli_cifar;
 mod cli_data;
 mod cli_model;
 mod cli_prune;
+mod cli_resnet;
 mod cli_sweep;
 mod cli_train;
 mod compat;
