@@ -2,13 +2,13 @@
 //! layouts, so `model.load_state_dict(safetensors.torch.load_file(...))`
 //! works on the module printed by [`ModelSpec::torch_code`].
 //!
-//! Layout conversions (the store's layouts are described in
-//! [`crate::model::network`]):
-//! - conv weight: store `[out, 9*in]` (column `tap*in + c`) to PyTorch
-//!   `[out, in, 3, 3]`;
-//! - first dense layer after convolutions: store columns in (h, w, c) order to
-//!   PyTorch's flatten order (c, h, w);
-//! - everything else is already PyTorch's layout.
+//! Layout conversions: each parameter carries its store layout
+//! ([`Layout`], declared by its layer): conv weights `[out, k*k*in]` to
+//! PyTorch's `[out, in, k, k]`, the first dense layer after image layers
+//! from (h, w, c) columns to PyTorch's flatten order (c, h, w); everything
+//! else is already PyTorch's layout. Buffers (batch norm's running
+//! statistics) are saved beside the parameters under their PyTorch names;
+//! `num_batches_tracked` as int64, as PyTorch keeps it.
 //!
 //! The metadata holds the spec ([`SPEC_KEY`]) and, for a model that
 //! normalises its inputs, the normalisation
@@ -287,13 +287,15 @@ pub fn read_safetensors(path: &Path) -> Result<(HashMap<String, String>, Vec<Hos
                     i64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]) as f32
                 })
                 .collect(),
-            other => return Err(Error::Model {
-                path: path.to_path_buf(),
-                message: format!(
+            other => {
+                return Err(Error::Model {
+                    path: path.to_path_buf(),
+                    message: format!(
                     "tensor '{name}' is {other:?}; distill reads float32 weights (and int64 {})",
                     batchnorm::COUNTER
                 ),
-            }),
+                })
+            }
         };
         out.push(HostTensor {
             name,

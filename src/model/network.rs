@@ -2,29 +2,29 @@
 //!
 //! dfdx 0.13's layers are const-generic and its `TensorCollection` cannot
 //! describe run-time shapes, so the network keeps its own parameter store: one
-//! [`Param`] per weight or bias, each a dfdx tensor, visited in one place
+//! [`Param`] per learnable tensor, each a dfdx tensor, visited in one place
 //! ([`Network::params`] / [`Network::params_mut`]) by the optimizer, the
-//! safetensors I/O, pruning masks and checkpoints.
+//! safetensors I/O, pruning masks and checkpoints; and one [`Buffer`] per
+//! running statistic (batch norm), on the host, saved and loaded with the
+//! parameters but never touched by the optimizer.
 //!
-//! Layouts inside the store (converted to PyTorch's on save and load, see
-//! [`crate::model::io`]):
-//! - dense weight `[out, in]` (as PyTorch); for the first dense layer after
-//!   convolutions the input order is (height, width, channel), because images
-//!   travel channels-last;
-//! - conv weight `[out, 9 * in]`, column `tap * in + c` with `tap = 3*dy + dx`.
+//! What each tensor is, its name and its layout in the store come from its
+//! layer's declarations ([`super::layers`]): the network builds the store
+//! from them and hands each layer its own slice of it in the forward pass.
 //!
 //! The forward pass takes a batch as `(batch, input_len)` rows in the
 //! dataset's (channel, height, width) order, applies the network's input
-//! normalisation if it has one ([`super::input_norm`]), and returns `(batch, classes)`
-//! logits; it is generic over the tape, so the same code serves training
-//! (`OwnedTape`) and inference (`NoneTape`). Dense layers go through
-//! [`Backend::linear`], convolutions (with the max-pool that follows, if any)
-//! through [`Backend::conv3x3`]; the first layer computes no gradient for the
-//! network's input, which nothing reads.
+//! normalisation if it has one ([`super::input_norm`]), turns images
+//! channels-last, runs the layers in order (a residual block is one layer
+//! with its own small graph inside), and returns `(batch, classes)` logits.
+//! It is generic over the tape: a pass on a tape (`OwnedTape`) trains
+//! (batch statistics, dropout), a pass without (`NoneTape`) evaluates. A
+//! fused 3x3 convolution followed by a max-pool runs both in one op; the
+//! first layer computes no gradient for the network's input, which nothing
+//! reads.
 
 use dfdx::prelude::*;
 use rand::{Rng, SeedableRng};
-
 use std::ops::Range;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
