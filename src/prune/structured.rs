@@ -37,7 +37,20 @@ pub fn pruned_spec(spec: &ModelSpec, sparsity: f64, sel: &LayerSelection) -> Res
             n
         }
     };
-    let text = if spec.as_str().trim_start().starts_with("mlp") {
+    let residual = spec
+        .layers()
+        .iter()
+        .any(|l| matches!(l, Layer::Residual(_)));
+    if residual && *sel != LayerSelection::All {
+        return Err(Error::Config {
+            field: "layers".into(),
+            message: format!(
+                "{spec} has residual blocks, whose stream of channels is pruned as one; prune all layers"
+            ),
+        });
+    }
+    let family = spec.as_str().split(':').next().unwrap_or("").trim();
+    let text = if family == "mlp" {
         let mut dims = vec![spec.input_len().to_string()];
         for (li, l) in layers.iter().enumerate() {
             if let Layer::Dense(d) = l {
@@ -45,6 +58,24 @@ pub fn pruned_spec(spec: &ModelSpec, sparsity: f64, sel: &LayerSelection) -> Res
             }
         }
         format!("mlp:{}", dims.join("-"))
+    } else if family == "resnet" {
+        // Stages `WxN` narrow to `keep(W)xN`; the input, dropout and class
+        // count stay.
+        let body = spec.as_str().split_once(':').map_or("", |(_, b)| b);
+        let toks: Vec<String> = body
+            .split('-')
+            .map(|t| {
+                let t = t.trim();
+                match t.split_once('x') {
+                    Some((w, n)) if !t.starts_with('i') => match w.parse::<usize>() {
+                        Ok(w) => format!("{}x{n}", keep(w, 0)),
+                        Err(_) => t.to_string(),
+                    },
+                    _ => t.to_string(),
+                }
+            })
+            .collect();
+        format!("resnet:{}", toks.join("-"))
     } else {
         let mut toks = Vec::new();
         let (c, h, w) = spec.input_shape();
@@ -52,9 +83,16 @@ pub fn pruned_spec(spec: &ModelSpec, sparsity: f64, sel: &LayerSelection) -> Res
             toks.push(format!("i{c}x{h}x{w}"));
         }
         for (li, l) in layers.iter().enumerate() {
+            let s2 = |stride: usize| if stride == 2 { "s2" } else { "" };
             toks.push(match l {
-                Layer::Conv(c) if c.is_fused() => format!("c{}", keep(c.out_channels, li)),
+                Layer::Conv(c) if c.bias && c.relu && c.kernel == 3 => {
+                    format!("c{}{}", keep(c.out_channels, li), s2(c.stride))
+                }
                 Layer::MaxPool(_) => "p".into(),
+                Layer::BatchNorm(b) if !b.relu => "bn".into(),
+                Layer::Residual(b) => format!("r{}{}", keep(b.out_channels(), li), s2(b.stride())),
+                Layer::GlobalAvgPool(_) => "gap".into(),
+                Layer::Dropout(d) => format!("d{}", d.p),
                 Layer::Dense(d) if li == last => d.outputs.to_string(),
                 Layer::Dense(d) => format!("f{}", keep(d.outputs, li)),
                 other => {
