@@ -47,6 +47,51 @@ fn a_resnet_trains_saves_its_running_statistics_and_evaluates_the_same() {
     let py = fs::read_to_string(run.join("model.py")).unwrap();
     assert!(py.contains("class BasicBlock(nn.Module):"), "{py}");
     assert!(py.contains("nn.Dropout(0.2)"), "{py}");
+    // Structured pruning halves every stage, blocks and shortcuts together;
+    // the pruned model is fine-tuned from the resnet teacher's cache
+    // (hybrid: labels and teacher targets).
+    let pruned = ok(
+        tmp.path(),
+        &[
+            "prune",
+            "--model",
+            "r8",
+            "--method",
+            "l1-structured",
+            "--sparsity",
+            "0.5",
+            "--out",
+            "small",
+            "-q",
+        ],
+    );
+    assert!(pruned.contains("resnet:2x1-4x1-8x1-d0.2-10"), "{pruned}");
+    assert!(tmp.path().join("small/model.py").exists());
+    ok(tmp.path(), &cache_build_args("r8", &data, "cache", &["-q"]));
+    let tuned = ok(
+        tmp.path(),
+        &train_args(
+            &data,
+            "resnet:2x1-4x1-8x1-d0.2-10",
+            "tuned",
+            &[
+                "--cache",
+                "cache",
+                "--init-from",
+                "small",
+                "--alpha",
+                "0.5",
+                "--epochs",
+                "1",
+                "--batch",
+                "64",
+                "--seed",
+                "3",
+                "-q",
+            ],
+        ),
+    );
+    assert!(tuned.contains("final test accuracy"), "{tuned}");
     // Same seed, same weights: dropout masks come from the seed and step.
     ok(tmp.path(), &train_args(&data, RESNET8, "again", &settings));
     assert_eq!(

@@ -435,6 +435,18 @@ impl ModelSpec {
             .collect()
     }
 
+    /// The full names of layer `li`'s prunable weights
+    /// ([`Layer::prunable_weights`]), e.g. `layers.3.weight` or
+    /// `layers.4.conv1.weight`.
+    pub fn prunable_weights(&self, li: usize) -> Vec<String> {
+        let prefix = &self.module_names()[li];
+        self.layers[li]
+            .prunable_weights()
+            .into_iter()
+            .map(|n| format!("{prefix}.{n}"))
+            .collect()
+    }
+
     /// The equivalent PyTorch module, for users who load the weights there:
     /// Python that binds `model`, an `nn.Sequential` whose only child is
     /// named `layers`, so its `state_dict` keys are exactly the file's

@@ -369,6 +369,17 @@ impl Layer {
         each_kind!(self, l => l.buffers())
     }
 
+    /// The names (relative to the layer's module) of its weights that
+    /// magnitude pruning masks: those of convolutions and dense layers, a
+    /// block's included; not batch norm's per-channel scales.
+    pub fn prunable_weights(&self) -> Vec<String> {
+        self.params()
+            .into_iter()
+            .filter(|p| p.kind == ParamKind::Weight && p.torch_shape.len() >= 2)
+            .map(|p| p.name)
+            .collect()
+    }
+
     /// Whether the layer owns learnable parameters.
     pub fn has_params(&self) -> bool {
         !self.params().is_empty()
