@@ -2,8 +2,10 @@
 //! basic block, batch norm, a stride-2 block per later stage) trains on the
 //! committed subset, saves its running statistics and `model.py`, and
 //! `distill eval` reads them back to the training run's own test accuracy;
-//! dropout draws the same masks in a resumed run; `model info` lists each
-//! block with its parameters and FLOPs.
+//! a run killed and resumed ends with the same bytes (dropout masks and
+//! running statistics included); the trained network prunes 50% structured
+//! and fine-tunes from its own cache; `model info` lists each block with its
+//! parameters and FLOPs.
 
 use std::fs;
 
@@ -92,11 +94,36 @@ fn a_resnet_trains_saves_its_running_statistics_and_evaluates_the_same() {
         ),
     );
     assert!(tuned.contains("final test accuracy"), "{tuned}");
-    // Same seed, same weights: dropout masks come from the seed and step.
-    ok(tmp.path(), &train_args(&data, RESNET8, "again", &settings));
+    // Killed after 40 of 58 steps and resumed: the same bytes as the
+    // uninterrupted run (dropout masks come from the seed and the step; the
+    // checkpoint holds the running statistics).
+    let stopped = ok(
+        tmp.path(),
+        &train_args(
+            &data,
+            RESNET8,
+            "again",
+            &[
+                &settings[..],
+                &["--checkpoint-every", "7", "--stop-after-steps", "40"],
+            ]
+            .concat(),
+        ),
+    );
+    assert!(stopped.contains("stopped after 40 steps"), "{stopped}");
+    ok(
+        tmp.path(),
+        &train_args(
+            &data,
+            RESNET8,
+            "again",
+            &[&settings[..], &["--checkpoint-every", "7", "--resume"]].concat(),
+        ),
+    );
     assert_eq!(
         fs::read(run.join("model.safetensors")).unwrap(),
-        fs::read(tmp.path().join("again/model.safetensors")).unwrap()
+        fs::read(tmp.path().join("again/model.safetensors")).unwrap(),
+        "resumed run differs"
     );
 }
 

@@ -755,4 +755,66 @@ mod tests {
             assert!(err.contains(spec), "{spec}: {err}");
         }
     }
+
+    #[test]
+    fn residual_grammar_resolves_shapes_and_names() {
+        let spec = ModelSpec::parse("cnn:i3x9x9-c8s2-bn-r8-r16s2-gap-d0.5-10").unwrap();
+        let out: Vec<Features> = spec.layers().iter().map(Layer::output).collect();
+        let img = |channels, height, width| Features::Image {
+            channels,
+            height,
+            width,
+        };
+        assert_eq!(
+            out,
+            vec![
+                img(8, 5, 5),
+                img(8, 5, 5),
+                img(8, 5, 5),
+                img(16, 3, 3),
+                Features::Flat(16),
+                Features::Flat(16),
+                Features::Flat(10)
+            ]
+        );
+        // conv, relu, bn, block, block, avgpool, flatten, dropout, linear
+        assert_eq!(spec.torch_indices(), vec![0, 2, 3, 4, 5, 7, 8]);
+        assert_eq!(
+            spec.prunable_weights(3),
+            vec![
+                "layers.4.conv1.weight",
+                "layers.4.conv2.weight",
+                "layers.4.shortcut.0.weight"
+            ]
+        );
+        assert!(spec.prunable_weights(1).is_empty(), "batch norm scales");
+        assert!(spec.has_buffers());
+        // resnet: the stem, stages with a stride-2 block first (but the
+        // first), pooling, dropout, linear.
+        let r = ModelSpec::parse("resnet:8x2-16x1-d0.1-4").unwrap();
+        let kinds: Vec<String> = r.layers().iter().map(Layer::describe).collect();
+        assert_eq!(
+            kinds,
+            vec![
+                "conv3x3 1->8 @28x28 nobias",
+                "batchnorm 8ch @28x28 +relu",
+                "block 8->8 @28x28",
+                "block 8->8 @28x28",
+                "block 8->16 @28x28 s2 ->14x14 +proj",
+                "avgpool 16ch 14x14->1x1",
+                "dropout p=0.1 (training only)",
+                "linear 16->4"
+            ]
+        );
+        for (text, needle) in [
+            ("resnet:16-10", "unknown stage '16'"),
+            ("resnet:10", "at least one stage"),
+            ("cnn:d1.5-10", "[0, 1)"),
+            ("cnn:c8-gap-c8-10", "after a dense layer or global pooling"),
+            ("cnn:r0-10", "between 1"),
+        ] {
+            let err = ModelSpec::parse(text).unwrap_err().to_string();
+            assert!(err.contains(needle), "{text}: {err}");
+        }
+    }
 }

@@ -300,6 +300,9 @@ impl<'a, D: Backend> Ctx<'a, D> {
 }
 
 /// One layer of a resolved model.
+// A block holds its sub-layers inline; a spec has a few dozen layers at
+// most, so the size difference costs nothing worth a box.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq)]
 pub enum Layer {
     Conv(Conv),
