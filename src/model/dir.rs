@@ -8,6 +8,7 @@
 //! | `model.safetensors` | the weights, PyTorch `state_dict` names and layouts |
 //! | `mask.safetensors` | pruning masks (1 keeps, 0 prunes), when the model has them |
 //! | `model.json` | the model card: spec, settings, accuracy, timings |
+//! | `model.py` | the PyTorch module that loads the weights (see [`super::pytorch`]) |
 //! | `metrics.jsonl` | one line of metrics per epoch |
 //! | `curves.png` | training curves |
 //! | `checkpoint.safetensors` | the state a killed run resumes from |
@@ -74,6 +75,11 @@ impl ModelDir {
     /// The model card.
     pub fn card(&self) -> PathBuf {
         self.dir.join("model.json")
+    }
+
+    /// The PyTorch module definition written beside the weights.
+    pub fn torch_module(&self) -> PathBuf {
+        self.dir.join("model.py")
     }
 
     /// The per-epoch metrics.

@@ -2,13 +2,13 @@
 //! layouts, so `model.load_state_dict(safetensors.torch.load_file(...))`
 //! works on the module printed by [`ModelSpec::torch_code`].
 //!
-//! Layout conversions (the store's layouts are described in
-//! [`crate::model::network`]):
-//! - conv weight: store `[out, 9*in]` (column `tap*in + c`) to PyTorch
-//!   `[out, in, 3, 3]`;
-//! - first dense layer after convolutions: store columns in (h, w, c) order to
-//!   PyTorch's flatten order (c, h, w);
-//! - everything else is already PyTorch's layout.
+//! Layout conversions: each parameter carries its store layout
+//! ([`Layout`], declared by its layer): conv weights `[out, k*k*in]` to
+//! PyTorch's `[out, in, k, k]`, the first dense layer after image layers
+//! from (h, w, c) columns to PyTorch's flatten order (c, h, w); everything
+//! else is already PyTorch's layout. Buffers (batch norm's running
+//! statistics) are saved beside the parameters under their PyTorch names;
+//! `num_batches_tracked` as int64, as PyTorch keeps it.
 //!
 //! The metadata holds the spec ([`SPEC_KEY`]) and, for a model that
 //! normalises its inputs, the normalisation
@@ -26,9 +26,10 @@ use safetensors::tensor::{Dtype, SafeTensors, TensorView};
 use xxhash_rust::xxh3::Xxh3;
 
 use super::input_norm::{self, NORMALIZE_KEY};
+use super::layers::{batchnorm, Layout};
 use super::network::{Network, ParamValue};
 use super::ops::Backend;
-use super::spec::{Layer, ModelSpec};
+use super::spec::ModelSpec;
 use crate::error::{Error, Result};
 
 /// Metadata key holding the model spec inside a weights file.
@@ -45,154 +46,83 @@ pub struct HostTensor {
     pub data: Vec<f32>,
 }
 
-/// For weights whose layouts differ, `perm[store_index] = torch_index`;
-/// `None` where the store already holds PyTorch's layout. Both conversions
-/// below are this one mapping, applied as a gather or a scatter.
-fn torch_permutation(spec: &ModelSpec, layer: usize, is_weight: bool) -> Option<Vec<usize>> {
-    if !is_weight {
-        return None;
-    }
-    match spec.layers()[layer] {
-        Layer::Conv {
-            in_channels: cin,
-            out_channels: cout,
-            ..
-        } => {
-            // store [o][tap][c] -> torch [o][c][tap]
-            let mut perm = vec![0usize; cout * cin * 9];
-            for o in 0..cout {
-                for c in 0..cin {
-                    for tap in 0..9 {
-                        perm[o * 9 * cin + tap * cin + c] = (o * cin + c) * 9 + tap;
-                    }
-                }
-            }
-            Some(perm)
-        }
-        Layer::Dense {
-            inputs,
-            outputs,
-            from_image: Some((c, h, w)),
-            ..
-        } if spec.is_convolutional() => {
-            // store columns (h, w, c) -> torch flatten order (c, h, w)
-            let mut perm = vec![0usize; outputs * inputs];
-            for o in 0..outputs {
-                for ch in 0..c {
-                    for p in 0..h * w {
-                        perm[o * inputs + p * c + ch] = o * inputs + ch * h * w + p;
-                    }
-                }
-            }
-            Some(perm)
-        }
-        _ => None,
-    }
-}
-
-/// Converts one parameter from the store's layout to PyTorch's.
-fn to_torch(
-    spec: &ModelSpec,
-    layer: usize,
-    is_weight: bool,
-    value: &[f32],
-    dims: &[usize],
-) -> (Vec<usize>, Vec<f32>) {
-    let shape = match spec.layers()[layer] {
-        Layer::Conv {
-            in_channels,
-            out_channels,
-            ..
-        } if is_weight => vec![out_channels, in_channels, 3, 3],
-        _ => dims.to_vec(),
-    };
-    match torch_permutation(spec, layer, is_weight) {
-        Some(perm) => {
-            let mut out = vec![0f32; value.len()];
-            for (s, &t) in perm.iter().enumerate() {
-                out[t] = value[s];
-            }
-            (shape, out)
-        }
-        None => (shape, value.to_vec()),
-    }
-}
-
-/// Converts one parameter from PyTorch's layout to the store's (also used
-/// for pruning masks, which share their weight's layout).
-pub fn from_torch(spec: &ModelSpec, layer: usize, is_weight: bool, value: &[f32]) -> Vec<f32> {
-    match torch_permutation(spec, layer, is_weight) {
-        Some(perm) => perm.iter().map(|&t| value[t]).collect(),
-        None => value.to_vec(),
-    }
-}
-
-/// The expected PyTorch shape of each parameter, by name.
+/// The expected PyTorch shape of each tensor (parameters, then buffers such
+/// as batch norm's running statistics), by name.
 pub fn torch_shapes(spec: &ModelSpec) -> Vec<(String, Vec<usize>)> {
     let mut out = Vec::new();
-    for (idx, layer) in spec.torch_indices().iter().zip(spec.layers()) {
-        match *layer {
-            Layer::Conv {
-                in_channels,
-                out_channels,
-                ..
-            } => {
-                out.push((
-                    format!("layers.{idx}.weight"),
-                    vec![out_channels, in_channels, 3, 3],
-                ));
-                out.push((format!("layers.{idx}.bias"), vec![out_channels]));
-            }
-            Layer::Dense {
-                inputs, outputs, ..
-            } => {
-                out.push((format!("layers.{idx}.weight"), vec![outputs, inputs]));
-                out.push((format!("layers.{idx}.bias"), vec![outputs]));
-            }
-            Layer::MaxPool { .. } => {}
+    let mut buffers = Vec::new();
+    for (prefix, layer) in spec.module_names().iter().zip(spec.layers()) {
+        for p in layer.params() {
+            out.push((format!("{prefix}.{}", p.name), p.torch_shape));
+        }
+        for b in layer.buffers() {
+            buffers.push((format!("{prefix}.{}", b.name), b.torch_shape));
         }
     }
+    out.extend(buffers);
     out
 }
 
+/// The store layout of each weight, by PyTorch name (also the layout of
+/// its pruning mask).
+pub fn weight_layout(spec: &ModelSpec, name: &str) -> Option<Layout> {
+    spec.module_names()
+        .iter()
+        .zip(spec.layers())
+        .flat_map(|(prefix, layer)| {
+            layer
+                .params()
+                .into_iter()
+                .map(move |p| (format!("{prefix}.{}", p.name), p.layout))
+        })
+        .find_map(|(n, layout)| (n == name).then_some(layout))
+}
+
 impl<D: Backend> Network<D> {
-    /// The parameters in PyTorch layout, on the host.
+    /// The parameters in PyTorch layout, then the buffers, on the host.
     pub fn to_host(&self) -> Vec<HostTensor> {
-        self.params()
-            .iter()
-            .map(|p| {
-                let (shape, data) = to_torch(
-                    self.spec(),
-                    p.layer,
-                    p.kind == super::ParamKind::Weight,
-                    &p.value.to_vec(),
-                    &p.value.dims(),
-                );
-                HostTensor {
-                    name: p.name.clone(),
-                    shape,
-                    data,
-                }
-            })
-            .collect()
+        let params = self.params().iter().map(|p| {
+            let mut shape = p.value.dims();
+            if let Layout::Conv {
+                out_channels,
+                in_channels,
+                taps,
+            } = p.layout
+            {
+                let k = (taps as f64).sqrt().round() as usize;
+                shape = vec![out_channels, in_channels, k, k];
+            }
+            HostTensor {
+                name: p.name.clone(),
+                shape,
+                data: p.layout.to_torch(&p.value.to_vec()),
+            }
+        });
+        let buffers = self.buffers().iter().map(|b| HostTensor {
+            name: b.name.clone(),
+            shape: b.shape.clone(),
+            data: b.get(),
+        });
+        params.chain(buffers).collect()
     }
 
-    /// Overwrites the parameters from tensors in PyTorch layout. Every
-    /// parameter must be present with its exact shape; `source` names the
-    /// file in errors.
+    /// Overwrites the parameters and buffers from tensors in PyTorch
+    /// layout. Every one must be present with its exact shape; `source`
+    /// names the file in errors.
     pub fn load_host(&mut self, tensors: &[HostTensor], source: &Path) -> Result<()> {
         let by_name: HashMap<&str, &HostTensor> =
             tensors.iter().map(|t| (t.name.as_str(), t)).collect();
-        let expected = torch_shapes(self.spec());
         let spec = self.spec().clone();
-        for ((name, shape), param) in expected.iter().zip(self.params_mut()) {
-            let t = by_name.get(name.as_str()).ok_or_else(|| Error::Model {
+        let expected: HashMap<String, Vec<usize>> = torch_shapes(&spec).into_iter().collect();
+        let find = |name: &str| -> Result<&HostTensor> {
+            let shape = expected.get(name).cloned().unwrap_or_default();
+            let t = by_name.get(name).ok_or_else(|| Error::Model {
                 path: source.to_path_buf(),
                 message: format!(
                     "tensor '{name}' is missing (spec {spec} needs it with shape {shape:?})"
                 ),
             })?;
-            if &t.shape != shape {
+            if t.shape != shape {
                 return Err(Error::Model {
                     path: source.to_path_buf(),
                     message: format!(
@@ -207,13 +137,14 @@ impl<D: Backend> Network<D> {
                     message: format!("tensor '{name}' holds a non-finite value at element {i}"),
                 });
             }
-            let values = from_torch(
-                &spec,
-                param.layer,
-                param.kind == super::ParamKind::Weight,
-                &t.data,
-            );
-            param.value.copy_from(&values);
+            Ok(t)
+        };
+        for param in self.params_mut() {
+            let t = find(&param.name)?;
+            param.value.copy_from(&param.layout.from_torch(&t.data));
+        }
+        for b in self.buffers() {
+            b.set(find(&b.name)?.data.clone());
         }
         Ok(())
     }
@@ -236,6 +167,14 @@ impl<D: Backend> Network<D> {
                 h.update(&v.to_le_bytes());
             }
         }
+        // Buffers only where there are some: older models keep their
+        // fingerprints.
+        for b in self.buffers() {
+            h.update(b.name.as_bytes());
+            for v in b.get() {
+                h.update(&v.to_le_bytes());
+            }
+        }
         format!("{:032x}", h.digest128())
     }
 }
@@ -246,15 +185,27 @@ pub fn write_safetensors(
     tensors: &[HostTensor],
     metadata: HashMap<String, String>,
 ) -> Result<()> {
-    let bytes: Vec<Vec<u8>> = tensors
+    let bytes: Vec<(Dtype, Vec<u8>)> = tensors
         .iter()
-        .map(|t| t.data.iter().flat_map(|v| v.to_le_bytes()).collect())
+        .map(|t| match is_counter(&t.name) {
+            true => (
+                Dtype::I64,
+                t.data
+                    .iter()
+                    .flat_map(|v| (v.round() as i64).to_le_bytes())
+                    .collect(),
+            ),
+            false => (
+                Dtype::F32,
+                t.data.iter().flat_map(|v| v.to_le_bytes()).collect(),
+            ),
+        })
         .collect();
     let views = tensors
         .iter()
         .zip(&bytes)
-        .map(|(t, b)| {
-            TensorView::new(Dtype::F32, t.shape.clone(), b)
+        .map(|(t, (dtype, b))| {
+            TensorView::new(*dtype, t.shape.clone(), b)
                 .map(|v| (t.name.clone(), v))
                 .map_err(|e| Error::Model {
                     path: path.to_path_buf(),
@@ -322,20 +273,30 @@ pub fn read_safetensors(path: &Path) -> Result<(HashMap<String, String>, Vec<Hos
             path: path.to_path_buf(),
             message: format!("tensor '{name}': {e}"),
         })?;
-        if view.dtype() != Dtype::F32 {
-            return Err(Error::Model {
-                path: path.to_path_buf(),
-                message: format!(
-                    "tensor '{name}' is {:?}; distill reads float32 weights",
-                    view.dtype()
+        let data = match view.dtype() {
+            Dtype::F32 => view
+                .data()
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                .collect(),
+            // PyTorch's batch-norm step counter.
+            Dtype::I64 if is_counter(&name) => view
+                .data()
+                .chunks_exact(8)
+                .map(|c| {
+                    i64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]) as f32
+                })
+                .collect(),
+            other => {
+                return Err(Error::Model {
+                    path: path.to_path_buf(),
+                    message: format!(
+                    "tensor '{name}' is {other:?}; distill reads float32 weights (and int64 {})",
+                    batchnorm::COUNTER
                 ),
-            });
-        }
-        let data = view
-            .data()
-            .chunks_exact(4)
-            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-            .collect();
+                })
+            }
+        };
         out.push(HostTensor {
             name,
             shape: view.shape().to_vec(),
@@ -345,15 +306,23 @@ pub fn read_safetensors(path: &Path) -> Result<(HashMap<String, String>, Vec<Hos
     Ok((metadata, out))
 }
 
+/// Whether a tensor is batch norm's step counter, which PyTorch keeps as
+/// int64 (and distill writes so).
+fn is_counter(name: &str) -> bool {
+    name.rsplit('.').next() == Some(batchnorm::COUNTER)
+}
+
 /// Saves a network's weights, recording its spec and its input
-/// normalisation (when it has one) in the file's metadata.
+/// normalisation (when it has one) in the file's metadata, and writes
+/// `model.py` beside them.
 pub fn save_weights<D: Backend>(net: &Network<D>, path: &Path) -> Result<()> {
     let mut meta = HashMap::new();
     meta.insert(SPEC_KEY.to_string(), net.spec().as_str().to_string());
     if let Some(n) = net.normalization() {
         meta.insert(NORMALIZE_KEY.to_string(), input_norm::to_metadata(n));
     }
-    write_safetensors(path, &net.to_host(), meta)
+    write_safetensors(path, &net.to_host(), meta)?;
+    super::pytorch::write_module_file(path, net.spec(), net.normalization())
 }
 
 /// The input normalisation recorded in a weights file's metadata (`None`

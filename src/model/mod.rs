@@ -1,5 +1,7 @@
-//! Models from run-time specs: parsing ([`spec`]), the dfdx network and its
-//! parameter store ([`network`]), the device ops behind [`Backend`]
+//! Models from run-time specs: parsing ([`spec`]), the layer kinds, one
+//! file each ([`layers`]), the dfdx network and its
+//! parameter store ([`network`]), the `model.py` written beside a model
+//! ([`pytorch`]), the device ops behind [`Backend`]
 //! (patches and pooling in [`ops`], the fused convolution block in [`conv`],
 //! matmuls in [`kernels`]), safetensors I/O with PyTorch names and layouts
 //! ([`io`]), the input normalisation stored with a model ([`input_norm`]), a
@@ -12,11 +14,14 @@ pub mod dir;
 pub mod input_norm;
 pub mod io;
 pub mod kernels;
+pub mod layers;
 pub mod network;
 pub mod ops;
+pub mod pytorch;
 pub mod spec;
 
 pub use dir::ModelDir;
-pub use network::{Network, Param, ParamKind, ParamValue};
+pub use layers::Layer;
+pub use network::{Buffer, Network, Param, ParamKind, ParamValue};
 pub use ops::Backend;
-pub use spec::{Layer, ModelSpec};
+pub use spec::ModelSpec;

@@ -1,23 +1,40 @@
 //! Model specs: the run-time strings that describe a student or a teacher.
+//! This file only parses; each layer kind lives in its own file under
+//! [`super::layers`] and owns its shapes, names, FLOPs and forward pass.
 //!
-//! Two families:
+//! Three families:
 //! - `mlp:784-1200-1200-10`: fully connected layers, ReLU between them. The
 //!   first number is the input width, the last the number of classes.
-//! - `cnn:c32-p-c64-p-f128-10`: `cN` is a 3x3 convolution with N output
-//!   channels (stride 1, zero padding 1) followed by ReLU, `p` a 2x2 max-pool
-//!   with stride 2 (odd sizes are floored, as PyTorch does), `fN` a fully
-//!   connected layer with ReLU, and the last bare number the class count. The
-//!   input is 1x28x28 unless the spec starts with `iCxHxW`, as in
-//!   `cnn:i3x32x32-c32-p-10`.
+//! - `cnn:c32-p-c64-p-f128-10`: a list of layers, the last bare number the
+//!   class count. The input is 1x28x28 unless the spec starts with
+//!   `iCxHxW`, as in `cnn:i3x32x32-c32-p-10`. Tokens ([`CNN_TOKENS`]):
+//!   `cN` a 3x3 convolution with N output channels (padding 1) + bias +
+//!   ReLU, `cNs2` the same with stride 2, `p` a 2x2 max-pool with stride 2
+//!   (odd sizes floored, as PyTorch), `bn` a batch norm, `rN` a residual
+//!   basic block to N channels, `rNs2` one with stride 2, `gap` global
+//!   average pooling, `dP` dropout with probability P (training only), `fN`
+//!   a fully connected layer with ReLU.
+//! - `resnet:16x3-32x3-64x3-10`: the CIFAR ResNets of He et al. Each `WxN`
+//!   is a stage of N basic blocks of width W; the first stage keeps the
+//!   image size, each later one starts with a stride-2 block. Before the
+//!   stages, a stem: a 3x3 convolution to the first stage's width (no
+//!   bias), batch norm and ReLU; after them, global average pooling, an
+//!   optional dropout `dP`, and a linear layer to the class count (the last
+//!   number). `resnet:16x3-32x3-64x3-10` is ResNet-20,
+//!   `resnet:16x1-32x1-64x1-10` ResNet-8. Input as for `cnn:`.
 //!
 //! A parsed [`ModelSpec`] resolves every layer's shape, so it can count
 //! parameters and forward FLOPs and name each tensor as PyTorch would
 //! (`layers.{k}.weight`, where `k` counts ReLU, pooling and flatten modules of
-//! the equivalent `nn.Sequential` too).
+//! the equivalent `nn.Sequential` too; a block's tensors are
+//! `layers.{k}.conv1.weight` and so on).
 
 use std::fmt;
 use std::str::FromStr;
 
+use super::layers::{
+    BasicBlock, BatchNorm, Conv, Dense, Dropout, Features, GlobalAvgPool, Layer, MaxPool,
+};
 use crate::error::{Error, Result};
 
 /// The largest width, channel count or input side a spec may name; keeps
@@ -26,93 +43,152 @@ const MAX_DIM: usize = 1 << 20;
 /// The largest parameter count a spec may describe (4 G floats = 16 GiB).
 const MAX_PARAMS: u64 = 1 << 32;
 
-/// One layer of a resolved model.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Layer {
-    /// 3x3 convolution, stride 1, padding 1, then ReLU. Input and output are
-    /// `height x width` images.
-    Conv {
-        in_channels: usize,
-        out_channels: usize,
-        height: usize,
-        width: usize,
-    },
-    /// 2x2 max-pool, stride 2, from `height x width` to half of each (floored).
-    MaxPool {
-        channels: usize,
-        height: usize,
-        width: usize,
-    },
-    /// Fully connected layer, followed by ReLU unless it is the last layer.
-    /// `from_image` is `Some((channels, height, width))` when it is the first
-    /// dense layer after convolutions (its input is a flattened image).
-    Dense {
-        inputs: usize,
-        outputs: usize,
-        relu: bool,
-        from_image: Option<(usize, usize, usize)>,
-    },
-}
-
-impl Layer {
-    /// Number of learnable parameters (weights and biases).
-    pub fn param_count(&self) -> u64 {
-        self.checked_param_count().unwrap_or(u64::MAX)
-    }
-
-    /// Forward FLOPs per sample, counting a multiply-add as two.
-    pub fn flops(&self) -> u64 {
-        self.checked_flops().unwrap_or(u64::MAX)
-    }
-
-    /// [`Self::param_count`], `None` where it overflows u64 (only a spec
-    /// that [`ModelSpec::parse`] refuses gets there).
-    fn checked_param_count(&self) -> Option<u64> {
-        match *self {
-            Layer::Conv {
-                in_channels,
-                out_channels,
-                ..
-            } => product(&[out_channels, in_channels, 9])?.checked_add(out_channels as u64),
-            Layer::MaxPool { .. } => Some(0),
-            Layer::Dense {
-                inputs, outputs, ..
-            } => product(&[inputs, outputs])?.checked_add(outputs as u64),
-        }
-    }
-
-    /// [`Self::flops`], `None` where it overflows u64.
-    fn checked_flops(&self) -> Option<u64> {
-        match *self {
-            Layer::Conv {
-                in_channels,
-                out_channels,
-                height,
-                width,
-            } => product(&[2, height, width, out_channels, in_channels, 9]),
-            Layer::MaxPool {
-                channels,
-                height,
-                width,
-            } => product(&[height / 2, width / 2, channels, 3]),
-            Layer::Dense {
-                inputs, outputs, ..
-            } => product(&[2, inputs, outputs]),
-        }
-    }
-
-    /// Whether the layer owns a weight and a bias.
-    pub fn has_params(&self) -> bool {
-        !matches!(self, Layer::MaxPool { .. })
-    }
-}
+/// The `cnn:` grammar's layer tokens, for help and error messages.
+pub const CNN_TOKENS: &str = "cN, cNs2, p, bn, rN, rNs2, gap, dP, fN, and a final class count";
 
 /// A parsed, fully resolved model spec.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct ModelSpec {
     text: String,
     input: (usize, usize, usize),
     layers: Vec<Layer>,
+}
+
+/// Builds a layer list from its input on, tracking the shape between
+/// layers; each method is one token of the grammar.
+struct Builder<'a> {
+    text: &'a str,
+    features: Features,
+    layers: Vec<Layer>,
+}
+
+impl<'a> Builder<'a> {
+    fn err(&self, message: String) -> Error {
+        Error::Spec {
+            spec: self.text.to_string(),
+            message,
+        }
+    }
+
+    /// The current image, or an error naming `tok`.
+    fn image(&self, tok: &str) -> Result<(usize, usize, usize)> {
+        match self.features {
+            Features::Image {
+                channels,
+                height,
+                width,
+            } => Ok((channels, height, width)),
+            Features::Flat(_) => Err(self.err(format!(
+                "'{tok}' reads an image, but it comes after a dense layer or global pooling"
+            ))),
+        }
+    }
+
+    fn push(&mut self, layer: Layer) {
+        self.features = layer.output();
+        self.layers.push(layer);
+    }
+
+    fn conv(&mut self, tok: &str, out: usize, stride: usize, bias_relu: bool) -> Result<()> {
+        let (c, h, w) = self.image(tok)?;
+        self.push(Layer::Conv(Conv {
+            stride,
+            bias: bias_relu,
+            relu: bias_relu,
+            ..Conv::classic(c, out, h, w)
+        }));
+        Ok(())
+    }
+
+    fn batch_norm(&mut self, tok: &str, relu: bool) -> Result<()> {
+        let (channels, height, width) = self.image(tok)?;
+        self.push(Layer::BatchNorm(BatchNorm {
+            channels,
+            height,
+            width,
+            relu,
+        }));
+        Ok(())
+    }
+
+    fn pool(&mut self, tok: &str) -> Result<()> {
+        let (channels, height, width) = self.image(tok)?;
+        if height < 2 || width < 2 {
+            return Err(self.err(format!(
+                "pooling '{tok}' on a {height}x{width} image leaves nothing"
+            )));
+        }
+        self.push(Layer::MaxPool(MaxPool {
+            channels,
+            height,
+            width,
+        }));
+        Ok(())
+    }
+
+    fn block(&mut self, tok: &str, out: usize, stride: usize) -> Result<()> {
+        let (c, h, w) = self.image(tok)?;
+        self.push(Layer::Residual(BasicBlock::new(c, out, h, w, stride)));
+        Ok(())
+    }
+
+    fn gap(&mut self, tok: &str) -> Result<()> {
+        let (channels, height, width) = self.image(tok)?;
+        self.push(Layer::GlobalAvgPool(GlobalAvgPool {
+            channels,
+            height,
+            width,
+        }));
+        Ok(())
+    }
+
+    fn dropout(&mut self, tok: &str, digits: &str) -> Result<()> {
+        let p: f32 = digits
+            .parse()
+            .ok()
+            .filter(|p: &f32| (0.0..1.0).contains(p))
+            .ok_or_else(|| {
+                self.err(format!(
+                    "'{tok}': the dropout probability '{digits}' must be a number in [0, 1)"
+                ))
+            })?;
+        self.push(Layer::Dropout(Dropout {
+            p,
+            features: self.features,
+        }));
+        Ok(())
+    }
+
+    fn dense(&mut self, out: usize, relu: bool) {
+        let from_image = match self.features {
+            Features::Image {
+                channels,
+                height,
+                width,
+            } => Some((channels, height, width)),
+            Features::Flat(_) => None,
+        };
+        self.push(Layer::Dense(Dense {
+            inputs: self.features.len(),
+            outputs: out,
+            relu,
+            from_image,
+        }));
+    }
+
+    /// The layers; a network with no image layer reads its input flat.
+    fn finish(mut self) -> Vec<Layer> {
+        if !self.layers.iter().any(Layer::is_spatial) {
+            for l in &mut self.layers {
+                match l {
+                    Layer::Dense(d) => d.from_image = None,
+                    Layer::Dropout(d) => d.features = Features::Flat(d.features.len()),
+                    _ => {}
+                }
+            }
+        }
+        self.layers
+    }
 }
 
 impl ModelSpec {
@@ -124,15 +200,20 @@ impl ModelSpec {
         };
         let (family, body) = text
             .split_once(':')
-            .ok_or_else(|| err("expected 'mlp:...' or 'cnn:...'".into()))?;
+            .ok_or_else(|| err("expected 'mlp:...', 'cnn:...' or 'resnet:...'".into()))?;
         let tokens: Vec<&str> = body.split('-').map(str::trim).collect();
         if tokens.iter().any(|t| t.is_empty()) {
             return Err(err("empty layer between '-' separators".into()));
         }
         let spec = match family.trim() {
             "mlp" => Self::parse_mlp(text, &tokens)?,
-            "cnn" => Self::parse_cnn(text, &tokens)?,
-            other => return Err(err(format!("unknown family '{other}' (use mlp or cnn)"))),
+            "cnn" => Self::parse_image(text, &tokens, false)?,
+            "resnet" => Self::parse_image(text, &tokens, true)?,
+            other => {
+                return Err(err(format!(
+                    "unknown family '{other}' (use mlp, cnn or resnet)"
+                )))
+            }
         };
         let params = spec
             .layers
@@ -164,9 +245,9 @@ impl ModelSpec {
     }
 
     /// Parses `text` for samples of `shape` (channels, height, width): a
-    /// `cnn:` spec that does not name its input (`iCxHxW`) reads images of
-    /// the data's shape, so on 3x32x32 data `cnn:c32-p-10` is
-    /// `cnn:i3x32x32-c32-p-10`, the text it then has (and is saved with).
+    /// `cnn:` or `resnet:` spec that does not name its input (`iCxHxW`)
+    /// reads images of the data's shape, so on 3x32x32 data `cnn:c32-p-10`
+    /// is `cnn:i3x32x32-c32-p-10`, the text it then has (and is saved with).
     /// Flat data (`[1, 1, F]`), data of the default 1x28x28, and every
     /// other spec parse as [`Self::parse`] does.
     pub fn parse_for_input(text: &str, shape: [usize; 3]) -> Result<Self> {
@@ -174,9 +255,14 @@ impl ModelSpec {
         if let Some((family, body)) = text.split_once(':') {
             let body = body.trim_start();
             let names_input = body.starts_with('i');
-            if family.trim() == "cnn" && !names_input && h > 1 && w > 1 && (c, h, w) != (1, 28, 28)
+            let family = family.trim();
+            if (family == "cnn" || family == "resnet")
+                && !names_input
+                && h > 1
+                && w > 1
+                && (c, h, w) != (1, 28, 28)
             {
-                return Self::parse(&format!("cnn:i{c}x{h}x{w}-{body}"));
+                return Self::parse(&format!("{family}:i{c}x{h}x{w}-{body}"));
             }
         }
         Self::parse(text)
@@ -197,11 +283,13 @@ impl ModelSpec {
         let layers = dims
             .windows(2)
             .enumerate()
-            .map(|(i, w)| Layer::Dense {
-                inputs: w[0],
-                outputs: w[1],
-                relu: i + 2 < n,
-                from_image: None,
+            .map(|(i, w)| {
+                Layer::Dense(Dense {
+                    inputs: w[0],
+                    outputs: w[1],
+                    relu: i + 2 < n,
+                    from_image: None,
+                })
             })
             .collect();
         Ok(ModelSpec {
@@ -211,7 +299,9 @@ impl ModelSpec {
         })
     }
 
-    fn parse_cnn(text: &str, tokens: &[&str]) -> Result<Self> {
+    /// The `cnn:` and `resnet:` families: an optional input, layer tokens,
+    /// the class count.
+    fn parse_image(text: &str, tokens: &[&str], resnet: bool) -> Result<Self> {
         let err = |message: String| Error::Spec {
             spec: text.to_string(),
             message,
@@ -235,81 +325,39 @@ impl ModelSpec {
             }
         }
         let Some((last, body)) = rest.split_last() else {
-            return Err(err("a cnn needs at least a class count".into()));
+            return Err(err(format!(
+                "a {} needs at least a class count",
+                if resnet { "resnet" } else { "cnn" }
+            )));
         };
         let classes = parse_dim(text, last, last).map_err(|_| {
             err(format!(
                 "the last layer '{last}' must be the class count, a number"
             ))
         })?;
-        let (mut c, mut h, mut w) = input;
-        let mut flat: Option<usize> = None;
-        let mut layers = Vec::new();
-        for tok in body {
-            if let Some(n) = tok.strip_prefix('c') {
-                if flat.is_some() {
-                    return Err(err(format!("convolution '{tok}' after a dense layer")));
-                }
-                let out = parse_dim(text, tok, n)?;
-                layers.push(Layer::Conv {
-                    in_channels: c,
-                    out_channels: out,
-                    height: h,
-                    width: w,
-                });
-                c = out;
-            } else if *tok == "p" {
-                if flat.is_some() {
-                    return Err(err("pooling 'p' after a dense layer".into()));
-                }
-                if h < 2 || w < 2 {
-                    return Err(err(format!(
-                        "pooling 'p' on a {h}x{w} image leaves nothing"
-                    )));
-                }
-                layers.push(Layer::MaxPool {
-                    channels: c,
-                    height: h,
-                    width: w,
-                });
-                h /= 2;
-                w /= 2;
-            } else if let Some(n) = tok.strip_prefix('f') {
-                let out = parse_dim(text, tok, n)?;
-                let (inputs, from_image) = match flat {
-                    Some(f) => (f, None),
-                    None => (c * h * w, Some((c, h, w))),
-                };
-                layers.push(Layer::Dense {
-                    inputs,
-                    outputs: out,
-                    relu: true,
-                    from_image,
-                });
-                flat = Some(out);
-            } else {
-                return Err(err(format!(
-                    "unknown layer '{tok}' (use cN, p, fN, and a final class count)"
-                )));
+        let mut b = Builder {
+            text,
+            features: Features::Image {
+                channels: input.0,
+                height: input.1,
+                width: input.2,
+            },
+            layers: Vec::new(),
+        };
+        if resnet {
+            resnet_body(&mut b, body)?;
+        } else {
+            for tok in body {
+                cnn_token(&mut b, tok)?;
             }
         }
-        let (inputs, from_image) = match flat {
-            Some(f) => (f, None),
-            None => (c * h * w, Some((c, h, w))),
-        };
-        layers.push(Layer::Dense {
-            inputs,
-            outputs: classes,
-            relu: false,
-            from_image,
-        });
+        b.dense(classes, false);
         Ok(ModelSpec {
             text: text.to_string(),
             input,
-            layers,
+            layers: b.finish(),
         })
     }
-
     /// The spec as written.
     pub fn as_str(&self) -> &str {
         &self.text
@@ -328,7 +376,7 @@ impl ModelSpec {
     /// Number of output classes.
     pub fn num_classes(&self) -> usize {
         match self.layers.last() {
-            Some(Layer::Dense { outputs, .. }) => *outputs,
+            Some(Layer::Dense(d)) => d.outputs,
             _ => 0,
         }
     }
@@ -338,16 +386,20 @@ impl ModelSpec {
         &self.layers
     }
 
-    /// Whether the network works on images, as a CNN: it has a convolution
-    /// or a pooling layer. Then images travel channels-last through those
-    /// layers and the first dense layer flattens them: an `nn.Flatten` in
-    /// PyTorch and a (channel, height, width) column order in the weights
-    /// file. A `cnn:` spec with neither (`cnn:10`) is a dense network on the
-    /// flat image, as an `mlp:` is.
+    /// Whether the network works on images: it has an image layer
+    /// (convolution, pooling, batch norm, residual block). Then images
+    /// travel channels-last through those layers and the first dense layer
+    /// flattens them: an `nn.Flatten` in PyTorch and a (channel, height,
+    /// width) column order in the weights file. A `cnn:` spec with none
+    /// (`cnn:10`) is a dense network on the flat image, as an `mlp:` is.
     pub fn is_convolutional(&self) -> bool {
-        self.layers
-            .iter()
-            .any(|l| matches!(l, Layer::Conv { .. } | Layer::MaxPool { .. }))
+        self.layers.iter().any(Layer::is_spatial)
+    }
+
+    /// Whether a layer keeps running statistics (batch norm), which the
+    /// weights file then holds too.
+    pub fn has_buffers(&self) -> bool {
+        self.layers.iter().any(|l| !l.buffers().is_empty())
     }
 
     /// Total learnable parameters.
@@ -360,77 +412,65 @@ impl ModelSpec {
         self.layers.iter().map(Layer::flops).sum()
     }
 
-    /// PyTorch `nn.Sequential` index of each layer (ReLU, pooling and
-    /// flatten modules take indices too), aligned with [`Self::layers`].
+    /// PyTorch `nn.Sequential` index of each layer's parameter-owning
+    /// module (ReLU, pooling and flatten modules take indices too),
+    /// aligned with [`Self::layers`].
     pub fn torch_indices(&self) -> Vec<usize> {
         let mut k = 0;
         let mut out = Vec::with_capacity(self.layers.len());
         for layer in &self.layers {
-            match layer {
-                Layer::Conv { .. } => {
-                    out.push(k);
-                    k += 2; // Conv2d, ReLU
-                }
-                Layer::MaxPool { .. } => {
-                    out.push(k);
-                    k += 1;
-                }
-                Layer::Dense {
-                    relu, from_image, ..
-                } => {
-                    if from_image.is_some() && self.is_convolutional() {
-                        k += 1; // Flatten
-                    }
-                    out.push(k);
-                    k += if *relu { 2 } else { 1 };
-                }
-            }
+            let (modules, owner) = layer.torch_modules();
+            out.push(k + owner);
+            k += modules.len();
         }
         out
     }
 
+    /// The module name of each layer (`layers.{k}`), the prefix of its
+    /// tensors' names.
+    pub fn module_names(&self) -> Vec<String> {
+        self.torch_indices()
+            .iter()
+            .map(|k| format!("layers.{k}"))
+            .collect()
+    }
+
+    /// The full names of layer `li`'s prunable weights
+    /// ([`Layer::prunable_weights`]), e.g. `layers.3.weight` or
+    /// `layers.4.conv1.weight`.
+    pub fn prunable_weights(&self, li: usize) -> Vec<String> {
+        let prefix = &self.module_names()[li];
+        self.layers[li]
+            .prunable_weights()
+            .into_iter()
+            .map(|n| format!("{prefix}.{n}"))
+            .collect()
+    }
+
     /// The equivalent PyTorch module, for users who load the weights there:
-    /// one line of Python that binds `model`, an `nn.Sequential` whose only
-    /// child is named `layers`, so its `state_dict` keys are exactly the
-    /// file's (`layers.{k}.weight`, see [`Self::torch_indices`]) and
+    /// Python that binds `model`, an `nn.Sequential` whose only child is
+    /// named `layers`, so its `state_dict` keys are exactly the file's
+    /// (`layers.{k}.weight`, see [`Self::torch_indices`]) and
     /// `model.load_state_dict(safetensors.torch.load_file("model.safetensors"))`
-    /// loads a weights file strictly. Needs `from collections import
-    /// OrderedDict` and `from torch import nn`.
+    /// loads a weights file strictly. One line for specs without residual
+    /// blocks; with them, the `BasicBlock` class first. Needs `import
+    /// torch`, `from collections import OrderedDict` and `from torch import
+    /// nn`.
     pub fn torch_code(&self) -> String {
-        let mut parts = Vec::new();
-        for layer in &self.layers {
-            match *layer {
-                Layer::Conv {
-                    in_channels,
-                    out_channels,
-                    ..
-                } => {
-                    parts.push(format!(
-                        "nn.Conv2d({in_channels}, {out_channels}, 3, padding=1)"
-                    ));
-                    parts.push("nn.ReLU()".into());
-                }
-                Layer::MaxPool { .. } => parts.push("nn.MaxPool2d(2)".into()),
-                Layer::Dense {
-                    inputs,
-                    outputs,
-                    relu,
-                    from_image,
-                } => {
-                    if from_image.is_some() && self.is_convolutional() {
-                        parts.push("nn.Flatten()".into());
-                    }
-                    parts.push(format!("nn.Linear({inputs}, {outputs})"));
-                    if relu {
-                        parts.push("nn.ReLU()".into());
-                    }
-                }
-            }
-        }
-        format!(
+        let parts: Vec<String> = self
+            .layers
+            .iter()
+            .flat_map(|l| l.torch_modules().0)
+            .collect();
+        let line = format!(
             "model = nn.Sequential(OrderedDict(layers=nn.Sequential({})))",
             parts.join(", ")
-        )
+        );
+        if self.layers.iter().any(|l| matches!(l, Layer::Residual(_))) {
+            format!("{}\n{line}", super::layers::residual::TORCH_CLASS)
+        } else {
+            line
+        }
     }
 
     /// A multi-line description: one row per layer with shapes, parameters
@@ -441,40 +481,14 @@ impl ModelSpec {
         s.push_str(&format!("model {}\n", self.text));
         s.push_str(&format!("input {c}x{h}x{w}\n"));
         s.push_str(&format!(
-            "{:<8} {:<34} {:>12} {:>14}\n",
+            "{:<10} {:<40} {:>12} {:>14}\n",
             "layer", "shape", "parameters", "FLOPs/sample"
         ));
-        for (idx, layer) in self.torch_indices().iter().zip(&self.layers) {
-            let shape = match *layer {
-                Layer::Conv {
-                    in_channels,
-                    out_channels,
-                    height,
-                    width,
-                } => format!("conv3x3 {in_channels}->{out_channels} @{height}x{width} +relu"),
-                Layer::MaxPool {
-                    channels,
-                    height,
-                    width,
-                } => format!(
-                    "maxpool2 {channels}ch {height}x{width}->{}x{}",
-                    height / 2,
-                    width / 2
-                ),
-                Layer::Dense {
-                    inputs,
-                    outputs,
-                    relu,
-                    ..
-                } => format!(
-                    "linear {inputs}->{outputs}{}",
-                    if relu { " +relu" } else { "" }
-                ),
-            };
+        for (name, layer) in self.module_names().iter().zip(&self.layers) {
             s.push_str(&format!(
-                "{:<8} {:<34} {:>12} {:>14}\n",
-                format!("layers.{idx}"),
-                shape,
+                "{:<10} {:<40} {:>12} {:>14}\n",
+                name,
+                layer.describe(),
                 layer.param_count(),
                 layer.flops()
             ));
@@ -488,6 +502,68 @@ impl ModelSpec {
     }
 }
 
+/// One `cnn:` layer token (the grammar's table: [`CNN_TOKENS`]).
+fn cnn_token(b: &mut Builder<'_>, tok: &str) -> Result<()> {
+    let (head, stride) = match tok.strip_suffix("s2") {
+        Some(h) if h.starts_with('c') || h.starts_with('r') => (h, 2),
+        _ => (tok, 1),
+    };
+    match head {
+        "p" => b.pool(tok),
+        "bn" => b.batch_norm(tok, false),
+        "gap" => b.gap(tok),
+        _ => {
+            if let Some(n) = head.strip_prefix('c') {
+                let out = parse_dim(b.text, tok, n)?;
+                b.conv(tok, out, stride, true)
+            } else if let Some(n) = head.strip_prefix('r') {
+                let out = parse_dim(b.text, tok, n)?;
+                b.block(tok, out, stride)
+            } else if let Some(p) = head.strip_prefix('d') {
+                b.dropout(tok, p)
+            } else if let Some(n) = head.strip_prefix('f') {
+                let out = parse_dim(b.text, tok, n)?;
+                b.dense(out, true);
+                Ok(())
+            } else {
+                Err(b.err(format!("unknown layer '{tok}' (use {CNN_TOKENS})")))
+            }
+        }
+    }
+}
+
+/// The `resnet:` body: stages `WxN` and an optional dropout `dP`.
+fn resnet_body(b: &mut Builder<'_>, body: &[&str]) -> Result<()> {
+    let (stages, dropout) = match body.split_last() {
+        Some((last, stages)) if last.starts_with('d') => (stages, Some(*last)),
+        _ => (body, None),
+    };
+    if stages.is_empty() {
+        return Err(b.err("a resnet needs at least one stage WxN, as in 16x3".into()));
+    }
+    for (si, tok) in stages.iter().enumerate() {
+        let (w, n) = tok.split_once('x').ok_or_else(|| {
+            b.err(format!(
+                "unknown stage '{tok}' (use WxN: N blocks of width W, as in 16x3; then an optional dP and the class count)"
+            ))
+        })?;
+        let (width, blocks) = (parse_dim(b.text, tok, w)?, parse_dim(b.text, tok, n)?);
+        if si == 0 {
+            b.conv(tok, width, 1, false)?;
+            b.batch_norm(tok, true)?;
+        }
+        for k in 0..blocks {
+            let stride = if si > 0 && k == 0 { 2 } else { 1 };
+            b.block(tok, width, stride)?;
+        }
+    }
+    b.gap("gap")?;
+    if let Some(tok) = dropout {
+        b.dropout(tok, &tok[1..])?;
+    }
+    Ok(())
+}
+
 impl fmt::Display for ModelSpec {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.text)
@@ -499,11 +575,6 @@ impl FromStr for ModelSpec {
     fn from_str(s: &str) -> Result<Self> {
         ModelSpec::parse(s)
     }
-}
-
-/// The product of `dims` in u64, `None` on overflow.
-fn product(dims: &[usize]) -> Option<u64> {
-    dims.iter().try_fold(1u64, |a, &d| a.checked_mul(d as u64))
 }
 
 fn parse_dim(spec: &str, token: &str, digits: &str) -> Result<usize> {
@@ -546,19 +617,17 @@ mod tests {
         // Sequential: 0 conv, 1 relu, 2 pool, 3 conv, 4 relu, 5 pool, 6 flatten,
         // 7 linear, 8 relu, 9 linear
         assert_eq!(spec.torch_indices(), vec![0, 2, 3, 5, 7, 9]);
-        match spec.layers()[4] {
-            Layer::Dense {
-                inputs, from_image, ..
-            } => {
-                assert_eq!(inputs, 64 * 7 * 7);
-                assert_eq!(from_image, Some((64, 7, 7)));
+        match &spec.layers()[4] {
+            Layer::Dense(d) => {
+                assert_eq!(d.inputs, 64 * 7 * 7);
+                assert_eq!(d.from_image, Some((64, 7, 7)));
             }
             ref other => panic!("expected dense, got {other:?}"),
         }
         let odd = ModelSpec::parse("cnn:i3x15x15-c8-p-p-4").unwrap();
         assert_eq!(odd.input_shape(), (3, 15, 15));
         assert_eq!(
-            odd.layers().last().copied().map(|l| l.param_count()),
+            odd.layers().last().map(|l| l.param_count()),
             Some((8 * 3 * 3 + 1) * 4)
         );
     }
@@ -684,6 +753,68 @@ mod tests {
             let err = ModelSpec::parse(spec).unwrap_err().to_string();
             assert!(err.contains(needle), "{spec}: {err}");
             assert!(err.contains(spec), "{spec}: {err}");
+        }
+    }
+
+    #[test]
+    fn residual_grammar_resolves_shapes_and_names() {
+        let spec = ModelSpec::parse("cnn:i3x9x9-c8s2-bn-r8-r16s2-gap-d0.5-10").unwrap();
+        let out: Vec<Features> = spec.layers().iter().map(Layer::output).collect();
+        let img = |channels, height, width| Features::Image {
+            channels,
+            height,
+            width,
+        };
+        assert_eq!(
+            out,
+            vec![
+                img(8, 5, 5),
+                img(8, 5, 5),
+                img(8, 5, 5),
+                img(16, 3, 3),
+                Features::Flat(16),
+                Features::Flat(16),
+                Features::Flat(10)
+            ]
+        );
+        // conv, relu, bn, block, block, avgpool, flatten, dropout, linear
+        assert_eq!(spec.torch_indices(), vec![0, 2, 3, 4, 5, 7, 8]);
+        assert_eq!(
+            spec.prunable_weights(3),
+            vec![
+                "layers.4.conv1.weight",
+                "layers.4.conv2.weight",
+                "layers.4.shortcut.0.weight"
+            ]
+        );
+        assert!(spec.prunable_weights(1).is_empty(), "batch norm scales");
+        assert!(spec.has_buffers());
+        // resnet: the stem, stages with a stride-2 block first (but the
+        // first), pooling, dropout, linear.
+        let r = ModelSpec::parse("resnet:8x2-16x1-d0.1-4").unwrap();
+        let kinds: Vec<String> = r.layers().iter().map(Layer::describe).collect();
+        assert_eq!(
+            kinds,
+            vec![
+                "conv3x3 1->8 @28x28 nobias",
+                "batchnorm 8ch @28x28 +relu",
+                "block 8->8 @28x28",
+                "block 8->8 @28x28",
+                "block 8->16 @28x28 s2 ->14x14 +proj",
+                "avgpool 16ch 14x14->1x1",
+                "dropout p=0.1 (training only)",
+                "linear 16->4"
+            ]
+        );
+        for (text, needle) in [
+            ("resnet:16-10", "unknown stage '16'"),
+            ("resnet:10", "at least one stage"),
+            ("cnn:d1.5-10", "[0, 1)"),
+            ("cnn:c8-gap-c8-10", "after a dense layer or global pooling"),
+            ("cnn:r0-10", "between 1"),
+        ] {
+            let err = ModelSpec::parse(text).unwrap_err().to_string();
+            assert!(err.contains(needle), "{text}: {err}");
         }
     }
 }

@@ -18,20 +18,24 @@ pub fn count_nonzero(tensors: &[HostTensor]) -> u64 {
 }
 
 /// Forward FLOPs per sample counting only non-zero weights (what a sparse
-/// kernel would do); equals [`ModelSpec::flops`] for a dense model.
+/// kernel would do); equals [`ModelSpec::flops`] for a dense model. A
+/// layer's FLOPs scale with the non-zero fraction of its prunable weights
+/// (a residual block's: all its convolutions' together).
 pub fn effective_flops(spec: &ModelSpec, tensors: &[HostTensor]) -> u64 {
-    let idx = spec.torch_indices();
     spec.layers()
         .iter()
         .enumerate()
         .map(|(li, l)| {
-            let name = format!("layers.{}.weight", idx[li]);
-            match tensors.iter().find(|t| t.name == name) {
-                Some(t) if l.has_params() && !t.data.is_empty() => {
-                    let nz = t.data.iter().filter(|v| **v != 0.0).count() as u64;
-                    (l.flops() as u128 * nz as u128 / t.data.len() as u128) as u64
+            let (mut nz, mut len) = (0u128, 0u128);
+            for name in spec.prunable_weights(li) {
+                if let Some(t) = tensors.iter().find(|t| t.name == name) {
+                    nz += t.data.iter().filter(|v| **v != 0.0).count() as u128;
+                    len += t.data.len() as u128;
                 }
-                _ => l.flops(),
+            }
+            match len {
+                0 => l.flops(),
+                _ => (l.flops() as u128 * nz / len) as u64,
             }
         })
         .sum()

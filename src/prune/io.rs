@@ -71,6 +71,7 @@ pub fn write_model(
     }
     write_safetensors(dir.weights(), weights, meta)?;
     write_masks(&dir, spec, masks)?;
+    crate::model::pytorch::write_module_file(dir.weights(), spec, normalization)?;
     Ok(dir)
 }
 

@@ -168,8 +168,7 @@ impl StoreMasks {
                     m.name
                 )));
             }
-            let layer = net.params()[pi].layer;
-            let store = crate::model::io::from_torch(net.spec(), layer, true, &m.data);
+            let store = net.params()[pi].layout.from_torch(&m.data);
             entries.push((pi, store));
         }
         Ok(StoreMasks { entries })

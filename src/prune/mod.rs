@@ -26,6 +26,9 @@
 //!   every step whatever the optimizer; [`grow_masks`] adds to a mask; the
 //!   mask file beside a model.
 //! - `selection.rs`: [`LayerSelection`], which layers a method touches.
+//! - `slice.rs`: how each layer kind is sliced by a transfer (the per-layer
+//!   hook: convolutions and dense layers by L1, batch norms with their
+//!   channels, residual blocks with their shortcut).
 //! - `accounting.rs`: non-zero parameters and FLOPs, size on disk ([`Summary`]).
 //! - `io.rs`: a model directory as host tensors ([`read_model`], [`write_model`]).
 //! - `run.rs`: one `distill prune` as a library call ([`prune_model`]).
@@ -56,6 +59,7 @@ mod masks;
 mod run;
 pub mod schedule;
 mod selection;
+mod slice;
 mod structured;
 mod transfer;
 mod unstructured;

@@ -37,14 +37,45 @@ pub fn pruned_spec(spec: &ModelSpec, sparsity: f64, sel: &LayerSelection) -> Res
             n
         }
     };
-    let text = if spec.as_str().trim_start().starts_with("mlp") {
+    let residual = spec
+        .layers()
+        .iter()
+        .any(|l| matches!(l, Layer::Residual(_)));
+    if residual && *sel != LayerSelection::All {
+        return Err(Error::Config {
+            field: "layers".into(),
+            message: format!(
+                "{spec} has residual blocks, whose stream of channels is pruned as one; prune all layers"
+            ),
+        });
+    }
+    let family = spec.as_str().split(':').next().unwrap_or("").trim();
+    let text = if family == "mlp" {
         let mut dims = vec![spec.input_len().to_string()];
         for (li, l) in layers.iter().enumerate() {
-            if let Layer::Dense { outputs, .. } = *l {
-                dims.push(keep(outputs, li).to_string());
+            if let Layer::Dense(d) = l {
+                dims.push(keep(d.outputs, li).to_string());
             }
         }
         format!("mlp:{}", dims.join("-"))
+    } else if family == "resnet" {
+        // Stages `WxN` narrow to `keep(W)xN`; the input, dropout and class
+        // count stay.
+        let body = spec.as_str().split_once(':').map_or("", |(_, b)| b);
+        let toks: Vec<String> = body
+            .split('-')
+            .map(|t| {
+                let t = t.trim();
+                match t.split_once('x') {
+                    Some((w, n)) if !t.starts_with('i') => match w.parse::<usize>() {
+                        Ok(w) => format!("{}x{n}", keep(w, 0)),
+                        Err(_) => t.to_string(),
+                    },
+                    _ => t.to_string(),
+                }
+            })
+            .collect();
+        format!("resnet:{}", toks.join("-"))
     } else {
         let mut toks = Vec::new();
         let (c, h, w) = spec.input_shape();
@@ -52,11 +83,27 @@ pub fn pruned_spec(spec: &ModelSpec, sparsity: f64, sel: &LayerSelection) -> Res
             toks.push(format!("i{c}x{h}x{w}"));
         }
         for (li, l) in layers.iter().enumerate() {
-            toks.push(match *l {
-                Layer::Conv { out_channels, .. } => format!("c{}", keep(out_channels, li)),
-                Layer::MaxPool { .. } => "p".into(),
-                Layer::Dense { outputs, .. } if li == last => outputs.to_string(),
-                Layer::Dense { outputs, .. } => format!("f{}", keep(outputs, li)),
+            let s2 = |stride: usize| if stride == 2 { "s2" } else { "" };
+            toks.push(match l {
+                Layer::Conv(c) if c.bias && c.relu && c.kernel == 3 => {
+                    format!("c{}{}", keep(c.out_channels, li), s2(c.stride))
+                }
+                Layer::MaxPool(_) => "p".into(),
+                Layer::BatchNorm(b) if !b.relu => "bn".into(),
+                Layer::Residual(b) => format!("r{}{}", keep(b.out_channels(), li), s2(b.stride())),
+                Layer::GlobalAvgPool(_) => "gap".into(),
+                Layer::Dropout(d) => format!("d{}", d.p),
+                Layer::Dense(d) if li == last => d.outputs.to_string(),
+                Layer::Dense(d) => format!("f{}", keep(d.outputs, li)),
+                other => {
+                    return Err(super::spec_err(
+                        spec,
+                        format!(
+                            "structured pruning does not handle a {} yet",
+                            other.describe()
+                        ),
+                    ))
+                }
             });
         }
         format!("cnn:{}", toks.join("-"))

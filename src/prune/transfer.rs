@@ -23,6 +23,7 @@ use dfdx::prelude::Cpu;
 
 use super::io::read_model_normalized;
 use super::masks::read_masks;
+use super::slice::Slicer;
 use super::spec_err;
 use crate::data::Normalization;
 use crate::error::{Error, Result};
@@ -88,9 +89,13 @@ impl fmt::Display for TransferReport {
 
 fn kind_name(layer: &Layer) -> &'static str {
     match layer {
-        Layer::Conv { .. } => "a 3x3 convolution",
-        Layer::MaxPool { .. } => "a max-pool",
-        Layer::Dense { .. } => "a linear layer",
+        Layer::Conv(_) => "a convolution",
+        Layer::MaxPool(_) => "a max-pool",
+        Layer::Dense(_) => "a linear layer",
+        Layer::BatchNorm(_) => "a batch norm",
+        Layer::Residual(_) => "a residual block",
+        Layer::GlobalAvgPool(_) => "a global average pool",
+        Layer::Dropout(_) => "a dropout",
     }
 }
 
@@ -115,7 +120,11 @@ pub fn top_l1_rows(data: &[f32], rows: usize, keep: usize) -> Vec<usize> {
 
 /// Student unit -> teacher unit: identity when equal, the top-L1 units when
 /// the student is narrower, the teacher's units first when it is wider.
-fn unit_map(teacher_w: &[f32], teacher_units: usize, student_units: usize) -> Vec<Option<usize>> {
+pub(super) fn unit_map(
+    teacher_w: &[f32],
+    teacher_units: usize,
+    student_units: usize,
+) -> Vec<Option<usize>> {
     if student_units < teacher_units {
         top_l1_rows(teacher_w, teacher_units, student_units)
             .into_iter()
@@ -142,22 +151,22 @@ pub fn transfer(
 }
 
 /// Which teacher values one student layer takes.
-struct UnitCopy<'a> {
+pub(super) struct UnitCopy<'a> {
     /// Student unit -> teacher unit.
-    out_map: &'a [Option<usize>],
+    pub(super) out_map: &'a [Option<usize>],
     /// Student input column -> teacher input column.
-    cols: &'a [Option<usize>],
+    pub(super) cols: &'a [Option<usize>],
     /// Values per (unit, column): 9 for a 3x3 convolution, 1 for a dense layer.
-    taps: usize,
+    pub(super) taps: usize,
     /// Values per teacher unit.
-    t_cols: usize,
+    pub(super) t_cols: usize,
 }
 
 impl UnitCopy<'_> {
     /// Copies the selected outputs and inputs of one layer's tensor from
     /// `src` (teacher layout) into `dst` (student layout); a bias has one
     /// value per unit. Returns how many values were filled.
-    fn copy(&self, src: &[f32], dst: &mut [f32], is_weight: bool) -> usize {
+    pub(super) fn copy(&self, src: &[f32], dst: &mut [f32], is_weight: bool) -> usize {
         let (taps, t_cols) = (self.taps, self.t_cols);
         let s_cols = self.cols.len() * taps;
         let mut filled = 0usize;
@@ -209,7 +218,7 @@ fn check_transferable(teacher_spec: &ModelSpec, student_spec: &ModelSpec) -> Res
                     ),
                 ))
             }
-            Some(t) if std::mem::discriminant(t) != std::mem::discriminant(s) => {
+            Some(t) if std::mem::discriminant(t) != std::mem::discriminant(s) || !same_form(t, s) => {
                 return Err(spec_err(
                     student_spec,
                     format!(
@@ -246,81 +255,21 @@ fn check_transferable(teacher_spec: &ModelSpec, student_spec: &ModelSpec) -> Res
     Ok(())
 }
 
-/// One parameterised layer's shape of the transfer: (teacher units, student
-/// units, student input column -> teacher's, values per column). `None` for
-/// a max-pool, whose channels pass through.
-type LayerPlan = (usize, usize, Vec<Option<usize>>, usize);
-
-/// The [`LayerPlan`] of layer `li`, given the map of its inputs (`in_map`:
-/// student input channel or feature -> teacher's).
-fn layer_plan(
-    teacher: &Layer,
-    student: &Layer,
-    in_map: &[Option<usize>],
-    student_spec: &ModelSpec,
-    torch_index: usize,
-) -> Result<Option<LayerPlan>> {
-    let plan = match (teacher, student) {
-        (
-            Layer::Conv {
-                out_channels: to, ..
-            },
-            Layer::Conv {
-                in_channels: si,
-                out_channels: so,
-                ..
-            },
-        ) => {
-            debug_assert_eq!(in_map.len(), *si);
-            (*to, *so, in_map.to_vec(), 9)
+/// Whether two layers of one kind differ only in width (kernel, stride
+/// and ReLU of a convolution, a block's stride, dropout's rate the same).
+fn same_form(t: &Layer, s: &Layer) -> bool {
+    match (t, s) {
+        (Layer::Conv(t), Layer::Conv(s)) => {
+            (t.kernel, t.stride, t.bias, t.relu) == (s.kernel, s.stride, s.bias, s.relu)
         }
-        (
-            Layer::Dense {
-                outputs: to,
-                from_image: t_img,
-                ..
-            },
-            Layer::Dense {
-                outputs: so,
-                inputs: s_in,
-                from_image: s_img,
-                ..
-            },
-        ) => {
-            let cols = match (t_img, s_img) {
-                (Some((_, th, tw)), Some((sc, sh, sw))) if student_spec.is_convolutional() => {
-                    if (th, tw) != (sh, sw) {
-                        return Err(spec_err(
-                            student_spec,
-                            format!(
-                                "layer layers.{torch_index} flattens {sh}x{sw} images but the teacher's flattens {th}x{tw}"
-                            ),
-                        ));
-                    }
-                    // A kept channel keeps its whole h*w block of columns.
-                    let hw = sh * sw;
-                    (0..sc * hw)
-                        .map(|j| {
-                            in_map
-                                .get(j / hw)
-                                .copied()
-                                .flatten()
-                                .map(|tc| tc * hw + j % hw)
-                        })
-                        .collect()
-                }
-                _ => in_map.to_vec(),
-            };
-            debug_assert_eq!(cols.len(), *s_in);
-            (*to, *so, cols, 1)
-        }
-        _ => return Ok(None),
-    };
-    Ok(Some(plan))
+        (Layer::Residual(t), Layer::Residual(s)) => t.stride() == s.stride(),
+        (Layer::BatchNorm(t), Layer::BatchNorm(s)) => t.relu == s.relu,
+        _ => true,
+    }
 }
 
 /// How a student tensor of `filled` values from the teacher was filled.
-fn fill_kind(filled: usize, student: &HostTensor, teacher: &HostTensor) -> Fill {
+pub(super) fn fill_kind(filled: usize, student: &HostTensor, teacher: &HostTensor) -> Fill {
     if filled == 0 {
         Fill::Random
     } else if filled < student.data.len() {
@@ -336,7 +285,7 @@ fn fill_kind(filled: usize, student: &HostTensor, teacher: &HostTensor) -> Fill 
 
 /// The student's mask for the weight `name`: the teacher's mask `tm` of
 /// `teacher` carried through `copy` (values left random are unmasked).
-fn carry_mask(
+pub(super) fn carry_mask(
     tm: &HostTensor,
     teacher: &HostTensor,
     teacher_spec: &ModelSpec,
@@ -376,24 +325,24 @@ pub fn transfer_with_masks(
     student: &mut [HostTensor],
 ) -> Result<(TransferReport, Option<Vec<HostTensor>>)> {
     check_transferable(teacher_spec, student_spec)?;
-    let mut student_masks: Option<Vec<HostTensor>> = teacher_masks.map(|_| Vec::new());
     let (tl, sl) = (teacher_spec.layers(), student_spec.layers());
-    let (t_idx, s_idx) = (teacher_spec.torch_indices(), student_spec.torch_indices());
-    let t_by_name: HashMap<&str, &HostTensor> =
-        teacher.iter().map(|t| (t.name.as_str(), t)).collect();
-    let lookup = |name: String| -> Result<&HostTensor> {
-        t_by_name
-            .get(name.as_str())
-            .copied()
-            .ok_or_else(|| spec_err(teacher_spec, format!("the teacher's weights lack '{name}'")))
-    };
-    let s_pos: HashMap<String, usize> = student
+    let (t_names, s_names) = (teacher_spec.module_names(), student_spec.module_names());
+    let student_pos: HashMap<String, usize> = student
         .iter()
         .enumerate()
         .map(|(k, t)| (t.name.clone(), k))
         .collect();
-    let expected: HashMap<String, Vec<usize>> = torch_shapes(student_spec).into_iter().collect();
-    let mut report = TransferReport::default();
+    let mut slicer = Slicer {
+        teacher_spec,
+        student_spec,
+        teacher: teacher.iter().map(|t| (t.name.as_str(), t)).collect(),
+        teacher_masks,
+        student,
+        student_pos,
+        expected: torch_shapes(student_spec).into_iter().collect(),
+        student_masks: teacher_masks.map(|_| Vec::new()),
+        report: TransferReport::default(),
+    };
     // Student input channel (or feature) -> teacher's.
     let (c0, _, _) = student_spec.input_shape();
     let mut in_map: Vec<Option<usize>> = if student_spec.is_convolutional() {
@@ -403,59 +352,10 @@ pub fn transfer_with_masks(
     };
     let last = sl.len() - 1;
     for li in 0..sl.len() {
-        let Some((tu, su, cols, taps)) =
-            layer_plan(&tl[li], &sl[li], &in_map, student_spec, s_idx[li])?
-        else {
-            continue;
-        };
-        let tw = lookup(format!("layers.{}.weight", t_idx[li]))?;
-        let tb = lookup(format!("layers.{}.bias", t_idx[li]))?;
-        let out_map = if li == last {
-            (0..su).map(Some).collect()
-        } else {
-            unit_map(&tw.data, tu, su)
-        };
-        let copy = UnitCopy {
-            out_map: &out_map,
-            cols: &cols,
-            taps,
-            t_cols: tw.data.len().checked_div(tu).unwrap_or(0),
-        };
-        for (what, is_w) in [("weight", true), ("bias", false)] {
-            let name = format!("layers.{}.{what}", s_idx[li]);
-            let k = *s_pos.get(&name).ok_or_else(|| {
-                spec_err(student_spec, format!("the student's tensors lack '{name}'"))
-            })?;
-            let st = &mut student[k];
-            if Some(&st.shape) != expected.get(&name) {
-                return Err(spec_err(
-                    student_spec,
-                    format!(
-                        "tensor '{name}' has shape {:?}, expected {:?}",
-                        st.shape,
-                        expected.get(&name)
-                    ),
-                ));
-            }
-            let t = if is_w { tw } else { tb };
-            let filled = copy.copy(&t.data, &mut st.data, is_w);
-            let t_mask = teacher_masks.and_then(|ms| ms.iter().find(|m| is_w && m.name == t.name));
-            if let (Some(tm), Some(out)) = (t_mask, student_masks.as_mut()) {
-                out.push(carry_mask(tm, t, teacher_spec, &copy, &name, &st.shape)?);
-            }
-            let sliced_units = su < tu && li != last;
-            report.lines.push(TransferLine {
-                fill: fill_kind(filled, st, t),
-                name,
-                teacher_shape: t.shape.clone(),
-                student_shape: st.shape.clone(),
-                kept_units: (is_w && sliced_units)
-                    .then(|| out_map.iter().flatten().copied().collect()),
-            });
-        }
-        in_map = out_map;
+        let names = (t_names[li].as_str(), s_names[li].as_str());
+        in_map = slicer.layer(names, &tl[li], &sl[li], &in_map, li == last)?;
     }
-    Ok((report, student_masks))
+    Ok((slicer.report, slicer.student_masks))
 }
 
 /// A student initialised from another model (`train --init-from`).

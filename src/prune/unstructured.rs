@@ -22,13 +22,9 @@ pub fn unstructured(
     global: bool,
 ) -> Result<Vec<HostTensor>> {
     check_sparsity(sparsity)?;
-    let idx = spec.torch_indices();
-    let names: Vec<String> = spec
-        .layers()
-        .iter()
-        .enumerate()
-        .filter(|(li, l)| l.has_params() && sel.contains(*li))
-        .map(|(li, _)| format!("layers.{}.weight", idx[li]))
+    let names: Vec<String> = (0..spec.layers().len())
+        .filter(|li| sel.contains(*li))
+        .flat_map(|li| spec.prunable_weights(li))
         .collect();
     let mut targets: Vec<usize> = Vec::new();
     for n in &names {

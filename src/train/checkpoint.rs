@@ -84,6 +84,11 @@ pub fn save<D: Backend>(
             data: p.value.to_vec(),
         })
         .collect();
+    tensors.extend(net.buffers().iter().map(|b| HostTensor {
+        name: b.name.clone(),
+        shape: b.shape.clone(),
+        data: b.get(),
+    }));
     for (p, (s1, s2)) in net.params().iter().zip(opt.state_to_host(net)) {
         for (slot, data) in [("slot1", s1), ("slot2", s2)] {
             if !data.is_empty() {
@@ -161,6 +166,12 @@ pub fn load<D: Backend>(
             )));
         }
         p.value.copy_from(&t.data);
+    }
+    for b in net.buffers() {
+        match by_name.get(b.name.as_str()) {
+            Some(t) if t.data.len() == b.get().len() => b.set(t.data.clone()),
+            _ => return Err(bad(format!("buffer '{}' is missing or mis-sized", b.name))),
+        }
     }
     let state: Vec<(Vec<f32>, Vec<f32>)> = net
         .params()

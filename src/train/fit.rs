@@ -311,6 +311,7 @@ impl<'a, D: Backend> Run<'a, D> {
         let x = self
             .device
             .tensor_from_vec(batch.inputs, (b, self.spec.input_len()));
+        self.net.set_step(self.opt.step());
         let logits = self.net.forward(x.traced(Gradients::leaky()));
         let targets = Targets {
             classes: self.spec.num_classes(),

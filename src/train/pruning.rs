@@ -162,22 +162,19 @@ impl Pruning {
 /// The starting sparsity of each layer with weights: (index into the spec's
 /// layers, fraction of its weights masked by `masks`).
 fn layer_start(spec: &ModelSpec, masks: Option<&[HostTensor]>) -> Vec<(usize, f64)> {
-    let idx = spec.torch_indices();
     spec.layers()
         .iter()
         .enumerate()
         .filter(|(_, l)| l.has_params())
         .map(|(li, _)| {
-            let name = format!("layers.{}.weight", idx[li]);
-            let start = masks
-                .into_iter()
-                .flatten()
-                .find(|m| m.name == name)
-                .map_or(0.0, |m| {
-                    let zeros = m.data.iter().filter(|v| **v == 0.0).count();
-                    zeros as f64 / m.data.len().max(1) as f64
-                });
-            (li, start)
+            let (mut zeros, mut len) = (0usize, 0usize);
+            for name in spec.prunable_weights(li) {
+                if let Some(m) = masks.into_iter().flatten().find(|m| m.name == name) {
+                    zeros += m.data.iter().filter(|v| **v == 0.0).count();
+                    len += m.data.len();
+                }
+            }
+            (li, zeros as f64 / len.max(1) as f64)
         })
         .collect()
 }

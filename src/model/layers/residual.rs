@@ -1,0 +1,219 @@
+//! The residual basic block of He et al. (2016), as in PyTorch's CIFAR
+//! ResNets: `relu(bn2(conv2(relu(bn1(conv1(x))))) + shortcut(x))`, where
+//! `conv1` is 3x3 with the block's stride (1, or 2 to halve the image),
+//! `conv2` 3x3 with stride 1, both without bias, and the shortcut the
+//! identity, or, where the stride or the channel count changes, a 1x1
+//! convolution with the stride followed by a batch norm (the projection
+//! shortcut).
+//!
+//! The block is a small graph: the main path and the shortcut both read
+//! the block's input and are summed. Its PyTorch module is `BasicBlock`
+//! (defined in the `model.py` written beside every model) with children
+//! `conv1`, `bn1`, `conv2`, `bn2` and `shortcut` (an `nn.Sequential` of
+//! the 1x1 convolution and its batch norm, empty for the identity), so its
+//! tensors are `conv1.weight`, `bn1.running_mean`, `shortcut.0.weight`,
+//! `shortcut.1.bias` and so on.
+
+use dfdx::prelude::*;
+
+use super::{BatchNorm, BufferDecl, Conv, Ctx, Features, ParamDecl};
+use crate::model::ops::{Backend, Matrix};
+
+/// The PyTorch class of the block, for `model.py`.
+pub const TORCH_CLASS: &str = "\
+class BasicBlock(nn.Module):
+    def __init__(self, inp, out, stride):
+        super().__init__()
+        self.conv1 = nn.Conv2d(inp, out, 3, stride=stride, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(out)
+        self.conv2 = nn.Conv2d(out, out, 3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(out)
+        self.shortcut = nn.Sequential()
+        if stride != 1 or inp != out:
+            self.shortcut = nn.Sequential(
+                nn.Conv2d(inp, out, 1, stride=stride, bias=False), nn.BatchNorm2d(out))
+
+    def forward(self, x):
+        y = torch.relu(self.bn1(self.conv1(x)))
+        return torch.relu(self.bn2(self.conv2(y)) + self.shortcut(x))
+";
+
+/// A basic block.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BasicBlock {
+    pub conv1: Conv,
+    pub bn1: BatchNorm,
+    pub conv2: Conv,
+    pub bn2: BatchNorm,
+    /// The projection; `None` is the identity.
+    pub shortcut: Option<(Conv, BatchNorm)>,
+}
+
+impl BasicBlock {
+    /// A block from `in_channels` to `out_channels` on `height x width`
+    /// images, with `stride` 1 or 2.
+    pub fn new(
+        in_channels: usize,
+        out_channels: usize,
+        height: usize,
+        width: usize,
+        stride: usize,
+    ) -> Self {
+        let conv = |inp, h, w, kernel, stride| Conv {
+            in_channels: inp,
+            out_channels,
+            height: h,
+            width: w,
+            kernel,
+            stride,
+            bias: false,
+            relu: false,
+        };
+        let conv1 = conv(in_channels, height, width, 3, stride);
+        let (ho, wo) = conv1.out_size();
+        let bn = |relu| BatchNorm {
+            channels: out_channels,
+            height: ho,
+            width: wo,
+            relu,
+        };
+        let projection = stride != 1 || in_channels != out_channels;
+        BasicBlock {
+            conv1,
+            bn1: bn(true),
+            conv2: conv(out_channels, ho, wo, 3, 1),
+            bn2: bn(false),
+            shortcut: projection.then(|| (conv(in_channels, height, width, 1, stride), bn(false))),
+        }
+    }
+
+    /// The block's input channels.
+    pub fn in_channels(&self) -> usize {
+        self.conv1.in_channels
+    }
+
+    /// The block's output channels.
+    pub fn out_channels(&self) -> usize {
+        self.conv1.out_channels
+    }
+
+    /// 1 or 2.
+    pub fn stride(&self) -> usize {
+        self.conv1.stride
+    }
+
+    pub fn input(&self) -> Features {
+        self.conv1.input()
+    }
+
+    pub fn output(&self) -> Features {
+        self.bn2.output()
+    }
+
+    pub fn checked_flops(&self) -> Option<u64> {
+        let mut sum = self.conv1.checked_flops()?;
+        for f in [
+            self.bn1.checked_flops(),
+            self.conv2.checked_flops(),
+            self.bn2.checked_flops(),
+            self.shortcut.map_or(Some(0), |(c, _)| c.checked_flops()),
+            self.shortcut.map_or(Some(0), |(_, b)| b.checked_flops()),
+            Some(self.bn2.output().len() as u64), // the sum
+        ] {
+            sum = sum.checked_add(f?)?;
+        }
+        Some(sum)
+    }
+
+    pub fn params(&self) -> Vec<ParamDecl> {
+        let mut out = Vec::new();
+        let with = |v: Vec<ParamDecl>, prefix: &str| {
+            v.into_iter()
+                .map(|p| p.prefixed(prefix))
+                .collect::<Vec<_>>()
+        };
+        out.extend(with(self.conv1.params(), "conv1"));
+        out.extend(with(self.bn1.params(), "bn1"));
+        out.extend(with(self.conv2.params(), "conv2"));
+        out.extend(with(self.bn2.params(), "bn2"));
+        if let Some((c, b)) = &self.shortcut {
+            out.extend(with(c.params(), "shortcut.0"));
+            out.extend(with(b.params(), "shortcut.1"));
+        }
+        out
+    }
+
+    pub fn buffers(&self) -> Vec<BufferDecl> {
+        let with = |v: Vec<BufferDecl>, prefix: &str| {
+            v.into_iter()
+                .map(|b| b.prefixed(prefix))
+                .collect::<Vec<_>>()
+        };
+        let mut out = with(self.bn1.buffers(), "bn1");
+        out.extend(with(self.bn2.buffers(), "bn2"));
+        if let Some((_, b)) = &self.shortcut {
+            out.extend(with(b.buffers(), "shortcut.1"));
+        }
+        out
+    }
+
+    pub fn torch_modules(&self) -> (Vec<String>, usize) {
+        (
+            vec![format!(
+                "BasicBlock({}, {}, {})",
+                self.in_channels(),
+                self.out_channels(),
+                self.stride()
+            )],
+            0,
+        )
+    }
+
+    pub fn describe(&self) -> String {
+        let (h, w) = self.conv1.out_size();
+        format!(
+            "block {}->{} @{}x{}{}{}",
+            self.in_channels(),
+            self.out_channels(),
+            self.conv1.height,
+            self.conv1.width,
+            if self.stride() != 1 {
+                format!(" s{} ->{h}x{w}", self.stride())
+            } else {
+                String::new()
+            },
+            if self.shortcut.is_some() {
+                " +proj"
+            } else {
+                ""
+            }
+        )
+    }
+
+    /// Main path, then shortcut, on one tape; the sum joins them (the main
+    /// path's result enters untaped, its gradient flows by id).
+    pub fn forward<D: Backend, T: Tape<f32, D>>(
+        &self,
+        x: Matrix<D, T>,
+        ctx: &Ctx<'_, D>,
+    ) -> Matrix<D, T> {
+        let (x, tape) = x.split_tape();
+        let h = self
+            .conv1
+            .forward(x.clone().put_tape(tape), &ctx.sub(0..1, 0..0));
+        let h = self.bn1.forward(h, &ctx.sub(1..3, 0..3));
+        let h = self
+            .conv2
+            .forward(h, &ctx.sub(3..4, 0..0).with_input_grad());
+        let h = self.bn2.forward(h, &ctx.sub(4..6, 3..6));
+        let (h, tape) = h.split_tape();
+        let shortcut = match &self.shortcut {
+            None => x.put_tape(tape),
+            Some((conv, bn)) => {
+                let s = conv.forward(x.put_tape(tape), &ctx.sub(6..7, 0..0));
+                bn.forward(s, &ctx.sub(7..9, 6..9))
+            }
+        };
+        (shortcut + h).relu()
+    }
+}
