@@ -362,19 +362,30 @@ pub fn clean_agreement<D: Backend>(
     Ok(Some(hits as f64 / data.len().max(1) as f64))
 }
 
-/// The label a teacher should name on view `v` of sample `i`: its own, or
-/// for a mixed image whose partner dominates (weight above 1/2), the
-/// partner's.
-pub fn dominant_label(data: &Dataset, labels: &[u32], set: &ViewSetSpec, v: u64, i: usize) -> u32 {
-    match set.augment.mix_params(data, set.seed, v, i) {
-        Some(p) if !p.own_label_dominates() => labels[p.partner],
-        _ => labels[i],
-    }
+/// Whether a teacher's top-1 class `k` on view `v` of sample `i` reads
+/// the view: it names the sample's label or, for a mixed image, either
+/// image's label. (Mixup's weights crowd near 0 and 1 but a mixed image
+/// shows two objects; counting only the dominant one marks a teacher that
+/// names the other as confused, and every mixed set would warn.)
+pub fn reads_view(
+    data: &Dataset,
+    labels: &[u32],
+    set: &ViewSetSpec,
+    v: u64,
+    i: usize,
+    k: u32,
+) -> bool {
+    k == labels[i]
+        || set
+            .augment
+            .mix_params(data, set.seed, v, i)
+            .is_some_and(|p| k == labels[p.partner])
 }
 
 /// The teacher's top-1 agreement with the labels on view `v` of `set`,
-/// read back from the view's finished cache at `dir` (mixed images count
-/// against their dominant label; `None` when unlabelled).
+/// read back from the view's finished cache at `dir` (a mixed image counts
+/// as read when the teacher names either image's label, [`reads_view`];
+/// `None` when unlabelled).
 fn view_agreement(dir: &Path, data: &Dataset, set: &ViewSetSpec, v: u64) -> Result<Option<f64>> {
     let Some(labels) = data.labels() else {
         return Ok(None);
@@ -386,7 +397,7 @@ fn view_agreement(dir: &Path, data: &Dataset, set: &ViewSetSpec, v: u64) -> Resu
     let hits = top
         .iter()
         .enumerate()
-        .filter(|&(i, &k)| k == dominant_label(data, labels, set, v, i))
+        .filter(|&(i, &k)| reads_view(data, labels, set, v, i, k))
         .count();
     Ok(Some(hits as f64 / data.len().max(1) as f64))
 }
@@ -1265,5 +1276,48 @@ mod external_teacher_tests {
         assert!(std::str::from_utf8(&npy_f32_header(&[5])[10..])
             .unwrap()
             .contains("(5,)"));
+    }
+}
+
+#[cfg(test)]
+mod view_agreement_tests {
+    use super::*;
+    use crate::data::Split;
+
+    /// A mixed image is read when the teacher names either image's label;
+    /// a plain view only with the sample's own.
+    #[test]
+    fn a_mixed_view_reads_with_either_label() {
+        let n = 40;
+        let labels: Vec<u32> = (0..n as u32).map(|i| i % 10).collect();
+        let data = Dataset::from_u8(
+            [1, 6, 5],
+            (0..n * 30).map(|i| ((i * 37) % 251) as u8).collect(),
+            Some(labels.clone()),
+            Split::Train,
+        )
+        .unwrap();
+        let mixed = ViewSetSpec {
+            augment: Augment::parse("mixup=0.2").unwrap(),
+            seed: 5,
+            views: 2,
+        };
+        let plain = ViewSetSpec {
+            augment: Augment::parse("shift=1").unwrap(),
+            ..mixed.clone()
+        };
+        for i in 0..n {
+            let partner = mixed.augment.mix_params(&data, 5, 1, i).unwrap().partner;
+            let (own, other) = (labels[i], labels[partner]);
+            assert!(reads_view(&data, &labels, &mixed, 1, i, own));
+            assert!(reads_view(&data, &labels, &mixed, 1, i, other));
+            let neither = (0..10).find(|&k| k != own && k != other).unwrap();
+            assert!(!reads_view(&data, &labels, &mixed, 1, i, neither));
+            assert!(reads_view(&data, &labels, &plain, 1, i, own));
+            assert_eq!(
+                reads_view(&data, &labels, &plain, 1, i, other),
+                other == own
+            );
+        }
     }
 }

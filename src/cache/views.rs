@@ -69,8 +69,8 @@ pub struct ViewSetSummary {
 pub struct ViewStats {
     pub view: u64,
     /// The teacher's top-1 agreement with the labels on this view's images
-    /// (for mixed images, with each image's dominant label); absent when
-    /// unlabelled.
+    /// (a mixed image counts when the teacher names either image's label);
+    /// absent when unlabelled.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub agreement: Option<f64>,
     /// Compressed bytes on disk per sample of this view (its manifest's

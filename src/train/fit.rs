@@ -139,8 +139,14 @@ impl<'a, D: Backend> Run<'a, D> {
                 message,
             })?;
         let validation = ValidationSplit::new(cfg.val_fraction, cfg.seed, sources.train.len())?;
-        let n = validation.train_len();
-        let total_steps = n.div_ceil(cfg.batch_size) as u64 * cfg.epochs as u64;
+        let total_steps = {
+            let loader = Loader::new(sources.train, sources.cache, cfg).holding_out(&validation);
+            let mut steps = 0u64;
+            for epoch in 0..cfg.epochs as u64 {
+                steps += loader.epoch_len(epoch)?.div_ceil(cfg.batch_size) as u64;
+            }
+            steps
+        };
         let mask_source = init_dir
             .as_ref()
             .map_or_else(|| PathBuf::from("the starting masks"), ModelDir::masks);
@@ -200,6 +206,13 @@ impl<'a, D: Backend> Run<'a, D> {
         Ok(true)
     }
 
+    /// How many samples epoch `epoch` trains ([`Loader::epoch_len`]).
+    fn epoch_len(&self, epoch: usize) -> Result<usize> {
+        Loader::new(self.sources.train, self.sources.cache, self.cfg)
+            .holding_out(&self.validation)
+            .epoch_len(epoch as u64)
+    }
+
     /// Runs the remaining epochs; false when stopped before the last one
     /// ended.
     fn epochs(&mut self) -> Result<bool> {
@@ -212,7 +225,7 @@ impl<'a, D: Backend> Run<'a, D> {
                 (0, (0.0, 0))
             };
             let pass = self.pass(epoch, first, partial, epoch_start)?;
-            if pass.stopped && pass.position < self.validation.train_len() {
+            if pass.stopped && pass.position < self.epoch_len(epoch)? {
                 return Ok(false);
             }
             self.end_epoch(epoch, first, &pass, epoch_start)?;
@@ -233,7 +246,7 @@ impl<'a, D: Backend> Run<'a, D> {
         partial: (f64, usize),
         epoch_start: Instant,
     ) -> Result<Pass> {
-        let n = self.validation.train_len();
+        let n = self.epoch_len(epoch)?;
         let bar = progress_bar(
             self.show_progress,
             (n - first) as u64,
@@ -374,7 +387,7 @@ impl<'a, D: Backend> Run<'a, D> {
             },
             lr: self.cfg.optimizer.lr_at(self.opt.step(), self.total_steps),
             epoch_seconds: epoch_secs,
-            train_samples_per_sec: (self.validation.train_len() - first) as f64
+            train_samples_per_sec: pass.position.saturating_sub(first) as f64
                 / epoch_secs.max(1e-9),
             weight_sparsity: self.pruning.sparsity(),
         };

@@ -150,6 +150,23 @@ impl<'a> Loader<'a> {
         }
     }
 
+    /// How many samples epoch `epoch` trains: every sample not held out,
+    /// less, in a mixed epoch, those whose partner is held out. The
+    /// learning-rate schedule's length and an epoch's end are counted
+    /// from this.
+    pub fn epoch_len(&self, epoch: u64) -> Result<usize> {
+        let Some(validation) = self.validation else {
+            return Ok(self.train.len());
+        };
+        let augment = epoch_augmentation(self.cfg, self.cache, epoch)?;
+        Ok(match &augment {
+            Some((a, _, _)) if a.mix.is_some() => (0..self.train.len())
+                .filter(|&i| self.trains_in(&augment, i))
+                .count(),
+            _ => validation.train_len(),
+        })
+    }
+
     /// The batches of `epoch` from position `first` of its order (counting
     /// trained samples only) on. The last batch holds what is left (it may
     /// be smaller than the batch size).
@@ -723,6 +740,8 @@ mod tests {
         let batches: Vec<Batch> = loader.batches(2, 0).unwrap().map(|b| b.unwrap()).collect();
         let order: Vec<usize> = batches.iter().flat_map(|b| b.indices.clone()).collect();
         assert_eq!(order, want);
+        // The schedule's length counts exactly these samples.
+        assert_eq!(loader.epoch_len(2).unwrap(), want.len());
         for b in &batches {
             assert_eq!(b.mix.as_ref().unwrap().lambdas.len(), b.indices.len());
         }
@@ -766,6 +785,7 @@ mod tests {
             }
             let order: Vec<usize> = batches.iter().flat_map(|b| b.indices.clone()).collect();
             assert_eq!(order, want, "cache {with_cache}");
+            assert_eq!(loader.epoch_len(1).unwrap(), want.len());
             let labels = data.labels().unwrap();
             for (k, b) in batches.iter().enumerate() {
                 let y: Vec<u32> = b.indices.iter().map(|&i| labels[i]).collect();
