@@ -447,6 +447,20 @@ impl ModelSpec {
             .collect()
     }
 
+    /// The full names of every buffer (running statistics and counters),
+    /// e.g. `layers.1.running_mean` or `layers.4.bn1.num_batches_tracked`.
+    pub fn buffer_names(&self) -> Vec<String> {
+        self.module_names()
+            .iter()
+            .zip(&self.layers)
+            .flat_map(|(prefix, l)| {
+                l.buffers()
+                    .into_iter()
+                    .map(move |b| format!("{prefix}.{}", b.name))
+            })
+            .collect()
+    }
+
     /// The equivalent PyTorch module, for users who load the weights there:
     /// Python that binds `model`, an `nn.Sequential` whose only child is
     /// named `layers`, so its `state_dict` keys are exactly the file's

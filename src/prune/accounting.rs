@@ -17,6 +17,18 @@ pub fn count_nonzero(tensors: &[HostTensor]) -> u64 {
         .sum()
 }
 
+/// Non-zero parameters of a model of `spec`: [`count_nonzero`] over its
+/// tensors less the buffers (batch norm's running statistics and step
+/// counter are state, not parameters, and would otherwise count).
+pub fn count_nonzero_params(spec: &ModelSpec, tensors: &[HostTensor]) -> u64 {
+    let buffers = spec.buffer_names();
+    tensors
+        .iter()
+        .filter(|t| !buffers.contains(&t.name))
+        .map(|t| t.data.iter().filter(|v| **v != 0.0).count() as u64)
+        .sum()
+}
+
 /// Forward FLOPs per sample counting only non-zero weights (what a sparse
 /// kernel would do); equals [`ModelSpec::flops`] for a dense model. A
 /// layer's FLOPs scale with the non-zero fraction of its prunable weights
@@ -68,7 +80,7 @@ impl Summary {
     ) -> Result<Summary> {
         Ok(Summary {
             params: spec.param_count(),
-            nonzero: count_nonzero(tensors),
+            nonzero: count_nonzero_params(spec, tensors),
             bytes: fs::metadata(file).map_err(|e| Error::io(file, e))?.len(),
             flops: spec.flops(),
             nz_flops: effective_flops(spec, tensors),
@@ -95,5 +107,20 @@ mod tests {
         let first = spec.layers()[0].flops();
         assert_eq!(effective_flops(&spec, &w), spec.flops() - first / 2);
         assert_eq!(count_nonzero(&w), spec.param_count() - 4);
+    }
+
+    /// Batch norm's running statistics and counter are not parameters: a
+    /// dense residual network's non-zeros equal its parameter count.
+    #[test]
+    fn running_statistics_are_not_counted_as_parameters() {
+        let spec = ModelSpec::parse("resnet:4x1-8x1-10").unwrap();
+        let w = host(&spec, |_, _| 1.0);
+        assert!(!spec.buffer_names().is_empty());
+        assert!(spec
+            .buffer_names()
+            .iter()
+            .all(|n| w.iter().any(|t| &t.name == n)));
+        assert_eq!(count_nonzero_params(&spec, &w), spec.param_count());
+        assert!(count_nonzero(&w) > spec.param_count());
     }
 }

@@ -64,7 +64,7 @@ mod structured;
 mod transfer;
 mod unstructured;
 
-pub use accounting::{count_nonzero, effective_flops, Summary};
+pub use accounting::{count_nonzero, count_nonzero_params, effective_flops, Summary};
 pub use io::{read_model, read_model_normalized, write_model};
 pub use masks::{
     check_masks, grow_masks, read_masks, write_masks, zero_masked, MaskCount, StoreMasks,

@@ -23,7 +23,7 @@ use super::eval::evaluate;
 use crate::data::Dataset;
 use crate::error::{Error, Result};
 use crate::model::{Backend, ModelDir, Network};
-use crate::prune::count_nonzero;
+use crate::prune::count_nonzero_params;
 
 /// The batch size of [`test_accuracy`].
 const ACCURACY_BATCH: usize = 1000;
@@ -72,7 +72,7 @@ pub fn measure<D: Backend>(
         accuracy: r.accuracy,
         loss: r.loss,
         params: net.spec().param_count(),
-        nonzero: count_nonzero(&net.to_host()),
+        nonzero: count_nonzero_params(net.spec(), &net.to_host()),
         bytes: fs::metadata(file).map_err(|e| Error::io(file, e))?.len(),
         flops: net.spec().flops(),
         samples_per_sec: r.samples_per_sec,
@@ -122,7 +122,7 @@ mod tests {
         assert_eq!(row.loss, direct.loss);
         assert_eq!(test_accuracy(&net, &data).unwrap(), direct.accuracy);
         assert_eq!(row.params, spec.param_count());
-        assert_eq!(row.nonzero, count_nonzero(&net.to_host()));
+        assert_eq!(row.nonzero, count_nonzero_params(&spec, &net.to_host()));
         assert_eq!(row.bytes, fs::metadata(&file).unwrap().len());
         assert_eq!(row.flops, spec.flops());
         assert!(row.latency_1 > 0.0 && row.latency_256 > 0.0);
