@@ -9,6 +9,13 @@
 //!   highest L1 norm (or the first ones, for a wider student), unless its
 //!   outputs are forced (the output layer: the classes; a residual block's
 //!   main path, which must line up with its shortcut);
+//! - a convolution followed by batch norm is ranked by the batch norm's
+//!   scale instead, `|gamma|` (batch norm undoes the filters' own scale, so
+//!   their L1 norm says little; "network slimming", Liu et al. 2017). The
+//!   channels of a residual stream are ranked once, where the stream
+//!   starts (the stem's convolution, or a block with a projection), by the
+//!   sum of `|gamma|` over every batch norm that writes into it: the head's
+//!   and each identity block's `bn2` that follows ([`channel_scores`]);
 //! - batch norm's weight, bias and running statistics are sliced with the
 //!   channels that reach it, and its step counter is copied;
 //! - pooling and dropout pass the map through;
@@ -21,7 +28,9 @@
 use std::collections::HashMap;
 
 use super::spec_err;
-use super::transfer::{carry_mask, fill_kind, unit_map, TransferLine, TransferReport, UnitCopy};
+use super::transfer::{
+    carry_mask, fill_kind, top_l1_rows, unit_map, TransferLine, TransferReport, UnitCopy,
+};
 use crate::error::Result;
 use crate::model::io::HostTensor;
 use crate::model::layers::{BasicBlock, BatchNorm, Conv, Dense};
@@ -42,6 +51,66 @@ pub struct Slicer<'a> {
     pub expected: HashMap<String, Vec<usize>>,
     pub student_masks: Option<Vec<HostTensor>>,
     pub report: TransferReport,
+    /// Per-channel scores that rank a convolution's outputs in place of its
+    /// filters' L1 norms, by the teacher module name of the convolution
+    /// ([`channel_scores`]).
+    pub scores: HashMap<String, Vec<f32>>,
+}
+
+/// The channel scores of `spec`'s convolutions that a batch norm follows,
+/// by the convolution's module name: `|gamma|` of that batch norm, and for
+/// the head of a residual stream (the stem's convolution, or a block's
+/// `conv2` where the block has a projection) the sum of `|gamma|` over the
+/// stream's writers (the head's batch norms and each identity block's
+/// `bn2` after it, until a layer that is not a block, pool or dropout).
+pub fn channel_scores(spec: &ModelSpec, tensors: &[HostTensor]) -> HashMap<String, Vec<f32>> {
+    let gamma = |module: &str| -> Option<Vec<f32>> {
+        let name = format!("{module}.weight");
+        let t = tensors.iter().find(|t| t.name == name)?;
+        Some(t.data.iter().map(|v| v.abs()).collect())
+    };
+    let add = |into: &mut Vec<f32>, more: Option<Vec<f32>>| match more {
+        Some(m) if m.len() == into.len() => into.iter_mut().zip(m).for_each(|(a, b)| *a += b),
+        _ => {}
+    };
+    let names = spec.module_names();
+    let layers = spec.layers();
+    let mut scores: HashMap<String, Vec<f32>> = HashMap::new();
+    // The stream's head, while identity blocks may add to it.
+    let mut head: Option<String> = None;
+    for (li, layer) in layers.iter().enumerate() {
+        let name = &names[li];
+        match layer {
+            Layer::Conv(_) => {
+                head = match (layers.get(li + 1), names.get(li + 1)) {
+                    (Some(Layer::BatchNorm(_)), Some(bn)) => gamma(bn).map(|g| {
+                        scores.insert(name.clone(), g);
+                        name.clone()
+                    }),
+                    _ => None,
+                };
+            }
+            Layer::Residual(b) => {
+                if let Some(g) = gamma(&format!("{name}.bn1")) {
+                    scores.insert(format!("{name}.conv1"), g);
+                }
+                let bn2 = gamma(&format!("{name}.bn2"));
+                if b.shortcut.is_some() {
+                    head = bn2.map(|mut g| {
+                        add(&mut g, gamma(&format!("{name}.shortcut.1")));
+                        let key = format!("{name}.conv2");
+                        scores.insert(key.clone(), g);
+                        key
+                    });
+                } else if let Some(stream) = head.as_ref().and_then(|h| scores.get_mut(h)) {
+                    add(stream, bn2);
+                }
+            }
+            Layer::BatchNorm(_) | Layer::MaxPool(_) | Layer::Dropout(_) => {}
+            _ => head = None,
+        }
+    }
+    scores
 }
 
 impl Slicer<'_> {
@@ -122,7 +191,12 @@ impl Slicer<'_> {
     ) -> Result<ChannelMap> {
         let tw = self.teacher_tensor(&format!("{tp}.weight"))?;
         let t_cols = tw.data.len().checked_div(tu).unwrap_or(0);
-        let out_map = force.unwrap_or_else(|| unit_map(&tw.data, tu, su));
+        let out_map = force.unwrap_or_else(|| match self.scores.get(tp) {
+            Some(scores) if su < tu && scores.len() == tu => {
+                top_l1_rows(scores, tu, su).into_iter().map(Some).collect()
+            }
+            _ => unit_map(&tw.data, tu, su),
+        });
         let sliced = su < tu;
         let copy = UnitCopy {
             out_map: &out_map,
@@ -380,6 +454,64 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("prune all layers"), "{err}");
+    }
+
+    /// With batch norm after a convolution, channels are ranked by the
+    /// batch norm's `|gamma|`, not by the filters' L1 norm; a residual
+    /// stream by the sum over every batch norm that writes into it.
+    #[test]
+    fn batch_norm_scales_rank_the_channels_of_a_residual_stream() {
+        let spec = ModelSpec::parse("resnet:i1x6x6-4x2-8x1-3").unwrap();
+        let mut w = Network::new(spec.clone(), Cpu::default(), 4).to_host();
+        let set = |w: &mut [HostTensor], name: &str, v: &[f32]| {
+            let t = w.iter_mut().find(|t| t.name == name).unwrap();
+            t.data.copy_from_slice(v);
+        };
+        let scale_rows = |w: &mut [HostTensor], name: &str, rows: &[usize], by: f32| {
+            let t = w.iter_mut().find(|t| t.name == name).unwrap();
+            let per = t.data.len() / t.shape[0];
+            for &r in rows {
+                t.data[r * per..(r + 1) * per]
+                    .iter_mut()
+                    .for_each(|v| *v *= by);
+            }
+        };
+        // The stem's own scales are level; the identity blocks' bn2 decide
+        // (channels 1 and 3), although the stem's filters 0 and 2 are the
+        // largest by far.
+        set(&mut w, "layers.1.weight", &[1.0, 1.0, 1.0, 1.0]);
+        set(&mut w, "layers.3.bn2.weight", &[0.1, 2.0, 0.1, 2.0]);
+        set(&mut w, "layers.4.bn2.weight", &[0.2, -1.0, 0.3, 1.0]);
+        scale_rows(&mut w, "layers.0.weight", &[0, 2], 100.0);
+        // A block's inner channels follow bn1 (0 and 3), not conv1's L1.
+        set(&mut w, "layers.3.bn1.weight", &[3.0, 0.1, -0.1, -3.0]);
+        scale_rows(&mut w, "layers.3.conv1.weight", &[1, 2], 100.0);
+        let small = structured(&spec, &w, None, 0.5, &LayerSelection::All).unwrap();
+        assert_eq!(small.spec.as_str(), "resnet:i1x6x6-2x2-4x1-3");
+        let kept = |name: &str| {
+            small
+                .report
+                .lines
+                .iter()
+                .find(|l| l.name == name)
+                .and_then(|l| l.kept_units.clone())
+        };
+        assert_eq!(kept("layers.0.weight"), Some(vec![1, 3]));
+        assert_eq!(kept("layers.3.conv2.weight"), Some(vec![1, 3]));
+        assert_eq!(kept("layers.4.conv2.weight"), Some(vec![1, 3]));
+        assert_eq!(kept("layers.3.conv1.weight"), Some(vec![0, 3]));
+        // Without batch norm after it, a convolution keeps its L1 ranking.
+        let plain = ModelSpec::parse("cnn:i1x6x6-c4-p-3").unwrap();
+        let mut pw = Network::new(plain.clone(), Cpu::default(), 4).to_host();
+        scale_rows(&mut pw, "layers.0.weight", &[0, 2], 100.0);
+        let small = structured(&plain, &pw, None, 0.5, &LayerSelection::All).unwrap();
+        let kept = small
+            .report
+            .lines
+            .iter()
+            .find(|l| l.name == "layers.0.weight")
+            .and_then(|l| l.kept_units.clone());
+        assert_eq!(kept, Some(vec![0, 2]));
     }
 
     #[test]

@@ -23,7 +23,7 @@ use dfdx::prelude::Cpu;
 
 use super::io::read_model_normalized;
 use super::masks::read_masks;
-use super::slice::Slicer;
+use super::slice::{channel_scores, Slicer};
 use super::spec_err;
 use crate::data::Normalization;
 use crate::error::{Error, Result};
@@ -342,6 +342,7 @@ pub fn transfer_with_masks(
         expected: torch_shapes(student_spec).into_iter().collect(),
         student_masks: teacher_masks.map(|_| Vec::new()),
         report: TransferReport::default(),
+        scores: channel_scores(teacher_spec, teacher),
     };
     // Student input channel (or feature) -> teacher's.
     let (c0, _, _) = student_spec.input_shape();
