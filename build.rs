@@ -56,7 +56,7 @@ fn nvcc() -> PathBuf {
     let from_roots = || {
         ["CUDA_ROOT", "CUDA_PATH"]
             .iter()
-            .filter_map(|v| env::var_os(v))
+            .filter_map(env::var_os)
             .map(|root| Path::new(&root).join("bin").join("nvcc"))
             .find(|p| p.is_file())
     };
