@@ -78,10 +78,7 @@ fn alloc<E: dfdx::cudarc::driver::DeviceRepr>(dev: &Cuda, n: usize, op: &str) ->
 }
 
 /// Checks a tensor's shape and layout against what a kernel assumes.
-fn check_input<S: Shape, T>(t: &Tensor<S, f32, Cuda, T>, shape: S, what: &str)
-where
-    S: PartialEq + Debug,
-{
+fn check_input<S: Shape + PartialEq + Debug, T>(t: &Tensor<S, f32, Cuda, T>, shape: S, what: &str) {
     assert!(
         *t.shape() == shape && t.is_contiguous(),
         "cuda {what}: expected a contiguous {shape:?}, got {:?} (contiguous: {})",
