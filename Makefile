@@ -47,10 +47,10 @@ FORCE:
 # one, ../shared/tools/cuda-env.sh assembles CUDA 13.0 from PyPI wheels
 # (see README.md, "GPU").
 CUDA_ENV ?= ../shared/tools/cuda-env.sh
+# scripts/cuda-build.sh builds it with dfdx patched for distill's own
+# kernels (src/model/cuda/), leaving Cargo.toml and Cargo.lock untouched.
 build-cuda:
-	$(CARGO) fetch --locked
-	bash -c 'if [ -f "$(CUDA_ENV)" ] && ! command -v nvcc >/dev/null; then source "$(CUDA_ENV)" || exit 1; fi; \
-	  CARGO_TARGET_DIR=target/cuda $(CARGO) build --release --locked --features cuda'
+	CARGO=$(CARGO) CUDA_ENV=$(CUDA_ENV) bash scripts/cuda-build.sh build
 
 # Copies the cuda binary into .gpu/ (git-ignored; it travels with a checkout
 # to a GPU machine), where scripts/gpu-check.sh looks for it.

@@ -4,7 +4,10 @@
 # to .gpu/distill). Writes a report to $REPORT (default gpu-check/report.txt):
 #   1. the driver and device (nvidia-smi);
 #   2. every custom op and two whole networks against the CPU
-#      (`distill check-device --device cuda`; tolerances printed per check);
+#      (`distill check-device --device cuda`; tolerances printed per check):
+#      on cuda these are distill's own kernels (src/model/cuda/kernels.cu:
+#      im2col/col2im, max-pool, the bias+ReLU(+pool) epilogue around cuBLAS,
+#      the fused KD loss), unverified until this step passes on a GPU;
 #   3. cache build -> train-student end to end on cuda, beside the same on cpu;
 #   4. the step benchmark: one training epoch per student on cuda and on cpu.
 # Exits non-zero when the device check or a run fails.
@@ -19,6 +22,7 @@ REPORT=${REPORT:-$OUTDIR/report.txt}
 STUDENTS=${STUDENTS:-mlp:784-128-10 mlp:784-800-800-10 cnn:c8-p-c16-p-10 cnn:c32-p-c64-p-f128-10}
 mkdir -p "$OUTDIR"
 : > "$REPORT"
+: > "$OUTDIR/check-device.txt"
 say() { echo "$*" | tee -a "$REPORT"; }
 status=0
 
@@ -37,8 +41,13 @@ say "== 1. device"
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv 2>&1 | tee -a "$REPORT" || status=1
 
 say "== 2. ops against the cpu"
-"$BIN" check-device --device cuda 2>&1 | tee -a "$REPORT"
-[ "${PIPESTATUS[0]}" -eq 0 ] || status=1
+"$BIN" check-device --device cuda 2>&1 | tee -a "$OUTDIR/check-device.txt" | tee -a "$REPORT"
+if [ "${PIPESTATUS[0]}" -ne 0 ]; then
+  status=1
+  if grep -q 'UNSUPPORTED_PTX_VERSION' "$OUTDIR/check-device.txt"; then
+    say "hint: the kernels' PTX is newer than this driver: build with the CUDA toolkit the driver supports (shared GPU notes)"
+  fi
+fi
 
 say "== 3. cache build -> train-student, cuda beside cpu"
 for dev in cpu cuda; do

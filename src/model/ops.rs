@@ -26,6 +26,7 @@ use dfdx::tensor::Gradients;
 use rayon::prelude::*;
 
 use super::conv::{self, ConvOpts};
+use super::kd::{self, KdTerms};
 use super::kernels::{self, LinearOpts};
 
 /// Geometry of a batch of channels-last images.
@@ -82,6 +83,15 @@ pub trait Backend: Device<f32> + Clone + 'static {
         geom: ImageGeom,
         opts: ConvOpts,
     ) -> Matrix<Self, T>;
+    /// The KD loss of `terms` over `logits: (batch, classes)` (see
+    /// [`kd`]): dfdx's ops by default; CUDA fuses loss and gradient.
+    fn kd_loss<T: Tape<f32, Self>>(
+        &self,
+        logits: Matrix<Self, T>,
+        terms: KdTerms,
+    ) -> Tensor<Rank0, f32, Self, T> {
+        kd::kd_loss_generic(self, logits, terms)
+    }
     /// Human-readable device name.
     fn describe(&self) -> String;
     /// Opens this kind of device afresh (the first of its kind). A device
@@ -132,15 +142,17 @@ impl Backend for Cpu {
 
 #[cfg(feature = "cuda")]
 impl Backend for Cuda {
+    // distill's own kernels (src/model/cuda/); the gather-based ops below
+    // stay as the reference.
     fn im2col<T: Tape<f32, Self>>(&self, x: Matrix<Self, T>, geom: ImageGeom) -> Matrix<Self, T> {
-        im2col_gather(self, x, geom)
+        super::cuda::im2col(self, x, geom)
     }
     fn max_pool2<T: Tape<f32, Self>>(
         &self,
         x: Matrix<Self, T>,
         geom: ImageGeom,
     ) -> Matrix<Self, T> {
-        max_pool2_gather(self, x, geom)
+        super::cuda::max_pool2(self, x, geom)
     }
     fn linear<T: Tape<f32, Self>>(
         &self,
@@ -149,7 +161,7 @@ impl Backend for Cuda {
         b: &Tensor<(usize,), f32, Self>,
         opts: LinearOpts,
     ) -> Matrix<Self, T> {
-        kernels::linear_generic(x, w, b, opts)
+        super::cuda::linear(self, x, w, b, opts)
     }
     fn conv3x3<T: Tape<f32, Self>>(
         &self,
@@ -159,7 +171,14 @@ impl Backend for Cuda {
         geom: ImageGeom,
         opts: ConvOpts,
     ) -> Matrix<Self, T> {
-        conv::conv3x3_generic(self, x, w, b, geom, opts)
+        super::cuda::conv3x3(self, x, w, b, geom, opts)
+    }
+    fn kd_loss<T: Tape<f32, Self>>(
+        &self,
+        logits: Matrix<Self, T>,
+        terms: KdTerms,
+    ) -> Tensor<Rank0, f32, Self, T> {
+        super::cuda::kd_loss(self, logits, terms)
     }
     fn describe(&self) -> String {
         "cuda:0".to_string()

@@ -42,6 +42,7 @@ use std::str::FromStr;
 use dfdx::prelude::*;
 
 use crate::error::{Error, Result};
+use crate::model::kd::{HardTerm, KdTerms, SoftTerm};
 use crate::model::ops::Matrix;
 use crate::model::Backend;
 
@@ -380,6 +381,11 @@ pub fn loss_mixed<D: Backend, T: Tape<f32, D>>(
     }
     let hard_w = cfg.alpha;
     let soft_w = 1.0 - cfg.alpha;
+    if cfg.kind == LossKind::Kd {
+        // One device op, which CUDA fuses (model::kd).
+        let terms = kd_terms(cfg, targets, mix, soft_labels, classes)?;
+        return Ok(dev.kd_loss(logits, terms));
+    }
     let (hard_branch, soft_branch) = if hard_w > 0.0 && soft_w > 0.0 {
         let soft = logits.with_empty_tape();
         (Some(logits), Some(soft))
@@ -414,21 +420,6 @@ pub fn loss_mixed<D: Backend, T: Tape<f32, D>>(
             };
             let t = cfg.temperature;
             Some(match cfg.kind {
-                LossKind::Kd => {
-                    // KL(p || q) = sum p log p - sum p log q; the first term is a
-                    // constant of the batch, added on the host so the reported loss
-                    // is the true KL.
-                    let p: Vec<f32> = lp.iter().map(|v| v.exp()).collect();
-                    let entropy_term: f32 = p
-                        .iter()
-                        .zip(lp)
-                        .map(|(p, l)| if *p > 0.0 { p * l } else { 0.0 })
-                        .sum();
-                    let p = dev.tensor_from_vec(p, (batch, classes));
-                    let cross = (l * (1.0 / t)).log_softmax::<Axis<1>>() * p;
-                    let kl = (cross.sum::<Rank0, _>() * (-inv_b)) + entropy_term * inv_b;
-                    kl * (soft_w * t * t)
-                }
                 LossKind::Mse => {
                     let mut z: Vec<f32> = lp.iter().map(|v| v * t).collect();
                     for row in z.chunks_exact_mut(classes) {
@@ -451,7 +442,7 @@ pub fn loss_mixed<D: Backend, T: Tape<f32, D>>(
                     let cross = ls.sum::<Rank0, _>() + ls_nt.sum::<Rank0, _>();
                     (cross * (-inv_b) + w.constant * inv_b) * (soft_w * t * t)
                 }
-                LossKind::Pseudo => unreachable!("handled above"),
+                LossKind::Kd | LossKind::Pseudo => unreachable!("handled above"),
             })
         }
         None => None,
@@ -462,6 +453,65 @@ pub fn loss_mixed<D: Backend, T: Tape<f32, D>>(
         (None, Some(s)) => s,
         (None, None) => unreachable!("alpha in [0, 1] leaves one branch"),
     })
+}
+
+/// The host side of [`LossKind::Kd`]: the hard-label rows (one-hot, or
+/// mixed under `mix`) and the teacher's probabilities with their entropy
+/// term, for the terms `cfg.alpha` keeps.
+fn kd_terms(
+    cfg: &LossConfig,
+    targets: &Targets<'_>,
+    mix: Option<&LabelMix>,
+    soft_labels: Option<&[u32]>,
+    classes: usize,
+) -> Result<KdTerms> {
+    let missing = |what: &str| Error::Training {
+        context: "loss".into(),
+        message: format!("the {} loss needs {what}, which this batch lacks", cfg.kind),
+    };
+    let hard = if cfg.alpha > 0.0 {
+        let labels = targets.labels.ok_or_else(|| missing("labels"))?;
+        let rows = match mix {
+            Some(m) => m.target_rows(labels, classes),
+            None => one_hot(labels, classes),
+        };
+        Some(HardTerm {
+            rows,
+            weight: cfg.alpha,
+        })
+    } else {
+        None
+    };
+    let soft = if cfg.alpha < 1.0 {
+        let lp = targets
+            .teacher_logprobs
+            .ok_or_else(|| missing("teacher outputs"))?;
+        let swapped;
+        let lp = if cfg.teacher_errors == TeacherErrors::Swap {
+            let labels = soft_labels.ok_or_else(|| missing("labels"))?;
+            swapped = swap_teacher_errors(lp, labels, classes);
+            &swapped[..]
+        } else {
+            lp
+        };
+        // KL(p || q) = sum p log p - sum p log q; the first term is a
+        // constant of the batch, added so the reported loss is the true KL.
+        let probs: Vec<f32> = lp.iter().map(|v| v.exp()).collect();
+        let entropy = probs
+            .iter()
+            .zip(lp)
+            .map(|(p, l)| if *p > 0.0 { p * l } else { 0.0 })
+            .sum();
+        Some(SoftTerm {
+            probs,
+            entropy,
+            weight: 1.0 - cfg.alpha,
+            temperature: cfg.temperature,
+        })
+    } else {
+        None
+    };
+    Ok(KdTerms { hard, soft })
 }
 
 /// The teacher's log-probabilities with, in every row whose top class is not
