@@ -3,11 +3,13 @@
 //! parameter store ([`network`]), the `model.py` written beside a model
 //! ([`pytorch`]), the device ops behind [`Backend`]
 //! (patches and pooling in [`ops`], the fused convolution block in [`conv`],
+//! batch norm in [`batchnorm_op`],
 //! matmuls in [`kernels`]), safetensors I/O with PyTorch names and layouts
 //! ([`io`]), the input normalisation stored with a model ([`input_norm`]), a
 //! model directory's layout
 //! ([`dir`]) and a spec checked against a dataset ([`compat`]).
 
+pub mod batchnorm_op;
 pub mod compat;
 pub mod conv;
 pub mod dir;

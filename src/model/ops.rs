@@ -25,7 +25,8 @@ use dfdx::prelude::*;
 use dfdx::tensor::Gradients;
 use rayon::prelude::*;
 
-use super::conv::{self, ConvOpts};
+use super::batchnorm_op::{self, BatchNormOpts, Moments};
+use super::conv::{self, ConvOpts, ConvSpec};
 use super::kernels::{self, LinearOpts};
 
 /// Geometry of a batch of channels-last images.
@@ -82,6 +83,30 @@ pub trait Backend: Device<f32> + Clone + 'static {
         geom: ImageGeom,
         opts: ConvOpts,
     ) -> Matrix<Self, T>;
+    /// Any convolution of a network, `pool?(relu?(conv(x) + b?))`: 3x3
+    /// (padding 1) or 1x1, stride 1 or 2, with or without a bias, for
+    /// channels-last `x` of geometry `geom`, `w: (out, kernel^2 * in)`
+    /// (see [`conv`]).
+    fn conv2d<T: Tape<f32, Self>>(
+        &self,
+        x: Matrix<Self, T>,
+        w: &Matrix<Self>,
+        b: Option<&Tensor<(usize,), f32, Self>>,
+        geom: ImageGeom,
+        spec: ConvSpec,
+    ) -> Matrix<Self, T>;
+    /// Batch norm over the channels of `x: (rows, C)`,
+    /// `relu?(gamma * (x - mean) / sqrt(var + eps) + beta + residual?)`, with
+    /// the batch's statistics (returned as [`Moments`]) or the running ones
+    /// in `opts` (see [`batchnorm_op`]). The residual's gradient flows by id.
+    fn batch_norm<T: Tape<f32, Self>>(
+        &self,
+        x: Matrix<Self, T>,
+        gamma: &Tensor<(usize,), f32, Self>,
+        beta: &Tensor<(usize,), f32, Self>,
+        residual: Option<&Matrix<Self>>,
+        opts: BatchNormOpts<'_>,
+    ) -> (Matrix<Self, T>, Option<Moments>);
     /// Human-readable device name.
     fn describe(&self) -> String;
     /// Opens this kind of device afresh (the first of its kind). A device
@@ -122,6 +147,26 @@ impl Backend for Cpu {
     ) -> Matrix<Self, T> {
         conv::conv3x3_cpu(self, x, w, b, geom, opts)
     }
+    fn conv2d<T: Tape<f32, Self>>(
+        &self,
+        x: Matrix<Self, T>,
+        w: &Matrix<Self>,
+        b: Option<&Tensor<(usize,), f32, Self>>,
+        geom: ImageGeom,
+        spec: ConvSpec,
+    ) -> Matrix<Self, T> {
+        conv::conv_cpu(self, x, w, b, geom, spec)
+    }
+    fn batch_norm<T: Tape<f32, Self>>(
+        &self,
+        x: Matrix<Self, T>,
+        gamma: &Tensor<(usize,), f32, Self>,
+        beta: &Tensor<(usize,), f32, Self>,
+        residual: Option<&Matrix<Self>>,
+        opts: BatchNormOpts<'_>,
+    ) -> (Matrix<Self, T>, Option<Moments>) {
+        batchnorm_op::batch_norm_cpu(self, x, gamma, beta, residual, opts)
+    }
     fn describe(&self) -> String {
         format!("cpu ({} threads)", rayon::current_num_threads())
     }
@@ -160,6 +205,26 @@ impl Backend for Cuda {
         opts: ConvOpts,
     ) -> Matrix<Self, T> {
         conv::conv3x3_generic(self, x, w, b, geom, opts)
+    }
+    fn conv2d<T: Tape<f32, Self>>(
+        &self,
+        x: Matrix<Self, T>,
+        w: &Matrix<Self>,
+        b: Option<&Tensor<(usize,), f32, Self>>,
+        geom: ImageGeom,
+        spec: ConvSpec,
+    ) -> Matrix<Self, T> {
+        conv::conv_generic(self, x, w, b, geom, spec)
+    }
+    fn batch_norm<T: Tape<f32, Self>>(
+        &self,
+        x: Matrix<Self, T>,
+        gamma: &Tensor<(usize,), f32, Self>,
+        beta: &Tensor<(usize,), f32, Self>,
+        residual: Option<&Matrix<Self>>,
+        opts: BatchNormOpts<'_>,
+    ) -> (Matrix<Self, T>, Option<Moments>) {
+        batchnorm_op::batch_norm_generic(self, x, gamma, beta, residual, opts)
     }
     fn describe(&self) -> String {
         "cuda:0".to_string()

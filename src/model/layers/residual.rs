@@ -190,30 +190,28 @@ impl BasicBlock {
         )
     }
 
-    /// Main path, then shortcut, on one tape; the sum joins them (the main
-    /// path's result enters untaped, its gradient flows by id).
+    /// Shortcut, then main path, on one tape; the last batch norm adds the
+    /// shortcut and applies the ReLU in the same op (the shortcut enters it
+    /// untaped, its gradient flows by id).
     pub fn forward<D: Backend, T: Tape<f32, D>>(
         &self,
         x: Matrix<D, T>,
         ctx: &Ctx<'_, D>,
     ) -> Matrix<D, T> {
         let (x, tape) = x.split_tape();
-        let h = self
-            .conv1
-            .forward(x.clone().put_tape(tape), &ctx.sub(0..1, 0..0));
+        let (shortcut, tape) = match &self.shortcut {
+            None => (x.clone(), tape),
+            Some((conv, bn)) => {
+                let s = conv.forward(x.clone().put_tape(tape), &ctx.sub(6..7, 0..0));
+                bn.forward(s, &ctx.sub(7..9, 6..9)).split_tape()
+            }
+        };
+        let h = self.conv1.forward(x.put_tape(tape), &ctx.sub(0..1, 0..0));
         let h = self.bn1.forward(h, &ctx.sub(1..3, 0..3));
         let h = self
             .conv2
             .forward(h, &ctx.sub(3..4, 0..0).with_input_grad());
-        let h = self.bn2.forward(h, &ctx.sub(4..6, 3..6));
-        let (h, tape) = h.split_tape();
-        let shortcut = match &self.shortcut {
-            None => x.put_tape(tape),
-            Some((conv, bn)) => {
-                let s = conv.forward(x.put_tape(tape), &ctx.sub(6..7, 0..0));
-                bn.forward(s, &ctx.sub(7..9, 6..9))
-            }
-        };
-        (shortcut + h).relu()
+        self.bn2
+            .forward_with(h, &ctx.sub(4..6, 3..6), Some(&shortcut), true)
     }
 }
