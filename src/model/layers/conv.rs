@@ -62,7 +62,8 @@ impl Conv {
         )
     }
 
-    /// Whether the fused 3x3 op computes this layer.
+    /// Whether this is the `cnn:` grammar's `cN` (3x3, stride 1, bias,
+    /// ReLU), the one form whose op also runs a following max-pool.
     pub fn is_fused(&self) -> bool {
         self.kernel == 3 && self.stride == 1 && self.bias && self.relu
     }
