@@ -217,19 +217,21 @@ bench: $(BIN) data
 # $(BENCH_OUT)/table.md (BENCHMARKS.md, "Side by side with PyTorch").
 # PyTorch is installed from PyPI into the git-ignored $(BENCH_VENV); give
 # PYTHON=/path/to/python to use an existing environment with torch, numpy
-# and safetensors instead. BENCH_ROWS=mlp128,cnn8 runs some rows only.
+# and safetensors instead. BENCH_ROWS=mlp128,cnn8 runs some rows only;
+# BENCH_LIMIT=N times the first N training images only (the ResNet rows).
 # Not part of `make test`; distill never depends on PyTorch.
 BENCH_VENV    ?= .venv-bench
 PYTHON        ?= $(BENCH_VENV)/bin/python
 BENCH_ROUNDS  ?= 3
 BENCH_THREADS ?= 2
 BENCH_ROWS    ?=
+BENCH_LIMIT   ?=
 BENCH_OUT     ?= $(RUNS)/bench-pytorch
 
 bench-pytorch: $(BIN) data $(if $(filter $(BENCH_VENV)/bin/python,$(PYTHON)),$(BENCH_VENV)/.installed)
 	$(PYTHON) scripts/bench_pytorch.py --bin $(BIN) --data $(DATA) --teacher $(TEACHER) \
 	  --rounds $(BENCH_ROUNDS) --threads $(BENCH_THREADS) --out $(BENCH_OUT) \
-	  $(if $(BENCH_ROWS),--rows $(BENCH_ROWS))
+	  $(if $(BENCH_ROWS),--rows $(BENCH_ROWS)) $(if $(BENCH_LIMIT),--train-limit $(BENCH_LIMIT))
 
 $(BENCH_VENV)/.installed:
 	python3 -m venv $(BENCH_VENV)

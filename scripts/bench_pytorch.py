@@ -24,6 +24,11 @@ the module `distill model info` prints (strict state_dict), precomputes its
 log_softmax(logits / T) once and trains from that array with the same loss,
 alpha * CE + (1 - alpha) * T^2 * KL.
 
+The ResNet rows train with their batch norms in training mode on both
+sides. `--train-limit N` times the first N training images only (written as
+a dataset of their own that both sides read, with the whole test split), for
+rows too slow for a full epoch per round.
+
 Run: `make bench-pytorch` (sets up .venv-bench, fetches data, builds the
 release binary), or directly:
     python scripts/bench_pytorch.py --bin target/release/distill \
@@ -58,6 +63,8 @@ ROWS = OrderedDict(
         ("mlp800", ("`mlp:784-800-800-10`", "mlp:784-800-800-10", "hard")),
         ("cnn8", ("`cnn:c8-p-c16-p-10`", "cnn:c8-p-c16-p-10", "hard")),
         ("cnn32", ("`cnn:c32-p-c64-p-f128-10`", "cnn:c32-p-c64-p-f128-10", "hard")),
+        ("resnet8", ("`resnet:16x1-32x1-64x1-10` (ResNet-8)", "resnet:16x1-32x1-64x1-10", "hard")),
+        ("resnet8n", ("`resnet:8x1-16x1-32x1-10` (narrow ResNet-8)", "resnet:8x1-16x1-32x1-10", "hard")),
         ("teacher", ("teacher forward, 60k training images (distill: whole `cache build`)", None, "teacher")),
     ]
 )
@@ -79,6 +86,8 @@ def parse_args():
     p.add_argument("--teacher-batch", type=int, default=500)
     p.add_argument("--matmul-n", type=int, default=2048)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--train-limit", type=int, default=None,
+                   help="time the first N training images only (both sides; the slow rows)")
     a = p.parse_args()
     a.rows = [r for r in a.rows.split(",") if r]
     for r in a.rows:
@@ -107,6 +116,27 @@ def find(data, stem):
     sys.exit(f"{stem}[.gz] not found in {data} (run `make data`)")
 
 
+def write_idx(path, array):
+    """A uint8 array as a raw IDX file."""
+    with open(path, "wb") as f:
+        f.write(bytes([0, 0, 8, array.ndim]))
+        for d in array.shape:
+            f.write(int(d).to_bytes(4, "big"))
+        f.write(np.ascontiguousarray(array, dtype=np.uint8).tobytes())
+
+
+def limited_data(a, work, images, labels):
+    """The first `a.train_limit` training images (and the whole test split)
+    as a dataset directory both sides read; returns its path."""
+    out = os.path.join(work, f"data-{a.train_limit}")
+    os.makedirs(out, exist_ok=True)
+    write_idx(os.path.join(out, "train-images-idx3-ubyte"), images)
+    write_idx(os.path.join(out, "train-labels-idx1-ubyte"), labels)
+    for stem in ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"):
+        write_idx(os.path.join(out, stem), read_idx(find(a.data, stem)))
+    return out
+
+
 def run(cmd, env=None):
     r = subprocess.run(cmd, env=env, capture_output=True, text=True)
     if r.returncode != 0:
@@ -126,7 +156,9 @@ class Distill:
         if spec not in self.info:
             out = run([self.a.bin, "model", "info", spec])
             flops = int(re.search(r"forward FLOPs per sample (\d+)", out).group(1))
-            code = re.search(r"^pytorch: (.*)$", out, re.M).group(1)
+            # The module text runs to the end (a residual spec's starts with
+            # the BasicBlock class).
+            code = re.search(r"^pytorch: (.*)\Z", out, re.M | re.S).group(1).strip()
             self.info[spec] = (flops, code)
         return self.info[spec]
 
@@ -161,9 +193,14 @@ class Distill:
         return lines[-1]["epoch_seconds"]
 
 
+def is_image(spec):
+    """Whether a spec reads images (N, C, H, W) rather than flat vectors."""
+    return spec.startswith(("cnn", "resnet"))
+
+
 def build_module(code):
     """The nn.Sequential that `distill model info` prints."""
-    ns = {"nn": nn, "OrderedDict": OrderedDict}
+    ns = {"torch": torch, "nn": nn, "OrderedDict": OrderedDict}
     exec(code, ns)
     return ns["model"]
 
@@ -249,13 +286,16 @@ def main():
     d = Distill(a)
     images = read_idx(find(a.data, "train-images-idx3-ubyte"))
     labels = read_idx(find(a.data, "train-labels-idx1-ubyte"))
+    if a.train_limit:
+        images, labels = images[: a.train_limit], labels[: a.train_limit]
+        a.data = limited_data(a, work, images, labels)
     pt = Torch(a, images, labels)
     n = pt.n
 
     teacher_spec = json.load(open(os.path.join(a.teacher, "model.json")))["spec"]
     teacher_flops, teacher_code = d.model_info(teacher_spec)
     teacher = pt.load_teacher(teacher_code)
-    teacher_conv = teacher_spec.startswith("cnn")
+    teacher_conv = is_image(teacher_spec)
     # PyTorch's soft targets (also warms the teacher up); distill's cache, once.
     pt.teacher_forward(teacher, teacher_conv)
     kd_cache = os.path.join(work, "cache-kd")
@@ -282,7 +322,7 @@ def main():
                 else:
                     code = d.model_info(spec)[1]
                     if side == "torch":
-                        s = pt.train(code, spec.startswith("cnn"), kind == "kd", a.seed + rnd)
+                        s = pt.train(code, is_image(spec), kind == "kd", a.seed + rnd)
                     else:
                         s = d.train(spec, os.path.join(work, f"train-{r}"),
                                     kd_cache if kind == "kd" else None)
@@ -310,7 +350,8 @@ def write_table(a, d, times, peaks, teacher_flops, done, final):
     when = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     head = [
         f"{when}; torch {torch.__version__}; {a.threads} threads each; "
-        f"{done} of {a.rounds} alternated rounds, medians;",
+        f"{done} of {a.rounds} alternated rounds, medians;"
+        + (f" the first {a.train_limit} training images;" if a.train_limit else ""),
         f"PyTorch {a.matmul_n}^3 f32 matmul: best {peak:.1f} GFLOP/s (per round: "
         + ", ".join(f"{p:.1f}" for p in peaks) + ")",
         "",

@@ -1,18 +1,24 @@
-//! The convolution block as one op: 3x3 convolution (padding 1) + bias +
-//! ReLU, optionally followed by a 2x2 stride-2 max-pool.
+//! A convolution as one op: 3x3 (padding 1) or 1x1 (padding 0), stride 1 or
+//! 2, with an optional bias and ReLU, the ReLU optionally followed by a 2x2
+//! stride-2 max-pool (the `cnn:` block: 3x3 + bias + ReLU + pool; a residual
+//! network's: no bias, no ReLU, a batch norm follows).
 //!
 //! The unfused path (`im2col`, then the affine op, then the pool, see
 //! [`super::ops`]) materialises a whole batch's patch matrix, `9 * C` floats
 //! per pixel, its gradient and the full-size activations, and passes each
-//! through memory several times. On the CPU, [`conv3x3_cpu`] instead works
+//! through memory several times; with stride 2 it builds the patches of
+//! every pixel and gathers the kept ones. On the CPU, [`conv_cpu`] instead works
 //! through the batch in chunks of images whose patch matrix fits in the core's
 //! cache, one chunk per rayon task:
-//! - forward: build the chunk's patches in a per-thread scratch buffer, start
-//!   the output from the bias rows, accumulate `patches W^T` with gemm on that
-//!   thread, apply the ReLU, and pool into the output. It keeps, per output
-//!   value, one byte for the backward pass: which of the four window positions
-//!   won (or that the ReLU was off), so no activation is stored;
-//! - backward: scatter the output gradient to the winning positions, rebuild
+//! - forward: build the chunk's patches (only the output pixels', a 1x1
+//!   stride-1 kernel reads its input as they are) in a per-thread scratch
+//!   buffer, start the output from the bias rows (or zeros), accumulate
+//!   `patches W^T` with gemm on that thread, apply the ReLU, and pool into
+//!   the output. With a ReLU it keeps, per output value, one byte for the
+//!   backward pass: which of the four window positions won (or that the
+//!   ReLU was off), so no activation is stored;
+//! - backward: scatter the output gradient to the winning positions (without
+//!   a ReLU gemm reads the output gradient as it is), rebuild
 //!   the chunk's patches, accumulate `dW` and `db` into a per-chunk partial
 //!   and, where the input needs a gradient, `dPatches = G W` folded back onto
 //!   the chunk's own input pixels (`col2im`; chunks hold disjoint images).
@@ -22,8 +28,9 @@
 //! thread, and the partial sums are reduced in a fixed order, so the result
 //! is bit-identical for any thread count.
 //!
-//! [`conv3x3_generic`] is the same maths from the gather-based ops and dfdx's
-//! matmul, for every other device.
+//! [`conv_generic`] is the same maths from the gather-based ops and dfdx's
+//! matmul, for every other device. [`conv3x3_cpu`] and [`conv3x3_generic`]
+//! are the `cnn:` block's form of each.
 
 use std::cell::RefCell;
 
@@ -68,13 +75,7 @@ macro_rules! with_channels {
         }
     };
 }
-
-/// Images per chunk: a function of the geometry alone (never the thread
-/// count), so the sums of partial gradients are the same on every machine.
-fn images_per_chunk(g: &ImageGeom) -> usize {
-    let per_image = g.height * g.width * 9 * g.channels;
-    (CHUNK_PATCH_FLOATS / per_image.max(1)).clamp(1, g.batch.max(1))
-}
+pub(super) use with_channels;
 
 thread_local! {
     /// Per-thread scratch for patches and chunk gradients, kept between
@@ -190,6 +191,120 @@ fn add_patches_for<const C: usize>(dpatches: &[f32], h: usize, w: usize, c: usiz
     }
 }
 
+/// The source pixel `(y, x)` of tap `(dy, dx)` of output pixel `(oy, ox)`
+/// of plan `p`, `None` in the zero padding.
+#[inline(always)]
+fn tap_source(p: &Plan, (oy, ox): (usize, usize), (dy, dx): (usize, usize)) -> Option<usize> {
+    let pad = p.kernel / 2;
+    let sy = (oy * p.stride + dy).checked_sub(pad)?;
+    let sx = (ox * p.stride + dx).checked_sub(pad)?;
+    (sy < p.g.height && sx < p.g.width).then_some(sy * p.g.width + sx)
+}
+
+/// Writes the `kernel x kernel` patches (zero padding `kernel / 2`) of the
+/// output pixels of plan `p`'s strided convolution over consecutive
+/// channels-last images in `src` into `dst`, one row of `kernel^2 c` values
+/// per output pixel, column `tap * c + channel` with `tap = kernel dy + dx`:
+/// [`fill_patches`] for stride 2 and for 1x1 kernels.
+fn fill_patches_strided(src: &[f32], p: &Plan, dst: &mut [f32]) {
+    with_channels!(p.g.channels, fill_patches_strided_for, src, p, dst)
+}
+
+/// [`fill_patches_strided`] for `C` channels (`C == 0`: at run time).
+fn fill_patches_strided_for<const C: usize>(src: &[f32], p: &Plan, dst: &mut [f32]) {
+    let c = if C == 0 { p.g.channels } else { C };
+    let (k, kk) = (p.k(), p.kernel);
+    for (img, out) in src
+        .chunks_exact(p.hw() * c)
+        .zip(dst.chunks_exact_mut(p.conv_hw() * k))
+    {
+        for oy in 0..p.conv_h {
+            for ox in 0..p.conv_w {
+                let row = &mut out[(oy * p.conv_w + ox) * k..][..k];
+                for dy in 0..kk {
+                    for dx in 0..kk {
+                        let tap = &mut row[(dy * kk + dx) * c..][..c];
+                        match tap_source(p, (oy, ox), (dy, dx)) {
+                            Some(s) => tap.copy_from_slice(&img[s * c..][..c]),
+                            None => tap.fill(0.0),
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The adjoint of [`fill_patches_strided`]: adds each patch value back onto
+/// the pixel it was copied from.
+fn add_patches_strided(dpatches: &[f32], p: &Plan, gx: &mut [f32]) {
+    with_channels!(p.g.channels, add_patches_strided_for, dpatches, p, gx)
+}
+
+/// [`add_patches_strided`] for `C` channels (`C == 0`: at run time).
+fn add_patches_strided_for<const C: usize>(dpatches: &[f32], p: &Plan, gx: &mut [f32]) {
+    let c = if C == 0 { p.g.channels } else { C };
+    let (k, kk) = (p.k(), p.kernel);
+    for (img, rows) in gx
+        .chunks_exact_mut(p.hw() * c)
+        .zip(dpatches.chunks_exact(p.conv_hw() * k))
+    {
+        for oy in 0..p.conv_h {
+            for ox in 0..p.conv_w {
+                let row = &rows[(oy * p.conv_w + ox) * k..][..k];
+                for dy in 0..kk {
+                    for dx in 0..kk {
+                        if let Some(s) = tap_source(p, (oy, ox), (dy, dx)) {
+                            let tap = &row[(dy * kk + dx) * c..][..c];
+                            for (a, v) in img[s * c..][..c].iter_mut().zip(tap) {
+                                *a += *v;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// What [`crate::model::Backend::conv2d`] computes: any convolution of a
+/// residual network or a `cnn:` spec.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConvSpec {
+    /// 3 (padding 1) or 1 (padding 0).
+    pub kernel: usize,
+    /// 1 or 2.
+    pub stride: usize,
+    /// Apply a ReLU to the output.
+    pub relu: bool,
+    /// Follow the ReLU with a 2x2 stride-2 max-pool (sizes floored; needs
+    /// `relu`).
+    pub pool: bool,
+    /// Compute the gradient of the input (the network's raw input needs none).
+    pub input_grad: bool,
+}
+
+impl ConvSpec {
+    /// The `cnn:` block of [`crate::model::Backend::conv3x3`].
+    pub fn classic(opts: ConvOpts) -> Self {
+        ConvSpec {
+            kernel: 3,
+            stride: 1,
+            relu: true,
+            pool: opts.pool,
+            input_grad: opts.input_grad,
+        }
+    }
+
+    /// Output height and width on an `h x w` input, before any pool.
+    pub fn out_size(&self, h: usize, w: usize) -> (usize, usize) {
+        (
+            (h.max(1) - 1) / self.stride + 1,
+            (w.max(1) - 1) / self.stride + 1,
+        )
+    }
+}
+
 /// Geometry of one call, shared by the forward and backward passes.
 #[derive(Clone, Copy)]
 struct Plan {
@@ -197,10 +312,17 @@ struct Plan {
     g: ImageGeom,
     /// Output channels.
     o: usize,
+    kernel: usize,
+    stride: usize,
+    /// The convolution's output height and width (before any pool).
+    conv_h: usize,
+    conv_w: usize,
     /// Output pixels per image (after the pool, if any).
     out_hw: usize,
     /// Images per chunk.
     per: usize,
+    bias: bool,
+    relu: bool,
     pool: bool,
     /// A chunk's conv output (and its gradient) is stored channel-major,
     /// `o x rows`, rather than pixel-major, `rows x o`.
@@ -213,11 +335,53 @@ struct Plan {
 const CHANNEL_MAJOR_BELOW: usize = 32;
 
 impl Plan {
-    fn k(&self) -> usize {
-        9 * self.g.channels
+    fn new(g: ImageGeom, o: usize, bias: bool, spec: ConvSpec) -> Self {
+        let (conv_h, conv_w) = spec.out_size(g.height, g.width);
+        let out_hw = match spec.pool {
+            true => (conv_h / 2) * (conv_w / 2),
+            false => conv_h * conv_w,
+        };
+        let mut p = Plan {
+            g,
+            o,
+            kernel: spec.kernel,
+            stride: spec.stride,
+            conv_h,
+            conv_w,
+            out_hw,
+            per: 1,
+            bias,
+            relu: spec.relu,
+            pool: spec.pool,
+            channel_major: o < CHANNEL_MAJOR_BELOW,
+        };
+        // Images per chunk: a function of the geometry alone (never the
+        // thread count), so the sums of partial gradients are the same on
+        // every machine.
+        let per_image = p.conv_hw() * p.k().max(g.channels);
+        p.per = (CHUNK_PATCH_FLOATS / per_image.max(1)).clamp(1, g.batch.max(1));
+        p
     }
+    /// Columns of the patch matrix, `kernel^2 * C`.
+    fn k(&self) -> usize {
+        self.kernel * self.kernel * self.g.channels
+    }
+    /// Input pixels per image.
     fn hw(&self) -> usize {
         self.g.height * self.g.width
+    }
+    /// Conv output pixels per image (before any pool).
+    fn conv_hw(&self) -> usize {
+        self.conv_h * self.conv_w
+    }
+    /// Whether the input is its own patch matrix (1x1, stride 1).
+    fn direct(&self) -> bool {
+        self.kernel == 1 && self.stride == 1
+    }
+    /// Whether the backward pass needs a code per output value (the ReLU's
+    /// mask, the pool's winner).
+    fn coded(&self) -> bool {
+        self.relu || self.pool
     }
     fn chunks(&self) -> usize {
         self.g.batch.div_ceil(self.per)
@@ -240,6 +404,27 @@ impl Plan {
             false => Operand::rows(buf, self.o),
         }
     }
+    /// Writes the patches of the `n` images in `src` into `dst`; returns
+    /// the patch matrix (`src` itself for a direct plan).
+    fn patches<'a>(&self, src: &'a [f32], dst: &'a mut [f32]) -> &'a [f32] {
+        if self.direct() {
+            src
+        } else if self.kernel == 3 && self.stride == 1 {
+            fill_patches(src, self.g.height, self.g.width, self.g.channels, dst);
+            dst
+        } else {
+            fill_patches_strided(src, self, dst);
+            dst
+        }
+    }
+    /// Scratch floats a chunk of `rows` conv pixels needs for its patches.
+    fn patch_len(&self, rows: usize) -> usize {
+        if self.direct() {
+            0
+        } else {
+            rows * self.k()
+        }
+    }
 }
 
 /// Pools one chunk's ReLU'd conv output (`n` images of `h x w x o`) into
@@ -256,7 +441,7 @@ fn pool_chunk_for<const O: usize>(
     dst: &mut [f32],
     code: &mut [u8],
 ) {
-    let (h, w) = (p.g.height, p.g.width);
+    let (h, w) = (p.conv_h, p.conv_w);
     let o = if O == 0 { p.o } else { O };
     let (ho, wo) = (h / 2, w / 2);
     let (ps, cs) = p.strides(n * h * w);
@@ -313,7 +498,7 @@ fn conv_grad_chunk_for<const O: usize>(
     code: &[u8],
     gconv: &mut [f32],
 ) {
-    let (h, w) = (p.g.height, p.g.width);
+    let (h, w) = (p.conv_h, p.conv_w);
     let o = if O == 0 { p.o } else { O };
     let (ps, cs) = p.strides(n * h * w);
     if !p.pool {
@@ -347,7 +532,8 @@ fn conv_grad_chunk_for<const O: usize>(
 /// `pool?(relu(conv3x3(x) + b))` for channels-last `x: (rows, C)` with the
 /// geometry `g`, `w: (O, 9C)` (column `tap * C + c`), `b: (O,)`; the result is
 /// `(rows', O)` channels-last, `rows'` the (pooled) pixel count. Backward on
-/// `x`'s tape for `x` (if `opts.input_grad`), `w` and `b`.
+/// `x`'s tape for `x` (if `opts.input_grad`), `w` and `b`. [`conv_cpu`]
+/// with the classic block's spec.
 pub fn conv3x3_cpu<T: Tape<f32, Cpu>>(
     dev: &Cpu,
     x: Matrix<Cpu, T>,
@@ -356,137 +542,236 @@ pub fn conv3x3_cpu<T: Tape<f32, Cpu>>(
     g: ImageGeom,
     opts: ConvOpts,
 ) -> Matrix<Cpu, T> {
+    conv_cpu(dev, x, w, Some(b), g, ConvSpec::classic(opts))
+}
+
+/// One slice per chunk of `span` values of `v`, or `None`s where `v` is
+/// empty (a buffer the call does not need).
+fn chunks_or_none<T>(v: &mut [T], span: usize, chunks: usize) -> Vec<Option<&mut [T]>> {
+    let mut out: Vec<Option<&mut [T]>> = v.chunks_mut(span.max(1)).map(Some).collect();
+    out.resize_with(chunks, || None);
+    out
+}
+
+/// `conv = relu?(patches W^T + b)` for `rows` pixels, in the plan's layout.
+fn conv_rows(
+    p: &Plan,
+    (ws, bias): (&[f32], &[f32]),
+    patches: &[f32],
+    rows: usize,
+    conv: &mut [f32],
+) {
+    let (k, o) = (p.k(), p.o);
+    if p.channel_major {
+        // `o x rows` = W patches^T.
+        for (ch, plane) in conv.chunks_exact_mut(rows).enumerate() {
+            plane.fill(if p.bias { bias[ch] } else { 0.0 });
+        }
+        let (wa, pt) = (Operand::rows(ws, k), Operand::transposed(patches, k));
+        gemm_acc_with(o, rows, k, conv, wa, pt, false);
+    } else {
+        // `rows x o` = patches W^T.
+        for r in conv.chunks_exact_mut(o) {
+            match p.bias {
+                true => r.copy_from_slice(bias),
+                false => r.fill(0.0),
+            }
+        }
+        let (pa, wt) = (Operand::rows(patches, k), Operand::transposed(ws, k));
+        gemm_acc_with(rows, o, k, conv, pa, wt, false);
+    }
+    if p.relu {
+        conv.iter_mut().for_each(|v| *v = v.max(0.0));
+    }
+}
+
+/// The forward pass of one chunk: `src` its input images, `dst` and `code`
+/// its output and codes (see the module doc).
+fn forward_chunk(
+    p: &Plan,
+    params: (&[f32], &[f32]),
+    src: &[f32],
+    dst: &mut [f32],
+    code: Option<&mut [u8]>,
+) {
+    let o = p.o;
+    let n = src.len() / (p.hw() * p.g.channels);
+    let rows = n * p.conv_hw();
+    // Pixel-major without a pool: gemm writes the output in place.
+    let in_place = !p.pool && !p.channel_major;
+    let conv_len = if in_place { 0 } else { rows * o };
+    with_scratch(p.patch_len(rows) + conv_len, |s| {
+        let (pbuf, conv) = s.split_at_mut(p.patch_len(rows));
+        let patches = p.patches(src, pbuf);
+        if in_place {
+            conv_rows(p, params, patches, rows, dst);
+        } else {
+            conv_rows(p, params, patches, rows, conv);
+            if p.pool {
+                let code = code.expect("a pooled convolution keeps codes");
+                pool_chunk(p, n, conv, dst, code);
+                return;
+            }
+            let (ps, cs) = p.strides(rows);
+            for (px, dst) in dst.chunks_exact_mut(o).enumerate() {
+                for (ch, v) in dst.iter_mut().enumerate() {
+                    *v = conv[px * ps + ch * cs];
+                }
+            }
+        }
+        if let Some(code) = code {
+            for (c, v) in code.iter_mut().zip(dst.iter()) {
+                *c = u8::from(*v > 0.0);
+            }
+        }
+    });
+}
+
+/// The backward pass of chunk `ci`: its partial `dW` (and `db`) into
+/// `part`, and, where wanted, its input gradient added into `gx`.
+struct ChunkGrad<'a> {
+    p: &'a Plan,
+    xs: &'a [f32],
+    ws: &'a [f32],
+    g_out: &'a [f32],
+    code: &'a [u8],
+}
+
+impl ChunkGrad<'_> {
+    fn run(&self, ci: usize, part: &mut [f32], gx: Option<&mut [f32]>) {
+        let (p, c, o, k) = (self.p, self.p.g.channels, self.p.o, self.p.k());
+        let n = p.images(ci);
+        let rows = n * p.conv_hw();
+        let src = &self.xs[ci * p.per * p.hw() * c..][..n * p.hw() * c];
+        let span = ci * p.per * p.out_hw * o..(ci * p.per + n) * p.out_hw * o;
+        let g_out = &self.g_out[span.clone()];
+        let gconv_len = if p.coded() { rows * o } else { 0 };
+        let dpatch_len = if gx.is_some() { p.patch_len(rows) } else { 0 };
+        with_scratch(p.patch_len(rows) + gconv_len + dpatch_len, |s| {
+            let (pbuf, rest) = s.split_at_mut(p.patch_len(rows));
+            let (gbuf, dpatches) = rest.split_at_mut(gconv_len);
+            // The conv output's gradient: masked and unpooled into the
+            // scratch, or the output gradient itself.
+            let (view, gconv, (ps, cs)) = if p.coded() {
+                conv_grad_chunk(p, n, g_out, &self.code[span], gbuf);
+                (p.conv_view(gbuf, rows), &*gbuf, p.strides(rows))
+            } else {
+                (Operand::rows(g_out, o), g_out, (o, 1))
+            };
+            let patches = p.patches(src, pbuf);
+            let (pw, pb) = part.split_at_mut(o * k);
+            gemm_acc_with(o, k, rows, pw, view.t(), Operand::rows(patches, k), false);
+            if p.bias {
+                for px in 0..rows {
+                    for (ch, b) in pb.iter_mut().enumerate() {
+                        *b += gconv[px * ps + ch * cs];
+                    }
+                }
+            }
+            let Some(gx) = gx else { return };
+            let wb = Operand::rows(self.ws, k);
+            if p.direct() {
+                gemm_acc_with(rows, k, o, gx, view, wb, false);
+                return;
+            }
+            dpatches.fill(0.0);
+            gemm_acc_with(rows, k, o, dpatches, view, wb, false);
+            if p.kernel == 3 && p.stride == 1 {
+                add_patches(dpatches, p.g.height, p.g.width, c, gx);
+            } else {
+                add_patches_strided(dpatches, p, gx);
+            }
+        });
+    }
+}
+
+/// `pool?(relu?(conv(x) + b?))` for channels-last `x: (rows, C)` with the
+/// geometry `g`, a `kernel x kernel` convolution with the stride of `spec`,
+/// `w: (O, kernel^2 C)` (column `tap * C + c`), `b: (O,)` or none; the result
+/// is `(rows', O)` channels-last, `rows'` the output pixel count. Backward on
+/// `x`'s tape for `x` (if `spec.input_grad`), `w` and `b`.
+pub fn conv_cpu<T: Tape<f32, Cpu>>(
+    dev: &Cpu,
+    x: Matrix<Cpu, T>,
+    w: &Matrix<Cpu>,
+    b: Option<&Tensor<(usize,), f32, Cpu>>,
+    g: ImageGeom,
+    spec: ConvSpec,
+) -> Matrix<Cpu, T> {
     let (x, mut tape) = x.split_tape();
     let (c, o) = (g.channels, w.shape().0);
+    let p = Plan::new(g, o, b.is_some(), spec);
     assert!(
-        *x.shape() == (g.rows(), c) && w.shape().1 == 9 * c && b.shape().0 == o,
-        "conv3x3: input {:?} for {g:?}, weight {:?}, bias {:?}",
+        *x.shape() == (g.rows(), c)
+            && w.shape().1 == p.k()
+            && b.is_none_or(|b| b.shape().0 == o)
+            && matches!((spec.kernel, spec.stride), (1 | 3, 1 | 2))
+            && (spec.relu || !spec.pool),
+        "conv: input {:?} for {g:?}, weight {:?}, {spec:?}",
         x.shape(),
         w.shape(),
-        b.shape()
     );
-    let out_g = if opts.pool { g.pooled() } else { g };
-    let p = Plan {
-        g,
-        o,
-        out_hw: out_g.height * out_g.width,
-        per: images_per_chunk(&g),
-        pool: opts.pool,
-        channel_major: o < CHANNEL_MAJOR_BELOW,
-    };
     let out_len = g.batch * p.out_hw * o;
+    let out_rows = g.batch * p.out_hw;
     if out_len == 0 || g.rows() == 0 {
-        let out = dev.tensor_from_vec(vec![0f32; out_len], (out_g.rows(), o));
+        let out = dev.tensor_from_vec(vec![0f32; out_len], (out_rows, o));
         return out.put_tape(tape);
     }
-    let (xs, ws, bias) = (host_copy(&x), host_copy(w), host_copy(b));
-    let (k, hw) = (p.k(), p.hw());
+    let (xs, ws) = (host_copy(&x), host_copy(w));
+    let bias = b.map(host_copy).unwrap_or_default();
     let mut out = vec![0f32; out_len];
-    let mut code = vec![0u8; out_len];
-    out.par_chunks_mut(p.per * p.out_hw * o)
-        .zip(code.par_chunks_mut(p.per * p.out_hw * o))
-        .zip(xs.par_chunks(p.per * hw * c))
-        .for_each(|((dst, code), src)| {
-            let n = src.len() / (hw * c);
-            let rows = n * hw;
-            with_scratch(rows * (k + o), |s| {
-                let (patches, conv) = s.split_at_mut(rows * k);
-                fill_patches(src, g.height, g.width, c, patches);
-                if p.channel_major {
-                    // `o x rows` = W patches^T.
-                    for (plane, b) in conv.chunks_exact_mut(rows).zip(&bias) {
-                        plane.fill(*b);
-                    }
-                    let (wa, pt) = (Operand::rows(&ws, k), Operand::transposed(patches, k));
-                    gemm_acc_with(o, rows, k, conv, wa, pt, false);
-                } else {
-                    // `rows x o` = patches W^T.
-                    for r in conv.chunks_exact_mut(o) {
-                        r.copy_from_slice(&bias);
-                    }
-                    let (pa, wt) = (Operand::rows(patches, k), Operand::transposed(&ws, k));
-                    gemm_acc_with(rows, o, k, conv, pa, wt, false);
-                }
-                conv.iter_mut().for_each(|v| *v = v.max(0.0));
-                if p.pool {
-                    pool_chunk(&p, n, conv, dst, code);
-                } else {
-                    let (ps, cs) = p.strides(rows);
-                    for (px, (dst, code)) in dst
-                        .chunks_exact_mut(o)
-                        .zip(code.chunks_exact_mut(o))
-                        .enumerate()
-                    {
-                        for ch in 0..o {
-                            let v = conv[px * ps + ch * cs];
-                            dst[ch] = v;
-                            code[ch] = u8::from(v > 0.0);
-                        }
-                    }
-                }
-            });
-        });
-    let out = dev.tensor_from_vec(out, (out_g.rows(), o));
+    let mut code = vec![0u8; if p.coded() { out_len } else { 0 }];
+    let span = p.per * p.out_hw * o;
+    out.par_chunks_mut(span)
+        .zip(chunks_or_none(&mut code, span, p.chunks()))
+        .zip(xs.par_chunks(p.per * p.hw() * c))
+        .for_each(|((dst, code), src)| forward_chunk(&p, (&ws, &bias), src, dst, code));
+    let out = dev.tensor_from_vec(out, (out_rows, o));
     if !T::OWNS_TAPE {
         return out.put_tape(tape);
     }
-    let (x_ghost, w_ghost, b_ghost, out_ghost) = (x.ghost(), w.ghost(), b.ghost(), out.ghost());
+    let (x_ghost, w_ghost, out_ghost) = (x.ghost(), w.ghost(), out.ghost());
+    let b_ghost = b.map(|b| b.ghost());
     let dev = dev.clone();
     tape.add_backward_op(move |grads: &mut Gradients<f32, Cpu>| {
         // This op made `out`, so every reader of its gradient has run: take
         // the buffer instead of copying it.
         let empty = dev.try_alloc_len(0)?;
         let g_out = std::mem::replace(grads.get_or_alloc_mut(&out_ghost)?, empty);
+        let k = p.k();
         let mut partials = vec![0f32; p.chunks() * (o * k + o)];
-        let gx: Option<&mut [f32]> = match opts.input_grad {
+        let gx: Option<&mut [f32]> = match spec.input_grad {
             true => Some(grads.get_or_alloc_mut(&x_ghost)?),
             false => None,
         };
         let gx_chunks: Vec<Option<&mut [f32]>> = match gx {
-            Some(s) => s.chunks_mut(p.per * hw * c).map(Some).collect(),
+            Some(s) => s.chunks_mut(p.per * p.hw() * c).map(Some).collect(),
             None => (0..p.chunks()).map(|_| None).collect(),
+        };
+        let chunk = ChunkGrad {
+            p: &p,
+            xs: &xs,
+            ws: &ws,
+            g_out: &g_out,
+            code: &code,
         };
         gx_chunks
             .into_par_iter()
             .zip(partials.par_chunks_mut(o * k + o))
             .enumerate()
-            .for_each(|(ci, (gx, part))| {
-                let n = p.images(ci);
-                let rows = n * hw;
-                let src = &xs[ci * p.per * hw * c..][..rows * c];
-                let span = ci * p.per * p.out_hw * o..(ci * p.per + n) * p.out_hw * o;
-                with_scratch(rows * (2 * k + o), |s| {
-                    let (patches, rest) = s.split_at_mut(rows * k);
-                    let (gconv, dpatches) = rest.split_at_mut(rows * o);
-                    conv_grad_chunk(&p, n, &g_out[span.clone()], &code[span], gconv);
-                    fill_patches(src, g.height, g.width, c, patches);
-                    let view = p.conv_view(gconv, rows);
-                    let (pw, pb) = part.split_at_mut(o * k);
-                    gemm_acc_with(o, k, rows, pw, view.t(), Operand::rows(patches, k), false);
-                    let (ps, cs) = p.strides(rows);
-                    for px in 0..rows {
-                        for (ch, b) in pb.iter_mut().enumerate() {
-                            *b += gconv[px * ps + ch * cs];
-                        }
-                    }
-                    if let Some(gx) = gx {
-                        dpatches.fill(0.0);
-                        let wb = Operand::rows(&ws, k);
-                        gemm_acc_with(rows, k, o, dpatches, view, wb, false);
-                        add_patches(dpatches, g.height, g.width, c, gx);
-                    }
-                });
-            });
+            .for_each(|(ci, (gx, part))| chunk.run(ci, part, gx));
         let gw: &mut [f32] = grads.get_or_alloc_mut(&w_ghost)?;
         for part in partials.chunks_exact(o * k + o) {
             for (a, v) in gw.iter_mut().zip(&part[..o * k]) {
                 *a += *v;
             }
         }
-        let gb: &mut [f32] = grads.get_or_alloc_mut(&b_ghost)?;
-        for part in partials.chunks_exact(o * k + o) {
-            for (a, v) in gb.iter_mut().zip(&part[o * k..]) {
-                *a += *v;
+        if let Some(b_ghost) = &b_ghost {
+            let gb: &mut [f32] = grads.get_or_alloc_mut(b_ghost)?;
+            for part in partials.chunks_exact(o * k + o) {
+                for (a, v) in gb.iter_mut().zip(&part[o * k..]) {
+                    *a += *v;
+                }
             }
         }
         Ok(())
@@ -504,18 +789,111 @@ pub fn conv3x3_generic<D: Backend, T: Tape<f32, D>>(
     g: ImageGeom,
     opts: ConvOpts,
 ) -> Matrix<D, T> {
-    let patches = im2col_gather(dev, x, g);
-    let linear = LinearOpts {
-        relu: true,
-        input_grad: opts.input_grad,
+    conv_generic(dev, x, w, Some(b), g, ConvSpec::classic(opts))
+}
+
+/// [`conv_cpu`]'s maths from the gather-based patches, strided rows and
+/// pool, and dfdx's matmul: works on every dfdx device (no bias: a zero
+/// bias that is not a parameter).
+pub fn conv_generic<D: Backend, T: Tape<f32, D>>(
+    dev: &D,
+    x: Matrix<D, T>,
+    w: &Matrix<D>,
+    b: Option<&Tensor<(usize,), f32, D>>,
+    g: ImageGeom,
+    spec: ConvSpec,
+) -> Matrix<D, T> {
+    conv_composed(dev, x, w, b, g, spec, false)
+}
+
+/// The same maths from the device's own ops ([`Backend::im2col`],
+/// [`Backend::linear`], [`Backend::max_pool2`]; only the stride's row
+/// selection is dfdx's gather): the path of a device whose kernels fuse
+/// those steps but not a whole convolution of every form (CUDA).
+pub fn conv_device_ops<D: Backend, T: Tape<f32, D>>(
+    dev: &D,
+    x: Matrix<D, T>,
+    w: &Matrix<D>,
+    b: Option<&Tensor<(usize,), f32, D>>,
+    g: ImageGeom,
+    spec: ConvSpec,
+) -> Matrix<D, T> {
+    conv_composed(dev, x, w, b, g, spec, true)
+}
+
+/// A convolution composed of patches, strided rows, the affine op and the
+/// pool: the gather-based reference ops, or the device's own (`own_ops`).
+fn conv_composed<D: Backend, T: Tape<f32, D>>(
+    dev: &D,
+    x: Matrix<D, T>,
+    w: &Matrix<D>,
+    b: Option<&Tensor<(usize,), f32, D>>,
+    g: ImageGeom,
+    spec: ConvSpec,
+    own_ops: bool,
+) -> Matrix<D, T> {
+    let patches = match (spec.kernel, own_ops) {
+        (3, true) => dev.im2col(x, g),
+        (3, false) => im2col_gather(dev, x, g),
+        _ => x,
     };
-    let y = linear_generic(patches, w, b, linear);
-    if opts.pool {
+    let patches = match spec.stride {
+        1 => patches,
+        s => patches.gather(strided_rows(dev, g, s)),
+    };
+    let zeros;
+    let bias = match b {
+        Some(b) => b,
+        None => {
+            zeros = dev.zeros_like(&(w.shape().0,));
+            &zeros
+        }
+    };
+    let linear = LinearOpts {
+        relu: spec.relu,
+        input_grad: spec.input_grad,
+    };
+    let y = match own_ops {
+        true => dev.linear(patches, w, bias, linear),
+        false => linear_generic(patches, w, bias, linear),
+    };
+    if spec.pool {
+        let (height, width) = spec.out_size(g.height, g.width);
         let channels = w.shape().0;
-        max_pool2_gather(dev, y, ImageGeom { channels, ..g })
+        let conv_g = ImageGeom {
+            channels,
+            height,
+            width,
+            ..g
+        };
+        match own_ops {
+            true => dev.max_pool2(y, conv_g),
+            false => max_pool2_gather(dev, y, conv_g),
+        }
     } else {
         y
     }
+}
+
+/// The pixel rows a stride-`stride` convolution keeps: `(y, x)` with both
+/// multiples of the stride, image by image, row-major.
+pub fn strided_rows<D: Backend>(
+    dev: &D,
+    g: ImageGeom,
+    stride: usize,
+) -> Tensor<(usize,), usize, D> {
+    let (h, w) = (g.height, g.width);
+    let (ho, wo) = ((h.max(1) - 1) / stride + 1, (w.max(1) - 1) / stride + 1);
+    let mut idx = Vec::with_capacity(g.batch * ho * wo);
+    for b in 0..g.batch {
+        for y in 0..ho {
+            for x in 0..wo {
+                idx.push(b * h * w + y * stride * w + x * stride);
+            }
+        }
+    }
+    let n = idx.len();
+    dev.tensor_from_vec(idx, (n,))
 }
 
 #[cfg(test)]
@@ -523,17 +901,20 @@ mod tests {
     use super::super::kernels::tests::{close, random};
     use super::*;
 
-    /// Output and gradients (x, w, b) of sum(conv(x) * r), fused or generic.
-    fn pass(fused: bool, g: ImageGeom, o: usize, opts: ConvOpts) -> [Vec<f32>; 4] {
+    /// Output and gradients (x, w, b) of sum(conv(x) * r), fused or generic
+    /// (no bias: its gradient is empty).
+    fn pass(fused: bool, g: ImageGeom, o: usize, spec: ConvSpec, bias: bool) -> [Vec<f32>; 4] {
         let dev = Cpu::seed_from_u64(0);
         let x = random(&dev, (g.rows(), g.channels), 1);
-        let w = random(&dev, (o, 9 * g.channels), 2);
+        let taps = spec.kernel * spec.kernel;
+        let w = random(&dev, (o, taps * g.channels), 2);
         let b = random(&dev, (o,), 3);
+        let bias_ref = bias.then_some(&b);
         let apply = |x: Matrix<Cpu, OwnedTape<f32, Cpu>>| {
             if fused {
-                conv3x3_cpu(&dev, x, &w, &b, g, opts)
+                conv_cpu(&dev, x, &w, bias_ref, g, spec)
             } else {
-                conv3x3_generic(&dev, x, &w, &b, g, opts)
+                conv_generic(&dev, x, &w, bias_ref, g, spec)
             }
         };
         let y = apply(x.leaky_trace());
@@ -541,11 +922,15 @@ mod tests {
         let values = y.retaped::<NoneTape>().as_vec();
         let r = random(&dev, shape, 4);
         let grads = (apply(x.leaky_trace()) * r).sum::<Rank0, _>().backward();
-        let gx = match opts.input_grad {
+        let gx = match spec.input_grad {
             true => grads.get(&x).as_vec(),
             false => Vec::new(),
         };
-        [values, gx, grads.get(&w).as_vec(), grads.get(&b).as_vec()]
+        let gb = match bias {
+            true => grads.get(&b).as_vec(),
+            false => Vec::new(),
+        };
+        [values, gx, grads.get(&w).as_vec(), gb]
     }
 
     fn geom(batch: usize, channels: usize, height: usize, width: usize) -> ImageGeom {
@@ -556,6 +941,14 @@ mod tests {
             width,
         }
     }
+
+    fn classic(pool: bool, input_grad: bool) -> ConvSpec {
+        ConvSpec::classic(ConvOpts { pool, input_grad })
+    }
+
+    /// Tolerance of the fused op against the generic one: `1e-4 (1 +
+    /// max(|a|, |b|))` (the two sum the products in different orders).
+    const TOL: f32 = 1e-4;
 
     #[test]
     fn fused_conv_matches_the_unfused_ops() {
@@ -575,38 +968,110 @@ mod tests {
                     continue;
                 }
                 for input_grad in [true, false] {
-                    let opts = ConvOpts { pool, input_grad };
-                    let ours = pass(true, g, o, opts);
-                    let theirs = pass(false, g, o, opts);
+                    let spec = classic(pool, input_grad);
+                    let ours = pass(true, g, o, spec, true);
+                    let theirs = pass(false, g, o, spec, true);
                     for (a, b) in ours.iter().zip(&theirs) {
-                        close(a, b, 1e-4);
+                        close(a, b, TOL);
                     }
                 }
             }
         }
+        let per = Plan::new(cases[3].0, 5, true, classic(false, true)).per;
+        assert!(per < 40, "the 28x28x8 case spans chunks");
+    }
+
+    #[test]
+    fn strided_1x1_and_bias_free_convs_match_the_unfused_ops() {
+        // A residual network's convolutions: 3x3 and 1x1, stride 1 and 2
+        // (odd and even sizes), with and without bias and ReLU, both
+        // layouts, several chunks.
+        let cases = [
+            (geom(2, 3, 5, 4), 4),
+            (geom(3, 1, 7, 7), 2),
+            (geom(1, 2, 1, 3), 3),
+            (geom(30, 16, 14, 14), 8),
+            (geom(3, 4, 6, 5), CHANNEL_MAJOR_BELOW + 1),
+        ];
+        for (g, o) in cases {
+            for (kernel, stride) in [(3, 1), (3, 2), (1, 1), (1, 2)] {
+                for (bias, relu) in [(false, false), (true, false), (false, true)] {
+                    let spec = ConvSpec {
+                        kernel,
+                        stride,
+                        relu,
+                        pool: false,
+                        input_grad: true,
+                    };
+                    let ours = pass(true, g, o, spec, bias);
+                    let theirs = pass(false, g, o, spec, bias);
+                    for (a, b) in ours.iter().zip(&theirs) {
+                        close(a, b, TOL);
+                    }
+                }
+            }
+        }
+        let spec = ConvSpec {
+            kernel: 3,
+            stride: 2,
+            relu: false,
+            pool: false,
+            input_grad: true,
+        };
         assert!(
-            images_per_chunk(&cases[3].0) < 40,
-            "the last case spans chunks"
+            Plan::new(cases[3].0, 8, false, spec).per < 30,
+            "spans chunks"
         );
     }
 
     #[test]
     fn fused_conv_is_the_same_for_any_thread_count() {
         let g = geom(24, 4, 12, 10);
-        let opts = ConvOpts {
-            pool: true,
+        let strided = ConvSpec {
+            kernel: 3,
+            stride: 2,
+            relu: false,
+            pool: false,
             input_grad: true,
         };
-        let run = |threads: usize| {
-            let pool = rayon::ThreadPoolBuilder::new()
-                .num_threads(threads)
-                .build()
-                .expect("thread pool");
-            pool.install(|| pass(true, g, 6, opts))
+        for (spec, bias) in [(classic(true, true), true), (strided, false)] {
+            let run = |threads: usize| {
+                let pool = rayon::ThreadPoolBuilder::new()
+                    .num_threads(threads)
+                    .build()
+                    .expect("thread pool");
+                pool.install(|| pass(true, g, 6, spec, bias))
+            };
+            let one = run(1);
+            assert_eq!(one, run(3));
+            assert_eq!(one, run(1));
+        }
+    }
+
+    #[test]
+    fn strided_1x1_known_values() {
+        // A 1x1 stride-2 conv of a 3x3 one-channel image keeps pixels
+        // (0,0), (0,2), (2,0), (2,2), times the weight 2; each kept pixel
+        // gets the gradient 2, the others none.
+        let dev = Cpu::seed_from_u64(0);
+        let x = dev.tensor_from_vec((1..=9).map(|v| v as f32).collect(), (9, 1));
+        let w = dev.tensor_from_vec(vec![2.0], (1, 1));
+        let spec = ConvSpec {
+            kernel: 1,
+            stride: 2,
+            relu: false,
+            pool: false,
+            input_grad: true,
         };
-        let one = run(1);
-        assert_eq!(one, run(3));
-        assert_eq!(one, run(1));
+        let g = geom(1, 1, 3, 3);
+        let y = conv_cpu(&dev, x.leaky_trace(), &w, None, g, spec);
+        assert_eq!(y.retaped::<NoneTape>().as_vec(), vec![2.0, 6.0, 14.0, 18.0]);
+        let grads = conv_cpu(&dev, x.leaky_trace(), &w, None, g, spec)
+            .sum::<Rank0, _>()
+            .backward();
+        let want = [2.0, 0.0, 2.0, 0.0, 0.0, 0.0, 2.0, 0.0, 2.0];
+        assert_eq!(grads.get(&x).as_vec(), want);
+        assert_eq!(grads.get(&w).as_vec(), vec![1.0 + 3.0 + 7.0 + 9.0]);
     }
 
     #[test]

@@ -3,12 +3,14 @@
 //! parameter store ([`network`]), the `model.py` written beside a model
 //! ([`pytorch`]), the device ops behind [`Backend`]
 //! (patches and pooling in [`ops`], the fused convolution block in [`conv`],
+//! batch norm in [`batchnorm_op`],
 //! matmuls in [`kernels`], the KD loss in [`kd`], and the CUDA kernels of
-//! all of them in [`cuda`]), safetensors I/O with PyTorch names and layouts
+//! the fused ops in [`cuda`]), safetensors I/O with PyTorch names and layouts
 //! ([`io`]), the input normalisation stored with a model ([`input_norm`]), a
 //! model directory's layout
 //! ([`dir`]) and a spec checked against a dataset ([`compat`]).
 
+pub mod batchnorm_op;
 pub mod compat;
 pub mod conv;
 pub mod cuda;

@@ -25,7 +25,8 @@ use dfdx::prelude::*;
 use dfdx::tensor::Gradients;
 use rayon::prelude::*;
 
-use super::conv::{self, ConvOpts};
+use super::batchnorm_op::{self, BatchNormOpts, Moments};
+use super::conv::{self, ConvOpts, ConvSpec};
 use super::kd::{self, KdTerms};
 use super::kernels::{self, LinearOpts};
 
@@ -92,6 +93,30 @@ pub trait Backend: Device<f32> + Clone + 'static {
     ) -> Tensor<Rank0, f32, Self, T> {
         kd::kd_loss_generic(self, logits, terms)
     }
+    /// Any convolution of a network, `pool?(relu?(conv(x) + b?))`: 3x3
+    /// (padding 1) or 1x1, stride 1 or 2, with or without a bias, for
+    /// channels-last `x` of geometry `geom`, `w: (out, kernel^2 * in)`
+    /// (see [`conv`]).
+    fn conv2d<T: Tape<f32, Self>>(
+        &self,
+        x: Matrix<Self, T>,
+        w: &Matrix<Self>,
+        b: Option<&Tensor<(usize,), f32, Self>>,
+        geom: ImageGeom,
+        spec: ConvSpec,
+    ) -> Matrix<Self, T>;
+    /// Batch norm over the channels of `x: (rows, C)`,
+    /// `relu?(gamma * (x - mean) / sqrt(var + eps) + beta + residual?)`, with
+    /// the batch's statistics (returned as [`Moments`]) or the running ones
+    /// in `opts` (see [`batchnorm_op`]). The residual's gradient flows by id.
+    fn batch_norm<T: Tape<f32, Self>>(
+        &self,
+        x: Matrix<Self, T>,
+        gamma: &Tensor<(usize,), f32, Self>,
+        beta: &Tensor<(usize,), f32, Self>,
+        residual: Option<&Matrix<Self>>,
+        opts: BatchNormOpts<'_>,
+    ) -> (Matrix<Self, T>, Option<Moments>);
     /// Human-readable device name.
     fn describe(&self) -> String;
     /// Opens this kind of device afresh (the first of its kind). A device
@@ -131,6 +156,26 @@ impl Backend for Cpu {
         opts: ConvOpts,
     ) -> Matrix<Self, T> {
         conv::conv3x3_cpu(self, x, w, b, geom, opts)
+    }
+    fn conv2d<T: Tape<f32, Self>>(
+        &self,
+        x: Matrix<Self, T>,
+        w: &Matrix<Self>,
+        b: Option<&Tensor<(usize,), f32, Self>>,
+        geom: ImageGeom,
+        spec: ConvSpec,
+    ) -> Matrix<Self, T> {
+        conv::conv_cpu(self, x, w, b, geom, spec)
+    }
+    fn batch_norm<T: Tape<f32, Self>>(
+        &self,
+        x: Matrix<Self, T>,
+        gamma: &Tensor<(usize,), f32, Self>,
+        beta: &Tensor<(usize,), f32, Self>,
+        residual: Option<&Matrix<Self>>,
+        opts: BatchNormOpts<'_>,
+    ) -> (Matrix<Self, T>, Option<Moments>) {
+        batchnorm_op::batch_norm_cpu(self, x, gamma, beta, residual, opts)
     }
     fn describe(&self) -> String {
         format!("cpu ({} threads)", rayon::current_num_threads())
@@ -179,6 +224,37 @@ impl Backend for Cuda {
         terms: KdTerms,
     ) -> Tensor<Rank0, f32, Self, T> {
         super::cuda::kd_loss(self, logits, terms)
+    }
+    fn conv2d<T: Tape<f32, Self>>(
+        &self,
+        x: Matrix<Self, T>,
+        w: &Matrix<Self>,
+        b: Option<&Tensor<(usize,), f32, Self>>,
+        geom: ImageGeom,
+        spec: ConvSpec,
+    ) -> Matrix<Self, T> {
+        // The `cnn:` block has a fused CUDA epilogue; every other form is
+        // the CUDA patches, affine op and pool in turn.
+        match (spec.kernel, spec.stride, b, spec.relu) {
+            (3, 1, Some(b), true) => {
+                let opts = ConvOpts {
+                    pool: spec.pool,
+                    input_grad: spec.input_grad,
+                };
+                super::cuda::conv3x3(self, x, w, b, geom, opts)
+            }
+            _ => conv::conv_device_ops(self, x, w, b, geom, spec),
+        }
+    }
+    fn batch_norm<T: Tape<f32, Self>>(
+        &self,
+        x: Matrix<Self, T>,
+        gamma: &Tensor<(usize,), f32, Self>,
+        beta: &Tensor<(usize,), f32, Self>,
+        residual: Option<&Matrix<Self>>,
+        opts: BatchNormOpts<'_>,
+    ) -> (Matrix<Self, T>, Option<Moments>) {
+        batchnorm_op::batch_norm_generic(self, x, gamma, beta, residual, opts)
     }
     fn describe(&self) -> String {
         "cuda:0".to_string()

@@ -329,7 +329,9 @@ pub fn check_device<D: Backend>(dev: &D) -> Result<Vec<OpCheck>> {
     }
     kd_checks(dev, &cpu, &mut checks)?;
     let batch = 16;
-    for text in ["mlp:784-128-10", "cnn:c8-p-c16-p-10"] {
+    // The residual net covers the other convolution forms (stride 2, 1x1
+    // projections, no bias) and batch norm with its residual add.
+    for text in ["mlp:784-128-10", "cnn:c8-p-c16-p-10", "resnet:8x1-16x1-10"] {
         let spec = ModelSpec::parse(text)?;
         let classes = spec.num_classes();
         let inputs: Vec<f32> = random(batch * spec.input_len(), 3)

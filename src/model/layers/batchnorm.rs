@@ -10,19 +10,20 @@
 //!
 //! Parameters `weight` (1) and `bias` (0); buffers `running_mean` (0),
 //! `running_var` (1) and `num_batches_tracked` (0, a scalar PyTorch keeps
-//! as int64, written so by [`crate::model::io`]). The training path is
-//! composed from dfdx's ops (mean, square, sqrt, broadcasts), so its
-//! backward is dfdx's and it runs on every device; there is no fused op
-//! yet, which makes it several passes over the activations.
+//! as int64, written so by [`crate::model::io`]). The normalisation is one
+//! op, [`Backend::batch_norm`] ([`crate::model::batchnorm_op`]: a fused
+//! kernel on the CPU, dfdx's ops elsewhere), which can also add a residual
+//! before the ReLU (the end of a residual block).
 
 use dfdx::prelude::*;
 
 use super::{product, BufferDecl, Ctx, Features, Init, Mode, ParamDecl};
+use crate::model::batchnorm_op::BatchNormOpts;
 use crate::model::network::ParamKind;
 use crate::model::ops::{Backend, Matrix};
 
 /// PyTorch's default `eps`.
-pub const EPS: f32 = 1e-5;
+pub use crate::model::batchnorm_op::EPS;
 /// PyTorch's default `momentum`.
 pub const MOMENTUM: f32 = 0.1;
 /// The buffer PyTorch stores as int64.
@@ -106,59 +107,34 @@ impl BatchNorm {
         x: Matrix<D, T>,
         ctx: &Ctx<'_, D>,
     ) -> Matrix<D, T> {
-        let shape = *x.shape();
-        let (gamma, beta) = (ctx.vector(0), ctx.vector(1));
-        let y = match ctx.mode {
-            Mode::Train => self.normalise_batch(x, ctx),
-            Mode::Eval => {
-                let (mean, var) = (ctx.buffers[0].get(), ctx.buffers[1].get());
-                let inv: Vec<f32> = var.iter().map(|v| 1.0 / (v + EPS).sqrt()).collect();
-                let mean = ctx.device.tensor_from_vec(mean, (self.channels,));
-                let inv = ctx.device.tensor_from_vec(inv, (self.channels,));
-                (x - mean.broadcast_like::<_, Axis<0>>(&shape))
-                    * inv.broadcast_like::<_, Axis<0>>(&shape)
-            }
-        };
-        let y = y * gamma.clone().broadcast_like::<_, Axis<0>>(&shape)
-            + beta.clone().broadcast_like::<_, Axis<0>>(&shape);
-        if self.relu {
-            y.relu()
-        } else {
-            y
-        }
+        self.forward_with(x, ctx, None, self.relu)
     }
 
-    /// `(x - mean) / sqrt(var + eps)` with the batch's statistics, and the
-    /// running statistics' update. The tape threads through one chain; the
-    /// statistics join it untaped (their gradients still flow: dfdx
-    /// records both operands of a binary op, by id).
-    fn normalise_batch<D: Backend, T: Tape<f32, D>>(
+    /// `relu?(bn(x) + residual?)` in one op (a residual block's end), with
+    /// `relu` in place of the layer's own flag. In training, the running
+    /// statistics move towards the batch's.
+    pub fn forward_with<D: Backend, T: Tape<f32, D>>(
         &self,
         x: Matrix<D, T>,
         ctx: &Ctx<'_, D>,
+        residual: Option<&Matrix<D>>,
+        relu: bool,
     ) -> Matrix<D, T> {
-        let shape = *x.shape();
-        let rows = shape.0;
-        let (x, tape) = x.split_tape();
-        let (mean, tape) = x
-            .clone()
-            .put_tape(tape)
-            .mean::<(usize,), Axis<0>>()
-            .split_tape();
-        let (centred, tape) =
-            (x.put_tape(tape) - mean.clone().broadcast_like::<_, Axis<0>>(&shape)).split_tape();
-        let (var, tape) = centred
-            .clone()
-            .put_tape(tape)
-            .square()
-            .mean::<(usize,), Axis<0>>()
-            .split_tape();
-        let (inv, tape) = (var.clone().put_tape(tape) + EPS)
-            .sqrt()
-            .recip()
-            .split_tape();
-        self.track(ctx, mean.as_vec(), var.as_vec(), rows);
-        centred.put_tape(tape) * inv.broadcast_like::<_, Axis<0>>(&shape)
+        let rows = x.shape().0;
+        let (gamma, beta) = (ctx.vector(0), ctx.vector(1));
+        let running = match ctx.mode {
+            Mode::Train => None,
+            Mode::Eval => Some((ctx.buffers[0].get(), ctx.buffers[1].get())),
+        };
+        let opts = BatchNormOpts {
+            running: running.as_ref().map(|(m, v)| (m.as_slice(), v.as_slice())),
+            relu,
+        };
+        let (y, moments) = ctx.device.batch_norm(x, gamma, beta, residual, opts);
+        if let Some(m) = moments {
+            self.track(ctx, m.mean, m.var, rows);
+        }
+        y
     }
 
     /// The running statistics' update after a batch of `rows` values per

@@ -1,18 +1,16 @@
 //! The convolution layer: a 3x3 (padding 1) or 1x1 (padding 0) kernel,
 //! stride 1 or 2, with an optional bias and an optional ReLU.
 //!
-//! - `cnn:` specs' `cN` is 3x3, stride 1, bias and ReLU: the fused op
-//!   [`Backend::conv3x3`] (which also runs a following max-pool);
+//! - `cnn:` specs' `cN` is 3x3, stride 1, bias and ReLU (and runs a
+//!   following max-pool in the same op);
 //! - `cNs2` is the same with stride 2;
 //! - a residual block's convolutions have no bias and no ReLU (a batch
 //!   norm follows), as PyTorch's ResNets (`bias=False`).
 //!
-//! Every other form is the patch matrix ([`Backend::im2col`] for 3x3, the
-//! input itself for 1x1), for stride 2 only the rows of the even pixels
-//! (a gather), then the affine op [`Backend::linear`] (no bias: a zero
-//! bias that is not a parameter). With stride 2 the patches of the skipped
-//! pixels are built and dropped: the unfused path is slower than the fused
-//! one (no fused strided op exists yet).
+//! Every form is one op, [`Backend::conv2d`] (on the CPU the chunked
+//! patch-matrix gemm of [`crate::model::conv`], which builds only the
+//! patches of the pixels a stride keeps, and none for a 1x1 stride-1
+//! kernel).
 //!
 //! Output size: `(n - 1) / stride + 1` per side (PyTorch's
 //! `(n + 2p - k) / s + 1` for both kernels). Store layout of the weight:
@@ -21,8 +19,7 @@
 use dfdx::prelude::*;
 
 use super::{product, Ctx, Features, Init, Layout, ParamDecl};
-use crate::model::conv::ConvOpts;
-use crate::model::kernels::LinearOpts;
+use crate::model::conv::ConvSpec;
 use crate::model::network::ParamKind;
 use crate::model::ops::{Backend, ImageGeom, Matrix};
 
@@ -65,7 +62,8 @@ impl Conv {
         )
     }
 
-    /// Whether the fused 3x3 op computes this layer.
+    /// Whether this is the `cnn:` grammar's `cN` (3x3, stride 1, bias,
+    /// ReLU), the one form whose op also runs a following max-pool.
     pub fn is_fused(&self) -> bool {
         self.kernel == 3 && self.stride == 1 && self.bias && self.relu
     }
@@ -175,47 +173,27 @@ impl Conv {
     }
 
     /// The forward pass; `pool` runs a following 2x2 max-pool inside the
-    /// fused op (only for [`Self::is_fused`] layers).
+    /// op (only for [`Self::is_fused`] layers).
     pub fn forward_pooled<D: Backend, T: Tape<f32, D>>(
         &self,
         x: Matrix<D, T>,
         ctx: &Ctx<'_, D>,
         pool: bool,
     ) -> Matrix<D, T> {
-        let geom = self.geom(ctx.batch);
-        if self.is_fused() {
-            let opts = ConvOpts {
-                pool,
-                input_grad: ctx.input_grad,
-            };
-            return ctx
-                .device
-                .conv3x3(x, ctx.matrix(0), ctx.vector(1), geom, opts);
-        }
-        debug_assert!(!pool, "only the fused convolution runs a pool");
-        let patches = if self.kernel == 3 {
-            ctx.device.im2col(x, geom)
-        } else {
-            x
-        };
-        let patches = if self.stride == 1 {
-            patches
-        } else {
-            let idx = strided_rows(ctx.device, geom, self.stride);
-            patches.gather(idx)
-        };
-        let zeros;
-        let bias = if self.bias {
-            ctx.vector(1)
-        } else {
-            zeros = ctx.device.zeros_like(&(self.out_channels,));
-            &zeros
-        };
-        let opts = LinearOpts {
+        debug_assert!(
+            !pool || self.is_fused(),
+            "only a cN convolution runs a pool"
+        );
+        let spec = ConvSpec {
+            kernel: self.kernel,
+            stride: self.stride,
             relu: self.relu,
+            pool,
             input_grad: ctx.input_grad,
         };
-        ctx.device.linear(patches, ctx.matrix(0), bias, opts)
+        let bias = self.bias.then(|| ctx.vector(1));
+        ctx.device
+            .conv2d(x, ctx.matrix(0), bias, self.geom(ctx.batch), spec)
     }
 
     pub fn forward<D: Backend, T: Tape<f32, D>>(
@@ -225,25 +203,4 @@ impl Conv {
     ) -> Matrix<D, T> {
         self.forward_pooled(x, ctx, false)
     }
-}
-
-/// The pixel rows a stride-`stride` convolution keeps: `(y, x)` with both
-/// multiples of the stride, image by image, row-major.
-pub fn strided_rows<D: Backend>(
-    dev: &D,
-    g: ImageGeom,
-    stride: usize,
-) -> Tensor<(usize,), usize, D> {
-    let (h, w) = (g.height, g.width);
-    let (ho, wo) = ((h.max(1) - 1) / stride + 1, (w.max(1) - 1) / stride + 1);
-    let mut idx = Vec::with_capacity(g.batch * ho * wo);
-    for b in 0..g.batch {
-        for y in 0..ho {
-            for x in 0..wo {
-                idx.push(b * h * w + y * stride * w + x * stride);
-            }
-        }
-    }
-    let n = idx.len();
-    dev.tensor_from_vec(idx, (n,))
 }
