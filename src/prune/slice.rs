@@ -372,6 +372,15 @@ mod tests {
     use crate::model::io::HostTensor;
     use crate::model::{ModelSpec, Network};
 
+    /// The teacher units a transfer kept for student tensor `name`.
+    fn kept_units(report: &super::super::TransferReport, name: &str) -> Option<Vec<usize>> {
+        report
+            .lines
+            .iter()
+            .find(|l| l.name == name)
+            .and_then(|l| l.kept_units.clone())
+    }
+
     /// Zeroes channel `ch` of the module `prefix`: a conv's filter, or a
     /// batch norm's weight, bias and running mean (its output is then 0).
     fn kill(tensors: &mut [HostTensor], prefix: &str, channels: &[usize]) {
@@ -439,14 +448,7 @@ mod tests {
             assert!((p - q).abs() < 1e-5, "{a:?} vs {b:?}");
         }
         // The stem kept channels 0 and 2; the projection its live outputs.
-        let kept = |name: &str| {
-            small
-                .report
-                .lines
-                .iter()
-                .find(|l| l.name == name)
-                .and_then(|l| l.kept_units.clone())
-        };
+        let kept = |name: &str| kept_units(&small.report, name);
         assert_eq!(kept("layers.0.weight"), Some(vec![0, 2]));
         assert_eq!(kept("layers.4.shortcut.0.weight"), Some(vec![1, 2, 5, 6]));
         // A partial selection would split the residual stream: refused.
@@ -488,14 +490,7 @@ mod tests {
         scale_rows(&mut w, "layers.3.conv1.weight", &[1, 2], 100.0);
         let small = structured(&spec, &w, None, 0.5, &LayerSelection::All).unwrap();
         assert_eq!(small.spec.as_str(), "resnet:i1x6x6-2x2-4x1-3");
-        let kept = |name: &str| {
-            small
-                .report
-                .lines
-                .iter()
-                .find(|l| l.name == name)
-                .and_then(|l| l.kept_units.clone())
-        };
+        let kept = |name: &str| kept_units(&small.report, name);
         assert_eq!(kept("layers.0.weight"), Some(vec![1, 3]));
         assert_eq!(kept("layers.3.conv2.weight"), Some(vec![1, 3]));
         assert_eq!(kept("layers.4.conv2.weight"), Some(vec![1, 3]));
@@ -505,13 +500,10 @@ mod tests {
         let mut pw = Network::new(plain.clone(), Cpu::default(), 4).to_host();
         scale_rows(&mut pw, "layers.0.weight", &[0, 2], 100.0);
         let small = structured(&plain, &pw, None, 0.5, &LayerSelection::All).unwrap();
-        let kept = small
-            .report
-            .lines
-            .iter()
-            .find(|l| l.name == "layers.0.weight")
-            .and_then(|l| l.kept_units.clone());
-        assert_eq!(kept, Some(vec![0, 2]));
+        assert_eq!(
+            kept_units(&small.report, "layers.0.weight"),
+            Some(vec![0, 2])
+        );
     }
 
     #[test]

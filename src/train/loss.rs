@@ -36,6 +36,7 @@
 //! `alpha = 1` is plain training (the soft branch is not even computed) and
 //! `alpha = 0` pure distillation (the hard branch is skipped).
 
+use std::borrow::Cow;
 use std::fmt;
 use std::str::FromStr;
 
@@ -396,28 +397,15 @@ pub fn loss_mixed<D: Backend, T: Tape<f32, D>>(
     };
     let hard = match hard_branch {
         Some(l) => {
-            let labels = targets.labels.ok_or_else(|| missing("labels"))?;
-            let rows = match mix {
-                Some(m) => m.target_rows(labels, classes),
-                None => one_hot(labels, classes),
-            };
+            let rows = hard_rows(targets, mix, classes, &missing)?;
             Some(cross_entropy_rows(l, rows) * hard_w)
         }
         None => None,
     };
     let soft = match soft_branch {
         Some(l) => {
-            let lp = targets
-                .teacher_logprobs
-                .ok_or_else(|| missing("teacher outputs"))?;
-            let swapped;
-            let lp = if cfg.teacher_errors == TeacherErrors::Swap {
-                let labels = soft_labels.ok_or_else(|| missing("labels"))?;
-                swapped = swap_teacher_errors(lp, labels, classes);
-                &swapped[..]
-            } else {
-                lp
-            };
+            let lp = soft_logprobs(cfg, targets, soft_labels, classes, &missing)?;
+            let lp = &lp[..];
             let t = cfg.temperature;
             Some(match cfg.kind {
                 LossKind::Mse => {
@@ -470,11 +458,7 @@ fn kd_terms(
         message: format!("the {} loss needs {what}, which this batch lacks", cfg.kind),
     };
     let hard = if cfg.alpha > 0.0 {
-        let labels = targets.labels.ok_or_else(|| missing("labels"))?;
-        let rows = match mix {
-            Some(m) => m.target_rows(labels, classes),
-            None => one_hot(labels, classes),
-        };
+        let rows = hard_rows(targets, mix, classes, &missing)?;
         Some(HardTerm {
             rows,
             weight: cfg.alpha,
@@ -483,17 +467,8 @@ fn kd_terms(
         None
     };
     let soft = if cfg.alpha < 1.0 {
-        let lp = targets
-            .teacher_logprobs
-            .ok_or_else(|| missing("teacher outputs"))?;
-        let swapped;
-        let lp = if cfg.teacher_errors == TeacherErrors::Swap {
-            let labels = soft_labels.ok_or_else(|| missing("labels"))?;
-            swapped = swap_teacher_errors(lp, labels, classes);
-            &swapped[..]
-        } else {
-            lp
-        };
+        let lp = soft_logprobs(cfg, targets, soft_labels, classes, &missing)?;
+        let lp = &lp[..];
         // KL(p || q) = sum p log p - sum p log q; the first term is a
         // constant of the batch, added so the reported loss is the true KL.
         let probs: Vec<f32> = lp.iter().map(|v| v.exp()).collect();
@@ -512,6 +487,41 @@ fn kd_terms(
         None
     };
     Ok(KdTerms { hard, soft })
+}
+
+/// The hard-label rows of a batch: one-hot, or mixed under `mix`.
+fn hard_rows(
+    targets: &Targets<'_>,
+    mix: Option<&LabelMix>,
+    classes: usize,
+    missing: &dyn Fn(&str) -> Error,
+) -> Result<Vec<f32>> {
+    let labels = targets.labels.ok_or_else(|| missing("labels"))?;
+    Ok(match mix {
+        Some(m) => m.target_rows(labels, classes),
+        None => one_hot(labels, classes),
+    })
+}
+
+/// The teacher's log-probabilities a soft term reads: as given, or with its
+/// errors swapped ([`TeacherErrors::Swap`], which needs `soft_labels`).
+fn soft_logprobs<'t>(
+    cfg: &LossConfig,
+    targets: &Targets<'t>,
+    soft_labels: Option<&[u32]>,
+    classes: usize,
+    missing: &dyn Fn(&str) -> Error,
+) -> Result<Cow<'t, [f32]>> {
+    let lp = targets
+        .teacher_logprobs
+        .ok_or_else(|| missing("teacher outputs"))?;
+    Ok(match cfg.teacher_errors {
+        TeacherErrors::Swap => {
+            let labels = soft_labels.ok_or_else(|| missing("labels"))?;
+            Cow::Owned(swap_teacher_errors(lp, labels, classes))
+        }
+        _ => Cow::Borrowed(lp),
+    })
 }
 
 /// The teacher's log-probabilities with, in every row whose top class is not
