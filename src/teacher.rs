@@ -1156,40 +1156,24 @@ mod external_teacher_tests {
             &[n, c],
             &z.iter().flat_map(|v| v.to_le_bytes()).collect::<Vec<u8>>(),
         );
-        let import = LogitsImport {
-            logits: file,
-            tensor: None,
-            teacher_spec: "ext".into(),
+        // The error of importing `logits` into a fresh cache `out`.
+        let import_error = |logits: PathBuf, out: &str| {
+            let import = LogitsImport {
+                logits,
+                tensor: None,
+                teacher_spec: "ext".into(),
+            };
+            let out = tmp.path().join(out);
+            // SAFETY: not modified during the import.
+            unsafe { import_logits_file(&import, &data, &out, &options(Encoding::F16)) }
+                .unwrap_err()
+                .to_string()
         };
-        // SAFETY: not modified during the import.
-        let e = unsafe {
-            import_logits_file(
-                &import,
-                &data,
-                &tmp.path().join("a"),
-                &options(Encoding::F16),
-            )
-        }
-        .unwrap_err()
-        .to_string();
+        let e = import_error(file, "a");
         assert!(e.contains("nan.npy") && e.contains("257"), "{e}");
         let short = tmp.path().join("short.npy");
         npy(&short, "<f4", &[n - 1, c], &vec![0u8; (n - 1) * c * 4]);
-        let import = LogitsImport {
-            logits: short,
-            tensor: None,
-            teacher_spec: "ext".into(),
-        };
-        let e = unsafe {
-            import_logits_file(
-                &import,
-                &data,
-                &tmp.path().join("b"),
-                &options(Encoding::F16),
-            )
-        }
-        .unwrap_err()
-        .to_string();
+        let e = import_error(short, "b");
         assert!(e.contains("short.npy") && e.contains("299 rows"), "{e}");
     }
 
