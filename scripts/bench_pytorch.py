@@ -16,7 +16,9 @@ the epoch is not included); for `cache build` the seconds on its summary line.
 The same run also times a plain 2048^3 f32 matmul in PyTorch (the machine's
 practical peak, GFLOP/s); each row's distill step GFLOP/s (3 x forward FLOPs
 per sample, from `distill model info SPEC`; 1 x for the teacher forward) is
-printed as a fraction of that peak.
+printed as a fraction of that peak: of the best matmul of the whole run, and,
+paired, of the matmul timed again just before that row in the same round
+(median over rounds), which cancels load that changes between rounds.
 
 The KD row: distill trains from a cache built once with `distill cache
 build` (T=4, f16) at T=4, alpha 0.5; PyTorch loads the committed teacher into
@@ -306,11 +308,15 @@ def main():
     print(f"torch {torch.__version__}, {a.threads} threads (torch) / RAYON_NUM_THREADS={a.threads} (distill)", flush=True)
     times = {r: {"torch": [], "distill": []} for r in a.rows}
     peaks = []
+    # The matmul again just before each row's pair, so a row's GFLOP/s can be
+    # set against the machine as it was for that row (the load varies).
+    row_peaks = {r: [] for r in a.rows}
     for rnd in range(a.rounds):
         peaks.append(matmul_gflops(a.matmul_n))
         print(f"round {rnd + 1}/{a.rounds}: matmul {a.matmul_n}^3 {peaks[-1]:.1f} GFLOP/s", flush=True)
         for r in a.rows:
             _, spec, kind = ROWS[r]
+            row_peaks[r].append(peaks[-1] if r == a.rows[0] else matmul_gflops(a.matmul_n))
             # Alternate which side goes first from round to round.
             order = ["torch", "distill"] if rnd % 2 == 0 else ["distill", "torch"]
             for side in order:
@@ -329,12 +335,14 @@ def main():
                 times[r][side].append(n / s)
                 print(f"  {r:9} {side:7} {n / s:10,.0f} samples/s ({s:.2f}s)", flush=True)
         # The table so far, so an interrupted run still leaves its medians.
-        write_table(a, d, times, peaks, teacher_flops, rnd + 1, final=rnd + 1 == a.rounds)
+        write_table(a, d, times, peaks, row_peaks, teacher_flops, rnd + 1, final=rnd + 1 == a.rounds)
     shutil.rmtree(os.path.join(work, "cache-round"), ignore_errors=True)
 
 
-def write_table(a, d, times, peaks, teacher_flops, done, final):
-    """Medians over the rounds done; prints the table when final."""
+def write_table(a, d, times, peaks, row_peaks, teacher_flops, done, final):
+    """Medians over the rounds done; prints the table when final. The last
+    column pairs each round's distill step with the matmul timed just before
+    that row, then takes the median of those fractions."""
     peak = max(peaks)
     rows = []
     for r in a.rows:
@@ -346,7 +354,13 @@ def write_table(a, d, times, peaks, teacher_flops, done, final):
         else:
             step_flops = 3 * d.model_info(spec)[0]
         gf = ds * step_flops / 1e9
-        rows.append(f"| {label} | {pts:,.0f} | {ds:,.0f} | {ds / pts:.2f} | {gf:.1f} | {100 * gf / peak:.1f}% |")
+        paired = statistics.median(
+            s * step_flops / 1e9 / p for s, p in zip(times[r]["distill"], row_peaks[r])
+        )
+        rows.append(
+            f"| {label} | {pts:,.0f} | {ds:,.0f} | {ds / pts:.2f} | {gf:.1f} | {100 * gf / peak:.1f}% "
+            f"| {100 * paired:.1f}% |"
+        )
     when = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     head = [
         f"{when}; torch {torch.__version__}; {a.threads} threads each; "
@@ -355,14 +369,15 @@ def write_table(a, d, times, peaks, teacher_flops, done, final):
         f"PyTorch {a.matmul_n}^3 f32 matmul: best {peak:.1f} GFLOP/s (per round: "
         + ", ".join(f"{p:.1f}" for p in peaks) + ")",
         "",
-        "| work | PyTorch samples/s | distill samples/s | distill/PyTorch | distill GFLOP/s | % of matmul peak |",
-        "|---|---:|---:|---:|---:|---:|",
+        "| work | PyTorch samples/s | distill samples/s | distill/PyTorch | distill GFLOP/s "
+        "| % of the run's best matmul | % of the row's own matmul (median of rounds) |",
+        "|---|---:|---:|---:|---:|---:|---:|",
     ]
     table = "\n".join(head + rows) + "\n"
     with open(os.path.join(a.out, "table.md"), "w") as f:
         f.write(table)
     with open(os.path.join(a.out, "raw.json"), "w") as f:
-        json.dump({"samples_per_sec": times, "matmul_gflops": peaks, "args": vars(a)}, f, indent=1)
+        json.dump({"samples_per_sec": times, "matmul_gflops": peaks, "row_matmul_gflops": row_peaks, "args": vars(a)}, f, indent=1)
     if final:
         print()
         print(table)
