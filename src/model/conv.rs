@@ -98,7 +98,7 @@ fn with_scratch<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
 /// Writes the 3x3 patches (zero padding 1) of consecutive channels-last
 /// `h x w x c` images in `src` into `dst`, one row of `9c` values per pixel,
 /// column `tap * c + channel` with `tap = 3 dy + dx`.
-fn fill_patches(src: &[f32], h: usize, w: usize, c: usize, dst: &mut [f32]) {
+pub(super) fn fill_patches(src: &[f32], h: usize, w: usize, c: usize, dst: &mut [f32]) {
     with_channels!(c, fill_patches_for, src, h, w, c, dst)
 }
 
@@ -154,7 +154,7 @@ fn fill_patches_for<const C: usize>(src: &[f32], h: usize, w: usize, c: usize, d
 
 /// The adjoint of [`fill_patches`]: adds each patch value back onto the pixel
 /// it was copied from (`gx += col2im(dpatches)`).
-fn add_patches(dpatches: &[f32], h: usize, w: usize, c: usize, gx: &mut [f32]) {
+pub(super) fn add_patches(dpatches: &[f32], h: usize, w: usize, c: usize, gx: &mut [f32]) {
     with_channels!(c, add_patches_for, dpatches, h, w, c, gx)
 }
 

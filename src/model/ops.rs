@@ -274,32 +274,11 @@ fn im2col_cpu<T: Tape<f32, Cpu>>(dev: &Cpu, x: Matrix<Cpu, T>, g: ImageGeom) -> 
     // tensor is the contiguous output of the previous op.
     let mut src_vec = vec![0f32; x.shape().num_elements()];
     x.copy_into(&mut src_vec);
-    let src = src_vec.as_slice();
     let mut out = vec![0f32; g.rows() * 9 * c];
+    // The convolution op's patch writer and its adjoint, one image per task.
     out.par_chunks_mut(img_out)
-        .zip(src.par_chunks(img_in))
-        .for_each(|(dst, img)| {
-            for y in 0..h {
-                for xx in 0..w {
-                    let row = &mut dst[(y * w + xx) * 9 * c..(y * w + xx + 1) * 9 * c];
-                    for dy in 0..3 {
-                        let sy = y as isize + dy as isize - 1;
-                        if sy < 0 || sy >= h as isize {
-                            continue;
-                        }
-                        for dx in 0..3 {
-                            let sx = xx as isize + dx as isize - 1;
-                            if sx < 0 || sx >= w as isize {
-                                continue;
-                            }
-                            let s = (sy as usize * w + sx as usize) * c;
-                            let tap = dy * 3 + dx;
-                            row[tap * c..(tap + 1) * c].copy_from_slice(&img[s..s + c]);
-                        }
-                    }
-                }
-            }
-        });
+        .zip(src_vec.par_chunks(img_in))
+        .for_each(|(dst, img)| conv::fill_patches(img, h, w, c, dst));
     let out = dev.tensor_from_vec(out, (g.rows(), 9 * c));
     let x_ghost = x.ghost();
     let out_ghost = out.ghost();
@@ -309,32 +288,7 @@ fn im2col_cpu<T: Tape<f32, Cpu>>(dev: &Cpu, x: Matrix<Cpu, T>, g: ImageGeom) -> 
             let g_out: &[f32] = grads.get_or_alloc_mut(&out_ghost)?.as_slice();
             acc.par_chunks_mut(img_in)
                 .zip(g_out.par_chunks(img_out))
-                .for_each(|(gi, go)| {
-                    for y in 0..h {
-                        for xx in 0..w {
-                            let row = &go[(y * w + xx) * 9 * c..(y * w + xx + 1) * 9 * c];
-                            for dy in 0..3 {
-                                let sy = y as isize + dy as isize - 1;
-                                if sy < 0 || sy >= h as isize {
-                                    continue;
-                                }
-                                for dx in 0..3 {
-                                    let sx = xx as isize + dx as isize - 1;
-                                    if sx < 0 || sx >= w as isize {
-                                        continue;
-                                    }
-                                    let s = (sy as usize * w + sx as usize) * c;
-                                    let tap = dy * 3 + dx;
-                                    for (a, b) in
-                                        gi[s..s + c].iter_mut().zip(&row[tap * c..(tap + 1) * c])
-                                    {
-                                        *a += *b;
-                                    }
-                                }
-                            }
-                        }
-                    }
-                });
+                .for_each(|(gi, go)| conv::add_patches(go, h, w, c, gi));
         }
         let g_in = grads.get_or_alloc_mut(&x_ghost)?;
         for (a, b) in g_in.iter_mut().zip(&acc) {
