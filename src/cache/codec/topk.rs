@@ -33,12 +33,7 @@ impl RecordCodec for TopKCodec {
     }
 
     fn check_classes(&self, param: u16, classes: usize) -> Result<(), String> {
-        if param == 0 || param as usize >= classes {
-            return Err(format!(
-                "topk:{param} needs 1 <= K < classes ({classes}); use a smaller K or a dense encoding (f32, f16, q8)"
-            ));
-        }
-        Ok(())
+        check_k(self.name(), param, classes)
     }
 
     fn payload_bytes(&self, param: u16, classes: usize) -> usize {
@@ -105,6 +100,16 @@ impl RecordCodec for TopKCodec {
         }
         Ok(())
     }
+}
+
+/// The K of a top-K encoding (`name:K`) must keep at least one class out.
+pub(super) fn check_k(name: &str, param: u16, classes: usize) -> Result<(), String> {
+    if param == 0 || param as usize >= classes {
+        return Err(format!(
+            "{name}:{param} needs 1 <= K < classes ({classes}); use a smaller K or a dense encoding (f32, f16, q8, hq:N)"
+        ));
+    }
+    Ok(())
 }
 
 /// Puts the `k` most probable classes of `lp` (ties: lower id first) in

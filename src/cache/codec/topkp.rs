@@ -17,7 +17,7 @@
 use half::f16;
 
 use super::bits::{id_bits, pack, packed_len, unpack};
-use super::topk::select_top_k;
+use super::topk::{check_k, select_top_k};
 use super::{EncodeScratch, RecordCodec};
 
 /// The `topkp` encoding (on-disk tag 5, format version 2).
@@ -49,12 +49,7 @@ impl RecordCodec for TopKPackedCodec {
     }
 
     fn check_classes(&self, param: u16, classes: usize) -> Result<(), String> {
-        if param == 0 || param as usize >= classes {
-            return Err(format!(
-                "topkp:{param} needs 1 <= K < classes ({classes}); use a smaller K or a dense encoding (f32, f16, q8, hq:N)"
-            ));
-        }
-        Ok(())
+        check_k(self.name(), param, classes)
     }
 
     fn payload_bytes(&self, param: u16, classes: usize) -> usize {
