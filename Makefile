@@ -168,6 +168,8 @@ BEST_SEEDS        ?= 0 1 2
 BEST_AUGMENT      ?=
 BEST_VIEWS        ?= 16
 BEST_BASE_AUGMENT ?= $(if $(BEST_AUGMENT),$(BEST_AUGMENT),flip$(comma)shift=2)
+# Extra `distill train` flags for all three runs (e.g. the optimizer).
+BEST_FLAGS        ?=
 BEST_CACHES        = $(CACHES)/$(notdir $(BEST_TEACHER))-T$(CACHE_T)-$(ENCODING)
 BEST_OUT          ?= $(RUNS)/best
 BEST_VIEW_SET      = $(BEST_CACHES)/views-$(subst =,,$(subst $(comma),-,$(BEST_AUGMENT)))-k$(BEST_VIEWS)
@@ -180,13 +182,13 @@ distill-best: | $(BIN) data
 	$(if $(BEST_AUGMENT),$(MAKE) $(BEST_VIEW_SET)/view-0/manifest.json,$(MAKE) $(BEST_CACHES)/train/manifest.json TEACHER=$(BEST_TEACHER))
 	set -e; for s in $(BEST_SEEDS); do \
 	  [ -f $(BEST_RUN)-baseline-s$$s/model.json ] || $(BIN) train --data $(DATA) \
-	    --student $(STUDENT) --epochs $(BEST_EPOCHS) --seed $$s --out $(BEST_RUN)-baseline-s$$s; \
+	    --student $(STUDENT) --epochs $(BEST_EPOCHS) --seed $$s $(BEST_FLAGS) --out $(BEST_RUN)-baseline-s$$s; \
 	  [ -f $(BEST_RUN)-baseline-aug-s$$s/model.json ] || $(BIN) train --data $(DATA) \
-	    --student $(STUDENT) --epochs $(BEST_EPOCHS) --seed $$s --augment $(BEST_BASE_AUGMENT) \
+	    --student $(STUDENT) --epochs $(BEST_EPOCHS) --seed $$s --augment $(BEST_BASE_AUGMENT) $(BEST_FLAGS) \
 	    --out $(BEST_RUN)-baseline-aug-s$$s; \
 	  [ -f $(BEST_KD_RUN)-s$$s/model.json ] || $(BIN) train --data $(DATA) \
 	    --student $(STUDENT) --epochs $(BEST_EPOCHS) --seed $$s --cache $(BEST_TRAIN) \
-	    --test-cache $(BEST_CACHES)/test -T $(BEST_T) --alpha $(BEST_ALPHA) \
+	    --test-cache $(BEST_CACHES)/test -T $(BEST_T) --alpha $(BEST_ALPHA) $(BEST_FLAGS) \
 	    --out $(BEST_KD_RUN)-s$$s; \
 	done
 	sh scripts/summarize_runs.sh $(foreach s,$(BEST_SEEDS),$(BEST_RUN)-baseline-s$(s)) \
