@@ -466,8 +466,9 @@ mod tests {
             .head(N)
     }
 
-    fn build(teacher: &Network<Cpu>, data: &Dataset, dir: &Path, view: Option<ViewInfo>) {
-        let opts = BuildOptions {
+    /// The tests' cache build options (f16 at `T`, small blocks).
+    fn build_options(view: Option<ViewInfo>) -> BuildOptions {
+        BuildOptions {
             temperature: T,
             encoding: Encoding::F16,
             writer: WriterOptions {
@@ -478,8 +479,11 @@ mod tests {
             teacher_source: "data/teachers/fashion-cnn".into(),
             progress: false,
             view,
-        };
-        build_cache(teacher, data, dir, &opts).expect("cache build");
+        }
+    }
+
+    fn build(teacher: &Network<Cpu>, data: &Dataset, dir: &Path, view: Option<ViewInfo>) {
+        build_cache(teacher, data, dir, &build_options(view)).expect("cache build");
     }
 
     fn config(temperature: f32) -> TrainConfig {
@@ -657,18 +661,7 @@ mod tests {
         let (teacher, data) = (teacher(), data());
         for (k, spec) in ["flip,shift=1,mixup=0.4", "cutmix=1"].iter().enumerate() {
             let set = tmp.path().join(format!("set-{k}"));
-            let opts = BuildOptions {
-                temperature: T,
-                encoding: Encoding::F16,
-                writer: WriterOptions {
-                    records_per_block: BLOCK,
-                    ..WriterOptions::default()
-                },
-                batch_size: 100,
-                teacher_source: "data/teachers/fashion-cnn".into(),
-                progress: false,
-                view: None,
-            };
+            let opts = build_options(None);
             let augment = Augment::parse(spec).unwrap();
             let vs = ViewSetSpec {
                 augment,
