@@ -548,6 +548,26 @@ mod tests {
     }
 
     #[test]
+    fn the_committed_residual_teacher_loads_with_its_normalisation_and_unchanged() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("data/teachers/fashion-resnet20");
+        let net = load_weights(&root.join("model.safetensors"), None, Cpu::default()).unwrap();
+        let card: serde_json::Value =
+            serde_json::from_str(&fs::read_to_string(root.join("model.json")).unwrap()).unwrap();
+        assert_eq!(net.spec().as_str(), card["spec"].as_str().unwrap());
+        assert_eq!(
+            card["weights_fingerprint"].as_str(),
+            Some(net.fingerprint().as_str())
+        );
+        // The training split's statistics, stored in the weights file and the card.
+        let norm = net
+            .normalization()
+            .expect("the teacher normalises its input");
+        let card_norm: crate::data::Normalization =
+            serde_json::from_value(card["normalization"].clone()).unwrap();
+        assert_eq!(norm, &card_norm);
+    }
+
+    #[test]
     fn the_committed_teachers_load_without_normalisation_and_unchanged() {
         let dev = Cpu::seed_from_u64(0);
         let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("data/teachers");
