@@ -213,25 +213,17 @@ fn fill_patches_strided(src: &[f32], p: &Plan, dst: &mut [f32]) {
 /// [`fill_patches_strided`] for `C` channels (`C == 0`: at run time).
 fn fill_patches_strided_for<const C: usize>(src: &[f32], p: &Plan, dst: &mut [f32]) {
     let c = if C == 0 { p.g.channels } else { C };
-    let (k, kk) = (p.k(), p.kernel);
     for (img, out) in src
         .chunks_exact(p.hw() * c)
-        .zip(dst.chunks_exact_mut(p.conv_hw() * k))
+        .zip(dst.chunks_exact_mut(p.conv_hw() * p.k()))
     {
-        for oy in 0..p.conv_h {
-            for ox in 0..p.conv_w {
-                let row = &mut out[(oy * p.conv_w + ox) * k..][..k];
-                for dy in 0..kk {
-                    for dx in 0..kk {
-                        let tap = &mut row[(dy * kk + dx) * c..][..c];
-                        match tap_source(p, (oy, ox), (dy, dx)) {
-                            Some(s) => tap.copy_from_slice(&img[s * c..][..c]),
-                            None => tap.fill(0.0),
-                        }
-                    }
-                }
+        for_each_tap(p, |at, source| {
+            let tap = &mut out[at * c..][..c];
+            match source {
+                Some(s) => tap.copy_from_slice(&img[s * c..][..c]),
+                None => tap.fill(0.0),
             }
-        }
+        });
     }
 }
 
@@ -244,23 +236,34 @@ fn add_patches_strided(dpatches: &[f32], p: &Plan, gx: &mut [f32]) {
 /// [`add_patches_strided`] for `C` channels (`C == 0`: at run time).
 fn add_patches_strided_for<const C: usize>(dpatches: &[f32], p: &Plan, gx: &mut [f32]) {
     let c = if C == 0 { p.g.channels } else { C };
-    let (k, kk) = (p.k(), p.kernel);
     for (img, rows) in gx
         .chunks_exact_mut(p.hw() * c)
-        .zip(dpatches.chunks_exact(p.conv_hw() * k))
+        .zip(dpatches.chunks_exact(p.conv_hw() * p.k()))
     {
-        for oy in 0..p.conv_h {
-            for ox in 0..p.conv_w {
-                let row = &rows[(oy * p.conv_w + ox) * k..][..k];
-                for dy in 0..kk {
-                    for dx in 0..kk {
-                        if let Some(s) = tap_source(p, (oy, ox), (dy, dx)) {
-                            let tap = &row[(dy * kk + dx) * c..][..c];
-                            for (a, v) in img[s * c..][..c].iter_mut().zip(tap) {
-                                *a += *v;
-                            }
-                        }
-                    }
+        for_each_tap(p, |at, source| {
+            if let Some(s) = source {
+                let tap = &rows[at * c..][..c];
+                for (a, v) in img[s * c..][..c].iter_mut().zip(tap) {
+                    *a += *v;
+                }
+            }
+        });
+    }
+}
+
+/// Calls `f(tap, source)` for every tap of one image's patch matrix under
+/// plan `p`, in row order: `tap` counts taps of `c` values from the matrix's
+/// start (output pixel, then `dy`, then `dx`), `source` is the input pixel
+/// it copies, or `None` in the padding.
+#[inline(always)]
+fn for_each_tap(p: &Plan, mut f: impl FnMut(usize, Option<usize>)) {
+    let kk = p.kernel;
+    for oy in 0..p.conv_h {
+        for ox in 0..p.conv_w {
+            let pixel = (oy * p.conv_w + ox) * kk * kk;
+            for dy in 0..kk {
+                for dx in 0..kk {
+                    f(pixel + dy * kk + dx, tap_source(p, (oy, ox), (dy, dx)));
                 }
             }
         }
