@@ -31,6 +31,9 @@ What it does:
 4. Prints the optimizer and schedule references (torch.optim.AdamW, Adam,
    SGD with momentum, CosineAnnealingLR) that tests/torch_reference.rs holds
    as constants, with this script's code quoted beside them.
+5. Prints the logit-standardised KD loss and its gradient (Sun et al., CVPR
+   2024: both sides' logits z-scored per row before the softmax at T) for
+   `distill train --logit-standardize --soft-scale 9`, also held as constants.
 """
 
 import argparse
@@ -194,6 +197,29 @@ def optimizers():
     print("const COSINE_LR_10: [f64; 10] = [" + ", ".join(repr(v) for v in lrs) + "];")
 
 
+def standardize(x):
+    # Population variance, epsilon under the root: dfdx's `normalize`.
+    return (x - x.mean(1, keepdim=True)) / torch.sqrt(x.var(1, unbiased=False, keepdim=True) + 1e-7)
+
+
+def logit_standardized_kd():
+    s = torch.tensor([[1.0, 2.0, 0.5], [0.1, -1.0, 2.0]], dtype=torch.float64, requires_grad=True)
+    z = torch.tensor([[0.5, 3.0, 0.0], [0.0, 0.0, 4.0]], dtype=torch.float64)
+    y = torch.tensor([1, 2])
+    t, alpha, scale = 2.0, 0.3, 9.0
+    ce = nn.functional.cross_entropy(s, y)
+    kl = nn.functional.kl_div(
+        nn.functional.log_softmax(standardize(s) / t, 1),
+        nn.functional.log_softmax(standardize(z) / t, 1),
+        log_target=True,
+        reduction="batchmean",
+    )
+    loss = alpha * ce + (1 - alpha) * scale * t * t * kl
+    loss.backward()
+    print(rust("LSKD_LOSS", [loss.item()]))
+    print(rust("LSKD_GRAD", s.grad.flatten().tolist()))
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--distill", default=str(ROOT / "target/debug/distill"))
@@ -203,6 +229,7 @@ def main():
     tiny_cnn(a.distill)
     teacher_logits(a.distill)
     optimizers()
+    logit_standardized_kd()
 
 
 if __name__ == "__main__":

@@ -122,6 +122,22 @@ fn bad_flags_name_the_flag() {
         &mlp_args(&data, "o", &["--dkd-weights", "8"]),
         &["--dkd-weights"],
     );
+    // Flags that only shape the soft loss need a teacher.
+    fails(
+        tmp.path(),
+        &mlp_args(&data, "o", &["--logit-standardize"]),
+        &["--logit-standardize", "--cache"],
+    );
+    fails(
+        tmp.path(),
+        &mlp_args(&data, "o", &["--soft-scale", "9"]),
+        &["--soft-scale", "--cache"],
+    );
+    fails(
+        tmp.path(),
+        &mlp_args(&data, "o", &["--soft-scale", "0"]),
+        &["--soft-scale", "(0, 1000]"],
+    );
     fails(
         tmp.path(),
         &mlp_args(&data, "o", &["--optimizer", "lion"]),
@@ -401,6 +417,41 @@ fn defaults_distil_and_a_teacher_left_unread_is_refused() {
     assert!(
         help.contains("--temperature") && !help.contains("--t "),
         "{help}"
+    );
+    // Logit standardisation: recorded, announced, and refused for a loss
+    // it does not shape.
+    let err = one_epoch(
+        "lskd",
+        &[
+            "--logit-standardize",
+            "--soft-scale",
+            "9",
+            "--alpha",
+            "0.1",
+            "-T",
+            "2",
+        ],
+    );
+    let first = err.lines().next().unwrap();
+    assert!(
+        first.contains("loss kd (logit-standardised), T 2, alpha 0.1, soft scale 9"),
+        "{first}"
+    );
+    let loss = &model_card(&tmp.path().join("lskd"))["config"]["loss"];
+    assert_eq!(loss["logit_standardize"], true, "{loss}");
+    assert_eq!(loss["soft_scale"], 9.0, "{loss}");
+    let metrics = fs::read_to_string(tmp.path().join("lskd/metrics.jsonl")).unwrap();
+    let epoch: serde_json::Value = serde_json::from_str(metrics.lines().next().unwrap()).unwrap();
+    let train_loss = epoch["train_loss"].as_f64().unwrap();
+    assert!(train_loss.is_finite() && train_loss > 0.0, "{epoch}");
+    fails(
+        tmp.path(),
+        &mlp_args(
+            &data,
+            "x",
+            &["--cache", "cache", "--loss", "dkd", "--logit-standardize"],
+        ),
+        &["--logit-standardize", "dkd"],
     );
     // Alpha 1 with a teacher trains on labels alone: refused, naming the
     // flags, before anything is written.

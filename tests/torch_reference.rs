@@ -397,3 +397,62 @@ fn cosine_schedule_matches_cosine_annealing_lr() {
         );
     }
 }
+
+// Logit-standardised KD (`--logit-standardize --soft-scale 9`), by
+// `logit_standardized_kd()` of the script, in float64:
+//   s = [[1, 2, 0.5], [0.1, -1, 2]], y = [1, 2], teacher logits
+//   z = [[0.5, 3, 0], [0, 0, 4]], T = 2, alpha = 0.3, scale = 9,
+//   std(x) = (x - x.mean(1)) / sqrt(x.var(1, unbiased=False) + 1e-7)
+//   loss = alpha * cross_entropy(s, y) + (1 - alpha) * scale * T * T
+//          * kl_div(log_softmax(std(s) / T), log_softmax(std(z) / T), batchmean)
+// torch 2.15.0:
+const LSKD_LOSS: [f32; 1] = [0.2711191];
+const LSKD_GRAD: [f32; 6] = [
+    0.32888648,
+    -0.15378788,
+    -0.1750986,
+    0.31698018,
+    -0.18268019,
+    -0.13430001,
+];
+
+#[test]
+fn logit_standardized_kd_matches_pytorch() {
+    use distill::train::loss::{loss, LossConfig, LossKind, Targets};
+    let dev = Cpu::seed_from_u64(0);
+    let s = [1.0f32, 2.0, 0.5, 0.1, -1.0, 2.0];
+    let z = [0.5f32, 3.0, 0.0, 0.0, 0.0, 4.0];
+    let labels = [1u32, 2];
+    let cfg = LossConfig {
+        logit_standardize: true,
+        soft_scale: 9.0,
+        ..LossConfig::new(LossKind::Kd, 0.3, 2.0)
+    };
+    // The teacher arrives as a cache holds it: log-probabilities at the
+    // cache's temperature (4 here, not the loss's 2), which standardising
+    // makes irrelevant.
+    let lp: Vec<f32> = z
+        .chunks(3)
+        .flat_map(|row| {
+            let lse = row.iter().map(|v| (v / 4.0).exp()).sum::<f32>().ln();
+            row.iter().map(move |v| v / 4.0 - lse).collect::<Vec<_>>()
+        })
+        .collect();
+    let targets = Targets {
+        classes: 3,
+        labels: Some(&labels),
+        teacher_logprobs: Some(&lp),
+    };
+    let logits = dev.tensor_from_vec(s.to_vec(), (2, 3));
+    let l = loss(&cfg, logits.leaky_trace(), &targets).unwrap();
+    let got = l.array();
+    assert!(
+        (got - LSKD_LOSS[0]).abs() < 1e-5,
+        "loss {got} vs torch {}",
+        LSKD_LOSS[0]
+    );
+    let grads = l.backward();
+    let g = grads.get(&logits).as_vec();
+    let bad = mismatches(&g, &LSKD_GRAD, "gradient");
+    assert!(bad.is_empty(), "{bad:#?}");
+}

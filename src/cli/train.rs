@@ -98,6 +98,17 @@ pub struct TrainArgs {
     /// swap the two classes' probabilities.
     #[arg(long, default_value_t = TrainConfig::default().loss.teacher_errors.to_string())]
     teacher_errors: String,
+    /// Logit standardisation (Sun et al., CVPR 2024): z-score the student's
+    /// and the teacher's logits per row before the kd loss's softmax at T,
+    /// so the student matches the teacher's logit relations, not their
+    /// scale. T then sets the softness of standardised logits (about 1-4).
+    #[arg(long)]
+    logit_standardize: bool,
+    /// Multiplies the soft loss: alpha * CE + (1 - alpha) * SCALE * soft.
+    /// The standardised logits' gradient shrinks by the student's logit
+    /// spread, which the paper's recipes make up with a weight of about 9.
+    #[arg(long, default_value_t = TrainConfig::default().loss.soft_scale)]
+    soft_scale: f32,
     #[arg(long, default_value_t = TrainConfig::default().epochs)]
     epochs: usize,
     #[arg(long, default_value_t = TrainConfig::default().batch_size)]
@@ -310,6 +321,8 @@ fn loss_config(a: &TrainArgs) -> Result<LossConfig> {
     let l = LossConfig {
         teacher_errors: a.teacher_errors.parse::<TeacherErrors>()?,
         dkd_weights: a.dkd_weights.parse::<DkdWeights>()?,
+        logit_standardize: a.logit_standardize,
+        soft_scale: a.soft_scale,
         ..LossConfig::new(
             a.loss.parse::<LossKind>()?,
             alpha,
@@ -320,6 +333,19 @@ fn loss_config(a: &TrainArgs) -> Result<LossConfig> {
         return Ok(l);
     }
     l.validate()?;
+    let shapes_soft_loss = match (l.logit_standardize, l.soft_scale != plain.soft_scale) {
+        (true, _) => Some("--logit-standardize"),
+        (false, true) => Some("--soft-scale"),
+        (false, false) => None,
+    };
+    if let Some(flag) = shapes_soft_loss {
+        return Err(Error::Config {
+            field: "--cache".into(),
+            message: format!(
+                "{flag} shapes the loss on the teacher's outputs: pass --cache DIR (built by `distill cache build`) or --online-teacher"
+            ),
+        });
+    }
     if l.needs_teacher() {
         return Err(Error::Config {
             field: "--cache".into(),
@@ -335,8 +361,13 @@ fn loss_config(a: &TrainArgs) -> Result<LossConfig> {
 /// The loss in the start line, e.g. `loss kd, T 4, alpha 0.5`.
 fn describe_loss(l: &LossConfig) -> String {
     format!(
-        "loss {}{}, T {}, alpha {}{}",
+        "loss {}{}{}, T {}, alpha {}{}{}",
         l.kind,
+        if l.logit_standardize {
+            " (logit-standardised)"
+        } else {
+            ""
+        },
         if l.kind == LossKind::Dkd {
             format!(" {},{}", l.dkd_weights.target, l.dkd_weights.non_target)
         } else {
@@ -344,6 +375,11 @@ fn describe_loss(l: &LossConfig) -> String {
         },
         l.temperature,
         l.alpha,
+        if l.soft_scale != 1.0 {
+            format!(", soft scale {}", l.soft_scale)
+        } else {
+            String::new()
+        },
         if l.teacher_errors == TeacherErrors::Swap {
             ", teacher errors swapped"
         } else {

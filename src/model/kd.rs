@@ -8,6 +8,9 @@
 //! `y` (one-hot or mixed labels) and `p` the teacher's probabilities at `T`,
 //! whose negative entropy `sum p log p` arrives precomputed (a constant of the
 //! batch, so the reported loss is the true KL). Either term may be absent.
+//! Under logit standardisation ([`SoftTerm::standardize`]) the soft term
+//! reads `z(s) = (s - mean(s)) / sqrt(var(s) + eps)` per row in place of `s`,
+//! and `p` comes from the teacher's logits standardised the same way.
 //! `crate::train::loss` builds the [`KdTerms`] on the host; the device runs
 //! them: [`kd_loss_generic`] composes dfdx's ops (every device; the CPU's
 //! path), the CUDA build fuses loss and gradient into one pass over the logits
@@ -16,6 +19,11 @@
 use dfdx::prelude::*;
 
 use super::ops::{Backend, Matrix};
+
+/// The epsilon under the square root of a row's variance when logits are
+/// standardised (teacher and student alike, so a constant row gives uniform
+/// probabilities).
+pub const STANDARDIZE_EPSILON: f32 = 1e-7;
 
 /// The hard-label term: `weight * CE(rows, s)`.
 #[derive(Debug, Clone, PartialEq)]
@@ -35,6 +43,9 @@ pub struct SoftTerm {
     pub entropy: f32,
     pub weight: f32,
     pub temperature: f32,
+    /// Z-score each row of the logits before `/ T` (logit standardisation;
+    /// `probs` are then the standardised teacher's).
+    pub standardize: bool,
 }
 
 /// What [`crate::model::Backend::kd_loss`] computes: at least one term.
@@ -72,6 +83,10 @@ pub fn kd_loss_generic<D: Backend, T: Tape<f32, D>>(
     let soft = soft_logits.zip(terms.soft).map(|(l, s)| {
         let t = s.temperature;
         let p = dev.tensor_from_vec(s.probs, (batch, classes));
+        let l = match s.standardize {
+            true => l.normalize::<Axis<1>>(STANDARDIZE_EPSILON),
+            false => l,
+        };
         let cross = (l * (1.0 / t)).log_softmax::<Axis<1>>() * p;
         let kl = (cross.sum::<Rank0, _>() * (-inv_b)) + s.entropy * inv_b;
         kl * (s.weight * t * t)

@@ -43,7 +43,7 @@ use std::str::FromStr;
 use dfdx::prelude::*;
 
 use crate::error::{Error, Result};
-use crate::model::kd::{HardTerm, KdTerms, SoftTerm};
+use crate::model::kd::{HardTerm, KdTerms, SoftTerm, STANDARDIZE_EPSILON};
 use crate::model::ops::Matrix;
 use crate::model::Backend;
 
@@ -181,6 +181,17 @@ pub struct LossConfig {
     /// Weights of [`LossKind::Dkd`]'s two parts (unused by the other losses).
     #[serde(default)]
     pub dkd_weights: DkdWeights,
+    /// Z-score both sides' logits per row before the soft term of
+    /// [`LossKind::Kd`] (logit standardisation, Sun et al., CVPR 2024).
+    #[serde(default)]
+    pub logit_standardize: bool,
+    /// Multiplies the soft term: `alpha * CE + (1 - alpha) * soft_scale * soft`.
+    #[serde(default = "unit_scale")]
+    pub soft_scale: f32,
+}
+
+fn unit_scale() -> f32 {
+    1.0
 }
 
 impl Default for LossConfig {
@@ -205,7 +216,14 @@ impl LossConfig {
             temperature,
             teacher_errors: TeacherErrors::Keep,
             dkd_weights: DkdWeights::default(),
+            logit_standardize: false,
+            soft_scale: 1.0,
         }
+    }
+
+    /// The weight of the soft term: `(1 - alpha) * soft_scale`.
+    pub fn soft_weight(&self) -> f32 {
+        (1.0 - self.alpha) * self.soft_scale
     }
 
     /// Checks ranges; errors name the field.
@@ -220,6 +238,21 @@ impl LossConfig {
             return Err(Error::Config {
                 field: "loss.temperature".into(),
                 message: format!("{} must be a number in (0, 1000]", self.temperature),
+            });
+        }
+        if !(self.soft_scale.is_finite() && self.soft_scale > 0.0 && self.soft_scale <= 1000.0) {
+            return Err(Error::Config {
+                field: "loss.soft_scale".into(),
+                message: format!("{} must be a number in (0, 1000]", self.soft_scale),
+            });
+        }
+        if self.logit_standardize && self.kind != LossKind::Kd {
+            return Err(Error::Config {
+                field: "loss.logit_standardize".into(),
+                message: format!(
+                    "standardises the logits of the kd loss; the {} loss does not take it",
+                    self.kind
+                ),
             });
         }
         let w = self.dkd_weights;
@@ -381,13 +414,13 @@ pub fn loss_mixed<D: Backend, T: Tape<f32, D>>(
         return Ok(cross_entropy(logits, &argmax_rows(lp, classes)));
     }
     let hard_w = cfg.alpha;
-    let soft_w = 1.0 - cfg.alpha;
+    let soft_w = cfg.soft_weight();
     if cfg.kind == LossKind::Kd {
         // One device op, which CUDA fuses (model::kd).
         let terms = kd_terms(cfg, targets, mix, soft_labels, classes)?;
         return Ok(dev.kd_loss(logits, terms));
     }
-    let (hard_branch, soft_branch) = if hard_w > 0.0 && soft_w > 0.0 {
+    let (hard_branch, soft_branch) = if hard_w > 0.0 && cfg.alpha < 1.0 {
         let soft = logits.with_empty_tape();
         (Some(logits), Some(soft))
     } else if hard_w > 0.0 {
@@ -468,6 +501,10 @@ fn kd_terms(
     };
     let soft = if cfg.alpha < 1.0 {
         let lp = soft_logprobs(cfg, targets, soft_labels, classes, &missing)?;
+        let lp = match cfg.logit_standardize {
+            true => Cow::Owned(standardized_logprobs(&lp, classes, cfg.temperature)),
+            false => lp,
+        };
         let lp = &lp[..];
         // KL(p || q) = sum p log p - sum p log q; the first term is a
         // constant of the batch, added so the reported loss is the true KL.
@@ -480,13 +517,34 @@ fn kd_terms(
         Some(SoftTerm {
             probs,
             entropy,
-            weight: 1.0 - cfg.alpha,
+            weight: cfg.soft_weight(),
             temperature: cfg.temperature,
+            standardize: cfg.logit_standardize,
         })
     } else {
         None
     };
     Ok(KdTerms { hard, soft })
+}
+
+/// The teacher's targets under logit standardisation: each row of
+/// log-probabilities (at any temperature: it is the teacher's logits up to a
+/// positive scale and a per-row constant, which standardising removes)
+/// z-scored with the population standard deviation, then
+/// `log_softmax(z / temperature)`.
+pub fn standardized_logprobs(logprobs: &[f32], classes: usize, temperature: f32) -> Vec<f32> {
+    let mut out = Vec::with_capacity(logprobs.len());
+    for row in logprobs.chunks_exact(classes) {
+        let n = classes as f64;
+        let mean = row.iter().map(|&v| v as f64).sum::<f64>() / n;
+        let var = row.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>() / n;
+        let scale = 1.0 / ((var + STANDARDIZE_EPSILON as f64).sqrt() * temperature as f64);
+        let z: Vec<f64> = row.iter().map(|&v| (v as f64 - mean) * scale).collect();
+        let max = z.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+        let log_sum = z.iter().map(|v| (v - max).exp()).sum::<f64>().ln() + max;
+        out.extend(z.iter().map(|v| (v - log_sum) as f32));
+    }
+    out
 }
 
 /// The hard-label rows of a batch: one-hot, or mixed under `mix`.
@@ -672,6 +730,51 @@ mod tests {
     }
 
     #[test]
+    fn standardised_soft_loss_ignores_the_logits_scale_and_offset() {
+        // Student logits 3s + 1 and a teacher at any temperature give the
+        // same standardised soft loss; without standardising they do not.
+        let dev = Cpu::seed_from_u64(0);
+        let s = [1.0f32, 2.0, 0.5, 0.1, -1.0, 2.0];
+        let moved: Vec<f32> = s.iter().map(|v| 3.0 * v + 1.0).collect();
+        let z = [0.5f32, 3.0, 0.0, 0.0, 0.0, 4.0];
+        let lp_at = |t: f32| -> Vec<f32> { z.chunks(3).flat_map(|r| log_softmax(r, t)).collect() };
+        let soft = |cfg: &LossConfig, logits: &[f32], lp: &[f32]| {
+            let targets = Targets {
+                classes: 3,
+                labels: None,
+                teacher_logprobs: Some(lp),
+            };
+            let x = dev.tensor_from_vec(logits.to_vec(), (2, 3));
+            loss(cfg, x, &targets).unwrap().array()
+        };
+        let std_cfg = LossConfig {
+            logit_standardize: true,
+            ..LossConfig::new(LossKind::Kd, 0.0, 2.0)
+        };
+        let (lp1, lp4) = (lp_at(1.0), lp_at(4.0));
+        let base = soft(&std_cfg, &s, &lp1);
+        assert!(base > 0.0);
+        for (logits, lp) in [(&moved[..], &lp1), (&s[..], &lp4), (&moved[..], &lp4)] {
+            let got = soft(&std_cfg, logits, lp);
+            assert!((got - base).abs() < 1e-5, "{got} vs {base}");
+        }
+        let plain = LossConfig::new(LossKind::Kd, 0.0, 2.0);
+        assert!((soft(&plain, &moved, &lp1) - soft(&plain, &s, &lp1)).abs() > 0.1);
+        // The soft scale multiplies the soft term only.
+        let scaled = LossConfig {
+            soft_scale: 9.0,
+            ..std_cfg
+        };
+        assert!((soft(&scaled, &s, &lp1) - 9.0 * base).abs() < 1e-4);
+        // A constant row standardises to uniform probabilities.
+        let flat = standardized_logprobs(&[-1.0; 4], 4, 0.5);
+        assert!(
+            flat.iter().all(|v| (v - 0.25f32.ln()).abs() < 1e-6),
+            "{flat:?}"
+        );
+    }
+
+    #[test]
     fn kd_gradient_is_softmax_difference() {
         // d/ds [T^2 KL(p || softmax(s/T))] / batch = T (softmax(s/T) - p) / batch.
         let dev = Cpu::seed_from_u64(0);
@@ -746,6 +849,32 @@ mod tests {
             let e = LossConfig::new(LossKind::Kd, alpha, t)
                 .validate()
                 .unwrap_err();
+            assert!(e.to_string().contains(field), "{e}");
+        }
+        for (cfg, field) in [
+            (
+                LossConfig {
+                    soft_scale: 0.0,
+                    ..cfg
+                },
+                "loss.soft_scale",
+            ),
+            (
+                LossConfig {
+                    soft_scale: f32::INFINITY,
+                    ..cfg
+                },
+                "loss.soft_scale",
+            ),
+            (
+                LossConfig {
+                    logit_standardize: true,
+                    ..LossConfig::new(LossKind::Dkd, 0.5, 2.0)
+                },
+                "loss.logit_standardize",
+            ),
+        ] {
+            let e = cfg.validate().unwrap_err();
             assert!(e.to_string().contains(field), "{e}");
         }
     }

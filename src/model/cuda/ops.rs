@@ -14,6 +14,7 @@
 //! - [`linear`] and [`conv3x3`]: dfdx's matmul (cuBLAS) between those.
 //! - [`kd_loss`]: the KD loss and its logits gradient in one pass over the
 //!   logits, one thread per row; the backward scales the stored gradient.
+//!   Logit-standardised KD runs dfdx's ops instead (`kd_loss_generic`).
 //!
 //! Every sum runs in an order fixed by the shapes (`launch.rs`), so two runs
 //! give the same bits. Tensors must be contiguous (every op of the network
@@ -349,6 +350,11 @@ pub fn kd_loss<T: Tape<f32, Cuda>>(
     logits: Matrix<Cuda, T>,
     terms: KdTerms,
 ) -> Tensor<Rank0, f32, Cuda, T> {
+    if terms.soft.as_ref().is_some_and(|s| s.standardize) {
+        // Standardised logits: dfdx's ops on the device (normalize, then
+        // the same loss), not the fused kernel.
+        return crate::model::kd::kd_loss_generic(dev, logits, terms);
+    }
     let (logits, mut tape) = logits.split_tape();
     let (batch, classes) = *logits.shape();
     check_input(&logits, (batch, classes), "kd loss logits");
