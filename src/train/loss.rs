@@ -22,6 +22,13 @@
 //!   plain KD; DKD weighs the two parts freely (`a`, `b` from
 //!   [`DkdWeights`], 1 and 8 by default as in the paper). It needs labels.
 //!
+//! Two modifiers: [`LossConfig::soft_scale`] multiplies the soft term
+//! (`alpha * CE + (1 - alpha) * soft_scale * soft`), and
+//! [`LossConfig::logit_standardize`] (KD only; Sun et al., CVPR 2024)
+//! z-scores each row of the student's and the teacher's logits before the
+//! softmax at `T` ([`standardized_logprobs`] on the teacher's side), so the
+//! student matches the teacher's logit relations rather than their range.
+//!
 //! [`TeacherErrors::Swap`] corrects the teacher where its top class is not the
 //! label by swapping the probabilities of the two classes (the "knowledge
 //! adjustment" of Wen et al. 2019), so the soft targets never point at a wrong
