@@ -427,7 +427,7 @@ pub fn loss_mixed<D: Backend, T: Tape<f32, D>>(
         let terms = kd_terms(cfg, targets, mix, soft_labels, classes)?;
         return Ok(dev.kd_loss(logits, terms));
     }
-    let (hard_branch, soft_branch) = if hard_w > 0.0 && cfg.alpha < 1.0 {
+    let (hard_branch, soft_branch) = if hard_w > 0.0 && soft_w > 0.0 {
         let soft = logits.with_empty_tape();
         (Some(logits), Some(soft))
     } else if hard_w > 0.0 {
@@ -509,7 +509,7 @@ fn kd_terms(
     let soft = if cfg.alpha < 1.0 {
         let lp = soft_logprobs(cfg, targets, soft_labels, classes, &missing)?;
         let lp = match cfg.logit_standardize {
-            true => Cow::Owned(standardized_logprobs(&lp, classes, cfg.temperature)),
+            true => Cow::Owned(standardized_logprobs(&lp, classes, cfg.temperature)?),
             false => lp,
         };
         let lp = &lp[..];
@@ -534,24 +534,38 @@ fn kd_terms(
     Ok(KdTerms { hard, soft })
 }
 
+/// The smallest log-probability [`standardized_logprobs`] reads: a class the
+/// cache stores as probability 0 (`-inf`) counts as `exp(-87)`, the smallest
+/// normal f32, so one absent class cannot turn its row into NaN.
+const LOGPROB_FLOOR: f32 = -87.0;
+
 /// The teacher's targets under logit standardisation: each row of
 /// log-probabilities (at any temperature: it is the teacher's logits up to a
 /// positive scale and a per-row constant, which standardising removes)
 /// z-scored with the population standard deviation, then
-/// `log_softmax(z / temperature)`.
-pub fn standardized_logprobs(logprobs: &[f32], classes: usize, temperature: f32) -> Vec<f32> {
-    let mut out = Vec::with_capacity(logprobs.len());
+/// [`crate::numeric::log_softmax_tempered`] at `temperature`.
+pub fn standardized_logprobs(
+    logprobs: &[f32],
+    classes: usize,
+    temperature: f32,
+) -> Result<Vec<f32>> {
+    let mut z = Vec::with_capacity(logprobs.len());
     for row in logprobs.chunks_exact(classes) {
+        let floored = row.iter().map(|&v| v.max(LOGPROB_FLOOR) as f64);
         let n = classes as f64;
-        let mean = row.iter().map(|&v| v as f64).sum::<f64>() / n;
-        let var = row.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>() / n;
-        let scale = 1.0 / ((var + STANDARDIZE_EPSILON as f64).sqrt() * temperature as f64);
-        let z: Vec<f64> = row.iter().map(|&v| (v as f64 - mean) * scale).collect();
-        let max = z.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
-        let log_sum = z.iter().map(|v| (v - max).exp()).sum::<f64>().ln() + max;
-        out.extend(z.iter().map(|v| (v - log_sum) as f32));
+        let mean = floored.clone().sum::<f64>() / n;
+        let var = floored.clone().map(|v| (v - mean).powi(2)).sum::<f64>() / n;
+        let inv_std = 1.0 / (var + STANDARDIZE_EPSILON as f64).sqrt();
+        z.extend(floored.map(|v| ((v - mean) * inv_std) as f32));
     }
-    out
+    let mut out = vec![0.0; z.len()];
+    crate::numeric::log_softmax_tempered(&z, classes, temperature, &mut out).map_err(|e| {
+        Error::Training {
+            context: "loss".into(),
+            message: format!("standardising the teacher's logits: {e}"),
+        }
+    })?;
+    Ok(out)
 }
 
 /// The hard-label rows of a batch: one-hot, or mixed under `mix`.
@@ -774,11 +788,20 @@ mod tests {
         };
         assert!((soft(&scaled, &s, &lp1) - 9.0 * base).abs() < 1e-4);
         // A constant row standardises to uniform probabilities.
-        let flat = standardized_logprobs(&[-1.0; 4], 4, 0.5);
+        let flat = standardized_logprobs(&[-1.0; 4], 4, 0.5).unwrap();
         assert!(
             flat.iter().all(|v| (v - 0.25f32.ln()).abs() < 1e-6),
             "{flat:?}"
         );
+        // A class stored as probability 0 is floored, not NaN: it stays the
+        // least likely class and the row stays a distribution.
+        let gap = standardized_logprobs(&[-0.1, -2.5, f32::NEG_INFINITY], 3, 1.0).unwrap();
+        assert!(
+            gap.iter().all(|v| v.is_finite()) && gap[2] < gap[1],
+            "{gap:?}"
+        );
+        let total: f32 = gap.iter().map(|v| v.exp()).sum();
+        assert!((total - 1.0).abs() < 1e-5, "{gap:?}");
     }
 
     #[test]
