@@ -17,6 +17,7 @@
 //!   unstructured pruning, masks.
 //! - [`numeric`]: log-softmax at a temperature, logsumexp, argmax (one tie rule).
 //! - [`fsutil`]: atomic file replacement and directory syncs.
+//! - [`simd`]: hot loops run with the widest vector instructions the CPU has.
 //! - [`report`]: training-curve plots.
 //! - [`teacher`]: running a teacher over a dataset into a cache.
 //! - [`sweep`]: many students against one cache, skipping finished runs, and
@@ -34,6 +35,7 @@ pub mod model;
 pub mod numeric;
 pub mod prune;
 pub mod report;
+pub mod simd;
 pub mod sweep;
 pub mod teacher;
 pub mod train;

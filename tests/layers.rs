@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 
 /// Bottom first. A module may use modules of lower layers, and itself.
 const LAYERS: &[&[&str]] = &[
-    &["numeric", "fsutil"],
+    &["numeric", "fsutil", "simd"],
     &["data"],
     &["cache"],
     &["error"],

@@ -33,6 +33,7 @@ use dfdx::tensor::Gradients;
 use rayon::prelude::*;
 
 use super::conv::with_channels;
+use crate::simd::wide_kernel;
 use super::kernels::host_copy;
 use super::ops::Matrix;
 
@@ -108,7 +109,7 @@ fn moments(xs: &[f32], c: usize) -> (Vec<f64>, Vec<f64>) {
     partials
         .par_chunks_mut(2 * c)
         .zip(xs.par_chunks(CHUNK_ROWS * c))
-        .for_each(|(part, chunk)| with_channels!(c, shifted_sums, chunk, pivot, c, part));
+        .for_each(|(part, chunk)| shifted_sums_any(c, chunk, pivot, part));
     let (mut s1, mut s2) = (vec![0f64; c], vec![0f64; c]);
     for part in partials.chunks_exact(2 * c) {
         for ch in 0..c {
@@ -124,9 +125,81 @@ fn moments(xs: &[f32], c: usize) -> (Vec<f64>, Vec<f64>) {
     (mean, var)
 }
 
+wide_kernel! {
+    /// [`shifted_sums`] for `c` channels, per vector level.
+    fn shifted_sums_any(c: usize, chunk: &[f32], pivot: &[f32], part: &mut [f64]) {
+        with_channels!(c, shifted_sums, chunk, pivot, c, part)
+    }
+}
+
+wide_kernel! {
+    /// [`normalise_chunk`] for `p.c` channels, per vector level.
+    fn normalise_any(
+        p: &Normalise,
+        x: &[f32],
+        r: Option<&[f32]>,
+        out: &mut [f32],
+        mask: Option<&mut [u8]>,
+    ) {
+        with_channels!(p.c, normalise_chunk, p, x, r, out, mask)
+    }
+}
+
+wide_kernel! {
+    /// [`grad_sums`] for `c` channels, per vector level.
+    fn grad_sums_any(
+        c: usize,
+        xgm: (&[f32], &mut [f32], Option<&[u8]>),
+        stats: (&[f32], &[f32]),
+        part: &mut [f64],
+    ) {
+        with_channels!(c, grad_sums, c, xgm, stats, part)
+    }
+}
+
+wide_kernel! {
+    /// [`input_grad_chunk`] for `c` channels, adding to the gradient or
+    /// (`add` false) writing it, per vector level.
+    fn input_grad_any(
+        c: usize,
+        xgd: (&[f32], &[f32], &mut [f32]),
+        coef: (&[f32], &[f32], &[f32]),
+        means: (&[f32], &[f32]),
+        add: bool,
+    ) {
+        match add {
+            true => with_channels!(c, input_grad_add, c, xgd, coef, means),
+            false => with_channels!(c, input_grad_set, c, xgd, coef, means),
+        }
+    }
+}
+
+/// [`input_grad_chunk`] adding to the gradient.
+#[inline(always)]
+fn input_grad_add<const C: usize>(
+    c: usize,
+    xgd: (&[f32], &[f32], &mut [f32]),
+    coef: (&[f32], &[f32], &[f32]),
+    means: (&[f32], &[f32]),
+) {
+    input_grad_chunk::<C, true>(c, xgd, coef, means)
+}
+
+/// [`input_grad_chunk`] writing the gradient.
+#[inline(always)]
+fn input_grad_set<const C: usize>(
+    c: usize,
+    xgd: (&[f32], &[f32], &mut [f32]),
+    coef: (&[f32], &[f32], &[f32]),
+    means: (&[f32], &[f32]),
+) {
+    input_grad_chunk::<C, false>(c, xgd, coef, means)
+}
+
 /// Adds, per channel, `sum(x - pivot)` to `part[..c]` and `sum((x -
 /// pivot)^2)` to `part[c..]` over the rows of `chunk` (`C == 0`: `c` at run
 /// time).
+#[inline(always)]
 fn shifted_sums<const C: usize>(chunk: &[f32], pivot: &[f32], c: usize, part: &mut [f64]) {
     let c = if C == 0 { c } else { C };
     let (s1, s2) = part.split_at_mut(c);
@@ -152,11 +225,12 @@ struct Normalise<'a> {
 
 impl Normalise<'_> {
     fn chunk(&self, x: &[f32], r: Option<&[f32]>, out: &mut [f32], mask: Option<&mut [u8]>) {
-        with_channels!(self.c, normalise_chunk, self, x, r, out, mask)
+        normalise_any(self, x, r, out, mask)
     }
 }
 
 /// [`Normalise::chunk`] for `C` channels (`C == 0`: at run time).
+#[inline(always)]
 fn normalise_chunk<const C: usize>(
     p: &Normalise,
     x: &[f32],
@@ -194,6 +268,7 @@ fn normalise_chunk<const C: usize>(
 /// Masks `g` by the ReLU's `mask` in place and adds, per channel, `sum(g')`
 /// to `part[..c]` and `sum(g' * xhat)` to `part[c..]` (`C == 0`: `c` at run
 /// time).
+#[inline(always)]
 fn grad_sums<const C: usize>(
     c: usize,
     (x, g, mask): (&[f32], &mut [f32], Option<&[u8]>),
@@ -217,10 +292,12 @@ fn grad_sums<const C: usize>(
     }
 }
 
-/// `gx += scale * (g' - mean_g - xhat * mean_gx)` over one chunk, with the
+/// `gx += scale * (g' - mean_g - xhat * mean_gx)` (or `gx =` when not
+/// `ADD`) over one chunk, with the
 /// per-channel `mean_g = sum(g') / n` and `mean_gx = sum(g' xhat) / n` (both
 /// zero for given statistics).
-fn input_grad_chunk<const C: usize>(
+#[inline(always)]
+fn input_grad_chunk<const C: usize, const ADD: bool>(
     c: usize,
     (x, g, gx): (&[f32], &[f32], &mut [f32]),
     (mean, inv, scale): (&[f32], &[f32], &[f32]),
@@ -237,9 +314,141 @@ fn input_grad_chunk<const C: usize>(
         let dst = &mut dst[..c];
         for ch in 0..c {
             let xhat = (row[ch] - mean[ch]) * inv[ch];
-            dst[ch] += scale[ch] * (gr[ch] - mean_g[ch] - xhat * mean_gx[ch]);
+            let v = scale[ch] * (gr[ch] - mean_g[ch] - xhat * mean_gx[ch]);
+            dst[ch] = if ADD { dst[ch] + v } else { v };
         }
     }
+}
+
+/// Batch norm on host slices: [`batch_norm_cpu`]'s forward and backward
+/// passes for callers that keep their activations in their own buffers (the
+/// residual block op, [`super::block_op`]). It holds what the backward pass
+/// needs besides the input: the statistics and the ReLU's mask.
+pub(super) struct HostNorm {
+    c: usize,
+    st: Stats,
+    mask: Vec<u8>,
+}
+
+impl HostNorm {
+    /// Writes `relu?((x - mean) * scale + beta + residual?)` for the rows of
+    /// `xs` (`c` values each) into every value of `out`; keeps the ReLU's
+    /// mask when `keep_mask` (for a backward pass).
+    pub(super) fn forward(
+        (xs, c): (&[f32], usize),
+        (gamma, beta): (&[f32], &[f32]),
+        residual: Option<&[f32]>,
+        opts: &BatchNormOpts,
+        keep_mask: bool,
+        out: &mut [f32],
+    ) -> Self {
+        let st = statistics(xs, c, gamma, opts);
+        let keep_mask = keep_mask && opts.relu;
+        let rows = xs.len() / c.max(1);
+        let mut mask = vec![0u8; if keep_mask { rows * c } else { 0 }];
+        let pass = Normalise {
+            c,
+            mean: &st.mean,
+            scale: &st.scale,
+            beta,
+            relu: opts.relu,
+        };
+        let span = CHUNK_ROWS * c.max(1);
+        let mut masks: Vec<Option<&mut [u8]>> = match keep_mask {
+            true => mask.chunks_mut(span).map(Some).collect(),
+            false => Vec::new(),
+        };
+        masks.resize_with(rows.div_ceil(CHUNK_ROWS), || None);
+        out.par_chunks_mut(span)
+            .zip(xs.par_chunks(span))
+            .zip(masks)
+            .enumerate()
+            .for_each(|(i, ((dst, src), m))| {
+                let r = residual.map(|r| &r[i * span..][..src.len()]);
+                pass.chunk(src, r, dst, m);
+            });
+        HostNorm { c, st, mask }
+    }
+
+    /// The batch's moments (`None` for given statistics).
+    pub(super) fn moments(&self) -> Option<Moments> {
+        self.st.moments.clone()
+    }
+
+    /// Masks the output gradient `g` by the ReLU in place and returns the
+    /// gradients of `gamma` and `beta`, in f64.
+    pub(super) fn param_grads(&self, xs: &[f32], g: &mut [f32]) -> ParamGrads {
+        let c = self.c;
+        let span = CHUNK_ROWS * c;
+        let rows = xs.len() / c.max(1);
+        let mut partials = vec![0f64; rows.div_ceil(CHUNK_ROWS) * 2 * c];
+        let stats = (self.st.mean.as_slice(), self.st.inv.as_slice());
+        let mask = &self.mask;
+        g.par_chunks_mut(span)
+            .zip(xs.par_chunks(span))
+            .zip(partials.par_chunks_mut(2 * c))
+            .enumerate()
+            .for_each(|(i, ((g, x), part))| {
+                let m = (!mask.is_empty()).then(|| &mask[i * span..][..x.len()]);
+                grad_sums_any(c, (x, g, m), stats, part)
+            });
+        let (mut beta, mut gamma) = (vec![0f64; c], vec![0f64; c]);
+        for part in partials.chunks_exact(2 * c) {
+            for ch in 0..c {
+                beta[ch] += part[ch];
+                gamma[ch] += part[c + ch];
+            }
+        }
+        ParamGrads { gamma, beta }
+    }
+
+    /// Adds the input's gradient to `gx` (writes it over `gx` when not
+    /// `add`), from the masked output gradient `g` and the parameter
+    /// gradients of [`HostNorm::param_grads`].
+    pub(super) fn input_grad(
+        &self,
+        (xs, g): (&[f32], &[f32]),
+        d: &ParamGrads,
+        gx: &mut [f32],
+        add: bool,
+    ) {
+        let (c, st) = (self.c, &self.st);
+        let span = CHUNK_ROWS * c;
+        let n = (xs.len() / c.max(1)) as f64;
+        let (mean_g, mean_gx): (Vec<f32>, Vec<f32>) = match st.moments {
+            Some(_) => (
+                d.beta.iter().map(|v| (v / n) as f32).collect(),
+                d.gamma.iter().map(|v| (v / n) as f32).collect(),
+            ),
+            None => (vec![0.0; c], vec![0.0; c]),
+        };
+        let coef = (st.mean.as_slice(), st.inv.as_slice(), st.scale.as_slice());
+        gx.par_chunks_mut(span)
+            .zip(xs.par_chunks(span))
+            .zip(g.par_chunks(span))
+            .for_each(|((gx, x), g)| {
+                let means = (mean_g.as_slice(), mean_gx.as_slice());
+                input_grad_any(c, (x, g, gx), coef, means, add)
+            });
+    }
+}
+
+/// The gradients of a batch norm's `gamma` and `beta`.
+pub(super) struct ParamGrads {
+    pub gamma: Vec<f64>,
+    pub beta: Vec<f64>,
+}
+
+/// `dst += v`, rounding `v` to f32.
+pub(super) fn add_f64(dst: &mut [f32], v: &[f64]) {
+    dst.iter_mut().zip(v).for_each(|(a, b)| *a += *b as f32);
+}
+
+/// `dst += v`, in parallel chunks of `span`.
+pub(super) fn add_into(dst: &mut [f32], v: &[f32], span: usize) {
+    dst.par_chunks_mut(span.max(1))
+        .zip(v.par_chunks(span.max(1)))
+        .for_each(|(a, b)| a.iter_mut().zip(b).for_each(|(a, b)| *a += *b));
 }
 
 /// Batch norm on the CPU (see the module doc): `x: (rows, C)` on a tape,
@@ -269,35 +478,20 @@ pub fn batch_norm_cpu<T: Tape<f32, Cpu>>(
     );
     let xs = host_copy(&x);
     let (gs, bs) = (host_copy(gamma), host_copy(beta));
-    let st = statistics(&xs, c, &gs, &opts);
     let mut out = vec![0f32; rows * c];
-    let keep_mask = opts.relu && T::OWNS_TAPE;
-    let mut mask = vec![0u8; if keep_mask { rows * c } else { 0 }];
-    {
+    let norm = {
         let rs = residual.map(host_copy);
-        let pass = Normalise {
-            c,
-            mean: &st.mean,
-            scale: &st.scale,
-            beta: &bs,
-            relu: opts.relu,
-        };
-        let span = CHUNK_ROWS * c.max(1);
-        let mut masks: Vec<Option<&mut [u8]>> = match keep_mask {
-            true => mask.chunks_mut(span).map(Some).collect(),
-            false => Vec::new(),
-        };
-        masks.resize_with(rows.div_ceil(CHUNK_ROWS), || None);
-        out.par_chunks_mut(span)
-            .zip(xs.par_chunks(span))
-            .zip(masks)
-            .enumerate()
-            .for_each(|(i, ((dst, src), m))| {
-                let r = rs.as_deref().map(|r| &r[i * span..][..src.len()]);
-                pass.chunk(src, r, dst, m);
-            });
-    }
-    let moments = st.moments.clone();
+        let keep_mask = T::OWNS_TAPE;
+        HostNorm::forward(
+            (&xs, c),
+            (&gs, &bs),
+            rs.as_deref(),
+            &opts,
+            keep_mask,
+            &mut out,
+        )
+    };
+    let moments = norm.moments();
     let out = dev.tensor_from_vec(out, (rows, c));
     if !T::OWNS_TAPE || rows == 0 {
         return (out.put_tape(tape), moments);
@@ -311,51 +505,12 @@ pub fn batch_norm_cpu<T: Tape<f32, Cpu>>(
         // the buffer (and mask it in place).
         let empty = dev.try_alloc_len(0)?;
         let mut g = std::mem::replace(grads.get_or_alloc_mut(out_ghost)?, empty);
-        let span = CHUNK_ROWS * c;
-        let mut partials = vec![0f64; rows.div_ceil(CHUNK_ROWS) * 2 * c];
-        let stats = (st.mean.as_slice(), st.inv.as_slice());
-        g.par_chunks_mut(span)
-            .zip(xs.par_chunks(span))
-            .zip(partials.par_chunks_mut(2 * c))
-            .enumerate()
-            .for_each(|(i, ((g, x), part))| {
-                let m = (!mask.is_empty()).then(|| &mask[i * span..][..x.len()]);
-                with_channels!(c, grad_sums, c, (x, g, m), stats, part)
-            });
-        let (mut dbeta, mut dgamma) = (vec![0f64; c], vec![0f64; c]);
-        for part in partials.chunks_exact(2 * c) {
-            for ch in 0..c {
-                dbeta[ch] += part[ch];
-                dgamma[ch] += part[c + ch];
-            }
-        }
-        let add = |dst: &mut [f32], v: &[f64]| {
-            dst.iter_mut().zip(v).for_each(|(a, b)| *a += *b as f32);
-        };
-        add(grads.get_or_alloc_mut(gamma_ghost)?, &dgamma);
-        add(grads.get_or_alloc_mut(beta_ghost)?, &dbeta);
-        let n = rows as f64;
-        let (mean_g, mean_gx): (Vec<f32>, Vec<f32>) = match st.moments {
-            Some(_) => (
-                dbeta.iter().map(|v| (v / n) as f32).collect(),
-                dgamma.iter().map(|v| (v / n) as f32).collect(),
-            ),
-            None => (vec![0.0; c], vec![0.0; c]),
-        };
-        let gx: &mut [f32] = grads.get_or_alloc_mut(x_ghost)?;
-        let coef = (st.mean.as_slice(), st.inv.as_slice(), st.scale.as_slice());
-        gx.par_chunks_mut(span)
-            .zip(xs.par_chunks(span))
-            .zip(g.par_chunks(span))
-            .for_each(|((gx, x), g)| {
-                let means = (mean_g.as_slice(), mean_gx.as_slice());
-                with_channels!(c, input_grad_chunk, c, (x, g, gx), coef, means)
-            });
+        let d = norm.param_grads(&xs, &mut g);
+        add_f64(grads.get_or_alloc_mut(gamma_ghost)?, &d.gamma);
+        add_f64(grads.get_or_alloc_mut(beta_ghost)?, &d.beta);
+        norm.input_grad((&xs, &g), &d, grads.get_or_alloc_mut(x_ghost)?, true);
         if let Some(r_ghost) = &r_ghost {
-            let gr: &mut [f32] = grads.get_or_alloc_mut(r_ghost)?;
-            gr.par_chunks_mut(span)
-                .zip(g.par_chunks(span))
-                .for_each(|(a, b)| a.iter_mut().zip(b).for_each(|(a, b)| *a += *b));
+            add_into(grads.get_or_alloc_mut(r_ghost)?, &g, CHUNK_ROWS * c);
         }
         Ok(())
     });

@@ -38,7 +38,7 @@ use dfdx::prelude::*;
 use dfdx::tensor::Gradients;
 use rayon::prelude::*;
 
-use super::kernels::{gemm_acc_with, host_copy, linear_generic, LinearOpts, Operand};
+use super::kernels::{gemm_acc_with, gemm_set_with, host_copy, linear_generic, LinearOpts, Operand};
 use super::ops::{im2col_gather, max_pool2_gather, Backend, ImageGeom, Matrix};
 
 /// What [`crate::model::Backend::conv3x3`] computes besides conv + bias + ReLU.
@@ -565,23 +565,30 @@ fn conv_rows(
     conv: &mut [f32],
 ) {
     let (k, o) = (p.k(), p.o);
+    // Without a bias gemm overwrites the output (no zeroing pass first);
+    // with one it adds onto the bias rows.
     if p.channel_major {
         // `o x rows` = W patches^T.
-        for (ch, plane) in conv.chunks_exact_mut(rows).enumerate() {
-            plane.fill(if p.bias { bias[ch] } else { 0.0 });
-        }
         let (wa, pt) = (Operand::rows(ws, k), Operand::transposed(patches, k));
-        gemm_acc_with(o, rows, k, conv, wa, pt, false);
+        if p.bias {
+            for (ch, plane) in conv.chunks_exact_mut(rows).enumerate() {
+                plane.fill(bias[ch]);
+            }
+            gemm_acc_with(o, rows, k, conv, wa, pt, false);
+        } else {
+            gemm_set_with(o, rows, k, conv, wa, pt, false);
+        }
     } else {
         // `rows x o` = patches W^T.
-        for r in conv.chunks_exact_mut(o) {
-            match p.bias {
-                true => r.copy_from_slice(bias),
-                false => r.fill(0.0),
-            }
-        }
         let (pa, wt) = (Operand::rows(patches, k), Operand::transposed(ws, k));
-        gemm_acc_with(rows, o, k, conv, pa, wt, false);
+        if p.bias {
+            for r in conv.chunks_exact_mut(o) {
+                r.copy_from_slice(bias);
+            }
+            gemm_acc_with(rows, o, k, conv, pa, wt, false);
+        } else {
+            gemm_set_with(rows, o, k, conv, pa, wt, false);
+        }
     }
     if p.relu {
         conv.iter_mut().for_each(|v| *v = v.max(0.0));
@@ -677,14 +684,115 @@ impl ChunkGrad<'_> {
                 gemm_acc_with(rows, k, o, gx, view, wb, false);
                 return;
             }
-            dpatches.fill(0.0);
-            gemm_acc_with(rows, k, o, dpatches, view, wb, false);
+            gemm_set_with(rows, k, o, dpatches, view, wb, false);
             if p.kernel == 3 && p.stride == 1 {
                 add_patches(dpatches, p.g.height, p.g.width, c, gx);
             } else {
                 add_patches_strided(dpatches, p, gx);
             }
         });
+    }
+}
+
+/// A convolution on host slices: [`conv_cpu`]'s forward and backward passes
+/// for callers that keep their activations in their own buffers (the
+/// residual block op, [`super::block_op`]).
+#[derive(Clone, Copy)]
+pub(super) struct HostConv {
+    p: Plan,
+}
+
+impl HostConv {
+    /// The convolution of `spec` on inputs of geometry `g` with `o` output
+    /// channels, with or without a bias.
+    pub(super) fn new(g: ImageGeom, o: usize, bias: bool, spec: ConvSpec) -> Self {
+        HostConv {
+            p: Plan::new(g, o, bias, spec),
+        }
+    }
+
+    /// Values of the output, `(batch * out_hw, o)`.
+    pub(super) fn out_len(&self) -> usize {
+        self.p.g.batch * self.p.out_hw * self.p.o
+    }
+
+    /// Bytes of the codes the backward pass needs (none without a ReLU).
+    pub(super) fn code_len(&self) -> usize {
+        if self.p.coded() {
+            self.out_len()
+        } else {
+            0
+        }
+    }
+
+    /// Writes every value of `out` (and of `code`) from the input `xs`, the
+    /// weights `ws` and the bias (empty without one).
+    pub(super) fn forward(
+        &self,
+        xs: &[f32],
+        ws: &[f32],
+        bias: &[f32],
+        out: &mut [f32],
+        code: &mut [u8],
+    ) {
+        let (p, c, o) = (&self.p, self.p.g.channels, self.p.o);
+        let span = p.per * p.out_hw * o;
+        out.par_chunks_mut(span)
+            .zip(chunks_or_none(code, span, p.chunks()))
+            .zip(xs.par_chunks(p.per * p.hw() * c))
+            .for_each(|((dst, code), src)| forward_chunk(p, (ws, bias), src, dst, code));
+    }
+
+    /// The backward pass from the output gradient `g_out`: adds the input's
+    /// gradient into `gx` (when given) and returns the per-chunk partial
+    /// `dW | db`, which [`HostConv::add_weight_grad`] and
+    /// [`HostConv::add_bias_grad`] sum in chunk order.
+    pub(super) fn backward(
+        &self,
+        (xs, ws): (&[f32], &[f32]),
+        g_out: &[f32],
+        code: &[u8],
+        gx: Option<&mut [f32]>,
+    ) -> Vec<f32> {
+        let (p, c, o, k) = (&self.p, self.p.g.channels, self.p.o, self.p.k());
+        let mut partials = vec![0f32; p.chunks() * (o * k + o)];
+        let gx_chunks: Vec<Option<&mut [f32]>> = match gx {
+            Some(s) => s.chunks_mut(p.per * p.hw() * c).map(Some).collect(),
+            None => (0..p.chunks()).map(|_| None).collect(),
+        };
+        let chunk = ChunkGrad {
+            p,
+            xs,
+            ws,
+            g_out,
+            code,
+        };
+        gx_chunks
+            .into_par_iter()
+            .zip(partials.par_chunks_mut(o * k + o))
+            .enumerate()
+            .for_each(|(ci, (gx, part))| chunk.run(ci, part, gx));
+        partials
+    }
+
+    /// Adds the weight gradient of [`HostConv::backward`]'s partials to `gw`.
+    pub(super) fn add_weight_grad(&self, partials: &[f32], gw: &mut [f32]) {
+        let ok = self.p.o * self.p.k();
+        for part in partials.chunks_exact(ok + self.p.o) {
+            for (a, v) in gw.iter_mut().zip(&part[..ok]) {
+                *a += *v;
+            }
+        }
+    }
+
+    /// Adds the bias gradient of [`HostConv::backward`]'s partials to `gb`.
+    pub(super) fn add_bias_grad(&self, partials: &[f32], gb: &mut [f32]) {
+        let ok = self.p.o * self.p.k();
+        for part in partials.chunks_exact(ok + self.p.o) {
+            for (a, v) in gb.iter_mut().zip(&part[ok..]) {
+                *a += *v;
+            }
+        }
     }
 }
 
@@ -703,7 +811,8 @@ pub fn conv_cpu<T: Tape<f32, Cpu>>(
 ) -> Matrix<Cpu, T> {
     let (x, mut tape) = x.split_tape();
     let (c, o) = (g.channels, w.shape().0);
-    let p = Plan::new(g, o, b.is_some(), spec);
+    let conv = HostConv::new(g, o, b.is_some(), spec);
+    let p = &conv.p;
     assert!(
         *x.shape() == (g.rows(), c)
             && w.shape().1 == p.k()
@@ -714,7 +823,7 @@ pub fn conv_cpu<T: Tape<f32, Cpu>>(
         x.shape(),
         w.shape(),
     );
-    let out_len = g.batch * p.out_hw * o;
+    let out_len = conv.out_len();
     let out_rows = g.batch * p.out_hw;
     if out_len == 0 || g.rows() == 0 {
         let out = dev.tensor_from_vec(vec![0f32; out_len], (out_rows, o));
@@ -723,12 +832,8 @@ pub fn conv_cpu<T: Tape<f32, Cpu>>(
     let (xs, ws) = (host_copy(&x), host_copy(w));
     let bias = b.map(host_copy).unwrap_or_default();
     let mut out = vec![0f32; out_len];
-    let mut code = vec![0u8; if p.coded() { out_len } else { 0 }];
-    let span = p.per * p.out_hw * o;
-    out.par_chunks_mut(span)
-        .zip(chunks_or_none(&mut code, span, p.chunks()))
-        .zip(xs.par_chunks(p.per * p.hw() * c))
-        .for_each(|((dst, code), src)| forward_chunk(&p, (&ws, &bias), src, dst, code));
+    let mut code = vec![0u8; conv.code_len()];
+    conv.forward(&xs, &ws, &bias, &mut out, &mut code);
     let out = dev.tensor_from_vec(out, (out_rows, o));
     if !T::OWNS_TAPE {
         return out.put_tape(tape);
@@ -741,41 +846,14 @@ pub fn conv_cpu<T: Tape<f32, Cpu>>(
         // the buffer instead of copying it.
         let empty = dev.try_alloc_len(0)?;
         let g_out = std::mem::replace(grads.get_or_alloc_mut(&out_ghost)?, empty);
-        let k = p.k();
-        let mut partials = vec![0f32; p.chunks() * (o * k + o)];
         let gx: Option<&mut [f32]> = match spec.input_grad {
             true => Some(grads.get_or_alloc_mut(&x_ghost)?),
             false => None,
         };
-        let gx_chunks: Vec<Option<&mut [f32]>> = match gx {
-            Some(s) => s.chunks_mut(p.per * p.hw() * c).map(Some).collect(),
-            None => (0..p.chunks()).map(|_| None).collect(),
-        };
-        let chunk = ChunkGrad {
-            p: &p,
-            xs: &xs,
-            ws: &ws,
-            g_out: &g_out,
-            code: &code,
-        };
-        gx_chunks
-            .into_par_iter()
-            .zip(partials.par_chunks_mut(o * k + o))
-            .enumerate()
-            .for_each(|(ci, (gx, part))| chunk.run(ci, part, gx));
-        let gw: &mut [f32] = grads.get_or_alloc_mut(&w_ghost)?;
-        for part in partials.chunks_exact(o * k + o) {
-            for (a, v) in gw.iter_mut().zip(&part[..o * k]) {
-                *a += *v;
-            }
-        }
+        let partials = conv.backward((&xs, &ws), &g_out, &code, gx);
+        conv.add_weight_grad(&partials, grads.get_or_alloc_mut(&w_ghost)?);
         if let Some(b_ghost) = &b_ghost {
-            let gb: &mut [f32] = grads.get_or_alloc_mut(b_ghost)?;
-            for part in partials.chunks_exact(o * k + o) {
-                for (a, v) in gb.iter_mut().zip(&part[o * k..]) {
-                    *a += *v;
-                }
-            }
+            conv.add_bias_grad(&partials, grads.get_or_alloc_mut(b_ghost)?);
         }
         Ok(())
     });

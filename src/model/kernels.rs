@@ -98,11 +98,47 @@ pub(super) fn gemm_acc_with(
     b: Operand,
     parallel: bool,
 ) {
+    gemm_into(m, n, k, dst, a, b, parallel, true)
+}
+
+/// `dst = a b`, overwriting `dst` (whose old values are never read, so it
+/// need not be zeroed first), on the calling thread alone when `parallel`
+/// is false.
+pub(super) fn gemm_set_with(
+    m: usize,
+    n: usize,
+    k: usize,
+    dst: &mut [f32],
+    a: Operand,
+    b: Operand,
+    parallel: bool,
+) {
+    gemm_into(m, n, k, dst, a, b, parallel, false)
+}
+
+/// `dst = a b`, plus the old `dst` when `accumulate`.
+#[allow(clippy::too_many_arguments)]
+fn gemm_into(
+    m: usize,
+    n: usize,
+    k: usize,
+    dst: &mut [f32],
+    a: Operand,
+    b: Operand,
+    parallel: bool,
+    accumulate: bool,
+) {
     assert!(
         dst.len() == m * n && a.covers(m, k) && b.covers(k, n),
         "gemm operands do not match {m}x{k} times {k}x{n}"
     );
-    if m == 0 || n == 0 || k == 0 {
+    if m == 0 || n == 0 {
+        return;
+    }
+    if k == 0 {
+        if !accumulate {
+            dst.fill(0.0);
+        }
         return;
     }
     // SAFETY: the assert above keeps every index gemm forms, `i * rs + j * cs`
@@ -116,7 +152,7 @@ pub(super) fn gemm_acc_with(
             dst.as_mut_ptr(),
             1,
             n as isize,
-            true,
+            accumulate,
             a.data.as_ptr(),
             a.col_stride as isize,
             a.row_stride as isize,
@@ -164,7 +200,7 @@ impl HostBuf {
     /// A buffer of exactly `len` values, contents unspecified (a reused
     /// buffer keeps its old values): a pooled one of that length if there is
     /// one, else the smallest that is long enough, else a new one.
-    fn take(len: usize) -> Self {
+    pub(super) fn take(len: usize) -> Self {
         let pooled = POOL.with(|pool| {
             let mut pool = pool.borrow_mut();
             let pick = pool.iter().position(|v| v.len() == len).or_else(|| {
@@ -188,6 +224,21 @@ impl std::ops::Deref for HostBuf {
     type Target = [f32];
     fn deref(&self) -> &[f32] {
         &self.0
+    }
+}
+
+impl std::ops::DerefMut for HostBuf {
+    fn deref_mut(&mut self) -> &mut [f32] {
+        &mut self.0
+    }
+}
+
+impl HostBuf {
+    /// A buffer of `len` zeros (a pooled one, cleared).
+    pub(super) fn zeroed(len: usize) -> Self {
+        let mut b = Self::take(len);
+        b.0.fill(0.0);
+        b
     }
 }
 

@@ -3,7 +3,7 @@
 //! parameter store ([`network`]), the `model.py` written beside a model
 //! ([`pytorch`]), the device ops behind [`Backend`]
 //! (patches and pooling in [`ops`], the fused convolution block in [`conv`],
-//! batch norm in [`batchnorm_op`],
+//! batch norm in [`batchnorm_op`], a residual block as one op in [`block_op`],
 //! matmuls in [`kernels`], the KD loss in [`kd`], and the CUDA kernels of
 //! the fused ops in [`cuda`]), safetensors I/O with PyTorch names and layouts
 //! ([`io`]), the input normalisation stored with a model ([`input_norm`]), a
@@ -11,6 +11,7 @@
 //! ([`dir`]) and a spec checked against a dataset ([`compat`]).
 
 pub mod batchnorm_op;
+pub mod block_op;
 pub mod compat;
 pub mod conv;
 pub mod cuda;

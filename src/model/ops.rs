@@ -26,6 +26,7 @@ use dfdx::tensor::Gradients;
 use rayon::prelude::*;
 
 use super::batchnorm_op::{self, BatchNormOpts, Moments};
+use super::block_op::{self, BlockGeom, BlockMoments, BlockParams};
 use super::conv::{self, ConvOpts, ConvSpec};
 use super::kd::{self, KdTerms};
 use super::kernels::{self, LinearOpts};
@@ -54,6 +55,10 @@ impl ImageGeom {
         }
     }
 }
+
+/// A residual block's output and, in training, its batch norms' moments;
+/// `Err` hands the input back where the device has no block op.
+pub type BlockResult<D, T> = Result<(Matrix<D, T>, Option<BlockMoments>), Matrix<D, T>>;
 
 /// Matrix tensor with run-time dimensions.
 pub type Matrix<D, T = NoneTape> = Tensor<(usize, usize), f32, D, T>;
@@ -117,6 +122,17 @@ pub trait Backend: Device<f32> + Clone + 'static {
         residual: Option<&Matrix<Self>>,
         opts: BatchNormOpts<'_>,
     ) -> (Matrix<Self, T>, Option<Moments>);
+    /// A residual basic block as one op (see [`block_op`]), or `Err(x)`
+    /// where this device has none and the layer composes the block from the
+    /// ops above (the default).
+    fn basic_block<T: Tape<f32, Self>>(
+        &self,
+        x: Matrix<Self, T>,
+        _params: &BlockParams<'_, Self>,
+        _geom: BlockGeom,
+    ) -> BlockResult<Self, T> {
+        Err(x)
+    }
     /// Human-readable device name.
     fn describe(&self) -> String;
     /// Opens this kind of device afresh (the first of its kind). A device
@@ -176,6 +192,17 @@ impl Backend for Cpu {
         opts: BatchNormOpts<'_>,
     ) -> (Matrix<Self, T>, Option<Moments>) {
         batchnorm_op::batch_norm_cpu(self, x, gamma, beta, residual, opts)
+    }
+    fn basic_block<T: Tape<f32, Self>>(
+        &self,
+        x: Matrix<Self, T>,
+        params: &BlockParams<'_, Self>,
+        geom: BlockGeom,
+    ) -> BlockResult<Self, T> {
+        if geom.input.batch == 0 {
+            return Err(x);
+        }
+        Ok(block_op::basic_block_cpu(self, x, params, geom))
     }
     fn describe(&self) -> String {
         format!("cpu ({} threads)", rayon::current_num_threads())

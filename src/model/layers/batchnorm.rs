@@ -139,7 +139,7 @@ impl BatchNorm {
 
     /// The running statistics' update after a batch of `rows` values per
     /// channel with (biased) variance `var`.
-    fn track<D: Backend>(&self, ctx: &Ctx<'_, D>, mean: Vec<f32>, var: Vec<f32>, rows: usize) {
+    pub fn track<D: Backend>(&self, ctx: &Ctx<'_, D>, mean: Vec<f32>, var: Vec<f32>, rows: usize) {
         let unbias = if rows > 1 {
             rows as f32 / (rows - 1) as f32
         } else {

@@ -163,7 +163,7 @@ impl Conv {
         s
     }
 
-    fn geom(&self, batch: usize) -> ImageGeom {
+    pub fn geom(&self, batch: usize) -> ImageGeom {
         ImageGeom {
             batch,
             channels: self.in_channels,

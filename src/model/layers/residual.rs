@@ -16,7 +16,8 @@
 
 use dfdx::prelude::*;
 
-use super::{BatchNorm, BufferDecl, Conv, Ctx, Features, ParamDecl};
+use super::{BatchNorm, BufferDecl, Conv, Ctx, Features, Mode, ParamDecl};
+use crate::model::block_op::{BlockGeom, BlockNorm, BlockParams};
 use crate::model::ops::{Backend, Matrix};
 
 /// The PyTorch class of the block, for `model.py`.
@@ -190,10 +191,61 @@ impl BasicBlock {
         )
     }
 
-    /// Shortcut, then main path, on one tape; the last batch norm adds the
-    /// shortcut and applies the ReLU in the same op (the shortcut enters it
-    /// untaped, its gradient flows by id).
+    /// The block as one op where the device has one ([`Backend::basic_block`],
+    /// the CPU), else composed from the layer ops ([`Self::forward_composed`]);
+    /// both give the same bits. In training, the running statistics move
+    /// towards the batch's.
     pub fn forward<D: Backend, T: Tape<f32, D>>(
+        &self,
+        x: Matrix<D, T>,
+        ctx: &Ctx<'_, D>,
+    ) -> Matrix<D, T> {
+        #[cfg(test)]
+        if tests::COMPOSED.with(|c| c.get()) {
+            return self.forward_composed(x, ctx);
+        }
+        let running = |at: usize| match ctx.mode {
+            Mode::Train => None,
+            Mode::Eval => Some((ctx.buffers[at].get(), ctx.buffers[at + 1].get())),
+        };
+        let (r1, r2) = (running(0), running(3));
+        let rs = self.shortcut.and_then(|_| running(6));
+        let norm = |at, r| block_norm(ctx, at, r);
+        let params = BlockParams {
+            conv1: ctx.matrix(0),
+            bn1: norm(1, &r1),
+            conv2: ctx.matrix(3),
+            bn2: norm(4, &r2),
+            shortcut: self.shortcut.map(|_| (ctx.matrix(6), norm(7, &rs))),
+        };
+        let geom = BlockGeom {
+            input: self.conv1.geom(ctx.batch),
+            out_channels: self.out_channels(),
+            stride: self.stride(),
+            input_grad: ctx.input_grad,
+        };
+        match ctx.device.basic_block(x, &params, geom) {
+            Ok((y, moments)) => {
+                if let Some(m) = moments {
+                    let rows = geom.output().rows();
+                    self.bn1
+                        .track(&ctx.sub(1..3, 0..3), m.bn1.mean, m.bn1.var, rows);
+                    self.bn2
+                        .track(&ctx.sub(4..6, 3..6), m.bn2.mean, m.bn2.var, rows);
+                    if let (Some((_, bn)), Some(s)) = (&self.shortcut, m.shortcut) {
+                        bn.track(&ctx.sub(7..9, 6..9), s.mean, s.var, rows);
+                    }
+                }
+                y
+            }
+            Err(x) => self.forward_composed(x, ctx),
+        }
+    }
+
+    /// Shortcut, then main path, on one tape, from the layer ops; the last
+    /// batch norm adds the shortcut and applies the ReLU in the same op (the
+    /// shortcut enters it untaped, its gradient flows by id).
+    pub fn forward_composed<D: Backend, T: Tape<f32, D>>(
         &self,
         x: Matrix<D, T>,
         ctx: &Ctx<'_, D>,
@@ -216,22 +268,48 @@ impl BasicBlock {
     }
 }
 
+/// The batch norm whose parameters are `at` and `at + 1` of `ctx`, with the
+/// running statistics `r` (evaluation).
+fn block_norm<'a: 'b, 'b, D: Backend>(
+    ctx: &Ctx<'a, D>,
+    at: usize,
+    r: &'b Option<(Vec<f32>, Vec<f32>)>,
+) -> BlockNorm<'b, D> {
+    BlockNorm {
+        gamma: ctx.vector(at),
+        beta: ctx.vector(at + 1),
+        running: r.as_ref().map(|(m, v)| (m.as_slice(), v.as_slice())),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::super::Mode;
     use crate::model::network::{Network, ParamValue};
     use crate::model::spec::ModelSpec;
     use dfdx::prelude::*;
+    use std::cell::Cell;
+
+    thread_local! {
+        /// Set: blocks run composed from the layer ops, not as one op.
+        pub(super) static COMPOSED: Cell<bool> = const { Cell::new(false) };
+    }
 
     /// A training step of a small ResNet (stride-2 blocks, projections, the
     /// fused batch norms): logits, every parameter's gradient and every
-    /// buffer after the step.
+    /// buffer after the step, then the logits in evaluation.
     fn step(threads: usize) -> Vec<Vec<f32>> {
+        step_with(threads, false)
+    }
+
+    /// [`step`], with the blocks composed from the layer ops if `composed`.
+    fn step_with(threads: usize, composed: bool) -> Vec<Vec<f32>> {
         let pool = rayon::ThreadPoolBuilder::new()
             .num_threads(threads)
             .build()
             .expect("thread pool");
         pool.install(|| {
+            COMPOSED.with(|c| c.set(composed));
             let spec = ModelSpec::parse("resnet:i2x12x10-4x2-8x1-16x1-3").unwrap();
             let dev = Cpu::seed_from_u64(0);
             let net = Network::new(spec.clone(), dev.clone(), 7);
@@ -259,8 +337,22 @@ mod tests {
                 });
             }
             out.extend(net.buffers().iter().map(|b| b.get()));
+            out.push(net.forward_mode(x, Mode::Eval).as_vec());
             out
         })
+    }
+
+    #[test]
+    fn the_block_op_gives_the_composed_ops_bits() {
+        for threads in [1, 2] {
+            let (fused, composed) = (step_with(threads, false), step_with(threads, true));
+            assert_eq!(fused.len(), composed.len());
+            for (i, (a, b)) in fused.iter().zip(&composed).enumerate() {
+                let same =
+                    a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits());
+                assert!(same, "{threads} threads, output {i}: {a:?} vs {b:?}");
+            }
+        }
     }
 
     #[test]
