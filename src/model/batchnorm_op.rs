@@ -33,9 +33,9 @@ use dfdx::tensor::Gradients;
 use rayon::prelude::*;
 
 use super::conv::with_channels;
-use crate::simd::wide_kernel;
 use super::kernels::host_copy;
 use super::ops::Matrix;
+use crate::simd::wide_kernel;
 
 /// PyTorch's default `eps`.
 pub const EPS: f32 = 1e-5;

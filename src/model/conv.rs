@@ -38,7 +38,9 @@ use dfdx::prelude::*;
 use dfdx::tensor::Gradients;
 use rayon::prelude::*;
 
-use super::kernels::{gemm_acc_with, gemm_set_with, host_copy, linear_generic, LinearOpts, Operand};
+use super::kernels::{
+    gemm_acc_with, gemm_set_with, host_copy, linear_generic, LinearOpts, Operand,
+};
 use super::ops::{im2col_gather, max_pool2_gather, Backend, ImageGeom, Matrix};
 
 /// What [`crate::model::Backend::conv3x3`] computes besides conv + bias + ReLU.
@@ -83,26 +85,33 @@ thread_local! {
     static SCRATCH: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
 }
 
-/// Runs `f` on this thread's scratch buffer of at least `len` floats
-/// (contents unspecified). `f` must not re-enter rayon.
-fn with_scratch<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
-    SCRATCH.with(|cell| {
-        let mut buf = cell.borrow_mut();
-        if buf.len() < len {
-            buf.resize(len, 0.0);
-        }
-        f(&mut buf[..len])
-    })
+/// Takes this thread's scratch buffer, grown to at least `len` floats
+/// (contents unspecified); [`put_scratch`] gives it back. A buffer rather
+/// than a closure, so the kernels that use it compile as one function per
+/// vector level ([`crate::simd`]).
+fn take_scratch(len: usize) -> Vec<f32> {
+    let mut buf = SCRATCH.with(|cell| std::mem::take(&mut *cell.borrow_mut()));
+    if buf.len() < len {
+        buf.resize(len, 0.0);
+    }
+    buf
+}
+
+/// Returns a buffer of [`take_scratch`] for the next call on this thread.
+fn put_scratch(buf: Vec<f32>) {
+    SCRATCH.with(|cell| *cell.borrow_mut() = buf);
 }
 
 /// Writes the 3x3 patches (zero padding 1) of consecutive channels-last
 /// `h x w x c` images in `src` into `dst`, one row of `9c` values per pixel,
 /// column `tap * c + channel` with `tap = 3 dy + dx`.
+#[inline(always)]
 pub(super) fn fill_patches(src: &[f32], h: usize, w: usize, c: usize, dst: &mut [f32]) {
     with_channels!(c, fill_patches_for, src, h, w, c, dst)
 }
 
 /// [`fill_patches`] for `C` channels (`C == 0`: `c` at run time).
+#[inline(always)]
 fn fill_patches_for<const C: usize>(src: &[f32], h: usize, w: usize, c: usize, dst: &mut [f32]) {
     let c = if C == 0 { c } else { C };
     let k = 9 * c;
@@ -154,11 +163,13 @@ fn fill_patches_for<const C: usize>(src: &[f32], h: usize, w: usize, c: usize, d
 
 /// The adjoint of [`fill_patches`]: adds each patch value back onto the pixel
 /// it was copied from (`gx += col2im(dpatches)`).
+#[inline(always)]
 pub(super) fn add_patches(dpatches: &[f32], h: usize, w: usize, c: usize, gx: &mut [f32]) {
     with_channels!(c, add_patches_for, dpatches, h, w, c, gx)
 }
 
 /// [`add_patches`] for `C` channels (`C == 0`: `c` at run time).
+#[inline(always)]
 fn add_patches_for<const C: usize>(dpatches: &[f32], h: usize, w: usize, c: usize, gx: &mut [f32]) {
     let c = if C == 0 { c } else { C };
     let k = 9 * c;
@@ -206,11 +217,13 @@ fn tap_source(p: &Plan, (oy, ox): (usize, usize), (dy, dx): (usize, usize)) -> O
 /// channels-last images in `src` into `dst`, one row of `kernel^2 c` values
 /// per output pixel, column `tap * c + channel` with `tap = kernel dy + dx`:
 /// [`fill_patches`] for stride 2 and for 1x1 kernels.
+#[inline(always)]
 fn fill_patches_strided(src: &[f32], p: &Plan, dst: &mut [f32]) {
     with_channels!(p.g.channels, fill_patches_strided_for, src, p, dst)
 }
 
 /// [`fill_patches_strided`] for `C` channels (`C == 0`: at run time).
+#[inline(always)]
 fn fill_patches_strided_for<const C: usize>(src: &[f32], p: &Plan, dst: &mut [f32]) {
     let c = if C == 0 { p.g.channels } else { C };
     for (img, out) in src
@@ -229,11 +242,13 @@ fn fill_patches_strided_for<const C: usize>(src: &[f32], p: &Plan, dst: &mut [f3
 
 /// The adjoint of [`fill_patches_strided`]: adds each patch value back onto
 /// the pixel it was copied from.
+#[inline(always)]
 fn add_patches_strided(dpatches: &[f32], p: &Plan, gx: &mut [f32]) {
     with_channels!(p.g.channels, add_patches_strided_for, dpatches, p, gx)
 }
 
 /// [`add_patches_strided`] for `C` channels (`C == 0`: at run time).
+#[inline(always)]
 fn add_patches_strided_for<const C: usize>(dpatches: &[f32], p: &Plan, gx: &mut [f32]) {
     let c = if C == 0 { p.g.channels } else { C };
     for (img, rows) in gx
@@ -409,6 +424,7 @@ impl Plan {
     }
     /// Writes the patches of the `n` images in `src` into `dst`; returns
     /// the patch matrix (`src` itself for a direct plan).
+    #[inline(always)]
     fn patches<'a>(&self, src: &'a [f32], dst: &'a mut [f32]) -> &'a [f32] {
         if self.direct() {
             src
@@ -432,11 +448,13 @@ impl Plan {
 
 /// Pools one chunk's ReLU'd conv output (`n` images of `h x w x o`) into
 /// `dst` and records the winning window position per output value.
+#[inline(always)]
 fn pool_chunk(p: &Plan, n: usize, conv: &[f32], dst: &mut [f32], code: &mut [u8]) {
     with_channels!(p.o, pool_chunk_for, p, n, conv, dst, code)
 }
 
 /// [`pool_chunk`] for `O` output channels (`O == 0`: `p.o` at run time).
+#[inline(always)]
 fn pool_chunk_for<const O: usize>(
     p: &Plan,
     n: usize,
@@ -489,11 +507,13 @@ fn pool_window(q: [f32; 4]) -> (f32, u8) {
 
 /// The gradient of one chunk's conv output (`n * h * w x o`) from the
 /// gradient of its (pooled) output and the forward's codes.
+#[inline(always)]
 fn conv_grad_chunk(p: &Plan, n: usize, g_out: &[f32], code: &[u8], gconv: &mut [f32]) {
     with_channels!(p.o, conv_grad_chunk_for, p, n, g_out, code, gconv)
 }
 
 /// [`conv_grad_chunk`] for `O` output channels (`O == 0`: `p.o` at run time).
+#[inline(always)]
 fn conv_grad_chunk_for<const O: usize>(
     p: &Plan,
     n: usize,
@@ -557,6 +577,7 @@ fn chunks_or_none<T>(v: &mut [T], span: usize, chunks: usize) -> Vec<Option<&mut
 }
 
 /// `conv = relu?(patches W^T + b)` for `rows` pixels, in the plan's layout.
+#[inline(always)]
 fn conv_rows(
     p: &Plan,
     (ws, bias): (&[f32], &[f32]),
@@ -604,14 +625,38 @@ fn forward_chunk(
     dst: &mut [f32],
     code: Option<&mut [u8]>,
 ) {
-    let o = p.o;
     let n = src.len() / (p.hw() * p.g.channels);
     let rows = n * p.conv_hw();
-    // Pixel-major without a pool: gemm writes the output in place.
-    let in_place = !p.pool && !p.channel_major;
-    let conv_len = if in_place { 0 } else { rows * o };
-    with_scratch(p.patch_len(rows) + conv_len, |s| {
-        let (pbuf, conv) = s.split_at_mut(p.patch_len(rows));
+    let mut s = take_scratch(p.patch_len(rows) + forward_conv_len(p, rows));
+    forward_chunk_in(p, params, (src, n), dst, code, &mut s);
+    put_scratch(s);
+}
+
+/// Scratch floats for a chunk's conv output before it is pooled or
+/// transposed into the output (none when gemm writes the output in place).
+fn forward_conv_len(p: &Plan, rows: usize) -> usize {
+    match !p.pool && !p.channel_major {
+        true => 0,
+        false => rows * p.o,
+    }
+}
+
+crate::simd::wide_kernel! {
+    /// [`forward_chunk`] on the scratch `s`, per vector level.
+    fn forward_chunk_in(
+        p: &Plan,
+        params: (&[f32], &[f32]),
+        src_n: (&[f32], usize),
+        dst: &mut [f32],
+        code: Option<&mut [u8]>,
+        s: &mut [f32],
+    ) {
+        let ((src, n), o) = (src_n, p.o);
+        let rows = n * p.conv_hw();
+        // Pixel-major without a pool: gemm writes the output in place.
+        let in_place = forward_conv_len(p, rows) == 0;
+        let (pbuf, rest) = s.split_at_mut(p.patch_len(rows));
+        let conv = &mut rest[..forward_conv_len(p, rows)];
         let patches = p.patches(src, pbuf);
         if in_place {
             conv_rows(p, params, patches, rows, dst);
@@ -634,7 +679,7 @@ fn forward_chunk(
                 *c = u8::from(*v > 0.0);
             }
         }
-    });
+    }
 }
 
 /// The backward pass of chunk `ci`: its partial `dW` (and `db`) into
@@ -649,48 +694,66 @@ struct ChunkGrad<'a> {
 
 impl ChunkGrad<'_> {
     fn run(&self, ci: usize, part: &mut [f32], gx: Option<&mut [f32]>) {
-        let (p, c, o, k) = (self.p, self.p.g.channels, self.p.o, self.p.k());
+        let p = self.p;
+        let rows = p.images(ci) * p.conv_hw();
+        let gconv_len = if p.coded() { rows * p.o } else { 0 };
+        let dpatch_len = if gx.is_some() { p.patch_len(rows) } else { 0 };
+        let mut s = take_scratch(p.patch_len(rows) + gconv_len + dpatch_len);
+        chunk_grad_in(self, ci, (part, gx), gconv_len, &mut s);
+        put_scratch(s);
+    }
+}
+
+crate::simd::wide_kernel! {
+    /// [`ChunkGrad::run`] on the scratch `s` (`gconv_len` floats of it for
+    /// the conv output's gradient), per vector level.
+    fn chunk_grad_in(
+        cg: &ChunkGrad,
+        ci: usize,
+        part_gx: (&mut [f32], Option<&mut [f32]>),
+        gconv_len: usize,
+        s: &mut [f32],
+    ) {
+        let (part, gx) = part_gx;
+        let (p, c, o, k) = (cg.p, cg.p.g.channels, cg.p.o, cg.p.k());
         let n = p.images(ci);
         let rows = n * p.conv_hw();
-        let src = &self.xs[ci * p.per * p.hw() * c..][..n * p.hw() * c];
+        let src = &cg.xs[ci * p.per * p.hw() * c..][..n * p.hw() * c];
         let span = ci * p.per * p.out_hw * o..(ci * p.per + n) * p.out_hw * o;
-        let g_out = &self.g_out[span.clone()];
-        let gconv_len = if p.coded() { rows * o } else { 0 };
-        let dpatch_len = if gx.is_some() { p.patch_len(rows) } else { 0 };
-        with_scratch(p.patch_len(rows) + gconv_len + dpatch_len, |s| {
-            let (pbuf, rest) = s.split_at_mut(p.patch_len(rows));
-            let (gbuf, dpatches) = rest.split_at_mut(gconv_len);
-            // The conv output's gradient: masked and unpooled into the
-            // scratch, or the output gradient itself.
-            let (view, gconv, (ps, cs)) = if p.coded() {
-                conv_grad_chunk(p, n, g_out, &self.code[span], gbuf);
-                (p.conv_view(gbuf, rows), &*gbuf, p.strides(rows))
-            } else {
-                (Operand::rows(g_out, o), g_out, (o, 1))
-            };
-            let patches = p.patches(src, pbuf);
-            let (pw, pb) = part.split_at_mut(o * k);
-            gemm_acc_with(o, k, rows, pw, view.t(), Operand::rows(patches, k), false);
-            if p.bias {
-                for px in 0..rows {
-                    for (ch, b) in pb.iter_mut().enumerate() {
-                        *b += gconv[px * ps + ch * cs];
-                    }
+        let g_out = &cg.g_out[span.clone()];
+        let (pbuf, rest) = s.split_at_mut(p.patch_len(rows));
+        let (gbuf, dpatches) = rest.split_at_mut(gconv_len);
+        // The conv output's gradient: masked and unpooled into the
+        // scratch, or the output gradient itself.
+        let (view, gconv, (ps, cs)) = if p.coded() {
+            conv_grad_chunk(p, n, g_out, &cg.code[span], gbuf);
+            (p.conv_view(gbuf, rows), &*gbuf, p.strides(rows))
+        } else {
+            (Operand::rows(g_out, o), g_out, (o, 1))
+        };
+        let patches = p.patches(src, pbuf);
+        let (pw, pb) = part.split_at_mut(o * k);
+        gemm_acc_with(o, k, rows, pw, view.t(), Operand::rows(patches, k), false);
+        if p.bias {
+            for px in 0..rows {
+                for (ch, b) in pb.iter_mut().enumerate() {
+                    *b += gconv[px * ps + ch * cs];
                 }
             }
-            let Some(gx) = gx else { return };
-            let wb = Operand::rows(self.ws, k);
-            if p.direct() {
-                gemm_acc_with(rows, k, o, gx, view, wb, false);
-                return;
-            }
-            gemm_set_with(rows, k, o, dpatches, view, wb, false);
-            if p.kernel == 3 && p.stride == 1 {
-                add_patches(dpatches, p.g.height, p.g.width, c, gx);
-            } else {
-                add_patches_strided(dpatches, p, gx);
-            }
-        });
+        }
+        let Some(gx) = gx else { return };
+        let wb = Operand::rows(cg.ws, k);
+        if p.direct() {
+            gemm_acc_with(rows, k, o, gx, view, wb, false);
+            return;
+        }
+        let dpatches = &mut dpatches[..p.patch_len(rows)];
+        gemm_set_with(rows, k, o, dpatches, view, wb, false);
+        if p.kernel == 3 && p.stride == 1 {
+            add_patches(dpatches, p.g.height, p.g.width, c, gx);
+        } else {
+            add_patches_strided(dpatches, p, gx);
+        }
     }
 }
 

@@ -205,7 +205,11 @@ impl Backend for Cpu {
         Ok(block_op::basic_block_cpu(self, x, params, geom))
     }
     fn describe(&self) -> String {
-        format!("cpu ({} threads)", rayon::current_num_threads())
+        format!(
+            "cpu ({} threads, {} kernels)",
+            rayon::current_num_threads(),
+            crate::simd::level().name()
+        )
     }
     fn open_default() -> Result<Self, String> {
         Ok(Cpu::default())
