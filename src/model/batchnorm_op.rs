@@ -201,7 +201,25 @@ fn input_grad_set<const C: usize>(
 /// time).
 #[inline(always)]
 fn shifted_sums<const C: usize>(chunk: &[f32], pivot: &[f32], c: usize, part: &mut [f64]) {
-    let c = if C == 0 { c } else { C };
+    if C > 0 {
+        // The sums in local arrays the compiler keeps in vector registers
+        // (the same order of additions per channel, from zero).
+        let (mut s1, mut s2) = ([0f64; C], [0f64; C]);
+        let pivot: &[f32; C] = pivot[..C].try_into().expect("C pivots");
+        for row in chunk.chunks_exact(C) {
+            let row: &[f32; C] = row.try_into().expect("rows of C values");
+            for ch in 0..C {
+                let d = (row[ch] - pivot[ch]) as f64;
+                s1[ch] += d;
+                s2[ch] += d * d;
+            }
+        }
+        for ch in 0..C {
+            part[ch] += s1[ch];
+            part[C + ch] += s2[ch];
+        }
+        return;
+    }
     let (s1, s2) = part.split_at_mut(c);
     let (s1, s2, pivot) = (&mut s1[..c], &mut s2[..c], &pivot[..c]);
     for row in chunk.chunks_exact(c) {
@@ -280,6 +298,26 @@ fn grad_sums<const C: usize>(
         for (v, m) in g.iter_mut().zip(mask) {
             *v = if *m != 0 { *v } else { 0.0 };
         }
+    }
+    if C > 0 {
+        // As in `shifted_sums`: local sums in vector registers.
+        let (mut s1, mut s2) = ([0f64; C], [0f64; C]);
+        let mean: &[f32; C] = mean[..C].try_into().expect("C means");
+        let inv: &[f32; C] = inv[..C].try_into().expect("C scales");
+        for (row, gr) in x.chunks_exact(C).zip(g.chunks_exact(C)) {
+            let row: &[f32; C] = row.try_into().expect("rows of C values");
+            let gr: &[f32; C] = gr.try_into().expect("rows of C values");
+            for ch in 0..C {
+                let xhat = (row[ch] - mean[ch]) * inv[ch];
+                s1[ch] += gr[ch] as f64;
+                s2[ch] += (gr[ch] * xhat) as f64;
+            }
+        }
+        for ch in 0..C {
+            part[ch] += s1[ch];
+            part[C + ch] += s2[ch];
+        }
+        return;
     }
     let (s1, s2) = part.split_at_mut(c);
     let (s1, s2, mean, inv) = (&mut s1[..c], &mut s2[..c], &mean[..c], &inv[..c]);
