@@ -186,7 +186,10 @@ class Distill:
                "--batch", str(a.batch), "--optimizer", "adam", "--lr", str(a.lr),
                "--schedule", "constant", "--seed", str(a.seed), "--quiet", "--out", out_dir,
                # The recipe is pixels / 255 for both sides.
-               "--normalize", "none"]
+               "--normalize", "none",
+               # Both sides train all 60,000 images: no validation split
+               # held out (distill's default holds out 10%).
+               "--val-fraction", "0"]
         if cache:
             cmd += ["--cache", cache, "-T", str(a.temperature), "--alpha", str(a.alpha)]
         run(cmd, self.env)
