@@ -141,22 +141,67 @@ fn gemm_into(
         }
         return;
     }
+    if parallel && n >= SPLIT_MIN_COLS {
+        // Two column blocks, one gemm each on its own thread: each packs its
+        // own half of `b`, where one parallel gemm packs all of it on the
+        // calling thread while the others wait.
+        let half = (n / 2).next_multiple_of(16);
+        let dst = DstPtr(dst.as_mut_ptr());
+        let block = |cols: std::ops::Range<usize>| {
+            // SAFETY: the assert above covers every column of `dst` and `b`;
+            // the two blocks write disjoint columns of `dst`, which aliases
+            // neither operand.
+            unsafe { gemm_block(m, n, k, dst, a, b, cols, accumulate) }
+        };
+        rayon::join(|| block(0..half), || block(half..n));
+        return;
+    }
+    let dst = DstPtr(dst.as_mut_ptr());
     // SAFETY: the assert above keeps every index gemm forms, `i * rs + j * cs`
     // over the stated extents, inside the slices; `dst` is a unique borrow, so
     // it aliases neither operand.
+    unsafe { gemm_block(m, n, k, dst, a, b, 0..n, accumulate) }
+}
+
+/// Below this many output columns a product runs as one gemm.
+const SPLIT_MIN_COLS: usize = 256;
+
+/// The output of a gemm, shared by the column blocks that write it.
+#[derive(Clone, Copy)]
+struct DstPtr(*mut f32);
+// SAFETY: the blocks that share it write disjoint columns.
+unsafe impl Send for DstPtr {}
+unsafe impl Sync for DstPtr {}
+
+/// Columns `cols` of `dst (m x n, row-major) (+)= a b`, on this thread.
+///
+/// # Safety
+/// `dst` holds `m * n` values, `a` covers `m x k` and `b` covers `k x n`,
+/// `cols` lies within `0..n`, and no other writer touches these columns.
+#[allow(clippy::too_many_arguments)]
+unsafe fn gemm_block(
+    m: usize,
+    n: usize,
+    k: usize,
+    dst: DstPtr,
+    a: Operand,
+    b: Operand,
+    cols: std::ops::Range<usize>,
+    accumulate: bool,
+) {
     unsafe {
         gemm::gemm(
             m,
-            n,
+            cols.len(),
             k,
-            dst.as_mut_ptr(),
+            dst.0.add(cols.start),
             1,
             n as isize,
             accumulate,
             a.data.as_ptr(),
             a.col_stride as isize,
             a.row_stride as isize,
-            b.data.as_ptr(),
+            b.data.as_ptr().add(cols.start * b.col_stride),
             b.col_stride as isize,
             b.row_stride as isize,
             1.0,
@@ -164,10 +209,7 @@ fn gemm_into(
             false,
             false,
             false,
-            match parallel {
-                true => gemm::Parallelism::Rayon(rayon::current_num_threads()),
-                false => gemm::Parallelism::None,
-            },
+            gemm::Parallelism::None,
         )
     }
 }
