@@ -477,7 +477,14 @@ pub(super) mod tests {
         [values, gx, grads.get(&w).as_vec(), grads.get(&b).as_vec()]
     }
 
-    const SHAPES: [(usize, usize, usize); 4] = [(3, 5, 4), (1, 1, 1), (17, 33, 9), (64, 70, 130)];
+    /// The last runs every product as two column blocks (256 columns or more).
+    const SHAPES: [(usize, usize, usize); 5] = [
+        (3, 5, 4),
+        (1, 1, 1),
+        (17, 33, 9),
+        (64, 70, 130),
+        (40, 300, 270),
+    ];
 
     #[test]
     fn linear_cpu_matches_dfdx_matmul() {
@@ -532,6 +539,25 @@ pub(super) mod tests {
         let fourth = host_copy(&a);
         assert_ne!(fourth.as_ptr(), third.as_ptr());
         assert_eq!(&*fourth, a.as_vec().as_slice());
+    }
+
+    #[test]
+    fn column_split_products_give_the_same_bits_on_any_thread_count() {
+        let opts = LinearOpts {
+            relu: true,
+            input_grad: true,
+        };
+        let on = |threads: usize| {
+            rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .expect("thread pool")
+                .install(|| pass(true, SHAPES[4], opts))
+        };
+        let one = on(1);
+        assert!(one.iter().all(|v| !v.is_empty()));
+        assert_eq!(one, on(2));
+        assert_eq!(one, on(3));
     }
 
     #[test]
