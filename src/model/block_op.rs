@@ -16,7 +16,9 @@
 //! including the order in which the two paths' gradients are added into the
 //! input's (the identity shortcut's first, then the main path's; with a
 //! projection, the main path's first), so the outputs, gradients and running
-//! statistics are bit-identical to the composed path's for any thread count.
+//! statistics are bit-identical to the composed path's for any thread count
+//! (the block's batch norms write their input gradients where the composed
+//! ops add them to zero, which can differ only in the sign of a zero).
 
 use dfdx::prelude::*;
 use dfdx::tensor::Gradients;
@@ -29,7 +31,7 @@ use super::ops::{ImageGeom, Matrix};
 /// A vector parameter.
 type Vector<D> = Tensor<(usize,), f32, D>;
 
-/// Rows per chunk of the gradient additions.
+/// Values per parallel chunk of the gradient additions.
 const ADD_SPAN: usize = 16 * 1024;
 
 /// A batch norm of the block: its parameters and, in evaluation, the running
