@@ -22,7 +22,17 @@ pub(crate) enum Dispatch {
 /// Runs a command on the device named by `--device`.
 pub(crate) fn with_device(name: &str, what: Dispatch) -> Result<()> {
     match name {
-        "cpu" => dispatch(dfdx::prelude::Cpu::default(), what),
+        "cpu" => match what {
+            // A sweep trains on job threads of its own; its command must not
+            // hold one of the pool's threads while they run.
+            Dispatch::Sweep(_) => dispatch(dfdx::prelude::Cpu::default(), what),
+            // Any other command runs on one of rayon's threads, so the thread
+            // that runs the serial parts of a step is one of the pool's: each
+            // parallel region starts on it and hands the other half to a
+            // worker, where from outside the pool every region would wake the
+            // workers and block the caller until they are done.
+            _ => rayon::scope(move |_| dispatch(dfdx::prelude::Cpu::default(), what)),
+        },
         "cuda" => {
             #[cfg(feature = "cuda")]
             {
