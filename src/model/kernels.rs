@@ -30,6 +30,7 @@
 use dfdx::prelude::*;
 use dfdx::tensor::Gradients;
 use rayon::prelude::*;
+use std::sync::Arc;
 
 use super::ops::Matrix;
 
@@ -308,6 +309,23 @@ impl Drop for HostBuf {
     }
 }
 
+/// A weight matrix on the host: the optimizer's shared copy or one made
+/// for this op.
+enum HostRows {
+    Shared(Arc<Vec<f32>>),
+    Copied(HostBuf),
+}
+
+impl std::ops::Deref for HostRows {
+    type Target = [f32];
+    fn deref(&self) -> &[f32] {
+        match self {
+            HostRows::Shared(v) => v,
+            HostRows::Copied(b) => b,
+        }
+    }
+}
+
 /// `relu?(x W^T + b)` for `x: (batch, in)`, `w: (out, in)`, `b: (out,)`,
 /// with the backward pass on `x`'s tape (gradients for `w` and `b` too).
 /// `x` must be contiguous, as every op of the network leaves it.
@@ -315,6 +333,7 @@ pub fn linear_cpu<T: Tape<f32, Cpu>>(
     dev: &Cpu,
     x: Matrix<Cpu, T>,
     w: &Matrix<Cpu>,
+    w_host: Option<&Arc<Vec<f32>>>,
     b: &Tensor<(usize,), f32, Cpu>,
     opts: LinearOpts,
 ) -> Matrix<Cpu, T> {
@@ -328,7 +347,11 @@ pub fn linear_cpu<T: Tape<f32, Cpu>>(
         b.shape()
     );
     let xs = host_copy(&x);
-    let ws = host_copy(w);
+    // The weights' host copy when the optimizer keeps one, else a copy now.
+    let ws = match w_host {
+        Some(h) if h.len() == outputs * inputs => HostRows::Shared(Arc::clone(h)),
+        _ => HostRows::Copied(host_copy(w)),
+    };
     let mut out = Vec::with_capacity(batch * outputs);
     let bias = host_copy(b);
     for _ in 0..batch {
@@ -342,13 +365,28 @@ pub fn linear_cpu<T: Tape<f32, Cpu>>(
         Operand::rows(&xs, inputs),
         Operand::transposed(&ws, inputs),
     );
-    if opts.relu {
-        out.iter_mut().for_each(|v| *v = v.max(0.0));
-    }
     // With a ReLU the backward masks the gradient by where the output is
     // positive; inference (no tape) needs no mask.
-    let mask: Option<Vec<bool>> =
-        (opts.relu && T::OWNS_TAPE).then(|| out.iter().map(|v| *v > 0.0).collect());
+    let mask: Option<Vec<bool>> = match (opts.relu, T::OWNS_TAPE) {
+        (false, _) => None,
+        (true, false) => {
+            out.par_chunks_mut(outputs)
+                .for_each(|row| row.iter_mut().for_each(|v| *v = v.max(0.0)));
+            None
+        }
+        (true, true) => {
+            let mut mask = vec![false; out.len()];
+            out.par_chunks_mut(outputs)
+                .zip(mask.par_chunks_mut(outputs))
+                .for_each(|(row, keep)| {
+                    for (v, k) in row.iter_mut().zip(keep) {
+                        *k = *v > 0.0;
+                        *v = v.max(0.0);
+                    }
+                });
+            Some(mask)
+        }
+    };
     let out = dev.tensor_from_vec(out, (batch, outputs));
     let (x_ghost, w_ghost, b_ghost, out_ghost) = (x.ghost(), w.ghost(), b.ghost(), out.ghost());
     let dev = dev.clone();
@@ -461,7 +499,7 @@ pub(super) mod tests {
         let r = random(&dev, (batch, outputs), 4);
         let apply = |x: Matrix<Cpu, OwnedTape<f32, Cpu>>| {
             if cpu_op {
-                linear_cpu(&dev, x, &w, &b, opts)
+                linear_cpu(&dev, x, &w, None, &b, opts)
             } else {
                 linear_generic(x, &w, &b, opts)
             }
@@ -501,6 +539,38 @@ pub(super) mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn linear_cpu_reads_a_host_copy_of_the_weights_to_the_same_bits() {
+        let dev = Cpu::seed_from_u64(0);
+        let (batch, inputs, outputs) = SHAPES[4];
+        let x = random(&dev, (batch, inputs), 1);
+        let w = random(&dev, (outputs, inputs), 2);
+        let b = random(&dev, (outputs,), 3);
+        let r = random(&dev, (batch, outputs), 4);
+        let copy = Arc::new(w.as_vec());
+        let opts = LinearOpts {
+            relu: true,
+            input_grad: true,
+        };
+        let run = |host: Option<&Arc<Vec<f32>>>| {
+            let y = linear_cpu(&dev, x.leaky_trace(), &w, host, &b, opts);
+            let values = y.retaped::<NoneTape>().as_vec();
+            let y = linear_cpu(&dev, x.leaky_trace(), &w, host, &b, opts);
+            let grads = (y * r.clone()).sum::<Rank0, _>().backward();
+            let bits = |v: Vec<f32>| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+            [
+                bits(values),
+                bits(grads.get(&x).as_vec()),
+                bits(grads.get(&w).as_vec()),
+                bits(grads.get(&b).as_vec()),
+            ]
+        };
+        assert_eq!(run(Some(&copy)), run(None));
+        // A copy of the wrong length is never read: the tensor is copied.
+        let short = Arc::new(vec![0f32; 3]);
+        assert_eq!(run(Some(&short)), run(None));
     }
 
     #[test]
@@ -581,10 +651,10 @@ pub(super) mod tests {
             relu: false,
             input_grad: true,
         };
-        let y = linear_cpu(&dev, x.clone(), &w, &b, opts).as_vec();
+        let y = linear_cpu(&dev, x.clone(), &w, None, &b, opts).as_vec();
         assert_eq!(y, vec![1.5, -1.0, -4.0]);
         opts.relu = true;
-        let y = linear_cpu(&dev, x, &w, &b, opts).as_vec();
+        let y = linear_cpu(&dev, x, &w, None, &b, opts).as_vec();
         assert_eq!(y, vec![1.5, 0.0, 0.0]);
     }
 
@@ -602,11 +672,11 @@ pub(super) mod tests {
             relu: false,
             input_grad: true,
         };
-        let grads = (linear_cpu(&dev, x.leaky_trace(), &w, &b, opts) * r.clone())
+        let grads = (linear_cpu(&dev, x.leaky_trace(), &w, None, &b, opts) * r.clone())
             .sum::<Rank0, _>()
             .backward();
         let f = |x: &Matrix<Cpu>, w: &Matrix<Cpu>, b: &Tensor<(usize,), f32, Cpu>| {
-            (linear_cpu(&dev, x.clone(), w, b, opts) * r.clone())
+            (linear_cpu(&dev, x.clone(), w, None, b, opts) * r.clone())
                 .sum::<Rank0, _>()
                 .array()
         };

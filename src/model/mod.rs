@@ -28,6 +28,6 @@ pub mod spec;
 
 pub use dir::ModelDir;
 pub use layers::Layer;
-pub use network::{Buffer, Network, Param, ParamKind, ParamValue};
+pub use network::{Buffer, HostMirror, Network, Param, ParamKind, ParamValue};
 pub use ops::Backend;
 pub use spec::ModelSpec;

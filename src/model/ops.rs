@@ -20,6 +20,7 @@
 use std::any::{Any, TypeId};
 use std::cell::RefCell;
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use dfdx::prelude::*;
 use dfdx::tensor::Gradients;
@@ -79,6 +80,19 @@ pub trait Backend: Device<f32> + Clone + 'static {
         b: &Tensor<(usize,), f32, Self>,
         opts: LinearOpts,
     ) -> Matrix<Self, T>;
+    /// [`Backend::linear`] given also the weight's host copy when one is
+    /// current ([`crate::model::HostMirror`]): a device that computes on
+    /// the host reads it instead of copying `w`; others ignore it.
+    fn linear_with_host<T: Tape<f32, Self>>(
+        &self,
+        x: Matrix<Self, T>,
+        w: &Matrix<Self>,
+        _w_host: Option<&Arc<Vec<f32>>>,
+        b: &Tensor<(usize,), f32, Self>,
+        opts: LinearOpts,
+    ) -> Matrix<Self, T> {
+        self.linear(x, w, b, opts)
+    }
     /// The convolution block `pool?(relu(conv3x3(x) + b))` for channels-last
     /// `x` of geometry `geom`, `w: (out, 9 * in)`, `b: (out,)` (see [`conv`]).
     fn conv3x3<T: Tape<f32, Self>>(
@@ -161,7 +175,17 @@ impl Backend for Cpu {
         b: &Tensor<(usize,), f32, Self>,
         opts: LinearOpts,
     ) -> Matrix<Self, T> {
-        kernels::linear_cpu(self, x, w, b, opts)
+        kernels::linear_cpu(self, x, w, None, b, opts)
+    }
+    fn linear_with_host<T: Tape<f32, Self>>(
+        &self,
+        x: Matrix<Self, T>,
+        w: &Matrix<Self>,
+        w_host: Option<&Arc<Vec<f32>>>,
+        b: &Tensor<(usize,), f32, Self>,
+        opts: LinearOpts,
+    ) -> Matrix<Self, T> {
+        kernels::linear_cpu(self, x, w, w_host, b, opts)
     }
     fn conv3x3<T: Tape<f32, Self>>(
         &self,

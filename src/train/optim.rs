@@ -342,7 +342,8 @@ type CpuVec = <Cpu as Storage<f32>>::Vec;
 impl Optimizer<Cpu> {
     /// [`Optimizer::update`] on the CPU: each parameter's gradient and state
     /// buffers are moved out of their maps (no copy), the tensors are updated
-    /// in parallel, and the state buffers are moved back.
+    /// in parallel, each with its host copy ([`crate::model::HostMirror`]),
+    /// and the state buffers are moved back.
     fn update_in_parallel(
         &mut self,
         net: &mut Network<Cpu>,
@@ -366,7 +367,10 @@ impl Optimizer<Cpu> {
             work.push(taken.map_err(|e| update_failed(&p.name, e))?);
         }
         let cfg = &self.cfg;
-        net.params_mut()
+        // Each task also refreshes its parameter's host copy, which the ops
+        // read in the next step instead of copying the tensor on the step's
+        // own thread.
+        net.params_mut_keeping_host()
             .par_iter_mut()
             .zip(work.par_iter_mut())
             .try_for_each(|(p, (g, m, v))| {
@@ -374,7 +378,16 @@ impl Optimizer<Cpu> {
                     ParamValue::Matrix(w) => apply_rule(cfg, lr, t, w, g, m, v.as_mut()),
                     ParamValue::Vector(b) => apply_rule(cfg, lr, t, b, g, m, v.as_mut()),
                 };
-                res.map_err(|e| update_failed(&p.name, e))
+                match res {
+                    Ok(()) => {
+                        p.host.refresh(&p.value);
+                        Ok(())
+                    }
+                    Err(e) => {
+                        p.host.clear();
+                        Err(update_failed(&p.name, e))
+                    }
+                }
             })?;
         for (p, (_, m, v)) in net.params().iter().zip(work) {
             put_slot(&mut self.slot1, &p.value, m).map_err(|e| update_failed(&p.name, e))?;
@@ -481,6 +494,36 @@ mod tests {
             let loss = logits.square().mean::<Rank0, _>();
             let mut grads = loss.backward();
             opt.update(net, &mut grads).unwrap();
+        }
+    }
+
+    #[test]
+    fn cpu_updates_keep_each_host_copy_equal_to_its_tensor() {
+        for kind in [OptimizerKind::Sgd, OptimizerKind::Adam] {
+            let dev = Cpu::seed_from_u64(0);
+            let mut net = Network::new(ModelSpec::parse("mlp:6-5-3").unwrap(), dev, 2);
+            // No copy before the first update: the ops copy the tensors.
+            assert!(net.params().iter().all(|p| p.host.get().is_none()));
+            let mut opt = Optimizer::new(cfg(kind), 10);
+            for step in 0..3 {
+                train_steps(&mut net, &mut opt, 1);
+                for p in net.params() {
+                    let copy = p.host.get().expect("a host copy after an update");
+                    assert_eq!(**copy, p.value.to_vec(), "{kind:?} step {step}: {}", p.name);
+                }
+            }
+            // A copy an op still shares is replaced, not written.
+            let shared = net.params()[0].host.get().cloned().unwrap();
+            let before = shared.to_vec();
+            train_steps(&mut net, &mut opt, 1);
+            assert_eq!(*shared, before);
+            assert_eq!(
+                **net.params()[0].host.get().unwrap(),
+                net.params()[0].value.to_vec()
+            );
+            // Any other mutable access may change the values: every copy goes.
+            net.params_mut()[0].value.copy_from(&[0.5; 30]);
+            assert!(net.params().iter().all(|p| p.host.get().is_none()));
         }
     }
 

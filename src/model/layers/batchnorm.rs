@@ -178,6 +178,7 @@ mod tests {
             kind,
             layout: super::super::Layout::Plain,
             value: ParamValue::Vector(dev.tensor_from_vec(v.to_vec(), (v.len(),))),
+            host: Default::default(),
         })
         .collect()
     }

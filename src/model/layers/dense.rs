@@ -110,6 +110,7 @@ impl Dense {
             relu: self.relu,
             input_grad: ctx.input_grad,
         };
-        ctx.device.linear(x, ctx.matrix(0), ctx.vector(1), opts)
+        ctx.device
+            .linear_with_host(x, ctx.matrix(0), ctx.host(0), ctx.vector(1), opts)
     }
 }

@@ -290,6 +290,12 @@ impl<'a, D: Backend> Ctx<'a, D> {
         }
     }
 
+    /// Parameter `i`'s host copy, when one is current (see
+    /// [`HostMirror`](super::HostMirror)).
+    pub fn host(&self, i: usize) -> Option<&'a std::sync::Arc<Vec<f32>>> {
+        self.params[i].host.get()
+    }
+
     /// Parameter `i` as a vector.
     pub fn vector(&self, i: usize) -> &'a Tensor<(usize,), f32, D> {
         match &self.params[i].value {
