@@ -26,12 +26,19 @@ pub(crate) fn with_device(name: &str, what: Dispatch) -> Result<()> {
             // A sweep trains on job threads of its own; its command must not
             // hold one of the pool's threads while they run.
             Dispatch::Sweep(_) => dispatch(dfdx::prelude::Cpu::default(), what),
-            // Any other command runs on one of rayon's threads, so the thread
-            // that runs the serial parts of a step is one of the pool's: each
-            // parallel region starts on it and hands the other half to a
-            // worker, where from outside the pool every region would wake the
-            // workers and block the caller until they are done.
-            _ => rayon::scope(move |_| dispatch(dfdx::prelude::Cpu::default(), what)),
+            // Any other command runs on one of rayon's threads when the pool
+            // has two or more, so the thread that runs the serial parts of a
+            // step is one of the pool's: each parallel region starts on it and
+            // hands the other half to a worker, where from outside the pool
+            // every region would wake the workers and block the caller until
+            // they are done. With one thread that thread would be the whole
+            // pool, and a command that waits on pool work from another thread
+            // (the training loader's cache decoding, a cache build's
+            // compression) would wait for ever.
+            _ if rayon::current_num_threads() >= 2 => {
+                rayon::scope(move |_| dispatch(dfdx::prelude::Cpu::default(), what))
+            }
+            _ => dispatch(dfdx::prelude::Cpu::default(), what),
         },
         "cuda" => {
             #[cfg(feature = "cuda")]
