@@ -7,7 +7,9 @@
 //! where the CPU has AVX-512, with the AVX2/FMA ones as the fallback. It is
 //! the whole affine layer `y = relu?(x W^T + b)`:
 //! - forward: the output starts as the bias rows and gemm accumulates
-//!   `x W^T` into it; the optional ReLU is applied in place;
+//!   `x W^T` into it; the optional ReLU and its mask are one parallel pass.
+//!   The weights are read from the optimizer's host copy when one is
+//!   current ([`crate::model::HostMirror`]), else copied out of the tensor;
 //! - backward: with `g` the output gradient (masked by the ReLU),
 //!   `dX += g W`, `dW += g^T X` (both gemm, accumulated in place into the
 //!   gradients), `db += colsum g`.
