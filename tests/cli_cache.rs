@@ -392,6 +392,123 @@ fn import_of_logits_and_bad_values() {
 }
 
 #[test]
+fn an_ensemble_of_two_teachers_is_one_cache_a_student_reads() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = s(&small_data());
+    build(tmp.path(), "train", "f16", "a", &[]);
+    build(tmp.path(), "test", "f16", "a-test", &[]);
+    // A second teacher, external, with logits that favour class 0.
+    let n = 2000;
+    let logits: Vec<f32> = (0..n * 10)
+        .map(|i| {
+            if i % 10 == 0 {
+                2.0
+            } else {
+                ((i * 7) % 13) as f32 * 0.2
+            }
+        })
+        .collect();
+    let bytes: Vec<u8> = logits.iter().flat_map(|v| v.to_le_bytes()).collect();
+    write_npy(&tmp.path().join("b.npy"), "<f4", &[n, 10], &bytes);
+    ok(
+        tmp.path(),
+        &cache_import_args(
+            "b.npy",
+            &data,
+            "train",
+            "2",
+            "b",
+            &["-q", "--teacher-spec", "external"],
+        ),
+    );
+    let out = ok(
+        tmp.path(),
+        &[
+            "cache",
+            "ensemble",
+            "a",
+            "b",
+            "-T",
+            "4",
+            "--weights",
+            "3,1",
+            "--out",
+            "ens",
+        ],
+    );
+    assert!(
+        out.contains("cache ens (2000 samples, 10 classes, T 4, f16)"),
+        "{out}"
+    );
+    assert!(out.contains("ensemble agrees with the labels on"), "{out}");
+    assert!(out.contains("members: a "), "{out}");
+    let inspect = ok(tmp.path(), &["cache", "inspect", "ens"]);
+    assert!(inspect.contains("2000"), "{inspect}");
+    let manifest: serde_json::Value =
+        serde_json::from_str(&fs::read_to_string(tmp.path().join("ens/manifest.json")).unwrap())
+            .unwrap();
+    let spec = manifest["teacher"]["spec"].as_str().unwrap();
+    assert!(spec.starts_with("ensemble:prob(0.7500 cnn:"), "{spec}");
+    assert!(spec.ends_with("0.2500 external)"), "{spec}");
+    assert_eq!(manifest["teacher"]["source"], "a, b");
+    ok(tmp.path(), &["cache", "verify", "ens"]);
+    // A student distils from it like from any cache.
+    ok(
+        tmp.path(),
+        &distil_args(&data, "ens", "run", &["--alpha", "0.5", "-T", "2"]),
+    );
+    assert!(tmp.path().join("run/model.safetensors").exists());
+    // Refusals name what is wrong and write nothing.
+    fails(
+        tmp.path(),
+        &[
+            "cache", "ensemble", "a", "a-test", "-T", "4", "--out", "bad",
+        ],
+        &["a-test", "dataset.split is test here but train in a"],
+    );
+    fails(
+        tmp.path(),
+        &[
+            "cache",
+            "ensemble",
+            "a",
+            "b",
+            "-T",
+            "4",
+            "--weights",
+            "1",
+            "--out",
+            "bad",
+        ],
+        &["--weights", "1 weights given for 2 member caches"],
+    );
+    fails(
+        tmp.path(),
+        &[
+            "cache",
+            "ensemble",
+            "a",
+            "b",
+            "-T",
+            "4",
+            "--combine",
+            "median",
+            "--out",
+            "bad",
+        ],
+        &["--combine", "'median' is not a combining rule"],
+    );
+    fails(
+        tmp.path(),
+        &[
+            "cache", "ensemble", "a", "missing", "-T", "4", "--out", "bad",
+        ],
+        &["missing"],
+    );
+    assert!(!tmp.path().join("bad").exists());
+}
+
+#[test]
 fn online_teacher_matches_cached_distillation_closely() {
     // The same KD run with the teacher run on every batch ("online") and
     // read from an exact f32 cache: the targets agree to float rounding, so

@@ -18,6 +18,7 @@
 //! - [`settings`]: a build's settings, its build key and shard names.
 //! - [`part`]: one part of a build cut into shard-aligned ranges, `part.json`.
 //! - [`merge`]: joining the parts of a build into one cache.
+//! - [`ensemble`]: several teachers' caches combined into one.
 //!
 //! ```no_run
 //! use distill::cache::*;
@@ -45,6 +46,7 @@
 //! ```
 
 pub mod codec;
+pub mod ensemble;
 pub mod format;
 pub mod manifest;
 pub mod merge;

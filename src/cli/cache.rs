@@ -1,14 +1,16 @@
-//! `distill cache build|import|merge|inspect|verify`: phase one on the command line.
+//! `distill cache build|import|merge|ensemble|inspect|verify`: phase one on the command line.
 //!
 //! `build --part K/N` (or `auto/N`, the index from a scheduler's array
 //! variable) builds one part of a cache into `OUT/part-K-of-N`; `merge`
 //! joins the parts; `verify` checks a cache or a part; `import --view-set`
-//! builds a view set from an external teacher's logits.
+//! builds a view set from an external teacher's logits; `ensemble` combines
+//! several teachers' caches into one.
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use clap::{Args, Subcommand};
+use distill::cache::ensemble::{ensemble_caches, Combine, EnsembleOptions};
 use distill::cache::merge::{is_part_dir, merge_parts, verify_part};
 use distill::cache::part::part_dir;
 use distill::cache::views::{view_dir, ViewSetSummary};
@@ -38,6 +40,9 @@ pub enum CacheCommand {
     /// checks every part and shard, hard-links (or copies) the shards and
     /// commits one manifest; the result equals a single build byte for byte.
     Merge(MergeArgs),
+    /// Combine several teachers' caches (or view sets) over the same data
+    /// into one cache: the mean of their probabilities (or logits) at -T.
+    Ensemble(EnsembleArgs),
     /// Print a cache's manifest in human terms.
     Inspect {
         /// Cache directory.
@@ -132,6 +137,23 @@ pub struct MergeArgs {
 }
 
 #[derive(Args)]
+pub struct EnsembleArgs {
+    /// The member caches or view sets (at least two), built over the same
+    /// data (and, for view sets, the same views).
+    #[arg(required = true, value_name = "CACHE")]
+    members: Vec<PathBuf>,
+    /// prob: mean of the probabilities (the classic ensemble); logit: mean
+    /// of the logits, renormalised (commutes with re-tempering).
+    #[arg(long, default_value = "prob")]
+    combine: String,
+    /// One weight per member, comma-separated, in order (default: equal).
+    #[arg(long, value_delimiter = ',')]
+    weights: Vec<f64>,
+    #[command(flatten)]
+    storage: StorageArgs,
+}
+
+#[derive(Args)]
 pub struct ImportArgs {
     /// Raw teacher logits, [N, C] float (.npy or .safetensors); with
     /// --view-set, one file per view in view order (repeat the flag). A .npy
@@ -173,6 +195,7 @@ pub fn run(cmd: CacheCommand) -> Result<()> {
         }
         CacheCommand::Import(a) => import(a),
         CacheCommand::Merge(a) => merge(a),
+        CacheCommand::Ensemble(a) => ensemble(a),
         CacheCommand::Inspect { cache } => {
             let set = open_views(&cache)?;
             if let Some(v) = set.view_info() {
@@ -504,6 +527,44 @@ fn merge(a: MergeArgs) -> Result<()> {
     );
     for (dir, manifest) in &r.caches {
         report(manifest, dir, secs, a.quiet);
+    }
+    Ok(())
+}
+
+fn ensemble(a: EnsembleArgs) -> Result<()> {
+    let opts = build_options(&a.storage, 1, String::new())?;
+    let combine: Combine = a.combine.parse().map_err(|message| Error::Config {
+        field: "--combine".into(),
+        message,
+    })?;
+    let opts = EnsembleOptions {
+        temperature: opts.temperature,
+        encoding: opts.encoding,
+        writer: opts.writer,
+        combine,
+        weights: a.weights.clone(),
+    };
+    let start = Instant::now();
+    let quiet = a.storage.quiet;
+    // SAFETY: the members are only read; the command's contract (as for
+    // training) is that no one rewrites a cache while it is read.
+    let r = unsafe {
+        ensemble_caches(&a.members, &a.storage.out, &opts, |dir, m| {
+            report(m, dir, start.elapsed().as_secs_f64(), quiet)
+        })
+    }?;
+    if let Some(summary) = &r.summary {
+        report_view_set(summary, &a.storage.out);
+    }
+    if let Some(agree) = r.agreement {
+        let members: Vec<String> = (a.members.iter().zip(&r.member_agreement))
+            .map(|(m, g)| format!("{} {:.2}%", m.display(), 100.0 * g.unwrap_or(0.0)))
+            .collect();
+        println!(
+            "ensemble agrees with the labels on {:.2}% of the records (members: {})",
+            100.0 * agree,
+            members.join(", ")
+        );
     }
     Ok(())
 }

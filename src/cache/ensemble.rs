@@ -1,0 +1,499 @@
+//! An ensemble of teachers as one cache: [`ensemble_caches`] combines the
+//! stored outputs of several caches built over the same data into a new
+//! cache, so that a student reads the ensemble's targets exactly as it
+//! reads one teacher's, and no teacher runs again.
+//!
+//! Every member must cover the same samples: same dataset fingerprint,
+//! split, sample count, class count and labels, and, for view sets, the same
+//! augmentation, seed and view count (each view is combined with the same
+//! view of the other members). Members may differ in teacher, temperature
+//! and encoding: each is decoded at the output temperature `T` (re-tempered
+//! where its own differs; a `topk` member must already be at `T`).
+//!
+//! Two ways to combine, with weights `w_i` (normalised to sum to 1) over
+//! the members' log-probabilities `l_i` at `T`:
+//! - [`Combine::Prob`], the classic ensemble (Hinton et al. 2015): the
+//!   weighted mean of the probabilities, `log sum_i w_i exp(l_i)`.
+//! - [`Combine::Logit`]: the weighted mean of the logits, renormalised,
+//!   `log_softmax(sum_i w_i l_i)` (a weighted geometric mean of the
+//!   probabilities). Unlike the probability mean it commutes with
+//!   re-tempering: the ensemble re-tempered to `T'` is the ensemble of the
+//!   members re-tempered to `T'`.
+//!
+//! The output is an ordinary cache (or view set) written by the cache
+//! writer, with its protocol (lock, resume, atomic manifest). Its manifest
+//! names the ensemble in `teacher.spec` (`ensemble:prob(w a, w b)`), its
+//! fingerprint is a hash of the members' manifest ids, weights and rule, and
+//! `teacher.source` lists the member directories. A view set's `views.json`
+//! records the ensemble's agreement with the labels on each view.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use rayon::prelude::*;
+use xxhash_rust::xxh3::xxh3_128;
+
+use super::views::{view_dir, ViewSetSummary, ViewStats};
+use super::writer::{CacheMeta, CacheWriter};
+use super::{
+    CacheError, CacheReader, CacheViews, Encoding, Manifest, Result, TeacherInfo, WriterOptions,
+};
+
+/// How the members' outputs are combined (module docs).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Combine {
+    /// Weighted mean of the probabilities.
+    Prob,
+    /// Weighted mean of the logits (log-probabilities), renormalised.
+    Logit,
+}
+
+impl Combine {
+    /// The rule's name in specs and on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            Combine::Prob => "prob",
+            Combine::Logit => "logit",
+        }
+    }
+}
+
+impl std::str::FromStr for Combine {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "prob" => Ok(Combine::Prob),
+            "logit" => Ok(Combine::Logit),
+            other => Err(format!(
+                "'{other}' is not a combining rule: use prob (mean of probabilities) or logit (mean of logits)"
+            )),
+        }
+    }
+}
+
+/// What to build: the output's temperature, encoding, layout and rule.
+#[derive(Clone, Debug)]
+pub struct EnsembleOptions {
+    /// Temperature of the members' outputs that are combined, and of the output.
+    pub temperature: f32,
+    pub encoding: Encoding,
+    pub writer: WriterOptions,
+    pub combine: Combine,
+    /// One weight per member (any positive scale; normalised to sum to 1).
+    /// Empty: equal weights.
+    pub weights: Vec<f64>,
+}
+
+/// What [`ensemble_caches`] wrote.
+#[derive(Clone, Debug)]
+pub struct EnsembleReport {
+    /// One manifest per output view (one for a plain cache).
+    pub manifests: Vec<Manifest>,
+    /// The view set's summary (`None` for a plain cache).
+    pub summary: Option<ViewSetSummary>,
+    /// The ensemble's top-1 agreement with the labels, over all views
+    /// (`None` when unlabelled).
+    pub agreement: Option<f64>,
+    /// Each member's top-1 agreement with the labels, over all views.
+    pub member_agreement: Vec<Option<f64>>,
+}
+
+/// Rows decoded and combined at a time.
+const CHUNK_ROWS: usize = 16_384;
+
+/// Combines the caches (or view sets) `members` into a new cache at `out`
+/// (module docs). `on_view` hears of each finished output view.
+///
+/// # Safety
+/// The members' files are memory-mapped ([`CacheReader::open`]) and must not
+/// be modified while this runs.
+pub unsafe fn ensemble_caches(
+    members: &[PathBuf],
+    out: &Path,
+    opts: &EnsembleOptions,
+    mut on_view: impl FnMut(&Path, &Manifest),
+) -> Result<EnsembleReport> {
+    if members.len() < 2 {
+        return Err(CacheError::input(
+            "ensemble",
+            format!(
+                "{} member cache given; an ensemble needs at least two",
+                members.len()
+            ),
+        ));
+    }
+    let weights = normalised_weights(&opts.weights, members.len())?;
+    for m in members {
+        if same_dir(m, out) {
+            return Err(CacheError::input(
+                out.display().to_string(),
+                "is also a member: write the ensemble to a new directory",
+            ));
+        }
+    }
+    let sets: Vec<CacheViews> = members
+        .iter()
+        // SAFETY: forwarded from the caller.
+        .map(|m| unsafe { CacheViews::open(m) })
+        .collect::<Result<_>>()?;
+    check_members(members, &sets)?;
+    let first = sets[0].first().manifest();
+    let info = sets[0].view_info().cloned();
+    let views = sets[0].views().len();
+    let teacher = ensemble_teacher(members, &sets, &weights, opts.combine);
+    let has_labels = first.has_labels;
+    let mut manifests = Vec::with_capacity(views);
+    let mut view_stats = Vec::with_capacity(views);
+    let mut agree_total = (0u64, 0u64);
+    let mut member_total = vec![(0u64, 0u64); sets.len()];
+    for v in 0..views {
+        let start = Instant::now();
+        let readers: Vec<&CacheReader> = sets.iter().map(|s| &s.views()[v]).collect();
+        let m0 = readers[0].manifest();
+        let dir = match &info {
+            Some(_) => view_dir(out, v as u64),
+            None => out.to_path_buf(),
+        };
+        let meta = CacheMeta {
+            teacher: teacher.clone(),
+            dataset: m0.dataset.clone(),
+            num_classes: readers[0].num_classes(),
+            has_labels,
+            temperature: opts.temperature,
+            encoding: opts.encoding,
+        };
+        let mut w = CacheWriter::create_or_resume(&dir, meta, opts.writer.clone())?;
+        let n = readers[0].len();
+        let c = readers[0].num_classes();
+        // Agreement is counted over every row, including rows an earlier,
+        // interrupted run already wrote, so every row is decoded.
+        let mut view_agree = (0u64, 0u64);
+        let mut row = 0u64;
+        while row < n {
+            let end = (row + CHUNK_ROWS as u64).min(n);
+            let idx: Vec<u64> = (row..end).collect();
+            let decoded: Vec<_> = readers
+                .iter()
+                .zip(members)
+                .map(|(r, path)| {
+                    r.read_samples(&idx, opts.temperature, false)
+                        .map_err(|e| in_member(path, e))
+                })
+                .collect::<Result<_>>()?;
+            let labels = decoded[0].labels.clone();
+            for (d, path) in decoded.iter().zip(members).skip(1) {
+                if d.labels != labels {
+                    return Err(CacheError::input(
+                        path.display().to_string(),
+                        format!(
+                            "its labels differ from {}'s in samples {row}..{end}: the members must be built over the same labelled data",
+                            members[0].display()
+                        ),
+                    ));
+                }
+            }
+            let lps: Vec<&[f32]> = decoded.iter().map(|d| &d.logprobs[..]).collect();
+            let combined = combine_rows(&lps, &weights, c, opts.combine, row)?;
+            if let Some(l) = &labels {
+                let (a, t) = agreement(&combined, l, c);
+                view_agree.0 += a;
+                view_agree.1 += t;
+                for (k, d) in decoded.iter().enumerate() {
+                    let (a, t) = agreement(&d.logprobs, l, c);
+                    member_total[k].0 += a;
+                    member_total[k].1 += t;
+                }
+            }
+            let resume = w.resume_from();
+            if end > resume {
+                let skip = resume.saturating_sub(row) as usize;
+                w.push_batch(
+                    row + skip as u64,
+                    labels.as_deref().map(|l| &l[skip..]),
+                    &combined[skip * c..],
+                )?;
+            }
+            row = end;
+        }
+        let manifest = w.finish()?;
+        on_view(&dir, &manifest);
+        agree_total.0 += view_agree.0;
+        agree_total.1 += view_agree.1;
+        view_stats.push(ViewStats {
+            view: v as u64,
+            agreement: has_labels.then(|| ratio(view_agree)),
+            bytes_per_sample: manifest.fidelity.bytes_per_sample,
+            build_seconds: Some(start.elapsed().as_secs_f64()),
+        });
+        manifests.push(manifest);
+    }
+    let summary = match info {
+        Some(info) => {
+            let s = ViewSetSummary {
+                augment: info.augment.clone(),
+                seed: info.seed,
+                views: info.views,
+                clean_agreement: None,
+                clean_seconds: None,
+                view_stats,
+            };
+            s.write(out)?;
+            Some(s)
+        }
+        None => None,
+    };
+    Ok(EnsembleReport {
+        manifests,
+        summary,
+        agreement: has_labels.then(|| ratio(agree_total)),
+        member_agreement: member_total
+            .into_iter()
+            .map(|t| has_labels.then(|| ratio(t)))
+            .collect(),
+    })
+}
+
+fn ratio((a, t): (u64, u64)) -> f64 {
+    match t {
+        0 => 0.0,
+        t => a as f64 / t as f64,
+    }
+}
+
+/// Rows of `lp` (`classes` wide) whose largest entry is the label: (agree, rows).
+fn agreement(lp: &[f32], labels: &[u32], classes: usize) -> (u64, u64) {
+    let agree = lp
+        .chunks_exact(classes)
+        .zip(labels)
+        .filter(|(row, &l)| argmax(row) == l as usize)
+        .count();
+    (agree as u64, labels.len() as u64)
+}
+
+/// Index of the first largest value.
+fn argmax(row: &[f32]) -> usize {
+    let mut best = 0;
+    for (i, &x) in row.iter().enumerate() {
+        if x > row[best] {
+            best = i;
+        }
+    }
+    best
+}
+
+/// True when `a` and `b` name the same existing directory.
+fn same_dir(a: &Path, b: &Path) -> bool {
+    match (a.canonicalize(), b.canonicalize()) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => false,
+    }
+}
+
+fn in_member(path: &Path, e: CacheError) -> CacheError {
+    match e {
+        CacheError::InvalidInput { what, message } => CacheError::input(
+            format!("ensemble member {}", path.display()),
+            format!("{what}: {message}"),
+        ),
+        other => other,
+    }
+}
+
+/// `weights` normalised to sum to 1; empty means equal weights.
+pub fn normalised_weights(weights: &[f64], members: usize) -> Result<Vec<f64>> {
+    if weights.is_empty() {
+        return Ok(vec![1.0 / members as f64; members]);
+    }
+    if weights.len() != members {
+        return Err(CacheError::input(
+            "--weights",
+            format!(
+                "{} weights given for {members} member caches: give one per member, in order",
+                weights.len()
+            ),
+        ));
+    }
+    if let Some(bad) = weights.iter().find(|w| !(w.is_finite() && **w > 0.0)) {
+        return Err(CacheError::input(
+            "--weights",
+            format!("{bad} is not a positive number"),
+        ));
+    }
+    let sum: f64 = weights.iter().sum();
+    Ok(weights.iter().map(|w| w / sum).collect())
+}
+
+/// Every member covers the same samples, classes, labels and views.
+fn check_members(paths: &[PathBuf], sets: &[CacheViews]) -> Result<()> {
+    let first = sets[0].first().manifest();
+    for (path, set) in paths.iter().zip(sets).skip(1) {
+        let m = set.first().manifest();
+        let differs = |field: &str, here: String, there: String| {
+            CacheError::input(
+                path.display().to_string(),
+                format!(
+                    "{field} is {here} here but {there} in {}: the members of an ensemble must cover the same data",
+                    paths[0].display()
+                ),
+            )
+        };
+        let (d, d0) = (&m.dataset, &first.dataset);
+        if d.split != d0.split {
+            return Err(differs("dataset.split", d.split.clone(), d0.split.clone()));
+        }
+        if d.num_samples != d0.num_samples {
+            return Err(differs(
+                "dataset.num_samples",
+                d.num_samples.to_string(),
+                d0.num_samples.to_string(),
+            ));
+        }
+        if d.fingerprint != d0.fingerprint {
+            return Err(differs(
+                "dataset.fingerprint",
+                d.fingerprint.clone(),
+                d0.fingerprint.clone(),
+            ));
+        }
+        if m.num_classes != first.num_classes {
+            return Err(differs(
+                "num_classes",
+                m.num_classes.to_string(),
+                first.num_classes.to_string(),
+            ));
+        }
+        if m.has_labels != first.has_labels {
+            return Err(differs(
+                "has_labels",
+                m.has_labels.to_string(),
+                first.has_labels.to_string(),
+            ));
+        }
+        let show = |s: &CacheViews| match s.view_info() {
+            Some(v) => format!(
+                "a view set of {} views of {} (seed {})",
+                v.views, v.augment, v.seed
+            ),
+            None => "a cache of the plain images".to_string(),
+        };
+        let key = |s: &CacheViews| s.view_info().map(|v| (v.augment.clone(), v.seed, v.views));
+        if key(set) != key(&sets[0]) {
+            return Err(differs("the views", show(set), show(&sets[0])));
+        }
+    }
+    Ok(())
+}
+
+/// The manifest's teacher record of the ensemble.
+fn ensemble_teacher(
+    paths: &[PathBuf],
+    sets: &[CacheViews],
+    weights: &[f64],
+    combine: Combine,
+) -> TeacherInfo {
+    let parts: Vec<String> = sets
+        .iter()
+        .zip(weights)
+        .map(|(s, w)| format!("{w:.4} {}", s.first().manifest().teacher.spec))
+        .collect();
+    let key: Vec<String> = sets
+        .iter()
+        .zip(weights)
+        .map(|(s, w)| format!("{}*{w:e}", s.id()))
+        .collect();
+    let key = format!("ensemble:{}:{}", combine.name(), key.join(","));
+    let normalizations: Vec<_> = sets
+        .iter()
+        .map(|s| s.first().manifest().teacher.normalization.clone())
+        .collect();
+    let normalization = match normalizations.windows(2).all(|w| w[0] == w[1]) {
+        true => normalizations[0].clone(),
+        false => None,
+    };
+    TeacherInfo {
+        spec: format!("ensemble:{}({})", combine.name(), parts.join(", ")),
+        fingerprint: format!("{:032x}", xxh3_128(key.as_bytes())),
+        source: paths
+            .iter()
+            .map(|p| p.display().to_string())
+            .collect::<Vec<_>>()
+            .join(", "),
+        normalization,
+    }
+}
+
+/// Combines the members' log-probability rows (`classes` wide) with
+/// `weights`; `first_row` names rows in errors.
+pub fn combine_rows(
+    members: &[&[f32]],
+    weights: &[f64],
+    classes: usize,
+    combine: Combine,
+    first_row: u64,
+) -> Result<Vec<f32>> {
+    let len = members.first().map_or(0, |m| m.len());
+    let mut out = vec![0.0f32; len];
+    out.par_chunks_mut(256 * classes)
+        .enumerate()
+        .try_for_each(|(chunk, o)| {
+            let base = chunk * 256 * classes;
+            for (r, orow) in o.chunks_exact_mut(classes).enumerate() {
+                let at = base + r * classes;
+                let rows: Vec<&[f32]> = members.iter().map(|m| &m[at..at + classes]).collect();
+                let row = first_row + (base / classes + r) as u64;
+                combine_row(&rows, weights, combine, orow, row)?;
+            }
+            Ok::<(), CacheError>(())
+        })?;
+    Ok(out)
+}
+
+fn combine_row(
+    rows: &[&[f32]],
+    weights: &[f64],
+    combine: Combine,
+    out: &mut [f32],
+    row: u64,
+) -> Result<()> {
+    let mut acc = vec![0.0f64; out.len()];
+    match combine {
+        Combine::Prob => {
+            for (r, &w) in rows.iter().zip(weights) {
+                for (a, &l) in acc.iter_mut().zip(r.iter()) {
+                    *a += w * (l as f64).exp();
+                }
+            }
+            let sum: f64 = acc.iter().sum();
+            for (class, (o, a)) in out.iter_mut().zip(&acc).enumerate() {
+                // The log of a weighted mean is at least the smallest member's
+                // log: the floor keeps a row finite where exp underflowed.
+                let floor = rows.iter().map(|r| r[class]).fold(f32::INFINITY, f32::min);
+                *o = ((a / sum).ln() as f32).max(floor);
+            }
+        }
+        Combine::Logit => {
+            for (r, &w) in rows.iter().zip(weights) {
+                for (class, (a, &l)) in acc.iter_mut().zip(r.iter()).enumerate() {
+                    if !l.is_finite() {
+                        return Err(CacheError::input(
+                            "ensemble",
+                            format!(
+                                "sample {row}, class {class}: a member stores probability 0 (a sparse encoding?); the logit mean needs every class: use --combine prob"
+                            ),
+                        ));
+                    }
+                    *a += w * l as f64;
+                }
+            }
+            let max = acc.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+            let lse = max + acc.iter().map(|a| (a - max).exp()).sum::<f64>().ln();
+            for (o, a) in out.iter_mut().zip(&acc) {
+                *o = (a - lse) as f32;
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests;
