@@ -509,6 +509,164 @@ fn an_ensemble_of_two_teachers_is_one_cache_a_student_reads() {
 }
 
 #[test]
+fn out_of_fold_targets_come_from_teachers_trained_on_the_other_folds() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = s(&small_data());
+    // Two teachers, each holding out one fold of two (seed 5).
+    for k in 0..2 {
+        let fold = format!("{k}/2");
+        ok(
+            tmp.path(),
+            &train_args(
+                &data,
+                "mlp:784-32-10",
+                &format!("t{k}"),
+                &["--epochs", "1", "--seed", "5", "--val-fold", &fold, "-q"],
+            ),
+        );
+        let card = model_card(&tmp.path().join(format!("t{k}")));
+        assert_eq!(card["data"]["val_samples"], 1000);
+        assert_eq!(card["config"]["val_fold"]["index"], k);
+        assert_eq!(card["config"]["val_fraction"], 0.0);
+        let teacher = format!("t{k}");
+        ok(
+            tmp.path(),
+            &cache_build_args(&teacher, &data, &format!("c{k}"), &["-q"]),
+        );
+    }
+    let out = ok(
+        tmp.path(),
+        &[
+            "cache",
+            "ensemble",
+            "c0",
+            "c1",
+            "-T",
+            "4",
+            "--out-of-fold",
+            "--out",
+            "oof",
+        ],
+    );
+    assert!(
+        out.contains("samples held out by each member's teacher: c0 1000, c1 1000; by none (combined from all): 0"),
+        "{out}"
+    );
+    let manifest: serde_json::Value =
+        serde_json::from_str(&fs::read_to_string(tmp.path().join("oof/manifest.json")).unwrap())
+            .unwrap();
+    assert!(manifest["teacher"]["spec"]
+        .as_str()
+        .unwrap()
+        .starts_with("ensemble:prob-oof("));
+    ok(
+        tmp.path(),
+        &distil_args(&data, "oof", "run", &["--alpha", "0.1", "-T", "2"]),
+    );
+    // The teacher directories can be given; in the wrong number they are refused.
+    ok(
+        tmp.path(),
+        &[
+            "cache",
+            "ensemble",
+            "c0",
+            "c1",
+            "-T",
+            "4",
+            "--out-of-fold",
+            "--teacher-dirs",
+            "t0,t1",
+            "--out",
+            "oof2",
+        ],
+    );
+    fails(
+        tmp.path(),
+        &[
+            "cache",
+            "ensemble",
+            "c0",
+            "c1",
+            "-T",
+            "4",
+            "--out-of-fold",
+            "--teacher-dirs",
+            "t0",
+            "--out",
+            "bad",
+        ],
+        &["--teacher-dirs", "1 directories given for 2 member caches"],
+    );
+    // A teacher that trained on every sample has no out-of-fold outputs.
+    ok(
+        tmp.path(),
+        &train_args(
+            &data,
+            "mlp:784-32-10",
+            "t-all",
+            &["--epochs", "1", "--val-fraction", "0", "-q"],
+        ),
+    );
+    ok(
+        tmp.path(),
+        &cache_build_args("t-all", &data, "all", &["-q"]),
+    );
+    fails(
+        tmp.path(),
+        &[
+            "cache",
+            "ensemble",
+            "c0",
+            "all",
+            "-T",
+            "4",
+            "--out-of-fold",
+            "--out",
+            "bad",
+        ],
+        &["t-all/model.json", "held nothing out"],
+    );
+    // One trained on other data (the committed teacher: all 60,000 images).
+    let committed = s(&teacher_dir());
+    ok(
+        tmp.path(),
+        &cache_build_args(&committed, &data, "full", &["-q"]),
+    );
+    fails(
+        tmp.path(),
+        &[
+            "cache",
+            "ensemble",
+            "c0",
+            "full",
+            "-T",
+            "4",
+            "--out-of-fold",
+            "--out",
+            "bad",
+        ],
+        &["model.json", "the model trained on data", "(2000 samples)"],
+    );
+    // A fold and a fraction together are refused, as is a bad fold.
+    fails(
+        tmp.path(),
+        &train_args(
+            &data,
+            "mlp:784-32-10",
+            "x",
+            &["--val-fold", "0/2", "--val-fraction", "0.2"],
+        ),
+        &["--val-fold"],
+    );
+    fails(
+        tmp.path(),
+        &train_args(&data, "mlp:784-32-10", "x", &["--val-fold", "2/2"]),
+        &["--val-fold", "0 <= K < N"],
+    );
+    assert!(!tmp.path().join("bad").exists());
+}
+
+#[test]
 fn online_teacher_matches_cached_distillation_closely() {
     // The same KD run with the teacher run on every batch ("online") and
     // read from an exact f32 cache: the targets agree to float rounding, so

@@ -20,6 +20,14 @@
 //!   re-tempering: the ensemble re-tempered to `T'` is the ensemble of the
 //!   members re-tempered to `T'`.
 //!
+//! **Out of fold.** With [`EnsembleOptions::held_out`], each member comes
+//! with the training samples its teacher never saw (its validation fold),
+//! and sample `i`'s record combines only the members that held `i` out
+//! (weights renormalised among them): cross-fitting, so that every
+//! training image gets a teacher's output as on unseen data, not the
+//! confident output of a teacher that fitted its label. Samples no member
+//! held out combine every member, and are counted in the report.
+//!
 //! The output is an ordinary cache (or view set) written by the cache
 //! writer, with its protocol (lock, resume, atomic manifest). Its manifest
 //! names the ensemble in `teacher.spec` (`ensemble:prob(w a, w b)`), its
@@ -82,6 +90,10 @@ pub struct EnsembleOptions {
     /// One weight per member (any positive scale; normalised to sum to 1).
     /// Empty: equal weights.
     pub weights: Vec<f64>,
+    /// Out of fold (module docs): per member, per sample, whether that
+    /// member's teacher held the sample out of its training. `None`:
+    /// every member counts for every sample.
+    pub held_out: Option<Vec<Vec<bool>>>,
 }
 
 /// What [`ensemble_caches`] wrote.
@@ -96,6 +108,10 @@ pub struct EnsembleReport {
     pub agreement: Option<f64>,
     /// Each member's top-1 agreement with the labels, over all views.
     pub member_agreement: Vec<Option<f64>>,
+    /// Out of fold: samples that no member held out (combined from every
+    /// member), and samples held out by each member.
+    pub held_out_by_none: u64,
+    pub held_out_by_member: Vec<u64>,
 }
 
 /// Rows decoded and combined at a time.
@@ -138,9 +154,47 @@ pub unsafe fn ensemble_caches(
         .collect::<Result<_>>()?;
     check_members(members, &sets)?;
     let first = sets[0].first().manifest();
+    let n_all = first.dataset.num_samples;
+    if let Some(masks) = &opts.held_out {
+        if masks.len() != members.len() {
+            return Err(CacheError::input(
+                "ensemble",
+                format!(
+                    "{} held-out sets given for {} members",
+                    masks.len(),
+                    members.len()
+                ),
+            ));
+        }
+        for (mask, path) in masks.iter().zip(members) {
+            if mask.len() as u64 != n_all {
+                return Err(CacheError::input(
+                    path.display().to_string(),
+                    format!(
+                        "its teacher's held-out set covers {} samples, the cache {n_all}",
+                        mask.len()
+                    ),
+                ));
+            }
+        }
+    }
+    let masks = opts.held_out.as_deref();
+    let held_out_by_member: Vec<u64> = match masks {
+        Some(m) => m
+            .iter()
+            .map(|m| m.iter().filter(|&&h| h).count() as u64)
+            .collect(),
+        None => vec![0; members.len()],
+    };
+    let held_out_by_none = match masks {
+        Some(m) => (0..n_all as usize)
+            .filter(|&i| m.iter().all(|m| !m[i]))
+            .count() as u64,
+        None => 0,
+    };
     let info = sets[0].view_info().cloned();
     let views = sets[0].views().len();
-    let teacher = ensemble_teacher(members, &sets, &weights, opts.combine);
+    let teacher = ensemble_teacher(members, &sets, &weights, opts.combine, masks);
     let has_labels = first.has_labels;
     let mut manifests = Vec::with_capacity(views);
     let mut view_stats = Vec::with_capacity(views);
@@ -193,7 +247,7 @@ pub unsafe fn ensemble_caches(
                 }
             }
             let lps: Vec<&[f32]> = decoded.iter().map(|d| &d.logprobs[..]).collect();
-            let combined = combine_rows(&lps, &weights, c, opts.combine, row)?;
+            let combined = combine_rows(&lps, &weights, c, opts.combine, row, masks)?;
             if let Some(l) = &labels {
                 let (a, t) = agreement(&combined, l, c);
                 view_agree.0 += a;
@@ -250,6 +304,8 @@ pub unsafe fn ensemble_caches(
             .into_iter()
             .map(|t| has_labels.then(|| ratio(t)))
             .collect(),
+        held_out_by_none,
+        held_out_by_member,
     })
 }
 
@@ -390,6 +446,7 @@ fn ensemble_teacher(
     sets: &[CacheViews],
     weights: &[f64],
     combine: Combine,
+    held_out: Option<&[Vec<bool>]>,
 ) -> TeacherInfo {
     let parts: Vec<String> = sets
         .iter()
@@ -401,7 +458,15 @@ fn ensemble_teacher(
         .zip(weights)
         .map(|(s, w)| format!("{}*{w:e}", s.id()))
         .collect();
-    let key = format!("ensemble:{}:{}", combine.name(), key.join(","));
+    let rule = match held_out {
+        Some(_) => format!("{}-oof", combine.name()),
+        None => combine.name().to_string(),
+    };
+    let mut key = format!("ensemble:{rule}:{}", key.join(","));
+    if let Some(masks) = held_out {
+        let bytes: Vec<u8> = masks.iter().flatten().map(|&h| h as u8).collect();
+        key += &format!(":{:032x}", xxh3_128(&bytes));
+    }
     let normalizations: Vec<_> = sets
         .iter()
         .map(|s| s.first().manifest().teacher.normalization.clone())
@@ -411,7 +476,7 @@ fn ensemble_teacher(
         false => None,
     };
     TeacherInfo {
-        spec: format!("ensemble:{}({})", combine.name(), parts.join(", ")),
+        spec: format!("ensemble:{rule}({})", parts.join(", ")),
         fingerprint: format!("{:032x}", xxh3_128(key.as_bytes())),
         source: paths
             .iter()
@@ -423,13 +488,15 @@ fn ensemble_teacher(
 }
 
 /// Combines the members' log-probability rows (`classes` wide) with
-/// `weights`; `first_row` names rows in errors.
+/// `weights`; the rows are samples `first_row..`. With `held_out`, a row
+/// combines only the members holding its sample out (all, where none does).
 pub fn combine_rows(
     members: &[&[f32]],
     weights: &[f64],
     classes: usize,
     combine: Combine,
     first_row: u64,
+    held_out: Option<&[Vec<bool>]>,
 ) -> Result<Vec<f32>> {
     let len = members.first().map_or(0, |m| m.len());
     let mut out = vec![0.0f32; len];
@@ -439,9 +506,16 @@ pub fn combine_rows(
             let base = chunk * 256 * classes;
             for (r, orow) in o.chunks_exact_mut(classes).enumerate() {
                 let at = base + r * classes;
-                let rows: Vec<&[f32]> = members.iter().map(|m| &m[at..at + classes]).collect();
                 let row = first_row + (base / classes + r) as u64;
-                combine_row(&rows, weights, combine, orow, row)?;
+                let take = |k: usize| held_out.is_none_or(|h| h[k][row as usize]);
+                let any = (0..members.len()).any(take);
+                let (rows, w): (Vec<&[f32]>, Vec<f64>) = (0..members.len())
+                    .filter(|&k| !any || take(k))
+                    .map(|k| (&members[k][at..at + classes], weights[k]))
+                    .unzip();
+                let sum: f64 = w.iter().sum();
+                let w: Vec<f64> = w.iter().map(|x| x / sum).collect();
+                combine_row(&rows, &w, combine, orow, row)?;
             }
             Ok::<(), CacheError>(())
         })?;

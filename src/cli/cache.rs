@@ -24,6 +24,7 @@ use distill::teacher::{
     import_view_set, BuildOptions, LogitsImport, PartBuildReport, ViewSetSpec,
 };
 use distill::train::sources::open_views;
+use distill::train::validation::held_out_by_model;
 
 use super::device::DeviceArgs;
 
@@ -149,6 +150,16 @@ pub struct EnsembleArgs {
     /// One weight per member, comma-separated, in order (default: equal).
     #[arg(long, value_delimiter = ',')]
     weights: Vec<f64>,
+    /// Cross-fitting: each sample combines only the members whose teacher
+    /// held it out of training (its validation split, e.g. `train
+    /// --val-fold K/N`, read from the teacher's model.json); samples no
+    /// teacher held out combine all members.
+    #[arg(long)]
+    out_of_fold: bool,
+    /// The members' teacher directories, in member order (with
+    /// --out-of-fold; default: each cache's recorded teacher source).
+    #[arg(long, value_delimiter = ',', requires = "out_of_fold")]
+    teacher_dirs: Vec<PathBuf>,
     #[command(flatten)]
     storage: StorageArgs,
 }
@@ -543,6 +554,10 @@ fn ensemble(a: EnsembleArgs) -> Result<()> {
         writer: opts.writer,
         combine,
         weights: a.weights.clone(),
+        held_out: match a.out_of_fold {
+            true => Some(held_out_sets(&a.members, &a.teacher_dirs)?),
+            false => None,
+        },
     };
     let start = Instant::now();
     let quiet = a.storage.quiet;
@@ -556,6 +571,16 @@ fn ensemble(a: EnsembleArgs) -> Result<()> {
     if let Some(summary) = &r.summary {
         report_view_set(summary, &a.storage.out);
     }
+    if a.out_of_fold {
+        let by: Vec<String> = (a.members.iter().zip(&r.held_out_by_member))
+            .map(|(m, k)| format!("{} {k}", m.display()))
+            .collect();
+        println!(
+            "out of fold: samples held out by each member's teacher: {}; by none (combined from all): {}",
+            by.join(", "),
+            r.held_out_by_none
+        );
+    }
     if let Some(agree) = r.agreement {
         let members: Vec<String> = (a.members.iter().zip(&r.member_agreement))
             .map(|(m, g)| format!("{} {:.2}%", m.display(), 100.0 * g.unwrap_or(0.0)))
@@ -567,6 +592,46 @@ fn ensemble(a: EnsembleArgs) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// Per member, the samples its teacher held out of training (--out-of-fold).
+fn held_out_sets(members: &[PathBuf], teacher_dirs: &[PathBuf]) -> Result<Vec<Vec<bool>>> {
+    if !teacher_dirs.is_empty() && teacher_dirs.len() != members.len() {
+        return Err(Error::Config {
+            field: "--teacher-dirs".into(),
+            message: format!(
+                "{} directories given for {} member caches: give one per member, in order",
+                teacher_dirs.len(),
+                members.len()
+            ),
+        });
+    }
+    let mut sets = Vec::with_capacity(members.len());
+    for (k, member) in members.iter().enumerate() {
+        let set = open_views(member)?;
+        let m = set.first().manifest();
+        if m.dataset.split != "train" {
+            return Err(Error::Config {
+                field: "--out-of-fold".into(),
+                message: format!(
+                    "{} covers the {} split; out-of-fold targets are for the training split a teacher was trained on",
+                    member.display(),
+                    m.dataset.split
+                ),
+            });
+        }
+        let dir = match teacher_dirs.get(k) {
+            Some(d) => d.clone(),
+            None => PathBuf::from(&m.teacher.source),
+        };
+        let n = usize::try_from(m.dataset.num_samples).map_err(|_| Error::Config {
+            field: "--out-of-fold".into(),
+            message: format!("{}: too many samples for this platform", member.display()),
+        })?;
+        let split = held_out_by_model(&dir, &m.dataset.fingerprint, n)?;
+        sets.push((0..n).map(|i| split.holds_out(i)).collect());
+    }
+    Ok(sets)
 }
 
 fn import(a: ImportArgs) -> Result<()> {

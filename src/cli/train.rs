@@ -12,7 +12,7 @@ use distill::train::config::{DISTILL_ALPHA, DISTILL_TEMPERATURE};
 use distill::train::loss::{DkdWeights, LossConfig, LossKind, TeacherErrors};
 use distill::train::metrics::read_metrics;
 use distill::train::optim::{OptimizerConfig, OptimizerKind, Schedule};
-use distill::train::validation::held_out_count;
+use distill::train::validation::{held_out_count, ValFold, ValidationSplit};
 use distill::train::{RunOptions, SourcePaths, TrainConfig};
 
 use super::device::DeviceArgs;
@@ -133,6 +133,12 @@ pub struct TrainArgs {
     /// card, curves). 0 trains on every sample.
     #[arg(long, default_value_t = TrainConfig::default().val_fraction)]
     val_fraction: f64,
+    /// Hold out fold K of N of the training split instead of
+    /// --val-fraction: the N folds of one --seed partition the split, so N
+    /// runs (K = 0..N-1) each leave out a different part (teachers for
+    /// `cache ensemble --out-of-fold`).
+    #[arg(long, value_name = "K/N", conflicts_with = "val_fraction")]
+    val_fold: Option<String>,
     /// Output directory (model.safetensors, model.json, metrics.jsonl, curves.png).
     #[arg(long)]
     out: PathBuf,
@@ -232,7 +238,10 @@ fn run<D: Backend>(dev: D, a: TrainArgs) -> Result<()> {
 /// held out), and what it learns from, with the loss weights.
 fn start_line(a: &TrainArgs, cfg: &TrainConfig, train: &Dataset, device: &str) -> Result<String> {
     let n = train.len();
-    let held_out = held_out_count(cfg.val_fraction, n);
+    let held_out = match cfg.val_fold {
+        Some(fold) => ValidationSplit::fold(fold, cfg.seed, n)?.len(),
+        None => held_out_count(cfg.val_fraction, n),
+    };
     let defaults = if a.alpha.is_none() && a.temperature.is_none() {
         ", the defaults chosen on validation"
     } else {
@@ -276,6 +285,11 @@ fn config(a: &TrainArgs, init_spec: Option<&str>) -> Result<TrainConfig> {
             })
         }
     };
+    let val_fold = a
+        .val_fold
+        .as_deref()
+        .map(str::parse::<ValFold>)
+        .transpose()?;
     let cfg = TrainConfig {
         spec,
         epochs: a.epochs,
@@ -300,7 +314,11 @@ fn config(a: &TrainArgs, init_spec: Option<&str>) -> Result<TrainConfig> {
             None => None,
         },
         normalize: a.normalize.parse()?,
-        val_fraction: a.val_fraction,
+        val_fraction: match val_fold {
+            Some(_) => 0.0,
+            None => a.val_fraction,
+        },
+        val_fold,
     };
     cfg.validate()?;
     Ok(cfg)

@@ -158,6 +158,7 @@ impl SweepConfig {
             prune_schedule: None,
             normalize: TrainConfig::default().normalize,
             val_fraction: self.val_fraction,
+            val_fold: None,
         }
     }
 

@@ -19,9 +19,8 @@ use crate::prune::schedule::GradualSchedule;
 use super::loss::LossConfig;
 use super::metrics::EpochMetrics;
 use super::optim::OptimizerConfig;
-use super::validation::check_fraction;
-#[cfg(doc)]
 use super::validation::ValidationSplit;
+use super::validation::{check_fraction, ValFold};
 
 /// The largest batch a run accepts.
 pub const MAX_BATCH_SIZE: usize = 1 << 20;
@@ -71,6 +70,10 @@ pub struct TrainConfig {
     /// written before the split existed read as 0, which they were.
     #[serde(default)]
     pub val_fraction: f64,
+    /// A fold of the training split held out instead of `val_fraction`
+    /// ([`ValFold`]; `val_fraction` is then 0).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub val_fold: Option<ValFold>,
 }
 
 fn no_normalization() -> NormalizeSetting {
@@ -93,6 +96,7 @@ impl Default for TrainConfig {
             prune_schedule: None,
             normalize: NormalizeSetting::Auto,
             val_fraction: DEFAULT_VAL_FRACTION,
+            val_fold: None,
         }
     }
 }
@@ -116,6 +120,18 @@ impl TrainConfig {
         self.optimizer.validate()?;
         self.loss.validate()?;
         check_fraction(self.val_fraction)?;
+        if let Some(fold) = self.val_fold {
+            if self.val_fraction != 0.0 {
+                return Err(Error::Config {
+                    field: "val_fold".into(),
+                    message: format!(
+                        "fold {fold} and val_fraction {} both given: a run holds out one or the other",
+                        self.val_fraction
+                    ),
+                });
+            }
+            ValidationSplit::fold(fold, self.seed, 2 * fold.folds as usize)?;
+        }
         if let Some(s) = &self.prune_schedule {
             s.validate()?;
         }

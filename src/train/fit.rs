@@ -138,7 +138,12 @@ impl<'a, D: Backend> Run<'a, D> {
                 field: "normalize".into(),
                 message,
             })?;
-        let validation = ValidationSplit::new(cfg.val_fraction, cfg.seed, sources.train.len())?;
+        let validation = ValidationSplit::of(
+            cfg.val_fraction,
+            cfg.val_fold,
+            cfg.seed,
+            sources.train.len(),
+        )?;
         let total_steps = {
             let loader = Loader::new(sources.train, sources.cache, cfg).holding_out(&validation);
             let mut steps = 0u64;

@@ -12,6 +12,13 @@
 //! holds out a subset of a larger one's samples. The samples stay in the
 //! cache (records are looked up by sample index): the loader skips them.
 //!
+//! A fold (`--val-fold K/N`, [`ValFold`]) holds out part `K` of `N` of the
+//! same permutation instead: samples `[K n / N, (K + 1) n / N)` of it. The
+//! `N` folds of one seed partition the training split, so `N` teachers
+//! trained on them, one per fold, each leave out a different part: the
+//! cross-fitting that `distill cache ensemble --out-of-fold` uses to give
+//! every training image the outputs of a teacher that never trained on it.
+//!
 //! ```
 //! use distill::train::validation::ValidationSplit;
 //! let split = ValidationSplit::new(0.1, 7, 2_000).unwrap();
@@ -32,6 +39,57 @@ pub const VALIDATION_SALT: u64 = 0x7661_6c69_6461_7465; // "validate"
 /// The largest fraction a run may hold out.
 pub const MAX_VAL_FRACTION: f64 = 0.9;
 
+/// Part `index` of `folds` of the permutation drawn from the seed (module doc).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ValFold {
+    pub index: u64,
+    pub folds: u64,
+}
+
+impl std::str::FromStr for ValFold {
+    type Err = Error;
+    /// `K/N`, `0 <= K < N`, `2 <= N <= 1000`. Errors name `--val-fold`.
+    fn from_str(s: &str) -> Result<Self> {
+        let bad = |message: String| Error::Config {
+            field: "--val-fold".into(),
+            message,
+        };
+        let (k, n) = s
+            .split_once('/')
+            .ok_or_else(|| bad(format!("'{s}' is not K/N (e.g. 0/2)")))?;
+        let parse = |x: &str| {
+            x.trim()
+                .parse::<u64>()
+                .map_err(|_| bad(format!("'{s}' is not K/N: '{x}' is not a whole number")))
+        };
+        let fold = ValFold {
+            index: parse(k)?,
+            folds: parse(n)?,
+        };
+        fold.check().map_err(|message| bad(message))?;
+        Ok(fold)
+    }
+}
+
+impl std::fmt::Display for ValFold {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.index, self.folds)
+    }
+}
+
+impl ValFold {
+    fn check(&self) -> std::result::Result<(), String> {
+        if !(2..=1000).contains(&self.folds) || self.index >= self.folds {
+            return Err(format!(
+                "fold {}/{}: need 0 <= K < N and 2 <= N <= 1000",
+                self.index, self.folds
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// The samples of a training split held out for validation.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ValidationSplit {
@@ -47,19 +105,42 @@ impl ValidationSplit {
     pub fn new(fraction: f64, seed: u64, n: usize) -> Result<Self> {
         check_fraction(fraction)?;
         let count = held_out_count(fraction, n);
-        let mut held_out = vec![false; n];
-        let mut indices = Vec::new();
-        if count > 0 {
-            let mut order: Vec<usize> = (0..n).collect();
-            let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed ^ VALIDATION_SALT);
-            order.shuffle(&mut rng);
-            indices = order[..count].to_vec();
-            indices.sort_unstable();
-            for &i in &indices {
-                held_out[i] = true;
-            }
+        if count == 0 {
+            return Ok(Self::none(n));
         }
-        Ok(ValidationSplit { indices, held_out })
+        let order = permutation(seed, n);
+        Ok(Self::holding_out(order[..count].to_vec(), n))
+    }
+
+    /// The split of `n` samples holding out fold `fold` of the permutation
+    /// drawn from `seed` (module doc). Errors name the field `val_fold`.
+    pub fn fold(fold: ValFold, seed: u64, n: usize) -> Result<Self> {
+        fold.check().map_err(|message| Error::Config {
+            field: "val_fold".into(),
+            message,
+        })?;
+        let order = permutation(seed, n);
+        let (k, f) = (fold.index as u128, fold.folds as u128);
+        let lo = (k * n as u128 / f) as usize;
+        let hi = ((k + 1) * n as u128 / f) as usize;
+        Ok(Self::holding_out(order[lo..hi].to_vec(), n))
+    }
+
+    /// The split a run's settings ask for: its fold, or its fraction.
+    pub fn of(fraction: f64, fold: Option<ValFold>, seed: u64, n: usize) -> Result<Self> {
+        match fold {
+            Some(fold) => Self::fold(fold, seed, n),
+            None => Self::new(fraction, seed, n),
+        }
+    }
+
+    fn holding_out(mut indices: Vec<usize>, n: usize) -> Self {
+        indices.sort_unstable();
+        let mut held_out = vec![false; n];
+        for &i in &indices {
+            held_out[i] = true;
+        }
+        ValidationSplit { indices, held_out }
     }
 
     /// No validation: every sample trains.
@@ -94,6 +175,50 @@ impl ValidationSplit {
     pub fn train_len(&self) -> usize {
         self.held_out.len() - self.indices.len()
     }
+}
+
+/// The training samples the model in `dir` never trained on: the
+/// validation split (fold or fraction) its card records. `fingerprint` and
+/// `n` are the training split's the caller pairs it with (a cache's
+/// dataset); a model trained on other data, one whose card records no
+/// training run, or one that held nothing out is refused, naming its card.
+pub fn held_out_by_model(
+    dir: &std::path::Path,
+    fingerprint: &str,
+    n: usize,
+) -> Result<ValidationSplit> {
+    let path = crate::model::dir::ModelDir::new(dir).card();
+    let card = super::card::ModelCard::load(&path)?;
+    let refuse = |message: String| Error::Model {
+        path: path.clone(),
+        message,
+    };
+    let (Some(cfg), Some(data)) = (&card.config, &card.data) else {
+        return Err(refuse(
+            "records no training run (config and data): its held-out samples are unknown".into(),
+        ));
+    };
+    if data.train_fingerprint != fingerprint || data.train_samples != n {
+        return Err(refuse(format!(
+            "the model trained on data {} ({} samples), not the cache's {fingerprint} ({n} samples)",
+            data.train_fingerprint, data.train_samples
+        )));
+    }
+    let split = ValidationSplit::of(cfg.val_fraction, cfg.val_fold, cfg.seed, n)?;
+    if split.is_empty() {
+        return Err(refuse(
+            "the model held nothing out (val_fraction 0, no val_fold): it trained on every sample, so it has no out-of-fold outputs".into(),
+        ));
+    }
+    Ok(split)
+}
+
+/// The permutation of `0..n` the held-out samples are taken from.
+fn permutation(seed: u64, n: usize) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..n).collect();
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed ^ VALIDATION_SALT);
+    order.shuffle(&mut rng);
+    order
 }
 
 /// `round(fraction * n)`, at most `n - 1` (one sample always trains).
@@ -173,5 +298,53 @@ mod tests {
         let tiny = ValidationSplit::new(0.9, 0, 2).unwrap();
         assert_eq!((tiny.len(), tiny.train_len()), (1, 1));
         assert!(ValidationSplit::new(0.5, 0, 1).unwrap().is_empty());
+    }
+
+    #[test]
+    fn the_folds_of_a_seed_partition_the_split() {
+        for (folds, n) in [(2u64, 1000usize), (3, 1001), (5, 7)] {
+            let mut count = vec![0; n];
+            for index in 0..folds {
+                let s = ValidationSplit::fold(ValFold { index, folds }, 9, n).unwrap();
+                let want = n / folds as usize;
+                assert!(s.len() == want || s.len() == want + 1, "{}", s.len());
+                for &i in s.indices() {
+                    count[i] += 1;
+                }
+            }
+            assert!(
+                count.iter().all(|&c| c == 1),
+                "every sample in exactly one fold"
+            );
+        }
+        // Fold 0 of N is the fraction 1/N of the same seed where the counts meet.
+        let f = ValidationSplit::fold(ValFold { index: 0, folds: 4 }, 3, 1000).unwrap();
+        assert_eq!(f, ValidationSplit::new(0.25, 3, 1000).unwrap());
+        // Another seed, other folds.
+        let g = ValidationSplit::fold(ValFold { index: 0, folds: 4 }, 4, 1000).unwrap();
+        assert_ne!(f, g);
+        let of = ValidationSplit::of(0.1, Some(ValFold { index: 1, folds: 2 }), 3, 100).unwrap();
+        assert_eq!(of.len(), 50);
+        assert_eq!(ValidationSplit::of(0.1, None, 3, 100).unwrap().len(), 10);
+    }
+
+    #[test]
+    fn fold_flags_are_parsed_and_bad_ones_named() {
+        let f: ValFold = "1/3".parse().unwrap();
+        assert_eq!(f, ValFold { index: 1, folds: 3 });
+        assert_eq!(f.to_string(), "1/3");
+        for bad in ["3/3", "0/1", "1", "a/2", "1/x", "0/1001"] {
+            match bad.parse::<ValFold>() {
+                Err(Error::Config { field, message }) => {
+                    assert_eq!(field, "--val-fold", "{bad}");
+                    assert!(!message.is_empty());
+                }
+                other => panic!("{bad}: {other:?}"),
+            }
+        }
+        match ValidationSplit::fold(ValFold { index: 2, folds: 2 }, 0, 10) {
+            Err(Error::Config { field, .. }) => assert_eq!(field, "val_fold"),
+            other => panic!("{other:?}"),
+        }
     }
 }

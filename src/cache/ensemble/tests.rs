@@ -67,6 +67,7 @@ fn opts(t: f32, combine: Combine, weights: Vec<f64>) -> EnsembleOptions {
         writer: small_blocks(),
         combine,
         weights,
+        held_out: None,
     }
 }
 
@@ -369,7 +370,13 @@ fn an_interrupted_ensemble_resumes_to_the_same_bytes() {
             .iter()
             .map(|m| unsafe { CacheViews::open(m) }.unwrap())
             .collect();
-        let teacher = ensemble_teacher(&[a.clone(), b.clone()], &sets, &[0.5, 0.5], Combine::Prob);
+        let teacher = ensemble_teacher(
+            &[a.clone(), b.clone()],
+            &sets,
+            &[0.5, 0.5],
+            Combine::Prob,
+            None,
+        );
         let m0 = sets[0].first().manifest();
         let meta = CacheMeta {
             teacher,
@@ -402,4 +409,67 @@ fn combining_rules_by_name() {
     assert_eq!("logit".parse::<Combine>(), Ok(Combine::Logit));
     let err = "mean".parse::<Combine>().unwrap_err();
     assert!(err.contains("'mean' is not a combining rule"), "{err}");
+}
+
+#[test]
+fn out_of_fold_rows_come_from_the_members_that_held_them_out() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b, out) = (
+        dir.path().join("a"),
+        dir.path().join("b"),
+        dir.path().join("e"),
+    );
+    let n = 60;
+    let (za, zb) = (logits(n, 1), logits(n, 2));
+    cache(&a, &za, 2.0, "a");
+    cache(&b, &zb, 2.0, "b");
+    // a held out the even samples, b the odd ones below 50; 50.. by none.
+    let mask_a: Vec<bool> = (0..n).map(|i| i % 2 == 0 && i < 50).collect();
+    let mask_b: Vec<bool> = (0..n).map(|i| i % 2 == 1 && i < 50).collect();
+    let mut o = opts(2.0, Combine::Prob, vec![]);
+    o.held_out = Some(vec![mask_a, mask_b]);
+    // SAFETY: as above.
+    let report = unsafe { ensemble_caches(&[a.clone(), b.clone()], &out, &o, |_, _| {}) }.unwrap();
+    assert_eq!(report.held_out_by_member, vec![25, 25]);
+    assert_eq!(report.held_out_by_none, 10);
+    let got = read(&out, 2.0);
+    let (la, lb) = (tempered(&za, 2.0), tempered(&zb, 2.0));
+    for i in 0..n {
+        let row = |v: &[f32]| v[i * C..(i + 1) * C].to_vec();
+        let want = match i {
+            i if i >= 50 => (0..C)
+                .map(|k| {
+                    (0.5 * (la[i * C + k] as f64).exp() + 0.5 * (lb[i * C + k] as f64).exp()).ln()
+                        as f32
+                })
+                .collect(),
+            i if i % 2 == 0 => row(&la),
+            _ => row(&lb),
+        };
+        close(&row(&got), &want, 1e-6);
+    }
+    let m = &report.manifests[0];
+    assert!(
+        m.teacher.spec.starts_with("ensemble:prob-oof("),
+        "{}",
+        m.teacher.spec
+    );
+    // Another cut of the folds is another teacher.
+    let other = dir.path().join("other");
+    o.held_out = Some(vec![vec![true; n], vec![false; n]]);
+    // SAFETY: as above.
+    let r2 = unsafe { ensemble_caches(&[a, b], &other, &o, |_, _| {}) }.unwrap();
+    assert_ne!(r2.manifests[0].teacher.fingerprint, m.teacher.fingerprint);
+    close(&read(&other, 2.0), &la, 1e-6);
+    // A held-out set of the wrong length is refused.
+    o.held_out = Some(vec![vec![true; n - 1], vec![false; n]]);
+    let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+    // SAFETY: as above.
+    let err = unsafe { ensemble_caches(&[a, b], &dir.path().join("x"), &o, |_, _| {}) }
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("held-out set covers 59 samples, the cache 60"),
+        "{err}"
+    );
 }
