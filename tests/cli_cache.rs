@@ -423,18 +423,7 @@ fn an_ensemble_of_two_teachers_is_one_cache_a_student_reads() {
     );
     let out = ok(
         tmp.path(),
-        &[
-            "cache",
-            "ensemble",
-            "a",
-            "b",
-            "-T",
-            "4",
-            "--weights",
-            "3,1",
-            "--out",
-            "ens",
-        ],
+        &ensemble_args(&["a", "b", "-T", "4", "--weights", "3,1"], "ens"),
     );
     assert!(
         out.contains("cache ens (2000 samples, 10 classes, T 4, f16)"),
@@ -461,51 +450,30 @@ fn an_ensemble_of_two_teachers_is_one_cache_a_student_reads() {
     // Refusals name what is wrong and write nothing.
     fails(
         tmp.path(),
-        &[
-            "cache", "ensemble", "a", "a-test", "-T", "4", "--out", "bad",
-        ],
+        &ensemble_args(&["a", "a-test", "-T", "4"], "bad"),
         &["a-test", "dataset.split is test here but train in a"],
     );
     fails(
         tmp.path(),
-        &[
-            "cache",
-            "ensemble",
-            "a",
-            "b",
-            "-T",
-            "4",
-            "--weights",
-            "1",
-            "--out",
-            "bad",
-        ],
+        &ensemble_args(&["a", "b", "-T", "4", "--weights", "1"], "bad"),
         &["--weights", "1 weights given for 2 member caches"],
     );
     fails(
         tmp.path(),
-        &[
-            "cache",
-            "ensemble",
-            "a",
-            "b",
-            "-T",
-            "4",
-            "--combine",
-            "median",
-            "--out",
-            "bad",
-        ],
+        &ensemble_args(&["a", "b", "-T", "4", "--combine", "median"], "bad"),
         &["--combine", "'median' is not a combining rule"],
     );
     fails(
         tmp.path(),
-        &[
-            "cache", "ensemble", "a", "missing", "-T", "4", "--out", "bad",
-        ],
+        &ensemble_args(&["a", "missing", "-T", "4"], "bad"),
         &["missing"],
     );
     assert!(!tmp.path().join("bad").exists());
+}
+
+/// `cache ensemble` with `args` (members and flags) into `out`.
+fn ensemble_args<'a>(args: &[&'a str], out: &'a str) -> Vec<&'a str> {
+    [&["cache", "ensemble"][..], args, &["--out", out]].concat()
 }
 
 #[test]
@@ -536,17 +504,7 @@ fn out_of_fold_targets_come_from_teachers_trained_on_the_other_folds() {
     }
     let out = ok(
         tmp.path(),
-        &[
-            "cache",
-            "ensemble",
-            "c0",
-            "c1",
-            "-T",
-            "4",
-            "--out-of-fold",
-            "--out",
-            "oof",
-        ],
+        &ensemble_args(&["c0", "c1", "-T", "4", "--out-of-fold"], "oof"),
     );
     assert!(
         out.contains("samples held out by each member's teacher: c0 1000, c1 1000; by none (combined from all): 0"),
@@ -566,35 +524,33 @@ fn out_of_fold_targets_come_from_teachers_trained_on_the_other_folds() {
     // The teacher directories can be given; in the wrong number they are refused.
     ok(
         tmp.path(),
-        &[
-            "cache",
-            "ensemble",
-            "c0",
-            "c1",
-            "-T",
-            "4",
-            "--out-of-fold",
-            "--teacher-dirs",
-            "t0,t1",
-            "--out",
+        &ensemble_args(
+            &[
+                "c0",
+                "c1",
+                "-T",
+                "4",
+                "--out-of-fold",
+                "--teacher-dirs",
+                "t0,t1",
+            ],
             "oof2",
-        ],
+        ),
     );
     fails(
         tmp.path(),
-        &[
-            "cache",
-            "ensemble",
-            "c0",
-            "c1",
-            "-T",
-            "4",
-            "--out-of-fold",
-            "--teacher-dirs",
-            "t0",
-            "--out",
+        &ensemble_args(
+            &[
+                "c0",
+                "c1",
+                "-T",
+                "4",
+                "--out-of-fold",
+                "--teacher-dirs",
+                "t0",
+            ],
             "bad",
-        ],
+        ),
         &["--teacher-dirs", "1 directories given for 2 member caches"],
     );
     // A teacher that trained on every sample has no out-of-fold outputs.
@@ -613,17 +569,7 @@ fn out_of_fold_targets_come_from_teachers_trained_on_the_other_folds() {
     );
     fails(
         tmp.path(),
-        &[
-            "cache",
-            "ensemble",
-            "c0",
-            "all",
-            "-T",
-            "4",
-            "--out-of-fold",
-            "--out",
-            "bad",
-        ],
+        &ensemble_args(&["c0", "all", "-T", "4", "--out-of-fold"], "bad"),
         &["t-all/model.json", "held nothing out"],
     );
     // One trained on other data (the committed teacher: all 60,000 images).
@@ -634,17 +580,7 @@ fn out_of_fold_targets_come_from_teachers_trained_on_the_other_folds() {
     );
     fails(
         tmp.path(),
-        &[
-            "cache",
-            "ensemble",
-            "c0",
-            "full",
-            "-T",
-            "4",
-            "--out-of-fold",
-            "--out",
-            "bad",
-        ],
+        &ensemble_args(&["c0", "full", "-T", "4", "--out-of-fold"], "bad"),
         &["model.json", "the model trained on data", "(2000 samples)"],
     );
     // A fold and a fraction together are refused, as is a bad fold.
