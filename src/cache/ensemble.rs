@@ -394,36 +394,31 @@ fn check_members(paths: &[PathBuf], sets: &[CacheViews]) -> Result<()> {
             )
         };
         let (d, d0) = (&m.dataset, &first.dataset);
-        if d.split != d0.split {
-            return Err(differs("dataset.split", d.split.clone(), d0.split.clone()));
-        }
-        if d.num_samples != d0.num_samples {
-            return Err(differs(
+        let fields = [
+            ("dataset.split", d.split.clone(), d0.split.clone()),
+            (
                 "dataset.num_samples",
                 d.num_samples.to_string(),
                 d0.num_samples.to_string(),
-            ));
-        }
-        if d.fingerprint != d0.fingerprint {
-            return Err(differs(
+            ),
+            (
                 "dataset.fingerprint",
                 d.fingerprint.clone(),
                 d0.fingerprint.clone(),
-            ));
-        }
-        if m.num_classes != first.num_classes {
-            return Err(differs(
+            ),
+            (
                 "num_classes",
                 m.num_classes.to_string(),
                 first.num_classes.to_string(),
-            ));
-        }
-        if m.has_labels != first.has_labels {
-            return Err(differs(
+            ),
+            (
                 "has_labels",
                 m.has_labels.to_string(),
                 first.has_labels.to_string(),
-            ));
+            ),
+        ];
+        if let Some((field, here, there)) = fields.into_iter().find(|(_, a, b)| a != b) {
+            return Err(differs(field, here, there));
         }
         let show = |s: &CacheViews| match s.view_info() {
             Some(v) => format!(
