@@ -34,6 +34,10 @@ What it does:
 5. Prints the logit-standardised KD loss and its gradient (Sun et al., CVPR
    2024: both sides' logits z-scored per row before the softmax at T) for
    `distill train --logit-standardize --soft-scale 9`, also held as constants.
+6. Prints the DIST loss and its gradient (Huang et al., NeurIPS 2022: one
+   minus the Pearson correlation of student and teacher probabilities at T,
+   per row and per column, as the paper's code computes it) for
+   `distill train --loss dist`, held as constants too.
 """
 
 import argparse
@@ -220,6 +224,29 @@ def logit_standardized_kd():
     print(rust("LSKD_GRAD", s.grad.flatten().tolist()))
 
 
+def pearson(a, b, eps=1e-8):
+    # DIST's code: cosine similarity of the row-centred rows.
+    a = a - a.mean(1, keepdim=True)
+    b = b - b.mean(1, keepdim=True)
+    return (a * b).sum(1) / (a.norm(dim=1) * b.norm(dim=1) + eps)
+
+
+def dist_loss():
+    s = torch.tensor([[1.0, 2.0, 0.5], [0.1, -1.0, 2.0], [0.3, 0.3, -0.7]],
+                     dtype=torch.float64, requires_grad=True)
+    z = torch.tensor([[0.5, 3.0, 0.0], [0.0, 0.0, 4.0], [1.0, -1.0, 0.5]], dtype=torch.float64)
+    y = torch.tensor([1, 2, 0])
+    t, alpha = 2.0, 0.3
+    ps, pt = (s / t).softmax(1), (z / t).softmax(1)
+    inter = 1 - pearson(ps, pt).mean()
+    intra = 1 - pearson(ps.t(), pt.t()).mean()
+    ce = nn.functional.cross_entropy(s, y)
+    loss = alpha * ce + (1 - alpha) * t * t * (inter + intra)
+    loss.backward()
+    print(rust("DIST_LOSS", [loss.item()]))
+    print(rust("DIST_GRAD", s.grad.flatten().tolist()))
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--distill", default=str(ROOT / "target/debug/distill"))
@@ -230,6 +257,7 @@ def main():
     teacher_logits(a.distill)
     optimizers()
     logit_standardized_kd()
+    dist_loss()
 
 
 if __name__ == "__main__":

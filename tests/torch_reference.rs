@@ -456,3 +456,59 @@ fn logit_standardized_kd_matches_pytorch() {
     let bad = mismatches(&g, &LSKD_GRAD, "gradient");
     assert!(bad.is_empty(), "{bad:#?}");
 }
+
+// DIST (`--loss dist`), by `dist_loss()` of the script, in float64:
+//   s = [[1, 2, 0.5], [0.1, -1, 2], [0.3, 0.3, -0.7]], y = [1, 2, 0],
+//   teacher logits z = [[0.5, 3, 0], [0, 0, 4], [1, -1, 0.5]], T = 2, alpha = 0.3,
+//   pearson(a, b) = cosine of the row-centred rows (eps 1e-8 on the norms' product)
+//   loss = alpha * cross_entropy(s, y) + (1 - alpha) * T * T
+//          * ((1 - pearson(q, p).mean()) + (1 - pearson(q.t(), p.t()).mean()))
+//   with q = softmax(s / T), p = softmax(z / T)
+// torch 2.15.0:
+const DIST_LOSS: [f32; 1] = [1.5305783];
+const DIST_GRAD: [f32; 9] = [
+    0.29678324,
+    -0.34819844,
+    0.05141521,
+    0.009169039,
+    -0.038231555,
+    0.029062515,
+    -1.2172078,
+    1.3258084,
+    -0.108600624,
+];
+
+#[test]
+fn dist_matches_pytorch() {
+    use distill::train::loss::{loss, LossConfig, LossKind, Targets};
+    let dev = Cpu::seed_from_u64(0);
+    let s = [1.0f32, 2.0, 0.5, 0.1, -1.0, 2.0, 0.3, 0.3, -0.7];
+    let z = [0.5f32, 3.0, 0.0, 0.0, 0.0, 4.0, 1.0, -1.0, 0.5];
+    let labels = [1u32, 2, 0];
+    let cfg = LossConfig::new(LossKind::Dist, 0.3, 2.0);
+    // The teacher at the loss's temperature, as the loader hands it over.
+    let lp: Vec<f32> = z
+        .chunks(3)
+        .flat_map(|row| {
+            let lse = row.iter().map(|v| (v / 2.0).exp()).sum::<f32>().ln();
+            row.iter().map(move |v| v / 2.0 - lse).collect::<Vec<_>>()
+        })
+        .collect();
+    let targets = Targets {
+        classes: 3,
+        labels: Some(&labels),
+        teacher_logprobs: Some(&lp),
+    };
+    let logits = dev.tensor_from_vec(s.to_vec(), (3, 3));
+    let l = loss(&cfg, logits.leaky_trace(), &targets).unwrap();
+    let got = l.array();
+    assert!(
+        (got - DIST_LOSS[0]).abs() < 1e-5,
+        "loss {got} vs torch {}",
+        DIST_LOSS[0]
+    );
+    let grads = l.backward();
+    let g = grads.get(&logits).as_vec();
+    let bad = mismatches(&g, &DIST_GRAD, "gradient");
+    assert!(bad.is_empty(), "{bad:#?}");
+}

@@ -89,7 +89,7 @@ pub struct SweepArgs {
     /// Also train each student on hard labels alone, once.
     #[arg(long)]
     baseline: bool,
-    /// Soft loss: kd, mse or pseudo (default kd).
+    /// Soft loss: kd, dkd, dist, mse or pseudo (default kd).
     #[arg(long)]
     loss: Option<String>,
     /// Epochs per run (default 10).

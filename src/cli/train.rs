@@ -87,7 +87,8 @@ pub struct TrainArgs {
     /// refused there. Without a teacher only 1 is allowed.
     #[arg(long)]
     alpha: Option<f32>,
-    /// Soft loss: kd (KL at temperature T), dkd (decoupled KD), mse (logit
+    /// Soft loss: kd (KL at temperature T), dkd (decoupled KD), dist
+    /// (correlation of probabilities per image and per class), mse (logit
     /// matching), pseudo (teacher argmax as label).
     #[arg(long, default_value_t = TrainConfig::default().loss.kind.to_string())]
     loss: String,

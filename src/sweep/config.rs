@@ -195,7 +195,7 @@ pub struct SweepSettings {
     pub temperatures: Option<Vec<f32>>,
     pub alphas: Option<Vec<f32>>,
     pub baseline: Option<bool>,
-    /// kd, dkd, mse or pseudo.
+    /// kd, dkd, dist, mse or pseudo.
     pub loss: Option<String>,
     pub epochs: Option<usize>,
     pub batch: Option<usize>,

@@ -21,6 +21,11 @@
 //!   teacher (`p_t` near 1) thus silences the non-target "dark knowledge" in
 //!   plain KD; DKD weighs the two parts freely (`a`, `b` from
 //!   [`DkdWeights`], 1 and 8 by default as in the paper). It needs labels.
+//! - [`LossKind::Dist`]: DIST (Huang et al., NeurIPS 2022),
+//!   `alpha * CE(y, s) + (1 - alpha) * T^2 * (inter + intra)`, one minus the
+//!   mean Pearson correlation of student and teacher probabilities per image
+//!   (inter) and per class across the batch (intra): the student matches
+//!   the teacher's relations, not its confidence ([`super::dist`]).
 //!
 //! Two modifiers: [`LossConfig::soft_scale`] multiplies the soft term
 //! (`alpha * CE + (1 - alpha) * soft_scale * soft`), and
@@ -62,6 +67,7 @@ pub enum LossKind {
     Mse,
     Pseudo,
     Dkd,
+    Dist,
 }
 
 impl FromStr for LossKind {
@@ -72,6 +78,7 @@ impl FromStr for LossKind {
             "mse" => Ok(Self::Mse),
             "pseudo" => Ok(Self::Pseudo),
             "dkd" => Ok(Self::Dkd),
+            "dist" => Ok(Self::Dist),
             other => Err(Error::Config {
                 field: "loss.kind".into(),
                 message: format!("'{other}' is not one of kd, dkd, mse, pseudo"),
@@ -87,6 +94,7 @@ impl fmt::Display for LossKind {
             Self::Mse => "mse",
             Self::Pseudo => "pseudo",
             Self::Dkd => "dkd",
+            Self::Dist => "dist",
         })
     }
 }
@@ -469,6 +477,10 @@ pub fn loss_mixed<D: Backend, T: Tape<f32, D>>(
                         * dev.tensor_from_vec(w.on_non_target_logprobs, (batch, classes));
                     let cross = ls.sum::<Rank0, _>() + ls_nt.sum::<Rank0, _>();
                     (cross * (-inv_b) + w.constant * inv_b) * (soft_w * t * t)
+                }
+                LossKind::Dist => {
+                    let probs: Vec<f32> = lp.iter().map(|v| v.exp()).collect();
+                    super::dist::relation_loss(l, &probs, t) * soft_w
                 }
                 LossKind::Kd | LossKind::Pseudo => unreachable!("handled above"),
             })

@@ -13,7 +13,8 @@
 //!   settings on;
 //! - [`checkpoint`]: the state a killed run resumes from;
 //! - [`pruning`]: masks in force and the gradual-pruning hook;
-//! - [`loss`], [`optim`]: the objectives and the optimizers;
+//! - [`loss`], [`optim`]: the objectives and the optimizers; [`dist`]: the
+//!   correlation loss of DIST, one of the objectives;
 //! - [`eval`]: accuracy, loss and agreement on a dataset;
 //! - [`device_check`]: a compute device checked against the CPU, op by op;
 //! - [`compare`]: one row per model for `distill eval` and `distill prune`
@@ -27,6 +28,7 @@ pub mod checkpoint;
 pub mod compare;
 pub mod config;
 pub mod device_check;
+pub mod dist;
 pub mod eval;
 pub mod fit;
 pub mod loader;

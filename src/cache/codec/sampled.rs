@@ -26,7 +26,7 @@
 //! the trainer's loss over many `U` and reports its variance.
 //!
 //! The KD loss reads the decoded row as `p = exp(lp)`, so the absent classes
-//! add nothing (`0 · log q`); losses that are not linear in `p` (mse, dkd)
+//! add nothing (`0 · log q`); losses that are not linear in `p` (mse, dkd, dist)
 //! lose the unbiasedness, and mse is refused on any sparse cache. Like
 //! `topk`, the row cannot be re-tempered exactly.
 
