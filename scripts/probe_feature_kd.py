@@ -58,42 +58,30 @@ def read_idx(path):
     return np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim).reshape(dims)
 
 
-def load_teacher(tdir):
+def teacher_module(tdir):
+    """The module `model.py` beside the teacher builds, and its residual block class."""
     scope = {}
     exec((tdir / "model.py").read_text(), scope)
-    model = scope["model"]
+    return scope["model"], scope["BasicBlock"]
+
+
+def load_teacher(tdir):
+    model, _ = teacher_module(tdir)
     model.load_state_dict(safetensors.torch.load_file(str(tdir / "model.safetensors")), strict=True)
     return model.eval()
-
-
-class Block(nn.Module):
-    def __init__(self, inp, out, stride):
-        super().__init__()
-        self.conv1 = nn.Conv2d(inp, out, 3, stride=stride, padding=1, bias=False)
-        self.bn1 = nn.BatchNorm2d(out)
-        self.conv2 = nn.Conv2d(out, out, 3, padding=1, bias=False)
-        self.bn2 = nn.BatchNorm2d(out)
-        self.shortcut = nn.Sequential()
-        if stride != 1 or inp != out:
-            self.shortcut = nn.Sequential(
-                nn.Conv2d(inp, out, 1, stride=stride, bias=False), nn.BatchNorm2d(out))
-
-    def forward(self, x):
-        y = torch.relu(self.bn1(self.conv1(x)))
-        return torch.relu(self.bn2(self.conv2(y)) + self.shortcut(x))
 
 
 class Student(nn.Module):
     """`resnet:4x1-8x1-16x1-10`: stem, one block per stage, pooling, linear."""
 
-    def __init__(self, widths=(4, 8, 16), classes=10, mean=0.0, std=1.0):
+    def __init__(self, block, widths=(4, 8, 16), classes=10, mean=0.0, std=1.0):
         super().__init__()
         self.mean, self.std = mean, std
         self.stem = nn.Sequential(nn.Conv2d(1, widths[0], 3, padding=1, bias=False),
                                   nn.BatchNorm2d(widths[0]), nn.ReLU())
         self.stages = nn.ModuleList([
-            Block(widths[0], widths[0], 1), Block(widths[0], widths[1], 2),
-            Block(widths[1], widths[2], 2)])
+            block(widths[0], widths[0], 1), block(widths[0], widths[1], 2),
+            block(widths[1], widths[2], 2)])
         self.fc = nn.Linear(widths[2], classes)
 
     def forward(self, x):
@@ -190,7 +178,9 @@ def main():
     torch.manual_seed(a.seed)
     widths = tuple(int(w) for w in a.widths.split(","))
     mean, std = 0.2860406, 0.35302424
-    model = Student(widths, mean=mean, std=std)
+    # The student's blocks are the teacher's `BasicBlock` (distill's residual block).
+    _, block = teacher_module(Path(a.teacher))
+    model = Student(block, widths, mean=mean, std=std)
     extra = []
     if a.arm == "kd+fit":
         regressor = nn.Conv2d(widths[2], 64, 1, bias=False)
