@@ -152,6 +152,55 @@ fn reference_loss(
     total / rows as f64
 }
 
+/// DIST's loss of one batch in f64, from the formula in the docs of
+/// `src/train/dist.rs`: `alpha * CE(y, s) + (1 - alpha) * T^2 * (inter +
+/// intra)`, one minus the mean Pearson correlation of `softmax(s / T)` and
+/// the teacher's `p_T`, per row (inter) and per column across the batch
+/// (intra). Not a mean of per-image losses: the intra term reads the batch.
+fn reference_dist_loss(
+    alpha: f64,
+    t: f64,
+    student: &[f32],
+    teacher: &[f32],
+    labels: &[u32],
+    c: usize,
+) -> f64 {
+    let rows = labels.len();
+    let mut q = vec![0f64; rows * c];
+    let mut ce = 0.0;
+    for i in 0..rows {
+        let s: Vec<f64> = student[i * c..][..c].iter().map(|&v| v as f64).collect();
+        let m = s.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+        let lse = m + s.iter().map(|v| (v - m).exp()).sum::<f64>().ln();
+        ce += lse - s[labels[i] as usize];
+        let z: f64 = s.iter().map(|v| ((v - m) / t).exp()).sum();
+        for j in 0..c {
+            q[i * c + j] = ((s[j] - m) / t).exp() / z;
+        }
+    }
+    let p: Vec<f64> = teacher.iter().map(|&v| (v as f64).exp()).collect();
+    let pearson = |a: &[f64], b: &[f64]| {
+        let n = a.len() as f64;
+        let (ma, mb) = (a.iter().sum::<f64>() / n, b.iter().sum::<f64>() / n);
+        let dot: f64 = a.iter().zip(b).map(|(x, y)| (x - ma) * (y - mb)).sum();
+        let na = a.iter().map(|x| (x - ma).powi(2)).sum::<f64>().sqrt();
+        let nb = b.iter().map(|y| (y - mb).powi(2)).sum::<f64>().sqrt();
+        dot / (na * nb + 1e-8)
+    };
+    let inter = 1.0
+        - (0..rows)
+            .map(|i| pearson(&q[i * c..][..c], &p[i * c..][..c]))
+            .sum::<f64>()
+            / rows as f64;
+    let column = |v: &[f64], j: usize| (0..rows).map(|i| v[i * c + j]).collect::<Vec<_>>();
+    let intra = 1.0
+        - (0..c)
+            .map(|j| pearson(&column(&q, j), &column(&p, j)))
+            .sum::<f64>()
+            / c as f64;
+    alpha * ce / rows as f64 + (1.0 - alpha) * t * t * (inter + intra)
+}
+
 /// Every loss combination trains, and the loss it reports is the loss of
 /// its formula: one epoch from known initial weights at a learning rate so
 /// small (1e-12) that the weights do not move, so the epoch's train loss is
@@ -264,6 +313,50 @@ fn distillation_runs_and_pairing_is_checked() {
             assert!((a - b).abs() > 1e-5, "{seen:?}");
         }
     }
+    // DIST's intra-class term reads the whole batch, so its formula is
+    // checked on one batch of the whole training set.
+    let whole = n.to_string();
+    let flags = [
+        "--cache",
+        "train-cache",
+        "--init-from",
+        "init",
+        "--epochs",
+        "1",
+        "--batch",
+        &whole,
+        "--lr",
+        "1e-12",
+        "-q",
+        "--loss",
+        "dist",
+        "--alpha",
+        "0.5",
+        "-T",
+        "2",
+        "--test-cache",
+        "test-cache",
+        "--val-fraction",
+        "0",
+    ];
+    ok(
+        tmp.path(),
+        &train_args(&data, "mlp:784-32-10", "run", &flags),
+    );
+    let card = model_card(&tmp.path().join("run"));
+    assert_eq!(card["config"]["loss"]["kind"], "dist", "{card}");
+    let metrics = fs::read_to_string(tmp.path().join("run/metrics.jsonl")).unwrap();
+    let first: serde_json::Value = serde_json::from_str(metrics.lines().next().unwrap()).unwrap();
+    let got = first["train_loss"].as_f64().unwrap();
+    let want = reference_dist_loss(0.5, 2.0, &logits, &teacher, &labels, 10);
+    assert!(
+        (got - want).abs() <= 2e-6 * want.abs(),
+        "dist: train loss {got}, formula {want}"
+    );
+    assert!(
+        seen.iter().all(|a| (a - got).abs() > 1e-5),
+        "{seen:?} {got}"
+    );
     for (extra, needles) in [
         (
             &["--loss", "dkd", "--alpha", "0.5", "--dkd-weights", "1"][..],
@@ -522,35 +615,22 @@ fn out_of_fold_targets_come_from_teachers_trained_on_the_other_folds() {
         &distil_args(&data, "oof", "run", &["--alpha", "0.1", "-T", "2"]),
     );
     // The teacher directories can be given; in the wrong number they are refused.
-    ok(
-        tmp.path(),
-        &ensemble_args(
-            &[
-                "c0",
-                "c1",
-                "-T",
-                "4",
-                "--out-of-fold",
-                "--teacher-dirs",
-                "t0,t1",
-            ],
-            "oof2",
-        ),
-    );
+    let with_dirs = |dirs: &'static str, out: &'static str| {
+        let args = [
+            "c0",
+            "c1",
+            "-T",
+            "4",
+            "--out-of-fold",
+            "--teacher-dirs",
+            dirs,
+        ];
+        ensemble_args(&args, out)
+    };
+    ok(tmp.path(), &with_dirs("t0,t1", "oof2"));
     fails(
         tmp.path(),
-        &ensemble_args(
-            &[
-                "c0",
-                "c1",
-                "-T",
-                "4",
-                "--out-of-fold",
-                "--teacher-dirs",
-                "t0",
-            ],
-            "bad",
-        ),
+        &with_dirs("t0", "bad"),
         &["--teacher-dirs", "1 directories given for 2 member caches"],
     );
     // A teacher that trained on every sample has no out-of-fold outputs.

@@ -81,7 +81,7 @@ impl FromStr for LossKind {
             "dist" => Ok(Self::Dist),
             other => Err(Error::Config {
                 field: "loss.kind".into(),
-                message: format!("'{other}' is not one of kd, dkd, mse, pseudo"),
+                message: format!("'{other}' is not one of kd, dkd, dist, mse, pseudo"),
             }),
         }
     }

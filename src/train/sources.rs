@@ -266,7 +266,7 @@ impl<D: Backend> TrainSources<'_, D> {
 }
 
 /// The error for a teacher given to a loss that never reads it (alpha 1 of
-/// kd, dkd or mse): such a run would train on hard labels alone while
+/// kd, dkd, dist or mse): such a run would train on hard labels alone while
 /// looking like distillation.
 fn teacher_unused<D: Backend>(sources: &TrainSources<'_, D>, cfg: &TrainConfig) -> Error {
     let (what, field) = match &sources.cache_dir {
