@@ -107,6 +107,103 @@ fn same_seed_same_weights_and_resume_matches_uninterrupted_run() {
 }
 
 #[test]
+fn snapshots_are_models_of_their_epoch_and_survive_a_resume() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = s(&small_data());
+    let args = |out: &'static str, extra: &[&'static str]| -> Vec<String> {
+        let settings = ["--epochs", "3", "--batch", "64", "--seed", "3", "-q"];
+        train_args(
+            &data,
+            "mlp:784-32-10",
+            out,
+            &[&settings[..], extra].concat(),
+        )
+        .into_iter()
+        .map(String::from)
+        .collect()
+    };
+    let run = |out: &'static str, extra: &[&'static str]| {
+        let a = args(out, extra);
+        ok(
+            tmp.path(),
+            &a.iter().map(String::as_str).collect::<Vec<_>>(),
+        )
+    };
+    run("a", &["--snapshot-epochs", "1,2"]);
+    let a = tmp.path().join("a");
+    let metrics: Vec<serde_json::Value> = fs::read_to_string(a.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(metrics.len(), 3);
+    for epoch in [1usize, 2] {
+        let snap = a.join(format!("epoch-{epoch:03}"));
+        for f in [
+            "model.safetensors",
+            "model.json",
+            "model.py",
+            "metrics.jsonl",
+        ] {
+            assert!(snap.join(f).exists(), "{f} missing in {}", snap.display());
+        }
+        let lines = fs::read_to_string(snap.join("metrics.jsonl")).unwrap();
+        assert_eq!(lines.lines().count(), epoch, "{lines}");
+        let card = model_card(&snap);
+        assert_eq!(card["snapshot_epoch"], epoch);
+        let acc = card["test_accuracy"].as_f64().unwrap();
+        assert_eq!(acc, metrics[epoch - 1]["test_accuracy"].as_f64().unwrap());
+        // The weights are that epoch's: evaluating them gives its accuracy.
+        let snap_arg = s(&snap);
+        let eval = ok(tmp.path(), &["eval", "--model", &snap_arg, "--data", &data]);
+        assert!(
+            eval.contains(&format!("{:.2}%", 100.0 * acc)),
+            "{eval} vs {acc}"
+        );
+    }
+    assert!(!a.join("epoch-003").exists());
+    assert!(model_card(&a).get("snapshot_epoch").is_none());
+    let weights = |p: &str| fs::read(tmp.path().join(p).join("model.safetensors")).unwrap();
+    assert_ne!(weights("a/epoch-002"), weights("a"));
+    // 1,800 training images at 64 a batch: 29 steps an epoch, so step 40 is
+    // inside epoch 2. The resumed run writes the same snapshot.
+    run(
+        "b",
+        &[
+            "--snapshot-epochs",
+            "2",
+            "--checkpoint-every",
+            "7",
+            "--stop-after-steps",
+            "40",
+        ],
+    );
+    assert!(!tmp.path().join("b/epoch-002").exists());
+    run(
+        "b",
+        &[
+            "--snapshot-epochs",
+            "2",
+            "--checkpoint-every",
+            "7",
+            "--resume",
+        ],
+    );
+    assert_eq!(weights("b/epoch-002"), weights("a/epoch-002"));
+    assert_eq!(weights("b"), weights("a"));
+    // An epoch the run does not have is refused before anything is written.
+    for bad in ["4", "0", "2,x"] {
+        let a = args("c", &["--snapshot-epochs", bad]);
+        fails(
+            tmp.path(),
+            &a.iter().map(String::as_str).collect::<Vec<_>>(),
+            &["--snapshot-epochs"],
+        );
+    }
+    assert!(!tmp.path().join("c").exists());
+}
+
+#[test]
 fn bad_flags_name_the_flag() {
     let tmp = tempfile::tempdir().unwrap();
     let data = s(&small_data());

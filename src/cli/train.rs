@@ -149,6 +149,13 @@ pub struct TrainArgs {
     /// Continue from OUT/checkpoint.safetensors.
     #[arg(long)]
     resume: bool,
+    /// After each of these epochs (e.g. 10,20), also write the model as it
+    /// stands into OUT/epoch-NNN/: a complete model directory (weights,
+    /// card with that epoch's accuracy, metrics so far) that eval, cache
+    /// build --teacher and --init-from read like any other, for an
+    /// early-stopped teacher.
+    #[arg(long, value_delimiter = ',', value_name = "EPOCHS")]
+    snapshot_epochs: Vec<usize>,
     /// Stop after N steps, leaving a checkpoint (to test --resume).
     #[arg(long, hide = true)]
     stop_after_steps: Option<u64>,
@@ -193,6 +200,7 @@ fn run<D: Backend>(dev: D, a: TrainArgs) -> Result<()> {
         resume: a.resume,
         quiet: a.quiet,
         stop_after_steps: a.stop_after_steps,
+        snapshot_epochs: a.snapshot_epochs.clone(),
         command: command_line(),
         data_dir: a.data.clone(),
         init: init.as_ref().map(|i| i.tensors.clone()),

@@ -103,6 +103,10 @@ pub struct ModelCard {
     pub best_val_epoch: Option<usize>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub best_val_epoch_test_accuracy: Option<f64>,
+    /// Set in a snapshot (`train --snapshot-epochs`): the epoch (1-based)
+    /// after which these weights were written, short of `config.epochs`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snapshot_epoch: Option<usize>,
     pub teacher_agreement: Option<f64>,
     pub train_seconds: f64,
     pub command: String,
@@ -147,6 +151,7 @@ impl ModelCard {
             val_loss: None,
             best_val_epoch: None,
             best_val_epoch_test_accuracy: None,
+            snapshot_epoch: None,
             teacher_agreement,
             train_seconds,
             command: opts.command.clone(),

@@ -150,6 +150,9 @@ pub struct RunOptions {
     pub quiet: bool,
     /// Stop after this many steps (for tests that simulate a crash).
     pub stop_after_steps: Option<u64>,
+    /// After each of these epochs (1-based), write the model as it stands
+    /// into `OUT/epoch-NNN/`, a complete model directory.
+    pub snapshot_epochs: Vec<usize>,
     /// The command line, recorded in the card.
     pub command: String,
     /// Data directory, recorded in the card.

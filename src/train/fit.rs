@@ -70,6 +70,19 @@ pub fn train<D: Backend>(
     opts: &RunOptions,
 ) -> Result<TrainOutcome<D>> {
     cfg.validate()?;
+    if let Some(&e) = opts
+        .snapshot_epochs
+        .iter()
+        .find(|&&e| e == 0 || e > cfg.epochs)
+    {
+        return Err(Error::Config {
+            field: "snapshot_epochs".into(),
+            message: format!(
+                "epoch {e} is not one of the run's epochs 1..={}",
+                cfg.epochs
+            ),
+        });
+    }
     let spec = ModelSpec::parse_for_input(&cfg.spec, sources.train.sample_shape())?;
     sources.check(cfg, &spec)?;
     let mut run = Run::start(device, cfg, spec, sources, out_dir, opts)?;
@@ -402,6 +415,9 @@ impl<'a, D: Backend> Run<'a, D> {
         self.metrics.push(m);
         write_metrics(&self.dir.metrics(), &self.metrics)?;
         self.last_eval = eval;
+        if self.opts.snapshot_epochs.contains(&(epoch + 1)) {
+            self.write_snapshot(epoch + 1)?;
+        }
         self.progress = Progress {
             epoch: epoch + 1,
             position: 0,
@@ -431,27 +447,34 @@ impl<'a, D: Backend> Run<'a, D> {
         )
     }
 
-    /// The card of the run; a finished run's files.
-    fn finish(self, finished: bool) -> Result<TrainOutcome<D>> {
-        let sources = self.sources;
-        let cache_ref = match (sources.cache, &sources.cache_dir) {
+    /// The run's card as of now: after its last finished epoch.
+    fn card(&self) -> ModelCard {
+        let cache_ref = match (self.sources.cache, &self.sources.cache_dir) {
             (Some(c), Some(dir)) => Some(CacheRef::from_views(c, dir)),
             _ => None,
         };
-        let card = ModelCard::new(
+        ModelCard::new(
             &self.net,
             self.cfg,
             self.opts,
-            sources.train,
-            sources.test,
+            self.sources.train,
+            self.sources.test,
             cache_ref,
             self.last_eval.as_ref(),
             self.metrics.last().and_then(|m| m.teacher_agreement),
             self.progress.train_seconds,
         )
-        .with_validation(self.validation.len(), &self.metrics);
+        .with_validation(self.validation.len(), &self.metrics)
+    }
+
+    /// The card of the run; a finished run's files.
+    fn finish(self, finished: bool) -> Result<TrainOutcome<D>> {
+        let card = self.card();
         if finished {
-            self.write_outputs(&card)?;
+            self.write_model(&self.dir, &card)?;
+            if self.dir.checkpoint().exists() {
+                let _ = fs::remove_file(self.dir.checkpoint());
+            }
         }
         Ok(TrainOutcome {
             network: self.net,
@@ -461,10 +484,21 @@ impl<'a, D: Backend> Run<'a, D> {
         })
     }
 
-    /// Writes a finished run's weights, masks, card and curves, and removes
-    /// its checkpoint.
-    fn write_outputs(&self, card: &ModelCard) -> Result<()> {
-        let dir = &self.dir;
+    /// Writes the model as it stands after epoch `epoch` (1-based) into
+    /// `OUT/epoch-NNN/` ([`snapshot_dir`]): a complete model directory with
+    /// the metrics up to that epoch, which every command that reads a model
+    /// takes (an early-stopped teacher, for one).
+    fn write_snapshot(&self, epoch: usize) -> Result<()> {
+        let dir = ModelDir::new(snapshot_dir(self.dir.path(), epoch));
+        fs::create_dir_all(dir.path()).map_err(|e| Error::io(dir.path(), e))?;
+        let mut card = self.card();
+        card.snapshot_epoch = Some(epoch);
+        write_metrics(&dir.metrics(), &self.metrics)?;
+        self.write_model(&dir, &card)
+    }
+
+    /// Writes the weights, masks, card and curves into `dir`.
+    fn write_model(&self, dir: &ModelDir, card: &ModelCard) -> Result<()> {
         save_weights(&self.net, dir.weights())?;
         if let Some(m) = self.pruning.masks() {
             let mut meta = HashMap::new();
@@ -481,12 +515,14 @@ impl<'a, D: Backend> Run<'a, D> {
             &curve_points(&self.metrics),
             baseline.as_deref(),
             self.opts.teacher_accuracy,
-        )?;
-        if dir.checkpoint().exists() {
-            let _ = fs::remove_file(dir.checkpoint());
-        }
-        Ok(())
+        )
     }
+}
+
+/// Where a run in `out` keeps its snapshot after epoch `epoch` (1-based):
+/// `out/epoch-NNN`.
+pub fn snapshot_dir(out: &Path, epoch: usize) -> PathBuf {
+    out.join(format!("epoch-{epoch:03}"))
 }
 
 fn progress_bar(show: bool, len: u64, epoch: usize, epochs: usize) -> ProgressBar {

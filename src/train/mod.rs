@@ -41,5 +41,5 @@ pub mod trainer;
 pub mod validation;
 
 pub use config::{RunOptions, TrainConfig};
-pub use fit::{train, TrainOutcome};
+pub use fit::{snapshot_dir, train, TrainOutcome};
 pub use sources::{SourcePaths, TrainSources};
