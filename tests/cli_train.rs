@@ -167,28 +167,13 @@ fn snapshots_are_models_of_their_epoch_and_survive_a_resume() {
     assert_ne!(weights("a/epoch-002"), weights("a"));
     // 1,800 training images at 64 a batch: 29 steps an epoch, so step 40 is
     // inside epoch 2. The resumed run writes the same snapshot.
+    let snapshot_2 = ["--snapshot-epochs", "2", "--checkpoint-every", "7"];
     run(
         "b",
-        &[
-            "--snapshot-epochs",
-            "2",
-            "--checkpoint-every",
-            "7",
-            "--stop-after-steps",
-            "40",
-        ],
+        &[&snapshot_2[..], &["--stop-after-steps", "40"]].concat(),
     );
     assert!(!tmp.path().join("b/epoch-002").exists());
-    run(
-        "b",
-        &[
-            "--snapshot-epochs",
-            "2",
-            "--checkpoint-every",
-            "7",
-            "--resume",
-        ],
-    );
+    run("b", &[&snapshot_2[..], &["--resume"]].concat());
     assert_eq!(weights("b/epoch-002"), weights("a/epoch-002"));
     assert_eq!(weights("b"), weights("a"));
     // An epoch the run does not have is refused before anything is written.
