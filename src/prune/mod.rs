@@ -73,7 +73,7 @@ pub use run::{prune_model, Method, PruneConfig, PruneRun};
 pub use selection::LayerSelection;
 pub use structured::{pruned_spec, structured, StructuredPrune};
 pub use transfer::{
-    init_from, top_l1_rows, transfer, transfer_with_masks, Fill, InitFrom, TransferLine,
+    init_from, top_l1_rows, transfer, transfer_with_masks, Fill, InitFrom, Ranking, TransferLine,
     TransferReport,
 };
 pub use unstructured::unstructured;

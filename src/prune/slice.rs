@@ -29,7 +29,7 @@ use std::collections::HashMap;
 
 use super::spec_err;
 use super::transfer::{
-    carry_mask, fill_kind, top_l1_rows, unit_map, TransferLine, TransferReport, UnitCopy,
+    carry_mask, fill_kind, top_l1_rows, unit_map, Ranking, TransferLine, TransferReport, UnitCopy,
 };
 use crate::error::Result;
 use crate::model::io::HostTensor;
@@ -173,12 +173,18 @@ impl Slicer<'_> {
             student_shape: st.shape.clone(),
             kept_units: (is_weight && sliced)
                 .then(|| copy.out_map.iter().flatten().copied().collect()),
+            ranked_by: if is_weight && sliced {
+                copy.ranking
+            } else {
+                None
+            },
         });
         Ok(())
     }
 
     /// A weight (rows of `cols.len() * taps` values) and its optional bias;
-    /// returns the output map (`force`d, or chosen by L1).
+    /// returns the output map (`force`d, chosen by the batch norm's scale
+    /// where [`channel_scores`] has one, else by L1).
     #[allow(clippy::too_many_arguments)]
     fn affine(
         &mut self,
@@ -191,18 +197,21 @@ impl Slicer<'_> {
     ) -> Result<ChannelMap> {
         let tw = self.teacher_tensor(&format!("{tp}.weight"))?;
         let t_cols = tw.data.len().checked_div(tu).unwrap_or(0);
-        let out_map = force.unwrap_or_else(|| match self.scores.get(tp) {
-            Some(scores) if su < tu && scores.len() == tu => {
-                top_l1_rows(scores, tu, su).into_iter().map(Some).collect()
-            }
-            _ => unit_map(&tw.data, tu, su),
-        });
+        let (out_map, ranking) = match (force, self.scores.get(tp)) {
+            (Some(map), _) => (map, Ranking::Carried),
+            (None, Some(scores)) if su < tu && scores.len() == tu => (
+                top_l1_rows(scores, tu, su).into_iter().map(Some).collect(),
+                Ranking::BatchNormScale,
+            ),
+            (None, _) => (unit_map(&tw.data, tu, su), Ranking::L1),
+        };
         let sliced = su < tu;
         let copy = UnitCopy {
             out_map: &out_map,
             cols,
             taps,
             t_cols,
+            ranking: Some(ranking),
         };
         self.tensor(
             &format!("{tp}.weight"),
@@ -284,6 +293,7 @@ impl Slicer<'_> {
             cols: &[],
             taps: 1,
             t_cols: 1,
+            ranking: None,
         };
         for what in ["weight", "bias", "running_mean", "running_var"] {
             let (t, st) = (format!("{tp}.{what}"), format!("{sp}.{what}"));
@@ -368,7 +378,7 @@ impl Slicer<'_> {
 mod tests {
     use dfdx::prelude::*;
 
-    use super::super::{structured, LayerSelection};
+    use super::super::{structured, LayerSelection, Ranking};
     use crate::model::io::HostTensor;
     use crate::model::{ModelSpec, Network};
 
@@ -379,6 +389,15 @@ mod tests {
             .iter()
             .find(|l| l.name == name)
             .and_then(|l| l.kept_units.clone())
+    }
+
+    /// What chose the units a transfer kept for student tensor `name`.
+    fn ranked_by(report: &super::super::TransferReport, name: &str) -> Option<Ranking> {
+        report
+            .lines
+            .iter()
+            .find(|l| l.name == name)
+            .and_then(|l| l.ranked_by)
     }
 
     /// Zeroes channel `ch` of the module `prefix`: a conv's filter, or a
@@ -495,6 +514,24 @@ mod tests {
         assert_eq!(kept("layers.3.conv2.weight"), Some(vec![1, 3]));
         assert_eq!(kept("layers.4.conv2.weight"), Some(vec![1, 3]));
         assert_eq!(kept("layers.3.conv1.weight"), Some(vec![0, 3]));
+        // The report says what chose them: the stem and a block's inner
+        // channels by their batch norms, an identity block's output by the
+        // stream it writes into.
+        let by = |name: &str| ranked_by(&small.report, name);
+        assert_eq!(by("layers.0.weight"), Some(Ranking::BatchNormScale));
+        assert_eq!(by("layers.3.conv1.weight"), Some(Ranking::BatchNormScale));
+        assert_eq!(by("layers.3.conv2.weight"), Some(Ranking::Carried));
+        assert_eq!(by("layers.4.conv2.weight"), Some(Ranking::Carried));
+        assert_eq!(by("layers.3.bn1.weight"), None);
+        let text = small.report.to_string();
+        assert!(
+            text.contains("layers.0.weight    sliced [4, 1, 3, 3] -> [2, 1, 3, 3] (kept 2 of 4 units by batch-norm |gamma|)"),
+            "{text}"
+        );
+        assert!(
+            text.contains("(kept 2 of 4 units carried from the residual stream)"),
+            "{text}"
+        );
         // Without batch norm after it, a convolution keeps its L1 ranking.
         let plain = ModelSpec::parse("cnn:i1x6x6-c4-p-3").unwrap();
         let mut pw = Network::new(plain.clone(), Cpu::default(), 4).to_host();
@@ -504,6 +541,14 @@ mod tests {
             kept_units(&small.report, "layers.0.weight"),
             Some(vec![0, 2])
         );
+        assert_eq!(
+            ranked_by(&small.report, "layers.0.weight"),
+            Some(Ranking::L1)
+        );
+        assert!(small
+            .report
+            .to_string()
+            .contains("(kept 2 of 4 units by L1)"));
     }
 
     #[test]

@@ -52,6 +52,31 @@ pub struct TransferLine {
     pub fill: Fill,
     /// The teacher units kept for this layer's outputs, when it was sliced.
     pub kept_units: Option<Vec<usize>>,
+    /// What chose [`Self::kept_units`].
+    pub ranked_by: Option<Ranking>,
+}
+
+/// What chose the teacher units a narrower student layer keeps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ranking {
+    /// The L1 norm of each unit's own weights.
+    L1,
+    /// The `|gamma|` of the batch norm that follows the convolution (summed
+    /// over every batch norm that writes into a residual stream).
+    BatchNormScale,
+    /// Chosen elsewhere and carried here: a residual stream's channels, which
+    /// every block on it keeps.
+    Carried,
+}
+
+impl fmt::Display for Ranking {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Ranking::L1 => "by L1",
+            Ranking::BatchNormScale => "by batch-norm |gamma|",
+            Ranking::Carried => "carried from the residual stream",
+        })
+    }
 }
 
 /// What [`transfer`] did, tensor by tensor.
@@ -69,9 +94,12 @@ impl fmt::Display for TransferReport {
                     "sliced {:?} -> {:?}{}",
                     l.teacher_shape,
                     l.student_shape,
-                    match &l.kept_units {
-                        Some(k) => format!(" (kept {} of {} units by L1)", k.len(), l.teacher_shape[0]),
-                        None => String::new(),
+                    match (&l.kept_units, l.ranked_by) {
+                        (Some(k), Some(by)) => {
+                            format!(" (kept {} of {} units {by})", k.len(), l.teacher_shape[0])
+                        }
+                        (Some(k), None) => format!(" (kept {} of {} units)", k.len(), l.teacher_shape[0]),
+                        (None, _) => String::new(),
                     }
                 ),
                 Fill::Partial { from_teacher } => format!(
@@ -160,6 +188,8 @@ pub(super) struct UnitCopy<'a> {
     pub(super) taps: usize,
     /// Values per teacher unit.
     pub(super) t_cols: usize,
+    /// What chose `out_map`, where it is a layer's own choice of units.
+    pub(super) ranking: Option<Ranking>,
 }
 
 impl UnitCopy<'_> {
