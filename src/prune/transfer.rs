@@ -3,7 +3,9 @@
 //!
 //! Tensors of equal shape are copied; where the student is narrower the
 //! teacher's units (rows, or conv filters) with the highest L1 norm are kept
-//! ([`top_l1_rows`]), and the selection is carried to the next layer's inputs
+//! ([`top_l1_rows`]; a convolution that a batch norm follows by that batch
+//! norm's `|gamma|` instead, and a residual stream once for all its blocks:
+//! `slice.rs`), the report saying which ([`Ranking`]), and the selection is carried to the next layer's inputs
 //! (through max-pools, and through the flatten into the first dense layer,
 //! where a kept channel keeps its whole `h*w` block of columns). Where the
 //! student is wider, the teacher's units fill the first positions and the
