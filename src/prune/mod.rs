@@ -73,8 +73,8 @@ pub use run::{prune_model, Method, PruneConfig, PruneRun};
 pub use selection::LayerSelection;
 pub use structured::{pruned_spec, structured, StructuredPrune};
 pub use transfer::{
-    init_from, top_l1_rows, transfer, transfer_with_masks, Fill, InitFrom, Ranking, TransferLine,
-    TransferReport,
+    init_from, top_l1_rows, transfer, transfer_with_masks, Fill, InitFrom, Kept, Ranking,
+    TransferLine, TransferReport,
 };
 pub use unstructured::unstructured;
 

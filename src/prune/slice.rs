@@ -29,7 +29,8 @@ use std::collections::HashMap;
 
 use super::spec_err;
 use super::transfer::{
-    carry_mask, fill_kind, top_l1_rows, unit_map, Ranking, TransferLine, TransferReport, UnitCopy,
+    carry_mask, fill_kind, top_l1_rows, unit_map, Kept, Ranking, TransferLine, TransferReport,
+    UnitCopy,
 };
 use crate::error::Result;
 use crate::model::io::HostTensor;
@@ -171,13 +172,10 @@ impl Slicer<'_> {
             name: s_name.to_string(),
             teacher_shape: t.shape.clone(),
             student_shape: st.shape.clone(),
-            kept_units: (is_weight && sliced)
-                .then(|| copy.out_map.iter().flatten().copied().collect()),
-            ranked_by: if is_weight && sliced {
-                copy.ranking
-            } else {
-                None
-            },
+            kept: copy.ranking.filter(|_| is_weight && sliced).map(|by| Kept {
+                units: copy.out_map.iter().flatten().copied().collect(),
+                by,
+            }),
         });
         Ok(())
     }
@@ -388,7 +386,7 @@ mod tests {
             .lines
             .iter()
             .find(|l| l.name == name)
-            .and_then(|l| l.kept_units.clone())
+            .and_then(|l| l.kept.as_ref().map(|k| k.units.clone()))
     }
 
     /// What chose the units a transfer kept for student tensor `name`.
@@ -397,7 +395,7 @@ mod tests {
             .lines
             .iter()
             .find(|l| l.name == name)
-            .and_then(|l| l.ranked_by)
+            .and_then(|l| l.kept.as_ref().map(|k| k.by))
     }
 
     /// Zeroes channel `ch` of the module `prefix`: a conv's filter, or a

@@ -3,12 +3,12 @@
 //!
 //! Tensors of equal shape are copied; where the student is narrower the
 //! teacher's units (rows, or conv filters) with the highest L1 norm are kept
-//! ([`top_l1_rows`]; a convolution that a batch norm follows by that batch
-//! norm's `|gamma|` instead, and a residual stream once for all its blocks:
-//! `slice.rs`), the report saying which ([`Ranking`]), and the selection is carried to the next layer's inputs
-//! (through max-pools, and through the flatten into the first dense layer,
-//! where a kept channel keeps its whole `h*w` block of columns). Where the
-//! student is wider, the teacher's units fill the first positions and the
+//! ([`top_l1_rows`]; a convolution that a batch norm follows is ranked by
+//! that batch norm's `|gamma|`, and a residual stream once for all its
+//! blocks: `slice.rs`; the report names the [`Ranking`]), and the selection
+//! is carried to the next layer's inputs (through max-pools, and through
+//! the flatten into the first dense layer, where a kept channel keeps its
+//! whole `h*w` block of columns). Where the student is wider, the teacher's units fill the first positions and the
 //! rest keep their random initialisation. [`transfer_with_masks`] carries a
 //! teacher's pruning masks through the same selection; structured pruning
 //! ([`super::structured()`]) is a transfer to a narrower spec.
@@ -53,9 +53,14 @@ pub struct TransferLine {
     pub student_shape: Vec<usize>,
     pub fill: Fill,
     /// The teacher units kept for this layer's outputs, when it was sliced.
-    pub kept_units: Option<Vec<usize>>,
-    /// What chose [`Self::kept_units`].
-    pub ranked_by: Option<Ranking>,
+    pub kept: Option<Kept>,
+}
+
+/// The teacher units a sliced layer kept, and what chose them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Kept {
+    pub units: Vec<usize>,
+    pub by: Ranking,
 }
 
 /// What chose the teacher units a narrower student layer keeps.
@@ -96,12 +101,14 @@ impl fmt::Display for TransferReport {
                     "sliced {:?} -> {:?}{}",
                     l.teacher_shape,
                     l.student_shape,
-                    match (&l.kept_units, l.ranked_by) {
-                        (Some(k), Some(by)) => {
-                            format!(" (kept {} of {} units {by})", k.len(), l.teacher_shape[0])
-                        }
-                        (Some(k), None) => format!(" (kept {} of {} units)", k.len(), l.teacher_shape[0]),
-                        (None, _) => String::new(),
+                    match &l.kept {
+                        Some(k) => format!(
+                            " (kept {} of {} units {})",
+                            k.units.len(),
+                            l.teacher_shape[0],
+                            k.by
+                        ),
+                        None => String::new(),
                     }
                 ),
                 Fill::Partial { from_teacher } => format!(
@@ -483,7 +490,10 @@ mod tests {
         assert_eq!(student[2].data, vec![1.0, 3.0, 11.0, 13.0]);
         assert_eq!(student[3].data, vec![7.0, 8.0]);
         assert_eq!(report.lines[0].fill, Fill::Sliced);
-        assert_eq!(report.lines[0].kept_units, Some(vec![1, 3]));
+        assert_eq!(
+            report.lines[0].kept.as_ref().map(|k| k.units.clone()),
+            Some(vec![1, 3])
+        );
         assert_eq!(report.lines[3].fill, Fill::Copied);
     }
 
@@ -504,7 +514,10 @@ mod tests {
         let s_spec = ModelSpec::parse("cnn:i1x4x4-c2-p-2").unwrap();
         let mut student = host(&s_spec, |_, _| f32::NAN);
         let report = transfer(&t_spec, &teacher, &s_spec, &mut student).unwrap();
-        assert_eq!(report.lines[0].kept_units, Some(vec![0, 2]));
+        assert_eq!(
+            report.lines[0].kept.as_ref().map(|k| k.units.clone()),
+            Some(vec![0, 2])
+        );
         let mut w0 = vec![1.0; 9];
         w0.extend(vec![2.0; 9]);
         assert_eq!(student[0].data, w0);
