@@ -8,9 +8,10 @@
 //! blocks: `slice.rs`; the report names the [`Ranking`]), and the selection
 //! is carried to the next layer's inputs (through max-pools, and through
 //! the flatten into the first dense layer, where a kept channel keeps its
-//! whole `h*w` block of columns). Where the student is wider, the teacher's units fill the first positions and the
-//! rest keep their random initialisation. [`transfer_with_masks`] carries a
-//! teacher's pruning masks through the same selection; structured pruning
+//! whole `h*w` block of columns). Where the student is wider, the
+//! teacher's units fill the first positions and the rest keep their random
+//! initialisation. [`transfer_with_masks`] carries a teacher's pruning
+//! masks through the same selection; structured pruning
 //! ([`super::structured()`]) is a transfer to a narrower spec.
 //!
 //! [`init_from`] reads a model directory and fills a freshly initialised
