@@ -29,7 +29,7 @@ RUNS         ?= runs
 # One cache per teacher, temperature and encoding.
 CACHE_DIR     = $(CACHES)/$(notdir $(TEACHER))-T$(CACHE_T)-$(ENCODING)
 
-.PHONY: distill-best all build build-cuda gpu-bundle gpu-check data teacher teacher-long teacher-aug teacher-resnet cache train-student baseline sweep test stress bench bench-pytorch clean-runs
+.PHONY: distill-best all build build-cuda gpu-bundle gpu-check data teacher teacher-long teacher-aug teacher-resnet cache train-student baseline sweep test doc stress bench bench-pytorch clean-runs
 
 all: build
 
@@ -199,9 +199,13 @@ $(BEST_VIEW_SET)/view-0/manifest.json: | $(BIN) data
 	$(BIN) cache build --teacher $(BEST_TEACHER) --data $(DATA) --split train -T $(CACHE_T) \
 	  --encoding $(ENCODING) --augment $(BEST_AUGMENT) --views $(BEST_VIEWS) --out $(BEST_VIEW_SET)
 
-test:
+test: doc
 	$(CARGO) test --locked
 	$(CARGO) check --locked --benches
+
+# The API docs, with broken or private intra-doc links treated as errors.
+doc:
+	RUSTDOCFLAGS="-D warnings" $(CARGO) doc --locked --no-deps
 
 # The long reliability campaign (issue 7): more kill points, corruptions and
 # fuzz cases; prints its figures (see RELIABILITY.md).

@@ -3,7 +3,7 @@
 //! The crate is built for the baseline x86-64 target, so one binary runs on
 //! every x86-64 machine, and its own loops (batch norm's sums, patches,
 //! pools, masks) would be vectorised for SSE2 only: 4 floats at a time, on
-//! machines whose cores take 16. A kernel defined inside [`wide_kernel!`]
+//! machines whose cores take 16. A kernel defined inside `wide_kernel!`
 //! is compiled three times, for AVX-512 (F, BW, DQ, VL: x86-64-v4), for
 //! AVX2 with FMA and for the baseline, and the widest level the CPU has is
 //! picked at run time ([`level`], detected once). The kernel's body and the
@@ -19,7 +19,7 @@
 
 use std::sync::atomic::{AtomicU8, Ordering};
 
-/// A vector level [`wide_kernel!`] compiles for.
+/// A vector level `wide_kernel!` compiles for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Level {
     /// AVX-512 F, BW, DQ and VL.

@@ -19,7 +19,7 @@
 //!   `dx = scale * (g' - sum(g') / n - xhat * sum(g' xhat) / n)` (with given
 //!   statistics `dx = scale * g'`); the residual's gradient is `g'`.
 //!
-//! Both split the rows into chunks of [`CHUNK_ROWS`] (a constant, never the
+//! Both split the rows into chunks of `CHUNK_ROWS` (a constant, never the
 //! thread count), one rayon task per chunk, each writing its partial sums,
 //! which are then added in chunk order: the results are bit-identical for any
 //! number of threads.

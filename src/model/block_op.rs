@@ -7,7 +7,7 @@
 //! buffers (dfdx 0.13 lends no slice of a tensor), while dfdx zero-fills a
 //! gradient buffer for each of them in the backward pass. On a fast matmul
 //! those memory passes were a fifth of a ResNet-8 step. [`basic_block_cpu`]
-//! runs the same kernels ([`HostConv`], [`HostNorm`]) on its own pooled
+//! runs the same kernels (`HostConv`, `HostNorm`) on its own pooled
 //! buffers instead: the block's input is copied once, the intermediates
 //! never enter dfdx, and only the block's output and its parameters'
 //! gradients do.

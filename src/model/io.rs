@@ -12,7 +12,7 @@
 //!
 //! The metadata holds the spec ([`SPEC_KEY`]) and, for a model that
 //! normalises its inputs, the normalisation
-//! ([`NORMALIZE_KEY`](super::input_norm::NORMALIZE_KEY)); its keys are
+//! ([`NORMALIZE_KEY`]); its keys are
 //! written in sorted order, so the same model gives the same bytes.
 //!
 //! Files are written to a temporary name in the same directory, synced and

@@ -5,7 +5,7 @@
 //! and the fused KD loss (loss and logits gradient in one pass).
 //!
 //! - `kernels.cu` holds the device code; `build.rs` compiles it to PTX when
-//!   the `cuda` feature is on, and [`function`] loads that PTX once per
+//!   the `cuda` feature is on, and `function` loads that PTX once per
 //!   device (cudarc keeps the module on the device) and hands out kernels.
 //! - [`launch`] holds the host-side geometry (grid sizes, 32-bit limits, the
 //!   fixed split of column sums), tested without a GPU.

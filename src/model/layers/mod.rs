@@ -17,7 +17,7 @@
 //! | [`batchnorm`] | batch norm over channels, optional ReLU | `nn.BatchNorm2d` (+ `nn.ReLU`) |
 //! | [`residual`] | the basic block: two 3x3 conv+BN, identity or 1x1 conv+BN shortcut | `BasicBlock` (in `model.py`) |
 //! | [`gap`] | global average pooling | `nn.AdaptiveAvgPool2d(1)`, `nn.Flatten` |
-//! | [`dropout`] | dropout, training only | `nn.Dropout(p)` |
+//! | [`dropout`](mod@dropout) | dropout, training only | `nn.Dropout(p)` |
 //!
 //! Adding a kind: a new file with a struct offering the methods the
 //! [`Layer`] dispatch below calls, one variant here, and its token in the
