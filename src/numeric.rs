@@ -39,7 +39,7 @@ pub fn log_softmax_tempered(
             message: format!("{temperature} is not a positive finite number"),
         });
     }
-    if logits.len() % classes != 0 || out.len() != logits.len() {
+    if !logits.len().is_multiple_of(classes) || out.len() != logits.len() {
         return Err(NumericError::Invalid {
             what: "log_softmax_tempered",
             message: format!(

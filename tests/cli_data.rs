@@ -11,14 +11,14 @@ fn idx_images(n: u32, rows: u32, cols: u32, payload: usize) -> Vec<u8> {
     for d in [n, rows, cols] {
         v.extend_from_slice(&d.to_be_bytes());
     }
-    v.extend(std::iter::repeat(7u8).take(payload));
+    v.extend(std::iter::repeat_n(7u8, payload));
     v
 }
 
 fn idx_labels(n: u32, payload: usize) -> Vec<u8> {
     let mut v = vec![0, 0, 8, 1];
     v.extend_from_slice(&n.to_be_bytes());
-    v.extend(std::iter::repeat(1u8).take(payload));
+    v.extend(std::iter::repeat_n(1u8, payload));
     v
 }
 

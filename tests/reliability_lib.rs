@@ -781,7 +781,7 @@ fn weights_with_a_huge_spec_are_refused_before_allocating() {
     let huge = "mlp:1048576-4000-10";
     let mut new_header = header.replace("\"mlp:16-3-2\"", &format!("\"{huge}\""));
     // Keep the header a multiple of 8 by trimming trailing spaces if present, else pad.
-    while (new_header.len() - hlen) % 8 != 0 {
+    while !(new_header.len() - hlen).is_multiple_of(8) {
         new_header.push(' ');
     }
     let mut out = (new_header.len() as u64).to_le_bytes().to_vec();

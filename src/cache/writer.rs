@@ -431,7 +431,7 @@ impl CacheWriter {
                 ),
             ));
         }
-        if logprobs.len() % c != 0 {
+        if !logprobs.len().is_multiple_of(c) {
             return Err(CacheError::input(
                 "push_batch",
                 format!(

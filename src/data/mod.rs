@@ -541,7 +541,7 @@ impl Dataset {
             )
         })?;
         let elements = inputs.elements();
-        if elements % sample_len != 0 {
+        if !elements.is_multiple_of(sample_len) {
             return Err(format(
                 "inputs",
                 format!(

@@ -420,6 +420,7 @@ fn max_pool2_cpu<T: Tape<f32, Cpu>>(dev: &Cpu, x: Matrix<Cpu, T>, g: ImageGeom) 
 }
 
 /// Index and mask tensors of the gather path, built once per geometry.
+#[derive(Clone)]
 struct GatherPlan<D: Storage<f32> + Storage<usize>> {
     idx: Tensor<(usize,), usize, D>,
     mask: Option<Tensor<(usize,), f32, D>>,
@@ -432,11 +433,7 @@ thread_local! {
     static PLANS: RefCell<HashMap<PlanKey, Box<dyn Any>>> = RefCell::new(HashMap::new());
 }
 
-fn cached_plan<D: Backend>(
-    dev: &D,
-    geom: ImageGeom,
-    pool: bool,
-) -> (Tensor<(usize,), usize, D>, Option<Tensor<(usize,), f32, D>>) {
+fn cached_plan<D: Backend>(dev: &D, geom: ImageGeom, pool: bool) -> GatherPlan<D> {
     let key = (TypeId::of::<D>(), geom, pool);
     PLANS.with(|plans| {
         let mut map = plans.borrow_mut();
@@ -444,14 +441,14 @@ fn cached_plan<D: Backend>(
             .get(&key)
             .and_then(|b| b.downcast_ref::<GatherPlan<D>>())
         {
-            return (plan.idx.clone(), plan.mask.clone());
+            return plan.clone();
         }
         let plan = if pool {
             pool_plan(dev, geom)
         } else {
             im2col_plan(dev, geom)
         };
-        let out = (plan.idx.clone(), plan.mask.clone());
+        let out = plan.clone();
         if map.len() > 64 {
             map.clear();
         }
@@ -517,7 +514,7 @@ pub fn im2col_gather<D: Backend, T: Tape<f32, D>>(
     x: Matrix<D, T>,
     g: ImageGeom,
 ) -> Matrix<D, T> {
-    let (idx, mask) = cached_plan(dev, g, false);
+    let GatherPlan { idx, mask } = cached_plan(dev, g, false);
     let c = g.channels;
     let n = g.rows() * 9;
     let patches: Matrix<D, T> = x.gather(idx);
@@ -534,7 +531,7 @@ pub fn max_pool2_gather<D: Backend, T: Tape<f32, D>>(
     x: Matrix<D, T>,
     g: ImageGeom,
 ) -> Matrix<D, T> {
-    let (idx, _) = cached_plan(dev, g, true);
+    let GatherPlan { idx, .. } = cached_plan(dev, g, true);
     let c = g.channels;
     let rows_out = g.pooled().rows();
     let windows: Matrix<D, T> = x.gather(idx);
@@ -641,10 +638,14 @@ mod tests {
         }
     }
 
+    /// An op on a traced matrix, as the backward pass sees it.
+    type TracedOp<'a> =
+        &'a dyn Fn(Matrix<Cpu, OwnedTape<f32, Cpu>>) -> Matrix<Cpu, OwnedTape<f32, Cpu>>;
+
     /// Central finite differences of f(x) = sum(op(x) * W) against the
     /// hand-written backward pass.
     fn finite_difference_check(
-        op: &dyn Fn(Matrix<Cpu, OwnedTape<f32, Cpu>>) -> Matrix<Cpu, OwnedTape<f32, Cpu>>,
+        op: TracedOp<'_>,
         op0: &dyn Fn(Matrix<Cpu>) -> Matrix<Cpu>,
         rows: usize,
         cols: usize,

@@ -154,7 +154,7 @@ impl GradualSchedule {
     /// `every` steps from the ramp's start, and at its end.
     pub fn is_update_step(&self, step: u64, total_steps: u64) -> bool {
         let (t0, t1) = self.step_range(total_steps);
-        step >= t0 && step <= t1 && ((step - t0) % self.every == 0 || step == t1)
+        step >= t0 && step <= t1 && ((step - t0).is_multiple_of(self.every) || step == t1)
     }
 }
 

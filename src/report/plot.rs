@@ -49,11 +49,7 @@ type Chart<'a> = ChartContext<
 
 /// Draws each named series as a line with point markers and a legend entry;
 /// empty series are skipped.
-fn draw_lines(
-    chart: &mut Chart<'_>,
-    series: Vec<(&str, Vec<(f64, f64)>, RGBColor)>,
-    path: &Path,
-) -> Result<()> {
+fn draw_lines(chart: &mut Chart<'_>, series: Vec<Series<'_>>, path: &Path) -> Result<()> {
     for (name, pts, color) in series {
         if pts.is_empty() {
             continue;
@@ -95,6 +91,9 @@ pub fn training_curves(
     Ok(())
 }
 
+/// A named line: its legend label, its points and its colour.
+type Series<'a> = (&'a str, Vec<(f64, f64)>, RGBColor);
+
 type Area<'a> = DrawingArea<BitMapBackend<'a>, plotters::coord::Shift>;
 
 /// The left panel: train and test loss per epoch, and the baseline's test loss.
@@ -133,7 +132,7 @@ fn loss_panel(
         .label_style(("sans-serif", 15))
         .draw()
         .map_err(|e| plot_err(path, e))?;
-    let series: Vec<(&str, Vec<(f64, f64)>, RGBColor)> = vec![
+    let series: Vec<Series<'_>> = vec![
         (
             "student train loss",
             metrics
@@ -233,7 +232,7 @@ fn accuracy_panel(
                 .filter_map(|m| m.val_accuracy.map(|a| (m.epoch as f64, 100.0 * a)))
                 .collect()
         };
-        let series: Vec<(&str, Vec<(f64, f64)>, RGBColor)> = vec![
+        let series: Vec<Series<'_>> = vec![
             (
                 "student validation",
                 val(Some(metrics)),

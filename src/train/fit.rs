@@ -294,7 +294,7 @@ impl<'a, D: Backend> Run<'a, D> {
                 let due = self
                     .opts
                     .checkpoint_every
-                    .is_some_and(|k| k > 0 && step % k == 0);
+                    .is_some_and(|k| k > 0 && step.is_multiple_of(k));
                 if due || pass.stopped {
                     let progress = Progress {
                         epoch,

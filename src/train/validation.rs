@@ -67,7 +67,7 @@ impl std::str::FromStr for ValFold {
             index: parse(k)?,
             folds: parse(n)?,
         };
-        fold.check().map_err(|message| bad(message))?;
+        fold.check().map_err(bad)?;
         Ok(fold)
     }
 }

@@ -48,7 +48,7 @@ impl RecordCodec for Q8Codec {
         out.extend_from_slice(&[0u8; 8]);
         if range <= 0.0 {
             // Uniform row: every class decodes to -ln C.
-            out.extend(std::iter::repeat(0u8).take(c));
+            out.extend(std::iter::repeat_n(0u8, c));
             let offset = -(c as f32).ln();
             out[start..start + 4].copy_from_slice(&offset.to_le_bytes());
             return;
