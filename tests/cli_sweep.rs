@@ -124,6 +124,16 @@ fn tiny_sweep_report_agrees_with_cards_and_reruns_skip_finished_runs() {
         .collect();
     assert_eq!(rows.len(), 6, "{csv}");
     let report = fs::read_to_string(out_dir.join("report.md")).unwrap();
+    // The split, and whether the teacher trained on it: the committed
+    // teacher trained on the full dataset, so its card cannot tell.
+    assert!(
+        report.contains("(val-fraction 0.1, drawn from seed 0)"),
+        "{report}"
+    );
+    assert!(
+        report.contains("Whether the teacher trained on the validation samples is unknown: the teacher trained on data"),
+        "{report}"
+    );
     for row in &rows {
         let name = row["run"];
         let dir = runs.join(name);

@@ -549,3 +549,132 @@ fn defaults_distil_and_a_teacher_left_unread_is_refused() {
     );
     assert!(!tmp.path().join("x").exists());
 }
+
+/// A distilled run counts the validation images its teacher trained on
+/// (from the teacher's card), warns when there are any with the flags that
+/// hold out images the teacher never saw, and records the count in its
+/// card; `--val-seed` draws the split from the teacher's seed, and a
+/// smaller fraction of it is clean. A hard-label run has nothing to count;
+/// a teacher whose card cannot tell (trained on other data) gets a note.
+#[test]
+fn validation_images_the_teacher_trained_on_are_counted_and_named() {
+    use distill::train::validation::ValidationSplit;
+    let tmp = tempfile::tempdir().unwrap();
+    let data = s(&small_data());
+    let stderr = |args: &[&str]| {
+        let out = distill(tmp.path(), args);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    // A teacher of seed 7 holding out 0.2 of the 2,000 images; another
+    // holding out nothing.
+    let teacher = [
+        "--epochs",
+        "1",
+        "--seed",
+        "7",
+        "--val-fraction",
+        "0.2",
+        "-q",
+    ];
+    ok(
+        tmp.path(),
+        &train_args(&data, "mlp:784-32-10", "t", &teacher),
+    );
+    let all = ["--epochs", "1", "--seed", "7", "--val-fraction", "0", "-q"];
+    ok(tmp.path(), &train_args(&data, "mlp:784-32-10", "t0", &all));
+    for (t, c) in [("t", "c"), ("t0", "c0")] {
+        ok(
+            tmp.path(),
+            &cache_build_args(t, &data, c, &["--split", "train", "-q"]),
+        );
+    }
+    let held = ValidationSplit::new(0.2, 7, 2000).unwrap();
+    let trained_of = |seed: u64, fraction: f64| {
+        let split = ValidationSplit::new(fraction, seed, 2000).unwrap();
+        split
+            .indices()
+            .iter()
+            .filter(|&&i| !held.holds_out(i))
+            .count()
+    };
+
+    // The student's own seed (3): most of its 200 images trained the teacher.
+    let expect = trained_of(3, 0.1);
+    assert!(expect > 100 && expect < 200, "{expect}");
+    let kd = ["--cache", "c", "--alpha", "0", "-T", "2"];
+    let err = stderr(&mlp_args(&data, "a", &kd));
+    assert!(
+        err.contains(&format!(
+            "warning: {expect} of the 200 validation images trained the teacher (t)"
+        )),
+        "{err}"
+    );
+    assert!(
+        err.contains("--val-seed 7 with --val-fraction 0.2 or less"),
+        "{err}"
+    );
+    let card = model_card(&tmp.path().join("a"));
+    assert_eq!(card["data"]["val_teacher_trained"], expect);
+    assert!(card["config"].get("val_seed").is_none(), "{card}");
+
+    // The teacher's seed: 0.1 is a subset of its 0.2, so nothing to warn of;
+    // 0.3 holds out 200 images more than the teacher did.
+    let clean = [&kd[..], &["--val-seed", "7"]].concat();
+    let err = stderr(&mlp_args(&data, "b", &clean));
+    assert!(!err.contains("warning"), "{err}");
+    let card = model_card(&tmp.path().join("b"));
+    assert_eq!(card["data"]["val_teacher_trained"], 0);
+    assert_eq!(card["config"]["val_seed"], 7);
+    assert_eq!(card["data"]["val_samples"], 200);
+    let wide = [&clean[..], &["--val-fraction", "0.3"]].concat();
+    let err = stderr(&mlp_args(&data, "b3", &wide));
+    assert!(
+        err.contains("warning: 200 of the 600 validation images"),
+        "{err}"
+    );
+    // The split follows --val-seed, not --seed: other weights than run a.
+    let w = |d: &str| fs::read(tmp.path().join(d).join("model.safetensors")).unwrap();
+    assert_ne!(w("a"), w("b"));
+
+    // A teacher that held nothing out trained on every validation image.
+    let err = stderr(&mlp_args(&data, "d", &["--cache", "c0", "--alpha", "0"]));
+    assert!(
+        err.contains("warning: 200 of the 200 validation images trained the teacher (t0)"),
+        "{err}"
+    );
+    assert!(err.contains("The teacher held nothing out"), "{err}");
+
+    // Hard labels: no teacher, nothing counted.
+    let err = stderr(&mlp_args(&data, "h", &[]));
+    assert!(!err.contains("teacher"), "{err}");
+    assert!(model_card(&tmp.path().join("h"))["data"]
+        .get("val_teacher_trained")
+        .is_none());
+
+    // The committed teacher trained on the full dataset, not this subset:
+    // its card cannot tell, and the run says so (unless quiet).
+    let committed = s(&teacher_dir());
+    ok(
+        tmp.path(),
+        &cache_build_args(&committed, &data, "cf", &["--split", "train", "-q"]),
+    );
+    let args = train_args(
+        &data,
+        "mlp:784-32-10",
+        "f",
+        &["--epochs", "1", "--cache", "cf", "--alpha", "0"],
+    );
+    let err = stderr(&args);
+    assert!(
+        err.contains("note: cannot tell whether the teacher trained on the validation images"),
+        "{err}"
+    );
+    assert!(model_card(&tmp.path().join("f"))["data"]
+        .get("val_teacher_trained")
+        .is_none());
+}

@@ -128,6 +128,11 @@ pub struct SweepArgs {
     /// on which the report chooses T, alpha and the epoch (default 0.1).
     #[arg(long)]
     val_fraction: Option<f64>,
+    /// Draw the validation split from this seed instead of --seed: the
+    /// teacher's, so that no validation image trained the teacher (its
+    /// accuracy there would flatter the distilled runs).
+    #[arg(long)]
+    val_seed: Option<u64>,
     /// Output folder: runs/NAME/ per run, report.md, results.csv, plots.
     #[arg(long)]
     out: Option<PathBuf>,
@@ -284,6 +289,7 @@ fn settings(a: &SweepArgs) -> SweepSettings {
         checkpoint_every: a.checkpoint_every,
         window_blocks: a.window_blocks,
         val_fraction: a.val_fraction,
+        val_seed: a.val_seed,
         out: a.out.clone(),
     }
 }

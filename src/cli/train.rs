@@ -12,7 +12,7 @@ use distill::train::config::{DISTILL_ALPHA, DISTILL_TEMPERATURE};
 use distill::train::loss::{DkdWeights, LossConfig, LossKind, TeacherErrors};
 use distill::train::metrics::read_metrics;
 use distill::train::optim::{OptimizerConfig, OptimizerKind, Schedule};
-use distill::train::validation::{held_out_count, ValFold, ValidationSplit};
+use distill::train::validation::{TeacherOverlap, TeacherSplit, ValFold};
 use distill::train::{RunOptions, SourcePaths, TrainConfig};
 
 use super::device::DeviceArgs;
@@ -140,6 +140,12 @@ pub struct TrainArgs {
     /// `cache ensemble --out-of-fold`).
     #[arg(long, value_name = "K/N", conflicts_with = "val_fraction")]
     val_fold: Option<String>,
+    /// Draw the validation split (--val-fraction or --val-fold) from this
+    /// seed instead of --seed. When distilling, give the teacher's: a
+    /// validation image the teacher trained on flatters the distilled
+    /// student (the run warns when it finds one).
+    #[arg(long)]
+    val_seed: Option<u64>,
     /// Output directory (model.safetensors, model.json, metrics.jsonl, curves.png).
     #[arg(long)]
     out: PathBuf,
@@ -212,9 +218,19 @@ fn run<D: Backend>(dev: D, a: TrainArgs) -> Result<()> {
             None => None,
         },
         teacher_accuracy: opened.teacher_accuracy,
+        val_teacher_trained: None,
     };
     if !a.quiet {
         eprintln!("{}", start_line(&a, &cfg, &opened.train, &dev.describe())?);
+    }
+    let overlap = opened.teacher_overlap(&cfg)?;
+    let opts = RunOptions {
+        val_teacher_trained: overlap.as_ref().and_then(TeacherOverlap::trained),
+        ..opts
+    };
+    match overlap.as_ref().map(overlap_line) {
+        Some(Some(line)) if !a.quiet || line.starts_with("warning") => eprintln!("{line}"),
+        _ => {}
     }
     let summary = opened.cache.as_ref().and_then(|c| c.summary());
     if let Some(w) = summary.and_then(|s| s.agreement_warning()) {
@@ -243,14 +259,46 @@ fn run<D: Backend>(dev: D, a: TrainArgs) -> Result<()> {
     Ok(())
 }
 
+/// What a distilled run says about its validation split and its teacher:
+/// a warning when the teacher trained on some of the images (with the flags
+/// that hold out images it never saw), a note when its card cannot tell,
+/// nothing when the split is clean.
+fn overlap_line(o: &TeacherOverlap) -> Option<String> {
+    match o {
+        TeacherOverlap::Known { trained: 0, .. } => None,
+        TeacherOverlap::Known {
+            teacher,
+            trained,
+            held_out,
+            teacher_split,
+        } => Some(format!(
+            "warning: {trained} of the {held_out} validation images trained the teacher ({}): \
+             a distilled student's validation accuracy on them flatters it against hard labels, \
+             so settings chosen on it lean towards distillation. {}",
+            teacher.display(),
+            match teacher_split {
+                Some((seed, TeacherSplit::Fraction(f))) => format!(
+                    "Hold out images the teacher never saw: --val-seed {seed} with --val-fraction {f} or less."
+                ),
+                Some((seed, TeacherSplit::Fold(fold))) => format!(
+                    "Hold out images the teacher never saw: --val-seed {seed} --val-fold {fold}."
+                ),
+                None => "The teacher held nothing out: to validate without it, train the teacher \
+                         with --val-fraction and give its --seed as --val-seed here."
+                    .to_string(),
+            }
+        )),
+        TeacherOverlap::Unknown(reason) => Some(format!(
+            "note: cannot tell whether the teacher trained on the validation images: {reason}"
+        )),
+    }
+}
+
 /// The run's first line: the student, the device, the samples trained (and
 /// held out), and what it learns from, with the loss weights.
 fn start_line(a: &TrainArgs, cfg: &TrainConfig, train: &Dataset, device: &str) -> Result<String> {
     let n = train.len();
-    let held_out = match cfg.val_fold {
-        Some(fold) => ValidationSplit::fold(fold, cfg.seed, n)?.len(),
-        None => held_out_count(cfg.val_fraction, n),
-    };
+    let held_out = cfg.validation_split(n)?.len();
     let defaults = if a.alpha.is_none() && a.temperature.is_none() {
         ", the defaults chosen on validation"
     } else {
@@ -328,6 +376,7 @@ fn config(a: &TrainArgs, init_spec: Option<&str>) -> Result<TrainConfig> {
             None => a.val_fraction,
         },
         val_fold,
+        val_seed: a.val_seed,
     };
     cfg.validate()?;
     Ok(cfg)

@@ -56,6 +56,9 @@ pub struct SweepConfig {
     /// Fraction of the training split every run holds out for validation
     /// (the same samples in every run of a seed); settings are chosen on it.
     pub val_fraction: f64,
+    /// The seed the validation split is drawn from, when not `seed` (e.g.
+    /// the teacher's, so that no validation image trained the teacher).
+    pub val_seed: Option<u64>,
     /// Output folder: `runs/NAME/` per run, the report at the top.
     pub out: PathBuf,
 }
@@ -85,6 +88,7 @@ impl SweepConfig {
             jobs: 1,
             checkpoint_every: 200,
             val_fraction: train.val_fraction,
+            val_seed: None,
             out,
         }
     }
@@ -159,6 +163,7 @@ impl SweepConfig {
             normalize: TrainConfig::default().normalize,
             val_fraction: self.val_fraction,
             val_fold: None,
+            val_seed: self.val_seed,
         }
     }
 
@@ -211,6 +216,7 @@ pub struct SweepSettings {
     pub checkpoint_every: Option<u64>,
     pub window_blocks: Option<usize>,
     pub val_fraction: Option<f64>,
+    pub val_seed: Option<u64>,
     pub out: Option<PathBuf>,
 }
 
@@ -294,6 +300,7 @@ impl SweepSettings {
             checkpoint_every: self.checkpoint_every.or(lower.checkpoint_every),
             window_blocks: self.window_blocks.or(lower.window_blocks),
             val_fraction: self.val_fraction.or(lower.val_fraction),
+            val_seed: self.val_seed.or(lower.val_seed),
             out: self.out.or(lower.out),
         }
     }
@@ -322,6 +329,7 @@ impl SweepSettings {
             ("checkpoint-every", self.checkpoint_every.is_some()),
             ("window-blocks", self.window_blocks.is_some()),
             ("val-fraction", self.val_fraction.is_some()),
+            ("val-seed", self.val_seed.is_some()),
             ("out", self.out.is_some()),
         ];
         given.iter().any(|&(k, set)| k == key && set)
@@ -372,6 +380,7 @@ impl SweepSettings {
         cfg.checkpoint_every = self.checkpoint_every.unwrap_or(cfg.checkpoint_every);
         cfg.window_blocks = self.window_blocks.unwrap_or(cfg.window_blocks);
         cfg.val_fraction = self.val_fraction.unwrap_or(cfg.val_fraction);
+        cfg.val_seed = self.val_seed.or(cfg.val_seed);
         cfg.validate()?;
         Ok(cfg)
     }
@@ -503,7 +512,7 @@ mod tests {
              temperatures = [2]\nalphas = [0.5]\nbaseline = true\nloss = \"mse\"\nepochs = 2\n\
              batch = 8\noptimizer = \"sgd\"\nlr = 0.1\nweight-decay = 0.01\nmomentum = 0.5\n\
              schedule = \"constant\"\nseed = 3\njobs = 2\ncheckpoint-every = 7\n\
-             window-blocks = 4\nval-fraction = 0.2\n",
+             window-blocks = 4\nval-fraction = 0.2\nval-seed = 9\n",
         );
         let s = SweepSettings::read(&path).unwrap();
         let text = fs::read_to_string(&path).unwrap();
@@ -516,5 +525,12 @@ mod tests {
         assert_eq!(c.optimizer.kind, OptimizerKind::Sgd);
         assert_eq!(c.optimizer.schedule, Schedule::Constant);
         assert_eq!((c.jobs, c.checkpoint_every, c.window_blocks), (2, 7, 4));
+        // Every run's split is drawn from val-seed, not seed.
+        let run = c.train_config("mlp:784-16-10");
+        assert_eq!((run.seed, run.val_seed, run.split_seed()), (3, Some(9), 9));
+        assert_eq!(
+            run.validation_split(100).unwrap(),
+            crate::train::validation::ValidationSplit::new(0.2, 9, 100).unwrap()
+        );
     }
 }

@@ -22,6 +22,7 @@ use super::teacher::{teacher_forward_timing, teacher_summary, Savings, TeacherSu
 use crate::cache::CacheViews;
 use crate::error::{Error, Result};
 use crate::model::{Backend, Network};
+use crate::train::validation::{teacher_overlap, TeacherOverlap};
 
 /// Accuracy as the report prints it: a percentage with two decimals.
 pub fn pct(x: Option<f64>) -> String {
@@ -132,6 +133,8 @@ pub struct ReportContext<'a> {
     pub cache_description: String,
     /// Runs of the plan not finished: (plan index, name).
     pub missing: &'a [(usize, String)],
+    /// How many of the validation images the teacher trained on.
+    pub val_overlap: Option<TeacherOverlap>,
 }
 
 /// `report.md`.
@@ -186,12 +189,37 @@ fn intro(s: &mut String, results: &[RunResult], ctx: &ReportContext<'_>) {
         Some(v) => {
             let _ = writeln!(
                 s,
-                "Settings are chosen on validation: every run holds out the same {} training samples (val-fraction {}, drawn from the seed) and never trains on them. \
+                "Settings are chosen on validation: every run holds out the same {} training samples (val-fraction {}, drawn from seed {}) and never trains on them. \
                  For each student the distilled setting (T, alpha and the epoch) with the best validation accuracy is chosen, and the baseline's epoch likewise; \
                  test accuracy is stated for the chosen settings only, measured after the chosen epoch. \
                  Gain is the chosen distilled run's test accuracy minus the chosen baseline's, in percentage points. Train time sums all of a student's runs.\n",
-                v, cfg.val_fraction
+                v, cfg.val_fraction, cfg.val_seed.unwrap_or(cfg.seed)
             );
+            match &ctx.val_overlap {
+                Some(TeacherOverlap::Known { trained: 0, .. }) => {
+                    let _ = writeln!(s, "None of the validation samples trained the teacher.\n");
+                }
+                Some(TeacherOverlap::Known {
+                    teacher,
+                    trained,
+                    teacher_split,
+                    ..
+                }) => {
+                    let _ = writeln!(
+                        s,
+                        "**{trained} of the {v} validation samples trained the teacher** (`{}`): a distilled student's accuracy on them flatters it against hard labels, so the choice leans towards distillation. {}\n",
+                        teacher.display(),
+                        match teacher_split {
+                            Some((seed, _)) => format!("`--val-seed {seed}` draws the split the teacher held out."),
+                            None => "The teacher held nothing out; one trained with a validation split, and its seed as `--val-seed`, avoids this.".to_string(),
+                        }
+                    );
+                }
+                Some(TeacherOverlap::Unknown(reason)) => {
+                    let _ = writeln!(s, "Whether the teacher trained on the validation samples is unknown: {reason}.\n");
+                }
+                None => {}
+            }
         }
         None => {
             let _ = writeln!(
@@ -465,12 +493,30 @@ pub fn report_sweep<D: Backend>(
         open.test.as_ref(),
         teacher.map(|(dir, _)| dir),
     );
+    let n = open.train.len();
+    let val_overlap = match (teacher, cfg.students.first()) {
+        (Some((dir, _)), Some(student)) => {
+            let split = cfg.train_config(student).validation_split(n)?;
+            let fingerprint = &open.cache.first().manifest().teacher.fingerprint;
+            (!split.is_empty()).then(|| {
+                teacher_overlap(
+                    &split,
+                    dir,
+                    Some(fingerprint),
+                    &open.train.fingerprint().0,
+                    n,
+                )
+            })
+        }
+        _ => None,
+    };
     let ctx = ReportContext {
         cfg,
         teacher: teacher_summary.as_ref(),
         savings: savings.as_ref(),
         cache_description: cache_description(&open.cache),
         missing,
+        val_overlap,
     };
     write_report(&results, &ctx)
 }

@@ -75,6 +75,10 @@ pub struct DataRef {
     /// Training samples held out for validation (never trained on).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub val_samples: Option<usize>,
+    /// How many of them the teacher trained on (absent: no teacher, or its
+    /// card could not tell). Above 0, validation flatters distillation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub val_teacher_trained: Option<usize>,
 }
 
 /// `model.json`.
@@ -142,6 +146,7 @@ impl ModelCard {
                 test_fingerprint: test.map(|t| t.fingerprint().0.clone()),
                 test_samples: test.map(Dataset::len),
                 val_samples: None,
+                val_teacher_trained: None,
             }),
             config: Some(cfg.clone()),
             cache,
@@ -162,12 +167,18 @@ impl ModelCard {
 
     /// Records the validation split's size (none when 0) and its figures
     /// from the run's per-epoch metrics: the last epoch's and the best one.
-    pub fn with_validation(mut self, samples: usize, metrics: &[EpochMetrics]) -> Self {
+    pub fn with_validation(
+        mut self,
+        samples: usize,
+        teacher_trained: Option<usize>,
+        metrics: &[EpochMetrics],
+    ) -> Self {
         if samples == 0 {
             return self;
         }
         if let Some(d) = self.data.as_mut() {
             d.val_samples = Some(samples);
+            d.val_teacher_trained = teacher_trained;
         }
         let last = metrics.last();
         self.val_accuracy = last.and_then(|m| m.val_accuracy);

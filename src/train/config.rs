@@ -74,6 +74,11 @@ pub struct TrainConfig {
     /// ([`ValFold`]; `val_fraction` is then 0).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub val_fold: Option<ValFold>,
+    /// The seed the validation split is drawn from, when not the run's own
+    /// `seed`: runs of several seeds can then share one split, e.g. the one
+    /// their teacher held out ([`super::validation::TeacherOverlap`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub val_seed: Option<u64>,
 }
 
 fn no_normalization() -> NormalizeSetting {
@@ -97,11 +102,24 @@ impl Default for TrainConfig {
             normalize: NormalizeSetting::Auto,
             val_fraction: DEFAULT_VAL_FRACTION,
             val_fold: None,
+            val_seed: None,
         }
     }
 }
 
 impl TrainConfig {
+    /// The seed the validation split is drawn from: `val_seed`, or the
+    /// run's `seed`.
+    pub fn split_seed(&self) -> u64 {
+        self.val_seed.unwrap_or(self.seed)
+    }
+
+    /// The run's validation split of a training split of `n` samples: its
+    /// fold or its fraction, drawn from [`Self::split_seed`].
+    pub fn validation_split(&self, n: usize) -> Result<ValidationSplit> {
+        ValidationSplit::of(self.val_fraction, self.val_fold, self.split_seed(), n)
+    }
+
     /// Checks every field; errors name the field. Returns the parsed spec.
     pub fn validate(&self) -> Result<ModelSpec> {
         let spec = ModelSpec::parse(&self.spec)?;
@@ -175,6 +193,9 @@ pub struct RunOptions {
     /// [`TrainConfig::prune_schedule`] they are the starting masks, which
     /// the schedule only grows.
     pub masks: Option<Vec<HostTensor>>,
+    /// How many of the validation images the teacher trained on, when
+    /// known ([`super::validation::TeacherOverlap`]), recorded in the card.
+    pub val_teacher_trained: Option<usize>,
 }
 
 #[cfg(test)]

@@ -151,12 +151,7 @@ impl<'a, D: Backend> Run<'a, D> {
                 field: "normalize".into(),
                 message,
             })?;
-        let validation = ValidationSplit::of(
-            cfg.val_fraction,
-            cfg.val_fold,
-            cfg.seed,
-            sources.train.len(),
-        )?;
+        let validation = cfg.validation_split(sources.train.len())?;
         let total_steps = {
             let loader = Loader::new(sources.train, sources.cache, cfg).holding_out(&validation);
             let mut steps = 0u64;
@@ -464,7 +459,11 @@ impl<'a, D: Backend> Run<'a, D> {
             self.metrics.last().and_then(|m| m.teacher_agreement),
             self.progress.train_seconds,
         )
-        .with_validation(self.validation.len(), &self.metrics)
+        .with_validation(
+            self.validation.len(),
+            self.opts.val_teacher_trained,
+            &self.metrics,
+        )
     }
 
     /// The card of the run; a finished run's files.

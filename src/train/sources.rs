@@ -21,6 +21,7 @@ use crate::model::{Backend, ModelDir, ModelSpec, Network};
 
 use super::config::{TrainConfig, DISTILL_ALPHA};
 use super::loss::{LossConfig, LossKind};
+use super::validation::{teacher_overlap, TeacherOverlap};
 
 /// What the loop reads.
 pub struct TrainSources<'a, D: Backend> {
@@ -61,6 +62,10 @@ pub struct OpenSources<D: Backend> {
     /// The teacher's test accuracy, from the test cache's manifest.
     pub teacher_accuracy: Option<f64>,
     pub online_teacher: Option<Network<D>>,
+    /// The teacher's model directory and, for a cache, the fingerprint of
+    /// the weights it was built with (the manifest's record; the directory
+    /// may be gone or retrained since).
+    pub teacher_dir: Option<(PathBuf, Option<String>)>,
 }
 
 impl SourcePaths {
@@ -92,10 +97,19 @@ impl SourcePaths {
             Some(dir) => Some(ModelDir::new(dir).load(device)?),
             None => None,
         };
+        let teacher_dir = match (&self.online_teacher, &cache) {
+            (Some(dir), _) => Some((dir.clone(), None)),
+            (None, Some(c)) => {
+                let t = &c.first().manifest().teacher;
+                Some((PathBuf::from(&t.source), Some(t.fingerprint.clone())))
+            }
+            (None, None) => None,
+        };
         Ok(OpenSources {
             train,
             test,
             cache,
+            teacher_dir,
             cache_dir: self.cache.clone(),
             teacher_test_predictions,
             teacher_accuracy,
@@ -105,6 +119,26 @@ impl SourcePaths {
 }
 
 impl<D: Backend> OpenSources<D> {
+    /// How many of the run's validation images its teacher trained on
+    /// ([`TeacherOverlap`]); `None` without a teacher or a validation split.
+    pub fn teacher_overlap(&self, cfg: &TrainConfig) -> Result<Option<TeacherOverlap>> {
+        let Some((dir, fingerprint)) = &self.teacher_dir else {
+            return Ok(None);
+        };
+        let n = self.train.len();
+        let split = cfg.validation_split(n)?;
+        if split.is_empty() {
+            return Ok(None);
+        }
+        Ok(Some(teacher_overlap(
+            &split,
+            dir,
+            fingerprint.as_deref(),
+            &self.train.fingerprint().0,
+            n,
+        )))
+    }
+
     /// The sources, borrowed for a run.
     pub fn sources(&self) -> TrainSources<'_, D> {
         TrainSources {
