@@ -677,4 +677,26 @@ fn validation_images_the_teacher_trained_on_are_counted_and_named() {
     assert!(model_card(&tmp.path().join("f"))["data"]
         .get("val_teacher_trained")
         .is_none());
+
+    // A teacher directory retrained since the cache was built is not the
+    // cache's teacher: its card says nothing about the cache's targets.
+    let again = [
+        "--epochs",
+        "1",
+        "--seed",
+        "8",
+        "--val-fraction",
+        "0.2",
+        "-q",
+    ];
+    ok(tmp.path(), &train_args(&data, "mlp:784-32-10", "t", &again));
+    let args = train_args(
+        &data,
+        "mlp:784-32-10",
+        "g",
+        &["--epochs", "1", "--cache", "c", "--alpha", "0"],
+    );
+    let err = stderr(&args);
+    assert!(err.contains("t is not the cache's teacher"), "{err}");
+    assert!(!err.contains("warning"), "{err}");
 }

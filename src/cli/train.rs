@@ -201,6 +201,7 @@ fn run<D: Backend>(dev: D, a: TrainArgs) -> Result<()> {
         online_teacher: a.online_teacher.clone(),
     };
     let opened = paths.open(dev.clone())?;
+    let overlap = opened.teacher_overlap(&cfg)?;
     let opts = RunOptions {
         checkpoint_every: a.checkpoint_every,
         resume: a.resume,
@@ -218,19 +219,21 @@ fn run<D: Backend>(dev: D, a: TrainArgs) -> Result<()> {
             None => None,
         },
         teacher_accuracy: opened.teacher_accuracy,
-        val_teacher_trained: None,
+        val_teacher_trained: overlap.as_ref().and_then(TeacherOverlap::trained),
     };
     if !a.quiet {
         eprintln!("{}", start_line(&a, &cfg, &opened.train, &dev.describe())?);
     }
-    let overlap = opened.teacher_overlap(&cfg)?;
-    let opts = RunOptions {
-        val_teacher_trained: overlap.as_ref().and_then(TeacherOverlap::trained),
-        ..opts
-    };
-    match overlap.as_ref().map(overlap_line) {
-        Some(Some(line)) if !a.quiet || line.starts_with("warning") => eprintln!("{line}"),
-        _ => {}
+    match &overlap {
+        Some(TeacherOverlap::Unknown(reason)) if !a.quiet => eprintln!(
+            "note: cannot tell whether the teacher trained on the validation images: {reason}"
+        ),
+        Some(known) => {
+            if let Some(w) = overlap_warning(known) {
+                eprintln!("warning: {w}");
+            }
+        }
+        None => {}
     }
     let summary = opened.cache.as_ref().and_then(|c| c.summary());
     if let Some(w) = summary.and_then(|s| s.agreement_warning()) {
@@ -259,39 +262,39 @@ fn run<D: Backend>(dev: D, a: TrainArgs) -> Result<()> {
     Ok(())
 }
 
-/// What a distilled run says about its validation split and its teacher:
-/// a warning when the teacher trained on some of the images (with the flags
-/// that hold out images it never saw), a note when its card cannot tell,
-/// nothing when the split is clean.
-fn overlap_line(o: &TeacherOverlap) -> Option<String> {
-    match o {
-        TeacherOverlap::Known { trained: 0, .. } => None,
-        TeacherOverlap::Known {
-            teacher,
-            trained,
-            held_out,
-            teacher_split,
-        } => Some(format!(
-            "warning: {trained} of the {held_out} validation images trained the teacher ({}): \
-             a distilled student's validation accuracy on them flatters it against hard labels, \
-             so settings chosen on it lean towards distillation. {}",
-            teacher.display(),
-            match teacher_split {
-                Some((seed, TeacherSplit::Fraction(f))) => format!(
-                    "Hold out images the teacher never saw: --val-seed {seed} with --val-fraction {f} or less."
-                ),
-                Some((seed, TeacherSplit::Fold(fold))) => format!(
-                    "Hold out images the teacher never saw: --val-seed {seed} --val-fold {fold}."
-                ),
-                None => "The teacher held nothing out: to validate without it, train the teacher \
-                         with --val-fraction and give its --seed as --val-seed here."
-                    .to_string(),
-            }
-        )),
-        TeacherOverlap::Unknown(reason) => Some(format!(
-            "note: cannot tell whether the teacher trained on the validation images: {reason}"
-        )),
+/// The warning of a distilled run whose teacher trained on some of its
+/// validation images, with the flags that hold out images it never saw;
+/// `None` when none did or the teacher's card cannot tell.
+fn overlap_warning(o: &TeacherOverlap) -> Option<String> {
+    let TeacherOverlap::Known {
+        teacher,
+        trained,
+        held_out,
+        teacher_split,
+    } = o
+    else {
+        return None;
+    };
+    if *trained == 0 {
+        return None;
     }
+    let remedy = match teacher_split {
+        Some((seed, TeacherSplit::Fraction(f))) => format!(
+            "Hold out images the teacher never saw: --val-seed {seed} with --val-fraction {f} or less."
+        ),
+        Some((seed, TeacherSplit::Fold(fold))) => {
+            format!("Hold out images the teacher never saw: --val-seed {seed} --val-fold {fold}.")
+        }
+        None => "The teacher held nothing out: to validate without it, train the teacher \
+                 with --val-fraction and give its --seed as --val-seed here."
+            .to_string(),
+    };
+    Some(format!(
+        "{trained} of the {held_out} validation images trained the teacher ({}): \
+         a distilled student's validation accuracy on them flatters it against hard labels, \
+         so settings chosen on it lean towards distillation. {remedy}",
+        teacher.display()
+    ))
 }
 
 /// The run's first line: the student, the device, the samples trained (and
@@ -520,7 +523,8 @@ fn flags_in(message: &str) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::flags_in;
+    use super::{flags_in, overlap_warning};
+    use distill::train::validation::{TeacherOverlap, TeacherSplit, ValFold};
 
     #[test]
     fn backticked_fields_read_as_flags() {
@@ -537,5 +541,33 @@ mod tests {
             flags_in("run `distill cache build` or ` here"),
             "run `distill cache build` or ` here"
         );
+    }
+
+    /// The remedy follows how the teacher held its split out; a clean split
+    /// or an unknown one gets no warning.
+    #[test]
+    fn the_overlap_warning_names_the_flags_that_avoid_it() {
+        let known = |trained, teacher_split| TeacherOverlap::Known {
+            teacher: "t".into(),
+            trained,
+            held_out: 200,
+            teacher_split,
+        };
+        let w = overlap_warning(&known(150, Some((7, TeacherSplit::Fraction(0.2))))).unwrap();
+        assert!(
+            w.starts_with("150 of the 200 validation images trained the teacher (t)"),
+            "{w}"
+        );
+        assert!(
+            w.ends_with("--val-seed 7 with --val-fraction 0.2 or less."),
+            "{w}"
+        );
+        let fold = ValFold { index: 1, folds: 2 };
+        let w = overlap_warning(&known(90, Some((3, TeacherSplit::Fold(fold))))).unwrap();
+        assert!(w.ends_with("--val-seed 3 --val-fold 1/2."), "{w}");
+        let w = overlap_warning(&known(200, None)).unwrap();
+        assert!(w.contains("The teacher held nothing out"), "{w}");
+        assert_eq!(overlap_warning(&known(0, None)), None);
+        assert_eq!(overlap_warning(&TeacherOverlap::Unknown("x".into())), None);
     }
 }
