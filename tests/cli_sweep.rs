@@ -131,7 +131,8 @@ fn tiny_sweep_report_agrees_with_cards_and_reruns_skip_finished_runs() {
         "{report}"
     );
     assert!(
-        report.contains("Whether the teacher trained on the validation samples is unknown: the teacher trained on data"),
+        report.contains("Whether the teacher trained on the validation samples is unknown: ")
+            && report.contains("the model trained on data"),
         "{report}"
     );
     for row in &rows {

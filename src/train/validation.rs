@@ -187,30 +187,58 @@ pub fn held_out_by_model(
     fingerprint: &str,
     n: usize,
 ) -> Result<ValidationSplit> {
+    let (path, _, split) = recorded_split(dir, None, fingerprint, n)?;
+    if split.is_empty() {
+        return Err(Error::Model {
+            path,
+            message: "the model held nothing out (val_fraction 0, no val_fold): it trained on every sample, so it has no out-of-fold outputs".into(),
+        });
+    }
+    Ok(split)
+}
+
+/// The card of the model in `dir` (its path), its training config and the
+/// split it held out, checked against the weights fingerprint a cache
+/// recorded (`weights`, when given) and the training split (`fingerprint`,
+/// `n`); errors name the card.
+fn recorded_split(
+    dir: &std::path::Path,
+    weights: Option<&str>,
+    fingerprint: &str,
+    n: usize,
+) -> Result<(
+    std::path::PathBuf,
+    super::config::TrainConfig,
+    ValidationSplit,
+)> {
     let path = crate::model::dir::ModelDir::new(dir).card();
     let card = super::card::ModelCard::load(&path)?;
     let refuse = |message: String| Error::Model {
         path: path.clone(),
         message,
     };
-    let (Some(cfg), Some(data)) = (&card.config, &card.data) else {
+    if let Some(fp) = weights {
+        if card.weights_fingerprint != fp {
+            return Err(refuse(format!(
+                "{} is not the cache's teacher (weights {} against the cache's {fp})",
+                dir.display(),
+                card.weights_fingerprint
+            )));
+        }
+    }
+    let (Some(cfg), Some(data)) = (card.config, &card.data) else {
         return Err(refuse(
             "records no training run (config and data): its held-out samples are unknown".into(),
         ));
     };
     if data.train_fingerprint != fingerprint || data.train_samples != n {
         return Err(refuse(format!(
-            "the model trained on data {} ({} samples), not the cache's {fingerprint} ({n} samples)",
+            "the model trained on data {} ({} samples), not {fingerprint} ({n} samples)",
             data.train_fingerprint, data.train_samples
         )));
     }
     let split = cfg.validation_split(n)?;
-    if split.is_empty() {
-        return Err(refuse(
-            "the model held nothing out (val_fraction 0, no val_fold): it trained on every sample, so it has no out-of-fold outputs".into(),
-        ));
-    }
-    Ok(split)
+    Ok((path, cfg, split))
 }
 
 /// Whether a distilled run's validation images trained its teacher.
@@ -271,35 +299,9 @@ pub fn teacher_overlap(
     train_fingerprint: &str,
     n: usize,
 ) -> TeacherOverlap {
-    let path = crate::model::dir::ModelDir::new(teacher).card();
-    let card = match super::card::ModelCard::load(&path) {
-        Ok(card) => card,
-        Err(e) => return TeacherOverlap::Unknown(format!("the teacher's card: {e}")),
-    };
-    if let Some(fp) = weights_fingerprint {
-        if card.weights_fingerprint != fp {
-            return TeacherOverlap::Unknown(format!(
-                "{} is not the cache's teacher (weights {} against the cache's {fp})",
-                teacher.display(),
-                card.weights_fingerprint
-            ));
-        }
-    }
-    let (Some(cfg), Some(data)) = (&card.config, &card.data) else {
-        return TeacherOverlap::Unknown(format!(
-            "{} records no training run (config and data)",
-            path.display()
-        ));
-    };
-    if data.train_fingerprint != train_fingerprint || data.train_samples != n {
-        return TeacherOverlap::Unknown(format!(
-            "the teacher trained on data {} ({} samples), not this run's {train_fingerprint} ({n} samples)",
-            data.train_fingerprint, data.train_samples
-        ));
-    }
-    let held = match cfg.validation_split(n) {
-        Ok(held) => held,
-        Err(e) => return TeacherOverlap::Unknown(format!("{}: {e}", path.display())),
+    let (cfg, held) = match recorded_split(teacher, weights_fingerprint, train_fingerprint, n) {
+        Ok((_, cfg, held)) => (cfg, held),
+        Err(e) => return TeacherOverlap::Unknown(e.to_string()),
     };
     let trained = split
         .indices()
