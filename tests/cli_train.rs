@@ -678,6 +678,25 @@ fn validation_images_the_teacher_trained_on_are_counted_and_named() {
         .get("val_teacher_trained")
         .is_none());
 
+    // A sweep's distilled runs count the same images into their cards (the
+    // teacher from the cache's recorded source); its baseline counts none.
+    fs::write(
+        tmp.path().join("sweep.toml"),
+        format!(
+            "cache = \"c\"\ndata = {data:?}\nstudents = [\"mlp:784-16-10\"]\n\
+             temperatures = [2]\nalphas = [0]\nepochs = 1\nbaseline = true\n\
+             seed = 3\nout = \"sw\"\n"
+        ),
+    )
+    .unwrap();
+    ok(tmp.path(), &["sweep", "--config", "sweep.toml", "-q"]);
+    let runs = tmp.path().join("sw/runs");
+    let card = model_card(&runs.join("mlp-784-16-10_kd-T2-a0"));
+    assert_eq!(card["data"]["val_teacher_trained"], expect);
+    assert!(model_card(&runs.join("mlp-784-16-10_baseline"))["data"]
+        .get("val_teacher_trained")
+        .is_none());
+
     // A teacher directory retrained since the cache was built is not the
     // cache's teacher: its card says nothing about the cache's targets.
     let again = [

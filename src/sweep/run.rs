@@ -23,8 +23,10 @@ use crate::data::{Dataset, Split};
 use crate::error::{Error, Result};
 use crate::model::{Backend, ModelDir, ModelSpec};
 use crate::train::card::ModelCard;
+use crate::train::config::TrainConfig;
 use crate::train::sources::{open_cache, open_views};
 use crate::train::trainer::{self, RunOptions, TrainSources};
+use crate::train::validation::teacher_overlap;
 
 /// Where a run stands on disk.
 #[derive(Debug, Clone, PartialEq)]
@@ -130,7 +132,7 @@ pub fn run_and_report<D: Backend>(
             cfg.out.display()
         );
     }
-    let summary = run_sweep::<D>(cfg, &runs, &open.inputs(), command, quiet)?;
+    let summary = run_sweep::<D>(cfg, &runs, &open.inputs(cfg), command, quiet)?;
     let mut done = write_sweep_report(device, cfg, &runs, &open)?;
     done.trained = summary.trained();
     done.seconds = start.elapsed().as_secs_f64();
@@ -162,7 +164,7 @@ pub fn run_only<D: Backend>(
         jobs: 1,
         ..cfg.clone()
     };
-    let summary = run_sweep::<D>(&single, &one, &open.inputs(), command, quiet)?;
+    let summary = run_sweep::<D>(&single, &one, &open.inputs(&single), command, quiet)?;
     let outcome = summary
         .runs
         .into_iter()
@@ -267,13 +269,14 @@ impl OpenInputs {
         })
     }
 
-    /// What every run reads.
-    pub fn inputs(&self) -> SweepInputs<'_> {
+    /// What every run of `cfg` reads.
+    pub fn inputs(&self, cfg: &SweepConfig) -> SweepInputs<'_> {
         SweepInputs {
             train: &self.train,
             test: self.test.as_ref(),
             cache: &self.cache,
             teacher_test_predictions: self.teacher_test_predictions.clone(),
+            teacher: teacher_dir(cfg, self.cache.first()),
         }
     }
 }
@@ -286,6 +289,10 @@ pub struct SweepInputs<'a> {
     pub cache: &'a CacheViews,
     /// Teacher argmax on the test split (from the test cache), for agreement.
     pub teacher_test_predictions: Option<Vec<u32>>,
+    /// The teacher's directory (the sweep's `teacher`, else the cache's
+    /// recorded source), against whose card each distilled run counts its
+    /// validation images the teacher trained on.
+    pub teacher: Option<PathBuf>,
 }
 
 /// What happened to one run.
@@ -411,6 +418,30 @@ pub fn run_sweep<D: Backend>(
     })
 }
 
+/// How many of `config`'s validation images the teacher in `dir` trained
+/// on, for the run's card: `None` without a validation split, or when the
+/// teacher's card cannot say (the report names the reason).
+fn val_teacher_trained(
+    config: &TrainConfig,
+    dir: &Path,
+    inputs: &SweepInputs<'_>,
+) -> Result<Option<usize>> {
+    let n = inputs.train.len();
+    let split = config.validation_split(n)?;
+    if split.is_empty() {
+        return Ok(None);
+    }
+    let fingerprint = &inputs.cache.first().manifest().teacher.fingerprint;
+    Ok(teacher_overlap(
+        &split,
+        dir,
+        Some(fingerprint),
+        &inputs.train.fingerprint().0,
+        n,
+    )
+    .trained())
+}
+
 fn progress_line(run: &PlannedRun, result: &Result<RunOutcome>) -> String {
     match result {
         Ok(RunOutcome::Skipped) => format!("{}: finished earlier, skipped", run.name),
@@ -442,8 +473,13 @@ fn train_one<D: Backend>(
         teacher_test_predictions: inputs.teacher_test_predictions.clone(),
         online_teacher: None,
     };
+    let val_teacher_trained = match (&inputs.teacher, distilled) {
+        (Some(dir), true) => val_teacher_trained(&run.config, dir, inputs)?,
+        _ => None,
+    };
     let opts = RunOptions {
         checkpoint_every: Some(cfg.checkpoint_every),
+        val_teacher_trained,
         resume: true,
         quiet,
         stop_after_steps: None,
