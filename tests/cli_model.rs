@@ -19,16 +19,23 @@ fn model_info_reports_pytorch_parameter_counts() {
 }
 
 #[test]
-fn both_committed_teachers_load_and_evaluate() {
+fn the_committed_cnn_teachers_load_and_evaluate() {
     let dir = tempfile::tempdir().unwrap();
     let data = s(&small_data());
     let long = teacher_dir().with_file_name("fashion-cnn-long");
-    for teacher in [teacher_dir(), long] {
+    let held_out = teacher_dir().with_file_name("fashion-cnn-long-val");
+    // The held-out teacher's card records its split, so runs can count the
+    // validation images it trained on: seed 0's 10%, none of them.
+    let card = model_card(&held_out);
+    assert_eq!(card["config"]["seed"], 0, "{card}");
+    assert_eq!(card["config"]["val_fraction"], 0.1, "{card}");
+    assert_eq!(card["data"]["val_samples"], 6000, "{card}");
+    for teacher in [teacher_dir(), long, held_out] {
         let card = model_card(&teacher);
         assert_eq!(card["spec"], "cnn:c32-p-c64-p-f128-10", "{card}");
         let recorded = card["test_accuracy"].as_f64().unwrap();
         assert!(recorded > 0.92, "{}: {recorded}", teacher.display());
-        // On the committed 1,000-image test subset both stay close to their
+        // On the committed 1,000-image test subset each stays close to its
         // full-test accuracy.
         let out = ok(
             dir.path(),

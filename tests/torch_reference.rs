@@ -164,7 +164,12 @@ fn printed_pytorch_module_has_the_weights_files_keys() {
         );
     }
     let teachers = Path::new(env!("CARGO_MANIFEST_DIR")).join("data/teachers");
-    for t in ["fashion-cnn", "fashion-cnn-long", "fashion-cnn-aug"] {
+    for t in [
+        "fashion-cnn",
+        "fashion-cnn-long",
+        "fashion-cnn-long-val",
+        "fashion-cnn-aug",
+    ] {
         let (meta, tensors) =
             read_safetensors(&teachers.join(t).join("model.safetensors")).unwrap();
         let code = printed_module(&meta["distill.spec"]);
