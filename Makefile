@@ -7,11 +7,19 @@ BIN          := target/release/distill
 DATA         ?= data/fashion-mnist
 SMALL_DATA   := data/fashion-mnist-small
 TEACHER_SPEC ?= cnn:c32-p-c64-p-f128-10
-# The default teacher is the longer-trained CNN (92.90%, `make teacher-long`);
-# the first one, 12 epochs (92.11%), stays committed as TEACHER_SHORT.
-TEACHER_SHORT ?= data/teachers/fashion-cnn
-TEACHER_LONG  ?= data/teachers/fashion-cnn-long
-TEACHER      ?= $(TEACHER_LONG)
+# The default teacher (since 2026-12-04) is the longer-trained CNN recipe
+# with seed 0's 10% validation split held out (93.14%, `make
+# teacher-long-val`), so runs that validate on that split (VAL_SEED) choose
+# settings on images the teacher never saw. The same recipe on all 60,000
+# images (92.90%, `make teacher-long`, the default from 2026-12-02) and the
+# first teacher, 12 epochs (92.11%), stay committed.
+TEACHER_SHORT    ?= data/teachers/fashion-cnn
+TEACHER_LONG     ?= data/teachers/fashion-cnn-long
+TEACHER_LONG_VAL ?= data/teachers/fashion-cnn-long-val
+TEACHER          ?= $(TEACHER_LONG_VAL)
+# The validation split of every run the Makefile trains (--val-seed): seed
+# 0's, the one the default teacher held out, whatever SEED is.
+VAL_SEED     ?= 0
 CACHES       ?= data/caches
 # The cache stores log-probabilities at CACHE_T=4; students distil at T
 # (re-tempered exactly from the dense cache). T and ALPHA are the defaults
@@ -23,7 +31,9 @@ ALPHA        ?= 0.1
 LOSS         ?= kd
 ENCODING     ?= f16
 STUDENT      ?= mlp:784-128-10
-EPOCHS       ?= 15
+# 60 epochs: at 15 the distilled MLP is no more than 0.12 points ahead of
+# hard labels on clean validation, at 60 about 0.7 (README.md).
+EPOCHS       ?= 60
 SEED         ?= 0
 RUNS         ?= runs
 # One cache per teacher, temperature and encoding.
@@ -89,9 +99,7 @@ teacher-long: $(BIN) data
 # The same recipe with a validation split held out: distill train's default
 # --val-fraction 0.1 drawn from seed 0, so runs with --val-seed 0 validate on
 # 6,000 images this teacher never saw (README, "Validation images the
-# teacher trained on"); committed, 93.14%. The MLP's headline row
-# distils from it.
-TEACHER_LONG_VAL ?= data/teachers/fashion-cnn-long-val
+# teacher trained on"); committed, 93.14%, the default teacher.
 teacher-long-val: $(BIN) data
 	$(BIN) train --data $(DATA) --student $(TEACHER_SPEC) --epochs 24 --batch 128 \
 	  --optimizer adam --lr 1e-3 --schedule cosine --augment shift=1 --seed 0 \
@@ -135,13 +143,13 @@ BASELINE_RUN = $(RUNS)/$(STUDENT_TAG)-baseline-e$(EPOCHS)-s$(SEED)
 train-student: cache $(BASELINE_RUN)/model.json
 	$(BIN) train --data $(DATA) --student $(STUDENT) --cache $(CACHE_DIR)/train \
 	  --test-cache $(CACHE_DIR)/test --loss $(LOSS) -T $(T) --alpha $(ALPHA) \
-	  --epochs $(EPOCHS) --seed $(SEED) --baseline-run $(BASELINE_RUN) \
+	  --epochs $(EPOCHS) --seed $(SEED) --val-seed $(VAL_SEED) --baseline-run $(BASELINE_RUN) \
 	  --out $(RUNS)/$(STUDENT_TAG)-$(LOSS)-T$(T)-a$(ALPHA)-e$(EPOCHS)-s$(SEED)
 
 # The same student on hard labels only, same epochs, optimizer and seed.
 baseline: $(BIN) data
 	$(BIN) train --data $(DATA) --student $(STUDENT) --epochs $(EPOCHS) --seed $(SEED) \
-	  --out $(BASELINE_RUN)
+	  --val-seed $(VAL_SEED) --out $(BASELINE_RUN)
 
 $(BASELINE_RUN)/model.json: | $(BIN) data
 	$(MAKE) baseline
@@ -160,7 +168,7 @@ sweep: cache
 	$(BIN) sweep --cache $(CACHE_DIR)/train --test-cache $(CACHE_DIR)/test --data $(DATA) \
 	  --teacher $(TEACHER) --students $(SWEEP_STUDENTS) --temperatures $(SWEEP_TEMPS) \
 	  --alphas $(SWEEP_ALPHAS) --baseline --epochs $(SWEEP_EPOCHS) --seed $(SEED) \
-	  --jobs $(SWEEP_JOBS) --out $(SWEEP_OUT)
+	  --val-seed $(VAL_SEED) --jobs $(SWEEP_JOBS) --out $(SWEEP_OUT)
 
 # The headline recipe (README.md, "Results"): the long teacher's caches,
 # built as needed, then for each of BEST_SEEDS the student distilled at
