@@ -22,7 +22,7 @@ use super::teacher::{teacher_forward_timing, teacher_summary, Savings, TeacherSu
 use crate::cache::CacheViews;
 use crate::error::{Error, Result};
 use crate::model::{Backend, Network};
-use crate::train::validation::{teacher_overlap, TeacherOverlap};
+use crate::train::validation::{run_overlap, TeacherOverlap};
 
 /// Accuracy as the report prints it: a percentage with two decimals.
 pub fn pct(x: Option<f64>) -> String {
@@ -493,21 +493,14 @@ pub fn report_sweep<D: Backend>(
         open.test.as_ref(),
         teacher.map(|(dir, _)| dir),
     );
-    let n = open.train.len();
     let val_overlap = match (teacher, cfg.students.first()) {
-        (Some((dir, _)), Some(student)) => {
-            let split = cfg.train_config(student).validation_split(n)?;
-            let fingerprint = &open.cache.first().manifest().teacher.fingerprint;
-            (!split.is_empty()).then(|| {
-                teacher_overlap(
-                    &split,
-                    dir,
-                    Some(fingerprint),
-                    &open.train.fingerprint().0,
-                    n,
-                )
-            })
-        }
+        (Some((dir, _)), Some(student)) => run_overlap(
+            &cfg.train_config(student),
+            dir,
+            Some(&open.cache.first().manifest().teacher.fingerprint),
+            &open.train.fingerprint().0,
+            open.train.len(),
+        )?,
         _ => None,
     };
     let ctx = ReportContext {

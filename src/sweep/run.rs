@@ -26,7 +26,7 @@ use crate::train::card::ModelCard;
 use crate::train::config::TrainConfig;
 use crate::train::sources::{open_cache, open_views};
 use crate::train::trainer::{self, RunOptions, TrainSources};
-use crate::train::validation::teacher_overlap;
+use crate::train::validation::{run_overlap, TeacherOverlap};
 
 /// Where a run stands on disk.
 #[derive(Debug, Clone, PartialEq)]
@@ -426,20 +426,15 @@ fn val_teacher_trained(
     dir: &Path,
     inputs: &SweepInputs<'_>,
 ) -> Result<Option<usize>> {
-    let n = inputs.train.len();
-    let split = config.validation_split(n)?;
-    if split.is_empty() {
-        return Ok(None);
-    }
     let fingerprint = &inputs.cache.first().manifest().teacher.fingerprint;
-    Ok(teacher_overlap(
-        &split,
+    let overlap = run_overlap(
+        config,
         dir,
         Some(fingerprint),
         &inputs.train.fingerprint().0,
-        n,
-    )
-    .trained())
+        inputs.train.len(),
+    )?;
+    Ok(overlap.as_ref().and_then(TeacherOverlap::trained))
 }
 
 fn progress_line(run: &PlannedRun, result: &Result<RunOutcome>) -> String {

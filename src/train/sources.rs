@@ -21,7 +21,7 @@ use crate::model::{Backend, ModelDir, ModelSpec, Network};
 
 use super::config::{TrainConfig, DISTILL_ALPHA};
 use super::loss::{LossConfig, LossKind};
-use super::validation::{teacher_overlap, TeacherOverlap};
+use super::validation::{run_overlap, TeacherOverlap};
 
 /// What the loop reads.
 pub struct TrainSources<'a, D: Backend> {
@@ -125,18 +125,13 @@ impl<D: Backend> OpenSources<D> {
         let Some((dir, fingerprint)) = &self.teacher_dir else {
             return Ok(None);
         };
-        let n = self.train.len();
-        let split = cfg.validation_split(n)?;
-        if split.is_empty() {
-            return Ok(None);
-        }
-        Ok(Some(teacher_overlap(
-            &split,
+        run_overlap(
+            cfg,
             dir,
             fingerprint.as_deref(),
             &self.train.fingerprint().0,
-            n,
-        )))
+            self.train.len(),
+        )
     }
 
     /// The sources, borrowed for a run.

@@ -321,6 +321,30 @@ pub fn teacher_overlap(
     }
 }
 
+/// [`teacher_overlap`] for the split a run of `cfg` holds out of `n`
+/// training samples: `None` when it holds nothing out. The one place a
+/// run's split is put against its teacher (`distill train`, each sweep run
+/// and the sweep's report).
+pub fn run_overlap(
+    cfg: &super::config::TrainConfig,
+    teacher: &std::path::Path,
+    weights_fingerprint: Option<&str>,
+    train_fingerprint: &str,
+    n: usize,
+) -> Result<Option<TeacherOverlap>> {
+    let split = cfg.validation_split(n)?;
+    if split.is_empty() {
+        return Ok(None);
+    }
+    Ok(Some(teacher_overlap(
+        &split,
+        teacher,
+        weights_fingerprint,
+        train_fingerprint,
+        n,
+    )))
+}
+
 /// The permutation of `0..n` the held-out samples are taken from.
 fn permutation(seed: u64, n: usize) -> Vec<usize> {
     let mut order: Vec<usize> = (0..n).collect();
