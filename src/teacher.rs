@@ -276,7 +276,8 @@ pub struct ViewSetSpec {
 }
 
 /// Builds a view set at `out` (`out/view-0` .. `out/view-{K-1}`), resuming
-/// any view an interrupted build left; `on_view` hears of each finished view.
+/// any view an interrupted build left; `on_view` hears of each finished view,
+/// with its stats (the teacher's agreement with the labels on it).
 /// Refuses a directory that holds a cache of the plain images unless the
 /// writer options allow overwriting. Last, it runs the teacher over the
 /// plain images and writes the set's summary (`out/views.json`: each
@@ -288,7 +289,7 @@ pub fn build_view_set<D: Backend>(
     out: &Path,
     opts: &BuildOptions,
     set: &ViewSetSpec,
-    mut on_view: impl FnMut(&Path, &BuildReport),
+    mut on_view: impl FnMut(&Path, &BuildReport, &ViewStats),
 ) -> Result<ViewSetSummary> {
     check_view_set(data, out, opts, set)?;
     let info = view_options(opts, set, 0).view;
@@ -300,18 +301,19 @@ pub fn build_view_set<D: Backend>(
     for v in 0..set.views {
         let dir = view_dir(out, v);
         let report = build_cache(teacher, data, &dir, &view_options(opts, set, v))?;
-        on_view(&dir, &report);
         let already_built = report.resumed_from == data.len() as u64;
         let build_seconds = match (already_built, &earlier) {
             (true, Some(e)) => e.view_stats.get(v as usize).and_then(|s| s.build_seconds),
             _ => Some(report.seconds),
         };
-        view_stats.push(ViewStats {
+        let stats = ViewStats {
             view: v,
             agreement: view_agreement(&dir, data, set, v)?,
             bytes_per_sample: report.manifest.fidelity.bytes_per_sample,
             build_seconds,
-        });
+        };
+        on_view(&dir, &report, &stats);
+        view_stats.push(stats);
     }
     let start = Instant::now();
     let clean_agreement = clean_agreement(teacher, data, opts.batch_size)?;
@@ -798,7 +800,7 @@ fn imported_meta(
 /// same teacher: fingerprint xxh3-128 of the files' logit fingerprints
 /// joined by commas, source the files' paths, so the set opens as one
 /// build (`CacheViews`). Resumes like [`build_view_set`]; `on_view` hears
-/// of each finished view.
+/// of each finished view, with its stats.
 ///
 /// # Safety
 /// As [`import_logits_file`], for every file.
@@ -808,7 +810,7 @@ pub unsafe fn import_view_set(
     out: &Path,
     opts: &BuildOptions,
     set: &ViewSetSpec,
-    mut on_view: impl FnMut(&Path, &Manifest),
+    mut on_view: impl FnMut(&Path, &Manifest, &ViewStats),
 ) -> Result<ViewSetSummary> {
     set.augment.check_shape(data.sample_shape())?;
     if files.is_empty() || files.len() as u64 != set.views {
@@ -880,13 +882,14 @@ pub unsafe fn import_view_set(
         let dir = view_dir(out, v as u64);
         // SAFETY: forwarded from the caller.
         let manifest = unsafe { write_logits_cache(rows, meta, data, &dir, &opts) }?;
-        on_view(&dir, &manifest);
-        view_stats.push(ViewStats {
+        let stats = ViewStats {
             view: v as u64,
             agreement: view_agreement(&dir, data, set, v as u64)?,
             bytes_per_sample: manifest.fidelity.bytes_per_sample,
             build_seconds: None,
-        });
+        };
+        on_view(&dir, &manifest, &stats);
+        view_stats.push(stats);
     }
     // The external teacher's plain-image outputs are not given: no clean
     // agreement, so no warning can compare with it.
@@ -1218,11 +1221,12 @@ mod external_teacher_tests {
                 &out,
                 &options(Encoding::F16),
                 &set,
-                |d, _| seen.push(d.to_path_buf()),
+                |d, _, v| seen.push((d.to_path_buf(), v.view)),
             )
         }
         .unwrap();
-        assert_eq!(seen.len(), 3);
+        let want: Vec<_> = (0..3).map(|v| (view_dir(&out, v), v)).collect();
+        assert_eq!(seen, want);
         // SAFETY: written above, read only.
         let views = unsafe { crate::cache::CacheViews::open(&out) }.unwrap();
         assert_eq!(views.views().len(), 3);
@@ -1239,7 +1243,7 @@ mod external_teacher_tests {
                 &tmp.path().join("x"),
                 &options(Encoding::F16),
                 &short,
-                |_, _| {},
+                |_, _, _| {},
             )
         }
         .unwrap_err()

@@ -178,3 +178,33 @@ fn exported_mixed_views_are_the_images_the_teacher_is_shown() {
         assert!(mix.iter().any(|p| p.lambda < 1.0));
     }
 }
+
+/// Each finished view of a mixed set reports the teacher's agreement as
+/// the set's summary counts it (either image's label of a mixed image),
+/// not the accuracy against each image's own label, which calls a teacher
+/// that names the partner wrong and, at mixup=1, sits near half.
+#[test]
+fn a_mixed_views_progress_line_counts_either_label() {
+    let tmp = tempfile::tempdir().unwrap();
+    let t = tmp.path();
+    let (teacher, data) = (s(&teacher_dir()), s(&small_data()));
+    let build = cache_build_args(
+        &teacher,
+        &data,
+        "set",
+        &["--augment", "mixup=1", "--views", "2"],
+    );
+    let out = distill(t, &build);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let summary: serde_json::Value =
+        serde_json::from_slice(&fs::read(t.join("set/views.json")).unwrap()).unwrap();
+    for (v, stats) in summary["view_stats"].as_array().unwrap().iter().enumerate() {
+        let line = format!(
+            "teacher agreement with the labels on view {v}: {:.2}%",
+            100.0 * stats["agreement"].as_f64().unwrap()
+        );
+        assert!(stderr.contains(&line), "{line}\n{stderr}");
+    }
+    assert!(!stderr.contains("against the stored labels"), "{stderr}");
+}

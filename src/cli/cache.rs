@@ -13,7 +13,7 @@ use clap::{Args, Subcommand};
 use distill::cache::ensemble::{ensemble_caches, Combine, EnsembleOptions};
 use distill::cache::merge::{is_part_dir, merge_parts, verify_part};
 use distill::cache::part::part_dir;
-use distill::cache::views::{view_dir, ViewSetSummary};
+use distill::cache::views::{view_dir, ViewSetSummary, ViewStats};
 use distill::cache::{Encoding, PartSpec, WriterOptions};
 use distill::data::augment::Augment;
 use distill::data::{Dataset, Split};
@@ -314,6 +314,40 @@ fn build_options(a: &StorageArgs, batch_size: usize, source: String) -> Result<B
 }
 
 fn report(manifest: &distill::cache::Manifest, dir: &Path, secs: f64, quiet: bool) {
+    report_cache(manifest, dir, secs);
+    if !quiet {
+        if let Some(acc) = manifest.teacher_stats.accuracy {
+            eprintln!(
+                "teacher accuracy against the stored labels: {:.2}%",
+                100.0 * acc
+            );
+        }
+    }
+}
+
+/// One finished view of a view set: its cache line, and the teacher's
+/// agreement with the labels on it, where a mixed image counts when the
+/// teacher names either image's label (the stored label is each image's
+/// own, so the plain accuracy would call a teacher that names the partner
+/// wrong).
+fn report_view(
+    manifest: &distill::cache::Manifest,
+    dir: &Path,
+    secs: f64,
+    quiet: bool,
+    stats: &ViewStats,
+) {
+    report_cache(manifest, dir, secs);
+    if let (false, Some(agreement)) = (quiet, stats.agreement) {
+        eprintln!(
+            "teacher agreement with the labels on view {}: {:.2}%",
+            stats.view,
+            100.0 * agreement
+        );
+    }
+}
+
+fn report_cache(manifest: &distill::cache::Manifest, dir: &Path, secs: f64) {
     let f = &manifest.fidelity;
     // A sparse record's forward KL is infinite; the writer records the reverse one.
     let kl = match manifest.encoding.is_sparse() {
@@ -333,14 +367,6 @@ fn report(manifest: &distill::cache::Manifest, dir: &Path, secs: f64, quiet: boo
         100.0 * f.top1_agreement,
         secs
     );
-    if !quiet {
-        if let Some(acc) = manifest.teacher_stats.accuracy {
-            eprintln!(
-                "teacher accuracy against the stored labels: {:.2}%",
-                100.0 * acc
-            );
-        }
-    }
 }
 
 /// `distill cache build` on a device.
@@ -397,8 +423,8 @@ pub fn build<D: Backend>(dev: D, a: BuildArgs) -> Result<()> {
                 views: a.views,
             };
             let summary =
-                build_view_set(&teacher, &data, &a.storage.out, &opts, &set, |dir, r| {
-                    report(&r.manifest, dir, r.seconds, quiet)
+                build_view_set(&teacher, &data, &a.storage.out, &opts, &set, |dir, r, v| {
+                    report_view(&r.manifest, dir, r.seconds, quiet, v)
                 })?;
             report_view_set(&summary, &a.storage.out);
         }
@@ -655,8 +681,8 @@ fn import(a: ImportArgs) -> Result<()> {
         let quiet = a.storage.quiet;
         // SAFETY: the logits files are not modified during the import (--logits' help).
         let summary = unsafe {
-            import_view_set(&what, &data, &a.storage.out, &opts, &set, |dir, m| {
-                report(m, dir, start.elapsed().as_secs_f64(), quiet)
+            import_view_set(&what, &data, &a.storage.out, &opts, &set, |dir, m, v| {
+                report_view(m, dir, start.elapsed().as_secs_f64(), quiet, v)
             })
         }?;
         report_view_set(&summary, &a.storage.out);

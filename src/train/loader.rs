@@ -668,7 +668,7 @@ mod tests {
                 seed: 11,
                 views: 2,
             };
-            let summary = build_view_set(&teacher, &data, &set, &opts, &vs, |_, _| {}).unwrap();
+            let summary = build_view_set(&teacher, &data, &set, &opts, &vs, |_, _, _| {}).unwrap();
             // SAFETY: written above by this test; nothing modifies it.
             let views = unsafe { CacheViews::open(&set) }.unwrap();
             assert_eq!(views.summary(), Some(&summary));
