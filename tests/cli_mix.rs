@@ -15,15 +15,19 @@ use crate::util::*;
 
 const MIXED: &str = "flip,shift=2,mixup=0.2";
 
+/// `cache build` of the committed teacher on the small data into `t/set`.
+fn build_set(t: &std::path::Path, extra: &[&str]) -> std::process::Output {
+    let (teacher, data) = (s(&teacher_dir()), s(&small_data()));
+    distill(t, &cache_build_args(&teacher, &data, "set", extra))
+}
+
 #[test]
 fn a_mixed_view_set_reports_its_cost_and_agreement_and_trains() {
     let tmp = tempfile::tempdir().unwrap();
     let t = tmp.path();
-    let (teacher, data) = (s(&teacher_dir()), s(&small_data()));
-    let build = cache_build_args(
-        &teacher,
-        &data,
-        "set",
+    let data = s(&small_data());
+    let out = build_set(
+        t,
         &[
             "--augment",
             MIXED,
@@ -34,7 +38,6 @@ fn a_mixed_view_set_reports_its_cost_and_agreement_and_trains() {
             "-q",
         ],
     );
-    let out = distill(t, &build);
     let (stdout, stderr) = (
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr),
@@ -187,14 +190,7 @@ fn exported_mixed_views_are_the_images_the_teacher_is_shown() {
 fn a_mixed_views_progress_line_counts_either_label() {
     let tmp = tempfile::tempdir().unwrap();
     let t = tmp.path();
-    let (teacher, data) = (s(&teacher_dir()), s(&small_data()));
-    let build = cache_build_args(
-        &teacher,
-        &data,
-        "set",
-        &["--augment", "mixup=1", "--views", "2"],
-    );
-    let out = distill(t, &build);
+    let out = build_set(t, &["--augment", "mixup=1", "--views", "2"]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
     let summary: serde_json::Value =
