@@ -62,10 +62,11 @@ CUDA_ENV ?= ../shared/tools/cuda-env.sh
 build-cuda:
 	CARGO=$(CARGO) CUDA_ENV=$(CUDA_ENV) bash scripts/cuda-build.sh build
 
-# Copies the cuda binary into .gpu/ (git-ignored; it travels with a checkout
-# to a GPU machine), where scripts/gpu-check.sh looks for it.
+# Packs the cuda binary (stripped) and the headers its run-time-compiled
+# kernels include into .gpu/ (git-ignored; it travels with a checkout to a
+# GPU machine), where scripts/gpu-check.sh looks for them.
 gpu-bundle:
-	mkdir -p .gpu && cp target/cuda/release/distill .gpu/distill
+	CUDA_ENV=$(CUDA_ENV) bash scripts/gpu-bundle.sh
 
 # On a GPU machine, without Rust: the ops against the CPU, cache build ->
 # train-student on cuda beside cpu, and the step benchmark; the report goes

@@ -35,6 +35,12 @@ Run: `make bench-pytorch` (sets up .venv-bench, fetches data, builds the
 release binary), or directly:
     python scripts/bench_pytorch.py --bin target/release/distill \
         --data data/fashion-mnist --rounds 3 [--rows mlp128,cnn8] [--out DIR]
+
+`--device cuda` (a GPU machine; distill built with `make build-cuda`) runs
+both sides there: PyTorch holds the images, labels and soft targets on the
+GPU and synchronizes before each clock read; distill gets `--device cuda`;
+the matmul is the GPU's f32 matmul (TF32 off, PyTorch's default).
+
 PyTorch is a measuring stick only; distill never depends on it.
 """
 
@@ -88,6 +94,7 @@ def parse_args():
     p.add_argument("--teacher-batch", type=int, default=500)
     p.add_argument("--matmul-n", type=int, default=2048)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cpu", help="cpu, or cuda for both sides")
     p.add_argument("--train-limit", type=int, default=None,
                    help="time the first N training images only (both sides; the slow rows)")
     a = p.parse_args()
@@ -152,6 +159,7 @@ class Distill:
     def __init__(self, a):
         self.a = a
         self.env = dict(os.environ, RAYON_NUM_THREADS=str(a.threads))
+        self.dev = ["--device", a.device] if a.device != "cpu" else []
         self.info = {}
 
     def model_info(self, spec):
@@ -172,7 +180,7 @@ class Distill:
         out = run(
             [a.bin, "cache", "build", "--teacher", a.teacher, "--data", a.data, "--split", "train",
              "-T", str(a.temperature), "--encoding", "f16", "--batch", str(a.teacher_batch),
-             "--quiet", "--out", out_dir],
+             "--quiet", "--out", out_dir] + self.dev,
             self.env,
         )
         return float(re.search(r", ([0-9.]+)s\s*$", out.strip()).group(1))
@@ -189,7 +197,7 @@ class Distill:
                "--normalize", "none",
                # Both sides train all 60,000 images: no validation split
                # held out (distill's default holds out 10%).
-               "--val-fraction", "0"]
+               "--val-fraction", "0"] + self.dev
         if cache:
             cmd += ["--cache", cache, "-T", str(a.temperature), "--alpha", str(a.alpha)]
         run(cmd, self.env)
@@ -215,8 +223,9 @@ class Torch:
 
     def __init__(self, a, images, labels):
         self.a = a
-        self.images = torch.from_numpy(images.copy())  # [N, 28, 28] uint8
-        self.labels = torch.from_numpy(labels.astype(np.int64))
+        self.dev = torch.device(a.device)
+        self.images = torch.from_numpy(images.copy()).to(self.dev)  # [N, 28, 28] uint8
+        self.labels = torch.from_numpy(labels.astype(np.int64)).to(self.dev)
         self.n = len(self.labels)
         self.teacher_lp = None
 
@@ -225,22 +234,22 @@ class Torch:
         return x.unsqueeze(1) if conv else x.reshape(len(idx), -1)
 
     def load_teacher(self, code):
-        import safetensors.torch
-
         model = build_module(code)
-        state = safetensors.torch.load_file(os.path.join(self.a.teacher, "model.safetensors"))
+        state = load_safetensors(os.path.join(self.a.teacher, "model.safetensors"))
         model.load_state_dict(state, strict=True)
-        return model.eval()
+        return model.to(self.dev).eval()
 
     def teacher_forward(self, model, conv):
         """Seconds for log_softmax(teacher(x) / T) over all images; keeps the result."""
         a = self.a
-        out = torch.empty(self.n, 10)
+        out = torch.empty(self.n, 10, device=self.dev)
+        sync(self.dev)
         start = time.perf_counter()
         with torch.no_grad():
             for pos in range(0, self.n, a.teacher_batch):
-                idx = torch.arange(pos, min(pos + a.teacher_batch, self.n))
+                idx = torch.arange(pos, min(pos + a.teacher_batch, self.n), device=self.dev)
                 out[pos : pos + len(idx)] = F.log_softmax(model(self.inputs(idx, conv)) / a.temperature, dim=1)
+        sync(self.dev)
         secs = time.perf_counter() - start
         self.teacher_lp = out
         return secs
@@ -249,11 +258,12 @@ class Torch:
         """Seconds for one shuffled epoch (model built outside the timing)."""
         a = self.a
         torch.manual_seed(seed)
-        model = build_module(code).train()
+        model = build_module(code).to(self.dev).train()
         opt = torch.optim.Adam(model.parameters(), lr=a.lr)
         t, alpha = a.temperature, a.alpha
+        sync(self.dev)
         start = time.perf_counter()
-        perm = torch.randperm(self.n)
+        perm = torch.randperm(self.n, device=self.dev)
         for pos in range(0, self.n, a.batch):
             idx = perm[pos : pos + a.batch]
             logits = model(self.inputs(idx, conv))
@@ -265,19 +275,48 @@ class Torch:
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
+        sync(self.dev)
         return time.perf_counter() - start
 
 
-def matmul_gflops(n, reps=5):
+def sync(dev):
+    """Waits for the GPU's queued work, so a clock read counts it."""
+    if dev.type == "cuda":
+        torch.cuda.synchronize(dev)
+
+
+def load_safetensors(path):
+    """A safetensors file as a dict of tensors (8-byte header length, JSON
+    header, raw little-endian data), read with numpy so the bench needs no
+    safetensors package."""
+    dtypes = {"F32": np.float32, "F16": np.float16, "F64": np.float64, "I64": np.int64}
+    with open(path, "rb") as f:
+        raw = f.read()
+    n = int.from_bytes(raw[:8], "little")
+    header = json.loads(raw[8 : 8 + n])
+    base = 8 + n
+    out = {}
+    for name, t in header.items():
+        if name == "__metadata__":
+            continue
+        lo, hi = t["data_offsets"]
+        arr = np.frombuffer(raw[base + lo : base + hi], dtype=dtypes[t["dtype"]]).reshape(t["shape"])
+        out[name] = torch.from_numpy(arr.copy())
+    return out
+
+
+def matmul_gflops(n, dev, reps=5):
     """Best GFLOP/s of an n x n x n f32 matmul over `reps` timed runs."""
-    x = torch.randn(n, n)
-    y = torch.randn(n, n)
-    out = torch.empty(n, n)
+    x = torch.randn(n, n, device=dev)
+    y = torch.randn(n, n, device=dev)
+    out = torch.empty(n, n, device=dev)
     torch.matmul(x, y, out=out)  # warm-up
     best = float("inf")
     for _ in range(reps):
+        sync(dev)
         start = time.perf_counter()
         torch.matmul(x, y, out=out)
+        sync(dev)
         best = min(best, time.perf_counter() - start)
     return 2.0 * n**3 / best / 1e9
 
@@ -308,18 +347,18 @@ def main():
         print(f"building the KD cache {kd_cache} (T={a.temperature:g}, f16)", flush=True)
         d.cache_build(kd_cache)
 
-    print(f"torch {torch.__version__}, {a.threads} threads (torch) / RAYON_NUM_THREADS={a.threads} (distill)", flush=True)
+    print(f"torch {torch.__version__} on {a.device}, {a.threads} threads (torch) / RAYON_NUM_THREADS={a.threads} (distill)", flush=True)
     times = {r: {"torch": [], "distill": []} for r in a.rows}
     peaks = []
     # The matmul again just before each row's pair, so a row's GFLOP/s can be
     # set against the machine as it was for that row (the load varies).
     row_peaks = {r: [] for r in a.rows}
     for rnd in range(a.rounds):
-        peaks.append(matmul_gflops(a.matmul_n))
+        peaks.append(matmul_gflops(a.matmul_n, pt.dev))
         print(f"round {rnd + 1}/{a.rounds}: matmul {a.matmul_n}^3 {peaks[-1]:.1f} GFLOP/s", flush=True)
         for r in a.rows:
             _, spec, kind = ROWS[r]
-            row_peaks[r].append(peaks[-1] if r == a.rows[0] else matmul_gflops(a.matmul_n))
+            row_peaks[r].append(peaks[-1] if r == a.rows[0] else matmul_gflops(a.matmul_n, pt.dev))
             # Alternate which side goes first from round to round.
             order = ["torch", "distill"] if rnd % 2 == 0 else ["distill", "torch"]
             for side in order:
@@ -366,7 +405,7 @@ def write_table(a, d, times, peaks, row_peaks, teacher_flops, done, final):
         )
     when = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     head = [
-        f"{when}; torch {torch.__version__}; {a.threads} threads each; "
+        f"{when}; torch {torch.__version__}; device {a.device}; {a.threads} threads each; "
         f"{done} of {a.rounds} alternated rounds, medians;"
         + (f" the first {a.train_limit} training images;" if a.train_limit else ""),
         f"PyTorch {a.matmul_n}^3 f32 matmul: best {peak:.1f} GFLOP/s (per round: "
