@@ -159,7 +159,7 @@ class Distill:
     def __init__(self, a):
         self.a = a
         self.env = dict(os.environ, RAYON_NUM_THREADS=str(a.threads))
-        self.dev = ["--device", a.device] if a.device != "cpu" else []
+        self.device_args = ["--device", a.device] if a.device != "cpu" else []
         self.info = {}
 
     def model_info(self, spec):
@@ -180,7 +180,7 @@ class Distill:
         out = run(
             [a.bin, "cache", "build", "--teacher", a.teacher, "--data", a.data, "--split", "train",
              "-T", str(a.temperature), "--encoding", "f16", "--batch", str(a.teacher_batch),
-             "--quiet", "--out", out_dir] + self.dev,
+             "--quiet", "--out", out_dir] + self.device_args,
             self.env,
         )
         return float(re.search(r", ([0-9.]+)s\s*$", out.strip()).group(1))
@@ -197,7 +197,7 @@ class Distill:
                "--normalize", "none",
                # Both sides train all 60,000 images: no validation split
                # held out (distill's default holds out 10%).
-               "--val-fraction", "0"] + self.dev
+               "--val-fraction", "0"] + self.device_args
         if cache:
             cmd += ["--cache", cache, "-T", str(a.temperature), "--alpha", str(a.alpha)]
         run(cmd, self.env)
@@ -234,8 +234,10 @@ class Torch:
         return x.unsqueeze(1) if conv else x.reshape(len(idx), -1)
 
     def load_teacher(self, code):
+        import safetensors.torch
+
         model = build_module(code)
-        state = load_safetensors(os.path.join(self.a.teacher, "model.safetensors"))
+        state = safetensors.torch.load_file(os.path.join(self.a.teacher, "model.safetensors"))
         model.load_state_dict(state, strict=True)
         return model.to(self.dev).eval()
 
@@ -283,26 +285,6 @@ def sync(dev):
     """Waits for the GPU's queued work, so a clock read counts it."""
     if dev.type == "cuda":
         torch.cuda.synchronize(dev)
-
-
-def load_safetensors(path):
-    """A safetensors file as a dict of tensors (8-byte header length, JSON
-    header, raw little-endian data), read with numpy so the bench needs no
-    safetensors package."""
-    dtypes = {"F32": np.float32, "F16": np.float16, "F64": np.float64, "I64": np.int64}
-    with open(path, "rb") as f:
-        raw = f.read()
-    n = int.from_bytes(raw[:8], "little")
-    header = json.loads(raw[8 : 8 + n])
-    base = 8 + n
-    out = {}
-    for name, t in header.items():
-        if name == "__metadata__":
-            continue
-        lo, hi = t["data_offsets"]
-        arr = np.frombuffer(raw[base + lo : base + hi], dtype=dtypes[t["dtype"]]).reshape(t["shape"])
-        out[name] = torch.from_numpy(arr.copy())
-    return out
 
 
 def matmul_gflops(n, dev, reps=5):

@@ -39,7 +39,10 @@ status=0
 
 # cuBLAS and NVRTC ship inside PyTorch's environment on the GPU machines.
 if [ -z "${CUBLAS_DIR:-}" ]; then
-  CUBLAS_DIR=$(dirname "$( (find /opt /usr -name 'libcublas.so.13' 2>/dev/null; find / -name 'libcublas.so.13' 2>/dev/null) | head -1)" 2>/dev/null)
+  # PyTorch's environment lives under /opt or /usr; search all of / only if not.
+  lib=$(find /opt /usr -name 'libcublas.so.13' 2>/dev/null | head -1)
+  [ -n "$lib" ] || lib=$(find / -name 'libcublas.so.13' 2>/dev/null | head -1)
+  [ -z "$lib" ] || CUBLAS_DIR=$(dirname "$lib")
 fi
 export LD_LIBRARY_PATH=${CUBLAS_DIR:+$CUBLAS_DIR:}${LD_LIBRARY_PATH:-}
 
