@@ -194,6 +194,9 @@ BEST_FLAGS        ?=
 BEST_CACHES        = $(CACHES)/$(notdir $(BEST_TEACHER))-T$(CACHE_T)-$(ENCODING)
 BEST_OUT          ?= $(RUNS)/best
 BEST_VIEW_SET      = $(BEST_CACHES)/views-$(subst =,,$(subst $(comma),-,$(BEST_AUGMENT)))-k$(BEST_VIEWS)
+# the augmented baseline is named by its augmentation, so changing
+# BEST_BASE_AUGMENT trains a new baseline instead of reusing another's
+BEST_BASE_TAG      = $(subst =,,$(subst $(comma),-,$(BEST_BASE_AUGMENT)))
 BEST_TRAIN         = $(if $(BEST_AUGMENT),$(BEST_VIEW_SET),$(BEST_CACHES)/train)
 # Runs with other BEST_FLAGS, or from another teacher than the default, get
 # their own directories, so a finished run of one recipe is never taken for
@@ -209,16 +212,16 @@ distill-best: | $(BIN) data
 	set -e; for s in $(BEST_SEEDS); do \
 	  [ -f $(BEST_RUN)-baseline-s$$s/model.json ] || $(BIN) train --data $(DATA) \
 	    --student $(STUDENT) --epochs $(BEST_EPOCHS) --seed $$s $(BEST_FLAGS) --out $(BEST_RUN)-baseline-s$$s; \
-	  [ -f $(BEST_RUN)-baseline-aug-s$$s/model.json ] || $(BIN) train --data $(DATA) \
+	  [ -f $(BEST_RUN)-baseline-aug-$(BEST_BASE_TAG)-s$$s/model.json ] || $(BIN) train --data $(DATA) \
 	    --student $(STUDENT) --epochs $(BEST_EPOCHS) --seed $$s --augment $(BEST_BASE_AUGMENT) $(BEST_FLAGS) \
-	    --out $(BEST_RUN)-baseline-aug-s$$s; \
+	    --out $(BEST_RUN)-baseline-aug-$(BEST_BASE_TAG)-s$$s; \
 	  [ -f $(BEST_KD_RUN)-s$$s/model.json ] || $(BIN) train --data $(DATA) \
 	    --student $(STUDENT) --epochs $(BEST_EPOCHS) --seed $$s --cache $(BEST_TRAIN) \
 	    --test-cache $(BEST_CACHES)/test -T $(BEST_T) --alpha $(BEST_ALPHA) $(BEST_FLAGS) \
 	    --out $(BEST_KD_RUN)-s$$s; \
 	done
 	sh scripts/summarize_runs.sh $(foreach s,$(BEST_SEEDS),$(BEST_RUN)-baseline-s$(s)) \
-	  $(foreach s,$(BEST_SEEDS),$(BEST_RUN)-baseline-aug-s$(s)) \
+	  $(foreach s,$(BEST_SEEDS),$(BEST_RUN)-baseline-aug-$(BEST_BASE_TAG)-s$(s)) \
 	  $(foreach s,$(BEST_SEEDS),$(BEST_KD_RUN)-s$(s))
 
 $(BEST_VIEW_SET)/view-0/manifest.json: | $(BIN) data
