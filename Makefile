@@ -193,10 +193,12 @@ BEST_BASE_AUGMENT ?= $(if $(BEST_AUGMENT),$(BEST_AUGMENT),flip$(comma)shift=2)
 BEST_FLAGS        ?=
 BEST_CACHES        = $(CACHES)/$(notdir $(BEST_TEACHER))-T$(CACHE_T)-$(ENCODING)
 BEST_OUT          ?= $(RUNS)/best
-BEST_VIEW_SET      = $(BEST_CACHES)/views-$(subst =,,$(subst $(comma),-,$(BEST_AUGMENT)))-k$(BEST_VIEWS)
+# an augmentation spec as a name part: flip,shift=2 -> flip-shift2
+augment_tag        = $(subst =,,$(subst $(comma),-,$(1)))
+BEST_VIEW_SET      = $(BEST_CACHES)/views-$(call augment_tag,$(BEST_AUGMENT))-k$(BEST_VIEWS)
 # the augmented baseline is named by its augmentation, so changing
 # BEST_BASE_AUGMENT trains a new baseline instead of reusing another's
-BEST_BASE_TAG      = $(subst =,,$(subst $(comma),-,$(BEST_BASE_AUGMENT)))
+BEST_BASE_TAG      = $(call augment_tag,$(BEST_BASE_AUGMENT))
 BEST_TRAIN         = $(if $(BEST_AUGMENT),$(BEST_VIEW_SET),$(BEST_CACHES)/train)
 # Runs with other BEST_FLAGS, or from another teacher than the default, get
 # their own directories, so a finished run of one recipe is never taken for
@@ -204,7 +206,7 @@ BEST_TRAIN         = $(if $(BEST_AUGMENT),$(BEST_VIEW_SET),$(BEST_CACHES)/train)
 BEST_FLAGS_TAG     = $(if $(strip $(BEST_FLAGS)),-f$(shell printf '%s' '$(strip $(BEST_FLAGS))' | md5sum | cut -c1-6))
 BEST_TEACHER_TAG   = $(if $(filter-out $(TEACHER_LONG),$(BEST_TEACHER)),-$(notdir $(BEST_TEACHER)))
 BEST_RUN           = $(BEST_OUT)/$(STUDENT_TAG)-e$(BEST_EPOCHS)$(BEST_FLAGS_TAG)
-BEST_KD_RUN        = $(BEST_RUN)-kd$(BEST_TEACHER_TAG)-T$(BEST_T)-a$(BEST_ALPHA)$(if $(BEST_AUGMENT),-views-$(subst =,,$(subst $(comma),-,$(BEST_AUGMENT)))-k$(BEST_VIEWS))
+BEST_KD_RUN        = $(BEST_RUN)-kd$(BEST_TEACHER_TAG)-T$(BEST_T)-a$(BEST_ALPHA)$(if $(BEST_AUGMENT),-views-$(call augment_tag,$(BEST_AUGMENT))-k$(BEST_VIEWS))
 
 distill-best: | $(BIN) data
 	$(MAKE) $(BEST_CACHES)/test/manifest.json TEACHER=$(BEST_TEACHER)
