@@ -193,6 +193,17 @@ fn bad_flags_name_the_flag() {
     let tmp = tempfile::tempdir().unwrap();
     let data = s(&small_data());
     fails(tmp.path(), &mlp_args(&data, "o", &["--lr=-1"]), &["--lr"]);
+    // A negative number after a space is the flag's value, not a flag.
+    fails(
+        tmp.path(),
+        &mlp_args(&data, "o", &["--lr", "-1"]),
+        &["--lr", "-1 must be a positive number"],
+    );
+    fails(
+        tmp.path(),
+        &mlp_args(&data, "o", &["--val-fraction", "-0.1"]),
+        &["--val-fraction", "-0.1"],
+    );
     // Loss flags are checked without a cache too.
     fails(
         tmp.path(),
@@ -648,6 +659,36 @@ fn validation_images_the_teacher_trained_on_are_counted_and_named() {
         "{err}"
     );
     assert!(err.contains("The teacher held nothing out"), "{err}");
+
+    // From another working directory the cache's recorded source ("t",
+    // relative to where it was built) is found under the cache's ancestors;
+    // a different model at "t" relative to here is passed over, because its
+    // weights are not the ones the cache was built with.
+    let sub = tmp.path().join("sub");
+    fs::create_dir(&sub).unwrap();
+    fs::create_dir(sub.join("t")).unwrap();
+    for f in ["model.json", "model.safetensors"] {
+        fs::copy(tmp.path().join("t0").join(f), sub.join("t").join(f)).unwrap();
+    }
+    let args = mlp_args(
+        &data,
+        "../e",
+        &["--cache", "../c", "--alpha", "0", "-T", "2"],
+    );
+    let out = distill(&sub, &args);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(
+        err.contains(&format!(
+            "warning: {expect} of the 200 validation images trained the teacher ("
+        )),
+        "{err}"
+    );
+    assert!(!err.contains("cannot tell"), "{err}");
+    assert_eq!(
+        model_card(&tmp.path().join("e"))["data"]["val_teacher_trained"],
+        expect
+    );
 
     // Hard labels: no teacher, nothing counted.
     let err = stderr(&mlp_args(&data, "h", &[]));

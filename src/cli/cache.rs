@@ -59,7 +59,7 @@ pub enum CacheCommand {
 #[derive(Args, Clone)]
 pub struct StorageArgs {
     /// Temperature T of the stored log-probabilities.
-    #[arg(long, alias = "t", short = 'T')]
+    #[arg(long, alias = "t", short = 'T', allow_negative_numbers = true)]
     temperature: f32,
     /// f32, f16, q8, hq:N, topk:K, topkp:K, sampled:S or sampled:K+S (FORMAT.md).
     #[arg(long, default_value = "f16")]
@@ -148,7 +148,7 @@ pub struct EnsembleArgs {
     #[arg(long, default_value = "prob")]
     combine: String,
     /// One weight per member, comma-separated, in order (default: equal).
-    #[arg(long, value_delimiter = ',')]
+    #[arg(long, value_delimiter = ',', allow_negative_numbers = true)]
     weights: Vec<f64>,
     /// Cross-fitting: each sample combines only the members whose teacher
     /// held it out of training (its validation split, e.g. `train

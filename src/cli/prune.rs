@@ -30,7 +30,7 @@ pub struct PruneArgs {
     /// Fraction to remove, in [0, 1): of each layer's weights (unstructured,
     /// or of all selected weights with --global), or of each hidden layer's
     /// units/channels (structured).
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     sparsity: f64,
     /// Comma-separated layers to prune, e.g. layers.0,layers.3 (default: all
     /// with weights; structured never prunes the output layer).

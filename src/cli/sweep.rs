@@ -80,11 +80,11 @@ pub struct SweepArgs {
     students: Vec<String>,
     /// Distillation temperatures, comma-separated (default: `distill
     /// train`'s with a cache, chosen on validation).
-    #[arg(long, value_delimiter = ',')]
+    #[arg(long, value_delimiter = ',', allow_negative_numbers = true)]
     temperatures: Vec<f32>,
     /// Hard-label loss weights, comma-separated (default: `distill train`'s
     /// with a cache, chosen on validation; 1 is the baseline's, see --baseline).
-    #[arg(long, value_delimiter = ',')]
+    #[arg(long, value_delimiter = ',', allow_negative_numbers = true)]
     alphas: Vec<f32>,
     /// Also train each student on hard labels alone, once.
     #[arg(long)]
@@ -102,12 +102,12 @@ pub struct SweepArgs {
     #[arg(long)]
     optimizer: Option<String>,
     /// Learning rate (default 1e-3).
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     lr: Option<f64>,
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     weight_decay: Option<f64>,
     /// SGD momentum (default 0.9).
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     momentum: Option<f64>,
     /// constant or cosine (default cosine).
     #[arg(long)]
@@ -126,7 +126,7 @@ pub struct SweepArgs {
     window_blocks: Option<usize>,
     /// Fraction of the training split every run holds out for validation,
     /// on which the report chooses T, alpha and the epoch (default 0.1).
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     val_fraction: Option<f64>,
     /// Draw the validation split from this seed instead of --seed: the
     /// teacher's, so that no validation image trained the teacher (its

@@ -79,13 +79,13 @@ pub struct TrainArgs {
     /// Distillation temperature (the cache is re-tempered to it). Default
     /// with --cache or --online-teacher: the one chosen on validation
     /// (README, "Validation, and defaults that distil").
-    #[arg(long, short = 'T', alias = "t")]
+    #[arg(long, short = 'T', alias = "t", allow_negative_numbers = true)]
     temperature: Option<f32>,
     /// Weight of the hard-label loss; 1 - alpha goes to the soft loss.
     /// Default with --cache or --online-teacher: the one chosen on
     /// validation; 1 (labels only, which leaves the teacher unread) is
     /// refused there. Without a teacher only 1 is allowed.
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     alpha: Option<f32>,
     /// Soft loss: kd (KL at temperature T), dkd (decoupled KD), dist
     /// (correlation of probabilities per image and per class), mse (logit
@@ -108,7 +108,7 @@ pub struct TrainArgs {
     /// Multiplies the soft loss: alpha * CE + (1 - alpha) * SCALE * soft.
     /// The standardised logits' gradient shrinks by the student's logit
     /// spread, which the paper's recipes make up with a weight of about 9.
-    #[arg(long, default_value_t = TrainConfig::default().loss.soft_scale)]
+    #[arg(long, default_value_t = TrainConfig::default().loss.soft_scale, allow_negative_numbers = true)]
     soft_scale: f32,
     #[arg(long, default_value_t = TrainConfig::default().epochs)]
     epochs: usize,
@@ -117,12 +117,12 @@ pub struct TrainArgs {
     /// sgd, adam or adamw.
     #[arg(long, default_value_t = TrainConfig::default().optimizer.kind.to_string())]
     optimizer: String,
-    #[arg(long, default_value_t = TrainConfig::default().optimizer.lr)]
+    #[arg(long, default_value_t = TrainConfig::default().optimizer.lr, allow_negative_numbers = true)]
     lr: f64,
-    #[arg(long, default_value_t = TrainConfig::default().optimizer.weight_decay)]
+    #[arg(long, default_value_t = TrainConfig::default().optimizer.weight_decay, allow_negative_numbers = true)]
     weight_decay: f64,
     /// SGD momentum.
-    #[arg(long, default_value_t = TrainConfig::default().optimizer.momentum)]
+    #[arg(long, default_value_t = TrainConfig::default().optimizer.momentum, allow_negative_numbers = true)]
     momentum: f64,
     /// constant or cosine.
     #[arg(long, default_value_t = TrainConfig::default().optimizer.schedule.to_string())]
@@ -132,7 +132,7 @@ pub struct TrainArgs {
     /// Fraction of the training split held out for validation: drawn from
     /// --seed, never trained on, evaluated after every epoch (metrics,
     /// card, curves). 0 trains on every sample.
-    #[arg(long, default_value_t = TrainConfig::default().val_fraction)]
+    #[arg(long, default_value_t = TrainConfig::default().val_fraction, allow_negative_numbers = true)]
     val_fraction: f64,
     /// Hold out fold K of N of the training split instead of
     /// --val-fraction: the N folds of one --seed partition the split, so N

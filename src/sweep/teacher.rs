@@ -16,6 +16,7 @@ use crate::data::Dataset;
 use crate::error::{Error, Result};
 use crate::model::{Backend, ModelDir, ModelSpec, Network};
 use crate::train::card::ModelCard;
+use crate::train::sources::recorded_teacher_dir;
 
 /// The teacher forward-pass timing, kept so a rerun need not measure it again.
 pub const TEACHER_TIMING_FILE: &str = "teacher-forward.json";
@@ -127,12 +128,14 @@ impl Savings {
 }
 
 /// The teacher's model directory: the config's `teacher`, else the cache's
-/// recorded source if that is a directory that still holds weights.
+/// recorded source ([`recorded_teacher_dir`]) if that is a directory that
+/// still holds weights.
 pub fn teacher_dir(cfg: &SweepConfig, cache: &CacheReader) -> Option<PathBuf> {
     match &cfg.teacher {
         Some(t) => Some(t.clone()),
         None => {
-            let p = PathBuf::from(&cache.manifest().teacher.source);
+            let t = &cache.manifest().teacher;
+            let p = recorded_teacher_dir(cache.dir(), &t.source, &t.fingerprint);
             (p.is_dir() && ModelDir::new(&p).has_weights()).then_some(p)
         }
     }

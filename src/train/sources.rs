@@ -19,6 +19,7 @@ use crate::error::{Error, Result};
 use crate::model::compat::check_spec_compatible;
 use crate::model::{Backend, ModelDir, ModelSpec, Network};
 
+use super::card::ModelCard;
 use super::config::{TrainConfig, DISTILL_ALPHA};
 use super::loss::{LossConfig, LossKind};
 use super::validation::{run_overlap, TeacherOverlap};
@@ -100,8 +101,10 @@ impl SourcePaths {
         let teacher_dir = match (&self.online_teacher, &cache) {
             (Some(dir), _) => Some((dir.clone(), None)),
             (None, Some(c)) => {
-                let t = &c.first().manifest().teacher;
-                Some((PathBuf::from(&t.source), Some(t.fingerprint.clone())))
+                let first = c.first();
+                let t = &first.manifest().teacher;
+                let dir = recorded_teacher_dir(first.dir(), &t.source, &t.fingerprint);
+                Some((dir, Some(t.fingerprint.clone())))
             }
             (None, None) => None,
         };
@@ -145,6 +148,32 @@ impl<D: Backend> OpenSources<D> {
             online_teacher: self.online_teacher.as_ref(),
         }
     }
+}
+
+/// The teacher's model directory as a cache recorded it (`teacher.source`
+/// in its manifest). A relative source is relative to where the build ran,
+/// so when it does not lead to the cache's teacher from here, the same
+/// relative path is tried under each of the cache directory's ancestors: a
+/// cache built at a project's root finds its teacher from any working
+/// directory. A candidate counts only if its card records the weights the
+/// cache was built with; when none does, the source is returned as written
+/// (and the caller's checks say what is wrong with it).
+pub fn recorded_teacher_dir(cache_dir: &Path, source: &str, weights_fingerprint: &str) -> PathBuf {
+    let recorded = PathBuf::from(source);
+    let is_teacher = |dir: &Path| {
+        ModelCard::load(&ModelDir::new(dir).card())
+            .is_ok_and(|card| card.weights_fingerprint == weights_fingerprint)
+    };
+    if recorded.is_absolute() || is_teacher(&recorded) {
+        return recorded;
+    }
+    let base = cache_dir
+        .canonicalize()
+        .unwrap_or_else(|_| cache_dir.to_path_buf());
+    base.ancestors()
+        .map(|a| a.join(&recorded))
+        .find(|dir| is_teacher(dir))
+        .unwrap_or(recorded)
 }
 
 /// Opens a cache or a set of augmented views for reading.
