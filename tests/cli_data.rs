@@ -76,4 +76,22 @@ fn malformed_idx_files_are_named_in_errors() {
         &train_args(&n, "mlp:16-3", "o", &["-q"]),
         &["train-images.npy"],
     );
+    // `data info` fails on a split that does not read, and on a directory
+    // with no split at all; a missing test split is only said.
+    fails(
+        tmp.path(),
+        &["data", "info", "--data", &n],
+        &["train-images.npy"],
+    );
+    let none = s(&tmp.path().join("none"));
+    fails(
+        tmp.path(),
+        &["data", "info", "--data", &none],
+        &["no train split"],
+    );
+    let out = ok(tmp.path(), &["data", "info", "--data", &d]);
+    assert!(
+        out.contains("train: 10 samples") && out.contains("test: no test split"),
+        "{out}"
+    );
 }

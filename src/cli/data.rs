@@ -56,8 +56,7 @@ pub fn run(command: DataCommand) -> Result<()> {
     match command {
         DataCommand::Info { data, options } => {
             let options = DataOptions::load(&data)?.overlaid(&options.parse()?);
-            describe(&data, &options);
-            Ok(())
+            describe(&data, &options)
         }
         DataCommand::Configure { data, options } => {
             let options = options.parse()?;
@@ -85,22 +84,32 @@ pub fn run(command: DataCommand) -> Result<()> {
             } else {
                 println!("wrote {}", DataOptions::path(&data).display());
             }
-            describe(&data, &options);
-            Ok(())
+            describe(&data, &options)
         }
     }
 }
 
-/// Prints the options in force and each split as read with them.
-fn describe(data: &std::path::Path, options: &DataOptions) {
+/// Prints the options in force and each split as read with them. A split
+/// that is absent is said so; a split that is there but does not read is
+/// the command's error (exit 2), as is a directory with no split at all.
+fn describe(data: &std::path::Path, options: &DataOptions) -> Result<()> {
     if let Some(l) = options.layout {
         println!("layout: {l}");
     }
     if let Some(l) = options.labels {
         println!("labels: {l}");
     }
-    for split in Split::ALL {
-        match Dataset::open_with(data, split, options) {
+    let opened = Split::ALL.map(|split| (split, Dataset::open_with(data, split, options)));
+    if opened
+        .iter()
+        .all(|(_, r)| matches!(r, Err(DataError::NotFound { .. })))
+    {
+        let [(_, train), _] = opened;
+        return train.map(|_| ()).map_err(Into::into);
+    }
+    let mut broken = None;
+    for (split, opened) in opened {
+        match opened {
             Ok(ds) => {
                 let [c, h, w] = ds.sample_shape();
                 println!(
@@ -112,7 +121,15 @@ fn describe(data: &std::path::Path, options: &DataOptions) {
                     ds.source().display()
                 );
             }
-            Err(e) => println!("{split}: {e}"),
+            Err(e @ DataError::NotFound { .. }) => println!("{split}: {e}"),
+            Err(e) => {
+                println!("{split}: does not read (below)");
+                broken.get_or_insert(e);
+            }
         }
+    }
+    match broken {
+        Some(e) => Err(e.into()),
+        None => Ok(()),
     }
 }

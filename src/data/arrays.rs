@@ -323,7 +323,17 @@ pub fn read_float_matrix(
         return npy::read_matrix(path);
     }
     let bytes = fs::read(path).map_err(read_err)?;
-    matrix_from_safetensors(&bytes, path, name)
+    matrix_from_safetensors(&bytes, path, name).map_err(|e| {
+        // A file named .npy that is not one: say that, not what safetensors
+        // made of its first bytes.
+        let named_npy = path
+            .extension()
+            .is_some_and(|x| x.eq_ignore_ascii_case("npy"));
+        match named_npy {
+            true => npy::read_matrix(path).err().unwrap_or(e),
+            false => e,
+        }
+    })
 }
 
 #[cfg(test)]
@@ -455,6 +465,15 @@ mod tests {
         assert_eq!(
             read_float_matrix(&npy_path, None).unwrap(),
             (3, 2, v.to_vec())
+        );
+
+        // Named .npy but neither format: the error speaks of .npy.
+        let fake = dir.path().join("fake.npy");
+        fs::write(&fake, b"not a matrix at all").unwrap();
+        let err = read_float_matrix(&fake, None).unwrap_err().to_string();
+        assert!(
+            err.contains("fake.npy") && err.contains(".npy magic"),
+            "{err}"
         );
 
         let two = dir.path().join("two.safetensors");
