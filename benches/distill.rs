@@ -108,8 +108,10 @@ fn epochs(c: &mut Criterion) {
     }
     // SAFETY: as above.
     let views = unsafe { CacheViews::open(&views_dir) }.expect("open view set");
+    // Every variant trains into one scratch directory.
     let opts = RunOptions {
         quiet: true,
+        overwrite: true,
         ..RunOptions::default()
     };
     let out = tmp.path().join("run");

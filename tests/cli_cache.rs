@@ -64,7 +64,17 @@ fn encodings_report_fidelity_and_rebuild_is_byte_identical() {
 /// One quiet epoch of the small MLP distilled from `cache` into `out`.
 fn distil_args<'a>(data: &'a str, cache: &'a str, out: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
     let flags = [
-        &["--cache", cache, "--epochs", "1", "--batch", "64", "-q"][..],
+        // The tests train into one directory with changing settings.
+        &[
+            "--cache",
+            cache,
+            "--epochs",
+            "1",
+            "--batch",
+            "64",
+            "-q",
+            "--overwrite",
+        ][..],
         extra,
     ]
     .concat();
@@ -267,6 +277,7 @@ fn distillation_runs_and_pairing_is_checked() {
             "test-cache",
             "--val-fraction",
             "0",
+            "--overwrite",
         ];
         let out = ok(
             tmp.path(),

@@ -233,6 +233,23 @@ fn bad_prune_and_init_flags_are_named() {
         &with(&["--method", "l2", "--sparsity", "0.5"]),
         &["--method", "l1-unstructured"],
     );
+    // The output is never the model being pruned, nor a trained model.
+    let model = ["--method", "l1-unstructured", "--sparsity", "0.5"];
+    let into = |out: &'static str| [&["prune", "--model", "m", "--out", out][..], &model].concat();
+    ok(
+        tmp.path(),
+        &train_args(&data, "mlp:784-16-10", "m", &["--epochs", "1", "-q"]),
+    );
+    ok(
+        tmp.path(),
+        &train_args(&data, "mlp:784-16-10", "m2", &["--epochs", "1", "-q"]),
+    );
+    let weights = || fs::read(tmp.path().join("m/model.safetensors")).unwrap();
+    let before = weights();
+    fails(tmp.path(), &into("m"), &["--out", "being pruned"]);
+    fails(tmp.path(), &into("m2"), &["--out", "did not write"]);
+    assert_eq!(weights(), before);
+    assert!(!tmp.path().join("m/mask.safetensors").exists());
     fails(
         tmp.path(),
         &with(&[

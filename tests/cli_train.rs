@@ -749,6 +749,19 @@ fn validation_images_the_teacher_trained_on_are_counted_and_named() {
         "0.2",
         "-q",
     ];
+    // Retraining into a model's directory with other settings is refused
+    // and leaves the model as it was; --overwrite replaces it.
+    let before = fs::read(tmp.path().join("t").join("model.safetensors")).unwrap();
+    fails(
+        tmp.path(),
+        &train_args(&data, "mlp:784-32-10", "t", &again),
+        &["--out", "seed: 7 there, 8 here", "--overwrite"],
+    );
+    assert_eq!(
+        fs::read(tmp.path().join("t").join("model.safetensors")).unwrap(),
+        before
+    );
+    let again = [&again[..], &["--overwrite"]].concat();
     ok(tmp.path(), &train_args(&data, "mlp:784-32-10", "t", &again));
     let args = train_args(
         &data,

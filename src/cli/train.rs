@@ -155,6 +155,11 @@ pub struct TrainArgs {
     /// Continue from OUT/checkpoint.safetensors.
     #[arg(long)]
     resume: bool,
+    /// Write over what OUT holds: a model trained with other settings, or
+    /// the checkpoint of an unfinished run (without --resume). A model of
+    /// the same settings is replaced without it.
+    #[arg(long)]
+    overwrite: bool,
     /// After each of these epochs (e.g. 10,20), also write the model as it
     /// stands into OUT/epoch-NNN/: a complete model directory (weights,
     /// card with that epoch's accuracy, metrics so far) that eval, cache
@@ -205,6 +210,7 @@ fn run<D: Backend>(dev: D, a: TrainArgs) -> Result<()> {
     let opts = RunOptions {
         checkpoint_every: a.checkpoint_every,
         resume: a.resume,
+        overwrite: a.overwrite,
         quiet: a.quiet,
         stop_after_steps: a.stop_after_steps,
         snapshot_epochs: a.snapshot_epochs.clone(),

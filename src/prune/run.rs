@@ -122,6 +122,36 @@ pub struct PruneRun {
     pub out: ModelDir,
 }
 
+/// Refuses an output directory that is the model being pruned, or that
+/// holds a model `distill prune` did not write (no `prune.json`): writing
+/// there would replace that model's weights and leave its card describing
+/// other weights. An earlier pruned model is replaced (a rerun).
+fn claim_out_dir(source: &ModelDir, out: &ModelDir) -> Result<()> {
+    let refuse = |message: String| Error::Config {
+        field: "out".into(),
+        message,
+    };
+    let same = match (source.path().canonicalize(), out.path().canonicalize()) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => false,
+    };
+    if same {
+        return Err(refuse(format!(
+            "{} is the model being pruned; write the pruned copy to another directory",
+            out.path().display()
+        )));
+    }
+    let holds_model = out.has_weights() || out.card().exists();
+    if holds_model && !out.prune_report().exists() {
+        return Err(refuse(format!(
+            "{} holds a model that `distill prune` did not write; prune into another \
+             directory, or remove that model first",
+            out.path().display()
+        )));
+    }
+    Ok(())
+}
+
 /// Prunes the model of `cfg.model` into `cfg.out` and records what was done
 /// in `prune.json` there. `accuracy` measures a network on the test split
 /// of `cfg.data`, when given.
@@ -131,6 +161,7 @@ where
 {
     cfg.validate()?;
     let source = ModelDir::new(&cfg.model);
+    claim_out_dir(&source, &ModelDir::new(&cfg.out))?;
     let (spec, weights, normalization) = read_model_normalized(&source)?;
     let old_masks = read_masks(&source)?;
     if let Some(m) = &old_masks {
@@ -243,6 +274,37 @@ mod tests {
             data: None,
             command: "test".into(),
         }
+    }
+
+    #[test]
+    fn never_writes_over_its_source_or_a_model_it_did_not_write() {
+        let tmp = tempfile::tempdir().unwrap();
+        let spec = ModelSpec::parse("mlp:3-4-2").unwrap();
+        let w = host(&spec, |_, i| 1.0 + i as f32);
+        let m = tmp.path().join("m");
+        write_model(&m, &spec, &w, None, None).unwrap();
+        write_model(&tmp.path().join("other"), &spec, &w, None, None).unwrap();
+        let before = std::fs::read(m.join("model.safetensors")).unwrap();
+        let no_accuracy = |_: &Network<Cpu>, _: &Dataset| -> Result<Option<f64>> { Ok(None) };
+        for out in [
+            m.clone(),
+            tmp.path().join("m/../m"),
+            tmp.path().join("other"),
+        ] {
+            let cfg = config(&m, Method::Unstructured, &out);
+            let e = prune_model(&cfg, no_accuracy).unwrap_err().to_string();
+            assert!(e.starts_with("invalid value for out: "), "{e}");
+            assert!(
+                e.contains("being pruned") || e.contains("did not write"),
+                "{e}"
+            );
+        }
+        assert_eq!(std::fs::read(m.join("model.safetensors")).unwrap(), before);
+        assert!(!m.join("mask.safetensors").exists());
+        // An earlier pruned model is replaced by a rerun.
+        let cfg = config(&m, Method::Unstructured, &tmp.path().join("p"));
+        prune_model(&cfg, no_accuracy).unwrap();
+        prune_model(&cfg, no_accuracy).unwrap();
     }
 
     #[test]

@@ -164,6 +164,9 @@ pub struct RunOptions {
     pub checkpoint_every: Option<u64>,
     /// Continue from the output directory's checkpoint if present.
     pub resume: bool,
+    /// Write over a model or checkpoint of other settings in the output
+    /// directory ([`super::outdir::claim_run_dir`]).
+    pub overwrite: bool,
     /// No progress bar.
     pub quiet: bool,
     /// Stop after this many steps (for tests that simulate a crash).

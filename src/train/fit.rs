@@ -42,6 +42,7 @@ use super::loader::{Batch, Loader};
 use super::loss::{loss_mixed, Targets};
 use super::metrics::{curve_points, write_metrics, EpochMetrics};
 use super::optim::Optimizer;
+use super::outdir::claim_run_dir;
 use super::pruning::Pruning;
 use super::sources::TrainSources;
 use super::validation::ValidationSplit;
@@ -171,6 +172,7 @@ impl<'a, D: Backend> Run<'a, D> {
             &mask_source,
         )?;
         pruning.apply(&mut net);
+        claim_run_dir(&ModelDir::new(out_dir), cfg, opts.resume, opts.overwrite)?;
         fs::create_dir_all(out_dir).map_err(|e| Error::io(out_dir, e))?;
         let mut run = Run {
             device,

@@ -11,7 +11,8 @@
 //!   run's deterministic order;
 //! - [`validation`]: the samples a run holds out of training to choose
 //!   settings on;
-//! - [`checkpoint`]: the state a killed run resumes from;
+//! - [`checkpoint`]: the state a killed run resumes from; [`outdir`]: what
+//!   a run may write over in its output directory;
 //! - [`pruning`]: masks in force and the gradual-pruning hook;
 //! - [`loss`], [`optim`]: the objectives and the optimizers; [`dist`]: the
 //!   correlation loss of DIST, one of the objectives;
@@ -35,6 +36,7 @@ pub mod loader;
 pub mod loss;
 pub mod metrics;
 pub mod optim;
+pub mod outdir;
 pub mod pruning;
 pub mod sources;
 pub mod trainer;

@@ -1,0 +1,207 @@
+//! What a run may write over: the output directory of a training run.
+//!
+//! A directory that holds a finished model is written over only by a run of
+//! the same settings (its card records this run's config: a rerun, which
+//! trains the same model again, as `make train-student` does) or with
+//! `overwrite`. A checkpoint of an unfinished run is continued with `resume`
+//! or discarded with `overwrite`, never silently started over. Files a run
+//! does not write itself (a pruned model's masks and `prune.json`) are
+//! removed before it starts, so they cannot be read as the new model's.
+
+use std::fs;
+
+use serde_json::Value;
+
+use crate::error::{Error, Result};
+use crate::model::ModelDir;
+
+use super::card::ModelCard;
+use super::config::TrainConfig;
+
+/// Checks that a run of `cfg` may write into `dir` and clears the files of
+/// an earlier model there that the run would not replace. Errors name the
+/// field `out` and say which setting differs.
+pub fn claim_run_dir(
+    dir: &ModelDir,
+    cfg: &TrainConfig,
+    resume: bool,
+    overwrite: bool,
+) -> Result<()> {
+    if !dir.path().is_dir() {
+        return Ok(());
+    }
+    let refuse = |message: String| Error::Config {
+        field: "out".into(),
+        message,
+    };
+    let holds_model = dir.card().exists() || dir.has_weights();
+    if holds_model {
+        if let Some(why) = other_run(dir, cfg) {
+            if !overwrite {
+                return Err(refuse(format!(
+                    "{} holds a model trained with other settings ({why}); use another directory, \
+                     or set `overwrite` to replace it",
+                    dir.path().display()
+                )));
+            }
+        }
+    } else if dir.checkpoint().exists() && !resume && !overwrite {
+        return Err(refuse(format!(
+            "{} holds the checkpoint of an unfinished run; set `resume` to continue it, or \
+             `overwrite` to start over",
+            dir.path().display()
+        )));
+    }
+    let mut stale = vec![dir.masks(), dir.prune_report()];
+    if overwrite && !resume {
+        stale.push(dir.checkpoint());
+    }
+    for path in stale {
+        match fs::remove_file(&path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(Error::io(&path, e)),
+        }
+    }
+    Ok(())
+}
+
+/// Why the model in `dir` is not an earlier run of `cfg`, or `None` when it
+/// is one.
+fn other_run(dir: &ModelDir, cfg: &TrainConfig) -> Option<String> {
+    let card = match ModelCard::load(&dir.card()) {
+        Ok(card) => card,
+        Err(e) => return Some(format!("its card does not read: {e}")),
+    };
+    if dir.prune_report().exists() {
+        return Some(format!("it is a pruned model, {}", card.spec));
+    }
+    if let Some(epoch) = card.snapshot_epoch {
+        return Some(format!("it is the snapshot after epoch {epoch}"));
+    }
+    let Some(there) = &card.config else {
+        return Some(format!("{} records no training config", card.spec));
+    };
+    if there == cfg {
+        return None;
+    }
+    Some(first_difference(there, cfg))
+}
+
+/// The first setting in which two configs differ, as `name: A there, B here`.
+fn first_difference(there: &TrainConfig, here: &TrainConfig) -> String {
+    if there.spec != here.spec {
+        return format!("spec {} there, {} here", there.spec, here.spec);
+    }
+    let as_value = |c: &TrainConfig| serde_json::to_value(c).unwrap_or(Value::Null);
+    match differing_field(&as_value(there), &as_value(here), "") {
+        Some((field, a, b)) => format!("{field}: {a} there, {b} here"),
+        None => "the recorded config differs".into(),
+    }
+}
+
+fn differing_field(a: &Value, b: &Value, prefix: &str) -> Option<(String, String, String)> {
+    if a == b {
+        return None;
+    }
+    let show = |v: Option<&Value>| v.map_or("unset".to_string(), Value::to_string);
+    if let (Value::Object(x), Value::Object(y)) = (a, b) {
+        let keys: std::collections::BTreeSet<&String> = x.keys().chain(y.keys()).collect();
+        for k in keys {
+            let name = if prefix.is_empty() {
+                k.clone()
+            } else {
+                format!("{prefix}.{k}")
+            };
+            match (x.get(k), y.get(k)) {
+                (Some(p), Some(q)) => {
+                    if let Some(found) = differing_field(p, q, &name) {
+                        return Some(found);
+                    }
+                }
+                (p, q) if p != q => return Some((name, show(p), show(q))),
+                _ => {}
+            }
+        }
+        return None;
+    }
+    let name = if prefix.is_empty() { "config" } else { prefix };
+    Some((name.to_string(), a.to_string(), b.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg(spec: &str) -> TrainConfig {
+        TrainConfig {
+            spec: spec.into(),
+            ..TrainConfig::default()
+        }
+    }
+
+    #[test]
+    fn names_the_first_setting_that_differs() {
+        let a = cfg("mlp:784-16-10");
+        assert_eq!(
+            first_difference(&a, &cfg("mlp:784-32-10")),
+            "spec mlp:784-16-10 there, mlp:784-32-10 here"
+        );
+        let mut b = a.clone();
+        b.optimizer.lr = 0.5;
+        let d = first_difference(&a, &b);
+        assert!(
+            d.starts_with("optimizer.lr: ") && d.ends_with("0.5 here"),
+            "{d}"
+        );
+        let mut c = a.clone();
+        c.val_seed = Some(3);
+        assert_eq!(first_difference(&a, &c), "val_seed: unset there, 3 here");
+    }
+
+    #[test]
+    fn an_empty_or_absent_directory_is_free() {
+        let tmp = tempfile::tempdir().unwrap();
+        let c = cfg("mlp:784-16-10");
+        claim_run_dir(&ModelDir::new(tmp.path()), &c, false, false).unwrap();
+        claim_run_dir(&ModelDir::new(tmp.path().join("new")), &c, false, false).unwrap();
+    }
+
+    #[test]
+    fn a_checkpoint_needs_resume_or_overwrite() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = ModelDir::new(tmp.path());
+        fs::write(dir.checkpoint(), b"state").unwrap();
+        let c = cfg("mlp:784-16-10");
+        let e = claim_run_dir(&dir, &c, false, false)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("unfinished run") && e.contains("`resume`"),
+            "{e}"
+        );
+        claim_run_dir(&dir, &c, true, false).unwrap();
+        assert!(dir.checkpoint().exists());
+        claim_run_dir(&dir, &c, false, true).unwrap();
+        assert!(!dir.checkpoint().exists());
+    }
+
+    #[test]
+    fn a_model_without_a_readable_card_needs_overwrite() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = ModelDir::new(tmp.path());
+        fs::write(dir.card(), b"{ not json").unwrap();
+        fs::write(dir.masks(), b"old masks").unwrap();
+        let c = cfg("mlp:784-16-10");
+        let e = claim_run_dir(&dir, &c, false, false)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("card does not read") && e.contains("`overwrite`"),
+            "{e}"
+        );
+        assert!(dir.masks().exists(), "a refusal removes nothing");
+        claim_run_dir(&dir, &c, false, true).unwrap();
+        assert!(!dir.masks().exists(), "stale masks are cleared");
+    }
+}
