@@ -245,6 +245,25 @@ fn sort_metadata(buf: &mut [u8], metadata: &HashMap<String, String>) {
     }
 }
 
+/// What is wrong with a safetensors file, in words a user can act on.
+fn safetensors_fault(e: &safetensors::SafeTensorError) -> String {
+    use safetensors::SafeTensorError as E;
+    match e {
+        E::MetadataIncompleteBuffer => {
+            "its size does not match what its header lists (truncated, or extended after writing)"
+                .into()
+        }
+        E::HeaderTooSmall | E::InvalidHeaderLength => {
+            "it is too short to hold its header (truncated, or not a safetensors file)".into()
+        }
+        E::InvalidHeader | E::InvalidHeaderStart | E::InvalidHeaderDeserialization => {
+            "its header is not the JSON a safetensors file starts with (damaged, or another format)"
+                .into()
+        }
+        other => format!("{other}"),
+    }
+}
+
 /// Reads every f32 tensor and the metadata of a safetensors file. Errors
 /// name the file and the tensor.
 pub fn read_safetensors(path: &Path) -> Result<(HashMap<String, String>, Vec<HostTensor>)> {
@@ -256,14 +275,12 @@ pub fn read_safetensors(path: &Path) -> Result<(HashMap<String, String>, Vec<Hos
         });
     }
     let buf = fs::read(path).map_err(|e| Error::io(path, e))?;
-    let st = SafeTensors::deserialize(&buf).map_err(|e| Error::Model {
+    let invalid = |e: safetensors::SafeTensorError| Error::Model {
         path: path.to_path_buf(),
-        message: format!("not a valid safetensors file: {e}"),
-    })?;
-    let (_, header) = SafeTensors::read_metadata(&buf).map_err(|e| Error::Model {
-        path: path.to_path_buf(),
-        message: format!("not a valid safetensors file: {e}"),
-    })?;
+        message: format!("not a valid safetensors file: {}", safetensors_fault(&e)),
+    };
+    let st = SafeTensors::deserialize(&buf).map_err(invalid)?;
+    let (_, header) = SafeTensors::read_metadata(&buf).map_err(invalid)?;
     let metadata = header.metadata().clone().unwrap_or_default();
     let mut out = Vec::new();
     let mut names: Vec<String> = st.names().into_iter().cloned().collect();
@@ -478,6 +495,17 @@ mod tests {
             .unwrap()
             .to_string();
         assert!(err.contains("missing") || err.contains("shape"), "{err}");
+        // Truncated after its header: said in those words.
+        let whole = fs::read(&path).unwrap();
+        fs::write(&path, &whole[..whole.len() - 4]).unwrap();
+        let err = load_weights(&path, None, dev.clone())
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(
+            err.contains("m.safetensors") && err.contains("truncated"),
+            "{err}"
+        );
         fs::write(&path, b"not a safetensors file").unwrap();
         let err = load_weights(&path, None, dev).err().unwrap().to_string();
         assert!(
