@@ -262,7 +262,11 @@ fn tiny_sweep_report_agrees_with_cards_and_reruns_skip_finished_runs() {
     fails(
         cwd,
         &["sweep", "--config", "sweep.toml", "--epochs", "2"],
-        &["holds a finished run with other settings", "--out"],
+        &[
+            "holds a finished run with other settings",
+            "(epochs: 1 there, 2 here)",
+            "--out",
+        ],
     );
 }
 

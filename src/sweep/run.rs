@@ -24,6 +24,7 @@ use crate::error::{Error, Result};
 use crate::model::{Backend, ModelDir, ModelSpec};
 use crate::train::card::ModelCard;
 use crate::train::config::TrainConfig;
+use crate::train::outdir::first_difference;
 use crate::train::sources::{open_cache, open_views};
 use crate::train::trainer::{self, RunOptions, TrainSources};
 use crate::train::validation::{run_overlap, TeacherOverlap};
@@ -55,14 +56,10 @@ pub fn run_state(run: &PlannedRun, dir: &Path, expect: &Expect<'_>) -> Result<Ru
     if card_path.exists() {
         let card = ModelCard::load(&card_path)?;
         let mismatch = if card.config.as_ref() != Some(&run.config) {
-            Some(format!(
-                "its config is {}, this sweep's is {}",
-                card.config
-                    .as_ref()
-                    .and_then(|c| serde_json::to_string(c).ok())
-                    .unwrap_or_else(|| "missing".into()),
-                serde_json::to_string(&run.config).unwrap_or_default()
-            ))
+            Some(match &card.config {
+                Some(there) => first_difference(there, &run.config),
+                None => "its card records no config".into(),
+            })
         } else if card.data.as_ref().map(|d| d.train_fingerprint.as_str())
             != Some(expect.train_fingerprint)
         {

@@ -88,8 +88,9 @@ fn other_run(dir: &ModelDir, cfg: &TrainConfig) -> Option<String> {
     Some(first_difference(there, cfg))
 }
 
-/// The first setting in which two configs differ, as `name: A there, B here`.
-fn first_difference(there: &TrainConfig, here: &TrainConfig) -> String {
+/// The first setting in which two configs differ, as `name: A there, B
+/// here` (the spec first, then the config's fields in name order).
+pub fn first_difference(there: &TrainConfig, here: &TrainConfig) -> String {
     if there.spec != here.spec {
         return format!("spec {} there, {} here", there.spec, here.spec);
     }
