@@ -90,6 +90,28 @@ fn same_seed_same_weights_and_resume_matches_uninterrupted_run() {
             .lines()
             .count()
     );
+    // Resuming a finished run has nothing to do: its files stay as they are
+    // (a scheduler that requeues a finished job costs nothing). Other
+    // settings are not the finished run: refused without --overwrite.
+    let metrics = fs::read(tmp.path().join("c/metrics.jsonl")).unwrap();
+    let again = ok(
+        tmp.path(),
+        &mlp_args(&data, "c", &["--checkpoint-every", "7", "--resume"]),
+    );
+    assert!(
+        again.contains("already finished, nothing to resume"),
+        "{again}"
+    );
+    assert_eq!(
+        fs::read(tmp.path().join("c/metrics.jsonl")).unwrap(),
+        metrics
+    );
+    assert_eq!(fs::read(tmp.path().join("c/model.safetensors")).unwrap(), a);
+    fails(
+        tmp.path(),
+        &mlp_args(&data, "c", &["--resume", "--lr", "0.01"]),
+        &["--out", "optimizer.lr: 0.001 there, 0.01 here"],
+    );
     // Resuming with other settings is refused.
     ok(
         tmp.path(),

@@ -12,6 +12,7 @@ use distill::train::config::{DISTILL_ALPHA, DISTILL_TEMPERATURE};
 use distill::train::loss::{DkdWeights, LossConfig, LossKind, TeacherErrors};
 use distill::train::metrics::read_metrics;
 use distill::train::optim::{OptimizerConfig, OptimizerKind, Schedule};
+use distill::train::outdir::finished_run;
 use distill::train::validation::{TeacherOverlap, TeacherSplit, ValFold};
 use distill::train::{RunOptions, SourcePaths, TrainConfig};
 
@@ -206,6 +207,25 @@ fn run<D: Backend>(dev: D, a: TrainArgs) -> Result<()> {
         online_teacher: a.online_teacher.clone(),
     };
     let opened = paths.open(dev.clone())?;
+    if a.resume && !a.overwrite {
+        let cache_id = opened.cache.as_ref().map(|c| c.id());
+        let done = finished_run(
+            &ModelDir::new(&a.out),
+            &cfg,
+            &opened.train.fingerprint().0,
+            cache_id.as_deref(),
+        );
+        if let Some(card) = done {
+            let acc = card
+                .test_accuracy
+                .map_or("no test split".into(), |a| format!("{:.2}%", 100.0 * a));
+            println!(
+                "already finished, nothing to resume: final test accuracy {acc} ({})",
+                a.out.display()
+            );
+            return Ok(());
+        }
+    }
     let overlap = opened.teacher_overlap(&cfg)?;
     let opts = RunOptions {
         checkpoint_every: a.checkpoint_every,

@@ -4,7 +4,9 @@
 //! the same settings (its card records this run's config: a rerun, which
 //! trains the same model again, as `make train-student` does) or with
 //! `overwrite`. A checkpoint of an unfinished run is continued with `resume`
-//! or discarded with `overwrite`, never silently started over. Files a run
+//! or discarded with `overwrite`, never silently started over; `resume` on a
+//! finished run of the same settings, data and cache has nothing to do
+//! ([`finished_run`]). Files a run
 //! does not write itself (a pruned model's masks and `prune.json`) are
 //! removed before it starts, so they cannot be read as the new model's.
 
@@ -64,6 +66,28 @@ pub fn claim_run_dir(
         }
     }
     Ok(())
+}
+
+/// The card of a finished run of `cfg` in `dir`, trained on the same data
+/// (`train_fingerprint`) from the same teacher outputs (`cache_id`, `None`
+/// for hard labels): what `resume` has nothing left to do for. `None` when
+/// anything differs, the card does not read, or a checkpoint says a rerun
+/// is under way.
+pub fn finished_run(
+    dir: &ModelDir,
+    cfg: &TrainConfig,
+    train_fingerprint: &str,
+    cache_id: Option<&str>,
+) -> Option<ModelCard> {
+    if dir.checkpoint().exists() || !dir.has_weights() || dir.prune_report().exists() {
+        return None;
+    }
+    let card = ModelCard::load(&dir.card()).ok()?;
+    let same = card.config.as_ref() == Some(cfg)
+        && card.snapshot_epoch.is_none()
+        && card.data.as_ref().map(|d| d.train_fingerprint.as_str()) == Some(train_fingerprint)
+        && card.cache.as_ref().map(|c| c.id.as_str()) == cache_id;
+    same.then_some(card)
 }
 
 /// Why the model in `dir` is not an earlier run of `cfg`, or `None` when it
