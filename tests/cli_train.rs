@@ -124,7 +124,25 @@ fn same_seed_same_weights_and_resume_matches_uninterrupted_run() {
     fails(
         tmp.path(),
         &mlp_args(&data, "d", &["--resume", "--lr", "0.01"]),
-        &["checkpoint.safetensors", "other settings"],
+        &[
+            "checkpoint.safetensors",
+            "other settings (optimizer.lr: 0.001 there, 0.01 here)",
+        ],
+    );
+    // Settings in the checkpoint that no longer read: called damage, not
+    // other settings.
+    let ck = tmp.path().join("d/checkpoint.safetensors");
+    let mut bytes = fs::read(&ck).unwrap();
+    let at = bytes
+        .windows(10)
+        .position(|w| w == b"batch_size")
+        .expect("the checkpoint records its config");
+    bytes[at..at + 10].copy_from_slice(b"xxxxxxxxxx");
+    fs::write(&ck, bytes).unwrap();
+    fails(
+        tmp.path(),
+        &mlp_args(&data, "d", &["--resume"]),
+        &["checkpoint.safetensors", "is damaged", "batch_size"],
     );
 }
 

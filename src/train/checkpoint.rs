@@ -30,6 +30,7 @@ use crate::model::{Backend, Network};
 use super::config::TrainConfig;
 use super::metrics::EpochMetrics;
 use super::optim::Optimizer;
+use super::outdir::first_difference;
 
 /// Prefix of the pruning masks' tensors in a checkpoint.
 const MASK_PREFIX: &str = "mask.";
@@ -224,9 +225,23 @@ fn check_identity(
         .ok_or("no 'config' metadata: not a distill checkpoint")?;
     let ours = serde_json::to_string(run.cfg).unwrap_or_default();
     if saved_cfg != &ours {
-        return Err(format!(
-            "was written by a run with other settings ({saved_cfg}); resume with the same settings or train into another directory"
-        ));
+        match serde_json::from_str::<TrainConfig>(saved_cfg) {
+            Ok(theirs) if &theirs == run.cfg => {}
+            Ok(theirs) => {
+                return Err(format!(
+                    "was written by a run with other settings ({}); resume with the same \
+                     settings, train into another directory, or start over (without resume, \
+                     with overwrite)",
+                    first_difference(&theirs, run.cfg)
+                ))
+            }
+            Err(e) => {
+                return Err(format!(
+                    "is damaged: the settings it records do not read ({e}); start over \
+                     (without resume, with overwrite)"
+                ))
+            }
+        }
     }
     let saved_cache = meta.get("cache_id").map_or("", |s| s.as_str());
     if saved_cache != run.cache_id {
