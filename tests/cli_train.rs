@@ -129,21 +129,29 @@ fn same_seed_same_weights_and_resume_matches_uninterrupted_run() {
             "other settings (optimizer.lr: 0.001 there, 0.01 here)",
         ],
     );
-    // Settings in the checkpoint that no longer read: called damage, not
-    // other settings.
+    // A damaged checkpoint is called damaged, not other settings: a flipped
+    // bit in a weight, or settings that no longer read.
     let ck = tmp.path().join("d/checkpoint.safetensors");
-    let mut bytes = fs::read(&ck).unwrap();
-    let at = bytes
+    let intact = fs::read(&ck).unwrap();
+    let mut flipped = intact.clone();
+    let last = flipped.len() - 1;
+    flipped[last] ^= 0x10;
+    let mut renamed = intact.clone();
+    let at = renamed
         .windows(10)
         .position(|w| w == b"batch_size")
         .expect("the checkpoint records its config");
-    bytes[at..at + 10].copy_from_slice(b"xxxxxxxxxx");
-    fs::write(&ck, bytes).unwrap();
-    fails(
-        tmp.path(),
-        &mlp_args(&data, "d", &["--resume"]),
-        &["checkpoint.safetensors", "is damaged", "batch_size"],
-    );
+    renamed[at..at + 10].copy_from_slice(b"xxxxxxxxxx");
+    for damaged in [flipped, renamed] {
+        fs::write(&ck, damaged).unwrap();
+        fails(
+            tmp.path(),
+            &mlp_args(&data, "d", &["--resume"]),
+            &["checkpoint.safetensors", "is damaged", "checksum"],
+        );
+    }
+    fs::write(&ck, intact).unwrap();
+    ok(tmp.path(), &mlp_args(&data, "d", &["--resume"]));
 }
 
 #[test]

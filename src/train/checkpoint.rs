@@ -16,12 +16,18 @@
 //! | the epoch's partial loss sum and count | metadata `loss_sum`, `loss_count` |
 //! | finished epochs' metrics, training time | metadata `metrics`, `train_seconds` |
 //!
+//! | xxh3-64 of all of the above | metadata `checksum_xxh3` |
+//!
 //! A checkpoint resumes only the same run: [`load`] refuses one written with
 //! another config or from another cache (a replaced or rebuilt cache has
-//! another id).
+//! another id), and one whose tensors or metadata no longer match the
+//! checksum written with them (a checkpoint from before the checksum has
+//! none to check).
 
 use std::collections::HashMap;
 use std::path::Path;
+
+use xxhash_rust::xxh3::Xxh3;
 
 use crate::error::{Error, Result};
 use crate::model::io::{read_safetensors, write_safetensors, HostTensor, SPEC_KEY};
@@ -34,6 +40,34 @@ use super::outdir::first_difference;
 
 /// Prefix of the pruning masks' tensors in a checkpoint.
 const MASK_PREFIX: &str = "mask.";
+
+/// Metadata key of the checksum over every other key and every tensor.
+const CHECKSUM_KEY: &str = "checksum_xxh3";
+
+/// xxh3-64 over the metadata (but the checksum itself) in key order and
+/// the tensors in name order: names, shapes and f32 bits.
+fn checksum(meta: &HashMap<String, String>, tensors: &[HostTensor]) -> String {
+    let mut h = Xxh3::new();
+    let mut keys: Vec<&String> = meta.keys().filter(|k| *k != CHECKSUM_KEY).collect();
+    keys.sort();
+    for k in keys {
+        for part in [k.as_bytes(), &[0], meta[k].as_bytes(), &[0]] {
+            h.update(part);
+        }
+    }
+    let mut sorted: Vec<&HostTensor> = tensors.iter().collect();
+    sorted.sort_by(|a, b| a.name.cmp(&b.name));
+    for t in sorted {
+        h.update(t.name.as_bytes());
+        h.update(&[0]);
+        for d in &t.shape {
+            h.update(&(*d as u64).to_le_bytes());
+        }
+        let bytes: Vec<u8> = t.data.iter().flat_map(|v| v.to_le_bytes()).collect();
+        h.update(&bytes);
+    }
+    format!("{:016x}", h.digest())
+}
 
 /// Where a run stands: what a checkpoint records besides the tensors and
 /// the finished epochs' metrics.
@@ -125,6 +159,8 @@ pub fn save<D: Backend>(
         "metrics".into(),
         serde_json::to_string(metrics).unwrap_or_default(),
     );
+    let sum = checksum(&meta, &tensors);
+    meta.insert(CHECKSUM_KEY.into(), sum);
     write_safetensors(path, &tensors, meta)
 }
 
@@ -141,6 +177,16 @@ pub fn load<D: Backend>(
         path: path.to_path_buf(),
         message,
     };
+    if let Some(recorded) = meta.get(CHECKSUM_KEY) {
+        let now = checksum(&meta, &tensors);
+        if &now != recorded {
+            return Err(bad(format!(
+                "is damaged: its contents no longer match the checksum written with them \
+                 ({recorded} recorded, {now} now: bit rot or a partial copy); start over \
+                 (without resume, with overwrite)"
+            )));
+        }
+    }
     check_identity(&meta, run).map_err(bad)?;
     let field = |k: &str| -> Result<&String> {
         meta.get(k)
