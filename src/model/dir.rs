@@ -22,7 +22,7 @@ use std::path::{Path, PathBuf};
 
 use super::network::Network;
 use super::ops::Backend;
-use crate::error::Result;
+use crate::error::{Error, Result};
 
 /// The weights file's name inside a model directory.
 pub const WEIGHTS_FILE: &str = "model.safetensors";
@@ -109,8 +109,38 @@ impl ModelDir {
     }
 
     /// Loads the network from the weights file (its spec is inside it).
+    /// Where the directory's card records the weights' fingerprint (a
+    /// trained model's `model.json` beside its `model.safetensors`), the
+    /// loaded weights must have it: damaged weights, or weights replaced
+    /// without their card, are refused rather than used as the card says.
     pub fn load<D: Backend>(&self, device: D) -> Result<Network<D>> {
-        super::io::load_weights(&self.weights, None, device)
+        let net = super::io::load_weights(&self.weights, None, device)?;
+        if let Some(recorded) = self.recorded_fingerprint() {
+            let now = net.fingerprint();
+            if now != recorded {
+                return Err(Error::Model {
+                    path: self.weights.clone(),
+                    message: format!(
+                        "does not match the weights fingerprint in {} ({recorded} there, {now} \
+                         here): the weights are damaged, or were replaced without their card; \
+                         restore them, or remove the card if these weights are meant",
+                        self.card().display()
+                    ),
+                });
+            }
+        }
+        Ok(net)
+    }
+
+    /// The weights fingerprint the card records, for the directory's own
+    /// weights file only; `None` without a card or the field.
+    fn recorded_fingerprint(&self) -> Option<String> {
+        if self.weights != self.dir.join(WEIGHTS_FILE) {
+            return None;
+        }
+        let text = std::fs::read_to_string(self.card()).ok()?;
+        let card: serde_json::Value = serde_json::from_str(&text).ok()?;
+        card.get("weights_fingerprint")?.as_str().map(String::from)
     }
 }
 
@@ -130,5 +160,37 @@ mod tests {
         assert_eq!(f.masks(), Path::new("runs/b/mask.safetensors"));
         let bare = ModelDir::new("w.safetensors");
         assert_eq!(bare.path(), Path::new("."));
+    }
+
+    #[test]
+    fn weights_that_do_not_match_their_card_are_refused() {
+        use crate::model::io::save_weights;
+        use crate::model::ModelSpec;
+        use dfdx::prelude::Cpu;
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = ModelDir::new(tmp.path());
+        let spec = ModelSpec::parse("mlp:4-3-2").unwrap();
+        let net = Network::new(spec.clone(), Cpu::default(), 0);
+        save_weights(&net, dir.weights()).unwrap();
+        let card = |fp: &str| {
+            let text = format!("{{\"spec\": \"mlp:4-3-2\", \"weights_fingerprint\": \"{fp}\"}}");
+            std::fs::write(dir.card(), text).unwrap();
+        };
+        // No card, or a card that records the weights: loads.
+        dir.load(Cpu::default()).unwrap();
+        card(&net.fingerprint());
+        dir.load(Cpu::default()).unwrap();
+        // Other weights under the same card: refused, naming both files.
+        let other = Network::new(spec, Cpu::default(), 1);
+        save_weights(&other, dir.weights()).unwrap();
+        let e = dir.load(Cpu::default()).err().unwrap().to_string();
+        assert!(
+            e.contains("model.safetensors") && e.contains("model.json") && e.contains("damaged"),
+            "{e}"
+        );
+        // A weights file named directly is not the card's: not checked.
+        let renamed = tmp.path().join("other.safetensors");
+        std::fs::rename(dir.weights(), &renamed).unwrap();
+        ModelDir::new(&renamed).load(Cpu::default()).unwrap();
     }
 }
