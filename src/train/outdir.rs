@@ -6,9 +6,10 @@
 //! `overwrite`. A checkpoint of an unfinished run is continued with `resume`
 //! or discarded with `overwrite`, never silently started over; `resume` on a
 //! finished run of the same settings, data and cache has nothing to do
-//! ([`finished_run`]). Files a run
-//! does not write itself (a pruned model's masks and `prune.json`) are
-//! removed before it starts, so they cannot be read as the new model's.
+//! ([`finished_run`]). With `overwrite`, the earlier model's files that the
+//! run would not write itself (masks, `prune.json`, and without `resume` the
+//! checkpoint) are removed before it starts, so they cannot be read as the
+//! new model's.
 
 use std::fs;
 
@@ -20,9 +21,9 @@ use crate::model::ModelDir;
 use super::card::ModelCard;
 use super::config::TrainConfig;
 
-/// Checks that a run of `cfg` may write into `dir` and clears the files of
-/// an earlier model there that the run would not replace. Errors name the
-/// field `out` and say which setting differs.
+/// Checks that a run of `cfg` may write into `dir`, and with `overwrite`
+/// clears the files of an earlier model there that the run would not
+/// replace. Errors name the field `out` and say which setting differs.
 pub fn claim_run_dir(
     dir: &ModelDir,
     cfg: &TrainConfig,
@@ -54,8 +55,11 @@ pub fn claim_run_dir(
             dir.path().display()
         )));
     }
+    if !overwrite {
+        return Ok(());
+    }
     let mut stale = vec![dir.masks(), dir.prune_report()];
-    if overwrite && !resume {
+    if !resume {
         stale.push(dir.checkpoint());
     }
     for path in stale {
