@@ -118,35 +118,95 @@ pub fn load_model<D: Backend>(path: &Path, dev: D) -> Result<Network<D>> {
     ModelDir::new(path).load(dev)
 }
 
-/// Renames the config field in a library error to the flag that sets it.
+/// Renames the config field in a library error to the flag that sets it,
+/// and the fields a message names in backticks likewise.
 ///
 /// Library errors name the typed config's fields (`loss.alpha`,
 /// `batch_size`); a command-line user wants the flag. By convention a field's
 /// last path segment is its flag (`loss.alpha` -> `--alpha`, `weight_decay`
 /// -> `--weight-decay`); `renames` lists the fields whose flag is spelled
-/// otherwise, as `(field, flag)`.
+/// otherwise, as `(field, flag)`. A message that points at another field to
+/// change writes its name in backticks (`use \`loss.alpha\` 0`), which
+/// reads as the flag here (`use --alpha 0`).
 pub fn name_flags(e: distill::Error, renames: &[(&str, &str)]) -> distill::Error {
-    let flag_of = |field: String| match renames.iter().find(|(f, _)| *f == field) {
+    let flag_of = |field: &str| match renames.iter().find(|(f, _)| *f == field) {
         Some((_, flag)) => flag.to_string(),
-        None if field.starts_with('-') => field,
+        None if field.starts_with('-') => field.to_string(),
         None => {
-            let last = field.rsplit('.').next().unwrap_or(&field);
+            let last = field.rsplit('.').next().unwrap_or(field);
             format!("--{}", last.replace('_', "-"))
         }
     };
     match e {
         distill::Error::Config { field, message }
         | distill::Error::Data(DataError::Setting { field, message }) => distill::Error::Config {
-            field: flag_of(field),
-            message,
+            field: flag_of(&field),
+            message: flags_in(&message, flag_of),
+        },
+        distill::Error::Training { context, message } => distill::Error::Training {
+            context,
+            message: flags_in(&message, flag_of),
         },
         other => other,
     }
 }
 
+/// `message` with each backticked field name replaced by its flag.
+fn flags_in(message: &str, flag_of: impl Fn(&str) -> String) -> String {
+    let is_field = |s: &str| {
+        !s.is_empty()
+            && s.chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '.')
+    };
+    let mut out = String::with_capacity(message.len());
+    let mut rest = message;
+    while let Some(i) = rest.find('`') {
+        let after = &rest[i + 1..];
+        match after.find('`') {
+            Some(j) if is_field(&after[..j]) => {
+                out.push_str(&rest[..i]);
+                out.push_str(&flag_of(&after[..j]));
+                rest = &after[j + 1..];
+            }
+            _ => {
+                out.push_str(&rest[..=i]);
+                rest = after;
+            }
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::name_flags;
+
+    #[test]
+    fn backticked_fields_in_messages_read_as_flags() {
+        let message = |m: &str| {
+            let e = distill::Error::Config {
+                field: "loss.alpha".into(),
+                message: m.into(),
+            };
+            name_flags(e, super::train::RENAMES).to_string()
+        };
+        assert_eq!(
+            message("use `loss.alpha` 0 or `loss.kind` pseudo"),
+            "invalid value for --alpha: use --alpha 0 or --loss pseudo"
+        );
+        assert!(message("a teacher run on every batch (`online_teacher`)")
+            .ends_with("a teacher run on every batch (--online-teacher)"));
+        // Code that is not a field name, and a lone backtick, stay as they are.
+        assert!(message("run `distill cache build` or ` here")
+            .ends_with("run `distill cache build` or ` here"));
+        // Training errors too.
+        let e = distill::Error::Training {
+            context: "epoch 3".into(),
+            message: "lower `optimizer.lr`".into(),
+        };
+        assert!(name_flags(e, &[]).to_string().ends_with("lower --lr"));
+    }
 
     #[test]
     fn fields_become_flags() {

@@ -184,9 +184,9 @@ pub struct TrainArgs {
     pub device: DeviceArgs,
 }
 
-/// Runs `distill train`; errors name flags (see [`fields_as_flags`]).
+/// Runs `distill train` (errors name flags: [`super::name_flags`]).
 pub fn train<D: Backend>(dev: D, a: TrainArgs) -> Result<()> {
-    run(dev, a).map_err(fields_as_flags)
+    run(dev, a)
 }
 
 fn run<D: Backend>(dev: D, a: TrainArgs) -> Result<()> {
@@ -493,81 +493,10 @@ fn describe_loss(l: &LossConfig) -> String {
     )
 }
 
-/// Library messages write the fields a user should change in backticks
-/// (`loss.alpha`); on the command line they read as the flags that set
-/// them, named as [`super::name_flags`] names an error's field.
-fn fields_as_flags(e: Error) -> Error {
-    match e {
-        Error::Config { field, message } => Error::Config {
-            field,
-            message: flags_in(&message),
-        },
-        Error::Training { context, message } => Error::Training {
-            context,
-            message: flags_in(&message),
-        },
-        other => other,
-    }
-}
-
-/// `message` with each backticked field name replaced by its flag.
-fn flags_in(message: &str) -> String {
-    let is_field = |s: &str| {
-        !s.is_empty()
-            && s.chars()
-                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '.')
-    };
-    let mut out = String::with_capacity(message.len());
-    let mut rest = message;
-    while let Some(i) = rest.find('`') {
-        let after = &rest[i + 1..];
-        match after.find('`') {
-            Some(j) if is_field(&after[..j]) => {
-                out.push_str(&rest[..i]);
-                let named = super::name_flags(
-                    Error::Config {
-                        field: after[..j].to_string(),
-                        message: String::new(),
-                    },
-                    RENAMES,
-                );
-                match named {
-                    Error::Config { field, .. } => out.push_str(&field),
-                    _ => out.push_str(&after[..j]),
-                }
-                rest = &after[j + 1..];
-            }
-            _ => {
-                out.push_str(&rest[..=i]);
-                rest = after;
-            }
-        }
-    }
-    out.push_str(rest);
-    out
-}
-
 #[cfg(test)]
 mod tests {
-    use super::{flags_in, overlap_warning};
+    use super::overlap_warning;
     use distill::train::validation::{TeacherOverlap, TeacherSplit, ValFold};
-
-    #[test]
-    fn backticked_fields_read_as_flags() {
-        assert_eq!(
-            flags_in("use `loss.alpha` 0 or `loss.kind` pseudo"),
-            "use --alpha 0 or --loss pseudo"
-        );
-        assert_eq!(
-            flags_in("distil from a teacher run on every batch (`online_teacher`)"),
-            "distil from a teacher run on every batch (--online-teacher)"
-        );
-        // Code that is not a field name, and a lone backtick, stay as they are.
-        assert_eq!(
-            flags_in("run `distill cache build` or ` here"),
-            "run `distill cache build` or ` here"
-        );
-    }
 
     /// The remedy follows how the teacher held its split out; a clean split
     /// or an unknown one gets no warning.
