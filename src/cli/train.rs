@@ -186,10 +186,6 @@ pub struct TrainArgs {
 
 /// Runs `distill train` (errors name flags: [`super::name_flags`]).
 pub fn train<D: Backend>(dev: D, a: TrainArgs) -> Result<()> {
-    run(dev, a)
-}
-
-fn run<D: Backend>(dev: D, a: TrainArgs) -> Result<()> {
     let init = match &a.init_from {
         Some(dir) => Some(cli_prune::init_from(
             dir,
