@@ -236,6 +236,32 @@ fn snapshots_are_models_of_their_epoch_and_survive_a_resume() {
     assert!(!tmp.path().join("c").exists());
 }
 
+/// Two trainers into one directory (a job launched twice): the second is
+/// refused while the first holds the directory's lock, and writes nothing.
+#[test]
+fn a_second_trainer_into_the_same_directory_is_refused() {
+    use fs2::FileExt;
+    let tmp = tempfile::tempdir().unwrap();
+    let data = s(&small_data());
+    fs::create_dir(tmp.path().join("o")).unwrap();
+    let lock = fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(tmp.path().join("o/.train.lock"))
+        .unwrap();
+    lock.try_lock_exclusive().unwrap();
+    fails(
+        tmp.path(),
+        &mlp_args(&data, "o", &[]),
+        &["--out", "another run is writing this directory"],
+    );
+    assert!(!tmp.path().join("o/model.safetensors").exists());
+    assert!(!tmp.path().join("o/metrics.jsonl").exists());
+    drop(lock);
+    ok(tmp.path(), &mlp_args(&data, "o", &[]));
+}
+
 #[test]
 fn bad_flags_name_the_flag() {
     let tmp = tempfile::tempdir().unwrap();

@@ -13,6 +13,7 @@
 //! | `curves.png` | training curves |
 //! | `checkpoint.safetensors` | the state a killed run resumes from |
 //! | `prune.json` | what `distill prune` did |
+//! | `.train.lock` | held (flock) while a training run writes the directory; empty |
 //! | `epoch-NNN/` | a model directory of its own: the weights after epoch NNN (`train --snapshot-epochs`) |
 //!
 //! Anywhere a model is read, a path may also name a `.safetensors` file
@@ -96,6 +97,11 @@ impl ModelDir {
     /// The checkpoint a killed run resumes from.
     pub fn checkpoint(&self) -> PathBuf {
         self.dir.join("checkpoint.safetensors")
+    }
+
+    /// The lock a training run holds while it writes here.
+    pub fn lock(&self) -> PathBuf {
+        self.dir.join(".train.lock")
     }
 
     /// What `distill prune` did to make this model.

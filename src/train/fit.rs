@@ -42,7 +42,7 @@ use super::loader::{Batch, Loader};
 use super::loss::{loss_mixed, Targets};
 use super::metrics::{curve_points, write_metrics, EpochMetrics};
 use super::optim::Optimizer;
-use super::outdir::claim_run_dir;
+use super::outdir::{claim_run_dir, lock_run_dir};
 use super::pruning::Pruning;
 use super::sources::TrainSources;
 use super::validation::ValidationSplit;
@@ -114,6 +114,8 @@ struct Run<'a, D: Backend> {
     metrics: Vec<EpochMetrics>,
     last_eval: Option<EvalResult>,
     show_progress: bool,
+    /// The run directory's lock, held while the run writes there.
+    _lock: fs::File,
 }
 
 /// What one pass over (the rest of) an epoch did.
@@ -173,7 +175,7 @@ impl<'a, D: Backend> Run<'a, D> {
         )?;
         pruning.apply(&mut net);
         claim_run_dir(&ModelDir::new(out_dir), cfg, opts.resume, opts.overwrite)?;
-        fs::create_dir_all(out_dir).map_err(|e| Error::io(out_dir, e))?;
+        let lock = lock_run_dir(&ModelDir::new(out_dir))?;
         let mut run = Run {
             device,
             cfg,
@@ -191,6 +193,7 @@ impl<'a, D: Backend> Run<'a, D> {
             metrics: Vec::new(),
             last_eval: None,
             show_progress: !opts.quiet && std::io::stderr().is_terminal(),
+            _lock: lock,
         };
         let resumed = run.resume()?;
         write_metrics(&run.dir.metrics(), &run.metrics)?;

@@ -13,6 +13,8 @@
 
 use std::fs;
 
+use fs2::FileExt;
+
 use serde_json::Value;
 
 use crate::error::{Error, Result};
@@ -70,6 +72,36 @@ pub fn claim_run_dir(
         }
     }
     Ok(())
+}
+
+/// Creates `dir` and takes its exclusive lock (`ModelDir::lock`), held by
+/// the returned file while the run writes there: a second run into the
+/// same directory is refused instead of interleaving its files with the
+/// first's. The lock file stays (empty) when the run ends.
+pub fn lock_run_dir(dir: &ModelDir) -> Result<fs::File> {
+    let path = dir.path();
+    fs::create_dir_all(path).map_err(|e| Error::io(path, e))?;
+    let lock_path = dir.lock();
+    let lock = fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .read(true)
+        .write(true)
+        .open(&lock_path)
+        .map_err(|e| Error::io(&lock_path, e))?;
+    match lock.try_lock_exclusive() {
+        Ok(()) => Ok(lock),
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Err(Error::Config {
+            field: "out".into(),
+            message: format!(
+                "{}: another run is writing this directory (it holds {}); wait for it to \
+                 finish or use another directory",
+                path.display(),
+                lock_path.display()
+            ),
+        }),
+        Err(e) => Err(Error::io(&lock_path, e)),
+    }
 }
 
 /// The card of a finished run of `cfg` in `dir`, trained on the same data
@@ -186,6 +218,17 @@ mod tests {
         let mut c = a.clone();
         c.val_seed = Some(3);
         assert_eq!(first_difference(&a, &c), "val_seed: unset there, 3 here");
+    }
+
+    #[test]
+    fn a_second_run_into_a_locked_directory_is_refused() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = ModelDir::new(tmp.path().join("run"));
+        let first = lock_run_dir(&dir).unwrap();
+        let e = lock_run_dir(&dir).unwrap_err().to_string();
+        assert!(e.contains("another run is writing"), "{e}");
+        drop(first);
+        lock_run_dir(&dir).unwrap();
     }
 
     #[test]
