@@ -147,7 +147,12 @@ fn same_seed_same_weights_and_resume_matches_uninterrupted_run() {
         fails(
             tmp.path(),
             &mlp_args(&data, "d", &["--resume"]),
-            &["checkpoint.safetensors", "is damaged", "checksum"],
+            &[
+                "checkpoint.safetensors",
+                "is damaged",
+                "checksum",
+                "without --resume, with --overwrite",
+            ],
         );
     }
     fs::write(&ck, intact).unwrap();

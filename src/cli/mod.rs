@@ -147,6 +147,10 @@ pub fn name_flags(e: distill::Error, renames: &[(&str, &str)]) -> distill::Error
             context,
             message: flags_in(&message, flag_of),
         },
+        distill::Error::Model { path, message } => distill::Error::Model {
+            path,
+            message: flags_in(&message, flag_of),
+        },
         other => other,
     }
 }

@@ -183,7 +183,7 @@ pub fn load<D: Backend>(
             return Err(bad(format!(
                 "is damaged: its contents no longer match the checksum written with them \
                  ({recorded} recorded, {now} now: bit rot or a partial copy); start over \
-                 (without resume, with overwrite)"
+                 (without `resume`, with `overwrite`)"
             )));
         }
     }
@@ -284,7 +284,7 @@ fn check_identity(
             Err(e) => {
                 return Err(format!(
                     "is damaged: the settings it records do not read ({e}); start over \
-                     (without resume, with overwrite)"
+                     (without `resume`, with `overwrite`)"
                 ))
             }
         }
