@@ -126,7 +126,13 @@ pub struct PruneRun {
 /// holds a model `distill prune` did not write (no `prune.json`): writing
 /// there would replace that model's weights and leave its card describing
 /// other weights. An earlier pruned model is replaced (a rerun).
-fn claim_out_dir(source: &ModelDir, out: &ModelDir) -> Result<()> {
+fn claim_out_dir(source: &ModelDir, out: &Path) -> Result<()> {
+    // `write_model` makes `out` a directory whatever its name; only an
+    // existing directory can hold anything to protect.
+    if !out.is_dir() {
+        return Ok(());
+    }
+    let out = ModelDir::new(out);
     let refuse = |message: String| Error::Config {
         field: "out".into(),
         message,
@@ -161,7 +167,7 @@ where
 {
     cfg.validate()?;
     let source = ModelDir::new(&cfg.model);
-    claim_out_dir(&source, &ModelDir::new(&cfg.out))?;
+    claim_out_dir(&source, &cfg.out)?;
     let (spec, weights, normalization) = read_model_normalized(&source)?;
     let old_masks = read_masks(&source)?;
     if let Some(m) = &old_masks {
@@ -305,6 +311,10 @@ mod tests {
         let cfg = config(&m, Method::Unstructured, &tmp.path().join("p"));
         prune_model(&cfg, no_accuracy).unwrap();
         prune_model(&cfg, no_accuracy).unwrap();
+        // An output named like a weights file is a new directory all the same.
+        let cfg = config(&m, Method::Unstructured, &tmp.path().join("q.safetensors"));
+        prune_model(&cfg, no_accuracy).unwrap();
+        assert!(tmp.path().join("q.safetensors/model.safetensors").exists());
     }
 
     #[test]
