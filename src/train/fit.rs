@@ -174,8 +174,8 @@ impl<'a, D: Backend> Run<'a, D> {
             &mask_source,
         )?;
         pruning.apply(&mut net);
-        claim_run_dir(&ModelDir::new(out_dir), cfg, opts.resume, opts.overwrite)?;
-        let lock = lock_run_dir(&ModelDir::new(out_dir))?;
+        claim_run_dir(out_dir, cfg, opts.resume, opts.overwrite)?;
+        let lock = lock_run_dir(out_dir)?;
         let mut run = Run {
             device,
             cfg,

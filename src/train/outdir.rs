@@ -12,6 +12,7 @@
 //! new model's.
 
 use std::fs;
+use std::path::Path;
 
 use fs2::FileExt;
 
@@ -26,15 +27,13 @@ use super::config::TrainConfig;
 /// Checks that a run of `cfg` may write into `dir`, and with `overwrite`
 /// clears the files of an earlier model there that the run would not
 /// replace. Errors name the field `out` and say which setting differs.
-pub fn claim_run_dir(
-    dir: &ModelDir,
-    cfg: &TrainConfig,
-    resume: bool,
-    overwrite: bool,
-) -> Result<()> {
-    if !dir.path().is_dir() {
+pub fn claim_run_dir(dir: &Path, cfg: &TrainConfig, resume: bool, overwrite: bool) -> Result<()> {
+    // The run makes `dir` a directory whatever its name (`model.safetensors`
+    // goes inside it); only an existing directory holds anything to protect.
+    if !dir.is_dir() {
         return Ok(());
     }
+    let dir = &ModelDir::new(dir);
     let refuse = |message: String| Error::Config {
         field: "out".into(),
         message,
@@ -78,10 +77,9 @@ pub fn claim_run_dir(
 /// the returned file while the run writes there: a second run into the
 /// same directory is refused instead of interleaving its files with the
 /// first's. The lock file stays (empty) when the run ends.
-pub fn lock_run_dir(dir: &ModelDir) -> Result<fs::File> {
-    let path = dir.path();
+pub fn lock_run_dir(path: &Path) -> Result<fs::File> {
     fs::create_dir_all(path).map_err(|e| Error::io(path, e))?;
-    let lock_path = dir.lock();
+    let lock_path = ModelDir::new(path).lock();
     let lock = fs::OpenOptions::new()
         .create(true)
         .truncate(false)
@@ -223,7 +221,7 @@ mod tests {
     #[test]
     fn a_second_run_into_a_locked_directory_is_refused() {
         let tmp = tempfile::tempdir().unwrap();
-        let dir = ModelDir::new(tmp.path().join("run"));
+        let dir = tmp.path().join("run");
         let first = lock_run_dir(&dir).unwrap();
         let e = lock_run_dir(&dir).unwrap_err().to_string();
         assert!(e.contains("another run is writing"), "{e}");
@@ -235,8 +233,9 @@ mod tests {
     fn an_empty_or_absent_directory_is_free() {
         let tmp = tempfile::tempdir().unwrap();
         let c = cfg("mlp:784-16-10");
-        claim_run_dir(&ModelDir::new(tmp.path()), &c, false, false).unwrap();
-        claim_run_dir(&ModelDir::new(tmp.path().join("new")), &c, false, false).unwrap();
+        claim_run_dir(tmp.path(), &c, false, false).unwrap();
+        claim_run_dir(&tmp.path().join("new"), &c, false, false).unwrap();
+        claim_run_dir(&tmp.path().join("new.safetensors"), &c, false, false).unwrap();
     }
 
     #[test]
@@ -245,16 +244,16 @@ mod tests {
         let dir = ModelDir::new(tmp.path());
         fs::write(dir.checkpoint(), b"state").unwrap();
         let c = cfg("mlp:784-16-10");
-        let e = claim_run_dir(&dir, &c, false, false)
+        let e = claim_run_dir(dir.path(), &c, false, false)
             .unwrap_err()
             .to_string();
         assert!(
             e.contains("unfinished run") && e.contains("`resume`"),
             "{e}"
         );
-        claim_run_dir(&dir, &c, true, false).unwrap();
+        claim_run_dir(dir.path(), &c, true, false).unwrap();
         assert!(dir.checkpoint().exists());
-        claim_run_dir(&dir, &c, false, true).unwrap();
+        claim_run_dir(dir.path(), &c, false, true).unwrap();
         assert!(!dir.checkpoint().exists());
     }
 
@@ -265,7 +264,7 @@ mod tests {
         fs::write(dir.card(), b"{ not json").unwrap();
         fs::write(dir.masks(), b"old masks").unwrap();
         let c = cfg("mlp:784-16-10");
-        let e = claim_run_dir(&dir, &c, false, false)
+        let e = claim_run_dir(dir.path(), &c, false, false)
             .unwrap_err()
             .to_string();
         assert!(
@@ -273,7 +272,7 @@ mod tests {
             "{e}"
         );
         assert!(dir.masks().exists(), "a refusal removes nothing");
-        claim_run_dir(&dir, &c, false, true).unwrap();
+        claim_run_dir(dir.path(), &c, false, true).unwrap();
         assert!(!dir.masks().exists(), "stale masks are cleared");
     }
 }
