@@ -125,7 +125,9 @@ pub struct PruneRun {
 /// Refuses an output directory that is the model being pruned, or that
 /// holds a model `distill prune` did not write (no `prune.json`): writing
 /// there would replace that model's weights and leave its card describing
-/// other weights. An earlier pruned model is replaced (a rerun).
+/// other weights. An earlier pruned model is replaced (a rerun); a card
+/// beside it (left by pruning in place, which is now refused) describes
+/// other weights and is removed.
 fn claim_out_dir(source: &ModelDir, out: &Path) -> Result<()> {
     // `write_model` makes `out` a directory whatever its name; only an
     // existing directory can hold anything to protect.
@@ -155,7 +157,10 @@ fn claim_out_dir(source: &ModelDir, out: &Path) -> Result<()> {
             out.path().display()
         )));
     }
-    Ok(())
+    match std::fs::remove_file(out.card()) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(Error::io(&out.card(), e)),
+        _ => Ok(()),
+    }
 }
 
 /// Prunes the model of `cfg.model` into `cfg.out` and records what was done
@@ -307,10 +312,13 @@ mod tests {
         }
         assert_eq!(std::fs::read(m.join("model.safetensors")).unwrap(), before);
         assert!(!m.join("mask.safetensors").exists());
-        // An earlier pruned model is replaced by a rerun.
+        // An earlier pruned model is replaced by a rerun, and a stale card
+        // beside it removed.
         let cfg = config(&m, Method::Unstructured, &tmp.path().join("p"));
         prune_model(&cfg, no_accuracy).unwrap();
+        std::fs::write(tmp.path().join("p/model.json"), b"{}").unwrap();
         prune_model(&cfg, no_accuracy).unwrap();
+        assert!(!tmp.path().join("p/model.json").exists());
         // An output named like a weights file is a new directory all the same.
         let cfg = config(&m, Method::Unstructured, &tmp.path().join("q.safetensors"));
         prune_model(&cfg, no_accuracy).unwrap();
