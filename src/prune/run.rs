@@ -158,7 +158,7 @@ fn claim_out_dir(source: &ModelDir, out: &Path) -> Result<()> {
         )));
     }
     match std::fs::remove_file(out.card()) {
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(Error::io(&out.card(), e)),
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(Error::io(out.card(), e)),
         _ => Ok(()),
     }
 }
