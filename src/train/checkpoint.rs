@@ -298,3 +298,61 @@ fn check_identity(
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::ModelSpec;
+    use dfdx::prelude::Cpu;
+
+    #[test]
+    fn the_checksum_catches_a_changed_value_and_older_checkpoints_still_resume() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("checkpoint.safetensors");
+        let cfg = TrainConfig {
+            spec: "mlp:4-3-2".into(),
+            ..TrainConfig::default()
+        };
+        let spec = ModelSpec::parse(&cfg.spec).unwrap();
+        let net = Network::new(spec.clone(), Cpu::default(), 0);
+        let run = RunIdentity {
+            cfg: &cfg,
+            cache_id: "",
+        };
+        let progress = Progress {
+            epoch: 1,
+            position: 7,
+            ..Progress::default()
+        };
+        let opt = Optimizer::new(cfg.optimizer, 10);
+        save(&path, run, &net, &opt, progress, &[], None).unwrap();
+        let resume = || {
+            let mut into = Network::new(spec.clone(), Cpu::default(), 1);
+            let mut opt = Optimizer::new(cfg.optimizer, 10);
+            load(&path, run, &mut into, &mut opt).map(|ck| (ck.progress, into.fingerprint()))
+        };
+        let (back, fingerprint) = resume().unwrap();
+        assert_eq!((back.epoch, back.position), (1, 7));
+        assert_eq!(fingerprint, net.fingerprint());
+
+        // Written before the checksum existed: nothing to check, resumes.
+        let (mut meta, tensors) = read_safetensors(&path).unwrap();
+        assert!(meta.remove(CHECKSUM_KEY).is_some());
+        write_safetensors(&path, &tensors, meta.clone()).unwrap();
+        resume().unwrap();
+
+        // One weight or one number of the metadata changed under the checksum.
+        meta.insert(CHECKSUM_KEY.into(), checksum(&meta, &tensors));
+        let mut changed = tensors.clone();
+        changed[0].data[0] += 1e-3;
+        write_safetensors(&path, &changed, meta.clone()).unwrap();
+        let e = resume().err().unwrap().to_string();
+        assert!(e.contains("is damaged") && e.contains("checksum"), "{e}");
+        let mut moved = meta.clone();
+        moved.insert("position".into(), "8".into());
+        write_safetensors(&path, &tensors, moved).unwrap();
+        assert!(resume().is_err());
+        write_safetensors(&path, &tensors, meta).unwrap();
+        resume().unwrap();
+    }
+}

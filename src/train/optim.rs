@@ -243,6 +243,11 @@ impl<D: Backend> Optimizer<D> {
         fn get<S: Shape, D: Backend>(g: &Gradients<f32, D>, t: &Tensor<S, f32, D>) -> Vec<f32> {
             g.get(t).as_vec()
         }
+        if self.step == 0 {
+            // No update yet: the slots are not allocated (empty state, which
+            // `restore_state` reads back as a fresh optimizer).
+            return vec![(Vec::new(), Vec::new()); net.params().len()];
+        }
         net.params()
             .iter()
             .map(|p| {
