@@ -121,6 +121,13 @@ impl ModelDir {
     /// without their card, are refused rather than used as the card says.
     pub fn load<D: Backend>(&self, device: D) -> Result<Network<D>> {
         let net = super::io::load_weights(&self.weights, None, device)?;
+        self.check_fingerprint(&net)?;
+        Ok(net)
+    }
+
+    /// Checks a network read from this directory's weights against the
+    /// fingerprint its card records, if it records one ([`Self::load`]).
+    pub fn check_fingerprint<D: Backend>(&self, net: &Network<D>) -> Result<()> {
         if let Some(recorded) = self.recorded_fingerprint() {
             let now = net.fingerprint();
             if now != recorded {
@@ -135,7 +142,7 @@ impl ModelDir {
                 });
             }
         }
-        Ok(net)
+        Ok(())
     }
 
     /// The weights fingerprint the card records, for the directory's own

@@ -46,6 +46,7 @@ pub fn read_model_normalized(
             path: file.to_path_buf(),
             message,
         })?;
+    dir.check_fingerprint(&net)?;
     Ok((spec, net.to_host(), normalization))
 }
 
@@ -94,5 +95,14 @@ mod tests {
         assert_eq!(read_model_normalized(&dir).unwrap(), (spec, w, Some(n)));
         let err = read_model(&ModelDir::new(tmp.path())).unwrap_err();
         assert!(err.to_string().contains("model.safetensors"), "{err}");
+        // Weights that are not the ones their card records (pruning's and
+        // --init-from's source) are refused.
+        fs::write(
+            tmp.path().join("m/model.json"),
+            r#"{"weights_fingerprint": "0123"}"#,
+        )
+        .unwrap();
+        let err = read_model(&ModelDir::new(tmp.path().join("m"))).unwrap_err();
+        assert!(err.to_string().contains("damaged"), "{err}");
     }
 }
