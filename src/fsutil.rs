@@ -1,5 +1,6 @@
 //! File-system steps that keep data safe: [`atomic_write`] (temporary file,
-//! fsync, rename, fsync of the directory) and [`fsync_dir`].
+//! fsync, rename, fsync of the directory), [`fsync_dir`], and
+//! [`remove_if_present`] (a stale file removed, its absence not an error).
 //!
 //! Every file distill replaces in place (a cache manifest, build settings,
 //! weights, cards, reports) goes through [`atomic_write`], so a crash leaves
@@ -39,6 +40,14 @@ pub fn fsync_dir(dir: &Path) -> Result<(), FsError> {
     Ok(())
 }
 
+/// Removes the file at `path`; a file that is already gone is no error.
+pub fn remove_if_present(path: &Path) -> Result<(), FsError> {
+    match fs::remove_file(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(fs_err(path, "remove")(e)),
+        _ => Ok(()),
+    }
+}
+
 /// Writes `bytes` to `path` through a temporary file in the same directory
 /// (`.NAME.PID.tmp`), synced, renamed into place, and the directory synced.
 /// On failure the temporary file is removed and `path` is left as it was.
@@ -69,6 +78,18 @@ pub fn atomic_write(path: &Path, bytes: &[u8]) -> Result<(), FsError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn removes_a_file_and_accepts_one_already_gone() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("stale");
+        fs::write(&path, b"x").unwrap();
+        remove_if_present(&path).unwrap();
+        assert!(!path.exists());
+        remove_if_present(&path).unwrap();
+        let e = remove_if_present(dir.path()).unwrap_err().to_string();
+        assert!(e.contains("cannot remove"), "{e}");
+    }
 
     #[test]
     fn replaces_the_file_and_leaves_no_temporary() {

@@ -12,7 +12,6 @@
 //! file beside a model's weights ([`ModelDir::masks`]).
 
 use std::collections::HashMap;
-use std::fs;
 use std::path::Path;
 
 use dfdx::prelude::Cpu;
@@ -120,8 +119,7 @@ pub fn write_masks(dir: &ModelDir, spec: &ModelSpec, masks: Option<&[HostTensor]
             meta.insert(SPEC_KEY.to_string(), spec.to_string());
             write_safetensors(&file, m, meta)
         }
-        None if file.exists() => fs::remove_file(&file).map_err(|e| Error::io(&file, e)),
-        None => Ok(()),
+        None => Ok(crate::fsutil::remove_if_present(&file)?),
     }
 }
 

@@ -157,10 +157,7 @@ fn claim_out_dir(source: &ModelDir, out: &Path) -> Result<()> {
             out.path().display()
         )));
     }
-    match std::fs::remove_file(out.card()) {
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(Error::io(out.card(), e)),
-        _ => Ok(()),
-    }
+    Ok(crate::fsutil::remove_if_present(&out.card())?)
 }
 
 /// Prunes the model of `cfg.model` into `cfg.out` and records what was done

@@ -19,6 +19,7 @@ use fs2::FileExt;
 use serde_json::Value;
 
 use crate::error::{Error, Result};
+use crate::fsutil::remove_if_present;
 use crate::model::ModelDir;
 
 use super::card::ModelCard;
@@ -64,11 +65,7 @@ pub fn claim_run_dir(dir: &Path, cfg: &TrainConfig, resume: bool, overwrite: boo
         stale.push(dir.checkpoint());
     }
     for path in stale {
-        match fs::remove_file(&path) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(Error::io(&path, e)),
-        }
+        remove_if_present(&path)?;
     }
     Ok(())
 }
@@ -98,7 +95,14 @@ pub fn lock_run_dir(path: &Path) -> Result<fs::File> {
                 lock_path.display()
             ),
         }),
-        Err(e) => Err(Error::io(&lock_path, e)),
+        Err(e) => Err(Error::Config {
+            field: "out".into(),
+            message: format!(
+                "{}: cannot take the lock: {e}; the file system does not support flock locks \
+                 (NFS mounted with nolock, Lustre with noflock): see docs/shared-filesystems.md",
+                lock_path.display()
+            ),
+        }),
     }
 }
 
