@@ -101,6 +101,71 @@ fn structured_pruning_gives_a_smaller_model_that_evaluates() {
 }
 
 #[test]
+fn structured_pruning_meets_a_parameter_budget() {
+    let tmp = tempfile::tempdir().unwrap();
+    let teacher = s(&teacher_dir());
+    let budget = |n: &'static str, out: &'static str| {
+        vec![
+            "prune",
+            "--model",
+            &teacher,
+            "--method",
+            "l1-structured",
+            "--max-params",
+            n,
+            "--out",
+            out,
+        ]
+    };
+    // 421,642 parameters to at most 50,000: the least sparsity that gets
+    // there, 0.661 (at 0.660 the first dense layer keeps 44 units).
+    let out = ok(tmp.path(), &budget("50000", "b50k"));
+    assert!(out.contains("cnn:c11-p-c22-p-f43-10"), "{out}");
+    assert!(out.contains("49147"), "{out}");
+    let record: serde_json::Value =
+        serde_json::from_slice(&fs::read(tmp.path().join("b50k/prune.json")).unwrap()).unwrap();
+    assert_eq!(record["max_params"], 50000);
+    assert_eq!(record["sparsity"], 0.661);
+    assert_eq!(record["parameters"], 49147);
+    let t = tensors(&tmp.path().join("b50k/model.safetensors"));
+    let n: usize = t.iter().map(|t| t.data.len()).sum();
+    assert_eq!(n, 49147);
+    // The same sparsity by hand gives the same model.
+    ok(
+        tmp.path(),
+        &prune_args(&teacher, "l1-structured", "0.661", "s661", &["-q"]),
+    );
+    assert_eq!(
+        fs::read(tmp.path().join("b50k/model.safetensors")).unwrap(),
+        fs::read(tmp.path().join("s661/model.safetensors")).unwrap()
+    );
+    // A budget no pruning reaches, a budget for unstructured pruning, both
+    // amounts or neither: refused, naming the flags, writing nothing.
+    fails(
+        tmp.path(),
+        &budget("50", "x"),
+        &["--max-params", "cnn:c1-p-c1-p-f1-10", "has 90 parameters"],
+    );
+    let mut unstructured = budget("50000", "x");
+    unstructured[4] = "l1-unstructured";
+    fails(
+        tmp.path(),
+        &unstructured,
+        &["--max-params", "l1-structured only"],
+    );
+    let mut both = budget("50000", "x");
+    both.extend(["--sparsity", "0.5"]);
+    fails(tmp.path(), &both, &["--max-params", "--sparsity"]);
+    let neither = &budget("50000", "x")[..5];
+    fails(
+        tmp.path(),
+        &[neither, &["--out", "x"]].concat(),
+        &["--sparsity", "--max-params"],
+    );
+    assert!(!tmp.path().join("x").exists());
+}
+
+#[test]
 fn unstructured_masks_stay_exactly_zero_through_fine_tuning() {
     let tmp = tempfile::tempdir().unwrap();
     let data = s(&small_data());

@@ -6,12 +6,12 @@
 
 use std::path::{Path, PathBuf};
 
-use clap::Args;
+use clap::{ArgGroup, Args};
 
 use distill::data::Dataset;
 use distill::error::Result;
 use distill::model::Backend;
-use distill::prune::{self, InitFrom, MaskCount, PruneConfig, Summary};
+use distill::prune::{self, InitFrom, MaskCount, PruneAmount, PruneConfig, Summary};
 use distill::train::compare;
 
 /// Config fields whose flag is not their name (see [`super::name_flags`]).
@@ -19,6 +19,7 @@ pub const RENAMES: &[(&str, &str)] = &[];
 
 /// `distill prune`.
 #[derive(Args)]
+#[command(group(ArgGroup::new("amount").required(true).args(["sparsity", "max_params"])))]
 pub struct PruneArgs {
     /// Model directory (model.safetensors, and mask.safetensors if already pruned).
     #[arg(long)]
@@ -31,7 +32,12 @@ pub struct PruneArgs {
     /// or of all selected weights with --global), or of each hidden layer's
     /// units/channels (structured).
     #[arg(long, allow_negative_numbers = true)]
-    sparsity: f64,
+    sparsity: Option<f64>,
+    /// Structured, instead of --sparsity: a parameter budget. The least
+    /// sparsity (in thousandths) whose smaller spec has at most this many
+    /// parameters, e.g. --max-params 10000.
+    #[arg(long)]
+    max_params: Option<u64>,
     /// Comma-separated layers to prune, e.g. layers.0,layers.3 (default: all
     /// with weights; structured never prunes the output layer).
     #[arg(long)]
@@ -78,7 +84,11 @@ pub fn run(a: PruneArgs) -> Result<()> {
     let cfg = PruneConfig {
         method: a.method.parse()?,
         model: a.model,
-        sparsity: a.sparsity,
+        amount: match (a.max_params, a.sparsity) {
+            (Some(n), _) => PruneAmount::MaxParams(n),
+            // clap requires exactly one of the two (the group `amount`).
+            (None, s) => PruneAmount::Sparsity(s.unwrap_or(f64::NAN)),
+        },
         layers: a.layers,
         global: a.global,
         out: a.out,
@@ -86,6 +96,12 @@ pub fn run(a: PruneArgs) -> Result<()> {
         command: super::command_line(),
     };
     let done = prune::prune_model(&cfg, compare::test_accuracy)?;
+    if let (PruneAmount::MaxParams(n), false) = (cfg.amount, a.quiet) {
+        eprintln!(
+            "sparsity {:.3}: the least that brings {} to at most {n} parameters",
+            done.sparsity, done.source_spec
+        );
+    }
     if let (Some(report), false) = (&done.report, a.quiet) {
         eprintln!(
             "structured pruning {} -> {}:\n{report}",

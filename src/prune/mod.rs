@@ -69,9 +69,9 @@ pub use io::{read_model, read_model_normalized, write_model};
 pub use masks::{
     check_masks, grow_masks, read_masks, write_masks, zero_masked, MaskCount, StoreMasks,
 };
-pub use run::{prune_model, Method, PruneConfig, PruneRun};
+pub use run::{prune_model, Method, PruneAmount, PruneConfig, PruneRun};
 pub use selection::LayerSelection;
-pub use structured::{pruned_spec, structured, StructuredPrune};
+pub use structured::{pruned_spec, sparsity_for_budget, structured, StructuredPrune};
 pub use transfer::{
     init_from, top_l1_rows, transfer, transfer_with_masks, Fill, InitFrom, Kept, Ranking,
     TransferLine, TransferReport,

@@ -17,7 +17,7 @@ use super::accounting::Summary;
 use super::io::{read_model_normalized, write_model};
 use super::masks::{check_masks, grow_masks, read_masks, MaskCount};
 use super::selection::{check_sparsity, LayerSelection};
-use super::structured::structured;
+use super::structured::{sparsity_for_budget, structured};
 use super::transfer::TransferReport;
 use crate::data::{Dataset, Split};
 use crate::error::{Error, Result};
@@ -65,6 +65,19 @@ impl FromStr for Method {
     }
 }
 
+/// How much a [`PruneConfig`] removes.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum PruneAmount {
+    /// `sparsity`: the fraction to remove, in [0, 1): of each selected
+    /// layer's weights (unstructured; of all of them with `global`), or of
+    /// each selected hidden layer's units/channels (structured).
+    Sparsity(f64),
+    /// `max_params`, structured only: the least sparsity (in thousandths)
+    /// whose smaller spec has at most this many parameters
+    /// ([`sparsity_for_budget`]).
+    MaxParams(u64),
+}
+
 /// What to prune and where to put the result.
 #[derive(Debug, Clone, PartialEq)]
 pub struct PruneConfig {
@@ -72,10 +85,8 @@ pub struct PruneConfig {
     /// stays in force.
     pub model: PathBuf,
     pub method: Method,
-    /// Fraction to remove, in [0, 1): of each selected layer's weights
-    /// (unstructured; of all of them with `global`), or of each selected
-    /// hidden layer's units/channels (structured).
-    pub sparsity: f64,
+    /// How much to remove: a sparsity, or (structured) a parameter budget.
+    pub amount: PruneAmount,
     /// Layers to prune, e.g. `layers.0,layers.3` (None: all with weights;
     /// structured never prunes the output layer).
     pub layers: Option<String>,
@@ -92,7 +103,18 @@ pub struct PruneConfig {
 impl PruneConfig {
     /// Checks the fields that need no files; errors name the field.
     pub fn validate(&self) -> Result<()> {
-        check_sparsity(self.sparsity)?;
+        match self.amount {
+            PruneAmount::Sparsity(s) => check_sparsity(s)?,
+            PruneAmount::MaxParams(_) if self.method == Method::Unstructured => {
+                return Err(Error::Config {
+                    field: "max_params".into(),
+                    message: "applies to l1-structured only: unstructured pruning zeroes weights \
+                              but keeps them in the model; give `sparsity` instead"
+                        .into(),
+                })
+            }
+            PruneAmount::MaxParams(_) => {}
+        }
         if self.global && self.method == Method::Structured {
             return Err(Error::Config {
                 field: "global".into(),
@@ -110,6 +132,8 @@ pub struct PruneRun {
     pub source_spec: ModelSpec,
     /// The pruned model's spec (smaller after structured pruning).
     pub spec: ModelSpec,
+    /// The sparsity applied (the one a parameter budget came to).
+    pub sparsity: f64,
     /// The source model's numbers.
     pub before: Summary,
     /// The pruned model's numbers.
@@ -179,6 +203,10 @@ where
         Some(text) => LayerSelection::parse(text, &spec)?,
         None => LayerSelection::All,
     };
+    let sparsity = match cfg.amount {
+        PruneAmount::Sparsity(s) => s,
+        PruneAmount::MaxParams(n) => sparsity_for_budget(&spec, n, &sel)?.0,
+    };
     let test = match &cfg.data {
         Some(dir) => Some(Dataset::open(dir, Split::Test)?),
         None => None,
@@ -208,14 +236,14 @@ where
                 &spec,
                 &mut w,
                 old_masks.as_deref(),
-                cfg.sparsity,
+                sparsity,
                 &sel,
                 cfg.global,
             )?;
             (spec.clone(), w, Some(masks), None)
         }
         Method::Structured => {
-            let small = structured(&spec, &weights, old_masks.as_deref(), cfg.sparsity, &sel)?;
+            let small = structured(&spec, &weights, old_masks.as_deref(), sparsity, &sel)?;
             (small.spec, small.weights, small.masks, Some(small.report))
         }
     };
@@ -234,6 +262,7 @@ where
         },
         source_spec: spec,
         spec: new_spec,
+        sparsity,
         before,
         after,
         report,
@@ -249,7 +278,11 @@ fn write_record(cfg: &PruneConfig, run: &PruneRun) -> Result<()> {
         "source": cfg.model.display().to_string(),
         "source_spec": run.source_spec.to_string(),
         "method": cfg.method.as_str(),
-        "sparsity": cfg.sparsity,
+        "sparsity": run.sparsity,
+        "max_params": match cfg.amount {
+            PruneAmount::MaxParams(n) => Some(n),
+            PruneAmount::Sparsity(_) => None,
+        },
         "layers": cfg.layers,
         "global": cfg.global,
         "spec": run.spec.to_string(),
@@ -275,7 +308,7 @@ mod tests {
         PruneConfig {
             model: model.to_path_buf(),
             method,
-            sparsity: 0.5,
+            amount: PruneAmount::Sparsity(0.5),
             layers: None,
             global: false,
             out: out.to_path_buf(),

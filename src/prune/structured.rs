@@ -111,6 +111,42 @@ pub fn pruned_spec(spec: &ModelSpec, sparsity: f64, sel: &LayerSelection) -> Res
     ModelSpec::parse(&text)
 }
 
+/// The steps in which [`sparsity_for_budget`] searches: thousandths.
+const BUDGET_STEPS: u32 = 1000;
+
+/// The smallest sparsity, in thousandths, at which [`pruned_spec`] of `spec`
+/// has at most `max_params` parameters, with that spec: a parameter budget
+/// (`distill prune --max-params`) turned into the sparsity that meets it
+/// while keeping as many units as it can. Widths only shrink as the
+/// sparsity grows, so the first sparsity that meets the budget is the
+/// least. Errors name the field `max_params` when no sparsity below 1 meets
+/// it (every selected layer down to one unit is still too large).
+pub fn sparsity_for_budget(
+    spec: &ModelSpec,
+    max_params: u64,
+    sel: &LayerSelection,
+) -> Result<(f64, ModelSpec)> {
+    let mut smallest = None;
+    for step in 0..BUDGET_STEPS {
+        let sparsity = f64::from(step) / f64::from(BUDGET_STEPS);
+        let small = pruned_spec(spec, sparsity, sel)?;
+        if small.param_count() <= max_params {
+            return Ok((sparsity, small));
+        }
+        smallest = Some(small);
+    }
+    let (params, text) = smallest.map_or((spec.param_count(), spec.to_string()), |s| {
+        (s.param_count(), s.to_string())
+    });
+    Err(Error::Config {
+        field: "max_params".into(),
+        message: format!(
+            "{max_params} is below what structured pruning of {spec} can reach: its smallest \
+             pruned spec, {text}, has {params} parameters"
+        ),
+    })
+}
+
 /// The result of [`structured`].
 #[derive(Debug, Clone)]
 pub struct StructuredPrune {
@@ -159,6 +195,33 @@ pub fn structured(
 mod tests {
     use super::super::test_util::host;
     use super::*;
+
+    #[test]
+    fn a_parameter_budget_is_met_with_the_least_sparsity() {
+        // ResNet-20 to 10k parameters: widths 3, 6, 12 (9,937 parameters);
+        // a thousandth less keeps 13 channels in the last stage.
+        let spec = ModelSpec::parse("resnet:16x3-32x3-64x3-10").unwrap();
+        let (s, small) = sparsity_for_budget(&spec, 10_000, &LayerSelection::All).unwrap();
+        assert_eq!(small.as_str(), "resnet:3x3-6x3-12x3-10");
+        assert_eq!(small.param_count(), 9937);
+        assert!((s - 0.805).abs() < 1e-9, "{s}");
+        let before = pruned_spec(&spec, s - 0.001, &LayerSelection::All).unwrap();
+        assert!(before.param_count() > 10_000, "{before}");
+        // A budget the model already meets removes nothing.
+        let (s, same) = sparsity_for_budget(&spec, 300_000, &LayerSelection::All).unwrap();
+        assert_eq!((s, same.as_str()), (0.0, spec.as_str()));
+        // A budget below one unit per layer is refused, naming the field
+        // and the smallest spec there is.
+        let mlp = ModelSpec::parse("mlp:784-128-10").unwrap();
+        let e = sparsity_for_budget(&mlp, 100, &LayerSelection::All)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("max_params"), "{e}");
+        assert!(
+            e.contains("mlp:784-1-10") && e.contains("805 parameters"),
+            "{e}"
+        );
+    }
 
     #[test]
     fn structured_pruning_slices_a_mask_like_its_weights() {
