@@ -26,6 +26,7 @@ use std::time::Instant;
 use xxhash_rust::xxh3::xxh3_128;
 
 use crate::cache::manifest::MANIFEST_FILE;
+use crate::cache::refuse_foreign_dir;
 use crate::cache::views::{view_dir, ViewSetSummary, ViewStats};
 use crate::cache::{
     log_softmax_tempered, BuildSpec, CacheMeta, CacheReader, CacheWriter, DatasetInfo, Encoding,
@@ -439,6 +440,14 @@ fn check_view_set(
             message: "a view set needs at least one view".into(),
         });
     }
+    check_set_root(out, opts)?;
+    Ok(())
+}
+
+/// Refuses `out` as a view set's root when it holds a cache of the plain
+/// images (unless overwriting) or files of something else
+/// ([`refuse_foreign_dir`]).
+fn check_set_root(out: &Path, opts: &BuildOptions) -> Result<()> {
     if out.join(MANIFEST_FILE).exists() && !opts.writer.overwrite {
         return Err(Error::Config {
             field: "out".into(),
@@ -448,7 +457,7 @@ fn check_view_set(
             ),
         });
     }
-    Ok(())
+    Ok(refuse_foreign_dir(out)?)
 }
 
 /// The build options of view `v` of `set`.
@@ -823,15 +832,7 @@ pub unsafe fn import_view_set(
             ),
         });
     }
-    if out.join(MANIFEST_FILE).exists() && !opts.writer.overwrite {
-        return Err(Error::Config {
-            field: "out".into(),
-            message: format!(
-                "{} holds a cache of the plain images; write the view set elsewhere",
-                out.display()
-            ),
-        });
-    }
+    check_set_root(out, opts)?;
     let mut opened = Vec::with_capacity(files.len());
     let mut prints = Vec::with_capacity(files.len());
     for f in files {

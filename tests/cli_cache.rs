@@ -848,3 +848,65 @@ fn augmented_view_sets_hold_the_teachers_outputs_on_the_views_the_student_sees()
         &["view-1/manifest.json", "id"],
     );
 }
+
+#[test]
+fn a_cache_is_not_built_into_a_model_directory() {
+    // `--out` pointing at the teacher's own directory (or any directory of
+    // other files) is refused before anything is written there, for a cache
+    // of the plain images and for a view set alike; the model is untouched.
+    let tmp = tempfile::tempdir().unwrap();
+    let model = tmp.path().join("teacher");
+    fs::create_dir(&model).unwrap();
+    let mut before = Vec::new();
+    for entry in fs::read_dir(teacher_dir()).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_file() {
+            let name = path.file_name().unwrap().to_owned();
+            fs::copy(&path, model.join(&name)).unwrap();
+            before.push((name, fs::read(&path).unwrap()));
+        }
+    }
+    assert!(model.join("model.json").exists());
+    let data = s(&small_data());
+    let teacher = s(&teacher_dir());
+    let plain = cache_build_args(&teacher, &data, "teacher", &["--split", "test", "-q"]);
+    fails(
+        tmp.path(),
+        &plain,
+        &["teacher", "not a cache directory", "model.json"],
+    );
+    let views = cache_build_args(
+        &teacher,
+        &data,
+        "teacher",
+        &[
+            "--split",
+            "test",
+            "--augment",
+            "shift=1",
+            "--views",
+            "2",
+            "-q",
+        ],
+    );
+    fails(
+        tmp.path(),
+        &views,
+        &["teacher", "not a cache directory", "model.json"],
+    );
+    let mut after: Vec<_> = fs::read_dir(&model)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    after.sort();
+    let mut names: Vec<_> = before.iter().map(|(n, _)| n.clone()).collect();
+    names.sort();
+    assert_eq!(after, names, "nothing is added to the model's directory");
+    for (name, bytes) in before {
+        assert_eq!(
+            fs::read(model.join(&name)).unwrap(),
+            bytes,
+            "{name:?} changed"
+        );
+    }
+}

@@ -55,3 +55,24 @@ fn the_committed_cnn_teachers_load_and_evaluate() {
         );
     }
 }
+
+#[test]
+fn eval_checks_every_model_before_printing_a_table() {
+    // The second model is missing: the error names it, and no half table
+    // (a header and the first model's row) is printed before it.
+    let dir = tempfile::tempdir().unwrap();
+    let data = s(&small_data());
+    let teacher = s(&teacher_dir());
+    let args = [
+        "eval", "--model", &teacher, "--model", "nowhere", "--data", &data,
+    ];
+    let out = distill(dir.path(), &args);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("nowhere"), "{stderr}");
+    assert!(
+        out.stdout.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+}

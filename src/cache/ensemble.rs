@@ -42,7 +42,7 @@ use rayon::prelude::*;
 use xxhash_rust::xxh3::xxh3_128;
 
 use super::views::{view_dir, ViewSetSummary, ViewStats};
-use super::writer::{CacheMeta, CacheWriter};
+use super::writer::{refuse_foreign_dir, CacheMeta, CacheWriter};
 use super::{
     CacheError, CacheReader, CacheViews, Encoding, Manifest, Result, TeacherInfo, WriterOptions,
 };
@@ -147,6 +147,9 @@ pub unsafe fn ensemble_caches(
             ));
         }
     }
+    // The root of a view set is checked here; every cache the ensemble
+    // writes (the plain one, or each view's) is checked by its writer.
+    refuse_foreign_dir(out)?;
     let sets: Vec<CacheViews> = members
         .iter()
         // SAFETY: forwarded from the caller.

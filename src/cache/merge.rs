@@ -39,7 +39,8 @@ use super::part::{part_dir, PartManifest, PartRange, PartSpec, PART_FILE};
 use super::settings::BuildSpec;
 use super::views::view_dir;
 use super::writer::{
-    claim_dir, commit, lock_dir, lock_unsupported, manifest_of, Done, BUILD_FILE, LOCK_FILE,
+    claim_dir, commit, lock_dir, lock_unsupported, manifest_of, refuse_foreign_dir, Done,
+    BUILD_FILE, LOCK_FILE,
 };
 use super::{CacheError, Result};
 
@@ -556,7 +557,10 @@ pub(crate) fn merge_parts_with(parts: &[PathBuf], out: &Path, links: bool) -> Re
         .ok_or_else(|| refuse("merge", "no part directories given"))?;
     let plans = match layout(first)? {
         Layout::Plain => vec![(out.to_path_buf(), plan_merge(parts)?)],
-        Layout::Views(k) => plan_views(parts, out, k)?,
+        Layout::Views(k) => {
+            refuse_foreign_dir(out)?;
+            plan_views(parts, out, k)?
+        }
     };
     let mut report = MergeReport {
         caches: Vec::new(),

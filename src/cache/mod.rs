@@ -69,6 +69,7 @@ pub use reader::{
 };
 pub use settings::BuildSpec;
 pub use views::CacheViews;
+pub(crate) use writer::refuse_foreign_dir;
 pub use writer::{import_logits, CacheMeta, CacheWriter, WriterOptions};
 
 /// Errors from building, opening, verifying or reading a cache.
@@ -122,6 +123,10 @@ pub enum CacheError {
     /// touched; `what` names the part (its directory) or the output.
     #[error("{what}: cannot merge: {message}")]
     Merge { what: String, message: String },
+    /// An output directory that already holds files of something else
+    /// (a model, a dataset): a cache is written into a directory of its own.
+    #[error("{path}: not a cache directory: it holds {found}; write the cache into a new or empty directory")]
+    NotACacheDir { path: PathBuf, found: String },
     /// A second writer tried to build into a directory that is being written.
     #[error("{path}: another process is writing this cache (the lock is held); wait for it to finish or use another directory")]
     Locked { path: PathBuf },

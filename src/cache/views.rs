@@ -27,7 +27,7 @@ use serde::{Deserialize, Serialize};
 use xxhash_rust::xxh3::xxh3_128;
 
 use super::manifest::MANIFEST_FILE;
-use super::writer::first_setting_difference;
+use super::settings::first_setting_difference;
 use super::{CacheError, CacheReader, Result, ViewInfo};
 use crate::data::augment::Augment;
 

@@ -42,6 +42,7 @@ use super::manifest::{
 use super::part::{PartManifest, PartRange, PartSpec, PART_FILE};
 pub use super::settings::first_setting_difference;
 use super::settings::BuildSpec;
+use super::views::SUMMARY_FILE;
 use super::{log_softmax_tempered, CacheError, Result};
 
 /// Name of the lock file held while writing.
@@ -147,8 +148,64 @@ fn is_shard_file(name: &str) -> bool {
     name.starts_with("shard-") && name.ends_with(".dsc")
 }
 
+/// Whether `name` is one of the files a cache or a view set writes: its
+/// manifest, build and part descriptions, view-set summary, lock, shards,
+/// view directories and temporary files.
+fn is_cache_entry(name: &str) -> bool {
+    [
+        MANIFEST_FILE,
+        PART_FILE,
+        BUILD_FILE,
+        SUMMARY_FILE,
+        LOCK_FILE,
+    ]
+    .contains(&name)
+        || name.starts_with("shard-")
+        || name.starts_with("view-")
+        || (name.starts_with('.') && name.ends_with(".tmp"))
+}
+
+/// Refuses an existing directory that holds anything a cache or view set
+/// does not write (a model's files, a dataset, notes), so that a build
+/// never adds shards beside them or clears them as stale. A missing or
+/// empty directory, or one holding a (part of a) cache, passes.
+pub(crate) fn refuse_foreign_dir(dir: &Path) -> Result<()> {
+    if dir.exists() && !dir.is_dir() {
+        return Err(CacheError::input(
+            dir.display().to_string(),
+            "is a file, not a directory; a cache is written into a directory of its own",
+        ));
+    }
+    let entries = match fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(CacheError::io(dir, "list directory", e)),
+    };
+    let mut foreign: Vec<String> = entries
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|name| !is_cache_entry(name))
+        .collect();
+    if foreign.is_empty() {
+        return Ok(());
+    }
+    foreign.sort();
+    const SHOWN: usize = 3;
+    let mut found = foreign[..foreign.len().min(SHOWN)].join(", ");
+    if foreign.len() > SHOWN {
+        found.push_str(&format!(" and {} more", foreign.len() - SHOWN));
+    }
+    Err(CacheError::NotACacheDir {
+        path: dir.to_path_buf(),
+        found,
+    })
+}
+
 /// Creates `dir` and takes its exclusive lock, held by the returned file.
+/// A directory holding files of something else is refused first
+/// ([`refuse_foreign_dir`]).
 pub(crate) fn lock_dir(dir: &Path) -> Result<File> {
+    refuse_foreign_dir(dir)?;
     fs::create_dir_all(dir).map_err(|e| CacheError::io(dir, "create directory", e))?;
     let lock_path = dir.join(LOCK_FILE);
     let lock = OpenOptions::new()

@@ -1,6 +1,6 @@
-//! The compression commands of the CLI: `distill prune`, the `--init-from`
-//! part of `distill train` (parameter transfer, and fine-tuning of pruned
-//! models with their masks), and the comparison table of `distill eval`.
+//! The compression commands of the CLI: `distill prune`, and the
+//! `--init-from` part of `distill train` (parameter transfer, and
+//! fine-tuning of pruned models with their masks).
 //! The work lives in [`distill::prune`] and [`distill::train::compare`]; this
 //! file turns flags into a [`PruneConfig`] and prints.
 
@@ -8,9 +8,7 @@ use std::path::{Path, PathBuf};
 
 use clap::{ArgGroup, Args};
 
-use distill::data::Dataset;
 use distill::error::Result;
-use distill::model::Backend;
 use distill::prune::{self, InitFrom, MaskCount, PruneAmount, PruneConfig, Summary};
 use distill::train::compare;
 
@@ -137,52 +135,5 @@ pub fn run(a: PruneArgs) -> Result<()> {
         acc(after)
     );
     println!("written to {}", cfg.out.display());
-    Ok(())
-}
-
-fn human_bytes(n: u64) -> String {
-    if n >= 1 << 20 {
-        format!("{:.2} MiB", n as f64 / (1u64 << 20) as f64)
-    } else {
-        format!("{:.1} KiB", n as f64 / 1024.0)
-    }
-}
-
-/// `distill eval --model A --model B ...`: one row per model, printed as
-/// each is measured.
-pub fn eval_table<D: Backend>(
-    dev: D,
-    models: &[PathBuf],
-    data: &Dataset,
-    batch: usize,
-) -> Result<()> {
-    println!(
-        "{:<36} {:>9} {:>8} {:>11} {:>11} {:>10} {:>12} {:>10} {:>11}",
-        "model",
-        "accuracy",
-        "loss",
-        "parameters",
-        "non-zeros",
-        "size",
-        "FLOPs",
-        "ms/smp@1",
-        "ms/smp@256"
-    );
-    for m in models {
-        let r = compare::measure(m, dev.clone(), data, batch)?;
-        println!(
-            "{:<36} {:>9} {:>8} {:>11} {:>11} {:>10} {:>12} {:>10.4} {:>11.4}",
-            m.display().to_string(),
-            r.accuracy
-                .map_or("-".into(), |x| format!("{:.2}%", 100.0 * x)),
-            r.loss.map_or("-".into(), |x| format!("{x:.4}")),
-            r.params,
-            r.nonzero,
-            human_bytes(r.bytes),
-            r.flops,
-            1e3 * r.latency_1,
-            1e3 * r.latency_256
-        );
-    }
     Ok(())
 }

@@ -66,7 +66,17 @@ pub fn measure<D: Backend>(
 ) -> Result<ModelRow> {
     let dir = ModelDir::new(model);
     let net = dir.load(device)?;
-    let r = evaluate(&net, data, batch)?;
+    measure_loaded(&dir, &net, data, batch)
+}
+
+/// [`measure`] for a network already loaded from `dir`.
+pub fn measure_loaded<D: Backend>(
+    dir: &ModelDir,
+    net: &Network<D>,
+    data: &Dataset,
+    batch: usize,
+) -> Result<ModelRow> {
+    let r = evaluate(net, data, batch)?;
     let file = dir.weights();
     Ok(ModelRow {
         accuracy: r.accuracy,
@@ -76,8 +86,8 @@ pub fn measure<D: Backend>(
         bytes: fs::metadata(file).map_err(|e| Error::io(file, e))?.len(),
         flops: net.spec().flops(),
         samples_per_sec: r.samples_per_sec,
-        latency_1: latency(&net, data, 1, 200),
-        latency_256: latency(&net, data, 256, 4),
+        latency_1: latency(net, data, 1, 200),
+        latency_256: latency(net, data, 256, 4),
     })
 }
 

@@ -698,7 +698,7 @@ fn fidelity_report() {
 fn resume_removes_temporary_files_of_a_killed_writer() {
     // A build killed while `fsutil::atomic_write` wrote `build.json` (or the
     // manifest) leaves `.NAME.PID.tmp`; one killed mid-shard leaves
-    // `shard-...tmp`. The rerun removes them; other files stay.
+    // `shard-...tmp`. The rerun removes them.
     let dir = tempfile::tempdir().unwrap();
     let left = [
         ".build.json.4242.tmp",
@@ -709,11 +709,64 @@ fn resume_removes_temporary_files_of_a_killed_writer() {
     for name in left {
         fs::write(dir.path().join(name), b"partial").unwrap();
     }
-    fs::write(dir.path().join("notes.tmp"), b"the user's").unwrap();
     let built = build(dir.path(), 40, 5, Encoding::F16);
     assert_eq!(built.manifest.dataset.num_samples, 40);
     for name in left {
         assert!(!dir.path().join(name).exists(), "{name} left behind");
     }
-    assert!(dir.path().join("notes.tmp").exists());
+}
+
+#[test]
+fn a_directory_holding_other_files_is_refused_untouched() {
+    // A model's directory (or a dataset's, or notes) is not a cache's: the
+    // build refuses it before it takes a lock or writes anything there, and
+    // names what it found.
+    let dir = tempfile::tempdir().unwrap();
+    let names = [
+        "model.json",
+        "model.safetensors",
+        "metrics.jsonl",
+        "notes.tmp",
+    ];
+    for name in names {
+        fs::write(dir.path().join(name), name.as_bytes()).unwrap();
+    }
+    let err =
+        CacheWriter::create_or_resume(dir.path(), meta(10, 4, Encoding::F16, true), small_opts())
+            .err()
+            .expect("a model's directory is refused");
+    let msg = err.to_string();
+    assert!(matches!(err, CacheError::NotACacheDir { .. }), "{msg}");
+    assert!(msg.contains("not a cache directory"), "{msg}");
+    assert!(
+        msg.contains("metrics.jsonl, model.json, model.safetensors and 1 more"),
+        "{msg}"
+    );
+    let mut left: Vec<String> = fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    left.sort();
+    assert_eq!(
+        left,
+        [
+            "metrics.jsonl",
+            "model.json",
+            "model.safetensors",
+            "notes.tmp"
+        ]
+    );
+    for name in names {
+        assert_eq!(fs::read(dir.path().join(name)).unwrap(), name.as_bytes());
+    }
+    // A path that is a file is refused too, and left as it was.
+    let file = dir.path().join("model.json");
+    let err = CacheWriter::create_or_resume(&file, meta(10, 4, Encoding::F16, true), small_opts())
+        .err()
+        .expect("a file is refused");
+    assert!(
+        err.to_string().contains("is a file, not a directory"),
+        "{err}"
+    );
+    assert_eq!(fs::read(&file).unwrap(), b"model.json");
 }
