@@ -27,7 +27,7 @@ use xxhash_rust::xxh3::xxh3_128;
 
 use crate::cache::manifest::MANIFEST_FILE;
 use crate::cache::refuse_foreign_dir;
-use crate::cache::views::{view_dir, ViewSetSummary, ViewStats};
+use crate::cache::views::{view_dir, ViewSetSummary, ViewStats, SUMMARY_FILE};
 use crate::cache::{
     log_softmax_tempered, BuildSpec, CacheMeta, CacheReader, CacheWriter, DatasetInfo, Encoding,
     Manifest, PartManifest, PartRange, PartSpec, TeacherInfo, ViewInfo, WriterOptions,
@@ -36,7 +36,7 @@ use crate::data::augment::Augment;
 use crate::data::Dataset;
 use crate::error::{Error, Result};
 use crate::model::compat::check_compatible;
-use crate::model::{Backend, Network};
+use crate::model::{Backend, ModelDir, Network};
 
 /// How to build a cache from a teacher.
 #[derive(Debug, Clone)]
@@ -458,6 +458,35 @@ fn check_set_root(out: &Path, opts: &BuildOptions) -> Result<()> {
         });
     }
     Ok(refuse_foreign_dir(out)?)
+}
+
+/// Refuses `out` as the directory of exported views when it holds a model
+/// (its card or weights) or a cache: the images would sit beside files
+/// they do not belong to, and a cache with them could no longer be resumed
+/// ([`refuse_foreign_dir`]).
+fn refuse_model_or_cache(out: &Path) -> Result<()> {
+    let model = ModelDir::new(out);
+    let found = [
+        model.card(),
+        model.weights().to_path_buf(),
+        out.join(MANIFEST_FILE),
+        out.join(SUMMARY_FILE),
+    ]
+    .into_iter()
+    .find(|p| p.exists());
+    match found {
+        Some(p) => Err(Error::Config {
+            field: "out".into(),
+            message: format!(
+                "{} holds {}: a model's or a cache's directory; export the views into a \
+                 directory of their own",
+                out.display(),
+                p.file_name()
+                    .map_or_else(String::new, |n| n.to_string_lossy().into_owned())
+            ),
+        }),
+        None => Ok(()),
+    }
 }
 
 /// The build options of view `v` of `set`.
@@ -961,6 +990,7 @@ pub fn export_views(
             message: "must be at least 1".into(),
         });
     }
+    refuse_model_or_cache(out)?;
     std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
     let shape = data.sample_shape();
     let len = data.sample_len();

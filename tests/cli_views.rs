@@ -264,6 +264,20 @@ fn view_set_import_refuses_bad_input() {
         ],
         &["--augment"],
     );
+    // Nor into a model's directory: the teacher's files stay alone.
+    let model = tmp.path().join("model");
+    fs::create_dir(&model).unwrap();
+    fs::write(model.join("model.json"), b"{}").unwrap();
+    let mut a = vec![
+        "views", "export", "--data", &data, "--views", "1", "--out", "model",
+    ];
+    a.extend(AUG);
+    fails(
+        tmp.path(),
+        &a,
+        &["--out", "model.json", "directory of their own"],
+    );
+    assert_eq!(fs::read_dir(&model).unwrap().count(), 1, "nothing is added");
 }
 
 /// A Python with PyTorch: `DISTILL_TORCH_PYTHON`, else the venv the
