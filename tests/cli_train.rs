@@ -160,6 +160,49 @@ fn same_seed_same_weights_and_resume_matches_uninterrupted_run() {
 }
 
 #[test]
+fn a_rerun_stopped_early_leaves_an_unfinished_run_not_the_earlier_model() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = s(&small_data());
+    ok(tmp.path(), &mlp_args(&data, "run", &[]));
+    let run = tmp.path().join("run");
+    let finished = fs::read(run.join("model.safetensors")).unwrap();
+    // The same settings again, stopped after 5 of its 64 steps: the earlier
+    // model's files are gone, so nothing reads the new run's metrics as
+    // theirs, and --resume continues the rerun instead of calling it
+    // finished.
+    let out = ok(
+        tmp.path(),
+        &mlp_args(
+            &data,
+            "run",
+            &["--checkpoint-every", "7", "--stop-after-steps", "5"],
+        ),
+    );
+    assert!(out.contains("stopped after 5 steps"), "{out}");
+    for f in ["model.safetensors", "model.json", "curves.png", "model.py"] {
+        assert!(!run.join(f).exists(), "{f} of the earlier model survived");
+    }
+    assert!(run.join("checkpoint.safetensors").exists());
+    let out = ok(
+        tmp.path(),
+        &mlp_args(&data, "run", &["--checkpoint-every", "7", "--resume"]),
+    );
+    assert!(out.contains("final test accuracy"), "{out}");
+    assert_eq!(
+        fs::read(run.join("model.safetensors")).unwrap(),
+        finished,
+        "the resumed rerun differs from the first run"
+    );
+    assert_eq!(
+        fs::read_to_string(run.join("metrics.jsonl"))
+            .unwrap()
+            .lines()
+            .count(),
+        2
+    );
+}
+
+#[test]
 fn snapshots_are_models_of_their_epoch_and_survive_a_resume() {
     let tmp = tempfile::tempdir().unwrap();
     let data = s(&small_data());

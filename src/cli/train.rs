@@ -158,7 +158,8 @@ pub struct TrainArgs {
     resume: bool,
     /// Write over what OUT holds: a model trained with other settings, or
     /// the checkpoint of an unfinished run (without --resume). A model of
-    /// the same settings is replaced without it.
+    /// the same settings is replaced without it. A run that starts over
+    /// removes the earlier model's files before it writes anything.
     #[arg(long)]
     overwrite: bool,
     /// After each of these epochs (e.g. 10,20), also write the model as it

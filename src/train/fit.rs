@@ -42,7 +42,7 @@ use super::loader::{Batch, Loader};
 use super::loss::{loss_mixed, Targets};
 use super::metrics::{curve_points, write_metrics, EpochMetrics};
 use super::optim::Optimizer;
-use super::outdir::{claim_run_dir, lock_run_dir};
+use super::outdir::claim_run_dir;
 use super::pruning::Pruning;
 use super::sources::TrainSources;
 use super::validation::ValidationSplit;
@@ -174,8 +174,7 @@ impl<'a, D: Backend> Run<'a, D> {
             &mask_source,
         )?;
         pruning.apply(&mut net);
-        claim_run_dir(out_dir, cfg, opts.resume, opts.overwrite)?;
-        let lock = lock_run_dir(out_dir)?;
+        let lock = claim_run_dir(out_dir, cfg, opts.resume, opts.overwrite)?;
         let mut run = Run {
             device,
             cfg,

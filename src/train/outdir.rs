@@ -6,13 +6,20 @@
 //! `overwrite`. A checkpoint of an unfinished run is continued with `resume`
 //! or discarded with `overwrite`, never silently started over; `resume` on a
 //! finished run of the same settings, data and cache has nothing to do
-//! ([`finished_run`]). With `overwrite`, the earlier model's files that the
-//! run would not write itself (masks, `prune.json`, and without `resume` the
-//! checkpoint) are removed before it starts, so they cannot be read as the
-//! new model's.
+//! ([`finished_run`]).
+//!
+//! A run that starts over replaces the earlier model from its first step:
+//! the earlier model's weights, card, masks, pruning report and curves are
+//! removed, under the directory's lock, before the run writes anything. A
+//! rerun stopped early therefore leaves an unfinished run (its checkpoint
+//! continues with `resume`), never the earlier weights and card beside the
+//! new run's metrics. With `overwrite`, the files of an earlier model that
+//! the run would not write itself (masks, `prune.json`, and without `resume`
+//! the checkpoint) are removed too, so they cannot be read as the new
+//! model's.
 
 use std::fs;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use fs2::FileExt;
 
@@ -25,14 +32,39 @@ use crate::model::ModelDir;
 use super::card::ModelCard;
 use super::config::TrainConfig;
 
-/// Checks that a run of `cfg` may write into `dir`, and with `overwrite`
-/// clears the files of an earlier model there that the run would not
-/// replace. Errors name the field `out` and say which setting differs.
-pub fn claim_run_dir(dir: &Path, cfg: &TrainConfig, resume: bool, overwrite: bool) -> Result<()> {
+/// Checks that a run of `cfg` may write into `dir`, takes the directory's
+/// lock ([`lock_run_dir`]) and clears the files of an earlier model there
+/// that the run replaces (the module doc); the returned file holds the lock
+/// while the run writes. A refused directory is left as it was, with no lock
+/// file added. Errors name the field `out` and say which setting differs.
+pub fn claim_run_dir(
+    dir: &Path,
+    cfg: &TrainConfig,
+    resume: bool,
+    overwrite: bool,
+) -> Result<fs::File> {
+    replaced_files(dir, cfg, resume, overwrite)?;
+    let lock = lock_run_dir(dir)?;
+    // Checked again under the lock: a run that held it may have finished
+    // in between and left another model.
+    for path in replaced_files(dir, cfg, resume, overwrite)? {
+        remove_if_present(&path)?;
+    }
+    Ok(lock)
+}
+
+/// The files in `dir` that a run of `cfg` replaces before it starts, or the
+/// error that refuses the run; removes nothing.
+fn replaced_files(
+    dir: &Path,
+    cfg: &TrainConfig,
+    resume: bool,
+    overwrite: bool,
+) -> Result<Vec<PathBuf>> {
     // The run makes `dir` a directory whatever its name (`model.safetensors`
     // goes inside it); only an existing directory holds anything to protect.
     if !dir.is_dir() {
-        return Ok(());
+        return Ok(Vec::new());
     }
     let dir = &ModelDir::new(dir);
     let refuse = |message: String| Error::Config {
@@ -40,6 +72,7 @@ pub fn claim_run_dir(dir: &Path, cfg: &TrainConfig, resume: bool, overwrite: boo
         message,
     };
     let holds_model = dir.card().exists() || dir.has_weights();
+    let continues = resume && dir.checkpoint().exists();
     if holds_model {
         if let Some(why) = other_run(dir, cfg) {
             if !overwrite {
@@ -57,24 +90,33 @@ pub fn claim_run_dir(dir: &Path, cfg: &TrainConfig, resume: bool, overwrite: boo
             dir.path().display()
         )));
     }
-    if !overwrite {
-        return Ok(());
+    let mut replaced = Vec::new();
+    if holds_model && !continues {
+        // The weights go first: stopped between the two, the card alone
+        // still names the settings it was trained with.
+        replaced.extend([
+            dir.weights().to_path_buf(),
+            dir.card(),
+            dir.masks(),
+            dir.prune_report(),
+            dir.curves(),
+            dir.torch_module(),
+        ]);
     }
-    let mut stale = vec![dir.masks(), dir.prune_report()];
-    if !resume {
-        stale.push(dir.checkpoint());
+    if overwrite {
+        replaced.extend([dir.masks(), dir.prune_report()]);
+        if !resume {
+            replaced.push(dir.checkpoint());
+        }
     }
-    for path in stale {
-        remove_if_present(&path)?;
-    }
-    Ok(())
+    Ok(replaced)
 }
 
 /// Creates `dir` and takes its exclusive lock (`ModelDir::lock`), held by
 /// the returned file while the run writes there: a second run into the
 /// same directory is refused instead of interleaving its files with the
 /// first's. The lock file stays (empty) when the run ends.
-pub fn lock_run_dir(path: &Path) -> Result<fs::File> {
+fn lock_run_dir(path: &Path) -> Result<fs::File> {
     fs::create_dir_all(path).map_err(|e| Error::io(path, e))?;
     let lock_path = ModelDir::new(path).lock();
     let lock = fs::OpenOptions::new()
@@ -276,7 +318,81 @@ mod tests {
             "{e}"
         );
         assert!(dir.masks().exists(), "a refusal removes nothing");
+        assert!(!dir.lock().exists(), "a refusal adds no lock file");
         claim_run_dir(dir.path(), &c, false, true).unwrap();
         assert!(!dir.masks().exists(), "stale masks are cleared");
+    }
+
+    /// A finished model's files as a run of `c` leaves them.
+    fn finished_model(dir: &ModelDir, c: &TrainConfig) -> Vec<PathBuf> {
+        let card = ModelCard {
+            spec: c.spec.clone(),
+            parameters: 0,
+            flops_per_sample: 0,
+            weights_fingerprint: String::new(),
+            normalization: None,
+            data: None,
+            config: Some(c.clone()),
+            cache: None,
+            test_accuracy: Some(0.5),
+            test_loss: None,
+            val_accuracy: None,
+            val_loss: None,
+            best_val_epoch: None,
+            best_val_epoch_test_accuracy: None,
+            snapshot_epoch: None,
+            teacher_agreement: None,
+            train_seconds: 1.0,
+            command: String::new(),
+            pytorch: String::new(),
+            distill_version: String::new(),
+        };
+        card.save(&dir.card()).unwrap();
+        let files = [dir.weights().to_path_buf(), dir.curves(), dir.torch_module()];
+        for f in &files {
+            fs::write(f, b"earlier model").unwrap();
+        }
+        files.into_iter().chain([dir.card()]).collect()
+    }
+
+    #[test]
+    fn a_rerun_removes_the_earlier_model_before_it_writes() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = ModelDir::new(tmp.path());
+        let c = cfg("mlp:784-16-10");
+        let files = finished_model(&dir, &c);
+        let lock = claim_run_dir(dir.path(), &c, false, false).unwrap();
+        for f in &files {
+            assert!(!f.exists(), "{} survived the rerun's start", f.display());
+        }
+        // Until the run ends, a second run into the directory is refused.
+        let e = claim_run_dir(dir.path(), &c, false, false)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("another run is writing"), "{e}");
+        drop(lock);
+
+        // Other settings are refused with every file in place; with
+        // `overwrite` the earlier model goes too.
+        let files = finished_model(&dir, &c);
+        let other = cfg("mlp:784-32-10");
+        let e = claim_run_dir(dir.path(), &other, false, false)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("other settings"), "{e}");
+        assert!(files.iter().all(|f| f.exists()));
+        claim_run_dir(dir.path(), &other, false, true).unwrap();
+        assert!(files.iter().all(|f| !f.exists()));
+    }
+
+    #[test]
+    fn a_resumed_run_keeps_what_it_continues() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = ModelDir::new(tmp.path());
+        let c = cfg("mlp:784-16-10");
+        fs::write(dir.checkpoint(), b"state").unwrap();
+        fs::write(dir.metrics(), b"{}").unwrap();
+        claim_run_dir(dir.path(), &c, true, false).unwrap();
+        assert!(dir.checkpoint().exists() && dir.metrics().exists());
     }
 }
