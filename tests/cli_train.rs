@@ -167,9 +167,9 @@ fn a_rerun_stopped_early_leaves_an_unfinished_run_not_the_earlier_model() {
     let run = tmp.path().join("run");
     let finished = fs::read(run.join("model.safetensors")).unwrap();
     // The same settings again, stopped after 5 of its 64 steps: the earlier
-    // model's files are gone, so nothing reads the new run's metrics as
-    // theirs, and --resume continues the rerun instead of calling it
-    // finished.
+    // model's files moved into run/previous/, so nothing reads the new
+    // run's metrics as theirs, the earlier model stays whole there, and
+    // --resume continues the rerun instead of calling it finished.
     let out = ok(
         tmp.path(),
         &mlp_args(
@@ -183,6 +183,12 @@ fn a_rerun_stopped_early_leaves_an_unfinished_run_not_the_earlier_model() {
         assert!(!run.join(f).exists(), "{f} of the earlier model survived");
     }
     assert!(run.join("checkpoint.safetensors").exists());
+    assert_eq!(
+        fs::read(run.join("previous/model.safetensors")).unwrap(),
+        finished
+    );
+    let eval = ok(tmp.path(), &["eval", "--model", "run/previous", "--data", &data]);
+    assert!(eval.contains('%'), "{eval}");
     let out = ok(
         tmp.path(),
         &mlp_args(&data, "run", &["--checkpoint-every", "7", "--resume"]),
@@ -193,6 +199,7 @@ fn a_rerun_stopped_early_leaves_an_unfinished_run_not_the_earlier_model() {
         finished,
         "the resumed rerun differs from the first run"
     );
+    assert!(!run.join("previous").exists(), "finished, the rerun keeps no copy");
     assert_eq!(
         fs::read_to_string(run.join("metrics.jsonl"))
             .unwrap()
@@ -200,6 +207,24 @@ fn a_rerun_stopped_early_leaves_an_unfinished_run_not_the_earlier_model() {
             .count(),
         2
     );
+}
+
+#[test]
+fn a_model_is_not_fine_tuned_into_its_own_directory() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = s(&small_data());
+    ok(tmp.path(), &mlp_args(&data, "run", &[]));
+    let weights = fs::read(tmp.path().join("run/model.safetensors")).unwrap();
+    fails(
+        tmp.path(),
+        &mlp_args(&data, "./run/", &["--init-from", "run"]),
+        &["--init-from", "is also --out", "another directory"],
+    );
+    assert_eq!(
+        fs::read(tmp.path().join("run/model.safetensors")).unwrap(),
+        weights
+    );
+    assert!(!tmp.path().join("run/previous").exists());
 }
 
 #[test]

@@ -1,6 +1,6 @@
 //! `distill train`: train a model on hard labels or distil it from a cache.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use clap::Args;
 use distill::data::augment::Augment;
@@ -159,7 +159,8 @@ pub struct TrainArgs {
     /// Write over what OUT holds: a model trained with other settings, or
     /// the checkpoint of an unfinished run (without --resume). A model of
     /// the same settings is replaced without it. A run that starts over
-    /// removes the earlier model's files before it writes anything.
+    /// moves the earlier model into OUT/previous/ before it writes and
+    /// removes it once it has written its own.
     #[arg(long)]
     overwrite: bool,
     /// After each of these epochs (e.g. 10,20), also write the model as it
@@ -187,6 +188,18 @@ pub struct TrainArgs {
 
 /// Runs `distill train` (errors name flags: [`super::name_flags`]).
 pub fn train<D: Backend>(dev: D, a: TrainArgs) -> Result<()> {
+    if let Some(dir) = &a.init_from {
+        if same_directory(dir, &a.out) {
+            return Err(Error::Config {
+                field: "--init-from".into(),
+                message: format!(
+                    "{} is also --out: the run would replace the model it starts from, and a \
+                     rerun or --resume would start from the new one; write to another directory",
+                    dir.display()
+                ),
+            });
+        }
+    }
     let init = match &a.init_from {
         Some(dir) => Some(cli_prune::init_from(
             dir,
@@ -488,6 +501,14 @@ fn describe_loss(l: &LossConfig) -> String {
             ""
         }
     )
+}
+
+/// Whether two paths name one existing directory (after links and `..`).
+fn same_directory(a: &Path, b: &Path) -> bool {
+    match (a.canonicalize(), b.canonicalize()) {
+        (Ok(x), Ok(y)) => x == y,
+        _ => false,
+    }
 }
 
 #[cfg(test)]

@@ -104,6 +104,12 @@ impl ModelDir {
         self.dir.join(".train.lock")
     }
 
+    /// Where a training run keeps the model it replaces until it has
+    /// written its own (`train::outdir`).
+    pub fn previous(&self) -> PathBuf {
+        self.dir.join("previous")
+    }
+
     /// What `distill prune` did to make this model.
     pub fn prune_report(&self) -> PathBuf {
         self.dir.join("prune.json")

@@ -42,7 +42,7 @@ use super::loader::{Batch, Loader};
 use super::loss::{loss_mixed, Targets};
 use super::metrics::{curve_points, write_metrics, EpochMetrics};
 use super::optim::Optimizer;
-use super::outdir::claim_run_dir;
+use super::outdir::{claim_run_dir, drop_earlier_model};
 use super::pruning::Pruning;
 use super::sources::TrainSources;
 use super::validation::ValidationSplit;
@@ -478,6 +478,7 @@ impl<'a, D: Backend> Run<'a, D> {
             if self.dir.checkpoint().exists() {
                 let _ = fs::remove_file(self.dir.checkpoint());
             }
+            drop_earlier_model(&self.dir)?;
         }
         Ok(TrainOutcome {
             network: self.net,

@@ -9,14 +9,18 @@
 //! ([`finished_run`]).
 //!
 //! A run that starts over replaces the earlier model from its first step:
-//! the earlier model's weights, card, masks, pruning report and curves are
-//! removed, under the directory's lock, before the run writes anything. A
-//! rerun stopped early therefore leaves an unfinished run (its checkpoint
-//! continues with `resume`), never the earlier weights and card beside the
-//! new run's metrics. With `overwrite`, the files of an earlier model that
-//! the run would not write itself (masks, `prune.json`, and without `resume`
-//! the checkpoint) are removed too, so they cannot be read as the new
-//! model's.
+//! under the directory's lock, before the run writes anything, the earlier
+//! model's files (weights, card, masks, pruning report, curves, `model.py`,
+//! metrics) move into `OUT/previous/`, a model directory of its own, which
+//! the run removes once it has written its model. A run stopped early
+//! therefore leaves an unfinished run (its checkpoint, where it wrote one,
+//! continues with `resume`) beside the earlier model, intact in
+//! `previous/`, never the earlier weights and card beside the new run's
+//! metrics. Snapshots (`epoch-NNN/`) are complete models with their own
+//! cards and stay until a run writes the same epoch. With `overwrite`, the
+//! files of an earlier model that the run would not write itself (masks,
+//! `prune.json`, and without `resume` the checkpoint) are removed too, so
+//! they cannot be read as the new model's.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -33,38 +37,61 @@ use super::card::ModelCard;
 use super::config::TrainConfig;
 
 /// Checks that a run of `cfg` may write into `dir`, takes the directory's
-/// lock ([`lock_run_dir`]) and clears the files of an earlier model there
-/// that the run replaces (the module doc); the returned file holds the lock
-/// while the run writes. A refused directory is left as it was, with no lock
-/// file added. Errors name the field `out` and say which setting differs.
+/// lock ([`lock_run_dir`]) and sets aside the earlier model the run
+/// replaces (the module doc); the returned file holds the lock while the
+/// run writes. A refused directory is left as it was, with no lock file
+/// added. Errors name the field `out` and say which setting differs.
 pub fn claim_run_dir(
     dir: &Path,
     cfg: &TrainConfig,
     resume: bool,
     overwrite: bool,
 ) -> Result<fs::File> {
-    replaced_files(dir, cfg, resume, overwrite)?;
+    plan_claim(dir, cfg, resume, overwrite)?;
     let lock = lock_run_dir(dir)?;
-    // Checked again under the lock: a run that held it may have finished
+    // Planned again under the lock: a run that held it may have finished
     // in between and left another model.
-    for path in replaced_files(dir, cfg, resume, overwrite)? {
+    let claim = plan_claim(dir, cfg, resume, overwrite)?;
+    let dir = ModelDir::new(dir);
+    if claim.set_aside {
+        set_aside_earlier_model(&dir)?;
+    }
+    for path in claim.remove {
         remove_if_present(&path)?;
     }
     Ok(lock)
 }
 
-/// The files in `dir` that a run of `cfg` replaces before it starts, or the
-/// error that refuses the run; removes nothing.
-fn replaced_files(
-    dir: &Path,
-    cfg: &TrainConfig,
-    resume: bool,
-    overwrite: bool,
-) -> Result<Vec<PathBuf>> {
+/// Removes the earlier model that a run set aside ([`claim_run_dir`]),
+/// once the run has written its own.
+pub fn drop_earlier_model(dir: &ModelDir) -> Result<()> {
+    let previous = dir.previous();
+    match fs::remove_dir_all(&previous) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(Error::io(&previous, e)),
+    }
+}
+
+/// What a run does to its directory before it writes.
+struct Claim {
+    /// Move the earlier model's files into `previous/`.
+    set_aside: bool,
+    /// Files the run would otherwise leave stale.
+    remove: Vec<PathBuf>,
+}
+
+/// What a run of `cfg` does to `dir` before it starts, or the error that
+/// refuses the run; changes nothing.
+fn plan_claim(dir: &Path, cfg: &TrainConfig, resume: bool, overwrite: bool) -> Result<Claim> {
+    let mut claim = Claim {
+        set_aside: false,
+        remove: Vec::new(),
+    };
     // The run makes `dir` a directory whatever its name (`model.safetensors`
     // goes inside it); only an existing directory holds anything to protect.
     if !dir.is_dir() {
-        return Ok(Vec::new());
+        return Ok(claim);
     }
     let dir = &ModelDir::new(dir);
     let refuse = |message: String| Error::Config {
@@ -72,9 +99,10 @@ fn replaced_files(
         message,
     };
     let holds_model = dir.card().exists() || dir.has_weights();
-    let continues = resume && dir.checkpoint().exists();
+    let mut other = None;
     if holds_model {
-        if let Some(why) = other_run(dir, cfg) {
+        other = other_run(dir, cfg);
+        if let Some(why) = &other {
             if !overwrite {
                 return Err(refuse(format!(
                     "{} holds a model trained with other settings ({why}); use another directory, \
@@ -90,26 +118,62 @@ fn replaced_files(
             dir.path().display()
         )));
     }
-    let mut replaced = Vec::new();
-    if holds_model && !continues {
-        // The weights go first: stopped between the two, the card alone
-        // still names the settings it was trained with.
-        replaced.extend([
-            dir.weights().to_path_buf(),
-            dir.card(),
-            dir.masks(),
-            dir.prune_report(),
-            dir.curves(),
-            dir.torch_module(),
-        ]);
-    }
+    // A run that continues its checkpoint keeps a model of its own settings
+    // (it replaces it when it finishes); any other run sets it aside first.
+    let continues = resume && dir.checkpoint().exists();
+    claim.set_aside = holds_model && (!continues || other.is_some());
     if overwrite {
-        replaced.extend([dir.masks(), dir.prune_report()]);
+        claim.remove.extend([dir.masks(), dir.prune_report()]);
         if !resume {
-            replaced.push(dir.checkpoint());
+            claim.remove.push(dir.checkpoint());
         }
     }
-    Ok(replaced)
+    Ok(claim)
+}
+
+/// A model's files in `dir`, weights and card first.
+fn model_files(dir: &ModelDir) -> [PathBuf; 7] {
+    [
+        dir.weights().to_path_buf(),
+        dir.card(),
+        dir.masks(),
+        dir.prune_report(),
+        dir.curves(),
+        dir.torch_module(),
+        dir.metrics(),
+    ]
+}
+
+/// Moves the model in `dir` into `dir/previous/` (renames, one file at a
+/// time), so that nothing reads the new run's files as its and it survives
+/// a run stopped early. A complete model (weights and card) replaces an
+/// older `previous/`; the remains of a move that was itself stopped are
+/// moved to join the rest; the remains of a finish that was stopped before
+/// its card, beside a complete `previous/`, are removed.
+fn set_aside_earlier_model(dir: &ModelDir) -> Result<()> {
+    let previous = ModelDir::new(dir.previous());
+    let complete = |d: &ModelDir| d.has_weights() && d.card().exists();
+    if complete(dir) {
+        drop_earlier_model(dir)?;
+    } else if complete(&previous) {
+        for path in model_files(dir) {
+            remove_if_present(&path)?;
+        }
+        return Ok(());
+    }
+    fs::create_dir_all(previous.path()).map_err(|e| Error::io(previous.path(), e))?;
+    for path in model_files(dir) {
+        let Some(name) = path.file_name() else {
+            continue;
+        };
+        let to = previous.path().join(name);
+        match fs::rename(&path, &to) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(Error::io(&path, e)),
+        }
+    }
+    Ok(())
 }
 
 /// Creates `dir` and takes its exclusive lock (`ModelDir::lock`), held by
@@ -356,24 +420,65 @@ mod tests {
     }
 
     #[test]
-    fn a_rerun_removes_the_earlier_model_before_it_writes() {
+    fn a_rerun_sets_the_earlier_model_aside_before_it_writes() {
         let tmp = tempfile::tempdir().unwrap();
         let dir = ModelDir::new(tmp.path());
+        let previous = ModelDir::new(dir.previous());
         let c = cfg("mlp:784-16-10");
         let files = finished_model(&dir, &c);
+        let card = fs::read(dir.card()).unwrap();
         let lock = claim_run_dir(dir.path(), &c, false, false).unwrap();
         for f in &files {
-            assert!(!f.exists(), "{} survived the rerun's start", f.display());
+            assert!(!f.exists(), "{} stayed beside the rerun", f.display());
+            let kept = dir.previous().join(f.file_name().unwrap());
+            assert!(kept.exists(), "{} was not set aside", f.display());
         }
+        assert_eq!(fs::read(previous.card()).unwrap(), card);
         // Until the run ends, a second run into the directory is refused.
         let e = claim_run_dir(dir.path(), &c, false, false)
             .unwrap_err()
             .to_string();
         assert!(e.contains("another run is writing"), "{e}");
         drop(lock);
+        // Stopped before it wrote a model, the rerun leaves nothing to set
+        // aside: the next one keeps `previous/` as it is.
+        claim_run_dir(dir.path(), &c, false, false).unwrap();
+        assert_eq!(fs::read(previous.card()).unwrap(), card);
+        // Once a run has written its model, `previous/` goes.
+        finished_model(&dir, &c);
+        drop_earlier_model(&dir).unwrap();
+        assert!(!dir.previous().exists());
+        drop_earlier_model(&dir).unwrap();
+    }
 
-        // Other settings are refused with every file in place; with
-        // `overwrite` the earlier model goes too.
+    #[test]
+    fn a_stopped_move_is_completed_and_a_stopped_finish_is_dropped() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = ModelDir::new(tmp.path());
+        let previous = ModelDir::new(dir.previous());
+        let c = cfg("mlp:784-16-10");
+        // Stopped after the weights moved: the card follows them.
+        finished_model(&dir, &c);
+        fs::create_dir(previous.path()).unwrap();
+        fs::rename(dir.weights(), previous.weights()).unwrap();
+        claim_run_dir(dir.path(), &c, false, false).unwrap();
+        assert!(previous.has_weights() && previous.card().exists());
+        assert!(!dir.card().exists());
+        // A finish stopped between its weights and its card, beside a
+        // complete `previous/`: the half-written weights go, `previous/`
+        // stays whole (`overwrite`, as weights without a card need).
+        let kept = fs::read(previous.weights()).unwrap();
+        fs::write(dir.weights(), b"half-finished").unwrap();
+        claim_run_dir(dir.path(), &c, false, true).unwrap();
+        assert!(!dir.has_weights());
+        assert_eq!(fs::read(previous.weights()).unwrap(), kept);
+    }
+
+    #[test]
+    fn other_settings_are_set_aside_only_with_overwrite() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = ModelDir::new(tmp.path());
+        let c = cfg("mlp:784-16-10");
         let files = finished_model(&dir, &c);
         let other = cfg("mlp:784-32-10");
         let e = claim_run_dir(dir.path(), &other, false, false)
@@ -381,8 +486,10 @@ mod tests {
             .to_string();
         assert!(e.contains("other settings"), "{e}");
         assert!(files.iter().all(|f| f.exists()));
+        assert!(!dir.previous().exists());
         claim_run_dir(dir.path(), &other, false, true).unwrap();
         assert!(files.iter().all(|f| !f.exists()));
+        assert!(ModelDir::new(dir.previous()).has_weights());
     }
 
     #[test]
@@ -390,9 +497,19 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let dir = ModelDir::new(tmp.path());
         let c = cfg("mlp:784-16-10");
+        // A model of the run's settings beside its checkpoint stays while
+        // the checkpoint continues; started over, the model is set aside.
+        let files = finished_model(&dir, &c);
         fs::write(dir.checkpoint(), b"state").unwrap();
-        fs::write(dir.metrics(), b"{}").unwrap();
         claim_run_dir(dir.path(), &c, true, false).unwrap();
-        assert!(dir.checkpoint().exists() && dir.metrics().exists());
+        assert!(files.iter().all(|f| f.exists()) && dir.checkpoint().exists());
+        claim_run_dir(dir.path(), &c, false, true).unwrap();
+        assert!(files.iter().all(|f| !f.exists()) && !dir.checkpoint().exists());
+        // A model of other settings is set aside even when a checkpoint
+        // continues (`overwrite` lets it be replaced).
+        let files = finished_model(&dir, &cfg("mlp:784-32-10"));
+        fs::write(dir.checkpoint(), b"state").unwrap();
+        claim_run_dir(dir.path(), &c, true, true).unwrap();
+        assert!(files.iter().all(|f| !f.exists()) && dir.checkpoint().exists());
     }
 }
