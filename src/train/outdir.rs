@@ -37,7 +37,7 @@ use super::card::ModelCard;
 use super::config::TrainConfig;
 
 /// Checks that a run of `cfg` may write into `dir`, takes the directory's
-/// lock ([`lock_run_dir`]) and sets aside the earlier model the run
+/// lock (`ModelDir::lock`, flock) and sets aside the earlier model the run
 /// replaces (the module doc); the returned file holds the lock while the
 /// run writes. A refused directory is left as it was, with no lock file
 /// added. Errors name the field `out` and say which setting differs.
