@@ -215,11 +215,14 @@ fn a_model_is_not_fine_tuned_into_its_own_directory() {
     let data = s(&small_data());
     ok(tmp.path(), &mlp_args(&data, "run", &[]));
     let weights = fs::read(tmp.path().join("run/model.safetensors")).unwrap();
-    fails(
-        tmp.path(),
-        &mlp_args(&data, "./run/", &["--init-from", "run"]),
-        &["--init-from", "is also --out", "another directory"],
-    );
+    fs::create_dir(tmp.path().join("run/sub")).unwrap();
+    for init in ["run", "run/model.safetensors", "./run/../run/sub"] {
+        fails(
+            tmp.path(),
+            &mlp_args(&data, "./run/", &["--init-from", init]),
+            &["--init-from", "is in --out", "another directory"],
+        );
+    }
     assert_eq!(
         fs::read(tmp.path().join("run/model.safetensors")).unwrap(),
         weights

@@ -189,13 +189,14 @@ pub struct TrainArgs {
 /// Runs `distill train` (errors name flags: [`super::name_flags`]).
 pub fn train<D: Backend>(dev: D, a: TrainArgs) -> Result<()> {
     if let Some(dir) = &a.init_from {
-        if same_directory(dir, &a.out) {
+        if inside_directory(dir, &a.out) {
             return Err(Error::Config {
                 field: "--init-from".into(),
                 message: format!(
-                    "{} is also --out: the run would replace the model it starts from, and a \
-                     rerun or --resume would start from the new one; write to another directory",
-                    dir.display()
+                    "{} is in --out ({}): the run would replace the model it starts from, and a \
+                     rerun or --resume would start from another; write to another directory",
+                    dir.display(),
+                    a.out.display()
                 ),
             });
         }
@@ -503,12 +504,13 @@ fn describe_loss(l: &LossConfig) -> String {
     )
 }
 
-/// Whether two paths name one existing directory (after links and `..`).
-fn same_directory(a: &Path, b: &Path) -> bool {
-    match (a.canonicalize(), b.canonicalize()) {
-        (Ok(x), Ok(y)) => x == y,
-        _ => false,
-    }
+/// Whether the model at `init` (a directory or a weights file, after
+/// links and `..`) lies in the existing directory `out` or is it.
+fn inside_directory(init: &Path, out: &Path) -> bool {
+    let (Ok(init), Ok(out)) = (init.canonicalize(), out.canonicalize()) else {
+        return false;
+    };
+    ModelDir::new(&init).path().starts_with(out)
 }
 
 #[cfg(test)]

@@ -475,10 +475,12 @@ impl<'a, D: Backend> Run<'a, D> {
         let card = self.card();
         if finished {
             self.write_model(&self.dir, &card)?;
+            // Before the checkpoint: stopped between the two, `resume`
+            // continues the checkpoint and comes here again.
+            drop_earlier_model(&self.dir)?;
             if self.dir.checkpoint().exists() {
                 let _ = fs::remove_file(self.dir.checkpoint());
             }
-            drop_earlier_model(&self.dir)?;
         }
         Ok(TrainOutcome {
             network: self.net,

@@ -10,17 +10,20 @@
 //!
 //! A run that starts over replaces the earlier model from its first step:
 //! under the directory's lock, before the run writes anything, the earlier
-//! model's files (weights, card, masks, pruning report, curves, `model.py`,
-//! metrics) move into `OUT/previous/`, a model directory of its own, which
-//! the run removes once it has written its model. A run stopped early
-//! therefore leaves an unfinished run (its checkpoint, where it wrote one,
-//! continues with `resume`) beside the earlier model, intact in
-//! `previous/`, never the earlier weights and card beside the new run's
-//! metrics. Snapshots (`epoch-NNN/`) are complete models with their own
-//! cards and stay until a run writes the same epoch. With `overwrite`, the
-//! files of an earlier model that the run would not write itself (masks,
-//! `prune.json`, and without `resume` the checkpoint) are removed too, so
-//! they cannot be read as the new model's.
+//! model's files (weights, masks, pruning report, curves, `model.py`,
+//! metrics, and the card last) move into `OUT/previous/`, a model directory
+//! of its own, whose model files the run removes once it has written its
+//! model. A run stopped early therefore leaves an unfinished run (its
+//! checkpoint, where it wrote one, continues with `resume`) beside the
+//! earlier model, whole in `previous/` (a move stopped half-way is finished
+//! by the next run), never the earlier weights and card beside the new
+//! run's metrics. Until a run finishes, the model in `previous/` is the one
+//! the directory holds: a run of other settings needs `overwrite` as it
+//! would for the model itself. Snapshots (`epoch-NNN/`) are complete models
+//! with their own cards and stay until a run writes the same epoch. With
+//! `overwrite`, stray masks and `prune.json` (which would be read as the new
+//! model's) are removed, and without `resume` an unfinished run's
+//! checkpoint.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -62,14 +65,32 @@ pub fn claim_run_dir(
     Ok(lock)
 }
 
-/// Removes the earlier model that a run set aside ([`claim_run_dir`]),
-/// once the run has written its own.
+/// Removes the model files of the earlier model that a run set aside
+/// ([`claim_run_dir`]), once the run has written its own, and then
+/// `previous/` itself if nothing else is in it. Anything but a directory
+/// under that name (a link, a file) is not the run's and stays.
 pub fn drop_earlier_model(dir: &ModelDir) -> Result<()> {
-    let previous = dir.previous();
-    match fs::remove_dir_all(&previous) {
+    let previous = ModelDir::new(dir.previous());
+    match fs::symlink_metadata(previous.path()) {
+        Ok(m) if m.is_dir() => {}
+        Ok(_) => return Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(Error::io(previous.path(), e)),
+    }
+    for path in model_files(&previous) {
+        remove_if_present(&path)?;
+    }
+    match fs::remove_dir(previous.path()) {
         Ok(()) => Ok(()),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(Error::io(&previous, e)),
+        Err(e)
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::NotFound | std::io::ErrorKind::DirectoryNotEmpty
+            ) =>
+        {
+            Ok(())
+        }
+        Err(e) => Err(Error::io(previous.path(), e)),
     }
 }
 
@@ -99,8 +120,12 @@ fn plan_claim(dir: &Path, cfg: &TrainConfig, resume: bool, overwrite: bool) -> R
         message,
     };
     let holds_model = dir.card().exists() || dir.has_weights();
+    let continues = resume && dir.checkpoint().exists();
+    // Weights without a card beside a checkpoint: a finish stopped between
+    // the two, which the checkpoint's run writes again.
+    let half_finished = !dir.card().exists() && dir.has_weights() && dir.checkpoint().exists();
     let mut other = None;
-    if holds_model {
+    if holds_model && !(half_finished && continues) {
         other = other_run(dir, cfg);
         if let Some(why) = &other {
             if !overwrite {
@@ -111,18 +136,47 @@ fn plan_claim(dir: &Path, cfg: &TrainConfig, resume: bool, overwrite: bool) -> R
                 )));
             }
         }
-    } else if dir.checkpoint().exists() && !resume && !overwrite {
-        return Err(refuse(format!(
-            "{} holds the checkpoint of an unfinished run; set `resume` to continue it, or \
-             `overwrite` to start over",
-            dir.path().display()
-        )));
+    } else if !holds_model {
+        let previous = ModelDir::new(dir.previous());
+        // A checkpoint that continues was allowed to replace it when its
+        // run started.
+        if previous.card().exists() && !overwrite && !continues {
+            if let Some(why) = other_run(&previous, cfg) {
+                return Err(refuse(format!(
+                    "{} holds the model a stopped rerun set aside, trained with other settings \
+                     ({why}); use another directory, or set `overwrite` to replace it",
+                    previous.path().display()
+                )));
+            }
+        }
+        if dir.checkpoint().exists() && !resume && !overwrite {
+            return Err(refuse(format!(
+                "{} holds the checkpoint of an unfinished run; set `resume` to continue it, or \
+                 `overwrite` to start over",
+                dir.path().display()
+            )));
+        }
     }
     // A run that continues its checkpoint keeps a model of its own settings
     // (it replaces it when it finishes); any other run sets it aside first.
-    let continues = resume && dir.checkpoint().exists();
     claim.set_aside = holds_model && (!continues || other.is_some());
+    if claim.set_aside {
+        let previous = dir.previous();
+        match fs::symlink_metadata(&previous) {
+            Ok(m) if !m.is_dir() => {
+                return Err(refuse(format!(
+                    "{} is not a directory (a link or a file), and a run keeps the model it \
+                     replaces there until it finishes; move it away",
+                    previous.display()
+                )))
+            }
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(Error::io(&previous, e)),
+        }
+    }
     if overwrite {
+        // Strays a model set aside would have taken with it.
         claim.remove.extend([dir.masks(), dir.prune_report()]);
         if !resume {
             claim.remove.push(dir.checkpoint());
@@ -131,16 +185,17 @@ fn plan_claim(dir: &Path, cfg: &TrainConfig, resume: bool, overwrite: bool) -> R
     Ok(claim)
 }
 
-/// A model's files in `dir`, weights and card first.
+/// A model's files in `dir`, the card last: a move stopped half-way
+/// leaves the card behind, so the next run sees the model and finishes it.
 fn model_files(dir: &ModelDir) -> [PathBuf; 7] {
     [
         dir.weights().to_path_buf(),
-        dir.card(),
         dir.masks(),
         dir.prune_report(),
         dir.curves(),
         dir.torch_module(),
         dir.metrics(),
+        dir.card(),
     ]
 }
 
@@ -472,6 +527,60 @@ mod tests {
         claim_run_dir(dir.path(), &c, false, true).unwrap();
         assert!(!dir.has_weights());
         assert_eq!(fs::read(previous.weights()).unwrap(), kept);
+    }
+
+    #[test]
+    fn a_model_set_aside_is_protected_like_the_model_itself() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = ModelDir::new(tmp.path());
+        let c = cfg("mlp:784-16-10");
+        finished_model(&dir, &c);
+        // A rerun stopped before it wrote a checkpoint: only previous/.
+        claim_run_dir(dir.path(), &c, false, false).unwrap();
+        let other = cfg("mlp:784-32-10");
+        let e = claim_run_dir(dir.path(), &other, false, false)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("previous") && e.contains("`overwrite`"), "{e}");
+        assert!(ModelDir::new(dir.previous()).has_weights());
+        claim_run_dir(dir.path(), &c, false, false).unwrap();
+        claim_run_dir(dir.path(), &other, false, true).unwrap();
+
+        // A link or a file under the name is not the run's: refused, and
+        // the model stays where it is.
+        drop_earlier_model(&dir).unwrap();
+        let files = finished_model(&dir, &c);
+        fs::write(dir.previous(), b"a user's file").unwrap();
+        let e = claim_run_dir(dir.path(), &c, false, false)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("not a directory"), "{e}");
+        assert!(files.iter().all(|f| f.exists()));
+        drop_earlier_model(&dir).unwrap();
+        assert_eq!(fs::read(dir.previous()).unwrap(), b"a user's file");
+        fs::remove_file(dir.previous()).unwrap();
+
+        // Dropping it removes the model's files only.
+        claim_run_dir(dir.path(), &c, false, false).unwrap();
+        fs::write(dir.previous().join("notes.txt"), b"mine").unwrap();
+        drop_earlier_model(&dir).unwrap();
+        assert!(!ModelDir::new(dir.previous()).card().exists());
+        assert_eq!(fs::read(dir.previous().join("notes.txt")).unwrap(), b"mine");
+    }
+
+    #[test]
+    fn a_finish_stopped_before_its_card_resumes() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = ModelDir::new(tmp.path());
+        let c = cfg("mlp:784-16-10");
+        fs::write(dir.weights(), b"new weights, no card yet").unwrap();
+        fs::write(dir.checkpoint(), b"state").unwrap();
+        claim_run_dir(dir.path(), &c, true, false).unwrap();
+        assert!(dir.has_weights() && dir.checkpoint().exists());
+        let e = claim_run_dir(dir.path(), &c, false, false)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("card does not read"), "{e}");
     }
 
     #[test]
