@@ -210,6 +210,42 @@ fn a_rerun_stopped_early_leaves_an_unfinished_run_not_the_earlier_model() {
 }
 
 #[test]
+fn a_resumed_run_finds_a_twin_that_finished_while_it_started() {
+    // The CLI's "already finished" check runs before the directory's lock;
+    // the library looks again under it, so a job requeued beside its twin
+    // (which finished in between) trains nothing and moves nothing.
+    use distill::data::{Dataset, Split};
+    use distill::train::{RunOptions, TrainConfig, TrainSources};
+    let tmp = tempfile::tempdir().unwrap();
+    let data = s(&small_data());
+    ok(tmp.path(), &mlp_args(&data, "run", &[]));
+    let run = tmp.path().join("run");
+    let weights = fs::read(run.join("model.safetensors")).unwrap();
+    let cfg: TrainConfig = serde_json::from_value(model_card(&run)["config"].clone()).unwrap();
+    let train = Dataset::open(&small_data(), Split::Train).unwrap();
+    let sources = TrainSources {
+        train: &train,
+        test: None,
+        cache: None,
+        cache_dir: None,
+        teacher_test_predictions: None,
+        online_teacher: None,
+    };
+    let opts = RunOptions {
+        resume: true,
+        quiet: true,
+        ..RunOptions::default()
+    };
+    let outcome =
+        distill::train::train(dfdx::prelude::Cpu::default(), &cfg, &sources, &run, &opts)
+            .unwrap();
+    assert!(!outcome.trained && outcome.finished);
+    assert_eq!(outcome.card.spec, "mlp:784-32-10");
+    assert_eq!(fs::read(run.join("model.safetensors")).unwrap(), weights);
+    assert!(!run.join("previous").exists());
+}
+
+#[test]
 fn a_model_is_not_fine_tuned_into_its_own_directory() {
     let tmp = tempfile::tempdir().unwrap();
     let data = s(&small_data());

@@ -277,6 +277,18 @@ pub fn train<D: Backend>(dev: D, a: TrainArgs) -> Result<()> {
         eprintln!("warning: {w}");
     }
     let outcome = distill::train::train(dev, &cfg, &opened.sources(), &a.out, &opts)?;
+    if !outcome.trained {
+        let acc = outcome
+            .card
+            .test_accuracy
+            .map_or("no test split".into(), |a| format!("{:.2}%", 100.0 * a));
+        println!(
+            "already finished (by another run while this one started), nothing to resume: \
+             final test accuracy {acc} ({})",
+            a.out.display()
+        );
+        return Ok(());
+    }
     if !outcome.finished {
         println!(
             "stopped after {} steps; checkpoint in {}",

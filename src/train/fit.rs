@@ -40,9 +40,9 @@ use super::config::{RunOptions, TrainConfig};
 use super::eval::{evaluate, evaluate_samples, EvalResult};
 use super::loader::{Batch, Loader};
 use super::loss::{loss_mixed, Targets};
-use super::metrics::{curve_points, write_metrics, EpochMetrics};
+use super::metrics::{curve_points, read_metrics, write_metrics, EpochMetrics};
 use super::optim::Optimizer;
-use super::outdir::{claim_run_dir, drop_earlier_model};
+use super::outdir::{claim_run_dir, drop_earlier_model, Claimed, RunInputs};
 use super::pruning::Pruning;
 use super::sources::TrainSources;
 use super::validation::ValidationSplit;
@@ -57,6 +57,9 @@ pub struct TrainOutcome<D: Backend> {
     pub metrics: Vec<EpochMetrics>,
     /// False when stopped early by `stop_after_steps`.
     pub finished: bool,
+    /// False when `resume` found the run finished by another process
+    /// while this one prepared (the model is the one it wrote).
+    pub trained: bool,
 }
 
 /// Trains a network into `out_dir`. With `sources.cache` the teacher's
@@ -86,9 +89,19 @@ pub fn train<D: Backend>(
     }
     let spec = ModelSpec::parse_for_input(&cfg.spec, sources.train.sample_shape())?;
     sources.check(cfg, &spec)?;
-    let mut run = Run::start(device, cfg, spec, sources, out_dir, opts)?;
+    let mut run = match Run::start(device, cfg, spec, sources, out_dir, opts)? {
+        Started::Run(run) => run,
+        Started::Finished(outcome) => return Ok(*outcome),
+    };
     let finished = run.epochs()?;
     run.finish(finished)
+}
+
+/// What [`Run::start`] found.
+enum Started<'a, D: Backend> {
+    Run(Box<Run<'a, D>>),
+    /// A finished run of the same settings and inputs (`resume`).
+    Finished(Box<TrainOutcome<D>>),
 }
 
 /// The state of a run between steps.
@@ -137,7 +150,7 @@ impl<'a, D: Backend> Run<'a, D> {
         sources: &'a TrainSources<'a, D>,
         out_dir: &Path,
         opts: &'a RunOptions,
-    ) -> Result<Self> {
+    ) -> Result<Started<'a, D>> {
         let mut net = Network::new(spec.clone(), device.clone(), cfg.seed);
         let init_dir = opts.init_source.as_ref().map(ModelDir::new);
         if let Some(init) = &opts.init {
@@ -174,7 +187,25 @@ impl<'a, D: Backend> Run<'a, D> {
             &mask_source,
         )?;
         pruning.apply(&mut net);
-        let lock = claim_run_dir(out_dir, cfg, opts.resume, opts.overwrite)?;
+        let fingerprint = &sources.train.fingerprint().0;
+        let cache_id = sources.cache.map(|c| c.id());
+        let inputs = RunInputs {
+            train_fingerprint: fingerprint,
+            cache_id: cache_id.as_deref(),
+        };
+        let lock = match claim_run_dir(out_dir, cfg, inputs, opts.resume, opts.overwrite)? {
+            Claimed::Locked(lock) => lock,
+            Claimed::Finished(card) => {
+                let dir = ModelDir::new(out_dir);
+                return Ok(Started::Finished(Box::new(TrainOutcome {
+                    network: dir.load(device)?,
+                    card: *card,
+                    metrics: read_metrics(&dir.metrics())?,
+                    finished: true,
+                    trained: false,
+                })));
+            }
+        };
         let mut run = Run {
             device,
             cfg,
@@ -200,7 +231,7 @@ impl<'a, D: Backend> Run<'a, D> {
             let masks = run.dir.masks();
             run.pruning.after_step(0, &mut run.net, &masks)?;
         }
-        Ok(run)
+        Ok(Started::Run(Box::new(run)))
     }
 
     /// Continues from the checkpoint if asked and present; whether it did.
@@ -487,6 +518,7 @@ impl<'a, D: Backend> Run<'a, D> {
             card,
             metrics: self.metrics,
             finished,
+            trained: true,
         })
     }
 

@@ -39,30 +39,57 @@ use crate::model::ModelDir;
 use super::card::ModelCard;
 use super::config::TrainConfig;
 
+/// What [`claim_run_dir`] found under the directory's lock.
+#[derive(Debug)]
+pub enum Claimed {
+    /// The run may write: the file holds the lock while it does.
+    Locked(fs::File),
+    /// With `resume`, a finished run of the same settings, data and cache
+    /// ([`finished_run`]), written while this one waited (a requeued job
+    /// beside its twin): nothing to do, and nothing was changed.
+    Finished(Box<ModelCard>),
+}
+
+/// Where a run reads its samples and teacher outputs from, so that a
+/// finished run of them is recognised ([`finished_run`]).
+#[derive(Debug, Clone, Copy)]
+pub struct RunInputs<'a> {
+    pub train_fingerprint: &'a str,
+    /// `None` for hard labels.
+    pub cache_id: Option<&'a str>,
+}
+
 /// Checks that a run of `cfg` may write into `dir`, takes the directory's
 /// lock (`ModelDir::lock`, flock) and sets aside the earlier model the run
-/// replaces (the module doc); the returned file holds the lock while the
-/// run writes. A refused directory is left as it was, with no lock file
-/// added. Errors name the field `out` and say which setting differs.
+/// replaces (the module doc). With `resume` (and without `overwrite`), a
+/// finished run of `inputs` found under the lock is returned instead, with
+/// nothing changed. A refused directory is left as it was, with no lock
+/// file added. Errors name the field `out` and say which setting differs.
 pub fn claim_run_dir(
     dir: &Path,
     cfg: &TrainConfig,
+    inputs: RunInputs<'_>,
     resume: bool,
     overwrite: bool,
-) -> Result<fs::File> {
+) -> Result<Claimed> {
     plan_claim(dir, cfg, resume, overwrite)?;
     let lock = lock_run_dir(dir)?;
-    // Planned again under the lock: a run that held it may have finished
-    // in between and left another model.
+    let model = ModelDir::new(dir);
+    // Looked at again under the lock: a run that held it may have finished
+    // in between.
+    if resume && !overwrite {
+        if let Some(card) = finished_run(&model, cfg, inputs.train_fingerprint, inputs.cache_id) {
+            return Ok(Claimed::Finished(Box::new(card)));
+        }
+    }
     let claim = plan_claim(dir, cfg, resume, overwrite)?;
-    let dir = ModelDir::new(dir);
     if claim.set_aside {
-        set_aside_earlier_model(&dir)?;
+        set_aside_earlier_model(&model)?;
     }
     for path in claim.remove {
         remove_if_present(&path)?;
     }
-    Ok(lock)
+    Ok(Claimed::Locked(lock))
 }
 
 /// Removes the model files of the earlier model that a run set aside
@@ -357,6 +384,15 @@ fn differing_field(a: &Value, b: &Value, prefix: &str) -> Option<(String, String
 mod tests {
     use super::*;
 
+    const INPUTS: RunInputs<'static> = RunInputs {
+        train_fingerprint: "data",
+        cache_id: None,
+    };
+
+    fn claim(dir: &Path, c: &TrainConfig, resume: bool, overwrite: bool) -> Result<Claimed> {
+        claim_run_dir(dir, c, INPUTS, resume, overwrite)
+    }
+
     fn cfg(spec: &str) -> TrainConfig {
         TrainConfig {
             spec: spec.into(),
@@ -398,9 +434,9 @@ mod tests {
     fn an_empty_or_absent_directory_is_free() {
         let tmp = tempfile::tempdir().unwrap();
         let c = cfg("mlp:784-16-10");
-        claim_run_dir(tmp.path(), &c, false, false).unwrap();
-        claim_run_dir(&tmp.path().join("new"), &c, false, false).unwrap();
-        claim_run_dir(&tmp.path().join("new.safetensors"), &c, false, false).unwrap();
+        claim(tmp.path(), &c, false, false).unwrap();
+        claim(&tmp.path().join("new"), &c, false, false).unwrap();
+        claim(&tmp.path().join("new.safetensors"), &c, false, false).unwrap();
     }
 
     #[test]
@@ -409,16 +445,16 @@ mod tests {
         let dir = ModelDir::new(tmp.path());
         fs::write(dir.checkpoint(), b"state").unwrap();
         let c = cfg("mlp:784-16-10");
-        let e = claim_run_dir(dir.path(), &c, false, false)
+        let e = claim(dir.path(), &c, false, false)
             .unwrap_err()
             .to_string();
         assert!(
             e.contains("unfinished run") && e.contains("`resume`"),
             "{e}"
         );
-        claim_run_dir(dir.path(), &c, true, false).unwrap();
+        claim(dir.path(), &c, true, false).unwrap();
         assert!(dir.checkpoint().exists());
-        claim_run_dir(dir.path(), &c, false, true).unwrap();
+        claim(dir.path(), &c, false, true).unwrap();
         assert!(!dir.checkpoint().exists());
     }
 
@@ -429,7 +465,7 @@ mod tests {
         fs::write(dir.card(), b"{ not json").unwrap();
         fs::write(dir.masks(), b"old masks").unwrap();
         let c = cfg("mlp:784-16-10");
-        let e = claim_run_dir(dir.path(), &c, false, false)
+        let e = claim(dir.path(), &c, false, false)
             .unwrap_err()
             .to_string();
         assert!(
@@ -438,7 +474,7 @@ mod tests {
         );
         assert!(dir.masks().exists(), "a refusal removes nothing");
         assert!(!dir.lock().exists(), "a refusal adds no lock file");
-        claim_run_dir(dir.path(), &c, false, true).unwrap();
+        claim(dir.path(), &c, false, true).unwrap();
         assert!(!dir.masks().exists(), "stale masks are cleared");
     }
 
@@ -482,7 +518,7 @@ mod tests {
         let c = cfg("mlp:784-16-10");
         let files = finished_model(&dir, &c);
         let card = fs::read(dir.card()).unwrap();
-        let lock = claim_run_dir(dir.path(), &c, false, false).unwrap();
+        let lock = claim(dir.path(), &c, false, false).unwrap();
         for f in &files {
             assert!(!f.exists(), "{} stayed beside the rerun", f.display());
             let kept = dir.previous().join(f.file_name().unwrap());
@@ -490,14 +526,14 @@ mod tests {
         }
         assert_eq!(fs::read(previous.card()).unwrap(), card);
         // Until the run ends, a second run into the directory is refused.
-        let e = claim_run_dir(dir.path(), &c, false, false)
+        let e = claim(dir.path(), &c, false, false)
             .unwrap_err()
             .to_string();
         assert!(e.contains("another run is writing"), "{e}");
         drop(lock);
         // Stopped before it wrote a model, the rerun leaves nothing to set
         // aside: the next one keeps `previous/` as it is.
-        claim_run_dir(dir.path(), &c, false, false).unwrap();
+        claim(dir.path(), &c, false, false).unwrap();
         assert_eq!(fs::read(previous.card()).unwrap(), card);
         // Once a run has written its model, `previous/` goes.
         finished_model(&dir, &c);
@@ -516,7 +552,7 @@ mod tests {
         finished_model(&dir, &c);
         fs::create_dir(previous.path()).unwrap();
         fs::rename(dir.weights(), previous.weights()).unwrap();
-        claim_run_dir(dir.path(), &c, false, false).unwrap();
+        claim(dir.path(), &c, false, false).unwrap();
         assert!(previous.has_weights() && previous.card().exists());
         assert!(!dir.card().exists());
         // A finish stopped between its weights and its card, beside a
@@ -524,7 +560,7 @@ mod tests {
         // stays whole (`overwrite`, as weights without a card need).
         let kept = fs::read(previous.weights()).unwrap();
         fs::write(dir.weights(), b"half-finished").unwrap();
-        claim_run_dir(dir.path(), &c, false, true).unwrap();
+        claim(dir.path(), &c, false, true).unwrap();
         assert!(!dir.has_weights());
         assert_eq!(fs::read(previous.weights()).unwrap(), kept);
     }
@@ -536,22 +572,22 @@ mod tests {
         let c = cfg("mlp:784-16-10");
         finished_model(&dir, &c);
         // A rerun stopped before it wrote a checkpoint: only previous/.
-        claim_run_dir(dir.path(), &c, false, false).unwrap();
+        claim(dir.path(), &c, false, false).unwrap();
         let other = cfg("mlp:784-32-10");
-        let e = claim_run_dir(dir.path(), &other, false, false)
+        let e = claim(dir.path(), &other, false, false)
             .unwrap_err()
             .to_string();
         assert!(e.contains("previous") && e.contains("`overwrite`"), "{e}");
         assert!(ModelDir::new(dir.previous()).has_weights());
-        claim_run_dir(dir.path(), &c, false, false).unwrap();
-        claim_run_dir(dir.path(), &other, false, true).unwrap();
+        claim(dir.path(), &c, false, false).unwrap();
+        claim(dir.path(), &other, false, true).unwrap();
 
         // A link or a file under the name is not the run's: refused, and
         // the model stays where it is.
         drop_earlier_model(&dir).unwrap();
         let files = finished_model(&dir, &c);
         fs::write(dir.previous(), b"a user's file").unwrap();
-        let e = claim_run_dir(dir.path(), &c, false, false)
+        let e = claim(dir.path(), &c, false, false)
             .unwrap_err()
             .to_string();
         assert!(e.contains("not a directory"), "{e}");
@@ -561,7 +597,7 @@ mod tests {
         fs::remove_file(dir.previous()).unwrap();
 
         // Dropping it removes the model's files only.
-        claim_run_dir(dir.path(), &c, false, false).unwrap();
+        claim(dir.path(), &c, false, false).unwrap();
         fs::write(dir.previous().join("notes.txt"), b"mine").unwrap();
         drop_earlier_model(&dir).unwrap();
         assert!(!ModelDir::new(dir.previous()).card().exists());
@@ -575,9 +611,9 @@ mod tests {
         let c = cfg("mlp:784-16-10");
         fs::write(dir.weights(), b"new weights, no card yet").unwrap();
         fs::write(dir.checkpoint(), b"state").unwrap();
-        claim_run_dir(dir.path(), &c, true, false).unwrap();
+        claim(dir.path(), &c, true, false).unwrap();
         assert!(dir.has_weights() && dir.checkpoint().exists());
-        let e = claim_run_dir(dir.path(), &c, false, false)
+        let e = claim(dir.path(), &c, false, false)
             .unwrap_err()
             .to_string();
         assert!(e.contains("card does not read"), "{e}");
@@ -590,13 +626,13 @@ mod tests {
         let c = cfg("mlp:784-16-10");
         let files = finished_model(&dir, &c);
         let other = cfg("mlp:784-32-10");
-        let e = claim_run_dir(dir.path(), &other, false, false)
+        let e = claim(dir.path(), &other, false, false)
             .unwrap_err()
             .to_string();
         assert!(e.contains("other settings"), "{e}");
         assert!(files.iter().all(|f| f.exists()));
         assert!(!dir.previous().exists());
-        claim_run_dir(dir.path(), &other, false, true).unwrap();
+        claim(dir.path(), &other, false, true).unwrap();
         assert!(files.iter().all(|f| !f.exists()));
         assert!(ModelDir::new(dir.previous()).has_weights());
     }
@@ -610,15 +646,48 @@ mod tests {
         // the checkpoint continues; started over, the model is set aside.
         let files = finished_model(&dir, &c);
         fs::write(dir.checkpoint(), b"state").unwrap();
-        claim_run_dir(dir.path(), &c, true, false).unwrap();
+        claim(dir.path(), &c, true, false).unwrap();
         assert!(files.iter().all(|f| f.exists()) && dir.checkpoint().exists());
-        claim_run_dir(dir.path(), &c, false, true).unwrap();
+        claim(dir.path(), &c, false, true).unwrap();
         assert!(files.iter().all(|f| !f.exists()) && !dir.checkpoint().exists());
         // A model of other settings is set aside even when a checkpoint
         // continues (`overwrite` lets it be replaced).
         let files = finished_model(&dir, &cfg("mlp:784-32-10"));
         fs::write(dir.checkpoint(), b"state").unwrap();
-        claim_run_dir(dir.path(), &c, true, true).unwrap();
+        claim(dir.path(), &c, true, true).unwrap();
         assert!(files.iter().all(|f| !f.exists()) && dir.checkpoint().exists());
+    }
+
+    #[test]
+    fn a_run_finished_while_this_one_waited_is_left_as_it_is() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = ModelDir::new(tmp.path());
+        let c = cfg("mlp:784-16-10");
+        let files = finished_model(&dir, &c);
+        let mut card = ModelCard::load(&dir.card()).unwrap();
+        card.data = Some(crate::train::card::DataRef {
+            dir: PathBuf::from("data"),
+            train_fingerprint: INPUTS.train_fingerprint.into(),
+            train_samples: 10,
+            test_fingerprint: None,
+            test_samples: None,
+            val_samples: None,
+            val_teacher_trained: None,
+        });
+        card.save(&dir.card()).unwrap();
+        match claim(dir.path(), &c, true, false).unwrap() {
+            Claimed::Finished(card) => assert_eq!(card.test_accuracy, Some(0.5)),
+            Claimed::Locked(_) => panic!("a finished run was claimed for training"),
+        }
+        assert!(files.iter().all(|f| f.exists()));
+        assert!(!dir.previous().exists());
+        // Other data, or no `resume`: a rerun, which sets the model aside.
+        let other_data = RunInputs {
+            train_fingerprint: "other",
+            cache_id: None,
+        };
+        let claimed = claim_run_dir(dir.path(), &c, other_data, true, false).unwrap();
+        assert!(matches!(claimed, Claimed::Locked(_)));
+        assert!(files.iter().all(|f| !f.exists()));
     }
 }
