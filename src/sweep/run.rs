@@ -486,6 +486,11 @@ fn train_one<D: Backend>(
         &run_dir(&cfg.out, run),
         &opts,
     )?;
+    if !outcome.trained {
+        // Finished by a twin of this job while it started (`train`'s
+        // check under the directory's lock).
+        return Ok(RunOutcome::Skipped);
+    }
     if !outcome.finished {
         return Err(Error::Training {
             context: run.name.clone(),
