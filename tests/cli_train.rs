@@ -187,7 +187,10 @@ fn a_rerun_stopped_early_leaves_an_unfinished_run_not_the_earlier_model() {
         fs::read(run.join("previous/model.safetensors")).unwrap(),
         finished
     );
-    let eval = ok(tmp.path(), &["eval", "--model", "run/previous", "--data", &data]);
+    let eval = ok(
+        tmp.path(),
+        &["eval", "--model", "run/previous", "--data", &data],
+    );
     assert!(eval.contains('%'), "{eval}");
     let out = ok(
         tmp.path(),
@@ -199,7 +202,10 @@ fn a_rerun_stopped_early_leaves_an_unfinished_run_not_the_earlier_model() {
         finished,
         "the resumed rerun differs from the first run"
     );
-    assert!(!run.join("previous").exists(), "finished, the rerun keeps no copy");
+    assert!(
+        !run.join("previous").exists(),
+        "finished, the rerun keeps no copy"
+    );
     assert_eq!(
         fs::read_to_string(run.join("metrics.jsonl"))
             .unwrap()
@@ -237,8 +243,7 @@ fn a_resumed_run_finds_a_twin_that_finished_while_it_started() {
         ..RunOptions::default()
     };
     let outcome =
-        distill::train::train(dfdx::prelude::Cpu::default(), &cfg, &sources, &run, &opts)
-            .unwrap();
+        distill::train::train(dfdx::prelude::Cpu::default(), &cfg, &sources, &run, &opts).unwrap();
     assert!(!outcome.trained && outcome.finished);
     assert_eq!(outcome.card.spec, "mlp:784-32-10");
     assert_eq!(fs::read(run.join("model.safetensors")).unwrap(), weights);

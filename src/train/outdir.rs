@@ -445,9 +445,7 @@ mod tests {
         let dir = ModelDir::new(tmp.path());
         fs::write(dir.checkpoint(), b"state").unwrap();
         let c = cfg("mlp:784-16-10");
-        let e = claim(dir.path(), &c, false, false)
-            .unwrap_err()
-            .to_string();
+        let e = claim(dir.path(), &c, false, false).unwrap_err().to_string();
         assert!(
             e.contains("unfinished run") && e.contains("`resume`"),
             "{e}"
@@ -465,9 +463,7 @@ mod tests {
         fs::write(dir.card(), b"{ not json").unwrap();
         fs::write(dir.masks(), b"old masks").unwrap();
         let c = cfg("mlp:784-16-10");
-        let e = claim(dir.path(), &c, false, false)
-            .unwrap_err()
-            .to_string();
+        let e = claim(dir.path(), &c, false, false).unwrap_err().to_string();
         assert!(
             e.contains("card does not read") && e.contains("`overwrite`"),
             "{e}"
@@ -503,7 +499,11 @@ mod tests {
             distill_version: String::new(),
         };
         card.save(&dir.card()).unwrap();
-        let files = [dir.weights().to_path_buf(), dir.curves(), dir.torch_module()];
+        let files = [
+            dir.weights().to_path_buf(),
+            dir.curves(),
+            dir.torch_module(),
+        ];
         for f in &files {
             fs::write(f, b"earlier model").unwrap();
         }
@@ -526,9 +526,7 @@ mod tests {
         }
         assert_eq!(fs::read(previous.card()).unwrap(), card);
         // Until the run ends, a second run into the directory is refused.
-        let e = claim(dir.path(), &c, false, false)
-            .unwrap_err()
-            .to_string();
+        let e = claim(dir.path(), &c, false, false).unwrap_err().to_string();
         assert!(e.contains("another run is writing"), "{e}");
         drop(lock);
         // Stopped before it wrote a model, the rerun leaves nothing to set
@@ -587,9 +585,7 @@ mod tests {
         drop_earlier_model(&dir).unwrap();
         let files = finished_model(&dir, &c);
         fs::write(dir.previous(), b"a user's file").unwrap();
-        let e = claim(dir.path(), &c, false, false)
-            .unwrap_err()
-            .to_string();
+        let e = claim(dir.path(), &c, false, false).unwrap_err().to_string();
         assert!(e.contains("not a directory"), "{e}");
         assert!(files.iter().all(|f| f.exists()));
         drop_earlier_model(&dir).unwrap();
@@ -613,9 +609,7 @@ mod tests {
         fs::write(dir.checkpoint(), b"state").unwrap();
         claim(dir.path(), &c, true, false).unwrap();
         assert!(dir.has_weights() && dir.checkpoint().exists());
-        let e = claim(dir.path(), &c, false, false)
-            .unwrap_err()
-            .to_string();
+        let e = claim(dir.path(), &c, false, false).unwrap_err().to_string();
         assert!(e.contains("card does not read"), "{e}");
     }
 
