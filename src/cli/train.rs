@@ -8,6 +8,7 @@ use distill::data::Dataset;
 use distill::error::{Error, Result};
 use distill::model::{Backend, ModelDir, ModelSpec};
 use distill::prune::schedule::GradualSchedule;
+use distill::train::card::ModelCard;
 use distill::train::config::{DISTILL_ALPHA, DISTILL_TEMPERATURE};
 use distill::train::loss::{DkdWeights, LossConfig, LossKind, TeacherErrors};
 use distill::train::metrics::read_metrics;
@@ -227,13 +228,7 @@ pub fn train<D: Backend>(dev: D, a: TrainArgs) -> Result<()> {
             cache_id.as_deref(),
         );
         if let Some(card) = done {
-            let acc = card
-                .test_accuracy
-                .map_or("no test split".into(), |a| format!("{:.2}%", 100.0 * a));
-            println!(
-                "already finished, nothing to resume: final test accuracy {acc} ({})",
-                a.out.display()
-            );
+            print_already_finished(&card, &a.out, "");
             return Ok(());
         }
     }
@@ -278,14 +273,10 @@ pub fn train<D: Backend>(dev: D, a: TrainArgs) -> Result<()> {
     }
     let outcome = distill::train::train(dev, &cfg, &opened.sources(), &a.out, &opts)?;
     if !outcome.trained {
-        let acc = outcome
-            .card
-            .test_accuracy
-            .map_or("no test split".into(), |a| format!("{:.2}%", 100.0 * a));
-        println!(
-            "already finished (by another run while this one started), nothing to resume: \
-             final test accuracy {acc} ({})",
-            a.out.display()
+        print_already_finished(
+            &outcome.card,
+            &a.out,
+            " (another run finished it while this one started)",
         );
         return Ok(());
     }
@@ -514,6 +505,17 @@ fn describe_loss(l: &LossConfig) -> String {
             ""
         }
     )
+}
+
+/// The line of a `--resume` that found the run finished: its accuracy.
+fn print_already_finished(card: &ModelCard, out: &Path, how: &str) {
+    let acc = card
+        .test_accuracy
+        .map_or("no test split".into(), |a| format!("{:.2}%", 100.0 * a));
+    println!(
+        "already finished, nothing to resume{how}: final test accuracy {acc} ({})",
+        out.display()
+    );
 }
 
 /// Whether the model at `init` (a directory or a weights file, after
