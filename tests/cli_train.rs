@@ -964,3 +964,80 @@ fn validation_images_the_teacher_trained_on_are_counted_and_named() {
     assert!(err.contains("t is not the cache's teacher"), "{err}");
     assert!(!err.contains("warning"), "{err}");
 }
+
+#[test]
+fn eval_on_the_held_out_images_pairs_the_models_image_by_image() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = s(&small_data());
+    let train = |out: &str, seed: &str, val: &[&str]| {
+        let settings = ["--epochs", "2", "--batch", "64", "--seed", seed, "-q"];
+        ok(
+            tmp.path(),
+            &train_args(&data, "mlp:784-32-10", out, &[&settings[..], val].concat()),
+        )
+    };
+    train("a", "3", &["--val-seed", "0"]);
+    train("b", "4", &["--val-seed", "0"]);
+    let out = ok(
+        tmp.path(),
+        &[
+            "eval", "--model", "a", "--model", "b", "--data", &data, "--split", "val",
+        ],
+    );
+    // Each row is the card's validation accuracy: the same images.
+    let card_a = model_card(&tmp.path().join("a"));
+    let card_b = model_card(&tmp.path().join("b"));
+    let n = card_a["data"]["val_samples"].as_u64().unwrap();
+    assert_eq!(n, 200, "{card_a}");
+    let (va, vb) = (
+        card_a["val_accuracy"].as_f64().unwrap(),
+        card_b["val_accuracy"].as_f64().unwrap(),
+    );
+    for v in [va, vb] {
+        assert!(out.contains(&format!("{:.2}%", 100.0 * v)), "{out} vs {v}");
+    }
+    assert!(out.contains(&format!("the same {n} images")), "{out}");
+    // The paired row: difference, only b right, only a right, interval, p.
+    let row: Vec<&str> = out.lines().last().unwrap().split_whitespace().collect();
+    assert_eq!((row[0], row.len()), ("b", 7), "{out}");
+    let diff: f64 = row[1].parse().unwrap();
+    let only_b: i64 = row[2].parse().unwrap();
+    let only_a: i64 = row[3].parse().unwrap();
+    let lo: f64 = row[4].trim_matches(['[', ',']).parse().unwrap();
+    let hi: f64 = row[5].trim_end_matches(']').parse().unwrap();
+    let p: f64 = row[6].parse().unwrap();
+    assert!((diff - 100.0 * (vb - va)).abs() < 0.006, "{out}");
+    assert!(
+        ((only_b - only_a) as f64 - (vb - va) * n as f64).abs() < 1e-6,
+        "{out}"
+    );
+    assert!(
+        lo <= diff && diff <= hi && (0.0..=1.0).contains(&p),
+        "{out}"
+    );
+    // A model that held out other images is refused by name, with the flag.
+    train("c", "3", &["--val-seed", "1"]);
+    fails(
+        tmp.path(),
+        &[
+            "eval", "--model", "a", "--model", "c", "--data", &data, "--split", "val",
+        ],
+        &[
+            "model.json",
+            "held out other validation images",
+            "--val-seed",
+        ],
+    );
+    // One that held out nothing has no validation images to score.
+    train("d", "3", &["--val-fraction", "0"]);
+    fails(
+        tmp.path(),
+        &["eval", "--model", "d", "--data", &data, "--split", "val"],
+        &["model.json", "held nothing out"],
+    );
+    fails(
+        tmp.path(),
+        &["eval", "--model", "a", "--data", &data, "--split", "valid"],
+        &["'valid' is not one of train, test, val"],
+    );
+}

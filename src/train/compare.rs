@@ -1,6 +1,8 @@
 //! Comparing models: the numbers of one model (accuracy, loss, size,
 //! sparsity, FLOPs, throughput and latency) as `distill eval --model A
-//! --model B` tabulates them, and the test accuracy `distill prune` reports
+//! --model B` tabulates them (on a whole split, or on the validation images
+//! a run held out: [`measure_samples`]; the predictions it keeps pair the
+//! models image by image, [`super::paired`]), and the test accuracy `distill prune` reports
 //! before and after pruning ([`test_accuracy`], passed to
 //! [`prune_model`](crate::prune::prune_model)).
 //!
@@ -19,7 +21,7 @@ use std::fs;
 use std::path::Path;
 use std::time::Instant;
 
-use super::eval::evaluate;
+use super::eval::{evaluate, evaluate_samples};
 use crate::data::Dataset;
 use crate::error::{Error, Result};
 use crate::model::{Backend, ModelDir, Network};
@@ -54,6 +56,8 @@ pub struct ModelRow {
     pub latency_1: f64,
     /// Seconds per sample at batch size 256.
     pub latency_256: f64,
+    /// Predicted class per evaluated sample, in evaluation order.
+    pub predictions: Vec<u32>,
 }
 
 /// Measures the model in `model` (a model directory or weights file) on
@@ -76,7 +80,21 @@ pub fn measure_loaded<D: Backend>(
     data: &Dataset,
     batch: usize,
 ) -> Result<ModelRow> {
-    let r = evaluate(net, data, batch)?;
+    let all: Vec<usize> = (0..data.len()).collect();
+    measure_samples(dir, net, data, &all, batch)
+}
+
+/// [`measure_loaded`] with accuracy and loss over the samples `indices` of
+/// `data` only (e.g. a run's validation split); latency is timed on the
+/// first samples of `data` as always.
+pub fn measure_samples<D: Backend>(
+    dir: &ModelDir,
+    net: &Network<D>,
+    data: &Dataset,
+    indices: &[usize],
+    batch: usize,
+) -> Result<ModelRow> {
+    let r = evaluate_samples(net, data, indices, batch)?;
     let file = dir.weights();
     Ok(ModelRow {
         accuracy: r.accuracy,
@@ -88,6 +106,7 @@ pub fn measure_loaded<D: Backend>(
         samples_per_sec: r.samples_per_sec,
         latency_1: latency(net, data, 1, 200),
         latency_256: latency(net, data, 256, 4),
+        predictions: r.predictions,
     })
 }
 
@@ -129,6 +148,7 @@ mod tests {
         let row = measure(tmp.path(), Cpu::default(), &data, 2).unwrap();
         let direct = evaluate(&net, &data, 2).unwrap();
         assert_eq!(row.accuracy, direct.accuracy);
+        assert_eq!(row.predictions, direct.predictions);
         assert_eq!(row.loss, direct.loss);
         assert_eq!(test_accuracy(&net, &data).unwrap(), direct.accuracy);
         assert_eq!(row.params, spec.param_count());
@@ -139,5 +159,14 @@ mod tests {
         // The same row from the weights file named directly.
         let again = measure(&file, Cpu::default(), &data, 2).unwrap();
         assert_eq!((again.params, again.bytes), (row.params, row.bytes));
+        // Some samples only: the accuracy and predictions of those.
+        let dir = ModelDir::new(tmp.path());
+        let some = measure_samples(&dir, &net, &data, &[4, 1], 2).unwrap();
+        let direct = evaluate_samples(&net, &data, &[4, 1], 2).unwrap();
+        assert_eq!(some.predictions.len(), 2);
+        assert_eq!(
+            (some.accuracy, some.predictions),
+            (direct.accuracy, direct.predictions)
+        );
     }
 }

@@ -19,7 +19,8 @@
 //! - [`eval`]: accuracy, loss and agreement on a dataset;
 //! - [`device_check`]: a compute device checked against the CPU, op by op;
 //! - [`compare`]: one row per model for `distill eval` and `distill prune`
-//!   (accuracy, size, FLOPs, throughput, latency);
+//!   (accuracy, size, FLOPs, throughput, latency); [`paired`]: two models
+//!   on the same images, image by image (McNemar's test);
 //! - [`metrics`], [`card`]: `metrics.jsonl` and `model.json`.
 //!
 //! [`trainer`] keeps the paths of the types from before the split.
@@ -37,6 +38,7 @@ pub mod loss;
 pub mod metrics;
 pub mod optim;
 pub mod outdir;
+pub mod paired;
 pub mod pruning;
 pub mod sources;
 pub mod trainer;
