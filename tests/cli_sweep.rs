@@ -235,6 +235,10 @@ fn tiny_sweep_report_agrees_with_cards_and_reruns_skip_finished_runs() {
         report.contains("Settings are chosen on validation"),
         "{report}"
     );
+    assert!(
+        report.contains("standard error of") && report.contains("distill eval --split val"),
+        "{report}"
+    );
     assert!(report.contains("What the cache saved"), "{report}");
     assert!(report.contains("4 epochs in all"), "{report}");
     for png in ["accuracy-vs-parameters.png", "accuracy-vs-temperature.png"] {

@@ -195,6 +195,9 @@ fn intro(s: &mut String, results: &[RunResult], ctx: &ReportContext<'_>) {
                  Gain is the chosen distilled run's test accuracy minus the chosen baseline's, in percentage points. Train time sums all of a student's runs.\n",
                 v, cfg.val_fraction, cfg.val_seed.unwrap_or(cfg.seed)
             );
+            if let Some(noise) = validation_noise(results, v) {
+                let _ = writeln!(s, "{noise}\n");
+            }
             match &ctx.val_overlap {
                 Some(TeacherOverlap::Known { trained: 0, .. }) => {
                     let _ = writeln!(s, "None of the validation samples trained the teacher.\n");
@@ -229,6 +232,27 @@ fn intro(s: &mut String, results: &[RunResult], ctx: &ReportContext<'_>) {
             );
         }
     }
+}
+
+/// How far apart two validation accuracies must be before the choice
+/// between them means anything: one run's binomial standard error on the
+/// `v` held-out samples, at the best validation accuracy of `results`, and
+/// the command that tests two runs image by image.
+fn validation_noise(results: &[RunResult], v: usize) -> Option<String> {
+    let best = results
+        .iter()
+        .filter_map(|r| r.best_epoch().and_then(|b| b.val_accuracy))
+        .fold(None, |m: Option<f64>, a| Some(m.map_or(a, |m| m.max(a))))?;
+    if v == 0 {
+        return None;
+    }
+    let se = (best * (1.0 - best) / v as f64).sqrt();
+    Some(format!(
+        "At {} on {v} samples one run's validation accuracy has a standard error of {:.2} points (binomial), so settings within a few tenths of a point of each other are not told apart by this split; \
+         `distill eval --split val --model A --model B` compares two runs image by image (McNemar's test).",
+        pct(Some(best)),
+        100.0 * se
+    ))
 }
 
 /// The runs of the plan that have not finished, if any.
@@ -547,5 +571,20 @@ mod tests {
             .starts_with("a_kd-T4-a0.5,a,100,200,distilled,4,0.5,3,0,0.82,"));
         assert_eq!(group_digits(1234567), "1,234,567");
         assert_eq!(group_digits(12), "12");
+    }
+
+    #[test]
+    fn the_noise_line_states_the_standard_error_at_the_best_validation() {
+        let mut r = results();
+        // No validation figures: nothing to say.
+        assert_eq!(validation_noise(&r, 900), None);
+        r[0].curve[0].val_accuracy = Some(0.85);
+        r[1].curve[0].val_accuracy = Some(0.9);
+        // sqrt(0.9 * 0.1 / 900) = 0.01: one point.
+        let line = validation_noise(&r, 900).unwrap();
+        assert!(line.starts_with("At 90.00% on 900 samples"), "{line}");
+        assert!(line.contains("standard error of 1.00 points"), "{line}");
+        assert!(line.contains("distill eval --split val"), "{line}");
+        assert_eq!(validation_noise(&r, 0), None);
     }
 }
