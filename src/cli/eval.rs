@@ -57,16 +57,16 @@ fn parse_eval_split(s: &str) -> std::result::Result<EvalSplit, String> {
 }
 
 pub fn eval<D: Backend>(dev: D, a: EvalArgs) -> Result<()> {
-    let (data, indices) = match a.split {
+    let (data, indices, heading) = match a.split {
         EvalSplit::Whole(split) => {
             let data = Dataset::open(&a.data, split)?;
             let all: Vec<usize> = (0..data.len()).collect();
-            (data, all)
+            (data, all, None)
         }
         EvalSplit::Val => {
             let data = Dataset::open(&a.data, Split::Train)?;
             let indices = shared_validation(&a.model, &data)?;
-            println!(
+            let heading = format!(
                 "validation: the {} training images {} held out",
                 indices.len(),
                 if a.model.len() > 1 {
@@ -75,10 +75,10 @@ pub fn eval<D: Backend>(dev: D, a: EvalArgs) -> Result<()> {
                     "the model"
                 }
             );
-            (data, indices)
+            (data, indices, Some(heading))
         }
     };
-    eval_table(dev, &a.model, &data, &indices, a.batch)
+    eval_table(dev, &a.model, &data, &indices, heading, a.batch)
 }
 
 /// The validation images every model in `models` held out of `data` (the
@@ -108,8 +108,8 @@ fn shared_validation(models: &[PathBuf], data: &Dataset) -> Result<Vec<usize>> {
     Ok(shared.map(|(_, i)| i).unwrap_or_default())
 }
 
-/// One row per model, printed as each is measured, then each model against
-/// the first, image by image. Every model is loaded and checked against the
+/// One row per model (under `heading`, when given), printed as each is
+/// measured, then each model against the first, image by image. Every model is loaded and checked against the
 /// data first, so a missing or unfit model is an error before any table is
 /// printed.
 fn eval_table<D: Backend>(
@@ -117,6 +117,7 @@ fn eval_table<D: Backend>(
     models: &[PathBuf],
     data: &Dataset,
     indices: &[usize],
+    heading: Option<String>,
     batch: usize,
 ) -> Result<()> {
     let mut loaded = Vec::with_capacity(models.len());
@@ -125,6 +126,9 @@ fn eval_table<D: Backend>(
         let net = dir.load(dev.clone())?;
         check_compatible(&net, data)?;
         loaded.push((m, dir, net));
+    }
+    if let Some(h) = heading {
+        println!("{h}");
     }
     println!(
         "{:<36} {:>9} {:>8} {:>11} {:>11} {:>10} {:>12} {:>10} {:>11}",
