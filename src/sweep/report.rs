@@ -239,13 +239,13 @@ fn intro(s: &mut String, results: &[RunResult], ctx: &ReportContext<'_>) {
 /// `v` held-out samples, at the best validation accuracy of `results`, and
 /// the command that tests two runs image by image.
 fn validation_noise(results: &[RunResult], v: usize) -> Option<String> {
-    let best = results
-        .iter()
-        .filter_map(|r| r.best_epoch().and_then(|b| b.val_accuracy))
-        .fold(None, |m: Option<f64>, a| Some(m.map_or(a, |m| m.max(a))))?;
     if v == 0 {
         return None;
     }
+    let best = results
+        .iter()
+        .filter_map(|r| r.best_epoch().and_then(|b| b.val_accuracy))
+        .reduce(f64::max)?;
     let se = (best * (1.0 - best) / v as f64).sqrt();
     Some(format!(
         "At {} on {v} samples one run's validation accuracy has a standard error of {:.2} points (binomial), so settings within a few tenths of a point of each other are not told apart by this split; \

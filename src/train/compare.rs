@@ -2,9 +2,9 @@
 //! sparsity, FLOPs, throughput and latency) as `distill eval --model A
 //! --model B` tabulates them (on a whole split, or on the validation images
 //! a run held out: [`measure_samples`]; the predictions it keeps pair the
-//! models image by image, [`super::paired`]), and the test accuracy `distill prune` reports
-//! before and after pruning ([`test_accuracy`], passed to
-//! [`prune_model`](crate::prune::prune_model)).
+//! models image by image, [`super::paired`]), and the test accuracy
+//! `distill prune` reports before and after pruning ([`test_accuracy`],
+//! passed to [`prune_model`](crate::prune::prune_model)).
 //!
 //! ```no_run
 //! use distill::data::{Dataset, Split};
