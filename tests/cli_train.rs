@@ -1041,3 +1041,115 @@ fn eval_on_the_held_out_images_pairs_the_models_image_by_image() {
         &["'valid' is not one of train, test, val"],
     );
 }
+
+#[test]
+fn eval_compares_recipes_over_images_and_over_seeds() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = s(&small_data());
+    let train = |out: &str, seed: &str, epochs: &str| {
+        let settings = [
+            "--epochs",
+            epochs,
+            "--batch",
+            "64",
+            "--seed",
+            seed,
+            "--val-seed",
+            "0",
+            "-q",
+        ];
+        ok(
+            tmp.path(),
+            &train_args(&data, "mlp:784-32-10", out, &settings),
+        )
+    };
+    for (out, seed, epochs) in [
+        ("a3", "3", "1"),
+        ("a4", "4", "1"),
+        ("b3", "3", "2"),
+        ("b4", "4", "2"),
+        ("c5", "5", "2"),
+    ] {
+        train(out, seed, epochs);
+    }
+    let val = |run: &str| {
+        model_card(&tmp.path().join(run))["val_accuracy"]
+            .as_f64()
+            .unwrap()
+    };
+    // B's runs listed in the other seed order: they are paired by the cards' seeds.
+    let out = ok(
+        tmp.path(),
+        &[
+            "eval", "--arm", "a=a3,a4", "--arm", "b=b4,b3", "--arm", "c=c5", "--data", &data,
+            "--split", "val",
+        ],
+    );
+    let row = |name: &str| -> Vec<String> {
+        out.lines()
+            .filter(|l| l.split_whitespace().next() == Some(name))
+            .last()
+            .unwrap_or_else(|| panic!("no row {name}: {out}"))
+            .split_whitespace()
+            .map(String::from)
+            .collect()
+    };
+    // Every run is scored; each recipe's row is the mean of its runs.
+    for run in ["a3", "a4", "b4", "b3", "c5"] {
+        assert!(row(run)[1].ends_with('%'), "{out}");
+    }
+    let recipe_a = row("a");
+    assert_eq!(&recipe_a[1..2], ["2"], "{out}");
+    let mean_a = (val("a3") + val("a4")) / 2.0;
+    let got: f64 = recipe_a[2].trim_end_matches('%').parse().unwrap();
+    assert!((got - 100.0 * mean_a).abs() < 0.006, "{out}");
+    assert_eq!(&recipe_a[4..], ["3", "4"], "{out}");
+    // B against A: the difference of the means, and seed by seed in A's order.
+    let b = row("b");
+    let diff: f64 = b[1].parse().unwrap();
+    let mean_b = (val("b3") + val("b4")) / 2.0;
+    assert!((diff - 100.0 * (mean_b - mean_a)).abs() < 0.006, "{out}");
+    let lo: f64 = b[2].trim_matches(['[', ',']).parse().unwrap();
+    let hi: f64 = b[3].trim_end_matches(']').parse().unwrap();
+    let p: f64 = b[4].parse().unwrap();
+    assert!(
+        lo <= diff && diff <= hi && (0.0..=1.0).contains(&p),
+        "{out}"
+    );
+    for (i, seed) in ["3", "4"].iter().enumerate() {
+        let d: f64 = b[5 + i].parse().unwrap();
+        let want = 100.0 * (val(&format!("b{seed}")) - val(&format!("a{seed}")));
+        assert!((d - want).abs() < 0.006, "seed {seed}: {out}");
+    }
+    let slo: f64 = b[7].trim_matches(['[', ',']).parse().unwrap();
+    let shi: f64 = b[8].trim_end_matches(']').parse().unwrap();
+    assert!(slo <= diff && diff <= shi, "{out}");
+    // Other seeds: compared over images only, and said so.
+    let c = row("c").join(" ");
+    assert!(
+        c.contains("not paired by seed") && c.ends_with('-'),
+        "{out}"
+    );
+    // Bad input names the flag or the recipe.
+    for (arm, message) in [
+        ("a", "no '='"),
+        ("=a3", "no recipe name"),
+        ("a=", "lists no runs"),
+    ] {
+        fails(
+            tmp.path(),
+            &["eval", "--arm", arm, "--data", &data],
+            &["--arm", message],
+        );
+    }
+    fails(
+        tmp.path(),
+        &["eval", "--arm", "a=a3", "--arm", "a=b3", "--data", &data],
+        &["--arm", "'a' is named twice"],
+    );
+    fails(
+        tmp.path(),
+        &["eval", "--arm", "a=a3", "--model", "b3", "--data", &data],
+        &["--model", "--arm"],
+    );
+}

@@ -1,6 +1,9 @@
 //! `distill eval`: accuracy, loss and speed of one or more models, on a
 //! split or on the validation images the models held out, and with two or
 //! more models each against the first, image by image (McNemar's test).
+//! With `--arm NAME=RUN,RUN,...` the models are the runs (seeds) of
+//! recipes, and each recipe is compared with the first over images and over
+//! seeds ([`distill::train::paired::PooledComparison`]).
 
 use std::path::PathBuf;
 
@@ -9,8 +12,9 @@ use distill::data::{Dataset, Split};
 use distill::error::{Error, Result};
 use distill::model::compat::check_compatible;
 use distill::model::{Backend, ModelDir};
+use distill::train::card::ModelCard;
 use distill::train::compare;
-use distill::train::paired::PairedComparison;
+use distill::train::paired::{self, PairedComparison, PooledComparison};
 use distill::train::validation::held_out_by_model;
 
 use super::device::DeviceArgs;
@@ -21,8 +25,13 @@ pub const RENAMES: &[(&str, &str)] = &[];
 #[derive(Args)]
 pub struct EvalArgs {
     /// Model directory (model.safetensors + model.json); repeat to compare.
-    #[arg(long, required = true)]
+    #[arg(long, required_unless_present = "arm", conflicts_with = "arm")]
     model: Vec<PathBuf>,
+    /// A recipe's runs (its seeds) as NAME=RUN,RUN,...; repeat for each
+    /// recipe. Every run is scored, and each recipe is compared with the
+    /// first: over images, and over seeds when both have the same seeds.
+    #[arg(long, value_parser = parse_arm)]
+    arm: Vec<Arm>,
     /// Dataset directory.
     #[arg(long)]
     data: PathBuf,
@@ -46,6 +55,36 @@ enum EvalSplit {
     Val,
 }
 
+/// One recipe's runs, from `--arm NAME=RUN,RUN,...`.
+#[derive(Clone, Debug)]
+struct Arm {
+    name: String,
+    runs: Vec<PathBuf>,
+}
+
+fn parse_arm(s: &str) -> std::result::Result<Arm, String> {
+    let (name, runs) = s
+        .split_once('=')
+        .ok_or_else(|| format!("'{s}' is not NAME=RUN,RUN,... (no '=')"))?;
+    let name = name.trim();
+    if name.is_empty() {
+        return Err(format!("'{s}' has no recipe name before '='"));
+    }
+    let runs: Vec<PathBuf> = runs
+        .split(',')
+        .map(str::trim)
+        .filter(|r| !r.is_empty())
+        .map(PathBuf::from)
+        .collect();
+    if runs.is_empty() {
+        return Err(format!("recipe '{name}' lists no runs after '='"));
+    }
+    Ok(Arm {
+        name: name.to_string(),
+        runs,
+    })
+}
+
 fn parse_eval_split(s: &str) -> std::result::Result<EvalSplit, String> {
     match s {
         "val" => Ok(EvalSplit::Val),
@@ -57,6 +96,22 @@ fn parse_eval_split(s: &str) -> std::result::Result<EvalSplit, String> {
 }
 
 pub fn eval<D: Backend>(dev: D, a: EvalArgs) -> Result<()> {
+    if let Some(dup) = a
+        .arm
+        .iter()
+        .enumerate()
+        .find(|(i, x)| a.arm[..*i].iter().any(|y| y.name == x.name))
+    {
+        return Err(Error::Config {
+            field: "--arm".into(),
+            message: format!("recipe '{}' is named twice", dup.1.name),
+        });
+    }
+    let models: Vec<PathBuf> = if a.arm.is_empty() {
+        a.model.clone()
+    } else {
+        a.arm.iter().flat_map(|x| x.runs.iter().cloned()).collect()
+    };
     let (data, indices, heading) = match a.split {
         EvalSplit::Whole(split) => {
             let data = Dataset::open(&a.data, split)?;
@@ -65,11 +120,11 @@ pub fn eval<D: Backend>(dev: D, a: EvalArgs) -> Result<()> {
         }
         EvalSplit::Val => {
             let data = Dataset::open(&a.data, Split::Train)?;
-            let indices = shared_validation(&a.model, &data)?;
+            let indices = shared_validation(&models, &data)?;
             let heading = format!(
                 "validation: the {} training images {} held out",
                 indices.len(),
-                if a.model.len() > 1 {
+                if models.len() > 1 {
                     "these models"
                 } else {
                     "the model"
@@ -78,7 +133,24 @@ pub fn eval<D: Backend>(dev: D, a: EvalArgs) -> Result<()> {
             (data, indices, Some(heading))
         }
     };
-    eval_table(dev, &a.model, &data, &indices, heading, a.batch)
+    let predictions = eval_table(dev, &models, &data, &indices, heading, a.batch)?;
+    let Some(all_labels) = data.labels() else {
+        return Ok(());
+    };
+    let labels: Vec<u32> = indices.iter().map(|&i| all_labels[i]).collect();
+    if !a.arm.is_empty() {
+        let mut runs = predictions.into_iter();
+        let by_arm: Vec<Vec<Vec<u32>>> = a
+            .arm
+            .iter()
+            .map(|x| runs.by_ref().take(x.runs.len()).collect())
+            .collect();
+        print_arms(&a.arm, &by_arm, &labels)
+    } else if models.len() > 1 {
+        print_paired(&models, &predictions[0], &predictions[1..], &labels)
+    } else {
+        Ok(())
+    }
 }
 
 /// The validation images every model in `models` held out of `data` (the
@@ -109,9 +181,9 @@ fn shared_validation(models: &[PathBuf], data: &Dataset) -> Result<Vec<usize>> {
 }
 
 /// One row per model (under `heading`, when given), printed as each is
-/// measured, then each model against the first, image by image. Every model is loaded and checked against the
-/// data first, so a missing or unfit model is an error before any table is
-/// printed.
+/// measured; returns each model's predictions on `indices`. Every model is
+/// loaded and checked against the data first, so a missing or unfit model is
+/// an error before any table is printed.
 fn eval_table<D: Backend>(
     dev: D,
     models: &[PathBuf],
@@ -119,7 +191,7 @@ fn eval_table<D: Backend>(
     indices: &[usize],
     heading: Option<String>,
     batch: usize,
-) -> Result<()> {
+) -> Result<Vec<Vec<u32>>> {
     let mut loaded = Vec::with_capacity(models.len());
     for m in models {
         let dir = ModelDir::new(m);
@@ -160,13 +232,7 @@ fn eval_table<D: Backend>(
         );
         predictions.push(r.predictions);
     }
-    if let (Some(labels), Some(first)) = (data.labels(), predictions.first()) {
-        if loaded.len() > 1 {
-            let labels: Vec<u32> = indices.iter().map(|&i| labels[i]).collect();
-            print_paired(models, first, &predictions[1..], &labels)?;
-        }
-    }
-    Ok(())
+    Ok(predictions)
 }
 
 /// Each model against the first on the same images: the difference in
@@ -202,6 +268,109 @@ fn print_paired(
         );
     }
     Ok(())
+}
+
+/// Each recipe's runs summarised, then each recipe against the first: the
+/// difference of the runs' mean accuracies, its interval and p-value over
+/// images, and, with the runs paired by seed, each seed's difference and the
+/// interval over seeds.
+fn print_arms(arms: &[Arm], predictions: &[Vec<Vec<u32>>], labels: &[u32]) -> Result<()> {
+    let seeds: Vec<Vec<Option<u64>>> = arms
+        .iter()
+        .map(|x| x.runs.iter().map(|r| card_seed(r)).collect())
+        .collect::<Result<_>>()?;
+    println!();
+    println!(
+        "recipes on the same {} images (accuracy: the mean of the runs; sd: between the runs):",
+        labels.len()
+    );
+    println!(
+        "{:<24} {:>5} {:>9} {:>6}   seeds",
+        "recipe", "runs", "accuracy", "sd"
+    );
+    for ((x, p), s) in arms.iter().zip(predictions).zip(&seeds) {
+        let accuracy: Vec<f64> = p.iter().map(|r| paired::accuracy(r, labels)).collect();
+        let sd = paired::sample_variance(&accuracy).map(f64::sqrt);
+        println!(
+            "{:<24} {:>5} {:>8.2}% {:>6}   {}",
+            x.name,
+            x.runs.len(),
+            100.0 * paired::mean(&accuracy),
+            sd.map_or("-".into(), |v| format!("{:.2}", 100.0 * v)),
+            s.iter()
+                .map(|s| s.map_or("?".into(), |s| s.to_string()))
+                .collect::<Vec<_>>()
+                .join(" ")
+        );
+    }
+    if arms.len() < 2 {
+        return Ok(());
+    }
+    println!();
+    println!(
+        "against {} (difference in points; over images: each image's share of runs right, normal approximation; over seeds: runs paired by seed, Student's t):",
+        arms[0].name
+    );
+    println!(
+        "{:<24} {:>10} {:>20} {:>8}   {:<24} {:>20}",
+        "recipe", "difference", "95% over images", "p", "per seed", "95% over seeds"
+    );
+    for ((x, p), s) in arms.iter().zip(predictions).zip(&seeds).skip(1) {
+        let order = seed_order(&seeds[0], s);
+        let b: Vec<Vec<u32>> = match &order {
+            Some(order) => order.iter().map(|&j| p[j].clone()).collect(),
+            None => p.clone(),
+        };
+        let c = PooledComparison::of(&predictions[0], &b, labels, order.is_some())?;
+        let (lo, hi) = c.ci95_over_images();
+        let per_seed = c
+            .seed_differences()
+            .map_or("not paired by seed".into(), |d| {
+                d.iter()
+                    .map(|d| format!("{:+.2}", 100.0 * d))
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            });
+        let over_seeds = c.ci95_over_seeds().map_or("-".into(), |(lo, hi)| {
+            format!("[{:+.2}, {:+.2}]", 100.0 * lo, 100.0 * hi)
+        });
+        println!(
+            "{:<24} {:>+10.2} {:>20} {:>8.4}   {:<24} {:>20}",
+            x.name,
+            100.0 * c.difference(),
+            format!("[{:+.2}, {:+.2}]", 100.0 * lo, 100.0 * hi),
+            c.p_over_images(),
+            per_seed,
+            over_seeds
+        );
+    }
+    Ok(())
+}
+
+/// The seed a run's card says it trained with (`None`: a card without a
+/// training config, such as an imported model).
+fn card_seed(run: &std::path::Path) -> Result<Option<u64>> {
+    let card = ModelCard::load(&ModelDir::new(run).card())?;
+    Ok(card.config.map(|c| c.seed))
+}
+
+/// For each of `first`'s seeds, the index of the run in `other` with that
+/// seed: `Some` only when both recipes ran exactly the same distinct seeds.
+fn seed_order(first: &[Option<u64>], other: &[Option<u64>]) -> Option<Vec<usize>> {
+    if first.len() != other.len() {
+        return None;
+    }
+    let mut seen = std::collections::HashSet::new();
+    if !first.iter().all(|s| s.is_some_and(|s| seen.insert(s))) {
+        return None;
+    }
+    let order: Option<Vec<usize>> = first
+        .iter()
+        .map(|s| other.iter().position(|o| o == s))
+        .collect();
+    let order = order?;
+    let distinct: std::collections::HashSet<usize> = order.iter().copied().collect();
+    (distinct.len() == order.len()).then_some(order)
 }
 
 fn human_bytes(n: u64) -> String {

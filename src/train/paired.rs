@@ -15,6 +15,21 @@
 //!
 //! `distill eval --model A --model B [--split val]` prints these for every
 //! model against the first.
+//!
+//! One run per recipe is one draw of the training noise. [`PooledComparison`]
+//! compares two recipes each trained with several seeds (`distill eval --arm
+//! NAME=RUN,RUN,...`), in two ways that answer two questions:
+//! - **over images**: each image's share of runs that get it right, B's
+//!   minus A's, averaged over the images; its 95% interval and two-sided
+//!   p-value (normal approximation) treat the images as the sample, so the
+//!   runs on the same image are not counted as independent. Would the mean
+//!   difference of *these* runs hold on new images?
+//! - **over seeds**: with the runs paired by seed, each seed's difference in
+//!   accuracy, and Student's t interval of their mean (k - 1 degrees of
+//!   freedom). Would it hold for new seeds on *these* images?
+//!
+//! A recipe can pass the first and fail the second (a few lucky seeds), or
+//! the reverse (a small, steady gain on few images); a claim needs both.
 
 use crate::error::{Error, Result};
 
@@ -111,6 +126,205 @@ impl PairedComparison {
     }
 }
 
+/// Two recipes, each trained one or more times (seeds), scored on the same
+/// images: see the module documentation.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PooledComparison {
+    /// Images compared.
+    pub n: usize,
+    /// Each run's accuracy (a fraction), recipe A's runs in the given order.
+    pub accuracy_a: Vec<f64>,
+    /// The same for recipe B.
+    pub accuracy_b: Vec<f64>,
+    /// Sample variance (n - 1) of the per-image differences in the share of
+    /// runs right.
+    image_variance: f64,
+    /// B's accuracy minus A's, seed by seed, when the runs are paired.
+    seed_differences: Option<Vec<f64>>,
+}
+
+impl PooledComparison {
+    /// From each run's predictions (`a[j]`, `b[j]`: one run's predictions,
+    /// in the order of `labels`). With `paired_by_seed`, `a[j]` and `b[j]`
+    /// are the same seed, and the two recipes must have as many runs.
+    pub fn of(
+        a: &[Vec<u32>],
+        b: &[Vec<u32>],
+        labels: &[u32],
+        paired_by_seed: bool,
+    ) -> Result<Self> {
+        let refuse = |message: String| Error::Config {
+            field: "predictions".into(),
+            message,
+        };
+        if a.is_empty() || b.is_empty() {
+            return Err(refuse(format!(
+                "a pooled comparison needs at least one run of each recipe: {} and {}",
+                a.len(),
+                b.len()
+            )));
+        }
+        if let Some(r) = a.iter().chain(b).find(|r| r.len() != labels.len()) {
+            return Err(refuse(format!(
+                "a pooled comparison needs every run's predictions on the same images: a run has {} predictions for {} labels",
+                r.len(),
+                labels.len()
+            )));
+        }
+        if paired_by_seed && a.len() != b.len() {
+            return Err(refuse(format!(
+                "runs paired by seed need as many runs of each recipe: {} and {}",
+                a.len(),
+                b.len()
+            )));
+        }
+        let n = labels.len();
+        let correct = |runs: &[Vec<u32>]| -> (Vec<f64>, Vec<f64>) {
+            let mut share = vec![0.0f64; n];
+            let mut accuracy = Vec::with_capacity(runs.len());
+            for r in runs {
+                let mut right = 0usize;
+                for ((s, &p), &y) in share.iter_mut().zip(r).zip(labels) {
+                    if p == y {
+                        *s += 1.0;
+                        right += 1;
+                    }
+                }
+                accuracy.push(if n == 0 { 0.0 } else { right as f64 / n as f64 });
+            }
+            share.iter_mut().for_each(|s| *s /= runs.len() as f64);
+            (share, accuracy)
+        };
+        let (share_a, accuracy_a) = correct(a);
+        let (share_b, accuracy_b) = correct(b);
+        let d: Vec<f64> = share_b.iter().zip(&share_a).map(|(b, a)| b - a).collect();
+        let image_variance = sample_variance(&d).unwrap_or(0.0);
+        let seed_differences = paired_by_seed.then(|| {
+            accuracy_b
+                .iter()
+                .zip(&accuracy_a)
+                .map(|(b, a)| b - a)
+                .collect()
+        });
+        Ok(PooledComparison {
+            n,
+            accuracy_a,
+            accuracy_b,
+            image_variance,
+            seed_differences,
+        })
+    }
+
+    /// Mean accuracy of B's runs minus mean accuracy of A's (a fraction).
+    pub fn difference(&self) -> f64 {
+        mean(&self.accuracy_b) - mean(&self.accuracy_a)
+    }
+
+    /// Standard error of [`difference`](Self::difference) over images.
+    fn image_standard_error(&self) -> f64 {
+        if self.n == 0 {
+            return 0.0;
+        }
+        (self.image_variance / self.n as f64).sqrt()
+    }
+
+    /// The 95% interval of the difference over images (normal
+    /// approximation).
+    pub fn ci95_over_images(&self) -> (f64, f64) {
+        let d = self.difference();
+        let half = Z_975 * self.image_standard_error();
+        (d - half, d + half)
+    }
+
+    /// The two-sided p-value of "no difference" over images (normal
+    /// approximation). With no spread between images it is 1 for a zero
+    /// difference and 0 otherwise.
+    pub fn p_over_images(&self) -> f64 {
+        let d = self.difference();
+        let se = self.image_standard_error();
+        if se == 0.0 {
+            return if d == 0.0 { 1.0 } else { 0.0 };
+        }
+        libm::erfc((d / se).abs() / std::f64::consts::SQRT_2)
+    }
+
+    /// B's accuracy minus A's, seed by seed (runs paired by seed only).
+    pub fn seed_differences(&self) -> Option<&[f64]> {
+        self.seed_differences.as_deref()
+    }
+
+    /// Student's t 95% interval of the mean seed difference (runs paired by
+    /// seed, at least two pairs).
+    pub fn ci95_over_seeds(&self) -> Option<(f64, f64)> {
+        let d = self.seed_differences.as_deref()?;
+        let var = sample_variance(d)?;
+        let m = mean(d);
+        let half = student_t_975(d.len() - 1) * (var / d.len() as f64).sqrt();
+        Some((m - half, m + half))
+    }
+}
+
+/// The standard normal's 97.5% quantile.
+const Z_975: f64 = 1.959_963_984_540_054;
+
+/// Student's t 97.5% quantile (the half-width factor of a two-sided 95%
+/// interval) for `df` degrees of freedom (`df >= 1`): tabulated to four
+/// decimals up to 30, the Cornish-Fisher expansion in `1/df` above (within
+/// 1e-4 of the exact value from 30 on).
+pub fn student_t_975(df: usize) -> f64 {
+    const TABLE: [f64; 30] = [
+        12.7062, 4.3027, 3.1824, 2.7764, 2.5706, 2.4469, 2.3646, 2.3060, 2.2622, 2.2281, 2.2010,
+        2.1788, 2.1604, 2.1448, 2.1314, 2.1199, 2.1098, 2.1009, 2.0930, 2.0860, 2.0796, 2.0739,
+        2.0687, 2.0639, 2.0595, 2.0555, 2.0518, 2.0484, 2.0452, 2.0423,
+    ];
+    match df {
+        0 => f64::INFINITY,
+        1..=30 => TABLE[df - 1],
+        _ => cornish_fisher_t_975(df as f64),
+    }
+}
+
+/// The t quantile from the normal one, three terms in `1/df`.
+fn cornish_fisher_t_975(df: f64) -> f64 {
+    let z = Z_975;
+    let (z3, z5, z7) = (z.powi(3), z.powi(5), z.powi(7));
+    z + (z3 + z) / (4.0 * df)
+        + (5.0 * z5 + 16.0 * z3 + 3.0 * z) / (96.0 * df * df)
+        + (3.0 * z7 + 19.0 * z5 + 17.0 * z3 - 15.0 * z) / (384.0 * df * df * df)
+}
+
+/// The share of `labels` that `predictions` (in the same order) get right;
+/// 0 for no images.
+pub fn accuracy(predictions: &[u32], labels: &[u32]) -> f64 {
+    if labels.is_empty() {
+        return 0.0;
+    }
+    let right = predictions
+        .iter()
+        .zip(labels)
+        .filter(|(p, y)| p == y)
+        .count();
+    right as f64 / labels.len() as f64
+}
+
+/// Mean (0 for no values).
+pub fn mean(xs: &[f64]) -> f64 {
+    if xs.is_empty() {
+        0.0
+    } else {
+        xs.iter().sum::<f64>() / xs.len() as f64
+    }
+}
+
+/// Sample variance (n - 1); `None` below two values.
+pub fn sample_variance(xs: &[f64]) -> Option<f64> {
+    if xs.len() < 2 {
+        return None;
+    }
+    let m = mean(xs);
+    Some(xs.iter().map(|x| (x - m) * (x - m)).sum::<f64>() / (xs.len() - 1) as f64)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -172,5 +386,93 @@ mod tests {
         assert!((hi2 - lo2) < (hi - lo));
         assert_eq!(counts(0, 0, 10, 0).ci95(), (0.0, 0.0));
         assert_eq!(counts(0, 0, 0, 0).ci95(), (0.0, 0.0));
+    }
+    #[test]
+    fn pooled_comparison_by_hand() {
+        let labels = [0, 0, 0, 0];
+        // A's runs get images right: T F T F and T T F F; B's: T T T F and all.
+        let a = vec![vec![0, 1, 0, 1], vec![0, 0, 1, 1]];
+        let b = vec![vec![0, 0, 0, 1], vec![0, 0, 0, 0]];
+        let c = PooledComparison::of(&a, &b, &labels, true).unwrap();
+        assert_eq!(c.accuracy_a, vec![0.5, 0.5]);
+        assert_eq!(c.accuracy_b, vec![0.75, 1.0]);
+        assert!((c.difference() - 0.375).abs() < 1e-15);
+        // Per image: shares A 1, .5, .5, 0 and B 1, 1, 1, .5; differences
+        // 0, .5, .5, .5 with sample variance 0.0625: standard error 0.125.
+        let (lo, hi) = c.ci95_over_images();
+        assert!(
+            (hi - 0.375 - Z_975 * 0.125).abs() < 1e-12
+                && (0.375 - lo - Z_975 * 0.125).abs() < 1e-12
+        );
+        // erfc(3 / sqrt 2) = 2 (1 - Phi(3)).
+        assert!(
+            (c.p_over_images() - 0.002_699_796_063_260_2).abs() < 1e-12,
+            "{}",
+            c.p_over_images()
+        );
+        // Seeds: .25 and .5; standard error 0.125, t(1) 12.7062.
+        assert_eq!(c.seed_differences(), Some(&[0.25, 0.5][..]));
+        let (lo, hi) = c.ci95_over_seeds().unwrap();
+        assert!(
+            (hi - 0.375 - 12.7062 * 0.125).abs() < 1e-12
+                && (0.375 - lo - 12.7062 * 0.125).abs() < 1e-12
+        );
+        // Unpaired: no seed interval; one pair: none either.
+        let u = PooledComparison::of(&a, &b[..1], &labels, false).unwrap();
+        assert_eq!((u.seed_differences(), u.ci95_over_seeds()), (None, None));
+        let one = PooledComparison::of(&a[..1], &b[..1], &labels, true).unwrap();
+        assert_eq!(one.seed_differences(), Some(&[0.25][..]));
+        assert_eq!(one.ci95_over_seeds(), None);
+    }
+
+    #[test]
+    fn one_run_each_is_the_paired_comparison() {
+        // 1000 images: 36 only A right, 41 only B, 900 both.
+        let n = 1000;
+        let labels = vec![0u32; n];
+        let a: Vec<u32> = (0..n)
+            .map(|i| u32::from(!(i < 36 || (77..977).contains(&i))))
+            .collect();
+        let b: Vec<u32> = (0..n)
+            .map(|i| u32::from(!((36..977).contains(&i))))
+            .collect();
+        let paired = PairedComparison::of(&a, &b, &labels).unwrap();
+        assert_eq!((paired.only_a, paired.only_b, paired.both), (36, 41, 900));
+        let pooled = PooledComparison::of(&[a], &[b], &labels, true).unwrap();
+        assert!((pooled.difference() - paired.difference()).abs() < 1e-15);
+        // The same interval but for the sample variance's n / (n - 1).
+        let (lo, hi) = pooled.ci95_over_images();
+        let (plo, phi) = paired.ci95();
+        let scale = (n as f64 / (n - 1) as f64).sqrt();
+        assert!(((hi - lo) - scale * (phi - plo)).abs() < 1e-12);
+        assert!(pooled.p_over_images() > 0.5 && pooled.p_over_images() < 1.0);
+    }
+
+    #[test]
+    fn pooled_comparison_refuses_runs_that_do_not_line_up() {
+        let labels = [0, 1, 2];
+        let good = vec![vec![0, 1, 2]];
+        let short = vec![vec![0, 1]];
+        let two = vec![vec![0, 1, 2], vec![0, 1, 1]];
+        assert!(PooledComparison::of(&good, &short, &labels, false).is_err());
+        assert!(PooledComparison::of(&[], &good, &labels, false).is_err());
+        let e = PooledComparison::of(&good, &two, &labels, true)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("paired by seed") && e.contains("1 and 2"), "{e}");
+        assert!(PooledComparison::of(&good, &two, &labels, false).is_ok());
+    }
+
+    #[test]
+    fn t_quantiles_meet_the_normal_one() {
+        // The expansion continues the table: within 1e-4 at 30 degrees.
+        assert!((cornish_fisher_t_975(30.0) - student_t_975(30)).abs() < 1e-4);
+        // Exact: t(0.975; 100) = 1.98397, t(0.975; 1000) = 1.96234.
+        assert!((student_t_975(100) - 1.98397).abs() < 1e-4);
+        assert!((student_t_975(1000) - 1.96234).abs() < 1e-4);
+        for df in 1..200 {
+            assert!(student_t_975(df) > student_t_975(df + 1) && student_t_975(df + 1) > Z_975);
+        }
+        assert_eq!(student_t_975(0), f64::INFINITY);
     }
 }
