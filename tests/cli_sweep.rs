@@ -239,6 +239,21 @@ fn tiny_sweep_report_agrees_with_cards_and_reruns_skip_finished_runs() {
         report.contains("standard error of") && report.contains("distill eval --split val"),
         "{report}"
     );
+    // Each student's chosen run against the baseline and the runner-up,
+    // image by image on the validation images.
+    for role in ["the baseline", "the runner-up"] {
+        let n = report
+            .lines()
+            .filter(|l| l.starts_with(&format!("Against {role} (`")))
+            .inspect(|l| {
+                assert!(
+                    l.contains("image by image on the") && l.contains("McNemar's exact p"),
+                    "{l}"
+                )
+            })
+            .count();
+        assert_eq!(n, 2, "{report}");
+    }
     assert!(report.contains("What the cache saved"), "{report}");
     assert!(report.contains("4 epochs in all"), "{report}");
     for png in ["accuracy-vs-parameters.png", "accuracy-vs-temperature.png"] {

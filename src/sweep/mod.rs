@@ -62,8 +62,9 @@
 //!
 //! One file per concept: [`SweepConfig`] (`config.rs`), the plan
 //! (`plan.rs`), running it (`run.rs`), the results read from the cards
-//! (`results.rs`), the teacher's figures (`teacher.rs`), the report
-//! (`report.rs`) and its plots ([`plot`]).
+//! (`results.rs`), the teacher's figures (`teacher.rs`), the chosen run
+//! against the baseline and the runner-up image by image
+//! (`significance.rs`), the report (`report.rs`) and its plots ([`plot`]).
 
 mod config;
 mod plan;
@@ -71,6 +72,7 @@ pub mod plot;
 mod report;
 mod results;
 mod run;
+mod significance;
 mod teacher;
 
 pub use config::{key_of, SweepConfig, SweepSettings};
@@ -87,6 +89,7 @@ pub use run::{
     report_only, run_and_report, run_only, run_state, run_sweep, Expect, OpenInputs, RunOutcome,
     RunState, SweepDone, SweepInputs, SweepSummary,
 };
+pub use significance::{choice_pairs, pair_line, ChoicePair};
 pub use teacher::{
     teacher_dir, teacher_forward_timing, teacher_summary, Savings, TeacherSummary, TeacherTiming,
     TEACHER_TIMING_FILE,

@@ -10,6 +10,7 @@
 //! run's last-epoch test accuracy). Runs of the plan that have not finished
 //! are listed as missing.
 
+use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -18,6 +19,7 @@ use super::config::SweepConfig;
 use super::plan::{PlannedRun, RunKind, RUNS_DIR};
 use super::results::{by_student, chosen_results, collect_results, Choice, RunResult, StudentRow};
 use super::run::OpenInputs;
+use super::significance::{choice_pairs, pair_line, ChoicePair};
 use super::teacher::{teacher_forward_timing, teacher_summary, Savings, TeacherSummary};
 use crate::cache::CacheViews;
 use crate::error::{Error, Result};
@@ -135,7 +137,14 @@ pub struct ReportContext<'a> {
     pub missing: &'a [(usize, String)],
     /// How many of the validation images the teacher trained on.
     pub val_overlap: Option<TeacherOverlap>,
+    /// Per student, the chosen distilled run against the baseline and the
+    /// runner-up, image by image on validation ([`super::significance`]).
+    pub choice_pairs: HashMap<String, Vec<ChoicePair>>,
 }
+
+/// Images per forward pass when the report scores runs on validation
+/// (predictions do not depend on it).
+const PAIR_EVAL_BATCH: usize = 1000;
 
 /// `report.md`.
 pub fn report_markdown(results: &[RunResult], ctx: &ReportContext<'_>) -> String {
@@ -145,7 +154,7 @@ pub fn report_markdown(results: &[RunResult], ctx: &ReportContext<'_>) -> String
     let rows = by_student(results);
     summary(&mut s, &rows);
     for row in &rows {
-        student_section(&mut s, row);
+        student_section(&mut s, row, ctx.choice_pairs.get(row.student));
     }
     savings(&mut s, ctx.savings);
     let _ = writeln!(
@@ -248,8 +257,9 @@ fn validation_noise(results: &[RunResult], v: usize) -> Option<String> {
         .reduce(f64::max)?;
     let se = (best * (1.0 - best) / v as f64).sqrt();
     Some(format!(
-        "At {} on {v} samples one run's validation accuracy has a standard error of {:.2} points (binomial), so settings within a few tenths of a point of each other are not told apart by this split; \
-         `distill eval --split val --model A --model B` compares two runs image by image (McNemar's test).",
+        "At {} on {v} samples one run's validation accuracy has a standard error of {:.2} points (binomial), so settings within a few tenths of a point of each other are not told apart by this split. \
+         Each student's section scores the chosen run against the baseline and the runner-up image by image (McNemar's test); \
+         `distill eval --split val --model A --model B` does the same for any two runs.",
         pct(Some(best)),
         100.0 * se
     ))
@@ -352,7 +362,7 @@ fn summary(s: &mut String, rows: &[StudentRow<'_>]) {
 
 /// A student's section: every run's validation figures, the test accuracy
 /// of the chosen ones.
-fn student_section(s: &mut String, row: &StudentRow<'_>) {
+fn student_section(s: &mut String, row: &StudentRow<'_>, pairs: Option<&Vec<ChoicePair>>) {
     let chosen: Vec<Choice<'_>> = [row.chosen_baseline(), row.chosen()]
         .into_iter()
         .flatten()
@@ -407,6 +417,9 @@ fn student_section(s: &mut String, row: &StudentRow<'_>) {
         );
     }
     let _ = writeln!(s);
+    for p in pairs.into_iter().flatten() {
+        let _ = writeln!(s, "{}\n", pair_line(p));
+    }
 }
 
 /// What the cache saved, when the teacher's forward pass was timed.
@@ -493,6 +506,7 @@ fn atomic_plot(path: &Path, draw: impl FnOnce(&Path) -> Result<()>) -> Result<()
 /// timed on `device_name` (once; a rerun reuses the timing) for what the
 /// cache saved.
 pub fn report_sweep<D: Backend>(
+    device: D,
     cfg: &SweepConfig,
     runs: &[PlannedRun],
     missing: &[(usize, String)],
@@ -534,6 +548,7 @@ pub fn report_sweep<D: Backend>(
         cache_description: cache_description(&open.cache),
         missing,
         val_overlap,
+        choice_pairs: choice_pairs(device, &cfg.out, &results, &open.train, PAIR_EVAL_BATCH)?,
     };
     write_report(&results, &ctx)
 }

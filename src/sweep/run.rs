@@ -212,6 +212,7 @@ fn write_sweep_report<D: Backend>(
         None => None,
     };
     let files = report_sweep(
+        device.clone(),
         cfg,
         &finished,
         &missing,
