@@ -180,12 +180,18 @@ sweep: cache
 # built as needed, then for each of BEST_SEEDS the student distilled at
 # BEST_T / BEST_ALPHA for BEST_EPOCHS and its hard-label baselines trained as
 # long with the same optimizer and normalisation (plain, and augmented with
-# BEST_BASE_AUGMENT); the means over the seeds at the end. With BEST_AUGMENT
+# BEST_BASE_AUGMENT); the means over the seeds at the end, then the three
+# recipes against each other on the test images (`distill eval --arm`: over
+# images and over seeds). With BEST_AUGMENT
 # the student distils from a view set of that augmentation (BEST_VIEWS
 # views) and both its augmented baseline and its views use it. Finished runs
 # are kept, so a rerun only prints the table. Settings come from validation
 # (README.md); e.g. `make distill-best STUDENT=cnn:c8-p-c16-p-10 BEST_EPOCHS=30`.
 comma := ,
+empty :=
+space := $(empty) $(empty)
+# a list as one comma-separated word: a b c -> a,b,c
+join_comma = $(subst $(space),$(comma),$(strip $(1)))
 BEST_TEACHER      ?= $(TEACHER_LONG)
 BEST_EPOCHS       ?= 60
 BEST_T            ?= 1
@@ -230,6 +236,10 @@ distill-best: | $(BIN) data
 	sh scripts/summarize_runs.sh $(foreach s,$(BEST_SEEDS),$(BEST_RUN)-baseline-s$(s)) \
 	  $(foreach s,$(BEST_SEEDS),$(BEST_RUN)-baseline-aug-$(BEST_BASE_TAG)-s$(s)) \
 	  $(foreach s,$(BEST_SEEDS),$(BEST_KD_RUN)-s$(s))
+	$(BIN) eval --data $(DATA) --split test \
+	  --arm plain=$(call join_comma,$(foreach s,$(BEST_SEEDS),$(BEST_RUN)-baseline-s$(s))) \
+	  --arm $(BEST_BASE_TAG)=$(call join_comma,$(foreach s,$(BEST_SEEDS),$(BEST_RUN)-baseline-aug-$(BEST_BASE_TAG)-s$(s))) \
+	  --arm distilled=$(call join_comma,$(foreach s,$(BEST_SEEDS),$(BEST_KD_RUN)-s$(s)))
 
 $(BEST_VIEW_SET)/view-0/manifest.json: | $(BIN) data
 	$(BIN) cache build --teacher $(BEST_TEACHER) --data $(DATA) --split train -T $(CACHE_T) \

@@ -2,8 +2,8 @@
 //! split or on the validation images the models held out, and with two or
 //! more models each against the first, image by image (McNemar's test).
 //! With `--arm NAME=RUN,RUN,...` the models are the runs (seeds) of
-//! recipes, and each recipe is compared with the first over images and over
-//! seeds ([`distill::train::paired::PooledComparison`]).
+//! recipes, and each recipe is compared with each one listed before it, over
+//! images and over seeds ([`distill::train::paired::PooledComparison`]).
 
 use std::path::PathBuf;
 
@@ -28,8 +28,9 @@ pub struct EvalArgs {
     #[arg(long, required_unless_present = "arm", conflicts_with = "arm")]
     model: Vec<PathBuf>,
     /// A recipe's runs (its seeds) as NAME=RUN,RUN,...; repeat for each
-    /// recipe. Every run is scored, and each recipe is compared with the
-    /// first: over images, and over seeds when both have the same seeds.
+    /// recipe. Every run is scored, and each recipe is compared with each
+    /// one listed before it: over images, and over seeds when both have the
+    /// same seeds.
     #[arg(long, value_parser = parse_arm)]
     arm: Vec<Arm>,
     /// Dataset directory.
@@ -270,10 +271,10 @@ fn print_paired(
     Ok(())
 }
 
-/// Each recipe's runs summarised, then each recipe against the first: the
-/// difference of the runs' mean accuracies, its interval and p-value over
-/// images, and, with the runs paired by seed, each seed's difference and the
-/// interval over seeds.
+/// Each recipe's runs summarised, then each recipe against each one listed
+/// before it: the difference of the runs' mean accuracies, its interval and
+/// p-value over images, and, with the runs paired by seed, each seed's
+/// difference and the interval over seeds.
 fn print_arms(arms: &[Arm], predictions: &[Vec<Vec<u32>>], labels: &[u32]) -> Result<()> {
     let seeds: Vec<Vec<Option<u64>>> = arms
         .iter()
@@ -308,41 +309,43 @@ fn print_arms(arms: &[Arm], predictions: &[Vec<Vec<u32>>], labels: &[u32]) -> Re
     }
     println!();
     println!(
-        "against {} (difference in points; over images: each image's share of runs right, normal approximation; over seeds: runs paired by seed, Student's t):",
-        arms[0].name
+        "each recipe against each listed before it (difference in points; over images: each image's share of runs right, normal approximation; over seeds: runs paired by seed, Student's t):"
     );
     println!(
-        "{:<24} {:>10} {:>20} {:>8}   {:<24} {:>20}",
-        "recipe", "difference", "95% over images", "p", "per seed", "95% over seeds"
+        "{:<24} {:<24} {:>10} {:>20} {:>8}   {:<24} {:>20}",
+        "recipe", "against", "difference", "95% over images", "p", "per seed", "95% over seeds"
     );
-    for ((x, p), s) in arms.iter().zip(predictions).zip(&seeds).skip(1) {
-        let order = seed_order(&seeds[0], s);
-        let b: Vec<Vec<u32>> = match &order {
-            Some(order) => order.iter().map(|&j| p[j].clone()).collect(),
-            None => p.clone(),
-        };
-        let c = PooledComparison::of(&predictions[0], &b, labels, order.is_some())?;
-        let (lo, hi) = c.ci95_over_images();
-        let per_seed = c
-            .seed_differences()
-            .map_or("not paired by seed".into(), |d| {
-                d.iter()
-                    .map(|d| format!("{:+.2}", 100.0 * d))
-                    .collect::<Vec<_>>()
-                    .join(" ")
+    for (j, ((x, p), s)) in arms.iter().zip(predictions).zip(&seeds).enumerate() {
+        for i in 0..j {
+            let order = seed_order(&seeds[i], s);
+            let b: Vec<Vec<u32>> = match &order {
+                Some(order) => order.iter().map(|&k| p[k].clone()).collect(),
+                None => p.clone(),
+            };
+            let c = PooledComparison::of(&predictions[i], &b, labels, order.is_some())?;
+            let (lo, hi) = c.ci95_over_images();
+            let per_seed = c
+                .seed_differences()
+                .map_or("not paired by seed".into(), |d| {
+                    d.iter()
+                        .map(|d| format!("{:+.2}", 100.0 * d))
+                        .collect::<Vec<_>>()
+                        .join(" ")
+                });
+            let over_seeds = c.ci95_over_seeds().map_or("-".into(), |(lo, hi)| {
+                format!("[{:+.2}, {:+.2}]", 100.0 * lo, 100.0 * hi)
             });
-        let over_seeds = c.ci95_over_seeds().map_or("-".into(), |(lo, hi)| {
-            format!("[{:+.2}, {:+.2}]", 100.0 * lo, 100.0 * hi)
-        });
-        println!(
-            "{:<24} {:>+10.2} {:>20} {:>8.4}   {:<24} {:>20}",
-            x.name,
-            100.0 * c.difference(),
-            format!("[{:+.2}, {:+.2}]", 100.0 * lo, 100.0 * hi),
-            c.p_over_images(),
-            per_seed,
-            over_seeds
-        );
+            println!(
+                "{:<24} {:<24} {:>+10.2} {:>20} {:>8.4}   {:<24} {:>20}",
+                x.name,
+                arms[i].name,
+                100.0 * c.difference(),
+                format!("[{:+.2}, {:+.2}]", 100.0 * lo, 100.0 * hi),
+                c.p_over_images(),
+                per_seed,
+                over_seeds
+            );
+        }
     }
     Ok(())
 }
