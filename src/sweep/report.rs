@@ -138,7 +138,7 @@ pub struct ReportContext<'a> {
     /// How many of the validation images the teacher trained on.
     pub val_overlap: Option<TeacherOverlap>,
     /// Per student, the chosen distilled run against the baseline and the
-    /// runner-up, image by image on validation ([`super::significance`]).
+    /// runner-up, image by image on validation (`significance.rs`).
     pub choice_pairs: HashMap<String, Vec<ChoicePair>>,
 }
 
