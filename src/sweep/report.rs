@@ -7,8 +7,10 @@
 //! ([`super::choose`]) and states test accuracy for the chosen settings
 //! only; every run's validation figures are in its tables and in
 //! `results.csv` (which, as the raw record of the cards, also keeps each
-//! run's last-epoch test accuracy). Runs of the plan that have not finished
-//! are listed as missing.
+//! run's last-epoch test accuracy). Below each student's table the chosen
+//! run is scored against the baseline and the runner-up image by image
+//! ([`super::significance`]). Runs of the plan that have not finished are
+//! listed as missing.
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
@@ -154,7 +156,8 @@ pub fn report_markdown(results: &[RunResult], ctx: &ReportContext<'_>) -> String
     let rows = by_student(results);
     summary(&mut s, &rows);
     for row in &rows {
-        student_section(&mut s, row, ctx.choice_pairs.get(row.student));
+        let pairs = ctx.choice_pairs.get(row.student).map(Vec::as_slice);
+        student_section(&mut s, row, pairs.unwrap_or_default());
     }
     savings(&mut s, ctx.savings);
     let _ = writeln!(
@@ -361,8 +364,9 @@ fn summary(s: &mut String, rows: &[StudentRow<'_>]) {
 }
 
 /// A student's section: every run's validation figures, the test accuracy
-/// of the chosen ones.
-fn student_section(s: &mut String, row: &StudentRow<'_>, pairs: Option<&Vec<ChoicePair>>) {
+/// of the chosen ones, and the chosen run's `pairs` (against the baseline
+/// and the runner-up, image by image).
+fn student_section(s: &mut String, row: &StudentRow<'_>, pairs: &[ChoicePair]) {
     let chosen: Vec<Choice<'_>> = [row.chosen_baseline(), row.chosen()]
         .into_iter()
         .flatten()
@@ -417,7 +421,7 @@ fn student_section(s: &mut String, row: &StudentRow<'_>, pairs: Option<&Vec<Choi
         );
     }
     let _ = writeln!(s);
-    for p in pairs.into_iter().flatten() {
+    for p in pairs {
         let _ = writeln!(s, "{}\n", pair_line(p));
     }
 }
@@ -504,7 +508,8 @@ fn atomic_plot(path: &Path, draw: impl FnOnce(&Path) -> Result<()>) -> Result<()
 /// and writes the report: with the teacher
 /// (its directory and network), its forward pass over the training split is
 /// timed on `device_name` (once; a rerun reuses the timing) for what the
-/// cache saved.
+/// cache saved. The chosen runs, their baselines and runners-up are loaded
+/// on `device` and scored on the validation images.
 pub fn report_sweep<D: Backend>(
     device: D,
     cfg: &SweepConfig,
