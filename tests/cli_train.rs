@@ -1141,6 +1141,43 @@ fn eval_compares_recipes_over_images_and_over_seeds() {
         out.lines().all(|l| !l.starts_with("a ") || l.contains('%')),
         "{out}"
     );
+    // Runs whose seeds each held out their own images: each run scored on
+    // its own, the recipes compared over seeds only.
+    let own = |out: &str, seed: &str, epochs: &str| {
+        let settings = ["--epochs", epochs, "--batch", "64", "--seed", seed, "-q"];
+        ok(
+            tmp.path(),
+            &train_args(&data, "mlp:784-32-10", out, &settings),
+        )
+    };
+    for (out, seed, epochs) in [
+        ("p3", "3", "1"),
+        ("p4", "4", "1"),
+        ("q3", "3", "2"),
+        ("q4", "4", "2"),
+    ] {
+        own(out, seed, epochs);
+    }
+    let out = ok(
+        tmp.path(),
+        &[
+            "eval", "--arm", "p=p3,p4", "--arm", "q=q4,q3", "--data", &data, "--split", "val",
+        ],
+    );
+    assert!(out.contains("each run on its own held-out images"), "{out}");
+    let q: Vec<&str> = out
+        .lines()
+        .find(|l| l.starts_with("q ") && l.contains(" p "))
+        .unwrap_or_else(|| panic!("{out}"))
+        .split_whitespace()
+        .collect();
+    assert_eq!(&q[3..5], ["-", "-"], "{out}");
+    for (i, seed) in ["3", "4"].iter().enumerate() {
+        let d: f64 = q[5 + i].parse().unwrap();
+        let want = 100.0 * (val(&format!("q{seed}")) - val(&format!("p{seed}")));
+        assert!((d - want).abs() < 0.006, "seed {seed}: {out}");
+    }
+    assert!(q[7].starts_with('['), "{out}");
     // Bad input names the flag or the recipe.
     for (arm, message) in [
         ("a", "no '='"),

@@ -113,83 +113,209 @@ pub fn eval<D: Backend>(dev: D, a: EvalArgs) -> Result<()> {
     } else {
         a.arm.iter().flat_map(|x| x.runs.iter().cloned()).collect()
     };
-    let (data, indices, heading) = match a.split {
+    let (data, images, heading) = match a.split {
         EvalSplit::Whole(split) => {
             let data = Dataset::open(&a.data, split)?;
             let all: Vec<usize> = (0..data.len()).collect();
-            (data, all, None)
+            (data, Images::Same(all), None)
         }
         EvalSplit::Val => {
             let data = Dataset::open(&a.data, Split::Train)?;
-            let indices = shared_validation(&models, &data)?;
-            let heading = format!(
-                "validation: the {} training images {} held out",
-                indices.len(),
-                if models.len() > 1 {
-                    "these models"
-                } else {
-                    "the model"
+            let held = held_out_each(&models, &data)?;
+            match shared_validation(&models, &held) {
+                Ok(indices) => {
+                    let heading = format!(
+                        "validation: the {} training images {} held out",
+                        indices.len(),
+                        if models.len() > 1 {
+                            "these models"
+                        } else {
+                            "the model"
+                        }
+                    );
+                    (data, Images::Same(indices), Some(heading))
                 }
-            );
-            (data, indices, Some(heading))
+                // Recipes whose seeds each held out their own images are
+                // still compared over seeds.
+                Err(_) if !a.arm.is_empty() => (
+                    data,
+                    Images::Own(held),
+                    Some(
+                        "validation: each run on the training images it held out (these runs held out different images; recipes are compared over seeds only, between runs that held out the same ones)"
+                            .to_string(),
+                    ),
+                ),
+                Err(e) => return Err(e),
+            }
         }
     };
-    let predictions = eval_table(dev, &models, &data, &indices, heading, a.batch)?;
+    let per_model: Vec<&[usize]> = match &images {
+        Images::Same(i) => vec![i.as_slice(); models.len()],
+        Images::Own(h) => h.iter().map(Vec::as_slice).collect(),
+    };
+    let predictions = eval_table(dev, &models, &data, &per_model, heading, a.batch)?;
     let Some(all_labels) = data.labels() else {
         return Ok(());
     };
-    let labels: Vec<u32> = indices.iter().map(|&i| all_labels[i]).collect();
-    if !a.arm.is_empty() {
-        let mut runs = predictions.into_iter();
-        let by_arm: Vec<Vec<Vec<u32>>> = a
-            .arm
-            .iter()
-            .map(|x| runs.by_ref().take(x.runs.len()).collect())
-            .collect();
-        print_arms(&a.arm, &by_arm, &labels)
-    } else if models.len() > 1 {
-        print_paired(&models, &predictions[0], &predictions[1..], &labels)
-    } else {
-        Ok(())
+    let labels_of = |idx: &[usize]| -> Vec<u32> { idx.iter().map(|&i| all_labels[i]).collect() };
+    if a.arm.is_empty() {
+        if models.len() > 1 {
+            let labels = labels_of(per_model[0]);
+            print_paired(&models, &predictions[0], &predictions[1..], &labels)?;
+        }
+        return Ok(());
+    }
+    // Split the runs back into their recipes.
+    let mut runs = predictions.into_iter().zip(per_model);
+    let by_arm: Vec<Vec<(Vec<u32>, &[usize])>> = a
+        .arm
+        .iter()
+        .map(|x| runs.by_ref().take(x.runs.len()).collect())
+        .collect();
+    let scores = match &images {
+        Images::Same(indices) => RunScores::SameImages {
+            predictions: by_arm
+                .into_iter()
+                .map(|r| r.into_iter().map(|(p, _)| p).collect())
+                .collect(),
+            labels: labels_of(indices),
+        },
+        Images::Own(_) => RunScores::OwnImages {
+            accuracy: by_arm
+                .iter()
+                .map(|r| {
+                    r.iter()
+                        .map(|(p, idx)| paired::accuracy(p, &labels_of(idx)))
+                        .collect()
+                })
+                .collect(),
+            images: by_arm
+                .iter()
+                .map(|r| r.iter().map(|(_, idx)| idx.to_vec()).collect())
+                .collect(),
+        },
+    };
+    print_arms(&a.arm, &scores)
+}
+
+/// The images the models are scored on.
+enum Images {
+    /// The same images for every model.
+    Same(Vec<usize>),
+    /// Each model's own (the validation images it held out).
+    Own(Vec<Vec<usize>>),
+}
+
+/// The recipes' runs, scored.
+enum RunScores {
+    /// Every run on the same images: each recipe's runs' predictions, and
+    /// the images' labels.
+    SameImages {
+        predictions: Vec<Vec<Vec<u32>>>,
+        labels: Vec<u32>,
+    },
+    /// Each run on its own images: each recipe's runs' accuracies, and the
+    /// images each run was scored on.
+    OwnImages {
+        accuracy: Vec<Vec<f64>>,
+        images: Vec<Vec<Vec<usize>>>,
+    },
+}
+
+impl RunScores {
+    /// Recipe `arm`'s runs' accuracies.
+    fn accuracy(&self, arm: usize) -> Vec<f64> {
+        match self {
+            RunScores::SameImages {
+                predictions,
+                labels,
+            } => predictions[arm]
+                .iter()
+                .map(|p| paired::accuracy(p, labels))
+                .collect(),
+            RunScores::OwnImages { accuracy, .. } => accuracy[arm].clone(),
+        }
+    }
+
+    /// Recipe `b` against recipe `a`; `order[k]` is the run of `b` with the
+    /// seed of `a`'s run `k`, where both ran the same seeds.
+    fn compare(&self, a: usize, b: usize, order: Option<&[usize]>) -> Result<PooledComparison> {
+        let reorder = |runs: &[Vec<u32>]| match order {
+            Some(o) => o.iter().map(|&k| runs[k].clone()).collect(),
+            None => runs.to_vec(),
+        };
+        match self {
+            RunScores::SameImages {
+                predictions,
+                labels,
+            } => PooledComparison::of(
+                &predictions[a],
+                &reorder(&predictions[b]),
+                labels,
+                order.is_some(),
+            ),
+            RunScores::OwnImages { accuracy, images } => {
+                // Paired only where each seed's two runs held out the same images.
+                let order = order.filter(|o| {
+                    o.iter()
+                        .enumerate()
+                        .all(|(k, &m)| images[a][k] == images[b][m])
+                });
+                let acc_b = match order {
+                    Some(o) => o.iter().map(|&k| accuracy[b][k]).collect(),
+                    None => accuracy[b].clone(),
+                };
+                PooledComparison::of_accuracies(accuracy[a].clone(), acc_b, order.is_some())
+            }
+        }
     }
 }
 
-/// The validation images every model in `models` held out of `data` (the
-/// training split), from their cards; a model that held out other images,
-/// or none, is refused by name.
-fn shared_validation(models: &[PathBuf], data: &Dataset) -> Result<Vec<usize>> {
+/// The validation images each model held out of `data` (the training
+/// split), from their cards; a model that held out none is refused by name.
+fn held_out_each(models: &[PathBuf], data: &Dataset) -> Result<Vec<Vec<usize>>> {
     let fingerprint = &data.fingerprint().0;
-    let mut shared: Option<(&PathBuf, Vec<usize>)> = None;
-    for m in models {
-        let split = held_out_by_model(m, fingerprint, data.len())?;
-        match &shared {
-            None => shared = Some((m, split.indices().to_vec())),
-            Some((first, indices)) if indices.as_slice() != split.indices() => {
-                return Err(Error::Model {
-                    path: ModelDir::new(m).card(),
-                    message: format!(
-                        "held out other validation images than {} ({} against {} images, or another seed): --split val compares models on the same held-out images; train them with the same --val-seed and --val-fraction",
-                        first.display(),
-                        split.len(),
-                        indices.len()
-                    ),
-                });
-            }
-            Some(_) => {}
-        }
+    models
+        .iter()
+        .map(|m| {
+            Ok(held_out_by_model(m, fingerprint, data.len())?
+                .indices()
+                .to_vec())
+        })
+        .collect()
+}
+
+/// The validation images every model in `models` held out (`held`, in the
+/// same order), when they are the same images; a model that held out other
+/// images is refused by name.
+fn shared_validation(models: &[PathBuf], held: &[Vec<usize>]) -> Result<Vec<usize>> {
+    let Some(first) = held.first() else {
+        return Ok(Vec::new());
+    };
+    if let Some((m, other)) = models.iter().zip(held).find(|(_, h)| *h != first) {
+        return Err(Error::Model {
+            path: ModelDir::new(m).card(),
+            message: format!(
+                "held out other validation images than {} ({} against {} images, or another seed): --split val compares models on the same held-out images; train them with the same --val-seed and --val-fraction",
+                models[0].display(),
+                other.len(),
+                first.len()
+            ),
+        });
     }
-    Ok(shared.map(|(_, i)| i).unwrap_or_default())
+    Ok(first.clone())
 }
 
 /// One row per model (under `heading`, when given), printed as each is
-/// measured; returns each model's predictions on `indices`. Every model is
+/// measured on its `indices` (one list per model); returns each model's
+/// predictions. Every model is
 /// loaded and checked against the data first, so a missing or unfit model is
 /// an error before any table is printed.
 fn eval_table<D: Backend>(
     dev: D,
     models: &[PathBuf],
     data: &Dataset,
-    indices: &[usize],
+    indices: &[&[usize]],
     heading: Option<String>,
     batch: usize,
 ) -> Result<Vec<Vec<u32>>> {
@@ -216,7 +342,7 @@ fn eval_table<D: Backend>(
         "ms/smp@256"
     );
     let mut predictions = Vec::with_capacity(loaded.len());
-    for (m, dir, net) in &loaded {
+    for ((m, dir, net), indices) in loaded.iter().zip(indices) {
         let r = compare::measure_samples(dir, net, data, indices, batch)?;
         println!(
             "{:<36} {:>9} {:>8} {:>11} {:>11} {:>10} {:>12} {:>10.4} {:>11.4}",
@@ -273,24 +399,29 @@ fn print_paired(
 
 /// Each recipe's runs summarised, then each recipe against each one listed
 /// before it: the difference of the runs' mean accuracies, its interval and
-/// p-value over images, and, with the runs paired by seed, each seed's
-/// difference and the interval over seeds.
-fn print_arms(arms: &[Arm], predictions: &[Vec<Vec<u32>>], labels: &[u32]) -> Result<()> {
+/// p-value over images (runs scored on the same images), and, with the runs
+/// paired by seed, each seed's difference and the interval over seeds.
+fn print_arms(arms: &[Arm], scores: &RunScores) -> Result<()> {
     let seeds: Vec<Vec<Option<u64>>> = arms
         .iter()
         .map(|x| x.runs.iter().map(|r| card_seed(r)).collect())
         .collect::<Result<_>>()?;
     println!();
-    println!(
-        "recipes on the same {} images (accuracy: the mean of the runs; sd: between the runs):",
-        labels.len()
-    );
+    match scores {
+        RunScores::SameImages { labels, .. } => println!(
+            "recipes on the same {} images (accuracy: the mean of the runs; sd: between the runs):",
+            labels.len()
+        ),
+        RunScores::OwnImages { .. } => println!(
+            "recipes, each run on its own held-out images (accuracy: the mean of the runs; sd: between the runs):"
+        ),
+    }
     println!(
         "{:<24} {:>5} {:>9} {:>6}   seeds",
         "recipe", "runs", "accuracy", "sd"
     );
-    for ((x, p), s) in arms.iter().zip(predictions).zip(&seeds) {
-        let accuracy: Vec<f64> = p.iter().map(|r| paired::accuracy(r, labels)).collect();
+    for (k, (x, s)) in arms.iter().zip(&seeds).enumerate() {
+        let accuracy = scores.accuracy(k);
         let sd = paired::sample_variance(&accuracy).map(f64::sqrt);
         println!(
             "{:<24} {:>5} {:>8.2}% {:>6}   {}",
@@ -315,15 +446,10 @@ fn print_arms(arms: &[Arm], predictions: &[Vec<Vec<u32>>], labels: &[u32]) -> Re
         "{:<24} {:<24} {:>10} {:>20} {:>8}   {:<24} {:>20}",
         "recipe", "against", "difference", "95% over images", "p", "per seed", "95% over seeds"
     );
-    for (j, ((x, p), s)) in arms.iter().zip(predictions).zip(&seeds).enumerate() {
+    for (j, x) in arms.iter().enumerate() {
         for i in 0..j {
-            let order = seed_order(&seeds[i], s);
-            let b: Vec<Vec<u32>> = match &order {
-                Some(order) => order.iter().map(|&k| p[k].clone()).collect(),
-                None => p.clone(),
-            };
-            let c = PooledComparison::of(&predictions[i], &b, labels, order.is_some())?;
-            let (lo, hi) = c.ci95_over_images();
+            let order = seed_order(&seeds[i], &seeds[j]);
+            let c = scores.compare(i, j, order.as_deref())?;
             let per_seed = c
                 .seed_differences()
                 .map_or("not paired by seed".into(), |d| {
@@ -332,18 +458,20 @@ fn print_arms(arms: &[Arm], predictions: &[Vec<Vec<u32>>], labels: &[u32]) -> Re
                         .collect::<Vec<_>>()
                         .join(" ")
                 });
-            let over_seeds = c.ci95_over_seeds().map_or("-".into(), |(lo, hi)| {
-                format!("[{:+.2}, {:+.2}]", 100.0 * lo, 100.0 * hi)
-            });
+            let interval = |ci: Option<(f64, f64)>| {
+                ci.map_or("-".into(), |(lo, hi)| {
+                    format!("[{:+.2}, {:+.2}]", 100.0 * lo, 100.0 * hi)
+                })
+            };
             println!(
-                "{:<24} {:<24} {:>+10.2} {:>20} {:>8.4}   {:<24} {:>20}",
+                "{:<24} {:<24} {:>+10.2} {:>20} {:>8}   {:<24} {:>20}",
                 x.name,
                 arms[i].name,
                 100.0 * c.difference(),
-                format!("[{:+.2}, {:+.2}]", 100.0 * lo, 100.0 * hi),
-                c.p_over_images(),
+                interval(c.ci95_over_images()),
+                c.p_over_images().map_or("-".into(), |p| format!("{p:.4}")),
                 per_seed,
-                over_seeds
+                interval(c.ci95_over_seeds())
             );
         }
     }

@@ -130,15 +130,15 @@ impl PairedComparison {
 /// images: see the module documentation.
 #[derive(Debug, Clone, PartialEq)]
 pub struct PooledComparison {
-    /// Images compared.
+    /// Images compared (0 when the runs were scored on different images).
     pub n: usize,
     /// Each run's accuracy (a fraction), recipe A's runs in the given order.
     pub accuracy_a: Vec<f64>,
     /// The same for recipe B.
     pub accuracy_b: Vec<f64>,
     /// Sample variance (n - 1) of the per-image differences in the share of
-    /// runs right.
-    image_variance: f64,
+    /// runs right; `None` when the runs were not scored on the same images.
+    image_variance: Option<f64>,
     /// B's accuracy minus A's, seed by seed, when the runs are paired.
     seed_differences: Option<Vec<f64>>,
 }
@@ -198,7 +198,7 @@ impl PooledComparison {
         let (share_a, accuracy_a) = correct(a);
         let (share_b, accuracy_b) = correct(b);
         let d: Vec<f64> = share_b.iter().zip(&share_a).map(|(b, a)| b - a).collect();
-        let image_variance = sample_variance(&d).unwrap_or(0.0);
+        let image_variance = Some(sample_variance(&d).unwrap_or(0.0));
         let seed_differences = paired_by_seed.then(|| {
             accuracy_b
                 .iter()
@@ -215,37 +215,66 @@ impl PooledComparison {
         })
     }
 
+    /// From each run's accuracy alone, for runs scored on different images
+    /// (each seed on the validation images it held out): no comparison over
+    /// images, only over seeds. With `paired_by_seed`, `a[j]` and `b[j]` are
+    /// the same seed, scored on the same images.
+    pub fn of_accuracies(a: Vec<f64>, b: Vec<f64>, paired_by_seed: bool) -> Result<Self> {
+        if a.is_empty() || b.is_empty() || (paired_by_seed && a.len() != b.len()) {
+            return Err(Error::Config {
+                field: "accuracies".into(),
+                message: format!(
+                    "a comparison over seeds needs at least one run of each recipe, and as many of each when paired: {} and {}",
+                    a.len(),
+                    b.len()
+                ),
+            });
+        }
+        let seed_differences =
+            paired_by_seed.then(|| b.iter().zip(&a).map(|(b, a)| b - a).collect());
+        Ok(PooledComparison {
+            n: 0,
+            accuracy_a: a,
+            accuracy_b: b,
+            image_variance: None,
+            seed_differences,
+        })
+    }
+
     /// Mean accuracy of B's runs minus mean accuracy of A's (a fraction).
     pub fn difference(&self) -> f64 {
         mean(&self.accuracy_b) - mean(&self.accuracy_a)
     }
 
-    /// Standard error of [`difference`](Self::difference) over images.
-    fn image_standard_error(&self) -> f64 {
-        if self.n == 0 {
-            return 0.0;
-        }
-        (self.image_variance / self.n as f64).sqrt()
+    /// Standard error of [`difference`](Self::difference) over images
+    /// (`None`: the runs were not scored on the same images).
+    fn image_standard_error(&self) -> Option<f64> {
+        let v = self.image_variance?;
+        Some(if self.n == 0 {
+            0.0
+        } else {
+            (v / self.n as f64).sqrt()
+        })
     }
 
     /// The 95% interval of the difference over images (normal
-    /// approximation).
-    pub fn ci95_over_images(&self) -> (f64, f64) {
+    /// approximation); `None` for runs scored on different images.
+    pub fn ci95_over_images(&self) -> Option<(f64, f64)> {
         let d = self.difference();
-        let half = Z_975 * self.image_standard_error();
-        (d - half, d + half)
+        let half = Z_975 * self.image_standard_error()?;
+        Some((d - half, d + half))
     }
 
     /// The two-sided p-value of "no difference" over images (normal
-    /// approximation). With no spread between images it is 1 for a zero
-    /// difference and 0 otherwise.
-    pub fn p_over_images(&self) -> f64 {
+    /// approximation); `None` for runs scored on different images. With no
+    /// spread between images it is 1 for a zero difference and 0 otherwise.
+    pub fn p_over_images(&self) -> Option<f64> {
         let d = self.difference();
-        let se = self.image_standard_error();
+        let se = self.image_standard_error()?;
         if se == 0.0 {
-            return if d == 0.0 { 1.0 } else { 0.0 };
+            return Some(if d == 0.0 { 1.0 } else { 0.0 });
         }
-        libm::erfc((d / se).abs() / std::f64::consts::SQRT_2)
+        Some(libm::erfc((d / se).abs() / std::f64::consts::SQRT_2))
     }
 
     /// B's accuracy minus A's, seed by seed (runs paired by seed only).
@@ -399,15 +428,15 @@ mod tests {
         assert!((c.difference() - 0.375).abs() < 1e-15);
         // Per image: shares A 1, .5, .5, 0 and B 1, 1, 1, .5; differences
         // 0, .5, .5, .5 with sample variance 0.0625: standard error 0.125.
-        let (lo, hi) = c.ci95_over_images();
+        let (lo, hi) = c.ci95_over_images().unwrap();
         assert!(
             (hi - 0.375 - Z_975 * 0.125).abs() < 1e-12
                 && (0.375 - lo - Z_975 * 0.125).abs() < 1e-12
         );
         // erfc(3 / sqrt 2) = 2 (1 - Phi(3)).
         assert!(
-            (c.p_over_images() - 0.002_699_796_063_260_2).abs() < 1e-12,
-            "{}",
+            (c.p_over_images().unwrap() - 0.002_699_796_063_260_2).abs() < 1e-12,
+            "{:?}",
             c.p_over_images()
         );
         // Seeds: .25 and .5; standard error 0.125, t(1) 12.7062.
@@ -441,11 +470,25 @@ mod tests {
         let pooled = PooledComparison::of(&[a], &[b], &labels, true).unwrap();
         assert!((pooled.difference() - paired.difference()).abs() < 1e-15);
         // The same interval but for the sample variance's n / (n - 1).
-        let (lo, hi) = pooled.ci95_over_images();
+        let (lo, hi) = pooled.ci95_over_images().unwrap();
         let (plo, phi) = paired.ci95();
         let scale = (n as f64 / (n - 1) as f64).sqrt();
         assert!(((hi - lo) - scale * (phi - plo)).abs() < 1e-12);
-        assert!(pooled.p_over_images() > 0.5 && pooled.p_over_images() < 1.0);
+        assert!((0.5..1.0).contains(&pooled.p_over_images().unwrap()));
+    }
+
+    #[test]
+    fn accuracies_alone_compare_over_seeds_only() {
+        let c = PooledComparison::of_accuracies(vec![0.5, 0.5], vec![0.75, 1.0], true).unwrap();
+        assert!((c.difference() - 0.375).abs() < 1e-15);
+        assert_eq!((c.ci95_over_images(), c.p_over_images()), (None, None));
+        assert_eq!(c.seed_differences(), Some(&[0.25, 0.5][..]));
+        let (lo, hi) = c.ci95_over_seeds().unwrap();
+        assert!((hi - 0.375 - 12.7062 * 0.125).abs() < 1e-12 && lo < 0.0);
+        let u = PooledComparison::of_accuracies(vec![0.5], vec![0.75, 1.0], false).unwrap();
+        assert_eq!(u.ci95_over_seeds(), None);
+        assert!(PooledComparison::of_accuracies(vec![0.5], vec![0.75, 1.0], true).is_err());
+        assert!(PooledComparison::of_accuracies(vec![], vec![0.75], false).is_err());
     }
 
     #[test]
