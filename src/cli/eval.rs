@@ -495,13 +495,12 @@ fn seed_order(first: &[Option<u64>], other: &[Option<u64>]) -> Option<Vec<usize>
     if !first.iter().all(|s| s.is_some_and(|s| seen.insert(s))) {
         return None;
     }
-    let order: Option<Vec<usize>> = first
+    // `first`'s seeds are distinct and as many as `other`'s, so finding
+    // each of them in `other` makes the order a permutation.
+    first
         .iter()
         .map(|s| other.iter().position(|o| o == s))
-        .collect();
-    let order = order?;
-    let distinct: std::collections::HashSet<usize> = order.iter().copied().collect();
-    (distinct.len() == order.len()).then_some(order)
+        .collect()
 }
 
 fn human_bytes(n: u64) -> String {
