@@ -1,6 +1,6 @@
 //! Input augmentation for image datasets: random horizontal flips,
-//! translations and padded crops, the ones that keep a Fashion-MNIST item
-//! or a CIFAR image what it is.
+//! translations, padded crops and smooth warps, the ones that keep a
+//! Fashion-MNIST item or a CIFAR image what it is.
 //!
 //! Every augmented image is a pure function of `(seed, view, sample)`: the
 //! flip and the shift are drawn from an xxh3 hash of the three numbers, never
@@ -24,6 +24,10 @@
 //! the teacher's view-set build, `views export` and the training loader
 //! call.
 //!
+//! `warp=A` bends each image by a smooth random displacement field of
+//! standard deviation `A` pixels ([`super::warp`]), after the flip and the
+//! shift or crop and before any mixing.
+//!
 //! `crop=P` is torchvision's `RandomCrop(size, padding=P)`: the image is
 //! padded with P zero pixels on every side and the original size is cut
 //! out at an offset drawn uniformly from `0..=2P` in each direction, then
@@ -36,6 +40,7 @@ use std::fmt;
 use xxhash_rust::xxh3::xxh3_64;
 
 use super::mix::{Mix, MixParams, MAX_MIX_ALPHA};
+use super::warp::{WarpField, MAX_WARP};
 use super::{DataError, Dataset};
 
 type Result<T, E = DataError> = std::result::Result<T, E>;
@@ -52,6 +57,10 @@ pub struct Augment {
     /// at a uniform offset (0 = no crop).
     #[serde(default, skip_serializing_if = "is_zero")]
     pub crop: u32,
+    /// Bend by a smooth random field of this standard deviation in pixels
+    /// (0 = no warp).
+    #[serde(default, skip_serializing_if = "is_zero_f32")]
+    pub warp: f32,
     /// Mix each image with a partner sample (mixup or cutmix).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mix: Option<Mix>,
@@ -59,6 +68,10 @@ pub struct Augment {
 
 fn is_zero(n: &u32) -> bool {
     *n == 0
+}
+
+fn is_zero_f32(x: &f32) -> bool {
+    *x == 0.0
 }
 
 /// The augmentation drawn for one image.
@@ -77,7 +90,8 @@ pub const MAX_SHIFT: u32 = 8;
 
 impl Augment {
     /// Parses `flip`, `shift=N`, `crop=N` (not both of the last two),
-    /// `mixup=A` or `cutmix=A` (one of them), comma-separated.
+    /// `warp=A`, `mixup=A` or `cutmix=A` (one of the last two),
+    /// comma-separated.
     pub fn parse(text: &str) -> Result<Self> {
         let err = |message: String| DataError::Setting {
             field: FIELD.into(),
@@ -87,6 +101,7 @@ impl Augment {
             flip: false,
             shift: 0,
             crop: 0,
+            warp: 0.0,
             mix: None,
         };
         let mut any = false;
@@ -106,6 +121,17 @@ impl Augment {
                     } else {
                         a.crop = n;
                     }
+                }
+                Some(("warp", v)) => {
+                    a.warp = v
+                        .parse::<f32>()
+                        .ok()
+                        .filter(|x| x.is_finite() && *x > 0.0 && *x <= MAX_WARP)
+                        .ok_or_else(|| {
+                            err(format!(
+                                "warp={v}: the displacement's standard deviation must be a number of pixels in (0, {MAX_WARP}] (e.g. warp=1)"
+                            ))
+                        })?;
                 }
                 Some((k, v)) if k == "mixup" || k == "cutmix" => {
                     let alpha = v
@@ -129,7 +155,7 @@ impl Augment {
                 }
                 _ => {
                     return Err(err(format!(
-                        "unknown item '{item}'; expected flip, shift=N, crop=N, mixup=A or cutmix=A (e.g. flip,shift=2 or crop=4,flip or flip,mixup=0.2)"
+                        "unknown item '{item}'; expected flip, shift=N, crop=N, warp=A, mixup=A or cutmix=A (e.g. flip,shift=2 or crop=4,flip or flip,mixup=0.2)"
                     )))
                 }
             }
@@ -141,7 +167,7 @@ impl Augment {
         }
         if !any || a.is_identity() {
             return Err(err(format!(
-                "'{text}' augments nothing; use flip, shift=N or crop=N (N >= 1), mixup=A or cutmix=A, or several"
+                "'{text}' augments nothing; use flip, shift=N or crop=N (N >= 1), warp=A, mixup=A or cutmix=A, or several"
             )));
         }
         Ok(a)
@@ -154,7 +180,7 @@ impl Augment {
 
     /// Whether it moves no pixel of an image (it may still mix images).
     fn is_geometric_identity(&self) -> bool {
-        !self.flip && self.shift == 0 && self.crop == 0
+        !self.flip && self.shift == 0 && self.crop == 0 && self.warp == 0.0
     }
 
     /// Checks that images of `shape` (C, H, W) can be augmented.
@@ -165,7 +191,7 @@ impl Augment {
             return Err(DataError::Setting {
                 field: FIELD.into(),
                 message: format!(
-                    "samples of shape {shape:?} are not images this augmentation fits (flat features cannot be flipped, shifted or cut; mixup=A can mix them)"
+                    "samples of shape {shape:?} are not images this augmentation fits (flat features cannot be flipped, shifted, warped or cut; mixup=A can mix them)"
                 ),
             });
         }
@@ -241,12 +267,20 @@ impl Augment {
         if self.is_geometric_identity() {
             return;
         }
+        let moves = self.flip || self.shift > 0 || self.crop > 0;
+        let [_, h, w] = shape;
         let len = shape.iter().product::<usize>().max(1);
         let mut tmp = vec![0f32; len];
         for (&i, x) in indices.iter().zip(inputs.chunks_exact_mut(len)) {
-            let p = self.params(seed, view, i as u64);
-            tmp.copy_from_slice(x);
-            Self::apply(p, shape, &tmp, x);
+            if moves {
+                let p = self.params(seed, view, i as u64);
+                tmp.copy_from_slice(x);
+                Self::apply(p, shape, &tmp, x);
+            }
+            if self.warp > 0.0 {
+                tmp.copy_from_slice(x);
+                WarpField::draw(self.warp, seed, view, i as u64, h, w).apply(shape, &tmp, x);
+            }
         }
     }
 }
@@ -310,7 +344,7 @@ impl Augment {
 
 impl fmt::Display for Augment {
     /// The items in the order they act: a flip before a shift, a crop
-    /// before a flip.
+    /// before a flip, a warp after both and a mix last.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let mut items = Vec::new();
         if self.crop > 0 {
@@ -321,6 +355,9 @@ impl fmt::Display for Augment {
         }
         if self.shift > 0 {
             items.push(format!("shift={}", self.shift));
+        }
+        if self.warp > 0.0 {
+            items.push(format!("warp={}", self.warp));
         }
         if let Some(m) = self.mix {
             items.push(m.to_string());
@@ -345,6 +382,7 @@ mod tests {
                 flip: true,
                 shift: 2,
                 crop: 0,
+                warp: 0.0,
                 mix: None,
             }
         );
@@ -361,6 +399,48 @@ mod tests {
             let e = Augment::parse(t).unwrap_err().to_string();
             assert!(e.contains("augment") && e.contains(needle), "{t}: {e}");
         }
+    }
+
+    #[test]
+    fn warp_parses_prints_records_and_warps_after_the_shift() {
+        let a = Augment::parse("shift=1, warp=1.5").unwrap();
+        assert_eq!((a.shift, a.warp), (1, 1.5));
+        for t in ["warp=1", "flip,shift=1,warp=0.5", "crop=2,warp=2,mixup=0.2"] {
+            assert_eq!(Augment::parse(t).unwrap().to_string(), t);
+        }
+        for (t, needle) in [
+            ("warp=0", "warp=0: the displacement"),
+            ("warp=5", "in (0, 4]"),
+            ("warp=x", "warp=x"),
+            ("warp=nan", "warp=nan"),
+        ] {
+            let e = Augment::parse(t).unwrap_err().to_string();
+            assert!(e.contains("augment") && e.contains(needle), "{t}: {e}");
+        }
+        let json = serde_json::to_string(&a).unwrap();
+        assert_eq!(json, r#"{"flip":false,"shift":1,"warp":1.5}"#);
+        assert_eq!(serde_json::from_str::<Augment>(&json).unwrap(), a);
+        assert!(a.check_shape([1, 1, 784]).is_err());
+        // A batch is shifted first, then warped by each sample's own field.
+        let shape = [1, 28, 28];
+        let one: Vec<f32> = (0..784).map(|i| (i % 29) as f32).collect();
+        let mut batch = [one.clone(), one.clone()].concat();
+        a.apply_batch(4, 1, &[3, 8], shape, &mut batch);
+        for (k, s) in [3u64, 8].iter().enumerate() {
+            let mut shifted = vec![0.0; 784];
+            Augment::apply(a.params(4, 1, *s), shape, &one, &mut shifted);
+            let mut want = vec![0.0; 784];
+            WarpField::draw(1.5, 4, 1, *s, 28, 28).apply(shape, &shifted, &mut want);
+            assert_eq!(batch[k * 784..(k + 1) * 784], want[..]);
+        }
+        assert_ne!(batch[..784], batch[784..]);
+        // Warp alone moves pixels; it does not draw a shift.
+        let w = Augment::parse("warp=1").unwrap();
+        let mut b = one.clone();
+        w.apply_batch(0, 0, &[5], shape, &mut b);
+        let mut want = vec![0.0; 784];
+        WarpField::draw(1.0, 0, 0, 5, 28, 28).apply(shape, &one, &mut want);
+        assert_eq!(b, want);
     }
 
     #[test]
@@ -489,6 +569,7 @@ mod tests {
                 flip: true,
                 shift: 0,
                 crop: 4,
+                warp: 0.0,
                 mix: None,
             }
         );

@@ -78,19 +78,25 @@ impl MixParams {
 /// (which hashes 24 bytes, these 40).
 const MIX_DOMAIN: u64 = 0x6d69_7875_7063_7574; // "mixupcut"
 
-/// Numbered uniform and normal draws for one `(seed, view, sample)`.
-struct Draws {
+/// Numbered uniform and normal draws for one `(seed, view, sample)`, in
+/// a domain of their own (the mix's, or [`super::warp`]'s).
+pub(super) struct Draws {
     key: [u8; 40],
     next: u64,
 }
 
 impl Draws {
     fn new(seed: u64, view: u64, sample: u64) -> Self {
+        Self::in_domain(seed, view, sample, MIX_DOMAIN)
+    }
+
+    /// Draws for `(seed, view, sample)` that no other domain's draws repeat.
+    pub(super) fn in_domain(seed: u64, view: u64, sample: u64, domain: u64) -> Self {
         let mut key = [0u8; 40];
         key[..8].copy_from_slice(&seed.to_le_bytes());
         key[8..16].copy_from_slice(&view.to_le_bytes());
         key[16..24].copy_from_slice(&sample.to_le_bytes());
-        key[24..32].copy_from_slice(&MIX_DOMAIN.to_le_bytes());
+        key[24..32].copy_from_slice(&domain.to_le_bytes());
         Draws { key, next: 0 }
     }
 
@@ -106,7 +112,7 @@ impl Draws {
     }
 
     /// Standard normal (Box-Muller, one of the pair).
-    fn normal(&mut self) -> f64 {
+    pub(super) fn normal(&mut self) -> f64 {
         let (u, v) = (self.uniform(), self.uniform());
         (-2.0 * u.ln()).sqrt() * (std::f64::consts::TAU * v).cos()
     }

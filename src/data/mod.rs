@@ -41,6 +41,7 @@ pub mod mix;
 pub mod normalize;
 mod npy;
 pub mod options;
+pub mod warp;
 
 #[cfg(test)]
 mod tests;
