@@ -98,8 +98,8 @@ pub struct BuildArgs {
     /// Teacher batch size.
     #[arg(long, default_value_t = 500)]
     batch: usize,
-    /// Run the teacher on augmented images: flip, shift=N, crop=N, mixup=A,
-    /// cutmix=A, comma-separated (e.g. flip,shift=2,mixup=0.2; README,
+    /// Run the teacher on augmented images: flip, shift=N, crop=N, warp=A,
+    /// mixup=A, cutmix=A, comma-separated (e.g. flip,shift=2,mixup=0.2; README,
     /// "Augmentation").
     /// Writes a view set: OUT/view-0 ... OUT/view-{K-1}, one cache per view;
     /// `train --cache OUT` then shows the student the same augmented image

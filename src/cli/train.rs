@@ -50,10 +50,11 @@ pub struct TrainArgs {
     /// every=100, per-layer thresholds; global: one threshold).
     #[arg(long)]
     prune_schedule: Option<String>,
-    /// Augment the training images: flip, shift=N, crop=N, mixup=A,
-    /// cutmix=A, comma-separated (random mirror, translation by up to N
-    /// pixels, padded crop, mixing with a partner sample at a Beta(A, A)
-    /// weight; drawn per seed, epoch and sample). With distillation the
+    /// Augment the training images: flip, shift=N, crop=N, warp=A,
+    /// mixup=A, cutmix=A, comma-separated (random mirror, translation by up
+    /// to N pixels, padded crop, smooth warp of A pixels' deviation, mixing
+    /// with a partner sample at a Beta(A, A) weight; drawn per seed, epoch
+    /// and sample). With distillation the
     /// teacher must see the same images: a view set built with the same
     /// augmentation (the cache's is used when this is left out), or
     /// --online-teacher.

@@ -209,6 +209,27 @@ mod tests {
         assert!((sd - 2.0).abs() < 0.05, "{sd}");
     }
 
+    /// The draws FORMAT.md specifies, pinned: a view set's targets belong
+    /// to exactly these images, so changing them breaks every warped set.
+    /// The values were computed from FORMAT.md's words alone, in Python
+    /// with the `xxhash` package: 0.16506113283958812, 1.333945531441083,
+    /// -2.228837332106016, -0.19823228390649458, 0.6946871640760448.
+    #[test]
+    fn draws_match_the_format_documents() {
+        let f = WarpField::draw(1.0, 0, 0, 0, 28, 28);
+        let got = [f.u[0], f.u[1], f.u[24], f.v[0], f.v[24]];
+        let want = [
+            0.165_061_13,
+            1.333_945_5,
+            -2.228_837_3,
+            -0.198_232_28,
+            0.694_687_2,
+        ];
+        for (g, w) in got.iter().zip(want) {
+            assert!((g - w).abs() < 1e-6, "{got:?}");
+        }
+    }
+
     #[test]
     fn a_warp_keeps_most_of_an_item_and_moves_it_a_little() {
         // A bright 8x8 square in the middle of a 28x28 image is stretched

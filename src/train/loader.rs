@@ -618,34 +618,37 @@ mod tests {
         walk(&loader, &teacher, 0, 0, 1.0);
     }
 
+    /// Flips and shifts, and a warp after a shift.
     #[test]
     fn a_view_set_serves_the_view_the_teacher_saw_with_its_augmented_inputs() {
         let tmp = tempfile::tempdir().unwrap();
         let (teacher, data) = (teacher(), data());
-        let set = tmp.path().join("set");
-        for v in 0..2 {
-            let view = ViewInfo {
-                augment: "flip,shift=2".into(),
-                seed: 5,
-                view: v,
-                views: 2,
-            };
-            build(&teacher, &data, &view_dir(&set, v), Some(view));
+        for (k, spec) in ["flip,shift=2", "shift=1,warp=1"].iter().enumerate() {
+            let set = tmp.path().join(format!("set-{k}"));
+            for v in 0..2 {
+                let view = ViewInfo {
+                    augment: spec.to_string(),
+                    seed: 5,
+                    view: v,
+                    views: 2,
+                };
+                build(&teacher, &data, &view_dir(&set, v), Some(view));
+            }
+            // SAFETY: written above by this test; nothing modifies it.
+            let views = unsafe { CacheViews::open(&set) }.unwrap();
+            let cfg = config(T);
+            let loader = Loader::new(&data, Some(&views), &cfg);
+            for epoch in 0..3 {
+                walk(&loader, &teacher, epoch, 0, T);
+            }
+            // The inputs are augmented (else the teacher check above would
+            // be comparing plain images with plain outputs).
+            let b = loader.batches(1, 0).unwrap().next().unwrap().unwrap();
+            let mut plain = vec![0f32; b.inputs.len()];
+            data.fill_inputs(&b.indices, &mut plain);
+            assert_ne!(b.inputs, plain, "{spec}");
+            walk(&loader, &teacher, 1, 333, T);
         }
-        // SAFETY: written above by this test; nothing modifies it.
-        let views = unsafe { CacheViews::open(&set) }.unwrap();
-        let cfg = config(T);
-        let loader = Loader::new(&data, Some(&views), &cfg);
-        for epoch in 0..3 {
-            walk(&loader, &teacher, epoch, 0, T);
-        }
-        // The inputs are augmented (else the teacher check above would be
-        // comparing plain images with plain outputs).
-        let b = loader.batches(1, 0).unwrap().next().unwrap().unwrap();
-        let mut plain = vec![0f32; b.inputs.len()];
-        data.fill_inputs(&b.indices, &mut plain);
-        assert_ne!(b.inputs, plain);
-        walk(&loader, &teacher, 1, 333, T);
     }
 
     /// The round trip of a mixed view set: `build_view_set` runs the
