@@ -46,6 +46,14 @@ pub struct WarpField {
     v: Vec<f32>,
 }
 
+/// `x.floor()` as an integer, without the library call `f32::floor` is
+/// on a CPU target without SSE4.1; exact for the `|x| < 2^23` a warp
+/// reads at.
+fn floor(x: f32) -> i64 {
+    let t = x as i64;
+    t - ((t as f32) > x) as i64
+}
+
 /// Control points on one axis of `len` pixels, `step` apart, covering both
 /// ends.
 fn points(len: usize, step: usize) -> usize {
@@ -69,16 +77,25 @@ impl WarpField {
         WarpField { step, nx, ny, u, v }
     }
 
+    /// The cell of pixel `p` on an axis of `n` control points: the points
+    /// before and after it and how far along it lies.
+    fn cell(&self, p: usize, n: usize) -> (usize, usize, f32) {
+        let i = (p / self.step).min(n - 1);
+        let t = (p - i * self.step) as f32 / self.step as f32;
+        (i, (i + 1).min(n - 1), t)
+    }
+
     /// The displacement `(u, v)` at pixel `(x, y)`: the bilinear mix of the
     /// four control points around it.
     pub fn at(&self, x: usize, y: usize) -> (f32, f32) {
-        let cell = |p: usize, n: usize| {
-            let i = (p / self.step).min(n - 1);
-            let t = (p - i * self.step) as f32 / self.step as f32;
-            (i, (i + 1).min(n - 1), t)
-        };
-        let (x0, x1, tx) = cell(x, self.nx);
-        let (y0, y1, ty) = cell(y, self.ny);
+        self.at_cells(self.cell(x, self.nx), self.cell(y, self.ny))
+    }
+
+    fn at_cells(
+        &self,
+        (x0, x1, tx): (usize, usize, f32),
+        (y0, y1, ty): (usize, usize, f32),
+    ) -> (f32, f32) {
         let mix = |f: &[f32]| {
             let top = f[y0 * self.nx + x0] * (1.0 - tx) + f[y0 * self.nx + x1] * tx;
             let bottom = f[y1 * self.nx + x0] * (1.0 - tx) + f[y1 * self.nx + x1] * tx;
@@ -99,18 +116,30 @@ impl WarpField {
                 0.0
             }
         };
+        let columns: Vec<_> = (0..w).map(|x| self.cell(x, self.nx)).collect();
         for y in 0..h {
-            for x in 0..w {
-                let (u, v) = self.at(x, y);
+            let row = self.cell(y, self.ny);
+            for (x, &column) in columns.iter().enumerate() {
+                let (u, v) = self.at_cells(column, row);
                 let (sx, sy) = (x as f32 - u, y as f32 - v);
-                let (fx, fy) = (sx.floor(), sy.floor());
-                let (tx, ty) = (sx - fx, sy - fy);
-                let (ix, iy) = (fx as i64, fy as i64);
+                let (ix, iy) = (floor(sx), floor(sy));
+                let (tx, ty) = (sx - ix as f32, sy - iy as f32);
+                let inside = ix >= 0 && iy >= 0 && ix + 1 < w as i64 && iy + 1 < h as i64;
                 for ch in 0..c {
                     let plane = ch * h * w;
-                    let top = pixel(plane, ix, iy) * (1.0 - tx) + pixel(plane, ix + 1, iy) * tx;
-                    let bottom =
-                        pixel(plane, ix, iy + 1) * (1.0 - tx) + pixel(plane, ix + 1, iy + 1) * tx;
+                    let (p00, p10, p01, p11) = if inside {
+                        let at = plane + iy as usize * w + ix as usize;
+                        (src[at], src[at + 1], src[at + w], src[at + w + 1])
+                    } else {
+                        (
+                            pixel(plane, ix, iy),
+                            pixel(plane, ix + 1, iy),
+                            pixel(plane, ix, iy + 1),
+                            pixel(plane, ix + 1, iy + 1),
+                        )
+                    };
+                    let top = p00 * (1.0 - tx) + p10 * tx;
+                    let bottom = p01 * (1.0 - tx) + p11 * tx;
                     dst[plane + y * w + x] = top * (1.0 - ty) + bottom * ty;
                 }
             }
@@ -129,6 +158,15 @@ mod tests {
             ny,
             u: vec![u; nx * ny],
             v: vec![v; nx * ny],
+        }
+    }
+
+    #[test]
+    fn floor_is_the_floor() {
+        for x in [
+            -3.5f32, -3.0, -0.25, -0.0, 0.0, 0.25, 2.0, 2.999, 27.5, -1e-7,
+        ] {
+            assert_eq!(floor(x), x.floor() as i64, "{x}");
         }
     }
 
