@@ -440,7 +440,7 @@ fn print_arms(arms: &[Arm], scores: &RunScores) -> Result<()> {
     }
     println!();
     println!(
-        "each recipe against each listed before it (difference in points; over images: each image's share of runs right, normal approximation; over seeds: runs paired by seed, Student's t):"
+        "each recipe against each listed before it (difference in points; over images: each image's share of runs right, normal approximation; over seeds: runs paired by seed, Student's t, or recipes of other seeds, Welch's t):"
     );
     println!(
         "{:<24} {:<24} {:>10} {:>20} {:>8}   {:<24} {:>20}",
@@ -450,14 +450,19 @@ fn print_arms(arms: &[Arm], scores: &RunScores) -> Result<()> {
         for i in 0..j {
             let order = seed_order(&seeds[i], &seeds[j]);
             let c = scores.compare(i, j, order.as_deref())?;
-            let per_seed = c
-                .seed_differences()
-                .map_or("not paired by seed".into(), |d| {
+            let (per_seed, over_seeds) = match c.seed_differences() {
+                Some(d) => (
                     d.iter()
                         .map(|d| format!("{:+.2}", 100.0 * d))
                         .collect::<Vec<_>>()
-                        .join(" ")
-                });
+                        .join(" "),
+                    c.ci95_over_seeds(),
+                ),
+                None => match c.ci95_over_seeds_unpaired() {
+                    Some(ci) => ("not paired by seed: Welch".into(), Some(ci)),
+                    None => ("not paired by seed".into(), None),
+                },
+            };
             let interval = |ci: Option<(f64, f64)>| {
                 ci.map_or("-".into(), |(lo, hi)| {
                     format!("[{:+.2}, {:+.2}]", 100.0 * lo, 100.0 * hi)
@@ -471,7 +476,7 @@ fn print_arms(arms: &[Arm], scores: &RunScores) -> Result<()> {
                 interval(c.ci95_over_images()),
                 c.p_over_images().map_or("-".into(), |p| format!("{p:.4}")),
                 per_seed,
-                interval(c.ci95_over_seeds())
+                interval(over_seeds)
             );
         }
     }

@@ -26,7 +26,10 @@
 //!   difference of *these* runs hold on new images?
 //! - **over seeds**: with the runs paired by seed, each seed's difference in
 //!   accuracy, and Student's t interval of their mean (k - 1 degrees of
-//!   freedom). Would it hold for new seeds on *these* images?
+//!   freedom). Would it hold for new seeds on *these* images? Recipes that
+//!   ran other seeds (or a different number of them) are compared with
+//!   Welch's interval instead: each recipe's runs as an independent sample,
+//!   the degrees of freedom Welch-Satterthwaite's, rounded down.
 //!
 //! A recipe can pass the first and fail the second (a few lucky seeds), or
 //! the reverse (a small, steady gain on few images); a claim needs both.
@@ -293,6 +296,30 @@ impl PooledComparison {
     }
 }
 
+impl PooledComparison {
+    /// Welch's 95% interval of the difference in mean accuracy, each
+    /// recipe's runs taken as an independent sample: for recipes not paired
+    /// by seed with at least two runs each (`None` otherwise). The degrees of
+    /// freedom are Welch-Satterthwaite's, rounded down, which widens the
+    /// interval a little.
+    pub fn ci95_over_seeds_unpaired(&self) -> Option<(f64, f64)> {
+        if self.seed_differences.is_some() {
+            return None;
+        }
+        let (na, nb) = (self.accuracy_a.len() as f64, self.accuracy_b.len() as f64);
+        let qa = sample_variance(&self.accuracy_a)? / na;
+        let qb = sample_variance(&self.accuracy_b)? / nb;
+        let d = self.difference();
+        let se2 = qa + qb;
+        if se2 == 0.0 {
+            return Some((d, d));
+        }
+        let df = se2 * se2 / (qa * qa / (na - 1.0) + qb * qb / (nb - 1.0));
+        let half = student_t_975((df.floor() as usize).max(1)) * se2.sqrt();
+        Some((d - half, d + half))
+    }
+}
+
 /// The standard normal's 97.5% quantile.
 const Z_975: f64 = 1.959_963_984_540_054;
 
@@ -475,6 +502,42 @@ mod tests {
         let scale = (n as f64 / (n - 1) as f64).sqrt();
         assert!(((hi - lo) - scale * (phi - plo)).abs() < 1e-12);
         assert!((0.5..1.0).contains(&pooled.p_over_images().unwrap()));
+    }
+
+    /// Worked by hand: a = 0.90 0.91 0.92, b = 0.93 0.95: means 0.91 and
+    /// 0.94, variances 1e-4 and 2e-4, standard error sqrt(1e-4/3 + 2e-4/2)
+    /// = 0.011547, Welch's df 1.68, rounded down to 1 (t 12.7062): half
+    /// width 0.14672. a = 0.90..0.93 (4 runs), b = 0.93 0.95 0.94 0.92 0.96:
+    /// difference 0.025, standard error 0.0095743, df 6.98, so 6 (t 2.4469):
+    /// half width 0.023427.
+    #[test]
+    fn recipes_of_other_seeds_get_welchs_interval() {
+        let close = |(lo, hi): (f64, f64), d: f64, half: f64| {
+            assert!(
+                (lo - (d - half)).abs() < 1e-5 && (hi - (d + half)).abs() < 1e-5,
+                "{lo} {hi}"
+            );
+        };
+        let u = PooledComparison::of_accuracies(vec![0.90, 0.91, 0.92], vec![0.93, 0.95], false)
+            .unwrap();
+        close(u.ci95_over_seeds_unpaired().unwrap(), 0.03, 0.146_72);
+        assert_eq!(u.ci95_over_seeds(), None);
+        let u = PooledComparison::of_accuracies(
+            vec![0.90, 0.91, 0.92, 0.93],
+            vec![0.93, 0.95, 0.94, 0.92, 0.96],
+            false,
+        )
+        .unwrap();
+        close(u.ci95_over_seeds_unpaired().unwrap(), 0.025, 0.023_427);
+        // Paired recipes get the paired interval, not Welch's; one run of a
+        // recipe gives no spread to compare; no spread at all, no width.
+        let p = PooledComparison::of_accuracies(vec![0.9, 0.8], vec![0.95, 0.9], true).unwrap();
+        assert_eq!(p.ci95_over_seeds_unpaired(), None);
+        let one = PooledComparison::of_accuracies(vec![0.9], vec![0.95, 0.9], false).unwrap();
+        assert_eq!(one.ci95_over_seeds_unpaired(), None);
+        let flat =
+            PooledComparison::of_accuracies(vec![0.9, 0.9], vec![0.95, 0.95], false).unwrap();
+        close(flat.ci95_over_seeds_unpaired().unwrap(), 0.05, 0.0);
     }
 
     #[test]
