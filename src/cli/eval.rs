@@ -14,7 +14,8 @@ use distill::model::compat::check_compatible;
 use distill::model::{Backend, ModelDir};
 use distill::train::card::ModelCard;
 use distill::train::compare;
-use distill::train::paired::{self, PairedComparison, PooledComparison};
+use distill::train::paired::{self, PairedComparison};
+use distill::train::recipes::{seed_order, RunScores};
 use distill::train::validation::held_out_by_model;
 
 use super::device::DeviceArgs;
@@ -204,71 +205,6 @@ enum Images {
     Same(Vec<usize>),
     /// Each model's own (the validation images it held out).
     Own(Vec<Vec<usize>>),
-}
-
-/// The recipes' runs, scored.
-enum RunScores {
-    /// Every run on the same images: each recipe's runs' predictions, and
-    /// the images' labels.
-    SameImages {
-        predictions: Vec<Vec<Vec<u32>>>,
-        labels: Vec<u32>,
-    },
-    /// Each run on its own images: each recipe's runs' accuracies, and the
-    /// images each run was scored on.
-    OwnImages {
-        accuracy: Vec<Vec<f64>>,
-        images: Vec<Vec<Vec<usize>>>,
-    },
-}
-
-impl RunScores {
-    /// Recipe `arm`'s runs' accuracies.
-    fn accuracy(&self, arm: usize) -> Vec<f64> {
-        match self {
-            RunScores::SameImages {
-                predictions,
-                labels,
-            } => predictions[arm]
-                .iter()
-                .map(|p| paired::accuracy(p, labels))
-                .collect(),
-            RunScores::OwnImages { accuracy, .. } => accuracy[arm].clone(),
-        }
-    }
-
-    /// Recipe `b` against recipe `a`; `order[k]` is the run of `b` with the
-    /// seed of `a`'s run `k`, where both ran the same seeds.
-    fn compare(&self, a: usize, b: usize, order: Option<&[usize]>) -> Result<PooledComparison> {
-        let reorder = |runs: &[Vec<u32>]| match order {
-            Some(o) => o.iter().map(|&k| runs[k].clone()).collect(),
-            None => runs.to_vec(),
-        };
-        match self {
-            RunScores::SameImages {
-                predictions,
-                labels,
-            } => PooledComparison::of(
-                &predictions[a],
-                &reorder(&predictions[b]),
-                labels,
-                order.is_some(),
-            ),
-            RunScores::OwnImages { accuracy, images } => {
-                // Paired only where each seed's two runs held out the same images.
-                let order = order.filter(|o| {
-                    o.iter()
-                        .enumerate()
-                        .all(|(k, &m)| images[a][k] == images[b][m])
-                });
-                let acc_b = match order {
-                    Some(o) => o.iter().map(|&k| accuracy[b][k]).collect(),
-                    None => accuracy[b].clone(),
-                };
-                PooledComparison::of_accuracies(accuracy[a].clone(), acc_b, order.is_some())
-            }
-        }
-    }
 }
 
 /// The validation images each model held out of `data` (the training
@@ -488,24 +424,6 @@ fn print_arms(arms: &[Arm], scores: &RunScores) -> Result<()> {
 fn card_seed(run: &std::path::Path) -> Result<Option<u64>> {
     let card = ModelCard::load(&ModelDir::new(run).card())?;
     Ok(card.config.map(|c| c.seed))
-}
-
-/// For each of `first`'s seeds, the index of the run in `other` with that
-/// seed: `Some` only when both recipes ran exactly the same distinct seeds.
-fn seed_order(first: &[Option<u64>], other: &[Option<u64>]) -> Option<Vec<usize>> {
-    if first.len() != other.len() {
-        return None;
-    }
-    let mut seen = std::collections::HashSet::new();
-    if !first.iter().all(|s| s.is_some_and(|s| seen.insert(s))) {
-        return None;
-    }
-    // `first`'s seeds are distinct and as many as `other`'s, so finding
-    // each of them in `other` makes the order a permutation.
-    first
-        .iter()
-        .map(|s| other.iter().position(|o| o == s))
-        .collect()
 }
 
 fn human_bytes(n: u64) -> String {

@@ -40,6 +40,7 @@ pub mod optim;
 pub mod outdir;
 pub mod paired;
 pub mod pruning;
+pub mod recipes;
 pub mod sources;
 pub mod trainer;
 pub mod validation;
