@@ -2,6 +2,10 @@
 //! for 10 and 1,000 classes, against a plain memcpy of the same number of f32
 //! bytes in the same run. Fixed synthetic teacher-like inputs.
 //!
+//! Beside it, what the loader spends recreating a view's images: a batch of
+//! 128 28x28 images shifted, shifted and warped, against copying the batch
+//! (group `augment_128`).
+//!
 //! Run: `cargo bench --bench cache`. Bytes per sample are printed at setup.
 
 use std::hint::black_box;
@@ -160,9 +164,40 @@ fn bench_classes(cr: &mut Criterion, c: usize, n: usize, n_write: usize) {
     g.finish();
 }
 
+/// A view's images as the loader recreates them, per batch of 128 items.
+fn bench_augment(cr: &mut Criterion) {
+    use distill::data::augment::Augment;
+    let (n, shape) = (128usize, [1usize, 28, 28]);
+    let len = shape.iter().product::<usize>();
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(9);
+    let images: Vec<f32> = (0..n * len).map(|_| rng.gen::<f32>()).collect();
+    let indices: Vec<usize> = (0..n).map(|i| i * 37).collect();
+    let mut g = cr.benchmark_group("augment_128");
+    g.throughput(Throughput::Elements(n as u64));
+    let mut out = images.clone();
+    g.bench_function("copy", |b| {
+        b.iter(|| {
+            out.copy_from_slice(&images);
+            black_box(&out);
+        })
+    });
+    for spec in ["shift=1", "shift=1,warp=1"] {
+        let a = Augment::parse(spec).expect("augmentation");
+        g.bench_function(spec, |b| {
+            b.iter(|| {
+                out.copy_from_slice(&images);
+                a.apply_batch(0, 3, &indices, shape, &mut out);
+                black_box(&out);
+            })
+        });
+    }
+    g.finish();
+}
+
 fn benches(cr: &mut Criterion) {
     bench_classes(cr, 10, 1_000_000, 200_000);
     bench_classes(cr, 1000, 20_000, 5_000);
+    bench_augment(cr);
 }
 
 criterion_group!(cache, benches);
