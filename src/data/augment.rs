@@ -180,7 +180,12 @@ impl Augment {
 
     /// Whether it moves no pixel of an image (it may still mix images).
     fn is_geometric_identity(&self) -> bool {
-        !self.flip && self.shift == 0 && self.crop == 0 && self.warp == 0.0
+        self.is_rigid_identity() && self.warp == 0.0
+    }
+
+    /// Whether it neither flips, shifts nor crops (it may still warp or mix).
+    fn is_rigid_identity(&self) -> bool {
+        !self.flip && self.shift == 0 && self.crop == 0
     }
 
     /// Checks that images of `shape` (C, H, W) can be augmented.
@@ -267,12 +272,12 @@ impl Augment {
         if self.is_geometric_identity() {
             return;
         }
-        let moves = self.flip || self.shift > 0 || self.crop > 0;
+        let rigid = !self.is_rigid_identity();
         let [_, h, w] = shape;
         let len = shape.iter().product::<usize>().max(1);
         let mut tmp = vec![0f32; len];
         for (&i, x) in indices.iter().zip(inputs.chunks_exact_mut(len)) {
-            if moves {
+            if rigid {
                 let p = self.params(seed, view, i as u64);
                 tmp.copy_from_slice(x);
                 Self::apply(p, shape, &tmp, x);
