@@ -34,8 +34,8 @@ pub struct ExportArgs {
     /// train or test.
     #[arg(long, default_value = "train", value_parser = super::parse_split)]
     split: Split,
-    /// The augmentation: flip, shift=N, crop=N, warp=A, mixup=A, cutmix=A,
-    /// comma-separated (as `cache build --augment`).
+    /// The augmentation: flip, shift=N, crop=N, warp=A, cutout=S, mixup=A,
+    /// cutmix=A, comma-separated (as `cache build --augment`).
     #[arg(long)]
     augment: String,
     /// Number of augmented views.

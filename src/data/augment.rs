@@ -26,7 +26,8 @@
 //!
 //! `warp=A` bends each image by a smooth random displacement field of
 //! standard deviation `A` pixels ([`super::warp`]), after the flip and the
-//! shift or crop and before any mixing.
+//! shift or crop and before any mixing. `cutout=S` then sets a random
+//! square of `S` by `S` pixels to 0 ([`super::cutout`]).
 //!
 //! `crop=P` is torchvision's `RandomCrop(size, padding=P)`: the image is
 //! padded with P zero pixels on every side and the original size is cut
@@ -39,6 +40,7 @@ use std::fmt;
 
 use xxhash_rust::xxh3::xxh3_64;
 
+use super::cutout::CutoutBox;
 use super::mix::{Mix, MixParams, MAX_MIX_ALPHA};
 use super::warp::{WarpField, MAX_WARP};
 use super::{DataError, Dataset};
@@ -61,6 +63,10 @@ pub struct Augment {
     /// (0 = no warp).
     #[serde(default, skip_serializing_if = "is_zero_f32")]
     pub warp: f32,
+    /// Set a square of this many pixels a side to 0 at a random place
+    /// (0 = no cutout).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub cutout: u32,
     /// Mix each image with a partner sample (mixup or cutmix).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mix: Option<Mix>,
@@ -87,11 +93,13 @@ pub struct ViewParams {
 const FIELD: &str = "augment";
 /// Largest shift or crop padding accepted: more than this erases a 28x28 item.
 pub const MAX_SHIFT: u32 = 8;
+/// Largest cutout side accepted, in pixels (a CIFAR image's side).
+pub const MAX_CUTOUT: u32 = 32;
 
 impl Augment {
     /// Parses `flip`, `shift=N`, `crop=N` (not both of the last two),
-    /// `warp=A`, `mixup=A` or `cutmix=A` (one of the last two),
-    /// comma-separated.
+    /// `warp=A`, `cutout=S`, `mixup=A` or `cutmix=A` (one of the last
+    /// two), comma-separated.
     pub fn parse(text: &str) -> Result<Self> {
         let err = |message: String| DataError::Setting {
             field: FIELD.into(),
@@ -102,6 +110,7 @@ impl Augment {
             shift: 0,
             crop: 0,
             warp: 0.0,
+            cutout: 0,
             mix: None,
         };
         let mut any = false;
@@ -133,6 +142,17 @@ impl Augment {
                             ))
                         })?;
                 }
+                Some(("cutout", v)) => {
+                    a.cutout = v
+                        .parse::<u32>()
+                        .ok()
+                        .filter(|n| (1..=MAX_CUTOUT).contains(n))
+                        .ok_or_else(|| {
+                            err(format!(
+                                "cutout={v}: the square's side must be a whole number of pixels in 1..={MAX_CUTOUT} (e.g. cutout=8)"
+                            ))
+                        })?;
+                }
                 Some((k, v)) if k == "mixup" || k == "cutmix" => {
                     let alpha = v
                         .parse::<f32>()
@@ -155,7 +175,7 @@ impl Augment {
                 }
                 _ => {
                     return Err(err(format!(
-                        "unknown item '{item}'; expected flip, shift=N, crop=N, warp=A, mixup=A or cutmix=A (e.g. flip,shift=2 or crop=4,flip or flip,mixup=0.2)"
+                        "unknown item '{item}'; expected flip, shift=N, crop=N, warp=A, cutout=S, mixup=A or cutmix=A (e.g. flip,shift=2 or crop=4,flip or flip,mixup=0.2)"
                     )))
                 }
             }
@@ -167,7 +187,7 @@ impl Augment {
         }
         if !any || a.is_identity() {
             return Err(err(format!(
-                "'{text}' augments nothing; use flip, shift=N or crop=N (N >= 1), warp=A, mixup=A or cutmix=A, or several"
+                "'{text}' augments nothing; use flip, shift=N or crop=N (N >= 1), warp=A, cutout=S, mixup=A or cutmix=A, or several"
             )));
         }
         Ok(a)
@@ -175,12 +195,13 @@ impl Augment {
 
     /// Whether it leaves every image unchanged.
     pub fn is_identity(&self) -> bool {
-        self.is_geometric_identity() && self.mix.is_none()
+        self.is_single_image_identity() && self.mix.is_none()
     }
 
-    /// Whether it moves no pixel of an image (it may still mix images).
-    fn is_geometric_identity(&self) -> bool {
-        self.is_rigid_identity() && self.warp == 0.0
+    /// Whether it changes no image on its own: no pixel moves or is erased
+    /// (it may still mix images).
+    fn is_single_image_identity(&self) -> bool {
+        self.is_rigid_identity() && self.warp == 0.0 && self.cutout == 0
     }
 
     /// Whether it neither flips, shifts nor crops (it may still warp or mix).
@@ -191,12 +212,13 @@ impl Augment {
     /// Checks that images of `shape` (C, H, W) can be augmented.
     pub fn check_shape(&self, shape: [usize; 3]) -> Result<()> {
         let [_, h, w] = shape;
-        let moves = !self.is_geometric_identity() || self.mix.is_some_and(|m| m.needs_images());
-        if moves && (h < 2 || w < 2 || (self.shift.max(self.crop) as usize) >= h.min(w)) {
+        let moves = !self.is_single_image_identity() || self.mix.is_some_and(|m| m.needs_images());
+        let reach = self.shift.max(self.crop).max(self.cutout) as usize;
+        if moves && (h < 2 || w < 2 || reach >= h.min(w)) {
             return Err(DataError::Setting {
                 field: FIELD.into(),
                 message: format!(
-                    "samples of shape {shape:?} are not images this augmentation fits (flat features cannot be flipped, shifted, warped or cut; mixup=A can mix them)"
+                    "samples of shape {shape:?} are not images this augmentation fits (flat features cannot be flipped, shifted, warped, erased or cut; mixup=A can mix them)"
                 ),
             });
         }
@@ -269,7 +291,7 @@ impl Augment {
         shape: [usize; 3],
         inputs: &mut [f32],
     ) {
-        if self.is_geometric_identity() {
+        if self.is_single_image_identity() {
             return;
         }
         let rigid = !self.is_rigid_identity();
@@ -285,6 +307,9 @@ impl Augment {
             if self.warp > 0.0 {
                 tmp.copy_from_slice(x);
                 WarpField::draw(self.warp, seed, view, i as u64, h, w).apply(shape, &tmp, x);
+            }
+            if self.cutout > 0 {
+                CutoutBox::draw(self.cutout, seed, view, i as u64, h, w).apply(shape, x);
             }
         }
     }
@@ -349,7 +374,8 @@ impl Augment {
 
 impl fmt::Display for Augment {
     /// The items in the order they act: a flip before a shift, a crop
-    /// before a flip, a warp after both and a mix last.
+    /// before a flip, a warp after both, a cutout after it and a mix
+    /// last.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let mut items = Vec::new();
         if self.crop > 0 {
@@ -363,6 +389,9 @@ impl fmt::Display for Augment {
         }
         if self.warp > 0.0 {
             items.push(format!("warp={}", self.warp));
+        }
+        if self.cutout > 0 {
+            items.push(format!("cutout={}", self.cutout));
         }
         if let Some(m) = self.mix {
             items.push(m.to_string());
@@ -388,6 +417,7 @@ mod tests {
                 shift: 2,
                 crop: 0,
                 warp: 0.0,
+                cutout: 0,
                 mix: None,
             }
         );
@@ -446,6 +476,62 @@ mod tests {
         let mut want = vec![0.0; 784];
         WarpField::draw(1.0, 0, 0, 5, 28, 28).apply(shape, &one, &mut want);
         assert_eq!(b, want);
+    }
+
+    #[test]
+    fn cutout_parses_prints_records_and_erases_after_the_warp() {
+        let a = Augment::parse("shift=1, cutout=8, warp=1").unwrap();
+        assert_eq!((a.shift, a.warp, a.cutout), (1, 1.0, 8));
+        assert_eq!(a.to_string(), "shift=1,warp=1,cutout=8");
+        for t in [
+            "cutout=8",
+            "crop=4,flip,cutout=16",
+            "shift=1,cutout=4,mixup=0.2",
+        ] {
+            assert_eq!(Augment::parse(t).unwrap().to_string(), t);
+        }
+        for (t, needle) in [
+            ("cutout=0", "cutout=0: the square's side"),
+            ("cutout=33", "1..=32"),
+            ("cutout=1.5", "cutout=1.5"),
+        ] {
+            let e = Augment::parse(t).unwrap_err().to_string();
+            assert!(e.contains("augment") && e.contains(needle), "{t}: {e}");
+        }
+        let json = serde_json::to_string(&a).unwrap();
+        assert_eq!(json, r#"{"flip":false,"shift":1,"warp":1.0,"cutout":8}"#);
+        assert_eq!(serde_json::from_str::<Augment>(&json).unwrap(), a);
+        assert!(a.check_shape([1, 1, 784]).is_err());
+        let big = Augment::parse("cutout=28").unwrap();
+        assert!(big.check_shape([1, 28, 28]).is_err());
+        assert!(big.check_shape([3, 32, 32]).is_ok());
+        // Shifted, warped, then erased, each sample by its own draws.
+        let shape = [1, 28, 28];
+        let one: Vec<f32> = (0..784).map(|i| 1.0 + (i % 29) as f32).collect();
+        let mut batch = [one.clone(), one.clone()].concat();
+        a.apply_batch(4, 1, &[3, 8], shape, &mut batch);
+        for (k, s) in [3u64, 8].iter().enumerate() {
+            let mut shifted = vec![0.0; 784];
+            Augment::apply(a.params(4, 1, *s), shape, &one, &mut shifted);
+            let mut want = vec![0.0; 784];
+            WarpField::draw(1.0, 4, 1, *s, 28, 28).apply(shape, &shifted, &mut want);
+            let cut = CutoutBox::draw(8, 4, 1, *s, 28, 28);
+            cut.apply(shape, &mut want);
+            assert_eq!(batch[k * 784..(k + 1) * 784], want[..]);
+            assert!(cut.area() >= 16, "{cut:?}");
+        }
+        // Cutout alone erases its square and leaves every other pixel.
+        let c = Augment::parse("cutout=8").unwrap();
+        let mut b = one.clone();
+        c.apply_batch(0, 2, &[5], shape, &mut b);
+        let cut = CutoutBox::draw(8, 0, 2, 5, 28, 28);
+        let zeros = b.iter().filter(|&&x| x == 0.0).count();
+        assert_eq!(zeros, cut.area());
+        for (i, (&got, &was)) in b.iter().zip(&one).enumerate() {
+            let (x, y) = (i % 28, i / 28);
+            let inside = (cut.x0..cut.x1).contains(&x) && (cut.y0..cut.y1).contains(&y);
+            assert_eq!(got, if inside { 0.0 } else { was }, "({x},{y})");
+        }
     }
 
     #[test]
@@ -575,6 +661,7 @@ mod tests {
                 shift: 0,
                 crop: 4,
                 warp: 0.0,
+                cutout: 0,
                 mix: None,
             }
         );

@@ -34,6 +34,7 @@
 mod arrays;
 pub mod augment;
 mod cifar;
+pub mod cutout;
 mod elem;
 mod fingerprint;
 mod idx;

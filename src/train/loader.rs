@@ -618,12 +618,15 @@ mod tests {
         walk(&loader, &teacher, 0, 0, 1.0);
     }
 
-    /// Flips and shifts, and a warp after a shift.
+    /// Flips and shifts, a warp after a shift, and a cutout.
     #[test]
     fn a_view_set_serves_the_view_the_teacher_saw_with_its_augmented_inputs() {
         let tmp = tempfile::tempdir().unwrap();
         let (teacher, data) = (teacher(), data());
-        for (k, spec) in ["flip,shift=2", "shift=1,warp=1"].iter().enumerate() {
+        for (k, spec) in ["flip,shift=2", "shift=1,warp=1", "shift=1,cutout=8"]
+            .iter()
+            .enumerate()
+        {
             let set = tmp.path().join(format!("set-{k}"));
             for v in 0..2 {
                 let view = ViewInfo {
