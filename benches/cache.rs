@@ -3,8 +3,8 @@
 //! bytes in the same run. Fixed synthetic teacher-like inputs.
 //!
 //! Beside it, what the loader spends recreating a view's images: a batch of
-//! 128 28x28 images shifted, shifted and warped, against copying the batch
-//! (group `augment_128`).
+//! 128 28x28 images shifted, shifted and warped, shifted and cut out,
+//! against copying the batch (group `augment_128`).
 //!
 //! Run: `cargo bench --bench cache`. Bytes per sample are printed at setup.
 
@@ -181,7 +181,7 @@ fn bench_augment(cr: &mut Criterion) {
             black_box(&out);
         })
     });
-    for spec in ["shift=1", "shift=1,warp=1"] {
+    for spec in ["shift=1", "shift=1,warp=1", "shift=1,cutout=8"] {
         let a = Augment::parse(spec).expect("augmentation");
         g.bench_function(spec, |b| {
             b.iter(|| {
