@@ -150,9 +150,9 @@ impl PooledComparison {
     /// From each run's predictions (`a[j]`, `b[j]`: one run's predictions,
     /// in the order of `labels`). With `paired_by_seed`, `a[j]` and `b[j]`
     /// are the same seed, and the two recipes must have as many runs.
-    pub fn of(
-        a: &[Vec<u32>],
-        b: &[Vec<u32>],
+    pub fn of<A: AsRef<[u32]>, B: AsRef<[u32]>>(
+        a: &[A],
+        b: &[B],
         labels: &[u32],
         paired_by_seed: bool,
     ) -> Result<Self> {
@@ -167,10 +167,14 @@ impl PooledComparison {
                 b.len()
             )));
         }
-        if let Some(r) = a.iter().chain(b).find(|r| r.len() != labels.len()) {
+        let lengths = a.iter().map(|r| r.as_ref().len());
+        if let Some(len) = lengths
+            .chain(b.iter().map(|r| r.as_ref().len()))
+            .find(|&len| len != labels.len())
+        {
             return Err(refuse(format!(
                 "a pooled comparison needs every run's predictions on the same images: a run has {} predictions for {} labels",
-                r.len(),
+                len,
                 labels.len()
             )));
         }
@@ -182,12 +186,13 @@ impl PooledComparison {
             )));
         }
         let n = labels.len();
-        let correct = |runs: &[Vec<u32>]| -> (Vec<f64>, Vec<f64>) {
+        fn correct<R: AsRef<[u32]>>(runs: &[R], labels: &[u32]) -> (Vec<f64>, Vec<f64>) {
+            let n = labels.len();
             let mut share = vec![0.0f64; n];
             let mut accuracy = Vec::with_capacity(runs.len());
             for r in runs {
                 let mut right = 0usize;
-                for ((s, &p), &y) in share.iter_mut().zip(r).zip(labels) {
+                for ((s, &p), &y) in share.iter_mut().zip(r.as_ref()).zip(labels) {
                     if p == y {
                         *s += 1.0;
                         right += 1;
@@ -197,9 +202,9 @@ impl PooledComparison {
             }
             share.iter_mut().for_each(|s| *s /= runs.len() as f64);
             (share, accuracy)
-        };
-        let (share_a, accuracy_a) = correct(a);
-        let (share_b, accuracy_b) = correct(b);
+        }
+        let (share_a, accuracy_a) = correct(a, labels);
+        let (share_b, accuracy_b) = correct(b, labels);
         let d: Vec<f64> = share_b.iter().zip(&share_a).map(|(b, a)| b - a).collect();
         let image_variance = Some(sample_variance(&d).unwrap_or(0.0));
         let seed_differences = paired_by_seed.then(|| {
@@ -561,7 +566,7 @@ mod tests {
         let short = vec![vec![0, 1]];
         let two = vec![vec![0, 1, 2], vec![0, 1, 1]];
         assert!(PooledComparison::of(&good, &short, &labels, false).is_err());
-        assert!(PooledComparison::of(&[], &good, &labels, false).is_err());
+        assert!(PooledComparison::of(&[] as &[Vec<u32>], &good, &labels, false).is_err());
         let e = PooledComparison::of(&good, &two, &labels, true)
             .unwrap_err()
             .to_string();

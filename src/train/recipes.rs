@@ -47,17 +47,20 @@ impl RunScores {
     /// Recipe `b` against recipe `a`; `order[k]` is the run of `b` with the
     /// seed of `a`'s run `k`, where both ran the same seeds.
     pub fn compare(&self, a: usize, b: usize, order: Option<&[usize]>) -> Result<PooledComparison> {
-        let reorder = |runs: &[Vec<u32>]| match order {
-            Some(o) => o.iter().map(|&k| runs[k].clone()).collect(),
-            None => runs.to_vec(),
-        };
+        // `b`'s runs in the order of `a`'s seeds, borrowed.
+        fn reorder<'a>(runs: &'a [Vec<u32>], order: Option<&[usize]>) -> Vec<&'a [u32]> {
+            match order {
+                Some(o) => o.iter().map(|&k| runs[k].as_slice()).collect(),
+                None => runs.iter().map(Vec::as_slice).collect(),
+            }
+        }
         match self {
             RunScores::SameImages {
                 predictions,
                 labels,
             } => PooledComparison::of(
                 &predictions[a],
-                &reorder(&predictions[b]),
+                &reorder(&predictions[b], order),
                 labels,
                 order.is_some(),
             ),
