@@ -1,6 +1,6 @@
 //! Input augmentation for image datasets: random horizontal flips,
-//! translations, padded crops and smooth warps, the ones that keep a
-//! Fashion-MNIST item or a CIFAR image what it is.
+//! translations, padded crops, smooth warps and cutout, the ones that keep
+//! a Fashion-MNIST item or a CIFAR image what it is.
 //!
 //! Every augmented image is a pure function of `(seed, view, sample)`: the
 //! flip and the shift are drawn from an xxh3 hash of the three numbers, never
@@ -93,8 +93,9 @@ pub struct ViewParams {
 const FIELD: &str = "augment";
 /// Largest shift or crop padding accepted: more than this erases a 28x28 item.
 pub const MAX_SHIFT: u32 = 8;
-/// Largest cutout side accepted, in pixels (a CIFAR image's side).
-pub const MAX_CUTOUT: u32 = 32;
+/// Largest cutout side accepted, in pixels: one less than a CIFAR image's
+/// side (`check_shape` also wants it smaller than the images at hand).
+pub const MAX_CUTOUT: u32 = 31;
 
 impl Augment {
     /// Parses `flip`, `shift=N`, `crop=N` (not both of the last two),
@@ -213,12 +214,23 @@ impl Augment {
     pub fn check_shape(&self, shape: [usize; 3]) -> Result<()> {
         let [_, h, w] = shape;
         let moves = !self.is_single_image_identity() || self.mix.is_some_and(|m| m.needs_images());
-        let reach = self.shift.max(self.crop).max(self.cutout) as usize;
+        let reach = self.shift.max(self.crop) as usize;
         if moves && (h < 2 || w < 2 || reach >= h.min(w)) {
             return Err(DataError::Setting {
                 field: FIELD.into(),
                 message: format!(
                     "samples of shape {shape:?} are not images this augmentation fits (flat features cannot be flipped, shifted, warped, erased or cut; mixup=A can mix them)"
+                ),
+            });
+        }
+        if self.cutout as usize >= h.min(w) {
+            return Err(DataError::Setting {
+                field: FIELD.into(),
+                message: format!(
+                    "cutout={} needs images taller and wider than {} pixels; samples are {h}x{w} (use cutout={} or less)",
+                    self.cutout,
+                    self.cutout,
+                    h.min(w) - 1
                 ),
             });
         }
@@ -492,7 +504,7 @@ mod tests {
         }
         for (t, needle) in [
             ("cutout=0", "cutout=0: the square's side"),
-            ("cutout=33", "1..=32"),
+            ("cutout=32", "1..=31"),
             ("cutout=1.5", "cutout=1.5"),
         ] {
             let e = Augment::parse(t).unwrap_err().to_string();
@@ -502,8 +514,15 @@ mod tests {
         assert_eq!(json, r#"{"flip":false,"shift":1,"warp":1.0,"cutout":8}"#);
         assert_eq!(serde_json::from_str::<Augment>(&json).unwrap(), a);
         assert!(a.check_shape([1, 1, 784]).is_err());
+        let alone = Augment::parse("cutout=4").unwrap();
+        assert!(alone.check_shape([1, 1, 784]).is_err());
+        assert!(alone.check_shape([1, 28, 28]).is_ok());
         let big = Augment::parse("cutout=28").unwrap();
-        assert!(big.check_shape([1, 28, 28]).is_err());
+        let e = big.check_shape([1, 28, 28]).unwrap_err().to_string();
+        assert!(
+            e.contains("augment") && e.contains("cutout=28") && e.contains("cutout=27 or less"),
+            "{e}"
+        );
         assert!(big.check_shape([3, 32, 32]).is_ok());
         // Shifted, warped, then erased, each sample by its own draws.
         let shape = [1, 28, 28];

@@ -156,7 +156,7 @@ mod tests {
     }
 
     #[test]
-    fn a_square_larger_than_the_image_erases_it_all() {
+    fn a_square_twice_the_image_side_erases_it_all() {
         let b = CutoutBox::draw(64, 5, 0, 1, 28, 28);
         assert_eq!((b.x0, b.x1, b.y0, b.y1), (0, 28, 0, 28));
     }

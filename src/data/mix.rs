@@ -13,8 +13,9 @@
 //!   image; `lambda` then becomes the fraction of `x_i` kept, as in the
 //!   paper's reference code.
 //!
-//! Both images are first given their own geometric view (flip, shift, crop)
-//! from `(seed, view, i)` and `(seed, view, j)` ([`super::augment`]). The
+//! Both images are first given their own view (flip, shift, crop, warp,
+//! cutout) from `(seed, view, i)` and `(seed, view, j)`
+//! ([`super::augment`]). The
 //! hard-label target of a mixed image is `lambda * onehot(y_i) + (1 -
 //! lambda) * onehot(y_j)`; its dominant label is `y_i` when `lambda >= 1/2`.
 //!
