@@ -448,22 +448,48 @@ mod tests {
         }
     }
 
+    /// Each of `printed` parses and prints back as written; each of
+    /// `refused` is refused with an error naming the flag and the needle.
+    fn prints_back_and_refuses(printed: &[&str], refused: &[(&str, &str)]) {
+        for t in printed {
+            assert_eq!(Augment::parse(t).unwrap().to_string(), *t);
+        }
+        for (t, needle) in refused {
+            let e = Augment::parse(t).unwrap_err().to_string();
+            assert!(e.contains("augment") && e.contains(needle), "{t}: {e}");
+        }
+    }
+
+    /// A 28x28 `image` shifted by `a`'s draw for `(seed, view, sample)`,
+    /// then warped by its field: what `apply_batch` makes before a cutout.
+    fn shifted_then_warped(
+        a: &Augment,
+        image: &[f32],
+        seed: u64,
+        view: u64,
+        sample: u64,
+    ) -> Vec<f32> {
+        let shape = [1, 28, 28];
+        let mut shifted = vec![0.0; 784];
+        Augment::apply(a.params(seed, view, sample), shape, image, &mut shifted);
+        let mut want = vec![0.0; 784];
+        WarpField::draw(a.warp, seed, view, sample, 28, 28).apply(shape, &shifted, &mut want);
+        want
+    }
+
     #[test]
     fn warp_parses_prints_records_and_warps_after_the_shift() {
         let a = Augment::parse("shift=1, warp=1.5").unwrap();
         assert_eq!((a.shift, a.warp), (1, 1.5));
-        for t in ["warp=1", "flip,shift=1,warp=0.5", "crop=2,warp=2,mixup=0.2"] {
-            assert_eq!(Augment::parse(t).unwrap().to_string(), t);
-        }
-        for (t, needle) in [
-            ("warp=0", "warp=0: the displacement"),
-            ("warp=5", "in (0, 4]"),
-            ("warp=x", "warp=x"),
-            ("warp=nan", "warp=nan"),
-        ] {
-            let e = Augment::parse(t).unwrap_err().to_string();
-            assert!(e.contains("augment") && e.contains(needle), "{t}: {e}");
-        }
+        prints_back_and_refuses(
+            &["warp=1", "flip,shift=1,warp=0.5", "crop=2,warp=2,mixup=0.2"],
+            &[
+                ("warp=0", "warp=0: the displacement"),
+                ("warp=5", "in (0, 4]"),
+                ("warp=x", "warp=x"),
+                ("warp=nan", "warp=nan"),
+            ],
+        );
         let json = serde_json::to_string(&a).unwrap();
         assert_eq!(json, r#"{"flip":false,"shift":1,"warp":1.5}"#);
         assert_eq!(serde_json::from_str::<Augment>(&json).unwrap(), a);
@@ -474,10 +500,7 @@ mod tests {
         let mut batch = [one.clone(), one.clone()].concat();
         a.apply_batch(4, 1, &[3, 8], shape, &mut batch);
         for (k, s) in [3u64, 8].iter().enumerate() {
-            let mut shifted = vec![0.0; 784];
-            Augment::apply(a.params(4, 1, *s), shape, &one, &mut shifted);
-            let mut want = vec![0.0; 784];
-            WarpField::draw(1.5, 4, 1, *s, 28, 28).apply(shape, &shifted, &mut want);
+            let want = shifted_then_warped(&a, &one, 4, 1, *s);
             assert_eq!(batch[k * 784..(k + 1) * 784], want[..]);
         }
         assert_ne!(batch[..784], batch[784..]);
@@ -495,21 +518,18 @@ mod tests {
         let a = Augment::parse("shift=1, cutout=8, warp=1").unwrap();
         assert_eq!((a.shift, a.warp, a.cutout), (1, 1.0, 8));
         assert_eq!(a.to_string(), "shift=1,warp=1,cutout=8");
-        for t in [
-            "cutout=8",
-            "crop=4,flip,cutout=16",
-            "shift=1,cutout=4,mixup=0.2",
-        ] {
-            assert_eq!(Augment::parse(t).unwrap().to_string(), t);
-        }
-        for (t, needle) in [
-            ("cutout=0", "cutout=0: the square's side"),
-            ("cutout=32", "1..=31"),
-            ("cutout=1.5", "cutout=1.5"),
-        ] {
-            let e = Augment::parse(t).unwrap_err().to_string();
-            assert!(e.contains("augment") && e.contains(needle), "{t}: {e}");
-        }
+        prints_back_and_refuses(
+            &[
+                "cutout=8",
+                "crop=4,flip,cutout=16",
+                "shift=1,cutout=4,mixup=0.2",
+            ],
+            &[
+                ("cutout=0", "cutout=0: the square's side"),
+                ("cutout=32", "1..=31"),
+                ("cutout=1.5", "cutout=1.5"),
+            ],
+        );
         let json = serde_json::to_string(&a).unwrap();
         assert_eq!(json, r#"{"flip":false,"shift":1,"warp":1.0,"cutout":8}"#);
         assert_eq!(serde_json::from_str::<Augment>(&json).unwrap(), a);
@@ -530,10 +550,7 @@ mod tests {
         let mut batch = [one.clone(), one.clone()].concat();
         a.apply_batch(4, 1, &[3, 8], shape, &mut batch);
         for (k, s) in [3u64, 8].iter().enumerate() {
-            let mut shifted = vec![0.0; 784];
-            Augment::apply(a.params(4, 1, *s), shape, &one, &mut shifted);
-            let mut want = vec![0.0; 784];
-            WarpField::draw(1.0, 4, 1, *s, 28, 28).apply(shape, &shifted, &mut want);
+            let mut want = shifted_then_warped(&a, &one, 4, 1, *s);
             let cut = CutoutBox::draw(8, 4, 1, *s, 28, 28);
             cut.apply(shape, &mut want);
             assert_eq!(batch[k * 784..(k + 1) * 784], want[..]);
