@@ -36,8 +36,9 @@ pub struct CutoutBox {
 impl CutoutBox {
     /// The square of side `side` for `sample` in `view` under `seed`, on an
     /// image `h` by `w` pixels: centre `(floor(u w), floor(u' h))` from the
-    /// domain's first two uniform draws, covering `centre - floor(side / 2)`
-    /// onwards for `side` pixels, clipped to the image.
+    /// domain's first two uniform draws (kept inside the image should a
+    /// draw round to 1), covering `centre - floor(side / 2)` onwards for
+    /// `side` pixels, clipped to the image.
     pub fn draw(side: u32, seed: u64, view: u64, sample: u64, h: usize, w: usize) -> Self {
         let mut draws = Draws::in_domain(seed, view, sample, CUTOUT_DOMAIN);
         let cx = ((draws.uniform() * w as f64) as usize).min(w.saturating_sub(1));

@@ -15,9 +15,9 @@
 //!
 //! Both images are first given their own view (flip, shift, crop, warp,
 //! cutout) from `(seed, view, i)` and `(seed, view, j)`
-//! ([`super::augment`]). The
-//! hard-label target of a mixed image is `lambda * onehot(y_i) + (1 -
-//! lambda) * onehot(y_j)`; its dominant label is `y_i` when `lambda >= 1/2`.
+//! ([`super::augment`]). The hard-label target of a mixed image is
+//! `lambda * onehot(y_i) + (1 - lambda) * onehot(y_j)`; its dominant label
+//! is `y_i` when `lambda >= 1/2`.
 //!
 //! Every number is derived from xxh3 hashes of `(seed, view, sample, draw)`
 //! (never from a running random generator): the Beta draw is the ratio of
