@@ -409,10 +409,35 @@ fn unlabelled_data_trains_only_on_teacher_outputs() {
         tmp.path(),
         &distil_args(&d, "u-cache", "run", &["--alpha", "0"]),
     );
-    ok(
-        tmp.path(),
-        &distil_args(&d, "u-cache", "run", &["--loss", "pseudo"]),
+    // Pseudo-labels alone, with no hard-label weight to give: the first
+    // line says so, the card records alpha 0, and an alpha is refused by
+    // name before anything is written.
+    let mut args = distil_args(&d, "u-cache", "pseudo", &["--loss", "pseudo"]);
+    args.retain(|&a| a != "-q");
+    let out = distill(tmp.path(), &args);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr
+            .lines()
+            .next()
+            .is_some_and(|l| l.ends_with("(loss pseudo: the teacher's argmax as the label)")),
+        "{stderr}"
     );
+    let loss = &model_card(&tmp.path().join("pseudo"))["config"]["loss"];
+    assert_eq!(loss["alpha"], 0.0, "{loss}");
+    let err = fails(
+        tmp.path(),
+        &distil_args(
+            &d,
+            "u-cache",
+            "pseudo-a",
+            &["--loss", "pseudo", "--alpha", "0.5"],
+        ),
+        &["--alpha", "pseudo", "argmax"],
+    );
+    assert!(!err.contains("distilling"), "{err}");
+    assert!(!tmp.path().join("pseudo-a").exists());
 }
 
 #[test]

@@ -255,6 +255,9 @@ pub fn train<D: Backend>(dev: D, a: TrainArgs) -> Result<()> {
         teacher_accuracy: opened.teacher_accuracy,
         val_teacher_trained: overlap.as_ref().and_then(TeacherOverlap::trained),
     };
+    // What the run would refuse is refused before the line that says what it does.
+    let spec = ModelSpec::parse_for_input(&cfg.spec, opened.train.sample_shape())?;
+    opened.sources().check(&cfg, &spec)?;
     if !a.quiet {
         eprintln!("{}", start_line(&a, &cfg, &opened.train, &dev.describe())?);
     }
@@ -344,11 +347,12 @@ fn overlap_warning(o: &TeacherOverlap) -> Option<String> {
 fn start_line(a: &TrainArgs, cfg: &TrainConfig, train: &Dataset, device: &str) -> Result<String> {
     let n = train.len();
     let held_out = cfg.validation_split(n)?.len();
-    let defaults = if a.alpha.is_none() && a.temperature.is_none() {
-        ", the defaults chosen on validation"
-    } else {
-        ""
-    };
+    let defaults =
+        if a.alpha.is_none() && a.temperature.is_none() && cfg.loss.kind != LossKind::Pseudo {
+            ", the defaults chosen on validation"
+        } else {
+            ""
+        };
     Ok(format!(
         "training {} ({} parameters) on {device} with {} samples{}, {}",
         cfg.spec,
@@ -438,17 +442,19 @@ fn loss_config(a: &TrainArgs) -> Result<LossConfig> {
         true => (DISTILL_ALPHA, DISTILL_TEMPERATURE),
         false => (plain.alpha, plain.temperature),
     };
-    let alpha = a.alpha.unwrap_or(alpha);
+    let kind = a.loss.parse::<LossKind>()?;
+    // Pseudo-labels have no hard-label term: alpha 0 unless told otherwise
+    // (and then refused by the loss's own check).
+    let alpha = match kind {
+        LossKind::Pseudo => a.alpha.unwrap_or(0.0),
+        _ => a.alpha.unwrap_or(alpha),
+    };
     let l = LossConfig {
         teacher_errors: a.teacher_errors.parse::<TeacherErrors>()?,
         dkd_weights: a.dkd_weights.parse::<DkdWeights>()?,
         logit_standardize: a.logit_standardize,
         soft_scale: a.soft_scale,
-        ..LossConfig::new(
-            a.loss.parse::<LossKind>()?,
-            alpha,
-            a.temperature.unwrap_or(temperature),
-        )
+        ..LossConfig::new(kind, alpha, a.temperature.unwrap_or(temperature))
     };
     if teacher {
         return Ok(l);
@@ -481,6 +487,9 @@ fn loss_config(a: &TrainArgs) -> Result<LossConfig> {
 
 /// The loss in the start line, e.g. `loss kd, T 4, alpha 0.5`.
 fn describe_loss(l: &LossConfig) -> String {
+    if l.kind == LossKind::Pseudo {
+        return "loss pseudo: the teacher's argmax as the label".to_string();
+    }
     format!(
         "loss {}{}{}, T {}, alpha {}{}{}",
         l.kind,

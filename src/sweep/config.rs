@@ -123,10 +123,27 @@ impl SweepConfig {
             if !(a.is_finite() && (0.0..=1.0).contains(&a)) {
                 return Err(cfg_err("alphas", format!("{a} must be in [0, 1]")));
             }
-            if a == 1.0 && self.loss != LossKind::Pseudo {
+            if a == 1.0 {
                 return Err(cfg_err(
                     "alphas",
                     "1 trains on hard labels only and never reads the cache; the hard-label run is `baseline`".into(),
+                ));
+            }
+        }
+        // Pseudo-labels are the teacher's argmax, the same at every
+        // temperature, with no hard-label term: more settings would train
+        // the same run again.
+        if self.loss == LossKind::Pseudo {
+            if self.alphas.iter().any(|&a| a != 0.0) {
+                return Err(cfg_err(
+                    "alphas",
+                    "the pseudo loss has no hard-label term to weigh: name 0 alone".into(),
+                ));
+            }
+            if self.temperatures.iter().any(|&t| t != self.temperatures[0]) {
+                return Err(cfg_err(
+                    "temperatures",
+                    "the pseudo loss reads the teacher's argmax, the same at every temperature: name one".into(),
                 ));
             }
         }
@@ -447,6 +464,16 @@ mod tests {
         let mut c = cfg();
         c.checkpoint_every = 0;
         assert_eq!(field(c.validate().unwrap_err()), "checkpoint_every");
+        // Pseudo-labels: alpha 0 alone, one temperature.
+        let mut c = cfg();
+        c.loss = LossKind::Pseudo;
+        c.alphas = vec![0.0, 0.5];
+        assert_eq!(field(c.validate().unwrap_err()), "alphas");
+        c.alphas = vec![0.0];
+        c.temperatures = vec![1.0, 4.0];
+        assert_eq!(field(c.validate().unwrap_err()), "temperatures");
+        c.temperatures = vec![4.0];
+        c.validate().unwrap();
         assert_eq!(key_of("checkpoint_every"), "checkpoint-every");
         assert_eq!(key_of("optimizer.weight_decay"), "weight-decay");
         assert_eq!(key_of("batch_size"), "batch");

@@ -12,7 +12,9 @@
 //!   per-row constant a softmax forgets; centring `z` fixes that constant, so
 //!   the student learns zero-mean logits (which changes no probability).
 //! - [`LossKind::Pseudo`]: cross-entropy against the teacher's argmax, the way
-//!   unlabelled data is used.
+//!   unlabelled data is used. It has no hard-label term (alpha must be 0)
+//!   and no soft one; the temperature only re-tempers the cache, which
+//!   leaves the argmax as it was.
 //! - [`LossKind::Dkd`]: decoupled KD (Zhao et al., CVPR 2022),
 //!   `alpha * CE(y, s) + (1 - alpha) * T^2 * (a * TCKD + b * NCKD)`. Hinton's
 //!   KL splits exactly into `TCKD + (1 - p_t) * NCKD`, where TCKD is the binary
@@ -279,6 +281,24 @@ impl LossConfig {
             return Err(Error::Config {
                 field: "loss.dkd_weights".into(),
                 message: format!("{},{} must be finite weights >= 0", w.target, w.non_target),
+            });
+        }
+        if self.kind == LossKind::Pseudo && self.alpha != 0.0 {
+            return Err(Error::Config {
+                field: "loss.alpha".into(),
+                message: format!(
+                    "{}: the pseudo loss is cross-entropy against the teacher's argmax alone, with no hard-label term to weigh; use 0 (--alpha 0, or leave --alpha out)",
+                    self.alpha
+                ),
+            });
+        }
+        if self.kind == LossKind::Pseudo && self.soft_scale != 1.0 {
+            return Err(Error::Config {
+                field: "loss.soft_scale".into(),
+                message: format!(
+                    "{}: the pseudo loss has no soft term to scale",
+                    self.soft_scale
+                ),
             });
         }
         if self.teacher_errors == TeacherErrors::Swap && self.kind == LossKind::Pseudo {
@@ -861,6 +881,7 @@ mod tests {
         assert!((got - 0.5).abs() < 1e-5, "{got}");
         // Pseudo-labels: teacher argmax [0, 1]; CE of s against them.
         let cfg = LossConfig::new(LossKind::Pseudo, 0.0, t);
+        cfg.validate().unwrap();
         let got = loss(&cfg, dev.tensor_from_vec(s.clone(), (2, 2)), &targets)
             .unwrap()
             .array();
@@ -914,6 +935,15 @@ mod tests {
                     ..LossConfig::new(LossKind::Dkd, 0.5, 2.0)
                 },
                 "loss.logit_standardize",
+            ),
+            // Pseudo-labels have neither a hard-label term nor a soft one.
+            (LossConfig::new(LossKind::Pseudo, 0.5, 1.0), "loss.alpha"),
+            (
+                LossConfig {
+                    soft_scale: 2.0,
+                    ..LossConfig::new(LossKind::Pseudo, 0.0, 1.0)
+                },
+                "loss.soft_scale",
             ),
         ] {
             let e = cfg.validate().unwrap_err();
