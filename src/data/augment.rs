@@ -115,8 +115,17 @@ impl Augment {
             mix: None,
         };
         let mut any = false;
+        let mut named: Vec<&str> = Vec::new();
         for item in text.split(',').map(str::trim).filter(|t| !t.is_empty()) {
             any = true;
+            // An item given twice would silently keep the last.
+            let name = item.split_once('=').map_or(item, |(k, _)| k.trim());
+            if named.contains(&name) {
+                return Err(err(format!(
+                    "'{text}' names {name} twice; give each item once"
+                )));
+            }
+            named.push(name);
             match item.split_once('=').map(|(k, v)| (k.trim(), v.trim())) {
                 None if item == "flip" => a.flip = true,
                 Some((k, v)) if k == "shift" || k == "crop" => {
@@ -819,6 +828,9 @@ mod tests {
             ("mixup=x", "mixup=x"),
             ("mixup=nan", "must be a number"),
             ("mixup=0.2,cutmix=1", "mixes twice"),
+            ("mixup=0.2,mixup=1", "names mixup twice"),
+            ("flip,shift=1,flip", "names flip twice"),
+            ("shift=1, shift = 2", "names shift twice"),
             ("mixup", "unknown item 'mixup'"),
         ] {
             let e = Augment::parse(t).unwrap_err().to_string();
