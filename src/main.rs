@@ -20,7 +20,22 @@ fn tune_allocator() {
     }
 }
 
+/// A reader that stops early (`distill model info DIR | head`) closes the
+/// pipe. Rust ignores SIGPIPE, so the next `println!` would panic; with the
+/// signal's default action the process ends quietly, as other command-line
+/// tools do. A run ended this way is one killed at any other point
+/// (RELIABILITY.md): what it wrote stays whole, and `--resume` goes on.
+fn quiet_on_closed_pipe() {
+    #[cfg(unix)]
+    // SAFETY: restores one signal's default action, once, at start, before
+    // any other thread exists.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+}
+
 fn main() -> ExitCode {
+    quiet_on_closed_pipe();
     tune_allocator();
     cli::main()
 }
