@@ -432,7 +432,7 @@ fn check_members(paths: &[PathBuf], sets: &[CacheViews]) -> Result<()> {
         };
         let key = |s: &CacheViews| s.view_info().map(|v| (v.augment.clone(), v.seed, v.views));
         if key(set) != key(&sets[0]) {
-            return Err(differs("the views", show(set), show(&sets[0])));
+            return Err(differs("the cache", show(set), show(&sets[0])));
         }
     }
     Ok(())

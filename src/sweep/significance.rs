@@ -130,12 +130,13 @@ pub fn pair_line(p: &ChoicePair) -> String {
         Ok(c) => {
             let (lo, hi) = c.ci95();
             format!(
-                "Against {} (`{}`), image by image on the {} validation images: {:+.2} points, {} images only the chosen run gets right and {} only `{}`, 95% interval [{:+.2}, {:+.2}], McNemar's exact p {:.4}.",
+                "Against {} (`{}`), image by image on the {} validation images: {:+.2} points, {} {} only the chosen run gets right and {} only `{}`, 95% interval [{:+.2}, {:+.2}], McNemar's exact p {:.4}.",
                 p.role,
                 p.other,
                 c.n,
                 100.0 * c.difference(),
                 c.only_b,
+                if c.only_b == 1 { "image" } else { "images" },
                 c.only_a,
                 p.other,
                 100.0 * lo,
