@@ -104,8 +104,8 @@ teacher-long: $(BIN) data
 
 # The same recipe with a validation split held out: distill train's default
 # --val-fraction 0.1 drawn from seed 0, so runs with --val-seed 0 validate on
-# 6,000 images this teacher never saw (README, "Validation images the
-# teacher trained on"); committed, 93.14%, the default teacher.
+# 6,000 images this teacher never saw (BENCHMARKS.md, "Validation images
+# the teacher trained on"); committed, 93.14%, the default teacher.
 teacher-long-val: $(BIN) data
 	$(BIN) train --data $(DATA) --student $(TEACHER_SPEC) --epochs 24 --batch 128 \
 	  --optimizer adam --lr 1e-3 --schedule cosine --augment shift=1 --seed 0 \
