@@ -27,7 +27,8 @@ CACHES       ?= data/caches
 # and defaults that distil"; every run holds out 10% of the training split).
 CACHE_T      ?= 4
 T            ?= 1
-ALPHA        ?= 0.1
+# (the pseudo loss, the teacher's argmax alone, takes alpha 0)
+ALPHA        ?= $(if $(filter pseudo,$(LOSS)),0,0.1)
 LOSS         ?= kd
 ENCODING     ?= f16
 STUDENT      ?= mlp:784-128-10

@@ -111,7 +111,7 @@ pub enum CacheError {
         given: String,
     },
     /// An existing (finished or unfinished) cache in the directory was built with other settings.
-    #[error("{path}: this directory holds a cache built with a different {field} ({existing} there, {requested} requested); use another directory, rerun with the same settings, or replace it (`cache build --overwrite`)")]
+    #[error("{path}: this directory holds a cache built with a different {field} ({existing} there, {requested} requested); use another directory, rerun with the same settings, or replace it (`--overwrite`)")]
     SettingsDiffer {
         path: PathBuf,
         field: &'static str,

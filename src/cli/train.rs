@@ -88,7 +88,8 @@ pub struct TrainArgs {
     /// Weight of the hard-label loss; 1 - alpha goes to the soft loss.
     /// Default with --cache or --online-teacher: the one chosen on
     /// validation; 1 (labels only, which leaves the teacher unread) is
-    /// refused there. Without a teacher only 1 is allowed.
+    /// refused there. Without a teacher only 1 is allowed. The pseudo loss
+    /// has no hard-label term: 0, its default, is the only value it takes.
     #[arg(long, allow_negative_numbers = true)]
     alpha: Option<f32>,
     /// Soft loss: kd (KL at temperature T), dkd (decoupled KD), dist
@@ -153,7 +154,7 @@ pub struct TrainArgs {
     /// Output directory (model.safetensors, model.json, metrics.jsonl, curves.png).
     #[arg(long)]
     out: PathBuf,
-    /// Write a checkpoint every N steps (and at each epoch's end).
+    /// Write a checkpoint every N steps and at each epoch's end (0: at each epoch's end only).
     #[arg(long)]
     checkpoint_every: Option<u64>,
     /// Continue from OUT/checkpoint.safetensors.
@@ -488,7 +489,10 @@ fn loss_config(a: &TrainArgs) -> Result<LossConfig> {
 /// The loss in the start line, e.g. `loss kd, T 4, alpha 0.5`.
 fn describe_loss(l: &LossConfig) -> String {
     if l.kind == LossKind::Pseudo {
-        return "loss pseudo: the teacher's argmax as the label".to_string();
+        return format!(
+            "loss pseudo: the teacher's argmax as the label, read at T {}",
+            l.temperature
+        );
     }
     format!(
         "loss {}{}{}, T {}, alpha {}{}{}",

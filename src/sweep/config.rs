@@ -119,17 +119,6 @@ impl SweepConfig {
                 ));
             }
         }
-        for &a in &self.alphas {
-            if !(a.is_finite() && (0.0..=1.0).contains(&a)) {
-                return Err(cfg_err("alphas", format!("{a} must be in [0, 1]")));
-            }
-            if a == 1.0 {
-                return Err(cfg_err(
-                    "alphas",
-                    "1 trains on hard labels only and never reads the cache; the hard-label run is `baseline`".into(),
-                ));
-            }
-        }
         // Pseudo-labels are the teacher's argmax, the same at every
         // temperature, with no hard-label term: more settings would train
         // the same run again.
@@ -144,6 +133,17 @@ impl SweepConfig {
                 return Err(cfg_err(
                     "temperatures",
                     "the pseudo loss reads the teacher's argmax, the same at every temperature: name one".into(),
+                ));
+            }
+        }
+        for &a in &self.alphas {
+            if !(a.is_finite() && (0.0..=1.0).contains(&a)) {
+                return Err(cfg_err("alphas", format!("{a} must be in [0, 1]")));
+            }
+            if a == 1.0 {
+                return Err(cfg_err(
+                    "alphas",
+                    "1 trains on hard labels only and never reads the cache; the hard-label run is `baseline`".into(),
                 ));
             }
         }
@@ -374,12 +374,18 @@ impl SweepSettings {
             .map(|s| s.trim().to_string())
             .filter(|s| !s.is_empty())
             .collect();
-        cfg.temperatures = self.temperatures.unwrap_or(cfg.temperatures);
-        cfg.alphas = self.alphas.unwrap_or(cfg.alphas);
-        cfg.baseline = self.baseline.unwrap_or(false);
         if let Some(l) = self.loss {
             cfg.loss = l.parse::<LossKind>().map_err(|e| for_field(e, "loss"))?;
         }
+        cfg.temperatures = self.temperatures.unwrap_or(cfg.temperatures);
+        // Pseudo-labels have no hard-label term: alpha 0 unless told, as
+        // with `distill train --loss pseudo`.
+        cfg.alphas = match self.alphas {
+            Some(a) => a,
+            None if cfg.loss == LossKind::Pseudo => vec![0.0],
+            None => cfg.alphas,
+        };
+        cfg.baseline = self.baseline.unwrap_or(false);
         cfg.epochs = self.epochs.unwrap_or(cfg.epochs);
         cfg.batch_size = self.batch.unwrap_or(cfg.batch_size);
         let o = &mut cfg.optimizer;
@@ -500,6 +506,21 @@ mod tests {
         assert_eq!(c.batch_size, 64);
         assert_eq!(c.students, vec!["mlp:784-16-10".to_string()]);
         assert_eq!(c.cache, dir.path().join("c"));
+    }
+
+    #[test]
+    fn a_pseudo_sweep_takes_alpha_0_unless_told() {
+        let (_dir, path) = file("students = [\"mlp:784-16-10\"]\nloss = \"pseudo\"\n");
+        let c = SweepConfig::resolve(SweepSettings::default(), Some(&path)).unwrap();
+        assert_eq!(c.alphas, vec![0.0]);
+        let flags = SweepSettings {
+            alphas: Some(vec![0.1]),
+            ..SweepSettings::default()
+        };
+        assert_eq!(
+            field(SweepConfig::resolve(flags, Some(&path)).unwrap_err()),
+            "alphas"
+        );
     }
 
     #[test]

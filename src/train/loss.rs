@@ -186,6 +186,7 @@ impl fmt::Display for DkdWeights {
 
 /// The objective of a run.
 #[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(from = "RecordedLoss")]
 pub struct LossConfig {
     pub kind: LossKind,
     /// Weight of the hard-label term.
@@ -209,6 +210,40 @@ pub struct LossConfig {
 
 fn unit_scale() -> f32 {
     1.0
+}
+
+/// A [`LossConfig`] as cards, checkpoints and sweeps recorded it. A run of
+/// the pseudo loss recorded before that loss refused an alpha or a soft
+/// scale trained with neither, so it reads back as alpha 0 and scale 1:
+/// what it ran, and what a resume of it now asks for.
+#[derive(serde::Deserialize)]
+struct RecordedLoss {
+    kind: LossKind,
+    alpha: f32,
+    temperature: f32,
+    #[serde(default)]
+    teacher_errors: TeacherErrors,
+    #[serde(default)]
+    dkd_weights: DkdWeights,
+    #[serde(default)]
+    logit_standardize: bool,
+    #[serde(default = "unit_scale")]
+    soft_scale: f32,
+}
+
+impl From<RecordedLoss> for LossConfig {
+    fn from(r: RecordedLoss) -> Self {
+        let pseudo = r.kind == LossKind::Pseudo;
+        LossConfig {
+            kind: r.kind,
+            alpha: if pseudo { 0.0 } else { r.alpha },
+            temperature: r.temperature,
+            teacher_errors: r.teacher_errors,
+            dkd_weights: r.dkd_weights,
+            logit_standardize: r.logit_standardize,
+            soft_scale: if pseudo { 1.0 } else { r.soft_scale },
+        }
+    }
 }
 
 impl Default for LossConfig {
@@ -859,6 +894,21 @@ mod tests {
             let expected = t * (q[c].exp() - lp[c].exp());
             assert!((got[c] - expected).abs() < 1e-5, "{got:?}");
         }
+    }
+
+    /// A pseudo run recorded with an alpha (which it never used) reads back
+    /// as what it ran; the other losses read back as written.
+    #[test]
+    fn a_recorded_pseudo_loss_reads_back_as_what_it_ran() {
+        let read = |json: &str| serde_json::from_str::<LossConfig>(json).unwrap();
+        let old = read(r#"{"kind":"pseudo","alpha":0.1,"temperature":4.0,"soft_scale":2.0}"#);
+        assert_eq!(old, LossConfig::new(LossKind::Pseudo, 0.0, 4.0));
+        old.validate().unwrap();
+        let kd = LossConfig {
+            soft_scale: 2.0,
+            ..LossConfig::new(LossKind::Kd, 0.1, 4.0)
+        };
+        assert_eq!(read(&serde_json::to_string(&kd).unwrap()), kd);
     }
 
     #[test]
