@@ -3,8 +3,10 @@
 //! [`remove_if_present`] (a stale file removed, its absence not an error).
 //!
 //! Every file distill replaces in place (a cache manifest, build settings,
-//! weights, cards, reports) goes through [`atomic_write`], so a crash leaves
-//! either the old file or the new one, never a torn one.
+//! weights, cards, reports) goes through [`atomic_write`] or the same steps
+//! written out where the bytes are streamed (a cache's shards, exported
+//! views, IDX files, merged shards) or drawn (`report::plot::write_atomically`), so a
+//! crash leaves either the old file or the new one, never a torn one.
 
 use std::fs::{self, File};
 use std::io::Write;

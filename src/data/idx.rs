@@ -429,7 +429,8 @@ pub fn write_idx(ds: &Dataset, dir: &Path, gzip: bool) -> Result<(), DataError> 
     Ok(())
 }
 
-/// Writes `header` + `payload` to `path` through a `.tmp` sibling and a rename.
+/// Writes `header` + `payload` to `path` through a `.tmp` sibling, synced,
+/// renamed into place, and the directory synced.
 fn write_file(
     path: &Path,
     field: &str,
@@ -470,7 +471,13 @@ fn write_file(
         let _ = fs::remove_file(&tmp);
         return Err(write_err(&tmp)(e));
     }
-    fs::rename(&tmp, path).map_err(write_err(path))
+    fs::rename(&tmp, path).map_err(write_err(path))?;
+    // The rename survives a crash once the directory is synced.
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    crate::fsutil::fsync_dir(dir).map_err(|e| write_err(dir)(e.source))
 }
 
 #[cfg(test)]

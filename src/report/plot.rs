@@ -2,6 +2,7 @@
 //! registered with plotters' `ab_glyph` renderer, so text renders on machines
 //! without any system fonts.
 
+use std::fs;
 use std::path::Path;
 use std::sync::Once;
 
@@ -70,8 +71,47 @@ fn draw_lines(chart: &mut Chart<'_>, series: Vec<Series<'_>>, path: &Path) -> Re
 
 /// Training curves: loss (train, validation, test) and accuracy
 /// (validation, test) per epoch, with an optional hard-label baseline's
-/// curves and the teacher's accuracy as a horizontal line.
+/// curves and the teacher's accuracy as a horizontal line. Written whole or
+/// not at all ([`write_atomically`]).
 pub fn training_curves(
+    path: &Path,
+    metrics: &[CurvePoint],
+    baseline: Option<&[CurvePoint]>,
+    teacher_accuracy: Option<f64>,
+) -> Result<()> {
+    write_atomically(path, |tmp| {
+        draw_training_curves(tmp, metrics, baseline, teacher_accuracy)
+    })
+}
+
+/// Draws a plot into a temporary file beside `path` (named `.NAME.PID.png`,
+/// so the encoder still sees a PNG), syncs it and renames it onto `path`: a
+/// crash leaves the old plot or the new one, never a torn file. A plot with
+/// nothing to draw writes no file.
+pub fn write_atomically(path: &Path, draw: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let name = path
+        .file_stem()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp = dir.join(format!(".{name}.{}.png", std::process::id()));
+    let result = draw(&tmp).and_then(|()| {
+        if !tmp.exists() {
+            return Ok(());
+        }
+        fs::File::open(&tmp)
+            .and_then(|f| f.sync_all())
+            .and_then(|()| fs::rename(&tmp, path))
+            .map_err(|e| Error::io(path, e))?;
+        Ok(crate::fsutil::fsync_dir(dir)?)
+    });
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    result
+}
+
+fn draw_training_curves(
     path: &Path,
     metrics: &[CurvePoint],
     baseline: Option<&[CurvePoint]>,
@@ -285,4 +325,44 @@ fn accuracy_panel(
             .map_err(|e| plot_err(path, e))?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn point(epoch: usize) -> CurvePoint {
+        CurvePoint {
+            epoch,
+            train_loss: 1.0 / epoch as f64,
+            val_loss: None,
+            val_accuracy: None,
+            test_loss: None,
+            test_accuracy: Some(0.5 + 0.01 * epoch as f64),
+        }
+    }
+
+    /// The curves replace the old plot whole, leave no temporary file, and a
+    /// failed drawing leaves the old plot as it was.
+    #[test]
+    fn a_plot_is_replaced_whole_or_not_at_all() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("curves.png");
+        training_curves(&path, &[point(1), point(2)], None, Some(0.9)).unwrap();
+        let first = fs::read(&path).unwrap();
+        assert!(first.starts_with(b"\x89PNG"));
+        let failed = write_atomically(&path, |tmp| {
+            fs::write(tmp, b"half a plot").unwrap();
+            Err(Error::io(tmp, std::io::Error::other("disk full")))
+        });
+        assert!(failed.is_err());
+        assert_eq!(fs::read(&path).unwrap(), first);
+        training_curves(&path, &[point(1), point(2), point(3)], None, None).unwrap();
+        assert_ne!(fs::read(&path).unwrap(), first);
+        let names: Vec<_> = fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, vec![std::ffi::OsString::from("curves.png")]);
+    }
 }

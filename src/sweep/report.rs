@@ -26,6 +26,7 @@ use super::teacher::{teacher_forward_timing, teacher_summary, Savings, TeacherSu
 use crate::cache::CacheViews;
 use crate::error::{Error, Result};
 use crate::model::{Backend, Network};
+use crate::report::plot::write_atomically;
 use crate::train::validation::{run_overlap, TeacherOverlap};
 
 /// Accuracy as the report prints it: a percentage with two decimals.
@@ -468,40 +469,14 @@ pub fn write_report(results: &[RunResult], ctx: &ReportContext<'_>) -> Result<Ve
     crate::model::io::atomic_write(&csv, results_csv(results).as_bytes())?;
     let pareto = out.join(PARETO_PNG);
     let chosen = chosen_results(results);
-    atomic_plot(&pareto, |tmp| {
+    write_atomically(&pareto, |tmp| {
         super::plot::accuracy_vs_parameters(tmp, &chosen, ctx.teacher)
     })?;
     let temps = out.join(TEMPERATURE_PNG);
-    atomic_plot(&temps, |tmp| {
+    write_atomically(&temps, |tmp| {
         super::plot::accuracy_vs_temperature(tmp, results)
     })?;
     Ok(vec![md, csv, pareto, temps])
-}
-
-/// Draws a plot into a temporary file beside `path` (named `.NAME.PID.png`,
-/// so the encoder still sees a PNG) and renames it onto `path`. A plot with
-/// nothing to draw writes no file.
-fn atomic_plot(path: &Path, draw: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let name = path
-        .file_stem()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let tmp = dir.join(format!(".{name}.{}.png", std::process::id()));
-    let result = draw(&tmp).and_then(|()| {
-        if !tmp.exists() {
-            return Ok(());
-        }
-        fs::File::open(&tmp)
-            .and_then(|f| f.sync_all())
-            .and_then(|()| fs::rename(&tmp, path))
-            .map_err(|e| Error::io(path, e))?;
-        Ok(crate::fsutil::fsync_dir(dir)?)
-    });
-    if result.is_err() {
-        let _ = fs::remove_file(&tmp);
-    }
-    result
 }
 
 /// Reads the cards of `runs` (the finished ones; `missing` names the others)

@@ -49,10 +49,11 @@ pub struct ValFold {
 
 impl std::str::FromStr for ValFold {
     type Err = Error;
-    /// `K/N`, `0 <= K < N`, `2 <= N <= 1000`. Errors name `--val-fold`.
+    /// `K/N`, `0 <= K < N`, `2 <= N <= 1000`. Errors name the field
+    /// `val_fold` (the CLI's `--val-fold`).
     fn from_str(s: &str) -> Result<Self> {
         let bad = |message: String| Error::Config {
-            field: "--val-fold".into(),
+            field: "val_fold".into(),
             message,
         };
         let (k, n) = s
@@ -468,7 +469,7 @@ mod tests {
         for bad in ["3/3", "0/1", "1", "a/2", "1/x", "0/1001"] {
             match bad.parse::<ValFold>() {
                 Err(Error::Config { field, message }) => {
-                    assert_eq!(field, "--val-fold", "{bad}");
+                    assert_eq!(field, "val_fold", "{bad}");
                     assert!(!message.is_empty());
                 }
                 other => panic!("{bad}: {other:?}"),

@@ -1,3 +1,5 @@
+//! Unit tests of `cache ensemble`: members combined, checked and refused.
+
 use super::*;
 use crate::cache::{import_logits, log_softmax_tempered, DatasetInfo, ViewInfo};
 
