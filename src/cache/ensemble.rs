@@ -324,20 +324,9 @@ fn agreement(lp: &[f32], labels: &[u32], classes: usize) -> (u64, u64) {
     let agree = lp
         .chunks_exact(classes)
         .zip(labels)
-        .filter(|(row, &l)| argmax(row) == l as usize)
+        .filter(|(row, &l)| crate::numeric::argmax(row) == l as usize)
         .count();
     (agree as u64, labels.len() as u64)
-}
-
-/// Index of the first largest value.
-fn argmax(row: &[f32]) -> usize {
-    let mut best = 0;
-    for (i, &x) in row.iter().enumerate() {
-        if x > row[best] {
-            best = i;
-        }
-    }
-    best
 }
 
 /// True when `a` and `b` name the same existing directory.
