@@ -446,7 +446,7 @@ fn bad_flags_name_the_flag() {
     fails(
         tmp.path(),
         &mlp_args(&data, "o", &["--device", "cuda"]),
-        &["--device", "cuda", "feature"],
+        &["--device", "cuda", "the cuda feature", "make build-cuda"],
     );
     fails(
         tmp.path(),

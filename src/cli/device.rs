@@ -52,8 +52,8 @@ pub(crate) fn with_device(name: &str, what: Dispatch) -> Result<()> {
                 Err(Error::Config {
                     field: "--device".into(),
                     message:
-                        "cuda: this binary was built without the `cuda` feature; rebuild with \
-                              `make build-cuda` (see README.md, \"GPU\")"
+                        "cuda: this binary was built without the cuda feature (cargo's --features \
+                              cuda); rebuild with make build-cuda (see README.md, \"GPU\")"
                             .into(),
                 })
             }
