@@ -63,7 +63,6 @@ enum Command {
     },
     /// Compare a compute device's ops and gradients with the CPU's (exit 2
     /// on a mismatch); `make gpu-check` runs it with `--device cuda`.
-    #[command(hide = true)]
     CheckDevice(device::DeviceArgs),
 }
 
