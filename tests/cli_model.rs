@@ -76,3 +76,33 @@ fn eval_checks_every_model_before_printing_a_table() {
         String::from_utf8_lossy(&out.stdout)
     );
 }
+
+/// A reader that stops early (`distill model info SPEC | head -1`) closes the
+/// pipe: the process ends as other command-line tools do, by SIGPIPE, and
+/// never panics on the failed write.
+#[cfg(unix)]
+#[test]
+fn a_closed_output_pipe_ends_the_process_quietly() {
+    use std::os::unix::process::ExitStatusExt;
+    use std::process::{Command, Stdio};
+    let dir = tempfile::tempdir().unwrap();
+    // The read end is closed before the process starts, so its first write
+    // fails whatever the timing.
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let out = Command::new(env!("CARGO_BIN_EXE_distill"))
+        .args(["model", "info", "cnn:c32-p-c64-p-f128-10"])
+        .current_dir(dir.path())
+        .stdout(writer)
+        .stderr(Stdio::piped())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        out.status.signal(),
+        Some(libc::SIGPIPE),
+        "{:?}: {stderr}",
+        out.status
+    );
+    assert!(stderr.is_empty(), "nothing on stderr: {stderr}");
+}
