@@ -34,7 +34,9 @@ fn data_info_on_the_committed_subset() {
     let dir = tempfile::tempdir().unwrap();
     let out = ok(dir.path(), &["data", "info", "--data", &s(&small_data())]);
     assert!(
-        out.contains("train: 2000 samples of 1x28x28, 10 classes"),
+        out.contains(
+            "train: 2000 samples of 1x28x28, 10 classes (186 of class 4 to 216 of class 1)"
+        ),
         "{out}"
     );
     assert!(

@@ -113,10 +113,10 @@ fn describe(data: &std::path::Path, options: &DataOptions) -> Result<()> {
             Ok(ds) => {
                 let [c, h, w] = ds.sample_shape();
                 println!(
-                    "{split}: {} samples of {c}x{h}x{w}, {} classes, fingerprint {} ({})",
+                    "{split}: {} samples of {c}x{h}x{w}, {}, fingerprint {} ({})",
                     ds.len(),
-                    ds.num_classes()
-                        .map_or("no labels".to_string(), |k| k.to_string()),
+                    ds.class_counts()
+                        .map_or("no labels".to_string(), |k| describe_classes(&k)),
                     ds.fingerprint(),
                     ds.source().display()
                 );
@@ -131,5 +131,61 @@ fn describe(data: &std::path::Path, options: &DataOptions) -> Result<()> {
     match broken {
         Some(e) => Err(e.into()),
         None => Ok(()),
+    }
+}
+
+/// `10 classes (200 each)`, or the smallest and largest class and the labels
+/// below the largest that no sample carries: a class count read from the
+/// largest label says nothing of those.
+fn describe_classes(counts: &[usize]) -> String {
+    let k = counts.len();
+    let (Some(&min), Some(&max)) = (counts.iter().min(), counts.iter().max()) else {
+        return "0 classes".to_string();
+    };
+    if min == max {
+        return format!("{k} classes ({min} each)");
+    }
+    let class_of = |n: usize| counts.iter().position(|&c| c == n).unwrap_or(0);
+    let mut out = format!(
+        "{k} classes ({min} of class {} to {max} of class {}",
+        class_of(min),
+        class_of(max)
+    );
+    let empty: Vec<String> = (0..k)
+        .filter(|&i| counts[i] == 0)
+        .map(|i| i.to_string())
+        .collect();
+    if !empty.is_empty() {
+        let shown = empty.len().min(8);
+        out += &format!("; no sample of class {}", empty[..shown].join(", "));
+        if empty.len() > shown {
+            out += &format!(" and {} more", empty.len() - shown);
+        }
+    }
+    out + ")"
+}
+
+#[cfg(test)]
+mod tests {
+    use super::describe_classes;
+
+    #[test]
+    fn class_descriptions() {
+        assert_eq!(describe_classes(&[]), "0 classes");
+        assert_eq!(describe_classes(&[200; 10]), "10 classes (200 each)");
+        assert_eq!(
+            describe_classes(&[3, 5, 4]),
+            "3 classes (3 of class 0 to 5 of class 1)"
+        );
+        assert_eq!(
+            describe_classes(&[2, 0, 1, 0]),
+            "4 classes (0 of class 1 to 2 of class 0; no sample of class 1, 3)"
+        );
+        let mut sparse = vec![0; 12];
+        sparse[11] = 1;
+        assert_eq!(
+            describe_classes(&sparse),
+            "12 classes (0 of class 0 to 1 of class 11; no sample of class 0, 1, 2, 3, 4, 5, 6, 7 and 3 more)"
+        );
     }
 }

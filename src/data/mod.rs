@@ -423,6 +423,17 @@ impl Dataset {
         self.num_classes
     }
 
+    /// How many samples carry each label, 0 to `num_classes() - 1` (`None` if
+    /// unlabelled); a label below the largest that no sample carries counts 0.
+    pub fn class_counts(&self) -> Option<Vec<usize>> {
+        let labels = self.labels.as_deref()?;
+        let mut counts = vec![0; self.num_classes.unwrap_or(0)];
+        for &label in labels {
+            counts[label as usize] += 1;
+        }
+        Some(counts)
+    }
+
     /// The content fingerprint, computed once when the dataset was built.
     pub fn fingerprint(&self) -> &Fingerprint {
         &self.fingerprint
