@@ -13,7 +13,7 @@
 //! | `curves.png` | training curves |
 //! | `checkpoint.safetensors` | the state a killed run resumes from |
 //! | `prune.json` | what `distill prune` did |
-//! | `.train.lock` | held (flock) while a training run writes the directory; empty |
+//! | `.train.lock` | held (flock) while a training run writes the directory; empty, and left in place |
 //! | `epoch-NNN/` | a model directory of its own: the weights after epoch NNN (`train --snapshot-epochs`) |
 //!
 //! Anywhere a model is read, a path may also name a `.safetensors` file

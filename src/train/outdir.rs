@@ -261,7 +261,9 @@ fn set_aside_earlier_model(dir: &ModelDir) -> Result<()> {
 /// Creates `dir` and takes its exclusive lock (`ModelDir::lock`), held by
 /// the returned file while the run writes there: a second run into the
 /// same directory is refused instead of interleaving its files with the
-/// first's. The lock file stays (empty) when the run ends.
+/// first's. The lock file stays (empty) when the run ends: a run that
+/// removed it could leave a second run locking the unlinked file while a
+/// third locks a new one, two writers at once.
 fn lock_run_dir(path: &Path) -> Result<fs::File> {
     fs::create_dir_all(path).map_err(|e| Error::io(path, e))?;
     let lock_path = ModelDir::new(path).lock();
