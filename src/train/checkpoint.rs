@@ -9,7 +9,7 @@
 //! | weights, the network's own layout | tensors named as the network's parameters |
 //! | optimizer state | tensors `optimizer.slot1.NAME`, `optimizer.slot2.NAME` |
 //! | pruning masks in force | tensors `mask.NAME` (PyTorch layout) |
-//! | the spec | metadata `__spec__` |
+//! | the spec | metadata `distill.spec` (as in a weights file) |
 //! | the run's config, as JSON | metadata `config` |
 //! | the cache's content id | metadata `cache_id` (empty without a cache) |
 //! | epoch, position in its order, optimizer step | metadata `epoch`, `position`, `step` |
