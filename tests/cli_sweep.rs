@@ -733,3 +733,53 @@ fn the_slurm_script_submits_an_array_over_the_plan_and_a_dependent_report() {
         "{log}"
     );
 }
+
+/// The committed example sweep file is `make sweep`'s sweep: its 20 runs in
+/// the Makefile's order, and its paths read relative to the file.
+#[test]
+fn the_example_sweep_file_plans_make_sweeps_runs() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let file = s(&root.join("examples/sweep.toml"));
+    let plan = ok(root, &["sweep", "--config", &file, "--plan", "-q"]);
+    let names: Vec<&str> = plan.lines().filter_map(|l| l.split('\t').nth(1)).collect();
+    assert_eq!(names.len(), 20, "{plan}");
+    assert_eq!(names[0], "mlp-784-32-10_baseline", "{plan}");
+    assert_eq!(names[19], "cnn-c8-p-c16-p-10_kd-T4-a0.5", "{plan}");
+    // `make sweep` with the Makefile's defaults plans the same names.
+    let make = std::fs::read_to_string(root.join("Makefile")).unwrap();
+    let default = |var: &str| {
+        make.lines()
+            .find_map(|l| {
+                l.strip_prefix(var)?
+                    .trim_start()
+                    .strip_prefix("?=")
+                    .map(str::trim)
+            })
+            .unwrap_or_else(|| panic!("Makefile sets {var}"))
+            .to_string()
+    };
+    let flags = ok(
+        root,
+        &[
+            "sweep",
+            "--cache",
+            "c",
+            "--data",
+            "d",
+            "--students",
+            &default("SWEEP_STUDENTS"),
+            "--temperatures",
+            &default("SWEEP_TEMPS"),
+            "--alphas",
+            &default("SWEEP_ALPHAS"),
+            "--baseline",
+            "--epochs",
+            &default("SWEEP_EPOCHS"),
+            "--out",
+            "o",
+            "--plan",
+            "-q",
+        ],
+    );
+    assert_eq!(plan, flags);
+}

@@ -86,7 +86,8 @@ pub struct StorageArgs {
 
 #[derive(Args)]
 pub struct BuildArgs {
-    /// Teacher model directory (model.safetensors + model.json).
+    /// Teacher model directory (model.safetensors, with model.json or
+    /// prune.json beside it) or a .safetensors file.
     #[arg(long)]
     teacher: PathBuf,
     /// Dataset directory.
@@ -129,7 +130,8 @@ pub struct MergeArgs {
     /// The part directories (OUT/part-K-of-N of `cache build --part`), in any order.
     #[arg(required = true, value_name = "PART_DIR")]
     parts: Vec<PathBuf>,
-    /// Where the merged cache goes (a new or empty directory).
+    /// Where the merged cache goes: a new or empty directory, or one that
+    /// already holds this merged cache (then nothing is written).
     #[arg(long)]
     out: PathBuf,
     /// Only the summary line.

@@ -34,11 +34,14 @@ pub enum DataCommand {
 
 #[derive(Args)]
 pub struct OptionArgs {
-    /// Axis order of 4-D .npy/safetensors images: nchw (the default) or
-    /// nhwc ([N, H, W, C], converted on read).
+    /// Axis order of 4-D .npy/safetensors images: nchw or nhwc ([N, H, W,
+    /// C], converted on read). Not given: nchw (`data info`: as the
+    /// directory's distill-data.toml says, else nchw).
     #[arg(long)]
     layout: Option<String>,
-    /// CIFAR-100's labels: fine (100 classes, the default) or coarse (20).
+    /// CIFAR-100's labels: fine (100 classes) or coarse (20). Not given:
+    /// fine (`data info`: as the directory's distill-data.toml says, else
+    /// fine).
     #[arg(long)]
     labels: Option<String>,
 }

@@ -25,7 +25,8 @@ pub const RENAMES: &[(&str, &str)] = &[];
 
 #[derive(Args)]
 pub struct EvalArgs {
-    /// Model directory (model.safetensors + model.json); repeat to compare.
+    /// Model directory (model.safetensors, with model.json or prune.json
+    /// beside it) or a .safetensors file; repeat to compare.
     #[arg(long, required_unless_present = "arm", conflicts_with = "arm")]
     model: Vec<PathBuf>,
     /// A recipe's runs (its seeds) as NAME=RUN,RUN,...; repeat for each

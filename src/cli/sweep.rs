@@ -58,7 +58,9 @@ mod tests {
 
 #[derive(Args)]
 pub struct SweepArgs {
-    /// A TOML file with the same keys as these flags (flags given here win).
+    /// A TOML file whose keys are these flags' names (`val-seed = 0`), lists
+    /// as TOML arrays (`temperatures = [1, 4]`), paths relative to the file;
+    /// flags given here win. examples/sweep.toml is `make sweep`'s.
     #[arg(long)]
     config: Option<PathBuf>,
     /// Teacher-output cache of the training split.
@@ -104,6 +106,7 @@ pub struct SweepArgs {
     /// Learning rate (default 1e-3).
     #[arg(long, allow_negative_numbers = true)]
     lr: Option<f64>,
+    /// Weight decay (default 0): L2 for sgd and adam, decoupled for adamw.
     #[arg(long, allow_negative_numbers = true)]
     weight_decay: Option<f64>,
     /// SGD momentum (default 0.9).

@@ -151,7 +151,8 @@ pub struct TrainArgs {
     /// student (the run warns when it finds one).
     #[arg(long)]
     val_seed: Option<u64>,
-    /// Output directory (model.safetensors, model.json, metrics.jsonl, curves.png).
+    /// Output directory (model.safetensors, model.json, model.py,
+    /// metrics.jsonl, curves.png; FORMAT.md, "A model directory").
     #[arg(long)]
     out: PathBuf,
     /// Write a checkpoint every N steps and at each epoch's end (0: at each epoch's end only).
