@@ -35,7 +35,7 @@ use crate::cache::{
 use crate::data::augment::Augment;
 use crate::data::Dataset;
 use crate::error::{Error, Result};
-use crate::model::compat::check_compatible;
+use crate::model::compat::{check_batch_size, check_compatible};
 use crate::model::{Backend, ModelDir, Network};
 
 /// How to build a cache from a teacher.
@@ -160,12 +160,7 @@ fn check_build<D: Backend>(
     opts: &BuildOptions,
 ) -> Result<()> {
     check_compatible(teacher, data)?;
-    if opts.batch_size == 0 {
-        return Err(Error::Config {
-            field: "batch_size".into(),
-            message: "must be at least 1".into(),
-        });
-    }
+    check_batch_size("batch_size", opts.batch_size)?;
     if let Some(v) = &opts.view {
         Augment::parse(&v.augment)?.check_shape(data.sample_shape())?;
     }
@@ -203,7 +198,8 @@ fn run_teacher<D: Backend>(
         );
     }
     let end = range.end_sample as usize;
-    let batch = opts.batch_size;
+    // No larger than the samples left: a batch is held whole in memory.
+    let batch = opts.batch_size.clamp(1, end.saturating_sub(first).max(1));
     let len = data.sample_len();
     let mut inputs = vec![0f32; batch * len];
     let mut lp = vec![0f32; batch * classes];
@@ -344,7 +340,7 @@ pub fn clean_agreement<D: Backend>(
     let (len, classes, batch) = (
         data.sample_len(),
         teacher.spec().num_classes(),
-        batch.max(1),
+        batch.clamp(1, data.len().max(1)),
     );
     let mut inputs = vec![0f32; batch * len];
     let mut hits = 0usize;
@@ -518,6 +514,7 @@ pub struct LogitsImport {
 /// measured against.
 pub fn forward_only<D: Backend>(teacher: &Network<D>, data: &Dataset, batch: usize) -> Result<f64> {
     check_compatible(teacher, data)?;
+    let batch = batch.clamp(1, data.len().max(1));
     let len = data.sample_len();
     let mut inputs = vec![0f32; batch * len];
     let mut checksum = 0f64;
@@ -984,12 +981,8 @@ pub fn export_views(
             message: "a view set needs at least one view".into(),
         });
     }
-    if batch == 0 {
-        return Err(Error::Config {
-            field: "batch_size".into(),
-            message: "must be at least 1".into(),
-        });
-    }
+    check_batch_size("batch_size", batch)?;
+    let batch = batch.min(data.len().max(1));
     refuse_model_or_cache(out)?;
     std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
     let shape = data.sample_shape();

@@ -932,3 +932,61 @@ fn a_cache_is_not_built_into_a_model_directory() {
         );
     }
 }
+
+/// A batch is held whole in memory: every command that takes `--batch`
+/// refuses one beyond the limit (the trainer's) by name, before it writes
+/// anything, instead of failing to allocate it.
+#[test]
+fn batch_sizes_out_of_range_are_refused_by_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = s(&small_data());
+    let teacher = s(&teacher_dir());
+    let huge = "10000000";
+    for args in [
+        vec![
+            "eval", "--model", &teacher, "--data", &data, "--batch", huge,
+        ],
+        vec!["eval", "--model", &teacher, "--data", &data, "--batch", "0"],
+        vec![
+            "cache",
+            "build",
+            "--teacher",
+            &teacher,
+            "--data",
+            &data,
+            "-T",
+            "4",
+            "--out",
+            "c",
+            "--batch",
+            huge,
+        ],
+        vec![
+            "views",
+            "export",
+            "--data",
+            &data,
+            "--augment",
+            "flip",
+            "--out",
+            "v",
+            "--batch",
+            huge,
+        ],
+    ] {
+        fails(
+            dir.path(),
+            &args,
+            &["--batch", "must be between 1 and 1048576"],
+        );
+    }
+    assert!(!dir.path().join("c").exists() && !dir.path().join("v").exists());
+    // A batch larger than the data is the data's size.
+    let out = ok(
+        dir.path(),
+        &[
+            "eval", "--model", &teacher, "--data", &data, "--batch", "1048576",
+        ],
+    );
+    assert!(out.contains("fashion-cnn"), "{out}");
+}

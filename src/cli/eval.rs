@@ -99,6 +99,7 @@ fn parse_eval_split(s: &str) -> std::result::Result<EvalSplit, String> {
 }
 
 pub fn eval<D: Backend>(dev: D, a: EvalArgs) -> Result<()> {
+    distill::model::compat::check_batch_size("--batch", a.batch)?;
     if let Some(dup) = a
         .arm
         .iter()

@@ -1,6 +1,7 @@
 //! Whether a network can read a dataset: the same input size per sample
 //! (and, for a convolutional network on images, the same channels, height
-//! and width), and labels within its classes.
+//! and width), and labels within its classes; and the batch sizes any
+//! command runs a network with.
 //!
 //! Both phases ask this before they run a network over data: the teacher
 //! before it fills a cache (phase one), the trainer and evaluation before
@@ -12,6 +13,21 @@ use crate::error::{Error, Result};
 use super::network::Network;
 use super::ops::Backend;
 use super::spec::ModelSpec;
+
+/// The largest batch any command runs a network with (`--batch`).
+pub const MAX_BATCH_SIZE: usize = 1 << 20;
+
+/// Checks a batch size against 1..=[`MAX_BATCH_SIZE`]; `field` names the
+/// setting in the error.
+pub fn check_batch_size(field: &str, batch: usize) -> Result<()> {
+    if batch == 0 || batch > MAX_BATCH_SIZE {
+        return Err(Error::Config {
+            field: field.into(),
+            message: format!("{batch} must be between 1 and {MAX_BATCH_SIZE}"),
+        });
+    }
+    Ok(())
+}
 
 /// Checks that a network can read a dataset: same input size, and labels
 /// within its classes.

@@ -22,8 +22,7 @@ use super::optim::OptimizerConfig;
 use super::validation::ValidationSplit;
 use super::validation::{check_fraction, ValFold};
 
-/// The largest batch a run accepts.
-pub const MAX_BATCH_SIZE: usize = 1 << 20;
+pub use crate::model::compat::MAX_BATCH_SIZE;
 
 /// The hard-label weight of a distillation run that names none (`distill
 /// train --cache` without `--alpha`), chosen on validation: README.md,
@@ -129,12 +128,7 @@ impl TrainConfig {
                 message: "must be at least 1".into(),
             });
         }
-        if self.batch_size == 0 || self.batch_size > MAX_BATCH_SIZE {
-            return Err(Error::Config {
-                field: "batch_size".into(),
-                message: format!("{} must be between 1 and {MAX_BATCH_SIZE}", self.batch_size),
-            });
-        }
+        crate::model::compat::check_batch_size("batch_size", self.batch_size)?;
         self.optimizer.validate()?;
         self.loss.validate()?;
         check_fraction(self.val_fraction)?;

@@ -63,7 +63,8 @@ pub fn evaluate_samples<D: Backend>(
     check_compatible(net, data)?;
     let n = indices.len();
     let classes = net.spec().num_classes();
-    let batch = batch.max(1);
+    // No larger than the samples: a batch is held whole in memory.
+    let batch = batch.clamp(1, n.max(1));
     let mut predictions = Vec::with_capacity(n);
     let mut loss_sum = 0f64;
     let mut correct = 0usize;
