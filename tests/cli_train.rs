@@ -264,6 +264,14 @@ fn a_model_is_not_fine_tuned_into_its_own_directory() {
             &["--init-from", "is in --out", "another directory"],
         );
     }
+    // Nor taught by, or compared with, the model it would replace.
+    for flag in ["--online-teacher", "--baseline-run"] {
+        fails(
+            tmp.path(),
+            &mlp_args(&data, "run", &[flag, "run", "--overwrite"]),
+            &[flag, "is in --out", "another directory"],
+        );
+    }
     assert_eq!(
         fs::read(tmp.path().join("run/model.safetensors")).unwrap(),
         weights

@@ -193,13 +193,23 @@ pub struct TrainArgs {
 
 /// Runs `distill train` (errors name flags: [`super::name_flags`]).
 pub fn train<D: Backend>(dev: D, a: TrainArgs) -> Result<()> {
-    if let Some(dir) = &a.init_from {
+    // A model the run reads must not be one it writes over.
+    for (flag, dir, what) in [
+        ("--init-from", &a.init_from, "the model it starts from"),
+        ("--online-teacher", &a.online_teacher, "its teacher"),
+        (
+            "--baseline-run",
+            &a.baseline_run,
+            "the run it is compared with",
+        ),
+    ] {
+        let Some(dir) = dir else { continue };
         if inside_directory(dir, &a.out) {
             return Err(Error::Config {
-                field: "--init-from".into(),
+                field: flag.into(),
                 message: format!(
-                    "{} is in --out ({}): the run would replace the model it starts from, and a \
-                     rerun or --resume would start from another; write to another directory",
+                    "{} is in --out ({}): the run would replace {what}, and a rerun or \
+                     --resume would read another; write to another directory",
                     dir.display(),
                     a.out.display()
                 ),
