@@ -1203,3 +1203,72 @@ fn eval_compares_recipes_over_images_and_over_seeds() {
         &["--model", "--arm"],
     );
 }
+
+/// A checkpoint continues only the run that wrote it: on the same data and
+/// with the same online teacher (a resume on other data, or taught by
+/// another model, would mix two runs in one model). A finished online run
+/// counts as finished only for its own teacher.
+#[test]
+fn a_checkpoint_resumes_only_on_its_data_and_with_its_teacher() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = s(&small_data());
+    // Other data of the same shape: the subset's test split as a training split.
+    let other = tmp.path().join("other");
+    fs::create_dir(&other).unwrap();
+    for (from, to) in [
+        ("t10k-images-idx3-ubyte.gz", "train-images-idx3-ubyte.gz"),
+        ("t10k-labels-idx1-ubyte.gz", "train-labels-idx1-ubyte.gz"),
+    ] {
+        fs::copy(small_data().join(from), other.join(to)).unwrap();
+    }
+    let other = s(&other);
+    let stop = ["--checkpoint-every", "7", "--stop-after-steps", "5"];
+    ok(tmp.path(), &mlp_args(&data, "d", &stop));
+    fails(
+        tmp.path(),
+        &mlp_args(&other, "d", &["--resume"]),
+        &[
+            "checkpoint.safetensors",
+            "training on data with fingerprint",
+            "--data",
+        ],
+    );
+    // Taught online by the committed teacher, then resumed with another.
+    let teacher = s(&teacher_dir());
+    ok(tmp.path(), &mlp_args(&data, "student", &[]));
+    fn with<'a>(teacher: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
+        [&["--online-teacher", teacher, "--alpha", "0.5"][..], extra].concat()
+    }
+    ok(tmp.path(), &mlp_args(&data, "o", &with(&teacher, &stop)));
+    fails(
+        tmp.path(),
+        &mlp_args(&data, "o", &with("student", &["--resume"])),
+        &[
+            "checkpoint.safetensors",
+            "another directory",
+            "--online-teacher",
+        ],
+    );
+    ok(
+        tmp.path(),
+        &mlp_args(&data, "o", &with(&teacher, &["--resume"])),
+    );
+    let card = model_card(&tmp.path().join("o"));
+    assert_eq!(
+        card["online_teacher"]["spec"], "cnn:c32-p-c64-p-f128-10",
+        "{card}"
+    );
+    let again = ok(
+        tmp.path(),
+        &mlp_args(&data, "o", &with(&teacher, &["--resume"])),
+    );
+    assert!(again.contains("already finished"), "{again}");
+    let other_teacher = ok(
+        tmp.path(),
+        &mlp_args(&data, "o", &with("student", &["--resume"])),
+    );
+    assert!(
+        !other_teacher.contains("already finished"),
+        "{other_teacher}"
+    );
+}

@@ -13,7 +13,7 @@ use distill::train::config::{DISTILL_ALPHA, DISTILL_TEMPERATURE};
 use distill::train::loss::{DkdWeights, LossConfig, LossKind, TeacherErrors};
 use distill::train::metrics::read_metrics;
 use distill::train::optim::{OptimizerConfig, OptimizerKind, Schedule};
-use distill::train::outdir::finished_run;
+use distill::train::outdir::{finished_run, RunInputs};
 use distill::train::validation::{TeacherOverlap, TeacherSplit, ValFold};
 use distill::train::{RunOptions, SourcePaths, TrainConfig};
 
@@ -235,12 +235,13 @@ pub fn train<D: Backend>(dev: D, a: TrainArgs) -> Result<()> {
     let opened = paths.open(dev.clone())?;
     if a.resume && !a.overwrite {
         let cache_id = opened.cache.as_ref().map(|c| c.id());
-        let done = finished_run(
-            &ModelDir::new(&a.out),
-            &cfg,
-            &opened.train.fingerprint().0,
-            cache_id.as_deref(),
-        );
+        let online = opened.online_teacher.as_ref().map(|t| t.fingerprint());
+        let inputs = RunInputs {
+            train_fingerprint: &opened.train.fingerprint().0,
+            cache_id: cache_id.as_deref(),
+            online_teacher: online.as_deref(),
+        };
+        let done = finished_run(&ModelDir::new(&a.out), &cfg, inputs);
         if let Some(card) = done {
             print_already_finished(&card, &a.out, "");
             return Ok(());

@@ -64,6 +64,13 @@ impl CacheRef {
     }
 }
 
+/// The teacher an online run ran on every batch (`train --online-teacher`).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct OnlineTeacherRef {
+    pub spec: String,
+    pub weights_fingerprint: String,
+}
+
 /// The data a model was trained and tested on.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct DataRef {
@@ -94,6 +101,9 @@ pub struct ModelCard {
     pub data: Option<DataRef>,
     pub config: Option<TrainConfig>,
     pub cache: Option<CacheRef>,
+    /// The teacher of an online run (absent otherwise).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub online_teacher: Option<OnlineTeacherRef>,
     pub test_accuracy: Option<f64>,
     pub test_loss: Option<f64>,
     /// The last epoch's accuracy and loss on the validation split.
@@ -150,6 +160,7 @@ impl ModelCard {
             }),
             config: Some(cfg.clone()),
             cache,
+            online_teacher: None,
             test_accuracy: eval.and_then(|e| e.accuracy),
             test_loss: eval.and_then(|e| e.loss),
             val_accuracy: None,

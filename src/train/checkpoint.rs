@@ -12,6 +12,8 @@
 //! | the spec | metadata `distill.spec` (as in a weights file) |
 //! | the run's config, as JSON | metadata `config` |
 //! | the cache's content id | metadata `cache_id` (empty without a cache) |
+//! | the training split's fingerprint | metadata `train_fingerprint` |
+//! | the online teacher's weights fingerprint | metadata `online_teacher` (empty without one) |
 //! | epoch, position in its order, optimizer step | metadata `epoch`, `position`, `step` |
 //! | the epoch's partial loss sum and count | metadata `loss_sum`, `loss_count` |
 //! | finished epochs' metrics, training time | metadata `metrics`, `train_seconds` |
@@ -19,8 +21,8 @@
 //! | xxh3-64 of all of the above | metadata `checksum_xxh3` |
 //!
 //! A checkpoint resumes only the same run: [`load`] refuses one written with
-//! another config or from another cache (a replaced or rebuilt cache has
-//! another id), and one whose tensors or metadata no longer match the
+//! another config, from another cache (a replaced or rebuilt cache has
+//! another id), on other data or with another online teacher, and one whose tensors or metadata no longer match the
 //! checksum written with them (a checkpoint from before the checksum has
 //! none to check).
 
@@ -43,6 +45,11 @@ const MASK_PREFIX: &str = "mask.";
 
 /// Metadata key of the checksum over every other key and every tensor.
 const CHECKSUM_KEY: &str = "checksum_xxh3";
+/// The training split's fingerprint (checkpoints from before it have none).
+const TRAIN_DATA_KEY: &str = "train_fingerprint";
+/// The online teacher's weights fingerprint, empty without one (checkpoints
+/// from before it have none).
+const ONLINE_TEACHER_KEY: &str = "online_teacher";
 
 /// xxh3-64 over the metadata (but the checksum itself) in key order and
 /// the tensors in name order: names, shapes and f32 bits.
@@ -93,11 +100,17 @@ pub struct Checkpoint {
     pub masks: Option<Vec<HostTensor>>,
 }
 
-/// Which run a checkpoint belongs to: its config and the cache's content id.
+/// Which run a checkpoint belongs to: its config, the data it trains on and
+/// its teacher outputs.
 #[derive(Clone, Copy)]
 pub struct RunIdentity<'a> {
     pub cfg: &'a TrainConfig,
+    /// The cache's content id (empty without a cache).
     pub cache_id: &'a str,
+    /// The training split's fingerprint.
+    pub train_fingerprint: &'a str,
+    /// The online teacher's weights fingerprint (empty without one).
+    pub online_teacher: &'a str,
 }
 
 /// Writes a checkpoint (atomically: a killed write leaves the previous one).
@@ -149,6 +162,8 @@ pub fn save<D: Backend>(
         serde_json::to_string(run.cfg).unwrap_or_default(),
     );
     meta.insert("cache_id".into(), run.cache_id.to_string());
+    meta.insert(TRAIN_DATA_KEY.into(), run.train_fingerprint.to_string());
+    meta.insert(ONLINE_TEACHER_KEY.into(), run.online_teacher.to_string());
     meta.insert("epoch".into(), progress.epoch.to_string());
     meta.insert("position".into(), progress.position.to_string());
     meta.insert("step".into(), opt.step().to_string());
@@ -296,6 +311,30 @@ fn check_identity(
             run.cache_id
         ));
     }
+    if let Some(saved) = meta.get(TRAIN_DATA_KEY) {
+        if saved != run.train_fingerprint {
+            return Err(format!(
+                "was written while training on data with fingerprint {saved}, but the data \
+                 given now (`data`) reads as {} (other files, or read with other options); \
+                 resume with the same data or train into another directory",
+                run.train_fingerprint
+            ));
+        }
+    }
+    if let Some(saved) = meta.get(ONLINE_TEACHER_KEY) {
+        if saved != run.online_teacher {
+            let what = |fp: &str| match fp {
+                "" => "no online teacher".to_string(),
+                fp => format!("an online teacher with weights {fp}"),
+            };
+            return Err(format!(
+                "was written by a run with {}, but this run has {} (`online_teacher`); resume \
+                 with the same teacher or train into another directory",
+                what(saved),
+                what(run.online_teacher)
+            ));
+        }
+    }
     Ok(())
 }
 
@@ -318,6 +357,8 @@ mod tests {
         let run = RunIdentity {
             cfg: &cfg,
             cache_id: "",
+            train_fingerprint: "data",
+            online_teacher: "",
         };
         let progress = Progress {
             epoch: 1,

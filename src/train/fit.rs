@@ -34,7 +34,7 @@ use crate::model::io::{save_weights, write_safetensors, SPEC_KEY};
 use crate::model::{Backend, ModelDir, ModelSpec, Network};
 use crate::report::plot::training_curves;
 
-use super::card::{CacheRef, ModelCard};
+use super::card::{CacheRef, ModelCard, OnlineTeacherRef};
 use super::checkpoint::{self, Progress, RunIdentity};
 use super::config::{RunOptions, TrainConfig};
 use super::eval::{evaluate, evaluate_samples, EvalResult};
@@ -121,6 +121,9 @@ struct Run<'a, D: Backend> {
     /// The cache's content id: a checkpoint resumes only on the same
     /// teacher outputs.
     cache_id: String,
+    /// The online teacher's weights fingerprint (empty without one): a
+    /// checkpoint resumes only with the same teacher.
+    online_teacher_fingerprint: String,
     /// Where the run stands at the start of the next epoch (or, right after
     /// a resume, within it).
     progress: Progress,
@@ -189,9 +192,11 @@ impl<'a, D: Backend> Run<'a, D> {
         pruning.apply(&mut net);
         let fingerprint = &sources.train.fingerprint().0;
         let cache_id = sources.cache.map(|c| c.id());
+        let online_teacher = sources.online_teacher.map(|t| t.fingerprint());
         let inputs = RunInputs {
             train_fingerprint: fingerprint,
             cache_id: cache_id.as_deref(),
+            online_teacher: online_teacher.as_deref(),
         };
         let lock = match claim_run_dir(out_dir, cfg, inputs, opts.resume, opts.overwrite)? {
             Claimed::Locked(lock) => lock,
@@ -219,6 +224,7 @@ impl<'a, D: Backend> Run<'a, D> {
             validation: Arc::new(validation),
             total_steps,
             cache_id: sources.cache.map_or(String::new(), |c| c.id()),
+            online_teacher_fingerprint: online_teacher.unwrap_or_default(),
             progress: Progress::default(),
             metrics: Vec::new(),
             last_eval: None,
@@ -243,6 +249,8 @@ impl<'a, D: Backend> Run<'a, D> {
         let identity = RunIdentity {
             cfg: self.cfg,
             cache_id: &self.cache_id,
+            train_fingerprint: &self.sources.train.fingerprint().0,
+            online_teacher: &self.online_teacher_fingerprint,
         };
         let ck = checkpoint::load(&path, identity, &mut self.net, &mut self.opt)?;
         if let Some(m) = ck.masks {
@@ -462,10 +470,7 @@ impl<'a, D: Backend> Run<'a, D> {
     }
 
     fn save_checkpoint(&self, progress: Progress) -> Result<()> {
-        let identity = RunIdentity {
-            cfg: self.cfg,
-            cache_id: &self.cache_id,
-        };
+        let identity = self.identity();
         checkpoint::save(
             &self.dir.checkpoint(),
             identity,
@@ -478,12 +483,22 @@ impl<'a, D: Backend> Run<'a, D> {
     }
 
     /// The run's card as of now: after its last finished epoch.
+    /// Which run this is, for its checkpoint.
+    fn identity(&self) -> RunIdentity<'_> {
+        RunIdentity {
+            cfg: self.cfg,
+            cache_id: &self.cache_id,
+            train_fingerprint: &self.sources.train.fingerprint().0,
+            online_teacher: &self.online_teacher_fingerprint,
+        }
+    }
+
     fn card(&self) -> ModelCard {
         let cache_ref = match (self.sources.cache, &self.sources.cache_dir) {
             (Some(c), Some(dir)) => Some(CacheRef::from_views(c, dir)),
             _ => None,
         };
-        ModelCard::new(
+        let mut card = ModelCard::new(
             &self.net,
             self.cfg,
             self.opts,
@@ -493,8 +508,12 @@ impl<'a, D: Backend> Run<'a, D> {
             self.last_eval.as_ref(),
             self.metrics.last().and_then(|m| m.teacher_agreement),
             self.progress.train_seconds,
-        )
-        .with_validation(
+        );
+        card.online_teacher = self.sources.online_teacher.map(|t| OnlineTeacherRef {
+            spec: t.spec().to_string(),
+            weights_fingerprint: self.online_teacher_fingerprint.clone(),
+        });
+        card.with_validation(
             self.validation.len(),
             self.opts.val_teacher_trained,
             &self.metrics,

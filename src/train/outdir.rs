@@ -3,7 +3,9 @@
 //! A directory that holds a finished model is written over only by a run of
 //! the same settings (its card records this run's config: a rerun, which
 //! trains the same model again, as `make train-student` does) or with
-//! `overwrite`. A checkpoint of an unfinished run is continued with `resume`
+//! `overwrite`. The data and the teacher outputs are not settings: a rerun
+//! after the cache was rebuilt from a new teacher trains the model again
+//! from it, as a make target expects. A checkpoint of an unfinished run is continued with `resume`
 //! or discarded with `overwrite`, never silently started over; `resume` on a
 //! finished run of the same settings, data and cache has nothing to do
 //! ([`finished_run`]).
@@ -57,6 +59,8 @@ pub struct RunInputs<'a> {
     pub train_fingerprint: &'a str,
     /// `None` for hard labels.
     pub cache_id: Option<&'a str>,
+    /// The online teacher's weights fingerprint (`None` without one).
+    pub online_teacher: Option<&'a str>,
 }
 
 /// Checks that a run of `cfg` may write into `dir`, takes the directory's
@@ -78,7 +82,7 @@ pub fn claim_run_dir(
     // Looked at again under the lock: a run that held it may have finished
     // in between.
     if resume && !overwrite {
-        if let Some(card) = finished_run(&model, cfg, inputs.train_fingerprint, inputs.cache_id) {
+        if let Some(card) = finished_run(&model, cfg, inputs) {
             return Ok(Claimed::Finished(Box::new(card)));
         }
     }
@@ -297,24 +301,25 @@ fn lock_run_dir(path: &Path) -> Result<fs::File> {
 }
 
 /// The card of a finished run of `cfg` in `dir`, trained on the same data
-/// (`train_fingerprint`) from the same teacher outputs (`cache_id`, `None`
-/// for hard labels): what `resume` has nothing left to do for. `None` when
+/// from the same teacher outputs (the same cache, or the same online
+/// teacher; [`RunInputs`]): what `resume` has nothing left to do for. `None` when
 /// anything differs, the card does not read, or a checkpoint says a rerun
 /// is under way.
-pub fn finished_run(
-    dir: &ModelDir,
-    cfg: &TrainConfig,
-    train_fingerprint: &str,
-    cache_id: Option<&str>,
-) -> Option<ModelCard> {
+pub fn finished_run(dir: &ModelDir, cfg: &TrainConfig, inputs: RunInputs<'_>) -> Option<ModelCard> {
     if dir.checkpoint().exists() || !dir.has_weights() || dir.prune_report().exists() {
         return None;
     }
     let card = ModelCard::load(&dir.card()).ok()?;
     let same = card.config.as_ref() == Some(cfg)
         && card.snapshot_epoch.is_none()
-        && card.data.as_ref().map(|d| d.train_fingerprint.as_str()) == Some(train_fingerprint)
-        && card.cache.as_ref().map(|c| c.id.as_str()) == cache_id;
+        && card.data.as_ref().map(|d| d.train_fingerprint.as_str())
+            == Some(inputs.train_fingerprint)
+        && card.cache.as_ref().map(|c| c.id.as_str()) == inputs.cache_id
+        && card
+            .online_teacher
+            .as_ref()
+            .map(|t| t.weights_fingerprint.as_str())
+            == inputs.online_teacher;
     same.then_some(card)
 }
 
@@ -389,6 +394,7 @@ mod tests {
     const INPUTS: RunInputs<'static> = RunInputs {
         train_fingerprint: "data",
         cache_id: None,
+        online_teacher: None,
     };
 
     fn claim(dir: &Path, c: &TrainConfig, resume: bool, overwrite: bool) -> Result<Claimed> {
@@ -487,6 +493,7 @@ mod tests {
             data: None,
             config: Some(c.clone()),
             cache: None,
+            online_teacher: None,
             test_accuracy: Some(0.5),
             test_loss: None,
             val_accuracy: None,
@@ -681,6 +688,7 @@ mod tests {
         let other_data = RunInputs {
             train_fingerprint: "other",
             cache_id: None,
+            online_teacher: None,
         };
         let claimed = claim_run_dir(dir.path(), &c, other_data, true, false).unwrap();
         assert!(matches!(claimed, Claimed::Locked(_)));
