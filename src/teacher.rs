@@ -28,6 +28,7 @@ use xxhash_rust::xxh3::xxh3_128;
 use crate::cache::manifest::MANIFEST_FILE;
 use crate::cache::refuse_foreign_dir;
 use crate::cache::views::{view_dir, ViewSetSummary, ViewStats, SUMMARY_FILE};
+use crate::cache::writer::BUILD_FILE;
 use crate::cache::{
     log_softmax_tempered, BuildSpec, CacheMeta, CacheReader, CacheWriter, DatasetInfo, Encoding,
     Manifest, PartManifest, PartRange, PartSpec, TeacherInfo, ViewInfo, WriterOptions,
@@ -99,11 +100,18 @@ pub fn build_cache<D: Backend>(
     opts: &BuildOptions,
 ) -> Result<BuildReport> {
     check_build(teacher, data, opts)?;
+    let plain = opts.view.is_none();
+    if plain {
+        check_plain_root(dir, opts)?;
+    }
     let start = Instant::now();
     let mut writer =
         CacheWriter::create_or_resume(dir, cache_meta(teacher, data, opts), opts.writer.clone())?;
     let resumed_from = run_teacher(teacher, data, &mut writer, opts)?;
     let manifest = writer.finish()?;
+    if plain && opts.writer.overwrite {
+        remove_replaced_view_set(dir)?;
+    }
     Ok(BuildReport {
         manifest,
         resumed_from,
@@ -323,6 +331,9 @@ pub fn build_view_set<D: Backend>(
         view_stats,
     };
     summary.write(out)?;
+    if opts.writer.overwrite {
+        remove_replaced_plain_cache(out, set.views)?;
+    }
     Ok(summary)
 }
 
@@ -448,12 +459,68 @@ fn check_set_root(out: &Path, opts: &BuildOptions) -> Result<()> {
         return Err(Error::Config {
             field: "out".into(),
             message: format!(
-                "{} holds a cache of the plain images; write the view set elsewhere",
+                "{} holds a cache of the plain images; write the view set elsewhere, or set \
+                 `overwrite` to replace the cache",
                 out.display()
             ),
         });
     }
     Ok(refuse_foreign_dir(out)?)
+}
+
+/// Refuses `out` as a plain cache's directory when it holds a view set
+/// (unless overwriting): the plain cache's manifest would be read instead of
+/// the views.
+fn check_plain_root(out: &Path, opts: &BuildOptions) -> Result<()> {
+    let holds_views = out.join(SUMMARY_FILE).exists() || view_dir(out, 0).exists();
+    if holds_views && !opts.writer.overwrite {
+        return Err(Error::Config {
+            field: "out".into(),
+            message: format!(
+                "{} holds a view set; write the cache of the plain images elsewhere, or set \
+                 `overwrite` to replace the view set",
+                out.display()
+            ),
+        });
+    }
+    Ok(())
+}
+
+/// After a plain cache built with `overwrite` has committed in `out`,
+/// removes the view set it replaced there (its summary first, then its view
+/// directories), which would otherwise sit beside it unread.
+fn remove_replaced_view_set(out: &Path) -> Result<()> {
+    crate::fsutil::remove_if_present(&out.join(SUMMARY_FILE))?;
+    remove_views_from(out, 0)
+}
+
+/// After a view set built with `overwrite` has committed in `out`, removes
+/// what the build replaced there: a cache of the plain images (its manifest
+/// first, which readers would open instead of the views, then its shards
+/// and build record) and the views of an earlier, larger set beyond `views`.
+fn remove_replaced_plain_cache(out: &Path, views: u64) -> Result<()> {
+    crate::fsutil::remove_if_present(&out.join(MANIFEST_FILE))?;
+    let entries = std::fs::read_dir(out).map_err(|e| Error::io(out, e))?;
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if (name.starts_with("shard-") && name.ends_with(".dsc")) || name == BUILD_FILE {
+            crate::fsutil::remove_if_present(&entry.path())?;
+        }
+    }
+    remove_views_from(out, views)
+}
+
+/// Removes the view directories `view-first`, `view-first+1`, ... of `out`
+/// up to the first missing one.
+fn remove_views_from(out: &Path, first: u64) -> Result<()> {
+    for v in first.. {
+        let dir = view_dir(out, v);
+        if !dir.exists() {
+            break;
+        }
+        std::fs::remove_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+    }
+    Ok(())
 }
 
 /// Refuses `out` as the directory of exported views when it holds a model
@@ -734,6 +801,10 @@ unsafe fn write_logits_cache(
     opts: &BuildOptions,
 ) -> Result<Manifest> {
     let (n, c, t) = (rows.rows(), rows.cols(), meta.temperature);
+    let plain = opts.view.is_none();
+    if plain {
+        check_plain_root(out, opts)?;
+    }
     let mut writer = CacheWriter::create_or_resume(out, meta, opts.writer.clone())?;
     let mut x = Vec::with_capacity(rows.step() * c);
     let mut lp = vec![0f32; rows.step() * c];
@@ -765,7 +836,11 @@ unsafe fn write_logits_cache(
         writer.push_batch(start as u64, data.labels().map(|l| &l[start..end]), lp)?;
         start = end;
     }
-    Ok(writer.finish()?)
+    let manifest = writer.finish()?;
+    if plain && opts.writer.overwrite {
+        remove_replaced_view_set(out)?;
+    }
+    Ok(manifest)
 }
 
 /// Builds a cache at `out` from logits an external teacher computed on
@@ -929,6 +1004,9 @@ pub unsafe fn import_view_set(
         view_stats,
     };
     summary.write(out)?;
+    if opts.writer.overwrite {
+        remove_replaced_plain_cache(out, set.views)?;
+    }
     Ok(summary)
 }
 

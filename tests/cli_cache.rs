@@ -990,3 +990,85 @@ fn batch_sizes_out_of_range_are_refused_by_name() {
     );
     assert!(out.contains("fashion-cnn"), "{out}");
 }
+
+/// A directory holds a plain cache or a view set, never both: a view set
+/// built with --overwrite over a plain cache replaces it (whose manifest
+/// would otherwise be read instead of the views), a smaller set leaves no
+/// stale views, and a plain build over a view set needs --overwrite.
+#[test]
+fn a_plain_cache_and_a_view_set_replace_each_other_only_with_overwrite() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (data, teacher) = (s(&small_data()), s(&teacher_dir()));
+    let build = |extra: &[&str]| {
+        let mut args = vec![
+            "cache",
+            "build",
+            "--teacher",
+            &teacher,
+            "--data",
+            &data,
+            "-T",
+            "4",
+            "--out",
+            "c",
+            "-q",
+        ];
+        args.extend_from_slice(extra);
+        distill(tmp.path(), &args)
+    };
+    let entries = || {
+        let mut names: Vec<String> = fs::read_dir(tmp.path().join("c"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| !n.starts_with('.'))
+            .collect();
+        names.sort();
+        names.join(" ")
+    };
+    assert!(build(&[]).status.success());
+    let views3 = ["--augment", "flip", "--views", "3"];
+    fails(
+        tmp.path(),
+        &[
+            &[
+                "cache",
+                "build",
+                "--teacher",
+                &teacher,
+                "--data",
+                &data,
+                "-T",
+                "4",
+                "--out",
+                "c",
+            ][..],
+            &views3,
+        ]
+        .concat(),
+        &["--out", "plain images"],
+    );
+    assert!(build(&[&views3[..], &["--overwrite"]].concat())
+        .status
+        .success());
+    assert_eq!(entries(), "view-0 view-1 view-2 views.json");
+    let info = ok(tmp.path(), &["cache", "inspect", "c"]);
+    assert!(info.contains("3 views of augment flip"), "{info}");
+    assert!(build(&["--augment", "flip", "--views", "2", "--overwrite"])
+        .status
+        .success());
+    assert_eq!(entries(), "view-0 view-1 views.json");
+    let refused = build(&[]);
+    assert_eq!(refused.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        stderr.contains("holds a view set") && stderr.contains("--overwrite"),
+        "{stderr}"
+    );
+    assert_eq!(entries(), "view-0 view-1 views.json");
+    assert!(build(&["--overwrite"]).status.success());
+    let after = entries();
+    assert!(
+        after.starts_with("manifest.json shard-") && !after.contains("view"),
+        "{after}"
+    );
+}
