@@ -1044,11 +1044,17 @@ fn npy_f32_header(shape: &[usize]) -> Vec<u8> {
 /// [`import_view_set`] takes. Each file is written to a temporary name,
 /// synced and renamed, batch by batch (`batch` samples held at a time).
 /// Returns the files written.
+///
+/// `out/export.json` ([`ViewExport`]) records what was exported. A
+/// directory holding images of another export is refused unless
+/// `overwrite`; with it, files of views beyond this export's are removed
+/// once it is written.
 pub fn export_views(
     data: &Dataset,
     set: &ViewSetSpec,
     out: &Path,
     batch: usize,
+    overwrite: bool,
     mut on_view: impl FnMut(&Path),
 ) -> Result<Vec<PathBuf>> {
     use std::io::Write;
@@ -1062,6 +1068,33 @@ pub fn export_views(
     check_batch_size("batch_size", batch)?;
     let batch = batch.min(data.len().max(1));
     refuse_model_or_cache(out)?;
+    let record = ViewExport {
+        augment: set.augment.to_string(),
+        seed: set.seed,
+        views: set.views,
+        split: data.split().to_string(),
+        samples: data.len(),
+        dataset_fingerprint: data.fingerprint().0.clone(),
+    };
+    let earlier = exported_views(out)?;
+    if !earlier.is_empty() && !overwrite && ViewExport::read(out).as_ref() != Some(&record) {
+        return Err(Error::Config {
+            field: "out".into(),
+            message: format!(
+                "{} holds views of another export ({} files, {}); export into another \
+                 directory, or set `overwrite` to replace them",
+                out.display(),
+                earlier.len(),
+                match ViewExport::read(out) {
+                    Some(e) => format!(
+                        "{} views of {} (seed {}) of the {} split",
+                        e.views, e.augment, e.seed, e.split
+                    ),
+                    None => format!("no readable {EXPORT_FILE}"),
+                }
+            ),
+        });
+    }
     std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
     let shape = data.sample_shape();
     let len = data.sample_len();
@@ -1096,7 +1129,64 @@ pub fn export_views(
         on_view(&path);
         files.push(path);
     }
+    let text = serde_json::to_string_pretty(&record).map_err(|e| Error::Config {
+        field: "out".into(),
+        message: format!("cannot record the export: {e}"),
+    })?;
+    crate::fsutil::atomic_write(&out.join(EXPORT_FILE), text.as_bytes())?;
+    for (v, path) in earlier {
+        if v >= set.views {
+            crate::fsutil::remove_if_present(&path)?;
+        }
+    }
     Ok(files)
+}
+
+/// The record of an export, `export.json` beside its images.
+pub const EXPORT_FILE: &str = "export.json";
+
+/// What [`export_views`] wrote into a directory: the view set's settings
+/// and the data its images were drawn from.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ViewExport {
+    pub augment: String,
+    pub seed: u64,
+    pub views: u64,
+    pub split: String,
+    pub samples: usize,
+    pub dataset_fingerprint: String,
+}
+
+impl ViewExport {
+    /// The record in `dir` (`None` when absent or unreadable).
+    pub fn read(dir: &Path) -> Option<ViewExport> {
+        let text = std::fs::read_to_string(dir.join(EXPORT_FILE)).ok()?;
+        serde_json::from_str(&text).ok()
+    }
+}
+
+/// The exported image files in `dir` (`view-{v}-images.npy`) with their view
+/// numbers; none when `dir` does not exist.
+fn exported_views(dir: &Path) -> Result<Vec<(u64, PathBuf)>> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(Error::io(dir, e)),
+    };
+    let mut found = Vec::new();
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let v = name
+            .strip_prefix("view-")
+            .and_then(|r| r.strip_suffix("-images.npy"))
+            .and_then(|v| v.parse::<u64>().ok());
+        if let Some(v) = v {
+            found.push((v, entry.path()));
+        }
+    }
+    found.sort();
+    Ok(found)
 }
 
 #[cfg(test)]

@@ -367,3 +367,56 @@ fn pytorch_teacher_example_round_trip() {
         |hi, p| 2.0 * (hi - p) / 2048.0 + 1e-3,
     );
 }
+
+/// An export records what it wrote (`export.json`); exporting other views
+/// into the same directory is refused without --overwrite (it would leave
+/// two exports' files mixed), and with it the stale views go.
+#[test]
+fn an_export_replaces_another_only_with_overwrite() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = s(&small_data());
+    let args = |augment: &'static str, views: &'static str, overwrite: bool| {
+        let mut a = vec!["views", "export", "--data", &data, "--augment", augment];
+        a.extend(["--views", views, "--out", "v"]);
+        if overwrite {
+            a.push("--overwrite");
+        }
+        a
+    };
+    ok(tmp.path(), &args("shift=1", "3", false));
+    let three = fs::read(tmp.path().join("v/view-2-images.npy")).unwrap();
+    // The same export again is a rerun: allowed, the same bytes.
+    ok(tmp.path(), &args("shift=1", "3", false));
+    assert_eq!(
+        fs::read(tmp.path().join("v/view-2-images.npy")).unwrap(),
+        three
+    );
+    let record: serde_json::Value =
+        serde_json::from_slice(&fs::read(tmp.path().join("v/export.json")).unwrap()).unwrap();
+    assert_eq!(record["augment"], "shift=1", "{record}");
+    assert_eq!(record["views"], 3, "{record}");
+    fails(
+        tmp.path(),
+        &args("flip", "2", false),
+        &[
+            "--out",
+            "another export",
+            "3 views of shift=1",
+            "--overwrite",
+        ],
+    );
+    assert_eq!(
+        fs::read(tmp.path().join("v/view-2-images.npy")).unwrap(),
+        three
+    );
+    ok(tmp.path(), &args("flip", "2", true));
+    let mut names: Vec<String> = fs::read_dir(tmp.path().join("v"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    assert_eq!(
+        names,
+        ["export.json", "view-0-images.npy", "view-1-images.npy"]
+    );
+}

@@ -50,6 +50,10 @@ pub struct ExportArgs {
     /// Samples held in memory at a time.
     #[arg(long, default_value_t = 500)]
     batch: usize,
+    /// Replace the images of another export in --out (and remove its views
+    /// beyond --views).
+    #[arg(long)]
+    overwrite: bool,
 }
 
 pub fn run(cmd: ViewsCommand) -> Result<()> {
@@ -62,7 +66,7 @@ pub fn run(cmd: ViewsCommand) -> Result<()> {
             };
             let data = Dataset::open(&a.data, a.split)?;
             let shape = data.sample_shape();
-            export_views(&data, &set, &a.out, a.batch, |path| {
+            export_views(&data, &set, &a.out, a.batch, a.overwrite, |path| {
                 println!(
                     "{}: {} images of {:?}, augment {} (seed {})",
                     path.display(),
