@@ -84,12 +84,16 @@ fn exported_views_are_the_images_of_the_view_set() {
         differ += (got != plain) as usize;
     }
     assert_eq!(differ, 2, "the views must be augmented");
-    // Nothing but the K files (no temporary left behind).
-    let names: Vec<String> = fs::read_dir(tmp.path().join("views"))
+    // Nothing but the K files and the record (no temporary left behind).
+    let mut names: Vec<String> = fs::read_dir(tmp.path().join("views"))
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
         .collect();
-    assert_eq!(names.len(), 2, "{names:?}");
+    names.sort();
+    assert_eq!(
+        names,
+        ["export.json", "view-0-images.npy", "view-1-images.npy"]
+    );
 }
 
 /// Writes `[N, C]` f32 logits as `.npy`.
