@@ -783,3 +783,37 @@ fn the_example_sweep_file_plans_make_sweeps_runs() {
     );
     assert_eq!(plan, flags);
 }
+
+/// A sweep's `teacher` must be the model its cache was built from: the
+/// report states that model's accuracy and forward pass as the teacher's.
+#[test]
+fn a_sweep_refuses_a_teacher_that_is_not_the_caches() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (data, teacher) = (s(&small_data()), s(&teacher_dir()));
+    ok(tmp.path(), &cache_build_args(&teacher, &data, "c", &["-q"]));
+    let other = s(&teacher_dir().with_file_name("fashion-cnn-long"));
+    let sweep = |t: &str| {
+        let mut a = vec!["sweep", "--cache", "c", "--data", &data, "--teacher"];
+        a.extend([
+            t,
+            "--students",
+            "mlp:784-16-10",
+            "--temperatures",
+            "1",
+            "--alphas",
+            "0.5",
+        ]);
+        a.extend(["--epochs", "1", "--out", "s", "--report", "-q"]);
+        a.into_iter().map(str::to_string).collect::<Vec<String>>()
+    };
+    let refused = sweep(&other);
+    let refused: Vec<&str> = refused.iter().map(String::as_str).collect();
+    fails(
+        tmp.path(),
+        &refused,
+        &["--teacher", "fashion-cnn-long", "is not the teacher of c"],
+    );
+    let fine = sweep(&teacher);
+    let fine: Vec<&str> = fine.iter().map(String::as_str).collect();
+    ok(tmp.path(), &fine);
+}

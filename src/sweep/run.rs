@@ -229,6 +229,31 @@ fn write_sweep_report<D: Backend>(
     })
 }
 
+/// Refuses a `teacher` that is not the model the cache was built from: its
+/// card's accuracy and its timed forward pass would be reported as the
+/// cache's teacher's.
+fn check_cache_teacher(teacher: &Path, cache: &CacheReader) -> Result<()> {
+    let recorded = &cache.manifest().teacher;
+    let fingerprint = ModelDir::new(teacher)
+        .load(dfdx::prelude::Cpu::default())?
+        .fingerprint();
+    if fingerprint != recorded.fingerprint {
+        return Err(Error::Config {
+            field: "teacher".into(),
+            message: format!(
+                "{} is not the teacher of {} (its weights {fingerprint}; the cache was built \
+                 from {} with weights {}); name the cache's teacher, or leave `teacher` out and \
+                 the cache's record is used",
+                teacher.display(),
+                cache.dir().display(),
+                recorded.source,
+                recorded.fingerprint
+            ),
+        });
+    }
+    Ok(())
+}
+
 /// A sweep's data and caches, open.
 pub struct OpenInputs {
     pub train: Dataset,
@@ -247,6 +272,9 @@ impl OpenInputs {
         let train = Dataset::open(&cfg.data, Split::Train)?;
         let test = Dataset::open(&cfg.data, Split::Test).ok();
         let cache = open_views(&cfg.cache)?;
+        if let Some(teacher) = &cfg.teacher {
+            check_cache_teacher(teacher, cache.first())?;
+        }
         let test_cache = cfg.test_cache.as_deref().map(open_cache).transpose()?;
         let teacher_test_predictions = match (&test_cache, &test) {
             (Some(tc), Some(t)) => Some(tc.teacher_predictions(t)?),
