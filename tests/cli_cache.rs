@@ -639,6 +639,12 @@ fn out_of_fold_targets_come_from_teachers_trained_on_the_other_folds() {
         &with_dirs("t0", "bad"),
         &["--teacher-dirs", "1 directories given for 2 member caches"],
     );
+    // Nor in the wrong order: each must be its member cache's teacher.
+    fails(
+        tmp.path(),
+        &with_dirs("t1,t0", "bad"),
+        &["t1/model.json", "is not the cache's teacher"],
+    );
     // A teacher that trained on every sample has no out-of-fold outputs.
     ok(
         tmp.path(),

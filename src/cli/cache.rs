@@ -24,7 +24,7 @@ use distill::teacher::{
     import_view_set, BuildOptions, LogitsImport, PartBuildReport, ViewSetSpec,
 };
 use distill::train::sources::open_views;
-use distill::train::validation::held_out_by_model;
+use distill::train::validation::held_out_by_teacher;
 
 use super::device::DeviceArgs;
 
@@ -656,7 +656,7 @@ fn held_out_sets(members: &[PathBuf], teacher_dirs: &[PathBuf]) -> Result<Vec<Ve
             field: "--out-of-fold".into(),
             message: format!("{}: too many samples for this platform", member.display()),
         })?;
-        let split = held_out_by_model(&dir, &m.dataset.fingerprint, n)?;
+        let split = held_out_by_teacher(&dir, &m.teacher.fingerprint, &m.dataset.fingerprint, n)?;
         sets.push((0..n).map(|i| split.holds_out(i)).collect());
     }
     Ok(sets)

@@ -188,7 +188,28 @@ pub fn held_out_by_model(
     fingerprint: &str,
     n: usize,
 ) -> Result<ValidationSplit> {
-    let (path, _, split) = recorded_split(dir, None, fingerprint, n)?;
+    held_out_by(dir, None, fingerprint, n)
+}
+
+/// [`held_out_by_model`] for the teacher a cache was built from: the model
+/// in `dir` must also hold the weights the cache recorded (`weights`), or
+/// it is refused as not the cache's teacher.
+pub fn held_out_by_teacher(
+    dir: &std::path::Path,
+    weights: &str,
+    fingerprint: &str,
+    n: usize,
+) -> Result<ValidationSplit> {
+    held_out_by(dir, Some(weights), fingerprint, n)
+}
+
+fn held_out_by(
+    dir: &std::path::Path,
+    weights: Option<&str>,
+    fingerprint: &str,
+    n: usize,
+) -> Result<ValidationSplit> {
+    let (path, _, split) = recorded_split(dir, weights, fingerprint, n)?;
     if split.is_empty() {
         return Err(Error::Model {
             path,
