@@ -488,6 +488,36 @@ fn import_of_logits_and_bad_values() {
         &cache_import_args("logits.npy", &data, "test", "2", "x", &["--encoding", "q4"]),
         &["--encoding"],
     );
+    // A teacher of more classes than the labels reach (here 11 for labels
+    // 0-9: a split without the last class, or a teacher of a superset)
+    // pairs with the data; its students have its 11 outputs.
+    let rows = 2000;
+    let wide: Vec<u8> = (0..rows * 11)
+        .flat_map(|i| (((i * 5) % 11) as f32 * 0.3).to_le_bytes())
+        .collect();
+    write_npy(&tmp.path().join("wide.npy"), "<f4", &[rows, 11], &wide);
+    ok(
+        tmp.path(),
+        &cache_import_args("wide.npy", &data, "train", "2", "wide", &["-q"]),
+    );
+    let distil = |student| {
+        let extra = ["--cache", "wide", "--epochs", "1", "-q"];
+        train_args(&data, student, "w", &extra)
+            .into_iter()
+            .map(str::to_string)
+            .collect::<Vec<_>>()
+    };
+    let ten = distil("mlp:784-16-10");
+    fails(
+        tmp.path(),
+        &ten.iter().map(String::as_str).collect::<Vec<_>>(),
+        &["--student", "10 outputs but the cache holds 11 classes"],
+    );
+    let eleven = distil("mlp:784-16-11");
+    ok(
+        tmp.path(),
+        &eleven.iter().map(String::as_str).collect::<Vec<_>>(),
+    );
 }
 
 #[test]

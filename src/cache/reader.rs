@@ -367,7 +367,10 @@ impl CacheReader {
         &self.dir
     }
 
-    /// Refuses to pair the cache with other data, naming what differs.
+    /// Refuses to pair the cache with other data, naming what differs; the
+    /// data's classes (its largest label + 1) must be within the cache's (a
+    /// split without samples of the last classes pairs with a teacher of
+    /// them all).
     pub fn check_pairing(
         &self,
         dataset_fingerprint: &str,
@@ -396,7 +399,7 @@ impl CacheReader {
             });
         }
         if let Some(c) = num_classes {
-            if c != self.num_classes() {
+            if c > self.num_classes() {
                 return Err(CacheError::Mismatch {
                     path,
                     field: "number of classes",

@@ -417,6 +417,8 @@ fn check_pairing_names_what_differs() {
     build(dir.path(), 300, 10, Encoding::Q8);
     let r = open(dir.path()).unwrap();
     r.check_pairing("data-fp", 300, Some(10)).unwrap();
+    // Labels below the cache's classes pair: a split without the last class.
+    r.check_pairing("data-fp", 300, Some(9)).unwrap();
     let e = r
         .check_pairing("other-fp", 300, None)
         .unwrap_err()
