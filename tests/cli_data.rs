@@ -97,3 +97,30 @@ fn malformed_idx_files_are_named_in_errors() {
         "{out}"
     );
 }
+
+/// A test split that does not read, or whose samples are not the training
+/// split's shape, is refused naming its file, never silently dropped or
+/// read as flat vectors of the same length (an MLP would take 2x8 for 4x4).
+#[test]
+fn a_test_split_must_read_and_match_the_training_split() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("d");
+    fs::create_dir(&data).unwrap();
+    write(&data, "train-images-idx3-ubyte", &idx_images(10, 4, 4, 160));
+    write(&data, "train-labels-idx1-ubyte", &idx_labels(10, 10));
+    write(&data, "t10k-labels-idx1-ubyte", &idx_labels(5, 5));
+    let d = s(&data);
+    let train = train_args(&d, "mlp:16-4-3", "o", &["--epochs", "1", "-q"]);
+    write(&data, "t10k-images-idx3-ubyte", &idx_images(5, 2, 8, 80));
+    fails(
+        tmp.path(),
+        &train,
+        &["t10k-images-idx3-ubyte", "sample shape", "1x2x8", "1x4x4"],
+    );
+    write(&data, "t10k-images-idx3-ubyte", &idx_images(5, 4, 4, 70));
+    fails(tmp.path(), &train, &["t10k-images-idx3-ubyte"]);
+    assert!(!tmp.path().join("o").exists());
+    write(&data, "t10k-images-idx3-ubyte", &idx_images(5, 4, 4, 80));
+    let out = ok(tmp.path(), &train);
+    assert!(out.contains("final test accuracy"), "{out}");
+}

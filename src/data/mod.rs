@@ -368,6 +368,31 @@ impl Dataset {
         Dataset::open_with(dir, split, &DataOptions::load(dir)?)
     }
 
+    /// The test split beside `train` (opened from `dir`, as [`Dataset::open`]
+    /// does): `None` when the directory has none, an error when it has one
+    /// that does not read or whose samples are not of `train`'s shape.
+    pub fn open_test_beside(dir: &Path, train: &Dataset) -> Result<Option<Dataset>, DataError> {
+        let test = match Dataset::open(dir, Split::Test) {
+            Ok(test) => test,
+            Err(DataError::NotFound { .. }) => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        if test.sample_shape() != train.sample_shape() {
+            let [c, h, w] = train.sample_shape();
+            let [tc, th, tw] = test.sample_shape();
+            return Err(DataError::Format {
+                path: test.source().to_path_buf(),
+                field: "sample shape".into(),
+                message: format!(
+                    "the test split's samples are {tc}x{th}x{tw} but the training split's \
+                     ({}) are {c}x{h}x{w}; both splits must hold the same kind of sample",
+                    train.source().display()
+                ),
+            });
+        }
+        Ok(Some(test))
+    }
+
     /// [`Dataset::open`] with the given options instead of the directory's
     /// options file. An option set that the detected format does not read
     /// is refused.

@@ -270,7 +270,7 @@ impl OpenInputs {
     /// Opens the data, the training cache and the test cache of `cfg`.
     pub fn open(cfg: &SweepConfig) -> Result<OpenInputs> {
         let train = Dataset::open(&cfg.data, Split::Train)?;
-        let test = Dataset::open(&cfg.data, Split::Test).ok();
+        let test = Dataset::open_test_beside(&cfg.data, &train)?;
         let cache = open_views(&cfg.cache)?;
         if let Some(teacher) = &cfg.teacher {
             check_cache_teacher(teacher, cache.first())?;

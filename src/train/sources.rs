@@ -75,7 +75,7 @@ impl SourcePaths {
     /// evaluate on), unless a test cache is given.
     pub fn open<D: Backend>(&self, device: D) -> Result<OpenSources<D>> {
         let train = Dataset::open(&self.data, Split::Train)?;
-        let test = Dataset::open(&self.data, Split::Test).ok();
+        let test = Dataset::open_test_beside(&self.data, &train)?;
         let cache = match &self.cache {
             Some(dir) => Some(open_views(dir)?),
             None => None,
