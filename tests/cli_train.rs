@@ -425,6 +425,21 @@ fn bad_flags_name_the_flag() {
         &mlp_args(&data, "o", &["--soft-scale", "9"]),
         &["--soft-scale", "--cache"],
     );
+    // As do the temperature, the loss and its settings: without a teacher
+    // they would be dropped while the card records hard-label training.
+    for (flags, named) in [
+        (&["-T", "4"][..], "-T/--temperature"),
+        (&["--loss", "dkd"], "--loss"),
+        (&["--teacher-errors", "swap"], "--teacher-errors"),
+        (&["--dkd-weights", "1,4"], "--dkd-weights"),
+        (&["--allow-topk-retemper"], "--allow-topk-retemper"),
+    ] {
+        fails(
+            tmp.path(),
+            &mlp_args(&data, "o", flags),
+            &[named, "--cache", "hard labels"],
+        );
+    }
     fails(
         tmp.path(),
         &mlp_args(&data, "o", &["--soft-scale", "0"]),

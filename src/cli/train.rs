@@ -473,16 +473,23 @@ fn loss_config(a: &TrainArgs) -> Result<LossConfig> {
         return Ok(l);
     }
     l.validate()?;
-    let shapes_soft_loss = match (l.logit_standardize, l.soft_scale != plain.soft_scale) {
-        (true, _) => Some("--logit-standardize"),
-        (false, true) => Some("--soft-scale"),
-        (false, false) => None,
-    };
-    if let Some(flag) = shapes_soft_loss {
+    // A flag that only shapes the loss on the teacher's outputs, given
+    // without a teacher, would be dropped while the card records plain
+    // hard-label training.
+    let teacher_only = [
+        (a.temperature.is_some(), "-T/--temperature"),
+        (l.kind != plain.kind, "--loss"),
+        (l.teacher_errors != plain.teacher_errors, "--teacher-errors"),
+        (l.dkd_weights != plain.dkd_weights, "--dkd-weights"),
+        (l.logit_standardize, "--logit-standardize"),
+        (l.soft_scale != plain.soft_scale, "--soft-scale"),
+        (a.allow_topk_retemper, "--allow-topk-retemper"),
+    ];
+    if let Some((_, flag)) = teacher_only.iter().find(|(given, _)| *given) {
         return Err(Error::Config {
             field: "--cache".into(),
             message: format!(
-                "{flag} shapes the loss on the teacher's outputs: pass --cache DIR (built by `distill cache build`) or --online-teacher"
+                "{flag} shapes the loss on the teacher's outputs: pass --cache DIR (built by `distill cache build`) or --online-teacher, or leave it out to train on hard labels"
             ),
         });
     }
