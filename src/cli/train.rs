@@ -447,7 +447,8 @@ fn config(a: &TrainArgs, init_spec: Option<&str>) -> Result<TrainConfig> {
 /// The loss flags. With a teacher (--cache or --online-teacher) an alpha or
 /// T not given takes the distillation default ([`DISTILL_ALPHA`],
 /// [`DISTILL_TEMPERATURE`]); without one they must ask for hard labels
-/// only, and the run records plain hard-label training whatever -T says.
+/// only, and a flag that shapes only the soft loss (-T, --loss, ...) is
+/// refused rather than dropped.
 fn loss_config(a: &TrainArgs) -> Result<LossConfig> {
     let teacher = a.cache.is_some() || a.online_teacher.is_some();
     let plain = TrainConfig::default().loss;
