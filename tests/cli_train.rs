@@ -264,6 +264,14 @@ fn a_model_is_not_fine_tuned_into_its_own_directory() {
             &["--init-from", "is in --out", "another directory"],
         );
     }
+    // A directory without the model or run a flag reads is refused by flag.
+    for flag in ["--init-from", "--online-teacher", "--baseline-run"] {
+        fails(
+            tmp.path(),
+            &mlp_args(&data, "other", &[flag, "run/sub"]),
+            &[flag, "run/sub holds no", "name a"],
+        );
+    }
     // Nor taught by, or compared with, the model it would replace.
     for flag in ["--online-teacher", "--baseline-run"] {
         fails(

@@ -62,7 +62,7 @@ impl BuildSpec {
     pub fn plan(meta: &CacheMeta, opts: &WriterOptions) -> Result<BuildSpec> {
         meta.encoding
             .check_classes(meta.num_classes)
-            .map_err(|m| CacheError::input("cache meta", m))?;
+            .map_err(|m| CacheError::input("encoding", m))?;
         if !(meta.temperature.is_finite() && meta.temperature > 0.0) {
             return Err(CacheError::input(
                 "temperature",

@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use std::path::Path;
 
 use clap::{Parser, Subcommand};
+use distill::cache::CacheError;
 use distill::data::DataError;
 use distill::error::Result;
 use distill::model::{Backend, ModelDir, Network};
@@ -128,6 +129,15 @@ pub fn load_model<D: Backend>(path: &Path, dev: D) -> Result<Network<D>> {
 /// change writes its name in backticks (`use \`loss.alpha\` 0`), which
 /// reads as the flag here (`use --alpha 0`).
 pub fn name_flags(e: distill::Error, renames: &[(&str, &str)]) -> distill::Error {
+    // The cache's settings among the names its input errors give (others
+    // name files or calls, not flags).
+    const CACHE_SETTINGS: &[&str] = &[
+        "encoding",
+        "temperature",
+        "zstd_level",
+        "batch_size",
+        "window_blocks",
+    ];
     let flag_of = |field: &str| match renames.iter().find(|(f, _)| *f == field) {
         Some((_, flag)) => flag.to_string(),
         None if field.starts_with('-') => field.to_string(),
@@ -150,6 +160,14 @@ pub fn name_flags(e: distill::Error, renames: &[(&str, &str)]) -> distill::Error
             path,
             message: flags_in(&message, flag_of),
         },
+        distill::Error::Cache(CacheError::InvalidInput { what, message })
+            if CACHE_SETTINGS.contains(&what.as_str()) =>
+        {
+            distill::Error::Config {
+                field: flag_of(&what),
+                message,
+            }
+        }
         other => other,
     }
 }

@@ -25,6 +25,7 @@ pub const INDEX_VARIABLES: [&str; 2] = ["SLURM_ARRAY_TASK_ID", "JOB_COMPLETION_I
 
 /// Config fields whose flag is not their name (see [`super::name_flags`]).
 pub const RENAMES: &[(&str, &str)] = &[
+    ("spec", "--students"),
     ("batch_size", "--batch"),
     ("optimizer.kind", "--optimizer"),
     ("loss.kind", "--loss"),

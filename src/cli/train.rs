@@ -193,7 +193,8 @@ pub struct TrainArgs {
 
 /// Runs `distill train` (errors name flags: [`super::name_flags`]).
 pub fn train<D: Backend>(dev: D, a: TrainArgs) -> Result<()> {
-    // A model the run reads must not be one it writes over.
+    // A model or run the run reads must be there, and must not be one it
+    // writes over.
     for (flag, dir, what) in [
         ("--init-from", &a.init_from, "the model it starts from"),
         ("--online-teacher", &a.online_teacher, "its teacher"),
@@ -212,6 +213,26 @@ pub fn train<D: Backend>(dev: D, a: TrainArgs) -> Result<()> {
                      --resume would read another; write to another directory",
                     dir.display(),
                     a.out.display()
+                ),
+            });
+        }
+        let model = ModelDir::new(dir);
+        let (needed, kind) = match flag {
+            "--baseline-run" => (model.metrics(), "a training run's directory"),
+            _ => (
+                model.weights().to_path_buf(),
+                "a model directory or its .safetensors file",
+            ),
+        };
+        if !needed.is_file() {
+            return Err(Error::Config {
+                field: flag.into(),
+                message: format!(
+                    "{} holds no {}: name {kind}",
+                    dir.display(),
+                    needed
+                        .file_name()
+                        .map_or_else(String::new, |n| n.to_string_lossy().into_owned())
                 ),
             });
         }
