@@ -1108,3 +1108,24 @@ fn a_plain_cache_and_a_view_set_replace_each_other_only_with_overwrite() {
         "{after}"
     );
 }
+
+/// The cache's storage settings are refused by their flags' names.
+#[test]
+fn cache_settings_out_of_range_are_refused_by_flag() {
+    let dir = tempfile::tempdir().unwrap();
+    let (data, teacher) = (s(&small_data()), s(&teacher_dir()));
+    for (extra, needles) in [
+        (["--zstd-level", "100"], ["--zstd-level", "-7..=22"]),
+        (
+            ["--encoding", "topk:10"],
+            ["--encoding", "topk:10 needs 1 <= K < classes"],
+        ),
+    ] {
+        fails(
+            dir.path(),
+            &cache_build_args(&teacher, &data, "c", &extra),
+            &needles,
+        );
+    }
+    assert!(!dir.path().join("c/manifest.json").exists());
+}
