@@ -660,16 +660,27 @@ fn check_options(
     format: &DatasetFormat,
     options: &DataOptions,
 ) -> Result<(), DataError> {
+    let file = DataOptions::path(dir);
     let refuse = |field: &str, value: String, reader: &str| {
-        DataError::Format {
-        path: DataOptions::path(dir),
-        field: field.to_string(),
-        message: format!(
-            "'{value}' is set (in this file, or by a flag over it), but the dataset in {} is {} files, which {reader}; remove the option",
+        let why = format!(
+            "the dataset in {} is {} files, which {reader}",
             dir.display(),
             format.name
-        ),
-    }
+        );
+        // Without an options file the option can only have come from a flag.
+        match file.exists() {
+            true => DataError::Format {
+                path: file.clone(),
+                field: field.to_string(),
+                message: format!(
+                    "'{value}' is set (in this file, or by a flag over it), but {why}; remove the option"
+                ),
+            },
+            false => DataError::Setting {
+                field: field.to_string(),
+                message: format!("'{value}' is given, but {why}; leave it out"),
+            },
+        }
     };
     match (options.layout, options.labels) {
         (Some(l), _) if !format.reads_layout => Err(refuse(

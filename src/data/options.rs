@@ -148,6 +148,13 @@ impl DataOptions {
             .map_err(|e: toml::de::Error| format("options", format!("not valid TOML: {e}")))?;
         let mut options = DataOptions::default();
         for (key, value) in &table {
+            if !["layout", "labels"].contains(&key.as_str()) {
+                return Err(format(
+                    key,
+                    "unknown option; expected layout (nchw or nhwc) or labels (fine or coarse)"
+                        .into(),
+                ));
+            }
             let Some(text) = value.as_str() else {
                 let shown = match value {
                     toml::Value::Integer(i) => format!("integer {i}"),
@@ -166,14 +173,7 @@ impl DataOptions {
             };
             match key.as_str() {
                 "layout" => options.layout = Some(text.parse().map_err(named)?),
-                "labels" => options.labels = Some(text.parse().map_err(named)?),
-                _ => {
-                    return Err(format(
-                        key,
-                        "unknown option; expected layout (nchw or nhwc) or labels (fine or coarse)"
-                            .into(),
-                    ))
-                }
+                _ => options.labels = Some(text.parse().map_err(named)?),
             }
         }
         Ok(options)
@@ -275,6 +275,7 @@ mod tests {
             ("layout = \"hwc\"", "layout: 'hwc' is not one of nchw, nhwc"),
             ("labels = 3", "labels: integer 3 is not a string"),
             ("colour = \"rgb\"", "colour: unknown option"),
+            ("bogus = 1", "bogus: unknown option"),
             ("layout = ", "not valid TOML"),
         ] {
             let e = DataOptions::parse(text, p).unwrap_err().to_string();
