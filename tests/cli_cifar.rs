@@ -525,7 +525,7 @@ fn nhwc_arrays_convert_on_read_when_configured() {
             "--layout",
             "nhwc",
         ],
-        &["'nhwc' is set", "idx files"],
+        &["--layout", "'nhwc' is given", "idx files"],
     );
     assert!(idx.contains("error:"), "{idx}");
 }
