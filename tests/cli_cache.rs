@@ -1101,6 +1101,15 @@ fn a_plain_cache_and_a_view_set_replace_each_other_only_with_overwrite() {
         "{stderr}"
     );
     assert_eq!(entries(), "view-0 view-1 views.json");
+    // A set without its view 0 is called incomplete, not "not a cache".
+    let c = tmp.path().join("c");
+    fs::rename(c.join("view-0"), c.join("view-0-moved")).unwrap();
+    fails(
+        tmp.path(),
+        &["cache", "inspect", "c"],
+        &["c/view-0", "is missing from this view set"],
+    );
+    fs::rename(c.join("view-0-moved"), c.join("view-0")).unwrap();
     assert!(build(&["--overwrite"]).status.success());
     let after = entries();
     assert!(

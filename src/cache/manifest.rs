@@ -74,6 +74,23 @@ pub struct ViewInfo {
     pub views: u64,
 }
 
+impl std::fmt::Display for ViewInfo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "view {} of {} of {} (seed {})",
+            self.view, self.views, self.augment, self.seed
+        )
+    }
+}
+
+impl ViewInfo {
+    /// A cache's view as messages name it: the view, or the plain images.
+    pub fn describe(view: Option<&ViewInfo>) -> String {
+        view.map_or_else(|| "the plain images".to_string(), ToString::to_string)
+    }
+}
+
 /// How close the stored targets are to the teacher's exact outputs, measured while writing.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

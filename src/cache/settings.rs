@@ -209,8 +209,8 @@ impl BuildSpec {
             ),
             (
                 "augmented view",
-                format!("{:?}", self.dataset.view),
-                format!("{:?}", o.dataset.view),
+                super::manifest::ViewInfo::describe(self.dataset.view.as_ref()),
+                super::manifest::ViewInfo::describe(o.dataset.view.as_ref()),
             ),
             (
                 "number of classes",

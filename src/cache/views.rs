@@ -256,7 +256,16 @@ impl CacheViews {
     /// As [`CacheReader::open`]: the files are memory-mapped and must not be
     /// modified while open.
     pub unsafe fn open(dir: &Path) -> Result<CacheViews> {
-        if dir.join(MANIFEST_FILE).exists() || !view_dir(dir, 0).exists() {
+        let plain = dir.join(MANIFEST_FILE).exists();
+        let other_views = dir.join(SUMMARY_FILE).exists() || view_dir(dir, 1).exists();
+        if !plain && !view_dir(dir, 0).exists() && other_views {
+            return Err(CacheError::input(
+                view_dir(dir, 0).display().to_string(),
+                "is missing from this view set (other parts of the set are there); rebuild the \
+                 set (the build resumes) or pass a complete one",
+            ));
+        }
+        if plain || !view_dir(dir, 0).exists() {
             let single = CacheReader::open(dir)?;
             if let Some(v) = &single.manifest().dataset.view {
                 if v.views > 1 {
@@ -326,8 +335,8 @@ impl CacheViews {
             if m.dataset.view.as_ref() != Some(&want) {
                 return Err(differs(
                     "dataset.view",
-                    format!("{:?}", m.dataset.view),
-                    format!("{want:?} expected"),
+                    ViewInfo::describe(m.dataset.view.as_ref()),
+                    format!("{want} expected"),
                 ));
             }
             // Every other build setting must be view 0's.
