@@ -50,6 +50,13 @@ impl From<crate::fsutil::FsError> for Error {
     }
 }
 
+/// A parser's message (serde's) with its backticks as quotes: in distill's
+/// own messages a backticked name is a setting, which the CLI shows as its
+/// flag, and a file's `spec` field is no flag.
+pub fn parser_message(e: &impl std::fmt::Display) -> String {
+    e.to_string().replace('`', "'")
+}
+
 impl Error {
     /// Wraps an I/O error with the path it happened on.
     pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {

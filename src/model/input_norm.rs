@@ -137,7 +137,10 @@ pub fn to_metadata(stats: &Normalization) -> String {
 /// Reads a metadata value back; the error says what is wrong with it.
 pub fn from_metadata(text: &str) -> Result<Normalization, String> {
     serde_json::from_str(text).map_err(|e| {
-        format!("metadata '{NORMALIZE_KEY}' is not a valid normalisation ({e}): {text:.200}")
+        format!(
+            "metadata '{NORMALIZE_KEY}' is not a valid normalisation ({}): {text:.200}",
+            crate::error::parser_message(&e)
+        )
     })
 }
 

@@ -214,7 +214,10 @@ impl ModelCard {
         let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
         serde_json::from_str(&text).map_err(|e| Error::Model {
             path: path.to_path_buf(),
-            message: format!("not a distill model card: {e}"),
+            message: format!(
+                "not a distill model card: {}",
+                crate::error::parser_message(&e)
+            ),
         })
     }
 }

@@ -249,8 +249,12 @@ pub fn load<D: Backend>(
         })
         .collect();
     opt.restore_state(net, &state, num("step")?)?;
-    let metrics: Vec<EpochMetrics> = serde_json::from_str(field("metrics")?)
-        .map_err(|e| bad(format!("metadata 'metrics': {e}")))?;
+    let metrics: Vec<EpochMetrics> = serde_json::from_str(field("metrics")?).map_err(|e| {
+        bad(format!(
+            "metadata 'metrics': {}",
+            crate::error::parser_message(&e)
+        ))
+    })?;
     let masks: Vec<HostTensor> = tensors
         .iter()
         .filter_map(|t| {
@@ -298,8 +302,9 @@ fn check_identity(
             }
             Err(e) => {
                 return Err(format!(
-                    "is damaged: the settings it records do not read ({e}); start over \
-                     (without `resume`, with `overwrite`)"
+                    "is damaged: the settings it records do not read ({}); start over \
+                     (without `resume`, with `overwrite`)",
+                    crate::error::parser_message(&e)
                 ))
             }
         }

@@ -85,7 +85,11 @@ pub fn read_metrics(path: &Path) -> Result<Vec<EpochMetrics>> {
         .map(|(i, l)| {
             serde_json::from_str(l).map_err(|e| Error::Model {
                 path: path.to_path_buf(),
-                message: format!("line {}: not an epoch metrics record: {e}", i + 1),
+                message: format!(
+                    "line {}: not an epoch metrics record: {}",
+                    i + 1,
+                    crate::error::parser_message(&e)
+                ),
             })
         })
         .collect()
