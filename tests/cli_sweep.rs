@@ -817,3 +817,65 @@ fn a_sweep_refuses_a_teacher_that_is_not_the_caches() {
     let fine: Vec<&str> = fine.iter().map(String::as_str).collect();
     ok(tmp.path(), &fine);
 }
+
+/// An unfinished run of other settings in a run's directory is refused as
+/// a finished one is, in the sweep's terms (no flags it does not have).
+#[test]
+fn a_sweep_refuses_an_unfinished_run_of_other_settings() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (data, teacher) = (s(&small_data()), s(&teacher_dir()));
+    ok(tmp.path(), &cache_build_args(&teacher, &data, "c", &["-q"]));
+    let run = "s/runs/mlp-784-16-10_kd-T4-a0.5";
+    let partial = [
+        "--cache",
+        "c",
+        "-T",
+        "4",
+        "--alpha",
+        "0.5",
+        "--lr",
+        "0.01",
+        "--epochs",
+        "1",
+        "--checkpoint-every",
+        "1",
+        "--stop-after-steps",
+        "3",
+        "-q",
+    ];
+    ok(
+        tmp.path(),
+        &train_args(&data, "mlp:784-16-10", run, &partial),
+    );
+    let err = fails(
+        tmp.path(),
+        &[
+            "sweep",
+            "--cache",
+            "c",
+            "--data",
+            &data,
+            "--students",
+            "mlp:784-16-10",
+            "--temperatures",
+            "4",
+            "--alphas",
+            "0.5",
+            "--epochs",
+            "1",
+            "--out",
+            "s",
+            "-q",
+        ],
+        &[
+            run,
+            "holds an unfinished run with other settings",
+            "optimizer.lr",
+            "remove that directory",
+        ],
+    );
+    assert!(
+        !err.contains("--overwrite") && !err.contains("--resume"),
+        "{err}"
+    );
+}

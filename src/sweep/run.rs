@@ -86,6 +86,22 @@ pub fn run_state(run: &PlannedRun, dir: &Path, expect: &Expect<'_>) -> Result<Ru
         }
     }
     if model.checkpoint().exists() {
+        // Checked here as a finished run's card is: the trainer's own
+        // refusal would advise flags a sweep does not have.
+        let why = match crate::train::checkpoint::recorded_config(&model.checkpoint())? {
+            Some(there) if there == run.config => None,
+            Some(there) => Some(first_difference(&there, &run.config)),
+            None => Some("its checkpoint records no config that reads".into()),
+        };
+        if let Some(why) = why {
+            return Err(Error::Config {
+                field: "out".into(),
+                message: format!(
+                    "{} holds an unfinished run with other settings ({why}); remove that directory or choose another output folder",
+                    dir.display()
+                ),
+            });
+        }
         return Ok(RunState::Partial);
     }
     Ok(RunState::New)

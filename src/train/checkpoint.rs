@@ -179,6 +179,15 @@ pub fn save<D: Backend>(
     write_safetensors(path, &tensors, meta)
 }
 
+/// The config a checkpoint records (`None` when it records none that
+/// reads), without loading it into a network.
+pub fn recorded_config(path: &Path) -> Result<Option<TrainConfig>> {
+    let (meta, _) = read_safetensors(path)?;
+    Ok(meta
+        .get("config")
+        .and_then(|c| serde_json::from_str(c).ok()))
+}
+
 /// Reads a checkpoint of the same run into `net` and `opt`; refuses one of
 /// another run (config or cache).
 pub fn load<D: Backend>(
