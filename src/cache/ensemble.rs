@@ -368,7 +368,18 @@ pub fn normalised_weights(weights: &[f64], members: usize) -> Result<Vec<f64>> {
         ));
     }
     let sum: f64 = weights.iter().sum();
-    Ok(weights.iter().map(|w| w / sum).collect())
+    let normalised: Vec<f64> = weights.iter().map(|w| w / sum).collect();
+    // Weights whose sum overflows, or so far apart that one vanishes.
+    if !sum.is_finite() || normalised.iter().any(|w| !(*w > 0.0)) {
+        return Err(CacheError::input(
+            "--weights",
+            format!(
+                "{weights:?} cannot be normalised to sum to 1 with every weight above 0; give \
+                 relative weights of a sensible size (e.g. 3,1)"
+            ),
+        ));
+    }
+    Ok(normalised)
 }
 
 /// Every member covers the same samples, classes, labels and views.

@@ -475,3 +475,20 @@ fn out_of_fold_rows_come_from_the_members_that_held_them_out() {
         "{err}"
     );
 }
+
+#[test]
+fn weights_normalise_to_one_or_are_refused_by_flag() {
+    let w = normalised_weights(&[3.0, 1.0], 2).unwrap();
+    assert_eq!(w, vec![0.75, 0.25]);
+    assert_eq!(normalised_weights(&[], 4).unwrap(), vec![0.25; 4]);
+    for bad in [
+        vec![1.0],
+        vec![0.0, 1.0],
+        vec![f64::NAN, 1.0],
+        vec![1e308, 1e308],
+        vec![1e-320, 1e300],
+    ] {
+        let e = normalised_weights(&bad, 2).unwrap_err().to_string();
+        assert!(e.starts_with("--weights: "), "{bad:?}: {e}");
+    }
+}
