@@ -1220,6 +1220,13 @@ fn eval_compares_recipes_over_images_and_over_seeds() {
         &["eval", "--arm", "a=a3", "--arm", "a=b3", "--data", &data],
         &["--arm", "'a' is named twice"],
     );
+    for arms in [["a=a3,a3", "b=b3,b4"], ["a=a3,a4", "b=b3,./a4"]] {
+        fails(
+            tmp.path(),
+            &["eval", "--arm", arms[0], "--arm", arms[1], "--data", &data],
+            &["--arm", "is listed twice", "one seed of one recipe"],
+        );
+    }
     fails(
         tmp.path(),
         &["eval", "--arm", "a=a3", "--model", "b3", "--data", &data],

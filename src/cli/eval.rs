@@ -111,6 +111,25 @@ pub fn eval<D: Backend>(dev: D, a: EvalArgs) -> Result<()> {
             message: format!("recipe '{}' is named twice", dup.1.name),
         });
     }
+    // A run listed twice would count as two seeds of agreeing results.
+    let mut seen: Vec<(PathBuf, &str)> = Vec::new();
+    for arm in &a.arm {
+        for run in &arm.runs {
+            let key = run.canonicalize().unwrap_or_else(|_| run.clone());
+            if let Some((_, first)) = seen.iter().find(|(k, _)| *k == key) {
+                return Err(Error::Config {
+                    field: "--arm".into(),
+                    message: format!(
+                        "{} is listed twice (in recipe '{first}' and '{}'): each run is one seed \
+                         of one recipe",
+                        run.display(),
+                        arm.name
+                    ),
+                });
+            }
+            seen.push((key, &arm.name));
+        }
+    }
     let models: Vec<PathBuf> = if a.arm.is_empty() {
         a.model.clone()
     } else {
