@@ -79,9 +79,14 @@ fn check_shape_and_classes(spec: &ModelSpec, data: &Dataset) -> Result<()> {
             return Err(Error::Spec {
                 spec: spec.to_string(),
                 message: format!(
-                    "has {} outputs, but {} holds labels up to {}",
+                    "has {} outputs, but the {} split's labels in {} go up to {}",
                     spec.num_classes(),
-                    data.source().display(),
+                    data.split(),
+                    data.source()
+                        .parent()
+                        .filter(|d| !d.as_os_str().is_empty())
+                        .unwrap_or(data.source())
+                        .display(),
                     k - 1
                 ),
             });
