@@ -983,20 +983,7 @@ fn batch_sizes_out_of_range_are_refused_by_name() {
             "eval", "--model", &teacher, "--data", &data, "--batch", huge,
         ],
         vec!["eval", "--model", &teacher, "--data", &data, "--batch", "0"],
-        vec![
-            "cache",
-            "build",
-            "--teacher",
-            &teacher,
-            "--data",
-            &data,
-            "-T",
-            "4",
-            "--out",
-            "c",
-            "--batch",
-            huge,
-        ],
+        cache_build_args(&teacher, &data, "c", &["--batch", huge]),
         vec![
             "views",
             "export",
@@ -1036,21 +1023,8 @@ fn a_plain_cache_and_a_view_set_replace_each_other_only_with_overwrite() {
     let tmp = tempfile::tempdir().unwrap();
     let (data, teacher) = (s(&small_data()), s(&teacher_dir()));
     let build = |extra: &[&str]| {
-        let mut args = vec![
-            "cache",
-            "build",
-            "--teacher",
-            &teacher,
-            "--data",
-            &data,
-            "-T",
-            "4",
-            "--out",
-            "c",
-            "-q",
-        ];
-        args.extend_from_slice(extra);
-        distill(tmp.path(), &args)
+        let quiet = [&["-q"][..], extra].concat();
+        distill(tmp.path(), &cache_build_args(&teacher, &data, "c", &quiet))
     };
     let entries = || {
         let mut names: Vec<String> = fs::read_dir(tmp.path().join("c"))
@@ -1065,23 +1039,8 @@ fn a_plain_cache_and_a_view_set_replace_each_other_only_with_overwrite() {
     let views3 = ["--augment", "flip", "--views", "3"];
     fails(
         tmp.path(),
-        &[
-            &[
-                "cache",
-                "build",
-                "--teacher",
-                &teacher,
-                "--data",
-                &data,
-                "-T",
-                "4",
-                "--out",
-                "c",
-            ][..],
-            &views3,
-        ]
-        .concat(),
-        &["--out", "plain images"],
+        &cache_build_args(&teacher, &data, "c", &views3),
+        &["--out", "plain images", "--overwrite"],
     );
     assert!(build(&[&views3[..], &["--overwrite"]].concat())
         .status

@@ -48,6 +48,16 @@ fn read_f32_npy(path: &Path) -> (Vec<usize>, Vec<f32>) {
     (shape, values)
 }
 
+/// The names in `dir`, sorted.
+fn sorted_names(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+}
+
 fn export(cwd: &Path, views: &str, out: &str, split: &[&str]) -> String {
     let data = s(&small_data());
     let mut args = vec![
@@ -85,13 +95,8 @@ fn exported_views_are_the_images_of_the_view_set() {
     }
     assert_eq!(differ, 2, "the views must be augmented");
     // Nothing but the K files and the record (no temporary left behind).
-    let mut names: Vec<String> = fs::read_dir(tmp.path().join("views"))
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .collect();
-    names.sort();
     assert_eq!(
-        names,
+        sorted_names(&tmp.path().join("views")),
         ["export.json", "view-0-images.npy", "view-1-images.npy"]
     );
 }
@@ -414,13 +419,8 @@ fn an_export_replaces_another_only_with_overwrite() {
         three
     );
     ok(tmp.path(), &args("flip", "2", true));
-    let mut names: Vec<String> = fs::read_dir(tmp.path().join("v"))
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .collect();
-    names.sort();
     assert_eq!(
-        names,
+        sorted_names(&tmp.path().join("v")),
         ["export.json", "view-0-images.npy", "view-1-images.npy"]
     );
 }

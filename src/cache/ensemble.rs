@@ -370,7 +370,7 @@ pub fn normalised_weights(weights: &[f64], members: usize) -> Result<Vec<f64>> {
     let sum: f64 = weights.iter().sum();
     let normalised: Vec<f64> = weights.iter().map(|w| w / sum).collect();
     // Weights whose sum overflows, or so far apart that one vanishes.
-    if !sum.is_finite() || normalised.iter().any(|w| !(*w > 0.0)) {
+    if !sum.is_finite() || normalised.iter().any(|&w| w.is_nan() || w <= 0.0) {
         return Err(CacheError::input(
             "--weights",
             format!(
