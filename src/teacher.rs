@@ -472,7 +472,7 @@ fn check_set_root(out: &Path, opts: &BuildOptions) -> Result<()> {
 /// (unless overwriting): the plain cache's manifest would be read instead of
 /// the views.
 fn check_plain_root(out: &Path, opts: &BuildOptions) -> Result<()> {
-    let holds_views = out.join(SUMMARY_FILE).exists() || view_dir(out, 0).exists();
+    let holds_views = out.join(SUMMARY_FILE).exists() || !view_dirs(out)?.is_empty();
     if holds_views && !opts.writer.overwrite {
         return Err(Error::Config {
             field: "out".into(),
@@ -510,17 +510,36 @@ fn remove_replaced_plain_cache(out: &Path, views: u64) -> Result<()> {
     remove_views_from(out, views)
 }
 
-/// Removes the view directories `view-first`, `view-first+1`, ... of `out`
-/// up to the first missing one.
+/// Removes every view directory `view-N` of `out` with `N >= first`, the
+/// highest first (a removal stopped part-way leaves no gap before the rest).
 fn remove_views_from(out: &Path, first: u64) -> Result<()> {
-    for v in first.. {
-        let dir = view_dir(out, v);
-        if !dir.exists() {
-            break;
+    for (v, dir) in view_dirs(out)?.into_iter().rev() {
+        if v >= first {
+            std::fs::remove_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
         }
-        std::fs::remove_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
     }
     Ok(())
+}
+
+/// The view directories (`view-N`) in `out`, by view number; none when
+/// `out` does not exist.
+fn view_dirs(out: &Path) -> Result<Vec<(u64, PathBuf)>> {
+    let entries = match std::fs::read_dir(out) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(Error::io(out, e)),
+    };
+    let mut found: Vec<(u64, PathBuf)> = entries
+        .flatten()
+        .filter(|e| e.path().is_dir())
+        .filter_map(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let v = name.strip_prefix("view-")?.parse::<u64>().ok()?;
+            Some((v, e.path()))
+        })
+        .collect();
+    found.sort();
+    Ok(found)
 }
 
 /// Refuses `out` as the directory of exported views when it holds a model
@@ -1075,9 +1094,17 @@ pub fn export_views(
         split: data.split().to_string(),
         samples: data.len(),
         dataset_fingerprint: data.fingerprint().0.clone(),
+        complete: false,
     };
     let earlier = exported_views(out)?;
-    if !earlier.is_empty() && !overwrite && ViewExport::read(out).as_ref() != Some(&record) {
+    // The same export, finished or stopped part-way, is a rerun.
+    let same = ViewExport::read(out).is_some_and(|e| {
+        ViewExport {
+            complete: false,
+            ..e
+        } == record
+    });
+    if !earlier.is_empty() && !overwrite && !same {
         return Err(Error::Config {
             field: "out".into(),
             message: format!(
@@ -1096,6 +1123,9 @@ pub fn export_views(
         });
     }
     std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
+    // Recorded before any image is written, as unfinished: stopped part-way,
+    // the directory says which export its files belong to.
+    record.write(out)?;
     let shape = data.sample_shape();
     let len = data.sample_len();
     let mut inputs = vec![0f32; batch * len];
@@ -1129,11 +1159,11 @@ pub fn export_views(
         on_view(&path);
         files.push(path);
     }
-    let text = serde_json::to_string_pretty(&record).map_err(|e| Error::Config {
-        field: "out".into(),
-        message: format!("cannot record the export: {e}"),
-    })?;
-    crate::fsutil::atomic_write(&out.join(EXPORT_FILE), text.as_bytes())?;
+    ViewExport {
+        complete: true,
+        ..record
+    }
+    .write(out)?;
     for (v, path) in earlier {
         if v >= set.views {
             crate::fsutil::remove_if_present(&path)?;
@@ -1156,9 +1186,25 @@ pub struct ViewExport {
     pub split: String,
     pub samples: usize,
     pub dataset_fingerprint: String,
+    /// Whether every view's file was written (false while an export runs,
+    /// and after one stopped part-way).
+    #[serde(default)]
+    pub complete: bool,
 }
 
 impl ViewExport {
+    /// Writes the record into `dir` atomically.
+    fn write(&self, dir: &Path) -> Result<()> {
+        let text = serde_json::to_string_pretty(self).map_err(|e| Error::Config {
+            field: "out".into(),
+            message: format!("cannot record the export: {e}"),
+        })?;
+        Ok(crate::fsutil::atomic_write(
+            &dir.join(EXPORT_FILE),
+            text.as_bytes(),
+        )?)
+    }
+
     /// The record in `dir` (`None` when absent or unreadable).
     pub fn read(dir: &Path) -> Option<ViewExport> {
         let text = std::fs::read_to_string(dir.join(EXPORT_FILE)).ok()?;

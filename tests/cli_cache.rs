@@ -1075,6 +1075,13 @@ fn a_plain_cache_and_a_view_set_replace_each_other_only_with_overwrite() {
         after.starts_with("manifest.json shard-") && !after.contains("view"),
         "{after}"
     );
+    // Views a removal stopped part-way left behind (view 0 gone first) are
+    // still a view set's, and go with the next --overwrite.
+    fs::create_dir(c.join("view-1")).unwrap();
+    fs::create_dir(c.join("view-2")).unwrap();
+    assert_eq!(build(&[]).status.code(), Some(2));
+    assert!(build(&["--overwrite"]).status.success());
+    assert_eq!(entries(), after);
 }
 
 /// The cache's storage settings are refused by their flags' names.

@@ -404,6 +404,19 @@ fn an_export_replaces_another_only_with_overwrite() {
         serde_json::from_slice(&fs::read(tmp.path().join("v/export.json")).unwrap()).unwrap();
     assert_eq!(record["augment"], "shift=1", "{record}");
     assert_eq!(record["views"], 3, "{record}");
+    assert_eq!(record["complete"], true, "{record}");
+    // An export stopped part-way (its record written first, unfinished) is
+    // the same export: a rerun completes it.
+    let v = tmp.path().join("v");
+    let mut unfinished = record.clone();
+    unfinished["complete"] = serde_json::Value::Bool(false);
+    fs::write(v.join("export.json"), unfinished.to_string()).unwrap();
+    fs::remove_file(v.join("view-2-images.npy")).unwrap();
+    ok(tmp.path(), &args("shift=1", "3", false));
+    assert_eq!(fs::read(v.join("view-2-images.npy")).unwrap(), three);
+    let again: serde_json::Value =
+        serde_json::from_slice(&fs::read(v.join("export.json")).unwrap()).unwrap();
+    assert_eq!(again, record);
     fails(
         tmp.path(),
         &args("flip", "2", false),
