@@ -28,7 +28,7 @@ use xxhash_rust::xxh3::xxh3_128;
 use crate::cache::manifest::MANIFEST_FILE;
 use crate::cache::refuse_foreign_dir;
 use crate::cache::views::{view_dir, ViewSetSummary, ViewStats, SUMMARY_FILE};
-use crate::cache::writer::BUILD_FILE;
+use crate::cache::writer::{is_shard_file, BUILD_FILE};
 use crate::cache::{
     log_softmax_tempered, BuildSpec, CacheMeta, CacheReader, CacheWriter, DatasetInfo, Encoding,
     Manifest, PartManifest, PartRange, PartSpec, TeacherInfo, ViewInfo, WriterOptions,
@@ -503,7 +503,7 @@ fn remove_replaced_plain_cache(out: &Path, views: u64) -> Result<()> {
     let entries = std::fs::read_dir(out).map_err(|e| Error::io(out, e))?;
     for entry in entries.flatten() {
         let name = entry.file_name().to_string_lossy().into_owned();
-        if (name.starts_with("shard-") && name.ends_with(".dsc")) || name == BUILD_FILE {
+        if is_shard_file(&name) || name == BUILD_FILE {
             crate::fsutil::remove_if_present(&entry.path())?;
         }
     }

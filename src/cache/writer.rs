@@ -144,7 +144,7 @@ fn atomic_write(dir: &Path, name: &str, bytes: &[u8]) -> Result<()> {
     Ok(crate::fsutil::atomic_write(&dir.join(name), bytes)?)
 }
 
-fn is_shard_file(name: &str) -> bool {
+pub(crate) fn is_shard_file(name: &str) -> bool {
     name.starts_with("shard-") && name.ends_with(".dsc")
 }
 

@@ -73,13 +73,7 @@ pub fn run_state(run: &PlannedRun, dir: &Path, expect: &Expect<'_>) -> Result<Ru
                 .then(|| "it was distilled from another cache (or none)".to_string())
         };
         if let Some(why) = mismatch {
-            return Err(Error::Config {
-                field: "out".into(),
-                message: format!(
-                    "{} holds a finished run with other settings ({why}); remove that directory or choose another output folder",
-                    dir.display()
-                ),
-            });
+            return Err(other_settings(dir, "a finished", &why));
         }
         if model.weights().exists() {
             return Ok(RunState::Finished(Box::new(card)));
@@ -94,17 +88,23 @@ pub fn run_state(run: &PlannedRun, dir: &Path, expect: &Expect<'_>) -> Result<Ru
             None => Some("its checkpoint records no config that reads".into()),
         };
         if let Some(why) = why {
-            return Err(Error::Config {
-                field: "out".into(),
-                message: format!(
-                    "{} holds an unfinished run with other settings ({why}); remove that directory or choose another output folder",
-                    dir.display()
-                ),
-            });
+            return Err(other_settings(dir, "an unfinished", &why));
         }
         return Ok(RunState::Partial);
     }
     Ok(RunState::New)
+}
+
+/// The refusal of a run directory holding `what` run ("a finished", "an
+/// unfinished") of other settings: a sweep never writes over it.
+fn other_settings(dir: &Path, what: &str, why: &str) -> Error {
+    Error::Config {
+        field: "out".into(),
+        message: format!(
+            "{} holds {what} run with other settings ({why}); remove that directory or choose another output folder",
+            dir.display()
+        ),
+    }
 }
 
 /// What [`run_and_report`] or [`report_only`] did.
