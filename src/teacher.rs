@@ -27,8 +27,10 @@ use xxhash_rust::xxh3::xxh3_128;
 
 use crate::cache::manifest::MANIFEST_FILE;
 use crate::cache::refuse_foreign_dir;
-use crate::cache::views::{view_dir, ViewSetSummary, ViewStats, SUMMARY_FILE};
-use crate::cache::writer::{is_shard_file, BUILD_FILE};
+use crate::cache::views::{
+    check_plain_root, check_view_set_root, remove_replaced_plain_cache, remove_replaced_view_set,
+    view_dir, ViewSetSummary, ViewStats, SUMMARY_FILE,
+};
 use crate::cache::{
     log_softmax_tempered, BuildSpec, CacheMeta, CacheReader, CacheWriter, DatasetInfo, Encoding,
     Manifest, PartManifest, PartRange, PartSpec, TeacherInfo, ViewInfo, WriterOptions,
@@ -102,7 +104,7 @@ pub fn build_cache<D: Backend>(
     check_build(teacher, data, opts)?;
     let plain = opts.view.is_none();
     if plain {
-        check_plain_root(dir, opts)?;
+        check_plain_root(dir, opts.writer.overwrite)?;
     }
     let start = Instant::now();
     let mut writer =
@@ -455,91 +457,8 @@ fn check_view_set(
 /// images (unless overwriting) or files of something else
 /// ([`refuse_foreign_dir`]).
 fn check_set_root(out: &Path, opts: &BuildOptions) -> Result<()> {
-    if out.join(MANIFEST_FILE).exists() && !opts.writer.overwrite {
-        return Err(Error::Config {
-            field: "out".into(),
-            message: format!(
-                "{} holds a cache of the plain images; write the view set elsewhere, or set \
-                 `overwrite` to replace the cache",
-                out.display()
-            ),
-        });
-    }
+    check_view_set_root(out, opts.writer.overwrite)?;
     Ok(refuse_foreign_dir(out)?)
-}
-
-/// Refuses `out` as a plain cache's directory when it holds a view set
-/// (unless overwriting): the plain cache's manifest would be read instead of
-/// the views.
-fn check_plain_root(out: &Path, opts: &BuildOptions) -> Result<()> {
-    let holds_views = out.join(SUMMARY_FILE).exists() || !view_dirs(out)?.is_empty();
-    if holds_views && !opts.writer.overwrite {
-        return Err(Error::Config {
-            field: "out".into(),
-            message: format!(
-                "{} holds a view set; write the cache of the plain images elsewhere, or set \
-                 `overwrite` to replace the view set",
-                out.display()
-            ),
-        });
-    }
-    Ok(())
-}
-
-/// After a plain cache built with `overwrite` has committed in `out`,
-/// removes the view set it replaced there (its summary first, then its view
-/// directories), which would otherwise sit beside it unread.
-fn remove_replaced_view_set(out: &Path) -> Result<()> {
-    crate::fsutil::remove_if_present(&out.join(SUMMARY_FILE))?;
-    remove_views_from(out, 0)
-}
-
-/// After a view set built with `overwrite` has committed in `out`, removes
-/// what the build replaced there: a cache of the plain images (its manifest
-/// first, which readers would open instead of the views, then its shards
-/// and build record) and the views of an earlier, larger set beyond `views`.
-fn remove_replaced_plain_cache(out: &Path, views: u64) -> Result<()> {
-    crate::fsutil::remove_if_present(&out.join(MANIFEST_FILE))?;
-    let entries = std::fs::read_dir(out).map_err(|e| Error::io(out, e))?;
-    for entry in entries.flatten() {
-        let name = entry.file_name().to_string_lossy().into_owned();
-        if is_shard_file(&name) || name == BUILD_FILE {
-            crate::fsutil::remove_if_present(&entry.path())?;
-        }
-    }
-    remove_views_from(out, views)
-}
-
-/// Removes every view directory `view-N` of `out` with `N >= first`, the
-/// highest first (a removal stopped part-way leaves no gap before the rest).
-fn remove_views_from(out: &Path, first: u64) -> Result<()> {
-    for (v, dir) in view_dirs(out)?.into_iter().rev() {
-        if v >= first {
-            std::fs::remove_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
-        }
-    }
-    Ok(())
-}
-
-/// The view directories (`view-N`) in `out`, by view number; none when
-/// `out` does not exist.
-fn view_dirs(out: &Path) -> Result<Vec<(u64, PathBuf)>> {
-    let entries = match std::fs::read_dir(out) {
-        Ok(entries) => entries,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => return Err(Error::io(out, e)),
-    };
-    let mut found: Vec<(u64, PathBuf)> = entries
-        .flatten()
-        .filter(|e| e.path().is_dir())
-        .filter_map(|e| {
-            let name = e.file_name().to_string_lossy().into_owned();
-            let v = name.strip_prefix("view-")?.parse::<u64>().ok()?;
-            Some((v, e.path()))
-        })
-        .collect();
-    found.sort();
-    Ok(found)
 }
 
 /// Refuses `out` as the directory of exported views when it holds a model
@@ -822,7 +741,7 @@ unsafe fn write_logits_cache(
     let (n, c, t) = (rows.rows(), rows.cols(), meta.temperature);
     let plain = opts.view.is_none();
     if plain {
-        check_plain_root(out, opts)?;
+        check_plain_root(out, opts.writer.overwrite)?;
     }
     let mut writer = CacheWriter::create_or_resume(out, meta, opts.writer.clone())?;
     let mut x = Vec::with_capacity(rows.step() * c);

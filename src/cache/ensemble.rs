@@ -41,7 +41,10 @@ use std::time::Instant;
 use rayon::prelude::*;
 use xxhash_rust::xxh3::xxh3_128;
 
-use super::views::{view_dir, ViewSetSummary, ViewStats};
+use super::views::{
+    check_plain_root, check_view_set_root, remove_replaced_plain_cache, remove_replaced_view_set,
+    view_dir, ViewSetSummary, ViewStats,
+};
 use super::writer::{refuse_foreign_dir, CacheMeta, CacheWriter};
 use super::{
     CacheError, CacheReader, CacheViews, Encoding, Manifest, Result, TeacherInfo, WriterOptions,
@@ -197,6 +200,12 @@ pub unsafe fn ensemble_caches(
     };
     let info = sets[0].view_info().cloned();
     let views = sets[0].views().len();
+    // A directory holds a plain cache or a view set, never both: the other
+    // is replaced only with `overwrite`, and removed once this one is written.
+    match &info {
+        Some(_) => check_view_set_root(out, opts.writer.overwrite)?,
+        None => check_plain_root(out, opts.writer.overwrite)?,
+    }
     let teacher = ensemble_teacher(members, &sets, &weights, opts.combine, masks);
     let has_labels = first.has_labels;
     let mut manifests = Vec::with_capacity(views);
@@ -295,9 +304,17 @@ pub unsafe fn ensemble_caches(
                 view_stats,
             };
             s.write(out)?;
+            if opts.writer.overwrite {
+                remove_replaced_plain_cache(out, s.views)?;
+            }
             Some(s)
         }
-        None => None,
+        None => {
+            if opts.writer.overwrite {
+                remove_replaced_view_set(out)?;
+            }
+            None
+        }
     };
     Ok(EnsembleReport {
         manifests,

@@ -37,7 +37,7 @@ use super::format::parse_shard;
 use super::manifest::{Manifest, ShardEntry, MANIFEST_FILE};
 use super::part::{part_dir, PartManifest, PartRange, PartSpec, PART_FILE};
 use super::settings::BuildSpec;
-use super::views::view_dir;
+use super::views::{holds_view_set, view_dir};
 use super::writer::{
     claim_dir, commit, lock_dir, lock_unsupported, manifest_of, refuse_foreign_dir, Done,
     BUILD_FILE, LOCK_FILE,
@@ -556,7 +556,15 @@ pub(crate) fn merge_parts_with(parts: &[PathBuf], out: &Path, links: bool) -> Re
         .first()
         .ok_or_else(|| refuse("merge", "no part directories given"))?;
     let plans = match layout(first)? {
-        Layout::Plain => vec![(out.to_path_buf(), plan_merge(parts)?)],
+        Layout::Plain => {
+            if holds_view_set(out)? {
+                return Err(refuse(
+                    shown(out),
+                    "holds a view set; merge the cache of the plain images into another directory",
+                ));
+            }
+            vec![(out.to_path_buf(), plan_merge(parts)?)]
+        }
         Layout::Views(k) => {
             refuse_foreign_dir(out)?;
             plan_views(parts, out, k)?

@@ -395,6 +395,100 @@ impl CacheViews {
     }
 }
 
+/// The view directories (`view-N`) in `dir`, by view number; none when
+/// `dir` does not exist.
+pub fn view_dirs(dir: &Path) -> Result<Vec<(u64, PathBuf)>> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(CacheError::io(dir, "list directory", e)),
+    };
+    let mut found: Vec<(u64, PathBuf)> = entries
+        .flatten()
+        .filter(|e| e.path().is_dir())
+        .filter_map(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let v = name.strip_prefix("view-")?.parse::<u64>().ok()?;
+            Some((v, e.path()))
+        })
+        .collect();
+    found.sort();
+    Ok(found)
+}
+
+/// Whether `dir` holds (part of) a view set: its summary or any view.
+pub fn holds_view_set(dir: &Path) -> Result<bool> {
+    Ok(dir.join(SUMMARY_FILE).exists() || !view_dirs(dir)?.is_empty())
+}
+
+/// Refuses `out` as the directory of a cache of the plain images when it
+/// holds a view set, unless `overwrite`: the plain cache's manifest would be
+/// read instead of the views. The error names the setting `out`.
+pub(crate) fn check_plain_root(out: &Path, overwrite: bool) -> Result<()> {
+    if !overwrite && holds_view_set(out)? {
+        return Err(CacheError::input(
+            "out",
+            format!(
+                "{} holds a view set; write the cache of the plain images elsewhere, or set \
+                 `overwrite` to replace the view set",
+                out.display()
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Refuses `out` as a view set's root when it holds a cache of the plain
+/// images, unless `overwrite`. The error names the setting `out`.
+pub(crate) fn check_view_set_root(out: &Path, overwrite: bool) -> Result<()> {
+    if !overwrite && out.join(MANIFEST_FILE).exists() {
+        return Err(CacheError::input(
+            "out",
+            format!(
+                "{} holds a cache of the plain images; write the view set elsewhere, or set \
+                 `overwrite` to replace the cache",
+                out.display()
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// After a cache of the plain images written with `overwrite` has committed
+/// in `out`, removes the view set it replaced there (its summary first, then
+/// its view directories), which would otherwise sit beside it unread.
+pub(crate) fn remove_replaced_view_set(out: &Path) -> Result<()> {
+    crate::fsutil::remove_if_present(&out.join(SUMMARY_FILE))?;
+    remove_views_from(out, 0)
+}
+
+/// After a view set of `views` views written with `overwrite` has committed
+/// in `out`, removes what it replaced there: a cache of the plain images
+/// (its manifest first, which readers would open instead of the views, then
+/// its shards and build record) and the views of an earlier, larger set.
+pub(crate) fn remove_replaced_plain_cache(out: &Path, views: u64) -> Result<()> {
+    crate::fsutil::remove_if_present(&out.join(MANIFEST_FILE))?;
+    let entries = std::fs::read_dir(out).map_err(|e| CacheError::io(out, "list directory", e))?;
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if super::writer::is_shard_file(&name) || name == super::writer::BUILD_FILE {
+            crate::fsutil::remove_if_present(&entry.path())?;
+        }
+    }
+    remove_views_from(out, views)
+}
+
+/// Removes every view directory `view-N` of `out` with `N >= first`, the
+/// highest first (a removal stopped part-way leaves no gap before the rest).
+fn remove_views_from(out: &Path, first: u64) -> Result<()> {
+    for (v, dir) in view_dirs(out)?.into_iter().rev() {
+        if v >= first {
+            std::fs::remove_dir_all(&dir).map_err(|e| CacheError::io(&dir, "remove", e))?;
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -137,6 +137,7 @@ pub fn name_flags(e: distill::Error, renames: &[(&str, &str)]) -> distill::Error
         "zstd_level",
         "batch_size",
         "window_blocks",
+        "out",
     ];
     let flag_of = |field: &str| match renames.iter().find(|(f, _)| *f == field) {
         Some((_, flag)) => flag.to_string(),
@@ -165,7 +166,7 @@ pub fn name_flags(e: distill::Error, renames: &[(&str, &str)]) -> distill::Error
         {
             distill::Error::Config {
                 field: flag_of(&what),
-                message,
+                message: flags_in(&message, flag_of),
             }
         }
         other => other,

@@ -1,6 +1,8 @@
 //! Unit tests of `cache ensemble`: members combined, checked and refused.
 
 use super::*;
+use crate::cache::manifest::MANIFEST_FILE;
+use crate::cache::views::SUMMARY_FILE;
 use crate::cache::{import_logits, log_softmax_tempered, DatasetInfo, ViewInfo};
 
 const C: usize = 4;
@@ -351,6 +353,51 @@ fn a_view_set_and_a_plain_cache_do_not_mix() {
     );
     let err = run([a, c]);
     assert!(err.contains("views of shift=1"), "{err}");
+}
+
+#[test]
+fn an_output_holds_a_plain_cache_or_a_view_set_never_both() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = |name: &str| dir.path().join(name);
+    let (out, sets, plains) = (p("e"), [p("va"), p("vb")], [p("pa"), p("pb")]);
+    view_set(&sets[0], 16, 3, 1, "flip");
+    view_set(&sets[1], 16, 3, 2, "flip");
+    cache(&plains[0], &logits(16, 5), 2.0, "a");
+    cache(&plains[1], &logits(16, 6), 2.0, "b");
+    let run = |members: &[PathBuf], overwrite: bool| {
+        let mut o = opts(2.0, Combine::Prob, vec![]);
+        o.writer.overwrite = overwrite;
+        // SAFETY: as above.
+        unsafe { ensemble_caches(members, &out, &o, |_, _| {}) }
+    };
+    run(&sets, false).unwrap();
+    // A plain ensemble over the view set: refused, the set left whole.
+    let err = run(&plains, false).unwrap_err().to_string();
+    assert!(
+        err.contains("holds a view set") && err.contains("`overwrite`"),
+        "{err}"
+    );
+    assert!(!out.join(MANIFEST_FILE).exists());
+    assert_eq!(unsafe { CacheViews::open(&out) }.unwrap().views().len(), 3);
+    // With overwrite the plain cache replaces the set, none of it left.
+    run(&plains, true).unwrap();
+    assert!(!out.join(SUMMARY_FILE).exists() && !view_dir(&out, 0).exists());
+    let plain = unsafe { CacheViews::open(&out) }.unwrap();
+    assert_eq!(plain.views().len(), 1);
+    // And back: a view set over the plain cache needs overwrite too.
+    let err = run(&sets, false).unwrap_err().to_string();
+    assert!(err.contains("holds a cache of the plain images"), "{err}");
+    assert!(!view_dir(&out, 0).exists());
+    run(&sets, true).unwrap();
+    assert!(!out.join(MANIFEST_FILE).exists());
+    assert_eq!(unsafe { CacheViews::open(&out) }.unwrap().views().len(), 3);
+    // A smaller set over a larger one leaves none of the larger's views.
+    let small = [p("sa"), p("sb")];
+    view_set(&small[0], 16, 2, 7, "shift=1");
+    view_set(&small[1], 16, 2, 8, "shift=1");
+    run(&small, true).unwrap();
+    assert!(!view_dir(&out, 2).exists());
+    assert_eq!(unsafe { CacheViews::open(&out) }.unwrap().views().len(), 2);
 }
 
 #[test]

@@ -575,6 +575,20 @@ fn an_occupied_output_is_left_alone() {
     let before = tree(&parts[0]);
     assert!(err(&parts, &parts[0]).contains("part's directory"));
     assert_eq!(tree(&parts[0]), before);
+    // Nor a view set: the merged manifest would hide its views.
+    let set = tmp.path().join("set");
+    let mut view = m.clone();
+    view.dataset.view = Some(ViewInfo {
+        augment: "flip".into(),
+        seed: 5,
+        view: 0,
+        views: 1,
+    });
+    build_whole(&view_dir(&set, 0), &view, opts());
+    let before = tree(&set);
+    let e = err(&parts, &set);
+    assert!(e.contains("holds a view set"), "{e}");
+    assert_eq!(tree(&set), before);
 }
 
 /// A merge killed after placing some shards (a stale copy's temp file, a
