@@ -323,6 +323,29 @@ fn bad_prune_and_init_flags_are_named() {
     fails(tmp.path(), &into("m2"), &["--out", "did not write"]);
     assert_eq!(weights(), before);
     assert!(!tmp.path().join("m/mask.safetensors").exists());
+    // An earlier pruned model of other settings is replaced only with
+    // --overwrite; a rerun of the same settings replaces its own.
+    ok(tmp.path(), &into("p"));
+    ok(tmp.path(), &into("p"));
+    let structured = [
+        "prune",
+        "--model",
+        "m",
+        "--out",
+        "p",
+        "--method",
+        "l1-structured",
+    ];
+    let half = [&structured[..], &["--sparsity", "0.5"]].concat();
+    fails(
+        tmp.path(),
+        &half,
+        &["--out", "other settings", "its method is", "--overwrite"],
+    );
+    assert!(tmp.path().join("p/mask.safetensors").exists());
+    ok(tmp.path(), &[&half[..], &["--overwrite"]].concat());
+    assert!(!tmp.path().join("p/mask.safetensors").exists());
+    fails(tmp.path(), &into("m2/model.json"), &["--out", "is a file"]);
     fails(
         tmp.path(),
         &with(&[

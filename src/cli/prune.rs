@@ -43,9 +43,15 @@ pub struct PruneArgs {
     /// Unstructured: one magnitude threshold over all selected layers.
     #[arg(long)]
     global: bool,
-    /// Output directory (model.safetensors, mask.safetensors, prune.json).
+    /// Output directory (model.safetensors, mask.safetensors, model.py,
+    /// prune.json), written whole or not at all. A rerun of the same
+    /// settings replaces it; an earlier pruned model of other settings there
+    /// is kept unless --overwrite.
     #[arg(long)]
     out: PathBuf,
+    /// Replace an earlier pruned model of other settings in --out.
+    #[arg(long)]
+    overwrite: bool,
     /// Dataset directory: report test accuracy before and after.
     #[arg(long)]
     data: Option<PathBuf>,
@@ -92,6 +98,7 @@ pub fn run(a: PruneArgs) -> Result<()> {
         out: a.out,
         data: a.data,
         command: super::command_line(),
+        overwrite: a.overwrite,
     };
     let done = prune::prune_model(&cfg, compare::test_accuracy)?;
     if let (PruneAmount::MaxParams(n), false) = (cfg.amount, a.quiet) {

@@ -98,6 +98,9 @@ pub struct PruneConfig {
     pub data: Option<PathBuf>,
     /// The command line, recorded in `prune.json`.
     pub command: String,
+    /// Replace an earlier pruned model in `out` that other settings wrote
+    /// (a rerun of the same settings replaces it regardless).
+    pub overwrite: bool,
 }
 
 impl PruneConfig {
@@ -146,42 +149,119 @@ pub struct PruneRun {
     pub out: ModelDir,
 }
 
-/// Refuses an output directory that is the model being pruned, or that
-/// holds a model `distill prune` did not write (no `prune.json`): writing
-/// there would replace that model's weights and leave its card describing
-/// other weights. An earlier pruned model is replaced (a rerun); a card
-/// beside it (left by pruning in place, which is now refused) describes
-/// other weights and is removed.
-fn claim_out_dir(source: &ModelDir, out: &Path) -> Result<()> {
-    // `write_model` makes `out` a directory whatever its name; only an
-    // existing directory can hold anything to protect.
-    if !out.is_dir() {
-        return Ok(());
-    }
-    let out = ModelDir::new(out);
+/// The files `distill prune` writes into its output directory, and a card
+/// that pruning in place (now refused) once left beside them.
+const PRUNE_FILES: &[&str] = &[
+    crate::model::dir::WEIGHTS_FILE,
+    crate::model::dir::MASK_FILE,
+    "model.py",
+    "prune.json",
+    "model.json",
+];
+
+/// Refuses an output directory that is a file, the model being pruned, one
+/// that holds a model `distill prune` did not write (no `prune.json`) or
+/// other files, or (unless `overwrite`) an earlier pruned model of other
+/// settings. A rerun of the same settings replaces its own output.
+fn claim_out_dir(source: &ModelDir, cfg: &PruneConfig) -> Result<()> {
+    let out = cfg.out.as_path();
     let refuse = |message: String| Error::Config {
         field: "out".into(),
         message,
     };
-    let same = match (source.path().canonicalize(), out.path().canonicalize()) {
+    if out.exists() && !out.is_dir() {
+        return Err(refuse(format!(
+            "{} is a file; the pruned model is written into a directory of its own",
+            out.display()
+        )));
+    }
+    if !out.is_dir() {
+        return Ok(());
+    }
+    let dir = ModelDir::new(out);
+    let same = match (source.path().canonicalize(), dir.path().canonicalize()) {
         (Ok(a), Ok(b)) => a == b,
         _ => false,
     };
     if same {
         return Err(refuse(format!(
             "{} is the model being pruned; write the pruned copy to another directory",
-            out.path().display()
+            out.display()
         )));
     }
-    let holds_model = out.has_weights() || out.card().exists();
-    if holds_model && !out.prune_report().exists() {
+    let holds_model = dir.has_weights() || dir.card().exists();
+    if holds_model && !dir.prune_report().exists() {
         return Err(refuse(format!(
             "{} holds a model that `distill prune` did not write; prune into another \
              directory, or remove that model first",
-            out.path().display()
+            out.display()
         )));
     }
-    Ok(crate::fsutil::remove_if_present(&out.card())?)
+    let entries = std::fs::read_dir(out).map_err(|e| Error::io(out, e))?;
+    let mut foreign: Vec<String> = entries
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|name| !PRUNE_FILES.contains(&name.as_str()))
+        .collect();
+    if !foreign.is_empty() {
+        foreign.sort();
+        return Err(refuse(format!(
+            "{} holds files `distill prune` does not write ({}); the pruned model replaces \
+             the whole directory: prune into another one",
+            out.display(),
+            foreign.join(", ")
+        )));
+    }
+    if !dir.prune_report().exists() || cfg.overwrite {
+        return Ok(());
+    }
+    let earlier = std::fs::read(dir.prune_report())
+        .ok()
+        .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok());
+    let settings = settings_record(cfg);
+    let differs = match &earlier {
+        None => Some("its prune.json cannot be read".to_string()),
+        Some(e) => settings
+            .as_object()
+            .into_iter()
+            .flatten()
+            .find(|(k, v)| e.get(k.as_str()) != Some(*v))
+            .map(|(k, v)| {
+                let there = e
+                    .get(k.as_str())
+                    .cloned()
+                    .unwrap_or(serde_json::Value::Null);
+                format!("its {k} is {there}, here {v}")
+            }),
+    };
+    match differs {
+        None => Ok(()),
+        Some(why) => Err(refuse(format!(
+            "{} holds an earlier pruned model of other settings ({why}); prune into another \
+             directory, or set `overwrite` to replace it",
+            out.display()
+        ))),
+    }
+}
+
+/// The settings of a pruning run as `prune.json` records them: a rerun with
+/// the same ones replaces its own output without `overwrite`.
+fn settings_record(cfg: &PruneConfig) -> serde_json::Value {
+    let mut settings = serde_json::json!({
+        "source": cfg.model.display().to_string(),
+        "method": cfg.method.as_str(),
+        "max_params": match cfg.amount {
+            PruneAmount::MaxParams(n) => Some(n),
+            PruneAmount::Sparsity(_) => None,
+        },
+        "layers": cfg.layers,
+        "global": cfg.global,
+    });
+    // A budget's sparsity is found, not set: only a given one is compared.
+    if let (PruneAmount::Sparsity(s), Some(m)) = (cfg.amount, settings.as_object_mut()) {
+        m.insert("sparsity".into(), serde_json::json!(s));
+    }
+    settings
 }
 
 /// Prunes the model of `cfg.model` into `cfg.out` and records what was done
@@ -193,7 +273,7 @@ where
 {
     cfg.validate()?;
     let source = ModelDir::new(&cfg.model);
-    claim_out_dir(&source, &cfg.out)?;
+    claim_out_dir(&source, cfg)?;
     let (spec, weights, normalization) = read_model_normalized(&source)?;
     let old_masks = read_masks(&source)?;
     if let Some(m) = &old_masks {
@@ -247,14 +327,19 @@ where
             (small.spec, small.weights, small.masks, Some(small.report))
         }
     };
-    let out = write_model(
-        &cfg.out,
+    // Everything is written into a temporary directory beside `out`, which
+    // then replaces `out` whole: a failure (a full disk) leaves `out` as it
+    // was, never new weights beside an old record.
+    let staging = StagingDir::new(&cfg.out)?;
+    let written = write_model(
+        staging.path(),
         &new_spec,
         &new_weights,
         normalization.as_ref(),
         masks.as_deref(),
     )?;
-    let after = measure(&new_spec, &new_weights, out.weights())?;
+    let after = measure(&new_spec, &new_weights, written.weights())?;
+    let out = ModelDir::new(&cfg.out);
     let run = PruneRun {
         carried_mask: match cfg.method {
             Method::Structured => masks.as_deref().map(MaskCount::of),
@@ -268,12 +353,86 @@ where
         report,
         out,
     };
-    write_record(cfg, &run)?;
+    write_record(cfg, &run, &written)?;
+    staging.commit()?;
     Ok(run)
 }
 
-/// Writes `prune.json`: the config, the source and the numbers after.
-fn write_record(cfg: &PruneConfig, run: &PruneRun) -> Result<()> {
+/// A directory `.NAME.PID.tmp` beside the output `NAME`, removed on drop
+/// unless committed (renamed over the output).
+struct StagingDir {
+    path: PathBuf,
+    out: PathBuf,
+    committed: bool,
+}
+
+impl StagingDir {
+    fn new(out: &Path) -> Result<StagingDir> {
+        let (parent, name) = split_out(out)?;
+        std::fs::create_dir_all(&parent).map_err(|e| Error::io(&parent, e))?;
+        let path = parent.join(format!(".{name}.{}.tmp", std::process::id()));
+        if path.exists() {
+            std::fs::remove_dir_all(&path).map_err(|e| Error::io(&path, e))?;
+        }
+        std::fs::create_dir(&path).map_err(|e| Error::io(&path, e))?;
+        Ok(StagingDir {
+            path,
+            out: out.to_path_buf(),
+            committed: false,
+        })
+    }
+
+    fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Puts the staged directory in the output's place: the earlier output
+    /// (if any) is moved aside, the staged one renamed in, the earlier one
+    /// removed.
+    fn commit(mut self) -> Result<()> {
+        let (parent, name) = split_out(&self.out)?;
+        let aside = parent.join(format!(".{name}.{}.old", std::process::id()));
+        let had = self.out.is_dir();
+        if had {
+            std::fs::rename(&self.out, &aside).map_err(|e| Error::io(&self.out, e))?;
+        }
+        std::fs::rename(&self.path, &self.out).map_err(|e| Error::io(&self.out, e))?;
+        self.committed = true;
+        crate::fsutil::fsync_dir(&parent)?;
+        if had {
+            std::fs::remove_dir_all(&aside).map_err(|e| Error::io(&aside, e))?;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for StagingDir {
+    fn drop(&mut self) {
+        if !self.committed {
+            let _ = std::fs::remove_dir_all(&self.path);
+        }
+    }
+}
+
+/// The output's parent directory and its own name.
+fn split_out(out: &Path) -> Result<(PathBuf, String)> {
+    let name = out
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .ok_or_else(|| Error::Config {
+            field: "out".into(),
+            message: format!("{} names no directory", out.display()),
+        })?;
+    let parent = match out.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    Ok((parent, name))
+}
+
+/// Writes `prune.json` into `dir`: the config, the source and the numbers
+/// after.
+fn write_record(cfg: &PruneConfig, run: &PruneRun, dir: &ModelDir) -> Result<()> {
     let record = serde_json::json!({
         "source": cfg.model.display().to_string(),
         "source_spec": run.source_spec.to_string(),
@@ -295,7 +454,7 @@ fn write_record(cfg: &PruneConfig, run: &PruneRun) -> Result<()> {
         "command": cfg.command,
     });
     let text = serde_json::to_string_pretty(&record).unwrap_or_default();
-    atomic_write(&run.out.prune_report(), text.as_bytes())
+    atomic_write(&dir.prune_report(), text.as_bytes())
 }
 
 #[cfg(test)]
@@ -314,6 +473,7 @@ mod tests {
             out: out.to_path_buf(),
             data: None,
             command: "test".into(),
+            overwrite: false,
         }
     }
 
@@ -349,6 +509,41 @@ mod tests {
         std::fs::write(tmp.path().join("p/model.json"), b"{}").unwrap();
         prune_model(&cfg, no_accuracy).unwrap();
         assert!(!tmp.path().join("p/model.json").exists());
+        // Other settings need `overwrite`; the earlier model is kept until then.
+        let p = tmp.path().join("p");
+        let mut other = config(&m, Method::Structured, &p);
+        let kept = std::fs::read(p.join("mask.safetensors")).unwrap();
+        let e = prune_model(&other, no_accuracy).unwrap_err().to_string();
+        assert!(
+            e.contains("earlier pruned model of other settings")
+                && e.contains("its method is \"l1-unstructured\", here \"l1-structured\"")
+                && e.contains("`overwrite`"),
+            "{e}"
+        );
+        assert_eq!(std::fs::read(p.join("mask.safetensors")).unwrap(), kept);
+        other.overwrite = true;
+        prune_model(&other, no_accuracy).unwrap();
+        assert!(!p.join("mask.safetensors").exists());
+        // Nothing staged is left beside the output.
+        let names: Vec<String> = std::fs::read_dir(tmp.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with('.'))
+            .collect();
+        assert!(names.is_empty(), "{names:?}");
+        // Files prune does not write, and a file as the output, are refused.
+        std::fs::write(p.join("notes.txt"), b"mine").unwrap();
+        let e = prune_model(&other, no_accuracy).unwrap_err().to_string();
+        assert!(e.contains("notes.txt"), "{e}");
+        assert_eq!(std::fs::read(p.join("notes.txt")).unwrap(), b"mine");
+        std::fs::write(tmp.path().join("f"), b"x").unwrap();
+        let e = prune_model(
+            &config(&m, Method::Unstructured, &tmp.path().join("f")),
+            no_accuracy,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("is a file"), "{e}");
         // An output named like a weights file is a new directory all the same.
         let cfg = config(&m, Method::Unstructured, &tmp.path().join("q.safetensors"));
         prune_model(&cfg, no_accuracy).unwrap();
