@@ -813,9 +813,44 @@ fn a_sweep_refuses_a_teacher_that_is_not_the_caches() {
         &refused,
         &["--teacher", "fashion-cnn-long", "is not the teacher of c"],
     );
+    // The cache's own teacher passes; with no run finished there is
+    // nothing to report, which is said rather than written as an empty report.
     let fine = sweep(&teacher);
     let fine: Vec<&str> = fine.iter().map(String::as_str).collect();
-    ok(tmp.path(), &fine);
+    fails(
+        tmp.path(),
+        &fine,
+        &[
+            "--report",
+            "the planned run has not finished",
+            "nothing to report",
+        ],
+    );
+    // After the sweep, a report of another plan (a mistyped student) is
+    // refused naming the runs there, and the sweep's report is kept.
+    let run: Vec<&str> = fine.iter().copied().filter(|a| *a != "--report").collect();
+    ok(tmp.path(), &run);
+    let report = fs::read(tmp.path().join("s/report.md")).unwrap();
+    let typo: Vec<&str> = fine
+        .iter()
+        .map(|a| {
+            if *a == "mlp:784-16-10" {
+                "mlp:784-8-10"
+            } else {
+                a
+            }
+        })
+        .collect();
+    fails(
+        tmp.path(),
+        &typo,
+        &[
+            "nothing to report",
+            "1 run of another plan",
+            "mlp-784-16-10_kd-T1-a0.5",
+        ],
+    );
+    assert_eq!(fs::read(tmp.path().join("s/report.md")).unwrap(), report);
 }
 
 /// An unfinished run of other settings in a run's directory is refused as

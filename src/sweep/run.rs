@@ -196,9 +196,58 @@ pub fn report_only<D: Backend>(device: D, cfg: &SweepConfig) -> Result<SweepDone
     let start = Instant::now();
     let runs = plan(cfg)?;
     let open = OpenInputs::open(cfg)?;
+    refuse_empty_report(cfg, &runs, &open)?;
     let mut done = write_sweep_report(device, cfg, &runs, &open)?;
     done.seconds = start.elapsed().as_secs_f64();
     Ok(done)
+}
+
+/// Refuses a report of a plan none of whose runs has finished: it would
+/// replace an earlier report with an empty one (a mistyped student list, or
+/// another `out`). Names the run directories found there that the plan does
+/// not hold.
+fn refuse_empty_report(cfg: &SweepConfig, runs: &[PlannedRun], open: &OpenInputs) -> Result<()> {
+    let cache_id = open.cache.id();
+    let expect = Expect {
+        train_fingerprint: &open.train.fingerprint().0,
+        cache_id: &cache_id,
+    };
+    for r in runs {
+        if let RunState::Finished(_) = run_state(r, &run_dir(&cfg.out, r), &expect)? {
+            return Ok(());
+        }
+    }
+    let dir = cfg.out.join(super::plan::RUNS_DIR);
+    let mut others: Vec<String> = std::fs::read_dir(&dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|name| !runs.iter().any(|r| &r.name == name))
+        .collect();
+    others.sort();
+    let found = match others.len() {
+        0 => String::new(),
+        n => format!(
+            "; {} holds {n} run{} of another plan ({}): check the students, losses, \
+             temperatures and alphas",
+            dir.display(),
+            if n == 1 { "" } else { "s" },
+            others.join(", ")
+        ),
+    };
+    Err(Error::Config {
+        field: "report".into(),
+        message: format!(
+            "{} in {}, so there is nothing to report; any earlier report there is left as \
+             it is{found}",
+            match runs.len() {
+                1 => "the planned run has not finished".to_string(),
+                n => format!("none of the {n} planned runs has finished"),
+            },
+            dir.display()
+        ),
+    })
 }
 
 /// Writes the report of the finished runs among `runs`; the others are
