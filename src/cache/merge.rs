@@ -467,6 +467,13 @@ fn place(src: &Path, dir: &Path, e: &ShardEntry, links: bool) -> Result<Placed> 
     Ok(Placed::Copied)
 }
 
+/// Whether `out` holds the shard `e` with its recorded size and checksum.
+fn holds_shard(out: &Path, e: &ShardEntry) -> bool {
+    let dst = out.join(&e.file);
+    fs::metadata(&dst).is_ok_and(|md| md.len() == e.bytes)
+        && fs::read(&dst).is_ok_and(|b| format!("{:016x}", xxh3_64(&b)) == e.xxh3)
+}
+
 /// Writes a checked plan into `out` and commits it; returns (linked,
 /// copied, kept) or `None` when `out` already holds exactly this cache.
 fn commit_plan(plan: &Plan, out: &Path, links: bool) -> Result<Option<(usize, usize, usize)>> {
@@ -485,7 +492,26 @@ fn commit_plan(plan: &Plan, out: &Path, links: bool) -> Result<Option<(usize, us
             refuse(&outs, format!("holds a damaged cache ({}); it is left as it is: merge into another directory, or remove it first", plain(&e)))
         })?;
         if existing.id == plan.manifest.id {
-            return Ok(None);
+            // The same merge: done, unless a shard has gone or changed
+            // since; those are placed again from the (checked) parts.
+            let damaged: Vec<_> = plan
+                .shards
+                .iter()
+                .filter(|(_, done)| !holds_shard(out, &done.entry))
+                .collect();
+            if damaged.is_empty() {
+                return Ok(None);
+            }
+            let (mut linked, mut copied) = (0, 0);
+            for (dir, done) in &damaged {
+                crate::fsutil::remove_if_present(&out.join(&done.entry.file))?;
+                match place(&dir.join(&done.entry.file), out, &done.entry, links)? {
+                    Placed::Linked => linked += 1,
+                    Placed::Copied | Placed::Kept => copied += 1,
+                }
+            }
+            crate::fsutil::fsync_dir(out)?;
+            return Ok(Some((linked, copied, plan.shards.len() - damaged.len())));
         }
         let why = match BuildSpec::from_manifest(&existing).first_difference(&plan.spec) {
             Some((field, there, here)) => format!("its {field} is {there}, the parts' {here}"),

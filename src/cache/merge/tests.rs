@@ -621,6 +621,18 @@ fn interrupted_merge_reruns_to_the_same_cache() {
     let r = merge_parts(&parts, &out).unwrap();
     assert_eq!((r.linked, r.kept), (2, single.shards.len() - 2));
     assert_eq!(tree(&out), tree(&whole));
+    // A finished merge whose shards went missing or changed since is not
+    // "already merged": the rerun places them again from the parts.
+    fs::remove_file(out.join(&single.shards[1].file)).unwrap();
+    let mut flipped = fs::read(out.join(&single.shards[4].file)).unwrap();
+    flipped[100] ^= 1;
+    fs::remove_file(out.join(&single.shards[4].file)).unwrap();
+    fs::write(out.join(&single.shards[4].file), &flipped).unwrap();
+    let r = merge_parts(&parts, &out).unwrap();
+    assert_eq!((r.already_merged, r.linked), (0, 2));
+    assert_eq!(tree(&out), tree(&whole));
+    let r = merge_parts(&parts, &out).unwrap();
+    assert_eq!(r.already_merged, 1);
 }
 
 #[test]
