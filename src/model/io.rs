@@ -357,27 +357,12 @@ pub fn stored_normalization(
         })
 }
 
-/// Loads a weights file into a new network. The spec comes from `spec`
-/// when given, else from the file's metadata.
-pub fn load_weights<D: Backend>(
-    path: &Path,
-    spec: Option<&ModelSpec>,
-    device: D,
-) -> Result<Network<D>> {
-    let (meta, tensors) = read_safetensors(path)?;
-    let spec = match (spec, meta.get(SPEC_KEY)) {
-        (Some(s), _) => s.clone(),
-        (None, Some(text)) => ModelSpec::parse(text)?,
-        (None, None) => {
-            return Err(Error::Model {
-                path: path.to_path_buf(),
-                message: format!("no '{SPEC_KEY}' metadata; pass the model spec explicitly"),
-            })
-        }
-    };
-    // Check names and shapes before allocating: the spec may come from the
-    // file itself, and a small file must not make us allocate a huge network.
-    for (name, shape) in torch_shapes(&spec) {
+/// Checks that `tensors` (read from `path`) hold every tensor `spec` needs,
+/// with its shape, before a network of that spec is allocated: the spec may
+/// come from the file itself, and a small file must not make us allocate a
+/// huge network.
+pub fn check_tensor_shapes(spec: &ModelSpec, tensors: &[HostTensor], path: &Path) -> Result<()> {
+    for (name, shape) in torch_shapes(spec) {
         match tensors.iter().find(|t| t.name == name) {
             Some(t) if t.shape == shape => {}
             Some(t) => {
@@ -399,6 +384,30 @@ pub fn load_weights<D: Backend>(
             }
         }
     }
+    Ok(())
+}
+
+/// Loads a weights file into a new network. The spec comes from `spec`
+/// when given, else from the file's metadata.
+pub fn load_weights<D: Backend>(
+    path: &Path,
+    spec: Option<&ModelSpec>,
+    device: D,
+) -> Result<Network<D>> {
+    let (meta, tensors) = read_safetensors(path)?;
+    let spec = match (spec, meta.get(SPEC_KEY)) {
+        (Some(s), _) => s.clone(),
+        (None, Some(text)) => ModelSpec::parse(text)?,
+        (None, None) => {
+            return Err(Error::Model {
+                path: path.to_path_buf(),
+                message: format!("no '{SPEC_KEY}' metadata; pass the model spec explicitly"),
+            })
+        }
+    };
+    // Check names and shapes before allocating: the spec may come from the
+    // file itself, and a small file must not make us allocate a huge network.
+    check_tensor_shapes(&spec, &tensors, path)?;
     let normalization = stored_normalization(&meta, path)?;
     let mut net = Network::new(spec, device, 0);
     net.load_host(&tensors, path)?;

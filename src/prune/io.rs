@@ -16,7 +16,8 @@ use crate::data::Normalization;
 use crate::error::{Error, Result};
 use crate::model::input_norm::{self, NORMALIZE_KEY};
 use crate::model::io::{
-    read_safetensors, stored_normalization, write_safetensors, HostTensor, SPEC_KEY,
+    check_tensor_shapes, read_safetensors, stored_normalization, write_safetensors, HostTensor,
+    SPEC_KEY,
 };
 use crate::model::{ModelDir, ModelSpec, Network};
 
@@ -38,7 +39,8 @@ pub fn read_model_normalized(
         message: format!("no '{SPEC_KEY}' metadata: not a distill model"),
     })?;
     let spec = ModelSpec::parse(text)?;
-    // Validates names and shapes against the spec.
+    // Names and shapes first: a small file must not allocate a huge network.
+    check_tensor_shapes(&spec, &tensors, file)?;
     let mut net = Network::new(spec.clone(), Cpu::default(), 0);
     net.load_host(&tensors, file)?;
     net.set_normalization(normalization.clone())
@@ -92,7 +94,7 @@ mod tests {
         assert_eq!(read_model_normalized(&dir).unwrap().2, None);
         let n: Normalization = "0.5/0.25".parse().unwrap();
         let dir = write_model(&tmp.path().join("n"), &spec, &w, Some(&n), None).unwrap();
-        assert_eq!(read_model_normalized(&dir).unwrap(), (spec, w, Some(n)));
+        assert_eq!(read_model_normalized(&dir).unwrap(), (spec, w.clone(), Some(n)));
         let err = read_model(&ModelDir::new(tmp.path())).unwrap_err();
         assert!(err.to_string().contains("model.safetensors"), "{err}");
         // Weights that are not the ones their card records (pruning's and
@@ -104,5 +106,13 @@ mod tests {
         .unwrap();
         let err = read_model(&ModelDir::new(tmp.path().join("m"))).unwrap_err();
         assert!(err.to_string().contains("damaged"), "{err}");
+        // A small file whose metadata names a huge spec is refused on its
+        // shapes, before a network of that spec is allocated (4e9 weights).
+        let huge = tmp.path().join("h");
+        fs::create_dir_all(&huge).unwrap();
+        let meta = HashMap::from([(SPEC_KEY.to_string(), "mlp:1048576-4000-10".to_string())]);
+        write_safetensors(&huge.join("model.safetensors"), &w, meta).unwrap();
+        let err = read_model(&ModelDir::new(&huge)).unwrap_err().to_string();
+        assert!(err.contains("layers.0.weight") && err.contains("needs"), "{err}");
     }
 }
