@@ -263,7 +263,7 @@ fn read_payload<R: Read>(
     let expected_usize = usize::try_from(expected)
         .map_err(|_| src.format("dims", format!("{expected} bytes do not fit in memory")))?;
     // Bounded: by the real file size (raw) or by what the compressed size allows (gzip).
-    let mut data = Vec::with_capacity(expected_usize);
+    let mut data = super::reserved(expected_usize).map_err(|m| src.format("dims", m))?;
     (&mut r)
         .take(expected)
         .read_to_end(&mut data)

@@ -171,6 +171,20 @@ pub enum DataError {
     UnknownSplit(String),
 }
 
+/// An empty vector with room for `n` elements, or a message saying that the
+/// memory for them cannot be had (a header may claim more than the machine
+/// holds; the allocation must fail as an error, not abort).
+fn reserved<T>(n: usize) -> Result<Vec<T>, String> {
+    let mut v = Vec::new();
+    v.try_reserve_exact(n).map_err(|_| {
+        format!(
+            "{n} elements ({} bytes) do not fit in this machine's memory",
+            (n as u128) * std::mem::size_of::<T>() as u128
+        )
+    })?;
+    Ok(v)
+}
+
 fn join_paths(paths: &[PathBuf]) -> String {
     paths
         .iter()

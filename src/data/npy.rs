@@ -390,7 +390,8 @@ pub(super) fn read_data<R: Read>(
 ) -> Result<Array, DataError> {
     let read = read_err(path, field);
     if header.elem == Elem::U8 && allow_u8 {
-        let mut data = vec![0u8; header.count];
+        let mut data = super::reserved(header.count).map_err(|m| format_err(path, field, m))?;
+        data.resize(header.count, 0u8);
         r.read_exact(&mut data).map_err(read)?;
         return Ok(Array::U8(data));
     }
@@ -407,7 +408,7 @@ pub(super) fn read_data<R: Read>(
         });
     }
     let size = header.elem.size();
-    let mut out = Vec::with_capacity(header.count);
+    let mut out = super::reserved(header.count).map_err(|m| format_err(path, field, m))?;
     // Convert in chunks so only the f32 output is ever allocated in full.
     let mut buf = vec![0u8; (64 * 1024 / size) * size];
     let mut left = header.count * size;
@@ -453,7 +454,9 @@ pub(super) fn read_labels<R: Read>(
             ),
         ));
     }
-    let mut bytes = vec![0u8; header.count * header.elem.size()];
+    let n = header.count * header.elem.size();
+    let mut bytes = super::reserved(n).map_err(|m| format_err(path, field, m))?;
+    bytes.resize(n, 0u8);
     r.read_exact(&mut bytes).map_err(read_err(path, field))?;
     labels_to_u32(path, field, header.elem, header.big_endian, &bytes)
 }

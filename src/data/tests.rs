@@ -268,3 +268,12 @@ fn full_fashion_mnist_opens_when_fetched() {
     eprintln!("open(train): {open_time:?}; fill_inputs(128 samples): {fill:?}");
     assert!(out.iter().all(|&x| (0.0..=1.0).contains(&x)));
 }
+
+/// A header claiming more elements than memory holds is an error naming the
+/// size, not an aborted allocation.
+#[test]
+fn an_allocation_too_large_is_an_error() {
+    let err = super::reserved::<f32>(usize::MAX / 8).unwrap_err();
+    assert!(err.contains("do not fit in this machine's memory"), "{err}");
+    assert_eq!(super::reserved::<u8>(16).unwrap().capacity(), 16);
+}

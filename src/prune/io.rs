@@ -94,7 +94,10 @@ mod tests {
         assert_eq!(read_model_normalized(&dir).unwrap().2, None);
         let n: Normalization = "0.5/0.25".parse().unwrap();
         let dir = write_model(&tmp.path().join("n"), &spec, &w, Some(&n), None).unwrap();
-        assert_eq!(read_model_normalized(&dir).unwrap(), (spec, w.clone(), Some(n)));
+        assert_eq!(
+            read_model_normalized(&dir).unwrap(),
+            (spec, w.clone(), Some(n))
+        );
         let err = read_model(&ModelDir::new(tmp.path())).unwrap_err();
         assert!(err.to_string().contains("model.safetensors"), "{err}");
         // Weights that are not the ones their card records (pruning's and
@@ -113,6 +116,9 @@ mod tests {
         let meta = HashMap::from([(SPEC_KEY.to_string(), "mlp:1048576-4000-10".to_string())]);
         write_safetensors(&huge.join("model.safetensors"), &w, meta).unwrap();
         let err = read_model(&ModelDir::new(&huge)).unwrap_err().to_string();
-        assert!(err.contains("layers.0.weight") && err.contains("needs"), "{err}");
+        assert!(
+            err.contains("layers.0.weight") && err.contains("needs"),
+            "{err}"
+        );
     }
 }
