@@ -346,6 +346,36 @@ fn bad_prune_and_init_flags_are_named() {
     ok(tmp.path(), &[&half[..], &["--overwrite"]].concat());
     assert!(!tmp.path().join("p/mask.safetensors").exists());
     fails(tmp.path(), &into("m2/model.json"), &["--out", "is a file"]);
+    // A sparsity that removes every weight of a layer (160 in layers.2 of
+    // mlp:784-16-10) is refused, by prune and by a training schedule.
+    let emptying = [
+        "prune",
+        "--model",
+        "m",
+        "--out",
+        "e",
+        "--method",
+        "l1-unstructured",
+    ];
+    fails(
+        tmp.path(),
+        &[&emptying[..], &["--sparsity", "0.999"]].concat(),
+        &["--sparsity", "removes all 160 weights of layers.2.weight"],
+    );
+    assert!(!tmp.path().join("e").exists());
+    fails(
+        tmp.path(),
+        &train_args(
+            &data,
+            "mlp:784-16-10",
+            "t",
+            &["--epochs", "1", "--prune-schedule", "final=0.999", "-q"],
+        ),
+        &[
+            "--prune-schedule",
+            "removes all 160 weights of layers.2.weight",
+        ],
+    );
     fails(
         tmp.path(),
         &with(&[

@@ -60,11 +60,18 @@ impl GradualSchedule {
             every: 100,
             global: false,
         };
+        let mut seen: Vec<&str> = Vec::new();
         for item in text.split(',').map(str::trim).filter(|t| !t.is_empty()) {
             let (key, value) = match item.split_once('=') {
                 Some((k, v)) => (k.trim(), Some(v.trim())),
                 None => (item, None),
             };
+            if seen.contains(&key) {
+                return Err(field_err(format!(
+                    "'{key}' is given twice in '{text}'; give each item once"
+                )));
+            }
+            seen.push(key);
             let number = |v: Option<&str>| -> Result<f64> {
                 let v = v.ok_or_else(|| field_err(format!("'{key}' needs a value: {key}=...")))?;
                 v.parse::<f64>()
@@ -211,6 +218,8 @@ mod tests {
             ("final=abc", "not a number"),
             ("final", "needs a value"),
             ("final=0.5,global=1", "unknown item"),
+            ("final=0.5,final=0.7", "'final' is given twice"),
+            ("global,final=0.5,global", "'global' is given twice"),
         ] {
             let e = GradualSchedule::parse(text).unwrap_err().to_string();
             assert!(

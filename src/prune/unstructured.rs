@@ -5,7 +5,7 @@
 
 use super::selection::{check_sparsity, LayerSelection};
 use super::spec_err;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::model::io::HostTensor;
 use crate::model::ModelSpec;
 
@@ -22,6 +22,22 @@ pub fn unstructured(
     global: bool,
 ) -> Result<Vec<HostTensor>> {
     check_sparsity(sparsity)?;
+    if let LayerSelection::Some(chosen) = sel {
+        let idx = spec.torch_indices();
+        if let Some(&li) = chosen
+            .iter()
+            .find(|&&li| spec.prunable_weights(li).is_empty())
+        {
+            return Err(Error::Config {
+                field: "layers".into(),
+                message: format!(
+                    "layers.{} has no weights l1-unstructured prunes (a normalisation's scale \
+                     and shift are not pruned); name layers with weight matrices or kernels",
+                    idx[li]
+                ),
+            });
+        }
+    }
     let names: Vec<String> = (0..spec.layers().len())
         .filter(|li| sel.contains(*li))
         .flat_map(|li| spec.prunable_weights(li))
@@ -66,6 +82,31 @@ pub fn unstructured(
             weights[targets[t]].data[e] = 0.0;
         }
     }
+    // A layer with no weight left makes the network's output a constant.
+    if let Some(m) = masks.iter().find(|m| m.data.iter().all(|&v| v == 0.0)) {
+        let n = m.data.len();
+        let hint = if global {
+            "lower it, or leave that layer out with `layers`".to_string()
+        } else {
+            // round(n * s) < n  <=>  s < (n - 0.5) / n
+            format!(
+                "one below {:.6} keeps at least one",
+                (n as f64 - 0.5) / n as f64
+            )
+        };
+        return Err(Error::Config {
+            field: "sparsity".into(),
+            message: format!(
+                "{sparsity} removes all {n} weights of {}{}: {hint}",
+                m.name,
+                if global {
+                    " (one threshold over all layers)"
+                } else {
+                    ""
+                }
+            ),
+        });
+    }
     Ok(masks)
 }
 
@@ -95,5 +136,39 @@ mod tests {
         assert_eq!(masks[0].data, vec![1.0, 0.0, 0.0, 1.0]);
         assert_eq!(masks[1].data, vec![0.0, 1.0]);
         assert_eq!(count_nonzero(&g[..1]), 2);
+    }
+
+    #[test]
+    fn a_layer_is_never_emptied_nor_a_layer_without_weights_chosen() {
+        let spec = ModelSpec::parse("mlp:2-2-1").unwrap();
+        let base = host(&spec, |_, i| 1.0 + i as f32);
+        // layers.2 has 2 weights: 0.75 rounds to 2 of 2.
+        let mut w = base.clone();
+        let e = unstructured(&spec, &mut w, 0.75, &LayerSelection::All, false)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("removes all 2 weights of layers.2.weight") && e.contains("0.75"),
+            "{e}"
+        );
+        assert!(unstructured(&spec, &mut base.clone(), 0.74, &LayerSelection::All, false).is_ok());
+        // One threshold over both layers empties layers.2 (its weights are smallest).
+        let small = host(&spec, |name, i| match name {
+            "layers.2.weight" => 0.01 * (i + 1) as f32,
+            _ => 1.0 + i as f32,
+        });
+        let e = unstructured(&spec, &mut small.clone(), 0.4, &LayerSelection::All, true)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("layers.2.weight") && e.contains("`layers`"),
+            "{e}"
+        );
+        let bn = ModelSpec::parse("cnn:c4-bn-p-10").unwrap();
+        let mut w = host(&bn, |_, i| 1.0 + i as f32);
+        let e = unstructured(&bn, &mut w, 0.5, &LayerSelection::Some(vec![1]), false)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("has no weights l1-unstructured prunes"), "{e}");
     }
 }

@@ -11,7 +11,7 @@
 
 use std::path::Path;
 
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::model::io::HostTensor;
 use crate::model::{Backend, ModelSpec, Network, ParamKind};
 use crate::prune::schedule::GradualSchedule;
@@ -57,6 +57,9 @@ impl Pruning {
             Some(m) => Some(StoreMasks::new(net, m, source)?),
             None => None,
         };
+        if let Some(s) = schedule.as_ref().filter(|s| !s.global) {
+            check_no_layer_emptied(net, s.final_sparsity)?;
+        }
         let layer_start = layer_start(&spec, masks.as_deref());
         let mut p = Pruning {
             spec,
@@ -157,6 +160,33 @@ impl Pruning {
         self.current = Some(new);
         Ok(())
     }
+}
+
+/// Refuses a per-layer schedule whose final sparsity removes every weight of
+/// a layer (`round(n * final) == n`): the network's output would become a
+/// constant part-way through the run.
+fn check_no_layer_emptied<D: Backend>(net: &Network<D>, final_sparsity: f64) -> Result<()> {
+    let spec = net.spec();
+    let shapes = crate::model::io::torch_shapes(spec);
+    for li in 0..spec.layers().len() {
+        for name in spec.prunable_weights(li) {
+            let Some((_, shape)) = shapes.iter().find(|(n, _)| *n == name) else {
+                continue;
+            };
+            let n: usize = shape.iter().product();
+            if ((n as f64) * final_sparsity).round() as usize >= n {
+                return Err(Error::Config {
+                    field: "prune_schedule".into(),
+                    message: format!(
+                        "final={final_sparsity} removes all {n} weights of {name}: one below \
+                         {:.6} keeps at least one (or prune with one threshold: global)",
+                        (n as f64 - 0.5) / n as f64
+                    ),
+                });
+            }
+        }
+    }
+    Ok(())
 }
 
 /// The starting sparsity of each layer with weights: (index into the spec's
