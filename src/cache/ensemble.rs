@@ -401,6 +401,20 @@ pub fn normalised_weights(weights: &[f64], members: usize) -> Result<Vec<f64>> {
 
 /// Every member covers the same samples, classes, labels and views.
 fn check_members(paths: &[PathBuf], sets: &[CacheViews]) -> Result<()> {
+    for (i, (path, set)) in paths.iter().zip(sets).enumerate() {
+        if let Some(j) = (0..i).find(|&j| same_dir(&paths[j], path) || sets[j].id() == set.id()) {
+            return Err(CacheError::input(
+                path.display().to_string(),
+                format!(
+                    "is the same cache as member {} ({}): an ensemble of a teacher with \
+                     itself is that teacher; name each member once (give `weights` to \
+                     weigh one more)",
+                    j + 1,
+                    paths[j].display()
+                ),
+            ));
+        }
+    }
     let first = sets[0].first().manifest();
     for (path, set) in paths.iter().zip(sets).skip(1) {
         let m = set.first().manifest();

@@ -168,15 +168,44 @@ fn logit_mean_commutes_with_retempering_and_members_are_retempered() {
 #[test]
 fn an_ensemble_of_one_teacher_twice_is_that_teacher() {
     let dir = tempfile::tempdir().unwrap();
-    let (a, out) = (dir.path().join("a"), dir.path().join("e"));
+    let (a, b, out) = (
+        dir.path().join("a"),
+        dir.path().join("b"),
+        dir.path().join("e"),
+    );
     let z = logits(50, 5);
+    // Two teachers (by name) with the same outputs.
     cache(&a, &z, 3.0, "a");
+    cache(&b, &z, 3.0, "b");
+    // The same cache twice (by path, or a copy by id) is refused.
+    let twice = |m: &[PathBuf]| {
+        // SAFETY: as above.
+        unsafe {
+            ensemble_caches(
+                m,
+                &out.join("x"),
+                &opts(3.0, Combine::Prob, vec![]),
+                |_, _| {},
+            )
+        }
+        .unwrap_err()
+        .to_string()
+    };
+    let e = twice(&[a.clone(), dir.path().join("./a")]);
+    assert!(e.contains("is the same cache as member 1"), "{e}");
+    let copy = dir.path().join("copy");
+    std::fs::create_dir_all(&copy).unwrap();
+    for f in std::fs::read_dir(&a).unwrap() {
+        let f = f.unwrap().path();
+        std::fs::copy(&f, copy.join(f.file_name().unwrap())).unwrap();
+    }
+    assert!(twice(&[a.clone(), copy]).contains("is the same cache as member 1"));
     for combine in [Combine::Prob, Combine::Logit] {
         let o = out.join(combine.name());
         // SAFETY: as above.
         unsafe {
             ensemble_caches(
-                &[a.clone(), a.clone()],
+                &[a.clone(), b.clone()],
                 &o,
                 &opts(3.0, combine, vec![]),
                 |_, _| {},
