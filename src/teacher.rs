@@ -567,6 +567,16 @@ impl LogitsRows {
             let (_, cols, values) = crate::data::read_float_matrix(path, tensor)?;
             return Ok(LogitsRows::Whole { cols, values });
         }
+        if let Some(name) = tensor {
+            return Err(Error::Config {
+                field: "tensor".into(),
+                message: format!(
+                    "'{name}' names a tensor inside a safetensors file, but {} is a .npy \
+                     file of one array; leave it out",
+                    path.display()
+                ),
+            });
+        }
         let layout = crate::data::matrix_layout(path)?;
         let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
         Ok(LogitsRows::Npy {
@@ -1257,6 +1267,15 @@ mod external_teacher_tests {
                 import_logits(&whole, meta, opts.writer.clone(), values, data.labels()).unwrap();
             assert_eq!(m, m2, "{name}");
             assert!(m.shards.len() > 1, "{name}: {} shards", m.shards.len());
+            // A tensor name means a safetensors file: refused for a .npy one.
+            let named = LogitsImport {
+                tensor: Some("logits".into()),
+                ..import
+            };
+            let out = tmp.path().join(format!("named-{name}"));
+            // SAFETY: as above.
+            let e = unsafe { import_logits_file(&named, &data, &out, &opts) }.unwrap_err();
+            assert!(e.to_string().contains("is a .npy file"), "{e}");
             for s in &m.shards {
                 assert_eq!(
                     std::fs::read(streamed.join(&s.file)).unwrap(),
