@@ -134,7 +134,7 @@ impl ModelDir {
     /// Checks a network read from this directory's weights against the
     /// fingerprint its card records, if it records one ([`Self::load`]).
     pub fn check_fingerprint<D: Backend>(&self, net: &Network<D>) -> Result<()> {
-        if let Some(recorded) = self.recorded_fingerprint() {
+        if let Some(recorded) = self.recorded_fingerprint()? {
             let now = net.fingerprint();
             if now != recorded {
                 return Err(Error::Model {
@@ -152,14 +152,38 @@ impl ModelDir {
     }
 
     /// The weights fingerprint the card records, for the directory's own
-    /// weights file only; `None` without a card or the field.
-    fn recorded_fingerprint(&self) -> Option<String> {
+    /// weights file only; `None` without a card or the field (cards before
+    /// the field). A card that cannot be read, or whose field is not a
+    /// string, is an error: it must not switch the check off.
+    fn recorded_fingerprint(&self) -> Result<Option<String>> {
         if self.weights != self.dir.join(WEIGHTS_FILE) {
-            return None;
+            return Ok(None);
         }
-        let text = std::fs::read_to_string(self.card()).ok()?;
-        let card: serde_json::Value = serde_json::from_str(&text).ok()?;
-        card.get("weights_fingerprint")?.as_str().map(String::from)
+        let card_path = self.card();
+        let text = match std::fs::read_to_string(&card_path) {
+            Ok(text) => text,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(Error::io(&card_path, e)),
+        };
+        let damaged = |why: String| Error::Model {
+            path: card_path.clone(),
+            message: format!(
+                "is damaged ({why}), so the weights beside it cannot be checked against it; \
+                 restore it, or remove it if these weights are meant"
+            ),
+        };
+        let card: serde_json::Value =
+            serde_json::from_str(&text).map_err(|e| damaged(format!("not JSON: {e}")))?;
+        let Some(fields) = card.as_object() else {
+            return Err(damaged("not a JSON object".into()));
+        };
+        match fields.get("weights_fingerprint") {
+            None => Ok(None),
+            Some(serde_json::Value::String(f)) => Ok(Some(f.clone())),
+            Some(other) => Err(damaged(format!(
+                "weights_fingerprint is {other}, not a string"
+            ))),
+        }
     }
 }
 
@@ -207,6 +231,21 @@ mod tests {
             e.contains("model.safetensors") && e.contains("model.json") && e.contains("damaged"),
             "{e}"
         );
+        // A card that cannot be read does not switch the check off; one
+        // without the field (written before it) does.
+        save_weights(&net, dir.weights()).unwrap();
+        for (text, why) in [
+            ("{not json", "not JSON"),
+            ("", "not JSON"),
+            ("[]", "not a JSON object"),
+            ("{\"weights_fingerprint\": 12345}", "12345, not a string"),
+        ] {
+            std::fs::write(dir.card(), text).unwrap();
+            let e = dir.load(Cpu::default()).err().unwrap().to_string();
+            assert!(e.contains("model.json") && e.contains(why), "{text}: {e}");
+        }
+        std::fs::write(dir.card(), "{\"spec\": \"mlp:4-3-2\"}").unwrap();
+        dir.load(Cpu::default()).unwrap();
         // A weights file named directly is not the card's: not checked.
         let renamed = tmp.path().join("other.safetensors");
         std::fs::rename(dir.weights(), &renamed).unwrap();
