@@ -93,7 +93,8 @@ teacher: $(BIN) data
 	  --seed 0 --out $(TEACHER_SHORT)
 	$(BIN) eval --model $(TEACHER_SHORT) --data $(DATA)
 
-# The default teacher: the same architecture trained longer (24 epochs,
+# The default teacher until 2026-12-04 (now teacher-long-val, the same recipe
+# with seed 0's validation split held out): the same architecture trained longer (24 epochs,
 # shifts of up to 1 pixel; 92.90%), also committed. Its own 50%-pruned copy
 # cannot pass it on hard labels, which the first teacher's can (PRUNING.md
 # section 1).

@@ -142,7 +142,7 @@ pub enum CacheError {
     #[error("{what}: {message}")]
     InvalidInput { what: String, message: String },
     /// Top-k caches hold the teacher at one temperature only.
-    #[error("{path}: cache stores {stored_values} log-probabilities at T={stored}, which cannot be re-tempered exactly to T={requested}; use T={stored}, rebuild the cache with a dense encoding (f32/f16/q8), or allow the approximation (allow_topk_retemper)")]
+    #[error("{path}: cache stores {stored_values} log-probabilities at T={stored}, which cannot be re-tempered exactly to T={requested}; use T={stored}, rebuild the cache with a dense encoding (f32, f16, q8 or hq:N), or allow the approximation (train --allow-topk-retemper; allow_topk_retemper in a config)")]
     TopKRetemper {
         path: PathBuf,
         /// What the records hold (`top-5`).

@@ -100,8 +100,8 @@ impl PartRange {
         if part.count > shards {
             let plural = if shards == 1 { "" } else { "s" };
             return Err(format!(
-                "{} parts, but this cache has only {shards} shard{plural} (of up to {} samples each): use at most {shards} part{plural}, or smaller shards",
-                part.count, spec.records_per_shard
+                "{} parts, but this cache has only {shards} shard{plural} (of up to {} samples each): use at most {shards} part{plural}, or smaller shards: a lower `shard_kib` (a shard holds at least one block, of {} records here, so with few samples a lower `block_records` too)",
+                part.count, spec.records_per_shard, spec.records_per_block
             ));
         }
         let cut = |k: u64| (k as u128 * shards as u128 / part.count as u128) as u64;

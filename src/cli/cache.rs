@@ -70,13 +70,17 @@ pub struct StorageArgs {
     /// Target shard size in KiB (default 64 MiB).
     #[arg(long, default_value_t = 65536)]
     shard_kib: u64,
-    /// Records per compressed block (0: automatic, about 1 MiB of records).
+    /// Records per compressed block (0: automatic, about 1 MiB of records
+    /// and at most 4096). A shard holds whole blocks, so small shards (for
+    /// --part on a small dataset) need small blocks too.
     #[arg(long, default_value_t = 0)]
     block_records: u32,
-    /// zstd compression level.
-    #[arg(long, default_value_t = 3)]
+    /// zstd compression level, -7..=22 (negative: faster, larger).
+    #[arg(long, default_value_t = 3, allow_negative_numbers = true)]
     zstd_level: i32,
-    /// Replace an existing cache built with other settings.
+    /// Replace an existing cache built with other settings, or a view set
+    /// with a cache of the plain images (or the reverse), which is then
+    /// removed once the new one has committed.
     #[arg(long)]
     overwrite: bool,
     /// No progress lines.

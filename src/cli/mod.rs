@@ -138,6 +138,7 @@ pub fn name_flags(e: distill::Error, renames: &[(&str, &str)]) -> distill::Error
         "batch_size",
         "window_blocks",
         "out",
+        "part",
     ];
     let flag_of = |field: &str| match renames.iter().find(|(f, _)| *f == field) {
         Some((_, flag)) => flag.to_string(),
