@@ -466,6 +466,15 @@ fn check_set_root(out: &Path, opts: &BuildOptions) -> Result<()> {
 /// they do not belong to, and a cache with them could no longer be resumed
 /// ([`refuse_foreign_dir`]).
 fn refuse_model_or_cache(out: &Path) -> Result<()> {
+    if out.exists() && !out.is_dir() {
+        return Err(Error::Config {
+            field: "out".into(),
+            message: format!(
+                "{} is a file; the views are written into a directory of their own",
+                out.display()
+            ),
+        });
+    }
     let model = ModelDir::new(out);
     let found = [
         model.card(),

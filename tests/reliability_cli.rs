@@ -839,3 +839,69 @@ fn cli_reports_corruption_naming_file_and_block() {
     fs::write(&mp, &mo).unwrap();
     ok(tmp.path(), &["cache", "verify", "c"]);
 }
+
+/// An `--out` that is an existing file is refused by every command that
+/// writes a directory, naming the flag, and the file is left as it was.
+#[test]
+fn an_output_that_is_a_file_is_refused_naming_the_flag() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (data, teacher) = (s(&small_data()), s(&teacher_dir()));
+    fs::write(tmp.path().join("f.txt"), b"mine").unwrap();
+    ok(tmp.path(), &cache_build_args(&teacher, &data, "c", &["-q"]));
+    let runs: Vec<Vec<&str>> = vec![
+        train_args(&data, "mlp:784-16-10", "f.txt", &["--epochs", "1", "-q"]),
+        cache_build_args(&teacher, &data, "f.txt", &["-q"]),
+        cache_build_args(
+            &teacher,
+            &data,
+            "f.txt",
+            &["--augment", "flip", "--views", "2", "-q"],
+        ),
+        vec![
+            "sweep",
+            "--cache",
+            "c",
+            "--data",
+            &data,
+            "--students",
+            "mlp:784-16-10",
+            "--temperatures",
+            "1",
+            "--alphas",
+            "0.5",
+            "--epochs",
+            "1",
+            "--out",
+            "f.txt",
+            "-q",
+        ],
+        vec![
+            "prune",
+            "--model",
+            &teacher,
+            "--method",
+            "l1-structured",
+            "--sparsity",
+            "0.5",
+            "--out",
+            "f.txt",
+        ],
+        vec![
+            "views",
+            "export",
+            "--data",
+            &data,
+            "--augment",
+            "flip",
+            "--views",
+            "1",
+            "--out",
+            "f.txt",
+        ],
+    ];
+    for args in runs {
+        let err = fails(tmp.path(), &args, &["f.txt", "is a file"]);
+        assert!(!err.contains("os error"), "{args:?}: {err}");
+        assert_eq!(fs::read(tmp.path().join("f.txt")).unwrap(), b"mine");
+    }
+}

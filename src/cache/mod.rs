@@ -111,9 +111,12 @@ pub enum CacheError {
         given: String,
     },
     /// An existing (finished or unfinished) cache in the directory was built with other settings.
-    #[error("{path}: this directory holds a cache built with a different {field} ({existing} there, {requested} requested); use another directory, rerun with the same settings, or replace it (`--overwrite`)")]
+    #[error("{path}: this directory holds {what} with a different {field} ({existing} there, {requested} requested); use another directory, rerun with the same settings, or replace it (`--overwrite`)")]
     SettingsDiffer {
         path: PathBuf,
+        /// "a cache built", or "an unfinished build (stopped before it
+        /// committed)".
+        what: &'static str,
         field: &'static str,
         existing: String,
         requested: String,

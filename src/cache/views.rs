@@ -398,6 +398,9 @@ impl CacheViews {
 /// The view directories (`view-N`) in `dir`, by view number; none when
 /// `dir` does not exist.
 pub fn view_dirs(dir: &Path) -> Result<Vec<(u64, PathBuf)>> {
+    if !dir.is_dir() {
+        return Ok(Vec::new());
+    }
     let entries = match std::fs::read_dir(dir) {
         Ok(entries) => entries,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),

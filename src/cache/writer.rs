@@ -243,8 +243,9 @@ pub(crate) fn lock_unsupported(lock_path: &Path, e: std::io::Error) -> CacheErro
 /// the shards such a build shares names with would be deleted before the
 /// new build commits.
 pub(crate) fn claim_dir(dir: &Path, spec: &BuildSpec, overwrite: bool) -> Result<()> {
-    let differ = |field, existing, requested| CacheError::SettingsDiffer {
+    let differ = |what, field, existing, requested| CacheError::SettingsDiffer {
         path: dir.to_path_buf(),
+        what,
         field,
         existing,
         requested,
@@ -280,7 +281,11 @@ pub(crate) fn claim_dir(dir: &Path, spec: &BuildSpec, overwrite: bool) -> Result
         }
         if !overwrite {
             if let Some((field, a, b)) = existing.first_difference(spec) {
-                return Err(differ(field, a, b));
+                let held = match what {
+                    "committed" => "a cache built",
+                    _ => "an unfinished build (stopped before it committed)",
+                };
+                return Err(differ(held, field, a, b));
             }
         }
     }

@@ -99,6 +99,15 @@ impl SweepConfig {
             field: field.into(),
             message,
         };
+        if self.out.exists() && !self.out.is_dir() {
+            return Err(cfg_err(
+                "out",
+                format!(
+                    "{} is a file; a sweep writes its runs and report into a directory",
+                    self.out.display()
+                ),
+            ));
+        }
         if self.students.is_empty() {
             return Err(cfg_err("students", "name at least one model spec".into()));
         }

@@ -140,6 +140,15 @@ fn plan_claim(dir: &Path, cfg: &TrainConfig, resume: bool, overwrite: bool) -> R
         set_aside: false,
         remove: Vec::new(),
     };
+    if dir.exists() && !dir.is_dir() {
+        return Err(Error::Config {
+            field: "out".into(),
+            message: format!(
+                "{} is a file; a run writes into a directory of its own",
+                dir.display()
+            ),
+        });
+    }
     // The run makes `dir` a directory whatever its name (`model.safetensors`
     // goes inside it); only an existing directory holds anything to protect.
     if !dir.is_dir() {
