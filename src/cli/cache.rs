@@ -59,7 +59,7 @@ pub enum CacheCommand {
 #[derive(Args, Clone)]
 pub struct StorageArgs {
     /// Temperature T of the stored log-probabilities.
-    #[arg(long, alias = "t", short = 'T', allow_negative_numbers = true)]
+    #[arg(long, alias = "t", short = 'T', allow_negative_numbers = true, value_parser = super::parse_temperature)]
     temperature: f32,
     /// f32, f16, q8, hq:N, topk:K, topkp:K, sampled:S or sampled:K+S (FORMAT.md).
     #[arg(long, default_value = "f16")]

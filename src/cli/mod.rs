@@ -108,6 +108,22 @@ pub fn parse_split(s: &str) -> std::result::Result<distill::data::Split, String>
         .map_err(|_| format!("'{s}' is not one of train, test"))
 }
 
+/// Parses a temperature as a number that f32 holds: a positive value too
+/// small for it would otherwise become 0 and be refused as "0".
+pub fn parse_temperature(s: &str) -> std::result::Result<f32, String> {
+    let v: f64 = s
+        .trim()
+        .parse()
+        .map_err(|_| format!("'{s}' is not a number"))?;
+    let t = v as f32;
+    if v > 0.0 && !t.is_normal() {
+        return Err(format!(
+            "{s} is too small for a temperature (T must be in (0, 1000])"
+        ));
+    }
+    Ok(t)
+}
+
 /// The command line as typed, recorded in model cards.
 pub fn command_line() -> String {
     std::env::args().collect::<Vec<_>>().join(" ")

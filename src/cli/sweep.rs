@@ -83,7 +83,7 @@ pub struct SweepArgs {
     students: Vec<String>,
     /// Distillation temperatures, comma-separated (default: `distill
     /// train`'s with a cache, chosen on validation).
-    #[arg(long, value_delimiter = ',', allow_negative_numbers = true)]
+    #[arg(long, value_delimiter = ',', allow_negative_numbers = true, value_parser = super::parse_temperature)]
     temperatures: Vec<f32>,
     /// Hard-label loss weights, comma-separated (default: `distill train`'s
     /// with a cache, chosen on validation; 1 is the baseline's, see --baseline).

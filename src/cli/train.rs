@@ -83,7 +83,7 @@ pub struct TrainArgs {
     /// Distillation temperature (the cache is re-tempered to it). Default
     /// with --cache or --online-teacher: the one chosen on validation
     /// (README, "Validation, and defaults that distil").
-    #[arg(long, short = 'T', alias = "t", allow_negative_numbers = true)]
+    #[arg(long, short = 'T', alias = "t", allow_negative_numbers = true, value_parser = super::parse_temperature)]
     temperature: Option<f32>,
     /// Weight of the hard-label loss; 1 - alpha goes to the soft loss.
     /// Default with --cache or --online-teacher: the one chosen on

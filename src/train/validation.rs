@@ -259,7 +259,16 @@ fn recorded_split(
             data.train_fingerprint, data.train_samples
         )));
     }
-    let split = cfg.validation_split(n)?;
+    // The card's settings, not the user's flags: a bad one names the card.
+    let split = cfg.validation_split(n).map_err(|e| {
+        let why = match e {
+            Error::Config { field, message } => format!("its {field}: {message}"),
+            other => other.to_string(),
+        };
+        refuse(format!(
+            "records a training run whose validation split cannot be drawn ({why})"
+        ))
+    })?;
     Ok((path, cfg, split))
 }
 
