@@ -36,9 +36,13 @@ STUDENT      ?= mlp:784-128-10
 # hard labels on clean validation, at 60 about 0.7 (README.md).
 EPOCHS       ?= 60
 SEED         ?= 0
-RUNS         ?= runs
-# One cache per teacher, temperature and encoding.
-CACHE_DIR     = $(CACHES)/$(notdir $(TEACHER))-T$(CACHE_T)-$(ENCODING)
+# Caches and runs of other data (e.g. DATA=data/fashion-mnist-small) are
+# named after it, so they never stand in for the default data's (make would
+# take an existing manifest or card as up to date).
+DATA_TAG      = $(if $(filter data/fashion-mnist data/fashion-mnist/,$(DATA)),,-$(notdir $(patsubst %/,%,$(DATA))))
+RUNS         ?= runs$(DATA_TAG)
+# One cache per teacher, temperature, encoding (and data other than the default).
+CACHE_DIR     = $(CACHES)/$(notdir $(TEACHER))-T$(CACHE_T)-$(ENCODING)$(DATA_TAG)
 
 .PHONY: distill-best all build build-cuda gpu-bundle gpu-check data teacher teacher-long teacher-long-val teacher-aug teacher-resnet cache train-student baseline sweep test doc stress bench bench-pytorch clean-runs
 
