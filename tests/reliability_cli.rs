@@ -848,60 +848,21 @@ fn an_output_that_is_a_file_is_refused_naming_the_flag() {
     let (data, teacher) = (s(&small_data()), s(&teacher_dir()));
     fs::write(tmp.path().join("f.txt"), b"mine").unwrap();
     ok(tmp.path(), &cache_build_args(&teacher, &data, "c", &["-q"]));
-    let runs: Vec<Vec<&str>> = vec![
-        train_args(&data, "mlp:784-16-10", "f.txt", &["--epochs", "1", "-q"]),
-        cache_build_args(&teacher, &data, "f.txt", &["-q"]),
-        cache_build_args(
-            &teacher,
-            &data,
-            "f.txt",
-            &["--augment", "flip", "--views", "2", "-q"],
+    let build = format!("cache build --teacher {teacher} --data {data} -T 4 -q --out f.txt");
+    for line in [
+        format!("train --data {data} --student mlp:784-16-10 --epochs 1 -q --out f.txt"),
+        build.clone(),
+        format!("{build} --augment flip --views 2"),
+        format!(
+            "sweep --cache c --data {data} --students mlp:784-16-10 --temperatures 1 \
+             --alphas 0.5 --epochs 1 -q --out f.txt"
         ),
-        vec![
-            "sweep",
-            "--cache",
-            "c",
-            "--data",
-            &data,
-            "--students",
-            "mlp:784-16-10",
-            "--temperatures",
-            "1",
-            "--alphas",
-            "0.5",
-            "--epochs",
-            "1",
-            "--out",
-            "f.txt",
-            "-q",
-        ],
-        vec![
-            "prune",
-            "--model",
-            &teacher,
-            "--method",
-            "l1-structured",
-            "--sparsity",
-            "0.5",
-            "--out",
-            "f.txt",
-        ],
-        vec![
-            "views",
-            "export",
-            "--data",
-            &data,
-            "--augment",
-            "flip",
-            "--views",
-            "1",
-            "--out",
-            "f.txt",
-        ],
-    ];
-    for args in runs {
+        format!("prune --model {teacher} --method l1-structured --sparsity 0.5 --out f.txt"),
+        format!("views export --data {data} --augment flip --views 1 --out f.txt"),
+    ] {
+        let args: Vec<&str> = line.split_whitespace().collect();
         let err = fails(tmp.path(), &args, &["f.txt", "is a file"]);
-        assert!(!err.contains("os error"), "{args:?}: {err}");
+        assert!(!err.contains("os error"), "{line}: {err}");
         assert_eq!(fs::read(tmp.path().join("f.txt")).unwrap(), b"mine");
     }
 }
