@@ -39,7 +39,7 @@ SEED         ?= 0
 # Caches and runs of other data (e.g. DATA=data/fashion-mnist-small) are
 # named after it, so they never stand in for the default data's (make would
 # take an existing manifest or card as up to date).
-DATA_TAG      = $(if $(filter data/fashion-mnist data/fashion-mnist/,$(DATA)),,-$(notdir $(patsubst %/,%,$(DATA))))
+DATA_TAG      = $(if $(filter data/fashion-mnist data/fashion-mnist/ ./data/fashion-mnist ./data/fashion-mnist/,$(DATA)),,-$(notdir $(patsubst %/,%,$(DATA))))
 RUNS         ?= runs$(DATA_TAG)
 # One cache per teacher, temperature, encoding (and data other than the default).
 CACHE_DIR     = $(CACHES)/$(notdir $(TEACHER))-T$(CACHE_T)-$(ENCODING)$(DATA_TAG)
@@ -208,7 +208,7 @@ BEST_VIEWS        ?= 16
 BEST_BASE_AUGMENT ?= $(if $(BEST_AUGMENT),$(BEST_AUGMENT),flip$(comma)shift=2)
 # Extra `distill train` flags for all three runs (e.g. the optimizer).
 BEST_FLAGS        ?=
-BEST_CACHES        = $(CACHES)/$(notdir $(BEST_TEACHER))-T$(CACHE_T)-$(ENCODING)
+BEST_CACHES        = $(CACHES)/$(notdir $(BEST_TEACHER))-T$(CACHE_T)-$(ENCODING)$(DATA_TAG)
 BEST_OUT          ?= $(RUNS)/best
 # an augmentation spec as a name part: flip,shift=2 -> flip-shift2
 augment_tag        = $(subst =,,$(subst $(comma),-,$(1)))

@@ -42,6 +42,44 @@ pub fn fsync_dir(dir: &Path) -> Result<(), FsError> {
     Ok(())
 }
 
+/// Swaps two existing paths in one step (Linux `renameat2` with
+/// `RENAME_EXCHANGE`): a directory replaced this way is never missing, even
+/// for a moment. `Err` with [`std::io::ErrorKind::Unsupported`] (or the
+/// system's `EINVAL`) where the platform or file system cannot; callers fall
+/// back to two renames.
+pub fn exchange(a: &Path, b: &Path) -> std::io::Result<()> {
+    #[cfg(all(target_os = "linux", any(target_env = "gnu", target_env = "musl")))]
+    {
+        use std::ffi::CString;
+        use std::os::unix::ffi::OsStrExt;
+        let c = |p: &Path| {
+            CString::new(p.as_os_str().as_bytes())
+                .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))
+        };
+        let (ca, cb) = (c(a)?, c(b)?);
+        // SAFETY: both are valid NUL-terminated paths that outlive the call.
+        let rc = unsafe {
+            libc::renameat2(
+                libc::AT_FDCWD,
+                ca.as_ptr(),
+                libc::AT_FDCWD,
+                cb.as_ptr(),
+                libc::RENAME_EXCHANGE,
+            )
+        };
+        if rc == 0 {
+            Ok(())
+        } else {
+            Err(std::io::Error::last_os_error())
+        }
+    }
+    #[cfg(not(all(target_os = "linux", any(target_env = "gnu", target_env = "musl"))))]
+    {
+        let _ = (a, b);
+        Err(std::io::Error::from(std::io::ErrorKind::Unsupported))
+    }
+}
+
 /// Removes the file at `path`; a file that is already gone is no error.
 pub fn remove_if_present(path: &Path) -> Result<(), FsError> {
     match fs::remove_file(path) {

@@ -602,3 +602,46 @@ fn structured_pruning_of_a_masked_model_keeps_its_mask() {
     let total: usize = masks.iter().map(|m| m.data.len()).sum();
     assert!(masked > 0 && masked * 2 < total, "{masked} of {total}");
 }
+
+/// Gradual pruning per layer trains a model with batch norm (whose scale
+/// and shift are not pruned), and a global schedule that would empty a
+/// layer stops naming the schedule, not flags `train` does not have.
+#[test]
+fn gradual_pruning_skips_normalisations_and_names_its_schedule() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = s(&small_data());
+    let schedule = |student: &'static str, plan: &'static str, out: &'static str| {
+        let extra = [
+            "--epochs",
+            "2",
+            "--batch",
+            "256",
+            "--prune-schedule",
+            plan,
+            "-q",
+        ];
+        train_args(&data, student, out, &extra)
+    };
+    ok(
+        tmp.path(),
+        &schedule("cnn:c4-bn-p-10", "final=0.5,every=2", "bn"),
+    );
+    let masks = tensors(&tmp.path().join("bn/mask.safetensors"));
+    assert!(!masks.is_empty());
+    assert!(
+        masks.iter().all(|m| m.shape.len() > 1),
+        "only kernels and matrices are masked"
+    );
+    let err = fails(
+        tmp.path(),
+        &schedule("mlp:784-16-10", "final=0.999,global,every=2", "g"),
+        &[
+            "--prune-schedule",
+            "final=0.999,global empties a layer by step",
+        ],
+    );
+    assert!(
+        !err.contains("--layers") && !err.contains("--sparsity"),
+        "{err}"
+    );
+}

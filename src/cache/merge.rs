@@ -467,11 +467,19 @@ fn place(src: &Path, dir: &Path, e: &ShardEntry, links: bool) -> Result<Placed> 
     Ok(Placed::Copied)
 }
 
-/// Whether `out` holds the shard `e` with its recorded size and checksum.
-fn holds_shard(out: &Path, e: &ShardEntry) -> bool {
+/// Whether `out` holds the shard `e` with its recorded size and checksum:
+/// the part's own file (hard-linked, and checked with the part), or a
+/// copy with the right bytes.
+fn holds_shard(src: &Path, out: &Path, e: &ShardEntry) -> bool {
+    use std::os::unix::fs::MetadataExt;
     let dst = out.join(&e.file);
-    fs::metadata(&dst).is_ok_and(|md| md.len() == e.bytes)
-        && fs::read(&dst).is_ok_and(|b| format!("{:016x}", xxh3_64(&b)) == e.xxh3)
+    let Ok(md) = fs::metadata(&dst) else {
+        return false;
+    };
+    let linked = fs::metadata(src).is_ok_and(|s| s.dev() == md.dev() && s.ino() == md.ino());
+    linked
+        || (md.len() == e.bytes
+            && fs::read(&dst).is_ok_and(|b| format!("{:016x}", xxh3_64(&b)) == e.xxh3))
 }
 
 /// Writes a checked plan into `out` and commits it; returns (linked,
@@ -497,7 +505,7 @@ fn commit_plan(plan: &Plan, out: &Path, links: bool) -> Result<Option<(usize, us
             let damaged: Vec<_> = plan
                 .shards
                 .iter()
-                .filter(|(_, done)| !holds_shard(out, &done.entry))
+                .filter(|(dir, done)| !holds_shard(&dir.join(&done.entry.file), out, &done.entry))
                 .collect();
             if damaged.is_empty() {
                 return Ok(None);

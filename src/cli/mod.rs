@@ -116,7 +116,7 @@ pub fn parse_temperature(s: &str) -> std::result::Result<f32, String> {
         .parse()
         .map_err(|_| format!("'{s}' is not a number"))?;
     let t = v as f32;
-    if v > 0.0 && !t.is_normal() {
+    if v > 0.0 && v.is_finite() && (t == 0.0 || t.is_subnormal()) {
         return Err(format!(
             "{s} is too small for a temperature (T must be in (0, 1000])"
         ));

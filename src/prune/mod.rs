@@ -31,7 +31,8 @@
 //!   channels, residual blocks with their shortcut).
 //! - `accounting.rs`: non-zero parameters and FLOPs, size on disk ([`Summary`]).
 //! - `io.rs`: a model directory as host tensors ([`read_model`], [`write_model`]).
-//! - `run.rs`: one `distill prune` as a library call ([`prune_model`]).
+//! - `run.rs`: one `distill prune` as a library call ([`prune_model`]);
+//!   `outdir.rs`: its output directory, claimed and replaced whole.
 //! - [`schedule`]: gradual magnitude pruning during training.
 //!
 //! Masks are saved beside the weights as `mask.safetensors` ([`MASK_FILE`]):
@@ -56,6 +57,7 @@
 mod accounting;
 mod io;
 mod masks;
+mod outdir;
 mod run;
 pub mod schedule;
 mod selection;

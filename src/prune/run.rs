@@ -16,6 +16,7 @@ use dfdx::prelude::Cpu;
 use super::accounting::Summary;
 use super::io::{read_model_normalized, write_model};
 use super::masks::{check_masks, grow_masks, read_masks, MaskCount};
+use super::outdir::{claim_out_dir, StagingDir};
 use super::selection::{check_sparsity, LayerSelection};
 use super::structured::{sparsity_for_budget, structured};
 use super::transfer::TransferReport;
@@ -149,121 +150,6 @@ pub struct PruneRun {
     pub out: ModelDir,
 }
 
-/// The files `distill prune` writes into its output directory, and a card
-/// that pruning in place (now refused) once left beside them.
-const PRUNE_FILES: &[&str] = &[
-    crate::model::dir::WEIGHTS_FILE,
-    crate::model::dir::MASK_FILE,
-    "model.py",
-    "prune.json",
-    "model.json",
-];
-
-/// Refuses an output directory that is a file, the model being pruned, one
-/// that holds a model `distill prune` did not write (no `prune.json`) or
-/// other files, or (unless `overwrite`) an earlier pruned model of other
-/// settings. A rerun of the same settings replaces its own output.
-fn claim_out_dir(source: &ModelDir, cfg: &PruneConfig) -> Result<()> {
-    let out = cfg.out.as_path();
-    let refuse = |message: String| Error::Config {
-        field: "out".into(),
-        message,
-    };
-    if out.exists() && !out.is_dir() {
-        return Err(refuse(format!(
-            "{} is a file; the pruned model is written into a directory of its own",
-            out.display()
-        )));
-    }
-    if !out.is_dir() {
-        return Ok(());
-    }
-    let dir = ModelDir::new(out);
-    let same = match (source.path().canonicalize(), dir.path().canonicalize()) {
-        (Ok(a), Ok(b)) => a == b,
-        _ => false,
-    };
-    if same {
-        return Err(refuse(format!(
-            "{} is the model being pruned; write the pruned copy to another directory",
-            out.display()
-        )));
-    }
-    let holds_model = dir.has_weights() || dir.card().exists();
-    if holds_model && !dir.prune_report().exists() {
-        return Err(refuse(format!(
-            "{} holds a model that `distill prune` did not write; prune into another \
-             directory, or remove that model first",
-            out.display()
-        )));
-    }
-    let entries = std::fs::read_dir(out).map_err(|e| Error::io(out, e))?;
-    let mut foreign: Vec<String> = entries
-        .flatten()
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .filter(|name| !PRUNE_FILES.contains(&name.as_str()))
-        .collect();
-    if !foreign.is_empty() {
-        foreign.sort();
-        return Err(refuse(format!(
-            "{} holds files `distill prune` does not write ({}); the pruned model replaces \
-             the whole directory: prune into another one",
-            out.display(),
-            foreign.join(", ")
-        )));
-    }
-    if !dir.prune_report().exists() || cfg.overwrite {
-        return Ok(());
-    }
-    let earlier = std::fs::read(dir.prune_report())
-        .ok()
-        .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok());
-    let settings = settings_record(cfg);
-    let differs = match &earlier {
-        None => Some("its prune.json cannot be read".to_string()),
-        Some(e) => settings
-            .as_object()
-            .into_iter()
-            .flatten()
-            .find(|(k, v)| e.get(k.as_str()) != Some(*v))
-            .map(|(k, v)| {
-                let there = e
-                    .get(k.as_str())
-                    .cloned()
-                    .unwrap_or(serde_json::Value::Null);
-                format!("its {k} is {there}, here {v}")
-            }),
-    };
-    match differs {
-        None => Ok(()),
-        Some(why) => Err(refuse(format!(
-            "{} holds an earlier pruned model of other settings ({why}); prune into another \
-             directory, or set `overwrite` to replace it",
-            out.display()
-        ))),
-    }
-}
-
-/// The settings of a pruning run as `prune.json` records them: a rerun with
-/// the same ones replaces its own output without `overwrite`.
-fn settings_record(cfg: &PruneConfig) -> serde_json::Value {
-    let mut settings = serde_json::json!({
-        "source": cfg.model.display().to_string(),
-        "method": cfg.method.as_str(),
-        "max_params": match cfg.amount {
-            PruneAmount::MaxParams(n) => Some(n),
-            PruneAmount::Sparsity(_) => None,
-        },
-        "layers": cfg.layers,
-        "global": cfg.global,
-    });
-    // A budget's sparsity is found, not set: only a given one is compared.
-    if let (PruneAmount::Sparsity(s), Some(m)) = (cfg.amount, settings.as_object_mut()) {
-        m.insert("sparsity".into(), serde_json::json!(s));
-    }
-    settings
-}
-
 /// Prunes the model of `cfg.model` into `cfg.out` and records what was done
 /// in `prune.json` there. `accuracy` measures a network on the test split
 /// of `cfg.data`, when given.
@@ -273,7 +159,7 @@ where
 {
     cfg.validate()?;
     let source = ModelDir::new(&cfg.model);
-    claim_out_dir(&source, cfg)?;
+    let out_path = claim_out_dir(&source, cfg)?;
     let (spec, weights, normalization) = read_model_normalized(&source)?;
     let old_masks = read_masks(&source)?;
     if let Some(m) = &old_masks {
@@ -283,6 +169,9 @@ where
         Some(text) => LayerSelection::parse(text, &spec)?,
         None => LayerSelection::All,
     };
+    if cfg.method == Method::Unstructured {
+        check_unstructured_layers(&spec, &sel)?;
+    }
     let sparsity = match cfg.amount {
         PruneAmount::Sparsity(s) => s,
         PruneAmount::MaxParams(n) => sparsity_for_budget(&spec, n, &sel)?.0,
@@ -319,7 +208,18 @@ where
                 sparsity,
                 &sel,
                 cfg.global,
-            )?;
+            )
+            .map_err(|e| match e {
+                Error::Config { field, message } if cfg.global && field == "sparsity" => {
+                    Error::Config {
+                        field,
+                        message: format!(
+                            "{message}: lower it, or leave that layer out with `layers`"
+                        ),
+                    }
+                }
+                other => other,
+            })?;
             (spec.clone(), w, Some(masks), None)
         }
         Method::Structured => {
@@ -330,7 +230,7 @@ where
     // Everything is written into a temporary directory beside `out`, which
     // then replaces `out` whole: a failure (a full disk) leaves `out` as it
     // was, never new weights beside an old record.
-    let staging = StagingDir::new(&cfg.out)?;
+    let staging = StagingDir::new(&out_path)?;
     let written = write_model(
         staging.path(),
         &new_spec,
@@ -339,8 +239,7 @@ where
         masks.as_deref(),
     )?;
     let after = measure(&new_spec, &new_weights, written.weights())?;
-    let out = ModelDir::new(&cfg.out);
-    let run = PruneRun {
+    let mut run = PruneRun {
         carried_mask: match cfg.method {
             Method::Structured => masks.as_deref().map(MaskCount::of),
             Method::Unstructured => None,
@@ -351,83 +250,36 @@ where
         before,
         after,
         report,
-        out,
+        out: ModelDir::new(&out_path),
     };
     write_record(cfg, &run, &written)?;
     staging.commit()?;
+    // After the commit: an output named like a weights file is a directory.
+    run.out = ModelDir::new(&out_path);
     Ok(run)
 }
 
-/// A directory `.NAME.PID.tmp` beside the output `NAME`, removed on drop
-/// unless committed (renamed over the output).
-struct StagingDir {
-    path: PathBuf,
-    out: PathBuf,
-    committed: bool,
-}
-
-impl StagingDir {
-    fn new(out: &Path) -> Result<StagingDir> {
-        let (parent, name) = split_out(out)?;
-        std::fs::create_dir_all(&parent).map_err(|e| Error::io(&parent, e))?;
-        let path = parent.join(format!(".{name}.{}.tmp", std::process::id()));
-        if path.exists() {
-            std::fs::remove_dir_all(&path).map_err(|e| Error::io(&path, e))?;
-        }
-        std::fs::create_dir(&path).map_err(|e| Error::io(&path, e))?;
-        Ok(StagingDir {
-            path,
-            out: out.to_path_buf(),
-            committed: false,
-        })
-    }
-
-    fn path(&self) -> &Path {
-        &self.path
-    }
-
-    /// Puts the staged directory in the output's place: the earlier output
-    /// (if any) is moved aside, the staged one renamed in, the earlier one
-    /// removed.
-    fn commit(mut self) -> Result<()> {
-        let (parent, name) = split_out(&self.out)?;
-        let aside = parent.join(format!(".{name}.{}.old", std::process::id()));
-        let had = self.out.is_dir();
-        if had {
-            std::fs::rename(&self.out, &aside).map_err(|e| Error::io(&self.out, e))?;
-        }
-        std::fs::rename(&self.path, &self.out).map_err(|e| Error::io(&self.out, e))?;
-        self.committed = true;
-        crate::fsutil::fsync_dir(&parent)?;
-        if had {
-            std::fs::remove_dir_all(&aside).map_err(|e| Error::io(&aside, e))?;
-        }
-        Ok(())
-    }
-}
-
-impl Drop for StagingDir {
-    fn drop(&mut self) {
-        if !self.committed {
-            let _ = std::fs::remove_dir_all(&self.path);
+/// Refuses, for unstructured pruning, chosen layers with no weight it
+/// prunes (a normalisation's scale and shift): nothing would be pruned
+/// while the record said otherwise.
+fn check_unstructured_layers(spec: &ModelSpec, sel: &LayerSelection) -> Result<()> {
+    if let LayerSelection::Some(chosen) = sel {
+        let idx = spec.torch_indices();
+        if let Some(&li) = chosen
+            .iter()
+            .find(|&&li| spec.prunable_weights(li).is_empty())
+        {
+            return Err(Error::Config {
+                field: "layers".into(),
+                message: format!(
+                    "layers.{} has no weights l1-unstructured prunes (a normalisation's scale \
+                     and shift are not pruned); name layers with weight matrices or kernels",
+                    idx[li]
+                ),
+            });
         }
     }
-}
-
-/// The output's parent directory and its own name.
-fn split_out(out: &Path) -> Result<(PathBuf, String)> {
-    let name = out
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .ok_or_else(|| Error::Config {
-            field: "out".into(),
-            message: format!("{} names no directory", out.display()),
-        })?;
-    let parent = match out.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    Ok((parent, name))
+    Ok(())
 }
 
 /// Writes `prune.json` into `dir`: the config, the source and the numbers

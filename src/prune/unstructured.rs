@@ -22,22 +22,6 @@ pub fn unstructured(
     global: bool,
 ) -> Result<Vec<HostTensor>> {
     check_sparsity(sparsity)?;
-    if let LayerSelection::Some(chosen) = sel {
-        let idx = spec.torch_indices();
-        if let Some(&li) = chosen
-            .iter()
-            .find(|&&li| spec.prunable_weights(li).is_empty())
-        {
-            return Err(Error::Config {
-                field: "layers".into(),
-                message: format!(
-                    "layers.{} has no weights l1-unstructured prunes (a normalisation's scale \
-                     and shift are not pruned); name layers with weight matrices or kernels",
-                    idx[li]
-                ),
-            });
-        }
-    }
     let names: Vec<String> = (0..spec.layers().len())
         .filter(|li| sel.contains(*li))
         .flat_map(|li| spec.prunable_weights(li))
@@ -85,26 +69,23 @@ pub fn unstructured(
     // A layer with no weight left makes the network's output a constant.
     if let Some(m) = masks.iter().find(|m| m.data.iter().all(|&v| v == 0.0)) {
         let n = m.data.len();
-        let hint = if global {
-            "lower it, or leave that layer out with `layers`".to_string()
+        let message = if global {
+            // The callers say what to change (a flag, or a schedule).
+            format!(
+                "{sparsity} removes all {n} weights of {} (one threshold over all layers)",
+                m.name
+            )
         } else {
             // round(n * s) < n  <=>  s < (n - 0.5) / n
             format!(
-                "one below {:.6} keeps at least one",
+                "{sparsity} removes all {n} weights of {}: one below {:.6} keeps at least one",
+                m.name,
                 (n as f64 - 0.5) / n as f64
             )
         };
         return Err(Error::Config {
             field: "sparsity".into(),
-            message: format!(
-                "{sparsity} removes all {n} weights of {}{}: {hint}",
-                m.name,
-                if global {
-                    " (one threshold over all layers)"
-                } else {
-                    ""
-                }
-            ),
+            message,
         });
     }
     Ok(masks)
@@ -139,7 +120,7 @@ mod tests {
     }
 
     #[test]
-    fn a_layer_is_never_emptied_nor_a_layer_without_weights_chosen() {
+    fn a_layer_is_never_emptied() {
         let spec = ModelSpec::parse("mlp:2-2-1").unwrap();
         let base = host(&spec, |_, i| 1.0 + i as f32);
         // layers.2 has 2 weights: 0.75 rounds to 2 of 2.
@@ -161,14 +142,8 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(
-            e.contains("layers.2.weight") && e.contains("`layers`"),
+            e.contains("layers.2.weight") && e.contains("one threshold"),
             "{e}"
         );
-        let bn = ModelSpec::parse("cnn:c4-bn-p-10").unwrap();
-        let mut w = host(&bn, |_, i| 1.0 + i as f32);
-        let e = unstructured(&bn, &mut w, 0.5, &LayerSelection::Some(vec![1]), false)
-            .unwrap_err()
-            .to_string();
-        assert!(e.contains("has no weights l1-unstructured prunes"), "{e}");
     }
 }

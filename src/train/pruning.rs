@@ -130,14 +130,27 @@ impl Pruning {
         let mut new = self.current.clone();
         if s.global {
             let target = s.sparsity_at(step, self.total_steps, self.initial_sparsity);
-            new = Some(grow_masks(
-                &self.spec,
-                &mut host,
-                new.as_deref(),
-                target,
-                &LayerSelection::All,
-                true,
-            )?);
+            let final_sparsity = s.final_sparsity;
+            new = Some(
+                grow_masks(
+                    &self.spec,
+                    &mut host,
+                    new.as_deref(),
+                    target,
+                    &LayerSelection::All,
+                    true,
+                )
+                .map_err(|e| match e {
+                    Error::Config { field, message } if field == "sparsity" => Error::Config {
+                        field: "prune_schedule".into(),
+                        message: format!(
+                            "final={final_sparsity},global empties a layer by step {step}: \
+                             sparsity {message}; lower final"
+                        ),
+                    },
+                    other => other,
+                })?,
+            );
         } else {
             for &(li, start) in &self.layer_start {
                 let target = s.sparsity_at(step, self.total_steps, start);
