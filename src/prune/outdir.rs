@@ -7,11 +7,16 @@
 //! place in one step (an exchange of the two directories where the system
 //! has one, else two renames that are undone on failure). A full disk or a
 //! crash therefore leaves the earlier output as it was, never new weights
-//! beside an old record. Staging directories of runs that died (their PID
-//! is gone) are cleared by the next run, and an output a crash left set
+//! beside an old record. A run holds an exclusive lock on `.NAME.lock`
+//! beside the output from its checks to its commit, so two runs never
+//! write one output at once, and whatever staging a run finds under the
+//! lock was left by one that died: it is cleared, and an output a crash set
 //! aside between the two renames is put back.
 
-use std::path::{Path, PathBuf};
+use std::fs::{File, OpenOptions};
+use std::path::{Component, Path, PathBuf};
+
+use fs2::FileExt;
 
 use super::run::{PruneAmount, PruneConfig};
 use crate::error::{Error, Result};
@@ -35,15 +40,40 @@ fn refuse(message: String) -> Error {
     }
 }
 
-/// Checks `cfg.out` and returns the directory to write: `cfg.out`, or the
-/// directory it links to. Refuses a file, the model being pruned, a
-/// directory holding a model `distill prune` did not write (no
-/// `prune.json`) or other files, and (unless `overwrite`) an earlier pruned
-/// model of other settings; a rerun of the same settings replaces its own
-/// output. Clears what runs that died left beside the output first.
-pub(super) fn claim_out_dir(source: &ModelDir, cfg: &PruneConfig) -> Result<PathBuf> {
-    let out = resolve_link(&cfg.out)?;
+/// The output a run has claimed: the directory to write (`cfg.out`, or
+/// what it links to) and the lock beside it, held until the run ends.
+pub(super) struct Claimed {
+    pub(super) out: PathBuf,
+    _lock: File,
+}
+
+/// Takes the lock beside `cfg.out` (refused while another run holds it),
+/// clears what runs that died left there, and checks the output. Refuses a
+/// file, a mount point (the output is replaced as a directory entry), the
+/// model being pruned, a directory holding a model `distill prune` did not
+/// write (no `prune.json`) or other files, and (unless `overwrite`) an
+/// earlier pruned model of other settings; a rerun of the same settings
+/// replaces its own output. `source_hash` identifies the source's weights
+/// (what `prune.json` records as `source_weights_xxh3`).
+pub(super) fn claim_out_dir(
+    source: &ModelDir,
+    source_hash: &str,
+    cfg: &PruneConfig,
+) -> Result<Claimed> {
+    let out = resolve_link(&normalized(&cfg.out))?;
+    let lock = lock_beside(&out)?;
     clear_dead_runs(&out)?;
+    check_out_dir(source, source_hash, cfg, &out)?;
+    Ok(Claimed { out, _lock: lock })
+}
+
+/// [`claim_out_dir`]'s checks of the directory itself.
+fn check_out_dir(
+    source: &ModelDir,
+    source_hash: &str,
+    cfg: &PruneConfig,
+    out: &Path,
+) -> Result<()> {
     if out.exists() && !out.is_dir() {
         return Err(refuse(format!(
             "{} is a file; the pruned model is written into a directory of its own",
@@ -51,9 +81,16 @@ pub(super) fn claim_out_dir(source: &ModelDir, cfg: &PruneConfig) -> Result<Path
         )));
     }
     if !out.is_dir() {
-        return Ok(out);
+        return Ok(());
     }
-    let dir = ModelDir::new(&out);
+    if is_mount_point(out) {
+        return Err(refuse(format!(
+            "{} is a mount point: the pruned model replaces the output directory whole, \
+             which a mount point cannot be; prune into a directory inside it",
+            cfg.out.display()
+        )));
+    }
+    let dir = ModelDir::new(out);
     let same = match (source.path().canonicalize(), out.canonicalize()) {
         (Ok(a), Ok(b)) => a == b,
         _ => false,
@@ -72,7 +109,7 @@ pub(super) fn claim_out_dir(source: &ModelDir, cfg: &PruneConfig) -> Result<Path
             cfg.out.display()
         )));
     }
-    let entries = std::fs::read_dir(&out).map_err(|e| Error::io(&out, e))?;
+    let entries = std::fs::read_dir(out).map_err(|e| Error::io(out, e))?;
     let mut foreign: Vec<String> = entries
         .flatten()
         .map(|e| e.file_name().to_string_lossy().into_owned())
@@ -88,17 +125,17 @@ pub(super) fn claim_out_dir(source: &ModelDir, cfg: &PruneConfig) -> Result<Path
         )));
     }
     if !dir.prune_report().exists() || cfg.overwrite {
-        return Ok(out);
+        return Ok(());
     }
     let earlier = std::fs::read(dir.prune_report())
         .ok()
         .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok());
     let why = match &earlier {
         None => Some("its prune.json cannot be read".to_string()),
-        Some(e) => first_difference(e, cfg),
+        Some(e) => first_difference(e, source_hash, cfg),
     };
     match why {
-        None => Ok(out),
+        None => Ok(()),
         Some(why) => Err(refuse(format!(
             "{} holds an earlier pruned model of other settings ({why}); prune into another \
              directory, or set `overwrite` to replace it",
@@ -108,22 +145,24 @@ pub(super) fn claim_out_dir(source: &ModelDir, cfg: &PruneConfig) -> Result<Path
 }
 
 /// The first setting of `cfg` that the earlier run's `prune.json` (`e`)
-/// records otherwise, as "its KEY is THERE, here HERE". The source counts
-/// as the same when both paths name one directory, the layers when they
+/// records otherwise, as "its KEY is THERE, here HERE". The source is the
+/// same when its weights are (`source_weights_xxh3`; a record from before
+/// that field: when both paths name one directory), the layers when they
 /// name the same set; a key an older record lacks reads as null.
-fn first_difference(e: &serde_json::Value, cfg: &PruneConfig) -> Option<String> {
+fn first_difference(e: &serde_json::Value, source_hash: &str, cfg: &PruneConfig) -> Option<String> {
     use serde_json::{json, Value};
     let there = |k: &str| e.get(k).cloned().unwrap_or(Value::Null);
     let earlier_source = there("source");
-    let same_source = match earlier_source.as_str() {
-        Some(s) => {
-            Path::new(s) == cfg.model
-                || matches!(
-                    (Path::new(s).canonicalize(), cfg.model.canonicalize()),
-                    (Ok(a), Ok(b)) if a == b
-                )
-        }
-        None => false,
+    let same_source = match (
+        there("source_weights_xxh3").as_str(),
+        earlier_source.as_str(),
+    ) {
+        (Some(hash), _) => hash == source_hash,
+        (None, Some(s)) => matches!(
+            (Path::new(s).canonicalize(), cfg.model.canonicalize()),
+            (Ok(a), Ok(b)) if a == b
+        ),
+        (None, None) => false,
     };
     if !same_source {
         return Some(format!(
@@ -174,6 +213,58 @@ fn layer_set(text: &str) -> Vec<String> {
     v
 }
 
+/// `out` rebuilt from its parts: `p/` and `p/.` are `p`, so that the
+/// output's name and parent are its own.
+fn normalized(out: &Path) -> PathBuf {
+    out.components()
+        .filter(|c| !matches!(c, Component::CurDir))
+        .collect::<PathBuf>()
+        .components()
+        .collect()
+}
+
+/// Whether `dir` sits on another device than its parent.
+fn is_mount_point(dir: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let parent = match dir
+        .canonicalize()
+        .ok()
+        .and_then(|d| d.parent().map(Path::to_path_buf))
+    {
+        Some(p) => p,
+        None => return false,
+    };
+    match (std::fs::metadata(dir), std::fs::metadata(parent)) {
+        (Ok(a), Ok(b)) => a.dev() != b.dev(),
+        _ => false,
+    }
+}
+
+/// Takes the exclusive lock `.NAME.lock` beside the output `NAME` (the
+/// file is left in place; the lock goes with the process).
+fn lock_beside(out: &Path) -> Result<File> {
+    let (parent, name) = split_out(out)?;
+    std::fs::create_dir_all(&parent).map_err(|e| Error::io(&parent, e))?;
+    let path = parent.join(format!(".{name}.lock"));
+    let file = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .read(true)
+        .write(true)
+        .open(&path)
+        .map_err(|e| Error::io(&path, e))?;
+    match file.try_lock_exclusive() {
+        Ok(()) => Ok(file),
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Err(refuse(format!(
+            "another `distill prune` is writing {} (it holds {}); wait for it, or prune \
+             into another directory",
+            out.display(),
+            path.display()
+        ))),
+        Err(e) => Err(Error::io(&path, e)),
+    }
+}
+
 /// `out`, or the path a symbolic link `out` points to (the output replaces
 /// the directory, not the link).
 fn resolve_link(out: &Path) -> Result<PathBuf> {
@@ -198,6 +289,9 @@ fn split_out(out: &Path) -> Result<(PathBuf, String)> {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
         _ => PathBuf::from("."),
     };
+    if name == ".." {
+        return Err(refuse(format!("{} names no directory", out.display())));
+    }
     Ok((parent, name))
 }
 
@@ -206,19 +300,12 @@ fn beside(parent: &Path, name: &str, pid: u32, kind: &str) -> PathBuf {
     parent.join(format!(".{name}.{pid}.{kind}"))
 }
 
-/// Whether process `pid` is alive (`None`: this system cannot tell).
-fn alive(pid: u32) -> Option<bool> {
-    let proc_dir = Path::new("/proc");
-    proc_dir
-        .join("self")
-        .exists()
-        .then(|| proc_dir.join(pid.to_string()).exists())
-}
-
-/// Clears what pruning runs that died left beside `out`: staging
-/// directories are removed, and an output set aside (`.NAME.PID.old`) is
-/// put back when `out` is missing (a crash between the two renames of a
-/// commit), else removed. Runs still alive, and systems that cannot tell,
+/// Clears what runs that died left beside `out`. Called under the lock
+/// beside it, so no run that is alive has anything there: staging
+/// directories (`.NAME.PID.tmp`) are removed, and an output set aside
+/// (`.NAME.PID.old`) is put back when `out` is missing (a crash between the
+/// two renames of a commit), else removed. Entries that are not
+/// directories are not ours (atomic writes use such names for files) and
 /// are left alone.
 fn clear_dead_runs(out: &Path) -> Result<()> {
     let (parent, name) = split_out(out)?;
@@ -234,17 +321,23 @@ fn clear_dead_runs(out: &Path) -> Result<()> {
         let Some((pid, kind)) = rest.split_once('.') else {
             continue;
         };
-        let (Ok(pid), "tmp" | "old") = (pid.parse::<u32>(), kind) else {
+        let (Ok(_), "tmp" | "old") = (pid.parse::<u32>(), kind) else {
             continue;
         };
-        if pid == std::process::id() || alive(pid) != Some(false) {
+        let path = entry.path();
+        if !std::fs::symlink_metadata(&path).is_ok_and(|m| m.is_dir()) {
             continue;
         }
-        let path = entry.path();
-        if kind == "old" && !out.exists() {
-            std::fs::rename(&path, out).map_err(|e| Error::io(&path, e))?;
+        let done = if kind == "old" && !out.exists() {
+            std::fs::rename(&path, out)
         } else {
-            std::fs::remove_dir_all(&path).map_err(|e| Error::io(&path, e))?;
+            std::fs::remove_dir_all(&path)
+        };
+        match done {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(Error::io(&path, e));
+            }
+            _ => {}
         }
     }
     Ok(())
@@ -285,6 +378,11 @@ impl StagingDir {
     /// second rename puts the earlier one back.
     pub(super) fn commit(mut self) -> Result<()> {
         let (parent, name) = split_out(&self.out)?;
+        // The output keeps its permission bits (a shared group's, say).
+        if let Ok(md) = std::fs::metadata(&self.out) {
+            std::fs::set_permissions(&self.path, md.permissions())
+                .map_err(|e| Error::io(&self.path, e))?;
+        }
         if !self.out.is_dir() {
             std::fs::rename(&self.path, &self.out).map_err(|e| Error::io(&self.out, e))?;
             self.committed = true;
@@ -336,26 +434,41 @@ mod tests {
     }
 
     #[test]
-    fn staging_dirs_of_dead_runs_are_cleared_and_a_set_aside_output_put_back() {
-        if alive(std::process::id()) != Some(true) {
-            return; // no /proc: nothing is cleared, by design
-        }
+    fn leftovers_are_cleared_and_a_set_aside_output_put_back() {
         let tmp = tempfile::tempdir().unwrap();
         let out = tmp.path().join("p");
-        // A PID far above any this system hands out: dead.
-        let dead = 4_000_000_000u32;
-        let stale = beside(tmp.path(), "p", dead, "tmp");
+        let stale = beside(tmp.path(), "p", 123, "tmp");
         std::fs::create_dir_all(stale.join("x")).unwrap();
-        let aside = beside(tmp.path(), "p", dead, "old");
+        let aside = beside(tmp.path(), "p", 123, "old");
         std::fs::create_dir_all(&aside).unwrap();
         std::fs::write(aside.join("prune.json"), b"{}").unwrap();
+        // Not ours: a file under such a name, another output's leftover.
+        let file = beside(tmp.path(), "p", 124, "tmp");
+        std::fs::write(&file, b"an atomic write's").unwrap();
+        let other = beside(tmp.path(), "p.x", 125, "tmp");
+        std::fs::create_dir_all(&other).unwrap();
         clear_dead_runs(&out).unwrap();
         assert!(!stale.exists() && !aside.exists());
+        assert!(file.exists() && other.exists());
         assert_eq!(std::fs::read(out.join("prune.json")).unwrap(), b"{}");
         // With the output present, a set-aside copy is removed instead.
         std::fs::create_dir_all(&aside).unwrap();
         clear_dead_runs(&out).unwrap();
         assert!(!aside.exists() && out.join("prune.json").exists());
+    }
+
+    #[test]
+    fn one_run_at_a_time_and_outputs_by_their_own_name() {
+        let tmp = tempfile::tempdir().unwrap();
+        let out = tmp.path().join("p");
+        let held = lock_beside(&out).unwrap();
+        let e = lock_beside(&out).unwrap_err().to_string();
+        assert!(e.contains("another `distill prune` is writing"), "{e}");
+        drop(held);
+        lock_beside(&out).unwrap();
+        assert_eq!(normalized(Path::new("a/p/")), Path::new("a/p"));
+        assert_eq!(normalized(Path::new("a/p/.")), Path::new("a/p"));
+        assert_eq!(normalized(Path::new("./p")), Path::new("p"));
     }
 
     #[test]
@@ -378,5 +491,12 @@ mod tests {
             .map(|e| e.unwrap().file_name())
             .collect();
         assert_eq!(names, ["p"]);
+        // The output keeps its permission bits.
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&out, std::fs::Permissions::from_mode(0o2770)).unwrap();
+        let staged = StagingDir::new(&out).unwrap();
+        staged.commit().unwrap();
+        let mode = std::fs::metadata(&out).unwrap().permissions().mode();
+        assert_eq!(mode & 0o7777, 0o2770);
     }
 }

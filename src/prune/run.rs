@@ -159,8 +159,15 @@ where
 {
     cfg.validate()?;
     let source = ModelDir::new(&cfg.model);
-    let out_path = claim_out_dir(&source, cfg)?;
     let (spec, weights, normalization) = read_model_normalized(&source)?;
+    let source_hash = {
+        let file = source.weights();
+        let bytes = std::fs::read(file).map_err(|e| Error::io(file, e))?;
+        format!("{:032x}", xxhash_rust::xxh3::xxh3_128(&bytes))
+    };
+    // Held until the pruned model is committed.
+    let claimed = claim_out_dir(&source, &source_hash, cfg)?;
+    let out_path = claimed.out.clone();
     let old_masks = read_masks(&source)?;
     if let Some(m) = &old_masks {
         check_masks(&spec, m, &source.masks())?;
@@ -252,8 +259,9 @@ where
         report,
         out: ModelDir::new(&out_path),
     };
-    write_record(cfg, &run, &written)?;
+    write_record(cfg, &run, &source_hash, &written)?;
     staging.commit()?;
+    drop(claimed);
     // After the commit: an output named like a weights file is a directory.
     run.out = ModelDir::new(&out_path);
     Ok(run)
@@ -284,10 +292,16 @@ fn check_unstructured_layers(spec: &ModelSpec, sel: &LayerSelection) -> Result<(
 
 /// Writes `prune.json` into `dir`: the config, the source and the numbers
 /// after.
-fn write_record(cfg: &PruneConfig, run: &PruneRun, dir: &ModelDir) -> Result<()> {
+fn write_record(
+    cfg: &PruneConfig,
+    run: &PruneRun,
+    source_hash: &str,
+    dir: &ModelDir,
+) -> Result<()> {
     let record = serde_json::json!({
         "source": cfg.model.display().to_string(),
         "source_spec": run.source_spec.to_string(),
+        "source_weights_xxh3": source_hash,
         "method": cfg.method.as_str(),
         "sparsity": run.sparsity,
         "max_params": match cfg.amount {
@@ -361,6 +375,31 @@ mod tests {
         std::fs::write(tmp.path().join("p/model.json"), b"{}").unwrap();
         prune_model(&cfg, no_accuracy).unwrap();
         assert!(!tmp.path().join("p/model.json").exists());
+        // The source is its weights: a copy elsewhere is the same source,
+        // other weights are not.
+        let copy = tmp.path().join("copy");
+        write_model(&copy, &spec, &w, None, None).unwrap();
+        prune_model(
+            &config(&copy, Method::Unstructured, &tmp.path().join("p")),
+            no_accuracy,
+        )
+        .unwrap();
+        let other_weights = tmp.path().join("m3");
+        write_model(
+            &other_weights,
+            &spec,
+            &host(&spec, |_, i| 2.0 + i as f32),
+            None,
+            None,
+        )
+        .unwrap();
+        let e = prune_model(
+            &config(&other_weights, Method::Unstructured, &tmp.path().join("p")),
+            no_accuracy,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("its source is"), "{e}");
         // Other settings need `overwrite`; the earlier model is kept until then.
         let p = tmp.path().join("p");
         let mut other = config(&m, Method::Structured, &p);
@@ -380,7 +419,7 @@ mod tests {
         let names: Vec<String> = std::fs::read_dir(tmp.path())
             .unwrap()
             .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-            .filter(|n| n.starts_with('.'))
+            .filter(|n| n.starts_with('.') && !n.ends_with(".lock"))
             .collect();
         assert!(names.is_empty(), "{names:?}");
         // Files prune does not write, and a file as the output, are refused.
