@@ -487,7 +487,11 @@ fn bad_flags_name_the_flag() {
     fails(
         tmp.path(),
         &train_args(&data, "mlp:784-5", "o", &["-q"]),
-        &["mlp:784-5", "the train split's labels in", "go up to 9"],
+        &[
+            "mlp:784-5",
+            "the train split's labels in",
+            "train-labels-idx1-ubyte.gz go up to 9",
+        ],
     );
     fails(
         tmp.path(),

@@ -319,6 +319,7 @@ pub(super) fn open(
     labels: Option<&Path>,
     split: Split,
 ) -> Result<Dataset, DataError> {
+    let labels_path = labels;
     let (img, lab) = rayon::join(
         || read_idx_file(images, "images", 3),
         || labels.map(|l| read_idx_file(l, "labels", 1)),
@@ -333,14 +334,18 @@ pub(super) fn open(
         }
         _ => None,
     };
-    Ok(Dataset::assemble(
+    let data = Dataset::assemble(
         Inputs::U8(img.data),
         labels,
         [1, h, w],
         n,
         split,
         images.to_path_buf(),
-    ))
+    );
+    Ok(match labels_path {
+        Some(l) => data.with_labels_source(l),
+        None => data,
+    })
 }
 
 /// Writes the split in IDX format (gzip-compressed when `gzip`), with the

@@ -302,6 +302,8 @@ pub struct Dataset {
     num_classes: Option<usize>,
     split: Split,
     source: PathBuf,
+    /// The file the labels came from (`source` where they share a file).
+    labels_source: PathBuf,
     fingerprint: Fingerprint,
 }
 
@@ -488,6 +490,12 @@ impl Dataset {
         &self.source
     }
 
+    /// The file the labels were read from: [`Dataset::source`] where
+    /// inputs and labels share a file.
+    pub fn labels_source(&self) -> &Path {
+        &self.labels_source
+    }
+
     /// How the inputs are stored.
     pub fn input_kind(&self) -> InputKind {
         match self.inputs {
@@ -550,6 +558,7 @@ impl Dataset {
             self.split,
             self.source.clone(),
         )
+        .with_labels_source(&self.labels_source)
     }
 
     /// Builds a dataset from `u8` inputs in memory (`len * C*H*W` bytes, sample
@@ -654,9 +663,16 @@ impl Dataset {
             len,
             num_classes,
             split,
+            labels_source: source.clone(),
             source,
             fingerprint,
         }
+    }
+
+    /// The same dataset, its labels read from `path` (a file of their own).
+    fn with_labels_source(mut self, path: &Path) -> Dataset {
+        self.labels_source = path.to_path_buf();
+        self
     }
 
     /// The raw `u8` inputs, if stored as bytes (for writers in this module).

@@ -513,6 +513,7 @@ pub(super) fn open(
 ) -> Result<Dataset, DataError> {
     let (mut r, len) = open_file(images, "images")?;
     let (n, shape, inputs) = read_images(&mut r, len, images, layout)?;
+    let labels_path = labels;
     let labels = match labels {
         Some(lpath) => {
             let (mut r, len) = open_file(lpath, "labels")?;
@@ -522,14 +523,11 @@ pub(super) fn open(
         }
         None => None,
     };
-    Ok(Dataset::assemble(
-        inputs,
-        labels,
-        shape,
-        n,
-        split,
-        images.to_path_buf(),
-    ))
+    let data = Dataset::assemble(inputs, labels, shape, n, split, images.to_path_buf());
+    Ok(match labels_path {
+        Some(l) => data.with_labels_source(l),
+        None => data,
+    })
 }
 
 /// Reads a 2-D float matrix `[rows, cols]` as f32.

@@ -82,11 +82,7 @@ fn check_shape_and_classes(spec: &ModelSpec, data: &Dataset) -> Result<()> {
                     "has {} outputs, but the {} split's labels in {} go up to {}",
                     spec.num_classes(),
                     data.split(),
-                    data.source()
-                        .parent()
-                        .filter(|d| !d.as_os_str().is_empty())
-                        .unwrap_or(data.source())
-                        .display(),
+                    data.labels_source().display(),
                     k - 1
                 ),
             });
