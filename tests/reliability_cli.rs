@@ -865,4 +865,10 @@ fn an_output_that_is_a_file_is_refused_naming_the_flag() {
         assert!(!err.contains("os error"), "{line}: {err}");
         assert_eq!(fs::read(tmp.path().join("f.txt")).unwrap(), b"mine");
     }
+    // As a model to read, the file is called what it is.
+    fails(
+        tmp.path(),
+        &["eval", "--model", "f.txt", "--data", &data],
+        &["f.txt", "neither a model directory nor a .safetensors file"],
+    );
 }

@@ -267,6 +267,16 @@ fn safetensors_fault(e: &safetensors::SafeTensorError) -> String {
 /// Reads every f32 tensor and the metadata of a safetensors file. Errors
 /// name the file and the tensor.
 pub fn read_safetensors(path: &Path) -> Result<(HashMap<String, String>, Vec<HostTensor>)> {
+    // `FILE/model.safetensors` where FILE is a file: a model named by a
+    // path that is neither a model directory nor a `.safetensors` file.
+    if let Some(parent) = path.parent().filter(|p| p.is_file()) {
+        return Err(Error::Model {
+            path: parent.to_path_buf(),
+            message: "is a file, but neither a model directory nor a .safetensors file; name \
+                      the model's directory or its weights file"
+                .into(),
+        });
+    }
     let len = fs::metadata(path).map_err(|e| Error::io(path, e))?.len();
     if len > MAX_WEIGHTS_BYTES {
         return Err(Error::Model {
