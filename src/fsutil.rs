@@ -80,6 +80,33 @@ pub fn exchange(a: &Path, b: &Path) -> std::io::Result<()> {
     }
 }
 
+/// Opens (creating it, empty) the lock file `path` and takes an exclusive
+/// `flock` on it without waiting: `Ok(None)` when another process holds it.
+/// The lock goes with the returned file; the file stays in place.
+pub fn try_lock_exclusive(path: &Path) -> Result<Option<File>, LockError> {
+    use fs2::FileExt;
+    let file = fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .read(true)
+        .write(true)
+        .open(path)
+        .map_err(LockError::Open)?;
+    match file.try_lock_exclusive() {
+        Ok(()) => Ok(Some(file)),
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Ok(None),
+        Err(e) => Err(LockError::Lock(e)),
+    }
+}
+
+/// Why [`try_lock_exclusive`] failed: the lock file could not be opened,
+/// or the file system refused the lock itself (no `flock` support).
+#[derive(Debug)]
+pub enum LockError {
+    Open(std::io::Error),
+    Lock(std::io::Error),
+}
+
 /// Removes the file at `path`; a file that is already gone is no error.
 pub fn remove_if_present(path: &Path) -> Result<(), FsError> {
     match fs::remove_file(path) {

@@ -432,18 +432,11 @@ enum Placed {
 /// that name already there with the right bytes is kept; any other is
 /// replaced (no committed manifest lists it: [`commit_plan`] checks that).
 fn place(src: &Path, dir: &Path, e: &ShardEntry, links: bool) -> Result<Placed> {
-    use std::os::unix::fs::MetadataExt;
     let dst = dir.join(&e.file);
-    if let Ok(md) = fs::metadata(&dst) {
-        let same_inode =
-            fs::metadata(src).is_ok_and(|s| s.dev() == md.dev() && s.ino() == md.ino());
-        let same_bytes = || {
-            md.len() == e.bytes
-                && fs::read(&dst).is_ok_and(|b| format!("{:016x}", xxh3_64(&b)) == e.xxh3)
-        };
-        if same_inode || same_bytes() {
-            return Ok(Placed::Kept);
-        }
+    if holds_shard(src, dir, e) {
+        return Ok(Placed::Kept);
+    }
+    if dst.exists() {
         fs::remove_file(&dst).map_err(|err| CacheError::io(&dst, "remove stale shard", err))?;
     }
     if links && fs::hard_link(src, &dst).is_ok() {
@@ -512,7 +505,6 @@ fn commit_plan(plan: &Plan, out: &Path, links: bool) -> Result<Option<(usize, us
             }
             let (mut linked, mut copied) = (0, 0);
             for (dir, done) in &damaged {
-                crate::fsutil::remove_if_present(&out.join(&done.entry.file))?;
                 match place(&dir.join(&done.entry.file), out, &done.entry, links)? {
                     Placed::Linked => linked += 1,
                     Placed::Copied | Placed::Kept => copied += 1,

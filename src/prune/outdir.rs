@@ -13,10 +13,8 @@
 //! lock was left by one that died: it is cleared, and an output a crash set
 //! aside between the two renames is put back.
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::path::{Component, Path, PathBuf};
-
-use fs2::FileExt;
 
 use super::run::{PruneAmount, PruneConfig};
 use crate::error::{Error, Result};
@@ -246,22 +244,17 @@ fn lock_beside(out: &Path) -> Result<File> {
     let (parent, name) = split_out(out)?;
     std::fs::create_dir_all(&parent).map_err(|e| Error::io(&parent, e))?;
     let path = parent.join(format!(".{name}.lock"));
-    let file = OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .read(true)
-        .write(true)
-        .open(&path)
-        .map_err(|e| Error::io(&path, e))?;
-    match file.try_lock_exclusive() {
-        Ok(()) => Ok(file),
-        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Err(refuse(format!(
+    match crate::fsutil::try_lock_exclusive(&path) {
+        Ok(Some(file)) => Ok(file),
+        Ok(None) => Err(refuse(format!(
             "another `distill prune` is writing {} (it holds {}); wait for it, or prune \
              into another directory",
             out.display(),
             path.display()
         ))),
-        Err(e) => Err(Error::io(&path, e)),
+        Err(crate::fsutil::LockError::Open(e) | crate::fsutil::LockError::Lock(e)) => {
+            Err(Error::io(&path, e))
+        }
     }
 }
 

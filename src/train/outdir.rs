@@ -30,8 +30,6 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use fs2::FileExt;
-
 use serde_json::Value;
 
 use crate::error::{Error, Result};
@@ -280,16 +278,9 @@ fn set_aside_earlier_model(dir: &ModelDir) -> Result<()> {
 fn lock_run_dir(path: &Path) -> Result<fs::File> {
     fs::create_dir_all(path).map_err(|e| Error::io(path, e))?;
     let lock_path = ModelDir::new(path).lock();
-    let lock = fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .read(true)
-        .write(true)
-        .open(&lock_path)
-        .map_err(|e| Error::io(&lock_path, e))?;
-    match lock.try_lock_exclusive() {
-        Ok(()) => Ok(lock),
-        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Err(Error::Config {
+    match crate::fsutil::try_lock_exclusive(&lock_path) {
+        Ok(Some(lock)) => Ok(lock),
+        Ok(None) => Err(Error::Config {
             field: "out".into(),
             message: format!(
                 "{}: another run is writing this directory (it holds {}); wait for it to \
@@ -298,7 +289,8 @@ fn lock_run_dir(path: &Path) -> Result<fs::File> {
                 lock_path.display()
             ),
         }),
-        Err(e) => Err(Error::Config {
+        Err(crate::fsutil::LockError::Open(e)) => Err(Error::io(&lock_path, e)),
+        Err(crate::fsutil::LockError::Lock(e)) => Err(Error::Config {
             field: "out".into(),
             message: format!(
                 "{}: cannot take the lock: {e}; the file system does not support flock locks \
