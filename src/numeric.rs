@@ -5,6 +5,33 @@
 //! these, so a cached target, an online target, the cache's teacher accuracy
 //! and eval's agreement are computed the same way.
 
+/// The smallest temperature distill takes wherever one is given (`-T`, a
+/// sweep's `temperatures`). Below it a teacher's logit gaps, divided by T,
+/// outgrow what the encodings store (f16 holds gaps up to 65,504): a cache
+/// built there keeps no information to re-temper from (read at T 1, its
+/// targets come out uniform), and the losses lose the gradient in
+/// rounding. No distillation recipe uses one.
+pub const MIN_TEMPERATURE: f32 = 0.01;
+/// The largest temperature distill takes.
+pub const MAX_TEMPERATURE: f32 = 1000.0;
+
+/// Checks a temperature given by a user: finite, in
+/// [`MIN_TEMPERATURE`, `MAX_TEMPERATURE`]; the error says the range.
+pub fn check_temperature(t: f32) -> Result<(), String> {
+    if t.is_finite() && (MIN_TEMPERATURE..=MAX_TEMPERATURE).contains(&t) {
+        return Ok(());
+    }
+    Err(format!("{t} must be {}", temperature_range()))
+}
+
+/// The temperatures distill takes, in words, for error messages.
+pub fn temperature_range() -> String {
+    format!(
+        "a number in [{MIN_TEMPERATURE}, {MAX_TEMPERATURE}] (below {MIN_TEMPERATURE} the \
+         tempered logits outgrow what a cache stores)"
+    )
+}
+
 /// An input these functions cannot compute on.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum NumericError {

@@ -282,6 +282,25 @@ pub struct ViewSetSpec {
     pub views: u64,
 }
 
+/// The most views a view set may have: FKD's 500 crops an image fit, and a
+/// mistyped count is refused before it fills a disk.
+pub const MAX_VIEWS: u64 = 1024;
+
+impl ViewSetSpec {
+    /// Checks the augmentation against `data`'s samples and the number of
+    /// views (1 to [`MAX_VIEWS`]).
+    pub fn check(&self, data: &Dataset) -> Result<()> {
+        self.augment.check_shape(data.sample_shape())?;
+        if self.views == 0 || self.views > MAX_VIEWS {
+            return Err(Error::Config {
+                field: "views".into(),
+                message: format!("{} views: a view set has 1 to {MAX_VIEWS}", self.views),
+            });
+        }
+        Ok(())
+    }
+}
+
 /// Builds a view set at `out` (`out/view-0` .. `out/view-{K-1}`), resuming
 /// any view an interrupted build left; `on_view` hears of each finished view,
 /// with its stats (the teacher's agreement with the labels on it).
@@ -442,13 +461,7 @@ fn check_view_set(
     opts: &BuildOptions,
     set: &ViewSetSpec,
 ) -> Result<()> {
-    set.augment.check_shape(data.sample_shape())?;
-    if set.views == 0 {
-        return Err(Error::Config {
-            field: "views".into(),
-            message: "a view set needs at least one view".into(),
-        });
-    }
+    set.check(data)?;
     check_set_root(out, opts)?;
     Ok(())
 }
@@ -752,6 +765,7 @@ fn check_logits_shape(path: &Path, rows: usize, cols: usize, data: &Dataset) -> 
 /// As [`LogitsRows::read_rows`].
 unsafe fn write_logits_cache(
     rows: &LogitsRows,
+    source: &Path,
     meta: CacheMeta,
     data: &Dataset,
     out: &Path,
@@ -778,18 +792,23 @@ unsafe fn write_logits_cache(
             .enumerate()
             .map(|(i, (x, o))| {
                 log_softmax_tempered(x, c, t, o).map_err(|e| match e {
-                    crate::cache::CacheError::NonFinite {
-                        row, class, value, ..
-                    } => crate::cache::CacheError::NonFinite {
-                        what: "logits of sample",
-                        row: (start + i * 256) as u64 + row,
-                        class,
-                        value,
-                    },
-                    other => other,
+                    // The values are finite (checked while fingerprinting):
+                    // divided by T they overflow.
+                    crate::cache::CacheError::NonFinite { row, class, .. } => {
+                        let sample = (start + i * 256) as u64 + row;
+                        Error::Model {
+                            path: source.to_path_buf(),
+                            message: format!(
+                                "the logit of sample {sample}, class {class} ({}) divided by \
+                                 --temperature {t} overflows f32; give a larger --temperature",
+                                x[row as usize * c + class]
+                            ),
+                        }
+                    }
+                    other => other.into(),
                 })
             })
-            .collect::<std::result::Result<Vec<()>, _>>()?;
+            .collect::<Result<Vec<()>>>()?;
         writer.push_batch(start as u64, data.labels().map(|l| &l[start..end]), lp)?;
         start = end;
     }
@@ -829,7 +848,7 @@ pub unsafe fn import_logits_file(
         opts,
     );
     // SAFETY: forwarded from the caller.
-    unsafe { write_logits_cache(&rows, meta, data, out, opts) }
+    unsafe { write_logits_cache(&rows, &import.logits, meta, data, out, opts) }
 }
 
 /// The manifest metadata of an imported cache.
@@ -879,7 +898,7 @@ pub unsafe fn import_view_set(
     set: &ViewSetSpec,
     mut on_view: impl FnMut(&Path, &Manifest, &ViewStats),
 ) -> Result<ViewSetSummary> {
-    set.augment.check_shape(data.sample_shape())?;
+    set.check(data)?;
     if files.is_empty() || files.len() as u64 != set.views {
         return Err(Error::Config {
             field: "logits".into(),
@@ -940,7 +959,8 @@ pub unsafe fn import_view_set(
         );
         let dir = view_dir(out, v as u64);
         // SAFETY: forwarded from the caller.
-        let manifest = unsafe { write_logits_cache(rows, meta, data, &dir, &opts) }?;
+        let manifest =
+            unsafe { write_logits_cache(rows, &files[v].logits, meta, data, &dir, &opts) }?;
         let stats = ViewStats {
             view: v as u64,
             agreement: view_agreement(&dir, data, set, v as u64)?,
@@ -1015,13 +1035,7 @@ pub fn export_views(
     mut on_view: impl FnMut(&Path),
 ) -> Result<Vec<PathBuf>> {
     use std::io::Write;
-    set.augment.check_shape(data.sample_shape())?;
-    if set.views == 0 {
-        return Err(Error::Config {
-            field: "views".into(),
-            message: "a view set needs at least one view".into(),
-        });
-    }
+    set.check(data)?;
     check_batch_size("batch_size", batch)?;
     let batch = batch.min(data.len().max(1));
     refuse_model_or_cache(out)?;
@@ -1060,6 +1074,7 @@ pub fn export_views(
             ),
         });
     }
+    check_export_space(out, data, set, &earlier)?;
     std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
     // Recorded before any image is written, as unfinished: stopped part-way,
     // the directory says which export its files belong to.
@@ -1108,6 +1123,63 @@ pub fn export_views(
         }
     }
     Ok(files)
+}
+
+/// Refuses an export whose images would not fit on `out`'s file system:
+/// every view is `samples x sample_len` f32 values, and the files of an
+/// earlier export there (`earlier`) are replaced one by one. Where the free
+/// space cannot be read, nothing is refused.
+fn check_export_space(
+    out: &Path,
+    data: &Dataset,
+    set: &ViewSetSpec,
+    earlier: &[(u64, PathBuf)],
+) -> Result<()> {
+    let per_view = (data.len() as u64)
+        .saturating_mul(data.sample_len() as u64)
+        .saturating_mul(4);
+    let need = per_view.saturating_mul(set.views);
+    let freed: u64 = earlier
+        .iter()
+        .filter_map(|(_, p)| std::fs::metadata(p).ok())
+        .map(|m| m.len())
+        .sum();
+    let existing = out
+        .ancestors()
+        .find(|p| p.is_dir())
+        .unwrap_or(Path::new("."));
+    let Ok(free) = fs2::available_space(existing) else {
+        return Ok(());
+    };
+    // One view is written beside the file it replaces before that goes.
+    if need
+        > free
+            .saturating_add(freed)
+            .saturating_sub(per_view.min(freed))
+    {
+        let mib = |b: u64| b as f64 / (1u64 << 20) as f64;
+        return Err(Error::Config {
+            field: "views".into(),
+            message: format!(
+                "{} views of {} images need {:.1} MiB, and {} has {:.1} MiB free{}; export \
+                 fewer views or into a larger file system",
+                set.views,
+                data.len(),
+                mib(need),
+                existing.display(),
+                mib(free),
+                if freed > 0 {
+                    format!(
+                        " (plus {:.1} MiB of the earlier export's images)",
+                        mib(freed)
+                    )
+                } else {
+                    String::new()
+                }
+            ),
+        });
+    }
+    Ok(())
 }
 
 /// The record of an export, `export.json` beside its images.

@@ -48,6 +48,60 @@ fn hard_label_training_writes_model_card_metrics_and_plot() {
 }
 
 #[test]
+fn averaged_weights_are_what_the_run_evaluates_writes_and_resumes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = s(&small_data());
+    let ema = ["--ema", "0.99"];
+    ok(tmp.path(), &mlp_args(&data, "live", &[]));
+    ok(tmp.path(), &mlp_args(&data, "avg", &ema));
+    let live = fs::read(tmp.path().join("live/model.safetensors")).unwrap();
+    let avg = fs::read(tmp.path().join("avg/model.safetensors")).unwrap();
+    assert_ne!(live, avg, "--ema wrote the last step's weights");
+    let card = model_card(&tmp.path().join("avg"));
+    assert_eq!(card["config"]["ema"], 0.99, "{card}");
+    // The card's accuracy is the written (averaged) model's: eval agrees.
+    let acc = card["test_accuracy"].as_f64().unwrap();
+    assert!(acc > 0.6, "accuracy {acc}");
+    let eval = ok(tmp.path(), &["eval", "--model", "avg", "--data", &data]);
+    assert!(
+        eval.contains(&format!("{:.2}%", 100.0 * acc)),
+        "{eval} vs {acc}"
+    );
+    // Stopped mid-epoch and resumed: the same averaged weights.
+    let stop = ["--checkpoint-every", "7", "--stop-after-steps", "40"];
+    ok(
+        tmp.path(),
+        &mlp_args(&data, "cut", &[&ema[..], &stop].concat()),
+    );
+    ok(
+        tmp.path(),
+        &mlp_args(
+            &data,
+            "cut",
+            &[&ema[..], &["--checkpoint-every", "7", "--resume"]].concat(),
+        ),
+    );
+    assert_eq!(
+        fs::read(tmp.path().join("cut/model.safetensors")).unwrap(),
+        avg,
+        "resumed averaged weights differ"
+    );
+    // Another decay is another run; a decay outside (0, 1) names the flag.
+    fails(
+        tmp.path(),
+        &mlp_args(&data, "avg", &["--ema", "0.9"]),
+        &["--out", "ema: 0.99 there, 0.9 here"],
+    );
+    for bad in ["1", "0", "-0.5", "nan"] {
+        fails(
+            tmp.path(),
+            &mlp_args(&data, "bad", &["--ema", bad]),
+            &["--ema", "strictly between 0 and 1"],
+        );
+    }
+}
+
+#[test]
 fn same_seed_same_weights_and_resume_matches_uninterrupted_run() {
     let tmp = tempfile::tempdir().unwrap();
     let data = s(&small_data());

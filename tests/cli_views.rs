@@ -437,3 +437,56 @@ fn an_export_replaces_another_only_with_overwrite() {
         ["export.json", "view-0-images.npy", "view-1-images.npy"]
     );
 }
+
+/// A view count past the cap is refused before anything is written, in
+/// `views export` and in `cache build`; so is a block size past the
+/// format's, naming its flag.
+#[test]
+fn counts_past_the_caps_are_refused_naming_the_flag() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = s(&small_data());
+    let teacher = s(&teacher_dir());
+    for views in ["1025", "18446744073709551615"] {
+        let mut args = vec![
+            "views", "export", "--data", &data, "--views", views, "--out", "vx",
+        ];
+        args.extend(AUG);
+        fails(tmp.path(), &args, &["--views", "1 to 1024"]);
+        assert!(!tmp.path().join("vx").exists());
+        let mut args = vec![
+            "cache",
+            "build",
+            "--teacher",
+            &teacher,
+            "--data",
+            &data,
+            "-T",
+            "4",
+            "--views",
+            views,
+            "--out",
+            "cv",
+        ];
+        args.extend(AUG);
+        fails(tmp.path(), &args, &["--views", "1 to 1024"]);
+        assert!(!tmp.path().join("cv").exists());
+    }
+    fails(
+        tmp.path(),
+        &[
+            "cache",
+            "build",
+            "--teacher",
+            &teacher,
+            "--data",
+            &data,
+            "-T",
+            "4",
+            "--block-records",
+            "1000000000",
+            "--out",
+            "cb",
+        ],
+        &["--block-records", "outside"],
+    );
+}

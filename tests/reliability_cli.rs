@@ -715,10 +715,26 @@ fn numbers_at_the_edges() {
         let e = String::from_utf8_lossy(&o.stderr);
         assert!(e.contains("--temperature"), "T={t}: {e}");
     }
-    // Tiny T: 1e30 / 1e-9 overflows f32: a clear error, not inf/NaN targets.
+    // Tiny T: refused with the range (below 0.01 a cache keeps nothing to
+    // re-temper from).
     let o = import_one(cwd, &huge, n, "1e-9", "tiny");
     assert_eq!(o.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&o.stderr).contains("finite"));
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        e.contains("--temperature") && e.contains("[0.01, 1000]"),
+        "{e}"
+    );
+    // Logits near f32's limit divided by the smallest T overflow: a clear
+    // error naming the file and the flag, not inf/NaN targets.
+    let edge: Vec<f32> = huge.iter().map(|v| v.signum() * 3e38).collect();
+    let o = import_one(cwd, &edge, n, "0.01", "edge");
+    assert_eq!(o.status.code(), Some(2));
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        e.contains("edge.npy") && e.contains("overflows") && e.contains("--temperature"),
+        "{e}"
+    );
+    assert!(!cwd.join("edge").join("manifest.json").exists());
 
     // Training: flags out of range are refused naming the flag.
     import_cache(cwd, "trc");
@@ -735,6 +751,12 @@ fn numbers_at_the_edges() {
         (&["-T", "inf"][..], "--temperature"),
         (&["--batch", "0"][..], "--batch"),
         (&["--epochs", "0"][..], "--epochs"),
+        // Past the caps: every epoch is planned before the first starts.
+        (&["--epochs", "18446744073709551615"][..], "--epochs"),
+        (&["--ema", "1"][..], "--ema"),
+        (&["-T", "1e-30"][..], "--temperature"),
+        // A std that scales the inputs past what training survives.
+        (&["--normalize", "0/1e-40"][..], "--normalize"),
     ] {
         let e = fails(cwd, &base(extra), &[]);
         assert!(

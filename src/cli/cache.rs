@@ -29,7 +29,10 @@ use distill::train::validation::held_out_by_teacher;
 use super::device::DeviceArgs;
 
 /// Config fields whose flag is not their name (see [`super::name_flags`]).
-pub const RENAMES: &[(&str, &str)] = &[("batch_size", "--batch")];
+pub const RENAMES: &[(&str, &str)] = &[
+    ("batch_size", "--batch"),
+    ("records_per_block", "--block-records"),
+];
 
 #[derive(Subcommand)]
 pub enum CacheCommand {
@@ -290,10 +293,10 @@ fn build_options(a: &StorageArgs, batch_size: usize, source: String) -> Result<B
         field: "--encoding".into(),
         message: format!("{e}"),
     })?;
-    if !(a.temperature.is_finite() && a.temperature > 0.0 && a.temperature <= 1000.0) {
+    if let Err(message) = distill::numeric::check_temperature(a.temperature) {
         return Err(Error::Config {
             field: "--temperature".into(),
-            message: format!("{} must be a number in (0, 1000]", a.temperature),
+            message,
         });
     }
     if a.shard_kib == 0 || a.shard_kib > 1 << 24 {

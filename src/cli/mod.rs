@@ -116,9 +116,11 @@ pub fn parse_temperature(s: &str) -> std::result::Result<f32, String> {
         .parse()
         .map_err(|_| format!("'{s}' is not a number"))?;
     let t = v as f32;
-    if v > 0.0 && v.is_finite() && (t == 0.0 || t.is_subnormal()) {
+    if v > 0.0 && v.is_finite() && v < distill::numeric::MIN_TEMPERATURE as f64 {
+        // Said here, with the number as typed: as an f32 it may print as 0.
         return Err(format!(
-            "{s} is too small for a temperature (T must be in (0, 1000])"
+            "{s} is too small for a temperature: T must be {}",
+            distill::numeric::temperature_range()
         ));
     }
     Ok(t)
@@ -153,6 +155,7 @@ pub fn name_flags(e: distill::Error, renames: &[(&str, &str)]) -> distill::Error
         "zstd_level",
         "batch_size",
         "window_blocks",
+        "records_per_block",
         "out",
         "part",
     ];

@@ -137,6 +137,10 @@ pub struct SweepArgs {
     /// accuracy there would flatter the distilled runs).
     #[arg(long)]
     val_seed: Option<u64>,
+    /// Every run averages its weights (`distill train --ema DECAY`) and
+    /// is evaluated and written as the average.
+    #[arg(long, value_name = "DECAY", allow_negative_numbers = true)]
+    ema: Option<f64>,
     /// Output folder: runs/NAME/ per run, report.md, results.csv, plots.
     #[arg(long)]
     out: Option<PathBuf>,
@@ -294,6 +298,7 @@ fn settings(a: &SweepArgs) -> SweepSettings {
         window_blocks: a.window_blocks,
         val_fraction: a.val_fraction,
         val_seed: a.val_seed,
+        ema: a.ema,
         out: a.out.clone(),
     }
 }

@@ -132,6 +132,12 @@ pub struct TrainArgs {
     /// constant or cosine.
     #[arg(long, default_value_t = TrainConfig::default().optimizer.schedule.to_string())]
     schedule: String,
+    /// Average the weights over training: an exponential moving average
+    /// with this decay per step (e.g. 0.999, about the last 1,000 steps).
+    /// The run evaluates, snapshots and writes the average, not the last
+    /// step's weights.
+    #[arg(long, value_name = "DECAY", allow_negative_numbers = true)]
+    ema: Option<f64>,
     #[arg(long, default_value_t = TrainConfig::default().seed)]
     seed: u64,
     /// Fraction of the training split held out for validation: drawn from
@@ -460,6 +466,7 @@ fn config(a: &TrainArgs, init_spec: Option<&str>) -> Result<TrainConfig> {
         },
         val_fold,
         val_seed: a.val_seed,
+        ema: a.ema,
     };
     cfg.validate()?;
     Ok(cfg)

@@ -87,6 +87,14 @@ impl Normalization {
                 "standard deviation {s} is not a positive finite number"
             ));
         }
+        // A measured one this small is stored as 1 ([`MIN_STD`]); a given one
+        // would scale the inputs past what training survives (NaN weights).
+        if let Some(s) = std.iter().find(|s| (**s as f64) < MIN_STD) {
+            return Err(format!(
+                "standard deviation {s:e} is below {MIN_STD:e}: it would multiply the inputs by \
+                 more than a million"
+            ));
+        }
         Ok(Normalization { mean, std })
     }
 
@@ -383,6 +391,8 @@ mod tests {
             ("mean", "not auto, none or MEANS/STDS"),
             ("1,2/3", "2 means but 1 standard deviations"),
             ("1/0", "standard deviation 0"),
+            ("0/1e-40", "below 1e-6"),
+            ("0.5/1e-7", "below 1e-6"),
             ("x/1", "'x'"),
             ("inf/1", "mean inf"),
         ] {

@@ -26,6 +26,9 @@ use crate::train::loss::{LossConfig, LossKind};
 use crate::train::optim::OptimizerConfig;
 use crate::train::trainer::TrainConfig;
 
+/// The most runs a sweep may plan.
+pub const MAX_RUNS: usize = 10_000;
+
 /// Everything that defines a sweep.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SweepConfig {
@@ -59,6 +62,9 @@ pub struct SweepConfig {
     /// The seed the validation split is drawn from, when not `seed` (e.g.
     /// the teacher's, so that no validation image trained the teacher).
     pub val_seed: Option<u64>,
+    /// The decay of the moving average of the weights every run evaluates
+    /// and writes (`train --ema`), if any.
+    pub ema: Option<f64>,
     /// Output folder: `runs/NAME/` per run, the report at the top.
     pub out: PathBuf,
 }
@@ -89,6 +95,7 @@ impl SweepConfig {
             checkpoint_every: 200,
             val_fraction: train.val_fraction,
             val_seed: None,
+            ema: None,
             out,
         }
     }
@@ -121,11 +128,8 @@ impl SweepConfig {
             return Err(cfg_err("alphas", "name at least one".into()));
         }
         for &t in &self.temperatures {
-            if !(t.is_finite() && t > 0.0 && t <= 1000.0) {
-                return Err(cfg_err(
-                    "temperatures",
-                    format!("{t} must be a number in (0, 1000]"),
-                ));
+            if let Err(message) = crate::numeric::check_temperature(t) {
+                return Err(cfg_err("temperatures", message));
             }
         }
         // Pseudo-labels are the teacher's argmax, the same at every
@@ -165,6 +169,23 @@ impl SweepConfig {
         if self.checkpoint_every == 0 {
             return Err(cfg_err("checkpoint_every", "must be at least 1".into()));
         }
+        let (students, temperatures, alphas) = (
+            super::plan::dedup(&self.students).len() as u128,
+            super::plan::dedup(&self.temperatures).len() as u128,
+            super::plan::dedup(&self.alphas).len() as u128,
+        );
+        let runs = students * (temperatures * alphas + u128::from(self.baseline));
+        if runs > MAX_RUNS as u128 {
+            return Err(cfg_err(
+                "students",
+                format!(
+                    "{students} students x ({temperatures} temperatures x {alphas} alphas{}) \
+                     is {runs} runs; a sweep has at most {MAX_RUNS}: split it into several \
+                     sweeps or narrow the grid",
+                    if self.baseline { " + baseline" } else { "" }
+                ),
+            ));
+        }
         // The settings every run shares (epochs, batch, optimizer).
         for s in &self.students {
             self.train_config(s).validate()?;
@@ -190,6 +211,7 @@ impl SweepConfig {
             val_fraction: self.val_fraction,
             val_fold: None,
             val_seed: self.val_seed,
+            ema: self.ema,
         }
     }
 
@@ -243,6 +265,7 @@ pub struct SweepSettings {
     pub window_blocks: Option<usize>,
     pub val_fraction: Option<f64>,
     pub val_seed: Option<u64>,
+    pub ema: Option<f64>,
     pub out: Option<PathBuf>,
 }
 
@@ -327,6 +350,7 @@ impl SweepSettings {
             window_blocks: self.window_blocks.or(lower.window_blocks),
             val_fraction: self.val_fraction.or(lower.val_fraction),
             val_seed: self.val_seed.or(lower.val_seed),
+            ema: self.ema.or(lower.ema),
             out: self.out.or(lower.out),
         }
     }
@@ -356,6 +380,7 @@ impl SweepSettings {
             ("window-blocks", self.window_blocks.is_some()),
             ("val-fraction", self.val_fraction.is_some()),
             ("val-seed", self.val_seed.is_some()),
+            ("ema", self.ema.is_some()),
             ("out", self.out.is_some()),
         ];
         given.iter().any(|&(k, set)| k == key && set)
@@ -413,6 +438,7 @@ impl SweepSettings {
         cfg.window_blocks = self.window_blocks.unwrap_or(cfg.window_blocks);
         cfg.val_fraction = self.val_fraction.unwrap_or(cfg.val_fraction);
         cfg.val_seed = self.val_seed.or(cfg.val_seed);
+        cfg.ema = self.ema.or(cfg.ema);
         cfg.validate()?;
         Ok(cfg)
     }
@@ -489,6 +515,33 @@ mod tests {
         assert_eq!(field(c.validate().unwrap_err()), "temperatures");
         c.temperatures = vec![4.0];
         c.validate().unwrap();
+        // Temperatures below 0.01 (a subnormal one among them) and grids
+        // past MAX_RUNS; repeats count once.
+        for t in [1e-40, 0.005] {
+            let mut c = cfg();
+            c.temperatures = vec![t];
+            let e = c.validate().unwrap_err().to_string();
+            assert!(
+                e.contains("temperatures") && e.contains("[0.01, 1000]"),
+                "{e}"
+            );
+        }
+        let mut c = cfg();
+        c.students = vec!["mlp:784-16-10".into()];
+        c.baseline = false;
+        c.temperatures = (1..=101).map(|t| t as f32).collect();
+        c.alphas = (0..100).map(|a| a as f32 / 100.0).collect();
+        let e = c.validate().unwrap_err().to_string();
+        assert!(
+            e.contains("10100 runs") && e.contains("at most 10000"),
+            "{e}"
+        );
+        c.temperatures.truncate(100);
+        c.temperatures.extend([1.0; 50]);
+        c.validate().unwrap();
+        let mut c = cfg();
+        c.ema = Some(1.0);
+        assert_eq!(field(c.validate().unwrap_err()), "ema");
         assert_eq!(key_of("checkpoint_every"), "checkpoint-every");
         assert_eq!(key_of("optimizer.weight_decay"), "weight-decay");
         assert_eq!(key_of("batch_size"), "batch");
@@ -505,7 +558,8 @@ mod tests {
 
     #[test]
     fn the_file_lies_under_the_flags_and_its_paths_under_its_directory() {
-        let (dir, path) = file("students = [\"mlp:784-16-10\"]\nalphas = [0.25]\nbatch = 32\n");
+        let (dir, path) =
+            file("students = [\"mlp:784-16-10\"]\nalphas = [0.25]\nbatch = 32\nema = 0.99\n");
         let flags = SweepSettings {
             batch: Some(64),
             ..SweepSettings::default()
@@ -513,6 +567,8 @@ mod tests {
         let c = SweepConfig::resolve(flags, Some(&path)).unwrap();
         assert_eq!(c.alphas, vec![0.25]);
         assert_eq!(c.batch_size, 64);
+        assert_eq!(c.ema, Some(0.99));
+        assert_eq!(plan(&c).unwrap()[0].config.ema, Some(0.99));
         assert_eq!(c.students, vec!["mlp:784-16-10".to_string()]);
         assert_eq!(c.cache, dir.path().join("c"));
     }

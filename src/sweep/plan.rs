@@ -53,14 +53,31 @@ pub fn run_name(student: &str, kind: RunKind, loss: LossKind) -> String {
     }
 }
 
-fn dedup<T: PartialEq + Clone>(v: &[T]) -> Vec<T> {
-    let mut out: Vec<T> = Vec::new();
-    for x in v {
-        if !out.contains(x) {
-            out.push(x.clone());
-        }
+/// `v` without repeats, in first-seen order (linear: a grid may be long).
+pub(crate) fn dedup<T: Distinct + Clone>(v: &[T]) -> Vec<T> {
+    let mut seen = std::collections::HashSet::new();
+    v.iter().filter(|x| seen.insert(x.key())).cloned().collect()
+}
+
+/// A value a grid lists, with the key two equal values share.
+pub(crate) trait Distinct {
+    type Key: std::hash::Hash + Eq;
+    fn key(&self) -> Self::Key;
+}
+
+impl Distinct for String {
+    type Key = String;
+    fn key(&self) -> String {
+        self.clone()
     }
-    out
+}
+
+impl Distinct for f32 {
+    type Key = u32;
+    /// The bits, with -0 as +0 (equal as numbers).
+    fn key(&self) -> u32 {
+        (self + 0.0).to_bits()
+    }
 }
 
 /// Expands a sweep into its runs: per student (in the given order) the
@@ -68,6 +85,7 @@ fn dedup<T: PartialEq + Clone>(v: &[T]) -> Vec<T> {
 pub fn plan(cfg: &SweepConfig) -> Result<Vec<PlannedRun>> {
     cfg.validate()?;
     let mut runs = Vec::new();
+    let mut names = std::collections::HashSet::new();
     for student in dedup(&cfg.students) {
         // The canonical spelling, so `mlp:784-32-10` and a spaced variant
         // name the same run.
@@ -89,7 +107,7 @@ pub fn plan(cfg: &SweepConfig) -> Result<Vec<PlannedRun>> {
             }
             config.validate()?;
             let name = run_name(&student, kind, cfg.loss);
-            if runs.iter().any(|r: &PlannedRun| r.name == name) {
+            if !names.insert(name.clone()) {
                 continue;
             }
             runs.push(PlannedRun {

@@ -9,6 +9,7 @@
 //! | weights, the network's own layout | tensors named as the network's parameters |
 //! | optimizer state | tensors `optimizer.slot1.NAME`, `optimizer.slot2.NAME` |
 //! | pruning masks in force | tensors `mask.NAME` (PyTorch layout) |
+//! | the averaged weights and buffers (`ema`) | tensors `ema.NAME`, metadata `ema_updates` |
 //! | the spec | metadata `distill.spec` (as in a weights file) |
 //! | the run's config, as JSON | metadata `config` |
 //! | the cache's content id | metadata `cache_id` (empty without a cache) |
@@ -35,6 +36,7 @@ use crate::error::{Error, Result};
 use crate::model::io::{read_safetensors, write_safetensors, HostTensor, SPEC_KEY};
 use crate::model::{Backend, Network};
 
+use super::average::WeightAverage;
 use super::config::TrainConfig;
 use super::metrics::EpochMetrics;
 use super::optim::Optimizer;
@@ -113,16 +115,34 @@ pub struct RunIdentity<'a> {
     pub online_teacher: &'a str,
 }
 
+/// The updates of the run's weight average, in a checkpoint's metadata.
+const EMA_UPDATES_KEY: &str = "ema_updates";
+
+/// What a checkpoint holds besides the network and the optimizer.
+pub struct RunState<'a> {
+    pub progress: Progress,
+    /// The finished epochs' metrics.
+    pub metrics: &'a [EpochMetrics],
+    /// The masks in force (PyTorch layout), if any.
+    pub masks: Option<&'a [HostTensor]>,
+    /// The weight average, if the run keeps one.
+    pub average: Option<&'a WeightAverage>,
+}
+
 /// Writes a checkpoint (atomically: a killed write leaves the previous one).
 pub fn save<D: Backend>(
     path: &Path,
     run: RunIdentity<'_>,
     net: &Network<D>,
     opt: &Optimizer<D>,
-    progress: Progress,
-    metrics: &[EpochMetrics],
-    masks: Option<&[HostTensor]>,
+    state: RunState<'_>,
 ) -> Result<()> {
+    let RunState {
+        progress,
+        metrics,
+        masks,
+        average,
+    } = state;
     let mut tensors: Vec<HostTensor> = net
         .params()
         .iter()
@@ -156,6 +176,10 @@ pub fn save<D: Backend>(
         });
     }
     let mut meta = HashMap::new();
+    if let Some(a) = average {
+        tensors.extend(a.to_host(net));
+        meta.insert(EMA_UPDATES_KEY.into(), a.updates().to_string());
+    }
     meta.insert(SPEC_KEY.into(), net.spec().to_string());
     meta.insert(
         "config".into(),
@@ -188,13 +212,15 @@ pub fn recorded_config(path: &Path) -> Result<Option<TrainConfig>> {
         .and_then(|c| serde_json::from_str(c).ok()))
 }
 
-/// Reads a checkpoint of the same run into `net` and `opt`; refuses one of
-/// another run (config or cache).
+/// Reads a checkpoint of the same run into `net`, `opt` and `average` (the
+/// run's weight average, if it keeps one); refuses one of another run
+/// (config or cache).
 pub fn load<D: Backend>(
     path: &Path,
     run: RunIdentity<'_>,
     net: &mut Network<D>,
     opt: &mut Optimizer<D>,
+    average: Option<&mut WeightAverage>,
 ) -> Result<Checkpoint> {
     let (meta, tensors) = read_safetensors(path)?;
     let bad = |message: String| Error::Model {
@@ -258,6 +284,10 @@ pub fn load<D: Backend>(
         })
         .collect();
     opt.restore_state(net, &state, num("step")?)?;
+    if let Some(a) = average {
+        a.restore(net, &by_name, num(EMA_UPDATES_KEY)?)
+            .map_err(bad)?;
+    }
     let metrics: Vec<EpochMetrics> = serde_json::from_str(field("metrics")?).map_err(|e| {
         bad(format!(
             "metadata 'metrics': {}",
@@ -380,11 +410,17 @@ mod tests {
             ..Progress::default()
         };
         let opt = Optimizer::new(cfg.optimizer, 10);
-        save(&path, run, &net, &opt, progress, &[], None).unwrap();
+        let state = RunState {
+            progress,
+            metrics: &[],
+            masks: None,
+            average: None,
+        };
+        save(&path, run, &net, &opt, state).unwrap();
         let resume = || {
             let mut into = Network::new(spec.clone(), Cpu::default(), 1);
             let mut opt = Optimizer::new(cfg.optimizer, 10);
-            load(&path, run, &mut into, &mut opt).map(|ck| (ck.progress, into.fingerprint()))
+            load(&path, run, &mut into, &mut opt, None).map(|ck| (ck.progress, into.fingerprint()))
         };
         let (back, fingerprint) = resume().unwrap();
         assert_eq!((back.epoch, back.position), (1, 7));

@@ -39,6 +39,10 @@ pub const DISTILL_TEMPERATURE: f32 = 1.0;
 /// unless told otherwise.
 pub const DEFAULT_VAL_FRACTION: f64 = 0.1;
 
+/// The most epochs a run may have (a run plans every epoch's length
+/// before it starts).
+pub const MAX_EPOCHS: usize = 100_000;
+
 /// Everything that defines a training run.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct TrainConfig {
@@ -78,6 +82,11 @@ pub struct TrainConfig {
     /// their teacher held out ([`super::validation::TeacherOverlap`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub val_seed: Option<u64>,
+    /// The decay of a moving average of the weights ([`super::average`]):
+    /// with one, the run evaluates and writes the average, not the last
+    /// step's weights.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ema: Option<f64>,
 }
 
 fn no_normalization() -> NormalizeSetting {
@@ -102,6 +111,7 @@ impl Default for TrainConfig {
             val_fraction: DEFAULT_VAL_FRACTION,
             val_fold: None,
             val_seed: None,
+            ema: None,
         }
     }
 }
@@ -122,10 +132,10 @@ impl TrainConfig {
     /// Checks every field; errors name the field. Returns the parsed spec.
     pub fn validate(&self) -> Result<ModelSpec> {
         let spec = ModelSpec::parse(&self.spec)?;
-        if self.epochs == 0 {
+        if self.epochs == 0 || self.epochs > MAX_EPOCHS {
             return Err(Error::Config {
                 field: "epochs".into(),
-                message: "must be at least 1".into(),
+                message: format!("{} must be between 1 and {MAX_EPOCHS}", self.epochs),
             });
         }
         crate::model::compat::check_batch_size("batch_size", self.batch_size)?;
@@ -146,6 +156,9 @@ impl TrainConfig {
         }
         if let Some(s) = &self.prune_schedule {
             s.validate()?;
+        }
+        if let Some(d) = self.ema {
+            super::average::check_decay(d)?;
         }
         Ok(spec)
     }

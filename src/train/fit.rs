@@ -34,8 +34,9 @@ use crate::model::io::{save_weights, write_safetensors, SPEC_KEY};
 use crate::model::{Backend, ModelDir, ModelSpec, Network};
 use crate::report::plot::training_curves;
 
+use super::average::WeightAverage;
 use super::card::{CacheRef, ModelCard, OnlineTeacherRef};
-use super::checkpoint::{self, Progress, RunIdentity};
+use super::checkpoint::{self, Progress, RunIdentity, RunState};
 use super::config::{RunOptions, TrainConfig};
 use super::eval::{evaluate, evaluate_samples, EvalResult};
 use super::loader::{Batch, Loader};
@@ -115,6 +116,9 @@ struct Run<'a, D: Backend> {
     net: Network<D>,
     opt: Optimizer<D>,
     pruning: Pruning,
+    /// The moving average of the weights (`ema`), which the run evaluates
+    /// and writes in place of the live weights.
+    average: Option<WeightAverage>,
     /// The samples held out of training, evaluated after each epoch.
     validation: Arc<ValidationSplit>,
     total_steps: u64,
@@ -190,6 +194,7 @@ impl<'a, D: Backend> Run<'a, D> {
             &mask_source,
         )?;
         pruning.apply(&mut net);
+        let average = cfg.ema.map(|decay| WeightAverage::new(decay, &net));
         let fingerprint = &sources.train.fingerprint().0;
         let cache_id = sources.cache.map(|c| c.id());
         let online_teacher = sources.online_teacher.map(|t| t.fingerprint());
@@ -221,6 +226,7 @@ impl<'a, D: Backend> Run<'a, D> {
             net,
             opt: Optimizer::new(cfg.optimizer, total_steps),
             pruning,
+            average,
             validation: Arc::new(validation),
             total_steps,
             cache_id: sources.cache.map_or(String::new(), |c| c.id()),
@@ -252,7 +258,13 @@ impl<'a, D: Backend> Run<'a, D> {
             train_fingerprint: &self.sources.train.fingerprint().0,
             online_teacher: &self.online_teacher_fingerprint,
         };
-        let ck = checkpoint::load(&path, identity, &mut self.net, &mut self.opt)?;
+        let ck = checkpoint::load(
+            &path,
+            identity,
+            &mut self.net,
+            &mut self.opt,
+            self.average.as_mut(),
+        )?;
         if let Some(m) = ck.masks {
             self.pruning.restore(&self.net, m, &path)?;
         }
@@ -403,6 +415,9 @@ impl<'a, D: Backend> Run<'a, D> {
         let masks = self.dir.masks();
         self.pruning
             .after_step(self.opt.step(), &mut self.net, &masks)?;
+        if let Some(a) = &mut self.average {
+            a.update(&self.net);
+        }
         Ok(value)
     }
 
@@ -417,14 +432,33 @@ impl<'a, D: Backend> Run<'a, D> {
     ) -> Result<()> {
         let epoch_secs = epoch_start.elapsed().as_secs_f64();
         self.progress.train_seconds += epoch_secs;
+        // A NaN can pass through a finite loss (a ReLU maps it to 0), and
+        // a model of NaN weights must not be written as finished.
+        if let Some(p) = self
+            .net
+            .params()
+            .iter()
+            .find(|p| p.value.to_vec().iter().any(|v| !v.is_finite()))
+        {
+            return Err(Error::Training {
+                context: format!("epoch {}", epoch + 1),
+                message: format!(
+                    "weight {} is no longer finite (NaN or inf); lower `optimizer.lr`, or check \
+                     `normalize` and the cache",
+                    p.name
+                ),
+            });
+        }
+        let averaged = self.averaged();
+        let net = averaged.as_ref().unwrap_or(&self.net);
         let eval = match self.sources.test {
-            Some(test) => Some(evaluate(&self.net, test, EVAL_BATCH)?),
+            Some(test) => Some(evaluate(net, test, EVAL_BATCH)?),
             None => None,
         };
         let val = match self.validation.is_empty() {
             true => None,
             false => Some(evaluate_samples(
-                &self.net,
+                net,
                 self.sources.train,
                 self.validation.indices(),
                 EVAL_BATCH,
@@ -471,15 +505,27 @@ impl<'a, D: Backend> Run<'a, D> {
 
     fn save_checkpoint(&self, progress: Progress) -> Result<()> {
         let identity = self.identity();
+        let state = RunState {
+            progress,
+            metrics: &self.metrics,
+            masks: self.pruning.masks(),
+            average: self.average.as_ref(),
+        };
         checkpoint::save(
             &self.dir.checkpoint(),
             identity,
             &self.net,
             &self.opt,
-            progress,
-            &self.metrics,
-            self.pruning.masks(),
+            state,
         )
+    }
+
+    /// The network of the averaged weights, when the run averages them
+    /// (`ema`): what it evaluates and writes.
+    fn averaged(&self) -> Option<Network<D>> {
+        self.average
+            .as_ref()
+            .map(|a| a.network(&self.net, &self.pruning))
     }
 
     /// The run's card as of now: after its last finished epoch.
@@ -494,12 +540,14 @@ impl<'a, D: Backend> Run<'a, D> {
     }
 
     fn card(&self) -> ModelCard {
+        let averaged = self.averaged();
+        let net = averaged.as_ref().unwrap_or(&self.net);
         let cache_ref = match (self.sources.cache, &self.sources.cache_dir) {
             (Some(c), Some(dir)) => Some(CacheRef::from_views(c, dir)),
             _ => None,
         };
         let mut card = ModelCard::new(
-            &self.net,
+            net,
             self.cfg,
             self.opts,
             self.sources.train,
@@ -532,8 +580,9 @@ impl<'a, D: Backend> Run<'a, D> {
                 let _ = fs::remove_file(self.dir.checkpoint());
             }
         }
+        let network = self.averaged().unwrap_or(self.net);
         Ok(TrainOutcome {
-            network: self.net,
+            network,
             card,
             metrics: self.metrics,
             finished,
@@ -556,7 +605,8 @@ impl<'a, D: Backend> Run<'a, D> {
 
     /// Writes the weights, masks, card and curves into `dir`.
     fn write_model(&self, dir: &ModelDir, card: &ModelCard) -> Result<()> {
-        save_weights(&self.net, dir.weights())?;
+        let averaged = self.averaged();
+        save_weights(averaged.as_ref().unwrap_or(&self.net), dir.weights())?;
         if let Some(m) = self.pruning.masks() {
             let mut meta = HashMap::new();
             meta.insert(SPEC_KEY.to_string(), self.net.spec().as_str().to_string());

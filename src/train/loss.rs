@@ -286,10 +286,10 @@ impl LossConfig {
                 message: format!("{} must be in [0, 1]", self.alpha),
             });
         }
-        if !(self.temperature.is_finite() && self.temperature > 0.0 && self.temperature <= 1000.0) {
+        if let Err(message) = crate::numeric::check_temperature(self.temperature) {
             return Err(Error::Config {
                 field: "loss.temperature".into(),
-                message: format!("{} must be a number in (0, 1000]", self.temperature),
+                message,
             });
         }
         if !(self.soft_scale.is_finite() && self.soft_scale > 0.0 && self.soft_scale <= 1000.0) {

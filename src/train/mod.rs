@@ -21,10 +21,13 @@
 //! - [`compare`]: one row per model for `distill eval` and `distill prune`
 //!   (accuracy, size, FLOPs, throughput, latency); [`paired`]: two models
 //!   on the same images, image by image (McNemar's test);
+//! - [`average`]: the moving average of the weights a run may evaluate
+//!   and write instead of its last step's (`ema`);
 //! - [`metrics`], [`card`]: `metrics.jsonl` and `model.json`.
 //!
 //! [`trainer`] keeps the paths of the types from before the split.
 
+pub mod average;
 pub mod card;
 pub mod checkpoint;
 pub mod compare;
