@@ -126,21 +126,34 @@ fn a_cifar10_directory_trains_normalised_caches_evaluates_and_prunes() {
     );
 
     // A cnn spec without an input reads the data's 3x32x32 images; the
-    // default normalisation is the training split's, stored with it.
+    // default normalisation is that of the images the run trains on,
+    // stored with it: with nothing held out, the training split's.
     let quick = ["--epochs", "4", "--batch", "16", "--lr", "0.01", "-q"];
-    ok(cwd, &train_args(&d, "cnn:c4-p-p-p-10", "t", &quick));
-    let card = model_card(&cwd.join("t"));
-    assert_eq!(card["spec"], "cnn:i3x32x32-c4-p-p-p-10");
-    assert_eq!(card["config"]["normalize"], "auto");
+    let all = [&quick[..], &["--val-fraction", "0"]].concat();
+    ok(cwd, &train_args(&d, "cnn:c4-p-p-p-10", "all", &all));
+    let stats = |run: &str| {
+        let card = model_card(&cwd.join(run));
+        (
+            floats(&card["normalization"]["mean"]),
+            floats(&card["normalization"]["std"]),
+        )
+    };
     let (mean, std) = expected_stats(40);
-    let (m, sd) = (
-        floats(&card["normalization"]["mean"]),
-        floats(&card["normalization"]["std"]),
-    );
+    let (m, sd) = stats("all");
     for c in 0..3 {
         assert!((m[c] - mean[c]).abs() < 1e-5, "mean {c}: {m:?} vs {mean:?}");
         assert!((sd[c] - std[c]).abs() < 1e-5, "std {c}: {sd:?} vs {std:?}");
     }
+    // The validation images a run holds out are not measured.
+    ok(cwd, &train_args(&d, "cnn:c4-p-p-p-10", "t", &quick));
+    let card = model_card(&cwd.join("t"));
+    assert_eq!(card["spec"], "cnn:i3x32x32-c4-p-p-p-10");
+    assert_eq!(card["config"]["normalize"], "auto");
+    let (m, _) = stats("t");
+    assert!(
+        (0..3).any(|c| (m[c] - mean[c]).abs() > 1e-4),
+        "held-out images measured: {m:?} vs {mean:?}"
+    );
     assert!(card["pytorch"]
         .as_str()
         .unwrap()

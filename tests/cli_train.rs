@@ -1360,3 +1360,18 @@ fn a_checkpoint_resumes_only_on_its_data_and_with_its_teacher() {
         "{other_teacher}"
     );
 }
+
+/// A model whose activations cannot fit in memory is refused before the
+/// run starts, naming the flags to change, and writes nothing.
+#[test]
+fn a_run_past_the_machines_memory_is_refused_up_front() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = s(&small_data());
+    // 1M channels of 28x28 a sample: hundreds of terabytes at batch 128.
+    fails(
+        tmp.path(),
+        &train_args(&data, "cnn:c1000000-gap-10", "huge", &["--epochs", "1"]),
+        &["--batch", "--student", "GiB of memory"],
+    );
+    assert!(!tmp.path().join("huge").exists());
+}

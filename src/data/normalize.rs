@@ -103,10 +103,18 @@ impl Normalization {
     /// bytes exactly, from their histogram). An empty dataset gives the
     /// identity (mean 0, std 1).
     pub fn of_dataset(data: &Dataset) -> Normalization {
+        Normalization::of_samples(data, |_| true)
+    }
+
+    /// As [`Normalization::of_dataset`], over the samples `i` of `data`
+    /// for which `keep(i)` holds (a run's training samples, its
+    /// validation images left out).
+    pub fn of_samples(data: &Dataset, keep: impl Fn(usize) -> bool) -> Normalization {
         let [c, h, w] = data.sample_shape();
         let plane = h * w;
         let (mut mean, mut std) = (vec![0f32; c], vec![1f32; c]);
-        let count = (data.len() * plane) as f64;
+        let kept = (0..data.len()).filter(|&i| keep(i)).count();
+        let count = (kept * plane) as f64;
         if count == 0.0 {
             return Normalization { mean, std };
         }
@@ -114,7 +122,8 @@ impl Normalization {
             let (m, var) = match &data.inputs {
                 Inputs::U8(v) => {
                     let mut hist = [0u64; 256];
-                    for sample in v.chunks_exact(c * plane) {
+                    let samples = v.chunks_exact(c * plane).enumerate();
+                    for (_, sample) in samples.filter(|(i, _)| keep(*i)) {
                         for &x in &sample[ch * plane..(ch + 1) * plane] {
                             hist[x as usize] += 1;
                         }
@@ -130,7 +139,9 @@ impl Normalization {
                 Inputs::F32(v) => {
                     let channel = || {
                         v.chunks_exact(c * plane)
-                            .flat_map(move |s| &s[ch * plane..(ch + 1) * plane])
+                            .enumerate()
+                            .filter(|(i, _)| keep(*i))
+                            .flat_map(move |(_, s)| &s[ch * plane..(ch + 1) * plane])
                             .map(|&x| f64::from(x))
                     };
                     let m = channel().sum::<f64>() / count;
@@ -235,17 +246,22 @@ pub enum NormalizeSetting {
 }
 
 impl NormalizeSetting {
-    /// The normalisation of a run on `train`; `start` is `Some(its own)`
-    /// when the run starts from another model's weights (`Some(None)`: a
-    /// model without one). `Given` values must have the data's channels.
+    /// The normalisation of a run on `train`, which never trains on the
+    /// samples `held_out(i)` holds for (its validation images: `auto`
+    /// measures the others); `start` is `Some(its own)` when the run
+    /// starts from another model's weights (`Some(None)`: a model without
+    /// one). `Given` values must have the data's channels.
     pub fn resolve(
         &self,
         train: &Dataset,
+        held_out: impl Fn(usize) -> bool,
         start: Option<Option<&Normalization>>,
     ) -> Result<Option<Normalization>, DataError> {
         Ok(match (self, start) {
             (NormalizeSetting::Auto, Some(own)) => own.cloned(),
-            (NormalizeSetting::Auto, None) => Some(Normalization::of_dataset(train)),
+            (NormalizeSetting::Auto, None) => {
+                Some(Normalization::of_samples(train, |i| !held_out(i)))
+            }
             (NormalizeSetting::Off, _) => None,
             (NormalizeSetting::Given(n), _) => {
                 let [c, h, w] = train.sample_shape();
@@ -402,19 +418,34 @@ mod tests {
         let d = rgb();
         let auto = NormalizeSetting::Auto;
         assert_eq!(
-            auto.resolve(&d, None).unwrap(),
+            auto.resolve(&d, |_| false, None).unwrap(),
             Some(Normalization::of_dataset(&d))
         );
+        // Held-out samples are not measured: sample 1 alone is sample 0
+        // plus one grey level in every pixel.
+        let second = auto.resolve(&d, |i| i == 0, None).unwrap().unwrap();
+        let first = auto.resolve(&d, |i| i == 1, None).unwrap().unwrap();
+        for ch in 0..3 {
+            let shift = second.mean()[ch] - first.mean()[ch];
+            assert!((shift - 1.0 / 255.0).abs() < 1e-6, "{shift}");
+            assert!((second.std()[ch] - first.std()[ch]).abs() < 1e-6);
+        }
         let own: Normalization = "0/1".parse().unwrap();
-        assert_eq!(auto.resolve(&d, Some(Some(&own))).unwrap(), Some(own));
-        assert_eq!(auto.resolve(&d, Some(None)).unwrap(), None);
-        assert_eq!(NormalizeSetting::Off.resolve(&d, None).unwrap(), None);
+        assert_eq!(
+            auto.resolve(&d, |_| false, Some(Some(&own))).unwrap(),
+            Some(own)
+        );
+        assert_eq!(auto.resolve(&d, |_| false, Some(None)).unwrap(), None);
+        assert_eq!(
+            NormalizeSetting::Off.resolve(&d, |_| false, None).unwrap(),
+            None
+        );
         let given: NormalizeSetting = "0.1,0.2,0.3/1,1,1".parse().unwrap();
-        assert!(given.resolve(&d, None).unwrap().is_some());
+        assert!(given.resolve(&d, |_| false, None).unwrap().is_some());
         let e = "0.5/0.2"
             .parse::<NormalizeSetting>()
             .unwrap()
-            .resolve(&d, None)
+            .resolve(&d, |_| false, None)
             .unwrap_err()
             .to_string();
         assert!(e.contains("1 channels") && e.contains("3x2x2"), "{e}");

@@ -21,6 +21,7 @@ pub mod io;
 pub mod kd;
 pub mod kernels;
 pub mod layers;
+pub mod memory;
 pub mod network;
 pub mod ops;
 pub mod pytorch;

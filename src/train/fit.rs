@@ -49,7 +49,7 @@ use super::sources::TrainSources;
 use super::validation::ValidationSplit;
 
 /// Batch size of the evaluation after each epoch.
-const EVAL_BATCH: usize = 1000;
+pub(crate) const EVAL_BATCH: usize = 1000;
 
 /// The outcome of a run.
 pub struct TrainOutcome<D: Backend> {
@@ -168,13 +168,15 @@ impl<'a, D: Backend> Run<'a, D> {
             net.load_host(init, &source)?;
         }
         let start = opts.init.as_ref().map(|_| opts.init_normalization.as_ref());
-        let normalization = cfg.normalize.resolve(sources.train, start)?;
+        let validation = cfg.validation_split(sources.train.len())?;
+        let normalization =
+            cfg.normalize
+                .resolve(sources.train, |i| validation.holds_out(i), start)?;
         net.set_normalization(normalization)
             .map_err(|message| Error::Config {
                 field: "normalize".into(),
                 message,
             })?;
-        let validation = cfg.validation_split(sources.train.len())?;
         let total_steps = {
             let loader = Loader::new(sources.train, sources.cache, cfg).holding_out(&validation);
             let mut steps = 0u64;

@@ -114,6 +114,9 @@ impl Default for OptimizerConfig {
     }
 }
 
+/// The smallest learning rate a run takes.
+pub const MIN_LR: f64 = 1e-12;
+
 impl OptimizerConfig {
     /// Checks ranges; errors name the field.
     pub fn validate(&self) -> Result<()> {
@@ -127,6 +130,17 @@ impl OptimizerConfig {
             return bad(
                 "optimizer.lr",
                 format!("{} must be a positive number", self.lr),
+            );
+        }
+        // An f32 weight moves by about lr a step; far below its rounding
+        // step it never moves, and the run would train nothing.
+        if self.lr < MIN_LR {
+            return bad(
+                "optimizer.lr",
+                format!(
+                    "{:e} is below {MIN_LR:e}: no f32 weight would change",
+                    self.lr
+                ),
             );
         }
         if !(self.weight_decay.is_finite() && self.weight_decay >= 0.0) {
@@ -599,6 +613,13 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("optimizer.lr"));
+        let mut c = cfg(OptimizerKind::Adam);
+        c.lr = 1e-300;
+        let e = c.validate().unwrap_err().to_string();
+        assert!(
+            e.contains("optimizer.lr") && e.contains("below 1e-12"),
+            "{e}"
+        );
         let mut c = cfg(OptimizerKind::Adam);
         c.momentum = 1.5;
         assert!(c

@@ -260,6 +260,15 @@ impl<D: Backend> TrainSources<'_, D> {
     /// Checks the sources against the run's config and the student's
     /// `spec` before anything is trained or written.
     pub fn check(&self, cfg: &TrainConfig, spec: &ModelSpec) -> Result<()> {
+        // On the CPU the run's tensors live in this machine's memory.
+        if std::any::TypeId::of::<D>() == std::any::TypeId::of::<dfdx::prelude::Cpu>() {
+            crate::model::memory::check_fits(
+                spec,
+                cfg.batch_size,
+                super::fit::EVAL_BATCH,
+                crate::model::memory::available(),
+            )?;
+        }
         let train = self.train;
         if train.is_empty() {
             return Err(Error::Config {
