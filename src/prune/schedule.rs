@@ -107,17 +107,21 @@ impl GradualSchedule {
     }
 
     /// Checks every field; errors name the `prune_schedule` field.
+    ///
+    /// Numbers far from 1 are written with an exponent (1e300, not 301
+    /// digits).
     pub fn validate(&self) -> Result<()> {
         if !(self.final_sparsity.is_finite() && (0.0..1.0).contains(&self.final_sparsity)) {
             return Err(field_err(format!(
                 "final={} must be in [0, 1)",
-                self.final_sparsity
+                number(self.final_sparsity)
             )));
         }
         for (k, v) in [("start", self.start), ("end", self.end)] {
             if !(v.is_finite() && (0.0..=1.0).contains(&v)) {
                 return Err(field_err(format!(
-                    "{k}={v} must be a fraction of the run in [0, 1]"
+                    "{k}={} must be a fraction of the run in [0, 1]",
+                    number(v)
                 )));
             }
         }
@@ -179,6 +183,16 @@ pub fn mask_sparsity(masks: &[HostTensor]) -> f64 {
     zeros as f64 / total as f64
 }
 
+/// `v` as an error message shows it: plainly near 1, with an exponent far
+/// from it.
+fn number(v: f64) -> String {
+    if v != 0.0 && v.is_finite() && !(1e-4..1e6).contains(&v.abs()) {
+        format!("{v:e}")
+    } else {
+        v.to_string()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -212,6 +226,8 @@ mod tests {
             ("final=nan", "[0, 1)"),
             ("final=0.5,start=0.6,end=0.5", "comes after"),
             ("final=0.5,end=1.5", "end=1.5"),
+            ("final=0.5,end=1e300", "end=1e300 must be"),
+            ("final=2e200", "final=2e200 must be"),
             ("final=0.5,every=0", "every=0"),
             ("final=0.5,every=1.5", "whole number"),
             ("final=0.5,speed=3", "unknown item 'speed=3'"),
