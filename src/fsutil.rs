@@ -107,6 +107,34 @@ pub enum LockError {
     Lock(std::io::Error),
 }
 
+/// The bytes free to this user on the file system that holds `path`, or
+/// would hold it once created (its nearest existing ancestor): `None` where
+/// that cannot be read.
+pub fn available_space(path: &Path) -> Option<(PathBuf, u64)> {
+    let existing = path
+        .ancestors()
+        .find(|p| p.is_dir())
+        .unwrap_or(Path::new("."));
+    fs2::available_space(existing)
+        .ok()
+        .map(|free| (existing.to_path_buf(), free))
+}
+
+/// The total size of the files directly inside `dir` (0 where it cannot be
+/// listed): what a cache directory, which holds no subdirectories, takes.
+pub fn files_bytes(dir: &Path) -> u64 {
+    fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .flatten()
+                .filter_map(|e| e.metadata().ok())
+                .filter(|m| m.is_file())
+                .map(|m| m.len())
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
 /// Removes the file at `path`; a file that is already gone is no error.
 pub fn remove_if_present(path: &Path) -> Result<(), FsError> {
     match fs::remove_file(path) {

@@ -340,6 +340,9 @@ pub fn build_view_set<D: Backend>(
         };
         on_view(&dir, &report, &stats);
         view_stats.push(stats);
+        if !already_built {
+            check_views_space(out, &dir, v, set.views)?;
+        }
     }
     let start = Instant::now();
     let clean_agreement = clean_agreement(teacher, data, opts.batch_size)?;
@@ -451,8 +454,69 @@ pub fn build_view_set_part<D: Backend>(
         let view = view_dir(dir, v);
         let report = build_cache_part(teacher, data, &view, &view_options(opts, set, v), part)?;
         on_view(&view, &report);
+        if report.resumed_from < report.part.num_samples {
+            check_views_space(dir, &view, v, set.views)?;
+        }
     }
     Ok(())
+}
+
+/// After view `v` of a set has been written at `built`, refuses to go on
+/// when the views after it that are not there yet would not fit on the file
+/// system: each takes about what view `v` took (the compressed size is only
+/// known once a view is written). The views built stay, and a rerun resumes
+/// from them. Where the free space cannot be read, nothing is refused.
+fn check_views_space(set_dir: &Path, built: &Path, v: u64, views: u64) -> Result<()> {
+    match crate::fsutil::available_space(set_dir) {
+        Some(free) => check_views_fit(set_dir, built, v, views, free),
+        None => Ok(()),
+    }
+}
+
+/// [`check_views_space`] against `free` bytes on the file system at
+/// `fs_dir`.
+fn check_views_fit(
+    set_dir: &Path,
+    built: &Path,
+    v: u64,
+    views: u64,
+    (fs_dir, free): (PathBuf, u64),
+) -> Result<()> {
+    let left = (v + 1..views)
+        .filter(|&w| !view_dir(set_dir, w).exists())
+        .count() as u64;
+    let per_view = crate::fsutil::files_bytes(built);
+    match views_space_shortfall(per_view, left, free) {
+        None => Ok(()),
+        Some(need) => {
+            let mib = |b: u64| b as f64 / (1u64 << 20) as f64;
+            Err(Error::Config {
+                field: "views".into(),
+                message: format!(
+                    "view {v} took {:.1} MiB, so the {left} views still to build need about \
+                     {:.1} MiB, and {} has {:.1} MiB free; the {} built stay{} in {} and a \
+                     rerun resumes from them once there is room, or build fewer views",
+                    mib(per_view),
+                    mib(need),
+                    fs_dir.display(),
+                    mib(free),
+                    match v {
+                        0 => "view".to_string(),
+                        _ => format!("{} views", v + 1),
+                    },
+                    if v == 0 { "s" } else { "" },
+                    set_dir.display(),
+                ),
+            })
+        }
+    }
+}
+
+/// The bytes `left` more views of `per_view` bytes need, when that is more
+/// than `free`.
+fn views_space_shortfall(per_view: u64, left: u64, free: u64) -> Option<u64> {
+    let need = per_view.saturating_mul(left);
+    (need > free).then_some(need)
 }
 
 fn check_view_set(
@@ -1144,11 +1208,7 @@ fn check_export_space(
         .filter_map(|(_, p)| std::fs::metadata(p).ok())
         .map(|m| m.len())
         .sum();
-    let existing = out
-        .ancestors()
-        .find(|p| p.is_dir())
-        .unwrap_or(Path::new("."));
-    let Ok(free) = fs2::available_space(existing) else {
+    let Some((existing, free)) = crate::fsutil::available_space(out) else {
         return Ok(());
     };
     // One view is written beside the file it replaces before that goes.
@@ -1564,5 +1624,50 @@ mod view_agreement_tests {
                 other == own
             );
         }
+    }
+}
+
+#[cfg(test)]
+mod view_space_tests {
+    use super::*;
+
+    #[test]
+    fn views_that_would_not_fit_are_refused_with_what_they_need() {
+        assert_eq!(views_space_shortfall(100, 3, 300), None);
+        assert_eq!(views_space_shortfall(100, 3, 299), Some(300));
+        assert_eq!(views_space_shortfall(100, 0, 0), None);
+        assert_eq!(
+            views_space_shortfall(u64::MAX, 2, u64::MAX - 1),
+            Some(u64::MAX)
+        );
+    }
+
+    #[test]
+    fn the_views_left_are_those_not_on_disk() {
+        let tmp = tempfile::tempdir().unwrap();
+        let set = tmp.path();
+        std::fs::create_dir_all(view_dir(set, 0)).unwrap();
+        std::fs::write(view_dir(set, 0).join("shard"), vec![0u8; 4096]).unwrap();
+        // Views 1 and 3 left of four, 4 KiB each: fits any real disk.
+        std::fs::create_dir_all(view_dir(set, 2)).unwrap();
+        let free = |bytes: u64| (set.to_path_buf(), bytes);
+        check_views_fit(set, &view_dir(set, 0), 0, 4, free(8192)).unwrap();
+        let e = check_views_fit(set, &view_dir(set, 0), 0, 4, free(8191))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("the 2 views still to build need about 0.0 MiB"),
+            "{e}"
+        );
+        assert!(e.contains("the view built stays"), "{e}");
+        // After view 2, view 3 alone is left.
+        std::fs::write(view_dir(set, 2).join("shard"), vec![0u8; 4096]).unwrap();
+        check_views_fit(set, &view_dir(set, 2), 2, 4, free(4096)).unwrap();
+        let e = check_views_fit(set, &view_dir(set, 2), 2, 4, free(4095))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("the 3 views built stay"), "{e}");
+        // The real file system has room for four small views.
+        check_views_space(set, &view_dir(set, 0), 0, 4).unwrap();
     }
 }
