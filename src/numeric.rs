@@ -24,6 +24,30 @@ pub fn check_temperature(t: f32) -> Result<(), String> {
     Err(format!("{t} must be {}", temperature_range()))
 }
 
+/// `v` as an error message shows it: plainly near 1, with an exponent far
+/// from it (`1e-50`, not 52 digits).
+pub fn display_number(v: f64) -> String {
+    if v != 0.0 && v.is_finite() && !(1e-4..1e6).contains(&v.abs()) {
+        format!("{v:e}")
+    } else {
+        v.to_string()
+    }
+}
+
+/// A temperature read as an f64 (from a file or a flag), checked before it
+/// becomes the f32 distill computes with: a positive value too small for an
+/// f32 would otherwise turn into 0 and be reported as "0".
+pub fn temperature_from_f64(t: f64) -> Result<f32, String> {
+    if t.is_finite() && (f64::from(MIN_TEMPERATURE)..=f64::from(MAX_TEMPERATURE)).contains(&t) {
+        return Ok(t as f32);
+    }
+    Err(format!(
+        "{} must be {}",
+        display_number(t),
+        temperature_range()
+    ))
+}
+
 /// The temperatures distill takes, in words, for error messages.
 pub fn temperature_range() -> String {
     format!(

@@ -281,7 +281,7 @@ fn settings(a: &SweepArgs) -> SweepSettings {
         data: a.data.clone(),
         teacher: a.teacher.clone(),
         students: list(&a.students),
-        temperatures: nums(&a.temperatures),
+        temperatures: nums(&a.temperatures).map(|t| t.into_iter().map(f64::from).collect()),
         alphas: nums(&a.alphas),
         baseline: a.baseline.then_some(true),
         loss: a.loss.clone(),

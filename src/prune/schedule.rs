@@ -22,6 +22,7 @@
 
 use crate::error::{Error, Result};
 use crate::model::io::HostTensor;
+use crate::numeric::display_number;
 
 /// A gradual (cubic) magnitude-pruning schedule over one training run.
 #[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -114,14 +115,14 @@ impl GradualSchedule {
         if !(self.final_sparsity.is_finite() && (0.0..1.0).contains(&self.final_sparsity)) {
             return Err(field_err(format!(
                 "final={} must be in [0, 1)",
-                number(self.final_sparsity)
+                display_number(self.final_sparsity)
             )));
         }
         for (k, v) in [("start", self.start), ("end", self.end)] {
             if !(v.is_finite() && (0.0..=1.0).contains(&v)) {
                 return Err(field_err(format!(
                     "{k}={} must be a fraction of the run in [0, 1]",
-                    number(v)
+                    display_number(v)
                 )));
             }
         }
@@ -181,16 +182,6 @@ pub fn mask_sparsity(masks: &[HostTensor]) -> f64 {
         .filter(|v| **v == 0.0)
         .count();
     zeros as f64 / total as f64
-}
-
-/// `v` as an error message shows it: plainly near 1, with an exponent far
-/// from it.
-fn number(v: f64) -> String {
-    if v != 0.0 && v.is_finite() && !(1e-4..1e6).contains(&v.abs()) {
-        format!("{v:e}")
-    } else {
-        v.to_string()
-    }
 }
 
 #[cfg(test)]

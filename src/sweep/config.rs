@@ -245,7 +245,7 @@ pub struct SweepSettings {
     pub data: Option<PathBuf>,
     pub teacher: Option<PathBuf>,
     pub students: Option<Vec<String>>,
-    pub temperatures: Option<Vec<f32>>,
+    pub temperatures: Option<Vec<f64>>,
     pub alphas: Option<Vec<f32>>,
     pub baseline: Option<bool>,
     /// kd, dkd, dist, mse or pseudo.
@@ -411,7 +411,17 @@ impl SweepSettings {
         if let Some(l) = self.loss {
             cfg.loss = l.parse::<LossKind>().map_err(|e| for_field(e, "loss"))?;
         }
-        cfg.temperatures = self.temperatures.unwrap_or(cfg.temperatures);
+        if let Some(ts) = self.temperatures {
+            // Checked as read: 1e-50 as an f32 is 0.
+            cfg.temperatures = ts
+                .into_iter()
+                .map(crate::numeric::temperature_from_f64)
+                .collect::<std::result::Result<_, _>>()
+                .map_err(|message| Error::Config {
+                    field: "temperatures".into(),
+                    message,
+                })?;
+        }
         // Pseudo-labels have no hard-label term: alpha 0 unless told, as
         // with `distill train --loss pseudo`.
         cfg.alphas = match self.alphas {
@@ -611,6 +621,13 @@ mod tests {
         assert!(
             e.to_string()
                 .contains("sweep.toml: key `studentz`: unknown field"),
+            "{e}"
+        );
+        // A temperature an f32 cannot hold is reported as written, not as 0.
+        let (_dir, path) = file("students = [\"mlp:784-16-10\"]\ntemperatures = [4, 1e-50]\n");
+        let e = SweepConfig::resolve(SweepSettings::default(), Some(&path)).unwrap_err();
+        assert!(
+            e.to_string().contains("key `temperatures`: 1e-50 must be"),
             "{e}"
         );
         let (_dir, path) = file("alphas = \"x\"\n");
