@@ -149,6 +149,14 @@ pub trait Backend: Device<f32> + Clone + 'static {
     }
     /// Human-readable device name.
     fn describe(&self) -> String;
+    /// Whether this device's tensors live in the host's memory (the CPU), so
+    /// that a run's memory is checked against what the host has free.
+    fn tensors_on_host() -> bool
+    where
+        Self: Sized,
+    {
+        false
+    }
     /// Opens this kind of device afresh (the first of its kind). A device
     /// handle need not cross threads (CUDA's holds a stream), so a worker
     /// thread opens its own with this instead of borrowing one.
@@ -234,6 +242,9 @@ impl Backend for Cpu {
             rayon::current_num_threads(),
             crate::simd::level().name()
         )
+    }
+    fn tensors_on_host() -> bool {
+        true
     }
     fn open_default() -> Result<Self, String> {
         Ok(Cpu::default())

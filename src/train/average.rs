@@ -12,7 +12,10 @@
 //! The optimizer keeps stepping the live weights; the run evaluates,
 //! snapshots and writes the averaged ones ([`WeightAverage::network`]). The
 //! masks in force are applied to the averaged weights too, so a pruned
-//! weight stays exactly zero. A checkpoint holds the averages and the
+//! weight stays exactly zero. The parameters' averages live where the
+//! parameters do and are updated there (dfdx's `axpy`: on a GPU no weight
+//! leaves the device at a step); batch norm's statistics are host vectors
+//! already, and so are their averages. A checkpoint holds the averages and the
 //! number of updates ([`WeightAverage::to_host`], [`WeightAverage::restore`]),
 //! so a resumed run ends with the same averaged weights as an uninterrupted
 //! one.
@@ -21,6 +24,7 @@ use std::collections::HashMap;
 
 use crate::error::{Error, Result};
 use crate::model::io::HostTensor;
+use crate::model::network::ParamValue;
 use crate::model::{Backend, Network};
 
 use super::pruning::Pruning;
@@ -35,24 +39,27 @@ fn warm_decay(decay: f64, earlier_updates: u64) -> f64 {
     decay.min((1.0 + n) / (10.0 + n))
 }
 
-/// The running average of every parameter and buffer of a network, on the
-/// host, in the network's own layout and order.
+/// The running average of every parameter and buffer of a network, in the
+/// network's own layout and order: the parameters' on the network's device,
+/// the buffers' on the host.
 #[derive(Debug, Clone)]
-pub struct WeightAverage {
+pub struct WeightAverage<D: Backend> {
     decay: f64,
     updates: u64,
-    params: Vec<Vec<f32>>,
+    params: Vec<ParamValue<D>>,
     buffers: Vec<Vec<f32>>,
 }
 
-impl WeightAverage {
+impl<D: Backend> WeightAverage<D> {
     /// An average with decay `decay` (in (0, 1)), starting at `net`'s
     /// values.
-    pub fn new<D: Backend>(decay: f64, net: &Network<D>) -> Self {
+    pub fn new(decay: f64, net: &Network<D>) -> Self {
         WeightAverage {
             decay,
             updates: 0,
-            params: net.params().iter().map(|p| p.value.to_vec()).collect(),
+            // A clone shares the tensor's storage until either side is
+            // written; the first update then copies it, once.
+            params: net.params().iter().map(|p| p.value.clone()).collect(),
             buffers: net.buffers().iter().map(|b| b.get()).collect(),
         }
     }
@@ -68,33 +75,37 @@ impl WeightAverage {
     }
 
     /// Takes in `net`'s values after an optimizer step.
-    pub fn update<D: Backend>(&mut self, net: &Network<D>) {
+    pub fn update(&mut self, net: &Network<D>) {
         let d = self.next_decay() as f32;
-        let blend = |avg: &mut [f32], w: &[f32]| {
-            for (a, w) in avg.iter_mut().zip(w) {
-                *a = d * *a + (1.0 - d) * w;
-            }
-        };
+        // Rounded to f32 as the values are, so that device and host agree.
+        let (keep, take) = (f64::from(d), f64::from(1.0 - d));
         for (avg, p) in self.params.iter_mut().zip(net.params()) {
-            match p.host.get() {
-                Some(w) => blend(avg, w),
-                None => blend(avg, &p.value.to_vec()),
+            match (avg, &p.value) {
+                (ParamValue::Matrix(a), ParamValue::Matrix(w)) => a.axpy(keep, w, take),
+                (ParamValue::Vector(a), ParamValue::Vector(w)) => a.axpy(keep, w, take),
+                // `new` copied the network's own parameters, kind for kind.
+                _ => unreachable!("an averaged parameter changed kind"),
             }
         }
         for (avg, b) in self.buffers.iter_mut().zip(net.buffers()) {
-            blend(avg, &b.get());
+            for (a, w) in avg.iter_mut().zip(b.get()) {
+                *a = d * *a + (1.0 - d) * w;
+            }
         }
         self.updates += 1;
     }
 
     /// A network of `live`'s spec, device and input normalisation holding
     /// the averaged values, with `pruning`'s masks applied.
-    pub fn network<D: Backend>(&self, live: &Network<D>, pruning: &Pruning) -> Network<D> {
+    pub fn network(&self, live: &Network<D>, pruning: &Pruning) -> Network<D> {
         let mut net = Network::new(live.spec().clone(), live.device().clone(), 0);
         // The live network's normalisation already fits its spec.
         let _ = net.set_normalization(live.normalization().cloned());
+        // Copied, not cloned: a clone would carry the tensor ids of the live
+        // network's parameters (gradients are keyed by them). Once an
+        // evaluation or a snapshot, so the trip through the host is cheap.
         for (p, avg) in net.params_mut().iter_mut().zip(&self.params) {
-            p.value.copy_from(avg);
+            p.value.copy_from(&avg.to_vec());
         }
         for (b, avg) in net.buffers().iter().zip(&self.buffers) {
             b.set(avg.clone());
@@ -105,7 +116,7 @@ impl WeightAverage {
 
     /// The averages as checkpoint tensors, named `ema.` and the parameter's
     /// or buffer's name, in the network's own layout.
-    pub fn to_host<D: Backend>(&self, net: &Network<D>) -> Vec<HostTensor> {
+    pub fn to_host(&self, net: &Network<D>) -> Vec<HostTensor> {
         let params = net
             .params()
             .iter()
@@ -113,7 +124,7 @@ impl WeightAverage {
             .map(|(p, avg)| HostTensor {
                 name: format!("{CHECKPOINT_PREFIX}{}", p.name),
                 shape: p.value.dims(),
-                data: avg.clone(),
+                data: avg.to_vec(),
             });
         let buffers = net
             .buffers()
@@ -129,7 +140,7 @@ impl WeightAverage {
 
     /// Takes the averages and the update count back from a checkpoint's
     /// tensors; the error says which tensor is missing or mis-sized.
-    pub fn restore<D: Backend>(
+    pub fn restore(
         &mut self,
         net: &Network<D>,
         tensors: &HashMap<&str, &HostTensor>,
@@ -140,16 +151,20 @@ impl WeightAverage {
             .iter()
             .map(|p| &p.name)
             .chain(net.buffers().iter().map(|b| &b.name));
-        let slots = self.params.iter_mut().chain(self.buffers.iter_mut());
-        for (name, avg) in names.zip(slots) {
+        let mut slots: Vec<Slot<'_, D>> = self.params.iter_mut().map(Slot::Param).collect();
+        slots.extend(self.buffers.iter_mut().map(Slot::Buffer));
+        // Every tensor is checked before any is taken: a bad checkpoint
+        // leaves the average as it was.
+        let mut found = Vec::with_capacity(slots.len());
+        for (name, slot) in names.zip(&slots) {
             let key = format!("{CHECKPOINT_PREFIX}{name}");
+            let len = slot.len();
             match tensors.get(key.as_str()) {
-                Some(t) if t.data.len() == avg.len() => avg.copy_from_slice(&t.data),
+                Some(t) if t.data.len() == len => found.push(*t),
                 Some(t) => {
                     return Err(format!(
-                        "tensor '{key}' has {} values, expected {}",
+                        "tensor '{key}' has {} values, expected {len}",
                         t.data.len(),
-                        avg.len()
                     ))
                 }
                 None => {
@@ -159,8 +174,29 @@ impl WeightAverage {
                 }
             }
         }
+        for (slot, t) in slots.into_iter().zip(found) {
+            match slot {
+                Slot::Param(avg) => avg.copy_from(&t.data),
+                Slot::Buffer(avg) => avg.copy_from_slice(&t.data),
+            }
+        }
         self.updates = updates;
         Ok(())
+    }
+}
+
+/// One averaged tensor, as a checkpoint restores it.
+enum Slot<'a, D: Backend> {
+    Param(&'a mut ParamValue<D>),
+    Buffer(&'a mut Vec<f32>),
+}
+
+impl<D: Backend> Slot<'_, D> {
+    fn len(&self) -> usize {
+        match self {
+            Slot::Param(p) => p.len(),
+            Slot::Buffer(b) => b.len(),
+        }
     }
 }
 
@@ -277,11 +313,20 @@ mod tests {
         let mut back = WeightAverage::new(0.9, &start);
         back.restore(&start, &by_name, avg.updates()).unwrap();
         assert_eq!(back.updates(), 2);
-        assert_eq!(back.params, avg.params);
+        let values = |a: &WeightAverage<Cpu>| -> Vec<Vec<f32>> {
+            a.params.iter().map(|p| p.to_vec()).collect()
+        };
+        assert_eq!(values(&back), values(&avg));
+        assert_eq!(back.buffers, avg.buffers);
         let mut partial = by_name.clone();
         partial.remove("ema.layers.0.weight");
-        let err = back.restore(&start, &partial, 2).unwrap_err();
+        let mut other = WeightAverage::new(0.9, &net(4));
+        let before = values(&other);
+        let err = other.restore(&start, &partial, 2).unwrap_err();
         assert!(err.contains("'ema.layers.0.weight' is missing"), "{err}");
+        // Refused whole: nothing of the bad checkpoint was taken.
+        assert_eq!(values(&other), before);
+        assert_eq!(other.updates(), 0);
     }
 
     #[test]

@@ -119,14 +119,14 @@ pub struct RunIdentity<'a> {
 const EMA_UPDATES_KEY: &str = "ema_updates";
 
 /// What a checkpoint holds besides the network and the optimizer.
-pub struct RunState<'a> {
+pub struct RunState<'a, D: Backend> {
     pub progress: Progress,
     /// The finished epochs' metrics.
     pub metrics: &'a [EpochMetrics],
     /// The masks in force (PyTorch layout), if any.
     pub masks: Option<&'a [HostTensor]>,
     /// The weight average, if the run keeps one.
-    pub average: Option<&'a WeightAverage>,
+    pub average: Option<&'a WeightAverage<D>>,
 }
 
 /// Writes a checkpoint (atomically: a killed write leaves the previous one).
@@ -135,7 +135,7 @@ pub fn save<D: Backend>(
     run: RunIdentity<'_>,
     net: &Network<D>,
     opt: &Optimizer<D>,
-    state: RunState<'_>,
+    state: RunState<'_, D>,
 ) -> Result<()> {
     let RunState {
         progress,
@@ -220,7 +220,7 @@ pub fn load<D: Backend>(
     run: RunIdentity<'_>,
     net: &mut Network<D>,
     opt: &mut Optimizer<D>,
-    average: Option<&mut WeightAverage>,
+    average: Option<&mut WeightAverage<D>>,
 ) -> Result<Checkpoint> {
     let (meta, tensors) = read_safetensors(path)?;
     let bad = |message: String| Error::Model {

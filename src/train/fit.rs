@@ -118,7 +118,7 @@ struct Run<'a, D: Backend> {
     pruning: Pruning,
     /// The moving average of the weights (`ema`), which the run evaluates
     /// and writes in place of the live weights.
-    average: Option<WeightAverage>,
+    average: Option<WeightAverage<D>>,
     /// The samples held out of training, evaluated after each epoch.
     validation: Arc<ValidationSplit>,
     total_steps: u64,
@@ -490,7 +490,8 @@ impl<'a, D: Backend> Run<'a, D> {
         write_metrics(&self.dir.metrics(), &self.metrics)?;
         self.last_eval = eval;
         if self.opts.snapshot_epochs.contains(&(epoch + 1)) {
-            self.write_snapshot(epoch + 1)?;
+            let net = averaged.as_ref().unwrap_or(&self.net);
+            self.write_snapshot(epoch + 1, net)?;
         }
         self.progress = Progress {
             epoch: epoch + 1,
@@ -530,7 +531,6 @@ impl<'a, D: Backend> Run<'a, D> {
             .map(|a| a.network(&self.net, &self.pruning))
     }
 
-    /// The run's card as of now: after its last finished epoch.
     /// Which run this is, for its checkpoint.
     fn identity(&self) -> RunIdentity<'_> {
         RunIdentity {
@@ -541,9 +541,10 @@ impl<'a, D: Backend> Run<'a, D> {
         }
     }
 
-    fn card(&self) -> ModelCard {
-        let averaged = self.averaged();
-        let net = averaged.as_ref().unwrap_or(&self.net);
+    /// The run's card as of now: after its last finished epoch. `net` is
+    /// the network the run writes: the live one, or the averaged one
+    /// ([`Self::averaged`]).
+    fn card(&self, net: &Network<D>) -> ModelCard {
         let cache_ref = match (self.sources.cache, &self.sources.cache_dir) {
             (Some(c), Some(dir)) => Some(CacheRef::from_views(c, dir)),
             _ => None,
@@ -572,9 +573,11 @@ impl<'a, D: Backend> Run<'a, D> {
 
     /// The card of the run; a finished run's files.
     fn finish(self, finished: bool) -> Result<TrainOutcome<D>> {
-        let card = self.card();
+        let averaged = self.averaged();
+        let net = averaged.as_ref().unwrap_or(&self.net);
+        let card = self.card(net);
         if finished {
-            self.write_model(&self.dir, &card)?;
+            self.write_model(&self.dir, &card, net)?;
             // Before the checkpoint: stopped between the two, `resume`
             // continues the checkpoint and comes here again.
             drop_earlier_model(&self.dir)?;
@@ -582,7 +585,7 @@ impl<'a, D: Backend> Run<'a, D> {
                 let _ = fs::remove_file(self.dir.checkpoint());
             }
         }
-        let network = self.averaged().unwrap_or(self.net);
+        let network = averaged.unwrap_or(self.net);
         Ok(TrainOutcome {
             network,
             card,
@@ -596,19 +599,19 @@ impl<'a, D: Backend> Run<'a, D> {
     /// `OUT/epoch-NNN/` ([`snapshot_dir`]): a complete model directory with
     /// the metrics up to that epoch, which every command that reads a model
     /// takes (an early-stopped teacher, for one).
-    fn write_snapshot(&self, epoch: usize) -> Result<()> {
+    /// `net` is the network the run writes (the live or the averaged one).
+    fn write_snapshot(&self, epoch: usize, net: &Network<D>) -> Result<()> {
         let dir = ModelDir::new(snapshot_dir(self.dir.path(), epoch));
         fs::create_dir_all(dir.path()).map_err(|e| Error::io(dir.path(), e))?;
-        let mut card = self.card();
+        let mut card = self.card(net);
         card.snapshot_epoch = Some(epoch);
         write_metrics(&dir.metrics(), &self.metrics)?;
-        self.write_model(&dir, &card)
+        self.write_model(&dir, &card, net)
     }
 
-    /// Writes the weights, masks, card and curves into `dir`.
-    fn write_model(&self, dir: &ModelDir, card: &ModelCard) -> Result<()> {
-        let averaged = self.averaged();
-        save_weights(averaged.as_ref().unwrap_or(&self.net), dir.weights())?;
+    /// Writes `net`'s weights, the masks, the card and curves into `dir`.
+    fn write_model(&self, dir: &ModelDir, card: &ModelCard, net: &Network<D>) -> Result<()> {
+        save_weights(net, dir.weights())?;
         if let Some(m) = self.pruning.masks() {
             let mut meta = HashMap::new();
             meta.insert(SPEC_KEY.to_string(), self.net.spec().as_str().to_string());

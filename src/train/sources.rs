@@ -260,8 +260,9 @@ impl<D: Backend> TrainSources<'_, D> {
     /// Checks the sources against the run's config and the student's
     /// `spec` before anything is trained or written.
     pub fn check(&self, cfg: &TrainConfig, spec: &ModelSpec) -> Result<()> {
-        // On the CPU the run's tensors live in this machine's memory.
-        if std::any::TypeId::of::<D>() == std::any::TypeId::of::<dfdx::prelude::Cpu>() {
+        // On the CPU the run's tensors live in this machine's memory (a
+        // GPU's memory is not checked).
+        if D::tensors_on_host() {
             crate::model::memory::check_fits(
                 spec,
                 cfg.batch_size,
