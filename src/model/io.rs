@@ -267,6 +267,15 @@ fn safetensors_fault(e: &safetensors::SafeTensorError) -> String {
 /// Reads every f32 tensor and the metadata of a safetensors file. Errors
 /// name the file and the tensor.
 pub fn read_safetensors(path: &Path) -> Result<(HashMap<String, String>, Vec<HostTensor>)> {
+    read_safetensors_hashed(path).map(|(meta, tensors, _)| (meta, tensors))
+}
+
+/// [`read_safetensors`], and the xxh3-128 of the file's bytes (32 hex
+/// digits) from the same read: the hash names the very bytes the tensors
+/// came from.
+pub fn read_safetensors_hashed(
+    path: &Path,
+) -> Result<(HashMap<String, String>, Vec<HostTensor>, String)> {
     // `FILE/model.safetensors` where FILE is a file: a model named by a
     // path that is neither a model directory nor a `.safetensors` file.
     if let Some(parent) = path.parent().filter(|p| p.is_file()) {
@@ -285,6 +294,7 @@ pub fn read_safetensors(path: &Path) -> Result<(HashMap<String, String>, Vec<Hos
         });
     }
     let buf = fs::read(path).map_err(|e| Error::io(path, e))?;
+    let hash = format!("{:032x}", xxhash_rust::xxh3::xxh3_128(&buf));
     let invalid = |e: safetensors::SafeTensorError| Error::Model {
         path: path.to_path_buf(),
         message: format!("not a valid safetensors file: {}", safetensors_fault(&e)),
@@ -330,7 +340,7 @@ pub fn read_safetensors(path: &Path) -> Result<(HashMap<String, String>, Vec<Hos
             data,
         });
     }
-    Ok((metadata, out))
+    Ok((metadata, out, hash))
 }
 
 /// Whether a tensor is batch norm's step counter, which PyTorch keeps as

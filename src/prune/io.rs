@@ -16,8 +16,8 @@ use crate::data::Normalization;
 use crate::error::{Error, Result};
 use crate::model::input_norm::{self, NORMALIZE_KEY};
 use crate::model::io::{
-    check_tensor_shapes, read_safetensors, stored_normalization, write_safetensors, HostTensor,
-    SPEC_KEY,
+    check_tensor_shapes, read_safetensors_hashed, stored_normalization, write_safetensors,
+    HostTensor, SPEC_KEY,
 };
 use crate::model::{ModelDir, ModelSpec, Network};
 
@@ -31,8 +31,26 @@ pub fn read_model(dir: &ModelDir) -> Result<(ModelSpec, Vec<HostTensor>)> {
 pub fn read_model_normalized(
     dir: &ModelDir,
 ) -> Result<(ModelSpec, Vec<HostTensor>, Option<Normalization>)> {
+    read_stored_model(dir).map(|m| (m.spec, m.tensors, m.normalization))
+}
+
+/// A model as [`read_stored_model`] reads it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredModel {
+    pub spec: ModelSpec,
+    /// PyTorch layout, in the network's parameter order.
+    pub tensors: Vec<HostTensor>,
+    pub normalization: Option<Normalization>,
+    /// xxh3-128 of the weights file's bytes, from the read the tensors
+    /// came from (32 hex digits).
+    pub weights_xxh3: String,
+}
+
+/// [`read_model_normalized`], and the hash of the weights file: the file
+/// is read once, so the hash names the weights read.
+pub fn read_stored_model(dir: &ModelDir) -> Result<StoredModel> {
     let file = dir.weights();
-    let (meta, tensors) = read_safetensors(file)?;
+    let (meta, tensors, weights_xxh3) = read_safetensors_hashed(file)?;
     let normalization = stored_normalization(&meta, file)?;
     let text = meta.get(SPEC_KEY).ok_or_else(|| Error::Model {
         path: file.to_path_buf(),
@@ -49,7 +67,12 @@ pub fn read_model_normalized(
             message,
         })?;
     dir.check_fingerprint(&net)?;
-    Ok((spec, net.to_host(), normalization))
+    Ok(StoredModel {
+        spec,
+        tensors: net.to_host(),
+        normalization,
+        weights_xxh3,
+    })
 }
 
 /// Writes a model into the directory `out` (created if needed): its weights

@@ -67,7 +67,7 @@ mod transfer;
 mod unstructured;
 
 pub use accounting::{count_nonzero, count_nonzero_params, effective_flops, Summary};
-pub use io::{read_model, read_model_normalized, write_model};
+pub use io::{read_model, read_model_normalized, read_stored_model, write_model, StoredModel};
 pub use masks::{
     check_masks, grow_masks, read_masks, write_masks, zero_masked, MaskCount, StoreMasks,
 };

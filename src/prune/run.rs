@@ -14,7 +14,7 @@ use std::str::FromStr;
 use dfdx::prelude::Cpu;
 
 use super::accounting::Summary;
-use super::io::{read_model_normalized, write_model};
+use super::io::{read_stored_model, write_model, StoredModel};
 use super::masks::{check_masks, grow_masks, read_masks, MaskCount};
 use super::outdir::{claim_out_dir, StagingDir};
 use super::selection::{check_sparsity, LayerSelection};
@@ -159,12 +159,12 @@ where
 {
     cfg.validate()?;
     let source = ModelDir::new(&cfg.model);
-    let (spec, weights, normalization) = read_model_normalized(&source)?;
-    let source_hash = {
-        let file = source.weights();
-        let bytes = std::fs::read(file).map_err(|e| Error::io(file, e))?;
-        format!("{:032x}", xxhash_rust::xxh3::xxh3_128(&bytes))
-    };
+    let StoredModel {
+        spec,
+        tensors: weights,
+        normalization,
+        weights_xxh3: source_hash,
+    } = read_stored_model(&source)?;
     // Held until the pruned model is committed.
     let claimed = claim_out_dir(&source, &source_hash, cfg)?;
     let out_path = claimed.out.clone();
