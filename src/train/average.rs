@@ -74,18 +74,24 @@ impl<D: Backend> WeightAverage<D> {
         warm_decay(self.decay, self.updates)
     }
 
-    /// Takes in `net`'s values after an optimizer step.
-    pub fn update(&mut self, net: &Network<D>) {
+    /// Takes in `net`'s values after an optimizer step. Fails only where
+    /// the device cannot (a GPU out of memory for the copy a shared tensor
+    /// needs), naming the parameter.
+    pub fn update(&mut self, net: &Network<D>) -> Result<()> {
         let d = self.next_decay() as f32;
         // Rounded to f32 as the values are, so that device and host agree.
         let (keep, take) = (f64::from(d), f64::from(1.0 - d));
         for (avg, p) in self.params.iter_mut().zip(net.params()) {
-            match (avg, &p.value) {
-                (ParamValue::Matrix(a), ParamValue::Matrix(w)) => a.axpy(keep, w, take),
-                (ParamValue::Vector(a), ParamValue::Vector(w)) => a.axpy(keep, w, take),
+            let done = match (avg, &p.value) {
+                (ParamValue::Matrix(a), ParamValue::Matrix(w)) => a.try_axpy(keep, w, take),
+                (ParamValue::Vector(a), ParamValue::Vector(w)) => a.try_axpy(keep, w, take),
                 // `new` copied the network's own parameters, kind for kind.
                 _ => unreachable!("an averaged parameter changed kind"),
-            }
+            };
+            done.map_err(|e| Error::Training {
+                context: format!("the moving average of {}", p.name),
+                message: format!("the device failed: {e:?}"),
+            })?;
         }
         for (avg, b) in self.buffers.iter_mut().zip(net.buffers()) {
             for (a, w) in avg.iter_mut().zip(b.get()) {
@@ -93,6 +99,7 @@ impl<D: Backend> WeightAverage<D> {
             }
         }
         self.updates += 1;
+        Ok(())
     }
 
     /// A network of `live`'s spec, device and input normalisation holding
@@ -232,7 +239,7 @@ mod tests {
     fn masked_weights_stay_exactly_zero_in_the_average() {
         let start = net(1);
         let mut avg = WeightAverage::new(0.9, &start);
-        avg.update(&net(2));
+        avg.update(&net(2)).unwrap();
         let masks: Vec<HostTensor> = crate::model::io::torch_shapes(start.spec())
             .into_iter()
             .filter(|(name, _)| name.ends_with("weight"))
@@ -279,7 +286,7 @@ mod tests {
         let moved = net(2);
         let mut avg = WeightAverage::new(0.5, &start);
         let d = avg.next_decay() as f32;
-        avg.update(&moved);
+        avg.update(&moved).unwrap();
         assert_eq!(avg.updates(), 1);
         let out = avg.network(&moved, &no_masks(&moved));
         for ((a, s), m) in out.params().iter().zip(start.params()).zip(moved.params()) {
@@ -291,7 +298,7 @@ mod tests {
         }
         // Many updates toward the same weights converge on them.
         for _ in 0..200 {
-            avg.update(&moved);
+            avg.update(&moved).unwrap();
         }
         let out = avg.network(&moved, &no_masks(&moved));
         for (a, m) in out.params().iter().zip(moved.params()) {
@@ -305,8 +312,8 @@ mod tests {
     fn checkpoint_tensors_round_trip_and_bad_ones_are_named() {
         let start = net(1);
         let mut avg = WeightAverage::new(0.9, &start);
-        avg.update(&net(2));
-        avg.update(&net(3));
+        avg.update(&net(2)).unwrap();
+        avg.update(&net(3)).unwrap();
         let saved = avg.to_host(&start);
         let by_name: HashMap<&str, &HostTensor> =
             saved.iter().map(|t| (t.name.as_str(), t)).collect();

@@ -418,7 +418,7 @@ impl<'a, D: Backend> Run<'a, D> {
         self.pruning
             .after_step(self.opt.step(), &mut self.net, &masks)?;
         if let Some(a) = &mut self.average {
-            a.update(&self.net);
+            a.update(&self.net)?;
         }
         Ok(value)
     }
