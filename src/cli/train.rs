@@ -297,7 +297,7 @@ pub fn train<D: Backend>(dev: D, a: TrainArgs) -> Result<()> {
     };
     // What the run would refuse is refused before the line that says what it does.
     let spec = ModelSpec::parse_for_input(&cfg.spec, opened.train.sample_shape())?;
-    opened.sources().check(&cfg, &spec)?;
+    opened.sources().check(&cfg, &spec, &dev)?;
     if !a.quiet {
         eprintln!("{}", start_line(&a, &cfg, &opened.train, &dev.describe())?);
     }

@@ -1,5 +1,6 @@
-//! A lower bound on the host memory a training run on the CPU takes,
-//! checked against what the machine has available before the run starts:
+//! A lower bound on the memory a training run takes, checked before the run
+//! starts against what its device has free (`Backend::memory_free`: the
+//! host's available memory for the CPU, the GPU's free memory for CUDA):
 //! a model or batch far too large is refused naming the flags to change,
 //! instead of aborting part-way through an allocation.
 //!
@@ -50,6 +51,7 @@ pub fn check_fits(
     batch: usize,
     eval_batch: usize,
     available: Option<u128>,
+    device: &str,
 ) -> Result<()> {
     let need = lower_bound(spec, batch, eval_batch);
     match available {
@@ -60,8 +62,8 @@ pub fn check_fits(
                 message: format!(
                     "{spec} at batch {batch} needs at least {:.1} GiB of memory (its weights, \
                      gradients, optimizer state and one batch's activations; evaluation runs \
-                     {eval_batch} samples at a time), and {:.1} GiB is available; use a smaller \
-                     `batch_size` or a smaller model (`spec`)",
+                     {eval_batch} samples at a time), and {:.1} GiB is free on {device}; use a \
+                     smaller `batch_size` or a smaller model (`spec`)",
                     gib(need),
                     gib(have)
                 ),
@@ -92,15 +94,17 @@ mod tests {
     fn a_model_past_the_memory_is_refused_naming_batch_and_spec() {
         let spec = ModelSpec::parse("cnn:c4096-gap-10").unwrap();
         // 4096 channels of 28x28 a sample: 12.8 MB a sample, 1.6 GB at 128.
-        let err = check_fits(&spec, 128, 1000, Some(1 << 30))
+        let err = check_fits(&spec, 128, 1000, Some(1 << 30), "cuda:0")
             .unwrap_err()
             .to_string();
         assert!(
-            err.contains("batch_size") && err.contains("`spec`") && err.contains("GiB"),
+            err.contains("batch_size")
+                && err.contains("`spec`")
+                && err.contains("1.0 GiB is free on cuda:0"),
             "{err}"
         );
-        check_fits(&spec, 128, 1000, None).unwrap();
+        check_fits(&spec, 128, 1000, None, "cpu").unwrap();
         let small = ModelSpec::parse("mlp:784-32-10").unwrap();
-        check_fits(&small, 128, 1000, Some(1 << 30)).unwrap();
+        check_fits(&small, 128, 1000, Some(1 << 30), "cpu").unwrap();
     }
 }

@@ -149,13 +149,11 @@ pub trait Backend: Device<f32> + Clone + 'static {
     }
     /// Human-readable device name.
     fn describe(&self) -> String;
-    /// Whether this device's tensors live in the host's memory (the CPU), so
-    /// that a run's memory is checked against what the host has free.
-    fn tensors_on_host() -> bool
-    where
-        Self: Sized,
-    {
-        false
+    /// The bytes free where this device keeps its tensors (the memory the
+    /// host has available for the CPU, the GPU's free memory for CUDA), for
+    /// the memory check before a run; `None` where it cannot be read.
+    fn memory_free(&self) -> Option<u128> {
+        None
     }
     /// Opens this kind of device afresh (the first of its kind). A device
     /// handle need not cross threads (CUDA's holds a stream), so a worker
@@ -243,8 +241,8 @@ impl Backend for Cpu {
             crate::simd::level().name()
         )
     }
-    fn tensors_on_host() -> bool {
-        true
+    fn memory_free(&self) -> Option<u128> {
+        super::memory::available()
     }
     fn open_default() -> Result<Self, String> {
         Ok(Cpu::default())
@@ -324,6 +322,12 @@ impl Backend for Cuda {
     }
     fn describe(&self) -> String {
         "cuda:0".to_string()
+    }
+    fn memory_free(&self) -> Option<u128> {
+        // cuMemGetInfo reads the context current on this thread.
+        self.cudarc_device().bind_to_thread().ok()?;
+        let (free, _total) = dfdx::cudarc::driver::result::mem_get_info().ok()?;
+        Some(free as u128)
     }
     fn open_default() -> Result<Self, String> {
         Cuda::try_build(0, 0).map_err(|e| format!("cannot open cuda:0: {e:?}"))

@@ -89,7 +89,7 @@ pub fn train<D: Backend>(
         });
     }
     let spec = ModelSpec::parse_for_input(&cfg.spec, sources.train.sample_shape())?;
-    sources.check(cfg, &spec)?;
+    sources.check(cfg, &spec, &device)?;
     let mut run = match Run::start(device, cfg, spec, sources, out_dir, opts)? {
         Started::Run(run) => run,
         Started::Finished(outcome) => return Ok(*outcome),

@@ -258,18 +258,16 @@ fn unlabelled(loss_cfg: &LossConfig) -> Error {
 
 impl<D: Backend> TrainSources<'_, D> {
     /// Checks the sources against the run's config and the student's
-    /// `spec` before anything is trained or written.
-    pub fn check(&self, cfg: &TrainConfig, spec: &ModelSpec) -> Result<()> {
-        // On the CPU the run's tensors live in this machine's memory (a
-        // GPU's memory is not checked).
-        if D::tensors_on_host() {
-            crate::model::memory::check_fits(
-                spec,
-                cfg.batch_size,
-                super::fit::EVAL_BATCH,
-                crate::model::memory::available(),
-            )?;
-        }
+    /// `spec` (to be trained on `device`) before anything is trained or
+    /// written.
+    pub fn check(&self, cfg: &TrainConfig, spec: &ModelSpec, device: &D) -> Result<()> {
+        crate::model::memory::check_fits(
+            spec,
+            cfg.batch_size,
+            super::fit::EVAL_BATCH,
+            device.memory_free(),
+            &device.describe(),
+        )?;
         let train = self.train;
         if train.is_empty() {
             return Err(Error::Config {
