@@ -371,8 +371,15 @@ impl StagingDir {
     /// second rename puts the earlier one back.
     pub(super) fn commit(mut self) -> Result<()> {
         let (parent, name) = split_out(&self.out)?;
-        // The output keeps its permission bits (a shared group's, say).
+        // The output keeps its group (where this user may give it: the
+        // owner of a directory in a shared project's group, say) and then
+        // its permission bits, which a change of group can clear.
         if let Ok(md) = std::fs::metadata(&self.out) {
+            #[cfg(unix)]
+            {
+                use std::os::unix::fs::MetadataExt;
+                let _ = std::os::unix::fs::chown(&self.path, None, Some(md.gid()));
+            }
             std::fs::set_permissions(&self.path, md.permissions())
                 .map_err(|e| Error::io(&self.path, e))?;
         }
@@ -491,5 +498,15 @@ mod tests {
         staged.commit().unwrap();
         let mode = std::fs::metadata(&out).unwrap().permissions().mode();
         assert_eq!(mode & 0o7777, 0o2770);
+        // And its group: another one where this user may give it (root
+        // may), else its own.
+        use std::os::unix::fs::MetadataExt;
+        let _ = std::os::unix::fs::chown(&out, None, Some(54_321));
+        let want = std::fs::metadata(&out).unwrap().gid();
+        let staged = StagingDir::new(&out).unwrap();
+        staged.commit().unwrap();
+        let md = std::fs::metadata(&out).unwrap();
+        assert_eq!(md.gid(), want);
+        assert_eq!(md.permissions().mode() & 0o7777, 0o2770);
     }
 }
