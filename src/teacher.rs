@@ -325,6 +325,7 @@ pub fn build_view_set<D: Backend>(
         .and_then(|i| ViewSetSummary::read(out, i).ok().flatten());
     let mut view_stats = Vec::with_capacity(set.views as usize);
     for v in 0..set.views {
+        check_views_space(out, v, set.views, MANIFEST_FILE)?;
         let dir = view_dir(out, v);
         let report = build_cache(teacher, data, &dir, &view_options(opts, set, v))?;
         let already_built = report.resumed_from == data.len() as u64;
@@ -340,9 +341,6 @@ pub fn build_view_set<D: Backend>(
         };
         on_view(&dir, &report, &stats);
         view_stats.push(stats);
-        if !already_built {
-            check_views_space(out, &dir, v, set.views)?;
-        }
     }
     let start = Instant::now();
     let clean_agreement = clean_agreement(teacher, data, opts.batch_size)?;
@@ -451,24 +449,28 @@ pub fn build_view_set_part<D: Backend>(
 ) -> Result<()> {
     check_view_set(data, dir, opts, set)?;
     for v in 0..set.views {
+        check_views_space(dir, v, set.views, crate::cache::part::PART_FILE)?;
         let view = view_dir(dir, v);
         let report = build_cache_part(teacher, data, &view, &view_options(opts, set, v), part)?;
         on_view(&view, &report);
-        if report.resumed_from < report.part.num_samples {
-            check_views_space(dir, &view, v, set.views)?;
-        }
     }
     Ok(())
 }
 
-/// After view `v` of a set has been written at `built`, refuses to go on
-/// when the views after it that are not there yet would not fit on the file
-/// system: each takes about what view `v` took (the compressed size is only
-/// known once a view is written). The views built stay, and a rerun resumes
+/// Before view `v` of a set is built (or its part, with `--part`), refuses
+/// to go on when the views from `v` on that are not finished (their
+/// directory holds no `finished` file: the manifest, or a part's record)
+/// would not fit on the file system: each takes about what view `v - 1`
+/// took (the compressed size is only known once a view is written). So a
+/// build stops after its first view, and a rerun with no more room stops
+/// before building anything. The views built stay, and a rerun resumes
 /// from them. Where the free space cannot be read, nothing is refused.
-fn check_views_space(set_dir: &Path, built: &Path, v: u64, views: u64) -> Result<()> {
+fn check_views_space(set_dir: &Path, v: u64, views: u64, finished: &str) -> Result<()> {
+    if v == 0 || view_dir(set_dir, v).join(finished).exists() {
+        return Ok(());
+    }
     match crate::fsutil::available_space(set_dir) {
-        Some(free) => check_views_fit(set_dir, built, v, views, free),
+        Some(free) => check_views_fit(set_dir, v, views, finished, free),
         None => Ok(()),
     }
 }
@@ -477,15 +479,16 @@ fn check_views_space(set_dir: &Path, built: &Path, v: u64, views: u64) -> Result
 /// `fs_dir`.
 fn check_views_fit(
     set_dir: &Path,
-    built: &Path,
     v: u64,
     views: u64,
+    finished: &str,
     (fs_dir, free): (PathBuf, u64),
 ) -> Result<()> {
-    let left = (v + 1..views)
-        .filter(|&w| !view_dir(set_dir, w).exists())
+    let left = (v..views)
+        .filter(|&w| !view_dir(set_dir, w).join(finished).exists())
         .count() as u64;
-    let per_view = crate::fsutil::files_bytes(built);
+    let sample = v - 1;
+    let per_view = crate::fsutil::files_bytes(&view_dir(set_dir, sample));
     match views_space_shortfall(per_view, left, free) {
         None => Ok(()),
         Some(need) => {
@@ -493,19 +496,19 @@ fn check_views_fit(
             Err(Error::Config {
                 field: "views".into(),
                 message: format!(
-                    "view {v} took {:.1} MiB, so the {left} views still to build need about \
-                     {:.1} MiB, and {} has {:.1} MiB free; the {} built stay{} in {} and a \
-                     rerun resumes from them once there is room, or build fewer views",
+                    "view {sample} took {:.2} MiB, so the {left} views still to build need \
+                     about {:.2} MiB, and {} has {:.2} MiB free; {} in {}, and a rerun resumes \
+                     from {} once there is room; or build fewer views",
                     mib(per_view),
                     mib(need),
                     fs_dir.display(),
                     mib(free),
                     match v {
-                        0 => "view".to_string(),
-                        _ => format!("{} views", v + 1),
+                        1 => "the view built stays".to_string(),
+                        _ => format!("the {v} views built stay"),
                     },
-                    if v == 0 { "s" } else { "" },
                     set_dir.display(),
+                    if v == 1 { "it" } else { "them" },
                 ),
             })
         }
@@ -1643,31 +1646,48 @@ mod view_space_tests {
     }
 
     #[test]
-    fn the_views_left_are_those_not_on_disk() {
+    fn the_views_left_are_those_not_finished() {
         let tmp = tempfile::tempdir().unwrap();
         let set = tmp.path();
-        std::fs::create_dir_all(view_dir(set, 0)).unwrap();
-        std::fs::write(view_dir(set, 0).join("shard"), vec![0u8; 4096]).unwrap();
-        // Views 1 and 3 left of four, 4 KiB each: fits any real disk.
-        std::fs::create_dir_all(view_dir(set, 2)).unwrap();
+        let finish = |v: u64, bytes: usize| {
+            std::fs::create_dir_all(view_dir(set, v)).unwrap();
+            std::fs::write(view_dir(set, v).join("shard"), vec![0u8; bytes]).unwrap();
+            // Empty, so that a view's size is its shard's.
+            std::fs::write(view_dir(set, v).join(MANIFEST_FILE), b"").unwrap();
+        };
         let free = |bytes: u64| (set.to_path_buf(), bytes);
-        check_views_fit(set, &view_dir(set, 0), 0, 4, free(8192)).unwrap();
-        let e = check_views_fit(set, &view_dir(set, 0), 0, 4, free(8191))
+        // View 0 built (4 KiB); view 2 finished by an earlier run, view 3
+        // begun and not finished: views 1 and 3 are left.
+        finish(0, 4096);
+        finish(2, 4096);
+        std::fs::create_dir_all(view_dir(set, 3)).unwrap();
+        check_views_fit(set, 1, 4, MANIFEST_FILE, free(8192)).unwrap();
+        let e = check_views_fit(set, 1, 4, MANIFEST_FILE, free(8191))
             .unwrap_err()
             .to_string();
         assert!(
-            e.contains("the 2 views still to build need about 0.0 MiB"),
+            e.contains("view 0 took 0.00 MiB, so the 2 views still to build"),
             "{e}"
         );
         assert!(e.contains("the view built stays"), "{e}");
-        // After view 2, view 3 alone is left.
-        std::fs::write(view_dir(set, 2).join("shard"), vec![0u8; 4096]).unwrap();
-        check_views_fit(set, &view_dir(set, 2), 2, 4, free(4096)).unwrap();
-        let e = check_views_fit(set, &view_dir(set, 2), 2, 4, free(4095))
+        assert!(e.contains("resumes from it once"), "{e}");
+        // Before view 3, it alone is left, at view 2's size.
+        check_views_fit(set, 3, 4, MANIFEST_FILE, free(4096)).unwrap();
+        let e = check_views_fit(set, 3, 4, MANIFEST_FILE, free(4095))
             .unwrap_err()
             .to_string();
+        assert!(e.contains("view 2 took"), "{e}");
         assert!(e.contains("the 3 views built stay"), "{e}");
-        // The real file system has room for four small views.
-        check_views_space(set, &view_dir(set, 0), 0, 4).unwrap();
+        // A part's views finish with their part record, not a manifest:
+        // none of these is finished as a part, so all from view 1 are left.
+        let e = check_views_fit(set, 1, 4, crate::cache::part::PART_FILE, free(12_287))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("the 3 views still to build"), "{e}");
+        // Nothing is checked before view 0 or before a finished view; the
+        // real file system has room for these small views.
+        check_views_space(set, 0, 4, MANIFEST_FILE).unwrap();
+        check_views_space(set, 2, 4, MANIFEST_FILE).unwrap();
+        check_views_space(set, 1, 4, MANIFEST_FILE).unwrap();
     }
 }

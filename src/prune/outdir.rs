@@ -336,6 +336,22 @@ fn clear_dead_runs(out: &Path) -> Result<()> {
     Ok(())
 }
 
+/// Gives `dir` the group of `like` where this user may (the owner of a
+/// directory in a shared project's group, say), then its permission bits
+/// (a change of group can clear set-group-id) with `extra` bits added.
+fn give_group_and_mode(dir: &Path, like: &std::fs::Metadata, extra: u32) -> Result<()> {
+    let mut perms = like.permissions();
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::{MetadataExt, PermissionsExt};
+        let _ = std::os::unix::fs::chown(dir, None, Some(like.gid()));
+        perms.set_mode(perms.mode() | extra);
+    }
+    #[cfg(not(unix))]
+    let _ = extra;
+    std::fs::set_permissions(dir, perms).map_err(|e| Error::io(dir, e))
+}
+
 /// A directory `.NAME.PID.tmp` beside the output `NAME`, removed on drop
 /// unless committed (put in the output's place).
 pub(super) struct StagingDir {
@@ -353,6 +369,12 @@ impl StagingDir {
             std::fs::remove_dir_all(&path).map_err(|e| Error::io(&path, e))?;
         }
         std::fs::create_dir(&path).map_err(|e| Error::io(&path, e))?;
+        // The earlier output's group from the start, with its set-group-id
+        // bit, so that the files written inside take the group as the
+        // earlier ones did (owner access kept for the writing).
+        if let Ok(md) = std::fs::metadata(out) {
+            give_group_and_mode(&path, &md, 0o700)?;
+        }
         Ok(StagingDir {
             path,
             out: out.to_path_buf(),
@@ -371,17 +393,9 @@ impl StagingDir {
     /// second rename puts the earlier one back.
     pub(super) fn commit(mut self) -> Result<()> {
         let (parent, name) = split_out(&self.out)?;
-        // The output keeps its group (where this user may give it: the
-        // owner of a directory in a shared project's group, say) and then
-        // its permission bits, which a change of group can clear.
+        // The output keeps its group and its permission bits exactly.
         if let Ok(md) = std::fs::metadata(&self.out) {
-            #[cfg(unix)]
-            {
-                use std::os::unix::fs::MetadataExt;
-                let _ = std::os::unix::fs::chown(&self.path, None, Some(md.gid()));
-            }
-            std::fs::set_permissions(&self.path, md.permissions())
-                .map_err(|e| Error::io(&self.path, e))?;
+            give_group_and_mode(&self.path, &md, 0)?;
         }
         if !self.out.is_dir() {
             std::fs::rename(&self.path, &self.out).map_err(|e| Error::io(&self.out, e))?;
@@ -498,15 +512,23 @@ mod tests {
         staged.commit().unwrap();
         let mode = std::fs::metadata(&out).unwrap().permissions().mode();
         assert_eq!(mode & 0o7777, 0o2770);
-        // And its group: another one where this user may give it (root
-        // may), else its own.
+        // And its group, which the files written inside take too (the
+        // set-group-id bit): given a group no one is in, which only root
+        // may give.
         use std::os::unix::fs::MetadataExt;
-        let _ = std::os::unix::fs::chown(&out, None, Some(54_321));
-        let want = std::fs::metadata(&out).unwrap().gid();
+        if std::os::unix::fs::chown(&out, None, Some(54_321)).is_err() {
+            eprintln!("skipped: this user cannot give a directory another group");
+            return;
+        }
         let staged = StagingDir::new(&out).unwrap();
+        std::fs::write(staged.path().join("prune.json"), b"{}").unwrap();
         staged.commit().unwrap();
         let md = std::fs::metadata(&out).unwrap();
-        assert_eq!(md.gid(), want);
+        assert_eq!(md.gid(), 54_321);
         assert_eq!(md.permissions().mode() & 0o7777, 0o2770);
+        assert_eq!(
+            std::fs::metadata(out.join("prune.json")).unwrap().gid(),
+            54_321
+        );
     }
 }

@@ -74,9 +74,9 @@ impl<D: Backend> WeightAverage<D> {
         warm_decay(self.decay, self.updates)
     }
 
-    /// Takes in `net`'s values after an optimizer step. Fails only where
-    /// the device cannot (a GPU out of memory for the copy a shared tensor
-    /// needs), naming the parameter.
+    /// Takes in `net`'s values after an optimizer step. Fails where the
+    /// device reports an error for the update (a CUDA kernel that cannot
+    /// launch), naming the parameter.
     pub fn update(&mut self, net: &Network<D>) -> Result<()> {
         let d = self.next_decay() as f32;
         // Rounded to f32 as the values are, so that device and host agree.
@@ -331,7 +331,19 @@ mod tests {
         let before = values(&other);
         let err = other.restore(&start, &partial, 2).unwrap_err();
         assert!(err.contains("'ema.layers.0.weight' is missing"), "{err}");
-        // Refused whole: nothing of the bad checkpoint was taken.
+        assert_eq!(values(&other), before);
+        // The last tensor mis-sized: refused whole, with the earlier,
+        // well-formed tensors not taken either.
+        let last = format!("ema.{}", start.params().last().unwrap().name);
+        let short = HostTensor {
+            name: last.clone(),
+            shape: vec![1],
+            data: vec![0.0],
+        };
+        let mut bad = by_name.clone();
+        bad.insert(last.as_str(), &short);
+        let err = other.restore(&start, &bad, 2).unwrap_err();
+        assert!(err.contains(&format!("'{last}' has 1 values")), "{err}");
         assert_eq!(values(&other), before);
         assert_eq!(other.updates(), 0);
     }
