@@ -22,6 +22,8 @@
 
 use std::collections::HashMap;
 
+use dfdx::prelude::HasShape;
+
 use crate::error::{Error, Result};
 use crate::model::io::HostTensor;
 use crate::model::network::ParamValue;
@@ -57,9 +59,13 @@ impl<D: Backend> WeightAverage<D> {
         WeightAverage {
             decay,
             updates: 0,
-            // A clone shares the tensor's storage until either side is
-            // written; the first update then copies it, once.
-            params: net.params().iter().map(|p| p.value.clone()).collect(),
+            // Fresh tensors, not clones: a clone would share the live
+            // parameter's tensor id, by which gradients are keyed.
+            params: net
+                .params()
+                .iter()
+                .map(|p| fresh_copy(net.device(), &p.value))
+                .collect(),
             buffers: net.buffers().iter().map(|b| b.get()).collect(),
         }
     }
@@ -189,6 +195,15 @@ impl<D: Backend> WeightAverage<D> {
         }
         self.updates = updates;
         Ok(())
+    }
+}
+
+/// A tensor of its own (its own id and storage) on `device`, holding
+/// `value`'s values.
+fn fresh_copy<D: Backend>(device: &D, value: &ParamValue<D>) -> ParamValue<D> {
+    match value {
+        ParamValue::Matrix(t) => ParamValue::Matrix(device.tensor_from_vec(t.as_vec(), *t.shape())),
+        ParamValue::Vector(t) => ParamValue::Vector(device.tensor_from_vec(t.as_vec(), *t.shape())),
     }
 }
 
