@@ -267,7 +267,7 @@ fn safetensors_fault(e: &safetensors::SafeTensorError) -> String {
 /// Reads every f32 tensor and the metadata of a safetensors file. Errors
 /// name the file and the tensor.
 pub fn read_safetensors(path: &Path) -> Result<(HashMap<String, String>, Vec<HostTensor>)> {
-    read_safetensors_hashed(path).map(|(meta, tensors, _)| (meta, tensors))
+    parse_safetensors(path, &read_weights_file(path)?)
 }
 
 /// [`read_safetensors`], and the xxh3-128 of the file's bytes (32 hex
@@ -276,6 +276,15 @@ pub fn read_safetensors(path: &Path) -> Result<(HashMap<String, String>, Vec<Hos
 pub fn read_safetensors_hashed(
     path: &Path,
 ) -> Result<(HashMap<String, String>, Vec<HostTensor>, String)> {
+    let buf = read_weights_file(path)?;
+    let hash = format!("{:032x}", xxhash_rust::xxh3::xxh3_128(&buf));
+    let (meta, tensors) = parse_safetensors(path, &buf)?;
+    Ok((meta, tensors, hash))
+}
+
+/// The bytes of the weights file `path`, refused past
+/// [`MAX_WEIGHTS_BYTES`] or where `path` lies under a file.
+fn read_weights_file(path: &Path) -> Result<Vec<u8>> {
     // `FILE/model.safetensors` where FILE is a file: a model named by a
     // path that is neither a model directory nor a `.safetensors` file.
     if let Some(parent) = path.parent().filter(|p| p.is_file()) {
@@ -293,14 +302,21 @@ pub fn read_safetensors_hashed(
             message: format!("{len} bytes is larger than the {MAX_WEIGHTS_BYTES}-byte limit"),
         });
     }
-    let buf = fs::read(path).map_err(|e| Error::io(path, e))?;
-    let hash = format!("{:032x}", xxhash_rust::xxh3::xxh3_128(&buf));
+    fs::read(path).map_err(|e| Error::io(path, e))
+}
+
+/// The metadata and every f32 tensor of `buf`, the safetensors file
+/// `path` (named in errors).
+fn parse_safetensors(
+    path: &Path,
+    buf: &[u8],
+) -> Result<(HashMap<String, String>, Vec<HostTensor>)> {
     let invalid = |e: safetensors::SafeTensorError| Error::Model {
         path: path.to_path_buf(),
         message: format!("not a valid safetensors file: {}", safetensors_fault(&e)),
     };
-    let st = SafeTensors::deserialize(&buf).map_err(invalid)?;
-    let (_, header) = SafeTensors::read_metadata(&buf).map_err(invalid)?;
+    let st = SafeTensors::deserialize(buf).map_err(invalid)?;
+    let (_, header) = SafeTensors::read_metadata(buf).map_err(invalid)?;
     let metadata = header.metadata().clone().unwrap_or_default();
     let mut out = Vec::new();
     let mut names: Vec<String> = st.names().into_iter().cloned().collect();
@@ -340,7 +356,7 @@ pub fn read_safetensors_hashed(
             data,
         });
     }
-    Ok((metadata, out, hash))
+    Ok((metadata, out))
 }
 
 /// Whether a tensor is batch norm's step counter, which PyTorch keeps as
