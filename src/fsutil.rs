@@ -120,8 +120,9 @@ pub fn available_space(path: &Path) -> Option<(PathBuf, u64)> {
         .map(|free| (existing.to_path_buf(), free))
 }
 
-/// The total size of the files directly inside `dir` (0 where it cannot be
-/// listed): what a cache directory, which holds no subdirectories, takes.
+/// The disk space the files directly inside `dir` take (0 where it cannot
+/// be listed; [`disk_bytes`]): what a cache directory, which holds no
+/// subdirectories, takes.
 pub fn files_bytes(dir: &Path) -> u64 {
     fs::read_dir(dir)
         .map(|entries| {
@@ -129,10 +130,25 @@ pub fn files_bytes(dir: &Path) -> u64 {
                 .flatten()
                 .filter_map(|e| e.metadata().ok())
                 .filter(|m| m.is_file())
-                .map(|m| m.len())
+                .map(|m| disk_bytes(&m))
                 .sum()
         })
         .unwrap_or(0)
+}
+
+/// The disk space a file takes: its allocated blocks on Unix (whole blocks,
+/// as `du` counts them; a 43 KiB shard takes 44 KiB of 4 KiB blocks and an
+/// empty file none), its length elsewhere.
+pub fn disk_bytes(m: &fs::Metadata) -> u64 {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        m.blocks().saturating_mul(512)
+    }
+    #[cfg(not(unix))]
+    {
+        m.len()
+    }
 }
 
 /// Removes the file at `path`; a file that is already gone is no error.

@@ -325,7 +325,10 @@ pub fn build_view_set<D: Backend>(
         .and_then(|i| ViewSetSummary::read(out, i).ok().flatten());
     let mut view_stats = Vec::with_capacity(set.views as usize);
     for v in 0..set.views {
-        check_views_space(out, v, set.views, MANIFEST_FILE)?;
+        if v > 0 {
+            let spec = set_build_spec(teacher, data, opts, set, None)?;
+            check_views_space(out, v, set.views, &spec)?;
+        }
         let dir = view_dir(out, v);
         let report = build_cache(teacher, data, &dir, &view_options(opts, set, v))?;
         let already_built = report.resumed_from == data.len() as u64;
@@ -449,7 +452,10 @@ pub fn build_view_set_part<D: Backend>(
 ) -> Result<()> {
     check_view_set(data, dir, opts, set)?;
     for v in 0..set.views {
-        check_views_space(dir, v, set.views, crate::cache::part::PART_FILE)?;
+        if v > 0 {
+            let spec = set_build_spec(teacher, data, opts, set, Some(part))?;
+            check_views_space(dir, v, set.views, &spec)?;
+        }
         let view = view_dir(dir, v);
         let report = build_cache_part(teacher, data, &view, &view_options(opts, set, v), part)?;
         on_view(&view, &report);
@@ -457,23 +463,102 @@ pub fn build_view_set_part<D: Backend>(
     Ok(())
 }
 
-/// Before view `v` of a set is built (or its part, with `--part`), refuses
-/// to go on when the views from `v` on that are not finished (their
-/// directory holds no `finished` file: the manifest, or a part's record)
-/// would not fit on the file system: each takes about what view `v - 1`
-/// took (the compressed size is only known once a view is written). So a
-/// build stops after its first view, and a rerun with no more room stops
-/// before building anything. The views built stay, and a rerun resumes
-/// from them. Where the free space cannot be read, nothing is refused.
-fn check_views_space(set_dir: &Path, v: u64, views: u64, finished: &str) -> Result<()> {
-    if v == 0 || view_dir(set_dir, v).join(finished).exists() {
+/// The settings a build of view 0 of `set` (or its part `part`) records;
+/// view `w`'s are the same with `w` as the view ([`view_build_spec`]).
+fn set_build_spec<D: Backend>(
+    teacher: &Network<D>,
+    data: &Dataset,
+    opts: &BuildOptions,
+    set: &ViewSetSpec,
+    part: Option<PartSpec>,
+) -> Result<BuildSpec> {
+    let view_opts = view_options(opts, set, 0);
+    let mut spec = BuildSpec::plan(&cache_meta(teacher, data, &view_opts), &view_opts.writer)?;
+    spec.part = part;
+    Ok(spec)
+}
+
+/// View `w`'s settings, from view 0's.
+fn view_build_spec(set_spec: &BuildSpec, w: u64) -> BuildSpec {
+    let mut spec = set_spec.clone();
+    if let Some(view) = spec.dataset.view.as_mut() {
+        view.view = w;
+    }
+    spec
+}
+
+/// What a view's directory holds before the view is built, as the free
+/// space check counts it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ViewOnDisk {
+    /// Committed with this build's settings (a manifest, or a part's
+    /// record): the build keeps it and writes nothing.
+    Finished,
+    /// To build. `resumable`: the bytes of this build's shards, which an
+    /// interrupted build left and the build keeps; `replaced`: the bytes of
+    /// other shards (a build with other settings, under `--overwrite`),
+    /// removed when the view commits.
+    ToBuild { resumable: u64, replaced: u64 },
+}
+
+/// Reads what `dir` holds against the settings `spec` (see [`ViewOnDisk`]).
+fn view_on_disk(dir: &Path, spec: &BuildSpec) -> ViewOnDisk {
+    use crate::cache::writer::{committed_spec, is_shard_file};
+    if let Ok(Some(c)) = committed_spec(dir) {
+        if c.first_difference(spec).is_none() {
+            return ViewOnDisk::Finished;
+        }
+    }
+    let ours = format!("shard-{}-", spec.key());
+    let (mut resumable, mut replaced) = (0u64, 0u64);
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if !is_shard_file(&name) {
+            continue;
+        }
+        let len = entry
+            .metadata()
+            .map_or(0, |m| crate::fsutil::disk_bytes(&m));
+        if name.starts_with(&ours) {
+            resumable = resumable.saturating_add(len);
+        } else {
+            replaced = replaced.saturating_add(len);
+        }
+    }
+    ViewOnDisk::ToBuild {
+        resumable,
+        replaced,
+    }
+}
+
+/// Before view `v` of a set is built (or its part, with `--part`; `spec`
+/// is view 0's settings), refuses to go on when the views from `v` on that
+/// are not finished ([`ViewOnDisk`]) would not fit on the file system: each
+/// takes about what view `v - 1` took on disk, and [`VIEW_SLACK_BYTES`]
+/// more (the compressed size is only known once a view is written), less the shards an interrupted build of it
+/// left, and a view that replaces another build's shards (`--overwrite`)
+/// frees them once it commits. So a build stops after its first view, and
+/// a rerun with no more room stops before building anything. The views
+/// built stay, and a rerun resumes from them. Where the free space cannot
+/// be read, nothing is refused.
+///
+/// Parts built at the same time on one file system each see the whole
+/// free space: the check is per build.
+fn check_views_space(set_dir: &Path, v: u64, views: u64, spec: &BuildSpec) -> Result<()> {
+    if v == 0
+        || view_on_disk(&view_dir(set_dir, v), &view_build_spec(spec, v)) == ViewOnDisk::Finished
+    {
         return Ok(());
     }
     match crate::fsutil::available_space(set_dir) {
-        Some(free) => check_views_fit(set_dir, v, views, finished, free),
+        Some(free) => check_views_fit(set_dir, v, views, spec, free),
         None => Ok(()),
     }
 }
+
+/// What a view takes beyond its finished files, in the space check: its
+/// directory, and the temporary copy of its manifest while that is written.
+const VIEW_SLACK_BYTES: u64 = 8 << 10;
 
 /// [`check_views_space`] against `free` bytes on the file system at
 /// `fs_dir`.
@@ -481,45 +566,62 @@ fn check_views_fit(
     set_dir: &Path,
     v: u64,
     views: u64,
-    finished: &str,
+    spec: &BuildSpec,
     (fs_dir, free): (PathBuf, u64),
 ) -> Result<()> {
-    let left = (v..views)
-        .filter(|&w| !view_dir(set_dir, w).join(finished).exists())
-        .count() as u64;
+    let left: Vec<(u64, u64)> = (v..views)
+        .filter_map(
+            |w| match view_on_disk(&view_dir(set_dir, w), &view_build_spec(spec, w)) {
+                ViewOnDisk::Finished => None,
+                ViewOnDisk::ToBuild {
+                    resumable,
+                    replaced,
+                } => Some((resumable, replaced)),
+            },
+        )
+        .collect();
     let sample = v - 1;
     let per_view = crate::fsutil::files_bytes(&view_dir(set_dir, sample));
-    match views_space_shortfall(per_view, left, free) {
-        None => Ok(()),
-        Some(need) => {
-            let mib = |b: u64| b as f64 / (1u64 << 20) as f64;
-            Err(Error::Config {
-                field: "views".into(),
-                message: format!(
-                    "view {sample} took {:.2} MiB, so the {left} views still to build need \
-                     about {:.2} MiB, and {} has {:.2} MiB free; {} in {}, and a rerun resumes \
-                     from {} once there is room; or build fewer views",
-                    mib(per_view),
-                    mib(need),
-                    fs_dir.display(),
-                    mib(free),
-                    match v {
-                        1 => "the view built stays".to_string(),
-                        _ => format!("the {v} views built stay"),
-                    },
-                    set_dir.display(),
-                    if v == 1 { "it" } else { "them" },
-                ),
-            })
-        }
+    let need = views_space_need(per_view.saturating_add(VIEW_SLACK_BYTES), &left);
+    if need <= free {
+        return Ok(());
     }
+    let mib = |b: u64| b as f64 / (1u64 << 20) as f64;
+    Err(Error::Config {
+        field: "views".into(),
+        message: format!(
+            "view {sample} took {:.2} MiB, so the {} views still to build need about {:.2} MiB \
+             more, and {} has {:.2} MiB free; {} in {}, and a rerun resumes from {} once there \
+             is room; or build fewer views",
+            mib(per_view),
+            left.len(),
+            mib(need),
+            fs_dir.display(),
+            mib(free),
+            match v {
+                1 => "the view built stays".to_string(),
+                _ => format!("the {v} views built stay"),
+            },
+            set_dir.display(),
+            if v == 1 { "it" } else { "them" },
+        ),
+    })
 }
 
-/// The bytes `left` more views of `per_view` bytes need, when that is more
-/// than `free`.
-fn views_space_shortfall(per_view: u64, left: u64, free: u64) -> Option<u64> {
-    let need = per_view.saturating_mul(left);
-    (need > free).then_some(need)
+/// The most bytes the views `left` (each as (bytes it already holds of
+/// this build, bytes of another build it frees when it commits), in build
+/// order) need on top of what the file system holds now, when each takes
+/// `per_view`: the peak comes while a view is being written, before what
+/// it replaces is removed.
+fn views_space_need(per_view: u64, left: &[(u64, u64)]) -> u64 {
+    let mut need = 0u64;
+    let mut extra = 0i128;
+    for &(resumable, replaced) in left {
+        extra += i128::from(per_view.saturating_sub(resumable));
+        need = need.max(u64::try_from(extra.max(0)).unwrap_or(u64::MAX));
+        extra -= i128::from(replaced);
+    }
+    need
 }
 
 fn check_view_set(
@@ -1209,7 +1311,7 @@ fn check_export_space(
     let freed: u64 = earlier
         .iter()
         .filter_map(|(_, p)| std::fs::metadata(p).ok())
-        .map(|m| m.len())
+        .map(|m| crate::fsutil::disk_bytes(&m))
         .sum();
     let Some((existing, free)) = crate::fsutil::available_space(out) else {
         return Ok(());
@@ -1633,61 +1735,124 @@ mod view_agreement_tests {
 #[cfg(test)]
 mod view_space_tests {
     use super::*;
+    use crate::data::Split;
+    use crate::model::ModelSpec;
+    use dfdx::prelude::Cpu;
 
     #[test]
-    fn views_that_would_not_fit_are_refused_with_what_they_need() {
-        assert_eq!(views_space_shortfall(100, 3, 300), None);
-        assert_eq!(views_space_shortfall(100, 3, 299), Some(300));
-        assert_eq!(views_space_shortfall(100, 0, 0), None);
-        assert_eq!(
-            views_space_shortfall(u64::MAX, 2, u64::MAX - 1),
-            Some(u64::MAX)
-        );
+    fn the_need_is_the_peak_of_what_is_written_less_what_is_kept_and_freed() {
+        // Three fresh views of 100 bytes.
+        assert_eq!(views_space_need(100, &[(0, 0); 3]), 300);
+        assert_eq!(views_space_need(100, &[]), 0);
+        // An interrupted view that holds 60 bytes of this build's shards.
+        assert_eq!(views_space_need(100, &[(60, 0), (0, 0)]), 140);
+        assert_eq!(views_space_need(100, &[(500, 0)]), 0);
+        // Views that replace another build's 100 bytes each free them once
+        // they commit: the peak is one view's, or a growing one when the
+        // new views are larger.
+        assert_eq!(views_space_need(100, &[(0, 100); 3]), 100);
+        assert_eq!(views_space_need(150, &[(0, 100); 3]), 250);
+        assert_eq!(views_space_need(u64::MAX, &[(0, 0); 2]), u64::MAX);
+    }
+
+    fn options(temperature: f32) -> BuildOptions {
+        BuildOptions {
+            temperature,
+            encoding: Encoding::F16,
+            writer: WriterOptions {
+                shard_target_bytes: 1 << 10,
+                records_per_block: 16,
+                ..WriterOptions::default()
+            },
+            batch_size: 8,
+            teacher_source: String::new(),
+            progress: false,
+            view: None,
+        }
+    }
+
+    /// A real view set of four views, its settings, and the teacher.
+    fn built_set(dir: &Path) -> (Network<Cpu>, Dataset, ViewSetSpec) {
+        let n = 300usize;
+        let data = Dataset::from_u8(
+            [1, 2, 2],
+            (0..n * 4).map(|i| (i * 37 % 251) as u8).collect(),
+            Some((0..n as u32).map(|i| i % 10).collect()),
+            Split::Train,
+        )
+        .unwrap();
+        let spec = ModelSpec::parse("mlp:4-8-10").unwrap();
+        let teacher = Network::new(spec, Cpu::default(), 1);
+        let set = ViewSetSpec {
+            augment: Augment::parse("flip").unwrap(),
+            seed: 3,
+            views: 4,
+        };
+        build_view_set(&teacher, &data, dir, &options(2.0), &set, |_, _, _| {}).unwrap();
+        (teacher, data, set)
     }
 
     #[test]
-    fn the_views_left_are_those_not_finished() {
+    fn finished_views_count_nothing_and_interrupted_ones_what_they_lack() {
         let tmp = tempfile::tempdir().unwrap();
-        let set = tmp.path();
-        let finish = |v: u64, bytes: usize| {
-            std::fs::create_dir_all(view_dir(set, v)).unwrap();
-            std::fs::write(view_dir(set, v).join("shard"), vec![0u8; bytes]).unwrap();
-            // Empty, so that a view's size is its shard's.
-            std::fs::write(view_dir(set, v).join(MANIFEST_FILE), b"").unwrap();
-        };
-        let free = |bytes: u64| (set.to_path_buf(), bytes);
-        // View 0 built (4 KiB); view 2 finished by an earlier run, view 3
-        // begun and not finished: views 1 and 3 are left.
-        finish(0, 4096);
-        finish(2, 4096);
-        std::fs::create_dir_all(view_dir(set, 3)).unwrap();
-        check_views_fit(set, 1, 4, MANIFEST_FILE, free(8192)).unwrap();
-        let e = check_views_fit(set, 1, 4, MANIFEST_FILE, free(8191))
-            .unwrap_err()
-            .to_string();
-        assert!(
-            e.contains("view 0 took 0.00 MiB, so the 2 views still to build"),
-            "{e}"
+        let dir = tmp.path().join("set");
+        let (teacher, data, set) = built_set(&dir);
+        let spec = set_build_spec(&teacher, &data, &options(2.0), &set, None).unwrap();
+        let free = |bytes: u64| (dir.clone(), bytes);
+        // All four finished: nothing left, whatever the room.
+        for v in 1..4 {
+            assert_eq!(
+                view_on_disk(&view_dir(&dir, v), &view_build_spec(&spec, v)),
+                ViewOnDisk::Finished
+            );
+        }
+        check_views_fit(&dir, 1, 4, &spec, free(0)).unwrap();
+        check_views_space(&dir, 2, 4, &spec).unwrap();
+        // View 2 interrupted (its shards kept, not committed), view 3 not
+        // begun: view 2 needs what it lacks of view 1's size, view 3 all of it.
+        let per_view = crate::fsutil::files_bytes(&view_dir(&dir, 1));
+        let shards2 = crate::fsutil::files_bytes(&view_dir(&dir, 2))
+            - crate::fsutil::disk_bytes(
+                &std::fs::metadata(view_dir(&dir, 2).join(MANIFEST_FILE)).unwrap(),
+            );
+        std::fs::remove_file(view_dir(&dir, 2).join(MANIFEST_FILE)).unwrap();
+        std::fs::remove_dir_all(view_dir(&dir, 3)).unwrap();
+        assert_eq!(
+            view_on_disk(&view_dir(&dir, 2), &view_build_spec(&spec, 2)),
+            ViewOnDisk::ToBuild {
+                resumable: shards2,
+                replaced: 0
+            }
         );
-        assert!(e.contains("the view built stays"), "{e}");
-        assert!(e.contains("resumes from it once"), "{e}");
-        // Before view 3, it alone is left, at view 2's size.
-        check_views_fit(set, 3, 4, MANIFEST_FILE, free(4096)).unwrap();
-        let e = check_views_fit(set, 3, 4, MANIFEST_FILE, free(4095))
+        let need = per_view - shards2 + 2 * VIEW_SLACK_BYTES + per_view;
+        check_views_fit(&dir, 2, 4, &spec, free(need)).unwrap();
+        let e = check_views_fit(&dir, 2, 4, &spec, free(need - 1))
             .unwrap_err()
             .to_string();
-        assert!(e.contains("view 2 took"), "{e}");
-        assert!(e.contains("the 3 views built stay"), "{e}");
-        // A part's views finish with their part record, not a manifest:
-        // none of these is finished as a part, so all from view 1 are left.
-        let e = check_views_fit(set, 1, 4, crate::cache::part::PART_FILE, free(12_287))
+        assert!(e.contains("view 1 took"), "{e}");
+        assert!(e.contains("the 2 views still to build"), "{e}");
+        assert!(e.contains("the 2 views built stay"), "{e}");
+        // Built again with another temperature (--overwrite), every view is
+        // to build and replaces its shards when it commits: the peak is about
+        // one view, not four.
+        let other = set_build_spec(&teacher, &data, &options(3.0), &set, None).unwrap();
+        assert!(matches!(
+            view_on_disk(&view_dir(&dir, 1), &view_build_spec(&other, 1)),
+            ViewOnDisk::ToBuild { resumable: 0, replaced } if replaced > 0
+        ));
+        check_views_fit(&dir, 1, 4, &other, free(2 * (per_view + VIEW_SLACK_BYTES))).unwrap();
+        let e = check_views_fit(&dir, 1, 4, &other, free(per_view - 1))
             .unwrap_err()
             .to_string();
         assert!(e.contains("the 3 views still to build"), "{e}");
-        // Nothing is checked before view 0 or before a finished view; the
-        // real file system has room for these small views.
-        check_views_space(set, 0, 4, MANIFEST_FILE).unwrap();
-        check_views_space(set, 2, 4, MANIFEST_FILE).unwrap();
-        check_views_space(set, 1, 4, MANIFEST_FILE).unwrap();
+        assert!(e.contains("the view built stays"), "{e}");
+        // A part's views are finished by their part record, which this
+        // whole build's views are not.
+        let part = PartSpec::new(0, 2).unwrap();
+        let as_part = set_build_spec(&teacher, &data, &options(2.0), &set, Some(part)).unwrap();
+        assert_ne!(
+            view_on_disk(&view_dir(&dir, 1), &view_build_spec(&as_part, 1)),
+            ViewOnDisk::Finished
+        );
     }
 }

@@ -252,28 +252,12 @@ pub(crate) fn claim_dir(dir: &Path, spec: &BuildSpec, overwrite: bool) -> Result
     };
     // What is committed here: a cache, or a part. A damaged one is an
     // error unless it is to be overwritten anyway.
-    let mpath = dir.join(MANIFEST_FILE);
-    let read_committed = || -> Result<Option<BuildSpec>> {
-        if mpath.exists() {
-            let bytes = fs::read(&mpath).map_err(|e| CacheError::io(&mpath, "read", e))?;
-            Ok(Some(BuildSpec::from_manifest(&Manifest::parse(
-                &mpath, &bytes,
-            )?)))
-        } else if dir.join(PART_FILE).exists() {
-            Ok(Some(PartManifest::read(dir)?.settings))
-        } else {
-            Ok(None)
-        }
-    };
-    let committed = match read_committed() {
+    let committed = match committed_spec(dir) {
         Err(_) if overwrite => None,
         other => other?,
     };
     // And what is unfinished.
-    let bpath = dir.join(BUILD_FILE);
-    let previous: Option<BuildSpec> = fs::read(&bpath)
-        .ok()
-        .and_then(|b| serde_json::from_slice(&b).ok());
+    let previous = unfinished_spec(dir);
     for (what, existing) in [("committed", &committed), ("unfinished", &previous)] {
         let Some(existing) = existing else { continue };
         if existing.part != spec.part {
@@ -295,6 +279,30 @@ pub(crate) fn claim_dir(dir: &Path, spec: &BuildSpec, overwrite: bool) -> Result
         atomic_write(dir, BUILD_FILE, &json)?;
     }
     Ok(())
+}
+
+/// The settings committed in `dir`: its cache's manifest, else its part's
+/// record (`None` when it holds neither).
+pub(crate) fn committed_spec(dir: &Path) -> Result<Option<BuildSpec>> {
+    let mpath = dir.join(MANIFEST_FILE);
+    if mpath.exists() {
+        let bytes = fs::read(&mpath).map_err(|e| CacheError::io(&mpath, "read", e))?;
+        Ok(Some(BuildSpec::from_manifest(&Manifest::parse(
+            &mpath, &bytes,
+        )?)))
+    } else if dir.join(PART_FILE).exists() {
+        Ok(Some(PartManifest::read(dir)?.settings))
+    } else {
+        Ok(None)
+    }
+}
+
+/// The settings of the unfinished build in `dir` (its `build.json`), when
+/// there is one that reads.
+pub(crate) fn unfinished_spec(dir: &Path) -> Option<BuildSpec> {
+    fs::read(dir.join(BUILD_FILE))
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
 }
 
 /// The error for a build of `requested` in a directory holding `existing`.

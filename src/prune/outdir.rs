@@ -338,18 +338,33 @@ fn clear_dead_runs(out: &Path) -> Result<()> {
 
 /// Gives `dir` the group of `like` where this user may (the owner of a
 /// directory in a shared project's group, say), then its permission bits
-/// (a change of group can clear set-group-id) with `extra` bits added.
+/// (a change of group can clear set-group-id) with `extra` bits added
+/// ([`staged_mode`]).
 fn give_group_and_mode(dir: &Path, like: &std::fs::Metadata, extra: u32) -> Result<()> {
     let mut perms = like.permissions();
     #[cfg(unix)]
     {
         use std::os::unix::fs::{MetadataExt, PermissionsExt};
         let _ = std::os::unix::fs::chown(dir, None, Some(like.gid()));
-        perms.set_mode(perms.mode() | extra);
+        let group_given = std::fs::metadata(dir).is_ok_and(|m| m.gid() == like.gid());
+        perms.set_mode(staged_mode(perms.mode(), extra, group_given));
     }
     #[cfg(not(unix))]
     let _ = extra;
     std::fs::set_permissions(dir, perms).map_err(|e| Error::io(dir, e))
+}
+
+/// The permission bits for a directory standing in for one of mode
+/// `earlier`: those bits with `extra` added, and without the group's bits
+/// and set-group-id where the earlier group could not be given (they would
+/// open the directory to this user's own group instead).
+fn staged_mode(earlier: u32, extra: u32, group_given: bool) -> u32 {
+    let mode = earlier | extra;
+    if group_given {
+        mode
+    } else {
+        mode & !0o2070
+    }
 }
 
 /// A directory `.NAME.PID.tmp` beside the output `NAME`, removed on drop
@@ -369,17 +384,19 @@ impl StagingDir {
             std::fs::remove_dir_all(&path).map_err(|e| Error::io(&path, e))?;
         }
         std::fs::create_dir(&path).map_err(|e| Error::io(&path, e))?;
+        // Owned from here, so that an error below removes it.
+        let staging = StagingDir {
+            path,
+            out: out.to_path_buf(),
+            committed: false,
+        };
         // The earlier output's group from the start, with its set-group-id
         // bit, so that the files written inside take the group as the
         // earlier ones did (owner access kept for the writing).
         if let Ok(md) = std::fs::metadata(out) {
-            give_group_and_mode(&path, &md, 0o700)?;
+            give_group_and_mode(&staging.path, &md, 0o700)?;
         }
-        Ok(StagingDir {
-            path,
-            out: out.to_path_buf(),
-            committed: false,
-        })
+        Ok(staging)
     }
 
     pub(super) fn path(&self) -> &Path {
@@ -437,6 +454,17 @@ impl Drop for StagingDir {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_group_not_given_takes_no_group_bits() {
+        assert_eq!(staged_mode(0o2770, 0o700, true), 0o2770);
+        assert_eq!(staged_mode(0o2750, 0o700, true), 0o2750);
+        assert_eq!(staged_mode(0o2055, 0o700, true), 0o2755);
+        // Without the earlier group, its bits would go to this user's own.
+        assert_eq!(staged_mode(0o2770, 0o700, false), 0o700);
+        assert_eq!(staged_mode(0o755, 0, false), 0o705);
+        assert_eq!(staged_mode(0o40775, 0, false), 0o40705);
+    }
 
     #[test]
     fn layer_lists_compare_as_sets() {

@@ -85,7 +85,10 @@ impl<D: Backend> WeightAverage<D> {
     /// launch), naming the parameter.
     pub fn update(&mut self, net: &Network<D>) -> Result<()> {
         let d = self.next_decay() as f32;
-        // Rounded to f32 as the values are, so that device and host agree.
+        // The factors rounded to f32 first, as the host-side average had
+        // them (the CPU's averages are unchanged by the move to the device;
+        // a GPU's may differ in the last bit where its kernel fuses the
+        // multiply and add).
         let (keep, take) = (f64::from(d), f64::from(1.0 - d));
         for (avg, p) in self.params.iter_mut().zip(net.params()) {
             let done = match (avg, &p.value) {
