@@ -159,6 +159,17 @@ pub fn remove_if_present(path: &Path) -> Result<(), FsError> {
     }
 }
 
+/// [`atomic_write`], unless `path` already holds exactly `bytes`: a rerun
+/// that changes nothing writes nothing (so it also succeeds on a full disk).
+pub fn write_if_changed(path: &Path, bytes: &[u8]) -> Result<(), FsError> {
+    let same = fs::metadata(path).is_ok_and(|m| m.len() == bytes.len() as u64)
+        && fs::read(path).is_ok_and(|held| held == bytes);
+    if same {
+        return Ok(());
+    }
+    atomic_write(path, bytes)
+}
+
 /// Writes `bytes` to `path` through a temporary file in the same directory
 /// (`.NAME.PID.tmp`), synced, renamed into place, and the directory synced.
 /// On failure the temporary file is removed and `path` is left as it was.

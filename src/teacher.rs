@@ -324,6 +324,7 @@ pub fn build_view_set<D: Backend>(
         .as_ref()
         .and_then(|i| ViewSetSummary::read(out, i).ok().flatten());
     let mut view_stats = Vec::with_capacity(set.views as usize);
+    let mut all_built = true;
     for v in 0..set.views {
         if v > 0 {
             let spec = set_build_spec(teacher, data, opts, set, None)?;
@@ -332,6 +333,7 @@ pub fn build_view_set<D: Backend>(
         let dir = view_dir(out, v);
         let report = build_cache(teacher, data, &dir, &view_options(opts, set, v))?;
         let already_built = report.resumed_from == data.len() as u64;
+        all_built &= already_built;
         let build_seconds = match (already_built, &earlier) {
             (true, Some(e)) => e.view_stats.get(v as usize).and_then(|s| s.build_seconds),
             _ => Some(report.seconds),
@@ -345,14 +347,37 @@ pub fn build_view_set<D: Backend>(
         on_view(&dir, &report, &stats);
         view_stats.push(stats);
     }
-    let start = Instant::now();
-    let clean_agreement = clean_agreement(teacher, data, opts.batch_size)?;
+    // A rerun of a finished set keeps the clean agreement it measured (the
+    // same teacher and images give the same number), so it writes nothing.
+    // The summary must be this teacher's: every view's agreement as read
+    // back now (a set rebuilt under `--overwrite` and stopped before its
+    // summary keeps the earlier teacher's).
+    let same_views = |e: &ViewSetSummary| {
+        e.view_stats
+            .iter()
+            .map(|s| s.agreement)
+            .eq(view_stats.iter().map(|s| s.agreement))
+    };
+    let (clean_agreement, clean_seconds) = match &earlier {
+        Some(e)
+            if all_built
+                && same_views(e)
+                && e.clean_agreement.is_some() == data.labels().is_some() =>
+        {
+            (e.clean_agreement, e.clean_seconds)
+        }
+        _ => {
+            let start = Instant::now();
+            let agreement = clean_agreement(teacher, data, opts.batch_size)?;
+            (agreement, agreement.map(|_| start.elapsed().as_secs_f64()))
+        }
+    };
     let summary = ViewSetSummary {
         augment: set.augment.to_string(),
         seed: set.seed,
         views: set.views,
         clean_agreement,
-        clean_seconds: clean_agreement.map(|_| start.elapsed().as_secs_f64()),
+        clean_seconds,
         view_stats,
     };
     summary.write(out)?;
@@ -1790,6 +1815,39 @@ mod view_space_tests {
         };
         build_view_set(&teacher, &data, dir, &options(2.0), &set, |_, _, _| {}).unwrap();
         (teacher, data, set)
+    }
+
+    /// Every file under `dir` with its modification time.
+    fn files_and_times(dir: &Path) -> Vec<(PathBuf, std::time::SystemTime)> {
+        let mut out = Vec::new();
+        for e in std::fs::read_dir(dir).unwrap().flatten() {
+            let m = e.metadata().unwrap();
+            if m.is_dir() {
+                out.extend(files_and_times(&e.path()));
+            } else {
+                out.push((e.path(), m.modified().unwrap()));
+            }
+        }
+        out.sort();
+        out
+    }
+
+    /// A rerun of a finished set writes nothing (no manifest, build record
+    /// or summary rewritten), so a requeued job succeeds on a full disk.
+    #[test]
+    fn a_rerun_of_a_finished_set_writes_nothing() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("set");
+        let (teacher, data, set) = built_set(&dir);
+        let before = files_and_times(&dir);
+        let summary = std::fs::read(dir.join(crate::cache::views::SUMMARY_FILE)).unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        build_view_set(&teacher, &data, &dir, &options(2.0), &set, |_, _, _| {}).unwrap();
+        assert_eq!(files_and_times(&dir), before);
+        assert_eq!(
+            std::fs::read(dir.join(crate::cache::views::SUMMARY_FILE)).unwrap(),
+            summary
+        );
     }
 
     #[test]

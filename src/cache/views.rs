@@ -171,7 +171,7 @@ impl ViewSetSummary {
         let mut bytes = serde_json::to_vec_pretty(self)
             .map_err(|e| CacheError::input(SUMMARY_FILE, format!("cannot serialise: {e}")))?;
         bytes.push(b'\n');
-        Ok(crate::fsutil::atomic_write(
+        Ok(crate::fsutil::write_if_changed(
             &set.join(SUMMARY_FILE),
             &bytes,
         )?)

@@ -273,7 +273,8 @@ pub(crate) fn claim_dir(dir: &Path, spec: &BuildSpec, overwrite: bool) -> Result
             }
         }
     }
-    if previous.as_ref() != Some(spec) {
+    // Nothing to record for a rerun of what is committed here.
+    if previous.as_ref() != Some(spec) && committed.as_ref() != Some(spec) {
         let json = serde_json::to_vec_pretty(spec)
             .map_err(|e| CacheError::input("build.json", e.to_string()))?;
         atomic_write(dir, BUILD_FILE, &json)?;
@@ -877,7 +878,8 @@ pub(crate) fn manifest_of(spec: &BuildSpec, done: &[Done]) -> Result<Manifest> {
 /// part's manifest) atomically into the locked `dir`, then removes the
 /// shard files it does not list (a replaced build's) and `build.json`.
 pub(crate) fn commit(dir: &Path, file: &str, bytes: &[u8], shards: &[ShardEntry]) -> Result<()> {
-    atomic_write(dir, file, bytes)?;
+    // A rerun of a finished build commits the same bytes: nothing is written.
+    crate::fsutil::write_if_changed(&dir.join(file), bytes)?;
     // Committed. Clean up what the new manifest does not reference.
     let keep: std::collections::HashSet<&str> = shards.iter().map(|s| s.file.as_str()).collect();
     if let Ok(entries) = fs::read_dir(dir) {
