@@ -325,10 +325,15 @@ pub fn build_view_set<D: Backend>(
         .and_then(|i| ViewSetSummary::read(out, i).ok().flatten());
     let mut view_stats = Vec::with_capacity(set.views as usize);
     let mut all_built = true;
+    let mut spec = None;
     for v in 0..set.views {
         if v > 0 {
-            let spec = set_build_spec(teacher, data, opts, set, None)?;
-            check_views_space(out, v, set.views, &spec)?;
+            // The settings once (the teacher's fingerprint reads every weight).
+            let spec = match &spec {
+                Some(s) => s,
+                None => spec.insert(set_build_spec(teacher, data, opts, set, None)?),
+            };
+            check_views_space(out, v, set.views, spec)?;
         }
         let dir = view_dir(out, v);
         let report = build_cache(teacher, data, &dir, &view_options(opts, set, v))?;
@@ -476,10 +481,15 @@ pub fn build_view_set_part<D: Backend>(
     mut on_view: impl FnMut(&Path, &PartBuildReport),
 ) -> Result<()> {
     check_view_set(data, dir, opts, set)?;
+    let mut spec = None;
     for v in 0..set.views {
         if v > 0 {
-            let spec = set_build_spec(teacher, data, opts, set, Some(part))?;
-            check_views_space(dir, v, set.views, &spec)?;
+            // The settings once (the teacher's fingerprint reads every weight).
+            let spec = match &spec {
+                Some(s) => s,
+                None => spec.insert(set_build_spec(teacher, data, opts, set, Some(part))?),
+            };
+            check_views_space(dir, v, set.views, spec)?;
         }
         let view = view_dir(dir, v);
         let report = build_cache_part(teacher, data, &view, &view_options(opts, set, v), part)?;
