@@ -325,15 +325,17 @@ pub fn build_view_set<D: Backend>(
         .and_then(|i| ViewSetSummary::read(out, i).ok().flatten());
     let mut view_stats = Vec::with_capacity(set.views as usize);
     let mut all_built = true;
-    let mut spec = None;
+    let mut on_disk = None;
     for v in 0..set.views {
         if v > 0 {
-            // The settings once (the teacher's fingerprint reads every weight).
-            let spec = match &spec {
-                Some(s) => s,
-                None => spec.insert(set_build_spec(teacher, data, opts, set, None)?),
+            let on_disk = match &on_disk {
+                Some(o) => o,
+                None => {
+                    let spec = set_build_spec(teacher, data, opts, set, None)?;
+                    on_disk.insert(ViewsOnDisk::read(out, set.views, &spec))
+                }
             };
-            check_views_space(out, v, set.views, spec)?;
+            on_disk.check(out, v)?;
         }
         let dir = view_dir(out, v);
         let report = build_cache(teacher, data, &dir, &view_options(opts, set, v))?;
@@ -481,15 +483,17 @@ pub fn build_view_set_part<D: Backend>(
     mut on_view: impl FnMut(&Path, &PartBuildReport),
 ) -> Result<()> {
     check_view_set(data, dir, opts, set)?;
-    let mut spec = None;
+    let mut on_disk = None;
     for v in 0..set.views {
         if v > 0 {
-            // The settings once (the teacher's fingerprint reads every weight).
-            let spec = match &spec {
-                Some(s) => s,
-                None => spec.insert(set_build_spec(teacher, data, opts, set, Some(part))?),
+            let on_disk = match &on_disk {
+                Some(o) => o,
+                None => {
+                    let spec = set_build_spec(teacher, data, opts, set, Some(part))?;
+                    on_disk.insert(ViewsOnDisk::read(dir, set.views, &spec))
+                }
             };
-            check_views_space(dir, v, set.views, spec)?;
+            on_disk.check(dir, v)?;
         }
         let view = view_dir(dir, v);
         let report = build_cache_part(teacher, data, &view, &view_options(opts, set, v), part)?;
@@ -566,82 +570,92 @@ fn view_on_disk(dir: &Path, spec: &BuildSpec) -> ViewOnDisk {
     }
 }
 
-/// Before view `v` of a set is built (or its part, with `--part`; `spec`
-/// is view 0's settings), refuses to go on when the views from `v` on that
-/// are not finished ([`ViewOnDisk`]) would not fit on the file system: each
-/// takes about what view `v - 1` took on disk, and [`VIEW_SLACK_BYTES`]
-/// more (the compressed size is only known once a view is written), less the shards an interrupted build of it
-/// left, and a view that replaces another build's shards (`--overwrite`)
-/// frees them once it commits. So a build stops after its first view, and
-/// a rerun with no more room stops before building anything. The views
-/// built stay, and a rerun resumes from them. Where the free space cannot
-/// be read, nothing is refused.
-///
-/// Parts built at the same time on one file system each see the whole
-/// free space: the check is per build.
-fn check_views_space(set_dir: &Path, v: u64, views: u64, spec: &BuildSpec) -> Result<()> {
-    if v == 0
-        || view_on_disk(&view_dir(set_dir, v), &view_build_spec(spec, v)) == ViewOnDisk::Finished
-    {
-        return Ok(());
+/// What every view of a set held when its build reached view 1, read once:
+/// the build writes views in order, so views from `v` on are as read when
+/// it reaches view `v`.
+struct ViewsOnDisk(Vec<ViewOnDisk>);
+
+impl ViewsOnDisk {
+    /// Reads views `0..views` of the set at `set_dir` against the settings
+    /// `spec` (view 0's; with `part` set for a part's views).
+    fn read(set_dir: &Path, views: u64, spec: &BuildSpec) -> ViewsOnDisk {
+        ViewsOnDisk(
+            (0..views)
+                .map(|w| view_on_disk(&view_dir(set_dir, w), &view_build_spec(spec, w)))
+                .collect(),
+        )
     }
-    match crate::fsutil::available_space(set_dir) {
-        Some(free) => check_views_fit(set_dir, v, views, spec, free),
-        None => Ok(()),
+
+    /// Before view `v` (at least 1) is built, refuses to go on when the
+    /// views from `v` on that are not finished would not fit on the file
+    /// system: each takes about what view `v - 1` took on disk, and
+    /// [`VIEW_SLACK_BYTES`] more (the compressed size is only known once a
+    /// view is written), less the shards an interrupted build of it left,
+    /// and a view that replaces another build's shards (`--overwrite`)
+    /// frees them once it commits. So a build stops after its first view,
+    /// and a rerun with no more room stops before building anything. The
+    /// views built stay, and a rerun resumes from them. Where the free
+    /// space cannot be read, nothing is refused.
+    ///
+    /// Parts built at the same time on one file system each see the whole
+    /// free space: the check is per build.
+    fn check(&self, set_dir: &Path, v: u64) -> Result<()> {
+        if self.0.get(v as usize) == Some(&ViewOnDisk::Finished) {
+            return Ok(());
+        }
+        match crate::fsutil::available_space(set_dir) {
+            Some(free) => self.fit(set_dir, v, free),
+            None => Ok(()),
+        }
+    }
+
+    /// [`ViewsOnDisk::check`] against `free` bytes on the file system at
+    /// `fs_dir`.
+    fn fit(&self, set_dir: &Path, v: u64, (fs_dir, free): (PathBuf, u64)) -> Result<()> {
+        let left: Vec<(u64, u64)> = self
+            .0
+            .iter()
+            .skip(v as usize)
+            .filter_map(|state| match *state {
+                ViewOnDisk::Finished => None,
+                ViewOnDisk::ToBuild {
+                    resumable,
+                    replaced,
+                } => Some((resumable, replaced)),
+            })
+            .collect();
+        let sample = v.saturating_sub(1);
+        let per_view = crate::fsutil::files_bytes(&view_dir(set_dir, sample));
+        let need = views_space_need(per_view.saturating_add(VIEW_SLACK_BYTES), &left);
+        if need <= free {
+            return Ok(());
+        }
+        let mib = |b: u64| b as f64 / (1u64 << 20) as f64;
+        Err(Error::Config {
+            field: "views".into(),
+            message: format!(
+                "view {sample} took {:.2} MiB, so the {} views still to build need about {:.2} \
+                 MiB more, and {} has {:.2} MiB free; {} in {}, and a rerun resumes from {} once \
+                 there is room; or build fewer views",
+                mib(per_view),
+                left.len(),
+                mib(need),
+                fs_dir.display(),
+                mib(free),
+                match v {
+                    1 => "the view built stays".to_string(),
+                    _ => format!("the {v} views built stay"),
+                },
+                set_dir.display(),
+                if v == 1 { "it" } else { "them" },
+            ),
+        })
     }
 }
 
 /// What a view takes beyond its finished files, in the space check: its
 /// directory, and the temporary copy of its manifest while that is written.
 const VIEW_SLACK_BYTES: u64 = 8 << 10;
-
-/// [`check_views_space`] against `free` bytes on the file system at
-/// `fs_dir`.
-fn check_views_fit(
-    set_dir: &Path,
-    v: u64,
-    views: u64,
-    spec: &BuildSpec,
-    (fs_dir, free): (PathBuf, u64),
-) -> Result<()> {
-    let left: Vec<(u64, u64)> = (v..views)
-        .filter_map(
-            |w| match view_on_disk(&view_dir(set_dir, w), &view_build_spec(spec, w)) {
-                ViewOnDisk::Finished => None,
-                ViewOnDisk::ToBuild {
-                    resumable,
-                    replaced,
-                } => Some((resumable, replaced)),
-            },
-        )
-        .collect();
-    let sample = v - 1;
-    let per_view = crate::fsutil::files_bytes(&view_dir(set_dir, sample));
-    let need = views_space_need(per_view.saturating_add(VIEW_SLACK_BYTES), &left);
-    if need <= free {
-        return Ok(());
-    }
-    let mib = |b: u64| b as f64 / (1u64 << 20) as f64;
-    Err(Error::Config {
-        field: "views".into(),
-        message: format!(
-            "view {sample} took {:.2} MiB, so the {} views still to build need about {:.2} MiB \
-             more, and {} has {:.2} MiB free; {} in {}, and a rerun resumes from {} once there \
-             is room; or build fewer views",
-            mib(per_view),
-            left.len(),
-            mib(need),
-            fs_dir.display(),
-            mib(free),
-            match v {
-                1 => "the view built stays".to_string(),
-                _ => format!("the {v} views built stay"),
-            },
-            set_dir.display(),
-            if v == 1 { "it" } else { "them" },
-        ),
-    })
-}
 
 /// The most bytes the views `left` (each as (bytes it already holds of
 /// this build, bytes of another build it frees when it commits), in build
@@ -1874,8 +1888,10 @@ mod view_space_tests {
                 ViewOnDisk::Finished
             );
         }
-        check_views_fit(&dir, 1, 4, &spec, free(0)).unwrap();
-        check_views_space(&dir, 2, 4, &spec).unwrap();
+        ViewsOnDisk::read(&dir, 4, &spec)
+            .fit(&dir, 1, free(0))
+            .unwrap();
+        ViewsOnDisk::read(&dir, 4, &spec).check(&dir, 2).unwrap();
         // View 2 interrupted (its shards kept, not committed), view 3 not
         // begun: view 2 needs what it lacks of view 1's size, view 3 all of it.
         let per_view = crate::fsutil::files_bytes(&view_dir(&dir, 1));
@@ -1893,8 +1909,10 @@ mod view_space_tests {
             }
         );
         let need = per_view - shards2 + 2 * VIEW_SLACK_BYTES + per_view;
-        check_views_fit(&dir, 2, 4, &spec, free(need)).unwrap();
-        let e = check_views_fit(&dir, 2, 4, &spec, free(need - 1))
+        let on_disk = ViewsOnDisk::read(&dir, 4, &spec);
+        on_disk.fit(&dir, 2, free(need)).unwrap();
+        let e = on_disk
+            .fit(&dir, 2, free(need - 1))
             .unwrap_err()
             .to_string();
         assert!(e.contains("view 1 took"), "{e}");
@@ -1908,8 +1926,12 @@ mod view_space_tests {
             view_on_disk(&view_dir(&dir, 1), &view_build_spec(&other, 1)),
             ViewOnDisk::ToBuild { resumable: 0, replaced } if replaced > 0
         ));
-        check_views_fit(&dir, 1, 4, &other, free(2 * (per_view + VIEW_SLACK_BYTES))).unwrap();
-        let e = check_views_fit(&dir, 1, 4, &other, free(per_view - 1))
+        let on_disk = ViewsOnDisk::read(&dir, 4, &other);
+        on_disk
+            .fit(&dir, 1, free(2 * (per_view + VIEW_SLACK_BYTES)))
+            .unwrap();
+        let e = on_disk
+            .fit(&dir, 1, free(per_view - 1))
             .unwrap_err()
             .to_string();
         assert!(e.contains("the 3 views still to build"), "{e}");
