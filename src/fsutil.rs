@@ -1,12 +1,19 @@
 //! File-system steps that keep data safe: [`atomic_write`] (temporary file,
-//! fsync, rename, fsync of the directory), [`fsync_dir`], and
-//! [`remove_if_present`] (a stale file removed, its absence not an error).
+//! fsync, rename, fsync of the directory), [`fsync_dir`],
+//! [`remove_if_present`] (a stale file removed, its absence not an error),
+//! [`write_if_changed`] (a rerun that would write the same bytes writes
+//! nothing), [`exchange`] (two directories swapped in one step where the
+//! system can), [`try_lock_exclusive`] (an output's lock file), and the
+//! space a directory's files take and its file system has free
+//! ([`files_bytes`], [`disk_bytes`], [`available_space`]).
 //!
 //! Every file distill replaces in place (a cache manifest, build settings,
 //! weights, cards, reports) goes through [`atomic_write`] or the same steps
 //! written out where the bytes are streamed (a cache's shards, exported
 //! views, IDX files, merged shards) or drawn (`report::plot::write_atomically`), so a
-//! crash leaves either the old file or the new one, never a torn one.
+//! crash leaves either the old file or the new one, never a torn one. A
+//! pruned model is replaced as a whole directory (`prune`'s staging
+//! directory, swapped in with [`exchange`]).
 
 use std::fs::{self, File};
 use std::io::Write;

@@ -7,7 +7,8 @@
 //! student architectures, temperatures and loss weights as wanted.
 //!
 //! Modules, one per concept:
-//! - [`data`]: datasets (IDX, `.npy`, safetensors), fingerprints, batching.
+//! - [`data`]: datasets (IDX, `.npy`, safetensors, CIFAR), fingerprints,
+//!   normalisation, augmentation, batching.
 //! - [`cache`]: the teacher-output cache: encodings, shard format, writer, reader.
 //! - [`model`]: run-time model specs, the dfdx network and its parameter store,
 //!   safetensors I/O with PyTorch names.
@@ -19,6 +20,7 @@
 //! - [`fsutil`]: atomic file replacement and directory syncs.
 //! - [`simd`]: hot loops run with the widest vector instructions the CPU has.
 //! - [`report`]: training-curve plots.
+//! - [`error`]: the library's error type, in the library's own terms.
 //! - [`teacher`]: running a teacher over a dataset into a cache.
 //! - [`sweep`]: many students against one cache, skipping finished runs, and
 //!   the report (table, CSV, plots) rebuilt from their cards.

@@ -8,8 +8,8 @@
 //! the fused ops in [`cuda`]), safetensors I/O with PyTorch names and layouts
 //! ([`io`]), the input normalisation stored with a model ([`input_norm`]), a
 //! model directory's layout
-//! ([`dir`]), a spec checked against a dataset ([`compat`]) and a CPU
-//! run's memory against the machine's ([`memory`]).
+//! ([`dir`]), a spec checked against a dataset ([`compat`]) and a run's
+//! memory against what its device has free ([`memory`]).
 
 pub mod batchnorm_op;
 pub mod block_op;

@@ -1,6 +1,7 @@
 //! One pruning run as `distill prune` does it, as a library call: a typed
-//! [`PruneConfig`] in; a pruned model directory out (weights, masks and
-//! `prune.json`, each written atomically); the numbers before and after
+//! [`PruneConfig`] in; a pruned model directory out (weights, masks, `model.py`
+//! and `prune.json`, staged and put in place whole by the
+//! module `outdir`); the numbers before and after
 //! ([`PruneRun`]) back for the caller to print.
 //!
 //! Test accuracy is measured by the caller's function (`distill` passes

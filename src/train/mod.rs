@@ -20,7 +20,8 @@
 //! - [`device_check`]: a compute device checked against the CPU, op by op;
 //! - [`compare`]: one row per model for `distill eval` and `distill prune`
 //!   (accuracy, size, FLOPs, throughput, latency); [`paired`]: two models
-//!   on the same images, image by image (McNemar's test);
+//!   on the same images, image by image (McNemar's test); [`recipes`]:
+//!   recipes of several seeds each, scored and compared (`eval --arm`);
 //! - [`average`]: the moving average of the weights a run may evaluate
 //!   and write instead of its last step's (`ema`);
 //! - [`metrics`], [`card`]: `metrics.jsonl` and `model.json`.
