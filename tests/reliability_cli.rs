@@ -614,6 +614,41 @@ fn disk_full_and_read_only_leave_the_committed_cache_intact() {
             assert!(after.get(k) == Some(v), "disk full: {k} changed");
         }
         faults += 1;
+        // An export that would not fit is refused up front: one view of the
+        // 2,000 images is 6.0 MiB of f32, the file system 96 KiB.
+        let vx = mnt.join("vx");
+        let cache_before = snapshot(&mnt.join("c"));
+        let e = fails(
+            tmp.path(),
+            &[
+                "views",
+                "export",
+                "--data",
+                &data,
+                "--augment",
+                "shift=1",
+                "--views",
+                "2",
+                "--out",
+                &s(&vx),
+            ],
+            &[
+                "2 views of 2000 images need 12.0 MiB",
+                "MiB free",
+                "--views",
+            ],
+        );
+        assert!(!e.contains("No space left"), "{e}");
+        assert!(
+            fs::read_dir(&vx).map_or(true, |mut d| d.next().is_none()),
+            "a refused export writes nothing"
+        );
+        assert_eq!(
+            cache_before,
+            snapshot(&mnt.join("c")),
+            "refused export: cache changed"
+        );
+        faults += 1;
         // Read-only: the same rebuild is refused, the cache untouched.
         // Clean the failed build's leftovers first (a rerun would resume them).
         let _ = Command::new("sh")
@@ -646,7 +681,7 @@ fn disk_full_and_read_only_leave_the_committed_cache_intact() {
         faults += 1;
         assert!(fsys.remount("rw"));
     }
-    eprintln!("environment faults injected: {faults} of 5 (plus the lock and replacement tests)");
+    eprintln!("environment faults injected: {faults} of 6 (plus the lock and replacement tests)");
 }
 
 fn import_one(cwd: &Path, logits: &[f32], n: usize, t: &str, out: &str) -> std::process::Output {
@@ -702,8 +737,11 @@ fn numbers_at_the_edges() {
         let o = import_one(cwd, &l, n, "4", name);
         assert_eq!(o.status.code(), Some(2));
         let e = String::from_utf8_lossy(&o.stderr);
+        // Element 123 of 10 classes a row: sample 12.
         assert!(
-            e.contains(&format!("{name}.npy")) && !e.contains("panicked"),
+            e.contains(&format!("{name}.npy"))
+                && e.contains("element 123 (row 12)")
+                && !e.contains("panicked"),
             "{e}"
         );
         assert!(!cwd.join(name).join("manifest.json").exists());
@@ -752,6 +790,7 @@ fn numbers_at_the_edges() {
         (&["--batch", "0"][..], "--batch"),
         (&["--epochs", "0"][..], "--epochs"),
         // Past the caps: every epoch is planned before the first starts.
+        (&["--epochs", "100001"][..], "--epochs"),
         (&["--epochs", "18446744073709551615"][..], "--epochs"),
         (&["--ema", "1"][..], "--ema"),
         (&["-T", "1e-30"][..], "--temperature"),
@@ -776,7 +815,7 @@ fn numbers_at_the_edges() {
     let e = fails(
         cwd,
         &train_args("empty", "mlp:784-8-10", "r0", &["-q"]),
-        &["empty"],
+        &["empty/train-images.npy", "holds no samples"],
     );
     eprintln!("empty dataset: {}", e.trim());
     let one = cwd.join("one");

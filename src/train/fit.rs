@@ -434,23 +434,7 @@ impl<'a, D: Backend> Run<'a, D> {
     ) -> Result<()> {
         let epoch_secs = epoch_start.elapsed().as_secs_f64();
         self.progress.train_seconds += epoch_secs;
-        // A NaN can pass through a finite loss (a ReLU maps it to 0), and
-        // a model of NaN weights must not be written as finished.
-        if let Some(p) = self
-            .net
-            .params()
-            .iter()
-            .find(|p| p.value.to_vec().iter().any(|v| !v.is_finite()))
-        {
-            return Err(Error::Training {
-                context: format!("epoch {}", epoch + 1),
-                message: format!(
-                    "weight {} is no longer finite (NaN or inf); lower `optimizer.lr`, or check \
-                     `normalize` and the cache",
-                    p.name
-                ),
-            });
-        }
+        check_weights_finite(&self.net, epoch)?;
         let averaged = self.averaged();
         let net = averaged.as_ref().unwrap_or(&self.net);
         let eval = match self.sources.test {
@@ -650,4 +634,50 @@ fn progress_bar(show: bool, len: u64, epoch: usize, epochs: usize) -> ProgressBa
     bar.set_style(style);
     bar.set_prefix(format!("epoch {}/{}", epoch + 1, epochs));
     bar
+}
+
+/// Refuses weights that are no longer finite after `epoch` (0-based). A
+/// NaN can pass through a finite loss (a ReLU maps it to 0), and a model
+/// of NaN weights must not be written as finished.
+fn check_weights_finite<D: Backend>(net: &Network<D>, epoch: usize) -> Result<()> {
+    match net
+        .params()
+        .iter()
+        .find(|p| p.value.to_vec().iter().any(|v| !v.is_finite()))
+    {
+        None => Ok(()),
+        Some(p) => Err(Error::Training {
+            context: format!("epoch {}", epoch + 1),
+            message: format!(
+                "weight {} is no longer finite (NaN or inf); lower `optimizer.lr`, or check \
+                 `normalize` and the cache",
+                p.name
+            ),
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_weight_gone_non_finite_stops_the_run_by_name() {
+        let dev = Cpu::seed_from_u64(0);
+        let spec = ModelSpec::parse("mlp:4-3-2").unwrap();
+        let mut net = Network::new(spec, dev, 1);
+        check_weights_finite(&net, 0).unwrap();
+        let name = net.params()[2].name.clone();
+        for bad in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
+            let p = &mut net.params_mut()[2];
+            let mut v = p.value.to_vec();
+            v[1] = bad;
+            p.value.copy_from(&v);
+            let e = check_weights_finite(&net, 4).unwrap_err().to_string();
+            assert!(
+                e.starts_with(&format!("epoch 5: weight {name} is no longer finite")),
+                "{e}"
+            );
+        }
+    }
 }

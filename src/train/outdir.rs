@@ -642,6 +642,45 @@ mod tests {
     }
 
     #[test]
+    fn a_pruned_model_or_a_snapshot_is_not_taken_for_this_run() {
+        let c = cfg("mlp:784-16-10");
+        // A pruned model whose card records this very config, and a
+        // snapshot of it: neither is this run's finished model.
+        for (kind, reason) in [
+            ("pruned", "it is a pruned model, mlp:784-16-10"),
+            ("snapshot", "it is the snapshot after epoch 3"),
+        ] {
+            let tmp = tempfile::tempdir().unwrap();
+            let dir = ModelDir::new(tmp.path());
+            let mut files = finished_model(&dir, &c);
+            if kind == "pruned" {
+                fs::write(dir.prune_report(), b"{}").unwrap();
+                files.push(dir.prune_report());
+            } else {
+                let mut card = ModelCard::load(&dir.card()).unwrap();
+                card.snapshot_epoch = Some(3);
+                card.save(&dir.card()).unwrap();
+            }
+            let before: Vec<Vec<u8>> = files.iter().map(|f| fs::read(f).unwrap()).collect();
+            for resume in [false, true] {
+                let e = claim(dir.path(), &c, resume, false)
+                    .unwrap_err()
+                    .to_string();
+                assert!(
+                    e.contains(reason) && e.contains("`overwrite`"),
+                    "{kind}: {e}"
+                );
+                assert!(finished_run(&dir, &c, INPUTS).is_none(), "{kind}");
+            }
+            let after: Vec<Vec<u8>> = files.iter().map(|f| fs::read(f).unwrap()).collect();
+            assert_eq!(before, after, "{kind}: a refusal changes nothing");
+            assert!(!dir.previous().exists() && !dir.checkpoint().exists());
+            claim(dir.path(), &c, false, true).unwrap();
+            assert!(ModelDir::new(dir.previous()).has_weights(), "{kind}");
+        }
+    }
+
+    #[test]
     fn a_resumed_run_keeps_what_it_continues() {
         let tmp = tempfile::tempdir().unwrap();
         let dir = ModelDir::new(tmp.path());

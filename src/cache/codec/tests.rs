@@ -453,19 +453,41 @@ fn hostile_v2_records_are_refused_with_reasons() {
     // hq: a code above N.
     let mut b = vec![0u8; 10];
     b[3] = 33;
-    assert!(err(Encoding::hq(32), 10, &b).contains("code 33"));
+    let e = err(Encoding::hq(32), 10, &b);
+    assert!(
+        e.contains("code 33") && e.contains("record 0, class 3"),
+        "{e}"
+    );
     // sampled:1+2 at 10 classes: value, then ids 4 bits each.
     let rec = |v: f32, ids: [u32; 3]| {
         let mut b = v.to_le_bytes().to_vec();
         bits::pack(ids, 4, &mut b);
         b
     };
+    for (bytes, reason) in [
+        (rec(0.5, [1, 2, 3]), "not a log-probability"),
+        (rec(-0.5, [1, 1, 3]), "top classes"),
+        (rec(-0.5, [1, 4, 3]), "ascending"),
+        (rec(-0.5, [1, 4, 12]), "class 12"),
+    ] {
+        // The second record is the bad one: the message names it.
+        let mut two = rec(-0.5, [1, 3, 4]);
+        two.extend_from_slice(&bytes);
+        let mut out = vec![0.0; 20];
+        let e = Codec::new(Encoding::sampled(1, 2), 10)
+            .decode_rows(&two, &mut out)
+            .unwrap_err();
+        assert!(e.contains(reason) && e.contains("record 1"), "{e}");
+    }
+    // sampled:2+1: two top values whose probabilities sum past 1.
+    let mut b = (-0.1f32).to_le_bytes().to_vec();
+    b.extend_from_slice(&(-0.2f32).to_le_bytes());
+    bits::pack([1, 2, 3], 4, &mut b);
+    let e = err(Encoding::sampled(2, 1), 10, &b);
     assert!(
-        err(Encoding::sampled(1, 2), 10, &rec(0.5, [1, 2, 3])).contains("not a log-probability")
+        e.contains("record 0: the top classes hold mass") && e.contains("more than 1"),
+        "{e}"
     );
-    assert!(err(Encoding::sampled(1, 2), 10, &rec(-0.5, [1, 1, 3])).contains("top classes"));
-    assert!(err(Encoding::sampled(1, 2), 10, &rec(-0.5, [1, 4, 3])).contains("ascending"));
-    assert!(err(Encoding::sampled(1, 2), 10, &rec(-0.5, [1, 4, 12])).contains("class 12"));
     let ok = rec(-0.5, [1, 3, 4]);
     let mut out = vec![0.0; 10];
     Codec::new(Encoding::sampled(1, 2), 10)

@@ -368,6 +368,30 @@ fn flipped_bit_in_header_index_or_manifest_refused_on_open() {
     assert!(e.contains("manifest.json") && e.contains("JSON"), "{e}");
 }
 
+/// A shard re-sealed at another format version (its header checksum
+/// recomputed, so only the manifest can tell) is refused at open, naming
+/// the shard and both versions.
+#[test]
+fn a_shard_of_another_format_version_than_its_manifest_is_refused_on_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = build(dir.path(), 300, 10, Encoding::F32);
+    assert_eq!(b.manifest.format_version, 2);
+    let p = first_shard(dir.path(), &b.manifest, 1);
+    let mut bytes = fs::read(&p).unwrap();
+    let (mut header, _) = parse_shard(&p, &bytes).unwrap();
+    header.version = 1;
+    bytes[..HEADER_BYTES].copy_from_slice(&header.to_bytes());
+    // On its own the shard is a valid version-1 shard.
+    parse_shard(&p, &bytes).unwrap();
+    fs::write(&p, &bytes).unwrap();
+    let e = open(dir.path()).err().unwrap().to_string();
+    assert!(
+        e.contains(&b.manifest.shards[1].file)
+            && e.contains("is format version 1, manifest.json says 2"),
+        "{e}"
+    );
+}
+
 #[test]
 fn truncated_missing_and_swapped_shards() {
     let dir = tempfile::tempdir().unwrap();
