@@ -933,3 +933,80 @@ fn an_output_that_is_a_file_is_refused_naming_the_flag() {
         &["f.txt", "neither a model directory nor a .safetensors file"],
     );
 }
+
+/// A trained model whose weights were replaced (another run's, of the same
+/// spec) or damaged in place, without its card: every command that loads
+/// the directory refuses it, naming both files, and writes nothing.
+#[test]
+fn every_command_refuses_weights_that_are_not_their_cards() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cwd = tmp.path();
+    let data = s(&small_data());
+    let quick = ["--epochs", "1", "-q"];
+    ok(cwd, &train_args(&data, "mlp:784-8-10", "m", &quick));
+    ok(
+        cwd,
+        &train_args(
+            &data,
+            "mlp:784-8-10",
+            "other",
+            &[&quick[..], &["--seed", "9"]].concat(),
+        ),
+    );
+    let weights = cwd.join("m/model.safetensors");
+    let good = fs::read(&weights).unwrap();
+    let mut damaged = good.clone();
+    let last = damaged.len() - 1;
+    damaged[last] ^= 0x10; // a bit of the last weight: the file still parses
+    for (what, bytes) in [
+        (
+            "replaced",
+            fs::read(cwd.join("other/model.safetensors")).unwrap(),
+        ),
+        ("damaged", damaged),
+    ] {
+        fs::write(&weights, &bytes).unwrap();
+        let m = s(&cwd.join("m"));
+        let commands: [(&str, Vec<&str>); 5] = [
+            ("eval", vec!["eval", "--data", &data, "--model", &m]),
+            ("cache build", cache_build_args(&m, &data, "c", &["-q"])),
+            (
+                "--init-from",
+                train_args(&data, "mlp:784-8-10", "r1", &["--init-from", &m, "-q"]),
+            ),
+            (
+                "--online-teacher",
+                train_args(&data, "mlp:784-8-10", "r2", &["--online-teacher", &m, "-q"]),
+            ),
+            (
+                "prune",
+                vec![
+                    "prune",
+                    "--model",
+                    &m,
+                    "--method",
+                    "l1-unstructured",
+                    "--sparsity",
+                    "0.5",
+                    "--out",
+                    "p",
+                ],
+            ),
+        ];
+        for (name, args) in commands {
+            let e = fails(cwd, &args, &["model.safetensors", "model.json"]);
+            assert!(e.contains("damaged"), "{what}, {name}: {e}");
+            for out in ["c", "r1", "r2", "p"] {
+                assert!(!cwd.join(out).exists(), "{what}, {name}: {out} written");
+            }
+        }
+        assert_eq!(
+            fs::read(&weights).unwrap(),
+            bytes,
+            "{what}: the weights changed"
+        );
+    }
+    // Put back, every command reads it again.
+    fs::write(&weights, &good).unwrap();
+    ok(cwd, &["eval", "--data", &data, "--model", "m"]);
+}

@@ -111,6 +111,20 @@ fn tree(dir: &Path) -> BTreeMap<String, Vec<u8>> {
     out
 }
 
+/// Every file under `dir` (its relative path) with its inode and
+/// modification time: a file written again, in place or renamed over,
+/// changes one of them.
+fn stamps(dir: &Path) -> BTreeMap<String, (u64, std::time::SystemTime)> {
+    use std::os::unix::fs::MetadataExt;
+    tree(dir)
+        .into_keys()
+        .map(|rel| {
+            let m = fs::metadata(dir.join(&rel)).unwrap();
+            (rel, (m.ino(), m.modified().unwrap()))
+        })
+        .collect()
+}
+
 fn err(parts: &[PathBuf], out: &Path) -> String {
     merge_parts(parts, out).unwrap_err().to_string()
 }
@@ -161,10 +175,13 @@ fn merged_parts_equal_a_single_build_byte_for_byte() {
                 .any(|p| fs::metadata(p.join(&s.file)).is_ok_and(|m| m.ino() == a));
             assert!(part_has, "{what}: {} is not linked", s.file);
         }
-        // A rerun finds the cache merged and changes nothing.
+        // A rerun finds the cache merged and changes nothing: the same
+        // bytes in the same files, none written again.
+        let stamped = stamps(&out);
         let again = merge_parts(&parts, &out).unwrap();
         assert_eq!(again.already_merged, 1);
         assert_eq!(tree(&out), tree(&whole));
+        assert_eq!(stamps(&out), stamped, "{what}: a rerun rewrote files");
     }
 }
 
