@@ -340,24 +340,34 @@ fn killed_sweep_reruns_only_missing_runs() {
     let start = Instant::now();
     sweep(cwd, &["--out", "reference", "-q"]);
     let full = start.elapsed();
-    let finished = |out: &str| -> HashMap<String, SystemTime> {
+    // Each finished run's files, with their modification times.
+    type Stamps = Vec<(String, SystemTime)>;
+    let finished = |out: &str| -> HashMap<String, Stamps> {
         let mut m = HashMap::new();
         if let Ok(entries) = fs::read_dir(cwd.join(out).join("runs")) {
             for e in entries.flatten() {
-                if let Ok(meta) = fs::metadata(e.path().join("model.safetensors")) {
-                    if e.path().join("model.json").exists() {
-                        m.insert(
-                            e.file_name().to_string_lossy().into_owned(),
-                            meta.modified().unwrap(),
-                        );
-                    }
+                if !(e.path().join("model.safetensors").exists()
+                    && e.path().join("model.json").exists())
+                {
+                    continue;
                 }
+                let mut files: Stamps = fs::read_dir(e.path())
+                    .unwrap()
+                    .flatten()
+                    .map(|f| {
+                        let t = f.metadata().unwrap().modified().unwrap();
+                        (f.file_name().to_string_lossy().into_owned(), t)
+                    })
+                    .collect();
+                files.sort();
+                m.insert(e.file_name().to_string_lossy().into_owned(), files);
             }
         }
         m
     };
-    // Runs finished before an attempt are not rewritten by it.
-    let untouched = |before: &HashMap<String, SystemTime>, after: &HashMap<String, SystemTime>| {
+    // Runs finished before an attempt are not rewritten by it: not one of
+    // their files.
+    let untouched = |before: &HashMap<String, Stamps>, after: &HashMap<String, Stamps>| {
         for (name, t) in before {
             assert_eq!(
                 after.get(name),
@@ -398,15 +408,56 @@ fn killed_sweep_reruns_only_missing_runs() {
     let after = finished("killed");
     untouched(&before, &after);
     assert_eq!(after.len(), 4);
-    for name in after.keys() {
-        let a = fs::read(
-            cwd.join("reference/runs")
-                .join(name)
-                .join("model.safetensors"),
-        )
-        .unwrap();
-        let b = fs::read(cwd.join("killed/runs").join(name).join("model.safetensors")).unwrap();
-        assert!(a == b, "run {name} differs from the uninterrupted sweep");
+    // The same files as the uninterrupted sweep's: the weights and the
+    // module byte for byte, the card and the curves but for their timings
+    // (and the card's command line, which names the other --out).
+    let timeless = |mut v: serde_json::Value| {
+        if let Some(o) = v.as_object_mut() {
+            for k in [
+                "train_seconds",
+                "epoch_seconds",
+                "train_samples_per_sec",
+                "command",
+            ] {
+                o.remove(k);
+            }
+        }
+        v
+    };
+    for (name, files) in &after {
+        let run = |root: &str| cwd.join(root).join("runs").join(name);
+        let names = |v: &Stamps| v.iter().map(|(f, _)| f.clone()).collect::<Vec<_>>();
+        assert_eq!(
+            names(files),
+            names(&finished("reference")[name]),
+            "run {name}: files"
+        );
+        for f in ["model.safetensors", "model.py"] {
+            let a = fs::read(run("reference").join(f)).unwrap();
+            let b = fs::read(run("killed").join(f)).unwrap();
+            assert!(
+                a == b,
+                "run {name}: {f} differs from the uninterrupted sweep"
+            );
+        }
+        let card = |root: &str| {
+            timeless(
+                serde_json::from_slice(&fs::read(run(root).join("model.json")).unwrap()).unwrap(),
+            )
+        };
+        assert_eq!(card("reference"), card("killed"), "run {name}: model.json");
+        let metrics = |root: &str| -> Vec<serde_json::Value> {
+            fs::read_to_string(run(root).join("metrics.jsonl"))
+                .unwrap()
+                .lines()
+                .map(|l| timeless(serde_json::from_str(l).unwrap()))
+                .collect()
+        };
+        assert_eq!(
+            metrics("reference"),
+            metrics("killed"),
+            "run {name}: metrics.jsonl"
+        );
     }
     eprintln!(
         "sweep killed {kills} times; {} runs were already finished at the last rerun",
