@@ -1048,6 +1048,17 @@ fn a_plain_cache_and_a_view_set_replace_each_other_only_with_overwrite() {
     assert_eq!(entries(), "view-0 view-1 view-2 views.json");
     let info = ok(tmp.path(), &["cache", "inspect", "c"]);
     assert!(info.contains("3 views of augment flip"), "{info}");
+    // A smaller set over it, or a plain cache, without --overwrite: refused,
+    // the 3 views byte for byte as they were.
+    let c = tmp.path().join("c");
+    let three = snapshot(&c);
+    for extra in [&["--augment", "flip", "--views", "2"][..], &[]] {
+        let refused = build(extra);
+        assert_eq!(refused.status.code(), Some(2), "{extra:?}");
+        let stderr = String::from_utf8_lossy(&refused.stderr);
+        assert!(stderr.contains("--overwrite"), "{extra:?}: {stderr}");
+        assert_eq!(snapshot(&c), three, "{extra:?}: the view set changed");
+    }
     assert!(build(&["--augment", "flip", "--views", "2", "--overwrite"])
         .status
         .success());
@@ -1061,7 +1072,6 @@ fn a_plain_cache_and_a_view_set_replace_each_other_only_with_overwrite() {
     );
     assert_eq!(entries(), "view-0 view-1 views.json");
     // A set without its view 0 is called incomplete, not "not a cache".
-    let c = tmp.path().join("c");
     fs::rename(c.join("view-0"), c.join("view-0-moved")).unwrap();
     fails(
         tmp.path(),

@@ -9,7 +9,6 @@
 //! stderr ("FAULT NOT INJECTED") and, under `CI=true`, fails.
 //! `DISTILL_STRESS=1` (`make stress`) runs the long variants.
 
-use std::collections::BTreeMap;
 use std::fs;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -20,24 +19,6 @@ use rand_chacha::ChaCha8Rng;
 
 use crate::reliability_lib::cases;
 use crate::util::*;
-
-/// Every file of a directory (recursively) by relative path, with its bytes.
-fn snapshot(dir: &Path) -> BTreeMap<String, Vec<u8>> {
-    let mut out = BTreeMap::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for e in fs::read_dir(&d).unwrap() {
-            let p = e.unwrap().path();
-            if p.is_dir() {
-                stack.push(p);
-            } else {
-                let rel = p.strip_prefix(dir).unwrap().to_string_lossy().into_owned();
-                out.insert(rel, fs::read(&p).unwrap());
-            }
-        }
-    }
-    out
-}
 
 fn assert_same_files(a: &Path, b: &Path, what: &str) {
     let (x, y) = (snapshot(a), snapshot(b));
