@@ -665,8 +665,22 @@ fn a_sweep_runs_as_a_scheduler_array_and_reports_like_a_plain_sweep() {
                     .any(|l| l.starts_with(&format!("| `{}` |", names[last]))),
                 "{md}"
             );
+            // The missing index writes its run's directory and nothing else.
+            let before = file_times(&cwd.join(out));
             let again = task(out, last).output().unwrap();
             assert!(again.status.success());
+            let after = file_times(&cwd.join(out));
+            let own = format!("runs/{}/", names[last]);
+            for (f, t) in &after {
+                assert!(
+                    f.starts_with(&own) || before.get(f) == Some(t),
+                    "{out}: task {last} wrote {f}"
+                );
+            }
+            assert!(
+                before.keys().all(|f| after.contains_key(f)),
+                "{out}: a file went"
+            );
             // A rerun of a finished index trains nothing.
             let rerun = task(out, last).output().unwrap();
             assert!(String::from_utf8_lossy(&rerun.stdout).contains("finished earlier"));

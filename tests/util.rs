@@ -175,3 +175,15 @@ pub fn snapshot(dir: &Path) -> BTreeMap<String, Vec<u8>> {
     }
     out
 }
+
+/// Every file of a directory (recursively) by relative path, with its
+/// modification time: what a command wrote, in place or renamed over.
+pub fn file_times(dir: &Path) -> BTreeMap<String, std::time::SystemTime> {
+    snapshot(dir)
+        .into_keys()
+        .map(|rel| {
+            let t = fs::metadata(dir.join(&rel)).unwrap().modified().unwrap();
+            (rel, t)
+        })
+        .collect()
+}
