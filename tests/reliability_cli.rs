@@ -991,3 +991,63 @@ fn every_command_refuses_weights_that_are_not_their_cards() {
     fs::write(&weights, &good).unwrap();
     ok(cwd, &["eval", "--data", &data, "--model", "m"]);
 }
+
+/// `prune --overwrite` on a disk too small for the new output beside the
+/// old: a clear error, the earlier pruned model byte for byte as it was,
+/// and no staging directory left behind.
+#[test]
+fn prune_on_a_full_disk_leaves_the_earlier_output_whole() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cwd = tmp.path();
+    let data = s(&small_data());
+    ok(
+        cwd,
+        &train_args(&data, "mlp:784-8-10", "m", &["--epochs", "1", "-q"]),
+    );
+    let mnt = cwd.join("mnt");
+    // One pruned model of this size takes 64 KiB of a 96 KiB file system.
+    let Some(_fsys) = Tmpfs::mount(&mnt, 96) else {
+        return;
+    };
+    let out = s(&mnt.join("p"));
+    let prune = |sparsity: &'static str, extra: &[&'static str]| -> Vec<String> {
+        let mut a: Vec<String> = [
+            "prune",
+            "--model",
+            "m",
+            "--method",
+            "l1-unstructured",
+            "--sparsity",
+            sparsity,
+            "--out",
+            &out,
+        ]
+        .iter()
+        .map(|x| x.to_string())
+        .collect();
+        a.extend(extra.iter().map(|x| x.to_string()));
+        a
+    };
+    let args = |v: &[String]| -> Vec<String> { v.to_vec() };
+    let first = args(&prune("0.5", &[]));
+    ok(cwd, &first.iter().map(String::as_str).collect::<Vec<_>>());
+    let before = snapshot(&mnt.join("p"));
+    let second = args(&prune("0.7", &["--overwrite"]));
+    fails(
+        cwd,
+        &second.iter().map(String::as_str).collect::<Vec<_>>(),
+        &["No space left on device"],
+    );
+    assert_eq!(
+        snapshot(&mnt.join("p")),
+        before,
+        "the earlier output changed"
+    );
+    let mut left: Vec<String> = fs::read_dir(&mnt)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| !n.ends_with(".lock"))
+        .collect();
+    left.sort();
+    assert_eq!(left, ["p"], "staging left behind");
+}
