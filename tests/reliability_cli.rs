@@ -1010,32 +1010,15 @@ fn prune_on_a_full_disk_leaves_the_earlier_output_whole() {
         return;
     };
     let out = s(&mnt.join("p"));
-    let prune = |sparsity: &'static str, extra: &[&'static str]| -> Vec<String> {
-        let mut a: Vec<String> = [
-            "prune",
-            "--model",
-            "m",
-            "--method",
-            "l1-unstructured",
-            "--sparsity",
-            sparsity,
-            "--out",
-            &out,
-        ]
-        .iter()
-        .map(|x| x.to_string())
-        .collect();
-        a.extend(extra.iter().map(|x| x.to_string()));
-        a
+    let prune = |sparsity: &'static str| {
+        let method = ["--method", "l1-unstructured", "--sparsity", sparsity];
+        [&["prune", "--model", "m", "--out", &out][..], &method[..]].concat()
     };
-    let args = |v: &[String]| -> Vec<String> { v.to_vec() };
-    let first = args(&prune("0.5", &[]));
-    ok(cwd, &first.iter().map(String::as_str).collect::<Vec<_>>());
+    ok(cwd, &prune("0.5"));
     let before = snapshot(&mnt.join("p"));
-    let second = args(&prune("0.7", &["--overwrite"]));
     fails(
         cwd,
-        &second.iter().map(String::as_str).collect::<Vec<_>>(),
+        &[&prune("0.7")[..], &["--overwrite"]].concat(),
         &["No space left on device"],
     );
     assert_eq!(
