@@ -404,6 +404,10 @@ fn truncated_missing_and_swapped_shards() {
         e.contains(&b.manifest.shards[2].file) && e.contains("truncated"),
         "{e}"
     );
+    // Bytes appended: refused at open as well.
+    fs::write(&p, [&bytes[..], &[0u8; 9][..]].concat()).unwrap();
+    let e = open(dir.path()).err().unwrap().to_string();
+    assert!(e.contains(&b.manifest.shards[2].file), "{e}");
     fs::remove_file(&p).unwrap();
     let e = open(dir.path()).err().unwrap().to_string();
     assert!(
