@@ -8,7 +8,6 @@
 //! parts) are refused naming the part, with every part and an existing
 //! output left as they were.
 
-use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -123,32 +122,11 @@ fn finished(what: &str, out: Output) -> String {
     format!("{}{stderr}", String::from_utf8_lossy(&out.stdout))
 }
 
-/// Every file under `dir`, recursively, by relative path, with its bytes.
-fn tree(dir: &Path) -> BTreeMap<String, Vec<u8>> {
-    let mut out = BTreeMap::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        let Ok(entries) = fs::read_dir(&d) else {
-            continue;
-        };
-        for e in entries {
-            let p = e.unwrap().path();
-            if p.is_dir() {
-                stack.push(p);
-            } else {
-                let rel = p.strip_prefix(dir).unwrap().to_string_lossy().into_owned();
-                out.insert(rel, fs::read(&p).unwrap());
-            }
-        }
-    }
-    out
-}
-
 /// The merged cache verifies and equals the single build, file for file.
 fn assert_equals_single_build(cache: &Path, what: &str) {
     let out = ok(cache.parent().unwrap(), &["cache", "verify", &s(cache)]);
     assert!(out.starts_with("ok: 16 shards"), "{what}: {out}");
-    let (merged, single) = (tree(cache), tree(single_build()));
+    let (merged, single) = (snapshot(cache), snapshot(single_build()));
     assert_eq!(
         merged.keys().collect::<Vec<_>>(),
         single.keys().collect::<Vec<_>>(),
@@ -267,7 +245,7 @@ fn slurm_array_tasks_then_merge_equal_a_single_build() {
         })
         .collect();
     let others_before: Vec<_> = [0, 2]
-        .map(|k| tree(&t.join(format!("parts/part-{k}-of-3"))))
+        .map(|k| snapshot(&t.join(format!("parts/part-{k}-of-3"))))
         .into();
     let rerun = finished(
         "rerun of task 1",
@@ -284,7 +262,7 @@ fn slurm_array_tasks_then_merge_equal_a_single_build() {
         assert_eq!(&identity(n), id, "the rerun rewrote {n}");
     }
     let others_after: Vec<_> = [0, 2]
-        .map(|k| tree(&t.join(format!("parts/part-{k}-of-3"))))
+        .map(|k| snapshot(&t.join(format!("parts/part-{k}-of-3"))))
         .into();
     assert_eq!(others_before, others_after, "the rerun touched other parts");
     let merge = finished("merge job", slurm(t, "merge", None).output().unwrap());
@@ -584,7 +562,7 @@ fn hostile_merges_are_refused_naming_the_part_untouched() {
     ok(t, &other);
     let copy = |from: &str, to: &str| {
         fs::create_dir_all(t.join(to)).unwrap();
-        for (name, bytes) in tree(&t.join(from)) {
+        for (name, bytes) in snapshot(&t.join(from)) {
             fs::write(t.join(to).join(name), bytes).unwrap();
         }
     };
@@ -682,14 +660,17 @@ fn hostile_merges_are_refused_naming_the_part_untouched() {
             ],
         ),
     ];
-    let before = tree(t);
+    let before = snapshot(t);
     for (what, parts, needles) in &cases {
         let mut args = vec!["cache", "merge"];
         args.extend(parts.iter().map(String::as_str));
         args.extend(["--out", "out"]);
         let needles: Vec<&str> = needles.iter().map(String::as_str).collect();
         fails(t, &args, &needles);
-        assert!(tree(t) == before, "{what}: a refused merge changed files");
+        assert!(
+            snapshot(t) == before,
+            "{what}: a refused merge changed files"
+        );
     }
     // The same parts merge into a new directory, and match a single build.
     ok(
@@ -776,7 +757,7 @@ fn view_set_parts_merge_to_a_single_view_set_build() {
     assert_eq!(verified.matches("ok: ").count(), 2, "{verified}");
     // The single build also writes the set's summary (build times, which
     // differ between builds); a merge writes none.
-    let mut single = tree(&t.join("single"));
+    let mut single = snapshot(&t.join("single"));
     assert!(single.remove("views.json").is_some());
-    assert_eq!(tree(&t.join("merged")), single);
+    assert_eq!(snapshot(&t.join("merged")), single);
 }
