@@ -42,10 +42,13 @@ pub enum Error {
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl From<crate::fsutil::FsError> for Error {
+    /// The step that failed stays in the message ("cannot sync directory:
+    /// ..."), as the cache's errors keep it.
     fn from(e: crate::fsutil::FsError) -> Self {
+        let message = format!("cannot {}: {}", e.action, e.source);
         Error::Io {
             path: e.path,
-            source: e.source,
+            source: std::io::Error::new(e.source.kind(), message),
         }
     }
 }

@@ -179,7 +179,9 @@ pub fn write_if_changed(path: &Path, bytes: &[u8]) -> Result<(), FsError> {
 
 /// Writes `bytes` to `path` through a temporary file in the same directory
 /// (`.NAME.PID.tmp`), synced, renamed into place, and the directory synced.
-/// On failure the temporary file is removed and `path` is left as it was.
+/// On failure the temporary file is removed and `path` is left as it was;
+/// the error names `path` (the file the user asked for), with the step on
+/// its temporary copy that failed.
 pub fn atomic_write(path: &Path, bytes: &[u8]) -> Result<(), FsError> {
     let dir = path
         .parent()
@@ -191,9 +193,11 @@ pub fn atomic_write(path: &Path, bytes: &[u8]) -> Result<(), FsError> {
         .unwrap_or_default();
     let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
     let result = (|| {
-        let mut f = File::create(&tmp).map_err(fs_err(&tmp, "create"))?;
-        f.write_all(bytes).map_err(fs_err(&tmp, "write"))?;
-        f.sync_all().map_err(fs_err(&tmp, "sync"))?;
+        let mut f = File::create(&tmp).map_err(fs_err(path, "create its temporary copy"))?;
+        f.write_all(bytes)
+            .map_err(fs_err(path, "write its temporary copy"))?;
+        f.sync_all()
+            .map_err(fs_err(path, "sync its temporary copy"))?;
         drop(f);
         fs::rename(&tmp, path).map_err(fs_err(path, "rename temp file onto"))?;
         fsync_dir(dir)
@@ -251,5 +255,23 @@ mod tests {
             })
             .count();
         assert_eq!(tmps, 0);
+    }
+
+    #[test]
+    fn a_temporary_copy_that_cannot_be_made_is_told_by_the_file_it_was_for() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("missing").join("card.json");
+        let e = atomic_write(&path, b"x").unwrap_err();
+        assert_eq!(e.path, path);
+        assert_eq!(e.action, "create its temporary copy");
+        // The library's error keeps the step.
+        let e = crate::error::Error::from(e).to_string();
+        assert!(
+            e.starts_with(&format!(
+                "{}: cannot create its temporary copy: ",
+                path.display()
+            )),
+            "{e}"
+        );
     }
 }

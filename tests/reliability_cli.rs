@@ -1016,11 +1016,13 @@ fn prune_on_a_full_disk_leaves_the_earlier_output_whole() {
     };
     ok(cwd, &prune("0.5"));
     let before = snapshot(&mnt.join("p"));
-    fails(
+    let err = fails(
         cwd,
         &[&prune("0.7")[..], &["--overwrite"]].concat(),
-        &["No space left on device"],
+        &["No space left on device", "the earlier output is as it was"],
     );
+    // The error names the output's file; the staging directory only as where it was written.
+    assert!(err.contains(&format!("{out}/")), "{err}");
     assert_eq!(
         snapshot(&mnt.join("p")),
         before,

@@ -403,6 +403,32 @@ impl StagingDir {
         &self.path
     }
 
+    /// An error met while writing into the staging directory, told in the
+    /// output's terms: the file as the output would have held it, the
+    /// staging directory it was written in (removed again), and what became
+    /// of the earlier output. Other errors pass through as they are.
+    pub(super) fn in_output_terms(&self, e: Error) -> Error {
+        let Error::Io { path, source } = e else {
+            return e;
+        };
+        let Ok(inside) = path.strip_prefix(&self.path) else {
+            return Error::Io { path, source };
+        };
+        let earlier = if self.out.is_dir() {
+            "the earlier output is as it was"
+        } else {
+            "nothing was left behind"
+        };
+        let message = format!(
+            "{source} (while writing it in the staging directory {}; {earlier})",
+            self.path.display()
+        );
+        Error::io(
+            self.out.join(inside),
+            std::io::Error::new(source.kind(), message),
+        )
+    }
+
     /// Puts the staged directory in the output's place: exchanged with the
     /// earlier output in one step where the system can (the earlier one is
     /// then removed from the staging name), else the earlier one is renamed
@@ -511,6 +537,34 @@ mod tests {
         assert_eq!(normalized(Path::new("a/p/")), Path::new("a/p"));
         assert_eq!(normalized(Path::new("a/p/.")), Path::new("a/p"));
         assert_eq!(normalized(Path::new("./p")), Path::new("p"));
+    }
+
+    #[test]
+    fn a_write_error_in_staging_names_the_output_file() {
+        let tmp = tempfile::tempdir().unwrap();
+        let out = tmp.path().join("p");
+        let staging = StagingDir::new(&out).unwrap();
+        let full = std::io::Error::new(std::io::ErrorKind::StorageFull, "No space left on device");
+        let e = staging.in_output_terms(Error::io(staging.path().join("model.safetensors"), full));
+        let text = e.to_string();
+        assert!(
+            text.starts_with(&format!(
+                "{}: No space left on device",
+                out.join("model.safetensors").display()
+            )),
+            "{text}"
+        );
+        assert!(text.contains("nothing was left behind"), "{text}");
+        std::fs::create_dir(&out).unwrap();
+        let gone = std::io::Error::new(std::io::ErrorKind::Other, "x");
+        let text = staging
+            .in_output_terms(Error::io(staging.path().join("prune.json"), gone))
+            .to_string();
+        assert!(text.contains("the earlier output is as it was"), "{text}");
+        // A path outside the staging directory keeps its own name.
+        let other = tmp.path().join("m/model.safetensors");
+        let e = staging.in_output_terms(Error::io(&other, std::io::Error::other("y")));
+        assert_eq!(e.to_string(), format!("{}: y", other.display()));
     }
 
     #[test]

@@ -245,7 +245,8 @@ where
         &new_weights,
         normalization.as_ref(),
         masks.as_deref(),
-    )?;
+    )
+    .map_err(|e| staging.in_output_terms(e))?;
     let after = measure(&new_spec, &new_weights, written.weights())?;
     let mut run = PruneRun {
         carried_mask: match cfg.method {
@@ -260,7 +261,7 @@ where
         report,
         out: ModelDir::new(&out_path),
     };
-    write_record(cfg, &run, &source_hash, &written)?;
+    write_record(cfg, &run, &source_hash, &written).map_err(|e| staging.in_output_terms(e))?;
     staging.commit()?;
     drop(claimed);
     // After the commit: an output named like a weights file is a directory.
