@@ -453,7 +453,16 @@ impl StagingDir {
             let _ = std::fs::remove_dir_all(&self.path);
             return Ok(());
         }
-        let aside = beside(&parent, &name, std::process::id(), "old");
+        self.commit_by_renames(&parent, &name)
+    }
+
+    /// The commit where the two directories cannot be exchanged: the
+    /// earlier output renamed aside (`.NAME.PID.old`), the staged one in,
+    /// the earlier one removed. A failed second rename puts the earlier one
+    /// back, and a crash between the two leaves it aside for the next run's
+    /// clearing to restore.
+    fn commit_by_renames(mut self, parent: &Path, name: &str) -> Result<()> {
+        let aside = beside(parent, name, std::process::id(), "old");
         if aside.exists() {
             std::fs::remove_dir_all(&aside).map_err(|e| Error::io(&aside, e))?;
         }
@@ -463,7 +472,7 @@ impl StagingDir {
             return Err(Error::io(&self.out, e));
         }
         self.committed = true;
-        crate::fsutil::fsync_dir(&parent)?;
+        crate::fsutil::fsync_dir(parent)?;
         let _ = std::fs::remove_dir_all(&aside);
         Ok(())
     }
@@ -565,6 +574,37 @@ mod tests {
         let other = tmp.path().join("m/model.safetensors");
         let e = staging.in_output_terms(Error::io(&other, std::io::Error::other("y")));
         assert_eq!(e.to_string(), format!("{}: y", other.display()));
+    }
+
+    /// Where the file system cannot exchange two directories.
+    #[test]
+    fn the_two_rename_commit_replaces_the_output_or_puts_it_back() {
+        let tmp = tempfile::tempdir().unwrap();
+        let out = tmp.path().join("p");
+        std::fs::create_dir(&out).unwrap();
+        std::fs::write(out.join("prune.json"), b"earlier").unwrap();
+        let names = || {
+            let mut n: Vec<_> = std::fs::read_dir(tmp.path())
+                .unwrap()
+                .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .collect();
+            n.sort();
+            n
+        };
+        // A failed second rename (the staged directory gone) puts the
+        // earlier output back as it was.
+        let staged = StagingDir::new(&out).unwrap();
+        std::fs::remove_dir_all(staged.path()).unwrap();
+        let e = staged.commit_by_renames(tmp.path(), "p").unwrap_err();
+        assert!(e.to_string().starts_with(&out.display().to_string()), "{e}");
+        assert_eq!(std::fs::read(out.join("prune.json")).unwrap(), b"earlier");
+        assert_eq!(names(), ["p"]);
+        // A whole commit: the new output in place, nothing aside.
+        let staged = StagingDir::new(&out).unwrap();
+        std::fs::write(staged.path().join("prune.json"), b"new").unwrap();
+        staged.commit_by_renames(tmp.path(), "p").unwrap();
+        assert_eq!(std::fs::read(out.join("prune.json")).unwrap(), b"new");
+        assert_eq!(names(), ["p"]);
     }
 
     #[test]
