@@ -1036,3 +1036,53 @@ fn prune_on_a_full_disk_leaves_the_earlier_output_whole() {
     left.sort();
     assert_eq!(left, ["p"], "staging left behind");
 }
+
+/// `cache build --views --overwrite` over a plain cache removes the plain
+/// cache only once the whole view set has committed: a build stopped by a
+/// full disk leaves the plain cache readable byte for byte (and the views
+/// built so far for a rerun), and the rerun with room finishes the set and
+/// only then removes the plain cache's files.
+#[test]
+fn a_view_set_stopped_by_a_full_disk_leaves_the_plain_cache_it_replaces() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cwd = tmp.path();
+    let (data, teacher) = (s(&small_data()), s(&teacher_dir()));
+    let mnt = cwd.join("mnt");
+    // The plain cache takes 48 KiB, each view about as much: the plain
+    // cache and one view fit in 200 KiB, four views beside it do not.
+    let Some(fsys) = Tmpfs::mount(&mnt, 200) else {
+        return;
+    };
+    let out = s(&mnt.join("c"));
+    ok(cwd, &cache_build_args(&teacher, &data, &out, &["-q"]));
+    let plain = snapshot(&mnt.join("c"));
+    let views = ["--augment", "shift=1", "--views", "4", "--overwrite"];
+    let views_build = cache_build_args(&teacher, &data, &out, &[&["-q"][..], &views[..]].concat());
+    fails(
+        cwd,
+        &views_build,
+        &["--views", "3 views still to build", "MiB free"],
+    );
+    let after: std::collections::BTreeMap<_, _> = snapshot(&mnt.join("c"))
+        .into_iter()
+        .filter(|(k, _)| !k.starts_with("view-0"))
+        .collect();
+    assert_eq!(
+        after, plain,
+        "the plain cache changed before the view set committed"
+    );
+    ok(cwd, &["cache", "verify", &out]);
+    assert!(fsys.remount("size=400k"), "tmpfs could not grow");
+    ok(cwd, &views_build);
+    let mut names: Vec<String> = fs::read_dir(mnt.join("c"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n != ".lock")
+        .collect();
+    names.sort();
+    assert_eq!(
+        names,
+        ["view-0", "view-1", "view-2", "view-3", "views.json"]
+    );
+    ok(cwd, &["cache", "verify", &out]);
+}
