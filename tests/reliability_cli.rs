@@ -589,6 +589,14 @@ fn disk_full_and_read_only_leave_the_committed_cache_intact() {
         );
         let before = snapshot(&mnt.join("c"));
         fails(tmp.path(), &rebuild, &["No space left on device"]);
+        // The partial shard is removed with the error: its space is free
+        // again, and nothing half-written stays beside the cache.
+        let partial: Vec<String> = fs::read_dir(mnt.join("c"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.ends_with(".tmp"))
+            .collect();
+        assert!(partial.is_empty(), "left behind: {partial:?}");
         ok(tmp.path(), &["cache", "verify", &out_dir]);
         let after = snapshot(&mnt.join("c"));
         for (k, v) in &before {

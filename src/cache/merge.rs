@@ -450,13 +450,21 @@ fn place(src: &Path, dir: &Path, e: &ShardEntry, links: bool) -> Result<Placed> 
         ));
     }
     let tmp = dir.join(format!("{}.tmp", e.file));
-    let mut f = File::create(&tmp).map_err(|err| CacheError::io(&tmp, "create", err))?;
-    f.write_all(&bytes)
-        .map_err(|err| CacheError::io(&tmp, "write", err))?;
-    f.sync_all()
-        .map_err(|err| CacheError::io(&tmp, "sync", err))?;
-    drop(f);
-    fs::rename(&tmp, &dst).map_err(|err| CacheError::io(&dst, "rename temp file onto", err))?;
+    // A failed copy (a full disk) removes the partial file.
+    let copied = (|| -> Result<()> {
+        let mut f = File::create(&tmp)
+            .map_err(|err| CacheError::io(&dst, "create its temporary copy", err))?;
+        f.write_all(&bytes)
+            .map_err(|err| CacheError::io(&dst, "write its temporary copy", err))?;
+        f.sync_all()
+            .map_err(|err| CacheError::io(&dst, "sync its temporary copy", err))?;
+        drop(f);
+        fs::rename(&tmp, &dst).map_err(|err| CacheError::io(&dst, "rename temp file onto", err))
+    })();
+    if let Err(err) = copied {
+        let _ = fs::remove_file(&tmp);
+        return Err(err);
+    }
     Ok(Placed::Copied)
 }
 

@@ -715,28 +715,37 @@ impl CacheWriter {
             stats: self.stats,
         };
         let tmp = self.dir.join(format!("{name}.tmp"));
-        let file = File::create(&tmp).map_err(|e| CacheError::io(&tmp, "create", e))?;
-        let mut out = BufWriter::with_capacity(1 << 20, file);
         let mut hasher = Xxh3::new();
-        let mut put = |bytes: &[u8]| -> Result<()> {
-            hasher.update(bytes);
-            out.write_all(bytes)
-                .map_err(|e| CacheError::io(&tmp, "write", e))
-        };
-        put(&header.to_bytes())?;
-        put(&index)?;
-        for (data, _, _) in &blocks {
-            put(data)?;
-            let pad = (8 - data.len() % 8) % 8;
-            put(&[0u8; 8][..pad])?;
+        // A failed write (a full disk) removes the partial file: its space
+        // is the disk's again, and a rerun finds only committed shards.
+        let written = (|| -> Result<()> {
+            let file = File::create(&tmp)
+                .map_err(|e| CacheError::io(&path, "create its temporary copy", e))?;
+            let mut out = BufWriter::with_capacity(1 << 20, file);
+            let mut put = |bytes: &[u8]| -> Result<()> {
+                hasher.update(bytes);
+                out.write_all(bytes)
+                    .map_err(|e| CacheError::io(&path, "write its temporary copy", e))
+            };
+            put(&header.to_bytes())?;
+            put(&index)?;
+            for (data, _, _) in &blocks {
+                put(data)?;
+                let pad = (8 - data.len() % 8) % 8;
+                put(&[0u8; 8][..pad])?;
+            }
+            let file = out
+                .into_inner()
+                .map_err(|e| CacheError::io(&path, "write its temporary copy", e.into_error()))?;
+            file.sync_all()
+                .map_err(|e| CacheError::io(&path, "sync its temporary copy", e))?;
+            drop(file);
+            fs::rename(&tmp, &path).map_err(|e| CacheError::io(&path, "rename temp file onto", e))
+        })();
+        if let Err(e) = written {
+            let _ = fs::remove_file(&tmp);
+            return Err(e);
         }
-        let file = out
-            .into_inner()
-            .map_err(|e| CacheError::io(&tmp, "write", e.into_error()))?;
-        file.sync_all()
-            .map_err(|e| CacheError::io(&tmp, "sync", e))?;
-        drop(file);
-        fs::rename(&tmp, &path).map_err(|e| CacheError::io(&path, "rename temp file onto", e))?;
         fsync_dir(&self.dir)?;
         self.done.push(Done {
             entry: ShardEntry {
