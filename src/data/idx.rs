@@ -474,7 +474,8 @@ fn write_file(
     })();
     if let Err(e) = result {
         let _ = fs::remove_file(&tmp);
-        return Err(write_err(&tmp)(e));
+        // Named by the file asked for; its `.tmp` copy is gone again.
+        return Err(write_err(path)(e));
     }
     fs::rename(&tmp, path).map_err(write_err(path))?;
     // The rename survives a crash once the directory is synced.
