@@ -565,7 +565,7 @@ mod tests {
         );
         assert!(text.contains("nothing was left behind"), "{text}");
         std::fs::create_dir(&out).unwrap();
-        let gone = std::io::Error::new(std::io::ErrorKind::Other, "x");
+        let gone = std::io::Error::other("x");
         let text = staging
             .in_output_terms(Error::io(staging.path().join("prune.json"), gone))
             .to_string();
