@@ -545,6 +545,19 @@ mod tests {
     }
 
     #[test]
+    fn a_failed_write_names_the_file_asked_for_and_leaves_no_copy() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("gone").join("train-images-idx3-ubyte");
+        let e = write_file(&path, "images", false, b"hdr", b"data").unwrap_err();
+        let text = e.to_string();
+        assert!(
+            text.starts_with(&format!("{}: cannot write images", path.display())),
+            "{text}"
+        );
+        assert!(!text.contains("ubyte.tmp"), "{text}");
+    }
+
+    #[test]
     fn test_split_uses_t10k_names_and_unlabelled_has_no_labels_file() {
         let inputs = vec![3u8; 2 * 4];
         let ds = Dataset::from_u8([1, 2, 2], inputs, None, Split::Test).unwrap();
