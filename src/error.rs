@@ -69,3 +69,28 @@ impl Error {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_file_system_error_keeps_the_step_that_failed() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("missing").join("card.json");
+        let e = Error::from(crate::fsutil::atomic_write(&path, b"x").unwrap_err());
+        let text = e.to_string();
+        assert!(
+            text.starts_with(&format!(
+                "{}: cannot create its temporary copy: ",
+                path.display()
+            )),
+            "{text}"
+        );
+        // The kind survives, for callers that branch on it.
+        let Error::Io { source, .. } = e else {
+            panic!("not an I/O error: {text}")
+        };
+        assert_eq!(source.kind(), std::io::ErrorKind::NotFound);
+    }
+}
