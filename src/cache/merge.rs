@@ -39,8 +39,8 @@ use super::part::{part_dir, PartManifest, PartRange, PartSpec, PART_FILE};
 use super::settings::BuildSpec;
 use super::views::{holds_view_set, view_dir};
 use super::writer::{
-    claim_dir, commit, lock_dir, lock_unsupported, manifest_of, refuse_foreign_dir, Done,
-    BUILD_FILE, LOCK_FILE,
+    claim_dir, commit, lock_dir, lock_unsupported, manifest_of, refuse_foreign_dir,
+    write_shard_file, Done, BUILD_FILE, LOCK_FILE,
 };
 use super::{CacheError, Result};
 
@@ -449,22 +449,7 @@ fn place(src: &Path, dir: &Path, e: &ShardEntry, links: bool) -> Result<Placed> 
             format!("shard {} changed while being merged", e.file),
         ));
     }
-    let tmp = dir.join(format!("{}.tmp", e.file));
-    // A failed copy (a full disk) removes the partial file.
-    let copied = (|| -> Result<()> {
-        let mut f = File::create(&tmp)
-            .map_err(|err| CacheError::io(&dst, "create its temporary copy", err))?;
-        f.write_all(&bytes)
-            .map_err(|err| CacheError::io(&dst, "write its temporary copy", err))?;
-        f.sync_all()
-            .map_err(|err| CacheError::io(&dst, "sync its temporary copy", err))?;
-        drop(f);
-        fs::rename(&tmp, &dst).map_err(|err| CacheError::io(&dst, "rename temp file onto", err))
-    })();
-    if let Err(err) = copied {
-        let _ = fs::remove_file(&tmp);
-        return Err(err);
-    }
+    write_shard_file(&dst, |f| f.write_all(&bytes))?;
     Ok(Placed::Copied)
 }
 

@@ -714,18 +714,11 @@ impl CacheWriter {
             index_checksum: xxh3_64(&index),
             stats: self.stats,
         };
-        let tmp = self.dir.join(format!("{name}.tmp"));
         let mut hasher = Xxh3::new();
-        // A failed write (a full disk) removes the partial file: its space
-        // is the disk's again, and a rerun finds only committed shards.
-        let written = (|| -> Result<()> {
-            let file = File::create(&tmp)
-                .map_err(|e| CacheError::io(&path, "create its temporary copy", e))?;
-            let mut out = BufWriter::with_capacity(1 << 20, file);
-            let mut put = |bytes: &[u8]| -> Result<()> {
+        write_shard_file(&path, |out| {
+            let mut put = |bytes: &[u8]| -> std::io::Result<()> {
                 hasher.update(bytes);
                 out.write_all(bytes)
-                    .map_err(|e| CacheError::io(&path, "write its temporary copy", e))
             };
             put(&header.to_bytes())?;
             put(&index)?;
@@ -734,18 +727,8 @@ impl CacheWriter {
                 let pad = (8 - data.len() % 8) % 8;
                 put(&[0u8; 8][..pad])?;
             }
-            let file = out
-                .into_inner()
-                .map_err(|e| CacheError::io(&path, "write its temporary copy", e.into_error()))?;
-            file.sync_all()
-                .map_err(|e| CacheError::io(&path, "sync its temporary copy", e))?;
-            drop(file);
-            fs::rename(&tmp, &path).map_err(|e| CacheError::io(&path, "rename temp file onto", e))
-        })();
-        if let Err(e) = written {
-            let _ = fs::remove_file(&tmp);
-            return Err(e);
-        }
+            Ok(())
+        })?;
         fsync_dir(&self.dir)?;
         self.done.push(Done {
             entry: ShardEntry {
@@ -834,6 +817,37 @@ impl CacheWriter {
         }
         Ok(())
     }
+}
+
+/// Writes a shard file (a new one, or a merge's copy) to `NAME.tmp` beside
+/// `path` with `write`, syncs it and renames it onto `path`. A failure (a
+/// full disk) removes the partial file, so its space is the disk's again and
+/// a rerun finds only committed shards; the error names `path`, with the
+/// step on its temporary copy that failed. The caller syncs the directory.
+pub(crate) fn write_shard_file(
+    path: &Path,
+    write: impl FnOnce(&mut BufWriter<File>) -> std::io::Result<()>,
+) -> Result<()> {
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = PathBuf::from(tmp);
+    let written = (|| -> Result<()> {
+        let file =
+            File::create(&tmp).map_err(|e| CacheError::io(path, "create its temporary copy", e))?;
+        let mut out = BufWriter::with_capacity(1 << 20, file);
+        write(&mut out).map_err(|e| CacheError::io(path, "write its temporary copy", e))?;
+        let file = out
+            .into_inner()
+            .map_err(|e| CacheError::io(path, "write its temporary copy", e.into_error()))?;
+        file.sync_all()
+            .map_err(|e| CacheError::io(path, "sync its temporary copy", e))?;
+        drop(file);
+        fs::rename(&tmp, path).map_err(|e| CacheError::io(path, "rename temp file onto", e))
+    })();
+    if written.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    written
 }
 
 /// The manifest of the whole cache `spec` made of the complete shards
