@@ -1,6 +1,7 @@
 //! File-system steps that keep data safe: [`atomic_write`] (temporary file,
 //! fsync, rename, fsync of the directory), [`fsync_dir`],
 //! [`remove_if_present`] (a stale file removed, its absence not an error),
+//! [`clear_dead_temporaries`] (what writers that died left behind),
 //! [`write_if_changed`] (a rerun that would write the same bytes writes
 //! nothing), [`exchange`] (two directories swapped in one step where the
 //! system can), [`try_lock_exclusive`] (an output's lock file), and the
@@ -177,6 +178,55 @@ pub fn write_if_changed(path: &Path, bytes: &[u8]) -> Result<(), FsError> {
     atomic_write(path, bytes)
 }
 
+/// Removes from `dir` the temporary copies that writers of the files
+/// `names` left when they died: `.NAME.PID.tmp` ([`atomic_write`]) and,
+/// for a `.png`, `.STEM.PID.png` (`report::plot::write_atomically`), for
+/// any process id. Only for a caller that holds the directory's lock, so no
+/// live writer owns them. Returns what it removed.
+pub fn clear_dead_temporaries(dir: &Path, names: &[&str]) -> Result<Vec<PathBuf>, FsError> {
+    let entries = match fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(fs_err(dir, "list")(e)),
+    };
+    let mut removed = Vec::new();
+    for entry in entries {
+        let entry = entry.map_err(fs_err(dir, "list"))?;
+        let file = entry.file_name();
+        let Some(file) = file.to_str() else { continue };
+        if names.iter().any(|n| is_dead_temporary(file, n)) {
+            let path = entry.path();
+            remove_if_present(&path)?;
+            removed.push(path);
+        }
+    }
+    Ok(removed)
+}
+
+/// Whether `file` is a temporary copy of `name` made by some process:
+/// `.NAME.PID.tmp`, or `.STEM.PID.png` for a `.png` name.
+fn is_dead_temporary(file: &str, name: &str) -> bool {
+    let pid_then = |rest: &str, tail: &str| {
+        rest.strip_suffix(tail)
+            .is_some_and(|pid| !pid.is_empty() && pid.bytes().all(|b| b.is_ascii_digit()))
+    };
+    let Some(rest) = file.strip_prefix('.') else {
+        return false;
+    };
+    if let Some(rest) = rest.strip_prefix(name).and_then(|r| r.strip_prefix('.')) {
+        if pid_then(rest, ".tmp") {
+            return true;
+        }
+    }
+    match name.strip_suffix(".png") {
+        Some(stem) => rest
+            .strip_prefix(stem)
+            .and_then(|r| r.strip_prefix('.'))
+            .is_some_and(|r| pid_then(r, ".png")),
+        None => false,
+    }
+}
+
 /// Writes `bytes` to `path` through a temporary file in the same directory
 /// (`.NAME.PID.tmp`), synced, renamed into place, and the directory synced.
 /// On failure the temporary file is removed and `path` is left as it was;
@@ -222,6 +272,45 @@ mod tests {
         remove_if_present(&path).unwrap();
         let e = remove_if_present(dir.path()).unwrap_err().to_string();
         assert!(e.contains("cannot remove"), "{e}");
+    }
+
+    #[test]
+    fn clears_the_temporaries_of_the_named_files_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let keep = [
+            "model.json",
+            ".model.json.tmp",
+            ".model.json.12x.tmp",
+            ".other.json.12.tmp",
+            "model.json.12.tmp",
+            ".curves.12.tmp.png",
+            ".train.lock",
+        ];
+        let gone = [
+            ".model.json.12.tmp",
+            ".checkpoint.safetensors.4077.tmp",
+            ".curves.98.png",
+            ".curves.png.98.tmp",
+        ];
+        for f in keep.iter().chain(&gone) {
+            fs::write(dir.path().join(f), b"x").unwrap();
+        }
+        let names = ["model.json", "checkpoint.safetensors", "curves.png"];
+        let mut removed: Vec<_> = clear_dead_temporaries(dir.path(), &names)
+            .unwrap()
+            .into_iter()
+            .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
+            .collect();
+        removed.sort();
+        let mut want: Vec<_> = gone.iter().map(|s| s.to_string()).collect();
+        want.sort();
+        assert_eq!(removed, want);
+        for f in keep {
+            assert!(dir.path().join(f).exists(), "{f}");
+        }
+        assert!(clear_dead_temporaries(&dir.path().join("absent"), &names)
+            .unwrap()
+            .is_empty());
     }
 
     #[test]

@@ -340,7 +340,10 @@ fn killed_sweep_reruns_only_missing_runs() {
     let start = Instant::now();
     sweep(cwd, &["--out", "reference", "-q"]);
     let full = start.elapsed();
-    // Each finished run's files, with their modification times.
+    // Each finished run's files, with their modification times. A run
+    // killed after its card but before it removed its checkpoint is not
+    // finished: the rerun continues the checkpoint and writes the model
+    // again.
     type Stamps = Vec<(String, SystemTime)>;
     let finished = |out: &str| -> HashMap<String, Stamps> {
         let mut m = HashMap::new();
@@ -348,6 +351,7 @@ fn killed_sweep_reruns_only_missing_runs() {
             for e in entries.flatten() {
                 if !(e.path().join("model.safetensors").exists()
                     && e.path().join("model.json").exists())
+                    || e.path().join("checkpoint.safetensors").exists()
                 {
                     continue;
                 }

@@ -32,7 +32,8 @@ use crate::train::validation::{run_overlap, TeacherOverlap};
 /// Where a run stands on disk.
 #[derive(Debug, Clone, PartialEq)]
 pub enum RunState {
-    /// `model.json` and `model.safetensors` exist and the card matches the run.
+    /// `model.json` and `model.safetensors` exist, no checkpoint does, and
+    /// the card matches the run.
     Finished(Box<ModelCard>),
     /// A checkpoint is there: training continues from it.
     Partial,
@@ -75,7 +76,9 @@ pub fn run_state(run: &PlannedRun, dir: &Path, expect: &Expect<'_>) -> Result<Ru
         if let Some(why) = mismatch {
             return Err(other_settings(dir, "a finished", &why));
         }
-        if model.weights().exists() {
+        // A checkpoint beside them: the run stopped before it finished
+        // (after its card, before removing the checkpoint); it continues.
+        if model.weights().exists() && !model.checkpoint().exists() {
             return Ok(RunState::Finished(Box::new(card)));
         }
     }

@@ -17,7 +17,6 @@ use crate::model::input_norm;
 use crate::model::{Backend, Network};
 
 use super::config::{RunOptions, TrainConfig};
-use super::eval::EvalResult;
 use super::metrics::{best_val_epoch, EpochMetrics};
 
 /// Which cache a model was distilled from.
@@ -138,8 +137,7 @@ impl ModelCard {
         train: &Dataset,
         test: Option<&Dataset>,
         cache: Option<CacheRef>,
-        eval: Option<&EvalResult>,
-        teacher_agreement: Option<f64>,
+        last_epoch: Option<&EpochMetrics>,
         train_seconds: f64,
     ) -> Self {
         let spec = net.spec();
@@ -161,14 +159,14 @@ impl ModelCard {
             config: Some(cfg.clone()),
             cache,
             online_teacher: None,
-            test_accuracy: eval.and_then(|e| e.accuracy),
-            test_loss: eval.and_then(|e| e.loss),
+            test_accuracy: last_epoch.and_then(|m| m.test_accuracy),
+            test_loss: last_epoch.and_then(|m| m.test_loss),
             val_accuracy: None,
             val_loss: None,
             best_val_epoch: None,
             best_val_epoch_test_accuracy: None,
             snapshot_epoch: None,
-            teacher_agreement,
+            teacher_agreement: last_epoch.and_then(|m| m.teacher_agreement),
             train_seconds,
             command: opts.command.clone(),
             pytorch: input_norm::torch_code(spec, net.normalization()),

@@ -38,7 +38,7 @@ use super::average::WeightAverage;
 use super::card::{CacheRef, ModelCard, OnlineTeacherRef};
 use super::checkpoint::{self, Progress, RunIdentity, RunState};
 use super::config::{RunOptions, TrainConfig};
-use super::eval::{evaluate, evaluate_samples, EvalResult};
+use super::eval::{evaluate, evaluate_samples};
 use super::loader::{Batch, Loader};
 use super::loss::{loss_mixed, Targets};
 use super::metrics::{curve_points, read_metrics, write_metrics, EpochMetrics};
@@ -132,7 +132,6 @@ struct Run<'a, D: Backend> {
     /// a resume, within it).
     progress: Progress,
     metrics: Vec<EpochMetrics>,
-    last_eval: Option<EvalResult>,
     show_progress: bool,
     /// The run directory's lock, held while the run writes there.
     _lock: fs::File,
@@ -235,7 +234,6 @@ impl<'a, D: Backend> Run<'a, D> {
             online_teacher_fingerprint: online_teacher.unwrap_or_default(),
             progress: Progress::default(),
             metrics: Vec::new(),
-            last_eval: None,
             show_progress: !opts.quiet && std::io::stderr().is_terminal(),
             _lock: lock,
         };
@@ -472,7 +470,6 @@ impl<'a, D: Backend> Run<'a, D> {
         }
         self.metrics.push(m);
         write_metrics(&self.dir.metrics(), &self.metrics)?;
-        self.last_eval = eval;
         if self.opts.snapshot_epochs.contains(&(epoch + 1)) {
             let net = averaged.as_ref().unwrap_or(&self.net);
             self.write_snapshot(epoch + 1, net)?;
@@ -540,8 +537,7 @@ impl<'a, D: Backend> Run<'a, D> {
             self.sources.train,
             self.sources.test,
             cache_ref,
-            self.last_eval.as_ref(),
-            self.metrics.last().and_then(|m| m.teacher_agreement),
+            self.metrics.last(),
             self.progress.train_seconds,
         );
         card.online_teacher = self.sources.online_teacher.map(|t| OnlineTeacherRef {
@@ -593,7 +589,8 @@ impl<'a, D: Backend> Run<'a, D> {
         self.write_model(&dir, &card, net)
     }
 
-    /// Writes `net`'s weights, the masks, the card and curves into `dir`.
+    /// Writes `net`'s weights (and `model.py`), the masks, the curves and,
+    /// last, the card into `dir`.
     fn write_model(&self, dir: &ModelDir, card: &ModelCard, net: &Network<D>) -> Result<()> {
         save_weights(net, dir.weights())?;
         if let Some(m) = self.pruning.masks() {
@@ -604,14 +601,15 @@ impl<'a, D: Backend> Run<'a, D> {
             // A stale mask from an earlier run would be picked up with these weights.
             let _ = fs::remove_file(dir.masks());
         }
-        card.save(&dir.card())?;
         let baseline = self.opts.baseline_metrics.as_deref().map(curve_points);
         training_curves(
             &dir.curves(),
             &curve_points(&self.metrics),
             baseline.as_deref(),
             self.opts.teacher_accuracy,
-        )
+        )?;
+        // Last: a card says the model beside it is whole.
+        card.save(&dir.card())
     }
 }
 

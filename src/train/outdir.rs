@@ -26,6 +26,13 @@
 //! `overwrite`, stray masks and `prune.json` (which would be read as the new
 //! model's) are removed, and without `resume` an unfinished run's
 //! checkpoint.
+//!
+//! A run writes its model's card last (`train::fit`), and removes its
+//! checkpoint after it: a card says the model beside it is whole, and a
+//! checkpoint beside a card says the run stopped before it finished, which
+//! `resume` continues (with no epoch left, it writes the same model again).
+//! Under the lock, a run first removes the temporary copies
+//! (`.NAME.PID.tmp`, `.curves.PID.png`) that a run killed mid-write left.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -77,6 +84,7 @@ pub fn claim_run_dir(
     plan_claim(dir, cfg, resume, overwrite)?;
     let lock = lock_run_dir(dir)?;
     let model = ModelDir::new(dir);
+    clear_dead_writes(&model)?;
     // Looked at again under the lock: a run that held it may have finished
     // in between.
     if resume && !overwrite {
@@ -92,6 +100,21 @@ pub fn claim_run_dir(
         remove_if_present(&path)?;
     }
     Ok(Claimed::Locked(lock))
+}
+
+/// Removes the temporary copies of the run's files (`.NAME.PID.tmp`,
+/// `.curves.PID.png`) that a run killed while writing them left: under the
+/// directory's lock no live run owns them.
+fn clear_dead_writes(dir: &ModelDir) -> Result<()> {
+    let mut paths = model_files(dir).to_vec();
+    paths.push(dir.checkpoint());
+    let names: Vec<String> = paths
+        .iter()
+        .filter_map(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+        .collect();
+    let names: Vec<&str> = names.iter().map(String::as_str).collect();
+    crate::fsutil::clear_dead_temporaries(dir.path(), &names)?;
+    Ok(())
 }
 
 /// Removes the model files of the earlier model that a run set aside
@@ -446,6 +469,35 @@ mod tests {
         claim(tmp.path(), &c, false, false).unwrap();
         claim(&tmp.path().join("new"), &c, false, false).unwrap();
         claim(&tmp.path().join("new.safetensors"), &c, false, false).unwrap();
+    }
+
+    #[test]
+    fn a_claim_removes_what_killed_writers_left_and_nothing_else() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = ModelDir::new(tmp.path());
+        fs::write(dir.checkpoint(), b"state").unwrap();
+        let dead = [
+            ".checkpoint.safetensors.17128.tmp",
+            ".model.safetensors.3.tmp",
+            ".model.json.3.tmp",
+            ".curves.3.png",
+        ];
+        let kept = [".notes.3.tmp", "notes.txt"];
+        for f in dead.iter().chain(&kept) {
+            fs::write(dir.path().join(f), b"x").unwrap();
+        }
+        // Refused claims change nothing.
+        let c = cfg("mlp:784-16-10");
+        claim(dir.path(), &c, false, false).unwrap_err();
+        assert!(dead.iter().all(|f| dir.path().join(f).exists()));
+        claim(dir.path(), &c, true, false).unwrap();
+        for f in dead {
+            assert!(!dir.path().join(f).exists(), "{f}");
+        }
+        for f in kept {
+            assert!(dir.path().join(f).exists(), "{f}");
+        }
+        assert!(dir.checkpoint().exists());
     }
 
     #[test]
