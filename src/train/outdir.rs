@@ -69,8 +69,9 @@ pub struct RunInputs<'a> {
 }
 
 /// Checks that a run of `cfg` may write into `dir`, takes the directory's
-/// lock (`ModelDir::lock`, flock) and sets aside the earlier model the run
-/// replaces (the module doc). With `resume` (and without `overwrite`), a
+/// lock (`ModelDir::lock`, flock), removes what runs killed mid-write left
+/// (`clear_dead_writes`) and sets aside the earlier model the run replaces
+/// (the module doc). With `resume` (and without `overwrite`), a
 /// finished run of `inputs` found under the lock is returned instead, with
 /// nothing changed. A refused directory is left as it was, with no lock
 /// file added. Errors name the field `out` and say which setting differs.
@@ -84,7 +85,6 @@ pub fn claim_run_dir(
     plan_claim(dir, cfg, resume, overwrite)?;
     let lock = lock_run_dir(dir)?;
     let model = ModelDir::new(dir);
-    clear_dead_writes(&model)?;
     // Looked at again under the lock: a run that held it may have finished
     // in between.
     if resume && !overwrite {
@@ -93,6 +93,7 @@ pub fn claim_run_dir(
         }
     }
     let claim = plan_claim(dir, cfg, resume, overwrite)?;
+    clear_dead_writes(&model)?;
     if claim.set_aside {
         set_aside_earlier_model(&model)?;
     }
