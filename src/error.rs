@@ -1,7 +1,7 @@
 //! The library's error type: one enum wrapping each module's typed errors,
 //! every variant carrying the file, field or flag it is about.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use crate::cache::CacheError;
 use crate::data::DataError;
@@ -68,6 +68,40 @@ impl Error {
             source,
         }
     }
+
+    /// The error told by the file the user asked for: where it names
+    /// `written` (a temporary file or directory the bytes went to first),
+    /// or a file inside it, it names `asked` (or the same file inside it)
+    /// instead, with `note` (what the temporary copy was and what became
+    /// of it) after its message. I/O errors keep their kind. Errors that
+    /// name no such path pass through as they are.
+    pub fn told_by(self, written: &Path, asked: &Path, note: &str) -> Error {
+        let retarget = |path: &Path| {
+            path.strip_prefix(written)
+                .ok()
+                .map(|inside| match inside.as_os_str().is_empty() {
+                    true => asked.to_path_buf(),
+                    false => asked.join(inside),
+                })
+        };
+        match self {
+            Error::Io { path, source } => match retarget(&path) {
+                Some(to) => Error::io(
+                    to,
+                    std::io::Error::new(source.kind(), format!("{source} ({note})")),
+                ),
+                None => Error::Io { path, source },
+            },
+            Error::Model { path, message } => match retarget(&path) {
+                Some(to) => Error::Model {
+                    path: to,
+                    message: format!("{message} ({note})"),
+                },
+                None => Error::Model { path, message },
+            },
+            other => other,
+        }
+    }
 }
 
 #[cfg(test)]
@@ -92,5 +126,47 @@ mod tests {
             panic!("not an I/O error: {text}")
         };
         assert_eq!(source.kind(), std::io::ErrorKind::NotFound);
+    }
+
+    #[test]
+    fn an_error_on_a_temporary_copy_is_told_by_the_file_asked_for() {
+        let tmp = Path::new("out/.curves.7.png");
+        let asked = Path::new("out/curves.png");
+        let full = std::io::Error::new(std::io::ErrorKind::StorageFull, "no space");
+        let e = Error::io(tmp, full).told_by(tmp, asked, "while drawing it");
+        assert_eq!(e.to_string(), "out/curves.png: no space (while drawing it)");
+        let Error::Io { source, .. } = &e else {
+            panic!("{e}")
+        };
+        assert_eq!(source.kind(), std::io::ErrorKind::StorageFull);
+        let e = Error::Model {
+            path: tmp.into(),
+            message: "cannot draw".into(),
+        };
+        assert_eq!(
+            e.told_by(tmp, asked, "x").to_string(),
+            "out/curves.png: cannot draw (x)"
+        );
+        // Inside a staging directory: the same file inside the output.
+        let staged = Path::new("out/.pruned.7.tmp");
+        let e = Error::io(
+            staged.join("model.safetensors"),
+            std::io::Error::other("full"),
+        );
+        assert_eq!(
+            e.told_by(staged, Path::new("out/pruned"), "y").to_string(),
+            "out/pruned/model.safetensors: full (y)"
+        );
+        // Other paths and other errors pass through.
+        let e = Error::io("elsewhere", std::io::Error::other("full"));
+        assert_eq!(e.told_by(tmp, asked, "z").to_string(), "elsewhere: full");
+        let e = Error::Config {
+            field: "out".into(),
+            message: "m".into(),
+        };
+        assert_eq!(
+            e.told_by(tmp, asked, "z").to_string(),
+            "invalid value for out: m"
+        );
     }
 }

@@ -229,9 +229,11 @@ fn is_dead_temporary(file: &str, name: &str) -> bool {
 
 /// Writes `bytes` to `path` through a temporary file in the same directory
 /// (`.NAME.PID.tmp`), synced, renamed into place, and the directory synced.
-/// On failure the temporary file is removed and `path` is left as it was;
-/// the error names `path` (the file the user asked for), with the step on
-/// its temporary copy that failed.
+/// On a failure before the rename the temporary file is removed and `path`
+/// is left as it was; the error names `path` (the file the user asked
+/// for), with the step on its temporary copy that failed. Should only the
+/// directory's sync after the rename fail, `path` holds the new bytes and
+/// the error names `path` and says so.
 pub fn atomic_write(path: &Path, bytes: &[u8]) -> Result<(), FsError> {
     let dir = path
         .parent()
@@ -250,7 +252,12 @@ pub fn atomic_write(path: &Path, bytes: &[u8]) -> Result<(), FsError> {
             .map_err(fs_err(path, "sync its temporary copy"))?;
         drop(f);
         fs::rename(&tmp, path).map_err(fs_err(path, "rename temp file onto"))?;
-        fsync_dir(dir)
+        fsync_dir(dir).map_err(|e| FsError {
+            path: path.to_path_buf(),
+            action: "sync its directory after writing it (the new bytes are in place, but may not \
+                     survive a crash)",
+            source: e.source,
+        })
     })();
     if result.is_err() {
         let _ = fs::remove_file(&tmp);

@@ -408,25 +408,16 @@ impl StagingDir {
     /// staging directory it was written in (removed again), and what became
     /// of the earlier output. Other errors pass through as they are.
     pub(super) fn in_output_terms(&self, e: Error) -> Error {
-        let Error::Io { path, source } = e else {
-            return e;
-        };
-        let Ok(inside) = path.strip_prefix(&self.path) else {
-            return Error::Io { path, source };
-        };
         let earlier = if self.out.is_dir() {
             "the earlier output is as it was"
         } else {
             "nothing was left behind"
         };
-        let message = format!(
-            "{source} (while writing it in the staging directory {}; {earlier})",
+        let note = format!(
+            "while writing it in the staging directory {}; {earlier}",
             self.path.display()
         );
-        Error::io(
-            self.out.join(inside),
-            std::io::Error::new(source.kind(), message),
-        )
+        e.told_by(&self.path, &self.out, &note)
     }
 
     /// Puts the staged directory in the output's place: exchanged with the
@@ -443,11 +434,11 @@ impl StagingDir {
         if !self.out.is_dir() {
             std::fs::rename(&self.path, &self.out).map_err(|e| Error::io(&self.out, e))?;
             self.committed = true;
-            return Ok(crate::fsutil::fsync_dir(&parent)?);
+            return sync_committed(&parent, &self.out);
         }
         if crate::fsutil::exchange(&self.path, &self.out).is_ok() {
             self.committed = true;
-            crate::fsutil::fsync_dir(&parent)?;
+            sync_committed(&parent, &self.out)?;
             // The staging name now holds the earlier output; a failure to
             // remove it leaves it for the next run's clearing.
             let _ = std::fs::remove_dir_all(&self.path);
@@ -472,10 +463,23 @@ impl StagingDir {
             return Err(Error::io(&self.out, e));
         }
         self.committed = true;
-        crate::fsutil::fsync_dir(parent)?;
+        sync_committed(parent, &self.out)?;
         let _ = std::fs::remove_dir_all(&aside);
         Ok(())
     }
+}
+
+/// Syncs `parent` once the output `out` in it was replaced; a failure names
+/// the output and says that the new one is in place.
+fn sync_committed(parent: &Path, out: &Path) -> Result<()> {
+    crate::fsutil::fsync_dir(parent).map_err(|e| {
+        let message = format!(
+            "cannot sync its directory after replacing it (the new output is in place, but may \
+             not survive a crash): {}",
+            e.source
+        );
+        Error::io(out, std::io::Error::new(e.source.kind(), message))
+    })
 }
 
 impl Drop for StagingDir {

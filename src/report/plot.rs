@@ -87,7 +87,7 @@ pub fn training_curves(
 /// Draws a plot into a temporary file beside `path` (named `.NAME.PID.png`,
 /// so the encoder still sees a PNG), syncs it and renames it onto `path`: a
 /// crash leaves the old plot or the new one, never a torn file. A plot with
-/// nothing to draw writes no file.
+/// nothing to draw writes no file. A drawing error names `path`.
 pub fn write_atomically(path: &Path, draw: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
     let name = path
@@ -95,16 +95,19 @@ pub fn write_atomically(path: &Path, draw: impl FnOnce(&Path) -> Result<()>) -> 
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
     let tmp = dir.join(format!(".{name}.{}.png", std::process::id()));
-    let result = draw(&tmp).and_then(|()| {
-        if !tmp.exists() {
-            return Ok(());
-        }
-        fs::File::open(&tmp)
-            .and_then(|f| f.sync_all())
-            .and_then(|()| fs::rename(&tmp, path))
-            .map_err(|e| Error::io(path, e))?;
-        Ok(crate::fsutil::fsync_dir(dir)?)
-    });
+    let note = "while drawing it in a temporary copy, removed again; any earlier plot is as it was";
+    let result = draw(&tmp)
+        .map_err(|e| e.told_by(&tmp, path, note))
+        .and_then(|()| {
+            if !tmp.exists() {
+                return Ok(());
+            }
+            fs::File::open(&tmp)
+                .and_then(|f| f.sync_all())
+                .and_then(|()| fs::rename(&tmp, path))
+                .map_err(|e| Error::io(path, e))?;
+            Ok(crate::fsutil::fsync_dir(dir)?)
+        });
     if result.is_err() {
         let _ = fs::remove_file(&tmp);
     }
@@ -355,7 +358,12 @@ mod tests {
             fs::write(tmp, b"half a plot").unwrap();
             Err(Error::io(tmp, std::io::Error::other("disk full")))
         });
-        assert!(failed.is_err());
+        // Told by the plot asked for, not by its temporary copy.
+        let text = failed.unwrap_err().to_string();
+        assert!(
+            text.starts_with(&format!("{}: disk full (while drawing it", path.display())),
+            "{text}"
+        );
         assert_eq!(fs::read(&path).unwrap(), first);
         training_curves(&path, &[point(1), point(2), point(3)], None, None).unwrap();
         assert_ne!(fs::read(&path).unwrap(), first);

@@ -561,8 +561,12 @@ impl<'a, D: Backend> Run<'a, D> {
             // Before the checkpoint: stopped between the two, `resume`
             // continues the checkpoint and comes here again.
             drop_earlier_model(&self.dir)?;
-            if self.dir.checkpoint().exists() {
-                let _ = fs::remove_file(self.dir.checkpoint());
+            // A checkpoint left beside the card would make every rerun
+            // continue it and write the model again.
+            let checkpoint = self.dir.checkpoint();
+            if checkpoint.exists() {
+                crate::fsutil::remove_if_present(&checkpoint)?;
+                crate::fsutil::fsync_dir(self.dir.path())?;
             }
         }
         let network = averaged.unwrap_or(self.net);
@@ -602,14 +606,17 @@ impl<'a, D: Backend> Run<'a, D> {
             let _ = fs::remove_file(dir.masks());
         }
         let baseline = self.opts.baseline_metrics.as_deref().map(curve_points);
-        training_curves(
+        let curves = training_curves(
             &dir.curves(),
             &curve_points(&self.metrics),
             baseline.as_deref(),
             self.opts.teacher_accuracy,
-        )?;
-        // Last: a card says the model beside it is whole.
-        card.save(&dir.card())
+        );
+        // Last: a card says the model beside it is whole. A plot that could
+        // not be drawn does not take the model with it: the card is still
+        // written, then the plot's error returned.
+        card.save(&dir.card())?;
+        curves
     }
 }
 

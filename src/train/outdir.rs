@@ -30,9 +30,11 @@
 //! A run writes its model's card last (`train::fit`), and removes its
 //! checkpoint after it: a card says the model beside it is whole, and a
 //! checkpoint beside a card says the run stopped before it finished, which
-//! `resume` continues (with no epoch left, it writes the same model again).
-//! Under the lock, a run first removes the temporary copies
-//! (`.NAME.PID.tmp`, `.curves.PID.png`) that a run killed mid-write left.
+//! `resume` continues (with no epoch left, it writes the same model again);
+//! a rerun without `resume` sets that model aside like any other and
+//! removes the checkpoint. Under the lock, once the claim is granted, a
+//! run removes the temporary copies (`.NAME.PID.tmp`, `.curves.PID.png`)
+//! that a run killed mid-write left, in the directory and its snapshots.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -82,7 +84,11 @@ pub fn claim_run_dir(
     resume: bool,
     overwrite: bool,
 ) -> Result<Claimed> {
-    plan_claim(dir, cfg, resume, overwrite)?;
+    if let Err(e) = plan_claim(dir, cfg, resume, overwrite) {
+        // A run writing there now (between its weights and its card, say)
+        // is what to report, not the state it is passing through.
+        return Err(if lock_is_held(dir) { busy(dir) } else { e });
+    }
     let lock = lock_run_dir(dir)?;
     let model = ModelDir::new(dir);
     // Looked at again under the lock: a run that held it may have finished
@@ -115,6 +121,19 @@ fn clear_dead_writes(dir: &ModelDir) -> Result<()> {
         .collect();
     let names: Vec<&str> = names.iter().map(String::as_str).collect();
     crate::fsutil::clear_dead_temporaries(dir.path(), &names)?;
+    // The snapshots (`epoch-NNN/`) the run writes under the same lock.
+    let entries = fs::read_dir(dir.path()).map_err(|e| Error::io(dir.path(), e))?;
+    for entry in entries {
+        let entry = entry.map_err(|e| Error::io(dir.path(), e))?;
+        let name = entry.file_name();
+        let snapshot = name
+            .to_str()
+            .and_then(|n| n.strip_prefix("epoch-"))
+            .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()));
+        if snapshot && entry.file_type().is_ok_and(|t| t.is_dir()) {
+            crate::fsutil::clear_dead_temporaries(&entry.path(), &names)?;
+        }
+    }
     Ok(())
 }
 
@@ -240,9 +259,13 @@ fn plan_claim(dir: &Path, cfg: &TrainConfig, resume: bool, overwrite: bool) -> R
     if overwrite {
         // Strays a model set aside would have taken with it.
         claim.remove.extend([dir.masks(), dir.prune_report()]);
-        if !resume {
-            claim.remove.push(dir.checkpoint());
-        }
+    }
+    // Without `resume` the run starts over, and a checkpoint there is
+    // stale: discarded with `overwrite`, or left beside the model this run
+    // replaces by the run that wrote it (stopped after its card), which
+    // would otherwise later be continued over this run's model.
+    if !resume && (overwrite || holds_model) {
+        claim.remove.push(dir.checkpoint());
     }
     Ok(claim)
 }
@@ -299,20 +322,32 @@ fn set_aside_earlier_model(dir: &ModelDir) -> Result<()> {
 /// first's. The lock file stays (empty) when the run ends: a run that
 /// removed it could leave a second run locking the unlinked file while a
 /// third locks a new one, two writers at once.
+/// The refusal of a directory another run holds the lock of.
+fn busy(path: &Path) -> Error {
+    Error::Config {
+        field: "out".into(),
+        message: format!(
+            "{}: another run is writing this directory (it holds {}); wait for it to finish or \
+             use another directory",
+            path.display(),
+            ModelDir::new(path).lock().display()
+        ),
+    }
+}
+
+/// Whether a run holds `path`'s lock now; asks only where the lock file
+/// exists, so it never adds one.
+fn lock_is_held(path: &Path) -> bool {
+    let lock_path = ModelDir::new(path).lock();
+    lock_path.is_file() && matches!(crate::fsutil::try_lock_exclusive(&lock_path), Ok(None))
+}
+
 fn lock_run_dir(path: &Path) -> Result<fs::File> {
     fs::create_dir_all(path).map_err(|e| Error::io(path, e))?;
     let lock_path = ModelDir::new(path).lock();
     match crate::fsutil::try_lock_exclusive(&lock_path) {
         Ok(Some(lock)) => Ok(lock),
-        Ok(None) => Err(Error::Config {
-            field: "out".into(),
-            message: format!(
-                "{}: another run is writing this directory (it holds {}); wait for it to \
-                 finish or use another directory",
-                path.display(),
-                lock_path.display()
-            ),
-        }),
+        Ok(None) => Err(busy(path)),
         Err(crate::fsutil::LockError::Open(e)) => Err(Error::io(&lock_path, e)),
         Err(crate::fsutil::LockError::Lock(e)) => Err(Error::Config {
             field: "out".into(),
@@ -459,7 +494,15 @@ mod tests {
         let first = lock_run_dir(&dir).unwrap();
         let e = lock_run_dir(&dir).unwrap_err().to_string();
         assert!(e.contains("another run is writing"), "{e}");
+        // A run caught between its weights and its card: the refusal names
+        // the run writing, not the card it has yet to write.
+        fs::write(ModelDir::new(&dir).weights(), b"weights").unwrap();
+        let c = cfg("mlp:784-16-10");
+        let e = claim(&dir, &c, false, false).unwrap_err().to_string();
+        assert!(e.contains("another run is writing"), "{e}");
         drop(first);
+        let e = claim(&dir, &c, false, false).unwrap_err().to_string();
+        assert!(e.contains("card does not read"), "{e}");
         lock_run_dir(&dir).unwrap();
     }
 
@@ -487,6 +530,11 @@ mod tests {
         for f in dead.iter().chain(&kept) {
             fs::write(dir.path().join(f), b"x").unwrap();
         }
+        // A snapshot's, and a look-alike directory's that is not one.
+        for d in ["epoch-003", "epoch-x"] {
+            fs::create_dir(dir.path().join(d)).unwrap();
+            fs::write(dir.path().join(d).join(".model.json.3.tmp"), b"x").unwrap();
+        }
         // Refused claims change nothing.
         let c = cfg("mlp:784-16-10");
         claim(dir.path(), &c, false, false).unwrap_err();
@@ -498,6 +546,8 @@ mod tests {
         for f in kept {
             assert!(dir.path().join(f).exists(), "{f}");
         }
+        assert!(!dir.path().join("epoch-003/.model.json.3.tmp").exists());
+        assert!(dir.path().join("epoch-x/.model.json.3.tmp").exists());
         assert!(dir.checkpoint().exists());
     }
 
@@ -746,6 +796,16 @@ mod tests {
         assert!(files.iter().all(|f| f.exists()) && dir.checkpoint().exists());
         claim(dir.path(), &c, false, true).unwrap();
         assert!(files.iter().all(|f| !f.exists()) && !dir.checkpoint().exists());
+        // A rerun without `resume` (nor `overwrite`) over a model whose run
+        // stopped after its card: the model is set aside, and its
+        // checkpoint, which would later be continued over the rerun's
+        // model, removed.
+        fs::remove_dir_all(dir.previous()).unwrap();
+        let files = finished_model(&dir, &c);
+        fs::write(dir.checkpoint(), b"state").unwrap();
+        claim(dir.path(), &c, false, false).unwrap();
+        assert!(files.iter().all(|f| !f.exists()) && !dir.checkpoint().exists());
+        assert!(ModelDir::new(dir.previous()).card().exists());
         // A model of other settings is set aside even when a checkpoint
         // continues (`overwrite` lets it be replaced).
         let files = finished_model(&dir, &cfg("mlp:784-32-10"));
