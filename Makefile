@@ -206,8 +206,12 @@ BEST_SEEDS        ?= 0 1 2
 BEST_AUGMENT      ?=
 BEST_VIEWS        ?= 16
 BEST_BASE_AUGMENT ?= $(if $(BEST_AUGMENT),$(BEST_AUGMENT),flip$(comma)shift=2)
-# Extra `distill train` flags for all three runs (e.g. the optimizer).
+# Extra `distill train` flags for all three runs (e.g. the optimizer), and
+# for one arm each (e.g. the batch size validation picks for that arm).
 BEST_FLAGS        ?=
+BEST_PLAIN_FLAGS  ?=
+BEST_BASE_FLAGS   ?=
+BEST_KD_FLAGS     ?=
 BEST_CACHES        = $(CACHES)/$(notdir $(BEST_TEACHER))-T$(CACHE_T)-$(ENCODING)$(DATA_TAG)
 BEST_OUT          ?= $(RUNS)/best
 # an augmentation spec as a name part: flip,shift=2 -> flip-shift2
@@ -220,31 +224,35 @@ BEST_TRAIN         = $(if $(BEST_AUGMENT),$(BEST_VIEW_SET),$(BEST_CACHES)/train)
 # Runs with other BEST_FLAGS, or from another teacher than the default, get
 # their own directories, so a finished run of one recipe is never taken for
 # another's.
-BEST_FLAGS_TAG     = $(if $(strip $(BEST_FLAGS)),-f$(shell printf '%s' '$(strip $(BEST_FLAGS))' | md5sum | cut -c1-6))
+flags_tag          = $(if $(strip $(1)),-f$(shell printf '%s' '$(strip $(1))' | md5sum | cut -c1-6))
+BEST_FLAGS_TAG     = $(call flags_tag,$(BEST_FLAGS))
 BEST_TEACHER_TAG   = $(if $(filter-out $(TEACHER_LONG),$(BEST_TEACHER)),-$(notdir $(BEST_TEACHER)))
 BEST_RUN           = $(BEST_OUT)/$(STUDENT_TAG)-e$(BEST_EPOCHS)$(BEST_FLAGS_TAG)
-BEST_KD_RUN        = $(BEST_RUN)-kd$(BEST_TEACHER_TAG)-T$(BEST_T)-a$(BEST_ALPHA)$(if $(BEST_AUGMENT),-views-$(call augment_tag,$(BEST_AUGMENT))-k$(BEST_VIEWS))
+BEST_PLAIN_RUN     = $(BEST_RUN)-baseline$(call flags_tag,$(BEST_PLAIN_FLAGS))
+BEST_AUG_RUN       = $(BEST_RUN)-baseline-aug-$(BEST_BASE_TAG)$(call flags_tag,$(BEST_BASE_FLAGS))
+BEST_KD_RUN        = $(BEST_RUN)-kd$(BEST_TEACHER_TAG)-T$(BEST_T)-a$(BEST_ALPHA)$(if $(BEST_AUGMENT),-views-$(call augment_tag,$(BEST_AUGMENT))-k$(BEST_VIEWS))$(call flags_tag,$(BEST_KD_FLAGS))
 
 distill-best: | $(BIN) data
 	$(MAKE) $(BEST_CACHES)/test/manifest.json TEACHER=$(BEST_TEACHER)
 	$(if $(BEST_AUGMENT),$(MAKE) $(BEST_VIEW_SET)/view-0/manifest.json,$(MAKE) $(BEST_CACHES)/train/manifest.json TEACHER=$(BEST_TEACHER))
 	set -e; for s in $(BEST_SEEDS); do \
-	  [ -f $(BEST_RUN)-baseline-s$$s/model.json ] || $(BIN) train --data $(DATA) \
-	    --student $(STUDENT) --epochs $(BEST_EPOCHS) --seed $$s $(BEST_FLAGS) --out $(BEST_RUN)-baseline-s$$s; \
-	  [ -f $(BEST_RUN)-baseline-aug-$(BEST_BASE_TAG)-s$$s/model.json ] || $(BIN) train --data $(DATA) \
+	  [ -f $(BEST_PLAIN_RUN)-s$$s/model.json ] || $(BIN) train --data $(DATA) \
+	    --student $(STUDENT) --epochs $(BEST_EPOCHS) --seed $$s $(BEST_FLAGS) $(BEST_PLAIN_FLAGS) \
+	    --out $(BEST_PLAIN_RUN)-s$$s; \
+	  [ -f $(BEST_AUG_RUN)-s$$s/model.json ] || $(BIN) train --data $(DATA) \
 	    --student $(STUDENT) --epochs $(BEST_EPOCHS) --seed $$s --augment $(BEST_BASE_AUGMENT) $(BEST_FLAGS) \
-	    --out $(BEST_RUN)-baseline-aug-$(BEST_BASE_TAG)-s$$s; \
+	    $(BEST_BASE_FLAGS) --out $(BEST_AUG_RUN)-s$$s; \
 	  [ -f $(BEST_KD_RUN)-s$$s/model.json ] || $(BIN) train --data $(DATA) \
 	    --student $(STUDENT) --epochs $(BEST_EPOCHS) --seed $$s --cache $(BEST_TRAIN) \
-	    --test-cache $(BEST_CACHES)/test -T $(BEST_T) --alpha $(BEST_ALPHA) $(BEST_FLAGS) \
+	    --test-cache $(BEST_CACHES)/test -T $(BEST_T) --alpha $(BEST_ALPHA) $(BEST_FLAGS) $(BEST_KD_FLAGS) \
 	    --out $(BEST_KD_RUN)-s$$s; \
 	done
-	sh scripts/summarize_runs.sh $(foreach s,$(BEST_SEEDS),$(BEST_RUN)-baseline-s$(s)) \
-	  $(foreach s,$(BEST_SEEDS),$(BEST_RUN)-baseline-aug-$(BEST_BASE_TAG)-s$(s)) \
+	sh scripts/summarize_runs.sh $(foreach s,$(BEST_SEEDS),$(BEST_PLAIN_RUN)-s$(s)) \
+	  $(foreach s,$(BEST_SEEDS),$(BEST_AUG_RUN)-s$(s)) \
 	  $(foreach s,$(BEST_SEEDS),$(BEST_KD_RUN)-s$(s))
 	$(BIN) eval --data $(DATA) --split test \
-	  --arm plain=$(call join_comma,$(foreach s,$(BEST_SEEDS),$(BEST_RUN)-baseline-s$(s))) \
-	  --arm $(BEST_BASE_TAG)=$(call join_comma,$(foreach s,$(BEST_SEEDS),$(BEST_RUN)-baseline-aug-$(BEST_BASE_TAG)-s$(s))) \
+	  --arm plain=$(call join_comma,$(foreach s,$(BEST_SEEDS),$(BEST_PLAIN_RUN)-s$(s))) \
+	  --arm $(BEST_BASE_TAG)=$(call join_comma,$(foreach s,$(BEST_SEEDS),$(BEST_AUG_RUN)-s$(s))) \
 	  --arm distilled=$(call join_comma,$(foreach s,$(BEST_SEEDS),$(BEST_KD_RUN)-s$(s)))
 
 $(BEST_VIEW_SET)/view-0/manifest.json: | $(BIN) data
