@@ -1375,3 +1375,82 @@ fn a_run_past_the_machines_memory_is_refused_up_front() {
     );
     assert!(!tmp.path().join("huge").exists());
 }
+
+/// `make distill-best` gives each arm its own flags (`BEST_PLAIN_FLAGS`,
+/// `BEST_BASE_FLAGS`, `BEST_KD_FLAGS`: the batch size validation picks for
+/// it, say), each in a directory named by them, so a run of other flags is
+/// never taken for it; without them the runs keep their earlier names.
+/// Read from `make -n`, which runs nothing.
+#[test]
+fn make_distill_best_gives_each_arm_its_own_flags() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let dry_run = |vars: &[&str]| -> String {
+        let out = std::process::Command::new("make")
+            .arg("-n")
+            .arg("--no-print-directory")
+            .arg("-C")
+            .arg(root)
+            .arg("distill-best")
+            .args(["STUDENT=mlp:784-32-10", "BEST_SEEDS=0"])
+            .args(vars)
+            .output()
+            .expect("make runs");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        // One line per shell command: continuation lines joined, the
+        // seed loop's commands apart.
+        String::from_utf8_lossy(&out.stdout)
+            .replace("\\\n", " ")
+            .replace(';', "\n")
+    };
+    let arm = |text: &str, marker: &str| -> String {
+        text.lines()
+            .find(|l| l.contains("distill train") && l.contains(marker))
+            .unwrap_or_else(|| panic!("no train line with {marker}:\n{text}"))
+            .to_string()
+    };
+    let plain = dry_run(&[]);
+    let lines = [
+        arm(&plain, "-baseline-s$s/model.json"),
+        arm(&plain, "-baseline-aug-flip-shift2-s$s/model.json"),
+        arm(&plain, "-kd-T1-a0.1-s$s/model.json"),
+    ];
+    for l in &lines {
+        assert!(!l.contains("--batch"), "{l}");
+    }
+    let text = dry_run(&[
+        "BEST_PLAIN_FLAGS=--batch 128",
+        "BEST_BASE_FLAGS=--batch 32",
+        "BEST_KD_FLAGS=--batch 64",
+    ]);
+    let plain_arm = arm(&text, "--augment");
+    assert!(plain_arm.contains(" --batch 32 "), "{plain_arm}");
+    let kd = arm(&text, "--cache");
+    assert!(kd.contains(" --batch 64 "), "{kd}");
+    let base = text
+        .lines()
+        .find(|l| l.contains("distill train") && !l.contains("--augment") && !l.contains("--cache"))
+        .unwrap_or_else(|| panic!("{text}"));
+    assert!(base.contains(" --batch 128 "), "{base}");
+    // Each arm's directory is named by its own flags, apart from the
+    // earlier names and from each other.
+    for (l, earlier) in [base, &plain_arm, &kd].iter().zip(&lines) {
+        let dir = |l: &str| {
+            l.split_whitespace()
+                .skip_while(|w| *w != "--out")
+                .nth(1)
+                .unwrap_or_else(|| panic!("{l}"))
+                .to_string()
+        };
+        assert_ne!(dir(l), dir(earlier), "{l}");
+    }
+    let dirs: std::collections::HashSet<_> = text
+        .lines()
+        .filter(|l| l.contains("distill train"))
+        .filter_map(|l| l.split_whitespace().skip_while(|w| *w != "--out").nth(1))
+        .collect();
+    assert_eq!(dirs.len(), 3, "{text}");
+}
