@@ -1,5 +1,6 @@
 //! File-system steps that keep data safe: [`atomic_write`] (temporary file,
-//! fsync, rename, fsync of the directory), [`fsync_dir`],
+//! fsync, rename, fsync of the directory), [`fsync_dir`] and
+//! [`sync_after_replacing`] (the directory of what was renamed into place),
 //! [`remove_if_present`] (a stale file removed, its absence not an error),
 //! [`clear_dead_temporaries`] (what writers that died left behind),
 //! [`write_if_changed`] (a rerun that would write the same bytes writes
@@ -178,6 +179,22 @@ pub fn write_if_changed(path: &Path, bytes: &[u8]) -> Result<(), FsError> {
     atomic_write(path, bytes)
 }
 
+/// Syncs the directory of `path` once `path` was renamed into place, so
+/// the rename survives a crash; a failure names `path` and says that the
+/// new file (or directory) is in place.
+pub fn sync_after_replacing(path: &Path) -> Result<(), FsError> {
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    fsync_dir(dir).map_err(|e| FsError {
+        path: path.to_path_buf(),
+        action: "sync its directory after replacing it (the new one is in place, but may not \
+                 survive a crash)",
+        source: e.source,
+    })
+}
+
 /// Removes from `dir` the temporary copies that writers of the files
 /// `names` left when they died: `.NAME.PID.tmp` ([`atomic_write`]) and,
 /// for a `.png`, `.STEM.PID.png` (`report::plot::write_atomically`), for
@@ -252,12 +269,7 @@ pub fn atomic_write(path: &Path, bytes: &[u8]) -> Result<(), FsError> {
             .map_err(fs_err(path, "sync its temporary copy"))?;
         drop(f);
         fs::rename(&tmp, path).map_err(fs_err(path, "rename temp file onto"))?;
-        fsync_dir(dir).map_err(|e| FsError {
-            path: path.to_path_buf(),
-            action: "sync its directory after writing it (the new bytes are in place, but may not \
-                     survive a crash)",
-            source: e.source,
-        })
+        sync_after_replacing(path)
     })();
     if result.is_err() {
         let _ = fs::remove_file(&tmp);

@@ -434,11 +434,11 @@ impl StagingDir {
         if !self.out.is_dir() {
             std::fs::rename(&self.path, &self.out).map_err(|e| Error::io(&self.out, e))?;
             self.committed = true;
-            return sync_committed(&parent, &self.out);
+            return Ok(crate::fsutil::sync_after_replacing(&self.out)?);
         }
         if crate::fsutil::exchange(&self.path, &self.out).is_ok() {
             self.committed = true;
-            sync_committed(&parent, &self.out)?;
+            crate::fsutil::sync_after_replacing(&self.out)?;
             // The staging name now holds the earlier output; a failure to
             // remove it leaves it for the next run's clearing.
             let _ = std::fs::remove_dir_all(&self.path);
@@ -463,23 +463,10 @@ impl StagingDir {
             return Err(Error::io(&self.out, e));
         }
         self.committed = true;
-        sync_committed(parent, &self.out)?;
+        crate::fsutil::sync_after_replacing(&self.out)?;
         let _ = std::fs::remove_dir_all(&aside);
         Ok(())
     }
-}
-
-/// Syncs `parent` once the output `out` in it was replaced; a failure names
-/// the output and says that the new one is in place.
-fn sync_committed(parent: &Path, out: &Path) -> Result<()> {
-    crate::fsutil::fsync_dir(parent).map_err(|e| {
-        let message = format!(
-            "cannot sync its directory after replacing it (the new output is in place, but may \
-             not survive a crash): {}",
-            e.source
-        );
-        Error::io(out, std::io::Error::new(e.source.kind(), message))
-    })
 }
 
 impl Drop for StagingDir {

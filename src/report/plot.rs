@@ -106,7 +106,7 @@ pub fn write_atomically(path: &Path, draw: impl FnOnce(&Path) -> Result<()>) -> 
                 .and_then(|f| f.sync_all())
                 .and_then(|()| fs::rename(&tmp, path))
                 .map_err(|e| Error::io(path, e))?;
-            Ok(crate::fsutil::fsync_dir(dir)?)
+            Ok(crate::fsutil::sync_after_replacing(path)?)
         });
     if result.is_err() {
         let _ = fs::remove_file(&tmp);

@@ -316,12 +316,6 @@ fn set_aside_earlier_model(dir: &ModelDir) -> Result<()> {
     Ok(())
 }
 
-/// Creates `dir` and takes its exclusive lock (`ModelDir::lock`), held by
-/// the returned file while the run writes there: a second run into the
-/// same directory is refused instead of interleaving its files with the
-/// first's. The lock file stays (empty) when the run ends: a run that
-/// removed it could leave a second run locking the unlinked file while a
-/// third locks a new one, two writers at once.
 /// The refusal of a directory another run holds the lock of.
 fn busy(path: &Path) -> Error {
     Error::Config {
@@ -342,6 +336,12 @@ fn lock_is_held(path: &Path) -> bool {
     lock_path.is_file() && matches!(crate::fsutil::try_lock_exclusive(&lock_path), Ok(None))
 }
 
+/// Creates `dir` and takes its exclusive lock (`ModelDir::lock`), held by
+/// the returned file while the run writes there: a second run into the
+/// same directory is refused instead of interleaving its files with the
+/// first's. The lock file stays (empty) when the run ends: a run that
+/// removed it could leave a second run locking the unlinked file while a
+/// third locks a new one, two writers at once.
 fn lock_run_dir(path: &Path) -> Result<fs::File> {
     fs::create_dir_all(path).map_err(|e| Error::io(path, e))?;
     let lock_path = ModelDir::new(path).lock();
