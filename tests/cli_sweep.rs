@@ -289,6 +289,143 @@ fn tiny_sweep_report_agrees_with_cards_and_reruns_skip_finished_runs() {
     );
 }
 
+/// The CSV's rows as maps from its header's names (no quoted fields).
+fn csv_rows(csv: &str) -> Vec<HashMap<&str, &str>> {
+    let mut lines = csv.lines();
+    let header: Vec<&str> = lines.next().unwrap().split(',').collect();
+    lines
+        .map(|l| header.iter().copied().zip(l.split(',')).collect())
+        .collect()
+}
+
+#[test]
+fn a_sweep_over_batch_sizes_measures_against_the_strongest_baseline() {
+    // The file's one batch size gives way to the flag's list.
+    let tmp = sweep_dir(
+        "students = [\"mlp:784-16-10\"]\ntemperatures = [2]\nepochs = 1\n\
+         baseline-augments = [\"shift=1\"]\n",
+    );
+    let cwd = tmp.path();
+    let plan = ok(
+        cwd,
+        &[
+            "sweep",
+            "--config",
+            "sweep.toml",
+            "--batches",
+            "16,64",
+            "--plan",
+        ],
+    );
+    let names = [
+        "mlp-784-16-10_baseline-b16",
+        "mlp-784-16-10_baseline-b64",
+        "mlp-784-16-10_baseline-shift1-b16",
+        "mlp-784-16-10_baseline-shift1-b64",
+        "mlp-784-16-10_kd-T2-a0.5-b16",
+        "mlp-784-16-10_kd-T2-a0.5-b64",
+    ];
+    let listed: Vec<String> = names
+        .iter()
+        .enumerate()
+        .map(|(i, n)| format!("{i}\t{n}"))
+        .collect();
+    assert_eq!(plan.lines().collect::<Vec<_>>(), listed, "{plan}");
+    sweep(cwd, &["--batches", "16,64", "-q"]);
+    let out_dir = cwd.join("sweep");
+    let csv = fs::read_to_string(out_dir.join("results.csv")).unwrap();
+    let rows = csv_rows(&csv);
+    assert_eq!(
+        rows.iter().map(|r| r["run"]).collect::<Vec<_>>(),
+        names,
+        "{csv}"
+    );
+    // Each run trained at its batch size, with its augmentation, and the
+    // CSV says so.
+    for row in &rows {
+        let c = model_card(&out_dir.join("runs").join(row["run"]));
+        let config = &c["config"];
+        assert_eq!(row["batch"], config["batch_size"].to_string(), "{csv}");
+        let shifted = row["run"].contains("shift1");
+        assert_eq!(
+            row["augment"],
+            if shifted { "shift=1" } else { "" },
+            "{csv}"
+        );
+        assert_eq!(config["augment"].is_null(), !shifted, "{}", row["run"]);
+    }
+    // The chosen baseline is the best of the four on validation (the
+    // first of the best: one epoch each), and the gain is over it.
+    let val = |r: &HashMap<&str, &str>| r["val_accuracy"].parse::<f64>().unwrap();
+    let baselines: Vec<_> = rows.iter().filter(|r| r["kind"] == "baseline").collect();
+    assert_eq!(baselines.len(), 4);
+    let top = baselines.iter().map(|r| val(r)).fold(f64::MIN, f64::max);
+    let strongest = baselines.iter().find(|r| val(r) == top).unwrap();
+    for r in &baselines {
+        assert_eq!(r["chosen"] == "yes", r["run"] == strongest["run"], "{csv}");
+    }
+    let report = fs::read_to_string(out_dir.join("report.md")).unwrap();
+    assert!(
+        report.contains("every setting at batch 16, 64 (validation chooses the batch size too)"),
+        "{report}"
+    );
+    let test = strongest["test_accuracy"].parse::<f64>().unwrap();
+    let setting = match strongest["augment"] {
+        "" => format!("batch {}, epoch 1 of 1", strongest["batch"]),
+        a => format!("`{a}`, batch {}, epoch 1 of 1", strongest["batch"]),
+    };
+    assert!(
+        report.contains(&format!(
+            "against the strongest baseline's {:.2}% ({setting})",
+            100.0 * test
+        )),
+        "{report}"
+    );
+    assert!(
+        report.contains("| 1 (labels only, `shift=1`) |"),
+        "{report}"
+    );
+
+    // Bad grids are refused, naming the flag.
+    fails(
+        cwd,
+        &[
+            "sweep",
+            "--config",
+            "sweep.toml",
+            "--batch",
+            "32",
+            "--batches",
+            "16,32",
+        ],
+        &["--batch", "--batches", "cannot be used with"],
+    );
+    fails(
+        cwd,
+        &[
+            "sweep",
+            "--config",
+            "sweep.toml",
+            "--batches",
+            "16,0",
+            "--plan",
+        ],
+        &["--batches", "0 must be between"],
+    );
+    fails(
+        cwd,
+        &[
+            "sweep",
+            "--config",
+            "sweep.toml",
+            "--baseline-augments",
+            "shift=1;spin",
+            "--plan",
+        ],
+        &["--baseline-augments", "unknown item 'spin'"],
+    );
+}
+
 #[test]
 fn sweep_flags_are_validated_before_work() {
     let tmp = tempfile::tempdir().unwrap();

@@ -27,6 +27,7 @@ pub const INDEX_VARIABLES: [&str; 2] = ["SLURM_ARRAY_TASK_ID", "JOB_COMPLETION_I
 pub const RENAMES: &[(&str, &str)] = &[
     ("spec", "--students"),
     ("batch_size", "--batch"),
+    ("batch_sizes", "--batches"),
     ("optimizer.kind", "--optimizer"),
     ("loss.kind", "--loss"),
     ("loss.alpha", "--alphas"),
@@ -89,9 +90,16 @@ pub struct SweepArgs {
     /// with a cache, chosen on validation; 1 is the baseline's, see --baseline).
     #[arg(long, value_delimiter = ',', allow_negative_numbers = true)]
     alphas: Vec<f32>,
-    /// Also train each student on hard labels alone, once.
+    /// Also train each student on hard labels alone (once per batch size).
     #[arg(long)]
     baseline: bool,
+    /// Also train each student on hard labels with each of these
+    /// augmentations, separated by `;` (`train --augment`'s syntax:
+    /// `shift=1;flip,mixup=0.2`, or the flag repeated). The report measures
+    /// the distilled runs against the strongest baseline on validation,
+    /// plain or augmented.
+    #[arg(long, value_delimiter = ';', value_name = "AUGMENT;AUGMENT")]
+    baseline_augments: Vec<String>,
     /// Soft loss: kd, dkd, dist, mse or pseudo (default kd).
     #[arg(long)]
     loss: Option<String>,
@@ -101,6 +109,11 @@ pub struct SweepArgs {
     /// Batch size (default 128).
     #[arg(long)]
     batch: Option<usize>,
+    /// Batch sizes, comma-separated: every setting (each baseline and each
+    /// T and alpha) trains at each, and validation chooses among them, so
+    /// each arm is measured at its own best batch size.
+    #[arg(long, value_delimiter = ',', conflicts_with = "batch")]
+    batches: Vec<usize>,
     /// sgd, adam or adamw (default adam).
     #[arg(long)]
     optimizer: Option<String>,
@@ -284,9 +297,11 @@ fn settings(a: &SweepArgs) -> SweepSettings {
         temperatures: nums(&a.temperatures).map(|t| t.into_iter().map(f64::from).collect()),
         alphas: nums(&a.alphas),
         baseline: a.baseline.then_some(true),
+        baseline_augments: list(&a.baseline_augments),
         loss: a.loss.clone(),
         epochs: a.epochs,
         batch: a.batch,
+        batches: (!a.batches.is_empty()).then(|| a.batches.clone()),
         optimizer: a.optimizer.clone(),
         lr: a.lr,
         weight_decay: a.weight_decay,

@@ -8,7 +8,7 @@
 //!
 //! Settings come from a TOML file (`sweep.toml`) and from the command line,
 //! with the same names: every key is optional, `students = ["mlp:784-32-10"]`,
-//! `test-cache = "..."`, `batch = 64`. [`SweepConfig::resolve`] lays the
+//! `test-cache = "..."`, `batch = 64` (or a grid: `batches = [32, 64]`). [`SweepConfig::resolve`] lays the
 //! command line's settings over the file's over the defaults. A bad value
 //! that came from the file is reported with the file and its key
 //! (`sweep.toml: key `alphas`: 1.5 must be in [0, 1]`); relative paths in the
@@ -19,6 +19,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+use crate::data::augment::Augment;
 use crate::error::{Error, Result};
 use crate::model::ModelSpec;
 use crate::train::config::{DISTILL_ALPHA, DISTILL_TEMPERATURE};
@@ -46,9 +47,15 @@ pub struct SweepConfig {
     pub alphas: Vec<f32>,
     /// Also train each student on hard labels alone.
     pub baseline: bool,
+    /// Also train each student on hard labels with each of these
+    /// augmentations: the report compares the distilled runs with the
+    /// strongest baseline on validation, plain or augmented.
+    pub baseline_augments: Vec<Augment>,
     pub loss: LossKind,
     pub epochs: usize,
-    pub batch_size: usize,
+    /// Every setting (each baseline and each T and alpha) trains once at
+    /// each of these batch sizes, and validation chooses among them too.
+    pub batch_sizes: Vec<usize>,
     pub seed: u64,
     pub optimizer: OptimizerConfig,
     pub window_blocks: usize,
@@ -85,9 +92,10 @@ impl SweepConfig {
             temperatures: vec![DISTILL_TEMPERATURE],
             alphas: vec![DISTILL_ALPHA],
             baseline: false,
+            baseline_augments: Vec::new(),
             loss: train.loss.kind,
             epochs: train.epochs,
-            batch_size: train.batch_size,
+            batch_sizes: vec![train.batch_size],
             seed: train.seed,
             optimizer: train.optimizer,
             window_blocks: train.window_blocks,
@@ -169,37 +177,51 @@ impl SweepConfig {
         if self.checkpoint_every == 0 {
             return Err(cfg_err("checkpoint_every", "must be at least 1".into()));
         }
-        let (students, temperatures, alphas) = (
+        if self.batch_sizes.is_empty() {
+            return Err(cfg_err("batch_sizes", "name at least one".into()));
+        }
+        for &b in &self.batch_sizes {
+            crate::model::compat::check_batch_size("batch_sizes", b)?;
+        }
+        let (students, temperatures, alphas, batches) = (
             super::plan::dedup(&self.students).len() as u128,
             super::plan::dedup(&self.temperatures).len() as u128,
             super::plan::dedup(&self.alphas).len() as u128,
+            super::plan::dedup(&self.batch_sizes).len() as u128,
         );
-        let runs = students * (temperatures * alphas + u128::from(self.baseline));
+        let augmented = super::plan::dedup(&self.baseline_augments).len() as u128;
+        let baselines = u128::from(self.baseline) + augmented;
+        let runs = students * batches * (temperatures * alphas + baselines);
         if runs > MAX_RUNS as u128 {
             return Err(cfg_err(
                 "students",
                 format!(
-                    "{students} students x ({temperatures} temperatures x {alphas} alphas{}) \
+                    "{students} students x {batches} batch sizes x ({temperatures} temperatures x {alphas} alphas{}) \
                      is {runs} runs; a sweep has at most {MAX_RUNS}: split it into several \
                      sweeps or narrow the grid",
-                    if self.baseline { " + baseline" } else { "" }
+                    match baselines {
+                        0 => String::new(),
+                        1 => " + baseline".to_string(),
+                        n => format!(" + {n} baselines"),
+                    }
                 ),
             ));
         }
-        // The settings every run shares (epochs, batch, optimizer).
+        // The settings every run shares (epochs, optimizer).
         for s in &self.students {
             self.train_config(s).validate()?;
         }
         Ok(())
     }
 
-    /// The training config of `student`'s hard-label baseline; a distilled
-    /// run differs only in its loss.
+    /// The training config of `student`'s plain hard-label baseline at the
+    /// first batch size; the other runs differ in their loss, batch size or
+    /// augmentation.
     pub fn train_config(&self, student: &str) -> TrainConfig {
         TrainConfig {
             spec: student.to_string(),
             epochs: self.epochs,
-            batch_size: self.batch_size,
+            batch_size: self.batch_sizes.first().copied().unwrap_or(0),
             seed: self.seed,
             optimizer: self.optimizer,
             loss: LossConfig::hard_labels(),
@@ -248,10 +270,14 @@ pub struct SweepSettings {
     pub temperatures: Option<Vec<f64>>,
     pub alphas: Option<Vec<f32>>,
     pub baseline: Option<bool>,
+    /// Augmentations of further hard-label baselines (`"shift=1"`).
+    pub baseline_augments: Option<Vec<String>>,
     /// kd, dkd, dist, mse or pseudo.
     pub loss: Option<String>,
     pub epochs: Option<usize>,
     pub batch: Option<usize>,
+    /// Batch sizes, every setting trained at each (not with `batch`).
+    pub batches: Option<Vec<usize>>,
     /// sgd, adam or adamw.
     pub optimizer: Option<String>,
     pub lr: Option<f64>,
@@ -272,6 +298,7 @@ pub struct SweepSettings {
 /// Config fields whose TOML key is not their last segment with `_` as `-`.
 const KEY_RENAMES: &[(&str, &str)] = &[
     ("batch_size", "batch"),
+    ("batch_sizes", "batches"),
     ("optimizer.kind", "optimizer"),
     ("loss.kind", "loss"),
     ("loss.alpha", "alphas"),
@@ -336,9 +363,19 @@ impl SweepSettings {
             temperatures: self.temperatures.or(lower.temperatures),
             alphas: self.alphas.or(lower.alphas),
             baseline: self.baseline.or(lower.baseline),
+            baseline_augments: self.baseline_augments.or(lower.baseline_augments),
             loss: self.loss.or(lower.loss),
             epochs: self.epochs.or(lower.epochs),
-            batch: self.batch.or(lower.batch),
+            // One batch size and a list are one setting: the higher layer's
+            // (the flags over the file) replaces the lower's either way.
+            batch: match self.batches.is_some() {
+                true => self.batch,
+                false => self.batch.or(lower.batch),
+            },
+            batches: match self.batch.is_some() {
+                true => self.batches,
+                false => self.batches.or(lower.batches),
+            },
             optimizer: self.optimizer.or(lower.optimizer),
             lr: self.lr.or(lower.lr),
             weight_decay: self.weight_decay.or(lower.weight_decay),
@@ -366,9 +403,11 @@ impl SweepSettings {
             ("temperatures", self.temperatures.is_some()),
             ("alphas", self.alphas.is_some()),
             ("baseline", self.baseline.is_some()),
+            ("baseline-augments", self.baseline_augments.is_some()),
             ("loss", self.loss.is_some()),
             ("epochs", self.epochs.is_some()),
             ("batch", self.batch.is_some()),
+            ("batches", self.batches.is_some()),
             ("optimizer", self.optimizer.is_some()),
             ("lr", self.lr.is_some()),
             ("weight-decay", self.weight_decay.is_some()),
@@ -431,7 +470,42 @@ impl SweepSettings {
         };
         cfg.baseline = self.baseline.unwrap_or(false);
         cfg.epochs = self.epochs.unwrap_or(cfg.epochs);
-        cfg.batch_size = self.batch.unwrap_or(cfg.batch_size);
+        if let Some(a) = self.baseline_augments {
+            cfg.baseline_augments = a
+                .iter()
+                .map(|text| {
+                    Augment::parse(text).map_err(|e| {
+                        let message = match e {
+                            crate::data::DataError::Setting { message, .. } => message,
+                            other => other.to_string(),
+                        };
+                        Error::Config {
+                            field: "baseline_augments".into(),
+                            message: match message.contains(text.as_str()) {
+                                true => message,
+                                false => format!("'{text}': {message}"),
+                            },
+                        }
+                    })
+                })
+                .collect::<Result<_>>()?;
+        }
+        // Checked here, where the error can name the setting given.
+        cfg.batch_sizes = match (self.batch, self.batches) {
+            (Some(_), Some(_)) => {
+                return Err(Error::Config {
+                    field: "batch_sizes".into(),
+                    message: "both `batch` and `batches` are given: name one batch size or a list"
+                        .into(),
+                })
+            }
+            (Some(b), None) => {
+                crate::model::compat::check_batch_size("batch_size", b)?;
+                vec![b]
+            }
+            (None, Some(list)) => list,
+            (None, None) => cfg.batch_sizes,
+        };
         let o = &mut cfg.optimizer;
         if let Some(k) = self.optimizer {
             o.kind = k.parse().map_err(|e| for_field(e, "optimizer.kind"))?;
@@ -576,7 +650,7 @@ mod tests {
         };
         let c = SweepConfig::resolve(flags, Some(&path)).unwrap();
         assert_eq!(c.alphas, vec![0.25]);
-        assert_eq!(c.batch_size, 64);
+        assert_eq!(c.batch_sizes, vec![64]);
         assert_eq!(c.ema, Some(0.99));
         assert_eq!(plan(&c).unwrap()[0].config.ema, Some(0.99));
         assert_eq!(c.students, vec!["mlp:784-16-10".to_string()]);
@@ -639,7 +713,7 @@ mod tests {
     fn every_key_is_read_and_known() {
         let (_dir, path) = file(
             "test-cache = \"t\"\nteacher = \"m\"\nstudents = [\"mlp:784-16-10\"]\n\
-             temperatures = [2]\nalphas = [0.5]\nbaseline = true\nloss = \"mse\"\nepochs = 2\n\
+             temperatures = [2]\nalphas = [0.5]\nbaseline = true\nbaseline-augments = [\"flip\"]\nloss = \"mse\"\nepochs = 2\n\
              batch = 8\noptimizer = \"sgd\"\nlr = 0.1\nweight-decay = 0.01\nmomentum = 0.5\n\
              schedule = \"constant\"\nseed = 3\njobs = 2\ncheckpoint-every = 7\n\
              window-blocks = 4\nval-fraction = 0.2\nval-seed = 9\n",
@@ -661,6 +735,95 @@ mod tests {
         assert_eq!(
             run.validation_split(100).unwrap(),
             crate::train::validation::ValidationSplit::new(0.2, 9, 100).unwrap()
+        );
+    }
+
+    #[test]
+    fn a_batch_grid_is_a_list_that_one_batch_size_replaces() {
+        let (_dir, path) = file("students = [\"mlp:784-16-10\"]\nbatches = [32, 128, 32]\n");
+        let c = SweepConfig::resolve(SweepSettings::default(), Some(&path)).unwrap();
+        assert_eq!(c.batch_sizes, vec![32, 128, 32]);
+        // students x 2 batch sizes x (1 setting + no baseline).
+        assert_eq!(plan(&c).unwrap().len(), 2);
+        // A flag's one batch size replaces the file's list, and the other
+        // way round.
+        let flags = SweepSettings {
+            batch: Some(16),
+            ..SweepSettings::default()
+        };
+        let c = SweepConfig::resolve(flags, Some(&path)).unwrap();
+        assert_eq!(c.batch_sizes, vec![16]);
+        let (_dir, one) = file("students = [\"mlp:784-16-10\"]\nbatch = 8\n");
+        let flags = SweepSettings {
+            batches: Some(vec![64, 256]),
+            ..SweepSettings::default()
+        };
+        let c = SweepConfig::resolve(flags, Some(&one)).unwrap();
+        assert_eq!(c.batch_sizes, vec![64, 256]);
+        // Both in one file, a bad size in a list, an empty list.
+        let (_dir, both) = file("students = [\"mlp:784-16-10\"]\nbatch = 8\nbatches = [8]\n");
+        let e = SweepConfig::resolve(SweepSettings::default(), Some(&both)).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("key `batches`: both `batch` and `batches`"),
+            "{e}"
+        );
+        for (text, what) in [
+            ("batches = [32, 0]", "0 must be between"),
+            ("batches = []", "name at least one"),
+        ] {
+            let (_dir, bad) = file(&format!("students = [\"mlp:784-16-10\"]\n{text}\n"));
+            let e = SweepConfig::resolve(SweepSettings::default(), Some(&bad)).unwrap_err();
+            assert!(
+                e.to_string().contains("key `batches`") && e.to_string().contains(what),
+                "{e}"
+            );
+        }
+        let (_dir, bad) = file("students = [\"mlp:784-16-10\"]\nbatch = 0\n");
+        let e = SweepConfig::resolve(SweepSettings::default(), Some(&bad)).unwrap_err();
+        assert!(
+            e.to_string().contains("key `batch`: 0 must be between"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn augmented_baselines_are_parsed_and_counted() {
+        let (_dir, path) = file(
+            "students = [\"mlp:784-16-10\"]\nbaseline = true\nbaseline-augments = [\"shift=1\", \"flip,shift=1\"]\nbatches = [32, 64]\n",
+        );
+        let c = SweepConfig::resolve(SweepSettings::default(), Some(&path)).unwrap();
+        assert_eq!(
+            c.baseline_augments[1],
+            Augment::parse("shift=1,flip").unwrap()
+        );
+        // 2 batch sizes x (plain + 2 augmented + 1 distilled).
+        assert_eq!(plan(&c).unwrap().len(), 8);
+        let (_dir, bad) =
+            file("students = [\"mlp:784-16-10\"]\nbaseline-augments = [\"shift=1\", \"spin\"]\n");
+        let e = SweepConfig::resolve(SweepSettings::default(), Some(&bad)).unwrap_err();
+        assert!(
+            e.to_string().contains("key `baseline-augments`")
+                && e.to_string().contains("unknown item 'spin'"),
+            "{e}"
+        );
+        let flags = SweepSettings {
+            baseline_augments: Some(vec!["shift=99".into()]),
+            ..SweepSettings::default()
+        };
+        let e = SweepConfig::resolve(flags, Some(&path)).unwrap_err();
+        assert_eq!(field(e), "baseline_augments");
+        // The grid's size counts batch sizes and baselines.
+        let mut c = cfg();
+        c.students = vec!["mlp:784-16-10".into()];
+        c.temperatures = (1..=50).map(|t| t as f32).collect();
+        c.alphas = (0..50).map(|a| a as f32 / 100.0).collect();
+        c.batch_sizes = vec![32, 64, 128, 256];
+        c.baseline_augments = vec![Augment::parse("flip").unwrap()];
+        let e = c.validate().unwrap_err().to_string();
+        assert!(
+            e.contains("4 batch sizes") && e.contains("+ 2 baselines") && e.contains("10008 runs"),
+            "{e}"
         );
     }
 }

@@ -2,9 +2,11 @@
 //! report that compares them.
 //!
 //! A sweep is the reason to cache a teacher. [`SweepConfig`] names the
-//! students, temperatures and loss weights; [`plan`] expands it into one
-//! [`PlannedRun`] per (student, T, alpha), plus each student's hard-label
-//! baseline, each with its own directory under `OUT/runs/`. [`run_sweep`]
+//! students, temperatures, loss weights and batch sizes; [`plan`] expands it
+//! into one [`PlannedRun`] per (student, T, alpha, batch size), plus each
+//! student's hard-label baselines (plain, and with each augmentation the
+//! config names) at each batch size, each with its own directory under
+//! `OUT/runs/`. [`run_sweep`]
 //! trains them one after another or several at once, all streaming the same
 //! open [`CacheReader`](crate::cache::CacheReader). A run whose `model.json` exists and records the same
 //! config, data and cache is finished and is skipped, and an interrupted run
@@ -14,9 +16,9 @@
 //! The report ([`collect_results`], [`write_report`]) is rebuilt from the
 //! runs' own `model.json` cards and curves every time, so `report.md`,
 //! `results.csv` and the plots always agree with them. Every run holds out
-//! the same validation split; the report chooses T, alpha and the epoch per
-//! student on it ([`choose`]) and states test accuracy for the chosen
-//! settings only.
+//! the same validation split; the report chooses T, alpha, the batch size
+//! and the epoch per student on it ([`choose`]), and the strongest baseline
+//! likewise, and states test accuracy for the chosen settings only.
 //!
 //! On a scheduler a sweep is a job array: the plan's order gives each run a
 //! stable index, [`run_only`] trains one index (writing only that run's

@@ -1,10 +1,11 @@
 //! A sweep's plan: one [`PlannedRun`] per (student, T, alpha), plus each
-//! student's hard-label baseline, each with its own directory under
-//! `OUT/runs/`.
+//! student's hard-label baselines (plain and augmented), each at every
+//! batch size of the grid and with its own directory under `OUT/runs/`.
 
 use std::path::{Path, PathBuf};
 
 use super::config::SweepConfig;
+use crate::data::augment::Augment;
 use crate::error::Result;
 use crate::model::ModelSpec;
 use crate::train::loss::{LossConfig, LossKind};
@@ -16,8 +17,8 @@ pub const RUNS_DIR: &str = "runs";
 /// What a run trains on.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum RunKind {
-    /// Hard labels only.
-    Baseline,
+    /// Hard labels only, with this augmentation, if any.
+    Baseline { augment: Option<Augment> },
     /// Distilled from the cache at temperature T with hard-label weight alpha.
     Distilled { temperature: f32, alpha: f32 },
 }
@@ -32,10 +33,39 @@ pub struct PlannedRun {
     pub config: TrainConfig,
 }
 
+impl RunKind {
+    /// The plain hard-label baseline.
+    pub const BASELINE: RunKind = RunKind::Baseline { augment: None };
+
+    pub fn is_baseline(&self) -> bool {
+        matches!(self, RunKind::Baseline { .. })
+    }
+}
+
 /// The directory name of a run: the spec with `:` as `-`, then
-/// `baseline` or `LOSS-T{T}-a{alpha}`, e.g. `mlp-784-32-10_kd-T4-a0.5`.
-pub fn run_name(student: &str, kind: RunKind, loss: LossKind) -> String {
-    let tag: String = student
+/// `baseline`, `baseline-AUGMENT` (`baseline-shift1-mixup0.2` for
+/// `shift=1,mixup=0.2`) or `LOSS-T{T}-a{alpha}`, then `-b{B}` where the
+/// sweep's grid names several batch sizes (`batch`), e.g.
+/// `mlp-784-32-10_kd-T4-a0.5` or `mlp-784-32-10_baseline-shift1-b32`.
+pub fn run_name(student: &str, kind: RunKind, loss: LossKind, batch: Option<usize>) -> String {
+    let tag = |text: &str, comma: char| -> String {
+        text.chars()
+            .filter(|&c| c != '=')
+            .map(|c| match c {
+                c if c.is_ascii_alphanumeric() || c == '-' || c == '.' => c,
+                ',' => comma,
+                _ => '-',
+            })
+            .collect()
+    };
+    let setting = match kind {
+        RunKind::Baseline { augment: None } => "baseline".to_string(),
+        RunKind::Baseline { augment: Some(a) } => format!("baseline-{}", tag(&a.to_string(), '-')),
+        RunKind::Distilled { temperature, alpha } => format!("{loss}-T{temperature}-a{alpha}"),
+    };
+    let batch = batch.map_or(String::new(), |b| format!("-b{b}"));
+    // `:` as `-` (and `=` as `-` too: a spec keeps its separators).
+    let student: String = student
         .chars()
         .map(|c| {
             if c.is_ascii_alphanumeric() || c == '-' || c == '.' {
@@ -45,12 +75,7 @@ pub fn run_name(student: &str, kind: RunKind, loss: LossKind) -> String {
             }
         })
         .collect();
-    match kind {
-        RunKind::Baseline => format!("{tag}_baseline"),
-        RunKind::Distilled { temperature, alpha } => {
-            format!("{tag}_{loss}-T{temperature}-a{alpha}")
-        }
-    }
+    format!("{student}_{setting}{batch}")
 }
 
 /// `v` without repeats, in first-seen order (linear: a grid may be long).
@@ -72,6 +97,21 @@ impl Distinct for String {
     }
 }
 
+impl Distinct for usize {
+    type Key = usize;
+    fn key(&self) -> usize {
+        *self
+    }
+}
+
+impl Distinct for crate::data::augment::Augment {
+    type Key = String;
+    /// Its canonical spelling (`shift=1,flip` and `flip,shift=1` are one).
+    fn key(&self) -> String {
+        self.to_string()
+    }
+}
+
 impl Distinct for f32 {
     type Key = u32;
     /// The bits, with -0 as +0 (equal as numbers).
@@ -81,11 +121,14 @@ impl Distinct for f32 {
 }
 
 /// Expands a sweep into its runs: per student (in the given order) the
-/// baseline first, then every (T, alpha). Repeated values count once.
+/// baselines first (plain, then each augmentation), then every (T, alpha),
+/// each setting at every batch size in the grid's order. Repeated values
+/// count once.
 pub fn plan(cfg: &SweepConfig) -> Result<Vec<PlannedRun>> {
     cfg.validate()?;
     let mut runs = Vec::new();
     let mut names = std::collections::HashSet::new();
+    let batches = dedup(&cfg.batch_sizes);
     for student in dedup(&cfg.students) {
         // The canonical spelling, so `mlp:784-32-10` and a spaced variant
         // name the same run.
@@ -93,7 +136,12 @@ pub fn plan(cfg: &SweepConfig) -> Result<Vec<PlannedRun>> {
         let base = cfg.train_config(&student);
         let mut kinds = Vec::new();
         if cfg.baseline {
-            kinds.push(RunKind::Baseline);
+            kinds.push(RunKind::BASELINE);
+        }
+        for augment in dedup(&cfg.baseline_augments) {
+            kinds.push(RunKind::Baseline {
+                augment: Some(augment),
+            });
         }
         for &temperature in &dedup(&cfg.temperatures) {
             for &alpha in &dedup(&cfg.alphas) {
@@ -101,21 +149,28 @@ pub fn plan(cfg: &SweepConfig) -> Result<Vec<PlannedRun>> {
             }
         }
         for kind in kinds {
-            let mut config = base.clone();
-            if let RunKind::Distilled { temperature, alpha } = kind {
-                config.loss = LossConfig::new(cfg.loss, alpha, temperature);
+            for &batch in &batches {
+                let mut config = base.clone();
+                config.batch_size = batch;
+                match kind {
+                    RunKind::Distilled { temperature, alpha } => {
+                        config.loss = LossConfig::new(cfg.loss, alpha, temperature);
+                    }
+                    RunKind::Baseline { augment } => config.augment = augment,
+                }
+                config.validate()?;
+                let tag = (batches.len() > 1).then_some(batch);
+                let name = run_name(&student, kind, cfg.loss, tag);
+                if !names.insert(name.clone()) {
+                    continue;
+                }
+                runs.push(PlannedRun {
+                    name,
+                    student: student.clone(),
+                    kind,
+                    config,
+                });
             }
-            config.validate()?;
-            let name = run_name(&student, kind, cfg.loss);
-            if !names.insert(name.clone()) {
-                continue;
-            }
-            runs.push(PlannedRun {
-                name,
-                student: student.clone(),
-                kind,
-                config,
-            });
         }
     }
     Ok(runs)
@@ -149,11 +204,55 @@ pub(crate) mod tests {
         assert_eq!(runs[4].name, "mlp-784-32-10_kd-T4-a0.5");
         assert_eq!(runs[5].name, "cnn-c8-p-c16-p-10_baseline");
         assert_eq!(runs[0].config.loss, LossConfig::hard_labels());
+        assert_eq!(runs[0].kind, RunKind::BASELINE);
         assert_eq!(runs[4].config.loss.temperature, 4.0);
         assert_eq!(runs[4].config.loss.alpha, 0.5);
         let mut c = cfg();
         c.baseline = false;
         c.alphas = vec![0.5, 0.5];
         assert_eq!(plan(&c).unwrap().len(), 4);
+    }
+
+    #[test]
+    fn a_batch_grid_and_augmented_baselines_name_every_run_apart() {
+        let mut c = cfg();
+        c.students.truncate(1);
+        c.temperatures = vec![1.0];
+        c.alphas = vec![0.1];
+        c.batch_sizes = vec![32, 128, 32];
+        c.baseline_augments = vec![
+            Augment::parse("shift=1").unwrap(),
+            Augment::parse("mixup=0.2,shift=1").unwrap(),
+            Augment::parse("shift=1").unwrap(),
+        ];
+        let runs = plan(&c).unwrap();
+        let names: Vec<&str> = runs.iter().map(|r| r.name.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "mlp-784-32-10_baseline-b32",
+                "mlp-784-32-10_baseline-b128",
+                "mlp-784-32-10_baseline-shift1-b32",
+                "mlp-784-32-10_baseline-shift1-b128",
+                "mlp-784-32-10_baseline-shift1-mixup0.2-b32",
+                "mlp-784-32-10_baseline-shift1-mixup0.2-b128",
+                "mlp-784-32-10_kd-T1-a0.1-b32",
+                "mlp-784-32-10_kd-T1-a0.1-b128",
+            ]
+        );
+        assert_eq!(runs[1].config.batch_size, 128);
+        assert_eq!(runs[0].config.augment, None);
+        assert_eq!(
+            runs[3].config.augment,
+            Some(Augment::parse("shift=1").unwrap())
+        );
+        assert_eq!(runs[3].config.loss, LossConfig::hard_labels());
+        assert_eq!(runs[7].config.augment, None);
+        assert_eq!(runs[7].config.loss.alpha, 0.1);
+        // One batch size: the names of a sweep without a grid.
+        c.batch_sizes = vec![64];
+        let runs = plan(&c).unwrap();
+        assert_eq!(runs[1].name, "mlp-784-32-10_baseline-shift1");
+        assert!(runs.iter().all(|r| r.config.batch_size == 64));
     }
 }

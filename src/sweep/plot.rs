@@ -225,7 +225,7 @@ fn draw_runs<'a, 'b: 'a>(
     }
     let baselines: Vec<(f64, f64)> = pts
         .iter()
-        .filter(|p| p.2.kind == RunKind::Baseline)
+        .filter(|p| p.2.kind.is_baseline())
         .map(|p| (p.0, p.1))
         .collect();
     if !baselines.is_empty() {
@@ -275,8 +275,9 @@ fn plotted(r: &RunResult, on_val: bool) -> Option<f64> {
 }
 
 /// Validation accuracy (each run's best epoch) against the distillation
-/// temperature T, one panel per alpha, one line per student, with each
-/// student's hard-label baseline dashed in the same colour: the figures
+/// temperature T, one panel per alpha, one line per student (each T at its
+/// best batch size), with each student's strongest hard-label baseline
+/// dashed in the same colour: the figures
 /// the settings are chosen on. Without validation splits, test accuracy.
 pub fn accuracy_vs_temperature(path: &Path, results: &[RunResult]) -> Result<()> {
     let on_val = results.iter().any(|r| r.val_accuracy.is_some());
@@ -425,7 +426,9 @@ impl Panel<'_> {
                 _ => None,
             })
             .collect();
-        line.sort_by(|a, b| a.0.total_cmp(&b.0));
+        // Several batch sizes: each T's best, as validation would choose.
+        line.sort_by(|a, b| a.0.total_cmp(&b.0).then(b.1.total_cmp(&a.1)));
+        line.dedup_by(|later, first| later.0 == first.0);
         if !line.is_empty() {
             chart
                 .draw_series(LineSeries::new(line.clone(), color.stroke_width(2)))
@@ -438,11 +441,14 @@ impl Panel<'_> {
                 .draw_series(line.iter().map(|&p| Circle::new(p, 4, color.filled())))
                 .map_err(e)?;
         }
-        let base = self.results.iter().find_map(|r| {
-            (r.student == *student && r.kind == RunKind::Baseline)
-                .then_some(plotted(r, self.on_val))
-                .flatten()
-        });
+        // The strongest of the student's baselines (plain, augmented, at
+        // each batch size).
+        let base = self
+            .results
+            .iter()
+            .filter(|r| r.student == *student && r.kind.is_baseline())
+            .filter_map(|r| plotted(r, self.on_val))
+            .reduce(f64::max);
         if let Some(b) = base {
             chart
                 .draw_series(DashedLineSeries::new(

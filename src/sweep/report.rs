@@ -63,14 +63,14 @@ fn csv_field(s: &str) -> String {
 }
 
 /// The header of `results.csv`.
-pub const CSV_HEADER: &str = "run,student,parameters,flops_per_sample,kind,temperature,alpha,epochs,seed,test_accuracy,test_loss,teacher_agreement,train_seconds,cache_id,val_samples,val_accuracy,val_loss,best_val_epoch,best_val_accuracy,best_val_epoch_test_accuracy,chosen";
+pub const CSV_HEADER: &str = "run,student,parameters,flops_per_sample,kind,temperature,alpha,augment,batch,epochs,seed,test_accuracy,test_loss,teacher_agreement,train_seconds,cache_id,val_samples,val_accuracy,val_loss,best_val_epoch,best_val_accuracy,best_val_epoch_test_accuracy,chosen";
 
 /// `results.csv`: one row per run; numbers as the cards and curves hold
 /// them, empty fields where they have none. The `val_*` columns are the
 /// last epoch's validation figures, `best_val_*` those of the epoch
 /// validation chooses within the run, and `chosen` is `yes` on the runs the
 /// report states for their student: the chosen distilled run and the
-/// baseline.
+/// strongest baseline. `augment` is a baseline's augmentation.
 pub fn results_csv(results: &[RunResult]) -> String {
     let opt = |x: Option<f64>| x.map_or(String::new(), |v| v.to_string());
     let rows = by_student(results);
@@ -83,11 +83,19 @@ pub fn results_csv(results: &[RunResult]) -> String {
     let mut s = String::from(CSV_HEADER);
     s.push('\n');
     for r in results {
-        let (kind, t, a) = match r.kind {
-            RunKind::Baseline => ("baseline", String::new(), String::new()),
-            RunKind::Distilled { temperature, alpha } => {
-                ("distilled", temperature.to_string(), alpha.to_string())
-            }
+        let (kind, t, a, aug) = match r.kind {
+            RunKind::Baseline { augment } => (
+                "baseline",
+                String::new(),
+                String::new(),
+                augment.map_or(String::new(), |a| csv_field(&a.to_string())),
+            ),
+            RunKind::Distilled { temperature, alpha } => (
+                "distilled",
+                temperature.to_string(),
+                alpha.to_string(),
+                String::new(),
+            ),
         };
         let best = r.best_epoch();
         let fields = [
@@ -98,6 +106,8 @@ pub fn results_csv(results: &[RunResult]) -> String {
             kind.to_string(),
             t,
             a,
+            aug,
+            r.batch_size.to_string(),
             r.epochs.to_string(),
             r.seed.to_string(),
             opt(r.test_accuracy),
@@ -155,7 +165,7 @@ pub fn report_markdown(results: &[RunResult], ctx: &ReportContext<'_>) -> String
     intro(&mut s, results, ctx);
     missing(&mut s, ctx.missing);
     let rows = by_student(results);
-    summary(&mut s, &rows);
+    summary(&mut s, &rows, batches_vary(results));
     for row in &rows {
         let pairs = ctx.choice_pairs.get(row.student).map(Vec::as_slice);
         student_section(&mut s, row, pairs.unwrap_or_default());
@@ -174,13 +184,19 @@ fn intro(s: &mut String, results: &[RunResult], ctx: &ReportContext<'_>) {
     let _ = writeln!(s, "# Distillation sweep\n");
     let _ = writeln!(
         s,
-        "{} runs from one teacher cache (`{}`, {}) on `{}`: {} epochs each, batch {}, {} lr {}, seed {}, loss {}.\n",
+        "{} runs from one teacher cache (`{}`, {}) on `{}`: {} epochs each, {}, {} lr {}, seed {}, loss {}.\n",
         results.len(),
         cfg.cache.display(),
         ctx.cache_description,
         cfg.data.display(),
         cfg.epochs,
-        cfg.batch_size,
+        match super::plan::dedup(&cfg.batch_sizes).as_slice() {
+            [one] => format!("batch {one}"),
+            many => format!(
+                "every setting at batch {} (validation chooses the batch size too)",
+                many.iter().map(|b| b.to_string()).collect::<Vec<_>>().join(", ")
+            ),
+        },
         cfg.optimizer.kind,
         cfg.optimizer.lr,
         cfg.seed,
@@ -203,7 +219,7 @@ fn intro(s: &mut String, results: &[RunResult], ctx: &ReportContext<'_>) {
             let _ = writeln!(
                 s,
                 "Settings are chosen on validation: every run holds out the same {} training samples (val-fraction {}, drawn from seed {}) and never trains on them. \
-                 For each student the distilled setting (T, alpha and the epoch) with the best validation accuracy is chosen, and the baseline's epoch likewise; \
+                 For each student the distilled setting (T, alpha, batch size and the epoch) with the best validation accuracy is chosen, and the strongest baseline likewise (its augmentation, batch size and epoch); \
                  test accuracy is stated for the chosen settings only, measured after the chosen epoch. \
                  Gain is the chosen distilled run's test accuracy minus the chosen baseline's, in percentage points. Train time sums all of a student's runs.\n",
                 v, cfg.val_fraction, cfg.val_seed.unwrap_or(cfg.seed)
@@ -286,20 +302,34 @@ fn missing(s: &mut String, missing: &[(usize, String)]) {
     let _ = writeln!(s);
 }
 
-/// "T 4, alpha 0.5, epoch 3 of 3" for a chosen distilled run.
-fn setting(c: &Choice<'_>) -> String {
-    let epoch = format!("epoch {} of {}", c.epoch, c.run.epochs);
-    match c.run.kind {
+/// Whether the runs were trained at more than one batch size.
+fn batches_vary(results: &[RunResult]) -> bool {
+    results
+        .windows(2)
+        .any(|w| w[0].batch_size != w[1].batch_size)
+}
+
+/// "T 4, alpha 0.5, epoch 3 of 3" for a chosen distilled run, "shift=1,
+/// epoch 3 of 3" for an augmented baseline; with the batch size where
+/// `batch` says the sweep varies it.
+fn setting(c: &Choice<'_>, batch: bool) -> String {
+    let mut items = match c.run.kind {
         RunKind::Distilled { temperature, alpha } => {
-            format!("T {temperature}, alpha {alpha}, {epoch}")
+            vec![format!("T {temperature}"), format!("alpha {alpha}")]
         }
-        RunKind::Baseline => epoch,
+        RunKind::Baseline { augment: Some(a) } => vec![format!("`{a}`")],
+        RunKind::Baseline { augment: None } => Vec::new(),
+    };
+    if batch {
+        items.push(format!("batch {}", c.run.batch_size));
     }
+    items.push(format!("epoch {} of {}", c.epoch, c.run.epochs));
+    items.join(", ")
 }
 
 /// The headline per student (the chosen setting, named) and the summary
 /// table, one row per student, and the two plots.
-fn summary(s: &mut String, rows: &[StudentRow<'_>]) {
+fn summary(s: &mut String, rows: &[StudentRow<'_>], batch: bool) {
     let _ = writeln!(s, "## Summary\n");
     for row in rows {
         let (chosen, base) = (row.chosen(), row.chosen_baseline());
@@ -313,13 +343,17 @@ fn summary(s: &mut String, rows: &[StudentRow<'_>]) {
             s,
             "- `{}`: distilled at **{}** ({how}): **{}** test{}.",
             row.student,
-            setting(&c),
+            setting(&c, batch),
             pct(c.test_accuracy),
             match base {
                 Some(b) => format!(
-                    " against the baseline's {} ({}), {}",
+                    " against the {}baseline's {} ({}), {}",
+                    match row.baselines.len() {
+                        1 => "",
+                        _ => "strongest ",
+                    },
                     pct(b.test_accuracy),
-                    setting(&b),
+                    setting(&b, batch),
                     gain(c.test_accuracy, b.test_accuracy)
                 ),
                 None => String::new(),
@@ -385,20 +419,19 @@ fn student_section(s: &mut String, row: &StudentRow<'_>, pairs: &[ChoicePair]) {
         "| run | T | alpha | best validation epoch | validation accuracy | over the baseline's | last-epoch validation | test accuracy (chosen only) | teacher agreement | train time |"
     );
     let _ = writeln!(s, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
-    for r in row
-        .baseline
-        .into_iter()
-        .chain(row.distilled.iter().copied())
-    {
+    for r in row.baselines.iter().chain(&row.distilled).copied() {
         let (t, a) = match r.kind {
-            RunKind::Baseline => ("-".to_string(), "1 (labels only)".to_string()),
+            RunKind::Baseline { augment: None } => ("-".to_string(), "1 (labels only)".to_string()),
+            RunKind::Baseline { augment: Some(aug) } => {
+                ("-".to_string(), format!("1 (labels only, `{aug}`)"))
+            }
             RunKind::Distilled { temperature, alpha } => {
                 (temperature.to_string(), alpha.to_string())
             }
         };
         let best = r.best_epoch();
         let g = match r.kind {
-            RunKind::Baseline => "-".to_string(),
+            RunKind::Baseline { .. } => "-".to_string(),
             RunKind::Distilled { .. } => gain(best.and_then(|b| b.val_accuracy), base_val),
         };
         let pick = chosen.iter().find(|c| c.run.name == r.name);
@@ -563,7 +596,7 @@ mod tests {
             .lines()
             .nth(2)
             .unwrap()
-            .starts_with("a_kd-T4-a0.5,a,100,200,distilled,4,0.5,3,0,0.82,"));
+            .starts_with("a_kd-T4-a0.5,a,100,200,distilled,4,0.5,,128,3,0,0.82,"));
         assert_eq!(group_digits(1234567), "1,234,567");
         assert_eq!(group_digits(12), "12");
     }

@@ -36,6 +36,7 @@ pub struct RunResult {
     pub parameters: u64,
     pub flops_per_sample: u64,
     pub epochs: usize,
+    pub batch_size: usize,
     pub seed: u64,
     pub test_accuracy: Option<f64>,
     pub test_loss: Option<f64>,
@@ -53,7 +54,8 @@ pub struct RunResult {
 
 impl RunResult {
     /// Reads the figures of a card; the kind comes from the card itself (a
-    /// cache means distilled, at the config's T and alpha).
+    /// cache means distilled, at the config's T and alpha; no cache, a
+    /// baseline with the config's augmentation).
     pub fn from_card(name: &str, card: &ModelCard, path: &Path) -> Result<Self> {
         let config = card.config.as_ref().ok_or_else(|| Error::Model {
             path: path.to_path_buf(),
@@ -64,7 +66,9 @@ impl RunResult {
                 temperature: config.loss.temperature,
                 alpha: config.loss.alpha,
             },
-            None => RunKind::Baseline,
+            None => RunKind::Baseline {
+                augment: config.augment,
+            },
         };
         Ok(RunResult {
             name: name.to_string(),
@@ -73,6 +77,7 @@ impl RunResult {
             parameters: card.parameters,
             flops_per_sample: card.flops_per_sample,
             epochs: config.epochs,
+            batch_size: config.batch_size,
             seed: config.seed,
             test_accuracy: card.test_accuracy,
             test_loss: card.test_loss,
@@ -184,12 +189,13 @@ pub fn collect_results(out: &Path, runs: &[PlannedRun]) -> Result<Vec<RunResult>
     Ok(results)
 }
 
-/// Per student: the baseline and the distilled runs, in plan order.
+/// Per student: the baselines and the distilled runs, in plan order.
 pub struct StudentRow<'a> {
     pub student: &'a str,
     pub parameters: u64,
     pub flops_per_sample: u64,
-    pub baseline: Option<&'a RunResult>,
+    /// Hard-label runs: plain and augmented, at each batch size.
+    pub baselines: Vec<&'a RunResult>,
     pub distilled: Vec<&'a RunResult>,
 }
 
@@ -199,15 +205,19 @@ impl<'a> StudentRow<'a> {
         choose(self.distilled.iter().copied())
     }
 
-    /// The baseline's epoch chosen on validation.
+    /// The strongest baseline on validation (its augmentation, batch size
+    /// and epoch): what the distilled run is measured against.
     pub fn chosen_baseline(&self) -> Option<Choice<'a>> {
-        choose(self.baseline.into_iter())
+        choose(self.baselines.iter().copied())
     }
 
     /// Total training time of all the student's runs.
     pub fn train_seconds(&self) -> f64 {
-        self.baseline.map_or(0.0, |b| b.train_seconds)
-            + self.distilled.iter().map(|r| r.train_seconds).sum::<f64>()
+        self.baselines
+            .iter()
+            .chain(&self.distilled)
+            .map(|r| r.train_seconds)
+            .sum()
     }
 }
 
@@ -222,14 +232,14 @@ pub fn by_student(results: &[RunResult]) -> Vec<StudentRow<'_>> {
                     student: &r.student,
                     parameters: r.parameters,
                     flops_per_sample: r.flops_per_sample,
-                    baseline: None,
+                    baselines: Vec::new(),
                     distilled: Vec::new(),
                 });
                 rows.len() - 1
             }
         };
         match r.kind {
-            RunKind::Baseline => rows[i].baseline = Some(r),
+            RunKind::Baseline { .. } => rows[i].baselines.push(r),
             RunKind::Distilled { .. } => rows[i].distilled.push(r),
         }
     }
@@ -287,12 +297,13 @@ pub(crate) mod tests {
     /// A result of `student` with `params` parameters and accuracy `acc`.
     pub(crate) fn result(student: &str, params: u64, kind: RunKind, acc: f64) -> RunResult {
         RunResult {
-            name: run_name(student, kind, LossKind::Kd),
+            name: run_name(student, kind, LossKind::Kd, None),
             student: student.into(),
             kind,
             parameters: params,
             flops_per_sample: 2 * params,
             epochs: 3,
+            batch_size: 128,
             seed: 0,
             test_accuracy: Some(acc),
             test_loss: Some(0.5),
@@ -317,7 +328,7 @@ pub(crate) mod tests {
             alpha: 0.5,
         };
         vec![
-            result("a", 100, RunKind::Baseline, 0.80),
+            result("a", 100, RunKind::BASELINE, 0.80),
             result("a", 100, d, 0.82),
             result("b", 1000, d, 0.81),
             result("c", 50, d, 0.70),
@@ -358,6 +369,31 @@ pub(crate) mod tests {
             })
             .collect();
         r
+    }
+
+    #[test]
+    fn the_strongest_baseline_on_validation_is_chosen() {
+        let shift = crate::data::augment::Augment::parse("shift=1").unwrap();
+        let with = |kind: RunKind, batch: usize, val: f64, test: f64| {
+            let mut r = result("a", 100, kind, test);
+            r.batch_size = batch;
+            r.curve[0].val_accuracy = Some(val);
+            r
+        };
+        let augmented = RunKind::Baseline {
+            augment: Some(shift),
+        };
+        let runs = [
+            with(RunKind::BASELINE, 128, 0.88, 0.90),
+            with(augmented, 128, 0.89, 0.87),
+            with(augmented, 32, 0.91, 0.89),
+        ];
+        let rows = by_student(&runs);
+        assert_eq!(rows[0].baselines.len(), 3);
+        let c = rows[0].chosen_baseline().unwrap();
+        assert_eq!((c.run.kind, c.run.batch_size), (augmented, 32));
+        assert_eq!(c.test_accuracy, Some(0.89));
+        assert_eq!(rows[0].train_seconds(), 3.0);
     }
 
     #[test]

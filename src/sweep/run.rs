@@ -67,7 +67,7 @@ pub fn run_state(run: &PlannedRun, dir: &Path, expect: &Expect<'_>) -> Result<Ru
             Some("it was trained on other data".into())
         } else {
             let want = match run.kind {
-                RunKind::Baseline => None,
+                RunKind::Baseline { .. } => None,
                 RunKind::Distilled { .. } => Some(expect.cache_id),
             };
             (card.cache.as_ref().map(|c| c.id.as_str()) != want)

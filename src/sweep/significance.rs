@@ -159,7 +159,7 @@ mod tests {
 
     #[test]
     fn pairs_need_both_sides_at_their_last_epoch() {
-        let mut a = result("mlp:784-8-10", 100, RunKind::Baseline, 0.8);
+        let mut a = result("mlp:784-8-10", 100, RunKind::BASELINE, 0.8);
         a.epochs = 3;
         let b = a.clone();
         let at = |run, epoch| Choice {
