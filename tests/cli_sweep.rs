@@ -427,6 +427,108 @@ fn a_sweep_over_batch_sizes_measures_against_the_strongest_baseline() {
 }
 
 #[test]
+fn a_sweep_of_several_seeds_chooses_and_reports_the_means() {
+    let tmp = sweep_dir("students = [\"mlp:784-16-10\"]\ntemperatures = [2, 4]\nepochs = 2\n");
+    let cwd = tmp.path();
+    // The file's one seed gives way to the flag's list.
+    sweep(cwd, &["--seeds", "0,1", "-q"]);
+    let out_dir = cwd.join("sweep");
+    let csv = fs::read_to_string(out_dir.join("results.csv")).unwrap();
+    let rows = csv_rows(&csv);
+    let names: Vec<&str> = rows.iter().map(|r| r["run"]).collect();
+    assert_eq!(
+        names,
+        [
+            "mlp-784-16-10_baseline-s0",
+            "mlp-784-16-10_baseline-s1",
+            "mlp-784-16-10_kd-T2-a0.5-s0",
+            "mlp-784-16-10_kd-T2-a0.5-s1",
+            "mlp-784-16-10_kd-T4-a0.5-s0",
+            "mlp-784-16-10_kd-T4-a0.5-s1",
+        ]
+    );
+    for row in &rows {
+        let c = model_card(&out_dir.join("runs").join(row["run"]));
+        assert_eq!(
+            format!("{}-s{}", row["setting"], c["config"]["seed"]),
+            row["run"]
+        );
+    }
+    // Validation chooses the setting and epoch on the mean over seeds, read
+    // from each run's curve; both seeds of a chosen setting are marked.
+    let curve = |run: &str| -> Vec<(f64, f64)> {
+        fs::read_to_string(out_dir.join("runs").join(run).join("metrics.jsonl"))
+            .unwrap()
+            .lines()
+            .map(|l| {
+                let m: serde_json::Value = serde_json::from_str(l).unwrap();
+                (
+                    m["val_accuracy"].as_f64().unwrap(),
+                    m["test_accuracy"].as_f64().unwrap(),
+                )
+            })
+            .collect()
+    };
+    let mut best: Option<(f64, &str, usize, f64)> = None;
+    for setting in ["mlp-784-16-10_kd-T2-a0.5", "mlp-784-16-10_kd-T4-a0.5"] {
+        let (a, b) = (
+            curve(&format!("{setting}-s0")),
+            curve(&format!("{setting}-s1")),
+        );
+        for e in 0..2 {
+            let val = (a[e].0 + b[e].0) / 2.0;
+            if best.is_none_or(|(v, ..)| val > v) {
+                best = Some((val, setting, e + 1, (a[e].1 + b[e].1) / 2.0));
+            }
+        }
+    }
+    let (_, setting, epoch, test) = best.unwrap();
+    for row in rows.iter().filter(|r| r["kind"] == "distilled") {
+        assert_eq!(row["chosen"] == "yes", row["setting"] == setting, "{csv}");
+    }
+    let report = fs::read_to_string(out_dir.join("report.md")).unwrap();
+    assert!(
+        report.contains(
+            "every setting with seeds 0, 1 (each setting's figures are the means over its seeds)"
+        ),
+        "{report}"
+    );
+    assert!(
+        report.contains(&format!("epoch {epoch} of 2** (selected on validation")),
+        "{report}"
+    );
+    assert!(
+        report.contains(&format!(
+            "**{:.2}%** test (the mean of 2 seeds)",
+            100.0 * test
+        )),
+        "{report}"
+    );
+    assert!(
+        report.contains(&format!("| `{setting}` (2 seeds) |")),
+        "{report}"
+    );
+    assert!(
+        report.contains("on the test images over seeds 0, 1: ")
+            && report.contains("Student's t 95% interval over seeds"),
+        "{report}"
+    );
+    fails(
+        cwd,
+        &[
+            "sweep",
+            "--config",
+            "sweep.toml",
+            "--seed",
+            "1",
+            "--seeds",
+            "0,1",
+        ],
+        &["--seed", "--seeds", "cannot be used with"],
+    );
+}
+
+#[test]
 fn sweep_flags_are_validated_before_work() {
     let tmp = tempfile::tempdir().unwrap();
     let data = s(&small_data());

@@ -132,6 +132,11 @@ pub struct SweepArgs {
     /// Seed of every run (default 0).
     #[arg(long)]
     seed: Option<u64>,
+    /// Seeds, comma-separated: every setting trains once with each, and the
+    /// report chooses on, and states, the mean over the seeds (with each
+    /// chosen run's gain seed by seed and its interval over seeds).
+    #[arg(long, value_delimiter = ',', conflicts_with = "seed")]
+    seeds: Vec<u64>,
     /// Runs trained at the same time (default 1: training already uses every core).
     #[arg(long)]
     jobs: Option<usize>,
@@ -308,6 +313,7 @@ fn settings(a: &SweepArgs) -> SweepSettings {
         momentum: a.momentum,
         schedule: a.schedule.clone(),
         seed: a.seed,
+        seeds: (!a.seeds.is_empty()).then(|| a.seeds.clone()),
         jobs: a.jobs,
         checkpoint_every: a.checkpoint_every,
         window_blocks: a.window_blocks,

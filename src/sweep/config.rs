@@ -8,7 +8,8 @@
 //!
 //! Settings come from a TOML file (`sweep.toml`) and from the command line,
 //! with the same names: every key is optional, `students = ["mlp:784-32-10"]`,
-//! `test-cache = "..."`, `batch = 64` (or a grid: `batches = [32, 64]`). [`SweepConfig::resolve`] lays the
+//! `test-cache = "..."`, `batch = 64` (or a grid: `batches = [32, 64]`),
+//! `seed = 0` (or several: `seeds = [0, 1, 2]`). [`SweepConfig::resolve`] lays the
 //! command line's settings over the file's over the defaults. A bad value
 //! that came from the file is reported with the file and its key
 //! (`sweep.toml: key `alphas`: 1.5 must be in [0, 1]`); relative paths in the
@@ -56,7 +57,9 @@ pub struct SweepConfig {
     /// Every setting (each baseline and each T and alpha) trains once at
     /// each of these batch sizes, and validation chooses among them too.
     pub batch_sizes: Vec<usize>,
-    pub seed: u64,
+    /// Every setting trains once per seed; the report chooses on, and
+    /// states, the mean over the seeds.
+    pub seeds: Vec<u64>,
     pub optimizer: OptimizerConfig,
     pub window_blocks: usize,
     /// Runs trained at the same time.
@@ -96,7 +99,7 @@ impl SweepConfig {
             loss: train.loss.kind,
             epochs: train.epochs,
             batch_sizes: vec![train.batch_size],
-            seed: train.seed,
+            seeds: vec![train.seed],
             optimizer: train.optimizer,
             window_blocks: train.window_blocks,
             jobs: 1,
@@ -177,28 +180,40 @@ impl SweepConfig {
         if self.checkpoint_every == 0 {
             return Err(cfg_err("checkpoint_every", "must be at least 1".into()));
         }
+        if self.seeds.is_empty() {
+            return Err(cfg_err("seeds", "name at least one".into()));
+        }
         if self.batch_sizes.is_empty() {
             return Err(cfg_err("batch_sizes", "name at least one".into()));
         }
         for &b in &self.batch_sizes {
             crate::model::compat::check_batch_size("batch_sizes", b)?;
         }
-        let (students, temperatures, alphas, batches) = (
+        let (students, temperatures, alphas, batches, seeds) = (
             super::plan::dedup(&self.students).len() as u128,
             super::plan::dedup(&self.temperatures).len() as u128,
             super::plan::dedup(&self.alphas).len() as u128,
             super::plan::dedup(&self.batch_sizes).len() as u128,
+            super::plan::dedup(&self.seeds).len() as u128,
         );
         let augmented = super::plan::dedup(&self.baseline_augments).len() as u128;
         let baselines = u128::from(self.baseline) + augmented;
-        let runs = students * batches * (temperatures * alphas + baselines);
+        let runs = students * seeds * batches * (temperatures * alphas + baselines);
         if runs > MAX_RUNS as u128 {
             return Err(cfg_err(
                 "students",
                 format!(
-                    "{students} students x {batches} batch sizes x ({temperatures} temperatures x {alphas} alphas{}) \
+                    "{students} students x {}{}({temperatures} temperatures x {alphas} alphas{}) \
                      is {runs} runs; a sweep has at most {MAX_RUNS}: split it into several \
                      sweeps or narrow the grid",
+                    match seeds {
+                        1 => String::new(),
+                        n => format!("{n} seeds x "),
+                    },
+                    match batches {
+                        1 => String::new(),
+                        n => format!("{n} batch sizes x "),
+                    },
                     match baselines {
                         0 => String::new(),
                         1 => " + baseline".to_string(),
@@ -222,7 +237,7 @@ impl SweepConfig {
             spec: student.to_string(),
             epochs: self.epochs,
             batch_size: self.batch_sizes.first().copied().unwrap_or(0),
-            seed: self.seed,
+            seed: self.seeds.first().copied().unwrap_or(0),
             optimizer: self.optimizer,
             loss: LossConfig::hard_labels(),
             window_blocks: self.window_blocks.max(1),
@@ -286,6 +301,8 @@ pub struct SweepSettings {
     /// constant or cosine.
     pub schedule: Option<String>,
     pub seed: Option<u64>,
+    /// Seeds, every setting trained with each (not with `seed`).
+    pub seeds: Option<Vec<u64>>,
     pub jobs: Option<usize>,
     pub checkpoint_every: Option<u64>,
     pub window_blocks: Option<usize>,
@@ -381,7 +398,14 @@ impl SweepSettings {
             weight_decay: self.weight_decay.or(lower.weight_decay),
             momentum: self.momentum.or(lower.momentum),
             schedule: self.schedule.or(lower.schedule),
-            seed: self.seed.or(lower.seed),
+            seed: match self.seeds.is_some() {
+                true => self.seed,
+                false => self.seed.or(lower.seed),
+            },
+            seeds: match self.seed.is_some() {
+                true => self.seeds,
+                false => self.seeds.or(lower.seeds),
+            },
             jobs: self.jobs.or(lower.jobs),
             checkpoint_every: self.checkpoint_every.or(lower.checkpoint_every),
             window_blocks: self.window_blocks.or(lower.window_blocks),
@@ -414,6 +438,7 @@ impl SweepSettings {
             ("momentum", self.momentum.is_some()),
             ("schedule", self.schedule.is_some()),
             ("seed", self.seed.is_some()),
+            ("seeds", self.seeds.is_some()),
             ("jobs", self.jobs.is_some()),
             ("checkpoint-every", self.checkpoint_every.is_some()),
             ("window-blocks", self.window_blocks.is_some()),
@@ -516,7 +541,17 @@ impl SweepSettings {
         o.lr = self.lr.unwrap_or(o.lr);
         o.weight_decay = self.weight_decay.unwrap_or(o.weight_decay);
         o.momentum = self.momentum.unwrap_or(o.momentum);
-        cfg.seed = self.seed.unwrap_or(cfg.seed);
+        cfg.seeds = match (self.seed, self.seeds) {
+            (Some(_), Some(_)) => {
+                return Err(Error::Config {
+                    field: "seeds".into(),
+                    message: "both `seed` and `seeds` are given: name one seed or a list".into(),
+                })
+            }
+            (Some(s), None) => vec![s],
+            (None, Some(list)) => list,
+            (None, None) => cfg.seeds,
+        };
         cfg.jobs = self.jobs.unwrap_or(cfg.jobs);
         cfg.checkpoint_every = self.checkpoint_every.unwrap_or(cfg.checkpoint_every);
         cfg.window_blocks = self.window_blocks.unwrap_or(cfg.window_blocks);

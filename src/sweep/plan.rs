@@ -28,6 +28,9 @@ pub enum RunKind {
 pub struct PlannedRun {
     /// Directory name under `OUT/runs/`.
     pub name: String,
+    /// The name of its setting: `name` without the seed (`-sS`), which a
+    /// sweep of several seeds appends; the report pools a setting's seeds.
+    pub setting: String,
     pub student: String,
     pub kind: RunKind,
     pub config: TrainConfig,
@@ -46,7 +49,9 @@ impl RunKind {
 /// `baseline`, `baseline-AUGMENT` (`baseline-shift1-mixup0.2` for
 /// `shift=1,mixup=0.2`) or `LOSS-T{T}-a{alpha}`, then `-b{B}` where the
 /// sweep's grid names several batch sizes (`batch`), e.g.
-/// `mlp-784-32-10_kd-T4-a0.5` or `mlp-784-32-10_baseline-shift1-b32`.
+/// `mlp-784-32-10_kd-T4-a0.5` or `mlp-784-32-10_baseline-shift1-b32`. This
+/// is the setting's name; [`plan`] appends `-s{S}` where the sweep names
+/// several seeds.
 pub fn run_name(student: &str, kind: RunKind, loss: LossKind, batch: Option<usize>) -> String {
     let tag = |text: &str, comma: char| -> String {
         text.chars()
@@ -104,6 +109,13 @@ impl Distinct for usize {
     }
 }
 
+impl Distinct for u64 {
+    type Key = u64;
+    fn key(&self) -> u64 {
+        *self
+    }
+}
+
 impl Distinct for crate::data::augment::Augment {
     type Key = String;
     /// Its canonical spelling (`shift=1,flip` and `flip,shift=1` are one).
@@ -122,13 +134,14 @@ impl Distinct for f32 {
 
 /// Expands a sweep into its runs: per student (in the given order) the
 /// baselines first (plain, then each augmentation), then every (T, alpha),
-/// each setting at every batch size in the grid's order. Repeated values
-/// count once.
+/// each setting at every batch size in the grid's order, and at each of
+/// those with every seed. Repeated values count once.
 pub fn plan(cfg: &SweepConfig) -> Result<Vec<PlannedRun>> {
     cfg.validate()?;
     let mut runs = Vec::new();
     let mut names = std::collections::HashSet::new();
     let batches = dedup(&cfg.batch_sizes);
+    let seeds = dedup(&cfg.seeds);
     for student in dedup(&cfg.students) {
         // The canonical spelling, so `mlp:784-32-10` and a spaced variant
         // name the same run.
@@ -149,9 +162,13 @@ pub fn plan(cfg: &SweepConfig) -> Result<Vec<PlannedRun>> {
             }
         }
         for kind in kinds {
-            for &batch in &batches {
+            for (&batch, &seed) in batches
+                .iter()
+                .flat_map(|b| seeds.iter().map(move |s| (b, s)))
+            {
                 let mut config = base.clone();
                 config.batch_size = batch;
+                config.seed = seed;
                 match kind {
                     RunKind::Distilled { temperature, alpha } => {
                         config.loss = LossConfig::new(cfg.loss, alpha, temperature);
@@ -160,12 +177,17 @@ pub fn plan(cfg: &SweepConfig) -> Result<Vec<PlannedRun>> {
                 }
                 config.validate()?;
                 let tag = (batches.len() > 1).then_some(batch);
-                let name = run_name(&student, kind, cfg.loss, tag);
+                let setting = run_name(&student, kind, cfg.loss, tag);
+                let name = match seeds.len() {
+                    1 => setting.clone(),
+                    _ => format!("{setting}-s{seed}"),
+                };
                 if !names.insert(name.clone()) {
                     continue;
                 }
                 runs.push(PlannedRun {
                     name,
+                    setting,
                     student: student.clone(),
                     kind,
                     config,
@@ -249,6 +271,16 @@ pub(crate) mod tests {
         assert_eq!(runs[3].config.loss, LossConfig::hard_labels());
         assert_eq!(runs[7].config.augment, None);
         assert_eq!(runs[7].config.loss.alpha, 0.1);
+        // Several seeds: each setting's runs in a row, named apart.
+        c.seeds = vec![3, 1];
+        let runs = plan(&c).unwrap();
+        assert_eq!(runs.len(), 16);
+        assert_eq!(runs[0].name, "mlp-784-32-10_baseline-b32-s3");
+        assert_eq!(runs[1].name, "mlp-784-32-10_baseline-b32-s1");
+        assert_eq!(runs[1].setting, "mlp-784-32-10_baseline-b32");
+        assert_eq!((runs[1].config.seed, runs[1].config.batch_size), (1, 32));
+        assert_eq!(runs[2].config.seed, 3);
+        c.seeds = vec![0];
         // One batch size: the names of a sweep without a grid.
         c.batch_sizes = vec![64];
         let runs = plan(&c).unwrap();

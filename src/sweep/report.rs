@@ -19,7 +19,9 @@ use std::path::{Path, PathBuf};
 
 use super::config::SweepConfig;
 use super::plan::{PlannedRun, RunKind, RUNS_DIR};
-use super::results::{by_student, chosen_results, collect_results, Choice, RunResult, StudentRow};
+use super::results::{
+    by_student, chosen_results, collect_results, pool_seeds, Choice, RunResult, StudentRow,
+};
 use super::run::OpenInputs;
 use super::significance::{choice_pairs, pair_line, ChoicePair};
 use super::teacher::{teacher_forward_timing, teacher_summary, Savings, TeacherSummary};
@@ -63,22 +65,25 @@ fn csv_field(s: &str) -> String {
 }
 
 /// The header of `results.csv`.
-pub const CSV_HEADER: &str = "run,student,parameters,flops_per_sample,kind,temperature,alpha,augment,batch,epochs,seed,test_accuracy,test_loss,teacher_agreement,train_seconds,cache_id,val_samples,val_accuracy,val_loss,best_val_epoch,best_val_accuracy,best_val_epoch_test_accuracy,chosen";
+pub const CSV_HEADER: &str = "run,student,parameters,flops_per_sample,kind,temperature,alpha,augment,batch,epochs,seed,test_accuracy,test_loss,teacher_agreement,train_seconds,cache_id,val_samples,val_accuracy,val_loss,best_val_epoch,best_val_accuracy,best_val_epoch_test_accuracy,chosen,setting";
 
 /// `results.csv`: one row per run; numbers as the cards and curves hold
 /// them, empty fields where they have none. The `val_*` columns are the
 /// last epoch's validation figures, `best_val_*` those of the epoch
 /// validation chooses within the run, and `chosen` is `yes` on the runs the
 /// report states for their student: the chosen distilled run and the
-/// strongest baseline. `augment` is a baseline's augmentation.
+/// strongest baseline (with several seeds, every seed's run of the chosen
+/// settings). `augment` is a baseline's augmentation, `setting` the run's
+/// name without its seed.
 pub fn results_csv(results: &[RunResult]) -> String {
     let opt = |x: Option<f64>| x.map_or(String::new(), |v| v.to_string());
-    let rows = by_student(results);
+    let pooled = pool_seeds(results);
+    let rows = by_student(&pooled);
     let chosen: Vec<&str> = rows
         .iter()
         .flat_map(|r| [r.chosen(), r.chosen_baseline()])
         .flatten()
-        .map(|c| c.run.name.as_str())
+        .map(|c| c.run.setting.as_str())
         .collect();
     let mut s = String::from(CSV_HEADER);
     s.push('\n');
@@ -121,11 +126,12 @@ pub fn results_csv(results: &[RunResult]) -> String {
             best.map_or(String::new(), |b| b.epoch.to_string()),
             opt(best.and_then(|b| b.val_accuracy)),
             opt(best.and_then(|b| b.test_accuracy)),
-            if chosen.contains(&r.name.as_str()) {
+            if chosen.contains(&r.setting.as_str()) {
                 "yes".to_string()
             } else {
                 String::new()
             },
+            csv_field(&r.setting),
         ];
         s.push_str(&fields.join(","));
         s.push('\n');
@@ -159,12 +165,14 @@ pub struct ReportContext<'a> {
 /// (predictions do not depend on it).
 const PAIR_EVAL_BATCH: usize = 1000;
 
-/// `report.md`.
+/// `report.md`, from every finished run's result (a sweep of several seeds
+/// is reported per setting, [`pool_seeds`]).
 pub fn report_markdown(results: &[RunResult], ctx: &ReportContext<'_>) -> String {
     let mut s = String::new();
     intro(&mut s, results, ctx);
     missing(&mut s, ctx.missing);
-    let rows = by_student(results);
+    let pooled = pool_seeds(results);
+    let rows = by_student(&pooled);
     summary(&mut s, &rows, batches_vary(results));
     for row in &rows {
         let pairs = ctx.choice_pairs.get(row.student).map(Vec::as_slice);
@@ -184,7 +192,7 @@ fn intro(s: &mut String, results: &[RunResult], ctx: &ReportContext<'_>) {
     let _ = writeln!(s, "# Distillation sweep\n");
     let _ = writeln!(
         s,
-        "{} runs from one teacher cache (`{}`, {}) on `{}`: {} epochs each, {}, {} lr {}, seed {}, loss {}.\n",
+        "{} runs from one teacher cache (`{}`, {}) on `{}`: {} epochs each, {}, {} lr {}, {}, loss {}.\n",
         results.len(),
         cfg.cache.display(),
         ctx.cache_description,
@@ -199,7 +207,13 @@ fn intro(s: &mut String, results: &[RunResult], ctx: &ReportContext<'_>) {
         },
         cfg.optimizer.kind,
         cfg.optimizer.lr,
-        cfg.seed,
+        match super::plan::dedup(&cfg.seeds).as_slice() {
+            [one] => format!("seed {one}"),
+            many => format!(
+                "every setting with seeds {} (each setting's figures are the means over its seeds)",
+                many.iter().map(|b| b.to_string()).collect::<Vec<_>>().join(", ")
+            ),
+        },
         cfg.loss
     );
     if let Some(t) = ctx.teacher {
@@ -218,11 +232,21 @@ fn intro(s: &mut String, results: &[RunResult], ctx: &ReportContext<'_>) {
         Some(v) => {
             let _ = writeln!(
                 s,
-                "Settings are chosen on validation: every run holds out the same {} training samples (val-fraction {}, drawn from seed {}) and never trains on them. \
+                "Settings are chosen on validation: every run holds out {} {} training samples (val-fraction {}, drawn from {}) and never trains on them. \
                  For each student the distilled setting (T, alpha, batch size and the epoch) with the best validation accuracy is chosen, and the strongest baseline likewise (its augmentation, batch size and epoch); \
                  test accuracy is stated for the chosen settings only, measured after the chosen epoch. \
                  Gain is the chosen distilled run's test accuracy minus the chosen baseline's, in percentage points. Train time sums all of a student's runs.\n",
-                v, cfg.val_fraction, cfg.val_seed.unwrap_or(cfg.seed)
+                match (cfg.val_seed, cfg.seeds.len()) {
+                    (None, n) if n > 1 => "its seed's",
+                    _ => "the same",
+                },
+                v,
+                cfg.val_fraction,
+                match (cfg.val_seed, cfg.seeds.as_slice()) {
+                    (Some(s), _) => format!("seed {s}"),
+                    (None, [one]) => format!("seed {one}"),
+                    (None, _) => "the run's own seed".to_string(),
+                }
             );
             if let Some(noise) = validation_noise(results, v) {
                 let _ = writeln!(s, "{noise}\n");
@@ -341,10 +365,14 @@ fn summary(s: &mut String, rows: &[StudentRow<'_>], batch: bool) {
         };
         let _ = writeln!(
             s,
-            "- `{}`: distilled at **{}** ({how}): **{}** test{}.",
+            "- `{}`: distilled at **{}** ({how}): **{}** test{}{}.",
             row.student,
             setting(&c, batch),
             pct(c.test_accuracy),
+            match c.run.seed_runs.len() {
+                0 => String::new(),
+                n => format!(" (the mean of {n} seeds)"),
+            },
             match base {
                 Some(b) => format!(
                     " against the {}baseline's {} ({}), {}",
@@ -437,8 +465,12 @@ fn student_section(s: &mut String, row: &StudentRow<'_>, pairs: &[ChoicePair]) {
         let pick = chosen.iter().find(|c| c.run.name == r.name);
         let _ = writeln!(
             s,
-            "| `{}` | {} | {} | {} | {} | {} | {} | {} | {} | {:.1} s |",
+            "| `{}`{} | {} | {} | {} | {} | {} | {} | {} | {} | {:.1} s |",
             r.name,
+            match r.seed_runs.len() {
+                0 => String::new(),
+                n => format!(" ({n} seeds)"),
+            },
             t,
             a,
             best.filter(|b| b.val_accuracy.is_some())
@@ -501,13 +533,14 @@ pub fn write_report(results: &[RunResult], ctx: &ReportContext<'_>) -> Result<Ve
     let csv = out.join(RESULTS_CSV);
     crate::model::io::atomic_write(&csv, results_csv(results).as_bytes())?;
     let pareto = out.join(PARETO_PNG);
-    let chosen = chosen_results(results);
+    let pooled = pool_seeds(results);
+    let chosen = chosen_results(&pooled);
     write_atomically(&pareto, |tmp| {
         super::plot::accuracy_vs_parameters(tmp, &chosen, ctx.teacher)
     })?;
     let temps = out.join(TEMPERATURE_PNG);
     write_atomically(&temps, |tmp| {
-        super::plot::accuracy_vs_temperature(tmp, results)
+        super::plot::accuracy_vs_temperature(tmp, &pooled)
     })?;
     Ok(vec![md, csv, pareto, temps])
 }
@@ -561,7 +594,13 @@ pub fn report_sweep<D: Backend>(
         cache_description: cache_description(&open.cache),
         missing,
         val_overlap,
-        choice_pairs: choice_pairs(device, &cfg.out, &results, &open.train, PAIR_EVAL_BATCH)?,
+        choice_pairs: choice_pairs(
+            device,
+            &cfg.out,
+            &pool_seeds(&results),
+            &open.train,
+            PAIR_EVAL_BATCH,
+        )?,
     };
     write_report(&results, &ctx)
 }

@@ -10,6 +10,11 @@
 //! epoch, is the figure the report states. The baseline's epoch is chosen
 //! the same way. Runs without a validation split (`val-fraction` 0) are
 //! chosen on the test split instead, and [`Choice::on_test`] says so.
+//!
+//! **Several seeds.** A sweep of several seeds trains every setting once
+//! per seed; [`pool_seeds`] makes each setting one result whose curve is the
+//! mean over its seeds, epoch by epoch, so the choice above is made on the
+//! mean validation accuracy and states the mean test accuracy.
 
 use std::path::Path;
 
@@ -31,6 +36,9 @@ pub struct CurveEpoch {
 #[derive(Debug, Clone, PartialEq)]
 pub struct RunResult {
     pub name: String,
+    /// The setting it trains: `name` without the seed a sweep of several
+    /// seeds appends (a pooled result's name).
+    pub setting: String,
     pub student: String,
     pub kind: RunKind,
     pub parameters: u64,
@@ -50,6 +58,9 @@ pub struct RunResult {
     /// Per epoch (from `metrics.jsonl`; the last epoch only where that
     /// file is missing).
     pub curve: Vec<CurveEpoch>,
+    /// A setting pooled over seeds ([`pool_seeds`]): each seed's run, in
+    /// plan order; empty for a single run.
+    pub seed_runs: Vec<RunResult>,
 }
 
 impl RunResult {
@@ -72,6 +83,7 @@ impl RunResult {
         };
         Ok(RunResult {
             name: name.to_string(),
+            setting: name.to_string(),
             student: card.spec.clone(),
             kind,
             parameters: card.parameters,
@@ -92,7 +104,26 @@ impl RunResult {
                 val_accuracy: card.val_accuracy,
                 test_accuracy: card.test_accuracy,
             }],
+            seed_runs: Vec::new(),
         })
+    }
+
+    /// The seeds of a pooled result (its own seed for a single run).
+    pub fn seeds(&self) -> Vec<u64> {
+        match self.seed_runs.is_empty() {
+            true => vec![self.seed],
+            false => self.seed_runs.iter().map(|r| r.seed).collect(),
+        }
+    }
+
+    /// Each seed's test accuracy after `epoch` (one figure for a single
+    /// run); `None` where a seed has none.
+    pub fn seed_test_accuracies(&self, epoch: usize) -> Option<Vec<f64>> {
+        let at = |r: &RunResult| r.curve.iter().find(|p| p.epoch == epoch)?.test_accuracy;
+        match self.seed_runs.is_empty() {
+            true => Some(vec![at(self)?]),
+            false => self.seed_runs.iter().map(at).collect(),
+        }
     }
 
     /// The epoch validation chooses in this run, with its figures.
@@ -171,6 +202,7 @@ pub fn collect_results(out: &Path, runs: &[PlannedRun]) -> Result<Vec<RunResult>
         }
         let card = ModelCard::load(&path)?;
         let mut result = RunResult::from_card(&r.name, &card, &path)?;
+        result.setting = r.setting.clone();
         if dir.metrics().exists() {
             let curve: Vec<CurveEpoch> = read_metrics(&dir.metrics())?
                 .iter()
@@ -187,6 +219,63 @@ pub fn collect_results(out: &Path, runs: &[PlannedRun]) -> Result<Vec<RunResult>
         results.push(result);
     }
     Ok(results)
+}
+
+/// The mean of figures that every run has (`None` if one lacks it).
+fn mean_of(values: impl Iterator<Item = Option<f64>>) -> Option<f64> {
+    let v: Vec<f64> = values.collect::<Option<_>>()?;
+    (!v.is_empty()).then(|| v.iter().sum::<f64>() / v.len() as f64)
+}
+
+/// The results of a sweep of several seeds as one result per setting, in
+/// plan order: its figures are the means over the setting's finished runs
+/// (the curve over the epochs every one of them reached), its train time
+/// their sum, and `seed_runs` keeps the runs. Results of a sweep of one
+/// seed come back as they are.
+pub fn pool_seeds(results: &[RunResult]) -> Vec<RunResult> {
+    if results.iter().all(|r| r.name == r.setting) {
+        return results.to_vec();
+    }
+    let mut groups: Vec<Vec<&RunResult>> = Vec::new();
+    for r in results {
+        match groups.iter_mut().find(|g| g[0].setting == r.setting) {
+            Some(g) => g.push(r),
+            None => groups.push(vec![r]),
+        }
+    }
+    groups
+        .into_iter()
+        .map(|g| {
+            let first = g[0];
+            let curve = first
+                .curve
+                .iter()
+                .filter_map(|p| {
+                    let at: Vec<&CurveEpoch> = g
+                        .iter()
+                        .map(|r| r.curve.iter().find(|q| q.epoch == p.epoch))
+                        .collect::<Option<_>>()?;
+                    Some(CurveEpoch {
+                        epoch: p.epoch,
+                        val_accuracy: mean_of(at.iter().map(|q| q.val_accuracy)),
+                        test_accuracy: mean_of(at.iter().map(|q| q.test_accuracy)),
+                    })
+                })
+                .collect();
+            RunResult {
+                name: first.setting.clone(),
+                test_accuracy: mean_of(g.iter().map(|r| r.test_accuracy)),
+                test_loss: mean_of(g.iter().map(|r| r.test_loss)),
+                teacher_agreement: mean_of(g.iter().map(|r| r.teacher_agreement)),
+                train_seconds: g.iter().map(|r| r.train_seconds).sum(),
+                val_accuracy: mean_of(g.iter().map(|r| r.val_accuracy)),
+                val_loss: mean_of(g.iter().map(|r| r.val_loss)),
+                curve,
+                seed_runs: g.iter().map(|&r| r.clone()).collect(),
+                ..first.clone()
+            }
+        })
+        .collect()
 }
 
 /// Per student: the baselines and the distilled runs, in plan order.
@@ -296,8 +385,10 @@ pub(crate) mod tests {
 
     /// A result of `student` with `params` parameters and accuracy `acc`.
     pub(crate) fn result(student: &str, params: u64, kind: RunKind, acc: f64) -> RunResult {
+        let name = run_name(student, kind, LossKind::Kd, None);
         RunResult {
-            name: run_name(student, kind, LossKind::Kd, None),
+            setting: name.clone(),
+            name,
             student: student.into(),
             kind,
             parameters: params,
@@ -318,6 +409,7 @@ pub(crate) mod tests {
                 val_accuracy: None,
                 test_accuracy: Some(acc),
             }],
+            seed_runs: Vec::new(),
         }
     }
 
@@ -369,6 +461,58 @@ pub(crate) mod tests {
             })
             .collect();
         r
+    }
+
+    #[test]
+    fn seeds_pool_into_one_result_per_setting() {
+        // One seed: as they are.
+        assert_eq!(pool_seeds(&results()), results());
+        let seeded = |seed: u64, kind: RunKind, points: &[(f64, f64)]| {
+            let mut r = result("a", 100, kind, points.last().unwrap().1);
+            r.seed = seed;
+            r.name = format!("{}-s{seed}", r.setting);
+            r.epochs = points.len();
+            r.curve = points
+                .iter()
+                .enumerate()
+                .map(|(i, &(v, t))| CurveEpoch {
+                    epoch: i + 1,
+                    val_accuracy: Some(v),
+                    test_accuracy: Some(t),
+                })
+                .collect();
+            r
+        };
+        let kd = RunKind::Distilled {
+            temperature: 2.0,
+            alpha: 0.1,
+        };
+        let runs = [
+            seeded(0, RunKind::BASELINE, &[(0.80, 0.79), (0.84, 0.82)]),
+            seeded(1, RunKind::BASELINE, &[(0.82, 0.81), (0.82, 0.80)]),
+            seeded(0, kd, &[(0.83, 0.80), (0.86, 0.85)]),
+            // Seed 1 of the distilled setting stopped after one epoch.
+            seeded(1, kd, &[(0.85, 0.84)]),
+        ];
+        let pooled = pool_seeds(&runs);
+        assert_eq!(pooled.len(), 2);
+        let base = &pooled[0];
+        assert_eq!(base.name, "a_baseline");
+        assert_eq!(base.seeds(), vec![0, 1]);
+        assert_eq!(base.train_seconds, 2.0);
+        assert_eq!(base.curve.len(), 2);
+        assert!((base.curve[1].val_accuracy.unwrap() - 0.83).abs() < 1e-12);
+        assert!((base.test_accuracy.unwrap() - 0.81).abs() < 1e-12);
+        assert_eq!(base.seed_test_accuracies(1), Some(vec![0.79, 0.81]));
+        // The curve covers the epochs every seed reached.
+        let kd_pooled = &pooled[1];
+        assert_eq!(kd_pooled.curve.len(), 1);
+        assert!((kd_pooled.curve[0].val_accuracy.unwrap() - 0.84).abs() < 1e-12);
+        // The choice is made on the means: the baseline's second epoch.
+        let row = &by_student(&pooled)[0];
+        let c = row.chosen_baseline().unwrap();
+        assert_eq!(c.epoch, 2);
+        assert!((c.test_accuracy.unwrap() - 0.81).abs() < 1e-12);
     }
 
     #[test]

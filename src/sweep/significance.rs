@@ -9,6 +9,12 @@
 //! both sides were chosen at their last epoch; otherwise the report says why
 //! it is not. Each run's predictions are computed once and shared by the
 //! pairs that use it.
+//!
+//! A sweep of several seeds compares settings over seeds instead: each
+//! seed's test accuracy after each side's chosen epoch (from the curves,
+//! so any epoch serves), the difference seed by seed and Student's t
+//! interval of its mean ([`PooledComparison`]); `distill eval --arm` adds
+//! the comparison over images from the runs' weights.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -19,7 +25,7 @@ use crate::data::Dataset;
 use crate::error::Result;
 use crate::model::{Backend, ModelDir};
 use crate::train::eval::evaluate_samples;
-use crate::train::paired::PairedComparison;
+use crate::train::paired::{PairedComparison, PooledComparison};
 use crate::train::validation::held_out_by_model;
 
 /// The chosen distilled run against one other run of its student.
@@ -31,9 +37,22 @@ pub struct ChoicePair {
     pub chosen: String,
     /// The other run's name.
     pub other: String,
-    /// The comparison (A the other run, B the chosen one), or why there is
-    /// none.
-    pub outcome: std::result::Result<PairedComparison, String>,
+    pub outcome: PairOutcome,
+}
+
+/// How a pair was compared (A the other side, B the chosen one).
+#[derive(Debug, Clone, PartialEq)]
+pub enum PairOutcome {
+    /// Image by image on the validation images.
+    Images(PairedComparison),
+    /// Settings of several seeds: each seed's test accuracy after the
+    /// chosen epochs, paired by seed where both ran the same seeds.
+    Seeds {
+        seeds: Vec<u64>,
+        comparison: PooledComparison,
+    },
+    /// Not compared, and why.
+    NotScored(String),
 }
 
 /// For each student with a chosen distilled run, its pairs (by student
@@ -69,8 +88,17 @@ pub fn choice_pairs<D: Backend>(
             let Some(other) = other.filter(|o| !o.on_test) else {
                 continue;
             };
+            if !chosen.run.seed_runs.is_empty() {
+                mine.push(ChoicePair {
+                    role,
+                    chosen: chosen.run.name.clone(),
+                    other: other.run.name.clone(),
+                    outcome: over_seeds(&chosen, &other),
+                });
+                continue;
+            }
             let outcome = match not_comparable(&chosen, &other) {
-                Some(reason) => Err(reason),
+                Some(reason) => PairOutcome::NotScored(reason),
                 None => {
                     let mut scored = |run: &RunResult| -> Result<Vec<u32>> {
                         if let Some(p) = predictions.get(&run.name) {
@@ -96,7 +124,7 @@ pub fn choice_pairs<D: Backend>(
                     let a = scored(other.run)?;
                     let idx = indices.as_deref().unwrap_or_default();
                     let y: Vec<u32> = idx.iter().map(|&i| labels[i]).collect();
-                    Ok(PairedComparison::of(&a, &b, &y)?)
+                    PairOutcome::Images(PairedComparison::of(&a, &b, &y)?)
                 }
             };
             mine.push(ChoicePair {
@@ -109,6 +137,26 @@ pub fn choice_pairs<D: Backend>(
         pairs.insert(row.student.to_string(), mine);
     }
     Ok(pairs)
+}
+
+/// Two settings of several seeds compared over seeds, on each seed's test
+/// accuracy after the chosen epochs.
+fn over_seeds(chosen: &Choice<'_>, other: &Choice<'_>) -> PairOutcome {
+    let (b, a) = (chosen.run, other.run);
+    let (Some(tb), Some(ta)) = (
+        b.seed_test_accuracies(chosen.epoch),
+        a.seed_test_accuracies(other.epoch),
+    ) else {
+        return PairOutcome::NotScored("a seed's run records no test accuracy".into());
+    };
+    let paired = a.seeds() == b.seeds();
+    match PooledComparison::of_accuracies(ta, tb, paired) {
+        Ok(comparison) => PairOutcome::Seeds {
+            seeds: b.seeds(),
+            comparison,
+        },
+        Err(e) => PairOutcome::NotScored(e.to_string()),
+    }
 }
 
 /// Why two choices cannot be scored image by image from the saved weights.
@@ -127,7 +175,7 @@ fn not_comparable(chosen: &Choice<'_>, other: &Choice<'_>) -> Option<String> {
 /// The report's line for one pair.
 pub fn pair_line(p: &ChoicePair) -> String {
     match &p.outcome {
-        Ok(c) => {
+        PairOutcome::Images(c) => {
             let (lo, hi) = c.ci95();
             format!(
                 "Against {} (`{}`), image by image on the {} validation images: {:+.2} points, {} {} only the chosen run gets right and {} only `{}`, 95% interval [{:+.2}, {:+.2}], McNemar's exact p {:.4}.",
@@ -144,10 +192,51 @@ pub fn pair_line(p: &ChoicePair) -> String {
                 c.mcnemar_p()
             )
         }
-        Err(reason) => format!(
+        PairOutcome::NotScored(reason) => format!(
             "Against {} (`{}`): not scored image by image: {reason}.",
             p.role, p.other
         ),
+        PairOutcome::Seeds { seeds, comparison } => {
+            let c = comparison;
+            let points = |d: &[f64]| {
+                d.iter()
+                    .map(|x| format!("{:+.2}", 100.0 * x))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            };
+            let interval = match (c.ci95_over_seeds(), c.ci95_over_seeds_unpaired()) {
+                (Some((lo, hi)), _) => format!(
+                    "Student's t 95% interval over seeds [{:+.2}, {:+.2}]",
+                    100.0 * lo,
+                    100.0 * hi
+                ),
+                (None, Some((lo, hi))) => format!(
+                    "Welch's 95% interval over seeds [{:+.2}, {:+.2}]",
+                    100.0 * lo,
+                    100.0 * hi
+                ),
+                (None, None) => "no interval from a single seed".to_string(),
+            };
+            format!(
+                "Against {} (`{}`), on the test images over {} {}: {:+.2} points{}, {interval}; `distill eval --arm` compares the runs image by image too.",
+                p.role,
+                p.other,
+                match seeds.len() {
+                    1 => "seed".to_string(),
+                    _ => "seeds".to_string(),
+                },
+                seeds
+                    .iter()
+                    .map(|s| s.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                100.0 * c.difference(),
+                match c.seed_differences() {
+                    Some(d) => format!(" (seed by seed {})", points(d)),
+                    None => " (the two ran other seeds)".to_string(),
+                },
+            )
+        }
     }
 }
 
@@ -179,6 +268,60 @@ mod tests {
     }
 
     #[test]
+    fn settings_of_several_seeds_are_compared_seed_by_seed() {
+        let with = |seeds: &[(u64, f64)]| {
+            let mut r = result("mlp:784-8-10", 100, RunKind::BASELINE, 0.8);
+            r.seed_runs = seeds
+                .iter()
+                .map(|&(seed, acc)| {
+                    let mut s = result("mlp:784-8-10", 100, RunKind::BASELINE, acc);
+                    s.seed = seed;
+                    s
+                })
+                .collect();
+            r
+        };
+        let at = |run| Choice {
+            run,
+            epoch: 3,
+            val_accuracy: Some(0.8),
+            test_accuracy: Some(0.8),
+            on_test: false,
+        };
+        let base = with(&[(0, 0.80), (1, 0.81), (2, 0.79)]);
+        let kd = with(&[(0, 0.81), (1, 0.83), (2, 0.80)]);
+        let outcome = over_seeds(&at(&kd), &at(&base));
+        let PairOutcome::Seeds { seeds, comparison } = &outcome else {
+            panic!("{outcome:?}")
+        };
+        assert_eq!(seeds, &vec![0, 1, 2]);
+        let d = comparison.seed_differences().unwrap();
+        assert!((d[1] - 0.02).abs() < 1e-12);
+        let line = pair_line(&ChoicePair {
+            role: "the baseline",
+            chosen: "kd".into(),
+            other: "base".into(),
+            outcome,
+        });
+        assert!(
+            line.starts_with("Against the baseline (`base`), on the test images over seeds 0, 1, 2: +1.33 points (seed by seed +1.00, +2.00, +1.00), Student's t 95% interval over seeds ["),
+            "{line}"
+        );
+        // Other seeds: Welch's interval, unpaired.
+        let other = with(&[(3, 0.80), (4, 0.82)]);
+        let line = pair_line(&ChoicePair {
+            role: "the baseline",
+            chosen: "kd".into(),
+            other: "base".into(),
+            outcome: over_seeds(&at(&kd), &at(&other)),
+        });
+        assert!(
+            line.contains("(the two ran other seeds), Welch's"),
+            "{line}"
+        );
+    }
+
+    #[test]
     fn the_line_states_the_counts_interval_and_p() {
         let c = PairedComparison {
             n: 1000,
@@ -190,7 +333,7 @@ mod tests {
             role: "the baseline",
             chosen: "kd".into(),
             other: "base".into(),
-            outcome: Ok(c),
+            outcome: PairOutcome::Images(c),
         });
         assert!(line.starts_with("Against the baseline (`base`)"), "{line}");
         assert!(
@@ -204,7 +347,7 @@ mod tests {
             role: "the runner-up",
             chosen: "kd".into(),
             other: "kd2".into(),
-            outcome: Err("why".into()),
+            outcome: PairOutcome::NotScored("why".into()),
         });
         assert_eq!(
             skipped,
