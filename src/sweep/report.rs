@@ -300,12 +300,17 @@ fn validation_noise(results: &[RunResult], v: usize) -> Option<String> {
         .filter_map(|r| r.best_epoch().and_then(|b| b.val_accuracy))
         .reduce(f64::max)?;
     let se = (best * (1.0 - best) / v as f64).sqrt();
+    let seeds = results.iter().any(|r| r.name != r.setting);
     Some(format!(
-        "At {} on {v} samples one run's validation accuracy has a standard error of {:.2} points (binomial), so settings within a few tenths of a point of each other are not told apart by this split. \
-         Each student's section scores the chosen run against the baseline and the runner-up image by image (McNemar's test); \
-         `distill eval --split val --model A --model B` does the same for any two runs.",
+        "At {} on {v} samples one run's validation accuracy has a standard error of {:.2} points (binomial), so settings within a few tenths of a point of each other are not told apart by this split. {}",
         pct(Some(best)),
-        100.0 * se
+        100.0 * se,
+        match seeds {
+            false => "Each student's section scores the chosen run against the baseline and the runner-up image by image (McNemar's test); \
+                      `distill eval --split val --model A --model B` does the same for any two runs.",
+            true => "Each student's section compares the chosen setting with the baseline and the runner-up seed by seed on the test images (Student's t interval over seeds); \
+                     `distill eval --arm NAME=RUN,RUN,... --arm ...` compares settings over images and over seeds.",
+        }
     ))
 }
 
