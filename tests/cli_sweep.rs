@@ -371,7 +371,7 @@ fn a_sweep_over_batch_sizes_measures_against_the_strongest_baseline() {
     );
     let test = strongest["test_accuracy"].parse::<f64>().unwrap();
     let setting = match strongest["augment"] {
-        "" => format!("batch {}, epoch 1 of 1", strongest["batch"]),
+        "" => format!("plain, batch {}, epoch 1 of 1", strongest["batch"]),
         a => format!("`{a}`, batch {}, epoch 1 of 1", strongest["batch"]),
     };
     assert!(
@@ -424,6 +424,22 @@ fn a_sweep_over_batch_sizes_measures_against_the_strongest_baseline() {
         ],
         &["--baseline-augments", "unknown item 'spin'"],
     );
+    // An augmentation the images cannot take is refused before any run
+    // trains (the plain baselines come first in the plan).
+    let err = fails(
+        cwd,
+        &[
+            "sweep",
+            "--config",
+            "sweep.toml",
+            "--out",
+            "other",
+            "--baseline-augments",
+            "cutout=30",
+        ],
+        &["--baseline-augments", "cutout=30"],
+    );
+    assert!(!cwd.join("other/runs").exists(), "{err}");
 }
 
 #[test]
@@ -477,7 +493,9 @@ fn a_sweep_of_several_seeds_chooses_and_reports_the_means() {
         );
         for e in 0..2 {
             let val = (a[e].0 + b[e].0) / 2.0;
-            if best.is_none_or(|(v, ..)| val > v) {
+            // As the report chooses: the best mean, then the earlier epoch,
+            // then the earlier setting.
+            if best.is_none_or(|(v, _, ep, _)| val > v || (val == v && e + 1 < ep)) {
                 best = Some((val, setting, e + 1, (a[e].1 + b[e].1) / 2.0));
             }
         }

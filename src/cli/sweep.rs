@@ -90,7 +90,8 @@ pub struct SweepArgs {
     /// with a cache, chosen on validation; 1 is the baseline's, see --baseline).
     #[arg(long, value_delimiter = ',', allow_negative_numbers = true)]
     alphas: Vec<f32>,
-    /// Also train each student on hard labels alone (once per batch size).
+    /// Also train each student on hard labels alone (at each batch size and
+    /// with each seed).
     #[arg(long)]
     baseline: bool,
     /// Also train each student on hard labels with each of these
@@ -147,10 +148,11 @@ pub struct SweepArgs {
     #[arg(long)]
     window_blocks: Option<usize>,
     /// Fraction of the training split every run holds out for validation,
-    /// on which the report chooses T, alpha and the epoch (default 0.1).
+    /// on which the report chooses T, alpha, the batch size and the epoch
+    /// (default 0.1).
     #[arg(long, allow_negative_numbers = true)]
     val_fraction: Option<f64>,
-    /// Draw the validation split from this seed instead of --seed: the
+    /// Draw the validation split from this seed instead of each run's own: the
     /// teacher's, so that no validation image trained the teacher (its
     /// accuracy there would flatter the distilled runs).
     #[arg(long)]

@@ -69,8 +69,9 @@ pub struct SweepConfig {
     /// Fraction of the training split every run holds out for validation
     /// (the same samples in every run of a seed); settings are chosen on it.
     pub val_fraction: f64,
-    /// The seed the validation split is drawn from, when not `seed` (e.g.
-    /// the teacher's, so that no validation image trained the teacher).
+    /// The seed the validation split is drawn from, when not each run's own
+    /// (e.g. the teacher's, so that no validation image trained the
+    /// teacher, and every run of every seed holds out the same images).
     pub val_seed: Option<u64>,
     /// The decay of the moving average of the weights every run evaluates
     /// and writes (`train --ema`), if any.
@@ -200,8 +201,21 @@ impl SweepConfig {
         let baselines = u128::from(self.baseline) + augmented;
         let runs = students * seeds * batches * (temperatures * alphas + baselines);
         if runs > MAX_RUNS as u128 {
+            // Blamed on the longest list (the first of the longest).
+            let lists = [
+                ("students", students),
+                ("seeds", seeds),
+                ("batch_sizes", batches),
+                ("temperatures", temperatures),
+                ("alphas", alphas),
+                ("baseline_augments", augmented),
+            ];
+            let longest = lists
+                .iter()
+                .fold(lists[0], |best, &l| if l.1 > best.1 { l } else { best })
+                .0;
             return Err(cfg_err(
-                "students",
+                longest,
                 format!(
                     "{students} students x {}{}({temperatures} temperatures x {alphas} alphas{}) \
                      is {runs} runs; a sweep has at most {MAX_RUNS}: split it into several \
@@ -230,8 +244,8 @@ impl SweepConfig {
     }
 
     /// The training config of `student`'s plain hard-label baseline at the
-    /// first batch size; the other runs differ in their loss, batch size or
-    /// augmentation.
+    /// first batch size and seed; the other runs differ in their loss, batch
+    /// size, seed or augmentation.
     pub fn train_config(&self, student: &str) -> TrainConfig {
         TrainConfig {
             spec: student.to_string(),
@@ -498,6 +512,8 @@ impl SweepSettings {
         if let Some(a) = self.baseline_augments {
             cfg.baseline_augments = a
                 .iter()
+                .map(|text| text.trim())
+                .filter(|text| !text.is_empty())
                 .map(|text| {
                     Augment::parse(text).map_err(|e| {
                         let message = match e {
@@ -506,7 +522,7 @@ impl SweepSettings {
                         };
                         Error::Config {
                             field: "baseline_augments".into(),
-                            message: match message.contains(text.as_str()) {
+                            message: match message.contains(text) {
                                 true => message,
                                 false => format!("'{text}': {message}"),
                             },
@@ -795,6 +811,14 @@ mod tests {
         };
         let c = SweepConfig::resolve(flags, Some(&one)).unwrap();
         assert_eq!(c.batch_sizes, vec![64, 256]);
+        // A grid past MAX_RUNS is blamed on its longest list.
+        let flags = SweepSettings {
+            seeds: Some((0..100).collect()),
+            batches: Some((1..=101).collect()),
+            ..SweepSettings::default()
+        };
+        let e = SweepConfig::resolve(flags, Some(&path)).unwrap_err();
+        assert_eq!(field(e), "batch_sizes");
         // Both in one file, a bad size in a list, an empty list.
         let (_dir, both) = file("students = [\"mlp:784-16-10\"]\nbatch = 8\nbatches = [8]\n");
         let e = SweepConfig::resolve(SweepSettings::default(), Some(&both)).unwrap_err();
@@ -820,6 +844,42 @@ mod tests {
             e.to_string().contains("key `batch`: 0 must be between"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn seeds_are_a_list_that_one_seed_replaces() {
+        let (_dir, path) = file("students = [\"mlp:784-16-10\"]\nseeds = [2, 0, 2]\n");
+        let c = SweepConfig::resolve(SweepSettings::default(), Some(&path)).unwrap();
+        assert_eq!(c.seeds, vec![2, 0, 2]);
+        assert_eq!(plan(&c).unwrap().len(), 2);
+        let flags = SweepSettings {
+            seed: Some(5),
+            ..SweepSettings::default()
+        };
+        assert_eq!(
+            SweepConfig::resolve(flags, Some(&path)).unwrap().seeds,
+            vec![5]
+        );
+        let (_dir, both) = file("students = [\"mlp:784-16-10\"]\nseed = 1\nseeds = [1]\n");
+        let e = SweepConfig::resolve(SweepSettings::default(), Some(&both)).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("key `seeds`: both `seed` and `seeds`"),
+            "{e}"
+        );
+        let (_dir, none) = file("students = [\"mlp:784-16-10\"]\nseeds = []\n");
+        let e = SweepConfig::resolve(SweepSettings::default(), Some(&none)).unwrap_err();
+        assert!(
+            e.to_string().contains("key `seeds`: name at least one"),
+            "{e}"
+        );
+        // Empty items of a list of augmentations are dropped.
+        let flags = SweepSettings {
+            baseline_augments: Some(vec!["flip".into(), " ".into()]),
+            ..SweepSettings::default()
+        };
+        let c = SweepConfig::resolve(flags, Some(&path)).unwrap();
+        assert_eq!(c.baseline_augments.len(), 1);
     }
 
     #[test]

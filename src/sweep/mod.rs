@@ -2,11 +2,11 @@
 //! report that compares them.
 //!
 //! A sweep is the reason to cache a teacher. [`SweepConfig`] names the
-//! students, temperatures, loss weights and batch sizes; [`plan`] expands it
-//! into one [`PlannedRun`] per (student, T, alpha, batch size), plus each
-//! student's hard-label baselines (plain, and with each augmentation the
-//! config names) at each batch size, each with its own directory under
-//! `OUT/runs/`. [`run_sweep`]
+//! students, temperatures, loss weights, batch sizes and seeds; [`plan`]
+//! expands it into one [`PlannedRun`] per (student, T, alpha, batch size,
+//! seed), plus each student's hard-label baselines (plain, and with each
+//! augmentation the config names) at each batch size and seed, each with
+//! its own directory under `OUT/runs/`. [`run_sweep`]
 //! trains them one after another or several at once, all streaming the same
 //! open [`CacheReader`](crate::cache::CacheReader). A run whose `model.json` exists and records the same
 //! config, data and cache is finished and is skipped, and an interrupted run
@@ -15,10 +15,13 @@
 //!
 //! The report ([`collect_results`], [`write_report`]) is rebuilt from the
 //! runs' own `model.json` cards and curves every time, so `report.md`,
-//! `results.csv` and the plots always agree with them. Every run holds out
-//! the same validation split; the report chooses T, alpha, the batch size
-//! and the epoch per student on it ([`choose`]), and the strongest baseline
-//! likewise, and states test accuracy for the chosen settings only.
+//! `results.csv` and the plots always agree with them. Every run of a seed
+//! holds out the same validation split (every run, with `val-seed`); the
+//! report chooses T, alpha, the batch size and the epoch per student on it
+//! ([`choose`]), and the strongest baseline likewise, and states test
+//! accuracy for the chosen settings only. With several seeds each setting
+//! is pooled over them first ([`pool_seeds`]): the choice is made on the
+//! mean validation accuracy and the figures are means.
 //!
 //! On a scheduler a sweep is a job array: the plan's order gives each run a
 //! stable index, [`run_only`] trains one index (writing only that run's
@@ -65,8 +68,9 @@
 //! One file per concept: [`SweepConfig`] (`config.rs`), the plan
 //! (`plan.rs`), running it (`run.rs`), the results read from the cards
 //! (`results.rs`), the teacher's figures (`teacher.rs`), the chosen run
-//! against the baseline and the runner-up image by image
-//! (`significance.rs`), the report (`report.rs`) and its plots ([`plot`]).
+//! against the strongest baseline and the runner-up, image by image or
+//! seed by seed (`significance.rs`), the report (`report.rs`) and its
+//! plots ([`plot`]).
 
 mod config;
 mod plan;
@@ -84,14 +88,14 @@ pub use report::{
     ReportContext, CSV_HEADER, PARETO_PNG, REPORT_MD, RESULTS_CSV, TEMPERATURE_PNG,
 };
 pub use results::{
-    by_student, choose, chosen_results, collect_results, pareto_front, Choice, CurveEpoch,
-    RunResult, StudentRow,
+    by_student, choose, chosen_results, collect_results, pareto_front, pool_seeds, Choice,
+    CurveEpoch, RunResult, StudentRow,
 };
 pub use run::{
     report_only, run_and_report, run_only, run_state, run_sweep, Expect, OpenInputs, RunOutcome,
     RunState, SweepDone, SweepInputs, SweepSummary,
 };
-pub use significance::{choice_pairs, pair_line, ChoicePair};
+pub use significance::{choice_pairs, pair_line, ChoicePair, PairOutcome};
 pub use teacher::{
     teacher_dir, teacher_forward_timing, teacher_summary, Savings, TeacherSummary, TeacherTiming,
     TEACHER_TIMING_FILE,

@@ -1,6 +1,7 @@
 //! A sweep's plan: one [`PlannedRun`] per (student, T, alpha), plus each
 //! student's hard-label baselines (plain and augmented), each at every
-//! batch size of the grid and with its own directory under `OUT/runs/`.
+//! batch size of the grid and with every seed, and with its own directory
+//! under `OUT/runs/`.
 
 use std::path::{Path, PathBuf};
 

@@ -458,7 +458,7 @@ impl Panel<'_> {
                     color.stroke_width(1),
                 ))
                 .map_err(e)?
-                .label(format!("{student} baseline (dashed)"))
+                .label(format!("{student} best baseline (dashed)"))
                 .legend(move |(x, y)| {
                     EmptyElement::at((x, y))
                         + PathElement::new(vec![(0, 0), (8, 0)], color.stroke_width(1))

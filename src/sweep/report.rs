@@ -7,10 +7,12 @@
 //! ([`super::choose`]) and states test accuracy for the chosen settings
 //! only; every run's validation figures are in its tables and in
 //! `results.csv` (which, as the raw record of the cards, also keeps each
-//! run's last-epoch test accuracy). Below each student's table the chosen
-//! run is scored against the baseline and the runner-up image by image
-//! ([`super::significance`]). Runs of the plan that have not finished are
-//! listed as missing.
+//! run's last-epoch test accuracy). A sweep of several seeds is reported
+//! per setting, each figure the mean over its seeds ([`pool_seeds`]).
+//! Below each student's table the chosen run is compared with the strongest
+//! baseline and the runner-up, image by image or, with several seeds, seed
+//! by seed ([`super::significance`]). Runs of the plan that have not
+//! finished are listed as missing.
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
@@ -154,10 +156,13 @@ pub struct ReportContext<'a> {
     pub cache_description: String,
     /// Runs of the plan not finished: (plan index, name).
     pub missing: &'a [(usize, String)],
-    /// How many of the validation images the teacher trained on.
+    /// How many of the validation images the teacher trained on: for the
+    /// one split every run holds out, or, where the seeds draw their own,
+    /// the split with the most (and its seed).
     pub val_overlap: Option<TeacherOverlap>,
-    /// Per student, the chosen distilled run against the baseline and the
-    /// runner-up, image by image on validation (`significance.rs`).
+    pub val_overlap_seed: Option<u64>,
+    /// Per student, the chosen distilled run against the strongest baseline
+    /// and the runner-up (`significance.rs`).
     pub choice_pairs: HashMap<String, Vec<ChoicePair>>,
 }
 
@@ -189,6 +194,7 @@ pub fn report_markdown(results: &[RunResult], ctx: &ReportContext<'_>) -> String
 /// The title, the settings, the teacher and how to read the tables.
 fn intro(s: &mut String, results: &[RunResult], ctx: &ReportContext<'_>) {
     let cfg = ctx.cfg;
+    let seeds = super::plan::dedup(&cfg.seeds);
     let _ = writeln!(s, "# Distillation sweep\n");
     let _ = writeln!(
         s,
@@ -207,7 +213,7 @@ fn intro(s: &mut String, results: &[RunResult], ctx: &ReportContext<'_>) {
         },
         cfg.optimizer.kind,
         cfg.optimizer.lr,
-        match super::plan::dedup(&cfg.seeds).as_slice() {
+        match seeds.as_slice() {
             [one] => format!("seed {one}"),
             many => format!(
                 "every setting with seeds {} (each setting's figures are the means over its seeds)",
@@ -236,24 +242,31 @@ fn intro(s: &mut String, results: &[RunResult], ctx: &ReportContext<'_>) {
                  For each student the distilled setting (T, alpha, batch size and the epoch) with the best validation accuracy is chosen, and the strongest baseline likewise (its augmentation, batch size and epoch); \
                  test accuracy is stated for the chosen settings only, measured after the chosen epoch. \
                  Gain is the chosen distilled run's test accuracy minus the chosen baseline's, in percentage points. Train time sums all of a student's runs.\n",
-                match (cfg.val_seed, cfg.seeds.len()) {
+                match (cfg.val_seed, seeds.len()) {
                     (None, n) if n > 1 => "its seed's",
                     _ => "the same",
                 },
                 v,
                 cfg.val_fraction,
-                match (cfg.val_seed, cfg.seeds.as_slice()) {
+                match (cfg.val_seed, seeds.as_slice()) {
                     (Some(s), _) => format!("seed {s}"),
                     (None, [one]) => format!("seed {one}"),
                     (None, _) => "the run's own seed".to_string(),
                 }
             );
+            let whose = match ctx.val_overlap_seed {
+                Some(seed) => format!(" (seed {seed}'s split, the most among the seeds' splits)"),
+                None => String::new(),
+            };
             if let Some(noise) = validation_noise(results, v) {
                 let _ = writeln!(s, "{noise}\n");
             }
             match &ctx.val_overlap {
                 Some(TeacherOverlap::Known { trained: 0, .. }) => {
-                    let _ = writeln!(s, "None of the validation samples trained the teacher.\n");
+                    let _ = match ctx.val_overlap_seed {
+                        Some(_) => writeln!(s, "None of the validation samples of any seed's split trained the teacher.\n"),
+                        None => writeln!(s, "None of the validation samples trained the teacher.\n"),
+                    };
                 }
                 Some(TeacherOverlap::Known {
                     teacher,
@@ -263,7 +276,7 @@ fn intro(s: &mut String, results: &[RunResult], ctx: &ReportContext<'_>) {
                 }) => {
                     let _ = writeln!(
                         s,
-                        "**{trained} of the {v} validation samples trained the teacher** (`{}`): a distilled student's accuracy on them flatters it against hard labels, so the choice leans towards distillation. {}\n",
+                        "**{trained} of the {v} validation samples trained the teacher**{whose} (`{}`): a distilled student's accuracy on them flatters it against hard labels, so the choice leans towards distillation. {}\n",
                         teacher.display(),
                         match teacher_split {
                             Some((seed, _)) => format!("`--val-seed {seed}` draws the split the teacher held out."),
@@ -331,6 +344,13 @@ fn missing(s: &mut String, missing: &[(usize, String)]) {
     let _ = writeln!(s);
 }
 
+/// Whether a student's baselines include augmented ones.
+fn augmented(row: &StudentRow<'_>) -> bool {
+    row.baselines
+        .iter()
+        .any(|r| matches!(r.kind, RunKind::Baseline { augment: Some(_) }))
+}
+
 /// Whether the runs were trained at more than one batch size.
 fn batches_vary(results: &[RunResult]) -> bool {
     results
@@ -339,14 +359,16 @@ fn batches_vary(results: &[RunResult]) -> bool {
 }
 
 /// "T 4, alpha 0.5, epoch 3 of 3" for a chosen distilled run, "shift=1,
-/// epoch 3 of 3" for an augmented baseline; with the batch size where
-/// `batch` says the sweep varies it.
-fn setting(c: &Choice<'_>, batch: bool) -> String {
+/// epoch 3 of 3" for an augmented baseline ("plain, ..." for a plain one
+/// where `plain` says there were augmented ones); with the batch size
+/// where `batch` says the sweep varies it.
+fn setting(c: &Choice<'_>, batch: bool, plain: bool) -> String {
     let mut items = match c.run.kind {
         RunKind::Distilled { temperature, alpha } => {
             vec![format!("T {temperature}"), format!("alpha {alpha}")]
         }
         RunKind::Baseline { augment: Some(a) } => vec![format!("`{a}`")],
+        RunKind::Baseline { augment: None } if plain => vec!["plain".to_string()],
         RunKind::Baseline { augment: None } => Vec::new(),
     };
     if batch {
@@ -372,7 +394,7 @@ fn summary(s: &mut String, rows: &[StudentRow<'_>], batch: bool) {
             s,
             "- `{}`: distilled at **{}** ({how}): **{}** test{}{}.",
             row.student,
-            setting(&c, batch),
+            setting(&c, batch, false),
             pct(c.test_accuracy),
             match c.run.seed_runs.len() {
                 0 => String::new(),
@@ -386,7 +408,7 @@ fn summary(s: &mut String, rows: &[StudentRow<'_>], batch: bool) {
                         _ => "strongest ",
                     },
                     pct(b.test_accuracy),
-                    setting(&b, batch),
+                    setting(&b, batch, augmented(row)),
                     gain(c.test_accuracy, b.test_accuracy)
                 ),
                 None => String::new(),
@@ -449,7 +471,11 @@ fn student_section(s: &mut String, row: &StudentRow<'_>, pairs: &[ChoicePair]) {
     );
     let _ = writeln!(
         s,
-        "| run | T | alpha | best validation epoch | validation accuracy | over the baseline's | last-epoch validation | test accuracy (chosen only) | teacher agreement | train time |"
+        "| run | T | alpha | best validation epoch | validation accuracy | over the {}baseline's | last-epoch validation | test accuracy (chosen only) | teacher agreement | train time |",
+        match row.baselines.len() {
+            0 | 1 => "",
+            _ => "strongest ",
+        }
     );
     let _ = writeln!(s, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     for r in row.baselines.iter().chain(&row.distilled).copied() {
@@ -472,9 +498,10 @@ fn student_section(s: &mut String, row: &StudentRow<'_>, pairs: &[ChoicePair]) {
             s,
             "| `{}`{} | {} | {} | {} | {} | {} | {} | {} | {} | {:.1} s |",
             r.name,
-            match r.seed_runs.len() {
-                0 => String::new(),
-                n => format!(" ({n} seeds)"),
+            match (r.seed_runs.len(), r.missing_seeds) {
+                (0, _) => String::new(),
+                (n, 0) => format!(" ({n} seeds)"),
+                (n, m) => format!(" ({n} of {} seeds: not chosen)", n + m),
             },
             t,
             a,
@@ -582,16 +609,42 @@ pub fn report_sweep<D: Backend>(
         open.test.as_ref(),
         teacher.map(|(dir, _)| dir),
     );
-    let val_overlap = match (teacher, cfg.students.first()) {
-        (Some((dir, _)), Some(student)) => run_overlap(
-            &cfg.train_config(student),
-            dir,
-            Some(&open.cache.first().manifest().teacher.fingerprint),
-            &open.train.fingerprint().0,
-            open.train.len(),
-        )?,
-        _ => None,
+    // Each seed draws its own split unless `val-seed` names one: the
+    // split the teacher trained most of is the one to warn about.
+    let split_seeds = match cfg.val_seed {
+        Some(_) => vec![None],
+        None => super::plan::dedup(&cfg.seeds)
+            .into_iter()
+            .map(Some)
+            .collect(),
     };
+    let mut val_overlap = None;
+    let mut val_overlap_seed = None;
+    if let (Some((dir, _)), Some(student)) = (teacher, cfg.students.first()) {
+        for seed in &split_seeds {
+            let mut config = cfg.train_config(student);
+            config.seed = seed.unwrap_or(config.seed);
+            let overlap = run_overlap(
+                &config,
+                dir,
+                Some(&open.cache.first().manifest().teacher.fingerprint),
+                &open.train.fingerprint().0,
+                open.train.len(),
+            )?;
+            let worse = match (&val_overlap, &overlap) {
+                (None, _) => true,
+                (
+                    Some(TeacherOverlap::Known { trained: a, .. }),
+                    Some(TeacherOverlap::Known { trained: b, .. }),
+                ) => b > a,
+                _ => false,
+            };
+            if worse {
+                val_overlap = overlap;
+                val_overlap_seed = seed.filter(|_| split_seeds.len() > 1);
+            }
+        }
+    }
     let ctx = ReportContext {
         cfg,
         teacher: teacher_summary.as_ref(),
@@ -599,6 +652,7 @@ pub fn report_sweep<D: Backend>(
         cache_description: cache_description(&open.cache),
         missing,
         val_overlap,
+        val_overlap_seed,
         choice_pairs: choice_pairs(
             device,
             &cfg.out,

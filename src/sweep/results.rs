@@ -7,14 +7,17 @@
 //! (T, alpha, epoch) with the validation accuracy measured after it; the
 //! chosen one has the highest, the earliest epoch and then the first run in
 //! plan order winning ties. Its test accuracy, measured after that same
-//! epoch, is the figure the report states. The baseline's epoch is chosen
-//! the same way. Runs without a validation split (`val-fraction` 0) are
+//! epoch, is the figure the report states. The strongest baseline (its
+//! augmentation, batch size and epoch) is chosen the same way among the
+//! hard-label runs. Runs without a validation split (`val-fraction` 0) are
 //! chosen on the test split instead, and [`Choice::on_test`] says so.
 //!
 //! **Several seeds.** A sweep of several seeds trains every setting once
 //! per seed; [`pool_seeds`] makes each setting one result whose curve is the
 //! mean over its seeds, epoch by epoch, so the choice above is made on the
-//! mean validation accuracy and states the mean test accuracy.
+//! mean validation accuracy and states the mean test accuracy. A setting
+//! some of whose seeds have not finished is shown with the seeds it has but
+//! is not chosen: a mean of fewer seeds is not comparable with the others'.
 
 use std::path::Path;
 
@@ -61,6 +64,9 @@ pub struct RunResult {
     /// A setting pooled over seeds ([`pool_seeds`]): each seed's run, in
     /// plan order; empty for a single run.
     pub seed_runs: Vec<RunResult>,
+    /// Pooled over fewer seeds than the sweep's others (some unfinished):
+    /// listed, never chosen.
+    pub missing_seeds: usize,
 }
 
 impl RunResult {
@@ -105,6 +111,7 @@ impl RunResult {
                 test_accuracy: card.test_accuracy,
             }],
             seed_runs: Vec::new(),
+            missing_seeds: 0,
         })
     }
 
@@ -237,12 +244,17 @@ pub fn pool_seeds(results: &[RunResult]) -> Vec<RunResult> {
         return results.to_vec();
     }
     let mut groups: Vec<Vec<&RunResult>> = Vec::new();
+    let mut index: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
     for r in results {
-        match groups.iter_mut().find(|g| g[0].setting == r.setting) {
-            Some(g) => g.push(r),
-            None => groups.push(vec![r]),
+        match index.get(r.setting.as_str()) {
+            Some(&i) => groups[i].push(r),
+            None => {
+                index.insert(&r.setting, groups.len());
+                groups.push(vec![r]);
+            }
         }
     }
+    let seeds = groups.iter().map(Vec::len).max().unwrap_or(0);
     groups
         .into_iter()
         .map(|g| {
@@ -272,6 +284,7 @@ pub fn pool_seeds(results: &[RunResult]) -> Vec<RunResult> {
                 val_loss: mean_of(g.iter().map(|r| r.val_loss)),
                 curve,
                 seed_runs: g.iter().map(|&r| r.clone()).collect(),
+                missing_seeds: seeds - g.len(),
                 ..first.clone()
             }
         })
@@ -289,15 +302,26 @@ pub struct StudentRow<'a> {
 }
 
 impl<'a> StudentRow<'a> {
-    /// The distilled setting (T, alpha, epoch) chosen on validation.
+    /// The distilled setting (T, alpha, batch size, epoch) chosen on
+    /// validation, among the settings with every seed.
     pub fn chosen(&self) -> Option<Choice<'a>> {
-        choose(self.distilled.iter().copied())
+        choose(
+            self.distilled
+                .iter()
+                .copied()
+                .filter(|r| r.missing_seeds == 0),
+        )
     }
 
     /// The strongest baseline on validation (its augmentation, batch size
     /// and epoch): what the distilled run is measured against.
     pub fn chosen_baseline(&self) -> Option<Choice<'a>> {
-        choose(self.baselines.iter().copied())
+        choose(
+            self.baselines
+                .iter()
+                .copied()
+                .filter(|r| r.missing_seeds == 0),
+        )
     }
 
     /// Total training time of all the student's runs.
@@ -410,6 +434,7 @@ pub(crate) mod tests {
                 test_accuracy: Some(acc),
             }],
             seed_runs: Vec::new(),
+            missing_seeds: 0,
         }
     }
 
@@ -513,6 +538,12 @@ pub(crate) mod tests {
         let c = row.chosen_baseline().unwrap();
         assert_eq!(c.epoch, 2);
         assert!((c.test_accuracy.unwrap() - 0.81).abs() < 1e-12);
+        // A setting with a seed missing is listed but not chosen.
+        let pooled = pool_seeds(&runs[..3]);
+        assert_eq!((pooled[0].missing_seeds, pooled[1].missing_seeds), (0, 1));
+        let row = &by_student(&pooled)[0];
+        assert_eq!(row.distilled.len(), 1);
+        assert_eq!(row.chosen(), None);
     }
 
     #[test]

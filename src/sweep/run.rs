@@ -233,7 +233,8 @@ fn refuse_empty_report(cfg: &SweepConfig, runs: &[PlannedRun], open: &OpenInputs
         0 => String::new(),
         n => format!(
             "; {} holds {n} run{} of another plan ({}): check the students, losses, \
-             temperatures and alphas",
+             temperatures, alphas, baselines, batch sizes and seeds (a sweep of several \
+             batch sizes or seeds names its runs `-bB` or `-sS`)",
             dir.display(),
             if n == 1 { "" } else { "s" },
             others.join(", ")
@@ -443,6 +444,18 @@ pub fn run_sweep<D: Backend>(
             &ModelSpec::parse(&r.student)?,
             &r.config.loss,
         )?;
+        // An augmentation the images cannot take would fail only when its
+        // baseline's turn came.
+        if let RunKind::Baseline { augment: Some(a) } = r.kind {
+            a.check_shape(inputs.train.sample_shape())
+                .map_err(|e| Error::Config {
+                    field: "baseline_augments".into(),
+                    message: match e {
+                        crate::data::DataError::Setting { message, .. } => message,
+                        other => other.to_string(),
+                    },
+                })?;
+        }
     }
     let total = runs.len();
     let next = AtomicUsize::new(0);

@@ -1,6 +1,6 @@
 //! Is the sweep's choice more than chance? Per student, the distilled run
 //! chosen on validation is scored again, image by image, on the validation
-//! images every run held out, against the chosen baseline and against the
+//! images the runs held out, against the strongest baseline and against the
 //! runner-up (the best of the other distilled settings): the images only one
 //! of the two gets right, the difference's 95% interval and McNemar's exact
 //! p-value ([`crate::train::paired::PairedComparison`]).
@@ -48,7 +48,10 @@ pub enum PairOutcome {
     /// Settings of several seeds: each seed's test accuracy after the
     /// chosen epochs, paired by seed where both ran the same seeds.
     Seeds {
+        /// The chosen side's seeds.
         seeds: Vec<u64>,
+        /// The other side's, where they differ.
+        other_seeds: Option<Vec<u64>>,
         comparison: PooledComparison,
     },
     /// Not compared, and why.
@@ -56,7 +59,9 @@ pub enum PairOutcome {
 }
 
 /// For each student with a chosen distilled run, its pairs (by student
-/// spec). Students without validation figures have none.
+/// spec). Students without validation figures have none. A sweep of
+/// several seeds passes its results pooled ([`super::pool_seeds`]); its
+/// pairs are compared over seeds.
 pub fn choice_pairs<D: Backend>(
     device: D,
     out: &Path,
@@ -78,7 +83,7 @@ pub fn choice_pairs<D: Backend>(
             row.distilled
                 .iter()
                 .copied()
-                .filter(|r| r.name != chosen.run.name),
+                .filter(|r| r.name != chosen.run.name && r.missing_seeds == 0),
         );
         let mut mine = Vec::new();
         for (role, other) in [
@@ -153,6 +158,7 @@ fn over_seeds(chosen: &Choice<'_>, other: &Choice<'_>) -> PairOutcome {
     match PooledComparison::of_accuracies(ta, tb, paired) {
         Ok(comparison) => PairOutcome::Seeds {
             seeds: b.seeds(),
+            other_seeds: (!paired).then(|| a.seeds()),
             comparison,
         },
         Err(e) => PairOutcome::NotScored(e.to_string()),
@@ -193,10 +199,20 @@ pub fn pair_line(p: &ChoicePair) -> String {
             )
         }
         PairOutcome::NotScored(reason) => format!(
-            "Against {} (`{}`): not scored image by image: {reason}.",
+            "Against {} (`{}`): not compared: {reason}.",
             p.role, p.other
         ),
-        PairOutcome::Seeds { seeds, comparison } => {
+        PairOutcome::Seeds {
+            seeds,
+            other_seeds,
+            comparison,
+        } => {
+            let list = |s: &[u64]| {
+                s.iter()
+                    .map(|s| s.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            };
             let c = comparison;
             let points = |d: &[f64]| {
                 d.iter()
@@ -225,15 +241,12 @@ pub fn pair_line(p: &ChoicePair) -> String {
                     1 => "seed".to_string(),
                     _ => "seeds".to_string(),
                 },
-                seeds
-                    .iter()
-                    .map(|s| s.to_string())
-                    .collect::<Vec<_>>()
-                    .join(", "),
+                list(seeds),
                 100.0 * c.difference(),
-                match c.seed_differences() {
-                    Some(d) => format!(" (seed by seed {})", points(d)),
-                    None => " (the two ran other seeds)".to_string(),
+                match (c.seed_differences(), other_seeds) {
+                    (Some(d), _) => format!(" (seed by seed {})", points(d)),
+                    (None, Some(o)) => format!(" (`{}` ran seeds {})", p.other, list(o)),
+                    (None, None) => String::new(),
                 },
             )
         }
@@ -291,7 +304,10 @@ mod tests {
         let base = with(&[(0, 0.80), (1, 0.81), (2, 0.79)]);
         let kd = with(&[(0, 0.81), (1, 0.83), (2, 0.80)]);
         let outcome = over_seeds(&at(&kd), &at(&base));
-        let PairOutcome::Seeds { seeds, comparison } = &outcome else {
+        let PairOutcome::Seeds {
+            seeds, comparison, ..
+        } = &outcome
+        else {
             panic!("{outcome:?}")
         };
         assert_eq!(seeds, &vec![0, 1, 2]);
@@ -315,10 +331,7 @@ mod tests {
             other: "base".into(),
             outcome: over_seeds(&at(&kd), &at(&other)),
         });
-        assert!(
-            line.contains("(the two ran other seeds), Welch's"),
-            "{line}"
-        );
+        assert!(line.contains("(`base` ran seeds 3, 4), Welch's"), "{line}");
     }
 
     #[test]
@@ -349,9 +362,6 @@ mod tests {
             other: "kd2".into(),
             outcome: PairOutcome::NotScored("why".into()),
         });
-        assert_eq!(
-            skipped,
-            "Against the runner-up (`kd2`): not scored image by image: why."
-        );
+        assert_eq!(skipped, "Against the runner-up (`kd2`): not compared: why.");
     }
 }
