@@ -474,6 +474,11 @@ pub(crate) mod tests {
             temperature: t,
             alpha: 0.5,
         };
+        with_curve(kind, points)
+    }
+
+    /// A run of `a` of `kind` with per-epoch (validation, test) accuracies.
+    fn with_curve(kind: RunKind, points: &[(f64, f64)]) -> RunResult {
         let mut r = result("a", 100, kind, points.last().unwrap().1);
         r.epochs = points.len();
         r.curve = points
@@ -493,19 +498,9 @@ pub(crate) mod tests {
         // One seed: as they are.
         assert_eq!(pool_seeds(&results()), results());
         let seeded = |seed: u64, kind: RunKind, points: &[(f64, f64)]| {
-            let mut r = result("a", 100, kind, points.last().unwrap().1);
+            let mut r = with_curve(kind, points);
             r.seed = seed;
             r.name = format!("{}-s{seed}", r.setting);
-            r.epochs = points.len();
-            r.curve = points
-                .iter()
-                .enumerate()
-                .map(|(i, &(v, t))| CurveEpoch {
-                    epoch: i + 1,
-                    val_accuracy: Some(v),
-                    test_accuracy: Some(t),
-                })
-                .collect();
             r
         };
         let kd = RunKind::Distilled {
