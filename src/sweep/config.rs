@@ -514,21 +514,7 @@ impl SweepSettings {
                 .iter()
                 .map(|text| text.trim())
                 .filter(|text| !text.is_empty())
-                .map(|text| {
-                    Augment::parse(text).map_err(|e| {
-                        let message = match e {
-                            crate::data::DataError::Setting { message, .. } => message,
-                            other => other.to_string(),
-                        };
-                        Error::Config {
-                            field: "baseline_augments".into(),
-                            message: match message.contains(text) {
-                                true => message,
-                                false => format!("'{text}': {message}"),
-                            },
-                        }
-                    })
-                })
+                .map(|text| Augment::parse(text).map_err(|e| augment_error(e, text)))
                 .collect::<Result<_>>()?;
         }
         // Checked here, where the error can name the setting given.
@@ -576,6 +562,23 @@ impl SweepSettings {
         cfg.ema = self.ema.or(cfg.ema);
         cfg.validate()?;
         Ok(cfg)
+    }
+}
+
+/// An error about the baseline augmentation `text` (its parse, or its fit
+/// to the images), in the sweep's terms: field `baseline_augments`, the
+/// augmentation named.
+pub(crate) fn augment_error(e: crate::data::DataError, text: &str) -> Error {
+    let message = match e {
+        crate::data::DataError::Setting { message, .. } => message,
+        other => other.to_string(),
+    };
+    Error::Config {
+        field: "baseline_augments".into(),
+        message: match message.contains(text) {
+            true => message,
+            false => format!("'{text}': {message}"),
+        },
     }
 }
 

@@ -448,13 +448,7 @@ pub fn run_sweep<D: Backend>(
         // baseline's turn came.
         if let RunKind::Baseline { augment: Some(a) } = r.kind {
             a.check_shape(inputs.train.sample_shape())
-                .map_err(|e| Error::Config {
-                    field: "baseline_augments".into(),
-                    message: match e {
-                        crate::data::DataError::Setting { message, .. } => message,
-                        other => other.to_string(),
-                    },
-                })?;
+                .map_err(|e| super::config::augment_error(e, &a.to_string()))?;
         }
     }
     let total = runs.len();
