@@ -423,6 +423,113 @@ fn snapshots_are_models_of_their_epoch_and_survive_a_resume() {
     assert!(!tmp.path().join("c").exists());
 }
 
+/// `--keep-best` keeps the model of the epoch validation chooses (the
+/// earlier on a tie) in OUT/best/, whose card names the epoch; a resumed
+/// run keeps the same one; a run with nothing held out is refused.
+#[test]
+fn keep_best_keeps_the_model_of_the_best_validation_epoch() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = s(&small_data());
+    // Constant lr 0.01: validation 77.5, 82.5, 82.5, 81.5% on these
+    // images, so the best is epoch 2, tied at 3, and the last is worse.
+    let settings = [
+        "--epochs",
+        "4",
+        "--batch",
+        "64",
+        "--seed",
+        "3",
+        "-q",
+        "--lr",
+        "0.01",
+        "--schedule",
+        "constant",
+        "--keep-best",
+    ];
+    let run = |out: &str, extra: &[&str]| {
+        let a = train_args(
+            &data,
+            "mlp:784-32-10",
+            out,
+            &[&settings[..], extra].concat(),
+        );
+        ok(tmp.path(), &a)
+    };
+    run("a", &[]);
+    let a = tmp.path().join("a");
+    let metrics: Vec<serde_json::Value> = fs::read_to_string(a.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let val: Vec<f64> = metrics
+        .iter()
+        .map(|m| m["val_accuracy"].as_f64().unwrap())
+        .collect();
+    // The earliest epoch of the highest validation accuracy.
+    let top = val.iter().cloned().fold(f64::MIN, f64::max);
+    let want = 1 + val.iter().position(|&v| v == top).unwrap();
+    assert_eq!(want, 2, "validation by epoch: {val:?}");
+    assert!(val[2] == top && val[3] < top, "{val:?}");
+    let best = a.join("best");
+    let card = model_card(&best);
+    assert_eq!(card["snapshot_epoch"], want);
+    assert_eq!(model_card(&a)["best_val_epoch"], want);
+    assert_eq!(
+        fs::read_to_string(best.join("metrics.jsonl"))
+            .unwrap()
+            .lines()
+            .count(),
+        want
+    );
+    // Its weights are that epoch's: they score its validation accuracy.
+    let eval = ok(
+        tmp.path(),
+        &[
+            "eval",
+            "--model",
+            &s(&best),
+            "--data",
+            &data,
+            "--split",
+            "val",
+        ],
+    );
+    assert!(
+        eval.contains(&format!("{:.2}%", 100.0 * top)),
+        "{eval} vs {top}"
+    );
+    let weights = |p: &str| fs::read(tmp.path().join(p).join("model.safetensors")).unwrap();
+    assert_ne!(weights("a/best"), weights("a"));
+    let names: Vec<String> = fs::read_dir(&a)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|n| n.contains("best"))
+        .collect();
+    assert_eq!(names, ["best"]);
+    // Stopped inside epoch 3 (29 steps an epoch) and resumed: the same best.
+    let stop = ["--checkpoint-every", "7", "--stop-after-steps", "70"];
+    run("b", &stop);
+    assert_eq!(model_card(&tmp.path().join("b/best"))["snapshot_epoch"], 2);
+    run("b", &["--resume"]);
+    assert_eq!(weights("b/best"), weights("a/best"));
+    assert_eq!(weights("b"), weights("a"));
+    // What a run killed while replacing best/ left is cleared by the next:
+    // the earlier best/ set aside comes back where best/ is missing.
+    fs::rename(a.join("best"), a.join(".best.old")).unwrap();
+    fs::create_dir(a.join(".best.partial")).unwrap();
+    run("a", &["--overwrite", "--stop-after-steps", "1"]);
+    assert_eq!(model_card(&best)["snapshot_epoch"], 2);
+    assert!(!a.join(".best.old").exists() && !a.join(".best.partial").exists());
+    // Nothing held out: refused before anything is written.
+    fails(
+        tmp.path(),
+        &mlp_args(&data, "c", &["--keep-best", "--val-fraction", "0"]),
+        &["--keep-best", "--val-fraction"],
+    );
+    assert!(!tmp.path().join("c").exists());
+}
+
 /// Two trainers into one directory (a job launched twice): the second is
 /// refused while the first holds the directory's lock, and writes nothing.
 #[test]

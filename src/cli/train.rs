@@ -181,6 +181,12 @@ pub struct TrainArgs {
     /// early-stopped teacher.
     #[arg(long, value_delimiter = ',', value_name = "EPOCHS")]
     snapshot_epochs: Vec<usize>,
+    /// Also keep the model of the best validation epoch (the earlier one
+    /// on a tie) in OUT/best/: a complete model directory whose card names
+    /// the epoch, rewritten whenever validation accuracy rises. Needs a
+    /// validation split (--val-fraction above 0, or --val-fold).
+    #[arg(long)]
+    keep_best: bool,
     /// Stop after N steps, leaving a checkpoint (to test --resume).
     #[arg(long, hide = true)]
     stop_after_steps: Option<u64>,
@@ -282,6 +288,7 @@ pub fn train<D: Backend>(dev: D, a: TrainArgs) -> Result<()> {
         quiet: a.quiet,
         stop_after_steps: a.stop_after_steps,
         snapshot_epochs: a.snapshot_epochs.clone(),
+        keep_best: a.keep_best,
         command: command_line(),
         data_dir: a.data.clone(),
         init: init.as_ref().map(|i| i.tensors.clone()),
@@ -296,6 +303,9 @@ pub fn train<D: Backend>(dev: D, a: TrainArgs) -> Result<()> {
         val_teacher_trained: overlap.as_ref().and_then(TeacherOverlap::trained),
     };
     // What the run would refuse is refused before the line that says what it does.
+    if a.keep_best {
+        distill::train::best::check_split(&cfg, opened.train.len())?;
+    }
     let spec = ModelSpec::parse_for_input(&cfg.spec, opened.train.sample_shape())?;
     opened.sources().check(&cfg, &spec, &dev)?;
     if !a.quiet {

@@ -15,6 +15,7 @@
 //! | `prune.json` | what `distill prune` did |
 //! | `.train.lock` | held (flock) while a training run writes the directory; empty, and left in place |
 //! | `epoch-NNN/` | a model directory of its own: the weights after epoch NNN (`train --snapshot-epochs`) |
+//! | `best/` | a model directory of its own: the weights after the best validation epoch (`train --keep-best`) |
 //!
 //! Anywhere a model is read, a path may also name a `.safetensors` file
 //! directly; the other files are then looked up beside it.
@@ -108,6 +109,12 @@ impl ModelDir {
     /// written its own (`train::outdir`).
     pub fn previous(&self) -> PathBuf {
         self.dir.join("previous")
+    }
+
+    /// The model of the run's best validation epoch (`train --keep-best`,
+    /// [`crate::train::best`]), a model directory of its own.
+    pub fn best(&self) -> PathBuf {
+        self.dir.join("best")
     }
 
     /// What `distill prune` did to make this model.

@@ -181,6 +181,9 @@ pub struct RunOptions {
     /// After each of these epochs (1-based), write the model as it stands
     /// into `OUT/epoch-NNN/`, a complete model directory.
     pub snapshot_epochs: Vec<usize>,
+    /// Keep the model of the best validation epoch in `OUT/best/`
+    /// ([`super::best`]); needs a validation split.
+    pub keep_best: bool,
     /// The command line, recorded in the card.
     pub command: String,
     /// Data directory, recorded in the card.

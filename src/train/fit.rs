@@ -35,6 +35,7 @@ use crate::model::{Backend, ModelDir, ModelSpec, Network};
 use crate::report::plot::training_curves;
 
 use super::average::WeightAverage;
+use super::best;
 use super::card::{CacheRef, ModelCard, OnlineTeacherRef};
 use super::checkpoint::{self, Progress, RunIdentity, RunState};
 use super::config::{RunOptions, TrainConfig};
@@ -87,6 +88,9 @@ pub fn train<D: Backend>(
                 cfg.epochs
             ),
         });
+    }
+    if opts.keep_best {
+        best::check_split(cfg, sources.train.len())?;
     }
     let spec = ModelSpec::parse_for_input(&cfg.spec, sources.train.sample_shape())?;
     sources.check(cfg, &spec, &device)?;
@@ -237,6 +241,8 @@ impl<'a, D: Backend> Run<'a, D> {
             show_progress: !opts.quiet && std::io::stderr().is_terminal(),
             _lock: lock,
         };
+        // What a run killed while replacing `best/` left (under the lock).
+        best::clear_leftovers(&run.dir)?;
         let resumed = run.resume()?;
         write_metrics(&run.dir.metrics(), &run.metrics)?;
         if !resumed {
@@ -474,6 +480,12 @@ impl<'a, D: Backend> Run<'a, D> {
             let net = averaged.as_ref().unwrap_or(&self.net);
             self.write_snapshot(epoch + 1, net)?;
         }
+        if self.opts.keep_best && best::is_new_best(&self.metrics) {
+            let net = averaged.as_ref().unwrap_or(&self.net);
+            best::replace(&self.dir, |dir| {
+                self.write_snapshot_into(dir, epoch + 1, net)
+            })?;
+        }
         self.progress = Progress {
             epoch: epoch + 1,
             position: 0,
@@ -568,6 +580,11 @@ impl<'a, D: Backend> Run<'a, D> {
                 crate::fsutil::remove_if_present(&checkpoint)?;
                 crate::fsutil::fsync_dir(self.dir.path())?;
             }
+            if self.opts.keep_best {
+                if let Some(why) = best::mismatch(&self.dir, &self.metrics) {
+                    eprintln!("warning: the best epoch's model was not kept: {why}");
+                }
+            }
         }
         let network = averaged.unwrap_or(self.net);
         Ok(TrainOutcome {
@@ -587,10 +604,16 @@ impl<'a, D: Backend> Run<'a, D> {
     fn write_snapshot(&self, epoch: usize, net: &Network<D>) -> Result<()> {
         let dir = ModelDir::new(snapshot_dir(self.dir.path(), epoch));
         fs::create_dir_all(dir.path()).map_err(|e| Error::io(dir.path(), e))?;
+        self.write_snapshot_into(&dir, epoch, net)
+    }
+
+    /// Writes the model as it stands after epoch `epoch` into `dir`, which
+    /// exists: card with `snapshot_epoch`, metrics up to that epoch.
+    fn write_snapshot_into(&self, dir: &ModelDir, epoch: usize, net: &Network<D>) -> Result<()> {
         let mut card = self.card(net);
         card.snapshot_epoch = Some(epoch);
         write_metrics(&dir.metrics(), &self.metrics)?;
-        self.write_model(&dir, &card, net)
+        self.write_model(dir, &card, net)
     }
 
     /// Writes `net`'s weights (and `model.py`), the masks, the curves and,

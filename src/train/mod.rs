@@ -22,6 +22,7 @@
 //!   (accuracy, size, FLOPs, throughput, latency); [`paired`]: two models
 //!   on the same images, image by image (McNemar's test); [`recipes`]:
 //!   recipes of several seeds each, scored and compared (`eval --arm`);
+//! - [`best`]: the model of a run's best validation epoch (`keep_best`);
 //! - [`average`]: the moving average of the weights a run may evaluate
 //!   and write instead of its last step's (`ema`);
 //! - [`metrics`], [`card`]: `metrics.jsonl` and `model.json`.
@@ -29,6 +30,7 @@
 //! [`trainer`] keeps the paths of the types from before the split.
 
 pub mod average;
+pub mod best;
 pub mod card;
 pub mod checkpoint;
 pub mod compare;
