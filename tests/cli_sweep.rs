@@ -442,6 +442,83 @@ fn a_sweep_over_batch_sizes_measures_against_the_strongest_baseline() {
     assert!(!cwd.join("other/runs").exists(), "{err}");
 }
 
+/// A sweep keeps each run's best validation epoch (`best/`), so the chosen
+/// runs are scored image by image at the epochs validation chose, and the
+/// report says where the chosen run's weights are.
+#[test]
+fn a_sweep_scores_and_keeps_the_chosen_epochs_weights() {
+    // Constant lr 0.01 over 4 epochs: on these images the runs peak on
+    // validation before their last epoch.
+    let tmp = sweep_dir(
+        "test-cache = \"cache-test\"\nstudents = [\"mlp:784-32-10\"]\n\
+         temperatures = [1, 4]\nepochs = 4\nlr = 0.01\nschedule = \"constant\"\n",
+    );
+    let cwd = tmp.path();
+    sweep(cwd, &["--seed", "3", "-q"]);
+    let out_dir = cwd.join("sweep");
+    let csv = fs::read_to_string(out_dir.join("results.csv")).unwrap();
+    let rows = csv_rows(&csv);
+    assert_eq!(rows.len(), 3, "{csv}");
+    // Every run's best/ holds its best validation epoch.
+    for row in &rows {
+        let best = out_dir.join("runs").join(row["run"]).join("best");
+        assert_eq!(
+            model_card(&best)["snapshot_epoch"].to_string(),
+            row["best_val_epoch"],
+            "{}",
+            row["run"]
+        );
+    }
+    let chosen: Vec<_> = rows.iter().filter(|r| r["chosen"] == "yes").collect();
+    assert_eq!(chosen.len(), 2, "{csv}");
+    // These settings choose both sides before their last epoch.
+    assert!(
+        chosen.iter().all(|r| r["best_val_epoch"] != r["epochs"]),
+        "{csv}"
+    );
+    let distilled = chosen.iter().find(|r| r["kind"] == "distilled").unwrap();
+    let baseline = chosen.iter().find(|r| r["kind"] == "baseline").unwrap();
+    let report = fs::read_to_string(out_dir.join("report.md")).unwrap();
+    assert!(
+        report.contains(&format!(
+            "Weights of the chosen run after epoch {}: `runs/{}/best/`.",
+            distilled["best_val_epoch"], distilled["run"]
+        )),
+        "{report}"
+    );
+    // Scored from those weights on the validation images: the difference
+    // is the one between the two chosen epochs' validation accuracies.
+    let val = |r: &HashMap<&str, &str>| r["best_val_accuracy"].parse::<f64>().unwrap();
+    let line = report
+        .lines()
+        .find(|l| l.starts_with("Against the baseline (`"))
+        .unwrap();
+    assert!(
+        line.contains("image by image on the 200 validation images")
+            && line.contains(&format!(
+                ": {:+.2} points,",
+                100.0 * (val(distilled) - val(baseline))
+            )),
+        "{line}"
+    );
+    assert!(
+        !report.contains("kept only its last epoch's weights"),
+        "{report}"
+    );
+    // A run from before sweeps kept best/: that side is not scored, and
+    // the report says why.
+    fs::remove_dir_all(out_dir.join("runs").join(baseline["run"]).join("best")).unwrap();
+    sweep(cwd, &["--seed", "3", "-q", "--report"]);
+    let report = fs::read_to_string(out_dir.join("report.md")).unwrap();
+    assert!(
+        report.contains(&format!(
+            "`{}` was chosen at epoch {} of 4, and the run kept only its last epoch's weights",
+            baseline["run"], baseline["best_val_epoch"]
+        )),
+        "{report}"
+    );
+}
+
 #[test]
 fn a_sweep_of_several_seeds_chooses_and_reports_the_means() {
     let tmp = sweep_dir("students = [\"mlp:784-16-10\"]\ntemperatures = [2, 4]\nepochs = 2\n");
@@ -531,6 +608,32 @@ fn a_sweep_of_several_seeds_chooses_and_reports_the_means() {
             && report.contains("Student's t 95% interval over seeds"),
         "{report}"
     );
+    // Each seed's weights after the chosen epoch: its own at the last
+    // epoch, its best/ where its own best validation epoch is the chosen
+    // one; the others are named as not kept.
+    let (mut kept, mut lost) = (Vec::new(), Vec::new());
+    for seed in 0..2 {
+        let run = format!("{setting}-s{seed}");
+        let c = curve(&run);
+        let own_best = if c[1].0 > c[0].0 { 2 } else { 1 };
+        match (epoch == 2, own_best == epoch) {
+            (true, _) => kept.push(format!("`runs/{run}/`")),
+            (false, true) => kept.push(format!("`runs/{run}/best/`")),
+            (false, false) => lost.push(format!("`{run}`")),
+        }
+    }
+    let line = report
+        .lines()
+        .find(|l| l.starts_with("Weights of the chosen run after epoch"))
+        .unwrap();
+    assert!(
+        line.starts_with(&format!(
+            "Weights of the chosen run after epoch {epoch}: {}",
+            kept.join(", ")
+        )),
+        "{line}"
+    );
+    assert!(lost.iter().all(|r| line.contains(r.as_str())), "{line}");
     fails(
         cwd,
         &[

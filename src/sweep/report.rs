@@ -164,6 +164,9 @@ pub struct ReportContext<'a> {
     /// Per student, the chosen distilled run against the strongest baseline
     /// and the runner-up (`significance.rs`).
     pub choice_pairs: HashMap<String, Vec<ChoicePair>>,
+    /// Per student, where the chosen distilled run's weights after its
+    /// chosen epoch are ([`chosen_weights`]).
+    pub chosen_weights: HashMap<String, String>,
 }
 
 /// Images per forward pass when the report scores runs on validation
@@ -181,7 +184,8 @@ pub fn report_markdown(results: &[RunResult], ctx: &ReportContext<'_>) -> String
     summary(&mut s, &rows, batches_vary(results));
     for row in &rows {
         let pairs = ctx.choice_pairs.get(row.student).map(Vec::as_slice);
-        student_section(&mut s, row, pairs.unwrap_or_default());
+        let weights = ctx.chosen_weights.get(row.student).map(String::as_str);
+        student_section(&mut s, row, pairs.unwrap_or_default(), weights);
     }
     savings(&mut s, ctx.savings);
     let _ = writeln!(
@@ -456,7 +460,12 @@ fn summary(s: &mut String, rows: &[StudentRow<'_>], batch: bool) {
 /// A student's section: every run's validation figures, the test accuracy
 /// of the chosen ones, and the chosen run's `pairs` (against the baseline
 /// and the runner-up, image by image).
-fn student_section(s: &mut String, row: &StudentRow<'_>, pairs: &[ChoicePair]) {
+fn student_section(
+    s: &mut String,
+    row: &StudentRow<'_>,
+    pairs: &[ChoicePair],
+    weights: Option<&str>,
+) {
     let chosen: Vec<Choice<'_>> = [row.chosen_baseline(), row.chosen()]
         .into_iter()
         .flatten()
@@ -519,9 +528,60 @@ fn student_section(s: &mut String, row: &StudentRow<'_>, pairs: &[ChoicePair]) {
         );
     }
     let _ = writeln!(s);
+    if let Some(w) = weights {
+        let _ = writeln!(s, "{w}\n");
+    }
     for p in pairs {
         let _ = writeln!(s, "{}\n", pair_line(p));
     }
+}
+
+/// Per student (by spec), a line that says where the chosen distilled
+/// run's weights after its chosen epoch are, relative to the sweep's
+/// folder: the run's own at its last epoch, its `best/` where validation
+/// chose an earlier one ([`crate::train::best::weights_after`]). A setting
+/// of several seeds is chosen on the mean curve, so a seed's `best/` (its
+/// own best epoch) holds the chosen epoch only where the two agree; the
+/// line names the seeds whose weights after it were not kept, and how to
+/// train them again.
+pub fn chosen_weights(out: &Path, pooled: &[RunResult]) -> HashMap<String, String> {
+    let mut lines = HashMap::new();
+    for row in by_student(pooled) {
+        let Some(c) = row.chosen() else { continue };
+        let runs: Vec<&RunResult> = match c.run.seed_runs.is_empty() {
+            true => vec![c.run],
+            false => c.run.seed_runs.iter().collect(),
+        };
+        let (mut kept, mut lost) = (Vec::new(), Vec::new());
+        for r in runs {
+            let dir = out.join(RUNS_DIR).join(&r.name);
+            match crate::train::best::weights_after(&dir, c.epoch, r.epochs) {
+                Some(p) => kept.push(format!(
+                    "`{}/`",
+                    p.strip_prefix(out).unwrap_or(&p).display()
+                )),
+                None => lost.push(format!("`{}`", r.name)),
+            }
+        }
+        let mut line = format!("Weights of the chosen run after epoch {}: ", c.epoch);
+        if !kept.is_empty() {
+            line.push_str(&kept.join(", "));
+        }
+        if !lost.is_empty() {
+            let _ = write!(
+                line,
+                "{}not kept for {} (a run keeps its last epoch's weights, and in `best/` its own best validation epoch's); \
+                 its card's command with `--snapshot-epochs {}` trains them again.",
+                if kept.is_empty() { "" } else { "; " },
+                lost.join(", "),
+                c.epoch
+            );
+        } else {
+            line.push('.');
+        }
+        lines.insert(row.student.to_string(), line);
+    }
+    lines
 }
 
 /// What the cache saved, when the teacher's forward pass was timed.
@@ -660,6 +720,7 @@ pub fn report_sweep<D: Backend>(
             &open.train,
             PAIR_EVAL_BATCH,
         )?,
+        chosen_weights: chosen_weights(&cfg.out, &pool_seeds(&results)),
     };
     write_report(&results, &ctx)
 }

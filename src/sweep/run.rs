@@ -573,8 +573,11 @@ fn train_one<D: Backend>(
         (Some(dir), true) => val_teacher_trained(&run.config, dir, inputs)?,
         _ => None,
     };
+    // Validation chooses the run's epoch: its weights are kept (`best/`).
+    let keep_best = !run.config.validation_split(inputs.train.len())?.is_empty();
     let opts = RunOptions {
         checkpoint_every: Some(cfg.checkpoint_every),
+        keep_best,
         val_teacher_trained,
         resume: true,
         quiet,

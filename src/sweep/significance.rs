@@ -5,10 +5,12 @@
 //! of the two gets right, the difference's 95% interval and McNemar's exact
 //! p-value ([`crate::train::paired::PairedComparison`]).
 //!
-//! A run keeps its last epoch's weights only, so a pair is scored only where
-//! both sides were chosen at their last epoch; otherwise the report says why
-//! it is not. Each run's predictions are computed once and shared by the
-//! pairs that use it.
+//! A side is scored with its weights after its chosen epoch: the run's own
+//! at its last epoch, else those its best validation epoch left in
+//! `best/` (`train --keep-best`, which a sweep's runs use), which is the
+//! epoch validation chooses for a single run. A run without them (trained
+//! before sweeps kept them) is not scored, and the report says why. Each
+//! run's predictions are computed once and shared by the pairs that use it.
 //!
 //! A sweep of several seeds compares settings over seeds instead: each
 //! seed's test accuracy after each side's chosen epoch (from the curves,
@@ -17,13 +19,14 @@
 //! the comparison over images from the runs' weights.
 
 use std::collections::HashMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use super::plan::RUNS_DIR;
 use super::results::{by_student, choose, Choice, RunResult};
 use crate::data::Dataset;
 use crate::error::Result;
 use crate::model::{Backend, ModelDir};
+use crate::train::best;
 use crate::train::eval::evaluate_samples;
 use crate::train::paired::{PairedComparison, PooledComparison};
 use crate::train::validation::held_out_by_model;
@@ -102,10 +105,12 @@ pub fn choice_pairs<D: Backend>(
                 });
                 continue;
             }
-            let outcome = match not_comparable(&chosen, &other) {
-                Some(reason) => PairOutcome::NotScored(reason),
-                None => {
-                    let mut scored = |run: &RunResult| -> Result<Vec<u32>> {
+            let outcome = match weights_of(out, &chosen)
+                .and_then(|b| Ok((weights_of(out, &other)?, b)))
+            {
+                Err(reason) => PairOutcome::NotScored(reason),
+                Ok((other_weights, chosen_weights)) => {
+                    let mut scored = |run: &RunResult, weights: &Path| -> Result<Vec<u32>> {
                         if let Some(p) = predictions.get(&run.name) {
                             return Ok(p.clone());
                         }
@@ -120,13 +125,13 @@ pub fn choice_pairs<D: Backend>(
                                 i
                             }
                         };
-                        let net = ModelDir::new(&dir).load(device.clone())?;
+                        let net = ModelDir::new(weights).load(device.clone())?;
                         let p = evaluate_samples(&net, train, &idx, batch)?.predictions;
                         predictions.insert(run.name.clone(), p.clone());
                         Ok(p)
                     };
-                    let b = scored(chosen.run)?;
-                    let a = scored(other.run)?;
+                    let b = scored(chosen.run, &chosen_weights)?;
+                    let a = scored(other.run, &other_weights)?;
                     let idx = indices.as_deref().unwrap_or_default();
                     let y: Vec<u32> = idx.iter().map(|&i| labels[i]).collect();
                     PairOutcome::Images(PairedComparison::of(&a, &b, &y)?)
@@ -165,17 +170,16 @@ fn over_seeds(chosen: &Choice<'_>, other: &Choice<'_>) -> PairOutcome {
     }
 }
 
-/// Why two choices cannot be scored image by image from the saved weights.
-fn not_comparable(chosen: &Choice<'_>, other: &Choice<'_>) -> Option<String> {
-    let late = |c: &Choice<'_>| {
-        (!c.is_last_epoch()).then(|| {
-            format!(
-                "`{}` was chosen at epoch {} of {}, and a run keeps only its last epoch's weights",
-                c.run.name, c.epoch, c.run.epochs
-            )
-        })
-    };
-    late(chosen).or_else(|| late(other))
+/// The weights of a chosen run after its chosen epoch
+/// ([`best::weights_after`]), or why the run kept none.
+fn weights_of(out: &Path, c: &Choice<'_>) -> std::result::Result<PathBuf, String> {
+    let dir = out.join(RUNS_DIR).join(&c.run.name);
+    best::weights_after(&dir, c.epoch, c.run.epochs).ok_or_else(|| {
+        format!(
+            "`{}` was chosen at epoch {} of {}, and the run kept only its last epoch's weights",
+            c.run.name, c.epoch, c.run.epochs
+        )
+    })
 }
 
 /// The report's line for one pair.
@@ -260,10 +264,10 @@ mod tests {
     use crate::sweep::RunKind;
 
     #[test]
-    fn pairs_need_both_sides_at_their_last_epoch() {
+    fn a_side_is_scored_with_its_weights_after_the_chosen_epoch() {
+        let tmp = tempfile::tempdir().unwrap();
         let mut a = result("mlp:784-8-10", 100, RunKind::BASELINE, 0.8);
         a.epochs = 3;
-        let b = a.clone();
         let at = |run, epoch| Choice {
             run,
             epoch,
@@ -271,13 +275,15 @@ mod tests {
             test_accuracy: Some(0.8),
             on_test: false,
         };
-        assert_eq!(not_comparable(&at(&a, 3), &at(&b, 3)), None);
-        let why = not_comparable(&at(&a, 2), &at(&b, 3)).unwrap();
+        let dir = tmp.path().join(RUNS_DIR).join(&a.name);
+        // The last epoch: the run's own weights.
+        assert_eq!(weights_of(tmp.path(), &at(&a, 3)), Ok(dir.clone()));
+        // An earlier one, and no best/ that holds it: not scored.
+        let why = weights_of(tmp.path(), &at(&a, 2)).unwrap_err();
         assert!(
             why.contains("epoch 2 of 3") && why.contains("last epoch"),
             "{why}"
         );
-        assert!(not_comparable(&at(&a, 3), &at(&b, 1)).is_some());
     }
 
     #[test]
