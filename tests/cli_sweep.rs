@@ -505,6 +505,22 @@ fn a_sweep_scores_and_keeps_the_chosen_epochs_weights() {
         !report.contains("kept only its last epoch's weights"),
         "{report}"
     );
+    // On the test images, from the same weights: the chosen epochs' test
+    // accuracies, as the CSV records them.
+    let test = |r: &HashMap<&str, &str>| r["best_val_epoch_test_accuracy"].parse::<f64>().unwrap();
+    let line = report
+        .lines()
+        .find(|l| l.starts_with("On the 1000 test images"))
+        .unwrap();
+    assert!(
+        line.contains(&format!(
+            "`{}` against the strongest baseline `{}`: {:+.2} points, 95% interval over images [",
+            distilled["run"],
+            baseline["run"],
+            100.0 * (test(distilled) - test(baseline))
+        )),
+        "{line}"
+    );
     // A run from before sweeps kept best/: that side is not scored, and
     // the report says why.
     fs::remove_dir_all(out_dir.join("runs").join(baseline["run"]).join("best")).unwrap();
@@ -517,6 +533,7 @@ fn a_sweep_scores_and_keeps_the_chosen_epochs_weights() {
         )),
         "{report}"
     );
+    assert!(!report.contains("On the 1000 test images"), "{report}");
 }
 
 #[test]
@@ -634,6 +651,32 @@ fn a_sweep_of_several_seeds_chooses_and_reports_the_means() {
         "{line}"
     );
     assert!(lost.iter().all(|r| line.contains(r.as_str())), "{line}");
+    // The chosen setting against the baseline on the test images, from
+    // the weights after each side's chosen epoch, where every seed kept
+    // them: the baseline's epoch chosen on its mean curve as the report does.
+    let base = |seed: u64| curve(&format!("mlp-784-16-10_baseline-s{seed}"));
+    let (b0, b1) = (base(0), base(1));
+    let mean_val = |e: usize| (b0[e].0 + b1[e].0) / 2.0;
+    let base_epoch = if mean_val(1) > mean_val(0) { 2 } else { 1 };
+    let base_kept = base_epoch == 2
+        || [&b0, &b1]
+            .iter()
+            .all(|c| (if c[1].0 > c[0].0 { 2 } else { 1 }) == base_epoch);
+    let base_test = (b0[base_epoch - 1].1 + b1[base_epoch - 1].1) / 2.0;
+    let test_line = report
+        .lines()
+        .find(|l| l.starts_with("On the 1000 test images"));
+    match (lost.is_empty() && base_kept, test_line) {
+        (true, Some(l)) => assert!(
+            l.contains(&format!(
+                "`{setting}` against the strongest baseline `mlp-784-16-10_baseline` over seeds 0, 1: {:+.2} points, 95% interval over images [",
+                100.0 * (test - base_test)
+            )) && l.contains("over seeds ["),
+            "{l}"
+        ),
+        (false, None) => {}
+        (kept, l) => panic!("weights kept: {kept}, line: {l:?}"),
+    }
     fails(
         cwd,
         &[

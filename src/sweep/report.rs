@@ -11,8 +11,9 @@
 //! per setting, each figure the mean over its seeds ([`pool_seeds`]).
 //! Below each student's table the chosen run is compared with the strongest
 //! baseline and the runner-up, image by image or, with several seeds, seed
-//! by seed ([`super::significance`]). Runs of the plan that have not
-//! finished are listed as missing.
+//! by seed, and on the test images with the strongest baseline
+//! ([`super::significance`]); a line says where the chosen epoch's weights
+//! are. Runs of the plan that have not finished are listed as missing.
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
@@ -25,7 +26,9 @@ use super::results::{
     by_student, chosen_results, collect_results, pool_seeds, Choice, RunResult, StudentRow,
 };
 use super::run::OpenInputs;
-use super::significance::{choice_pairs, pair_line, ChoicePair};
+use super::significance::{
+    choice_pairs, pair_line, test_comparisons, test_line, ChoicePair, TestComparison,
+};
 use super::teacher::{teacher_forward_timing, teacher_summary, Savings, TeacherSummary};
 use crate::cache::CacheViews;
 use crate::error::{Error, Result};
@@ -167,6 +170,9 @@ pub struct ReportContext<'a> {
     /// Per student, where the chosen distilled run's weights after its
     /// chosen epoch are ([`chosen_weights`]).
     pub chosen_weights: HashMap<String, String>,
+    /// Per student, the chosen setting against the strongest baseline on
+    /// the test images (`significance.rs`).
+    pub test_comparisons: HashMap<String, TestComparison>,
 }
 
 /// Images per forward pass when the report scores runs on validation
@@ -183,9 +189,7 @@ pub fn report_markdown(results: &[RunResult], ctx: &ReportContext<'_>) -> String
     let rows = by_student(&pooled);
     summary(&mut s, &rows, batches_vary(results));
     for row in &rows {
-        let pairs = ctx.choice_pairs.get(row.student).map(Vec::as_slice);
-        let weights = ctx.chosen_weights.get(row.student).map(String::as_str);
-        student_section(&mut s, row, pairs.unwrap_or_default(), weights);
+        student_section(&mut s, row, ctx);
     }
     savings(&mut s, ctx.savings);
     let _ = writeln!(
@@ -460,12 +464,13 @@ fn summary(s: &mut String, rows: &[StudentRow<'_>], batch: bool) {
 /// A student's section: every run's validation figures, the test accuracy
 /// of the chosen ones, and the chosen run's `pairs` (against the baseline
 /// and the runner-up, image by image).
-fn student_section(
-    s: &mut String,
-    row: &StudentRow<'_>,
-    pairs: &[ChoicePair],
-    weights: Option<&str>,
-) {
+fn student_section(s: &mut String, row: &StudentRow<'_>, ctx: &ReportContext<'_>) {
+    let pairs = ctx
+        .choice_pairs
+        .get(row.student)
+        .map(Vec::as_slice)
+        .unwrap_or_default();
+    let weights = ctx.chosen_weights.get(row.student);
     let chosen: Vec<Choice<'_>> = [row.chosen_baseline(), row.chosen()]
         .into_iter()
         .flatten()
@@ -533,6 +538,9 @@ fn student_section(
     }
     for p in pairs {
         let _ = writeln!(s, "{}\n", pair_line(p));
+    }
+    if let Some(t) = ctx.test_comparisons.get(row.student) {
+        let _ = writeln!(s, "{}\n", test_line(t));
     }
 }
 
@@ -705,6 +713,16 @@ pub fn report_sweep<D: Backend>(
             }
         }
     }
+    let test_comparisons = match open.test.as_ref() {
+        Some(test) => test_comparisons(
+            device.clone(),
+            &cfg.out,
+            &pool_seeds(&results),
+            test,
+            PAIR_EVAL_BATCH,
+        )?,
+        None => HashMap::new(),
+    };
     let ctx = ReportContext {
         cfg,
         teacher: teacher_summary.as_ref(),
@@ -721,6 +739,7 @@ pub fn report_sweep<D: Backend>(
             PAIR_EVAL_BATCH,
         )?,
         chosen_weights: chosen_weights(&cfg.out, &pool_seeds(&results)),
+        test_comparisons,
     };
     write_report(&results, &ctx)
 }

@@ -12,6 +12,10 @@
 //! before sweeps kept them) is not scored, and the report says why. Each
 //! run's predictions are computed once and shared by the pairs that use it.
 //!
+//! The chosen setting is also compared with the strongest baseline on the
+//! test images ([`test_comparisons`]): the chosen settings' own test
+//! figures, from each run's weights after its side's chosen epoch.
+//!
 //! A sweep of several seeds compares settings over seeds instead: each
 //! seed's test accuracy after each side's chosen epoch (from the curves,
 //! so any epoch serves), the difference seed by seed and Student's t
@@ -27,7 +31,7 @@ use crate::data::Dataset;
 use crate::error::Result;
 use crate::model::{Backend, ModelDir};
 use crate::train::best;
-use crate::train::eval::evaluate_samples;
+use crate::train::eval::{evaluate, evaluate_samples};
 use crate::train::paired::{PairedComparison, PooledComparison};
 use crate::train::validation::held_out_by_model;
 
@@ -168,6 +172,127 @@ fn over_seeds(chosen: &Choice<'_>, other: &Choice<'_>) -> PairOutcome {
         },
         Err(e) => PairOutcome::NotScored(e.to_string()),
     }
+}
+
+/// The chosen distilled setting against the strongest baseline on the test
+/// images, each run scored with its weights after its side's chosen epoch:
+/// test figures of the chosen settings only, as the report states them.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TestComparison {
+    /// The chosen distilled setting's name, and the baseline's.
+    pub chosen: String,
+    pub baseline: String,
+    /// The seeds of the chosen setting (one for a single run).
+    pub seeds: Vec<u64>,
+    /// Over the test images, and over seeds where both sides ran the same
+    /// seeds (A the baseline, B the chosen setting).
+    pub comparison: PooledComparison,
+}
+
+/// Per student (by spec), the chosen distilled setting against the
+/// strongest baseline on `test` ([`TestComparison`]), where every run of
+/// both sides kept its weights after the chosen epoch (a sweep's runs keep
+/// their best validation epoch's, [`best::weights_after`]). Students chosen
+/// on the test split itself have none.
+pub fn test_comparisons<D: Backend>(
+    device: D,
+    out: &Path,
+    results: &[RunResult],
+    test: &Dataset,
+    batch: usize,
+) -> Result<HashMap<String, TestComparison>> {
+    let Some(labels) = test.labels() else {
+        return Ok(HashMap::new());
+    };
+    let mut found = HashMap::new();
+    for row in by_student(results) {
+        let (Some(chosen), Some(base)) = (row.chosen(), row.chosen_baseline()) else {
+            continue;
+        };
+        if chosen.on_test || base.on_test {
+            continue;
+        }
+        // Each side's runs (seed, weights after its chosen epoch), by seed.
+        let kept = |c: &Choice<'_>| -> Option<Vec<(u64, PathBuf)>> {
+            let runs: Vec<&RunResult> = match c.run.seed_runs.is_empty() {
+                true => vec![c.run],
+                false => c.run.seed_runs.iter().collect(),
+            };
+            let mut w = runs
+                .into_iter()
+                .map(|r| {
+                    let dir = out.join(RUNS_DIR).join(&r.name);
+                    best::weights_after(&dir, c.epoch, r.epochs).map(|p| (r.seed, p))
+                })
+                .collect::<Option<Vec<_>>>()?;
+            w.sort_by_key(|(seed, _)| *seed);
+            Some(w)
+        };
+        let (Some(b), Some(a)) = (kept(&chosen), kept(&base)) else {
+            continue;
+        };
+        let predict = |runs: &[(u64, PathBuf)]| -> Result<Vec<Vec<u32>>> {
+            runs.iter()
+                .map(|(_, w)| {
+                    let net = ModelDir::new(w).load(device.clone())?;
+                    Ok(evaluate(&net, test, batch)?.predictions)
+                })
+                .collect()
+        };
+        let seeds = |runs: &[(u64, PathBuf)]| runs.iter().map(|(s, _)| *s).collect::<Vec<_>>();
+        let paired = seeds(&a) == seeds(&b);
+        let comparison = PooledComparison::of(&predict(&a)?, &predict(&b)?, labels, paired)?;
+        found.insert(
+            row.student.to_string(),
+            TestComparison {
+                chosen: chosen.run.setting.clone(),
+                baseline: base.run.setting.clone(),
+                seeds: seeds(&b),
+                comparison,
+            },
+        );
+    }
+    Ok(found)
+}
+
+/// The report's line for a [`TestComparison`].
+pub fn test_line(t: &TestComparison) -> String {
+    let c = &t.comparison;
+    let over_images = match (c.ci95_over_images(), c.p_over_images()) {
+        (Some((lo, hi)), Some(p)) => format!(
+            ", 95% interval over images [{:+.2}, {:+.2}], p {:.4}",
+            100.0 * lo,
+            100.0 * hi,
+            p
+        ),
+        _ => String::new(),
+    };
+    let over_seeds = match c.ci95_over_seeds() {
+        Some((lo, hi)) => format!(
+            "; over seeds [{:+.2}, {:+.2}] (Student's t)",
+            100.0 * lo,
+            100.0 * hi
+        ),
+        None => String::new(),
+    };
+    format!(
+        "On the {} test images, each run with its weights after its chosen epoch: `{}` against the strongest baseline `{}`{}: {:+.2} points{over_images}{over_seeds}.",
+        c.n,
+        t.chosen,
+        t.baseline,
+        match t.seeds.len() {
+            1 => String::new(),
+            _ => format!(
+                " over seeds {}",
+                t.seeds
+                    .iter()
+                    .map(|s| s.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        },
+        100.0 * c.difference()
+    )
 }
 
 /// The weights of a chosen run after its chosen epoch
