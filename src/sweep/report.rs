@@ -168,7 +168,7 @@ pub struct ReportContext<'a> {
     /// and the runner-up (`significance.rs`).
     pub choice_pairs: HashMap<String, Vec<ChoicePair>>,
     /// Per student, where the chosen distilled run's weights after its
-    /// chosen epoch are ([`chosen_weights`]).
+    /// chosen epoch are (`chosen_weights`).
     pub chosen_weights: HashMap<String, String>,
     /// Per student, the chosen setting against the strongest baseline on
     /// the test images (`significance.rs`).
