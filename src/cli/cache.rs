@@ -107,7 +107,7 @@ pub struct BuildArgs {
     #[arg(long, default_value_t = 500)]
     batch: usize,
     /// Run the teacher on augmented images: flip, shift=N, crop=N, warp=A,
-    /// cutout=S, mixup=A, cutmix=A, comma-separated (e.g. flip,shift=2,mixup=0.2; README,
+    /// cutout=S, noise=S, mixup=A, cutmix=A, comma-separated (e.g. flip,shift=2,mixup=0.2; README,
     /// "Augmentation").
     /// Writes a view set: OUT/view-0 ... OUT/view-{K-1}, one cache per view;
     /// `train --cache OUT` then shows the student the same augmented image

@@ -51,9 +51,10 @@ pub struct TrainArgs {
     #[arg(long)]
     prune_schedule: Option<String>,
     /// Augment the training images: flip, shift=N, crop=N, warp=A,
-    /// cutout=S, mixup=A, cutmix=A, comma-separated (random mirror,
+    /// cutout=S, noise=S, mixup=A, cutmix=A, comma-separated (random mirror,
     /// translation by up to N pixels, padded crop, smooth warp of A pixels'
-    /// deviation, an S by S square set to 0, mixing
+    /// deviation, an S by S square set to 0, Gaussian noise of standard
+    /// deviation S, mixing
     /// with a partner sample at a Beta(A, A) weight; drawn per seed, epoch
     /// and sample). With distillation the
     /// teacher must see the same images: a view set built with the same

@@ -34,7 +34,7 @@ pub struct ExportArgs {
     /// train or test.
     #[arg(long, default_value = "train", value_parser = super::parse_split)]
     split: Split,
-    /// The augmentation: flip, shift=N, crop=N, warp=A, cutout=S, mixup=A,
+    /// The augmentation: flip, shift=N, crop=N, warp=A, cutout=S, noise=S, mixup=A,
     /// cutmix=A, comma-separated (as `cache build --augment`).
     #[arg(long)]
     augment: String,

@@ -27,7 +27,10 @@
 //! `warp=A` bends each image by a smooth random displacement field of
 //! standard deviation `A` pixels ([`super::warp`]), after the flip and the
 //! shift or crop and before any mixing. `cutout=S` then sets a random
-//! square of `S` by `S` pixels to 0 ([`super::cutout`]).
+//! square of `S` by `S` pixels to 0 ([`super::cutout`]). `noise=S` last adds
+//! Gaussian noise of standard deviation `S` to every input value
+//! ([`super::noise`]); it needs no image shape, so flat features take it
+//! too.
 //!
 //! `crop=P` is torchvision's `RandomCrop(size, padding=P)`: the image is
 //! padded with P zero pixels on every side and the original size is cut
@@ -42,6 +45,7 @@ use xxhash_rust::xxh3::xxh3_64;
 
 use super::cutout::CutoutBox;
 use super::mix::{Mix, MixParams, MAX_MIX_ALPHA};
+use super::noise::{add_noise, MAX_NOISE};
 use super::warp::{WarpField, MAX_WARP};
 use super::{DataError, Dataset};
 
@@ -67,6 +71,10 @@ pub struct Augment {
     /// (0 = no cutout).
     #[serde(default, skip_serializing_if = "is_zero")]
     pub cutout: u32,
+    /// Add Gaussian noise of this standard deviation to every input value
+    /// (0 = no noise).
+    #[serde(default, skip_serializing_if = "is_zero_f32")]
+    pub noise: f32,
     /// Mix each image with a partner sample (mixup or cutmix).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mix: Option<Mix>,
@@ -99,8 +107,8 @@ pub const MAX_CUTOUT: u32 = 31;
 
 impl Augment {
     /// Parses `flip`, `shift=N`, `crop=N` (not both of the last two),
-    /// `warp=A`, `cutout=S`, `mixup=A` or `cutmix=A` (one of the last
-    /// two), comma-separated.
+    /// `warp=A`, `cutout=S`, `noise=S`, `mixup=A` or `cutmix=A` (one of
+    /// the last two), comma-separated.
     pub fn parse(text: &str) -> Result<Self> {
         let err = |message: String| DataError::Setting {
             field: FIELD.into(),
@@ -112,6 +120,7 @@ impl Augment {
             crop: 0,
             warp: 0.0,
             cutout: 0,
+            noise: 0.0,
             mix: None,
         };
         let mut any = false;
@@ -152,6 +161,17 @@ impl Augment {
                             ))
                         })?;
                 }
+                Some(("noise", v)) => {
+                    a.noise = v
+                        .parse::<f32>()
+                        .ok()
+                        .filter(|x| x.is_finite() && *x > 0.0 && *x <= MAX_NOISE)
+                        .ok_or_else(|| {
+                            err(format!(
+                                "noise={v}: the noise's standard deviation must be a number in (0, {MAX_NOISE}], in the inputs' units (pixels in 0..1; e.g. noise=0.1)"
+                            ))
+                        })?;
+                }
                 Some(("cutout", v)) => {
                     a.cutout = v
                         .parse::<u32>()
@@ -185,7 +205,7 @@ impl Augment {
                 }
                 _ => {
                     return Err(err(format!(
-                        "unknown item '{item}'; expected flip, shift=N, crop=N, warp=A, cutout=S, mixup=A or cutmix=A (e.g. flip,shift=2 or crop=4,flip or flip,mixup=0.2)"
+                        "unknown item '{item}'; expected flip, shift=N, crop=N, warp=A, cutout=S, noise=S, mixup=A or cutmix=A (e.g. flip,shift=2 or crop=4,flip or flip,mixup=0.2)"
                     )))
                 }
             }
@@ -197,7 +217,7 @@ impl Augment {
         }
         if !any || a.is_identity() {
             return Err(err(format!(
-                "'{text}' augments nothing; use flip, shift=N or crop=N (N >= 1), warp=A, cutout=S, mixup=A or cutmix=A, or several"
+                "'{text}' augments nothing; use flip, shift=N or crop=N (N >= 1), warp=A, cutout=S, noise=S, mixup=A or cutmix=A, or several"
             )));
         }
         Ok(a)
@@ -208,10 +228,16 @@ impl Augment {
         self.is_single_image_identity() && self.mix.is_none()
     }
 
-    /// Whether it changes no image on its own: no pixel moves or is erased
-    /// (it may still mix images).
+    /// Whether it changes no image on its own: no pixel moves, is erased or
+    /// gets noise (it may still mix images).
     fn is_single_image_identity(&self) -> bool {
-        self.is_rigid_identity() && self.warp == 0.0 && self.cutout == 0
+        self.is_rigid_identity() && self.warp == 0.0 && self.cutout == 0 && self.noise == 0.0
+    }
+
+    /// Whether it moves or erases pixels, which needs images (noise and
+    /// mixup need none).
+    fn needs_images(&self) -> bool {
+        !self.is_rigid_identity() || self.warp > 0.0 || self.cutout > 0
     }
 
     /// Whether it neither flips, shifts nor crops (it may still warp or mix).
@@ -222,13 +248,13 @@ impl Augment {
     /// Checks that images of `shape` (C, H, W) can be augmented.
     pub fn check_shape(&self, shape: [usize; 3]) -> Result<()> {
         let [_, h, w] = shape;
-        let moves = !self.is_single_image_identity() || self.mix.is_some_and(|m| m.needs_images());
+        let moves = self.needs_images() || self.mix.is_some_and(|m| m.needs_images());
         let reach = self.shift.max(self.crop) as usize;
         if moves && (h < 2 || w < 2 || reach >= h.min(w)) {
             return Err(DataError::Setting {
                 field: FIELD.into(),
                 message: format!(
-                    "samples of shape {shape:?} are not images this augmentation fits (flat features cannot be flipped, shifted, warped, erased or cut; mixup=A can mix them)"
+                    "samples of shape {shape:?} are not images this augmentation fits (flat features cannot be flipped, shifted, warped, erased or cut; noise=S and mixup=A fit them)"
                 ),
             });
         }
@@ -332,6 +358,9 @@ impl Augment {
             if self.cutout > 0 {
                 CutoutBox::draw(self.cutout, seed, view, i as u64, h, w).apply(shape, x);
             }
+            if self.noise > 0.0 {
+                add_noise(self.noise, seed, view, i as u64, x);
+            }
         }
     }
 }
@@ -395,8 +424,8 @@ impl Augment {
 
 impl fmt::Display for Augment {
     /// The items in the order they act: a flip before a shift, a crop
-    /// before a flip, a warp after both, a cutout after it and a mix
-    /// last.
+    /// before a flip, a warp after both, a cutout after it, noise after
+    /// that and a mix last.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let mut items = Vec::new();
         if self.crop > 0 {
@@ -413,6 +442,9 @@ impl fmt::Display for Augment {
         }
         if self.cutout > 0 {
             items.push(format!("cutout={}", self.cutout));
+        }
+        if self.noise > 0.0 {
+            items.push(format!("noise={}", self.noise));
         }
         if let Some(m) = self.mix {
             items.push(m.to_string());
@@ -439,6 +471,7 @@ mod tests {
                 crop: 0,
                 warp: 0.0,
                 cutout: 0,
+                noise: 0.0,
                 mix: None,
             }
         );
@@ -580,6 +613,52 @@ mod tests {
     }
 
     #[test]
+    fn noise_parses_prints_records_and_comes_after_the_cutout() {
+        let a = Augment::parse("noise=0.1, cutout=8, shift=1").unwrap();
+        assert_eq!((a.shift, a.cutout, a.noise), (1, 8, 0.1));
+        assert_eq!(a.to_string(), "shift=1,cutout=8,noise=0.1");
+        prints_back_and_refuses(
+            &[
+                "noise=0.2",
+                "flip,shift=1,noise=0.05",
+                "noise=0.1,mixup=0.2",
+            ],
+            &[
+                ("noise=0", "noise=0: the noise's standard deviation"),
+                ("noise=1.5", "(0, 1]"),
+                ("noise=x", "noise=x"),
+                ("noise=0.1,noise=0.2", "names noise twice"),
+            ],
+        );
+        let json = serde_json::to_string(&a).unwrap();
+        assert_eq!(json, r#"{"flip":false,"shift":1,"cutout":8,"noise":0.1}"#);
+        assert_eq!(serde_json::from_str::<Augment>(&json).unwrap(), a);
+        // Noise alone needs no image: flat features take it.
+        let alone = Augment::parse("noise=0.1").unwrap();
+        assert!(alone.check_shape([1, 1, 784]).is_ok());
+        assert!(a.check_shape([1, 1, 784]).is_err());
+        // Shifted, erased, then noised, each sample by its own draws.
+        let shape = [1, 28, 28];
+        let one: Vec<f32> = (0..784).map(|i| 1.0 + (i % 29) as f32).collect();
+        let mut batch = [one.clone(), one.clone()].concat();
+        a.apply_batch(4, 1, &[3, 8], shape, &mut batch);
+        for (k, s) in [3u64, 8].iter().enumerate() {
+            let mut want = vec![0f32; 784];
+            Augment::apply(a.params(4, 1, *s), shape, &one, &mut want);
+            CutoutBox::draw(8, 4, 1, *s, 28, 28).apply(shape, &mut want);
+            add_noise(0.1, 4, 1, *s, &mut want);
+            assert_eq!(batch[k * 784..(k + 1) * 784], want[..]);
+        }
+        // Noise alone moves every value, by about its standard deviation.
+        let mut b = one.clone();
+        alone.apply_batch(0, 2, &[5], shape, &mut b);
+        let d: Vec<f32> = b.iter().zip(&one).map(|(x, y)| x - y).collect();
+        assert!(d.iter().all(|&x| x != 0.0));
+        let rms = (d.iter().map(|x| x * x).sum::<f32>() / d.len() as f32).sqrt();
+        assert!((rms - 0.1).abs() < 0.01, "rms {rms}");
+    }
+
+    #[test]
     fn flip_and_shift_move_pixels_where_they_should() {
         let shape = [1, 3, 4];
         let src = image(3, 4);
@@ -707,6 +786,7 @@ mod tests {
                 crop: 4,
                 warp: 0.0,
                 cutout: 0,
+                noise: 0.0,
                 mix: None,
             }
         );

@@ -39,6 +39,7 @@ mod elem;
 mod fingerprint;
 mod idx;
 pub mod mix;
+pub mod noise;
 pub mod normalize;
 mod npy;
 pub mod options;
