@@ -289,6 +289,14 @@ fn tiny_sweep_report_agrees_with_cards_and_reruns_skip_finished_runs() {
     );
 }
 
+/// The report's first line that starts with `start`.
+fn line_starting<'a>(report: &'a str, start: &str) -> &'a str {
+    report
+        .lines()
+        .find(|l| l.starts_with(start))
+        .unwrap_or_else(|| panic!("no line starts with {start:?}:\n{report}"))
+}
+
 /// The CSV's rows as maps from its header's names (no quoted fields).
 fn csv_rows(csv: &str) -> Vec<HashMap<&str, &str>> {
     let mut lines = csv.lines();
@@ -489,10 +497,7 @@ fn a_sweep_scores_and_keeps_the_chosen_epochs_weights() {
     // Scored from those weights on the validation images: the difference
     // is the one between the two chosen epochs' validation accuracies.
     let val = |r: &HashMap<&str, &str>| r["best_val_accuracy"].parse::<f64>().unwrap();
-    let line = report
-        .lines()
-        .find(|l| l.starts_with("Against the baseline (`"))
-        .unwrap();
+    let line = line_starting(&report, "Against the baseline (`");
     assert!(
         line.contains("image by image on the 200 validation images")
             && line.contains(&format!(
@@ -508,10 +513,7 @@ fn a_sweep_scores_and_keeps_the_chosen_epochs_weights() {
     // On the test images, from the same weights: the chosen epochs' test
     // accuracies, as the CSV records them.
     let test = |r: &HashMap<&str, &str>| r["best_val_epoch_test_accuracy"].parse::<f64>().unwrap();
-    let line = report
-        .lines()
-        .find(|l| l.starts_with("On the 1000 test images"))
-        .unwrap();
+    let line = line_starting(&report, "On the 1000 test images");
     assert!(
         line.contains(&format!(
             "`{}` against the strongest baseline `{}`: {:+.2} points, 95% interval over images [",
@@ -639,10 +641,7 @@ fn a_sweep_of_several_seeds_chooses_and_reports_the_means() {
             (false, false) => lost.push(format!("`{run}`")),
         }
     }
-    let line = report
-        .lines()
-        .find(|l| l.starts_with("Weights of the chosen run after epoch"))
-        .unwrap();
+    let line = line_starting(&report, "Weights of the chosen run after epoch");
     assert!(
         line.starts_with(&format!(
             "Weights of the chosen run after epoch {epoch}: {}",

@@ -366,11 +366,7 @@ fn snapshots_are_models_of_their_epoch_and_survive_a_resume() {
     };
     run("a", &["--snapshot-epochs", "1,2"]);
     let a = tmp.path().join("a");
-    let metrics: Vec<serde_json::Value> = fs::read_to_string(a.join("metrics.jsonl"))
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let metrics = epoch_metrics(&a);
     assert_eq!(metrics.len(), 3);
     for epoch in [1usize, 2] {
         let snap = a.join(format!("epoch-{epoch:03}"));
@@ -457,11 +453,7 @@ fn keep_best_keeps_the_model_of_the_best_validation_epoch() {
     };
     run("a", &[]);
     let a = tmp.path().join("a");
-    let metrics: Vec<serde_json::Value> = fs::read_to_string(a.join("metrics.jsonl"))
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let metrics = epoch_metrics(&a);
     let val: Vec<f64> = metrics
         .iter()
         .map(|m| m["val_accuracy"].as_f64().unwrap())

@@ -76,6 +76,15 @@ pub fn model_card(run: &Path) -> serde_json::Value {
     serde_json::from_str(&fs::read_to_string(run.join("model.json")).unwrap()).unwrap()
 }
 
+/// The run's `metrics.jsonl`, one JSON value per epoch.
+pub fn epoch_metrics(run: &Path) -> Vec<serde_json::Value> {
+    fs::read_to_string(run.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
 /// `cache build` of `teacher` on `data` at T = 4 into `out`, then `extra`
 /// (the split, the encoding, `-q`, ...).
 pub fn cache_build_args<'a>(
