@@ -691,6 +691,59 @@ fn a_sweep_of_several_seeds_chooses_and_reports_the_means() {
     );
 }
 
+/// Widening a finished sweep with seeds, then batch sizes, renames its
+/// runs (`-sS`, `-bB`): the runs it holds are found under their earlier
+/// names and moved into place, not trained again.
+#[test]
+fn a_widened_sweep_keeps_the_runs_it_already_has() {
+    let tmp = sweep_dir("students = [\"mlp:784-16-10\"]\ntemperatures = [2]\nepochs = 1\n");
+    let cwd = tmp.path();
+    let runs = cwd.join("sweep/runs");
+    let weights = |name: &str| fs::read(runs.join(name).join("model.safetensors")).unwrap();
+    let (out, _) = sweep(cwd, &[]);
+    assert!(out.contains("2 runs, 2 trained"), "{out}");
+    let kd = weights("mlp-784-16-10_kd-T2-a0.5");
+    let (out, err) = sweep(cwd, &["--seeds", "0,1"]);
+    assert!(
+        out.contains("4 runs, 2 trained, 2 already finished"),
+        "{out}"
+    );
+    assert!(
+        err.contains("mlp-784-16-10_kd-T2-a0.5: the same run as mlp-784-16-10_kd-T2-a0.5-s0")
+            && err.contains("moved to mlp-784-16-10_kd-T2-a0.5-s0"),
+        "{err}"
+    );
+    assert!(!runs.join("mlp-784-16-10_kd-T2-a0.5").exists());
+    assert_eq!(weights("mlp-784-16-10_kd-T2-a0.5-s0"), kd);
+    // The file's batch (64) is one of the new sizes; 32 trains.
+    let (out, _) = sweep(cwd, &["--seeds", "0,1", "--batches", "32,64", "-q"]);
+    assert!(
+        out.contains("8 runs, 4 trained, 4 already finished"),
+        "{out}"
+    );
+    assert_eq!(weights("mlp-784-16-10_kd-T2-a0.5-b64-s0"), kd);
+    let mut names: Vec<String> = fs::read_dir(&runs)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    names.sort();
+    assert!(
+        names
+            .iter()
+            .all(|n| n.contains("-b32-s") || n.contains("-b64-s")),
+        "{names:?}"
+    );
+    // A run of other settings under an earlier name stays where it is:
+    // runs of 2 epochs are not this 1-epoch sweep's.
+    let two = ["--seeds", "0,1", "-q", "--out", "sweep2"];
+    sweep(cwd, &[&two[..], &["--epochs", "2"]].concat());
+    let (out, _) = sweep(cwd, &[&two[..], &["--batches", "32,64"]].concat());
+    assert!(out.contains("8 runs, 8 trained"), "{out}");
+    assert!(cwd
+        .join("sweep2/runs/mlp-784-16-10_kd-T2-a0.5-s0/model.json")
+        .exists());
+}
+
 #[test]
 fn sweep_flags_are_validated_before_work() {
     let tmp = tempfile::tempdir().unwrap();

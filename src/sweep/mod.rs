@@ -11,7 +11,9 @@
 //! open [`CacheReader`](crate::cache::CacheReader). A run whose `model.json` exists and records the same
 //! config, data and cache is finished and is skipped, and an interrupted run
 //! continues from its checkpoint, so rerunning a killed sweep only does the
-//! work that is left.
+//! work that is left. Widening a finished sweep (more batch sizes or seeds, which
+//! add `-bB` and `-sS` to the runs' names) finds its runs under their
+//! earlier names and moves them into place.
 //!
 //! The report ([`collect_results`], [`write_report`]) is rebuilt from the
 //! runs' own `model.json` cards and curves every time, so `report.md`,
@@ -66,12 +68,14 @@
 //! ```
 //!
 //! One file per concept: [`SweepConfig`] (`config.rs`), the plan
-//! (`plan.rs`), running it (`run.rs`), the results read from the cards
+//! (`plan.rs`), the runs a narrower sweep of the folder made under other
+//! names (`adopt.rs`), running it (`run.rs`), the results read from the cards
 //! (`results.rs`), the teacher's figures (`teacher.rs`), the chosen run
 //! against the strongest baseline and the runner-up, image by image or
 //! seed by seed (`significance.rs`), the report (`report.rs`) and its
 //! plots ([`plot`]).
 
+mod adopt;
 mod config;
 mod plan;
 pub mod plot;

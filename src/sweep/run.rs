@@ -432,6 +432,12 @@ pub fn run_sweep<D: Backend>(
         train_fingerprint: &inputs.train.fingerprint().0,
         cache_id: &cache_id,
     };
+    // Runs a sweep of fewer batch sizes or seeds made under other names.
+    for (old, new) in super::adopt::adopt_earlier_runs(&cfg.out, runs, cfg.loss)? {
+        if !quiet {
+            eprintln!("{old}: the same run as {new} (a sweep of fewer batch sizes or seeds named it so), moved to {new}");
+        }
+    }
     // Check every run's directory before training anything.
     let states: Vec<RunState> = runs
         .iter()
