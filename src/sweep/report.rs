@@ -27,7 +27,8 @@ use super::results::{
 };
 use super::run::OpenInputs;
 use super::significance::{
-    choice_pairs, pair_line, test_comparisons, test_line, ChoicePair, TestComparison,
+    choice_pairs, pair_line, test_comparisons, test_line, weights_after_choice, ChoicePair,
+    TestComparison,
 };
 use super::teacher::{teacher_forward_timing, teacher_summary, Savings, TeacherSummary};
 use crate::cache::CacheViews;
@@ -547,7 +548,7 @@ fn student_section(s: &mut String, row: &StudentRow<'_>, ctx: &ReportContext<'_>
 /// Per student (by spec), a line that says where the chosen distilled
 /// run's weights after its chosen epoch are, relative to the sweep's
 /// folder: the run's own at its last epoch, its `best/` where validation
-/// chose an earlier one ([`crate::train::best::weights_after`]). A setting
+/// chose an earlier one ([`weights_after_choice`]). A setting
 /// of several seeds is chosen on the mean curve, so a seed's `best/` (its
 /// own best epoch) holds the chosen epoch only where the two agree; the
 /// line names the seeds whose weights after it were not kept, and how to
@@ -556,14 +557,9 @@ pub fn chosen_weights(out: &Path, pooled: &[RunResult]) -> HashMap<String, Strin
     let mut lines = HashMap::new();
     for row in by_student(pooled) {
         let Some(c) = row.chosen() else { continue };
-        let runs: Vec<&RunResult> = match c.run.seed_runs.is_empty() {
-            true => vec![c.run],
-            false => c.run.seed_runs.iter().collect(),
-        };
         let (mut kept, mut lost) = (Vec::new(), Vec::new());
-        for r in runs {
-            let dir = out.join(RUNS_DIR).join(&r.name);
-            match crate::train::best::weights_after(&dir, c.epoch, r.epochs) {
+        for (r, weights) in weights_after_choice(out, &c) {
+            match weights {
                 Some(p) => kept.push(format!(
                     "`{}/`",
                     p.strip_prefix(out).unwrap_or(&p).display()
@@ -713,14 +709,9 @@ pub fn report_sweep<D: Backend>(
             }
         }
     }
+    let pooled = pool_seeds(&results);
     let test_comparisons = match open.test.as_ref() {
-        Some(test) => test_comparisons(
-            device.clone(),
-            &cfg.out,
-            &pool_seeds(&results),
-            test,
-            PAIR_EVAL_BATCH,
-        )?,
+        Some(test) => test_comparisons(device.clone(), &cfg.out, &pooled, test, PAIR_EVAL_BATCH)?,
         None => HashMap::new(),
     };
     let ctx = ReportContext {
@@ -731,14 +722,8 @@ pub fn report_sweep<D: Backend>(
         missing,
         val_overlap,
         val_overlap_seed,
-        choice_pairs: choice_pairs(
-            device,
-            &cfg.out,
-            &pool_seeds(&results),
-            &open.train,
-            PAIR_EVAL_BATCH,
-        )?,
-        chosen_weights: chosen_weights(&cfg.out, &pool_seeds(&results)),
+        choice_pairs: choice_pairs(device, &cfg.out, &pooled, &open.train, PAIR_EVAL_BATCH)?,
+        chosen_weights: chosen_weights(&cfg.out, &pooled),
         test_comparisons,
     };
     write_report(&results, &ctx)

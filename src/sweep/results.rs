@@ -115,22 +115,25 @@ impl RunResult {
         })
     }
 
+    /// The runs a result stands for: its seeds' runs when pooled, else
+    /// itself.
+    pub fn runs(&self) -> Vec<&RunResult> {
+        match self.seed_runs.is_empty() {
+            true => vec![self],
+            false => self.seed_runs.iter().collect(),
+        }
+    }
+
     /// The seeds of a pooled result (its own seed for a single run).
     pub fn seeds(&self) -> Vec<u64> {
-        match self.seed_runs.is_empty() {
-            true => vec![self.seed],
-            false => self.seed_runs.iter().map(|r| r.seed).collect(),
-        }
+        self.runs().iter().map(|r| r.seed).collect()
     }
 
     /// Each seed's test accuracy after `epoch` (one figure for a single
     /// run); `None` where a seed has none.
     pub fn seed_test_accuracies(&self, epoch: usize) -> Option<Vec<f64>> {
         let at = |r: &RunResult| r.curve.iter().find(|p| p.epoch == epoch)?.test_accuracy;
-        match self.seed_runs.is_empty() {
-            true => Some(vec![at(self)?]),
-            false => self.seed_runs.iter().map(at).collect(),
-        }
+        self.runs().into_iter().map(at).collect()
     }
 
     /// The epoch validation chooses in this run, with its figures.
@@ -149,13 +152,6 @@ pub struct Choice<'a> {
     pub test_accuracy: Option<f64>,
     /// No candidate had a validation figure: chosen on the test split.
     pub on_test: bool,
-}
-
-impl Choice<'_> {
-    /// Whether the chosen epoch is the run's last (its saved weights).
-    pub fn is_last_epoch(&self) -> bool {
-        self.epoch == self.run.epochs
-    }
 }
 
 /// The best (run, epoch) of `runs` on validation (see the module doc), and
@@ -583,7 +579,7 @@ pub(crate) mod tests {
             (c.epoch, c.val_accuracy, c.test_accuracy),
             (2, Some(0.85), Some(0.78))
         );
-        assert!(!c.on_test && !c.is_last_epoch());
+        assert!(!c.on_test && c.epoch != c.run.epochs);
         assert_eq!(runs[0].best_epoch().map(|p| p.epoch), Some(2));
         // The chosen results carry the chosen epoch's test accuracy.
         let chosen = chosen_results(&runs[..2]);

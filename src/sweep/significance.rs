@@ -214,16 +214,9 @@ pub fn test_comparisons<D: Backend>(
         }
         // Each side's runs (seed, weights after its chosen epoch), by seed.
         let kept = |c: &Choice<'_>| -> Option<Vec<(u64, PathBuf)>> {
-            let runs: Vec<&RunResult> = match c.run.seed_runs.is_empty() {
-                true => vec![c.run],
-                false => c.run.seed_runs.iter().collect(),
-            };
-            let mut w = runs
+            let mut w = weights_after_choice(out, c)
                 .into_iter()
-                .map(|r| {
-                    let dir = out.join(RUNS_DIR).join(&r.name);
-                    best::weights_after(&dir, c.epoch, r.epochs).map(|p| (r.seed, p))
-                })
+                .map(|(r, p)| Some((r.seed, p?)))
                 .collect::<Option<Vec<_>>>()?;
             w.sort_by_key(|(seed, _)| *seed);
             Some(w)
@@ -293,6 +286,22 @@ pub fn test_line(t: &TestComparison) -> String {
         },
         100.0 * c.difference()
     )
+}
+
+/// Each run of a choice (its seeds' runs when pooled) with its weights
+/// after the chosen epoch, where it kept them ([`best::weights_after`]).
+pub fn weights_after_choice<'a>(
+    out: &Path,
+    c: &Choice<'a>,
+) -> Vec<(&'a RunResult, Option<PathBuf>)> {
+    c.run
+        .runs()
+        .into_iter()
+        .map(|r| {
+            let dir = out.join(RUNS_DIR).join(&r.name);
+            (r, best::weights_after(&dir, c.epoch, r.epochs))
+        })
+        .collect()
 }
 
 /// The weights of a chosen run after its chosen epoch
