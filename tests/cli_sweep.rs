@@ -691,6 +691,129 @@ fn a_sweep_of_several_seeds_chooses_and_reports_the_means() {
     );
 }
 
+/// `--chosen-weights`: a seed whose own best epoch is not the one chosen on
+/// the mean over seeds is trained again to the chosen epoch, and its model
+/// after it is kept as `epoch-NNN/`, the run's own bits: the report then
+/// compares the two sides on the test images.
+#[test]
+fn chosen_weights_trains_a_seed_again_to_the_chosen_epoch() {
+    let tmp = sweep_dir(
+        "test-cache = \"cache-test\"\nstudents = [\"mlp:784-16-10\"]\ntemperatures = [2]\n\
+         epochs = 4\nlr = 0.01\nschedule = \"constant\"\n",
+    );
+    let cwd = tmp.path();
+    sweep(cwd, &["--seeds", "0,1", "-q"]);
+    let runs = cwd.join("sweep/runs");
+    let report = || fs::read_to_string(cwd.join("sweep/report.md")).unwrap();
+    let val = |run: &str| -> Vec<f64> {
+        epoch_metrics(&runs.join(run))
+            .iter()
+            .map(|m| m["val_accuracy"].as_f64().unwrap())
+            .collect()
+    };
+    // The baseline's validation by epoch: seed 0 75.0, 81.0, 81.5, 83.5%,
+    // seed 1 77.5, 81.0, 83.5, 77.0%: the mean chooses epoch 3, which is
+    // seed 1's own best (its best/) and not seed 0's (4).
+    let (b0, b1) = (
+        val("mlp-784-16-10_baseline-s0"),
+        val("mlp-784-16-10_baseline-s1"),
+    );
+    let mean: Vec<f64> = b0.iter().zip(&b1).map(|(a, b)| (a + b) / 2.0).collect();
+    let top = mean.iter().cloned().fold(f64::MIN, f64::max);
+    assert_eq!(
+        1 + mean.iter().position(|&v| v == top).unwrap(),
+        3,
+        "{b0:?} {b1:?}"
+    );
+    assert_eq!(
+        model_card(&runs.join("mlp-784-16-10_baseline-s0/best"))["snapshot_epoch"],
+        4
+    );
+    assert_eq!(
+        model_card(&runs.join("mlp-784-16-10_baseline-s1/best"))["snapshot_epoch"],
+        3
+    );
+    assert!(
+        !report().contains("On the 1000 test images"),
+        "{}",
+        report()
+    );
+
+    let (_, stderr) = sweep(cwd, &["--seeds", "0,1", "--report", "--chosen-weights"]);
+    assert!(
+        stderr.contains("[replay 1/1] mlp-784-16-10_baseline-s0: training again to epoch 3 of 4"),
+        "{stderr}"
+    );
+    let run = runs.join("mlp-784-16-10_baseline-s0");
+    let kept = run.join("epoch-003");
+    let card = model_card(&kept);
+    assert_eq!(card["snapshot_epoch"], 3);
+    assert_eq!(card["config"], model_card(&run)["config"]);
+    // The run's own epochs, figure for figure.
+    let (ran, again) = (epoch_metrics(&run), epoch_metrics(&kept));
+    assert_eq!(again.len(), 3);
+    for (a, b) in ran.iter().zip(&again) {
+        for key in [
+            "train_loss",
+            "val_accuracy",
+            "val_loss",
+            "test_accuracy",
+            "test_loss",
+        ] {
+            assert_eq!(a[key], b[key], "{key}");
+        }
+    }
+    let left: Vec<_> = fs::read_dir(&run)
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with(".replay"))
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+    // Its test accuracy is the curve's after epoch 3.
+    let data = s(&small_data());
+    let eval = ok(
+        cwd,
+        &[
+            "eval",
+            "--data",
+            &data,
+            "--split",
+            "test",
+            "--model",
+            &s(&kept),
+        ],
+    );
+    let want = format!("{:.2}%", 100.0 * ran[2]["test_accuracy"].as_f64().unwrap());
+    assert!(eval.contains(&want), "{eval} {want}");
+    let text = report();
+    let line = line_starting(&text, "On the 1000 test images");
+    assert!(
+        line.contains("against the strongest baseline `mlp-784-16-10_baseline` over seeds 0, 1: "),
+        "{line}"
+    );
+    // Once kept, nothing is trained again.
+    let (_, stderr) = sweep(cwd, &["--seeds", "0,1", "--report", "--chosen-weights"]);
+    assert!(!stderr.contains("[replay"), "{stderr}");
+    // Something else where the snapshot goes is named, not replaced.
+    fs::remove_dir_all(&kept).unwrap();
+    fs::write(&kept, "notes").unwrap();
+    fails(
+        cwd,
+        &[
+            "sweep",
+            "--config",
+            "sweep.toml",
+            "--seeds",
+            "0,1",
+            "--report",
+            "--chosen-weights",
+            "-q",
+        ],
+        &["epoch-003", "move it away"],
+    );
+    assert_eq!(fs::read_to_string(&kept).unwrap(), "notes");
+}
+
 /// Widening a finished sweep with seeds, then batch sizes, renames its
 /// runs (`-sS`, `-bB`): the runs it holds are found under their earlier
 /// names and moved into place, not trained again.

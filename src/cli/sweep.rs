@@ -161,6 +161,15 @@ pub struct SweepArgs {
     /// is evaluated and written as the average.
     #[arg(long, value_name = "DECAY", allow_negative_numbers = true)]
     ema: Option<f64>,
+    /// Before the report, train each run of the chosen setting and of the
+    /// strongest baseline again, to the chosen epoch, where it kept no
+    /// weights after it (a seed whose own best epoch is not the one chosen
+    /// on the mean over seeds): a run repeats itself bit for bit, so its
+    /// model after that epoch lands in runs/NAME/epoch-NNN/, and the report
+    /// compares the two on the test images. With `--report`, these are the
+    /// only runs it trains.
+    #[arg(long, conflicts_with_all = ["only", "plan"])]
+    chosen_weights: bool,
     /// Output folder: runs/NAME/ per run, report.md, results.csv, plots.
     #[arg(long)]
     out: Option<PathBuf>,
@@ -174,7 +183,8 @@ pub struct SweepArgs {
     #[arg(long, conflicts_with = "report")]
     only: Option<String>,
     /// Write report.md, results.csv and the plots from the runs that have
-    /// finished, naming the missing ones; trains nothing.
+    /// finished, naming the missing ones; trains nothing (but the replays
+    /// of `--chosen-weights`).
     #[arg(long)]
     report: bool,
     /// No progress lines.
@@ -285,9 +295,8 @@ pub(crate) fn run_job<D: Backend>(dev: D, job: SweepJob) -> Result<()> {
             }
             Ok(())
         }
-        SweepMode::Report => {
-            distill::sweep::report_only(dev, &job.config).map(|done| print_report(&done))
-        }
+        SweepMode::Report => distill::sweep::report_only(dev, &job.config, &command, job.quiet)
+            .map(|done| print_report(&done)),
     }
 }
 
@@ -322,6 +331,7 @@ fn settings(a: &SweepArgs) -> SweepSettings {
         val_fraction: a.val_fraction,
         val_seed: a.val_seed,
         ema: a.ema,
+        chosen_weights: a.chosen_weights.then_some(true),
         out: a.out.clone(),
     }
 }

@@ -288,6 +288,7 @@ pub fn train<D: Backend>(dev: D, a: TrainArgs) -> Result<()> {
         overwrite: a.overwrite,
         quiet: a.quiet,
         stop_after_steps: a.stop_after_steps,
+        stop_after_epoch: None,
         snapshot_epochs: a.snapshot_epochs.clone(),
         keep_best: a.keep_best,
         command: command_line(),

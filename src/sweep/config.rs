@@ -76,6 +76,10 @@ pub struct SweepConfig {
     /// The decay of the moving average of the weights every run evaluates
     /// and writes (`train --ema`), if any.
     pub ema: Option<f64>,
+    /// Before the report, train each run of a chosen setting (and of the
+    /// strongest baseline) again to the chosen epoch where it kept no
+    /// weights after it (`replay.rs`).
+    pub chosen_weights: bool,
     /// Output folder: `runs/NAME/` per run, the report at the top.
     pub out: PathBuf,
 }
@@ -108,6 +112,7 @@ impl SweepConfig {
             val_fraction: train.val_fraction,
             val_seed: None,
             ema: None,
+            chosen_weights: false,
             out,
         }
     }
@@ -323,6 +328,7 @@ pub struct SweepSettings {
     pub val_fraction: Option<f64>,
     pub val_seed: Option<u64>,
     pub ema: Option<f64>,
+    pub chosen_weights: Option<bool>,
     pub out: Option<PathBuf>,
 }
 
@@ -426,6 +432,7 @@ impl SweepSettings {
             val_fraction: self.val_fraction.or(lower.val_fraction),
             val_seed: self.val_seed.or(lower.val_seed),
             ema: self.ema.or(lower.ema),
+            chosen_weights: self.chosen_weights.or(lower.chosen_weights),
             out: self.out.or(lower.out),
         }
     }
@@ -459,6 +466,7 @@ impl SweepSettings {
             ("val-fraction", self.val_fraction.is_some()),
             ("val-seed", self.val_seed.is_some()),
             ("ema", self.ema.is_some()),
+            ("chosen-weights", self.chosen_weights.is_some()),
             ("out", self.out.is_some()),
         ];
         given.iter().any(|&(k, set)| k == key && set)
@@ -560,6 +568,7 @@ impl SweepSettings {
         cfg.val_fraction = self.val_fraction.unwrap_or(cfg.val_fraction);
         cfg.val_seed = self.val_seed.or(cfg.val_seed);
         cfg.ema = self.ema.or(cfg.ema);
+        cfg.chosen_weights = self.chosen_weights.unwrap_or(cfg.chosen_weights);
         cfg.validate()?;
         Ok(cfg)
     }

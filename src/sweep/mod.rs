@@ -79,6 +79,7 @@ mod adopt;
 mod config;
 mod plan;
 pub mod plot;
+mod replay;
 mod report;
 mod results;
 mod run;

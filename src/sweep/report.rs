@@ -575,9 +575,10 @@ pub fn chosen_weights(out: &Path, pooled: &[RunResult]) -> HashMap<String, Strin
             let _ = write!(
                 line,
                 "{}not kept for {} (a run keeps its last epoch's weights, and in `best/` its own best validation epoch's); \
-                 its card's command with `--snapshot-epochs {}` trains them again.",
+                 the same sweep with `--report --chosen-weights` trains them again to epoch {} (the same bits) into `runs/NAME/epoch-{:03}/`.",
                 if kept.is_empty() { "" } else { "; " },
                 lost.join(", "),
+                c.epoch,
                 c.epoch
             );
         } else {

@@ -16,7 +16,9 @@ use std::time::Instant;
 
 use super::config::SweepConfig;
 use super::plan::{plan, run_dir, PlannedRun, RunKind};
+use super::replay::{clear_replays, replay, replays_needed, ReplayOutcome};
 use super::report::report_sweep;
+use super::results::collect_results;
 use super::teacher::teacher_dir;
 use crate::cache::{CacheReader, CacheViews};
 use crate::data::{Dataset, Split};
@@ -149,6 +151,9 @@ pub fn run_and_report<D: Backend>(
         );
     }
     let summary = run_sweep::<D>(cfg, &runs, &open.inputs(cfg), command, quiet)?;
+    if cfg.chosen_weights {
+        replay_chosen(device.clone(), cfg, &runs, &open, command, quiet)?;
+    }
     let mut done = write_sweep_report(device, cfg, &runs, &open)?;
     done.trained = summary.trained();
     done.seconds = start.elapsed().as_secs_f64();
@@ -195,11 +200,19 @@ pub fn run_only<D: Backend>(
 /// writes, with the runs still missing named in the report and returned.
 /// Trains nothing. A run directory holding another run's card is an error,
 /// as for a sweep.
-pub fn report_only<D: Backend>(device: D, cfg: &SweepConfig) -> Result<SweepDone> {
+pub fn report_only<D: Backend>(
+    device: D,
+    cfg: &SweepConfig,
+    command: &str,
+    quiet: bool,
+) -> Result<SweepDone> {
     let start = Instant::now();
     let runs = plan(cfg)?;
     let open = OpenInputs::open(cfg)?;
     refuse_empty_report(cfg, &runs, &open)?;
+    if cfg.chosen_weights {
+        replay_chosen(device.clone(), cfg, &runs, &open, command, quiet)?;
+    }
     let mut done = write_sweep_report(device, cfg, &runs, &open)?;
     done.seconds = start.elapsed().as_secs_f64();
     Ok(done)
@@ -262,19 +275,7 @@ fn write_sweep_report<D: Backend>(
     runs: &[PlannedRun],
     open: &OpenInputs,
 ) -> Result<SweepDone> {
-    let cache_id = open.cache.id();
-    let expect = Expect {
-        train_fingerprint: &open.train.fingerprint().0,
-        cache_id: &cache_id,
-    };
-    let mut finished = Vec::new();
-    let mut missing = Vec::new();
-    for (i, r) in runs.iter().enumerate() {
-        match run_state(r, &run_dir(&cfg.out, r), &expect)? {
-            RunState::Finished(_) => finished.push(r.clone()),
-            _ => missing.push((i, r.name.clone())),
-        }
-    }
+    let (finished, missing) = finished_runs(cfg, runs, open)?;
     let teacher_path = teacher_dir(cfg, open.cache.first());
     let teacher = match &teacher_path {
         Some(p) => Some(ModelDir::new(p).load(device.clone())?),
@@ -296,6 +297,84 @@ fn write_sweep_report<D: Backend>(
         files,
         missing,
     })
+}
+
+/// Runs of a plan not finished: (plan index, name).
+type Missing = Vec<(usize, String)>;
+
+/// The runs of `runs` finished in the sweep's folder, and the others as
+/// (plan index, name). A run directory holding another run's card is an
+/// error.
+fn finished_runs(
+    cfg: &SweepConfig,
+    runs: &[PlannedRun],
+    open: &OpenInputs,
+) -> Result<(Vec<PlannedRun>, Missing)> {
+    let cache_id = open.cache.id();
+    let expect = Expect {
+        train_fingerprint: &open.train.fingerprint().0,
+        cache_id: &cache_id,
+    };
+    let mut finished = Vec::new();
+    let mut missing = Vec::new();
+    for (i, r) in runs.iter().enumerate() {
+        match run_state(r, &run_dir(&cfg.out, r), &expect)? {
+            RunState::Finished(_) => finished.push(r.clone()),
+            _ => missing.push((i, r.name.clone())),
+        }
+    }
+    Ok((finished, missing))
+}
+
+/// `chosen_weights`: each finished run of a chosen setting (and of the
+/// strongest baseline) that kept no weights after its side's chosen epoch
+/// is trained again to that epoch ([`super::replay`]), one after another.
+/// Returns how many replays kept their epoch's model.
+fn replay_chosen<D: Backend>(
+    device: D,
+    cfg: &SweepConfig,
+    runs: &[PlannedRun],
+    open: &OpenInputs,
+    command: &str,
+    quiet: bool,
+) -> Result<usize> {
+    let (finished, _) = finished_runs(cfg, runs, open)?;
+    let results = collect_results(&cfg.out, &finished)?;
+    let needed = replays_needed(&cfg.out, &finished, &results);
+    let inputs = open.inputs(cfg);
+    let mut kept = 0;
+    for (k, r) in needed.iter().enumerate() {
+        if !quiet {
+            eprintln!(
+                "[replay {}/{}] {}: training again to epoch {} of {} for its weights after the chosen epoch",
+                k + 1,
+                needed.len(),
+                r.run.name,
+                r.epoch,
+                r.run.config.epochs
+            );
+        }
+        match replay(device.clone(), cfg, r, &inputs, command, quiet)? {
+            ReplayOutcome::Kept { path, seconds } => {
+                kept += 1;
+                if !quiet {
+                    eprintln!(
+                        "[replay {}/{}] {}: kept in {} ({seconds:.1}s)",
+                        k + 1,
+                        needed.len(),
+                        r.run.name,
+                        path.display()
+                    );
+                }
+            }
+            ReplayOutcome::Differs(why) => eprintln!(
+                "warning: {} trained again to epoch {} is not the same run, so its weights were not kept: {why}",
+                r.run.name, r.epoch
+            ),
+        }
+    }
+    clear_replays(&cfg.out, &finished)?;
+    Ok(kept)
 }
 
 /// Refuses a `teacher` that is not the model the cache was built from: its
@@ -556,6 +635,52 @@ fn progress_line(run: &PlannedRun, result: &Result<RunOutcome>) -> String {
     }
 }
 
+/// What run `run` of the sweep reads: the cache for a distilled run.
+pub(super) fn run_sources<'a, D: Backend>(
+    cfg: &SweepConfig,
+    run: &PlannedRun,
+    inputs: &SweepInputs<'a>,
+) -> TrainSources<'a, D> {
+    let distilled = matches!(run.kind, RunKind::Distilled { .. });
+    TrainSources::<D> {
+        train: inputs.train,
+        test: inputs.test,
+        cache: distilled.then_some(inputs.cache),
+        cache_dir: distilled.then(|| cfg.cache.clone()),
+        teacher_test_predictions: inputs.teacher_test_predictions.clone(),
+        online_teacher: None,
+    }
+}
+
+/// How the sweep trains run `run`: resumed from its checkpoint, keeping
+/// its best validation epoch, its card naming the sweep's command.
+pub(super) fn run_options(
+    cfg: &SweepConfig,
+    run: &PlannedRun,
+    inputs: &SweepInputs<'_>,
+    command: &str,
+    quiet: bool,
+) -> Result<RunOptions> {
+    let distilled = matches!(run.kind, RunKind::Distilled { .. });
+    let val_teacher_trained = match (&inputs.teacher, distilled) {
+        (Some(dir), true) => val_teacher_trained(&run.config, dir, inputs)?,
+        _ => None,
+    };
+    // Validation chooses the run's epoch: its weights are kept (`best/`).
+    let keep_best = !run.config.validation_split(inputs.train.len())?.is_empty();
+    Ok(RunOptions {
+        checkpoint_every: Some(cfg.checkpoint_every),
+        keep_best,
+        val_teacher_trained,
+        resume: true,
+        quiet,
+        stop_after_steps: None,
+        command: format!("{command} (run {})", run.name),
+        data_dir: cfg.data.clone(),
+        ..RunOptions::default()
+    })
+}
+
 fn train_one<D: Backend>(
     device: D,
     cfg: &SweepConfig,
@@ -566,32 +691,8 @@ fn train_one<D: Backend>(
     resumed: bool,
 ) -> Result<RunOutcome> {
     let start = Instant::now();
-    let distilled = matches!(run.kind, RunKind::Distilled { .. });
-    let sources = TrainSources::<D> {
-        train: inputs.train,
-        test: inputs.test,
-        cache: distilled.then_some(inputs.cache),
-        cache_dir: distilled.then(|| cfg.cache.clone()),
-        teacher_test_predictions: inputs.teacher_test_predictions.clone(),
-        online_teacher: None,
-    };
-    let val_teacher_trained = match (&inputs.teacher, distilled) {
-        (Some(dir), true) => val_teacher_trained(&run.config, dir, inputs)?,
-        _ => None,
-    };
-    // Validation chooses the run's epoch: its weights are kept (`best/`).
-    let keep_best = !run.config.validation_split(inputs.train.len())?.is_empty();
-    let opts = RunOptions {
-        checkpoint_every: Some(cfg.checkpoint_every),
-        keep_best,
-        val_teacher_trained,
-        resume: true,
-        quiet,
-        stop_after_steps: None,
-        command: format!("{command} (run {})", run.name),
-        data_dir: cfg.data.clone(),
-        ..RunOptions::default()
-    };
+    let sources = run_sources::<D>(cfg, run, inputs);
+    let opts = run_options(cfg, run, inputs, command, quiet)?;
     let outcome = trainer::train(
         device,
         &run.config,

@@ -27,6 +27,7 @@ use crate::model::ModelDir;
 
 use super::card::ModelCard;
 use super::config::TrainConfig;
+use super::fit::snapshot_dir;
 use super::metrics::{best_val_epoch, EpochMetrics};
 
 /// The staging directory a new `best/` is written into.
@@ -125,20 +126,30 @@ pub fn clear_leftovers(dir: &ModelDir) -> Result<()> {
 }
 
 /// The model directory holding a run's weights after epoch `epoch`: the
-/// run's own directory when `epoch` is its last (`epochs`), its `best/`
-/// when that holds the epoch and was written by the same settings. `None`
-/// when neither does (a run keeps no other epoch's weights).
+/// run's own directory when `epoch` is its last (`epochs`), else its
+/// `best/` or its snapshot `epoch-NNN/` ([`snapshot_dir`]) when that holds
+/// the epoch and was written by the same settings. `None` when none does.
 pub fn weights_after(run: &Path, epoch: usize, epochs: usize) -> Option<PathBuf> {
     if epoch == epochs {
         return Some(run.to_path_buf());
     }
     let dir = ModelDir::new(run);
-    let best = ModelDir::new(dir.best());
-    let card = ModelCard::load(&best.card()).ok()?;
     let own = ModelCard::load(&dir.card()).ok()?;
-    let same_run = card.config.is_some() && card.config == own.config;
-    (same_run && card.snapshot_epoch == Some(epoch) && best.has_weights())
-        .then(|| best.path().to_path_buf())
+    [dir.best(), snapshot_dir(run, epoch)]
+        .into_iter()
+        .find(|p| holds_epoch(p, &own, epoch))
+}
+
+/// Whether the model directory `path` holds the weights after epoch
+/// `epoch` of the run whose card is `own` (the same settings).
+pub fn holds_epoch(path: &Path, own: &ModelCard, epoch: usize) -> bool {
+    let model = ModelDir::new(path);
+    ModelCard::load(&model.card()).is_ok_and(|card| {
+        card.config.is_some()
+            && card.config == own.config
+            && card.snapshot_epoch == Some(epoch)
+            && model.has_weights()
+    })
 }
 
 /// After a finished run that kept its best epoch: why `best/` does not hold

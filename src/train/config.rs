@@ -178,6 +178,11 @@ pub struct RunOptions {
     pub quiet: bool,
     /// Stop after this many steps (for tests that simulate a crash).
     pub stop_after_steps: Option<u64>,
+    /// Stop at the end of this epoch (1-based) of the schedule's
+    /// `epochs`, as a run of the whole schedule stands there: with
+    /// `snapshot_epochs` naming it, that epoch's model of the run, trained
+    /// again (a sweep's chosen epoch, [`crate::sweep`]).
+    pub stop_after_epoch: Option<usize>,
     /// After each of these epochs (1-based), write the model as it stands
     /// into `OUT/epoch-NNN/`, a complete model directory.
     pub snapshot_epochs: Vec<usize>,

@@ -57,7 +57,8 @@ pub struct TrainOutcome<D: Backend> {
     pub network: Network<D>,
     pub card: ModelCard,
     pub metrics: Vec<EpochMetrics>,
-    /// False when stopped early by `stop_after_steps`.
+    /// False when stopped early by `stop_after_steps` or
+    /// `stop_after_epoch`.
     pub finished: bool,
     /// False when `resume` found the run finished by another process
     /// while this one prepared (the model is the one it wrote).
@@ -83,6 +84,15 @@ pub fn train<D: Backend>(
     {
         return Err(Error::Config {
             field: "snapshot_epochs".into(),
+            message: format!(
+                "epoch {e} is not one of the run's epochs 1..={}",
+                cfg.epochs
+            ),
+        });
+    }
+    if let Some(e) = opts.stop_after_epoch.filter(|&e| e == 0 || e > cfg.epochs) {
+        return Err(Error::Config {
+            field: "stop_after_epoch".into(),
             message: format!(
                 "epoch {e} is not one of the run's epochs 1..={}",
                 cfg.epochs
@@ -287,10 +297,18 @@ impl<'a, D: Backend> Run<'a, D> {
             .epoch_len(epoch as u64)
     }
 
-    /// Runs the remaining epochs; false when stopped before the last one
-    /// ended.
+    /// Runs the remaining epochs (to `stop_after_epoch` where given);
+    /// false when stopped before the last one ended.
     fn epochs(&mut self) -> Result<bool> {
         let start = self.progress;
+        // Resumed at or past the epoch to stop after: nothing to train.
+        if self
+            .opts
+            .stop_after_epoch
+            .is_some_and(|e| start.epoch >= e && e < self.cfg.epochs)
+        {
+            return Ok(false);
+        }
         for epoch in start.epoch..self.cfg.epochs {
             let epoch_start = Instant::now();
             let (first, partial) = if epoch == start.epoch {
@@ -303,7 +321,7 @@ impl<'a, D: Backend> Run<'a, D> {
                 return Ok(false);
             }
             self.end_epoch(epoch, first, &pass, epoch_start)?;
-            if pass.stopped {
+            if pass.stopped || self.opts.stop_after_epoch == Some(epoch + 1) {
                 return Ok(epoch + 1 == self.cfg.epochs);
             }
         }
