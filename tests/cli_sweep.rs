@@ -691,6 +691,48 @@ fn a_sweep_of_several_seeds_chooses_and_reports_the_means() {
     );
 }
 
+/// `--out` of another command (a cache, a model's directory), or one with
+/// a report of someone else's and no runs, is refused before anything is
+/// written.
+#[test]
+fn a_sweep_refuses_an_out_that_is_not_a_sweeps() {
+    let tmp = sweep_dir("students = [\"mlp:784-16-10\"]\ntemperatures = [2]\nepochs = 1\n");
+    let cwd = tmp.path();
+    let args = |out: &str| -> Vec<String> {
+        ["sweep", "--config", "sweep.toml", "-q", "--out", out]
+            .iter()
+            .map(|a| a.to_string())
+            .collect()
+    };
+    fails(
+        cwd,
+        &strs(&args("cache-train")),
+        &["--out", "cache-train is a teacher cache"],
+    );
+    assert!(!cwd.join("cache-train/runs").exists());
+    let teacher = s(&teacher_dir());
+    fails(
+        cwd,
+        &strs(&args(&teacher)),
+        &["--out", "is a model's directory"],
+    );
+    fs::create_dir(cwd.join("notes")).unwrap();
+    fs::write(cwd.join("notes/report.md"), "# mine").unwrap();
+    fails(
+        cwd,
+        &strs(&args("notes")),
+        &["notes holds report.md but no runs/"],
+    );
+    assert_eq!(
+        fs::read_to_string(cwd.join("notes/report.md")).unwrap(),
+        "# mine"
+    );
+    assert!(!cwd.join("notes/runs").exists());
+    // A sweep's own folder is its to write again.
+    sweep(cwd, &[]);
+    sweep(cwd, &[]);
+}
+
 /// `--chosen-weights`: a seed whose own best epoch is not the one chosen on
 /// the mean over seeds is trained again to the chosen epoch, and its model
 /// after it is kept as `epoch-NNN/`, the run's own bits: the report then

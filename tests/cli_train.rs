@@ -1550,3 +1550,132 @@ fn make_distill_best_gives_each_arm_its_own_flags() {
         [base, &plain_arm, &kd].iter().map(|l| dir(l)).collect();
     assert_eq!(dirs.len(), 3, "{text}");
 }
+
+/// A test cache of another teacher would make the run's teacher agreement
+/// and the teacher's accuracy that model's: refused, for a cache's teacher,
+/// an online teacher and a sweep, before anything is written.
+#[test]
+fn a_test_cache_of_another_teacher_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cwd = tmp.path();
+    let data = s(&small_data());
+    let teacher = s(&teacher_dir());
+    let other = s(&teacher_dir().with_file_name("fashion-cnn-long-val"));
+    ok(cwd, &cache_build_args(&teacher, &data, "train", &["-q"]));
+    for (t, out) in [(&teacher, "test"), (&other, "test-other")] {
+        ok(
+            cwd,
+            &cache_build_args(t, &data, out, &["--split", "test", "-q"]),
+        );
+    }
+    let run = |test_cache: &str, source: &[&str]| {
+        let mut a = train_args(&data, "mlp:784-16-10", "run", &["--epochs", "1", "-q"]);
+        a.extend_from_slice(source);
+        a.extend_from_slice(&["--test-cache", test_cache]);
+        a.into_iter().map(String::from).collect::<Vec<_>>()
+    };
+    let refused = [
+        "--test-cache",
+        "test-other",
+        "another teacher",
+        "fashion-cnn-long-val",
+    ];
+    for source in [
+        &["--cache", "train"][..],
+        &["--online-teacher", &teacher][..],
+    ] {
+        let a = run("test-other", source);
+        fails(
+            cwd,
+            &a.iter().map(String::as_str).collect::<Vec<_>>(),
+            &refused,
+        );
+        assert!(!cwd.join("run").exists());
+    }
+    let a = run("test", &["--cache", "train"]);
+    ok(cwd, &strs(&a));
+    fails(
+        cwd,
+        &[
+            "sweep",
+            "--cache",
+            "train",
+            "--test-cache",
+            "test-other",
+            "--data",
+            &data,
+            "--students",
+            "mlp:784-16-10",
+            "--epochs",
+            "1",
+            "--out",
+            "sweep",
+            "-q",
+        ],
+        &refused,
+    );
+    assert!(!cwd.join("sweep").exists());
+}
+
+/// `--out` of another command (a cache, a dataset) is refused even with
+/// `--overwrite`; files a run writes that no run wrote (a user's
+/// `model.py`) are not replaced without it; weights left without their
+/// card are named as a run stopped while writing its model.
+#[test]
+fn out_is_refused_where_a_run_would_write_over_what_is_not_a_runs() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cwd = tmp.path();
+    let data = s(&small_data());
+    let teacher = s(&teacher_dir());
+    ok(cwd, &cache_build_args(&teacher, &data, "cache", &["-q"]));
+    let manifest = fs::read(cwd.join("cache/manifest.json")).unwrap();
+    let run = |out: &str, extra: &[&str]| {
+        let mut a = mlp_args(&data, out, &[]);
+        a.extend_from_slice(extra);
+        a.into_iter().map(String::from).collect::<Vec<_>>()
+    };
+    for extra in [&[][..], &["--overwrite"][..]] {
+        fails(
+            cwd,
+            &strs(&run("cache", extra)),
+            &["--out", "cache is a teacher cache"],
+        );
+    }
+    assert_eq!(fs::read(cwd.join("cache/manifest.json")).unwrap(), manifest);
+    assert!(!cwd.join("cache/model.safetensors").exists());
+    // A dataset's directory.
+    let copy = cwd.join("data");
+    fs::create_dir(&copy).unwrap();
+    for f in fs::read_dir(small_data()).unwrap().flatten() {
+        fs::copy(f.path(), copy.join(f.file_name())).unwrap();
+    }
+    fails(
+        cwd,
+        &strs(&run("data", &[])),
+        &["--out", "is a dataset's directory"],
+    );
+    // A user's own files of a run's names.
+    fs::create_dir(cwd.join("mine")).unwrap();
+    fs::write(cwd.join("mine/model.py"), "print('mine')").unwrap();
+    fails(
+        cwd,
+        &strs(&run("mine", &[])),
+        &[
+            "--out",
+            "mine holds model.py but no run's model",
+            "--overwrite",
+        ],
+    );
+    assert_eq!(
+        fs::read_to_string(cwd.join("mine/model.py")).unwrap(),
+        "print('mine')"
+    );
+    ok(cwd, &strs(&run("mine", &["--overwrite"])));
+    // Weights without their card.
+    fs::remove_file(cwd.join("mine/model.json")).unwrap();
+    fails(
+        cwd,
+        &strs(&run("mine", &[])),
+        &["mine holds weights without their card", "--overwrite"],
+    );
+}

@@ -200,3 +200,8 @@ pub fn file_times(dir: &Path) -> BTreeMap<String, std::time::SystemTime> {
         })
         .collect()
 }
+
+/// Owned arguments as the `&str`s [`ok`] and [`fails`] take.
+pub fn strs(a: &[String]) -> Vec<&str> {
+    a.iter().map(String::as_str).collect()
+}

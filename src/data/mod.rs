@@ -410,6 +410,16 @@ impl Dataset {
         Ok(Some(test))
     }
 
+    /// Whether `dir` holds a split of a dataset in a format distill reads
+    /// (by its files' names; nothing is opened).
+    pub fn is_in(dir: &Path) -> bool {
+        FORMATS.iter().any(|format| {
+            [Split::Train, Split::Test]
+                .into_iter()
+                .any(|split| (format.find)(dir, split).is_some())
+        })
+    }
+
     /// [`Dataset::open`] with the given options instead of the directory's
     /// options file. An option set that the detected format does not read
     /// is refused.

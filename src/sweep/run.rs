@@ -15,7 +15,7 @@ use std::sync::Mutex;
 use std::time::Instant;
 
 use super::config::SweepConfig;
-use super::plan::{plan, run_dir, PlannedRun, RunKind};
+use super::plan::{plan, run_dir, PlannedRun, RunKind, RUNS_DIR};
 use super::replay::{clear_replays, replay, replays_needed, ReplayOutcome};
 use super::report::report_sweep;
 use super::results::collect_results;
@@ -26,8 +26,8 @@ use crate::error::{Error, Result};
 use crate::model::{Backend, ModelDir, ModelSpec};
 use crate::train::card::ModelCard;
 use crate::train::config::TrainConfig;
-use crate::train::outdir::first_difference;
-use crate::train::sources::{open_cache, open_views};
+use crate::train::outdir::{first_difference, other_commands_directory};
+use crate::train::sources::{check_test_cache_teacher, open_cache, open_views};
 use crate::train::trainer::{self, RunOptions, TrainSources};
 use crate::train::validation::{run_overlap, TeacherOverlap};
 
@@ -112,6 +112,47 @@ fn other_settings(dir: &Path, what: &str, why: &str) -> Error {
     }
 }
 
+/// Refuses an output folder that is another command's directory (a
+/// cache, a model's, a dataset's), or that holds a report or results
+/// without the runs a sweep writes beside them: a sweep's files would land
+/// among that directory's own, or replace a user's files of those names.
+fn check_out(out: &Path) -> Result<()> {
+    let refuse = |message: String| Error::Config {
+        field: "out".into(),
+        message,
+    };
+    if out.exists() && !out.is_dir() {
+        return Err(refuse(format!(
+            "{} is a file; a sweep writes into a folder of its own",
+            out.display()
+        )));
+    }
+    let model = ModelDir::new(out);
+    let what = other_commands_directory(out)
+        .filter(|w| !w.starts_with("a sweep's"))
+        .or_else(|| {
+            (model.card().exists() || model.has_weights()).then_some("a model's directory")
+        });
+    if let Some(what) = what {
+        return Err(refuse(format!(
+            "{} is {what}; a sweep writes its runs and report into a folder of its own",
+            out.display()
+        )));
+    }
+    let stray: Vec<&str> = [super::report::REPORT_MD, super::report::RESULTS_CSV]
+        .into_iter()
+        .filter(|name| out.join(name).exists())
+        .collect();
+    if !stray.is_empty() && !out.join(RUNS_DIR).is_dir() {
+        return Err(refuse(format!(
+            "{} holds {} but no {RUNS_DIR}/: not a sweep's folder, and its report would write over them; choose another output folder",
+            out.display(),
+            stray.join(" and ")
+        )));
+    }
+    Ok(())
+}
+
 /// What [`run_and_report`] or [`report_only`] did.
 #[derive(Debug, Clone)]
 pub struct SweepDone {
@@ -139,6 +180,7 @@ pub fn run_and_report<D: Backend>(
 ) -> Result<SweepDone> {
     let start = Instant::now();
     let runs = plan(cfg)?;
+    check_out(&cfg.out)?;
     let open = OpenInputs::open(cfg)?;
     if !quiet {
         eprintln!(
@@ -171,6 +213,7 @@ pub fn run_only<D: Backend>(
     quiet: bool,
 ) -> Result<(PlannedRun, RunOutcome)> {
     let runs = plan(cfg)?;
+    check_out(&cfg.out)?;
     let run = runs.get(index).ok_or_else(|| Error::Config {
         field: "only".into(),
         message: format!(
@@ -208,6 +251,7 @@ pub fn report_only<D: Backend>(
 ) -> Result<SweepDone> {
     let start = Instant::now();
     let runs = plan(cfg)?;
+    check_out(&cfg.out)?;
     let open = OpenInputs::open(cfg)?;
     refuse_empty_report(cfg, &runs, &open)?;
     if cfg.chosen_weights {
@@ -424,6 +468,14 @@ impl OpenInputs {
             check_cache_teacher(teacher, cache.first())?;
         }
         let test_cache = cfg.test_cache.as_deref().map(open_cache).transpose()?;
+        let t = &cache.first().manifest().teacher;
+        if let Some(tc) = test_cache.as_ref().filter(|_| t.is_model_run()) {
+            check_test_cache_teacher(
+                tc,
+                &format!("{}'s teacher {}", cache.first().dir().display(), t.source),
+                &t.fingerprint,
+            )?;
+        }
         let teacher_test_predictions = match (&test_cache, &test) {
             (Some(tc), Some(t)) => Some(tc.teacher_predictions(t)?),
             (Some(_), None) => {

@@ -200,6 +200,22 @@ fn plan_claim(dir: &Path, cfg: &TrainConfig, resume: bool, overwrite: bool) -> R
         field: "out".into(),
         message,
     };
+    if let Some(what) = other_commands_directory(dir.path()) {
+        return Err(refuse(format!(
+            "{} is {what}; a run writes into a directory of its own (`overwrite` does not change this)",
+            dir.path().display()
+        )));
+    }
+    if let Some(names) = files_of_no_run(dir) {
+        if !overwrite {
+            return Err(refuse(format!(
+                "{} holds {names} but no run's model, checkpoint or lock: files a run would \
+                 write over that no run wrote; use another directory, or set `overwrite` to \
+                 replace them",
+                dir.path().display()
+            )));
+        }
+    }
     let holds_model = dir.card().exists() || dir.has_weights();
     let continues = resume && dir.checkpoint().exists();
     // Weights without a card beside a checkpoint: a finish stopped between
@@ -209,6 +225,30 @@ fn plan_claim(dir: &Path, cfg: &TrainConfig, resume: bool, overwrite: bool) -> R
     if holds_model && !(half_finished && continues) {
         other = other_run(dir, cfg);
         if let Some(why) = &other {
+            if !overwrite && !dir.card().exists() && dir.checkpoint().exists() {
+                return Err(refuse(format!(
+                    "{} holds weights without their card (model.json) beside a checkpoint: a run \
+                     stopped while it finished; set `resume` to finish it, or `overwrite` to \
+                     train again",
+                    dir.path().display()
+                )));
+            }
+            if !overwrite && !dir.card().exists() {
+                let previous = ModelDir::new(dir.previous());
+                return Err(refuse(format!(
+                    "{} holds weights without their card (model.json): a run stopped while it \
+                     wrote its model{}; set `overwrite` to train again{}",
+                    dir.path().display(),
+                    match previous.card().exists() {
+                        true => ", and the model before it is whole in previous/",
+                        false => "",
+                    },
+                    match previous.card().exists() {
+                        true => " (previous/ stays until the new run has written its model)",
+                        false => "",
+                    }
+                )));
+            }
             if !overwrite {
                 return Err(refuse(format!(
                     "{} holds a model trained with other settings ({why}); use another directory, \
@@ -272,6 +312,49 @@ fn plan_claim(dir: &Path, cfg: &TrainConfig, resume: bool, overwrite: bool) -> R
 
 /// A model's files in `dir`, the card last: a move stopped half-way
 /// leaves the card behind, so the next run sees the model and finishes it.
+/// What another command's directory `dir` is, if it is one, in words: a
+/// teacher cache, a part of one, a set of views, a sweep's folder or a
+/// dataset. A run's files would land among its own, and the command that
+/// made it would no longer take it as its.
+pub fn other_commands_directory(dir: &Path) -> Option<&'static str> {
+    use crate::cache::{manifest::MANIFEST_FILE, part::PART_FILE, views::SUMMARY_FILE};
+    let has = |name: &str| dir.join(name).exists();
+    if has(MANIFEST_FILE) {
+        Some("a teacher cache (it holds manifest.json)")
+    } else if has(PART_FILE) {
+        Some("a part of a cache build (it holds part.json)")
+    } else if has(SUMMARY_FILE) {
+        Some("a set of augmented views (it holds views.json)")
+    } else if has("report.md") && dir.join("runs").is_dir() {
+        Some("a sweep's folder (it holds report.md and runs/)")
+    } else if crate::data::Dataset::is_in(dir) {
+        Some("a dataset's directory")
+    } else {
+        None
+    }
+}
+
+/// The names of the files a run writes that `dir` holds without any sign
+/// of a run: no card, weights, checkpoint, lock or `previous/` (a user's
+/// own `metrics.jsonl` or `model.py`). `None` when there are none, or a
+/// run has been there.
+fn files_of_no_run(dir: &ModelDir) -> Option<String> {
+    let run_was_here = dir.card().exists()
+        || dir.has_weights()
+        || dir.checkpoint().exists()
+        || dir.lock().exists()
+        || dir.previous().exists();
+    if run_was_here {
+        return None;
+    }
+    let found: Vec<String> = model_files(dir)
+        .iter()
+        .filter(|p| p.exists())
+        .filter_map(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+        .collect();
+    (!found.is_empty()).then(|| found.join(", "))
+}
+
 fn model_files(dir: &ModelDir) -> [PathBuf; 7] {
     [
         dir.weights().to_path_buf(),
@@ -502,7 +585,7 @@ mod tests {
         assert!(e.contains("another run is writing"), "{e}");
         drop(first);
         let e = claim(&dir, &c, false, false).unwrap_err().to_string();
-        assert!(e.contains("card does not read"), "{e}");
+        assert!(e.contains("holds weights without their card"), "{e}");
         lock_run_dir(&dir).unwrap();
     }
 
@@ -723,7 +806,11 @@ mod tests {
         claim(dir.path(), &c, true, false).unwrap();
         assert!(dir.has_weights() && dir.checkpoint().exists());
         let e = claim(dir.path(), &c, false, false).unwrap_err().to_string();
-        assert!(e.contains("card does not read"), "{e}");
+        assert!(
+            e.contains("without their card (model.json) beside a checkpoint")
+                && e.contains("`resume` to finish it"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -80,9 +80,32 @@ impl SourcePaths {
             Some(dir) => Some(open_views(dir)?),
             None => None,
         };
+        let online_teacher = match &self.online_teacher {
+            Some(dir) => Some(ModelDir::new(dir).load(device)?),
+            None => None,
+        };
         let (teacher_test_predictions, teacher_accuracy) = match (&self.test_cache, &test) {
             (Some(dir), Some(test)) => {
                 let tc = open_cache(dir)?;
+                match (&online_teacher, &cache, &self.online_teacher) {
+                    (Some(net), _, Some(path)) => check_test_cache_teacher(
+                        &tc,
+                        &path.display().to_string(),
+                        &net.fingerprint(),
+                    )?,
+                    (None, Some(c), _) if c.first().manifest().teacher.is_model_run() => {
+                        check_test_cache_teacher(
+                            &tc,
+                            &format!(
+                                "{}'s teacher {}",
+                                c.first().dir().display(),
+                                c.first().manifest().teacher.source
+                            ),
+                            &c.first().manifest().teacher.fingerprint,
+                        )?
+                    }
+                    _ => {}
+                }
                 let accuracy = tc.manifest().teacher_stats.accuracy;
                 (Some(tc.teacher_predictions(test)?), accuracy)
             }
@@ -93,10 +116,6 @@ impl SourcePaths {
                 })
             }
             (None, _) => (None, None),
-        };
-        let online_teacher = match &self.online_teacher {
-            Some(dir) => Some(ModelDir::new(dir).load(device)?),
-            None => None,
         };
         let teacher_dir = match (&self.online_teacher, &cache) {
             (Some(dir), _) => Some((dir.clone(), None)),
@@ -148,6 +167,32 @@ impl<D: Backend> OpenSources<D> {
             online_teacher: self.online_teacher.as_ref(),
         }
     }
+}
+
+/// Refuses a test cache built by running another model than the run's
+/// teacher (`teacher`, described as `what`, with weights `fingerprint`): the
+/// run's teacher agreement and the teacher's test accuracy would be that
+/// other model's. Caches of imported logits or of an ensemble record no
+/// model's weights, and pass.
+pub fn check_test_cache_teacher(
+    test_cache: &CacheReader,
+    what: &str,
+    fingerprint: &str,
+) -> Result<()> {
+    let t = &test_cache.manifest().teacher;
+    if !t.is_model_run() || t.fingerprint == fingerprint {
+        return Ok(());
+    }
+    Err(Error::Config {
+        field: "test_cache".into(),
+        message: format!(
+            "{} was built from another teacher ({}, weights {}) than the run's ({what}, weights {fingerprint}): \
+             its teacher agreement and test accuracy would be that model's; build the test cache with the run's teacher",
+            test_cache.dir().display(),
+            t.source,
+            t.fingerprint
+        ),
+    })
 }
 
 /// The teacher's model directory as a cache recorded it (`teacher.source`
