@@ -34,8 +34,22 @@ fn quiet_on_closed_pipe() {
     }
 }
 
+/// A file-size limit (`ulimit -f`) kills a process that writes past it with
+/// SIGXFSZ, silently, leaving its temporary copies. Ignored, the write fails
+/// with EFBIG instead, which every writer reports like a full disk: exit 2
+/// naming the file, the earlier output whole, the temporaries removed.
+fn errors_past_file_size_limit() {
+    #[cfg(unix)]
+    // SAFETY: sets one signal's action, once, at start, before any other
+    // thread exists.
+    unsafe {
+        libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
+    }
+}
+
 fn main() -> ExitCode {
     quiet_on_closed_pipe();
+    errors_past_file_size_limit();
     tune_allocator();
     cli::main()
 }
