@@ -448,6 +448,22 @@ fn a_sweep_over_batch_sizes_measures_against_the_strongest_baseline() {
         &["--baseline-augments", "cutout=30"],
     );
     assert!(!cwd.join("other/runs").exists(), "{err}");
+    // So is a student the images do not fit, though students before it
+    // in the plan would train first.
+    let err = fails(
+        cwd,
+        &[
+            "sweep",
+            "--config",
+            "sweep.toml",
+            "--out",
+            "other",
+            "--students",
+            "mlp:784-16-10,mlp:100-10",
+        ],
+        &["mlp:100-10", "takes 100 inputs per sample"],
+    );
+    assert!(!cwd.join("other/runs").exists(), "{err}");
 }
 
 /// A sweep keeps each run's best validation epoch (`best/`), so the chosen

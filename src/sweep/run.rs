@@ -575,12 +575,11 @@ pub fn run_sweep<D: Backend>(
         .map(|r| run_state(r, &run_dir(&cfg.out, r), &expect))
         .collect::<Result<_>>()?;
     for r in runs {
-        trainer::check_cache(
-            inputs.cache.first(),
-            inputs.train,
-            &ModelSpec::parse(&r.student)?,
-            &r.config.loss,
-        )?;
+        // A student the images do not fit would fail only when its turn
+        // came, after the students before it trained.
+        let spec = ModelSpec::parse_for_input(&r.student, inputs.train.sample_shape())?;
+        crate::model::compat::check_spec_compatible(&spec, inputs.train)?;
+        trainer::check_cache(inputs.cache.first(), inputs.train, &spec, &r.config.loss)?;
         // An augmentation the images cannot take would fail only when its
         // baseline's turn came.
         if let RunKind::Baseline { augment: Some(a) } = r.kind {
