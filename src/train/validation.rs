@@ -106,6 +106,18 @@ impl ValidationSplit {
     pub fn new(fraction: f64, seed: u64, n: usize) -> Result<Self> {
         check_fraction(fraction)?;
         let count = held_out_count(fraction, n);
+        if count == 0 && fraction > 0.0 && n >= 2 {
+            // Asked for a split and given none: the run would train on
+            // every sample, choosing nothing on validation, and say nothing.
+            return Err(Error::Config {
+                field: "val_fraction".into(),
+                message: format!(
+                    "{fraction} of the {n} training samples holds out none; hold out at least one \
+                     ({:.2e} or more), or set 0 for no validation split",
+                    1.0 / n as f64
+                ),
+            });
+        }
         if count == 0 {
             return Ok(Self::none(n));
         }
@@ -407,6 +419,20 @@ pub fn check_fraction(fraction: f64) -> Result<()> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_fraction_that_holds_out_no_sample_is_refused() {
+        let e = ValidationSplit::new(0.0001, 0, 2000)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("val_fraction")
+                && e.contains("0.0001 of the 2000 training samples holds out none"),
+            "{e}"
+        );
+        assert_eq!(ValidationSplit::new(0.0005, 0, 2000).unwrap().len(), 1);
+        assert!(ValidationSplit::new(0.0, 0, 2000).unwrap().is_empty());
+    }
+
     use super::*;
 
     #[test]
