@@ -505,7 +505,7 @@ fn differing_field(a: &Value, b: &Value, prefix: &str) -> Option<(String, String
     if a == b {
         return None;
     }
-    let show = |v: Option<&Value>| v.map_or("unset".to_string(), Value::to_string);
+    let show = |v: Option<&Value>| v.map_or("unset".to_string(), shown);
     if let (Value::Object(x), Value::Object(y)) = (a, b) {
         let keys: std::collections::BTreeSet<&String> = x.keys().chain(y.keys()).collect();
         for k in keys {
@@ -527,7 +527,17 @@ fn differing_field(a: &Value, b: &Value, prefix: &str) -> Option<(String, String
         return None;
     }
     let name = if prefix.is_empty() { "config" } else { prefix };
-    Some((name.to_string(), a.to_string(), b.to_string()))
+    Some((name.to_string(), shown(a), shown(b)))
+}
+
+/// A config value as the user wrote it: a number a setting holds as `f32`
+/// (alpha, T) in its shortest form (0.1, not the 0.10000000149011612 its
+/// widening to JSON's `f64` prints).
+fn shown(v: &Value) -> String {
+    match v.as_f64() {
+        Some(x) if v.is_f64() && f64::from(x as f32) == x => format!("{}", x as f32),
+        _ => v.to_string(),
+    }
 }
 
 #[cfg(test)]
@@ -568,6 +578,14 @@ mod tests {
         let mut c = a.clone();
         c.val_seed = Some(3);
         assert_eq!(first_difference(&a, &c), "val_seed: unset there, 3 here");
+        // An f32 setting reads as written, not widened.
+        let mut d = a.clone();
+        d.loss.alpha = 0.1;
+        assert!(
+            first_difference(&a, &d).ends_with(" there, 0.1 here"),
+            "{}",
+            first_difference(&a, &d)
+        );
     }
 
     #[test]
