@@ -5,7 +5,9 @@
 //! [`clear_dead_temporaries`] (what writers that died left behind),
 //! [`write_if_changed`] (a rerun that would write the same bytes writes
 //! nothing), [`exchange`] (two directories swapped in one step where the
-//! system can), [`try_lock_exclusive`] (an output's lock file), and the
+//! system can), [`try_lock_exclusive`] (an output's lock file, left in
+//! place), [`try_lock_transient`] (one that exists only while it is held),
+//! [`lock_is_held`], and the
 //! space a directory's files take and its file system has free
 //! ([`files_bytes`], [`disk_bytes`], [`available_space`]).
 //!
@@ -106,6 +108,86 @@ pub fn try_lock_exclusive(path: &Path) -> Result<Option<File>, LockError> {
         Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Ok(None),
         Err(e) => Err(LockError::Lock(e)),
     }
+}
+
+/// How often [`try_lock_transient`] tries again when the file it locked
+/// was removed under it (its holder let go) before it reports the lock as
+/// held: enough for any real turnover of holders.
+const TRANSIENT_LOCK_TRIES: usize = 64;
+
+/// An exclusive `flock` on a lock file that exists only while it is held
+/// ([`try_lock_transient`]): dropping it removes the file, still locked,
+/// and then lets go.
+#[derive(Debug)]
+pub struct TransientLock {
+    path: PathBuf,
+    _file: File,
+}
+
+impl TransientLock {
+    /// The lock file's path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Drop for TransientLock {
+    fn drop(&mut self) {
+        // Removed before the lock goes (the file closes after this body):
+        // a process waiting on this file finds it gone and takes a new one.
+        let _ = fs::remove_file(&self.path);
+    }
+}
+
+/// [`try_lock_exclusive`] on `path` for a lock that leaves no file behind:
+/// once locked, the file at `path` must still be the one locked (a holder
+/// that let go removed its file, and another process may have created a
+/// new one in its place), else it tries again. So at most one process
+/// holds a lock on the file that `path` names, although holders remove it:
+/// `Ok(None)` while another holds it. The file is removed when the
+/// returned lock is dropped; a process killed while holding it leaves the
+/// empty file, which the next holder takes over and removes.
+pub fn try_lock_transient(path: &Path) -> Result<Option<TransientLock>, LockError> {
+    for _ in 0..TRANSIENT_LOCK_TRIES {
+        let Some(file) = try_lock_exclusive(path)? else {
+            return Ok(None);
+        };
+        if same_file(&file, path) {
+            return Ok(Some(TransientLock {
+                path: path.to_path_buf(),
+                _file: file,
+            }));
+        }
+    }
+    Ok(None)
+}
+
+/// Whether the open `file` is the file `path` names now.
+fn same_file(file: &File, path: &Path) -> bool {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        match (file.metadata(), fs::metadata(path)) {
+            (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
+            _ => false,
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = file;
+        path.is_file()
+    }
+}
+
+/// Whether another process holds an exclusive lock on the existing lock
+/// file `path` now (false where there is no such file, or it cannot be
+/// opened or locked). Creates nothing.
+pub fn lock_is_held(path: &Path) -> bool {
+    use fs2::FileExt;
+    let Ok(file) = fs::OpenOptions::new().read(true).write(true).open(path) else {
+        return false;
+    };
+    matches!(file.try_lock_exclusive(), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
 }
 
 /// Why [`try_lock_exclusive`] failed: the lock file could not be opened,
@@ -280,6 +362,34 @@ pub fn atomic_write(path: &Path, bytes: &[u8]) -> Result<(), FsError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_transient_lock_is_exclusive_and_leaves_no_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(".p.lock");
+        let held = try_lock_transient(&path).unwrap().unwrap();
+        assert_eq!(held.path(), path);
+        assert!(path.is_file() && lock_is_held(&path));
+        assert!(try_lock_transient(&path).unwrap().is_none());
+        drop(held);
+        assert!(!path.exists() && !lock_is_held(&path));
+        // A file a killed holder left is taken over and removed in turn.
+        fs::write(&path, b"").unwrap();
+        assert!(!lock_is_held(&path));
+        drop(try_lock_transient(&path).unwrap().unwrap());
+        assert!(!path.exists());
+        // A process that locked the file a holder then removed (it opened
+        // it before the removal) does not hold the lock: the one on the
+        // file that stands at the path now does.
+        let first = try_lock_transient(&path).unwrap().unwrap();
+        let stale = fs::File::open(&path).unwrap();
+        drop(first);
+        let second = try_lock_transient(&path).unwrap().unwrap();
+        fs2::FileExt::try_lock_exclusive(&stale).unwrap();
+        assert!(!same_file(&stale, &path));
+        assert!(try_lock_transient(&path).unwrap().is_none());
+        drop(second);
+    }
 
     #[test]
     fn removes_a_file_and_accepts_one_already_gone() {

@@ -428,6 +428,66 @@ fn bad_prune_and_init_flags_are_named() {
     assert!(!tmp.path().join("y").exists() && !tmp.path().join("z").exists());
 }
 
+/// Names in `dir`, sorted.
+fn names(dir: &std::path::Path) -> Vec<String> {
+    let mut n: Vec<String> = fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    n.sort();
+    n
+}
+
+/// `prune` refuses bad arguments before it takes the lock beside `--out`,
+/// leaves no lock file when it ends, refuses a second run while one holds
+/// the lock, and does not take lock files for foreign content.
+#[test]
+fn prune_leaves_no_lock_file_and_refuses_before_taking_one() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = s(&small_data());
+    ok(
+        tmp.path(),
+        &train_args(&data, "mlp:784-16-10", "m", &["--epochs", "1", "-q"]),
+    );
+    let prune = |out: &'static str, sparsity: &'static str| {
+        prune_args("m", "l1-unstructured", sparsity, out, &["-q"])
+    };
+    fails(tmp.path(), &prune("m", "0.5"), &["--out", "being pruned"]);
+    assert_eq!(names(tmp.path()), ["m"]);
+    fails(
+        tmp.path(),
+        &prune("sub/e", "0.999"),
+        &["--sparsity", "removes all 160 weights"],
+    );
+    assert_eq!(names(tmp.path()), ["m"]);
+    ok(tmp.path(), &prune("sub/p", "0.5"));
+    assert_eq!(names(&tmp.path().join("sub")), ["p"]);
+    // While another run holds the lock: refused, naming it; its file stays.
+    let lock = tmp.path().join("sub/.p.lock");
+    let held = fs::File::create(&lock).unwrap();
+    fs2::FileExt::try_lock_exclusive(&held).unwrap();
+    fails(
+        tmp.path(),
+        &prune("sub/p", "0.5"),
+        &["--out", "another `distill prune` is writing", ".p.lock"],
+    );
+    drop(held);
+    assert_eq!(names(&tmp.path().join("sub")), [".p.lock", "p"]);
+    // A lock file a killed run left is taken over and removed.
+    ok(tmp.path(), &prune("sub/p", "0.5"));
+    assert_eq!(names(&tmp.path().join("sub")), ["p"]);
+    // The parent as the output: lock files in it are not foreign content.
+    fs::write(&lock, b"").unwrap();
+    let e = fails(
+        tmp.path(),
+        &prune("sub", "0.5"),
+        &["--out", "holds files `distill prune` does not write (p)"],
+    );
+    assert!(!e.contains(".p.lock"), "{e}");
+    fs::remove_file(&lock).unwrap();
+    assert_eq!(names(tmp.path()), ["m", "sub"]);
+}
+
 /// Zeros per mask tensor, by name.
 fn zeros(masks: &[distill::model::io::HostTensor]) -> Vec<(String, usize, usize)> {
     masks

@@ -11,13 +11,23 @@
 //! beside the output from its checks to its commit, so two runs never
 //! write one output at once, and whatever staging a run finds under the
 //! lock was left by one that died: it is cleared, and an output a crash set
-//! aside between the two renames is put back.
+//! aside between the two renames is put back. The lock file exists only
+//! while a run holds it ([`crate::fsutil::try_lock_transient`]): it is
+//! removed when the run ends, refused or not, and one a killed run left is
+//! taken over and removed by the next. The output is first checked without
+//! the lock ([`check_out`]), so that a run refused for its arguments
+//! creates nothing; [`claim_out_dir`] checks it again under the lock.
+//!
+//! Lock files (`.NAME.lock`, and a training run's `.train.lock`) inside an
+//! output are distill's own, not foreign content: one that no process
+//! holds is a dead run's and goes with the directory it is in; one that is
+//! held means another command is writing there, and the output is refused.
 
-use std::fs::File;
 use std::path::{Component, Path, PathBuf};
 
 use super::run::{PruneAmount, PruneConfig};
 use crate::error::{Error, Result};
+use crate::fsutil::TransientLock;
 use crate::model::dir::{MASK_FILE, WEIGHTS_FILE};
 use crate::model::ModelDir;
 
@@ -39,20 +49,32 @@ fn refuse(message: String) -> Error {
 }
 
 /// The output a run has claimed: the directory to write (`cfg.out`, or
-/// what it links to) and the lock beside it, held until the run ends.
+/// what it links to) and the lock beside it, held until the run ends (and
+/// its file removed then).
 pub(super) struct Claimed {
     pub(super) out: PathBuf,
-    _lock: File,
+    _lock: TransientLock,
+}
+
+/// Checks the output as [`claim_out_dir`] does, without its lock and
+/// without clearing anything: a run refused here has created nothing. The
+/// checks are made again under the lock, where they count.
+pub(super) fn check_out(source: &ModelDir, source_hash: &str, cfg: &PruneConfig) -> Result<()> {
+    let out = resolve_link(&normalized(&cfg.out))?;
+    split_out(&out)?;
+    check_out_dir(source, source_hash, cfg, &out)
 }
 
 /// Takes the lock beside `cfg.out` (refused while another run holds it),
 /// clears what runs that died left there, and checks the output. Refuses a
 /// file, a mount point (the output is replaced as a directory entry), the
 /// model being pruned, a directory holding a model `distill prune` did not
-/// write (no `prune.json`) or other files, and (unless `overwrite`) an
-/// earlier pruned model of other settings; a rerun of the same settings
-/// replaces its own output. `source_hash` identifies the source's weights
-/// (what `prune.json` records as `source_weights_xxh3`).
+/// write (no `prune.json`) or other files, one another command is writing
+/// (a held lock file inside), and (unless `overwrite`) an earlier pruned
+/// model of other settings; a rerun of the same settings replaces its own
+/// output. `source_hash` identifies the source's weights (what
+/// `prune.json` records as `source_weights_xxh3`). A refusal lets go of
+/// the lock and removes its file.
 pub(super) fn claim_out_dir(
     source: &ModelDir,
     source_hash: &str,
@@ -63,6 +85,13 @@ pub(super) fn claim_out_dir(
     clear_dead_runs(&out)?;
     check_out_dir(source, source_hash, cfg, &out)?;
     Ok(Claimed { out, _lock: lock })
+}
+
+/// Whether `name`, an entry of an output directory, is one of distill's
+/// lock files: `.NAME.lock` (a pruning run's, beside its output, or a
+/// training run's `.train.lock`) or a cache's `.lock`.
+fn is_lock_name(name: &str) -> bool {
+    name.starts_with('.') && name.ends_with(".lock")
 }
 
 /// [`claim_out_dir`]'s checks of the directory itself.
@@ -108,11 +137,28 @@ fn check_out_dir(
         )));
     }
     let entries = std::fs::read_dir(out).map_err(|e| Error::io(out, e))?;
-    let mut foreign: Vec<String> = entries
-        .flatten()
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .filter(|name| !PRUNE_FILES.contains(&name.as_str()))
-        .collect();
+    let mut foreign: Vec<String> = Vec::new();
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if PRUNE_FILES.contains(&name.as_str()) {
+            continue;
+        }
+        let is_file = entry.file_type().is_ok_and(|t| t.is_file());
+        if is_file && is_lock_name(&name) {
+            let path = entry.path();
+            if crate::fsutil::lock_is_held(&path) {
+                return Err(refuse(format!(
+                    "{} is being written by another distill command (it holds {}); wait for \
+                     it, or prune into another directory",
+                    cfg.out.display(),
+                    path.display()
+                )));
+            }
+            // A dead run's lock file: replaced with the directory.
+            continue;
+        }
+        foreign.push(name);
+    }
     if !foreign.is_empty() {
         foreign.sort();
         return Err(refuse(format!(
@@ -238,13 +284,14 @@ fn is_mount_point(dir: &Path) -> bool {
     }
 }
 
-/// Takes the exclusive lock `.NAME.lock` beside the output `NAME` (the
-/// file is left in place; the lock goes with the process).
-fn lock_beside(out: &Path) -> Result<File> {
+/// Takes the exclusive lock `.NAME.lock` beside the output `NAME`; its
+/// file is removed when the lock is dropped (or, after a crash, by the
+/// next run that takes it).
+fn lock_beside(out: &Path) -> Result<TransientLock> {
     let (parent, name) = split_out(out)?;
     std::fs::create_dir_all(&parent).map_err(|e| Error::io(&parent, e))?;
     let path = parent.join(format!(".{name}.lock"));
-    match crate::fsutil::try_lock_exclusive(&path) {
+    match crate::fsutil::try_lock_transient(&path) {
         Ok(Some(file)) => Ok(file),
         Ok(None) => Err(refuse(format!(
             "another `distill prune` is writing {} (it holds {}); wait for it, or prune \
@@ -533,6 +580,8 @@ mod tests {
         let e = lock_beside(&out).unwrap_err().to_string();
         assert!(e.contains("another `distill prune` is writing"), "{e}");
         drop(held);
+        // Its file goes with it: nothing is left beside the output.
+        assert!(std::fs::read_dir(tmp.path()).unwrap().next().is_none());
         lock_beside(&out).unwrap();
         assert_eq!(normalized(Path::new("a/p/")), Path::new("a/p"));
         assert_eq!(normalized(Path::new("a/p/.")), Path::new("a/p"));

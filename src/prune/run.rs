@@ -17,7 +17,7 @@ use dfdx::prelude::Cpu;
 use super::accounting::Summary;
 use super::io::{read_stored_model, write_model, StoredModel};
 use super::masks::{check_masks, grow_masks, read_masks, MaskCount};
-use super::outdir::{claim_out_dir, StagingDir};
+use super::outdir::{check_out, claim_out_dir, StagingDir};
 use super::selection::{check_sparsity, LayerSelection};
 use super::structured::{sparsity_for_budget, structured};
 use super::transfer::TransferReport;
@@ -166,9 +166,9 @@ where
         normalization,
         weights_xxh3: source_hash,
     } = read_stored_model(&source)?;
-    // Held until the pruned model is committed.
-    let claimed = claim_out_dir(&source, &source_hash, cfg)?;
-    let out_path = claimed.out.clone();
+    // Every refusal of the arguments comes before the output's lock is
+    // taken (below), so that a refused run creates nothing.
+    check_out(&source, &source_hash, cfg)?;
     let old_masks = read_masks(&source)?;
     if let Some(m) = &old_masks {
         check_masks(&spec, m, &source.masks())?;
@@ -235,6 +235,9 @@ where
             (small.spec, small.weights, small.masks, Some(small.report))
         }
     };
+    // Held until the pruned model is committed; its file goes with it.
+    let claimed = claim_out_dir(&source, &source_hash, cfg)?;
+    let out_path = claimed.out.clone();
     // Everything is written into a temporary directory beside `out`, which
     // then replaces `out` whole: a failure (a full disk) leaves `out` as it
     // was, never new weights beside an old record.
@@ -421,7 +424,7 @@ mod tests {
         let names: Vec<String> = std::fs::read_dir(tmp.path())
             .unwrap()
             .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-            .filter(|n| n.starts_with('.') && !n.ends_with(".lock"))
+            .filter(|n| n.starts_with('.'))
             .collect();
         assert!(names.is_empty(), "{names:?}");
         // Files prune does not write, and a file as the output, are refused.
@@ -441,6 +444,65 @@ mod tests {
         let cfg = config(&m, Method::Unstructured, &tmp.path().join("q.safetensors"));
         prune_model(&cfg, no_accuracy).unwrap();
         assert!(tmp.path().join("q.safetensors/model.safetensors").exists());
+    }
+
+    /// The lock beside an output exists only while a run holds it: a run
+    /// refused for its arguments creates nothing, a finished one leaves its
+    /// output alone, and lock files are not taken for foreign content.
+    #[test]
+    fn runs_leave_no_lock_behind_and_lock_files_are_not_foreign() {
+        let tmp = tempfile::tempdir().unwrap();
+        let spec = ModelSpec::parse("mlp:3-4-2").unwrap();
+        let w = host(&spec, |_, i| 1.0 + i as f32);
+        let m = tmp.path().join("m");
+        write_model(&m, &spec, &w, None, None).unwrap();
+        let no_accuracy = |_: &Network<Cpu>, _: &Dataset| -> Result<Option<f64>> { Ok(None) };
+        let names = |dir: &Path| {
+            let mut n: Vec<String> = std::fs::read_dir(dir)
+                .unwrap()
+                .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .collect();
+            n.sort();
+            n
+        };
+        // Refused: the source as the output, a sparsity that empties a layer
+        // (8 weights in layers.2), structured pruning of the output layer.
+        let mut empties = config(&m, Method::Unstructured, &tmp.path().join("p"));
+        empties.amount = PruneAmount::Sparsity(0.99);
+        let mut output_layer = config(&m, Method::Structured, &tmp.path().join("p"));
+        output_layer.layers = Some("layers.2".into());
+        for cfg in [config(&m, Method::Unstructured, &m), empties, output_layer] {
+            prune_model(&cfg, no_accuracy).unwrap_err();
+            assert_eq!(names(tmp.path()), ["m"]);
+        }
+        let cfg = config(&m, Method::Unstructured, &tmp.path().join("sub/p"));
+        prune_model(&cfg, no_accuracy).unwrap();
+        assert_eq!(names(tmp.path()), ["m", "sub"]);
+        assert_eq!(names(&tmp.path().join("sub")), ["p"]);
+        // A lock file a killed run left beside the output is taken over and
+        // removed; one inside the output is a dead run's, not foreign.
+        std::fs::write(tmp.path().join("sub/.p.lock"), b"").unwrap();
+        std::fs::write(tmp.path().join("sub/p/.x.lock"), b"").unwrap();
+        prune_model(&cfg, no_accuracy).unwrap();
+        assert_eq!(names(&tmp.path().join("sub")), ["p"]);
+        assert!(!tmp.path().join("sub/p/.x.lock").exists());
+        // The parent as an output: its lock files are not listed, the model
+        // directory is.
+        std::fs::write(tmp.path().join("sub/.p.lock"), b"").unwrap();
+        let parent = config(&m, Method::Unstructured, &tmp.path().join("sub"));
+        let e = prune_model(&parent, no_accuracy).unwrap_err().to_string();
+        assert!(e.contains("does not write (p)"), "{e}");
+        // A lock file another process holds inside the output: refused.
+        let held = crate::fsutil::try_lock_exclusive(&tmp.path().join("sub/p/.x.lock"))
+            .unwrap()
+            .unwrap();
+        let e = prune_model(&cfg, no_accuracy).unwrap_err().to_string();
+        assert!(
+            e.contains("being written by another distill command") && e.contains(".x.lock"),
+            "{e}"
+        );
+        drop(held);
+        prune_model(&cfg, no_accuracy).unwrap();
     }
 
     #[test]
