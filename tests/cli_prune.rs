@@ -488,6 +488,45 @@ fn prune_leaves_no_lock_file_and_refuses_before_taking_one() {
     assert_eq!(names(tmp.path()), ["m", "sub"]);
 }
 
+/// A schedule whose final sparsity is below the starting masks' would
+/// mask nothing (masks only grow): refused naming the flag and both
+/// sparsities, before the run writes anything.
+#[test]
+fn a_schedule_below_the_starting_masks_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = s(&small_data());
+    ok(
+        tmp.path(),
+        &train_args(&data, "mlp:784-16-10", "m", &["--epochs", "1", "-q"]),
+    );
+    ok(
+        tmp.path(),
+        &prune_args("m", "l1-unstructured", "0.5", "p50", &["-q"]),
+    );
+    for schedule in ["final=0.2", "final=0.2,global"] {
+        fails(
+            tmp.path(),
+            &fine_tune_args(&data, "p50", "f", &["--prune-schedule", schedule, "-q"]),
+            &[
+                "--prune-schedule",
+                "final=0.2 is below the 50.0% of the masks the run starts from",
+                "6352 of 12704 weights masked",
+                "masks only grow",
+            ],
+        );
+        assert!(!tmp.path().join("f").exists());
+    }
+    // The masks' own sparsity is accepted, and keeps them as they were.
+    ok(
+        tmp.path(),
+        &fine_tune_args(&data, "p50", "f", &["--prune-schedule", "final=0.5", "-q"]),
+    );
+    assert_eq!(
+        zeros(&tensors(&tmp.path().join("f/mask.safetensors"))),
+        zeros(&tensors(&tmp.path().join("p50/mask.safetensors")))
+    );
+}
+
 /// Zeros per mask tensor, by name.
 fn zeros(masks: &[distill::model::io::HostTensor]) -> Vec<(String, usize, usize)> {
     masks

@@ -47,7 +47,8 @@ pub struct TrainArgs {
     /// final=S[,start=F][,end=F][,every=N][,global]. Sparsity rises along a
     /// cubic from the start mask's (0 without one) to S between fractions F
     /// of the run, masks updated every N steps (defaults start=0, end=0.75,
-    /// every=100, per-layer thresholds; global: one threshold).
+    /// every=100, per-layer thresholds; global: one threshold). Masks only
+    /// grow: an S below the start mask's sparsity is refused.
     #[arg(long)]
     prune_schedule: Option<String>,
     /// Augment the training images: flip, shift=N, crop=N, warp=A,

@@ -7,7 +7,10 @@
 //! an update is due, to the schedule's sparsity: one ramp over all weights
 //! (`global`), or one per layer from that layer's own starting sparsity.
 //! The loop calls [`Pruning::after_step`] after each step; the masks in
-//! force go into checkpoints and, at the end, beside the model.
+//! force go into checkpoints and, at the end, beside the model. Masks only
+//! grow, so a schedule whose final sparsity is below the starting masks'
+//! (where it would mask no weight at all) is refused when the run starts
+//! ([`check_final_not_below_start`]) rather than recorded as done.
 
 use std::path::Path;
 
@@ -59,6 +62,9 @@ impl Pruning {
         };
         if let Some(s) = schedule.as_ref().filter(|s| !s.global) {
             check_no_layer_emptied(net, s.final_sparsity)?;
+        }
+        if let Some(s) = &schedule {
+            check_final_not_below_start(&spec, s, masks.as_deref())?;
         }
         let layer_start = layer_start(&spec, masks.as_deref());
         let mut p = Pruning {
@@ -202,6 +208,78 @@ fn check_no_layer_emptied<D: Backend>(net: &Network<D>, final_sparsity: f64) -> 
     Ok(())
 }
 
+/// Refuses a schedule whose final sparsity is below the sparsity of the
+/// masks the run starts from, where the schedule would then mask no
+/// weight: masks only grow, so the run would stay at the starting masks'
+/// sparsity while its card recorded the schedule's. With `global`, one
+/// threshold over all prunable weights: fewer zeros at `final` than the
+/// masks hold. Per layer (each layer ramps from its own start): no weight
+/// that `final` would add zeros to, and one whose mask holds more. A final
+/// sparsity that keeps the masks exactly as they are (the one they were
+/// made with) is accepted. Errors name the `prune_schedule` field.
+pub fn check_final_not_below_start(
+    spec: &ModelSpec,
+    schedule: &GradualSchedule,
+    masks: Option<&[HostTensor]>,
+) -> Result<()> {
+    let Some(masks) = masks else {
+        return Ok(());
+    };
+    let shapes = crate::model::io::torch_shapes(spec);
+    // (weights, masked) of each prunable weight.
+    let counts: Vec<(usize, usize)> = (0..spec.layers().len())
+        .flat_map(|li| spec.prunable_weights(li))
+        .filter_map(|name| {
+            let (_, shape) = shapes.iter().find(|(n, _)| *n == name)?;
+            let n: usize = shape.iter().product();
+            let zeros = masks
+                .iter()
+                .find(|m| m.name == name)
+                .map_or(0, |m| m.data.iter().filter(|v| **v == 0.0).count());
+            Some((n, zeros))
+        })
+        .collect();
+    let at_final = |n: usize| ((n as f64) * schedule.final_sparsity).round() as usize;
+    let (total, masked) = counts
+        .iter()
+        .fold((0, 0), |(t, z), &(n, zeros)| (t + n, z + zeros));
+    let (below, least) = if schedule.global {
+        let start = masked as f64 / total.max(1) as f64;
+        (at_final(total) < masked, start)
+    } else {
+        let grows = counts.iter().any(|&(n, zeros)| at_final(n) > zeros);
+        let above = counts.iter().any(|&(n, zeros)| at_final(n) < zeros);
+        let least = counts
+            .iter()
+            .map(|&(n, zeros)| zeros as f64 / n.max(1) as f64)
+            .fold(f64::INFINITY, f64::min);
+        (!grows && above, least)
+    };
+    if !below {
+        return Ok(());
+    }
+    let pct = |x: f64| format!("{:.1}%", 100.0 * x);
+    let (what, raise) = if schedule.global {
+        ("global", format!("of at least {}", pct(least)))
+    } else {
+        (
+            "per layer",
+            format!("of at least {}, the least of any layer's mask", pct(least)),
+        )
+    };
+    Err(Error::Config {
+        field: "prune_schedule".into(),
+        message: format!(
+            "final={} is below the {} of the masks the run starts from ({masked} of {total} \
+             weights masked; masks only grow): the schedule ({what}) would mask no weight and \
+             the model would stay as sparse as it starts; give a final sparsity {raise}, or \
+             start from a model pruned less",
+            crate::numeric::display_number(schedule.final_sparsity),
+            pct(masked as f64 / total.max(1) as f64),
+        ),
+    })
+}
+
 /// The starting sparsity of each layer with weights: (index into the spec's
 /// layers, fraction of its weights masked by `masks`).
 fn layer_start(spec: &ModelSpec, masks: Option<&[HostTensor]>) -> Vec<(usize, f64)> {
@@ -220,4 +298,102 @@ fn layer_start(spec: &ModelSpec, masks: Option<&[HostTensor]>) -> Vec<(usize, f6
             (li, zeros as f64 / len.max(1) as f64)
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use dfdx::prelude::Cpu;
+
+    /// Masks of `mlp:4-3-2` (12 and 6 weights) with the first `zeros[i]`
+    /// entries of each weight's mask at 0.
+    fn masks(spec: &ModelSpec, zeros: [usize; 2]) -> Vec<HostTensor> {
+        crate::model::io::torch_shapes(spec)
+            .into_iter()
+            .filter(|(name, _)| name.ends_with("weight"))
+            .zip(zeros)
+            .map(|((name, shape), z)| HostTensor {
+                data: (0..shape.iter().product::<usize>())
+                    .map(|i| if i < z { 0.0 } else { 1.0 })
+                    .collect(),
+                name,
+                shape,
+            })
+            .collect()
+    }
+
+    fn schedule(text: &str) -> GradualSchedule {
+        GradualSchedule::parse(text).unwrap()
+    }
+
+    #[test]
+    fn a_final_sparsity_below_the_starting_masks_is_refused() {
+        let spec = ModelSpec::parse("mlp:4-3-2").unwrap();
+        let half = masks(&spec, [6, 3]);
+        let check = |text: &str, m: &[HostTensor]| {
+            check_final_not_below_start(&spec, &schedule(text), Some(m))
+        };
+        // 50% in every layer: below it the schedule would mask nothing.
+        for text in ["final=0.2", "final=0.2,global", "final=0,global"] {
+            let e = check(text, &half).unwrap_err();
+            let Error::Config { field, message } = &e else {
+                panic!("{e:?}")
+            };
+            assert_eq!(field, "prune_schedule");
+            let final_text = text.split(',').next().unwrap();
+            assert!(
+                message.starts_with(&format!(
+                    "{final_text} is below the 50.0% of the masks the run starts from \
+                     (9 of 18 weights masked; masks only grow)"
+                )),
+                "{message}"
+            );
+            assert!(message.contains("of at least 50.0%"), "{message}");
+        }
+        // The masks' own sparsity keeps them as they are; above it they grow.
+        for text in [
+            "final=0.5",
+            "final=0.5,global",
+            "final=0.6",
+            "final=0.9,global",
+        ] {
+            check(text, &half).unwrap();
+        }
+        // Per layer, each layer ramps from its own start: a layer below
+        // final still grows (layers.0 at 75%, layers.2 at 0%).
+        let mixed = masks(&spec, [9, 0]);
+        check("final=0.5", &mixed).unwrap();
+        check("final=0.5,global", &mixed).unwrap();
+        let e = check("final=0.4,global", &mixed).unwrap_err().to_string();
+        assert!(
+            e.contains("final=0.4 is below the 50.0%") && e.contains("(global)"),
+            "{e}"
+        );
+        // Per layer, the least sparse layer sets what final must pass.
+        let e = check("final=0.2", &masks(&spec, [9, 3]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("the 66.7% of the masks") && e.contains("at least 50.0%, the least"),
+            "{e}"
+        );
+        // Without masks every schedule starts from 0.
+        check_final_not_below_start(&spec, &schedule("final=0"), None).unwrap();
+        // The run refuses it when it starts, before any step.
+        let net = Network::new(spec.clone(), Cpu::default(), 0);
+        let e = Pruning::new(
+            &net,
+            Some(schedule("final=0.2")),
+            10,
+            Some(half),
+            Path::new("m/mask.safetensors"),
+        )
+        .err()
+        .unwrap()
+        .to_string();
+        assert!(
+            e.contains("invalid value for prune_schedule: final=0.2"),
+            "{e}"
+        );
+    }
 }
