@@ -527,6 +527,68 @@ fn a_schedule_below_the_starting_masks_is_refused() {
     );
 }
 
+/// Structured pruning of a model with no hidden units or channels would
+/// remove nothing: refused naming `--method`, with nothing written.
+#[test]
+fn structured_pruning_of_a_model_without_hidden_units_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = s(&small_data());
+    for (student, dir) in [
+        ("mlp:784-10", "lin"),
+        ("cnn:gap-10", "gap"),
+        ("cnn:bn-10", "bn"),
+    ] {
+        ok(
+            tmp.path(),
+            &train_args(&data, student, dir, &["--epochs", "1", "-q"]),
+        );
+        let refusal = format!("{student} has none it can remove");
+        fails(
+            tmp.path(),
+            &prune_args(dir, "l1-structured", "0.9", "out", &["-q"]),
+            &[
+                "--method",
+                "no hidden dense layer",
+                &refusal,
+                "l1-unstructured",
+            ],
+        );
+        fails(
+            tmp.path(),
+            &[
+                "prune",
+                "--model",
+                dir,
+                "--method",
+                "l1-structured",
+                "--max-params",
+                "100",
+                "--out",
+                "out",
+            ],
+            &["--method", &refusal],
+        );
+    }
+    assert_eq!(names(tmp.path()), ["bn", "gap", "lin"]);
+    // A normalisation chosen alone has no channels of its own.
+    ok(
+        tmp.path(),
+        &train_args(&data, "cnn:c4-bn-p-10", "c", &["--epochs", "1", "-q"]),
+    );
+    fails(
+        tmp.path(),
+        &prune_args(
+            "c",
+            "l1-structured",
+            "0.5",
+            "out",
+            &["--layers", "layers.2"],
+        ),
+        &["--layers", "layers.2 (batchnorm", "use some of layers.0"],
+    );
+    assert!(!tmp.path().join("out").exists());
+}
+
 /// Zeros per mask tensor, by name.
 fn zeros(masks: &[distill::model::io::HostTensor]) -> Vec<(String, usize, usize)> {
     masks

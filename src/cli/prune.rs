@@ -23,7 +23,8 @@ pub struct PruneArgs {
     #[arg(long)]
     model: PathBuf,
     /// l1-unstructured (zero the smallest weights, save a mask) or
-    /// l1-structured (remove whole units/channels: a smaller spec).
+    /// l1-structured (remove whole units/channels of hidden layers: a
+    /// smaller spec; a model without hidden layers is refused).
     #[arg(long)]
     method: String,
     /// Fraction to remove, in [0, 1): of each layer's weights (unstructured,
@@ -37,7 +38,8 @@ pub struct PruneArgs {
     #[arg(long)]
     max_params: Option<u64>,
     /// Comma-separated layers to prune, e.g. layers.0,layers.3 (default: all
-    /// with weights; structured never prunes the output layer).
+    /// with weights; structured prunes hidden dense layers, convolutions and
+    /// residual blocks only, never the output layer).
     #[arg(long)]
     layers: Option<String>,
     /// Unstructured: one magnitude threshold over all selected layers.

@@ -2,7 +2,9 @@
 //! physically smaller model with fewer FLOPs. [`pruned_spec`] narrows the
 //! spec; [`structured`] is a [`transfer`](super::transfer()) to it, which
 //! keeps the units with the highest L1 norm. The output layer's units (the
-//! classes) are never removed. A mask of an earlier unstructured pruning is
+//! classes) are never removed, so a model without hidden dense layers,
+//! convolutions or residual blocks is refused rather than "pruned" into
+//! itself. A mask of an earlier unstructured pruning is
 //! sliced along with the weights and stays in force.
 
 use super::masks::zero_masked;
@@ -12,24 +14,76 @@ use crate::error::{Error, Result};
 use crate::model::io::{torch_shapes, HostTensor};
 use crate::model::{Layer, ModelSpec};
 
-/// The spec with each selected hidden layer's width (units or channels)
-/// reduced to `round(width * (1 - sparsity))` (at least 1). The output
-/// layer is never narrowed.
-pub fn pruned_spec(spec: &ModelSpec, sparsity: f64, sel: &LayerSelection) -> Result<ModelSpec> {
-    check_sparsity(sparsity)?;
+/// Whether structured pruning narrows layer `li` of `spec`: a hidden
+/// dense layer, convolution or residual block (the output layer's units
+/// are the classes; other layers take their width from the layer before).
+fn narrows(spec: &ModelSpec, li: usize) -> bool {
+    li + 1 < spec.layers().len()
+        && matches!(
+            spec.layers()[li],
+            Layer::Dense(_) | Layer::Conv(_) | Layer::Residual(_)
+        )
+}
+
+/// Refuses what structured pruning cannot remove anything from: a model
+/// with no hidden units or channels (the `method` field), and chosen
+/// layers that have none of their own (the `layers` field: the output
+/// layer, a normalisation).
+fn check_structured_layers(spec: &ModelSpec, sel: &LayerSelection) -> Result<()> {
     let layers = spec.layers();
     let last = layers.len() - 1;
+    if !(0..layers.len()).any(|li| narrows(spec, li)) {
+        return Err(Error::Config {
+            field: "method".into(),
+            message: format!(
+                "l1-structured removes hidden units and channels, and {spec} has none it can \
+                 remove (no hidden dense layer, convolution or residual block; the output \
+                 layer's units are the classes): nothing would be pruned; use l1-unstructured \
+                 to zero its weights instead"
+            ),
+        });
+    }
     if let LayerSelection::Some(v) = sel {
+        let idx = spec.torch_indices();
         if v.contains(&last) {
             return Err(Error::Config {
                 field: "layers".into(),
                 message: format!(
                     "layers.{} is the output layer: its units are the classes and cannot be removed",
-                    spec.torch_indices()[last]
+                    idx[last]
+                ),
+            });
+        }
+        if let Some(&li) = v.iter().find(|&&li| !narrows(spec, li)) {
+            let valid: Vec<String> = (0..layers.len())
+                .filter(|&li| narrows(spec, li))
+                .map(|li| format!("layers.{}", idx[li]))
+                .collect();
+            return Err(Error::Config {
+                field: "layers".into(),
+                message: format!(
+                    "layers.{} ({}) has no units or channels of its own that l1-structured \
+                     removes; use some of {}",
+                    idx[li],
+                    layers[li].describe(),
+                    valid.join(", ")
                 ),
             });
         }
     }
+    Ok(())
+}
+
+/// The spec with each selected hidden layer's width (units or channels)
+/// reduced to `round(width * (1 - sparsity))` (at least 1). The output
+/// layer is never narrowed; a model with no hidden layer to narrow, or a
+/// selection of layers that cannot be, is refused
+/// ([`check_structured_layers`]).
+pub fn pruned_spec(spec: &ModelSpec, sparsity: f64, sel: &LayerSelection) -> Result<ModelSpec> {
+    check_sparsity(sparsity)?;
+    check_structured_layers(spec, sel)?;
+    let layers = spec.layers();
+    let last = layers.len() - 1;
     let keep = |n: usize, li: usize| -> usize {
         if li != last && sel.contains(li) {
             (((n as f64) * (1.0 - sparsity)).round() as usize).clamp(1, n)
@@ -262,6 +316,48 @@ mod tests {
         // Without a mask there is none.
         let plain = structured(&spec, &w, None, 0.5, &LayerSelection::All).unwrap();
         assert!(plain.masks.is_none());
+    }
+
+    #[test]
+    fn a_model_without_hidden_units_is_refused() {
+        for text in ["mlp:784-10", "cnn:gap-10", "cnn:bn-10"] {
+            let spec = ModelSpec::parse(text).unwrap();
+            for e in [
+                pruned_spec(&spec, 0.9, &LayerSelection::All).unwrap_err(),
+                sparsity_for_budget(&spec, 5, &LayerSelection::All).unwrap_err(),
+                sparsity_for_budget(&spec, 1_000_000, &LayerSelection::All).unwrap_err(),
+            ] {
+                let Error::Config { field, message } = &e else {
+                    panic!("{e:?}")
+                };
+                assert_eq!(field, "method", "{text}");
+                assert!(
+                    message.contains(&format!("{text} has none it can remove"))
+                        && message.contains("l1-unstructured"),
+                    "{message}"
+                );
+            }
+        }
+        // A normalisation chosen alone, or beside a convolution, is refused
+        // by name; the convolution alone is pruned.
+        let spec = ModelSpec::parse("cnn:c8-bn-p-10").unwrap();
+        let idx = spec.torch_indices();
+        let bn = format!("layers.{}", idx[1]);
+        for text in [bn.clone(), format!("layers.0,{bn}")] {
+            let sel = LayerSelection::parse(&text, &spec).unwrap();
+            let e = pruned_spec(&spec, 0.5, &sel).unwrap_err().to_string();
+            assert!(
+                e.contains("invalid value for layers:")
+                    && e.contains(&format!("{bn} (batchnorm"))
+                    && e.contains("use some of layers.0"),
+                "{e}"
+            );
+        }
+        let sel = LayerSelection::parse("layers.0", &spec).unwrap();
+        assert_eq!(
+            pruned_spec(&spec, 0.5, &sel).unwrap().as_str(),
+            "cnn:c4-bn-p-10"
+        );
     }
 
     #[test]
