@@ -16,6 +16,12 @@ fn model_info_reports_pytorch_parameter_counts() {
         &["model", "info", "cnn:c32-x-10"],
         &["cnn:c32-x-10", "unknown layer 'x'"],
     );
+    // A spec missing its family's colon is not taken for a missing file.
+    fails(
+        dir.path(),
+        &["model", "info", "mlp784-16-10"],
+        &["mlp784-16-10", "neither a spec", "nor a model directory"],
+    );
 }
 
 #[test]

@@ -592,7 +592,6 @@ fn bad_flags_name_the_flag() {
         (&["-T", "4"][..], "-T/--temperature"),
         (&["--loss", "dkd"], "--loss"),
         (&["--teacher-errors", "swap"], "--teacher-errors"),
-        (&["--dkd-weights", "1,4"], "--dkd-weights"),
         (&["--allow-topk-retemper"], "--allow-topk-retemper"),
     ] {
         fails(
@@ -601,6 +600,21 @@ fn bad_flags_name_the_flag() {
             &[named, "--cache", "hard labels"],
         );
     }
+    // The weights of DKD's parts need its loss, with a teacher or without.
+    fails(
+        tmp.path(),
+        &mlp_args(&data, "o", &["--dkd-weights", "1,4"]),
+        &[
+            "--dkd-weights",
+            "the kd loss does not take them",
+            "--loss dkd",
+        ],
+    );
+    fails(
+        tmp.path(),
+        &mlp_args(&data, "o", &["--window-blocks", "0"]),
+        &["--window-blocks", "at least 1"],
+    );
     fails(
         tmp.path(),
         &mlp_args(&data, "o", &["--soft-scale", "0"]),
@@ -1678,4 +1692,25 @@ fn out_is_refused_where_a_run_would_write_over_what_is_not_a_runs() {
         &strs(&run("mine", &[])),
         &["mine holds weights without their card", "--overwrite"],
     );
+}
+
+/// A spec with spaces around it trains and is recorded as the sweep reads
+/// it; a seed for augmentation draws without an augmentation is refused.
+#[test]
+fn a_spaced_spec_is_recorded_trimmed_and_a_lone_augment_seed_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = s(&small_data());
+    let args = train_args(&data, " mlp:784-16-10 ", "run", &["--epochs", "1", "-q"]);
+    ok(tmp.path(), &args);
+    assert_eq!(
+        model_card(&tmp.path().join("run"))["config"]["spec"],
+        "mlp:784-16-10"
+    );
+    let teacher = s(&teacher_dir());
+    fails(
+        tmp.path(),
+        &cache_build_args(&teacher, &data, "c", &["--augment-seed", "5"]),
+        &["--augment-seed", "--augment"],
+    );
+    assert!(!tmp.path().join("c").exists());
 }

@@ -117,9 +117,9 @@ pub struct BuildArgs {
     /// Number of augmented views (with --augment).
     #[arg(long, default_value_t = 1)]
     views: u64,
-    /// Seed of the augmentation draws (with --augment).
-    #[arg(long, default_value_t = 0)]
-    augment_seed: u64,
+    /// Seed of the augmentation draws (with --augment; default 0).
+    #[arg(long, requires = "augment")]
+    augment_seed: Option<u64>,
     /// Build only part K of N (K = 0..N-1): a contiguous range of whole
     /// shards, written to OUT/part-K-of-N; `cache merge` joins the parts.
     /// auto/N takes K from SLURM_ARRAY_TASK_ID (a Slurm job array) or
@@ -188,9 +188,9 @@ pub struct ImportArgs {
     /// The augmentation the views were drawn with (with --view-set).
     #[arg(long, requires = "view_set")]
     augment: Option<String>,
-    /// Seed of the augmentation draws (with --view-set).
-    #[arg(long, default_value_t = 0)]
-    augment_seed: u64,
+    /// Seed of the augmentation draws (with --view-set; default 0).
+    #[arg(long, requires = "view_set")]
+    augment_seed: Option<u64>,
     /// Tensor name inside a safetensors file (default: its only tensor).
     #[arg(long)]
     tensor: Option<String>,
@@ -404,7 +404,7 @@ pub fn build<D: Backend>(dev: D, a: BuildArgs) -> Result<()> {
             Some(augment) => {
                 let set = ViewSetSpec {
                     augment,
-                    seed: a.augment_seed,
+                    seed: a.augment_seed.unwrap_or(0),
                     views: a.views,
                 };
                 build_view_set_part(&teacher, &data, &dir, &opts, &set, part, on_part)?;
@@ -428,7 +428,7 @@ pub fn build<D: Backend>(dev: D, a: BuildArgs) -> Result<()> {
         Some(augment) => {
             let set = ViewSetSpec {
                 augment,
-                seed: a.augment_seed,
+                seed: a.augment_seed.unwrap_or(0),
                 views: a.views,
             };
             let summary =
@@ -684,7 +684,7 @@ fn import(a: ImportArgs) -> Result<()> {
     if let (true, Some(augment)) = (a.view_set, &a.augment) {
         let set = ViewSetSpec {
             augment: Augment::parse(augment)?,
-            seed: a.augment_seed,
+            seed: a.augment_seed.unwrap_or(0),
             views: what.len() as u64,
         };
         let quiet = a.storage.quiet;

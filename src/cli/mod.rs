@@ -42,12 +42,12 @@ enum Command {
         #[command(subcommand)]
         command: model::ModelCommand,
     },
-    /// Datasets: `distill data info --data DIR`.
+    /// Datasets: `distill data info --data DIR`, `distill data configure` (how a directory is read).
     Data {
         #[command(subcommand)]
         command: data::DataCommand,
     },
-    /// The teacher-output cache: build, import, inspect, verify.
+    /// The teacher-output cache: build, import, inspect, verify, merge (parts), ensemble (of caches).
     Cache {
         #[command(subcommand)]
         command: cache::CacheCommand,

@@ -24,6 +24,15 @@ pub fn run(command: ModelCommand) -> Result<()> {
     match command {
         // A spec always has a family before ':'; anything else is a path.
         ModelCommand::Info { spec } if !spec.contains(':') || Path::new(&spec).exists() => {
+            if !Path::new(&spec).exists() {
+                return Err(distill::Error::Spec {
+                    spec: spec.clone(),
+                    message: "is neither a spec (FAMILY:LAYERS, e.g. mlp:784-128-10, \
+                              cnn:c8-p-c16-p-10, resnet:16x3-32x3-64x3-10) nor a model directory \
+                              or .safetensors file that exists"
+                        .into(),
+                });
+            }
             let net = super::load_model(Path::new(&spec), dfdx::prelude::Cpu::default())?;
             print!("{}", net.spec().describe());
             match net.normalization() {

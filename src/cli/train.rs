@@ -35,7 +35,7 @@ pub struct TrainArgs {
     data: PathBuf,
     /// Model spec of the student, e.g. mlp:784-128-10 (default with
     /// --init-from: the spec of that model).
-    #[arg(long, alias = "model-spec", required_unless_present = "init_from")]
+    #[arg(long, alias = "model-spec", required_unless_present = "init_from", value_parser = trimmed)]
     student: Option<String>,
     /// Start from this model's weights (a teacher or a pruned model): equal
     /// tensors are copied, narrower layers keep the highest-L1 units; its
@@ -206,6 +206,12 @@ pub struct TrainArgs {
 }
 
 /// Runs `distill train` (errors name flags: [`super::name_flags`]).
+/// A spec as written, without the spaces around it (a quoted list's, say),
+/// as the sweep reads its students: the card records what trains.
+fn trimmed(text: &str) -> std::result::Result<String, String> {
+    Ok(text.trim().to_string())
+}
+
 pub fn train<D: Backend>(dev: D, a: TrainArgs) -> Result<()> {
     // A model or run the run reads must be there, and must not be one it
     // writes over.
@@ -462,7 +468,7 @@ fn config(a: &TrainArgs, init_spec: Option<&str>) -> Result<TrainConfig> {
             schedule: a.schedule.parse::<Schedule>()?,
         },
         loss: loss_config(a)?,
-        window_blocks: a.window_blocks.max(1),
+        window_blocks: a.window_blocks,
         allow_topk_retemper: a.allow_topk_retemper,
         augment: match &a.augment {
             Some(text) => Some(Augment::parse(text)?),
@@ -529,10 +535,8 @@ fn loss_config(a: &TrainArgs) -> Result<LossConfig> {
     ];
     if let Some((_, flag)) = teacher_only.iter().find(|(given, _)| *given) {
         return Err(Error::Config {
-            field: "--cache".into(),
-            message: format!(
-                "{flag} shapes the loss on the teacher's outputs: pass --cache DIR (built by `distill cache build`) or --online-teacher, or leave it out to train on hard labels"
-            ),
+            field: flag.to_string(),
+            message: "it shapes the loss on the teacher's outputs, and there is no teacher: pass --cache DIR (built by `distill cache build`) or --online-teacher, or leave it out to train on hard labels".into(),
         });
     }
     if l.needs_teacher() {

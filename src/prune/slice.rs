@@ -257,7 +257,7 @@ impl Slicer<'_> {
                     return Err(spec_err(
                         self.student_spec,
                         format!(
-                            "layer {} flattens {sh}x{sw} images but the teacher's flattens {th}x{tw}",
+                            "layer {} flattens {sh}x{sw} images but the source model's flattens {th}x{tw}",
                             names.1
                         ),
                     ));
@@ -340,7 +340,7 @@ impl Slicer<'_> {
             _ => Err(spec_err(
                 self.student_spec,
                 format!(
-                    "block {sp} has {} shortcut but the teacher's {tp} has {}; parameter transfer needs the same kind",
+                    "block {sp} has {} shortcut but the source model's {tp} has {}; parameter transfer needs the same kind",
                     if s.shortcut.is_some() { "a projection" } else { "an identity" },
                     if t.shortcut.is_some() { "a projection" } else { "an identity" },
                 ),

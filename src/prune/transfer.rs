@@ -236,7 +236,7 @@ fn check_transferable(teacher_spec: &ModelSpec, student_spec: &ModelSpec) -> Res
         return Err(spec_err(
             student_spec,
             format!(
-                "takes {:?} inputs but the teacher {teacher_spec} takes {:?}; both must read the same images",
+                "takes {:?} inputs but the source model {teacher_spec} takes {:?}; both must read the same images",
                 student_spec.input_shape(),
                 teacher_spec.input_shape()
             ),
@@ -251,7 +251,7 @@ fn check_transferable(teacher_spec: &ModelSpec, student_spec: &ModelSpec) -> Res
                 return Err(spec_err(
                     student_spec,
                     format!(
-                        "layer {name} ({}) has no counterpart: the teacher {teacher_spec} has {} layers, the student {}; parameter transfer needs the same depth",
+                        "layer {name} ({}) has no counterpart: the source model {teacher_spec} has {} layers, this model {}; parameter transfer needs the same depth",
                         kind_name(s),
                         tl.len(),
                         sl.len()
@@ -262,7 +262,7 @@ fn check_transferable(teacher_spec: &ModelSpec, student_spec: &ModelSpec) -> Res
                 return Err(spec_err(
                     student_spec,
                     format!(
-                        "layer {name} is {} but the teacher {teacher_spec} has {} there; parameter transfer needs the same layer types",
+                        "layer {name} is {} but the source model {teacher_spec} has {} there; parameter transfer needs the same layer types",
                         kind_name(s),
                         kind_name(t)
                     ),
@@ -275,7 +275,7 @@ fn check_transferable(teacher_spec: &ModelSpec, student_spec: &ModelSpec) -> Res
         return Err(spec_err(
             student_spec,
             format!(
-                "has {} layers but the teacher {teacher_spec} has {} (its layer layers.{} has no counterpart); parameter transfer needs the same depth",
+                "has {} layers but the source model {teacher_spec} has {} (its layer layers.{} has no counterpart); parameter transfer needs the same depth",
                 sl.len(),
                 tl.len(),
                 teacher_spec.torch_indices()[sl.len()]
@@ -286,7 +286,7 @@ fn check_transferable(teacher_spec: &ModelSpec, student_spec: &ModelSpec) -> Res
         return Err(spec_err(
             student_spec,
             format!(
-                "has {} classes but the teacher {teacher_spec} has {}",
+                "has {} classes but the source model {teacher_spec} has {}",
                 student_spec.num_classes(),
                 teacher_spec.num_classes()
             ),

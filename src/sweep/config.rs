@@ -177,6 +177,12 @@ impl SweepConfig {
                 ));
             }
         }
+        if self.window_blocks == 0 {
+            return Err(cfg_err(
+                "window_blocks",
+                "0 blocks per shuffle window: a window holds at least 1".into(),
+            ));
+        }
         if self.jobs == 0 || self.jobs > 256 {
             return Err(cfg_err(
                 "jobs",
@@ -259,7 +265,7 @@ impl SweepConfig {
             seed: self.seeds.first().copied().unwrap_or(0),
             optimizer: self.optimizer,
             loss: LossConfig::hard_labels(),
-            window_blocks: self.window_blocks.max(1),
+            window_blocks: self.window_blocks,
             allow_topk_retemper: false,
             augment: None,
             prune_schedule: None,

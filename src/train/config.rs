@@ -139,6 +139,12 @@ impl TrainConfig {
             });
         }
         crate::model::compat::check_batch_size("batch_size", self.batch_size)?;
+        if self.window_blocks == 0 {
+            return Err(Error::Config {
+                field: "window_blocks".into(),
+                message: "0 blocks per shuffle window: a window holds at least 1".into(),
+            });
+        }
         self.optimizer.validate()?;
         self.loss.validate()?;
         check_fraction(self.val_fraction)?;

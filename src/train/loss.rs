@@ -318,6 +318,15 @@ impl LossConfig {
                 message: format!("{},{} must be finite weights >= 0", w.target, w.non_target),
             });
         }
+        if self.kind != LossKind::Dkd && w != DkdWeights::default() {
+            return Err(Error::Config {
+                field: "loss.dkd_weights".into(),
+                message: format!(
+                    "{},{} weigh the parts of the dkd loss; the {} loss does not take them (set `loss.kind` dkd)",
+                    w.target, w.non_target, self.kind
+                ),
+            });
+        }
         if self.kind == LossKind::Pseudo && self.alpha != 0.0 {
             return Err(Error::Config {
                 field: "loss.alpha".into(),
