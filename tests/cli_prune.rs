@@ -321,12 +321,32 @@ fn bad_prune_and_init_flags_are_named() {
     let before = weights();
     fails(tmp.path(), &into("m"), &["--out", "being pruned"]);
     fails(tmp.path(), &into("m2"), &["--out", "did not write"]);
+    for here in [".", "./", ".."] {
+        fails(
+            tmp.path(),
+            &into(here),
+            &[
+                "--out",
+                "is the current or a parent directory",
+                "name a new directory",
+            ],
+        );
+    }
     assert_eq!(weights(), before);
     assert!(!tmp.path().join("m/mask.safetensors").exists());
     // An earlier pruned model of other settings is replaced only with
     // --overwrite; a rerun of the same settings replaces its own.
     ok(tmp.path(), &into("p"));
     ok(tmp.path(), &into("p"));
+    // A pruned model records no split of its own to validate on.
+    fails(
+        tmp.path(),
+        &["eval", "--data", &data, "--model", "p", "--split", "val"],
+        &[
+            "p: is a pruned model without a card",
+            "evaluate its source model",
+        ],
+    );
     let structured = [
         "prune",
         "--model",

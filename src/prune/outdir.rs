@@ -324,15 +324,29 @@ fn split_out(out: &Path) -> Result<(PathBuf, String)> {
     let name = out
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
-        .ok_or_else(|| refuse(format!("{} names no directory", out.display())))?;
+        .ok_or_else(|| no_directory_of_its_own(out))?;
     let parent = match out.parent() {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
         _ => PathBuf::from("."),
     };
     if name == ".." {
-        return Err(refuse(format!("{} names no directory", out.display())));
+        return Err(no_directory_of_its_own(out));
     }
     Ok((parent, name))
+}
+
+/// The refusal of an output that names the current or a parent directory
+/// (`.`, `..`, `./`), which holds more than a pruned model.
+fn no_directory_of_its_own(out: &Path) -> Error {
+    // `normalized` leaves the current directory as the empty path.
+    let shown = match out.as_os_str().is_empty() {
+        true => Path::new("."),
+        false => out,
+    };
+    refuse(format!(
+        "'{}' is the current or a parent directory, not one of the pruned model's own: name a new directory for it",
+        shown.display()
+    ))
 }
 
 /// `.NAME.PID.KIND` beside the output `NAME`.

@@ -245,7 +245,20 @@ fn recorded_split(
     super::config::TrainConfig,
     ValidationSplit,
 )> {
-    let path = crate::model::dir::ModelDir::new(dir).card();
+    let model = crate::model::dir::ModelDir::new(dir);
+    let path = model.card();
+    if !path.exists() {
+        return Err(Error::Model {
+            path: dir.to_path_buf(),
+            message: match model.prune_report().exists() {
+                true => "is a pruned model without a card (model.json) of a training run, so the images its \
+                         source held out are not recorded here: evaluate its source model on the val split, \
+                         or fine-tune the pruned one (distill train --init-from), whose card records its split"
+                    .into(),
+                false => "has no card (model.json), so the images it held out for validation are unknown".into(),
+            },
+        });
+    }
     let card = super::card::ModelCard::load(&path)?;
     let refuse = |message: String| Error::Model {
         path: path.clone(),
