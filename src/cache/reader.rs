@@ -256,10 +256,20 @@ impl CacheReader {
                     CacheError::io(&path, "open", e)
                 }
             })?;
-            let len = file
+            let meta = file
                 .metadata()
-                .map_err(|e| CacheError::io(&path, "stat", e))?
-                .len();
+                .map_err(|e| CacheError::io(&path, "stat", e))?;
+            if meta.is_dir() {
+                return Err(CacheError::corrupt(
+                    &path,
+                    format!("shard {si}"),
+                    format!(
+                        "is a directory, not the {}-byte shard file manifest.json lists (the file was replaced)",
+                        entry.bytes
+                    ),
+                ));
+            }
+            let len = meta.len();
             if len != entry.bytes || len < HEADER_BYTES as u64 {
                 return Err(CacheError::corrupt(
                     &path,

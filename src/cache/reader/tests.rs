@@ -414,6 +414,16 @@ fn truncated_missing_and_swapped_shards() {
         e.contains(&b.manifest.shards[2].file) && e.contains("missing"),
         "{e}"
     );
+    // A directory in the shard's place is said to be one, not a short file.
+    fs::create_dir(&p).unwrap();
+    let e = open(dir.path()).err().unwrap().to_string();
+    assert!(
+        e.contains(&b.manifest.shards[2].file)
+            && e.contains("shard 2: is a directory, not the")
+            && !e.contains("truncated"),
+        "{e}"
+    );
+    fs::remove_dir(&p).unwrap();
     // A structurally valid shard of the right size but other content: only verify can tell.
     fs::write(&p, &bytes).unwrap();
     let q = first_shard(dir.path(), &b.manifest, 1);
