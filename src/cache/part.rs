@@ -54,6 +54,17 @@ impl PartSpec {
     pub fn dir_name(&self) -> String {
         format!("part-{}-of-{}", self.index, self.count)
     }
+
+    /// The part a directory name `part-K-of-N` ([`PartSpec::dir_name`])
+    /// stands for; `None` for any other name.
+    pub fn from_dir_name(name: &str) -> Option<PartSpec> {
+        let (k, n) = name.strip_prefix("part-")?.split_once("-of-")?;
+        let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+        if !digits(k) || !digits(n) {
+            return None;
+        }
+        PartSpec::new(k.parse().ok()?, n.parse().ok()?).ok()
+    }
 }
 
 impl fmt::Display for PartSpec {
@@ -66,6 +77,22 @@ impl fmt::Display for PartSpec {
 /// `parent/part-K-of-N`.
 pub fn part_dir(parent: &Path, part: PartSpec) -> PathBuf {
     parent.join(part.dir_name())
+}
+
+/// The part directories (`part-K-of-N`, [`part_dir`]) directly inside
+/// `parent`, in part order; empty when there are none or `parent` does not
+/// read. Whether each holds a committed part is not looked at.
+pub fn part_dirs_in(parent: &Path) -> Vec<PartSpec> {
+    let Ok(entries) = std::fs::read_dir(parent) else {
+        return Vec::new();
+    };
+    let mut parts: Vec<PartSpec> = entries
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+        .filter_map(|e| PartSpec::from_dir_name(e.file_name().to_str()?))
+        .collect();
+    parts.sort_by_key(|p| (p.count, p.index));
+    parts
 }
 
 /// The shards and samples one part (or a whole build) covers.
@@ -416,6 +443,27 @@ mod tests {
             part_dir(Path::new("parts"), p),
             Path::new("parts/part-2-of-8")
         );
+        // And back from the name.
+        assert_eq!(PartSpec::from_dir_name("part-2-of-8"), Some(p));
+        for other in [
+            "part-8-of-8",
+            "part-2-of-",
+            "part--of-8",
+            "part-+2-of-8",
+            "view-0",
+        ] {
+            assert_eq!(PartSpec::from_dir_name(other), None, "{other}");
+        }
+        let tmp = tempfile::tempdir().unwrap();
+        for name in ["part-1-of-2", "part-0-of-2", "other", "view-0"] {
+            std::fs::create_dir(tmp.path().join(name)).unwrap();
+        }
+        std::fs::write(tmp.path().join("part-0-of-3"), b"a file").unwrap();
+        assert_eq!(
+            part_dirs_in(tmp.path()),
+            [PartSpec::new(0, 2).unwrap(), PartSpec::new(1, 2).unwrap()]
+        );
+        assert!(part_dirs_in(&tmp.path().join("absent")).is_empty());
         // More parts than shards: refused with the most that works.
         let e = PartRange::of(&spec(100), PartSpec { index: 0, count: 4 }).unwrap_err();
         assert!(

@@ -152,6 +152,65 @@ impl fmt::Display for CacheStats {
     }
 }
 
+/// Why `dir` has no `manifest.json` to open, said in the terms of what it
+/// is: nothing, a file, one part of a build, the parent of a build's parts,
+/// a set of augmented views, or an unfinished build (or no cache at all).
+fn no_manifest(dir: &Path) -> CacheError {
+    let shown = dir.display().to_string();
+    if !dir.exists() {
+        return CacheError::input(
+            shown,
+            "no such directory: give the directory a cache was built into (cache build --out)",
+        );
+    }
+    if !dir.is_dir() {
+        return CacheError::input(
+            shown,
+            "is a file, not a cache directory: give the directory a cache was built into (cache build --out)",
+        );
+    }
+    if dir.join(PART_FILE).exists() {
+        return CacheError::input(
+            shown,
+            "holds one part of a cache (part.json), not a whole cache: merge the parts into one cache (distill cache merge) and use that",
+        );
+    }
+    let parts = super::part::part_dirs_in(dir);
+    if let Some(first) = parts.first() {
+        const LISTED: usize = 4;
+        let mut names: Vec<String> = parts.iter().take(LISTED).map(|p| p.dir_name()).collect();
+        if parts.len() > LISTED {
+            names.push(format!("and {} more", parts.len() - LISTED));
+        }
+        let pattern = match parts.iter().all(|p| p.count == first.count) {
+            true => format!("part-*-of-{}", first.count),
+            false => "part-*-of-N".to_string(),
+        };
+        return CacheError::input(
+            shown,
+            format!(
+                "holds the parts of a build ({}), not a cache: when every part is built, merge them into one cache (distill cache merge {}/{pattern} --out CACHE) and use that",
+                names.join(", "),
+                dir.display()
+            ),
+        );
+    }
+    if super::views::is_view_set(dir) {
+        return CacheError::input(
+            shown,
+            format!(
+                "holds a set of augmented views ({} and view-N/ caches), not a single cache: \
+                 give a plain cache here (one built without --augment)",
+                super::views::SUMMARY_FILE
+            ),
+        );
+    }
+    CacheError::input(
+        dir.join(MANIFEST_FILE).display().to_string(),
+        "no manifest.json: this is not a cache directory, or its build never finished (rerun the build to resume it)",
+    )
+}
+
 /// Zeroed (indices, labels, log-probs) buffers.
 type Outputs = (Vec<u64>, Option<Vec<u32>>, Vec<f32>);
 
@@ -211,16 +270,8 @@ impl CacheReader {
     pub unsafe fn open(dir: &Path) -> Result<CacheReader> {
         let mpath = dir.join(MANIFEST_FILE);
         let mfile = File::open(&mpath).map_err(|e| {
-            if e.kind() == std::io::ErrorKind::NotFound && dir.join(PART_FILE).exists() {
-                CacheError::input(
-                    dir.display().to_string(),
-                    "holds one part of a cache (part.json), not a whole cache: merge the parts into one cache (distill cache merge) and use that",
-                )
-            } else if e.kind() == std::io::ErrorKind::NotFound {
-                CacheError::input(
-                    mpath.display().to_string(),
-                    "no manifest.json: this is not a cache directory, or its build never finished (rerun the build to resume it)",
-                )
+            if e.kind() == std::io::ErrorKind::NotFound || !dir.is_dir() {
+                no_manifest(dir)
             } else {
                 CacheError::io(&mpath, "open", e)
             }

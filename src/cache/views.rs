@@ -38,6 +38,14 @@ pub fn view_dir(set: &Path, v: u64) -> PathBuf {
 
 /// File name of a view set's summary, beside its `view-N` directories.
 pub const SUMMARY_FILE: &str = "views.json";
+
+/// Whether `dir` holds a set of augmented views (its summary or its first
+/// view, and no cache of its own) rather than a single cache; nothing is
+/// opened or checked.
+pub fn is_view_set(dir: &Path) -> bool {
+    !dir.join(MANIFEST_FILE).exists()
+        && (dir.join(SUMMARY_FILE).exists() || view_dir(dir, 0).is_dir())
+}
 /// Largest summary accepted (a few hundred bytes per view).
 const MAX_SUMMARY_BYTES: u64 = 16 << 20;
 /// How far (in percentage points) a view's agreement with the labels may

@@ -810,3 +810,60 @@ fn a_directory_holding_other_files_is_refused_untouched() {
     );
     assert_eq!(fs::read(&file).unwrap(), b"model.json");
 }
+
+/// A directory with no manifest.json is said to be what it is: nothing,
+/// a file, the parent of a build's parts, a set of augmented views, or
+/// (otherwise) no cache or an unfinished build.
+#[test]
+fn a_directory_without_a_manifest_is_named_for_what_it_holds() {
+    let tmp = tempfile::tempdir().unwrap();
+    let err = |dir: &Path| open(dir).err().expect("no cache there").to_string();
+
+    let absent = tmp.path().join("absent");
+    let e = err(&absent);
+    assert!(
+        e.starts_with(&format!("{}: no such directory", absent.display()))
+            && e.contains("cache build --out")
+            && !e.contains("manifest.json"),
+        "{e}"
+    );
+
+    let file = tmp.path().join("file");
+    fs::write(&file, b"x").unwrap();
+    let e = err(&file);
+    assert!(e.contains("is a file, not a cache directory"), "{e}");
+
+    let parts = tmp.path().join("parts");
+    for k in 0..2 {
+        fs::create_dir_all(parts.join(format!("part-{k}-of-2"))).unwrap();
+    }
+    let e = err(&parts);
+    assert!(
+        e.contains("holds the parts of a build (part-0-of-2, part-1-of-2), not a cache")
+            && e.contains(&format!(
+                "distill cache merge {}/part-*-of-2 --out CACHE",
+                parts.display()
+            ))
+            && !e.contains("never finished"),
+        "{e}"
+    );
+
+    let views = tmp.path().join("views");
+    fs::create_dir_all(views.join("view-0")).unwrap();
+    fs::write(views.join("views.json"), b"{}").unwrap();
+    let e = err(&views);
+    assert!(
+        e.contains(
+            "holds a set of augmented views (views.json and view-N/ caches), not a single cache"
+        ) && !e.contains("never finished"),
+        "{e}"
+    );
+
+    let empty = tmp.path().join("empty");
+    fs::create_dir(&empty).unwrap();
+    let e = err(&empty);
+    assert!(
+        e.contains("no manifest.json") && e.contains("never finished"),
+        "{e}"
+    );
+}
