@@ -46,6 +46,30 @@ fn data_info_on_the_committed_subset() {
 }
 
 #[test]
+fn a_data_directory_that_does_not_exist_is_said_to_be_missing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let absent = s(&tmp.path().join("absent"));
+    for verb in ["configure", "info"] {
+        let err = fails(
+            tmp.path(),
+            &["data", verb, "--data", &absent],
+            &[&format!(
+                "invalid value for --data: {absent} does not exist; --data is the directory holding the dataset's files"
+            )],
+        );
+        assert!(!err.contains("split found"), "{err}");
+    }
+    // Nothing was written in its place.
+    assert!(!tmp.path().join("absent").exists());
+    write(tmp.path(), "file", b"x");
+    fails(
+        tmp.path(),
+        &["data", "info", "--data", "file"],
+        &["--data: file is a file, not a directory"],
+    );
+}
+
+#[test]
 fn malformed_idx_files_are_named_in_errors() {
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("d");
@@ -86,6 +110,7 @@ fn malformed_idx_files_are_named_in_errors() {
         &["train-images.npy"],
     );
     let none = s(&tmp.path().join("none"));
+    fs::create_dir(&none).unwrap();
     fails(
         tmp.path(),
         &["data", "info", "--data", &none],

@@ -58,11 +58,13 @@ impl OptionArgs {
 pub fn run(command: DataCommand) -> Result<()> {
     match command {
         DataCommand::Info { data, options } => {
+            Dataset::check_dir(&data)?;
             let options = DataOptions::load(&data)?.overlaid(&options.parse()?);
             describe(&data, &options)
         }
         DataCommand::Configure { data, options } => {
             let options = options.parse()?;
+            Dataset::check_dir(&data)?;
             let opened = Split::ALL.map(|split| Dataset::open_with(&data, split, &options));
             if opened
                 .iter()

@@ -163,8 +163,9 @@ pub enum DataError {
     /// The dataset holds no samples.
     #[error("{}: {field}: holds no samples (N = 0); a dataset needs at least one sample", path.display())]
     Empty { path: PathBuf, field: String },
-    /// A setting of a data transform (augmentation) that cannot be used;
-    /// `field` is the config field it came from.
+    /// A setting of a data transform (augmentation) that cannot be used,
+    /// or a dataset directory (`data`) that is not there; `field` is the
+    /// config field it came from.
     #[error("invalid value for {field}: {message}")]
     Setting { field: String, message: String },
     /// A split name that is neither `train` nor `test`.
@@ -382,6 +383,7 @@ impl Dataset {
     /// option `layout = "nhwc"` (converted on read). If none is found, the
     /// error lists exactly which files were looked for.
     pub fn open(dir: &Path, split: Split) -> Result<Dataset, DataError> {
+        Dataset::check_dir(dir)?;
         Dataset::open_with(dir, split, &DataOptions::load(dir)?)
     }
 
@@ -410,6 +412,27 @@ impl Dataset {
         Ok(Some(test))
     }
 
+    /// Refuses a dataset directory (the setting `data`) that does not
+    /// exist or is a file, before its splits are looked for: "no train
+    /// split found" would send the user looking for files in a directory
+    /// that is not there. [`Dataset::open`] checks this first.
+    pub fn check_dir(dir: &Path) -> Result<(), DataError> {
+        let problem = match std::fs::metadata(dir) {
+            Ok(m) if m.is_dir() => return Ok(()),
+            Ok(_) => "is a file, not a directory",
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => "does not exist",
+            // Unreadable: the split's files are looked for, and their errors said.
+            Err(_) => return Ok(()),
+        };
+        Err(DataError::Setting {
+            field: "data".into(),
+            message: format!(
+                "{} {problem}; `data` is the directory holding the dataset's files (for Fashion-MNIST, run `data/fetch-fashion-mnist.sh DIR` to fill one)",
+                dir.display()
+            ),
+        })
+    }
+
     /// Whether `dir` holds a split of a dataset in a format distill reads
     /// (by its files' names; nothing is opened).
     pub fn is_in(dir: &Path) -> bool {
@@ -428,6 +451,7 @@ impl Dataset {
         split: Split,
         options: &DataOptions,
     ) -> Result<Dataset, DataError> {
+        Dataset::check_dir(dir)?;
         for format in FORMATS {
             if let Some(found) = (format.find)(dir, split) {
                 check_options(dir, format, options)?;

@@ -45,6 +45,33 @@ fn not_found_lists_every_file_looked_for() {
 }
 
 #[test]
+fn a_directory_that_is_not_there_is_said_to_be_missing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let absent = tmp.path().join("absent");
+    for e in [
+        Dataset::open(&absent, Split::Train).unwrap_err(),
+        Dataset::open_with(&absent, Split::Test, &DataOptions::default()).unwrap_err(),
+    ] {
+        let DataError::Setting { field, message } = &e else {
+            panic!("not a setting error: {e}")
+        };
+        assert_eq!(field, "data");
+        assert!(
+            message.starts_with(&format!(
+                "{} does not exist; `data` is the directory",
+                absent.display()
+            )),
+            "{message}"
+        );
+        assert!(!message.contains("split found"), "{message}");
+    }
+    let file = tmp.path().join("file");
+    fs::write(&file, b"x").unwrap();
+    let e = Dataset::open(&file, Split::Train).unwrap_err().to_string();
+    assert!(e.contains("is a file, not a directory"), "{e}");
+}
+
+#[test]
 fn opens_npy_dataset_with_labels() {
     let dir = tempfile::tempdir().unwrap();
     let pixels: Vec<u8> = (0..2 * 3 * 4).map(|i| i as u8).collect();
