@@ -798,6 +798,18 @@ const IMPORT_WINDOW_BYTES: usize = if cfg!(test) { 4096 } else { 16 << 20 };
 
 impl LogitsRows {
     fn open(path: &Path, tensor: Option<&str>) -> Result<LogitsRows> {
+        if crate::data::MatrixFile::of(path)? == crate::data::MatrixFile::Neither {
+            return Err(Error::Config {
+                field: "logits".into(),
+                message: format!(
+                    "{} is neither a .npy nor a .safetensors file (not by its name's extension, \
+                     nor by its first bytes: no .npy magic, no safetensors header); logits are read \
+                     from a .npy or .safetensors file of [N, C] floats: save them as one \
+                     (numpy.save, safetensors' save_file)",
+                    path.display()
+                ),
+            });
+        }
         let mut magic = [0u8; 6];
         let is_npy = std::fs::File::open(path)
             .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut magic))

@@ -246,6 +246,14 @@ fn matrix_from_safetensors(
     let st = parse(bytes, path)?;
     let mut names: Vec<String> = st.names().into_iter().cloned().collect();
     names.sort();
+    if names.is_empty() {
+        return Err(format_err(
+            path,
+            "tensors",
+            "the file holds no tensors (its header lists none); write the matrix into it as one [N, C] tensor"
+                .into(),
+        ));
+    }
     let name = match name {
         Some(n) => n.to_string(),
         None if names.len() == 1 => names[0].clone(),
@@ -291,6 +299,63 @@ fn matrix_from_safetensors(
     Ok((rows, cols, data))
 }
 
+/// What a file given as a float matrix is: by its first bytes (the `.npy`
+/// magic, or a safetensors header length that fits the file followed by
+/// its JSON object), else by its name's extension, else neither.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MatrixFile {
+    Npy,
+    Safetensors,
+    /// Neither by content nor by name (a script, a CSV, a pickle).
+    Neither,
+}
+
+impl MatrixFile {
+    /// Looks at the first bytes of `path` (and its name).
+    pub fn of(path: &Path) -> Result<MatrixFile, DataError> {
+        let read_err = |source| DataError::Read {
+            path: path.to_path_buf(),
+            field: "matrix".into(),
+            source,
+        };
+        let mut head = [0u8; 9];
+        let (got, len) = File::open(path)
+            .and_then(|mut f| {
+                let len = f.metadata()?.len();
+                let mut got = 0;
+                while got < head.len() {
+                    match f.read(&mut head[got..])? {
+                        0 => break,
+                        k => got += k,
+                    }
+                }
+                Ok((got, len))
+            })
+            .map_err(read_err)?;
+        if got >= 6 && &head[..6] == b"\x93NUMPY" {
+            return Ok(MatrixFile::Npy);
+        }
+        if got == head.len() && head[8] == b'{' {
+            let mut lb = [0u8; 8];
+            lb.copy_from_slice(&head[..8]);
+            if u64::from_le_bytes(lb) <= len.saturating_sub(8) {
+                return Ok(MatrixFile::Safetensors);
+            }
+        }
+        let named = |ext: &str| {
+            path.extension()
+                .is_some_and(|x| x.eq_ignore_ascii_case(ext))
+        };
+        Ok(if named("npy") {
+            MatrixFile::Npy
+        } else if named("safetensors") {
+            MatrixFile::Safetensors
+        } else {
+            MatrixFile::Neither
+        })
+    }
+}
+
 /// Reads a float matrix `[N, C]` (f32/f64/f16/bf16 accepted, converted to f32)
 /// from a `.npy` or `.safetensors` file, told apart by content, not name. For
 /// safetensors it reads the tensor named `name`, or the only tensor when `name`
@@ -321,6 +386,16 @@ pub fn read_float_matrix(
         .map_err(read_err)?;
     if got == 6 && &magic == b"\x93NUMPY" {
         return npy::read_matrix(path);
+    }
+    if MatrixFile::of(path)? == MatrixFile::Neither {
+        return Err(format_err(
+            path,
+            "file type",
+            "neither a .npy file (it does not begin with the \\x93NUMPY magic) nor a safetensors \
+             file (it does not begin with a header length and a JSON header), and its name ends in \
+             neither .npy nor .safetensors; a float matrix is read from a .npy or .safetensors file"
+                .into(),
+        ));
     }
     let bytes = fs::read(path).map_err(read_err)?;
     matrix_from_safetensors(&bytes, path, name).map_err(|e| {
@@ -466,6 +541,43 @@ mod tests {
             read_float_matrix(&npy_path, None).unwrap(),
             (3, 2, v.to_vec())
         );
+
+        // Neither format, by content or name: said so, not what the first
+        // bytes read as a safetensors header length make of it.
+        let script = dir.path().join("x.py");
+        fs::write(&script, b"import numpy as np\nnp.save('x.npy', logits)\n").unwrap();
+        assert_eq!(MatrixFile::of(&script).unwrap(), MatrixFile::Neither);
+        let err = read_float_matrix(&script, None).unwrap_err().to_string();
+        assert!(
+            err.contains("x.py: file type: neither a .npy file")
+                && err.contains("nor a safetensors file")
+                && !err.contains("exceeds"),
+            "{err}"
+        );
+        assert_eq!(MatrixFile::of(&st).unwrap(), MatrixFile::Safetensors);
+        // A safetensors file under another name is told by its content.
+        let renamed = dir.path().join("logits.bin");
+        fs::copy(&st, &renamed).unwrap();
+        assert_eq!(MatrixFile::of(&renamed).unwrap(), MatrixFile::Safetensors);
+        assert_eq!(read_float_matrix(&renamed, None).unwrap().0, 2);
+        // Named .safetensors but cut short: its own reader says what is wrong.
+        let cut = dir.path().join("cut.safetensors");
+        fs::write(&cut, &fs::read(&st).unwrap()[..4]).unwrap();
+        assert_eq!(MatrixFile::of(&cut).unwrap(), MatrixFile::Safetensors);
+        let err = read_float_matrix(&cut, None).unwrap_err().to_string();
+        assert!(err.contains("truncated"), "{err}");
+
+        // A safetensors file with no tensor at all: said so.
+        let empty = dir.path().join("empty.safetensors");
+        fs::write(&empty, st_bytes(&[])).unwrap();
+        for name in [None, Some("logits")] {
+            let err = read_float_matrix(&empty, name).unwrap_err().to_string();
+            assert!(
+                err.contains("empty.safetensors: tensors: the file holds no tensors")
+                    && !err.contains("name the one"),
+                "{err}"
+            );
+        }
 
         // Named .npy but neither format: the error speaks of .npy.
         let fake = dir.path().join("fake.npy");

@@ -52,7 +52,7 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
-pub use arrays::read_float_matrix;
+pub use arrays::{read_float_matrix, MatrixFile};
 pub use idx::write_idx;
 pub use normalize::{Normalization, NormalizeSetting};
 pub use npy::{matrix_layout, MatrixLayout};
