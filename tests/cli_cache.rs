@@ -367,7 +367,10 @@ fn distillation_runs_and_pairing_is_checked() {
     fails(
         tmp.path(),
         &distil_args(&data, "test-cache", "run", &["--alpha", "0.5"]),
-        &["test-cache"],
+        &[
+            "--cache: test-cache holds the teacher's outputs on the test split",
+            "--split train",
+        ],
     );
     // A student whose outputs differ from the cache's classes.
     let mut a = distil_args(&data, "train-cache", "run", &["--alpha", "0.5"]);

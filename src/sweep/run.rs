@@ -27,7 +27,9 @@ use crate::model::{Backend, ModelDir, ModelSpec};
 use crate::train::card::ModelCard;
 use crate::train::config::TrainConfig;
 use crate::train::outdir::{first_difference, other_commands_directory};
-use crate::train::sources::{check_test_cache_teacher, open_cache, open_views};
+use crate::train::sources::{
+    check_test_cache_teacher, open_test_cache, open_views, test_predictions,
+};
 use crate::train::trainer::{self, RunOptions, TrainSources};
 use crate::train::validation::{run_overlap, TeacherOverlap};
 
@@ -467,7 +469,7 @@ impl OpenInputs {
         if let Some(teacher) = &cfg.teacher {
             check_cache_teacher(teacher, cache.first())?;
         }
-        let test_cache = cfg.test_cache.as_deref().map(open_cache).transpose()?;
+        let test_cache = cfg.test_cache.as_deref().map(open_test_cache).transpose()?;
         let t = &cache.first().manifest().teacher;
         if let Some(tc) = test_cache.as_ref().filter(|_| t.is_model_run()) {
             check_test_cache_teacher(
@@ -477,7 +479,7 @@ impl OpenInputs {
             )?;
         }
         let teacher_test_predictions = match (&test_cache, &test) {
-            (Some(tc), Some(t)) => Some(tc.teacher_predictions(t)?),
+            (Some(tc), Some(t)) => Some(test_predictions(tc, t)?),
             (Some(_), None) => {
                 return Err(Error::Config {
                     field: "test_cache".into(),

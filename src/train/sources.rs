@@ -86,7 +86,7 @@ impl SourcePaths {
         };
         let (teacher_test_predictions, teacher_accuracy) = match (&self.test_cache, &test) {
             (Some(dir), Some(test)) => {
-                let tc = open_cache(dir)?;
+                let tc = open_test_cache(dir)?;
                 match (&online_teacher, &cache, &self.online_teacher) {
                     (Some(net), _, Some(path)) => check_test_cache_teacher(
                         &tc,
@@ -107,7 +107,7 @@ impl SourcePaths {
                     _ => {}
                 }
                 let accuracy = tc.manifest().teacher_stats.accuracy;
-                (Some(tc.teacher_predictions(test)?), accuracy)
+                (Some(test_predictions(&tc, test)?), accuracy)
             }
             (Some(_), None) => {
                 return Err(Error::Config {
@@ -236,6 +236,54 @@ pub fn open_cache(dir: &Path) -> Result<CacheReader> {
     Ok(unsafe { CacheReader::open(dir) }?)
 }
 
+/// Opens the test split's cache (`test_cache`). A set of augmented views
+/// is refused by name: it holds the teacher's outputs on augmented
+/// images, not on the test split's.
+pub fn open_test_cache(dir: &Path) -> Result<CacheReader> {
+    if crate::cache::views::is_view_set(dir) {
+        return Err(Error::Config {
+            field: "test_cache".into(),
+            message: format!(
+                "{} is a set of augmented views ({} and view-N/ caches: the teacher's outputs on \
+                 augmented images); `test_cache` needs a plain cache of the test split \
+                 (`distill cache build --split test`, without --augment)",
+                dir.display(),
+                crate::cache::views::SUMMARY_FILE
+            ),
+        });
+    }
+    open_cache(dir)
+}
+
+/// The teacher's top class on every test image, from the test cache
+/// (`test_cache`), checked to be the test split's.
+pub fn test_predictions(test_cache: &CacheReader, test: &Dataset) -> Result<Vec<u32>> {
+    check_cache_split(test_cache, test, "test_cache")?;
+    Ok(test_cache.teacher_predictions(test)?)
+}
+
+/// Refuses a cache (given as the setting `field`) built on another split
+/// than `data`'s: the teacher's outputs on the test split given as the
+/// training cache, or the other way round, are named as such rather than
+/// as a fingerprint that differs. A cache of `data` itself passes (its
+/// split's name aside).
+pub fn check_cache_split(cache: &CacheReader, data: &Dataset, field: &str) -> Result<()> {
+    let built = &cache.manifest().dataset;
+    let split = data.split().to_string();
+    if built.split == split || built.fingerprint == data.fingerprint().0 {
+        return Ok(());
+    }
+    Err(Error::Config {
+        field: field.into(),
+        message: format!(
+            "{} holds the teacher's outputs on the {} split; `{field}` needs the {split} split's \
+             (build it with `distill cache build --split {split}`)",
+            cache.dir().display(),
+            built.split
+        ),
+    })
+}
+
 /// Checks that a cache and a dataset belong together and fit the loss.
 pub fn check_cache(
     cache: &CacheReader,
@@ -243,6 +291,7 @@ pub fn check_cache(
     spec: &ModelSpec,
     loss_cfg: &LossConfig,
 ) -> Result<()> {
+    check_cache_split(cache, train, "cache")?;
     cache.check_pairing(
         &train.fingerprint().0,
         train.len() as u64,
