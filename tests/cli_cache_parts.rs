@@ -656,7 +656,7 @@ fn hostile_merges_are_refused_naming_the_part_untouched() {
             vec![
                 "out: cannot merge".into(),
                 "holds another cache".into(),
-                "dataset fingerprint".into(),
+                "its dataset split is test, the parts' train".into(),
             ],
         ),
     ];

@@ -192,15 +192,18 @@ impl BuildSpec {
                 self.teacher.source.clone(),
                 o.teacher.source.clone(),
             ),
-            (
-                "dataset fingerprint",
-                self.dataset.fingerprint.clone(),
-                o.dataset.fingerprint.clone(),
-            ),
+            // The split before the fingerprint: the other split's data has
+            // another fingerprint too, and "train there, test requested"
+            // says what happened.
             (
                 "dataset split",
                 self.dataset.split.clone(),
                 o.dataset.split.clone(),
+            ),
+            (
+                "dataset fingerprint",
+                self.dataset.fingerprint.clone(),
+                o.dataset.fingerprint.clone(),
             ),
             (
                 "sample count",

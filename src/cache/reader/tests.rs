@@ -660,6 +660,19 @@ fn different_settings_refused_and_failed_rebuild_keeps_committed_cache() {
         .unwrap()
         .to_string();
     assert!(e.contains("temperature") && e.contains("overwrite"), "{e}");
+    // The other split (of other data, so another fingerprint too) is named
+    // as the split, not as a fingerprint.
+    let mut test_split = meta(300, 10, Encoding::Q8, true);
+    test_split.dataset.split = "test".into();
+    test_split.dataset.fingerprint = "test-data-fp".into();
+    let e = CacheWriter::create_or_resume(dir.path(), test_split, small_opts())
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        e.contains("a cache built with a different dataset split (train there, test requested)"),
+        "{e}"
+    );
     // Overwrite, but fail midway: the committed cache still opens and verifies.
     {
         let mut o = small_opts();
