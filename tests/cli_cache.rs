@@ -1117,3 +1117,135 @@ fn cache_settings_out_of_range_are_refused_by_flag() {
     }
     assert!(!dir.path().join("c/manifest.json").exists());
 }
+
+/// What a directory given as a cache is, when it is not the cache asked
+/// for, is said in its own terms with what to do: the other split's cache
+/// (to train, as the test cache, or to build into), a set of augmented
+/// views as the test cache, the parent of a build's parts, a directory that
+/// is not there, a shard replaced by a directory; and logits files that
+/// hold no tensor or are of no format distill reads.
+#[test]
+fn a_directory_that_is_not_the_cache_asked_for_is_named_for_what_it_is() {
+    let tmp = tempfile::tempdir().unwrap();
+    let t = tmp.path();
+    let data = s(&small_data());
+    build(t, "train", "f16", "c-train", &[]);
+    build(t, "test", "f16", "c-test", &[]);
+    let train = |cache: &str, extra: &[&str]| -> Vec<String> {
+        let flags = [&["--cache", cache, "--epochs", "1", "-q"][..], extra].concat();
+        train_args(&data, "mlp:784-16-10", "run", &flags)
+            .into_iter()
+            .map(str::to_string)
+            .collect()
+    };
+    let run = |args: &[String], needles: &[&str]| {
+        let err = fails(t, &strs(args), needles);
+        assert!(!err.contains("fingerprint"), "{err}");
+        assert!(!t.join("run").exists());
+    };
+    // The test split's cache as the training cache, and the other way round.
+    run(
+        &train("c-test", &[]),
+        &["invalid value for --cache: c-test holds the teacher's outputs on the test split; --cache needs the train split's (build it with `distill cache build --split train`)"],
+    );
+    run(
+        &train("c-train", &["--test-cache", "c-train"]),
+        &["invalid value for --test-cache: c-train holds the teacher's outputs on the train split; --test-cache needs the test split's (build it with `distill cache build --split test`)"],
+    );
+    // A build of the other split into a cache's directory.
+    let before = snapshot(&t.join("c-train"));
+    let err = fails(
+        t,
+        &cache_build_args(
+            &s(&teacher_dir()),
+            &data,
+            "c-train",
+            &["--split", "test", "--encoding", "f16", "-q"],
+        ),
+        &["c-train: this directory holds a cache built with a different dataset split (train there, test requested); use another directory"],
+    );
+    assert!(!err.contains("fingerprint"), "{err}");
+    assert_eq!(snapshot(&t.join("c-train")), before);
+
+    // A set of augmented views as the test cache.
+    build(
+        t,
+        "train",
+        "f16",
+        "views-dir",
+        &["--augment", "flip", "--views", "2"],
+    );
+    run(
+        &train("c-train", &["--test-cache", "views-dir"]),
+        &["invalid value for --test-cache: views-dir is a set of augmented views (views.json and view-N/ caches", "--test-cache needs a plain cache of the test split"],
+    );
+
+    // The parent of a build's parts.
+    for k in ["0/2", "1/2"] {
+        build(
+            t,
+            "train",
+            "f16",
+            "parts",
+            &["--part", k, "--shard-kib", "8", "--block-records", "64"],
+        );
+    }
+    for verb in ["inspect", "verify"] {
+        let err = fails(
+            t,
+            &["cache", verb, "parts"],
+            &[
+                "parts: holds the parts of a build (part-0-of-2, part-1-of-2), not a cache",
+                "distill cache merge parts/part-*-of-2 --out CACHE",
+            ],
+        );
+        assert!(!err.contains("never finished"), "{err}");
+        // A directory that is not there.
+        let err = fails(
+            t,
+            &["cache", verb, "absent"],
+            &["absent: no such directory"],
+        );
+        assert!(!err.contains("manifest.json"), "{err}");
+    }
+
+    // A shard replaced by a directory.
+    let manifest: serde_json::Value =
+        serde_json::from_str(&fs::read_to_string(t.join("c-test/manifest.json")).unwrap()).unwrap();
+    let shard = manifest["shards"][0]["file"].as_str().unwrap().to_string();
+    fs::remove_file(t.join("c-test").join(&shard)).unwrap();
+    fs::create_dir(t.join("c-test").join(&shard)).unwrap();
+    let err = fails(
+        t,
+        &["cache", "verify", "c-test"],
+        &[&shard, "shard 0: is a directory, not the"],
+    );
+    assert!(!err.contains("truncated"), "{err}");
+
+    // Logits in a safetensors file that holds no tensor, and in a file of
+    // neither format.
+    let header = b"{}";
+    let empty = [&(header.len() as u64).to_le_bytes()[..], header].concat();
+    fs::write(t.join("empty.safetensors"), empty).unwrap();
+    let err = fails(
+        t,
+        &cache_import_args("empty.safetensors", &data, "test", "2", "imp", &[]),
+        &["empty.safetensors: tensors: the file holds no tensors"],
+    );
+    assert!(!err.contains("name the one"), "{err}");
+    fs::write(
+        t.join("x.py"),
+        "import numpy as np\nnp.save('logits.npy', logits)\n",
+    )
+    .unwrap();
+    let err = fails(
+        t,
+        &cache_import_args("x.py", &data, "test", "2", "imp", &[]),
+        &[
+            "invalid value for --logits: x.py is neither a .npy nor a .safetensors file",
+            "logits are read from a .npy or .safetensors file",
+        ],
+    );
+    assert!(!err.contains("exceeds"), "{err}");
+    assert!(!t.join("imp/manifest.json").exists());
+}
