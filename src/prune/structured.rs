@@ -78,7 +78,7 @@ fn check_structured_layers(spec: &ModelSpec, sel: &LayerSelection) -> Result<()>
 /// reduced to `round(width * (1 - sparsity))` (at least 1). The output
 /// layer is never narrowed; a model with no hidden layer to narrow, or a
 /// selection of layers that cannot be, is refused
-/// ([`check_structured_layers`]).
+/// (`check_structured_layers`).
 pub fn pruned_spec(spec: &ModelSpec, sparsity: f64, sel: &LayerSelection) -> Result<ModelSpec> {
     check_sparsity(sparsity)?;
     check_structured_layers(spec, sel)?;
