@@ -432,38 +432,36 @@ fn a_sweep_over_batch_sizes_measures_against_the_strongest_baseline() {
         ],
         &["--baseline-augments", "unknown item 'spin'"],
     );
-    // An augmentation the images cannot take is refused before any run
-    // trains (the plain baselines come first in the plan).
-    let err = fails(
-        cwd,
-        &[
-            "sweep",
-            "--config",
-            "sweep.toml",
-            "--out",
-            "other",
+    // An augmentation the images cannot take, or a student they do not
+    // fit, is refused before any run trains (the plain baselines, and the
+    // students listed before it, come first in the plan).
+    for (flag, value, needles) in [
+        (
             "--baseline-augments",
             "cutout=30",
-        ],
-        &["--baseline-augments", "cutout=30"],
-    );
-    assert!(!cwd.join("other/runs").exists(), "{err}");
-    // So is a student the images do not fit, though students before it
-    // in the plan would train first.
-    let err = fails(
-        cwd,
-        &[
-            "sweep",
-            "--config",
-            "sweep.toml",
-            "--out",
-            "other",
+            ["--baseline-augments", "cutout=30"],
+        ),
+        (
             "--students",
             "mlp:784-16-10,mlp:100-10",
-        ],
-        &["mlp:100-10", "takes 100 inputs per sample"],
-    );
-    assert!(!cwd.join("other/runs").exists(), "{err}");
+            ["mlp:100-10", "takes 100 inputs per sample"],
+        ),
+    ] {
+        let err = fails(
+            cwd,
+            &[
+                "sweep",
+                "--config",
+                "sweep.toml",
+                "--out",
+                "other",
+                flag,
+                value,
+            ],
+            &needles,
+        );
+        assert!(!cwd.join("other/runs").exists(), "{err}");
+    }
 }
 
 /// A sweep keeps each run's best validation epoch (`best/`), so the chosen
