@@ -1714,3 +1714,36 @@ fn a_spaced_spec_is_recorded_trimmed_and_a_lone_augment_seed_is_refused() {
     );
     assert!(!tmp.path().join("c").exists());
 }
+
+/// A plot that cannot be drawn fails the run (exit 2, naming the file)
+/// only once the run is finished as a whole: model and card written and
+/// the checkpoint removed, so `--resume` has nothing left to do.
+#[test]
+fn a_plot_that_cannot_be_drawn_leaves_a_finished_run() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = s(&small_data());
+    let run = |extra: &[&str]| {
+        let mut a = train_args(&data, "mlp:784-16-10", "run", &["--epochs", "2", "-q"]);
+        a.extend_from_slice(&["--checkpoint-every", "5"]);
+        a.extend_from_slice(extra);
+        a.into_iter().map(String::from).collect::<Vec<_>>()
+    };
+    // A directory where the plot goes: no run's file, so --overwrite.
+    let dir = tmp.path().join("run");
+    fs::create_dir_all(dir.join("curves.png")).unwrap();
+    fails(
+        tmp.path(),
+        &strs(&run(&["--overwrite"])),
+        &["curves.png", "Is a directory"],
+    );
+    assert_eq!(model_card(&dir)["config"]["epochs"], 2);
+    let left: Vec<String> = fs::read_dir(&dir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains("checkpoint"))
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+    let out = ok(tmp.path(), &strs(&run(&["--resume"])));
+    assert!(out.contains("already finished"), "{out}");
+}

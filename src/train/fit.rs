@@ -587,7 +587,9 @@ impl<'a, D: Backend> Run<'a, D> {
         let net = averaged.as_ref().unwrap_or(&self.net);
         let card = self.card(net);
         if finished {
-            self.write_model(&self.dir, &card, net)?;
+            // A plot that could not be drawn is reported once the run has
+            // finished as a whole: the model and its card are written.
+            let plot_failed = self.write_model(&self.dir, &card, net)?;
             // Before the checkpoint: stopped between the two, `resume`
             // continues the checkpoint and comes here again.
             drop_earlier_model(&self.dir)?;
@@ -602,6 +604,9 @@ impl<'a, D: Backend> Run<'a, D> {
                 if let Some(why) = best::mismatch(&self.dir, &self.metrics) {
                     eprintln!("warning: the best epoch's model was not kept: {why}");
                 }
+            }
+            if let Some(e) = plot_failed {
+                return Err(e);
             }
         }
         let network = averaged.unwrap_or(self.net);
@@ -631,12 +636,23 @@ impl<'a, D: Backend> Run<'a, D> {
         let mut card = self.card(net);
         card.snapshot_epoch = Some(epoch);
         write_metrics(&dir.metrics(), &self.metrics)?;
-        self.write_model(dir, &card, net)
+        match self.write_model(dir, &card, net)? {
+            Some(plot_failed) => Err(plot_failed),
+            None => Ok(()),
+        }
     }
 
     /// Writes `net`'s weights (and `model.py`), the masks, the curves and,
     /// last, the card into `dir`.
-    fn write_model(&self, dir: &ModelDir, card: &ModelCard, net: &Network<D>) -> Result<()> {
+    /// Writes the model's files into `dir`, its card last. A plot that
+    /// could not be drawn does not take the model with it: the card is
+    /// still written, and the plot's error returned as `Ok(Some(..))`.
+    fn write_model(
+        &self,
+        dir: &ModelDir,
+        card: &ModelCard,
+        net: &Network<D>,
+    ) -> Result<Option<Error>> {
         save_weights(net, dir.weights())?;
         if let Some(m) = self.pruning.masks() {
             let mut meta = HashMap::new();
@@ -653,11 +669,9 @@ impl<'a, D: Backend> Run<'a, D> {
             baseline.as_deref(),
             self.opts.teacher_accuracy,
         );
-        // Last: a card says the model beside it is whole. A plot that could
-        // not be drawn does not take the model with it: the card is still
-        // written, then the plot's error returned.
+        // Last: a card says the model beside it is whole.
         card.save(&dir.card())?;
-        curves
+        Ok(curves.err())
     }
 }
 
