@@ -149,6 +149,10 @@ $(CACHE_DIR)/%/manifest.json: | $(BIN) data
 STUDENT_TAG = $(subst :,-,$(STUDENT))
 
 BASELINE_RUN = $(RUNS)/$(STUDENT_TAG)-baseline-e$(EPOCHS)-s$(SEED)
+# Student runs write a checkpoint every 1000 steps and at each epoch's
+# end, and a rerun continues a killed one from it (same bytes as a run
+# never stopped) instead of starting over.
+RESUMABLE = --checkpoint-every 1000 --resume
 
 # Phase two: the default student distilled from the cache (after its
 # hard-label baseline, which its curves.png draws for comparison).
@@ -156,12 +160,12 @@ train-student: cache $(BASELINE_RUN)/model.json
 	$(BIN) train --data $(DATA) --student $(STUDENT) --cache $(CACHE_DIR)/train \
 	  --test-cache $(CACHE_DIR)/test --loss $(LOSS) -T $(T) --alpha $(ALPHA) \
 	  --epochs $(EPOCHS) --seed $(SEED) --val-seed $(VAL_SEED) --baseline-run $(BASELINE_RUN) \
-	  --out $(RUNS)/$(STUDENT_TAG)-$(LOSS)-T$(T)-a$(ALPHA)-e$(EPOCHS)-s$(SEED)
+	  $(RESUMABLE) --out $(RUNS)/$(STUDENT_TAG)-$(LOSS)-T$(T)-a$(ALPHA)-e$(EPOCHS)-s$(SEED)
 
 # The same student on hard labels only, same epochs, optimizer and seed.
 baseline: $(BIN) data
 	$(BIN) train --data $(DATA) --student $(STUDENT) --epochs $(EPOCHS) --seed $(SEED) \
-	  --val-seed $(VAL_SEED) --out $(BASELINE_RUN)
+	  --val-seed $(VAL_SEED) $(RESUMABLE) --out $(BASELINE_RUN)
 
 $(BASELINE_RUN)/model.json: | $(BIN) data
 	$(MAKE) baseline
@@ -238,14 +242,14 @@ distill-best: | $(BIN) data
 	set -e; for s in $(BEST_SEEDS); do \
 	  [ -f $(BEST_PLAIN_RUN)-s$$s/model.json ] || $(BIN) train --data $(DATA) \
 	    --student $(STUDENT) --epochs $(BEST_EPOCHS) --seed $$s $(BEST_FLAGS) $(BEST_PLAIN_FLAGS) \
-	    --out $(BEST_PLAIN_RUN)-s$$s; \
+	    $(RESUMABLE) --out $(BEST_PLAIN_RUN)-s$$s; \
 	  [ -f $(BEST_AUG_RUN)-s$$s/model.json ] || $(BIN) train --data $(DATA) \
 	    --student $(STUDENT) --epochs $(BEST_EPOCHS) --seed $$s --augment $(BEST_BASE_AUGMENT) $(BEST_FLAGS) \
-	    $(BEST_BASE_FLAGS) --out $(BEST_AUG_RUN)-s$$s; \
+	    $(BEST_BASE_FLAGS) $(RESUMABLE) --out $(BEST_AUG_RUN)-s$$s; \
 	  [ -f $(BEST_KD_RUN)-s$$s/model.json ] || $(BIN) train --data $(DATA) \
 	    --student $(STUDENT) --epochs $(BEST_EPOCHS) --seed $$s --cache $(BEST_TRAIN) \
 	    --test-cache $(BEST_CACHES)/test -T $(BEST_T) --alpha $(BEST_ALPHA) $(BEST_FLAGS) $(BEST_KD_FLAGS) \
-	    --out $(BEST_KD_RUN)-s$$s; \
+	    $(RESUMABLE) --out $(BEST_KD_RUN)-s$$s; \
 	done
 	sh scripts/summarize_runs.sh $(foreach s,$(BEST_SEEDS),$(BEST_PLAIN_RUN)-s$(s)) \
 	  $(foreach s,$(BEST_SEEDS),$(BEST_AUG_RUN)-s$(s)) \

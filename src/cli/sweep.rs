@@ -62,7 +62,8 @@ mod tests {
 pub struct SweepArgs {
     /// A TOML file whose keys are these flags' names (`val-seed = 0`), lists
     /// as TOML arrays (`temperatures = [1, 4]`), paths relative to the file;
-    /// flags given here win. examples/sweep.toml is `make sweep`'s.
+    /// flags given here win. examples/sweep.toml is the sweep `make sweep`
+    /// runs with its default variables.
     #[arg(long)]
     config: Option<PathBuf>,
     /// Teacher-output cache of the training split.

@@ -2,7 +2,7 @@
 //!
 //! A directory that holds a finished model is written over only by a run of
 //! the same settings (its card records this run's config: a rerun, which
-//! trains the same model again, as `make train-student` does) or with
+//! trains the same model again) or with
 //! `overwrite`. The data and the teacher outputs are not settings: a rerun
 //! after the cache was rebuilt from a new teacher trains the model again
 //! from it, as a make target expects. A checkpoint of an unfinished run is continued with `resume`
