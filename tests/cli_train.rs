@@ -612,8 +612,8 @@ fn bad_flags_name_the_flag() {
     );
     fails(
         tmp.path(),
-        &mlp_args(&data, "o", &["--window-blocks", "0"]),
-        &["--window-blocks", "at least 1"],
+        &mlp_args(&data, "o", &["--window-blocks", "3"]),
+        &["--window-blocks", "no --cache"],
     );
     fails(
         tmp.path(),

@@ -145,7 +145,7 @@ pub enum CacheError {
     #[error("{what}: {message}")]
     InvalidInput { what: String, message: String },
     /// Top-k caches hold the teacher at one temperature only.
-    #[error("{path}: cache stores {stored_values} log-probabilities at T={stored}, which cannot be re-tempered exactly to T={requested}; use T={stored}, rebuild the cache with a dense encoding (f32, f16, q8 or hq:N), or allow the approximation (train --allow-topk-retemper; allow_topk_retemper in a config)")]
+    #[error("{path}: cache stores {stored_values} log-probabilities at T={stored}, which cannot be re-tempered exactly to T={requested}; use T={stored}, rebuild the cache with a dense encoding (f32, f16, q8 or hq:N), or allow the approximation (`distill train --allow-topk-retemper`; a sweep cannot, so it takes such a cache only at its own T)")]
     TopKRetemper {
         path: PathBuf,
         /// What the records hold (`top-5`).

@@ -450,6 +450,12 @@ fn config(a: &TrainArgs, init_spec: Option<&str>) -> Result<TrainConfig> {
             })
         }
     };
+    if a.cache.is_none() && a.window_blocks != TrainConfig::default().window_blocks {
+        return Err(Error::Config {
+            field: "--window-blocks".into(),
+            message: "it sets how the cache is streamed, and there is no --cache".into(),
+        });
+    }
     let val_fold = a
         .val_fold
         .as_deref()

@@ -227,6 +227,20 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_shuffle_window_of_no_blocks_is_refused() {
+        let cfg = TrainConfig {
+            spec: "mlp:784-16-10".into(),
+            window_blocks: 0,
+            ..TrainConfig::default()
+        };
+        let e = cfg.validate().unwrap_err().to_string();
+        assert!(
+            e.contains("window_blocks") && e.contains("at least 1"),
+            "{e}"
+        );
+    }
+
+    #[test]
     fn the_defaults_are_valid_once_a_spec_is_named() {
         let cfg = TrainConfig {
             spec: "mlp:784-32-10".into(),
