@@ -223,7 +223,7 @@ fn retempering_dense_exact_topk_refused_unless_allowed() {
     let r = open(dir.path()).unwrap();
     let e = r.read_all(2.0, false).unwrap_err().to_string();
     assert!(
-        e.contains("top-3") && e.contains("allow_topk_retemper") && e.contains("manifest.json"),
+        e.contains("top-3") && e.contains("--allow-topk-retemper") && e.contains("manifest.json"),
         "{e}"
     );
     let approx = r.read_all(2.0, true).unwrap().logprobs;
