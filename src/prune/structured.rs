@@ -225,6 +225,18 @@ pub fn structured(
     sel: &LayerSelection,
 ) -> Result<StructuredPrune> {
     let small = pruned_spec(spec, sparsity, sel)?;
+    if sparsity > 0.0 && small.as_str() == spec.as_str() {
+        // Every selected layer keeps round(width * (1 - sparsity)) = its
+        // width: the "pruned" model would be the model itself.
+        return Err(Error::Config {
+            field: "sparsity".into(),
+            message: format!(
+                "{sparsity} removes no unit or channel of {spec}: each selected layer keeps \
+                 round(width x (1 - sparsity)), which is its whole width (or it is 1 wide); \
+                 raise the sparsity"
+            ),
+        });
+    }
     let mut out: Vec<HostTensor> = torch_shapes(&small)
         .into_iter()
         .map(|(name, shape)| HostTensor {
@@ -316,6 +328,17 @@ mod tests {
         // Without a mask there is none.
         let plain = structured(&spec, &w, None, 0.5, &LayerSelection::All).unwrap();
         assert!(plain.masks.is_none());
+        // A sparsity too small to remove a unit is refused (0 removes
+        // nothing on purpose: a budget the model meets already).
+        let e = structured(&spec, &w, None, 0.1, &LayerSelection::All)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("sparsity") && e.contains("removes no unit"),
+            "{e}"
+        );
+        let same = structured(&spec, &w, None, 0.0, &LayerSelection::All).unwrap();
+        assert_eq!(same.spec.as_str(), spec.as_str());
     }
 
     #[test]
