@@ -148,6 +148,15 @@ impl TrainConfig {
         self.optimizer.validate()?;
         self.loss.validate()?;
         check_fraction(self.val_fraction)?;
+        if let (Some(seed), None, 0.0) = (self.val_seed, self.val_fold, self.val_fraction) {
+            return Err(Error::Config {
+                field: "val_seed".into(),
+                message: format!(
+                    "{seed} draws the validation split, and `val_fraction` 0 holds none out: \
+                     leave one of the two out"
+                ),
+            });
+        }
         if let Some(fold) = self.val_fold {
             if self.val_fraction != 0.0 {
                 return Err(Error::Config {
@@ -236,6 +245,18 @@ mod tests {
         let e = cfg.validate().unwrap_err().to_string();
         assert!(
             e.contains("window_blocks") && e.contains("at least 1"),
+            "{e}"
+        );
+        // A seed for a split that holds nothing out has nothing to draw.
+        let cfg = TrainConfig {
+            spec: "mlp:784-16-10".into(),
+            val_seed: Some(5),
+            val_fraction: 0.0,
+            ..TrainConfig::default()
+        };
+        let e = cfg.validate().unwrap_err().to_string();
+        assert!(
+            e.contains("val_seed") && e.contains("holds none out"),
             "{e}"
         );
     }
