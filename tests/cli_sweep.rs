@@ -742,8 +742,10 @@ fn a_sweep_refuses_an_out_that_is_not_a_sweeps() {
         "# mine"
     );
     assert!(!cwd.join("notes/runs").exists());
-    // A sweep's own folder is its to write again.
+    // A sweep's own folder is its to write again, its runs removed too.
     sweep(cwd, &[]);
+    sweep(cwd, &[]);
+    fs::remove_dir_all(cwd.join("sweep/runs")).unwrap();
     sweep(cwd, &[]);
 }
 

@@ -1608,6 +1608,25 @@ fn a_test_cache_of_another_teacher_is_refused() {
     }
     let a = run("test", &["--cache", "train"]);
     ok(cwd, &strs(&a));
+    // Imported logits (under any file name) record no model's weights: a
+    // pair of them is not compared.
+    for (split, n, out) in [
+        ("train", 2000usize, "imp-train"),
+        ("test", 1000, "imp-test"),
+    ] {
+        let logits: Vec<u8> = (0..n * 10)
+            .flat_map(|i| ((i % 7) as f32 - 3.0).to_le_bytes())
+            .collect();
+        let file = format!("{split}-logits.bin");
+        write_npy(&cwd.join(&file), "<f4", &[n, 10], &logits);
+        ok(
+            cwd,
+            &cache_import_args(&file, &data, split, "4", out, &["-q"]),
+        );
+    }
+    let mut a = train_args(&data, "mlp:784-16-10", "imp", &["--epochs", "1", "-q"]);
+    a.extend_from_slice(&["--cache", "imp-train", "--test-cache", "imp-test"]);
+    ok(cwd, &a);
     fails(
         cwd,
         &[
@@ -1685,6 +1704,15 @@ fn out_is_refused_where_a_run_would_write_over_what_is_not_a_runs() {
         "print('mine')"
     );
     ok(cwd, &strs(&run("mine", &["--overwrite"])));
+    // A run's metrics alone (a run killed before its first checkpoint, by
+    // a version that left no lock) are a run's: it starts over.
+    fs::create_dir(cwd.join("killed")).unwrap();
+    fs::copy(
+        cwd.join("mine/metrics.jsonl"),
+        cwd.join("killed/metrics.jsonl"),
+    )
+    .unwrap();
+    ok(cwd, &strs(&run("killed", &[])));
     // Weights without their card.
     fs::remove_file(cwd.join("mine/model.json")).unwrap();
     fails(

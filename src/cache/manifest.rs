@@ -74,19 +74,6 @@ pub struct ViewInfo {
     pub views: u64,
 }
 
-impl TeacherInfo {
-    /// Whether these outputs came from running a model over the data
-    /// (`cache build`), so that `fingerprint` is the model's weights': not
-    /// from imported logits (`source` names the `.npy` or `.safetensors`
-    /// files, and `fingerprint` is theirs) or from an ensemble of caches.
-    pub fn is_model_run(&self) -> bool {
-        let imported = [".npy", ".safetensors"]
-            .iter()
-            .any(|ext| self.source.ends_with(ext));
-        !imported && !self.spec.starts_with("ensemble:")
-    }
-}
-
 impl std::fmt::Display for ViewInfo {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(

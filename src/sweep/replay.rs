@@ -117,9 +117,15 @@ pub fn replay<D: Backend>(
         r.run.name, r.epoch
     );
     let sources = run_sources::<D>(cfg, &r.run, inputs);
-    trainer::train(device, &r.run.config, &sources, &work, &opts)?;
     let own = ModelCard::load(&ModelDir::new(&dir).card())?;
     let replayed = snapshot_dir(&work, r.epoch);
+    trainer::train(device.clone(), &r.run.config, &sources, &work, &opts)?;
+    if !holds_epoch(&replayed, &own, r.epoch) {
+        // A checkpoint at the epoch without its snapshot (the snapshot
+        // moved out, then removed): nothing left to resume; start over.
+        remove_replay(&work)?;
+        trainer::train(device, &r.run.config, &sources, &work, &opts)?;
+    }
     if !holds_epoch(&replayed, &own, r.epoch) {
         return Err(Error::Training {
             context: r.run.name.clone(),
@@ -147,7 +153,8 @@ pub fn replay<D: Backend>(
 
 /// Removes what earlier replays left in the run directories of `runs`
 /// (a replay stopped after its snapshot moved, or one of an epoch no
-/// longer chosen): directories named `.replay-epoch-NNN`.
+/// longer chosen): directories named `.replay-epoch-NNN`, but for one
+/// another process is training in (its lock held).
 pub fn clear_replays(out: &Path, runs: &[PlannedRun]) -> Result<()> {
     for run in runs {
         let dir = run_dir(out, run);
@@ -156,7 +163,9 @@ pub fn clear_replays(out: &Path, runs: &[PlannedRun]) -> Result<()> {
         };
         for entry in entries.flatten() {
             let name = entry.file_name();
-            if name.to_string_lossy().starts_with(REPLAY_PREFIX) {
+            // One another process is training in is its own to finish.
+            let busy = crate::fsutil::lock_is_held(&ModelDir::new(entry.path()).lock());
+            if name.to_string_lossy().starts_with(REPLAY_PREFIX) && !busy {
                 remove_replay(&entry.path())?;
             }
         }
@@ -177,8 +186,9 @@ fn remove_replay(path: &Path) -> Result<()> {
 }
 
 /// The first figure in which the replay's metrics (`again`) differ from
-/// the run's (`ran`) up to epoch `epoch`, if any: the training loss and the
-/// validation and test figures; the timings differ anyway.
+/// the run's (`ran`) up to epoch `epoch`, if any: the training loss, the
+/// validation and test figures and the agreement with the teacher; the
+/// timings differ anyway.
 fn first_difference(ran: &[EpochMetrics], again: &[EpochMetrics], epoch: usize) -> Option<String> {
     if ran.len() < epoch || again.len() < epoch {
         return Some(format!(
@@ -193,6 +203,8 @@ fn first_difference(ran: &[EpochMetrics], again: &[EpochMetrics], epoch: usize) 
             ("validation accuracy", a.val_accuracy, b.val_accuracy),
             ("validation loss", a.val_loss, b.val_loss),
             ("test accuracy", a.test_accuracy, b.test_accuracy),
+            ("test loss", a.test_loss, b.test_loss),
+            ("teacher agreement", a.teacher_agreement, b.teacher_agreement),
         ];
         for (what, x, y) in figures {
             if x != y {

@@ -575,7 +575,7 @@ pub fn chosen_weights(out: &Path, pooled: &[RunResult]) -> HashMap<String, Strin
             let _ = write!(
                 line,
                 "{}not kept for {} (a run keeps its last epoch's weights, and in `best/` its own best validation epoch's); \
-                 the same sweep with `--report --chosen-weights` trains them again to epoch {} (the same bits) into `runs/NAME/epoch-{:03}/`.",
+                 the same sweep with `--report --chosen-weights` trains them again to epoch {} into `runs/NAME/epoch-{:03}/`, kept where the replay repeats the run's figures.",
                 if kept.is_empty() { "" } else { "; " },
                 lost.join(", "),
                 c.epoch,

@@ -28,7 +28,7 @@ use crate::train::card::ModelCard;
 use crate::train::config::TrainConfig;
 use crate::train::outdir::{first_difference, other_commands_directory};
 use crate::train::sources::{
-    check_test_cache_teacher, open_test_cache, open_views, test_predictions,
+    built_by_model, check_test_cache_teacher, open_test_cache, open_views, test_predictions,
 };
 use crate::train::trainer::{self, RunOptions, TrainSources};
 use crate::train::validation::{run_overlap, TeacherOverlap};
@@ -145,7 +145,16 @@ fn check_out(out: &Path) -> Result<()> {
         .into_iter()
         .filter(|name| out.join(name).exists())
         .collect();
-    if !stray.is_empty() && !out.join(RUNS_DIR).is_dir() {
+    // A sweep's own report, its runs removed to start over, is its to write.
+    let first_line = |name: &str| {
+        std::fs::read_to_string(out.join(name))
+            .ok()
+            .and_then(|t| t.lines().next().map(str::to_string))
+    };
+    let sweeps_own = first_line(super::report::REPORT_MD).as_deref()
+        == Some("# Distillation sweep")
+        || first_line(super::report::RESULTS_CSV).as_deref() == Some(super::report::CSV_HEADER);
+    if !stray.is_empty() && !out.join(RUNS_DIR).is_dir() && !sweeps_own {
         return Err(refuse(format!(
             "{} holds {} but no {RUNS_DIR}/: not a sweep's folder, and its report would write over them; choose another output folder",
             out.display(),
@@ -471,7 +480,10 @@ impl OpenInputs {
         }
         let test_cache = cfg.test_cache.as_deref().map(open_test_cache).transpose()?;
         let t = &cache.first().manifest().teacher;
-        if let Some(tc) = test_cache.as_ref().filter(|_| t.is_model_run()) {
+        if let Some(tc) = test_cache
+            .as_ref()
+            .filter(|_| built_by_model(cache.first()))
+        {
             check_test_cache_teacher(
                 tc,
                 &format!("{}'s teacher {}", cache.first().dir().display(), t.source),

@@ -335,15 +335,17 @@ pub fn other_commands_directory(dir: &Path) -> Option<&'static str> {
 }
 
 /// The names of the files a run writes that `dir` holds without any sign
-/// of a run: no card, weights, checkpoint, lock or `previous/` (a user's
-/// own `metrics.jsonl` or `model.py`). `None` when there are none, or a
-/// run has been there.
+/// of a run: no card, weights, checkpoint, lock, `previous/`, or
+/// `metrics.jsonl` that reads as a run's metrics (what a run killed before
+/// its first checkpoint leaves, a run of a version that wrote no lock among
+/// them). `None` when there are none, or a run has been there.
 fn files_of_no_run(dir: &ModelDir) -> Option<String> {
     let run_was_here = dir.card().exists()
         || dir.has_weights()
         || dir.checkpoint().exists()
         || dir.lock().exists()
-        || dir.previous().exists();
+        || dir.previous().exists()
+        || super::metrics::read_metrics(&dir.metrics()).is_ok();
     if run_was_here {
         return None;
     }

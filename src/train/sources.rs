@@ -93,17 +93,15 @@ impl SourcePaths {
                         &path.display().to_string(),
                         &net.fingerprint(),
                     )?,
-                    (None, Some(c), _) if c.first().manifest().teacher.is_model_run() => {
-                        check_test_cache_teacher(
-                            &tc,
-                            &format!(
-                                "{}'s teacher {}",
-                                c.first().dir().display(),
-                                c.first().manifest().teacher.source
-                            ),
-                            &c.first().manifest().teacher.fingerprint,
-                        )?
-                    }
+                    (None, Some(c), _) if built_by_model(c.first()) => check_test_cache_teacher(
+                        &tc,
+                        &format!(
+                            "{}'s teacher {}",
+                            c.first().dir().display(),
+                            c.first().manifest().teacher.source
+                        ),
+                        &c.first().manifest().teacher.fingerprint,
+                    )?,
                     _ => {}
                 }
                 let accuracy = tc.manifest().teacher_stats.accuracy;
@@ -172,15 +170,16 @@ impl<D: Backend> OpenSources<D> {
 /// Refuses a test cache built by running another model than the run's
 /// teacher (`teacher`, described as `what`, with weights `fingerprint`): the
 /// run's teacher agreement and the teacher's test accuracy would be that
-/// other model's. Caches of imported logits or of an ensemble record no
-/// model's weights, and pass.
+/// other model's. Only a test cache shown to come from a model
+/// ([`built_by_model`]) is compared: caches of imported logits or of an
+/// ensemble record no model's weights, and pass.
 pub fn check_test_cache_teacher(
     test_cache: &CacheReader,
     what: &str,
     fingerprint: &str,
 ) -> Result<()> {
     let t = &test_cache.manifest().teacher;
-    if !t.is_model_run() || t.fingerprint == fingerprint {
+    if t.fingerprint == fingerprint || !built_by_model(test_cache) {
         return Ok(());
     }
     Err(Error::Config {
@@ -193,6 +192,21 @@ pub fn check_test_cache_teacher(
             t.fingerprint
         ),
     })
+}
+
+/// Whether `cache` was built by running a model that is still where its
+/// manifest says ([`recorded_teacher_dir`]), with the weights it records:
+/// then its `teacher.fingerprint` is that model's weights'. Imported logits
+/// (the fingerprint is the file's), ensembles and teachers moved away are
+/// not shown to be, and are not compared.
+pub fn built_by_model(cache: &CacheReader) -> bool {
+    let t = &cache.manifest().teacher;
+    if t.spec.starts_with("ensemble:") {
+        return false;
+    }
+    let dir = recorded_teacher_dir(cache.dir(), &t.source, &t.fingerprint);
+    ModelCard::load(&ModelDir::new(&dir).card())
+        .is_ok_and(|c| c.weights_fingerprint == t.fingerprint)
 }
 
 /// The teacher's model directory as a cache recorded it (`teacher.source`
