@@ -204,7 +204,11 @@ fn first_difference(ran: &[EpochMetrics], again: &[EpochMetrics], epoch: usize) 
             ("validation loss", a.val_loss, b.val_loss),
             ("test accuracy", a.test_accuracy, b.test_accuracy),
             ("test loss", a.test_loss, b.test_loss),
-            ("teacher agreement", a.teacher_agreement, b.teacher_agreement),
+            (
+                "teacher agreement",
+                a.teacher_agreement,
+                b.teacher_agreement,
+            ),
         ];
         for (what, x, y) in figures {
             if x != y {
