@@ -852,6 +852,22 @@ fn chosen_weights_trains_a_seed_again_to_the_chosen_epoch() {
     // Once kept, nothing is trained again.
     let (_, stderr) = sweep(cwd, &["--seeds", "0,1", "--report", "--chosen-weights"]);
     assert!(!stderr.contains("[replay"), "{stderr}");
+    // Replays beside each other (`--jobs`) keep the same bits.
+    let weights = fs::read(kept.join("model.safetensors")).unwrap();
+    fs::remove_dir_all(&kept).unwrap();
+    let (_, stderr) = sweep(
+        cwd,
+        &[
+            "--seeds",
+            "0,1",
+            "--report",
+            "--chosen-weights",
+            "--jobs",
+            "2",
+        ],
+    );
+    assert!(stderr.contains("[replay 1/1]"), "{stderr}");
+    assert_eq!(fs::read(kept.join("model.safetensors")).unwrap(), weights);
     // Something else where the snapshot goes is named, not replaced.
     fs::remove_dir_all(&kept).unwrap();
     fs::write(&kept, "notes").unwrap();

@@ -168,7 +168,7 @@ pub struct SweepArgs {
     /// on the mean over seeds): a run repeats itself bit for bit, so its
     /// model after that epoch lands in runs/NAME/epoch-NNN/, and the report
     /// compares the two on the test images. With `--report`, these are the
-    /// only runs it trains.
+    /// only runs it trains; `--jobs` trains that many at a time.
     #[arg(long, conflicts_with_all = ["only", "plan"])]
     chosen_weights: bool,
     /// Output folder: runs/NAME/ per run, report.md, results.csv, plots.

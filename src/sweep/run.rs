@@ -205,7 +205,7 @@ pub fn run_and_report<D: Backend>(
     }
     let summary = run_sweep::<D>(cfg, &runs, &open.inputs(cfg), command, quiet)?;
     if cfg.chosen_weights {
-        replay_chosen(device.clone(), cfg, &runs, &open, command, quiet)?;
+        replay_chosen::<D>(cfg, &runs, &open, command, quiet)?;
     }
     let mut done = write_sweep_report(device, cfg, &runs, &open)?;
     done.trained = summary.trained();
@@ -266,7 +266,7 @@ pub fn report_only<D: Backend>(
     let open = OpenInputs::open(cfg)?;
     refuse_empty_report(cfg, &runs, &open)?;
     if cfg.chosen_weights {
-        replay_chosen(device.clone(), cfg, &runs, &open, command, quiet)?;
+        replay_chosen::<D>(cfg, &runs, &open, command, quiet)?;
     }
     let mut done = write_sweep_report(device, cfg, &runs, &open)?;
     done.seconds = start.elapsed().as_secs_f64();
@@ -383,10 +383,10 @@ fn finished_runs(
 
 /// `chosen_weights`: each finished run of a chosen setting (and of the
 /// strongest baseline) that kept no weights after its side's chosen epoch
-/// is trained again to that epoch ([`super::replay`]), one after another.
-/// Returns how many replays kept their epoch's model.
+/// is trained again to that epoch ([`super::replay`]), `cfg.jobs` at a
+/// time, each on a device of its own. Returns how many replays kept their
+/// epoch's model.
 fn replay_chosen<D: Backend>(
-    device: D,
     cfg: &SweepConfig,
     runs: &[PlannedRun],
     open: &OpenInputs,
@@ -397,35 +397,46 @@ fn replay_chosen<D: Backend>(
     let results = collect_results(&cfg.out, &finished)?;
     let needed = replays_needed(&cfg.out, &finished, &results);
     let inputs = open.inputs(cfg);
-    let mut kept = 0;
-    for (k, r) in needed.iter().enumerate() {
-        if !quiet {
-            eprintln!(
-                "[replay {}/{}] {}: training again to epoch {} of {} for its weights after the chosen epoch",
-                k + 1,
-                needed.len(),
-                r.run.name,
-                r.epoch,
-                r.run.config.epochs
-            );
-        }
-        match replay(device.clone(), cfg, r, &inputs, command, quiet)? {
-            ReplayOutcome::Kept { path, seconds } => {
-                kept += 1;
-                if !quiet {
-                    eprintln!(
-                        "[replay {}/{}] {}: kept in {} ({seconds:.1}s)",
-                        k + 1,
-                        needed.len(),
-                        r.run.name,
-                        path.display()
-                    );
-                }
+    let total = needed.len();
+    let jobs = cfg.jobs.min(total.max(1));
+    let slots = in_jobs(
+        jobs,
+        total,
+        |i| {
+            let r = &needed[i];
+            if !quiet {
+                eprintln!(
+                    "[replay {}/{total}] {}: training again to epoch {} of {} for its weights after the chosen epoch",
+                    i + 1,
+                    r.run.name,
+                    r.epoch,
+                    r.run.config.epochs
+                );
             }
-            ReplayOutcome::Differs(why) => eprintln!(
-                "warning: {} trained again to epoch {} is not the same run, so its weights were not kept: {why}",
-                r.run.name, r.epoch
-            ),
+            let device = D::open_default().map_err(Error::Device)?;
+            replay(device, cfg, r, &inputs, command, quiet || jobs > 1)
+        },
+        |i, _, result| {
+            let r = &needed[i];
+            match result {
+                Ok(ReplayOutcome::Kept { path, seconds }) if !quiet => eprintln!(
+                    "[replay {}/{total}] {}: kept in {} ({seconds:.1}s)",
+                    i + 1,
+                    r.run.name,
+                    path.display()
+                ),
+                Ok(ReplayOutcome::Differs(why)) => eprintln!(
+                    "warning: {} trained again to epoch {} is not the same run, so its weights were not kept: {why}",
+                    r.run.name, r.epoch
+                ),
+                _ => {}
+            }
+        },
+    )?;
+    let mut kept = 0;
+    for slot in slots.into_iter().flatten() {
+        if let ReplayOutcome::Kept { .. } = slot? {
+            kept += 1;
         }
     }
     clear_replays(&cfg.out, &finished)?;
@@ -602,54 +613,33 @@ pub fn run_sweep<D: Backend>(
         }
     }
     let total = runs.len();
-    let next = AtomicUsize::new(0);
-    let done = AtomicUsize::new(0);
-    let failed = AtomicBool::new(false);
-    let outcomes: Mutex<Vec<Option<Result<RunOutcome>>>> =
-        Mutex::new((0..total).map(|_| None).collect());
     let jobs = cfg.jobs.min(total.max(1));
-    std::thread::scope(|scope| {
-        for _ in 0..jobs {
-            scope.spawn(|| loop {
-                if failed.load(Ordering::SeqCst) {
-                    return;
-                }
-                let i = next.fetch_add(1, Ordering::SeqCst);
-                if i >= total {
-                    return;
-                }
-                let run = &runs[i];
-                let result = match &states[i] {
-                    RunState::Finished(_) => Ok(RunOutcome::Skipped),
-                    state => D::open_default().map_err(Error::Device).and_then(|device| {
-                        train_one(
-                            device,
-                            cfg,
-                            run,
-                            inputs,
-                            command,
-                            quiet || jobs > 1,
-                            *state == RunState::Partial,
-                        )
-                    }),
-                };
-                let k = done.fetch_add(1, Ordering::SeqCst) + 1;
-                if !quiet {
-                    eprintln!("[{k}/{total}] {}", progress_line(run, &result));
-                }
-                if result.is_err() {
-                    failed.store(true, Ordering::SeqCst);
-                }
-                if let Ok(mut slots) = outcomes.lock() {
-                    slots[i] = Some(result);
-                }
-            });
-        }
-    });
-    let slots = outcomes.into_inner().map_err(|_| Error::Training {
-        context: "sweep".into(),
-        message: "a run panicked".into(),
-    })?;
+    let slots = in_jobs(
+        jobs,
+        total,
+        |i| {
+            let run = &runs[i];
+            match &states[i] {
+                RunState::Finished(_) => Ok(RunOutcome::Skipped),
+                state => D::open_default().map_err(Error::Device).and_then(|device| {
+                    train_one(
+                        device,
+                        cfg,
+                        run,
+                        inputs,
+                        command,
+                        quiet || jobs > 1,
+                        *state == RunState::Partial,
+                    )
+                }),
+            }
+        },
+        |i, k, result| {
+            if !quiet {
+                eprintln!("[{k}/{total}] {}", progress_line(&runs[i], result));
+            }
+        },
+    )?;
     let mut done_runs = Vec::new();
     for (run, slot) in runs.iter().zip(slots) {
         match slot {
@@ -666,6 +656,49 @@ pub fn run_sweep<D: Backend>(
     Ok(SweepSummary {
         runs: done_runs,
         seconds: start.elapsed().as_secs_f64(),
+    })
+}
+
+/// Calls `work(i)` for every index below `total`, `jobs` at a time on
+/// threads of their own, in index order of starting; `done(i, k, result)`
+/// follows each, `k` counting the finished ones from 1. The first error
+/// stops new work (work already started finishes). The slots hold each
+/// index's result, `None` for those never started.
+fn in_jobs<R: Send>(
+    jobs: usize,
+    total: usize,
+    work: impl Fn(usize) -> Result<R> + Sync,
+    done: impl Fn(usize, usize, &Result<R>) + Sync,
+) -> Result<Vec<Option<Result<R>>>> {
+    let next = AtomicUsize::new(0);
+    let finished = AtomicUsize::new(0);
+    let failed = AtomicBool::new(false);
+    let slots: Mutex<Vec<Option<Result<R>>>> = Mutex::new((0..total).map(|_| None).collect());
+    std::thread::scope(|scope| {
+        for _ in 0..jobs.clamp(1, total.max(1)) {
+            scope.spawn(|| loop {
+                if failed.load(Ordering::SeqCst) {
+                    return;
+                }
+                let i = next.fetch_add(1, Ordering::SeqCst);
+                if i >= total {
+                    return;
+                }
+                let result = work(i);
+                let k = finished.fetch_add(1, Ordering::SeqCst) + 1;
+                done(i, k, &result);
+                if result.is_err() {
+                    failed.store(true, Ordering::SeqCst);
+                }
+                if let Ok(mut slots) = slots.lock() {
+                    slots[i] = Some(result);
+                }
+            });
+        }
+    });
+    slots.into_inner().map_err(|_| Error::Training {
+        context: "sweep".into(),
+        message: "a run panicked".into(),
     })
 }
 
@@ -780,4 +813,58 @@ fn train_one<D: Backend>(
         seconds: start.elapsed().as_secs_f64(),
         resumed,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn jobs_run_every_index_once_and_report_each() {
+        for jobs in [1, 2, 5] {
+            let seen = Mutex::new(Vec::new());
+            let slots = in_jobs(
+                jobs,
+                7,
+                |i| Ok(i * 10),
+                |i, k, r| seen.lock().unwrap().push((i, k, *r.as_ref().unwrap())),
+            )
+            .unwrap();
+            let got: Vec<usize> = slots.into_iter().map(|s| s.unwrap().unwrap()).collect();
+            assert_eq!(got, (0..7).map(|i| i * 10).collect::<Vec<_>>());
+            let mut seen = seen.into_inner().unwrap();
+            let mut ks: Vec<usize> = seen.iter().map(|s| s.1).collect();
+            ks.sort();
+            assert_eq!(ks, (1..=7).collect::<Vec<_>>());
+            seen.sort();
+            assert!(seen
+                .iter()
+                .enumerate()
+                .all(|(i, s)| s.0 == i && s.2 == i * 10));
+        }
+        assert!(in_jobs(3, 0, |i| Ok(i), |_, _, _| {}).unwrap().is_empty());
+    }
+
+    #[test]
+    fn the_first_error_stops_new_work() {
+        let slots = in_jobs(
+            1,
+            5,
+            |i| {
+                if i == 1 {
+                    Err(Error::Training {
+                        context: "run 1".into(),
+                        message: "diverged".into(),
+                    })
+                } else {
+                    Ok(i)
+                }
+            },
+            |_, _, _| {},
+        )
+        .unwrap();
+        assert!(matches!(slots[0], Some(Ok(0))));
+        assert!(matches!(slots[1], Some(Err(_))));
+        assert!(slots[2..].iter().all(Option::is_none));
+    }
 }
