@@ -842,7 +842,7 @@ mod tests {
                 .enumerate()
                 .all(|(i, s)| s.0 == i && s.2 == i * 10));
         }
-        assert!(in_jobs(3, 0, |i| Ok(i), |_, _, _| {}).unwrap().is_empty());
+        assert!(in_jobs(3, 0, Ok, |_, _, _| {}).unwrap().is_empty());
     }
 
     #[test]
