@@ -1775,3 +1775,85 @@ fn a_plot_that_cannot_be_drawn_leaves_a_finished_run() {
     let out = ok(tmp.path(), &strs(&run(&["--resume"])));
     assert!(out.contains("already finished"), "{out}");
 }
+
+/// `--train-fraction`: a run with few labels trains on part of the samples
+/// not held out, recorded in its card; with a cache too; a fraction outside
+/// (0, 1] is refused naming the flag.
+#[test]
+fn a_train_fraction_trains_on_part_of_the_split() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = s(&small_data());
+    let teacher = s(&teacher_dir());
+    ok(
+        tmp.path(),
+        &cache_build_args(&teacher, &data, "cache", &["--split", "train", "-q"]),
+    );
+    let settings = ["--epochs", "1", "--batch", "64", "--seed", "3"];
+    let run = |out: &'static str, extra: &[&'static str]| {
+        let args = train_args(
+            &data,
+            "mlp:784-16-10",
+            out,
+            &[&settings[..], extra].concat(),
+        );
+        let run = distill(tmp.path(), &args);
+        let err = String::from_utf8_lossy(&run.stderr).into_owned();
+        assert!(run.status.success(), "{err}");
+        err
+    };
+    let err = run("few", &["--train-fraction", "0.1"]);
+    let first = err.lines().next().unwrap();
+    assert!(
+        first.contains(
+            "180 samples (200 more held out for validation, 1620 left out by --train-fraction)"
+        ),
+        "{first}"
+    );
+    let card = model_card(&tmp.path().join("few"));
+    assert_eq!(card["config"]["train_fraction"], 0.1);
+    assert_eq!(card["data"]["trained_samples"], 180);
+    assert_eq!(card["data"]["val_samples"], 200);
+    // Every sample: nothing new in the card.
+    run("all", &["-q"]);
+    let card = model_card(&tmp.path().join("all"));
+    assert!(card["config"].get("train_fraction").is_none(), "{card}");
+    assert!(card["data"].get("trained_samples").is_none(), "{card}");
+    // From a cache, without a validation split.
+    let err = run(
+        "few-kd",
+        &[
+            "--cache",
+            "cache",
+            "--val-fraction",
+            "0",
+            "--train-fraction",
+            "0.25",
+        ],
+    );
+    assert!(
+        err.lines()
+            .next()
+            .unwrap()
+            .contains("500 samples (1500 more left out by --train-fraction)"),
+        "{err}"
+    );
+    assert_eq!(
+        model_card(&tmp.path().join("few-kd"))["data"]["trained_samples"],
+        500
+    );
+    // Fewer samples, fewer steps: the one-epoch runs differ.
+    assert_ne!(
+        fs::read(tmp.path().join("few/model.safetensors")).unwrap(),
+        fs::read(tmp.path().join("all/model.safetensors")).unwrap()
+    );
+    for bad in ["0", "1.5", "-0.1", "nan"] {
+        let args = train_args(
+            &data,
+            "mlp:784-16-10",
+            "bad",
+            &[&settings[..], &["--train-fraction", bad]].concat(),
+        );
+        fails(tmp.path(), &args, &["--train-fraction", "must be above 0"]);
+    }
+    assert!(!tmp.path().join("bad").exists());
+}

@@ -158,6 +158,11 @@ pub struct SweepArgs {
     /// accuracy there would flatter the distilled runs).
     #[arg(long)]
     val_seed: Option<u64>,
+    /// Every run trains on this fraction of the samples not held out (the
+    /// same subset in every run that shares the split's seed: give
+    /// --val-seed for one subset over all seeds); default 1.
+    #[arg(long, value_name = "F", allow_negative_numbers = true)]
+    train_fraction: Option<f64>,
     /// Every run averages its weights (`distill train --ema DECAY`) and
     /// is evaluated and written as the average.
     #[arg(long, value_name = "DECAY", allow_negative_numbers = true)]
@@ -331,6 +336,7 @@ fn settings(a: &SweepArgs) -> SweepSettings {
         window_blocks: a.window_blocks,
         val_fraction: a.val_fraction,
         val_seed: a.val_seed,
+        train_fraction: a.train_fraction,
         ema: a.ema,
         chosen_weights: a.chosen_weights.then_some(true),
         out: a.out.clone(),

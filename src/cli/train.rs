@@ -159,6 +159,18 @@ pub struct TrainArgs {
     /// student (the run warns when it finds one).
     #[arg(long)]
     val_seed: Option<u64>,
+    /// Train on this fraction of the samples not held out (a run with few
+    /// labels): the first of a permutation drawn from the split's seed
+    /// (--val-seed, else --seed), so runs sharing that seed share the
+    /// subset, and a smaller fraction's samples are in a larger one's. The
+    /// others are never trained on.
+    #[arg(
+        long,
+        value_name = "F",
+        default_value_t = 1.0,
+        allow_negative_numbers = true
+    )]
+    train_fraction: f64,
     /// Output directory (model.safetensors, model.json, model.py,
     /// metrics.jsonl, curves.png; FORMAT.md, "A model directory").
     #[arg(long)]
@@ -406,6 +418,7 @@ fn overlap_warning(o: &TeacherOverlap) -> Option<String> {
 fn start_line(a: &TrainArgs, cfg: &TrainConfig, train: &Dataset, device: &str) -> Result<String> {
     let n = train.len();
     let held_out = cfg.validation_split(n)?.len();
+    let trained = cfg.not_training(n)?.train_len();
     let defaults =
         if a.alpha.is_none() && a.temperature.is_none() && cfg.loss.kind != LossKind::Pseudo {
             ", the defaults chosen on validation"
@@ -416,10 +429,13 @@ fn start_line(a: &TrainArgs, cfg: &TrainConfig, train: &Dataset, device: &str) -
         "training {} ({} parameters) on {device} with {} samples{}, {}",
         cfg.spec,
         ModelSpec::parse_for_input(&cfg.spec, train.sample_shape())?.param_count(),
-        n - held_out.min(n),
-        match held_out {
-            0 => String::new(),
-            v => format!(" ({v} more held out for validation)"),
+        trained,
+        match (held_out, n - held_out.min(n) - trained) {
+            (0, 0) => String::new(),
+            (v, 0) => format!(" ({v} more held out for validation)"),
+            (0, u) => format!(" ({u} more left out by --train-fraction)"),
+            (v, u) =>
+                format!(" ({v} more held out for validation, {u} left out by --train-fraction)"),
         },
         match (&a.cache, &a.online_teacher) {
             (Some(c), _) => format!(
@@ -491,6 +507,7 @@ fn config(a: &TrainArgs, init_spec: Option<&str>) -> Result<TrainConfig> {
         },
         val_fold,
         val_seed: a.val_seed,
+        train_fraction: a.train_fraction,
         ema: a.ema,
     };
     cfg.validate()?;

@@ -73,6 +73,10 @@ pub struct SweepConfig {
     /// (e.g. the teacher's, so that no validation image trained the
     /// teacher, and every run of every seed holds out the same images).
     pub val_seed: Option<u64>,
+    /// Fraction of the samples not held out that every run trains on (the
+    /// same subset in every run sharing the split's seed; `train
+    /// --train-fraction`).
+    pub train_fraction: f64,
     /// The decay of the moving average of the weights every run evaluates
     /// and writes (`train --ema`), if any.
     pub ema: Option<f64>,
@@ -111,6 +115,7 @@ impl SweepConfig {
             checkpoint_every: 200,
             val_fraction: train.val_fraction,
             val_seed: None,
+            train_fraction: train.train_fraction,
             ema: None,
             chosen_weights: false,
             out,
@@ -273,6 +278,7 @@ impl SweepConfig {
             val_fraction: self.val_fraction,
             val_fold: None,
             val_seed: self.val_seed,
+            train_fraction: self.train_fraction,
             ema: self.ema,
         }
     }
@@ -333,6 +339,7 @@ pub struct SweepSettings {
     pub window_blocks: Option<usize>,
     pub val_fraction: Option<f64>,
     pub val_seed: Option<u64>,
+    pub train_fraction: Option<f64>,
     pub ema: Option<f64>,
     pub chosen_weights: Option<bool>,
     pub out: Option<PathBuf>,
@@ -437,6 +444,7 @@ impl SweepSettings {
             window_blocks: self.window_blocks.or(lower.window_blocks),
             val_fraction: self.val_fraction.or(lower.val_fraction),
             val_seed: self.val_seed.or(lower.val_seed),
+            train_fraction: self.train_fraction.or(lower.train_fraction),
             ema: self.ema.or(lower.ema),
             chosen_weights: self.chosen_weights.or(lower.chosen_weights),
             out: self.out.or(lower.out),
@@ -471,6 +479,7 @@ impl SweepSettings {
             ("window-blocks", self.window_blocks.is_some()),
             ("val-fraction", self.val_fraction.is_some()),
             ("val-seed", self.val_seed.is_some()),
+            ("train-fraction", self.train_fraction.is_some()),
             ("ema", self.ema.is_some()),
             ("chosen-weights", self.chosen_weights.is_some()),
             ("out", self.out.is_some()),
@@ -573,6 +582,7 @@ impl SweepSettings {
         cfg.window_blocks = self.window_blocks.unwrap_or(cfg.window_blocks);
         cfg.val_fraction = self.val_fraction.unwrap_or(cfg.val_fraction);
         cfg.val_seed = self.val_seed.or(cfg.val_seed);
+        cfg.train_fraction = self.train_fraction.unwrap_or(cfg.train_fraction);
         cfg.ema = self.ema.or(cfg.ema);
         cfg.chosen_weights = self.chosen_weights.unwrap_or(cfg.chosen_weights);
         cfg.validate()?;
@@ -785,7 +795,7 @@ mod tests {
              temperatures = [2]\nalphas = [0.5]\nbaseline = true\nbaseline-augments = [\"flip\"]\nloss = \"mse\"\nepochs = 2\n\
              batch = 8\noptimizer = \"sgd\"\nlr = 0.1\nweight-decay = 0.01\nmomentum = 0.5\n\
              schedule = \"constant\"\nseed = 3\njobs = 2\ncheckpoint-every = 7\n\
-             window-blocks = 4\nval-fraction = 0.2\nval-seed = 9\n",
+             window-blocks = 4\nval-fraction = 0.2\nval-seed = 9\ntrain-fraction = 0.5\n",
         );
         let s = SweepSettings::read(&path).unwrap();
         let text = fs::read_to_string(&path).unwrap();
@@ -801,6 +811,7 @@ mod tests {
         // Every run's split is drawn from val-seed, not seed.
         let run = c.train_config("mlp:784-16-10");
         assert_eq!((run.seed, run.val_seed, run.split_seed()), (3, Some(9), 9));
+        assert_eq!(run.train_fraction, 0.5);
         assert_eq!(
             run.validation_split(100).unwrap(),
             crate::train::validation::ValidationSplit::new(0.2, 9, 100).unwrap()

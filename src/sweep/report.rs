@@ -247,7 +247,7 @@ fn intro(s: &mut String, results: &[RunResult], ctx: &ReportContext<'_>) {
         Some(v) => {
             let _ = writeln!(
                 s,
-                "Settings are chosen on validation: every run holds out {} {} training samples (val-fraction {}, drawn from {}) and never trains on them. \
+                "Settings are chosen on validation: every run holds out {} {} training samples (val-fraction {}, drawn from {}) and never trains on them{}. \
                  For each student the distilled setting (T, alpha, batch size and the epoch) with the best validation accuracy is chosen, and the strongest baseline likewise (its augmentation, batch size and epoch); \
                  test accuracy is stated for the chosen settings only, measured after the chosen epoch. \
                  Gain is the chosen distilled run's test accuracy minus the chosen baseline's, in percentage points. Train time sums all of a student's runs.\n",
@@ -261,6 +261,12 @@ fn intro(s: &mut String, results: &[RunResult], ctx: &ReportContext<'_>) {
                     (Some(s), _) => format!("seed {s}"),
                     (None, [one]) => format!("seed {one}"),
                     (None, _) => "the run's own seed".to_string(),
+                },
+                match cfg.train_fraction {
+                    f if f < 1.0 => format!(
+                        "; each trains on {f} of the rest (train-fraction), drawn from the same seed"
+                    ),
+                    _ => String::new(),
                 }
             );
             let whose = match ctx.val_overlap_seed {

@@ -85,6 +85,10 @@ pub struct DataRef {
     /// card could not tell). Above 0, validation flatters distillation.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub val_teacher_trained: Option<usize>,
+    /// The samples the run trained on, where it trained on part of those
+    /// not held out (`train_fraction` below 1); absent: all of them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trained_samples: Option<usize>,
 }
 
 /// `model.json`.
@@ -155,6 +159,7 @@ impl ModelCard {
                 test_samples: test.map(Dataset::len),
                 val_samples: None,
                 val_teacher_trained: None,
+                trained_samples: None,
             }),
             config: Some(cfg.clone()),
             cache,

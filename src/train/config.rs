@@ -20,7 +20,7 @@ use super::loss::LossConfig;
 use super::metrics::EpochMetrics;
 use super::optim::OptimizerConfig;
 use super::validation::ValidationSplit;
-use super::validation::{check_fraction, ValFold};
+use super::validation::{check_fraction, check_train_fraction, ValFold};
 
 pub use crate::model::compat::MAX_BATCH_SIZE;
 
@@ -82,11 +82,25 @@ pub struct TrainConfig {
     /// their teacher held out ([`super::validation::TeacherOverlap`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub val_seed: Option<u64>,
+    /// Fraction of the samples not held out that the run trains on, drawn
+    /// from [`Self::split_seed`] ([`ValidationSplit::not_training`]): a
+    /// run with few labels. 1 (every sample) is not written, so a config
+    /// recorded before the field existed reads as what it was.
+    #[serde(default = "every_sample", skip_serializing_if = "is_every_sample")]
+    pub train_fraction: f64,
     /// The decay of a moving average of the weights ([`super::average`]):
     /// with one, the run evaluates and writes the average, not the last
     /// step's weights.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ema: Option<f64>,
+}
+
+fn every_sample() -> f64 {
+    1.0
+}
+
+fn is_every_sample(f: &f64) -> bool {
+    *f == 1.0
 }
 
 fn no_normalization() -> NormalizeSetting {
@@ -111,6 +125,7 @@ impl Default for TrainConfig {
             val_fraction: DEFAULT_VAL_FRACTION,
             val_fold: None,
             val_seed: None,
+            train_fraction: 1.0,
             ema: None,
         }
     }
@@ -127,6 +142,14 @@ impl TrainConfig {
     /// fold or its fraction, drawn from [`Self::split_seed`].
     pub fn validation_split(&self, n: usize) -> Result<ValidationSplit> {
         ValidationSplit::of(self.val_fraction, self.val_fold, self.split_seed(), n)
+    }
+
+    /// The samples of a training split of `n` the run does not train on:
+    /// its validation split and, with a `train_fraction` below 1, those
+    /// outside its subset.
+    pub fn not_training(&self, n: usize) -> Result<ValidationSplit> {
+        self.validation_split(n)?
+            .not_training(self.train_fraction, self.split_seed())
     }
 
     /// Checks every field; errors name the field. Returns the parsed spec.
@@ -148,6 +171,7 @@ impl TrainConfig {
         self.optimizer.validate()?;
         self.loss.validate()?;
         check_fraction(self.val_fraction)?;
+        check_train_fraction(self.train_fraction)?;
         if let (Some(seed), None, 0.0) = (self.val_seed, self.val_fold, self.val_fraction) {
             return Err(Error::Config {
                 field: "val_seed".into(),

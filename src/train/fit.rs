@@ -135,6 +135,9 @@ struct Run<'a, D: Backend> {
     average: Option<WeightAverage<D>>,
     /// The samples held out of training, evaluated after each epoch.
     validation: Arc<ValidationSplit>,
+    /// The samples it does not train on: the validation split and those
+    /// outside its training subset.
+    skipped: Arc<ValidationSplit>,
     total_steps: u64,
     /// The cache's content id: a checkpoint resumes only on the same
     /// teacher outputs.
@@ -182,16 +185,17 @@ impl<'a, D: Backend> Run<'a, D> {
         }
         let start = opts.init.as_ref().map(|_| opts.init_normalization.as_ref());
         let validation = cfg.validation_split(sources.train.len())?;
+        let skipped = cfg.not_training(sources.train.len())?;
         let normalization =
             cfg.normalize
-                .resolve(sources.train, |i| validation.holds_out(i), start)?;
+                .resolve(sources.train, |i| skipped.holds_out(i), start)?;
         net.set_normalization(normalization)
             .map_err(|message| Error::Config {
                 field: "normalize".into(),
                 message,
             })?;
         let total_steps = {
-            let loader = Loader::new(sources.train, sources.cache, cfg).holding_out(&validation);
+            let loader = Loader::new(sources.train, sources.cache, cfg).holding_out(&skipped);
             let mut steps = 0u64;
             for epoch in 0..cfg.epochs as u64 {
                 steps += loader.epoch_len(epoch)?.div_ceil(cfg.batch_size) as u64;
@@ -243,6 +247,7 @@ impl<'a, D: Backend> Run<'a, D> {
             pruning,
             average,
             validation: Arc::new(validation),
+            skipped: Arc::new(skipped),
             total_steps,
             cache_id: sources.cache.map_or(String::new(), |c| c.id()),
             online_teacher_fingerprint: online_teacher.unwrap_or_default(),
@@ -293,7 +298,7 @@ impl<'a, D: Backend> Run<'a, D> {
     /// How many samples epoch `epoch` trains ([`Loader::epoch_len`]).
     fn epoch_len(&self, epoch: usize) -> Result<usize> {
         Loader::new(self.sources.train, self.sources.cache, self.cfg)
-            .holding_out(&self.validation)
+            .holding_out(&self.skipped)
             .epoch_len(epoch as u64)
     }
 
@@ -351,9 +356,9 @@ impl<'a, D: Backend> Run<'a, D> {
             loss_count: partial.1,
             stopped: false,
         };
-        let validation = Arc::clone(&self.validation);
+        let skipped = Arc::clone(&self.skipped);
         let loader =
-            Loader::new(self.sources.train, self.sources.cache, self.cfg).holding_out(&validation);
+            Loader::new(self.sources.train, self.sources.cache, self.cfg).holding_out(&skipped);
         let result = std::thread::scope(|scope| -> Result<()> {
             for batch in loader.spawn(scope, epoch as u64, first) {
                 let batch = batch?;
@@ -574,6 +579,9 @@ impl<'a, D: Backend> Run<'a, D> {
             spec: t.spec().to_string(),
             weights_fingerprint: self.online_teacher_fingerprint.clone(),
         });
+        if let (Some(d), true) = (card.data.as_mut(), self.cfg.train_fraction < 1.0) {
+            d.trained_samples = Some(self.skipped.train_len());
+        }
         card.with_validation(
             self.validation.len(),
             self.opts.val_teacher_trained,

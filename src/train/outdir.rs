@@ -936,6 +936,7 @@ mod tests {
             test_samples: None,
             val_samples: None,
             val_teacher_trained: None,
+            trained_samples: None,
         });
         card.save(&dir.card()).unwrap();
         match claim(dir.path(), &c, true, false).unwrap() {

@@ -19,6 +19,14 @@
 //! cross-fitting that `distill cache ensemble --out-of-fold` uses to give
 //! every training image the outputs of a teacher that never trained on it.
 //!
+//! A run may also train on part of what is left (`--train-fraction F`,
+//! [`ValidationSplit::not_training`]): the first `max(1, round(F m))` of the
+//! `m` samples not held out, in the order of a second permutation drawn
+//! from the same seed (salted with `SUBSET_SALT`). Runs that share the
+//! split's seed share the subset, and a smaller fraction's samples are a
+//! subset of a larger one's, so learning curves nest. The other samples
+//! are skipped like the held-out ones: never trained on, never evaluated.
+//!
 //! ```
 //! use distill::train::validation::ValidationSplit;
 //! let split = ValidationSplit::new(0.1, 7, 2_000).unwrap();
@@ -35,6 +43,9 @@ use crate::error::{Error, Result};
 /// Mixed into the run's seed so that the split's draw is not the first
 /// epoch's order.
 pub const VALIDATION_SALT: u64 = 0x7661_6c69_6461_7465; // "validate"
+
+/// Mixed into the split's seed for the draw of a training subset.
+pub const SUBSET_SALT: u64 = 0x7375_6273_6574_7472; // "subsettr"
 
 /// The largest fraction a run may hold out.
 pub const MAX_VAL_FRACTION: f64 = 0.9;
@@ -188,6 +199,41 @@ impl ValidationSplit {
     pub fn train_len(&self) -> usize {
         self.held_out.len() - self.indices.len()
     }
+
+    /// The samples a run of `train_fraction` does not train on: these held
+    /// out, and the samples left outside its subset of the rest, drawn
+    /// from `seed` (module doc). With a fraction of 1, these held out.
+    /// Errors name the field `train_fraction`.
+    pub fn not_training(&self, train_fraction: f64, seed: u64) -> Result<ValidationSplit> {
+        check_train_fraction(train_fraction)?;
+        if train_fraction == 1.0 {
+            return Ok(self.clone());
+        }
+        let keep = ((train_fraction * self.train_len() as f64).round() as usize).max(1);
+        let mut order = (0..self.held_out.len()).collect::<Vec<_>>();
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed ^ SUBSET_SALT);
+        order.shuffle(&mut rng);
+        let skipped = order
+            .into_iter()
+            .filter(|&i| !self.held_out[i])
+            .skip(keep)
+            .chain(self.indices.iter().copied())
+            .collect();
+        Ok(Self::holding_out(skipped, self.held_out.len()))
+    }
+}
+
+/// Checks a training fraction: in `(0, 1]`.
+pub fn check_train_fraction(fraction: f64) -> Result<()> {
+    if fraction.is_finite() && fraction > 0.0 && fraction <= 1.0 {
+        return Ok(());
+    }
+    Err(Error::Config {
+        field: "train_fraction".into(),
+        message: format!(
+            "{fraction} must be above 0 and at most 1 (1 trains on every sample not held out)"
+        ),
+    })
 }
 
 /// The training samples the model in `dir` never trained on: the
@@ -359,10 +405,14 @@ pub fn teacher_overlap(
         Ok((_, cfg, held)) => (cfg, held),
         Err(e) => return TeacherOverlap::Unknown(e.to_string()),
     };
+    // Samples outside a teacher's training subset did not train it either.
+    let not_trained = held
+        .not_training(cfg.train_fraction, cfg.split_seed())
+        .unwrap_or_else(|_| held.clone());
     let trained = split
         .indices()
         .iter()
-        .filter(|&&i| !held.holds_out(i))
+        .filter(|&&i| !not_trained.holds_out(i))
         .count();
     let teacher_split = match (cfg.val_fold, held.is_empty()) {
         (_, true) => None,
@@ -432,6 +482,37 @@ pub fn check_fraction(fraction: f64) -> Result<()> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_training_subset_is_drawn_from_the_rest_and_nests() {
+        let split = ValidationSplit::new(0.1, 3, 1_000).unwrap();
+        let full = split.not_training(1.0, 3).unwrap();
+        assert_eq!(full, split);
+        let tenth = split.not_training(0.1, 3).unwrap();
+        let half = split.not_training(0.5, 3).unwrap();
+        assert_eq!(tenth.train_len(), 90);
+        assert_eq!(half.train_len(), 450);
+        assert_eq!(tenth, split.not_training(0.1, 3).unwrap());
+        for i in 0..1_000 {
+            // Held-out samples stay out; a smaller subset's samples are in
+            // the larger one.
+            if split.holds_out(i) {
+                assert!(tenth.holds_out(i) && half.holds_out(i));
+            }
+            if !tenth.holds_out(i) {
+                assert!(!half.holds_out(i), "{i}");
+            }
+        }
+        // Another seed, another subset; at least one sample trains.
+        assert_ne!(tenth, split.not_training(0.1, 4).unwrap());
+        assert_eq!(split.not_training(1e-9, 3).unwrap().train_len(), 1);
+        let none = ValidationSplit::none(10).not_training(0.3, 0).unwrap();
+        assert_eq!((none.train_len(), none.len()), (3, 7));
+        for bad in [0.0, -0.5, 1.5, f64::NAN, f64::INFINITY] {
+            let e = split.not_training(bad, 3).unwrap_err().to_string();
+            assert!(e.contains("train_fraction"), "{e}");
+        }
+    }
+
     #[test]
     fn a_fraction_that_holds_out_no_sample_is_refused() {
         let e = ValidationSplit::new(0.0001, 0, 2000)
