@@ -159,8 +159,8 @@ pub struct SweepArgs {
     #[arg(long)]
     val_seed: Option<u64>,
     /// Every run trains on this fraction of the samples not held out (the
-    /// same subset in every run that shares the split's seed: give
-    /// --val-seed for one subset over all seeds); default 1.
+    /// same subset in every run of a seed, another for each seed); default
+    /// 1.
     #[arg(long, value_name = "F", allow_negative_numbers = true)]
     train_fraction: Option<f64>,
     /// Every run averages its weights (`distill train --ema DECAY`) and

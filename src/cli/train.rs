@@ -160,10 +160,10 @@ pub struct TrainArgs {
     #[arg(long)]
     val_seed: Option<u64>,
     /// Train on this fraction of the samples not held out (a run with few
-    /// labels): the first of a permutation drawn from the split's seed
-    /// (--val-seed, else --seed), so runs sharing that seed share the
-    /// subset, and a smaller fraction's samples are in a larger one's. The
-    /// others are never trained on.
+    /// labels): the first of a permutation drawn from --seed (not
+    /// --val-seed), so the runs of one seed share the subset, each seed
+    /// draws its own, and a smaller fraction's samples are in a larger
+    /// one's. The others are never trained on.
     #[arg(
         long,
         value_name = "F",

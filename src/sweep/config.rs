@@ -74,8 +74,7 @@ pub struct SweepConfig {
     /// teacher, and every run of every seed holds out the same images).
     pub val_seed: Option<u64>,
     /// Fraction of the samples not held out that every run trains on (the
-    /// same subset in every run sharing the split's seed; `train
-    /// --train-fraction`).
+    /// same subset in every run of a seed; `train --train-fraction`).
     pub train_fraction: f64,
     /// The decay of the moving average of the weights every run evaluates
     /// and writes (`train --ema`), if any.

@@ -264,7 +264,7 @@ fn intro(s: &mut String, results: &[RunResult], ctx: &ReportContext<'_>) {
                 },
                 match cfg.train_fraction {
                     f if f < 1.0 => format!(
-                        "; each trains on {f} of the rest (train-fraction), drawn from the same seed"
+                        "; each trains on {f} of the rest (train-fraction), drawn from the run's own seed"
                     ),
                     _ => String::new(),
                 }

@@ -83,7 +83,7 @@ pub struct TrainConfig {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub val_seed: Option<u64>,
     /// Fraction of the samples not held out that the run trains on, drawn
-    /// from [`Self::split_seed`] ([`ValidationSplit::not_training`]): a
+    /// from `seed` ([`ValidationSplit::not_training`]): a
     /// run with few labels. 1 (every sample) is not written, so a config
     /// recorded before the field existed reads as what it was.
     #[serde(default = "every_sample", skip_serializing_if = "is_every_sample")]
@@ -146,10 +146,10 @@ impl TrainConfig {
 
     /// The samples of a training split of `n` the run does not train on:
     /// its validation split and, with a `train_fraction` below 1, those
-    /// outside its subset.
+    /// outside its subset, drawn from the run's `seed`.
     pub fn not_training(&self, n: usize) -> Result<ValidationSplit> {
         self.validation_split(n)?
-            .not_training(self.train_fraction, self.split_seed())
+            .not_training(self.train_fraction, self.seed)
     }
 
     /// Checks every field; errors name the field. Returns the parsed spec.

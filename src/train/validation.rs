@@ -22,9 +22,11 @@
 //! A run may also train on part of what is left (`--train-fraction F`,
 //! [`ValidationSplit::not_training`]): the first `max(1, round(F m))` of the
 //! `m` samples not held out, in the order of a second permutation drawn
-//! from the same seed (salted with `SUBSET_SALT`). Runs that share the
-//! split's seed share the subset, and a smaller fraction's samples are a
-//! subset of a larger one's, so learning curves nest. The other samples
+//! from the run's own seed (salted with `SUBSET_SALT`; the split may come
+//! from another, `--val-seed`). The runs of one seed (a baseline and a
+//! distilled run) train on the same subset, each seed on its own, so a mean
+//! over seeds is a mean over subsets too; a smaller fraction's samples are
+//! a subset of a larger one's, so learning curves nest. The other samples
 //! are skipped like the held-out ones: never trained on, never evaluated.
 //!
 //! ```
@@ -44,7 +46,7 @@ use crate::error::{Error, Result};
 /// epoch's order.
 pub const VALIDATION_SALT: u64 = 0x7661_6c69_6461_7465; // "validate"
 
-/// Mixed into the split's seed for the draw of a training subset.
+/// Mixed into the run's seed for the draw of a training subset.
 pub const SUBSET_SALT: u64 = 0x7375_6273_6574_7472; // "subsettr"
 
 /// The largest fraction a run may hold out.
@@ -407,7 +409,7 @@ pub fn teacher_overlap(
     };
     // Samples outside a teacher's training subset did not train it either.
     let not_trained = held
-        .not_training(cfg.train_fraction, cfg.split_seed())
+        .not_training(cfg.train_fraction, cfg.seed)
         .unwrap_or_else(|_| held.clone());
     let trained = split
         .indices()
