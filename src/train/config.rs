@@ -286,6 +286,36 @@ mod tests {
     }
 
     #[test]
+    fn the_training_subset_follows_the_seed_and_the_split_the_val_seed() {
+        let run = |seed, val_seed| TrainConfig {
+            spec: "mlp:784-16-10".into(),
+            seed,
+            val_seed,
+            train_fraction: 0.2,
+            ..TrainConfig::default()
+        };
+        let n = 500;
+        let (a, b) = (run(1, Some(0)), run(2, Some(0)));
+        // One validation split, two subsets.
+        assert_eq!(
+            a.validation_split(n).unwrap(),
+            b.validation_split(n).unwrap()
+        );
+        let (sa, sb) = (a.not_training(n).unwrap(), b.not_training(n).unwrap());
+        assert_ne!(sa, sb);
+        assert_eq!((sa.train_len(), sb.train_len()), (90, 90));
+        // The subset is the run seed's whatever the split's seed.
+        let want = a.validation_split(n).unwrap().not_training(0.2, 1).unwrap();
+        assert_eq!(sa, want);
+        // A fraction of 1 trains on everything not held out.
+        let all = TrainConfig {
+            train_fraction: 1.0,
+            ..a.clone()
+        };
+        assert_eq!(all.not_training(n).unwrap(), a.validation_split(n).unwrap());
+    }
+
+    #[test]
     fn the_defaults_are_valid_once_a_spec_is_named() {
         let cfg = TrainConfig {
             spec: "mlp:784-32-10".into(),
