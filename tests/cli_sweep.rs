@@ -1635,3 +1635,26 @@ fn a_sweep_refuses_an_unfinished_run_of_other_settings() {
         "{err}"
     );
 }
+
+/// `--train-fraction`: every run trains on its seed's part of the samples
+/// not held out; the report says so, and its estimate of the teacher time
+/// an online run would spend counts only the samples trained on.
+#[test]
+fn a_sweep_with_few_labels_says_so_and_counts_what_trained() {
+    let tmp = sweep_dir("students = [\"mlp:784-16-10\"]\ntemperatures = [2]\nepochs = 1\n");
+    let cwd = tmp.path();
+    sweep(cwd, &["--train-fraction", "0.5", "-q"]);
+    let report = fs::read_to_string(cwd.join("sweep/report.md")).unwrap();
+    assert!(
+        report.contains(
+            "each trains on 0.5 of the rest (train-fraction), drawn from the run's own seed"
+        ),
+        "{report}"
+    );
+    assert!(report.contains("(900 trained samples each)"), "{report}");
+    for run in ["mlp-784-16-10_baseline", "mlp-784-16-10_kd-T2-a0.5"] {
+        let card = model_card(&cwd.join("sweep/runs").join(run));
+        assert_eq!(card["data"]["trained_samples"], 900, "{run}");
+        assert_eq!(card["config"]["train_fraction"], 0.5, "{run}");
+    }
+}

@@ -56,6 +56,9 @@ pub struct RunResult {
     pub cache_id: Option<String>,
     /// Validation samples, and the last epoch's validation figures.
     pub val_samples: Option<usize>,
+    /// The samples the run trained on, where it trained on part of the
+    /// rest (`train_fraction`): the card's `data.trained_samples`.
+    pub trained_samples: Option<usize>,
     pub val_accuracy: Option<f64>,
     pub val_loss: Option<f64>,
     /// Per epoch (from `metrics.jsonl`; the last epoch only where that
@@ -103,6 +106,7 @@ impl RunResult {
             train_seconds: card.train_seconds,
             cache_id: card.cache.as_ref().map(|c| c.id.clone()),
             val_samples: card.data.as_ref().and_then(|d| d.val_samples),
+            trained_samples: card.data.as_ref().and_then(|d| d.trained_samples),
             val_accuracy: card.val_accuracy,
             val_loss: card.val_loss,
             curve: vec![CurveEpoch {
@@ -422,6 +426,7 @@ pub(crate) mod tests {
             train_seconds: 1.0,
             cache_id: None,
             val_samples: None,
+            trained_samples: None,
             val_accuracy: None,
             val_loss: None,
             curve: vec![CurveEpoch {

@@ -95,7 +95,8 @@ pub struct Savings {
     /// Epochs summed over the distilled runs.
     pub distilled_epochs: usize,
     /// Samples an epoch trains on: the training split less the validation
-    /// split (which online distillation never runs the teacher on).
+    /// split, or the run's training subset (online distillation never runs
+    /// the teacher on the others).
     pub trained_samples: usize,
 }
 
@@ -111,12 +112,19 @@ impl Savings {
             samples: timing.samples,
             distilled_runs: distilled.len(),
             distilled_epochs: distilled.iter().map(|r| r.epochs).sum(),
-            trained_samples: timing.samples
-                - distilled
-                    .first()
-                    .and_then(|r| r.val_samples)
-                    .unwrap_or(0)
-                    .min(timing.samples),
+            trained_samples: match distilled.first() {
+                Some(RunResult {
+                    trained_samples: Some(t),
+                    ..
+                }) => (*t).min(timing.samples),
+                first => {
+                    timing.samples
+                        - first
+                            .and_then(|r| r.val_samples)
+                            .unwrap_or(0)
+                            .min(timing.samples)
+                }
+            },
         }
     }
 
