@@ -651,10 +651,9 @@ impl<'a, D: Backend> Run<'a, D> {
     }
 
     /// Writes `net`'s weights (and `model.py`), the masks, the curves and,
-    /// last, the card into `dir`.
-    /// Writes the model's files into `dir`, its card last. A plot that
-    /// could not be drawn does not take the model with it: the card is
-    /// still written, and the plot's error returned as `Ok(Some(..))`.
+    /// last, the card into `dir`. A plot that could not be drawn does not
+    /// take the model with it: the card is still written, and the plot's
+    /// error returned as `Ok(Some(..))`.
     fn write_model(
         &self,
         dir: &ModelDir,
