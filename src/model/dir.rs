@@ -16,6 +16,7 @@
 //! | `.train.lock` | held (flock) while a training run writes the directory; empty, and left in place |
 //! | `epoch-NNN/` | a model directory of its own: the weights after epoch NNN (`train --snapshot-epochs`) |
 //! | `best/` | a model directory of its own: the weights after the best validation epoch (`train --keep-best`) |
+//! | `previous/` | the earlier model a rerun set aside until it has written its own (`train`) |
 //!
 //! Anywhere a model is read, a path may also name a `.safetensors` file
 //! directly; the other files are then looked up beside it.
