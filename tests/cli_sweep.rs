@@ -1652,6 +1652,7 @@ fn a_sweep_with_few_labels_says_so_and_counts_what_trained() {
         "{report}"
     );
     assert!(report.contains("(900 trained samples each)"), "{report}");
+    assert!(report.contains(": 1 epoch each, batch 64"), "{report}");
     for run in ["mlp-784-16-10_baseline", "mlp-784-16-10_kd-T2-a0.5"] {
         let card = model_card(&cwd.join("sweep/runs").join(run));
         assert_eq!(card["data"]["trained_samples"], 900, "{run}");

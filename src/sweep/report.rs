@@ -207,12 +207,13 @@ fn intro(s: &mut String, results: &[RunResult], ctx: &ReportContext<'_>) {
     let _ = writeln!(s, "# Distillation sweep\n");
     let _ = writeln!(
         s,
-        "{} runs from one teacher cache (`{}`, {}) on `{}`: {} epochs each, {}, {} lr {}, {}, loss {}.\n",
+        "{} runs from one teacher cache (`{}`, {}) on `{}`: {} epoch{} each, {}, {} lr {}, {}, loss {}.\n",
         results.len(),
         cfg.cache.display(),
         ctx.cache_description,
         cfg.data.display(),
         cfg.epochs,
+        if cfg.epochs == 1 { "" } else { "s" },
         match super::plan::dedup(&cfg.batch_sizes).as_slice() {
             [one] => format!("batch {one}"),
             many => format!(
