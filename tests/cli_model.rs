@@ -112,3 +112,36 @@ fn a_closed_output_pipe_ends_the_process_quietly() {
     );
     assert!(stderr.is_empty(), "nothing on stderr: {stderr}");
 }
+
+#[test]
+fn a_cache_named_as_a_model_is_said_to_be_a_cache() {
+    let dir = tempfile::tempdir().unwrap();
+    let (teacher, data) = (s(&teacher_dir()), s(&small_data()));
+    ok(
+        dir.path(),
+        &cache_build_args(&teacher, &data, "cache", &["--split", "test", "-q"]),
+    );
+    let said = [
+        "cache: holds a teacher cache",
+        "not a model; name a model directory or its .safetensors file",
+    ];
+    fails(
+        dir.path(),
+        &["eval", "--model", "cache", "--data", &data],
+        &said,
+    );
+    fails(dir.path(), &["model", "info", "cache"], &said);
+    fails(
+        dir.path(),
+        &cache_build_args("cache", &data, "out", &["-q"]),
+        &said,
+    );
+    // A directory that is not there is said to be missing, not its weights file.
+    let err = fails(
+        dir.path(),
+        &["eval", "--model", "absent", "--data", &data],
+        &["absent: does not exist; name a model directory"],
+    );
+    assert!(!err.contains("os error"), "{err}");
+    assert!(!dir.path().join("out").exists());
+}

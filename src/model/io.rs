@@ -295,7 +295,11 @@ fn read_weights_file(path: &Path) -> Result<Vec<u8>> {
                 .into(),
         });
     }
-    let len = fs::metadata(path).map_err(|e| Error::io(path, e))?.len();
+    let len = match fs::metadata(path) {
+        Ok(m) => m.len(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(no_weights(path, e)),
+        Err(e) => return Err(Error::io(path, e)),
+    };
     if len > MAX_WEIGHTS_BYTES {
         return Err(Error::Model {
             path: path.to_path_buf(),
@@ -303,6 +307,39 @@ fn read_weights_file(path: &Path) -> Result<Vec<u8>> {
         });
     }
     fs::read(path).map_err(|e| Error::io(path, e))
+}
+
+/// The weights file `path` is not there (`e`): what its directory holds
+/// instead, where that tells the user what they named (a cache, an
+/// unfinished run, no model at all), or else the file-system error.
+fn no_weights(path: &Path, e: std::io::Error) -> Error {
+    // A .safetensors file named directly: the file itself is missing.
+    let Some(dir) = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .filter(|_| path.file_name() == Some(std::ffi::OsStr::new(super::dir::WEIGHTS_FILE)))
+    else {
+        return Error::io(path, e);
+    };
+    let holds = |name: &str| dir.join(name).exists();
+    let name_one = "name a model directory or its .safetensors file";
+    let message = if !dir.exists() {
+        format!("does not exist; {name_one}")
+    } else if !dir.is_dir() {
+        return Error::io(path, e);
+    } else if holds("manifest.json") || holds("views.json") {
+        format!("holds a teacher cache (manifest.json or views.json), not a model; {name_one}")
+    } else if holds("checkpoint.safetensors") {
+        "holds an unfinished run (a checkpoint, no model.safetensors yet): continue it with \
+         `distill train --resume`, or name a finished model's directory or .safetensors file"
+            .to_string()
+    } else {
+        format!("holds no {}; {name_one}", super::dir::WEIGHTS_FILE)
+    };
+    Error::Model {
+        path: dir.to_path_buf(),
+        message,
+    }
 }
 
 /// The metadata and every f32 tensor of `buf`, the safetensors file
@@ -668,6 +705,54 @@ mod tests {
                 bare.predict(x, 3).as_vec(),
                 "{name}"
             );
+        }
+    }
+
+    #[test]
+    fn a_missing_model_is_told_by_what_its_directory_holds() {
+        let dev = Cpu::seed_from_u64(0);
+        let tmp = tempfile::tempdir().unwrap();
+        let err = |dir: &Path| {
+            load_weights(&dir.join("model.safetensors"), None, dev.clone())
+                .err()
+                .expect("refused")
+                .to_string()
+        };
+        let e = err(&tmp.path().join("absent"));
+        assert!(
+            e.contains("absent: does not exist; name a model directory"),
+            "{e}"
+        );
+        let empty = tmp.path().join("empty");
+        fs::create_dir(&empty).unwrap();
+        let e = err(&empty);
+        assert!(
+            e.contains("empty: holds no model.safetensors; name a model"),
+            "{e}"
+        );
+        let cache = tmp.path().join("cache");
+        fs::create_dir(&cache).unwrap();
+        fs::write(cache.join("manifest.json"), "{}").unwrap();
+        let e = err(&cache);
+        assert!(e.contains("cache: holds a teacher cache"), "{e}");
+        assert!(e.contains("not a model"), "{e}");
+        let run = tmp.path().join("run");
+        fs::create_dir(&run).unwrap();
+        fs::write(run.join("checkpoint.safetensors"), "").unwrap();
+        let e = err(&run);
+        assert!(e.contains("run: holds an unfinished run"), "{e}");
+        assert!(e.contains("--resume"), "{e}");
+        // A weights file named directly is missing itself.
+        let e = load_weights(&empty.join("other.safetensors"), None, dev.clone())
+            .err()
+            .expect("refused")
+            .to_string();
+        assert!(
+            e.contains("other.safetensors") && e.contains("os error"),
+            "{e}"
+        );
+        for e in [&err(&empty), &err(&cache), &err(&run)] {
+            assert!(!e.contains("os error"), "{e}");
         }
     }
 }
