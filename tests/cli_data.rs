@@ -149,3 +149,34 @@ fn a_test_split_must_read_and_match_the_training_split() {
     let out = ok(tmp.path(), &train);
     assert!(out.contains("final test accuracy"), "{out}");
 }
+
+#[test]
+fn a_cache_or_a_model_named_as_data_is_said_to_be_one() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (teacher, data) = (s(&teacher_dir()), s(&small_data()));
+    ok(
+        tmp.path(),
+        &cache_build_args(&teacher, &data, "cache", &["--split", "test", "-q"]),
+    );
+    for verb in ["info", "configure"] {
+        let err = fails(
+            tmp.path(),
+            &["data", verb, "--data", "cache"],
+            &["invalid value for --data: cache holds a teacher cache (manifest.json or views.json), not a dataset"],
+        );
+        assert!(!err.contains("fetch-fashion-mnist.sh cache"), "{err}");
+        fails(
+            tmp.path(),
+            &["data", verb, "--data", &teacher],
+            &["holds a model (model.safetensors or model.json), not a dataset"],
+        );
+    }
+    fails(
+        tmp.path(),
+        &["eval", "--model", &teacher, "--data", "cache"],
+        &["--data: cache holds a teacher cache"],
+    );
+    // Nothing was written into either.
+    assert!(!tmp.path().join("cache/distill-data.toml").exists());
+    assert!(!teacher_dir().join("distill-data.toml").exists());
+}

@@ -413,12 +413,16 @@ impl Dataset {
     }
 
     /// Refuses a dataset directory (the setting `data`) that does not
-    /// exist or is a file, before its splits are looked for: "no train
-    /// split found" would send the user looking for files in a directory
-    /// that is not there. [`Dataset::open`] checks this first.
+    /// exist, is a file, or is a teacher cache's or a model's directory,
+    /// before its splits are looked for: "no train split found" would send
+    /// the user looking for files in a directory that is not there, or
+    /// fetching a dataset into a cache. [`Dataset::open`] checks this first.
     pub fn check_dir(dir: &Path) -> Result<(), DataError> {
         let problem = match std::fs::metadata(dir) {
-            Ok(m) if m.is_dir() => return Ok(()),
+            Ok(m) if m.is_dir() => match Dataset::other_kind(dir) {
+                None => return Ok(()),
+                Some(what) => what,
+            },
             Ok(_) => "is a file, not a directory",
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => "does not exist",
             // Unreadable: the split's files are looked for, and their errors said.
@@ -431,6 +435,23 @@ impl Dataset {
                 dir.display()
             ),
         })
+    }
+
+    /// What `dir` holds instead of a dataset, when it holds none and is
+    /// another of distill's directories (a teacher cache, a model): told
+    /// as such rather than as a dataset with no split.
+    fn other_kind(dir: &Path) -> Option<&'static str> {
+        if Dataset::is_in(dir) {
+            return None;
+        }
+        let holds = |name: &str| dir.join(name).exists();
+        if holds("manifest.json") || holds("views.json") {
+            Some("holds a teacher cache (manifest.json or views.json), not a dataset")
+        } else if holds("model.safetensors") || holds("model.json") {
+            Some("holds a model (model.safetensors or model.json), not a dataset")
+        } else {
+            None
+        }
     }
 
     /// Whether `dir` holds a split of a dataset in a format distill reads
