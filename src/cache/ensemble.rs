@@ -159,6 +159,15 @@ pub unsafe fn ensemble_caches(
         .map(|m| unsafe { CacheViews::open(m) })
         .collect::<Result<_>>()?;
     check_members(members, &sets)?;
+    // A member that cannot be read at `T` is refused before any output
+    // directory is made, not at its first read.
+    for (path, set) in members.iter().zip(&sets) {
+        for reader in set.views() {
+            reader
+                .check_temperature(opts.temperature, false)
+                .map_err(|e| in_member(path, e))?;
+        }
+    }
     let first = sets[0].first().manifest();
     let n_all = first.dataset.num_samples;
     if let Some(masks) = &opts.held_out {

@@ -472,6 +472,13 @@ impl CacheReader {
         Ok(())
     }
 
+    /// Refuses decoding at `t` where it cannot be done (a sparse encoding
+    /// at another temperature without `allow_topk`), as every read would:
+    /// for a caller that must know before it writes anything.
+    pub fn check_temperature(&self, t: f32, allow_topk: bool) -> Result<()> {
+        self.retemper_needed(t, allow_topk).map(|_| ())
+    }
+
     /// Whether decoding at `t` needs re-tempering; refuses what cannot be done.
     fn retemper_needed(&self, t: f32, allow_topk: bool) -> Result<bool> {
         if !(t.is_finite() && t > 0.0) {

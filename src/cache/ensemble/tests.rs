@@ -568,3 +568,34 @@ fn weights_normalise_to_one_or_are_refused_by_flag() {
         assert!(e.starts_with("--weights: "), "{bad:?}: {e}");
     }
 }
+
+#[test]
+fn a_member_that_cannot_be_retempered_is_refused_before_anything_is_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b, out) = (
+        dir.path().join("a"),
+        dir.path().join("b"),
+        dir.path().join("e"),
+    );
+    let n = 20;
+    cache(&a, &logits(n, 1), 2.0, "a");
+    let mut m = meta(n, 2.0, "b", None);
+    m.encoding = "topk:2".parse().unwrap();
+    import_logits(&b, m, small_blocks(), &logits(n, 2), Some(&labels(n))).unwrap();
+    let members = [a, b.clone()];
+    // SAFETY: as above.
+    let err =
+        unsafe { ensemble_caches(&members, &out, &opts(3.0, Combine::Prob, vec![]), |_, _| {}) }
+            .unwrap_err()
+            .to_string();
+    assert!(err.contains(&b.display().to_string()), "{err}");
+    assert!(
+        err.contains("cannot be re-tempered exactly to T=3"),
+        "{err}"
+    );
+    // No unfinished build at T 3 is left to block the next try.
+    assert!(!out.exists(), "a refused ensemble writes nothing");
+    // SAFETY: as above.
+    unsafe { ensemble_caches(&members, &out, &opts(2.0, Combine::Prob, vec![]), |_, _| {}) }
+        .unwrap();
+}
