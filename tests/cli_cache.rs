@@ -590,6 +590,16 @@ fn an_ensemble_of_two_teachers_is_one_cache_a_student_reads() {
         &ensemble_args(&["a", "b", "-T", "4", "--weights", "1"], "bad"),
         &["--weights", "1 weights given for 2 member caches"],
     );
+    // The same member twice points to the flag that weighs one more.
+    let err = fails(
+        tmp.path(),
+        &ensemble_args(&["a", "a", "-T", "4"], "bad"),
+        &[
+            "is the same cache as member 1",
+            "give --weights to weigh one more",
+        ],
+    );
+    assert!(!err.contains('`'), "{err}");
     fails(
         tmp.path(),
         &ensemble_args(&["a", "b", "-T", "4", "--combine", "median"], "bad"),

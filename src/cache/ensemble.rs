@@ -416,7 +416,7 @@ fn check_members(paths: &[PathBuf], sets: &[CacheViews]) -> Result<()> {
                 path.display().to_string(),
                 format!(
                     "is the same cache as member {} ({}): an ensemble of a teacher with \
-                     itself is that teacher; name each member once (give `weights` to \
+                     itself is that teacher; name each member once (give --weights to \
                      weigh one more)",
                     j + 1,
                     paths[j].display()
