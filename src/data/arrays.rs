@@ -289,6 +289,13 @@ fn matrix_from_safetensors(
             ))
         }
     };
+    if rows > 0 && cols == 0 {
+        return Err(format_err(
+            path,
+            &name,
+            format!("shape [{rows}, 0] holds no classes (C = 0); expected [N, C] with C >= 1"),
+        ));
+    }
     if rows == 0 || cols == 0 {
         return Err(DataError::Empty {
             path: path.to_path_buf(),
@@ -541,6 +548,38 @@ mod tests {
             read_float_matrix(&npy_path, None).unwrap(),
             (3, 2, v.to_vec())
         );
+
+        // No classes ([N, 0]) is said as such, not as no samples; no rows is
+        // no samples. The streamed reader's header check says the same.
+        let no_classes = dir.path().join("c0.npy");
+        fs::write(
+            &no_classes,
+            npy::tests::npy_bytes(1, "<f4", false, &[3, 0], &[]),
+        )
+        .unwrap();
+        let st0 = dir.path().join("c0.safetensors");
+        fs::write(
+            &st0,
+            st_bytes(&[("logits", Dtype::F32, vec![3, 0], vec![])]),
+        )
+        .unwrap();
+        for path in [&no_classes, &st0] {
+            let err = read_float_matrix(path, None).unwrap_err().to_string();
+            assert!(
+                err.contains("shape [3, 0] holds no classes (C = 0)") && !err.contains("N = 0"),
+                "{err}"
+            );
+        }
+        let err = npy::matrix_layout(&no_classes).unwrap_err().to_string();
+        assert!(err.contains("holds no classes (C = 0)"), "{err}");
+        let no_rows = dir.path().join("n0.npy");
+        fs::write(
+            &no_rows,
+            npy::tests::npy_bytes(1, "<f4", false, &[0, 3], &[]),
+        )
+        .unwrap();
+        let err = read_float_matrix(&no_rows, None).unwrap_err().to_string();
+        assert!(err.contains("holds no samples (N = 0)"), "{err}");
 
         // Neither format, by content or name: said so, not what the first
         // bytes read as a safetensors header length make of it.

@@ -563,6 +563,13 @@ fn matrix_dims(path: &Path, field: &str, header: &Header) -> Result<(usize, usiz
             ))
         }
     };
+    if rows > 0 && cols == 0 {
+        return Err(format_err(
+            path,
+            field,
+            format!("shape [{rows}, 0] holds no classes (C = 0); expected [N, C] with C >= 1"),
+        ));
+    }
     if rows == 0 || cols == 0 {
         return Err(DataError::Empty {
             path: path.to_path_buf(),
