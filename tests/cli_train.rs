@@ -1405,6 +1405,76 @@ fn eval_compares_recipes_over_images_and_over_seeds() {
     );
 }
 
+/// `eval --arm` takes a run without a card (a bare weights file: its seed
+/// is unknown, as for an imported model), and refuses a damaged card before
+/// it scores any model.
+#[test]
+fn eval_arms_take_runs_without_a_card_and_refuse_a_damaged_one_first() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = s(&small_data());
+    ok(
+        tmp.path(),
+        &train_args(
+            &data,
+            "mlp:784-32-10",
+            "r3",
+            &["--epochs", "1", "--seed", "3", "-q"],
+        ),
+    );
+    for dir in ["bare", "damaged"] {
+        fs::create_dir(tmp.path().join(dir)).unwrap();
+        fs::copy(
+            tmp.path().join("r3/model.safetensors"),
+            tmp.path().join(dir).join("model.safetensors"),
+        )
+        .unwrap();
+    }
+    let out = ok(
+        tmp.path(),
+        &["eval", "--arm", "a=r3", "--arm", "b=bare", "--data", &data],
+    );
+    let seeds = |name: &str| {
+        out.lines()
+            .find(|l| l.starts_with(name) && l.contains('%'))
+            .and_then(|l| l.split_whitespace().last().map(String::from))
+            .unwrap_or_else(|| panic!("no row {name}: {out}"))
+    };
+    assert_eq!(seeds("a "), "3", "{out}");
+    assert_eq!(seeds("b "), "?", "{out}");
+    assert!(out.contains("not paired by seed"), "{out}");
+    let card = fs::read_to_string(tmp.path().join("r3/model.json")).unwrap();
+    assert!(card.contains("\"seed\": 3"), "{card}");
+    fs::write(
+        tmp.path().join("damaged/model.json"),
+        card.replace("\"seed\": 3", "\"seed\": \"three\""),
+    )
+    .unwrap();
+    let run = distill(
+        tmp.path(),
+        &[
+            "eval",
+            "--arm",
+            "a=r3",
+            "--arm",
+            "b=damaged",
+            "--data",
+            &data,
+        ],
+    );
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert_eq!(run.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("damaged/model.json: not a distill model card"),
+        "{stderr}"
+    );
+    // Refused before any model was scored: no table was printed.
+    assert!(
+        run.stdout.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&run.stdout)
+    );
+}
+
 /// A checkpoint continues only the run that wrote it: on the same data and
 /// with the same online teacher (a resume on other data, or taught by
 /// another model, would mix two runs in one model). A finished online run

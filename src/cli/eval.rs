@@ -130,6 +130,13 @@ pub fn eval<D: Backend>(dev: D, a: EvalArgs) -> Result<()> {
             seen.push((key, &arm.name));
         }
     }
+    // Each run's seed, from its card: read before any model is scored, so a
+    // damaged card is refused before the work, not after it.
+    let seeds: Vec<Vec<Option<u64>>> = a
+        .arm
+        .iter()
+        .map(|x| x.runs.iter().map(|r| card_seed(r)).collect())
+        .collect::<Result<_>>()?;
     let models: Vec<PathBuf> = if a.arm.is_empty() {
         a.model.clone()
     } else {
@@ -217,7 +224,7 @@ pub fn eval<D: Backend>(dev: D, a: EvalArgs) -> Result<()> {
                 .collect(),
         },
     };
-    print_arms(&a.arm, &scores)
+    print_arms(&a.arm, &seeds, &scores)
 }
 
 /// The images the models are scored on.
@@ -358,11 +365,7 @@ fn print_paired(
 /// before it: the difference of the runs' mean accuracies, its interval and
 /// p-value over images (runs scored on the same images), and, with the runs
 /// paired by seed, each seed's difference and the interval over seeds.
-fn print_arms(arms: &[Arm], scores: &RunScores) -> Result<()> {
-    let seeds: Vec<Vec<Option<u64>>> = arms
-        .iter()
-        .map(|x| x.runs.iter().map(|r| card_seed(r)).collect())
-        .collect::<Result<_>>()?;
+fn print_arms(arms: &[Arm], seeds: &[Vec<Option<u64>>], scores: &RunScores) -> Result<()> {
     println!();
     match scores {
         RunScores::SameImages { labels, .. } => println!(
@@ -377,7 +380,7 @@ fn print_arms(arms: &[Arm], scores: &RunScores) -> Result<()> {
         "{:<24} {:>5} {:>9} {:>6}   seeds",
         "recipe", "runs", "accuracy", "sd"
     );
-    for (k, (x, s)) in arms.iter().zip(&seeds).enumerate() {
+    for (k, (x, s)) in arms.iter().zip(seeds).enumerate() {
         let accuracy = scores.accuracy(k);
         let sd = paired::sample_variance(&accuracy).map(f64::sqrt);
         println!(
@@ -440,10 +443,15 @@ fn print_arms(arms: &[Arm], scores: &RunScores) -> Result<()> {
     Ok(())
 }
 
-/// The seed a run's card says it trained with (`None`: a card without a
-/// training config, such as an imported model).
+/// The seed a run's card says it trained with (`None`: no card, as beside
+/// a bare weights file, or a card without a training config, such as an
+/// imported model's).
 fn card_seed(run: &std::path::Path) -> Result<Option<u64>> {
-    let card = ModelCard::load(&ModelDir::new(run).card())?;
+    let path = ModelDir::new(run).card();
+    if !path.exists() {
+        return Ok(None);
+    }
+    let card = ModelCard::load(&path)?;
     Ok(card.config.map(|c| c.seed))
 }
 
