@@ -1259,3 +1259,46 @@ fn a_directory_that_is_not_the_cache_asked_for_is_named_for_what_it_is() {
     assert!(!err.contains("exceeds"), "{err}");
     assert!(!t.join("imp/manifest.json").exists());
 }
+
+/// One view of a view set is never replaced by a cache of the plain images
+/// (built, imported or an ensemble), not even with --overwrite: the set's
+/// other views and views.json would stay beside it, and the set would not
+/// open again.
+#[test]
+fn a_view_of_a_set_is_not_replaced_by_a_plain_cache() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (teacher, data) = (s(&teacher_dir()), s(&small_data()));
+    let views = ["--augment", "flip", "--views", "2", "--split", "test", "-q"];
+    ok(
+        tmp.path(),
+        &cache_build_args(&teacher, &data, "set", &views),
+    );
+    let before = snapshot(&tmp.path().join("set"));
+    let plain = ["--split", "test", "-q", "--overwrite"];
+    fails(
+        tmp.path(),
+        &cache_build_args(&teacher, &data, "set/view-1", &plain),
+        &[
+            "set/view-1: holds view 1 of 2 of flip (seed 0) of a view set (committed)",
+            "would break the set, with or without `--overwrite`",
+        ],
+    );
+    let logits: Vec<u8> = (0..1000 * 10)
+        .flat_map(|i| ((i % 7) as f32).to_le_bytes())
+        .collect();
+    write_npy(&tmp.path().join("l.npy"), "<f4", &[1000, 10], &logits);
+    fails(
+        tmp.path(),
+        &cache_import_args(
+            "l.npy",
+            &data,
+            "test",
+            "4",
+            "set/view-0",
+            &["-q", "--overwrite"],
+        ),
+        &["set/view-0: holds view 0 of 2 of flip"],
+    );
+    assert_eq!(snapshot(&tmp.path().join("set")), before);
+    ok(tmp.path(), &["cache", "verify", "set"]);
+}

@@ -263,6 +263,19 @@ pub(crate) fn claim_dir(dir: &Path, spec: &BuildSpec, overwrite: bool) -> Result
         if existing.part != spec.part {
             return Err(wrong_part(dir, what, existing.part, spec.part));
         }
+        // One view of a set replaced by a plain cache breaks the set (its
+        // other views and views.json stay): refused even with `overwrite`,
+        // which replaces a set only whole, from its own directory.
+        if let (Some(view), None) = (&existing.dataset.view, &spec.dataset.view) {
+            return Err(CacheError::input(
+                dir.display().to_string(),
+                format!(
+                    "holds {view} of a view set ({what}), not a cache of the plain images: \
+                     writing one here would break the set, with or without `--overwrite`; \
+                     use another directory"
+                ),
+            ));
+        }
         if !overwrite {
             if let Some((field, a, b)) = existing.first_difference(spec) {
                 let held = match what {
