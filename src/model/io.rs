@@ -474,7 +474,12 @@ pub fn load_weights<D: Backend>(
         (None, None) => {
             return Err(Error::Model {
                 path: path.to_path_buf(),
-                message: format!("no '{SPEC_KEY}' metadata; pass the model spec explicitly"),
+                message: format!(
+                    "no '{SPEC_KEY}' metadata, so the model these weights are for is unknown: \
+                     distill saves a model's spec there (FORMAT.md, model.safetensors); for \
+                     weights saved elsewhere, add it to the file's metadata (e.g. \
+                     {SPEC_KEY} = mlp:784-128-10)"
+                ),
             })
         }
     };
@@ -754,5 +759,29 @@ mod tests {
         for e in [&err(&empty), &err(&cache), &err(&run)] {
             assert!(!e.contains("os error"), "{e}");
         }
+    }
+
+    #[test]
+    fn weights_without_a_spec_say_how_to_give_one() {
+        let dev = Cpu::seed_from_u64(0);
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("m.safetensors");
+        let net = Network::new(ModelSpec::parse("mlp:4-3-2").unwrap(), dev.clone(), 0);
+        save_weights(&net, &path).unwrap();
+        let (mut meta, tensors) = read_safetensors(&path).unwrap();
+        meta.remove(SPEC_KEY);
+        write_safetensors(&path, &tensors, meta).unwrap();
+        let e = load_weights(&path, None, dev.clone())
+            .err()
+            .expect("refused")
+            .to_string();
+        assert!(
+            e.contains("m.safetensors: no 'distill.spec' metadata")
+                && e.contains("add it to the file's metadata")
+                && !e.contains("explicitly"),
+            "{e}"
+        );
+        // The library's caller may still give the spec.
+        load_weights(&path, Some(net.spec()), dev).unwrap();
     }
 }
