@@ -262,7 +262,7 @@ fn matrix_from_safetensors(
                 path,
                 "tensor",
                 format!(
-                    "holds {} tensors ({}); name the one to read",
+                    "holds {} tensors ({}); name the one to read (`distill cache import --tensor NAME`)",
                     names.len(),
                     names.join(", ")
                 ),
@@ -536,6 +536,22 @@ mod tests {
             (2, 3, v.to_vec())
         );
         assert!(read_float_matrix(&st, Some("nope")).is_err());
+        // Two tensors and no name: the message lists them and the flag.
+        let two = dir.path().join("two.safetensors");
+        let f = f32_bytes(&v);
+        fs::write(
+            &two,
+            st_bytes(&[
+                ("logits", Dtype::F32, vec![2, 3], f.clone()),
+                ("probs", Dtype::F32, vec![2, 3], f),
+            ]),
+        )
+        .unwrap();
+        let e = read_float_matrix(&two, None).unwrap_err().to_string();
+        assert!(
+            e.contains("holds 2 tensors (logits, probs)") && e.contains("--tensor NAME"),
+            "{e}"
+        );
 
         let npy_path = dir.path().join("logits.npy");
         let f64b: Vec<u8> = v.iter().flat_map(|&x| f64::from(x).to_le_bytes()).collect();
