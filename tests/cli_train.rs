@@ -1926,4 +1926,46 @@ fn a_train_fraction_trains_on_part_of_the_split() {
         fails(tmp.path(), &args, &["--train-fraction", "must be above 0"]);
     }
     assert!(!tmp.path().join("bad").exists());
+    // Mixed images draw partners from the whole split: refused, from the
+    // flag and from a view set of mixed views.
+    let args = train_args(
+        &data,
+        "mlp:784-16-10",
+        "mixed",
+        &[
+            &settings[..],
+            &["--train-fraction", "0.1", "--augment", "mixup=1"],
+        ]
+        .concat(),
+    );
+    fails(tmp.path(), &args, &["--train-fraction", "mixup", "partner"]);
+    ok(
+        tmp.path(),
+        &cache_build_args(
+            &teacher,
+            &data,
+            "mixed-views",
+            &[
+                "--split",
+                "train",
+                "--augment",
+                "mixup=1",
+                "--views",
+                "2",
+                "-q",
+            ],
+        ),
+    );
+    let args = train_args(
+        &data,
+        "mlp:784-16-10",
+        "mixed",
+        &[
+            &settings[..],
+            &["--train-fraction", "0.1", "--cache", "mixed-views"],
+        ]
+        .concat(),
+    );
+    fails(tmp.path(), &args, &["--train-fraction", "mixup", "partner"]);
+    assert!(!tmp.path().join("mixed/model.safetensors").exists());
 }

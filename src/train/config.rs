@@ -95,6 +95,26 @@ pub struct TrainConfig {
     pub ema: Option<f64>,
 }
 
+/// Refuses mixed images (mixup, cutmix) in a run on part of the training
+/// split: a mixed image's partner is a pure function of (seed, view,
+/// sample) over the whole split (so a view set's teacher saw the same
+/// image), and a sample whose partner the run does not train on is left
+/// out, so a run on a fraction F would keep only about F of its subset.
+pub fn check_subset_mixing(train_fraction: f64, augment: &Augment) -> Result<()> {
+    if train_fraction >= 1.0 || augment.mix.is_none() {
+        return Ok(());
+    }
+    Err(Error::Config {
+        field: "train_fraction".into(),
+        message: format!(
+            "{train_fraction} with mixed images ({augment}): a mixed image's partner is drawn from the whole \
+             training split, and a sample whose partner is outside the run's subset is left out, so it would \
+             train on about {train_fraction} of its subset; use augmentation without mixup or cutmix, or train \
+             on every sample"
+        ),
+    })
+}
+
 fn every_sample() -> f64 {
     1.0
 }
@@ -172,6 +192,9 @@ impl TrainConfig {
         self.loss.validate()?;
         check_fraction(self.val_fraction)?;
         check_train_fraction(self.train_fraction)?;
+        if let Some(a) = &self.augment {
+            check_subset_mixing(self.train_fraction, a)?;
+        }
         if let (Some(seed), None, 0.0) = (self.val_seed, self.val_fold, self.val_fraction) {
             return Err(Error::Config {
                 field: "val_seed".into(),

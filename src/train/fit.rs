@@ -186,6 +186,10 @@ impl<'a, D: Backend> Run<'a, D> {
         let start = opts.init.as_ref().map(|_| opts.init_normalization.as_ref());
         let validation = cfg.validation_split(sources.train.len())?;
         let skipped = cfg.not_training(sources.train.len())?;
+        // A view set's mixed views, as the config's own (`validate`).
+        if let Some((augment, _, _)) = super::loader::epoch_augmentation(cfg, sources.cache, 0)? {
+            super::config::check_subset_mixing(cfg.train_fraction, &augment)?;
+        }
         let normalization =
             cfg.normalize
                 .resolve(sources.train, |i| skipped.holds_out(i), start)?;
