@@ -1916,56 +1916,41 @@ fn a_train_fraction_trains_on_part_of_the_split() {
         fs::read(tmp.path().join("few/model.safetensors")).unwrap(),
         fs::read(tmp.path().join("all/model.safetensors")).unwrap()
     );
-    for bad in ["0", "1.5", "-0.1", "nan"] {
+    let refused = |extra: &[&str], needles: &[&str]| {
         let args = train_args(
             &data,
             "mlp:784-16-10",
             "bad",
-            &[&settings[..], &["--train-fraction", bad]].concat(),
+            &[&settings[..], extra].concat(),
         );
-        fails(tmp.path(), &args, &["--train-fraction", "must be above 0"]);
+        fails(tmp.path(), &args, needles);
+        assert!(!tmp.path().join("bad/model.safetensors").exists());
+    };
+    for bad in ["0", "1.5", "-0.1", "nan"] {
+        refused(
+            &["--train-fraction", bad],
+            &["--train-fraction", "must be above 0"],
+        );
     }
-    assert!(!tmp.path().join("bad").exists());
     // Mixed images draw partners from the whole split: refused, from the
     // flag and from a view set of mixed views.
-    let args = train_args(
-        &data,
-        "mlp:784-16-10",
-        "mixed",
-        &[
-            &settings[..],
-            &["--train-fraction", "0.1", "--augment", "mixup=1"],
-        ]
-        .concat(),
-    );
-    fails(tmp.path(), &args, &["--train-fraction", "mixup", "partner"]);
+    let mixed = ["--train-fraction", "mixup", "partner"];
+    refused(&["--train-fraction", "0.1", "--augment", "mixup=1"], &mixed);
+    let views = [
+        "--split",
+        "train",
+        "--augment",
+        "mixup=1",
+        "--views",
+        "2",
+        "-q",
+    ];
     ok(
         tmp.path(),
-        &cache_build_args(
-            &teacher,
-            &data,
-            "mixed-views",
-            &[
-                "--split",
-                "train",
-                "--augment",
-                "mixup=1",
-                "--views",
-                "2",
-                "-q",
-            ],
-        ),
+        &cache_build_args(&teacher, &data, "mixed-views", &views),
     );
-    let args = train_args(
-        &data,
-        "mlp:784-16-10",
-        "mixed",
-        &[
-            &settings[..],
-            &["--train-fraction", "0.1", "--cache", "mixed-views"],
-        ]
-        .concat(),
+    refused(
+        &["--train-fraction", "0.1", "--cache", "mixed-views"],
+        &mixed,
     );
-    fails(tmp.path(), &args, &["--train-fraction", "mixup", "partner"]);
-    assert!(!tmp.path().join("mixed/model.safetensors").exists());
 }
