@@ -1,4 +1,7 @@
-//! A model directory's layout: the one place that knows its file names.
+//! A model directory's layout: the names of its files. The names of the
+//! directories a run keeps inside it live with the code that writes them:
+//! `epoch-NNN/` in `train::fit::snapshot_dir`, `best/` and its `.best.*`
+//! transients in `train::best`, `.replay-epoch-NNN/` in `sweep::replay`.
 //!
 //! `distill train`, `distill prune` and `distill sweep` write a directory per
 //! model:
