@@ -749,11 +749,7 @@ fn augmentation_is_deterministic_recorded_and_refused_with_a_plain_cache() {
 fn a_validation_split_is_held_out_recorded_and_resumable() {
     let tmp = tempfile::tempdir().unwrap();
     let data = s(&small_data());
-    let teacher = s(&teacher_dir());
-    ok(
-        tmp.path(),
-        &cache_build_args(&teacher, &data, "cache", &["--split", "train", "-q"]),
-    );
+    build_train_cache(tmp.path(), &data, "cache");
     let kd = ["--cache", "cache", "--alpha", "0.5", "-T", "2"];
     ok(tmp.path(), &mlp_args(&data, "a", &kd));
     let card = model_card(&tmp.path().join("a"));
@@ -852,11 +848,7 @@ fn a_validation_split_is_held_out_recorded_and_resumable() {
 fn defaults_distil_and_a_teacher_left_unread_is_refused() {
     let tmp = tempfile::tempdir().unwrap();
     let data = s(&small_data());
-    let teacher = s(&teacher_dir());
-    ok(
-        tmp.path(),
-        &cache_build_args(&teacher, &data, "cache", &["--split", "train", "-q"]),
-    );
+    build_train_cache(tmp.path(), &data, "cache");
     let one_epoch = |out: &'static str, extra: &[&'static str]| {
         let settings = ["--epochs", "1", "--batch", "64", "--seed", "3"];
         let args = train_args(
@@ -945,6 +937,7 @@ fn defaults_distil_and_a_teacher_left_unread_is_refused() {
     args.retain(|&a| a != "-q");
     let err = fails(tmp.path(), &args, &["--alpha", "never be read", "--cache"]);
     assert!(!err.contains("distilling"), "{err}");
+    let teacher = s(&teacher_dir());
     fails(
         tmp.path(),
         &mlp_args(&data, "x", &["--online-teacher", &teacher, "--alpha", "1"]),
@@ -1853,11 +1846,7 @@ fn a_plot_that_cannot_be_drawn_leaves_a_finished_run() {
 fn a_train_fraction_trains_on_part_of_the_split() {
     let tmp = tempfile::tempdir().unwrap();
     let data = s(&small_data());
-    let teacher = s(&teacher_dir());
-    ok(
-        tmp.path(),
-        &cache_build_args(&teacher, &data, "cache", &["--split", "train", "-q"]),
-    );
+    build_train_cache(tmp.path(), &data, "cache");
     let settings = ["--epochs", "1", "--batch", "64", "--seed", "3"];
     let run = |out: &'static str, extra: &[&'static str]| {
         let args = train_args(
@@ -1945,6 +1934,7 @@ fn a_train_fraction_trains_on_part_of_the_split() {
         "2",
         "-q",
     ];
+    let teacher = s(&teacher_dir());
     ok(
         tmp.path(),
         &cache_build_args(&teacher, &data, "mixed-views", &views),

@@ -205,3 +205,13 @@ pub fn file_times(dir: &Path) -> BTreeMap<String, std::time::SystemTime> {
 pub fn strs(a: &[String]) -> Vec<&str> {
     a.iter().map(String::as_str).collect()
 }
+
+/// Builds the committed teacher's cache of `data`'s train split (T = 4)
+/// into `out`, under `cwd`.
+pub fn build_train_cache(cwd: &Path, data: &str, out: &str) {
+    let teacher = s(&teacher_dir());
+    ok(
+        cwd,
+        &cache_build_args(&teacher, data, out, &["--split", "train", "-q"]),
+    );
+}
