@@ -417,8 +417,9 @@ fn overlap_warning(o: &TeacherOverlap) -> Option<String> {
 /// held out), and what it learns from, with the loss weights.
 fn start_line(a: &TrainArgs, cfg: &TrainConfig, train: &Dataset, device: &str) -> Result<String> {
     let n = train.len();
-    let held_out = cfg.validation_split(n)?.len();
-    let trained = cfg.not_training(n)?.train_len();
+    let validation = cfg.validation_split(n)?;
+    let held_out = validation.len();
+    let trained = cfg.not_training(&validation)?.train_len();
     let defaults =
         if a.alpha.is_none() && a.temperature.is_none() && cfg.loss.kind != LossKind::Pseudo {
             ", the defaults chosen on validation"

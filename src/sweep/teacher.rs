@@ -112,19 +112,14 @@ impl Savings {
             samples: timing.samples,
             distilled_runs: distilled.len(),
             distilled_epochs: distilled.iter().map(|r| r.epochs).sum(),
-            trained_samples: match distilled.first() {
-                Some(RunResult {
-                    trained_samples: Some(t),
-                    ..
-                }) => (*t).min(timing.samples),
-                first => {
-                    timing.samples
-                        - first
-                            .and_then(|r| r.val_samples)
-                            .unwrap_or(0)
-                            .min(timing.samples)
-                }
-            },
+            trained_samples: distilled
+                .first()
+                .map_or(timing.samples, |r| {
+                    r.trained_samples.unwrap_or_else(|| {
+                        timing.samples.saturating_sub(r.val_samples.unwrap_or(0))
+                    })
+                })
+                .min(timing.samples),
         }
     }
 

@@ -164,12 +164,11 @@ impl TrainConfig {
         ValidationSplit::of(self.val_fraction, self.val_fold, self.split_seed(), n)
     }
 
-    /// The samples of a training split of `n` the run does not train on:
-    /// its validation split and, with a `train_fraction` below 1, those
-    /// outside its subset, drawn from the run's `seed`.
-    pub fn not_training(&self, n: usize) -> Result<ValidationSplit> {
-        self.validation_split(n)?
-            .not_training(self.train_fraction, self.seed)
+    /// The samples the run does not train on: its `validation` split
+    /// ([`Self::validation_split`]) and, with a `train_fraction` below 1,
+    /// those outside its subset, drawn from the run's `seed`.
+    pub fn not_training(&self, validation: &ValidationSplit) -> Result<ValidationSplit> {
+        validation.not_training(self.train_fraction, self.seed)
     }
 
     /// Checks every field; errors name the field. Returns the parsed spec.
@@ -324,7 +323,9 @@ mod tests {
             a.validation_split(n).unwrap(),
             b.validation_split(n).unwrap()
         );
-        let (sa, sb) = (a.not_training(n).unwrap(), b.not_training(n).unwrap());
+        let not_training =
+            |c: &TrainConfig| c.not_training(&c.validation_split(n).unwrap()).unwrap();
+        let (sa, sb) = (not_training(&a), not_training(&b));
         assert_ne!(sa, sb);
         assert_eq!((sa.train_len(), sb.train_len()), (90, 90));
         // The subset is the run seed's whatever the split's seed.
@@ -335,7 +336,7 @@ mod tests {
             train_fraction: 1.0,
             ..a.clone()
         };
-        assert_eq!(all.not_training(n).unwrap(), a.validation_split(n).unwrap());
+        assert_eq!(not_training(&all), a.validation_split(n).unwrap());
     }
 
     #[test]

@@ -185,7 +185,7 @@ impl<'a, D: Backend> Run<'a, D> {
         }
         let start = opts.init.as_ref().map(|_| opts.init_normalization.as_ref());
         let validation = cfg.validation_split(sources.train.len())?;
-        let skipped = cfg.not_training(sources.train.len())?;
+        let skipped = cfg.not_training(&validation)?;
         // A view set's mixed views, as the config's own (`validate`).
         if let Some((augment, _, _)) = super::loader::epoch_augmentation(cfg, sources.cache, 0)? {
             super::config::check_subset_mixing(cfg.train_fraction, &augment)?;
